@@ -1,0 +1,34 @@
+# The two set-up commands of the README. Both create .venv and install what they need.
+#   make demo   the main job: a prompt search on the embedded model, dataset and local LLM
+#   make test   the test suite (CI runs exactly this)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: demo test install bench clean-venv
+
+# torch/torchvision first and pinned: this pair installs from the machine's disk; an
+# unpinned torch would pull several GB of CUDA packages from the registry.
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install torch==2.14.1 torchvision==0.29.1
+	@echo "Installing promptclimb with the local LLM extra (llama-cpp-python builds from source: about 10 minutes the first time on a machine, then pip's cache)"
+	$(BIN)/python -m pip install -e ".[test,local]"
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	$(BIN)/promptclimb search --dataset fashion-mnist --shots 1
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python bench/bench_scoring.py
+
+clean-venv:
+	rm -rf $(VENV)

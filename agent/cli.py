@@ -1,0 +1,62 @@
+"""The `promptclimb` command line. Each sub-command lives in its own `agent/cmd_*.py`
+module and is imported only when used, so `promptclimb --help` stays instant and the
+agent side never pays for torch unless a command needs the evaluator."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from agent import __version__
+
+# name -> "module:attribute"
+COMMANDS = {
+    "eval": "agent.cmd_eval:eval_cmd",
+    "search": "agent.cmd_search:search_cmd",
+    "llm": "agent.cmd_llm:llm_group",
+    "runs": "agent.cmd_runs:runs_cmd",
+    "show": "agent.cmd_runs:show_cmd",
+    "report": "agent.cmd_runs:report_cmd",
+    "transfer": "agent.cmd_runs:transfer_cmd",
+    "compare": "agent.cmd_runs:compare_cmd",
+    "adapt": "agent.cmd_adapt:adapt_cmd",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="promptclimb")
+def cli():
+    """Find strong prompt templates for a CLIP-like model, with a chat LLM as the optimizer.
+
+    \b
+    Try it (offline, embedded model and LLM):
+      promptclimb search --dataset fashion-mnist --shots 1
+    Score one template:
+      promptclimb eval --dataset fashion-mnist --backbone demo --prompt "a photo of a {}."
+    """
+
+
+def main(argv=None):
+    try:
+        cli.main(args=argv, prog_name="promptclimb", standalone_mode=True)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""The one place that checks and fills prompt templates.
+
+A template is a string with exactly one plain `{}` where the class name goes. Anything else
+`str.format` would interpret (`{0}`, `{name}`, `{.__class__}`, `{!r}`, `{:>10}`, escaped
+`{{`/`}}`, stray braces) is refused, so a template from an LLM is never formatted before
+it has passed `template_problem`.
+"""
+
+from __future__ import annotations
+
+import string
+
+MAX_TEMPLATE_CHARS = 200
+
+
+class TemplateError(ValueError):
+    pass
+
+
+def template_problem(template: str, max_chars: int = MAX_TEMPLATE_CHARS) -> str | None:
+    """Why `template` is not a valid template, or None when it is."""
+    if not isinstance(template, str) or not template.strip():
+        return "empty template"
+    if len(template) > max_chars:
+        return f"longer than {max_chars} characters"
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return f"stray brace ({exc})"
+    fields = [(name, spec, conv) for _, name, spec, conv in parts if name is not None]
+    if any("{" in text or "}" in text for text, *_ in parts):
+        return "escaped braces ({{ or }}) are not allowed"
+    if not fields:
+        return "no {} placeholder for the class name"
+    if len(fields) > 1:
+        return f"{len(fields)} placeholders; exactly one {{}} is allowed"
+    name, spec, conv = fields[0]
+    if name or spec or conv:
+        shown = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+        return f"placeholder {shown} is not a plain {{}}"
+    return None
+
+
+def check_template(template: str) -> str:
+    """`template`, or a TemplateError saying what is wrong with it."""
+    problem = template_problem(template)
+    if problem:
+        raise TemplateError(f"invalid template {template!r}: {problem}")
+    return template
+
+
+def fill(template: str, classname: str) -> str:
+    """The text for one class. Only ever called on checked templates."""
+    return check_template(template).format(classname)
