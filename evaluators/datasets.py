@@ -4,17 +4,39 @@ A `Dataset` is class names + a way to load an image by id + labelled id lists pe
 A `FewShotSplit` draws k images per class for train and min(k, 4) for val, reproducibly
 from (dataset, shots, seed); test is the dataset's whole held-out test list and is never
 used to choose anything.
+
+Loaders (`DATASETS`, imported lazily) take `data_root: str | None` and return a Dataset:
+- `imagefolder`: one sub-folder per class (`--data-root DIR`). If DIR has `train/` and
+  `test/` (and optionally `val/`) folders, each an ImageFolder, those are the splits;
+  otherwise every class is split 50/20/30 into train/val/test by `deterministic_split`.
+- `coop`: a CoOp-format folder: images plus one `split_*.json` with
+  {"train"|"val"|"test": [[relative_path, label, classname], ...]}.
+- `eurosat` (evaluators/eurosat.py), `fashion-mnist` (evaluators/demo/fashion_mnist.py).
+
+Determinism across machines: ids are sorted before sampling and every random draw comes
+from numpy's PCG64 seeded with a sha256 of its inputs (never Python's salted `hash()`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import json
+import warnings
+from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
-from PIL import Image
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from agent.errors import PromptclimbError
 
 # (image_id, label) pairs; image ids are strings so that every dataset can key its cache.
 Labelled = list[tuple[str, int]]
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 @dataclass
@@ -36,3 +58,274 @@ DATASETS: dict[str, str] = {
     "coop": "evaluators.datasets:load_coop_folder",
     "fashion-mnist": "evaluators.demo.fashion_mnist:load_fashion_mnist",
 }
+
+
+def load_dataset(name: str, data_root: str | None = None) -> Dataset:
+    """The Dataset registered as `name` in DATASETS."""
+    target = DATASETS.get(name)
+    if target is None:
+        raise PromptclimbError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+    module_name, attr = target.split(":")
+    loader = getattr(importlib.import_module(module_name), attr)
+    try:
+        dataset = loader(data_root)
+    except FileNotFoundError as exc:
+        raise PromptclimbError(str(exc)) from exc
+    if not dataset.splits.get("train") or not dataset.splits.get("test"):
+        raise PromptclimbError(f"dataset {name!r} has an empty train or test split")
+    return dataset
+
+
+# ---------------------------------------------------------------- stable randomness
+
+def stable_seed(*parts) -> int:
+    """A 64-bit seed from the parts' text, the same on every machine and Python run."""
+    text = "\x1f".join(str(p) for p in parts)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+def stable_rng(*parts) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(stable_seed(*parts)))
+
+
+def ids_digest(items: Labelled) -> str:
+    """A short hash of an (id, label) list (keys caches and identifies splits)."""
+    h = hashlib.sha256()
+    for image_id, label in items:
+        h.update(f"{image_id}\x1f{label}\x1e".encode())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- few-shot splits
+
+@dataclass
+class FewShotSplit:
+    dataset: str
+    shots: int
+    seed: int
+    splits: dict[str, Labelled]  # "train", "val", "test"
+
+    def info(self) -> dict:
+        return {"dataset": self.dataset, "shots": self.shots, "seed": self.seed,
+                "sizes": {k: len(v) for k, v in self.splits.items()},
+                "ids_sha256": {k: ids_digest(v) for k, v in self.splits.items()}}
+
+
+def _by_class(items: Labelled, num_classes: int) -> dict[int, list[str]]:
+    groups: dict[int, list[str]] = {c: [] for c in range(num_classes)}
+    for image_id, label in items:
+        groups[int(label)].append(image_id)
+    return {c: sorted(ids) for c, ids in groups.items()}
+
+
+def make_fewshot_split(dataset: Dataset, shots: int, seed: int) -> FewShotSplit:
+    """train = `shots` per class from the dataset's train pool; val = min(shots, 4) per class
+    from its val pool (or from the rest of train when it has none); test = all of test."""
+    if shots < 1:
+        raise PromptclimbError(f"--shots must be at least 1 (got {shots})")
+    n_classes = len(dataset.classnames)
+    rng = stable_rng("fewshot", dataset.name, shots, seed)
+    train_pool = _by_class(dataset.splits["train"], n_classes)
+    short = {c: len(ids) for c, ids in train_pool.items() if len(ids) < shots}
+    if short:
+        c = min(short, key=short.get)
+        raise PromptclimbError(
+            f"--shots {shots} is more than class {dataset.classnames[c]!r} of {dataset.name} has "
+            f"({short[c]} training images); the smallest class allows --shots {short[c]}"
+            if short[c] else f"class {dataset.classnames[c]!r} of {dataset.name} has no training images"
+        )
+    train: Labelled = []
+    rest: dict[int, list[str]] = {}
+    for c in range(n_classes):
+        ids = train_pool[c]
+        chosen = set(rng.choice(len(ids), size=shots, replace=False).tolist())
+        train += [(ids[i], c) for i in sorted(chosen)]
+        rest[c] = [ids[i] for i in range(len(ids)) if i not in chosen]
+
+    val_shots = min(shots, 4)
+    val_source = dataset.splits.get("val") or []
+    val_pool = _by_class(val_source, n_classes) if val_source else rest
+    val: Labelled = []
+    thin = []
+    for c in range(n_classes):
+        ids = val_pool[c]
+        take = min(val_shots, len(ids))
+        if take < val_shots:
+            thin.append(f"{dataset.classnames[c]} ({len(ids)})")
+        picked = sorted(rng.choice(len(ids), size=take, replace=False).tolist()) if take else []
+        val += [(ids[i], c) for i in picked]
+    if thin:
+        warnings.warn(f"{dataset.name}: fewer than {val_shots} validation images for "
+                      f"{len(thin)} class(es): {', '.join(thin[:5])}", stacklevel=2)
+    test = sorted(dataset.splits["test"])
+    return FewShotSplit(dataset=dataset.name, shots=shots, seed=seed,
+                        splits={"train": train, "val": val, "test": test})
+
+
+def deterministic_split(items_by_class: dict[int, list[str]], tag: str,
+                        fractions=(0.5, 0.2, 0.3)) -> dict[str, Labelled]:
+    """Split each class's sorted ids into train/val/test by `fractions`, shuffled by a
+    seed derived from `tag` (CoOp's 50/20/30 by default). Classes with 2+ images always
+    get at least one test image; with 3+ at least one val image too."""
+    out: dict[str, Labelled] = {"train": [], "val": [], "test": []}
+    for c in sorted(items_by_class):
+        ids = sorted(items_by_class[c])
+        order = stable_rng("split", tag, c).permutation(len(ids))
+        n = len(ids)
+        n_test = max(1, round(n * fractions[2])) if n >= 2 else 0
+        n_val = max(1, round(n * fractions[1])) if n >= 3 else 0
+        shuffled = [ids[i] for i in order]
+        out["test"] += [(i, c) for i in shuffled[:n_test]]
+        out["val"] += [(i, c) for i in shuffled[n_test:n_test + n_val]]
+        out["train"] += [(i, c) for i in shuffled[n_test + n_val:]]
+    return {k: sorted(v) for k, v in out.items()}
+
+
+# ---------------------------------------------------------------- images on disk
+
+def open_image(path: str | Path) -> Image.Image:
+    """A fully decoded image (so that a truncated file fails here, not later)."""
+    with Image.open(path) as im:
+        im.load()
+        return im.copy()
+
+
+def _scan_class_folders(root: Path) -> tuple[list[str], dict[int, list[str]], list[str]]:
+    """(class folder names, ids by class, unreadable files) of an ImageFolder; ids are paths
+    relative to `root`. Only the image headers are read here (cheap); full decoding errors
+    surface when features are computed and are skipped and counted there."""
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise PromptclimbError(f"{root} has no class sub-folders (expected one folder per class)")
+    by_class: dict[int, list[str]] = {}
+    unreadable: list[str] = []
+    for c, name in enumerate(classes):
+        ids = []
+        for path in sorted((root / name).rglob("*")):
+            if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            try:
+                with Image.open(path) as im:
+                    im.verify()
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+                unreadable.append(str(path.relative_to(root)))
+                continue
+            ids.append(str(path.relative_to(root)))
+        by_class[c] = ids
+    empty = [classes[c] for c, ids in by_class.items() if not ids]
+    if empty:
+        raise PromptclimbError(f"{root}: class folder(s) with no readable images: {', '.join(empty)}")
+    return classes, by_class, unreadable
+
+
+def warn_unreadable(root: Path, unreadable: list[str]) -> None:
+    if unreadable:
+        shown = ", ".join(unreadable[:5]) + (" ..." if len(unreadable) > 5 else "")
+        warnings.warn(f"{root}: skipped {len(unreadable)} unreadable image(s): {shown}", stacklevel=3)
+
+
+def readable_classname(folder: str) -> str:
+    """'sea_lake' -> 'sea lake' (folder names are often identifiers)."""
+    return folder.replace("_", " ").replace("-", " ").strip()
+
+
+def _require_root(data_root: str | None, what: str) -> Path:
+    if not data_root:
+        raise PromptclimbError(f"--dataset {what} needs --data-root DIR")
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        raise PromptclimbError(f"data folder {root} does not exist")
+    return root.resolve()
+
+
+def load_imagefolder(data_root: str | None) -> Dataset:
+    """Any folder with one sub-folder of images per class (see the module docstring)."""
+    root = _require_root(data_root, "imagefolder")
+    split_dirs = {s: root / s for s in ("train", "val", "test") if (root / s).is_dir()}
+    unreadable: list[str] = []
+    if "train" in split_dirs and "test" in split_dirs:
+        classes = None
+        splits: dict[str, Labelled] = {"val": []}
+        for split, folder in split_dirs.items():
+            names, by_class, bad = _scan_class_folders(folder)
+            if classes is None:
+                classes = names
+            elif names != classes:
+                raise PromptclimbError(f"{folder} has different class folders than {split_dirs['train']}")
+            splits[split] = sorted((f"{split}/{i}", c) for c, ids in by_class.items() for i in ids)
+            unreadable += [f"{split}/{b}" for b in bad]
+    else:
+        classes, by_class, unreadable = _scan_class_folders(root)
+        splits = deterministic_split(by_class, tag=f"imagefolder:{root.name}")
+    warn_unreadable(root, unreadable)
+    listing = ids_digest(sorted(i for items in splits.values() for i in items))
+    return Dataset(
+        name="imagefolder", classnames=[readable_classname(c) for c in classes],
+        description="photos", load_image=lambda image_id: open_image(root / image_id),
+        splits=splits, identity=f"{root}:{listing}",
+    )
+
+
+def find_split_json(root: Path) -> Path | None:
+    found = sorted(root.glob("split_*.json"))
+    return found[0] if found else None
+
+
+def read_coop_split(split_file: Path, image_root: Path) -> tuple[dict[str, Labelled], dict[int, str]]:
+    """(splits, label -> classname) from a CoOp split JSON; ids are paths under image_root."""
+    try:
+        raw = json.loads(split_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise PromptclimbError(f"cannot read split file {split_file}: {exc}") from exc
+    splits: dict[str, Labelled] = {}
+    names: dict[int, str] = {}
+    for split in ("train", "val", "test"):
+        items = []
+        for entry in raw.get(split, []):
+            try:
+                path, label, classname = entry[0], int(entry[1]), str(entry[2])
+            except (IndexError, TypeError, ValueError) as exc:
+                raise PromptclimbError(f"{split_file}: bad entry {entry!r} in {split!r}") from exc
+            items.append((path, label))
+            names.setdefault(label, classname)
+        splits[split] = sorted(items)
+    if not splits["train"] or not splits["test"]:
+        raise PromptclimbError(f"{split_file} has no 'train' or no 'test' entries")
+    return splits, names
+
+
+def find_image_root(root: Path, sample: str) -> Path:
+    """The folder under which the split file's relative paths exist."""
+    candidates = [root, root / "images", *sorted(p for p in root.iterdir() if p.is_dir())]
+    for candidate in candidates:
+        if (candidate / sample).is_file():
+            return candidate
+    raise PromptclimbError(f"images of the split file not found under {root} (looked for {sample!r} "
+                           f"in {', '.join(str(c) for c in candidates[:4])})")
+
+
+def drop_missing(root: Path, splits: dict[str, Labelled]) -> dict[str, Labelled]:
+    missing = [i for items in splits.values() for i, _ in items if not (root / i).is_file()]
+    if missing:
+        warn_unreadable(root, missing)
+        gone = set(missing)
+        splits = {k: [(i, c) for i, c in v if i not in gone] for k, v in splits.items()}
+    return splits
+
+
+def load_coop_folder(data_root: str | None) -> Dataset:
+    """A CoOp-format folder: images plus a `split_*.json`."""
+    root = _require_root(data_root, "coop")
+    split_file = find_split_json(root)
+    if split_file is None:
+        raise PromptclimbError(f"no split_*.json in {root} (CoOp format: images + a split JSON); "
+                               "for a plain folder with one sub-folder per class use --dataset imagefolder")
+    splits, names = read_coop_split(split_file, root)
+    image_root = find_image_root(root, splits["train"][0][0])
+    splits = drop_missing(image_root, splits)
+    classnames = [readable_classname(names.get(c, str(c))) for c in range(max(names) + 1)]
+    return Dataset(
+        name="coop", classnames=classnames, description="photos",
+        load_image=lambda image_id: open_image(image_root / image_id), splits=splits,
+        identity=f"{root}:{split_file.name}:{ids_digest(sorted(i for v in splits.values() for i in v))}",
+    )

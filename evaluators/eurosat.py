@@ -1,0 +1,149 @@
+"""EuroSAT (RGB): 27,000 64x64 Sentinel-2 satellite images of 10 land-use classes.
+
+Where the data comes from, in order:
+1. `--data-root DIR` or the cache `<cache>/datasets/eurosat`, holding the unpacked archive
+   (a folder with the 10 class folders, as the official zip's `2750/`); if
+   `split_zhou_EuroSAT.json` (CoOp's split, from Zhou et al.) is in DIR or next to the
+   class folders, it defines train/val/test;
+2. otherwise the official archive is downloaded into the cache on first use.
+
+Without CoOp's split file the split is our own, documented and deterministic: per class,
+the sorted file names are shuffled by a PCG64 seeded from sha256("split|eurosat|<class>")
+and cut 50/20/30 into train/val/test (the same proportions as CoOp's 13,500/5,400/8,100).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+from agent.errors import PromptclimbError
+from agent.paths import cache_dir
+from evaluators.datasets import (Dataset, deterministic_split, drop_missing, ids_digest, open_image,
+                                 read_coop_split, IMAGE_EXTENSIONS)
+
+# The official archive (Helber et al., DFKI) and torchvision's pinned mirror of the same zip.
+ARCHIVE_URLS = (
+    "https://madm.dfki.de/files/sentinel/EuroSAT.zip",
+    "https://huggingface.co/datasets/torchgeo/eurosat/resolve/c877bcd43f099cd0196738f714544e355477f3fd/EuroSAT.zip",
+)
+ARCHIVE_MD5 = "c8fa014336c82ac7804f0398fcb19387"
+SPLIT_FILE = "split_zhou_EuroSAT.json"
+DOWNLOAD_TIMEOUT_S = 10
+
+# Folder names in the archive, in label order, and CoOp's readable class names for them.
+FOLDERS = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial",
+           "Pasture", "PermanentCrop", "Residential", "River", "SeaLake"]
+COOP_CLASSNAMES = {
+    "AnnualCrop": "Annual Crop Land", "Forest": "Forest",
+    "HerbaceousVegetation": "Herbaceous Vegetation Land", "Highway": "Highway or Road",
+    "Industrial": "Industrial Buildings", "Pasture": "Pasture Land",
+    "PermanentCrop": "Permanent Crop Land", "Residential": "Residential Buildings",
+    "River": "River", "SeaLake": "Sea or Lake",
+}
+DESCRIPTION = "centered satellite photos (Sentinel-2, RGB, 64x64 pixels) of land use and land cover in Europe"
+
+
+def find_image_folder(root: Path) -> Path | None:
+    """The folder that holds the 10 class folders: root itself, or one level / two levels down."""
+    if not root.is_dir():
+        return None
+    candidates = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
+    candidates += [q for p in candidates[1:] for q in sorted(p.iterdir()) if q.is_dir()]
+    for candidate in candidates:
+        if all((candidate / name).is_dir() for name in FOLDERS):
+            return candidate
+    return None
+
+
+def download_archive(target: Path) -> None:
+    """Download and unpack the EuroSAT archive into `target` (atomic: a half-done download
+    never looks like data). Raises OSError (URLError, timeouts) when no source answers."""
+    errors = []
+    for url in ARCHIVE_URLS:
+        host = urlparse(url).hostname
+        try:
+            socket.create_connection((host, 443), timeout=3).close()  # fail fast when offline
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+                archive = Path(tmp) / "EuroSAT.zip"
+                _fetch(url, archive)
+                md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+                if md5 != ARCHIVE_MD5:
+                    errors.append(f"{url}: unexpected md5 {md5}")
+                    continue
+                unpacked = Path(tmp) / "unpacked"
+                with zipfile.ZipFile(archive) as z:
+                    z.extractall(unpacked)
+                os.replace(unpacked, target)
+                return
+        except OSError as exc:
+            errors.append(f"{url}: {exc}")
+    raise OSError("; ".join(errors))
+
+
+def _fetch(url: str, dest: Path) -> None:
+    from tqdm import tqdm
+
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(dest, "wb") as out:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc="EuroSAT.zip") as bar:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                out.write(block)
+                bar.update(len(block))
+
+
+def offline_message(looked: list[Path], cache_target: Path, reason: str) -> str:
+    where = "\n".join(f"    {p}" for p in looked)
+    return (
+        f"EuroSAT images not found, and the download failed ({reason}).\n"
+        f"  Looked for the 10 class folders ({', '.join(FOLDERS[:3])}, ...) in:\n{where}\n"
+        f"  To provide the data: download {ARCHIVE_URLS[0]} and unzip it into {cache_target} "
+        "(or anywhere, then pass --data-root DIR); put CoOp's split_zhou_EuroSAT.json there too "
+        "to use CoOp's split.\n"
+        "  To run offline without EuroSAT: --dataset fashion-mnist --backbone demo"
+    )
+
+
+def load_eurosat(data_root: str | None = None) -> Dataset:
+    cache_target = cache_dir("datasets") / "eurosat"
+    looked = [Path(data_root).expanduser().resolve()] if data_root else [cache_target]
+    images = find_image_folder(looked[0])
+    if images is None and data_root is None:
+        try:
+            download_archive(cache_target)
+        except OSError as exc:
+            raise PromptclimbError(offline_message(looked, cache_target, str(exc)[:300])) from exc
+        images = find_image_folder(cache_target)
+    if images is None:
+        if data_root:
+            raise PromptclimbError(offline_message(looked, cache_target, "not attempted: --data-root was given"))
+        raise PromptclimbError(f"the EuroSAT archive unpacked into {cache_target} has no class folders")
+
+    split_file = next((p / SPLIT_FILE for p in (looked[0], images, images.parent) if (p / SPLIT_FILE).is_file()), None)
+    if split_file is not None:
+        splits, _ = read_coop_split(split_file, images)
+        splits = drop_missing(images, splits)
+        split_name = "coop-zhou"
+    else:
+        by_class = {}
+        for c, name in enumerate(FOLDERS):
+            by_class[c] = sorted(str(p.relative_to(images)) for p in (images / name).iterdir()
+                                 if p.suffix.lower() in IMAGE_EXTENSIONS)
+        empty = [FOLDERS[c] for c, ids in by_class.items() if not ids]
+        if empty:
+            raise PromptclimbError(f"{images}: EuroSAT class folder(s) without images: {', '.join(empty)}")
+        splits = deterministic_split(by_class, tag="eurosat")
+        split_name = "promptclimb-50-20-30"
+    listing = ids_digest(sorted(i for v in splits.values() for i in v))
+    return Dataset(
+        name="eurosat", classnames=[COOP_CLASSNAMES[f] for f in FOLDERS], description=DESCRIPTION,
+        load_image=lambda image_id: open_image(images / image_id), splits=splits,
+        identity=f"eurosat:{split_name}:{listing}",
+    )

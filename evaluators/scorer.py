@@ -1,0 +1,197 @@
+"""`ClipEvaluator`: scores prompt templates on a few-shot split (implements agent.protocol.Evaluator).
+
+Scoring a batch of templates:
+1. fill every template with every class name (agent.templates.fill, the one formatter);
+2. look the strings up in the text-feature cache and encode only the missing ones, all in
+   one batched pass (chunked, exact padding truncation where the model allows it);
+3. with the split's cached image features X [N, D] and the text features T [K*C, D], one
+   matrix product X @ T.T gives every template's logits; accuracy and mean cross-entropy
+   per template follow from a reshape to [N, K, C].
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from agent.errors import PromptclimbError
+from agent.protocol import Score, Task
+from agent.templates import fill, template_problem
+from evaluators.backbones import Backbone
+from evaluators.datasets import Dataset, FewShotSplit, ids_digest
+from evaluators.features import ImageFeatureCache, TextFeatureCache
+
+IMAGE_BATCH = 64
+LOGIT_ELEMENTS = 32_000_000  # bound on N * K * C floats held at once while scoring
+
+
+class ClipEvaluator:
+    def __init__(self, backbone: Backbone, dataset: Dataset, split: FewShotSplit,
+                 image_batch: int = IMAGE_BATCH):
+        self.backbone = backbone
+        self.dataset = dataset
+        self.split = split
+        self.image_batch = image_batch
+        self.task = Task(dataset=dataset.name, description=dataset.description,
+                         classnames=tuple(dataset.classnames))
+        self.image_cache = ImageFeatureCache()
+        self.text_cache = TextFeatureCache(backbone.identity)
+        self._image_features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.skipped: dict[str, list[str]] = {}  # split -> unreadable image ids
+
+    # ------------------------------------------------------------ features
+
+    @property
+    def logit_scale(self) -> float:
+        return self.backbone.logit_scale
+
+    def image_features(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features [N, D] float32 L2-normalised, labels LongTensor [N]) of a split, computed
+        once per (backbone, dataset, split, ids) and then read from the disk cache."""
+        if split in self._image_features:
+            return self._image_features[split]
+        if split not in self.split.splits:
+            raise PromptclimbError(f"unknown split {split!r}; have {', '.join(self.split.splits)}")
+        items = self.split.splits[split]
+        if not items:
+            raise PromptclimbError(f"split {split!r} of {self.dataset.name} is empty")
+        path = self.image_cache.path(self.backbone.identity, f"{self.dataset.name}|{self.dataset.identity}",
+                                     split, ids_digest(items))
+        cached = self.image_cache.load(path)
+        if cached is not None:
+            features, labels, kept = cached
+            self.skipped[split] = sorted({i for i, _ in items} - set(kept))
+        else:
+            features, labels, kept = self._encode_split(split, items)
+            self.image_cache.save(path, features, labels, kept, {
+                "backbone": self.backbone.identity, "dataset": self.dataset.name,
+                "dataset_identity": self.dataset.identity, "split": split, "n": len(kept)})
+        if self.skipped.get(split):
+            bad = self.skipped[split]
+            warnings.warn(f"{self.dataset.name}/{split}: skipped {len(bad)} unreadable image(s): "
+                          f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}", stacklevel=2)
+        self._image_features[split] = (features, labels)
+        return features, labels
+
+    def _encode_split(self, split: str, items) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        features, labels, kept, bad = [], [], [], []
+        batch, batch_items = [], []
+
+        def flush():
+            if batch:
+                features.append(self.backbone.encode_images(torch.stack(batch)))
+                labels.extend(label for _, label in batch_items)
+                kept.extend(image_id for image_id, _ in batch_items)
+                batch.clear()
+                batch_items.clear()
+
+        desc = f"encoding {self.dataset.name}/{split} images"
+        for image_id, label in tqdm(items, desc=desc, unit="img", leave=False, disable=None):
+            try:
+                image = self.backbone.preprocess(self.dataset.load_image(image_id))
+            except (OSError, ValueError, SyntaxError) as exc:  # unreadable / truncated image
+                bad.append(image_id)
+                continue
+            batch.append(image)
+            batch_items.append((image_id, label))
+            if len(batch) == self.image_batch:
+                flush()
+        flush()
+        self.skipped[split] = bad
+        if not kept:
+            raise PromptclimbError(f"no readable image in split {split!r} of {self.dataset.name}")
+        return torch.cat(features), torch.tensor(labels, dtype=torch.long), kept
+
+    def text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        """[len(texts), D] normalised float32, encoding only strings not yet cached."""
+        texts = list(texts)
+        missing = self.text_cache.missing(texts)
+        if missing:
+            self.text_cache.add(missing, self.backbone.encode_texts(missing))
+        return self.text_cache.get(texts)
+
+    def _check(self, templates: Sequence[str]) -> list[str]:
+        templates = list(templates)
+        if not templates:
+            raise PromptclimbError("no templates to score")
+        for t in templates:
+            problem = template_problem(t)
+            if problem:
+                raise PromptclimbError(f"invalid template {t!r}: {problem} "
+                                       "(a template has exactly one {} where the class name goes)")
+        return templates
+
+    def _template_text_features(self, templates: list[str]) -> torch.Tensor:
+        """[K, C, D]: every template filled with every class name."""
+        texts = [fill(t, c) for t in templates for c in self.dataset.classnames]
+        features = self.text_features(texts)
+        return features.view(len(templates), len(self.dataset.classnames), -1)
+
+    def class_embeddings(self, templates: Sequence[str]) -> torch.Tensor:
+        """[C, D]: per class, the mean of the templates' normalised text features, renormalised."""
+        features = self._template_text_features(self._check(templates))
+        return F.normalize(features.mean(dim=0), dim=-1)
+
+    # ------------------------------------------------------------ scores
+
+    def score(self, templates: Sequence[str], splits: Sequence[str] = ("train", "val")) -> list[Score]:
+        """One Score (accuracy and mean cross-entropy per split) per template, in order."""
+        templates = self._check(templates)
+        text = self._template_text_features(templates)  # [K, C, D]
+        K, C, D = text.shape
+        accuracy = {s: None for s in splits}
+        loss = {s: None for s in splits}
+        scale = self.logit_scale
+        for s in splits:
+            images, labels = self.image_features(s)
+            N = images.shape[0]
+            # Templates per chunk so that the [N, k, C] logits stay bounded in memory.
+            step = max(1, LOGIT_ELEMENTS // max(1, N * C))
+            accs, losses = [], []
+            for start in range(0, K, step):
+                chunk = text[start:start + step]  # [k, C, D]
+                logits = scale * (images @ chunk.reshape(-1, D).T).view(N, -1, C)  # one matrix product
+                accs.append((logits.argmax(-1) == labels[:, None]).float().mean(0))
+                target = labels[:, None].expand(N, logits.shape[1])
+                ce = F.cross_entropy(logits.permute(0, 2, 1), target, reduction="none")  # [N, k]
+                losses.append(ce.mean(0))
+            accuracy[s], loss[s] = torch.cat(accs).tolist(), torch.cat(losses).tolist()
+        return [Score(accuracy={s: accuracy[s][i] for s in splits}, loss={s: loss[s][i] for s in splits})
+                for i in range(K)]
+
+    score_templates = score
+
+    def score_ensemble(self, templates: Sequence[str], splits: Sequence[str] = ("test",)) -> Score:
+        """Score of the classifier whose class embeddings average the templates' features."""
+        weights = self.class_embeddings(templates)  # [C, D]
+        accuracy, loss = {}, {}
+        for s in splits:
+            images, labels = self.image_features(s)
+            logits = self.logit_scale * images @ weights.T
+            accuracy[s] = float((logits.argmax(-1) == labels).float().mean())
+            loss[s] = float(F.cross_entropy(logits, labels))
+        return Score(accuracy=accuracy, loss=loss)
+
+    def info(self) -> dict:
+        return {"backbone": self.backbone.info(),
+                "dataset": {"name": self.dataset.name, "identity": self.dataset.identity,
+                            "classes": len(self.dataset.classnames)},
+                "split": self.split.info(), "logit_scale": self.logit_scale}
+
+
+def build_evaluator(dataset: str, shots: int, seed: int, backbone: str, pretrained: str | None = None,
+                    weights: str | None = None, data_root: str | None = None,
+                    device: str | None = None) -> ClipEvaluator:
+    """Load the dataset, draw the few-shot split and load the backbone (dataset first: a
+    missing dataset is reported before a slow model load)."""
+    from evaluators.backbones import load_backbone
+    from evaluators.datasets import load_dataset, make_fewshot_split
+
+    data = load_dataset(dataset, data_root)
+    split = make_fewshot_split(data, shots, seed)
+    model = load_backbone(backbone, pretrained=pretrained, weights=weights, device=device)
+    return ClipEvaluator(model, data, split)

@@ -1,0 +1,185 @@
+"""A small OpenAI-compatible chat server for tests: real HTTP on 127.0.0.1, scripted answers,
+injected faults, a request count. Used through the real `openai` client.
+
+    with FakeLLM(script=["a photo of a {}.", ...]) as llm:      # answers in order (cycled)
+        client = LLMClient("fake", base_url=llm.base_url, api_key="sk-test")
+    FakeLLM(responder=lambda request: "...")                    # answer = f(request JSON)
+    llm.faults.extend(["429", "500", "hang", "malformed", "empty", "nochoices"])  # next requests
+
+Faults are consumed one per request, before the scripted answer. `"429"` sends
+`Retry-After: <retry_after>`; `"hang"` holds the request until the server stops (or
+`hang_s`), so a client timeout fires. `signal_at=k` sets `reached` when the k-th request
+(1-based) arrives and then holds it like a hang: a test can kill the client at that point.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+
+class FakeLLM:
+    def __init__(
+        self,
+        script: list[str] | None = None,
+        responder: Callable[[dict], str] | None = None,
+        retry_after: str = "0",
+        hang_s: float = 10.0,
+        signal_at: int | None = None,
+    ):
+        self.script = list(script or ["a photo of a {}."])
+        self.responder = responder
+        self.retry_after = retry_after
+        self.hang_s = hang_s
+        self.signal_at = signal_at
+        self.faults: collections.deque[str] = collections.deque()
+        self.requests: list[dict] = []  # every request body received (faulted ones too)
+        self.headers: list[dict] = []
+        self.reached = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._answered = 0
+        self._server: ThreadingHTTPServer | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def __enter__(self) -> "FakeLLM":
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                fake._handle(self, body)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        assert self._server is not None
+        self._server.shutdown()
+        self._server.server_close()
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    @property
+    def count(self) -> int:
+        return len(self.requests)
+
+    # -- one request ---------------------------------------------------------------------
+    def _handle(self, handler: BaseHTTPRequestHandler, body: dict) -> None:
+        with self._lock:
+            self.requests.append(body)
+            self.headers.append({k.lower(): v for k, v in handler.headers.items()})
+            number = len(self.requests)
+            fault = self.faults.popleft() if self.faults else None
+        if self.signal_at is not None and number == self.signal_at:
+            self.reached.set()
+            fault = "hang"
+        if fault == "hang":
+            self._stop.wait(self.hang_s)
+            return  # no response at all: the client's timeout (or the kill) ends it
+        if fault == "429":
+            return self._send(handler, 429, {"error": {"message": "rate limited", "type": "rate_limit"}},
+                              {"Retry-After": self.retry_after})
+        if fault == "500":
+            return self._send(handler, 500, {"error": {"message": "internal error", "type": "server_error"}})
+        if fault == "401":
+            key = handler.headers.get("Authorization", "")
+            return self._send(handler, 401, {"error": {"message": f"Incorrect API key provided: {key}"}})
+        if fault == "malformed":
+            return self._send_raw(handler, 200, b"this is not json {")
+        if fault == "nochoices":
+            return self._send(handler, 200, {"id": "x", "object": "chat.completion", "choices": []})
+        content = "" if fault == "empty" else self._answer(body)
+        self._send(handler, 200, {
+            "id": f"chatcmpl-{number}",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body.get("model", "fake"),
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 10 * len(body.get("messages", [])), "completion_tokens": 7,
+                      "total_tokens": 10 * len(body.get("messages", [])) + 7},
+        })
+
+    def _answer(self, body: dict) -> str:
+        if self.responder is not None:
+            return self.responder(body)
+        with self._lock:
+            content = self.script[self._answered % len(self.script)]
+            self._answered += 1
+        return content
+
+    @staticmethod
+    def _send(handler, status: int, payload: dict, headers: dict | None = None) -> None:
+        FakeLLM._send_raw(handler, status, json.dumps(payload).encode(), headers, "application/json")
+
+    @staticmethod
+    def _send_raw(handler, status: int, data: bytes, headers: dict | None = None,
+                  content_type: str = "application/json") -> None:
+        try:
+            handler.send_response(status)
+            handler.send_header("Content-Type", content_type)
+            handler.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                handler.send_header(name, value)
+            handler.end_headers()
+            handler.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeout): nothing to do
+
+
+# -- an in-memory evaluator behind the `Evaluator` protocol (no torch) ------------------------
+from agent.protocol import Score, Task  # noqa: E402
+
+# Words that make a template "better" on this fake task; everything else is neutral.
+GOOD_WORDS = {"photo": 0.10, "clothing": 0.15, "grayscale": 0.12, "product": 0.08, "garment": 0.10, "studio": 0.05}
+
+
+class WordEvaluator:
+    """Accuracy = a deterministic function of the template's words; counts what it scores."""
+
+    def __init__(self, dataset: str = "toy"):
+        self.task = Task(dataset, "small grayscale photos of clothing items", ("T-shirt", "trousers", "bag"))
+        self.scored: list[str] = []
+        self.ensembles: list[tuple[str, ...]] = []
+        self.splits_asked: list[tuple[str, ...]] = []
+
+    def _value(self, template: str, split: str) -> tuple[float, float]:
+        words = set(re.findall(r"[a-z]+", template.lower()))
+        acc = 0.3 + sum(w for word, w in GOOD_WORDS.items() if word in words)
+        acc -= 0.002 * len(template)  # shorter is slightly better: fewer exact ties
+        acc += {"train": 0.0, "val": -0.02, "test": -0.04}[split]
+        acc = max(0.0, min(1.0, round(acc, 4)))
+        return acc, round(2.0 - acc, 4)
+
+    def score(self, templates, splits=("train", "val")):
+        self.splits_asked.append(tuple(splits))
+        out = []
+        for t in templates:
+            assert t.count("{}") == 1 and t.format("x")  # only ever handed checked templates
+            self.scored.append(t)
+            values = {s: self._value(t, s) for s in splits}
+            out.append(Score(accuracy={s: v[0] for s, v in values.items()}, loss={s: v[1] for s, v in values.items()}))
+        return out
+
+    def score_ensemble(self, templates, splits=("test",)):
+        self.ensembles.append(tuple(templates))
+        acc = {s: min(1.0, max(self._value(t, s)[0] for t in templates) + 0.01) for s in splits}
+        return Score(accuracy=acc, loss={s: 2.0 - a for s, a in acc.items()})
+
+    def info(self):
+        return {"evaluator": "WordEvaluator", "dataset": self.task.dataset}

@@ -1,0 +1,155 @@
+"""Backbones: exact padding truncation, identities, offline errors, project backbones."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.errors import PromptclimbError
+
+TEXTS = [
+    "a photo of a cat.",
+    "a centered satellite photo of Herbaceous Vegetation Land, seen from far above the clouds.",
+    "x",
+    "a photo of a {} with braces and punctuation!?",
+    "an image of a very very very very very very very very very very long class name indeed.",
+]
+
+
+def _model(name, torch_threads, seed=0):
+    import open_clip
+
+    torch_threads.manual_seed(seed)
+    return open_clip.create_model(name, pretrained=None).eval()
+
+
+@pytest.mark.parametrize("name", ["pc-tiny-vit", "pc-tiny-custom-text"])
+def test_truncated_text_features_equal_open_clip_encode_text(name, tiny_clip_config, torch_threads):
+    import open_clip
+    import torch
+
+    from evaluators.backbones import encode_text_truncated, supports_truncation, _text_tower
+
+    model = _model(name, torch_threads)
+    assert supports_truncation(model)
+    tokens = open_clip.get_tokenizer(name)(TEXTS)
+    assert tokens.shape[1] == 77
+
+    seen_lengths = []
+    tower = _text_tower(model)[0]
+    hook = tower.transformer.register_forward_hook(lambda m, args, out: seen_lengths.append(args[0].shape[1]))
+    with torch.no_grad():
+        reference = model.encode_text(tokens)
+        truncated = encode_text_truncated(model, tokens)
+    hook.remove()
+
+    longest = int((tokens != 0).sum(dim=1).max())
+    assert seen_lengths == [77, longest]  # the truncated pass really ran on fewer positions
+    assert (reference - truncated).abs().max().item() < 1e-5
+
+
+def test_backbone_encode_texts_matches_open_clip_in_any_chunking(tiny_clip_config, tiny_clip_weights, torch_threads):
+    import open_clip
+    import torch
+    import torch.nn.functional as F
+
+    from evaluators.backbones import load_backbone
+
+    backbone = load_backbone(tiny_clip_config, weights=tiny_clip_weights, device="cpu")
+    assert backbone.truncate
+    backbone.text_chunk = 2  # rows are sorted by length and chunked: order must come back right
+    with torch.no_grad():
+        reference = F.normalize(backbone.model.encode_text(open_clip.get_tokenizer(tiny_clip_config)(TEXTS)), dim=-1)
+    features = backbone.encode_texts(TEXTS)
+    assert features.dtype == torch.float32 and features.shape == (len(TEXTS), 32)
+    assert (features - reference).abs().max().item() < 1e-5
+    assert torch.allclose(features.norm(dim=-1), torch.ones(len(TEXTS)), atol=1e-5)
+
+
+def test_bidirectional_text_tower_falls_back_to_encode_text(tiny_clip_config, torch_threads):
+    from evaluators.backbones import supports_truncation
+
+    assert not supports_truncation(_model("pc-tiny-bidirectional", torch_threads))
+
+
+def test_identity_follows_the_weights_file(tiny_clip_config, tiny_clip_weights, tmp_path, torch_threads):
+    from safetensors.torch import save_file
+
+    from evaluators.backbones import load_backbone
+
+    a = load_backbone(tiny_clip_config, weights=tiny_clip_weights, device="cpu")
+    b = load_backbone(tiny_clip_config, weights=tiny_clip_weights, device="cpu")
+    other = tmp_path / "other.safetensors"
+    save_file({k: v.contiguous() for k, v in _model(tiny_clip_config, torch_threads, seed=1).state_dict().items()},
+              str(other))
+    c = load_backbone(tiny_clip_config, weights=other, device="cpu")
+    assert a.identity == b.identity
+    assert a.identity != c.identity
+    assert tiny_clip_config in a.identity
+
+
+def test_weights_for_another_architecture_is_a_clear_error(tiny_clip_config, tiny_clip_weights):
+    from evaluators.backbones import load_backbone
+
+    with pytest.raises(PromptclimbError, match="could not load weights file"):
+        load_backbone("pc-tiny-wide", weights=tiny_clip_weights, device="cpu")
+
+
+def test_bad_arguments(tiny_clip_config, tmp_path):
+    from evaluators.backbones import load_backbone
+
+    with pytest.raises(PromptclimbError, match="not both"):
+        load_backbone(tiny_clip_config, pretrained="openai", weights="x.pt")
+    with pytest.raises(PromptclimbError, match="does not exist"):
+        load_backbone(tiny_clip_config, weights=tmp_path / "missing.safetensors")
+    with pytest.raises(PromptclimbError, match="Did you mean: RN50"):
+        load_backbone("RN5O")
+    with pytest.raises(PromptclimbError, match="known tags for RN50: openai"):
+        load_backbone("RN50", pretrained="no-such-tag")
+
+
+def test_offline_pretrained_tag_fails_fast_with_what_to_do(monkeypatch):
+    import open_clip
+
+    import evaluators.backbones as backbones
+
+    monkeypatch.setattr(backbones, "_cached_pretrained_file", lambda cfg: None)  # as on a fresh machine
+    monkeypatch.setattr(open_clip, "create_model",
+                        lambda *a, **k: pytest.fail("must not start a download when offline"))
+    with pytest.raises(PromptclimbError) as info:  # HF_HUB_OFFLINE=1 (conftest)
+        backbones.load_backbone("RN50", pretrained="openai", device="cpu")
+    message = str(info.value)
+    assert "HF_HUB_OFFLINE" in message and "--weights FILE" in message and "--backbone demo" in message
+
+    # Not flagged offline, but the host does not answer: same kind of message, no download.
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(backbones, "_reachable", lambda host, *a, **k: False)
+    with pytest.raises(PromptclimbError, match="huggingface.co is not reachable"):
+        backbones.load_backbone("RN50", pretrained="openai", device="cpu")
+
+
+def tiny_factory(device):
+    """A project backbone factory (as evaluators.demo.model:build_demo_backbone)."""
+    import open_clip
+    import torch
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("pc-tiny-vit", pretrained=None)
+    preprocess = open_clip.image_transform(32, is_train=False)
+    return model, preprocess, open_clip.get_tokenizer("pc-tiny-vit")
+
+
+def test_project_backbone_factory(tiny_clip_config, monkeypatch, torch_threads):
+    from PIL import Image
+
+    import evaluators.backbones as backbones
+
+    monkeypatch.setitem(backbones.PROJECT_BACKBONES, "tiny-project", "test_backbones:tiny_factory")
+    backbone = backbones.load_backbone("tiny-project", device="cpu")
+    assert backbone.identity.startswith("tiny-project:")
+    assert backbone.logit_scale == pytest.approx(1 / 0.07, rel=1e-4)
+    image = backbone.preprocess(Image.new("RGB", (50, 40), (10, 200, 30)))
+    features = backbone.encode_images(image[None])
+    assert features.shape == (1, 32) and abs(float(features.norm()) - 1) < 1e-5
+    assert backbone.encode_texts(["a photo of a cat."]).shape == (1, 32)
+    with pytest.raises(PromptclimbError, match="ships its own weights"):
+        backbones.load_backbone("tiny-project", weights="w.pt")

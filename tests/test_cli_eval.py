@@ -1,0 +1,64 @@
+"""`promptclimb eval` end to end through the CLI (generated ImageFolder, local weights file)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from agent.cli import cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*args):
+    return CliRunner().invoke(cli, ["eval", *args], catch_exceptions=False)
+
+
+def test_eval_json_on_a_generated_imagefolder(tiny_clip_config, tiny_clip_weights, image_folder, torch_threads):
+    result = run("--dataset", "imagefolder", "--data-root", str(image_folder), "--shots", "2", "--seed", "3",
+                 "--backbone", tiny_clip_config, "--weights", str(tiny_clip_weights), "--device", "cpu",
+                 "--prompt", "a photo of a {}.", "--prompt", "a {} thing.", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert [r["template"] for r in out["results"]] == ["a photo of a {}.", "a {} thing."]
+    for row in out["results"]:
+        assert set(row["accuracy"]) == {"train", "val", "test"}
+        assert all(0.0 <= a <= 1.0 for a in row["accuracy"].values())
+        assert all(loss > 0 for loss in row["loss"].values())
+    assert out["info"]["split"]["sizes"] == {"train": 6, "val": 6, "test": 6}
+    assert out["info"]["backbone"]["weights_sha256"]
+
+    table = run("--dataset", "imagefolder", "--data-root", str(image_folder), "--shots", "2", "--seed", "3",
+                "--backbone", tiny_clip_config, "--weights", str(tiny_clip_weights), "--device", "cpu")
+    assert table.exit_code == 0, table.output
+    assert "train" in table.output and "a photo of a {}." in table.output
+    first = out["results"][0]["accuracy"]
+    assert f"{100 * first['test']:6.2f}%" in table.output  # same numbers as --json
+
+
+def test_user_mistakes_are_messages_not_tracebacks(tiny_clip_config, tiny_clip_weights, image_folder):
+    base = ["--dataset", "imagefolder", "--data-root", str(image_folder), "--backbone", tiny_clip_config]
+    cases = [
+        (["--prompt", "a photo"], 2, "no {} placeholder"),
+        ([*base, "--weights", str(tiny_clip_weights), "--shots", "9"], 1, "smallest class allows --shots 4"),
+        ([*base, "--pretrained", "openai"], 1, "unknown pretrained tag"),
+        (["--dataset", "imagefolder", "--data-root", str(image_folder / "nope")], 1, "does not exist"),
+        (["--dataset", "imagefolder", "--data-root", str(image_folder), "--backbone", "RN50",
+          "--pretrained", "openai"], 1, "--backbone demo"),
+    ]
+    for args, code, message in cases:
+        result = run(*args)
+        assert result.exit_code == code, (args, result.output)
+        assert message in result.output and "Traceback" not in result.output
+
+
+def test_help_and_lazy_imports():
+    result = run("--help")
+    assert result.exit_code == 0 and "--pretrained" in result.output and "--json" in result.output
+    code = "import sys, agent.cmd_eval; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

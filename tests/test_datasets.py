@@ -1,0 +1,193 @@
+"""Datasets and few-shot splits: loading, determinism, bad input, EuroSAT offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import urllib.error
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import make_image_folder
+
+from agent.errors import PromptclimbError
+from evaluators.datasets import Dataset, load_dataset, make_fewshot_split
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _synthetic(n_classes=4, per_class=20, with_val=False, name="synthetic") -> Dataset:
+    train = [(f"c{c}/img{i:03d}", c) for c in range(n_classes) for i in range(per_class)]
+    val = [(f"c{c}/val{i:03d}", c) for c in range(n_classes) for i in range(6)] if with_val else []
+    test = [(f"c{c}/test{i:03d}", c) for c in range(n_classes) for i in range(5)]
+    return Dataset(name=name, classnames=[f"class {c}" for c in range(n_classes)], description="things",
+                   load_image=lambda i: None, splits={"train": train, "val": val, "test": test})
+
+
+def test_imagefolder_loads_classes_and_splits(image_folder):
+    data = load_dataset("imagefolder", str(image_folder))
+    assert data.classnames == ["blue lake", "green field", "red square"]  # sorted folders, readable
+    sizes = {k: len(v) for k, v in data.splits.items()}
+    assert sizes == {"train": 12, "val": 6, "test": 6}  # 8 per class cut 50/20/30 (4/2/2)
+    all_ids = [i for v in data.splits.values() for i, _ in v]
+    assert len(all_ids) == len(set(all_ids)) == 24
+    image = data.load_image(data.splits["test"][0][0])
+    assert image.size == (40, 40)
+
+
+def test_imagefolder_with_split_folders(tmp_path):
+    make_image_folder(tmp_path / "d" / "train", per_class=3)
+    make_image_folder(tmp_path / "d" / "test", per_class=2)
+    data = load_dataset("imagefolder", str(tmp_path / "d"))
+    assert Counter(c for _, c in data.splits["train"]) == {0: 3, 1: 3, 2: 3}
+    assert all(i.startswith("test/") for i, _ in data.splits["test"]) and len(data.splits["test"]) == 6
+    assert data.splits["val"] == []
+
+
+def test_fewshot_split_shapes_and_disjointness():
+    data = _synthetic()
+    for shots, want_val in [(1, 1), (4, 4), (8, 4)]:
+        split = make_fewshot_split(data, shots, seed=3)
+        assert Counter(c for _, c in split.splits["train"]) == {c: shots for c in range(4)}
+        assert Counter(c for _, c in split.splits["val"]) == {c: want_val for c in range(4)}
+        # no val pool: val comes from the rest of train, never overlapping the shots
+        assert not set(split.splits["train"]) & set(split.splits["val"])
+        assert split.splits["test"] == sorted(data.splits["test"])
+    with_val = make_fewshot_split(_synthetic(with_val=True), 2, seed=3)
+    assert all("/val" in i for i, _ in with_val.splits["val"])
+
+
+def test_fewshot_split_is_deterministic_and_seeded():
+    data = _synthetic()
+    a = make_fewshot_split(data, 2, seed=1)
+    b = make_fewshot_split(data, 2, seed=1)
+    shuffled = _synthetic()
+    random.Random(0).shuffle(shuffled.splits["train"])  # listing order must not matter
+    c = make_fewshot_split(shuffled, 2, seed=1)
+    assert a.splits == b.splits == c.splits
+    assert make_fewshot_split(data, 2, seed=2).splits["train"] != a.splits["train"]
+    assert make_fewshot_split(_synthetic(name="other"), 2, seed=1).splits["train"] != a.splits["train"]
+
+
+def test_fewshot_split_is_the_same_in_another_python_process():
+    """Python's hash() is salted per process; our draws must not depend on it."""
+    code = (
+        "import json, sys; sys.path.insert(0, 'tests');"
+        "from test_datasets import _synthetic; from evaluators.datasets import make_fewshot_split;"
+        "print(json.dumps(make_fewshot_split(_synthetic(), 3, seed=7).splits['train']))"
+    )
+    outputs = set()
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        run = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                             check=True)
+        outputs.add(run.stdout.strip())
+    here = json.dumps([list(x) for x in make_fewshot_split(_synthetic(), 3, seed=7).splits["train"]])
+    assert outputs == {here}
+
+
+def test_shots_larger_than_smallest_class_names_it():
+    data = _synthetic()
+    data.splits["train"] = [x for x in data.splits["train"] if not (x[1] == 2 and x[0] >= "c2/img003")]
+    with pytest.raises(PromptclimbError, match=r"class 'class 2'.*\(3 training images\).*--shots 3"):
+        make_fewshot_split(data, 5, seed=1)
+
+
+def test_missing_and_empty_inputs(tmp_path, image_folder):
+    with pytest.raises(PromptclimbError, match="does not exist"):
+        load_dataset("imagefolder", str(tmp_path / "nowhere"))
+    with pytest.raises(PromptclimbError, match="needs --data-root"):
+        load_dataset("imagefolder", None)
+    with pytest.raises(PromptclimbError, match="unknown dataset 'nope'"):
+        load_dataset("nope")
+    (image_folder / "empty_class").mkdir()
+    with pytest.raises(PromptclimbError, match="no readable images: empty_class"):
+        load_dataset("imagefolder", str(image_folder))
+
+
+def test_unreadable_images_are_skipped_counted_and_named(image_folder):
+    (image_folder / "red_square" / "broken.png").write_bytes(b"not a png at all")
+    (image_folder / "blue_lake" / "cut.jpg").write_bytes(b"\xff\xd8\xff")
+    with pytest.warns(UserWarning, match=r"skipped 2 unreadable image\(s\): .*broken.png"):
+        data = load_dataset("imagefolder", str(image_folder))
+    ids = {i for v in data.splits.values() for i, _ in v}
+    assert len(ids) == 24 and not any("broken" in i or "cut" in i for i in ids)
+
+
+def test_coop_folder(tmp_path):
+    root = tmp_path / "coop"
+    make_image_folder(root / "images", per_class=4)
+    classes = sorted(p.name for p in (root / "images").iterdir())
+    entries = {s: [] for s in ("train", "val", "test")}
+    for c, name in enumerate(classes):
+        files = sorted((root / "images" / name).iterdir())
+        for f, split in zip(files, ["train", "train", "val", "test"]):
+            entries[split].append([f"{name}/{f.name}", c, name])
+    (root / "split_mine.json").write_text(json.dumps(entries))
+    data = load_dataset("coop", str(root))
+    assert data.classnames == ["blue lake", "green field", "red square"]
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 6, "val": 3, "test": 3}
+    assert data.load_image(data.splits["val"][0][0]).size == (40, 40)
+
+
+# ---------------------------------------------------------------- EuroSAT
+
+def test_eurosat_offline_is_a_clear_fast_error(monkeypatch, isolated_home):
+    import evaluators.eurosat as eurosat
+
+    def no_network(target):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(eurosat, "download_archive", no_network)
+    with pytest.raises(PromptclimbError) as info:
+        load_dataset("eurosat")
+    message = str(info.value)
+    assert str(isolated_home / "datasets" / "eurosat") in message  # where it looked
+    assert "name resolution" in message and eurosat.ARCHIVE_URLS[0] in message
+    assert "--dataset fashion-mnist" in message
+
+
+def test_eurosat_data_root_without_data_does_not_download(monkeypatch, tmp_path):
+    import evaluators.eurosat as eurosat
+
+    monkeypatch.setattr(eurosat, "download_archive", lambda t: pytest.fail("must not download"))
+    with pytest.raises(PromptclimbError, match=str(tmp_path)):
+        load_dataset("eurosat", str(tmp_path))
+
+
+def _fake_eurosat(root: Path, per_class=5) -> Path:
+    from evaluators.eurosat import FOLDERS
+
+    colours = {name: (20 * i, 255 - 20 * i, 100) for i, name in enumerate(FOLDERS)}
+    make_image_folder(root / "2750", per_class=per_class, classes=colours, size=64)
+    return root
+
+
+def test_eurosat_from_a_folder_uses_coop_names_and_documented_split(tmp_path):
+    root = _fake_eurosat(tmp_path / "eurosat")
+    data = load_dataset("eurosat", str(root))
+    assert data.classnames[0] == "Annual Crop Land" and data.classnames[-1] == "Sea or Lake"
+    assert len(data.classnames) == 10
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 20, "val": 10, "test": 20}  # 5 -> 2/1/2
+    assert "promptclimb-50-20-30" in data.identity
+    assert data.load_image(data.splits["train"][0][0]).size == (64, 64)
+
+
+def test_eurosat_uses_split_zhou_when_present(tmp_path):
+    from evaluators.eurosat import FOLDERS, SPLIT_FILE
+
+    root = _fake_eurosat(tmp_path / "eurosat")
+    entries = {"train": [], "val": [], "test": []}
+    for c, name in enumerate(FOLDERS):
+        files = sorted((root / "2750" / name).iterdir())
+        entries["train"] += [[f"{name}/{f.name}", c, name] for f in files[:3]]
+        entries["val"].append([f"{name}/{files[3].name}", c, name])
+        entries["test"].append([f"{name}/{files[4].name}", c, name])
+    (root / SPLIT_FILE).write_text(json.dumps(entries))
+    data = load_dataset("eurosat", str(root))
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 30, "val": 10, "test": 10}
+    assert "coop-zhou" in data.identity

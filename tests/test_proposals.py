@@ -1,0 +1,67 @@
+"""agent.proposals: from an LLM answer to validated templates, with reasons for the rest."""
+
+from agent.proposals import clean_line, normalise, parse_proposals
+
+
+def test_numbering_bullets_and_quotes_are_stripped():
+    answer = "\n".join([
+        "1. a photo of a {}.",
+        "2) 'a sketch of a {}'",
+        "(3) \"a drawing of the {}.\"",
+        "- a {} on a table",
+        "* `a close-up of a {}`",
+        "• **a product shot of a {}**",
+        "Template 7: a {} seen from above",
+    ])
+    parsed = parse_proposals(answer)
+    assert parsed.templates == [
+        "a photo of a {}.", "a sketch of a {}", "a drawing of the {}.", "a {} on a table",
+        "a close-up of a {}", "a product shot of a {}", "a {} seen from above",
+    ]
+    assert parsed.rejected == []
+
+
+def test_prose_lines_and_code_fences_are_skipped_not_rejected():
+    parsed = parse_proposals("Sure! Here are 2 templates:\n```\na photo of a {}.\n```\nHope this helps.")
+    assert parsed.templates == ["a photo of a {}."]
+    assert parsed.skipped_lines == 2 and parsed.rejected == []
+
+
+def test_hostile_lines_are_rejected_with_reasons():
+    answer = "\n".join([
+        "{0} photo", "a {name} photo", "{.__class__}", "{0.__globals__}", "a photo of {} and {}",
+        "a {{}} photo", "a } photo {}", "{!r} x", "{:>99999}", "x" * 300 + " {}",
+    ])
+    parsed = parse_proposals(answer)
+    assert parsed.templates == []
+    reasons = {r.line: r.reason for r in parsed.rejected}
+    assert len(parsed.rejected) == 10
+    assert "not a plain {}" in reasons["{0} photo"]
+    assert "not a plain {}" in reasons["{.__class__}"]
+    assert "2 placeholders" in reasons["a photo of {} and {}"]
+    assert "escaped braces" in reasons["a {{}} photo"]
+    assert "stray brace" in reasons["a } photo {}"]
+    assert any("longer than" in r for r in reasons.values())
+
+
+def test_duplicates_exact_and_normalised_are_rejected():
+    already = {normalise("a photo of a {}.")}
+    parsed = parse_proposals("A Photo of a {}!\na photo  of a {}\nan image of a {}\nAn image of a {}.", already)
+    assert parsed.templates == ["an image of a {}"]
+    assert [r.reason for r in parsed.rejected] == ["duplicate of a template already scored or proposed"] * 3
+
+
+def test_normalise_keeps_the_placeholder_and_words():
+    assert normalise("  A  Photo, of a {}!! ") == "a photo of a {}"
+    assert normalise("a photo of a {}") != normalise("a photo of the {}")
+
+
+def test_empty_and_missing_answers_give_nothing():
+    for answer in ("", "   \n\n", None):
+        parsed = parse_proposals(answer)
+        assert parsed.templates == [] and parsed.rejected == []
+
+
+def test_clean_line_leaves_inner_text_alone():
+    assert clean_line("3. a '{}' shaped object") == "a '{}' shaped object"
+    assert clean_line("- 12 photos of a {}") == "12 photos of a {}"

@@ -1,0 +1,116 @@
+"""agent.runstore: the append-only, resumable run folder."""
+
+import json
+import multiprocessing
+
+import pytest
+
+from agent.errors import PromptclimbError
+from agent.runstore import HISTORY, RunLocked, RunMismatch, RunStore, read_history
+
+
+def lines(run_dir):
+    return (run_dir / HISTORY).read_text().splitlines()
+
+
+def test_create_writes_config_and_appends_events(tmp_path):
+    run = tmp_path / "r1"
+    with RunStore.create(run, {"search": {"seed": 1}}) as store:
+        store.append("run_start", run_id="r1")
+        store.append("score", template="a {}.", origin="pool", accuracy={"train": 0.5})
+        assert len(lines(run)) == 2  # flushed as it goes, before close
+    config = json.loads((run / "config.json").read_text())
+    assert config == {"v": 1, "search": {"seed": 1}}
+    events = [json.loads(x) for x in lines(run)]
+    assert [e["seq"] for e in events] == [0, 1]
+    assert all(e["v"] == 1 and "time" in e for e in events)
+    with pytest.raises(PromptclimbError, match="already holds a run"):
+        RunStore.create(run, {})
+
+
+def test_resume_replays_stored_events_and_appends_new_ones(tmp_path):
+    run = tmp_path / "r"
+    with RunStore.create(run, {}) as store:
+        store.append("run_start", run_id="r")
+        store.append("score", template="a {}.", origin="pool", accuracy={"train": 0.5})
+    with RunStore.resume(run) as store:
+        assert store.replaying and store.peek()["event"] == "run_start"
+        store.append("run_start", run_id="r")
+        # measured values are read back, not compared: the stored copy is returned
+        back = store.append("score", template="a {}.", origin="pool", accuracy={"train": 0.9})
+        assert back["accuracy"] == {"train": 0.5} and not store.replaying
+        store.append("final", stopped="completed")
+    assert [json.loads(x)["event"] for x in lines(run)] == ["run_start", "score", "final"]
+
+
+def test_resume_refuses_a_different_step(tmp_path):
+    run = tmp_path / "r"
+    with RunStore.create(run, {}) as store:
+        store.append("score", template="a {}.", origin="pool")
+    with RunStore.resume(run) as store:
+        with pytest.raises(RunMismatch, match="template"):
+            store.append("score", template="another {}.", origin="pool")
+
+
+def test_a_cut_short_last_line_is_dropped_and_repaired(tmp_path):
+    run = tmp_path / "r"
+    with RunStore.create(run, {}) as store:
+        for i in range(3):
+            store.append("score", template=f"t{i} {{}}", origin="pool")
+    data = (run / HISTORY).read_bytes()
+    (run / HISTORY).write_bytes(data[: len(data) - 15])  # a kill in the middle of the last write
+    assert len(read_history(run / HISTORY)) == 2
+    with RunStore.resume(run) as store:
+        assert len(store.stored) == 2
+        for i in range(3):
+            store.append("score", template=f"t{i} {{}}", origin="pool")
+    assert [json.loads(x)["seq"] for x in lines(run)] == [0, 1, 2]
+
+
+def test_damage_before_the_last_line_is_an_error(tmp_path):
+    run = tmp_path / "r"
+    with RunStore.create(run, {}) as store:
+        for i in range(3):
+            store.append("score", template=f"t{i} {{}}", origin="pool")
+    text = lines(run)
+    text[1] = text[1][:10]
+    (run / HISTORY).write_text("\n".join(text) + "\n")
+    with pytest.raises(PromptclimbError, match="line 2 is damaged"):
+        read_history(run / HISTORY)
+
+
+def _try_lock(run_dir, queue):
+    try:
+        RunStore.resume(run_dir)
+        queue.put("opened")
+    except RunLocked as exc:
+        queue.put(f"locked: {exc}")
+
+
+def test_two_processes_cannot_write_one_run(tmp_path):
+    run = tmp_path / "r"
+    with RunStore.create(run, {}) as store:
+        store.append("run_start", run_id="r")
+        queue = multiprocessing.get_context("spawn").Queue()
+        other = multiprocessing.get_context("spawn").Process(target=_try_lock, args=(run, queue))
+        other.start()
+        other.join(30)
+        assert queue.get(timeout=5).startswith("locked")
+    with RunStore.resume(run):  # released on close
+        pass
+
+
+def test_prompts_csv_has_every_scored_template_once(tmp_path):
+    import pandas as pd
+
+    with RunStore.create(tmp_path / "r", {}) as store:
+        store.append("score", template="a {}.", origin="pool", source="general", restart=0, reset=None,
+                     iteration=0, accuracy={"train": 0.5, "val": 0.4}, loss={"train": 1.0, "val": 1.1})
+        store.append("reject", template="{0}", reason="bad")
+        store.append("score", template="a, b {}", origin="llm", source="llm", restart=0, reset=0,
+                     iteration=1, call=0, accuracy={"train": 0.6, "val": 0.5}, loss={"train": 0.9, "val": 1.0})
+        path = store.write_prompts_csv()
+    frame = pd.read_csv(path)
+    assert list(frame["template"]) == ["a {}.", "a, b {}"]
+    assert list(frame["train_accuracy"]) == [0.5, 0.6] and list(frame["origin"]) == ["pool", "llm"]
+    assert {"val_accuracy", "train_loss", "restart", "reset", "iteration"} <= set(frame.columns)

@@ -1,0 +1,331 @@
+"""The search loop (agent.search) and `promptclimb search` (agent.cmd_search), end to end
+against the fake OpenAI-compatible server and an in-memory evaluator: no torch, no network."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.llm import LLMClient, LLMError
+from agent.pools import PoolTemplate
+from agent.runstore import RunStore
+from agent.search import HillClimber, SearchConfig
+from fake_llm import FakeLLM, WordEvaluator
+
+TESTS = Path(__file__).resolve().parent
+KEY = "sk-test-TOPSECRET-abcdef0123456789"
+POOL = [PoolTemplate(t, "general") for t in
+        ["a {}.", "itap of a {}.", "a drawing of a {}.", "a photo of a {}.", "a sketch of the {}.", "the {}."]]
+SMALL = dict(restarts=1, resets=2, iterations=3, proposals=5, pool_sample=0)
+
+WORDS = ["photo", "clothing", "grayscale", "product", "garment", "studio", "blurry", "tiny", "dark", "bright"]
+
+
+def responder(body: dict) -> str:
+    """Proposals that are a pure function of the request (so a resumed run gets the same)."""
+    h = int(hashlib.sha256(json.dumps([body["messages"], body["seed"]]).encode()).hexdigest(), 16)
+    return "\n".join(
+        f"{i + 1}. a {WORDS[(h >> 4 * i) % 10]} {WORDS[(h >> 4 * i + 24) % 10]} image of a {{}}." for i in range(5)
+    )
+
+
+def climb(tmp_path, base_url, name="run", evaluator=None, cache="cache", **config):
+    evaluator = evaluator or WordEvaluator()
+    llm = LLMClient("fake", base_url=base_url, api_key=KEY, timeout=5, cache_dir=tmp_path / cache,
+                    wait_initial=0.001, wait_max=0.01, max_tries=config.pop("max_tries", 4),
+                    max_calls=config.get("max_calls"), max_tokens=config.get("max_tokens"))
+    run_dir = tmp_path / "runs" / name
+    store = RunStore.resume(run_dir) if (run_dir / "config.json").exists() else RunStore.create(run_dir, {"t": 1})
+    with store:
+        result = HillClimber(evaluator, llm, store, SearchConfig(**{**SMALL, **config}), pool=POOL,
+                             echo=lambda msg: None).run()
+    return result, evaluator, run_dir
+
+
+def history(run_dir):
+    return [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]
+
+
+def comparable(summary: dict) -> dict:
+    """A summary without what legitimately differs between two equivalent runs."""
+    return {k: v for k, v in summary.items() if k not in ("ledger", "timings", "run_id")}
+
+
+def comparable_events(run_dir) -> list[dict]:
+    drop = ("time", "latency_s", "cached", "source")
+    return [{k: v for k, v in e.items() if k not in drop} for e in history(run_dir)]
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
+
+
+def test_search_improves_on_its_initial_pool(tmp_path):
+    script = ["a grayscale photo of a {}.\na tiny {}", "a grayscale photo of clothing: a {}.", "{}"]
+    with FakeLLM(script=script) as fake:
+        result, evaluator, run_dir = climb(tmp_path, fake.base_url)
+    pool_best = max(WordEvaluator()._value(p.template, "train")[0] for p in POOL)
+    assert result.best["template"] == "a grayscale photo of clothing: a {}."
+    assert result.best["origin"] == "llm" and result.best["accuracy"]["train"] > pool_best
+    assert set(result.best["accuracy"]) == {"train", "val", "test"}
+    assert result.ensemble["templates"][0] == result.best["template"] and len(result.ensemble["templates"]) == 3
+    assert result.stopped == "completed" and fake.count == 6  # 2 resets x 3 iterations
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["v"] == 1 and summary["best"] == result.best and summary["ledger"]["calls"] == 6
+    assert {"config.json", "history.jsonl", "prompts.csv", "summary.json"} <= {p.name for p in run_dir.iterdir()}
+    # test accuracy is computed once, at the end, for the best template and the ensemble only
+    assert [s for s in evaluator.splits_asked if "test" in s] == [("test",)]
+    assert len(evaluator.ensembles) == 1
+
+
+def test_conversation_feedback_resets_and_seeds(tmp_path):
+    with FakeLLM(script=["a grayscale photo of a {}.", "a dark {}."]) as fake:
+        climb(tmp_path, fake.base_url)
+    sizes = [len(r["messages"]) for r in fake.requests]
+    assert sizes == [2, 4, 6, 2, 4, 6]  # the conversation grows inside a reset and starts over
+    assert fake.requests[0]["messages"][0]["role"] == "system"
+    assert "T-shirt, trousers, bag" in fake.requests[0]["messages"][0]["content"]
+    first = fake.requests[0]["messages"][1]["content"]
+    assert "a photo of a {}.  ->  " in first and "%" in first
+    feedback = fake.requests[1]["messages"][-1]["content"]
+    assert "a grayscale photo of a {}.  ->  " in feedback and "better than the best before it" in feedback
+    feedback = fake.requests[2]["messages"][-1]["content"]
+    assert "a dark {}.  ->  " in feedback and "worse than the best before it" in feedback
+    # the new conversation starts from the kept scoreboard: its best is the LLM's template
+    assert "a grayscale photo of a {}." in fake.requests[3]["messages"][1]["content"]
+    assert len({r["seed"] for r in fake.requests}) == 6
+
+
+def test_hostile_proposals_are_rejected_with_reasons_and_never_evaluated(tmp_path):
+    hostile = "\n".join(["{0} photo", "a {name}", "{.__class__.__mro__}", "{} {}", "a {{}}", "a } {}",
+                         "x" * 400 + "{}", "A PHOTO OF A {}", "a photo of a {}.", "a fine {}"])
+    with FakeLLM(script=[hostile]) as fake:
+        result, evaluator, run_dir = climb(tmp_path, fake.base_url, resets=1, iterations=1)
+    rejects = [e for e in history(run_dir) if e["event"] == "reject"]
+    assert len(rejects) == 9 and all(e["reason"] for e in rejects)
+    assert sum("duplicate" in e["reason"] for e in rejects) == 2
+    llm_scored = [t for t in evaluator.scored if t not in {p.template for p in POOL}]
+    assert llm_scored == ["a fine {}"]  # WordEvaluator also asserts every template it gets is valid
+
+
+def test_a_rerun_hits_the_cache_with_zero_requests(tmp_path):
+    with FakeLLM(responder=responder) as fake:
+        first, _, _ = climb(tmp_path, fake.base_url, name="first")
+        made = fake.count
+        second, _, run2 = climb(tmp_path, fake.base_url, name="second")
+    assert made == 6 and fake.count == made
+    assert comparable(second.summary) == comparable(first.summary)
+    assert second.summary["ledger"]["cache_hits"] == 6 and second.summary["ledger"]["calls"] == 0
+
+
+def test_budget_cap_ends_the_search_cleanly_with_results(tmp_path):
+    with FakeLLM(responder=responder) as fake:
+        result, evaluator, run_dir = climb(tmp_path, fake.base_url, max_calls=2)
+    assert fake.count == 2 and result.stopped.startswith("budget: max calls")
+    events = [e["event"] for e in history(run_dir)]
+    assert events.count("llm_exchange") == 2 and "stop" in events and events[-1] == "final"
+    assert "test" in result.best["accuracy"]
+
+
+def test_select_train_plus_val_and_restarts(tmp_path):
+    with FakeLLM(responder=responder) as fake:
+        result, _, run_dir = climb(tmp_path, fake.base_url, select="train+val", restarts=2, resets=1,
+                                   iterations=1, pool_sample=3)
+    restarts = [e for e in history(run_dir) if e["event"] == "restart"]
+    assert len(restarts) == 2 and restarts[0]["pool"] != restarts[1]["pool"] and len(restarts[0]["pool"]) == 3
+    scored = [e for e in history(run_dir) if e["event"] == "score"]
+    best = max(scored, key=lambda e: (e["accuracy"]["train"] + e["accuracy"]["val"], -e["loss"]["train"]))
+    assert result.best["template"] == best["template"]
+    assert "accuracy on training and validation images" in fake.requests[0]["messages"][1]["content"]
+
+
+def test_user_meta_prompt_overrides_ours(tmp_path):
+    from agent.metaprompt import MetaPrompt
+
+    mine = tmp_path / "meta"
+    mine.mkdir()
+    (mine / "system.j2").write_text("Give me {{ n }} templates for {{ task.dataset }}.")
+    with FakeLLM(responder=responder) as fake:
+        evaluator = WordEvaluator()
+        llm = LLMClient("fake", base_url=fake.base_url, api_key=KEY, cache_dir=tmp_path / "c")
+        with RunStore.create(tmp_path / "r", {}) as store:
+            HillClimber(evaluator, llm, store, SearchConfig(**{**SMALL, "resets": 1, "iterations": 1}),
+                        meta=MetaPrompt(mine), pool=POOL, echo=lambda m: None).run()
+    messages = fake.requests[0]["messages"]
+    assert messages[0]["content"] == "Give me 5 templates for toy."
+    assert "best templates so far" in messages[1]["content"]  # ours, where the user has none
+
+
+def test_llm_failure_leaves_a_resumable_run(tmp_path):
+    with FakeLLM(responder=responder) as fake:
+        whole, _, _ = climb(tmp_path, fake.base_url, name="whole", cache="cache-whole")
+    with FakeLLM(responder=responder) as fake:
+        fake.faults.extend(["ok"] * 3 + ["500"] * 10)  # "ok" is no fault: three answers, then down
+        with pytest.raises(LLMError, match="after 2 tries"):
+            climb(tmp_path, fake.base_url, name="broken", max_tries=2)
+        assert not (tmp_path / "runs" / "broken" / "summary.json").exists()
+        fake.faults.clear()
+        before = fake.count
+        resumed, _, _ = climb(tmp_path, fake.base_url, name="broken")
+        assert fake.count - before == 3  # only the calls not answered before
+    assert comparable(resumed.summary) == comparable(whole.summary)
+
+
+CHILD = r"""
+import sys
+sys.path.insert(0, sys.argv[3])
+from test_search import climb
+from pathlib import Path
+climb(Path(sys.argv[2]), sys.argv[1])
+"""
+
+
+def test_resume_after_a_kill_gives_the_same_result(tmp_path):
+    with FakeLLM(responder=responder) as fake:
+        whole, _, whole_dir = climb(tmp_path / "a", fake.base_url)
+        calls = fake.count
+    kill_at = 4
+    with FakeLLM(responder=responder, signal_at=kill_at) as fake:
+        env = {**os.environ, "PROMPTCLIMB_HOME": str(tmp_path / "home-b")}
+        child = subprocess.Popen([sys.executable, "-c", CHILD, fake.base_url, str(tmp_path / "b"), str(TESTS)],
+                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            assert fake.reached.wait(60), child.communicate(timeout=5)[0]
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(10)
+        run_dir = tmp_path / "b" / "runs" / "run"
+        assert not (run_dir / "summary.json").exists()
+        assert sum(e["event"] == "llm_exchange" for e in history(run_dir)) == kill_at - 1
+        fake.signal_at = None
+        resumed, _, _ = climb(tmp_path / "b", fake.base_url)
+        assert fake.count - kill_at == calls - (kill_at - 1)  # nothing answered before is asked again
+    assert comparable(resumed.summary) == comparable(whole.summary)
+    assert comparable_events(run_dir) == comparable_events(whole_dir)
+
+
+def test_agent_modules_do_not_import_torch():
+    code = "import sys, agent.search, agent.cmd_search, agent.llm, agent.runstore, agent.pools; " \
+           "agent.pools.load_pool('fashion-mnist'); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_cli_search_prints_json_and_leaks_no_secret(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import agent.cmd_search
+    from agent.cmd_search import search_cmd
+
+    built = []
+
+    def fake_build_evaluator(dataset, shots, seed, backbone, pretrained=None, weights=None, data_root=None,
+                             device=None):
+        built.append((dataset, shots, seed, backbone))
+        return WordEvaluator(dataset)
+
+    monkeypatch.setattr(agent.cmd_search, "build_evaluator", fake_build_evaluator)
+    with FakeLLM(responder=responder) as fake:
+        fake.faults.append("429")
+        url = fake.base_url.replace("http://", "http://someone:pw-SECRET99@")
+        env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": url}
+        args = ["--dataset", "toy", "--shots", "2", "--iterations", "2", "--resets", "1",
+                "--pool-sample", "8", "--runs-dir", str(tmp_path / "runs"), "--name", "cli", "--json"]
+        result = CliRunner().invoke(search_cmd, args, env=env)
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout)
+        assert summary["run_id"] == "cli" and summary["counts"]["llm_answers"] == 2
+        assert built == [("toy", 2, 0, "ViT-B-32")]
+        assert "iteration 2/2" in result.stderr and "best" in result.stderr
+        run_dir = tmp_path / "runs" / "cli"
+        config = json.loads((run_dir / "config.json").read_text())
+        assert config["llm"]["model"] == "gpt-4o-mini" and config["llm"]["base_url"] == fake.base_url
+        assert config["search"]["iterations"] == 2 and config["evaluator"]["dataset"] == "toy"
+        # a second invocation resumes the finished run: same summary, no request
+        count = fake.count
+        again = CliRunner().invoke(search_cmd, ["--resume", "cli", "--runs-dir", str(tmp_path / "runs"), "--json"],
+                                   env=env)
+        assert again.exit_code == 0, again.output and fake.count == count
+        assert comparable(json.loads(again.stdout)) == comparable(summary)
+        # no secret anywhere: run folder, LLM cache, console
+        texts = [result.output, again.output]
+        for root in (run_dir, tmp_path / "home"):
+            texts += [p.read_text(errors="replace") for p in root.rglob("*") if p.is_file()]
+        for secret in (KEY, "TOPSECRET", "pw-SECRET99"):
+            assert not any(secret in text for text in texts), secret
+
+
+def test_cli_errors_are_readable(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from agent.cmd_search import search_cmd
+
+    result = CliRunner().invoke(search_cmd, ["--runs-dir", str(tmp_path)])
+    assert result.exit_code != 0 and "--dataset is required" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(search_cmd, ["--resume", "nope", "--runs-dir", str(tmp_path)])
+    assert result.exit_code != 0 and "no run folder" in result.output
+    result = CliRunner().invoke(search_cmd, ["--help"])
+    assert result.exit_code == 0 and "--max-calls" in result.output and "--select" in result.output
+
+
+def test_cli_search_with_the_real_clip_evaluator(tmp_path, tiny_clip_config, tiny_clip_weights, image_folder,
+                                                 torch_threads):
+    """The whole wiring once, with the real evaluator (a tiny open_clip model with generated
+    weights, generated images) and the fake LLM."""
+    from click.testing import CliRunner
+
+    from agent.cmd_search import search_cmd
+
+    with FakeLLM(responder=responder) as fake:
+        env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.base_url}
+        args = ["--dataset", "imagefolder", "--data-root", str(image_folder), "--shots", "2",
+                "--backbone", tiny_clip_config, "--weights", str(tiny_clip_weights), "--device", "cpu",
+                "--iterations", "2", "--resets", "1", "--pool-sample", "6",
+                "--runs-dir", str(tmp_path / "runs"), "--name", "real", "--json"]
+        result = CliRunner().invoke(search_cmd, args, env=env)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert fake.count == 2 and summary["counts"]["llm_answers"] == 2
+    assert summary["counts"]["scored"] >= 6
+    for split in ("train", "val", "test"):
+        assert 0.0 <= summary["best"]["accuracy"][split] <= 1.0
+    assert "red square" in fake.requests[0]["messages"][0]["content"].replace("_", " ")
+    config = json.loads((tmp_path / "runs" / "real" / "config.json").read_text())
+    assert config["evaluator"]["backbone"] and config["evaluator_args"]["backbone"] == tiny_clip_config
+
+
+def test_cli_defaults_to_the_local_llm_without_an_endpoint(tmp_path, monkeypatch):
+    import contextlib
+
+    from click.testing import CliRunner
+
+    import agent.cmd_search
+    import agent.local_llm
+    from agent.cmd_search import search_cmd
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.setattr(agent.cmd_search, "build_evaluator", lambda **kw: WordEvaluator(kw["dataset"]))
+    started = []
+    with FakeLLM(responder=responder) as fake:
+        @contextlib.contextmanager
+        def stand_in_server(model_path=None):  # the llama.cpp server, stood in for by the fake
+            started.append(model_path)
+            yield fake.base_url
+
+        monkeypatch.setattr(agent.local_llm, "local_server", stand_in_server)
+        result = CliRunner().invoke(search_cmd, ["--dataset", "toy", "--iterations", "1", "--resets", "1",
+                                                 "--runs-dir", str(tmp_path / "runs"), "--name", "loc"])
+    assert result.exit_code == 0, result.output
+    assert "using the embedded local LLM" in result.output and started == [None]
+    request = fake.requests[0]
+    assert request["model"] == agent.local_llm.LOCAL_MODEL_NAME
+    assert request["temperature"] == agent.local_llm.LOCAL_SAMPLING["temperature"]
+    assert request["max_tokens"] == agent.local_llm.LOCAL_SAMPLING["max_tokens"]

@@ -1,0 +1,45 @@
+"""agent.templates: the one place that decides what a template is."""
+
+import pytest
+
+from agent.templates import MAX_TEMPLATE_CHARS, TemplateError, check_template, fill, template_problem
+
+
+@pytest.mark.parametrize("template", [
+    "a photo of a {}.", "{}", "a {} in the wild, seen from above", "itap of my {}.", "a 100% real {}!",
+])
+def test_valid_templates_pass(template):
+    assert template_problem(template) is None
+    assert fill(template, "cat") == template.replace("{}", "cat")
+
+
+@pytest.mark.parametrize("template, words", [
+    ("", "empty"),
+    ("   ", "empty"),
+    ("a photo of a cat.", "no {}"),
+    ("{} and {}", "2 placeholders"),
+    ("{0}", "{0}"),
+    ("a photo of a {name}.", "{name}"),
+    ("{.__class__}", "{.__class__}"),
+    ("{0.__class__.__mro__}", "not a plain"),
+    ("{!r}", "{!r}"),
+    ("{:>100000}", "{:>100000}"),
+    ("a {{}} photo", "escaped braces"),
+    ("a {{ photo {}", "escaped braces"),
+    ("a } photo {}", "stray brace"),
+    ("a { photo {}", "stray brace"),
+    ("x" * (MAX_TEMPLATE_CHARS + 1) + "{}", "longer than"),
+])
+def test_hostile_templates_are_refused_with_a_reason(template, words):
+    problem = template_problem(template)
+    assert problem is not None and words in problem
+    with pytest.raises(TemplateError):
+        fill(template, "cat")
+
+
+def test_check_template_returns_valid_template_unchanged():
+    assert check_template("a photo of a {}.") == "a photo of a {}."
+
+
+def test_non_string_is_refused():
+    assert template_problem(None) is not None  # type: ignore[arg-type]
