@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -301,8 +302,10 @@ def local_server(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=(os.name == "posix"),
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+    restore_sigterm = _sigterm_raises_systemexit()
     try:
         _wait_until_ready(proc, base_url, ready_timeout, log_file)
         if warmup:
@@ -319,6 +322,35 @@ def local_server(
         yield base_url
     finally:
         stop_process(proc)
+        restore_sigterm()
+
+
+def _sigterm_raises_systemexit():
+    """Make SIGTERM (e.g. `kill`, a CI timeout) unwind like Ctrl-C so the `finally` that
+    stops the server runs; returns a callable restoring the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous not in (signal.SIG_DFL, None):
+        return lambda: None  # somebody else handles it already; leave theirs in place
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when promptclimb dies, even by
+    SIGKILL, so a server is never left running without its owner."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except Exception:  # best effort: the `finally` in local_server is the main guarantee
+        pass
 
 
 def _wait_until_ready(proc: subprocess.Popen, base_url: str, timeout: float, log_file: Path) -> None:

@@ -3,8 +3,9 @@
     python bench/bench_scoring.py            # ViT-B-32 (random weights), 2 threads, CPU
     python bench/bench_scoring.py --device cuda
 
-(a) naive: the paper's released-code style: one template at a time, each class's text
-    tokenised on its own, 77-token batches, no cache;
+(a) naive: the paper's released-code style: one template at a time, and per class the
+    zero-shot classifier loop of CLIP research code (tokenise, encode, normalise, average),
+    77 tokens, no cache;
 (b) batched: open_clip `encode_text` on all 500 texts in one batch (77 tokens);
 (c) `ClipEvaluator.score_templates` (one batched pass, exact padding truncation), with a
     cold text cache (a fresh PROMPTCLIMB_HOME), so nothing is read back from disk.
@@ -97,9 +98,13 @@ def main():
         results = []
         with torch.inference_mode(), backbone._autocast():
             for template in templates:
-                tokens = torch.cat([tokenizer([template.format(c)]) for c in classes]).to(args.device)
-                text = F.normalize(model.encode_text(tokens).float(), dim=-1).cpu()
-                results.append(accuracies(text))
+                # The zero-shot classifier loop of CLIP-style research code, called with [template]:
+                # per class, tokenise and encode its texts (here one), normalise, average, renormalise.
+                per_class = []
+                for c in classes:
+                    emb = F.normalize(model.encode_text(tokenizer([template.format(c)]).to(args.device)).float(), dim=-1)
+                    per_class.append(F.normalize(emb.mean(0), dim=-1))
+                results.append(accuracies(torch.stack(per_class).cpu()))
         return results
 
     def batched():

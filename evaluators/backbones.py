@@ -45,7 +45,9 @@ PROJECT_BACKBONES: dict[str, str] = {
 
 MODEL_CONFIGS_ENV = "PROMPTCLIMB_MODEL_CONFIGS"
 CONNECT_TIMEOUT_S = 3.0  # how long we wait to learn that a download host is unreachable
-TEXT_CHUNK = 256  # texts per forward pass (bounds activation memory)
+# Texts per forward pass. Rows are sorted by length first, so small chunks waste little on
+# padding: on a CPU, chunks of 64 ran 1.5x faster than one batch of 200 cut to its longest.
+TEXT_CHUNK = {"cpu": 64, "cuda": 512}
 
 _registered_config_paths: set[str] = set()
 
@@ -84,8 +86,12 @@ class Backbone:
     preprocess: Callable  # PIL.Image -> Tensor
     tokenizer: Callable  # list[str] -> what model.encode_text accepts
     truncate: bool = False  # exact padding truncation is available for this text tower
-    text_chunk: int = TEXT_CHUNK
+    text_chunk: int = 0  # 0: TEXT_CHUNK for the device
     details: dict = field(default_factory=dict)  # JSON-able: where the weights came from
+
+    def __post_init__(self):
+        if not self.text_chunk:
+            self.text_chunk = TEXT_CHUNK["cuda" if str(self.device).startswith("cuda") else "cpu"]
 
     @property
     def logit_scale(self) -> float:

@@ -23,7 +23,6 @@ import hashlib
 import importlib
 import json
 import warnings
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable

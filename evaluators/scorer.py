@@ -93,7 +93,7 @@ class ClipEvaluator:
         for image_id, label in tqdm(items, desc=desc, unit="img", leave=False, disable=None):
             try:
                 image = self.backbone.preprocess(self.dataset.load_image(image_id))
-            except (OSError, ValueError, SyntaxError) as exc:  # unreadable / truncated image
+            except (OSError, ValueError, SyntaxError):  # unreadable / truncated image
                 bad.append(image_id)
                 continue
             batch.append(image)

