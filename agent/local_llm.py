@@ -387,21 +387,29 @@ def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
     """Stop a child started in its own session: SIGTERM to its group, then SIGKILL."""
     if proc.poll() is not None:
         return
-    group = os.name == "posix"
+    # The child leads its own process group (start_new_session), so signalling the group
+    # also stops anything it spawned; fall back to the process alone elsewhere.
     try:
-        if group:
-            os.killpg(proc.pid, signal.SIGTERM)
-        else:
-            proc.terminate()
+        group = os.name == "posix" and os.getpgid(proc.pid) == proc.pid
+    except ProcessLookupError:
+        proc.wait(timeout=grace)
+        return
+
+    def send(sig):
+        try:
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+        except ProcessLookupError:
+            pass  # gone already
+
+    send(signal.SIGTERM)
+    try:
         proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
-        if group:
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:
-            proc.kill()
-        proc.wait()
-    except ProcessLookupError:
-        proc.wait()
+        send(signal.SIGKILL if os.name == "posix" else signal.SIGTERM)
+        proc.wait(timeout=grace)
 
 
 def _tail(path: Path, lines: int = 20) -> str:

@@ -18,7 +18,7 @@ from evaluators.demo.report import encode_split, template_accuracies  # noqa: E4
 
 # Measured with `python -m evaluators.demo.report` on the shipped weights and test split
 # (see evaluators/demo/README.md); the floor leaves a small margin below it.
-PHOTO_OF_A_TEST_ACCURACY_FLOOR = 0.80
+PHOTO_OF_A_TEST_ACCURACY_FLOOR = 0.85  # measured 87.7%
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,8 @@ def test_text_tower_is_the_real_minilm(backbone):
 def test_photo_of_a_template_accuracy_floor_and_wording_matters(backbone, dataset):
     model, preprocess, tokenizer = backbone
     features, labels = encode_split(model, preprocess, dataset, "test")
-    photo, bare, wrong = template_accuracies(model, tokenizer, dataset.classnames, features, labels,
-                                             ["a photo of a {}.", "{}", "this is not a {}."])
+    photo, origami = template_accuracies(model, tokenizer, dataset.classnames, features, labels,
+                                         ["a photo of a {}.", "the origami {}."])
     assert photo >= PHOTO_OF_A_TEST_ACCURACY_FLOOR
-    assert photo - min(bare, wrong) >= 0.05  # wording changes the answer
+    # Wording matters (measured 87.7% vs 69.8%): the demo would show nothing otherwise.
+    assert photo - origami >= 0.10

@@ -2,8 +2,9 @@
 held-out test split of the shipped Fashion-MNIST subset.
 
 Prints the accuracy of "a photo of a {}.", the best, worst and spread (best - worst) over the
-initial template pool the search starts from (`prompts/pools/general.txt` +
-`prompts/pools/fashion-mnist.txt`), and a few deliberately poor templates.
+initial template pool a fashion-mnist search starts from (`agent.pools.load_pool`:
+`prompts/pools/general.txt`, `prompts/pools/fashion-mnist.txt` and OpenAI's 80 ImageNet
+templates), and a few deliberately poor templates that are not in the pool.
 
     HF_HUB_OFFLINE=1 python -m evaluators.demo.report            # --split train for the shot pool
 """
@@ -17,13 +18,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from agent.paths import prompts_dir
+from agent.pools import load_pool
 from agent.templates import fill
 from evaluators.demo.fashion_mnist import load_fashion_mnist
 from evaluators.demo.model import WEIGHTS_FILE, DemoCLIP, build_preprocess, build_text_side, load_image_tower
 
 REFERENCE = "a photo of a {}."
-POOL_FILES = ("general.txt", "fashion-mnist.txt")
 # Wordings a user might well try that say little or the wrong thing about the images.
 POOR_TEMPLATES = [
     "{}",
@@ -35,18 +35,8 @@ POOR_TEMPLATES = [
 
 
 def initial_pool() -> list[str]:
-    """The templates the search starts from (open_clip's 80 ImageNet ones if the pools are absent)."""
-    templates: list[str] = []
-    for name in POOL_FILES:
-        path = prompts_dir() / "pools" / name
-        if path.exists():
-            templates += [line.strip() for line in path.read_text().splitlines()
-                          if line.strip() and not line.startswith("#")]
-    if not (prompts_dir() / "pools" / "general.txt").exists():
-        from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-
-        templates += [make("{}") for make in OPENAI_IMAGENET_TEMPLATES]
-    return list(dict.fromkeys(templates))  # once each, in order
+    """The templates a fashion-mnist search starts from (general + fashion-mnist + OpenAI's 80)."""
+    return [entry.template for entry in load_pool("fashion-mnist")]
 
 
 @torch.no_grad()

@@ -1,0 +1,222 @@
+"""`promptclimb adapt RUN --kind K`: fit an output-side adapter on top of a run's winning prompt.
+
+The adapter is fit on the run's few-shot train split, its hyper-parameters chosen on val
+(evaluators/adapters.py), and its test accuracy only measured. It is written to
+`RUN/adapter.pt`, and `summary.json` gets an "adapter" section. If it does not beat the
+prompt alone on val, the command says so and the run's result stays the prompt-only one
+(`summary.json` "adapter.result" = "prompt-only"; "best" is never changed).
+
+`fit_run_adapter` (after a search: `promptclimb search ... --adapter K`) and
+`eval_run_adapter` (`promptclimb eval --run RUN --with-adapter`) are the entry points for
+other commands. torch is imported only inside them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from agent.errors import PromptclimbError
+from agent.runstore import write_json_atomic
+
+# The kinds of evaluators.adapters.ADAPTERS, listed here so that `--help` and the check of
+# --kind need no torch (tests/test_adapters.py checks the two lists agree).
+ADAPTER_KINDS = ("residual-logits", "feature-residual", "cache")
+ADAPTER_FILE = "adapter.pt"
+
+
+def check_kinds(kinds) -> list[str]:
+    """The kinds asked for, with "all" expanded; an unknown one is a clear error."""
+    out: list[str] = []
+    for kind in kinds:
+        for k in (ADAPTER_KINDS if kind == "all" else (kind,)):
+            if k not in ADAPTER_KINDS:
+                raise PromptclimbError(f"unknown adapter kind {k!r}; known kinds: {', '.join(ADAPTER_KINDS)} (or all)")
+            if k not in out:
+                out.append(k)
+    if not out:
+        raise PromptclimbError(f"no adapter kind given; known kinds: {', '.join(ADAPTER_KINDS)} (or all)")
+    return out
+
+
+def resolve_run(run: str | Path, runs_dir: str | Path = "runs") -> Path:
+    """A run folder given as a path or as an id under `runs_dir`."""
+    for candidate in (Path(run), Path(runs_dir) / str(run)):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise PromptclimbError(f"{run}: no run folder with a config.json there or under {runs_dir}/")
+
+
+def read_run(run_dir: Path) -> tuple[dict, dict]:
+    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise PromptclimbError(f"{run_dir} has no summary.json: the search has not finished "
+                               f"(finish it with: promptclimb search --resume {run_dir})")
+    return config, json.loads(summary_path.read_text(encoding="utf-8"))
+
+
+def run_templates(summary: dict, on: str) -> list[str]:
+    if on == "ensemble":
+        ensemble = summary.get("ensemble")
+        if not ensemble:
+            raise PromptclimbError("this run has no ensemble (it was searched with --ensemble 0 or 1); use --on best")
+        return list(ensemble["templates"])
+    return [summary["best"]["template"]]
+
+
+def build_run_evaluator(config: dict, device: str | None = None, **overrides):
+    """The run's evaluator (same dataset, split, backbone), or one with some settings
+    replaced (e.g. another --data-root holding new images of the same classes)."""
+    from evaluators import build_evaluator  # torch: only now
+
+    args = dict(config.get("evaluator_args") or {})
+    if not args.get("dataset"):
+        raise PromptclimbError("config.json has no evaluator_args; this run cannot be re-evaluated")
+    args.update({k: v for k, v in overrides.items() if v is not None})
+    return build_evaluator(args["dataset"], args["shots"], args["seed"], args["backbone"],
+                           pretrained=args.get("pretrained"), weights=args.get("weights"),
+                           data_root=args.get("data_root"), device=device)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def fit_run_adapter(run_dir: str | Path, kinds, on: str = "best", seed: int | None = None, evaluator=None,
+                    device: str | None = None, echo=click.echo) -> dict:
+    """Fit each kind on the run's train split (hyper-parameters on val), keep the best on
+    val as RUN/adapter.pt and record it in summary.json. Returns the "adapter" section."""
+    from evaluators.adapters import save_adapter, select_and_fit
+
+    kinds = check_kinds(kinds)
+    run_dir = Path(run_dir)
+    config, summary = read_run(run_dir)
+    templates = run_templates(summary, on)
+    if evaluator is None:
+        echo(f"loading the evaluator of {run_dir.name} ...")
+        evaluator = build_run_evaluator(config, device=device)
+    seed = int(config.get("evaluator_args", {}).get("seed", 0) if seed is None else seed)
+    class_embeddings = evaluator.class_embeddings(templates)
+    splits = {s: evaluator.image_features(s) for s in ("train", "val", "test")}  # computed when not cached
+    sizes = ", ".join(f"{s} {len(y)}" for s, (_, y) in splits.items())
+    echo(f"prompt ({on}): {' | '.join(templates)}   [{sizes} images]")
+
+    fits = []
+    for kind in kinds:
+        fit = select_and_fit(kind, splits["train"], splits["val"], class_embeddings, evaluator.logit_scale,
+                             seed=seed, test=splits["test"])
+        fits.append(fit)
+        hp = ", ".join(f"{k}={v}" for k, v in fit.hparams.items())
+        echo(f"  {kind:17s} val {_pct(fit.accuracy['val'])} (prompt {_pct(fit.prompt_accuracy['val'])})  "
+             f"test {_pct(fit.accuracy['test'])} (prompt {_pct(fit.prompt_accuracy['test'])})  "
+             f"{fit.size_bytes:,} bytes  [{hp}]  {fit.fit_s:.1f}s")
+
+    # The kept adapter: the best on val; ties go to the smaller one. Test plays no part.
+    chosen = max(fits, key=lambda f: (f.accuracy["val"], -f.size_bytes))
+    file_bytes = save_adapter(run_dir / ADAPTER_FILE, chosen.module, templates, list(evaluator.task.classnames),
+                              extra={"run_id": run_dir.name, "on": on, "seed": seed})
+    beats = chosen.beats_prompt_on_val
+    section = {
+        "kind": chosen.kind,
+        "hparams": chosen.hparams,
+        "on": on,
+        "templates": templates,
+        "seed": seed,
+        "accuracy": chosen.accuracy,
+        "prompt_accuracy": chosen.prompt_accuracy,
+        "beats_prompt_on_val": beats,
+        "result": "adapter" if beats else "prompt-only",
+        "size_bytes": chosen.size_bytes,
+        "file": ADAPTER_FILE,
+        "file_bytes": file_bytes,
+        "fit_s": round(chosen.fit_s, 3),
+        "fitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "candidates": [{k: v for k, v in f.to_dict().items()} for f in fits],
+    }
+    summary["adapter"] = section
+    write_json_atomic(run_dir / "summary.json", summary)
+
+    val, prompt_val = chosen.accuracy["val"], chosen.prompt_accuracy["val"]
+    if beats:
+        echo(f"kept: {chosen.kind} adapter, val {_pct(val)} vs {_pct(prompt_val)} for the prompt alone "
+             f"(test {_pct(chosen.accuracy['test'])} vs {_pct(chosen.prompt_accuracy['test'])}); "
+             f"the run's result is now prompt + adapter ({run_dir / ADAPTER_FILE}).")
+    else:
+        echo(f"no adapter beat the prompt alone on val (best: {chosen.kind}, val {_pct(val)} vs {_pct(prompt_val)}); "
+             f"the run's result stays the prompt-only one. {ADAPTER_FILE} is saved for inspection only.")
+    return section
+
+
+def eval_run_adapter(run_dir: str | Path, evaluator=None, splits=("test",), device: str | None = None,
+                     **overrides) -> dict:
+    """Accuracy of the run's prompt alone and with its adapter.pt on `splits` of `evaluator`
+    (default: the run's own evaluator; `overrides` such as data_root=... point it at new
+    data of the same classes). {"kind", "templates", "result", "accuracy": {split: {"prompt", "adapter"}}}."""
+    import warnings
+
+    from evaluators.adapters import accuracy, load_adapter, read_adapter
+
+    run_dir = Path(run_dir)
+    config, summary = read_run(run_dir)
+    payload = read_adapter(run_dir / ADAPTER_FILE)
+    if evaluator is None:
+        evaluator = build_run_evaluator(config, device=device, **overrides)
+    classnames = list(evaluator.task.classnames)
+    if payload.get("classnames") and len(payload["classnames"]) == len(classnames) and payload["classnames"] != classnames:
+        warnings.warn(f"the class names of this data differ from those the adapter was fit on "
+                      f"({payload['classnames']}); classes are matched by position", stacklevel=2)
+    class_embeddings = evaluator.class_embeddings(payload["templates"])
+    module = load_adapter(run_dir / ADAPTER_FILE, class_embeddings, evaluator.logit_scale)
+    import torch
+
+    out = {}
+    with torch.no_grad():
+        for split in splits:
+            features, labels = evaluator.image_features(split)
+            out[split] = {"prompt": accuracy(module.zero_shot_logits(features), labels),
+                          "adapter": accuracy(module(features), labels)}
+    kept = (summary.get("adapter") or {}).get("result", "adapter")
+    return {"kind": payload["kind"], "templates": payload["templates"], "result": kept, "accuracy": out}
+
+
+@click.command("adapt", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.argument("run")
+@click.option("--kind", "kinds", multiple=True, required=True, metavar="KIND",
+              help=f"Adapter kind: {', '.join(ADAPTER_KINDS)}, or all. Repeat to fit several; the best on val is kept.")
+@click.option("--on", type=click.Choice(["best", "ensemble"]), default="best",
+              help="Which prompt the adapter sits on: the best template or the run's top-k ensemble.")
+@click.option("--seed", type=int, default=None, help="Seed of the adapter's initialisation [default: the run's seed].")
+@click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", help="Where run folders are.")
+@click.option("--device", default=None, help="torch device for (re)computing features [default: cuda when available].")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary's adapter section as JSON at the end.")
+def adapt_cmd(run, kinds, on, seed, runs_dir, device, as_json):
+    """Fit an output-side adapter on top of a run's winning prompt.
+
+    Works on the run's cached image features and the prompt's class embeddings (fits in
+    seconds on CPU). Hyper-parameters are chosen on val, never on test. Writes RUN/adapter.pt
+    and an "adapter" section in RUN/summary.json; if the adapter does not beat the prompt
+    alone on val, the run's result stays the prompt-only one.
+
+    \b
+    Kinds:
+      residual-logits   logits + MLP(logits), cross-entropy + KL to the prompt-only prediction (CraFT)
+      feature-residual  f' = a*MLP(f) + (1-a)*f on image features (CLIP-Adapter / CBBT)
+      cache             training-free key-value cache of the train features (Tip-Adapter)
+    \b
+    Examples:
+      promptclimb adapt 20250101-120000-fashion-mnist-4shot --kind cache
+      promptclimb adapt runs/my-run --kind all --json
+      promptclimb eval --run runs/my-run --with-adapter
+    """
+    echo = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
+    try:
+        kinds = check_kinds(kinds)  # before any slow loading
+        section = fit_run_adapter(resolve_run(run, runs_dir), kinds, on=on, seed=seed, device=device, echo=echo)
+    except PromptclimbError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(section, indent=2))

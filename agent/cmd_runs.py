@@ -1,0 +1,432 @@
+"""What people do after a search: `promptclimb runs`, `show`, `report`, `transfer`, `compare`.
+
+All of them read run folders through agent/reading.py. Only `transfer` needs the CLIP
+side (it re-scores templates on another backbone), and it imports it inside the command,
+so the others never pay for torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import click
+import pandas as pd
+
+from agent.errors import PromptclimbError
+from agent.reading import BASELINE, Run, find_run, load_run, runs_frame
+
+FORMATS = ["table", "markdown", "csv", "json"]
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
+
+runs_dir_option = click.option("--runs-dir", type=click.Path(file_okay=False), default="runs",
+                               help="Where run folders are.")
+format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", help="Output format.")
+
+
+def build_evaluator(**kwargs):
+    """The real CLIP evaluator; imports torch, so only ever called inside `transfer`."""
+    from evaluators import build_evaluator as build
+
+    return build(**kwargs)
+
+
+def user_errors(fn):
+    """PromptclimbError (a problem the user can fix) -> a message without a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PromptclimbError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+# -- formatting -----------------------------------------------------------------------------
+def pct(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{100.0 * float(value):.1f}%"
+
+
+def as_text(frame: pd.DataFrame, fmt: str, percent: tuple[str, ...] = ()) -> str:
+    """A table as `table` (aligned text), `markdown`, `csv` or `json` (records)."""
+    if fmt == "csv":
+        return frame.to_csv(index=False, float_format="%.6g").rstrip("\n")
+    if fmt == "json":
+        return frame.to_json(orient="records", indent=2, date_format="iso", force_ascii=False)
+    shown = frame.copy()
+    for col in percent:
+        if col in shown:
+            shown[col] = shown[col].map(pct)
+    shown = shown.astype(object).where(shown.notna(), "")
+    if shown.empty:
+        return "(none)"
+    return shown.to_markdown(index=False, tablefmt="github" if fmt == "markdown" else "simple",
+                             disable_numparse=True)
+
+
+def skipped_note(run: Run) -> str | None:
+    if not run.skipped:
+        return None
+    lines = [f"warning: {len(run.skipped)} line(s) of {run.path / 'history.jsonl'} could not be read and were "
+             "skipped; showing the valid ones:"]
+    lines += [f"  {s}" for s in run.skipped[:10]]
+    if len(run.skipped) > 10:
+        lines.append(f"  ... and {len(run.skipped) - 10} more")
+    return "\n".join(lines)
+
+
+def open_run(run: str, runs_dir: str) -> Run:
+    loaded = load_run(find_run(run, runs_dir))
+    note = skipped_note(loaded)
+    if note:
+        click.echo(note, err=True)
+    return loaded
+
+
+# -- runs -----------------------------------------------------------------------------------
+@click.command("runs", context_settings=CONTEXT)
+@runs_dir_option
+@format_option
+@user_errors
+def runs_cmd(runs_dir, fmt):
+    """List the runs under --runs-dir, newest first.
+
+    \b
+    Examples:
+      promptclimb runs
+      promptclimb runs --runs-dir elsewhere/runs --format csv
+    """
+    frame = runs_frame(runs_dir)
+    if frame.empty and fmt == "table":
+        raise PromptclimbError(f"no runs under {Path(runs_dir).resolve()} (start one with `promptclimb search`, "
+                               "or point --runs-dir elsewhere)")
+    if fmt in ("table", "markdown") and not frame.empty:
+        frame = frame.assign(date=frame["date"].dt.strftime("%Y-%m-%d %H:%M"))
+    click.echo(as_text(frame, fmt, percent=("train", "test")))
+
+
+# -- show -----------------------------------------------------------------------------------
+def headline(run: Run) -> str:
+    final = run.final or {}
+    stopped = final.get("stopped", "")
+    status = f"stopped early ({stopped})" if stopped.startswith("budget") else run.status
+    ledger = run.ledger()
+    return (
+        f"run {run.id}: {run.dataset}, backbone {run.backbone}, {run.args.get('shots')} shots, "
+        f"seed {run.args.get('seed')}, LLM {run.llm}, selected on {run.select}; {status}\n"
+        f"{len(run.of('llm_exchange'))} LLM answers ({ledger.get('cache_hits', 0)} from the cache, "
+        f"{ledger.get('prompt_tokens', 0)} prompt + {ledger.get('completion_tokens', 0)} completion tokens), "
+        f"{len(run.of('score'))} templates scored, {len(run.of('reject'))} proposals rejected"
+    )
+
+
+def where(it: dict) -> str:
+    def one(v):
+        return "?" if v is None else v + 1
+
+    return f"answer {it['call'] + 1} (restart {one(it['restart'])}, reset {one(it['reset'])}, iteration {it['iteration']})"
+
+
+def show_text(run: Run, conversation: bool, markdown: bool) -> str:
+    h2 = (lambda s: f"\n## {s}\n") if markdown else (lambda s: f"\n{s}\n{'-' * len(s)}")
+    code = (lambda s: f"`{s}`") if markdown else (lambda s: s)
+    out = [f"# {headline(run)}" if markdown else headline(run)]
+    out.append(h2("Winning templates (test accuracy: best template and ensemble only)"))
+    out.append(as_text(run.winners(), "markdown" if markdown else "table", percent=("train", "val", "test")))
+    out.append(h2("Iteration by iteration"))
+    exchanges = {e["call"]: e for e in run.conversation()}
+    iterations = run.iterations()
+    if not iterations:
+        out.append("(no LLM answer recorded)")
+    bullet = "- " if markdown else "  "
+    for it in iterations:
+        out.append(("### " if markdown else "") + f"{where(it)}: best so far {pct(it['best_so_far'])}")
+        if conversation:
+            ex = exchanges[it["call"]]
+            for m in ex["messages"]:
+                out.append(f"{bullet}[{m.get('role')}]")
+                out.append(indent(m.get("content", ""), markdown))
+            out.append(f"{bullet}[assistant]")
+            out.append(indent(ex["answer"], markdown))
+        else:
+            out.append(f"{bullet}shown:")
+            for s in it["shown_top"]:
+                out.append(f"{bullet}    top     {pct(s['accuracy']):>6}  {code(s['template'])}")
+            for s in it["shown_bottom"]:
+                out.append(f"{bullet}    bottom  {pct(s['accuracy']):>6}  {code(s['template'])}")
+        out.append(f"{bullet}proposed: {len(it['scored'])} scored, {len(it['rejected'])} rejected")
+        for s in it["scored"]:
+            mark = "  <- best so far" if s["template"] == it["best_template"] else ""
+            out.append(f"{bullet}    {pct(s['selection']):>6}  {code(s['template'])}{mark}")
+        for r in it["rejected"]:
+            out.append(f"{bullet}    rejected  {code(r['template'][:80])}: {r['reason']}")
+        if not markdown:
+            out.append("")
+    return "\n".join(out).rstrip()
+
+
+def indent(text: str, markdown: bool) -> str:
+    if markdown:
+        return "```text\n" + text.rstrip() + "\n```"
+    return "\n".join("      " + line for line in text.rstrip().splitlines())
+
+
+def show_rows(run: Run, conversation: bool) -> pd.DataFrame:
+    """csv: every template of the run, one row each (pool, scored proposals, rejected ones);
+    with --conversation, every message instead."""
+    if conversation:
+        rows = []
+        for ex in run.conversation():
+            place = {k: ex[k] for k in ("call", "restart", "reset", "iteration")}
+            rows += [place | {"role": m.get("role"), "content": m.get("content")} for m in ex["messages"]]
+            rows.append(place | {"role": "assistant", "content": ex["answer"]})
+        return pd.DataFrame(rows, columns=["call", "restart", "reset", "iteration", "role", "content"])
+    scores = run.scores()
+    keep = [c for c in ("restart", "reset", "iteration", "call", "template", "origin", "source", "train", "val",
+                        "best_so_far") if c in scores]
+    frame = scores[keep].assign(status="scored", reason="")
+    rejects = pd.DataFrame([{k: e.get(k) for k in ("restart", "reset", "iteration", "call", "template", "reason")}
+                            | {"origin": "llm", "status": "rejected", "_line": e["_line"]} for e in run.of("reject")])
+    if not rejects.empty:
+        frame = pd.concat([frame.assign(_line=scores["line"]), rejects]).sort_values("_line").drop(columns="_line")
+    return frame.reset_index(drop=True)
+
+
+def show_json(run: Run, conversation: bool) -> str:
+    def clean(value):
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    doc = {
+        "run_id": run.id, "path": str(run.path), "dataset": run.dataset, "backbone": run.backbone,
+        "shots": run.args.get("shots"), "seed": run.args.get("seed"), "llm": run.llm, "select": run.select,
+        "status": run.status, "stopped": (run.final or {}).get("stopped"),
+        "winners": run.winners().to_dict("records"), "ensemble": (run.final or {}).get("ensemble"),
+        "ledger": run.ledger(), "iterations": run.iterations(),
+        "skipped": [{"line": s.line, "reason": s.reason} for s in run.skipped],
+    }
+    if conversation:
+        doc["conversation"] = run.conversation()
+    return json.dumps(clean(doc), indent=2, ensure_ascii=False, default=str)
+
+
+@click.command("show", context_settings=CONTEXT)
+@click.argument("run")
+@runs_dir_option
+@format_option
+@click.option("--conversation", is_flag=True, help="Print the raw exchanges with the LLM (every message and answer).")
+@user_errors
+def show_cmd(run, runs_dir, fmt, conversation):
+    """Show a search as a person reads it: the winning templates, then iteration by iteration
+    what the LLM was shown, what it proposed, what was rejected and why, and the best so far.
+
+    RUN is a run id under --runs-dir (or a unique start of one), or a path to a run folder.
+    csv gives one row per template (pool, scored, rejected); with --conversation, one row
+    per message.
+
+    \b
+    Examples:
+      promptclimb show 20250101-120000-eurosat-4shot
+      promptclimb show 20250101 --format markdown > search.md
+      promptclimb show runs/my-run --conversation
+    """
+    loaded = open_run(run, runs_dir)
+    if fmt == "json":
+        click.echo(show_json(loaded, conversation))
+    elif fmt == "csv":
+        click.echo(as_text(show_rows(loaded, conversation), "csv"))
+    else:
+        click.echo(show_text(loaded, conversation, markdown=fmt == "markdown"))
+
+
+# -- report ---------------------------------------------------------------------------------
+@click.command("report", context_settings=CONTEXT)
+@click.argument("run")
+@runs_dir_option
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the page [default: report.html in the run folder].")
+@user_errors
+def report_cmd(run, runs_dir, output):
+    """Write one self-contained HTML page of a run (summary, tables, the plot, the
+    conversation folded away) for sharing. RUN: a run id under --runs-dir, or a path.
+
+    \b
+    Example:
+      promptclimb report 20250101-120000-eurosat-4shot
+    """
+    from agent.plots import CURVE
+    from agent.report import write_report
+
+    loaded = open_run(run, runs_dir)
+    path = write_report(loaded, output)
+    if (loaded.path / CURVE).exists():
+        click.echo(f"plot:   {loaded.path / CURVE}")
+    click.echo(f"report: {path}")
+
+
+# -- transfer -------------------------------------------------------------------------------
+def rank_correlation(a: pd.Series, b: pd.Series) -> float:
+    """Spearman's rho (Pearson on the ranks; no scipy needed) over the pairs with both values."""
+    both = pd.concat([a, b], axis=1).dropna()
+    if len(both) < 2:
+        return math.nan
+    ranks = both.rank()
+    return float(ranks.iloc[:, 0].corr(ranks.iloc[:, 1]))
+
+
+def transfer_name(backbone: str) -> str:
+    """transfer-<backbone>.csv, with the backbone made safe as a file name (hf-hub:org/x)."""
+    return f"transfer-{re.sub(r'[^A-Za-z0-9._-]+', '_', backbone)}.csv"
+
+
+def transfer_table(run: Run, top: int) -> pd.DataFrame:
+    """Source accuracies (from the run) for the top templates and the baseline."""
+    ranked = run.ranked()
+    if ranked.empty:
+        raise PromptclimbError(f"run {run.id} has no scored template to transfer")
+    final = run.final or {}
+    templates = list(ranked["template"].head(top))
+    if BASELINE not in templates:
+        templates.append(BASELINE)
+    rows = []
+    for i, template in enumerate(templates):
+        row = {"template": template, "source_rank": i + 1 if i < top else None}
+        hit = ranked[ranked["template"] == template]
+        for split in ("train", "val"):
+            row[f"source_{split}"] = hit[split].iloc[0] if not hit.empty and split in hit else math.nan
+        best = final.get("best") or {}
+        row["source_test"] = (best.get("accuracy") or {}).get("test", math.nan) \
+            if best.get("template") == template else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@click.command("transfer", context_settings=CONTEXT)
+@click.argument("run")
+@click.option("--backbone", required=True, help="Target CLIP backbone (open_clip architecture name, or demo).")
+@click.option("--pretrained", default=None, help="open_clip pretrained tag of the target (e.g. openai).")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Local weights file of the target.")
+@click.option("--top", "top", type=int, default=5, help="How many of the run's best templates to re-score.")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Where the dataset lives [default: the run's].")
+@click.option("--device", default=None, help="torch device [default: cuda when available, else cpu].")
+@runs_dir_option
+@format_option
+@user_errors
+def transfer_cmd(run, backbone, pretrained, weights, top, data_root, device, runs_dir, fmt):
+    """Re-score a run's top templates, plus the baseline "a photo of a {}.", on another
+    backbone with the same dataset split (dataset, shots, seed of the run). Prints source
+    vs target accuracy per template and the rank correlation; saves
+    transfer-<backbone>.csv in the run folder.
+
+    \b
+    Examples:
+      promptclimb transfer 20250101-120000-eurosat-4shot --backbone ViT-B-16 --pretrained openai
+      promptclimb transfer my-run --backbone ViT-B-32 --weights ~/models/vit-b-32.safetensors --top 10
+    """
+    if top < 1:
+        raise PromptclimbError("--top must be at least 1")
+    loaded = open_run(run, runs_dir)
+    args = loaded.args
+    if not args.get("dataset"):
+        raise PromptclimbError(f"{loaded.path / 'config.json'} does not say which dataset the run used")
+    table = transfer_table(loaded, top)
+    evaluator = build_evaluator(
+        dataset=args["dataset"], shots=args.get("shots", 1), seed=args.get("seed", 0),
+        backbone=backbone, pretrained=pretrained, weights=weights,
+        data_root=data_root or args.get("data_root"), device=device,
+    )
+    splits = ("train", "val", "test")
+    scores = evaluator.score(list(table["template"]), splits=splits)
+    for split in splits:
+        table[f"target_{split}"] = [float(s.accuracy[split]) for s in scores]
+    select = loaded.select_splits
+    table["target_rank"] = table[[f"target_{s}" for s in select]].mean(axis=1).rank(ascending=False, method="min")
+    table["target_backbone"], table["target_pretrained"], table["target_weights"] = backbone, pretrained, weights
+    source_sel = table[[f"source_{s}" for s in select]].mean(axis=1, skipna=False)
+    target_sel = table[[f"target_{s}" for s in select]].mean(axis=1)
+    rho_sel = rank_correlation(source_sel, target_sel)
+    rho_test = rank_correlation(source_sel, table["target_test"])
+
+    path = loaded.path / transfer_name(backbone)
+    table.to_csv(path, index=False, float_format="%.6g")
+    source_name = loaded.backbone
+    if fmt in ("csv", "json"):
+        click.echo(as_text(table, fmt))
+    else:
+        cols = ["template", "source_train", "source_val", "source_test", "target_train", "target_val", "target_test"]
+        shown = table[cols].rename(columns=lambda c: c.replace("source_", "src ").replace("target_", "tgt "))
+        click.echo(f"{loaded.id}: {len(table)} templates on {backbone}"
+                   f"{f' ({pretrained})' if pretrained else ''} (source: {source_name}), "
+                   f"{args['dataset']} {args.get('shots')} shots seed {args.get('seed')}")
+        click.echo(as_text(shown, fmt, percent=tuple(shown.columns[1:])))
+        sel = "+".join(select)
+        click.echo(f"rank correlation (Spearman), source {sel} vs target {sel}: {fmt_rho(rho_sel)}; "
+                   f"vs target test: {fmt_rho(rho_test)}")
+    click.echo(f"saved {path}", err=fmt in ("csv", "json"))
+
+
+def fmt_rho(rho: float) -> str:
+    return "n/a (fewer than 2 templates scored on both, or all tied)" if math.isnan(rho) else f"{rho:+.2f}"
+
+
+# -- compare --------------------------------------------------------------------------------
+@click.command("compare", context_settings=CONTEXT)
+@click.argument("run1")
+@click.argument("run2")
+@click.option("--top", "top", type=int, default=5, help="Winning templates per run.")
+@runs_dir_option
+@format_option
+@user_errors
+def compare_cmd(run1, run2, top, runs_dir, fmt):
+    """Put two runs' winning templates side by side.
+
+    \b
+    Example:
+      promptclimb compare 20250101-120000-eurosat-4shot 20250102-090000-eurosat-4shot
+    """
+    a, b = open_run(run1, runs_dir), open_run(run2, runs_dir)
+    wa, wb = a.winners(top), b.winners(top)
+    n = max(len(wa), len(wb))
+    rows = []
+    for i in range(n):
+        row = {}
+        for key, w in (("A", wa), ("B", wb)):
+            r = w.iloc[i] if i < len(w) else None
+            row["rank" if key == "A" else "rank B"] = r["rank"] if r is not None else None
+            row[f"{key} template"] = r["template"] if r is not None else None
+            for split in ("train", "test"):
+                row[f"{key} {split}"] = r[split] if r is not None else None
+        rows.append(row)
+    frame = pd.DataFrame(rows).drop(columns="rank B")
+    if fmt in ("csv", "json"):
+        click.echo(as_text(frame, fmt))
+        return
+    facts = pd.DataFrame([
+        {"": key, "run": run.id, "dataset": run.dataset, "backbone": run.backbone, "shots": run.args.get("shots"),
+         "seed": run.args.get("seed"), "llm": run.llm, "llm answers": len(run.of("llm_exchange")), "status": run.status}
+        for key, run in (("A", a), ("B", b))
+    ])
+    click.echo(as_text(facts, fmt))
+    click.echo("")
+    click.echo(as_text(frame, fmt, percent=("A train", "A test", "B train", "B test")))
+    shared = set(wa["template"]) & set(wb["template"])
+    shared.discard(None)
+    shared = {t for t in shared if not str(t).startswith("ensemble of")}
+    click.echo(f"\nshared among the winners: {len(shared)}" + ("".join(f"\n  {t}" for t in sorted(shared))))
+    same_split = all(a.args.get(k) == b.args.get(k) for k in ("dataset", "shots", "seed"))
+    if not same_split:
+        click.echo("note: the runs use different dataset splits (dataset, shots or seed differ); "
+                   "their accuracies are not measured on the same images.")

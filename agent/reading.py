@@ -1,0 +1,419 @@
+"""Reading a run folder back: the tables behind `promptclimb runs / show / report / compare`.
+
+The writer (agent/runstore.py) defines the folder and the history.jsonl event schema; this
+module only reads. It is deliberately more forgiving than `runstore.read_history` (which
+guards a run that is about to be *continued*): to *look* at a run, every line that parses is
+used and every line that does not is reported as skipped, so a damaged history still shows
+what it holds.
+
+Format versions: a run folder whose config.json or summary.json says a newer format than
+this promptclimb knows is refused with a clear message (`NewerFormat`) rather than read on a
+best-effort basis: a newer format may change what a field means, and quietly wrong numbers
+are worse than "upgrade promptclimb". Single history lines of a newer version are skipped
+and reported like damaged ones.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from agent.errors import PromptclimbError
+from agent.runstore import CONFIG, FORMAT_VERSION, HISTORY, SUMMARY
+from agent.search import SELECTIONS
+
+BASELINE = "a photo of a {}."  # the template every CLIP paper starts from
+
+
+class NewerFormat(PromptclimbError):
+    pass
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A history line that could not be used, and why (line numbers are 1-based)."""
+
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.reason}"
+
+
+# -- finding runs ---------------------------------------------------------------------------
+def list_run_dirs(runs_dir: str | Path) -> list[Path]:
+    """Every folder under `runs_dir` that looks like a run (has a config.json)."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    return sorted(p for p in runs_dir.iterdir() if p.is_dir() and (p / CONFIG).exists())
+
+
+def find_run(run: str, runs_dir: str | Path) -> Path:
+    """A run folder from an id under `runs_dir`, a unique prefix of one, or a path."""
+    runs_dir = Path(runs_dir)
+    for candidate in (Path(run), runs_dir / run):
+        if (candidate / CONFIG).exists():
+            return candidate
+    known = list_run_dirs(runs_dir)
+    matches = [p for p in known if p.name.startswith(run)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise PromptclimbError(f"run {run!r} is ambiguous under {runs_dir}: " + ", ".join(p.name for p in matches))
+    if not known:
+        raise PromptclimbError(f"no run {run!r}: {runs_dir} holds no runs (use --runs-dir to look elsewhere)")
+    names = [p.name for p in sorted(known, key=lambda p: p.stat().st_mtime, reverse=True)]
+    shown = ", ".join(names[:10]) + (f" ... ({len(names)} in all)" if len(names) > 10 else "")
+    raise PromptclimbError(f"no run {run!r} under {runs_dir}; runs there: {shown}")
+
+
+# -- reading files --------------------------------------------------------------------------
+def _check_version(obj: dict, where: Path) -> None:
+    version = obj.get("v")
+    if not isinstance(version, int):
+        raise PromptclimbError(f"{where}: no format version ('v'); not a promptclimb run file")
+    if version > FORMAT_VERSION:
+        raise NewerFormat(
+            f"{where} was written in run format v{version}; this promptclimb reads v{FORMAT_VERSION}. "
+            "Upgrade promptclimb to read it."
+        )
+
+
+def read_json(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PromptclimbError(f"{path} cannot be read: {exc}") from None
+    if not isinstance(obj, dict):
+        raise PromptclimbError(f"{path} is not a JSON object")
+    _check_version(obj, path)
+    return obj
+
+
+# What an event needs to be usable by the readers (see agent/runstore.py for the schema).
+REQUIRED = {
+    "score": ("template", "accuracy"),
+    "reject": ("template", "reason"),
+    "llm_exchange": ("call", "answer"),
+    "final": ("best",),
+}
+
+
+def read_events(path: str | Path) -> tuple[list[dict], list[Skipped]]:
+    """Every usable event of a history.jsonl, and the lines skipped with the reason."""
+    path = Path(path)
+    if not path.exists():
+        return [], []
+    data = path.read_bytes()
+    events, skipped = [], []
+    lines = data.split(b"\n")
+    cut_short = not data.endswith(b"\n") and data != b""
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        last = number == len(lines)
+        try:
+            event = json.loads(raw)
+        except ValueError as exc:
+            why = "cut short (the run was stopped while writing it)" if last and cut_short else f"not valid JSON ({exc})"
+            skipped.append(Skipped(number, why))
+            continue
+        if not isinstance(event, dict) or not isinstance(event.get("event"), str):
+            skipped.append(Skipped(number, "not an event (no 'event' field)"))
+            continue
+        version = event.get("v")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            skipped.append(Skipped(number, f"format v{version} is not one this promptclimb reads (v{FORMAT_VERSION})"))
+            continue
+        missing = [k for k in REQUIRED.get(event["event"], ()) if k not in event]
+        if missing or (event["event"] == "score" and not isinstance(event.get("accuracy"), dict)):
+            skipped.append(Skipped(number, f"{event['event']} event without {', '.join(missing) or 'accuracy'}"))
+            continue
+        event["_line"] = number
+        events.append(event)
+    return events, skipped
+
+
+def _selection_value(accuracy: dict, splits) -> float:
+    values = [accuracy[s] for s in splits if isinstance(accuracy.get(s), (int, float))]
+    return sum(values) / len(values) if values else math.nan
+
+
+# -- one run --------------------------------------------------------------------------------
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    summary: dict | None
+    events: list[dict]
+    skipped: list[Skipped] = field(default_factory=list)
+
+    # identity ------------------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def args(self) -> dict:
+        return self.config.get("evaluator_args") or {}
+
+    @property
+    def dataset(self) -> str | None:
+        return self.args.get("dataset") or (self.summary or {}).get("dataset")
+
+    @property
+    def backbone(self) -> str | None:
+        name = self.args.get("backbone")
+        if name and self.args.get("pretrained"):
+            return f"{name} ({self.args['pretrained']})"
+        return name
+
+    @property
+    def llm(self) -> str | None:
+        llm = self.config.get("llm") or {}
+        return llm.get("served_model") or llm.get("model")
+
+    @property
+    def select(self) -> str:
+        return (self.config.get("search") or {}).get("select") or (self.summary or {}).get("select") or "train"
+
+    @property
+    def select_splits(self) -> tuple[str, ...]:
+        return SELECTIONS.get(self.select, ("train",))
+
+    @property
+    def created(self) -> datetime:
+        """When the run started: config.json's `created`, else the folder's time."""
+        text = self.config.get("created")
+        if text:
+            try:
+                return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S%z")
+            except ValueError:
+                pass
+        return datetime.fromtimestamp((self.path / CONFIG).stat().st_mtime, tz=timezone.utc)
+
+    @property
+    def final(self) -> dict | None:
+        """The result: summary.json, else the history's final event (None: not finished)."""
+        if self.summary is not None:
+            return self.summary
+        finals = self.of("final")
+        return finals[-1] if finals else None
+
+    @property
+    def status(self) -> str:
+        final = self.final
+        if final is None:
+            return "unfinished"
+        return "done" if final.get("stopped", "completed") == "completed" else "stopped early"
+
+    def of(self, kind: str) -> list[dict]:
+        return [e for e in self.events if e["event"] == kind]
+
+    # tables --------------------------------------------------------------------------------
+    def scores(self) -> pd.DataFrame:
+        """Every scored template, in scoring order, with `x` = LLM answers received before
+        it was scored (0 for the first pool; call + 1 for a proposal of LLM answer `call`)
+        and `selection` = the accuracy the search ranks by."""
+        rows, calls = [], 0
+        for e in self.events:
+            if e["event"] == "llm_exchange":
+                calls = max(calls, int(e["call"]) + 1)
+            if e["event"] != "score":
+                continue
+            row = {k: e.get(k) for k in ("restart", "reset", "iteration", "call", "template", "origin", "source")}
+            row["x"] = int(e["call"]) + 1 if e.get("call") is not None else calls
+            for split, value in e["accuracy"].items():
+                row[split] = value
+            for split, value in (e.get("loss") or {}).items():
+                row[f"{split}_loss"] = value
+            row["selection"] = _selection_value(e["accuracy"], self.select_splits)
+            row["line"] = e["_line"]
+            rows.append(row)
+        frame = pd.DataFrame(rows)
+        if frame.empty:
+            return pd.DataFrame(columns=["template", "origin", "x", "selection", "train", "val"])
+        frame["best_so_far"] = frame["selection"].cummax()
+        return frame
+
+    def ranked(self) -> pd.DataFrame:
+        """Scored templates best first, as the search ranks them: selection accuracy, then
+        lower cross-entropy on the same splits, then scored earlier."""
+        frame = self.scores()
+        return frame if frame.empty else self._rank(frame)
+
+    def winners(self, k: int = 5) -> pd.DataFrame:
+        """The best templates with train / val / test accuracy (test exists for the best one
+        and the ensemble only: it is computed once, at the end), best first."""
+        final = self.final
+        rows = []
+        if final is not None:
+            top = final.get("top") or [final["best"]]
+            for i, t in enumerate(top[:k], start=1):
+                acc = dict(t.get("accuracy") or {})
+                if t.get("template") == final["best"].get("template"):
+                    acc = {**acc, **(final["best"].get("accuracy") or {})}
+                rows.append({"rank": i, "template": t.get("template"), "origin": t.get("origin"), **acc})
+            ensemble = final.get("ensemble")
+            if ensemble:
+                rows.append({"rank": "ens", "template": f"ensemble of {len(ensemble['templates'])}",
+                             "origin": "top-k", **(ensemble.get("accuracy") or {})})
+        else:  # an unfinished run: rank what was scored (no test accuracy yet)
+            for i, row in enumerate(self.ranked().head(k).itertuples(), start=1):
+                rows.append({"rank": i, "template": row.template, "origin": row.origin,
+                             **{s: getattr(row, s) for s in ("train", "val") if hasattr(row, s)}})
+        frame = pd.DataFrame(rows, columns=["rank", "template", "origin", "train", "val", "test"])
+        return frame
+
+    def _rank(self, frame: pd.DataFrame) -> pd.DataFrame:
+        loss_cols = [f"{s}_loss" for s in self.select_splits if f"{s}_loss" in frame]
+        tie = frame[loss_cols].mean(axis=1) if loss_cols else 0.0
+        frame = frame.assign(_tie=tie, _order=frame["line"] if "line" in frame else range(len(frame)))
+        frame = frame.sort_values(["selection", "_tie", "_order"], ascending=[False, True, True])
+        return frame.drop(columns=["_tie", "_order"]).reset_index(drop=True)
+
+    def scoreboard(self, restart, before_line: int) -> tuple[list[dict], list[dict]]:
+        """The top-k and bottom-k templates the LLM was shown at a point of the run: the
+        restart's pool sample plus what the LLM proposed in that restart so far, ranked as
+        the search ranks them (rebuilt from the events, not parsed back from the prompt
+        text, which users may rewrite)."""
+        scores = self.scores()
+        if scores.empty:
+            return [], []
+        pools = [e.get("pool") or [] for e in self.of("restart") if e.get("restart") == restart]
+        pool = set(pools[-1]) if pools else set(scores.loc[scores["origin"] == "pool", "template"])
+        firsts = scores.drop_duplicates("template")
+        in_pool = firsts[firsts["template"].isin(pool)]
+        proposed = firsts[(firsts["origin"] == "llm") & (firsts["restart"] == restart) & (firsts["line"] < before_line)]
+        board = self._rank(pd.concat([in_pool, proposed]))
+        search = self.config.get("search") or {}
+        top_k, bottom_k = int(search.get("top_k", 3)), int(search.get("bottom_k", 3))
+        rows = [{"template": r.template, "accuracy": r.selection} for r in board.itertuples()]
+        top = rows[:top_k]
+        rest = rows[len(top):]
+        return top, (rest[len(rest) - bottom_k:] if bottom_k else [])
+
+    def iterations(self) -> list[dict]:
+        """One entry per LLM answer: where it was, what the LLM was shown (the scoreboard's
+        top and bottom), what it answered, what was scored and what rejected (and why), and
+        the best so far after it."""
+        scores = self.scores()
+        out = []
+        for ex in self.of("llm_exchange"):
+            call = int(ex["call"])
+            scored = scores[scores["call"] == call] if "call" in scores else scores.iloc[0:0]
+            rejects = [e for e in self.of("reject") if e.get("call") == call]
+            # best so far = over everything recorded up to this answer's last proposal
+            last = max([ex["_line"], *scored.get("line", []), *(e["_line"] for e in rejects)])
+            upto = scores[scores["line"] <= last] if "line" in scores else scores
+            top, bottom = self.scoreboard(ex.get("restart"), ex["_line"])
+            usage = ex.get("usage") or {}
+            out.append({
+                "call": call, "restart": ex.get("restart"), "reset": ex.get("reset"), "iteration": ex.get("iteration"),
+                "shown_top": top, "shown_bottom": bottom,
+                "answer": ex.get("answer", ""),
+                "scored": [{"template": r.template, "selection": r.selection,
+                            **{s: getattr(r, s) for s in ("train", "val") if hasattr(r, s)}}
+                           for r in self._rank(scored).itertuples()] if not scored.empty else [],
+                "rejected": [{"template": e["template"], "reason": e["reason"]} for e in rejects],
+                "best_so_far": float(upto["selection"].max()) if not upto.empty else math.nan,
+                "best_template": self._rank(upto)["template"].iloc[0] if not upto.empty else None,
+                "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
+                "latency_s": ex.get("latency_s"), "source": ex.get("source"),
+            })
+        return out
+
+    def iterations_frame(self) -> pd.DataFrame:
+        """`iterations()` as one row per LLM answer (for csv / the report)."""
+        rows = []
+        for it in self.iterations():
+            best_new = max((s["selection"] for s in it["scored"]), default=math.nan)
+            rows.append({k: it[k] for k in ("call", "restart", "reset", "iteration")}
+                        | {"scored": len(it["scored"]), "rejected": len(it["rejected"]), "best_new": best_new,
+                           "best_so_far": it["best_so_far"], "prompt_tokens": it["prompt_tokens"],
+                           "completion_tokens": it["completion_tokens"], "latency_s": it["latency_s"]})
+        return pd.DataFrame(rows)
+
+    def proposals(self) -> pd.DataFrame:
+        """Every template the LLM proposed, scored or rejected, one row each (for csv)."""
+        rows = []
+        for it in self.iterations():
+            where = {k: it[k] for k in ("call", "restart", "reset", "iteration")}
+            for s in it["scored"]:
+                rows.append(where | {"template": s["template"], "status": "scored", "reason": "",
+                                     **{k: s.get(k) for k in ("train", "val")},
+                                     "best_so_far": it["best_so_far"]})
+            for r in it["rejected"]:
+                rows.append(where | {"template": r["template"], "status": "rejected", "reason": r["reason"],
+                                     "train": None, "val": None, "best_so_far": it["best_so_far"]})
+        return pd.DataFrame(rows, columns=["call", "restart", "reset", "iteration", "template", "status", "reason",
+                                           "train", "val", "best_so_far"])
+
+    def conversation(self) -> list[dict]:
+        """The raw exchanges: per LLM answer, the messages new since the previous answer of
+        its conversation, then the answer."""
+        return [{"call": ex["call"], "restart": ex.get("restart"), "reset": ex.get("reset"),
+                 "iteration": ex.get("iteration"), "messages": ex.get("messages") or [], "answer": ex.get("answer", "")}
+                for ex in self.of("llm_exchange")]
+
+    def ledger(self) -> dict:
+        """LLM cost of the run: from summary.json, else counted from the history."""
+        if self.summary and self.summary.get("ledger"):
+            return self.summary["ledger"]
+        asked = [e for e in self.of("llm_exchange") if not e.get("cached")]
+        return {"calls": len(asked), "cache_hits": len(self.of("llm_exchange")) - len(asked),
+                "prompt_tokens": sum((e.get("usage") or {}).get("prompt_tokens") or 0 for e in asked),
+                "completion_tokens": sum((e.get("usage") or {}).get("completion_tokens") or 0 for e in asked)}
+
+
+def load_run(path: str | Path) -> Run:
+    """A run folder read back (NewerFormat / PromptclimbError for what cannot be read)."""
+    path = Path(path)
+    config = read_json(path / CONFIG)
+    summary = read_json(path / SUMMARY) if (path / SUMMARY).exists() else None
+    events, skipped = read_events(path / HISTORY)
+    return Run(path, config, summary, events, skipped)
+
+
+# -- all runs -------------------------------------------------------------------------------
+RUNS_COLUMNS = ["id", "dataset", "backbone", "shots", "seed", "llm", "best template", "train", "test",
+                "llm calls", "date", "status"]
+
+
+def runs_frame(runs_dir: str | Path) -> pd.DataFrame:
+    """One row per run under `runs_dir`, newest first. A run that cannot be read still gets
+    its row, with the reason as status (one bad folder must not hide the others)."""
+    rows = []
+    for path in list_run_dirs(runs_dir):
+        try:
+            run = load_run(path)
+        except PromptclimbError as exc:
+            when = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
+            status = "newer format" if isinstance(exc, NewerFormat) else "unreadable"
+            rows.append({"id": path.name, "date": when, "status": status})
+            continue
+        final = run.final
+        best = (final or {}).get("best") or {}
+        if not best:  # unfinished: best scored so far, no test accuracy
+            ranked = run.ranked()
+            if not ranked.empty:
+                best = {"template": ranked.loc[0, "template"], "accuracy": {"train": ranked.loc[0].get("train")}}
+        accuracy = best.get("accuracy") or {}
+        status = run.status + (f", {len(run.skipped)} bad lines" if run.skipped else "")
+        rows.append({
+            "id": run.id, "dataset": run.dataset, "backbone": run.backbone, "shots": run.args.get("shots"),
+            "seed": run.args.get("seed"), "llm": run.llm, "best template": best.get("template"),
+            "train": accuracy.get("train"), "test": accuracy.get("test"),
+            "llm calls": len(run.of("llm_exchange")), "date": run.created, "status": status,
+        })
+    frame = pd.DataFrame(rows, columns=RUNS_COLUMNS)
+    if frame.empty:
+        return frame
+    frame["date"] = pd.to_datetime(frame["date"], utc=True)
+    return frame.sort_values(["date", "id"], ascending=False).reset_index(drop=True)

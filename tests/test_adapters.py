@@ -1,0 +1,229 @@
+"""Output-side adapters: shapes, determinism, learning on separable features, save/load, the
+run-level command (summary.json, adapter.pt, the prompt-only fallback) and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from click.testing import CliRunner
+
+from agent.errors import PromptclimbError
+
+REPO = Path(__file__).resolve().parents[1]
+KINDS = ("residual-logits", "feature-residual", "cache")
+
+
+def clusters(torch, n_per_class, n_classes=4, dim=32, noise=0.07, seed=0, means=None):
+    """Well-separated classes: normalised (class mean + noise). Returns (features, labels, means)."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    if means is None:
+        means = F.normalize(torch.randn(n_classes, dim, generator=g), dim=-1)
+    labels = torch.arange(n_classes).repeat_interleave(n_per_class)
+    features = F.normalize(means[labels] + noise * torch.randn(len(labels), dim, generator=g), dim=-1)
+    return features, labels, means
+
+
+@pytest.fixture
+def separable(torch_threads):
+    """Train/val/test clusters and *poor* class embeddings: each class's embedding points at
+    the next class's mean (plus a random direction), so the prompt alone confuses them all."""
+    import torch
+    import torch.nn.functional as F
+
+    train_x, train_y, means = clusters(torch, 8, seed=0)
+    val_x, val_y, _ = clusters(torch, 4, seed=1, means=means)
+    test_x, test_y, _ = clusters(torch, 50, seed=2, means=means)
+    noise = F.normalize(torch.randn(4, 32, generator=torch.Generator().manual_seed(99)), dim=-1)
+    poor = F.normalize(means.roll(1, dims=0) + noise, dim=-1)
+    return SimpleNamespace(train=(train_x, train_y), val=(val_x, val_y), test=(test_x, test_y),
+                           means=means, poor=poor, scale=20.0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_shapes_and_untrained_adapter_is_the_prompt(kind, separable):
+    import torch
+
+    from evaluators.adapters import ADAPTERS
+
+    cls = ADAPTERS[kind]
+    x, y = separable.train
+    module = cls.fit(x, y, separable.poor, separable.scale, cls.grid[0], seed=0)
+    assert module(x).shape == (len(x), 4)
+    assert module.size_bytes() > 0
+    if cls.trained:  # the residual starts at zero: before training it *is* the prompt-only classifier
+        fresh = cls(separable.poor, separable.scale, cls.grid[0])
+        assert torch.allclose(fresh(x), fresh.zero_shot_logits(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_same_seed_gives_identical_weights_and_logits(kind, separable):
+    import torch
+
+    from evaluators.adapters import ADAPTERS
+
+    cls = ADAPTERS[kind]
+    x, y = separable.train
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    a = cls.fit(x, y, separable.poor, separable.scale, cls.grid[-1], seed=7)
+    assert torch.equal(torch.rand(3), before)  # fitting leaves the caller's RNG alone
+    b = cls.fit(x, y, separable.poor, separable.scale, cls.grid[-1], seed=7)
+    for (name, ta), (_, tb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(ta, tb), name
+    assert torch.equal(a(x), b(x))
+    if cls.trained:
+        c = cls.fit(x, y, separable.poor, separable.scale, cls.grid[-1], seed=8)
+        assert not torch.equal(a(x), c(x))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_adapter_learns_separable_features_where_the_prompt_is_poor(kind, separable):
+    from evaluators.adapters import select_and_fit
+
+    fit = select_and_fit(kind, separable.train, separable.val, separable.poor, separable.scale,
+                         seed=0, test=separable.test)
+    assert fit.prompt_accuracy["test"] < 0.3  # the prompt alone is poor
+    assert fit.accuracy["test"] > 0.95, fit.grid
+    assert fit.beats_prompt_on_val
+    assert fit.hparams in [g["hparams"] for g in fit.grid]
+    # the choice is the best on val; a tie goes to the earlier (closer to zero-shot) grid point
+    vals = [g["accuracy"]["val"] for g in fit.grid]
+    assert fit.accuracy["val"] == max(vals)
+    assert fit.hparams == fit.grid[vals.index(max(vals))]["hparams"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_and_load_give_the_same_logits(kind, separable, tmp_path):
+    import torch
+
+    from evaluators.adapters import load_adapter, save_adapter, select_and_fit
+
+    fit = select_and_fit(kind, separable.train, separable.val, separable.poor, separable.scale, seed=0)
+    path = tmp_path / "adapter.pt"
+    size = save_adapter(path, fit.module, ["a photo of a {}."], ["a", "b", "c", "d"])
+    assert size == path.stat().st_size > 0
+    loaded = load_adapter(path, separable.poor)
+    assert loaded.kind == kind and loaded.hparams == fit.hparams
+    assert torch.equal(loaded(separable.test[0]), fit.module(separable.test[0]))
+
+
+def test_class_count_and_dimension_mismatch_are_clear_errors(separable, tmp_path):
+    import torch
+
+    from evaluators.adapters import load_adapter, save_adapter, select_and_fit
+
+    fit = select_and_fit("cache", separable.train, separable.val, separable.poor, separable.scale)
+    path = tmp_path / "adapter.pt"
+    save_adapter(path, fit.module, ["a {}."])
+    with pytest.raises(PromptclimbError, match="fit for 4 classes but this data has 3"):
+        load_adapter(path, separable.poor[:3])
+    with pytest.raises(PromptclimbError, match="32-dimensional"):
+        load_adapter(path, torch.zeros(4, 16))
+    with pytest.raises(PromptclimbError, match="class-count mismatch"):  # labels beyond the classes
+        select_and_fit("cache", separable.train, separable.val, separable.poor[:2], separable.scale)
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(PromptclimbError, match="not a readable adapter"):
+        load_adapter(tmp_path / "junk.pt", separable.poor)
+    with pytest.raises(PromptclimbError, match="no adapter at"):
+        load_adapter(tmp_path / "missing.pt", separable.poor)
+
+
+def test_unknown_kind_names_the_known_kinds(tmp_path):
+    from agent.cli import cli
+    from agent.cmd_adapt import ADAPTER_KINDS, check_kinds
+    from evaluators.adapters import ADAPTERS, get_adapter
+
+    assert ADAPTER_KINDS == tuple(ADAPTERS)  # the torch-free list in agent/ matches the registry
+    with pytest.raises(PromptclimbError) as err:
+        get_adapter("lora")
+    assert all(k in str(err.value) for k in ADAPTERS)
+    assert check_kinds(["all", "cache"]) == list(ADAPTERS)
+    result = CliRunner().invoke(cli, ["adapt", str(tmp_path), "--kind", "lora"])
+    assert result.exit_code != 0
+    assert "unknown adapter kind 'lora'" in result.output and "feature-residual" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_agent_side_does_not_import_torch():
+    code = "import sys, agent.cmd_adapt; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+# ---------------------------------------------------------------- run level
+
+
+class FakeEvaluator:
+    """The part of ClipEvaluator an adapter uses, over in-memory features."""
+
+    def __init__(self, splits, class_embeddings, scale, classnames):
+        self.splits, self.embeddings, self.logit_scale = splits, class_embeddings, scale
+        self.task = SimpleNamespace(classnames=tuple(classnames))
+
+    def image_features(self, split):
+        return self.splits[split]
+
+    def class_embeddings(self, templates):
+        return self.embeddings
+
+
+def make_run(folder: Path, evaluator_args: dict, template="a photo of a {}.") -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"v": 1, "evaluator_args": evaluator_args}))
+    best = {"template": template, "accuracy": {"train": 0.5, "val": 0.5, "test": 0.5}}
+    (folder / "summary.json").write_text(json.dumps({"v": 1, "best": best, "ensemble": None}))
+    return folder
+
+
+def test_a_losing_adapter_leaves_the_prompt_only_result(separable, tmp_path):
+    from agent.cmd_adapt import fit_run_adapter
+
+    # Class embeddings = the true class means: the prompt alone is already perfect on val.
+    evaluator = FakeEvaluator({"train": separable.train, "val": separable.val, "test": separable.test},
+                              separable.means, separable.scale, "abcd")
+    run = make_run(tmp_path / "run", {"seed": 1})
+    said = []
+    section = fit_run_adapter(run, ["cache"], evaluator=evaluator, echo=said.append)
+    assert section["prompt_accuracy"]["val"] == 1.0 and not section["beats_prompt_on_val"]
+    assert section["result"] == "prompt-only"
+    assert "no adapter beat the prompt alone on val" in said[-1]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["adapter"]["result"] == "prompt-only"
+    assert summary["best"]["template"] == "a photo of a {}."  # the run's result is untouched
+
+
+def test_adapt_a_run_without_cached_features(tiny_clip_config, tiny_clip_weights, image_folder, torch_threads,
+                                             isolated_home, tmp_path):
+    """A real (tiny) CLIP run whose image features were never computed: they are computed,
+    adapter.pt and the summary's adapter section are written, and eval --with-adapter's
+    function re-applies the saved adapter with the same result."""
+    from agent.cli import cli
+    from agent.cmd_adapt import eval_run_adapter
+
+    args = {"dataset": "imagefolder", "shots": 2, "seed": 1, "backbone": tiny_clip_config,
+            "pretrained": None, "weights": str(tiny_clip_weights), "data_root": str(image_folder)}
+    run = make_run(tmp_path / "runs" / "tiny-run", args)
+    assert not list(isolated_home.glob("features/images/*"))
+    result = CliRunner().invoke(cli, ["adapt", "tiny-run", "--runs-dir", str(tmp_path / "runs"),
+                                      "--kind", "cache", "--kind", "feature-residual", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    section = json.loads(result.stdout)
+    assert len(list(isolated_home.glob("features/images/*.safetensors"))) == 3  # train, val, test now cached
+    assert (run / "adapter.pt").is_file() and section["file_bytes"] == (run / "adapter.pt").stat().st_size
+    assert [c["kind"] for c in section["candidates"]] == ["cache", "feature-residual"]
+    for key in ("kind", "hparams", "accuracy", "prompt_accuracy", "size_bytes", "beats_prompt_on_val", "result"):
+        assert key in section
+    assert set(section["accuracy"]) == {"train", "val", "test"}
+    assert json.loads((run / "summary.json").read_text())["adapter"] == section
+
+    applied = eval_run_adapter(run, splits=("test",), device="cpu")
+    assert applied["kind"] == section["kind"]
+    assert applied["accuracy"]["test"]["adapter"] == pytest.approx(section["accuracy"]["test"])
+    assert applied["accuracy"]["test"]["prompt"] == pytest.approx(section["prompt_accuracy"]["test"])

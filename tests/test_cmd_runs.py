@@ -1,0 +1,187 @@
+"""`promptclimb runs / show / report / compare / transfer` through the CLI, on run folders
+made by real tiny searches (tests/test_reading.make_run: the real loop with the fake LLM
+server and the in-memory evaluator; the transfer test: `promptclimb search` with a tiny
+open_clip model and generated images)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import pandas as pd
+from click.testing import CliRunner
+
+from agent.cli import cli
+from agent.cmd_runs import rank_correlation, transfer_name
+from fake_llm import FakeLLM
+from test_reading import make_run, responder
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_runs_lists_newest_first(tmp_path):
+    make_run(tmp_path, "older", created="2025-01-01T12:00:00+0000")
+    make_run(tmp_path, "newer", created="2025-03-01T12:00:00+0000")
+    result = invoke("runs", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    header, rule, first, second = result.output.splitlines()
+    for column in ("id", "dataset", "backbone", "shots", "seed", "llm", "best template", "train", "test",
+                   "llm calls", "date"):
+        assert column in header
+    assert first.startswith("newer") and second.startswith("older")
+    summary = json.loads((tmp_path / "runs" / "newer" / "summary.json").read_text())
+    assert summary["best"]["template"] in first and f"{100 * summary['best']['accuracy']['test']:.1f}%" in first
+
+    as_json = json.loads(invoke("runs", "--runs-dir", tmp_path / "runs", "--format", "json").output)
+    assert [r["id"] for r in as_json] == ["newer", "older"] and as_json[0]["llm calls"] == 6
+
+
+def test_show_in_every_format(tmp_path):
+    run_dir = make_run(tmp_path)
+    runs = tmp_path / "runs"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    best = summary["best"]["template"]
+
+    table = invoke("show", "run", "--runs-dir", runs)
+    assert table.exit_code == 0, table.output
+    text = table.output
+    assert text.index("Winning templates") < text.index("Iteration by iteration")
+    assert best in text.split("Iteration by iteration")[0]
+    assert text.count("answer ") >= 6 and "shown:" in text and "top " in text and "bottom " in text
+    assert "rejected  a {name} with a named field" in text and "<- best so far" in text
+
+    markdown = invoke("show", "run", "--runs-dir", runs, "--format", "markdown").output
+    assert "## Winning templates" in markdown and "| rank" in markdown and f"`{best}`" in markdown
+
+    rows = pd.read_csv(io.StringIO(invoke("show", "run", "--runs-dir", runs, "--format", "csv").output))
+    events = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert (rows["status"] == "scored").sum() == sum(e["event"] == "score" for e in events)
+    assert (rows["status"] == "rejected").sum() == sum(e["event"] == "reject" for e in events) > 0
+
+    doc = json.loads(invoke("show", "run", "--runs-dir", runs, "--format", "json").output)
+    assert doc["winners"][0]["template"] == best and len(doc["iterations"]) == 6 and "conversation" not in doc
+
+    conversation = invoke("show", "run", "--runs-dir", runs, "--conversation").output
+    first = events[[e["event"] for e in events].index("llm_exchange")]
+    assert "[system]" in conversation and first["messages"][0]["content"].splitlines()[0] in conversation
+    assert first["answer"].splitlines()[0] in conversation
+    doc = json.loads(invoke("show", "run", "--runs-dir", runs, "--format", "json", "--conversation").output)
+    assert doc["conversation"][0]["answer"] == first["answer"]
+
+
+def test_bad_input_is_a_message_not_a_traceback(tmp_path):
+    run_dir = make_run(tmp_path, "20250101-toy")
+    runs = tmp_path / "runs"
+    for command in (["show", "nope"], ["report", "nope"], ["compare", "20250101-toy", "nope"],
+                    ["transfer", "nope", "--backbone", "x"]):
+        result = invoke(*command, "--runs-dir", runs)
+        assert result.exit_code == 1, (command, result.output)
+        assert "no run 'nope'" in result.output and "runs there: 20250101-toy" in result.output
+        assert "Traceback" not in result.output
+    result = invoke("runs", "--runs-dir", tmp_path / "empty")
+    assert result.exit_code == 1 and "no runs under" in result.output
+
+    # partly corrupt history: what is valid is shown, what was skipped is named
+    lines = (run_dir / "history.jsonl").read_text().splitlines()
+    lines[3] = "{not json"
+    (run_dir / "history.jsonl").write_text("\n".join(lines) + "\n" + lines[-1][:20])
+    result = invoke("show", "20250101", "--runs-dir", runs)
+    assert result.exit_code == 0, result.output
+    assert "2 line(s)" in result.stderr and "line 4: not valid JSON" in result.stderr and "cut short" in result.stderr
+    assert "Winning templates" in result.stdout and "answer 6" in result.stdout
+
+    # a newer format
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "v": 7}))
+    result = invoke("show", "20250101-toy", "--runs-dir", runs)
+    assert result.exit_code == 1 and "run format v7" in result.output and "Upgrade promptclimb" in result.output
+    assert "newer format" in invoke("runs", "--runs-dir", runs).output
+
+
+def test_report_is_one_self_contained_page(tmp_path):
+    run_dir = make_run(tmp_path)
+    result = invoke("report", "run", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    assert f"report: {run_dir / 'report.html'}" in result.output and f"plot:   {run_dir / 'curve.png'}" in result.output
+    html = (run_dir / "report.html").read_text()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["best"]["template"] in html
+    assert re.search(r'<img [^>]*src="data:image/png;base64,[A-Za-z0-9+/=]{1000,}"', html)
+    # nothing fetched from elsewhere: no external src/href, no stylesheet or script links
+    assert not re.search(r'(src|href)\s*=\s*"(?!data:|#)', html)
+    assert "<link" not in html and "<script" not in html and "@import" not in html
+    assert html.count("<details>") >= 6  # the conversation is folded away
+    # LLM text is escaped, never markup
+    assert "a {name} with a named field" in html and "<name>" not in html
+
+
+def test_compare_puts_winners_side_by_side(tmp_path):
+    make_run(tmp_path, "a")
+    make_run(tmp_path, "b", iterations=1)
+    result = invoke("compare", "a", "b", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    best_a = json.loads((tmp_path / "runs" / "a" / "summary.json").read_text())["best"]["template"]
+    best_b = json.loads((tmp_path / "runs" / "b" / "summary.json").read_text())["best"]["template"]
+    row = next(line for line in result.output.splitlines() if line.startswith("1 "))
+    assert row.index(best_a) < row.rindex(best_b)
+    assert "shared among the winners" in result.output
+    rows = json.loads(invoke("compare", "a", "b", "--runs-dir", tmp_path / "runs", "--format", "json").output)
+    assert rows[0]["A template"] == best_a and rows[0]["B template"] == best_b
+
+
+def test_rank_correlation():
+    a = pd.Series([0.9, 0.8, 0.7, 0.6])
+    assert rank_correlation(a, pd.Series([0.5, 0.4, 0.3, 0.2])) == 1.0
+    assert rank_correlation(a, pd.Series([0.2, 0.3, 0.4, 0.5])) == -1.0
+    assert rank_correlation(a, pd.Series([0.5, float("nan"), float("nan"), float("nan")])) != \
+        rank_correlation(a, pd.Series([0.5, 0.1, 0.2, 0.3]))  # NaN pairs are left out
+    assert transfer_name("hf-hub:org/model") == "transfer-hf-hub_org_model.csv"
+
+
+def test_transfer_with_the_real_clip_evaluator(tmp_path, tiny_clip_config, tiny_clip_weights, image_folder,
+                                               isolated_home, torch_threads):
+    """A real tiny search, then its winners re-scored on the same backbone (same numbers)
+    and on another backbone whose features are not cached yet (computed on the way)."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    runs = tmp_path / "runs"
+    with FakeLLM(responder=responder) as fake:
+        env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake.base_url}
+        search = CliRunner().invoke(cli, [
+            "search", "--dataset", "imagefolder", "--data-root", str(image_folder), "--shots", "2",
+            "--backbone", tiny_clip_config, "--weights", str(tiny_clip_weights), "--device", "cpu",
+            "--iterations", "2", "--resets", "1", "--pool-sample", "6", "--runs-dir", str(runs), "--name", "real"],
+            env=env)
+    assert search.exit_code == 0, search.output
+    run_dir = runs / "real"
+    for command in (["show", "real"], ["report", "real"]):
+        assert invoke(*command, "--runs-dir", runs).exit_code == 0
+
+    same = invoke("transfer", "real", "--backbone", tiny_clip_config, "--weights", tiny_clip_weights,
+                  "--device", "cpu", "--top", "3", "--runs-dir", runs)
+    assert same.exit_code == 0, same.output
+    assert "rank correlation (Spearman)" in same.output and f"saved {run_dir / 'transfer-pc-tiny-vit.csv'}" in same.output
+    table = pd.read_csv(run_dir / "transfer-pc-tiny-vit.csv")
+    assert len(table) in (3, 4) and "a photo of a {}." in set(table["template"])
+    in_run = table.dropna(subset=["source_train"])
+    assert len(in_run) >= 3
+    assert (in_run["source_train"] - in_run["target_train"]).abs().max() < 1e-5  # same backbone, same split
+
+    torch_threads.manual_seed(1)
+    wide = open_clip.create_model("pc-tiny-wide", pretrained=None)
+    wide_weights = tmp_path / "wide.safetensors"
+    save_file({k: v.contiguous() for k, v in wide.state_dict().items()}, str(wide_weights))
+    features = isolated_home / "features" / "images"
+    before = set(features.rglob("*.safetensors"))
+    other = invoke("transfer", "real", "--backbone", "pc-tiny-wide", "--weights", wide_weights,
+                   "--device", "cpu", "--top", "2", "--runs-dir", runs, "--format", "json")
+    assert other.exit_code == 0, other.output
+    rows = json.loads(other.stdout)
+    assert len(set(features.rglob("*.safetensors")) - before) == 3  # train, val, test features of the new backbone
+    assert [r["template"] for r in rows][-1] == "a photo of a {}." and len(rows) == 3
+    assert all(0.0 <= r[f"target_{s}"] <= 1.0 for r in rows for s in ("train", "val", "test"))
+    assert (run_dir / "transfer-pc-tiny-wide.csv").exists()

@@ -1,0 +1,181 @@
+"""Reading run folders back (agent.reading, agent.plots): on folders written by a real, tiny
+search (the real loop and run store, the fake OpenAI-compatible server, the in-memory
+WordEvaluator), then damaged in the ways real folders get damaged. No torch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.errors import PromptclimbError
+from agent.llm import LLMClient
+from agent.pools import PoolTemplate
+from agent.reading import NewerFormat, find_run, load_run, read_events, runs_frame
+from agent.runstore import RunStore
+from agent.search import HillClimber, SearchConfig
+from fake_llm import FakeLLM, WordEvaluator
+
+REPO = Path(__file__).resolve().parents[1]
+POOL = [PoolTemplate(t, "general") for t in
+        ["a {}.", "itap of a {}.", "a drawing of a {}.", "a photo of a {}.", "a sketch of the {}.", "the {}."]]
+WORDS = ["photo", "clothing", "grayscale", "product", "garment", "studio", "blurry", "tiny", "dark", "bright"]
+
+
+def responder(body: dict) -> str:
+    """Three templates that depend on the request, plus one that must be rejected."""
+    h = int(hashlib.sha256(json.dumps([body["messages"], body["seed"]]).encode()).hexdigest(), 16)
+    lines = [f"a {WORDS[(h >> 4 * i) % 10]} {WORDS[(h >> 4 * i + 24) % 10]} picture of a {{}}." for i in range(3)]
+    return "\n".join([*lines, "a {name} with a named field"])
+
+
+def make_run(root: Path, name: str = "run", created: str = "2025-01-01T12:00:00+0000", **config) -> Path:
+    """A finished run folder from a real (tiny) search."""
+    settings = {**dict(restarts=1, resets=2, iterations=3, proposals=4, pool_sample=0), **config}
+    config_json = {"run_id": name, "created": created, "search": settings,
+                   "evaluator_args": {"dataset": "toy", "shots": 2, "seed": 0, "backbone": "word"},
+                   "llm": {"model": "fake"}}
+    with FakeLLM(responder=responder) as fake:
+        llm = LLMClient("fake", base_url=fake.base_url, api_key="sk-test", cache_dir=root / "llm-cache",
+                        wait_initial=0.001, wait_max=0.01)
+        with RunStore.create(root / "runs" / name, config_json) as store:
+            HillClimber(WordEvaluator(), llm, store, SearchConfig(**settings), pool=POOL, echo=lambda m: None).run()
+    return root / "runs" / name
+
+
+@pytest.fixture
+def run_dir(tmp_path) -> Path:
+    return make_run(tmp_path)
+
+
+def lines_of(run_dir: Path) -> list[str]:
+    return (run_dir / "history.jsonl").read_text().splitlines()
+
+
+def test_a_finished_run_reads_back_consistently(run_dir):
+    run = load_run(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    history = [json.loads(line) for line in lines_of(run_dir)]
+    assert run.skipped == [] and run.status == "done" and run.dataset == "toy" and run.llm == "fake"
+
+    winners = run.winners()
+    assert winners.loc[0, "template"] == summary["best"]["template"]
+    assert winners.loc[0, "test"] == summary["best"]["accuracy"]["test"]
+    assert winners.iloc[-1]["rank"] == "ens" and winners.iloc[-1]["test"] == summary["ensemble"]["accuracy"]["test"]
+    # the reader ranks the way the search does
+    assert run.ranked().loc[0, "template"] == summary["best"]["template"]
+
+    scores = run.scores()
+    assert len(scores) == sum(e["event"] == "score" for e in history)
+    assert list(scores["best_so_far"]) == sorted(scores["best_so_far"])  # best so far never drops
+
+    iterations = run.iterations()
+    exchanges = [e for e in history if e["event"] == "llm_exchange"]
+    assert len(iterations) == len(exchanges) == 6
+    for it, ex in zip(iterations, exchanges):
+        proposed = [line for line in ex["answer"].splitlines() if "{" in line]
+        assert len(it["scored"]) + len(it["rejected"]) == len(proposed)
+        assert any("named field" in r["template"] for r in it["rejected"])
+    assert iterations[-1]["best_so_far"] == summary["best"]["accuracy"]["train"]
+    assert iterations[-1]["best_template"] == summary["best"]["template"]
+
+
+def test_what_the_llm_was_shown_matches_the_prompt_it_got(run_dir):
+    """The scoreboard is rebuilt from events; check it against the first turn of every
+    conversation, which lists exactly the top and bottom templates."""
+    run = load_run(run_dir)
+    for it, ex in zip(run.iterations(), run.of("llm_exchange")):
+        if ex["iteration"] != 1:
+            continue
+        first_turn = ex["messages"][-1]["content"]
+        listed = re.findall(r"^(.*)  ->  ([\d.]+)%$", first_turn, flags=re.M)
+        shown = it["shown_top"] + it["shown_bottom"]
+        assert [t for t, _ in listed] == [s["template"] for s in shown]
+        assert [float(a) for _, a in listed] == [round(100 * s["accuracy"], 1) for s in shown]
+
+
+def test_damaged_history_shows_what_is_valid_and_says_what_was_skipped(run_dir):
+    lines = lines_of(run_dir)
+    kinds = [json.loads(line)["event"] for line in lines]
+    n, scores = len(lines), kinds.count("score")
+    assert kinds[3] == kinds[5] == "score"
+    first_answer = kinds.index("llm_exchange")
+    lines[3] = lines[3][: len(lines[3]) // 2]  # a half-written line in the middle
+    newer = json.loads(lines[5])
+    newer["v"] = 2
+    lines[5] = json.dumps(newer)
+    lines[first_answer] = "[1, 2, 3]"
+    text = "\n".join(lines) + "\n" + '{"v": 1, "seq": 999, "event": "sco'  # cut short by a kill
+    (run_dir / "history.jsonl").write_text(text)
+
+    events, skipped = read_events(run_dir / "history.jsonl")
+    assert [s.line for s in skipped] == [4, 6, first_answer + 1, n + 1]
+    assert "not valid JSON" in skipped[0].reason and "v2" in skipped[1].reason
+    assert "not an event" in skipped[2].reason and "cut short" in skipped[3].reason
+    assert len(events) == n - 3
+
+    run = load_run(run_dir)
+    assert len(run.skipped) == 4
+    assert len(run.scores()) == scores - 2
+    assert run.winners().loc[0, "template"]  # the summary and the rest still read
+    assert [it["call"] for it in run.iterations()] == [1, 2, 3, 4, 5]  # answer 0 is the one lost
+
+
+def test_newer_format_is_refused_with_a_clear_message(run_dir, tmp_path):
+    config = json.loads((run_dir / "config.json").read_text())
+    config["v"] = 2
+    (run_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(NewerFormat, match="run format v2; this promptclimb reads v1. Upgrade promptclimb"):
+        load_run(run_dir)
+    make_run(tmp_path, "other", created="2025-02-01T12:00:00+0000")
+    frame = runs_frame(tmp_path / "runs")  # one unreadable folder does not hide the others
+    assert dict(zip(frame["id"], frame["status"])) == {"other": "done", "run": "newer format"}
+
+
+def test_find_run_by_id_prefix_or_path_and_unknown_ids(tmp_path):
+    a = make_run(tmp_path, "20250101-eurosat")
+    make_run(tmp_path, "20250102-eurosat")
+    runs = tmp_path / "runs"
+    assert find_run("20250101-eurosat", runs) == a
+    assert find_run(str(a), tmp_path / "elsewhere") == a
+    assert find_run("20250101", runs) == a
+    with pytest.raises(PromptclimbError, match="ambiguous.*20250101-eurosat, 20250102-eurosat"):
+        find_run("2025", runs)
+    with pytest.raises(PromptclimbError, match="no run 'nope' under .*runs there: 20250102-eurosat, 20250101-eurosat"):
+        find_run("nope", runs)
+    with pytest.raises(PromptclimbError, match="holds no runs"):
+        find_run("nope", tmp_path / "empty")
+
+
+def test_an_unfinished_run_is_shown_from_its_scores(run_dir):
+    lines = lines_of(run_dir)
+    keep = [line for line in lines if json.loads(line)["event"] != "final"]
+    (run_dir / "history.jsonl").write_text("\n".join(keep[: len(keep) - 3]) + "\n")
+    (run_dir / "summary.json").unlink()
+    run = load_run(run_dir)
+    assert run.final is None and run.status == "unfinished"
+    winners = run.winners()
+    assert winners["test"].isna().all() and winners.loc[0, "template"] == run.ranked().loc[0, "template"]
+    assert runs_frame(run_dir.parent).loc[0, "status"] == "unfinished"
+
+
+def test_write_plots_writes_the_curve(run_dir):
+    from agent.plots import write_plots
+
+    paths = write_plots(run_dir)
+    assert paths == [run_dir / "curve.png"]
+    data = paths[0].read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+def test_reading_modules_do_not_import_torch():
+    code = ("import sys, agent.cmd_runs, agent.reading, agent.plots, agent.report; "
+            "print('torch' in sys.modules, 'matplotlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]
