@@ -69,8 +69,13 @@ def plot_curve(run: Run, path: Path) -> Path | None:
     ax.scatter([best_x], [curve.max()], s=70, color="#f39c12", edgecolor="#1b4f72", zorder=5)
 
     ax.set_xlim(left, right)
+    # a little room above and below, and never a range so narrow that ticks repeat
+    values = scores["selection"].dropna()
+    span = float(values.max() - values.min())
+    pad = max(0.02, 0.06 * span)
+    ax.set_ylim(float(values.min()) - pad, float(values.max()) + pad)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0 if span + 2 * pad >= 0.05 else 1))
     ax.set_xlabel("LLM answers (0 = the initial pool; thin lines: new conversation; dashed: restart)")
     ax.set_ylabel(SPLIT_NAMES.get(run.select, run.select))
     ax.grid(axis="y", color="#eceff1")
