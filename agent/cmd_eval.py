@@ -16,23 +16,39 @@ from agent.templates import template_problem
 SPLITS = ("train", "val", "test")
 
 
+# Used when neither the option nor --run says otherwise.
+DEFAULTS = {"dataset": "fashion-mnist", "shots": 1, "seed": 1, "backbone": "demo"}
+BASELINE = "a photo of a {}."
+
+
 @click.command("eval", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--dataset", default="fashion-mnist", show_default=True,
-              help="eurosat, fashion-mnist, imagefolder (with --data-root), coop (with --data-root).")
+@click.option("--dataset", default=None,
+              help="eurosat, fashion-mnist, imagefolder (with --data-root), coop (with --data-root) "
+                   "[default: fashion-mnist, or the run's with --run].")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
               help="Folder of the data (imagefolder/coop: required; eurosat: the unpacked archive).")
-@click.option("--shots", type=int, default=1, show_default=True, help="Training images per class (k).")
-@click.option("--seed", type=int, default=1, show_default=True, help="Seed of the few-shot draw.")
-@click.option("--backbone", default="demo", show_default=True,
-              help="'demo' (embedded, offline) or an open_clip architecture such as RN50 or ViT-B-32.")
+@click.option("--shots", type=int, default=None, help="Training images per class (k) [default: 1, or the run's].")
+@click.option("--seed", type=int, default=None, help="Seed of the few-shot draw [default: 1, or the run's].")
+@click.option("--backbone", default=None,
+              help="'demo' (embedded, offline) or an open_clip architecture such as RN50 or ViT-B-32 "
+                   "[default: demo, or the run's].")
 @click.option("--pretrained", default=None, help="open_clip pretrained tag, e.g. openai (downloads).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="Local .pt/.safetensors weights for the --backbone architecture.")
-@click.option("--prompt", "prompts", multiple=True, default=("a photo of a {}.",), show_default=True,
-              help="Template with one {} for the class name; repeat to score several.")
+@click.option("--prompt", "prompts", multiple=True,
+              help=f"Template with one {{}} for the class name; repeat to score several "
+                   f"[default: {BASELINE!r}, or the run's best template with --run].")
+@click.option("--run", "run", default=None,
+              help="A search run (id under --runs-dir, or a path): its dataset, split and backbone, and its "
+                   "best template, unless the options above say otherwise (e.g. --data-root for new images).")
+@click.option("--with-adapter", is_flag=True,
+              help="With --run: also apply the run's adapter.pt (from `promptclimb adapt` or `search --adapter`).")
+@click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", show_default=True,
+              help="Where run folders are.")
 @click.option("--device", default=None, help="cuda, cpu, ... (default: cuda when available).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def eval_cmd(dataset, data_root, shots, seed, backbone, pretrained, weights, prompts, device, as_json):
+def eval_cmd(dataset, data_root, shots, seed, backbone, pretrained, weights, prompts, run, with_adapter,
+             runs_dir, device, as_json):
     """Score prompt templates: train/val/test accuracy on a few-shot split.
 
     \b
@@ -41,7 +57,18 @@ def eval_cmd(dataset, data_root, shots, seed, backbone, pretrained, weights, pro
       promptclimb eval --dataset imagefolder --data-root DIR --backbone ViT-B-32 --weights W.safetensors
       promptclimb eval --dataset eurosat --shots 1 --backbone RN50 --pretrained openai \\
           --prompt "a centered satellite photo of {}."
+      promptclimb eval --run RUN --with-adapter        (the run's prompt, with and without its adapter)
     """
+    if with_adapter and not run:
+        raise click.UsageError("--with-adapter needs --run RUN (the adapter belongs to a run)")
+    given = {"dataset": dataset, "data_root": data_root, "shots": shots, "seed": seed, "backbone": backbone,
+             "pretrained": pretrained, "weights": weights}
+    try:
+        args, prompts = _settings(given, list(prompts), run, runs_dir)
+    except PromptclimbError as exc:
+        raise click.ClickException(str(exc)) from None
+    dataset, data_root, shots, seed, backbone, pretrained, weights = (
+        args[k] for k in ("dataset", "data_root", "shots", "seed", "backbone", "pretrained", "weights"))
     for p in prompts:  # before any slow loading
         problem = template_problem(p)
         if problem:
@@ -50,8 +77,10 @@ def eval_cmd(dataset, data_root, shots, seed, backbone, pretrained, weights, pro
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = _evaluate(dataset, data_root, shots, seed, backbone, pretrained, weights,
-                               list(prompts), device)
+            result, evaluator = _evaluate(dataset, data_root, shots, seed, backbone, pretrained, weights,
+                                          list(prompts), device)
+            if with_adapter:
+                result["adapter"] = _evaluate_adapter(run, runs_dir, evaluator)
     except PromptclimbError as exc:
         raise click.ClickException(str(exc)) from None
     for w in caught:  # counted warnings (skipped images, thin val classes) go to stderr
@@ -69,6 +98,40 @@ def eval_cmd(dataset, data_root, shots, seed, backbone, pretrained, weights, pro
     for row in result["results"]:
         acc = row["accuracy"]
         click.echo(" ".join(f"{100 * acc[s]:6.2f}%" for s in SPLITS) + f"  {row['template']}")
+    if with_adapter:
+        ad = result["adapter"]
+        note = "" if ad["result"] == "adapter" else "   (the run keeps the prompt-only result: the adapter lost on val)"
+        for name, key in ((f"prompt + {ad['kind']} adapter", "adapter"), ("prompt alone", "prompt")):
+            click.echo(" ".join(f"{100 * ad['accuracy'][s][key]:6.2f}%" for s in SPLITS) + f"  {name}")
+        click.echo(f"adapter on: {' | '.join(ad['templates'])}{note}")
+
+
+def _settings(given: dict, prompts: list[str], run: str | None, runs_dir: str) -> tuple[dict, list[str]]:
+    """Evaluator settings and templates: the options given, else the run's, else the defaults."""
+    args = dict(given)
+    if run:
+        from agent.cmd_adapt import read_run, resolve_run
+
+        config, summary = read_run(resolve_run(run, runs_dir))
+        saved = config.get("evaluator_args") or {}
+        for key, value in saved.items():
+            if key in args and args[key] is None:
+                args[key] = value
+        if not prompts:
+            prompts = [summary["best"]["template"]]
+    for key, value in DEFAULTS.items():
+        if args[key] is None:
+            args[key] = value
+    return args, prompts or [BASELINE]
+
+
+def _evaluate_adapter(run: str, runs_dir: str, evaluator) -> dict:
+    from agent.cmd_adapt import ADAPTER_FILE, eval_run_adapter, resolve_run
+
+    run_dir = resolve_run(run, runs_dir)
+    if not (run_dir / ADAPTER_FILE).is_file():
+        raise PromptclimbError(f"{run_dir} has no {ADAPTER_FILE}; fit one with: promptclimb adapt {run_dir} --kind all")
+    return eval_run_adapter(run_dir, evaluator=evaluator, splits=SPLITS)
 
 
 def _evaluate(dataset, data_root, shots, seed, backbone, pretrained, weights, prompts, device) -> dict:
@@ -81,4 +144,4 @@ def _evaluate(dataset, data_root, shots, seed, backbone, pretrained, weights, pr
         "dataset": dataset, "shots": shots, "seed": seed,
         "results": [{"template": t, "accuracy": s.accuracy, "loss": s.loss} for t, s in zip(prompts, scores)],
         "info": evaluator.info(),
-    }
+    }, evaluator

@@ -104,6 +104,10 @@ def find_run(resume: str, runs_dir: Path) -> Path:
               help="Split(s) the best template is chosen on (ties: lower cross-entropy).")
 @click.option("--ensemble", "ensemble_k", type=int, default=DEFAULTS.ensemble_k,
               help="Top templates averaged into the final ensemble (0 = none).")
+@click.option("--adapter", "adapter_kinds", multiple=True, metavar="KIND",
+              help="After the search, fit an output-side adapter on the best prompt: residual-logits, "
+                   "feature-residual, cache or all (repeatable; the best on val is kept). "
+                   "See `promptclimb adapt --help`.")
 @click.option("--max-calls", type=int, default=None, help="Budget: LLM answers in the whole run (then stop cleanly).")
 @click.option("--max-tokens", type=int, default=None, help="Budget: LLM prompt+completion tokens in the whole run.")
 @click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", help="Where run folders go.")
@@ -136,6 +140,9 @@ def run_search(opts: dict, echo) -> dict:
     from agent.runstore import RunStore
     from agent.search import HillClimber
 
+    from agent.cmd_adapt import check_kinds
+
+    adapter_kinds = check_kinds(opts["adapter_kinds"]) if opts["adapter_kinds"] else []  # before slow loading
     runs_dir = Path(opts["runs_dir"])
     if opts["resume"]:
         run_dir = find_run(opts["resume"], runs_dir)
@@ -144,6 +151,7 @@ def run_search(opts: dict, echo) -> dict:
         search_config = SearchConfig(**{f.name: saved["search"][f.name] for f in fields(SearchConfig) if f.name in saved["search"]})
         evaluator_args, llm_settings = saved["evaluator_args"], saved["llm"]
         meta_dir = saved.get("meta_prompt_dir")
+        adapter_kinds = adapter_kinds or saved.get("adapter_kinds") or []
         echo(f"resuming {run_dir} ({len(store.stored)} events recorded)")
     else:
         if not opts["dataset"]:
@@ -197,6 +205,7 @@ def run_search(opts: dict, echo) -> dict:
                 "evaluator": evaluator.info(),
                 "llm": llm_settings,
                 "meta_prompt_dir": str(Path(meta_dir).resolve()) if meta_dir else None,
+                "adapter_kinds": adapter_kinds,
                 "versions": package_versions(),
             }
             # The endpoint is recorded without userinfo; the key never is.
@@ -216,10 +225,17 @@ def run_search(opts: dict, echo) -> dict:
             except LLMError as exc:
                 raise PromptclimbError(f"{exc}\nThe run is saved; continue it with: "
                                        f"promptclimb search --resume {store.run_dir}") from None
-            # TODO(lead): plots of the run, once the runs/plots helper lands:
-            # from agent.plots import write_plots; write_plots(store.run_dir)
-            echo(f"run folder: {store.run_dir}")
-            return result.summary
+            summary = result.summary
+            from agent.plots import write_plots
+
+            for path in write_plots(store.run_dir):
+                echo(f"plot: {path}")
+            if adapter_kinds:
+                from agent.cmd_adapt import fit_run_adapter
+
+                summary["adapter"] = fit_run_adapter(store.run_dir, adapter_kinds, evaluator=evaluator, echo=echo)
+            echo(f"run folder: {store.run_dir}   (read it with: promptclimb show {store.run_dir.name})")
+            return summary
 
         try:
             if llm_settings["local"] and not opts["base_url"]:
