@@ -50,6 +50,10 @@ def test_user_mistakes_are_messages_not_tracebacks(tiny_clip_config, tiny_clip_w
         (["--dataset", "imagefolder", "--data-root", str(image_folder), "--backbone", "RN50",
           "--pretrained", "openai"], 1, "--backbone demo"),
     ]
+    cases += [
+        (["--with-adapter"], 2, "--with-adapter needs --run RUN"),
+        (["--run", "no-such-run", "--runs-dir", str(image_folder)], 1, "no run folder with a config.json"),
+    ]
     for args, code, message in cases:
         result = run(*args)
         assert result.exit_code == code, (args, result.output)

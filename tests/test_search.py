@@ -271,6 +271,8 @@ def test_cli_errors_are_readable(tmp_path, monkeypatch):
     assert result.exit_code != 0 and "--dataset is required" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(search_cmd, ["--resume", "nope", "--runs-dir", str(tmp_path)])
     assert result.exit_code != 0 and "no run folder" in result.output
+    result = CliRunner().invoke(search_cmd, ["--dataset", "toy", "--adapter", "lora", "--runs-dir", str(tmp_path)])
+    assert result.exit_code != 0 and "unknown adapter kind 'lora'" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(search_cmd, ["--help"])
     assert result.exit_code == 0 and "--max-calls" in result.output and "--select" in result.output
 
@@ -288,6 +290,7 @@ def test_cli_search_with_the_real_clip_evaluator(tmp_path, tiny_clip_config, tin
         args = ["--dataset", "imagefolder", "--data-root", str(image_folder), "--shots", "2",
                 "--backbone", tiny_clip_config, "--weights", str(tiny_clip_weights), "--device", "cpu",
                 "--iterations", "2", "--resets", "1", "--pool-sample", "6",
+                "--adapter", "cache", "--adapter", "feature-residual",
                 "--runs-dir", str(tmp_path / "runs"), "--name", "real", "--json"]
         result = CliRunner().invoke(search_cmd, args, env=env)
     assert result.exit_code == 0, result.output
@@ -297,8 +300,28 @@ def test_cli_search_with_the_real_clip_evaluator(tmp_path, tiny_clip_config, tin
     for split in ("train", "val", "test"):
         assert 0.0 <= summary["best"]["accuracy"][split] <= 1.0
     assert "red square" in fake.requests[0]["messages"][0]["content"].replace("_", " ")
-    config = json.loads((tmp_path / "runs" / "real" / "config.json").read_text())
+    run_dir = tmp_path / "runs" / "real"
+    config = json.loads((run_dir / "config.json").read_text())
     assert config["evaluator"]["backbone"] and config["evaluator_args"]["backbone"] == tiny_clip_config
+    assert (run_dir / "curve.png").stat().st_size > 1000
+
+    # --adapter: fit after the search, recorded in the summary, re-applied by `eval --run --with-adapter`
+    adapter = summary["adapter"]
+    assert [c["kind"] for c in adapter["candidates"]] == ["cache", "feature-residual"]
+    assert (run_dir / "adapter.pt").is_file()
+    assert json.loads((run_dir / "summary.json").read_text())["adapter"]["kind"] == adapter["kind"]
+    from agent.cli import cli
+
+    result = CliRunner().invoke(cli, ["eval", "--run", "real", "--runs-dir", str(tmp_path / "runs"),
+                                      "--with-adapter", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert [r["template"] for r in out["results"]] == [summary["best"]["template"]]  # the run's best, by default
+    assert out["results"][0]["accuracy"]["test"] == pytest.approx(summary["best"]["accuracy"]["test"])
+    assert out["adapter"]["accuracy"]["test"]["adapter"] == pytest.approx(adapter["accuracy"]["test"])
+    table = CliRunner().invoke(cli, ["eval", "--run", "real", "--runs-dir", str(tmp_path / "runs"),
+                                     "--with-adapter", "--device", "cpu"])
+    assert table.exit_code == 0 and f"prompt + {adapter['kind']} adapter" in table.output
 
 
 def test_cli_defaults_to_the_local_llm_without_an_endpoint(tmp_path, monkeypatch):
