@@ -1,7 +1,7 @@
 """From an LLM's answer to validated templates, with a reason for every line refused.
 
-An answer is read one line at a time: numbering, bullets, quotes and code marks are
-stripped; lines that do not even mention a brace (prose such as "Here are 5 templates:")
+An answer is read one line at a time: numbering, bullets, quotes, code marks and scores
+copied from the meta-prompt ("... -> 81.0%") are stripped; lines that do not even mention a brace (prose such as "Here are 5 templates:")
 are skipped; every other line either becomes a template or is rejected with a reason:
 whatever `agent.templates.template_problem` refuses (`{0}`, `{name}`, `{.__class__}`,
 stray or escaped braces, no or several placeholders, empty, too long) and duplicates -
@@ -19,6 +19,12 @@ from agent.templates import MAX_TEMPLATE_CHARS, template_problem
 
 # "1." "1)" "(1)" "#1:" "- " "* " "• " "> " at the start of a line (possibly repeated: "- 1. ")
 _LEADER = re.compile(r"^\s*(?:(?:\(?#?\d{1,3}[.):]\)?|[-*•·>–—](?=\s)|template\s*\d*\s*:)\s*)+", re.IGNORECASE)
+# Scores copied from the meta-prompt ("a photo of a {}.  ->  81.0%", "(81%) a ...", "a ... - 81%"):
+# small models echo the "template -> score" lines they are shown.
+_SCORE = r"[(\[]?\s*\d{1,3}(?:[.,]\d+)?\s*%\s*[)\]]?"
+_ARROW_TAIL = re.compile(r"\s*(?:->|→|=>|⇒).*$")
+_SCORE_TAIL = re.compile(r"\s*(?:[-:–—,]\s*)?" + _SCORE + r"\s*$")
+_SCORE_HEAD = re.compile(r"^\s*" + _SCORE + r"\s*(?:[-:–—]\s*)?")
 _QUOTES = "\"'`“”‘’«»"
 _PUNCT_OR_SPACE = re.compile(r"[\s" + re.escape(string.punctuation.replace("{", "").replace("}", "")) + r"“”‘’«»…–—]+")
 
@@ -43,9 +49,11 @@ def normalise(template: str) -> str:
 
 
 def clean_line(line: str) -> str:
-    """One answer line without list numbering, bullets, surrounding quotes or code marks."""
+    """One answer line without list numbering, bullets, copied scores, surrounding quotes or code marks."""
     text = line.strip()
     text = _LEADER.sub("", text).strip()
+    text = _ARROW_TAIL.sub("", text)
+    text = _SCORE_HEAD.sub("", _SCORE_TAIL.sub("", text)).strip()
     # Strip matching wrappers repeatedly: `"a photo of a {}."` or **`...`**
     for _ in range(3):
         text = text.strip()

@@ -2,6 +2,7 @@
 
     python bench/bench_search_quality.py                       # local LLM, 1 shot, seeds 1 2 3
     python bench/bench_search_quality.py --shots 4 --seeds 1 2 3
+    python bench/bench_search_quality.py --base-url http://127.0.0.1:PORT/v1  # a running `promptclimb llm serve`
     python bench/bench_search_quality.py --llm gpt-4o-mini --base-url URL   # a stronger endpoint
 
 Per seed (one few-shot split of fashion-mnist, backbone `demo`), on the held-out test split:
@@ -105,13 +106,13 @@ def main():
 
     from evaluators import build_evaluator
 
-    local = args.llm == "local" and not args.base_url
-    if local:
+    if args.llm == "local":  # the embedded LLM: started here, or a `promptclimb llm serve` at --base-url
         from agent.local_llm import LOCAL_MODEL_NAME, LOCAL_SAMPLING, local_server
 
         args.temperature = args.temperature if args.temperature is not None else LOCAL_SAMPLING["temperature"]
         args.max_answer_tokens = args.max_answer_tokens or LOCAL_SAMPLING["max_tokens"]
-        server, model = local_server(), LOCAL_MODEL_NAME
+        server = nullcontext(args.base_url) if args.base_url else local_server()
+        model = LOCAL_MODEL_NAME
     else:
         args.temperature = 1.0 if args.temperature is None else args.temperature
         args.max_answer_tokens = args.max_answer_tokens or 400

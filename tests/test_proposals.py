@@ -21,6 +21,22 @@ def test_numbering_bullets_and_quotes_are_stripped():
     assert parsed.rejected == []
 
 
+def test_scores_copied_from_the_meta_prompt_are_stripped():
+    # What Qwen2.5-Coder-1.5B answered when shown "template  ->  81.0%" lines.
+    answer = "\n".join([
+        "a picture of my {}.  ->  81.0%",
+        "a photo of someone in a {}.  ->  87.0%  ->  92.0%, better than the best before it (92.0%)",
+        "(83.5%) a product photo of a {}.",
+        "4. \"a studio photo of a {}.\" - 84%",
+        "a {} made of 100% cotton.",
+    ])
+    parsed = parse_proposals(answer, already_scored={normalise("a picture of my {}.")})
+    assert parsed.templates == ["a photo of someone in a {}.", "a product photo of a {}.",
+                                "a studio photo of a {}.", "a {} made of 100% cotton."]
+    assert [(r.line, r.reason) for r in parsed.rejected] == [
+        ("a picture of my {}.", "duplicate of a template already scored or proposed")]
+
+
 def test_prose_lines_and_code_fences_are_skipped_not_rejected():
     parsed = parse_proposals("Sure! Here are 2 templates:\n```\na photo of a {}.\n```\nHope this helps.")
     assert parsed.templates == ["a photo of a {}."]

@@ -4,6 +4,7 @@ against the fake OpenAI-compatible server and an in-memory evaluator: no torch, 
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -92,11 +93,12 @@ def test_conversation_feedback_resets_and_seeds(tmp_path):
     assert fake.requests[0]["messages"][0]["role"] == "system"
     assert "T-shirt, trousers, bag" in fake.requests[0]["messages"][0]["content"]
     first = fake.requests[0]["messages"][1]["content"]
-    assert "a photo of a {}.  ->  " in first and "%" in first
+    assert re.search(r"^[\d.]+%  a photo of a \{\}\.$", first, flags=re.M)
     feedback = fake.requests[1]["messages"][-1]["content"]
-    assert "a grayscale photo of a {}.  ->  " in feedback and "better than the best before it" in feedback
+    assert re.search(r"^[\d.]+%  a grayscale photo of a \{\}\.  \(better than the best before it, [\d.]+%\)$",
+                     feedback, flags=re.M)
     feedback = fake.requests[2]["messages"][-1]["content"]
-    assert "a dark {}.  ->  " in feedback and "worse than the best before it" in feedback
+    assert re.search(r"^[\d.]+%  a dark \{\}\.  \(worse than the best before it, [\d.]+%\)$", feedback, flags=re.M)
     # the new conversation starts from the kept scoreboard: its best is the LLM's template
     assert "a grayscale photo of a {}." in fake.requests[3]["messages"][1]["content"]
     assert len({r["seed"] for r in fake.requests}) == 6
