@@ -97,7 +97,7 @@ def find_run(resume: str, runs_dir: Path) -> Path:
 @click.option("--pool-sample", type=int, default=DEFAULTS.pool_sample,
               help="Initial-pool templates scored per restart (0 = the whole pool).")
 @click.option("--temperature", type=float, default=None,
-              help="LLM sampling temperature [default: 1.0; 0.7 for the local LLM].")
+              help="LLM sampling temperature [default: 1.0].")
 @click.option("--max-answer-tokens", type=int, default=None,
               help="Length cap of one LLM answer [default: 400; 256 for the local LLM].")
 @click.option("--select", type=click.Choice(list(SELECTIONS)), default=DEFAULTS.select,

@@ -58,15 +58,16 @@ def pool_best(history: list[dict]) -> str:
 
 def reason_kind(reason: str) -> str:
     """A rejection reason without its particulars ("placeholder {0} ..." -> "placeholder ...")."""
-    return re.sub(r"\{[^}]*\}|\d+", "…", reason.split(" (")[0])
+    return re.sub(r"\{[^}]+\}|\d+", "…", reason.split(" (")[0])
 
 
 def run_search(variant, seed, args, evaluator, llm_args, runs_dir) -> dict:
     change, meta_dir = SEARCHES[variant]
     config = replace(SearchConfig(seed=seed, restarts=1, resets=args.resets, iterations=args.iterations,
                                   temperature=args.temperature, max_answer_tokens=args.max_answer_tokens), **change)
-    run_dir = runs_dir / f"{variant}-shots{args.shots}-seed{seed}"
+    run_dir = runs_dir / f"{variant}-shots{args.shots}-seed{seed}-{args.resets}x{args.iterations}"
     settings = {"search": vars(config), "evaluator": evaluator.info(), "llm": {"model": llm_args["model"]},
+                "evaluator_args": {"dataset": "fashion-mnist", "shots": args.shots, "seed": seed, "backbone": "demo"},
                 "bench_variant": variant, "meta_prompt_dir": str(meta_dir) if meta_dir else None}
     store = RunStore.resume(run_dir) if (run_dir / "config.json").exists() else RunStore.create(run_dir, settings)
     llm = LLMClient(**llm_args)
