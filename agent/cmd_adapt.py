@@ -20,6 +20,7 @@ from pathlib import Path
 import click
 
 from agent.errors import PromptclimbError
+from agent.reading import find_run
 from agent.runstore import write_json_atomic
 
 # The kinds of evaluators.adapters.ADAPTERS, listed here so that `--help` and the check of
@@ -40,14 +41,6 @@ def check_kinds(kinds) -> list[str]:
     if not out:
         raise PromptclimbError(f"no adapter kind given; known kinds: {', '.join(ADAPTER_KINDS)} (or all)")
     return out
-
-
-def resolve_run(run: str | Path, runs_dir: str | Path = "runs") -> Path:
-    """A run folder given as a path or as an id under `runs_dir`."""
-    for candidate in (Path(run), Path(runs_dir) / str(run)):
-        if (candidate / "config.json").is_file():
-            return candidate
-    raise PromptclimbError(f"{run}: no run folder with a config.json there or under {runs_dir}/")
 
 
 def read_run(run_dir: Path) -> tuple[dict, dict]:
@@ -215,7 +208,7 @@ def adapt_cmd(run, kinds, on, seed, runs_dir, device, as_json):
     echo = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
     try:
         kinds = check_kinds(kinds)  # before any slow loading
-        section = fit_run_adapter(resolve_run(run, runs_dir), kinds, on=on, seed=seed, device=device, echo=echo)
+        section = fit_run_adapter(find_run(run, runs_dir), kinds, on=on, seed=seed, device=device, echo=echo)
     except PromptclimbError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:

@@ -110,9 +110,10 @@ def _settings(given: dict, prompts: list[str], run: str | None, runs_dir: str) -
     """Evaluator settings and templates: the options given, else the run's, else the defaults."""
     args = dict(given)
     if run:
-        from agent.cmd_adapt import read_run, resolve_run
+        from agent.cmd_adapt import read_run
+        from agent.reading import find_run
 
-        config, summary = read_run(resolve_run(run, runs_dir))
+        config, summary = read_run(find_run(run, runs_dir))
         saved = config.get("evaluator_args") or {}
         for key, value in saved.items():
             if key in args and args[key] is None:
@@ -126,9 +127,10 @@ def _settings(given: dict, prompts: list[str], run: str | None, runs_dir: str) -
 
 
 def _evaluate_adapter(run: str, runs_dir: str, evaluator) -> dict:
-    from agent.cmd_adapt import ADAPTER_FILE, eval_run_adapter, resolve_run
+    from agent.cmd_adapt import ADAPTER_FILE, eval_run_adapter
+    from agent.reading import find_run
 
-    run_dir = resolve_run(run, runs_dir)
+    run_dir = find_run(run, runs_dir)
     if not (run_dir / ADAPTER_FILE).is_file():
         raise PromptclimbError(f"{run_dir} has no {ADAPTER_FILE}; fit one with: promptclimb adapt {run_dir} --kind all")
     return eval_run_adapter(run_dir, evaluator=evaluator, splits=SPLITS)

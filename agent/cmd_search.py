@@ -61,13 +61,6 @@ def new_run_id(dataset: str, shots: int, runs_dir: Path) -> str:
     return run_id
 
 
-def find_run(resume: str, runs_dir: Path) -> Path:
-    for candidate in (Path(resume), runs_dir / resume):
-        if (candidate / "config.json").exists():
-            return candidate
-    raise PromptclimbError(f"--resume {resume}: no run folder with a config.json there or under {runs_dir}")
-
-
 @click.command("search", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--dataset", help="Dataset name (fashion-mnist, eurosat, imagefolder, coop). Required unless --resume.")
 @click.option("--shots", type=int, default=1, help="Training images per class (the few-shot split).")
@@ -137,6 +130,7 @@ def run_search(opts: dict, echo) -> dict:
     """The command's work, separated from click for readability (and tests)."""
     from agent.llm import LLMClient, LLMError, strip_userinfo
     from agent.metaprompt import MetaPrompt
+    from agent.reading import find_run
     from agent.runstore import RunStore
     from agent.search import HillClimber
 

@@ -77,6 +77,7 @@ def test_search_runs_offline_with_the_local_llm(tmp_path, isolated_home, model_f
         rows = list(csv.DictReader(f))
     assert best["template"] in {row["template"] for row in rows}
     assert len(rows) >= 10  # the pool sample, plus whatever the LLM added
+    assert (run / "curve.png").stat().st_size > 1000  # the plot, written after the search
 
     # The server was stopped: its port (named in its log file) no longer answers.
     logs = list((isolated_home / "logs").glob("llama-server-*.log"))

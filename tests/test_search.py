@@ -272,7 +272,7 @@ def test_cli_errors_are_readable(tmp_path, monkeypatch):
     result = CliRunner().invoke(search_cmd, ["--runs-dir", str(tmp_path)])
     assert result.exit_code != 0 and "--dataset is required" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(search_cmd, ["--resume", "nope", "--runs-dir", str(tmp_path)])
-    assert result.exit_code != 0 and "no run folder" in result.output
+    assert result.exit_code != 0 and "no run 'nope'" in result.output
     result = CliRunner().invoke(search_cmd, ["--dataset", "toy", "--adapter", "lora", "--runs-dir", str(tmp_path)])
     assert result.exit_code != 0 and "unknown adapter kind 'lora'" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(search_cmd, ["--help"])
