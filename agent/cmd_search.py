@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import time
+import warnings
 from dataclasses import asdict, fields
 from importlib import metadata
 from pathlib import Path
@@ -30,9 +31,14 @@ def default_llm() -> str:
     return REMOTE_DEFAULT_MODEL if has_endpoint else LOCAL
 
 
-def default_backbone(dataset: str) -> str:
-    # The embedded model is trained for the embedded dataset; for anything else, CLIP.
-    return "demo" if dataset == "fashion-mnist" else "ViT-B-32"
+def default_backbone(dataset: str, backbone: str | None, pretrained: str | None, weights: str | None):
+    """(backbone, pretrained): the embedded model for the embedded dataset; for anything
+    else OpenAI's ViT-B-32 unless the user named a backbone or weights."""
+    if backbone:
+        return backbone, pretrained
+    if dataset == "fashion-mnist":
+        return "demo", pretrained
+    return "ViT-B-32", pretrained or (None if weights else "openai")
 
 
 def build_evaluator(**kwargs):
@@ -65,8 +71,9 @@ def new_run_id(dataset: str, shots: int, runs_dir: Path) -> str:
 @click.option("--dataset", help="Dataset name (fashion-mnist, eurosat, imagefolder, coop). Required unless --resume.")
 @click.option("--shots", type=int, default=1, help="Training images per class (the few-shot split).")
 @click.option("--seed", type=int, default=0, help="Seed of the few-shot split, the pool samples and the LLM requests.")
-@click.option("--backbone", default=None, help="CLIP backbone [default: demo for fashion-mnist, else ViT-B-32].")
-@click.option("--pretrained", default=None, help="open_clip pretrained tag (e.g. openai).")
+@click.option("--backbone", default=None,
+              help="CLIP backbone [default: demo for fashion-mnist, else ViT-B-32 with --pretrained openai].")
+@click.option("--pretrained", default=None, help="open_clip pretrained tag (e.g. openai; downloads once).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Local weights file for the backbone.")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Where the dataset lives.")
 @click.option("--device", default=None, help="torch device [default: cuda when available, else cpu].")
@@ -170,10 +177,10 @@ def run_search(opts: dict, echo) -> dict:
             else from_local.get("max_tokens", DEFAULTS.max_answer_tokens),
             max_calls=opts["max_calls"], max_tokens=opts["max_tokens"],
         ).check()
+        backbone, pretrained = default_backbone(opts["dataset"], opts["backbone"], opts["pretrained"], opts["weights"])
         evaluator_args = {
             "dataset": opts["dataset"], "shots": opts["shots"], "seed": opts["seed"],
-            "backbone": opts["backbone"] or default_backbone(opts["dataset"]),
-            "pretrained": opts["pretrained"], "weights": opts["weights"], "data_root": opts["data_root"],
+            "backbone": backbone, "pretrained": pretrained, "weights": opts["weights"], "data_root": opts["data_root"],
         }
         llm_settings = {"model": llm_name, "local": local, "llm_model_file": opts["llm_model"],
                         "timeout": opts["timeout"], "max_tries": opts["max_tries"]}
@@ -185,7 +192,11 @@ def run_search(opts: dict, echo) -> dict:
     meta = MetaPrompt(meta_dir)  # checked before the (slow) evaluator is built
 
     try:
-        evaluator = build_evaluator(**evaluator_args, device=opts["device"])
+        with warnings.catch_warnings(record=True) as caught:  # counted skips, random weights: said plainly
+            warnings.simplefilter("always")
+            evaluator = build_evaluator(**evaluator_args, device=opts["device"])
+        for w in caught:
+            echo(f"warning: {w.message}")
         if store is not None and store.config.get("evaluator") != json.loads(json.dumps(evaluator.info())):
             echo("warning: the evaluator is not identical to the one this run started with "
                  "(see config.json); scores already recorded are kept, new ones use this one.")

@@ -26,6 +26,7 @@ import json
 import os
 import socket
 import threading
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -332,6 +333,8 @@ def _load_open_clip(name, pretrained, weights, device) -> Backbone:
         pretrained_arg = None
         identity = f"{name}:random-init"  # only meaningful for speed measurements
         details.update(pretrained=None)
+        warnings.warn(f"backbone {name} has random weights (no --pretrained tag, no --weights file): its accuracies "
+                      f"mean nothing; pass e.g. --pretrained openai or --weights FILE", stacklevel=2)
     try:
         model = open_clip.create_model(name, pretrained=pretrained_arg, **kwargs)
     except RuntimeError as exc:  # state-dict mismatches, bad files

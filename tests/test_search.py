@@ -350,6 +350,9 @@ def test_cli_defaults_to_the_local_llm_without_an_endpoint(tmp_path, monkeypatch
                                                  "--runs-dir", str(tmp_path / "runs"), "--name", "loc"])
     assert result.exit_code == 0, result.output
     assert "using the embedded local LLM" in result.output and started == [None]
+    # a dataset other than the embedded one gets OpenAI's CLIP weights, never a random model
+    config = json.loads((tmp_path / "runs" / "loc" / "config.json").read_text())
+    assert (config["evaluator_args"]["backbone"], config["evaluator_args"]["pretrained"]) == ("ViT-B-32", "openai")
     request = fake.requests[0]
     assert request["model"] == agent.local_llm.LOCAL_MODEL_NAME
     assert request["temperature"] == agent.local_llm.LOCAL_SAMPLING["temperature"]
