@@ -399,18 +399,19 @@ def compare_cmd(run1, run2, top, runs_dir, fmt):
     """
     a, b = open_run(run1, runs_dir), open_run(run2, runs_dir)
     wa, wb = a.winners(top), b.winners(top)
-    n = max(len(wa), len(wb))
+    # Rows are matched by rank (1, 2, ..., then the ensemble), whatever each run holds.
+    by_rank = [{str(r["rank"]): r for _, r in w.iterrows()} for w in (wa, wb)]
+    ranks = sorted({k for ranked in by_rank for k in ranked}, key=lambda k: (k == "ens", int(k) if k.isdigit() else 0))
     rows = []
-    for i in range(n):
-        row = {}
-        for key, w in (("A", wa), ("B", wb)):
-            r = w.iloc[i] if i < len(w) else None
-            row["rank" if key == "A" else "rank B"] = r["rank"] if r is not None else None
+    for rank in ranks:
+        row = {"rank": rank}
+        for key, ranked in zip("AB", by_rank):
+            r = ranked.get(rank)
             row[f"{key} template"] = r["template"] if r is not None else None
             for split in ("train", "test"):
                 row[f"{key} {split}"] = r[split] if r is not None else None
         rows.append(row)
-    frame = pd.DataFrame(rows).drop(columns="rank B")
+    frame = pd.DataFrame(rows)
     if fmt in ("csv", "json"):
         click.echo(as_text(frame, fmt))
         return

@@ -131,6 +131,16 @@ def test_compare_puts_winners_side_by_side(tmp_path):
     rows = json.loads(invoke("compare", "a", "b", "--runs-dir", tmp_path / "runs", "--format", "json").output)
     assert rows[0]["A template"] == best_a and rows[0]["B template"] == best_b
 
+    # An unfinished run (no ensemble yet, more ranks listed) still lines up rank by rank.
+    b = tmp_path / "runs" / "b"
+    (b / "history.jsonl").write_text("".join(line + "\n" for line in b.joinpath("history.jsonl").read_text()
+                                             .splitlines() if json.loads(line)["event"] != "final"))
+    (b / "summary.json").unlink()
+    rows = json.loads(invoke("compare", "a", "b", "--runs-dir", tmp_path / "runs", "--format", "json").output)
+    ens = [r for r in rows if r["rank"] == "ens"]
+    assert len(ens) == 1 and ens[0]["A template"].startswith("ensemble of") and ens[0]["B template"] is None
+    assert [r["rank"] for r in rows[:-1]] == [str(i) for i in range(1, len(rows))]
+
 
 def test_rank_correlation():
     a = pd.Series([0.9, 0.8, 0.7, 0.6])
