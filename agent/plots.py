@@ -65,8 +65,11 @@ def plot_curve(run: Run, path: Path) -> Path | None:
     # best so far: a step line over every scored template, drawn at the end of each answer
     curve = scores.groupby("x")["best_so_far"].max().reindex(range(0, calls + 1)).ffill()
     ax.step(curve.index, curve.values, where="post", color="#1b4f72", lw=2.2, zorder=4, label="best so far")
-    best_x = int(curve.idxmax())
-    ax.scatter([best_x], [curve.max()], s=70, color="#f39c12", edgecolor="#1b4f72", zorder=5)
+    # the winner where it was scored: with ties on accuracy it can come after the curve's first peak
+    best = run.ranked().iloc[0]
+    best_x = int(scores.loc[scores["template"] == best["template"], "x"].min())
+    ax.scatter([best_x], [best["selection"]], s=70, color="#f39c12", edgecolor="#1b4f72", zorder=5,
+               label="the winner (ties: lower cross-entropy)")
 
     ax.set_xlim(left, right)
     # a little room above and below, and never a range so narrow that ticks repeat
@@ -79,7 +82,6 @@ def plot_curve(run: Run, path: Path) -> Path | None:
     ax.set_xlabel("LLM answers (0 = the initial pool; thin lines: new conversation; dashed: restart)")
     ax.set_ylabel(SPLIT_NAMES.get(run.select, run.select))
     ax.grid(axis="y", color="#eceff1")
-    best = run.ranked().iloc[0]
     ax.set_title(f"{run.id}: best {best['selection']:.1%}  {_short(best['template'])}", fontsize=10, loc="left")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     for side in ("top", "right"):
