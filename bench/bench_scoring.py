@@ -7,7 +7,8 @@
     zero-shot classifier loop of CLIP research code (tokenise, encode, normalise, average),
     77 tokens, no cache;
 (b) batched: open_clip `encode_text` on all 500 texts in one batch (77 tokens);
-(c) `ClipEvaluator.score_templates` (one batched pass, exact padding truncation), with a
+(c) `ClipEvaluator.score_templates` (one batched pass, exact padding truncation, each
+    template's shared prefix computed once for all its classes), with a
     cold text cache (a fresh PROMPTCLIMB_HOME), so nothing is read back from disk.
 
 All three get the same precomputed image features; image encoding is not timed (it is
@@ -125,15 +126,15 @@ def main():
           f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"open_clip {open_clip.__version__}")
     t_a, acc_a = timed(naive)
-    print(f"(a) naive loop (per template, per-class tokenising, 77 tokens):  {t_a:7.2f} s  {n / t_a:8.2f} templates/s",
+    print(f"{'(a) naive loop (per template, per-class tokenising, 77 tokens):':72s}{t_a:7.2f} s  {n / t_a:8.2f} templates/s",
           flush=True)
     t_b, acc_b = timed(batched)
-    print(f"(b) open_clip encode_text, all texts in one batch (77 tokens):   {t_b:7.2f} s  {n / t_b:8.2f} templates/s",
+    print(f"{'(b) open_clip encode_text, all texts in one batch (77 tokens):':72s}{t_b:7.2f} s  {n / t_b:8.2f} templates/s",
           flush=True)
     t_c, acc_c = timed(ours)
-    print(f"(c) ClipEvaluator.score_templates (truncated, cold cache):      {t_c:7.2f} s  {n / t_c:8.2f} templates/s")
+    print(f"{'(c) ClipEvaluator.score_templates (truncated, shared prefix, cold):':72s}{t_c:7.2f} s  {n / t_c:8.2f} templates/s")
     t_warm, _ = timed(ours)
-    print(f"    (c) again with the text cache warm:                          {t_warm:7.2f} s  {n / t_warm:8.2f} templates/s")
+    print(f"{'    (c) again with the text cache warm:':72s}{t_warm:7.2f} s  {n / t_warm:8.2f} templates/s")
     print(f"ratio c/a = {t_a / t_c:.1f}x   ratio c/b = {t_b / t_c:.1f}x")
     same = acc_a == acc_b == acc_c
     print(f"same accuracies from (a), (b) and (c): {same}")

@@ -3,7 +3,8 @@
 Scoring a batch of templates:
 1. fill every template with every class name (agent.templates.fill, the one formatter);
 2. look the strings up in the text-feature cache and encode only the missing ones, all in
-   one batched pass (chunked, exact padding truncation where the model allows it);
+   one batched pass (chunked, exact padding truncation where the model allows it, and each
+   template's token prefix computed once for all its classes: `encode_text_shared_prefix`);
 3. with the split's cached image features X [N, D] and the text features T [K*C, D], one
    matrix product X @ T.T gives every template's logits; accuracy and mean cross-entropy
    per template follow from a reshape to [N, K, C].

@@ -153,3 +153,98 @@ def test_project_backbone_factory(tiny_clip_config, monkeypatch, torch_threads):
     assert backbone.encode_texts(["a photo of a cat."]).shape == (1, 32)
     with pytest.raises(PromptclimbError, match="ships its own weights"):
         backbones.load_backbone("tiny-project", weights="w.pt")
+
+
+# ---------------------------------------------------------------- shared prefixes
+
+PREFIX_TEMPLATES = ["a photo of a {}.", "a photo of the {}, seen from far away.", "{} seen from above.",
+                    "{}", "itap of a {}", "a centered satellite photo of {}"]
+PREFIX_CLASSES = ["cat", "Herbaceous Vegetation Land", "x", "sea or lake", "a very very very long class name",
+                  "Cat"]
+EXTRA_CONFIGS = {  # tiny text towers with other block settings
+    "pc-tiny-layerscale-eos": {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32,
+                                                               "patch_size": 8, "head_width": 16},
+                               "text_cfg": {"width": 32, "heads": 2, "layers": 2, "ls_init_value": 0.5,
+                                            "pool_type": "eos", "eos_id": 49407}},
+    "pc-tiny-custom-block": {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32,
+                                                             "patch_size": 8, "head_width": 16},
+                             "text_cfg": {"width": 32, "heads": 2, "layers": 2, "block_type": "custom",
+                                          "qk_norm": True}},
+}
+
+
+@pytest.fixture
+def extra_configs(tiny_clip_config, tmp_path):
+    import json
+
+    from evaluators.backbones import register_model_configs
+
+    for name, config in EXTRA_CONFIGS.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(config))
+        register_model_configs(tmp_path / f"{name}.json")
+
+
+@pytest.mark.parametrize("name", ["pc-tiny-vit", "pc-tiny-custom-text", "pc-tiny-layerscale-eos"])
+@pytest.mark.parametrize("chunk", [64, 3])
+def test_shared_prefix_features_equal_open_clip_encode_text(name, chunk, extra_configs, torch_threads):
+    import open_clip
+    import torch
+
+    from evaluators.backbones import (_pool_index, _prefix_groups, encode_text_shared_prefix,
+                                      supports_shared_prefix)
+
+    model = _model(name, torch_threads)
+    assert supports_shared_prefix(model)
+    texts = [t.format(c) for t in PREFIX_TEMPLATES for c in PREFIX_CLASSES] + TEXTS
+    tokens = open_clip.get_tokenizer(name)(texts)
+    with torch.no_grad():
+        reference = model.encode_text(tokens)
+        shared = encode_text_shared_prefix(model, tokens, chunk=chunk)  # chunk 3: many blocks and chunks
+    assert (reference - shared).abs().max().item() < 1e-5
+
+    # The prefixes really are shared: one template's texts are one group, its prefix
+    # "<sot> a photo of a", and every row keeps at least its pooled token as suffix.
+    group, prefix_len = _prefix_groups(tokens, _pool_index(model, tokens))
+    photo = group[:len(PREFIX_CLASSES)]
+    assert (photo == photo[0]).all() and int(prefix_len[photo[0]]) == 5
+    assert (prefix_len[group] <= _pool_index(model, tokens)).all()
+    assert len(prefix_len) < len(texts) / 3
+
+
+def test_shared_prefix_falls_back_for_other_text_towers(extra_configs, torch_threads):
+    import torch
+    import torch.nn.functional as F
+
+    from evaluators.backbones import load_backbone, supports_shared_prefix
+
+    assert not supports_shared_prefix(_model("pc-tiny-bidirectional", torch_threads))
+    assert not supports_shared_prefix(_model("pc-tiny-custom-block", torch_threads))  # custom attention
+    with pytest.warns(UserWarning, match="random weights"):
+        backbone = load_backbone("pc-tiny-custom-block", device="cpu")
+    assert backbone.truncate and not backbone.shared_prefix
+    texts = [t.format(c) for t in PREFIX_TEMPLATES for c in PREFIX_CLASSES]
+    with torch.no_grad():
+        reference = F.normalize(backbone.model.encode_text(backbone.tokenizer(texts)), dim=-1)
+    assert (backbone.encode_texts(texts) - reference).abs().max().item() < 1e-5
+
+
+def test_evaluator_scores_unchanged_by_shared_prefixes(tiny_clip_config, tiny_clip_weights, image_folder, tmp_path,
+                                                       torch_threads):
+    import torch
+
+    from evaluators import build_evaluator
+    from evaluators.features import TextFeatureCache
+
+    evaluators = []
+    for shared in (True, False):
+        evaluator = build_evaluator("imagefolder", 2, 1, tiny_clip_config, weights=str(tiny_clip_weights),
+                                    data_root=str(image_folder), device="cpu")
+        assert evaluator.backbone.shared_prefix
+        evaluator.backbone.shared_prefix = shared
+        evaluator.text_cache = TextFeatureCache(evaluator.backbone.identity, root=tmp_path / f"texts-{shared}")
+        evaluators.append(evaluator)
+    scores = [e.score(PREFIX_TEMPLATES, splits=("train", "test")) for e in evaluators]
+    for a, b in zip(*scores):
+        assert a.accuracy == b.accuracy and a.loss == pytest.approx(b.loss, abs=1e-5)
+    embeddings = [e.class_embeddings(PREFIX_TEMPLATES) for e in evaluators]
+    assert torch.allclose(*embeddings, atol=1e-5)
