@@ -28,7 +28,7 @@ BASELINE = "a photo of a {}."
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
               help="Folder of the data (imagefolder/coop: required; eurosat: the unpacked archive).")
 @click.option("--shots", type=int, default=None, help="Training images per class (k) [default: 1, or the run's].")
-@click.option("--seed", type=int, default=None, help="Seed of the few-shot draw [default: 1, or the run's].")
+@click.option("--seed", type=int, default=None, help="Seed of the few-shot draw [default: 0, or the run's].")
 @click.option("--backbone", default=None,
               help="'demo' (embedded, offline) or an open_clip architecture such as RN50 or ViT-B-32 "
                    "[default: demo, or the run's].")

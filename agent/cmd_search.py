@@ -135,13 +135,12 @@ def search_cmd(**opts):
 
 def run_search(opts: dict, echo) -> dict:
     """The command's work, separated from click for readability (and tests)."""
+    from agent.cmd_adapt import check_kinds
     from agent.llm import LLMClient, LLMError, strip_userinfo
     from agent.metaprompt import MetaPrompt
     from agent.reading import find_run
     from agent.runstore import RunStore
     from agent.search import HillClimber
-
-    from agent.cmd_adapt import check_kinds
 
     adapter_kinds = check_kinds(opts["adapter_kinds"]) if opts["adapter_kinds"] else []  # before slow loading
     runs_dir = Path(opts["runs_dir"])
