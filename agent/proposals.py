@@ -3,10 +3,11 @@
 An answer is read one line at a time: numbering, bullets, quotes, code marks and scores
 copied from the meta-prompt ("... -> 81.0%") are stripped; lines that do not even mention
 a brace (prose such as "Here are 5 templates:") are skipped; every other line either
-becomes a template or is rejected with a reason: whatever `agent.templates.template_problem` refuses (`{0}`, `{name}`, `{.__class__}`,
-stray or escaped braces, no or several placeholders, empty, too long) and duplicates -
-exact, or equal after normalising case, whitespace and punctuation - of templates already
-scored or proposed earlier in the same answer. Nothing here formats a template.
+becomes a template or is rejected with a reason: whatever
+`agent.templates.template_problem` refuses (`{0}`, `{name}`, `{.__class__}`, stray or
+escaped braces, no or several placeholders, empty, too long) and duplicates - exact, or
+equal after normalising case, whitespace and punctuation - of templates already scored or
+proposed earlier in the same answer. Nothing here formats a template.
 """
 
 from __future__ import annotations
