@@ -256,7 +256,7 @@ def run_search(opts: dict, echo) -> dict:
                     "or use --llm local"
                 )
             return climb(base_url, api_key, llm_settings["model"])
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (agent.local_llm turns it into SystemExit)
             echo(f"interrupted; continue with: promptclimb search --resume {store.run_dir}")
             raise
     finally:
