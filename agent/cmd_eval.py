@@ -64,7 +64,10 @@ def eval_cmd(dataset, data_root, shots, seed, backbone, pretrained, weights, pro
     given = {"dataset": dataset, "data_root": data_root, "shots": shots, "seed": seed, "backbone": backbone,
              "pretrained": pretrained, "weights": weights}
     try:
-        args, prompts = _settings(given, list(prompts), run, runs_dir)
+        from agent.reading import find_run  # pandas: only now
+
+        run_dir = find_run(run, runs_dir) if run else None
+        args, prompts = _settings(given, list(prompts), run_dir)
     except PromptclimbError as exc:
         raise click.ClickException(str(exc)) from None
     dataset, data_root, shots, seed, backbone, pretrained, weights = (
@@ -80,7 +83,9 @@ def eval_cmd(dataset, data_root, shots, seed, backbone, pretrained, weights, pro
             result, evaluator = _evaluate(dataset, data_root, shots, seed, backbone, pretrained, weights,
                                           list(prompts), device)
             if with_adapter:
-                result["adapter"] = _evaluate_adapter(run, runs_dir, evaluator)
+                from agent.cmd_adapt import eval_run_adapter
+
+                result["adapter"] = eval_run_adapter(run_dir, evaluator=evaluator, splits=SPLITS)
     except PromptclimbError as exc:
         raise click.ClickException(str(exc)) from None
     for w in caught:  # counted warnings (skipped images, thin val classes) go to stderr
@@ -106,16 +111,14 @@ def eval_cmd(dataset, data_root, shots, seed, backbone, pretrained, weights, pro
         click.echo(f"adapter on: {' | '.join(ad['templates'])}{note}")
 
 
-def _settings(given: dict, prompts: list[str], run: str | None, runs_dir: str) -> tuple[dict, list[str]]:
+def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]]:
     """Evaluator settings and templates: the options given, else the run's, else the defaults."""
     args = dict(given)
-    if run:
+    if run_dir is not None:
         from agent.cmd_adapt import read_run
-        from agent.reading import find_run
 
-        config, summary = read_run(find_run(run, runs_dir))
-        saved = config.get("evaluator_args") or {}
-        for key, value in saved.items():
+        config, summary = read_run(run_dir)
+        for key, value in (config.get("evaluator_args") or {}).items():
             if key in args and args[key] is None:
                 args[key] = value
         if not prompts:
@@ -124,16 +127,6 @@ def _settings(given: dict, prompts: list[str], run: str | None, runs_dir: str) -
         if args[key] is None:
             args[key] = value
     return args, prompts or [BASELINE]
-
-
-def _evaluate_adapter(run: str, runs_dir: str, evaluator) -> dict:
-    from agent.cmd_adapt import ADAPTER_FILE, eval_run_adapter
-    from agent.reading import find_run
-
-    run_dir = find_run(run, runs_dir)
-    if not (run_dir / ADAPTER_FILE).is_file():
-        raise PromptclimbError(f"{run_dir} has no {ADAPTER_FILE}; fit one with: promptclimb adapt {run_dir} --kind all")
-    return eval_run_adapter(run_dir, evaluator=evaluator, splits=SPLITS)
 
 
 def _evaluate(dataset, data_root, shots, seed, backbone, pretrained, weights, prompts, device) -> dict:

@@ -324,6 +324,10 @@ def test_cli_search_with_the_real_clip_evaluator(tmp_path, tiny_clip_config, tin
     table = CliRunner().invoke(cli, ["eval", "--run", "real", "--runs-dir", str(tmp_path / "runs"),
                                      "--with-adapter", "--device", "cpu"])
     assert table.exit_code == 0 and f"prompt + {adapter['kind']} adapter" in table.output
+    (run_dir / "adapter.pt").unlink()
+    missing = CliRunner().invoke(cli, ["eval", "--run", "real", "--runs-dir", str(tmp_path / "runs"),
+                                       "--with-adapter", "--device", "cpu"])
+    assert missing.exit_code == 1 and "no adapter at" in missing.output and "Traceback" not in missing.output
 
 
 def test_cli_defaults_to_the_local_llm_without_an_endpoint(tmp_path, monkeypatch):
