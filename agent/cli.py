@@ -9,19 +9,19 @@ import sys
 
 import click
 
-from agent import __version__
+from promptclimb.agent import __version__
 
 # name -> "module:attribute"
 COMMANDS = {
-    "eval": "agent.cmd_eval:eval_cmd",
-    "search": "agent.cmd_search:search_cmd",
-    "llm": "agent.cmd_llm:llm_group",
-    "runs": "agent.cmd_runs:runs_cmd",
-    "show": "agent.cmd_runs:show_cmd",
-    "report": "agent.cmd_runs:report_cmd",
-    "transfer": "agent.cmd_runs:transfer_cmd",
-    "compare": "agent.cmd_runs:compare_cmd",
-    "adapt": "agent.cmd_adapt:adapt_cmd",
+    "eval": "promptclimb.agent.cmd_eval:eval_cmd",
+    "search": "promptclimb.agent.cmd_search:search_cmd",
+    "llm": "promptclimb.agent.cmd_llm:llm_group",
+    "runs": "promptclimb.agent.cmd_runs:runs_cmd",
+    "show": "promptclimb.agent.cmd_runs:show_cmd",
+    "report": "promptclimb.agent.cmd_runs:report_cmd",
+    "transfer": "promptclimb.agent.cmd_runs:transfer_cmd",
+    "compare": "promptclimb.agent.cmd_runs:compare_cmd",
+    "adapt": "promptclimb.agent.cmd_adapt:adapt_cmd",
 }
 
 

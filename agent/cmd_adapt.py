@@ -19,9 +19,9 @@ from pathlib import Path
 
 import click
 
-from agent.errors import PromptclimbError
-from agent.reading import find_run
-from agent.runstore import write_json_atomic
+from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.reading import find_run
+from promptclimb.agent.runstore import write_json_atomic
 
 # The kinds of evaluators.adapters.ADAPTERS, listed here so that `--help` and the check of
 # --kind need no torch (tests/test_adapters.py checks the two lists agree).
@@ -64,7 +64,7 @@ def run_templates(summary: dict, on: str) -> list[str]:
 def build_run_evaluator(config: dict, device: str | None = None, **overrides):
     """The run's evaluator (same dataset, split, backbone), or one with some settings
     replaced (e.g. another --data-root holding new images of the same classes)."""
-    from evaluators import build_evaluator  # torch: only now
+    from promptclimb.evaluators import build_evaluator  # torch: only now
 
     args = dict(config.get("evaluator_args") or {})
     if not args.get("dataset"):
@@ -83,7 +83,7 @@ def fit_run_adapter(run_dir: str | Path, kinds, on: str = "best", seed: int | No
                     device: str | None = None, echo=click.echo) -> dict:
     """Fit each kind on the run's train split (hyper-parameters on val), keep the best on
     val as RUN/adapter.pt and record it in summary.json. Returns the "adapter" section."""
-    from evaluators.adapters import save_adapter, select_and_fit
+    from promptclimb.evaluators.adapters import save_adapter, select_and_fit
 
     kinds = check_kinds(kinds)
     run_dir = Path(run_dir)
@@ -151,7 +151,7 @@ def eval_run_adapter(run_dir: str | Path, evaluator=None, splits=("test",), devi
     data of the same classes). {"kind", "templates", "result", "accuracy": {split: {"prompt", "adapter"}}}."""
     import warnings
 
-    from evaluators.adapters import accuracy, load_adapter, read_adapter
+    from promptclimb.evaluators.adapters import accuracy, load_adapter, read_adapter
 
     run_dir = Path(run_dir)
     config, summary = read_run(run_dir)

@@ -10,8 +10,8 @@ import warnings
 
 import click
 
-from agent.errors import PromptclimbError
-from agent.templates import template_problem
+from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.templates import template_problem
 
 SPLITS = ("train", "val", "test")
 
@@ -64,7 +64,7 @@ def eval_cmd(dataset, data_root, shots, seed, backbone, pretrained, weights, pro
     given = {"dataset": dataset, "data_root": data_root, "shots": shots, "seed": seed, "backbone": backbone,
              "pretrained": pretrained, "weights": weights}
     try:
-        from agent.reading import find_run  # pandas: only now
+        from promptclimb.agent.reading import find_run  # pandas: only now
 
         run_dir = find_run(run, runs_dir) if run else None
         args, prompts = _settings(given, list(prompts), run_dir)
@@ -83,7 +83,7 @@ def eval_cmd(dataset, data_root, shots, seed, backbone, pretrained, weights, pro
             result, evaluator = _evaluate(dataset, data_root, shots, seed, backbone, pretrained, weights,
                                           list(prompts), device)
             if with_adapter:
-                from agent.cmd_adapt import eval_run_adapter
+                from promptclimb.agent.cmd_adapt import eval_run_adapter
 
                 result["adapter"] = eval_run_adapter(run_dir, evaluator=evaluator, splits=SPLITS)
     except PromptclimbError as exc:
@@ -115,7 +115,7 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
     """Evaluator settings and templates: the options given, else the run's, else the defaults."""
     args = dict(given)
     if run_dir is not None:
-        from agent.cmd_adapt import read_run
+        from promptclimb.agent.cmd_adapt import read_run
 
         config, summary = read_run(run_dir)
         for key, value in (config.get("evaluator_args") or {}).items():
@@ -130,7 +130,7 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
 
 
 def _evaluate(dataset, data_root, shots, seed, backbone, pretrained, weights, prompts, device) -> dict:
-    from evaluators import build_evaluator  # torch, open_clip: only now
+    from promptclimb.evaluators import build_evaluator  # torch, open_clip: only now
 
     evaluator = build_evaluator(dataset, shots, seed, backbone, pretrained=pretrained, weights=weights,
                                 data_root=data_root, device=device)

@@ -7,7 +7,7 @@ import threading
 
 import click
 
-from agent.errors import PromptclimbError
+from promptclimb.agent.errors import PromptclimbError
 
 
 def _user_errors(fn):
@@ -44,7 +44,7 @@ def serve_cmd(model_path, port, n_ctx, threads):
       promptclimb llm serve
       promptclimb search --dataset fashion-mnist --base-url http://127.0.0.1:PORT/v1
     """
-    from agent.local_llm import local_server
+    from promptclimb.agent.local_llm import local_server
 
     with local_server(model_path, port=port, n_ctx=n_ctx, n_threads=threads,
                       echo=lambda m: click.echo(m, err=True)) as base_url:
@@ -60,6 +60,6 @@ def serve_cmd(model_path, port, n_ctx, threads):
 @_user_errors
 def path_cmd():
     """Assemble and verify the embedded model file if needed, and print where it is."""
-    from agent.local_llm import ensure_model
+    from promptclimb.agent.local_llm import ensure_model
 
     click.echo(str(ensure_model()))

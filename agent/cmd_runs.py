@@ -15,8 +15,8 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from agent.errors import PromptclimbError
-from agent.reading import BASELINE, Run, find_run, load_run, runs_frame
+from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.reading import BASELINE, Run, find_run, load_run, runs_frame
 
 FORMATS = ["table", "markdown", "csv", "json"]
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
@@ -28,7 +28,7 @@ format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), defa
 
 def build_evaluator(**kwargs):
     """The real CLIP evaluator; imports torch, so only ever called inside `transfer`."""
-    from evaluators import build_evaluator as build
+    from promptclimb.evaluators import build_evaluator as build
 
     return build(**kwargs)
 
@@ -266,8 +266,8 @@ def report_cmd(run, runs_dir, output):
     Example:
       promptclimb report 20250101-120000-eurosat-4shot
     """
-    from agent.plots import CURVE
-    from agent.report import write_report
+    from promptclimb.agent.plots import CURVE
+    from promptclimb.agent.report import write_report
 
     loaded = open_run(run, runs_dir)
     path = write_report(loaded, output)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import click
 
-from agent.errors import PromptclimbError
-from agent.search import SELECTIONS, SearchConfig
+from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.search import SELECTIONS, SearchConfig
 
 DEFAULTS = SearchConfig()
 LOCAL = "local"
@@ -43,7 +43,7 @@ def default_backbone(dataset: str, backbone: str | None, pretrained: str | None,
 
 def build_evaluator(**kwargs):
     """The real CLIP evaluator. It imports torch, so it is only ever called inside the command."""
-    from evaluators import build_evaluator as build
+    from promptclimb.evaluators import build_evaluator as build
 
     return build(**kwargs)
 
@@ -135,12 +135,12 @@ def search_cmd(**opts):
 
 def run_search(opts: dict, echo) -> dict:
     """The command's work, separated from click for readability (and tests)."""
-    from agent.cmd_adapt import check_kinds
-    from agent.llm import LLMClient, LLMError, strip_userinfo
-    from agent.metaprompt import MetaPrompt
-    from agent.reading import find_run
-    from agent.runstore import RunStore
-    from agent.search import HillClimber
+    from promptclimb.agent.cmd_adapt import check_kinds
+    from promptclimb.agent.llm import LLMClient, LLMError, strip_userinfo
+    from promptclimb.agent.metaprompt import MetaPrompt
+    from promptclimb.agent.reading import find_run
+    from promptclimb.agent.runstore import RunStore
+    from promptclimb.agent.search import HillClimber
 
     adapter_kinds = check_kinds(opts["adapter_kinds"]) if opts["adapter_kinds"] else []  # before slow loading
     runs_dir = Path(opts["runs_dir"])
@@ -163,7 +163,7 @@ def run_search(opts: dict, echo) -> dict:
         local = llm_name == LOCAL
         from_local = {}
         if local:
-            from agent.local_llm import LOCAL_SAMPLING
+            from promptclimb.agent.local_llm import LOCAL_SAMPLING
 
             from_local = LOCAL_SAMPLING
         search_config = SearchConfig(
@@ -184,7 +184,7 @@ def run_search(opts: dict, echo) -> dict:
         llm_settings = {"model": llm_name, "local": local, "llm_model_file": opts["llm_model"],
                         "timeout": opts["timeout"], "max_tries": opts["max_tries"]}
         if local:
-            from agent.local_llm import local_model_name
+            from promptclimb.agent.local_llm import local_model_name
 
             llm_settings["served_model"] = local_model_name(opts["llm_model"])
         meta_dir = opts["meta_prompt"]
@@ -230,12 +230,12 @@ def run_search(opts: dict, echo) -> dict:
                 raise PromptclimbError(f"{exc}\nThe run is saved; continue it with: "
                                        f"promptclimb search --resume {store.run_dir}") from None
             summary = result.summary
-            from agent.plots import write_plots
+            from promptclimb.agent.plots import write_plots
 
             for path in write_plots(store.run_dir):
                 echo(f"plot: {path}")
             if adapter_kinds:
-                from agent.cmd_adapt import fit_run_adapter
+                from promptclimb.agent.cmd_adapt import fit_run_adapter
 
                 summary["adapter"] = fit_run_adapter(store.run_dir, adapter_kinds, evaluator=evaluator, echo=echo)
             echo(f"run folder: {store.run_dir}   (read it with: promptclimb show {store.run_dir.name})")
@@ -243,7 +243,7 @@ def run_search(opts: dict, echo) -> dict:
 
         try:
             if llm_settings["local"] and not opts["base_url"]:
-                from agent.local_llm import local_model_name, local_server
+                from promptclimb.agent.local_llm import local_model_name, local_server
 
                 model_file = opts["llm_model"] or llm_settings.get("llm_model_file")
                 with local_server(model_path=model_file) as base_url:

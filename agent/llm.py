@@ -31,7 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from agent.errors import PromptclimbError
+from promptclimb.agent.errors import PromptclimbError
 
 CACHE_FORMAT = 1  # bump when the cache entry layout changes; old entries are then ignored
 
@@ -206,7 +206,7 @@ class LLMClient:
         self.max_tries = max(1, max_tries)
         self.wait_initial, self.wait_max, self.retry_after_max = wait_initial, wait_max, retry_after_max
         if use_cache and cache_dir is None:
-            from agent.paths import cache_dir as shared_cache_dir
+            from promptclimb.agent.paths import cache_dir as shared_cache_dir
 
             cache_dir = shared_cache_dir("llm")
         self.cache = ResponseCache(cache_dir) if use_cache else None

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from agent.errors import PromptclimbError
-from agent.paths import cache_dir
+from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.paths import cache_dir
 
 INSTALL_HINT = 'pip install "promptclimb[local]"'
 OTHER_OPTIONS = (

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import jinja2
 
-from agent.errors import PromptclimbError
-from agent.paths import prompts_dir
-from agent.protocol import Task
+from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.paths import prompts_dir
+from promptclimb.agent.protocol import Task
 
 FILES = ("system.j2", "first_turn.j2", "feedback_turn.j2")
 

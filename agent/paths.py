@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -21,8 +20,9 @@ def cache_dir(kind: str) -> Path:
 
 
 def prompts_dir() -> Path:
-    """The installed `prompts/` folder (text only: meta-prompts and template pools)."""
-    spec = importlib.util.find_spec("prompts")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the 'prompts' data folder is not installed; reinstall promptclimb")
-    return Path(list(spec.submodule_search_locations)[0])
+    """The installed `promptclimb/prompts/` folder (text only: meta-prompts and template
+    pools); beside `agent/` both in the repository and in an installed wheel."""
+    path = Path(__file__).resolve().parents[1] / "prompts"
+    if not path.is_dir():
+        raise RuntimeError(f"the prompts data folder is missing ({path}); reinstall promptclimb")
+    return path

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.reading import BASELINE, Run, load_run
+from promptclimb.agent.reading import BASELINE, Run, load_run
 
 CURVE = "curve.png"
 SPLIT_NAMES = {"train": "training accuracy", "train+val": "train+val accuracy"}

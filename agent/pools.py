@@ -18,9 +18,9 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.errors import PromptclimbError
-from agent.paths import prompts_dir
-from agent.templates import template_problem
+from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.paths import prompts_dir
+from promptclimb.agent.templates import template_problem
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import re
 import string
 from dataclasses import dataclass, field
 
-from agent.templates import MAX_TEMPLATE_CHARS, template_problem
+from promptclimb.agent.templates import MAX_TEMPLATE_CHARS, template_problem
 
 # "1." "1)" "(1)" "#1:" "- " "* " "• " "> " at the start of a line (possibly repeated: "- 1. ")
 _LEADER = re.compile(r"^\s*(?:(?:\(?#?\d{1,3}[.):]\)?|[-*•·>–—](?=\s)|template\s*\d*\s*:)\s*)+", re.IGNORECASE)

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from agent.errors import PromptclimbError
-from agent.runstore import CONFIG, FORMAT_VERSION, HISTORY, SUMMARY
-from agent.search import SELECTIONS
+from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.runstore import CONFIG, FORMAT_VERSION, HISTORY, SUMMARY
+from promptclimb.agent.search import SELECTIONS
 
 BASELINE = "a photo of a {}."  # the template every CLIP paper starts from
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import jinja2
 
-from agent.paths import prompts_dir
-from agent.reading import Run
+from promptclimb.agent.paths import prompts_dir
+from promptclimb.agent.reading import Run
 
 REPORT = "report.html"
 TEMPLATE = "report.html.j2"
@@ -81,7 +81,7 @@ def render(run: Run, plot_png: Path | None = None) -> str:
 
 def write_report(run: Run, output: str | Path | None = None) -> Path:
     """report.html in the run folder (or `output`), with curve.png written first."""
-    from agent.plots import CURVE, write_plots
+    from promptclimb.agent.plots import CURVE, write_plots
 
     write_plots(run.path)
     path = Path(output) if output else run.path / REPORT

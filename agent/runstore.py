@@ -48,7 +48,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent.errors import PromptclimbError
+from promptclimb.agent.errors import PromptclimbError
 
 FORMAT_VERSION = 1
 CONFIG, HISTORY, PROMPTS, SUMMARY, LOCK = "config.json", "history.jsonl", "prompts.csv", "summary.json", ".lock"

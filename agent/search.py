@@ -27,13 +27,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
-from agent.errors import PromptclimbError
-from agent.llm import Answer, BudgetExhausted, LLMClient
-from agent.metaprompt import MetaPrompt
-from agent.pools import PoolTemplate, load_pool, sample_pool
-from agent.proposals import normalise, parse_proposals
-from agent.protocol import Evaluator, Score
-from agent.runstore import FORMAT_VERSION, RunStore
+from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.llm import Answer, BudgetExhausted, LLMClient
+from promptclimb.agent.metaprompt import MetaPrompt
+from promptclimb.agent.pools import PoolTemplate, load_pool, sample_pool
+from promptclimb.agent.proposals import normalise, parse_proposals
+from promptclimb.agent.protocol import Evaluator, Score
+from promptclimb.agent.runstore import FORMAT_VERSION, RunStore
 
 SCORED_SPLITS = ("train", "val")  # what every template is scored on during the search
 SELECTIONS = {"train": ("train",), "train+val": ("train", "val")}

@@ -25,11 +25,10 @@ import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def best_pool_template(evaluator, dataset: str) -> str:
-    from agent.pools import load_pool
+    from promptclimb.agent.pools import load_pool
 
     templates = [p.template for p in load_pool(dataset)]
     scores = evaluator.score(templates, splits=("train",))
@@ -38,8 +37,8 @@ def best_pool_template(evaluator, dataset: str) -> str:
 
 
 def bench_one(dataset, shots, seed, backbone, kinds, template=None, data_root=None) -> list[dict]:
-    from evaluators import build_evaluator
-    from evaluators.adapters import select_and_fit
+    from promptclimb.evaluators import build_evaluator
+    from promptclimb.evaluators.adapters import select_and_fit
 
     evaluator = build_evaluator(dataset, shots, seed, backbone, data_root=data_root)
     template = template or best_pool_template(evaluator, dataset)
@@ -82,7 +81,7 @@ def table(rows: list[dict]):
 
 
 def main(argv=None) -> None:
-    from evaluators.adapters import ADAPTERS
+    from promptclimb.evaluators.adapters import ADAPTERS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="fashion-mnist")

@@ -25,11 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv=None) -> int:
-    from agent.local_llm import LOCAL_SAMPLING
+    from promptclimb.agent.local_llm import LOCAL_SAMPLING
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--restarts", type=int, default=2)
@@ -51,12 +50,12 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)  # the LLM server needs the cores more than the tiny demo tower
 
-    from agent.llm import LLMClient
-    from agent.local_llm import local_model_name, local_server
-    from agent.metaprompt import MetaPrompt
-    from agent.runstore import RunStore
-    from agent.search import HillClimber, SearchConfig
-    from evaluators import build_evaluator
+    from promptclimb.agent.llm import LLMClient
+    from promptclimb.agent.local_llm import local_model_name, local_server
+    from promptclimb.agent.metaprompt import MetaPrompt
+    from promptclimb.agent.runstore import RunStore
+    from promptclimb.agent.search import HillClimber, SearchConfig
+    from promptclimb.evaluators import build_evaluator
 
     evaluator = build_evaluator(dataset="fashion-mnist", shots=args.shots, seed=args.seed, backbone="demo",
                                 pretrained=None, weights=None, data_root=None, device="cpu")

@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 EUROSAT_CLASSES = ["Annual Crop Land", "Forest", "Herbaceous Vegetation Land", "Highway or Road",
                    "Industrial Buildings", "Pasture Land", "Permanent Crop Land", "Residential Buildings",
@@ -36,8 +34,8 @@ def bench_templates(n: int) -> list[str]:
     """n distinct realistic templates: our EuroSAT pool, then OpenAI's ImageNet templates."""
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
-    from agent.pools import read_pool_file
-    from agent.paths import prompts_dir
+    from promptclimb.agent.pools import read_pool_file
+    from promptclimb.agent.paths import prompts_dir
 
     templates = read_pool_file(prompts_dir() / "pools" / "eurosat.txt")
     templates += [make("{}") for make in OPENAI_IMAGENET_TEMPLATES]
@@ -61,9 +59,9 @@ def main():
     from PIL import Image
 
     import open_clip
-    from evaluators.backbones import load_backbone
-    from evaluators.datasets import Dataset, FewShotSplit
-    from evaluators.scorer import ClipEvaluator
+    from promptclimb.evaluators.backbones import load_backbone
+    from promptclimb.evaluators.datasets import Dataset, FewShotSplit
+    from promptclimb.evaluators.scorer import ClipEvaluator
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -27,19 +27,17 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from agent.llm import LLMClient  # noqa: E402
-from agent.metaprompt import MetaPrompt  # noqa: E402
-from agent.runstore import RunStore, read_history  # noqa: E402
-from agent.search import HillClimber, SearchConfig, Scored, rank  # noqa: E402
+from promptclimb.agent.llm import LLMClient
+from promptclimb.agent.metaprompt import MetaPrompt
+from promptclimb.agent.runstore import RunStore, read_history
+from promptclimb.agent.search import HillClimber, SearchConfig, Scored, rank
 
 BASELINE = "a photo of a {}."
 SEARCHES = {  # variant -> (config change, meta-prompt folder)
@@ -105,10 +103,10 @@ def main():
     import pandas as pd
     from contextlib import nullcontext
 
-    from evaluators import build_evaluator
+    from promptclimb.evaluators import build_evaluator
 
     if args.llm == "local":  # the embedded LLM: started here, or a `promptclimb llm serve` at --base-url
-        from agent.local_llm import LOCAL_MODEL_NAME, LOCAL_SAMPLING, local_server
+        from promptclimb.agent.local_llm import LOCAL_MODEL_NAME, LOCAL_SAMPLING, local_server
 
         args.temperature = args.temperature if args.temperature is not None else LOCAL_SAMPLING["temperature"]
         args.max_answer_tokens = args.max_answer_tokens or LOCAL_SAMPLING["max_tokens"]

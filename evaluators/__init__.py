@@ -10,7 +10,7 @@ __all__ = ["build_evaluator", "ClipEvaluator"]
 
 def __getattr__(name):
     if name in __all__:
-        from evaluators import scorer
+        from promptclimb.evaluators import scorer
 
         return getattr(scorer, name)
     raise AttributeError(f"module 'evaluators' has no attribute {name!r}")

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from agent.errors import PromptclimbError
+from promptclimb.agent.errors import PromptclimbError
 
 FORMAT_VERSION = 1
 

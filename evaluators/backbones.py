@@ -43,12 +43,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agent.errors import PromptclimbError
-from agent.paths import cache_dir
+from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.paths import cache_dir
 
 # name -> "module:factory"; factory(device) -> (model, preprocess, tokenizer), open_clip semantics.
 PROJECT_BACKBONES: dict[str, str] = {
-    "demo": "evaluators.demo.model:build_demo_backbone",
+    "demo": "promptclimb.evaluators.demo.model:build_demo_backbone",
 }
 
 MODEL_CONFIGS_ENV = "PROMPTCLIMB_MODEL_CONFIGS"

@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from agent.errors import PromptclimbError
+from promptclimb.agent.errors import PromptclimbError
 
 # (image_id, label) pairs; image ids are strings so that every dataset can key its cache.
 Labelled = list[tuple[str, int]]
@@ -52,10 +52,10 @@ class Dataset:
 
 # name -> "module:function" returning a Dataset; loaders take (data_root: str | None).
 DATASETS: dict[str, str] = {
-    "eurosat": "evaluators.eurosat:load_eurosat",
-    "imagefolder": "evaluators.datasets:load_imagefolder",
-    "coop": "evaluators.datasets:load_coop_folder",
-    "fashion-mnist": "evaluators.demo.fashion_mnist:load_fashion_mnist",
+    "eurosat": "promptclimb.evaluators.eurosat:load_eurosat",
+    "imagefolder": "promptclimb.evaluators.datasets:load_imagefolder",
+    "coop": "promptclimb.evaluators.datasets:load_coop_folder",
+    "fashion-mnist": "promptclimb.evaluators.demo.fashion_mnist:load_fashion_mnist",
 }
 
 

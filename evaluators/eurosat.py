@@ -24,9 +24,9 @@ import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
-from agent.errors import PromptclimbError
-from agent.paths import cache_dir
-from evaluators.datasets import (Dataset, deterministic_split, drop_missing, ids_digest, open_image,
+from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.paths import cache_dir
+from promptclimb.evaluators.datasets import (Dataset, deterministic_split, drop_missing, ids_digest, open_image,
                                  read_coop_split, IMAGE_EXTENSIONS)
 
 # The official archive (Helber et al., DFKI) and torchvision's pinned mirror of the same zip.

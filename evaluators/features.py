@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from agent.paths import cache_dir
+from promptclimb.agent.paths import cache_dir
 
 MAX_SHARDS = 32  # merge text shards beyond this many
 

@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from agent.errors import PromptclimbError
-from agent.protocol import Score, Task
-from agent.templates import fill, template_problem
-from evaluators.backbones import Backbone
-from evaluators.datasets import Dataset, FewShotSplit, ids_digest
-from evaluators.features import ImageFeatureCache, TextFeatureCache
+from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.protocol import Score, Task
+from promptclimb.agent.templates import fill, template_problem
+from promptclimb.evaluators.backbones import Backbone
+from promptclimb.evaluators.datasets import Dataset, FewShotSplit, ids_digest
+from promptclimb.evaluators.features import ImageFeatureCache, TextFeatureCache
 
 IMAGE_BATCH = 64
 LOGIT_ELEMENTS = 32_000_000  # bound on N * K * C floats held at once while scoring
@@ -189,8 +189,8 @@ def build_evaluator(dataset: str, shots: int, seed: int, backbone: str, pretrain
                     device: str | None = None) -> ClipEvaluator:
     """Load the dataset, draw the few-shot split and load the backbone (dataset first: a
     missing dataset is reported before a slow model load)."""
-    from evaluators.backbones import load_backbone
-    from evaluators.datasets import load_dataset, make_fewshot_split
+    from promptclimb.evaluators.backbones import load_backbone
+    from promptclimb.evaluators.datasets import load_dataset, make_fewshot_split
 
     data = load_dataset(dataset, data_root)
     split = make_fewshot_split(data, shots, seed)

@@ -64,7 +64,7 @@ def tiny_config_dir(tmp_path_factory) -> Path:
 def tiny_clip_config(tiny_config_dir, monkeypatch) -> str:
     """The name of the tiny open_clip config, registered for this test (and the CLI)."""
     monkeypatch.setenv("PROMPTCLIMB_MODEL_CONFIGS", str(tiny_config_dir))
-    from evaluators.backbones import register_model_configs
+    from promptclimb.evaluators.backbones import register_model_configs
 
     register_model_configs(tiny_config_dir)
     return TINY_MODEL
@@ -77,7 +77,7 @@ def tiny_clip_weights(tiny_config_dir, tmp_path_factory, torch_threads) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from evaluators.backbones import register_model_configs
+    from promptclimb.evaluators.backbones import register_model_configs
 
     register_model_configs(tiny_config_dir)
     torch.manual_seed(0)

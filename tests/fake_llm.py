@@ -143,7 +143,7 @@ class FakeLLM:
 
 
 # -- an in-memory evaluator behind the `Evaluator` protocol (no torch) ------------------------
-from agent.protocol import Score, Task  # noqa: E402
+from promptclimb.agent.protocol import Score, Task  # noqa: E402
 
 # Words that make a template "better" on this fake task; everything else is neutral.
 GOOD_WORDS = {"photo": 0.10, "clothing": 0.15, "grayscale": 0.12, "product": 0.08, "garment": 0.10, "studio": 0.05}

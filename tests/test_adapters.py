@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-from agent.errors import PromptclimbError
+from promptclimb.agent.errors import PromptclimbError
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("residual-logits", "feature-residual", "cache")
@@ -50,7 +50,7 @@ def separable(torch_threads):
 def test_shapes_and_untrained_adapter_is_the_prompt(kind, separable):
     import torch
 
-    from evaluators.adapters import ADAPTERS
+    from promptclimb.evaluators.adapters import ADAPTERS
 
     cls = ADAPTERS[kind]
     x, y = separable.train
@@ -66,7 +66,7 @@ def test_shapes_and_untrained_adapter_is_the_prompt(kind, separable):
 def test_same_seed_gives_identical_weights_and_logits(kind, separable):
     import torch
 
-    from evaluators.adapters import ADAPTERS
+    from promptclimb.evaluators.adapters import ADAPTERS
 
     cls = ADAPTERS[kind]
     x, y = separable.train
@@ -86,7 +86,7 @@ def test_same_seed_gives_identical_weights_and_logits(kind, separable):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_adapter_learns_separable_features_where_the_prompt_is_poor(kind, separable):
-    from evaluators.adapters import select_and_fit
+    from promptclimb.evaluators.adapters import select_and_fit
 
     fit = select_and_fit(kind, separable.train, separable.val, separable.poor, separable.scale,
                          seed=0, test=separable.test)
@@ -104,7 +104,7 @@ def test_adapter_learns_separable_features_where_the_prompt_is_poor(kind, separa
 def test_save_and_load_give_the_same_logits(kind, separable, tmp_path):
     import torch
 
-    from evaluators.adapters import load_adapter, save_adapter, select_and_fit
+    from promptclimb.evaluators.adapters import load_adapter, save_adapter, select_and_fit
 
     fit = select_and_fit(kind, separable.train, separable.val, separable.poor, separable.scale, seed=0)
     path = tmp_path / "adapter.pt"
@@ -118,7 +118,7 @@ def test_save_and_load_give_the_same_logits(kind, separable, tmp_path):
 def test_class_count_and_dimension_mismatch_are_clear_errors(separable, tmp_path):
     import torch
 
-    from evaluators.adapters import load_adapter, save_adapter, select_and_fit
+    from promptclimb.evaluators.adapters import load_adapter, save_adapter, select_and_fit
 
     fit = select_and_fit("cache", separable.train, separable.val, separable.poor, separable.scale)
     path = tmp_path / "adapter.pt"
@@ -137,9 +137,9 @@ def test_class_count_and_dimension_mismatch_are_clear_errors(separable, tmp_path
 
 
 def test_unknown_kind_names_the_known_kinds(tmp_path):
-    from agent.cli import cli
-    from agent.cmd_adapt import ADAPTER_KINDS, check_kinds
-    from evaluators.adapters import ADAPTERS, get_adapter
+    from promptclimb.agent.cli import cli
+    from promptclimb.agent.cmd_adapt import ADAPTER_KINDS, check_kinds
+    from promptclimb.evaluators.adapters import ADAPTERS, get_adapter
 
     assert ADAPTER_KINDS == tuple(ADAPTERS)  # the torch-free list in agent/ matches the registry
     with pytest.raises(PromptclimbError) as err:
@@ -153,7 +153,7 @@ def test_unknown_kind_names_the_known_kinds(tmp_path):
 
 
 def test_agent_side_does_not_import_torch():
-    code = "import sys, agent.cmd_adapt; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, promptclimb.agent.cmd_adapt; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
@@ -183,7 +183,7 @@ def make_run(folder: Path, evaluator_args: dict, template="a photo of a {}.") ->
 
 
 def test_a_losing_adapter_leaves_the_prompt_only_result(separable, tmp_path):
-    from agent.cmd_adapt import fit_run_adapter
+    from promptclimb.agent.cmd_adapt import fit_run_adapter
 
     # Class embeddings = the true class means: the prompt alone is already perfect on val.
     evaluator = FakeEvaluator({"train": separable.train, "val": separable.val, "test": separable.test},
@@ -204,8 +204,8 @@ def test_adapt_a_run_without_cached_features(tiny_clip_config, tiny_clip_weights
     """A real (tiny) CLIP run whose image features were never computed: they are computed,
     adapter.pt and the summary's adapter section are written, and eval --with-adapter's
     function re-applies the saved adapter with the same result."""
-    from agent.cli import cli
-    from agent.cmd_adapt import eval_run_adapter
+    from promptclimb.agent.cli import cli
+    from promptclimb.agent.cmd_adapt import eval_run_adapter
 
     args = {"dataset": "imagefolder", "shots": 2, "seed": 1, "backbone": tiny_clip_config,
             "pretrained": None, "weights": str(tiny_clip_weights), "data_root": str(image_folder)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.errors import PromptclimbError
+from promptclimb.agent.errors import PromptclimbError
 
 TEXTS = [
     "a photo of a cat.",
@@ -27,7 +27,7 @@ def test_truncated_text_features_equal_open_clip_encode_text(name, tiny_clip_con
     import open_clip
     import torch
 
-    from evaluators.backbones import encode_text_truncated, supports_truncation, _text_tower
+    from promptclimb.evaluators.backbones import encode_text_truncated, supports_truncation, _text_tower
 
     model = _model(name, torch_threads)
     assert supports_truncation(model)
@@ -52,7 +52,7 @@ def test_backbone_encode_texts_matches_open_clip_in_any_chunking(tiny_clip_confi
     import torch
     import torch.nn.functional as F
 
-    from evaluators.backbones import load_backbone
+    from promptclimb.evaluators.backbones import load_backbone
 
     backbone = load_backbone(tiny_clip_config, weights=tiny_clip_weights, device="cpu")
     assert backbone.truncate
@@ -66,7 +66,7 @@ def test_backbone_encode_texts_matches_open_clip_in_any_chunking(tiny_clip_confi
 
 
 def test_bidirectional_text_tower_falls_back_to_encode_text(tiny_clip_config, torch_threads):
-    from evaluators.backbones import supports_truncation
+    from promptclimb.evaluators.backbones import supports_truncation
 
     assert not supports_truncation(_model("pc-tiny-bidirectional", torch_threads))
 
@@ -74,7 +74,7 @@ def test_bidirectional_text_tower_falls_back_to_encode_text(tiny_clip_config, to
 def test_identity_follows_the_weights_file(tiny_clip_config, tiny_clip_weights, tmp_path, torch_threads):
     from safetensors.torch import save_file
 
-    from evaluators.backbones import load_backbone
+    from promptclimb.evaluators.backbones import load_backbone
 
     a = load_backbone(tiny_clip_config, weights=tiny_clip_weights, device="cpu")
     b = load_backbone(tiny_clip_config, weights=tiny_clip_weights, device="cpu")
@@ -88,14 +88,14 @@ def test_identity_follows_the_weights_file(tiny_clip_config, tiny_clip_weights, 
 
 
 def test_weights_for_another_architecture_is_a_clear_error(tiny_clip_config, tiny_clip_weights):
-    from evaluators.backbones import load_backbone
+    from promptclimb.evaluators.backbones import load_backbone
 
     with pytest.raises(PromptclimbError, match="could not load weights file"):
         load_backbone("pc-tiny-wide", weights=tiny_clip_weights, device="cpu")
 
 
 def test_bad_arguments(tiny_clip_config, tmp_path):
-    from evaluators.backbones import load_backbone
+    from promptclimb.evaluators.backbones import load_backbone
 
     with pytest.raises(PromptclimbError, match="not both"):
         load_backbone(tiny_clip_config, pretrained="openai", weights="x.pt")
@@ -110,7 +110,7 @@ def test_bad_arguments(tiny_clip_config, tmp_path):
 def test_offline_pretrained_tag_fails_fast_with_what_to_do(monkeypatch):
     import open_clip
 
-    import evaluators.backbones as backbones
+    import promptclimb.evaluators.backbones as backbones
 
     monkeypatch.setattr(backbones, "_cached_pretrained_file", lambda cfg: None)  # as on a fresh machine
     monkeypatch.setattr(open_clip, "create_model",
@@ -141,7 +141,7 @@ def tiny_factory(device):
 def test_project_backbone_factory(tiny_clip_config, monkeypatch, torch_threads):
     from PIL import Image
 
-    import evaluators.backbones as backbones
+    import promptclimb.evaluators.backbones as backbones
 
     monkeypatch.setitem(backbones.PROJECT_BACKBONES, "tiny-project", "test_backbones:tiny_factory")
     backbone = backbones.load_backbone("tiny-project", device="cpu")
@@ -177,7 +177,7 @@ EXTRA_CONFIGS = {  # tiny text towers with other block settings
 def extra_configs(tiny_clip_config, tmp_path):
     import json
 
-    from evaluators.backbones import register_model_configs
+    from promptclimb.evaluators.backbones import register_model_configs
 
     for name, config in EXTRA_CONFIGS.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(config))
@@ -190,7 +190,7 @@ def test_shared_prefix_features_equal_open_clip_encode_text(name, chunk, extra_c
     import open_clip
     import torch
 
-    from evaluators.backbones import (_pool_index, _prefix_groups, encode_text_shared_prefix,
+    from promptclimb.evaluators.backbones import (_pool_index, _prefix_groups, encode_text_shared_prefix,
                                       supports_shared_prefix)
 
     model = _model(name, torch_threads)
@@ -215,7 +215,7 @@ def test_shared_prefix_falls_back_for_other_text_towers(extra_configs, torch_thr
     import torch
     import torch.nn.functional as F
 
-    from evaluators.backbones import load_backbone, supports_shared_prefix
+    from promptclimb.evaluators.backbones import load_backbone, supports_shared_prefix
 
     assert not supports_shared_prefix(_model("pc-tiny-bidirectional", torch_threads))
     assert not supports_shared_prefix(_model("pc-tiny-custom-block", torch_threads))  # custom attention
@@ -232,8 +232,8 @@ def test_evaluator_scores_unchanged_by_shared_prefixes(tiny_clip_config, tiny_cl
                                                        torch_threads):
     import torch
 
-    from evaluators import build_evaluator
-    from evaluators.features import TextFeatureCache
+    from promptclimb.evaluators import build_evaluator
+    from promptclimb.evaluators.features import TextFeatureCache
 
     evaluators = []
     for shared in (True, False):

@@ -12,8 +12,8 @@ import re
 import pandas as pd
 from click.testing import CliRunner
 
-from agent.cli import cli
-from agent.cmd_runs import rank_correlation, transfer_name
+from promptclimb.agent.cli import cli
+from promptclimb.agent.cmd_runs import rank_correlation, transfer_name
 from fake_llm import FakeLLM
 from test_reading import make_run, responder
 

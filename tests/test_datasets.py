@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import make_image_folder
 
-from agent.errors import PromptclimbError
-from evaluators.datasets import Dataset, load_dataset, make_fewshot_split
+from promptclimb.agent.errors import PromptclimbError
+from promptclimb.evaluators.datasets import Dataset, load_dataset, make_fewshot_split
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,7 +77,7 @@ def test_fewshot_split_is_the_same_in_another_python_process():
     """Python's hash() is salted per process; our draws must not depend on it."""
     code = (
         "import json, sys; sys.path.insert(0, 'tests');"
-        "from test_datasets import _synthetic; from evaluators.datasets import make_fewshot_split;"
+        "from test_datasets import _synthetic; from promptclimb.evaluators.datasets import make_fewshot_split;"
         "print(json.dumps(make_fewshot_split(_synthetic(), 3, seed=7).splits['train']))"
     )
     outputs = set()
@@ -137,7 +137,7 @@ def test_coop_folder(tmp_path):
 # ---------------------------------------------------------------- EuroSAT
 
 def test_eurosat_offline_is_a_clear_fast_error(monkeypatch, isolated_home):
-    import evaluators.eurosat as eurosat
+    import promptclimb.evaluators.eurosat as eurosat
 
     def no_network(target):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
@@ -152,7 +152,7 @@ def test_eurosat_offline_is_a_clear_fast_error(monkeypatch, isolated_home):
 
 
 def test_eurosat_data_root_without_data_does_not_download(monkeypatch, tmp_path):
-    import evaluators.eurosat as eurosat
+    import promptclimb.evaluators.eurosat as eurosat
 
     monkeypatch.setattr(eurosat, "download_archive", lambda t: pytest.fail("must not download"))
     with pytest.raises(PromptclimbError, match=str(tmp_path)):
@@ -160,7 +160,7 @@ def test_eurosat_data_root_without_data_does_not_download(monkeypatch, tmp_path)
 
 
 def _fake_eurosat(root: Path, per_class=5) -> Path:
-    from evaluators.eurosat import FOLDERS
+    from promptclimb.evaluators.eurosat import FOLDERS
 
     colours = {name: (20 * i, 255 - 20 * i, 100) for i, name in enumerate(FOLDERS)}
     make_image_folder(root / "2750", per_class=per_class, classes=colours, size=64)
@@ -178,7 +178,7 @@ def test_eurosat_from_a_folder_uses_coop_names_and_documented_split(tmp_path):
 
 
 def test_eurosat_uses_split_zhou_when_present(tmp_path):
-    from evaluators.eurosat import FOLDERS, SPLIT_FILE
+    from promptclimb.evaluators.eurosat import FOLDERS, SPLIT_FILE
 
     root = _fake_eurosat(tmp_path / "eurosat")
     entries = {"train": [], "val": [], "test": []}

@@ -12,11 +12,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # the model must never need the network
 
 torch = pytest.importorskip("torch")
 
-from evaluators.demo.fashion_mnist import CLASSNAMES, load_fashion_mnist  # noqa: E402
-from evaluators.demo.model import EMBED_DIM, build_demo_backbone  # noqa: E402
-from evaluators.demo.report import encode_split, template_accuracies  # noqa: E402
+from promptclimb.evaluators.demo.fashion_mnist import CLASSNAMES, load_fashion_mnist  # noqa: E402
+from promptclimb.evaluators.demo.model import EMBED_DIM, build_demo_backbone  # noqa: E402
+from promptclimb.evaluators.demo.report import encode_split, template_accuracies  # noqa: E402
 
-# Measured with `python -m evaluators.demo.report` on the shipped weights and test split
+# Measured with `python -m promptclimb.evaluators.demo.report` on the shipped weights and test split
 # (see evaluators/demo/README.md); the floor leaves a small margin below it.
 PHOTO_OF_A_TEST_ACCURACY_FLOOR = 0.85  # measured 87.7%
 
@@ -48,7 +48,7 @@ def test_subset_has_the_promised_counts_labels_and_no_overlap(dataset):
 
 def test_subset_labels_match_the_official_test_set(dataset):
     """Where the Debian package is installed, every shipped image is the official one with its label."""
-    from evaluators.demo.fashion_mnist import DEBIAN_ROOT, read_debian_split
+    from promptclimb.evaluators.demo.fashion_mnist import DEBIAN_ROOT, read_debian_split
 
     if not (DEBIAN_ROOT / "t10k-labels-idx1-ubyte.gz").exists():
         pytest.skip("dataset-fashion-mnist is not installed")

@@ -25,7 +25,7 @@ USER_HOME = os.environ.get("PROMPTCLIMB_HOME")
 
 @pytest.fixture(scope="module")
 def model_file() -> Path:
-    from agent.local_llm import ensure_model
+    from promptclimb.agent.local_llm import ensure_model
 
     saved = os.environ.get("PROMPTCLIMB_HOME")
     try:
@@ -48,7 +48,7 @@ def test_search_runs_offline_with_the_local_llm(tmp_path, isolated_home, model_f
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
     env.update(PROMPTCLIMB_HOME=str(isolated_home), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     command = [
-        sys.executable, "-m", "agent.cli", "search", "--dataset", "fashion-mnist", "--shots", "1",
+        sys.executable, "-m", "promptclimb.agent.cli", "search", "--dataset", "fashion-mnist", "--shots", "1",
         "--restarts", "1", "--resets", "1", "--iterations", "2", "--pool-sample", "10",
         "--runs-dir", str(runs), "--name", "e2e", "--llm-model", str(model_file),
     ]

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from agent.llm import BudgetExhausted, LLMClient, LLMError, ResponseCache, redact, request_key, strip_userinfo
+from promptclimb.agent.llm import BudgetExhausted, LLMClient, LLMError, ResponseCache, redact, request_key, strip_userinfo
 from fake_llm import FakeLLM
 
 KEY = "sk-test-VERYSECRET-0123456789"

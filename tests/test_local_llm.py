@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import local_llm
-from agent.errors import PromptclimbError
-from agent.local_llm import ModelSpec, ensure_model, find_parts, local_server
+from promptclimb.agent import local_llm
+from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.local_llm import ModelSpec, ensure_model, find_parts, local_server
 
 CHUNKS = [b"GGUF" + b"a" * 3000, b"b" * 2500, b"c" * 17]
 

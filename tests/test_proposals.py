@@ -1,6 +1,6 @@
-"""agent.proposals: from an LLM answer to validated templates, with reasons for the rest."""
+"""promptclimb.agent.proposals: from an LLM answer to validated templates, with reasons for the rest."""
 
-from agent.proposals import clean_line, normalise, parse_proposals
+from promptclimb.agent.proposals import clean_line, normalise, parse_proposals
 
 
 def test_numbering_bullets_and_quotes_are_stripped():

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import PromptclimbError
-from agent.llm import LLMClient
-from agent.pools import PoolTemplate
-from agent.reading import NewerFormat, find_run, load_run, read_events, runs_frame
-from agent.runstore import RunStore
-from agent.search import HillClimber, SearchConfig
+from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.llm import LLMClient
+from promptclimb.agent.pools import PoolTemplate
+from promptclimb.agent.reading import NewerFormat, find_run, load_run, read_events, runs_frame
+from promptclimb.agent.runstore import RunStore
+from promptclimb.agent.search import HillClimber, SearchConfig
 from fake_llm import FakeLLM, WordEvaluator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -165,7 +165,7 @@ def test_an_unfinished_run_is_shown_from_its_scores(run_dir):
 
 
 def test_write_plots_writes_the_curve(run_dir):
-    from agent.plots import write_plots
+    from promptclimb.agent.plots import write_plots
 
     paths = write_plots(run_dir)
     assert paths == [run_dir / "curve.png"]
@@ -174,7 +174,7 @@ def test_write_plots_writes_the_curve(run_dir):
 
 
 def test_reading_modules_do_not_import_torch():
-    code = ("import sys, agent.cmd_runs, agent.reading, agent.plots, agent.report; "
+    code = ("import sys, promptclimb.agent.cmd_runs, promptclimb.agent.reading, promptclimb.agent.plots, promptclimb.agent.report; "
             "print('torch' in sys.modules, 'matplotlib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -1,12 +1,12 @@
-"""agent.runstore: the append-only, resumable run folder."""
+"""promptclimb.agent.runstore: the append-only, resumable run folder."""
 
 import json
 import multiprocessing
 
 import pytest
 
-from agent.errors import PromptclimbError
-from agent.runstore import HISTORY, RunLocked, RunMismatch, RunStore, read_history
+from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.runstore import HISTORY, RunLocked, RunMismatch, RunStore, read_history
 
 
 def lines(run_dir):

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from agent.errors import PromptclimbError
+from promptclimb.agent.errors import PromptclimbError
 
 TEMPLATES = ["a photo of a {}.", "a {} thing.", "a blurry picture of the {}, seen from far away."]
 
 
 @pytest.fixture
 def make_evaluator(tiny_clip_config, tiny_clip_weights, image_folder, torch_threads):
-    from evaluators import build_evaluator
+    from promptclimb.evaluators import build_evaluator
 
     def make(shots=2, seed=1, weights=tiny_clip_weights):
         return build_evaluator("imagefolder", shots, seed, tiny_clip_config, weights=str(weights),
@@ -64,7 +64,7 @@ def test_batch_scores_equal_one_at_a_time(make_evaluator):
 
 
 def test_second_run_reads_image_and_text_features_from_the_cache(make_evaluator, monkeypatch):
-    from evaluators.backbones import Backbone
+    from promptclimb.evaluators.backbones import Backbone
 
     image_calls = count_calls(monkeypatch, Backbone, "encode_images")
     text_calls = count_calls(monkeypatch, Backbone, "encode_texts")
@@ -86,7 +86,7 @@ def test_other_weights_or_split_do_not_hit_the_cache(make_evaluator, monkeypatch
     import open_clip
     from safetensors.torch import save_file
 
-    from evaluators.backbones import Backbone
+    from promptclimb.evaluators.backbones import Backbone
 
     make_evaluator().image_features("train")
     calls = count_calls(monkeypatch, Backbone, "encode_images")

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.llm import LLMClient, LLMError
-from agent.pools import PoolTemplate
-from agent.runstore import RunStore
-from agent.search import HillClimber, SearchConfig
+from promptclimb.agent.llm import LLMClient, LLMError
+from promptclimb.agent.pools import PoolTemplate
+from promptclimb.agent.runstore import RunStore
+from promptclimb.agent.search import HillClimber, SearchConfig
 from fake_llm import FakeLLM, WordEvaluator
 
 TESTS = Path(__file__).resolve().parent
@@ -148,7 +148,7 @@ def test_select_train_plus_val_and_restarts(tmp_path):
 
 
 def test_user_meta_prompt_overrides_ours(tmp_path):
-    from agent.metaprompt import MetaPrompt
+    from promptclimb.agent.metaprompt import MetaPrompt
 
     mine = tmp_path / "meta"
     mine.mkdir()
@@ -213,8 +213,8 @@ def test_resume_after_a_kill_gives_the_same_result(tmp_path):
 
 
 def test_agent_modules_do_not_import_torch():
-    code = "import sys, agent.search, agent.cmd_search, agent.llm, agent.runstore, agent.pools; " \
-           "agent.pools.load_pool('fashion-mnist'); print('torch' in sys.modules)"
+    code = "import sys, promptclimb.agent.search, promptclimb.agent.cmd_search, promptclimb.agent.llm, promptclimb.agent.runstore, promptclimb.agent.pools; " \
+           "promptclimb.agent.pools.load_pool('fashion-mnist'); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
@@ -223,8 +223,8 @@ def test_agent_modules_do_not_import_torch():
 def test_cli_search_prints_json_and_leaks_no_secret(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    import agent.cmd_search
-    from agent.cmd_search import search_cmd
+    from promptclimb.agent import cmd_search
+    from promptclimb.agent.cmd_search import search_cmd
 
     built = []
 
@@ -233,7 +233,7 @@ def test_cli_search_prints_json_and_leaks_no_secret(tmp_path, monkeypatch):
         built.append((dataset, shots, seed, backbone))
         return WordEvaluator(dataset)
 
-    monkeypatch.setattr(agent.cmd_search, "build_evaluator", fake_build_evaluator)
+    monkeypatch.setattr(cmd_search, "build_evaluator", fake_build_evaluator)
     with FakeLLM(responder=responder) as fake:
         fake.faults.append("429")
         url = fake.base_url.replace("http://", "http://someone:pw-SECRET99@")
@@ -267,7 +267,7 @@ def test_cli_search_prints_json_and_leaks_no_secret(tmp_path, monkeypatch):
 def test_cli_errors_are_readable(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from agent.cmd_search import search_cmd
+    from promptclimb.agent.cmd_search import search_cmd
 
     result = CliRunner().invoke(search_cmd, ["--runs-dir", str(tmp_path)])
     assert result.exit_code != 0 and "--dataset is required" in result.output and "Traceback" not in result.output
@@ -285,7 +285,7 @@ def test_cli_search_with_the_real_clip_evaluator(tmp_path, tiny_clip_config, tin
     weights, generated images) and the fake LLM."""
     from click.testing import CliRunner
 
-    from agent.cmd_search import search_cmd
+    from promptclimb.agent.cmd_search import search_cmd
 
     with FakeLLM(responder=responder) as fake:
         env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.base_url}
@@ -312,7 +312,7 @@ def test_cli_search_with_the_real_clip_evaluator(tmp_path, tiny_clip_config, tin
     assert [c["kind"] for c in adapter["candidates"]] == ["cache", "feature-residual"]
     assert (run_dir / "adapter.pt").is_file()
     assert json.loads((run_dir / "summary.json").read_text())["adapter"]["kind"] == adapter["kind"]
-    from agent.cli import cli
+    from promptclimb.agent.cli import cli
 
     result = CliRunner().invoke(cli, ["eval", "--run", "real", "--runs-dir", str(tmp_path / "runs"),
                                       "--with-adapter", "--device", "cpu", "--json"])
@@ -335,13 +335,13 @@ def test_cli_defaults_to_the_local_llm_without_an_endpoint(tmp_path, monkeypatch
 
     from click.testing import CliRunner
 
-    import agent.cmd_search
-    import agent.local_llm
-    from agent.cmd_search import search_cmd
+    from promptclimb.agent import cmd_search
+    from promptclimb.agent import local_llm
+    from promptclimb.agent.cmd_search import search_cmd
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    monkeypatch.setattr(agent.cmd_search, "build_evaluator", lambda **kw: WordEvaluator(kw["dataset"]))
+    monkeypatch.setattr(cmd_search, "build_evaluator", lambda **kw: WordEvaluator(kw["dataset"]))
     started = []
     with FakeLLM(responder=responder) as fake:
         @contextlib.contextmanager
@@ -349,7 +349,7 @@ def test_cli_defaults_to_the_local_llm_without_an_endpoint(tmp_path, monkeypatch
             started.append(model_path)
             yield fake.base_url
 
-        monkeypatch.setattr(agent.local_llm, "local_server", stand_in_server)
+        monkeypatch.setattr(local_llm, "local_server", stand_in_server)
         result = CliRunner().invoke(search_cmd, ["--dataset", "toy", "--iterations", "1", "--resets", "1",
                                                  "--runs-dir", str(tmp_path / "runs"), "--name", "loc"])
     assert result.exit_code == 0, result.output
@@ -358,6 +358,6 @@ def test_cli_defaults_to_the_local_llm_without_an_endpoint(tmp_path, monkeypatch
     config = json.loads((tmp_path / "runs" / "loc" / "config.json").read_text())
     assert (config["evaluator_args"]["backbone"], config["evaluator_args"]["pretrained"]) == ("ViT-B-32", "openai")
     request = fake.requests[0]
-    assert request["model"] == agent.local_llm.LOCAL_MODEL_NAME
-    assert request["temperature"] == agent.local_llm.LOCAL_SAMPLING["temperature"]
-    assert request["max_tokens"] == agent.local_llm.LOCAL_SAMPLING["max_tokens"]
+    assert request["model"] == local_llm.LOCAL_MODEL_NAME
+    assert request["temperature"] == local_llm.LOCAL_SAMPLING["temperature"]
+    assert request["max_tokens"] == local_llm.LOCAL_SAMPLING["max_tokens"]

@@ -7,7 +7,7 @@ other images the held-out "test" split: 3,000 images, about 2 MB.
 
 Re-run (needs `sudo apt-get install dataset-fashion-mnist`; output is byte-identical):
 
-    python -m evaluators.demo.build_subset
+    python -m promptclimb.evaluators.demo.build_subset
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluators.demo.fashion_mnist import DATA_DIR, DEBIAN_ROOT, SUBSET_FILE, read_debian_split
+from promptclimb.evaluators.demo.fashion_mnist import DATA_DIR, DEBIAN_ROOT, SUBSET_FILE, read_debian_split
 
 
 def build_subset(root: Path, out: Path, per_class_train: int, per_class_test: int, seed: int) -> None:

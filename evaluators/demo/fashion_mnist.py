@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from evaluators.datasets import Dataset
+from promptclimb.evaluators.datasets import Dataset
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SUBSET_FILE = "fashion_mnist_subset.npz"
@@ -75,7 +75,7 @@ def load_fashion_mnist(data_root: str | None = None) -> Dataset:
     if not path.exists():
         raise FileNotFoundError(
             f"Fashion-MNIST subset not found at {path}; rebuild it with "
-            "`python -m evaluators.demo.build_subset` (needs the Debian package dataset-fashion-mnist)"
+            "`python -m promptclimb.evaluators.demo.build_subset` (needs the Debian package dataset-fashion-mnist)"
         )
     arrays, digest = _read_subset(path)
     images: dict[str, np.ndarray] = {}

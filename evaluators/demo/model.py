@@ -166,7 +166,7 @@ def load_image_tower(path: Path = WEIGHTS_FILE) -> tuple[FashionImageTower, floa
 
     if not path.exists():
         raise FileNotFoundError(
-            f"demo image-tower weights not found at {path}; train them with `python -m evaluators.demo.train`"
+            f"demo image-tower weights not found at {path}; train them with `python -m promptclimb.evaluators.demo.train`"
         )
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata() or {}

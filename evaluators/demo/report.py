@@ -6,7 +6,7 @@ initial template pool a fashion-mnist search starts from (`agent.pools.load_pool
 `prompts/pools/general.txt`, `prompts/pools/fashion-mnist.txt` and OpenAI's 80 ImageNet
 templates), and a few deliberately poor templates that are not in the pool.
 
-    HF_HUB_OFFLINE=1 python -m evaluators.demo.report            # --split train for the shot pool
+    HF_HUB_OFFLINE=1 python -m promptclimb.evaluators.demo.report            # --split train for the shot pool
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from agent.pools import load_pool
-from agent.templates import fill
-from evaluators.demo.fashion_mnist import load_fashion_mnist
-from evaluators.demo.model import WEIGHTS_FILE, DemoCLIP, build_preprocess, build_text_side, load_image_tower
+from promptclimb.agent.pools import load_pool
+from promptclimb.agent.templates import fill
+from promptclimb.evaluators.demo.fashion_mnist import load_fashion_mnist
+from promptclimb.evaluators.demo.model import WEIGHTS_FILE, DemoCLIP, build_preprocess, build_text_side, load_image_tower
 
 REFERENCE = "a photo of a {}."
 # Wordings a user might well try that say little or the wrong thing about the images.

@@ -18,7 +18,7 @@ Re-run exactly (about 6 minutes on 2 CPU cores; seeded; writes
 `evaluators/demo/data/fashion_image_tower.safetensors`):
 
     sudo apt-get install dataset-fashion-mnist      # /usr/share/datasets/fashion-mnist
-    HF_HUB_OFFLINE=1 python -m evaluators.demo.train
+    HF_HUB_OFFLINE=1 python -m promptclimb.evaluators.demo.train
 
 `--holdout 5000` keeps the last 5,000 train images out of training and prints zero-shot
 accuracy on them each epoch (how the settings were chosen, without looking at test data).
@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from evaluators.demo.fashion_mnist import CLASSNAMES, DEBIAN_ROOT, read_debian_split
-from evaluators.demo.model import (PIXEL_MEAN, PIXEL_STD, WEIGHTS_FILE, FashionImageTower,
+from promptclimb.evaluators.demo.fashion_mnist import CLASSNAMES, DEBIAN_ROOT, read_debian_split
+from promptclimb.evaluators.demo.model import (PIXEL_MEAN, PIXEL_STD, WEIGHTS_FILE, FashionImageTower,
                                    build_text_side)
 
 CAPTION_TEMPLATES_FILE = Path(__file__).resolve().parent / "caption_templates.txt"
