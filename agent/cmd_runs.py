@@ -120,7 +120,8 @@ def headline(run: Run) -> str:
     ledger = run.ledger()
     return (
         f"run {run.id}: {run.dataset}, backbone {run.backbone}, {run.args.get('shots')} shots, "
-        f"seed {run.args.get('seed')}, LLM {run.llm}, selected on {run.select}; {status}\n"
+        f"seed {run.args.get('seed')}, LLM {run.llm}, pool {run.pool}, ranked by {run.metric} on {run.select}; "
+        f"{status}\n"
         f"{len(run.of('llm_exchange'))} LLM answers ({ledger.get('cache_hits', 0)} from the cache, "
         f"{ledger.get('prompt_tokens', 0)} prompt + {ledger.get('completion_tokens', 0)} completion tokens), "
         f"{len(run.of('score'))} templates scored, {len(run.of('reject'))} proposals rejected"
@@ -212,6 +213,7 @@ def show_json(run: Run, conversation: bool) -> str:
     doc = {
         "run_id": run.id, "path": str(run.path), "dataset": run.dataset, "backbone": run.backbone,
         "shots": run.args.get("shots"), "seed": run.args.get("seed"), "llm": run.llm, "select": run.select,
+        "pool": run.pool, "metric": run.metric,
         "status": run.status, "stopped": (run.final or {}).get("stopped"),
         "winners": run.winners().to_dict("records"), "ensemble": (run.final or {}).get("ensemble"),
         "ledger": run.ledger(), "iterations": run.iterations(),

@@ -19,6 +19,8 @@ from pathlib import Path
 import click
 
 from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.pools import POOLS
+from promptclimb.agent.ranking import LEGACY_METRIC, METRICS
 from promptclimb.agent.search import SELECTIONS, SearchConfig
 
 DEFAULTS = SearchConfig()
@@ -88,10 +90,18 @@ def new_run_id(dataset: str, shots: int, runs_dir: Path) -> str:
 @click.option("--no-cache", is_flag=True, help="Do not read or write the LLM response cache.")
 @click.option("--meta-prompt", type=click.Path(file_okay=False), default=None,
               help="Folder with your own system.j2 / first_turn.j2 / feedback_turn.j2 (missing ones: ours).")
+@click.option("--pool", default="curated", metavar="curated|captions|FILE",
+              help="Initial templates: curated (hand-written and OpenAI's 80), captions (generic web "
+                   "captions, the paper's start) or a file with one template per line (# comments).")
+@click.option("--metric", type=click.Choice(METRICS), default=DEFAULTS.metric,
+              help="What templates are ranked by and the LLM is shown: accuracy (ties by cross-entropy), "
+                   "prob (mean probability of the true class) or blend (their mean).")
 @click.option("--restarts", type=int, default=DEFAULTS.restarts, help="Restarts, each from a fresh sample of the pool.")
 @click.option("--resets", type=int, default=DEFAULTS.resets, help="Conversations per restart (the scoreboard is kept).")
 @click.option("--iterations", type=int, default=DEFAULTS.iterations, help="LLM turns per conversation.")
-@click.option("--proposals", type=int, default=DEFAULTS.proposals, help="Templates asked for per turn.")
+@click.option("--proposals", type=int, default=DEFAULTS.proposals, help="New templates scored per turn.")
+@click.option("--spare", type=int, default=DEFAULTS.spare,
+              help="Extra templates asked for per turn, standing in for repeats (the first --proposals new ones are scored).")
 @click.option("--top-k", type=int, default=DEFAULTS.top_k, help="Best templates shown to the LLM.")
 @click.option("--bottom-k", type=int, default=DEFAULTS.bottom_k, help="Worst templates shown to the LLM.")
 @click.option("--pool-sample", type=int, default=DEFAULTS.pool_sample,
@@ -103,7 +113,8 @@ def new_run_id(dataset: str, shots: int, runs_dir: Path) -> str:
 @click.option("--select", type=click.Choice(list(SELECTIONS)), default=DEFAULTS.select,
               help="Split(s) the best template is chosen on (ties: lower cross-entropy).")
 @click.option("--ensemble", "ensemble_k", type=int, default=DEFAULTS.ensemble_k,
-              help="Top templates averaged into the final ensemble (0 = none).")
+              help="Largest top-k ensemble tried at the end (0 = none); it is chosen only when it beats the "
+                   "best template alone on val.")
 @click.option("--adapter", "adapter_kinds", multiple=True, metavar="KIND",
               help="After the search, fit an output-side adapter on the best prompt: residual-logits, "
                    "feature-residual, cache or all (repeatable; the best on val is kept). "
@@ -138,6 +149,7 @@ def run_search(opts: dict, echo) -> dict:
     from promptclimb.agent.cmd_adapt import check_kinds
     from promptclimb.agent.llm import LLMClient, LLMError, strip_userinfo
     from promptclimb.agent.metaprompt import MetaPrompt
+    from promptclimb.agent.pools import PoolTemplate, load_pool
     from promptclimb.agent.reading import find_run
     from promptclimb.agent.runstore import RunStore
     from promptclimb.agent.search import HillClimber
@@ -148,7 +160,12 @@ def run_search(opts: dict, echo) -> dict:
         run_dir = find_run(opts["resume"], runs_dir)
         store = RunStore.resume(run_dir)
         saved = store.config
-        search_config = SearchConfig(**{f.name: saved["search"][f.name] for f in fields(SearchConfig) if f.name in saved["search"]})
+        search_config = SearchConfig(**{"metric": LEGACY_METRIC, "spare": 0,  # runs from before these knobs
+                                        **{f.name: saved["search"][f.name] for f in fields(SearchConfig)
+                                           if f.name in saved["search"]}})
+        pool_setting = saved.get("pool") or {"name": "curated"}
+        pool = ([PoolTemplate(t, source) for t, source in pool_setting["templates"]] if "templates" in pool_setting
+                else load_pool(saved["evaluator_args"]["dataset"], "curated"))
         evaluator_args, llm_settings = saved["evaluator_args"], saved["llm"]
         meta_dir = saved.get("meta_prompt_dir")
         adapter_kinds = adapter_kinds or saved.get("adapter_kinds") or []
@@ -168,8 +185,9 @@ def run_search(opts: dict, echo) -> dict:
             from_local = LOCAL_SAMPLING
         search_config = SearchConfig(
             restarts=opts["restarts"], resets=opts["resets"], iterations=opts["iterations"],
-            proposals=opts["proposals"], top_k=opts["top_k"], bottom_k=opts["bottom_k"],
-            pool_sample=opts["pool_sample"], seed=opts["seed"], select=opts["select"], ensemble_k=opts["ensemble_k"],
+            proposals=opts["proposals"], spare=opts["spare"], top_k=opts["top_k"], bottom_k=opts["bottom_k"],
+            pool_sample=opts["pool_sample"], seed=opts["seed"], select=opts["select"], metric=opts["metric"],
+            ensemble_k=opts["ensemble_k"],
             temperature=opts["temperature"] if opts["temperature"] is not None
             else from_local.get("temperature", DEFAULTS.temperature),
             max_answer_tokens=opts["max_answer_tokens"] if opts["max_answer_tokens"] is not None
@@ -188,6 +206,9 @@ def run_search(opts: dict, echo) -> dict:
 
             llm_settings["served_model"] = local_model_name(opts["llm_model"])
         meta_dir = opts["meta_prompt"]
+        pool = load_pool(opts["dataset"], opts["pool"])  # a bad pool file is reported before slow loading
+        pool_setting = {"name": opts["pool"] if opts["pool"] in POOLS else str(Path(opts["pool"]).expanduser().resolve()),
+                        "size": len(pool), "templates": [[p.template, p.source] for p in pool]}
     meta = MetaPrompt(meta_dir)  # checked before the (slow) evaluator is built
 
     try:
@@ -208,6 +229,7 @@ def run_search(opts: dict, echo) -> dict:
                 "evaluator_args": evaluator_args,
                 "evaluator": evaluator.info(),
                 "llm": llm_settings,
+                "pool": pool_setting,
                 "meta_prompt_dir": str(Path(meta_dir).resolve()) if meta_dir else None,
                 "adapter_kinds": adapter_kinds,
                 "versions": package_versions(),
@@ -223,7 +245,7 @@ def run_search(opts: dict, echo) -> dict:
                 max_tries=llm_settings["max_tries"], use_cache=not opts["no_cache"],
                 max_calls=search_config.max_calls, max_tokens=search_config.max_tokens,
             )
-            climber = HillClimber(evaluator, llm, store, search_config, meta=meta, echo=echo)
+            climber = HillClimber(evaluator, llm, store, search_config, meta=meta, pool=pool, echo=echo)
             try:
                 result = climber.run()
             except LLMError as exc:

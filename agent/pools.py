@@ -1,9 +1,12 @@
-"""The initial pool of templates a restart samples from.
+"""The initial pool of templates a restart samples from (`--pool`).
 
-Three sources, in this order (a template in several is kept once, at its first place):
-  - `prompts/pools/general.txt`: our caption-style pool;
-  - `prompts/pools/<dataset>.txt`: a hand-written set for the dataset, when there is one;
-  - OpenAI's 80 ImageNet templates, imported from `open_clip.zero_shot_metadata`.
+    curated    (the default) three sources, in this order, a template in several kept once:
+               `prompts/pools/general.txt` (our hand-written photo templates),
+               `prompts/pools/<dataset>.txt` when there is one, and OpenAI's 80 ImageNet
+               templates, imported from `open_clip.zero_shot_metadata`;
+    captions   `prompts/pools/captions.txt`: generic web-caption sentences, the paper's
+               LAION-COCO-style start, far from the task (room to climb);
+    FILE       a user's file.
 
 The last one is read without importing torch: `open_clip/__init__.py` imports torch, so
 the single file `zero_shot_metadata.py` is located and loaded on its own.
@@ -29,17 +32,31 @@ class PoolTemplate:
     source: str  # "general", the dataset's name, or "openai-imagenet"
 
 
+POOLS = ("curated", "captions")
+
+
 def read_pool_file(path: str | Path) -> list[str]:
-    path = Path(path)
-    templates = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    """The templates of a pool file; every invalid line is reported, with its number."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PromptclimbError(f"pool file {path}: cannot read it ({exc.__class__.__name__}: {exc})") from None
+    templates, problems = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         problem = template_problem(line)
         if problem:
-            raise PromptclimbError(f"{path}:{number}: {line!r} is not a valid template ({problem})")
-        templates.append(line)
+            problems.append(f"  line {number}: {line[:80]!r}: {problem}")
+        else:
+            templates.append(line)
+    if problems:
+        raise PromptclimbError(f"pool file {path}: {len(problems)} invalid line(s) "
+                               "(a template has exactly one {} where the class name goes):\n" + "\n".join(problems))
+    if not templates:
+        raise PromptclimbError(f"pool file {path} holds no template (one per line, # for comments)")
     return templates
 
 
@@ -58,13 +75,25 @@ def openai_imagenet_templates() -> list[str]:
     return [make("{}") for make in module.OPENAI_IMAGENET_TEMPLATES]
 
 
-def load_pool(dataset: str | None = None, pools_dir: str | Path | None = None) -> list[PoolTemplate]:
-    """Every template of the initial pool, without duplicates, in a fixed order."""
-    root = Path(pools_dir) if pools_dir else prompts_dir() / "pools"
+def load_pool(dataset: str | None = None, pool: str = "curated") -> list[PoolTemplate]:
+    """Every template of the pool `pool` (curated, captions or a file), without
+    duplicates, in a fixed order."""
+    if pool == "captions":
+        return dedupe([("captions", read_pool_file(prompts_dir() / "pools" / "captions.txt"))])
+    if pool != "curated":
+        path = Path(pool).expanduser()
+        if not path.is_file():
+            raise PromptclimbError(f"--pool: {pool!r} is neither {' nor '.join(POOLS)} nor a file")
+        return dedupe([("file", read_pool_file(path))])
+    root = prompts_dir() / "pools"
     sources: list[tuple[str, list[str]]] = [("general", read_pool_file(root / "general.txt"))]
     if dataset and (root / f"{dataset}.txt").exists():
         sources.append((dataset, read_pool_file(root / f"{dataset}.txt")))
     sources.append(("openai-imagenet", [t for t in openai_imagenet_templates() if template_problem(t) is None]))
+    return dedupe(sources)
+
+
+def dedupe(sources: list[tuple[str, list[str]]]) -> list[PoolTemplate]:
     seen: set[str] = set()
     pool = []
     for source, templates in sources:

@@ -12,10 +12,12 @@ from typing import Protocol, Sequence
 
 @dataclass(frozen=True)
 class Score:
-    """Accuracy (0..1) and mean cross-entropy of one template (or an ensemble) per split."""
+    """Accuracy (0..1), mean cross-entropy and mean probability of the true class (0..1) of
+    one template (or an ensemble) per split."""
 
     accuracy: dict[str, float]
     loss: dict[str, float] = field(default_factory=dict)
+    prob: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

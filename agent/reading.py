@@ -25,6 +25,7 @@ import pandas as pd
 
 from promptclimb.agent.errors import PromptclimbError
 from promptclimb.agent.runstore import CONFIG, FORMAT_VERSION, HISTORY, SUMMARY
+from promptclimb.agent.ranking import LEGACY_METRIC, selection_value, top_and_bottom
 from promptclimb.agent.search import SELECTIONS
 
 BASELINE = "a photo of a {}."  # the template every CLIP paper starts from
@@ -140,11 +141,6 @@ def read_events(path: str | Path) -> tuple[list[dict], list[Skipped]]:
     return events, skipped
 
 
-def _selection_value(accuracy: dict, splits) -> float:
-    values = [accuracy[s] for s in splits if isinstance(accuracy.get(s), (int, float))]
-    return sum(values) / len(values) if values else math.nan
-
-
 # -- one run --------------------------------------------------------------------------------
 @dataclass
 class Run:
@@ -186,6 +182,16 @@ class Run:
     @property
     def select_splits(self) -> tuple[str, ...]:
         return SELECTIONS.get(self.select, ("train",))
+
+    @property
+    def metric(self) -> str:
+        """What the run ranked by (runs from before `--metric` ranked by accuracy)."""
+        return (self.config.get("search") or {}).get("metric") or LEGACY_METRIC
+
+    @property
+    def pool(self) -> str:
+        """The initial pool: curated, captions or the file's path."""
+        return (self.config.get("pool") or {}).get("name") or "curated"
 
     @property
     def created(self) -> datetime:
@@ -233,7 +239,7 @@ class Run:
                 row[split] = value
             for split, value in (e.get("loss") or {}).items():
                 row[f"{split}_loss"] = value
-            row["selection"] = _selection_value(e["accuracy"], self.select_splits)
+            row["selection"] = selection_value(e["accuracy"], e.get("prob"), self.select_splits, self.metric)
             row["line"] = e["_line"]
             rows.append(row)
         frame = pd.DataFrame(rows)
@@ -262,7 +268,8 @@ class Run:
                 rows.append({"rank": i, "template": t.get("template"), "origin": t.get("origin"), **acc})
             ensemble = final.get("ensemble")
             if ensemble:
-                rows.append({"rank": "ens", "template": f"ensemble of {len(ensemble['templates'])}",
+                verdict = "" if "chosen" not in ensemble else " (chosen)" if ensemble["chosen"] else " (candidate)"
+                rows.append({"rank": "ens", "template": f"ensemble of {len(ensemble['templates'])}{verdict}",
                              "origin": "top-k", **(ensemble.get("accuracy") or {})})
         else:  # an unfinished run: rank what was scored (no test accuracy yet)
             for i, row in enumerate(self.ranked().head(k).itertuples(), start=1):
@@ -295,9 +302,7 @@ class Run:
         search = self.config.get("search") or {}
         top_k, bottom_k = int(search.get("top_k", 3)), int(search.get("bottom_k", 3))
         rows = [{"template": r.template, "accuracy": r.selection} for r in board.itertuples()]
-        top = rows[:top_k]
-        rest = rows[len(top):]
-        return top, (rest[len(rest) - bottom_k:] if bottom_k else [])
+        return top_and_bottom(rows, top_k, bottom_k)
 
     def iterations(self) -> list[dict]:
         """One entry per LLM answer: where it was, what the LLM was shown (the scoreboard's

@@ -7,8 +7,9 @@ Models", CVPR 2024).
             for iteration in iterations:   the LLM sees the top-k / bottom-k templates (or
                                            how its last ones scored) and proposes N more;
                                            valid new ones are scored in one batch
-    best template (selection split, ties by lower cross-entropy), top-k ensemble, and
-    their test accuracy, computed once, at the end.
+    best template (ranked by --metric on the selection split; agent/ranking.py), the
+    top-k ensemble when it beats the best alone on val, and their test accuracy,
+    computed once, at the end.
 
 Everything the loop does is appended to the run's history before the next step (see
 agent/runstore.py), which is also how a killed run resumes: the loop runs again, scores
@@ -22,7 +23,6 @@ every knob is in `SearchConfig`.
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
@@ -31,12 +31,16 @@ from promptclimb.agent.errors import PromptclimbError
 from promptclimb.agent.llm import Answer, BudgetExhausted, LLMClient
 from promptclimb.agent.metaprompt import MetaPrompt
 from promptclimb.agent.pools import PoolTemplate, load_pool, sample_pool
+from promptclimb.agent.ranking import DEFAULT_METRIC, METRICS, metric_label, rank_key, selection_value, top_and_bottom
 from promptclimb.agent.proposals import normalise, parse_proposals
 from promptclimb.agent.protocol import Evaluator, Score
 from promptclimb.agent.runstore import FORMAT_VERSION, RunStore
 
 SCORED_SPLITS = ("train", "val")  # what every template is scored on during the search
 SELECTIONS = {"train": ("train",), "train+val": ("train", "val")}
+# Where the ensemble must beat the best template alone to be chosen: a split the templates
+# were not ranked on when there is one.
+ENSEMBLE_CHOICE = {"train": ("val",), "train+val": ("train", "val")}
 
 
 @dataclass
@@ -47,14 +51,16 @@ class SearchConfig:
     restarts: int = 1
     resets: int = 2
     iterations: int = 5  # LLM turns per conversation
-    proposals: int = 5  # templates asked for per turn
+    proposals: int = 5  # new templates scored per turn
+    spare: int = 2  # extra templates asked for per turn, so that repeats still leave `proposals` new ones
     top_k: int = 3  # best templates shown to the LLM
     bottom_k: int = 3  # worst templates shown to the LLM
     pool_sample: int = 30  # initial-pool templates per restart (0 = the whole pool)
     temperature: float = 1.0
     seed: int = 0
     select: str = "train"  # "train" (as in the paper) or "train+val"
-    ensemble_k: int = 3  # templates in the final ensemble (0 or 1 = none)
+    metric: str = DEFAULT_METRIC  # what templates are ranked by and the LLM is shown (agent/ranking.py)
+    ensemble_k: int = 3  # largest ensemble tried at the end (0 or 1 = none); k is chosen on val
     max_answer_tokens: int = 400  # length cap of one LLM answer
     max_calls: int | None = None  # LLM answers in the whole run (cached ones count too)
     max_tokens: int | None = None  # prompt + completion tokens in the whole run
@@ -62,10 +68,12 @@ class SearchConfig:
     def check(self) -> "SearchConfig":
         if self.select not in SELECTIONS:
             raise PromptclimbError(f"select must be one of {', '.join(SELECTIONS)}, not {self.select!r}")
+        if self.metric not in METRICS:
+            raise PromptclimbError(f"metric must be one of {', '.join(METRICS)}, not {self.metric!r}")
         for name in ("restarts", "resets", "iterations", "proposals"):
             if getattr(self, name) < 1:
                 raise PromptclimbError(f"{name} must be at least 1")
-        for name in ("top_k", "bottom_k", "pool_sample", "ensemble_k", "max_answer_tokens"):
+        for name in ("spare", "top_k", "bottom_k", "pool_sample", "ensemble_k", "max_answer_tokens"):
             if getattr(self, name) < 0:
                 raise PromptclimbError(f"{name} must not be negative")
         if not 0.0 <= self.temperature <= 2.0:
@@ -82,12 +90,11 @@ class Scored:
     accuracy: dict[str, float]
     loss: dict[str, float]
     order: int  # position in scoring order (the last tie-breaker: earlier wins)
-    restart: int = 0
-    reset: int | None = None
-    iteration: int = 0
+    prob: dict[str, float] = field(default_factory=dict)  # mean probability of the true class
 
     def to_dict(self) -> dict:
-        return {"template": self.template, "origin": self.origin, "accuracy": self.accuracy, "loss": self.loss}
+        return {"template": self.template, "origin": self.origin, "accuracy": self.accuracy, "loss": self.loss,
+                "prob": self.prob}
 
 
 @dataclass
@@ -110,25 +117,20 @@ def as_floats(values: dict) -> dict[str, float]:
     return {str(k): float(v) for k, v in (values or {}).items()}
 
 
-def metric(s: Scored, splits: Sequence[str]) -> float:
-    values = [s.accuracy[k] for k in splits if k in s.accuracy]
-    return sum(values) / len(values) if values else 0.0
+def value(s: Scored, splits: Sequence[str], metric: str) -> float:
+    """What `s` is ranked by and shown as (agent/ranking.py)."""
+    return selection_value(s.accuracy, s.prob, splits, metric)
 
 
-def tie_loss(s: Scored, splits: Sequence[str]) -> float:
-    values = [s.loss[k] for k in splits if k in s.loss]
-    return sum(values) / len(values) if values else math.inf
-
-
-def rank(board: Sequence[Scored], splits: Sequence[str]) -> list[Scored]:
-    """Best first: higher accuracy on the selection splits, then lower cross-entropy, then
+def rank(board: Sequence[Scored], splits: Sequence[str], metric: str = "accuracy") -> list[Scored]:
+    """Best first: higher value on the selection splits, then lower cross-entropy, then
     scored earlier."""
-    return sorted(board, key=lambda s: (-metric(s, splits), tie_loss(s, splits), s.order))
+    return sorted(board, key=lambda s: rank_key(value(s, splits, metric), s.loss, splits, s.order))
 
 
-def shown(scored: Sequence[Scored], splits: Sequence[str]) -> list[dict]:
-    """Templates as the meta-prompts see them: text and selection accuracy."""
-    return [{"template": s.template, "accuracy": metric(s, splits)} for s in scored]
+def shown(scored: Sequence[Scored], splits: Sequence[str], metric: str) -> list[dict]:
+    """Templates as the meta-prompts see them: text and the value they are ranked by."""
+    return [{"template": s.template, "accuracy": value(s, splits, metric)} for s in scored]
 
 
 class HillClimber:
@@ -152,9 +154,8 @@ class HillClimber:
             raise PromptclimbError("the initial pool is empty")
         self.echo = echo
         self.splits = SELECTIONS[self.config.select]
-        self.metric_name = {"train": "training accuracy", "train+val": "accuracy on training and validation images"}[
-            self.config.select
-        ]
+        self.metric_name = metric_label(self.config.metric, self.splits)
+        self.asked = self.config.proposals + self.config.spare  # templates asked for per turn
         self.scores: dict[str, Scored] = {}  # every template scored in the run
         self.seen: set[str] = set()  # their normalised forms (duplicate check)
         self.calls = 0
@@ -176,7 +177,7 @@ class HillClimber:
                 for reset in range(cfg.resets):
                     self.store.append("reset", restart=restart, reset=reset)
                     messages = [
-                        {"role": "system", "content": self.meta.system(self.evaluator.task, cfg.proposals)},
+                        {"role": "system", "content": self.meta.system(self.evaluator.task, self.asked)},
                         {"role": "user", "content": self.first_turn(board)},
                     ]
                     sent = 0  # messages already recorded in this conversation's history
@@ -184,7 +185,7 @@ class HillClimber:
                         answer = self.ask(messages, sent, restart, reset, iteration)
                         sent = len(messages)
                         messages.append({"role": "assistant", "content": answer.content})
-                        best_before = rank(board, self.splits)[0]
+                        best_before = self.ranked(board)[0]
                         new, rejected = self.take_proposals(answer.content, board, restart, reset, iteration)
                         self.report(restart, reset, iteration, new, rejected, board)
                         messages.append({"role": "user", "content": self.feedback_turn(board, best_before, new, rejected)})
@@ -201,38 +202,41 @@ class HillClimber:
         self.store.append("restart", restart=restart, pool=[p.template for p in sample])
         self.score_batch([(p.template, p.source) for p in sample], "pool", restart=restart, reset=None, iteration=0)
         board = [self.scores[p.template] for p in sample]
-        best = rank(board, self.splits)[0]
+        best = self.ranked(board)[0]
         self.echo(
             f"restart {restart + 1}/{self.config.restarts}: {len(board)} pool templates, "
-            f"best {metric(best, self.splits):.1%}  {best.template}"
+            f"best {self.value(best):.1%}  {best.template}"
         )
         self.store.write_prompts_csv()
         return board
 
     def first_turn(self, board: list[Scored]) -> str:
         top, bottom = self.top_and_bottom(board)
-        return self.meta.first_turn(self.evaluator.task, self.config.proposals, self.metric_name, top, bottom)
+        return self.meta.first_turn(self.evaluator.task, self.asked, self.metric_name, top, bottom)
 
     def feedback_turn(self, board: list[Scored], best_before: Scored, new: list[Scored], rejected: list[dict]) -> str:
-        before = metric(best_before, self.splits)
+        before = self.value(best_before)
         results = []
         for s in new:
-            value = metric(s, self.splits)
+            value = self.value(s)
             verdict = "better" if value > before else "worse" if value < before else "equal"
             results.append({"template": s.template, "accuracy": value, "previous_best": before, "verdict": verdict})
         top, bottom = self.top_and_bottom(board)
-        best = shown(rank(board, self.splits)[:1], self.splits)[0]
+        best = shown(self.ranked(board)[:1], self.splits, self.config.metric)[0]
         return self.meta.feedback_turn(
-            self.evaluator.task, self.config.proposals, self.metric_name, results, rejected, best, top, bottom
+            self.evaluator.task, self.asked, self.metric_name, results, rejected, best, top, bottom
         )
 
     def top_and_bottom(self, board: list[Scored]) -> tuple[list[dict], list[dict]]:
         """The best top_k and the worst bottom_k of the scoreboard (no template in both)."""
-        ranked = rank(board, self.splits)
-        top = ranked[: self.config.top_k]
-        rest = ranked[len(top):]
-        bottom = rest[len(rest) - self.config.bottom_k:] if self.config.bottom_k else []
-        return shown(top, self.splits), shown(bottom, self.splits)
+        top, bottom = top_and_bottom(self.ranked(board), self.config.top_k, self.config.bottom_k)
+        return shown(top, self.splits, self.config.metric), shown(bottom, self.splits, self.config.metric)
+
+    def ranked(self, board) -> list[Scored]:
+        return rank(list(board), self.splits, self.config.metric)
+
+    def value(self, s: Scored) -> float:
+        return value(s, self.splits, self.config.metric)
 
     # -- one LLM turn ----------------------------------------------------------------------
     def ask(self, messages: list[dict], sent: int, restart: int, reset: int, iteration: int) -> Answer:
@@ -253,9 +257,11 @@ class HillClimber:
         return answer
 
     def take_proposals(self, text: str, board: list[Scored], restart: int, reset: int, iteration: int):
-        """Parse, reject with reasons, score the valid new templates; they join the board."""
+        """Parse, reject with reasons, score the first `proposals` valid new templates (the
+        spare ones asked for only stand in for repeats); they join the board."""
         call = self.calls - 1
         parsed = parse_proposals(text, self.seen)
+        parsed.templates = parsed.templates[: self.config.proposals]
         rejected = []
         for r in parsed.rejected:
             self.store.append("reject", restart=restart, reset=reset, iteration=iteration, call=call,
@@ -281,34 +287,35 @@ class HillClimber:
             score = fresh.get(template)
             if score is None:  # read back from the history of the run being resumed
                 stored = self.stored_scores[template]
-                score = Score(accuracy=stored["accuracy"], loss=stored.get("loss", {}))
+                score = Score(accuracy=stored["accuracy"], loss=stored.get("loss", {}), prob=stored.get("prob", {}))
             fields = dict(restart=restart, reset=reset, iteration=iteration, template=template, origin=origin,
-                          source=source, accuracy=as_floats(score.accuracy), loss=as_floats(score.loss))
+                          source=source, accuracy=as_floats(score.accuracy), loss=as_floats(score.loss),
+                          prob=as_floats(score.prob))
             if call is not None:
                 fields["call"] = call
             event = self.store.append("score", **fields)
             self.scores[template] = Scored(template, origin, dict(event["accuracy"]), dict(event.get("loss", {})),
-                                           order=len(self.scores), restart=restart, reset=reset, iteration=iteration)
+                                           order=len(self.scores), prob=dict(event.get("prob", {})))
             self.seen.add(normalise(template))
 
     # -- console ---------------------------------------------------------------------------
     def report(self, restart, reset, iteration, new: list[Scored], rejected: list[dict], board) -> None:
         cfg = self.config
-        best = rank(list(self.scores.values()), self.splits)[0]
+        best = self.ranked(self.scores.values())[0]
         self.echo(
             f"[restart {restart + 1}/{cfg.restarts} reset {reset + 1}/{cfg.resets} "
             f"iteration {iteration}/{cfg.iterations}] {len(new)} new, {len(rejected)} rejected | "
-            f"best {metric(best, self.splits):.1%}  {best.template}"
+            f"best {self.value(best):.1%}  {best.template}"
         )
-        for s in rank(new, self.splits):
-            self.echo(f"    {metric(s, self.splits):6.1%}  {s.template}")
+        for s in self.ranked(new):
+            self.echo(f"    {self.value(s):6.1%}  {s.template}")
         for r in rejected[:3]:
             self.echo(f"    rejected  {r['line'][:60]!r}: {r['reason']}")
 
     # -- the end ---------------------------------------------------------------------------
     def finish(self, stopped: str, started: float) -> SearchResult:
         """Best template and top-k ensemble, with test accuracy (computed here, once)."""
-        ranked = rank(list(self.scores.values()), self.splits)
+        ranked = self.ranked(self.scores.values())
         top = ranked[: max(self.config.ensemble_k, self.config.top_k, 1)]
         stored = self.store.peek()
         if stored is not None and stored["event"] == "final":
@@ -318,11 +325,8 @@ class HillClimber:
             best = ranked[0].to_dict()
             best["accuracy"] = {**best["accuracy"], **as_floats(best_score.accuracy)}
             best["loss"] = {**best["loss"], **as_floats(best_score.loss)}
-            ensemble = None
-            members = [s.template for s in ranked[: self.config.ensemble_k]]
-            if len(members) >= 2:
-                score = self.evaluator.score_ensemble(members, splits=(*SCORED_SPLITS, "test"))
-                ensemble = {"templates": members, "accuracy": as_floats(score.accuracy), "loss": as_floats(score.loss)}
+            best["prob"] = {**best["prob"], **as_floats(best_score.prob)}
+            ensemble = self.choose_ensemble(ranked)
         final = self.store.append(
             "final", stopped=stopped, best=best, ensemble=ensemble, top=[s.to_dict() for s in top]
         )
@@ -331,9 +335,34 @@ class HillClimber:
         self.store.write_json("summary.json", summary)
         self.echo(f"best: {best['template']}  " + "  ".join(f"{k} {v:.1%}" for k, v in best["accuracy"].items()))
         if ensemble:
-            self.echo(f"ensemble of {len(ensemble['templates'])}: "
+            verdict = "chosen" if ensemble["chosen"] else "a candidate only"
+            self.echo(f"ensemble of {len(ensemble['templates'])} ({verdict}: {ensemble['reason']}): "
                       + "  ".join(f"{k} {v:.1%}" for k, v in ensemble["accuracy"].items()))
         return SearchResult(best=best, ensemble=ensemble, top=final["top"], stopped=stopped, summary=summary)
+
+    def choose_ensemble(self, ranked: list[Scored]) -> dict | None:
+        """The best top-k ensemble (k = 2..ensemble_k) on the choice split, chosen only when it
+        beats the best template alone there (agreement with the paper: one template by
+        default; an ensemble must earn its place). Ties go to the smaller k."""
+        on = ENSEMBLE_CHOICE[self.config.select]
+        alone = selection_value(ranked[0].accuracy, ranked[0].prob, on, self.config.metric)
+        tried, best = {}, None
+        for k in range(2, min(self.config.ensemble_k, len(ranked)) + 1):
+            members = [s.template for s in ranked[:k]]
+            score = self.evaluator.score_ensemble(members, splits=(*SCORED_SPLITS, "test"))
+            tried[k] = selection_value(score.accuracy, score.prob, on, self.config.metric)
+            if best is None or tried[k] > tried[best[0]]:
+                best = (k, members, score)
+        if best is None:
+            return None
+        k, members, score = best
+        chosen = tried[k] > alone
+        where = " + ".join(on)
+        reason = (f"{where} {tried[k]:.1%} vs {alone:.1%} for the best template alone "
+                  f"({self.config.metric}; k tried: {', '.join(map(str, tried))})")
+        return {"templates": members, "accuracy": as_floats(score.accuracy), "loss": as_floats(score.loss),
+                "prob": as_floats(score.prob), "chosen": chosen, "chosen_on": list(on), "reason": reason,
+                "tried": {str(k): v for k, v in tried.items()}, "alone": alone}
 
     def summary(self, final: dict, started: float) -> dict:
         events = self.store.events
@@ -344,7 +373,10 @@ class HillClimber:
             "run_id": self.store.run_dir.name,
             "dataset": self.evaluator.task.dataset,
             "select": self.config.select,
+            "metric": self.config.metric,
             "stopped": final["stopped"],
+            # what to use: the best template, or the ensemble when it beat it on val
+            "winner": "ensemble" if (final["ensemble"] or {}).get("chosen") else "best",
             "best": final["best"],
             "ensemble": final["ensemble"],
             "top": final["top"],

@@ -1,107 +1,156 @@
-"""Search quality on the embedded demo: does the climb beat its baselines?
+"""Search quality on the embedded demo: does the climb beat where it starts?
 
-    python bench/bench_search_quality.py                       # local LLM, 1 shot, seeds 1 2 3
-    python bench/bench_search_quality.py --shots 4 --seeds 1 2 3
-    python bench/bench_search_quality.py --base-url http://127.0.0.1:PORT/v1  # a running `promptclimb llm serve`
-    python bench/bench_search_quality.py --llm gpt-4o-mini --base-url URL   # a stronger endpoint
+    python bench/bench_search_quality.py --pool captions --shots 1 --seeds 1 2 3 4 5
+    python bench/bench_search_quality.py --pool curated --shots 4 --variants full
+    python bench/bench_search_quality.py --base-url http://127.0.0.1:PORT/v1   # a running `promptclimb llm serve`
 
-Per seed (one few-shot split of fashion-mnist, backbone `demo`), on the held-out test split:
+Per seed (one few-shot split of fashion-mnist, backbone `demo`), each variant is an
+ordinary search (a run folder under --runs-dir, readable with `promptclimb show`):
 
-    photo       "a photo of a {}." alone
-    pool-best   the best template of the search's initial pool sample (chosen on train)
-    full        the search: best and worst templates shown, conversation kept
-    best-only   the same search shown only the best templates (bottom_k = 0), as in the
-                paper's ablation
-    no-scores   the same number of LLM answers, the LLM never shown a score
-                (prompts/ablations/no-scores); its proposals selected the same way (train)
-    ensemble    the top-k ensemble of `full`
+    pool-only       no LLM: the best template of the restart's pool sample, ranked as the
+                    search ranks (the default metric on train)
+    full            the default search
+    best-only       the same, shown only the best templates (bottom_k = 0; the paper's ablation)
+    no-scores       the same number of LLM answers, the LLM never shown a score
+                    (prompts/ablations/no-scores); its proposals ranked the same way
+    full-accuracy   full, ranked by and shown accuracy only (the search before --metric)
+    full-prob       full, ranked by and shown the true-class probability
+    full-spare0     full, asking for exactly --proposals templates per turn (before --spare)
 
-The three searches get the same LLM budget (restarts x resets x iterations answers). Every
-search is a normal run folder under --runs-dir (read it with `promptclimb show`). LLM
-answers are cached, so a re-run of this script reprints the table without LLM calls.
-Prints tables; asserts nothing.
+Reported per variant, over seeds: test accuracy of the best template (mean, sd), the paired
+gain over pool-only (mean, sd, seeds improved), val accuracy (what choices are made on:
+test is only measured), the pick (ensemble when chosen on val, else the best template),
+and the LLM cost (answers, tokens, seconds as first measured), the share of proposed
+lines that repeated a scored template, and new templates per answer. LLM answers are
+cached, so a re-run reprints the tables without LLM calls. Asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import time
-from collections import Counter
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from promptclimb.agent.llm import LLMClient
 from promptclimb.agent.metaprompt import MetaPrompt
+from promptclimb.agent.pools import load_pool
 from promptclimb.agent.runstore import RunStore, read_history
-from promptclimb.agent.search import HillClimber, SearchConfig, Scored, rank
+from promptclimb.agent.search import HillClimber, SearchConfig
 
-BASELINE = "a photo of a {}."
-SEARCHES = {  # variant -> (config change, meta-prompt folder)
+ROOT = Path(__file__).resolve().parents[1]
+NO_SCORES = ROOT / "prompts" / "ablations" / "no-scores"
+SEARCHES = {  # variant -> (change to the default SearchConfig, meta-prompt folder)
     "full": ({}, None),
     "best-only": ({"bottom_k": 0}, None),
-    "no-scores": ({}, ROOT / "prompts" / "ablations" / "no-scores"),
+    "no-scores": ({}, NO_SCORES),
+    "full-accuracy": ({"metric": "accuracy"}, None),
+    "full-prob": ({"metric": "prob"}, None),
+    "full-spare0": ({"spare": 0}, None),
 }
+VARIANTS = ("pool-only", *SEARCHES)
 
 
-def pool_best(history: list[dict]) -> str:
-    """The best initial-pool template of a run, ranked as the search ranks (train)."""
-    board = [Scored(e["template"], "pool", e["accuracy"], e.get("loss", {}), order=i)
-             for i, e in enumerate(e for e in history if e["event"] == "score" and e["origin"] == "pool")]
-    return rank(board, ("train",))[0].template
+class NoLLM:
+    """Stands in for the LLM in the pool-only variant: a search of zero turns asks nothing."""
+
+    model = "none"
+
+    def remember(self, *args):
+        pass
+
+    class ledger:  # noqa: N801 - mirrors LLMClient.ledger
+        @staticmethod
+        def to_dict():
+            return {}
 
 
-def reason_kind(reason: str) -> str:
-    """A rejection reason without its particulars ("placeholder {0} ..." -> "placeholder ...")."""
-    return re.sub(r"\{[^}]+\}|\d+", "…", reason.split(" (")[0])
-
-
-def run_search(variant, seed, args, evaluator, llm_args, runs_dir) -> dict:
-    change, meta_dir = SEARCHES[variant]
-    config = replace(SearchConfig(seed=seed, restarts=1, resets=args.resets, iterations=args.iterations,
+def run_variant(variant: str, seed: int, args, evaluator, llm_args, pool) -> dict:
+    change, meta_dir = SEARCHES.get(variant, ({"iterations": 1}, None))
+    config = replace(SearchConfig(seed=seed, resets=args.resets, iterations=args.iterations,
                                   temperature=args.temperature, max_answer_tokens=args.max_answer_tokens), **change)
-    run_dir = runs_dir / f"{variant}-shots{args.shots}-seed{seed}-{args.resets}x{args.iterations}"
-    settings = {"search": vars(config), "evaluator": evaluator.info(), "llm": {"model": llm_args["model"]},
+    run_dir = Path(args.runs_dir) / Path(args.pool).stem / f"{variant}-shots{args.shots}-seed{seed}"
+    llm = NoLLM() if variant == "pool-only" else LLMClient(**llm_args)
+    settings = {"search": vars(config), "evaluator": evaluator.info(), "llm": {"model": llm.model},
                 "evaluator_args": {"dataset": "fashion-mnist", "shots": args.shots, "seed": seed, "backbone": "demo"},
+                "pool": {"name": args.pool, "size": len(pool)},
                 "bench_variant": variant, "meta_prompt_dir": str(meta_dir) if meta_dir else None}
     store = RunStore.resume(run_dir) if (run_dir / "config.json").exists() else RunStore.create(run_dir, settings)
-    llm = LLMClient(**llm_args)
+    climber = HillClimber(evaluator, llm, store, config, meta=MetaPrompt(meta_dir), pool=pool,
+                          echo=lambda m: None)
     started = time.time()
-    result = HillClimber(evaluator, llm, store, config, meta=MetaPrompt(meta_dir), echo=lambda m: None).run()
+    try:
+        if variant == "pool-only":  # the same pool sample as the searches, and no LLM turn
+            climber.start_restart(0)
+            result = climber.finish("pool only", started)
+        else:
+            result = climber.run()
+    finally:
+        store.close()
     history = read_history(run_dir / "history.jsonl")
     ledger = result.summary["ledger"]
+    lines = sum(1 for e in history if e["event"] in ("reject",)) + sum(
+        1 for e in history if e["event"] == "score" and e["origin"] == "llm")
+    repeats = sum(1 for e in history if e["event"] == "reject" and "duplicate" in e["reason"])
+    ensemble = result.ensemble or {}
+    pick = ensemble if ensemble.get("chosen") else result.best
     return {
-        "test": result.best["accuracy"]["test"],
-        "ensemble_test": (result.ensemble or {}).get("accuracy", {}).get("test"),
-        "pool_best": pool_best(history),
-        "calls": ledger["calls"] + ledger["cache_hits"],
-        "tokens": ledger["prompt_tokens"] + ledger["completion_tokens"],
-        "llm_s": ledger["latency_s"],
-        "wall_s": time.time() - started,
-        "rejects": Counter(reason_kind(e["reason"]) for e in history if e["event"] == "reject"),
-        "proposed": sum(e["event"] == "score" and e["origin"] == "llm" for e in history),
-        "best": result.best["template"],
+        "variant": variant, "seed": seed,
+        "test": result.best["accuracy"]["test"], "val": result.best["accuracy"].get("val"),
+        "pick_test": pick["accuracy"]["test"], "pick_val": pick["accuracy"].get("val"),
+        "ensemble_chosen": bool(ensemble.get("chosen")),
+        "answers": ledger["calls"] + ledger["cache_hits"],
+        "tokens": ledger["prompt_tokens"] + ledger["completion_tokens"], "llm_s": ledger["latency_s"],
+        "new": sum(e["event"] == "score" and e["origin"] == "llm" for e in history),
+        "lines": lines, "repeats": repeats, "best": result.best["template"], "wall_s": time.time() - started,
     }
+
+
+def summarise(df, variants):
+    import pandas as pd
+
+    base = df[df["variant"] == "pool-only"].set_index("seed")
+    rows = []
+    for variant in variants:
+        part = df[df["variant"] == variant].set_index("seed")
+        if part.empty:
+            continue
+        gain = 100 * (part["test"] - base["test"].reindex(part.index))
+        rows.append({
+            "variant": variant, "seeds": len(part),
+            "test": f"{100 * part['test'].mean():.1f} ± {100 * part['test'].std():.1f}",
+            "gain vs pool": f"{gain.mean():+.1f} ± {gain.std():.1f}",
+            "improved": f"{int((gain > 0).sum())}/{gain.notna().sum()}",
+            "val": f"{100 * part['val'].mean():.1f}",
+            "pick test": f"{100 * part['pick_test'].mean():.1f}",
+            "ensembles chosen": int(part["ensemble_chosen"].sum()),
+            "answers": round(part["answers"].mean(), 1), "tokens": round(part["tokens"].mean()),
+            "LLM s": round(part["llm_s"].mean()),
+            "repeats": f"{100 * part['repeats'].sum() / max(1, part['lines'].sum()):.0f}%" if part["answers"].sum() else "",
+            "new/answer": round(part["new"].sum() / part["answers"].sum(), 2) if part["answers"].sum() else "",
+        })
+    return pd.DataFrame(rows)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pool", default="captions", help="curated, captions or a file")
     parser.add_argument("--shots", type=int, default=1)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--resets", type=int, default=1)
-    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--resets", type=int, default=SearchConfig.resets)
+    parser.add_argument("--iterations", type=int, default=SearchConfig.iterations)
     parser.add_argument("--temperature", type=float, default=None)
     parser.add_argument("--max-answer-tokens", type=int, default=None)
     parser.add_argument("--llm", default="local")
     parser.add_argument("--base-url", default=None)
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench-quality"))
+    parser.add_argument("--csv", default=None, help="also write the per-seed rows here")
     args = parser.parse_args()
 
     import pandas as pd
-    from contextlib import nullcontext
 
     from promptclimb.evaluators import build_evaluator
 
@@ -116,46 +165,26 @@ def main():
         args.temperature = 1.0 if args.temperature is None else args.temperature
         args.max_answer_tokens = args.max_answer_tokens or 400
         server, model = nullcontext(args.base_url), args.llm
-    runs_dir = Path(args.runs_dir)
-    rows, rejects, repeats = [], Counter(), 0
+    pool = load_pool("fashion-mnist", args.pool)
+    variants = ["pool-only", *[v for v in args.variants if v != "pool-only"]]
+    rows = []
     with server as base_url:
         llm_args = {"model": model, "base_url": base_url, "api_key": os.environ.get("OPENAI_API_KEY", "local")}
         for seed in args.seeds:
             evaluator = build_evaluator(dataset="fashion-mnist", shots=args.shots, seed=seed, backbone="demo")
-            done = {}
-            for variant in SEARCHES:
-                done[variant] = out = run_search(variant, seed, args, evaluator, llm_args, runs_dir)
-                rows.append({"variant": variant, "seed": seed, "test": out["test"], "calls": out["calls"],
-                             "tokens": out["tokens"], "llm_s": out["llm_s"], "proposed": out["proposed"]})
-                rejects += out["rejects"]
-                repeats += sum(n for reason, n in out["rejects"].items() if "duplicate" in reason)
-                print(f"seed {seed} {variant:9s} test {out['test']:.1%}  {out['calls']} calls  "
-                      f"{out['wall_s']:.0f}s  best: {out['best']}", flush=True)
-            full = done["full"]
-            fixed = evaluator.score([BASELINE, full["pool_best"]], splits=("test",))
-            rows.append({"variant": "photo", "seed": seed, "test": fixed[0].accuracy["test"]})
-            rows.append({"variant": "pool-best", "seed": seed, "test": fixed[1].accuracy["test"]})
-            rows.append({"variant": "ensemble", "seed": seed, "test": full["ensemble_test"], "calls": full["calls"],
-                         "tokens": full["tokens"], "llm_s": full["llm_s"]})
-
+            for variant in variants:
+                out = run_variant(variant, seed, args, evaluator, llm_args, pool)
+                rows.append(out)
+                print(f"seed {seed} {variant:13s} test {out['test']:.1%} val {out['val']:.1%}  "
+                      f"{out['answers']} answers  {out['wall_s']:.0f}s  best: {out['best']}", flush=True)
     df = pd.DataFrame(rows)
-    order = ["photo", "pool-best", "full", "best-only", "no-scores", "ensemble"]
-    table = df.groupby("variant").agg(
-        test_mean=("test", "mean"), test_std=("test", "std"), test_min=("test", "min"), test_max=("test", "max"),
-        llm_calls=("calls", "mean"), tokens=("tokens", "mean"), llm_s=("llm_s", "mean"),
-    ).reindex(order)
-    for col in ("test_mean", "test_std", "test_min", "test_max"):
-        table[col] = (100 * table[col]).round(1)
-    table[["llm_calls", "tokens", "llm_s"]] = table[["llm_calls", "tokens", "llm_s"]].round(0)
-    print(f"\nfashion-mnist, backbone demo, {args.shots} shot(s), seeds {args.seeds}, LLM {model}, "
-          f"{args.resets} reset(s) x {args.iterations} iterations per search; test accuracy in % "
-          f"(mean, std, min, max over seeds); LLM calls, tokens and LLM seconds per search (mean; "
-          f"as first measured, also when the answers come from the cache); scoring adds ~1 s per search")
-    print(table.to_markdown())
-    proposed = int(df["proposed"].fillna(0).sum())
-    print(f"\nLLM proposals over all searches: {proposed} scored; rejected by reason: "
-          + (", ".join(f"{reason}: {n}" for reason, n in rejects.most_common()) or "none")
-          + f"; repeats of earlier templates: {repeats}")
+    if args.csv:
+        df.to_csv(args.csv, index=False)
+    print(f"\nfashion-mnist, backbone demo, pool {args.pool}, {args.shots} shot(s), seeds {args.seeds}, LLM {model}, "
+          f"{args.resets} reset(s) x {args.iterations} iterations per search; accuracies in %, test = the best "
+          f"template's; gain = paired test gain over pool-only (mean ± sd over seeds); LLM cost per search "
+          f"as first measured (also when answers come from the cache)")
+    print(summarise(df, variants).to_markdown(index=False))
 
 
 if __name__ == "__main__":

@@ -144,15 +144,14 @@ class ClipEvaluator:
         templates = self._check(templates)
         text = self._template_text_features(templates)  # [K, C, D]
         K, C, D = text.shape
-        accuracy = {s: None for s in splits}
-        loss = {s: None for s in splits}
+        accuracy, loss, prob = {}, {}, {}
         scale = self.logit_scale
         for s in splits:
             images, labels = self.image_features(s)
             N = images.shape[0]
             # Templates per chunk so that the [N, k, C] logits stay bounded in memory.
             step = max(1, LOGIT_ELEMENTS // max(1, N * C))
-            accs, losses = [], []
+            accs, losses, probs = [], [], []
             for start in range(0, K, step):
                 chunk = text[start:start + step]  # [k, C, D]
                 logits = scale * (images @ chunk.reshape(-1, D).T).view(N, -1, C)  # one matrix product
@@ -160,8 +159,10 @@ class ClipEvaluator:
                 target = labels[:, None].expand(N, logits.shape[1])
                 ce = F.cross_entropy(logits.permute(0, 2, 1), target, reduction="none")  # [N, k]
                 losses.append(ce.mean(0))
-            accuracy[s], loss[s] = torch.cat(accs).tolist(), torch.cat(losses).tolist()
-        return [Score(accuracy={s: accuracy[s][i] for s in splits}, loss={s: loss[s][i] for s in splits})
+                probs.append(torch.exp(-ce).mean(0))  # p(true class) = exp(-cross-entropy), per image
+            accuracy[s], loss[s], prob[s] = (torch.cat(x).tolist() for x in (accs, losses, probs))
+        return [Score(accuracy={s: accuracy[s][i] for s in splits}, loss={s: loss[s][i] for s in splits},
+                      prob={s: prob[s][i] for s in splits})
                 for i in range(K)]
 
     score_templates = score
@@ -169,13 +170,14 @@ class ClipEvaluator:
     def score_ensemble(self, templates: Sequence[str], splits: Sequence[str] = ("test",)) -> Score:
         """Score of the classifier whose class embeddings average the templates' features."""
         weights = self.class_embeddings(templates)  # [C, D]
-        accuracy, loss = {}, {}
+        accuracy, loss, prob = {}, {}, {}
         for s in splits:
             images, labels = self.image_features(s)
             logits = self.logit_scale * images @ weights.T
             accuracy[s] = float((logits.argmax(-1) == labels).float().mean())
-            loss[s] = float(F.cross_entropy(logits, labels))
-        return Score(accuracy=accuracy, loss=loss)
+            ce = F.cross_entropy(logits, labels, reduction="none")
+            loss[s], prob[s] = float(ce.mean()), float(torch.exp(-ce).mean())
+        return Score(accuracy=accuracy, loss=loss, prob=prob)
 
     def info(self) -> dict:
         return {"backbone": self.backbone.info(),

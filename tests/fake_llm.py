@@ -147,12 +147,16 @@ from promptclimb.agent.protocol import Score, Task  # noqa: E402
 
 # Words that make a template "better" on this fake task; everything else is neutral.
 GOOD_WORDS = {"photo": 0.10, "clothing": 0.15, "grayscale": 0.12, "product": 0.08, "garment": 0.10, "studio": 0.05}
+# Words that make the model surer of the true class without changing its accuracy.
+CONFIDENT_WORDS = {"sharp": 0.2}
 
 
 class WordEvaluator:
-    """Accuracy = a deterministic function of the template's words; counts what it scores."""
+    """Accuracy = a deterministic function of the template's words; counts what it scores.
+    The ensemble of several templates scores `ensemble_gain` above its best member."""
 
-    def __init__(self, dataset: str = "toy"):
+    def __init__(self, dataset: str = "toy", ensemble_gain: float = 0.01):
+        self.ensemble_gain = ensemble_gain
         self.task = Task(dataset, "small grayscale photos of clothing items", ("T-shirt", "trousers", "bag"))
         self.scored: list[str] = []
         self.ensembles: list[tuple[str, ...]] = []
@@ -166,6 +170,11 @@ class WordEvaluator:
         acc = max(0.0, min(1.0, round(acc, 4)))
         return acc, round(2.0 - acc, 4)
 
+    def _prob(self, template: str, split: str) -> float:
+        words = set(re.findall(r"[a-z]+", template.lower()))
+        sure = sum(w for word, w in CONFIDENT_WORDS.items() if word in words)
+        return max(0.0, min(1.0, round(self._value(template, split)[0] - 0.25 + sure, 4)))
+
     def score(self, templates, splits=("train", "val")):
         self.splits_asked.append(tuple(splits))
         out = []
@@ -173,13 +182,15 @@ class WordEvaluator:
             assert t.count("{}") == 1 and t.format("x")  # only ever handed checked templates
             self.scored.append(t)
             values = {s: self._value(t, s) for s in splits}
-            out.append(Score(accuracy={s: v[0] for s, v in values.items()}, loss={s: v[1] for s, v in values.items()}))
+            out.append(Score(accuracy={s: v[0] for s, v in values.items()}, loss={s: v[1] for s, v in values.items()},
+                             prob={s: self._prob(t, s) for s in splits}))
         return out
 
     def score_ensemble(self, templates, splits=("test",)):
         self.ensembles.append(tuple(templates))
-        acc = {s: min(1.0, max(self._value(t, s)[0] for t in templates) + 0.01) for s in splits}
-        return Score(accuracy=acc, loss={s: 2.0 - a for s, a in acc.items()})
+        acc = {s: min(1.0, max(self._value(t, s)[0] for t in templates) + self.ensemble_gain) for s in splits}
+        prob = {s: min(1.0, max(self._prob(t, s) for t in templates) + self.ensemble_gain) for s in splits}
+        return Score(accuracy=acc, loss={s: 2.0 - a for s, a in acc.items()}, prob=prob)
 
     def info(self):
         return {"evaluator": "WordEvaluator", "dataset": self.task.dataset}

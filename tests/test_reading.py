@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from promptclimb.agent.errors import PromptclimbError
 from promptclimb.agent.llm import LLMClient
 from promptclimb.agent.pools import PoolTemplate
 from promptclimb.agent.reading import NewerFormat, find_run, load_run, read_events, runs_frame
+from promptclimb.agent.ranking import selection_value
 from promptclimb.agent.runstore import RunStore
 from promptclimb.agent.search import HillClimber, SearchConfig
 from fake_llm import FakeLLM, WordEvaluator
@@ -37,7 +39,7 @@ def responder(body: dict) -> str:
 def make_run(root: Path, name: str = "run", created: str = "2025-01-01T12:00:00+0000", **config) -> Path:
     """A finished run folder from a real (tiny) search."""
     settings = {**dict(restarts=1, resets=2, iterations=3, proposals=4, pool_sample=0), **config}
-    config_json = {"run_id": name, "created": created, "search": settings,
+    config_json = {"run_id": name, "created": created, "search": asdict(SearchConfig(**settings)),
                    "evaluator_args": {"dataset": "toy", "shots": 2, "seed": 0, "backbone": "word"},
                    "llm": {"model": "fake"}}
     with FakeLLM(responder=responder) as fake:
@@ -81,7 +83,8 @@ def test_a_finished_run_reads_back_consistently(run_dir):
         proposed = [line for line in ex["answer"].splitlines() if "{" in line]
         assert len(it["scored"]) + len(it["rejected"]) == len(proposed)
         assert any("named field" in r["template"] for r in it["rejected"])
-    assert iterations[-1]["best_so_far"] == summary["best"]["accuracy"]["train"]
+    best = summary["best"]
+    assert iterations[-1]["best_so_far"] == selection_value(best["accuracy"], best["prob"], ("train",), summary["metric"])
     assert iterations[-1]["best_template"] == summary["best"]["template"]
 
 

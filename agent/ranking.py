@@ -1,0 +1,72 @@
+"""How templates are ranked: one place, used by the search and by reading a run back.
+
+A template's score on a split is three numbers from the evaluator: accuracy, mean
+cross-entropy (`loss`) and the mean probability of the true class (`prob`). The search
+ranks by one value on the selection split(s), chosen by `--metric`:
+
+    accuracy   accuracy; ties by lower cross-entropy. At 1 shot the train split holds one
+               image per class, so accuracy moves in steps of 1/C and many templates tie.
+    prob       the mean probability of the true class: continuous, never saturates.
+    blend      the mean of the two: still reads as an accuracy, but breaks its ties with a
+               signal the LLM is also shown.
+
+The value is what the LLM is shown (as a percentage), so it and the ranking never disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+METRICS = ("accuracy", "prob", "blend")
+DEFAULT_METRIC = "blend"
+# What a run written before `--metric` existed ranked by (its config has no `metric`).
+LEGACY_METRIC = "accuracy"
+
+# How the meta-prompts name the value shown to the LLM ("{label} on {splits}").
+METRIC_LABELS = {
+    "accuracy": "accuracy",
+    "prob": "mean probability of the correct class",
+    "blend": "score (the mean of accuracy and the probability of the correct class)",
+}
+SPLIT_LABELS = {("train",): "the training images", ("train", "val"): "the training and validation images"}
+
+
+def split_mean(values: dict | None, splits: Sequence[str]) -> float | None:
+    """Mean of `values[split]` over the splits that have a number, or None."""
+    found = [float(values[s]) for s in splits if isinstance((values or {}).get(s), (int, float))]
+    return sum(found) / len(found) if found else None
+
+
+def selection_value(accuracy: dict, prob: dict | None, splits: Sequence[str], metric: str) -> float:
+    """The one number a template is ranked by (0..1; NaN when nothing was measured)."""
+    acc = split_mean(accuracy, splits)
+    if metric == "accuracy":
+        return acc if acc is not None else math.nan
+    p = split_mean(prob, splits)
+    if p is None:  # a score recorded before `prob` existed: accuracy is all there is
+        return acc if acc is not None else math.nan
+    if metric == "prob":
+        return p
+    if metric == "blend":
+        return (acc + p) / 2 if acc is not None else p
+    raise ValueError(f"unknown metric {metric!r}; one of {', '.join(METRICS)}")
+
+
+def rank_key(value: float, loss: dict | None, splits: Sequence[str], order: int) -> tuple:
+    """Sort key, best first: higher value, then lower cross-entropy, then scored earlier."""
+    tie = split_mean(loss, splits)
+    return (-value if not math.isnan(value) else math.inf, tie if tie is not None else math.inf, order)
+
+
+def metric_label(metric: str, splits: Sequence[str]) -> str:
+    """e.g. "accuracy on the training images" (what the meta-prompts call the value)."""
+    return f"{METRIC_LABELS[metric]} on {SPLIT_LABELS.get(tuple(splits), ' and '.join(splits))}"
+
+
+def top_and_bottom(ranked: Sequence, top_k: int, bottom_k: int) -> tuple[list, list]:
+    """The best `top_k` and the worst `bottom_k` of a ranked list, no item in both (fewer
+    worst ones when the list is short)."""
+    top = list(ranked[:top_k])
+    rest = list(ranked[len(top):])
+    return top, (rest[max(0, len(rest) - bottom_k):] if bottom_k else [])

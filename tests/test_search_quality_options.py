@@ -1,0 +1,134 @@
+"""The search-quality knobs: --pool, --metric, the ensemble chosen on val, --spare.
+Against the fake OpenAI-compatible server and the in-memory WordEvaluator: no torch."""
+
+import json
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from promptclimb.agent import cmd_search
+from promptclimb.agent.cmd_search import search_cmd
+from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.pools import load_pool
+from promptclimb.agent.templates import template_problem
+from fake_llm import FakeLLM, WordEvaluator
+from test_search import KEY, climb, history
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
+
+
+# -- pools ------------------------------------------------------------------------------------
+def test_captions_pool_is_large_valid_and_distinct_from_curated():
+    captions = load_pool("fashion-mnist", "captions")
+    curated = load_pool("fashion-mnist", "curated")
+    assert len(captions) >= 80 and all(template_problem(p.template) is None for p in captions)
+    assert {p.source for p in captions} == {"captions"}
+    assert not {p.template for p in captions} & {p.template for p in curated}
+
+
+def test_pool_file_reports_every_bad_line_with_its_number(tmp_path):
+    path = tmp_path / "pool.txt"
+    path.write_text("# mine\na {} here\nno placeholder\n\na {} and {}\n")
+    with pytest.raises(PromptclimbError) as err:
+        load_pool("toy", str(path))
+    message = str(err.value)
+    assert "2 invalid line(s)" in message
+    assert re.search(r"line 3: 'no placeholder'", message) and re.search(r"line 5: 'a \{\} and \{\}'", message)
+    path.write_text("# only comments\n\n")
+    with pytest.raises(PromptclimbError, match="holds no template"):
+        load_pool("toy", str(path))
+    with pytest.raises(PromptclimbError, match="neither curated nor captions nor a file"):
+        load_pool("toy", str(tmp_path / "missing.txt"))
+
+
+def run_cli(args, fake_url, monkeypatch, evaluator=None):
+    monkeypatch.setattr(cmd_search, "build_evaluator", lambda **kw: evaluator or WordEvaluator(kw["dataset"]))
+    env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake_url}
+    return CliRunner().invoke(search_cmd, args, env=env)
+
+
+def test_pool_file_is_recorded_kept_by_resume_and_shown(tmp_path, monkeypatch):
+    from promptclimb.agent.cmd_runs import show_cmd
+
+    pool = tmp_path / "pool.txt"
+    pool.write_text("my pool {} one\nmy pool {} two\nmy pool {} three\n")
+    runs = tmp_path / "runs"
+    with FakeLLM(script=["a photo of a {}."]) as fake:
+        result = run_cli(["--dataset", "toy", "--pool", str(pool), "--iterations", "1", "--resets", "1",
+                          "--runs-dir", str(runs), "--name", "p", "--max-calls", "0"], fake.base_url, monkeypatch)
+        assert result.exit_code == 0, result.output
+        config = json.loads((runs / "p" / "config.json").read_text())
+        assert config["pool"]["name"] == str(pool.resolve()) and config["pool"]["size"] == 3
+        pool.unlink()  # resume reads the pool from config.json, not from the file
+        result = run_cli(["--resume", "p", "--runs-dir", str(runs)], fake.base_url, monkeypatch)
+        assert result.exit_code == 0, result.output
+    scored = [e["template"] for e in history(runs / "p") if e["event"] == "score" and e["origin"] == "pool"]
+    assert set(scored) == {"my pool {} one", "my pool {} two", "my pool {} three"}
+    shown = CliRunner().invoke(show_cmd, ["p", "--runs-dir", str(runs)])
+    assert shown.exit_code == 0 and f"pool {pool.resolve()}" in shown.output
+
+
+def test_a_bad_pool_file_fails_before_the_evaluator_is_built(tmp_path, monkeypatch):
+    pool = tmp_path / "pool.txt"
+    pool.write_text("fine {}\nbroken {0}\n")
+    built = []
+    monkeypatch.setattr(cmd_search, "build_evaluator", lambda **kw: built.append(kw))
+    result = CliRunner().invoke(search_cmd, ["--dataset", "toy", "--pool", str(pool), "--runs-dir",
+                                             str(tmp_path / "runs")], env={"OPENAI_API_KEY": KEY})
+    assert result.exit_code != 0 and "line 2" in result.output and built == []
+
+
+# -- metric -----------------------------------------------------------------------------------
+# "sharp" makes the fake model surer of the true class without changing its accuracy.
+SHARP = "a photo of clothing, sharp: {}."
+PLAIN = "a photo of clothing, plain: {}."
+
+
+@pytest.mark.parametrize("metric, winner", [("accuracy", PLAIN), ("prob", SHARP), ("blend", SHARP)])
+def test_metric_decides_the_winner_and_is_what_the_llm_sees(tmp_path, metric, winner):
+    # PLAIN is proposed first: under accuracy the two tie (same accuracy and loss), and the earlier wins
+    with FakeLLM(script=[f"{PLAIN}\n{SHARP}", "a {}."]) as fake:
+        result, evaluator, run_dir = climb(tmp_path, fake.base_url, resets=1, iterations=2, metric=metric)
+    assert result.best["template"] == winner
+    shown = {}
+    for line in fake.requests[1]["messages"][-1]["content"].splitlines():
+        m = re.match(r"^([\d.]+)%  (.+?)  \(", line)
+        if m:
+            shown[m.group(2)] = float(m.group(1))
+    ev = WordEvaluator()
+    acc, prob = ev._value(SHARP, "train")[0], ev._prob(SHARP, "train")
+    expected = {"accuracy": acc, "prob": prob, "blend": (acc + prob) / 2}[metric]
+    assert shown[SHARP] == pytest.approx(100 * expected, abs=0.05)
+    system = fake.requests[0]["messages"][1]["content"]
+    assert {"accuracy": "accuracy on", "prob": "probability of the correct class",
+            "blend": "mean of accuracy and the probability"}[metric] in system
+    assert result.summary["metric"] == metric
+
+
+# -- ensemble ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("gain, chosen", [(0.02, True), (-0.05, False)])
+def test_the_ensemble_is_chosen_on_val_only_when_it_beats_the_best_alone(tmp_path, gain, chosen):
+    evaluator = WordEvaluator(ensemble_gain=gain)
+    with FakeLLM(script=["a grayscale photo of a {}.", "a dark {}."]) as fake:
+        result, _, run_dir = climb(tmp_path, fake.base_url, evaluator=evaluator, ensemble_k=4)
+    ensemble = result.ensemble
+    assert ensemble["chosen"] is chosen and ensemble["chosen_on"] == ["val"]
+    assert set(ensemble["tried"]) == {"2", "3", "4"}
+    # ties between sizes go to the smaller k: every size scores the same on this evaluator
+    assert len(ensemble["templates"]) == 2
+    assert result.summary["winner"] == ("ensemble" if chosen else "best")
+    assert "test" in ensemble["accuracy"]  # measured, whether chosen or not
+
+
+# -- spare ------------------------------------------------------------------------------------
+def test_spare_asks_for_more_and_scores_only_the_first_new_ones(tmp_path):
+    answer = "\n".join(["a photo of a {}.", "a {} one", "a {} two", "a {} three", "a {} four"])
+    with FakeLLM(script=[answer]) as fake:
+        result, evaluator, run_dir = climb(tmp_path, fake.base_url, resets=1, iterations=1, proposals=2, spare=3)
+    assert "exactly 5 new templates" in fake.requests[0]["messages"][0]["content"]
+    scored = [e["template"] for e in history(run_dir) if e["event"] == "score" and e["origin"] == "llm"]
+    assert scored == ["a {} one", "a {} two"]  # the repeat of a pool template did not cost a slot
