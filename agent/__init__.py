@@ -2,4 +2,3 @@
 the run store and the CLI. Nothing in this package imports torch at import time; it talks
 to CLIP through the `Evaluator` protocol in `agent.protocol`."""
 
-__version__ = "0.1.0"

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from promptclimb.agent import __version__
+from promptclimb import __version__
 
 # name -> "module:attribute"
 COMMANDS = {
@@ -22,6 +22,8 @@ COMMANDS = {
     "transfer": "promptclimb.agent.cmd_runs:transfer_cmd",
     "compare": "promptclimb.agent.cmd_runs:compare_cmd",
     "adapt": "promptclimb.agent.cmd_adapt:adapt_cmd",
+    "sweep": "promptclimb.agent.cmd_sweep:sweep_cmd",
+    "sweep-report": "promptclimb.agent.cmd_sweep:sweep_report_cmd",
 }
 
 

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import click
 
-from promptclimb.agent.errors import PromptclimbError
-from promptclimb.agent.reading import find_run
-from promptclimb.agent.runstore import write_json_atomic
+from promptclimb.agent.errors import PromptclimbError, user_errors
+from promptclimb.agent.files import write_json_atomic
+from promptclimb.agent.paths import cache_home, check_writable
+from promptclimb.agent.reading import find_run, read_json
+from promptclimb.agent.runstore import CONFIG, SUMMARY, run_lock
 
 # The kinds of evaluators.adapters.ADAPTERS, listed here so that `--help` and the check of
 # --kind need no torch (tests/test_adapters.py checks the two lists agree).
@@ -44,12 +46,12 @@ def check_kinds(kinds) -> list[str]:
 
 
 def read_run(run_dir: Path) -> tuple[dict, dict]:
-    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    summary_path = run_dir / "summary.json"
-    if not summary_path.is_file():
-        raise PromptclimbError(f"{run_dir} has no summary.json: the search has not finished "
+    """(config, summary) of a finished run (a damaged file: one line naming it)."""
+    config = read_json(run_dir / CONFIG)
+    if not (run_dir / SUMMARY).is_file():
+        raise PromptclimbError(f"{run_dir} has no {SUMMARY}: the search has not finished "
                                f"(finish it with: promptclimb search --resume {run_dir})")
-    return config, json.loads(summary_path.read_text(encoding="utf-8"))
+    return config, read_json(run_dir / SUMMARY)
 
 
 def run_templates(summary: dict, on: str) -> list[str]:
@@ -131,7 +133,7 @@ def fit_run_adapter(run_dir: str | Path, kinds, on: str = "best", seed: int | No
         "candidates": [{k: v for k, v in f.to_dict().items()} for f in fits],
     }
     summary["adapter"] = section
-    write_json_atomic(run_dir / "summary.json", summary)
+    write_json_atomic(run_dir / SUMMARY, summary)
 
     val, prompt_val = chosen.accuracy["val"], chosen.prompt_accuracy["val"]
     if beats:
@@ -186,6 +188,7 @@ def eval_run_adapter(run_dir: str | Path, evaluator=None, splits=("test",), devi
 @click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", help="Where run folders are.")
 @click.option("--device", default=None, help="torch device for (re)computing features [default: cuda when available].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary's adapter section as JSON at the end.")
+@user_errors
 def adapt_cmd(run, kinds, on, seed, runs_dir, device, as_json):
     """Fit an output-side adapter on top of a run's winning prompt.
 
@@ -206,10 +209,11 @@ def adapt_cmd(run, kinds, on, seed, runs_dir, device, as_json):
       promptclimb eval --run runs/my-run --with-adapter
     """
     echo = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
-    try:
-        kinds = check_kinds(kinds)  # before any slow loading
-        section = fit_run_adapter(find_run(run, runs_dir), kinds, on=on, seed=seed, device=device, echo=echo)
-    except PromptclimbError as exc:
-        raise click.ClickException(str(exc)) from None
+    kinds = check_kinds(kinds)  # before any slow loading
+    run_dir = find_run(run, runs_dir)
+    check_writable(run_dir, "the run folder")
+    check_writable(cache_home(), "the cache folder, PROMPTCLIMB_HOME")
+    with run_lock(run_dir):  # a search resuming this run would rewrite summary.json too
+        section = fit_run_adapter(run_dir, kinds, on=on, seed=seed, device=device, echo=echo)
     if as_json:
         click.echo(json.dumps(section, indent=2))

@@ -10,14 +10,16 @@ import warnings
 
 import click
 
-from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.defaults import default_backbone
+from promptclimb.agent.errors import user_errors
+from promptclimb.agent.paths import cache_home, check_writable
 from promptclimb.agent.templates import template_problem
 
 SPLITS = ("train", "val", "test")
 
 
 # Used when neither the option nor --run says otherwise.
-DEFAULTS = {"dataset": "fashion-mnist", "shots": 1, "seed": 0, "backbone": "demo"}  # as `search`
+DEFAULTS = {"dataset": "fashion-mnist", "shots": 1, "seed": 0}  # as `search`; the backbone: default_backbone
 BASELINE = "a photo of a {}."
 
 
@@ -31,7 +33,8 @@ BASELINE = "a photo of a {}."
 @click.option("--seed", type=int, default=None, help="Seed of the few-shot draw [default: 0, or the run's].")
 @click.option("--backbone", default=None,
               help="'demo' (embedded, offline) or an open_clip architecture such as RN50 or ViT-B-32 "
-                   "[default: demo, or the run's].")
+                   "[default: the run's; else demo for fashion-mnist, ViT-B-32 (--pretrained openai) for "
+                   "other data, as `search`].")
 @click.option("--pretrained", default=None, help="open_clip pretrained tag, e.g. openai (downloads).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="Local .pt/.safetensors weights for the --backbone architecture.")
@@ -47,6 +50,7 @@ BASELINE = "a photo of a {}."
               help="Where run folders are.")
 @click.option("--device", default=None, help="cuda, cpu, ... (default: cuda when available).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@user_errors
 def eval_cmd(dataset, data_root, shots, seed, backbone, pretrained, weights, prompts, run, with_adapter,
              runs_dir, device, as_json):
     """Score prompt templates: train/val/test accuracy on a few-shot split.
@@ -63,13 +67,10 @@ def eval_cmd(dataset, data_root, shots, seed, backbone, pretrained, weights, pro
         raise click.UsageError("--with-adapter needs --run RUN (the adapter belongs to a run)")
     given = {"dataset": dataset, "data_root": data_root, "shots": shots, "seed": seed, "backbone": backbone,
              "pretrained": pretrained, "weights": weights}
-    try:
-        from promptclimb.agent.reading import find_run  # pandas: only now
+    from promptclimb.agent.reading import find_run  # pandas: only now
 
-        run_dir = find_run(run, runs_dir) if run else None
-        args, prompts = _settings(given, list(prompts), run_dir)
-    except PromptclimbError as exc:
-        raise click.ClickException(str(exc)) from None
+    run_dir = find_run(run, runs_dir) if run else None
+    args, prompts = _settings(given, list(prompts), run_dir)
     dataset, data_root, shots, seed, backbone, pretrained, weights = (
         args[k] for k in ("dataset", "data_root", "shots", "seed", "backbone", "pretrained", "weights"))
     for p in prompts:  # before any slow loading
@@ -77,17 +78,15 @@ def eval_cmd(dataset, data_root, shots, seed, backbone, pretrained, weights, pro
         if problem:
             raise click.BadParameter(f"{p!r}: {problem} (use exactly one {{}} for the class name)",
                                      param_hint="--prompt")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            result, evaluator = _evaluate(dataset, data_root, shots, seed, backbone, pretrained, weights,
-                                          list(prompts), device)
-            if with_adapter:
-                from promptclimb.agent.cmd_adapt import eval_run_adapter
+    check_writable(cache_home(), "the cache folder, PROMPTCLIMB_HOME")  # image features go there
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result, evaluator = _evaluate(dataset, data_root, shots, seed, backbone, pretrained, weights,
+                                      list(prompts), device)
+        if with_adapter:
+            from promptclimb.agent.cmd_adapt import eval_run_adapter
 
-                result["adapter"] = eval_run_adapter(run_dir, evaluator=evaluator, splits=SPLITS)
-    except PromptclimbError as exc:
-        raise click.ClickException(str(exc)) from None
+            result["adapter"] = eval_run_adapter(run_dir, evaluator=evaluator, splits=SPLITS)
     for w in caught:  # counted warnings (skipped images, thin val classes) go to stderr
         click.echo(f"warning: {w.message}", err=True)
     if as_json:
@@ -126,6 +125,8 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
     for key, value in DEFAULTS.items():
         if args[key] is None:
             args[key] = value
+    args["backbone"], args["pretrained"] = default_backbone(args["dataset"], args["backbone"], args["pretrained"],
+                                                            args["weights"])
     return args, prompts or [BASELINE]
 
 

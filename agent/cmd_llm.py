@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import threading
 
 import click
 
-from promptclimb.agent.errors import PromptclimbError
-
-
-def _user_errors(fn):
-    """Print a PromptclimbError as a one-line CLI error instead of a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except PromptclimbError as exc:
-            raise click.ClickException(str(exc)) from exc
-
-    return wrapper
+from promptclimb.agent.errors import user_errors
 
 
 @click.group("llm")
@@ -34,7 +20,7 @@ def llm_group():
 @click.option("--port", type=int, default=None, help="Port on 127.0.0.1 (default: a free one).")
 @click.option("--n-ctx", type=int, default=8192, show_default=True, help="Context length in tokens.")
 @click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
-@_user_errors
+@user_errors
 def serve_cmd(model_path, port, n_ctx, threads):
     """Start the local LLM server and keep it running until Ctrl-C.
 
@@ -57,7 +43,7 @@ def serve_cmd(model_path, port, n_ctx, threads):
 
 
 @llm_group.command("path")
-@_user_errors
+@user_errors
 def path_cmd():
     """Assemble and verify the embedded model file if needed, and print where it is."""
     from promptclimb.agent.local_llm import ensure_model

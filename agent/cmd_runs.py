@@ -1,22 +1,25 @@
 """What people do after a search: `promptclimb runs`, `show`, `report`, `transfer`, `compare`.
 
-All of them read run folders through agent/reading.py. Only `transfer` needs the CLIP
-side (it re-scores templates on another backbone), and it imports it inside the command,
-so the others never pay for torch.
+Each is a thin shell over the Python API (agent/api.py: `load_run`, `transfer`) and the
+readers of agent/reading.py. Only `transfer` needs the CLIP side (it re-scores templates on
+another backbone), and it imports it only when it runs, so the others never pay for torch.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 import click
 import pandas as pd
 
-from promptclimb.agent.errors import PromptclimbError
-from promptclimb.agent.reading import BASELINE, Run, find_run, load_run, runs_frame
+from promptclimb.agent.api import load_run, transfer
+from promptclimb.agent.errors import PromptclimbError, user_errors
+from promptclimb.agent.format import pct
+from promptclimb.agent.reading import Run, runs_frame
+from promptclimb.agent.softsearch import is_soft_prompt_run, soft_prompt_lines, transfer_refusal
+from promptclimb.agent.templates import BASELINE
 
 FORMATS = ["table", "markdown", "csv", "json"]
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
@@ -26,34 +29,7 @@ runs_dir_option = click.option("--runs-dir", type=click.Path(file_okay=False), d
 format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", help="Output format.")
 
 
-def build_evaluator(**kwargs):
-    """The real CLIP evaluator; imports torch, so only ever called inside `transfer`."""
-    from promptclimb.evaluators import build_evaluator as build
-
-    return build(**kwargs)
-
-
-def user_errors(fn):
-    """PromptclimbError (a problem the user can fix) -> a message without a traceback."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except PromptclimbError as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return wrapper
-
-
 # -- formatting -----------------------------------------------------------------------------
-def pct(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return f"{100.0 * float(value):.1f}%"
-
-
 def as_text(frame: pd.DataFrame, fmt: str, percent: tuple[str, ...] = ()) -> str:
     """A table as `table` (aligned text), `markdown`, `csv` or `json` (records)."""
     if fmt == "csv":
@@ -83,7 +59,8 @@ def skipped_note(run: Run) -> str | None:
 
 
 def open_run(run: str, runs_dir: str) -> Run:
-    loaded = load_run(find_run(run, runs_dir))
+    """The run (promptclimb.load_run), with a warning on stderr for history lines skipped."""
+    loaded = load_run(run, runs_dir)
     note = skipped_note(loaded)
     if note:
         click.echo(note, err=True)
@@ -118,9 +95,11 @@ def headline(run: Run) -> str:
     stopped = final.get("stopped", "")
     status = f"stopped early ({stopped})" if stopped.startswith("budget") else run.status
     ledger = run.ledger()
+    who = (f"optimizer {run.config['optimizer']}" if is_soft_prompt_run(run.config)
+           else f"LLM {run.llm}, pool {run.pool}, ranked by {run.metric} on {run.select}")
     return (
         f"run {run.id}: {run.dataset}, backbone {run.backbone}, {run.args.get('shots')} shots, "
-        f"seed {run.args.get('seed')}, LLM {run.llm}, pool {run.pool}, ranked by {run.metric} on {run.select}; "
+        f"seed {run.args.get('seed')}, {who}; "
         f"{status}\n"
         f"{len(run.of('llm_exchange'))} LLM answers ({ledger.get('cache_hits', 0)} from the cache, "
         f"{ledger.get('prompt_tokens', 0)} prompt + {ledger.get('completion_tokens', 0)} completion tokens), "
@@ -141,6 +120,14 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
     out = [f"# {headline(run)}" if markdown else headline(run)]
     out.append(h2("Winning templates (test accuracy: best template and ensemble only)"))
     out.append(as_text(run.winners(), "markdown" if markdown else "table", percent=("train", "val", "test")))
+    for summary in run.transfers():
+        target = summary["target"]
+        out.append(h2(f"Transfer to {target['backbone']}" + (f" ({target['pretrained']})" if target.get("pretrained")
+                                                                  else "")))
+        out += [f"{'- ' if markdown else ''}{line}" for line in transfer_lines(summary)]
+        out.append(f"{'- ' if markdown else ''}plot: {run.path / summary['files']['plot']}")
+    if is_soft_prompt_run(run.config):  # no LLM turns: the soft prompt and its steps instead
+        return "\n".join(out + soft_prompt_lines(run)).rstrip()
     out.append(h2("Iteration by iteration"))
     exchanges = {e["call"]: e for e in run.conversation()}
     iterations = run.iterations()
@@ -183,12 +170,7 @@ def show_rows(run: Run, conversation: bool) -> pd.DataFrame:
     """csv: every template of the run, one row each (pool, scored proposals, rejected ones);
     with --conversation, every message instead."""
     if conversation:
-        rows = []
-        for ex in run.conversation():
-            place = {k: ex[k] for k in ("call", "restart", "reset", "iteration")}
-            rows += [place | {"role": m.get("role"), "content": m.get("content")} for m in ex["messages"]]
-            rows.append(place | {"role": "assistant", "content": ex["answer"]})
-        return pd.DataFrame(rows, columns=["call", "restart", "reset", "iteration", "role", "content"])
+        return run.conversation_frame()
     scores = run.scores()
     keep = [c for c in ("restart", "reset", "iteration", "call", "template", "origin", "source", "train", "val",
                         "best_so_far") if c in scores]
@@ -216,7 +198,7 @@ def show_json(run: Run, conversation: bool) -> str:
         "pool": run.pool, "metric": run.metric,
         "status": run.status, "stopped": (run.final or {}).get("stopped"),
         "winners": run.winners().to_dict("records"), "ensemble": (run.final or {}).get("ensemble"),
-        "ledger": run.ledger(), "iterations": run.iterations(),
+        "ledger": run.ledger(), "transfers": run.transfers(), "iterations": run.iterations(),
         "skipped": [{"line": s.line, "reason": s.reason} for s in run.skipped],
     }
     if conversation:
@@ -279,48 +261,14 @@ def report_cmd(run, runs_dir, output):
 
 
 # -- transfer -------------------------------------------------------------------------------
-def rank_correlation(a: pd.Series, b: pd.Series) -> float:
-    """Spearman's rho (Pearson on the ranks; no scipy needed) over the pairs with both values."""
-    both = pd.concat([a, b], axis=1).dropna()
-    if len(both) < 2:
-        return math.nan
-    ranks = both.rank()
-    return float(ranks.iloc[:, 0].corr(ranks.iloc[:, 1]))
-
-
-def transfer_name(backbone: str) -> str:
-    """transfer-<backbone>.csv, with the backbone made safe as a file name (hf-hub:org/x)."""
-    return f"transfer-{re.sub(r'[^A-Za-z0-9._-]+', '_', backbone)}.csv"
-
-
-def transfer_table(run: Run, top: int) -> pd.DataFrame:
-    """Source accuracies (from the run) for the top templates and the baseline."""
-    ranked = run.ranked()
-    if ranked.empty:
-        raise PromptclimbError(f"run {run.id} has no scored template to transfer")
-    final = run.final or {}
-    templates = list(ranked["template"].head(top))
-    if BASELINE not in templates:
-        templates.append(BASELINE)
-    rows = []
-    for i, template in enumerate(templates):
-        row = {"template": template, "source_rank": i + 1 if i < top else None}
-        hit = ranked[ranked["template"] == template]
-        for split in ("train", "val"):
-            row[f"source_{split}"] = hit[split].iloc[0] if not hit.empty and split in hit else math.nan
-        best = final.get("best") or {}
-        row["source_test"] = (best.get("accuracy") or {}).get("test", math.nan) \
-            if best.get("template") == template else math.nan
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 @click.command("transfer", context_settings=CONTEXT)
 @click.argument("run")
-@click.option("--backbone", required=True, help="Target CLIP backbone (open_clip architecture name, or demo).")
+@click.option("--backbone", required=True,
+              help="Target CLIP backbone (open_clip architecture name, demo, or demo-mpnet).")
 @click.option("--pretrained", default=None, help="open_clip pretrained tag of the target (e.g. openai).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Local weights file of the target.")
-@click.option("--top", "top", type=int, default=5, help="How many of the run's best templates to re-score.")
+@click.option("--top", "top", type=click.IntRange(min=1), default=5,
+              help="How many of the run's best templates to print (every template is re-scored and saved).")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
               help="Where the dataset lives [default: the run's].")
 @click.option("--device", default=None, help="torch device [default: cuda when available, else cpu].")
@@ -328,60 +276,64 @@ def transfer_table(run: Run, top: int) -> pd.DataFrame:
 @format_option
 @user_errors
 def transfer_cmd(run, backbone, pretrained, weights, top, data_root, device, runs_dir, fmt):
-    """Re-score a run's top templates, plus the baseline "a photo of a {}.", on another
-    backbone with the same dataset split (dataset, shots, seed of the run). Prints source
-    vs target accuracy per template and the rank correlation; saves
-    transfer-<backbone>.csv in the run folder.
+    """Re-score every template a run scored, plus the baseline "a photo of a {}.", on
+    another backbone with the same dataset split (dataset, shots, seed of the run): how well
+    the run's ranking carries over. Prints source vs target accuracy of the --top templates,
+    the rank correlation (Spearman) over all of them, where the source winner ranks on the
+    target, and the run's ensemble on the target. Saves in the run folder
+    transfer-<backbone>.csv (every template), .json (the summary, shown by `show` and
+    `report`) and .png (source vs target accuracy, one point per template).
 
     \b
     Examples:
       promptclimb transfer 20250101-120000-eurosat-4shot --backbone ViT-B-16 --pretrained openai
       promptclimb transfer my-run --backbone ViT-B-32 --weights ~/models/vit-b-32.safetensors --top 10
     """
-    if top < 1:
-        raise PromptclimbError("--top must be at least 1")
     loaded = open_run(run, runs_dir)
+    if is_soft_prompt_run(loaded.config):
+        raise PromptclimbError(transfer_refusal(loaded))
     args = loaded.args
-    if not args.get("dataset"):
-        raise PromptclimbError(f"{loaded.path / 'config.json'} does not say which dataset the run used")
-    table = transfer_table(loaded, top)
-    evaluator = build_evaluator(
-        dataset=args["dataset"], shots=args.get("shots", 1), seed=args.get("seed", 0),
-        backbone=backbone, pretrained=pretrained, weights=weights,
-        data_root=data_root or args.get("data_root"), device=device,
-    )
-    splits = ("train", "val", "test")
-    scores = evaluator.score(list(table["template"]), splits=splits)
-    for split in splits:
-        table[f"target_{split}"] = [float(s.accuracy[split]) for s in scores]
-    select = loaded.select_splits
-    table["target_rank"] = table[[f"target_{s}" for s in select]].mean(axis=1).rank(ascending=False, method="min")
-    table["target_backbone"], table["target_pretrained"], table["target_weights"] = backbone, pretrained, weights
-    source_sel = table[[f"source_{s}" for s in select]].mean(axis=1, skipna=False)
-    target_sel = table[[f"target_{s}" for s in select]].mean(axis=1)
-    rho_sel = rank_correlation(source_sel, target_sel)
-    rho_test = rank_correlation(source_sel, table["target_test"])
-
-    path = loaded.path / transfer_name(backbone)
-    table.to_csv(path, index=False, float_format="%.6g")
-    source_name = loaded.backbone
+    full = transfer(loaded, backbone, pretrained=pretrained, weights=weights, data_root=data_root, device=device)
+    summary, path = full.attrs["transfer"], full.attrs["path"]
+    table = full[(full["source_rank"] <= top) | (full["template"] == BASELINE)]
     if fmt in ("csv", "json"):
         click.echo(as_text(table, fmt))
     else:
         cols = ["template", "source_train", "source_val", "source_test", "target_train", "target_val", "target_test"]
         shown = table[cols].rename(columns=lambda c: c.replace("source_", "src ").replace("target_", "tgt "))
-        click.echo(f"{loaded.id}: {len(table)} templates on {backbone}"
-                   f"{f' ({pretrained})' if pretrained else ''} (source: {source_name}), "
-                   f"{args['dataset']} {args.get('shots')} shots seed {args.get('seed')}")
+        click.echo(f"{loaded.id}: {summary['templates']} templates re-scored on {backbone}"
+                   f"{f' ({pretrained})' if pretrained else ''} (source: {loaded.backbone}), "
+                   f"{args['dataset']} {args.get('shots')} shots seed {args.get('seed')}; the best {top}:")
         click.echo(as_text(shown, fmt, percent=tuple(shown.columns[1:])))
-        sel = "+".join(select)
-        click.echo(f"rank correlation (Spearman), source {sel} vs target {sel}: {fmt_rho(rho_sel)}; "
-                   f"vs target test: {fmt_rho(rho_test)}")
-    click.echo(f"saved {path}", err=fmt in ("csv", "json"))
+        click.echo("\n".join(transfer_lines(summary)))
+    click.echo(f"saved {path}, {path.with_suffix('.json').name}, {path.with_suffix('.png').name}",
+               err=fmt in ("csv", "json"))
 
 
-def fmt_rho(rho: float) -> str:
-    return "n/a (fewer than 2 templates scored on both, or all tied)" if math.isnan(rho) else f"{rho:+.2f}"
+def fmt_rho(rho: float | None) -> str:
+    if rho is None or math.isnan(rho):
+        return "n/a (fewer than 2 templates scored on both, or all tied)"
+    return f"{rho:+.2f}"
+
+
+def transfer_lines(summary: dict) -> list[str]:
+    """A transfer (transfer-<backbone>.json) in a few sentences: `transfer` prints them, `show` too."""
+    sel, n = summary["select"], summary["templates"]
+    rho, winner, best = summary["rank_correlation"], summary["winner"], summary["target_best"]
+    baseline = summary["baseline"]["target"]["test"]
+    lines = [
+        f"rank correlation (Spearman) over the {n} templates the run scored, source {sel} vs target {sel}: "
+        f"{fmt_rho(rho['selection'])}; vs target test: {fmt_rho(rho['test'])}",
+        f"the source winner ranks {winner['target_rank']}/{n} on target {sel} and {winner['target_test_rank']}/{n} "
+        f"on target test: {pct(winner['target']['test'])} on target test (baseline {pct(baseline)}; the "
+        f"target's own best on {sel}, source rank {best['source_rank']}: {pct(best['target']['test'])})",
+    ]
+    ensemble = summary.get("ensemble")
+    if ensemble:
+        lines.append(f"the run's ensemble of {len(ensemble['templates'])}"
+                     f"{'' if ensemble.get('chosen') else ' (not chosen)'}: target test {pct(ensemble['target_test'])}"
+                     f" (source test {pct(ensemble['source_test'])})")
+    return lines
 
 
 # -- compare --------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ Two jobs, both without network:
    SHA-256. The chunks are anonymous re-uploads, so they are read as plain files located
    through package metadata - never imported - and nothing reaches the cache unverified:
    the parts are concatenated into a temp file beside the target, hashed on the way, and
-   renamed into place only when the hash matches.
+   renamed into place only when the hash matches (agent/chunks.py, shared with the
+   `demo-mpnet` backbone's text tower).
 2. `local_server()` runs `python -m llama_cpp.server` on 127.0.0.1 as a child process,
    waits until it answers, warms it up, yields its OpenAI-compatible base URL, and always
    stops it (normal exit, Ctrl-C, errors).
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -29,7 +29,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -38,7 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from promptclimb.agent.chunks import ChunkedFile, ensure_assembled, find_parts, sha256_of, verified  # noqa: F401 (find_parts: API)
 from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.files import write_json_atomic
 from promptclimb.agent.paths import cache_dir
 
 INSTALL_HINT = 'pip install "promptclimb[local]"'
@@ -47,10 +48,15 @@ OTHER_OPTIONS = (
     "or use an OpenAI-compatible endpoint with --base-url / OPENAI_BASE_URL"
 )
 
-# The name clients pass as `model`; the server is started with this alias. (The server
-# answers with its one model whatever name is asked, but run configs and the LLM response
-# cache record this name, so a different GGUF gets a different one: `local_model_name`.)
+# The name clients pass as `model` (the server answers with its one model whatever name is
+# asked; run configs record this name, and a different GGUF gets a different one:
+# `local_model_name`).
 LOCAL_MODEL_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m"
+# The server's alias, which it lists at /v1/models: the name and the GGUF's SHA-256. It is
+# how a client knows that an endpoint is promptclimb's own server (`promptclimb llm serve`)
+# and which file it serves: the LLM response cache keys its answers by that hash.
+LOCAL_ID_PREFIX = "promptclimb-local/"
+_LOCAL_ID = re.compile(r"^promptclimb-local/(?P<name>.+)@sha256:(?P<sha>[0-9a-f]{64})$")
 
 # Sampling that makes the 1.5B model give usable proposals, measured by
 # bench/bench_local_llm.py (seeds 0, 1, 2; 20 answers each): answers with at least one valid
@@ -60,14 +66,12 @@ LOCAL_SAMPLING = {"temperature": 1.0, "max_tokens": 256}
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """A GGUF file shipped on PyPI as numbered chunk packages."""
+class ModelSpec(ChunkedFile):
+    """A GGUF file shipped on PyPI as numbered chunk packages (agent/chunks.py assembles it)."""
 
-    filename: str
-    sha256: str
-    package: str  # distribution name with `{}` for the part number
-    version: str
-    n_parts: int
+    install_hint: str = INSTALL_HINT
+    what: str = "the local LLM model"
+    other_options: str = OTHER_OPTIONS
 
 
 DEFAULT_MODEL = ModelSpec(
@@ -77,9 +81,6 @@ DEFAULT_MODEL = ModelSpec(
     version="0.2.0",
     n_parts=22,
 )
-
-_PART_FILE = re.compile(r"part\d+\.bin$")
-_CHUNK = 1 << 20
 
 
 # ---------------------------------------------------------------------------------------
@@ -93,119 +94,45 @@ def local_model_name(model_path: str | os.PathLike | None) -> str:
     return Path(model_path).stem
 
 
+def local_model_id(name: str, sha256: str) -> str:
+    """The id the local server lists at /v1/models (its `--model_alias`)."""
+    return f"{LOCAL_ID_PREFIX}{name}@sha256:{sha256}"
+
+
+def parse_local_model_id(model_id: str | None) -> tuple[str, str] | None:
+    """(name, sha256) when `model_id` is a promptclimb local server's id, else None."""
+    match = _LOCAL_ID.match(model_id or "")
+    return (match["name"], match["sha"]) if match else None
+
+
+def model_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a GGUF file, hashed at most once per version of the file: the embedded
+    model's comes from its verified sidecar (agent/chunks.py); any other file's is kept in
+    `cache_dir("models")/hashes/` with its path, size and mtime, and a change to any of
+    them hashes it again."""
+    path = Path(path).expanduser().resolve()
+    if verified(path, DEFAULT_MODEL):
+        return DEFAULT_MODEL.sha256
+    stat = path.stat()
+    stamp = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    record_file = cache_dir("models") / "hashes" / (hashlib.sha256(str(path).encode()).hexdigest()[:32] + ".json")
+    try:
+        record = json.loads(record_file.read_text())
+        if {k: record.get(k) for k in stamp} == stamp and re.fullmatch(r"[0-9a-f]{64}", record.get("sha256", "")):
+            return record["sha256"]
+    except (OSError, ValueError, AttributeError):
+        pass  # not hashed yet, or a damaged record: hash it
+    sha = sha256_of(path)
+    write_json_atomic(record_file, {**stamp, "sha256": sha})
+    return sha
+
+
 def ensure_model(path: str | os.PathLike | None = None, spec: ModelSpec = DEFAULT_MODEL) -> Path:
     """The GGUF file to serve: `path` when given (checked), else the default model,
     assembled and verified once into `cache_dir("models")`."""
     if path is not None:
         return _check_user_model(Path(path).expanduser())
-    target = cache_dir("models") / spec.filename
-    if _verified(target, spec):
-        return target
-    if target.exists():
-        # Left by an older run that stopped between rename and sidecar: verify it once
-        # rather than assembling again; a file that does not match is replaced below.
-        if _sha256_of(target) == spec.sha256:
-            _write_sidecar(target, spec)
-            return target
-        target.unlink()
-    parts = find_parts(spec)
-    return assemble(parts, target, spec)
-
-
-def find_parts(spec: ModelSpec = DEFAULT_MODEL) -> list[Path]:
-    """The chunk files in order, located through package metadata without importing anything."""
-    parts, problems = [], []
-    for i in range(1, spec.n_parts + 1):
-        name = spec.package.format(i)
-        try:
-            dist = importlib.metadata.distribution(name)
-        except importlib.metadata.PackageNotFoundError:
-            problems.append(f"{name} is not installed")
-            continue
-        if dist.version != spec.version:
-            problems.append(f"{name} is version {dist.version}, expected {spec.version}")
-            continue
-        files = [f for f in (dist.files or []) if _PART_FILE.search(f.name)]
-        if len(files) != 1:
-            problems.append(f"{name} holds {len(files)} part files, expected one")
-            continue
-        located = Path(dist.locate_file(files[0]))
-        if not located.is_file():
-            problems.append(f"{name}: its part file {located} is missing")
-            continue
-        parts.append(located)
-    if problems:
-        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise PromptclimbError(
-            f"cannot assemble the local LLM model ({shown}).\n"
-            f"Install the pinned parts with: {INSTALL_HINT}\n({OTHER_OPTIONS})."
-        )
-    return parts
-
-
-def assemble(parts: list[Path], target: Path, spec: ModelSpec = DEFAULT_MODEL) -> Path:
-    """Concatenate `parts` into `target`, atomically and only if the SHA-256 matches."""
-    from tqdm import tqdm
-
-    total = sum(p.stat().st_size for p in parts)
-    digest = hashlib.sha256()
-    # A temp file in the same folder, so the final rename is atomic; an interrupted
-    # assembly leaves only this temp file, which is removed on the way out.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, tqdm(
-            total=total, unit="B", unit_scale=True, desc=f"assembling {spec.filename}", leave=False
-        ) as bar:
-            for part in parts:
-                with open(part, "rb") as src:
-                    while chunk := src.read(_CHUNK):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        bar.update(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
-        got = digest.hexdigest()
-        if got != spec.sha256:
-            raise PromptclimbError(
-                f"the assembled local LLM model has SHA-256 {got}, expected {spec.sha256}: "
-                f"the part packages are damaged or not the pinned ones.\n"
-                f"Reinstall them with: pip install --force-reinstall \"promptclimb[local]\"\n"
-                f"({OTHER_OPTIONS})."
-            )
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is readable like any other
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _write_sidecar(target, spec)
-    return target
-
-
-def _sidecar(target: Path) -> Path:
-    return target.with_name(target.name + ".verified.json")
-
-
-def _write_sidecar(target: Path, spec: ModelSpec) -> None:
-    record = {"sha256": spec.sha256, "size": target.stat().st_size}
-    _sidecar(target).write_text(json.dumps(record) + "\n")
-
-
-def _verified(target: Path, spec: ModelSpec) -> bool:
-    """True when `target` was verified earlier: hashing 1 GB on every run costs seconds,
-    so a sidecar records the verified hash and size, and a size change voids it."""
-    try:
-        record = json.loads(_sidecar(target).read_text())
-        return record.get("sha256") == spec.sha256 and record.get("size") == target.stat().st_size
-    except (OSError, ValueError):
-        return False
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return ensure_assembled(spec)
 
 
 def _check_user_model(path: Path) -> Path:
@@ -290,7 +217,8 @@ def local_server(
         _require_llama_cpp()
         model = ensure_model(model_path)
         command = server_command(
-            model, port, n_ctx=n_ctx, n_threads=n_threads, model_alias=local_model_name(model_path)
+            model, port, n_ctx=n_ctx, n_threads=n_threads,
+            model_alias=local_model_id(local_model_name(model_path), model_sha256(model)),
         )
         say(f"starting the local LLM ({model.name}) on 127.0.0.1:{port} ...")
     base_url = f"http://127.0.0.1:{port}/v1"

@@ -14,14 +14,11 @@ from pathlib import Path
 import jinja2
 
 from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.format import pct
 from promptclimb.agent.paths import prompts_dir
 from promptclimb.agent.protocol import Task
 
 FILES = ("system.j2", "first_turn.j2", "feedback_turn.j2")
-
-
-def pct(value: float) -> str:
-    return f"{100.0 * float(value):.1f}%"
 
 
 class MetaPrompt:
@@ -34,7 +31,6 @@ class MetaPrompt:
             if not any((directory / name).is_file() for name in FILES):
                 raise PromptclimbError(f"--meta-prompt: {directory} holds none of {', '.join(FILES)}")
             search.insert(0, str(directory))
-        self.directory = directory
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(search),
             undefined=jinja2.StrictUndefined,  # a typo in a user's template fails loudly
@@ -61,7 +57,3 @@ class MetaPrompt:
                       best: dict, top: list[dict], bottom: list[dict]) -> str:
         return self.render("feedback_turn.j2", task=task, n=n, metric=metric, results=results,
                            rejected=rejected, best=best, top=top, bottom=bottom)
-
-    def describe(self) -> dict:
-        """For config.json: where the meta-prompts came from."""
-        return {"meta_prompt_dir": str(self.directory) if self.directory else None}

@@ -19,6 +19,24 @@ def cache_dir(kind: str) -> Path:
     return path
 
 
+def check_writable(folder: str | Path, what: str) -> Path:
+    """`folder`, created if missing, after a real write test (permissions, a read-only file
+    system, a file in the way); PromptclimbError in one line when it cannot be written.
+    Commands call it before loading a model, not after."""
+    import tempfile
+
+    from promptclimb.agent.errors import PromptclimbError
+
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise PromptclimbError(f"{folder} ({what}) is not writable ({exc.strerror or exc})") from None
+    return folder
+
+
 def prompts_dir() -> Path:
     """The installed `promptclimb/prompts/` folder (text only: meta-prompts and template
     pools); beside `agent/` both in the repository and in an installed wheel."""

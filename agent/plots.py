@@ -3,13 +3,17 @@
 
     curve.png   best-so-far accuracy by LLM answer, every proposal as a point, and the
                 initial pool's distribution as a reference band
+    transfer-<backbone>.png   after `promptclimb transfer`: every template's accuracy on the
+                source (the run's selection split) against the target (test)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from promptclimb.agent.reading import BASELINE, Run, load_run
+from promptclimb.agent.files import write_atomic
+from promptclimb.agent.reading import Run, load_run
+from promptclimb.agent.templates import BASELINE
 
 CURVE = "curve.png"
 SPLIT_NAMES = {"train": "training accuracy", "train+val": "train+val accuracy"}
@@ -87,7 +91,49 @@ def plot_curve(run: Run, path: Path) -> Path | None:
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     fig.tight_layout()
-    fig.savefig(path)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))  # the report may be reading it
+    plt.close(fig)
+    return path
+
+
+def plot_transfer(table, summary: dict, path: Path) -> Path:
+    """transfer-<backbone>.png: source accuracy (the run's selection split) against target
+    test accuracy, one point per template the run scored; the source winner, the target's
+    own best and the baseline marked; Spearman's rho in the title."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    select = summary["select"].split("+")
+    ours = table[table["source_rank"].notna()]
+    x = ours[[f"source_{s}" for s in select]].mean(axis=1)
+    y = ours["target_test"]
+    fig, ax = plt.subplots(figsize=(7.5, 5.5), dpi=120)
+    ax.set_axisbelow(True)
+    ax.scatter(x, y, s=24, color="#2e86de", alpha=0.5, lw=0, zorder=3, label=f"template ({len(ours)})")
+    winner_rank = f"{summary['winner']['target_test_rank']}/{summary['templates']}"
+    marks = [(ours["source_rank"] == 1, "#f39c12", "o", 90, f"source winner (target rank {winner_rank} on test)"),
+             (ours["template"] == summary["target_best"]["template"], "#27ae60", "D", 60,
+              f"best on target {summary['select']}")]
+    for mask, color, marker, size, label in marks:
+        ax.scatter(x[mask], y[mask], s=size, color=color, marker=marker, edgecolor="#1b4f72", zorder=5, label=label)
+    baseline = table[table["template"] == BASELINE].iloc[0]
+    ax.axhline(baseline["target_test"], color="#c0392b", lw=1, ls="--", label=f"baseline '{BASELINE}' on target")
+    for axis, values in ((ax.xaxis, x), (ax.yaxis, y)):  # ticks on round percents, one decimal when close
+        axis.set_major_locator(MaxNLocator(nbins=8, steps=[1, 2, 5, 10]))
+        axis.set_major_formatter(PercentFormatter(1.0, decimals=0 if values.max() - values.min() >= 0.05 else 1))
+    source, target = summary["source_backbone"], summary["target"]["backbone"]
+    ax.set_xlabel(f"source {source}: {SPLIT_NAMES.get(summary['select'], summary['select'])}")
+    ax.set_ylabel(f"target {target}: test accuracy")
+    rho = summary["rank_correlation"]
+    fmt = (lambda r: "n/a" if r is None else f"{r:+.2f}")
+    ax.set_title(f"{summary['run_id']}: {source} -> {target}\nSpearman rho {fmt(rho['selection'])} "
+                 f"(target {summary['select']}), {fmt(rho['test'])} (target test)", fontsize=10, loc="left")
+    ax.grid(color="#eceff1")
+    ax.legend(loc="lower right", fontsize=8, frameon=False)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return path
 

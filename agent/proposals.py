@@ -8,6 +8,10 @@ becomes a template or is rejected with a reason: whatever
 escaped braces, no or several placeholders, empty, too long) and duplicates - exact, or
 equal after normalising case, whitespace and punctuation - of templates already scored or
 proposed earlier in the same answer. Nothing here formats a template.
+
+Small models often write the sentence for one class instead of the template ("a photo of a
+dress with a belt"). Given the class names, such a line that names exactly one class is
+turned back into a template ("a photo of a {} with a belt"): `unfill`.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from promptclimb.agent.templates import MAX_TEMPLATE_CHARS, template_problem
 
@@ -30,6 +35,9 @@ _QUOTES = "\"'`“”‘’«»"
 _PUNCT_OR_SPACE = re.compile(r"[\s" + re.escape(string.punctuation.replace("{", "").replace("}", "")) + r"“”‘’«»…–—]+")
 
 
+DUPLICATE = "duplicate of a template already scored or proposed"
+
+
 @dataclass(frozen=True)
 class Rejection:
     line: str  # the candidate as cleaned (what would have been the template)
@@ -41,6 +49,7 @@ class Proposals:
     templates: list[str] = field(default_factory=list)  # valid and new, in answer order
     rejected: list[Rejection] = field(default_factory=list)
     skipped_lines: int = 0  # prose lines without any brace
+    unfilled: list[str] = field(default_factory=list)  # templates recovered from filled-in lines
 
 
 def normalise(template: str) -> str:
@@ -67,27 +76,54 @@ def clean_line(line: str) -> str:
     return text.strip()
 
 
+def class_pattern(classnames: Sequence[str]) -> re.Pattern | None:
+    """Any one class name as a whole word (plural allowed), longest first ("T-shirt" before
+    "shirt"), case-insensitive."""
+    names = sorted({c.strip() for c in classnames if c.strip()}, key=len, reverse=True)
+    if not names:
+        return None
+    alternatives = "|".join(re.escape(n) for n in names)
+    return re.compile(rf"(?<![\w-])(?:{alternatives})(?:s|es)?(?![\w-])", re.IGNORECASE)
+
+
+def unfill(line: str, pattern: re.Pattern | None) -> str | None:
+    """`line` with its one class name replaced by {}, or None when it names no class or
+    several different ones (then it is prose, or a sentence about two classes)."""
+    if pattern is None:
+        return None
+    found = pattern.findall(line)
+    if not found or len({f.lower() for f in found}) != 1 or len(found) != 1:
+        return None
+    return pattern.sub("{}", line)
+
+
 def parse_proposals(answer: str, already_scored: set[str] | dict[str, object] = frozenset(),
-                    max_chars: int = MAX_TEMPLATE_CHARS) -> Proposals:
+                    max_chars: int = MAX_TEMPLATE_CHARS, classnames: Sequence[str] = ()) -> Proposals:
     """Valid new templates in `answer`, plus every refused candidate with its reason.
 
     `already_scored` is a collection of normalised keys (see `normalise`) of templates
-    already scored anywhere in the run.
+    already scored anywhere in the run. With `classnames`, a line without braces that names
+    exactly one class becomes a template (see `unfill`).
     """
     out = Proposals()
     seen = set(already_scored)
+    pattern = class_pattern(classnames)
     for raw in (answer or "").splitlines():
         if not raw.strip() or raw.strip().startswith("```"):
             continue
         if "{" not in raw and "}" not in raw:
-            out.skipped_lines += 1
-            continue
+            recovered = unfill(clean_line(raw), pattern)
+            if recovered is None:
+                out.skipped_lines += 1
+                continue
+            raw = recovered
+            out.unfilled.append(recovered)
         line = clean_line(raw)
         problem = template_problem(line, max_chars=max_chars)
         if problem is None:
             key = normalise(line)
             if key in seen:
-                problem = "duplicate of a template already scored or proposed"
+                problem = DUPLICATE
             else:
                 seen.add(key)
         if problem:

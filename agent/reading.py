@@ -1,10 +1,13 @@
 """Reading a run folder back: the tables behind `promptclimb runs / show / report / compare`.
 
 The writer (agent/runstore.py) defines the folder and the history.jsonl event schema; this
-module only reads. It is deliberately more forgiving than `runstore.read_history` (which
-guards a run that is about to be *continued*): to *look* at a run, every line that parses is
-used and every line that does not is reported as skipped, so a damaged history still shows
-what it holds.
+module is the one reader of its files, for every command (a damaged file is one line naming
+it and what is wrong, never a traceback):
+- `read_json`: config.json, summary.json;
+- `read_events`: history.jsonl to *look* at a run: every line that parses is used and every
+  line that does not is reported as skipped, so a damaged history still shows what it holds;
+- `read_history`: history.jsonl to *continue* a run (`RunStore.resume`): strict, every line
+  must be a whole event in order, except a last line cut short by a kill.
 
 Format versions: a run folder whose config.json or summary.json says a newer format than
 this promptclimb knows is refused with a clear message (`NewerFormat`) rather than read on a
@@ -27,8 +30,6 @@ from promptclimb.agent.errors import PromptclimbError
 from promptclimb.agent.runstore import CONFIG, FORMAT_VERSION, HISTORY, SUMMARY
 from promptclimb.agent.ranking import LEGACY_METRIC, selection_value, top_and_bottom
 from promptclimb.agent.search import SELECTIONS
-
-BASELINE = "a photo of a {}."  # the template every CLIP paper starts from
 
 
 class NewerFormat(PromptclimbError):
@@ -86,13 +87,18 @@ def _check_version(obj: dict, where: Path) -> None:
         )
 
 
-def read_json(path: Path) -> dict:
+def read_json(path: str | Path) -> dict:
+    """A run's JSON file (config.json, summary.json), or PromptclimbError naming the file and
+    what is wrong with it."""
+    path = Path(path)
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise PromptclimbError(f"{path} cannot be read: {exc}") from None
+    except OSError as exc:
+        raise PromptclimbError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    except ValueError as exc:  # JSON, or not UTF-8
+        raise PromptclimbError(f"{path} is damaged (not valid JSON: {exc})") from None
     if not isinstance(obj, dict):
-        raise PromptclimbError(f"{path} is not a JSON object")
+        raise PromptclimbError(f"{path} is damaged (not a JSON object)")
     _check_version(obj, path)
     return obj
 
@@ -111,7 +117,53 @@ def read_events(path: str | Path) -> tuple[list[dict], list[Skipped]]:
     path = Path(path)
     if not path.exists():
         return [], []
-    data = path.read_bytes()
+    return _parse_events(_read_bytes(path), REQUIRED)
+
+
+def read_history(path: str | Path, repair: bool = False) -> list[dict]:
+    """The events of a history.jsonl, for continuing the run. The last line is dropped when
+    it is cut short or damaged (a kill while it was written), and with `repair` cut from the
+    file, so that the next event starts a line of its own; a bad line anywhere else is a
+    PromptclimbError naming it."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = _read_bytes(path)
+    lines = data.split(b"\n")
+    written = [n for n, raw in enumerate(lines, start=1) if raw.strip()]
+    if not written:
+        return []
+    last = written[-1]
+    events, skipped = _parse_events(data, required={})  # replayed as recorded, whatever the event
+    for s in skipped:
+        if s.line != last:
+            raise PromptclimbError(f"{path}: line {s.line} is damaged ({s.reason}); the run cannot be continued")
+    if lines[-1].strip():  # no newline after the last line: the kill came before it was finished
+        events = [e for e in events if e["_line"] != last]
+    for seq, event in enumerate(events):
+        if event.get("seq") != seq:
+            if event["_line"] != last:
+                raise PromptclimbError(f"{path}: line {event['_line']} is event seq {event.get('seq')}, "
+                                       f"expected {seq}; the run cannot be continued")
+            events = events[:seq]
+            break
+    kept_lines = events[-1]["_line"] if events else 0
+    if repair and kept_lines < last:
+        with open(path, "r+b") as f:
+            f.truncate(sum(len(raw) + 1 for raw in lines[:kept_lines]))
+    for event in events:
+        del event["_line"]
+    return events
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise PromptclimbError(f"{path} cannot be read: {exc.strerror or exc}") from None
+
+
+def _parse_events(data: bytes, required: dict) -> tuple[list[dict], list[Skipped]]:
     events, skipped = [], []
     lines = data.split(b"\n")
     cut_short = not data.endswith(b"\n") and data != b""
@@ -132,8 +184,8 @@ def read_events(path: str | Path) -> tuple[list[dict], list[Skipped]]:
         if not isinstance(version, int) or version > FORMAT_VERSION:
             skipped.append(Skipped(number, f"format v{version} is not one this promptclimb reads (v{FORMAT_VERSION})"))
             continue
-        missing = [k for k in REQUIRED.get(event["event"], ()) if k not in event]
-        if missing or (event["event"] == "score" and not isinstance(event.get("accuracy"), dict)):
+        missing = [k for k in required.get(event["event"], ()) if k not in event]
+        if missing or ("accuracy" in required.get(event["event"], ()) and not isinstance(event.get("accuracy"), dict)):
             skipped.append(Skipped(number, f"{event['event']} event without {', '.join(missing) or 'accuracy'}"))
             continue
         event["_line"] = number
@@ -144,6 +196,19 @@ def read_events(path: str | Path) -> tuple[list[dict], list[Skipped]]:
 # -- one run --------------------------------------------------------------------------------
 @dataclass
 class Run:
+    """One run folder read back (`promptclimb.load_run`). Its tables are pandas frames:
+
+        scores()               every scored template in scoring order, with its accuracy
+                               (and loss / prob) per split, `selection` (what it was ranked
+                               by) and `best_so_far`
+        ranked()               the same, best first, as the search ranks them
+        winners(k)             the best k with train / val / test, then the ensemble
+        iterations_frame()     one row per LLM answer (iterations(): the same as dicts,
+                               with what the LLM was shown and what it proposed)
+        conversation_frame()   one row per message exchanged with the LLM
+
+    and `config`, `summary`, `events` (history.jsonl) are the files as they are."""
+
     path: Path
     config: dict
     summary: dict | None
@@ -335,7 +400,8 @@ class Run:
         return out
 
     def iterations_frame(self) -> pd.DataFrame:
-        """`iterations()` as one row per LLM answer (for csv / the report)."""
+        """`iterations()` as a table, one row per LLM answer: where it was, how many of its
+        templates were scored and rejected, the best of them, the best so far, its cost."""
         rows = []
         for it in self.iterations():
             best_new = max((s["selection"] for s in it["scored"]), default=math.nan)
@@ -345,27 +411,24 @@ class Run:
                            "completion_tokens": it["completion_tokens"], "latency_s": it["latency_s"]})
         return pd.DataFrame(rows)
 
-    def proposals(self) -> pd.DataFrame:
-        """Every template the LLM proposed, scored or rejected, one row each (for csv)."""
-        rows = []
-        for it in self.iterations():
-            where = {k: it[k] for k in ("call", "restart", "reset", "iteration")}
-            for s in it["scored"]:
-                rows.append(where | {"template": s["template"], "status": "scored", "reason": "",
-                                     **{k: s.get(k) for k in ("train", "val")},
-                                     "best_so_far": it["best_so_far"]})
-            for r in it["rejected"]:
-                rows.append(where | {"template": r["template"], "status": "rejected", "reason": r["reason"],
-                                     "train": None, "val": None, "best_so_far": it["best_so_far"]})
-        return pd.DataFrame(rows, columns=["call", "restart", "reset", "iteration", "template", "status", "reason",
-                                           "train", "val", "best_so_far"])
-
     def conversation(self) -> list[dict]:
-        """The raw exchanges: per LLM answer, the messages new since the previous answer of
-        its conversation, then the answer."""
+        """The raw exchanges: per LLM answer, the messages sent since the previous answer of
+        its conversation, then the answer. (A request repeats the previous answer as its
+        first new message; it is shown once, as that answer.)"""
         return [{"call": ex["call"], "restart": ex.get("restart"), "reset": ex.get("reset"),
-                 "iteration": ex.get("iteration"), "messages": ex.get("messages") or [], "answer": ex.get("answer", "")}
+                 "iteration": ex.get("iteration"), "answer": ex.get("answer", ""),
+                 "messages": [m for m in ex.get("messages") or [] if m.get("role") != "assistant"]}
                 for ex in self.of("llm_exchange")]
+
+    def conversation_frame(self) -> pd.DataFrame:
+        """`conversation()` as a table, one row per message (the answers as `assistant` rows),
+        in the order they were exchanged."""
+        rows = []
+        for ex in self.conversation():
+            place = {k: ex[k] for k in ("call", "restart", "reset", "iteration")}
+            rows += [place | {"role": m.get("role"), "content": m.get("content")} for m in ex["messages"]]
+            rows.append(place | {"role": "assistant", "content": ex["answer"]})
+        return pd.DataFrame(rows, columns=["call", "restart", "reset", "iteration", "role", "content"])
 
     def ledger(self) -> dict:
         """LLM cost of the run: from summary.json, else counted from the history."""
@@ -375,6 +438,19 @@ class Run:
         return {"calls": len(asked), "cache_hits": len(self.of("llm_exchange")) - len(asked),
                 "prompt_tokens": sum((e.get("usage") or {}).get("prompt_tokens") or 0 for e in asked),
                 "completion_tokens": sum((e.get("usage") or {}).get("completion_tokens") or 0 for e in asked)}
+
+    def transfers(self) -> list[dict]:
+        """The transfers made from this run (`promptclimb transfer`: transfer-<backbone>.json
+        summaries, by file name); a file that cannot be read is left out."""
+        out = []
+        for path in sorted(self.path.glob("transfer-*.json")):
+            try:
+                summary = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(summary, dict) and "rank_correlation" in summary:
+                out.append(summary)
+        return out
 
 
 def load_run(path: str | Path) -> Run:

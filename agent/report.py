@@ -15,18 +15,13 @@ from pathlib import Path
 
 import jinja2
 
+from promptclimb.agent.files import write_text_atomic
+from promptclimb.agent.format import pct
 from promptclimb.agent.paths import prompts_dir
 from promptclimb.agent.reading import Run
 
 REPORT = "report.html"
 TEMPLATE = "report.html.j2"
-
-
-def pct(value) -> str:
-    """0..1 as "61.2%"; "" for a value that is missing (None or NaN)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return f"{100.0 * float(value):.1f}%"
 
 
 def _clean(value):
@@ -66,17 +61,23 @@ def render(run: Run, plot_png: Path | None = None) -> str:
         lstrip_blocks=True,
     )
     env.filters["pct"] = pct
-    plot = None
-    if plot_png is not None and plot_png.exists():
-        plot = "data:image/png;base64," + base64.b64encode(plot_png.read_bytes()).decode("ascii")
+    plot = _data_uri(plot_png)
+    transfers = [{**t, "plot": _data_uri(run.path / t["files"]["plot"])} for t in run.transfers()]
     winners = [{k: _clean(v) for k, v in row.items()} for row in run.winners().to_dict("records")]
     config = {k: v for k, v in run.config.items()}
     return env.get_template(TEMPLATE).render(
-        run=run, head=facts(run), winners=winners, plot=plot, iterations=run.iterations(),
+        run=run, head=facts(run), winners=winners, plot=plot, transfers=transfers, iterations=run.iterations(),
         conversation=run.conversation(), skipped=run.skipped,
         config_json=json.dumps(config, indent=2, ensure_ascii=False),
         generated=time.strftime("%Y-%m-%d %H:%M"),
     )
+
+
+def _data_uri(png: Path | None) -> str | None:
+    """A PNG file as a data: URI (the page stays one file); None when there is none."""
+    if png is None or not png.exists():
+        return None
+    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
 
 
 def write_report(run: Run, output: str | Path | None = None) -> Path:
@@ -85,5 +86,4 @@ def write_report(run: Run, output: str | Path | None = None) -> Path:
 
     write_plots(run.path)
     path = Path(output) if output else run.path / REPORT
-    path.write_text(render(run, run.path / CURVE), encoding="utf-8")
-    return path
+    return write_text_atomic(path, render(run, run.path / CURVE))

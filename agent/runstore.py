@@ -2,11 +2,13 @@
 
     runs/<run-id>/
       config.json     every setting, package versions, evaluator.info(), the LLM model and
-                      base_url (userinfo stripped); never a key. Written once, at creation.
+                      base_url (userinfo stripped); never a key. Written at creation, before
+                      the model loads (so a run killed while loading resumes by name);
+                      "evaluator" is added once the evaluator is built.
       history.jsonl   one event per line, flushed and fsync'd before the search goes on
       prompts.csv     every scored template once (rewritten from history as the run goes)
       summary.json    the result (written at the end, see agent/search.py)
-      .lock           held (flock) by the process writing the run
+      .lock           held (flock) by the process writing the run (a search, or `adapt`)
 
 history.jsonl, format version 1. Every line has
     v (1), seq (0, 1, 2, ... = line number), time (unix seconds), event
@@ -18,10 +20,11 @@ Events:
     reset         restart, reset (a new conversation; the scoreboard is kept)
     llm_exchange  restart, reset, iteration, call, model, seed, temperature, request_key,
                   messages (only the messages new since this conversation's previous
-                  exchange: the conversation is the concatenation of `messages` and `answer`
-                  over a reset), n_messages (the whole conversation's length), answer (raw
+                  exchange, starting with its answer: the conversation is the concatenation
+                  of `messages` over a reset, then the last `answer`), n_messages (the whole conversation's length), answer (raw
                   text), usage {prompt_tokens, completion_tokens}, latency_s, cached, source
-                  ("llm" | "cache" | "replay")
+                  ("llm" | "cache" | "replay"), and answer_truncated {kept_chars,
+                  received_chars} when the answer was cut (agent/llm.py `answer_cap`)
     score         restart, reset, iteration, call (llm only), template, origin ("pool" |
                   "llm"), source (pool file, or "llm"), accuracy {split: 0..1},
                   loss {split: mean cross-entropy}
@@ -42,16 +45,22 @@ A last line cut short by a kill is dropped (and the file truncated to the last f
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
-import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.files import write_atomic, write_json_atomic
 
 FORMAT_VERSION = 1
 CONFIG, HISTORY, PROMPTS, SUMMARY, LOCK = "config.json", "history.jsonl", "prompts.csv", "summary.json", ".lock"
+# What is written while holding the run's lock (by the search, or `promptclimb adapt`), each
+# atomically through a temp file ".<name>.*.tmp" beside it.
+LOCKED_FILES = (CONFIG, PROMPTS, SUMMARY, "curve.png", "adapter.pt")
 
 # The fields that make two events "the same step" when a resumed run replays its history.
 # Measured values (time, latency, accuracies read back, usage) are not compared.
@@ -66,52 +75,49 @@ class RunLocked(PromptclimbError):
     pass
 
 
-def write_json_atomic(path: str | Path, obj) -> None:
-    """`obj` as indented JSON at `path`, replaced in one step (never half-written)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def check_run_name(name: str) -> str:
+    """A run id names one folder directly under --runs-dir (where `promptclimb runs` looks)."""
+    if name in ("", ".", "..") or any(sep and sep in name for sep in ("/", os.sep, os.altsep, "\0")):
+        raise PromptclimbError(f"--name {name!r} must be a plain folder name (no '/', not '.' or '..'); "
+                               "the run folder goes under --runs-dir")
+    return name
+
+
+def _holds_run(run_dir: Path) -> bool:
+    return (run_dir / CONFIG).exists() or (run_dir / HISTORY).exists()
+
+
+def _acquire_lock(run_dir: Path):
+    """The run's lock file, locked (flock) by this process; RunLocked when another holds it."""
+    handle = open(run_dir / LOCK, "a+")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; run files are meant to be read and shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; one process per run is on the user
+        return handle
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        raise RunLocked(f"{run_dir} is being written by another promptclimb process"
+                        f"{f' (pid {holder})' if holder else ''}; wait until it has finished") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
-def read_history(path: str | Path, repair: bool = False) -> list[dict]:
-    """The events of a history file. A damaged *last* line (a kill mid-write) is dropped,
-    and with `repair` cut from the file; damage anywhere else is an error."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    events, pos = [], 0
-    while pos < len(data):
-        newline = data.find(b"\n", pos)
-        if newline == -1:
-            break  # a last line without its newline was cut short by a kill: drop it
-        raw = data[pos:newline]
-        if raw.strip():
-            try:
-                event = json.loads(raw)
-                if not isinstance(event, dict) or event.get("seq") != len(events):
-                    raise ValueError(f"expected event seq {len(events)}")
-            except ValueError as exc:
-                if data[newline + 1:].strip():
-                    raise PromptclimbError(f"{path}: line {len(events) + 1} is damaged ({exc})") from None
-                break  # the last line is damaged: drop it
-            events.append(event)
-        pos = newline + 1
-    good_end = pos
-    if repair and good_end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(good_end)
-    return events
+@contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold a run's lock, as the search writing it does: for a command that rewrites a run's
+    files from outside the search (`promptclimb adapt`)."""
+    handle = _acquire_lock(Path(run_dir))
+    try:
+        yield
+    finally:
+        handle.close()  # releases the flock
 
 
 class RunStore:
@@ -128,46 +134,73 @@ class RunStore:
     # -- opening -------------------------------------------------------------------------
     @classmethod
     def create(cls, run_dir: str | Path, config: dict) -> "RunStore":
-        """A new run folder; refuses one that already holds a history."""
+        """A new run folder, with its config.json. An existing folder is taken only when it
+        holds no run (e.g. a sweep's cell folder, or one killed before its config was written)."""
         run_dir = Path(run_dir)
-        if (run_dir / HISTORY).exists():
-            raise PromptclimbError(f"{run_dir} already holds a run; continue it with --resume {run_dir.name}")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            if _holds_run(run_dir):
+                raise PromptclimbError(f"{run_dir} already holds a run; continue it with --resume {run_dir.name}") from None
         store = cls(run_dir, config, [])
         store._lock()
-        write_json_atomic(run_dir / CONFIG, {"v": FORMAT_VERSION, **config})
+        if _holds_run(run_dir):  # another process created it between the two looks
+            store.close()
+            raise PromptclimbError(f"{run_dir} already holds a run; continue it with --resume {run_dir.name}")
+        store._write_config()
         return store._open_history()
+
+    @classmethod
+    def create_numbered(cls, runs_dir: str | Path, base: str, config: dict) -> "RunStore":
+        """A new run folder `base`, or `base-2`, `base-3`, ... when that is taken. The folder is
+        claimed by mkdir, which only one process can win, so two searches started in the same
+        second get a folder each. config["run_id"] is set to the folder's name."""
+        runs_dir = Path(runs_dir)
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        for n in itertools.count(1):
+            run_dir = runs_dir / (base if n == 1 else f"{base}-{n}")
+            try:
+                run_dir.mkdir()
+            except FileExistsError:
+                continue
+            return cls.create(run_dir, {**config, "run_id": run_dir.name})
+        raise AssertionError("unreachable")
 
     @classmethod
     def resume(cls, run_dir: str | Path) -> "RunStore":
         """A killed (or finished) run, ready to be replayed and continued."""
+        from promptclimb.agent.reading import read_history, read_json  # the one reader; it imports this module
+
         run_dir = Path(run_dir)
         if not (run_dir / CONFIG).exists():
             raise PromptclimbError(f"{run_dir} is not a run folder (no {CONFIG})")
-        config = json.loads((run_dir / CONFIG).read_text(encoding="utf-8"))
-        if config.get("v") != FORMAT_VERSION:
-            raise PromptclimbError(f"{run_dir}: run format v{config.get('v')} is not supported (v{FORMAT_VERSION})")
-        store = cls(run_dir, config, [])
+        store = cls(run_dir, {}, [])
         store._lock()  # before reading: another process may be writing
-        store.stored = read_history(run_dir / HISTORY, repair=True)
+        try:
+            store.config = read_json(run_dir / CONFIG)
+            store.stored = read_history(run_dir / HISTORY, repair=True)
+        except BaseException:
+            store.close()
+            raise
         return store._open_history()
 
+    def update_config(self, **settings) -> None:
+        """Add or replace settings in config.json (e.g. the evaluator's description, known
+        only once it is built; a budget cap changed on resume)."""
+        self.config = {**self.config, **settings}
+        self._write_config()
+
+    def _write_config(self) -> None:
+        write_json_atomic(self.run_dir / CONFIG, {"v": FORMAT_VERSION, **self.config})
+
     def _lock(self) -> None:
-        self._lock_file = open(self.run_dir / LOCK, "a+")
-        try:
-            import fcntl
-        except ImportError:  # Windows: no advisory locks; one process per run is on the user
-            return
-        try:
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._lock_file.close()
-            self._lock_file = None
-            raise RunLocked(f"{self.run_dir} is being written by another promptclimb process") from None
-        self._lock_file.seek(0)
-        self._lock_file.truncate()
-        self._lock_file.write(f"{os.getpid()}\n")
-        self._lock_file.flush()
+        self._lock_file = _acquire_lock(self.run_dir)
+        # Under the lock nobody else writes this run: a temp file of an atomic write is a
+        # leftover of a process killed mid-write.
+        for name in LOCKED_FILES:
+            for tmp in self.run_dir.glob(f".{name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
 
     def _open_history(self) -> "RunStore":
         self._history = open(self.run_dir / HISTORY, "a", encoding="utf-8")
@@ -245,14 +278,9 @@ class RunStore:
             for split, value in sorted(e.get("loss", {}).items()):
                 row[f"{split}_loss"] = value
             rows.append(row)
-        path = self.run_dir / PROMPTS
         frame = pd.DataFrame(rows, columns=None if rows else ["template", "origin", "source", "restart", "reset", "iteration", "call"])
-        fd, tmp = tempfile.mkstemp(dir=self.run_dir, prefix=".prompts.", suffix=".tmp")
-        os.close(fd)
-        frame.to_csv(tmp, index=False, quoting=csv.QUOTE_MINIMAL, float_format="%.6g")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        return path
+        return write_atomic(self.run_dir / PROMPTS,
+                            lambda tmp: frame.to_csv(tmp, index=False, quoting=csv.QUOTE_MINIMAL, float_format="%.6g"))
 
 
 def _short(identity: dict) -> str:

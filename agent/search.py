@@ -2,7 +2,9 @@
 optimizer (Liu et al., "Language Models as Black-Box Optimizers for Vision-Language
 Models", CVPR 2024).
 
-    for restart in restarts:               a fresh sample of the initial pool, scored
+    for restart in restarts:               a fresh sample of the initial pool, scored; restarts
+                                           are independent (own scoreboard) and with
+                                           --parallel K run K at a time, with the same result
         for reset in resets:               a new conversation; the scoreboard is kept
             for iteration in iterations:   the LLM sees the top-k / bottom-k templates (or
                                            how its last ones scored) and proposes N more;
@@ -23,7 +25,9 @@ every knob is in `SearchConfig`.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
@@ -32,7 +36,7 @@ from promptclimb.agent.llm import Answer, BudgetExhausted, LLMClient
 from promptclimb.agent.metaprompt import MetaPrompt
 from promptclimb.agent.pools import PoolTemplate, load_pool, sample_pool
 from promptclimb.agent.ranking import DEFAULT_METRIC, METRICS, metric_label, rank_key, selection_value, top_and_bottom
-from promptclimb.agent.proposals import normalise, parse_proposals
+from promptclimb.agent.proposals import DUPLICATE, normalise, parse_proposals
 from promptclimb.agent.protocol import Evaluator, Score
 from promptclimb.agent.runstore import FORMAT_VERSION, RunStore
 
@@ -53,6 +57,7 @@ class SearchConfig:
     iterations: int = 5  # LLM turns per conversation
     proposals: int = 5  # new templates scored per turn
     spare: int = 2  # extra templates asked for per turn, so that repeats still leave `proposals` new ones
+    unfill: bool = True  # a proposed line naming one class instead of {} becomes a template
     top_k: int = 3  # best templates shown to the LLM
     bottom_k: int = 3  # worst templates shown to the LLM
     pool_sample: int = 30  # initial-pool templates per restart (0 = the whole pool)
@@ -64,15 +69,19 @@ class SearchConfig:
     max_answer_tokens: int = 400  # length cap of one LLM answer
     max_calls: int | None = None  # LLM answers in the whole run (cached ones count too)
     max_tokens: int | None = None  # prompt + completion tokens in the whole run
+    parallel: int = 1  # restarts run at the same time (their LLM calls overlap; same result)
 
     def check(self) -> "SearchConfig":
         if self.select not in SELECTIONS:
             raise PromptclimbError(f"select must be one of {', '.join(SELECTIONS)}, not {self.select!r}")
         if self.metric not in METRICS:
             raise PromptclimbError(f"metric must be one of {', '.join(METRICS)}, not {self.metric!r}")
-        for name in ("restarts", "resets", "iterations", "proposals"):
+        for name in ("restarts", "resets", "iterations", "proposals", "parallel"):
             if getattr(self, name) < 1:
                 raise PromptclimbError(f"{name} must be at least 1")
+        if self.parallel > 1 and (self.max_calls is not None or self.max_tokens is not None):
+            raise PromptclimbError("parallel restarts cannot share a budget cap (which restart gets the last "
+                                   "calls would depend on timing): drop --parallel or --max-calls/--max-tokens")
         for name in ("spare", "top_k", "bottom_k", "pool_sample", "ensemble_k", "max_answer_tokens"):
             if getattr(self, name) < 0:
                 raise PromptclimbError(f"{name} must not be negative")
@@ -89,7 +98,7 @@ class Scored:
     origin: str  # "pool" | "llm"
     accuracy: dict[str, float]
     loss: dict[str, float]
-    order: int  # position in scoring order (the last tie-breaker: earlier wins)
+    order: tuple[int, int]  # (restart, position on its board): the last tie-breaker, earlier wins
     prob: dict[str, float] = field(default_factory=dict)  # mean probability of the true class
 
     def to_dict(self) -> dict:
@@ -133,6 +142,58 @@ def shown(scored: Sequence[Scored], splits: Sequence[str], metric: str) -> list[
     return [{"template": s.template, "accuracy": value(s, splits, metric)} for s in scored]
 
 
+class LaneStopped(Exception):
+    """Another lane failed or the run was interrupted: this lane takes no further turn."""
+
+
+class Turns:
+    """Restarts running in parallel lanes (threads) take turns at what they share: the
+    evaluator, the run's score table and its history. Only the LLM calls happen outside a
+    turn, so they overlap. Turns go round the lanes in a fixed order (lane 0, 1, ..., K-1,
+    0, ...; a lane that is done drops out), so a parallel run writes the same history every
+    time, and a killed one resumes by replaying it."""
+
+    def __init__(self, lanes: int):
+        self._cond = threading.Condition()
+        self._taken = {lane: 0 for lane in range(lanes)}  # turns taken, per lane still running
+        self._busy = False
+        self.failure: BaseException | None = None
+
+    @contextmanager
+    def turn(self, lane: int):
+        with self._cond:
+            self._cond.wait_for(lambda: self.failure is not None or self._next() == lane)
+            if self.failure is not None:
+                raise LaneStopped()
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._taken[lane] += 1
+                self._busy = False
+                self._cond.notify_all()
+
+    def _next(self) -> int:
+        return min(self._taken, key=lambda lane: (self._taken[lane], lane))
+
+    def leave(self, lane: int) -> None:
+        with self._cond:
+            self._taken.pop(lane, None)
+            self._cond.notify_all()
+
+    def fail(self, exc: BaseException) -> None:
+        """Stop every lane at its next turn; the first failure is the one reported."""
+        with self._cond:
+            self.failure = self.failure or exc
+            self._cond.notify_all()
+
+    def wait_idle(self) -> None:
+        """Until no lane is inside a turn (so the history is not written to any more)."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._busy)
+
+
 class HillClimber:
     """One search over one evaluator, recorded in one run store. `run()` is the entry point."""
 
@@ -156,8 +217,9 @@ class HillClimber:
         self.splits = SELECTIONS[self.config.select]
         self.metric_name = metric_label(self.config.metric, self.splits)
         self.asked = self.config.proposals + self.config.spare  # templates asked for per turn
-        self.scores: dict[str, Scored] = {}  # every template scored in the run
-        self.seen: set[str] = set()  # their normalised forms (duplicate check)
+        # Every template scored in the run, as it first appears (lowest restart, then position).
+        self.scores: dict[str, Scored] = {}
+        self.turns = Turns(1)
         self.calls = 0
         self.timings = {"scoring_s": 0.0, "llm_s": 0.0}
         # On resume: what the history already knows is read back, never recomputed.
@@ -172,36 +234,78 @@ class HillClimber:
         self.store.append("run_start", run_id=self.store.run_dir.name)
         stopped = "completed"
         try:
-            for restart in range(cfg.restarts):
-                board = self.start_restart(restart)
-                for reset in range(cfg.resets):
-                    self.store.append("reset", restart=restart, reset=reset)
-                    messages = [
-                        {"role": "system", "content": self.meta.system(self.evaluator.task, self.asked)},
-                        {"role": "user", "content": self.first_turn(board)},
-                    ]
-                    sent = 0  # messages already recorded in this conversation's history
-                    for iteration in range(1, cfg.iterations + 1):
-                        answer = self.ask(messages, sent, restart, reset, iteration)
-                        sent = len(messages)
-                        messages.append({"role": "assistant", "content": answer.content})
-                        best_before = self.ranked(board)[0]
-                        new, rejected = self.take_proposals(answer.content, board, restart, reset, iteration)
-                        self.report(restart, reset, iteration, new, rejected, board)
-                        messages.append({"role": "user", "content": self.feedback_turn(board, best_before, new, rejected)})
-                        self.store.write_prompts_csv()
+            self.run_restarts()
         except BudgetExhausted as exc:
             stopped = f"budget: {exc}"
             self.store.append("stop", reason=stopped)
             self.echo(f"stopping early: {exc}")
         return self.finish(stopped, started)
 
+    def run_restarts(self) -> None:
+        """Every restart: one after another, or with `parallel` K in K lanes (threads; lane l
+        runs restarts l, l+K, ...) that take turns at the evaluator and the history."""
+        lanes = min(self.config.parallel, self.config.restarts)
+        self.turns = Turns(lanes)
+        if lanes == 1:
+            for restart in range(self.config.restarts):
+                self.run_restart(restart, lane=0)
+            return
+        threads = [threading.Thread(target=self.run_lane, args=(lane, lanes), name=f"restart-lane-{lane}", daemon=True)
+                   for lane in range(lanes)]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.1)  # short waits: Ctrl-C and SIGTERM still reach this thread
+        except BaseException as exc:
+            self.turns.fail(exc)
+            self.turns.wait_idle()  # a lane inside its turn finishes writing its step
+            raise
+        if self.turns.failure is not None:
+            raise self.turns.failure
+
+    def run_lane(self, lane: int, lanes: int) -> None:
+        try:
+            for restart in range(lane, self.config.restarts, lanes):
+                self.run_restart(restart, lane)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
+            self.turns.fail(exc)
+        finally:
+            self.turns.leave(lane)
+
+    def run_restart(self, restart: int, lane: int) -> None:
+        """One restart: a pool sample, then `resets` conversations of `iterations` LLM turns.
+        Everything but the LLM call happens inside a turn of its lane."""
+        cfg = self.config
+        with self.turns.turn(lane):
+            board = self.start_restart(restart)
+        for reset in range(cfg.resets):
+            with self.turns.turn(lane):
+                self.store.append("reset", restart=restart, reset=reset)
+                messages = [
+                    {"role": "system", "content": self.meta.system(self.evaluator.task, self.asked)},
+                    {"role": "user", "content": self.first_turn(board)},
+                ]
+            sent = 0  # messages already recorded in this conversation's history
+            for iteration in range(1, cfg.iterations + 1):
+                answer = self.ask(messages, restart, reset, iteration)
+                with self.turns.turn(lane):
+                    self.record_exchange(answer, messages, sent, restart, reset, iteration)
+                    sent = len(messages)
+                    messages.append({"role": "assistant", "content": answer.content})
+                    best_before = self.ranked(board)[0]
+                    new, rejected = self.take_proposals(answer.content, board, restart, reset, iteration)
+                    self.print_progress(restart, reset, iteration, new, rejected)
+                    messages.append({"role": "user", "content": self.feedback_turn(board, best_before, new, rejected)})
+                    self.store.write_prompts_csv()
+
     def start_restart(self, restart: int) -> list[Scored]:
-        """A fresh pool sample, scored (templates scored before are not scored again)."""
+        """A fresh pool sample, scored: the restart's own board."""
         sample = sample_pool(self.pool, self.config.pool_sample, self.config.seed, restart)
         self.store.append("restart", restart=restart, pool=[p.template for p in sample])
-        self.score_batch([(p.template, p.source) for p in sample], "pool", restart=restart, reset=None, iteration=0)
-        board = [self.scores[p.template] for p in sample]
+        board: list[Scored] = []
+        self.score_batch([(p.template, p.source) for p in sample], "pool", board, restart, reset=None, iteration=0)
         best = self.ranked(board)[0]
         self.echo(
             f"restart {restart + 1}/{self.config.restarts}: {len(board)} pool templates, "
@@ -239,73 +343,102 @@ class HillClimber:
         return value(s, self.splits, self.config.metric)
 
     # -- one LLM turn ----------------------------------------------------------------------
-    def ask(self, messages: list[dict], sent: int, restart: int, reset: int, iteration: int) -> Answer:
+    def ask(self, messages: list[dict], restart: int, reset: int, iteration: int) -> Answer:
+        """The LLM's answer (the one step that parallel restarts take at the same time)."""
         seed = call_seed(self.config.seed, restart, reset, iteration)
-        answer = self.llm.chat(
+        return self.llm.chat(
             messages, temperature=self.config.temperature, seed=seed, max_answer_tokens=self.config.max_answer_tokens
         )
+
+    def record_exchange(self, answer: Answer, messages: list[dict], sent: int, restart: int, reset: int,
+                        iteration: int) -> None:
         self.timings["llm_s"] += answer.latency_s
         self.store.append(
             "llm_exchange",
             restart=restart, reset=reset, iteration=iteration, call=self.calls,
-            model=self.llm.model, seed=seed, temperature=self.config.temperature, request_key=answer.key,
+            model=self.llm.model, seed=call_seed(self.config.seed, restart, reset, iteration),
+            temperature=self.config.temperature, request_key=answer.key,
             messages=messages[sent:], n_messages=len(messages), answer=answer.content,
             usage={"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens},
             latency_s=round(answer.latency_s, 3), cached=answer.cached, source=answer.source,
+            **({"answer_truncated": {"kept_chars": len(answer.content), "received_chars": answer.truncated_from}}
+               if answer.truncated_from else {}),
         )
         self.calls += 1
-        return answer
 
     def take_proposals(self, text: str, board: list[Scored], restart: int, reset: int, iteration: int):
         """Parse, reject with reasons, score the first `proposals` valid new templates (the
-        spare ones asked for only stand in for repeats); they join the board."""
+        spare ones asked for only stand in for repeats: of templates on this restart's
+        board); they join the board."""
         call = self.calls - 1
-        parsed = parse_proposals(text, self.seen)
+        classnames = self.evaluator.task.classnames if self.config.unfill else ()
+        parsed = parse_proposals(text, {normalise(s.template) for s in board}, classnames=classnames)
         parsed.templates = parsed.templates[: self.config.proposals]
+        # Why nothing could be scored, for the console (`report`); rejections say it themselves.
+        self.nothing_to_score = ("the answer was empty" if not text.strip() else "no line had a {} placeholder"
+                                 if not parsed.templates and not parsed.rejected else None)
         rejected = []
         for r in parsed.rejected:
             self.store.append("reject", restart=restart, reset=reset, iteration=iteration, call=call,
                               template=r.line, reason=r.reason)
-            rejected.append({"line": r.line, "reason": r.reason})
-        self.score_batch([(t, "llm") for t in parsed.templates], "llm", restart, reset, iteration, call=call)
-        new = [self.scores[t] for t in parsed.templates]
-        board.extend(new)
+            rejected.append({"line": r.line, "reason": r.reason, "duplicate": r.reason == DUPLICATE})
+        unfilled = set(parsed.unfilled)  # written for one class: its name turned back into {}
+        new = self.score_batch([(t, "llm-unfilled" if t in unfilled else "llm") for t in parsed.templates], "llm",
+                               board, restart, reset, iteration, call=call)
         return new, rejected
 
     # -- scoring ---------------------------------------------------------------------------
-    def score_batch(self, items: list[tuple[str, str]], origin: str, restart: int, reset: int | None,
-                    iteration: int, call: int | None = None) -> None:
-        """Score the templates not scored yet (one evaluator batch) and record them."""
-        items = [(t, src) for t, src in items if t not in self.scores]
-        todo = [t for t, _ in items if t not in self.stored_scores]
+    def score_batch(self, items: list[tuple[str, str]], origin: str, board: list[Scored], restart: int,
+                    reset: int | None, iteration: int, call: int | None = None) -> list[Scored]:
+        """Put templates on a restart's board, scored; returns those added. The evaluator
+        scores, in one batch, only what the run has not scored yet (nor its history, when
+        resumed). Each template is recorded once in the history, under the first restart (in
+        turn order) to score it; another restart takes its score from the run's table. The
+        table keeps a template's first appearance, (lowest restart, position), which breaks
+        the final ranking's last ties, so parallel and sequential restarts rank alike."""
+        on_board = {s.template for s in board}
+        items = [(t, src) for t, src in items if t not in on_board]
+        todo = [t for t, _ in items if t not in self.scores and t not in self.stored_scores]
         fresh: dict[str, Score] = {}
         if todo:
             started = time.perf_counter()
             fresh = dict(zip(todo, self.evaluator.score(todo, splits=SCORED_SPLITS)))
             self.timings["scoring_s"] += time.perf_counter() - started
+        added = []
         for template, source in items:
-            score = fresh.get(template)
-            if score is None:  # read back from the history of the run being resumed
-                stored = self.stored_scores[template]
-                score = Score(accuracy=stored["accuracy"], loss=stored.get("loss", {}), prob=stored.get("prob", {}))
-            fields = dict(restart=restart, reset=reset, iteration=iteration, template=template, origin=origin,
-                          source=source, accuracy=as_floats(score.accuracy), loss=as_floats(score.loss),
-                          prob=as_floats(score.prob))
-            if call is not None:
-                fields["call"] = call
-            event = self.store.append("score", **fields)
-            self.scores[template] = Scored(template, origin, dict(event["accuracy"]), dict(event.get("loss", {})),
-                                           order=len(self.scores), prob=dict(event.get("prob", {})))
-            self.seen.add(normalise(template))
+            first = self.scores.get(template)
+            if first is None:
+                score = fresh.get(template)
+                if score is None:  # read back from the history of the run being resumed
+                    stored = self.stored_scores[template]
+                    score = Score(accuracy=stored["accuracy"], loss=stored.get("loss", {}), prob=stored.get("prob", {}))
+                fields = dict(restart=restart, reset=reset, iteration=iteration, template=template, origin=origin,
+                              source=source, accuracy=as_floats(score.accuracy), loss=as_floats(score.loss),
+                              prob=as_floats(score.prob))
+                if call is not None:
+                    fields["call"] = call
+                event = self.store.append("score", **fields)
+                values = (event["accuracy"], event.get("loss", {}), event.get("prob", {}))
+            else:
+                values = (first.accuracy, first.loss, first.prob)
+            scored = Scored(template, origin, dict(values[0]), dict(values[1]), order=(restart, len(board)),
+                            prob=dict(values[2]))
+            board.append(scored)
+            added.append(scored)
+            if first is None or scored.order < first.order:
+                self.scores[template] = scored
+        return added
 
     # -- console ---------------------------------------------------------------------------
-    def report(self, restart, reset, iteration, new: list[Scored], rejected: list[dict], board) -> None:
+    def print_progress(self, restart, reset, iteration, new: list[Scored], rejected: list[dict]) -> None:
+        """The console line of one LLM turn (then its new templates and a few rejections)."""
         cfg = self.config
         best = self.ranked(self.scores.values())[0]
         self.echo(
             f"[restart {restart + 1}/{cfg.restarts} reset {reset + 1}/{cfg.resets} "
-            f"iteration {iteration}/{cfg.iterations}] {len(new)} new, {len(rejected)} rejected | "
-            f"best {self.value(best):.1%}  {best.template}"
+            f"iteration {iteration}/{cfg.iterations}] {len(new)} new, {len(rejected)} rejected"
+            + (f" ({self.nothing_to_score})" if getattr(self, "nothing_to_score", None) else "")
+            + f" | best {self.value(best):.1%}  {best.template}"
         )
         for s in self.ranked(new):
             self.echo(f"    {self.value(s):6.1%}  {s.template}")
@@ -382,7 +515,7 @@ class HillClimber:
             "top": final["top"],
             "counts": {
                 "scored": sum(e["event"] == "score" for e in events),
-                "scored_from_llm": sum(e["event"] == "score" and e["origin"] == "llm" for e in events),
+                "scored_from_llm": sum(s.origin == "llm" for s in self.scores.values()),  # as first proposed
                 "rejected": sum(e["event"] == "reject" for e in events),
                 "llm_answers": len(exchanges),
             },

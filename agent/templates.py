@@ -11,6 +11,7 @@ from __future__ import annotations
 import string
 
 MAX_TEMPLATE_CHARS = 200
+BASELINE = "a photo of a {}."  # the template every CLIP paper starts from: the reference in tables and plots
 
 
 class TemplateError(ValueError):

@@ -11,11 +11,15 @@ ordinary search (a run folder under --runs-dir, readable with `promptclimb show`
                     search ranks (the default metric on train)
     full            the default search
     best-only       the same, shown only the best templates (bottom_k = 0; the paper's ablation)
-    no-scores       the same number of LLM answers, the LLM never shown a score
-                    (prompts/ablations/no-scores); its proposals ranked the same way
-    full-accuracy   full, ranked by and shown accuracy only (the search before --metric)
+    no-scores       the same number of LLM answers, the LLM shown the same templates without
+                    scores or order (prompts/ablations/no-scores); its proposals ranked the same way
+    today           the search before this bench's changes: ranked by and shown accuracy, no
+                    spare templates, filled-in lines dropped, repeats listed back
+                    (prompts/ablations/list-repeats)
+    full-blend      full, ranked by and shown the mean of accuracy and true-class probability
     full-prob       full, ranked by and shown the true-class probability
     full-spare0     full, asking for exactly --proposals templates per turn (before --spare)
+    full-no-unfill  full, dropping lines that name a class instead of {} (before unfill)
 
 Reported per variant, over seeds: test accuracy of the best template (mean, sd), the paired
 gain over pool-only (mean, sd, seeds improved), val accuracy (what choices are made on:
@@ -37,7 +41,8 @@ from pathlib import Path
 from promptclimb.agent.llm import LLMClient
 from promptclimb.agent.metaprompt import MetaPrompt
 from promptclimb.agent.pools import load_pool
-from promptclimb.agent.runstore import RunStore, read_history
+from promptclimb.agent.reading import read_history
+from promptclimb.agent.runstore import RunStore
 from promptclimb.agent.search import HillClimber, SearchConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,9 +51,11 @@ SEARCHES = {  # variant -> (change to the default SearchConfig, meta-prompt fold
     "full": ({}, None),
     "best-only": ({"bottom_k": 0}, None),
     "no-scores": ({}, NO_SCORES),
-    "full-accuracy": ({"metric": "accuracy"}, None),
+    "today": ({"metric": "accuracy", "spare": 0, "unfill": False}, ROOT / "prompts" / "ablations" / "list-repeats"),
+    "full-blend": ({"metric": "blend"}, None),
     "full-prob": ({"metric": "prob"}, None),
     "full-spare0": ({"spare": 0}, None),
+    "full-no-unfill": ({"unfill": False}, None),
 }
 VARIANTS = ("pool-only", *SEARCHES)
 

@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.files import write_atomic
 
 FORMAT_VERSION = 1
 
@@ -300,9 +301,7 @@ def save_adapter(path: str | Path, module: AdapterModule, templates: list[str], 
         "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
         **(extra or {}),
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: torch.save(payload, tmp))
     return path.stat().st_size
 
 
@@ -313,7 +312,9 @@ def read_adapter(path: str | Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged or foreign file: say which, not a pickle traceback
-        raise PromptclimbError(f"{path} is not a readable adapter file ({type(exc).__name__}: {exc})") from None
+        # (torch.load's own text on such files is long and about weights_only, not the file)
+        raise PromptclimbError(f"{path} is not a readable adapter file (damaged, or not written by "
+                               f"`promptclimb adapt`: {type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
         raise PromptclimbError(f"{path}: not a promptclimb adapter file (format v{FORMAT_VERSION})")
     return payload

@@ -29,11 +29,13 @@ import difflib
 import hashlib
 import importlib
 import json
+import logging
 import os
+import pickle
 import socket
 import threading
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -44,11 +46,14 @@ import torch
 import torch.nn.functional as F
 
 from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.files import write_json_atomic
 from promptclimb.agent.paths import cache_dir
 
 # name -> "module:factory"; factory(device) -> (model, preprocess, tokenizer), open_clip semantics.
 PROJECT_BACKBONES: dict[str, str] = {
     "demo": "promptclimb.evaluators.demo.model:build_demo_backbone",
+    # all-mpnet-base-v2 text tower (768-d): needs the optional extra, pip install 'promptclimb[mpnet]'
+    "demo-mpnet": "promptclimb.evaluators.demo.model:build_demo_mpnet_backbone",
 }
 
 MODEL_CONFIGS_ENV = "PROMPTCLIMB_MODEL_CONFIGS"
@@ -218,13 +223,26 @@ def encode_text_truncated(model, tokens: torch.Tensor) -> torch.Tensor:
     `supports_truncation(model)`: the causal mask means positions after the pooled one
     never influence it.
     """
-    tower, pool_type, _ = _text_tower(model)
-    pooled_at = _pool_index(model, tokens)
+    length = int(_pool_index(model, tokens).max()) + 1
+    return encode_token_embeddings(model, token_embedding(model)(tokens[:, :length]), tokens)
+
+
+def token_embedding(model) -> torch.nn.Embedding:
+    """The token-embedding table of a causal open_clip text tower (`supports_truncation`)."""
+    return _text_tower(model)[0].token_embedding
+
+
+def encode_token_embeddings(model, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's text forward from token embeddings x [B, L, width] instead of looking
+    them up for `tokens` [B, L] (which still say where each row is pooled), cut to the
+    longest pooled position + 1 as `encode_text_truncated`. With x = token_embedding(tokens)
+    it is `encode_text_truncated`; soft prompts (evaluators/softprompt.py) put learned
+    vectors in some of x's positions."""
+    tower, _, _ = _text_tower(model)
+    pooled_at = _pool_index(model, tokens.cpu())
     length = int(pooled_at.max()) + 1
-    tokens = tokens[:, :length]
     cast_dtype = tower.transformer.get_cast_dtype()
-    x = tower.token_embedding(tokens).to(cast_dtype)
-    x = x + tower.positional_embedding[:length].to(cast_dtype)
+    x = x[:, :length].to(cast_dtype) + tower.positional_embedding[:length].to(cast_dtype)
     x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
     x = tower.ln_final(x)
     x = x[torch.arange(x.shape[0], device=x.device), pooled_at.to(x.device)]
@@ -470,14 +488,8 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     memo[key] = h.hexdigest()
-    _atomic_write_text(memo_file, json.dumps(memo, indent=0))
+    write_json_atomic(memo_file, memo, indent=0)
     return memo[key]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _known_model(name: str) -> None:
@@ -507,10 +519,12 @@ def _load_open_clip(name, pretrained, weights, device) -> Backbone:
         path = Path(weights).expanduser()
         if not path.is_file():
             raise PromptclimbError(f"weights file {path} does not exist")
+        if path.stat().st_size == 0:
+            raise PromptclimbError(f"weights file {path} is empty")
         digest = file_sha256(path)
         identity = f"{name}:sha256={digest[:16]}:size={path.stat().st_size}"
         details.update(weights=str(path.resolve()), weights_sha256=digest)
-        pretrained_arg = str(path)
+        pretrained_arg = None  # loaded below by _load_weights_file, held once
     elif pretrained:
         pretrained_arg, extra = _resolve_pretrained(name, pretrained)
         kwargs.update(extra)
@@ -523,8 +537,11 @@ def _load_open_clip(name, pretrained, weights, device) -> Backbone:
         warnings.warn(f"backbone {name} has random weights (no --pretrained tag, no --weights file): its accuracies "
                       f"mean nothing; pass e.g. --pretrained openai or --weights FILE", stacklevel=2)
     try:
-        model = open_clip.create_model(name, pretrained=pretrained_arg, **kwargs)
-    except RuntimeError as exc:  # state-dict mismatches, bad files
+        if weights:
+            model = _load_weights_file(name, path, kwargs)
+        else:
+            model = open_clip.create_model(name, pretrained=pretrained_arg, **kwargs)
+    except RuntimeError as exc:  # state-dict mismatches
         what = f"weights file {weights}" if weights else f"pretrained {pretrained!r}"
         raise PromptclimbError(f"could not load {what} into architecture {name!r}: {_first_line(exc)}") from exc
     except (OSError, ValueError) as exc:
@@ -542,6 +559,76 @@ def _load_open_clip(name, pretrained, weights, device) -> Backbone:
     return Backbone(name=name, identity=identity, device=device, model=model, preprocess=preprocess,
                     tokenizer=tokenizer, truncate=supports_truncation(model),
                     shared_prefix=supports_shared_prefix(model), details=details)
+
+
+def _load_weights_file(name: str, path: Path, kwargs: dict):
+    """open_clip architecture `name` holding the weights of the file `path`, which is held
+    in memory once while loading.
+
+    open_clip's `create_model(pretrained=FILE)` builds the model with random weights and then
+    copies the file's tensors into it, so both are in memory at once (a 605 MB ViT-B-32 file
+    peaked at 2.0 GB). Here the model is built with its parameters on the meta device (no
+    memory, no random init; buffers such as the causal mask are built for real), and
+    open_clip's own checkpoint loader (file formats, key conversions, position-embedding
+    resizes) hands the file's tensors over as the parameters (`assign=True`)."""
+    import open_clip
+
+    quiet = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # open_clip would log "No pretrained weights loaded ... randomly"
+    try:
+        with _parameters_on_meta():
+            model = open_clip.create_model(name, pretrained=None, **{**kwargs, "device": None})
+    finally:
+        logging.disable(quiet)
+
+    def assign(state_dict, strict: bool = True):
+        own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+        for key, tensor in state_dict.items():  # keep the model's dtypes (a file may hold fp16)
+            if key in own and tensor.is_floating_point() and tensor.dtype != own[key].dtype:
+                state_dict[key] = tensor.to(own[key].dtype)
+        return torch.nn.Module.load_state_dict(model, state_dict, strict=strict, assign=True)
+
+    model.load_state_dict = assign  # what open_clip.load_checkpoint calls, for this model only
+    try:
+        open_clip.load_checkpoint(model, str(path))
+    except RuntimeError as exc:
+        if "state_dict" in str(exc):
+            raise  # the file's tensors do not fit this architecture: said by the caller
+        raise PromptclimbError(_unreadable_weights(path, exc)) from None
+    except Exception as exc:  # noqa: BLE001 - torch.load's failures on a non-checkpoint file have no common type
+        raise PromptclimbError(_unreadable_weights(path, exc)) from None
+    finally:
+        del model.load_state_dict
+    missing = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if missing:
+        raise PromptclimbError(f"weights file {path} has no values for {', '.join(missing[:5])} "
+                               f"of architecture {name!r}")
+    return model.to(kwargs["device"])
+
+
+def _unreadable_weights(path: Path, exc: BaseException) -> str:
+    # torch.load's own messages on such files are long and mostly about weights_only.
+    reason = "" if isinstance(exc, (EOFError, pickle.UnpicklingError)) else f": {_first_line(exc)}"
+    return (f"weights file {path} cannot be read as PyTorch (.pt, .bin) or safetensors weights{reason}; "
+            "pass a state dict saved with torch.save or safetensors")
+
+
+@contextmanager
+def _parameters_on_meta():
+    """Inside, every module's parameters are created on the meta device (shape and dtype, no
+    memory) and its buffers for real: the recipe of accelerate's init_empty_weights."""
+    register = torch.nn.Module.register_parameter
+
+    def on_meta(module, name, param):
+        register(module, name, param)
+        if param is not None:
+            module._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    torch.nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register
 
 
 def _first_line(exc: BaseException) -> str:

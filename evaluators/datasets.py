@@ -95,6 +95,17 @@ def ids_digest(items: Labelled) -> str:
     return h.hexdigest()[:16]
 
 
+def files_digest(root: Path, items: Labelled) -> str:
+    """A short hash of every image file's (id, label, size, modification time) under `root`:
+    part of a folder dataset's identity, which keys the feature cache, so that images
+    replaced in place under the same names get their features computed anew."""
+    h = hashlib.sha256()
+    for image_id, label in sorted(items):
+        stat = (root / image_id).stat()
+        h.update(f"{image_id}\x1f{label}\x1f{stat.st_size}\x1f{stat.st_mtime_ns}\x1e".encode())
+    return h.hexdigest()[:16]
+
+
 # ---------------------------------------------------------------- few-shot splits
 
 @dataclass
@@ -257,11 +268,11 @@ def load_imagefolder(data_root: str | None) -> Dataset:
         classes, by_class, unreadable = _scan_class_folders(root)
         splits = deterministic_split(by_class, tag=f"imagefolder:{root.name}")
     warn_unreadable(root, unreadable)
-    listing = ids_digest(sorted(i for items in splits.values() for i in items))
+    files = files_digest(root, [i for items in splits.values() for i in items])
     return Dataset(
         name="imagefolder", classnames=[readable_classname(c) for c in classes],
         description="photos", load_image=lambda image_id: open_image(root / image_id),
-        splits=splits, identity=f"{root}:{listing}",
+        splits=splits, identity=f"{root}:{files}",
     )
 
 
@@ -326,5 +337,5 @@ def load_coop_folder(data_root: str | None) -> Dataset:
     return Dataset(
         name="coop", classnames=classnames, description="photos",
         load_image=lambda image_id: open_image(image_root / image_id), splits=splits,
-        identity=f"{root}:{split_file.name}:{ids_digest(sorted(i for v in splits.values() for i in v))}",
+        identity=f"{root}:{split_file.name}:{files_digest(image_root, [i for v in splits.values() for i in v])}",
     )

@@ -5,7 +5,11 @@ Where the data comes from, in order:
    (a folder with the 10 class folders, as the official zip's `2750/`); if
    `split_zhou_EuroSAT.json` (CoOp's split, from Zhou et al.) is in DIR or next to the
    class folders, it defines train/val/test;
-2. otherwise the official archive is downloaded into the cache on first use.
+2. otherwise the official archive is downloaded into the cache on first use (the DFKI
+   original, else torchvision's mirror): with a progress bar, checked against its MD5,
+   unpacked beside the cache folder and renamed into place in one step, so a half-done
+   download never looks like data. Processes that need it at the same moment take turns
+   (a lock file): the first downloads, the others wait and then use its copy.
 
 Without CoOp's split file the split is our own, documented and deterministic: per class,
 the sorted file names are shuffled by a PCG64 seeded from sha256("split|eurosat|<class>")
@@ -14,14 +18,18 @@ and cut 50/20/30 into train/val/test (the same proportions as CoOp's 13,500/5,40
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
 import socket
+import sys
 import tempfile
 import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlparse
 
 from promptclimb.agent.errors import PromptclimbError
@@ -64,39 +72,79 @@ def find_image_folder(root: Path) -> Path | None:
 
 
 def download_archive(target: Path) -> None:
-    """Download and unpack the EuroSAT archive into `target` (atomic: a half-done download
-    never looks like data). Raises OSError (URLError, timeouts) when no source answers."""
-    errors = []
-    for url in ARCHIVE_URLS:
-        host = urlparse(url).hostname
+    """Download and unpack the EuroSAT archive into `target`, unless it is there already
+    (another process may have just put it there). Atomic: the archive is fetched and
+    unpacked in a temp folder beside `target` and renamed into place. Raises OSError
+    (URLError, timeouts, a wrong MD5) when no source gives the archive."""
+    with _download_lock(target):
+        if find_image_folder(target) is not None:
+            return  # another process downloaded it while this one waited
+        for stale in target.parent.glob(f".{target.name}-download-*"):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed download (we hold the lock)
+        errors = []
+        for url in ARCHIVE_URLS:
+            try:
+                _check_reachable(url)  # fail fast when offline
+                with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}-download-") as tmp:
+                    archive = Path(tmp) / "EuroSAT.zip"
+                    md5 = _fetch(url, archive)
+                    if md5 != ARCHIVE_MD5:
+                        errors.append(f"{url}: unexpected md5 {md5} (expected {ARCHIVE_MD5})")
+                        continue
+                    unpacked = Path(tmp) / "unpacked"
+                    with zipfile.ZipFile(archive) as z:
+                        z.extractall(unpacked)
+                    archive.unlink()
+                    os.replace(unpacked, target)
+                    return
+            except (OSError, zipfile.BadZipFile) as exc:
+                errors.append(f"{url}: {exc}")
+        raise OSError("; ".join(errors))
+
+
+def _check_reachable(url: str) -> None:
+    """A TCP connection to the URL's host, or an OSError within 3 s (no DNS, no route)."""
+    parts = urlparse(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    socket.create_connection((parts.hostname, port), timeout=3).close()
+
+
+@contextlib.contextmanager
+def _download_lock(target: Path) -> Iterator[None]:
+    """One downloader at a time per cache folder (flock; elsewhere, none)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "a+") as lock:
         try:
-            socket.create_connection((host, 443), timeout=3).close()  # fail fast when offline
-            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-                archive = Path(tmp) / "EuroSAT.zip"
-                _fetch(url, archive)
-                md5 = hashlib.md5(archive.read_bytes()).hexdigest()
-                if md5 != ARCHIVE_MD5:
-                    errors.append(f"{url}: unexpected md5 {md5}")
-                    continue
-                unpacked = Path(tmp) / "unpacked"
-                with zipfile.ZipFile(archive) as z:
-                    z.extractall(unpacked)
-                os.replace(unpacked, target)
-                return
-        except OSError as exc:
-            errors.append(f"{url}: {exc}")
-    raise OSError("; ".join(errors))
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; `find_image_folder` still catches a finished copy
+            yield
+            return
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            print(f"waiting for another promptclimb process that is downloading EuroSAT into {target} ...",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
-def _fetch(url: str, dest: Path) -> None:
+def _fetch(url: str, dest: Path) -> str:
+    """`url` into `dest`, with a progress bar on stderr; returns the MD5 of what came."""
     from tqdm import tqdm
 
+    digest = hashlib.md5()
+    print(f"downloading EuroSAT from {url}", file=sys.stderr, flush=True)
     with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(dest, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc="EuroSAT.zip") as bar:
+        with tqdm(total=total, unit="B", unit_scale=True, desc="EuroSAT.zip", file=sys.stderr) as bar:
             for block in iter(lambda: response.read(1 << 20), b""):
                 out.write(block)
+                digest.update(block)
                 bar.update(len(block))
+    return digest.hexdigest()
 
 
 def offline_message(looked: list[Path], cache_target: Path, reason: str) -> str:

@@ -3,13 +3,15 @@
 - Image features of a split: one safetensors file per (backbone identity, dataset name +
   identity, split name, hash of the split's (id, label) list), holding the L2-normalised
   float32 features, the labels, and which ids were kept (unreadable images are skipped).
+  A folder dataset's identity covers its files' sizes and modification times
+  (`datasets.files_digest`): images replaced in place are encoded anew.
 - Text features: per backbone identity, a folder of append-only shards (safetensors; the
   strings in the file's metadata). A process reads all shards once into a dict, so a
   lookup of thousands of strings is a dict lookup; new features are written as one new
   shard per batch, and shards are merged when there are many. Two processes writing at
   once write different shards, so nothing is lost.
 
-Every write goes to a temp file first and is moved into place with os.replace.
+Every write is atomic (agent/files.py: a temp file beside the target, renamed over it).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from promptclimb.agent.files import write_atomic
 from promptclimb.agent.paths import cache_dir
 
 MAX_SHARDS = 32  # merge text shards beyond this many
@@ -34,10 +37,8 @@ def _key(*parts) -> str:
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 class ImageFeatureCache:

@@ -6,10 +6,19 @@ injected faults, a request count. Used through the real `openai` client.
     FakeLLM(responder=lambda request: "...")                    # answer = f(request JSON)
     llm.faults.extend(["429", "500", "hang", "malformed", "empty", "nochoices"])  # next requests
 
+`models=["id", ...]` makes it list those ids at GET /v1/models (as llama.cpp or vLLM do;
+`promptclimb llm serve` lists its GGUF's hash there); by default that route answers 404,
+like a server without it. `model_requests` counts the GETs.
+
 Faults are consumed one per request, before the scripted answer. `"429"` sends
 `Retry-After: <retry_after>`; `"hang"` holds the request until the server stops (or
 `hang_s`), so a client timeout fires. `signal_at=k` sets `reached` when the k-th request
 (1-based) arrives and then holds it like a hang: a test can kill the client at that point.
+`latency_s=1.0` holds every answer that long (a slow remote LLM, for benchmarks of
+concurrency); `max_in_flight` is the most requests it was answering at once.
+`answer_together=3` holds answers until 3 requests wait for one (at most `hang_s`), then
+answers them together: concurrent clients are told apart from sequential ones by count,
+not by timing.
 """
 
 from __future__ import annotations
@@ -30,18 +39,29 @@ class FakeLLM:
         retry_after: str = "0",
         hang_s: float = 10.0,
         signal_at: int | None = None,
+        latency_s: float = 0.0,
+        models: list[str] | None = None,
+        answer_together: int = 1,
     ):
         self.script = list(script or ["a photo of a {}."])
         self.responder = responder
         self.retry_after = retry_after
         self.hang_s = hang_s
         self.signal_at = signal_at
+        self.models = models  # what GET /v1/models lists (None: the route does not exist)
+        self.model_requests = 0
+        self.latency_s = latency_s
+        self.answer_together = answer_together
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._arrived = self._released = 0  # requests held for `answer_together`
         self.faults: collections.deque[str] = collections.deque()
         self.requests: list[dict] = []  # every request body received (faulted ones too)
         self.headers: list[dict] = []
         self.reached = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._together = threading.Condition(self._lock)
         self._answered = 0
         self._server: ThreadingHTTPServer | None = None
 
@@ -57,6 +77,14 @@ class FakeLLM:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 fake._handle(self, body)
+
+            def do_GET(self):
+                with fake._lock:
+                    fake.model_requests += 1
+                if self.path.rstrip("/").endswith("/models") and fake.models is not None:
+                    return fake._send(self, 200, {"object": "list", "data": [
+                        {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in fake.models]})
+                fake._send(self, 404, {"error": {"message": f"no route {self.path}"}})
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
@@ -104,6 +132,19 @@ class FakeLLM:
         if fault == "nochoices":
             return self._send(handler, 200, {"id": "x", "object": "chat.completion", "choices": []})
         content = "" if fault == "empty" else self._answer(body)
+        if self.latency_s or self.answer_together > 1:
+            with self._together:
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                self._arrived += 1
+                ticket = self._arrived
+                if self._arrived % self.answer_together == 0:
+                    self._released = self._arrived
+                    self._together.notify_all()
+                self._together.wait_for(lambda: self._released >= ticket or self._stop.is_set(), timeout=self.hang_s)
+            self._stop.wait(self.latency_s)
+            with self._together:
+                self.in_flight -= 1
         self._send(handler, 200, {
             "id": f"chatcmpl-{number}",
             "object": "chat.completion",

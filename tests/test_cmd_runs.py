@@ -13,7 +13,7 @@ import pandas as pd
 from click.testing import CliRunner
 
 from promptclimb.agent.cli import cli
-from promptclimb.agent.cmd_runs import rank_correlation, transfer_name
+from promptclimb.agent.api import rank_correlation, transfer_name
 from fake_llm import FakeLLM
 from test_reading import make_run, responder
 
@@ -176,9 +176,11 @@ def test_transfer_with_the_real_clip_evaluator(tmp_path, tiny_clip_config, tiny_
     assert same.exit_code == 0, same.output
     assert "rank correlation (Spearman)" in same.output and f"saved {run_dir / 'transfer-pc-tiny-vit.csv'}" in same.output
     table = pd.read_csv(run_dir / "transfer-pc-tiny-vit.csv")
-    assert len(table) in (3, 4) and "a photo of a {}." in set(table["template"])
+    scored = set(json.loads(line)["template"] for line in (run_dir / "history.jsonl").read_text().splitlines()
+                 if json.loads(line)["event"] == "score")
+    assert set(table["template"]) == scored | {"a photo of a {}."}  # every template the run scored, + the baseline
     in_run = table.dropna(subset=["source_train"])
-    assert len(in_run) >= 3
+    assert len(in_run) == len(scored)
     assert (in_run["source_train"] - in_run["target_train"]).abs().max() < 1e-5  # same backbone, same split
 
     torch_threads.manual_seed(1)

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from promptclimb.agent.llm import BudgetExhausted, LLMClient, LLMError, ResponseCache, redact, request_key, strip_userinfo
+from promptclimb.agent.llm import (BudgetExhausted, LLMClient, LLMError, ResponseCache, cache_key, redact, request_key,
+                                   strip_userinfo)
 from fake_llm import FakeLLM
 
 KEY = "sk-test-VERYSECRET-0123456789"
@@ -95,8 +96,9 @@ def test_cache_hit_makes_no_request_and_no_cache_bypasses(fake, tmp_path):
 
 def test_damaged_cache_entry_is_ignored_and_replaced(fake, tmp_path):
     llm, _ = client(fake, tmp_path)
-    answer = llm.chat(HI, seed=1)
-    path = ResponseCache(tmp_path / "cache").path(answer.key)
+    llm.chat(HI, seed=1)
+    request = llm.build_request(HI, temperature=1.0, seed=1)
+    path = ResponseCache(tmp_path / "cache").path(cache_key(request, llm.origin()))
     for damage in (b"{not json", b"", json.dumps({"format": 1, "request": {}, "answer": {}}).encode()):
         path.write_bytes(damage)
         fresh, _ = client(fake, tmp_path)
@@ -145,3 +147,99 @@ def test_secrets_are_stripped_and_redacted():
     llm = LLMClient("m", base_url="http://u:pass1234@127.0.0.1:9/v1", api_key=KEY, use_cache=False)
     assert llm.describe() == {"model": "m", "base_url": "http://127.0.0.1:9/v1"}
     assert "pass1234" not in llm.redact("x pass1234 y") and KEY not in llm.redact(f"x {KEY}")
+
+
+# -- who answers: the cache key covers the endpoint and the served model (issue 12, item 1) ------
+
+def test_two_servers_behind_one_model_name_do_not_share_answers(tmp_path):
+    with FakeLLM(script=["from the first server {}"]) as first, FakeLLM(script=["from the second server {}"]) as second:
+        a = LLMClient("same-name", base_url=first.base_url, api_key=KEY, cache_dir=tmp_path / "cache")
+        b = LLMClient("same-name", base_url=second.base_url, api_key=KEY, cache_dir=tmp_path / "cache")
+        assert a.chat(HI).content == "from the first server {}"
+        answer = b.chat(HI)
+        assert second.count == 1 and answer.source == "llm" and answer.content == "from the second server {}"
+        # each server's own answer is cached for it: a rerun against either makes no request
+        again = LLMClient("same-name", base_url=first.base_url, api_key=KEY, cache_dir=tmp_path / "cache")
+        assert again.chat(HI).content == "from the first server {}" and first.count == 1
+
+
+def test_one_url_serving_another_model_gets_its_own_answers(tmp_path):
+    """The same URL and --llm name, the server restarted with another model behind it."""
+    with FakeLLM(script=["old model {}", "new model {}"], models=["org/model-a"]) as fake:
+        first = LLMClient("whatever", base_url=fake.base_url, api_key=KEY, cache_dir=tmp_path / "cache")
+        assert first.chat(HI).content == "old model {}"
+        fake.models = ["org/model-b"]
+        second = LLMClient("whatever", base_url=fake.base_url, api_key=KEY, cache_dir=tmp_path / "cache")
+        assert second.chat(HI).content == "new model {}" and fake.count == 2
+        assert second.origin() == {"endpoint": fake.base_url, "served_model": "org/model-b"}
+
+
+def test_models_route_is_asked_once_per_client_and_may_be_missing(tmp_path):
+    with FakeLLM(script=["x {}"]) as fake:  # no /v1/models: the requested name stands in
+        llm = LLMClient("m", base_url=fake.base_url, api_key=KEY, cache_dir=tmp_path / "cache")
+        for seed in range(3):
+            llm.chat(HI, seed=seed)
+        assert fake.model_requests == 1 and llm.served_model() == "m"
+        assert llm.origin() == {"endpoint": fake.base_url, "served_model": "m"}
+    with FakeLLM(script=["x {}"], models=["gpt-a", "gpt-b"]) as fake:  # several: the one asked for
+        assert LLMClient("gpt-b", base_url=fake.base_url, api_key=KEY).served_model() == "gpt-b"
+    with FakeLLM(script=["x {}"], models=["only-one"]) as fake:  # one: whatever name is asked
+        assert LLMClient("local", base_url=fake.base_url, api_key=KEY).served_model() == "only-one"
+
+
+def test_a_local_server_is_known_by_its_gguf_hash_not_its_port(tmp_path):
+    from promptclimb.agent.local_llm import local_model_id
+
+    same = local_model_id("qwen", "a" * 64)
+    other = local_model_id("qwen", "b" * 64)  # `llm serve --llm-model` with another GGUF, same name
+    with FakeLLM(script=["A {}"], models=[same]) as one, FakeLLM(script=["A again {}"], models=[same]) as two, \
+            FakeLLM(script=["B {}"], models=[other]) as three:
+        clients = [LLMClient("local", base_url=s.base_url, api_key=KEY, cache_dir=tmp_path / "cache")
+                   for s in (one, two, three)]
+        assert [c.chat(HI).content for c in clients] == ["A {}", "A {}", "B {}"]
+        assert (one.count, two.count, three.count) == (1, 0, 1)  # a restarted server on a new port: cached
+        assert clients[0].origin() == {"local_gguf_sha256": "a" * 64}
+
+
+def test_history_keys_are_unchanged_so_old_runs_resume():
+    """Run histories record `request_key` and a resume looks answers up by it: the formula
+    must not change (the disk cache has its own key, `cache_key`)."""
+    request = {"model": "m", "messages": HI, "temperature": 1.0, "seed": 0, "n": 1, "max_tokens": 400}
+    assert request_key(request) == "7e96e634ca3342fb266f8bfac976ea1a519571d95b5c5742f8a80c43d03f2ddb"
+
+
+# -- what is kept of an answer, and what a retry says (issue 12, item 7) -------------------------
+
+def test_a_runaway_answer_is_cut_before_it_is_kept(tmp_path):
+    huge = "a photo of a {}.\n" * 200_000  # 3.4 MB
+    with FakeLLM(script=[huge]) as fake:
+        said = []
+        llm = LLMClient("m", base_url=fake.base_url, api_key=KEY, cache_dir=tmp_path / "cache", echo=said.append)
+        answer = llm.chat(HI, max_answer_tokens=100)
+        assert len(answer.content) <= 800 and answer.truncated_from == len(huge)
+        assert said == [f"LLM answer of {len(huge):,} characters cut to its first {len(answer.content):,} "
+                        "(8 per token of the 100-token cap)"]
+        assert answer.content.endswith("a photo of a {}.")  # cut at a line break: no half line kept
+        assert sum(p.stat().st_size for p in (tmp_path / "cache").rglob("*.json")) < 5_000
+        cached = LLMClient("m", base_url=fake.base_url, api_key=KEY, cache_dir=tmp_path / "cache")
+        again = cached.chat(HI, max_answer_tokens=100)
+        assert again.source == "cache" and again.content == answer.content and again.truncated_from == len(huge)
+
+
+def test_an_answer_within_the_cap_is_kept_whole(fake, tmp_path):
+    llm, _ = client(fake, tmp_path)
+    answer = llm.chat(HI, max_answer_tokens=2)  # 16 characters: "a photo of a {}." is 16
+    assert answer.content == "a photo of a {}." and answer.truncated_from == 0
+
+
+def test_each_retry_is_announced_without_secrets(fake, tmp_path):
+    lines = []
+    llm, sleeps = client(fake, tmp_path, echo=lines.append)
+    fake.faults.extend(["500", "hang", "429"])
+    assert llm.chat(HI).content == "a photo of a {}."
+    assert len(lines) == 3 and len(sleeps) == 3
+    assert "HTTP 500" in lines[0] and "try 1 of 6" in lines[0] and "retrying in" in lines[0]
+    assert "no answer within 0.5s" in lines[1] and "try 2 of 6" in lines[1]
+    assert "HTTP 429 (rate limited)" in lines[2] and "retrying in 3.0s" in lines[2]
+    assert all("fake-model" in line and fake.base_url in line for line in lines)
+    assert not any(KEY in line or "VERYSECRET" in line for line in lines)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from promptclimb.agent import local_llm
+from promptclimb.agent import chunks, local_llm
 from promptclimb.agent.errors import PromptclimbError
 from promptclimb.agent.local_llm import ModelSpec, ensure_model, find_parts, local_server
 
@@ -84,8 +84,8 @@ def test_assembles_verifies_and_reuses_the_model(home, fake_site, monkeypatch):
     assert not any(m.startswith("fakemodel_part") for m in sys.modules)
 
     # The second call trusts the sidecar: no parts, no hashing.
-    monkeypatch.setattr(local_llm, "find_parts", lambda spec: pytest.fail("reassembled"))
-    monkeypatch.setattr(local_llm, "_sha256_of", lambda path: pytest.fail("re-hashed"))
+    monkeypatch.setattr(chunks, "find_parts", lambda spec: pytest.fail("reassembled"))
+    monkeypatch.setattr(chunks, "sha256_of", lambda path: pytest.fail("re-hashed"))
     assert ensure_model(spec=spec) == path
 
 
@@ -134,7 +134,7 @@ def test_parts_are_found_in_order(fake_site):
 def test_interrupted_assembly_leaves_no_file(home, fake_site, monkeypatch):
     install_fake_parts(fake_site, "fakemodel", CHUNKS)
     spec = make_spec("fakemodel", CHUNKS)
-    monkeypatch.setattr(local_llm, "_CHUNK", 1000)
+    monkeypatch.setattr(chunks, "_CHUNK", 1000)
     real_open = open
     reads = {"n": 0}
 
@@ -158,7 +158,7 @@ def test_interrupted_assembly_leaves_no_file(home, fake_site, monkeypatch):
         f = real_open(path, mode, *args, **kwargs)
         return Interrupting(f) if str(path).endswith(".bin") else f
 
-    monkeypatch.setattr(local_llm, "open", fake_open, raising=False)
+    monkeypatch.setattr(chunks, "open", fake_open, raising=False)
     with pytest.raises(KeyboardInterrupt):
         ensure_model(spec=spec)
     assert list((home / "models").iterdir()) == []
@@ -311,3 +311,50 @@ def test_server_command_uses_the_gguf_chat_template_and_local_host(tmp_path):
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
     assert cmd[cmd.index("--port") + 1] == "1234"
     assert "--chat_format" not in cmd
+
+
+# ---------------------------------------------------------------------------------------
+# The served model's identity: the server lists its GGUF's name and SHA-256 at /v1/models
+
+
+def test_model_hash_is_computed_once_per_file_version(home, tmp_path, monkeypatch):
+    gguf = tmp_path / "mine.gguf"
+    gguf.write_bytes(b"GGUF one")
+    hashed = []
+    real = local_llm.sha256_of
+    monkeypatch.setattr(local_llm, "sha256_of", lambda p: hashed.append(p) or real(p))
+    first = local_llm.model_sha256(gguf)
+    assert first == hashlib.sha256(b"GGUF one").hexdigest()
+    assert local_llm.model_sha256(gguf) == first and len(hashed) == 1  # remembered
+    gguf.write_bytes(b"GGUF two, longer")  # replaced under the same name
+    assert local_llm.model_sha256(gguf) == hashlib.sha256(b"GGUF two, longer").hexdigest() and len(hashed) == 2
+
+
+def test_the_embedded_model_hash_comes_from_its_sidecar(home, monkeypatch):
+    target = home / "models" / local_llm.DEFAULT_MODEL.filename
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"GGUF pretend")
+    (target.parent / (target.name + ".verified.json")).write_text(
+        json.dumps({"sha256": local_llm.DEFAULT_MODEL.sha256, "size": target.stat().st_size}))
+    monkeypatch.setattr(local_llm, "sha256_of", lambda p: pytest.fail("a verified model is not hashed again"))
+    assert local_llm.model_sha256(target) == local_llm.DEFAULT_MODEL.sha256
+
+
+def test_the_server_lists_the_gguf_name_and_hash(home, tmp_path, stand_in, monkeypatch):
+    gguf = tmp_path / "other-model.gguf"
+    gguf.write_bytes(b"GGUF other weights")
+    aliases = []
+
+    def recording_command(model, port, **kwargs):
+        aliases.append(kwargs["model_alias"])
+        return stand_in(port)
+
+    monkeypatch.setattr(local_llm, "_require_llama_cpp", lambda: None)
+    monkeypatch.setattr(local_llm, "server_command", recording_command)
+    with local_server(gguf, echo=lambda m: None, warmup=False):
+        pass
+    sha = hashlib.sha256(b"GGUF other weights").hexdigest()
+    assert aliases == [f"promptclimb-local/other-model@sha256:{sha}"]
+    assert local_llm.parse_local_model_id(aliases[0]) == ("other-model", sha)
+    assert local_llm.parse_local_model_id("other-model") is None
+    assert local_llm.parse_local_model_id("promptclimb-local/x@sha256:abc") is None

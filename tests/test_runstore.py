@@ -6,7 +6,8 @@ import multiprocessing
 import pytest
 
 from promptclimb.agent.errors import PromptclimbError
-from promptclimb.agent.runstore import HISTORY, RunLocked, RunMismatch, RunStore, read_history
+from promptclimb.agent.reading import read_history
+from promptclimb.agent.runstore import HISTORY, RunLocked, RunMismatch, RunStore
 
 
 def lines(run_dir):

@@ -252,11 +252,17 @@ def test_cli_search_prints_json_and_leaks_no_secret(tmp_path, monkeypatch):
         config = json.loads((run_dir / "config.json").read_text())
         assert config["llm"]["model"] == "gpt-4o-mini" and config["llm"]["base_url"] == fake.base_url
         assert config["search"]["iterations"] == 2 and config["evaluator"]["dataset"] == "toy"
-        # a second invocation resumes the finished run: same summary, no request
+        # a second invocation resumes the finished run: same summary, no request (the answers
+        # come back from the run's history: the LLM cache is gone)
         count = fake.count
+        cache_files = list((tmp_path / "home" / "llm").rglob("*.json"))
+        assert len(cache_files) == 2
+        for path in cache_files:
+            path.unlink()
         again = CliRunner().invoke(search_cmd, ["--resume", "cli", "--runs-dir", str(tmp_path / "runs"), "--json"],
                                    env=env)
-        assert again.exit_code == 0, again.output and fake.count == count
+        assert again.exit_code == 0, again.output
+        assert fake.count == count
         assert comparable(json.loads(again.stdout)) == comparable(summary)
         # no secret anywhere: run folder, LLM cache, console
         texts = [result.output, again.output]

@@ -132,3 +132,28 @@ def test_spare_asks_for_more_and_scores_only_the_first_new_ones(tmp_path):
     assert "exactly 5 new templates" in fake.requests[0]["messages"][0]["content"]
     scored = [e["template"] for e in history(run_dir) if e["event"] == "score" and e["origin"] == "llm"]
     assert scored == ["a {} one", "a {} two"]  # the repeat of a pool template did not cost a slot
+
+
+def test_repeats_are_counted_back_not_listed(tmp_path):
+    # a small model shown its repeated lines copies them again: the feedback only counts them
+    answer = "a photo of a {}.\na {{}} broken\na brand new {}"
+    with FakeLLM(script=[answer]) as fake:
+        climb(tmp_path, fake.base_url, resets=1, iterations=2)
+    feedback = fake.requests[1]["messages"][-1]["content"]
+    assert "1 of your lines repeated templates already scored" in feedback
+    assert "a photo of a {}." not in feedback.split("Current top templates:")[0]
+    assert "a {{}} broken" in feedback  # an invalid line is still listed, with its reason
+
+
+# -- unfill -----------------------------------------------------------------------------------
+def test_a_line_written_for_one_class_becomes_a_template(tmp_path):
+    # WordEvaluator's classes: T-shirt, trousers, bag
+    answer = "a studio photo of a t-shirt\na bag and trousers\na grayscale photo of a {}."
+    with FakeLLM(script=[answer]) as fake:
+        result, evaluator, run_dir = climb(tmp_path, fake.base_url, resets=1, iterations=1)
+    scored = {e["template"]: e["source"] for e in history(run_dir) if e["event"] == "score" and e["origin"] == "llm"}
+    assert scored == {"a studio photo of a {}": "llm-unfilled", "a grayscale photo of a {}.": "llm"}
+    with FakeLLM(script=[answer]) as fake:  # without unfill the filled-in line is lost
+        _, _, run_dir = climb(tmp_path, fake.base_url, name="off", resets=1, iterations=1, unfill=False)
+    assert [e["template"] for e in history(run_dir) if e["event"] == "score" and e["origin"] == "llm"] == [
+        "a grayscale photo of a {}."]

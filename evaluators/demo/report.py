@@ -1,5 +1,5 @@
-"""How much prompt wording matters on the demo backbone: zero-shot accuracies on the
-held-out test split of the shipped Fashion-MNIST subset.
+"""How much prompt wording matters on a demo backbone (`demo`, or `demo-mpnet` with
+--backbone): zero-shot accuracies on the held-out test split of the shipped Fashion-MNIST subset.
 
 Prints the accuracy of "a photo of a {}.", the best, worst and spread (best - worst) over the
 initial template pool a fashion-mnist search starts from (`agent.pools.load_pool`:
@@ -7,6 +7,7 @@ initial template pool a fashion-mnist search starts from (`agent.pools.load_pool
 templates), and a few deliberately poor templates that are not in the pool.
 
     HF_HUB_OFFLINE=1 python -m promptclimb.evaluators.demo.report            # --split train for the shot pool
+    HF_HUB_OFFLINE=1 python -m promptclimb.evaluators.demo.report --backbone demo-mpnet
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from promptclimb.agent.pools import load_pool
 from promptclimb.agent.templates import fill
 from promptclimb.evaluators.demo.fashion_mnist import load_fashion_mnist
-from promptclimb.evaluators.demo.model import WEIGHTS_FILE, DemoCLIP, build_preprocess, build_text_side, load_image_tower
+from promptclimb.evaluators.demo.model import TEXT_TOWERS, DemoCLIP, build_preprocess, build_text_side, load_image_tower
 
 REFERENCE = "a photo of a {}."
 # Wordings a user might well try that say little or the wrong thing about the images.
@@ -34,9 +35,10 @@ POOR_TEMPLATES = [
 ]
 
 
-def initial_pool() -> list[str]:
-    """The templates a fashion-mnist search starts from (general + fashion-mnist + OpenAI's 80)."""
-    return [entry.template for entry in load_pool("fashion-mnist")]
+def initial_pool(pool: str = "curated") -> list[str]:
+    """The templates a fashion-mnist search starts from (curated: general + fashion-mnist +
+    OpenAI's 80; captions: generic caption-style sentences)."""
+    return [entry.template for entry in load_pool("fashion-mnist", pool)]
 
 
 @torch.no_grad()
@@ -61,25 +63,28 @@ def template_accuracies(model, tokenizer, classnames, image_features, labels, te
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--split", default="test", choices=["train", "test"])
-    parser.add_argument("--weights", type=Path, default=WEIGHTS_FILE, help="image-tower weights to measure")
+    parser.add_argument("--backbone", choices=sorted(TEXT_TOWERS), default="demo")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="image-tower weights to measure [default: the backbone's shipped file]")
+    parser.add_argument("--pool", default="curated", help="the initial pool measured: curated or captions")
     parser.add_argument("--show", type=int, default=5, help="how many best and worst pool templates to list")
     args = parser.parse_args()
     torch.set_num_threads(2)
     started = time.time()
-    text_tower, tokenizer = build_text_side()
-    image_tower, logit_scale, _ = load_image_tower(args.weights)
+    text_tower, tokenizer = build_text_side(args.backbone)
+    image_tower, logit_scale, _ = load_image_tower(args.weights or TEXT_TOWERS[args.backbone].weights_file)
     model, preprocess = DemoCLIP(text_tower, image_tower, logit_scale).eval(), build_preprocess()
     dataset = load_fashion_mnist()
     features, labels = encode_split(model, preprocess, dataset, args.split)
-    pool = initial_pool()
+    pool = initial_pool(args.pool)
     accuracy = dict(zip(pool + [REFERENCE] + POOR_TEMPLATES,
                         template_accuracies(model, tokenizer, dataset.classnames, features, labels,
                                             pool + [REFERENCE] + POOR_TEMPLATES)))
     ranked = sorted(pool, key=accuracy.get, reverse=True)
     best, worst = accuracy[ranked[0]], accuracy[ranked[-1]]
-    print(f"demo backbone, fashion-mnist {args.split} split ({len(labels)} images, chance 10.0%)")
+    print(f"{args.backbone} backbone, fashion-mnist {args.split} split ({len(labels)} images, chance 10.0%)")
     print(f"{100 * accuracy[REFERENCE]:5.1f}%  {REFERENCE!r}")
-    print(f"initial pool: {len(pool)} templates, best {100 * best:.1f}%, worst {100 * worst:.1f}%, "
+    print(f"initial pool ({args.pool}): {len(pool)} templates, best {100 * best:.1f}%, worst {100 * worst:.1f}%, "
           f"spread {100 * (best - worst):.1f} points, median {100 * accuracy[ranked[len(ranked) // 2]]:.1f}%")
     print("best in pool:")
     for t in ranked[:args.show]:

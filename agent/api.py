@@ -1,0 +1,316 @@
+"""The Python API, re-exported by `import promptclimb`: `search`, `evaluate`, `load_run`,
+`transfer`. The commands are built on the same functions (`promptclimb search` and
+`search()` both run `agent.cmd_search.run_search`; `eval`, `transfer` and `show` call
+`score_templates`, `transfer` and `load_run` below), so a notebook and the command line
+produce the same run folders and the same numbers.
+
+Nothing heavy is imported here at import time: pandas, torch and click come in when a
+function is called.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.templates import BASELINE, template_problem
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from promptclimb.agent.protocol import Evaluator, Score
+    from promptclimb.agent.reading import Run
+
+SPLITS = ("train", "val", "test")
+# Keywords of `search()` that the command line has but a function call does not need.
+NOT_FOR_PYTHON = ("json",)
+
+
+# -- search ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SearchResult:
+    """What `search()` found. Everything else is in the run folder (`load()` reads it)."""
+
+    run_dir: Path
+    best: str  # the best template on the selection split
+    accuracy: dict[str, float]  # the best template's accuracy per split (test: measured once, at the end)
+    ensemble: list[str] | None  # the top-k ensemble, when it beat the best template alone on val
+    summary: dict = field(repr=False)  # summary.json
+
+    @property
+    def templates(self) -> list[str]:
+        """What to use: the ensemble when it was chosen, else the best template alone."""
+        return list(self.ensemble) if self.ensemble else [self.best]
+
+    def load(self) -> "Run":
+        """The whole run read back: `promptclimb.load_run(result.run_dir)`."""
+        return load_run(self.run_dir)
+
+
+def search(dataset: str | None = None, shots: int = 1, backbone: str | None = None, llm: str | None = None, *,
+           echo: Callable[[str], None] | None = print, **knobs) -> SearchResult:
+    """Search for the best prompt template, exactly as `promptclimb search` does.
+
+    The keywords are the command's long options with `_` for `-` (`--max-calls` is
+    `max_calls=`, `--llm` is `llm=`, `--ensemble` is `ensemble=`, `--adapter` takes a name or
+    a list); each is checked as on the command line, and one that is left out (or None)
+    takes the command's default (`promptclimb search --help` lists them all). Progress lines
+    go to `echo` (None: nowhere). `resume="RUN"` continues a killed run with its saved
+    settings. Raises PromptclimbError with a readable message for bad input.
+    """
+    from promptclimb.agent.cmd_search import run_search, search_cmd
+    from promptclimb.agent.reading import find_run
+
+    given = {"dataset": dataset, "shots": shots, "backbone": backbone, "llm": llm, **knobs}
+    opts = command_options(search_cmd, "search", given)
+    summary = run_search(opts, echo or (lambda message: None))
+    runs_dir = Path(opts["runs_dir"])
+    run_dir = find_run(opts["resume"], runs_dir) if opts["resume"] else runs_dir / summary["run_id"]
+    ensemble = summary.get("ensemble") or {}
+    return SearchResult(run_dir=Path(run_dir), best=summary["best"]["template"],
+                        accuracy=dict(summary["best"]["accuracy"]),
+                        ensemble=list(ensemble["templates"]) if ensemble.get("chosen") else None,
+                        summary=summary)
+
+
+def command_options(command, name: str, given: dict) -> dict:
+    """The values a click command's function would receive: its defaults, overridden by the
+    keywords given (long option names, `_` for `-`; None = the default), converted and
+    checked by click itself, so a function call accepts exactly what the command line does."""
+    import click
+
+    by_keyword = {max(p.opts, key=len).lstrip("-").replace("-", "_"): p
+                  for p in command.params if isinstance(p, click.Option)}
+    valid = sorted(k for k in by_keyword if k not in NOT_FOR_PYTHON)
+    unknown = sorted(k for k in given if k not in valid)
+    if unknown:
+        raise PromptclimbError(f"{name}() got unknown keyword(s) {', '.join(unknown)}; "
+                               f"the valid ones: {', '.join(valid)}")
+    defaults = {}
+    for keyword, value in given.items():
+        param = by_keyword[keyword]
+        if value is None:
+            continue
+        if param.multiple and isinstance(value, (str, Path)):
+            value = [value]
+        defaults[param.name] = value
+    try:
+        return command.make_context(name, [], default_map=defaults).params
+    except click.BadParameter as exc:
+        keyword = next((k for k, p in by_keyword.items() if p is exc.param), "?")
+        raise PromptclimbError(f"{name}({keyword}={given.get(keyword)!r}): {exc.message}") from None
+    except click.ClickException as exc:
+        raise PromptclimbError(f"{name}(): {exc.format_message()}") from None
+
+
+# -- scoring templates ----------------------------------------------------------------------
+def check_templates(templates: str | Sequence[str]) -> list[str]:
+    """The templates as a list, or PromptclimbError naming the first bad one and why."""
+    templates = [templates] if isinstance(templates, str) else list(templates)
+    if not templates:
+        raise PromptclimbError("no template given")
+    for t in templates:
+        problem = template_problem(t)
+        if problem:
+            raise PromptclimbError(f"{t!r}: {problem} (use exactly one {{}} for the class name)")
+    return templates
+
+
+def score_templates(templates: Sequence[str], *, dataset: str, shots: int, seed: int, backbone: str,
+                    pretrained: str | None = None, weights: str | None = None, data_root: str | None = None,
+                    device: str | None = None, splits: Sequence[str] = SPLITS) -> tuple[list["Score"], "Evaluator"]:
+    """The CLIP evaluator for (dataset, shots, seed, backbone) and each template's Score on
+    `splits`: what `evaluate()`, `transfer()` and `promptclimb eval` share. Imports torch."""
+    from promptclimb.evaluators import build_evaluator
+
+    templates = check_templates(templates)  # before the (slow) evaluator is built
+    evaluator = build_evaluator(dataset=dataset, shots=shots, seed=seed, backbone=backbone, pretrained=pretrained,
+                                weights=weights, data_root=data_root, device=device)
+    return evaluator.score(templates, splits=tuple(splits)), evaluator
+
+
+def scores_frame(templates: Sequence[str], scores: Sequence["Score"]) -> "pd.DataFrame":
+    """One row per template: accuracy per split (columns named by the split, as in
+    `Run.scores()`), then `<split>_prob` (mean probability of the true class) and
+    `<split>_loss` (mean cross-entropy)."""
+    import pandas as pd
+
+    rows = []
+    for template, score in zip(templates, scores):
+        row = {"template": template, **{s: float(v) for s, v in score.accuracy.items()}}
+        row |= {f"{s}_prob": float(v) for s, v in score.prob.items()}
+        row |= {f"{s}_loss": float(v) for s, v in score.loss.items()}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def evaluate(templates: str | Sequence[str], dataset: str = "fashion-mnist", shots: int = 1, seed: int = 0,
+             backbone: str | None = None, *, pretrained: str | None = None, weights: str | None = None,
+             data_root: str | None = None, device: str | None = None,
+             splits: Sequence[str] = SPLITS) -> "pd.DataFrame":
+    """Score templates on a few-shot split, as `promptclimb eval` does: a DataFrame with one
+    row per template and the accuracy (`train`, `val`, `test`), `<split>_prob` and
+    `<split>_loss` per split. The backbone defaults as in `promptclimb search` (the
+    embedded `demo` model for fashion-mnist, else OpenAI's ViT-B-32)."""
+    from promptclimb.agent.defaults import default_backbone
+
+    backbone, pretrained = default_backbone(dataset, backbone, pretrained, weights)
+    templates = check_templates(templates)
+    scores, _ = score_templates(templates, dataset=dataset, shots=shots, seed=seed, backbone=backbone,
+                                pretrained=pretrained, weights=weights, data_root=data_root, device=device,
+                                splits=splits)
+    return scores_frame(templates, scores)
+
+
+# -- reading a run --------------------------------------------------------------------------
+def load_run(path_or_id: str | Path, runs_dir: str | Path = "runs") -> "Run":
+    """A run folder read back, from its path, its id under `runs_dir` or a unique start of
+    one: `.scores()`, `.ranked()`, `.winners()`, `.iterations_frame()` and
+    `.conversation_frame()` are pandas frames; `.skipped` lists history lines that could not
+    be read (a damaged file still shows what it holds)."""
+    from promptclimb.agent.reading import find_run
+    from promptclimb.agent.reading import load_run as read_run
+
+    return read_run(find_run(str(path_or_id), runs_dir))
+
+
+# -- transfer -------------------------------------------------------------------------------
+def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None = None, weights: str | None = None,
+             top: int | None = None, data_root: str | None = None, device: str | None = None,
+             runs_dir: str | Path = "runs", save: bool = True) -> "pd.DataFrame":
+    """Re-score every template a run scored, plus the baseline "a photo of a {}.", on another
+    backbone with the run's dataset split (dataset, shots, seed; `data_root` to point at the
+    images elsewhere), as `promptclimb transfer` does: how well the run's ranking carries over.
+
+    A DataFrame, one row per template, best first as the run ranked them: `source_rank`,
+    `source_train/val/test` (from the run; test only for its best template),
+    `target_train/val/test`, and `target_rank` / `target_test_rank` among the run's
+    templates (on the run's selection split(s) / on test). `.attrs["transfer"]` is the
+    summary (`transfer_summary`): Spearman's rho of source vs target accuracies, where the
+    source winner ranks on the target, the baseline's and the run's ensemble's target test
+    accuracy; `.attrs["rank_correlation"]` its two rhos. With `save`, the run folder gets
+    transfer-<backbone>.csv (every row), .json (the summary) and .png (the scatter plot);
+    `.attrs["path"]` is the csv. `top`: the returned frame keeps only the best `top` rows
+    (and the baseline); the summary and the files always cover every template.
+    """
+    if top is not None and top < 1:
+        raise PromptclimbError("top must be at least 1")
+    loaded = run if not isinstance(run, (str, Path)) else load_run(run, runs_dir)
+    args = loaded.args
+    if not args.get("dataset"):
+        raise PromptclimbError(f"{loaded.path / 'config.json'} does not say which dataset the run used")
+    table = transfer_table(loaded)
+    scores, evaluator = score_templates(
+        list(table["template"]), dataset=args["dataset"], shots=args.get("shots", 1), seed=args.get("seed", 0),
+        backbone=backbone, pretrained=pretrained, weights=weights, data_root=data_root or args.get("data_root"),
+        device=device)
+    for split in SPLITS:
+        table[f"target_{split}"] = [float(s.accuracy[split]) for s in scores]
+    ours = table["source_rank"].notna()  # the baseline may be an extra row the run never scored
+    target_sel = table[[f"target_{s}" for s in loaded.select_splits]].mean(axis=1)
+    table["target_rank"] = target_sel.where(ours).rank(ascending=False, method="min")
+    table["target_test_rank"] = table["target_test"].where(ours).rank(ascending=False, method="min")
+    table["target_backbone"], table["target_pretrained"], table["target_weights"] = backbone, pretrained, weights
+    ensemble = ((loaded.final or {}).get("ensemble") or {}).get("templates")
+    ensemble_test = float(evaluator.score_ensemble(ensemble, splits=("test",)).accuracy["test"]) if ensemble else None
+    summary = transfer_summary(loaded, table, backbone, pretrained, weights, ensemble_test)
+    table.attrs["transfer"] = summary
+    table.attrs["rank_correlation"] = summary["rank_correlation"]
+    if save:
+        from promptclimb.agent.files import write_json_atomic, write_text_atomic
+        from promptclimb.agent.plots import plot_transfer
+
+        path = loaded.path / transfer_name(backbone)
+        write_text_atomic(path, table.to_csv(index=False, float_format="%.6g"))
+        write_json_atomic(loaded.path / transfer_name(backbone, "json"), summary)
+        plot_transfer(table, summary, loaded.path / transfer_name(backbone, "png"))
+        table.attrs["path"] = path
+    if top is not None:
+        table = table[(table["source_rank"] <= top) | (table["template"] == BASELINE)]
+    return table
+
+
+def transfer_table(run: "Run") -> "pd.DataFrame":
+    """Source accuracies (from the run) of every template it scored, best first, and the baseline."""
+    import pandas as pd
+
+    ranked = run.ranked()
+    if ranked.empty:
+        raise PromptclimbError(f"run {run.id} has no scored template to transfer")
+    ranked = ranked.drop_duplicates("template")
+    best = (run.final or {}).get("best") or {}
+    templates = list(ranked["template"])
+    n = len(templates)
+    if BASELINE not in templates:
+        templates.append(BASELINE)
+    rows = []
+    for i, template in enumerate(templates):
+        row = {"template": template, "source_rank": i + 1 if i < n else None}
+        hit = ranked[ranked["template"] == template]
+        for split in ("train", "val"):
+            row[f"source_{split}"] = hit[split].iloc[0] if not hit.empty and split in hit else math.nan
+        row["source_test"] = (best.get("accuracy") or {}).get("test", math.nan) \
+            if best.get("template") == template else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def transfer_summary(run: "Run", table: "pd.DataFrame", backbone: str, pretrained: str | None,
+                     weights: str | None, ensemble_test: float | None) -> dict:
+    """What a transfer shows, JSON-able (saved as transfer-<backbone>.json): Spearman's rho of
+    the source and target accuracies of every template the run scored, on the run's
+    selection split(s) and against target test; the source winner's ranks and accuracies on
+    the target; the baseline, the target's own best and the run's ensemble on target test."""
+    select = run.select_splits
+    ours = table[table["source_rank"].notna()]
+    source_sel = ours[[f"source_{s}" for s in select]].mean(axis=1, skipna=False)
+    target_sel = ours[[f"target_{s}" for s in select]].mean(axis=1)
+    winner = ours.iloc[0]
+    baseline = table[table["template"] == BASELINE].iloc[0]
+    target_best = ours.loc[target_sel.idxmax()]
+
+    def number(value):
+        return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+    ensemble = ((run.final or {}).get("ensemble") or {})
+    return {
+        "v": 1, "run_id": run.id, "source_backbone": run.backbone,
+        "target": {"backbone": backbone, "pretrained": pretrained, "weights": str(weights) if weights else None},
+        "select": "+".join(select), "templates": len(ours),
+        "rank_correlation": {"selection": number(rank_correlation(source_sel, target_sel)),
+                             "test": number(rank_correlation(source_sel, ours["target_test"]))},
+        "winner": {"template": winner["template"], "target_rank": int(winner["target_rank"]),
+                   "target_test_rank": int(winner["target_test_rank"]),
+                   "source": {s: number(winner[f"source_{s}"]) for s in SPLITS},
+                   "target": {s: number(winner[f"target_{s}"]) for s in SPLITS}},
+        "baseline": {"template": BASELINE, "in_run": number(baseline["source_rank"]) is not None,
+                     "target": {s: number(baseline[f"target_{s}"]) for s in SPLITS}},
+        "target_best": {"template": target_best["template"], "source_rank": int(target_best["source_rank"]),
+                        "target": {s: number(target_best[f"target_{s}"]) for s in SPLITS}},
+        "ensemble": None if not ensemble.get("templates") else {
+            "templates": list(ensemble["templates"]), "chosen": ensemble.get("chosen"),
+            "source_test": number((ensemble.get("accuracy") or {}).get("test")), "target_test": number(ensemble_test)},
+        "files": {"csv": transfer_name(backbone), "plot": transfer_name(backbone, "png")},
+    }
+
+
+def rank_correlation(a: "pd.Series", b: "pd.Series") -> float:
+    """Spearman's rho (Pearson on the ranks, ties averaged; no scipy needed) over the pairs
+    with both values; NaN when fewer than 2 pairs or either side is all ties."""
+    import pandas as pd
+
+    both = pd.concat([a, b], axis=1).dropna()
+    if len(both) < 2:
+        return math.nan
+    ranks = both.rank()
+    return float(ranks.iloc[:, 0].corr(ranks.iloc[:, 1]))
+
+
+def transfer_name(backbone: str, ext: str = "csv") -> str:
+    """transfer-<backbone>.<ext> (csv: the rows, json: the summary, png: the scatter plot),
+    with the backbone made safe as a file name (hf-hub:org/x)."""
+    return f"transfer-{re.sub(r'[^A-Za-z0-9._-]+', '_', backbone)}.{ext}"

@@ -1,0 +1,48 @@
+"""The one way promptclimb writes a file that others may read at any moment (run folders,
+the LLM cache, feature caches, adapters, the assembled local model): atomically.
+
+The content goes to a temp file beside the target (same folder, so same file system), is
+flushed to disk, and is renamed over the target in one step: a reader, or a run killed
+mid-write, sees the old file or the new one, never half of one. A failed write leaves
+neither a temp file nor a damaged target. Torch-free: torch/safetensors writers come in
+as the `write` callback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Replace `path` with what `write(temp_path)` writes into a temp file beside it.
+
+    `write` may raise (e.g. a checksum that does not match): then `path` is left as it was.
+    The file gets mode 0644 (run files and caches are meant to be read and shared)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:  # the writer may not have synced: do it here, once
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """`text` (UTF-8) at `path`, atomically."""
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json_atomic(path: str | Path, obj, indent: int | None = 2) -> Path:
+    """`obj` as JSON (non-ASCII kept as is; indent None: one line) at `path`, atomically."""
+    return write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")

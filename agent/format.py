@@ -1,0 +1,14 @@
+"""How numbers are shown to people and to the LLM: one place, so the console, `show`, the
+HTML report and the meta-prompts all write an accuracy the same way."""
+
+from __future__ import annotations
+
+import math
+
+
+def pct(value) -> str:
+    """A 0..1 value as a percentage with one decimal ("61.2%"); "" when it is missing
+    (None or NaN), so tables show an empty cell rather than "nan%"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{100.0 * float(value):.1f}%"

@@ -1,0 +1,515 @@
+"""Sweeps: a grid of ordinary searches (dataset x backbone x shots x seed) run as Ray tasks
+(`promptclimb sweep`), and their results read back (`promptclimb sweep-report`).
+
+    runs/<sweep>/
+      sweep.json                                  the grid and the search options of every cell
+      <dataset>-<backbone>-<shots>shot-seed<k>/   one ordinary run folder per cell, plus
+          search.log                              what its search printed
+          error.txt                               why it failed (until a rerun succeeds)
+      report.png                                  written by sweep-report
+
+Each cell is one Ray task (`cell_task`) that calls the same `run_search` as `promptclimb
+search`: a new run, or the resume of a killed one through its own history. Rerunning a
+sweep skips finished cells (summary.json written, with the adapter in it when one was
+asked for), resumes killed ones and retries failed ones. Ray does all the scheduling: a
+local Ray started in-process (on the loopback only) by default, or an existing cluster
+(`address`); `cpus_per_run` / `gpus_per_run` are each task's Ray resources.
+
+On a cluster, every node must see the sweep folder at the same path (shared storage); the
+feature cache is per node (`PROMPTCLIMB_HOME`, which may point at shared storage too), and
+so is `OPENAI_API_KEY`. All cells use one LLM endpoint: `--base-url`, or the embedded
+local LLM started once by the driver (then the cells run on the driver's node).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import re
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+
+from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.files import write_json_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SWEEP_FILE, LOG_FILE, ERROR_FILE, PLOT_FILE = "sweep.json", "search.log", "error.txt", "report.png"
+GRID_AXES = ("dataset", "backbone", "shots", "seeds")
+# Search options that say how and where a cell runs, not what it computes: they may change
+# between two runs of the same sweep.
+EXECUTION_OPTIONS = ("base_url", "device", "timeout", "max_tries", "no_cache", "runs_dir")
+# What a cell's search takes from the grid (and its folder) instead of the options.
+CELL_OPTIONS = ("dataset", "backbone", "shots", "seed", "name", "resume", "json")
+RESULTS = ("best", "ensemble", "adapter")  # test accuracies the report aggregates
+
+
+# -- the grid -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    backbone: str  # resolved: the search's default backbone when the grid names none
+    pretrained: str | None
+    shots: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        backbone = re.sub(r"[^A-Za-z0-9._+-]+", "_", self.backbone)  # e.g. hf-hub:org/model
+        return f"{self.dataset}-{backbone}-{self.shots}shot-seed{self.seed}"
+
+
+def parse_seeds(values: Sequence) -> list[int]:
+    """Seeds from "1-3", "1,4,7", 5 or a list of those: sorted, each once."""
+    seeds: set[int] = set()
+    for value in values:
+        for part in str(value).replace(" ", "").split(","):
+            found = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+            if not found or (found[2] and int(found[2]) < int(found[1])):
+                raise PromptclimbError(f"seeds: {part!r} is not a seed, a range like 1-3 or a list like 1,4")
+            seeds.update(range(int(found[1]), int(found[2] or found[1]) + 1))
+    return sorted(seeds)
+
+
+def read_grid_file(path: str | Path) -> tuple[dict, dict]:
+    """(grid, search options) from a TOML file with a [grid] table (dataset, backbone, shots,
+    seeds) and a [search] table (any `promptclimb search` option, by its long name)."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PromptclimbError(f"cannot read the grid file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PromptclimbError(f"{path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - {"grid", "search"})
+    if unknown:
+        raise PromptclimbError(f"{path}: unknown table(s) {', '.join(unknown)}; a grid file has [grid] and [search]")
+    grid = data.get("grid", {})
+    bad = sorted(set(grid) - set(GRID_AXES))
+    if bad:
+        raise PromptclimbError(f"{path}: unknown [grid] key(s) {', '.join(bad)}; the axes are {', '.join(GRID_AXES)}")
+    grid = {axis: value if isinstance(value, list) else [value] for axis, value in grid.items()}
+    search = {key.replace("-", "_"): value for key, value in data.get("search", {}).items()}
+    return grid, search
+
+
+def check_grid(grid: dict) -> dict:
+    """The grid with every axis filled in (defaults: the search's backbone, 1 shot, seed 0)."""
+    grid = {"dataset": list(grid.get("dataset") or []), "backbone": list(grid.get("backbone") or []),
+            "shots": [int(s) for s in grid.get("shots") or [1]], "seeds": parse_seeds(grid.get("seeds") or [0])}
+    if not grid["dataset"]:
+        raise PromptclimbError("a sweep needs at least one --dataset (or a [grid] dataset list in --grid FILE)")
+    if any(s < 1 for s in grid["shots"]):
+        raise PromptclimbError("shots must be at least 1")
+    return grid
+
+
+def grid_cells(settings: dict) -> list[Cell]:
+    """Every cell of the grid, in a fixed order (dataset, backbone, shots, seed)."""
+    from promptclimb.agent.defaults import default_backbone
+
+    grid, search = settings["grid"], settings["search"]
+    if search.get("weights") and len(grid["backbone"]) > 1:
+        raise PromptclimbError("--weights applies to every cell: give a single --backbone with it")
+    cells = []
+    for dataset in grid["dataset"]:
+        for backbone in grid["backbone"] or [None]:
+            name, pretrained = default_backbone(dataset, backbone, search.get("pretrained"), search.get("weights"))
+            cells += [Cell(dataset, name, pretrained, shots, seed) for shots in grid["shots"] for seed in grid["seeds"]]
+    names = [c.name for c in cells]
+    if len(set(names)) < len(names):
+        raise PromptclimbError("two cells of the grid would share a folder name; list each value once")
+    return cells
+
+
+def search_options(search: dict) -> dict:
+    """The options of every cell's search: the command's defaults, overridden by `search`
+    (long option names, `_` for `-`), checked by click as on the command line. Paths are
+    made absolute: a Ray worker does not start in the driver's folder."""
+    import click
+
+    from promptclimb.agent.api import command_options
+    from promptclimb.agent.cmd_search import search_cmd
+    from promptclimb.agent.pools import POOLS
+
+    not_here = sorted(set(search) & set(CELL_OPTIONS))
+    if not_here:
+        raise PromptclimbError(f"{', '.join(not_here)}: set by the grid and the cell, not a sweep's search option")
+    opts = command_options(search_cmd, "sweep", search)
+    for param in search_cmd.params:
+        if isinstance(param.type, click.Path) and opts.get(param.name):
+            opts[param.name] = str(Path(opts[param.name]).expanduser().resolve())
+    if opts["pool"] not in POOLS:
+        opts["pool"] = str(Path(opts["pool"]).expanduser().resolve())
+        if not Path(opts["pool"]).is_file():
+            raise PromptclimbError(f"--pool {opts['pool']}: not {', '.join(POOLS)} nor a file")
+    return opts
+
+
+def cell_options(cell: Cell, opts: dict, sweep_dir: Path, base_url: str | None, llm_name: str) -> dict:
+    """What `run_search` gets for one cell (`resume` is decided by the cell itself)."""
+    return {**opts, "dataset": cell.dataset, "backbone": cell.backbone, "pretrained": cell.pretrained,
+            "shots": cell.shots, "seed": cell.seed, "runs_dir": str(sweep_dir), "run_name": cell.name,
+            "resume": None, "as_json": False, "base_url": base_url, "llm_name": llm_name}
+
+
+def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict) -> dict:
+    """The sweep's settings {grid, search}, written to sweep.json. A sweep that exists
+    continues with its stored settings: `grid` None takes its grid, options not given take
+    their stored values, and what is given must match what shapes the results (all but
+    EXECUTION_OPTIONS, which may change between runs)."""
+    path = sweep_dir / SWEEP_FILE
+    stored = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    if grid is None and stored is None:
+        raise PromptclimbError(f"{sweep_dir} holds no sweep yet: give its grid (--dataset ..., or --grid FILE)")
+    settings = {"grid": check_grid(grid if grid is not None else stored["grid"]),
+                "search": {**(stored["search"] if stored else {}), **search}}
+    settings["cells"] = [c.name for c in grid_cells(settings)]  # checks the grid
+    if stored is not None:
+        mine, theirs = _comparable(settings), _comparable(stored)
+        differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if differ:
+            raise PromptclimbError(f"sweep {sweep_dir.name} was started with other settings (differs in: "
+                                   f"{', '.join(differ)}); rerun it as it was, or give the new grid another name")
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    created = stored["created"] if stored else time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    write_json_atomic(path, {**settings, "created": created})
+    return settings
+
+
+def _comparable(settings: dict) -> dict:
+    """Every resolved setting that shapes a cell's result, by name."""
+    resolved = search_options({k: v for k, v in settings["search"].items() if k not in EXECUTION_OPTIONS})
+    return {**{f"grid.{k}": v for k, v in settings["grid"].items()},
+            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in resolved.items() if k not in EXECUTION_OPTIONS}}
+
+
+# -- one cell, inside a Ray worker ---------------------------------------------------------------
+def cell_state(cell_dir: Path, adapter_wanted: bool) -> str:
+    """"finished", "failed" (error.txt), "killed" (started, not finished) or "new"."""
+    summary = cell_dir / "summary.json"
+    if summary.exists() and (not adapter_wanted or "adapter" in json.loads(summary.read_text(encoding="utf-8"))):
+        return "finished"
+    if (cell_dir / ERROR_FILE).exists():
+        return "failed"
+    return "killed" if (cell_dir / "config.json").exists() else "new"
+
+
+def run_cell(cell_dir: str, opts: dict) -> dict:
+    """One cell: a new search, or the resume of a killed one. What it prints goes to
+    search.log; an error to error.txt. Returns {"state": "finished" | "failed", ...}."""
+    from promptclimb.agent.cmd_search import run_search
+
+    cell_dir = Path(cell_dir)
+    if not cell_dir.parent.is_dir():
+        return {"state": "failed", "error": f"{cell_dir.parent} does not exist on node {platform.node()}: "
+                                            "a sweep folder must be on storage every node sees (--runs-dir)"}
+    cell_dir.mkdir(exist_ok=True)
+    (cell_dir / ERROR_FILE).unlink(missing_ok=True)
+    resume = (cell_dir / "config.json").exists()
+    with open(cell_dir / LOG_FILE, "a", encoding="utf-8") as log:
+        def echo(message: str) -> None:
+            log.write(f"{message}\n")
+            log.flush()
+
+        echo(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {'resuming' if resume else 'starting'} "
+             f"on {platform.node()} (pid {os.getpid()})")
+        try:
+            run_search({**opts, "resume": str(cell_dir) if resume else None}, echo)
+            return {"state": "finished"}
+        except PromptclimbError as exc:
+            error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - any failure of one cell is recorded, the sweep goes on
+            error = f"{type(exc).__name__}: {exc}"
+            echo(traceback.format_exc())
+        echo(f"failed: {error}")
+    write_text_atomic(cell_dir / ERROR_FILE, error + "\n")
+    return {"state": "failed", "error": error}
+
+
+def cell_task(cell_dir: str, opts: dict) -> Iterator[dict]:
+    """The Ray task of a cell (a streaming generator): first that it runs, then its end."""
+    yield {"state": "running", "node": platform.node()}
+    yield run_cell(cell_dir, opts)
+
+
+# -- the driver -----------------------------------------------------------------------------
+@contextmanager
+def llm_endpoint(opts: dict, echo: Callable[[str], None]) -> Iterator[tuple[str | None, str]]:
+    """(base URL, model) that every cell uses: --base-url (or $OPENAI_BASE_URL); for the
+    embedded local LLM without one, a llama.cpp server started here for the whole sweep;
+    None = the OpenAI API (with each node's OPENAI_API_KEY)."""
+    from promptclimb.agent.cmd_search import LOCAL, default_llm
+
+    llm_name = opts["llm_name"] or default_llm()
+    base_url = opts["base_url"] or os.environ.get("OPENAI_BASE_URL")
+    if base_url or llm_name != LOCAL:
+        yield base_url, llm_name
+        return
+    from promptclimb.agent.local_llm import local_server
+
+    with local_server(model_path=opts["llm_model"], echo=echo) as url:
+        yield url, llm_name
+
+
+@contextmanager
+def ray_session(address: str | None, echo: Callable[[str], None], num_cpus: int | None = None):
+    """Ray, connected: an existing cluster at `address` ("auto", "HOST:PORT",
+    "ray://HOST:PORT"), or a local one started in this process with `num_cpus` (default:
+    the machine's), reachable on 127.0.0.1 only."""
+    import logging
+
+    if address is None and "ray" not in sys.modules:
+        # A local Ray serves this process only: keep it off the network interfaces.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    try:
+        import ray
+    except ImportError:
+        raise PromptclimbError("promptclimb sweep needs Ray: pip install 'promptclimb[sweep]'") from None
+    if address is not None and num_cpus is not None:
+        raise PromptclimbError("--num-cpus sizes the local Ray; a cluster's CPUs are its own (ray start --num-cpus)")
+    local = dict(include_dashboard=False, num_cpus=num_cpus) if address is None else {}
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, **local)
+    except Exception as exc:  # noqa: BLE001 - Ray raises bare Exceptions too (e.g. a node that does not start)
+        ray.shutdown()  # whatever it had started
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PromptclimbError(f"cannot start or reach Ray at {address or 'a local instance'}: {first}") from None
+    try:
+        resources = ray.cluster_resources()
+        echo(f"Ray: {'local' if address is None else address}, {resources.get('CPU', 0):g} CPUs, "
+             f"{resources.get('GPU', 0):g} GPUs")
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def continue_command(name: str, runs_dir: Path, address: str | None, num_cpus: int | None, cpus_per_run: float,
+                     gpus_per_run: float) -> str:
+    """The command that continues a sweep (its grid and search options are in sweep.json)."""
+    command = f"promptclimb sweep {name} --runs-dir {runs_dir}"
+    command += f" --address {address}" if address else ""
+    command += f" --num-cpus {num_cpus}" if num_cpus else ""
+    command += f" --cpus-per-run {cpus_per_run:g}" if cpus_per_run != 1.0 else ""
+    return command + (f" --gpus-per-run {gpus_per_run:g}" if gpus_per_run else "")
+
+
+def run_sweep(name: str, runs_dir: str | Path, grid: dict | None, search: dict, *, address: str | None = None,
+              num_cpus: int | None = None, cpus_per_run: float = 1.0, gpus_per_run: float = 0.0,
+              echo: Callable[[str], None] = print) -> dict:
+    """Run (or continue) the sweep `runs_dir/name`: every cell not finished yet, as Ray
+    tasks. `grid` None continues a stored sweep. Returns the cells' states by name. A
+    failed cell does not stop the others; Ctrl-C or SIGTERM cancels the running ones and
+    says how to continue."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
+        raise PromptclimbError(f"sweep name {name!r}: use letters, digits and . _ + - (it names a folder)")
+    if cpus_per_run <= 0 or gpus_per_run < 0:
+        raise PromptclimbError("--cpus-per-run must be above 0 and --gpus-per-run at least 0")
+    runs_dir = Path(runs_dir).expanduser().resolve()
+    sweep_dir = runs_dir / name
+    settings = prepare_sweep(sweep_dir, grid, search)
+    opts = search_options(settings["search"])
+    cells = grid_cells(settings)
+    states = {c.name: cell_state(sweep_dir / c.name, bool(opts["adapter_kinds"])) for c in cells}
+    todo = [c for c in cells if states[c.name] != "finished"]
+    counts = {s: sum(v == s for v in states.values()) for s in ("finished", "killed", "failed", "new")}
+    echo(f"sweep {name}: {len(cells)} cells; {counts['finished']} finished, {counts['killed']} to resume, "
+         f"{counts['failed']} to retry, {counts['new']} to start   ({sweep_dir})")
+    if not todo:
+        return states
+    with llm_endpoint(opts, echo) as (base_url, llm_name), ray_session(address, echo, num_cpus) as ray:
+        total = ray.cluster_resources()
+        if address is None and (cpus_per_run > total.get("CPU", 0) or gpus_per_run > total.get("GPU", 0)):
+            raise PromptclimbError(f"each cell asks for {cpus_per_run:g} CPUs and {gpus_per_run:g} GPUs, but this "
+                                   f"machine has {total.get('CPU', 0):g} and {total.get('GPU', 0):g}")
+        resources = {"num_cpus": cpus_per_run, "num_gpus": gpus_per_run, "max_retries": 1}
+        if base_url and re.match(r"https?://(127\.|localhost)", base_url) and address is not None:
+            if address.startswith("ray://"):
+                raise PromptclimbError(f"the LLM at {base_url} serves this machine only: give the cells an "
+                                       "endpoint they can reach (--base-url) when the cluster is reached with ray://")
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            here = ray.get_runtime_context().get_node_id()  # the endpoint is on this node: so are the cells
+            resources["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=here, soft=False)
+        task = ray.remote(num_returns="streaming")(cell_task).options(**resources)
+        running = {task.remote(str(sweep_dir / c.name), cell_options(c, opts, sweep_dir, base_url, llm_name)): c
+                   for c in todo}
+        try:
+            watch(ray, running, sweep_dir, states, echo)
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (ray.init makes it SystemExit)
+            # Leaving Ray (ray.shutdown, below) ends the job's tasks: each search is
+            # interrupted and closes its history.
+            echo(f"stopped; finished cells are kept, the others resume from their history. Continue with:\n"
+                 f"  {continue_command(name, runs_dir, address, num_cpus, cpus_per_run, gpus_per_run)}")
+            raise
+    failed = [n for n, s in states.items() if s == "failed"]
+    echo(f"sweep {name}: {sum(s == 'finished' for s in states.values())}/{len(cells)} cells finished"
+         + (f", {len(failed)} failed (see their error.txt, or: promptclimb sweep-report {name})" if failed else ""))
+    return states
+
+
+def watch(ray, running: dict, sweep_dir: Path, states: dict, echo: Callable[[str], None]) -> None:
+    """Follow the cells' tasks (generator -> Cell) to their end, with a progress bar of
+    cells done / running / failed (on a terminal; a line per change otherwise)."""
+    from tqdm import tqdm
+
+    total, active = len(states), set()
+    bar = tqdm(total=total, initial=sum(s == "finished" for s in states.values()), unit="cell", file=sys.stderr,
+               disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    say = echo if bar.disable else bar.write
+
+    def progress() -> str:
+        done, failed = (sum(s == state for s in states.values()) for state in ("finished", "failed"))
+        bar.set_postfix_str(f"done {done}, running {len(active)}, failed {failed}", refresh=False)
+        return f"[{done}/{total} done, {len(active)} running, {failed} failed]"
+
+    pending = list(running)
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+            for generator in ready:
+                cell = running[generator]
+                try:
+                    message = ray.get(next(generator))
+                except StopIteration:
+                    continue
+                except Exception as exc:  # noqa: BLE001 - the worker died, or the task could not run
+                    message = {"state": "failed", "error": task_error(exc)}
+                    write_text_atomic(sweep_dir / cell.name / ERROR_FILE, message["error"] + "\n")
+                if message["state"] == "running":
+                    active.add(cell.name)
+                    pending.append(generator)
+                    say(f"{progress()} {cell.name}: running on {message['node']}")
+                    continue
+                active.discard(cell.name)
+                states[cell.name] = message["state"]
+                if message["state"] == "finished":
+                    bar.update(1)
+                    say(f"{progress()} {cell.name}: finished")
+                else:
+                    say(f"{progress()} {cell.name}: FAILED: {message['error'].splitlines()[0]}")
+    finally:
+        bar.close()
+
+
+def task_error(exc: BaseException) -> str:
+    """One line from a Ray error (a task's own exception, or a worker that died)."""
+    cause = getattr(exc, "cause", None)
+    if cause is not None:
+        return f"{type(cause).__name__}: {cause}"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+# -- reading a sweep back ---------------------------------------------------------------------
+def read_sweep(sweep_dir: str | Path) -> dict:
+    sweep_dir = Path(sweep_dir)
+    path = sweep_dir / SWEEP_FILE
+    if not path.exists():
+        raise PromptclimbError(f"{sweep_dir} is not a sweep folder (no {SWEEP_FILE})")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def sweep_cells(sweep_dir: str | Path) -> "pd.DataFrame":
+    """One row per cell of the grid: its state, the test accuracy of the best template, of
+    the top-k ensemble and of the adapter (when fit), the LLM cost, and the error of a
+    failed cell."""
+    import pandas as pd
+
+    sweep_dir = Path(sweep_dir)
+    settings = read_sweep(sweep_dir)
+    adapter_wanted = bool(search_options(settings["search"])["adapter_kinds"])
+    rows = []
+    for cell in grid_cells(settings):
+        cell_dir = sweep_dir / cell.name
+        row = {"dataset": cell.dataset, "backbone": cell.backbone, "shots": cell.shots, "seed": cell.seed,
+               "cell": cell.name, "state": cell_state(cell_dir, adapter_wanted), "error": ""}
+        if row["state"] == "failed":
+            row["error"] = (cell_dir / ERROR_FILE).read_text(encoding="utf-8").strip()
+        summary_path = cell_dir / "summary.json"
+        summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
+        ledger = summary.get("ledger", {})
+        row |= {
+            "best": _test(summary.get("best")),
+            "ensemble": _test(summary.get("ensemble")),
+            "adapter": _test(summary.get("adapter")),
+            "llm_calls": ledger.get("calls", math.nan),
+            "llm_tokens": ledger.get("prompt_tokens", math.nan) + ledger.get("completion_tokens", 0),
+            "llm_s": ledger.get("latency_s", math.nan),
+        }
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _test(section: dict | None) -> float:
+    return float((section or {}).get("accuracy", {}).get("test", math.nan))
+
+
+def sweep_summary(cells: "pd.DataFrame") -> "pd.DataFrame":
+    """Per dataset x backbone x shots: finished seeds, failed cells, mean and sd over the
+    finished seeds of each test accuracy (0..1) and the mean LLM cost per cell."""
+    import pandas as pd
+
+    rows = []
+    for (dataset, backbone, shots), group in cells.groupby(["dataset", "backbone", "shots"], sort=False):
+        done = group[group["state"] == "finished"]
+        row = {"dataset": dataset, "backbone": backbone, "shots": shots, "seeds": len(done),
+               "failed": int((group["state"] == "failed").sum())}
+        for result in RESULTS:
+            values = done[result].dropna()
+            row[f"{result}_mean"] = values.mean() if len(values) else math.nan
+            row[f"{result}_sd"] = values.std(ddof=1) if len(values) > 1 else math.nan
+        for cost in ("llm_calls", "llm_tokens", "llm_s"):
+            row[f"{cost}_mean"] = done[cost].mean() if len(done) else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def mean_sd(mean: float, sd: float) -> str:
+    """"87.5 ± 1.2" (percent); "87.5" for one seed; "" when nothing was measured."""
+    if math.isnan(mean):
+        return ""
+    return f"{100 * mean:.1f}" + (f" ± {100 * sd:.1f}" if not math.isnan(sd) else "")
+
+
+def plot_sweep(summary: "pd.DataFrame", path: Path, title: str) -> Path | None:
+    """Test accuracy against shots, one colour per dataset x backbone: the best template
+    (solid, error bars = sd over seeds), the ensemble (dashed), the adapter (dotted)."""
+    if summary.empty or summary["best_mean"].isna().all():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {"best": "-o", "ensemble": "--s", "adapter": ":^"}
+    for i, ((dataset, backbone), group) in enumerate(summary.groupby(["dataset", "backbone"], sort=False)):
+        group = group.sort_values("shots")
+        for result, style in styles.items():
+            if group[f"{result}_mean"].isna().all():
+                continue
+            ax.errorbar(group["shots"], 100 * group[f"{result}_mean"], yerr=100 * group[f"{result}_sd"].fillna(0),
+                        fmt=style, color=f"C{i}", capsize=3, label=f"{dataset} / {backbone}: {result}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(summary["shots"].unique()), [str(s) for s in sorted(summary["shots"].unique())])
+    ax.set_xlabel("shots per class")
+    ax.set_ylabel("test accuracy (%), mean ± sd over seeds")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    from promptclimb.agent.files import write_atomic
+
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+    return path

@@ -1,0 +1,181 @@
+"""The Python API (`import promptclimb`), driven the way a notebook drives it: keyword calls,
+results read as objects and pandas frames. The LLM is the fake OpenAI-compatible server;
+the CLIP side is the in-memory WordEvaluator (or, once, a tiny open_clip model on generated
+images). `search()` is also checked against `promptclimb search`: the same run, the same
+numbers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import promptclimb
+from fake_llm import FakeLLM, WordEvaluator
+from test_search import KEY, comparable, responder
+
+SMALL = dict(iterations=2, resets=1, pool_sample=8)
+
+
+def use_evaluator(monkeypatch, make=lambda **kw: WordEvaluator(kw["dataset"])) -> list[dict]:
+    """Every evaluator promptclimb builds comes from `make`; returns the settings asked for.
+    Set in the module's namespace, not through its lazy `__getattr__`, so torch is not imported."""
+    import promptclimb.evaluators as evaluators
+
+    built = []
+
+    def build_evaluator(**kwargs):
+        built.append(kwargs)
+        return make(**kwargs)
+
+    monkeypatch.setitem(vars(evaluators), "build_evaluator", build_evaluator)
+    return built
+
+
+@pytest.fixture
+def notebook(tmp_path, monkeypatch):
+    """A notebook's surroundings: its own working folder (runs/ goes there) and an endpoint."""
+    monkeypatch.chdir(tmp_path)
+    with FakeLLM(responder=responder) as fake:
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+        yield fake
+
+
+def test_search_load_run_evaluate_transfer_like_a_notebook(notebook, tmp_path, monkeypatch):
+    built = use_evaluator(monkeypatch)
+    progress = []
+    result = promptclimb.search(dataset="toy", shots=2, name="nb", echo=progress.append, **SMALL)
+
+    summary = json.loads((tmp_path / "runs" / "nb" / "summary.json").read_text())
+    assert result.run_dir == Path("runs") / "nb" and result.summary == summary
+    assert result.best == summary["best"]["template"] and result.accuracy == summary["best"]["accuracy"]
+    assert set(result.accuracy) == {"train", "val", "test"}
+    assert result.ensemble == (summary["ensemble"]["templates"] if summary["ensemble"]["chosen"] else None)
+    assert result.templates == (result.ensemble or [result.best])
+    assert any("iteration 2/2" in line for line in progress) and notebook.count == 2
+    assert built[0]["dataset"] == "toy" and built[0]["shots"] == 2
+
+    # the command line, same settings: the same search (it is built on the same function)
+    cli = CliRunner().invoke(promptclimb.agent.cmd_search.search_cmd,
+                             ["--dataset", "toy", "--shots", "2", "--name", "cli", "--iterations", "2",
+                              "--resets", "1", "--pool-sample", "8", "--json"])
+    assert cli.exit_code == 0, cli.output
+    assert comparable(json.loads(cli.stdout)) == comparable(summary)
+
+    run = promptclimb.load_run("nb")  # an id under ./runs, as `promptclimb show nb`
+    assert run.path == result.run_dir and run.status == "done"
+    history = [json.loads(x) for x in (result.run_dir / "history.jsonl").read_text().splitlines()]
+    scores = run.scores()
+    assert isinstance(scores, pd.DataFrame) and len(scores) == sum(e["event"] == "score" for e in history)
+    assert run.ranked()["template"].iloc[0] == result.best
+    iterations = run.iterations_frame()
+    assert list(iterations["call"]) == [0, 1] and iterations["best_so_far"].is_monotonic_increasing
+    conversation = run.conversation_frame()
+    assert list(conversation["role"][:3]) == ["system", "user", "assistant"]
+    answers = conversation[conversation["role"] == "assistant"]["content"].tolist()
+    assert answers == [e["answer"] for e in history if e["event"] == "llm_exchange"]
+    assert conversation["content"].iloc[0] == notebook.requests[0]["messages"][0]["content"]
+    assert promptclimb.load_run(tmp_path / "runs" / "nb").scores().equals(scores)  # a path works too
+    assert result.load().winners().equals(run.winners())
+
+    table = promptclimb.evaluate(["a photo of a {}.", "a grayscale clothing photo of a {}."], dataset="toy", shots=4)
+    word = WordEvaluator()
+    assert list(table["template"]) == ["a photo of a {}.", "a grayscale clothing photo of a {}."]
+    for split in ("train", "val", "test"):
+        assert list(table[split]) == [word._value(t, split)[0] for t in table["template"]]
+        assert list(table[f"{split}_prob"]) == [word._prob(t, split) for t in table["template"]]
+    # no backbone named: the search's rule (not the embedded dataset -> OpenAI's ViT-B-32)
+    assert (built[-1]["backbone"], built[-1]["pretrained"], built[-1]["shots"]) == ("ViT-B-32", "openai", 4)
+
+    moved = promptclimb.transfer(run, backbone="other-net", top=3)
+    assert (built[-1]["backbone"], built[-1]["dataset"], built[-1]["shots"]) == ("other-net", "toy", 2)
+    ranked = run.ranked()["template"].drop_duplicates().tolist()
+    assert moved["template"].tolist()[:3] == ranked[:3] and "a photo of a {}." in set(moved["template"])
+    # the same evaluator on both sides: the same accuracies, the same order
+    in_run = moved.dropna(subset=["source_train"])
+    assert (in_run["source_train"] == in_run["target_train"]).all()
+    assert moved.attrs["rank_correlation"]["selection"] == pytest.approx(1.0)
+    assert moved.attrs["path"] == result.run_dir / "transfer-other-net.csv"
+    assert set(pd.read_csv(moved.attrs["path"])["template"]) == {*ranked, "a photo of a {}."}
+
+
+def test_bad_input_is_one_readable_error(notebook, monkeypatch):
+    use_evaluator(monkeypatch)
+    with pytest.raises(promptclimb.PromptclimbError) as caught:
+        promptclimb.search(dataset="toy", iteratons=2)
+    message = str(caught.value)
+    assert "unknown keyword(s) iteratons" in message and "iterations" in message and "max_calls" in message
+    assert "json" not in message.split("valid ones:")[1].split(", ")  # a CLI-only option
+    with pytest.raises(promptclimb.PromptclimbError, match=r"search\(metric='best'\): 'best' is not one of"):
+        promptclimb.search(dataset="toy", metric="best")
+    with pytest.raises(promptclimb.PromptclimbError, match=r"search\(shots='two'\): 'two' is not a valid integer"):
+        promptclimb.search(dataset="toy", shots="two")
+    with pytest.raises(promptclimb.PromptclimbError, match="unknown adapter kind 'lora'"):
+        promptclimb.search(dataset="toy", adapter="lora")
+    with pytest.raises(promptclimb.PromptclimbError, match="--dataset is required"):
+        promptclimb.search()
+    with pytest.raises(promptclimb.PromptclimbError, match=r"'a photo': no \{\} placeholder"):
+        promptclimb.evaluate(["a photo of a {}.", "a photo"], dataset="toy")
+    with pytest.raises(promptclimb.PromptclimbError, match="no run 'nope'"):
+        promptclimb.load_run("nope")
+    assert notebook.count == 0
+
+
+def test_evaluate_with_a_real_clip_model(tiny_clip_config, tiny_clip_weights, image_folder, torch_threads):
+    """The real evaluator once: the same numbers as `promptclimb eval --json`."""
+    from promptclimb.agent.cli import cli
+
+    settings = dict(dataset="imagefolder", data_root=str(image_folder), shots=2, seed=3, backbone=tiny_clip_config,
+                    weights=str(tiny_clip_weights), device="cpu")
+    table = promptclimb.evaluate(["a photo of a {}.", "a {} thing."], **settings)
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
+    out = CliRunner().invoke(cli, ["eval", *args, "--prompt", "a photo of a {}.", "--prompt", "a {} thing.", "--json"])
+    assert out.exit_code == 0, out.output
+    for row, expected in zip(table.to_dict("records"), json.loads(out.stdout)["results"]):
+        assert row["template"] == expected["template"]
+        for split in ("train", "val", "test"):
+            assert row[split] == pytest.approx(expected["accuracy"][split])
+            assert row[f"{split}_loss"] == pytest.approx(expected["loss"][split])
+
+
+def test_import_promptclimb_stays_light():
+    code = ("import sys, promptclimb; promptclimb.search, promptclimb.evaluate, promptclimb.load_run, "
+            "promptclimb.transfer; print(sorted(m for m in ('torch', 'pandas', 'open_clip') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def readme_section(title: str) -> str:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end != -1 else None]
+
+
+def test_the_readme_api_examples_run(notebook, tmp_path, monkeypatch):
+    """The README's "Python API" section, its ```python blocks exactly as written, run against
+    the fake LLM and the in-memory evaluator (whatever backbone it names)."""
+    import re
+
+    blocks = re.findall(r"```python\n(.*?)```", readme_section("Python API"), flags=re.S)
+    code = "\n".join(blocks)
+    for name in ("search", "load_run", "evaluate", "transfer"):
+        assert f"promptclimb.{name}(" in code, f"the README's API examples do not show {name}()"
+    built = use_evaluator(monkeypatch)
+    namespace: dict = {}
+    exec(compile(code, "README.md (Python API)", "exec"), namespace)
+    assert isinstance(namespace["result"], promptclimb.SearchResult)
+    assert (tmp_path / namespace["result"].run_dir / "summary.json").is_file()
+    assert len(namespace["answers"]) == notebook.count == 6  # 2 resets x 3 iterations
+    assert len(namespace["table"]) == 2 and not namespace["moved"].empty
+    assert [b["backbone"] for b in built] == ["demo", "demo", "ViT-B-16"]

@@ -1,0 +1,372 @@
+"""Faults and bad input (issue 12): damaged run files, unwritable folders, bad weights files,
+run names, races, flags on --resume, stale features, broken meta-prompts, SIGTERM, kills
+before the run folder exists. Each is a message or a recovery, never a traceback."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fake_llm import FakeLLM, WordEvaluator
+from test_search import KEY, comparable, responder
+
+from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.runstore import RunStore
+
+TESTS = Path(__file__).resolve().parent
+SMALL = ["--iterations", "2", "--resets", "1", "--pool-sample", "6"]
+
+
+def cli(*args, env=None):
+    from promptclimb.agent.cli import cli as command
+
+    return CliRunner().invoke(command, [str(a) for a in args], env=env)
+
+
+def one_line_error(result, *needles):
+    """The command failed with one readable line holding every needle, and no traceback."""
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # not an uncaught exception
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    for needle in needles:
+        assert needle in errors[0], (needle, result.output)
+    assert "Traceback" not in result.output and "Aborted" not in result.output
+    return errors[0]
+
+
+@pytest.fixture
+def evaluators_built(monkeypatch):
+    """cmd_search builds WordEvaluators; the list says which datasets, in order."""
+    from promptclimb.agent import cmd_search
+
+    built = []
+
+    def build(**kwargs):
+        built.append(kwargs["dataset"])
+        return WordEvaluator(kwargs["dataset"])
+
+    monkeypatch.setattr(cmd_search, "build_evaluator", build)
+    return built
+
+
+@pytest.fixture
+def llm(monkeypatch):
+    with FakeLLM(responder=responder) as fake:
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+        yield fake
+
+
+def finished_run(runs: Path, name: str = "r") -> Path:
+    """A run folder as `promptclimb search` leaves it (only what adapt / eval --run read)."""
+    run = runs / name
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"v": 1, "run_id": name, "evaluator_args": {
+        "dataset": "fashion-mnist", "shots": 1, "seed": 0, "backbone": "demo", "pretrained": None,
+        "weights": None, "data_root": None}}))
+    best = {"template": "a photo of a {}.", "accuracy": {"train": 0.5, "val": 0.5, "test": 0.5}}
+    (run / "summary.json").write_text(json.dumps({"v": 1, "best": best, "ensemble": None}))
+    return run
+
+
+# -- 3: damaged run files, unwritable folders, bad weights files ------------------------------------
+def test_a_damaged_summary_is_one_line_for_adapt_and_eval_run(tmp_path):
+    run = finished_run(tmp_path / "runs")
+    (run / "summary.json").write_text('{"v": 1, "best": {"templ')  # cut short
+    for args in (["adapt", "r", "--kind", "cache"], ["eval", "--run", "r"]):
+        one_line_error(cli(*args, "--runs-dir", tmp_path / "runs"), str(run / "summary.json"), "damaged")
+
+
+def test_resume_of_a_damaged_config_is_one_line(tmp_path, llm, evaluators_built):
+    run = finished_run(tmp_path / "runs")
+    (run / "config.json").write_text("{not json")
+    one_line_error(cli("search", "--resume", "r", "--runs-dir", tmp_path / "runs"),
+                   str(run / "config.json"), "damaged")
+    assert evaluators_built == []
+
+
+@contextmanager
+def read_only(folder: Path):
+    """`folder` read-only for this process: by its mode, or for root (who writes whatever the
+    mode) by a read-only file system mounted over it, skipped where mounting is not allowed."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"running as root, and no read-only mount allowed here ({mounted.stderr.strip()})")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("which", ["runs", "home"])
+def test_read_only_folders_are_one_line_before_anything_loads(which, tmp_path, monkeypatch, llm, evaluators_built):
+    for name in ("runs", "home"):
+        (tmp_path / name).mkdir()
+    monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
+    with read_only(tmp_path / which):
+        results = [cli("search", "--dataset", "toy", "--runs-dir", tmp_path / "runs")]
+        if which == "home":  # eval writes image features there
+            results.append(cli("eval", "--dataset", "fashion-mnist"))
+        for result in results:
+            line = one_line_error(result, str(tmp_path / which), "not writable")
+            assert "Read-only file system" in line or "Permission denied" in line
+    assert evaluators_built == [] and not list((tmp_path / "runs").iterdir())
+
+
+def test_an_unwritable_runs_folder_is_found_before_the_model_loads(tmp_path, llm, evaluators_built):
+    (tmp_path / "a-file").write_text("in the way")
+    one_line_error(cli("search", "--dataset", "toy", "--runs-dir", tmp_path / "a-file" / "runs"),
+                   "(--runs-dir) is not writable")
+    assert evaluators_built == []
+
+
+@pytest.mark.parametrize("content, needle", [(b"", "is empty"),
+                                             (b"\x80\x02garbage, not a checkpoint" * 50, "cannot be read")])
+def test_a_bad_weights_file_is_one_line(content, needle, tiny_clip_config, image_folder, tmp_path):
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(content)
+    one_line_error(cli("eval", "--dataset", "imagefolder", "--data-root", image_folder,
+                       "--backbone", tiny_clip_config, "--weights", weights), str(weights), needle)
+
+
+def test_a_damaged_adapter_file_is_one_line_naming_it(tmp_path, torch_threads):
+    from promptclimb.evaluators.adapters import read_adapter
+
+    adapter = tmp_path / "adapter.pt"
+    adapter.write_bytes(b"\x80\x02 not an adapter" * 100)
+    with pytest.raises(PromptclimbError) as info:
+        read_adapter(adapter)
+    assert str(adapter) in str(info.value) and "\n" not in str(info.value) and "weights_only" not in str(info.value)
+
+
+def test_weights_load_once_into_the_same_model_as_open_clip(tiny_clip_config, tiny_clip_weights, torch_threads):
+    """The weights file's tensors become the parameters (no random init, no second copy):
+    the model is exactly open_clip's own, buffers (the causal mask) included."""
+    import open_clip
+    import torch
+
+    from promptclimb.evaluators.backbones import load_backbone
+
+    loaded = load_backbone(tiny_clip_config, weights=tiny_clip_weights, device="cpu").model
+    reference = open_clip.create_model(tiny_clip_config, pretrained=str(tiny_clip_weights))
+    mine, theirs = loaded.state_dict(keep_vars=True), reference.state_dict()
+    assert mine.keys() == theirs.keys()
+    assert all(not t.is_meta and torch.equal(t, theirs[k]) for k, t in mine.items())
+    assert torch.equal(loaded.attn_mask, reference.attn_mask)  # a buffer outside the file
+    tokens = open_clip.get_tokenizer(tiny_clip_config)(["a photo of a cat."])
+    assert torch.equal(loaded.eval().encode_text(tokens), reference.eval().encode_text(tokens))
+
+
+# -- 4: run names ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["../outside", "/abs/path", "a/b", "..", "."])
+def test_a_run_name_is_one_folder_name(name, tmp_path, llm, evaluators_built):
+    runs = tmp_path / "deep" / "runs"
+    one_line_error(cli("search", "--dataset", "toy", "--name", name, "--runs-dir", runs), "--name", "plain folder name")
+    assert evaluators_built == [] and not (tmp_path / "deep" / "outside").exists() and not runs.exists()
+
+
+# -- 5: races --------------------------------------------------------------------------------------
+def test_a_run_folder_another_search_claims_at_the_same_moment_is_left_to_it(tmp_path, monkeypatch):
+    """Two searches started in the same second: the other one creates the folder between
+    this one's choice of the name and its mkdir. This one must take the next name."""
+    from promptclimb.agent import cmd_search
+
+    monkeypatch.setattr(cmd_search.time, "strftime", lambda fmt, *a: "20250101-120000")
+    theirs = tmp_path / "runs" / "20250101-120000-toy-1shot"
+    mkdir = Path.mkdir
+
+    def their_mkdir_lands_first(self, *args, **kwargs):
+        if self == theirs and not theirs.exists():
+            mkdir(theirs, parents=True)
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", their_mkdir_lands_first)
+    with cmd_search.new_run_store(tmp_path / "runs", None, "toy", 1, {"t": 1}) as store:
+        assert store.run_dir.name == "20250101-120000-toy-1shot-2"
+        assert json.loads((store.run_dir / "config.json").read_text())["run_id"] == store.run_dir.name
+    assert not any(theirs.iterdir())  # their folder is untouched, for them to fill
+
+
+def test_adapt_waits_for_no_one_while_a_search_holds_the_run(tmp_path):
+    run = finished_run(tmp_path / "runs")
+    before = (run / "summary.json").read_text()
+    with RunStore.resume(run):  # a `search --resume` of this run, in progress
+        one_line_error(cli("adapt", "r", "--kind", "cache", "--runs-dir", tmp_path / "runs"),
+                       "being written by another promptclimb process", f"pid {os.getpid()}")
+    assert (run / "summary.json").read_text() == before
+
+
+# -- 6: silent surprises ---------------------------------------------------------------------------
+def test_eval_of_a_users_images_never_uses_the_embedded_fashion_tower(image_folder):
+    from promptclimb.agent.defaults import default_backbone
+
+    # The one rule, as `search` applies it: ViT-B-32 with OpenAI's weights, here offline.
+    assert default_backbone("imagefolder", None, None, None) == ("ViT-B-32", "openai")
+    assert default_backbone("fashion-mnist", None, None, None) == ("demo", None)
+    one_line_error(cli("eval", "--dataset", "imagefolder", "--data-root", image_folder), "ViT-B-32", "HF_HUB_OFFLINE")
+
+
+def test_resume_refuses_settings_it_cannot_change_and_says_what_it_applies(tmp_path, llm, evaluators_built):
+    runs = tmp_path / "runs"
+    assert cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "done").exit_code == 0
+    asked = llm.count
+    refused = one_line_error(cli("search", "--resume", "done", "--iterations", "10", "--shots", "8",
+                                 "--runs-dir", runs), "--iterations 10", "--shots 8", "the run's: 2")
+    assert "--resets" not in refused  # given with the run's own value: accepted
+    one_line_error(cli("search", "--resume", "done", "--max-calls", "1", "--runs-dir", runs), "already ended")
+    again = cli("search", "--resume", "done", "--iterations", "2", "--timeout", "7", "--runs-dir", runs)
+    assert again.exit_code == 0, again.output
+    assert llm.count == asked  # nothing asked again
+
+    # A run stopped part-way takes a new cap for the rest of the run, and says so.
+    llm.faults.extend(["ok"] + ["500"] * 20)  # one answer, then the LLM is down
+    broken = cli("search", "--dataset", "toy", "--iterations", "6", "--resets", "1", "--pool-sample", "6",
+                 "--max-tries", "1", "--no-cache", "--runs-dir", runs, "--name", "cut")
+    assert broken.exit_code == 1 and "--resume" in broken.output
+    llm.faults.clear()
+    one_line_error(cli("search", "--resume", "cut", "--max-calls", "0", "--runs-dir", runs),
+                   "below the 1 LLM answers")
+    capped = cli("search", "--resume", "cut", "--max-calls", "3", "--runs-dir", runs, "--json")
+    assert capped.exit_code == 0, capped.output
+    assert "applying --max-calls 3 to this run (it had max-calls None)" in capped.output
+    summary = json.loads(capped.stdout)
+    assert summary["stopped"].startswith("budget") and summary["counts"]["llm_answers"] == 3
+    assert json.loads((runs / "cut" / "config.json").read_text())["search"]["max_calls"] == 3
+
+
+def test_images_replaced_in_place_are_encoded_anew(tiny_clip_config, tiny_clip_weights, image_folder, torch_threads):
+    from PIL import Image
+
+    from promptclimb.evaluators import build_evaluator
+
+    def train_features():
+        evaluator = build_evaluator("imagefolder", 2, 0, tiny_clip_config, weights=str(tiny_clip_weights),
+                                    data_root=str(image_folder), device="cpu")
+        return evaluator.image_features("train")[0], evaluator
+
+    before, evaluator = train_features()
+    first = sorted(evaluator.split.splits["train"])[0][0]
+    Image.new("RGB", (48, 48), (250, 250, 0)).save(image_folder / first)  # same name, other picture
+    after, _ = train_features()
+    assert not bool((before == after).all())
+
+
+def test_a_broken_meta_prompt_is_reported_before_anything_loads(tmp_path, llm, evaluators_built):
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "feedback_turn.j2").write_text("Scores: {{ results | no_such_filter }}")
+    one_line_error(cli("search", "--dataset", "toy", "--meta-prompt", tmp_path / "meta", "--runs-dir",
+                       tmp_path / "runs"), "feedback_turn.j2")
+    (tmp_path / "meta" / "feedback_turn.j2").write_text("Best so far: {{ best.nope }}")  # renders only with values
+    one_line_error(cli("search", "--dataset", "toy", "--meta-prompt", tmp_path / "meta", "--runs-dir",
+                       tmp_path / "runs"), "feedback_turn.j2", "nope")
+    assert evaluators_built == [] and llm.count == 0 and not list((tmp_path / "runs").glob("*"))
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "prob", "blend"])
+@pytest.mark.parametrize("select", ["train", "train+val"])
+def test_our_meta_prompts_pass_the_check_they_are_rendered_with(metric, select):
+    from promptclimb.agent.cmd_search import render_meta_prompts_once
+    from promptclimb.agent.metaprompt import MetaPrompt
+    from promptclimb.agent.search import SearchConfig
+
+    render_meta_prompts_once(MetaPrompt(), SearchConfig(metric=metric, select=select))
+
+
+def test_sigterm_with_a_remote_llm_prints_how_to_resume(tmp_path):
+    with FakeLLM(responder=responder, signal_at=2) as fake:
+        env = {**os.environ, "PROMPTCLIMB_HOME": str(tmp_path / "home"), "OPENAI_API_KEY": KEY,
+               "OPENAI_BASE_URL": fake.base_url}
+        child = subprocess.Popen([sys.executable, str(TESTS / "fake_cli.py"), "search", "--dataset", "toy", *SMALL,
+                                  "--runs-dir", str(tmp_path / "runs"), "--name", "t"],
+                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            assert fake.reached.wait(300), "the search never reached its second LLM call"  # a busy machine is slow
+            child.send_signal(signal.SIGTERM)
+            output = child.communicate(timeout=30)[0]
+        finally:
+            child.kill()
+    assert child.returncode == 143, output
+    assert f"interrupted; continue with: promptclimb search --resume {tmp_path / 'runs' / 't'}" in output
+
+
+# -- 9: a kill before the run folder existed ----------------------------------------------------------
+def test_a_search_stopped_while_the_model_loads_resumes_by_name(tmp_path, llm, monkeypatch):
+    from promptclimb.agent import cmd_search
+
+    def interrupted_load(**kwargs):
+        raise KeyboardInterrupt  # Ctrl-C (or a kill) while the model loads
+
+    monkeypatch.setattr(cmd_search, "build_evaluator", interrupted_load)
+    runs = tmp_path / "runs"
+    stopped = cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "early")
+    assert f"continue with: promptclimb search --resume {runs / 'early'}" in stopped.output
+    config = json.loads((runs / "early" / "config.json").read_text())
+    assert config["run_id"] == "early" and "evaluator" not in config
+
+    monkeypatch.setattr(cmd_search, "build_evaluator", lambda **kwargs: WordEvaluator(kwargs["dataset"]))
+    resumed = cli("search", "--resume", "early", "--runs-dir", runs, "--json")
+    assert resumed.exit_code == 0, resumed.output
+    fresh = cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "whole", "--json")
+    assert comparable(json.loads(resumed.stdout)) == comparable(json.loads(fresh.stdout))
+    assert json.loads((runs / "early" / "config.json").read_text())["evaluator"] == WordEvaluator("toy").info()
+
+
+def test_temp_files_of_a_killed_write_are_removed_when_the_run_is_reopened(tmp_path):
+    run = finished_run(tmp_path / "runs")
+    leftovers = [run / ".summary.json.k1lled.tmp", run / ".prompts.csv.x.tmp", run / ".config.json.y.tmp"]
+    someone_elses = run / ".report.html.z.tmp"  # `promptclimb report` writes without the run's lock
+    for path in [*leftovers, someone_elses]:
+        path.write_text("half")
+    with RunStore.resume(run):
+        pass
+    assert not any(p.exists() for p in leftovers) and someone_elses.exists()
+
+
+def test_a_last_line_without_its_newline_is_dropped_even_when_it_parses(tmp_path):
+    from promptclimb.agent.reading import read_history
+
+    run = tmp_path / "r"
+    with RunStore.create(run, {}) as store:
+        for i in range(3):
+            store.append("score", template=f"t{i} {{}}", origin="pool")
+    history = run / "history.jsonl"
+    history.write_bytes(history.read_bytes()[:-1])  # killed just before the newline
+    assert len(read_history(history, repair=True)) == 2
+    with RunStore.resume(run) as store:
+        for i in range(3):
+            store.append("score", template=f"t{i} {{}}", origin="pool")
+    assert [json.loads(line)["seq"] for line in history.read_text().splitlines()] == [0, 1, 2]
+
+
+def test_user_errors_turn_a_file_error_into_one_line():
+    import click
+
+    from promptclimb.agent.errors import user_errors
+
+    @click.command()
+    @user_errors
+    def command():
+        raise PermissionError(13, "Permission denied", "/some/where/summary.json")
+
+    @click.command()
+    @user_errors
+    def other():
+        raise PromptclimbError("what to do")
+
+    assert one_line_error(CliRunner().invoke(command, [])) == "Error: /some/where/summary.json: Permission denied"
+    assert one_line_error(CliRunner().invoke(other, [])) == "Error: what to do"

@@ -1,0 +1,43 @@
+"""agent/files.py: the one atomic write every file others may read goes through."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import pytest
+
+from promptclimb.agent.files import write_atomic, write_json_atomic, write_text_atomic
+
+
+def test_a_write_replaces_the_file_whole_and_leaves_nothing_else(tmp_path):
+    target = tmp_path / "deep" / "folder" / "summary.json"  # folders are made on the way
+    write_json_atomic(target, {"best": "a photo of a {}.", "accuracy": 0.5, "note": "café"})
+    assert json.loads(target.read_text(encoding="utf-8"))["note"] == "café"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644  # run files and caches are meant to be shared
+    write_text_atomic(target, "second\n")
+    assert target.read_text() == "second\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["summary.json"]  # no temp file left
+
+
+def test_a_failing_writer_leaves_the_old_file_and_no_temp_file(tmp_path):
+    target = tmp_path / "model.gguf"
+    target.write_bytes(b"the verified model")
+
+    def half_then_fail(tmp):
+        tmp.write_bytes(b"half of a new")
+        raise ValueError("checksum mismatch")
+
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        write_atomic(target, half_then_fail)
+    assert target.read_bytes() == b"the verified model"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.gguf"]
+
+
+def test_the_writer_gets_a_path_beside_the_target(tmp_path):
+    """torch.save / safetensors / DataFrame.to_csv write to a path: the temp file is in the
+    target's folder (so the rename stays on one file system) and never the target itself."""
+    seen = []
+    write_atomic(tmp_path / "features.safetensors", lambda tmp: (seen.append(tmp), tmp.write_bytes(b"x")))
+    assert seen[0].parent == tmp_path and seen[0].name != "features.safetensors"
+    assert not seen[0].exists() and (tmp_path / "features.safetensors").read_bytes() == b"x"

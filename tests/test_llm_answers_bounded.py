@@ -1,0 +1,65 @@
+"""What a search keeps of an LLM answer, and what it says about answers it cannot use
+(issue 12, item 7): a runaway answer is cut before it reaches the history, the cache, the
+report or the next turn of the conversation, and the cut is recorded; an empty or prose-only
+answer is named as such on the console. The real loop, the fake server, the word evaluator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from promptclimb.agent.llm import LLMClient
+from promptclimb.agent.pools import PoolTemplate
+from promptclimb.agent.runstore import RunStore
+from promptclimb.agent.search import HillClimber, SearchConfig
+from fake_llm import FakeLLM, WordEvaluator
+
+POOL = [PoolTemplate(t, "general") for t in ["a {}.", "a photo of a {}.", "the {}."]]
+
+
+def search(tmp_path: Path, fake: FakeLLM, **config):
+    lines: list[str] = []
+    llm = LLMClient("fake", base_url=fake.base_url, api_key="sk-test", cache_dir=tmp_path / "cache",
+                    echo=lines.append)
+    settings = {**dict(restarts=1, resets=1, iterations=2, proposals=3, pool_sample=0), **config}
+    with RunStore.create(tmp_path / "runs" / "run", {"t": 1}) as store:
+        HillClimber(WordEvaluator(), llm, store, SearchConfig(**settings), pool=POOL, echo=lines.append).run()
+    return tmp_path / "runs" / "run", lines
+
+
+def test_a_runaway_answer_is_cut_everywhere_it_would_be_kept(tmp_path):
+    lines = "\n".join(f"a studio photo number {i} of a {{}}." for i in range(40_000))  # about 1.5 MB
+    with FakeLLM(script=[lines, "a grayscale photo of a {}."]) as fake:
+        run_dir, console = search(tmp_path, fake, max_answer_tokens=50)  # kept: 400 characters
+    events = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]
+    first = [e for e in events if e["event"] == "llm_exchange"][0]
+    assert len(first["answer"]) <= 400
+    assert first["answer_truncated"] == {"kept_chars": len(first["answer"]), "received_chars": len(lines)}
+    # what is sent back to the LLM in the next turn is the cut answer too
+    sent_back = [m for m in fake.requests[1]["messages"] if m["role"] == "assistant"]
+    assert [m["content"] for m in sent_back] == [first["answer"]]
+    assert (run_dir / "history.jsonl").stat().st_size < 50_000
+    assert sum(p.stat().st_size for p in (tmp_path / "cache").rglob("*.json")) < 20_000
+    assert any("cut to its first" in line for line in console)
+
+    from promptclimb.agent.reading import load_run
+    from promptclimb.agent.report import write_report
+
+    assert write_report(load_run(run_dir)).stat().st_size < 500_000
+
+
+def test_the_console_says_why_nothing_was_scored(tmp_path):
+    prose = "Sure! Here are some better templates for your task.\nI hope they help."
+    with FakeLLM(script=["", prose]) as fake:
+        _, console = search(tmp_path, fake)
+    turns = [line for line in console if line.startswith("[restart")]
+    assert len(turns) == 2
+    assert "0 new, 0 rejected (the answer was empty)" in turns[0]
+    assert "0 new, 0 rejected (no line had a {} placeholder)" in turns[1]
+
+
+def test_a_usable_answer_gets_no_excuse(tmp_path):
+    with FakeLLM(script=["a grayscale photo of a {}.\na {name}"]) as fake:
+        _, console = search(tmp_path, fake, iterations=1)
+    turn = [line for line in console if line.startswith("[restart")][0]
+    assert "1 new, 1 rejected |" in turn

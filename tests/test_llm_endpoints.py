@@ -1,0 +1,91 @@
+"""Which LLM answers a run (issue 12, item 1), through `promptclimb search`: answers are cached
+per endpoint and served model, and a `--base-url` that is a `promptclimb llm serve` server is
+the local LLM. Fake OpenAI-compatible servers (tests/fake_llm.py) and the in-memory evaluator."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from fake_llm import FakeLLM, WordEvaluator
+
+KEY = "sk-test-ENDPOINTS-0123456789"
+ARGS = ["--dataset", "toy", "--iterations", "2", "--resets", "1", "--pool-sample", "6"]
+
+
+def server_answer(tag):
+    """Proposals that name the server that made them."""
+    return lambda body: f"a {tag} photo of a {{}}.\na {tag} picture of a {{}}."
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    from promptclimb.agent import cmd_search, local_llm
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.setattr(cmd_search, "build_evaluator", lambda **kw: WordEvaluator(kw["dataset"]))
+
+    @contextlib.contextmanager
+    def no_embedded_server(*args, **kwargs):
+        pytest.fail("the embedded local LLM must not be started")
+        yield
+
+    monkeypatch.setattr(local_llm, "local_server", no_embedded_server)
+
+    def invoke(name, *args, env=None):
+        result = CliRunner().invoke(cmd_search.search_cmd, [*ARGS, "--runs-dir", str(tmp_path / "runs"),
+                                                            "--name", name, *map(str, args)], env=env)
+        assert result.exit_code == 0, result.output
+        return result, tmp_path / "runs" / name
+
+    return invoke
+
+
+def answers(run_dir):
+    events = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    return [e["answer"] for e in events if e["event"] == "llm_exchange"]
+
+
+def test_two_servers_behind_one_llm_name_answer_their_own_runs(cli):
+    with FakeLLM(responder=server_answer("first")) as first, FakeLLM(responder=server_answer("second")) as second:
+        _, run1 = cli("one", "--llm", "same-model", env={"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": first.base_url})
+        _, run2 = cli("two", "--llm", "same-model", env={"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": second.base_url})
+    assert first.count == 2 and second.count == 2  # the second run made its own requests
+    assert all("first" in a for a in answers(run1)) and all("second" in a for a in answers(run2))
+    assert json.loads((run2 / "config.json").read_text())["llm"]["base_url"] == second.base_url
+
+
+def test_two_llm_serve_servers_with_other_ggufs_do_not_share_answers(cli):
+    from promptclimb.agent.local_llm import local_model_id
+
+    with FakeLLM(responder=server_answer("q4"), models=[local_model_id("qwen", "1" * 64)]) as one, \
+            FakeLLM(responder=server_answer("q8"), models=[local_model_id("qwen", "2" * 64)]) as two:
+        cli("one", "--base-url", one.base_url)
+        _, run2 = cli("two", "--base-url", two.base_url)
+    assert two.count == 2 and all("q8" in a for a in answers(run2))
+
+
+def test_a_base_url_of_a_local_server_is_the_local_llm(cli):
+    from promptclimb.agent import local_llm
+
+    served = local_llm.local_model_id(local_llm.LOCAL_MODEL_NAME, "c" * 64)
+    with FakeLLM(responder=server_answer("local"), models=[served]) as fake:
+        result, run = cli("served", "--base-url", fake.base_url)
+    assert "embedded" not in result.output and "No OPENAI_API_KEY" not in result.output
+    assert f"Using the local LLM served at {fake.base_url} ({local_llm.LOCAL_MODEL_NAME})" in result.output
+    # the local model's sampling, as with the embedded server
+    assert fake.requests[0]["temperature"] == local_llm.LOCAL_SAMPLING["temperature"]
+    assert fake.requests[0]["max_tokens"] == local_llm.LOCAL_SAMPLING["max_tokens"]
+    llm = json.loads((run / "config.json").read_text())["llm"]
+    assert llm["served_model"] == local_llm.LOCAL_MODEL_NAME and llm["base_url"] == fake.base_url
+
+
+def test_a_base_url_of_another_server_is_not_called_local(cli):
+    with FakeLLM(responder=server_answer("vllm"), models=["org/some-model"]) as fake:
+        result, run = cli("other", "--base-url", fake.base_url)
+    assert "local LLM" not in result.output and fake.count == 2
+    assert json.loads((run / "config.json").read_text())["llm"]["model"] == "gpt-4o-mini"

@@ -1,0 +1,128 @@
+"""`promptclimb search --optimizer craft|cbbt`: the run folder, resume after a kill, the
+options, `show` and the refused `transfer` (a tiny open_clip model, generated images)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+
+from click.testing import CliRunner  # noqa: E402
+
+from promptclimb.agent.cli import cli  # noqa: E402
+from promptclimb.agent.reading import read_history  # noqa: E402
+
+
+@pytest.fixture
+def search(tmp_path, tiny_clip_config, tiny_clip_weights, image_folder, torch_threads):
+    runs = tmp_path / "runs"
+
+    def run(*extra, name="soft"):
+        args = ["search", "--dataset", "imagefolder", "--data-root", str(image_folder), "--shots", "2",
+                "--backbone", tiny_clip_config, "--weights", str(tiny_clip_weights), "--device", "cpu",
+                "--runs-dir", str(runs), "--name", name, *extra]
+        return CliRunner().invoke(cli, args)
+
+    run.runs = runs
+    return run
+
+
+def test_craft_search_writes_a_complete_run_folder(search):
+    result = search("--optimizer", "craft", "--queries", "12", "--craft-popsize", "4", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    run_dir = search.runs / "soft"
+    assert summary["optimizer"] == "craft" and summary["counts"] == {"queries": 12, "steps": 3, "budget": 12}
+    for split in ("train", "val", "test"):
+        assert 0.0 <= summary["best"]["accuracy"][split] <= 1.0
+        assert 0.0 <= summary["adapter"]["accuracy"][split] <= 1.0
+    assert summary["adapter"]["kind"] == "residual-logits"
+    assert summary["best"]["template"].startswith("<soft: ") and "{}" not in summary["best"]["template"]
+
+    steps = [e for e in read_history(run_dir / "history.jsonl") if e["event"] == "step"]
+    assert [(e["iteration"], e["queries"]) for e in steps] == [(0, 0), (1, 4), (2, 8), (3, 12)]
+    assert all("population" in e and "val" in e["prompt"]["accuracy"] for e in steps[1:])
+
+    from promptclimb.evaluators.softprompt import load_soft_prompt
+
+    context, metadata = load_soft_prompt(run_dir / "soft_prompt.safetensors")
+    assert tuple(context.shape) == (4, 32) and metadata["optimizer"] == "craft"
+    assert metadata["nearest_tokens"].split() == summary["soft_prompt"]["nearest_tokens"]
+    for name in ("adapter.pt", "curve.png", "optimizer_state.pt", "config.json", "summary.json"):
+        assert (run_dir / name).stat().st_size > 0
+
+    shown = CliRunner().invoke(cli, ["show", "soft", "--runs-dir", str(search.runs)])
+    assert shown.exit_code == 0, shown.output
+    assert "optimizer craft" in shown.output and "nearest tokens: " in shown.output
+    assert " ".join(summary["soft_prompt"]["nearest_tokens"]) in shown.output
+    assert "3 steps, 12 of 12 queries" in shown.output
+
+    refused = CliRunner().invoke(cli, ["transfer", "soft", "--runs-dir", str(search.runs), "--backbone", "demo"])
+    assert refused.exit_code == 1 and "cannot be carried over" in refused.output
+    assert "Traceback" not in refused.output
+
+
+@pytest.mark.parametrize("name, kill", [("craft", "before"), ("cbbt", "before"), ("craft", "after")])
+def test_a_killed_search_resumes_to_the_same_end(search, monkeypatch, name, kill):
+    """Killed after step 3's event, before or after its state is saved: the resumed run goes
+    on from the saved state and ends as the uninterrupted one."""
+    import promptclimb.evaluators.softprompt as softprompt
+
+    settings = ["--optimizer", name, "--queries", "20", "--craft-popsize", "4", "--cbbt-directions", "3", "--json"]
+    straight = search(*settings, name="straight")
+    assert straight.exit_code == 0, straight.output
+
+    original, saves = softprompt.save_state, []
+
+    def killed_on_the_third_save(path, optimizer):
+        saves.append(path)
+        if len(saves) == 3 and kill == "before":
+            raise KeyboardInterrupt
+        written = original(path, optimizer)
+        if len(saves) == 3:
+            raise KeyboardInterrupt
+        return written
+
+    monkeypatch.setattr(softprompt, "save_state", killed_on_the_third_save)
+    killed = search(*settings, name="killed")
+    assert killed.exit_code != 0 and "continue with: promptclimb search --resume" in killed.output
+    monkeypatch.setattr(softprompt, "save_state", original)
+    cls = softprompt.OPTIMIZERS[name]
+    computed, step = [], cls.step
+    monkeypatch.setattr(cls, "step", lambda self: computed.append(self.step_count) or step(self))
+    resumed = CliRunner().invoke(cli, ["search", "--resume", "killed", "--runs-dir", str(search.runs), "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    assert computed[0] == (2 if kill == "before" else 3)  # from the saved state, not from the start
+
+    a, b = json.loads(straight.stdout), json.loads(resumed.stdout)
+    assert a["best"] == b["best"] and a["adapter"]["accuracy"] == b["adapter"]["accuracy"]
+    assert a["counts"] == b["counts"]
+    steps = [e["iteration"] for e in read_history(search.runs / "killed" / "history.jsonl") if e["event"] == "step"]
+    assert steps == list(range(a["counts"]["steps"] + 1))  # every step once
+
+
+def test_every_soft_prompt_option_reaches_the_run(search):
+    options = {"--queries": 6, "--prompt-tokens": 2, "--prompt-init": "a photo", "--craft-popsize": 3,
+               "--craft-sigma": 0.05, "--craft-bound": 2.0, "--craft-intrinsic-dim": 8, "--craft-lr": 0.01,
+               "--craft-kl-weight": 0.5, "--cbbt-lr": 0.02, "--cbbt-directions": 2}
+    args = [str(x) for option, value in options.items() for x in (option, value)]
+    result = search("--optimizer", "craft", *args)
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((search.runs / "soft" / "config.json").read_text())["soft_prompt"]
+    for option, value in options.items():
+        assert recorded[option[2:].replace("-", "_")] == value, option
+    assert json.loads((search.runs / "soft" / "summary.json").read_text())["counts"]["steps"] == 2
+
+
+def test_bad_budgets_are_refused_in_one_line(search):
+    llm = search("--queries", "100")
+    assert llm.exit_code != 0 and "--queries is the budget of --optimizer craft|cbbt" in llm.output
+    small = search("--optimizer", "cbbt", "--queries", "100")
+    assert small.exit_code != 0 and "buys no cbbt step" in small.output
+    init = search("--optimizer", "craft", "--queries", "40", "--prompt-init", "a photo")
+    assert init.exit_code != 0 and "is not 4 tokens" in init.output
+    assert not (search.runs / "soft").exists()  # refused before a run folder is made
+    for result in (llm, small, init):
+        assert "Traceback" not in result.output

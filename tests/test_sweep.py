@@ -1,0 +1,197 @@
+"""`promptclimb sweep` on Ray and `promptclimb sweep-report`, end to end: a 2 x 2 grid (shots
+x seeds) of real searches on a generated ImageFolder with the tiny open_clip model, against
+the fake LLM on 127.0.0.1. Each sweep runs as its own `promptclimb` process (a local Ray
+started in-process, 2 CPUs, or a `ray start --head` cluster), as a user would run it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fake_llm import FakeLLM
+
+pytest.importorskip("ray")
+
+CELLS = {f"imagefolder-pc-tiny-vit-{shots}shot-seed{seed}": (shots, seed) for shots in (1, 2) for seed in (1, 2)}
+NAMES = list(CELLS)
+WORDS = ["photo", "clothing", "grayscale", "product", "garment", "studio", "blurry", "tiny", "dark", "bright"]
+# A local Ray and a test cluster listen on the loopback only, and trust each other.
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def responder(body: dict) -> str:
+    h = int(hashlib.sha256(json.dumps([body["messages"], body["seed"]]).encode()).hexdigest(), 16)
+    return "\n".join(f"a {WORDS[(h >> 4 * i) % 10]} {WORDS[(h >> 4 * i + 24) % 10]} image of a {{}}." for i in range(4))
+
+
+@pytest.fixture
+def sweep(tmp_path, tiny_clip_config, tiny_clip_weights, image_folder):
+    """`sweep(name, base_url, *args)` -> the `promptclimb sweep NAME --runs-dir RUNS ...` command
+    line of a 2 x 2 grid, on a local Ray with 2 CPUs or the cluster at `address`; `env` is
+    what its process runs with."""
+    runs = tmp_path / "runs"
+    env = {**os.environ, **RAY_ENV}
+
+    def command(name: str, base_url: str, *extra: str, grid: bool = True, address: str | None = None) -> list[str]:
+        axes = ["--dataset", "imagefolder", "--shots", "1", "--shots", "2", "--seeds", "1-2"] if grid else []
+        ray = ["--address", address] if address else ["--num-cpus", "2"]
+        return [sys.executable, "-m", "promptclimb.agent.cli", "sweep", name, "--runs-dir", str(runs), *axes, *ray,
+                "--data-root", str(image_folder), "--backbone", tiny_clip_config, "--weights", str(tiny_clip_weights),
+                "--llm", "fake", "--base-url", base_url, "--device", "cpu",
+                "--resets", "1", "--iterations", "2", "--proposals", "3", "--pool-sample", "6", *extra]
+
+    command.runs, command.env = runs, env
+    return command
+
+
+def report(runs: Path, name: str, fmt: str) -> str:
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+
+    result = CliRunner().invoke(cli, ["sweep-report", name, "--runs-dir", str(runs), "--format", fmt])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def summaries(sweep_dir: Path) -> dict:
+    return {n: json.loads((sweep_dir / n / "summary.json").read_text()) for n in NAMES}
+
+
+def test_a_2x2_sweep_on_a_local_ray_and_its_report(sweep):
+    with FakeLLM(responder=responder) as fake:
+        started = time.monotonic()
+        run = subprocess.run(sweep("grid", fake.base_url, "--adapter", "cache"), env=sweep.env,
+                             capture_output=True, text=True, timeout=600)
+        print(f"2 x 2 sweep on a local Ray: {time.monotonic() - started:.1f} s")
+        assert run.returncode == 0, run.stderr
+    sweep_dir = sweep.runs / "grid"
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == sorted(NAMES)
+    assert "Ray: local, 2 CPUs" in run.stderr and "sweep grid: 4/4 cells finished" in run.stderr
+    done = summaries(sweep_dir)
+    for name, summary in done.items():  # each cell is an ordinary run of its own grid point
+        config = json.loads((sweep_dir / name / "config.json").read_text())
+        assert (config["evaluator_args"]["shots"], config["evaluator_args"]["seed"]) == CELLS[name]
+        assert summary["counts"]["llm_answers"] == 2 and "adapter" in summary
+    assert len(fake.requests) == 4 * 2
+
+    groups = json.loads(report(sweep.runs, "grid", "json"))["groups"]
+    assert [(g["shots"], g["seeds"], g["failed"]) for g in groups] == [(1, 2, 0), (2, 2, 0)]
+    for g in groups:
+        cells = [done[f"imagefolder-pc-tiny-vit-{g['shots']}shot-seed{seed}"] for seed in (1, 2)]
+        best = [c["best"]["accuracy"]["test"] for c in cells]
+        adapter = [c["adapter"]["accuracy"]["test"] for c in cells]
+        assert g["best_mean"] == pytest.approx(sum(best) / 2)
+        assert g["best_sd"] == pytest.approx(abs(best[0] - best[1]) / math.sqrt(2))
+        assert g["adapter_mean"] == pytest.approx(sum(adapter) / 2)
+        assert g["llm_calls_mean"] == 2
+    table = report(sweep.runs, "grid", "table")
+    assert "best (test %)" in table and "±" in table and "Plot:" in table
+    assert report(sweep.runs, "grid", "markdown").startswith("| dataset")
+    assert report(sweep.runs, "grid", "csv").splitlines()[0].startswith("dataset,backbone,shots,seeds")
+    assert (sweep_dir / "report.png").stat().st_size > 1000
+
+
+def test_the_same_sweep_on_a_ray_cluster_with_a_failed_cell(sweep, tmp_path):
+    """`ray start --head` on 127.0.0.1, reached with --address. One cell of the grid fails
+    (a dataset that does not exist): the others finish, its error is in the report."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray = str(Path(sys.executable).with_name("ray"))
+    head = subprocess.run([ray, "start", "--head", "--port", str(port), "--num-cpus", "2", "--node-ip-address",
+                           "127.0.0.1", "--include-dashboard", "false", "--disable-usage-stats"],
+                          env=sweep.env, capture_output=True, text=True, timeout=120)
+    assert head.returncode == 0, head.stderr
+    try:
+        with FakeLLM(responder=responder) as fake:
+            grid = tmp_path / "grid.toml"
+            grid.write_text('[grid]\ndataset = ["imagefolder", "no-such-dataset"]\nshots = [1, 2]\nseeds = "1-2"\n'
+                            '[search]\nensemble = 2\n')
+            command = sweep("cluster", fake.base_url, "--grid", str(grid), grid=False, address=f"127.0.0.1:{port}")
+            started = time.monotonic()
+            run = subprocess.run(command, env=sweep.env, capture_output=True, text=True, timeout=600)
+            print(f"2 x 2 sweep + 4 failing cells on a `ray start` cluster: {time.monotonic() - started:.1f} s")
+    finally:
+        subprocess.run([ray, "stop"], env=sweep.env, capture_output=True, timeout=120)
+    assert run.returncode == 1, run.stderr
+    assert f"Ray: 127.0.0.1:{port}, 2 CPUs" in run.stderr
+    assert "sweep cluster: 4/8 cells finished, 4 failed" in run.stderr
+    sweep_dir = sweep.runs / "cluster"
+    assert all(summary["ensemble"] for summary in summaries(sweep_dir).values())
+    failed = sweep_dir / "no-such-dataset-pc-tiny-vit-1shot-seed1"
+    assert "no-such-dataset" in (failed / "error.txt").read_text() and not (failed / "summary.json").exists()
+    table = report(sweep.runs, "cluster", "table")
+    assert "4 failed cell(s):" in table and "no-such-dataset-pc-tiny-vit-2shot-seed2: " in table
+
+
+def test_killing_the_driver_mid_sweep_then_the_rerun_completes_the_rest(sweep):
+    """The driver and its local Ray are killed (SIGKILL to its process group) while one cell
+    is finished and another is half-way; the rerun resumes that one from its history,
+    runs the ones never started, and leaves the finished ones alone."""
+    sweep_dir = sweep.runs / "killed"
+    with FakeLLM(responder=responder, latency_s=1.0) as fake:
+        command = sweep("killed", fake.base_url, "--iterations", "4")
+
+        def states():
+            finished = [n for n in NAMES if (sweep_dir / n / "summary.json").exists()]
+            half_way = [n for n in NAMES if n not in finished and (sweep_dir / n / "history.jsonl").exists()
+                        and '"llm_exchange"' in (sweep_dir / n / "history.jsonl").read_text()]
+            return finished, half_way
+
+        driver = subprocess.Popen(command, env=sweep.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and driver.poll() is None and not all(states()):
+                time.sleep(0.2)
+        finally:
+            os.killpg(driver.pid, signal.SIGKILL)  # the driver, its Ray and the cells, at once
+            driver.wait(timeout=60)
+        finished, half_way = states()
+        assert finished and half_way, driver.stderr.read()
+        finished_before = {n: (sweep_dir / n / "history.jsonl").read_bytes() for n in finished}
+        started = time.monotonic()
+        rerun = subprocess.run(command, env=sweep.env, capture_output=True, text=True, timeout=600)
+        print(f"rerun of the killed 2 x 2 sweep: {time.monotonic() - started:.1f} s")
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(finished)} finished" in rerun.stderr and "4/4 cells finished" in rerun.stderr
+    for name in finished:  # not run again
+        assert (sweep_dir / name / "history.jsonl").read_bytes() == finished_before[name]
+        assert (sweep_dir / name / "search.log").read_text().count("--- ") == 1
+    for name in half_way:
+        assert "resuming" in (sweep_dir / name / "search.log").read_text().split("--- ")[-1]
+    assert all(s["counts"]["llm_answers"] == 4 for s in summaries(sweep_dir).values())
+
+
+def test_sigterm_stops_a_sweep_cleanly_and_says_how_to_continue(sweep):
+    sweep_dir = sweep.runs / "stopped"
+    with FakeLLM(responder=responder, latency_s=2.0) as fake:
+        driver = subprocess.Popen(sweep("stopped", fake.base_url), env=sweep.env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not fake.requests:
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGTERM)
+        try:
+            _, stderr = driver.communicate(timeout=120)
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode != 0
+    assert f"Continue with:\n  promptclimb sweep stopped --runs-dir {sweep.runs} --num-cpus 2\n" in stderr
+    logs = [sweep_dir / n / "search.log" for n in NAMES]
+    interrupted = [log for log in logs if log.exists() and "interrupted; continue with" in log.read_text()]
+    assert interrupted  # the running searches were stopped through their own Ctrl-C path
+    with pytest.raises(ProcessLookupError):  # nothing of the sweep is left running
+        os.killpg(driver.pid, 0)

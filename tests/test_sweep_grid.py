@@ -1,0 +1,139 @@
+"""The parts of a sweep that need no Ray: the grid (flags or TOML), cell names, settings kept
+in sweep.json, cell states, the LLM endpoint the cells share, and the report's numbers."""
+
+import json
+import math
+from contextlib import contextmanager
+
+import pytest
+from click.testing import CliRunner
+
+from promptclimb.agent import sweep as sweeps
+from promptclimb.agent.cli import cli
+from promptclimb.agent.errors import PromptclimbError
+
+
+def test_seeds_from_ranges_and_lists():
+    assert sweeps.parse_seeds(["1-3"]) == [1, 2, 3]
+    assert sweeps.parse_seeds(["5,1", 2, "2-3"]) == [1, 2, 3, 5]
+    for bad in ("3-1", "x", "1-", "-2"):
+        with pytest.raises(PromptclimbError, match="is not a seed"):
+            sweeps.parse_seeds([bad])
+
+
+def test_cells_are_named_by_their_grid_point_with_the_search_default_backbone():
+    settings = {"grid": sweeps.check_grid({"dataset": ["fashion-mnist", "eurosat"], "shots": [1, 4],
+                                           "seeds": ["1-2"]}), "search": {}}
+    names = [c.name for c in sweeps.grid_cells(settings)]
+    assert names[:2] == ["fashion-mnist-demo-1shot-seed1", "fashion-mnist-demo-1shot-seed2"]
+    assert "eurosat-ViT-B-32-4shot-seed2" in names and len(names) == 8
+    eurosat = next(c for c in sweeps.grid_cells(settings) if c.dataset == "eurosat")
+    assert eurosat.pretrained == "openai"  # the search's default pair, not random weights
+    odd = sweeps.Cell("coop", "hf-hub:org/model", None, 1, 0)
+    assert odd.name == "coop-hf-hub_org_model-1shot-seed0"
+
+
+def test_bad_grids_are_refused_in_one_line(tmp_path):
+    with pytest.raises(PromptclimbError, match="at least one --dataset"):
+        sweeps.check_grid({"shots": [1]})
+    with pytest.raises(PromptclimbError, match="share a folder name"):
+        sweeps.grid_cells({"grid": sweeps.check_grid({"dataset": ["a", "a"]}), "search": {}})
+    with pytest.raises(PromptclimbError, match="single --backbone"):
+        sweeps.grid_cells({"grid": sweeps.check_grid({"dataset": ["a"], "backbone": ["RN50", "ViT-B-32"]}),
+                           "search": {"weights": "w.pt"}})
+    grid = tmp_path / "grid.toml"
+    grid.write_text("[grid]\nsize = 3\n")
+    with pytest.raises(PromptclimbError, match="unknown \\[grid\\] key"):
+        sweeps.read_grid_file(grid)
+    grid.write_text("[grid\n")
+    with pytest.raises(PromptclimbError, match="not valid TOML"):
+        sweeps.read_grid_file(grid)
+    with pytest.raises(PromptclimbError, match="unknown keyword"):
+        sweeps.search_options({"iterationz": 3})
+    with pytest.raises(PromptclimbError, match="set by the grid"):
+        sweeps.search_options({"seed": 3})
+    with pytest.raises(PromptclimbError, match="nor a file"):
+        sweeps.search_options({"pool": str(tmp_path / "missing.txt")})
+
+
+def test_a_toml_grid_and_flags_that_override_it(tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[grid]\ndataset = ["fashion-mnist"]\nshots = [1, 4]\nseeds = "1-3"\n'
+                    '[search]\niterations = 3\nmax-calls = 9\nadapter = ["cache"]\n')
+    grid_axes, search = sweeps.read_grid_file(grid)
+    assert grid_axes == {"dataset": ["fashion-mnist"], "shots": [1, 4], "seeds": ["1-3"]}
+    opts = sweeps.search_options(search)
+    assert (opts["iterations"], opts["max_calls"], opts["adapter_kinds"]) == (3, 9, ("cache",))
+    settings = sweeps.prepare_sweep(tmp_path / "runs" / "s", grid_axes, search)
+    assert len(settings["cells"]) == 6 and (tmp_path / "runs" / "s" / "sweep.json").exists()
+
+
+def test_a_sweep_continues_with_its_stored_settings_and_refuses_other_ones(tmp_path):
+    sweep_dir = tmp_path / "s"
+    sweeps.prepare_sweep(sweep_dir, {"dataset": ["fashion-mnist"], "seeds": ["1-2"]},
+                         {"iterations": 3, "base_url": "http://127.0.0.1:1/v1"})
+    again = sweeps.prepare_sweep(sweep_dir, None, {"base_url": "http://127.0.0.1:2/v1"})  # execution options may change
+    assert again["grid"]["seeds"] == [1, 2] and again["search"]["iterations"] == 3
+    assert json.loads((sweep_dir / "sweep.json").read_text())["search"]["base_url"] == "http://127.0.0.1:2/v1"
+    sweeps.prepare_sweep(sweep_dir, {"dataset": ["fashion-mnist"], "seeds": [1, 2]}, {"iterations": 3})
+    with pytest.raises(PromptclimbError, match="differs in: grid.seeds, iterations"):
+        sweeps.prepare_sweep(sweep_dir, {"dataset": ["fashion-mnist"], "seeds": ["1-3"]}, {"iterations": 4})
+    with pytest.raises(PromptclimbError, match="holds no sweep yet"):
+        sweeps.prepare_sweep(tmp_path / "other", None, {})
+
+
+def test_cell_states(tmp_path):
+    cell = tmp_path / "cell"
+    assert sweeps.cell_state(cell, adapter_wanted=False) == "new"
+    cell.mkdir()
+    (cell / "config.json").write_text("{}")
+    assert sweeps.cell_state(cell, False) == "killed"
+    (cell / "error.txt").write_text("boom\n")
+    assert sweeps.cell_state(cell, False) == "failed"
+    (cell / "summary.json").write_text(json.dumps({"best": {}}))
+    assert sweeps.cell_state(cell, False) == "finished"
+    assert sweeps.cell_state(cell, True) == "failed"  # the adapter asked for is not fit yet
+    (cell / "error.txt").unlink()
+    assert sweeps.cell_state(cell, True) == "killed"
+
+
+def test_the_cells_share_one_llm_endpoint_and_the_local_llm_is_started_once(monkeypatch):
+    started = []
+
+    @contextmanager
+    def fake_server(model_path=None, echo=None):
+        started.append(model_path)
+        yield "http://127.0.0.1:9/v1"
+
+    monkeypatch.setattr("promptclimb.agent.local_llm.local_server", fake_server)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    opts = sweeps.search_options({})
+    with sweeps.llm_endpoint(opts, print) as (url, model):
+        assert (url, model, started) == ("http://127.0.0.1:9/v1", "local", [None])
+    with sweeps.llm_endpoint({**opts, "base_url": "http://h:1/v1", "llm_name": "m"}, print) as (url, model):
+        assert (url, model, len(started)) == ("http://h:1/v1", "m", 1)
+
+
+def test_sweep_report_means_and_sds_over_finished_seeds(tmp_path):
+    sweep_dir = tmp_path / "runs" / "s"
+    settings = sweeps.prepare_sweep(sweep_dir, {"dataset": ["fashion-mnist"], "shots": [1], "seeds": ["1-3"]}, {})
+    tests = {"fashion-mnist-demo-1shot-seed1": 0.80, "fashion-mnist-demo-1shot-seed2": 0.90}
+    for name, test in tests.items():
+        (sweep_dir / name).mkdir()
+        (sweep_dir / name / "summary.json").write_text(json.dumps({
+            "best": {"accuracy": {"test": test}}, "ensemble": {"accuracy": {"test": test + 0.01}},
+            "ledger": {"calls": 10, "prompt_tokens": 900, "completion_tokens": 100, "latency_s": 5.0}}))
+    failed = sweep_dir / settings["cells"][2]
+    failed.mkdir()
+    (failed / "error.txt").write_text("LLMError: the LLM did not answer\nmore\n")
+    summary = sweeps.sweep_summary(sweeps.sweep_cells(sweep_dir)).iloc[0]
+    assert (summary["seeds"], summary["failed"]) == (2, 1)
+    assert summary["best_mean"] == pytest.approx(0.85) and summary["best_sd"] == pytest.approx(0.0707107, rel=1e-5)
+    assert summary["ensemble_mean"] == pytest.approx(0.86) and math.isnan(summary["adapter_mean"])
+    assert summary["llm_tokens_mean"] == 1000
+    result = CliRunner().invoke(cli, ["sweep-report", "s", "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    assert "85.0 ± 7.1" in result.output and "86.0 ± 7.1" in result.output
+    assert "fashion-mnist-demo-1shot-seed3: LLMError: the LLM did not answer" in result.output
+    assert (sweep_dir / "report.png").exists()

