@@ -6,6 +6,10 @@ flushed to disk, and is renamed over the target in one step: a reader, or a run 
 mid-write, sees the old file or the new one, never half of one. A failed write leaves
 neither a temp file nor a damaged target. Torch-free: torch/safetensors writers come in
 as the `write` callback.
+
+A process killed mid-write (SIGKILL) leaves its temp file behind. The temp file's name
+carries the writer's pid, `.<target>.<pid>.<random>.tmp`, so that `remove_dead_temp_files`
+can remove the leftovers of dead writers without touching a write in progress.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
     The file gets mode 0644 (run files and caches are meant to be read and shared)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(name)
     try:
@@ -36,6 +40,30 @@ def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def remove_dead_temp_files(folder: str | Path) -> list[Path]:
+    """Remove the temp files under `folder` (and its sub-folders) whose writer is no longer
+    running: the leftovers of processes killed mid-write. Returns what was removed."""
+    removed = []
+    for tmp in Path(folder).rglob(".*.tmp"):
+        pid = tmp.name[: -len(".tmp")].rsplit(".", 2)[-2] if tmp.name.count(".") >= 3 else ""
+        if pid.isdigit() and not _running(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

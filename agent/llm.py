@@ -40,7 +40,7 @@ from urllib.parse import urlsplit, urlunsplit
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from promptclimb.agent.errors import PromptclimbError
-from promptclimb.agent.files import write_json_atomic
+from promptclimb.agent.files import remove_dead_temp_files, write_json_atomic
 
 # Bump when the cache entry layout or key changes; old entries are then ignored.
 # 2: entries are keyed and checked by `origin` (endpoint and served model) too.
@@ -161,6 +161,8 @@ class ResponseCache:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        if self.root.is_dir():
+            remove_dead_temp_files(self.root)  # what a process killed mid-write left here
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"

@@ -54,13 +54,10 @@ from pathlib import Path
 from typing import Iterator
 
 from promptclimb.agent.errors import PromptclimbError
-from promptclimb.agent.files import write_atomic, write_json_atomic
+from promptclimb.agent.files import remove_dead_temp_files, write_atomic, write_json_atomic
 
 FORMAT_VERSION = 1
 CONFIG, HISTORY, PROMPTS, SUMMARY, LOCK = "config.json", "history.jsonl", "prompts.csv", "summary.json", ".lock"
-# What is written while holding the run's lock (by the search, or `promptclimb adapt`), each
-# atomically through a temp file ".<name>.*.tmp" beside it.
-LOCKED_FILES = (CONFIG, PROMPTS, SUMMARY, "curve.png", "adapter.pt")
 
 # The fields that make two events "the same step" when a resumed run replays its history.
 # Measured values (time, latency, accuracies read back, usage) are not compared.
@@ -196,11 +193,7 @@ class RunStore:
 
     def _lock(self) -> None:
         self._lock_file = _acquire_lock(self.run_dir)
-        # Under the lock nobody else writes this run: a temp file of an atomic write is a
-        # leftover of a process killed mid-write.
-        for name in LOCKED_FILES:
-            for tmp in self.run_dir.glob(f".{name}.*.tmp"):
-                tmp.unlink(missing_ok=True)
+        remove_dead_temp_files(self.run_dir)  # what a process killed mid-write left here
 
     def _open_history(self) -> "RunStore":
         self._history = open(self.run_dir / HISTORY, "a", encoding="utf-8")

@@ -125,7 +125,7 @@ def crash_runs(kills: int, seed: int, latency: float, work: Path) -> int:
         for k in range(kills):
             folder, name = work / f"kill-{k}", f"kill-{k}"
             runs, home = folder / "runs", folder / "home"
-            at = rng.uniform(0.0, whole_s)
+            at = rng.uniform(0.0, 0.9 * whole_s)  # runs vary in length: keep most kills inside them
             child = search(runs, home, llm.base_url, *SEARCH, "--name", name)
             try:
                 child.wait(timeout=at)
@@ -149,7 +149,7 @@ def crash_runs(kills: int, seed: int, latency: float, work: Path) -> int:
             else:
                 identical += 1
             shutil.rmtree(folder)
-    print(f"killed with SIGKILL at {kills} random moments in 0..{whole_s:.1f} s; "
+    print(f"killed with SIGKILL at {kills} random moments in 0..{0.9 * whole_s:.1f} s; "
           f"where the kills landed: {', '.join(f'{n} {w}' for w, n in sorted(where.items()))}")
     print(f"identical to the uninterrupted run after resuming, with no temp file left: {identical}/{kills}")
     for failure in failures:
@@ -191,7 +191,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=20, help="searches killed (SIGKILL) at random moments")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
-    parser.add_argument("--latency", type=float, default=0.05, help="seconds the fake LLM takes per answer")
+    parser.add_argument("--latency", type=float, default=0.2, help="seconds the fake LLM takes per answer")
     parser.add_argument("--weights", type=Path, default=None, help="ViT-B-32 weights file: also measure peak RSS")
     parser.add_argument("--home", type=Path, default=None,
                         help="PROMPTCLIMB_HOME for the peak-RSS runs [default: an empty one; give one to reuse "

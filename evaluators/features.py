@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from promptclimb.agent.files import write_atomic
+from promptclimb.agent.files import remove_dead_temp_files, write_atomic
 from promptclimb.agent.paths import cache_dir
 
 MAX_SHARDS = 32  # merge text shards beyond this many
@@ -44,6 +44,8 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
 class ImageFeatureCache:
     def __init__(self, root: Path | None = None):
         self.root = Path(root) if root else cache_dir("features") / "images"
+        if self.root.is_dir():
+            remove_dead_temp_files(self.root)  # what a process killed mid-write left here
 
     def path(self, backbone_identity: str, dataset_key: str, split: str, ids_hash: str) -> Path:
         return self.root / f"{_key(backbone_identity, dataset_key, split, ids_hash)}.safetensors"
@@ -72,6 +74,8 @@ class TextFeatureCache:
     def __init__(self, backbone_identity: str, root: Path | None = None):
         base = Path(root) if root else cache_dir("features") / "texts"
         self.folder = base / _key(backbone_identity)
+        if self.folder.is_dir():
+            remove_dead_temp_files(self.folder)  # what a process killed mid-write left here
         self.backbone_identity = backbone_identity
         self._features: dict[str, torch.Tensor] = {}
         self._loaded = False

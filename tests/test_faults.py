@@ -326,15 +326,32 @@ def test_a_search_stopped_while_the_model_loads_resumes_by_name(tmp_path, llm, m
     assert json.loads((runs / "early" / "config.json").read_text())["evaluator"] == WordEvaluator("toy").info()
 
 
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
 def test_temp_files_of_a_killed_write_are_removed_when_the_run_is_reopened(tmp_path):
     run = finished_run(tmp_path / "runs")
-    leftovers = [run / ".summary.json.k1lled.tmp", run / ".prompts.csv.x.tmp", run / ".config.json.y.tmp"]
-    someone_elses = run / ".report.html.z.tmp"  # `promptclimb report` writes without the run's lock
-    for path in [*leftovers, someone_elses]:
+    dead = dead_pid()
+    leftovers = [run / f".summary.json.{dead}.k1lled.tmp", run / f".prompts.csv.{dead}.x.tmp"]
+    in_progress = run / f".report.html.{os.getpid()}.z.tmp"  # `promptclimb report`, writing right now
+    for path in [*leftovers, in_progress]:
         path.write_text("half")
     with RunStore.resume(run):
         pass
-    assert not any(p.exists() for p in leftovers) and someone_elses.exists()
+    assert not any(p.exists() for p in leftovers) and in_progress.exists()
+
+
+def test_the_llm_cache_drops_what_a_killed_writer_left(tmp_path):
+    from promptclimb.agent.llm import ResponseCache
+
+    leftover = tmp_path / "llm" / "0f" / f".0f12.json.{dead_pid()}.abc.tmp"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_text('{"half')
+    ResponseCache(tmp_path / "llm")
+    assert not leftover.exists()
 
 
 def test_a_last_line_without_its_newline_is_dropped_even_when_it_parses(tmp_path):

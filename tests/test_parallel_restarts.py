@@ -163,8 +163,8 @@ def test_the_command_runs_parallel_restarts_and_a_resume_keeps_their_number(tmp_
             "--iterations", "2", "--pool-sample", "4", "--name", "r", *base])
         assert first.exit_code == 0, first.output
         assert fake.max_in_flight == 2
-        other = CliRunner().invoke(cmd_search.search_cmd, ["--resume", "r", "--parallel", "1", *base])
-        assert other.exit_code == 1 and "--parallel 1 (the run's: 2)" in other.output
+        other = CliRunner().invoke(cmd_search.search_cmd, ["--resume", "r", "--parallel", "3", *base])
+        assert other.exit_code == 1 and "--parallel 3 (the run's: 2)" in other.output
         again = CliRunner().invoke(cmd_search.search_cmd, ["--resume", "r", *base])
         assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "r" / "config.json").read_text())["search"]["parallel"] == 2
