@@ -9,8 +9,10 @@ a ViT-B-32 `eval` and `search` too.
 The searches are the real command in processes of their own (tests/fake_cli.py: the
 in-memory WordEvaluator stands in for CLIP, so no torch), against the fake
 OpenAI-compatible server of tests/fake_llm.py, whose answers are a pure function of the
-request and take --latency seconds, so that kills land during LLM calls as well as between
-them. Each killed search has a PROMPTCLIMB_HOME of its own (an empty LLM cache).
+request and take --latency seconds. A kill lands during the command's start, or just after
+its k-th LLM request arrived (during the call, or while the answer is scored and written),
+or after its last one (k drawn at random), so the moments spread over the run whatever the
+machine's speed. Each killed search has a PROMPTCLIMB_HOME of its own (an empty LLM cache).
 
 After a kill: `search --resume NAME` when the run folder holds its config.json, else the
 same command again (the search never started). Identical means: summary.json without
@@ -108,49 +110,76 @@ def state_at_kill(run_dir: Path) -> str:
     return "mid-search" if history.exists() and history.stat().st_size else "before the first event"
 
 
+def kill_at_random_moment(child: subprocess.Popen, llm: FakeLLM, asked_before: int, answers: int,
+                          startup_s: float, latency: float, rng: random.Random) -> str:
+    """SIGKILL `child` at a random moment of its run, whatever the machine's speed: during its
+    start (before its first LLM request), or just after its k-th LLM request arrived (during
+    the call, or while its answer is scored and written), or after its last one (the end:
+    ensemble, summary, plots). Returns when it was."""
+    moment = rng.randrange(answers + 2)
+    if moment == 0:
+        deadline, when = time.monotonic() + rng.uniform(0.0, startup_s), "during the start"
+    else:
+        k = min(moment, answers)
+        while llm.count < asked_before + k and child.poll() is None:
+            time.sleep(0.005)
+        extra = rng.uniform(0.0, 3 * latency) + (rng.uniform(0.0, 1.0) if moment > answers else 0.0)
+        deadline = time.monotonic() + extra
+        when = f"after LLM request {k}" if moment <= answers else "after the last LLM request"
+    while time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.005)
+    if child.poll() is not None:
+        return "too late: the search had ended"
+    child.send_signal(signal.SIGKILL)
+    return when
+
+
 def crash_runs(kills: int, seed: int, latency: float, work: Path) -> int:
     rng = random.Random(seed)
     with FakeLLM(responder=responder, latency_s=latency) as llm:
         started = time.perf_counter()
-        code, output = finish(search(work / "whole" / "runs", work / "whole" / "home", llm.base_url, *SEARCH,
-                                     "--name", "whole"))
+        child = search(work / "whole" / "runs", work / "whole" / "home", llm.base_url, *SEARCH, "--name", "whole")
+        while llm.count == 0 and child.poll() is None:
+            time.sleep(0.005)
+        startup_s = time.perf_counter() - started
+        code, output = finish(child)
         whole_s = time.perf_counter() - started
         if code != 0:
             print(output)
             raise SystemExit(f"the uninterrupted search failed (exit {code})")
         reference = comparable(work / "whole" / "runs" / "whole")
-        print(f"uninterrupted search: {whole_s:.1f} s, {len(reference['history'])} events, "
-              f"{reference['summary']['counts']['llm_answers']} LLM answers")
-        identical, where, failures = 0, {}, []
+        answers = reference["summary"]["counts"]["llm_answers"]
+        print(f"uninterrupted search: {whole_s:.1f} s ({startup_s:.1f} s to its first LLM request), "
+              f"{len(reference['history'])} events, {answers} LLM answers")
+        identical, where, landed_at, failures = 0, {}, [], []
         for k in range(kills):
             folder, name = work / f"kill-{k}", f"kill-{k}"
             runs, home = folder / "runs", folder / "home"
-            at = rng.uniform(0.0, 0.9 * whole_s)  # runs vary in length: keep most kills inside them
             child = search(runs, home, llm.base_url, *SEARCH, "--name", name)
-            try:
-                child.wait(timeout=at)
-            except subprocess.TimeoutExpired:
-                child.send_signal(signal.SIGKILL)
+            when = kill_at_random_moment(child, llm, llm.count, answers, startup_s, latency, rng)
             finish(child)
             landed = state_at_kill(runs / name) if child.returncode == -signal.SIGKILL else "after the search ended"
             where[landed] = where.get(landed, 0) + 1
+            landed_at.append(when)
             again = ["--resume", name] if (runs / name / "config.json").exists() else [*SEARCH, "--name", name]
             code, output = finish(search(runs, home, llm.base_url, *again))
             problems = []
             if code != 0:
                 problems.append(f"the resume failed (exit {code}): {output.strip().splitlines()[-1:]}")
             elif comparable(runs / name) != reference:
-                problems.append(f"ended different from the uninterrupted run: {difference(reference, comparable(runs / name))}")
+                problems.append(f"ended different from the uninterrupted run: "
+                                f"{difference(reference, comparable(runs / name))}")
             left = temp_files(runs, home)
             if left:
                 problems.append(f"temp files left: {', '.join(str(p.relative_to(folder)) for p in left)}")
             if problems:
-                failures.append(f"kill {k} at {at:.2f} s ({landed}): {'; '.join(problems)}")
+                failures.append(f"kill {k} {when} ({landed}): {'; '.join(problems)}")
             else:
                 identical += 1
             shutil.rmtree(folder)
-    print(f"killed with SIGKILL at {kills} random moments in 0..{0.9 * whole_s:.1f} s; "
-          f"where the kills landed: {', '.join(f'{n} {w}' for w, n in sorted(where.items()))}")
+    print(f"killed with SIGKILL at {kills} random moments; the run folder then held: "
+          f"{', '.join(f'{n} {w}' for w, n in sorted(where.items()))}")
+    print(f"  moments: {', '.join(landed_at)}")
     print(f"identical to the uninterrupted run after resuming, with no temp file left: {identical}/{kills}")
     for failure in failures:
         print(f"  {failure}")

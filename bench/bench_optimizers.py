@@ -205,7 +205,7 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
         ax.set_ylabel("test accuracy (mean over seeds)")
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

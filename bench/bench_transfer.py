@@ -18,6 +18,8 @@ in the run folder). Per cell and direction, on the target's 2,000 held-out test 
 
     rho sel / rho test   Spearman of the source accuracies (train) of every template the
                          search scored against the target's (train / test)
+    rho oracle           the same templates, source test vs target test: how alike the two
+                         backbones rank them with 2,000 images on both sides (no few-shot noise)
     win rank             where the source winner ranks on target test, of N
     winner               the transferred winner (the source search's best template)
     photo                "a photo of a {}." on the target
@@ -88,7 +90,9 @@ def pool_best(run) -> str:
 
 
 def cell(source_dir: Path, target_dir: Path, target: str, shots: int, seed: int, targets: Targets) -> dict:
-    from promptclimb.agent.api import load_run, transfer
+    import pandas as pd
+
+    from promptclimb.agent.api import load_run, rank_correlation, transfer
 
     source, direct = load_run(source_dir), load_run(target_dir)
     table = transfer(source, target)  # every template the source search scored, on the target
@@ -98,9 +102,12 @@ def cell(source_dir: Path, target_dir: Path, target: str, shots: int, seed: int,
     top3 = list(source.ranked().drop_duplicates("template")["template"].head(3))
     direct_top3 = list(direct.ranked().drop_duplicates("template")["template"].head(3))
     photo, pool, direct_best = targets.test(key, [BASELINE, pool_best(direct), direct.final["best"]["template"]])
+    ours = table[table["source_rank"].notna()]
+    source_test = targets.test((source.args["backbone"], shots, seed), list(ours["template"]))
+    oracle = rank_correlation(pd.Series(source_test), ours["target_test"].reset_index(drop=True))
     return {
         "direction": f"{source.backbone} -> {target}", "shots": shots, "seed": seed,
-        "rho_sel": rho["selection"], "rho_test": rho["test"],
+        "rho_sel": rho["selection"], "rho_test": rho["test"], "rho_oracle": oracle,
         "win_rank": f"{summary['winner']['target_test_rank']}/{summary['templates']}",
         "winner": summary["winner"]["target"]["test"], "photo": photo, "pool_best": pool, "direct": direct_best,
         "ens3": targets.ensemble_test(key, top3), "direct_ens3": targets.ensemble_test(key, direct_top3),
@@ -116,7 +123,8 @@ def summarise(df):
         pct = lambda col: f"{100 * part[col].mean():.1f}"  # noqa: E731
         beats = lambda col: f"{int((part[col] > part['photo']).sum())}/{len(part)}"  # noqa: E731
         return {"seeds": len(part), "rho sel": f"{part['rho_sel'].mean():+.2f}",
-                "rho test": f"{part['rho_test'].mean():+.2f}", "winner": pct("winner"), "photo": pct("photo"),
+                "rho test": f"{part['rho_test'].mean():+.2f}", "rho oracle": f"{part['rho_oracle'].mean():+.2f}",
+                "winner": pct("winner"), "photo": pct("photo"),
                 "pool best": pct("pool_best"), "direct": pct("direct"),
                 "winner - direct": f"{100 * (part['winner'] - part['direct']).mean():+.1f}",
                 "winner > photo": beats("winner"), "ens3": pct("ens3"), "direct ens3": pct("direct_ens3"),
@@ -151,7 +159,7 @@ def main():
                 row = cell(runs[source], runs[target], target, shots, seed, targets)
                 rows.append(row)
                 print(f"{row['direction']:20s} shots {shots} seed {seed}: "
-                      f"rho {row['rho_sel']:+.2f}/{row['rho_test']:+.2f}"
+                      f"rho {row['rho_sel']:+.2f}/{row['rho_test']:+.2f}/{row['rho_oracle']:+.2f}"
                       f"  winner {row['winner']:.1%} (rank {row['win_rank']})  photo {row['photo']:.1%}  "
                       f"pool best {row['pool_best']:.1%}  direct {row['direct']:.1%}  ens3 {row['ens3']:.1%}  "
                       f"direct ens3 {row['direct_ens3']:.1%}  [{row['source_winner']} | {row['direct_winner']}]",
@@ -160,7 +168,8 @@ def main():
     if args.csv:
         df.to_csv(args.csv, index=False)
     print(f"\nfashion-mnist, test accuracy in % (2,000 held-out images), means over seeds {args.seeds}; "
-          f"rho = Spearman over every template the source search scored (source train vs target train / test)")
+          f"rho = Spearman over every template the source search scored (source train vs target train / test; "
+          f"oracle: source test vs target test)")
     print(summarise(df).to_markdown(index=False, disable_numparse=True))
 
 
