@@ -2,15 +2,17 @@
 
     python bench/bench_transfer.py --base-url http://127.0.0.1:8765/v1     # a running `promptclimb llm serve`
     python bench/bench_transfer.py --shots 1 --seeds 1                     # one cell (the local LLM started here)
+    python bench/bench_transfer.py --metric blend ...                      # searches ranked by another metric
 
 Two real backbones with different pretrained text towers and the same kind of image tower:
 `demo` (all-MiniLM-L6-v2, 384-d) and `demo-mpnet` (all-mpnet-base-v2, 768-d; the `mpnet`
 extra). Per cell (fashion-mnist, shots, seed), one search per backbone: the default search
-(the local LLM, --pool captions, 1 restart x 2 resets x 5 iterations), run through the
-Python API exactly as `promptclimb search` runs it. A search on `demo` that the
-search-quality bench already ran (--quality-runs/full-shots{S}-seed{N}, finished: it has a
-summary.json) is reused as it is; other searches go under --runs-dir and are resumed or
-reread when this bench runs again (the LLM cache makes a rerun cost no LLM call).
+(the local LLM, --pool captions, 1 restart x 2 resets x 5 iterations, ranked by --metric),
+run through the Python API exactly as `promptclimb search` runs it. A search on `demo` that
+the search-quality bench already ran with the same settings (--quality-runs/full-shots{S}-seed{N}
+or full-{metric}-shots{S}-seed{N}, finished, its config ranked by --metric) is reused as it
+is; other searches go under --runs-dir and are reread when this bench runs again (the LLM
+cache makes a rerun cost no LLM call).
 
 Each search is then carried to the other backbone with `promptclimb.transfer` (every
 template it scored, re-scored on the same split; its transfer-<target>.csv/.json/.png land
@@ -48,18 +50,25 @@ def search_run(backbone: str, shots: int, seed: int, args) -> Path:
     """The finished run folder of the default search for this cell, reused or run now."""
     from promptclimb.agent.api import search
 
-    reuse = Path(args.quality_runs) / f"full-shots{shots}-seed{seed}"
-    if backbone == "demo" and (reuse / "summary.json").exists():
-        return reuse
-    name = f"{backbone}-shots{shots}-seed{seed}"
+    for variant in (f"full-{args.metric}", "full"):
+        reuse = Path(args.quality_runs) / f"{variant}-shots{shots}-seed{seed}"
+        if backbone == "demo" and (reuse / "summary.json").exists() and ranked_by(reuse) == args.metric:
+            return reuse
+    name = f"{backbone}-{args.metric}-shots{shots}-seed{seed}"
     run_dir = Path(args.runs_dir) / name
     if (run_dir / "summary.json").exists():
         return run_dir
     knobs = {"resume": name} if (run_dir / "config.json").exists() else {
         "dataset": "fashion-mnist", "shots": shots, "seed": seed, "backbone": backbone, "pool": "captions",
-        "name": name}
+        "metric": args.metric, "name": name}
     print(f"  searching on {backbone}, {shots} shot(s), seed {seed} ...", flush=True)
     return Path(search(**knobs, base_url=args.base_url, runs_dir=args.runs_dir, echo=None).run_dir)
+
+
+def ranked_by(run_dir: Path) -> str | None:
+    import json
+
+    return (json.loads((run_dir / "config.json").read_text()).get("search") or {}).get("metric")
 
 
 class Targets:
@@ -140,6 +149,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--metric", default=None, help="what the searches rank by [default: the search's default]")
     parser.add_argument("--base-url", default=None,
                         help="a running `promptclimb llm serve` [default: the embedded local LLM, started per search]")
     parser.add_argument("--quality-runs", default=str(ROOT / "runs" / "bench-quality" / "captions"),
@@ -148,6 +158,11 @@ def main():
     parser.add_argument("--csv", default=None, help="also write the per-cell rows here")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from promptclimb.agent.ranking import DEFAULT_METRIC, METRICS
+
+    args.metric = args.metric or DEFAULT_METRIC
+    if args.metric not in METRICS:
+        parser.error(f"--metric must be one of {', '.join(METRICS)}")
 
     import pandas as pd
 
@@ -167,7 +182,8 @@ def main():
     df = pd.DataFrame(rows)
     if args.csv:
         df.to_csv(args.csv, index=False)
-    print(f"\nfashion-mnist, test accuracy in % (2,000 held-out images), means over seeds {args.seeds}; "
+    print(f"\nfashion-mnist, searches ranked by {args.metric}, test accuracy in % (2,000 held-out images), "
+          f"means over seeds {args.seeds}; "
           f"rho = Spearman over every template the source search scored (source train vs target train / test; "
           f"oracle: source test vs target test)")
     print(summarise(df).to_markdown(index=False, disable_numparse=True))
