@@ -106,3 +106,28 @@ def make_image_folder(root: Path, per_class: int = 8, classes=CLASS_COLOURS, siz
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return make_image_folder(tmp_path / "images")
+
+
+# The user's cache home, read before the autouse fixture points PROMPTCLIMB_HOME at a tmp dir:
+# the 1.1 GB local LLM model is assembled (once) there and reused, not copied into every
+# test's home (tests/test_e2e_local.py, tests/test_local_llm_serve.py).
+USER_HOME = os.environ.get("PROMPTCLIMB_HOME")
+
+
+@pytest.fixture(scope="session")
+def model_file() -> Path:
+    """The embedded local LLM's GGUF, assembled in the user's cache home."""
+    from promptclimb.agent.local_llm import ensure_model
+
+    saved = os.environ.get("PROMPTCLIMB_HOME")
+    try:
+        if USER_HOME is None:
+            os.environ.pop("PROMPTCLIMB_HOME", None)
+        else:
+            os.environ["PROMPTCLIMB_HOME"] = USER_HOME
+        return ensure_model()
+    finally:
+        if saved is None:
+            os.environ.pop("PROMPTCLIMB_HOME", None)
+        else:
+            os.environ["PROMPTCLIMB_HOME"] = saved

@@ -12,34 +12,10 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("llama_cpp", reason='the local LLM extra is not installed (pip install "promptclimb[local]")')
-
-# The user's cache home, read before the autouse fixture points PROMPTCLIMB_HOME at a tmp dir:
-# the 1.1 GB model is assembled (once) there and reused, not copied into every test's home.
-USER_HOME = os.environ.get("PROMPTCLIMB_HOME")
-
-
-@pytest.fixture(scope="module")
-def model_file() -> Path:
-    from promptclimb.agent.local_llm import ensure_model
-
-    saved = os.environ.get("PROMPTCLIMB_HOME")
-    try:
-        if USER_HOME is None:
-            os.environ.pop("PROMPTCLIMB_HOME", None)
-        else:
-            os.environ["PROMPTCLIMB_HOME"] = USER_HOME
-        return ensure_model()
-    finally:
-        if saved is None:
-            os.environ.pop("PROMPTCLIMB_HOME", None)
-        else:
-            os.environ["PROMPTCLIMB_HOME"] = saved
-
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)

@@ -5,34 +5,9 @@ runs whenever the `local` extra is installed."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("llama_cpp", reason='the local LLM extra is not installed (pip install "promptclimb[local]")')
-
-# The user's cache home, read before the autouse fixture points PROMPTCLIMB_HOME at a tmp
-# dir: the model is assembled (once) there and reused (as in tests/test_e2e_local.py).
-USER_HOME = os.environ.get("PROMPTCLIMB_HOME")
-
-
-@pytest.fixture(scope="module")
-def model_file() -> Path:
-    from promptclimb.agent.local_llm import ensure_model
-
-    saved = os.environ.get("PROMPTCLIMB_HOME")
-    try:
-        if USER_HOME is None:
-            os.environ.pop("PROMPTCLIMB_HOME", None)
-        else:
-            os.environ["PROMPTCLIMB_HOME"] = USER_HOME
-        return ensure_model()
-    finally:
-        if saved is None:
-            os.environ.pop("PROMPTCLIMB_HOME", None)
-        else:
-            os.environ["PROMPTCLIMB_HOME"] = saved
 
 
 @pytest.mark.slow

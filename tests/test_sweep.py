@@ -150,11 +150,18 @@ def test_killing_the_driver_mid_sweep_then_the_rerun_completes_the_rest(sweep):
                         and '"llm_exchange"' in (sweep_dir / n / "history.jsonl").read_text()]
             return finished, half_way
 
+        def kill_now():
+            # a cell finished, and another one only one answer in: the kill cannot race its end
+            # (two cells run side by side and would otherwise finish within a poll of each other)
+            finished, half_way = states()
+            return finished and any((sweep_dir / n / "history.jsonl").read_text().count('"llm_exchange"') == 1
+                                    for n in half_way)
+
         driver = subprocess.Popen(command, env=sweep.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   text=True, start_new_session=True)
         try:
             deadline = time.monotonic() + 300
-            while time.monotonic() < deadline and driver.poll() is None and not all(states()):
+            while time.monotonic() < deadline and driver.poll() is None and not kill_now():
                 time.sleep(0.2)
         finally:
             os.killpg(driver.pid, signal.SIGKILL)  # the driver, its Ray and the cells, at once
