@@ -68,6 +68,26 @@ def summaries(sweep_dir: Path) -> dict:
     return {n: json.loads((sweep_dir / n / "summary.json").read_text()) for n in NAMES}
 
 
+def wait_until_no_cell_is_written(sweep_dir: Path, timeout_s: float = 60) -> None:
+    """Until every cell's run lock is free: a search holds its run's flock until its process
+    dies, so a free lock means no process (an orphaned Ray worker included) still writes it."""
+    import fcntl
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        held = []
+        for lock in sweep_dir.glob("*/.lock"):
+            with open(lock, "a") as handle:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    held.append(lock.parent.name)
+        if not held:
+            return
+        assert time.monotonic() < deadline, f"cells still written {timeout_s:.0f} s after the kill: {held}"
+        time.sleep(0.2)
+
+
 def test_a_2x2_sweep_on_a_local_ray_and_its_report(sweep):
     with FakeLLM(responder=responder) as fake:
         started = time.monotonic()
@@ -166,6 +186,9 @@ def test_killing_the_driver_mid_sweep_then_the_rerun_completes_the_rest(sweep):
         finally:
             os.killpg(driver.pid, signal.SIGKILL)  # the driver, its Ray and the cells, at once
             driver.wait(timeout=60)
+        # Ray's workers are the raylet's children, not in the driver's process group: they die
+        # with it, but a cell may still write its last files meanwhile. Count once none can.
+        wait_until_no_cell_is_written(sweep_dir)
         finished, half_way = states()
         assert finished and half_way, driver.stderr.read()
         finished_before = {n: (sweep_dir / n / "history.jsonl").read_bytes() for n in finished}
