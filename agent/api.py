@@ -199,7 +199,11 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
     """
     if top is not None and top < 1:
         raise PromptclimbError("top must be at least 1")
+    from promptclimb.agent.softsearch import is_soft_prompt_run, transfer_refusal
+
     loaded = run if not isinstance(run, (str, Path)) else load_run(run, runs_dir)
+    if is_soft_prompt_run(loaded.config):
+        raise PromptclimbError(transfer_refusal(loaded))
     args = loaded.args
     if not args.get("dataset"):
         raise PromptclimbError(f"{loaded.path / 'config.json'} does not say which dataset the run used")

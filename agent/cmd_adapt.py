@@ -24,6 +24,7 @@ from promptclimb.agent.files import write_json_atomic
 from promptclimb.agent.paths import cache_home, check_writable
 from promptclimb.agent.reading import find_run, read_json
 from promptclimb.agent.runstore import CONFIG, SUMMARY, run_lock
+from promptclimb.agent.softsearch import is_soft_prompt_run, template_refusal
 
 # The kinds of evaluators.adapters.ADAPTERS, listed here so that `--help` and the check of
 # --kind need no torch (tests/test_adapters.py checks the two lists agree).
@@ -45,9 +46,12 @@ def check_kinds(kinds) -> list[str]:
     return out
 
 
-def read_run(run_dir: Path) -> tuple[dict, dict]:
-    """(config, summary) of a finished run (a damaged file: one line naming it)."""
+def read_run(run_dir: Path, command: str | None = None) -> tuple[dict, dict]:
+    """(config, summary) of a finished run (a damaged file: one line naming it). With
+    `command` (what the user ran), a soft-prompt run is refused: it has no template."""
     config = read_json(run_dir / CONFIG)
+    if command and is_soft_prompt_run(config):
+        raise PromptclimbError(template_refusal(run_dir.name, config, command))
     if not (run_dir / SUMMARY).is_file():
         raise PromptclimbError(f"{run_dir} has no {SUMMARY}: the search has not finished "
                                f"(finish it with: promptclimb search --resume {run_dir})")
@@ -156,7 +160,7 @@ def eval_run_adapter(run_dir: str | Path, evaluator=None, splits=("test",), devi
     from promptclimb.evaluators.adapters import accuracy, load_adapter, read_adapter
 
     run_dir = Path(run_dir)
-    config, summary = read_run(run_dir)
+    config, summary = read_run(run_dir, "eval --run --with-adapter")
     payload = read_adapter(run_dir / ADAPTER_FILE)
     if evaluator is None:
         evaluator = build_run_evaluator(config, device=device, **overrides)
@@ -211,6 +215,7 @@ def adapt_cmd(run, kinds, on, seed, runs_dir, device, as_json):
     echo = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
     kinds = check_kinds(kinds)  # before any slow loading
     run_dir = find_run(run, runs_dir)
+    read_run(run_dir, "adapt")  # finished, readable and a template run, before any slow loading
     check_writable(run_dir, "the run folder")
     check_writable(cache_home(), "the cache folder, PROMPTCLIMB_HOME")
     with run_lock(run_dir):  # a search resuming this run would rewrite summary.json too

@@ -70,6 +70,10 @@ def eval_cmd(dataset, data_root, shots, seed, backbone, pretrained, weights, pro
     from promptclimb.agent.reading import find_run  # pandas: only now
 
     run_dir = find_run(run, runs_dir) if run else None
+    if with_adapter:
+        from promptclimb.agent.cmd_adapt import read_run
+
+        read_run(run_dir, "eval --run --with-adapter")  # before any slow loading
     args, prompts = _settings(given, list(prompts), run_dir)
     dataset, data_root, shots, seed, backbone, pretrained, weights = (
         args[k] for k in ("dataset", "data_root", "shots", "seed", "backbone", "pretrained", "weights"))
@@ -116,7 +120,7 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
     if run_dir is not None:
         from promptclimb.agent.cmd_adapt import read_run
 
-        config, summary = read_run(run_dir)
+        config, summary = read_run(run_dir, None if prompts else "eval --run")
         for key, value in (config.get("evaluator_args") or {}).items():
             if key in args and args[key] is None:
                 args[key] = value

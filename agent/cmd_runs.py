@@ -18,7 +18,7 @@ from promptclimb.agent.api import load_run, transfer
 from promptclimb.agent.errors import PromptclimbError, user_errors
 from promptclimb.agent.format import pct
 from promptclimb.agent.reading import Run, runs_frame
-from promptclimb.agent.softsearch import is_soft_prompt_run, soft_prompt_lines, transfer_refusal
+from promptclimb.agent.softsearch import is_soft_prompt_run, soft_prompt_lines
 from promptclimb.agent.templates import BASELINE
 
 FORMATS = ["table", "markdown", "csv", "json"]
@@ -290,8 +290,6 @@ def transfer_cmd(run, backbone, pretrained, weights, top, data_root, device, run
       promptclimb transfer my-run --backbone ViT-B-32 --weights ~/models/vit-b-32.safetensors --top 10
     """
     loaded = open_run(run, runs_dir)
-    if is_soft_prompt_run(loaded.config):
-        raise PromptclimbError(transfer_refusal(loaded))
     args = loaded.args
     full = transfer(loaded, backbone, pretrained=pretrained, weights=weights, data_root=data_root, device=device)
     summary, path = full.attrs["transfer"], full.attrs["path"]

@@ -330,6 +330,14 @@ def soft_prompt_lines(run) -> list[str]:
     return lines
 
 
+def template_refusal(run_id: str, config: dict, command: str) -> str:
+    """Why a command that works on a run's best text template cannot use a soft-prompt run."""
+    return (f"run {run_id} learned a soft prompt ({config.get('optimizer')}), not a text template, so `promptclimb "
+            f"{command}` has nothing to work on. `promptclimb show {run_id}` has its accuracies (and the adapter its "
+            f"search fitted, with --adapter); `promptclimb eval --run {run_id} --prompt TEMPLATE` scores templates of "
+            "your own on its split.")
+
+
 def transfer_refusal(run) -> str:
     return (f"run {run.id} learned a soft prompt ({run.config.get('optimizer')}): its vectors live in the token-embedding "
             f"space of {run.backbone}'s text tower, which another backbone does not share, so it cannot be carried "

@@ -20,6 +20,10 @@ ordinary search (a run folder under --runs-dir, readable with `promptclimb show`
     full-prob       full, ranked by and shown the true-class probability
     full-spare0     full, asking for exactly --proposals templates per turn (before --spare)
     full-no-unfill  full, dropping lines that name a class instead of {} (before unfill)
+    no-scores-blend no-scores, ranked by the blend
+    full-trainval   full, ranked by and shown the score on train and val pooled (--select
+                    train+val: twice the images for every choice; nothing held out for the
+                    ensemble, which is then chosen on train+val too)
 
 Reported per variant, over seeds: test accuracy of the best template (mean, sd), the paired
 gain over pool-only (mean, sd, seeds improved), val accuracy (what choices are made on:
@@ -56,6 +60,8 @@ SEARCHES = {  # variant -> (change to the default SearchConfig, meta-prompt fold
     "full-prob": ({"metric": "prob"}, None),
     "full-spare0": ({"spare": 0}, None),
     "full-no-unfill": ({"unfill": False}, None),
+    "full-trainval": ({"select": "train+val"}, None),
+    "no-scores-blend": ({"metric": "blend"}, NO_SCORES),
 }
 VARIANTS = ("pool-only", *SEARCHES)
 

@@ -62,6 +62,22 @@ def test_craft_search_writes_a_complete_run_folder(search):
     refused = CliRunner().invoke(cli, ["transfer", "soft", "--runs-dir", str(search.runs), "--backbone", "demo"])
     assert refused.exit_code == 1 and "cannot be carried over" in refused.output
     assert "Traceback" not in refused.output
+    import promptclimb
+
+    with pytest.raises(promptclimb.PromptclimbError, match="cannot be carried over"):
+        promptclimb.transfer("soft", "demo", runs_dir=search.runs)
+
+    # commands that work on a run's best template say why a soft prompt is not one
+    for command in (["adapt", "soft", "--kind", "cache"], ["eval", "--run", "soft"],
+                    ["eval", "--run", "soft", "--with-adapter", "--prompt", "a photo of a {}."]):
+        refused = CliRunner().invoke(cli, [*command, "--runs-dir", str(search.runs)])
+        assert refused.exit_code == 1, (command, refused.output)
+        assert "learned a soft prompt (craft), not a text template" in refused.output, (command, refused.output)
+    # templates of one's own on the run's split still work
+    own = CliRunner().invoke(cli, ["eval", "--run", "soft", "--prompt", "a photo of a {}.", "--json",
+                                   "--runs-dir", str(search.runs)])
+    assert own.exit_code == 0, own.output
+    assert json.loads(own.stdout)["results"][0]["template"] == "a photo of a {}."
 
 
 @pytest.mark.parametrize("name, kill", [("craft", "before"), ("cbbt", "before"), ("craft", "after")])
