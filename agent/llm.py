@@ -289,6 +289,7 @@ class LLMClient:
         self._served_model = served_model
         self._origin: dict | None = None
         self._origin_lock = threading.Lock()  # restarts may run in threads: ask /models once
+        self._ledger_lock = threading.Lock()
         # The endpoint as requests see it (the openai client resolves None and
         # OPENAI_BASE_URL), without userinfo: part of the cache key, never a secret.
         self.endpoint = strip_userinfo(str(self._client.base_url)).rstrip("/")
@@ -380,17 +381,12 @@ class LLMClient:
                 key=key,
                 truncated_from=int(known.get("truncated_from") or 0),
             )
-            if source == "replay":
-                self.ledger.replayed += 1
-            else:
-                self.ledger.cache_hits += 1
+            self.count(**{"replayed" if source == "replay" else "cache_hits": 1})
         else:
             answer = self._ask(request)
             answer.key = key
-            self.ledger.calls += 1
-            self.ledger.prompt_tokens += answer.prompt_tokens
-            self.ledger.completion_tokens += answer.completion_tokens
-            self.ledger.latency_s += answer.latency_s
+            self.count(calls=1, prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
+                       latency_s=answer.latency_s)
         content, cut_from = cap_answer(answer.content, answer_cap(max_answer_tokens))
         if cut_from:
             answer.content, answer.truncated_from = content, cut_from
@@ -410,8 +406,14 @@ class LLMClient:
                 },
                 self.origin(),
             )
-        self.ledger.budget_tokens += answer.prompt_tokens + answer.completion_tokens
+        self.count(budget_tokens=answer.prompt_tokens + answer.completion_tokens)
         return answer
+
+    def count(self, **amounts) -> None:
+        """Add to the ledger's counters: restarts run in threads (--parallel) share this client."""
+        with self._ledger_lock:
+            for name, amount in amounts.items():
+                setattr(self.ledger, name, getattr(self.ledger, name) + amount)
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -425,7 +427,7 @@ class LLMClient:
 
     def _ask(self, request: dict) -> Answer:
         def count_failure(state: RetryCallState) -> None:
-            self.ledger.failed_attempts += 1
+            self.count(failed_attempts=1)
             what = _failure(state.outcome.exception() if state.outcome else None, self.timeout)
             wait = state.next_action.sleep if state.next_action else 0.0
             where = strip_userinfo(self.base_url) or "the OpenAI API"
@@ -449,7 +451,7 @@ class LLMClient:
 
             if not isinstance(exc, (openai.OpenAIError, MalformedResponse)):
                 raise
-            self.ledger.failed_attempts += 1
+            self.count(failed_attempts=1)
             tries = "after " + (f"{self.max_tries} tries" if _is_retryable(exc) else "1 try (not retryable)")
             where = strip_userinfo(self.base_url) or "the OpenAI API"
             raise LLMError(
