@@ -24,7 +24,7 @@ from typing import Iterator
 import click
 
 from promptclimb.agent.defaults import default_backbone
-from promptclimb.agent.errors import PromptclimbError, user_errors
+from promptclimb.agent.errors import PromptclimbError, sigterm_raises_systemexit, user_errors
 from promptclimb.agent.llm import LLMClient, LLMError, local_model_served_at, strip_userinfo
 from promptclimb.agent import local_llm
 from promptclimb.agent.metaprompt import MetaPrompt
@@ -398,7 +398,7 @@ def create_run_folder(plan: Plan, opts: dict, echo) -> RunStore:
 @contextmanager
 def resume_hint_on_interrupt(store: RunStore, echo) -> Iterator[None]:
     """Ctrl-C, or SIGTERM (made to unwind the same way, exit status 143): say how to go on."""
-    restore = local_llm._sigterm_raises_systemexit()
+    restore = sigterm_raises_systemexit()
     try:
         yield
     except (KeyboardInterrupt, SystemExit):

@@ -8,6 +8,8 @@ an OSError's, naming its file) as one line, without a traceback.
 from __future__ import annotations
 
 import functools
+import signal
+import threading
 
 import click
 
@@ -36,3 +38,20 @@ def user_errors(fn):
             raise click.ClickException(os_error_message(exc)) from None
 
     return wrapper
+
+
+def sigterm_raises_systemexit():
+    """Make SIGTERM (e.g. `kill`, a CI timeout) unwind like Ctrl-C, so `finally` blocks run
+    (the local LLM server is stopped, a search prints how to resume); returns a callable
+    restoring the previous handler. Only the main thread can set a handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous not in (signal.SIG_DFL, None):
+        return lambda: None  # somebody else handles it already; leave theirs in place
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)

@@ -29,7 +29,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Iterator
 
 from promptclimb.agent.chunks import ChunkedFile, ensure_assembled, find_parts, sha256_of, verified  # noqa: F401 (find_parts: API)
-from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.errors import PromptclimbError, sigterm_raises_systemexit
 from promptclimb.agent.files import write_json_atomic
 from promptclimb.agent.paths import cache_dir
 
@@ -235,7 +234,7 @@ def local_server(
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-    restore_sigterm = _sigterm_raises_systemexit()
+    restore_sigterm = sigterm_raises_systemexit()
     try:
         _wait_until_ready(proc, base_url, ready_timeout, log_file)
         if warmup:
@@ -253,22 +252,6 @@ def local_server(
     finally:
         stop_process(proc)
         restore_sigterm()
-
-
-def _sigterm_raises_systemexit():
-    """Make SIGTERM (e.g. `kill`, a CI timeout) unwind like Ctrl-C so the `finally` that
-    stops the server runs; returns a callable restoring the previous handler."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous not in (signal.SIG_DFL, None):
-        return lambda: None  # somebody else handles it already; leave theirs in place
-
-    def handler(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _die_with_parent() -> None:
