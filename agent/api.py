@@ -122,14 +122,16 @@ def check_templates(templates: str | Sequence[str]) -> list[str]:
 
 def score_templates(templates: Sequence[str], *, dataset: str, shots: int, seed: int, backbone: str,
                     pretrained: str | None = None, weights: str | None = None, data_root: str | None = None,
-                    device: str | None = None, splits: Sequence[str] = SPLITS) -> tuple[list["Score"], "Evaluator"]:
+                    device: str | None = None, splits: Sequence[str] = SPLITS,
+                    precision: str | None = None) -> tuple[list["Score"], "Evaluator"]:
     """The CLIP evaluator for (dataset, shots, seed, backbone) and each template's Score on
-    `splits`: what `evaluate()`, `transfer()` and `promptclimb eval` share. Imports torch."""
+    `splits`: what `evaluate()`, `transfer()` and `promptclimb eval` share. Imports torch.
+    `precision`: "fp32" (None, the default) or "bf16" (as --precision)."""
     from promptclimb.evaluators import build_evaluator
 
     templates = check_templates(templates)  # before the (slow) evaluator is built
     evaluator = build_evaluator(dataset=dataset, shots=shots, seed=seed, backbone=backbone, pretrained=pretrained,
-                                weights=weights, data_root=data_root, device=device)
+                                weights=weights, data_root=data_root, device=device, precision=precision)
     return evaluator.score(templates, splits=tuple(splits)), evaluator
 
 
@@ -151,18 +153,19 @@ def scores_frame(templates: Sequence[str], scores: Sequence["Score"]) -> "pd.Dat
 def evaluate(templates: str | Sequence[str], dataset: str = "fashion-mnist", shots: int = 1, seed: int = 0,
              backbone: str | None = None, *, pretrained: str | None = None, weights: str | None = None,
              data_root: str | None = None, device: str | None = None,
-             splits: Sequence[str] = SPLITS) -> "pd.DataFrame":
+             splits: Sequence[str] = SPLITS, precision: str | None = None) -> "pd.DataFrame":
     """Score templates on a few-shot split, as `promptclimb eval` does: a DataFrame with one
     row per template and the accuracy (`train`, `val`, `test`), `<split>_prob` and
     `<split>_loss` per split. The backbone defaults as in `promptclimb search` (the
-    embedded `demo` model for fashion-mnist, else OpenAI's ViT-B-32)."""
+    embedded `demo` model for fashion-mnist, else OpenAI's ViT-B-32). `precision`: "fp32"
+    (the default, exact) or "bf16" (faster on CPUs with bf16 instructions), as --precision."""
     from promptclimb.agent.defaults import default_backbone
 
     backbone, pretrained = default_backbone(dataset, backbone, pretrained, weights)
     templates = check_templates(templates)
     scores, _ = score_templates(templates, dataset=dataset, shots=shots, seed=seed, backbone=backbone,
                                 pretrained=pretrained, weights=weights, data_root=data_root, device=device,
-                                splits=splits)
+                                splits=splits, precision=precision)
     return scores_frame(templates, scores)
 
 

@@ -78,7 +78,7 @@ def build_run_evaluator(config: dict, device: str | None = None, **overrides):
     args.update({k: v for k, v in overrides.items() if v is not None})
     return build_evaluator(args["dataset"], args["shots"], args["seed"], args["backbone"],
                            pretrained=args.get("pretrained"), weights=args.get("weights"),
-                           data_root=args.get("data_root"), device=device)
+                           data_root=args.get("data_root"), device=device, precision=args.get("precision"))
 
 
 def _pct(x: float) -> str:

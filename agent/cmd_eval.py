@@ -10,7 +10,7 @@ import warnings
 
 import click
 
-from promptclimb.agent.defaults import default_backbone
+from promptclimb.agent.defaults import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS, default_backbone
 from promptclimb.agent.errors import user_errors
 from promptclimb.agent.paths import cache_home, check_writable
 from promptclimb.agent.templates import template_problem
@@ -19,7 +19,8 @@ SPLITS = ("train", "val", "test")
 
 
 # Used when neither the option nor --run says otherwise.
-DEFAULTS = {"dataset": "fashion-mnist", "shots": 1, "seed": 0}  # as `search`; the backbone: default_backbone
+DEFAULTS = {"dataset": "fashion-mnist", "shots": 1, "seed": 0,  # as `search`; the backbone: default_backbone
+            "precision": DEFAULT_PRECISION}
 BASELINE = "a photo of a {}."
 
 
@@ -49,10 +50,12 @@ BASELINE = "a photo of a {}."
 @click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", show_default=True,
               help="Where run folders are.")
 @click.option("--device", default=None, help="cuda, cpu, ... (default: cuda when available).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help=f"{PRECISION_HELP} [default: {DEFAULT_PRECISION}, or the run's with --run].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @user_errors
 def eval_cmd(dataset, data_root, shots, seed, backbone, pretrained, weights, prompts, run, with_adapter,
-             runs_dir, device, as_json):
+             runs_dir, device, precision, as_json):
     """Score prompt templates: train/val/test accuracy on a few-shot split.
 
     \b
@@ -62,11 +65,12 @@ def eval_cmd(dataset, data_root, shots, seed, backbone, pretrained, weights, pro
       promptclimb eval --dataset eurosat --shots 1 --backbone RN50 --pretrained openai \\
           --prompt "a centered satellite photo of {}."
       promptclimb eval --run RUN --with-adapter        (the run's prompt, with and without its adapter)
+      promptclimb eval --dataset eurosat --backbone ViT-B-32 --weights W.pt --precision bf16   (faster on a CPU)
     """
     if with_adapter and not run:
         raise click.UsageError("--with-adapter needs --run RUN (the adapter belongs to a run)")
     given = {"dataset": dataset, "data_root": data_root, "shots": shots, "seed": seed, "backbone": backbone,
-             "pretrained": pretrained, "weights": weights}
+             "pretrained": pretrained, "weights": weights, "precision": precision}
     from promptclimb.agent.reading import find_run  # pandas: only now
 
     run_dir = find_run(run, runs_dir) if run else None
@@ -75,8 +79,8 @@ def eval_cmd(dataset, data_root, shots, seed, backbone, pretrained, weights, pro
 
         read_run(run_dir, "eval --run --with-adapter")  # before any slow loading
     args, prompts = _settings(given, list(prompts), run_dir)
-    dataset, data_root, shots, seed, backbone, pretrained, weights = (
-        args[k] for k in ("dataset", "data_root", "shots", "seed", "backbone", "pretrained", "weights"))
+    dataset, data_root, shots, seed, backbone, pretrained, weights, precision = (
+        args[k] for k in ("dataset", "data_root", "shots", "seed", "backbone", "pretrained", "weights", "precision"))
     for p in prompts:  # before any slow loading
         problem = template_problem(p)
         if problem:
@@ -86,7 +90,7 @@ def eval_cmd(dataset, data_root, shots, seed, backbone, pretrained, weights, pro
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result, evaluator = _evaluate(dataset, data_root, shots, seed, backbone, pretrained, weights,
-                                      list(prompts), device)
+                                      list(prompts), device, precision)
         if with_adapter:
             from promptclimb.agent.cmd_adapt import eval_run_adapter
 
@@ -134,11 +138,11 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
     return args, prompts or [BASELINE]
 
 
-def _evaluate(dataset, data_root, shots, seed, backbone, pretrained, weights, prompts, device) -> dict:
+def _evaluate(dataset, data_root, shots, seed, backbone, pretrained, weights, prompts, device, precision) -> dict:
     from promptclimb.evaluators import build_evaluator  # torch, open_clip: only now
 
     evaluator = build_evaluator(dataset, shots, seed, backbone, pretrained=pretrained, weights=weights,
-                                data_root=data_root, device=device)
+                                data_root=data_root, device=device, precision=precision)
     scores = evaluator.score(prompts, splits=SPLITS)
     return {
         "dataset": dataset, "shots": shots, "seed": seed,

@@ -1,11 +1,21 @@
 """The default backbone: one rule for `promptclimb search`, `promptclimb eval` and the
-Python API (torch-free, so a command can apply it before anything is loaded)."""
+Python API (torch-free, so a command can apply it before anything is loaded); and the
+encoder precisions those commands offer (`--precision`)."""
 
 from __future__ import annotations
 
 EMBEDDED_DATASET = "fashion-mnist"  # the shipped Fashion-MNIST subset
 EMBEDDED_BACKBONE = "demo"  # its image tower was trained on that dataset, and only on it
 DEFAULT_BACKBONE, DEFAULT_PRETRAINED = "ViT-B-32", "openai"
+# fp32: full precision, the default. bf16: image and text encoders in bfloat16 (autocast
+# arithmetic) on a CPU with bf16 instructions (AVX512-BF16, AMX): ViT-B-32 images 2.1-2.6x
+# faster on 2 cores, features within ~2e-3 (README, Image encoding); cached apart from fp32
+# ones (evaluators/backbones.py, Backbone.feature_identity).
+PRECISIONS = ("fp32", "bf16")
+DEFAULT_PRECISION = "fp32"
+PRECISION_HELP = ("Encoder precision on a CPU: fp32 (full precision) or bf16 (about 2x faster image and text "
+                  "encoding on CPUs with AVX512-BF16/AMX, features within ~2e-3, cached apart from fp32 ones). "
+                  "On CUDA the encoders use autocast either way.")
 
 
 def default_backbone(dataset: str, backbone: str | None, pretrained: str | None,

@@ -343,11 +343,14 @@ class LLMClient:
 
     # -- the request ---------------------------------------------------------------------
     def build_request(
-        self, messages: list[dict], *, temperature: float, seed: int, n: int = 1, max_answer_tokens: int | None = None
+        self, messages: list[dict], *, temperature: float, seed: int, n: int = 1, max_answer_tokens: int | None = None,
+        presence_penalty: float = 0.0,
     ) -> dict:
         request = {"model": self.model, "messages": messages, "temperature": temperature, "seed": seed, "n": n}
         if max_answer_tokens:
             request["max_tokens"] = max_answer_tokens
+        if presence_penalty:  # only when set: requests (and cache keys) without one stay as they were
+            request["presence_penalty"] = presence_penalty
         return request
 
     def why_out_of_budget(self) -> str | None:
@@ -359,14 +362,16 @@ class LLMClient:
         return None
 
     def chat(
-        self, messages: list[dict], *, temperature: float = 1.0, seed: int = 0, max_answer_tokens: int | None = None
+        self, messages: list[dict], *, temperature: float = 1.0, seed: int = 0, max_answer_tokens: int | None = None,
+        presence_penalty: float = 0.0,
     ) -> Answer:
         """The assistant's answer to `messages` (the first choice's text, at most
         `answer_cap(max_answer_tokens)` characters; may be empty)."""
         stop = self.why_out_of_budget()
         if stop:
             raise BudgetExhausted(stop)
-        request = self.build_request(messages, temperature=temperature, seed=seed, max_answer_tokens=max_answer_tokens)
+        request = self.build_request(messages, temperature=temperature, seed=seed, max_answer_tokens=max_answer_tokens,
+                                     presence_penalty=presence_penalty)
         key = request_key(request)
         known, source = self._replay.get(key), "replay"
         if known is None and self.cache is not None:

@@ -62,6 +62,7 @@ class SearchConfig:
     bottom_k: int = 3  # worst templates shown to the LLM
     pool_sample: int = 30  # initial-pool templates per restart (0 = the whole pool)
     temperature: float = 1.0
+    presence_penalty: float = 0.0  # OpenAI's: > 0 discourages tokens already in the conversation
     seed: int = 0
     select: str = "train"  # "train" (as in the paper) or "train+val"
     metric: str = DEFAULT_METRIC  # what templates are ranked by and the LLM is shown (agent/ranking.py)
@@ -87,6 +88,8 @@ class SearchConfig:
                 raise PromptclimbError(f"{name} must not be negative")
         if not 0.0 <= self.temperature <= 2.0:
             raise PromptclimbError("temperature must be between 0 and 2")
+        if not -2.0 <= self.presence_penalty <= 2.0:
+            raise PromptclimbError("presence_penalty must be between -2 and 2")
         return self
 
 
@@ -347,7 +350,8 @@ class HillClimber:
         """The LLM's answer (the one step that parallel restarts take at the same time)."""
         seed = call_seed(self.config.seed, restart, reset, iteration)
         return self.llm.chat(
-            messages, temperature=self.config.temperature, seed=seed, max_answer_tokens=self.config.max_answer_tokens
+            messages, temperature=self.config.temperature, seed=seed, max_answer_tokens=self.config.max_answer_tokens,
+            presence_penalty=self.config.presence_penalty,
         )
 
     def record_exchange(self, answer: Answer, messages: list[dict], sent: int, restart: int, reset: int,

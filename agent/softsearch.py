@@ -163,7 +163,8 @@ def run_soft_prompt_search(opts: dict, echo) -> dict:
         config = config_from_options(opts)
         backbone, pretrained = default_backbone(opts["dataset"], opts["backbone"], opts["pretrained"], opts["weights"])
         evaluator_args = {"dataset": opts["dataset"], "shots": opts["shots"], "seed": opts["seed"], "backbone": backbone,
-                          "pretrained": pretrained, "weights": opts["weights"], "data_root": opts["data_root"]}
+                          "pretrained": pretrained, "weights": opts["weights"], "data_root": opts["data_root"],
+                          "precision": opts.get("precision")}
     try:
         from promptclimb.evaluators.softprompt import build_optimizer  # torch, pycma: only now
 

@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     parser.add_argument("--shots", type=int, default=1)
     parser.add_argument("--temperature", type=float, default=LOCAL_SAMPLING["temperature"])
     parser.add_argument("--max-tokens", type=int, default=LOCAL_SAMPLING["max_tokens"])
+    parser.add_argument("--presence-penalty", type=float, default=0.0)
     parser.add_argument("--llm-model", default=None, help="another GGUF file (default: the embedded model)")
     parser.add_argument("--base-url", default=None, help="use a running server instead of starting one")
     parser.add_argument("--meta-prompt", default=None, help="a folder of meta-prompt overrides")
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
                                 pretrained=None, weights=None, data_root=None, device="cpu")
     config = SearchConfig(restarts=args.restarts, resets=args.resets, iterations=args.iterations,
                           proposals=args.proposals, seed=args.seed, temperature=args.temperature,
-                          max_answer_tokens=args.max_tokens)
+                          max_answer_tokens=args.max_tokens, presence_penalty=args.presence_penalty)
     run_root = Path(tempfile.mkdtemp(prefix="bench-local-llm-"))
     store = RunStore.create(run_root / "run", {"bench": "local_llm", "search": vars(args)})
     quiet = lambda msg: None  # noqa: E731
@@ -116,6 +117,10 @@ def report(events: list[dict], wall: float, args) -> None:
     print(f"answers with >= 1 valid new template: {useful}/{n} = {useful / max(n, 1):.0%}")
     print(f"valid new templates:               {len(llm_scores)} ({len(llm_scores) / max(n, 1):.1f} per answer); "
           f"rejected lines: {sum(rejected_by_call.values())}")
+    repeats = sum(e["event"] == "reject" and "duplicate" in e.get("reason", "") for e in events)
+    lines = sum(rejected_by_call.values()) + len(llm_scores)
+    print(f"repeated lines:                    {repeats} of {lines} ({repeats / max(lines, 1):.0%}), "
+          f"presence penalty {args.presence_penalty}")
     print(f"tokens:                            {prompt} prompt + {completion} completion")
     print(f"generation speed:                  {completion / max(latency, 1e-9):.1f} completion tokens/s "
           f"(request latency incl. prompt processing; {latency / max(n, 1):.1f} s per answer)")

@@ -26,6 +26,7 @@ token-FLOPs for typical templates.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import importlib
 import json
@@ -45,6 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from promptclimb.agent.defaults import DEFAULT_PRECISION, PRECISIONS
 from promptclimb.agent.errors import PromptclimbError
 from promptclimb.agent.files import write_json_atomic
 from promptclimb.agent.paths import cache_dir
@@ -61,12 +63,37 @@ CONNECT_TIMEOUT_S = 3.0  # how long we wait to learn that a download host is unr
 # Texts per forward pass. Rows are sorted by length first, so small chunks waste little on
 # padding: on a CPU, chunks of 64 ran 1.5x faster than one batch of 200 cut to its longest.
 TEXT_CHUNK = {"cpu": 64, "cuda": 512}
+# Images per encoder batch (evaluators/scorer.py). CPU: ViT-B-32's matrix products through
+# oneDNN ran at 205-215 GFLOP/s on 2 cores with 16 or 32 images (800 or 1,600 rows) and
+# 175-200 with 64; whole encodes at 16/32/64 were within noise (bench/bench_images.py
+# --extra); 32 holds less memory than 64. A GPU wants big batches.
+IMAGE_BATCH = {"cpu": 32, "cuda": 256}
 
 _registered_config_paths: set[str] = set()
 
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU runs bfloat16 matrix products natively (AVX512-BF16 or AMX), as
+    oneDNN sees it; without that, bf16 autocast emulates and is slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def check_precision(precision: str | None, device: str) -> str:
+    """`precision` (None: the default), or PromptclimbError saying what is possible."""
+    precision = precision or DEFAULT_PRECISION
+    if precision not in PRECISIONS:
+        raise PromptclimbError(f"unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}")
+    if precision == "bf16" and not str(device).startswith("cuda") and not cpu_supports_bf16():
+        raise PromptclimbError("--precision bf16 needs a CPU with bfloat16 instructions (AVX512-BF16 or AMX), "
+                               "which this one lacks; use --precision fp32")
+    return precision
 
 
 def register_model_configs(path: str | os.PathLike) -> None:
@@ -102,10 +129,22 @@ class Backbone:
     shared_prefix: bool = False  # exact shared-prefix encoding is too (encode_text_shared_prefix)
     text_chunk: int = 0  # 0: TEXT_CHUNK for the device
     details: dict = field(default_factory=dict)  # JSON-able: where the weights came from
+    precision: str = DEFAULT_PRECISION  # "fp32" or "bf16" (CPU autocast; agent.defaults.PRECISIONS)
+    image_batch: int = 0  # 0: IMAGE_BATCH for the device
+    _image_weights: Any = field(default=None, init=False, repr=False)  # encode_image_blocks' (CPU), or False
+    _channels_last: bool | None = field(default=None, init=False, repr=False)  # see _image_layout
 
     def __post_init__(self):
-        if not self.text_chunk:
-            self.text_chunk = TEXT_CHUNK["cuda" if str(self.device).startswith("cuda") else "cpu"]
+        kind = "cuda" if str(self.device).startswith("cuda") else "cpu"
+        self.text_chunk = self.text_chunk or TEXT_CHUNK[kind]
+        self.image_batch = self.image_batch or IMAGE_BATCH[kind]
+
+    @property
+    def feature_identity(self) -> str:
+        """What keys this backbone's cached features: its identity, plus the precision when
+        it is not fp32 (fp32 keeps the key it always had, so existing caches stay valid, and
+        bf16 features are never read back as fp32 ones)."""
+        return self.identity if self.precision == DEFAULT_PRECISION else f"{self.identity}|precision={self.precision}"
 
     @property
     def logit_scale(self) -> float:
@@ -117,14 +156,47 @@ class Backbone:
         if str(self.device).startswith("cuda"):
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             return torch.autocast("cuda", dtype=dtype)
+        if self.precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
         return nullcontext()
 
     @torch.inference_mode()
     def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
         """[B, ...] preprocessed images -> [B, D] L2-normalised float32 (on the CPU)."""
+        weights = self._image_block_weights()
+        batch = self._image_layout(batch.to(self.device))
         with self._autocast():
-            features = self.model.encode_image(batch.to(self.device))
+            if weights:
+                features = encode_image_blocks(self.model, batch, weights)
+            else:
+                features = self.model.encode_image(batch)
         return F.normalize(features.float(), dim=-1).cpu()
+
+    def _image_layout(self, batch: torch.Tensor) -> torch.Tensor:
+        """`batch` in the memory layout the CPU's convolutions run fastest in: channels last
+        (NHWC), with the image tower's convolution weights converted once to match. Measured
+        on 2 cores: RN50 117 -> 90 ms per image, the demo's tower 0.31 -> 0.22, ViT-B-32's
+        patch embedding 1.42 -> 1.14 (its blocks have no convolutions); the same features to
+        ~3e-7 (float rounding). Only the input, without the weights, gained nothing."""
+        if self._channels_last is None:
+            visual = getattr(self.model, "visual", None)
+            self._channels_last = str(self.device) == "cpu" and isinstance(visual, torch.nn.Module) and any(
+                isinstance(m, torch.nn.Conv2d) for m in visual.modules())
+            if self._channels_last:
+                with torch.inference_mode(False):  # plain tensors: the model is used outside inference mode too
+                    visual.to(memory_format=torch.channels_last)
+        if self._channels_last and batch.dim() == 4:
+            return batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def _image_block_weights(self) -> list | None:
+        """On a CPU, for an open_clip ViT: the weights `encode_image_blocks` runs with (made
+        once; bf16: a bf16 copy of the blocks' linear weights, about half the tower's size)."""
+        if self._image_weights is None:
+            usable = str(self.device) == "cpu" and supports_image_blocks(self.model)
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+            self._image_weights = image_block_weights(self.model, dtype, self.image_batch) if usable else False
+        return self._image_weights or None
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
@@ -160,8 +232,11 @@ class Backbone:
         return out
 
     def info(self) -> dict:
+        # The precision is said only when it is not fp32: a run recorded before --precision
+        # existed then describes its evaluator exactly as before (a resume compares the two).
+        precision = {} if self.precision == DEFAULT_PRECISION else {"precision": self.precision}
         return {"name": self.name, "identity": self.identity, "device": str(self.device),
-                "truncated_text": self.truncate, **self.details}
+                "truncated_text": self.truncate, **precision, **self.details}
 
 
 def _to_device(tokens, device):
@@ -266,9 +341,15 @@ def supports_shared_prefix(model) -> bool:
     found = _text_tower(model)
     if found is None or found[1] not in ("argmax", "eos"):
         return False
+    return _plain_blocks(found[0].transformer.resblocks)
+
+
+def _plain_blocks(blocks) -> bool:
+    """Whether every block is a plain open_clip `ResidualAttentionBlock`: self-attention
+    through `nn.MultiheadAttention` with packed in-projection weights, no extra keys."""
     from open_clip.transformer import ResidualAttentionBlock
 
-    for block in found[0].transformer.resblocks:
+    for block in blocks:
         attn = getattr(block, "attn", None)
         if type(block) is not ResidualAttentionBlock or hasattr(block, "ln_1_kv"):
             return False
@@ -426,18 +507,144 @@ def _attention_block(block, x, mask, past=None):
     return x, k, v
 
 
+# ---------------------------------------------------------------- image towers on a CPU
+#
+# open_clip's vision transformer, run by `nn.MultiheadAttention`'s fused inference path, does
+# its matrix products with MKL; on the 2-core AMD EPYC we measure on, oneDNN's fp32 kernels
+# reach 1.4x MKL's GFLOP/s on the same shapes (bench/bench_images.py). And under bf16
+# autocast that fused path is switched off: the unfused one multiplies a transposed input,
+# which copies every in-projection weight once per token position (slower than fp32).
+# `encode_image_blocks` is the same forward with the blocks written out: LayerNorms and the
+# residual stream as the module computes them, every linear layer through
+# `_linear` (oneDNN, exact GELU fused), attention through scaled_dot_product_attention.
+# fp32: the same features up to float rounding (~1e-7); bf16: autocast's arithmetic.
+
+def supports_image_blocks(model) -> bool:
+    """Whether `encode_image_blocks` computes `model.encode_image`: an open_clip CLIP (or
+    CustomTextCLIP) whose image tower is a VisionTransformer of plain blocks."""
+    try:
+        import open_clip
+        from open_clip.transformer import Transformer, VisionTransformer
+    except ImportError:
+        return False
+    if not isinstance(model, (open_clip.CLIP, open_clip.CustomTextCLIP)):
+        return False
+    visual = getattr(model, "visual", None)
+    if type(visual) is not VisionTransformer or getattr(visual, "output_tokens", False):
+        return False
+    if not all(hasattr(visual, name) for name in ("_embeds", "_pool", "proj")):
+        return False
+    tower = visual.transformer
+    if not isinstance(tower, Transformer) or not getattr(tower, "batch_first", False):
+        return False
+    if not _plain_blocks(tower.resblocks):
+        return False
+    return all(isinstance(getattr(block.mlp, "c_fc", None), torch.nn.Linear)
+               and isinstance(getattr(block.mlp, "c_proj", None), torch.nn.Linear) and len(block.mlp) == 3
+               for block in tower.resblocks)
+
+
+def image_block_weights(model, dtype: torch.dtype = torch.float32, pack_for: int = 0) -> list[tuple]:
+    """Per block of `model.visual` (`supports_image_blocks`): its linear layers' weights and
+    biases in `dtype` (fp32: the model's own tensors, no copy; bf16: a bf16 copy). With
+    `pack_for` images per batch, a copy's weight matrices are held in oneDNN's own blocked
+    layout for that many rows (it skips a reorder per product: bf16 products ran ~10% faster
+    on 2 cores); only where `_onednn_linear_works`, whose op alone reads them."""
+    rows = pack_for * model.visual.positional_embedding.shape[0]  # images x tokens per image
+    pack = rows > 0 and dtype != torch.float32 and _onednn_linear_works()
+    weights = []
+    for block in model.visual.transformer.resblocks:
+        attn, mlp = block.attn, block.mlp
+        tensors = (attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight, attn.out_proj.bias,
+                   mlp.c_fc.weight, mlp.c_fc.bias, mlp.c_proj.weight, mlp.c_proj.bias)
+        tensors = [None if t is None else t.detach().to(dtype) for t in tensors]
+        if pack:
+            tensors = [t if t is None or t.dim() != 2 else _packed(t, rows) for t in tensors]
+        weights.append(tuple(tensors))
+    return weights
+
+
+def _packed(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+    except (AttributeError, RuntimeError):  # a torch without it: the plain layout works too
+        return weight
+
+
+def encode_image_blocks(model, images: torch.Tensor, weights: list[tuple]) -> torch.Tensor:
+    """`model.encode_image(images)` (unnormalised) with the transformer blocks computed by
+    `_image_block` and the linear weights `weights` (`image_block_weights`)."""
+    visual = model.visual
+    x = visual._embeds(images)
+    for block, block_weights in zip(visual.transformer.resblocks, weights):
+        x = _image_block(block, x, block_weights)
+    pooled, _ = visual._pool(x)
+    return pooled @ visual.proj if visual.proj is not None else pooled
+
+
+def _image_block(block, x: torch.Tensor, weights: tuple) -> torch.Tensor:
+    """One ResidualAttentionBlock on x [B, L, D] (no mask: every patch sees every patch)."""
+    in_w, in_b, out_w, out_b, fc_w, fc_b, proj_w, proj_b = weights
+    B, L, D = x.shape
+    heads = block.attn.num_heads
+    q, k, v = _linear(block.ln_1(x), in_w, in_b).view(B, L, 3, heads, D // heads).permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, L, head_dim]
+    x = x + block.ls_1(_linear(out.transpose(1, 2).reshape(B, L, D), out_w, out_b))
+    act = block.mlp[1]
+    exact_gelu = type(act) is torch.nn.GELU and act.approximate == "none"
+    hidden = _linear(block.ln_2(x), fc_w, fc_b, gelu=exact_gelu)
+    if not exact_gelu:  # e.g. QuickGELU (OpenAI's weights)
+        hidden = act(hidden)
+    return x + block.ls_2(_linear(hidden, proj_w, proj_b))
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> torch.Tensor:
+    """F.linear(x, weight, bias), then exact GELU if `gelu`, in the weight's dtype: through
+    oneDNN on a CPU where it works (`_onednn_linear_works`), else through F.linear."""
+    x = x.to(weight.dtype)
+    if x.device.type == "cpu" and _onednn_linear_works():
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none", [],
+                                                  "none" if gelu else "")
+    y = F.linear(x, weight, bias)
+    return F.gelu(y) if gelu else y
+
+
+@functools.cache
+def _onednn_linear_works() -> bool:
+    """Whether torch's oneDNN linear op (the one torch.compile uses on CPUs) is here and
+    gives F.linear's results, checked once on small inputs (in fp32, whatever autocast the
+    first caller runs under)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+        generator = torch.Generator().manual_seed(0)
+        x, w, b = (torch.randn(*shape, generator=generator) for shape in ((6, 3, 16), (24, 16), (24,)))
+        with torch.inference_mode(), torch.autocast("cpu", enabled=False):
+            plain = torch.allclose(op(x, w, b, "none", [], ""), F.linear(x, w, b), atol=1e-5)
+            fused = torch.allclose(op(x, w, None, "gelu", [], "none"), F.gelu(F.linear(x, w)), atol=1e-5)
+        return plain and fused
+    except (AttributeError, RuntimeError, TypeError):
+        return False
+
+
 # ---------------------------------------------------------------- loading
 
 def load_backbone(name: str, pretrained: str | None = None, weights: str | os.PathLike | None = None,
-                  device: str | None = None) -> Backbone:
+                  device: str | None = None, precision: str | None = None) -> Backbone:
     """A Backbone by name: a project backbone (`demo`) or an open_clip architecture, with a
-    named `pretrained` tag, a local `weights` file, or (neither) random weights."""
+    named `pretrained` tag, a local `weights` file, or (neither) random weights; `precision`
+    fp32 (the default) or bf16 (`check_precision`)."""
     device = device or default_device()
+    precision = check_precision(precision, device)
     if pretrained and weights:
         raise PromptclimbError("give either --pretrained or --weights, not both")
     if name in PROJECT_BACKBONES:
-        return _load_project_backbone(name, pretrained, weights, device)
-    return _load_open_clip(name, pretrained, weights, device)
+        backbone = _load_project_backbone(name, pretrained, weights, device)
+    else:
+        backbone = _load_open_clip(name, pretrained, weights, device)
+    backbone.precision = precision
+    return backbone
 
 
 def _load_project_backbone(name, pretrained, weights, device) -> Backbone:

@@ -1,5 +1,8 @@
 """The on-disk feature cache (under `agent.paths.cache_dir("features")`).
 
+- Both are keyed by the backbone's `feature_identity`: its identity (the weights), plus the
+  precision when it is not fp32 (`--precision bf16` features are never read back as fp32
+  ones; fp32 keys are what they were before --precision existed).
 - Image features of a split: one safetensors file per (backbone identity, dataset name +
   identity, split name, hash of the split's (id, label) list), holding the L2-normalised
   float32 features, the labels, and which ids were kept (unreadable images are skipped).

@@ -231,7 +231,7 @@ def test_cli_search_prints_json_and_leaks_no_secret(tmp_path, monkeypatch):
     built = []
 
     def fake_build_evaluator(dataset, shots, seed, backbone, pretrained=None, weights=None, data_root=None,
-                             device=None):
+                             device=None, precision=None):
         built.append((dataset, shots, seed, backbone))
         return WordEvaluator(dataset)
 

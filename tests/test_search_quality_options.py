@@ -157,3 +157,23 @@ def test_a_line_written_for_one_class_becomes_a_template(tmp_path):
         _, _, run_dir = climb(tmp_path, fake.base_url, name="off", resets=1, iterations=1, unfill=False)
     assert [e["template"] for e in history(run_dir) if e["event"] == "score" and e["origin"] == "llm"] == [
         "a grayscale photo of a {}."]
+
+
+# -- presence penalty -------------------------------------------------------------------------
+def test_presence_penalty_is_sent_only_when_set_and_a_resume_keeps_it(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    common = ["--dataset", "toy", "--iterations", "1", "--resets", "1", "--runs-dir", str(runs)]
+    with FakeLLM(script=["a photo of a {}."]) as fake:
+        plain = run_cli([*common, "--name", "plain"], fake.base_url, monkeypatch)
+        assert plain.exit_code == 0, plain.output
+        assert "presence_penalty" not in fake.requests[-1]  # requests (and cache keys) as before the option
+        penalised = run_cli([*common, "--name", "pen", "--presence-penalty", "0.8", "--no-cache"], fake.base_url,
+                            monkeypatch)
+        assert penalised.exit_code == 0, penalised.output
+        assert fake.requests[-1]["presence_penalty"] == 0.8
+        changed = run_cli(["--resume", "pen", "--runs-dir", str(runs), "--presence-penalty", "0.2"], fake.base_url,
+                          monkeypatch)
+    assert json.loads((runs / "pen" / "config.json").read_text())["search"]["presence_penalty"] == 0.8
+    assert changed.exit_code != 0 and "--presence-penalty 0.2 (the run's: 0.8)" in changed.output
+    bad = run_cli([*common, "--name", "bad", "--presence-penalty", "3"], "http://127.0.0.1:9/v1", monkeypatch)
+    assert bad.exit_code != 0 and "presence_penalty must be between -2 and 2" in bad.output
