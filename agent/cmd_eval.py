@@ -139,11 +139,11 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
 
 
 def _evaluate(dataset, data_root, shots, seed, backbone, pretrained, weights, prompts, device, precision) -> dict:
-    from promptclimb.evaluators import build_evaluator  # torch, open_clip: only now
+    from promptclimb.agent.api import score_templates  # torch, open_clip: only now
 
-    evaluator = build_evaluator(dataset, shots, seed, backbone, pretrained=pretrained, weights=weights,
-                                data_root=data_root, device=device, precision=precision)
-    scores = evaluator.score(prompts, splits=SPLITS)
+    scores, evaluator = score_templates(prompts, dataset=dataset, shots=shots, seed=seed, backbone=backbone,
+                                        pretrained=pretrained, weights=weights, data_root=data_root, device=device,
+                                        splits=SPLITS, precision=precision)
     return {
         "dataset": dataset, "shots": shots, "seed": seed,
         "results": [{"template": t, "accuracy": s.accuracy, "loss": s.loss} for t, s in zip(prompts, scores)],
