@@ -25,6 +25,7 @@ token-FLOPs for typical templates.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import hashlib
@@ -788,7 +789,10 @@ def _load_weights_file(name: str, path: Path, kwargs: dict):
     finally:
         logging.disable(quiet)
 
+    handed_over = []  # set once the file has been read and its tensors are being assigned
+
     def assign(state_dict, strict: bool = True):
+        handed_over.append(True)
         own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
         for key, tensor in state_dict.items():  # keep the model's dtypes (a file may hold fp16)
             if key in own and tensor.is_floating_point() and tensor.dtype != own[key].dtype:
@@ -797,7 +801,13 @@ def _load_weights_file(name: str, path: Path, kwargs: dict):
 
     model.load_state_dict = assign  # what open_clip.load_checkpoint calls, for this model only
     try:
-        open_clip.load_checkpoint(model, str(path))
+        try:
+            with _torch_load_mmap():
+                open_clip.load_checkpoint(model, str(path))
+        except Exception:  # noqa: BLE001 - e.g. a legacy (pre-zip) torch.save file cannot be mapped
+            if handed_over:
+                raise  # the file was read; what failed was fitting it to the architecture
+            open_clip.load_checkpoint(model, str(path))
     except RuntimeError as exc:
         if "state_dict" in str(exc):
             raise  # the file's tensors do not fit this architecture: said by the caller
@@ -811,6 +821,20 @@ def _load_weights_file(name: str, path: Path, kwargs: dict):
         raise PromptclimbError(f"weights file {path} has no values for {', '.join(missing[:5])} "
                                f"of architecture {name!r}")
     return model.to(kwargs["device"])
+
+
+@contextlib.contextmanager
+def _torch_load_mmap():
+    """torch.load maps the file (copy-on-write) instead of reading it: the parameters handed
+    over with `assign=True` are the file's pages, which become resident only when used, so a
+    search that reads its image features from the cache never loads the image tower's half."""
+    from torch.utils.serialization import config
+
+    before, config.load.mmap = config.load.mmap, True
+    try:
+        yield
+    finally:
+        config.load.mmap = before
 
 
 def _unreadable_weights(path: Path, exc: BaseException) -> str:

@@ -34,7 +34,7 @@ from urllib.parse import urlparse
 
 from promptclimb.agent.errors import PromptclimbError
 from promptclimb.agent.paths import cache_dir
-from promptclimb.evaluators.datasets import (Dataset, deterministic_split, drop_missing, ids_digest, open_image,
+from promptclimb.evaluators.datasets import (Dataset, deterministic_split, drop_missing, files_digest, open_image,
                                  read_coop_split, IMAGE_EXTENSIONS)
 
 # The official archive (Helber et al., DFKI) and torchvision's pinned mirror of the same zip.
@@ -189,7 +189,8 @@ def load_eurosat(data_root: str | None = None) -> Dataset:
             raise PromptclimbError(f"{images}: EuroSAT class folder(s) without images: {', '.join(empty)}")
         splits = deterministic_split(by_class, tag="eurosat")
         split_name = "promptclimb-50-20-30"
-    listing = ids_digest(sorted(i for v in splits.values() for i in v))
+    # sizes and modification times too: images replaced in place must not reuse cached features
+    listing = files_digest(images, [i for v in splits.values() for i in v])
     return Dataset(
         name="eurosat", classnames=[COOP_CLASSNAMES[f] for f in FOLDERS], description=DESCRIPTION,
         load_image=lambda image_id: open_image(images / image_id), splits=splits,

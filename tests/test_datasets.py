@@ -165,6 +165,17 @@ def test_eurosat_from_a_folder_uses_coop_names_and_documented_split(tmp_path):
     assert data.load_image(data.splits["train"][0][0]).size == (64, 64)
 
 
+def test_eurosat_identity_changes_when_an_image_is_replaced_in_place(tmp_path):
+    from PIL import Image
+
+    root = _fake_eurosat(tmp_path / "eurosat")
+    before = load_dataset("eurosat", str(root))
+    first = before.splits["train"][0][0]
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(root / "2750" / first)  # same name, other picture
+    after = load_dataset("eurosat", str(root))
+    assert after.splits == before.splits and after.identity != before.identity
+
+
 def test_eurosat_uses_split_zhou_when_present(tmp_path):
     from promptclimb.evaluators.eurosat import FOLDERS, SPLIT_FILE
 

@@ -172,6 +172,28 @@ def test_weights_load_once_into_the_same_model_as_open_clip(tiny_clip_config, ti
     assert torch.equal(loaded.eval().encode_text(tokens), reference.eval().encode_text(tokens))
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's memory map (Linux)")
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_a_torch_save_weights_file_is_mapped_not_read(zip_format, tiny_clip_config, tiny_clip_weights, tmp_path,
+                                                      torch_threads):
+    """A torch.save file is mapped, so only the pages a command uses become resident (a search
+    reading cached image features never touches the image tower); the legacy format, which
+    cannot be mapped, is read as before. Both give open_clip's own model."""
+    import open_clip
+    import torch
+
+    from promptclimb.evaluators.backbones import load_backbone
+
+    reference = open_clip.create_model(tiny_clip_config, pretrained=str(tiny_clip_weights))
+    weights = tmp_path / f"tiny-{zip_format}.pt"
+    torch.save(reference.state_dict(), weights, _use_new_zipfile_serialization=zip_format)
+    loaded = load_backbone(tiny_clip_config, weights=weights, device="cpu").model
+    mapped = str(weights) in Path("/proc/self/maps").read_text()
+    assert mapped == zip_format
+    theirs = reference.state_dict()
+    assert all(torch.equal(t, theirs[k]) for k, t in loaded.state_dict().items())
+
+
 # -- 4: run names ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["../outside", "/abs/path", "a/b", "..", "."])
 def test_a_run_name_is_one_folder_name(name, tmp_path, llm, evaluators_built):
