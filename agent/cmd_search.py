@@ -334,6 +334,7 @@ def saved_setting(saved: dict, name: str):
         if name in (saved.get(section) or {}):
             return saved[section][name]
     return {"llm_name": (saved.get("llm") or {}).get("model"),
+            "precision": "fp32",  # runs from before --precision encoded in fp32
             "pool": (saved.get("pool") or {}).get("name", "curated"),
             "meta_prompt": saved.get("meta_prompt_dir"),
             "run_name": saved.get("run_id")}.get(name)

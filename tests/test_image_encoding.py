@@ -180,6 +180,13 @@ def test_search_records_the_precision_and_a_resume_may_not_change_it(tmp_path, m
                                      env=env)
         assert refused.exit_code == 1 and "--precision bf16 (the run's: fp32)" in refused.output
         assert "Traceback" not in refused.output
+        config_path = tmp_path / "runs" / "exact" / "config.json"
+        config = json.loads(config_path.read_text())
+        del config["evaluator_args"]["precision"]  # a run from before --precision: it encoded in fp32
+        config_path.write_text(json.dumps(config))
+        refused = CliRunner().invoke(cli, ["search", "--resume", "exact", "--precision", "bf16", "--runs-dir", runs],
+                                     env=env)
+        assert refused.exit_code == 1 and "--precision bf16 (the run's: fp32)" in refused.output
         built.clear()
         resumed = CliRunner().invoke(cli, ["search", "--resume", "half", "--runs-dir", runs], env=env)
         assert resumed.exit_code == 0, resumed.output
