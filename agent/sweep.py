@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from promptclimb.agent.errors import PromptclimbError
 from promptclimb.agent.files import write_json_atomic, write_text_atomic
+from promptclimb.agent.runstore import RunLocked
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,6 +50,7 @@ GRID_AXES = ("dataset", "backbone", "shots", "seeds")
 EXECUTION_OPTIONS = ("base_url", "device", "timeout", "max_tries", "no_cache", "runs_dir")
 # What a cell's search takes from the grid (and its folder) instead of the options.
 CELL_OPTIONS = ("dataset", "backbone", "shots", "seed", "name", "resume", "json")
+CELL_LOCK_WAIT_S = 30  # how long a cell waits for another process to let go of its run
 RESULTS = ("best", "ensemble", "adapter")  # test accuracies the report aggregates
 
 
@@ -215,17 +217,30 @@ def run_cell(cell_dir: str, opts: dict) -> dict:
                                             "a sweep folder must be on storage every node sees (--runs-dir)"}
     cell_dir.mkdir(exist_ok=True)
     (cell_dir / ERROR_FILE).unlink(missing_ok=True)
-    resume = (cell_dir / "config.json").exists()
     with open(cell_dir / LOG_FILE, "a", encoding="utf-8") as log:
         def echo(message: str) -> None:
             log.write(f"{message}\n")
             log.flush()
 
-        echo(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {'resuming' if resume else 'starting'} "
-             f"on {platform.node()} (pid {os.getpid()})")
+        # Ray's workers are the raylet's children: after the driver of a sweep is killed, one
+        # may still be finishing this cell's last write, holding the run's lock for a moment.
+        deadline, waiting = time.monotonic() + CELL_LOCK_WAIT_S, False
         try:
-            run_search({**opts, "resume": str(cell_dir) if resume else None}, echo)
-            return {"state": "finished"}
+            while True:
+                resume = (cell_dir / "config.json").exists()
+                if not waiting:
+                    echo(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {'resuming' if resume else 'starting'} "
+                         f"on {platform.node()} (pid {os.getpid()})")
+                try:
+                    run_search({**opts, "resume": str(cell_dir) if resume else None}, echo)
+                    return {"state": "finished"}
+                except RunLocked as exc:
+                    if time.monotonic() >= deadline:
+                        raise
+                    if not waiting:
+                        echo(f"{exc}: waiting up to {CELL_LOCK_WAIT_S} s for it")
+                    waiting = True
+                    time.sleep(0.5)
         except PromptclimbError as exc:
             error = str(exc)
         except Exception as exc:  # noqa: BLE001 - any failure of one cell is recorded, the sweep goes on

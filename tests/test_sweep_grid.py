@@ -97,6 +97,40 @@ def test_cell_states(tmp_path):
     assert sweeps.cell_state(cell, True) == "killed"
 
 
+@pytest.mark.parametrize("released_after_s", [0.8, None])
+def test_a_cell_waits_a_moment_for_its_run_lock(released_after_s, tmp_path, monkeypatch):
+    """After a sweep's driver is killed, its Ray worker may still hold a cell's run lock for a
+    moment: the rerun's cell waits for it (up to CELL_LOCK_WAIT_S) instead of failing."""
+    import threading
+
+    from promptclimb.agent import cmd_search
+    from promptclimb.agent.runstore import _acquire_lock, run_lock
+
+    cell = tmp_path / "sweep" / "cell"
+    cell.mkdir(parents=True)
+    (cell / "config.json").write_text("{}")
+    searched = []
+
+    def search_under_the_lock(opts, echo):  # run_search takes the run's lock first
+        with run_lock(opts["resume"]):
+            searched.append(opts["resume"])
+
+    monkeypatch.setattr(cmd_search, "run_search", search_under_the_lock)
+    monkeypatch.setattr(sweeps, "CELL_LOCK_WAIT_S", 3)
+    held = _acquire_lock(cell)  # the orphaned worker
+    if released_after_s:
+        threading.Timer(released_after_s, held.close).start()
+    try:
+        outcome = sweeps.run_cell(str(cell), {})
+    finally:
+        held.close()
+    log = (cell / "search.log").read_text()
+    if released_after_s:
+        assert outcome == {"state": "finished"} and searched == [str(cell)] and "waiting up to 3 s" in log
+    else:
+        assert outcome["state"] == "failed" and "another promptclimb process" in outcome["error"] and not searched
+
+
 def test_the_cells_share_one_llm_endpoint_and_the_local_llm_is_started_once(monkeypatch):
     started = []
 
