@@ -209,8 +209,6 @@ def cell_state(cell_dir: Path, adapter_wanted: bool) -> str:
 def run_cell(cell_dir: str, opts: dict) -> dict:
     """One cell: a new search, or the resume of a killed one. What it prints goes to
     search.log; an error to error.txt. Returns {"state": "finished" | "failed", ...}."""
-    from promptclimb.agent.cmd_search import run_search
-
     cell_dir = Path(cell_dir)
     if not cell_dir.parent.is_dir():
         return {"state": "failed", "error": f"{cell_dir.parent} does not exist on node {platform.node()}: "
@@ -222,25 +220,12 @@ def run_cell(cell_dir: str, opts: dict) -> dict:
             log.write(f"{message}\n")
             log.flush()
 
-        # Ray's workers are the raylet's children: after the driver of a sweep is killed, one
-        # may still be finishing this cell's last write, holding the run's lock for a moment.
-        deadline, waiting = time.monotonic() + CELL_LOCK_WAIT_S, False
+        echo(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} "
+             f"{'resuming' if (cell_dir / 'config.json').exists() else 'starting'} "
+             f"on {platform.node()} (pid {os.getpid()})")
         try:
-            while True:
-                resume = (cell_dir / "config.json").exists()
-                if not waiting:
-                    echo(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {'resuming' if resume else 'starting'} "
-                         f"on {platform.node()} (pid {os.getpid()})")
-                try:
-                    run_search({**opts, "resume": str(cell_dir) if resume else None}, echo)
-                    return {"state": "finished"}
-                except RunLocked as exc:
-                    if time.monotonic() >= deadline:
-                        raise
-                    if not waiting:
-                        echo(f"{exc}: waiting up to {CELL_LOCK_WAIT_S} s for it")
-                    waiting = True
-                    time.sleep(0.5)
+            search_when_free(cell_dir, opts, echo)
+            return {"state": "finished"}
         except PromptclimbError as exc:
             error = str(exc)
         except Exception as exc:  # noqa: BLE001 - any failure of one cell is recorded, the sweep goes on
@@ -249,6 +234,28 @@ def run_cell(cell_dir: str, opts: dict) -> dict:
         echo(f"failed: {error}")
     write_text_atomic(cell_dir / ERROR_FILE, error + "\n")
     return {"state": "failed", "error": error}
+
+
+def search_when_free(cell_dir: Path, opts: dict, echo: Callable[[str], None]) -> None:
+    """The cell's search (resumed when its folder holds a config). While another process
+    holds the run's lock, wait for it, up to CELL_LOCK_WAIT_S: Ray's workers are the
+    raylet's children, so after a sweep's driver is killed one may still be finishing this
+    cell's last write."""
+    from promptclimb.agent.cmd_search import run_search
+
+    deadline, waiting = time.monotonic() + CELL_LOCK_WAIT_S, False
+    while True:
+        resume = (cell_dir / "config.json").exists()
+        try:
+            run_search({**opts, "resume": str(cell_dir) if resume else None}, echo)
+            return
+        except RunLocked as exc:
+            if time.monotonic() >= deadline:
+                raise
+            if not waiting:
+                echo(f"{exc}: waiting up to {CELL_LOCK_WAIT_S} s for it")
+                waiting = True
+            time.sleep(0.5)
 
 
 def cell_task(cell_dir: str, opts: dict) -> Iterator[dict]:
