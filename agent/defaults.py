@@ -13,9 +13,9 @@ DEFAULT_BACKBONE, DEFAULT_PRETRAINED = "ViT-B-32", "openai"
 # ones (evaluators/backbones.py, Backbone.feature_identity).
 PRECISIONS = ("fp32", "bf16")
 DEFAULT_PRECISION = "fp32"
-PRECISION_HELP = ("Encoder precision on a CPU: fp32 (full precision) or bf16 (about 2x faster image and text "
-                  "encoding on CPUs with AVX512-BF16/AMX, features within ~2e-3, cached apart from fp32 ones). "
-                  "On CUDA the encoders use autocast either way.")
+PRECISION_HELP = ("Encoder precision: fp32 (full precision; on CUDA without TF32) or bf16 (bfloat16 autocast: "
+                  "about 2x faster image and text encoding on CPUs with AVX512-BF16/AMX, faster on GPUs; "
+                  "features within ~2e-3, cached apart from fp32 ones).")
 
 
 def default_backbone(dataset: str, backbone: str | None, pretrained: str | None,

@@ -91,10 +91,17 @@ def check_precision(precision: str | None, device: str) -> str:
     precision = precision or DEFAULT_PRECISION
     if precision not in PRECISIONS:
         raise PromptclimbError(f"unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}")
-    if precision == "bf16" and not str(device).startswith("cuda") and not cpu_supports_bf16():
+    if precision == "bf16" and _is_cuda(device) and not torch.cuda.is_bf16_supported():
+        raise PromptclimbError("--precision bf16 needs a GPU with bfloat16 support, which this one lacks; "
+                               "use --precision fp32")
+    if precision == "bf16" and not _is_cuda(device) and not cpu_supports_bf16():
         raise PromptclimbError("--precision bf16 needs a CPU with bfloat16 instructions (AVX512-BF16 or AMX), "
                                "which this one lacks; use --precision fp32")
     return precision
+
+
+def _is_cuda(device) -> bool:
+    return str(device).startswith("cuda")
 
 
 def register_model_configs(path: str | os.PathLike) -> None:
@@ -114,6 +121,16 @@ def _register_env_configs() -> None:
     for part in os.environ.get(MODEL_CONFIGS_ENV, "").split(os.pathsep):
         if part.strip():
             register_model_configs(part.strip())
+
+
+@contextmanager
+def _cudnn_without_tf32():
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
 
 
 @dataclass
@@ -144,8 +161,13 @@ class Backbone:
     def feature_identity(self) -> str:
         """What keys this backbone's cached features: its identity, plus the precision when
         it is not fp32 (fp32 keeps the key it always had, so existing caches stay valid, and
-        bf16 features are never read back as fp32 ones)."""
-        return self.identity if self.precision == DEFAULT_PRECISION else f"{self.identity}|precision={self.precision}"
+        bf16 features are never read back as fp32 ones). fp32 features are the same on any
+        device up to float rounding (~1e-6), so they share one key; bf16 ones are not (CUDA
+        autocast and the CPU's bf16 blocks round differently), so CUDA's have their own."""
+        if self.precision == DEFAULT_PRECISION:
+            return self.identity
+        device = "|device=cuda" if _is_cuda(self.device) else ""
+        return f"{self.identity}|precision={self.precision}{device}"
 
     @property
     def logit_scale(self) -> float:
@@ -154,11 +176,13 @@ class Backbone:
         return float(scale.detach().float().reshape(-1)[0])
 
     def _autocast(self):
-        if str(self.device).startswith("cuda"):
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            return torch.autocast("cuda", dtype=dtype)
+        """The arithmetic `precision` asks for, on any device. fp32 on CUDA also turns off
+        TF32 in cuDNN's convolutions (PyTorch's default turns it on), which would move the
+        demo tower's and ResNets' features by ~1e-3, more than fp32 features may differ."""
         if self.precision == "bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
+            return torch.autocast("cuda" if _is_cuda(self.device) else "cpu", dtype=torch.bfloat16)
+        if _is_cuda(self.device):
+            return _cudnn_without_tf32()
         return nullcontext()
 
     @torch.inference_mode()

@@ -136,6 +136,38 @@ def test_bf16_features_are_cached_apart_and_close_to_fp32(make_evaluator, monkey
     assert bf16.info()["backbone"]["precision"] == "bf16" and "precision" not in make_evaluator().info()["backbone"]
 
 
+@pytest.mark.filterwarnings("ignore:CUDA is not available")  # autocast objects made without a GPU
+def test_on_cuda_the_precision_means_what_it_says_and_bf16_is_keyed_apart(monkeypatch):
+    """--precision fp32 on CUDA used to run under bf16 autocast anyway, and cache those features
+    under the fp32 key a CPU run then read back (seen on an H100: 0.25 points of test accuracy
+    apart). Without a GPU here: what each device and precision would run under, and its key."""
+    import torch
+
+    from promptclimb.evaluators import backbones
+    from promptclimb.evaluators.backbones import Backbone
+
+    def backbone(device, precision):
+        return Backbone("m", "m:1", device, model=None, preprocess=None, tokenizer=None, precision=precision)
+
+    before = torch.backends.cudnn.allow_tf32
+    with backbone("cuda", "fp32")._autocast() as context:  # no autocast, and no TF32 convolutions
+        assert not isinstance(context, torch.autocast) and torch.backends.cudnn.allow_tf32 is False
+    assert torch.backends.cudnn.allow_tf32 == before
+    for device in ("cuda", "cuda:1", "cpu"):
+        fast = backbone(device, "bf16")._autocast()
+        assert isinstance(fast, torch.autocast) and fast.fast_dtype == torch.bfloat16
+        assert fast.device == device.split(":")[0]
+
+    keys = {(d, p): backbone(d, p).feature_identity for d in ("cpu", "cuda") for p in ("fp32", "bf16")}
+    assert keys[("cpu", "fp32")] == keys[("cuda", "fp32")] == "m:1"  # the same features to ~1e-7
+    assert len({keys[("cpu", "bf16")], keys[("cuda", "bf16")], "m:1"}) == 3
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(PromptclimbError, match="needs a GPU with bfloat16 support"):
+        backbones.check_precision("bf16", "cuda")
+    assert backbones.check_precision("fp32", "cuda") == "fp32"
+
+
 def test_a_cached_split_says_how_many_features_it_reused(make_evaluator):
     first = make_evaluator()
     first.image_features("test")

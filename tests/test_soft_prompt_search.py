@@ -113,7 +113,14 @@ def test_a_killed_search_resumes_to_the_same_end(search, monkeypatch, name, kill
     assert computed[0] == (2 if kill == "before" else 3)  # from the saved state, not from the start
 
     a, b = json.loads(straight.stdout), json.loads(resumed.stdout)
-    assert a["best"] == b["best"] and a["adapter"]["accuracy"] == b["adapter"]["accuracy"]
+    # The same template and accuracies. Losses and probabilities: equal on a CPU; on CUDA the
+    # resumed run rounded differently (2e-7 relative, seen on an H100).
+    rounded = ("loss", "prob")
+    assert {k: v for k, v in a["best"].items() if k not in rounded} == \
+        {k: v for k, v in b["best"].items() if k not in rounded}
+    for key in rounded:
+        assert b["best"][key] == pytest.approx(a["best"][key], rel=1e-5)
+    assert a["adapter"]["accuracy"] == b["adapter"]["accuracy"]
     assert a["counts"] == b["counts"]
     steps = [e["iteration"] for e in read_history(search.runs / "killed" / "history.jsonl") if e["event"] == "step"]
     assert steps == list(range(a["counts"]["steps"] + 1))  # every step once
