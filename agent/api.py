@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from promptclimb.agent.defaults import DEFAULT_PRECISION
 from promptclimb.agent.errors import PromptclimbError
 from promptclimb.agent.templates import BASELINE, template_problem
 
@@ -184,7 +185,7 @@ def load_run(path_or_id: str | Path, runs_dir: str | Path = "runs") -> "Run":
 # -- transfer -------------------------------------------------------------------------------
 def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None = None, weights: str | None = None,
              top: int | None = None, data_root: str | None = None, device: str | None = None,
-             runs_dir: str | Path = "runs", save: bool = True) -> "pd.DataFrame":
+             runs_dir: str | Path = "runs", save: bool = True, precision: str | None = None) -> "pd.DataFrame":
     """Re-score every template a run scored, plus the baseline "a photo of a {}.", on another
     backbone with the run's dataset split (dataset, shots, seed; `data_root` to point at the
     images elsewhere), as `promptclimb transfer` does: how well the run's ranking carries over.
@@ -198,7 +199,8 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
     accuracy; `.attrs["rank_correlation"]` its two rhos. With `save`, the run folder gets
     transfer-<backbone>.csv (every row), .json (the summary) and .png (the scatter plot);
     `.attrs["path"]` is the csv. `top`: the returned frame keeps only the best `top` rows
-    (and the baseline); the summary and the files always cover every template.
+    (and the baseline); the summary and the files always cover every template. `precision`:
+    the target's encoders, "fp32" (None, the default) or "bf16" (as --precision).
     """
     if top is not None and top < 1:
         raise PromptclimbError("top must be at least 1")
@@ -214,7 +216,7 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
     scores, evaluator = score_templates(
         list(table["template"]), dataset=args["dataset"], shots=args.get("shots", 1), seed=args.get("seed", 0),
         backbone=backbone, pretrained=pretrained, weights=weights, data_root=data_root or args.get("data_root"),
-        device=device)
+        device=device, precision=precision)
     for split in SPLITS:
         table[f"target_{split}"] = [float(s.accuracy[split]) for s in scores]
     ours = table["source_rank"].notna()  # the baseline may be an extra row the run never scored
@@ -225,6 +227,7 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
     ensemble = ((loaded.final or {}).get("ensemble") or {}).get("templates")
     ensemble_test = float(evaluator.score_ensemble(ensemble, splits=("test",)).accuracy["test"]) if ensemble else None
     summary = transfer_summary(loaded, table, backbone, pretrained, weights, ensemble_test)
+    summary["target"]["precision"] = precision or DEFAULT_PRECISION
     table.attrs["transfer"] = summary
     table.attrs["rank_correlation"] = summary["rank_correlation"]
     if save:

@@ -15,6 +15,7 @@ import click
 import pandas as pd
 
 from promptclimb.agent.api import load_run, transfer
+from promptclimb.agent.defaults import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS
 from promptclimb.agent.errors import PromptclimbError, user_errors
 from promptclimb.agent.format import pct
 from promptclimb.agent.reading import Run, runs_frame
@@ -123,7 +124,9 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
     for summary in run.transfers():
         target = summary["target"]
         out.append(h2(f"Transfer to {target['backbone']}" + (f" ({target['pretrained']})" if target.get("pretrained")
-                                                                  else "")))
+                                                                  else "")
+                      + (f", {target['precision']}" if target.get("precision", DEFAULT_PRECISION) != DEFAULT_PRECISION
+                         else "")))
         out += [f"{'- ' if markdown else ''}{line}" for line in transfer_lines(summary)]
         out.append(f"{'- ' if markdown else ''}plot: {run.path / summary['files']['plot']}")
     if is_soft_prompt_run(run.config):  # no LLM turns: the soft prompt and its steps instead
@@ -272,10 +275,12 @@ def report_cmd(run, runs_dir, output):
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
               help="Where the dataset lives [default: the run's].")
 @click.option("--device", default=None, help="torch device [default: cuda when available, else cpu].")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULT_PRECISION, show_default=True,
+              help=PRECISION_HELP)
 @runs_dir_option
 @format_option
 @user_errors
-def transfer_cmd(run, backbone, pretrained, weights, top, data_root, device, runs_dir, fmt):
+def transfer_cmd(run, backbone, pretrained, weights, top, data_root, device, precision, runs_dir, fmt):
     """Re-score every template a run scored, plus the baseline "a photo of a {}.", on
     another backbone with the same dataset split (dataset, shots, seed of the run): how well
     the run's ranking carries over. Prints source vs target accuracy of the --top templates,
@@ -291,7 +296,8 @@ def transfer_cmd(run, backbone, pretrained, weights, top, data_root, device, run
     """
     loaded = open_run(run, runs_dir)
     args = loaded.args
-    full = transfer(loaded, backbone, pretrained=pretrained, weights=weights, data_root=data_root, device=device)
+    full = transfer(loaded, backbone, pretrained=pretrained, weights=weights, data_root=data_root, device=device,
+                    precision=precision)
     summary, path = full.attrs["transfer"], full.attrs["path"]
     table = full[(full["source_rank"] <= top) | (full["template"] == BASELINE)]
     if fmt in ("csv", "json"):

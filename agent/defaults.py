@@ -14,7 +14,7 @@ DEFAULT_BACKBONE, DEFAULT_PRETRAINED = "ViT-B-32", "openai"
 PRECISIONS = ("fp32", "bf16")
 DEFAULT_PRECISION = "fp32"
 PRECISION_HELP = ("Encoder precision: fp32 (full precision; on CUDA without TF32) or bf16 (bfloat16 autocast: "
-                  "about 2x faster image and text encoding on CPUs with AVX512-BF16/AMX, faster on GPUs; "
+                  "about 2x faster image and text encoding on CPUs with AVX512-BF16/AMX; "
                   "features within ~2e-3, cached apart from fp32 ones).")
 
 

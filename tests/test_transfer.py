@@ -160,10 +160,12 @@ def test_show_and_report_include_the_transfer(tmp_path, target_net):
 
 
 def test_transfer_to_a_wider_text_tower_end_to_end(tmp_path, tiny_clip_config, tiny_clip_weights, image_folder,
-                                                    torch_threads):
+                                                    torch_threads, monkeypatch):
     """A real tiny search on pc-tiny-vit, transferred to pc-tiny-wide (a different embed width)."""
     import open_clip
     from safetensors.torch import save_file
+
+    from promptclimb.evaluators import backbones
 
     runs = tmp_path / "runs"
     with FakeLLM(responder=lambda body: "a blurry photo of a {}.\nan old {}.\na {} in the dark.") as fake:
@@ -190,6 +192,25 @@ def test_transfer_to_a_wider_text_tower_end_to_end(tmp_path, tiny_clip_config, t
     assert 0.0 <= summary["winner"]["target"]["test"] <= 1.0
     assert (runs / "tiny" / "transfer-pc-tiny-wide.png").stat().st_size > 1000
     assert "Transfer to pc-tiny-wide" in invoke("show", "tiny", "--runs-dir", runs).output
+    assert summary["target"]["precision"] == "fp32"
+
+    # --precision reaches the target's encoders: a CPU without bf16 instructions refuses it...
+    monkeypatch.setattr(backbones, "cpu_supports_bf16", lambda: False)
+    refused = invoke("transfer", "tiny", "--backbone", "pc-tiny-wide", "--weights", weights, "--device", "cpu",
+                     "--precision", "bf16", "--runs-dir", runs)
+    assert refused.exit_code == 1 and "needs a CPU with bfloat16 instructions" in refused.output, refused.output
+    # ...and one with them (faked here: autocast emulates bf16 where the CPU lacks it) encodes in bf16
+    monkeypatch.setattr(backbones, "cpu_supports_bf16", lambda: True)
+    encoded = []
+    original = backbones.Backbone.encode_texts
+    monkeypatch.setattr(backbones.Backbone, "encode_texts", lambda self, texts: encoded.append(self.precision)
+                        or original(self, texts))
+    fast = invoke("transfer", "tiny", "--backbone", "pc-tiny-wide", "--weights", weights, "--device", "cpu",
+                  "--precision", "bf16", "--runs-dir", runs)
+    assert fast.exit_code == 0, fast.output
+    assert encoded and set(encoded) == {"bf16"}
+    assert json.loads((runs / "tiny" / "transfer-pc-tiny-wide.json").read_text())["target"]["precision"] == "bf16"
+    assert "Transfer to pc-tiny-wide, bf16" in invoke("show", "tiny", "--runs-dir", runs).output
 
 
 # -- demo-mpnet ------------------------------------------------------------------------------
