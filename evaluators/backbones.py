@@ -771,7 +771,9 @@ def _load_open_clip(name, pretrained, weights, device) -> Backbone:
     try:
         if weights:
             model = _load_weights_file(name, path, kwargs)
-        else:
+        elif pretrained_arg and Path(pretrained_arg).is_file():  # the tag's file is on disk: held once, mapped
+            model = _load_weights_file(name, Path(pretrained_arg), kwargs)
+        else:  # random weights, or open_clip downloads the tag's file first
             model = open_clip.create_model(name, pretrained=pretrained_arg, **kwargs)
     except RuntimeError as exc:  # state-dict mismatches
         what = f"weights file {weights}" if weights else f"pretrained {pretrained!r}"

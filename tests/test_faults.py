@@ -194,6 +194,38 @@ def test_a_torch_save_weights_file_is_mapped_not_read(zip_format, tiny_clip_conf
     assert all(torch.equal(t, theirs[k]) for k, t in loaded.state_dict().items())
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's memory map (Linux)")
+def test_a_pretrained_tag_whose_file_is_cached_loads_like_a_weights_file(tiny_clip_config, tiny_clip_weights,
+                                                                          tmp_path, monkeypatch, torch_threads):
+    """`--pretrained TAG` with the tag's file already on disk takes the `--weights` loader (built
+    on the meta device, the file mapped: held once, not twice) and still applies what comes with
+    the tag (quick GELU, preprocessing mean/std), as open_clip's create_model does."""
+    import open_clip
+    import torch
+
+    from promptclimb.evaluators.backbones import load_backbone
+
+    cached = tmp_path / "tag-cache" / "open_clip_model.pt"
+    cached.parent.mkdir()
+    torch.save(open_clip.create_model(tiny_clip_config, pretrained=str(tiny_clip_weights)).state_dict(), cached)
+    tag_cfg = {"file": str(cached), "quick_gelu": True, "mean": (0.1, 0.2, 0.3), "std": (0.4, 0.5, 0.6)}
+    real_cfg = open_clip.get_pretrained_cfg
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg",
+                        lambda model, tag: tag_cfg if tag == "cached-tag" else real_cfg(model, tag))
+
+    backbone = load_backbone(tiny_clip_config, pretrained="cached-tag", device="cpu")
+    assert str(cached) in Path("/proc/self/maps").read_text()  # mapped, not read into a second copy
+    reference = open_clip.create_model(tiny_clip_config, pretrained=str(cached), force_quick_gelu=True,
+                                       force_preprocess_cfg={"mean": tag_cfg["mean"], "std": tag_cfg["std"]}).eval()
+    theirs = reference.state_dict()
+    assert all(torch.equal(t, theirs[k]) for k, t in backbone.model.state_dict().items())
+    assert backbone.model.visual.preprocess_cfg == reference.visual.preprocess_cfg
+    images = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():  # quick GELU changes the activations: equal features say it was applied
+        assert torch.allclose(backbone.model.encode_image(images), reference.encode_image(images), atol=1e-6)
+    assert backbone.identity.endswith(":cached-tag")
+
+
 # -- 4: run names ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["../outside", "/abs/path", "a/b", "..", "."])
 def test_a_run_name_is_one_folder_name(name, tmp_path, llm, evaluators_built):
