@@ -104,6 +104,22 @@ def _is_cuda(device) -> bool:
     return str(device).startswith("cuda")
 
 
+def check_device(device: str) -> str:
+    """`device` when torch can use it here, else PromptclimbError saying why (instead of
+    torch's message from deep inside the model's load)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise PromptclimbError(f"unknown device {device!r}; use cpu or cuda (cuda:N for one of several GPUs)") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise PromptclimbError(f"device {device!r}: torch {torch.__version__} sees no CUDA GPU on this machine; "
+                               "use --device cpu")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise PromptclimbError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                               f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
 def register_model_configs(path: str | os.PathLike) -> None:
     """Make open_clip model configs (a JSON file, or a folder of them) loadable by name."""
     import open_clip
@@ -660,7 +676,7 @@ def load_backbone(name: str, pretrained: str | None = None, weights: str | os.Pa
     """A Backbone by name: a project backbone (`demo`) or an open_clip architecture, with a
     named `pretrained` tag, a local `weights` file, or (neither) random weights; `precision`
     fp32 (the default) or bf16 (`check_precision`)."""
-    device = device or default_device()
+    device = check_device(device or default_device())
     precision = check_precision(precision, device)
     if pretrained and weights:
         raise PromptclimbError("give either --pretrained or --weights, not both")

@@ -226,6 +226,24 @@ def test_a_pretrained_tag_whose_file_is_cached_loads_like_a_weights_file(tiny_cl
     assert backbone.identity.endswith(":cached-tag")
 
 
+def test_a_device_torch_cannot_use_here_is_one_readable_line(tiny_clip_config, monkeypatch):
+    import torch
+
+    from promptclimb.evaluators.backbones import load_backbone
+
+    with pytest.raises(PromptclimbError, match="unknown device 'gpu'; use cpu or cuda"):
+        load_backbone(tiny_clip_config, device="gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for precision in ("fp32", "bf16"):  # no GPU: said before anything about bf16 support
+        with pytest.raises(PromptclimbError, match="sees no CUDA GPU on this machine; use --device cpu"):
+            load_backbone(tiny_clip_config, device="cuda", precision=precision)
+    one_line_error(cli("eval", "--dataset", "fashion-mnist", "--device", "cuda"), "sees no CUDA GPU on this machine")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(PromptclimbError, match="has 2 CUDA GPU\\(s\\), cuda:0 to cuda:1"):
+        load_backbone(tiny_clip_config, device="cuda:2")
+
+
 # -- 4: run names ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["../outside", "/abs/path", "a/b", "..", "."])
 def test_a_run_name_is_one_folder_name(name, tmp_path, llm, evaluators_built):

@@ -168,6 +168,7 @@ def test_on_cuda_the_precision_means_what_it_says_and_bf16_is_keyed_apart(monkey
     assert backbones.check_precision("fp32", "cuda") == "fp32"
 
 
+
 def test_a_cached_split_says_how_many_features_it_reused(make_evaluator):
     first = make_evaluator()
     first.image_features("test")
