@@ -350,8 +350,12 @@ def same_setting(mine, theirs) -> bool:
 
 
 def checks_before_loading(plan: Plan, opts: dict) -> MetaPrompt:
-    """What can fail without the model fails now: the folders that will be written, and the
-    meta-prompts (rendered once, with a stand-in task)."""
+    """What can fail without the model fails now: the device, the folders that will be
+    written, and the meta-prompts (rendered once, with a stand-in task)."""
+    if opts["device"]:
+        from promptclimb.evaluators.backbones import check_device  # imports torch: the model loads next anyway
+
+        check_device(opts["device"])
     if plan.store is None:
         check_writable(opts["runs_dir"], "--runs-dir")
     check_writable(cache_home(), "the cache folder, PROMPTCLIMB_HOME")

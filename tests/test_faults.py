@@ -226,7 +226,7 @@ def test_a_pretrained_tag_whose_file_is_cached_loads_like_a_weights_file(tiny_cl
     assert backbone.identity.endswith(":cached-tag")
 
 
-def test_a_device_torch_cannot_use_here_is_one_readable_line(tiny_clip_config, monkeypatch):
+def test_a_device_torch_cannot_use_here_is_one_readable_line(tiny_clip_config, monkeypatch, tmp_path):
     import torch
 
     from promptclimb.evaluators.backbones import load_backbone
@@ -238,6 +238,11 @@ def test_a_device_torch_cannot_use_here_is_one_readable_line(tiny_clip_config, m
         with pytest.raises(PromptclimbError, match="sees no CUDA GPU on this machine; use --device cpu"):
             load_backbone(tiny_clip_config, device="cuda", precision=precision)
     one_line_error(cli("eval", "--dataset", "fashion-mnist", "--device", "cuda"), "sees no CUDA GPU on this machine")
+    runs = tmp_path / "runs"
+    for optimizer in ("llm", "craft"):  # said before a run folder is made
+        one_line_error(cli("search", "--dataset", "fashion-mnist", "--device", "cuda", "--optimizer", optimizer,
+                           "--runs-dir", runs, env={"OPENAI_API_KEY": "sk-test"}), "sees no CUDA GPU on this machine")
+        assert not runs.exists()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(PromptclimbError, match="has 2 CUDA GPU\\(s\\), cuda:0 to cuda:1"):
