@@ -191,6 +191,7 @@ def new_run(opts: dict, echo) -> Plan:
 
     adapter_kinds = check_kinds(opts["adapter_kinds"]) if opts["adapter_kinds"] else []
     llm, sampling = choose_llm(opts, echo)
+    parallel = lanes_for_the_llm(llm, opts["parallel"], opts["restarts"], echo)
     search = SearchConfig(
         restarts=opts["restarts"], resets=opts["resets"], iterations=opts["iterations"],
         proposals=opts["proposals"], spare=opts["spare"], top_k=opts["top_k"], bottom_k=opts["bottom_k"],
@@ -201,7 +202,7 @@ def new_run(opts: dict, echo) -> Plan:
         presence_penalty=opts["presence_penalty"],
         max_answer_tokens=opts["max_answer_tokens"] if opts["max_answer_tokens"] is not None
         else sampling.get("max_tokens", DEFAULTS.max_answer_tokens),
-        max_calls=opts["max_calls"], max_tokens=opts["max_tokens"], parallel=opts["parallel"],
+        max_calls=opts["max_calls"], max_tokens=opts["max_tokens"], parallel=parallel,
     ).check()
     backbone, pretrained = default_backbone(opts["dataset"], opts["backbone"], opts["pretrained"], opts["weights"])
     evaluator_args = {
@@ -237,6 +238,19 @@ def choose_llm(opts: dict, echo) -> tuple[dict, dict]:
     return settings, (local_llm.LOCAL_SAMPLING if local or served_local else {})
 
 
+def lanes_for_the_llm(llm: dict, parallel: int, restarts: int, echo) -> int:
+    """--parallel, or 1 for the local LLM (started here, or a `promptclimb llm serve`): its
+    server answers one request at a time and keeps only the last request's prefix, so
+    restarts taking turns at it would each reprocess their whole conversation per answer
+    (README, Sweeps: 15 answers in 300 s at --parallel 3, 122 s one after another).
+    The result does not depend on --parallel; the run records the lanes it ran with."""
+    if parallel > 1 and restarts > 1 and llm.get("served_model"):
+        echo(f"--parallel {parallel}: the local LLM answers one request at a time, so the restarts run one "
+             "after another (faster with it, and the same result)")
+        return 1
+    return parallel
+
+
 # --resume: options that only change how this session runs are applied; the budget caps
 # are applied to the rest of the run while it has not ended; every other option would
 # change what the run does (the loop's shape too: the history's order depends on it), so
@@ -257,6 +271,9 @@ def resumed_run(opts: dict, echo) -> Plan:
     store = RunStore.resume(run_dir)
     try:
         saved = store.config
+        if given(opts, "parallel"):  # the command that started it, again: its --parallel as that one ran it
+            opts = {**opts, "parallel": lanes_for_the_llm(saved["llm"], opts["parallel"],
+                                                          saved["search"]["restarts"], echo)}
         refuse_changed_settings(opts, saved)
         search = SearchConfig(**{"metric": LEGACY_METRIC, "spare": 0, "unfill": False,  # runs from before these knobs
                                  **{f.name: saved["search"][f.name] for f in fields(SearchConfig)

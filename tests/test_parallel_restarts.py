@@ -168,3 +168,48 @@ def test_the_command_runs_parallel_restarts_and_a_resume_keeps_their_number(tmp_
         again = CliRunner().invoke(cmd_search.search_cmd, ["--resume", "r", *base])
         assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "r" / "config.json").read_text())["search"]["parallel"] == 2
+
+
+# -- the local LLM: one request at a time -----------------------------------------------------
+LOCAL_ID = "promptclimb-local/qwen2.5-coder-1.5b-instruct-q4_k_m@sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize("llm", ["embedded", "llm serve", "remote"])
+def test_restarts_run_one_after_another_on_the_local_llm(llm, tmp_path, monkeypatch):
+    """The local LLM's server (started by the search, or `promptclimb llm serve`) answers one
+    request at a time and keeps only the last request's prefix: restarts taking turns at it
+    would reprocess their conversations (README: 2.5x slower), so --parallel becomes 1 there,
+    said once, recorded, and accepted again by --resume. Other endpoints keep --parallel."""
+    from contextlib import contextmanager
+
+    from click.testing import CliRunner
+
+    from promptclimb.agent import cmd_search, local_llm
+    from promptclimb.agent.cli import cli
+
+    fake = FakeLLM(responder=responder, models=[LOCAL_ID] if llm == "llm serve" else None, latency_s=0.05)
+
+    @contextmanager
+    def embedded_server(model_path=None, **kwargs):
+        yield fake.base_url
+
+    monkeypatch.setattr(local_llm, "local_server", embedded_server)
+    monkeypatch.setattr(cmd_search, "build_evaluator", lambda **kwargs: WordEvaluator())
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    runs = tmp_path / "runs"
+    with fake:
+        endpoint = {"embedded": ["--llm", "local"], "llm serve": ["--base-url", fake.base_url],
+                    "remote": ["--base-url", fake.base_url, "--llm", "fake"]}[llm]
+        args = ["search", "--dataset", "toy", *endpoint, "--restarts", "3", "--parallel", "3", "--resets", "1",
+                "--iterations", "2", "--runs-dir", str(runs), "--name", "r", "--no-cache"]
+        result = CliRunner().invoke(cli, args, env={"OPENAI_API_KEY": "sk-test"} if llm == "remote" else {})
+        assert result.exit_code == 0, result.output
+        local = llm != "remote"
+        assert ("the local LLM answers one request at a time" in result.output) == local
+        assert json.loads((runs / "r" / "config.json").read_text())["search"]["parallel"] == (1 if local else 3)
+        if local:
+            assert fake.max_in_flight == 1
+        again = CliRunner().invoke(cli, ["search", "--resume", "r", "--parallel", "3", "--runs-dir", str(runs),
+                                         "--no-cache"], env={"OPENAI_API_KEY": "sk-test"} if llm == "remote" else {})
+        assert again.exit_code == 0, again.output
