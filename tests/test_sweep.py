@@ -98,6 +98,7 @@ def test_a_2x2_sweep_on_a_local_ray_and_its_report(sweep):
     sweep_dir = sweep.runs / "grid"
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == sorted(NAMES)
     assert "Ray: local, 2 CPUs" in run.stderr and "sweep grid: 4/4 cells finished" in run.stderr
+    assert "2 running" in run.stderr and "one after another" not in run.stderr  # 2 CPUs: two cells at a time
     done = summaries(sweep_dir)
     for name, summary in done.items():  # each cell is an ordinary run of its own grid point
         config = json.loads((sweep_dir / name / "config.json").read_text())
@@ -121,6 +122,20 @@ def test_a_2x2_sweep_on_a_local_ray_and_its_report(sweep):
     assert report(sweep.runs, "grid", "markdown").startswith("| dataset")
     assert report(sweep.runs, "grid", "csv").splitlines()[0].startswith("dataset,backbone,shots,seeds")
     assert (sweep_dir / "report.png").stat().st_size > 1000
+
+
+def test_cells_run_one_after_another_on_the_local_llm(sweep):
+    """An endpoint that is promptclimb's local LLM (it lists its GGUF at /models, as `llm serve`
+    and the server a sweep starts do) answers one request at a time: cells side by side would
+    take turns at it and reprocess their conversations, so they run one after another."""
+    local_id = "promptclimb-local/qwen2.5-coder-1.5b-instruct-q4_k_m@sha256:" + "ab" * 32
+    with FakeLLM(responder=responder, models=[local_id]) as fake:
+        run = subprocess.run(sweep("one", fake.base_url, "--seeds", "1", grid=False) + ["--dataset", "imagefolder",
+                             "--shots", "1", "--seeds", "2"], env=sweep.env, capture_output=True, text=True,
+                             timeout=600)
+        assert run.returncode == 0, run.stderr
+    assert "the local LLM answers one request at a time: the cells run one after another" in run.stderr
+    assert "sweep one: 2/2 cells finished" in run.stderr and "2 running" not in run.stderr, run.stderr
 
 
 def test_the_same_sweep_on_a_ray_cluster_with_a_failed_cell(sweep, tmp_path):
