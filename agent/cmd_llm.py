@@ -24,7 +24,9 @@ def llm_group():
 def serve_cmd(model_path, port, n_ctx, threads):
     """Start the local LLM server and keep it running until Ctrl-C.
 
-    It prints its base URL; pass it to several runs so they share one server:
+    It prints its base URL; pass it to several runs so they share one server. It answers
+    one request at a time, so runs are fastest one after another (searches and sweeps run
+    their restarts and cells that way against it):
 
     \b
       promptclimb llm serve
