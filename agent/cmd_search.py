@@ -271,7 +271,8 @@ def resumed_run(opts: dict, echo) -> Plan:
     store = RunStore.resume(run_dir)
     try:
         saved = store.config
-        if given(opts, "parallel"):  # the command that started it, again: its --parallel as that one ran it
+        if given(opts, "parallel") and saved["search"].get("parallel") == 1:  # the command that started it,
+            # again: its --parallel as that one ran it (runs from before lanes_for_the_llm keep theirs)
             opts = {**opts, "parallel": lanes_for_the_llm(saved["llm"], opts["parallel"],
                                                           saved["search"]["restarts"], echo)}
         refuse_changed_settings(opts, saved)
