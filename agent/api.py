@@ -226,8 +226,8 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
     table["target_backbone"], table["target_pretrained"], table["target_weights"] = backbone, pretrained, weights
     ensemble = ((loaded.final or {}).get("ensemble") or {}).get("templates")
     ensemble_test = float(evaluator.score_ensemble(ensemble, splits=("test",)).accuracy["test"]) if ensemble else None
-    summary = transfer_summary(loaded, table, backbone, pretrained, weights, ensemble_test)
-    summary["target"]["precision"] = precision or DEFAULT_PRECISION
+    summary = transfer_summary(loaded, table, backbone, pretrained, weights, precision or DEFAULT_PRECISION,
+                               ensemble_test)
     table.attrs["transfer"] = summary
     table.attrs["rank_correlation"] = summary["rank_correlation"]
     if save:
@@ -270,7 +270,7 @@ def transfer_table(run: "Run") -> "pd.DataFrame":
 
 
 def transfer_summary(run: "Run", table: "pd.DataFrame", backbone: str, pretrained: str | None,
-                     weights: str | None, ensemble_test: float | None) -> dict:
+                     weights: str | None, precision: str, ensemble_test: float | None) -> dict:
     """What a transfer shows, JSON-able (saved as transfer-<backbone>.json): Spearman's rho of
     the source and target accuracies of every template the run scored, on the run's
     selection split(s) and against target test; the source winner's ranks and accuracies on
@@ -289,7 +289,8 @@ def transfer_summary(run: "Run", table: "pd.DataFrame", backbone: str, pretraine
     ensemble = ((run.final or {}).get("ensemble") or {})
     return {
         "v": 1, "run_id": run.id, "source_backbone": run.backbone,
-        "target": {"backbone": backbone, "pretrained": pretrained, "weights": str(weights) if weights else None},
+        "target": {"backbone": backbone, "pretrained": pretrained, "weights": str(weights) if weights else None,
+                   "precision": precision},
         "select": "+".join(select), "templates": len(ours),
         "rank_correlation": {"selection": number(rank_correlation(source_sel, target_sel)),
                              "test": number(rank_correlation(source_sel, ours["target_test"]))},

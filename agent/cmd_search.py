@@ -95,7 +95,8 @@ def package_versions() -> dict:
 @click.option("--restarts", type=int, default=DEFAULTS.restarts, help="Restarts, each from a fresh sample of the pool.")
 @click.option("--parallel", type=int, default=DEFAULTS.parallel,
               help="Restarts run at the same time (their LLM calls overlap; the result is the same as one "
-                   "at a time). Not with --max-calls/--max-tokens.")
+                   "at a time). Not with --max-calls/--max-tokens. The local LLM answers one request at a "
+                   "time: with it the restarts run one after another.")
 @click.option("--resets", type=int, default=DEFAULTS.resets, help="Conversations per restart (the scoreboard is kept).")
 @click.option("--iterations", type=int, default=DEFAULTS.iterations, help="LLM turns per conversation.")
 @click.option("--proposals", type=int, default=DEFAULTS.proposals, help="New templates scored per turn.")

@@ -283,19 +283,36 @@ def llm_endpoint(opts: dict, echo: Callable[[str], None]) -> Iterator[tuple[str 
         yield url, llm_name
 
 
-def one_request_at_a_time(base_url: str | None) -> bool:
-    """Whether the cells' endpoint is promptclimb's local LLM on this machine (started by the
-    sweep, or a `promptclimb llm serve`): its server answers one request at a time and keeps
-    only the last request's prefix, so cells taking turns at it would each reprocess their
-    conversation per answer (README, Sweeps: 2 cells in 204 s side by side, 100 s one after
-    another). Then each cell asks for all of this node's CPUs, and Ray runs one at a time."""
-    from promptclimb.agent.llm import local_model_served_at
-
-    return bool(on_this_machine(base_url) and local_model_served_at(base_url))
-
-
 def on_this_machine(base_url: str | None) -> bool:
     return bool(base_url and re.match(r"https?://(127\.|localhost)", base_url))
+
+
+def cell_resources(ray, base_url: str | None, address: str | None, cpus_per_run: float, gpus_per_run: float,
+                   echo: Callable[[str], None]) -> dict:
+    """The Ray options of every cell's task. An endpoint on this machine keeps the cells on
+    this node. When it is promptclimb's local LLM (started by the sweep, or a `promptclimb llm
+    serve`: it lists its GGUF at /models), each cell asks for all of the node's CPUs, so Ray
+    runs one at a time: that server answers one request at a time and keeps only the last
+    request's prefix, and cells taking turns at it would reprocess their conversations
+    (README, Sweeps: 2 cells in 204 s side by side, 100 s one after another)."""
+    from promptclimb.agent.llm import local_model_served_at
+
+    resources = {"num_cpus": cpus_per_run, "num_gpus": gpus_per_run, "max_retries": 1}
+    if not on_this_machine(base_url):
+        return resources
+    here = ray.get_runtime_context().get_node_id()
+    if local_model_served_at(base_url):
+        node_cpus = next(n["Resources"].get("CPU", 1) for n in ray.nodes() if n["NodeID"] == here)
+        resources["num_cpus"] = max(cpus_per_run, node_cpus)
+        echo("the local LLM answers one request at a time: the cells run one after another")
+    if address is not None:
+        if address.startswith("ray://"):
+            raise PromptclimbError(f"the LLM at {base_url} serves this machine only: give the cells an "
+                                   "endpoint they can reach (--base-url) when the cluster is reached with ray://")
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        resources["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=here, soft=False)
+    return resources
 
 
 @contextmanager
@@ -368,20 +385,7 @@ def run_sweep(name: str, runs_dir: str | Path, grid: dict | None, search: dict, 
         if address is None and (cpus_per_run > total.get("CPU", 0) or gpus_per_run > total.get("GPU", 0)):
             raise PromptclimbError(f"each cell asks for {cpus_per_run:g} CPUs and {gpus_per_run:g} GPUs, but this "
                                    f"machine has {total.get('CPU', 0):g} and {total.get('GPU', 0):g}")
-        resources = {"num_cpus": cpus_per_run, "num_gpus": gpus_per_run, "max_retries": 1}
-        if one_request_at_a_time(base_url):
-            here = ray.get_runtime_context().get_node_id()
-            resources["num_cpus"] = max(cpus_per_run, next(n["Resources"].get("CPU", 1) for n in ray.nodes()
-                                                           if n["NodeID"] == here))
-            echo("the local LLM answers one request at a time: the cells run one after another")
-        if on_this_machine(base_url) and address is not None:
-            if address.startswith("ray://"):
-                raise PromptclimbError(f"the LLM at {base_url} serves this machine only: give the cells an "
-                                       "endpoint they can reach (--base-url) when the cluster is reached with ray://")
-            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-            here = ray.get_runtime_context().get_node_id()  # the endpoint is on this node: so are the cells
-            resources["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=here, soft=False)
+        resources = cell_resources(ray, base_url, address, cpus_per_run, gpus_per_run, echo)
         task = ray.remote(num_returns="streaming")(cell_task).options(**resources)
         running = {task.remote(str(sweep_dir / c.name), cell_options(c, opts, sweep_dir, base_url, llm_name)): c
                    for c in todo}
