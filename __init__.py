@@ -34,13 +34,13 @@ _API = {
     "evaluate": "promptclimb.agent.api",
     "load_run": "promptclimb.agent.api",
     "transfer": "promptclimb.agent.api",
-    "PromptclimbError": "promptclimb.agent.errors",
+    "PromptclimbError": "promptclimb.agent.core.errors",
 }
 __all__ = list(_API)
 
 if TYPE_CHECKING:  # for editors and type checkers; at run time `__getattr__` loads them
     from promptclimb.agent.api import SearchResult, evaluate, load_run, search, transfer
-    from promptclimb.agent.errors import PromptclimbError
+    from promptclimb.agent.core.errors import PromptclimbError
 
 
 def __getattr__(name: str):

@@ -1,10 +1,10 @@
 """The Python API, re-exported by `import promptclimb`: `search`, `evaluate`, `load_run`,
 `transfer`. The commands are built on the same functions (`promptclimb search` and
-`search()` both run `agent.cmd_search.run_search`; `eval`, `transfer` and `show` call
+`search()` both run `agent.pipeline.run_search`; `eval`, `transfer` and `show` call
 `score_templates`, `transfer` and `load_run` below), so a notebook and the command line
 produce the same run folders and the same numbers.
 
-Nothing heavy is imported here at import time: pandas, torch and click come in when a
+Nothing heavy is imported here at import time: pandas and torch come in when a
 function is called.
 """
 
@@ -12,23 +12,38 @@ from __future__ import annotations
 
 import math
 import re
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from promptclimb.agent.defaults import DEFAULT_PRECISION
-from promptclimb.agent.errors import PromptclimbError
-from promptclimb.agent.templates import BASELINE, template_problem
+from promptclimb.agent.core.defaults import DEFAULT_PRECISION
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.templates import BASELINE, template_problem
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from promptclimb.agent.protocol import Evaluator, Score
-    from promptclimb.agent.reading import Run
+    from promptclimb.agent.core.protocol import Evaluator, Score
+    from promptclimb.agent.runs.reading import Run
 
 SPLITS = ("train", "val", "test")
-# Keywords of `search()` that the command line has but a function call does not need.
-NOT_FOR_PYTHON = ("json",)
+# The evaluator factory `search`, `evaluate` and `transfer` build their evaluator with
+# (None: the CLIP one, `evaluators.build_evaluator`); set it with `using_evaluator`.
+_EVALUATOR_FACTORY: ContextVar[Callable | None] = ContextVar("evaluator_factory", default=None)
+
+
+@contextmanager
+def using_evaluator(factory: Callable):
+    """Inside this block the API builds every evaluator with `factory(**settings)` (the
+    keywords of `evaluators.build_evaluator`): an object with the `Evaluator` protocol of
+    `agent.core.protocol`, e.g. an in-memory one in tests or another black-box model."""
+    token = _EVALUATOR_FACTORY.set(factory)
+    try:
+        yield factory
+    finally:
+        _EVALUATOR_FACTORY.reset(token)
 
 
 # -- search ---------------------------------------------------------------------------------
@@ -41,6 +56,7 @@ class SearchResult:
     accuracy: dict[str, float]  # the best template's accuracy per split (test: measured once, at the end)
     ensemble: list[str] | None  # the top-k ensemble, when it beat the best template alone on val
     summary: dict = field(repr=False)  # summary.json
+    classnames: list[str] | None = None  # the class names found with the best template (None: a soft prompt)
 
     @property
     def templates(self) -> list[str]:
@@ -63,54 +79,64 @@ def search(dataset: str | None = None, shots: int = 1, backbone: str | None = No
     go to `echo` (None: nowhere). `resume="RUN"` continues a killed run with its saved
     settings. Raises PromptclimbError with a readable message for bad input.
     """
-    from promptclimb.agent.cmd_search import run_search, search_cmd
-    from promptclimb.agent.reading import find_run
+    from promptclimb.agent.options import PYTHON_OPTIONS, resolve
+    from promptclimb.agent.pipeline import run_search
+    from promptclimb.agent.runs.reading import find_run
 
     given = {"dataset": dataset, "shots": shots, "backbone": backbone, "llm": llm, **knobs}
-    opts = command_options(search_cmd, "search", given)
-    summary = run_search(opts, echo or (lambda message: None))
+    opts = resolve(given, "search(): ", PYTHON_OPTIONS)
+    summary = run_search(opts, echo or (lambda message: None), evaluator_factory=_EVALUATOR_FACTORY.get())
     runs_dir = Path(opts["runs_dir"])
     run_dir = find_run(opts["resume"], runs_dir) if opts["resume"] else runs_dir / summary["run_id"]
     ensemble = summary.get("ensemble") or {}
     return SearchResult(run_dir=Path(run_dir), best=summary["best"]["template"],
                         accuracy=dict(summary["best"]["accuracy"]),
                         ensemble=list(ensemble["templates"]) if ensemble.get("chosen") else None,
-                        summary=summary)
+                        summary=summary, classnames=run_classnames(summary))
 
 
-def command_options(command, name: str, given: dict) -> dict:
-    """The values a click command's function would receive: its defaults, overridden by the
-    keywords given (long option names, `_` for `-`; None = the default), converted and
-    checked by click itself, so a function call accepts exactly what the command line does."""
-    import click
+def run_classnames(summary: dict) -> list[str] | None:
+    """The class names a run's result is written with: the names its search found, or
+    the start names it recorded; None for a run that records neither (a soft prompt)."""
+    best = summary.get("best") or {}
+    if best.get("names"):
+        return list(best["names"])
+    return None
 
-    by_keyword = {max(p.opts, key=len).lstrip("-").replace("-", "_"): p
-                  for p in command.params if isinstance(p, click.Option)}
-    valid = sorted(k for k in by_keyword if k not in NOT_FOR_PYTHON)
-    unknown = sorted(k for k in given if k not in valid)
+
+# -- checking a call ------------------------------------------------------------------------
+def check_call(where: str, unknown: dict, **values) -> dict:
+    """An API function's keywords, checked before anything is loaded: an unknown keyword is
+    refused with the valid ones listed, and a keyword that is a search option is checked as
+    that option is (agent/options.py: 1.5 shots, a seed "x", a backbone 5 are refused, never
+    converted), `device` by name (agent/core/devices.py). PromptclimbError naming `where`."""
+    from promptclimb.agent.core.devices import check_device_name
+    from promptclimb.agent.options import BY_KEYWORD, check_value
+
     if unknown:
-        raise PromptclimbError(f"{name}() got unknown keyword(s) {', '.join(unknown)}; "
-                               f"the valid ones: {', '.join(valid)}")
-    defaults = {}
-    for keyword, value in given.items():
-        param = by_keyword[keyword]
-        if value is None:
-            continue
-        if param.multiple and isinstance(value, (str, Path)):
-            value = [value]
-        defaults[param.name] = value
-    try:
-        return command.make_context(name, [], default_map=defaults).params
-    except click.BadParameter as exc:
-        keyword = next((k for k, p in by_keyword.items() if p is exc.param), "?")
-        raise PromptclimbError(f"{name}({keyword}={given.get(keyword)!r}): {exc.message}") from None
-    except click.ClickException as exc:
-        raise PromptclimbError(f"{name}(): {exc.format_message()}") from None
+        raise PromptclimbError(f"{where}: unknown keyword(s) {', '.join(sorted(unknown))}; the valid ones: "
+                               f"{', '.join(values)}")
+    checked = dict(values)
+    for keyword, value in values.items():
+        if keyword == "device":
+            checked[keyword] = check_device_name(value, f"{where}: device")
+        elif keyword == "splits":
+            names = [value] if isinstance(value, str) else value
+            if not isinstance(names, (list, tuple)) or not names or any(n not in SPLITS for n in names):
+                raise PromptclimbError(f"{where}: splits {value!r}: expected a list of {', '.join(SPLITS)}")
+            checked[keyword] = tuple(names)
+        elif keyword in BY_KEYWORD:
+            checked[keyword] = check_value(BY_KEYWORD[keyword], value, f"{where}: ")
+    return checked
 
 
 # -- scoring templates ----------------------------------------------------------------------
 def check_templates(templates: str | Sequence[str]) -> list[str]:
     """The templates as a list, or PromptclimbError naming the first bad one and why."""
+    if not isinstance(templates, (str, list, tuple)) or any(not isinstance(t, str) for t in
+                                                             ([] if isinstance(templates, str) else templates)):
+        raise PromptclimbError(f"templates {templates!r}: expected a template or a list of templates "
+                               "(text with one {} for the class name)")
     templates = [templates] if isinstance(templates, str) else list(templates)
     if not templates:
         raise PromptclimbError("no template given")
@@ -121,18 +147,19 @@ def check_templates(templates: str | Sequence[str]) -> list[str]:
     return templates
 
 
-def score_templates(templates: Sequence[str], *, dataset: str, shots: int, seed: int, backbone: str,
-                    pretrained: str | None = None, weights: str | None = None, data_root: str | None = None,
-                    device: str | None = None, splits: Sequence[str] = SPLITS,
-                    precision: str | None = None) -> tuple[list["Score"], "Evaluator"]:
-    """The CLIP evaluator for (dataset, shots, seed, backbone) and each template's Score on
-    `splits`: what `evaluate()`, `transfer()` and `promptclimb eval` share. Imports torch.
-    `precision`: "fp32" (None, the default) or "bf16" (as --precision)."""
-    from promptclimb.evaluators import build_evaluator
+def score_templates(templates: Sequence[str], *, splits: Sequence[str] = SPLITS, device: str | None = None,
+                    **settings) -> tuple[list["Score"], "Evaluator"]:
+    """The evaluator built from `settings` (the keywords of `EvaluatorSettings`: dataset,
+    shots, seed, backbone, pretrained, weights, data_root, precision, ...; None = its
+    default) and each template's Score on `splits`: what `evaluate()`, `transfer()` and
+    `promptclimb eval` share. Imports torch."""
+    from promptclimb.agent.core.devices import check_device_name
+    from promptclimb.agent.pipeline import default_evaluator_factory
 
     templates = check_templates(templates)  # before the (slow) evaluator is built
-    evaluator = build_evaluator(dataset=dataset, shots=shots, seed=seed, backbone=backbone, pretrained=pretrained,
-                                weights=weights, data_root=data_root, device=device, precision=precision)
+    check_device_name(device)
+    build_evaluator = _EVALUATOR_FACTORY.get() or default_evaluator_factory
+    evaluator = build_evaluator(**{k: v for k, v in settings.items() if v is not None}, device=device)
     return evaluator.score(templates, splits=tuple(splits)), evaluator
 
 
@@ -154,19 +181,37 @@ def scores_frame(templates: Sequence[str], scores: Sequence["Score"]) -> "pd.Dat
 def evaluate(templates: str | Sequence[str], dataset: str = "fashion-mnist", shots: int = 1, seed: int = 0,
              backbone: str | None = None, *, pretrained: str | None = None, weights: str | None = None,
              data_root: str | None = None, device: str | None = None,
-             splits: Sequence[str] = SPLITS, precision: str | None = None) -> "pd.DataFrame":
+             splits: Sequence[str] = SPLITS, precision: str | None = None,
+             classnames: str | Sequence[str] | None = None, **unknown) -> "pd.DataFrame":
     """Score templates on a few-shot split, as `promptclimb eval` does: a DataFrame with one
     row per template and the accuracy (`train`, `val`, `test`), `<split>_prob` and
     `<split>_loss` per split. The backbone defaults as in `promptclimb search` (the
     embedded `demo` model for fashion-mnist, else OpenAI's ViT-B-32). `precision`: "fp32"
-    (the default, exact) or "bf16" (faster on CPUs with bf16 instructions), as --precision."""
-    from promptclimb.agent.defaults import default_backbone
+    (the default, exact) or "bf16" (faster on CPUs with bf16 instructions), as --precision.
+    `classnames`: the names filled in: a list (one per class, in class order), a named set
+    ("published", the default; "clean" for fashion-mnist, "coop" for eurosat) or a file, as
+    --classnames; a run's found names are `SearchResult.classnames`. Bad input raises
+    PromptclimbError before anything is loaded."""
+    from promptclimb.agent.core.defaults import default_backbone
 
+    checked = check_call("evaluate()", unknown, templates=templates, dataset=dataset, shots=shots, seed=seed,
+                         backbone=backbone, pretrained=pretrained, weights=weights, data_root=data_root,
+                         device=device, splits=splits, precision=precision)
+    if dataset is None:
+        raise PromptclimbError("evaluate(): dataset is required")
+    dataset, shots, seed, backbone, pretrained, weights, data_root, splits, precision = (
+        checked[k] for k in ("dataset", "shots", "seed", "backbone", "pretrained", "weights", "data_root", "splits",
+                             "precision"))
     backbone, pretrained = default_backbone(dataset, backbone, pretrained, weights)
     templates = check_templates(templates)
+    if classnames is not None and not isinstance(classnames, str):
+        if not isinstance(classnames, (list, tuple)) or not all(isinstance(n, str) for n in classnames):
+            raise PromptclimbError(f"evaluate(): classnames {classnames!r}: expected a list of names, a set name "
+                                   "or a file")
+        classnames = tuple(classnames)
     scores, _ = score_templates(templates, dataset=dataset, shots=shots, seed=seed, backbone=backbone,
                                 pretrained=pretrained, weights=weights, data_root=data_root, device=device,
-                                splits=splits, precision=precision)
+                                splits=splits, precision=precision, classnames=classnames)
     return scores_frame(templates, scores)
 
 
@@ -176,8 +221,8 @@ def load_run(path_or_id: str | Path, runs_dir: str | Path = "runs") -> "Run":
     one: `.scores()`, `.ranked()`, `.winners()`, `.iterations_frame()` and
     `.conversation_frame()` are pandas frames; `.skipped` lists history lines that could not
     be read (a damaged file still shows what it holds)."""
-    from promptclimb.agent.reading import find_run
-    from promptclimb.agent.reading import load_run as read_run
+    from promptclimb.agent.runs.reading import find_run
+    from promptclimb.agent.runs.reading import load_run as read_run
 
     return read_run(find_run(str(path_or_id), runs_dir))
 
@@ -185,7 +230,8 @@ def load_run(path_or_id: str | Path, runs_dir: str | Path = "runs") -> "Run":
 # -- transfer -------------------------------------------------------------------------------
 def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None = None, weights: str | None = None,
              top: int | None = None, data_root: str | None = None, device: str | None = None,
-             runs_dir: str | Path = "runs", save: bool = True, precision: str | None = None) -> "pd.DataFrame":
+             runs_dir: str | Path = "runs", save: bool = True, precision: str | None = None,
+             **unknown) -> "pd.DataFrame":
     """Re-score every template a run scored, plus the baseline "a photo of a {}.", on another
     backbone with the run's dataset split (dataset, shots, seed; `data_root` to point at the
     images elsewhere), as `promptclimb transfer` does: how well the run's ranking carries over.
@@ -200,23 +246,38 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
     transfer-<backbone>.csv (every row), .json (the summary) and .png (the scatter plot);
     `.attrs["path"]` is the csv. `top`: the returned frame keeps only the best `top` rows
     (and the baseline); the summary and the files always cover every template. `precision`:
-    the target's encoders, "fp32" (None, the default) or "bf16" (as --precision).
+    the target's encoders, "fp32" (None, the default) or "bf16" (as --precision). Bad input
+    raises PromptclimbError before anything is loaded.
     """
-    if top is not None and top < 1:
-        raise PromptclimbError("top must be at least 1")
+    from promptclimb.agent.runs.reading import Run
     from promptclimb.agent.softsearch import is_soft_prompt_run, transfer_refusal
 
-    loaded = run if not isinstance(run, (str, Path)) else load_run(run, runs_dir)
+    check_call("transfer()", unknown, run=run, backbone=backbone, pretrained=pretrained, weights=weights, top=top,
+               data_root=data_root, device=device, runs_dir=runs_dir, save=save, precision=precision)
+    if not isinstance(run, (Run, str, Path)):
+        raise PromptclimbError(f"transfer(): run {run!r}: expected a run (promptclimb.load_run), its id or its path")
+    if not isinstance(backbone, str) or not backbone:
+        raise PromptclimbError(f"transfer(): backbone {backbone!r}: expected the name of the backbone to transfer to")
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
+        raise PromptclimbError(f"transfer(): top {top!r}: expected a whole number of at least 1")
+    if not isinstance(save, bool):
+        raise PromptclimbError(f"transfer(): save {save!r}: expected True or False")
+    if not isinstance(runs_dir, (str, Path)):
+        raise PromptclimbError(f"transfer(): runs_dir {runs_dir!r}: expected a folder")
+    loaded = run if isinstance(run, Run) else load_run(run, runs_dir)
     if is_soft_prompt_run(loaded.config):
         raise PromptclimbError(transfer_refusal(loaded))
     args = loaded.args
     if not args.get("dataset"):
         raise PromptclimbError(f"{loaded.path / 'config.json'} does not say which dataset the run used")
     table = transfer_table(loaded)
+    # the names travel with the templates: the ones the run found (else its start names)
+    names = run_classnames({"best": (loaded.final or {}).get("best") or {}})
     scores, evaluator = score_templates(
         list(table["template"]), dataset=args["dataset"], shots=args.get("shots", 1), seed=args.get("seed", 0),
         backbone=backbone, pretrained=pretrained, weights=weights, data_root=data_root or args.get("data_root"),
-        device=device, precision=precision)
+        device=device, precision=precision, image_column=args.get("image_column"),
+        label_column=args.get("label_column"), classnames=tuple(names) if names else args.get("classnames"))
     for split in SPLITS:
         table[f"target_{split}"] = [float(s.accuracy[split]) for s in scores]
     ours = table["source_rank"].notna()  # the baseline may be an extra row the run never scored
@@ -231,8 +292,8 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
     table.attrs["transfer"] = summary
     table.attrs["rank_correlation"] = summary["rank_correlation"]
     if save:
-        from promptclimb.agent.files import write_json_atomic, write_text_atomic
-        from promptclimb.agent.plots import plot_transfer
+        from promptclimb.agent.core.files import write_json_atomic, write_text_atomic
+        from promptclimb.agent.runs.plots import plot_transfer
 
         path = loaded.path / transfer_name(backbone)
         write_text_atomic(path, table.to_csv(index=False, float_format="%.6g"))

@@ -2,7 +2,8 @@
 
 Three files make a conversation: `system.j2`, `first_turn.j2` (the opening user message)
 and `feedback_turn.j2` (each later user message, after the LLM's templates were scored).
-A user folder may hold any subset of them; missing files fall back to ours. The variables
+A names turn (`--search names|both`, agent/names.py) is `names_system.j2` and
+`names_turn.j2`; the drift guard asks `names_judge.j2`. A user folder may hold any subset; missing files fall back to ours. The variables
 each file receives are listed in its opening comment. Accuracies are 0..1; `| pct` shows
 them as "61.2%".
 """
@@ -13,12 +14,12 @@ from pathlib import Path
 
 import jinja2
 
-from promptclimb.agent.errors import PromptclimbError
-from promptclimb.agent.format import pct
-from promptclimb.agent.paths import prompts_dir
-from promptclimb.agent.protocol import Task
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.format import pct
+from promptclimb.agent.core.paths import prompts_dir
+from promptclimb.agent.core.protocol import Task
 
-FILES = ("system.j2", "first_turn.j2", "feedback_turn.j2")
+FILES = ("system.j2", "first_turn.j2", "feedback_turn.j2", "names_system.j2", "names_turn.j2", "names_judge.j2")
 
 
 class MetaPrompt:
@@ -57,3 +58,14 @@ class MetaPrompt:
                       best: dict, top: list[dict], bottom: list[dict]) -> str:
         return self.render("feedback_turn.j2", task=task, n=n, metric=metric, results=results,
                            rejected=rejected, best=best, top=top, bottom=bottom)
+
+    def names_system(self, task: Task, n: int, k: int) -> str:
+        return self.render("names_system.j2", task=task, n=n, k=k)
+
+    def names_turn(self, task: Task, n: int, metric: str, template: str, best: float, classes: list[dict],
+                   asked: list[str], results: list[dict], rejected: list[dict]) -> str:
+        return self.render("names_turn.j2", task=task, n=n, metric=metric, template=template, best=best,
+                           classes=classes, asked=asked, results=results, rejected=rejected)
+
+    def names_judge(self, task: Task, classes: list[str], proposed: str) -> str:
+        return self.render("names_judge.j2", task=task, classes=classes, proposed=proposed)

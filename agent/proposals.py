@@ -4,7 +4,7 @@ An answer is read one line at a time: numbering, bullets, quotes, code marks and
 copied from the meta-prompt ("... -> 81.0%") are stripped; lines that do not even mention
 a brace (prose such as "Here are 5 templates:") are skipped; every other line either
 becomes a template or is rejected with a reason: whatever
-`agent.templates.template_problem` refuses (`{0}`, `{name}`, `{.__class__}`, stray or
+`agent.core.templates.template_problem` refuses (`{0}`, `{name}`, `{.__class__}`, stray or
 escaped braces, no or several placeholders, empty, too long) and duplicates - exact, or
 equal after normalising case, whitespace and punctuation - of templates already scored or
 proposed earlier in the same answer. Nothing here formats a template.
@@ -21,7 +21,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from promptclimb.agent.templates import MAX_TEMPLATE_CHARS, template_problem
+from promptclimb.agent.core.templates import MAX_TEMPLATE_CHARS, template_problem
 
 # "1." "1)" "(1)" "#1:" "- " "* " "• " "> " at the start of a line (possibly repeated: "- 1. ")
 _LEADER = re.compile(r"^\s*(?:(?:\(?#?\d{1,3}[.):]\)?|[-*•·>–—](?=\s)|template\s*\d*\s*:)\s*)+", re.IGNORECASE)

@@ -6,15 +6,20 @@ Models", CVPR 2024).
                                            are independent (own scoreboard) and with
                                            --parallel K run K at a time, with the same result
         for reset in resets:               a new conversation; the scoreboard is kept
-            for iteration in iterations:   the LLM sees the top-k / bottom-k templates (or
-                                           how its last ones scored) and proposes N more;
-                                           valid new ones are scored in one batch
-    best template (ranked by --metric on the selection split; agent/ranking.py), the
-    top-k ensemble when it beats the best alone on val, and their test accuracy,
-    computed once, at the end.
+            for iteration in iterations:   a template turn or a names turn (`turn_kind`):
+                                           template: the LLM sees the top-k / bottom-k
+                                           templates (or how its last ones scored) and
+                                           proposes N more; valid new ones are scored in
+                                           one batch, under the current best names
+                                           names: the LLM renames the weakest classes of
+                                           the current best (template, names); each name
+                                           is scored as a one-class change (agent/names.py)
+    best (template, names) pair (ranked by --metric on the selection split;
+    agent/ranking.py), the top-k ensemble with those names when it beats the best alone
+    on val, and their test accuracy, computed once, at the end.
 
 Everything the loop does is appended to the run's history before the next step (see
-agent/runstore.py), which is also how a killed run resumes: the loop runs again, scores
+agent/runs/store.py), which is also how a killed run resumes: the loop runs again, scores
 and LLM answers already in the history are read back instead of recomputed, and new
 events continue where the history ends.
 
@@ -27,24 +32,29 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Sequence
 
-from promptclimb.agent.errors import PromptclimbError
-from promptclimb.agent.llm import Answer, BudgetExhausted, LLMClient
+from promptclimb.agent import names as naming
+from promptclimb.agent.core.classnames import name_key
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.llm.client import Answer, BudgetExhausted, LLMClient
 from promptclimb.agent.metaprompt import MetaPrompt
-from promptclimb.agent.pools import PoolTemplate, load_pool, sample_pool
+from promptclimb.agent.core.pools import PoolTemplate, load_pool, sample_pool
 from promptclimb.agent.ranking import DEFAULT_METRIC, METRICS, metric_label, rank_key, selection_value, top_and_bottom
 from promptclimb.agent.proposals import DUPLICATE, normalise, parse_proposals
-from promptclimb.agent.protocol import Evaluator, Score
-from promptclimb.agent.runstore import FORMAT_VERSION, RunStore
+from promptclimb.agent.core.protocol import Evaluator, Score, Task
+from promptclimb.agent.runs.store import FORMAT_VERSION, RunStore
 
 SCORED_SPLITS = ("train", "val")  # what every template is scored on during the search
 SELECTIONS = {"train": ("train",), "train+val": ("train", "val")}
 # Where the ensemble must beat the best template alone to be chosen: a split the templates
 # were not ranked on when there is one.
 ENSEMBLE_CHOICE = {"train": ("val",), "train+val": ("train", "val")}
+SEARCHES = ("template", "names", "both")  # what the LLM rewrites (`turn_kind`)
+DEFAULT_SEARCH = "both"
 
 
 @dataclass
@@ -71,13 +81,21 @@ class SearchConfig:
     max_calls: int | None = None  # LLM answers in the whole run (cached ones count too)
     max_tokens: int | None = None  # prompt + completion tokens in the whole run
     parallel: int = 1  # restarts run at the same time (their LLM calls overlap; same result)
+    search: str = DEFAULT_SEARCH  # "template" | "names" (the class names) | "both": which turns (`turn_kind`)
+    names_k: int = 3  # weakest classes a names turn asks new names for
+    names_per_class: int = 4  # names asked for each of them
+    guard: str = "judge"  # against a new name drifting to another class: "judge" (agent/names.py) or "off"
 
     def check(self) -> "SearchConfig":
         if self.select not in SELECTIONS:
             raise PromptclimbError(f"select must be one of {', '.join(SELECTIONS)}, not {self.select!r}")
         if self.metric not in METRICS:
             raise PromptclimbError(f"metric must be one of {', '.join(METRICS)}, not {self.metric!r}")
-        for name in ("restarts", "resets", "iterations", "proposals", "parallel"):
+        if self.search not in SEARCHES:
+            raise PromptclimbError(f"search must be one of {', '.join(SEARCHES)}, not {self.search!r}")
+        if self.guard not in naming.GUARDS:
+            raise PromptclimbError(f"guard must be one of {', '.join(naming.GUARDS)}, not {self.guard!r}")
+        for name in ("restarts", "resets", "iterations", "proposals", "parallel", "names_k", "names_per_class"):
             if getattr(self, name) < 1:
                 raise PromptclimbError(f"{name} must be at least 1")
         if self.parallel > 1 and (self.max_calls is not None or self.max_tokens is not None):
@@ -103,10 +121,17 @@ class Scored:
     loss: dict[str, float]
     order: tuple[int, int]  # (restart, position on its board): the last tie-breaker, earlier wins
     prob: dict[str, float] = field(default_factory=dict)  # mean probability of the true class
+    names: tuple[str, ...] | None = None  # the class names it was scored with (None: the start names)
 
     def to_dict(self) -> dict:
-        return {"template": self.template, "origin": self.origin, "accuracy": self.accuracy, "loss": self.loss,
-                "prob": self.prob}
+        out = {"template": self.template, "origin": self.origin, "accuracy": self.accuracy, "loss": self.loss,
+               "prob": self.prob}
+        return out if self.names is None else {**out, "names": list(self.names)}
+
+    @property
+    def key(self) -> tuple:
+        """What the run's score table knows it by: the template and its names."""
+        return (self.template, self.names)
 
 
 @dataclass
@@ -116,12 +141,89 @@ class SearchResult:
     top: list[dict]
     stopped: str  # "completed" or why the search ended early
     summary: dict = field(default_factory=dict)
+    classnames: tuple[str, ...] = ()  # the names of the best pair (the start names when none was changed)
+
+
+def turn_kind(search: str, iteration: int) -> str:
+    """Whether LLM turn `iteration` (1-based, inside a reset) is a "template" or a "names"
+    turn. With "both", names turns come first and every other turn after (1, 3, 5, ...:
+    names; 2, 4, ...: template): the names move accuracy most (8 to 12 points on the demo
+    against 2.4 for the template; issue 24), and the templates the LLM writes in between are
+    scored under the names found so far. The bench chooses; this is the one place."""
+    if search == "both":
+        return "names" if iteration % 2 == 1 else "template"
+    return search
 
 
 def call_seed(seed: int, restart: int, reset: int, iteration: int) -> int:
     """The `seed` sent with one LLM request: fixed by the run's seed and the call's place."""
     digest = hashlib.sha256(f"{seed}:{restart}:{reset}:{iteration}".encode()).hexdigest()
     return int(digest[:8], 16) % (2**31 - 1)
+
+
+LLM_EVENTS = ("llm_exchange", "names_exchange", "names_judge")  # the history's LLM answers, of every kind
+JUDGE_ANSWER_TOKENS = 12  # the guard's answer is one class name
+
+
+@dataclass
+class NamesState:
+    """What a restart's names turns remember: per class, the names tried for it (name key ->
+    the name as first written; its start name included) and the names turns in a row that
+    asked about it and kept no new name; and what the last names turn showed back to the
+    LLM (results and refusals, for the next one)."""
+
+    tried: dict[int, dict[str, str]]
+    fruitless: dict[int, int] = field(default_factory=dict)
+    results: list[dict] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+
+
+def apply_changes(names: tuple[str, ...], changes: Sequence[tuple[int, str]]) -> tuple[str, ...]:
+    out = list(names)
+    for c, name in changes:
+        out[c] = name
+    return tuple(out)
+
+
+def names_kwargs(names: tuple[str, ...] | None) -> dict:
+    """The evaluator's `classnames` argument: none at all for the start names, so an
+    evaluator is called exactly as before names turns existed."""
+    return {} if names is None else {"classnames": names}
+
+
+def _names_of(event: dict) -> tuple[str, ...] | None:
+    return tuple(event["names"]) if event.get("names") is not None else None
+
+
+def stored_score(event: dict) -> Score:
+    """A score as the history holds it."""
+    return Score(accuracy=event["accuracy"], loss=event.get("loss", {}), prob=event.get("prob", {}))
+
+
+def first_of_each_template(ranked: Sequence[Scored]) -> list[Scored]:
+    """Each template once, at its first (best) place."""
+    seen, out = set(), []
+    for s in ranked:
+        if s.template not in seen:
+            seen.add(s.template)
+            out.append(s)
+    return out
+
+
+def tokens_by_kind(exchanges: list[dict]) -> dict:
+    """LLM answers and tokens per kind of turn: template, names and the drift guard."""
+    kinds = {"llm_exchange": "template", "names_exchange": "names", "names_judge": "guard"}
+    out = {kind: {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0} for kind in kinds.values()}
+    for e in exchanges:
+        row = out[kinds[e["event"]]]
+        row["calls"] += 1
+        row["prompt_tokens"] += e["usage"]["prompt_tokens"]
+        row["completion_tokens"] += e["usage"]["completion_tokens"]
+    return out
+
+
+def verdict(value: float, before: float) -> str:
+    return "better" if value > before else "worse" if value < before else "equal"
 
 
 def as_floats(values: dict) -> dict[str, float]:
@@ -220,19 +322,24 @@ class HillClimber:
         self.splits = SELECTIONS[self.config.select]
         self.metric_name = metric_label(self.config.metric, self.splits)
         self.asked = self.config.proposals + self.config.spare  # templates asked for per turn
-        # Every template scored in the run, as it first appears (lowest restart, then position).
-        self.scores: dict[str, Scored] = {}
+        # Every (template, names) scored in the run, as it first appears (lowest restart, then
+        # position); names None: the start names.
+        self.scores: dict[tuple, Scored] = {}
+        self.start_names = tuple(evaluator.task.classnames)
+        self.names_states: dict[int, NamesState] = {}  # per restart
         self.turns = Turns(1)
         self.calls = 0
         self.timings = {"scoring_s": 0.0, "llm_s": 0.0}
         # On resume: what the history already knows is read back, never recomputed.
-        self.stored_scores = {e["template"]: e for e in store.stored_of("score")}
-        for e in store.stored_of("llm_exchange"):
-            llm.remember(e["request_key"], {"content": e["answer"], **(e.get("usage") or {})})
+        self.stored_scores = {(e["template"], _names_of(e)): e for e in store.stored_of("score")}
+        self.stored_name_scores = {(e["template"], _names_of(e)): e for e in store.stored_of("name_score")}
+        self.name_scores: dict[tuple, Score] = {}  # (template, names) -> score, of names variants
+        for kind in LLM_EVENTS:
+            for e in store.stored_of(kind):
+                llm.remember(e["request_key"], {"content": e["answer"], **(e.get("usage") or {})})
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> SearchResult:
-        cfg = self.config
         started = time.time()
         self.store.append("run_start", run_id=self.store.run_dir.name)
         stopped = "completed"
@@ -286,12 +393,15 @@ class HillClimber:
         for reset in range(cfg.resets):
             with self.turns.turn(lane):
                 self.store.append("reset", restart=restart, reset=reset)
-                messages = [
-                    {"role": "system", "content": self.meta.system(self.evaluator.task, self.asked)},
-                    {"role": "user", "content": self.first_turn(board)},
-                ]
+                messages = self.new_conversation(board) if turn_kind(cfg.search, 1) == "template" else []
             sent = 0  # messages already recorded in this conversation's history
             for iteration in range(1, cfg.iterations + 1):
+                if turn_kind(cfg.search, iteration) == "names":
+                    self.names_turn(board, restart, reset, iteration, lane)
+                    continue
+                if not messages:  # the template conversation starts at its first template turn
+                    with self.turns.turn(lane):
+                        messages = self.new_conversation(board)
                 answer = self.ask(messages, restart, reset, iteration)
                 with self.turns.turn(lane):
                     self.record_exchange(answer, messages, sent, restart, reset, iteration)
@@ -317,6 +427,22 @@ class HillClimber:
         self.store.write_prompts_csv()
         return board
 
+    def new_conversation(self, board: list[Scored]) -> list[dict]:
+        """A template conversation's opening: the system message and the first turn."""
+        return [
+            {"role": "system", "content": self.meta.system(self.task_now(board), self.asked)},
+            {"role": "user", "content": self.first_turn(board)},
+        ]
+
+    def task_now(self, board: list[Scored]) -> Task:
+        """The task as the LLM is told it: with the current best names."""
+        names = self.current_names(board)
+        return self.evaluator.task if names == self.start_names else replace(self.evaluator.task, classnames=names)
+
+    def current_names(self, board: list[Scored]) -> tuple[str, ...]:
+        """The names of the board's best pair: what template turns are scored under."""
+        return self.ranked(board)[0].names or self.start_names
+
     def first_turn(self, board: list[Scored]) -> str:
         top, bottom = self.top_and_bottom(board)
         return self.meta.first_turn(self.evaluator.task, self.asked, self.metric_name, top, bottom)
@@ -335,8 +461,9 @@ class HillClimber:
         )
 
     def top_and_bottom(self, board: list[Scored]) -> tuple[list[dict], list[dict]]:
-        """The best top_k and the worst bottom_k of the scoreboard (no template in both)."""
-        top, bottom = top_and_bottom(self.ranked(board), self.config.top_k, self.config.bottom_k)
+        """The best top_k and the worst bottom_k of the scoreboard (no template in both, and
+        each template once: at its best, when names turns scored it under several names)."""
+        top, bottom = top_and_bottom(first_of_each_template(self.ranked(board)), self.config.top_k, self.config.bottom_k)
         return shown(top, self.splits, self.config.metric), shown(bottom, self.splits, self.config.metric)
 
     def ranked(self, board) -> list[Scored]:
@@ -355,27 +482,32 @@ class HillClimber:
         )
 
     def record_exchange(self, answer: Answer, messages: list[dict], sent: int, restart: int, reset: int,
-                        iteration: int) -> None:
+                        iteration: int, event: str = "llm_exchange", seed: int | None = None,
+                        temperature: float | None = None, **extra) -> dict:
+        """One LLM answer into the history (a template turn's, a names turn's or the guard's)."""
         self.timings["llm_s"] += answer.latency_s
-        self.store.append(
-            "llm_exchange",
+        recorded = self.store.append(
+            event,
             restart=restart, reset=reset, iteration=iteration, call=self.calls,
-            model=self.llm.model, seed=call_seed(self.config.seed, restart, reset, iteration),
-            temperature=self.config.temperature, request_key=answer.key,
+            model=self.llm.model, seed=call_seed(self.config.seed, restart, reset, iteration) if seed is None else seed,
+            temperature=self.config.temperature if temperature is None else temperature, request_key=answer.key,
             messages=messages[sent:], n_messages=len(messages), answer=answer.content,
             usage={"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens},
             latency_s=round(answer.latency_s, 3), cached=answer.cached, source=answer.source,
             **({"answer_truncated": {"kept_chars": len(answer.content), "received_chars": answer.truncated_from}}
                if answer.truncated_from else {}),
+            **extra,
         )
         self.calls += 1
+        return recorded
 
     def take_proposals(self, text: str, board: list[Scored], restart: int, reset: int, iteration: int):
         """Parse, reject with reasons, score the first `proposals` valid new templates (the
         spare ones asked for only stand in for repeats: of templates on this restart's
         board); they join the board."""
         call = self.calls - 1
-        classnames = self.evaluator.task.classnames if self.config.unfill else ()
+        names = self.current_names(board)
+        classnames = (*self.start_names, *(n for n in names if n not in self.start_names)) if self.config.unfill else ()
         parsed = parse_proposals(text, {normalise(s.template) for s in board}, classnames=classnames)
         parsed.templates = parsed.templates[: self.config.proposals]
         # Why nothing could be scored, for the console (`report`); rejections say it themselves.
@@ -388,49 +520,237 @@ class HillClimber:
             rejected.append({"line": r.line, "reason": r.reason, "duplicate": r.reason == DUPLICATE})
         unfilled = set(parsed.unfilled)  # written for one class: its name turned back into {}
         new = self.score_batch([(t, "llm-unfilled" if t in unfilled else "llm") for t in parsed.templates], "llm",
-                               board, restart, reset, iteration, call=call)
+                               board, restart, reset, iteration, call=call,
+                               names=None if names == self.start_names else names)
         return new, rejected
+
+    # -- one names turn (agent/names.py) ------------------------------------------------------
+    def names_turn(self, board: list[Scored], restart: int, reset: int, iteration: int, lane: int) -> None:
+        """The LLM renames the weakest classes of the board's best (template, names); each
+        accepted name is scored as a one-class change, and the changes that beat the best
+        and pass the drift guard become the new best pair, on the board. Like a template
+        turn, the LLM call happens outside the lane's turns."""
+        with self.turns.turn(lane):
+            best = self.ranked(board)[0]
+            state = self.names_state(restart)
+            report = self.class_report(best.template, best.names)
+            asked = naming.weakest(report, self.config.names_k, state.fruitless)
+            messages = self.names_messages(best, report, asked, state)
+        answer = self.ask(messages, restart, reset, iteration)
+        with self.turns.turn(lane):
+            names = best.names or self.start_names
+            self.record_exchange(answer, messages, 0, restart, reset, iteration, event="names_exchange",
+                                 asked=[names[c] for c in asked])
+            call = self.calls - 1
+            proposals, refused = naming.check_names(naming.parse_names(answer.content), names, self.start_names,
+                                                    {c: set(t) for c, t in state.tried.items()},
+                                                    self.config.names_per_class)
+            self.record_name_rejects(refused, restart, reset, iteration, call)
+            for p in proposals:
+                state.tried[p.cls].setdefault(name_key(p.name), p.name)
+            singles = self.score_names(best, [[(p.cls, p.name)] for p in proposals], restart, reset, iteration, call)
+            picks, drifted = self.pick_changes(best, proposals, singles, restart, reset, iteration)
+            self.record_name_rejects(drifted, restart, reset, iteration, call)
+            kept = self.keep_changes(best, picks, board, restart, reset, iteration, call)
+            for c in asked:  # asked about and not renamed: asked about later than the other weak classes
+                state.fruitless[c] = 0 if any(p.cls == c for p in kept) else state.fruitless.get(c, 0) + 1
+            state.results = [{"class": names[p.cls], "name": p.name, "accuracy": self.value_of(score),
+                              "previous_best": self.value(best), "verdict": verdict(self.value_of(score), self.value(best)),
+                              "kept": p in kept} for p, (_, score) in zip(proposals, singles)]
+            state.rejected = [{"class": names[r.cls] if r.cls is not None else r.label, "name": r.name,
+                               "reason": r.shown(), "repeat": r.reason == naming.REPEAT} for r in refused + drifted]
+            self.print_names_progress(restart, reset, iteration, names, proposals, refused + drifted, kept)
+
+    def record_name_rejects(self, refused: list, restart: int, reset: int, iteration: int, call: int) -> None:
+        for r in refused:
+            self.store.append("name_reject", restart=restart, reset=reset, iteration=iteration, call=call,
+                              label=r.label, name=r.name, reason=r.reason, detail=r.detail, **{"class": r.cls})
+
+    def names_state(self, restart: int) -> "NamesState":
+        if restart not in self.names_states:
+            self.names_states[restart] = NamesState({c: {name_key(n): n} for c, n in enumerate(self.start_names)})
+        return self.names_states[restart]
+
+    def class_report(self, template: str, names: tuple[str, ...] | None) -> list:
+        """Per class, on the selection split(s): accuracy, true-class probability, confusions."""
+        return naming.merged_report([self.evaluator.class_report(template, names, split) for split in self.splits])
+
+    def names_messages(self, best: Scored, report: list, asked: list[int], state: "NamesState") -> list[dict]:
+        """A names turn's conversation: the system message and one user message (the turn
+        shows the last names turn's results itself, so every names turn is that short)."""
+        cfg, task = self.config, self.evaluator.task
+        names = best.names or self.start_names
+        return [
+            {"role": "system", "content": self.meta.names_system(task, cfg.names_per_class, len(asked))},
+            {"role": "user", "content": self.meta.names_turn(
+                task, cfg.names_per_class, self.metric_name, best.template, self.value(best),
+                naming.class_rows(report, self.start_names), [names[c] for c in asked], state.results,
+                state.rejected)},
+        ]
+
+    def score_names(self, best: Scored, changes: list[list[tuple[int, str]]], restart: int, reset: int,
+                    iteration: int, call: int) -> list[tuple[tuple[str, ...], Score]]:
+        """Each list of (class, name) changes applied to the best's names, scored with its
+        template: in one batch, only what neither the run nor its history has scored. One
+        name_score event each."""
+        base = best.names or self.start_names
+        variants = [apply_changes(base, c) for c in changes]
+        todo = list(dict.fromkeys(v for v in variants if (best.template, v) not in self.name_scores
+                                  and (best.template, v) not in self.stored_name_scores))
+        if todo:
+            started = time.perf_counter()
+            self.name_scores.update(zip(((best.template, v) for v in todo),
+                                        self.evaluator.score_names(best.template, todo, splits=SCORED_SPLITS)))
+            self.timings["scoring_s"] += time.perf_counter() - started
+        out = []
+        for change, names in zip(changes, variants):
+            score = self.name_scores.get((best.template, names)) or stored_score(
+                self.stored_name_scores[(best.template, names)])
+            event = self.store.append(
+                "name_score", restart=restart, reset=reset, iteration=iteration, call=call, template=best.template,
+                names=list(names), changes=[{"class": c, "from": base[c], "to": n} for c, n in change],
+                accuracy=as_floats(score.accuracy), loss=as_floats(score.loss), prob=as_floats(score.prob))
+            score = stored_score(event)  # the recorded numbers, as a resumed run reads them
+            self.name_scores[(best.template, names)] = score
+            out.append((names, score))
+        return out
+
+    def pick_changes(self, best: Scored, proposals: list, singles: list, restart: int, reset: int,
+                     iteration: int) -> tuple[list, list]:
+        """Per class, the best change that beats the current best and passes the drift guard
+        (the guard sees at most JUDGED_PER_CLASS changes of a class, best first); returns the
+        picks, best first, as (proposal, names, score), and the refusals for drift."""
+        improving = sorted((item for item in zip(proposals, singles) if self.beats(item[1][1], best)),
+                           key=lambda item: self.score_key(item[1][1]))  # stable: answer order breaks exact ties
+        picks, drifted, judged = {}, [], defaultdict(int)
+        names = best.names or self.start_names
+        for p, (variant, score) in improving:
+            if p.cls in picks or judged[p.cls] >= naming.JUDGED_PER_CLASS:
+                continue
+            judged[p.cls] += 1
+            other = self.drift_guard(p, names, restart, reset, iteration)
+            if other is not None:
+                drifted.append(naming.NameRefusal(p.label, p.name, naming.DRIFT, p.cls, self.start_names[other]))
+                continue
+            picks[p.cls] = (p, variant, score)
+        return list(picks.values()), drifted
+
+    def drift_guard(self, proposal, names: tuple[str, ...], restart: int, reset: int, iteration: int) -> int | None:
+        """The guard against a name drifting to another class's meaning (agent/names.py, which
+        says why this one): the other class the change drifts to, or None. "judge": the LLM
+        is asked which class the new name is, among the start names (temperature 0, a seed
+        fixed by the run's seed: the same question is one cached answer); "off": none."""
+        if self.config.guard == "off":
+            return None
+        messages = [{"role": "user", "content": self.meta.names_judge(self.evaluator.task, list(self.start_names),
+                                                                      proposal.name)}]
+        seed = call_seed(self.config.seed, -1, -1, -1)
+        answer = self.llm.chat(messages, temperature=0.0, seed=seed, max_answer_tokens=JUDGE_ANSWER_TOKENS)
+        other = naming.judge_verdict(answer.content, proposal.cls, self.start_names, names)
+        self.record_exchange(answer, messages, 0, restart, reset, iteration, event="names_judge", seed=seed,
+                             temperature=0.0, name=proposal.name, judged=other, **{"class": proposal.cls})
+        return other
+
+    def keep_changes(self, best: Scored, picks: list, board: list[Scored], restart: int, reset: int, iteration: int,
+                     call: int) -> list:
+        """The classes' picks combined greedily: the prefixes (best pick, best two, ...) are
+        scored in one batch and the best-ranked prefix (the shortest among equals) becomes the
+        new best pair, on the board. Returns the proposals kept."""
+        if not picks:
+            return []
+        candidates = [(picks[0][1], picks[0][2], picks[:1])]
+        if len(picks) > 1:
+            prefixes = [picks[:j] for j in range(2, len(picks) + 1)]
+            combined = self.score_names(best, [[(p.cls, p.name) for p, _, _ in prefix] for prefix in prefixes],
+                                        restart, reset, iteration, call)
+            candidates += [(names, score, prefix) for (names, score), prefix in zip(combined, prefixes)]
+        names, score, used = min(candidates, key=lambda c: self.score_key(c[1]))  # min keeps the first of equals
+        base = best.names or self.start_names
+        event = self.store.append(
+            "names_change", restart=restart, reset=reset, iteration=iteration, call=call, template=best.template,
+            names=list(names), changes=[{"class": p.cls, "from": base[p.cls], "to": p.name} for p, _, _ in used],
+            accuracy=as_floats(score.accuracy), loss=as_floats(score.loss), prob=as_floats(score.prob))
+        entry = Scored(best.template, "names", dict(event["accuracy"]), dict(event["loss"]),
+                       order=(restart, len(board)), prob=dict(event["prob"]), names=tuple(event["names"]))
+        board.append(entry)
+        first = self.scores.get(entry.key)
+        if first is None or entry.order < first.order:
+            self.scores[entry.key] = entry
+        return [p for p, _, _ in used]
+
+    # Names changes are ranked as templates are (agent/ranking.py): by --metric on the
+    # selection split, ties by lower cross-entropy. At 1 shot the train split has one image
+    # per class, so accuracy ties almost everywhere and the tie-break decides. Cross-entropy
+    # rather than the mean true-class probability, because (1) it is the ranking every
+    # template and the final choice already use, so a change that is kept is, by
+    # construction, the board's new best (a second rule would let the board and the names
+    # turns disagree about the best pair); and (2) it weighs most the images the class gets
+    # wrong or nearly wrong (-log p), which is what renaming a weak class is for, where the
+    # mean probability mostly rewards making easy images surer. --metric prob|blend ranks by
+    # the probability first, for both.
+    def score_key(self, score: Score) -> tuple:
+        return rank_key(self.value_of(score), score.loss, self.splits, 0)[:2]
+
+    def beats(self, score: Score, than: Scored) -> bool:
+        """Whether `score` ranks strictly above the pair `than` (value, then cross-entropy)."""
+        return self.score_key(score) < rank_key(self.value(than), than.loss, self.splits, 0)[:2]
+
+    def value_of(self, score: Score) -> float:
+        return selection_value(score.accuracy, score.prob, self.splits, self.config.metric)
+
+    def print_names_progress(self, restart, reset, iteration, names, proposals, refused, kept) -> None:
+        cfg = self.config
+        best = self.ranked(self.scores.values())[0]
+        changes = ", ".join(f"{names[p.cls]} -> {p.name}" for p in kept) or "none kept"
+        self.echo(f"[restart {restart + 1}/{cfg.restarts} reset {reset + 1}/{cfg.resets} "
+                  f"iteration {iteration}/{cfg.iterations}] names: {len(proposals)} tried, {len(refused)} refused, "
+                  f"{changes} | best {self.value(best):.1%}  {best.template}")
+        for r in refused[:3]:
+            self.echo(f"    refused  {r.label}: {r.name[:40]!r}: {r.shown()}")
 
     # -- scoring ---------------------------------------------------------------------------
     def score_batch(self, items: list[tuple[str, str]], origin: str, board: list[Scored], restart: int,
-                    reset: int | None, iteration: int, call: int | None = None) -> list[Scored]:
-        """Put templates on a restart's board, scored; returns those added. The evaluator
-        scores, in one batch, only what the run has not scored yet (nor its history, when
-        resumed). Each template is recorded once in the history, under the first restart (in
-        turn order) to score it; another restart takes its score from the run's table. The
-        table keeps a template's first appearance, (lowest restart, position), which breaks
-        the final ranking's last ties, so parallel and sequential restarts rank alike."""
+                    reset: int | None, iteration: int, call: int | None = None,
+                    names: tuple[str, ...] | None = None) -> list[Scored]:
+        """Put templates on a restart's board, scored with `names` (None: the start names);
+        returns those added. The evaluator scores, in one batch, only what the run has not
+        scored yet (nor its history, when resumed). Each template is recorded once in the
+        history, under the first restart (in turn order) to score it; another restart takes
+        its score from the run's table. The table keeps a template's first appearance,
+        (lowest restart, position), which breaks the final ranking's last ties, so parallel
+        and sequential restarts rank alike."""
         on_board = {s.template for s in board}
         items = [(t, src) for t, src in items if t not in on_board]
-        todo = [t for t, _ in items if t not in self.scores and t not in self.stored_scores]
+        todo = [t for t, _ in items if (t, names) not in self.scores and (t, names) not in self.stored_scores]
         fresh: dict[str, Score] = {}
         if todo:
             started = time.perf_counter()
-            fresh = dict(zip(todo, self.evaluator.score(todo, splits=SCORED_SPLITS)))
+            fresh = dict(zip(todo, self.evaluator.score(todo, splits=SCORED_SPLITS, **names_kwargs(names))))
             self.timings["scoring_s"] += time.perf_counter() - started
         added = []
         for template, source in items:
-            first = self.scores.get(template)
+            first = self.scores.get((template, names))
             if first is None:
                 score = fresh.get(template)
                 if score is None:  # read back from the history of the run being resumed
-                    stored = self.stored_scores[template]
-                    score = Score(accuracy=stored["accuracy"], loss=stored.get("loss", {}), prob=stored.get("prob", {}))
+                    score = stored_score(self.stored_scores[(template, names)])
                 fields = dict(restart=restart, reset=reset, iteration=iteration, template=template, origin=origin,
                               source=source, accuracy=as_floats(score.accuracy), loss=as_floats(score.loss),
                               prob=as_floats(score.prob))
                 if call is not None:
                     fields["call"] = call
+                if names is not None:
+                    fields["names"] = list(names)
                 event = self.store.append("score", **fields)
                 values = (event["accuracy"], event.get("loss", {}), event.get("prob", {}))
             else:
                 values = (first.accuracy, first.loss, first.prob)
             scored = Scored(template, origin, dict(values[0]), dict(values[1]), order=(restart, len(board)),
-                            prob=dict(values[2]))
+                            prob=dict(values[2]), names=names)
             board.append(scored)
             added.append(scored)
             if first is None or scored.order < first.order:
-                self.scores[template] = scored
+                self.scores[scored.key] = scored
         return added
 
     # -- console ---------------------------------------------------------------------------
@@ -455,17 +775,24 @@ class HillClimber:
         ranked = self.ranked(self.scores.values())
         top = ranked[: max(self.config.ensemble_k, self.config.top_k, 1)]
         stored = self.store.peek()
+        names_table = None
         if stored is not None and stored["event"] == "final":
-            best, ensemble = stored["best"], stored["ensemble"]  # a finished run, resumed: read back
+            # a finished run, resumed: read back
+            best, ensemble, names_table = stored["best"], stored["ensemble"], stored.get("names")
         else:
-            best_score = self.evaluator.score([ranked[0].template], splits=("test",))[0]
-            best = ranked[0].to_dict()
+            winner = ranked[0]
+            best_score = self.evaluator.score([winner.template], splits=("test",), **names_kwargs(winner.names))[0]
+            best = winner.to_dict()
             best["accuracy"] = {**best["accuracy"], **as_floats(best_score.accuracy)}
             best["loss"] = {**best["loss"], **as_floats(best_score.loss)}
             best["prob"] = {**best["prob"], **as_floats(best_score.prob)}
+            if self.config.search != "template":
+                best["names"] = list(winner.names or self.start_names)
+                names_table = self.names_table(winner)
             ensemble = self.choose_ensemble(ranked)
         final = self.store.append(
-            "final", stopped=stopped, best=best, ensemble=ensemble, top=[s.to_dict() for s in top]
+            "final", stopped=stopped, best=best, ensemble=ensemble, top=[s.to_dict() for s in top],
+            **({"names": names_table} if names_table is not None else {}),
         )
         self.store.write_prompts_csv()
         summary = self.summary(final, started)
@@ -475,7 +802,8 @@ class HillClimber:
             verdict = "chosen" if ensemble["chosen"] else "a candidate only"
             self.echo(f"ensemble of {len(ensemble['templates'])} ({verdict}: {ensemble['reason']}): "
                       + "  ".join(f"{k} {v:.1%}" for k, v in ensemble["accuracy"].items()))
-        return SearchResult(best=best, ensemble=ensemble, top=final["top"], stopped=stopped, summary=summary)
+        return SearchResult(best=best, ensemble=ensemble, top=final["top"], stopped=stopped, summary=summary,
+                            classnames=tuple(best.get("names") or self.start_names))
 
     def choose_ensemble(self, ranked: list[Scored]) -> dict | None:
         """The best top-k ensemble (k = 2..ensemble_k) on the choice split, chosen only when it
@@ -483,10 +811,12 @@ class HillClimber:
         default; an ensemble must earn its place). Ties go to the smaller k."""
         on = ENSEMBLE_CHOICE[self.config.select]
         alone = selection_value(ranked[0].accuracy, ranked[0].prob, on, self.config.metric)
+        names = ranked[0].names  # the ensemble is built with the best pair's names
+        templates = [s.template for s in first_of_each_template(ranked)]
         tried, best = {}, None
-        for k in range(2, min(self.config.ensemble_k, len(ranked)) + 1):
-            members = [s.template for s in ranked[:k]]
-            score = self.evaluator.score_ensemble(members, splits=(*SCORED_SPLITS, "test"))
+        for k in range(2, min(self.config.ensemble_k, len(templates)) + 1):
+            members = templates[:k]
+            score = self.evaluator.score_ensemble(members, splits=(*SCORED_SPLITS, "test"), **names_kwargs(names))
             tried[k] = selection_value(score.accuracy, score.prob, on, self.config.metric)
             if best is None or tried[k] > tried[best[0]]:
                 best = (k, members, score)
@@ -501,10 +831,46 @@ class HillClimber:
                 "prob": as_floats(score.prob), "chosen": chosen, "chosen_on": list(on), "reason": reason,
                 "tried": {str(k): v for k, v in tried.items()}, "alone": alone}
 
+    def names_table(self, winner: Scored) -> dict:
+        """The final names against the start names, both with the winner's template, per
+        class and split: accuracy, true-class probability and the confusion matrix (rows:
+        true class, columns: predicted). The test split is read here, at the end, never
+        used to choose."""
+        start, found = self.start_names, winner.names or self.start_names
+        splits = (*SCORED_SPLITS, "test")
+        before = {s: self.evaluator.class_report(winner.template, None, s) for s in splits}
+        after = {s: self.evaluator.class_report(winner.template, found, s) for s in splits}
+        classes = [{"class": c, "start": start[c], "found": found[c], "changed": found[c] != start[c],
+                    "accuracy": {"before": {s: before[s][c].accuracy for s in splits},
+                                 "after": {s: after[s][c].accuracy for s in splits}},
+                    "prob": {"before": {s: before[s][c].prob for s in splits},
+                             "after": {s: after[s][c].prob for s in splits}}}
+                   for c in range(len(start))]
+        return {"template": winner.template, "start": list(start), "found": list(found),
+                "changed": sum(c["changed"] for c in classes), "guard": self.config.guard, "classes": classes,
+                "confusion": {"before": {s: [list(r.predicted) for r in before[s]] for s in splits},
+                              "after": {s: [list(r.predicted) for r in after[s]] for s in splits}}}
+
+    def names_counts(self, events: list[dict]) -> dict:
+        """What the run's names turns did, from its history (a resumed run included)."""
+        refused: dict[str, int] = {}
+        for e in events:
+            if e["event"] == "name_reject":
+                refused[e["reason"]] = refused.get(e["reason"], 0) + 1
+        return {
+            "turns": sum(e["event"] == "names_exchange" for e in events),
+            "scored": sum(e["event"] == "name_score" and len(e.get("changes") or ()) == 1 for e in events),
+            "kept": sum(len(e.get("changes") or ()) for e in events if e["event"] == "names_change"),
+            "judged": sum(e["event"] == "names_judge" for e in events),
+            "refused": refused,
+        }
+
     def summary(self, final: dict, started: float) -> dict:
         events = self.store.events
-        exchanges = [e for e in events if e["event"] == "llm_exchange"]
+        exchanges = [e for e in events if e["event"] in LLM_EVENTS]  # template, names and guard answers
         asked = [e for e in exchanges if not e.get("cached")]
+        names = {} if final.get("names") is None else {
+            "names": {**final["names"], "counts": self.names_counts(events)}}
         return {
             "v": FORMAT_VERSION,
             "run_id": self.store.run_dir.name,
@@ -531,6 +897,7 @@ class HillClimber:
                 "completion_tokens": sum(e["usage"]["completion_tokens"] for e in asked),
                 "latency_s": round(sum(e.get("latency_s") or 0.0 for e in asked), 3),
                 "this_session": self.llm.ledger.to_dict(),
+                **({"by_kind": tokens_by_kind(asked)} if self.config.search != "template" else {}),
             },
             "timings": {
                 "session_wall_s": round(time.time() - started, 3),
@@ -538,4 +905,5 @@ class HillClimber:
                 "session_llm_s": round(self.timings["llm_s"], 3),
             },
             "config": asdict(self.config),
+            **names,
         }

@@ -19,172 +19,19 @@ run computes them.
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
-import click
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.runfiles import CURVE, FORMAT_VERSION, SOFT_PROMPT_FILE, STATE_FILE
+from promptclimb.agent.core.settings import SOFT_OPTIMIZERS, SoftPromptConfig
 
-from promptclimb.agent.errors import PromptclimbError
-from promptclimb.agent.runstore import FORMAT_VERSION
-
-SOFT_OPTIMIZERS = ("craft", "cbbt")
-OPTIMIZERS = ("llm", *SOFT_OPTIMIZERS)
-STATE_FILE = "optimizer_state.pt"
-SOFT_PROMPT_FILE = "soft_prompt.safetensors"  # the prompt: tensor "context" [tokens, width]
-CURVE = "curve.png"
 MODULES = {"craft": "residual-logits (CraFT's prediction refinement)", "cbbt": "feature-residual (CBBT's adapter)"}
-
-
-@dataclass
-class SoftPromptConfig:
-    """Every knob of the soft-prompt search; the defaults are the papers' (CraFT's EuroSAT
-    configuration; CBBT's Adam learning rate and 256 directions)."""
-
-    optimizer: str = "craft"
-    queries: int = 8000  # prompts scored on the train split by the optimizer
-    seed: int = 0
-    prompt_tokens: int = 4
-    prompt_init: str = "a photo of a"  # the context starts as these words' token embeddings
-    craft_popsize: int = 40
-    craft_sigma: float = 0.02
-    craft_bound: float = 5.0
-    craft_intrinsic_dim: int = 512
-    craft_lr: float = 0.001  # the refinement module's Adam
-    craft_kl_weight: float = 0.01
-    cbbt_lr: float = 0.002
-    cbbt_directions: int = 256  # perturbed prompts per gradient estimate
-
-    @property
-    def queries_per_step(self) -> int:
-        return self.craft_popsize if self.optimizer == "craft" else self.cbbt_directions + 1
-
-    @property
-    def steps(self) -> int:
-        return self.queries // self.queries_per_step
-
-    def check(self) -> "SoftPromptConfig":
-        if self.optimizer not in SOFT_OPTIMIZERS:
-            raise PromptclimbError(f"soft-prompt optimizer must be one of {', '.join(SOFT_OPTIMIZERS)}, not {self.optimizer!r}")
-        for name in ("prompt_tokens", "craft_intrinsic_dim", "cbbt_directions"):
-            if getattr(self, name) < 1:
-                raise PromptclimbError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.craft_popsize < 2:
-            raise PromptclimbError("--craft-popsize must be at least 2 (CMA-ES ranks a population)")
-        for name in ("craft_sigma", "craft_bound", "craft_lr", "cbbt_lr"):
-            if not getattr(self, name) > 0:
-                raise PromptclimbError(f"--{name.replace('_', '-')} must be positive")
-        if self.craft_kl_weight < 0:
-            raise PromptclimbError("--craft-kl-weight must not be negative")
-        if self.steps < 1:
-            knob = "--craft-popsize" if self.optimizer == "craft" else "--cbbt-directions"
-            raise PromptclimbError(f"--queries {self.queries} buys no {self.optimizer} step: each step scores "
-                                   f"{self.queries_per_step} prompts; raise --queries or lower {knob}")
-        return self
-
-
-DEFAULTS = SoftPromptConfig()
-_OPTIONS = [
-    click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="llm",
-                 help="Who writes the prompts: llm (text templates from a chat LLM; text access to the model), "
-                      "craft (CraFT: CMA-ES soft prompt + prediction refinement) or cbbt (CBBT: zeroth-order "
-                      "gradient soft prompt + feature adapter); craft and cbbt need the text tower's embeddings."),
-    click.option("--queries", type=int, default=None,
-                 help=f"craft/cbbt budget: prompts scored on the train split [default: {DEFAULTS.queries}]."),
-    click.option("--prompt-tokens", type=int, default=DEFAULTS.prompt_tokens,
-                 help="craft/cbbt: context vectors before the class name (\"X X X X {class}.\")."),
-    click.option("--prompt-init", default=DEFAULTS.prompt_init,
-                 help="craft/cbbt: the words (--prompt-tokens tokens) whose embeddings the context starts from."),
-    click.option("--craft-popsize", type=int, default=DEFAULTS.craft_popsize, help="craft: CMA-ES population size."),
-    click.option("--craft-sigma", type=float, default=DEFAULTS.craft_sigma, help="craft: CMA-ES initial step size."),
-    click.option("--craft-bound", type=float, default=DEFAULTS.craft_bound,
-                 help="craft: CMA-ES box bound on each coordinate of the intrinsic vector."),
-    click.option("--craft-intrinsic-dim", type=int, default=DEFAULTS.craft_intrinsic_dim,
-                 help="craft: dimension of the vector CMA-ES searches (randomly projected onto the context)."),
-    click.option("--craft-lr", type=float, default=DEFAULTS.craft_lr, help="craft: Adam learning rate of the refinement module."),
-    click.option("--craft-kl-weight", type=float, default=DEFAULTS.craft_kl_weight,
-                 help="craft: weight of the KL term tying the refinement and the prompt's predictions."),
-    click.option("--cbbt-lr", type=float, default=DEFAULTS.cbbt_lr, help="cbbt: Adam learning rate of the soft prompt."),
-    click.option("--cbbt-directions", type=int, default=DEFAULTS.cbbt_directions,
-                 help="cbbt: perturbed prompts per gradient estimate (each step costs this + 1 queries)."),
-]
-
-
-def soft_prompt_options(command):
-    """The search command's options of this module (applied as one decorator)."""
-    for option in reversed(_OPTIONS):
-        command = option(command)
-    return command
-
-
-def config_from_options(opts: dict) -> SoftPromptConfig:
-    names = {f.name for f in fields(SoftPromptConfig)}
-    given = {k: v for k, v in opts.items() if k in names and v is not None}
-    return SoftPromptConfig(**given).check()
 
 
 def is_soft_prompt_run(config: dict) -> bool:
     return config.get("optimizer") in SOFT_OPTIMIZERS
-
-
-def soft_prompt_search_wanted(opts: dict) -> bool:
-    """Whether `promptclimb search` runs a soft-prompt search: --optimizer craft|cbbt, or
-    --resume of such a run. Refuses the soft-prompt budget on an LLM search."""
-    if opts.get("resume"):
-        from promptclimb.agent.reading import find_run, read_json
-
-        run_dir = find_run(opts["resume"], Path(opts.get("runs_dir") or "runs"))
-        return is_soft_prompt_run(read_json(run_dir / "config.json"))  # the one reader: damage is one line
-    if opts.get("optimizer", "llm") != "llm":
-        return True
-    if opts.get("queries") is not None:
-        raise PromptclimbError("--queries is the budget of --optimizer craft|cbbt; the LLM search is budgeted by "
-                               "--restarts x --resets x --iterations, --max-calls and --max-tokens")
-    return False
-
-
-def run_soft_prompt_search(opts: dict, echo) -> dict:
-    """`promptclimb search --optimizer craft|cbbt` (or --resume of such a run): the summary."""
-    from promptclimb.agent.cmd_search import build_evaluator, default_backbone, new_run_store, package_versions
-    from promptclimb.agent.reading import find_run
-    from promptclimb.agent.runstore import RunStore
-
-    runs_dir = Path(opts["runs_dir"])
-    store = None
-    if opts["resume"]:
-        store = RunStore.resume(find_run(opts["resume"], runs_dir))
-        config = SoftPromptConfig(**store.config["soft_prompt"]).check()
-        evaluator_args = store.config["evaluator_args"]
-        echo(f"resuming {store.run_dir} ({len(store.stored)} events recorded)")
-    else:
-        if not opts["dataset"]:
-            raise PromptclimbError("--dataset is required (or --resume RUN)")
-        config = config_from_options(opts)
-        backbone, pretrained = default_backbone(opts["dataset"], opts["backbone"], opts["pretrained"], opts["weights"])
-        evaluator_args = {"dataset": opts["dataset"], "shots": opts["shots"], "seed": opts["seed"], "backbone": backbone,
-                          "pretrained": pretrained, "weights": opts["weights"], "data_root": opts["data_root"],
-                          "precision": opts.get("precision")}
-    try:
-        from promptclimb.evaluators.softprompt import build_optimizer  # torch, pycma: only now
-
-        evaluator = build_evaluator(**evaluator_args, device=opts["device"])
-        optimizer = build_optimizer(evaluator, config)  # a bad --prompt-init is refused before a run folder exists
-        if store is None:
-            store = new_run_store(runs_dir, opts["run_name"], opts["dataset"], opts["shots"], {
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "optimizer": config.optimizer,
-                "soft_prompt": asdict(config), "evaluator_args": evaluator_args, "evaluator": evaluator.info(),
-                "versions": package_versions(),
-            })
-            echo(f"run folder: {store.run_dir}")
-        try:
-            return SoftPromptSearch(evaluator, optimizer, store, config, echo).run()
-        except (KeyboardInterrupt, SystemExit):
-            echo(f"interrupted; continue with: promptclimb search --resume {store.run_dir}")
-            raise
-    finally:
-        if store is not None:
-            store.close()
 
 
 class SoftPromptSearch:
@@ -280,7 +127,7 @@ def plot_soft_curve(run_dir: str | Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import PercentFormatter
 
-    from promptclimb.agent.reading import load_run
+    from promptclimb.agent.runs.reading import load_run
 
     run = load_run(run_dir)
     rows = steps_table(run.events)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 
 def best_pool_template(evaluator, dataset: str) -> str:
-    from promptclimb.agent.pools import load_pool
+    from promptclimb.agent.core.pools import load_pool
 
     templates = [p.template for p in load_pool(dataset)]
     scores = evaluator.score(templates, splits=("train",))

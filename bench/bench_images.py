@@ -10,7 +10,7 @@ these) and the same random ViT-B-32 weights (seed 0: speed only) go through:
 - today: the evaluator's loop before issue 18 (the same, with its progress bar);
 - overlapped: `ClipEvaluator._encode_split` now: a worker thread decodes and preprocesses the
   next batch while the encoder runs, batches per device, the vision blocks written out with
-  oneDNN linears (evaluators/backbones.py, encode_image_blocks);
+  oneDNN linears (evaluators/backbones/onednn.py, encode_image_blocks);
 - overlapped bf16: the same with --precision bf16.
 Each runs in a process of its own (so peak RSS is its own), one after the other, in one run
 of this script, --rounds times interleaved; the best round of each counts (other jobs on a
@@ -46,7 +46,7 @@ MODES = {  # mode -> label in the table
     "overlapped-bf16": "overlapped bf16",
 }
 # --extra: why the default path is what it is (the comments on evaluators/scorer.py's
-# _prefetched and evaluators/backbones.py's IMAGE_BATCH quote what these measured).
+# _prefetched and evaluators/backbones/device.py's IMAGE_BATCH rest on what these measure).
 EXTRA = {
     "no-prefetch": "fp32, no overlap (decode in the main thread)",
     "dataloader": "fp32, torch DataLoader, 1 worker process",

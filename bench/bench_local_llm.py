@@ -10,7 +10,7 @@ backbone (real scores from the embedded vision-language model), so the LLM sees 
 what `promptclimb search` shows it: the real meta-prompts, the real initial pool with its
 scores, and feedback on how its own templates scored. Answers go through the project's LLM
 client with its disk cache off (every answer is a real request) and the sampling that
-`promptclimb search --llm local` uses (`agent.local_llm.LOCAL_SAMPLING`); they are parsed by
+`promptclimb search --llm local` uses (`agent.llm.local.LOCAL_SAMPLING`); they are parsed by
 the project's parser. The run folder is written to a temp dir (kept with --keep).
 
 Prints figures; asserts nothing.
@@ -28,7 +28,7 @@ from pathlib import Path
 
 
 def main(argv=None) -> int:
-    from promptclimb.agent.local_llm import LOCAL_SAMPLING
+    from promptclimb.agent.llm.local import LOCAL_SAMPLING
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--restarts", type=int, default=2)
@@ -51,10 +51,10 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)  # the LLM server needs the cores more than the tiny demo tower
 
-    from promptclimb.agent.llm import LLMClient
-    from promptclimb.agent.local_llm import local_model_name, local_server
+    from promptclimb.agent.llm.client import LLMClient
+    from promptclimb.agent.llm.local import local_model_name, local_server
     from promptclimb.agent.metaprompt import MetaPrompt
-    from promptclimb.agent.runstore import RunStore
+    from promptclimb.agent.runs.store import RunStore
     from promptclimb.agent.search import HillClimber, SearchConfig
     from promptclimb.evaluators import build_evaluator
 

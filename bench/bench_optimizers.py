@@ -38,11 +38,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from promptclimb.agent.files import write_json_atomic
-from promptclimb.agent.pools import load_pool
+from promptclimb.agent.core.files import write_json_atomic
+from promptclimb.agent.core.pools import load_pool
 from promptclimb.agent.ranking import DEFAULT_METRIC, rank_key, selection_value
-from promptclimb.agent.softsearch import SoftPromptConfig, run_soft_prompt_search
-from promptclimb.agent.templates import BASELINE
+from promptclimb.agent.core.settings import SoftPromptConfig
+from promptclimb.agent.options import resolve
+from promptclimb.agent.pipeline import run_search
+from promptclimb.agent.core.templates import BASELINE
 
 DATASET, BACKBONE = "fashion-mnist", "demo"
 ACCESS = {"hard": "text", "pool": "text", "llm": "text", "craft": "embeddings", "cbbt": "embeddings"}
@@ -60,12 +62,14 @@ def soft_run(optimizer: str, budget: int, shots: int, seed: int, args, timings: 
     if not (run_dir / "summary.json").exists():
         if args.only_finished:
             return None
-        opts = {"resume": str(run_dir) if (run_dir / "config.json").exists() else None, "runs_dir": args.runs_dir,
-                "run_name": name, "dataset": DATASET, "shots": shots, "seed": seed, "backbone": BACKBONE,
-                "pretrained": None, "weights": None, "data_root": None, "device": "cpu",
-                "optimizer": optimizer, "queries": budget, "cbbt_directions": cbbt_directions(budget)}
+        opts = resolve({"resume": str(run_dir) if (run_dir / "config.json").exists() else None,
+                        "runs_dir": args.runs_dir, "name": name, "dataset": DATASET, "shots": shots, "seed": seed,
+                        "backbone": BACKBONE, "device": "cpu", "optimizer": optimizer, "queries": budget,
+                        "cbbt_directions": cbbt_directions(budget)})
+        if opts["resume"]:  # the run's own settings; only the session's are given again
+            opts = resolve({"resume": opts["resume"], "runs_dir": args.runs_dir, "device": "cpu"})
         wall, cpu = time.time(), time.process_time()
-        run_soft_prompt_search(opts, echo=lambda msg: print(f"  {msg}", file=sys.stderr) if args.verbose else None)
+        run_search(opts, echo=lambda msg: print(f"  {msg}", file=sys.stderr) if args.verbose else None)
         timings[name] = {"wall_s": round(time.time() - wall, 1), "cpu_s": round(time.process_time() - cpu, 1)}
         write_json_atomic(Path(args.runs_dir) / "timings.json", timings)
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -34,8 +34,8 @@ def bench_templates(n: int) -> list[str]:
     """n distinct realistic templates: our EuroSAT pool, then OpenAI's ImageNet templates."""
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
-    from promptclimb.agent.pools import read_pool_file
-    from promptclimb.agent.paths import prompts_dir
+    from promptclimb.agent.core.pools import read_pool_file
+    from promptclimb.agent.core.paths import prompts_dir
 
     templates = read_pool_file(prompts_dir() / "pools" / "eurosat.txt")
     templates += [make("{}") for make in OPENAI_IMAGENET_TEMPLATES]

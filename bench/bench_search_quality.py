@@ -25,6 +25,13 @@ ordinary search (a run folder under --runs-dir, readable with `promptclimb show`
                     train+val: twice the images for every choice; nothing held out for the
                     ensemble, which is then chosen on train+val too)
 
+The class-name variants (`--start published|clean`: which names the searches start from):
+
+    template        the template climb only (the names stay the start names)
+    names           the names climb only (the template stays the best of the pool sample)
+    both            the default: template and names turns alternate
+    both-noguard    both, without the drift guard (what the guard costs or saves)
+
 Reported per variant, over seeds: test accuracy of the best template (mean, sd), the paired
 gain over pool-only (mean, sd, seeds improved), val accuracy (what choices are made on:
 test is only measured), the pick (ensemble when chosen on val, else the best template),
@@ -42,26 +49,31 @@ from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
-from promptclimb.agent.llm import LLMClient
+from promptclimb.agent.llm.client import LLMClient
 from promptclimb.agent.metaprompt import MetaPrompt
-from promptclimb.agent.pools import load_pool
-from promptclimb.agent.reading import read_history
-from promptclimb.agent.runstore import RunStore
+from promptclimb.agent.core.pools import load_pool
+from promptclimb.agent.runs.reading import read_history
+from promptclimb.agent.runs.store import RunStore
 from promptclimb.agent.search import HillClimber, SearchConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_SCORES = ROOT / "prompts" / "ablations" / "no-scores"
 SEARCHES = {  # variant -> (change to the default SearchConfig, meta-prompt folder)
-    "full": ({}, None),
-    "best-only": ({"bottom_k": 0}, None),
-    "no-scores": ({}, NO_SCORES),
-    "today": ({"metric": "accuracy", "spare": 0, "unfill": False}, ROOT / "prompts" / "ablations" / "list-repeats"),
-    "full-blend": ({"metric": "blend"}, None),
-    "full-prob": ({"metric": "prob"}, None),
-    "full-spare0": ({"spare": 0}, None),
-    "full-no-unfill": ({"unfill": False}, None),
-    "full-trainval": ({"select": "train+val"}, None),
-    "no-scores-blend": ({"metric": "blend"}, NO_SCORES),
+    "template": ({"search": "template"}, None),  # the class names stay the start names
+    "names": ({"search": "names"}, None),  # the template stays the pool's best; the names climb
+    "both": ({"search": "both"}, None),  # the default: turns alternate
+    "both-noguard": ({"search": "both", "guard": "off"}, None),
+    "full": ({"search": "template"}, None),
+    "best-only": ({"search": "template", "bottom_k": 0}, None),
+    "no-scores": ({"search": "template"}, NO_SCORES),
+    "today": ({"search": "template", "metric": "accuracy", "spare": 0, "unfill": False},
+              ROOT / "prompts" / "ablations" / "list-repeats"),
+    "full-blend": ({"search": "template", "metric": "blend"}, None),
+    "full-prob": ({"search": "template", "metric": "prob"}, None),
+    "full-spare0": ({"search": "template", "spare": 0}, None),
+    "full-no-unfill": ({"search": "template", "unfill": False}, None),
+    "full-trainval": ({"search": "template", "select": "train+val"}, None),
+    "no-scores-blend": ({"search": "template", "metric": "blend"}, NO_SCORES),
 }
 VARIANTS = ("pool-only", *SEARCHES)
 
@@ -84,10 +96,12 @@ def run_variant(variant: str, seed: int, args, evaluator, llm_args, pool) -> dic
     change, meta_dir = SEARCHES.get(variant, ({"iterations": 1}, None))
     config = replace(SearchConfig(seed=seed, resets=args.resets, iterations=args.iterations,
                                   temperature=args.temperature, max_answer_tokens=args.max_answer_tokens), **change)
-    run_dir = Path(args.runs_dir) / Path(args.pool).stem / f"{variant}-shots{args.shots}-seed{seed}"
+    run_dir = (Path(args.runs_dir) / Path(args.pool).stem / args.start
+               / f"{variant}-{args.backbone}-shots{args.shots}-seed{seed}")
     llm = NoLLM() if variant == "pool-only" else LLMClient(**llm_args)
     settings = {"search": vars(config), "evaluator": evaluator.info(), "llm": {"model": llm.model},
-                "evaluator_args": {"dataset": "fashion-mnist", "shots": args.shots, "seed": seed, "backbone": "demo"},
+                "evaluator_args": {"dataset": "fashion-mnist", "shots": args.shots, "seed": seed,
+                                   "backbone": args.backbone, "classnames": args.start},
                 "pool": {"name": args.pool, "size": len(pool)},
                 "bench_variant": variant, "meta_prompt_dir": str(meta_dir) if meta_dir else None}
     store = RunStore.resume(run_dir) if (run_dir / "config.json").exists() else RunStore.create(run_dir, settings)
@@ -109,8 +123,15 @@ def run_variant(variant: str, seed: int, args, evaluator, llm_args, pool) -> dic
     repeats = sum(1 for e in history if e["event"] == "reject" and "duplicate" in e["reason"])
     ensemble = result.ensemble or {}
     pick = ensemble if ensemble.get("chosen") else result.best
+    names = result.summary.get("names") or {}
+    by_kind = result.summary["ledger"].get("by_kind") or {}
     return {
-        "variant": variant, "seed": seed,
+        "variant": variant, "seed": seed, "baseline": baseline_test(evaluator),
+        "names_changed": names.get("changed", 0),
+        "found": "; ".join(f"{c['start']}->{c['found']}" for c in names.get("classes", []) if c["changed"]),
+        "refused": (names.get("counts") or {}).get("refused", {}),
+        **{f"tokens_per_{kind}_turn": round((v.get("prompt_tokens", 0) + v.get("completion_tokens", 0))
+                                            / max(1, v.get("calls", 0))) for kind, v in by_kind.items()},
         "test": result.best["accuracy"]["test"], "val": result.best["accuracy"].get("val"),
         "pick_test": pick["accuracy"]["test"], "pick_val": pick["accuracy"].get("val"),
         "ensemble_chosen": bool(ensemble.get("chosen")),
@@ -119,6 +140,11 @@ def run_variant(variant: str, seed: int, args, evaluator, llm_args, pool) -> dic
         "new": sum(e["event"] == "score" and e["origin"] == "llm" for e in history),
         "lines": lines, "repeats": repeats, "best": result.best["template"], "wall_s": time.time() - started,
     }
+
+
+def baseline_test(evaluator) -> float:
+    """Test accuracy of "a photo of a {}." with the start names: where a user starts."""
+    return evaluator.score(["a photo of a {}."], splits=("test",))[0].accuracy["test"]
 
 
 def summarise(df, variants):
@@ -134,6 +160,9 @@ def summarise(df, variants):
         rows.append({
             "variant": variant, "seeds": len(part),
             "test": f"{100 * part['test'].mean():.1f} ± {100 * part['test'].std():.1f}",
+            "vs 'a photo of a {}.'": f"{100 * (part['test'] - part['baseline']).mean():+.1f} "
+                                     f"(min {100 * (part['test'] - part['baseline']).min():+.1f})",
+            "names changed": round(part["names_changed"].mean(), 1),
             "gain vs pool": f"{gain.mean():+.1f} ± {gain.std():.1f}",
             "improved": f"{int((gain > 0).sum())}/{gain.notna().sum()}",
             "val": f"{100 * part['val'].mean():.1f}",
@@ -151,6 +180,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pool", default="captions", help="curated, captions or a file")
     parser.add_argument("--shots", type=int, default=1)
+    parser.add_argument("--start", default="published", help="the class names searches start from: published "
+                        "(Fashion-MNIST's labels) or clean (the hand-cleaned set)")
+    parser.add_argument("--backbone", default="demo", help="demo or demo-mpnet")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--resets", type=int, default=SearchConfig.resets)
@@ -168,7 +200,7 @@ def main():
     from promptclimb.evaluators import build_evaluator
 
     if args.llm == "local":  # the embedded LLM: started here, or a `promptclimb llm serve` at --base-url
-        from promptclimb.agent.local_llm import LOCAL_MODEL_NAME, LOCAL_SAMPLING, local_server
+        from promptclimb.agent.llm.local import LOCAL_MODEL_NAME, LOCAL_SAMPLING, local_server
 
         args.temperature = args.temperature if args.temperature is not None else LOCAL_SAMPLING["temperature"]
         args.max_answer_tokens = args.max_answer_tokens or LOCAL_SAMPLING["max_tokens"]
@@ -184,7 +216,8 @@ def main():
     with server as base_url:
         llm_args = {"model": model, "base_url": base_url, "api_key": os.environ.get("OPENAI_API_KEY", "local")}
         for seed in args.seeds:
-            evaluator = build_evaluator(dataset="fashion-mnist", shots=args.shots, seed=seed, backbone="demo")
+            evaluator = build_evaluator(dataset="fashion-mnist", shots=args.shots, seed=seed, backbone=args.backbone,
+                                        classnames=args.start)
             for variant in variants:
                 out = run_variant(variant, seed, args, evaluator, llm_args, pool)
                 rows.append(out)
@@ -193,11 +226,14 @@ def main():
     df = pd.DataFrame(rows)
     if args.csv:
         df.to_csv(args.csv, index=False)
-    print(f"\nfashion-mnist, backbone demo, pool {args.pool}, {args.shots} shot(s), seeds {args.seeds}, LLM {model}, "
+    print(f"\nfashion-mnist, backbone {args.backbone}, start names {args.start}, pool {args.pool}, {args.shots} shot(s), seeds {args.seeds}, LLM {model}, "
           f"{args.resets} reset(s) x {args.iterations} iterations per search; accuracies in %, test = the best "
           f"template's; gain = paired test gain over pool-only (mean ± sd over seeds); LLM cost per search "
           f"as first measured (also when answers come from the cache)")
     print(summarise(df, variants).to_markdown(index=False))
+    for row in rows:
+        if row.get("found"):
+            print(f"  seed {row['seed']} {row['variant']}: {row['found']}  refused: {row['refused']}")
 
 
 if __name__ == "__main__":

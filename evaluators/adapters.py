@@ -29,8 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from promptclimb.agent.errors import PromptclimbError
-from promptclimb.agent.files import write_atomic
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.files import write_atomic
 
 FORMAT_VERSION = 1
 
@@ -220,6 +220,12 @@ def get_adapter(kind: str) -> type[AdapterModule]:
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return int((logits.argmax(dim=-1) == labels).sum()) / max(1, labels.numel())
+
+
+def prompt_and_adapter_accuracy(module, features: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Accuracy of a loaded adapter's prompt alone and with the adapter, on one split."""
+    with torch.no_grad():
+        return {"prompt": accuracy(module.zero_shot_logits(features), labels), "adapter": accuracy(module(features), labels)}
 
 
 def _check_inputs(features, labels, class_embeddings, what: str) -> None:

@@ -1,6 +1,10 @@
 """Datasets and reproducible few-shot splits.
 
 A `Dataset` is class names + a way to load an image by id + labelled id lists per split.
+Its `classnames` are the labels the data is published with (a run's start names: folder or
+class names with `_` and `-` turned into spaces for imagefolder and coop, the official
+labels for fashion-mnist, the folder names for eurosat); `named_sets` holds hand-made sets
+chosen with `--classnames NAME`.
 A `FewShotSplit` draws k images per class for train and min(k, 4) for val, reproducibly
 from (dataset, shots, seed); test is the dataset's whole held-out test list and is never
 used to choose anything.
@@ -12,6 +16,7 @@ Loaders (`DATASETS`, imported lazily) take `data_root: str | None` and return a 
 - `coop`: a CoOp-format folder: images plus one `split_*.json` with
   {"train"|"val"|"test": [[relative_path, label, classname], ...]}.
 - `eurosat` (evaluators/eurosat.py), `fashion-mnist` (evaluators/demo/fashion_mnist.py).
+- `hf` (`--data-root DIR`) and `hf:OWNER/NAME[:CONFIG]`: Hugging Face datasets (evaluators/hf.py).
 
 Determinism across machines: ids are sorted before sampling and every random draw comes
 from numpy's PCG64 seeded with a sha256 of its inputs (never Python's salted `hash()`).
@@ -19,18 +24,20 @@ from numpy's PCG64 seeded with a sha256 of its inputs (never Python's salted `ha
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.core.classnames import readable_classname  # noqa: F401 (re-exported)
+from promptclimb.agent.core.errors import PromptclimbError
 
 # (image_id, label) pairs; image ids are strings so that every dataset can key its cache.
 Labelled = list[tuple[str, int]]
@@ -41,6 +48,8 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 @dataclass
 class Dataset:
     name: str
+    # The labels the data is published with, in label order: a run's start names unless
+    # --classnames says otherwise (agent/core/classnames.py `read_classnames`).
     classnames: list[str]
     description: str  # what the images are, told to the LLM: "satellite photos of land use"
     load_image: Callable[[str], Image.Image]
@@ -48,6 +57,8 @@ class Dataset:
     # then val is drawn from what is left of "train"); "test" is the held-out test set.
     splits: dict[str, Labelled]
     identity: str = ""  # what distinguishes this data from other data of the same name (root, version)
+    # Hand-made name sets, chosen with --classnames NAME (fashion-mnist's `clean`, eurosat's `coop`).
+    named_sets: dict[str, list[str]] = field(default_factory=dict)
 
 
 # name -> "module:function" returning a Dataset; loaders take (data_root: str | None).
@@ -56,16 +67,22 @@ DATASETS: dict[str, str] = {
     "imagefolder": "promptclimb.evaluators.datasets:load_imagefolder",
     "coop": "promptclimb.evaluators.datasets:load_coop_folder",
     "fashion-mnist": "promptclimb.evaluators.demo.fashion_mnist:load_fashion_mnist",
+    "hf": "promptclimb.evaluators.hf:load_hf",  # and hf:OWNER/NAME[:CONFIG] (evaluators/hf.py)
 }
 
 
-def load_dataset(name: str, data_root: str | None = None) -> Dataset:
-    """The Dataset registered as `name` in DATASETS."""
-    target = DATASETS.get(name)
+def load_dataset(name: str, data_root: str | None = None, image_column: str | None = None,
+                 label_column: str | None = None) -> Dataset:
+    """The Dataset registered as `name` in DATASETS; the columns are for hf datasets."""
+    target = DATASETS.get("hf" if name.startswith("hf:") else name)
     if target is None:
         raise PromptclimbError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
     module_name, attr = target.split(":")
     loader = getattr(importlib.import_module(module_name), attr)
+    if target == DATASETS["hf"]:
+        loader = functools.partial(loader, name=name, image_column=image_column, label_column=label_column)
+    elif image_column or label_column:
+        raise PromptclimbError(f"--image-column and --label-column are for hf datasets, not {name!r}")
     try:
         dataset = loader(data_root)
     except FileNotFoundError as exc:
@@ -232,11 +249,6 @@ def warn_unreadable(root: Path, unreadable: list[str]) -> None:
     if unreadable:
         shown = ", ".join(unreadable[:5]) + (" ..." if len(unreadable) > 5 else "")
         warnings.warn(f"{root}: skipped {len(unreadable)} unreadable image(s): {shown}", stacklevel=3)
-
-
-def readable_classname(folder: str) -> str:
-    """'sea_lake' -> 'sea lake' (folder names are often identifiers)."""
-    return folder.replace("_", " ").replace("-", " ").strip()
 
 
 def _require_root(data_root: str | None, what: str) -> Path:

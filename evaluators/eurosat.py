@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
-from promptclimb.agent.errors import PromptclimbError
-from promptclimb.agent.paths import cache_dir
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.paths import cache_dir
 from promptclimb.evaluators.datasets import (Dataset, deterministic_split, drop_missing, files_digest, open_image,
                                  read_coop_split, IMAGE_EXTENSIONS)
 
@@ -46,7 +46,8 @@ ARCHIVE_MD5 = "c8fa014336c82ac7804f0398fcb19387"
 SPLIT_FILE = "split_zhou_EuroSAT.json"
 DOWNLOAD_TIMEOUT_S = 10
 
-# Folder names in the archive, in label order, and CoOp's readable class names for them.
+# Folder names in the archive, in label order (the published labels: a run's start names),
+# and CoOp's readable class names for them (`--classnames coop`).
 FOLDERS = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial",
            "Pasture", "PermanentCrop", "Residential", "River", "SeaLake"]
 COOP_CLASSNAMES = {
@@ -192,7 +193,8 @@ def load_eurosat(data_root: str | None = None) -> Dataset:
     # sizes and modification times too: images replaced in place must not reuse cached features
     listing = files_digest(images, [i for v in splits.values() for i in v])
     return Dataset(
-        name="eurosat", classnames=[COOP_CLASSNAMES[f] for f in FOLDERS], description=DESCRIPTION,
+        name="eurosat", classnames=list(FOLDERS), description=DESCRIPTION,
         load_image=lambda image_id: open_image(images / image_id), splits=splits,
         identity=f"eurosat:{split_name}:{listing}",
+        named_sets={"coop": [COOP_CLASSNAMES[f] for f in FOLDERS]},
     )

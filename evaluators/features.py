@@ -1,4 +1,4 @@
-"""The on-disk feature cache (under `agent.paths.cache_dir("features")`).
+"""The on-disk feature cache (under `agent.core.paths.cache_dir("features")`).
 
 - Both are keyed by the backbone's `feature_identity`: its identity (the weights), plus the
   precision when it is not fp32 (`--precision bf16` features are never read back as fp32
@@ -14,7 +14,7 @@
   shard per batch, and shards are merged when there are many. Two processes writing at
   once write different shards, so nothing is lost.
 
-Every write is atomic (agent/files.py: a temp file beside the target, renamed over it).
+Every write is atomic (agent/core/files.py: a temp file beside the target, renamed over it).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from promptclimb.agent.files import remove_dead_temp_files, write_atomic
-from promptclimb.agent.paths import cache_dir
+from promptclimb.agent.core.files import remove_dead_temp_files, write_atomic
+from promptclimb.agent.core.paths import cache_dir
 
 MAX_SHARDS = 32  # merge text shards beyond this many
 

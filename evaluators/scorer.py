@@ -1,7 +1,7 @@
-"""`ClipEvaluator`: scores prompt templates on a few-shot split (implements agent.protocol.Evaluator).
+"""`ClipEvaluator`: scores prompt templates on a few-shot split (implements agent.core.protocol.Evaluator).
 
 Scoring a batch of templates:
-1. fill every template with every class name (agent.templates.fill, the one formatter);
+1. fill every template with every class name (agent.core.templates.fill, the one formatter);
 2. look the strings up in the text-feature cache and encode only the missing ones, all in
    one batched pass (chunked, exact padding truncation where the model allows it, and each
    template's token prefix computed once for all its classes: `encode_text_shared_prefix`);
@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from promptclimb.agent.errors import PromptclimbError
-from promptclimb.agent.protocol import Score, Task
-from promptclimb.agent.templates import fill, template_problem
+from promptclimb.agent.core.classnames import check_classnames, read_classnames
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.protocol import ClassReport, Score, Task
+from promptclimb.agent.core.templates import fill, template_problem
 from promptclimb.evaluators.backbones import Backbone
 from promptclimb.evaluators.datasets import Dataset, FewShotSplit, ids_digest
 from promptclimb.evaluators.features import ImageFeatureCache, TextFeatureCache
@@ -42,14 +43,17 @@ LOADER_THREADS_GPU = min(4, os.cpu_count() or 1)  # decoding threads beside a GP
 
 class ClipEvaluator:
     def __init__(self, backbone: Backbone, dataset: Dataset, split: FewShotSplit,
-                 image_batch: int | None = None, echo: Callable[[str], None] | None = None):
+                 image_batch: int | None = None, echo: Callable[[str], None] | None = None,
+                 classnames: Sequence[str] | None = None):
         self.backbone = backbone
         self.dataset = dataset
         self.split = split
         self.image_batch = image_batch or backbone.image_batch  # per device: backbones.IMAGE_BATCH
         self.echo = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))  # one line per split's features
-        self.task = Task(dataset=dataset.name, description=dataset.description,
-                         classnames=tuple(dataset.classnames))
+        # The start names: what is scored when no other names are given (None: the published labels).
+        self.classnames = (tuple(dataset.classnames) if classnames is None
+                           else check_classnames(classnames, len(dataset.classnames), "classnames"))
+        self.task = Task(dataset=dataset.name, description=dataset.description, classnames=self.classnames)
         self.image_cache = ImageFeatureCache()
         self.text_cache = TextFeatureCache(backbone.feature_identity)
         self._image_features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -151,23 +155,67 @@ class ClipEvaluator:
                                        "(a template has exactly one {} where the class name goes)")
         return templates
 
-    def _template_text_features(self, templates: list[str]) -> torch.Tensor:
-        """[K, C, D]: every template filled with every class name."""
-        texts = [fill(t, c) for t in templates for c in self.dataset.classnames]
-        features = self.text_features(texts)
-        return features.view(len(templates), len(self.dataset.classnames), -1)
+    def _names(self, classnames: Sequence[str] | None) -> tuple[str, ...]:
+        """The names to fill in: the start names, or `classnames` checked (one per class,
+        no braces, no two alike)."""
+        if classnames is None or tuple(classnames) == self.classnames:
+            return self.classnames
+        return check_classnames(classnames, len(self.classnames))
 
-    def class_embeddings(self, templates: Sequence[str]) -> torch.Tensor:
+    def _filled_text_features(self, pairs: list[tuple[str, tuple[str, ...]]]) -> torch.Tensor:
+        """[K, C, D]: each (template, names) filled with every class's name. Text features
+        are cached by string, so names that differ in one class cost one new text each."""
+        texts = [fill(t, c) for t, names in pairs for c in names]
+        features = self.text_features(texts)
+        return features.view(len(pairs), len(self.classnames), -1)
+
+    def _template_text_features(self, templates: list[str], classnames: Sequence[str] | None = None) -> torch.Tensor:
+        """[K, C, D]: every template filled with every class name."""
+        names = self._names(classnames)
+        return self._filled_text_features([(t, names) for t in templates])
+
+    def class_embeddings(self, templates: Sequence[str], classnames: Sequence[str] | None = None) -> torch.Tensor:
         """[C, D]: per class, the mean of the templates' normalised text features, renormalised."""
-        features = self._template_text_features(self._check(templates))
+        features = self._template_text_features(self._check(templates), classnames)
         return F.normalize(features.mean(dim=0), dim=-1)
 
     # ------------------------------------------------------------ scores
 
-    def score(self, templates: Sequence[str], splits: Sequence[str] = ("train", "val")) -> list[Score]:
-        """One Score (accuracy and mean cross-entropy per split) per template, in order."""
+    def score(self, templates: Sequence[str], splits: Sequence[str] = ("train", "val"),
+              classnames: Sequence[str] | None = None) -> list[Score]:
+        """One Score (accuracy and mean cross-entropy per split) per template, in order,
+        with `classnames` filled in (None: the start names)."""
         templates = self._check(templates)
-        text = self._template_text_features(templates)  # [K, C, D]
+        return self._scores(self._template_text_features(templates, classnames), splits)
+
+    def score_names(self, template: str, variants: Sequence[Sequence[str]],
+                    splits: Sequence[str] = ("train", "val")) -> list[Score]:
+        """One Score per names tuple in `variants`, all with `template`, in one batch."""
+        template = self._check([template])[0]
+        if not variants:
+            return []
+        return self._scores(self._filled_text_features([(template, self._names(v)) for v in variants]), splits)
+
+    def class_report(self, template: str, classnames: Sequence[str] | None, split: str) -> list[ClassReport]:
+        """Per class: its images on `split`, how many were predicted as each class, and the
+        mean probability of the true class (one template: one [N, C] logit matrix)."""
+        names = self._names(classnames)
+        weights = self._template_text_features(self._check([template]), names)[0]  # [C, D]
+        images, labels = self.image_features(split)
+        logits = self.logit_scale * images @ weights.T
+        C = len(names)
+        predicted = torch.zeros(C, C, dtype=torch.long)
+        predicted.index_put_((labels, logits.argmax(-1)), torch.ones_like(labels), accumulate=True)
+        prob = torch.softmax(logits, dim=-1).gather(1, labels[:, None]).squeeze(1)
+        counts = torch.bincount(labels, minlength=C)
+        prob_sums = torch.zeros(C, dtype=prob.dtype).index_add_(0, labels, prob)
+        return [ClassReport(index=c, name=names[c], count=int(counts[c]),
+                            prob=float(prob_sums[c] / counts[c]) if counts[c] else 0.0,
+                            predicted=tuple(int(n) for n in predicted[c].tolist()))
+                for c in range(C)]
+
+    def _scores(self, text: torch.Tensor, splits: Sequence[str]) -> list[Score]:
+        """One Score per row of `text` [K, C, D] (one classifier each): X @ T.T per split."""
         K, C, D = text.shape
         accuracy, loss, prob = {}, {}, {}
         scale = self.logit_scale
@@ -192,9 +240,10 @@ class ClipEvaluator:
 
     score_templates = score
 
-    def score_ensemble(self, templates: Sequence[str], splits: Sequence[str] = ("test",)) -> Score:
+    def score_ensemble(self, templates: Sequence[str], splits: Sequence[str] = ("test",),
+                       classnames: Sequence[str] | None = None) -> Score:
         """Score of the classifier whose class embeddings average the templates' features."""
-        weights = self.class_embeddings(templates)  # [C, D]
+        weights = self.class_embeddings(templates, classnames)  # [C, D]
         accuracy, loss, prob = {}, {}, {}
         for s in splits:
             images, labels = self.image_features(s)
@@ -207,7 +256,7 @@ class ClipEvaluator:
     def info(self) -> dict:
         return {"backbone": self.backbone.info(),
                 "dataset": {"name": self.dataset.name, "identity": self.dataset.identity,
-                            "classes": len(self.dataset.classnames)},
+                            "classes": len(self.dataset.classnames), "classnames": list(self.classnames)},
                 "split": self.split.info(), "logit_scale": self.logit_scale}
 
 
@@ -241,14 +290,24 @@ def _prefetched(load: Callable, chunks: Iterable, threads: int = 1) -> Iterator:
 
 def build_evaluator(dataset: str, shots: int, seed: int, backbone: str, pretrained: str | None = None,
                     weights: str | None = None, data_root: str | None = None,
-                    device: str | None = None, precision: str | None = None) -> ClipEvaluator:
+                    device: str | None = None, precision: str | None = None, image_column: str | None = None,
+                    label_column: str | None = None,
+                    classnames: Sequence[str] | str | None = None) -> ClipEvaluator:
     """Load the dataset, draw the few-shot split and load the backbone (dataset first: a
-    missing dataset is reported before a slow model load). `precision`: fp32 (the
-    default) or bf16 (backbones.check_precision)."""
+    missing dataset or a bad --classnames is reported before a slow model load).
+    `precision`: fp32 (the default) or bf16 (backbones.check_precision). `image_column`,
+    `label_column`: an hf dataset's columns, when not found from its features
+    (evaluators/hf.py). `classnames`: the start names, as a tuple of names or a
+    `--classnames` spec (a set name such as `clean`, or a file: agent/core/classnames.py);
+    None: the dataset's published labels."""
     from promptclimb.evaluators.backbones import load_backbone
     from promptclimb.evaluators.datasets import load_dataset, make_fewshot_split
 
-    data = load_dataset(dataset, data_root)
+    data = load_dataset(dataset, data_root, image_column=image_column, label_column=label_column)
+    if isinstance(classnames, str):
+        classnames = read_classnames(classnames, data.classnames, data.named_sets)
+    elif classnames is not None:
+        classnames = check_classnames(classnames, len(data.classnames), "classnames")
     split = make_fewshot_split(data, shots, seed)
     model = load_backbone(backbone, pretrained=pretrained, weights=weights, device=device, precision=precision)
-    return ClipEvaluator(model, data, split)
+    return ClipEvaluator(model, data, split, classnames=classnames)

@@ -37,12 +37,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from promptclimb.agent.errors import PromptclimbError
-from promptclimb.agent.files import write_atomic
-from promptclimb.agent.protocol import Score
-from promptclimb.agent.cmd_adapt import ADAPTER_FILE
-from promptclimb.agent.softsearch import SOFT_PROMPT_FILE, SoftPromptConfig
-from promptclimb.agent.templates import fill
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.files import write_atomic
+from promptclimb.agent.core.protocol import Score
+from promptclimb.agent.core.runfiles import ADAPTER_FILE, SOFT_PROMPT_FILE
+from promptclimb.agent.core.settings import SoftPromptConfig
+from promptclimb.agent.core.templates import fill
 from promptclimb.evaluators.adapters import ResidualLogits, accuracy, save_adapter, select_and_fit
 from promptclimb.evaluators.backbones import Backbone, encode_token_embeddings, supports_truncation, token_embedding
 
@@ -310,7 +310,7 @@ class SoftPromptOptimizer:
         file_bytes = save_adapter(run_dir / ADAPTER_FILE, module, [], list(self.text.classnames),
                                   extra={"soft_prompt": SOFT_PROMPT_FILE, "optimizer": self.name})
         return {
-            "context_norm": float(context.norm()), "nearest_tokens": nearest, "score": score,
+            "nearest_tokens": nearest, "score": score,
             "adapter": {"kind": module.kind, "hparams": hparams, "accuracy": adapted,
                         "prompt_accuracy": dict(score.accuracy), "beats_prompt_on_val": beats,
                         "result": "adapter" if beats else "prompt-only", "size_bytes": module.size_bytes(),

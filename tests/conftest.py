@@ -35,6 +35,20 @@ TINY_CONFIGS = {
 CLASS_COLOURS = {"red_square": (220, 30, 30), "green_field": (30, 200, 40), "blue_lake": (30, 40, 220)}
 
 
+def require_extra(module: str, extra: str):
+    """The optional extra's module, or a skip; a failure where `make test` installed the
+    extras (PROMPTCLIMB_REQUIRE_EXTRAS), so CI covers every extra it ships."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if os.environ.get("PROMPTCLIMB_REQUIRE_EXTRAS"):
+            pytest.fail(f"PROMPTCLIMB_REQUIRE_EXTRAS is set but {module} (the {extra} extra) is not installed",
+                        pytrace=False)
+        pytest.skip(f"needs the {extra} extra: pip install 'promptclimb[{extra}]'", allow_module_level=True)
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
     """Caches go to a per-test folder; nothing touches the network or ~/.cache."""
@@ -117,7 +131,7 @@ USER_HOME = os.environ.get("PROMPTCLIMB_HOME")
 @pytest.fixture(scope="session")
 def model_file() -> Path:
     """The embedded local LLM's GGUF, assembled in the user's cache home."""
-    from promptclimb.agent.local_llm import ensure_model
+    from promptclimb.agent.llm.local import ensure_model
 
     saved = os.environ.get("PROMPTCLIMB_HOME")
     try:

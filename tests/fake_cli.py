@@ -11,8 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fake_llm import WordEvaluator  # noqa: E402
 
-from promptclimb.agent import cli, cmd_search  # noqa: E402
+from promptclimb.agent import cli  # noqa: E402
 
 if __name__ == "__main__":
-    cmd_search.build_evaluator = lambda **kwargs: WordEvaluator(kwargs["dataset"])
-    cli.main(sys.argv[1:])
+    cli.main(sys.argv[1:], obj={"evaluator_factory": lambda **kwargs: WordEvaluator(kwargs["dataset"])})

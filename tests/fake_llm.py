@@ -184,23 +184,37 @@ class FakeLLM:
 
 
 # -- an in-memory evaluator behind the `Evaluator` protocol (no torch) ------------------------
-from promptclimb.agent.protocol import Score, Task  # noqa: E402
+from promptclimb.agent.core.protocol import ClassReport, Score, Task  # noqa: E402
 
 # Words that make a template "better" on this fake task; everything else is neutral.
 GOOD_WORDS = {"photo": 0.10, "clothing": 0.15, "grayscale": 0.12, "product": 0.08, "garment": 0.10, "studio": 0.05}
 # Words that make the model surer of the true class without changing its accuracy.
 CONFIDENT_WORDS = {"sharp": 0.2}
+IMAGES_PER_CLASS = 10  # what class_report counts per class and split
 
 
 class WordEvaluator:
     """Accuracy = a deterministic function of the template's words; counts what it scores.
-    The ensemble of several templates scores `ensemble_gain` above its best member."""
+    The ensemble of several templates scores `ensemble_gain` above its best member.
 
-    def __init__(self, dataset: str = "toy", ensemble_gain: float = 0.01):
+    Class names: with the start names (`classnames`) every class scores the template's
+    value. A name moves its class's accuracy and true-class probability by
+    `name_bonus[name.lower()]` (a number, or {split: number}; unknown names 0), and a
+    template's accuracy is the mean over classes. `class_bias` shifts single classes under
+    any name (a weak class to rename). A class's misses are predicted as the next class."""
+
+    def __init__(self, dataset: str = "toy", ensemble_gain: float = 0.01,
+                 classnames: tuple[str, ...] = ("T-shirt", "trousers", "bag"),
+                 name_bonus: dict | None = None, class_bias: dict | None = None):
         self.ensemble_gain = ensemble_gain
-        self.task = Task(dataset, "small grayscale photos of clothing items", ("T-shirt", "trousers", "bag"))
+        self.task = Task(dataset, "small grayscale photos of clothing items", tuple(classnames))
+        self.name_bonus = {k.lower(): v for k, v in (name_bonus or {}).items()}
+        self.class_bias = dict(class_bias or {})  # class index -> accuracy shift under every name
         self.scored: list[str] = []
+        self.names_scored: list[tuple[str, tuple[str, ...]]] = []  # (template, names) of score_names
+        self.reports: list[tuple[str, tuple[str, ...], str]] = []  # class_report calls
         self.ensembles: list[tuple[str, ...]] = []
+        self.ensemble_names: list[tuple[str, ...] | None] = []
         self.splits_asked: list[tuple[str, ...]] = []
 
     def _value(self, template: str, split: str) -> tuple[float, float]:
@@ -216,21 +230,75 @@ class WordEvaluator:
         sure = sum(w for word, w in CONFIDENT_WORDS.items() if word in words)
         return max(0.0, min(1.0, round(self._value(template, split)[0] - 0.25 + sure, 4)))
 
-    def score(self, templates, splits=("train", "val")):
+    # -- class names -------------------------------------------------------------------------
+    def _names(self, classnames) -> tuple[str, ...]:
+        names = self.task.classnames if classnames is None else tuple(classnames)
+        assert len(names) == len(self.task.classnames) and all(n and "{" not in n and "}" not in n for n in names)
+        return names
+
+    def _shift(self, c: int, name: str, split: str) -> float:
+        bonus = self.name_bonus.get(name.lower(), 0.0)  # what the name says, as a text tower reads it
+        if isinstance(bonus, dict):
+            bonus = bonus.get(split, 0.0)
+        return bonus + self.class_bias.get(c, 0.0)
+
+    def _per_class(self, template: str, names, split: str) -> list[tuple[float, float]]:
+        """(accuracy, true-class probability) per class."""
+        acc, prob = self._value(template, split)[0], self._prob(template, split)
+        clamp = lambda v: max(0.0, min(1.0, round(v, 4)))  # noqa: E731
+        return [(clamp(acc + self._shift(c, n, split)), clamp(prob + self._shift(c, n, split)))
+                for c, n in enumerate(names)]
+
+    def _score_with(self, template: str, names, splits) -> Score:
+        if names == self.task.classnames and not self.class_bias:  # exactly as before names existed
+            values = {s: self._value(template, s) for s in splits}
+            return Score(accuracy={s: v[0] for s, v in values.items()}, loss={s: v[1] for s, v in values.items()},
+                         prob={s: self._prob(template, s) for s in splits})
+        per = {s: self._per_class(template, names, s) for s in splits}
+        acc = {s: round(sum(a for a, _ in v) / len(v), 6) for s, v in per.items()}
+        return Score(accuracy=acc, loss={s: round(2.0 - a, 6) for s, a in acc.items()},
+                     prob={s: round(sum(p for _, p in v) / len(v), 6) for s, v in per.items()})
+
+    def score(self, templates, splits=("train", "val"), classnames=None):
         self.splits_asked.append(tuple(splits))
+        names = self._names(classnames)
         out = []
         for t in templates:
             assert t.count("{}") == 1 and t.format("x")  # only ever handed checked templates
             self.scored.append(t)
-            values = {s: self._value(t, s) for s in splits}
-            out.append(Score(accuracy={s: v[0] for s, v in values.items()}, loss={s: v[1] for s, v in values.items()},
-                             prob={s: self._prob(t, s) for s in splits}))
+            out.append(self._score_with(t, names, splits))
         return out
 
-    def score_ensemble(self, templates, splits=("test",)):
+    def score_names(self, template, variants, splits=("train", "val")):
+        assert template.count("{}") == 1
+        self.splits_asked.append(tuple(splits))
+        out = []
+        for names in variants:
+            names = self._names(names)
+            self.names_scored.append((template, names))
+            out.append(self._score_with(template, names, splits))
+        return out
+
+    def class_report(self, template, classnames, split):
+        names = self._names(classnames)
+        self.reports.append((template, names, split))
+        reports = []
+        for c, (acc, prob) in enumerate(self._per_class(template, names, split)):
+            right = round(acc * IMAGES_PER_CLASS)
+            predicted = [0] * len(names)
+            predicted[c] += right
+            predicted[(c + 1) % len(names)] += IMAGES_PER_CLASS - right
+            reports.append(ClassReport(index=c, name=names[c], count=IMAGES_PER_CLASS, prob=prob,
+                                       predicted=tuple(predicted)))
+        return reports
+
+    def score_ensemble(self, templates, splits=("test",), classnames=None):
         self.ensembles.append(tuple(templates))
-        acc = {s: min(1.0, max(self._value(t, s)[0] for t in templates) + self.ensemble_gain) for s in splits}
-        prob = {s: min(1.0, max(self._prob(t, s) for t in templates) + self.ensemble_gain) for s in splits}
+        self.ensemble_names.append(None if classnames is None else tuple(classnames))
+        names = self._names(classnames)
+        members = [self._score_with(t, names, splits) for t in templates]
+        acc = {s: min(1.0, max(m.accuracy[s] for m in members) + self.ensemble_gain) for s in splits}
+        prob = {s: min(1.0, max(m.prob[s] for m in members) + self.ensemble_gain) for s in splits}
         return Score(accuracy=acc, loss={s: 2.0 - a for s, a in acc.items()}, prob=prob)
 
     def info(self):

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.core.errors import PromptclimbError
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("residual-logits", "feature-residual", "cache")
@@ -138,7 +138,7 @@ def test_class_count_and_dimension_mismatch_are_clear_errors(separable, tmp_path
 
 def test_unknown_kind_names_the_known_kinds(tmp_path):
     from promptclimb.agent.cli import cli
-    from promptclimb.agent.cmd_adapt import ADAPTER_KINDS, check_kinds
+    from promptclimb.agent.adapt import ADAPTER_KINDS, check_kinds
     from promptclimb.evaluators.adapters import ADAPTERS, get_adapter
 
     assert ADAPTER_KINDS == tuple(ADAPTERS)  # the torch-free list in agent/ matches the registry
@@ -153,7 +153,7 @@ def test_unknown_kind_names_the_known_kinds(tmp_path):
 
 
 def test_agent_side_does_not_import_torch():
-    code = "import sys, promptclimb.agent.cmd_adapt; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, promptclimb.agent.adapt; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
@@ -170,7 +170,7 @@ class FakeEvaluator:
     def image_features(self, split):
         return self.splits[split]
 
-    def class_embeddings(self, templates):
+    def class_embeddings(self, templates, classnames=None):
         return self.embeddings
 
 
@@ -183,7 +183,7 @@ def make_run(folder: Path, evaluator_args: dict, template="a photo of a {}.") ->
 
 
 def test_a_losing_adapter_leaves_the_prompt_only_result(separable, tmp_path):
-    from promptclimb.agent.cmd_adapt import fit_run_adapter
+    from promptclimb.agent.adapt import fit_run_adapter
 
     # Class embeddings = the true class means: the prompt alone is already perfect on val.
     evaluator = FakeEvaluator({"train": separable.train, "val": separable.val, "test": separable.test},
@@ -205,7 +205,7 @@ def test_adapt_a_run_without_cached_features(tiny_clip_config, tiny_clip_weights
     adapter.pt and the summary's adapter section are written, and eval --with-adapter's
     function re-applies the saved adapter with the same result."""
     from promptclimb.agent.cli import cli
-    from promptclimb.agent.cmd_adapt import eval_run_adapter
+    from promptclimb.agent.adapt import eval_run_adapter
 
     args = {"dataset": "imagefolder", "shots": 2, "seed": 1, "backbone": tiny_clip_config,
             "pretrained": None, "weights": str(tiny_clip_weights), "data_root": str(image_folder)}

@@ -19,22 +19,23 @@ import promptclimb
 from fake_llm import FakeLLM, WordEvaluator
 from test_search import KEY, comparable, responder
 
-SMALL = dict(iterations=2, resets=1, pool_sample=8)
+SMALL = dict(iterations=2, resets=1, pool_sample=8, search="template")
 
 
-def use_evaluator(monkeypatch, make=lambda **kw: WordEvaluator(kw["dataset"])) -> list[dict]:
-    """Every evaluator promptclimb builds comes from `make`; returns the settings asked for.
-    Set in the module's namespace, not through its lazy `__getattr__`, so torch is not imported."""
-    import promptclimb.evaluators as evaluators
+@pytest.fixture
+def built():
+    """Every evaluator the API builds in the test is an in-memory WordEvaluator, through
+    `using_evaluator` (torch is never imported); the list holds the settings asked for."""
+    from promptclimb.agent.api import using_evaluator
 
-    built = []
+    asked = []
 
     def build_evaluator(**kwargs):
-        built.append(kwargs)
-        return make(**kwargs)
+        asked.append(kwargs)
+        return WordEvaluator(kwargs["dataset"])
 
-    monkeypatch.setitem(vars(evaluators), "build_evaluator", build_evaluator)
-    return built
+    with using_evaluator(build_evaluator):
+        yield asked
 
 
 @pytest.fixture
@@ -47,8 +48,7 @@ def notebook(tmp_path, monkeypatch):
         yield fake
 
 
-def test_search_load_run_evaluate_transfer_like_a_notebook(notebook, tmp_path, monkeypatch):
-    built = use_evaluator(monkeypatch)
+def test_search_load_run_evaluate_transfer_like_a_notebook(notebook, tmp_path, built):
     progress = []
     result = promptclimb.search(dataset="toy", shots=2, name="nb", echo=progress.append, **SMALL)
 
@@ -62,9 +62,12 @@ def test_search_load_run_evaluate_transfer_like_a_notebook(notebook, tmp_path, m
     assert built[0]["dataset"] == "toy" and built[0]["shots"] == 2
 
     # the command line, same settings: the same search (it is built on the same function)
-    cli = CliRunner().invoke(promptclimb.agent.cmd_search.search_cmd,
-                             ["--dataset", "toy", "--shots", "2", "--name", "cli", "--iterations", "2",
-                              "--resets", "1", "--pool-sample", "8", "--json"])
+    from promptclimb.agent.cli.search import search_cmd
+
+    cli = CliRunner().invoke(search_cmd,
+                             ["--dataset", "toy", "--shots", "2", "--name", "cli", "--iterations", "2", "--search", "template",
+                              "--resets", "1", "--pool-sample", "8", "--json"],
+                             obj={"evaluator_factory": lambda **kw: WordEvaluator(kw["dataset"])})
     assert cli.exit_code == 0, cli.output
     assert comparable(json.loads(cli.stdout)) == comparable(summary)
 
@@ -105,17 +108,20 @@ def test_search_load_run_evaluate_transfer_like_a_notebook(notebook, tmp_path, m
     assert set(pd.read_csv(moved.attrs["path"])["template"]) == {*ranked, "a photo of a {}."}
 
 
-def test_bad_input_is_one_readable_error(notebook, monkeypatch):
-    use_evaluator(monkeypatch)
+def test_bad_input_is_one_readable_error(notebook, built):
     with pytest.raises(promptclimb.PromptclimbError) as caught:
         promptclimb.search(dataset="toy", iteratons=2)
     message = str(caught.value)
     assert "unknown keyword(s) iteratons" in message and "iterations" in message and "max_calls" in message
     assert "json" not in message.split("valid ones:")[1].split(", ")  # a CLI-only option
-    with pytest.raises(promptclimb.PromptclimbError, match=r"search\(metric='best'\): 'best' is not one of"):
+    with pytest.raises(promptclimb.PromptclimbError, match=r"search\(\): --metric 'best': expected one of"):
         promptclimb.search(dataset="toy", metric="best")
-    with pytest.raises(promptclimb.PromptclimbError, match=r"search\(shots='two'\): 'two' is not a valid integer"):
+    with pytest.raises(promptclimb.PromptclimbError, match=r"search\(\): --shots 'two': expected a whole number"):
         promptclimb.search(dataset="toy", shots="two")
+    with pytest.raises(promptclimb.PromptclimbError, match=r"search\(\): --shots 1.5: expected a whole number"):
+        promptclimb.search(dataset="toy", shots=1.5)
+    with pytest.raises(promptclimb.PromptclimbError, match=r"search\(\): --iterations \[1\]: expected a whole number"):
+        promptclimb.search(dataset="toy", iterations=[1])
     with pytest.raises(promptclimb.PromptclimbError, match="unknown adapter kind 'lora'"):
         promptclimb.search(dataset="toy", adapter="lora")
     with pytest.raises(promptclimb.PromptclimbError, match="--dataset is required"):
@@ -162,7 +168,7 @@ def readme_section(title: str) -> str:
     return text[start:end if end != -1 else None]
 
 
-def test_the_readme_api_examples_run(notebook, tmp_path, monkeypatch):
+def test_the_readme_api_examples_run(notebook, tmp_path, built):
     """The README's "Python API" section, its ```python blocks exactly as written, run against
     the fake LLM and the in-memory evaluator (whatever backbone it names)."""
     import re
@@ -171,7 +177,6 @@ def test_the_readme_api_examples_run(notebook, tmp_path, monkeypatch):
     code = "\n".join(blocks)
     for name in ("search", "load_run", "evaluate", "transfer"):
         assert f"promptclimb.{name}(" in code, f"the README's API examples do not show {name}()"
-    built = use_evaluator(monkeypatch)
     namespace: dict = {}
     exec(compile(code, "README.md (Python API)", "exec"), namespace)
     assert isinstance(namespace["result"], promptclimb.SearchResult)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.core.errors import PromptclimbError
 
 TEXTS = [
     "a photo of a cat.",
@@ -27,7 +27,8 @@ def test_truncated_text_features_equal_open_clip_encode_text(name, tiny_clip_con
     import open_clip
     import torch
 
-    from promptclimb.evaluators.backbones import encode_text_truncated, supports_truncation, _text_tower
+    from promptclimb.evaluators.backbones import encode_text_truncated, supports_truncation
+    from promptclimb.evaluators.backbones.compat import text_tower
 
     model = _model(name, torch_threads)
     assert supports_truncation(model)
@@ -35,7 +36,7 @@ def test_truncated_text_features_equal_open_clip_encode_text(name, tiny_clip_con
     assert tokens.shape[1] == 77
 
     seen_lengths = []
-    tower = _text_tower(model)[0]
+    tower = text_tower(model)[0]
     hook = tower.transformer.register_forward_hook(lambda m, args, out: seen_lengths.append(args[0].shape[1]))
     with torch.no_grad():
         reference = model.encode_text(tokens)
@@ -110,21 +111,21 @@ def test_bad_arguments(tiny_clip_config, tmp_path):
 def test_offline_pretrained_tag_fails_fast_with_what_to_do(monkeypatch):
     import open_clip
 
-    import promptclimb.evaluators.backbones as backbones
+    from promptclimb.evaluators.backbones import loading
 
-    monkeypatch.setattr(backbones, "_cached_pretrained_file", lambda cfg: None)  # as on a fresh machine
+    monkeypatch.setattr(loading, "_cached_pretrained_file", lambda cfg: None)  # as on a fresh machine
     monkeypatch.setattr(open_clip, "create_model",
                         lambda *a, **k: pytest.fail("must not start a download when offline"))
     with pytest.raises(PromptclimbError) as info:  # HF_HUB_OFFLINE=1 (conftest)
-        backbones.load_backbone("RN50", pretrained="openai", device="cpu")
+        loading.load_backbone("RN50", pretrained="openai", device="cpu")
     message = str(info.value)
     assert "HF_HUB_OFFLINE" in message and "--weights FILE" in message and "--backbone demo" in message
 
     # Not flagged offline, but the host does not answer: same kind of message, no download.
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(backbones, "_reachable", lambda host, *a, **k: False)
+    monkeypatch.setattr(loading, "_reachable", lambda host, *a, **k: False)
     with pytest.raises(PromptclimbError, match="huggingface.co is not reachable"):
-        backbones.load_backbone("RN50", pretrained="openai", device="cpu")
+        loading.load_backbone("RN50", pretrained="openai", device="cpu")
 
 
 def tiny_factory(device):
@@ -190,8 +191,8 @@ def test_shared_prefix_features_equal_open_clip_encode_text(name, chunk, extra_c
     import open_clip
     import torch
 
-    from promptclimb.evaluators.backbones import (_pool_index, _prefix_groups, encode_text_shared_prefix,
-                                      supports_shared_prefix)
+    from promptclimb.evaluators.backbones import encode_text_shared_prefix, supports_shared_prefix
+    from promptclimb.evaluators.backbones.text import _pool_index, _prefix_groups
 
     model = _model(name, torch_threads)
     assert supports_shared_prefix(model)

@@ -63,6 +63,6 @@ def test_user_mistakes_are_messages_not_tracebacks(tiny_clip_config, tiny_clip_w
 def test_help_and_lazy_imports():
     result = run("--help")
     assert result.exit_code == 0 and "--pretrained" in result.output and "--json" in result.output
-    code = "import sys, promptclimb.agent.cmd_eval; print('torch' in sys.modules)"
+    code = "import sys, promptclimb.agent.cli.eval; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

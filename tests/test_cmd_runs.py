@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from promptclimb.agent.cli import cli
@@ -146,8 +148,10 @@ def test_rank_correlation():
     a = pd.Series([0.9, 0.8, 0.7, 0.6])
     assert rank_correlation(a, pd.Series([0.5, 0.4, 0.3, 0.2])) == 1.0
     assert rank_correlation(a, pd.Series([0.2, 0.3, 0.4, 0.5])) == -1.0
-    assert rank_correlation(a, pd.Series([0.5, float("nan"), float("nan"), float("nan")])) != \
-        rank_correlation(a, pd.Series([0.5, 0.1, 0.2, 0.3]))  # NaN pairs are left out
+    # a pair with a NaN is left out: (0.9, 0.5), (0.7, 0.1), (0.6, 0.3) rank 3 2 1 against 3 1 2
+    assert rank_correlation(a, pd.Series([0.5, float("nan"), 0.1, 0.3])) == pytest.approx(0.5)
+    assert math.isnan(rank_correlation(a, pd.Series([0.5, float("nan"), float("nan"), float("nan")])))  # one pair
+    assert math.isnan(rank_correlation(a, pd.Series([0.5, 0.5, 0.5, 0.5])))  # all ties: no order to compare
     assert transfer_name("hf-hub:org/model") == "transfer-hf-hub_org_model.csv"
 
 
@@ -164,7 +168,7 @@ def test_transfer_with_the_real_clip_evaluator(tmp_path, tiny_clip_config, tiny_
         search = CliRunner().invoke(cli, [
             "search", "--dataset", "imagefolder", "--data-root", str(image_folder), "--shots", "2",
             "--backbone", tiny_clip_config, "--weights", str(tiny_clip_weights), "--device", "cpu",
-            "--iterations", "2", "--resets", "1", "--pool-sample", "6", "--runs-dir", str(runs), "--name", "real"],
+            "--iterations", "2", "--search", "template", "--resets", "1", "--pool-sample", "6", "--runs-dir", str(runs), "--name", "real"],
             env=env)
     assert search.exit_code == 0, search.output
     run_dir = runs / "real"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import make_image_folder
 
-from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.evaluators.datasets import Dataset, load_dataset, make_fewshot_split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,10 +155,12 @@ def _fake_eurosat(root: Path, per_class=5) -> Path:
     return root
 
 
-def test_eurosat_from_a_folder_uses_coop_names_and_documented_split(tmp_path):
+def test_eurosat_from_a_folder_starts_from_its_folder_names_and_documented_split(tmp_path):
     root = _fake_eurosat(tmp_path / "eurosat")
     data = load_dataset("eurosat", str(root))
-    assert data.classnames[0] == "Annual Crop Land" and data.classnames[-1] == "Sea or Lake"
+    # the published labels (its folder names) are the start; CoOp's names are the set `coop`
+    assert data.classnames[0] == "AnnualCrop" and data.classnames[-1] == "SeaLake"
+    assert data.named_sets["coop"][0] == "Annual Crop Land" and data.named_sets["coop"][-1] == "Sea or Lake"
     assert len(data.classnames) == 10
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 20, "val": 10, "test": 20}  # 5 -> 2/1/2
     assert "promptclimb-50-20-30" in data.identity

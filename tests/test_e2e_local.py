@@ -39,8 +39,9 @@ def test_search_runs_offline_with_the_local_llm(tmp_path, isolated_home, model_f
     assert "api_key" not in json.dumps(config).lower()
 
     events = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
-    exchanges = [e for e in events if e["event"] == "llm_exchange"]
-    assert len(exchanges) == 2
+    # the default climb: a names turn, then a template turn (then the guard's questions, if a name was kept)
+    exchanges = [e for e in events if e["event"] in ("names_exchange", "llm_exchange")]
+    assert [e["event"] for e in exchanges] == ["names_exchange", "llm_exchange"]
     assert all(e["answer"].strip() and e["usage"]["completion_tokens"] > 0 for e in exchanges)
     assert all(not e["cached"] for e in exchanges)  # a fresh cache: real answers from the server
 
@@ -48,6 +49,9 @@ def test_search_runs_offline_with_the_local_llm(tmp_path, isolated_home, model_f
     best = summary["best"]
     assert "{}" in best["template"]
     assert 0.0 <= best["accuracy"]["test"] <= 1.0
+    names = summary["names"]  # from Fashion-MNIST's published labels
+    assert names["start"][:2] == ["T-shirt/top", "Trouser"] and len(best["names"]) == 10
+    assert "What changed" in output and "'a photo of a {}.' with the start names" in output
 
     with open(run / "prompts.csv", newline="") as f:
         rows = list(csv.DictReader(f))

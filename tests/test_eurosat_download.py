@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.core.errors import PromptclimbError
 
 TESTS = Path(__file__).resolve().parent
 

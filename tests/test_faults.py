@@ -16,17 +16,20 @@ from click.testing import CliRunner
 from fake_llm import FakeLLM, WordEvaluator
 from test_search import KEY, comparable, responder
 
-from promptclimb.agent.errors import PromptclimbError
-from promptclimb.agent.runstore import RunStore
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.runs.store import RunStore
 
 TESTS = Path(__file__).resolve().parent
-SMALL = ["--iterations", "2", "--resets", "1", "--pool-sample", "6"]
+SMALL = ["--iterations", "2", "--resets", "1", "--pool-sample", "6", "--search", "template"]
+
+
+EVALUATOR = {"factory": None}  # the evaluator factory the commands get (None: the real CLIP one)
 
 
 def cli(*args, env=None):
     from promptclimb.agent.cli import cli as command
 
-    return CliRunner().invoke(command, [str(a) for a in args], env=env)
+    return CliRunner().invoke(command, [str(a) for a in args], env=env, obj={"evaluator_factory": EVALUATOR["factory"]})
 
 
 def one_line_error(result, *needles):
@@ -43,16 +46,14 @@ def one_line_error(result, *needles):
 
 @pytest.fixture
 def evaluators_built(monkeypatch):
-    """cmd_search builds WordEvaluators; the list says which datasets, in order."""
-    from promptclimb.agent import cmd_search
-
+    """The search builds WordEvaluators; the list says which datasets, in order."""
     built = []
 
     def build(**kwargs):
         built.append(kwargs["dataset"])
         return WordEvaluator(kwargs["dataset"])
 
-    monkeypatch.setattr(cmd_search, "build_evaluator", build)
+    monkeypatch.setitem(EVALUATOR, "factory", build)
     return built
 
 
@@ -261,9 +262,9 @@ def test_a_run_name_is_one_folder_name(name, tmp_path, llm, evaluators_built):
 def test_a_run_folder_another_search_claims_at_the_same_moment_is_left_to_it(tmp_path, monkeypatch):
     """Two searches started in the same second: the other one creates the folder between
     this one's choice of the name and its mkdir. This one must take the next name."""
-    from promptclimb.agent import cmd_search
+    from promptclimb.agent import pipeline
 
-    monkeypatch.setattr(cmd_search.time, "strftime", lambda fmt, *a: "20250101-120000")
+    monkeypatch.setattr(pipeline.time, "strftime", lambda fmt, *a: "20250101-120000")
     theirs = tmp_path / "runs" / "20250101-120000-toy-1shot"
     mkdir = Path.mkdir
 
@@ -273,7 +274,7 @@ def test_a_run_folder_another_search_claims_at_the_same_moment_is_left_to_it(tmp
         return mkdir(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "mkdir", their_mkdir_lands_first)
-    with cmd_search.new_run_store(tmp_path / "runs", None, "toy", 1, {"t": 1}) as store:
+    with pipeline.new_run_store(tmp_path / "runs", None, "toy", 1, {"t": 1}) as store:
         assert store.run_dir.name == "20250101-120000-toy-1shot-2"
         assert json.loads((store.run_dir / "config.json").read_text())["run_id"] == store.run_dir.name
     assert not any(theirs.iterdir())  # their folder is untouched, for them to fill
@@ -290,7 +291,7 @@ def test_adapt_waits_for_no_one_while_a_search_holds_the_run(tmp_path):
 
 # -- 6: silent surprises ---------------------------------------------------------------------------
 def test_eval_of_a_users_images_never_uses_the_embedded_fashion_tower(image_folder):
-    from promptclimb.agent.defaults import default_backbone
+    from promptclimb.agent.core.defaults import default_backbone
 
     # The one rule, as `search` applies it: ViT-B-32 with OpenAI's weights, here offline.
     assert default_backbone("imagefolder", None, None, None) == ("ViT-B-32", "openai")
@@ -357,7 +358,7 @@ def test_a_broken_meta_prompt_is_reported_before_anything_loads(tmp_path, llm, e
 @pytest.mark.parametrize("metric", ["accuracy", "prob", "blend"])
 @pytest.mark.parametrize("select", ["train", "train+val"])
 def test_our_meta_prompts_pass_the_check_they_are_rendered_with(metric, select):
-    from promptclimb.agent.cmd_search import render_meta_prompts_once
+    from promptclimb.agent.pipeline import render_meta_prompts_once
     from promptclimb.agent.metaprompt import MetaPrompt
     from promptclimb.agent.search import SearchConfig
 
@@ -383,19 +384,17 @@ def test_sigterm_with_a_remote_llm_prints_how_to_resume(tmp_path):
 
 # -- 9: a kill before the run folder existed ----------------------------------------------------------
 def test_a_search_stopped_while_the_model_loads_resumes_by_name(tmp_path, llm, monkeypatch):
-    from promptclimb.agent import cmd_search
-
     def interrupted_load(**kwargs):
         raise KeyboardInterrupt  # Ctrl-C (or a kill) while the model loads
 
-    monkeypatch.setattr(cmd_search, "build_evaluator", interrupted_load)
+    monkeypatch.setitem(EVALUATOR, "factory", interrupted_load)
     runs = tmp_path / "runs"
     stopped = cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "early")
     assert f"continue with: promptclimb search --resume {runs / 'early'}" in stopped.output
     config = json.loads((runs / "early" / "config.json").read_text())
     assert config["run_id"] == "early" and "evaluator" not in config
 
-    monkeypatch.setattr(cmd_search, "build_evaluator", lambda **kwargs: WordEvaluator(kwargs["dataset"]))
+    monkeypatch.setitem(EVALUATOR, "factory", lambda **kwargs: WordEvaluator(kwargs["dataset"]))
     resumed = cli("search", "--resume", "early", "--runs-dir", runs, "--json")
     assert resumed.exit_code == 0, resumed.output
     fresh = cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "whole", "--json")
@@ -422,7 +421,7 @@ def test_temp_files_of_a_killed_write_are_removed_when_the_run_is_reopened(tmp_p
 
 
 def test_the_llm_cache_drops_what_a_killed_writer_left(tmp_path):
-    from promptclimb.agent.llm import ResponseCache
+    from promptclimb.agent.llm.client import ResponseCache
 
     leftover = tmp_path / "llm" / "0f" / f".0f12.json.{dead_pid()}.abc.tmp"
     leftover.parent.mkdir(parents=True)
@@ -432,7 +431,7 @@ def test_the_llm_cache_drops_what_a_killed_writer_left(tmp_path):
 
 
 def test_a_last_line_without_its_newline_is_dropped_even_when_it_parses(tmp_path):
-    from promptclimb.agent.reading import read_history
+    from promptclimb.agent.runs.reading import read_history
 
     run = tmp_path / "r"
     with RunStore.create(run, {}) as store:
@@ -450,7 +449,7 @@ def test_a_last_line_without_its_newline_is_dropped_even_when_it_parses(tmp_path
 def test_user_errors_turn_a_file_error_into_one_line():
     import click
 
-    from promptclimb.agent.errors import user_errors
+    from promptclimb.agent.cli.errors import user_errors
 
     @click.command()
     @user_errors

@@ -1,4 +1,4 @@
-"""agent/files.py: the one atomic write every file others may read goes through."""
+"""agent/core/files.py: the one atomic write every file others may read goes through."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from promptclimb.agent.files import write_atomic, write_json_atomic, write_text_atomic
+from promptclimb.agent.core.files import write_atomic, write_json_atomic, write_text_atomic
 
 
 def test_a_write_replaces_the_file_whole_and_leaves_nothing_else(tmp_path):

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from fake_llm import FakeLLM, WordEvaluator
 from test_search import KEY, responder
 
-from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.core.errors import PromptclimbError
 
 
 def bf16_cpu() -> bool:
@@ -93,12 +93,12 @@ def test_the_onednn_check_is_not_fooled_by_a_first_call_under_autocast(torch_thr
 
     if not torch.backends.mkldnn.is_available():
         pytest.skip("torch built without oneDNN")
-    backbones._onednn_linear_works.cache_clear()  # as in a fresh process whose first encode is bf16
+    backbones.onednn._onednn_linear_works.cache_clear()  # as in a fresh process whose first encode is bf16
     try:
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert backbones._onednn_linear_works()
+            assert backbones.onednn._onednn_linear_works()
     finally:
-        backbones._onednn_linear_works.cache_clear()
+        backbones.onednn._onednn_linear_works.cache_clear()
 
 
 def test_image_blocks_are_not_used_for_other_towers(torch_threads):
@@ -193,35 +193,27 @@ def test_eval_prints_the_reuse_line_on_stderr_only(tiny_clip_config, tiny_clip_w
 
 
 def test_search_records_the_precision_and_a_resume_may_not_change_it(tmp_path, monkeypatch):
-    from promptclimb.agent import cmd_search
     from promptclimb.agent.cli import cli
 
     built = []
-    monkeypatch.setattr(cmd_search, "build_evaluator", lambda **kw: built.append(kw) or WordEvaluator(kw["dataset"]))
+    evaluator_factory = lambda **kw: built.append(kw) or WordEvaluator(kw["dataset"])
     runs = str(tmp_path / "runs")
-    small = ["--iterations", "1", "--resets", "1", "--pool-sample", "4", "--runs-dir", runs]
+    small = ["--iterations", "1", "--search", "template", "--resets", "1", "--pool-sample", "4", "--runs-dir", runs]
     with FakeLLM(responder=responder) as fake:
         env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.base_url}
         for name, extra in (("half", ["--precision", "bf16"]), ("exact", [])):
-            result = CliRunner().invoke(cli, ["search", "--dataset", "toy", "--name", name, *small, *extra], env=env)
+            result = CliRunner().invoke(cli, ["search", "--dataset", "toy", "--name", name, *small, *extra], env=env, obj={"evaluator_factory": evaluator_factory})
             assert result.exit_code == 0, result.output
         assert [kw["precision"] for kw in built] == ["bf16", "fp32"]
         for name, precision in (("half", "bf16"), ("exact", "fp32")):
             config = json.loads((tmp_path / "runs" / name / "config.json").read_text())
             assert config["evaluator_args"]["precision"] == precision
         refused = CliRunner().invoke(cli, ["search", "--resume", "exact", "--precision", "bf16", "--runs-dir", runs],
-                                     env=env)
+                                     env=env, obj={"evaluator_factory": evaluator_factory})
         assert refused.exit_code == 1 and "--precision bf16 (the run's: fp32)" in refused.output
         assert "Traceback" not in refused.output
-        config_path = tmp_path / "runs" / "exact" / "config.json"
-        config = json.loads(config_path.read_text())
-        del config["evaluator_args"]["precision"]  # a run from before --precision: it encoded in fp32
-        config_path.write_text(json.dumps(config))
-        refused = CliRunner().invoke(cli, ["search", "--resume", "exact", "--precision", "bf16", "--runs-dir", runs],
-                                     env=env)
-        assert refused.exit_code == 1 and "--precision bf16 (the run's: fp32)" in refused.output
         built.clear()
-        resumed = CliRunner().invoke(cli, ["search", "--resume", "half", "--runs-dir", runs], env=env)
+        resumed = CliRunner().invoke(cli, ["search", "--resume", "half", "--runs-dir", runs], env=env, obj={"evaluator_factory": evaluator_factory})
         assert resumed.exit_code == 0, resumed.output
         assert [kw["precision"] for kw in built] == ["bf16"]  # the run's own setting
 
@@ -237,13 +229,13 @@ def test_a_bad_precision_is_one_readable_line(tmp_path, monkeypatch, tiny_clip_c
         assert result.exit_code == 2 and "Invalid value for '--precision': 'fp16' is not one of 'fp32', 'bf16'" \
             in result.output, result.output
         assert "Traceback" not in result.output
-    with pytest.raises(PromptclimbError, match="unknown precision 'fp16'; use one of: fp32, bf16"):
+    with pytest.raises(PromptclimbError, match="--precision 'fp16': expected one of fp32, bf16"):
         promptclimb.evaluate("a photo of a {}.", "imagefolder", 2, backbone=tiny_clip_config,
                              weights=str(tiny_clip_weights), data_root=str(image_folder), device="cpu",
                              precision="fp16")
     with pytest.raises(PromptclimbError, match="precision"):
         promptclimb.search("toy", precision="half", runs_dir=str(tmp_path))
-    monkeypatch.setattr(backbones, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(backbones.device, "cpu_supports_bf16", lambda: False)
     result = CliRunner().invoke(cli, ["eval", "--dataset", "imagefolder", "--data-root", str(image_folder),
                                       "--shots", "2", "--backbone", tiny_clip_config, "--weights",
                                       str(tiny_clip_weights), "--device", "cpu", "--precision", "bf16"])

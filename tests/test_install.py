@@ -18,9 +18,13 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# What is not part of a build: the repository's ignored folders, its history, runs.
-NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "runs", "build", "dist", "*.egg-info", "__pycache__",
-                                    ".pytest_cache")
+# What is not part of a build: the repository's ignored folders, its history, the top-level
+# runs/ (agent/runs/ is source).
+_IGNORED = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache")
+
+
+def NOT_SOURCE(folder, names):
+    return set(_IGNORED(folder, names)) | ({"runs"} if Path(folder) == REPO else set())
 
 
 def build_wheel(out: Path, work: Path) -> Path:
@@ -46,6 +50,9 @@ def test_the_wheel_installs_one_top_level_name_and_the_command_works(tmp_path):
                  "promptclimb/prompts/report/report.html.j2", "promptclimb/evaluators/demo/data/fashion_mnist_subset.npz"):
         assert data in names, f"{data} is missing from the wheel"
     assert not [n for n in names if n.startswith(("promptclimb/tests/", "promptclimb/bench/", "promptclimb/runs/"))]
+    modules = sorted(f"promptclimb/{p.relative_to(REPO)}" for folder in ("agent", "evaluators")
+                     for p in (REPO / folder).rglob("*.py") if "__pycache__" not in p.parts)
+    assert [m for m in modules if m not in names] == []  # every sub-package is declared in pyproject.toml
 
     venv = tmp_path / "fresh-venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
@@ -73,7 +80,7 @@ def test_the_wheel_installs_one_top_level_name_and_the_command_works(tmp_path):
     assert search_help.returncode == 0 and "--dataset" in search_help.stdout, search_help.stderr
     # the installed copy is what runs, and it finds its own data files
     where = subprocess.run(
-        [str(python), "-c", "import promptclimb; from promptclimb.agent.paths import prompts_dir; "
+        [str(python), "-c", "import promptclimb; from promptclimb.agent.core.paths import prompts_dir; "
                             "print(promptclimb.__file__); print(prompts_dir()); print(promptclimb.search.__module__)"],
         cwd=elsewhere, capture_output=True, text=True, timeout=60)
     assert where.returncode == 0, where.stderr

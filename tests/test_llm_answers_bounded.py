@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from promptclimb.agent.llm import LLMClient
-from promptclimb.agent.pools import PoolTemplate
-from promptclimb.agent.runstore import RunStore
+from promptclimb.agent.llm.client import LLMClient
+from promptclimb.agent.core.pools import PoolTemplate
+from promptclimb.agent.runs.store import RunStore
 from promptclimb.agent.search import HillClimber, SearchConfig
 from fake_llm import FakeLLM, WordEvaluator
 
@@ -21,7 +21,7 @@ def search(tmp_path: Path, fake: FakeLLM, **config):
     lines: list[str] = []
     llm = LLMClient("fake", base_url=fake.base_url, api_key="sk-test", cache_dir=tmp_path / "cache",
                     echo=lines.append)
-    settings = {**dict(restarts=1, resets=1, iterations=2, proposals=3, pool_sample=0), **config}
+    settings = {**dict(restarts=1, resets=1, iterations=2, proposals=3, pool_sample=0, search="template"), **config}
     with RunStore.create(tmp_path / "runs" / "run", {"t": 1}) as store:
         HillClimber(WordEvaluator(), llm, store, SearchConfig(**settings), pool=POOL, echo=lines.append).run()
     return tmp_path / "runs" / "run", lines
@@ -42,8 +42,8 @@ def test_a_runaway_answer_is_cut_everywhere_it_would_be_kept(tmp_path):
     assert sum(p.stat().st_size for p in (tmp_path / "cache").rglob("*.json")) < 20_000
     assert any("cut to its first" in line for line in console)
 
-    from promptclimb.agent.reading import load_run
-    from promptclimb.agent.report import write_report
+    from promptclimb.agent.runs.reading import load_run
+    from promptclimb.agent.runs.report import write_report
 
     assert write_report(load_run(run_dir)).stat().st_size < 500_000
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from promptclimb.agent.llm import (BudgetExhausted, LLMClient, LLMError, ResponseCache, cache_key, redact, request_key,
+from promptclimb.agent.llm.client import (BudgetExhausted, LLMClient, LLMError, ResponseCache, cache_key, redact, request_key,
                                    strip_userinfo)
 from fake_llm import FakeLLM
 
@@ -188,7 +188,7 @@ def test_models_route_is_asked_once_per_client_and_may_be_missing(tmp_path):
 
 
 def test_a_local_server_is_known_by_its_gguf_hash_not_its_port(tmp_path):
-    from promptclimb.agent.local_llm import local_model_id
+    from promptclimb.agent.llm.local import local_model_id
 
     same = local_model_id("qwen", "a" * 64)
     other = local_model_id("qwen", "b" * 64)  # `llm serve --llm-model` with another GGUF, same name

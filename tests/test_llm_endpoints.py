@@ -23,12 +23,12 @@ def server_answer(tag):
 
 @pytest.fixture
 def cli(tmp_path, monkeypatch):
-    from promptclimb.agent import cmd_search, local_llm
+    from promptclimb.agent.cli.search import search_cmd
+    from promptclimb.agent.llm import local as local_llm
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    monkeypatch.setattr(cmd_search, "build_evaluator", lambda **kw: WordEvaluator(kw["dataset"]))
-
+    evaluator_factory = lambda **kw: WordEvaluator(kw["dataset"])
     @contextlib.contextmanager
     def no_embedded_server(*args, **kwargs):
         pytest.fail("the embedded local LLM must not be started")
@@ -37,8 +37,8 @@ def cli(tmp_path, monkeypatch):
     monkeypatch.setattr(local_llm, "local_server", no_embedded_server)
 
     def invoke(name, *args, env=None):
-        result = CliRunner().invoke(cmd_search.search_cmd, [*ARGS, "--runs-dir", str(tmp_path / "runs"),
-                                                            "--name", name, *map(str, args)], env=env)
+        result = CliRunner().invoke(search_cmd, [*ARGS, "--runs-dir", str(tmp_path / "runs"),
+                                                            "--name", name, *map(str, args)], env=env, obj={"evaluator_factory": evaluator_factory})
         assert result.exit_code == 0, result.output
         return result, tmp_path / "runs" / name
 
@@ -60,7 +60,7 @@ def test_two_servers_behind_one_llm_name_answer_their_own_runs(cli):
 
 
 def test_two_llm_serve_servers_with_other_ggufs_do_not_share_answers(cli):
-    from promptclimb.agent.local_llm import local_model_id
+    from promptclimb.agent.llm.local import local_model_id
 
     with FakeLLM(responder=server_answer("q4"), models=[local_model_id("qwen", "1" * 64)]) as one, \
             FakeLLM(responder=server_answer("q8"), models=[local_model_id("qwen", "2" * 64)]) as two:
@@ -70,7 +70,7 @@ def test_two_llm_serve_servers_with_other_ggufs_do_not_share_answers(cli):
 
 
 def test_a_base_url_of_a_local_server_is_the_local_llm(cli):
-    from promptclimb.agent import local_llm
+    from promptclimb.agent.llm import local as local_llm
 
     served = local_llm.local_model_id(local_llm.LOCAL_MODEL_NAME, "c" * 64)
     with FakeLLM(responder=server_answer("local"), models=[served]) as fake:

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from promptclimb.agent import chunks, local_llm
-from promptclimb.agent.errors import PromptclimbError
-from promptclimb.agent.local_llm import ModelSpec, ensure_model, find_parts, local_server
+from promptclimb.agent.core import chunks
+from promptclimb.agent.llm import local as local_llm
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.llm.local import ModelSpec, ensure_model, find_parts, local_server
 
 CHUNKS = [b"GGUF" + b"a" * 3000, b"b" * 2500, b"c" * 17]
 
@@ -192,6 +193,7 @@ STAND_IN = textwrap.dedent(
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
     delay = float(sys.argv[2])
+    alias = sys.argv[3] if len(sys.argv) > 3 else "stand-in"  # what llama.cpp's --model_alias names
     if delay < 0:
         print("error loading model: not enough memory", flush=True)
         sys.exit(3)
@@ -207,7 +209,7 @@ STAND_IN = textwrap.dedent(
             self.wfile.write(data)
 
         def do_GET(self):
-            self._send({"object": "list", "data": [{"id": "stand-in", "object": "model"}]})
+            self._send({"object": "list", "data": [{"id": alias, "object": "model"}]})
 
         def do_POST(self):
             self.rfile.read(int(self.headers["Content-Length"]))
@@ -228,8 +230,8 @@ def stand_in(tmp_path):
     script = tmp_path / "stand_in.py"
     script.write_text(STAND_IN)
 
-    def command(port, delay=0.3):
-        return [sys.executable, str(script), str(port), str(delay)]
+    def command(port, delay=0.3, alias=None):
+        return [sys.executable, str(script), str(port), str(delay), *([alias] if alias else [])]
 
     return command
 
@@ -321,8 +323,10 @@ def test_model_hash_is_computed_once_per_file_version(home, tmp_path, monkeypatc
     gguf = tmp_path / "mine.gguf"
     gguf.write_bytes(b"GGUF one")
     hashed = []
-    real = local_llm.sha256_of
-    monkeypatch.setattr(local_llm, "sha256_of", lambda p: hashed.append(p) or real(p))
+    from promptclimb.agent.core import files
+
+    real = files.sha256_of
+    monkeypatch.setattr(files, "sha256_of", lambda p: hashed.append(p) or real(p))
     first = local_llm.model_sha256(gguf)
     assert first == hashlib.sha256(b"GGUF one").hexdigest()
     assert local_llm.model_sha256(gguf) == first and len(hashed) == 1  # remembered
@@ -336,25 +340,27 @@ def test_the_embedded_model_hash_comes_from_its_sidecar(home, monkeypatch):
     target.write_bytes(b"GGUF pretend")
     (target.parent / (target.name + ".verified.json")).write_text(
         json.dumps({"sha256": local_llm.DEFAULT_MODEL.sha256, "size": target.stat().st_size}))
-    monkeypatch.setattr(local_llm, "sha256_of", lambda p: pytest.fail("a verified model is not hashed again"))
+    from promptclimb.agent.core import files
+
+    monkeypatch.setattr(files, "sha256_of", lambda p: pytest.fail("a verified model is not hashed again"))
     assert local_llm.model_sha256(target) == local_llm.DEFAULT_MODEL.sha256
 
 
 def test_the_server_lists_the_gguf_name_and_hash(home, tmp_path, stand_in, monkeypatch):
+    """The alias given to the server is what it lists at /models, and what a search that
+    is pointed at it (--base-url) recognises as the local LLM, by the GGUF's name."""
+    from promptclimb.agent.llm.client import LLMClient, local_model_served_at
+
     gguf = tmp_path / "other-model.gguf"
     gguf.write_bytes(b"GGUF other weights")
-    aliases = []
-
-    def recording_command(model, port, **kwargs):
-        aliases.append(kwargs["model_alias"])
-        return stand_in(port)
-
     monkeypatch.setattr(local_llm, "_require_llama_cpp", lambda: None)
-    monkeypatch.setattr(local_llm, "server_command", recording_command)
-    with local_server(gguf, echo=lambda m: None, warmup=False):
-        pass
+    monkeypatch.setattr(local_llm, "server_command", lambda model, port, **kwargs: stand_in(
+        port, alias=kwargs["model_alias"]))
+    with local_server(gguf, echo=lambda m: None, warmup=False) as base_url:
+        listed = LLMClient("local", base_url, "local", use_cache=False).served_model()
+        assert local_model_served_at(base_url) == "other-model"
     sha = hashlib.sha256(b"GGUF other weights").hexdigest()
-    assert aliases == [f"promptclimb-local/other-model@sha256:{sha}"]
-    assert local_llm.parse_local_model_id(aliases[0]) == ("other-model", sha)
+    assert listed == f"promptclimb-local/other-model@sha256:{sha}"
+    assert local_llm.parse_local_model_id(listed) == ("other-model", sha)
     assert local_llm.parse_local_model_id("other-model") is None
     assert local_llm.parse_local_model_id("promptclimb-local/x@sha256:abc") is None

@@ -13,8 +13,8 @@ pytest.importorskip("llama_cpp", reason='the local LLM extra is not installed (p
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_llm_serve_lists_its_model_and_hash(model_file):
-    from promptclimb.agent.llm import LLMClient, local_model_served_at
-    from promptclimb.agent.local_llm import DEFAULT_MODEL, LOCAL_MODEL_NAME, local_server
+    from promptclimb.agent.llm.client import LLMClient, local_model_served_at
+    from promptclimb.agent.llm.local import DEFAULT_MODEL, LOCAL_MODEL_NAME, local_server
 
     with local_server(model_file, warmup=False, n_ctx=512, echo=lambda m: None) as base_url:
         assert local_model_served_at(base_url) == LOCAL_MODEL_NAME

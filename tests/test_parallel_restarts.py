@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from promptclimb.agent.errors import PromptclimbError
-from promptclimb.agent.llm import LLMClient, LLMError
-from promptclimb.agent.pools import PoolTemplate, sample_pool
-from promptclimb.agent.reading import read_history
-from promptclimb.agent.runstore import RunStore
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.llm.client import LLMClient, LLMError
+from promptclimb.agent.core.pools import PoolTemplate, sample_pool
+from promptclimb.agent.runs.reading import read_history
+from promptclimb.agent.runs.store import RunStore
 from promptclimb.agent.search import HillClimber, SearchConfig
 from fake_llm import FakeLLM, WordEvaluator
 
@@ -153,19 +153,19 @@ def test_parallel_restarts_refuse_a_shared_budget_cap():
 def test_the_command_runs_parallel_restarts_and_a_resume_keeps_their_number(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from promptclimb.agent import cmd_search
+    from promptclimb.agent.cli.search import search_cmd
 
-    monkeypatch.setattr(cmd_search, "build_evaluator", lambda **kwargs: WordEvaluator(kwargs["dataset"]))
+    evaluator_factory = lambda **kwargs: WordEvaluator(kwargs["dataset"])
     with FakeLLM(responder=responder, answer_together=2, hang_s=15) as fake:
         base = ["--runs-dir", str(tmp_path), "--base-url", fake.base_url]
-        first = CliRunner().invoke(cmd_search.search_cmd, [
+        first = CliRunner().invoke(search_cmd, [
             "--dataset", "toy", "--llm", "fake", "--restarts", "2", "--parallel", "2", "--resets", "1",
-            "--iterations", "2", "--pool-sample", "4", "--name", "r", *base])
+            "--iterations", "2", "--pool-sample", "4", "--name", "r", *base], obj={"evaluator_factory": evaluator_factory})
         assert first.exit_code == 0, first.output
         assert fake.max_in_flight == 2
-        other = CliRunner().invoke(cmd_search.search_cmd, ["--resume", "r", "--parallel", "3", *base])
+        other = CliRunner().invoke(search_cmd, ["--resume", "r", "--parallel", "3", *base], obj={"evaluator_factory": evaluator_factory})
         assert other.exit_code == 1 and "--parallel 3 (the run's: 2)" in other.output
-        again = CliRunner().invoke(cmd_search.search_cmd, ["--resume", "r", *base])
+        again = CliRunner().invoke(search_cmd, ["--resume", "r", *base], obj={"evaluator_factory": evaluator_factory})
         assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "r" / "config.json").read_text())["search"]["parallel"] == 2
 
@@ -184,7 +184,7 @@ def test_restarts_run_one_after_another_on_the_local_llm(llm, tmp_path, monkeypa
 
     from click.testing import CliRunner
 
-    from promptclimb.agent import cmd_search, local_llm
+    from promptclimb.agent.llm import local as local_llm
     from promptclimb.agent.cli import cli
 
     fake = FakeLLM(responder=responder, models=[LOCAL_ID] if llm == "llm serve" else None, latency_s=0.05)
@@ -194,7 +194,7 @@ def test_restarts_run_one_after_another_on_the_local_llm(llm, tmp_path, monkeypa
         yield fake.base_url
 
     monkeypatch.setattr(local_llm, "local_server", embedded_server)
-    monkeypatch.setattr(cmd_search, "build_evaluator", lambda **kwargs: WordEvaluator())
+    evaluator_factory = lambda **kwargs: WordEvaluator()
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
     runs = tmp_path / "runs"
@@ -203,7 +203,7 @@ def test_restarts_run_one_after_another_on_the_local_llm(llm, tmp_path, monkeypa
                     "remote": ["--base-url", fake.base_url, "--llm", "fake"]}[llm]
         args = ["search", "--dataset", "toy", *endpoint, "--restarts", "3", "--parallel", "3", "--resets", "1",
                 "--iterations", "2", "--runs-dir", str(runs), "--name", "r", "--no-cache"]
-        result = CliRunner().invoke(cli, args, env={"OPENAI_API_KEY": "sk-test"} if llm == "remote" else {})
+        result = CliRunner().invoke(cli, args, env={"OPENAI_API_KEY": "sk-test"} if llm == "remote" else {}, obj={"evaluator_factory": evaluator_factory})
         assert result.exit_code == 0, result.output
         local = llm != "remote"
         assert ("the local LLM answers one request at a time" in result.output) == local
@@ -211,5 +211,5 @@ def test_restarts_run_one_after_another_on_the_local_llm(llm, tmp_path, monkeypa
         if local:
             assert fake.max_in_flight == 1
         again = CliRunner().invoke(cli, ["search", "--resume", "r", "--parallel", "3", "--runs-dir", str(runs),
-                                         "--no-cache"], env={"OPENAI_API_KEY": "sk-test"} if llm == "remote" else {})
+                                         "--no-cache"], env={"OPENAI_API_KEY": "sk-test"} if llm == "remote" else {}, obj={"evaluator_factory": evaluator_factory})
         assert again.exit_code == 0, again.output

@@ -1,4 +1,4 @@
-"""Reading run folders back (agent.reading, agent.plots): on folders written by a real, tiny
+"""Reading run folders back (agent.runs.reading, agent.runs.plots): on folders written by a real, tiny
 search (the real loop and run store, the fake OpenAI-compatible server, the in-memory
 WordEvaluator), then damaged in the ways real folders get damaged. No torch."""
 
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from promptclimb.agent.errors import PromptclimbError
-from promptclimb.agent.llm import LLMClient
-from promptclimb.agent.pools import PoolTemplate
-from promptclimb.agent.reading import NewerFormat, find_run, load_run, read_events, runs_frame
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.llm.client import LLMClient
+from promptclimb.agent.core.pools import PoolTemplate
+from promptclimb.agent.runs.reading import NewerFormat, find_run, load_run, read_events, runs_frame
 from promptclimb.agent.ranking import selection_value
-from promptclimb.agent.runstore import RunStore
+from promptclimb.agent.runs.store import RunStore
 from promptclimb.agent.search import HillClimber, SearchConfig
 from fake_llm import FakeLLM, WordEvaluator
 
@@ -38,7 +38,7 @@ def responder(body: dict) -> str:
 
 def make_run(root: Path, name: str = "run", created: str = "2025-01-01T12:00:00+0000", **config) -> Path:
     """A finished run folder from a real (tiny) search."""
-    settings = {**dict(restarts=1, resets=2, iterations=3, proposals=4, pool_sample=0), **config}
+    settings = {**dict(restarts=1, resets=2, iterations=3, proposals=4, pool_sample=0, search="template"), **config}
     config_json = {"run_id": name, "created": created, "search": asdict(SearchConfig(**settings)),
                    "evaluator_args": {"dataset": "toy", "shots": 2, "seed": 0, "backbone": "word"},
                    "llm": {"model": "fake"}}
@@ -168,7 +168,7 @@ def test_an_unfinished_run_is_shown_from_its_scores(run_dir):
 
 
 def test_write_plots_writes_the_curve(run_dir):
-    from promptclimb.agent.plots import write_plots
+    from promptclimb.agent.runs.plots import write_plots
 
     paths = write_plots(run_dir)
     assert paths == [run_dir / "curve.png"]
@@ -177,7 +177,7 @@ def test_write_plots_writes_the_curve(run_dir):
 
 
 def test_reading_modules_do_not_import_torch():
-    code = ("import sys, promptclimb.agent.cmd_runs, promptclimb.agent.reading, promptclimb.agent.plots, promptclimb.agent.report; "
+    code = ("import sys, promptclimb.agent.cli.runs, promptclimb.agent.runs.reading, promptclimb.agent.runs.plots, promptclimb.agent.runs.report; "
             "print('torch' in sys.modules, 'matplotlib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -23,9 +23,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from promptclimb.agent.cli import cli
-from promptclimb.agent.llm import LLMClient
-from promptclimb.agent.pools import PoolTemplate
-from promptclimb.agent.runstore import RunStore
+from promptclimb.agent.llm.client import LLMClient
+from promptclimb.agent.core.pools import PoolTemplate
+from promptclimb.agent.runs.store import RunStore
 from promptclimb.agent.search import HillClimber, SearchConfig
 from fake_llm import FakeLLM, WordEvaluator
 

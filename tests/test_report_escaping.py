@@ -7,11 +7,11 @@ from __future__ import annotations
 import re
 from dataclasses import asdict
 
-from promptclimb.agent.llm import LLMClient
-from promptclimb.agent.pools import PoolTemplate
-from promptclimb.agent.reading import load_run
-from promptclimb.agent.report import write_report
-from promptclimb.agent.runstore import RunStore
+from promptclimb.agent.llm.client import LLMClient
+from promptclimb.agent.core.pools import PoolTemplate
+from promptclimb.agent.runs.reading import load_run
+from promptclimb.agent.runs.report import write_report
+from promptclimb.agent.runs.store import RunStore
 from promptclimb.agent.search import HillClimber, SearchConfig
 from fake_llm import FakeLLM, WordEvaluator
 
@@ -24,7 +24,7 @@ HOSTILE = "\n".join([
 
 
 def test_llm_text_in_the_report_is_escaped(tmp_path):
-    settings = dict(restarts=1, resets=1, iterations=1, proposals=3, pool_sample=0)
+    settings = dict(restarts=1, resets=1, iterations=1, proposals=3, pool_sample=0, search="template")
     config = {"run_id": "run", "created": "2025-01-01T12:00:00+0000", "search": asdict(SearchConfig(**settings)),
               "evaluator_args": {"dataset": "toy", "shots": 2, "seed": 0, "backbone": "word"},
               "llm": {"model": "fake"}}

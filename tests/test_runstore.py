@@ -1,13 +1,13 @@
-"""promptclimb.agent.runstore: the append-only, resumable run folder."""
+"""promptclimb.agent.runs.store: the append-only, resumable run folder."""
 
 import json
 import multiprocessing
 
 import pytest
 
-from promptclimb.agent.errors import PromptclimbError
-from promptclimb.agent.reading import read_history
-from promptclimb.agent.runstore import HISTORY, RunLocked, RunMismatch, RunStore
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.runs.reading import read_history
+from promptclimb.agent.runs.store import HISTORY, RunLocked, RunMismatch, RunStore
 
 
 def lines(run_dir):

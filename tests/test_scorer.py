@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.core.errors import PromptclimbError
 
 TEMPLATES = ["a photo of a {}.", "a {} thing.", "a blurry picture of the {}, seen from far away."]
 

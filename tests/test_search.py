@@ -1,4 +1,4 @@
-"""The search loop (agent.search) and `promptclimb search` (agent.cmd_search), end to end
+"""The search loop (agent.search) and `promptclimb search` (agent.cli.search), end to end
 against the fake OpenAI-compatible server and an in-memory evaluator: no torch, no network."""
 
 import hashlib
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from promptclimb.agent.llm import LLMClient, LLMError
-from promptclimb.agent.pools import PoolTemplate
-from promptclimb.agent.runstore import RunStore
+from promptclimb.agent.llm.client import LLMClient, LLMError
+from promptclimb.agent.core.pools import PoolTemplate
+from promptclimb.agent.runs.store import RunStore
 from promptclimb.agent.search import HillClimber, SearchConfig
 from fake_llm import FakeLLM, WordEvaluator
 
@@ -22,7 +22,7 @@ TESTS = Path(__file__).resolve().parent
 KEY = "sk-test-TOPSECRET-abcdef0123456789"
 POOL = [PoolTemplate(t, "general") for t in
         ["a {}.", "itap of a {}.", "a drawing of a {}.", "a photo of a {}.", "a sketch of the {}.", "the {}."]]
-SMALL = dict(restarts=1, resets=2, iterations=3, proposals=5, pool_sample=0)
+SMALL = dict(restarts=1, resets=2, iterations=3, proposals=5, pool_sample=0, search="template")  # the template climb
 
 WORDS = ["photo", "clothing", "grayscale", "product", "garment", "studio", "blurry", "tiny", "dark", "bright"]
 
@@ -215,8 +215,8 @@ def test_resume_after_a_kill_gives_the_same_result(tmp_path):
 
 
 def test_agent_modules_do_not_import_torch():
-    code = "import sys, promptclimb.agent.search, promptclimb.agent.cmd_search, promptclimb.agent.llm, promptclimb.agent.runstore, promptclimb.agent.pools; " \
-           "promptclimb.agent.pools.load_pool('fashion-mnist'); print('torch' in sys.modules)"
+    code = "import sys, promptclimb.agent.search, promptclimb.agent.cli.search, promptclimb.agent.llm.client, promptclimb.agent.runs.store, promptclimb.agent.core.pools; " \
+           "promptclimb.agent.core.pools.load_pool('fashion-mnist'); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
@@ -225,24 +225,22 @@ def test_agent_modules_do_not_import_torch():
 def test_cli_search_prints_json_and_leaks_no_secret(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from promptclimb.agent import cmd_search
-    from promptclimb.agent.cmd_search import search_cmd
+    from promptclimb.agent.cli.search import search_cmd
 
     built = []
 
-    def fake_build_evaluator(dataset, shots, seed, backbone, pretrained=None, weights=None, data_root=None,
-                             device=None, precision=None):
+    def fake_build_evaluator(dataset, shots, seed, backbone, **settings):
         built.append((dataset, shots, seed, backbone))
         return WordEvaluator(dataset)
 
-    monkeypatch.setattr(cmd_search, "build_evaluator", fake_build_evaluator)
+    evaluator_factory = fake_build_evaluator
     with FakeLLM(responder=responder) as fake:
         fake.faults.append("429")
         url = fake.base_url.replace("http://", "http://someone:pw-SECRET99@")
         env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": url}
-        args = ["--dataset", "toy", "--shots", "2", "--iterations", "2", "--resets", "1",
+        args = ["--dataset", "toy", "--shots", "2", "--iterations", "2", "--search", "template", "--resets", "1",
                 "--pool-sample", "8", "--runs-dir", str(tmp_path / "runs"), "--name", "cli", "--json"]
-        result = CliRunner().invoke(search_cmd, args, env=env)
+        result = CliRunner().invoke(search_cmd, args, env=env, obj={"evaluator_factory": evaluator_factory})
         assert result.exit_code == 0, result.output
         summary = json.loads(result.stdout)
         assert summary["run_id"] == "cli" and summary["counts"]["llm_answers"] == 2
@@ -260,7 +258,7 @@ def test_cli_search_prints_json_and_leaks_no_secret(tmp_path, monkeypatch):
         for path in cache_files:
             path.unlink()
         again = CliRunner().invoke(search_cmd, ["--resume", "cli", "--runs-dir", str(tmp_path / "runs"), "--json"],
-                                   env=env)
+                                   env=env, obj={"evaluator_factory": evaluator_factory})
         assert again.exit_code == 0, again.output
         assert fake.count == count
         assert comparable(json.loads(again.stdout)) == comparable(summary)
@@ -275,7 +273,7 @@ def test_cli_search_prints_json_and_leaks_no_secret(tmp_path, monkeypatch):
 def test_cli_errors_are_readable(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from promptclimb.agent.cmd_search import search_cmd
+    from promptclimb.agent.cli.search import search_cmd
 
     result = CliRunner().invoke(search_cmd, ["--runs-dir", str(tmp_path)])
     assert result.exit_code != 0 and "--dataset is required" in result.output and "Traceback" not in result.output
@@ -293,13 +291,13 @@ def test_cli_search_with_the_real_clip_evaluator(tmp_path, tiny_clip_config, tin
     weights, generated images) and the fake LLM."""
     from click.testing import CliRunner
 
-    from promptclimb.agent.cmd_search import search_cmd
+    from promptclimb.agent.cli.search import search_cmd
 
     with FakeLLM(responder=responder) as fake:
         env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.base_url}
         args = ["--dataset", "imagefolder", "--data-root", str(image_folder), "--shots", "2",
                 "--backbone", tiny_clip_config, "--weights", str(tiny_clip_weights), "--device", "cpu",
-                "--iterations", "2", "--resets", "1", "--pool-sample", "6",
+                "--iterations", "2", "--search", "template", "--resets", "1", "--pool-sample", "6",
                 "--adapter", "cache", "--adapter", "feature-residual",
                 "--runs-dir", str(tmp_path / "runs"), "--name", "real", "--json"]
         result = CliRunner().invoke(search_cmd, args, env=env)
@@ -343,13 +341,12 @@ def test_cli_defaults_to_the_local_llm_without_an_endpoint(tmp_path, monkeypatch
 
     from click.testing import CliRunner
 
-    from promptclimb.agent import cmd_search
-    from promptclimb.agent import local_llm
-    from promptclimb.agent.cmd_search import search_cmd
+    from promptclimb.agent.llm import local as local_llm
+    from promptclimb.agent.cli.search import search_cmd
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    monkeypatch.setattr(cmd_search, "build_evaluator", lambda **kw: WordEvaluator(kw["dataset"]))
+    evaluator_factory = lambda **kw: WordEvaluator(kw["dataset"])
     started = []
     with FakeLLM(responder=responder) as fake:
         @contextlib.contextmanager
@@ -358,8 +355,8 @@ def test_cli_defaults_to_the_local_llm_without_an_endpoint(tmp_path, monkeypatch
             yield fake.base_url
 
         monkeypatch.setattr(local_llm, "local_server", stand_in_server)
-        result = CliRunner().invoke(search_cmd, ["--dataset", "toy", "--iterations", "1", "--resets", "1",
-                                                 "--runs-dir", str(tmp_path / "runs"), "--name", "loc"])
+        result = CliRunner().invoke(search_cmd, ["--dataset", "toy", "--iterations", "1", "--search", "template", "--resets", "1",
+                                                 "--runs-dir", str(tmp_path / "runs"), "--name", "loc"], obj={"evaluator_factory": evaluator_factory})
     assert result.exit_code == 0, result.output
     assert "using the embedded local LLM" in result.output and started == [None]
     # a dataset other than the embedded one gets OpenAI's CLIP weights, never a random model

@@ -7,11 +7,10 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from promptclimb.agent import cmd_search
-from promptclimb.agent.cmd_search import search_cmd
-from promptclimb.agent.errors import PromptclimbError
-from promptclimb.agent.pools import load_pool
-from promptclimb.agent.templates import template_problem
+from promptclimb.agent.cli.search import search_cmd
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.pools import load_pool
+from promptclimb.agent.core.templates import template_problem
 from fake_llm import FakeLLM, WordEvaluator
 from test_search import KEY, climb, history
 
@@ -46,19 +45,19 @@ def test_pool_file_reports_every_bad_line_with_its_number(tmp_path):
 
 
 def run_cli(args, fake_url, monkeypatch, evaluator=None):
-    monkeypatch.setattr(cmd_search, "build_evaluator", lambda **kw: evaluator or WordEvaluator(kw["dataset"]))
+    evaluator_factory = lambda **kw: evaluator or WordEvaluator(kw["dataset"])
     env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake_url}
-    return CliRunner().invoke(search_cmd, args, env=env)
+    return CliRunner().invoke(search_cmd, args, env=env, obj={"evaluator_factory": evaluator_factory})
 
 
 def test_pool_file_is_recorded_kept_by_resume_and_shown(tmp_path, monkeypatch):
-    from promptclimb.agent.cmd_runs import show_cmd
+    from promptclimb.agent.cli.runs import show_cmd
 
     pool = tmp_path / "pool.txt"
     pool.write_text("my pool {} one\nmy pool {} two\nmy pool {} three\n")
     runs = tmp_path / "runs"
     with FakeLLM(script=["a photo of a {}."]) as fake:
-        result = run_cli(["--dataset", "toy", "--pool", str(pool), "--iterations", "1", "--resets", "1",
+        result = run_cli(["--dataset", "toy", "--pool", str(pool), "--iterations", "1", "--search", "template", "--resets", "1",
                           "--runs-dir", str(runs), "--name", "p", "--max-calls", "0"], fake.base_url, monkeypatch)
         assert result.exit_code == 0, result.output
         config = json.loads((runs / "p" / "config.json").read_text())
@@ -76,9 +75,9 @@ def test_a_bad_pool_file_fails_before_the_evaluator_is_built(tmp_path, monkeypat
     pool = tmp_path / "pool.txt"
     pool.write_text("fine {}\nbroken {0}\n")
     built = []
-    monkeypatch.setattr(cmd_search, "build_evaluator", lambda **kw: built.append(kw))
+    evaluator_factory = lambda **kw: built.append(kw)
     result = CliRunner().invoke(search_cmd, ["--dataset", "toy", "--pool", str(pool), "--runs-dir",
-                                             str(tmp_path / "runs")], env={"OPENAI_API_KEY": KEY})
+                                             str(tmp_path / "runs")], env={"OPENAI_API_KEY": KEY}, obj={"evaluator_factory": evaluator_factory})
     assert result.exit_code != 0 and "line 2" in result.output and built == []
 
 
@@ -162,7 +161,7 @@ def test_a_line_written_for_one_class_becomes_a_template(tmp_path):
 # -- presence penalty -------------------------------------------------------------------------
 def test_presence_penalty_is_sent_only_when_set_and_a_resume_keeps_it(tmp_path, monkeypatch):
     runs = tmp_path / "runs"
-    common = ["--dataset", "toy", "--iterations", "1", "--resets", "1", "--runs-dir", str(runs)]
+    common = ["--dataset", "toy", "--iterations", "1", "--search", "template", "--resets", "1", "--runs-dir", str(runs)]
     with FakeLLM(script=["a photo of a {}."]) as fake:
         plain = run_cli([*common, "--name", "plain"], fake.base_url, monkeypatch)
         assert plain.exit_code == 0, plain.output

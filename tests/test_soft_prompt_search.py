@@ -12,7 +12,7 @@ pytest.importorskip("torch")
 from click.testing import CliRunner  # noqa: E402
 
 from promptclimb.agent.cli import cli  # noqa: E402
-from promptclimb.agent.reading import read_history  # noqa: E402
+from promptclimb.agent.runs.reading import read_history  # noqa: E402
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from promptclimb.agent.errors import PromptclimbError  # noqa: E402
+from promptclimb.agent.core.errors import PromptclimbError  # noqa: E402
 from promptclimb.agent.softsearch import SoftPromptConfig  # noqa: E402
 
 HARD = "a photo of a {}."

@@ -9,18 +9,24 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from fake_llm import FakeLLM
 
-pytest.importorskip("ray")
+ray = pytest.importorskip("ray")
+from promptclimb.agent.sweep import reaper  # noqa: E402
+
+RAY_DIR = os.path.dirname(ray.__file__)
 
 CELLS = {f"imagefolder-pc-tiny-vit-{shots}shot-seed{seed}": (shots, seed) for shots in (1, 2) for seed in (1, 2)}
 NAMES = list(CELLS)
@@ -52,6 +58,63 @@ def sweep(tmp_path, tiny_clip_config, tiny_clip_weights, image_folder):
 
     command.runs, command.env = runs, env
     return command
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def ray_head(env: dict):
+    """`ray start --head --block` on 127.0.0.1 (2 CPUs), in a session of its own: yields its
+    address. Ended by id, never by name (`ray stop` would stop every Ray cluster of the user
+    on this machine): the head's process group, then each Ray process that descended from it
+    (workers run in process groups of their own), SIGTERM then SIGKILL."""
+    port = free_port()
+    temp = tempfile.mkdtemp(prefix="pcray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    log = Path(temp) / "head.log"
+    with open(log, "w") as out:
+        head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--port",
+                                 str(port), "--num-cpus", "2", "--node-ip-address", "127.0.0.1", "--include-dashboard",
+                                 "false", "--disable-usage-stats", "--temp-dir", temp],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    seen: dict[int, int] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while "block forever" not in log.read_text() and time.monotonic() < deadline and head.poll() is None:
+            time.sleep(0.2)
+        assert "block forever" in log.read_text(), log.read_text()
+        seen.update(reaper.ray_processes_under(head.pid, RAY_DIR))
+        yield f"127.0.0.1:{port}", lambda: seen.update(reaper.ray_processes_under(head.pid, RAY_DIR))
+    finally:
+        seen.update(reaper.ray_processes_under(head.pid, RAY_DIR))
+        end_process_group(head)
+        reaper.end_processes(seen)
+        assert not [pid for pid, start in seen.items() if reaper._alive(pid, start)]
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def end_process_group(process: subprocess.Popen, grace_s: float = 20) -> None:
+    """SIGTERM to the process group `process` leads (started with start_new_session), then
+    SIGKILL to what is left of it."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            continue
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
 
 
 def report(runs: Path, name: str, fmt: str) -> str:
@@ -138,37 +201,65 @@ def test_cells_run_one_after_another_on_the_local_llm(sweep):
     assert "sweep one: 2/2 cells finished" in run.stderr and "2 running" not in run.stderr, run.stderr
 
 
-def test_the_same_sweep_on_a_ray_cluster_with_a_failed_cell(sweep, tmp_path):
-    """`ray start --head` on 127.0.0.1, reached with --address. One cell of the grid fails
-    (a dataset that does not exist): the others finish, its error is in the report."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray = str(Path(sys.executable).with_name("ray"))
-    head = subprocess.run([ray, "start", "--head", "--port", str(port), "--num-cpus", "2", "--node-ip-address",
-                           "127.0.0.1", "--include-dashboard", "false", "--disable-usage-stats"],
-                          env=sweep.env, capture_output=True, text=True, timeout=120)
-    assert head.returncode == 0, head.stderr
-    try:
-        with FakeLLM(responder=responder) as fake:
-            grid = tmp_path / "grid.toml"
-            grid.write_text('[grid]\ndataset = ["imagefolder", "no-such-dataset"]\nshots = [1, 2]\nseeds = "1-2"\n'
-                            '[search]\nensemble = 2\n')
-            command = sweep("cluster", fake.base_url, "--grid", str(grid), grid=False, address=f"127.0.0.1:{port}")
-            started = time.monotonic()
-            run = subprocess.run(command, env=sweep.env, capture_output=True, text=True, timeout=600)
-            print(f"2 x 2 sweep + 4 failing cells on a `ray start` cluster: {time.monotonic() - started:.1f} s")
-    finally:
-        subprocess.run([ray, "stop"], env=sweep.env, capture_output=True, timeout=120)
-    assert run.returncode == 1, run.stderr
-    assert f"Ray: 127.0.0.1:{port}, 2 CPUs" in run.stderr
+def test_the_same_sweep_on_a_ray_cluster_with_token_auth_and_failed_cells(sweep, tmp_path):
+    """`ray start --head` on 127.0.0.1 with token authentication, reached with --address.
+    A driver with a stale ~/.ray/auth_token is told that the cluster refused its token; one
+    with the cluster's token in RAY_AUTH_TOKEN runs the grid. Half its cells fail (coop data
+    that is not there, found only when the cell loads it): the others finish, the errors are
+    in the report, and the exit status is 3."""
+    token = "a3" * 16
+    cluster_env = {**sweep.env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    with ray_head(cluster_env) as (address, _), FakeLLM(responder=responder) as fake:
+        grid = tmp_path / "grid.toml"
+        grid.write_text('[grid]\ndataset = ["imagefolder", "coop"]\nshots = [1, 2]\nseeds = "1-2"\n'
+                        '[search]\nensemble = 2\n')
+        command = sweep("cluster", fake.base_url, "--grid", str(grid), grid=False, address=address)
+
+        stale_home = tmp_path / "stale-home"
+        (stale_home / ".ray").mkdir(parents=True)
+        (stale_home / ".ray" / "auth_token").write_text("b7" * 16)  # left by an earlier cluster
+        stale_env = {k: v for k, v in sweep.env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+        started = time.monotonic()
+        refused = subprocess.run(command, env={**stale_env, "HOME": str(stale_home)}, capture_output=True,
+                                 text=True, timeout=120)
+        assert refused.returncode == 1 and time.monotonic() - started < 60, refused.stderr
+        errors = [line for line in refused.stderr.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and "refused this machine's Ray token" in errors[0], refused.stderr
+        assert "RAY_AUTH_TOKEN" in errors[0] and "gcs_client" not in refused.stderr  # Ray's retries kept out
+
+        started = time.monotonic()
+        run = subprocess.run(command, env=cluster_env, capture_output=True, text=True, timeout=600)
+        print(f"2 x 2 sweep + 4 failing cells on a `ray start` cluster: {time.monotonic() - started:.1f} s")
+    assert run.returncode == 3, run.stderr
+    assert f"Ray: {address}, 2 CPUs" in run.stderr
     assert "sweep cluster: 4/8 cells finished, 4 failed" in run.stderr
     sweep_dir = sweep.runs / "cluster"
     assert all(summary["ensemble"] for summary in summaries(sweep_dir).values())
-    failed = sweep_dir / "no-such-dataset-pc-tiny-vit-1shot-seed1"
-    assert "no-such-dataset" in (failed / "error.txt").read_text() and not (failed / "summary.json").exists()
+    failed = sweep_dir / "coop-pc-tiny-vit-1shot-seed1"
+    assert "split" in (failed / "error.txt").read_text() and not (failed / "summary.json").exists()
     table = report(sweep.runs, "cluster", "table")
-    assert "4 failed cell(s):" in table and "no-such-dataset-pc-tiny-vit-2shot-seed2: " in table
+    assert "4 failed cell(s):" in table and "coop-pc-tiny-vit-2shot-seed2: " in table
+
+
+@pytest.mark.parametrize("peer", ["nothing", "silent"])
+def test_an_unreachable_address_is_one_line_within_30_s(peer, sweep):
+    """Nothing listening (Ray alone retried for minutes), or a port that accepts and never
+    answers (Ray's C++ connect blocks): one line, exit status 1, within 30 s."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        if peer == "silent":
+            silent.listen(8)
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        run = subprocess.run(sweep("away", "http://127.0.0.1:9/v1", address=f"127.0.0.1:{port}"),
+                             env=sweep.env, capture_output=True, text=True, timeout=120)
+        took = time.monotonic() - started
+    print(f"--address with {peer} at the port: {took:.1f} s")
+    errors = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
+    assert run.returncode == 1 and took < 30, (took, run.stderr)
+    assert len(errors) == 1 and f"cannot reach Ray at 127.0.0.1:{port}: " in errors[0], run.stderr
+    assert ("Connection refused" if peer == "nothing" else "no answer within") in errors[0], run.stderr
+    assert "Traceback" not in run.stderr and "gcs_client" not in run.stderr
 
 
 def test_killing_the_driver_mid_sweep_then_the_rerun_completes_the_rest(sweep):
@@ -234,10 +325,40 @@ def test_sigterm_stops_a_sweep_cleanly_and_says_how_to_continue(sweep):
         finally:
             if driver.poll() is None:
                 os.killpg(driver.pid, signal.SIGKILL)
-    assert driver.returncode != 0
+    assert driver.returncode == 143, stderr
     assert f"Continue with:\n  promptclimb sweep stopped --runs-dir {sweep.runs} --num-cpus 2\n" in stderr
+    assert "SIGTERM received" not in stderr and "PC: @" not in stderr, stderr  # no Ray crash-handler noise
     logs = [sweep_dir / n / "search.log" for n in NAMES]
     interrupted = [log for log in logs if log.exists() and "interrupted; continue with" in log.read_text()]
     assert interrupted  # the running searches were stopped through their own Ctrl-C path
     with pytest.raises(ProcessLookupError):  # nothing of the sweep is left running
         os.killpg(driver.pid, 0)
+
+
+def test_a_driver_killed_with_sigkill_leaves_no_ray_process_behind(sweep):
+    """kill -9 of the driver alone (not its process group): its local Ray's processes end
+    too, the raylet's DashboardAgent and RuntimeEnvAgent included, which outlived it before
+    (agent/sweep/reaper.py: a watchdog in a session of its own ends them by id)."""
+    with FakeLLM(responder=responder, latency_s=2.0) as fake:
+        driver = subprocess.Popen(sweep("orphans", fake.base_url), env=sweep.env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True)
+        ours: dict[int, int] = {}
+        try:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and driver.poll() is None and not fake.requests:
+                ours.update(reaper.ray_processes_under(driver.pid, RAY_DIR))
+                time.sleep(0.2)
+            ours.update(reaper.ray_processes_under(driver.pid, RAY_DIR))
+            names = {(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]).decode() for pid in ours
+                     if reaper._alive(pid, ours[pid])}
+            assert "ray::DashboardAgent" in names and "ray::RuntimeEnvAgent" in names, names
+            os.kill(driver.pid, signal.SIGKILL)
+            driver.wait(timeout=60)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and any(reaper._alive(pid, start) for pid, start in ours.items()):
+                time.sleep(0.5)
+            left = [pid for pid, start in ours.items() if reaper._alive(pid, start)]
+            assert not left, [Path(f"/proc/{pid}/cmdline").read_bytes()[:60] for pid in left]
+        finally:
+            reaper.end_processes(ours, grace_s=1)  # whatever the assertion found, by id
+            end_process_group(driver, grace_s=1)

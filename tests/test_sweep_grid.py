@@ -8,9 +8,9 @@ from contextlib import contextmanager
 import pytest
 from click.testing import CliRunner
 
-from promptclimb.agent import sweep as sweeps
+from promptclimb.agent.sweep import driver as sweeps
 from promptclimb.agent.cli import cli
-from promptclimb.agent.errors import PromptclimbError
+from promptclimb.agent.core.errors import PromptclimbError
 
 
 def test_seeds_from_ranges_and_lists():
@@ -37,9 +37,9 @@ def test_bad_grids_are_refused_in_one_line(tmp_path):
     with pytest.raises(PromptclimbError, match="at least one --dataset"):
         sweeps.check_grid({"shots": [1]})
     with pytest.raises(PromptclimbError, match="share a folder name"):
-        sweeps.grid_cells({"grid": sweeps.check_grid({"dataset": ["a", "a"]}), "search": {}})
+        sweeps.grid_cells({"grid": sweeps.check_grid({"dataset": ["coop", "coop"]}), "search": {}})
     with pytest.raises(PromptclimbError, match="single --backbone"):
-        sweeps.grid_cells({"grid": sweeps.check_grid({"dataset": ["a"], "backbone": ["RN50", "ViT-B-32"]}),
+        sweeps.grid_cells({"grid": sweeps.check_grid({"dataset": ["coop"], "backbone": ["RN50", "ViT-B-32"]}),
                            "search": {"weights": "w.pt"}})
     grid = tmp_path / "grid.toml"
     grid.write_text("[grid]\nsize = 3\n")
@@ -72,9 +72,14 @@ def test_a_sweep_continues_with_its_stored_settings_and_refuses_other_ones(tmp_p
     sweep_dir = tmp_path / "s"
     sweeps.prepare_sweep(sweep_dir, {"dataset": ["fashion-mnist"], "seeds": ["1-2"]},
                          {"iterations": 3, "base_url": "http://127.0.0.1:1/v1"})
-    again = sweeps.prepare_sweep(sweep_dir, None, {"base_url": "http://127.0.0.1:2/v1"})  # execution options may change
+    # execution options may change, for this run only (issue 26: one-off flags are not stored
+    # for every later rerun), and --parallel is one of them (the same results)
+    again = sweeps.prepare_sweep(sweep_dir, None, {"base_url": "http://127.0.0.1:2/v1", "no_cache": True,
+                                                   "parallel": 2})
     assert again["grid"]["seeds"] == [1, 2] and again["search"]["iterations"] == 3
-    assert json.loads((sweep_dir / "sweep.json").read_text())["search"]["base_url"] == "http://127.0.0.1:2/v1"
+    assert again["search"]["base_url"] == "http://127.0.0.1:2/v1" and again["search"]["parallel"] == 2
+    stored = json.loads((sweep_dir / "sweep.json").read_text())["search"]
+    assert stored == {"iterations": 3, "base_url": "http://127.0.0.1:1/v1"}
     sweeps.prepare_sweep(sweep_dir, {"dataset": ["fashion-mnist"], "seeds": [1, 2]}, {"iterations": 3})
     with pytest.raises(PromptclimbError, match="differs in: grid.seeds, iterations"):
         sweeps.prepare_sweep(sweep_dir, {"dataset": ["fashion-mnist"], "seeds": ["1-3"]}, {"iterations": 4})
@@ -103,8 +108,8 @@ def test_a_cell_waits_a_moment_for_its_run_lock(released_after_s, tmp_path, monk
     moment: the rerun's cell waits for it (up to CELL_LOCK_WAIT_S) instead of failing."""
     import threading
 
-    from promptclimb.agent import cmd_search
-    from promptclimb.agent.runstore import _acquire_lock, run_lock
+    from promptclimb.agent import pipeline
+    from promptclimb.agent.runs.store import _acquire_lock, run_lock
 
     cell = tmp_path / "sweep" / "cell"
     cell.mkdir(parents=True)
@@ -115,7 +120,7 @@ def test_a_cell_waits_a_moment_for_its_run_lock(released_after_s, tmp_path, monk
         with run_lock(opts["resume"]):
             searched.append(opts["resume"])
 
-    monkeypatch.setattr(cmd_search, "run_search", search_under_the_lock)
+    monkeypatch.setattr(pipeline, "run_search", search_under_the_lock)
     monkeypatch.setattr(sweeps, "CELL_LOCK_WAIT_S", 3)
     held = _acquire_lock(cell)  # the orphaned worker
     if released_after_s:
@@ -139,7 +144,7 @@ def test_the_cells_share_one_llm_endpoint_and_the_local_llm_is_started_once(monk
         started.append(model_path)
         yield "http://127.0.0.1:9/v1"
 
-    monkeypatch.setattr("promptclimb.agent.local_llm.local_server", fake_server)
+    monkeypatch.setattr("promptclimb.agent.llm.local.local_server", fake_server)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     opts = sweeps.search_options({})

@@ -1,8 +1,8 @@
-"""promptclimb.agent.templates: the one place that decides what a template is."""
+"""promptclimb.agent.core.templates: the one place that decides what a template is."""
 
 import pytest
 
-from promptclimb.agent.templates import MAX_TEMPLATE_CHARS, TemplateError, check_template, fill, template_problem
+from promptclimb.agent.core.templates import MAX_TEMPLATE_CHARS, TemplateError, check_template, fill, template_problem
 
 
 @pytest.mark.parametrize("template", [

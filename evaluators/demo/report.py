@@ -2,7 +2,7 @@
 --backbone): zero-shot accuracies on the held-out test split of the shipped Fashion-MNIST subset.
 
 Prints the accuracy of "a photo of a {}.", the best, worst and spread (best - worst) over the
-initial template pool a fashion-mnist search starts from (`agent.pools.load_pool`:
+initial template pool a fashion-mnist search starts from (`agent.core.pools.load_pool`:
 `prompts/pools/general.txt`, `prompts/pools/fashion-mnist.txt` and OpenAI's 80 ImageNet
 templates), and a few deliberately poor templates that are not in the pool.
 
@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from promptclimb.agent.pools import load_pool
-from promptclimb.agent.templates import fill
+from promptclimb.agent.core.pools import load_pool
+from promptclimb.agent.core.templates import fill
 from promptclimb.evaluators.demo.fashion_mnist import load_fashion_mnist
 from promptclimb.evaluators.demo.model import TEXT_TOWERS, DemoCLIP, build_preprocess, build_text_side, load_image_tower
 

@@ -1,0 +1,168 @@
+"""Output-side adapters on a finished run's winning prompt: fit (`fit_run_adapter`, after a
+search with --adapter or by `promptclimb adapt`) and measure (`eval_run_adapter`, for
+`promptclimb eval --run RUN --with-adapter`).
+
+The adapter is fit on the run's few-shot train split, its hyper-parameters chosen on val
+(evaluators/adapters.py), and its test accuracy only measured. It is written to
+`RUN/adapter.pt`, and `summary.json` gets an "adapter" section. If it does not beat the
+prompt alone on val, the run's result stays the prompt-only one (`summary.json`
+"adapter.result" = "prompt-only"; "best" is never changed). The CLIP side (torch) is
+imported only inside the functions.
+"""
+
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from promptclimb.agent.api import run_classnames
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.files import write_json_atomic
+from promptclimb.agent.core.format import pct
+from promptclimb.agent.runs.reading import read_json
+from promptclimb.agent.core.runfiles import CONFIG, SUMMARY
+from promptclimb.agent.softsearch import is_soft_prompt_run, template_refusal
+
+# The kinds of evaluators.adapters.ADAPTERS, listed here so that `--help` and the check of
+# --kind need no torch (tests/test_adapters.py checks the two lists agree).
+ADAPTER_KINDS = ("residual-logits", "feature-residual", "cache")
+from promptclimb.agent.core.runfiles import ADAPTER_FILE
+
+
+def check_kinds(kinds) -> list[str]:
+    """The kinds asked for, with "all" expanded; an unknown one is a clear error."""
+    out: list[str] = []
+    for kind in kinds:
+        for k in (ADAPTER_KINDS if kind == "all" else (kind,)):
+            if k not in ADAPTER_KINDS:
+                raise PromptclimbError(f"unknown adapter kind {k!r}; known kinds: {', '.join(ADAPTER_KINDS)} (or all)")
+            if k not in out:
+                out.append(k)
+    if not out:
+        raise PromptclimbError(f"no adapter kind given; known kinds: {', '.join(ADAPTER_KINDS)} (or all)")
+    return out
+
+
+def read_run(run_dir: Path, command: str | None = None) -> tuple[dict, dict]:
+    """(config, summary) of a finished run (a damaged file: one line naming it). With
+    `command` (what the user ran), a soft-prompt run is refused: it has no template."""
+    config = read_json(run_dir / CONFIG)
+    if command and is_soft_prompt_run(config):
+        raise PromptclimbError(template_refusal(run_dir.name, config, command))
+    if not (run_dir / SUMMARY).is_file():
+        raise PromptclimbError(f"{run_dir} has no {SUMMARY}: the search has not finished "
+                               f"(finish it with: promptclimb search --resume {run_dir})")
+    return config, read_json(run_dir / SUMMARY)
+
+
+def run_templates(summary: dict, on: str) -> list[str]:
+    if on == "ensemble":
+        ensemble = summary.get("ensemble")
+        if not ensemble:
+            raise PromptclimbError("this run has no ensemble (it was searched with --ensemble 0 or 1); use --on best")
+        return list(ensemble["templates"])
+    return [summary["best"]["template"]]
+
+
+def build_run_evaluator(config: dict, device: str | None = None, **overrides):
+    """The run's evaluator (same dataset, split, backbone), or one with some settings
+    replaced (e.g. another --data-root holding new images of the same classes)."""
+    from promptclimb.evaluators import build_evaluator  # torch: only now
+
+    args = dict(config.get("evaluator_args") or {})
+    if not args.get("dataset"):
+        raise PromptclimbError("config.json has no evaluator_args; this run cannot be re-evaluated")
+    args.update({k: v for k, v in overrides.items() if v is not None})
+    return build_evaluator(**args, device=device)
+
+
+def fit_run_adapter(run_dir: str | Path, kinds, on: str = "best", seed: int | None = None, evaluator=None,
+                    device: str | None = None, echo=print) -> dict:
+    """Fit each kind on the run's train split (hyper-parameters on val), keep the best on
+    val as RUN/adapter.pt and record it in summary.json. Returns the "adapter" section."""
+    from promptclimb.evaluators.adapters import save_adapter, select_and_fit
+
+    kinds = check_kinds(kinds)
+    run_dir = Path(run_dir)
+    config, summary = read_run(run_dir)
+    templates = run_templates(summary, on)
+    if evaluator is None:
+        echo(f"loading the evaluator of {run_dir.name} ...")
+        evaluator = build_run_evaluator(config, device=device)
+    seed = int(config.get("evaluator_args", {}).get("seed", 0) if seed is None else seed)
+    names = run_classnames(summary)  # the names the run found travel with its templates
+    class_embeddings = evaluator.class_embeddings(templates, classnames=names)
+    splits = {s: evaluator.image_features(s) for s in ("train", "val", "test")}  # computed when not cached
+    sizes = ", ".join(f"{s} {len(y)}" for s, (_, y) in splits.items())
+    echo(f"prompt ({on}): {' | '.join(templates)}   [{sizes} images]")
+
+    fits = []
+    for kind in kinds:
+        fit = select_and_fit(kind, splits["train"], splits["val"], class_embeddings, evaluator.logit_scale,
+                             seed=seed, test=splits["test"])
+        fits.append(fit)
+        hp = ", ".join(f"{k}={v}" for k, v in fit.hparams.items())
+        echo(f"  {kind:17s} val {pct(fit.accuracy['val'])} (prompt {pct(fit.prompt_accuracy['val'])})  "
+             f"test {pct(fit.accuracy['test'])} (prompt {pct(fit.prompt_accuracy['test'])})  "
+             f"{fit.size_bytes:,} bytes  [{hp}]  {fit.fit_s:.1f}s")
+
+    # The kept adapter: the best on val; ties go to the smaller one. Test plays no part.
+    chosen = max(fits, key=lambda f: (f.accuracy["val"], -f.size_bytes))
+    file_bytes = save_adapter(run_dir / ADAPTER_FILE, chosen.module, templates, names or list(evaluator.task.classnames),
+                              extra={"run_id": run_dir.name, "on": on, "seed": seed})
+    beats = chosen.beats_prompt_on_val
+    section = {
+        "kind": chosen.kind,
+        "hparams": chosen.hparams,
+        "on": on,
+        "templates": templates,
+        "seed": seed,
+        "accuracy": chosen.accuracy,
+        "prompt_accuracy": chosen.prompt_accuracy,
+        "beats_prompt_on_val": beats,
+        "result": "adapter" if beats else "prompt-only",
+        "size_bytes": chosen.size_bytes,
+        "file": ADAPTER_FILE,
+        "file_bytes": file_bytes,
+        "fit_s": round(chosen.fit_s, 3),
+        "fitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "candidates": [{k: v for k, v in f.to_dict().items()} for f in fits],
+    }
+    summary["adapter"] = section
+    write_json_atomic(run_dir / SUMMARY, summary)
+
+    val, prompt_val = chosen.accuracy["val"], chosen.prompt_accuracy["val"]
+    if beats:
+        echo(f"kept: {chosen.kind} adapter, val {pct(val)} vs {pct(prompt_val)} for the prompt alone "
+             f"(test {pct(chosen.accuracy['test'])} vs {pct(chosen.prompt_accuracy['test'])}); "
+             f"the run's result is now prompt + adapter ({run_dir / ADAPTER_FILE}).")
+    else:
+        echo(f"no adapter beat the prompt alone on val (best: {chosen.kind}, val {pct(val)} vs {pct(prompt_val)}); "
+             f"the run's result stays the prompt-only one. {ADAPTER_FILE} is saved for inspection only.")
+    return section
+
+
+def eval_run_adapter(run_dir: str | Path, evaluator=None, splits=("test",), device: str | None = None,
+                     **overrides) -> dict:
+    """Accuracy of the run's prompt alone and with its adapter.pt on `splits` of `evaluator`
+    (default: the run's own evaluator; `overrides` such as data_root=... point it at new
+    data of the same classes). {"kind", "templates", "result", "accuracy": {split: {"prompt", "adapter"}}}."""
+    import warnings
+
+    from promptclimb.evaluators.adapters import load_adapter, prompt_and_adapter_accuracy, read_adapter
+
+    run_dir = Path(run_dir)
+    config, summary = read_run(run_dir, "eval --run --with-adapter")
+    payload = read_adapter(run_dir / ADAPTER_FILE)
+    if evaluator is None:
+        evaluator = build_run_evaluator(config, device=device, **overrides)
+    classnames = run_classnames(summary) or list(evaluator.task.classnames)
+    if payload.get("classnames") and len(payload["classnames"]) == len(classnames) and payload["classnames"] != classnames:
+        warnings.warn(f"the class names of this data differ from those the adapter was fit on "
+                      f"({payload['classnames']}); classes are matched by position", stacklevel=2)
+    class_embeddings = evaluator.class_embeddings(payload["templates"], classnames=classnames)
+    module = load_adapter(run_dir / ADAPTER_FILE, class_embeddings, evaluator.logit_scale)
+    out = {split: prompt_and_adapter_accuracy(module, *evaluator.image_features(split)) for split in splits}
+    kept = (summary.get("adapter") or {}).get("result", "adapter")
+    return {"kind": payload["kind"], "templates": payload["templates"], "result": kept, "accuracy": out}

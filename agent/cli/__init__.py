@@ -1,0 +1,68 @@
+"""The `promptclimb` command line. Each sub-command lives in its own `agent/cli/*.py`
+module and is imported only when used, so `promptclimb --help` stays instant and the
+agent side never pays for torch unless a command needs the evaluator."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from promptclimb import __version__
+
+# name -> "module:attribute"
+COMMANDS = {
+    "eval": "promptclimb.agent.cli.eval:eval_cmd",
+    "search": "promptclimb.agent.cli.search:search_cmd",
+    "llm": "promptclimb.agent.cli.llm:llm_group",
+    "runs": "promptclimb.agent.cli.runs:runs_cmd",
+    "show": "promptclimb.agent.cli.runs:show_cmd",
+    "report": "promptclimb.agent.cli.runs:report_cmd",
+    "transfer": "promptclimb.agent.cli.runs:transfer_cmd",
+    "compare": "promptclimb.agent.cli.runs:compare_cmd",
+    "adapt": "promptclimb.agent.cli.adapt:adapt_cmd",
+    "sweep": "promptclimb.agent.cli.sweep:sweep_cmd",
+    "sweep-report": "promptclimb.agent.cli.sweep:sweep_report_cmd",
+    "mlflow-sync": "promptclimb.agent.cli.mlflow:mlflow_sync_cmd",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="promptclimb")
+def cli():
+    """Find strong prompt templates for a CLIP-like model, with a chat LLM as the optimizer.
+
+    \b
+    Try it (offline, embedded model and LLM):
+      promptclimb search --dataset fashion-mnist --shots 1
+    Score one template:
+      promptclimb eval --dataset fashion-mnist --backbone demo --prompt "a photo of a {}."
+    """
+
+
+def main(argv=None, obj=None):
+    """The `promptclimb` console script. `obj` reaches every command's context (a test or
+    an embedding program passes {"evaluator_factory": ...} to put its own evaluator behind
+    `search`)."""
+    try:
+        cli.main(args=argv, prog_name="promptclimb", standalone_mode=True, obj=obj)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

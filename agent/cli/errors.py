@@ -1,0 +1,32 @@
+"""The one path by which every command shows a problem the user can fix: one line on
+stderr and exit status 1, never a traceback; and by which Ctrl-C ends a command with 130
+(the exit codes: agent/core/errors.py, README's Exit codes)."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+from promptclimb.agent.core.errors import EXIT_INTERRUPTED, PromptclimbError, os_error_message
+
+
+def user_errors(fn):
+    """A command's PromptclimbError, and an OSError on a file (permission denied, disk full,
+    read-only folder), as one line on stderr and exit status 1, instead of a traceback.
+    Ctrl-C (KeyboardInterrupt) ends it with status 130, without click's "Aborted!" and its
+    status 1: a search or sweep has already printed the command that continues it.
+    SIGTERM (SystemExit 143, agent/core/errors.py) passes through as it is."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PromptclimbError as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            raise click.ClickException(os_error_message(exc)) from None
+        except KeyboardInterrupt:
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+
+    return wrapper

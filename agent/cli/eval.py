@@ -1,0 +1,172 @@
+"""`promptclimb eval`: score prompt templates on a few-shot split and print the accuracies.
+
+torch and the evaluator are imported inside the command, so `promptclimb --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import click
+
+from promptclimb.agent.core.defaults import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS, default_backbone
+from promptclimb.agent.cli.errors import user_errors
+from promptclimb.agent.core.devices import check_device_name
+from promptclimb.agent.core.paths import cache_home, check_writable
+from promptclimb.agent.core.templates import template_problem
+
+SPLITS = ("train", "val", "test")
+
+
+# Used when neither the option nor --run says otherwise.
+DEFAULTS = {"dataset": "fashion-mnist", "shots": 1, "seed": 0,  # as `search`; the backbone: default_backbone
+            "precision": DEFAULT_PRECISION}
+BASELINE = "a photo of a {}."
+
+
+@click.command("eval", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--dataset", default=None,
+              help="eurosat, fashion-mnist, imagefolder (with --data-root), coop (with --data-root), "
+                   "hf:OWNER/NAME[:CONFIG] (a Hugging Face dataset, from its cache when offline), hf (with "
+                   "--data-root: a save_to_disk or parquet folder) [default: fashion-mnist, or the run's with --run].")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Folder of the data (imagefolder/coop/hf: required; eurosat: the unpacked archive).")
+@click.option("--image-column", default=None,
+              help="hf datasets: the image column [default: the one Image feature].")
+@click.option("--label-column", default=None,
+              help="hf datasets: the label column [default: the one ClassLabel; another column's distinct values "
+                   "become the classes].")
+@click.option("--classnames", default=None, metavar="published|SET|FILE",
+              help="The class names filled in: published (the data's labels), a named set (clean for fashion-mnist, "
+                   "coop for eurosat) or a FILE (one name per line, or folder,name lines) [default: published, "
+                   "or the names the run found with --run].")
+@click.option("--shots", type=int, default=None, help="Training images per class (k) [default: 1, or the run's].")
+@click.option("--seed", type=int, default=None, help="Seed of the few-shot draw [default: 0, or the run's].")
+@click.option("--backbone", default=None,
+              help="'demo' (embedded, offline) or an open_clip architecture such as RN50 or ViT-B-32 "
+                   "[default: the run's; else demo for fashion-mnist, ViT-B-32 (--pretrained openai) for "
+                   "other data, as `search`].")
+@click.option("--pretrained", default=None, help="open_clip pretrained tag, e.g. openai (downloads).")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="Local .pt/.safetensors weights for the --backbone architecture.")
+@click.option("--prompt", "prompts", multiple=True,
+              help=f"Template with one {{}} for the class name; repeat to score several "
+                   f"[default: {BASELINE!r}, or the run's best template with --run].")
+@click.option("--run", "run", default=None,
+              help="A search run (id under --runs-dir, or a path): its dataset, split and backbone, and its "
+                   "best template, unless the options above say otherwise (e.g. --data-root for new images).")
+@click.option("--with-adapter", is_flag=True,
+              help="With --run: also apply the run's adapter.pt (from `promptclimb adapt` or `search --adapter`).")
+@click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", show_default=True,
+              help="Where run folders are.")
+@click.option("--device", default=None, help="cuda, cpu, ... (default: cuda when available).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help=f"{PRECISION_HELP} [default: {DEFAULT_PRECISION}, or the run's with --run].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.pass_context
+@user_errors
+def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, shots, seed, backbone, pretrained, weights,
+             prompts, run, with_adapter, runs_dir, device, precision, as_json):
+    """Score prompt templates: train/val/test accuracy on a few-shot split.
+
+    \b
+    Examples:
+      promptclimb eval --dataset fashion-mnist --backbone demo --prompt "a photo of a {}."
+      promptclimb eval --dataset imagefolder --data-root DIR --backbone ViT-B-32 --weights W.safetensors
+      promptclimb eval --dataset hf:tanganke/eurosat --backbone ViT-B-32 --pretrained openai
+      promptclimb eval --dataset hf --data-root SAVED_OR_PARQUET_DIR --label-column fine_label
+      promptclimb eval --dataset eurosat --shots 1 --backbone RN50 --pretrained openai \\
+          --prompt "a centered satellite photo of {}."
+      promptclimb eval --run RUN --with-adapter        (the run's prompt, with and without its adapter)
+      promptclimb eval --dataset eurosat --backbone ViT-B-32 --weights W.pt --precision bf16   (faster on a CPU)
+    """
+    if with_adapter and not run:
+        raise click.UsageError("--with-adapter needs --run RUN (the adapter belongs to a run)")
+    check_device_name(device)  # by name, before anything loads (`--device meta`, `cpu:5`)
+    given = {"dataset": dataset, "data_root": data_root, "shots": shots, "seed": seed, "backbone": backbone,
+             "pretrained": pretrained, "weights": weights, "precision": precision,
+             "image_column": image_column, "label_column": label_column, "classnames": classnames}
+    from promptclimb.agent.runs.reading import find_run  # pandas: only now
+
+    run_dir = find_run(run, runs_dir) if run else None
+    if with_adapter:
+        from promptclimb.agent.adapt import read_run
+
+        read_run(run_dir, "eval --run --with-adapter")  # before any slow loading
+    args, prompts = _settings(given, list(prompts), run_dir)
+    dataset, data_root, shots, seed, backbone, pretrained, weights, precision = (
+        args[k] for k in ("dataset", "data_root", "shots", "seed", "backbone", "pretrained", "weights", "precision"))
+    for p in prompts:  # before any slow loading
+        problem = template_problem(p)
+        if problem:
+            raise click.BadParameter(f"{p!r}: {problem} (use exactly one {{}} for the class name)",
+                                     param_hint="--prompt")
+    check_writable(cache_home(), "the cache folder, PROMPTCLIMB_HOME")  # image features go there
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        factory = (ctx.obj or {}).get("evaluator_factory") if isinstance(ctx.obj, dict) else None
+        result, evaluator = _evaluate(args, list(prompts), device, factory)
+        if with_adapter:
+            from promptclimb.agent.adapt import eval_run_adapter
+
+            result["adapter"] = eval_run_adapter(run_dir, evaluator=evaluator, splits=SPLITS)
+    for w in caught:  # counted warnings (skipped images, thin val classes) go to stderr
+        click.echo(f"warning: {w.message}", err=True)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    info = result["info"]
+    click.echo(f"dataset {dataset} ({info['dataset']['classes']} classes), shots {shots}, seed {seed}, "
+               f"backbone {info['backbone']['identity']} on {info['backbone']['device']}")
+    sizes = info["split"]["sizes"]
+    click.echo("split sizes: " + ", ".join(f"{s} {sizes[s]}" for s in SPLITS))
+    header = f"{'train':>7} {'val':>7} {'test':>7}  template"
+    click.echo(header)
+    for row in result["results"]:
+        acc = row["accuracy"]
+        click.echo(" ".join(f"{100 * acc[s]:6.2f}%" for s in SPLITS) + f"  {row['template']}")
+    if with_adapter:
+        ad = result["adapter"]
+        note = "" if ad["result"] == "adapter" else "   (the run keeps the prompt-only result: the adapter lost on val)"
+        for name, key in ((f"prompt + {ad['kind']} adapter", "adapter"), ("prompt alone", "prompt")):
+            click.echo(" ".join(f"{100 * ad['accuracy'][s][key]:6.2f}%" for s in SPLITS) + f"  {name}")
+        click.echo(f"adapter on: {' | '.join(ad['templates'])}{note}")
+
+
+def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]]:
+    """Evaluator settings and templates: the options given, else the run's, else the defaults."""
+    args = dict(given)
+    if run_dir is not None:
+        from promptclimb.agent.adapt import read_run
+        from promptclimb.agent.api import run_classnames
+
+        config, summary = read_run(run_dir, None if prompts else "eval --run")
+        for key, value in (config.get("evaluator_args") or {}).items():
+            if key in args and args[key] is None:
+                args[key] = value
+        if given["classnames"] is None and run_classnames(summary):
+            args["classnames"] = tuple(run_classnames(summary))  # the names the run found
+        if not prompts:
+            prompts = [summary["best"]["template"]]
+    for key, value in DEFAULTS.items():
+        if args[key] is None:
+            args[key] = value
+    args["backbone"], args["pretrained"] = default_backbone(args["dataset"], args["backbone"], args["pretrained"],
+                                                            args["weights"])
+    return args, prompts or [BASELINE]
+
+
+def _evaluate(args: dict, prompts: list[str], device: str | None, factory=None) -> tuple[dict, object]:
+    """`factory`: the evaluator factory from click's context object (None: the CLIP one)."""
+    from contextlib import nullcontext
+
+    from promptclimb.agent.api import score_templates, using_evaluator  # torch, open_clip: only now
+
+    with using_evaluator(factory) if factory else nullcontext():
+        scores, evaluator = score_templates(prompts, splits=SPLITS, device=device, **args)
+    return {
+        "dataset": args["dataset"], "shots": args["shots"], "seed": args["seed"],
+        "results": [{"template": t, "accuracy": s.accuracy, "loss": s.loss} for t, s in zip(prompts, scores)],
+        "info": evaluator.info(),
+    }, evaluator

@@ -1,0 +1,70 @@
+"""`promptclimb mlflow-sync RUN...`: log run folders (finished, unfinished, old) and sweep
+folders to MLflow afterwards; a thin shell over agent/tracking.py. Syncing a folder again
+continues its MLflow run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from promptclimb.agent.cli.errors import user_errors
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.runs.reading import find_run
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
+
+
+def find_folder(name: str, runs_dir: str) -> tuple[Path, bool]:
+    """(folder, is a sweep): a sweep folder (path, or name under --runs-dir), else a run as
+    `promptclimb show` finds it (path, id or unique prefix)."""
+    from promptclimb.agent.tracking import SWEEP_FILE
+
+    for candidate in (Path(name), Path(runs_dir) / name):
+        if (candidate / SWEEP_FILE).exists():
+            return candidate, True
+    return find_run(name, runs_dir), False
+
+
+@click.command("mlflow-sync", context_settings=CONTEXT)
+@click.argument("runs", nargs=-1, required=True, metavar="RUN...")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", show_envvar=True,
+              help="The MLflow tracking server (http://...) or store (default: MLflow's, sqlite:///mlflow.db).")
+@click.option("--experiment", default="promptclimb", help="The MLflow experiment of new runs.")
+@click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", help="Where run folders are.")
+@user_errors
+def mlflow_sync_cmd(runs, tracking_uri, experiment, runs_dir):
+    """Log runs (ids, prefixes or folders) and sweep folders to MLflow: settings as params, a
+    metric curve per LLM answer, test accuracies, the run's files, the winning prompt in the
+    prompt registry. A folder logged before continues its MLflow run (RUN/mlflow.json).
+
+    \b
+    Examples:
+      promptclimb mlflow-sync 20250101-120000-eurosat-4shot --tracking-uri http://127.0.0.1:5000
+      MLFLOW_TRACKING_URI=http://127.0.0.1:5000 promptclimb mlflow-sync runs/my-sweep
+    """
+    from promptclimb.agent.tracking import mlflow_client, sync_run, sync_sweep
+
+    folders = [find_folder(name, runs_dir) for name in runs]  # a typo stops us before anything is sent
+    _, uri = mlflow_client(tracking_uri)  # an unreachable server: one line, once
+    failed = 0
+    for folder, is_sweep in folders:
+        try:
+            synced = (sync_sweep if is_sweep else sync_run)(folder, uri, experiment)
+        except PromptclimbError as exc:
+            click.echo(f"{folder.name}: {exc}", err=True)
+            failed += 1
+            continue
+        what = "sweep, cells nested" if is_sweep else f"{synced.new_answers} answers logged now"
+        prompt = f"; prompt {synced.prompt}" if synced.prompt else ""
+        click.echo(f"{folder.name}: MLflow run {synced.run_id} ({what}{prompt}){_link(synced)}")
+    if failed:
+        sys.exit(1)
+
+
+def _link(synced) -> str:
+    """Where the MLflow UI shows the run (for a tracking server)."""
+    if not synced.tracking_uri.startswith(("http://", "https://")):
+        return ""
+    return f"\n  {synced.tracking_uri}/#/experiments/{synced.experiment_id}/runs/{synced.run_id}"

@@ -1,0 +1,429 @@
+"""What people do after a search: `promptclimb runs`, `show`, `report`, `transfer`, `compare`.
+
+Each is a thin shell over the Python API (agent/api.py: `load_run`, `transfer`) and the
+readers of agent/runs/reading.py. Only `transfer` needs the CLIP side (it re-scores templates on
+another backbone), and it imports it only when it runs, so the others never pay for torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+import pandas as pd
+
+from promptclimb.agent.api import load_run, transfer
+from promptclimb.agent.core.defaults import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.cli.errors import user_errors
+from promptclimb.agent.core.format import pct
+from promptclimb.agent.runs.reading import Run, runs_frame
+from promptclimb.agent.softsearch import is_soft_prompt_run, soft_prompt_lines
+from promptclimb.agent.core.templates import BASELINE
+
+FORMATS = ["table", "markdown", "csv", "json"]
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
+
+runs_dir_option = click.option("--runs-dir", type=click.Path(file_okay=False), default="runs",
+                               help="Where run folders are.")
+format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", help="Output format.")
+
+
+# -- formatting -----------------------------------------------------------------------------
+def as_text(frame: pd.DataFrame, fmt: str, percent: tuple[str, ...] = ()) -> str:
+    """A table as `table` (aligned text), `markdown`, `csv` or `json` (records)."""
+    if fmt == "csv":
+        return frame.to_csv(index=False, float_format="%.6g").rstrip("\n")
+    if fmt == "json":
+        return frame.to_json(orient="records", indent=2, date_format="iso", force_ascii=False)
+    shown = frame.copy()
+    for col in percent:
+        if col in shown:
+            shown[col] = shown[col].map(pct)
+    shown = shown.astype(object).where(shown.notna(), "")
+    if shown.empty:
+        return "(none)"
+    if fmt == "markdown":  # a `|` or a line break in a template would end its cell, or its row
+        for col in shown.columns:
+            shown[col] = shown[col].map(markdown_cell)
+    return shown.to_markdown(index=False, tablefmt="github" if fmt == "markdown" else "simple",
+                             disable_numparse=True)
+
+
+def markdown_cell(value):
+    """A table cell's text as it must be written inside a markdown (GitHub) table."""
+    if not isinstance(value, str):
+        return value
+    return value.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def skipped_note(run: Run) -> str | None:
+    if not run.skipped:
+        return None
+    lines = [f"warning: {len(run.skipped)} line(s) of {run.path / 'history.jsonl'} could not be read and were "
+             "skipped; showing the valid ones:"]
+    lines += [f"  {s}" for s in run.skipped[:10]]
+    if len(run.skipped) > 10:
+        lines.append(f"  ... and {len(run.skipped) - 10} more")
+    return "\n".join(lines)
+
+
+def open_run(run: str, runs_dir: str) -> Run:
+    """The run (promptclimb.load_run), with a warning on stderr for history lines skipped."""
+    loaded = load_run(run, runs_dir)
+    note = skipped_note(loaded)
+    if note:
+        click.echo(note, err=True)
+    for problem in loaded.unreadable_transfers():  # left out of what is shown: say so
+        click.echo(f"warning: transfer left out: {problem}", err=True)
+    return loaded
+
+
+# -- runs -----------------------------------------------------------------------------------
+@click.command("runs", context_settings=CONTEXT)
+@runs_dir_option
+@format_option
+@user_errors
+def runs_cmd(runs_dir, fmt):
+    """List the runs under --runs-dir, newest first.
+
+    \b
+    Examples:
+      promptclimb runs
+      promptclimb runs --runs-dir elsewhere/runs --format csv
+    """
+    frame = runs_frame(runs_dir)
+    if frame.empty and fmt == "table":
+        raise PromptclimbError(f"no runs under {Path(runs_dir).resolve()} (start one with `promptclimb search`, "
+                               "or point --runs-dir elsewhere)")
+    if fmt in ("table", "markdown") and not frame.empty:
+        frame = frame.assign(date=frame["date"].dt.strftime("%Y-%m-%d %H:%M"))
+    click.echo(as_text(frame, fmt, percent=("train", "test")))
+
+
+# -- show -----------------------------------------------------------------------------------
+def headline(run: Run) -> str:
+    final = run.final or {}
+    stopped = final.get("stopped", "")
+    status = f"stopped early ({stopped})" if stopped.startswith("budget") else run.status
+    ledger = run.ledger()
+    who = (f"optimizer {run.config['optimizer']}" if is_soft_prompt_run(run.config)
+           else f"LLM {run.llm}, pool {run.pool}, ranked by {run.metric} on {run.select}")
+    return (
+        f"run {run.id}: {run.dataset}, backbone {run.backbone}, {run.args.get('shots')} shots, "
+        f"seed {run.args.get('seed')}, {who}; "
+        f"{status}\n"
+        f"{len(run.of('llm_exchange'))} LLM answers ({ledger.get('cache_hits', 0)} from the cache, "
+        f"{ledger.get('prompt_tokens', 0)} prompt + {ledger.get('completion_tokens', 0)} completion tokens), "
+        f"{len(run.of('score'))} templates scored, {len(run.of('reject'))} proposals rejected"
+    )
+
+
+def where(it: dict) -> str:
+    def one(v):
+        return "?" if v is None else v + 1
+
+    return f"answer {it['call'] + 1} (restart {one(it['restart'])}, reset {one(it['reset'])}, iteration {it['iteration']})"
+
+
+def show_text(run: Run, conversation: bool, markdown: bool) -> str:
+    h2 = (lambda s: f"\n## {s}\n") if markdown else (lambda s: f"\n{s}\n{'-' * len(s)}")
+    code = (lambda s: f"`{s}`") if markdown else (lambda s: s)
+    out = [f"# {headline(run)}" if markdown else headline(run)]
+    out.append(h2("Winning templates (test accuracy: best template and ensemble only)"))
+    out.append(as_text(run.winners(), "markdown" if markdown else "table", percent=("train", "val", "test")))
+    names = run.names()
+    if not names.empty:
+        out.append(h2(f"Class names ({int(names['changed'].sum())} of {len(names)} changed; accuracy with the "
+                      "start names -> the found ones, the winning template both times)"))
+        shown = names[["start", "found", "train_before", "train_after", "test_before", "test_after"]]
+        out.append(as_text(shown, "markdown" if markdown else "table",
+                           percent=("train_before", "train_after", "test_before", "test_after")))
+    for summary in run.transfers():
+        target = summary["target"]
+        out.append(h2(f"Transfer to {target['backbone']}" + (f" ({target['pretrained']})" if target.get("pretrained")
+                                                                  else "")
+                      + (f", {target['precision']}" if target.get("precision", DEFAULT_PRECISION) != DEFAULT_PRECISION
+                         else "")))
+        out += [f"{'- ' if markdown else ''}{line}" for line in transfer_lines(summary)]
+        out.append(f"{'- ' if markdown else ''}plot: {run.path / summary['files']['plot']}")
+    if is_soft_prompt_run(run.config):  # no LLM turns: the soft prompt and its steps instead
+        return "\n".join(out + soft_prompt_lines(run)).rstrip()
+    turns = run.names_turns()
+    if turns:
+        out.append(h2("Names turns"))
+        bullet = "- " if markdown else "  "
+        for turn in turns:
+            kept = ", ".join(f"{c['from']} -> {c['to']}" for c in turn["kept"]) or "nothing"
+            out.append(f"{bullet}{where(turn)}: asked about {', '.join(turn['asked'])}; kept {kept}")
+            for s in sorted(turn["scored"], key=lambda s: -s["selection"])[:5]:
+                out.append(f"{bullet}    {pct(s['selection']):>6}  {s['from']} -> {s['to']}")
+            reasons: dict[str, int] = {}
+            for r in turn["refused"]:
+                reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+            if reasons:
+                out.append(f"{bullet}    refused: " + ", ".join(f"{n} {why}" for why, n in reasons.items()))
+    out.append(h2("Iteration by iteration"))
+    exchanges = {e["call"]: e for e in run.conversation()}
+    iterations = run.iterations()
+    if not iterations:
+        out.append("(no LLM answer recorded)")
+    bullet = "- " if markdown else "  "
+    for it in iterations:
+        kind = "" if it["kind"] == "template" else f" [{it['kind']}]"
+        out.append(("### " if markdown else "") + f"{where(it)}{kind}: best so far {pct(it['best_so_far'])}")
+        if it["kind"] == "guard":  # the drift guard's question: its answer is the whole story
+            out.append(f"{bullet}answered: {code(it['answer'].strip()[:80])}")
+            continue
+        if conversation:
+            ex = exchanges[it["call"]]
+            for m in ex["messages"]:
+                out.append(f"{bullet}[{m.get('role')}]")
+                out.append(indent(m.get("content", ""), markdown))
+            out.append(f"{bullet}[assistant]")
+            out.append(indent(ex["answer"], markdown))
+        elif it["kind"] == "template":
+            out.append(f"{bullet}shown:")
+            for s in it["shown_top"]:
+                out.append(f"{bullet}    top     {pct(s['accuracy']):>6}  {code(s['template'])}")
+            for s in it["shown_bottom"]:
+                out.append(f"{bullet}    bottom  {pct(s['accuracy']):>6}  {code(s['template'])}")
+        out.append(f"{bullet}proposed: {len(it['scored'])} scored, {len(it['rejected'])} rejected")
+        for s in it["scored"]:
+            mark = "  <- best so far" if s["template"] == it["best_template"] else ""
+            out.append(f"{bullet}    {pct(s['selection']):>6}  {code(s['template'])}{mark}")
+        for r in it["rejected"]:
+            out.append(f"{bullet}    rejected  {code(r['template'][:80])}: {r['reason']}")
+        if not markdown:
+            out.append("")
+    return "\n".join(out).rstrip()
+
+
+def indent(text: str, markdown: bool) -> str:
+    if markdown:
+        return "```text\n" + text.rstrip() + "\n```"
+    return "\n".join("      " + line for line in text.rstrip().splitlines())
+
+
+def show_rows(run: Run, conversation: bool) -> pd.DataFrame:
+    """csv: every template of the run, one row each (pool, scored proposals, rejected ones);
+    with --conversation, every message instead."""
+    if conversation:
+        return run.conversation_frame()
+    scores = run.scores()
+    keep = [c for c in ("restart", "reset", "iteration", "call", "template", "origin", "source", "train", "val",
+                        "best_so_far") if c in scores]
+    frame = scores[keep].assign(status="scored", reason="")
+    rejects = pd.DataFrame([{k: e.get(k) for k in ("restart", "reset", "iteration", "call", "template", "reason")}
+                            | {"origin": "llm", "status": "rejected", "_line": e["_line"]} for e in run.of("reject")])
+    if not rejects.empty:
+        frame = pd.concat([frame.assign(_line=scores["line"]), rejects]).sort_values("_line").drop(columns="_line")
+    return frame.reset_index(drop=True)
+
+
+def show_json(run: Run, conversation: bool) -> str:
+    def clean(value):
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    doc = {
+        "run_id": run.id, "path": str(run.path), "dataset": run.dataset, "backbone": run.backbone,
+        "shots": run.args.get("shots"), "seed": run.args.get("seed"), "llm": run.llm, "select": run.select,
+        "pool": run.pool, "metric": run.metric,
+        "status": run.status, "stopped": (run.final or {}).get("stopped"),
+        "winners": run.winners().to_dict("records"), "ensemble": (run.final or {}).get("ensemble"),
+        "ledger": run.ledger(), "transfers": run.transfers(), "iterations": run.iterations(),
+        "skipped": [{"line": s.line, "reason": s.reason} for s in run.skipped],
+    }
+    if conversation:
+        doc["conversation"] = run.conversation()
+    return json.dumps(clean(doc), indent=2, ensure_ascii=False, default=str)
+
+
+@click.command("show", context_settings=CONTEXT)
+@click.argument("run")
+@runs_dir_option
+@format_option
+@click.option("--conversation", is_flag=True, help="Print the raw exchanges with the LLM (every message and answer).")
+@user_errors
+def show_cmd(run, runs_dir, fmt, conversation):
+    """Show a search as a person reads it: the winning templates, then iteration by iteration
+    what the LLM was shown, what it proposed, what was rejected and why, and the best so far.
+
+    RUN is a run id under --runs-dir (or a unique start of one), or a path to a run folder.
+    csv gives one row per template (pool, scored, rejected); with --conversation, one row
+    per message.
+
+    \b
+    Examples:
+      promptclimb show 20250101-120000-eurosat-4shot
+      promptclimb show 20250101 --format markdown > search.md
+      promptclimb show runs/my-run --conversation
+    """
+    loaded = open_run(run, runs_dir)
+    if fmt == "json":
+        click.echo(show_json(loaded, conversation))
+    elif fmt == "csv":
+        click.echo(as_text(show_rows(loaded, conversation), "csv"))
+    else:
+        click.echo(show_text(loaded, conversation, markdown=fmt == "markdown"))
+
+
+# -- report ---------------------------------------------------------------------------------
+@click.command("report", context_settings=CONTEXT)
+@click.argument("run")
+@runs_dir_option
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the page [default: report.html in the run folder].")
+@user_errors
+def report_cmd(run, runs_dir, output):
+    """Write one self-contained HTML page of a run (summary, tables, the plot, the
+    conversation folded away) for sharing. RUN: a run id under --runs-dir, or a path.
+
+    \b
+    Example:
+      promptclimb report 20250101-120000-eurosat-4shot
+    """
+    from promptclimb.agent.runs.plots import CURVE
+    from promptclimb.agent.runs.report import write_report
+
+    loaded = open_run(run, runs_dir)
+    path = write_report(loaded, output)
+    if (loaded.path / CURVE).exists():
+        click.echo(f"plot:   {loaded.path / CURVE}")
+    click.echo(f"report: {path}")
+
+
+# -- transfer -------------------------------------------------------------------------------
+@click.command("transfer", context_settings=CONTEXT)
+@click.argument("run")
+@click.option("--backbone", required=True,
+              help="Target CLIP backbone (open_clip architecture name, demo, or demo-mpnet).")
+@click.option("--pretrained", default=None, help="open_clip pretrained tag of the target (e.g. openai).")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Local weights file of the target.")
+@click.option("--top", "top", type=click.IntRange(min=1), default=5,
+              help="How many of the run's best templates to print (every template is re-scored and saved).")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Where the dataset lives [default: the run's].")
+@click.option("--device", default=None, help="torch device [default: cuda when available, else cpu].")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULT_PRECISION, show_default=True,
+              help=PRECISION_HELP)
+@runs_dir_option
+@format_option
+@user_errors
+def transfer_cmd(run, backbone, pretrained, weights, top, data_root, device, precision, runs_dir, fmt):
+    """Re-score every template a run scored, plus the baseline "a photo of a {}.", on
+    another backbone with the same dataset split (dataset, shots, seed of the run): how well
+    the run's ranking carries over. Prints source vs target accuracy of the --top templates,
+    the rank correlation (Spearman) over all of them, where the source winner ranks on the
+    target, and the run's ensemble on the target. Saves in the run folder
+    transfer-<backbone>.csv (every template), .json (the summary, shown by `show` and
+    `report`) and .png (source vs target accuracy, one point per template).
+
+    \b
+    Examples:
+      promptclimb transfer 20250101-120000-eurosat-4shot --backbone ViT-B-16 --pretrained openai
+      promptclimb transfer my-run --backbone ViT-B-32 --weights ~/models/vit-b-32.safetensors --top 10
+    """
+    loaded = open_run(run, runs_dir)
+    args = loaded.args
+    full = transfer(loaded, backbone, pretrained=pretrained, weights=weights, data_root=data_root, device=device,
+                    precision=precision)
+    summary, path = full.attrs["transfer"], full.attrs["path"]
+    table = full[(full["source_rank"] <= top) | (full["template"] == BASELINE)]
+    if fmt in ("csv", "json"):
+        click.echo(as_text(table, fmt))
+    else:
+        cols = ["template", "source_train", "source_val", "source_test", "target_train", "target_val", "target_test"]
+        shown = table[cols].rename(columns=lambda c: c.replace("source_", "src ").replace("target_", "tgt "))
+        click.echo(f"{loaded.id}: {summary['templates']} templates re-scored on {backbone}"
+                   f"{f' ({pretrained})' if pretrained else ''} (source: {loaded.backbone}), "
+                   f"{args['dataset']} {args.get('shots')} shots seed {args.get('seed')}; the best {top}:")
+        click.echo(as_text(shown, fmt, percent=tuple(shown.columns[1:])))
+        click.echo("\n".join(transfer_lines(summary)))
+    click.echo(f"saved {path}, {path.with_suffix('.json').name}, {path.with_suffix('.png').name}",
+               err=fmt in ("csv", "json"))
+
+
+def fmt_rho(rho: float | None) -> str:
+    if rho is None or math.isnan(rho):
+        return "n/a (fewer than 2 templates scored on both, or all tied)"
+    return f"{rho:+.2f}"
+
+
+def transfer_lines(summary: dict) -> list[str]:
+    """A transfer (transfer-<backbone>.json) in a few sentences: `transfer` prints them, `show` too."""
+    sel, n = summary["select"], summary["templates"]
+    rho, winner, best = summary["rank_correlation"], summary["winner"], summary["target_best"]
+    baseline = summary["baseline"]["target"]["test"]
+    lines = [
+        f"rank correlation (Spearman) over the {n} templates the run scored, source {sel} vs target {sel}: "
+        f"{fmt_rho(rho['selection'])}; vs target test: {fmt_rho(rho['test'])}",
+        f"the source winner ranks {winner['target_rank']}/{n} on target {sel} and {winner['target_test_rank']}/{n} "
+        f"on target test: {pct(winner['target']['test'])} on target test (baseline {pct(baseline)}; the "
+        f"target's own best on {sel}, source rank {best['source_rank']}: {pct(best['target']['test'])})",
+    ]
+    ensemble = summary.get("ensemble")
+    if ensemble:
+        lines.append(f"the run's ensemble of {len(ensemble['templates'])}"
+                     f"{'' if ensemble.get('chosen') else ' (not chosen)'}: target test {pct(ensemble['target_test'])}"
+                     f" (source test {pct(ensemble['source_test'])})")
+    return lines
+
+
+# -- compare --------------------------------------------------------------------------------
+@click.command("compare", context_settings=CONTEXT)
+@click.argument("run1")
+@click.argument("run2")
+@click.option("--top", "top", type=int, default=5, help="Winning templates per run.")
+@runs_dir_option
+@format_option
+@user_errors
+def compare_cmd(run1, run2, top, runs_dir, fmt):
+    """Put two runs' winning templates side by side.
+
+    \b
+    Example:
+      promptclimb compare 20250101-120000-eurosat-4shot 20250102-090000-eurosat-4shot
+    """
+    a, b = open_run(run1, runs_dir), open_run(run2, runs_dir)
+    wa, wb = a.winners(top), b.winners(top)
+    # Rows are matched by rank (1, 2, ..., then the ensemble), whatever each run holds.
+    by_rank = [{str(r["rank"]): r for _, r in w.iterrows()} for w in (wa, wb)]
+    ranks = sorted({k for ranked in by_rank for k in ranked}, key=lambda k: (k == "ens", int(k) if k.isdigit() else 0))
+    rows = []
+    for rank in ranks:
+        row = {"rank": rank}
+        for key, ranked in zip("AB", by_rank):
+            r = ranked.get(rank)
+            row[f"{key} template"] = r["template"] if r is not None else None
+            for split in ("train", "test"):
+                row[f"{key} {split}"] = r[split] if r is not None else None
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if fmt in ("csv", "json"):
+        click.echo(as_text(frame, fmt))
+        return
+    facts = pd.DataFrame([
+        {"": key, "run": run.id, "dataset": run.dataset, "backbone": run.backbone, "shots": run.args.get("shots"),
+         "seed": run.args.get("seed"), "llm": run.llm, "llm answers": len(run.of("llm_exchange")), "status": run.status}
+        for key, run in (("A", a), ("B", b))
+    ])
+    click.echo(as_text(facts, fmt))
+    click.echo("")
+    click.echo(as_text(frame, fmt, percent=("A train", "A test", "B train", "B test")))
+    shared = set(wa["template"]) & set(wb["template"])
+    shared.discard(None)
+    shared = {t for t in shared if not str(t).startswith("ensemble of")}
+    click.echo(f"\nshared among the winners: {len(shared)}" + ("".join(f"\n  {t}" for t in sorted(shared))))
+    same_split = all(a.args.get(k) == b.args.get(k) for k in ("dataset", "shots", "seed"))
+    if not same_split:
+        click.echo("note: the runs use different dataset splits (dataset, shots or seed differ); "
+                   "their accuracies are not measured on the same images.")

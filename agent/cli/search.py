@@ -1,0 +1,110 @@
+"""`promptclimb search`: parse the options, call `agent.pipeline.run_search`, print.
+
+The options are built from the one table in agent/options.py, grouped into help panels
+(essentials first); `--config FILE.toml` supplies any of them from a `[search]` table (the
+one a sweep grid file uses), and the command line overrides the file. The evaluator
+factory comes from click's context object (`obj={"evaluator_factory": ...}`): how tests and
+embedding programs put their own evaluator behind the command.
+"""
+
+from __future__ import annotations
+
+import json
+
+import rich_click as click
+
+from promptclimb.agent import options as option_table
+from promptclimb.agent.cli.errors import user_errors
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.options import PANELS, SEARCH_OPTIONS, Option
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
+
+
+def click_option(option: Option, default=None):
+    """One table row as a click option (`default` overrides the table's, e.g. for a sweep)."""
+    kind = option.kind
+    extra: dict = {}
+    if kind is bool:
+        extra["is_flag"] = True
+    elif kind is int:
+        extra["type"] = click.IntRange(min=option.minimum) if option.minimum is not None else int
+    elif kind is float:
+        extra["type"] = click.FloatRange(min=option.minimum) if option.minimum is not None else float
+    elif kind == "path":
+        extra["type"] = click.Path(dir_okay=False)
+    elif kind == "dir":
+        extra["type"] = click.Path(file_okay=False)
+    elif isinstance(kind, tuple):
+        extra["type"] = click.Choice(kind)
+    elif kind == "optional":
+        extra.update(is_flag=False, flag_value="")
+    value = option.default if default is None else default
+    return click.option(option.flag, option.name, default=value, multiple=option.multiple, metavar=option.metavar,
+                        help=option.help, show_default=value not in (None, (), False), **extra)
+
+
+def table_options(skip: frozenset | set = frozenset()):
+    """A decorator adding every table option not in `skip` (by name), in table order."""
+    def decorate(command):
+        for option in reversed(SEARCH_OPTIONS):
+            if option.name not in skip:
+                command = click_option(option)(command)
+        return command
+    return decorate
+
+
+def help_panels(command_name: str, first: list[str] = (), skip: set = frozenset()) -> list[dict]:
+    """rich-click's option panels for a command built from the table: the table's panels in
+    order, with the command's own options (`first`) heading the essentials."""
+    panels = {name: [] for name in PANELS}
+    for option in SEARCH_OPTIONS:
+        if option.name not in skip:
+            panels[option.panel].append(option.flag)
+    panels[PANELS[0]] = [*first, *panels[PANELS[0]], "--help"]
+    return [{"name": name, "options": flags} for name, flags in panels.items() if flags]
+
+
+def load_config_file(ctx: click.Context, param, path):
+    """--config FILE.toml: its [search] table becomes the options' defaults (the command
+    line still overrides them). Runs before the other options are read (is_eager)."""
+    if path:
+        try:
+            given = option_table.read_config_file(path)
+        except PromptclimbError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+        by_keyword = option_table.BY_KEYWORD
+        ctx.default_map = {**(ctx.default_map or {}), **{by_keyword[k].name: v for k, v in given.items()}}
+    return path
+
+
+config_option = click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
+                             callback=load_config_file, help="A TOML file whose [search] table sets any of these "
+                             "options (the command line overrides it).")
+
+click.rich_click.OPTION_GROUPS["promptclimb search"] = help_panels("search", ["--config"])
+click.rich_click.OPTION_GROUPS["search"] = click.rich_click.OPTION_GROUPS["promptclimb search"]
+
+
+@click.command("search", context_settings=CONTEXT)
+@config_option
+@table_options()
+@click.pass_context
+@user_errors
+def search_cmd(ctx: click.Context, **opts):
+    """Search for the best prompt for a CLIP-like model, with a chat LLM as the optimizer.
+
+    \b
+    Examples:
+      promptclimb search --dataset fashion-mnist --shots 1
+      OPENAI_API_KEY=... promptclimb search --dataset eurosat --shots 4 --llm gpt-4o-mini
+      promptclimb search --config my-search.toml
+      promptclimb search --resume 20250101-120000-eurosat-4shot
+    """
+    from promptclimb.agent.pipeline import run_search
+
+    echo = (lambda msg: click.echo(msg, err=True)) if opts["as_json"] else click.echo
+    factory = (ctx.obj or {}).get("evaluator_factory") if isinstance(ctx.obj, dict) else None
+    summary = run_search(opts, echo, evaluator_factory=factory)
+    if opts["as_json"]:
+        click.echo(json.dumps(summary, indent=2))

@@ -1,0 +1,132 @@
+"""`promptclimb sweep` (a grid of searches on Ray) and `promptclimb sweep-report` (its
+results, mean ± sd over seeds). The work is in agent/sweep/driver.py."""
+
+from __future__ import annotations
+
+import json
+
+import rich_click as click
+from click.core import ParameterSource
+
+from promptclimb.agent.cli.errors import user_errors
+from promptclimb.agent.cli.search import CONTEXT, help_panels, table_options
+from promptclimb.agent.core.errors import EXIT_CELLS_FAILED
+from promptclimb.agent.options import BY_NAME
+
+# search options that the grid and the cell's folder set instead
+NOT_PER_SWEEP = {"dataset", "shots", "seed", "backbone", "run_name", "resume", "as_json"}
+SWEEP_OWN = ["--dataset", "--backbone", "--shots", "--seeds", "--grid", "--address", "--num-cpus", "--cpus-per-run",
+             "--gpus-per-run"]
+FORMATS = ("table", "markdown", "csv", "json")
+
+
+click.rich_click.OPTION_GROUPS["promptclimb sweep"] = help_panels("sweep", SWEEP_OWN, NOT_PER_SWEEP)
+click.rich_click.OPTION_GROUPS["sweep"] = click.rich_click.OPTION_GROUPS["promptclimb sweep"]
+
+
+@click.command("sweep", context_settings=CONTEXT)
+@click.argument("name")
+@click.option("--dataset", "datasets", multiple=True, help="A dataset of the grid (repeatable).")
+@click.option("--backbone", "backbones", multiple=True,
+              help="A backbone of the grid (repeatable) [default: the search's default for each dataset].")
+@click.option("--shots", "shots", type=int, multiple=True, help="A shot count of the grid (repeatable) [default: 1].")
+@click.option("--seeds", multiple=True, metavar="1-3|1,4,7", help="Seeds of the grid (repeatable) [default: 0].")
+@click.option("--grid", "grid_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="A TOML file with [grid] (dataset, backbone, shots, seeds) and [search] (any search option); "
+                   "options given here override it.")
+@click.option("--address", default=None, metavar="auto|HOST:PORT|ray://HOST:PORT",
+              help="An existing Ray cluster [default: a local Ray started in this process].")
+@click.option("--num-cpus", type=click.IntRange(min=1), default=None,
+              help="CPUs of the local Ray [default: all of this machine's]; not with --address.")
+@click.option("--cpus-per-run", type=float, default=1.0, help="Ray CPUs per cell (fractions allowed).")
+@click.option("--gpus-per-run", type=float, default=0.0, help="Ray GPUs per cell (fractions allowed, e.g. 0.25).")
+@table_options(skip=NOT_PER_SWEEP)
+@click.pass_context
+@user_errors
+def sweep_cmd(ctx, name, datasets, backbones, shots, seeds, grid_file, address, num_cpus, cpus_per_run, gpus_per_run,
+              **search):
+    """Run a grid of searches (datasets x backbones x shots x seeds) as Ray tasks, one run
+    folder per cell in RUNS_DIR/NAME. Every `promptclimb search` option applies to every cell.
+
+    Rerun the same command (or just `promptclimb sweep NAME`) to continue: finished cells are
+    skipped, killed ones resume from their history, failed ones are retried. Exit status: 0
+    when every cell finished, 3 when some failed, 130 (Ctrl-C) or 143 (SIGTERM) when stopped.
+
+    \b
+    Examples:
+      promptclimb sweep grid1 --dataset eurosat --dataset fashion-mnist --shots 1 --shots 4 --seeds 1-3
+      promptclimb sweep grid2 --grid grid.toml --address auto --gpus-per-run 0.25 --base-url http://llm:8000/v1
+      promptclimb sweep-report grid1
+    """
+    from promptclimb.agent.sweep.driver import read_grid_file, run_sweep
+
+    grid, options = read_grid_file(grid_file) if grid_file else ({}, {})
+    flags = {"dataset": datasets, "backbone": backbones, "shots": shots, "seeds": seeds}
+    grid.update({axis: list(values) for axis, values in flags.items() if values})
+    given = {p.name for p in ctx.command.params if ctx.get_parameter_source(p.name) != ParameterSource.DEFAULT}
+    runs_dir = search.pop("runs_dir")
+    options.update({BY_NAME[name].keyword: list(value) if BY_NAME[name].multiple else value
+                    for name, value in search.items() if name in given})
+    states = run_sweep(name, runs_dir, grid or None, options, address=address, num_cpus=num_cpus,
+                       cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
+                       echo=lambda message: click.echo(message, err=True))
+    if "failed" in states.values():  # the sweep ran to its end; the others are kept
+        ctx.exit(EXIT_CELLS_FAILED)
+
+
+@click.command("sweep-report", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.argument("sweep")
+@click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", help="Where the sweep folder is.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", help="How to print the results.")
+@user_errors
+def sweep_report_cmd(sweep, runs_dir, fmt):
+    """Results of a sweep: per dataset x backbone x shots, the test accuracy of the best
+    template, the ensemble and the adapter (when fit), mean ± sd over the finished seeds,
+    and the LLM cost per cell; failed cells with their error. Writes report.png into the
+    sweep folder.
+    """
+    from pathlib import Path
+
+    from tabulate import tabulate
+
+    from promptclimb.agent.sweep.driver import PLOT_FILE, RESULTS, mean_sd, plot_sweep, sweep_cells, sweep_summary
+
+    sweep_dir = Path(runs_dir) / sweep if (Path(runs_dir) / sweep).is_dir() else Path(sweep)  # a name, or a path
+    cells = sweep_cells(sweep_dir)
+    summary = sweep_summary(cells)
+    try:
+        plot = plot_sweep(summary, sweep_dir / PLOT_FILE, f"sweep {sweep_dir.name}: test accuracy")
+    except OSError as exc:  # a sweep folder it cannot write: the report is still printed
+        click.echo(f"warning: {sweep_dir / PLOT_FILE} not written ({exc.strerror or exc})", err=True)
+        plot = None
+    failed = cells[cells["state"] == "failed"]
+    if fmt == "json":
+        click.echo(json.dumps({"groups": json.loads(summary.to_json(orient="records")),
+                               "cells": json.loads(cells.to_json(orient="records")),
+                               "plot": str(plot) if plot else None}, indent=2))
+        return
+    if fmt == "csv":
+        click.echo(summary.to_csv(index=False, float_format="%.6g"), nl=False)
+        return
+    rows = [{"dataset": r.dataset, "backbone": r.backbone, "shots": r.shots, "seeds": r.seeds,
+             **{f"{result} (test %)": mean_sd(getattr(r, f"{result}_mean"), getattr(r, f"{result}_sd"))
+                for result in RESULTS},
+             "LLM calls": _number(r.llm_calls_mean), "LLM tokens": _number(r.llm_tokens_mean),
+             "LLM s": _number(r.llm_s_mean), "failed": r.failed or ""}
+            for r in summary.itertuples()]
+    click.echo(tabulate(rows, headers="keys", tablefmt="pipe" if fmt == "markdown" else "simple",
+                        disable_numparse=True))
+    unfinished = cells[~cells["state"].isin(["finished", "failed"])]
+    if len(unfinished):
+        click.echo(f"\n{len(unfinished)} cell(s) not finished yet: {', '.join(unfinished['cell'])}")
+        for row in unfinished[unfinished["error"] != ""].itertuples():  # a damaged summary.json
+            click.echo(f"  {row.cell}: {row.error}")
+    if len(failed):
+        click.echo(f"\n{len(failed)} failed cell(s):")
+        for row in failed.itertuples():
+            click.echo(f"  {row.cell}: {(row.error.splitlines() or ['(error.txt is empty)'])[0]}")
+    click.echo("\nLLM cost: mean per finished cell. " + (f"Plot: {plot}" if plot else "No finished cell to plot yet."))
+
+
+def _number(value: float) -> str:
+    return "" if value != value else f"{value:,.0f}" if abs(value) >= 10 else f"{value:.1f}"

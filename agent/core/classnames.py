@@ -1,0 +1,127 @@
+"""Class names: the words written into a template's {} for each class, and where a run's
+start names come from (`--classnames`). Torch-free; both sides use it (the evaluators to
+score with names other than the dataset's, the search to check names an LLM proposes).
+
+    --classnames (none)     the dataset's published labels (`Dataset.classnames`)
+    --classnames SET        a named hand-made set of the dataset (`Dataset.named_sets`:
+                            `clean` for fashion-mnist, `coop` for eurosat), or `published`
+    --classnames FILE       one name per line in class order, or `folder,name` lines keyed
+                            by the published (or folder) names, in any order
+
+A name is refused when it is empty, holds a brace (the template's {} is filled with it) or
+repeats another class's name; a file is refused, in one line naming the file's line, for
+that or for the wrong number of names.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from promptclimb.agent.core.errors import PromptclimbError
+
+PUBLISHED = "published"  # the set name of the dataset's own labels (also what no --classnames means)
+MAX_NAME_CHARS = 60  # a class name an LLM proposes may be at most this long (folder names are not capped)
+
+
+def readable_classname(folder: str) -> str:
+    """'sea_lake' -> 'sea lake', 'ankle-boot' -> 'ankle boot' (folder names are often identifiers)."""
+    return folder.replace("_", " ").replace("-", " ").strip()
+
+
+def name_key(name: str) -> str:
+    """Two names that compare equal as class names: case, punctuation and spacing ignored
+    ('T-shirt' and 't shirt' share it)."""
+    return re.sub(r"[\W_]+", " ", name.lower()).strip()
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a class name on its own (empty, braces), or None."""
+    if not name.strip():
+        return "empty name"
+    if "{" in name or "}" in name:
+        return "braces { } are not allowed in a class name (the template's {} is filled with it)"
+    return None
+
+
+def check_classnames(names: Sequence[str], count: int, what: str = "class names") -> tuple[str, ...]:
+    """`names` as a tuple, or PromptclimbError: `count` names, each valid, no two alike."""
+    names = tuple(str(n).strip() for n in names)
+    if len(names) != count:
+        raise PromptclimbError(f"{what}: {len(names)} names for {count} classes")
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        problem = name_problem(name)
+        if problem:
+            raise PromptclimbError(f"{what}: class {i + 1}: {problem}")
+        if name_key(name) in seen:
+            raise PromptclimbError(f"{what}: class {i + 1} {name!r} repeats class {seen[name_key(name)] + 1}")
+        seen[name_key(name)] = i
+    return names
+
+
+def read_classnames(spec: str | None, published: Sequence[str],
+                    named_sets: Mapping[str, Sequence[str]] | None = None) -> tuple[str, ...]:
+    """The start names `--classnames spec` means for a dataset whose labels are `published`
+    (in class order) and whose hand-made sets are `named_sets`. PromptclimbError, in one
+    line, for an unknown set name, a missing file or a bad line of the file."""
+    published = tuple(published)
+    sets = {PUBLISHED: published, **{k: tuple(v) for k, v in (named_sets or {}).items()}}
+    if spec is None:
+        return published
+    if spec in sets:
+        return check_classnames(sets[spec], len(published), f"--classnames {spec}")
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise PromptclimbError(f"--classnames {spec}: neither a name set of this dataset "
+                               f"({', '.join(sets)}) nor a file")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PromptclimbError(f"--classnames {path}: cannot read it ({exc})") from None
+    return _names_from_lines(lines, published, str(path))
+
+
+def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str) -> tuple[str, ...]:
+    """One name per line in class order, or `folder,name` lines (any order) when a line
+    starts with a published name (or its folder spelling) and a comma."""
+    keys = {name_key(p): i for i, p in enumerate(published)}
+    keyed = any("," in line and name_key(line.split(",", 1)[0]) in keys for line in lines)
+    names: dict[int, str] = {}
+    where_named: dict[str, int] = {}  # name_key -> line number
+    for number, raw in enumerate(lines, start=1):
+        at = f"--classnames {where} line {number}"
+        if not raw.strip():
+            raise PromptclimbError(f"{at}: empty line (one class name per line, nothing else)")
+        if keyed:
+            if "," not in raw:
+                raise PromptclimbError(f"{at}: {raw.strip()!r} is not a 'folder,name' line (the file's other "
+                                       "lines are)")
+            key, name = (part.strip() for part in raw.split(",", 1))
+            if name_key(key) not in keys:
+                raise PromptclimbError(f"{at}: {key!r} is not a class of this dataset "
+                                       f"({', '.join(published)})")
+            c = keys[name_key(key)]
+            if c in names:
+                raise PromptclimbError(f"{at}: class {published[c]!r} is named twice")
+        else:
+            c, name = number - 1, raw.strip()
+            if c >= len(published):
+                raise PromptclimbError(f"{at}: one name too many: the dataset has {len(published)} classes "
+                                       f"({', '.join(published)})")
+        problem = name_problem(name)
+        if problem:
+            raise PromptclimbError(f"{at}: {problem}")
+        if name_key(name) in where_named:
+            raise PromptclimbError(f"{at}: {name!r} repeats line {where_named[name_key(name)]} "
+                                   "(two classes cannot share a name)")
+        names[c] = name
+        where_named[name_key(name)] = number
+    missing = [published[c] for c in range(len(published)) if c not in names]
+    if missing:
+        last = f"line {len(lines)} is the last" if lines else "the file is empty"
+        raise PromptclimbError(f"--classnames {where}: {last}, but {len(missing)} of the dataset's "
+                               f"{len(published)} classes have no name ({', '.join(missing[:5])}"
+                               f"{', ...' if len(missing) > 5 else ''})")
+    return tuple(names[c] for c in range(len(published)))

@@ -1,0 +1,46 @@
+"""Where promptclimb keeps shared state outside a run (one place, used by both sides)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_home() -> Path:
+    """`~/.cache/promptclimb`, or `$PROMPTCLIMB_HOME` when set."""
+    root = os.environ.get("PROMPTCLIMB_HOME")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "promptclimb"
+
+
+def cache_dir(kind: str) -> Path:
+    """A sub-folder of the cache home (`datasets`, `features`, `llm`, `models`), created on demand."""
+    path = cache_home() / kind
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_writable(folder: str | Path, what: str) -> Path:
+    """`folder`, created if missing, after a real write test (permissions, a read-only file
+    system, a file in the way); PromptclimbError in one line when it cannot be written.
+    Commands call it before loading a model, not after."""
+    import tempfile
+
+    from promptclimb.agent.core.errors import PromptclimbError
+
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise PromptclimbError(f"{folder} ({what}) is not writable ({exc.strerror or exc})") from None
+    return folder
+
+
+def prompts_dir() -> Path:
+    """The installed `promptclimb/prompts/` folder (text only: meta-prompts and template
+    pools); beside `agent/` both in the repository and in an installed wheel."""
+    path = Path(__file__).resolve().parents[2] / "prompts"
+    if not path.is_dir():
+        raise RuntimeError(f"the prompts data folder is missing ({path}); reinstall promptclimb")
+    return path

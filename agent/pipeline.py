@@ -1,0 +1,504 @@
+"""`run_search`: one search, whichever optimizer, from settings to a finished run folder.
+
+It reads top to bottom: the settings (a new run's from the options, a killed run's from
+its config.json, with the options given again checked against it), the checks that need
+no model, the run folder (created before the model loads, so that any kill leaves a run to
+resume), the evaluator (built by the factory passed in; torch is imported only then), then
+the optimizer: the LLM hill-climb (`agent.search.HillClimber`, with the embedded local LLM
+unless an OpenAI-compatible endpoint is configured) or a soft-prompt optimizer
+(`agent.softsearch`), then plots and adapters. `promptclimb search`, `promptclimb.search()`
+and every sweep cell call it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields, replace
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Iterator
+
+from promptclimb.agent import options as option_table
+from promptclimb.agent.core.defaults import default_backbone
+from promptclimb.agent.core.devices import check_device_name
+from promptclimb.agent.core.errors import PromptclimbError, sigterm_raises_systemexit
+from promptclimb.agent.core.paths import cache_home, check_writable
+from promptclimb.agent.core.format import pct
+from promptclimb.agent.core.protocol import Task
+from promptclimb.agent.core.templates import BASELINE
+from promptclimb.agent.core.settings import EvaluatorSettings, LLMSettings, SoftPromptConfig
+from promptclimb.agent.llm import local as local_llm
+from promptclimb.agent.llm.client import LLMClient, LLMError, local_model_served_at, strip_userinfo
+from promptclimb.agent.metaprompt import MetaPrompt
+from promptclimb.agent.adapt import check_kinds
+from promptclimb.agent.options import BUDGET, LOCAL, REMOTE_DEFAULT_MODEL, recorded_value
+from promptclimb.agent.core.pools import POOLS, PoolTemplate, load_pool
+from promptclimb.agent.ranking import metric_label
+from promptclimb.agent.runs.store import RunStore, check_run_name, run_argument
+from promptclimb.agent.search import LLM_EVENTS, SELECTIONS, HillClimber, SearchConfig
+
+DEFAULTS = SearchConfig()
+EvaluatorFactory = Callable[..., object]
+
+
+def default_evaluator_factory(**kwargs):
+    """The real CLIP evaluator. It imports torch, so it is only ever called inside a search."""
+    from promptclimb.evaluators import build_evaluator
+
+    return build_evaluator(**kwargs)
+
+
+def package_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in ("promptclimb", "openai", "open_clip_torch", "torch", "jinja2", "tenacity", "llama_cpp_python"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def default_llm(base_url: str | None = None) -> str:
+    """'local' unless an endpoint is configured (OPENAI_API_KEY, --base-url or OPENAI_BASE_URL)."""
+    has_endpoint = os.environ.get("OPENAI_API_KEY") or base_url or os.environ.get("OPENAI_BASE_URL")
+    return REMOTE_DEFAULT_MODEL if has_endpoint else LOCAL
+
+
+@dataclass
+class Plan:
+    """What this search runs: a new run's settings (from the options) or a killed run's
+    (from its config.json), with what this session may change. `soft` is set for
+    --optimizer craft|cbbt (then `search`, `llm` and the pool are not used)."""
+
+    search: SearchConfig
+    evaluator: EvaluatorSettings
+    llm: LLMSettings | None  # None for a soft-prompt search
+    pool: list  # of agent.core.pools.PoolTemplate
+    pool_setting: dict  # for config.json: name, size, templates
+    meta_dir: str | None
+    adapter_kinds: list[str]
+    soft: SoftPromptConfig | None = None
+    store: RunStore | None = None  # --resume: the run, opened (and locked) already
+
+
+def run_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None = None) -> dict:
+    """One search: `opts` holds every setting (`agent.options.resolve`, or the command's
+    parsed options); progress goes to `echo`; returns the summary. `evaluator_factory`
+    builds the evaluator from the run's evaluator settings (default: the CLIP one)."""
+    plan = resumed_run(opts, echo) if opts["resume"] else new_run(opts, echo)
+    store = plan.store
+    try:
+        meta = checks_before_loading(plan, opts)
+        if evaluator_factory is None:  # the CLIP evaluator's datasets are known before it loads
+            option_table.check_dataset_name(plan.evaluator.dataset)
+        store = store or create_run_folder(plan, opts, echo)
+        with resume_hint_on_interrupt(store, echo), experiment_tracking(store, opts.get("mlflow"), echo):
+            try:
+                evaluator = load_evaluator(plan, store, opts["device"], evaluator_factory or default_evaluator_factory,
+                                           echo)
+            except PromptclimbError:  # bad input the evaluator found (data, weights): no unfinished run is left
+                if plan.store is None and not store.events:
+                    store.discard()
+                raise
+            if plan.soft is not None:
+                return soft_prompt_search(plan, store, evaluator, echo)
+            with llm_client(plan, opts, echo) as llm:
+                summary = climb(plan, store, evaluator, llm, meta, echo)
+            return after_the_climb(plan, store, evaluator, summary, echo)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def new_run(opts: dict, echo) -> Plan:
+    """A new run's settings from the options, each checked here (nothing slow yet)."""
+    if not opts["dataset"]:
+        raise PromptclimbError("--dataset is required (or --resume RUN)")
+    if opts["run_name"] is not None:
+        check_run_name(opts["run_name"])
+    adapter_kinds = check_kinds(opts["adapter_kinds"]) if opts["adapter_kinds"] else []
+    soft = soft_prompt_config(opts)
+    if soft is not None:
+        return Plan(DEFAULTS, evaluator_settings(opts), None, [], {}, None, adapter_kinds, soft)
+    llm, sampling = choose_llm(opts, echo)
+    parallel = lanes_for_the_llm(llm, opts["parallel"], opts["restarts"], echo)
+    search = SearchConfig(
+        restarts=opts["restarts"], resets=opts["resets"], iterations=opts["iterations"],
+        proposals=opts["proposals"], spare=opts["spare"], top_k=opts["top_k"], bottom_k=opts["bottom_k"],
+        pool_sample=opts["pool_sample"], seed=opts["seed"], select=opts["select"], metric=opts["metric"],
+        ensemble_k=opts["ensemble_k"],
+        temperature=opts["temperature"] if opts["temperature"] is not None
+        else sampling.get("temperature", DEFAULTS.temperature),
+        presence_penalty=opts["presence_penalty"],
+        max_answer_tokens=opts["max_answer_tokens"] if opts["max_answer_tokens"] is not None
+        else sampling.get("max_tokens", DEFAULTS.max_answer_tokens),
+        max_calls=opts["max_calls"], max_tokens=opts["max_tokens"], parallel=parallel,
+        search=opts["search"], names_k=opts["names_k"], names_per_class=opts["names_per_class"], guard=opts["guard"],
+    ).check()
+    evaluator_args = evaluator_settings(opts)
+    pool = load_pool(opts["dataset"], opts["pool"])
+    pool_setting = {"name": opts["pool"] if opts["pool"] in POOLS else str(Path(opts["pool"]).expanduser().resolve()),
+                    "size": len(pool), "templates": [[p.template, p.source] for p in pool]}
+    return Plan(search, evaluator_args, llm, pool, pool_setting, opts["meta_prompt"], adapter_kinds)
+
+
+def evaluator_settings(opts: dict) -> EvaluatorSettings:
+    """What the evaluator factory is built from (recorded in config.json as evaluator_args)."""
+    backbone, pretrained = default_backbone(opts["dataset"], opts["backbone"], opts["pretrained"], opts["weights"])
+    return EvaluatorSettings(opts["dataset"], opts["shots"], opts["seed"], backbone, pretrained, opts["weights"],
+                             opts["data_root"], opts["precision"], opts["image_column"], opts["label_column"],
+                             classnames_setting(opts["classnames"]))
+
+
+def classnames_setting(spec: str | None) -> str | None:
+    """--classnames as recorded: a set name (a bare word) as given, a file as its absolute
+    path (a resumed run or a sweep cell reads the same file from another folder)."""
+    if spec is None or not (os.sep in spec or "." in spec or Path(spec).expanduser().is_file()):
+        return spec
+    return str(Path(spec).expanduser().resolve())
+
+
+def soft_prompt_config(opts: dict) -> SoftPromptConfig | None:
+    """--optimizer craft|cbbt: the optimizer's settings; None for the LLM search (which
+    refuses the soft-prompt budget, --queries)."""
+    if opts["optimizer"] == "llm":
+        if opts["queries"] is not None:
+            raise PromptclimbError("--queries is the budget of --optimizer craft|cbbt; the LLM search is budgeted by "
+                                   "--restarts x --resets x --iterations, --max-calls and --max-tokens")
+        return None
+    names = {f.name for f in fields(SoftPromptConfig)}
+    return SoftPromptConfig(**{k: v for k, v in opts.items() if k in names and v is not None}).check()
+
+
+def choose_llm(opts: dict, echo) -> tuple[LLMSettings, dict]:
+    """A new run's LLM: its settings for config.json, and the sampling defaults that come
+    with it (the local LLM has its own)."""
+    endpoint = opts["base_url"] or os.environ.get("OPENAI_BASE_URL")
+    # An endpoint that is a `promptclimb llm serve` server (it says so at /models) is the local LLM.
+    served_local = local_model_served_at(endpoint) if endpoint and not opts["llm_name"] else None
+    llm_name = opts["llm_name"] or (LOCAL if served_local else default_llm(endpoint))
+    if served_local:
+        echo(f"Using the local LLM served at {strip_userinfo(endpoint)} ({served_local}).")
+    elif opts["llm_name"] is None and llm_name == LOCAL:
+        echo("No OPENAI_API_KEY or OPENAI_BASE_URL set: using the embedded local LLM (--llm local).")
+    local = llm_name == LOCAL and not served_local  # the embedded server, started by this command
+    # The endpoint is recorded without userinfo; the key never is.
+    served = local_llm.local_model_name(opts["llm_model"]) if local else served_local
+    settings = LLMSettings(llm_name, local, opts["llm_model"], opts["timeout"], opts["max_tries"],
+                           strip_userinfo(endpoint), served)
+    return settings, (local_llm.LOCAL_SAMPLING if served else {})
+
+
+def lanes_for_the_llm(llm: LLMSettings, parallel: int, restarts: int, echo) -> int:
+    """--parallel, or 1 for the local LLM (started here, or a `promptclimb llm serve`): its
+    server answers one request at a time and keeps only the last request's prefix, so
+    restarts taking turns at it would each reprocess their whole conversation per answer
+    (README, Sweeps: 15 answers in 300 s at --parallel 3, 122 s one after another).
+    The result does not depend on --parallel; the run records the lanes it ran with."""
+    if parallel > 1 and restarts > 1 and llm.served_model:
+        echo(f"--parallel {parallel}: the local LLM answers one request at a time, so the restarts run one "
+             "after another (faster with it, and the same result)")
+        return 1
+    return parallel
+
+
+# --resume: an option given again whose scope is SESSION (agent/options.py) only changes how
+# this session runs and is applied; a BUDGET cap is applied to the rest of the run while it
+# has not ended; every other option would change what the run does (the loop's shape too:
+# the history's order depends on it), so given with a value other than the run's, it is refused.
+LOOP_SHAPE = ("restarts", "resets", "iterations", "parallel")  # --parallel K: restarts take turns in K lanes
+
+
+def resumed_run(opts: dict, echo) -> Plan:
+    """A killed run's settings from its config.json; its folder is opened (and locked)."""
+    from promptclimb.agent.runs.reading import find_run
+
+    run_dir = find_run(opts["resume"], Path(opts["runs_dir"]))
+    check_writable(run_dir, "the run folder")
+    store = RunStore.resume(run_dir)
+    try:
+        saved = store.config
+        adapter_kinds = check_kinds(opts["adapter_kinds"]) if opts["adapter_kinds"] else saved.get("adapter_kinds") or []
+        if saved.get("optimizer", "llm") != "llm":
+            refuse_changed_settings(opts, saved)
+            echo(f"resuming {run_dir} ({len(store.stored)} events recorded)")
+            return Plan(DEFAULTS, EvaluatorSettings.from_config(saved["evaluator_args"]), None, [], {}, None,
+                        adapter_kinds, SoftPromptConfig(**saved["soft_prompt"]).check(), store=store)
+        llm = LLMSettings.from_config(saved["llm"])
+        if given(opts, "parallel"):  # the command that started it, again: its --parallel as that one ran it
+            opts = {**opts, "parallel": lanes_for_the_llm(llm, opts["parallel"], saved["search"]["restarts"], echo)}
+        refuse_changed_settings(opts, saved)
+        search = SearchConfig(**{f.name: saved["search"][f.name] for f in fields(SearchConfig)
+                                 if f.name in saved["search"]})
+        search = apply_budget_caps(opts, search.check(), store, echo)
+        llm = replace(llm, **{k: opts[k] for k in ("timeout", "max_tries") if given(opts, k)})
+        pool_setting = saved["pool"]
+        pool = [PoolTemplate(t, source) for t, source in pool_setting["templates"]]
+        echo(f"resuming {run_dir} ({len(store.stored)} events recorded)")
+        return Plan(search, EvaluatorSettings.from_config(saved["evaluator_args"]), llm, pool, pool_setting,
+                    saved.get("meta_prompt_dir"), adapter_kinds, store=store)
+    except BaseException:
+        store.close()
+        raise
+
+
+def refuse_changed_settings(opts: dict, saved: dict) -> None:
+    """PromptclimbError listing the options given with --resume that differ from the run's."""
+    changed = [o for o in option_table.SEARCH_OPTIONS if o.recorded and given(opts, o.name)
+               and not same_setting(opts[o.name], recorded_value(saved, o))]
+    if changed:
+        listed = ", ".join(f"{o.flag} {opts[o.name]} (the run's: {recorded_value(saved, o)})" for o in changed)
+        why = (" (the number of LLM turns is fixed when a run starts: the history's order depends on it)"
+               if {o.name for o in changed} & set(LOOP_SHAPE) else "")
+        raise PromptclimbError(f"--resume continues a run with the settings it started with; these options would "
+                               f"change them: {listed}{why}. Drop them, or start a new run without --resume.")
+
+
+def apply_budget_caps(opts: dict, search: SearchConfig, store: RunStore, echo) -> SearchConfig:
+    """--max-calls / --max-tokens with --resume: the new cap holds for the whole run (answers
+    already recorded count) and is recorded in config.json. Refused when the run has ended,
+    or has already used more than the cap (its replay would stop short of its own history)."""
+    caps = {o.name: opts[o.name] for o in option_table.SEARCH_OPTIONS if o.scope == BUDGET
+            and opts[o.name] is not None and opts[o.name] != getattr(search, o.name)}
+    if not caps:
+        return search
+    flags = ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in caps.items())
+    ended = [e for e in store.stored if e.get("event") in ("stop", "final")]
+    if ended:
+        raise PromptclimbError(f"{store.run_dir.name} has already ended ({ended[0]['event']} event in its history): "
+                               f"{flags} cannot change it; start a new run without --resume")
+    answers = [e for e in store.stored if e.get("event") in LLM_EVENTS]  # template, names and guard answers
+    used = {"max_calls": len(answers),
+            "max_tokens": sum(sum((e.get("usage") or {}).get(k) or 0 for k in ("prompt_tokens", "completion_tokens"))
+                              for e in answers)}
+    for name, cap in caps.items():
+        if cap < used[name]:
+            what = "LLM answers" if name == "max_calls" else "LLM tokens"
+            raise PromptclimbError(f"--{name.replace('_', '-')} {cap} is below the {used[name]} {what} "
+                                   f"{store.run_dir.name} has already used; give at least {used[name]}")
+    was = ", ".join(f"{name.replace('_', '-')} {getattr(search, name)}" for name in caps)
+    search = replace(search, **caps).check()
+    store.update_config(search=asdict(search))
+    echo(f"applying {flags} to this run (it had {was}); recorded in its config.json")
+    return search
+
+
+def given(opts: dict, name: str) -> bool:
+    default = option_table.BY_NAME[name].default
+    return opts.get(name, default) != default
+
+
+def same_setting(mine, theirs) -> bool:
+    """Equal, or two spellings of the same path."""
+    if mine == theirs:
+        return True
+    if isinstance(mine, str) and isinstance(theirs, str):
+        return Path(mine).expanduser().resolve() == Path(theirs).expanduser().resolve()
+    return False
+
+
+def checks_before_loading(plan: Plan, opts: dict) -> MetaPrompt | None:
+    """What can fail without the model fails now: the device, the folders that will be
+    written, and the meta-prompts (rendered once, with a stand-in task)."""
+    if opts["device"]:
+        check_device_name(opts["device"])  # by name, before torch is imported
+        from promptclimb.evaluators.backbones import check_device  # imports torch: the model loads next anyway
+
+        check_device(opts["device"])
+    if plan.store is None:
+        check_writable(opts["runs_dir"], "--runs-dir")
+    check_writable(cache_home(), "the cache folder, PROMPTCLIMB_HOME")
+    if plan.soft is not None:
+        return None
+    meta = MetaPrompt(plan.meta_dir)
+    render_meta_prompts_once(meta, plan.search)
+    return meta
+
+
+def render_meta_prompts_once(meta: MetaPrompt, search: SearchConfig) -> None:
+    """Every meta-prompt rendered with stand-in values shaped as HillClimber's: a template
+    error in a --meta-prompt folder is reported before the model loads and the pool is scored
+    (tests/test_search.py checks that our own meta-prompts pass)."""
+    task = Task("stand-in", "images", ("first class", "second class"))
+    n = search.proposals + search.spare
+    row = {"template": "a photo of a {}.", "accuracy": 0.5}
+    result = {**row, "previous_best": 0.5, "verdict": "equal"}
+    rejected = {"line": "a photo", "reason": "no {} placeholder", "duplicate": False}
+    metric = metric_label(search.metric, SELECTIONS[search.select])
+    meta.system(task, n)
+    meta.first_turn(task, n, metric, [row], [row])
+    meta.feedback_turn(task, n, metric, [result], [rejected], row, [row], [row])
+    if search.search != "template":
+        k, per_class = search.names_k, search.names_per_class
+        cls = {"index": 0, "name": "first class", "start": "first", "accuracy": 0.5, "prob": 0.5, "count": 1,
+               "mistaken_for": [{"name": "second class", "count": 1}]}
+        scored = {"class": "first class", "name": "one", "accuracy": 0.5, "previous_best": 0.5, "verdict": "equal",
+                  "kept": False}
+        refused = {"class": "first class", "name": "two", "reason": "repeat", "repeat": True}
+        meta.names_system(task, per_class, k)
+        meta.names_turn(task, per_class, metric, row["template"], 0.5, [cls], ["first class"], [scored], [refused])
+        meta.names_judge(task, list(task.classnames), "one")
+
+
+def new_run_store(runs_dir: str | Path, run_name: str | None, dataset: str, shots: int, config: dict) -> RunStore:
+    """A new run's folder, with its config.json: --name as given, else
+    `<time>-<dataset>-<shots>shot`, or that with -2, -3, ... when another search took it."""
+    if run_name:
+        return RunStore.create(Path(runs_dir) / check_run_name(run_name), {"run_id": run_name, **config})
+    dataset = re.sub(r"[^A-Za-z0-9._-]+", "_", dataset)  # hf:owner/name names no folder
+    return RunStore.create_numbered(runs_dir, f"{time.strftime('%Y%m%d-%H%M%S')}-{dataset}-{shots}shot", config)
+
+
+def create_run_folder(plan: Plan, opts: dict, echo) -> RunStore:
+    """The run folder, before the model loads: a search killed while loading resumes by name.
+    (The evaluator's description joins config.json once the evaluator is built.)"""
+    if plan.soft is not None:
+        config = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "optimizer": plan.soft.optimizer,
+                  "soft_prompt": asdict(plan.soft), "evaluator_args": plan.evaluator.kwargs(),
+                  "adapter_kinds": plan.adapter_kinds, "versions": package_versions()}
+        store = new_run_store(opts["runs_dir"], opts["run_name"], plan.evaluator.dataset, plan.evaluator.shots, config)
+        echo(f"run folder: {store.run_dir}")
+        return store
+    config = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "search": asdict(plan.search),
+        "evaluator_args": plan.evaluator.kwargs(),
+        "llm": asdict(plan.llm),
+        "pool": plan.pool_setting,
+        "meta_prompt_dir": str(Path(plan.meta_dir).resolve()) if plan.meta_dir else None,
+        "adapter_kinds": plan.adapter_kinds,
+        "versions": package_versions(),
+    }
+    store = new_run_store(opts["runs_dir"], opts["run_name"], plan.evaluator.dataset, plan.evaluator.shots, config)
+    echo(f"run folder: {store.run_dir}")
+    return store
+
+
+@contextmanager
+def resume_hint_on_interrupt(store: RunStore, echo) -> Iterator[None]:
+    """Ctrl-C, or SIGTERM (made to unwind the same way, exit status 143): say how to go on."""
+    restore = sigterm_raises_systemexit()
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        echo(f"interrupted; continue with: promptclimb search --resume {store.run_dir}")
+        raise
+    finally:
+        restore()
+
+
+@contextmanager
+def experiment_tracking(store: RunStore, tracking_uri: str | None, echo) -> Iterator[None]:
+    """--mlflow: the run mirrored to MLflow as it is written (agent/tracking.py); it never
+    fails the search. A resumed run continues its MLflow run."""
+    if tracking_uri is None:
+        yield
+        return
+    from promptclimb.agent.tracking import Tracker
+
+    tracker = Tracker.attach(store, tracking_uri or None, echo)
+    try:
+        yield
+    finally:
+        tracker.finish()
+
+
+def load_evaluator(plan: Plan, store: RunStore, device: str | None, factory: EvaluatorFactory, echo):
+    """The CLIP evaluator (the slow step); its description is recorded in config.json, or,
+    on resume, compared with the one recorded."""
+    with warnings.catch_warnings(record=True) as caught:  # counted skips, random weights: said plainly
+        warnings.simplefilter("always")
+        evaluator = factory(**plan.evaluator.kwargs(), device=device)
+    for w in caught:
+        echo(f"warning: {w.message}")
+    info = json.loads(json.dumps(evaluator.info()))
+    if "evaluator" not in store.config:
+        store.update_config(evaluator=info)
+    elif store.config["evaluator"] != info:
+        echo("warning: the evaluator is not identical to the one this run started with "
+             "(see config.json); scores already recorded are kept, new ones use this one.")
+    return evaluator
+
+
+@contextmanager
+def llm_client(plan: Plan, opts: dict, echo) -> Iterator[LLMClient]:
+    """The LLM: the embedded local one (a llama.cpp server started for the climb and stopped
+    after it), or an OpenAI-compatible endpoint."""
+    settings = plan.llm
+
+    def client(base_url: str | None, api_key: str | None, model: str) -> LLMClient:
+        return LLMClient(model, base_url=base_url, api_key=api_key, timeout=settings.timeout,
+                         max_tries=settings.max_tries, use_cache=not opts["no_cache"],
+                         max_calls=plan.search.max_calls, max_tokens=plan.search.max_tokens, echo=echo)
+
+    if settings.local and not opts["base_url"]:
+        model_file = opts["llm_model"] or settings.llm_model_file
+        with local_llm.local_server(model_path=model_file) as base_url:
+            yield client(base_url, "local", local_llm.local_model_name(model_file))
+        return
+    base_url = opts["base_url"] or os.environ.get("OPENAI_BASE_URL") or settings.base_url
+    api_key = os.environ.get("OPENAI_API_KEY")
+    if not api_key and not base_url:
+        raise PromptclimbError(f"--llm {settings.model} needs OPENAI_API_KEY (or an endpoint: --base-url / "
+                               "OPENAI_BASE_URL); or use --llm local")
+    yield client(base_url, api_key, settings.model)
+
+
+def soft_prompt_search(plan: Plan, store: RunStore, evaluator, echo) -> dict:
+    """--optimizer craft|cbbt: the soft-prompt optimizer on the loaded evaluator (agent/softsearch.py)."""
+    from promptclimb.agent.softsearch import SoftPromptSearch
+    from promptclimb.evaluators.softprompt import build_optimizer  # pycma and the token embeddings: only now
+
+    try:
+        optimizer = build_optimizer(evaluator, plan.soft)
+    except PromptclimbError:
+        # a --prompt-init this text tower cannot take: known only now that the tokenizer is
+        # loaded; a folder that recorded nothing is not left behind as an unfinished run
+        if plan.store is None and not store.events:
+            store.discard()
+        raise
+    return SoftPromptSearch(evaluator, optimizer, store, plan.soft, echo).run()
+
+
+def climb(plan: Plan, store: RunStore, evaluator, llm: LLMClient, meta: MetaPrompt, echo) -> dict:
+    """The hill-climb (agent/search.py); an LLM that fails for good leaves a resumable run."""
+    climber = HillClimber(evaluator, llm, store, plan.search, meta=meta, pool=plan.pool, echo=echo)
+    try:
+        return climber.run().summary
+    except LLMError as exc:
+        raise PromptclimbError(f"{exc}\nThe run is saved; continue it with: "
+                               f"promptclimb search --resume {store.run_dir}") from None
+
+
+def what_changed(summary: dict, evaluator, echo) -> None:
+    """The search in two lines: the class names it changed, and test accuracy from where a
+    user starts ("a photo of a {}." with the start names) to what it found. Test is only read."""
+    best = summary["best"]
+    start = evaluator.score([BASELINE], splits=("test",))[0].accuracy["test"]
+    echo("\nWhat changed")
+    names = summary.get("names")
+    if names:
+        changed = [f"{c['start']} -> {c['found']}" for c in names["classes"] if c["changed"]]
+        echo(f"  class names ({len(changed)} of {len(names['classes'])} changed): {', '.join(changed) or 'none'}")
+    echo(f"  test accuracy: {pct(start)} ({BASELINE!r} with the start names) -> {pct(best['accuracy']['test'])} "
+         f"({best['template']!r}{' with the found names' if names and names['changed'] else ''})")
+
+
+def after_the_climb(plan: Plan, store: RunStore, evaluator, summary: dict, echo) -> dict:
+    """Plots, the adapters asked for (fit on the winning prompt), and where to read the run."""
+    from promptclimb.agent.adapt import fit_run_adapter
+    from promptclimb.agent.runs.plots import write_plots
+
+    for path in write_plots(store.run_dir):
+        echo(f"plot: {path}")
+    what_changed(summary, evaluator, echo)
+    if plan.adapter_kinds:
+        summary["adapter"] = fit_run_adapter(store.run_dir, plan.adapter_kinds, evaluator=evaluator, echo=echo)
+    echo(f"run folder: {store.run_dir}   (read it with: promptclimb show {run_argument(store.run_dir)})")
+    return summary

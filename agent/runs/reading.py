@@ -1,0 +1,594 @@
+"""Reading a run folder back: the tables behind `promptclimb runs / show / report / compare`.
+
+The writer (agent/runs/store.py) defines the folder and the history.jsonl event schema; this
+module is the one reader of its files, for every command (a damaged file is one line naming
+it and what is wrong, never a traceback):
+- `read_json`: config.json, summary.json;
+- `read_events`: history.jsonl to *look* at a run: every line that parses is used and every
+  line that does not is reported as skipped, so a damaged history still shows what it holds;
+- `read_history`: history.jsonl to *continue* a run (`RunStore.resume`): strict, every line
+  must be a whole event in order, except a last line cut short by a kill.
+
+Format versions: a run folder whose config.json or summary.json says a newer format than
+this promptclimb knows is refused with a clear message (`NewerFormat`) rather than read on a
+best-effort basis: a newer format may change what a field means, and quietly wrong numbers
+are worse than "upgrade promptclimb". Single history lines of a newer version are skipped
+and reported like damaged ones.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.runs.store import CONFIG, FORMAT_VERSION, HISTORY, SUMMARY
+from promptclimb.agent.ranking import LEGACY_METRIC, selection_value, top_and_bottom
+from promptclimb.agent.search import SELECTIONS
+
+
+class NewerFormat(PromptclimbError):
+    pass
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A history line that could not be used, and why (line numbers are 1-based)."""
+
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.reason}"
+
+
+# -- finding runs ---------------------------------------------------------------------------
+def list_run_dirs(runs_dir: str | Path) -> list[Path]:
+    """Every folder under `runs_dir` that looks like a run (has a config.json)."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    return sorted(p for p in runs_dir.iterdir() if p.is_dir() and (p / CONFIG).exists())
+
+
+def find_run(run: str, runs_dir: str | Path) -> Path:
+    """A run folder from an id under `runs_dir`, a unique prefix of one, or a path."""
+    runs_dir = Path(runs_dir)
+    for candidate in (Path(run), runs_dir / run):
+        if (candidate / CONFIG).exists():
+            return candidate
+    known = list_run_dirs(runs_dir)
+    matches = [p for p in known if p.name.startswith(run)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise PromptclimbError(f"run {run!r} is ambiguous under {runs_dir}: " + ", ".join(p.name for p in matches))
+    if not known:
+        raise PromptclimbError(f"no run {run!r}: {runs_dir} holds no runs (use --runs-dir to look elsewhere)")
+    names = [p.name for p in sorted(known, key=lambda p: p.stat().st_mtime, reverse=True)]
+    shown = ", ".join(names[:10]) + (f" ... ({len(names)} in all)" if len(names) > 10 else "")
+    raise PromptclimbError(f"no run {run!r} under {runs_dir}; runs there: {shown}")
+
+
+# -- reading files --------------------------------------------------------------------------
+def _check_version(obj: dict, where: Path) -> None:
+    version = obj.get("v")
+    if not isinstance(version, int):
+        raise PromptclimbError(f"{where}: no format version ('v'); not a promptclimb run file")
+    if version > FORMAT_VERSION:
+        raise NewerFormat(
+            f"{where} was written in run format v{version}; this promptclimb reads v{FORMAT_VERSION}. "
+            "Upgrade promptclimb to read it."
+        )
+
+
+def read_json(path: str | Path) -> dict:
+    """A run's JSON file (config.json, summary.json), or PromptclimbError naming the file and
+    what is wrong with it."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PromptclimbError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    except ValueError as exc:  # JSON, or not UTF-8
+        raise PromptclimbError(f"{path} is damaged (not valid JSON: {exc})") from None
+    if not isinstance(obj, dict):
+        raise PromptclimbError(f"{path} is damaged (not a JSON object)")
+    _check_version(obj, path)
+    return obj
+
+
+# The history's LLM answers, by event, and the kind of turn each is (agent/search.py LLM_EVENTS).
+ANSWER_KINDS = {"llm_exchange": "template", "names_exchange": "names", "names_judge": "guard"}
+
+# What an event needs to be usable by the readers (see agent/runs/store.py for the schema).
+REQUIRED = {
+    "score": ("template", "accuracy"),
+    "reject": ("template", "reason"),
+    "llm_exchange": ("call", "answer"),
+    "final": ("best",),
+}
+
+
+def read_events(path: str | Path) -> tuple[list[dict], list[Skipped]]:
+    """Every usable event of a history.jsonl, and the lines skipped with the reason."""
+    path = Path(path)
+    if not path.exists():
+        return [], []
+    return _parse_events(_read_bytes(path), REQUIRED)
+
+
+def read_history(path: str | Path, repair: bool = False) -> list[dict]:
+    """The events of a history.jsonl, for continuing the run. The last line is dropped when
+    it is cut short or damaged (a kill while it was written), and with `repair` cut from the
+    file, so that the next event starts a line of its own; a bad line anywhere else is a
+    PromptclimbError naming it."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = _read_bytes(path)
+    lines = data.split(b"\n")
+    written = [n for n, raw in enumerate(lines, start=1) if raw.strip()]
+    if not written:
+        return []
+    last = written[-1]
+    events, skipped = _parse_events(data, required={})  # replayed as recorded, whatever the event
+    for s in skipped:
+        if s.line != last:
+            raise PromptclimbError(f"{path}: line {s.line} is damaged ({s.reason}); the run cannot be continued")
+    if lines[-1].strip():  # no newline after the last line: the kill came before it was finished
+        events = [e for e in events if e["_line"] != last]
+    for seq, event in enumerate(events):
+        if event.get("seq") != seq:
+            if event["_line"] != last:
+                raise PromptclimbError(f"{path}: line {event['_line']} is event seq {event.get('seq')}, "
+                                       f"expected {seq}; the run cannot be continued")
+            events = events[:seq]
+            break
+    kept_lines = events[-1]["_line"] if events else 0
+    if repair and kept_lines < last:
+        with open(path, "r+b") as f:
+            f.truncate(sum(len(raw) + 1 for raw in lines[:kept_lines]))
+    for event in events:
+        del event["_line"]
+    return events
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise PromptclimbError(f"{path} cannot be read: {exc.strerror or exc}") from None
+
+
+def _parse_events(data: bytes, required: dict) -> tuple[list[dict], list[Skipped]]:
+    events, skipped = [], []
+    lines = data.split(b"\n")
+    cut_short = not data.endswith(b"\n") and data != b""
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        last = number == len(lines)
+        try:
+            event = json.loads(raw)
+        except ValueError as exc:
+            why = "cut short (the run was stopped while writing it)" if last and cut_short else f"not valid JSON ({exc})"
+            skipped.append(Skipped(number, why))
+            continue
+        if not isinstance(event, dict) or not isinstance(event.get("event"), str):
+            skipped.append(Skipped(number, "not an event (no 'event' field)"))
+            continue
+        version = event.get("v")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            skipped.append(Skipped(number, f"format v{version} is not one this promptclimb reads (v{FORMAT_VERSION})"))
+            continue
+        missing = [k for k in required.get(event["event"], ()) if k not in event]
+        if missing or ("accuracy" in required.get(event["event"], ()) and not isinstance(event.get("accuracy"), dict)):
+            skipped.append(Skipped(number, f"{event['event']} event without {', '.join(missing) or 'accuracy'}"))
+            continue
+        event["_line"] = number
+        events.append(event)
+    return events, skipped
+
+
+# -- one run --------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """One run folder read back (`promptclimb.load_run`). Its tables are pandas frames:
+
+        scores()               every scored template in scoring order, with its accuracy
+                               (and loss / prob) per split, `selection` (what it was ranked
+                               by) and `best_so_far`
+        ranked()               the same, best first, as the search ranks them
+        winners(k)             the best k with train / val / test, then the ensemble
+        iterations_frame()     one row per LLM answer (iterations(): the same as dicts,
+                               with what the LLM was shown and what it proposed)
+        conversation_frame()   one row per message exchanged with the LLM
+
+    and `config`, `summary`, `events` (history.jsonl) are the files as they are."""
+
+    path: Path
+    config: dict
+    summary: dict | None
+    events: list[dict]
+    skipped: list[Skipped] = field(default_factory=list)
+
+    # identity ------------------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def args(self) -> dict:
+        return self.config.get("evaluator_args") or {}
+
+    @property
+    def dataset(self) -> str | None:
+        return self.args.get("dataset") or (self.summary or {}).get("dataset")
+
+    @property
+    def backbone(self) -> str | None:
+        name = self.args.get("backbone")
+        if name and self.args.get("pretrained"):
+            return f"{name} ({self.args['pretrained']})"
+        return name
+
+    @property
+    def llm(self) -> str | None:
+        llm = self.config.get("llm") or {}
+        return llm.get("served_model") or llm.get("model")
+
+    @property
+    def select(self) -> str:
+        return (self.config.get("search") or {}).get("select") or (self.summary or {}).get("select") or "train"
+
+    @property
+    def select_splits(self) -> tuple[str, ...]:
+        return SELECTIONS.get(self.select, ("train",))
+
+    @property
+    def metric(self) -> str:
+        """What the run ranked by (runs from before `--metric` ranked by accuracy)."""
+        return (self.config.get("search") or {}).get("metric") or LEGACY_METRIC
+
+    @property
+    def pool(self) -> str:
+        """The initial pool: curated, captions or the file's path."""
+        return (self.config.get("pool") or {}).get("name") or "curated"
+
+    @property
+    def created(self) -> datetime:
+        """When the run started: config.json's `created`, else the folder's time."""
+        text = self.config.get("created")
+        if text:
+            try:
+                return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S%z")
+            except ValueError:
+                pass
+        return datetime.fromtimestamp((self.path / CONFIG).stat().st_mtime, tz=timezone.utc)
+
+    @property
+    def final(self) -> dict | None:
+        """The result: summary.json, else the history's final event (None: not finished)."""
+        if self.summary is not None:
+            return self.summary
+        finals = self.of("final")
+        return finals[-1] if finals else None
+
+    @property
+    def status(self) -> str:
+        final = self.final
+        if final is None:
+            return "unfinished"
+        return "done" if final.get("stopped", "completed") == "completed" else "stopped early"
+
+    def answers(self) -> list[dict]:
+        """Every LLM answer of the run, in order: template turns, names turns and the drift
+        guard's questions."""
+        return [e for e in self.events if e["event"] in ANSWER_KINDS]
+
+    def of(self, kind: str) -> list[dict]:
+        return [e for e in self.events if e["event"] == kind]
+
+    # tables --------------------------------------------------------------------------------
+    def scores(self) -> pd.DataFrame:
+        """Every scored template, in scoring order, with `x` = LLM answers received before
+        it was scored (0 for the first pool; call + 1 for a proposal of LLM answer `call`)
+        and `selection` = the accuracy the search ranks by."""
+        rows, calls = [], 0
+        for e in self.events:
+            if e["event"] == "llm_exchange":
+                calls = max(calls, int(e["call"]) + 1)
+            if e["event"] != "score":
+                continue
+            row = {k: e.get(k) for k in ("restart", "reset", "iteration", "call", "template", "origin", "source")}
+            row["x"] = int(e["call"]) + 1 if e.get("call") is not None else calls
+            for split, value in e["accuracy"].items():
+                row[split] = value
+            for split, value in (e.get("loss") or {}).items():
+                row[f"{split}_loss"] = value
+            row["selection"] = selection_value(e["accuracy"], e.get("prob"), self.select_splits, self.metric)
+            row["line"] = e["_line"]
+            rows.append(row)
+        frame = pd.DataFrame(rows)
+        if frame.empty:
+            return pd.DataFrame(columns=["template", "origin", "x", "selection", "train", "val"])
+        frame["best_so_far"] = frame["selection"].cummax()
+        return frame
+
+    def ranked(self) -> pd.DataFrame:
+        """Scored templates best first, as the search ranks them: selection accuracy, then
+        lower cross-entropy on the same splits, then scored earlier."""
+        frame = self.scores()
+        return frame if frame.empty else self._rank(frame)
+
+    def winners(self, k: int = 5) -> pd.DataFrame:
+        """The best templates with train / val / test accuracy (test exists for the best one
+        and the ensemble only: it is computed once, at the end), best first."""
+        final = self.final
+        rows = []
+        if final is not None:
+            top = final.get("top") or [final["best"]]
+            for i, t in enumerate(top[:k], start=1):
+                acc = dict(t.get("accuracy") or {})
+                if t.get("template") == final["best"].get("template"):
+                    acc = {**acc, **(final["best"].get("accuracy") or {})}
+                rows.append({"rank": i, "template": t.get("template"), "origin": t.get("origin"), **acc})
+            ensemble = final.get("ensemble")
+            if ensemble:
+                verdict = "" if "chosen" not in ensemble else " (chosen)" if ensemble["chosen"] else " (candidate)"
+                rows.append({"rank": "ens", "template": f"ensemble of {len(ensemble['templates'])}{verdict}",
+                             "origin": "top-k", **(ensemble.get("accuracy") or {})})
+        else:  # an unfinished run: rank what was scored (no test accuracy yet)
+            for i, row in enumerate(self.ranked().head(k).itertuples(), start=1):
+                rows.append({"rank": i, "template": row.template, "origin": row.origin,
+                             **{s: getattr(row, s) for s in ("train", "val") if hasattr(row, s)}})
+        frame = pd.DataFrame(rows, columns=["rank", "template", "origin", "train", "val", "test"])
+        return frame
+
+    def _rank(self, frame: pd.DataFrame) -> pd.DataFrame:
+        loss_cols = [f"{s}_loss" for s in self.select_splits if f"{s}_loss" in frame]
+        tie = frame[loss_cols].mean(axis=1) if loss_cols else 0.0
+        frame = frame.assign(_tie=tie, _order=frame["line"] if "line" in frame else range(len(frame)))
+        frame = frame.sort_values(["selection", "_tie", "_order"], ascending=[False, True, True])
+        return frame.drop(columns=["_tie", "_order"]).reset_index(drop=True)
+
+    def scoreboard(self, restart, before_line: int) -> tuple[list[dict], list[dict]]:
+        """The top-k and bottom-k templates the LLM was shown at a point of the run: the
+        restart's pool sample plus what the LLM proposed in that restart so far, ranked as
+        the search ranks them (rebuilt from the events, not parsed back from the prompt
+        text, which users may rewrite)."""
+        scores = self.scores()
+        if scores.empty:
+            return [], []
+        pools = [e.get("pool") or [] for e in self.of("restart") if e.get("restart") == restart]
+        pool = set(pools[-1]) if pools else set(scores.loc[scores["origin"] == "pool", "template"])
+        firsts = scores.drop_duplicates("template")
+        in_pool = firsts[firsts["template"].isin(pool)]
+        proposed = firsts[(firsts["origin"] == "llm") & (firsts["restart"] == restart) & (firsts["line"] < before_line)]
+        board = self._rank(pd.concat([in_pool, proposed]))
+        search = self.config.get("search") or {}
+        top_k, bottom_k = int(search.get("top_k", 3)), int(search.get("bottom_k", 3))
+        rows = [{"template": r.template, "accuracy": r.selection} for r in board.itertuples()]
+        return top_and_bottom(rows, top_k, bottom_k)
+
+    def iterations(self) -> list[dict]:
+        """One entry per LLM answer, of every kind ("template", "names", "guard": the drift
+        guard's question): where it was, what the LLM was shown (a template turn: the
+        scoreboard's top and bottom), what it answered, what was scored and what rejected
+        (and why; a names turn: "Class -> name" for each one-class change), and the best so
+        far after it."""
+        scores = self.scores()
+        out = []
+        kinds = ANSWER_KINDS
+        for ex in self.answers():
+            call = int(ex["call"])
+            if ex["event"] == "llm_exchange":
+                scored = scores[scores["call"] == call] if "call" in scores else scores.iloc[0:0]
+                rejects = [e for e in self.of("reject") if e.get("call") == call]
+                top, bottom = self.scoreboard(ex.get("restart"), ex["_line"])
+            else:
+                scored, rejects, top, bottom = self._names_answer(ex, call)
+            # best so far = over everything recorded up to this answer's last proposal
+            last = max([ex["_line"], *scored.get("line", []), *(e["_line"] for e in rejects)])
+            upto = scores[scores["line"] <= last] if "line" in scores else scores
+            usage = ex.get("usage") or {}
+            out.append({
+                "call": call, "kind": kinds[ex["event"]], "restart": ex.get("restart"), "reset": ex.get("reset"),
+                "iteration": ex.get("iteration"),
+                "shown_top": top, "shown_bottom": bottom,
+                "answer": ex.get("answer", ""),
+                "scored": [{"template": r.template, "selection": r.selection,
+                            **{s: getattr(r, s) for s in ("train", "val") if hasattr(r, s)}}
+                           for r in self._rank(scored).itertuples()] if not scored.empty else [],
+                "rejected": [{"template": e["template"], "reason": e["reason"]} for e in rejects],
+                "best_so_far": float(upto["selection"].max()) if not upto.empty else math.nan,
+                "best_template": self._rank(upto)["template"].iloc[0] if not upto.empty else None,
+                "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
+                "latency_s": ex.get("latency_s"), "source": ex.get("source"),
+            })
+        return out
+
+    def _names_answer(self, ex: dict, call: int) -> tuple[pd.DataFrame, list[dict], list, list]:
+        """A names turn's (or the guard's) scored one-class changes as rows shaped like
+        scored templates ("Class -> name"), its refused names, and no scoreboard."""
+        rows = []
+        for e in self.of("name_score"):
+            if e.get("call") == call and len(e.get("changes") or ()) == 1:
+                change = e["changes"][0]
+                rows.append({"template": f"{change['from']} -> {change['to']}", "line": e["_line"],
+                             "selection": selection_value(e.get("accuracy") or {}, e.get("prob") or {},
+                                                          self.select_splits, self.metric),
+                             **{s: (e.get("accuracy") or {}).get(s) for s in ("train", "val")},
+                             "loss": (e.get("loss") or {}).get(self.select_splits[0], math.nan), "order": e["_line"]})
+        rejects = [{"template": e.get("name", ""), "reason": e.get("reason", ""), "_line": e["_line"]}
+                   for e in self.of("name_reject") if e.get("call") == call]
+        return pd.DataFrame(rows, columns=["template", "line", "selection", "train", "val", "loss", "order"]), \
+            rejects, [], []
+
+    def iterations_frame(self) -> pd.DataFrame:
+        """`iterations()` as a table, one row per LLM answer: where it was, how many of its
+        templates were scored and rejected, the best of them, the best so far, its cost."""
+        rows = []
+        for it in self.iterations():
+            best_new = max((s["selection"] for s in it["scored"]), default=math.nan)
+            rows.append({k: it[k] for k in ("call", "kind", "restart", "reset", "iteration")}
+                        | {"scored": len(it["scored"]), "rejected": len(it["rejected"]), "best_new": best_new,
+                           "best_so_far": it["best_so_far"], "prompt_tokens": it["prompt_tokens"],
+                           "completion_tokens": it["completion_tokens"], "latency_s": it["latency_s"]})
+        return pd.DataFrame(rows)
+
+    def conversation(self) -> list[dict]:
+        """The raw exchanges: per LLM answer, the messages sent since the previous answer of
+        its conversation, then the answer. (A request repeats the previous answer as its
+        first new message; it is shown once, as that answer.)"""
+        return [{"call": ex["call"], "restart": ex.get("restart"), "reset": ex.get("reset"),
+                 "iteration": ex.get("iteration"), "answer": ex.get("answer", ""),
+                 "messages": [m for m in ex.get("messages") or [] if m.get("role") != "assistant"]}
+                for ex in self.of("llm_exchange")]
+
+    def conversation_frame(self) -> pd.DataFrame:
+        """`conversation()` as a table, one row per message (the answers as `assistant` rows),
+        in the order they were exchanged."""
+        rows = []
+        for ex in self.conversation():
+            place = {k: ex[k] for k in ("call", "restart", "reset", "iteration")}
+            rows += [place | {"role": m.get("role"), "content": m.get("content")} for m in ex["messages"]]
+            rows.append(place | {"role": "assistant", "content": ex["answer"]})
+        return pd.DataFrame(rows, columns=["call", "restart", "reset", "iteration", "role", "content"])
+
+    def ledger(self) -> dict:
+        """LLM cost of the run: from summary.json, else counted from the history."""
+        if self.summary and self.summary.get("ledger"):
+            return self.summary["ledger"]
+        asked = [e for e in self.answers() if not e.get("cached")]
+        return {"calls": len(asked), "cache_hits": len(self.answers()) - len(asked),
+                "prompt_tokens": sum((e.get("usage") or {}).get("prompt_tokens") or 0 for e in asked),
+                "completion_tokens": sum((e.get("usage") or {}).get("completion_tokens") or 0 for e in asked)}
+
+    def names(self) -> pd.DataFrame:
+        """The class names the search started from and found (summary.json "names"), one row
+        per class: start, found, changed, and the accuracy on each split with the start and
+        the found names (the winning template both times). Empty for a run that searched
+        the template only."""
+        table = (self.final or {}).get("names") or {}
+        rows = []
+        for c in table.get("classes") or []:
+            row = {"class": c["class"], "start": c["start"], "found": c["found"], "changed": c["changed"]}
+            for when in ("before", "after"):
+                row |= {f"{split}_{when}": value for split, value in c["accuracy"][when].items()}
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def confusion(self, split: str = "test") -> dict[str, pd.DataFrame]:
+        """The confusion matrices with the start and the found names ("before", "after"):
+        rows the true class, columns the predicted one, labelled with the start names."""
+        table = (self.final or {}).get("names") or {}
+        labels = table.get("start") or []
+        return {when: pd.DataFrame(table["confusion"][when][split], index=labels, columns=labels)
+                for when in ("before", "after") if table.get("confusion")}
+
+    def names_turns(self) -> list[dict]:
+        """Each names turn: which classes were asked about, every proposed name scored (the
+        selection value of its one-class change) or refused (the reason), and the changes kept."""
+        turns = {}
+        for e in self.events:
+            if e["event"] == "names_exchange":
+                turns[e["call"]] = {"call": e["call"], "restart": e.get("restart"), "reset": e.get("reset"),
+                                    "iteration": e.get("iteration"), "asked": e.get("asked") or [], "scored": [],
+                                    "refused": [], "kept": []}
+            elif e["event"] in ("name_score", "name_reject", "names_change") and e.get("call") in turns:
+                turn = turns[e["call"]]
+                if e["event"] == "name_reject":
+                    turn["refused"].append({"name": e.get("name"), "label": e.get("label"), "reason": e.get("reason")})
+                elif e["event"] == "names_change":
+                    turn["kept"] += e.get("changes") or []
+                elif len(e.get("changes") or ()) == 1:
+                    value = selection_value(e.get("accuracy") or {}, e.get("prob") or {}, self.select_splits,
+                                            self.metric)
+                    turn["scored"].append({**e["changes"][0], "selection": value})
+        return list(turns.values())
+
+    def transfers(self) -> list[dict]:
+        """The transfers made from this run (`promptclimb transfer`: transfer-<backbone>.json
+        summaries, by file name); a file that cannot be read is left out, and named with the
+        reason by `unreadable_transfers()`."""
+        return self._read_transfers()[0]
+
+    def unreadable_transfers(self) -> list[str]:
+        """'<file>: <why>' for each transfer-*.json that cannot be read (`show` and `report`
+        warn about them instead of leaving them out silently)."""
+        return self._read_transfers()[1]
+
+    def _read_transfers(self) -> tuple[list[dict], list[str]]:
+        good, bad = [], []
+        for path in sorted(self.path.glob("transfer-*.json")):
+            try:
+                summary = json.loads(path.read_text(encoding="utf-8"))
+            except OSError as exc:
+                bad.append(f"{path}: cannot be read ({exc.strerror or exc})")
+                continue
+            except ValueError as exc:  # not JSON, or not UTF-8
+                bad.append(f"{path}: damaged (not valid JSON: {exc})")
+                continue
+            if not isinstance(summary, dict) or any(not isinstance(summary.get(k), dict) for k in TRANSFER_PARTS):
+                bad.append(f"{path}: not a transfer summary (written by promptclimb transfer)")
+                continue
+            good.append(summary)
+        return good, bad
+
+
+def load_run(path: str | Path) -> Run:
+    """A run folder read back (NewerFormat / PromptclimbError for what cannot be read)."""
+    path = Path(path)
+    config = read_json(path / CONFIG)
+    summary = read_json(path / SUMMARY) if (path / SUMMARY).exists() else None
+    events, skipped = read_events(path / HISTORY)
+    return Run(path, config, summary, events, skipped)
+
+
+# What a transfer-<backbone>.json must hold to be shown (agent/api.py, transfer_summary).
+TRANSFER_PARTS = ("target", "rank_correlation", "winner", "baseline", "target_best", "files")
+
+
+# -- all runs -------------------------------------------------------------------------------
+RUNS_COLUMNS = ["id", "dataset", "backbone", "shots", "seed", "llm", "best template", "train", "test",
+                "llm calls", "date", "status"]
+
+
+def runs_frame(runs_dir: str | Path) -> pd.DataFrame:
+    """One row per run under `runs_dir`, newest first. A run that cannot be read still gets
+    its row, with the reason as status (one bad folder must not hide the others)."""
+    rows = []
+    for path in list_run_dirs(runs_dir):
+        try:
+            run = load_run(path)
+        except PromptclimbError as exc:
+            when = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
+            status = "newer format" if isinstance(exc, NewerFormat) else "unreadable"
+            rows.append({"id": path.name, "date": when, "status": status})
+            continue
+        final = run.final
+        best = (final or {}).get("best") or {}
+        if not best:  # unfinished: best scored so far, no test accuracy
+            ranked = run.ranked()
+            if not ranked.empty:
+                best = {"template": ranked.loc[0, "template"], "accuracy": {"train": ranked.loc[0].get("train")}}
+        accuracy = best.get("accuracy") or {}
+        status = run.status + (f", {len(run.skipped)} bad lines" if run.skipped else "")
+        rows.append({
+            "id": run.id, "dataset": run.dataset, "backbone": run.backbone, "shots": run.args.get("shots"),
+            "seed": run.args.get("seed"), "llm": run.llm, "best template": best.get("template"),
+            "train": accuracy.get("train"), "test": accuracy.get("test"),
+            "llm calls": len(run.answers()), "date": run.created, "status": status,
+        })
+    frame = pd.DataFrame(rows, columns=RUNS_COLUMNS)
+    if frame.empty:
+        return frame
+    frame["date"] = pd.to_datetime(frame["date"], utc=True)
+    return frame.sort_values(["date", "id"], ascending=False).reset_index(drop=True)

@@ -1,0 +1,93 @@
+"""`promptclimb report`: one self-contained HTML page of a run, for sharing.
+
+The page is rendered from the jinja2 template prompts/report/report.html.j2 (text, editable
+like the meta-prompts). Self-contained means a single file: inline styles, the plot
+embedded as a data: URI, nothing fetched from elsewhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import time
+from pathlib import Path
+
+import jinja2
+
+from promptclimb.agent.core.files import write_text_atomic
+from promptclimb.agent.core.format import pct
+from promptclimb.agent.core.paths import prompts_dir
+from promptclimb.agent.runs.reading import Run
+
+from promptclimb.agent.core.runfiles import REPORT
+TEMPLATE = "report.html.j2"
+
+
+def _clean(value):
+    """NaN -> None, so the template can test `is none`."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def facts(run: Run) -> list[tuple[str, str]]:
+    """The summary block: what was searched, how, at what cost."""
+    search = run.config.get("search") or {}
+    ledger = run.ledger()
+    counts = (run.summary or {}).get("counts") or {}
+    final = run.final or {}
+    out = [
+        ("run", run.id), ("status", run.status if not final.get("stopped", "").startswith("budget")
+                          else f"stopped early ({final['stopped']})"),
+        ("dataset", run.dataset), ("backbone", run.backbone),
+        ("shots", run.args.get("shots")), ("seed", run.args.get("seed")),
+        ("LLM", run.llm), ("pool", run.pool), ("ranked by", f"{run.metric} on {run.select}"),
+        ("search", f"{search.get('restarts', '?')} restart(s) × {search.get('resets', '?')} reset(s) × "
+                   f"{search.get('iterations', '?')} iteration(s), {search.get('proposals', '?')} proposals each"),
+        ("started", run.created.strftime("%Y-%m-%d %H:%M %Z").strip()),
+        ("LLM answers", f"{len(run.answers())} ({ledger.get('cache_hits', 0)} from the cache)"),
+        ("tokens", f"{ledger.get('prompt_tokens', 0):,} prompt + {ledger.get('completion_tokens', 0):,} completion"),
+        ("templates scored", counts.get("scored", len(run.of("score")))),
+        ("rejected proposals", counts.get("rejected", len(run.of("reject")))),
+    ]
+    return [(label, "" if value is None else str(value)) for label, value in out]
+
+
+def render(run: Run, plot_png: Path | None = None) -> str:
+    """The report page as a string."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(prompts_dir() / "report")),
+        autoescape=True,  # templates and LLM answers are untrusted text
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["pct"] = pct
+    plot = _data_uri(plot_png)
+    transfers = [{**t, "plot": _data_uri(run.path / t["files"]["plot"])} for t in run.transfers()]
+    winners = [{k: _clean(v) for k, v in row.items()} for row in run.winners().to_dict("records")]
+    config = {k: v for k, v in run.config.items()}
+    names_table = (run.final or {}).get("names") or {}
+    confusion = {when: (names_table.get("confusion") or {}).get(when, {}).get("test") for when in ("before", "after")}
+    return env.get_template(TEMPLATE).render(
+        names=run.names().to_dict("records"), class_labels=names_table.get("start") or [],
+        confusion={k: v for k, v in confusion.items() if v},
+        run=run, head=facts(run), winners=winners, plot=plot, transfers=transfers, iterations=run.iterations(),
+        conversation=run.conversation(), skipped=run.skipped,
+        config_json=json.dumps(config, indent=2, ensure_ascii=False),
+        generated=time.strftime("%Y-%m-%d %H:%M"),
+    )
+
+
+def _data_uri(png: Path | None) -> str | None:
+    """A PNG file as a data: URI (the page stays one file); None when there is none."""
+    if png is None or not png.exists():
+        return None
+    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
+
+
+def write_report(run: Run, output: str | Path | None = None) -> Path:
+    """report.html in the run folder (or `output`), with curve.png written first."""
+    from promptclimb.agent.runs.plots import CURVE, write_plots
+
+    write_plots(run.path)
+    path = Path(output) if output else run.path / REPORT
+    return write_text_atomic(path, render(run, run.path / CURVE))

@@ -1,0 +1,381 @@
+"""The run folder: the search's memory, append-only and resumable.
+
+    runs/<run-id>/
+      config.json     every setting, package versions, evaluator.info(), the LLM model and
+                      base_url (userinfo stripped); never a key. Written at creation, before
+                      the model loads (so a run killed while loading resumes by name);
+                      "evaluator" is added once the evaluator is built.
+      history.jsonl   one event per line, flushed and fsync'd before the search goes on
+      prompts.csv     every scored template once (rewritten from history as the run goes)
+      summary.json    the result (written at the end, see agent/search.py)
+      .lock           held (flock) by the process writing the run (a search, or `adapt`)
+
+history.jsonl, format version 1. Every line has
+    v (1), seq (0, 1, 2, ... = line number), time (unix seconds), event
+and, where they apply, restart, reset (0-based), iteration (0 = the initial pool,
+1.. = LLM turns inside a reset) and call (0-based index of the LLM answer in the run).
+Events:
+    run_start     run_id
+    restart       restart, pool: [templates sampled from the initial pool for it]
+    reset         restart, reset (a new conversation; the scoreboard is kept)
+    llm_exchange  restart, reset, iteration, call, model, seed, temperature, request_key,
+                  messages (only the messages new since this conversation's previous
+                  exchange, starting with its answer: the conversation is the concatenation
+                  of `messages` over a reset, then the last `answer`), n_messages (the whole conversation's length), answer (raw
+                  text), usage {prompt_tokens, completion_tokens}, latency_s, cached, source
+                  ("llm" | "cache" | "replay"), and answer_truncated {kept_chars,
+                  received_chars} when the answer was cut (agent/llm/client.py `answer_cap`)
+    score         restart, reset, iteration, call (llm only), template, origin ("pool" |
+                  "llm"), source (pool file, or "llm"), accuracy {split: 0..1},
+                  loss {split: mean cross-entropy}
+    reject        restart, reset, iteration, call, template (the cleaned line), reason
+  names turns (--search names|both; agent/names.py); a score of a template scored under
+  names other than the start names has `names` [one per class] too:
+    names_exchange  as llm_exchange (messages: the whole names conversation, system first),
+                  plus asked [the classes asked about]
+    name_reject   restart, reset, iteration, call, class (or null), label (the class as
+                  written), name, reason (agent/names.py REASONS: "unknown class", "empty",
+                  "too long", "braces", "another class's name", "repeat", "too many",
+                  "drift"), detail
+    name_score    restart, reset, iteration, call, template, names, changes [{class, from,
+                  to}] (one: a proposal; several: a combination), accuracy, loss, prob
+    names_judge   restart, reset, iteration, call, class, name, request_key, answer, usage,
+                  latency_s, cached, source, judged (the class the answer names, or null)
+    names_change  restart, reset, iteration, call, template, names (the new best names),
+                  changes [{class, from, to}], accuracy, loss, prob
+    stop          reason (a budget cap was reached; the search ended early)
+    final         stopped, best {template, origin, accuracy, loss}, ensemble
+                  {templates, accuracy, loss} or null, top [{template, accuracy, loss}];
+                  with names turns, best and top entries carry `names`, and `names` holds
+                  the names table (start -> found, per-class figures: agent/search.py)
+
+Resume: the search is deterministic given (config, evaluator, LLM answers), so a resumed
+run simply runs again. A store reopened with `RunStore.resume` knows the events already
+written: `append` of an event that is already there checks that it is the same event
+(same kind, position, template, request ...) and returns the stored copy instead of
+writing it twice; the first new event is appended after them. A different event means
+the run cannot be continued (settings, meta-prompts or evaluator changed): `RunMismatch`.
+A last line cut short by a kill is dropped (and the file truncated to the last full line).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.files import remove_dead_temp_files, write_atomic, write_json_atomic
+
+from promptclimb.agent.core.runfiles import (  # noqa: F401 (re-exported)
+    CELL_ERROR, CELL_LOG, CONFIG, FORMAT_VERSION, HISTORY, LOCK, PROMPTS, SUMMARY, SWEEP_FILE)
+
+# The fields that make two events "the same step" when a resumed run replays its history.
+# Measured values (time, latency, accuracies read back, usage) are not compared.
+IDENTITY = ("event", "restart", "reset", "iteration", "call", "template", "origin", "request_key", "reason", "run_id",
+            "class", "name", "names")
+
+
+class RunMismatch(PromptclimbError):
+    pass
+
+
+class RunLocked(PromptclimbError):
+    pass
+
+
+def check_folder_name(name, what: str) -> str:
+    """`name` when it is one plain folder name, else PromptclimbError naming `what`. Every
+    value that becomes a folder under the runs dir passes here (a run id, a sweep's name, a
+    sweep cell's name made of grid values), so the folder stays directly under it."""
+    if not isinstance(name, str) or name in ("", ".", "..") \
+            or any(sep and sep in name for sep in ("/", "\\", os.sep, os.altsep, "\0")):
+        raise PromptclimbError(f"{what} {name!r} must be a plain folder name (no '/', not '.' or '..'); "
+                               "it names a folder directly under the runs dir (--runs-dir)")
+    return name
+
+
+def check_run_name(name: str) -> str:
+    """A run id names one folder directly under --runs-dir (where `promptclimb runs` looks)."""
+    return check_folder_name(name, "--name")
+
+
+def run_argument(run_dir: str | Path) -> str:
+    """How a printed command names a run: its id when it is under ./runs (the default
+    --runs-dir), else its path (every command that takes RUN takes a path too)."""
+    run_dir = Path(run_dir)
+    if run_dir.parent.resolve() == Path("runs").resolve():
+        return run_dir.name
+    return str(run_dir)
+
+
+def _holds_run(run_dir: Path) -> bool:
+    return (run_dir / CONFIG).exists() or (run_dir / HISTORY).exists()
+
+
+# -- claiming a folder -------------------------------------------------------------------------
+RUN, SWEEP = "run", "sweep"
+
+
+def claim_folder(folder: str | Path, kind: str, create: bool = True) -> Path:
+    """The one rule by which a search (`kind` RUN) or a sweep (SWEEP) takes a folder: it does
+    not exist (it is created, unless not `create`), or it is empty, or it is provably this
+    kind's own. A run's own: only its lock (a search killed before its config.json was
+    written) and, in a cell of a sweep (a folder its sweep.json lists), that cell's
+    search.log and error.txt. A sweep's own: it holds sweep.json (the sweep then continues
+    only with that file's settings, agent/sweep/driver.py). Temp files of a killed write
+    are nobody's. Anything else is refused in one line: a search never writes into a
+    sweep's folder or a folder of the user's, a sweep never into a run."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise PromptclimbError(f"{folder} is a file, not a folder: the {kind} cannot go there; give it another name")
+    if not folder.exists():
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    holds_sweep = (folder / SWEEP_FILE).exists()
+    if kind == RUN and _holds_run(folder):
+        raise PromptclimbError(f"{folder} already holds a run; continue it with: promptclimb search --resume "
+                               f"{run_argument(folder)}")
+    if kind == RUN and holds_sweep:
+        raise PromptclimbError(f"{folder} is a sweep's folder, not a run's (promptclimb sweep-report {folder.name} "
+                               f"--runs-dir {folder.parent}); give the run another --name")
+    if kind == SWEEP and holds_sweep:
+        return folder
+    if kind == SWEEP and _holds_run(folder):
+        raise PromptclimbError(f"{folder} holds a run (promptclimb show {run_argument(folder)}), not a sweep; "
+                               "give the sweep another name")
+    own = ({LOCK} | ({CELL_LOG, CELL_ERROR} if _is_sweep_cell(folder) else set())) if kind == RUN else set()
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in own and not _is_temp_file(p.name))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" ... ({len(foreign)} in all)" if len(foreign) > 5 else "")
+        raise PromptclimbError(f"{folder} is not empty and not a {kind}'s folder (it holds {shown}); give the {kind} "
+                               "another name, or another --runs-dir")
+    return folder
+
+
+def _is_sweep_cell(folder: Path) -> bool:
+    """Whether `folder` is a cell of the sweep in its parent folder (named in its sweep.json)."""
+    try:
+        cells = json.loads((folder.parent / SWEEP_FILE).read_text(encoding="utf-8")).get("cells")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(cells, list) and folder.name in cells
+
+
+def _is_temp_file(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")  # agent/core/files.py, write_atomic
+
+
+def _acquire_lock(run_dir: Path):
+    """The run's lock file, locked (flock) by this process; RunLocked when another holds it."""
+    handle = open(run_dir / LOCK, "a+")
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; one process per run is on the user
+        return handle
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        raise RunLocked(f"{run_dir} is being written by another promptclimb process"
+                        f"{f' (pid {holder})' if holder else ''}; wait until it has finished") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+@contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold a run's lock, as the search writing it does: for a command that rewrites a run's
+    files from outside the search (`promptclimb adapt`)."""
+    handle = _acquire_lock(Path(run_dir))
+    try:
+        yield
+    finally:
+        handle.close()  # releases the flock
+
+
+class RunStore:
+    """Writes (or, on resume, re-reads and continues) one run folder."""
+
+    def __init__(self, run_dir: str | Path, config: dict, stored: list[dict]):
+        self.run_dir = Path(run_dir)
+        self.config = config
+        self.stored = stored  # events found on disk when opened
+        self.events: list[dict] = []  # events of this session (stored ones replayed + new)
+        self._lock_file = None
+        self._history = None
+        self._listeners: list[Callable[[dict], None]] = []
+
+    # -- opening -------------------------------------------------------------------------
+    @classmethod
+    def create(cls, run_dir: str | Path, config: dict) -> "RunStore":
+        """A new run folder, with its config.json. An existing folder is taken only as
+        `claim_folder` allows: empty, or provably this run's own."""
+        run_dir = claim_folder(run_dir, RUN)
+        store = cls(run_dir, config, [])
+        store._lock()
+        if _holds_run(run_dir):  # another process created it between the two looks
+            store.close()
+            raise PromptclimbError(f"{run_dir} already holds a run; continue it with: promptclimb search --resume "
+                                   f"{run_argument(run_dir)}")
+        store._write_config()
+        return store._open_history()
+
+    @classmethod
+    def create_numbered(cls, runs_dir: str | Path, base: str, config: dict) -> "RunStore":
+        """A new run folder `base`, or `base-2`, `base-3`, ... when that is taken. The folder is
+        claimed by mkdir, which only one process can win, so two searches started in the same
+        second get a folder each. config["run_id"] is set to the folder's name."""
+        runs_dir = Path(runs_dir)
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        for n in itertools.count(1):
+            run_dir = runs_dir / (base if n == 1 else f"{base}-{n}")
+            try:
+                run_dir.mkdir()
+            except FileExistsError:
+                continue
+            return cls.create(run_dir, {**config, "run_id": run_dir.name})
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def resume(cls, run_dir: str | Path) -> "RunStore":
+        """A killed (or finished) run, ready to be replayed and continued."""
+        from promptclimb.agent.runs.reading import read_history, read_json  # the one reader; it imports this module
+
+        run_dir = Path(run_dir)
+        if not (run_dir / CONFIG).exists():
+            raise PromptclimbError(f"{run_dir} is not a run folder (no {CONFIG})")
+        store = cls(run_dir, {}, [])
+        store._lock()  # before reading: another process may be writing
+        try:
+            store.config = read_json(run_dir / CONFIG)
+            store.stored = read_history(run_dir / HISTORY, repair=True)
+        except BaseException:
+            store.close()
+            raise
+        return store._open_history()
+
+    def update_config(self, **settings) -> None:
+        """Add or replace settings in config.json (e.g. the evaluator's description, known
+        only once it is built; a budget cap changed on resume)."""
+        self.config = {**self.config, **settings}
+        self._write_config()
+
+    def _write_config(self) -> None:
+        write_json_atomic(self.run_dir / CONFIG, {"v": FORMAT_VERSION, **self.config})
+
+    def _lock(self) -> None:
+        self._lock_file = _acquire_lock(self.run_dir)
+        remove_dead_temp_files(self.run_dir)  # what a process killed mid-write left here
+
+    def _open_history(self) -> "RunStore":
+        self._history = open(self.run_dir / HISTORY, "a", encoding="utf-8")
+        return self
+
+    def close(self) -> None:
+        if self._history is not None:
+            self._history.close()
+            self._history = None
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the flock
+            self._lock_file = None
+
+    def discard(self) -> None:
+        """Close and remove a folder this process created that recorded no event: a run
+        refused before it began is not left behind as an unfinished one."""
+        if self.events or self.stored:
+            raise RuntimeError(f"{self.run_dir} holds a run; it is not discarded")
+        self.close()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def __enter__(self) -> "RunStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- events --------------------------------------------------------------------------
+    @property
+    def replaying(self) -> bool:
+        """True while the session is still re-walking events that were already on disk."""
+        return len(self.events) < len(self.stored)
+
+    def peek(self) -> dict | None:
+        """The stored event the next `append` will be checked against, if any."""
+        return self.stored[len(self.events)] if self.replaying else None
+
+    def add_listener(self, listener: Callable[[dict], None]) -> None:
+        """Call `listener(event)` after each event written from now on (a live tracker,
+        agent/tracking.py). Not for the events a resumed run replays: those are on disk
+        already. A listener must not raise: its errors would stop the search."""
+        self._listeners.append(listener)
+
+    def stored_of(self, event: str) -> list[dict]:
+        return [e for e in self.stored if e["event"] == event]
+
+    def append(self, event: str, **fields) -> dict:
+        """Record one event (or, while replaying, check it against the stored one and return
+        that). Flushed and fsync'd before returning: a kill never loses an acknowledged step."""
+        record = {"v": FORMAT_VERSION, "seq": len(self.events), "time": round(time.time(), 3), "event": event, **fields}
+        if self.replaying:
+            stored = self.stored[record["seq"]]
+            mine = {k: record.get(k) for k in IDENTITY}
+            theirs = {k: stored.get(k) for k in IDENTITY}
+            if mine != theirs:
+                differ = {k: (theirs[k], mine[k]) for k in IDENTITY if mine[k] != theirs[k]}
+                raise RunMismatch(
+                    f"cannot resume {self.run_dir.name}: at event {record['seq']} the history has "
+                    f"{_short(theirs)} but the resumed search produced {_short(mine)} "
+                    f"(differs in {', '.join(differ)}). The settings, meta-prompts, pools or evaluator "
+                    "changed since the run started; start a new run instead."
+                )
+            self.events.append(stored)
+            return stored
+        assert self._history is not None, "the run store is closed"
+        self._history.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._history.flush()
+        os.fsync(self._history.fileno())
+        self.events.append(record)
+        for listener in self._listeners:
+            listener(record)
+        return record
+
+    # -- derived files -------------------------------------------------------------------
+    def write_json(self, name: str, obj) -> Path:
+        path = self.run_dir / name
+        write_json_atomic(path, obj)
+        return path
+
+    def write_prompts_csv(self) -> Path:
+        """prompts.csv from the events so far: every scored template once, in scoring order."""
+        import pandas as pd  # only needed here; keeps `import agent.runs.store` light
+
+        rows = []
+        for e in self.events:
+            if e["event"] != "score":
+                continue
+            row = {k: e.get(k) for k in ("template", "origin", "source", "restart", "reset", "iteration", "call")}
+            for split, value in sorted(e.get("accuracy", {}).items()):
+                row[f"{split}_accuracy"] = value
+            for split, value in sorted(e.get("loss", {}).items()):
+                row[f"{split}_loss"] = value
+            rows.append(row)
+        frame = pd.DataFrame(rows, columns=None if rows else ["template", "origin", "source", "restart", "reset", "iteration", "call"])
+        return write_atomic(self.run_dir / PROMPTS,
+                            lambda tmp: frame.to_csv(tmp, index=False, quoting=csv.QUOTE_MINIMAL, float_format="%.6g"))
+
+
+def _short(identity: dict) -> str:
+    return "{" + ", ".join(f"{k}={v!r}" for k, v in identity.items() if v is not None) + "}"

@@ -1,0 +1,789 @@
+"""Sweeps: a grid of ordinary searches (dataset x backbone x shots x seed) run as Ray tasks
+(`promptclimb sweep`), and their results read back (`promptclimb sweep-report`).
+
+    runs/<sweep>/
+      sweep.json                                  the grid and the search options of every cell
+      <dataset>-<backbone>-<shots>shot-seed<k>/   one ordinary run folder per cell, plus
+          search.log                              what its search printed
+          error.txt                               why it failed (until a rerun succeeds)
+      report.png                                  written by sweep-report
+
+Each cell is one Ray task (`cell_task`) that calls the same `run_search` as `promptclimb
+search`: a new run, or the resume of a killed one through its own history. Rerunning a
+sweep skips finished cells (summary.json written, with the adapter in it when one was
+asked for), resumes killed ones and retries failed ones. Ray does all the scheduling: a
+local Ray started in-process (on the loopback only) by default, or an existing cluster
+(`address`); `cpus_per_run` / `gpus_per_run` are each task's Ray resources.
+
+On a cluster, every node must see the sweep folder at the same path (shared storage); the
+feature cache is per node (`PROMPTCLIMB_HOME`, which may point at shared storage too), and
+so is `OPENAI_API_KEY`. All cells use one LLM endpoint: `--base-url`, or the embedded
+local LLM started once by the driver (then the cells run on the driver's node).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import re
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+
+from promptclimb.agent.core.errors import (EXIT_TERMINATED, PromptclimbError, sigterm_raises_systemexit,
+                                            sigterm_received)
+from promptclimb.agent.core.files import write_json_atomic, write_text_atomic
+from promptclimb.agent.core.runfiles import CELL_ERROR, CELL_LOG, CONFIG, SUMMARY, SWEEP_FILE
+from promptclimb.agent.runs.store import RUN, SWEEP, RunLocked, check_folder_name, claim_folder
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+LOG_FILE, ERROR_FILE, PLOT_FILE = CELL_LOG, CELL_ERROR, "report.png"
+GRID_AXES = ("dataset", "backbone", "shots", "seeds")
+# Search options that say how and where a cell runs, not what it computes: they may change
+# between two runs of the same sweep, and apply to that run only (sweep.json keeps the ones
+# the sweep was started with). --parallel gives the same results (docs/sweeps.md); a killed
+# cell resumes with the lanes it was started with.
+EXECUTION_OPTIONS = ("base_url", "device", "timeout", "max_tries", "no_cache", "runs_dir", "parallel")
+RAY_CONNECT_TIMEOUT_S = 20  # --address: a cluster that has not answered by then is reported as unreachable
+# What a cell's search takes from the grid (and its folder) instead of the options.
+CELL_OPTIONS = ("dataset", "backbone", "shots", "seed", "name", "resume", "json")
+CELL_LOCK_WAIT_S = 30  # how long a cell waits for another process to let go of its run
+RESULTS = ("best", "ensemble", "adapter")  # test accuracies the report aggregates
+
+
+# -- the grid -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    backbone: str  # resolved: the search's default backbone when the grid names none
+    pretrained: str | None
+    shots: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        """The cell's folder name: its grid point, each value made safe as one folder name
+        (hf:org/data, hf-hub:org/model)."""
+        dataset, backbone = (re.sub(r"[^A-Za-z0-9._+-]+", "_", v) for v in (self.dataset, self.backbone))
+        return f"{dataset}-{backbone}-{self.shots}shot-seed{self.seed}"
+
+
+def parse_seeds(values: Sequence) -> list[int]:
+    """Seeds from "1-3", "1,4,7", 5 or a list of those: sorted, each once."""
+    seeds: set[int] = set()
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise PromptclimbError(f"seeds: {value!r} is not a seed, a range like 1-3 or a list like 1,4")
+        for part in str(value).replace(" ", "").split(","):
+            found = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+            if not found or (found[2] and int(found[2]) < int(found[1])):
+                raise PromptclimbError(f"seeds: {part!r} is not a seed, a range like 1-3 or a list like 1,4")
+            seeds.update(range(int(found[1]), int(found[2] or found[1]) + 1))
+    return sorted(seeds)
+
+
+def read_grid_file(path: str | Path) -> tuple[dict, dict]:
+    """(grid, search options) from a TOML file with a [grid] table (dataset, backbone, shots,
+    seeds) and a [search] table (any `promptclimb search` option, by its long name). The
+    values are checked by `check_grid` and `search_options`."""
+    from promptclimb.agent.options import read_toml
+
+    data = read_toml(path, "grid file")  # missing, not UTF-8, not TOML: one line naming the file
+    unknown = sorted(set(data) - {"grid", "search"})
+    if unknown:
+        raise PromptclimbError(f"{path}: unknown table(s) {', '.join(unknown)}; a grid file has [grid] and [search]")
+    grid, search = data.get("grid", {}), data.get("search", {})
+    for table, value in (("grid", grid), ("search", search)):
+        if not isinstance(value, dict):
+            raise PromptclimbError(f"{path}: {table} must be a [{table}] table, not {value!r}")
+    bad = sorted(set(grid) - set(GRID_AXES))
+    if bad:
+        raise PromptclimbError(f"{path}: unknown [grid] key(s) {', '.join(bad)}; the axes are {', '.join(GRID_AXES)}")
+    grid = {axis: value if isinstance(value, list) else [value] for axis, value in grid.items()}
+    search = {key.replace("-", "_"): value for key, value in search.items()}
+    return grid, search
+
+
+def check_grid(grid: dict) -> dict:
+    """The grid with every axis filled in (defaults: the search's backbone, 1 shot, seed 0),
+    each value checked as strictly as the search option it becomes: a dataset the CLIP
+    evaluator knows (so no value can name a folder outside the sweep), a backbone name,
+    whole shots of at least 1 (1.7 or true is refused, never run as 1), seeds."""
+    from promptclimb.agent.options import BY_KEYWORD, check_dataset_name, check_value
+
+    def names(axis: str) -> list[str]:
+        values = grid.get(axis) or []
+        for value in values:
+            if not isinstance(value, str) or not value.strip():
+                raise PromptclimbError(f"grid {axis} {value!r}: expected a {axis} name")
+        return list(values)
+
+    datasets = [check_dataset_name(d, "grid dataset") for d in names("dataset")]
+    grid = {"dataset": datasets, "backbone": names("backbone"),
+            "shots": [check_value(BY_KEYWORD["shots"], s, "grid: ") for s in grid.get("shots") or [1]],
+            "seeds": parse_seeds(grid.get("seeds") or [0])}
+    if not grid["dataset"]:
+        raise PromptclimbError("a sweep needs at least one --dataset (or a [grid] dataset list in --grid FILE)")
+    return grid
+
+
+def grid_cells(settings: dict) -> list[Cell]:
+    """Every cell of the grid, in a fixed order (dataset, backbone, shots, seed)."""
+    from promptclimb.agent.core.defaults import default_backbone
+
+    grid, search = settings["grid"], settings["search"]
+    if search.get("weights") and len(grid["backbone"]) > 1:
+        raise PromptclimbError("--weights applies to every cell: give a single --backbone with it")
+    cells = []
+    for dataset in grid["dataset"]:
+        for backbone in grid["backbone"] or [None]:
+            name, pretrained = default_backbone(dataset, backbone, search.get("pretrained"), search.get("weights"))
+            cells += [Cell(dataset, name, pretrained, shots, seed) for shots in grid["shots"] for seed in grid["seeds"]]
+    names = [check_folder_name(c.name, "cell") for c in cells]
+    if len(set(names)) < len(names):
+        raise PromptclimbError("two cells of the grid would share a folder name; list each value once")
+    return cells
+
+
+def search_options(search: dict) -> dict:
+    """The options of every cell's search: the command's defaults, overridden by `search`
+    (long option names, `_` for `-`), checked as on the command line. Paths are made
+    absolute: a Ray worker does not start in the driver's folder."""
+    from promptclimb.agent.adapt import check_kinds
+    from promptclimb.agent.core.devices import check_device_name
+    from promptclimb.agent.core.pools import POOLS
+    from promptclimb.agent.options import SEARCH_OPTIONS, resolve
+
+    not_here = sorted(set(search) & set(CELL_OPTIONS))
+    if not_here:
+        raise PromptclimbError(f"{', '.join(not_here)}: set by the grid and the cell, not a sweep's search option")
+    opts = resolve(search, "sweep: ")
+    check_device_name(opts["device"])
+    if opts["adapter_kinds"]:
+        check_kinds(opts["adapter_kinds"])
+    for option in SEARCH_OPTIONS:
+        if option.kind in ("path", "dir") and opts.get(option.name):
+            opts[option.name] = str(Path(opts[option.name]).expanduser().resolve())
+    if opts["pool"] not in POOLS:
+        opts["pool"] = str(Path(opts["pool"]).expanduser().resolve())
+        if not Path(opts["pool"]).is_file():
+            raise PromptclimbError(f"--pool {opts['pool']}: not {', '.join(POOLS)} nor a file")
+    return opts
+
+
+def cell_options(cell: Cell, opts: dict, sweep_dir: Path, base_url: str | None, llm_name: str) -> dict:
+    """What `run_search` gets for one cell (`resume` is decided by the cell itself)."""
+    return {**opts, "dataset": cell.dataset, "backbone": cell.backbone, "pretrained": cell.pretrained,
+            "shots": cell.shots, "seed": cell.seed, "runs_dir": str(sweep_dir), "run_name": cell.name,
+            "resume": None, "as_json": False, "base_url": base_url, "llm_name": llm_name}
+
+
+def check_cells(cells: list[Cell], opts: dict, sweep_dir: Path) -> None:
+    """Every cell's search settings checked as `run_search` checks a new run's (the options
+    together, the pool, the budget, the soft-prompt settings), once, in the driver: a bad
+    value is one line before Ray starts, not a failure of every cell inside it."""
+    from promptclimb.agent.pipeline import default_llm, new_run
+
+    base_url = opts["base_url"] or os.environ.get("OPENAI_BASE_URL")
+    llm_name = opts["llm_name"] or default_llm(base_url)
+    for cell in cells:
+        new_run(cell_options(cell, opts, sweep_dir, base_url, llm_name), lambda message: None)
+
+
+def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict) -> dict:
+    """The sweep's settings {grid, search, cells}, every value checked before anything is
+    written, then the folder claimed (`claim_folder`: new, empty, or this sweep's own) and
+    sweep.json written. A sweep that exists continues with its stored settings: `grid`
+    None takes its grid, options not given take their stored values, and what is given
+    must match what shapes the results (all but EXECUTION_OPTIONS, which apply to this run
+    only and are not stored over the ones the sweep was started with)."""
+    claim_folder(sweep_dir, SWEEP, create=False)
+    path = sweep_dir / SWEEP_FILE
+    stored = read_sweep(sweep_dir) if path.exists() else None
+    if grid is None and stored is None:
+        raise PromptclimbError(f"{sweep_dir} holds no sweep yet: give its grid (--dataset ..., or --grid FILE)")
+    settings = {"grid": check_grid(grid if grid is not None else stored["grid"]),
+                "search": {**(stored["search"] if stored else {}), **search}}
+    cells = grid_cells(settings)
+    settings["cells"] = [c.name for c in cells]
+    check_cells(cells, search_options(settings["search"]), sweep_dir)
+    if stored is not None:
+        mine, theirs = _comparable(settings), _comparable(stored)
+        differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if differ:
+            raise PromptclimbError(f"sweep {sweep_dir.name} was started with other settings (differs in: "
+                                   f"{', '.join(differ)}); rerun it as it was, or give the new grid another name")
+    claim_folder(sweep_dir, SWEEP)
+    created = stored["created"] if stored else time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    kept = stored["search"] if stored else settings["search"]  # a rerun's execution options are its own
+    write_json_atomic(path, {**settings, "search": kept, "created": created})
+    return settings
+
+
+def _comparable(settings: dict) -> dict:
+    """Every resolved setting that shapes a cell's result, by name."""
+    resolved = search_options({k: v for k, v in settings["search"].items() if k not in EXECUTION_OPTIONS})
+    return {**{f"grid.{k}": v for k, v in settings["grid"].items()},
+            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in resolved.items() if k not in EXECUTION_OPTIONS}}
+
+
+# -- one cell, inside a Ray worker ---------------------------------------------------------------
+def cell_summary(cell_dir: Path) -> dict | None:
+    """A cell's summary.json when it is whole (a JSON object with a best result), else None:
+    missing, cut short or damaged, the cell is not finished, and its rerun resumes it
+    through its history, which writes the summary again."""
+    try:
+        summary = json.loads((cell_dir / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and isinstance(summary.get("best"), dict) else None
+
+
+def cell_state(cell_dir: Path, adapter_wanted: bool) -> str:
+    """"finished" (a whole summary.json, with the adapter when one was asked for), "failed"
+    (error.txt), "killed" (started, not finished: a damaged summary too) or "new"."""
+    summary = cell_summary(cell_dir)
+    if summary is not None and (not adapter_wanted or isinstance(summary.get("adapter"), dict)):
+        return "finished"
+    if (cell_dir / ERROR_FILE).exists():
+        return "failed"
+    return "killed" if (cell_dir / CONFIG).exists() else "new"
+
+
+def run_cell(cell_dir: str, opts: dict) -> dict:
+    """One cell: a new search, or the resume of a killed one. What it prints goes to
+    search.log; an error to error.txt. Returns {"state": "finished" | "failed", ...}."""
+    cell_dir = Path(cell_dir)
+    if not cell_dir.parent.is_dir():
+        return {"state": "failed", "error": f"{cell_dir.parent} does not exist on node {platform.node()}: "
+                                            "a sweep folder must be on storage every node sees (--runs-dir)"}
+    try:
+        check_folder_name(cell_dir.name, "cell")
+        if not (cell_dir / CONFIG).exists():
+            claim_folder(cell_dir, RUN)  # new, or this cell's own (a folder its sweep.json lists)
+    except PromptclimbError as exc:  # not ours to write into, error.txt included
+        return {"state": "failed", "error": str(exc)}
+    (cell_dir / ERROR_FILE).unlink(missing_ok=True)
+    with open(cell_dir / LOG_FILE, "a", encoding="utf-8") as log:
+        def echo(message: str) -> None:
+            log.write(f"{message}\n")
+            log.flush()
+
+        echo(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} "
+             f"{'resuming' if (cell_dir / CONFIG).exists() else 'starting'} "
+             f"on {platform.node()} (pid {os.getpid()})")
+        try:
+            search_when_free(cell_dir, opts, echo)
+            return {"state": "finished"}
+        except PromptclimbError as exc:
+            error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - any failure of one cell is recorded, the sweep goes on
+            error = f"{type(exc).__name__}: {exc}"
+            echo(traceback.format_exc())
+        echo(f"failed: {error}")
+    write_text_atomic(cell_dir / ERROR_FILE, error + "\n")
+    return {"state": "failed", "error": error}
+
+
+def search_when_free(cell_dir: Path, opts: dict, echo: Callable[[str], None]) -> None:
+    """The cell's search (resumed when its folder holds a config). While another process
+    holds the run's lock, wait for it, up to CELL_LOCK_WAIT_S: Ray's workers are the
+    raylet's children, so after a sweep's driver is killed one may still be finishing this
+    cell's last write."""
+    from promptclimb.agent.pipeline import run_search
+
+    from promptclimb.agent.options import BY_NAME
+
+    deadline, waiting = time.monotonic() + CELL_LOCK_WAIT_S, False
+    while True:
+        resume = (cell_dir / CONFIG).exists()
+        # a killed cell resumes with its own lanes (--parallel of this run is for new cells)
+        lanes = {"parallel": BY_NAME["parallel"].default} if resume else {}
+        try:
+            run_search({**opts, "resume": str(cell_dir) if resume else None, **lanes}, echo)
+            return
+        except RunLocked as exc:
+            if time.monotonic() >= deadline:
+                raise
+            if not waiting:
+                echo(f"{exc}: waiting up to {CELL_LOCK_WAIT_S} s for it")
+                waiting = True
+            time.sleep(0.5)
+
+
+def cell_task(cell_dir: str, opts: dict) -> Iterator[dict]:
+    """The Ray task of a cell (a streaming generator): first that it runs, then its end."""
+    yield {"state": "running", "node": platform.node()}
+    yield run_cell(cell_dir, opts)
+
+
+# -- the driver -----------------------------------------------------------------------------
+@contextmanager
+def llm_endpoint(opts: dict, echo: Callable[[str], None]) -> Iterator[tuple[str | None, str]]:
+    """(base URL, model) that every cell uses: --base-url (or $OPENAI_BASE_URL); for the
+    embedded local LLM without one, a llama.cpp server started here for the whole sweep;
+    None = the OpenAI API (with each node's OPENAI_API_KEY)."""
+    from promptclimb.agent.options import LOCAL
+    from promptclimb.agent.pipeline import default_llm
+
+    llm_name = opts["llm_name"] or default_llm()
+    base_url = opts["base_url"] or os.environ.get("OPENAI_BASE_URL")
+    if base_url or llm_name != LOCAL:
+        yield base_url, llm_name
+        return
+    from promptclimb.agent.llm.local import local_server
+
+    with local_server(model_path=opts["llm_model"], echo=echo) as url:
+        yield url, llm_name
+
+
+def on_this_machine(base_url: str | None) -> bool:
+    return bool(base_url and re.match(r"https?://(127\.|localhost)", base_url))
+
+
+def cell_resources(ray, base_url: str | None, address: str | None, cpus_per_run: float, gpus_per_run: float,
+                   echo: Callable[[str], None]) -> dict:
+    """The Ray options of every cell's task. An endpoint on this machine keeps the cells on
+    this node. When it is promptclimb's local LLM (started by the sweep, or a `promptclimb llm
+    serve`: it lists its GGUF at /models), each cell asks for all of the node's CPUs, so Ray
+    runs one at a time: that server answers one request at a time and keeps only the last
+    request's prefix, and cells taking turns at it would reprocess their conversations
+    (README, Sweeps: 2 cells in 204 s side by side, 100 s one after another)."""
+    from promptclimb.agent.llm.client import local_model_served_at
+
+    resources = {"num_cpus": cpus_per_run, "num_gpus": gpus_per_run, "max_retries": 1}
+    if not on_this_machine(base_url):
+        return resources
+    here = ray.get_runtime_context().get_node_id()
+    if local_model_served_at(base_url):
+        node_cpus = next(n["Resources"].get("CPU", 1) for n in ray.nodes() if n["NodeID"] == here)
+        resources["num_cpus"] = max(cpus_per_run, node_cpus)
+        echo("the local LLM answers one request at a time: the cells run one after another")
+    if address is not None:
+        if address.startswith("ray://"):
+            raise PromptclimbError(f"the LLM at {base_url} serves this machine only: give the cells an "
+                                   "endpoint they can reach (--base-url) when the cluster is reached with ray://")
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        resources["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=here, soft=False)
+    return resources
+
+
+@contextmanager
+def ray_session(address: str | None, echo: Callable[[str], None], num_cpus: int | None = None):
+    """Ray, connected: an existing cluster at `address` ("auto", "HOST:PORT",
+    "ray://HOST:PORT"), or a local one started in this process with `num_cpus` (default:
+    the machine's), reachable on 127.0.0.1 only, whose processes end with this one however
+    it ends (agent/sweep/reaper.py). While connected, SIGTERM ends the process with status
+    143, as every command: our handler replaces both Ray's Python one (exit status 15, or 1
+    when it interrupts ray.wait) and the C++ failure-signal handler that ray.init installs
+    over it, which printed a "SIGTERM received ... PC: @" stack."""
+    if address is not None and num_cpus is not None:
+        raise PromptclimbError("--num-cpus sizes the local Ray; a cluster's CPUs are its own (ray start --num-cpus)")
+    ray = import_ray(local=address is None)
+    if address is not None:
+        reachable(address)
+    watchdog = None
+    if address is None:
+        from promptclimb.agent.sweep.reaper import watch_driver
+
+        watchdog = watch_driver(os.path.dirname(ray.__file__))
+    try:
+        connect(ray, address, num_cpus)
+        restore = sigterm_raises_systemexit(replace=True)  # over Ray's two handlers
+        try:
+            resources = ray.cluster_resources()
+            echo(f"Ray: {'local' if address is None else address}, {resources.get('CPU', 0):g} CPUs, "
+                 f"{resources.get('GPU', 0):g} GPUs")
+            yield ray
+        finally:
+            ray.shutdown()
+            restore()
+    finally:
+        if watchdog is not None:
+            watchdog.close()
+
+
+def import_ray(local: bool):
+    """The ray module (PromptclimbError saying how to install it when it is missing)."""
+    if local and "ray" not in sys.modules:  # a local Ray serves this process only: keep it off the network
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    try:
+        import ray
+    except ImportError:
+        raise PromptclimbError("promptclimb sweep needs Ray: pip install 'promptclimb[sweep]'") from None
+    return ray
+
+
+def reachable(address: str, timeout_s: float = 10.0) -> None:
+    """PromptclimbError in one line when nothing answers at a cluster's address (Ray itself
+    would retry for minutes, printing warnings): a TCP connection to its GCS (or Ray
+    client) port, with `auto` resolved as Ray resolves it."""
+    import socket
+
+    target = address
+    if address == "auto":
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            target = canonicalize_bootstrap_address(address) or ""
+        except Exception as exc:  # noqa: BLE001 - Ray says why in its own words
+            raise PromptclimbError(f"cannot find a Ray cluster for --address {address}: {exc}") from None
+        if not target:
+            raise PromptclimbError(f"--address {address}: no running Ray cluster found on this machine "
+                                   "(start one with `ray start --head`, or give HOST:PORT)")
+    host, _, port = target.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise PromptclimbError(f"--address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or (f"no answer within {timeout_s:g} s" if isinstance(exc, TimeoutError) else str(exc))
+        port_hint = "its Ray client port, 10001" if address.startswith("ray://") else "its GCS port, 6379"
+        raise PromptclimbError(f"cannot reach Ray at {address}: {reason} (is the cluster up, and is this "
+                               f"{port_hint} unless `ray start` said otherwise?)") from None
+
+
+def connect(ray, address: str | None, num_cpus: int | None) -> None:
+    """ray.init: a local Ray, or the cluster at `address`. For a cluster, what Ray prints
+    while it connects is kept out of the terminal and read for the cause when it fails (a
+    token the cluster refuses is named: Ray 2.60 only says "Failed to connect"), and a
+    cluster that has not answered within RAY_CONNECT_TIMEOUT_S ends the command in one line."""
+    import logging
+    import tempfile
+
+    if address is None:
+        try:
+            ray.init(include_dashboard=False, num_cpus=num_cpus, log_to_driver=False, logging_level=logging.ERROR)
+        except Exception as exc:  # noqa: BLE001 - Ray raises bare Exceptions too (a node that does not start)
+            ray.shutdown()  # whatever it had started
+            raise PromptclimbError(f"cannot start a local Ray: {first_line(exc)}") from None
+        return
+    with tempfile.NamedTemporaryFile(prefix="promptclimb-ray-", suffix=".log") as said:
+        def printed() -> str:
+            return Path(said.name).read_text(errors="replace")
+
+        def too_late() -> str:
+            return f"Error: cannot reach Ray at {address}: " + connect_cause(
+                printed(), f"no answer within {RAY_CONNECT_TIMEOUT_S} s (is this a Ray cluster's GCS port, 6379 "
+                           "unless `ray start --port` said otherwise?)")
+
+        with stderr_into(said) as terminal, deadline(RAY_CONNECT_TIMEOUT_S, terminal, too_late):
+            try:
+                ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+                return
+            except Exception as exc:  # noqa: BLE001
+                ray.shutdown()
+                error = exc
+        cause = connect_cause(printed(), first_line(error), type(error).__name__ == "AuthenticationError")
+    raise PromptclimbError(f"cannot reach Ray at {address}: {cause}")
+
+
+TOKEN_REFUSED = ("Unauthenticated", "InvalidAuthToken", "token is missing or incorrect")
+
+
+def connect_cause(printed: str, otherwise: str, token_refused: bool = False) -> str:
+    """Why a connection to a cluster failed, from what Ray printed meanwhile."""
+    if token_refused or any(mark in printed for mark in TOKEN_REFUSED):
+        return ("the cluster refused this machine's Ray token (token authentication: the cluster's token must be in "
+                "RAY_AUTH_TOKEN, in the file RAY_AUTH_TOKEN_PATH names, or in ~/.ray/auth_token, which may be a stale "
+                "one from an earlier cluster; docs/sweeps.md)")
+    return otherwise
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextmanager
+def stderr_into(file) -> Iterator[int]:
+    """This process's file descriptor 2 (what Ray's C++ core prints to) into `file`; yields a
+    descriptor of the terminal's stderr."""
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    os.dup2(file.fileno(), 2)
+    try:
+        yield terminal
+    finally:
+        sys.stderr.flush()
+        os.dup2(terminal, 2)
+        os.close(terminal)
+
+
+@contextmanager
+def deadline(seconds: float, terminal: int, message: Callable[[], str]) -> Iterator[None]:
+    """End the process with `message()` and status 1 unless the block ends within `seconds`:
+    ray.init blocks in C++ (no Python signal handler runs there) for as long as it retries."""
+    import threading
+
+    from promptclimb.agent.core.errors import EXIT_ERROR
+
+    def give_up() -> None:
+        os.write(terminal, (message() + "\n").encode())
+        os._exit(EXIT_ERROR)
+
+    timer = threading.Timer(seconds, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def continue_command(name: str, runs_dir: Path, address: str | None, num_cpus: int | None, cpus_per_run: float,
+                     gpus_per_run: float) -> str:
+    """The command that continues a sweep (its grid and search options are in sweep.json)."""
+    command = f"promptclimb sweep {name} --runs-dir {runs_dir}"
+    command += f" --address {address}" if address else ""
+    command += f" --num-cpus {num_cpus}" if num_cpus else ""
+    command += f" --cpus-per-run {cpus_per_run:g}" if cpus_per_run != 1.0 else ""
+    return command + (f" --gpus-per-run {gpus_per_run:g}" if gpus_per_run else "")
+
+
+def run_sweep(name: str, runs_dir: str | Path, grid: dict | None, search: dict, *, address: str | None = None,
+              num_cpus: int | None = None, cpus_per_run: float = 1.0, gpus_per_run: float = 0.0,
+              echo: Callable[[str], None] = print) -> dict:
+    """Run (or continue) the sweep `runs_dir/name`: every cell not finished yet, as Ray
+    tasks. `grid` None continues a stored sweep. Returns the cells' states by name. A
+    failed cell does not stop the others; Ctrl-C or SIGTERM cancels the running ones and
+    says how to continue."""
+    check_folder_name(name, "sweep name")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
+        raise PromptclimbError(f"sweep name {name!r}: use letters, digits and . _ + - (it names a folder)")
+    if cpus_per_run <= 0 or gpus_per_run < 0:
+        raise PromptclimbError("--cpus-per-run must be above 0 and --gpus-per-run at least 0")
+    runs_dir = Path(runs_dir).expanduser().resolve()
+    sweep_dir = runs_dir / name
+    settings = prepare_sweep(sweep_dir, grid, search)
+    opts = search_options(settings["search"])
+    cells = grid_cells(settings)
+    states = {c.name: cell_state(sweep_dir / c.name, bool(opts["adapter_kinds"])) for c in cells}
+    todo = [c for c in cells if states[c.name] != "finished"]
+    counts = {s: sum(v == s for v in states.values()) for s in ("finished", "killed", "failed", "new")}
+    echo(f"sweep {name}: {len(cells)} cells; {counts['finished']} finished, {counts['killed']} to resume, "
+         f"{counts['failed']} to retry, {counts['new']} to start   ({sweep_dir})")
+    if not todo:
+        return states
+    with ray_session(address, echo, num_cpus) as ray, llm_endpoint(opts, echo) as (base_url, llm_name):
+        total = ray.cluster_resources()
+        if address is None and (cpus_per_run > total.get("CPU", 0) or gpus_per_run > total.get("GPU", 0)):
+            raise PromptclimbError(f"each cell asks for {cpus_per_run:g} CPUs and {gpus_per_run:g} GPUs, but this "
+                                   f"machine has {total.get('CPU', 0):g} and {total.get('GPU', 0):g}")
+        resources = cell_resources(ray, base_url, address, cpus_per_run, gpus_per_run, echo)
+        task = ray.remote(num_returns="streaming")(cell_task).options(**resources)
+        running = {task.remote(str(sweep_dir / c.name), cell_options(c, opts, sweep_dir, base_url, llm_name)): c
+                   for c in todo}
+        try:
+            watch(ray, running, sweep_dir, states, echo)
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (SystemExit 143: ray_session)
+            # Leaving Ray (ray.shutdown, below) ends the job's tasks: each search is
+            # interrupted and closes its history.
+            echo(f"stopped; finished cells are kept, the others resume from their history. Continue with:\n"
+                 f"  {continue_command(name, runs_dir, address, num_cpus, cpus_per_run, gpus_per_run)}")
+            if sigterm_received():  # Ray may have turned it into SystemExit(1)
+                raise SystemExit(EXIT_TERMINATED) from None
+            raise
+    failed = [n for n, s in states.items() if s == "failed"]
+    echo(f"sweep {name}: {sum(s == 'finished' for s in states.values())}/{len(cells)} cells finished"
+         + (f", {len(failed)} failed (see their error.txt, or: promptclimb sweep-report {name})" if failed else ""))
+    return states
+
+
+def watch(ray, running: dict, sweep_dir: Path, states: dict, echo: Callable[[str], None]) -> None:
+    """Follow the cells' tasks (generator -> Cell) to their end, with a progress bar of
+    cells done / running / failed (on a terminal; a line per change otherwise)."""
+    from tqdm import tqdm
+
+    total, active = len(states), set()
+    bar = tqdm(total=total, initial=sum(s == "finished" for s in states.values()), unit="cell", file=sys.stderr,
+               disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    say = echo if bar.disable else bar.write
+
+    def progress() -> str:
+        done, failed = (sum(s == state for s in states.values()) for state in ("finished", "failed"))
+        bar.set_postfix_str(f"done {done}, running {len(active)}, failed {failed}", refresh=False)
+        return f"[{done}/{total} done, {len(active)} running, {failed} failed]"
+
+    pending = list(running)
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+            for generator in ready:
+                cell = running[generator]
+                try:
+                    message = ray.get(next(generator))
+                except StopIteration:
+                    continue
+                except Exception as exc:  # noqa: BLE001 - the worker died, or the task could not run
+                    message = {"state": "failed", "error": task_error(exc)}
+                    write_text_atomic(sweep_dir / cell.name / ERROR_FILE, message["error"] + "\n")
+                if message["state"] == "running":
+                    active.add(cell.name)
+                    states[cell.name] = "running"  # no longer counted as failed or killed by an earlier run
+                    pending.append(generator)
+                    say(f"{progress()} {cell.name}: running on {message['node']}")
+                    continue
+                active.discard(cell.name)
+                states[cell.name] = message["state"]
+                if message["state"] == "finished":
+                    bar.update(1)
+                    say(f"{progress()} {cell.name}: finished")
+                else:
+                    say(f"{progress()} {cell.name}: FAILED: {message['error'].splitlines()[0]}")
+    finally:
+        bar.close()
+
+
+def task_error(exc: BaseException) -> str:
+    """One line from a Ray error (a task's own exception, or a worker that died)."""
+    cause = getattr(exc, "cause", None)
+    if cause is not None:
+        return f"{type(cause).__name__}: {cause}"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+# -- reading a sweep back ---------------------------------------------------------------------
+def read_sweep(sweep_dir: str | Path) -> dict:
+    """A sweep's sweep.json, checked: a JSON object with its grid and search tables, or
+    PromptclimbError in one line naming the file (missing, damaged, of another shape)."""
+    sweep_dir = Path(sweep_dir)
+    path = sweep_dir / SWEEP_FILE
+    if not path.exists():
+        raise PromptclimbError(f"{sweep_dir} is not a sweep folder (no {SWEEP_FILE})")
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PromptclimbError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise PromptclimbError(f"{path} is damaged (not valid JSON: {exc})") from None
+    if not isinstance(settings, dict) or not isinstance(settings.get("grid"), dict) \
+            or not isinstance(settings.get("search", {}), dict):
+        raise PromptclimbError(f"{path} is damaged (not a sweep's settings: a JSON object with grid and search)")
+    return {"search": {}, "created": "", **settings}
+
+
+def sweep_cells(sweep_dir: str | Path) -> "pd.DataFrame":
+    """One row per cell of the grid: its state, the test accuracy of the best template, of
+    the top-k ensemble and of the adapter (when fit), the LLM cost, and the error of a
+    failed cell (or why a summary could not be read)."""
+    import pandas as pd
+
+    sweep_dir = Path(sweep_dir)
+    settings = read_sweep(sweep_dir)
+    try:
+        settings["grid"] = check_grid(settings["grid"])
+        adapter_wanted = bool(search_options(settings["search"])["adapter_kinds"])
+        cells = grid_cells(settings)
+    except PromptclimbError as exc:
+        raise PromptclimbError(f"{sweep_dir / SWEEP_FILE} is damaged ({exc})") from None
+    rows = []
+    for cell in cells:
+        cell_dir = sweep_dir / cell.name
+        row = {"dataset": cell.dataset, "backbone": cell.backbone, "shots": cell.shots, "seed": cell.seed,
+               "cell": cell.name, "state": cell_state(cell_dir, adapter_wanted), "error": ""}
+        if row["state"] == "failed":
+            try:
+                row["error"] = (cell_dir / ERROR_FILE).read_text(encoding="utf-8", errors="replace").strip()
+            except OSError as exc:
+                row["error"] = f"{ERROR_FILE} cannot be read: {exc.strerror or exc}"
+        summary = cell_summary(cell_dir)
+        if summary is None and (cell_dir / SUMMARY).exists():
+            row["error"] = row["error"] or f"{SUMMARY} is damaged; rerun the sweep to write it again"
+        summary = summary or {}
+        ledger = summary.get("ledger") if isinstance(summary.get("ledger"), dict) else {}
+        row |= {
+            "best": _test(summary.get("best")),
+            "ensemble": _test(summary.get("ensemble")),
+            "adapter": _test(summary.get("adapter")),
+            "llm_calls": _number(ledger.get("calls")),
+            "llm_tokens": _number(ledger.get("prompt_tokens")) + _number(ledger.get("completion_tokens"), 0.0),
+            "llm_s": _number(ledger.get("latency_s")),
+        }
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _number(value, missing: float = math.nan) -> float:
+    """A figure read from a summary: a number, else `missing` (a summary of wrong types is
+    shown as not measured, never a traceback)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return missing
+    return float(value)
+
+
+def _test(section) -> float:
+    accuracy = section.get("accuracy") if isinstance(section, dict) else None
+    return _number(accuracy.get("test")) if isinstance(accuracy, dict) else math.nan
+
+
+def sweep_summary(cells: "pd.DataFrame") -> "pd.DataFrame":
+    """Per dataset x backbone x shots: finished seeds, failed cells, mean and sd over the
+    finished seeds of each test accuracy (0..1) and the mean LLM cost per cell."""
+    import pandas as pd
+
+    rows = []
+    for (dataset, backbone, shots), group in cells.groupby(["dataset", "backbone", "shots"], sort=False):
+        done = group[group["state"] == "finished"]
+        row = {"dataset": dataset, "backbone": backbone, "shots": shots, "seeds": len(done),
+               "failed": int((group["state"] == "failed").sum())}
+        for result in RESULTS:
+            values = done[result].dropna()
+            row[f"{result}_mean"] = values.mean() if len(values) else math.nan
+            row[f"{result}_sd"] = values.std(ddof=1) if len(values) > 1 else math.nan
+        for cost in ("llm_calls", "llm_tokens", "llm_s"):
+            row[f"{cost}_mean"] = done[cost].mean() if len(done) else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def mean_sd(mean: float, sd: float) -> str:
+    """"87.5 ± 1.2" (percent); "87.5" for one seed; "" when nothing was measured."""
+    if math.isnan(mean):
+        return ""
+    return f"{100 * mean:.1f}" + (f" ± {100 * sd:.1f}" if not math.isnan(sd) else "")
+
+
+def plot_sweep(summary: "pd.DataFrame", path: Path, title: str) -> Path | None:
+    """Test accuracy against shots, one colour per dataset x backbone: the best template
+    (solid, error bars = sd over seeds), the ensemble (dashed), the adapter (dotted)."""
+    if summary.empty or summary["best_mean"].isna().all():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {"best": "-o", "ensemble": "--s", "adapter": ":^"}
+    for i, ((dataset, backbone), group) in enumerate(summary.groupby(["dataset", "backbone"], sort=False)):
+        group = group.sort_values("shots")
+        for result, style in styles.items():
+            if group[f"{result}_mean"].isna().all():
+                continue
+            ax.errorbar(group["shots"], 100 * group[f"{result}_mean"], yerr=100 * group[f"{result}_sd"].fillna(0),
+                        fmt=style, color=f"C{i}", capsize=3, label=f"{dataset} / {backbone}: {result}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(summary["shots"].unique()), [str(s) for s in sorted(summary["shots"].unique())])
+    ax.set_xlabel("shots per class")
+    ax.set_ylabel("test accuracy (%), mean ± sd over seeds")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    from promptclimb.agent.core.files import write_atomic
+
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+    return path

@@ -1,0 +1,525 @@
+"""MLflow tracking: a run folder mirrored into one MLflow run (`promptclimb mlflow-sync`
+afterwards, `Tracker` live during a search), a sweep folder into a parent run with a
+nested run per cell.
+
+The run folder stays the source of truth: everything logged is read back from its files,
+so any run folder, finished, unfinished or old, can be logged at any time. Logging it
+again continues the same MLflow run (its id per tracking server is kept in RUN/mlflow.json)
+and sends only what the server does not hold yet: an answer's metrics are logged once.
+
+What a search becomes in MLflow (experiment "promptclimb" unless told otherwise):
+    params     config.json flattened: "search.iterations", "llm.model", ... (config.json
+               never holds a key). MLflow params are write-once: a setting changed on
+               resume (a raised budget) keeps its first value there; config.json, an
+               artifact, has the current one.
+    tags       dataset, backbone, shots, seed, llm; promptclimb.status, promptclimb.folder,
+               promptclimb.prompt (the registered prompt's URI); mlflow.parentRunId for a
+               sweep's cell
+    metrics    per LLM answer (template turn, names turn, names guard), step = its index
+               (`call`), time = when it came: best_train_accuracy, best_val_accuracy (of
+               the best so far, ranked as the search ranks), new_proposals and
+               refused_proposals (templates or names), prompt_tokens, completion_tokens;
+               at the end best_, ensemble_ and adapter_test_accuracy
+    artifacts  the run folder's files (config.json, history.jsonl, summary.json, ...)
+    prompt     the winning template in MLflow's prompt registry as a new version of
+               `promptclimb.<dataset>.<backbone>`, "{}" written "{{class_name}}"; its tags:
+               the template as promptclimb writes it, its accuracies, the class names it
+               goes with (a names climb's: the best's `names`, else summary.json's `names`
+               section), the run's ids; the MLflow run is linked to the version as MLflow's
+               link_prompt_version_to_run does it (the `mlflow.linkedPrompts` run tag)
+    status     FINISHED (the run has its result), RUNNING (a search is writing it), KILLED
+               (stopped part-way: a resume, then a sync, continues it)
+
+Tracking never fails a search: `Tracker` reports a problem in one warning line and stops
+tracking that run; `promptclimb mlflow-sync RUN` logs it afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pandas as pd
+
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.files import write_json_atomic
+from promptclimb.agent.core.runfiles import CONFIG, LOCK, SUMMARY
+from promptclimb.agent.llm.client import strip_userinfo
+from promptclimb.agent.runs.reading import Run, load_run
+from promptclimb.agent.search import LLM_EVENTS
+from promptclimb.agent.sweep.driver import SWEEP_FILE
+
+EXPERIMENT = "promptclimb"
+MLFLOW_FILE = "mlflow.json"  # in a run (or sweep) folder: {"v": 1, "runs": {uri: {experiment_id, run_id}}}
+STEP_KEY = "new_proposals"  # logged for every answer: its history says which answers the server has
+REFUSED = ("reject", "name_reject")  # events of an answer's proposals that were not scored
+RESULTS = ("best", "ensemble", "adapter")  # summary.json sections whose test accuracy is logged
+PARENT_TAG = "mlflow.parentRunId"
+LINKED_PROMPTS_TAG = "mlflow.linkedPrompts"  # what MLflow's link_prompt_version_to_run sets
+PARAM_LIMIT, TAG_LIMIT = 6000, 8000  # MLflow's longest param and tag values
+ANSWERS_PER_BATCH = 100  # 6 metrics each: under MLflow's 1000 metrics per request
+# While we talk to MLflow, unless the user set them: its HTTP client retries 7 times with
+# doubling waits (minutes against a server that is gone; a search does not wait that long),
+# and it prints run links to stdout (where `search --json` prints its summary).
+MLFLOW_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+              "MLFLOW_HTTP_REQUEST_TIMEOUT": "20", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+
+
+class TrackingError(PromptclimbError):
+    """MLflow is missing, unreachable, or refused what was sent (one line)."""
+
+
+@dataclass(frozen=True)
+class Synced:
+    """What one sync did: the MLflow run, the answers newly logged, the registered prompt."""
+
+    run_id: str
+    experiment_id: str
+    tracking_uri: str  # without any user:password@
+    new_answers: int
+    prompt: str | None
+
+
+# -- the API --------------------------------------------------------------------------------
+def sync_run(run_dir: str | Path, tracking_uri: str | None = None, experiment: str = EXPERIMENT,
+             parent_run_id: str | None = None) -> Synced:
+    """Log a run folder to MLflow, or bring its MLflow run up to date (TrackingError when
+    MLflow cannot take it). An answer still being scored by a search that holds the run is
+    left for a later sync."""
+    if not (Path(run_dir) / CONFIG).exists():
+        raise PromptclimbError(f"{run_dir} is not a run folder (no {CONFIG})")
+    with mlflow_errors():
+        mirror = Mirror.open(run_dir, tracking_uri, experiment, parent_run_id)
+        return mirror.sync(writing=_being_written(mirror.folder))
+
+
+def sync_sweep(sweep_dir: str | Path, tracking_uri: str | None = None, experiment: str = EXPERIMENT) -> Synced:
+    """Log a sweep folder: a parent run (sweep.json's grid and options as params, the sweep's
+    own files as artifacts) and, nested under it, each cell's run (`sync_run`)."""
+    sweep_dir = Path(sweep_dir)
+    if not (sweep_dir / SWEEP_FILE).exists():
+        raise PromptclimbError(f"{sweep_dir} is not a sweep folder (no {SWEEP_FILE})")
+    settings = json.loads((sweep_dir / SWEEP_FILE).read_text(encoding="utf-8"))
+    cells = [sweep_dir / name for name in settings.get("cells", []) if (sweep_dir / name / CONFIG).exists()]
+    with mlflow_errors():
+        parent = Mirror.open(sweep_dir, tracking_uri, experiment)
+        parent.log_params({**flat_params({k: v for k, v in settings.items() if k != "cells"}),
+                           "cells": str(len(settings.get("cells", [])))})
+        parent.log_files()
+    for cell in cells:
+        sync_run(cell, parent.uri, experiment, parent_run_id=parent.run_id)
+    finished = [c for c in cells if (c / SUMMARY).exists()]
+    with mlflow_errors():
+        parent.set_status("FINISHED" if len(finished) == len(settings.get("cells", [])) else "KILLED", time.time())
+    return Synced(parent.run_id, parent.experiment_id, parent.key, 0, None)
+
+
+class Tracker:
+    """A search's live MLflow run. `Tracker.attach(store, uri, echo)` once the run folder is
+    open; each LLM answer is logged when the next one comes (then it is complete); `finish()`
+    after the search and its adapter logs the rest. Also a context manager (finish on exit).
+
+    Never raises: the first problem is one warning line through `echo`, and the tracker
+    then does nothing more (the run can be logged later with `promptclimb mlflow-sync`)."""
+
+    def __init__(self, run_dir: Path, tracking_uri: str | None, echo: Callable[[str], None]):
+        self.run_dir, self.tracking_uri, self.echo = run_dir, tracking_uri, echo
+        self.mirror: Mirror | None = None
+        self._lock = threading.Lock()  # parallel restarts append events from several threads
+
+    @classmethod
+    def attach(cls, store, tracking_uri: str | None = None, echo: Callable[[str], None] = print,
+               experiment: str = EXPERIMENT, parent_run_id: str | None = None) -> "Tracker":
+        """Open (or, for a resumed run, continue) the run's MLflow run, log what the folder
+        holds already, and listen to the store (a `RunStore`) for what comes."""
+        tracker = cls(Path(store.run_dir), tracking_uri, echo)
+
+        def start():
+            tracker.mirror = Mirror.open(store.run_dir, tracking_uri, experiment, parent_run_id)
+            tracker.mirror.sync(writing=True, files=False)
+
+        if tracker._guard(start):
+            store.add_listener(tracker.on_event)
+        return tracker
+
+    @property
+    def run_id(self) -> str | None:
+        return self.mirror.run_id if self.mirror else None
+
+    def on_event(self, event: dict) -> None:
+        """The store's listener: an event that follows an answer completes it."""
+        if self.mirror is not None and event["event"] in (*LLM_EVENTS, "restart", "reset", "stop", "final"):
+            self._guard(lambda: self.mirror and self.mirror.log_answers(load_run(self.run_dir), hold_last=True))
+
+    def finish(self) -> None:
+        """Everything the folder holds now: the last answers, the results, the files, the
+        winning prompt, and the status (FINISHED; KILLED for a search that did not end)."""
+        self._guard(lambda: self.mirror and self.mirror.sync(writing=False))
+        self.mirror = None
+
+    def __enter__(self) -> "Tracker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.finish()
+
+    def _guard(self, step: Callable[[], object]) -> bool:
+        with self._lock:
+            try:
+                with mlflow_errors():
+                    step()
+                return True
+            except Exception as exc:  # noqa: BLE001 - tracking never fails a search
+                where = f" --tracking-uri {link_key(self.tracking_uri)}" if self.tracking_uri else ""
+                self.echo(f"warning: MLflow tracking stopped ({_one_line(exc)}); the search goes on. "
+                          f"Log the run afterwards with: promptclimb mlflow-sync {self.run_dir}{where}")
+                self.mirror = None
+                return False
+
+
+# -- one folder and its MLflow run ----------------------------------------------------------
+class Mirror:
+    """A run (or sweep) folder and the MLflow run it is logged to."""
+
+    def __init__(self, client, uri: str, folder: Path, experiment_id: str, run_id: str):
+        self.client, self.uri, self.folder = client, uri, folder
+        self.experiment_id, self.run_id = experiment_id, run_id
+        self.key = link_key(uri)
+
+    @classmethod
+    def open(cls, folder: str | Path, tracking_uri: str | None, experiment: str,
+             parent_run_id: str | None = None) -> "Mirror":
+        """The MLflow run this folder was logged to on this server (RUN/mlflow.json), or a new one."""
+        client, uri = mlflow_client(tracking_uri)
+        folder = Path(folder)
+        known = _read_links(folder)
+        link = known.get(link_key(uri)) or {}
+        if link.get("run_id") and _exists(client, link["run_id"]):
+            mirror = cls(client, uri, folder, link["experiment_id"], link["run_id"])
+        else:
+            experiment_id = _experiment_id(client, experiment)
+            run = client.create_run(experiment_id, run_name=folder.name)
+            mirror = cls(client, uri, folder, experiment_id, run.info.run_id)
+            write_json_atomic(folder / MLFLOW_FILE, {"v": 1, "runs": {**known, mirror.key: {
+                "experiment_id": experiment_id, "run_id": mirror.run_id}}})
+        if parent_run_id:
+            client.set_tag(mirror.run_id, PARENT_TAG, parent_run_id)
+        return mirror
+
+    def sync(self, writing: bool, files: bool = True) -> Synced:
+        """Settings, answers, results, files, prompt and status, from the folder as it is now.
+        `writing`: a search is still writing it (its last answer may not be complete yet)."""
+        run = load_run(self.folder)
+        self.log_params(flat_params({k: v for k, v in run.config.items() if k != "v"}))
+        self.client.log_batch(self.run_id, tags=_tags(run_tags(run)))
+        new = self.log_answers(run, hold_last=writing)
+        self.log_results(run)
+        if files:
+            self.log_files()
+        prompt = self.register_prompt(run)
+        self.set_status("FINISHED" if run.final else "RUNNING" if writing else "KILLED", _last_time(run))
+        return Synced(self.run_id, self.experiment_id, self.key, new, prompt)
+
+    def log_params(self, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        have = self.client.get_run(self.run_id).data.params
+        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items() if k not in have])
+
+    def log_answers(self, run: Run, hold_last: bool) -> int:
+        """The metrics of each answer the server does not have yet; returns how many."""
+        from mlflow.entities import Metric
+
+        have = {m.step for m in self.client.get_metric_history(self.run_id, STEP_KEY)}
+        rows = [row for row in answer_metrics(run, hold_last) if row[0] not in have]
+        for start in range(0, len(rows), ANSWERS_PER_BATCH):
+            metrics = [Metric(key, value, stamp, step) for step, stamp, values in rows[start:start + ANSWERS_PER_BATCH]
+                       for key, value in values.items()]
+            self.client.log_batch(self.run_id, metrics=metrics)
+        return len(rows)
+
+    def log_results(self, run: Run) -> None:
+        """The test accuracy of the best template, the ensemble and the adapter (again only
+        when it changed: `promptclimb adapt` may fit another adapter later)."""
+        from mlflow.entities import Metric
+
+        final = run.final or {}
+        have = self.client.get_run(self.run_id).data.metrics
+        step, stamp = sum(e["event"] in LLM_EVENTS for e in run.events), int(_last_time(run) * 1000)
+        metrics = [Metric(f"{name}_test_accuracy", value, stamp, step) for name in RESULTS
+                   if (value := _test_accuracy(final.get(name))) is not None
+                   and have.get(f"{name}_test_accuracy") != value]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+
+    def log_files(self) -> None:
+        """The folder's files as artifacts (not its lock, temp files or mlflow.json)."""
+        for path in sorted(self.folder.iterdir()):
+            if path.is_file() and not path.name.startswith(".") and path.name != MLFLOW_FILE:
+                self.client.log_artifact(self.run_id, str(path))
+
+    def register_prompt(self, run: Run) -> str | None:
+        """The winning template as a new version in the prompt registry, once per run;
+        returns its URI (None while the run has no result)."""
+        summary = run.summary
+        if not summary or not (summary.get("best") or {}).get("template"):
+            return None
+        best = summary["best"]
+        template = best["template"].replace("{}", "{{class_name}}")
+        tags = self.client.get_run(self.run_id).data.tags
+        registered = tags.get("promptclimb.prompt")
+        if registered and _registered_template(self.client, registered) == template:
+            return registered
+        version = self.client.register_prompt(
+            prompt_name(run), template, commit_message=f"promptclimb run {run.id}",
+            tags=_strings(prompt_tags(run, self.run_id)))
+        uri = f"prompts:/{version.name}/{version.version}"
+        linked = json.loads(tags.get(LINKED_PROMPTS_TAG) or "[]")
+        linked.append({"name": version.name, "version": str(version.version)})
+        self.client.log_batch(self.run_id, tags=_tags({"promptclimb.prompt": uri,
+                                                       LINKED_PROMPTS_TAG: json.dumps(linked)}))
+        return uri
+
+    def set_status(self, status: str, end: float) -> None:
+        if status == "RUNNING":
+            self.client.update_run(self.run_id, status="RUNNING")
+        else:
+            self.client.set_terminated(self.run_id, status, end_time=int(end * 1000))
+
+
+# -- what is logged, read from the run folder -----------------------------------------------
+def flat_params(config: dict, prefix: str = "") -> dict[str, str]:
+    """Settings as MLflow params: nested keys joined by ".", other values as JSON, each cut
+    to MLflow's limit (the whole of it is in config.json, an artifact)."""
+    out = {}
+    for key, value in config.items():
+        name = re.sub(r"[^\w\-. /:]", "_", f"{prefix}{key}")
+        if isinstance(value, dict) and value:
+            out.update(flat_params(value, name + "."))
+        else:
+            out[name] = _cut(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False), PARAM_LIMIT)
+    return out
+
+
+def run_tags(run: Run) -> dict:
+    return {"dataset": run.dataset, "backbone": run.backbone, "shots": run.args.get("shots"),
+            "seed": run.args.get("seed"), "llm": run.llm, "promptclimb.status": run.status,
+            "promptclimb.folder": str(run.path.resolve())}
+
+
+def answer_metrics(run: Run, hold_last: bool = False) -> list[tuple[int, int, dict[str, float]]]:
+    """(step = `call`, time in ms, metrics) per LLM answer of any kind (template turn, names
+    turn, names guard): the train and val accuracy of the best so far (as the reader ranks),
+    how many of its proposals were scored (new) and refused, its tokens. An answer's events
+    are those with its `call`. `hold_last`: leave out a last answer that nothing follows yet
+    (a search may still be scoring it)."""
+    ranked = run.ranked()  # best first; `line` = where it was recorded
+    own: dict[int, list[dict]] = {}
+    for e in run.events:
+        if e.get("call") is not None:
+            own.setdefault(int(e["call"]), []).append(e)
+    last_line = max((e["_line"] for e in run.events), default=0)
+    rows = []
+    for answer in (e for e in run.events if e["event"] in LLM_EVENTS and e.get("call") is not None):
+        call = int(answer["call"])
+        end = max(e["_line"] for e in own[call])
+        if hold_last and end == last_line:
+            continue
+        usage = answer.get("usage") or {}
+        values = {"new_proposals": sum(_is_new(e) for e in own[call]),
+                  "refused_proposals": sum(e["event"] in REFUSED for e in own[call]),
+                  "prompt_tokens": usage.get("prompt_tokens") or 0,
+                  "completion_tokens": usage.get("completion_tokens") or 0}
+        best = ranked[ranked["line"] <= end].head(1) if "line" in ranked else ranked
+        for split in ("train", "val"):
+            if split in best and not best.empty and pd.notna(best[split].iloc[0]):
+                values[f"best_{split}_accuracy"] = float(best[split].iloc[0])
+        rows.append((call, int(float(answer.get("time") or time.time()) * 1000), values))
+    return rows
+
+
+def _is_new(event: dict) -> bool:
+    """A proposal of the answer, scored: a template, or one class's new name (a names turn
+    also scores combinations of its names: not proposals of their own)."""
+    return event["event"] == "score" or (event["event"] == "name_score" and len(event.get("changes") or ()) == 1)
+
+
+def class_names(summary: dict) -> list[str] | None:
+    """The class names the winning template goes with, from the names climb: the best's own,
+    else the `names` section's found ones; None for a run without names."""
+    best = summary.get("best") or {}
+    section = summary.get("names")
+    if best.get("names"):
+        return list(best["names"])
+    return list(section["found"]) if isinstance(section, dict) and section.get("found") else None
+
+
+def prompt_name(run: Run) -> str:
+    """`promptclimb.<dataset>.<backbone>`: every run on the same task adds a version."""
+    args = run.args
+    backbone = "-".join(str(p) for p in (args.get("backbone"), args.get("pretrained")) if p)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"promptclimb.{run.dataset}.{backbone or 'unknown'}").strip("-.")
+
+
+def prompt_tags(run: Run, mlflow_run_id: str) -> dict:
+    summary = run.summary or {}
+    best = summary.get("best") or {}
+    tags = {"template": best.get("template"), "winner": summary.get("winner"),
+            **{f"{split}_accuracy": value for split, value in (best.get("accuracy") or {}).items()},
+            **{k: v for k, v in run_tags(run).items() if not k.startswith("promptclimb.")},
+            "promptclimb_run": run.id, "source_run_id": mlflow_run_id}
+    if summary.get("winner") == "ensemble":
+        tags["ensemble_templates"] = json.dumps((summary.get("ensemble") or {}).get("templates"), ensure_ascii=False)
+    names = class_names(summary)
+    if names is not None:  # the names climb: the class names go with the template
+        tags["class_names"] = json.dumps(names, ensure_ascii=False)
+    return tags
+
+
+# -- MLflow ---------------------------------------------------------------------------------
+def mlflow_client(tracking_uri: str | None):
+    """(MlflowClient, the tracking URI it uses): `tracking_uri`, else MLFLOW_TRACKING_URI, else
+    MLflow's default. A server that does not answer is a TrackingError, at once."""
+    try:
+        import mlflow
+    except ImportError:
+        raise TrackingError("MLflow is not installed: pip install 'promptclimb[mlflow]'") from None
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    check_server(uri)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri), uri
+
+
+def link_key(uri: str) -> str:
+    """A tracking URI as RUN/mlflow.json knows it: no `user:password@`, no trailing "/"."""
+    return strip_userinfo(uri).rstrip("/")
+
+
+def check_server(uri: str, timeout_s: float = 5.0) -> None:
+    """An http(s) tracking server answers (any HTTP answer will do), or TrackingError."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    shown = strip_userinfo(uri)
+    try:
+        urllib.request.urlopen(shown.rstrip("/") + "/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise TrackingError(f"cannot reach the MLflow tracking server at {shown} ({reason})") from None
+
+
+@contextmanager
+def mlflow_errors() -> Iterator[None]:
+    """MLflow's (and its HTTP client's) errors as a one-line TrackingError; meanwhile MLflow
+    is quiet (warnings only, no links on stdout) and its HTTP retries short (MLFLOW_ENV)."""
+    added = {k: v for k, v in MLFLOW_ENV.items() if k not in os.environ}
+    os.environ.update(added)
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    except PromptclimbError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - MlflowException, requests' errors, OSError
+        raise TrackingError(f"MLflow: {_one_line(exc)}") from exc
+    finally:
+        logger.setLevel(level)
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def _experiment_id(client, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name)
+        except Exception:  # noqa: BLE001 - another process (a sweep's cell) created it first
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+    return experiment.experiment_id
+
+
+def _exists(client, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id).info.lifecycle_stage != "deleted"
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+
+
+def _registered_template(client, uri: str) -> str | None:
+    name, _, version = uri.removeprefix("prompts:/").rpartition("/")
+    found = client.get_prompt_version(name, version) if name else None
+    return found.template if found else None
+
+
+# -- small helpers --------------------------------------------------------------------------
+def _read_links(folder: Path) -> dict:
+    """RUN/mlflow.json's runs by tracking URI ({} when absent or unreadable: a new MLflow run)."""
+    try:
+        runs = json.loads((folder / MLFLOW_FILE).read_text(encoding="utf-8")).get("runs")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return runs if isinstance(runs, dict) else {}
+
+
+def _being_written(folder: Path) -> bool:
+    """Whether a search (or `adapt`) holds the run's lock now. Only looks: takes nothing."""
+    try:
+        import fcntl
+        handle = open(folder / LOCK, "rb")
+    except (ImportError, OSError):
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return False
+
+
+def _strings(tags: dict) -> dict[str, str]:
+    return {k: _cut(str(v), TAG_LIMIT) for k, v in tags.items() if v is not None}
+
+
+def _tags(tags: dict):
+    from mlflow.entities import RunTag
+
+    return [RunTag(k, v) for k, v in _strings(tags).items()]
+
+
+def _test_accuracy(section: dict | None) -> float | None:
+    value = ((section or {}).get("accuracy") or {}).get("test")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _last_time(run: Run) -> float:
+    return max((float(e.get("time") or 0) for e in run.events), default=0.0) or time.time()
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 40] + f"... ({len(text)} characters in all)"
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of an error, without any `user:password@` of a URL in it."""
+    lines = str(exc).strip().splitlines()
+    return re.sub(r"://[^/@\s]+@", "://", lines[0]) if lines else type(exc).__name__

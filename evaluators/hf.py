@@ -1,0 +1,282 @@
+"""Hugging Face datasets: `--dataset hf:OWNER/NAME[:CONFIG]` and `--dataset hf --data-root FOLDER`.
+
+Needs the optional extra `promptclimb[hf]` (the `datasets` library), imported only here and
+only when such a dataset is loaded.
+
+Where the data comes from:
+- `hf:OWNER/NAME[:CONFIG]`: `datasets.load_dataset(OWNER/NAME, CONFIG)` with the user's
+  Hugging Face datasets cache (`HF_DATASETS_CACHE`, by default ~/.cache/huggingface/datasets).
+  With `HF_HUB_OFFLINE=1` only what is already in that cache is used.
+- `hf --data-root FOLDER`: a `save_to_disk` folder (it has dataset_dict.json or state.json),
+  or a folder of parquet files (split names from the file names as on the Hub, e.g.
+  `data/train-00000-of-00001.parquet`, `test.parquet`; files without one are all train).
+  Parquet is converted once to arrow files under the promptclimb cache (`datasets/hf/`).
+
+Columns: the image column is the one `Image` feature, the label column the one `ClassLabel`
+(`image_column` / `label_column`, i.e. --image-column / --label-column, choose another or
+one of several). A label column that is not a ClassLabel (strings, integers) must be named;
+its distinct values, sorted, are then the classes. The start class names are the
+ClassLabel names made readable as imagefolder's are ('sea_lake' -> 'sea lake'). Rows
+without a label (None, or -1 as some test splits have) are left out.
+
+Splits: the few-shot train and val images are drawn from the `train` split (val from what
+train's shots leave: `make_fewshot_split` with an empty val pool). Test is the `test`
+split, else `validation` (or `valid`, `val`). With none of them, test is a deterministic
+held-out 30% of each class of train (`deterministic_split`, the test share of imagefolder's
+50/20/30 cut, seeded by the dataset's name), and the rest stays train.
+
+Image ids are `<split>/<row>`. Images are decoded one at a time when the evaluator asks for
+them (the image column is read as undecoded bytes, in arrow format), so a large dataset is
+never held decoded in memory. The dataset's identity, which keys the feature cache and is
+compared on --resume, is a digest of each used split's `datasets` fingerprint, its arrow
+files' names and sizes, and the two columns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.paths import cache_dir
+from promptclimb.evaluators.datasets import Dataset, Labelled, deterministic_split, readable_classname
+
+if TYPE_CHECKING:
+    import datasets
+
+TRAIN_SPLIT = "train"
+TEST_SPLITS = ("test", "validation", "valid", "val")  # the first one present (with labels) is test
+INSTALL_HINT = "pip install 'promptclimb[hf]'"
+
+
+def load_hf(data_root: str | None, name: str = "hf", image_column: str | None = None,
+            label_column: str | None = None) -> Dataset:
+    """The Dataset of `name` ("hf" with a local folder, or "hf:OWNER/NAME[:CONFIG]")."""
+    splits, where, source = open_splits(name, data_root)
+    if TRAIN_SPLIT not in splits:
+        raise PromptclimbError(f"{where} has no 'train' split (it has: {', '.join(splits) or 'none'}); "
+                               "the few-shot images are drawn from train")
+    train = splits[TRAIN_SPLIT]
+    image_col = find_image_column(train, image_column, where)
+    label_col = find_label_column(train, label_column, where)
+    classnames, label_of = class_labels(train, label_col, splits, where)
+
+    items = {TRAIN_SPLIT: labelled(train, TRAIN_SPLIT, label_col, label_of)}
+    test_split = None
+    for candidate in (s for s in TEST_SPLITS if s in splits):
+        for column in (image_col, label_col):
+            if column not in splits[candidate].column_names:
+                raise PromptclimbError(f"split {candidate!r} of {where} has no column {column!r}")
+        test_items = labelled(splits[candidate], candidate, label_col, label_of)
+        if test_items:
+            test_split, items["test"] = candidate, test_items
+            break
+        warnings.warn(f"{where}: split {candidate!r} has no labels; not used as the test split", stacklevel=2)
+    if test_split is None:  # no labelled test/validation split: hold out part of train
+        by_class: dict[int, list[str]] = {c: [] for c in range(len(classnames))}
+        for image_id, label in items[TRAIN_SPLIT]:
+            by_class[label].append(image_id)
+        cut = deterministic_split(by_class, tag=f"hf:{source}")
+        items = {TRAIN_SPLIT: sorted(cut["train"] + cut["val"]), "test": cut["test"]}
+
+    used = {s: splits[s] for s in (TRAIN_SPLIT, test_split) if s}
+    return Dataset(
+        name=name, classnames=classnames, description="photos",
+        load_image=image_loader(used, image_col),
+        splits={"train": items[TRAIN_SPLIT], "val": [], "test": items["test"]},
+        identity=f"{source}:{identity_digest(used, image_col, label_col)}",
+    )
+
+
+# ---------------------------------------------------------------- opening
+
+def import_datasets():
+    try:
+        import datasets
+    except ImportError:
+        raise PromptclimbError(f"Hugging Face datasets need the `datasets` library: {INSTALL_HINT}") from None
+    return datasets
+
+
+def open_splits(name: str, data_root: str | None) -> tuple[dict[str, "datasets.Dataset"], str, str]:
+    """(split name -> datasets.Dataset, how to name the data in messages, a stable source name)."""
+    if name == "hf":
+        if not data_root:
+            raise PromptclimbError("--dataset hf needs --data-root FOLDER (a save_to_disk folder or a folder of "
+                                   "parquet files); for a dataset in the Hugging Face cache use --dataset hf:OWNER/NAME")
+        root = Path(data_root).expanduser().resolve()
+        return open_folder(root), str(root), root.name
+    if data_root:
+        raise PromptclimbError(f"--data-root is for --dataset hf (a local folder); --dataset {name} reads the "
+                               "Hugging Face cache (HF_DATASETS_CACHE)")
+    spec = name[len("hf:"):]
+    repo, _, config = spec.partition(":")
+    if not repo or repo.count("/") > 1:
+        raise PromptclimbError(f"--dataset {name!r}: expected hf:OWNER/NAME or hf:OWNER/NAME:CONFIG")
+    return open_hub(repo, config or None), name, spec
+
+
+def open_folder(root: Path) -> dict[str, "datasets.Dataset"]:
+    if not root.is_dir():
+        raise PromptclimbError(f"data folder {root} does not exist")
+    saved = (root / "dataset_dict.json").is_file() or (root / "state.json").is_file()
+    if not saved and not any(root.rglob("*.parquet")):
+        raise PromptclimbError(f"{root} is neither a save_to_disk folder (no dataset_dict.json or state.json) "
+                               "nor a folder of parquet files")
+    datasets = import_datasets()
+    try:
+        if saved:
+            loaded = datasets.load_from_disk(str(root))
+        else:
+            loaded = datasets.load_dataset("parquet", data_dir=str(root), cache_dir=str(cache_dir("datasets") / "hf"))
+    except (OSError, ValueError, datasets.exceptions.DatasetsError) as exc:
+        raise PromptclimbError(f"cannot read {root} as a Hugging Face dataset: {one_line(exc)}") from exc
+    return as_splits(loaded)
+
+
+def open_hub(repo: str, config: str | None) -> dict[str, "datasets.Dataset"]:
+    """A Hub dataset through the Hugging Face datasets cache (only the cache when offline)."""
+    datasets = import_datasets()
+    hf_cache = Path(datasets.config.HF_DATASETS_CACHE)  # read now: HF_DATASETS_CACHE / HF_HOME
+    what = f"hf:{repo}" + (f":{config}" if config else "")
+    try:
+        loaded = datasets.load_dataset(repo, config, cache_dir=str(hf_cache))
+    except ConnectionError as exc:  # not reachable (or offline) and not in the cache
+        looked = hf_cache / "___".join(repo.split("/"))
+        if datasets.config.HF_HUB_OFFLINE:
+            raise PromptclimbError(
+                f"{what} is not in the Hugging Face datasets cache (looked in {looked}) and HF_HUB_OFFLINE is set: "
+                f"load it once with network access (python -c \"import datasets; datasets.load_dataset('{repo}')\"), "
+                "or use a save_to_disk or parquet folder with --dataset hf --data-root FOLDER") from exc
+        raise PromptclimbError(f"cannot reach the Hugging Face Hub for {what}, and it is not in the cache "
+                               f"(looked in {looked}): {one_line(exc)}") from exc
+    except (OSError, ValueError, datasets.exceptions.DatasetsError) as exc:
+        raise PromptclimbError(f"cannot load {what}: {one_line(exc)}") from exc
+    return as_splits(loaded)
+
+
+def as_splits(loaded) -> dict[str, "datasets.Dataset"]:
+    """A DatasetDict's splits; a lone Dataset (a save_to_disk of one split) is train."""
+    if hasattr(loaded, "keys"):
+        return {str(split): ds for split, ds in loaded.items()}
+    return {TRAIN_SPLIT: loaded}
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+# ---------------------------------------------------------------- columns and labels
+
+def describe_columns(ds: "datasets.Dataset") -> str:
+    return ", ".join(f"{c} ({feature_kind(f)})" for c, f in ds.features.items())
+
+
+def feature_kind(feature) -> str:
+    dtype = getattr(feature, "dtype", None)
+    return f"{type(feature).__name__}({dtype})" if type(feature).__name__ == "Value" else type(feature).__name__
+
+
+def named_column(ds: "datasets.Dataset", chosen: str, option: str, where: str):
+    if chosen not in ds.features:
+        raise PromptclimbError(f"{option} {chosen!r}: no such column in {where} (columns: {describe_columns(ds)})")
+    return ds.features[chosen]
+
+
+def find_image_column(ds: "datasets.Dataset", chosen: str | None, where: str) -> str:
+    from datasets import Image
+
+    if chosen:
+        if not isinstance(named_column(ds, chosen, "--image-column", where), Image):
+            raise PromptclimbError(f"--image-column {chosen!r} of {where} is {feature_kind(ds.features[chosen])}, "
+                                   "not an Image feature")
+        return chosen
+    found = [c for c, f in ds.features.items() if isinstance(f, Image)]
+    if not found:
+        raise PromptclimbError(f"{where} has no image column (no Image feature among: {describe_columns(ds)})")
+    if len(found) > 1:
+        raise PromptclimbError(f"{where} has several image columns ({', '.join(found)}); choose one with --image-column")
+    return found[0]
+
+
+def find_label_column(ds: "datasets.Dataset", chosen: str | None, where: str) -> str:
+    from datasets import ClassLabel, Value
+
+    if chosen:
+        feature = named_column(ds, chosen, "--label-column", where)
+        if not isinstance(feature, (ClassLabel, Value)):
+            raise PromptclimbError(f"--label-column {chosen!r} of {where} is {feature_kind(feature)}, not one label "
+                                   "per image (a ClassLabel, or strings or integers)")
+        return chosen
+    found = [c for c, f in ds.features.items() if isinstance(f, ClassLabel)]
+    if not found:
+        raise PromptclimbError(f"{where} has no ClassLabel column (columns: {describe_columns(ds)}); name the label "
+                               "column with --label-column (its distinct values become the class names)")
+    if len(found) > 1:
+        raise PromptclimbError(f"{where} has several ClassLabel columns ({', '.join(found)}); "
+                               "choose one with --label-column")
+    return found[0]
+
+
+def column_values(ds: "datasets.Dataset", column: str) -> list:
+    """One column of every row (in arrow: nothing else is read or decoded)."""
+    return ds.with_format("arrow", columns=[column])[:].column(0).to_pylist()
+
+
+def class_labels(train: "datasets.Dataset", column: str, splits: dict, where: str) -> tuple[list[str], dict]:
+    """(class names, raw label value -> class index). A ClassLabel's names, in its order;
+    other columns: their distinct values over the train and test splits, sorted."""
+    from datasets import ClassLabel
+
+    feature = train.features[column]
+    if isinstance(feature, ClassLabel):
+        return [readable_classname(n) for n in feature.names], {i: i for i in range(feature.num_classes)}
+    values = set()
+    for split in (TRAIN_SPLIT, *TEST_SPLITS):
+        if split in splits and column in splits[split].column_names:
+            values |= {v for v in column_values(splits[split], column) if v is not None}
+    if not values:
+        raise PromptclimbError(f"label column {column!r} of {where} has no values")
+    ordered = sorted(values)
+    return [readable_classname(str(v)) or str(v) for v in ordered], {v: i for i, v in enumerate(ordered)}
+
+
+def labelled(ds: "datasets.Dataset", split: str, column: str, label_of: dict) -> Labelled:
+    """(id, class) of every row with a known label; ids are `<split>/<row>`."""
+    return sorted((f"{split}/{row}", label_of[v]) for row, v in enumerate(column_values(ds, column))
+                  if v in label_of)
+
+
+# ---------------------------------------------------------------- images and identity
+
+def image_loader(used: dict[str, "datasets.Dataset"], column: str):
+    """load_image(`<split>/<row>`): that row's image, decoded now (the column is read as
+    bytes or a path, never decoded in bulk)."""
+    from datasets import Image
+
+    decoder = Image(mode=used[TRAIN_SPLIT].features[column].mode)
+    readers = {split: ds.with_format("arrow", columns=[column]) for split, ds in used.items()}
+
+    def load_image(image_id: str):
+        split, row = image_id.rsplit("/", 1)
+        value = readers[split][int(row)].column(0)[0].as_py()
+        if value is None:
+            raise ValueError(f"row {image_id} has no image")
+        return decoder.decode_example(value)
+
+    return load_image
+
+
+def identity_digest(used: dict[str, "datasets.Dataset"], image_col: str, label_col: str) -> str:
+    """A short hash of each split's fingerprint and arrow files (names, sizes) and the columns."""
+    h = hashlib.sha256(f"image={image_col}\x1flabel={label_col}\x1e".encode())
+    for split, ds in sorted(used.items()):
+        h.update(f"{split}\x1f{ds._fingerprint}\x1e".encode())
+        for cache_file in ds.cache_files:
+            path = cache_file["filename"]
+            size = os.path.getsize(path) if os.path.exists(path) else -1
+            h.update(f"{os.path.basename(path)}\x1f{size}\x1e".encode())
+    return h.hexdigest()[:16]

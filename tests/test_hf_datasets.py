@@ -1,0 +1,343 @@
+"""Hugging Face datasets (evaluators/hf.py): `--dataset hf --data-root FOLDER` on a
+`save_to_disk` folder and on the same data as parquet files, `--dataset hf:OWNER/NAME` from
+the (offline) Hugging Face datasets cache, through `eval` and `search`, and the bad inputs.
+
+Every dataset is generated here (3 colour classes of small PNGs, a ClassLabel); nothing is
+downloaded (HF_HUB_OFFLINE=1, conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import CLASS_COLOURS, require_extra
+
+from fake_llm import FakeLLM
+
+datasets = require_extra("datasets", "hf")
+
+from promptclimb.agent.core.errors import PromptclimbError  # noqa: E402
+from promptclimb.evaluators.datasets import load_dataset, make_fewshot_split  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = list(CLASS_COLOURS)  # red_square, green_field, blue_lake: the ClassLabel names
+READABLE = ["red square", "green field", "blue lake"]
+TRAIN_PER_CLASS, TEST_PER_CLASS = 6, 3
+KEY = "sk-test-hf"
+
+
+def colour_rows(per_class: int, offset: int = 0) -> dict:
+    """`per_class` images of each class colour (each a little different), with their labels."""
+    from PIL import Image
+
+    images, labels = [], []
+    for c, colour in enumerate(CLASS_COLOURS.values()):
+        for i in range(per_class):
+            shade = tuple(max(0, min(255, v + 5 * (i + offset) - 15)) for v in colour)
+            image = Image.new("RGB", (32, 32), shade)
+            image.putpixel((i % 32, (3 * i) % 32), (255, 255, 255))
+            images.append(image)
+            labels.append(c)
+    return {"image": images, "label": labels}
+
+
+def features(label=None, **extra):
+    return datasets.Features({"image": datasets.Image(), "label": label or datasets.ClassLabel(names=CLASSES),
+                              **extra})
+
+
+def colour_dataset(per_class: int, offset: int = 0) -> "datasets.Dataset":
+    return datasets.Dataset.from_dict(colour_rows(per_class, offset), features=features())
+
+
+def colour_splits() -> "datasets.DatasetDict":
+    return datasets.DatasetDict(train=colour_dataset(TRAIN_PER_CLASS), test=colour_dataset(TEST_PER_CLASS, offset=7))
+
+
+def save_parquet(data: "datasets.DatasetDict", root: Path) -> Path:
+    """As a Hub repository lays them out: data/<split>-00000-of-00001.parquet."""
+    (root / "data").mkdir(parents=True)
+    for split, ds in data.items():
+        ds.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    """The same generated dataset as a save_to_disk folder and as a folder of parquet files."""
+    root = tmp_path_factory.mktemp("hf")
+    data = colour_splits()
+    data.save_to_disk(str(root / "saved"))
+    return {"saved": root / "saved", "parquet": save_parquet(data, root / "parquet")}
+
+
+def put_in_hf_cache(parquet_root: Path, hf_cache: Path, repo: str) -> None:
+    """What `datasets.load_dataset(repo)` leaves in the HF datasets cache after a download:
+    the prepared arrow files under <cache>/<owner>___<name>/<config>/<version>/<hash>/. Built
+    here by the parquet builder from local files, then put where a Hub download lands."""
+    work = hf_cache.parent / "build"
+    datasets.load_dataset("parquet", data_dir=str(parquet_root), cache_dir=str(work))
+    built = next(p for p in work.glob("parquet/*/*/*") if p.is_dir())
+    owner, name = repo.split("/")
+    target = hf_cache / f"{owner}___{name}" / "default" / built.parent.name / "0123abcd"
+    shutil.copytree(built, target)
+    for arrow in target.glob("parquet-*.arrow"):
+        arrow.rename(arrow.with_name(arrow.name.replace("parquet-", f"{name}-", 1)))
+    info = json.loads((target / "dataset_info.json").read_text())
+    info.update(dataset_name=name, config_name="default")
+    (target / "dataset_info.json").write_text(json.dumps(info))
+
+
+@pytest.fixture
+def hf_cache(tmp_path, folders, monkeypatch) -> Path:
+    """A Hugging Face datasets cache holding `owner/colours` (HF_DATASETS_CACHE, as read by
+    `datasets` at import, pointed here for this test)."""
+    cache = tmp_path / "hf-cache" / "datasets"
+    put_in_hf_cache(folders["parquet"], cache, "owner/colours")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    return cache
+
+
+def run_cli(*args, env=None):
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], env=env)
+
+
+def eval_args(tiny_clip_config, tiny_clip_weights, *data_args, shots=2):
+    return ["eval", *data_args, "--shots", shots, "--backbone", tiny_clip_config, "--weights", tiny_clip_weights,
+            "--device", "cpu", "--prompt", "a photo of a {}.", "--prompt", "a {}.", "--json"]
+
+
+# ---------------------------------------------------------------- loading
+
+@pytest.mark.parametrize("kind", ["saved", "parquet"])
+def test_folder_loads_classes_splits_and_images(folders, kind):
+    data = load_dataset("hf", str(folders[kind]))
+    assert data.classnames == READABLE  # ClassLabel order, '_' made a space
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 18, "val": 0, "test": 9}
+    assert all(i.startswith("train/") for i, _ in data.splits["train"])
+    assert all(i.startswith("test/") for i, _ in data.splits["test"])
+    assert sorted(c for _, c in data.splits["test"]) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    for image_id, label in data.splits["test"]:
+        image = data.load_image(image_id)
+        assert image.size == (32, 32)
+        assert max(range(3), key=lambda ch: image.getpixel((20, 20))[ch]) == label  # red, green, blue
+    split = make_fewshot_split(data, 2, seed=0)  # val from what train's shots leave
+    assert {k: len(v) for k, v in split.splits.items()} == {"train": 6, "val": 6, "test": 9}
+    assert not set(split.splits["train"]) & set(split.splits["val"])
+
+
+def test_saved_and_parquet_give_the_same_items(folders):
+    saved, parquet = (load_dataset("hf", str(folders[k])) for k in ("saved", "parquet"))
+    assert saved.splits == parquet.splits and saved.classnames == parquet.classnames
+
+
+def test_images_are_decoded_one_at_a_time_on_demand(folders, monkeypatch):
+    decoded = []
+    original = datasets.Image.decode_example
+    monkeypatch.setattr(datasets.Image, "decode_example",
+                        lambda self, value, *a, **kw: decoded.append(1) or original(self, value, *a, **kw))
+    data = load_dataset("hf", str(folders["saved"]))
+    assert decoded == []  # loading reads labels only
+    data.load_image(data.splits["train"][4][0])
+    assert decoded == [1]
+
+
+def test_identity_comes_from_the_data(folders, tmp_path):
+    first = load_dataset("hf", str(folders["saved"])).identity
+    assert load_dataset("hf", str(folders["saved"])).identity == first  # stable: the feature cache is reused
+    copy = tmp_path / "saved"  # same name, other images
+    datasets.DatasetDict(train=colour_dataset(TRAIN_PER_CLASS, offset=3),
+                         test=colour_dataset(TEST_PER_CLASS, offset=7)).save_to_disk(str(copy))
+    other = load_dataset("hf", str(copy))
+    assert other.splits == load_dataset("hf", str(folders["saved"])).splits  # same ids and labels...
+    assert other.identity != first  # ...but other images: other features
+    swapped = load_dataset("hf", str(folders["saved"]), label_column="label")
+    assert swapped.identity == first  # the column found from the features is the same column
+
+
+def test_test_falls_back_to_validation_then_to_a_held_out_part_of_train(tmp_path):
+    datasets.DatasetDict(train=colour_dataset(TRAIN_PER_CLASS),
+                         validation=colour_dataset(2, offset=5)).save_to_disk(str(tmp_path / "val"))
+    data = load_dataset("hf", str(tmp_path / "val"))
+    assert len(data.splits["test"]) == 6 and all(i.startswith("validation/") for i, _ in data.splits["test"])
+
+    colour_dataset(10).save_to_disk(str(tmp_path / "lone"))  # one Dataset, no DatasetDict: it is train
+    data = load_dataset("hf", str(tmp_path / "lone"))
+    train, test = (data.splits[s] for s in ("train", "test"))
+    assert sorted(c for _, c in test) == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # 30% of each class of 10
+    assert len(train) == 21 and not {i for i, _ in train} & {i for i, _ in test}
+    assert load_dataset("hf", str(tmp_path / "lone")).splits == data.splits  # deterministic
+
+
+def test_a_string_label_column_is_named_and_its_values_are_the_classes(tmp_path):
+    rows = colour_rows(4)
+    rows["label"] = [CLASSES[c].replace("_", "-") for c in rows["label"]]
+    datasets.Dataset.from_dict(rows, features=features(datasets.Value("string"))).save_to_disk(str(tmp_path / "s"))
+    with pytest.raises(PromptclimbError, match="no ClassLabel column .*--label-column"):
+        load_dataset("hf", str(tmp_path / "s"))
+    data = load_dataset("hf", str(tmp_path / "s"), label_column="label")
+    assert data.classnames == ["blue lake", "green field", "red square"]  # sorted values, readable
+    assert data.load_image(next(i for i, c in data.splits["train"] if c == 2)).getpixel((20, 20))[0] > 150
+
+
+def test_importing_the_datasets_module_does_not_import_hugging_face_datasets():
+    code = "import sys, promptclimb.evaluators.datasets; print('datasets' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------- eval and search
+
+@pytest.mark.parametrize("kind", ["saved", "parquet"])
+def test_eval_cli_on_a_folder(folders, kind, tiny_clip_config, tiny_clip_weights, torch_threads):
+    args = eval_args(tiny_clip_config, tiny_clip_weights, "--dataset", "hf", "--data-root", folders[kind])
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["info"]["dataset"]["classes"] == 3
+    assert out["info"]["split"]["sizes"] == {"train": 6, "val": 6, "test": 9}
+    assert [r["template"] for r in out["results"]] == ["a photo of a {}.", "a {}."]
+    assert "hf/test: encoded 9 images" in result.stderr
+    again = run_cli(*args)  # same data, same identity: the image features are read back
+    assert again.exit_code == 0 and "hf/test: reused 9 cached image features" in again.stderr
+    assert [r["accuracy"] for r in json.loads(again.stdout)["results"]] == [r["accuracy"] for r in out["results"]]
+
+
+def test_eval_cli_on_a_hub_dataset_from_the_offline_cache(hf_cache, tiny_clip_config, tiny_clip_weights,
+                                                          torch_threads):
+    for name in ("hf:owner/colours", "hf:owner/colours:default"):
+        result = run_cli(*eval_args(tiny_clip_config, tiny_clip_weights, "--dataset", name))
+        assert result.exit_code == 0, result.output
+        out = json.loads(result.stdout)
+        assert out["info"]["dataset"]["name"] == name
+        assert out["info"]["split"]["sizes"] == {"train": 6, "val": 6, "test": 9}
+
+
+def test_eval_cli_column_options(tmp_path, tiny_clip_config, tiny_clip_weights, torch_threads):
+    """Two image columns: found ambiguous, then chosen with --image-column (a string label too)."""
+    rows = colour_rows(4)
+    rows["mask"] = list(reversed(rows["image"]))
+    rows["name"] = [CLASSES[c] for c in rows["label"]]
+    extra = {"mask": datasets.Image(), "name": datasets.Value("string")}
+    datasets.Dataset.from_dict(rows, features=features(**extra)).save_to_disk(str(tmp_path / "two"))
+    base = eval_args(tiny_clip_config, tiny_clip_weights, "--dataset", "hf", "--data-root", tmp_path / "two", shots=1)
+    result = run_cli(*base)
+    assert result.exit_code == 1 and "several image columns (image, mask)" in result.output
+    result = run_cli(*base, "--image-column", "image", "--label-column", "name")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["info"]["dataset"]["classes"] == 3
+    result = run_cli(*eval_args(tiny_clip_config, tiny_clip_weights, "--dataset", "imagefolder", "--data-root",
+                                tmp_path, "--label-column", "name"))
+    assert result.exit_code == 1 and "--label-column are for hf datasets" in result.output
+
+
+@pytest.mark.parametrize("kind", ["saved", "parquet"])
+def test_search_on_a_folder(folders, kind, tmp_path, tiny_clip_config, tiny_clip_weights, torch_threads):
+    answer = "\n".join(f"{i}. a {w} photo of a {{}}." for i, w in enumerate(["red", "green", "blue", "small"], 1))
+    with FakeLLM(script=[answer]) as fake:
+        result = run_cli("search", "--dataset", "hf", "--data-root", folders[kind], "--shots", "2",
+                         "--backbone", tiny_clip_config, "--weights", tiny_clip_weights, "--device", "cpu",
+                         "--iterations", "1", "--search", "template", "--resets", "1", "--pool-sample", "4", "--runs-dir", tmp_path / "runs",
+                         "--name", kind, "--json", env={"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.base_url})
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert fake.count == 1 and summary["counts"]["llm_answers"] == 1
+    assert 0.0 <= summary["best"]["accuracy"]["test"] <= 1.0
+    assert "red square" in fake.requests[0]["messages"][0]["content"]  # the ClassLabel names, readable
+    config = json.loads((tmp_path / "runs" / kind / "config.json").read_text())
+    assert config["evaluator"]["dataset"]["identity"] == load_dataset("hf", str(folders[kind])).identity
+    assert config["evaluator"]["split"]["sizes"] == {"train": 6, "val": 6, "test": 9}
+
+
+def test_search_on_a_hub_dataset_names_its_folder_and_records_the_columns(hf_cache, tmp_path, tiny_clip_config,
+                                                                          tiny_clip_weights, torch_threads):
+    """No --name: the run folder is named from hf:owner/colours (no '/' or ':' in it); the
+    column options are recorded, and a resume may not change them."""
+    runs = tmp_path / "runs"
+    base = ["--backbone", tiny_clip_config, "--weights", tiny_clip_weights, "--device", "cpu", "--runs-dir", runs]
+    with FakeLLM(script=["a red photo of a {}.\na {} thing."]) as fake:
+        env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.base_url}
+        result = run_cli("search", "--dataset", "hf:owner/colours", "--label-column", "label", "--shots", "2",
+                         "--iterations", "1", "--search", "template", "--resets", "1", "--pool-sample", "4", *base, env=env)
+        assert result.exit_code == 0, result.output
+        [run] = list(runs.iterdir())
+        assert run.name.endswith("-hf_owner_colours-2shot")
+        assert json.loads((run / "config.json").read_text())["evaluator_args"]["label_column"] == "label"
+        refused = run_cli("search", "--resume", run.name, "--label-column", "other", *base, env=env)
+    assert refused.exit_code == 1 and "--label-column other (the run's: label)" in refused.output
+
+
+# ---------------------------------------------------------------- bad input: one line each
+
+def saved(tmp_path: Path, name: str, data) -> Path:
+    data.save_to_disk(str(tmp_path / name))
+    return tmp_path / name
+
+
+def no_image_column(tmp_path):
+    rows = {"path": ["a.png", "b.png"], "label": [0, 1]}
+    feats = datasets.Features({"path": datasets.Value("string"), "label": datasets.ClassLabel(names=CLASSES)})
+    return ["--data-root", saved(tmp_path, "noimg", datasets.Dataset.from_dict(rows, features=feats))]
+
+
+def string_labels(tmp_path):
+    rows = colour_rows(2)
+    rows["label"] = [str(c) for c in rows["label"]]
+    return ["--data-root", saved(tmp_path, "strlabel",
+                                 datasets.Dataset.from_dict(rows, features=features(datasets.Value("string"))))]
+
+
+def no_train_split(tmp_path):
+    return ["--data-root", saved(tmp_path, "notrain", datasets.DatasetDict(test=colour_dataset(2)))]
+
+
+def missing_column(tmp_path):
+    return ["--data-root", saved(tmp_path, "cols", colour_dataset(2)), "--image-column", "picture"]
+
+
+def not_a_dataset(tmp_path):
+    (tmp_path / "empty").mkdir()
+    return ["--data-root", tmp_path / "empty"]
+
+
+BAD = {
+    "no image column": (no_image_column, "has no image column (no Image feature among: path (Value(string)), "
+                                         "label (ClassLabel))"),
+    "string label without --label-column": (string_labels, "has no ClassLabel column (columns: image (Image), "
+                                                           "label (Value(string))); name the label column with "
+                                                           "--label-column"),
+    "no train split": (no_train_split, "has no 'train' split (it has: test)"),
+    "missing column": (missing_column, "--image-column 'picture': no such column"),
+    "not a dataset folder": (not_a_dataset, "is neither a save_to_disk folder"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_folders_say_what_is_wrong_in_one_line(case, tmp_path, tiny_clip_config, tiny_clip_weights):
+    make, message = BAD[case]
+    result = run_cli(*eval_args(tiny_clip_config, tiny_clip_weights, "--dataset", "hf", *make(tmp_path)))
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_hub_dataset_not_in_the_offline_cache_says_where_it_looked(hf_cache, tiny_clip_config,
+                                                                     tiny_clip_weights):
+    result = run_cli(*eval_args(tiny_clip_config, tiny_clip_weights, "--dataset", "hf:owner/missing"))
+    assert result.exit_code == 1, result.output
+    assert (f"hf:owner/missing is not in the Hugging Face datasets cache (looked in {hf_cache / 'owner___missing'})"
+            " and HF_HUB_OFFLINE is set" in result.output)
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+    for args, message in ((["--dataset", "hf"], "--dataset hf needs --data-root FOLDER"),
+                          (["--dataset", "hf:owner/colours:nope"], "config 'nope'")):
+        result = run_cli(*eval_args(tiny_clip_config, tiny_clip_weights, *args))
+        assert result.exit_code == 1 and message in result.output, result.output

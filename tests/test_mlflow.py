@@ -1,0 +1,347 @@
+"""MLflow tracking (agent/tracking.py, `promptclimb mlflow-sync`) against a real `mlflow
+server` (sqlite backend, 127.0.0.1, a free port), read back through MlflowClient. The run
+folders come from real tiny searches (`promptclimb search`, fake LLM, in-memory evaluator)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import require_extra
+
+require_extra("mlflow", "mlflow")
+from mlflow import MlflowClient  # noqa: E402
+
+from fake_llm import FakeLLM, WordEvaluator  # noqa: E402
+from test_search import KEY, POOL, responder  # noqa: E402
+
+from promptclimb.agent.cli import cli  # noqa: E402
+from promptclimb.agent.llm.client import LLMClient  # noqa: E402
+from promptclimb.agent.runs.reading import load_run  # noqa: E402
+from promptclimb.agent.runs.store import RunStore  # noqa: E402
+from promptclimb.agent.search import HillClimber, SearchConfig  # noqa: E402
+from promptclimb.agent.tracking import Tracker, sync_run, sync_sweep  # noqa: E402
+
+ANSWER_METRICS = ("best_train_accuracy", "best_val_accuracy", "new_proposals", "refused_proposals",
+                  "prompt_tokens", "completion_tokens")
+RUN_FILES = {"config.json", "history.jsonl", "summary.json", "prompts.csv", "curve.png"}
+LIVE = dict(restarts=1, resets=1, iterations=3, proposals=5, pool_sample=0, search="template")  # 3 LLM answers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> str:
+    """A real MLflow tracking server for this module; stopped (its process group) at the end."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = open(root / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop():
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass
+        log.close()
+
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while True:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                stop()
+                log_text = (root / "server.log").read_text(errors="replace")
+                pytest.fail("mlflow server did not start:\n" + log_text[-3000:])
+            time.sleep(0.5)
+    yield uri
+    stop()
+
+
+@pytest.fixture
+def client(server) -> MlflowClient:
+    return MlflowClient(tracking_uri=server, registry_uri=server)
+
+
+@pytest.fixture
+def fake():
+    with FakeLLM(responder=responder) as llm:
+        yield llm
+
+
+def search(fake, runs: Path, *args):
+    """`promptclimb search ...` with the in-memory evaluator, as tests/test_search.py runs it."""
+    env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.base_url}
+    return CliRunner().invoke(cli, ["search", *map(str, args), "--runs-dir", str(runs)], env=env,
+                              obj={"evaluator_factory": lambda **kw: WordEvaluator(kw["dataset"])})
+
+
+def mlflow_sync(*args):
+    return CliRunner().invoke(cli, ["mlflow-sync", *map(str, args)])
+
+
+def history(client, run_id, key) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def linked_run_id(run_dir: Path, uri: str) -> str:
+    return json.loads((run_dir / "mlflow.json").read_text())["runs"][uri]["run_id"]
+
+
+# -- after the fact: promptclimb mlflow-sync ------------------------------------------------------
+def test_sync_logs_settings_curves_results_files_and_the_winning_prompt(tmp_path, server, client):
+    run_dir = tmp_path / "runs" / "done"
+    # the second answer beats everything before it; the later ones repeat (refused)
+    script = ["a grayscale photo of a {}.\na tiny {}", "a grayscale photo of clothing: a {}.", "{}"]
+    with FakeLLM(script=script) as fake:
+        result = search(fake, run_dir.parent, "--dataset", "toy", "--name", "done", "--iterations", 3, "--search", "template",
+                        "--resets", 2, "--pool-sample", 6)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run_dir / "summary.json").read_text())
+    answers = summary["counts"]["llm_answers"]
+    assert answers == 6
+
+    synced = mlflow_sync("done", "--runs-dir", tmp_path / "runs", "--tracking-uri", server, "--experiment", "sync")
+    assert synced.exit_code == 0, synced.output
+    run_id = linked_run_id(run_dir, server)
+    assert run_id in synced.output and f"{answers} answers logged now" in synced.output
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "done"
+    assert client.get_experiment(run.info.experiment_id).name == "sync"
+
+    # every setting as a param (config.json flattened), never a secret
+    params = run.data.params
+    assert params["search.iterations"] == "3" and params["search.resets"] == "2"
+    assert params["evaluator_args.dataset"] == "toy" and params["llm.model"] == "gpt-4o-mini"
+    assert params["llm.base_url"] == fake.base_url and "versions.python" in params
+    tags = run.data.tags
+    assert {k: tags[k] for k in ("dataset", "backbone", "shots", "seed", "llm")} == {
+        "dataset": "toy", "backbone": "ViT-B-32 (openai)", "shots": "1", "seed": "0", "llm": "gpt-4o-mini"}
+    assert not any("TOPSECRET" in v for v in [*params.values(), *tags.values()])
+
+    # one value per LLM answer, at steps 0..n-1; the best so far is the reader's
+    for key in ANSWER_METRICS:
+        assert [step for step, _ in history(client, run_id, key)] == list(range(answers)), key
+    reader = load_run(run_dir).iterations()
+    curve = [v for _, v in history(client, run_id, "best_train_accuracy")]
+    assert curve == [it["best_so_far"] for it in reader] and curve[0] < curve[1] == curve[-1]
+    assert [v for _, v in history(client, run_id, "new_proposals")] == [len(it["scored"]) for it in reader]
+    assert [v for _, v in history(client, run_id, "refused_proposals")] == [len(it["rejected"]) for it in reader]
+    assert sum(v for _, v in history(client, run_id, "refused_proposals")) > 0
+    assert sum(v for _, v in history(client, run_id, "completion_tokens")) == summary["ledger"]["completion_tokens"]
+    # the final test accuracies
+    metrics = run.data.metrics
+    assert metrics["best_test_accuracy"] == summary["best"]["accuracy"]["test"]
+    assert metrics["ensemble_test_accuracy"] == summary["ensemble"]["accuracy"]["test"]
+    assert "adapter_test_accuracy" not in metrics  # no adapter was fit
+    # the run folder's files
+    assert {a.path for a in client.list_artifacts(run_id)} == RUN_FILES
+    logged = Path(client.download_artifacts(run_id, "summary.json", str(tmp_path / "down")))
+    assert json.loads(logged.read_text()) == summary
+
+    # the winning prompt, registered with its metrics and the run as its source
+    uri = tags["promptclimb.prompt"]
+    name, version = uri.removeprefix("prompts:/").rsplit("/", 1)
+    assert name == "promptclimb.toy.ViT-B-32-openai"
+    prompt = client.get_prompt_version(name, version)
+    assert prompt.template == summary["best"]["template"].replace("{}", "{{class_name}}")
+    assert prompt.tags["template"] == summary["best"]["template"]
+    assert float(prompt.tags["test_accuracy"]) == summary["best"]["accuracy"]["test"]
+    assert prompt.tags["source_run_id"] == run_id and prompt.tags["promptclimb_run"] == "done"
+    assert "class_names" not in prompt.tags  # this run has no names section
+    assert {"name": name, "version": version} in json.loads(tags["mlflow.linkedPrompts"])
+
+    # a second sync continues the same MLflow run and logs nothing twice
+    again = mlflow_sync(run_dir, "--tracking-uri", server, "--experiment", "sync")
+    assert again.exit_code == 0, again.output
+    assert linked_run_id(run_dir, server) == run_id and "0 answers logged now" in again.output
+    for key in (*ANSWER_METRICS, "best_test_accuracy"):
+        assert len(history(client, run_id, key)) == (1 if key == "best_test_accuracy" else answers), key
+    assert int(client.load_prompt(f"prompts:/{name}@latest").version) == int(version)  # no second version
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+def test_a_resumed_run_continues_its_mlflow_run(tmp_path, server, client, fake):
+    runs, run_dir = tmp_path / "runs", tmp_path / "runs" / "cut"
+    fake.faults.extend(["ok"] + ["500"] * 20)  # one answer, then the LLM is down
+    cut = search(fake, runs, "--dataset", "toy", "--name", "cut", "--iterations", 4, "--search", "template", "--resets", 1,
+                 "--pool-sample", 6, "--max-tries", 1, "--no-cache")
+    assert cut.exit_code == 1 and "--resume" in cut.output
+    with RunStore.resume(run_dir):  # a search holds the run: its last answer may still be being scored
+        held = sync_run(run_dir, server, experiment="resume")
+    assert held.new_answers == 0 and client.get_run(held.run_id).info.status == "RUNNING"
+    synced = sync_run(run_dir, server, experiment="resume")
+    assert synced.run_id == held.run_id and synced.new_answers == 1
+    run = client.get_run(synced.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["promptclimb.status"] == "unfinished"
+    assert history(client, synced.run_id, "new_proposals") == [(0, 5.0)]
+    assert "best_test_accuracy" not in run.data.metrics and "promptclimb.prompt" not in run.data.tags
+    assert synced.prompt is None
+
+    fake.faults.clear()
+    resumed = search(fake, runs, "--resume", "cut")
+    assert resumed.exit_code == 0, resumed.output
+    again = sync_run(run_dir, server, experiment="resume")
+    assert again.run_id == synced.run_id and again.new_answers == 3
+    run = client.get_run(synced.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["promptclimb.status"] == "done"
+    for key in ANSWER_METRICS:
+        assert [step for step, _ in history(client, synced.run_id, key)] == [0, 1, 2, 3], key
+    assert again.prompt and run.data.tags["promptclimb.prompt"] == again.prompt
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+def test_a_sweep_is_a_parent_run_with_a_nested_run_per_cell(tmp_path, server, client, fake):
+    """A sweep folder as agent/sweep/driver.py lays it out: sweep.json and one ordinary run
+    folder per cell. One cell was logged on its own before: it keeps its run, now nested."""
+    sweep = tmp_path / "runs" / "grid"
+    cells = ["toy-a", "toy-b"]
+    for cell in cells:
+        result = search(fake, sweep, "--dataset", "toy", "--name", cell, "--iterations", 2, "--search", "template", "--resets", 1,
+                        "--pool-sample", 4)
+        assert result.exit_code == 0, result.output
+    (sweep / "sweep.json").write_text(json.dumps({"grid": {"dataset": ["toy"], "seeds": [0, 1]},
+                                                  "search": {"iterations": 2}, "cells": cells}))
+    # the names climb's summary section: the class names go with the registered template
+    summary_path = sweep / "toy-b" / "summary.json"
+    names = ["red square", "green field", "blue lake"]
+    summary = json.loads(summary_path.read_text())
+    summary["names"] = {"template": summary["best"]["template"], "start": ["a", "b", "c"], "found": names}
+    summary_path.write_text(json.dumps(summary))
+    alone = sync_run(sweep / "toy-a", server, experiment="sweeps")
+
+    out = mlflow_sync("grid", "--runs-dir", tmp_path / "runs", "--tracking-uri", server, "--experiment", "sweeps")
+    assert out.exit_code == 0, out.output
+    parent_id = linked_run_id(sweep, server)
+    parent = client.get_run(parent_id)
+    assert parent.info.run_name == "grid" and parent.info.status == "FINISHED"
+    assert parent.data.params["grid.dataset"] == '["toy"]' and parent.data.params["cells"] == "2"
+    assert {a.path for a in client.list_artifacts(parent_id)} == {"sweep.json"}
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    assert sorted(r.info.run_name for r in children) == cells
+    assert linked_run_id(sweep / "toy-a", server) == alone.run_id in {r.info.run_id for r in children}
+    for child in children:
+        assert len(history(client, child.info.run_id, "best_val_accuracy")) == 2
+    prompts = {r.info.run_name: client.get_prompt_version(*r.data.tags["promptclimb.prompt"]
+                                                          .removeprefix("prompts:/").rsplit("/", 1))
+               for r in children}
+    assert json.loads(prompts["toy-b"].tags["class_names"]) == names
+    assert "class_names" not in prompts["toy-a"].tags
+
+    assert sync_sweep(sweep, server, experiment="sweeps").run_id == parent_id  # again: the same runs
+    assert len(client.search_runs([parent.info.experiment_id])) == 3
+
+
+# -- live: a search with a Tracker attached to its run store --------------------------------------
+def climb(tmp_path, base_url, name, track):
+    llm = LLMClient("fake", base_url=base_url, api_key=KEY, timeout=5, cache_dir=tmp_path / "cache",
+                    wait_initial=0.001, wait_max=0.01)
+    run_dir = tmp_path / "runs" / name
+    store = RunStore.resume(run_dir) if (run_dir / "config.json").exists() else RunStore.create(run_dir, {"t": 1})
+    with store, track(store) as tracker:
+        result = HillClimber(WordEvaluator(), llm, store, SearchConfig(**LIVE), pool=POOL,
+                             echo=lambda msg: None).run()
+        run_id = tracker.run_id
+    return result, run_dir, run_id
+
+
+def test_a_live_tracker_logs_each_answer_as_the_next_one_comes(tmp_path, server, client, capfd):
+    seen = []  # answers the server held when each LLM request came
+
+    def watching(body):
+        runs = client.search_runs([client.get_experiment_by_name("live").experiment_id])
+        seen.append(len(client.get_metric_history(runs[0].info.run_id, "new_proposals")))
+        return responder(body)
+
+    warnings = []
+    with FakeLLM(responder=watching) as fake:
+        result, run_dir, run_id = climb(tmp_path, fake.base_url, "live",
+                                        lambda store: Tracker.attach(store, server, warnings.append, "live"))
+    assert warnings == [] and result.stopped == "completed"
+    assert capfd.readouterr().out == ""  # MLflow prints nothing where `search --json` prints its summary
+    assert seen == [0, 0, 1]  # answer k is logged once answer k+1 has come (then it is complete)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and "promptclimb.prompt" in run.data.tags
+    reader = load_run(run_dir).iterations()
+    assert [v for _, v in history(client, run_id, "best_train_accuracy")] == [it["best_so_far"] for it in reader]
+    assert [v for _, v in history(client, run_id, "new_proposals")] == [len(it["scored"]) for it in reader]
+    assert RUN_FILES - {"curve.png"} <= {a.path for a in client.list_artifacts(run_id)}
+
+    # the same run again (a resume): the same MLflow run, nothing logged twice
+    with FakeLLM(responder=responder) as fake:
+        _, _, again = climb(tmp_path, fake.base_url, "live",
+                            lambda store: Tracker.attach(store, server, warnings.append, "live"))
+    assert again == run_id and warnings == []
+    assert [step for step, _ in history(client, run_id, "best_train_accuracy")] == [0, 1, 2]
+
+
+def test_an_unreachable_server_is_one_warning_and_the_search_goes_on(tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}"
+    warnings = []
+    with FakeLLM(responder=responder) as fake:
+        result, run_dir, run_id = climb(tmp_path, fake.base_url, "alone",
+                                        lambda store: Tracker.attach(store, dead, warnings.append))
+    assert result.stopped == "completed" and (run_dir / "summary.json").exists() and run_id is None
+    assert len(warnings) == 1 and warnings[0].startswith("warning: MLflow tracking stopped")
+    assert dead in warnings[0] and f"promptclimb mlflow-sync {run_dir}" in warnings[0]
+    assert not (run_dir / "mlflow.json").exists()
+
+    out = mlflow_sync(run_dir, "--tracking-uri", dead)
+    assert out.exit_code == 1 and "Traceback" not in out.output
+    assert len(out.output.splitlines()) == 1
+    assert out.output.startswith(f"Error: cannot reach the MLflow tracking server at {dead} (")
+
+
+def test_search_with_the_mlflow_option_logs_its_run_and_a_resume_continues_it(tmp_path, server, client, fake):
+    """`search --mlflow URI`: one MLflow run per search, one metric step per answer; the
+    command that resumes the run (with --mlflow again) logs into the same MLflow run."""
+    runs, run_dir = tmp_path / "runs", tmp_path / "runs" / "tracked"
+    fake.faults.extend(["ok", "ok"] + ["500"] * 20)  # two answers, then the LLM is down
+    cut = search(fake, runs, "--dataset", "toy", "--name", "tracked", "--iterations", 4, "--search", "template", "--resets", 1,
+                 "--pool-sample", 6, "--max-tries", 1, "--no-cache", "--mlflow", server)
+    assert cut.exit_code == 1 and "--resume" in cut.output and "warning" not in cut.output
+    run_id = linked_run_id(run_dir, server)
+    assert client.get_run(run_id).info.status == "KILLED"
+    fake.faults.clear()
+    resumed = search(fake, runs, "--resume", "tracked", "--mlflow", server)
+    assert resumed.exit_code == 0, resumed.output
+    assert linked_run_id(run_dir, server) == run_id
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["search.iterations"] == "4"
+    assert [step for step, _ in history(client, run_id, "new_proposals")] == [0, 1, 2, 3]
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+def test_search_with_an_unreachable_mlflow_server_finishes_with_one_warning(tmp_path, fake):
+    dead = f"http://127.0.0.1:{free_port()}"
+    result = search(fake, tmp_path / "runs", "--dataset", "toy", "--name", "alone", "--iterations", 2, "--search", "template",
+                    "--resets", 1, "--pool-sample", 6, "--mlflow", dead)
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.output.splitlines() if "MLflow" in line] == [
+        line for line in result.output.splitlines() if line.startswith("warning: MLflow tracking stopped")]
+    assert sum(line.startswith("warning: MLflow tracking stopped") for line in result.output.splitlines()) == 1
+    assert (tmp_path / "runs" / "alone" / "summary.json").exists()

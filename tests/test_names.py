@@ -1,0 +1,371 @@
+"""Names turns (agent/names.py, `HillClimber.names_turn`): through the loop, against the fake
+OpenAI-compatible server and the in-memory WordEvaluator (tests/fake_llm.py); no torch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from promptclimb.agent import names as naming
+from promptclimb.agent.core.classnames import read_classnames
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.llm.client import LLMClient
+from promptclimb.agent.core.pools import PoolTemplate
+from promptclimb.agent.runs.store import RunStore
+from promptclimb.agent.search import HillClimber, SearchConfig, turn_kind
+from fake_llm import FakeLLM, WordEvaluator
+
+TESTS = Path(__file__).resolve().parent
+KEY = "sk-test-names"
+CLASSES = ("T-shirt/top", "Trouser", "Dress", "Bag")
+POOL = [PoolTemplate(t, "general") for t in ["a {}.", "a photo of a {}.", "the {}.", "a drawing of a {}."]]
+SMALL = dict(restarts=1, resets=1, iterations=1, proposals=3, pool_sample=0, search="names")
+# Trouser is the weak class under any name; what other names do to their class:
+BONUS = {"jeans": 0.2, "pants": 0.1, "slacks": -0.1, "tee": 0.05,
+         "skirt": {"train": 0.3, "val": 0.3, "test": -0.3}}  # wins on the few images, loses on test
+# What the judge (the drift guard's LLM question) answers for a name; others: the name itself.
+JUDGE = {"skirt": "Dress", "jeans": "Trouser", "pants": "Trouser", "tee": "T-shirt/top"}
+
+
+def evaluator() -> WordEvaluator:
+    return WordEvaluator(classnames=CLASSES, name_bonus=BONUS, class_bias={1: -0.25})
+
+
+def kind(body: dict) -> str:
+    first = body["messages"][0]["content"]
+    if body["messages"][0]["role"] == "user" and first.startswith("Classes:"):  # the guard's question
+        return "judge"
+    return "names" if "name the classes" in first else "template"
+
+
+def scripted(names_answers: list[str], templates: str = "a grayscale photo of a {}.") -> callable:
+    """Answers in order per kind: names turns get `names_answers` (the last repeats), the
+    judge answers from JUDGE, template turns get `templates`."""
+    given = []
+
+    def respond(body: dict) -> str:
+        k = kind(body)
+        if k == "judge":
+            name = re.search(r'a photo of a "(.*)" be filed', body["messages"][0]["content"]).group(1)
+            return JUDGE.get(name.lower(), name)
+        if k == "names":
+            given.append(body)
+            return names_answers[min(len(given), len(names_answers)) - 1]
+        return templates
+
+    respond.names_requests = given
+    return respond
+
+
+def climb(tmp_path, base_url, name="run", ev=None, cache="cache", **config):
+    ev = ev or evaluator()
+    llm = LLMClient("fake", base_url=base_url, api_key=KEY, timeout=5, cache_dir=tmp_path / cache,
+                    wait_initial=0.001, wait_max=0.01, max_tries=2)
+    run_dir = tmp_path / "runs" / name
+    store = RunStore.resume(run_dir) if (run_dir / "config.json").exists() else RunStore.create(run_dir, {"t": 1})
+    with store:
+        result = HillClimber(ev, llm, store, SearchConfig(**{**SMALL, **config}), pool=POOL,
+                             echo=lambda msg: None).run()
+    return result, ev, run_dir
+
+
+def history(run_dir) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]
+
+
+def of(run_dir, event) -> list[dict]:
+    return [e for e in history(run_dir) if e["event"] == event]
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
+
+
+def test_a_names_turn_renames_the_weak_class_and_the_summary_carries_it(tmp_path):
+    ev = evaluator()
+    batches = []
+    score_names = ev.score_names
+    ev.score_names = lambda template, variants, splits=("train", "val"): (
+        batches.append(len(variants)) or score_names(template, variants, splits))
+    respond = scripted(["Trouser: pants; jeans; slacks\nBag: handbag"])
+    with FakeLLM(responder=respond) as fake:
+        result, _, run_dir = climb(tmp_path, fake.base_url, ev=ev)
+    # the LLM was shown every class with its figures, the weakest asked first
+    shown = respond.names_requests[0]["messages"][1]["content"]
+    assert re.search(r"^Trouser: 10.0%, [\d.]+%, mistaken for Dress$", shown, flags=re.M)  # accuracy, probability
+    assert re.search(r"^Bag: 40.0%, ", shown, flags=re.M)
+    assert "for each of these classes: Trouser, T-shirt/top, Dress." in shown  # weakest first, then class order
+    assert "\nTrouser: name; name; name" in shown
+    # the four names were scored in one batch, each a one-class change to the best pair
+    assert batches == [4]
+    scores = of(run_dir, "name_score")
+    assert [s["changes"] for s in scores] == [[{"class": 1, "from": "Trouser", "to": n}] for n in
+                                              ("pants", "jeans", "slacks")] + [[{"class": 3, "from": "Bag",
+                                                                                 "to": "handbag"}]]
+    assert all(s["template"] == "a photo of a {}." for s in scores)
+    # the best change is kept after the guard said it names its own class
+    judged = of(run_dir, "names_judge")
+    assert [(j["name"], j["judged"]) for j in judged] == [("jeans", None)]
+    change = of(run_dir, "names_change")
+    assert len(change) == 1 and change[0]["names"] == ["T-shirt/top", "jeans", "Dress", "Bag"]
+    assert result.best["names"] == ["T-shirt/top", "jeans", "Dress", "Bag"] and result.best["origin"] == "names"
+    assert result.classnames == ("T-shirt/top", "jeans", "Dress", "Bag")
+    assert result.best["accuracy"]["test"] == pytest.approx(ev.score([result.best["template"]], ("test",),
+                                                                     classnames=result.best["names"])[0].accuracy["test"])
+    # summary.json: start -> found per class, accuracy before and after (test included)
+    table = json.loads((run_dir / "summary.json").read_text())["names"]
+    assert table["start"] == list(CLASSES) and table["found"][1] == "jeans" and table["changed"] == 1
+    trouser = table["classes"][1]
+    assert trouser["start"] == "Trouser" and trouser["found"] == "jeans" and trouser["changed"]
+    assert set(trouser["accuracy"]["before"]) == {"train", "val", "test"}
+    assert trouser["accuracy"]["after"]["test"] == pytest.approx(trouser["accuracy"]["before"]["test"] + 0.2)
+    assert table["classes"][0]["accuracy"]["after"] == table["classes"][0]["accuracy"]["before"]
+    assert len(table["confusion"]["after"]["test"]) == 4 and table["counts"]["kept"] == 1
+    assert table["counts"]["scored"] == 4 and table["counts"]["turns"] == 1
+    # the ensemble is built with the found names
+    assert set(ev.ensemble_names) == {tuple(table["found"])}
+
+
+def test_every_refusal_reason_is_recorded_and_shown_in_the_next_names_turn(tmp_path):
+    first = "\n".join([
+        "Here are the names:",  # a heading: skipped
+        "Trouser: jeans; ; {x}; " + "x" * 70 + "; Dress; trouser; JEANS; a; b; c; d",
+        "Skort: mini",
+        "Trouser: skirt",
+    ])
+    respond = scripted([first, "Dress: gown\nTrouser: b"])  # b: tried in the first names turn
+    with FakeLLM(responder=respond) as fake:
+        climb(tmp_path, fake.base_url, iterations=2, names_per_class=4)
+    rejects = of(tmp_path / "runs" / "run", "name_reject")
+    assert [(r["iteration"], r["name"], r["reason"]) for r in rejects if r["iteration"] == 2] == [(2, "b", naming.REPEAT)]
+    rejects = [r for r in rejects if r["iteration"] == 1]
+    assert [(r["name"], r["reason"]) for r in rejects] == [
+        ("", naming.EMPTY), ("{x}", naming.BRACES), ("x" * 70, naming.TOO_LONG), ("Dress", naming.OTHER_CLASS),
+        ("trouser", naming.REPEAT), ("JEANS", naming.REPEAT), ("d", naming.TOO_MANY), ("mini", naming.UNKNOWN_CLASS),
+        ("skirt", naming.TOO_MANY)]  # the drift guard's reason: test_the_guard_refuses_a_drift_and_off_keeps_it
+    assert {r["class"] for r in rejects if r["reason"] != naming.UNKNOWN_CLASS} == {1}
+    assert [r["class"] for r in rejects if r["reason"] == naming.UNKNOWN_CLASS] == [None]
+    # the next names turn shows each refusal with its reason; repeats are counted, not listed
+    again = respond.names_requests[1]["messages"][1]["content"]
+    for line in ["Trouser -> Dress (the name of another class: Dress)", "Trouser -> {x} (braces",
+                 "Skort -> mini (not one of the classes)", "Trouser ->  (empty name)",
+                 "Trouser -> d (more names than asked for this class)",
+                 "\n2 of your names had been tried already, so they were skipped: every name must be new.\n"]:
+        assert line in again, line
+    assert "-> JEANS" not in again and "-> trouser " not in again
+    # how the scored ones did: those that did better listed, the others counted
+    assert "Your last names, each tried in place of its class's name: 3 did no better than 30.6%; these did:\n" \
+           "Trouser -> jeans: 35.5%, kept\n" in again
+    # the classes asked about without a new name wait while the other weak ones are asked about
+    assert "for each of these classes: jeans, Bag, T-shirt/top." in again
+    assert re.search(r"^jeans \(first named Trouser\): ", again, flags=re.M)  # kept: the class's new name
+
+
+def test_the_guard_refuses_a_drift_and_off_keeps_it(tmp_path):
+    answer = ["Trouser: skirt; jeans"]
+    with FakeLLM(responder=scripted(answer)) as fake:
+        guarded, _, run_dir = climb(tmp_path, fake.base_url, name="guarded")
+    drift = of(run_dir, "name_reject")
+    assert [(r["name"], r["reason"], r["detail"]) for r in drift] == [("skirt", naming.DRIFT, "Dress")]
+    assert [(j["name"], j["judged"]) for j in of(run_dir, "names_judge")] == [("skirt", 2), ("jeans", None)]
+    assert guarded.best["names"][1] == "jeans"
+    assert guarded.summary["names"]["counts"]["refused"] == {naming.DRIFT: 1}
+    with FakeLLM(responder=scripted(answer)) as fake:
+        unguarded, _, run_dir = climb(tmp_path, fake.base_url, name="unguarded", guard="off")
+    assert not of(run_dir, "names_judge") and not of(run_dir, "name_reject")
+    assert unguarded.best["names"][1] == "skirt"  # it won on the selection split ...
+    assert unguarded.best["accuracy"]["test"] < guarded.best["accuracy"]["test"]  # ... and lost on test
+
+
+def test_changes_of_several_classes_are_combined_when_the_combination_ranks_best(tmp_path):
+    with FakeLLM(responder=scripted(["Trouser: jeans\nT-shirt/top: tee"])) as fake:
+        result, ev, run_dir = climb(tmp_path, fake.base_url)
+    combined = [s for s in of(run_dir, "name_score") if len(s["changes"]) == 2]
+    assert len(combined) == 1 and combined[0]["names"] == ["tee", "jeans", "Dress", "Bag"]
+    assert of(run_dir, "names_change")[0]["changes"] == [{"class": 1, "from": "Trouser", "to": "jeans"},
+                                                        {"class": 0, "from": "T-shirt/top", "to": "tee"}]
+    assert result.best["names"] == ["tee", "jeans", "Dress", "Bag"]
+
+
+def test_both_alternates_and_template_turns_score_under_the_found_names(tmp_path):
+    assert [turn_kind("both", i) for i in range(1, 6)] == ["names", "template", "names", "template", "names"]
+    assert {turn_kind("template", i) for i in range(1, 6)} == {"template"}
+    assert {turn_kind("names", i) for i in range(1, 6)} == {"names"}
+    respond = scripted(["Trouser: jeans"], templates="a grayscale photo of a {}.")
+    with FakeLLM(responder=respond) as fake:
+        result, ev, run_dir = climb(tmp_path, fake.base_url, search="both", iterations=2)
+    kinds = [kind(r) for r in fake.requests]
+    assert kinds == ["names", "judge", "template"]
+    scored = [e for e in of(run_dir, "score") if e["origin"] == "llm"]
+    assert scored[0]["template"] == "a grayscale photo of a {}." and scored[0]["names"][1] == "jeans"
+    # the template conversation starts after the names turn: it tells the LLM the found names
+    assert "T-shirt/top, jeans, Dress, Bag" in fake.requests[2]["messages"][0]["content"]
+    assert result.best["template"] == "a grayscale photo of a {}." and result.best["names"][1] == "jeans"
+    by_kind = result.summary["ledger"]["by_kind"]
+    assert by_kind["names"]["calls"] == 1 and by_kind["template"]["calls"] == 1 and by_kind["guard"]["calls"] == 1
+
+
+def test_template_search_is_untouched_by_names(tmp_path):
+    """search="template" never asks for names, never calls the names side of the evaluator,
+    and its history and summary hold no names."""
+    from test_search import responder
+
+    with FakeLLM(responder=responder) as fake:
+        explicit, ev, run_a = climb(tmp_path, fake.base_url, name="a", search="template", resets=2, iterations=3)
+        assert all(kind(r) == "template" for r in fake.requests)
+    assert SearchConfig().search == "both"  # the product's default
+    assert not ev.reports and not ev.names_scored and set(ev.ensemble_names) == {None}
+    assert {e["event"] for e in history(run_a)} <= {"run_start", "restart", "reset", "llm_exchange", "score",
+                                                    "reject", "stop", "final"}
+    assert "names" not in explicit.summary and "names" not in explicit.best and "by_kind" not in explicit.summary["ledger"]
+
+
+def names_responder(body: dict) -> str:
+    """Answers that are a pure function of the request (a resumed run gets the same)."""
+    k = kind(body)
+    if k == "judge":
+        name = re.search(r'a photo of a "(.*)" be filed', body["messages"][0]["content"]).group(1)
+        return JUDGE.get(name.lower(), name)
+    h = int(hashlib.sha256(json.dumps([body["messages"], body.get("seed")]).encode()).hexdigest(), 16)
+    if k == "names":
+        asked = re.findall(r"^(.+): name(?:; name)*$", body["messages"][1]["content"], flags=re.M)
+        pool = ["jeans", "pants", "slacks", "skirt", "tee", "gown", "handbag", "tote", "frock", "chinos"]
+        return "\n".join(f"{label}: {pool[(h >> 4 * i) % 10]}; {pool[(h >> 4 * i + 8) % 10]}"
+                         for i, label in enumerate(asked))
+    words = ["photo", "clothing", "grayscale", "product", "garment", "studio", "blurry", "tiny", "dark", "bright"]
+    return "\n".join(f"a {words[(h >> 4 * i) % 10]} {words[(h >> 4 * i + 24) % 10]} image of a {{}}." for i in range(3))
+
+
+CHILD = r"""
+import sys
+sys.path.insert(0, sys.argv[3])
+from test_names import climb, names_responder, BOTH
+from pathlib import Path
+climb(Path(sys.argv[2]), sys.argv[1], **BOTH)
+"""
+BOTH = dict(search="both", resets=2, iterations=3, restarts=2)
+
+
+def comparable_events(run_dir) -> list[dict]:
+    drop = ("time", "latency_s", "cached", "source")
+    return [{k: v for k, v in e.items() if k not in drop} for e in history(run_dir)]
+
+
+@pytest.mark.parametrize("killed", ["names", "judge"])  # killed while waiting for that kind of answer
+def test_resume_after_a_kill_mid_names_turn_writes_the_same_history(tmp_path, killed):
+    with FakeLLM(responder=names_responder) as fake:
+        whole, _, whole_dir = climb(tmp_path / "a", fake.base_url, **BOTH)
+        calls = fake.count
+        kinds = [kind(r) for r in fake.requests]
+    assert of(whole_dir, "names_change") and of(whole_dir, "name_score") and "template" in kinds
+    kill_at = 1 + next(i for i, k in enumerate(kinds) if k == killed and i > kinds.index("template"))
+    with FakeLLM(responder=names_responder, signal_at=kill_at) as fake:
+        env = {**os.environ, "PROMPTCLIMB_HOME": str(tmp_path / "home-b")}
+        child = subprocess.Popen([sys.executable, "-c", CHILD, fake.base_url, str(tmp_path / "b"), str(TESTS)],
+                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            assert fake.reached.wait(60), child.communicate(timeout=5)[0]
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(10)
+        run_dir = tmp_path / "b" / "runs" / "run"
+        assert not (run_dir / "summary.json").exists()
+        fake.signal_at = None
+        # a fresh LLM cache: the answers given before the kill come from the history
+        resumed, _, _ = climb(tmp_path / "b", fake.base_url, cache="cache-after-the-kill", **BOTH)
+        assert fake.count - kill_at == calls - (kill_at - 1)  # nothing answered before is asked again
+    assert comparable_events(run_dir) == comparable_events(whole_dir)
+    assert resumed.best == whole.best and resumed.summary["names"] == whole.summary["names"]
+
+
+def test_parallel_restarts_with_names_give_the_sequential_result_and_the_same_history_every_time(tmp_path):
+    def outcome(result) -> dict:
+        return {k: result.summary[k] for k in ("best", "ensemble", "top", "counts", "names")}
+
+    with FakeLLM(responder=names_responder) as fake:
+        sequential, _, _ = climb(tmp_path / "s", fake.base_url, **BOTH)
+        first, _, one = climb(tmp_path / "a", fake.base_url, parallel=2, **BOTH)
+        second, _, two = climb(tmp_path / "b", fake.base_url, parallel=2, **BOTH)
+    assert comparable_events(one) == comparable_events(two)
+    assert outcome(first) == outcome(second) == outcome(sequential)
+    assert [e["restart"] for e in history(one) if e["event"] == "names_exchange"] == [0, 1, 0, 1, 0, 1, 0, 1]
+
+
+def test_config_checks():
+    for bad in [dict(search="words"), dict(guard="maybe"), dict(names_k=0), dict(names_per_class=0)]:
+        with pytest.raises(PromptclimbError):
+            SearchConfig(**bad).check()
+
+
+# -- parsing and checking, directly -------------------------------------------------------------
+def test_parse_names_reads_the_answer_shapes_small_models_write():
+    answer = "\n".join(["Sure! Here are names:", "1. **Trouser**: jeans; pants;", "- \"Bag\": handbag, tote",
+                        "T-shirt/top: 'tee'.", "Dress:", "```"])
+    assert naming.parse_names(answer) == [("Trouser", "jeans"), ("Trouser", "pants"), ("Bag", "handbag"),
+                                          ("Bag", "tote"), ("T-shirt/top", "tee")]
+
+
+def test_the_weakest_classes_take_turns():
+    from promptclimb.agent.core.protocol import ClassReport
+
+    report = [ClassReport(c, n, 10, prob, (10 - wrong, wrong) if c == 0 else (wrong, 10 - wrong))
+              for c, (n, prob, wrong) in enumerate([("a", 0.5, 2), ("b", 0.4, 0)])]
+    assert [r.accuracy for r in report] == [0.8, 1.0]
+    assert naming.weakest(report, 1) == [0]
+    assert naming.weakest(report, 1, {0: 1}) == [1] and naming.weakest(report, 2, {0: 1, 1: 1}) == [0, 1]
+
+
+def test_judge_verdict_reads_the_class_the_answer_names():
+    start, current = list(CLASSES), ["T-shirt/top", "jeans", "Dress", "Bag"]
+    assert naming.judge_verdict("Dress", 1, start, current) == 2
+    assert naming.judge_verdict("Trouser.", 1, start, current) is None  # its own class
+    assert naming.judge_verdict("jeans", 1, start, current) is None  # its current name
+    assert naming.judge_verdict("Skirt", 1, start, current) is None  # no class: the name echoed
+    assert naming.judge_verdict("T-shirt", 3, start, current) == 0  # a part of "T-shirt/top"
+    assert naming.judge_verdict("", 1, start, current) is None
+
+
+# -- --classnames FILE --------------------------------------------------------------------------
+PUBLISHED = ["T-shirt/top", "Trouser", "Pullover"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("tee\npants\n", r"line 2 is the last, but 1 of the dataset's 3 classes have no name \(Pullover\)"),
+    ("tee\npants\nsweater\nhat\n", r"line 4: one name too many: the dataset has 3 classes"),
+    ("tee\n\nsweater\n", r"line 2: empty line"),
+    ("tee\npants\nTee\n", r"line 3: 'Tee' repeats line 1"),
+    ("tee\npa{}nts\nsweater\n", r"line 2: braces"),
+    ("Trouser,pants\nT-shirt/top,tee\nTrouser,jeans\n", r"line 3: class 'Trouser' is named twice"),
+    ("Trouser,pants\nShirt,tee\nPullover,sweater\n", r"line 2: 'Shirt' is not a class of this dataset"),
+    ("Trouser,pants\nT-shirt/top,tee\n", r"line 2 is the last, but 1 of .* \(Pullover\)"),
+    ("Trouser,pants\nT-shirt/top,tee\npullover\n", r"line 3: 'pullover' is not a 'folder,name' line"),
+])
+def test_a_bad_classnames_file_is_refused_naming_its_line(tmp_path, text, message):
+    path = tmp_path / "names.txt"
+    path.write_text(text)
+    with pytest.raises(PromptclimbError, match=message) as caught:
+        read_classnames(str(path), PUBLISHED, {})
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_classnames_specs(tmp_path):
+    assert read_classnames(None, PUBLISHED, {"clean": ["T-shirt", "trousers", "pullover"]}) == tuple(PUBLISHED)
+    assert read_classnames("clean", PUBLISHED, {"clean": ["T-shirt", "trousers", "pullover"]})[1] == "trousers"
+    assert read_classnames("published", PUBLISHED, {}) == tuple(PUBLISHED)
+    ordered = tmp_path / "ordered.txt"
+    ordered.write_text("tee\npants\nsweater\n")
+    assert read_classnames(str(ordered), PUBLISHED, {}) == ("tee", "pants", "sweater")
+    keyed = tmp_path / "keyed.txt"
+    keyed.write_text("Pullover,sweater\nt_shirt/top,tee\nTrouser, pants\n")  # any order; folder spellings
+    assert read_classnames(str(keyed), PUBLISHED, {}) == ("tee", "pants", "sweater")
+    with pytest.raises(PromptclimbError, match=r"neither a name set of this dataset \(published, clean\) nor a file"):
+        read_classnames("cleaned", PUBLISHED, {"clean": ["a", "b", "c"]})

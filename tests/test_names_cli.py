@@ -1,0 +1,118 @@
+"""The names climb through the commands and the API: the options, config.json and resume,
+`show`, `report`, `eval --run`, `search()`; with the in-memory WordEvaluator (no torch) and
+the fake LLM of tests/test_names.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from fake_llm import FakeLLM, WordEvaluator
+from test_names import BONUS, CLASSES, KEY, scripted
+
+import promptclimb
+from promptclimb.agent.cli import cli
+from promptclimb.agent.core.classnames import read_classnames
+
+ANSWER = "Trouser: jeans; pants; slacks"
+SMALL = ["--iterations", "2", "--resets", "1", "--pool-sample", "4", "--proposals", "3"]
+
+
+class Factory:
+    """Builds the WordEvaluator for whatever --classnames says; remembers what it was asked."""
+
+    def __init__(self):
+        self.asked: list[dict] = []
+
+    def __call__(self, **settings):
+        self.asked.append(settings)
+        spec = settings.get("classnames")
+        names = tuple(spec) if isinstance(spec, (list, tuple)) else read_classnames(spec, CLASSES, {"plain": (
+            "top", "trousers", "dress", "bag")})
+        return WordEvaluator(settings["dataset"], classnames=names, name_bonus=BONUS, class_bias={1: -0.25})
+
+
+@pytest.fixture
+def run(tmp_path):
+    """`promptclimb ARGS...` against the scripted LLM, with the Factory's evaluators."""
+    factory = Factory()
+    fake = FakeLLM(responder=scripted([ANSWER]))
+    fake.__enter__()
+
+    def invoke(*args):
+        env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.base_url}
+        return CliRunner().invoke(cli, [str(a) for a in args], env=env, obj={"evaluator_factory": factory})
+
+    invoke.factory, invoke.runs = factory, tmp_path / "runs"
+    yield invoke
+    fake.__exit__(None, None, None)
+
+
+def test_search_renames_a_class_and_every_reader_carries_the_names(run):
+    result = run("search", "--dataset", "toy", "--name", "n", *SMALL, "--runs-dir", run.runs, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["best"]["names"][1] == "jeans" and summary["names"]["found"][1] == "jeans"
+    assert summary["names"]["start"] == list(CLASSES)
+    # the closing block: what changed, from "a photo of a {}." with the start names
+    assert "  class names (1 of 4 changed): Trouser -> jeans" in result.stderr
+    start = WordEvaluator("toy", classnames=CLASSES, name_bonus=BONUS, class_bias={1: -0.25}).score(
+        ["a photo of a {}."], splits=("test",))[0].accuracy["test"]
+    assert f"test accuracy: {100 * start:.1f}% ('a photo of a {{}}.' with the start names) -> " \
+           f"{100 * summary['best']['accuracy']['test']:.1f}%" in result.stderr
+    config = json.loads((run.runs / "n" / "config.json").read_text())
+    assert config["search"]["search"] == "both" and config["evaluator_args"]["classnames"] is None
+
+    shown = run("show", "n", "--runs-dir", run.runs).output
+    assert "Class names (1 of 4 changed" in shown and "jeans" in shown and "Names turns" in shown
+    assert "asked about Trouser" in shown
+
+    report = run("report", "n", "--runs-dir", run.runs)
+    assert report.exit_code == 0, report.output
+    html = (run.runs / "n" / "report.html").read_text()
+    assert "<h2>Class names</h2>" in html and "<b>jeans</b>" in html
+    assert html.count("Confusion on test") == 2  # with the start names, and with the found ones
+
+    evaluated = run("eval", "--run", "n", "--runs-dir", run.runs, "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert tuple(run.factory.asked[-1]["classnames"]) == tuple(summary["best"]["names"])
+    assert json.loads(evaluated.stdout)["results"][0]["accuracy"]["test"] == pytest.approx(
+        summary["best"]["accuracy"]["test"])
+
+
+def test_a_resume_may_not_change_what_the_search_rewrites_or_its_start_names(run, tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("tee\npants\ngown\nbag\n")
+    first = run("search", "--dataset", "toy", "--name", "r", *SMALL, "--runs-dir", run.runs, "--classnames", names)
+    assert first.exit_code == 0, first.output
+    assert run.factory.asked[0]["classnames"] == str(names.resolve())
+    for option, value, recorded in (("--search", "template", "both"), ("--classnames", "plain", names.resolve())):
+        refused = run("search", "--resume", "r", "--runs-dir", run.runs, option, value)
+        assert refused.exit_code == 1 and f"{option} {value} (the run's: {recorded})" in refused.output
+
+
+@pytest.mark.parametrize("text, line", [("tee\npants\n", "2 of the dataset's 4 classes have no name"),
+                                        ("tee\n\ngown\nbag\n", "line 2"),
+                                        ("tee\npants\ntee\nbag\n", "line 3"),
+                                        ("tee\np{a}nts\ngown\nbag\n", "line 2")])
+def test_a_bad_classnames_file_is_one_line_and_leaves_no_run(run, tmp_path, text, line):
+    names = tmp_path / "names.txt"
+    names.write_text(text)
+    result = run("search", "--dataset", "toy", "--name", "bad", *SMALL, "--runs-dir", run.runs, "--classnames", names)
+    assert result.exit_code == 1, result.output
+    errors = [x for x in result.output.splitlines() if x.startswith("Error:")]
+    assert len(errors) == 1 and line in errors[0] and str(names) in errors[0]
+    assert not (run.runs / "bad").exists()
+
+
+def test_the_api_returns_the_found_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with FakeLLM(responder=scripted([ANSWER])) as fake, promptclimb.agent.api.using_evaluator(Factory()):
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+        result = promptclimb.search(dataset="toy", iterations=2, resets=1, pool_sample=4, proposals=3)
+        template = promptclimb.search(dataset="toy", iterations=2, resets=1, pool_sample=4, proposals=3,
+                                      search="template")
+    assert result.classnames[1] == "jeans" and result.summary["names"]["changed"] == 1
+    assert template.classnames is None and "names" not in template.summary

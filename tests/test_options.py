@@ -1,0 +1,98 @@
+"""The one table of search options (agent/options.py): the command, its help panels, a
+--config TOML file, `sweep` and the Python API all take the same options with the same checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from fake_llm import FakeLLM, WordEvaluator
+from test_search import KEY, responder
+
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.options import PANELS, SEARCH_OPTIONS, resolve
+
+FACTORY = {"evaluator_factory": lambda **kw: WordEvaluator(kw["dataset"])}
+
+
+def flat(output: str) -> str:
+    """A command's output with rich's box drawing and line wrapping taken out."""
+    return " ".join(output.replace("│", " ").split())
+
+
+def test_every_option_is_in_exactly_one_help_panel_and_essentials_come_first():
+    from promptclimb.agent.cli.search import help_panels, search_cmd
+
+    panels = help_panels("search", ["--config"])
+    listed = [flag for panel in panels for flag in panel["options"]]
+    declared = [max(p.opts, key=len) for p in search_cmd.params]
+    assert sorted(listed) == sorted(declared + ["--help"])
+    assert panels[0]["name"] == PANELS[0] and panels[0]["options"][:3] == ["--config", "--dataset", "--shots"]
+    help_text = CliRunner().invoke(search_cmd, ["--help"], terminal_width=100).output
+    order = [help_text.index(f"─ {name} ─") for name in PANELS]
+    assert order == sorted(order)  # essentials first, soft-prompt knobs last
+
+
+def test_sweep_takes_the_search_options_from_the_same_table():
+    from promptclimb.agent.cli.sweep import NOT_PER_SWEEP, sweep_cmd
+
+    sweep_names = {p.name for p in sweep_cmd.params}
+    assert {o.name for o in SEARCH_OPTIONS} - NOT_PER_SWEEP <= sweep_names
+    assert not (NOT_PER_SWEEP - {"dataset", "shots", "backbone"}) & sweep_names
+
+
+@pytest.mark.parametrize("value, why", [(1.7, "expected a whole number"), (True, "expected a whole number"),
+                                        ("abc", "expected a whole number"), ([1, 2], "expected a whole number"),
+                                        (0, "must be at least 1")])
+def test_a_value_is_never_silently_converted(value, why):
+    with pytest.raises(PromptclimbError, match=f"--shots {value!r}: {why}".replace("[", r"\[").replace("]", r"\]")):
+        resolve({"shots": value})
+    assert resolve({"shots": 4.0})["shots"] == 4 and resolve({"shots": "4"})["shots"] == 4
+
+
+def test_a_config_file_sets_options_and_the_command_line_overrides_it(tmp_path, monkeypatch):
+    from promptclimb.agent.cli.search import search_cmd
+
+    config = tmp_path / "search.toml"
+    config.write_text('[search]\ndataset = "toy"\niterations = 2\nresets = 1\npool_sample = 6\nname = "from-file"\n')
+    with FakeLLM(responder=responder) as fake:
+        env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.base_url}
+        runs = str(tmp_path / "runs")
+        result = CliRunner().invoke(search_cmd, ["--config", str(config), "--runs-dir", runs, "--json"], env=env,
+                                    obj=FACTORY)
+        assert result.exit_code == 0, result.output
+        saved = json.loads((tmp_path / "runs" / "from-file" / "config.json").read_text())
+        assert saved["search"]["iterations"] == 2 and saved["search"]["resets"] == 1 and fake.count == 2
+        over = CliRunner().invoke(search_cmd, ["--config", str(config), "--iterations", "1", "--name", "cli",
+                                               "--runs-dir", runs], env=env, obj=FACTORY)
+        assert over.exit_code == 0, over.output
+        assert json.loads((tmp_path / "runs" / "cli" / "config.json").read_text())["search"]["iterations"] == 1
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("[search]\niterations = [1, 2]\n", "--iterations [1, 2]: expected a whole number"),
+    ("[search]\nshots = 1.5\n", "--shots 1.5: expected a whole number"),
+    ("[search]\niteratons = 2\n", "unknown keyword(s) iteratons"),
+    ("search = 5\n", "expected a [search] table"),
+    ("[search\n", "not valid TOML"),
+])
+def test_a_bad_config_file_is_one_line_naming_the_file(tmp_path, text, needle):
+    from promptclimb.agent.cli.search import search_cmd
+
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    result = CliRunner().invoke(search_cmd, ["--config", str(config), "--runs-dir", str(tmp_path / "runs")],
+                                obj=FACTORY)
+    assert result.exit_code == 2, result.output
+    assert needle in flat(result.output) and str(config) in flat(result.output) and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_config_file_that_is_not_utf8_is_refused(tmp_path):
+    from promptclimb.agent.cli.search import search_cmd
+
+    config = tmp_path / "latin.toml"
+    config.write_bytes('[search]\ndataset = "caf\xe9"\n'.encode("latin-1"))
+    result = CliRunner().invoke(search_cmd, ["--config", str(config)], obj=FACTORY)
+    assert result.exit_code == 2 and "not a UTF-8 text file" in flat(result.output)
