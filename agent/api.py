@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from promptclimb.agent.core.defaults import DEFAULT_PRECISION
 from promptclimb.agent.core.errors import PromptclimbError
-from promptclimb.agent.core.templates import BASELINE, template_problem
+from promptclimb.agent.core.protocol import SPLITS
+from promptclimb.agent.core.templates import BASELINE, check_templates as check_template_list
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
     from promptclimb.agent.core.protocol import Evaluator, Score
     from promptclimb.agent.runs.reading import Run
 
-SPLITS = ("train", "val", "test")
 # The evaluator factory `search`, `evaluate` and `transfer` build their evaluator with
 # (None: the CLIP one, `evaluators.build_evaluator`); set it with `using_evaluator`.
 _EVALUATOR_FACTORY: ContextVar[Callable | None] = ContextVar("evaluator_factory", default=None)
@@ -137,14 +137,7 @@ def check_templates(templates: str | Sequence[str]) -> list[str]:
                                                              ([] if isinstance(templates, str) else templates)):
         raise PromptclimbError(f"templates {templates!r}: expected a template or a list of templates "
                                "(text with one {} for the class name)")
-    templates = [templates] if isinstance(templates, str) else list(templates)
-    if not templates:
-        raise PromptclimbError("no template given")
-    for t in templates:
-        problem = template_problem(t)
-        if problem:
-            raise PromptclimbError(f"{t!r}: {problem} (use exactly one {{}} for the class name)")
-    return templates
+    return check_template_list([templates] if isinstance(templates, str) else templates)
 
 
 def score_templates(templates: Sequence[str], *, splits: Sequence[str] = SPLITS, device: str | None = None,

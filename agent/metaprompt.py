@@ -4,8 +4,9 @@ Three files make a conversation: `system.j2`, `first_turn.j2` (the opening user 
 and `feedback_turn.j2` (each later user message, after the LLM's templates were scored).
 A names turn (`--search names|both`, agent/names.py) is `names_system.j2` and
 `names_turn.j2`; the drift guard asks `names_judge.j2`. A user folder may hold any subset; missing files fall back to ours. The variables
-each file receives are listed in its opening comment. Accuracies are 0..1; `| pct` shows
-them as "61.2%".
+each file receives are listed in its opening comment: a template's or a name's `value` is
+what the run ranks by (--metric, agent/ranking.py) and `metric_label` says what that is;
+values are 0..1, and `| pct` shows them as "61.2%".
 """
 
 from __future__ import annotations
@@ -51,20 +52,20 @@ class MetaPrompt:
     def system(self, task: Task, n: int) -> str:
         return self.render("system.j2", task=task, n=n)
 
-    def first_turn(self, task: Task, n: int, metric: str, top: list[dict], bottom: list[dict]) -> str:
-        return self.render("first_turn.j2", task=task, n=n, metric=metric, top=top, bottom=bottom)
+    def first_turn(self, task: Task, n: int, metric_label: str, top: list[dict], bottom: list[dict]) -> str:
+        return self.render("first_turn.j2", task=task, n=n, metric_label=metric_label, top=top, bottom=bottom)
 
-    def feedback_turn(self, task: Task, n: int, metric: str, results: list[dict], rejected: list[dict],
+    def feedback_turn(self, task: Task, n: int, metric_label: str, results: list[dict], rejected: list[dict],
                       best: dict, top: list[dict], bottom: list[dict]) -> str:
-        return self.render("feedback_turn.j2", task=task, n=n, metric=metric, results=results,
+        return self.render("feedback_turn.j2", task=task, n=n, metric_label=metric_label, results=results,
                            rejected=rejected, best=best, top=top, bottom=bottom)
 
     def names_system(self, task: Task, n: int, k: int) -> str:
         return self.render("names_system.j2", task=task, n=n, k=k)
 
-    def names_turn(self, task: Task, n: int, metric: str, template: str, best: float, classes: list[dict],
+    def names_turn(self, task: Task, n: int, metric_label: str, template: str, best: float, classes: list[dict],
                    asked: list[str], results: list[dict], rejected: list[dict]) -> str:
-        return self.render("names_turn.j2", task=task, n=n, metric=metric, template=template, best=best,
+        return self.render("names_turn.j2", task=task, n=n, metric_label=metric_label, template=template, best=best,
                            classes=classes, asked=asked, results=results, rejected=rejected)
 
     def names_judge(self, task: Task, classes: list[str], proposed: str) -> str:

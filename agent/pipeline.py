@@ -196,13 +196,11 @@ def choose_llm(opts: dict, echo) -> tuple[LLMSettings, dict]:
 
 
 def lanes_for_the_llm(llm: LLMSettings, parallel: int, restarts: int, echo) -> int:
-    """--parallel, or 1 for the local LLM (started here, or a `promptclimb llm serve`): its
-    server answers one request at a time and keeps only the last request's prefix, so
-    restarts taking turns at it would each reprocess their whole conversation per answer
-    (README, Sweeps: 15 answers in 300 s at --parallel 3, 122 s one after another).
-    The result does not depend on --parallel; the run records the lanes it ran with."""
+    """--parallel, or 1 for the local LLM (started here, or a `promptclimb llm serve`; why:
+    agent/llm/local.py `ONE_AT_A_TIME`). The result does not depend on --parallel; the run
+    records the lanes it ran with."""
     if parallel > 1 and restarts > 1 and llm.served_model:
-        echo(f"--parallel {parallel}: the local LLM answers one request at a time, so the restarts run one "
+        echo(f"--parallel {parallel}: {local_llm.ONE_AT_A_TIME}, so the restarts run one "
              "after another (faster with it, and the same result)")
         return 1
     return parallel
@@ -327,22 +325,22 @@ def render_meta_prompts_once(meta: MetaPrompt, search: SearchConfig) -> None:
     (tests/test_search.py checks that our own meta-prompts pass)."""
     task = Task("stand-in", "images", ("first class", "second class"))
     n = search.proposals + search.spare
-    row = {"template": "a photo of a {}.", "accuracy": 0.5}
+    row = {"template": "a photo of a {}.", "value": 0.5}
     result = {**row, "previous_best": 0.5, "verdict": "equal"}
     rejected = {"line": "a photo", "reason": "no {} placeholder", "duplicate": False}
-    metric = metric_label(search.metric, SELECTIONS[search.select])
+    label = metric_label(search.metric, SELECTIONS[search.select])
     meta.system(task, n)
-    meta.first_turn(task, n, metric, [row], [row])
-    meta.feedback_turn(task, n, metric, [result], [rejected], row, [row], [row])
+    meta.first_turn(task, n, label, [row], [row])
+    meta.feedback_turn(task, n, label, [result], [rejected], row, [row], [row])
     if search.search != "template":
         k, per_class = search.names_k, search.names_per_class
         cls = {"index": 0, "name": "first class", "start": "first", "accuracy": 0.5, "prob": 0.5, "count": 1,
                "mistaken_for": [{"name": "second class", "count": 1}]}
-        scored = {"class": "first class", "name": "one", "accuracy": 0.5, "previous_best": 0.5, "verdict": "equal",
+        scored = {"class": "first class", "name": "one", "value": 0.5, "previous_best": 0.5, "verdict": "equal",
                   "kept": False}
         refused = {"class": "first class", "name": "two", "reason": "repeat", "repeat": True}
         meta.names_system(task, per_class, k)
-        meta.names_turn(task, per_class, metric, row["template"], 0.5, [cls], ["first class"], [scored], [refused])
+        meta.names_turn(task, per_class, label, row["template"], 0.5, [cls], ["first class"], [scored], [refused])
         meta.names_judge(task, list(task.classnames), "one")
 
 

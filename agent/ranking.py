@@ -16,7 +16,9 @@ The value is what the LLM is shown (as a percentage), so it and the ranking neve
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Iterable, Sequence, TypeVar
+
+T = TypeVar("T")
 
 METRICS = ("accuracy", "prob", "blend")
 DEFAULT_METRIC = "accuracy"  # bench/bench_search_quality.py: blend and accuracy tie on val (README)
@@ -57,6 +59,13 @@ def rank_key(value: float, loss: dict | None, splits: Sequence[str], order: int)
     """Sort key, best first: higher value, then lower cross-entropy, then scored earlier."""
     tie = split_mean(loss, splits)
     return (-value if not math.isnan(value) else math.inf, tie if tie is not None else math.inf, order)
+
+
+def best_first(items: Iterable[T], splits: Sequence[str], value: Callable[[T], float],
+               loss: Callable[[T], dict | None], order: Callable[[T], tuple]) -> list[T]:
+    """`items` ranked by `rank_key`, best first: the one sort of the search's scoreboard
+    (agent/search.py `rank`) and of a run read back (agent/runs/reading.py `Run.ranked`)."""
+    return sorted(items, key=lambda item: rank_key(value(item), loss(item), splits, order(item)))
 
 
 def metric_label(metric: str, splits: Sequence[str]) -> str:

@@ -40,13 +40,14 @@ from typing import Callable, Sequence
 from promptclimb.agent import names as naming
 from promptclimb.agent.core.classnames import name_key
 from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.format import pct, pct_by_split
 from promptclimb.agent.llm.client import Answer, BudgetExhausted, LLMClient
 from promptclimb.agent.metaprompt import MetaPrompt
 from promptclimb.agent.core.pools import PoolTemplate, load_pool, sample_pool
-from promptclimb.agent.ranking import DEFAULT_METRIC, METRICS, metric_label, rank_key, selection_value, top_and_bottom
+from promptclimb.agent.ranking import DEFAULT_METRIC, METRICS, best_first, metric_label, rank_key, selection_value, top_and_bottom
 from promptclimb.agent.proposals import DUPLICATE, normalise, parse_proposals
 from promptclimb.agent.core.protocol import Evaluator, Score, Task
-from promptclimb.agent.runs.store import FORMAT_VERSION, RunStore
+from promptclimb.agent.runs.store import ANSWER_KINDS, FORMAT_VERSION, RunStore, ledger, ledger_by_kind
 
 SCORED_SPLITS = ("train", "val")  # what every template is scored on during the search
 SELECTIONS = {"train": ("train",), "train+val": ("train", "val")}
@@ -135,7 +136,10 @@ class Scored:
 
 
 @dataclass
-class SearchResult:
+class ClimbResult:
+    """What `HillClimber.run` found (the public `SearchResult`, agent/api.py, is read from
+    the summary.json the run writes)."""
+
     best: dict  # {template, origin, accuracy {train, val, test}, loss}
     ensemble: dict | None  # {templates, accuracy, loss}
     top: list[dict]
@@ -161,7 +165,7 @@ def call_seed(seed: int, restart: int, reset: int, iteration: int) -> int:
     return int(digest[:8], 16) % (2**31 - 1)
 
 
-LLM_EVENTS = ("llm_exchange", "names_exchange", "names_judge")  # the history's LLM answers, of every kind
+LLM_EVENTS = tuple(ANSWER_KINDS)  # the history's LLM answers, of every kind
 JUDGE_ANSWER_TOKENS = 12  # the guard's answer is one class name
 
 
@@ -210,18 +214,6 @@ def first_of_each_template(ranked: Sequence[Scored]) -> list[Scored]:
     return out
 
 
-def tokens_by_kind(exchanges: list[dict]) -> dict:
-    """LLM answers and tokens per kind of turn: template, names and the drift guard."""
-    kinds = {"llm_exchange": "template", "names_exchange": "names", "names_judge": "guard"}
-    out = {kind: {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0} for kind in kinds.values()}
-    for e in exchanges:
-        row = out[kinds[e["event"]]]
-        row["calls"] += 1
-        row["prompt_tokens"] += e["usage"]["prompt_tokens"]
-        row["completion_tokens"] += e["usage"]["completion_tokens"]
-    return out
-
-
 def verdict(value: float, before: float) -> str:
     return "better" if value > before else "worse" if value < before else "equal"
 
@@ -239,12 +231,13 @@ def value(s: Scored, splits: Sequence[str], metric: str) -> float:
 def rank(board: Sequence[Scored], splits: Sequence[str], metric: str = "accuracy") -> list[Scored]:
     """Best first: higher value on the selection splits, then lower cross-entropy, then
     scored earlier."""
-    return sorted(board, key=lambda s: rank_key(value(s, splits, metric), s.loss, splits, s.order))
+    return best_first(board, splits, value=lambda s: value(s, splits, metric), loss=lambda s: s.loss,
+                      order=lambda s: s.order)
 
 
 def shown(scored: Sequence[Scored], splits: Sequence[str], metric: str) -> list[dict]:
     """Templates as the meta-prompts see them: text and the value they are ranked by."""
-    return [{"template": s.template, "accuracy": value(s, splits, metric)} for s in scored]
+    return [{"template": s.template, "value": value(s, splits, metric)} for s in scored]
 
 
 class LaneStopped(Exception):
@@ -320,7 +313,7 @@ class HillClimber:
             raise PromptclimbError("the initial pool is empty")
         self.echo = echo
         self.splits = SELECTIONS[self.config.select]
-        self.metric_name = metric_label(self.config.metric, self.splits)
+        self.metric_label = metric_label(self.config.metric, self.splits)  # what the meta-prompts call the value
         self.asked = self.config.proposals + self.config.spare  # templates asked for per turn
         # Every (template, names) scored in the run, as it first appears (lowest restart, then
         # position); names None: the start names.
@@ -339,7 +332,7 @@ class HillClimber:
                 llm.remember(e["request_key"], {"content": e["answer"], **(e.get("usage") or {})})
 
     # -- the loop ------------------------------------------------------------------------
-    def run(self) -> SearchResult:
+    def run(self) -> ClimbResult:
         started = time.time()
         self.store.append("run_start", run_id=self.store.run_dir.name)
         stopped = "completed"
@@ -422,7 +415,7 @@ class HillClimber:
         best = self.ranked(board)[0]
         self.echo(
             f"restart {restart + 1}/{self.config.restarts}: {len(board)} pool templates, "
-            f"best {self.value(best):.1%}  {best.template}"
+            f"best {pct(self.value(best))}  {best.template}"
         )
         self.store.write_prompts_csv()
         return board
@@ -445,7 +438,7 @@ class HillClimber:
 
     def first_turn(self, board: list[Scored]) -> str:
         top, bottom = self.top_and_bottom(board)
-        return self.meta.first_turn(self.evaluator.task, self.asked, self.metric_name, top, bottom)
+        return self.meta.first_turn(self.evaluator.task, self.asked, self.metric_label, top, bottom)
 
     def feedback_turn(self, board: list[Scored], best_before: Scored, new: list[Scored], rejected: list[dict]) -> str:
         before = self.value(best_before)
@@ -453,11 +446,11 @@ class HillClimber:
         for s in new:
             value = self.value(s)
             verdict = "better" if value > before else "worse" if value < before else "equal"
-            results.append({"template": s.template, "accuracy": value, "previous_best": before, "verdict": verdict})
+            results.append({"template": s.template, "value": value, "previous_best": before, "verdict": verdict})
         top, bottom = self.top_and_bottom(board)
         best = shown(self.ranked(board)[:1], self.splits, self.config.metric)[0]
         return self.meta.feedback_turn(
-            self.evaluator.task, self.asked, self.metric_name, results, rejected, best, top, bottom
+            self.evaluator.task, self.asked, self.metric_label, results, rejected, best, top, bottom
         )
 
     def top_and_bottom(self, board: list[Scored]) -> tuple[list[dict], list[dict]]:
@@ -554,7 +547,7 @@ class HillClimber:
             kept = self.keep_changes(best, picks, board, restart, reset, iteration, call)
             for c in asked:  # asked about and not renamed: asked about later than the other weak classes
                 state.fruitless[c] = 0 if any(p.cls == c for p in kept) else state.fruitless.get(c, 0) + 1
-            state.results = [{"class": names[p.cls], "name": p.name, "accuracy": self.value_of(score),
+            state.results = [{"class": names[p.cls], "name": p.name, "value": self.value_of(score),
                               "previous_best": self.value(best), "verdict": verdict(self.value_of(score), self.value(best)),
                               "kept": p in kept} for p, (_, score) in zip(proposals, singles)]
             state.rejected = [{"class": names[r.cls] if r.cls is not None else r.label, "name": r.name,
@@ -583,7 +576,7 @@ class HillClimber:
         return [
             {"role": "system", "content": self.meta.names_system(task, cfg.names_per_class, len(asked))},
             {"role": "user", "content": self.meta.names_turn(
-                task, cfg.names_per_class, self.metric_name, best.template, self.value(best),
+                task, cfg.names_per_class, self.metric_label, best.template, self.value(best),
                 naming.class_rows(report, self.start_names), [names[c] for c in asked], state.results,
                 state.rejected)},
         ]
@@ -704,7 +697,7 @@ class HillClimber:
         changes = ", ".join(f"{names[p.cls]} -> {p.name}" for p in kept) or "none kept"
         self.echo(f"[restart {restart + 1}/{cfg.restarts} reset {reset + 1}/{cfg.resets} "
                   f"iteration {iteration}/{cfg.iterations}] names: {len(proposals)} tried, {len(refused)} refused, "
-                  f"{changes} | best {self.value(best):.1%}  {best.template}")
+                  f"{changes} | best {pct(self.value(best))}  {best.template}")
         for r in refused[:3]:
             self.echo(f"    refused  {r.label}: {r.name[:40]!r}: {r.shown()}")
 
@@ -762,15 +755,15 @@ class HillClimber:
             f"[restart {restart + 1}/{cfg.restarts} reset {reset + 1}/{cfg.resets} "
             f"iteration {iteration}/{cfg.iterations}] {len(new)} new, {len(rejected)} rejected"
             + (f" ({self.nothing_to_score})" if getattr(self, "nothing_to_score", None) else "")
-            + f" | best {self.value(best):.1%}  {best.template}"
+            + f" | best {pct(self.value(best))}  {best.template}"
         )
         for s in self.ranked(new):
-            self.echo(f"    {self.value(s):6.1%}  {s.template}")
+            self.echo(f"    {pct(self.value(s)):>6}  {s.template}")
         for r in rejected[:3]:
             self.echo(f"    rejected  {r['line'][:60]!r}: {r['reason']}")
 
     # -- the end ---------------------------------------------------------------------------
-    def finish(self, stopped: str, started: float) -> SearchResult:
+    def finish(self, stopped: str, started: float) -> ClimbResult:
         """Best template and top-k ensemble, with test accuracy (computed here, once)."""
         ranked = self.ranked(self.scores.values())
         top = ranked[: max(self.config.ensemble_k, self.config.top_k, 1)]
@@ -797,12 +790,12 @@ class HillClimber:
         self.store.write_prompts_csv()
         summary = self.summary(final, started)
         self.store.write_json("summary.json", summary)
-        self.echo(f"best: {best['template']}  " + "  ".join(f"{k} {v:.1%}" for k, v in best["accuracy"].items()))
+        self.echo(f"best: {best['template']}  " + pct_by_split(best["accuracy"]))
         if ensemble:
             verdict = "chosen" if ensemble["chosen"] else "a candidate only"
             self.echo(f"ensemble of {len(ensemble['templates'])} ({verdict}: {ensemble['reason']}): "
-                      + "  ".join(f"{k} {v:.1%}" for k, v in ensemble["accuracy"].items()))
-        return SearchResult(best=best, ensemble=ensemble, top=final["top"], stopped=stopped, summary=summary,
+                      + pct_by_split(ensemble["accuracy"]))
+        return ClimbResult(best=best, ensemble=ensemble, top=final["top"], stopped=stopped, summary=summary,
                             classnames=tuple(best.get("names") or self.start_names))
 
     def choose_ensemble(self, ranked: list[Scored]) -> dict | None:
@@ -825,7 +818,7 @@ class HillClimber:
         k, members, score = best
         chosen = tried[k] > alone
         where = " + ".join(on)
-        reason = (f"{where} {tried[k]:.1%} vs {alone:.1%} for the best template alone "
+        reason = (f"{where} {pct(tried[k])} vs {pct(alone)} for the best template alone "
                   f"({self.config.metric}; k tried: {', '.join(map(str, tried))})")
         return {"templates": members, "accuracy": as_floats(score.accuracy), "loss": as_floats(score.loss),
                 "prob": as_floats(score.prob), "chosen": chosen, "chosen_on": list(on), "reason": reason,
@@ -868,7 +861,6 @@ class HillClimber:
     def summary(self, final: dict, started: float) -> dict:
         events = self.store.events
         exchanges = [e for e in events if e["event"] in LLM_EVENTS]  # template, names and guard answers
-        asked = [e for e in exchanges if not e.get("cached")]
         names = {} if final.get("names") is None else {
             "names": {**final["names"], "counts": self.names_counts(events)}}
         return {
@@ -891,13 +883,9 @@ class HillClimber:
             },
             # The whole run's LLM cost, from its history (a resumed run included).
             "ledger": {
-                "calls": len(asked),
-                "cache_hits": len(exchanges) - len(asked),
-                "prompt_tokens": sum(e["usage"]["prompt_tokens"] for e in asked),
-                "completion_tokens": sum(e["usage"]["completion_tokens"] for e in asked),
-                "latency_s": round(sum(e.get("latency_s") or 0.0 for e in asked), 3),
+                **ledger(events),
                 "this_session": self.llm.ledger.to_dict(),
-                **({"by_kind": tokens_by_kind(asked)} if self.config.search != "template" else {}),
+                **({"by_kind": ledger_by_kind(events)} if self.config.search != "template" else {}),
             },
             "timings": {
                 "session_wall_s": round(time.time() - started, 3),

@@ -24,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.format import pct, pct_by_split
 from promptclimb.agent.core.runfiles import CURVE, FORMAT_VERSION, SOFT_PROMPT_FILE, STATE_FILE
 from promptclimb.agent.core.settings import SOFT_OPTIMIZERS, SoftPromptConfig
 
@@ -60,7 +61,7 @@ class SoftPromptSearch:
         event = self.store.append("step", iteration=record.pop("step"), **record)
         prompt = event["prompt"]["accuracy"]
         self.echo(f"[{self.config.optimizer} step {event['iteration']}/{self.config.steps}] queries "
-                  f"{event['queries']}/{self.config.queries}  prompt: train {prompt['train']:.1%} val {prompt['val']:.1%}")
+                  f"{event['queries']}/{self.config.queries}  prompt: train {pct(prompt['train'])} val {pct(prompt['val'])}")
 
     def walk_history_to(self, step: int) -> None:
         """Re-walk the recorded events up to `step`, the step the saved state is at."""
@@ -95,8 +96,8 @@ class SoftPromptSearch:
         self.store.write_json("summary.json", summary)
         path = plot_soft_curve(self.store.run_dir)
         acc, adapter = best["accuracy"], final["adapter"]
-        self.echo(f"best: {best['template']}  " + "  ".join(f"{k} {v:.1%}" for k, v in acc.items()))
-        self.echo(f"with {adapter['kind']}: " + "  ".join(f"{k} {v:.1%}" for k, v in adapter["accuracy"].items())
+        self.echo(f"best: {best['template']}  " + pct_by_split(acc))
+        self.echo(f"with {adapter['kind']}: " + pct_by_split(adapter["accuracy"])
                   + f"  ({'kept' if adapter['beats_prompt_on_val'] else 'not kept'}: val)")
         self.echo(f"plot: {path}\nrun folder: {self.store.run_dir}   (read it with: promptclimb show {self.store.run_dir.name})")
         return summary
@@ -121,13 +122,11 @@ def steps_table(events: list[dict]) -> list[dict]:
 
 def plot_soft_curve(run_dir: str | Path) -> Path:
     """curve.png of a soft-prompt run: the current prompt's accuracy against queries used."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import PercentFormatter
-
+    from promptclimb.agent.runs.plots import pyplot, save_figure
     from promptclimb.agent.runs.reading import load_run
+
+    plt = pyplot()
+    from matplotlib.ticker import PercentFormatter
 
     run = load_run(run_dir)
     rows = steps_table(run.events)
@@ -147,11 +146,8 @@ def plot_soft_curve(run_dir: str | Path) -> Path:
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    path = run.path / CURVE
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, run.path / CURVE)
 
 
 def soft_prompt_lines(run) -> list[str]:
@@ -165,7 +161,7 @@ def soft_prompt_lines(run) -> list[str]:
                      f"{' '.join(soft['nearest_tokens'])!r} (a readable hint: these words do not score the same)")
     adapter = final.get("adapter")
     if adapter:
-        acc = "  ".join(f"{k} {v:.1%}" for k, v in adapter["accuracy"].items())
+        acc = pct_by_split(adapter["accuracy"])
         verdict = "kept: it beat the prompt alone on val" if adapter["beats_prompt_on_val"] else "not kept (val)"
         lines.append(f"  with {MODULES.get(run.config.get('optimizer'), adapter['kind'])}: {acc}  ({verdict})")
     rows = steps_table(run.events)
@@ -174,7 +170,7 @@ def soft_prompt_lines(run) -> list[str]:
     every = max(1, (len(rows) - 1) // 10)
     lines.append("  step  queries   train     val")
     for r in rows[::every] + ([rows[-1]] if rows and (len(rows) - 1) % every else []):
-        lines.append(f"  {r['step']:>4}  {r['queries']:>7}  {r['train']:6.1%}  {r['val']:6.1%}")
+        lines.append(f"  {r['step']:>4}  {r['queries']:>7}  {pct(r['train']):>6}  {pct(r['val']):>6}")
     return lines
 
 

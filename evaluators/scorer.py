@@ -32,7 +32,7 @@ from tqdm import tqdm
 from promptclimb.agent.core.classnames import check_classnames, read_classnames
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.protocol import ClassReport, Score, Task
-from promptclimb.agent.core.templates import fill, template_problem
+from promptclimb.agent.core.templates import check_templates, fill
 from promptclimb.evaluators.backbones import Backbone
 from promptclimb.evaluators.datasets import Dataset, FewShotSplit, ids_digest
 from promptclimb.evaluators.features import ImageFeatureCache, TextFeatureCache
@@ -145,15 +145,7 @@ class ClipEvaluator:
         return self.text_cache.get(texts)
 
     def _check(self, templates: Sequence[str]) -> list[str]:
-        templates = list(templates)
-        if not templates:
-            raise PromptclimbError("no templates to score")
-        for t in templates:
-            problem = template_problem(t)
-            if problem:
-                raise PromptclimbError(f"invalid template {t!r}: {problem} "
-                                       "(a template has exactly one {} where the class name goes)")
-        return templates
+        return check_templates(templates)
 
     def _names(self, classnames: Sequence[str] | None) -> tuple[str, ...]:
         """The names to fill in: the start names, or `classnames` checked (one per class,

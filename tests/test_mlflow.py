@@ -345,3 +345,27 @@ def test_search_with_an_unreachable_mlflow_server_finishes_with_one_warning(tmp_
         line for line in result.output.splitlines() if line.startswith("warning: MLflow tracking stopped")]
     assert sum(line.startswith("warning: MLflow tracking stopped") for line in result.output.splitlines()) == 1
     assert (tmp_path / "runs" / "alone" / "summary.json").exists()
+
+
+def test_a_sweep_with_mlflow_nests_its_cells_and_an_unreachable_server_is_one_warning(tmp_path, server, client,
+                                                                                       fake):
+    """What the sweep driver does after its cells (agent/sweep/driver.py `track_sweep`)."""
+    from promptclimb.agent.sweep.driver import track_sweep
+
+    sweep = tmp_path / "runs" / "grid"
+    for cell in ("c1", "c2"):
+        assert search(fake, sweep, "--dataset", "toy", "--name", cell, "--iterations", 2, "--search", "template",
+                      "--resets", 1, "--pool-sample", 4, "--mlflow", server).exit_code == 0
+    (sweep / "sweep.json").write_text(json.dumps({"grid": {"dataset": ["toy"]}, "search": {}, "cells": ["c1", "c2"]}))
+    said = []
+    track_sweep(sweep, None, said.append)  # no --mlflow: nothing
+    assert said == [] and not (sweep / "mlflow.json").exists()
+    track_sweep(sweep, server, said.append)
+    parent = linked_run_id(sweep, server)
+    assert said == [f"MLflow: sweep run {parent} with its cells nested ({server})"]
+    for cell in ("c1", "c2"):  # the runs the cells logged live, now nested
+        assert client.get_run(linked_run_id(sweep / cell, server)).data.tags["mlflow.parentRunId"] == parent
+    said.clear()
+    track_sweep(sweep, f"http://127.0.0.1:{free_port()}", said.append)
+    assert len(said) == 1 and said[0].startswith("warning: MLflow tracking of the sweep failed")
+    assert f"promptclimb mlflow-sync {sweep}" in said[0]

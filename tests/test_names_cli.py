@@ -64,6 +64,13 @@ def test_search_renames_a_class_and_every_reader_carries_the_names(run):
     config = json.loads((run.runs / "n" / "config.json").read_text())
     assert config["search"]["search"] == "both" and config["evaluator_args"]["classnames"] is None
 
+    # the reader ranks the (template, names) pair the names turn kept, as the search did
+    read = promptclimb.load_run(run.runs / "n")
+    top = read.ranked().iloc[0]
+    assert (top["template"], list(top["names"])) == (summary["best"]["template"], summary["best"]["names"])
+    assert "names" in set(read.scores()["origin"])  # the pair the names turn kept
+    assert read.iterations()[-1]["best_so_far"] == pytest.approx(summary["best"]["accuracy"]["train"])
+
     shown = run("show", "n", "--runs-dir", run.runs).output
     assert "Class names (1 of 4 changed" in shown and "jeans" in shown and "Names turns" in shown
     assert "asked about Trouser" in shown

@@ -182,3 +182,38 @@ def test_reading_modules_do_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_the_reader_ranks_ties_as_the_search_does(tmp_path):
+    """Templates that tie on the selection value: broken by lower cross-entropy (the mean
+    over the selection splits that have one), then by (restart, place), not by the order
+    of the history's lines (parallel restarts interleave them)."""
+    from promptclimb.agent.search import Scored, rank
+
+    config = {"search": asdict(SearchConfig(select="train+val", metric="blend"))}
+    acc, prob = {"train": 0.5, "val": 0.5}, {"train": 0.4, "val": 0.4}
+    # (template, restart, loss): written to the history in this order
+    rows = [("r1 first", 1, {"train": 1.0, "val": 1.0}), ("r0 first", 0, {"train": 1.0, "val": 1.0}),
+            ("lower loss", 1, {"train": 0.5, "val": 0.6}), ("no val loss", 0, {"train": 0.6}),
+            ("r0 second", 0, {"train": 1.0, "val": 1.0}), ("no loss", 0, {}),
+            ("better", 1, {"train": 9.0, "val": 9.0})]
+    board, places = [], {0: 0, 1: 0}
+    with RunStore.create(tmp_path / "run", config) as store:
+        for template, restart, loss in rows:
+            a = {"train": 0.9, "val": 0.9} if template == "better" else acc
+            store.append("score", restart=restart, template=template, origin="llm", accuracy=a, loss=loss, prob=prob)
+            board.append(Scored(template, "llm", a, loss, order=(restart, places[restart]), prob=prob))
+            places[restart] += 1
+    expected = [s.template for s in rank(board, ("train", "val"), "blend")]
+    assert list(load_run(tmp_path / "run").ranked()["template"]) == expected
+    assert expected == ["better", "lower loss", "no val loss", "r0 first", "r0 second", "r1 first", "no loss"]
+
+
+def test_an_unfinished_runs_ledger_is_counted_as_the_summary_counts_it(run_dir):
+    """`Run.ledger()` without summary.json counts the history's answers with the function
+    that wrote summary.json's ledger."""
+    from dataclasses import replace
+
+    run = load_run(run_dir)
+    assert replace(run, summary=None).ledger() == {k: v for k, v in run.summary["ledger"].items()
+                                                   if k not in ("this_session", "by_kind")}

@@ -159,7 +159,7 @@ def make_run(root: Path) -> Path:
     """A finished tiny search whose LLM answered with HTML templates (the script one wins)."""
     config = {"run_id": "html", "created": "2025-01-01T12:00:00+0000",
               "evaluator_args": {"dataset": "toy", "shots": 1, "seed": 0, "backbone": "word"}, "llm": {"model": "fake"}}
-    settings = SearchConfig(restarts=1, resets=1, iterations=2, proposals=3, pool_sample=0)
+    settings = SearchConfig(restarts=1, resets=1, iterations=2, proposals=3, pool_sample=0, search="template")
     with FakeLLM(script=[f"1. {SCRIPT}\n2. {IMG}", "a dark {}."]) as fake:
         llm = LLMClient("fake", base_url=fake.base_url, api_key="sk-test", cache_dir=root / "llm-cache")
         with RunStore.create(root / "runs" / "html", config) as store:

@@ -67,14 +67,31 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
 
 
-def test_search_improves_on_its_initial_pool(tmp_path):
-    script = ["a grayscale photo of a {}.\na tiny {}", "a grayscale photo of clothing: a {}.", "{}"]
+def test_the_best_is_the_best_of_everything_scored_and_a_later_worse_one_does_not_displace_it(tmp_path):
+    """The LLM proposes templates that score better than the pool, worse than it, the best
+    of the run, and then ones that beat the pool but not that best: the result is the best
+    of every score event of the history by the run's ranking, whatever came after it."""
+    from promptclimb.agent.ranking import rank_key, selection_value
+
+    script = ["a grayscale photo of a {}.\na blurry {}.",  # better than the pool; worse
+              "a grayscale photo of clothing: a {}.\na dark {}.",  # the best; worse
+              "a photo of a garment {}.\nthe {} again."]  # later: better than the pool, not the best; worse
     with FakeLLM(script=script) as fake:
         result, evaluator, run_dir = climb(tmp_path, fake.base_url)
-    pool_best = max(WordEvaluator()._value(p.template, "train")[0] for p in POOL)
-    assert result.best["template"] == "a grayscale photo of clothing: a {}."
-    assert result.best["origin"] == "llm" and result.best["accuracy"]["train"] > pool_best
-    assert set(result.best["accuracy"]) == {"train", "val", "test"}
+    scores = [e for e in history(run_dir) if e["event"] == "score"]
+    value = {e["template"]: selection_value(e["accuracy"], e["prob"], ("train",), "accuracy") for e in scores}
+    best = min(scores, key=lambda e: rank_key(value[e["template"]], e["loss"], ("train",), e["seq"]))
+    assert result.best["template"] == best["template"] == "a grayscale photo of clothing: a {}."
+    # the decision was not made for it: proposals went both ways against the pool ...
+    pool_best = max(value[e["template"]] for e in scores if e["origin"] == "pool")
+    proposed = [e for e in scores if e["origin"] == "llm"]
+    assert any(value[e["template"]] > pool_best for e in proposed)
+    assert any(value[e["template"]] < pool_best for e in proposed)
+    # ... and a proposal scored after the best, better than the pool, did not displace it
+    later = [e for e in proposed if e["seq"] > best["seq"] and value[e["template"]] > pool_best]
+    assert [e["template"] for e in later] == ["a photo of a garment {}."]
+    assert value["a photo of a garment {}."] < value[result.best["template"]]
+    assert set(result.best["accuracy"]) == {"train", "val", "test"} and result.best["origin"] == "llm"
     # every ensemble size scores the same here: the smallest, 2, is kept; it beats the best alone on val
     assert result.ensemble["templates"][0] == result.best["template"] and len(result.ensemble["templates"]) == 2
     assert result.ensemble["chosen"] and result.summary["winner"] == "ensemble"

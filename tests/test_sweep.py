@@ -48,12 +48,15 @@ def sweep(tmp_path, tiny_clip_config, tiny_clip_weights, image_folder):
     runs = tmp_path / "runs"
     env = {**os.environ, **RAY_ENV}
 
-    def command(name: str, base_url: str, *extra: str, grid: bool = True, address: str | None = None) -> list[str]:
+    def command(name: str, base_url: str | None, *extra: str, grid: bool = True,
+                address: str | None = None) -> list[str]:
+        """base_url None: `--llm local`, the LLM the sweep starts for its cells."""
         axes = ["--dataset", "imagefolder", "--shots", "1", "--shots", "2", "--seeds", "1-2"] if grid else []
         ray = ["--address", address] if address else ["--num-cpus", "2"]
+        llm = ["--llm", "fake", "--base-url", base_url] if base_url else ["--llm", "local"]
         return [sys.executable, "-m", "promptclimb.agent.cli", "sweep", name, "--runs-dir", str(runs), *axes, *ray,
                 "--data-root", str(image_folder), "--backbone", tiny_clip_config, "--weights", str(tiny_clip_weights),
-                "--llm", "fake", "--base-url", base_url, "--device", "cpu",
+                *llm, "--device", "cpu",
                 "--resets", "1", "--iterations", "2", "--proposals", "3", "--pool-sample", "6", *extra]
 
     command.runs, command.env = runs, env
@@ -199,6 +202,47 @@ def test_cells_run_one_after_another_on_the_local_llm(sweep):
         assert run.returncode == 0, run.stderr
     assert "the local LLM answers one request at a time: the cells run one after another" in run.stderr
     assert "sweep one: 2/2 cells finished" in run.stderr and "2 running" not in run.stderr, run.stderr
+
+
+# Every Python process of the sweep (the driver, Ray's workers) gets this stand-in for the
+# local LLM server: each start is a line in $PC_LLM_STARTS, and it serves the fake LLM.
+COUNTING_LOCAL_SERVER = """
+import os
+if os.environ.get("PC_LLM_STARTS"):
+    from contextlib import contextmanager
+    from promptclimb.agent.llm import local
+
+    @contextmanager
+    def local_server(model_path=None, **ignored):
+        with open(os.environ["PC_LLM_STARTS"], "a") as starts:
+            starts.write(f"{os.getpid()} {model_path}\\n")
+        yield os.environ["PC_FAKE_LLM_URL"]
+
+    local.local_server = local_server
+"""
+
+
+def test_the_cells_share_one_llm_endpoint_and_the_local_llm_is_started_once(sweep, tmp_path):
+    """`--llm local` without an endpoint: the sweep starts the local LLM once, for the whole
+    sweep, and every cell's search talks to that one server (and records it)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(COUNTING_LOCAL_SERVER)
+    starts = tmp_path / "starts.txt"
+    with FakeLLM(responder=responder) as fake:
+        env = {k: v for k, v in sweep.env.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+        env |= {"PC_LLM_STARTS": str(starts), "PC_FAKE_LLM_URL": fake.base_url,
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))}
+        run = subprocess.run(sweep("shared", None, "--seeds", "1", grid=False) + ["--dataset", "imagefolder",
+                             "--shots", "1", "--seeds", "2"], env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr
+    assert "sweep shared: 2/2 cells finished" in run.stderr, run.stderr
+    assert len(starts.read_text().splitlines()) == 1, starts.read_text()
+    cells = sorted(p for p in (sweep.runs / "shared").iterdir() if (p / "config.json").exists())
+    recorded = [json.loads((cell / "config.json").read_text())["llm"] for cell in cells]
+    assert len(cells) == 2 and [r["base_url"] for r in recorded] == [fake.base_url] * 2, recorded
+    assert all(r["model"] == "local" for r in recorded)
+    assert {r["model"] for r in fake.requests} == {"local"} and len(fake.requests) >= 2
 
 
 def test_the_same_sweep_on_a_ray_cluster_with_token_auth_and_failed_cells(sweep, tmp_path):

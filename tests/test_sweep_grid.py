@@ -1,9 +1,9 @@
 """The parts of a sweep that need no Ray: the grid (flags or TOML), cell names, settings kept
-in sweep.json, cell states, the LLM endpoint the cells share, and the report's numbers."""
+in sweep.json, cell states and the report's numbers (the LLM endpoint the cells share, with
+a sweep that runs: tests/test_sweep.py)."""
 
 import json
 import math
-from contextlib import contextmanager
 
 import pytest
 from click.testing import CliRunner
@@ -134,24 +134,6 @@ def test_a_cell_waits_a_moment_for_its_run_lock(released_after_s, tmp_path, monk
         assert outcome == {"state": "finished"} and searched == [str(cell)] and "waiting up to 3 s" in log
     else:
         assert outcome["state"] == "failed" and "another promptclimb process" in outcome["error"] and not searched
-
-
-def test_the_cells_share_one_llm_endpoint_and_the_local_llm_is_started_once(monkeypatch):
-    started = []
-
-    @contextmanager
-    def fake_server(model_path=None, echo=None):
-        started.append(model_path)
-        yield "http://127.0.0.1:9/v1"
-
-    monkeypatch.setattr("promptclimb.agent.llm.local.local_server", fake_server)
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    opts = sweeps.search_options({})
-    with sweeps.llm_endpoint(opts, print) as (url, model):
-        assert (url, model, started) == ("http://127.0.0.1:9/v1", "local", [None])
-    with sweeps.llm_endpoint({**opts, "base_url": "http://h:1/v1", "llm_name": "m"}, print) as (url, model):
-        assert (url, model, len(started)) == ("http://h:1/v1", "m", 1)
 
 
 def test_sweep_report_means_and_sds_over_finished_seeds(tmp_path):

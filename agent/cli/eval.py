@@ -13,16 +13,16 @@ import click
 from promptclimb.agent.core.defaults import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS, default_backbone
 from promptclimb.agent.cli.errors import user_errors
 from promptclimb.agent.core.devices import check_device_name
+from promptclimb.agent.core.format import pct
 from promptclimb.agent.core.paths import cache_home, check_writable
-from promptclimb.agent.core.templates import template_problem
-
-SPLITS = ("train", "val", "test")
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.protocol import SPLITS
+from promptclimb.agent.core.templates import BASELINE, check_templates
 
 
 # Used when neither the option nor --run says otherwise.
 DEFAULTS = {"dataset": "fashion-mnist", "shots": 1, "seed": 0,  # as `search`; the backbone: default_backbone
             "precision": DEFAULT_PRECISION}
-BASELINE = "a photo of a {}."
 
 
 @click.command("eval", context_settings={"help_option_names": ["-h", "--help"]})
@@ -97,11 +97,10 @@ def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, sh
     args, prompts = _settings(given, list(prompts), run_dir)
     dataset, data_root, shots, seed, backbone, pretrained, weights, precision = (
         args[k] for k in ("dataset", "data_root", "shots", "seed", "backbone", "pretrained", "weights", "precision"))
-    for p in prompts:  # before any slow loading
-        problem = template_problem(p)
-        if problem:
-            raise click.BadParameter(f"{p!r}: {problem} (use exactly one {{}} for the class name)",
-                                     param_hint="--prompt")
+    try:
+        check_templates(prompts)  # before any slow loading
+    except PromptclimbError as exc:
+        raise click.BadParameter(str(exc), param_hint="--prompt") from None
     check_writable(cache_home(), "the cache folder, PROMPTCLIMB_HOME")  # image features go there
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -125,12 +124,12 @@ def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, sh
     click.echo(header)
     for row in result["results"]:
         acc = row["accuracy"]
-        click.echo(" ".join(f"{100 * acc[s]:6.2f}%" for s in SPLITS) + f"  {row['template']}")
+        click.echo(" ".join(f"{pct(acc[s], 2):>7}" for s in SPLITS) + f"  {row['template']}")
     if with_adapter:
         ad = result["adapter"]
         note = "" if ad["result"] == "adapter" else "   (the run keeps the prompt-only result: the adapter lost on val)"
         for name, key in ((f"prompt + {ad['kind']} adapter", "adapter"), ("prompt alone", "prompt")):
-            click.echo(" ".join(f"{100 * ad['accuracy'][s][key]:6.2f}%" for s in SPLITS) + f"  {name}")
+            click.echo(" ".join(f"{pct(ad['accuracy'][s][key], 2):>7}" for s in SPLITS) + f"  {name}")
         click.echo(f"adapter on: {' | '.join(ad['templates'])}{note}")
 
 

@@ -11,7 +11,7 @@ import click
 
 from promptclimb.agent.cli.errors import user_errors
 from promptclimb.agent.core.errors import PromptclimbError
-from promptclimb.agent.runs.reading import find_run
+from promptclimb.agent.runs.reading import find_run, find_sweep
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
@@ -19,12 +19,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 def find_folder(name: str, runs_dir: str) -> tuple[Path, bool]:
     """(folder, is a sweep): a sweep folder (path, or name under --runs-dir), else a run as
     `promptclimb show` finds it (path, id or unique prefix)."""
-    from promptclimb.agent.tracking import SWEEP_FILE
-
-    for candidate in (Path(name), Path(runs_dir) / name):
-        if (candidate / SWEEP_FILE).exists():
-            return candidate, True
-    return find_run(name, runs_dir), False
+    sweep = find_sweep(name, runs_dir)
+    return (sweep, True) if sweep is not None else (find_run(name, runs_dir), False)
 
 
 @click.command("mlflow-sync", context_settings=CONTEXT)

@@ -91,7 +91,11 @@ def sweep_report_cmd(sweep, runs_dir, fmt):
 
     from promptclimb.agent.sweep.driver import PLOT_FILE, RESULTS, mean_sd, plot_sweep, sweep_cells, sweep_summary
 
-    sweep_dir = Path(runs_dir) / sweep if (Path(runs_dir) / sweep).is_dir() else Path(sweep)  # a name, or a path
+    from promptclimb.agent.runs.reading import find_sweep
+
+    # a path or a name (what is not a sweep folder: sweep_cells says so)
+    sweep_dir = find_sweep(sweep, runs_dir) or (Path(runs_dir) / sweep if (Path(runs_dir) / sweep).is_dir()
+                                                 else Path(sweep))
     cells = sweep_cells(sweep_dir)
     summary = sweep_summary(cells)
     try:

@@ -6,9 +6,15 @@ from __future__ import annotations
 import math
 
 
-def pct(value) -> str:
-    """A 0..1 value as a percentage with one decimal ("61.2%"); "" when it is missing
-    (None or NaN), so tables show an empty cell rather than "nan%"."""
+def pct(value, decimals: int = 1) -> str:
+    """A 0..1 value as a percentage with one decimal ("61.2%"; `decimals` for more, as
+    `promptclimb eval`'s table); "" when it is missing (None or NaN), so tables show an
+    empty cell rather than "nan%"."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    return f"{100.0 * float(value):.1f}%"
+    return f"{100.0 * float(value):.{decimals}f}%"
+
+
+def pct_by_split(values: dict) -> str:
+    """Per-split values on one line: "train 61.2%  val 58.0%" (console summaries)."""
+    return "  ".join(f"{split} {pct(value)}" for split, value in values.items())

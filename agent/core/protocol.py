@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
+SPLITS = ("train", "val", "test")  # an evaluator's splits: the search scores on train and val, test once at the end
+
 
 @dataclass(frozen=True)
 class Score:

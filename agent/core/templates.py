@@ -9,6 +9,9 @@ it has passed `template_problem`.
 from __future__ import annotations
 
 import string
+from typing import Sequence
+
+from promptclimb.agent.core.errors import PromptclimbError
 
 MAX_TEMPLATE_CHARS = 200
 BASELINE = "a photo of a {}."  # the template every CLIP paper starts from: the reference in tables and plots
@@ -48,6 +51,19 @@ def check_template(template: str) -> str:
     if problem:
         raise TemplateError(f"invalid template {template!r}: {problem}")
     return template
+
+
+def check_templates(templates: Sequence[str]) -> list[str]:
+    """`templates` as a list, or PromptclimbError naming the first bad one and why: the one
+    check of templates a user gives (`promptclimb eval --prompt`, the Python API, the scorer)."""
+    templates = list(templates)
+    if not templates:
+        raise PromptclimbError("no template given")
+    for t in templates:
+        problem = template_problem(t)
+        if problem:
+            raise PromptclimbError(f"invalid template {t!r}: {problem} (use exactly one {{}} for the class name)")
+    return templates
 
 
 def fill(template: str, classname: str) -> str:

@@ -56,6 +56,12 @@ LOCAL_MODEL_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m"
 LOCAL_ID_PREFIX = "promptclimb-local/"
 _LOCAL_ID = re.compile(r"^promptclimb-local/(?P<name>.+)@sha256:(?P<sha>[0-9a-f]{64})$")
 
+# The local server (started by a command, or `promptclimb llm serve`) answers one request at
+# a time and keeps only the last request's prefix: searches taking turns at it would each
+# reprocess their whole conversation per answer, so what would share it runs one after
+# another instead (restarts with --parallel: agent/pipeline.py; sweep cells: agent/sweep/).
+ONE_AT_A_TIME = "the local LLM answers one request at a time"
+
 # Sampling that makes the 1.5B model give usable proposals, measured by
 # bench/bench_local_llm.py (seeds 0, 1, 2; 20 answers each): answers with at least one valid
 # new template 70% at temperature 0.7 (seed 0) and 92% (55/60) at 1.0, where it repeats itself

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from promptclimb.agent.core.files import write_atomic
+from promptclimb.agent.core.format import pct
 from promptclimb.agent.runs.reading import Run, load_run
 from promptclimb.agent.core.templates import BASELINE
 
@@ -19,13 +20,26 @@ from promptclimb.agent.core.runfiles import CURVE
 SPLIT_NAMES = {"train": "training accuracy", "train+val": "train+val accuracy"}
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: the plot setup of these plots and of a
+    soft-prompt run's curve (agent/softsearch.py)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display, no GUI toolkit
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: str | Path, **savefig) -> Path:
+    """`fig` as a PNG at `path`, written atomically (a report or a browser may be reading the
+    old one), then closed."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", **savefig))
+    finally:
+        plt.close(fig)
 
 
 def _short(template: str, width: int = 60) -> str:
@@ -37,7 +51,7 @@ def plot_curve(run: Run, path: Path) -> Path | None:
     scores = run.scores()
     if scores.empty:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     pool = scores[scores["origin"] == "pool"]["selection"].dropna()
@@ -86,21 +100,19 @@ def plot_curve(run: Run, path: Path) -> Path | None:
     ax.set_xlabel("LLM answers (0 = the initial pool; thin lines: new conversation; dashed: restart)")
     ax.set_ylabel(SPLIT_NAMES.get(run.select, run.select))
     ax.grid(axis="y", color="#eceff1")
-    ax.set_title(f"{run.id}: best {best['selection']:.1%}  {_short(best['template'])}", fontsize=10, loc="left")
+    ax.set_title(f"{run.id}: best {pct(best['selection'])}  {_short(best['template'])}", fontsize=10, loc="left")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))  # the report may be reading it
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_transfer(table, summary: dict, path: Path) -> Path:
     """transfer-<backbone>.png: source accuracy (the run's selection split) against target
     test accuracy, one point per template the run scored; the source winner, the target's
     own best and the baseline marked; Spearman's rho in the title."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     select = summary["select"].split("+")
@@ -133,9 +145,7 @@ def plot_transfer(table, summary: dict, path: Path) -> Path:
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_plots(run_dir: str | Path) -> list[Path]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,8 +28,9 @@ from pathlib import Path
 import pandas as pd
 
 from promptclimb.agent.core.errors import PromptclimbError
-from promptclimb.agent.runs.store import CONFIG, FORMAT_VERSION, HISTORY, SUMMARY
-from promptclimb.agent.ranking import LEGACY_METRIC, selection_value, top_and_bottom
+from promptclimb.agent.core.runfiles import SWEEP_FILE
+from promptclimb.agent.runs.store import ANSWER_KINDS, CONFIG, FORMAT_VERSION, HISTORY, SUMMARY, ledger
+from promptclimb.agent.ranking import LEGACY_METRIC, best_first, selection_value, top_and_bottom
 from promptclimb.agent.search import SELECTIONS
 
 
@@ -75,6 +77,14 @@ def find_run(run: str, runs_dir: str | Path) -> Path:
     raise PromptclimbError(f"no run {run!r} under {runs_dir}; runs there: {shown}")
 
 
+def find_sweep(name: str, runs_dir: str | Path) -> Path | None:
+    """A sweep folder (one with a sweep.json) from a path or a name under `runs_dir`, else None."""
+    for candidate in (Path(name), Path(runs_dir) / name):
+        if (candidate / SWEEP_FILE).exists():
+            return candidate
+    return None
+
+
 # -- reading files --------------------------------------------------------------------------
 def _check_version(obj: dict, where: Path) -> None:
     version = obj.get("v")
@@ -102,9 +112,6 @@ def read_json(path: str | Path) -> dict:
     _check_version(obj, path)
     return obj
 
-
-# The history's LLM answers, by event, and the kind of turn each is (agent/search.py LLM_EVENTS).
-ANSWER_KINDS = {"llm_exchange": "template", "names_exchange": "names", "names_judge": "guard"}
 
 # What an event needs to be usable by the readers (see agent/runs/store.py for the schema).
 REQUIRED = {
@@ -194,6 +201,11 @@ def _parse_events(data: bytes, required: dict) -> tuple[list[dict], list[Skipped
         event["_line"] = number
         events.append(event)
     return events, skipped
+
+
+def _number(x) -> bool:
+    """A number a table cell holds (not a missing one: None or NaN)."""
+    return isinstance(x, numbers.Real) and not math.isnan(x)
 
 
 # -- one run --------------------------------------------------------------------------------
@@ -297,16 +309,20 @@ class Run:
 
     # tables --------------------------------------------------------------------------------
     def scores(self) -> pd.DataFrame:
-        """Every scored template, in scoring order, with `x` = LLM answers received before
+        """Every scored template (and every (template, names) pair a names turn kept, origin
+        "names", with its `names`), in scoring order, with `x` = LLM answers received before
         it was scored (0 for the first pool; call + 1 for a proposal of LLM answer `call`)
         and `selection` = the accuracy the search ranks by."""
         rows, calls = [], 0
         for e in self.events:
-            if e["event"] == "llm_exchange":
+            if e["event"] in ANSWER_KINDS:
                 calls = max(calls, int(e["call"]) + 1)
-            if e["event"] != "score":
+            if e["event"] not in ("score", "names_change"):
                 continue
             row = {k: e.get(k) for k in ("restart", "reset", "iteration", "call", "template", "origin", "source")}
+            if e["event"] == "names_change":  # a names turn's kept change: the (template, names) pair it makes
+                row["origin"] = "names"
+            row["names"] = e.get("names")  # None: the start names
             row["x"] = int(e["call"]) + 1 if e.get("call") is not None else calls
             for split, value in e["accuracy"].items():
                 row[split] = value
@@ -352,11 +368,22 @@ class Run:
         return frame
 
     def _rank(self, frame: pd.DataFrame) -> pd.DataFrame:
-        loss_cols = [f"{s}_loss" for s in self.select_splits if f"{s}_loss" in frame]
-        tie = frame[loss_cols].mean(axis=1) if loss_cols else 0.0
-        frame = frame.assign(_tie=tie, _order=frame["line"] if "line" in frame else range(len(frame)))
-        frame = frame.sort_values(["selection", "_tie", "_order"], ascending=[False, True, True])
-        return frame.drop(columns=["_tie", "_order"]).reset_index(drop=True)
+        """`frame`'s rows best first, sorted as the search sorts its scoreboard
+        (agent/ranking.py `best_first`): selection value, then lower cross-entropy on the
+        selection splits, then scored earlier: (restart, line), as the search's (restart,
+        position on its board)."""
+        splits = self.select_splits
+        rows = frame.to_dict("records")
+
+        def loss(i: int) -> dict:  # as the score event holds it: the splits that have a number
+            return {s: rows[i][f"{s}_loss"] for s in splits if _number(rows[i].get(f"{s}_loss"))}
+
+        def order(i: int) -> tuple:
+            restart, line = rows[i].get("restart"), rows[i].get("line")
+            return (restart if _number(restart) else 0, line if _number(line) else i)
+
+        positions = best_first(range(len(rows)), splits, value=lambda i: rows[i]["selection"], loss=loss, order=order)
+        return frame.iloc[positions].reset_index(drop=True)
 
     def scoreboard(self, restart, before_line: int) -> tuple[list[dict], list[dict]]:
         """The top-k and bottom-k templates the LLM was shown at a point of the run: the
@@ -466,10 +493,7 @@ class Run:
         """LLM cost of the run: from summary.json, else counted from the history."""
         if self.summary and self.summary.get("ledger"):
             return self.summary["ledger"]
-        asked = [e for e in self.answers() if not e.get("cached")]
-        return {"calls": len(asked), "cache_hits": len(self.answers()) - len(asked),
-                "prompt_tokens": sum((e.get("usage") or {}).get("prompt_tokens") or 0 for e in asked),
-                "completion_tokens": sum((e.get("usage") or {}).get("completion_tokens") or 0 for e in asked)}
+        return ledger(self.events)
 
     def names(self) -> pd.DataFrame:
         """The class names the search started from and found (summary.json "names"), one row

@@ -68,7 +68,7 @@ import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.files import remove_dead_temp_files, write_atomic, write_json_atomic
@@ -80,6 +80,40 @@ from promptclimb.agent.core.runfiles import (  # noqa: F401 (re-exported)
 # Measured values (time, latency, accuracies read back, usage) are not compared.
 IDENTITY = ("event", "restart", "reset", "iteration", "call", "template", "origin", "request_key", "reason", "run_id",
             "class", "name", "names")
+
+# The history's LLM answers, by event, and the kind of turn each answers.
+ANSWER_KINDS = {"llm_exchange": "template", "names_exchange": "names", "names_judge": "guard"}
+
+
+def ledger(events: Iterable[dict]) -> dict:
+    """A run's LLM cost, from its history's answer events (a resumed run included): requests
+    made (answers not from the cache), cache hits, and the requests' tokens and latency.
+    summary.json's "ledger" and `Run.ledger()` of an unfinished run."""
+    answers = [e for e in events if e["event"] in ANSWER_KINDS]
+    asked = [e for e in answers if not e.get("cached")]
+    return {
+        "calls": len(asked),
+        "cache_hits": len(answers) - len(asked),
+        "prompt_tokens": sum(_usage(e, "prompt_tokens") for e in asked),
+        "completion_tokens": sum(_usage(e, "completion_tokens") for e in asked),
+        "latency_s": round(sum(e.get("latency_s") or 0.0 for e in asked), 3),
+    }
+
+
+def ledger_by_kind(events: Iterable[dict]) -> dict:
+    """Requests made and their tokens per kind of turn: template, names and the drift guard."""
+    out = {kind: {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0} for kind in ANSWER_KINDS.values()}
+    for e in events:
+        if e["event"] in ANSWER_KINDS and not e.get("cached"):
+            row = out[ANSWER_KINDS[e["event"]]]
+            row["calls"] += 1
+            row["prompt_tokens"] += _usage(e, "prompt_tokens")
+            row["completion_tokens"] += _usage(e, "completion_tokens")
+    return out
+
+
+def _usage(event: dict, tokens: str) -> int:
+    return (event.get("usage") or {}).get(tokens) or 0
 
 
 class RunMismatch(PromptclimbError):

@@ -356,8 +356,9 @@ def cell_resources(ray, base_url: str | None, address: str | None, cpus_per_run:
     serve`: it lists its GGUF at /models), each cell asks for all of the node's CPUs, so Ray
     runs one at a time: that server answers one request at a time and keeps only the last
     request's prefix, and cells taking turns at it would reprocess their conversations
-    (README, Sweeps: 2 cells in 204 s side by side, 100 s one after another)."""
+    (docs/sweeps.md has the measurement)."""
     from promptclimb.agent.llm.client import local_model_served_at
+    from promptclimb.agent.llm.local import ONE_AT_A_TIME
 
     resources = {"num_cpus": cpus_per_run, "num_gpus": gpus_per_run, "max_retries": 1}
     if not on_this_machine(base_url):
@@ -366,7 +367,7 @@ def cell_resources(ray, base_url: str | None, address: str | None, cpus_per_run:
     if local_model_served_at(base_url):
         node_cpus = next(n["Resources"].get("CPU", 1) for n in ray.nodes() if n["NodeID"] == here)
         resources["num_cpus"] = max(cpus_per_run, node_cpus)
-        echo("the local LLM answers one request at a time: the cells run one after another")
+        echo(f"{ONE_AT_A_TIME}: the cells run one after another")
     if address is not None:
         if address.startswith("ray://"):
             raise PromptclimbError(f"the LLM at {base_url} serves this machine only: give the cells an "
@@ -597,7 +598,23 @@ def run_sweep(name: str, runs_dir: str | Path, grid: dict | None, search: dict, 
     failed = [n for n, s in states.items() if s == "failed"]
     echo(f"sweep {name}: {sum(s == 'finished' for s in states.values())}/{len(cells)} cells finished"
          + (f", {len(failed)} failed (see their error.txt, or: promptclimb sweep-report {name})" if failed else ""))
+    track_sweep(sweep_dir, opts.get("mlflow"), echo)
     return states
+
+
+def track_sweep(sweep_dir: Path, tracking_uri: str | None, echo: Callable[[str], None]) -> None:
+    """--mlflow: the sweep as one MLflow parent run, each cell's run (logged live by the
+    cell's own search) nested under it. Like a search's tracking, it never fails the sweep."""
+    if tracking_uri is None:
+        return
+    from promptclimb.agent.tracking import sync_sweep
+
+    try:
+        synced = sync_sweep(sweep_dir, tracking_uri or None)
+        echo(f"MLflow: sweep run {synced.run_id} with its cells nested ({synced.tracking_uri})")
+    except PromptclimbError as exc:
+        echo(f"warning: MLflow tracking of the sweep failed ({exc}); log it afterwards with: "
+             f"promptclimb mlflow-sync {sweep_dir}")
 
 
 def watch(ray, running: dict, sweep_dir: Path, states: dict, echo: Callable[[str], None]) -> None:
@@ -760,12 +777,9 @@ def plot_sweep(summary: "pd.DataFrame", path: Path, title: str) -> Path | None:
     (solid, error bars = sd over seeds), the ensemble (dashed), the adapter (dotted)."""
     if summary.empty or summary["best_mean"].isna().all():
         return None
-    import matplotlib
+    from promptclimb.agent.runs.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = pyplot().subplots(figsize=(7, 4.5))
     styles = {"best": "-o", "ensemble": "--s", "adapter": ":^"}
     for i, ((dataset, backbone), group) in enumerate(summary.groupby(["dataset", "backbone"], sort=False)):
         group = group.sort_values("shots")
@@ -782,8 +796,4 @@ def plot_sweep(summary: "pd.DataFrame", path: Path, title: str) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    from promptclimb.agent.core.files import write_atomic
-
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
