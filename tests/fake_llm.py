@@ -303,3 +303,16 @@ class WordEvaluator:
 
     def info(self):
         return {"evaluator": "WordEvaluator", "dataset": self.task.dataset}
+
+
+def one_line_error(result, *needles, code=1):
+    """A command (click's CliRunner result) failed with exit status `code` and one readable
+    `Error:` line holding every needle: no traceback, no "Aborted!"."""
+    assert result.exit_code == code, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # not an uncaught exception
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    for needle in needles:
+        assert needle in errors[0], (needle, result.output)
+    assert "Traceback" not in result.output and "Aborted" not in result.output
+    return errors[0]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fake_llm import FakeLLM, WordEvaluator
+from fake_llm import FakeLLM, WordEvaluator, one_line_error
 from test_search import KEY, comparable, responder
 
 from promptclimb.agent.core.errors import PromptclimbError
@@ -30,18 +30,6 @@ def cli(*args, env=None):
     from promptclimb.agent.cli import cli as command
 
     return CliRunner().invoke(command, [str(a) for a in args], env=env, obj={"evaluator_factory": EVALUATOR["factory"]})
-
-
-def one_line_error(result, *needles):
-    """The command failed with one readable line holding every needle, and no traceback."""
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), result.exception  # not an uncaught exception
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    for needle in needles:
-        assert needle in errors[0], (needle, result.output)
-    assert "Traceback" not in result.output and "Aborted" not in result.output
-    return errors[0]
 
 
 @pytest.fixture
