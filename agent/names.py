@@ -51,13 +51,15 @@ from promptclimb.agent.proposals import clean_line
 
 # Why a proposed name was not scored or not kept (the `reason` of a name_reject event); the
 # LLM reads REASONS[reason] (and the event's detail) in the next names turn.
-UNKNOWN_CLASS, EMPTY, TOO_LONG, BRACES, OTHER_CLASS, REPEAT, TOO_MANY, DRIFT = (
-    "unknown class", "empty", "too long", "braces", "another class's name", "repeat", "too many", "drift")
+UNKNOWN_CLASS, EMPTY, TOO_LONG, BRACES, NOT_ONE_NAME, OTHER_CLASS, REPEAT, TOO_MANY, DRIFT = (
+    "unknown class", "empty", "too long", "braces", "not one name", "another class's name", "repeat", "too many",
+    "drift")
 REASONS = {
     UNKNOWN_CLASS: "not one of the classes",
     EMPTY: "empty name",
     TOO_LONG: f"longer than {MAX_NAME_CHARS} characters",
     BRACES: "braces { } are not allowed in a name",
+    NOT_ONE_NAME: "a ':' in a name (write one line per class: `Class: name; name`)",
     OTHER_CLASS: "the name of another class",
     REPEAT: "already tried for this class",
     TOO_MANY: "more names than asked for this class",
@@ -109,12 +111,18 @@ def parse_names(answer: str) -> list[tuple[str, str]]:
     return pairs
 
 
+# The names meta-prompt writes a renamed class as "trousers (first named Trouser)"; a small
+# model copies that note into its labels and names (seen on the bench: "Shoe (first named Sneaker)").
+_FIRST_NAMED = re.compile(r"\s*\(first named [^)]*\)\s*$", re.IGNORECASE)
+
+
 def _unwrap(text: str) -> str:
-    """A name or label without bold or code marks, surrounding quotes or a final period."""
+    """A name or label without bold or code marks, surrounding quotes, a final period or the
+    meta-prompt's "(first named ...)" note."""
     before = None
     while text != before:
         before = text
-        text = text.strip().strip("*_`").rstrip(".").strip()
+        text = _FIRST_NAMED.sub("", text.strip().strip("*_`").rstrip(".").strip())
         if len(text) >= 2 and text[0] in "\"'“‘«" and text[-1] in "\"'”’»":
             text = text[1:-1]
     return text
@@ -152,6 +160,8 @@ def check_names(pairs: Sequence[tuple[str, str]], current: Sequence[str], start:
             reason = EMPTY
         elif name_problem(name):
             reason = BRACES
+        elif ":" in name:  # "Bag: Bag: Bag" - a label and its names run together
+            reason = NOT_ONE_NAME
         elif len(name) > MAX_NAME_CHARS:
             reason = TOO_LONG
         elif taken.get(key, c) != c:

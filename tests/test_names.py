@@ -369,3 +369,15 @@ def test_classnames_specs(tmp_path):
     assert read_classnames(str(keyed), PUBLISHED, {}) == ("tee", "pants", "sweater")
     with pytest.raises(PromptclimbError, match=r"neither a name set of this dataset \(published, clean\) nor a file"):
         read_classnames("cleaned", PUBLISHED, {"clean": ["a", "b", "c"]})
+
+
+def test_the_shapes_the_bench_saw_are_read_as_one_name_or_refused():
+    """Seen with the embedded model on the bench: the meta-prompt's "(first named X)" note
+    copied into a name, and a label with its names run together on one line."""
+    start = ("T-shirt/top", "Trouser", "Dress", "Bag")
+    current = ("T-shirt/top", "trousers", "Dress", "Bag")
+    pairs = naming.parse_names("trousers (first named Trouser): jeans (first named Trouser); slacks\nBag: Bag: Bag")
+    assert pairs == [("trousers", "jeans"), ("trousers", "slacks"), ("Bag", "Bag: Bag")]
+    accepted, refused = naming.check_names(pairs, current, start, {}, per_class=4)
+    assert [(p.cls, p.name) for p in accepted] == [(1, "jeans"), (1, "slacks")]
+    assert [(r.name, r.reason) for r in refused] == [("Bag: Bag", naming.NOT_ONE_NAME)]
