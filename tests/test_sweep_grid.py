@@ -158,3 +158,12 @@ def test_sweep_report_means_and_sds_over_finished_seeds(tmp_path):
     assert "85.0 ± 7.1" in result.output and "86.0 ± 7.1" in result.output
     assert "fashion-mnist-demo-1shot-seed3: LLMError: the LLM did not answer" in result.output
     assert (sweep_dir / "report.png").exists()
+
+
+def test_a_classnames_file_reaches_every_cell_as_an_absolute_path(tmp_path, monkeypatch):
+    """A Ray worker does not start in the driver's folder: a relative names file is made
+    absolute once, in the driver; a set name stays a set name."""
+    (tmp_path / "names.txt").write_text("tee\n")
+    monkeypatch.chdir(tmp_path)
+    assert sweeps.search_options({"classnames": "names.txt"})["classnames"] == str(tmp_path / "names.txt")
+    assert sweeps.search_options({"classnames": "clean"})["classnames"] == "clean"

@@ -172,6 +172,9 @@ def search_options(search: dict) -> dict:
     for option in SEARCH_OPTIONS:
         if option.kind in ("path", "dir") and opts.get(option.name):
             opts[option.name] = str(Path(opts[option.name]).expanduser().resolve())
+    from promptclimb.agent.pipeline import classnames_setting
+
+    opts["classnames"] = classnames_setting(opts["classnames"])  # a names file, as an absolute path
     if opts["pool"] not in POOLS:
         opts["pool"] = str(Path(opts["pool"]).expanduser().resolve())
         if not Path(opts["pool"]).is_file():
