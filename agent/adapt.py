@@ -16,11 +16,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from promptclimb.agent.api import run_classnames
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.files import write_json_atomic
 from promptclimb.agent.core.format import pct
-from promptclimb.agent.runs.reading import read_json
+from promptclimb.agent.runs.reading import read_json, run_classnames
 from promptclimb.agent.core.runfiles import CONFIG, SUMMARY
 from promptclimb.agent.softsearch import is_soft_prompt_run, template_refusal
 

@@ -81,7 +81,7 @@ def search(dataset: str | None = None, shots: int = 1, backbone: str | None = No
     """
     from promptclimb.agent.options import PYTHON_OPTIONS, resolve
     from promptclimb.agent.pipeline import run_search
-    from promptclimb.agent.runs.reading import find_run
+    from promptclimb.agent.runs.reading import find_run, run_classnames
 
     given = {"dataset": dataset, "shots": shots, "backbone": backbone, "llm": llm, **knobs}
     opts = resolve(given, "search(): ", PYTHON_OPTIONS)
@@ -93,15 +93,6 @@ def search(dataset: str | None = None, shots: int = 1, backbone: str | None = No
                         accuracy=dict(summary["best"]["accuracy"]),
                         ensemble=list(ensemble["templates"]) if ensemble.get("chosen") else None,
                         summary=summary, classnames=run_classnames(summary))
-
-
-def run_classnames(summary: dict) -> list[str] | None:
-    """The class names a run's result is written with: the names its search found, or
-    the start names it recorded; None for a run that records neither (a soft prompt)."""
-    best = summary.get("best") or {}
-    if best.get("names"):
-        return list(best["names"])
-    return None
 
 
 # -- checking a call ------------------------------------------------------------------------
@@ -242,7 +233,7 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
     the target's encoders, "fp32" (None, the default) or "bf16" (as --precision). Bad input
     raises PromptclimbError before anything is loaded.
     """
-    from promptclimb.agent.runs.reading import Run
+    from promptclimb.agent.runs.reading import Run, run_classnames
     from promptclimb.agent.softsearch import is_soft_prompt_run, transfer_refusal
 
     check_call("transfer()", unknown, run=run, backbone=backbone, pretrained=pretrained, weights=weights, top=top,

@@ -138,7 +138,7 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
     args = dict(given)
     if run_dir is not None:
         from promptclimb.agent.adapt import read_run
-        from promptclimb.agent.api import run_classnames
+        from promptclimb.agent.runs.reading import run_classnames
 
         config, summary = read_run(run_dir, None if prompts else "eval --run")
         for key, value in (config.get("evaluator_args") or {}).items():

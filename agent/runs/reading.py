@@ -567,6 +567,15 @@ class Run:
         return good, bad
 
 
+def run_classnames(summary: dict) -> list[str] | None:
+    """The class names a run's result is written with: the names its search found, or
+    the start names it recorded; None for a run that records neither (a soft prompt)."""
+    best = summary.get("best") or {}
+    if best.get("names"):
+        return list(best["names"])
+    return None
+
+
 def load_run(path: str | Path) -> Run:
     """A run folder read back (NewerFormat / PromptclimbError for what cannot be read)."""
     path = Path(path)
