@@ -4,9 +4,12 @@ text templates against the seed papers' soft prompts (CraFT, CBBT).
     python bench/bench_optimizers.py --shots 1 16 --seeds 1 --budgets 200 1000
     python bench/bench_optimizers.py --shots 16 --seeds 1 --budgets 8000 --optimizers craft
     python bench/bench_optimizers.py --llm-runs runs/bench-quality       # LLM searches already run
+    python bench/bench_optimizers.py --start clean --shots 1 --budgets 8000   # from the hand-cleaned names
     python bench/bench_optimizers.py --base-url http://127.0.0.1:PORT/v1 # run them on `promptclimb llm serve`
 
-Rows, per (shots, seed) of fashion-mnist on backbone `demo`:
+Rows, per (shots, seed) of fashion-mnist on backbone `demo`, every one starting from the same
+class names (`--start`: the published labels, or `clean`, the hand-cleaned set; the LLM
+search may change them, the soft prompts keep them):
     hard        "a photo of a {}."                                   text access
     pool        the curated pool's best, ranked as the search ranks    text access
     llm         the default LLM search (run folders from --llm-runs,
@@ -21,9 +24,9 @@ Test accuracy is only measured, never used to choose.
 
 Every soft-prompt search is an ordinary run folder under --runs-dir (`promptclimb show`);
 finished ones are read back and a killed one resumes, so a rerun only computes what is
-missing. Measured wall and CPU seconds (all threads) are kept in <runs-dir>/timings.json.
-Prints one markdown table per shots and writes <runs-dir>/results.csv and
-<runs-dir>/accuracy-vs-queries.png. Asserts nothing.
+missing. Everything goes under <runs-dir>/<start>/: the run folders, the measured wall and
+CPU seconds (all threads) in timings.json, results.csv and accuracy-vs-queries.png. Prints one
+markdown table per shots. Asserts nothing.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ def soft_run(optimizer: str, budget: int, shots: int, seed: int, args, timings: 
         opts = resolve({"resume": str(run_dir) if (run_dir / "config.json").exists() else None,
                         "runs_dir": args.runs_dir, "name": name, "dataset": DATASET, "shots": shots, "seed": seed,
                         "backbone": BACKBONE, "device": "cpu", "optimizer": optimizer, "queries": budget,
-                        "cbbt_directions": cbbt_directions(budget)})
+                        "cbbt_directions": cbbt_directions(budget), "classnames": args.start})
         if opts["resume"]:  # the run's own settings; only the session's are given again
             opts = resolve({"resume": opts["resume"], "runs_dir": args.runs_dir, "device": "cpu"})
         wall, cpu = time.time(), time.process_time()
@@ -83,12 +86,13 @@ def soft_run(optimizer: str, budget: int, shots: int, seed: int, args, timings: 
             "prompt": summary["best"]["template"], **measured}
 
 
-def with_module(evaluator, template: str, seed: int) -> tuple[float, bool]:
+def with_module(evaluator, template: str, seed: int, classnames=None) -> tuple[float, bool]:
     """Test accuracy of the better module on val (residual-logits or feature-residual) on a
-    text prompt, and whether it beat the prompt alone on val."""
+    text prompt (with `classnames`, a search's found names; None: the start names), and
+    whether it beat the prompt alone on val."""
     from promptclimb.evaluators.adapters import select_and_fit
 
-    weights = evaluator.class_embeddings([template])
+    weights = evaluator.class_embeddings([template], classnames)
     splits = {s: evaluator.image_features(s) for s in ("train", "val", "test")}
     fits = [select_and_fit(kind, splits["train"], splits["val"], weights, evaluator.logit_scale, seed=seed,
                            test=splits["test"]) for kind in ("residual-logits", "feature-residual")]
@@ -100,7 +104,7 @@ def text_rows(shots: int, seed: int, args) -> list[dict]:
     """hard, pool (and llm when its run is at hand), each with and without a module."""
     from promptclimb.evaluators import build_evaluator
 
-    evaluator = build_evaluator(DATASET, shots, seed, BACKBONE, device="cpu")
+    evaluator = build_evaluator(DATASET, shots, seed, BACKBONE, device="cpu", classnames=args.start)
     rows = []
     started = time.time()
     hard = evaluator.score([BASELINE], splits=("test",))[0].accuracy["test"]
@@ -119,7 +123,7 @@ def text_rows(shots: int, seed: int, args) -> list[dict]:
     if llm:
         rows.append(llm)
     for row in rows:
-        row["test_module"], row["module_kept"] = with_module(evaluator, row["prompt"], seed)
+        row["test_module"], row["module_kept"] = with_module(evaluator, row["prompt"], seed, row.get("classnames"))
         row["module"] = "best on val"
     return rows
 
@@ -133,16 +137,18 @@ def llm_run(shots: int, seed: int, args) -> dict | None:
             config = json.loads(config_path.read_text())
             a = config.get("evaluator_args") or {}
             if (config.get("optimizer", "llm") == "llm" and a.get("dataset") == DATASET and a.get("backbone") == BACKBONE
-                    and a.get("shots") == shots and a.get("seed") == seed and (config_path.parent / "summary.json").exists()):
+                    and a.get("shots") == shots and a.get("seed") == seed and (a.get("classnames") or "published") == args.start
+                    and (config_path.parent / "summary.json").exists()):
                 found.append(config_path.parent)
-        # bench_search_quality's folders: prefer its default search ("full")
-        found.sort(key=lambda p: (not p.name.startswith("full-"), str(p)))
+        # bench_search_quality's folders: prefer its default search ("both"; "full" before names turns)
+        found.sort(key=lambda p: (not p.name.startswith("both-"), not p.name.startswith("full-"), str(p)))
     if not found and args.base_url:
         name = f"llm-shots{shots}-seed{seed}"
         run_dir = Path(args.runs_dir) / name
         if not (run_dir / "summary.json").exists():
             command = ["promptclimb", "search", "--dataset", DATASET, "--shots", str(shots), "--seed", str(seed),
-                       "--base-url", args.base_url, "--runs-dir", args.runs_dir, "--name", name, "--json"]
+                       "--classnames", args.start, "--base-url", args.base_url, "--runs-dir", args.runs_dir,
+                       "--name", name, "--json"]
             if (run_dir / "config.json").exists():
                 command = ["promptclimb", "search", "--resume", str(run_dir), "--base-url", args.base_url, "--json"]
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
@@ -150,9 +156,12 @@ def llm_run(shots: int, seed: int, args) -> dict | None:
     if not found:
         return None
     summary = json.loads((found[0] / "summary.json").read_text())
-    return {"optimizer": "llm", "queries": summary["counts"]["scored"], "test": summary["best"]["accuracy"]["test"],
-            "prompt": summary["best"]["template"], "wall_s": summary["timings"]["session_wall_s"],
-            "run": str(found[0])}
+    names = summary.get("names") or {}
+    # one query = one prompt scored on train: the templates, and the names variants of names turns
+    queries = summary["counts"]["scored"] + (names.get("counts") or {}).get("scored", 0)
+    return {"optimizer": "llm", "queries": queries, "test": summary["best"]["accuracy"]["test"],
+            "prompt": summary["best"]["template"], "classnames": summary["best"].get("names"),
+            "wall_s": summary["timings"]["session_wall_s"], "run": str(found[0])}
 
 
 def table(frame: pd.DataFrame) -> str:
@@ -224,12 +233,16 @@ def main() -> None:
     parser.add_argument("--llm-runs", default=None, help="Folder searched for finished LLM run folders of the same split.")
     parser.add_argument("--base-url", default=None, help="Run missing LLM searches on this OpenAI-compatible endpoint.")
     parser.add_argument("--no-text", action="store_true", help="Leave out the text rows (hard, pool, llm).")
+    parser.add_argument("--start", default="published", choices=["published", "clean"],
+                        help="The class names every row starts from: the dataset's published labels or the "
+                             "hand-cleaned set.")
     parser.add_argument("--runs-dir", default="runs/bench-optimizers")
     parser.add_argument("--only-finished", action="store_true",
                         help="Tabulate the soft-prompt runs already finished under --runs-dir; compute none.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads [default: torch's].")
     parser.add_argument("--verbose", action="store_true", help="Print every step of the soft-prompt searches.")
     args = parser.parse_args()
+    args.runs_dir = str(Path(args.runs_dir) / args.start)
     if args.threads:
         import torch
 
