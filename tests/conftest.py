@@ -145,3 +145,16 @@ def model_file() -> Path:
             os.environ.pop("PROMPTCLIMB_HOME", None)
         else:
             os.environ["PROMPTCLIMB_HOME"] = saved
+
+
+@pytest.fixture
+def llm(monkeypatch):
+    """A scripted LLM (test_search's responder) that the search reaches through the
+    environment, as a user's OPENAI_BASE_URL and OPENAI_API_KEY."""
+    from fake_llm import FakeLLM
+    from test_search import KEY, responder
+
+    with FakeLLM(responder=responder) as fake:
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+        yield fake

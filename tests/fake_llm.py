@@ -316,3 +316,24 @@ def one_line_error(result, *needles, code=1):
         assert needle in errors[0], (needle, result.output)
     assert "Traceback" not in result.output and "Aborted" not in result.output
     return errors[0]
+
+
+def signal_child_at_request(fake: FakeLLM, argv: list[str], env: dict, sig: int, wait_s: float = 60) -> tuple[int, str]:
+    """Start `argv` (a search against `fake`, whose `signal_at` is set), wait until it sends
+    that request, send it `sig` there and return its exit status and output. A child that
+    never gets that far fails the test with its output."""
+    import subprocess
+
+    child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        if not fake.reached.wait(wait_s):
+            child.kill()
+            raise AssertionError(f"the child never sent request {fake.signal_at}:\n{child.communicate(timeout=10)[0]}")
+        child.send_signal(sig)
+        output = child.communicate(timeout=30)[0]
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    fake.signal_at = None
+    return child.returncode, output

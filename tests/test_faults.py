@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fake_llm import FakeLLM, WordEvaluator, one_line_error
+from fake_llm import FakeLLM, WordEvaluator, one_line_error, signal_child_at_request
 from test_search import KEY, comparable, responder
 
 from promptclimb.agent.core.errors import PromptclimbError
@@ -43,14 +43,6 @@ def evaluators_built(monkeypatch):
 
     monkeypatch.setitem(EVALUATOR, "factory", build)
     return built
-
-
-@pytest.fixture
-def llm(monkeypatch):
-    with FakeLLM(responder=responder) as fake:
-        monkeypatch.setenv("OPENAI_API_KEY", KEY)
-        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
-        yield fake
 
 
 def finished_run(runs: Path, name: str = "r") -> Path:
@@ -357,16 +349,10 @@ def test_sigterm_with_a_remote_llm_prints_how_to_resume(tmp_path):
     with FakeLLM(responder=responder, signal_at=2) as fake:
         env = {**os.environ, "PROMPTCLIMB_HOME": str(tmp_path / "home"), "OPENAI_API_KEY": KEY,
                "OPENAI_BASE_URL": fake.base_url}
-        child = subprocess.Popen([sys.executable, str(TESTS / "fake_cli.py"), "search", "--dataset", "toy", *SMALL,
-                                  "--runs-dir", str(tmp_path / "runs"), "--name", "t"],
-                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            assert fake.reached.wait(300), "the search never reached its second LLM call"  # a busy machine is slow
-            child.send_signal(signal.SIGTERM)
-            output = child.communicate(timeout=30)[0]
-        finally:
-            child.kill()
-    assert child.returncode == 143, output
+        returncode, output = signal_child_at_request(
+            fake, [sys.executable, str(TESTS / "fake_cli.py"), "search", "--dataset", "toy", *SMALL,
+                   "--runs-dir", str(tmp_path / "runs"), "--name", "t"], env, signal.SIGTERM, wait_s=300)
+    assert returncode == 143, output
     assert f"interrupted; continue with: promptclimb search --resume {tmp_path / 'runs' / 't'}" in output
 
 

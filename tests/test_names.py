@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from promptclimb.agent.llm.client import LLMClient
 from promptclimb.agent.core.pools import PoolTemplate
 from promptclimb.agent.runs.store import RunStore
 from promptclimb.agent.search import HillClimber, SearchConfig, turn_kind
-from fake_llm import FakeLLM, WordEvaluator
+from fake_llm import FakeLLM, WordEvaluator, signal_child_at_request
 
 TESTS = Path(__file__).resolve().parent
 KEY = "sk-test-names"
@@ -270,16 +269,10 @@ def test_resume_after_a_kill_mid_names_turn_writes_the_same_history(tmp_path, ki
     kill_at = 1 + next(i for i, k in enumerate(kinds) if k == killed and i > kinds.index("template"))
     with FakeLLM(responder=names_responder, signal_at=kill_at) as fake:
         env = {**os.environ, "PROMPTCLIMB_HOME": str(tmp_path / "home-b")}
-        child = subprocess.Popen([sys.executable, "-c", CHILD, fake.base_url, str(tmp_path / "b"), str(TESTS)],
-                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        try:
-            assert fake.reached.wait(60), child.communicate(timeout=5)[0]
-        finally:
-            child.send_signal(signal.SIGKILL)
-            child.wait(10)
+        signal_child_at_request(fake, [sys.executable, "-c", CHILD, fake.base_url, str(tmp_path / "b"), str(TESTS)],
+                                env, signal.SIGKILL)
         run_dir = tmp_path / "b" / "runs" / "run"
         assert not (run_dir / "summary.json").exists()
-        fake.signal_at = None
         # a fresh LLM cache: the answers given before the kill come from the history
         resumed, _, _ = climb(tmp_path / "b", fake.base_url, cache="cache-after-the-kill", **BOTH)
         assert fake.count - kill_at == calls - (kill_at - 1)  # nothing answered before is asked again

@@ -40,14 +40,6 @@ def files_of(folder: Path) -> dict:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture
-def llm(monkeypatch):
-    with FakeLLM(responder=responder) as fake:
-        monkeypatch.setenv("OPENAI_API_KEY", KEY)
-        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
-        yield fake
-
-
 def a_sweep(runs: Path, name: str = "k3", **search) -> Path:
     """A sweep's folder as `promptclimb sweep` leaves it before its cells ran (no Ray needed)."""
     sweeps.prepare_sweep(runs / name, {"dataset": ["fashion-mnist"], "seeds": ["1-2"]},

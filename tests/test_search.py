@@ -16,7 +16,7 @@ from promptclimb.agent.llm.client import LLMClient, LLMError
 from promptclimb.agent.core.pools import PoolTemplate
 from promptclimb.agent.runs.store import RunStore
 from promptclimb.agent.search import HillClimber, SearchConfig
-from fake_llm import FakeLLM, WordEvaluator
+from fake_llm import FakeLLM, WordEvaluator, signal_child_at_request
 
 TESTS = Path(__file__).resolve().parent
 KEY = "sk-test-TOPSECRET-abcdef0123456789"
@@ -214,17 +214,11 @@ def test_resume_after_a_kill_gives_the_same_result(tmp_path):
     kill_at = 4
     with FakeLLM(responder=responder, signal_at=kill_at) as fake:
         env = {**os.environ, "PROMPTCLIMB_HOME": str(tmp_path / "home-b")}
-        child = subprocess.Popen([sys.executable, "-c", CHILD, fake.base_url, str(tmp_path / "b"), str(TESTS)],
-                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        try:
-            assert fake.reached.wait(60), child.communicate(timeout=5)[0]
-        finally:
-            child.send_signal(signal.SIGKILL)
-            child.wait(10)
+        signal_child_at_request(fake, [sys.executable, "-c", CHILD, fake.base_url, str(tmp_path / "b"), str(TESTS)],
+                                env, signal.SIGKILL)
         run_dir = tmp_path / "b" / "runs" / "run"
         assert not (run_dir / "summary.json").exists()
         assert sum(e["event"] == "llm_exchange" for e in history(run_dir)) == kill_at - 1
-        fake.signal_at = None
         resumed, _, _ = climb(tmp_path / "b", fake.base_url)
         assert fake.count - kill_at == calls - (kill_at - 1)  # nothing answered before is asked again
     assert comparable(resumed.summary) == comparable(whole.summary)
