@@ -13,6 +13,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from promptclimb.agent.cli import cli  # noqa: E402
 from promptclimb.agent.runs.reading import read_history  # noqa: E402
+from fake_llm import one_line_error  # noqa: E402
 
 
 @pytest.fixture
@@ -149,3 +150,14 @@ def test_bad_budgets_are_refused_in_one_line(search):
     assert not (search.runs / "soft").exists()  # refused before a run folder is made
     for result in (llm, small, init):
         assert "Traceback" not in result.output
+
+
+def test_a_prompt_init_longer_than_the_context_is_refused_before_the_model_loads(tmp_path):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the evaluator was built")
+
+    args = ["search", "--dataset", "fashion-mnist", "--shots", "1", "--optimizer", "craft", "--queries", "40",
+            "--prompt-init", "a photo of a red", "--runs-dir", str(tmp_path / "runs"), "--name", "soft"]
+    result = CliRunner().invoke(cli, args, obj={"evaluator_factory": no_model})
+    one_line_error(result, "--prompt-init 'a photo of a red' has 5 words, more than --prompt-tokens 4")
+    assert not (tmp_path / "runs" / "soft").exists()

@@ -201,4 +201,11 @@ def test_settings_are_checked():
         SoftPromptConfig(craft_popsize=1).check()
     with pytest.raises(PromptclimbError, match="--craft-sigma must be positive"):
         SoftPromptConfig(craft_sigma=0).check()
+    # a --prompt-init that cannot be the context is refused before any model loads
+    with pytest.raises(PromptclimbError, match="has 5 words, more than --prompt-tokens 4"):
+        SoftPromptConfig(prompt_init="a photo of a cat").check()
+    for bad in ("", "  ", "a {} of a"):
+        with pytest.raises(PromptclimbError, match="without braces"):
+            SoftPromptConfig(prompt_init=bad).check()
+    assert SoftPromptConfig(prompt_init="a photo", prompt_tokens=2).check().prompt_init == "a photo"
     assert replace(SoftPromptConfig(), queries=8000).steps == 200  # CraFT's 8,000 queries = 200 generations of 40

@@ -88,6 +88,13 @@ class SoftPromptConfig:
         for name in ("prompt_tokens", "craft_intrinsic_dim", "cbbt_directions"):
             if getattr(self, name) < 1:
                 raise PromptclimbError(f"--{name.replace('_', '-')} must be at least 1")
+        words = self.prompt_init.split()
+        if not words or "{" in self.prompt_init or "}" in self.prompt_init:
+            raise PromptclimbError(f"--prompt-init {self.prompt_init!r}: give the words the context starts from, "
+                                   "without braces (such as 'a photo of a')")
+        if len(words) > self.prompt_tokens:  # every word is one token or more, whatever the tokenizer
+            raise PromptclimbError(f"--prompt-init {self.prompt_init!r} has {len(words)} words, more than "
+                                   f"--prompt-tokens {self.prompt_tokens}; shorten it or raise --prompt-tokens")
         if self.craft_popsize < 2:
             raise PromptclimbError("--craft-popsize must be at least 2 (CMA-ES ranks a population)")
         for name in ("craft_sigma", "craft_bound", "craft_lr", "cbbt_lr"):
