@@ -99,7 +99,7 @@ def test_what_the_llm_was_shown_matches_the_prompt_it_got(run_dir):
         listed = re.findall(r"^([\d.]+)%  (.*)$", first_turn, flags=re.M)
         shown = it["shown_top"] + it["shown_bottom"]
         assert [t for _, t in listed] == [s["template"] for s in shown]
-        assert [float(a) for a, _ in listed] == [round(100 * s["accuracy"], 1) for s in shown]
+        assert [float(a) for a, _ in listed] == [round(100 * s["selection"], 1) for s in shown]
 
 
 def test_damaged_history_shows_what_is_valid_and_says_what_was_skipped(run_dir):

@@ -187,9 +187,9 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
         elif it["kind"] == "template":
             out.append(f"{bullet}shown:")
             for s in it["shown_top"]:
-                out.append(f"{bullet}    top     {pct(s['accuracy']):>6}  {code(s['template'])}")
+                out.append(f"{bullet}    top     {pct(s['selection']):>6}  {code(s['template'])}")
             for s in it["shown_bottom"]:
-                out.append(f"{bullet}    bottom  {pct(s['accuracy']):>6}  {code(s['template'])}")
+                out.append(f"{bullet}    bottom  {pct(s['selection']):>6}  {code(s['template'])}")
         out.append(f"{bullet}proposed: {len(it['scored'])} scored, {len(it['rejected'])} rejected")
         for s in it["scored"]:
             mark = "  <- best so far" if s["template"] == it["best_template"] else ""

@@ -401,7 +401,7 @@ class Run:
         board = self._rank(pd.concat([in_pool, proposed]))
         search = self.config.get("search") or {}
         top_k, bottom_k = int(search.get("top_k", 3)), int(search.get("bottom_k", 3))
-        rows = [{"template": r.template, "accuracy": r.selection} for r in board.itertuples()]
+        rows = [{"template": r.template, "selection": r.selection} for r in board.itertuples()]
         return top_and_bottom(rows, top_k, bottom_k)
 
     def iterations(self) -> list[dict]:
