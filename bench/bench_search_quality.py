@@ -172,6 +172,10 @@ def summarise(df, variants):
             "LLM s": round(part["llm_s"].mean()),
             "repeats": f"{100 * part['repeats'].sum() / max(1, part['lines'].sum()):.0f}%" if part["answers"].sum() else "",
             "new/answer": round(part["new"].sum() / part["answers"].sum(), 2) if part["answers"].sum() else "",
+            # live answers only (a cached answer's tokens are not counted again)
+            "tokens/turn (template, names, guard)": ", ".join(
+                str(round(part[col][part[col] > 0].mean())) if col in part and (part[col] > 0).any() else "-"
+                for col in ("tokens_per_template_turn", "tokens_per_names_turn", "tokens_per_guard_turn")),
         })
     return pd.DataFrame(rows)
 
