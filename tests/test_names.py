@@ -195,10 +195,11 @@ def test_changes_of_several_classes_are_combined_when_the_combination_ranks_best
     assert result.best["names"] == ["tee", "jeans", "Dress", "Bag"]
 
 
-def test_both_alternates_and_template_turns_score_under_the_found_names(tmp_path):
-    assert [turn_kind("both", i) for i in range(1, 6)] == ["names", "template", "names", "template", "names"]
-    assert {turn_kind("template", i) for i in range(1, 6)} == {"template"}
-    assert {turn_kind("names", i) for i in range(1, 6)} == {"names"}
+def test_both_ends_each_reset_with_a_template_turn_scored_under_the_found_names(tmp_path):
+    assert [turn_kind("both", i, 5) for i in range(1, 6)] == ["names", "names", "names", "names", "template"]
+    assert turn_kind("both", 1, 1) == "names"
+    assert {turn_kind("template", i, 5) for i in range(1, 6)} == {"template"}
+    assert {turn_kind("names", i, 5) for i in range(1, 6)} == {"names"}
     respond = scripted(["Trouser: jeans"], templates="a grayscale photo of a {}.")
     with FakeLLM(responder=respond) as fake:
         result, ev, run_dir = climb(tmp_path, fake.base_url, search="both", iterations=2)
@@ -266,7 +267,7 @@ def test_resume_after_a_kill_mid_names_turn_writes_the_same_history(tmp_path, ki
         calls = fake.count
         kinds = [kind(r) for r in fake.requests]
     assert of(whole_dir, "names_change") and of(whole_dir, "name_score") and "template" in kinds
-    kill_at = 1 + next(i for i, k in enumerate(kinds) if k == killed and i > kinds.index("template"))
+    kill_at = 1 + max(i for i, k in enumerate(kinds) if k == killed)  # the last: most to replay
     with FakeLLM(responder=names_responder, signal_at=kill_at) as fake:
         env = {**os.environ, "PROMPTCLIMB_HOME": str(tmp_path / "home-b")}
         signal_child_at_request(fake, [sys.executable, "-c", CHILD, fake.base_url, str(tmp_path / "b"), str(TESTS)],
