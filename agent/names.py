@@ -111,18 +111,20 @@ def parse_names(answer: str) -> list[tuple[str, str]]:
     return pairs
 
 
-# The names meta-prompt writes a renamed class as "trousers (first named Trouser)"; a small
-# model copies that note into its labels and names (seen on the bench: "Shoe (first named Sneaker)").
-_FIRST_NAMED = re.compile(r"\s*\(first named [^)]*\)\s*$", re.IGNORECASE)
+# A note in brackets after a name is the model's, not part of the name. The names meta-prompt
+# writes a renamed class as "trousers (first named Trouser)" and a small model copies that
+# note into its labels and names; it also annotates its own (seen on the bench:
+# "Shoe (first named Sneaker)", "boot (change) (456)").
+_TRAILING_NOTE = re.compile(r"\s*\([^()]*\)\s*$")
 
 
 def _unwrap(text: str) -> str:
-    """A name or label without bold or code marks, surrounding quotes, a final period or the
-    meta-prompt's "(first named ...)" note."""
+    """A name or label without bold or code marks, surrounding quotes, a final period or
+    trailing notes in brackets (the meta-prompt's "(first named ...)" among them)."""
     before = None
     while text != before:
         before = text
-        text = _FIRST_NAMED.sub("", text.strip().strip("*_`").rstrip(".").strip())
+        text = _TRAILING_NOTE.sub("", text.strip().strip("*_`").rstrip(".").strip())
         if len(text) >= 2 and text[0] in "\"'“‘«" and text[-1] in "\"'”’»":
             text = text[1:-1]
     return text

@@ -367,10 +367,12 @@ def test_classnames_specs(tmp_path):
 
 def test_the_shapes_the_bench_saw_are_read_as_one_name_or_refused():
     """Seen with the embedded model on the bench: the meta-prompt's "(first named X)" note
-    copied into a name, and a label with its names run together on one line."""
+    copied into a name, notes of its own after a name, and a label with its names run
+    together on one line."""
     start = ("T-shirt/top", "Trouser", "Dress", "Bag")
     current = ("T-shirt/top", "trousers", "Dress", "Bag")
-    pairs = naming.parse_names("trousers (first named Trouser): jeans (first named Trouser); slacks\nBag: Bag: Bag")
+    pairs = naming.parse_names("trousers (first named Trouser): jeans (first named Trouser); slacks (change) (456)"
+                               "\nBag: Bag: Bag")
     assert pairs == [("trousers", "jeans"), ("trousers", "slacks"), ("Bag", "Bag: Bag")]
     accepted, refused = naming.check_names(pairs, current, start, {}, per_class=4)
     assert [(p.cls, p.name) for p in accepted] == [(1, "jeans"), (1, "slacks")]
