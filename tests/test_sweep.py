@@ -24,6 +24,7 @@ import pytest
 from fake_llm import FakeLLM
 
 ray = pytest.importorskip("ray")
+from promptclimb.agent.runs.store import ANSWER_KINDS  # noqa: E402
 from promptclimb.agent.sweep import reaper  # noqa: E402
 
 RAY_DIR = os.path.dirname(ray.__file__)
@@ -314,18 +315,21 @@ def test_killing_the_driver_mid_sweep_then_the_rerun_completes_the_rest(sweep):
     with FakeLLM(responder=responder, latency_s=1.0) as fake:
         command = sweep("killed", fake.base_url, "--iterations", "4")
 
+        def answers(name) -> int:  # LLM answers of every kind (template, names, guard) in a cell's history
+            history = sweep_dir / name / "history.jsonl"
+            text = history.read_text() if history.exists() else ""
+            return sum(text.count(f'"{kind}"') for kind in ANSWER_KINDS)
+
         def states():
             finished = [n for n in NAMES if (sweep_dir / n / "summary.json").exists()]
-            half_way = [n for n in NAMES if n not in finished and (sweep_dir / n / "history.jsonl").exists()
-                        and '"llm_exchange"' in (sweep_dir / n / "history.jsonl").read_text()]
+            half_way = [n for n in NAMES if n not in finished and answers(n)]
             return finished, half_way
 
         def kill_now():
             # a cell finished, and another one only one answer in: the kill cannot race its end
             # (two cells run side by side and would otherwise finish within a poll of each other)
             finished, half_way = states()
-            return finished and any((sweep_dir / n / "history.jsonl").read_text().count('"llm_exchange"') == 1
-                                    for n in half_way)
+            return finished and any(answers(n) == 1 for n in half_way)
 
         driver = subprocess.Popen(command, env=sweep.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   text=True, start_new_session=True)
@@ -334,8 +338,11 @@ def test_killing_the_driver_mid_sweep_then_the_rerun_completes_the_rest(sweep):
             while time.monotonic() < deadline and driver.poll() is None and not kill_now():
                 time.sleep(0.2)
         finally:
-            os.killpg(driver.pid, signal.SIGKILL)  # the driver, its Ray and the cells, at once
+            ended_first = driver.poll() is not None
+            if not ended_first:
+                os.killpg(driver.pid, signal.SIGKILL)  # the driver, its Ray and the cells, at once
             driver.wait(timeout=60)
+        assert not ended_first, f"the sweep ended before the kill: {driver.stderr.read()}"
         # Ray's workers are the raylet's children, not in the driver's process group: they die
         # with it, but a cell may still write its last files meanwhile. Count once none can.
         wait_until_no_cell_is_written(sweep_dir)
