@@ -153,10 +153,9 @@ def turn_kind(search: str, iteration: int, iterations: int) -> str:
     or a "names" turn. With "both", every turn is a names turn but a reset's last, which
     climbs the template under the names found (a reset of one turn: names). The bench chose
     it over turns that alternate, names first (docs/results.md, "Class names in the climb";
-    embedded LLM, seeds 1-5, four configurations): 89.4 against 88.7 test accuracy on mean,
-    +1.7 at 4 shots; names turns alone scored 89.6, within the seeds' noise of it. The
-    template turns the small LLM writes tend to fit the few training images rather than the
-    task. This is the one place."""
+    embedded LLM, seeds 1-5, four configurations): 89.1 against 88.7 test accuracy on mean,
+    +1.8 at 4 shots. Names turns alone scored 89.6: the template turns the small LLM writes
+    tend to fit the few training images rather than the task. This is the one place."""
     if search == "both":
         return "template" if iteration == iterations > 1 else "names"
     return search
