@@ -111,20 +111,28 @@ def parse_names(answer: str) -> list[tuple[str, str]]:
     return pairs
 
 
-# A note in brackets after a name is the model's, not part of the name. The names meta-prompt
-# writes a renamed class as "trousers (first named Trouser)" and a small model copies that
-# note into its labels and names; it also annotates its own (seen on the bench:
-# "Shoe (first named Sneaker)", "boot (change) (456)").
+# The names meta-prompt writes a renamed class as "trousers (first named Trouser)"; a small
+# model copies that note into its labels and names (seen on the bench: "Shoe (first named Sneaker)").
+_FIRST_NAMED = re.compile(r"\s*\(first named [^)]*\)\s*$", re.IGNORECASE)
+# It also annotates names of its own ("boot (change) (456)", seen on the bench). Brackets are
+# a note only where the dataset's names use none: "crane (bird)" is a name of its own.
 _TRAILING_NOTE = re.compile(r"\s*\([^()]*\)\s*$")
 
 
+def without_notes(text: str) -> str:
+    """`text` without the notes in brackets at its end ("boot (change) (456)" -> "boot")."""
+    while _TRAILING_NOTE.search(text):
+        text = _TRAILING_NOTE.sub("", text)
+    return text
+
+
 def _unwrap(text: str) -> str:
-    """A name or label without bold or code marks, surrounding quotes, a final period or
-    trailing notes in brackets (the meta-prompt's "(first named ...)" among them)."""
+    """A name or label without bold or code marks, surrounding quotes, a final period or the
+    meta-prompt's "(first named ...)" note."""
     before = None
     while text != before:
         before = text
-        text = _TRAILING_NOTE.sub("", text.strip().strip("*_`").rstrip(".").strip())
+        text = _FIRST_NAMED.sub("", text.strip().strip("*_`").rstrip(".").strip())
         if len(text) >= 2 and text[0] in "\"'“‘«" and text[-1] in "\"'”’»":
             text = text[1:-1]
     return text
@@ -149,10 +157,13 @@ def check_names(pairs: Sequence[tuple[str, str]], current: Sequence[str], start:
     for names in (start, current):
         for c, name in enumerate(names):
             taken[name_key(name)] = c
+    notes_are_the_models = not any("(" in name for name in (*start, *current))
     seen = defaultdict(set)
     counts: dict[int, int] = defaultdict(int)
     accepted, refused = [], []
     for label, name in pairs:
+        if notes_are_the_models:
+            label, name = without_notes(label), without_notes(name)
         c = class_of(label, current, start)
         key = name_key(name)
         reason, detail = None, ""

@@ -70,8 +70,8 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
     Option("--llm", None, "LLM model name [default: 'local' (the embedded llama.cpp model) unless OPENAI_API_KEY or "
            f"OPENAI_BASE_URL is set, then {REMOTE_DEFAULT_MODEL}].", _E, dest="llm_name", recorded="llm.model"),
     Option("--search", SEARCH.search, "What the LLM rewrites: template (the prompt's wording), names (the class "
-           "names, guided by per-class accuracy and confusions) or both (names turns, and a template turn to end each reset).", _E, SEARCHES,
-           recorded="search.search"),
+           "names, guided by per-class accuracy and confusions) or both (names turns, and a template turn to end "
+           "each reset).", _E, SEARCHES, recorded="search.search"),
     Option("--classnames", None, "The class names the search starts from: published (the labels the data comes "
            "with, the default), a named set (clean for fashion-mnist, coop for eurosat) or a FILE (one name per line "
            "in class order, or folder,name lines).", _E, metavar="published|SET|FILE",

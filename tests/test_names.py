@@ -372,8 +372,15 @@ def test_the_shapes_the_bench_saw_are_read_as_one_name_or_refused():
     start = ("T-shirt/top", "Trouser", "Dress", "Bag")
     current = ("T-shirt/top", "trousers", "Dress", "Bag")
     pairs = naming.parse_names("trousers (first named Trouser): jeans (first named Trouser); slacks (change) (456)"
-                               "\nBag: Bag: Bag")
-    assert pairs == [("trousers", "jeans"), ("trousers", "slacks"), ("Bag", "Bag: Bag")]
+                               "\nBag: Bag: Bag\nBag (weakest): tote")
+    assert pairs == [("trousers", "jeans"), ("trousers", "slacks (change) (456)"), ("Bag", "Bag: Bag"),
+                     ("Bag (weakest)", "tote")]
     accepted, refused = naming.check_names(pairs, current, start, {}, per_class=4)
-    assert [(p.cls, p.name) for p in accepted] == [(1, "jeans"), (1, "slacks")]
+    assert [(p.cls, p.name) for p in accepted] == [(1, "jeans"), (1, "slacks"), (3, "tote")]
     assert [(r.name, r.reason) for r in refused] == [("Bag: Bag", naming.NOT_ONE_NAME)]
+    # where the dataset's own names use brackets, they are part of a name, in labels and names alike
+    birds = ("crane (bird)", "crane (machine)")
+    pairs = naming.parse_names("crane (bird): heron (bird); stork\ncrane (machine): tower crane (machine)")
+    accepted, refused = naming.check_names(pairs, birds, birds, {}, per_class=4)
+    assert [(p.cls, p.name) for p in accepted] == [(0, "heron (bird)"), (0, "stork"), (1, "tower crane (machine)")]
+    assert not refused
