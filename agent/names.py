@@ -11,7 +11,9 @@ runs them is `HillClimber.names_turn` (agent/search.py).
         next names turn (repeats are counted there, not listed)    `check_names`
       the accepted ones are scored in one batch, each as a one-class change to the best
       per class, the changes that beat the best (agent/ranking.py), best first, pass
-        the drift guard or are refused as "drift"                  `judge_verdict`
+        the guards or are refused: "own images lost" if the renamed
+        class gets fewer of its own images right                   `own_images`
+        and "drift" if the LLM files the name under another class  `judge_verdict`
       the classes' picks are combined greedily (prefixes scored in one batch): the best
         prefix is the new best pair
 
@@ -35,7 +37,18 @@ of these classes would a photo of a X be filed?") caught 15 of 15 drifts (skirt 
 Trouser, boot for Sneaker, T-shirt for Shirt, jacket for Pullover, ...) and refused 4 of
 40 good renames (sweatshirt, blouse and button-up shirt for Shirt or Pullover read as
 T-shirt/top, dress shirt as Dress); "which one of these classes is a X?" caught 14 and
-refused 5. `guard="off"` turns it off, so the bench can weigh what it costs.
+refused 5.
+
+The judge cannot see a drift to a meaning no other class has, or one it files under the
+class itself: "T-shirt -> tunic" (seen on the bench from the cleaned names, seed 4) kept its
+one training image right and won on cross-entropy, because Shirt's images stopped going to
+T-shirt, while on test the T-shirt class fell from 89.5% to 0.5%; its val image, right
+before, went wrong. So a change must also keep its own class's images: counted on train
+and val together (`own_images`), the renamed class may not have fewer right after the
+change than before. At 1 shot that is two images per class, so it refuses what a class's
+held-out image contradicts and nothing else; a rename is for its own weak class, so one
+that wins only through the others gives that class's images away. `guard` picks the
+checks ("own+judge", "own", "judge", "off"), so the bench can weigh what each costs.
 """
 
 from __future__ import annotations
@@ -51,9 +64,9 @@ from promptclimb.agent.proposals import clean_line
 
 # Why a proposed name was not scored or not kept (the `reason` of a name_reject event); the
 # LLM reads REASONS[reason] (and the event's detail) in the next names turn.
-UNKNOWN_CLASS, EMPTY, TOO_LONG, BRACES, NOT_ONE_NAME, OTHER_CLASS, REPEAT, TOO_MANY, DRIFT = (
+UNKNOWN_CLASS, EMPTY, TOO_LONG, BRACES, NOT_ONE_NAME, OTHER_CLASS, REPEAT, TOO_MANY, DRIFT, OWN_IMAGES = (
     "unknown class", "empty", "too long", "braces", "not one name", "another class's name", "repeat", "too many",
-    "drift")
+    "drift", "own images lost")
 REASONS = {
     UNKNOWN_CLASS: "not one of the classes",
     EMPTY: "empty name",
@@ -64,8 +77,11 @@ REASONS = {
     REPEAT: "already tried for this class",
     TOO_MANY: "more names than asked for this class",
     DRIFT: "it reads as another class",
+    OWN_IMAGES: "it did better overall but got fewer of its own class's images right",
 }
-GUARDS = ("judge", "off")
+# The guards a kept change must pass (`guard_checks`): "own", that the renamed class loses
+# none of its own images on train and val together, and "judge", the LLM's verdict.
+GUARDS = ("own+judge", "own", "judge", "off")
 JUDGED_PER_CLASS = 2  # changes of one class put to the judge per names turn, best first
 MISTAKEN_SHOWN = 2  # classes each class is most often mistaken for, shown to the LLM
 
@@ -225,6 +241,16 @@ def class_rows(report: Sequence[ClassReport], start: Sequence[str]) -> list[dict
              "count": r.count,
              "mistaken_for": [{"name": names[c], "count": n} for c, n in r.mistaken_for()[:MISTAKEN_SHOWN]]}
             for r in report]
+
+
+def guard_checks(guard: str) -> set[str]:
+    """The checks a `guard` value turns on: "own+judge" -> {"own", "judge"}; "off" -> none."""
+    return set() if guard == "off" else set(guard.split("+"))
+
+
+def own_images(reports: Sequence[Sequence[ClassReport]], cls: int) -> int:
+    """Images of class `cls` predicted as `cls`, over the splits' reports."""
+    return sum(report[cls].predicted[cls] for report in reports)
 
 
 def judge_verdict(answer: str, cls: int, start: Sequence[str], current: Sequence[str]) -> int | None:

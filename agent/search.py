@@ -85,7 +85,7 @@ class SearchConfig:
     search: str = DEFAULT_SEARCH  # "template" | "names" (the class names) | "both": which turns (`turn_kind`)
     names_k: int = 3  # weakest classes a names turn asks new names for
     names_per_class: int = 4  # names asked for each of them
-    guard: str = "judge"  # against a new name drifting to another class: "judge" (agent/names.py) or "off"
+    guard: str = "own+judge"  # what a kept new name must pass (agent/names.py GUARDS): "own+judge", "own", "judge", "off"
 
     def check(self) -> "SearchConfig":
         if self.select not in SELECTIONS:
@@ -544,8 +544,8 @@ class HillClimber:
             for p in proposals:
                 state.tried[p.cls].setdefault(name_key(p.name), p.name)
             singles = self.score_names(best, [[(p.cls, p.name)] for p in proposals], restart, reset, iteration, call)
-            picks, drifted = self.pick_changes(best, proposals, singles, restart, reset, iteration)
-            self.record_name_rejects(drifted, restart, reset, iteration, call)
+            picks, guarded = self.pick_changes(best, proposals, singles, restart, reset, iteration)
+            self.record_name_rejects(guarded, restart, reset, iteration, call)
             kept = self.keep_changes(best, picks, board, restart, reset, iteration, call)
             for c in asked:  # asked about and not renamed: asked about later than the other weak classes
                 state.fruitless[c] = 0 if any(p.cls == c for p in kept) else state.fruitless.get(c, 0) + 1
@@ -553,8 +553,8 @@ class HillClimber:
                               "previous_best": self.value(best), "verdict": verdict(self.value_of(score), self.value(best)),
                               "kept": p in kept} for p, (_, score) in zip(proposals, singles)]
             state.rejected = [{"class": names[r.cls] if r.cls is not None else r.label, "name": r.name,
-                               "reason": r.shown(), "repeat": r.reason == naming.REPEAT} for r in refused + drifted]
-            self.print_names_progress(restart, reset, iteration, names, proposals, refused + drifted, kept)
+                               "reason": r.shown(), "repeat": r.reason == naming.REPEAT} for r in refused + guarded]
+            self.print_names_progress(restart, reset, iteration, names, proposals, refused + guarded, kept)
 
     def record_name_rejects(self, refused: list, restart: int, reset: int, iteration: int, call: int) -> None:
         for r in refused:
@@ -612,23 +612,43 @@ class HillClimber:
 
     def pick_changes(self, best: Scored, proposals: list, singles: list, restart: int, reset: int,
                      iteration: int) -> tuple[list, list]:
-        """Per class, the best change that beats the current best and passes the drift guard
-        (the guard sees at most JUDGED_PER_CLASS changes of a class, best first); returns the
-        picks, best first, as (proposal, names, score), and the refusals for drift."""
+        """Per class, the best change that beats the current best and passes the guards (the
+        class keeps its own images; the judge, who sees at most JUDGED_PER_CLASS changes of a
+        class, best first, does not file it under another class); returns the picks, best
+        first, as (proposal, names, score), and the guards' refusals."""
         improving = sorted((item for item in zip(proposals, singles) if self.beats(item[1][1], best)),
                            key=lambda item: self.score_key(item[1][1]))  # stable: answer order breaks exact ties
-        picks, drifted, judged = {}, [], defaultdict(int)
+        picks, refused, judged = {}, [], defaultdict(int)
         names = best.names or self.start_names
+        checks = naming.guard_checks(self.config.guard)
         for p, (variant, score) in improving:
-            if p.cls in picks or judged[p.cls] >= naming.JUDGED_PER_CLASS:
+            if p.cls in picks:
                 continue
-            judged[p.cls] += 1
-            other = self.drift_guard(p, names, restart, reset, iteration)
-            if other is not None:
-                drifted.append(naming.NameRefusal(p.label, p.name, naming.DRIFT, p.cls, self.start_names[other]))
-                continue
+            if "own" in checks:
+                lost = self.own_images_lost(best, variant, [p.cls])
+                if lost:
+                    refused.append(naming.NameRefusal(p.label, p.name, naming.OWN_IMAGES, p.cls, lost[0]))
+                    continue
+            if "judge" in checks:
+                if judged[p.cls] >= naming.JUDGED_PER_CLASS:
+                    continue
+                judged[p.cls] += 1
+                other = self.drift_guard(p, names, restart, reset, iteration)
+                if other is not None:
+                    refused.append(naming.NameRefusal(p.label, p.name, naming.DRIFT, p.cls, self.start_names[other]))
+                    continue
             picks[p.cls] = (p, variant, score)
-        return list(picks.values()), drifted
+        return list(picks.values()), refused
+
+    def own_images_lost(self, best: Scored, variant: tuple[str, ...], classes: Sequence[int]) -> list[str]:
+        """For each of `classes` that gets fewer of its own images right under `variant` than
+        under the best's names (train and val together; agent/names.py says why), how many:
+        "right on train and val: 2 -> 1"."""
+        splits = SCORED_SPLITS
+        before = [self.evaluator.class_report(best.template, best.names, s) for s in splits]
+        after = [self.evaluator.class_report(best.template, variant, s) for s in splits]
+        return [f"right on {' and '.join(splits)}: {naming.own_images(before, c)} -> {naming.own_images(after, c)}"
+                for c in classes if naming.own_images(after, c) < naming.own_images(before, c)]
 
     def drift_guard(self, proposal, names: tuple[str, ...], restart: int, reset: int, iteration: int) -> int | None:
         """The guard against a name drifting to another class's meaning (agent/names.py, which
@@ -658,7 +678,9 @@ class HillClimber:
             prefixes = [picks[:j] for j in range(2, len(picks) + 1)]
             combined = self.score_names(best, [[(p.cls, p.name) for p, _, _ in prefix] for prefix in prefixes],
                                         restart, reset, iteration, call)
-            candidates += [(names, score, prefix) for (names, score), prefix in zip(combined, prefixes)]
+            own = "own" in naming.guard_checks(self.config.guard)  # combined, each class keeps its own images too
+            candidates += [(names, score, prefix) for (names, score), prefix in zip(combined, prefixes)
+                           if not (own and self.own_images_lost(best, names, [p.cls for p, _, _ in prefix]))]
         names, score, used = min(candidates, key=lambda c: self.score_key(c[1]))  # min keeps the first of equals
         base = best.names or self.start_names
         event = self.store.append(

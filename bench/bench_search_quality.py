@@ -29,8 +29,10 @@ The class-name variants (`--start published|clean`: which names the searches sta
 
     template        the template climb only (the names stay the start names)
     names           the names climb only (the template stays the best of the pool sample)
-    both            the default: template and names turns alternate
-    both-noguard    both, without the drift guard (what the guard costs or saves)
+    both            the default: names turns, then a template turn ending each reset;
+                    a kept name passes both guards (own images, the judge)
+    both-judge      both, with the judge only (the default before the own-images check)
+    both-noguard    both, without either guard (what the guards cost or save)
 
 Reported per variant, over seeds: test accuracy of the best template (mean, sd), the paired
 gain over pool-only (mean, sd, seeds improved), val accuracy (what choices are made on:
@@ -61,7 +63,8 @@ NO_SCORES = ROOT / "prompts" / "ablations" / "no-scores"
 SEARCHES = {  # variant -> (change to the default SearchConfig, meta-prompt folder)
     "template": ({"search": "template"}, None),  # the class names stay the start names
     "names": ({"search": "names"}, None),  # the template stays the pool's best; the names climb
-    "both": ({"search": "both"}, None),  # the default: turns alternate
+    "both": ({"search": "both"}, None),  # the default: names turns, a template turn last
+    "both-judge": ({"search": "both", "guard": "judge"}, None),
     "both-noguard": ({"search": "both", "guard": "off"}, None),
     "full": ({"search": "template"}, None),
     "best-only": ({"search": "template", "bottom_k": 0}, None),

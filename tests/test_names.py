@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,9 +30,10 @@ POOL = [PoolTemplate(t, "general") for t in ["a {}.", "a photo of a {}.", "the {
 SMALL = dict(restarts=1, resets=1, iterations=1, proposals=3, pool_sample=0, search="names")
 # Trouser is the weak class under any name; what other names do to their class:
 BONUS = {"jeans": 0.2, "pants": 0.1, "slacks": -0.1, "tee": 0.05,
-         "skirt": {"train": 0.3, "val": 0.3, "test": -0.3}}  # wins on the few images, loses on test
+         "skirt": {"train": 0.3, "val": 0.3, "test": -0.3},  # wins on the few images, loses on test
+         "purse": {"train": 0.1, "val": -0.3, "test": -0.3}}  # wins on train, its class's val images say no
 # What the judge (the drift guard's LLM question) answers for a name; others: the name itself.
-JUDGE = {"skirt": "Dress", "jeans": "Trouser", "pants": "Trouser", "tee": "T-shirt/top"}
+JUDGE = {"skirt": "Dress", "jeans": "Trouser", "purse": "Bag", "pants": "Trouser", "tee": "T-shirt/top"}
 
 
 def evaluator() -> WordEvaluator:
@@ -183,6 +185,49 @@ def test_the_guard_refuses_a_drift_and_off_keeps_it(tmp_path):
     assert not of(run_dir, "names_judge") and not of(run_dir, "name_reject")
     assert unguarded.best["names"][1] == "skirt"  # it won on the selection split ...
     assert unguarded.best["accuracy"]["test"] < guarded.best["accuracy"]["test"]  # ... and lost on test
+
+
+def test_a_rename_that_loses_its_own_class_images_is_refused_and_the_llm_reads_why(tmp_path):
+    answer = ["Bag: purse\nTrouser: jeans", "Trouser: pants"]
+    with FakeLLM(responder=(respond := scripted(answer))) as fake:
+        guarded, _, run_dir = climb(tmp_path, fake.base_url, name="guarded", iterations=2)
+    # purse beats the best on train (Bag gets one more of its images right there), the judge
+    # would file it under Bag, and on val Bag loses all of its images
+    bag = {names: [evaluator().class_report("a photo of a {}.", names, s)[3].predicted[3] for s in ("train", "val")]
+           for names in (CLASSES, ("T-shirt/top", "Trouser", "Dress", "purse"))}
+    assert bag[CLASSES][1] > 0 and bag[CLASSES][0] < bag[("T-shirt/top", "Trouser", "Dress", "purse")][0]
+    before, after = (sum(v) for v in bag.values())
+    assert [(r["name"], r["reason"], r["detail"]) for r in of(run_dir, "name_reject")] == [
+        ("purse", naming.OWN_IMAGES, f"right on train and val: {before} -> {after}")]
+    assert [j["name"] for j in of(run_dir, "names_judge")] == ["jeans"]  # purse never reached the judge
+    assert guarded.best["names"] == ["T-shirt/top", "jeans", "Dress", "Bag"]
+    assert "Bag -> purse (it did better overall but got fewer of its own class's images right: right on " \
+           f"train and val: {before} -> {after})" in respond.names_requests[1]["messages"][1]["content"]
+    with FakeLLM(responder=scripted(answer)) as fake:
+        judged, _, run_dir = climb(tmp_path, fake.base_url, name="judged", guard="judge", iterations=2)
+    assert not of(run_dir, "name_reject")
+    assert judged.best["names"] == ["T-shirt/top", "jeans", "Dress", "purse"]  # it won on train ...
+    assert judged.best["accuracy"]["test"] < guarded.best["accuracy"]["test"]  # ... and lost on test
+
+
+def test_combined_changes_are_kept_only_where_each_class_keeps_its_own_images(tmp_path):
+    ev = evaluator()
+    report = ev.class_report
+
+    def tee_takes_the_trousers(template, classnames, split):  # the pair alone: jeans images read as tees
+        out = report(template, classnames, split)
+        if classnames and {"tee", "jeans"} <= set(classnames):
+            out[1] = replace(out[1], predicted=(out[1].count, 0, 0, 0))
+        return out
+
+    ev.class_report = tee_takes_the_trousers
+    with FakeLLM(responder=scripted(["Trouser: jeans\nT-shirt/top: tee"])) as fake:
+        result, _, run_dir = climb(tmp_path, fake.base_url, ev=ev)
+    assert [len(s["changes"]) for s in of(run_dir, "name_score")] == [1, 1, 2]  # the pair was scored ...
+    assert of(run_dir, "names_change")[0]["changes"] == [{"class": 1, "from": "Trouser", "to": "jeans"}]  # ... not kept
+    with FakeLLM(responder=scripted(["Trouser: jeans\nT-shirt/top: tee"])) as fake:
+        result, _, run_dir = climb(tmp_path, fake.base_url, ev=ev, name="judged", guard="judge")
+    assert len(of(run_dir, "names_change")[0]["changes"]) == 2
 
 
 def test_changes_of_several_classes_are_combined_when_the_combination_ranks_best(tmp_path):
