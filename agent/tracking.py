@@ -47,8 +47,9 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Container, Iterator
 
+import numpy as np
 import pandas as pd
 
 from promptclimb.agent.core.errors import PromptclimbError
@@ -195,6 +196,7 @@ class Mirror:
         self.client, self.uri, self.folder = client, uri, folder
         self.experiment_id, self.run_id = experiment_id, run_id
         self.key = link_key(uri)
+        self.logged: set[int] | None = None  # the answers' steps the server has (`log_answers`)
 
     @classmethod
     def open(cls, folder: str | Path, tracking_uri: str | None, experiment: str,
@@ -240,12 +242,14 @@ class Mirror:
         """The metrics of each answer the server does not have yet; returns how many."""
         from mlflow.entities import Metric
 
-        have = {m.step for m in self.client.get_metric_history(self.run_id, STEP_KEY)}
-        rows = [row for row in answer_metrics(run, hold_last) if row[0] not in have]
+        if self.logged is None:  # asked once: then this mirror is the only writer of its answers
+            self.logged = {m.step for m in self.client.get_metric_history(self.run_id, STEP_KEY)}
+        rows = answer_metrics(run, hold_last, logged=self.logged)
         for start in range(0, len(rows), ANSWERS_PER_BATCH):
-            metrics = [Metric(key, value, stamp, step) for step, stamp, values in rows[start:start + ANSWERS_PER_BATCH]
-                       for key, value in values.items()]
-            self.client.log_batch(self.run_id, metrics=metrics)
+            batch = rows[start:start + ANSWERS_PER_BATCH]
+            self.client.log_batch(self.run_id, metrics=[Metric(key, value, stamp, step) for step, stamp, values in batch
+                                                        for key, value in values.items()])
+            self.logged.update(step for step, _, _ in batch)
         return len(rows)
 
     def log_results(self, run: Run) -> None:
@@ -317,21 +321,25 @@ def run_tags(run: Run) -> dict:
             "promptclimb.folder": str(run.path.resolve())}
 
 
-def answer_metrics(run: Run, hold_last: bool = False) -> list[tuple[int, int, dict[str, float]]]:
+def answer_metrics(run: Run, hold_last: bool = False, logged: Container[int] = ()) -> list[tuple[int, int, dict[str, float]]]:
     """(step = `call`, time in ms, metrics) per LLM answer of any kind (template turn, names
     turn, names guard): the train and val accuracy of the best so far (as the reader ranks),
     how many of its proposals were scored (new) and refused, its tokens. An answer's events
     are those with its `call`. `hold_last`: leave out a last answer that nothing follows yet
-    (a search may still be scoring it)."""
+    (a search may still be scoring it). `logged`: steps to leave out (the server has them),
+    so a live tracker's work per answer does not grow with the answers before it."""
     ranked = run.ranked()  # best first; `line` = where it was recorded
     own: dict[int, list[dict]] = {}
     for e in run.events:
         if e.get("call") is not None:
             own.setdefault(int(e["call"]), []).append(e)
     last_line = max((e["_line"] for e in run.events), default=0)
+    best_at = _best_so_far(ranked)
     rows = []
     for answer in (e for e in run.events if e["event"] in LLM_EVENTS and e.get("call") is not None):
         call = int(answer["call"])
+        if call in logged:
+            continue
         end = max(e["_line"] for e in own[call])
         if hold_last and end == last_line:
             continue
@@ -340,12 +348,29 @@ def answer_metrics(run: Run, hold_last: bool = False) -> list[tuple[int, int, di
                   "refused_proposals": sum(e["event"] in REFUSED for e in own[call]),
                   "prompt_tokens": usage.get("prompt_tokens") or 0,
                   "completion_tokens": usage.get("completion_tokens") or 0}
-        best = ranked[ranked["line"] <= end].head(1) if "line" in ranked else ranked
-        for split in ("train", "val"):
-            if split in best and not best.empty and pd.notna(best[split].iloc[0]):
-                values[f"best_{split}_accuracy"] = float(best[split].iloc[0])
+        values.update(best_at(end))
         rows.append((call, int(float(answer.get("time") or time.time()) * 1000), values))
     return rows
+
+
+def _best_so_far(ranked: pd.DataFrame) -> Callable[[int], dict[str, float]]:
+    """line -> the train and val accuracy of the best of what was recorded up to that line
+    (the highest-ranked row among them): one sort, then a binary search per answer."""
+    if ranked.empty or "line" not in ranked:
+        return lambda line: {}
+    by_line = ranked.assign(rank=np.arange(len(ranked))).sort_values("line", kind="stable")
+    lines = by_line["line"].to_numpy()
+    leader = np.minimum.accumulate(by_line["rank"].to_numpy())  # the best rank seen so far, in line order
+    splits = [s for s in ("train", "val") if s in ranked]
+
+    def best(line: int) -> dict[str, float]:
+        at = int(np.searchsorted(lines, line, side="right")) - 1
+        if at < 0:
+            return {}
+        row = ranked.iloc[int(leader[at])]
+        return {f"best_{s}_accuracy": float(row[s]) for s in splits if pd.notna(row[s])}
+
+    return best
 
 
 def _is_new(event: dict) -> bool:

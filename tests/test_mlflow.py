@@ -277,11 +277,23 @@ def test_a_live_tracker_logs_each_answer_as_the_next_one_comes(tmp_path, server,
         seen.append(len(client.get_metric_history(runs[0].info.run_id, "new_proposals")))
         return responder(body)
 
-    warnings = []
+    warnings, steps_sent = [], []  # the answers' steps in each batch sent to the server
+
+    def attach(store):
+        tracker = Tracker.attach(store, server, warnings.append, "live")
+        log_batch = tracker.mirror.client.log_batch
+
+        def counting(run_id, metrics=(), **kw):
+            steps_sent.extend(sorted({m.step for m in metrics if m.key == "new_proposals"}))
+            return log_batch(run_id, metrics=metrics, **kw)
+
+        tracker.mirror.client.log_batch = counting
+        return tracker
+
     with FakeLLM(responder=watching) as fake:
-        result, run_dir, run_id = climb(tmp_path, fake.base_url, "live",
-                                        lambda store: Tracker.attach(store, server, warnings.append, "live"))
+        result, run_dir, run_id = climb(tmp_path, fake.base_url, "live", attach)
     assert warnings == [] and result.stopped == "completed"
+    assert steps_sent == [0, 1, 2]  # each answer sent once, however many events come after it
     assert capfd.readouterr().out == ""  # MLflow prints nothing where `search --json` prints its summary
     assert seen == [0, 0, 1]  # answer k is logged once answer k+1 has come (then it is complete)
     run = client.get_run(run_id)
