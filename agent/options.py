@@ -114,7 +114,7 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
            recorded="search.names_k"),
     Option("--names-per-class", SEARCH.names_per_class, "Names asked for each of them.", _L, int, minimum=1,
            recorded="search.names_per_class"),
-    Option("--guard", SEARCH.guard, "What a new name must pass to be kept: own (its class gets none fewer of its "
+    Option("--guard", SEARCH.guard, "What a new name must pass to be kept: own (its class gets no fewer of its "
            "own train+val images right), judge (the LLM is asked which class the name denotes; not another "
            "class), both, or off.", _L, GUARDS,
            recorded="search.guard"),
