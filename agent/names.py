@@ -169,10 +169,10 @@ def check_names(pairs: Sequence[tuple[str, str]], current: Sequence[str], start:
     """The proposals to score and the refused ones, each with its reason. `tried` holds,
     per class, the name keys (agent/core/classnames.py `name_key`) already tried for it
     (its start and current names included); it is not changed here."""
-    taken: dict[str, int] = {}  # every class's current and start name -> the class
+    taken: dict[str, int] = {}  # every class's current and start name, and its singular -> the class
     for names in (start, current):
         for c, name in enumerate(names):
-            taken[name_key(name)] = c
+            taken.update(dict.fromkeys(number_forms(name_key(name)), c))
     notes_are_the_models = not any("(" in name for name in (*start, *current))
     seen = defaultdict(set)
     counts: dict[int, int] = defaultdict(int)
@@ -193,8 +193,8 @@ def check_names(pairs: Sequence[tuple[str, str]], current: Sequence[str], start:
             reason = NOT_ONE_NAME
         elif len(name) > MAX_NAME_CHARS:
             reason = TOO_LONG
-        elif taken.get(key, c) != c:
-            reason, detail = OTHER_CLASS, current[taken[key]]
+        elif (other := next((taken[f] for f in number_forms(key) if taken.get(f, c) != c), None)) is not None:
+            reason, detail = OTHER_CLASS, current[other]
         elif key in tried.get(c, set()) or key in seen[c] or not key:
             reason = REPEAT
         elif counts[c] >= per_class:
@@ -206,6 +206,18 @@ def check_names(pairs: Sequence[tuple[str, str]], current: Sequence[str], start:
         counts[c] += 1
         accepted.append(NameProposal(c, name, label))
     return accepted, refused
+
+
+def number_forms(key: str) -> set[str]:
+    """A name key and what it would be without a plural ending ("trousers" -> "trouser",
+    "dresses" -> "dress"): so "Dress -> Trousers" is another class's name where the class is
+    "Trouser" (seen on the bench, caught only by the own-images guard)."""
+    forms = {key}
+    if key.endswith("s") and len(key) > 3:
+        forms.add(key[:-1])
+        if key.endswith("es") and len(key) > 4:
+            forms.add(key[:-2])
+    return forms
 
 
 def merged_report(reports: Sequence[Sequence[ClassReport]]) -> list[ClassReport]:

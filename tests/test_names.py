@@ -423,6 +423,13 @@ def test_the_shapes_the_bench_saw_are_read_as_one_name_or_refused():
     accepted, refused = naming.check_names(pairs, current, start, {}, per_class=4)
     assert [(p.cls, p.name) for p in accepted] == [(1, "jeans"), (1, "slacks"), (3, "tote")]
     assert [(r.name, r.reason) for r in refused] == [("Bag: Bag", naming.NOT_ONE_NAME)]
+    # another class's name in the plural is another class's name; a class's own in the plural is new
+    plural = ("T-shirt/top", "Trouser", "Gowns", "Bag")  # Dress renamed "Gowns"
+    pairs = [("Dress", "Trousers"), ("Bag", "gown"), ("Trouser", "Trousers"), ("Bag", "bags"), ("Dress", "gown")]
+    accepted, refused = naming.check_names(pairs, plural, start, {}, per_class=4)
+    assert [(r.name, r.reason, r.detail) for r in refused] == [("Trousers", naming.OTHER_CLASS, "Trouser"),
+                                                               ("gown", naming.OTHER_CLASS, "Gowns")]
+    assert [(p.cls, p.name) for p in accepted] == [(1, "Trousers"), (3, "bags"), (2, "gown")]
     # where the dataset's own names use brackets, they are part of a name, in labels and names alike
     birds = ("crane (bird)", "crane (machine)")
     pairs = naming.parse_names("crane (bird): heron (bird); stork\ncrane (machine): tower crane (machine)")
