@@ -169,10 +169,10 @@ def check_names(pairs: Sequence[tuple[str, str]], current: Sequence[str], start:
     """The proposals to score and the refused ones, each with its reason. `tried` holds,
     per class, the name keys (agent/core/classnames.py `name_key`) already tried for it
     (its start and current names included); it is not changed here."""
-    taken: dict[str, int] = {}  # every class's current and start name, and its singular -> the class
-    for names in (start, current):
-        for c, name in enumerate(names):
-            taken.update(dict.fromkeys(number_forms(name_key(name)), c))
+    # every class's current and start name -> the class; also each name's singular, where no
+    # class has it as its own name ("glasses" beside "glass" is another class, not its plural)
+    exact = {name_key(name): c for names in (start, current) for c, name in enumerate(names)}
+    taken = {**{f: c for key, c in exact.items() for f in number_forms(key)}, **exact}
     notes_are_the_models = not any("(" in name for name in (*start, *current))
     seen = defaultdict(set)
     counts: dict[int, int] = defaultdict(int)

@@ -356,21 +356,23 @@ def answer_metrics(run: Run, hold_last: bool = False, logged: Container[int] = (
 def _best_so_far(ranked: pd.DataFrame) -> Callable[[int], dict[str, float]]:
     """line -> the train and val accuracy of the best of what was recorded up to that line
     (the highest-ranked row among them): one sort, then a binary search per answer."""
-    if ranked.empty or "line" not in ranked:
+    if ranked.empty:  # (a non-empty one has `line`: agent/runs/reading.py `Run.scores`)
         return lambda line: {}
     by_line = ranked.assign(rank=np.arange(len(ranked))).sort_values("line", kind="stable")
     lines = by_line["line"].to_numpy()
     leader = np.minimum.accumulate(by_line["rank"].to_numpy())  # the best rank seen so far, in line order
-    splits = [s for s in ("train", "val") if s in ranked]
 
     def best(line: int) -> dict[str, float]:
         at = int(np.searchsorted(lines, line, side="right")) - 1
         if at < 0:
             return {}
-        row = ranked.iloc[int(leader[at])]
-        return {f"best_{s}_accuracy": float(row[s]) for s in splits if pd.notna(row[s])}
+        return _accuracies(ranked.iloc[int(leader[at])], ranked)
 
     return best
+
+
+def _accuracies(row: pd.Series, ranked: pd.DataFrame) -> dict[str, float]:
+    return {f"best_{s}_accuracy": float(row[s]) for s in ("train", "val") if s in ranked and pd.notna(row[s])}
 
 
 def _is_new(event: dict) -> bool:

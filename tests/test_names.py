@@ -430,6 +430,11 @@ def test_the_shapes_the_bench_saw_are_read_as_one_name_or_refused():
     assert [(r.name, r.reason, r.detail) for r in refused] == [("Trousers", naming.OTHER_CLASS, "Trouser"),
                                                                ("gown", naming.OTHER_CLASS, "Gowns")]
     assert [(p.cls, p.name) for p in accepted] == [(1, "Trousers"), (3, "bags"), (2, "gown")]
+    # where two classes differ by a plural, each name is its own class's
+    accepted, refused = naming.check_names([("boots", "boot"), ("boot", "boots"), ("boot", "bootie")],
+                                           ("boot", "boots"), ("boot", "boots"), {}, per_class=4)
+    assert [(r.name, r.detail) for r in refused] == [("boot", "boot"), ("boots", "boots")]
+    assert [(p.cls, p.name) for p in accepted] == [(0, "bootie")]
     # where the dataset's own names use brackets, they are part of a name, in labels and names alike
     birds = ("crane (bird)", "crane (machine)")
     pairs = naming.parse_names("crane (bird): heron (bird); stork\ncrane (machine): tower crane (machine)")
