@@ -12,7 +12,7 @@ runs them is `HillClimber.names_turn` (agent/search.py).
       the accepted ones are scored in one batch, each as a one-class change to the best
       per class, the changes that beat the best (agent/ranking.py), best first, pass
         the guards or are refused: "own images lost" if the renamed
-        class gets fewer of its own images right                   `own_images`
+        class gets fewer of its own images right                   `own_images_lost`
         and "drift" if the LLM files the name under another class  `judge_verdict`
       the classes' picks are combined greedily (prefixes scored in one batch): the best
         prefix is the new best pair
@@ -44,7 +44,7 @@ class itself: "T-shirt -> tunic" (seen on the bench from the cleaned names, seed
 one training image right and won on cross-entropy, because Shirt's images stopped going to
 T-shirt, while on test the T-shirt class fell from 89.5% to 0.5%; its val image, right
 before, went wrong. So a change must also keep its own class's images: counted on train
-and val together (`own_images`), the renamed class may not have fewer right after the
+and val together (`own_images_lost`), the renamed class may not have fewer right after the
 change than before. At 1 shot that is two images per class, so it refuses what a class's
 held-out image contradicts and nothing else; a rename is for its own weak class, so one
 that wins only through the others gives that class's images away. `guard` picks the
@@ -260,9 +260,13 @@ def guard_checks(guard: str) -> set[str]:
     return set() if guard == "off" else set(guard.split("+"))
 
 
-def own_images(reports: Sequence[Sequence[ClassReport]], cls: int) -> int:
-    """Images of class `cls` predicted as `cls`, over the splits' reports."""
-    return sum(report[cls].predicted[cls] for report in reports)
+def own_images_lost(before: Sequence[ClassReport], after: Sequence[ClassReport], classes: Sequence[int],
+                    where: str) -> dict[int, str]:
+    """Of `classes`, those with fewer of their own images right in `after` than in `before`
+    (per-class reports of the same images, `where`), each with how many: "right on train
+    and val: 2 -> 1"."""
+    return {c: f"right on {where}: {before[c].predicted[c]} -> {after[c].predicted[c]}" for c in classes
+            if after[c].predicted[c] < before[c].predicted[c]}
 
 
 def judge_verdict(answer: str, cls: int, start: Sequence[str], current: Sequence[str]) -> int | None:

@@ -315,6 +315,7 @@ class HillClimber:
             raise PromptclimbError("the initial pool is empty")
         self.echo = echo
         self.splits = SELECTIONS[self.config.select]
+        self.guards = naming.guard_checks(self.config.guard)  # what a kept new name must pass
         self.metric_label = metric_label(self.config.metric, self.splits)  # what the meta-prompts call the value
         self.asked = self.config.proposals + self.config.spare  # templates asked for per turn
         # Every (template, names) scored in the run, as it first appears (lowest restart, then
@@ -566,9 +567,18 @@ class HillClimber:
             self.names_states[restart] = NamesState({c: {name_key(n): n} for c, n in enumerate(self.start_names)})
         return self.names_states[restart]
 
-    def class_report(self, template: str, names: tuple[str, ...] | None) -> list:
-        """Per class, on the selection split(s): accuracy, true-class probability, confusions."""
-        return naming.merged_report([self.evaluator.class_report(template, names, split) for split in self.splits])
+    def class_report(self, template: str, names: tuple[str, ...] | None, splits: Sequence[str] | None = None) -> list:
+        """Per class, on the selection split(s) (or `splits`, together): accuracy, true-class
+        probability, confusions."""
+        return naming.merged_report([self.evaluator.class_report(template, names, split)
+                                     for split in splits or self.splits])
+
+    def own_images_lost(self, template: str, before: list, variant: tuple[str, ...], classes: Sequence[int]) -> dict:
+        """The "own" guard: of `classes`, those that get fewer of their own train and val
+        images right under `variant` than in `before` (the best's `class_report` on
+        SCORED_SPLITS; agent/names.py says why), each with how many."""
+        return naming.own_images_lost(before, self.class_report(template, variant, SCORED_SPLITS), classes,
+                                      " and ".join(SCORED_SPLITS))
 
     def names_messages(self, best: Scored, report: list, asked: list[int], state: "NamesState") -> list[dict]:
         """A names turn's conversation: the system message and one user message (the turn
@@ -620,16 +630,16 @@ class HillClimber:
                            key=lambda item: self.score_key(item[1][1]))  # stable: answer order breaks exact ties
         picks, refused, judged = {}, [], defaultdict(int)
         names = best.names or self.start_names
-        checks = naming.guard_checks(self.config.guard)
+        before = self.class_report(best.template, best.names, SCORED_SPLITS) if "own" in self.guards else None
         for p, (variant, score) in improving:
             if p.cls in picks:
                 continue
-            if "own" in checks:
-                lost = self.own_images_lost(best, variant, [p.cls])
+            if before is not None:
+                lost = self.own_images_lost(best.template, before, variant, [p.cls])
                 if lost:
-                    refused.append(naming.NameRefusal(p.label, p.name, naming.OWN_IMAGES, p.cls, lost[0]))
+                    refused.append(naming.NameRefusal(p.label, p.name, naming.OWN_IMAGES, p.cls, lost[p.cls]))
                     continue
-            if "judge" in checks:
+            if "judge" in self.guards:
                 if judged[p.cls] >= naming.JUDGED_PER_CLASS:
                     continue
                 judged[p.cls] += 1
@@ -640,23 +650,11 @@ class HillClimber:
             picks[p.cls] = (p, variant, score)
         return list(picks.values()), refused
 
-    def own_images_lost(self, best: Scored, variant: tuple[str, ...], classes: Sequence[int]) -> list[str]:
-        """For each of `classes` that gets fewer of its own images right under `variant` than
-        under the best's names (train and val together; agent/names.py says why), how many:
-        "right on train and val: 2 -> 1"."""
-        splits = SCORED_SPLITS
-        before = [self.evaluator.class_report(best.template, best.names, s) for s in splits]
-        after = [self.evaluator.class_report(best.template, variant, s) for s in splits]
-        return [f"right on {' and '.join(splits)}: {naming.own_images(before, c)} -> {naming.own_images(after, c)}"
-                for c in classes if naming.own_images(after, c) < naming.own_images(before, c)]
-
     def drift_guard(self, proposal, names: tuple[str, ...], restart: int, reset: int, iteration: int) -> int | None:
-        """The guard against a name drifting to another class's meaning (agent/names.py, which
-        says why this one): the other class the change drifts to, or None. "judge": the LLM
-        is asked which class the new name is, among the start names (temperature 0, a seed
-        fixed by the run's seed: the same question is one cached answer); "off": none."""
-        if self.config.guard == "off":
-            return None
+        """The "judge" guard against a name drifting to another class's meaning (agent/names.py,
+        which says why this one): the other class the change drifts to, or None. The LLM is
+        asked which class the new name is, among the start names (temperature 0, a seed fixed
+        by the run's seed: the same question is one cached answer)."""
         messages = [{"role": "user", "content": self.meta.names_judge(self.evaluator.task, list(self.start_names),
                                                                       proposal.name)}]
         seed = call_seed(self.config.seed, -1, -1, -1)
@@ -678,9 +676,10 @@ class HillClimber:
             prefixes = [picks[:j] for j in range(2, len(picks) + 1)]
             combined = self.score_names(best, [[(p.cls, p.name) for p, _, _ in prefix] for prefix in prefixes],
                                         restart, reset, iteration, call)
-            own = "own" in naming.guard_checks(self.config.guard)  # combined, each class keeps its own images too
+            before = self.class_report(best.template, best.names, SCORED_SPLITS) if "own" in self.guards else None
             candidates += [(names, score, prefix) for (names, score), prefix in zip(combined, prefixes)
-                           if not (own and self.own_images_lost(best, names, [p.cls for p, _, _ in prefix]))]
+                           if before is None  # combined, each class keeps its own images too
+                           or not self.own_images_lost(best.template, before, names, [p.cls for p, _, _ in prefix])]
         names, score, used = min(candidates, key=lambda c: self.score_key(c[1]))  # min keeps the first of equals
         base = best.names or self.start_names
         event = self.store.append(

@@ -5,9 +5,9 @@
 For each size, a template search of that many answers is run against the tests' fake
 OpenAI-compatible server and in-memory evaluator (tests/fake_llm.py), in a temporary folder.
 Then the tracker's work for its last answer is timed: re-reading the run folder
-(`load_run`), and the answers' metrics (`answer_metrics`) for all answers (what every
-answer cost before the tracker remembered what it had sent) and for the new one only (what
-it costs now). Asserts nothing.
+(`load_run`), and the answers' metrics (`answer_metrics`) for all answers (what
+`mlflow-sync` computes for a run logged afterwards) and for the new one only (what a live
+tracker computes per answer, as it remembers what it sent). Asserts nothing.
 """
 
 from __future__ import annotations
