@@ -64,9 +64,9 @@ from promptclimb.agent.proposals import clean_line
 
 # Why a proposed name was not scored or not kept (the `reason` of a name_reject event); the
 # LLM reads REASONS[reason] (and the event's detail) in the next names turn.
-UNKNOWN_CLASS, EMPTY, TOO_LONG, BRACES, NOT_ONE_NAME, OTHER_CLASS, REPEAT, TOO_MANY, DRIFT, OWN_IMAGES = (
+UNKNOWN_CLASS, EMPTY, TOO_LONG, BRACES, NOT_ONE_NAME, OTHER_CLASS, REPEAT, TOO_MANY, DRIFT, OWN_IMAGES, HELD_OUT = (
     "unknown class", "empty", "too long", "braces", "not one name", "another class's name", "repeat", "too many",
-    "drift", "own images lost")
+    "drift", "own images lost", "worse held out")
 REASONS = {
     UNKNOWN_CLASS: "not one of the classes",
     EMPTY: "empty name",
@@ -78,6 +78,7 @@ REASONS = {
     TOO_MANY: "more names than asked for this class",
     DRIFT: "it reads as another class",
     OWN_IMAGES: "it did better overall but got fewer of its own class's images right",
+    HELD_OUT: "it did better on the images it was ranked on but worse on the held-out ones",
 }
 # The guards a kept change must pass (`guard_checks`): "own", that the renamed class loses
 # none of its own images on train and val together, and "judge", the LLM's verdict.
@@ -218,6 +219,21 @@ def number_forms(key: str) -> set[str]:
         if key.endswith("es") and len(key) > 4:
             forms.add(key[:-2])
     return forms
+
+
+def first_of_each_name(items: Sequence, name_of) -> list:
+    """`items` (best first) without those whose name, or its singular, an earlier one has:
+    one answer may give two classes the same name ("Sneaker: shoe", "Ankle boot: shoe"),
+    each fine alone, but a prompt cannot name two classes alike (the evaluator refuses it),
+    so only the better one is combined."""
+    seen, out = set(), []
+    for item in items:
+        forms = number_forms(name_key(name_of(item)))
+        if forms & seen:
+            continue
+        seen |= forms
+        out.append(item)
+    return out
 
 
 def merged_report(reports: Sequence[Sequence[ClassReport]]) -> list[ClassReport]:

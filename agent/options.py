@@ -21,7 +21,7 @@ from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.settings import SoftPromptConfig
 from promptclimb.agent.ranking import METRICS
 from promptclimb.agent.names import GUARDS
-from promptclimb.agent.search import SEARCHES, SELECTIONS, SearchConfig
+from promptclimb.agent.search import CONFIRMS, SEARCHES, SELECTIONS, SearchConfig
 
 LOCAL = "local"
 REMOTE_DEFAULT_MODEL = "gpt-4o-mini"
@@ -118,6 +118,9 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
            "own train+val images right), judge (the LLM is asked which class the name denotes; not another "
            "class), both, or off.", _L, GUARDS,
            recorded="search.guard"),
+    Option("--confirm", SEARCH.confirm, "What a new best (a template or a name the LLM wrote) must also hold up on: "
+           "val (no worse there than the best it replaces; it was ranked on train), or off. Nothing is held out "
+           "under --select train+val.", _L, CONFIRMS, recorded="search.confirm"),
     Option("--max-calls", None, "Budget: LLM answers in the whole run (then stop cleanly).", _L, int, minimum=0,
            scope=BUDGET),
     Option("--max-tokens", None, "Budget: LLM prompt+completion tokens in the whole run.", _L, int, minimum=0,

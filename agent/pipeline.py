@@ -41,7 +41,7 @@ from promptclimb.agent.options import BUDGET, LOCAL, REMOTE_DEFAULT_MODEL, recor
 from promptclimb.agent.core.pools import POOLS, PoolTemplate, load_pool
 from promptclimb.agent.ranking import metric_label
 from promptclimb.agent.runs.store import RunStore, check_run_name, run_argument
-from promptclimb.agent.search import LLM_EVENTS, SELECTIONS, HillClimber, SearchConfig
+from promptclimb.agent.search import LLM_EVENTS, RECORDED_BEFORE_IT_EXISTED, SELECTIONS, HillClimber, SearchConfig
 
 DEFAULTS = SearchConfig()
 EvaluatorFactory = Callable[..., object]
@@ -140,6 +140,7 @@ def new_run(opts: dict, echo) -> Plan:
         else sampling.get("max_tokens", DEFAULTS.max_answer_tokens),
         max_calls=opts["max_calls"], max_tokens=opts["max_tokens"], parallel=parallel,
         search=opts["search"], names_k=opts["names_k"], names_per_class=opts["names_per_class"], guard=opts["guard"],
+        confirm=opts["confirm"],
     ).check()
     evaluator_args = evaluator_settings(opts)
     pool = load_pool(opts["dataset"], opts["pool"])
@@ -232,8 +233,8 @@ def resumed_run(opts: dict, echo) -> Plan:
         if given(opts, "parallel"):  # the command that started it, again: its --parallel as that one ran it
             opts = {**opts, "parallel": lanes_for_the_llm(llm, opts["parallel"], saved["search"]["restarts"], echo)}
         refuse_changed_settings(opts, saved)
-        search = SearchConfig(**{f.name: saved["search"][f.name] for f in fields(SearchConfig)
-                                 if f.name in saved["search"]})
+        search = SearchConfig(**{**RECORDED_BEFORE_IT_EXISTED, **{f.name: saved["search"][f.name]
+                                                                 for f in fields(SearchConfig) if f.name in saved["search"]}})
         search = apply_budget_caps(opts, search.check(), store, echo)
         llm = replace(llm, **{k: opts[k] for k in ("timeout", "max_tries") if given(opts, k)})
         pool_setting = saved["pool"]

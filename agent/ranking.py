@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from typing import Callable, Iterable, Sequence, TypeVar
 
+from promptclimb.agent.core.format import pct
+
 T = TypeVar("T")
 
 METRICS = ("accuracy", "prob", "blend")
@@ -79,3 +81,19 @@ def top_and_bottom(ranked: Sequence, top_k: int, bottom_k: int) -> tuple[list, l
     top = list(ranked[:top_k])
     rest = list(ranked[len(top):])
     return top, (rest[max(0, len(rest) - bottom_k):] if bottom_k else [])
+
+
+def worse_on(splits: Sequence[str], metric: str, new: tuple[dict, dict | None, dict | None],
+             old: tuple[dict, dict | None, dict | None]) -> str:
+    """Why `new` ranks strictly below `old` on `splits` (each an (accuracy, prob, loss)
+    triple of score dicts), e.g. "val 80.0% vs 90.0%" or "val cross-entropy 0.318 vs
+    0.298"; "" when it does not (equal passes). The search's check of a new best on the
+    split it was not ranked on (`SearchConfig.confirm`)."""
+    values = [selection_value(acc, prob, splits, metric) for acc, prob, _ in (new, old)]
+    keys = [rank_key(v, loss, splits, 0)[:2] for v, (_, _, loss) in zip(values, (new, old))]
+    if not keys[0] > keys[1]:
+        return ""
+    where = "+".join(splits)
+    if keys[0][0] != keys[1][0]:
+        return f"{where} {pct(values[0])} vs {pct(values[1])}"
+    return f"{where} cross-entropy {keys[0][1]:.3f} vs {keys[1][1]:.3f}"

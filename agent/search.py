@@ -44,7 +44,8 @@ from promptclimb.agent.core.format import pct, pct_by_split
 from promptclimb.agent.llm.client import Answer, BudgetExhausted, LLMClient
 from promptclimb.agent.metaprompt import MetaPrompt
 from promptclimb.agent.core.pools import PoolTemplate, load_pool, sample_pool
-from promptclimb.agent.ranking import DEFAULT_METRIC, METRICS, best_first, metric_label, rank_key, selection_value, top_and_bottom
+from promptclimb.agent.ranking import (DEFAULT_METRIC, METRICS, best_first, metric_label, rank_key, selection_value,
+                                       top_and_bottom, worse_on)
 from promptclimb.agent.proposals import DUPLICATE, normalise, parse_proposals
 from promptclimb.agent.core.protocol import Evaluator, Score, Task
 from promptclimb.agent.runs.store import ANSWER_KINDS, FORMAT_VERSION, RunStore, ledger, ledger_by_kind
@@ -55,6 +56,13 @@ SELECTIONS = {"train": ("train",), "train+val": ("train", "val")}
 # were not ranked on when there is one.
 ENSEMBLE_CHOICE = {"train": ("val",), "train+val": ("train", "val")}
 SEARCHES = ("template", "names", "both")  # what the LLM rewrites (`turn_kind`)
+# Whether a change of the best must also hold on the scored split it was not ranked on (val,
+# under --select train): at 1 shot, train is one image per class and a new best there is
+# often noise (`HillClimber.held_out_worse`).
+CONFIRMS = ("val", "off")
+HELD_BACK = "better on the selection split, worse on the held-out one"  # a template's reject reason
+# What a run whose config.json predates a setting ran with (read back on --resume).
+RECORDED_BEFORE_IT_EXISTED = {"confirm": "off"}
 DEFAULT_SEARCH = "both"
 
 
@@ -86,6 +94,7 @@ class SearchConfig:
     names_k: int = 3  # weakest classes a names turn asks new names for
     names_per_class: int = 4  # names asked for each of them
     guard: str = "own+judge"  # what a kept new name must pass (agent/names.py GUARDS): "own+judge", "own", "judge", "off"
+    confirm: str = "val"  # "val": a new best (an LLM template, a name) must be no worse on val, which it was not ranked on; "off"
 
     def check(self) -> "SearchConfig":
         if self.select not in SELECTIONS:
@@ -96,6 +105,8 @@ class SearchConfig:
             raise PromptclimbError(f"search must be one of {', '.join(SEARCHES)}, not {self.search!r}")
         if self.guard not in naming.GUARDS:
             raise PromptclimbError(f"guard must be one of {', '.join(naming.GUARDS)}, not {self.guard!r}")
+        if self.confirm not in CONFIRMS:
+            raise PromptclimbError(f"confirm must be one of {', '.join(CONFIRMS)}, not {self.confirm!r}")
         for name in ("restarts", "resets", "iterations", "proposals", "parallel", "names_k", "names_per_class"):
             if getattr(self, name) < 1:
                 raise PromptclimbError(f"{name} must be at least 1")
@@ -316,6 +327,9 @@ class HillClimber:
         self.echo = echo
         self.splits = SELECTIONS[self.config.select]
         self.guards = naming.guard_checks(self.config.guard)  # what a kept new name must pass
+        # What a new best is confirmed on: the scored splits it was not ranked on (none under
+        # --select train+val).
+        self.held_out = tuple(s for s in SCORED_SPLITS if s not in self.splits) if self.config.confirm == "val" else ()
         self.metric_label = metric_label(self.config.metric, self.splits)  # what the meta-prompts call the value
         self.asked = self.config.proposals + self.config.spare  # templates asked for per turn
         # Every (template, names) scored in the run, as it first appears (lowest restart, then
@@ -404,9 +418,10 @@ class HillClimber:
                     sent = len(messages)
                     messages.append({"role": "assistant", "content": answer.content})
                     best_before = self.ranked(board)[0]
-                    new, rejected = self.take_proposals(answer.content, board, restart, reset, iteration)
-                    self.print_progress(restart, reset, iteration, new, rejected)
-                    messages.append({"role": "user", "content": self.feedback_turn(board, best_before, new, rejected)})
+                    new, held, rejected = self.take_proposals(answer.content, board, restart, reset, iteration)
+                    self.print_progress(restart, reset, iteration, new, held, rejected)
+                    messages.append({"role": "user", "content": self.feedback_turn(board, best_before, new, held,
+                                                                                   rejected)})
                     self.store.write_prompts_csv()
 
     def start_restart(self, restart: int) -> list[Scored]:
@@ -443,13 +458,15 @@ class HillClimber:
         top, bottom = self.top_and_bottom(board)
         return self.meta.first_turn(self.evaluator.task, self.asked, self.metric_label, top, bottom)
 
-    def feedback_turn(self, board: list[Scored], best_before: Scored, new: list[Scored], rejected: list[dict]) -> str:
+    def feedback_turn(self, board: list[Scored], best_before: Scored, new: list[Scored], held: list[dict],
+                      rejected: list[dict]) -> str:
         before = self.value(best_before)
         results = []
         for s in new:
             value = self.value(s)
             verdict = "better" if value > before else "worse" if value < before else "equal"
             results.append({"template": s.template, "value": value, "previous_best": before, "verdict": verdict})
+        results += [{**h, "previous_best": before, "verdict": "held"} for h in held]
         top, bottom = self.top_and_bottom(board)
         best = shown(self.ranked(board)[:1], self.splits, self.config.metric)[0]
         return self.meta.feedback_turn(
@@ -515,10 +532,14 @@ class HillClimber:
                               template=r.line, reason=r.reason)
             rejected.append({"line": r.line, "reason": r.reason, "duplicate": r.reason == DUPLICATE})
         unfilled = set(parsed.unfilled)  # written for one class: its name turned back into {}
-        new = self.score_batch([(t, "llm-unfilled" if t in unfilled else "llm") for t in parsed.templates], "llm",
-                               board, restart, reset, iteration, call=call,
-                               names=None if names == self.start_names else names)
-        return new, rejected
+        new, held = self.score_batch([(t, "llm-unfilled" if t in unfilled else "llm") for t in parsed.templates],
+                                     "llm", board, restart, reset, iteration, call=call,
+                                     names=None if names == self.start_names else names,
+                                     confirm_against=self.ranked(board)[0])
+        for h in held:
+            self.store.append("reject", restart=restart, reset=reset, iteration=iteration, call=call,
+                              template=h["template"], reason=HELD_BACK, detail=h["why"])
+        return new, held, rejected
 
     # -- one names turn (agent/names.py) ------------------------------------------------------
     def names_turn(self, board: list[Scored], restart: int, reset: int, iteration: int, lane: int) -> None:
@@ -622,10 +643,11 @@ class HillClimber:
 
     def pick_changes(self, best: Scored, proposals: list, singles: list, restart: int, reset: int,
                      iteration: int) -> tuple[list, list]:
-        """Per class, the best change that beats the current best and passes the guards (the
-        class keeps its own images; the judge, who sees at most JUDGED_PER_CLASS changes of a
-        class, best first, does not file it under another class); returns the picks, best
-        first, as (proposal, names, score), and the guards' refusals."""
+        """Per class, the best change that beats the current best, holds up on the held-out
+        split (`held_out_worse`) and passes the guards (the class keeps its own images; the
+        judge, who sees at most JUDGED_PER_CLASS changes of a class, best first, does not file
+        it under another class); returns the picks, best first, as (proposal, names, score),
+        and the refusals."""
         improving = sorted((item for item in zip(proposals, singles) if self.beats(item[1][1], best)),
                            key=lambda item: self.score_key(item[1][1]))  # stable: answer order breaks exact ties
         picks, refused, judged = {}, [], defaultdict(int)
@@ -633,6 +655,10 @@ class HillClimber:
         before = self.class_report(best.template, best.names, SCORED_SPLITS) if "own" in self.guards else None
         for p, (variant, score) in improving:
             if p.cls in picks:
+                continue
+            why = self.held_out_worse(score, best)
+            if why:
+                refused.append(naming.NameRefusal(p.label, p.name, naming.HELD_OUT, p.cls, why))
                 continue
             if before is not None:
                 lost = self.own_images_lost(best.template, before, variant, [p.cls])
@@ -666,11 +692,12 @@ class HillClimber:
 
     def keep_changes(self, best: Scored, picks: list, board: list[Scored], restart: int, reset: int, iteration: int,
                      call: int) -> list:
-        """The classes' picks combined greedily: the prefixes (best pick, best two, ...) are
-        scored in one batch and the best-ranked prefix (the shortest among equals) becomes the
+        """The classes' picks (at most one per name) combined greedily: the prefixes (best
+        pick, best two, ...) are scored in one batch and the best-ranked prefix (the shortest among equals) becomes the
         new best pair, on the board. Returns the proposals kept."""
         if not picks:
             return []
+        picks = naming.first_of_each_name(picks, lambda pick: pick[0].name)
         candidates = [(picks[0][1], picks[0][2], picks[:1])]
         if len(picks) > 1:
             prefixes = [picks[:j] for j in range(2, len(picks) + 1)]
@@ -678,8 +705,9 @@ class HillClimber:
                                         restart, reset, iteration, call)
             before = self.class_report(best.template, best.names, SCORED_SPLITS) if "own" in self.guards else None
             candidates += [(names, score, prefix) for (names, score), prefix in zip(combined, prefixes)
-                           if before is None  # combined, each class keeps its own images too
-                           or not self.own_images_lost(best.template, before, names, [p.cls for p, _, _ in prefix])]
+                           if not self.held_out_worse(score, best)  # combined, the change holds up on val too
+                           and (before is None  # and each class keeps its own images
+                                or not self.own_images_lost(best.template, before, names, [p.cls for p, _, _ in prefix]))]
         names, score, used = min(candidates, key=lambda c: self.score_key(c[1]))  # min keeps the first of equals
         base = best.names or self.start_names
         event = self.store.append(
@@ -714,6 +742,19 @@ class HillClimber:
     def value_of(self, score: Score) -> float:
         return selection_value(score.accuracy, score.prob, self.splits, self.config.metric)
 
+    def held_out_worse(self, score: Score, than: Scored) -> str:
+        """Why `score`, which would beat the best `than` on the selection split, is not
+        confirmed: it is worse than `than` on the held-out split (e.g. "val 80.0% vs 90.0%";
+        agent/ranking.py `worse_on`). "" when it does not beat `than`, when it holds up, and
+        under --confirm off or --select train+val (nothing held out). A new best found on
+        one image per class is often a better fit to those images only: on the bench's 1-shot
+        runs the LLM's new best templates and names that lost on val mostly lost on test too
+        (docs/results.md, "Confirmed on val")."""
+        if not self.held_out or not self.beats(score, than):
+            return ""
+        return worse_on(self.held_out, self.config.metric, (score.accuracy, score.prob, score.loss),
+                        (than.accuracy, than.prob, than.loss))
+
     def print_names_progress(self, restart, reset, iteration, names, proposals, refused, kept) -> None:
         cfg = self.config
         best = self.ranked(self.scores.values())[0]
@@ -727,10 +768,14 @@ class HillClimber:
     # -- scoring ---------------------------------------------------------------------------
     def score_batch(self, items: list[tuple[str, str]], origin: str, board: list[Scored], restart: int,
                     reset: int | None, iteration: int, call: int | None = None,
-                    names: tuple[str, ...] | None = None) -> list[Scored]:
+                    names: tuple[str, ...] | None = None,
+                    confirm_against: Scored | None = None) -> tuple[list[Scored], list[dict]]:
         """Put templates on a restart's board, scored with `names` (None: the start names);
-        returns those added. The evaluator scores, in one batch, only what the run has not
-        scored yet (nor its history, when resumed). Each template is recorded once in the
+        returns those added, and those held back: with `confirm_against` (the board's best
+        before), a template that would become the new best but is worse on the held-out split
+        (`held_out_worse`) is not put on the board nor recorded as scored, only returned
+        (with its value and why). The evaluator scores, in one batch, only what the run has
+        not scored yet (nor its history, when resumed). Each template is recorded once in the
         history, under the first restart (in turn order) to score it; another restart takes
         its score from the run's table. The table keeps a template's first appearance,
         (lowest restart, position), which breaks the final ranking's last ties, so parallel
@@ -743,13 +788,20 @@ class HillClimber:
             started = time.perf_counter()
             fresh = dict(zip(todo, self.evaluator.score(todo, splits=SCORED_SPLITS, **names_kwargs(names))))
             self.timings["scoring_s"] += time.perf_counter() - started
-        added = []
+        added, held = [], []
         for template, source in items:
             first = self.scores.get((template, names))
             if first is None:
                 score = fresh.get(template)
                 if score is None:  # read back from the history of the run being resumed
                     score = stored_score(self.stored_scores[(template, names)])
+            else:
+                score = Score(accuracy=first.accuracy, loss=first.loss, prob=first.prob)
+            why = self.held_out_worse(score, confirm_against) if confirm_against is not None else ""
+            if why:
+                held.append({"template": template, "value": self.value_of(score), "why": why})
+                continue
+            if first is None:
                 fields = dict(restart=restart, reset=reset, iteration=iteration, template=template, origin=origin,
                               source=source, accuracy=as_floats(score.accuracy), loss=as_floats(score.loss),
                               prob=as_floats(score.prob))
@@ -767,10 +819,10 @@ class HillClimber:
             added.append(scored)
             if first is None or scored.order < first.order:
                 self.scores[scored.key] = scored
-        return added
+        return added, held
 
     # -- console ---------------------------------------------------------------------------
-    def print_progress(self, restart, reset, iteration, new: list[Scored], rejected: list[dict]) -> None:
+    def print_progress(self, restart, reset, iteration, new: list[Scored], held: list[dict], rejected: list[dict]) -> None:
         """The console line of one LLM turn (then its new templates and a few rejections)."""
         cfg = self.config
         best = self.ranked(self.scores.values())[0]
@@ -782,6 +834,8 @@ class HillClimber:
         )
         for s in self.ranked(new):
             self.echo(f"    {pct(self.value(s)):>6}  {s.template}")
+        for h in held:
+            self.echo(f"    {pct(h['value']):>6}  {h['template']}  (held back: {h['why']})")
         for r in rejected[:3]:
             self.echo(f"    rejected  {r['line'][:60]!r}: {r['reason']}")
 

@@ -33,8 +33,11 @@ The class-name variants (`--start published|clean`: which names the searches sta
                     a kept name passes both guards (own images, the judge)
     both-judge      both, with the judge only (the default before the own-images check)
     both-noguard    both, without either guard (what the guards cost or save)
+    both-noconfirm  both, a new best not confirmed on val (--confirm off: the default before it)
+    template-noconfirm  template, the same
 
-Reported per variant, over seeds: test accuracy of the best template (mean, sd), the paired
+Reported per variant, over seeds: test accuracy of the best template (mean, sd), templates
+held back for doing worse on val (`--confirm val`; names refused so are under refusals), the paired
 gain over pool-only (mean, sd, seeds improved), val accuracy (what choices are made on:
 test is only measured), the pick (ensemble when chosen on val, else the best template),
 and the LLM cost (answers, tokens, seconds as first measured), the share of proposed
@@ -56,7 +59,7 @@ from promptclimb.agent.metaprompt import MetaPrompt
 from promptclimb.agent.core.pools import load_pool
 from promptclimb.agent.runs.reading import read_history
 from promptclimb.agent.runs.store import RunStore
-from promptclimb.agent.search import HillClimber, SearchConfig
+from promptclimb.agent.search import HELD_BACK, HillClimber, SearchConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_SCORES = ROOT / "prompts" / "ablations" / "no-scores"
@@ -66,6 +69,8 @@ SEARCHES = {  # variant -> (change to the default SearchConfig, meta-prompt fold
     "both": ({"search": "both"}, None),  # the default: names turns, a template turn last
     "both-judge": ({"search": "both", "guard": "judge"}, None),
     "both-noguard": ({"search": "both", "guard": "off"}, None),
+    "both-noconfirm": ({"search": "both", "confirm": "off"}, None),
+    "template-noconfirm": ({"search": "template", "confirm": "off"}, None),
     "full": ({"search": "template"}, None),
     "best-only": ({"search": "template", "bottom_k": 0}, None),
     "no-scores": ({"search": "template"}, NO_SCORES),
@@ -133,6 +138,7 @@ def run_variant(variant: str, seed: int, args, evaluator, llm_args, pool) -> dic
         "names_changed": names.get("changed", 0),
         "found": "; ".join(f"{c['start']}->{c['found']}" for c in names.get("classes", []) if c["changed"]),
         "refused": (names.get("counts") or {}).get("refused", {}),
+        "templates_held_back": sum(e["event"] == "reject" and e["reason"] == HELD_BACK for e in history),
         **{f"tokens_per_{kind}_turn": round((v.get("prompt_tokens", 0) + v.get("completion_tokens", 0))
                                             / max(1, v.get("calls", 0))) for kind, v in by_kind.items()},
         "test": result.best["accuracy"]["test"], "val": result.best["accuracy"].get("val"),
@@ -166,6 +172,7 @@ def summarise(df, variants):
             "vs 'a photo of a {}.'": f"{100 * (part['test'] - part['baseline']).mean():+.1f} "
                                      f"(min {100 * (part['test'] - part['baseline']).min():+.1f})",
             "names changed": round(part["names_changed"].mean(), 1),
+            "templates held back": round(part["templates_held_back"].mean(), 1),
             "gain vs pool": f"{gain.mean():+.1f} ± {gain.std():.1f}",
             "improved": f"{int((gain > 0).sum())}/{gain.notna().sum()}",
             "val": f"{100 * part['val'].mean():.1f}",

@@ -184,6 +184,7 @@ class FakeLLM:
 
 
 # -- an in-memory evaluator behind the `Evaluator` protocol (no torch) ------------------------
+from promptclimb.agent.core.classnames import check_classnames  # noqa: E402
 from promptclimb.agent.core.protocol import ClassReport, Score, Task  # noqa: E402
 
 # Words that make a template "better" on this fake task; everything else is neutral.
@@ -232,9 +233,10 @@ class WordEvaluator:
 
     # -- class names -------------------------------------------------------------------------
     def _names(self, classnames) -> tuple[str, ...]:
-        names = self.task.classnames if classnames is None else tuple(classnames)
-        assert len(names) == len(self.task.classnames) and all(n and "{" not in n and "}" not in n for n in names)
-        return names
+        """As the CLIP evaluator checks them: one per class, none empty or with braces, no two alike."""
+        if classnames is None:
+            return self.task.classnames
+        return check_classnames(classnames, len(self.task.classnames))
 
     def _shift(self, c: int, name: str, split: str) -> float:
         bonus = self.name_bonus.get(name.lower(), 0.0)  # what the name says, as a text tower reads it

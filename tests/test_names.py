@@ -190,7 +190,7 @@ def test_the_guard_refuses_a_drift_and_off_keeps_it(tmp_path):
 def test_a_rename_that_loses_its_own_class_images_is_refused_and_the_llm_reads_why(tmp_path):
     answer = ["Bag: purse\nTrouser: jeans", "Trouser: pants"]
     with FakeLLM(responder=(respond := scripted(answer))) as fake:
-        guarded, _, run_dir = climb(tmp_path, fake.base_url, name="guarded", iterations=2)
+        guarded, _, run_dir = climb(tmp_path, fake.base_url, name="guarded", iterations=2, confirm="off")
     # purse beats the best on train (Bag gets one more of its images right there), the judge
     # would file it under Bag, and on val Bag loses all of its images
     bag = {names: [evaluator().class_report("a photo of a {}.", names, s)[3].predicted[3] for s in ("train", "val")]
@@ -204,7 +204,7 @@ def test_a_rename_that_loses_its_own_class_images_is_refused_and_the_llm_reads_w
     assert "Bag -> purse (it did better overall but got fewer of its own class's images right: right on " \
            f"train and val: {before} -> {after})" in respond.names_requests[1]["messages"][1]["content"]
     with FakeLLM(responder=scripted(answer)) as fake:
-        judged, _, run_dir = climb(tmp_path, fake.base_url, name="judged", guard="judge", iterations=2)
+        judged, _, run_dir = climb(tmp_path, fake.base_url, name="judged", guard="judge", iterations=2, confirm="off")
     assert not of(run_dir, "name_reject")
     assert judged.best["names"] == ["T-shirt/top", "jeans", "Dress", "purse"]  # it won on train ...
     assert judged.best["accuracy"]["test"] < guarded.best["accuracy"]["test"]  # ... and lost on test
@@ -228,6 +228,54 @@ def test_combined_changes_are_kept_only_where_each_class_keeps_its_own_images(tm
     with FakeLLM(responder=scripted(["Trouser: jeans\nT-shirt/top: tee"])) as fake:
         result, _, run_dir = climb(tmp_path, fake.base_url, ev=ev, name="judged", guard="judge")
     assert len(of(run_dir, "names_change")[0]["changes"]) == 2
+
+
+def test_a_rename_that_wins_on_train_and_loses_on_val_is_refused_and_the_llm_reads_why(tmp_path):
+    from promptclimb.agent.core.format import pct
+
+    answer = ["Bag: purse\nTrouser: jeans", "Trouser: pants"]
+    with FakeLLM(responder=(respond := scripted(answer))) as fake:
+        result, ev, run_dir = climb(tmp_path, fake.base_url, iterations=2)
+    purse, start = ev.score_names("a photo of a {}.", [("T-shirt/top", "Trouser", "Dress", "purse"), CLASSES])
+    assert purse.accuracy["train"] > start.accuracy["train"] and purse.accuracy["val"] < start.accuracy["val"]
+    detail = f"val {pct(purse.accuracy['val'])} vs {pct(start.accuracy['val'])}"
+    assert [(r["name"], r["reason"], r["detail"]) for r in of(run_dir, "name_reject")] == [
+        ("purse", naming.HELD_OUT, detail)]
+    assert [j["name"] for j in of(run_dir, "names_judge")] == ["jeans"]  # nor did it reach the judge
+    assert result.best["names"] == ["T-shirt/top", "jeans", "Dress", "Bag"]
+    assert f"Bag -> purse ({naming.REASONS[naming.HELD_OUT]}: {detail})" in \
+        respond.names_requests[1]["messages"][1]["content"]
+
+
+def test_combined_changes_are_kept_only_when_they_hold_up_on_val(tmp_path):
+    ev = evaluator()
+    score_names = ev.score_names
+
+    def the_pair_fails_on_val(template, variants, splits=("train", "val")):  # each alone holds up; together not
+        out = score_names(template, variants, splits)
+        return [replace(s, accuracy={**s.accuracy, "val": 0.0}) if {"tee", "jeans"} <= set(v) else s
+                for s, v in zip(out, variants)]
+
+    ev.score_names = the_pair_fails_on_val
+    with FakeLLM(responder=scripted(["Trouser: jeans\nT-shirt/top: tee"])) as fake:
+        _, _, run_dir = climb(tmp_path, fake.base_url, ev=ev)
+    assert [len(s["changes"]) for s in of(run_dir, "name_score")] == [1, 1, 2]
+    assert of(run_dir, "names_change")[0]["changes"] == [{"class": 1, "from": "Trouser", "to": "jeans"}]
+    with FakeLLM(responder=scripted(["Trouser: jeans\nT-shirt/top: tee"])) as fake:
+        climb(tmp_path, fake.base_url, ev=ev, name="off", confirm="off")
+    assert len(of(tmp_path / "runs" / "off", "names_change")[0]["changes"]) == 2
+
+
+def test_two_classes_given_one_name_in_one_answer_are_not_combined(tmp_path):
+    """Seen on the bench: "Sneaker: shoe" and "Ankle boot: shoe" in one answer, each kept
+    alone, and their combination, which names two classes alike, stopped the search."""
+    with FakeLLM(responder=scripted(["Trouser: jeans\nT-shirt/top: Jeans"])) as fake:
+        result, ev, run_dir = climb(tmp_path, fake.base_url, guard="own")
+    singles = [s["changes"] for s in of(run_dir, "name_score")]
+    assert [c[0]["to"] for c in singles] == ["jeans", "Jeans"]  # each scored alone ...
+    kept = of(run_dir, "names_change")[0]["changes"]
+    assert len(kept) == 1 and kept[0]["to"].lower() == "jeans"  # ... one kept, and no pair tried
+    assert len(set(result.best["names"])) == len(CLASSES)
 
 
 def test_changes_of_several_classes_are_combined_when_the_combination_ranks_best(tmp_path):

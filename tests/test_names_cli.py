@@ -99,6 +99,30 @@ def test_a_resume_may_not_change_what_the_search_rewrites_or_its_start_names(run
         assert refused.exit_code == 1 and f"{option} {value} (the run's: {recorded})" in refused.output
 
 
+def test_a_run_recorded_before_confirm_existed_resumes_as_it_ran(tmp_path):
+    """A config.json without search.confirm ran unconfirmed: --resume replays it so, where
+    the default (val) would refuse purse for its val images and no longer match the history."""
+    with FakeLLM(responder=scripted(["Bag: purse\nTrouser: jeans"])) as fake:
+        def invoke(*args):
+            env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.base_url}
+            return CliRunner().invoke(cli, [str(a) for a in args], env=env, obj={"evaluator_factory": Factory()})
+
+        runs = tmp_path / "runs"
+        first = invoke("search", "--dataset", "toy", "--name", "old", *SMALL, "--runs-dir", runs, "--confirm", "off",
+                       "--guard", "judge")
+        assert first.exit_code == 0, first.output
+        config_file, history = runs / "old" / "config.json", runs / "old" / "history.jsonl"
+        config = json.loads(config_file.read_text())
+        del config["search"]["confirm"]
+        config_file.write_text(json.dumps(config))
+        events = history.read_text().splitlines()
+        assert any(json.loads(e)["event"] == "names_change" and "purse" in json.loads(e)["names"] for e in events)
+        history.write_text("\n".join(events[:-1]) + "\n")  # killed before its final event
+        resumed = invoke("search", "--resume", "old", "--runs-dir", runs, "--json")
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.stdout)["best"]["names"][3] == "purse"
+
+
 @pytest.mark.parametrize("text, line", [("tee\npants\n", "2 of the dataset's 4 classes have no name"),
                                         ("tee\n\ngown\nbag\n", "line 2"),
                                         ("tee\npants\ntee\nbag\n", "line 3"),

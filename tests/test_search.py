@@ -123,6 +123,49 @@ def test_conversation_feedback_resets_and_seeds(tmp_path):
     assert len({r["seed"] for r in fake.requests}) == 6
 
 
+class FitsTheTrainImages(WordEvaluator):
+    """A template with the word "overfit" scores better on train and worse on val and test:
+    it fits the few training images, not the task."""
+
+    def _value(self, template: str, split: str) -> tuple[float, float]:
+        acc, loss = super()._value(template, split)
+        if "overfit" in template:
+            acc = round(acc + {"train": 0.3, "val": -0.1, "test": -0.1}[split], 4)
+            loss = round(2.0 - acc, 4)
+        return acc, loss
+
+
+def test_a_new_best_template_worse_on_val_is_held_back_and_the_llm_reads_why(tmp_path):
+    from promptclimb.agent.core.format import pct
+    from promptclimb import load_run
+    from promptclimb.agent.search import HELD_BACK
+
+    script = ["an overfit photo of a {}.\na grayscale photo of a {}.", "a dark {}."]
+    with FakeLLM(script=script) as fake:
+        result, ev, run_dir = climb(tmp_path, fake.base_url, evaluator=FitsTheTrainImages(), resets=1, iterations=2)
+    events = history(run_dir)
+    pool = [e for e in events if e["event"] == "score" and e["origin"] == "pool"]
+    before = max(pool, key=lambda e: (e["accuracy"]["train"], -e["loss"]["train"]))  # the best when it was proposed
+    overfit = ev.score(["an overfit photo of a {}."], splits=("train", "val"))[0]
+    assert overfit.accuracy["train"] > before["accuracy"]["train"]  # it would have been the new best
+    held = [e for e in events if e["event"] == "reject" and e["reason"] == HELD_BACK]
+    assert [(e["template"], e["detail"]) for e in held] == [
+        ("an overfit photo of a {}.", f"val {pct(overfit.accuracy['val'])} vs {pct(before['accuracy']['val'])}")]
+    assert "an overfit photo of a {}." not in {e["template"] for e in events if e["event"] == "score"}
+    assert result.best["template"] == "a grayscale photo of a {}."
+    read = load_run(run_dir)  # the reader ranks as the search did, and shows why it was held back
+    assert read.ranked()["template"].iloc[0] == "a grayscale photo of a {}."
+    assert {"template": "an overfit photo of a {}.", "reason": f"{HELD_BACK} ({held[0]['detail']})"} in \
+        read.iterations()[0]["rejected"]
+    assert (f"an overfit photo of a {{}}.  (better than the best before it, {pct(before['accuracy']['train'])}, "
+            f"but worse on held-out images, {held[0]['detail']}: not kept)") in fake.requests[1]["messages"][-1]["content"]
+    with FakeLLM(script=script) as fake:  # unconfirmed, it wins on train and loses on test
+        off, _, _ = climb(tmp_path, fake.base_url, name="off", cache="cache-off", evaluator=FitsTheTrainImages(),
+                          resets=1, iterations=2, confirm="off")
+    assert off.best["template"] == "an overfit photo of a {}."
+    assert off.best["accuracy"]["test"] < result.best["accuracy"]["test"]
+
+
 def test_hostile_proposals_are_rejected_with_reasons_and_never_evaluated(tmp_path):
     hostile = "\n".join(["{0} photo", "a {name}", "{.__class__.__mro__}", "{} {}", "a {{}}", "a } {}",
                          "x" * 400 + "{}", "A PHOTO OF A {}", "a photo of a {}.", "a fine {}"])

@@ -433,7 +433,9 @@ class Run:
                 "scored": [{"template": r.template, "selection": r.selection,
                             **{s: getattr(r, s) for s in ("train", "val") if hasattr(r, s)}}
                            for r in self._rank(scored).itertuples()] if not scored.empty else [],
-                "rejected": [{"template": e["template"], "reason": e["reason"]} for e in rejects],
+                "rejected": [{"template": e["template"],
+                              "reason": e["reason"] + (f" ({e['detail']})" if e.get("detail") else "")}
+                             for e in rejects],
                 "best_so_far": float(upto["selection"].max()) if not upto.empty else math.nan,
                 "best_template": self._rank(upto)["template"].iloc[0] if not upto.empty else None,
                 "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
