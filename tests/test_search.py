@@ -164,6 +164,11 @@ def test_a_new_best_template_worse_on_val_is_held_back_and_the_llm_reads_why(tmp
                           resets=1, iterations=2, confirm="off")
     assert off.best["template"] == "an overfit photo of a {}."
     assert off.best["accuracy"]["test"] < result.best["accuracy"]["test"]
+    with FakeLLM(script=script) as fake:  # ranked on train and val together, nothing is held out to check it on
+        pooled, _, run_dir = climb(tmp_path, fake.base_url, name="pooled", cache="cache-pooled",
+                                   evaluator=FitsTheTrainImages(), resets=1, iterations=2, select="train+val")
+    assert not [e for e in history(run_dir) if e["event"] == "reject" and e["reason"] == HELD_BACK]
+    assert "an overfit photo of a {}." in {e["template"] for e in history(run_dir) if e["event"] == "score"}
 
 
 def test_hostile_proposals_are_rejected_with_reasons_and_never_evaluated(tmp_path):
