@@ -14,6 +14,8 @@ Models", CVPR 2024).
                                            names: the LLM renames the weakest classes of
                                            the current best (template, names); each name
                                            is scored as a one-class change (agent/names.py)
+                                           either way a new best must hold up on val
+                                           (`held_out_worse`, --confirm)
     best (template, names) pair (ranked by --metric on the selection split;
     agent/ranking.py), the top-k ensemble with those names when it beats the best alone
     on val, and their test accuracy, computed once, at the end.
@@ -748,8 +750,9 @@ class HillClimber:
         agent/ranking.py `worse_on`). "" when it does not beat `than`, when it holds up, and
         under --confirm off or --select train+val (nothing held out). A new best found on
         one image per class is often a better fit to those images only: on the bench's 1-shot
-        runs the LLM's new best templates and names that lost on val mostly lost on test too
-        (docs/results.md, "Confirmed on val")."""
+        runs the renames that lost on val mostly lost on test too, and so did the templates
+        that lost val accuracy; templates that lost on val cross-entropy alone went both
+        ways (docs/results.md, "Confirmed on val")."""
         if not self.held_out or not self.beats(score, than):
             return ""
         return worse_on(self.held_out, self.config.metric, (score.accuracy, score.prob, score.loss),
