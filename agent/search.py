@@ -420,7 +420,8 @@ class HillClimber:
                     sent = len(messages)
                     messages.append({"role": "assistant", "content": answer.content})
                     best_before = self.ranked(board)[0]
-                    new, held, rejected = self.take_proposals(answer.content, board, restart, reset, iteration)
+                    new, held, rejected = self.take_proposals(answer.content, board, best_before, restart, reset,
+                                                              iteration)
                     self.print_progress(restart, reset, iteration, new, held, rejected)
                     messages.append({"role": "user", "content": self.feedback_turn(board, best_before, new, held,
                                                                                    rejected)})
@@ -463,11 +464,8 @@ class HillClimber:
     def feedback_turn(self, board: list[Scored], best_before: Scored, new: list[Scored], held: list[dict],
                       rejected: list[dict]) -> str:
         before = self.value(best_before)
-        results = []
-        for s in new:
-            value = self.value(s)
-            verdict = "better" if value > before else "worse" if value < before else "equal"
-            results.append({"template": s.template, "value": value, "previous_best": before, "verdict": verdict})
+        results = [{"template": s.template, "value": self.value(s), "previous_best": before,
+                    "verdict": verdict(self.value(s), before)} for s in new]
         results += [{**h, "previous_best": before, "verdict": "held"} for h in held]
         top, bottom = self.top_and_bottom(board)
         best = shown(self.ranked(board)[:1], self.splits, self.config.metric)[0]
@@ -516,10 +514,11 @@ class HillClimber:
         self.calls += 1
         return recorded
 
-    def take_proposals(self, text: str, board: list[Scored], restart: int, reset: int, iteration: int):
+    def take_proposals(self, text: str, board: list[Scored], best: Scored, restart: int, reset: int, iteration: int):
         """Parse, reject with reasons, score the first `proposals` valid new templates (the
         spare ones asked for only stand in for repeats: of templates on this restart's
-        board); they join the board."""
+        board); they join the board, but for those that would replace `best` (the board's
+        best) and are worse than it on val (held back)."""
         call = self.calls - 1
         names = self.current_names(board)
         classnames = (*self.start_names, *(n for n in names if n not in self.start_names)) if self.config.unfill else ()
@@ -537,7 +536,7 @@ class HillClimber:
         new, held = self.score_batch([(t, "llm-unfilled" if t in unfilled else "llm") for t in parsed.templates],
                                      "llm", board, restart, reset, iteration, call=call,
                                      names=None if names == self.start_names else names,
-                                     confirm_against=self.ranked(board)[0])
+                                     confirm_against=best)
         for h in held:
             self.store.append("reject", restart=restart, reset=reset, iteration=iteration, call=call,
                               template=h["template"], reason=HELD_BACK, detail=h["why"])
