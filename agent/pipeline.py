@@ -328,11 +328,12 @@ def render_meta_prompts_once(meta: MetaPrompt, search: SearchConfig) -> None:
     n = search.proposals + search.spare
     row = {"template": "a photo of a {}.", "value": 0.5}
     result = {**row, "previous_best": 0.5, "verdict": "equal"}
+    held = {**row, "value": 0.6, "previous_best": 0.5, "verdict": "held", "why": "val 40.0% vs 50.0%"}
     rejected = {"line": "a photo", "reason": "no {} placeholder", "duplicate": False}
     label = metric_label(search.metric, SELECTIONS[search.select])
     meta.system(task, n)
     meta.first_turn(task, n, label, [row], [row])
-    meta.feedback_turn(task, n, label, [result], [rejected], row, [row], [row])
+    meta.feedback_turn(task, n, label, [result, held], [rejected], row, [row], [row])
     if search.search != "template":
         k, per_class = search.names_k, search.names_per_class
         cls = {"index": 0, "name": "first class", "start": "first", "accuracy": 0.5, "prob": 0.5, "count": 1,

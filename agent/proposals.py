@@ -1,13 +1,13 @@
 """From an LLM's answer to validated templates, with a reason for every line refused.
 
-An answer is read one line at a time: numbering, bullets, quotes, code marks and scores
-copied from the meta-prompt ("... -> 81.0%") are stripped; lines that do not even mention
-a brace (prose such as "Here are 5 templates:") are skipped; every other line either
-becomes a template or is rejected with a reason: whatever
-`agent.core.templates.template_problem` refuses (`{0}`, `{name}`, `{.__class__}`, stray or
-escaped braces, no or several placeholders, empty, too long) and duplicates - exact, or
-equal after normalising case, whitespace and punctuation - of templates already scored or
-proposed earlier in the same answer. Nothing here formats a template.
+An answer is read one line at a time: numbering, bullets, quotes, code marks, and scores
+and verdicts copied from the meta-prompt ("... -> 81.0%", "...  (better than ...)") are
+stripped; lines that do not even mention a brace (prose such as "Here are 5 templates:")
+are skipped; every other line either becomes a template or is rejected with a reason:
+whatever `agent.core.templates.template_problem` refuses (`{0}`, `{name}`, `{.__class__}`,
+stray or escaped braces, no or several placeholders, empty, too long) and duplicates -
+exact, or equal after normalising case, whitespace and punctuation - of templates already
+scored or proposed earlier in the same answer. Nothing here formats a template.
 
 Small models often write the sentence for one class instead of the template ("a photo of a
 dress with a belt"). Given the class names, such a line that names exactly one class is
@@ -31,6 +31,10 @@ _SCORE = r"[(\[]?\s*\d{1,3}(?:[.,]\d+)?\s*%\s*[)\]]?"
 _ARROW_TAIL = re.compile(r"\s*(?:->|→|=>|⇒).*$")
 _SCORE_TAIL = re.compile(r"\s*(?:[-:–—,]\s*)?" + _SCORE + r"\s*$")
 _SCORE_HEAD = re.compile(r"^\s*" + _SCORE + r"\s*(?:[-:–—]\s*)?")
+# A note in parentheses after two or more spaces, the shape of the verdicts the meta-prompt
+# writes after a template ("a photo of a {}.  (better than the best before it, 81.0%)"):
+# small models copy it, or add their own ("  (This template could be new or ...)").
+_NOTE_TAIL = re.compile(r"\s{2,}\(.*$")
 _QUOTES = "\"'`“”‘’«»"
 _PUNCT_OR_SPACE = re.compile(r"[\s" + re.escape(string.punctuation.replace("{", "").replace("}", "")) + r"“”‘’«»…–—]+")
 
@@ -111,6 +115,7 @@ def parse_proposals(answer: str, already_scored: set[str] | dict[str, object] = 
     for raw in (answer or "").splitlines():
         if not raw.strip() or raw.strip().startswith("```"):
             continue
+        raw = _NOTE_TAIL.sub("", raw)
         if "{" not in raw and "}" not in raw:
             recovered = unfill(clean_line(raw), pattern)
             if recovered is None:

@@ -95,5 +95,15 @@ def worse_on(splits: Sequence[str], metric: str, new: tuple[dict, dict | None, d
         return ""
     where = "+".join(splits)
     if keys[0][0] != keys[1][0]:
-        return f"{where} {pct(values[0])} vs {pct(values[1])}"
-    return f"{where} cross-entropy {keys[0][1]:.3f} vs {keys[1][1]:.3f}"
+        return f"{where} {' vs '.join(told_apart(values, pct, 1))}"
+    return f"{where} cross-entropy {' vs '.join(told_apart([k[1] for k in keys], lambda v, d: f'{v:.{d}f}', 3))}"
+
+
+def told_apart(values: Sequence[float], show: Callable[[float, int], str], decimals: int) -> list[str]:
+    """`values` shown with `decimals`, or with as many more (up to 3) as it takes for them
+    to read differently: a reason that reads "0.692 vs 0.692" tells the LLM nothing."""
+    for d in range(decimals, decimals + 4):
+        shown = [show(v, d) for v in values]
+        if len(set(shown)) == len(shown):
+            break
+    return shown

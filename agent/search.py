@@ -339,6 +339,9 @@ class HillClimber:
         self.scores: dict[tuple, Scored] = {}
         self.start_names = tuple(evaluator.task.classnames)
         self.names_states: dict[int, NamesState] = {}  # per restart
+        # Per restart, the (template, names) held back on val: proposing one again is a
+        # repeat, as for a template on the board (the LLM was told its score).
+        self.held_back: dict[int, set[tuple]] = {}
         self.turns = Turns(1)
         self.calls = 0
         self.timings = {"scoring_s": 0.0, "llm_s": 0.0}
@@ -518,11 +521,15 @@ class HillClimber:
         """Parse, reject with reasons, score the first `proposals` valid new templates (the
         spare ones asked for only stand in for repeats: of templates on this restart's
         board); they join the board, but for those that would replace `best` (the board's
-        best) and are worse than it on val (held back)."""
+        best) and are worse than it on val (held back). A template already on the board, or
+        held back under the same names in this restart, is a repeat."""
         call = self.calls - 1
         names = self.current_names(board)
         classnames = (*self.start_names, *(n for n in names if n not in self.start_names)) if self.config.unfill else ()
-        parsed = parse_proposals(text, {normalise(s.template) for s in board}, classnames=classnames)
+        scored_names = None if names == self.start_names else names
+        already = {normalise(s.template) for s in board}
+        already |= {normalise(t) for t, n in self.held_back.get(restart, ()) if n == scored_names}
+        parsed = parse_proposals(text, already, classnames=classnames)
         parsed.templates = parsed.templates[: self.config.proposals]
         # Why nothing could be scored, for the console (`report`); rejections say it themselves.
         self.nothing_to_score = ("the answer was empty" if not text.strip() else "no line had a {} placeholder"
@@ -535,8 +542,7 @@ class HillClimber:
         unfilled = set(parsed.unfilled)  # written for one class: its name turned back into {}
         new, held = self.score_batch([(t, "llm-unfilled" if t in unfilled else "llm") for t in parsed.templates],
                                      "llm", board, restart, reset, iteration, call=call,
-                                     names=None if names == self.start_names else names,
-                                     confirm_against=best)
+                                     names=scored_names, confirm_against=best)
         for h in held:
             self.store.append("reject", restart=restart, reset=reset, iteration=iteration, call=call,
                               template=h["template"], reason=HELD_BACK, detail=h["why"])
@@ -570,8 +576,15 @@ class HillClimber:
             picks, guarded = self.pick_changes(best, proposals, singles, restart, reset, iteration)
             self.record_name_rejects(guarded, restart, reset, iteration, call)
             kept = self.keep_changes(best, picks, board, restart, reset, iteration, call)
-            for c in asked:  # asked about and not renamed: asked about later than the other weak classes
-                state.fruitless[c] = 0 if any(p.cls == c for p in kept) else state.fruitless.get(c, 0) + 1
+            # Asked about, answered and not renamed: asked about later than the other weak
+            # classes. A class the answer skipped keeps its place (the 1.5B model often
+            # answers for the first class only, and the class it skipped was never renamed).
+            answered = {p.cls for p in proposals} | {r.cls for r in refused if r.cls is not None}
+            for c in asked:
+                if any(p.cls == c for p in kept):
+                    state.fruitless[c] = 0
+                elif c in answered:
+                    state.fruitless[c] = state.fruitless.get(c, 0) + 1
             state.results = [{"class": names[p.cls], "name": p.name, "value": self.value_of(score),
                               "previous_best": self.value(best), "verdict": verdict(self.value_of(score), self.value(best)),
                               "kept": p in kept} for p, (_, score) in zip(proposals, singles)]
@@ -802,6 +815,7 @@ class HillClimber:
             why = self.held_out_worse(score, confirm_against) if confirm_against is not None else ""
             if why:
                 held.append({"template": template, "value": self.value_of(score), "why": why})
+                self.held_back.setdefault(restart, set()).add((template, names))
                 continue
             if first is None:
                 fields = dict(restart=restart, reset=reset, iteration=iteration, template=template, origin=origin,

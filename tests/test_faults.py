@@ -332,6 +332,11 @@ def test_a_broken_meta_prompt_is_reported_before_anything_loads(tmp_path, llm, e
     (tmp_path / "meta" / "feedback_turn.j2").write_text("Best so far: {{ best.nope }}")  # renders only with values
     one_line_error(cli("search", "--dataset", "toy", "--meta-prompt", tmp_path / "meta", "--runs-dir",
                        tmp_path / "runs"), "feedback_turn.j2", "nope")
+    # written before held-back results existed: every verdict it knows, but not "held"
+    (tmp_path / "meta" / "feedback_turn.j2").write_text(
+        '{% for r in results %}{{ {"better": "up", "worse": "down", "equal": "level"}[r.verdict] }}{% endfor %}')
+    one_line_error(cli("search", "--dataset", "toy", "--meta-prompt", tmp_path / "meta", "--runs-dir",
+                       tmp_path / "runs"), "feedback_turn.j2", "held")
     assert evaluators_built == [] and llm.count == 0 and not list((tmp_path / "runs").glob("*"))
 
 

@@ -37,6 +37,22 @@ def test_scores_copied_from_the_meta_prompt_are_stripped():
         ("a picture of my {}.", "duplicate of a template already scored or proposed")]
 
 
+def test_notes_copied_after_a_template_are_stripped():
+    # What Qwen2.5-Coder-1.5B wrote after the feedback's "template  (verdict)" lines (the
+    # bench's histories); a parenthesis one space after the text is the template's own.
+    answer = "\n".join([
+        "A photo of a {} with a unique logo or brand mark.  (better than the best before it, 90.0%, but worse on "
+        "held-out images, val cross-entropy 0.673 vs 0.532: not kept)",
+        "A close-up photo of the {}.  (This template could be new or repeat an existing one but should have a good "
+        "description to stand out)  (as good as the best before it",
+        "a high-resolution picture of the {}.  (even more accurate)",
+        "a photo of a {} (a type of clothing).",
+    ])
+    assert parse_proposals(answer).templates == [
+        "A photo of a {} with a unique logo or brand mark.", "A close-up photo of the {}.",
+        "a high-resolution picture of the {}.", "a photo of a {} (a type of clothing)."]
+
+
 def test_prose_lines_and_code_fences_are_skipped_not_rejected():
     parsed = parse_proposals("Sure! Here are 2 templates:\n```\na photo of a {}.\n```\nHope this helps.")
     assert parsed.templates == ["a photo of a {}."]

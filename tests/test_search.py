@@ -171,6 +171,37 @@ def test_a_new_best_template_worse_on_val_is_held_back_and_the_llm_reads_why(tmp
     assert "an overfit photo of a {}." in {e["template"] for e in history(run_dir) if e["event"] == "score"}
 
 
+def test_a_held_back_template_proposed_again_is_a_repeat(tmp_path):
+    from promptclimb.agent.proposals import DUPLICATE
+    from promptclimb.agent.search import HELD_BACK
+
+    # The LLM is told the held-back template's score; writing it again spends a line, as a
+    # template on the board does (in the bench the LLM wrote one again in four more turns).
+    script = ["an overfit photo of a {}.", "An overfit photo of a {}\na dark {}.", "a plain {}."]
+    with FakeLLM(script=script) as fake:
+        _, _, run_dir = climb(tmp_path, fake.base_url, evaluator=FitsTheTrainImages(), resets=1, iterations=3)
+    events = history(run_dir)
+    assert [e["iteration"] for e in events if e["event"] == "reject" and e["reason"] == HELD_BACK] == [1]
+    assert [(e["iteration"], e["template"]) for e in events if e["event"] == "reject" and e["reason"] == DUPLICATE] \
+        == [(2, "An overfit photo of a {}")]
+    assert "1 of your lines repeated templates already scored" in fake.requests[2]["messages"][-1]["content"]
+
+
+@pytest.mark.parametrize("metric, new, old, why", [
+    ("accuracy", (0.8, 0.5, 0.6), (0.9, 0.5, 0.6), "val 80.0% vs 90.0%"),
+    ("accuracy", (0.9, 0.5, 0.677), (0.9, 0.5, 0.535), "val cross-entropy 0.677 vs 0.535"),
+    # a difference below the usual decimals is shown with as many more as it takes
+    ("accuracy", (0.9, 0.5, 0.69242), (0.9, 0.5, 0.69218), "val cross-entropy 0.6924 vs 0.6922"),
+    ("prob", (0.9, 0.75012, 0.6), (0.9, 0.75034, 0.6), "val 75.01% vs 75.03%"),
+    ("accuracy", (0.9, 0.5, 0.5), (0.9, 0.5, 0.5), ""),  # level passes
+])
+def test_why_a_new_best_is_held_back_reads_two_different_figures(metric, new, old, why):
+    from promptclimb.agent.ranking import worse_on
+
+    as_split = lambda acc, prob, loss: ({"val": acc}, {"val": prob}, {"val": loss})  # noqa: E731
+    assert worse_on(("val",), metric, as_split(*new), as_split(*old)) == why
+
+
 def test_hostile_proposals_are_rejected_with_reasons_and_never_evaluated(tmp_path):
     hostile = "\n".join(["{0} photo", "a {name}", "{.__class__.__mro__}", "{} {}", "a {{}}", "a } {}",
                          "x" * 400 + "{}", "A PHOTO OF A {}", "a photo of a {}.", "a fine {}"])

@@ -28,15 +28,17 @@ Events:
     score         restart, reset, iteration, call (llm only), template, origin ("pool" |
                   "llm"), source (pool file, or "llm"), accuracy {split: 0..1},
                   loss {split: mean cross-entropy}
-    reject        restart, reset, iteration, call, template (the cleaned line), reason
+    reject        restart, reset, iteration, call, template (the cleaned line), reason;
+                  detail for a template held back on val (search.py HELD_BACK: "val 80.0%
+                  vs 90.0%")
   names turns (--search names|both; agent/names.py); a score of a template scored under
   names other than the start names has `names` [one per class] too:
     names_exchange  as llm_exchange (messages: the whole names conversation, system first),
                   plus asked [the classes asked about]
     name_reject   restart, reset, iteration, call, class (or null), label (the class as
-                  written), name, reason (agent/names.py REASONS: "unknown class", "empty",
-                  "too long", "braces", "another class's name", "repeat", "too many",
-                  "drift"), detail
+                  written), name, reason (a key of agent/names.py REASONS: "unknown class",
+                  "empty", "too long", "braces", "not one name", "another class's name",
+                  "repeat", "too many", "drift", "own images lost", "worse held out"), detail
     name_score    restart, reset, iteration, call, template, names, changes [{class, from,
                   to}] (one: a proposal; several: a combination), accuracy, loss, prob
     names_judge   restart, reset, iteration, call, class, name, request_key, answer, usage,
