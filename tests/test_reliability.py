@@ -308,8 +308,12 @@ def test_api_errors_are_promptclimb_errors_with_a_readable_message(call, needle,
 
 # -- 8: interrupts and exit codes -------------------------------------------------------------------------------
 def fake_cli(*args, env: dict) -> subprocess.Popen:
+    # SIGINT back to its default in the child, so that Python turns it into KeyboardInterrupt
+    # as a terminal's Ctrl-C: a suite started as a background job of a non-interactive shell
+    # inherits SIGINT ignored, and the search would never see it.
     return subprocess.Popen([sys.executable, str(TESTS / "fake_cli.py"), *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
