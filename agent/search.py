@@ -703,8 +703,9 @@ class HillClimber:
     def keep_changes(self, best: Scored, picks: list, board: list[Scored], restart: int, reset: int, iteration: int,
                      call: int) -> list:
         """The classes' picks (at most one per name) combined greedily: the prefixes (best
-        pick, best two, ...) are scored in one batch and the best-ranked prefix (the shortest among equals) becomes the
-        new best pair, on the board. Returns the proposals kept."""
+        pick, best two, ...) are scored in one batch, and the best-ranked prefix (the
+        shortest among equals) that holds up on val and keeps each class's own images becomes
+        the new best pair, on the board. Returns the proposals kept."""
         if not picks:
             return []
         picks = naming.first_of_each_name(picks, lambda pick: pick[0].name)
