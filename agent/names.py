@@ -58,7 +58,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from promptclimb.agent.core.classnames import MAX_NAME_CHARS, name_key, name_problem
+from promptclimb.agent.core.classnames import MAX_NAME_CHARS, name_key, name_problem, number_forms
 from promptclimb.agent.core.protocol import ClassReport
 from promptclimb.agent.proposals import clean_line
 
@@ -207,18 +207,6 @@ def check_names(pairs: Sequence[tuple[str, str]], current: Sequence[str], start:
         counts[c] += 1
         accepted.append(NameProposal(c, name, label))
     return accepted, refused
-
-
-def number_forms(key: str) -> set[str]:
-    """A name key and what it would be without a plural ending ("trousers" -> "trouser",
-    "dresses" -> "dress"): so "Dress -> Trousers" is another class's name where the class is
-    "Trouser" (seen on the bench, caught only by the own-images guard)."""
-    forms = {key}
-    if key.endswith("s") and len(key) > 3:
-        forms.add(key[:-1])
-        if key.endswith("es") and len(key) > 4:
-            forms.add(key[:-2])
-    return forms
 
 
 def first_of_each_name(items: Sequence, name_of) -> list:

@@ -329,7 +329,7 @@ def render_meta_prompts_once(meta: MetaPrompt, search: SearchConfig) -> None:
     row = {"template": "a photo of a {}.", "value": 0.5}
     result = {**row, "previous_best": 0.5, "verdict": "equal"}
     held = {**row, "value": 0.6, "previous_best": 0.5, "verdict": "held", "why": "val 40.0% vs 50.0%"}
-    rejected = {"line": "a photo", "reason": "no {} placeholder", "duplicate": False}
+    rejected = {"line": "a photo", "reason": "no {} placeholder", "duplicate": False, "refused_before": False}
     label = metric_label(search.metric, SELECTIONS[search.select])
     meta.system(task, n)
     meta.first_turn(task, n, label, [row], [row])

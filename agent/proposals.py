@@ -9,6 +9,12 @@ stray or escaped braces, no or several placeholders, empty, too long) and duplic
 exact, or equal after normalising case, whitespace and punctuation - of templates already
 scored or proposed earlier in the same answer. Nothing here formats a template.
 
+Given the class names, a template that writes a class out beside its {} ("a photo of a {},
+a coat.", "a photo of a {}, your shirt.") is refused too: every class's prompt would then
+name that class, and pull images toward it. The 1.5B model wrote such templates in 549 of
+8,225 it proposed on the bench, and 7 runs ended on one (`a photo of a {}, a coat.`: 76.6%
+on test where its seed's peers reached 89).
+
 Small models often write the sentence for one class instead of the template ("a photo of a
 dress with a belt"). Given the class names, such a line that names exactly one class is
 turned back into a template ("a photo of a {} with a belt"): `unfill`.
@@ -21,6 +27,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from promptclimb.agent.core.classnames import number_forms
 from promptclimb.agent.core.templates import MAX_TEMPLATE_CHARS, template_problem
 
 # "1." "1)" "(1)" "#1:" "- " "* " "• " "> " at the start of a line (possibly repeated: "- 1. ")
@@ -40,6 +47,11 @@ _PUNCT_OR_SPACE = re.compile(r"[\s" + re.escape(string.punctuation.replace("{", 
 
 
 DUPLICATE = "duplicate of a template already scored or proposed"
+
+
+def names_a_class(name: str) -> str:
+    """The reason a template that writes out the class `name` is refused, as the LLM reads it."""
+    return f'names the class "{name}": a class name goes only where {{}} is'
 
 
 @dataclass(frozen=True)
@@ -81,9 +93,9 @@ def clean_line(line: str) -> str:
 
 
 def class_pattern(classnames: Sequence[str]) -> re.Pattern | None:
-    """Any one class name as a whole word (plural allowed), longest first ("T-shirt" before
-    "shirt"), case-insensitive."""
-    names = sorted({c.strip() for c in classnames if c.strip()}, key=len, reverse=True)
+    """Any one class name as a whole word, in the plural or the singular ("boot" for a class
+    named "boots": `number_forms`), longest first ("T-shirt" before "shirt"), case-insensitive."""
+    names = sorted({form for c in classnames if c.strip() for form in number_forms(c.strip())}, key=len, reverse=True)
     if not names:
         return None
     alternatives = "|".join(re.escape(n) for n in names)
@@ -102,12 +114,14 @@ def unfill(line: str, pattern: re.Pattern | None) -> str | None:
 
 
 def parse_proposals(answer: str, already_scored: set[str] | dict[str, object] = frozenset(),
-                    max_chars: int = MAX_TEMPLATE_CHARS, classnames: Sequence[str] = ()) -> Proposals:
+                    max_chars: int = MAX_TEMPLATE_CHARS, classnames: Sequence[str] = (),
+                    unfill_lines: bool = True) -> Proposals:
     """Valid new templates in `answer`, plus every refused candidate with its reason.
 
     `already_scored` is a collection of normalised keys (see `normalise`) of templates
-    already scored anywhere in the run. With `classnames`, a line without braces that names
-    exactly one class becomes a template (see `unfill`).
+    already scored anywhere in the run. With `classnames`, a template that names a class
+    beside its {} is refused, and (unless `unfill_lines` is off) a line without braces that
+    names exactly one class becomes a template (see `unfill`).
     """
     out = Proposals()
     seen = set(already_scored)
@@ -117,7 +131,7 @@ def parse_proposals(answer: str, already_scored: set[str] | dict[str, object] = 
             continue
         raw = _NOTE_TAIL.sub("", raw)
         if "{" not in raw and "}" not in raw:
-            recovered = unfill(clean_line(raw), pattern)
+            recovered = unfill(clean_line(raw), pattern) if unfill_lines else None
             if recovered is None:
                 out.skipped_lines += 1
                 continue
@@ -125,6 +139,9 @@ def parse_proposals(answer: str, already_scored: set[str] | dict[str, object] = 
             out.unfilled.append(recovered)
         line = clean_line(raw)
         problem = template_problem(line, max_chars=max_chars)
+        named = pattern.search(line.replace("{}", " ")) if pattern is not None and problem is None else None
+        if named:
+            problem = names_a_class(named.group(0))
         if problem is None:
             key = normalise(line)
             if key in seen:

@@ -342,6 +342,9 @@ class HillClimber:
         # Per restart, the (template, names) held back on val: proposing one again is a
         # repeat, as for a template on the board (the LLM was told its score).
         self.held_back: dict[int, set[tuple]] = {}
+        # Per restart, the lines refused as templates (normalised): one written again is a
+        # repeat, counted and not listed, as a small model shown a line copies it again.
+        self.refused_lines: dict[int, set[str]] = {}
         self.turns = Turns(1)
         self.calls = 0
         self.timings = {"scoring_s": 0.0, "llm_s": 0.0}
@@ -522,23 +525,27 @@ class HillClimber:
         spare ones asked for only stand in for repeats: of templates on this restart's
         board); they join the board, but for those that would replace `best` (the board's
         best) and are worse than it on val (held back). A template already on the board, or
-        held back under the same names in this restart, is a repeat."""
+        held back under the same names in this restart, is a repeat; so is a line refused
+        before in this restart (it keeps its reason in the history)."""
         call = self.calls - 1
         names = self.current_names(board)
-        classnames = (*self.start_names, *(n for n in names if n not in self.start_names)) if self.config.unfill else ()
+        classnames = (*self.start_names, *(n for n in names if n not in self.start_names))
         scored_names = None if names == self.start_names else names
         already = {normalise(s.template) for s in board}
         already |= {normalise(t) for t, n in self.held_back.get(restart, ()) if n == scored_names}
-        parsed = parse_proposals(text, already, classnames=classnames)
+        parsed = parse_proposals(text, already, classnames=classnames, unfill_lines=self.config.unfill)
         parsed.templates = parsed.templates[: self.config.proposals]
         # Why nothing could be scored, for the console (`report`); rejections say it themselves.
         self.nothing_to_score = ("the answer was empty" if not text.strip() else "no line had a {} placeholder"
                                  if not parsed.templates and not parsed.rejected else None)
-        rejected = []
+        rejected, refused_before = [], self.refused_lines.setdefault(restart, set())
         for r in parsed.rejected:
             self.store.append("reject", restart=restart, reset=reset, iteration=iteration, call=call,
                               template=r.line, reason=r.reason)
-            rejected.append({"line": r.line, "reason": r.reason, "duplicate": r.reason == DUPLICATE})
+            again = r.reason != DUPLICATE and normalise(r.line) in refused_before
+            rejected.append({"line": r.line, "reason": r.reason, "duplicate": r.reason == DUPLICATE or again,
+                             "refused_before": again})
+        refused_before |= {normalise(r.line) for r in parsed.rejected if r.reason != DUPLICATE}
         unfilled = set(parsed.unfilled)  # written for one class: its name turned back into {}
         new, held = self.score_batch([(t, "llm-unfilled" if t in unfilled else "llm") for t in parsed.templates],
                                      "llm", board, restart, reset, iteration, call=call,
@@ -709,22 +716,31 @@ class HillClimber:
         if not picks:
             return []
         picks = naming.first_of_each_name(picks, lambda pick: pick[0].name)
-        candidates = [(picks[0][1], picks[0][2], picks[:1])]
+        base = best.names or self.start_names
+        candidates, refused = [(picks[0][1], picks[0][2], picks[:1])], []
         if len(picks) > 1:
             prefixes = [picks[:j] for j in range(2, len(picks) + 1)]
             combined = self.score_names(best, [[(p.cls, p.name) for p, _, _ in prefix] for prefix in prefixes],
                                         restart, reset, iteration, call)
             before = self.class_report(best.template, best.names, SCORED_SPLITS) if "own" in self.guards else None
-            candidates += [(names, score, prefix) for (names, score), prefix in zip(combined, prefixes)
-                           if not self.held_out_worse(score, best)  # combined, the change holds up on val too
-                           and (before is None  # and each class keeps its own images
-                                or not self.own_images_lost(best.template, before, names, [p.cls for p, _, _ in prefix]))]
+            for (names, score), prefix in zip(combined, prefixes):
+                # Combined, the change must hold up on val too, and each class keep its own images.
+                why = self.held_out_worse(score, best)
+                reason = naming.HELD_OUT if why else None
+                if not why and before is not None:
+                    lost = self.own_images_lost(best.template, before, names, [p.cls for p, _, _ in prefix])
+                    why, reason = "; ".join(f"{base[c]}: {text}" for c, text in lost.items()), naming.OWN_IMAGES
+                if why:
+                    refused.append({"changes": [{"class": p.cls, "from": base[p.cls], "to": p.name}
+                                                for p, _, _ in prefix], "reason": reason, "detail": why})
+                else:
+                    candidates.append((names, score, prefix))
         names, score, used = min(candidates, key=lambda c: self.score_key(c[1]))  # min keeps the first of equals
-        base = best.names or self.start_names
         event = self.store.append(
             "names_change", restart=restart, reset=reset, iteration=iteration, call=call, template=best.template,
             names=list(names), changes=[{"class": p.cls, "from": base[p.cls], "to": p.name} for p, _, _ in used],
-            accuracy=as_floats(score.accuracy), loss=as_floats(score.loss), prob=as_floats(score.prob))
+            accuracy=as_floats(score.accuracy), loss=as_floats(score.loss), prob=as_floats(score.prob),
+            **({"refused_combinations": refused} if refused else {}))
         entry = Scored(best.template, "names", dict(event["accuracy"]), dict(event["loss"]),
                        order=(restart, len(board)), prob=dict(event["prob"]), names=tuple(event["names"]))
         board.append(entry)

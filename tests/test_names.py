@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from promptclimb import load_run
 from promptclimb.agent import names as naming
+from promptclimb.agent.cli.runs import show_text
 from promptclimb.agent.core.classnames import read_classnames
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.llm.client import LLMClient
@@ -224,7 +226,14 @@ def test_combined_changes_are_kept_only_where_each_class_keeps_its_own_images(tm
     with FakeLLM(responder=scripted(["Trouser: jeans\nT-shirt/top: tee"])) as fake:
         result, _, run_dir = climb(tmp_path, fake.base_url, ev=ev)
     assert [len(s["changes"]) for s in of(run_dir, "name_score")] == [1, 1, 2]  # the pair was scored ...
-    assert of(run_dir, "names_change")[0]["changes"] == [{"class": 1, "from": "Trouser", "to": "jeans"}]  # ... not kept
+    change = of(run_dir, "names_change")[0]
+    assert change["changes"] == [{"class": 1, "from": "Trouser", "to": "jeans"}]  # ... not kept, and the history says why
+    assert change["refused_combinations"] == [{
+        "changes": [{"class": 1, "from": "Trouser", "to": "jeans"}, {"class": 0, "from": "T-shirt/top", "to": "tee"}],
+        "reason": naming.OWN_IMAGES, "detail": "Trouser: right on train and val: 2 -> 0"}]
+    shown = show_text(load_run(run_dir), conversation=False, markdown=False)
+    assert "not combined: Trouser -> jeans, T-shirt/top -> tee (own images lost: Trouser: right on train and " \
+           "val: 2 -> 0)" in shown
     with FakeLLM(responder=scripted(["Trouser: jeans\nT-shirt/top: tee"])) as fake:
         result, _, run_dir = climb(tmp_path, fake.base_url, ev=ev, name="judged", guard="judge")
     assert len(of(run_dir, "names_change")[0]["changes"]) == 2
@@ -260,7 +269,11 @@ def test_combined_changes_are_kept_only_when_they_hold_up_on_val(tmp_path):
     with FakeLLM(responder=scripted(["Trouser: jeans\nT-shirt/top: tee"])) as fake:
         _, _, run_dir = climb(tmp_path, fake.base_url, ev=ev)
     assert [len(s["changes"]) for s in of(run_dir, "name_score")] == [1, 1, 2]
-    assert of(run_dir, "names_change")[0]["changes"] == [{"class": 1, "from": "Trouser", "to": "jeans"}]
+    change = of(run_dir, "names_change")[0]
+    assert change["changes"] == [{"class": 1, "from": "Trouser", "to": "jeans"}]
+    [refused] = change["refused_combinations"]
+    assert [c["to"] for c in refused["changes"]] == ["jeans", "tee"]
+    assert refused["reason"] == naming.HELD_OUT and refused["detail"].startswith("val 0.0% vs ")
     with FakeLLM(responder=scripted(["Trouser: jeans\nT-shirt/top: tee"])) as fake:
         climb(tmp_path, fake.base_url, ev=ev, name="off", confirm="off")
     assert len(of(tmp_path / "runs" / "off", "names_change")[0]["changes"]) == 2
@@ -283,8 +296,10 @@ def test_changes_of_several_classes_are_combined_when_the_combination_ranks_best
         result, ev, run_dir = climb(tmp_path, fake.base_url)
     combined = [s for s in of(run_dir, "name_score") if len(s["changes"]) == 2]
     assert len(combined) == 1 and combined[0]["names"] == ["tee", "jeans", "Dress", "Bag"]
-    assert of(run_dir, "names_change")[0]["changes"] == [{"class": 1, "from": "Trouser", "to": "jeans"},
-                                                        {"class": 0, "from": "T-shirt/top", "to": "tee"}]
+    change = of(run_dir, "names_change")[0]
+    assert change["changes"] == [{"class": 1, "from": "Trouser", "to": "jeans"},
+                                 {"class": 0, "from": "T-shirt/top", "to": "tee"}]
+    assert "refused_combinations" not in change
     assert result.best["names"] == ["tee", "jeans", "Dress", "Bag"]
 
 

@@ -53,6 +53,33 @@ def test_notes_copied_after_a_template_are_stripped():
         "a high-resolution picture of the {}.", "a photo of a {} (a type of clothing)."]
 
 
+def test_a_template_that_names_a_class_beside_its_placeholder_is_refused():
+    # Templates Qwen2.5-Coder-1.5B wrote on the bench; `a photo of a {}, a coat.` ended a run at 76.6%.
+    classes = ["T-shirt/top", "Trouser", "Coat", "boots", "jeans"]
+    answer = "\n".join([
+        "a photo of a {}, a coat.",
+        "a boot with a {} on it.",
+        "a photo of a {}, your Coats.",
+        "an item of clothing, anything from T-shirt/top to {}.",
+        "A photo of a {}, a pair of Boots",
+        "a photo of {} in jeans",
+        "a photo of a {}, a type of clothing.",
+        "a photo of a {} on a coatrack",
+        "a photo of a trouser with pleats",
+    ])
+    parsed = parse_proposals(answer, classnames=classes)
+    assert parsed.templates == ["a photo of a {}, a type of clothing.", "a photo of a {} on a coatrack",
+                                "a photo of a {} with pleats"]
+    assert [r.reason for r in parsed.rejected] == [
+        'names the class "coat": a class name goes only where {} is',
+        'names the class "boot": a class name goes only where {} is',
+        'names the class "Coats": a class name goes only where {} is',
+        'names the class "T-shirt/top": a class name goes only where {} is',
+        'names the class "Boots": a class name goes only where {} is',
+        'names the class "jeans": a class name goes only where {} is']
+    assert parse_proposals(answer).rejected == []  # without class names nothing is known to refuse
+
+
 def test_prose_lines_and_code_fences_are_skipped_not_rejected():
     parsed = parse_proposals("Sure! Here are 2 templates:\n```\na photo of a {}.\n```\nHope this helps.")
     assert parsed.templates == ["a photo of a {}."]

@@ -144,6 +144,19 @@ def test_repeats_are_counted_back_not_listed(tmp_path):
     assert "a {{}} broken" in feedback  # an invalid line is still listed, with its reason
 
 
+def test_a_line_refused_before_and_written_again_is_counted_not_listed(tmp_path):
+    # the 1.5B model copies the refused lines it is shown, turn after turn (bench seed 28)
+    refused = "a {{}} broken"
+    with FakeLLM(script=[f"{refused}\na brand new {{}}", f"{refused}\nanother new {{}}", "a third {}"]) as fake:
+        _, _, run_dir = climb(tmp_path, fake.base_url, resets=1, iterations=3)
+    first, second = (fake.requests[i]["messages"][-1]["content"] for i in (1, 2))
+    assert refused in first and "repeated templates" not in first  # refused once: listed with its reason
+    assert refused not in second  # written again: counted
+    assert "1 of your lines repeated templates already scored or refused, so they were skipped" in second
+    reasons = [e["reason"] for e in history(run_dir) if e["event"] == "reject" and e["template"] == refused]
+    assert len(reasons) == 2 and len(set(reasons)) == 1 and "duplicate" not in reasons[0]  # the history keeps why
+
+
 # -- unfill -----------------------------------------------------------------------------------
 def test_a_line_written_for_one_class_becomes_a_template(tmp_path):
     # WordEvaluator's classes: T-shirt, trousers, bag
@@ -156,6 +169,19 @@ def test_a_line_written_for_one_class_becomes_a_template(tmp_path):
         _, _, run_dir = climb(tmp_path, fake.base_url, name="off", resets=1, iterations=1, unfill=False)
     assert [e["template"] for e in history(run_dir) if e["event"] == "score" and e["origin"] == "llm"] == [
         "a grayscale photo of a {}."]
+
+
+def test_a_template_that_names_a_class_is_not_scored_and_the_llm_reads_why(tmp_path):
+    # WordEvaluator's classes: T-shirt, trousers, bag
+    answer = "a photo of a {}, a bag.\na grayscale photo of a {}."
+    with FakeLLM(script=[answer, "a brand new {}"]) as fake:
+        _, _, run_dir = climb(tmp_path, fake.base_url, resets=1, iterations=2)
+    events = history(run_dir)
+    assert [e["template"] for e in events if e["event"] == "score" and e["origin"] == "llm"] == [
+        "a grayscale photo of a {}.", "a brand new {}"]
+    assert [(e["template"], e["reason"]) for e in events if e["event"] == "reject"] == [
+        ("a photo of a {}, a bag.", 'names the class "bag": a class name goes only where {} is')]
+    assert 'a photo of a {}, a bag.  (names the class "bag"' in fake.requests[1]["messages"][-1]["content"]
 
 
 # -- presence penalty -------------------------------------------------------------------------

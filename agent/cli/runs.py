@@ -165,6 +165,9 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
                 reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
             if reasons:
                 out.append(f"{bullet}    refused: " + ", ".join(f"{n} {why}" for why, n in reasons.items()))
+            for combination in turn["combinations_refused"]:
+                changes = ", ".join(f"{c['from']} -> {c['to']}" for c in combination["changes"])
+                out.append(f"{bullet}    not combined: {changes} ({combination['reason']}: {combination['detail']})")
     out.append(h2("Iteration by iteration"))
     exchanges = {e["call"]: e for e in run.conversation()}
     iterations = run.iterations()

@@ -36,6 +36,18 @@ def name_key(name: str) -> str:
     return re.sub(r"[\W_]+", " ", name.lower()).strip()
 
 
+def number_forms(key: str) -> set[str]:
+    """A name key and what it would be without a plural ending ("trousers" -> "trouser",
+    "dresses" -> "dress"): so "Dress -> Trousers" is another class's name where the class is
+    "Trouser" (seen on the bench, caught only by the own-images guard)."""
+    forms = {key}
+    if key.endswith("s") and len(key) > 3:
+        forms.add(key[:-1])
+        if key.endswith("es") and len(key) > 4:
+            forms.add(key[:-2])
+    return forms
+
+
 def name_problem(name: str) -> str | None:
     """Why `name` cannot be a class name on its own (empty, braces), or None."""
     if not name.strip():

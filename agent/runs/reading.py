@@ -521,19 +521,21 @@ class Run:
 
     def names_turns(self) -> list[dict]:
         """Each names turn: which classes were asked about, every proposed name scored (the
-        selection value of its one-class change) or refused (the reason), and the changes kept."""
+        selection value of its one-class change) or refused (the reason), the changes kept,
+        and the combinations of its picks not kept ({changes, reason, detail})."""
         turns = {}
         for e in self.events:
             if e["event"] == "names_exchange":
                 turns[e["call"]] = {"call": e["call"], "restart": e.get("restart"), "reset": e.get("reset"),
                                     "iteration": e.get("iteration"), "asked": e.get("asked") or [], "scored": [],
-                                    "refused": [], "kept": []}
+                                    "refused": [], "kept": [], "combinations_refused": []}
             elif e["event"] in ("name_score", "name_reject", "names_change") and e.get("call") in turns:
                 turn = turns[e["call"]]
                 if e["event"] == "name_reject":
                     turn["refused"].append({"name": e.get("name"), "label": e.get("label"), "reason": e.get("reason")})
                 elif e["event"] == "names_change":
                     turn["kept"] += e.get("changes") or []
+                    turn["combinations_refused"] += e.get("refused_combinations") or []
                 elif len(e.get("changes") or ()) == 1:
                     value = selection_value(e.get("accuracy") or {}, e.get("prob") or {}, self.select_splits,
                                             self.metric)

@@ -44,7 +44,9 @@ Events:
     names_judge   restart, reset, iteration, call, class, name, request_key, answer, usage,
                   latency_s, cached, source, judged (the class the answer names, or null)
     names_change  restart, reset, iteration, call, template, names (the new best names),
-                  changes [{class, from, to}], accuracy, loss, prob
+                  changes [{class, from, to}], accuracy, loss, prob; refused_combinations
+                  [{changes, reason ("worse held out" or "own images lost"), detail}] when
+                  a combination of the turn's picks was scored and not kept for that reason
     stop          reason (a budget cap was reached; the search ended early)
     final         stopped, best {template, origin, accuracy, loss}, ensemble
                   {templates, accuracy, loss} or null, top [{template, accuracy, loss}];
