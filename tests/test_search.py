@@ -105,7 +105,9 @@ def test_the_best_is_the_best_of_everything_scored_and_a_later_worse_one_does_no
 
 
 def test_conversation_feedback_resets_and_seeds(tmp_path):
-    with FakeLLM(script=["a grayscale photo of a {}.", "a dark {}."]) as fake:
+    answers = ["a grayscale photo of a {}.", "a dark {}.", "a {} in the dark.", "a {} at night.", "a small {}.",
+               "a large {}."]
+    with FakeLLM(script=answers) as fake:
         climb(tmp_path, fake.base_url)
     sizes = [len(r["messages"]) for r in fake.requests]
     assert sizes == [2, 4, 6, 2, 4, 6]  # the conversation grows inside a reset and starts over
@@ -121,6 +123,21 @@ def test_conversation_feedback_resets_and_seeds(tmp_path):
     # the new conversation starts from the kept scoreboard: its best is the LLM's template
     assert "a grayscale photo of a {}." in fake.requests[3]["messages"][1]["content"]
     assert len({r["seed"] for r in fake.requests}) == 6
+
+
+def test_an_answer_with_nothing_to_score_is_followed_by_a_fresh_conversation(tmp_path):
+    # the 1.5B model, given back only its refused or repeated lines, writes them again
+    answers = ["a grayscale photo of a {}.", "a {{}} broken\na grayscale photo of a {}.", "a dark {}.", "a small {}."]
+    with FakeLLM(script=answers) as fake:
+        _, _, run_dir = climb(tmp_path, fake.base_url, resets=1, iterations=4)
+    assert [len(r["messages"]) for r in fake.requests] == [2, 4, 2, 4]
+    fresh = fake.requests[2]["messages"]
+    assert fresh[0]["role"] == "system" and "a {{}} broken" not in fresh[1]["content"]
+    assert "a grayscale photo of a {}." in fresh[1]["content"]  # the board as it is now
+    assert len({r["seed"] for r in fake.requests}) == 4
+    exchanges = [e for e in history(run_dir) if e["event"] == "llm_exchange"]
+    assert [e["n_messages"] for e in exchanges] == [2, 4, 2, 4]
+    assert [len(e["messages"]) for e in exchanges] == [2, 2, 2, 2]  # each records what it added
 
 
 class FitsTheTrainImages(WordEvaluator):

@@ -21,8 +21,11 @@ Events:
     llm_exchange  restart, reset, iteration, call, model, seed, temperature, request_key,
                   messages (only the messages new since this conversation's previous
                   exchange, starting with its answer: the conversation is the concatenation
-                  of `messages` over a reset, then the last `answer`), n_messages (the whole conversation's length), answer (raw
-                  text), usage {prompt_tokens, completion_tokens}, latency_s, cached, source
+                  of `messages` since its system message, then the last `answer`; a reset
+                  opens a new conversation, and so does a turn after an answer with nothing
+                  to score, search.py `starts_over`), n_messages (the whole conversation's
+                  length), answer (raw text), usage {prompt_tokens, completion_tokens},
+                  latency_s, cached, source
                   ("llm" | "cache" | "replay"), and answer_truncated {kept_chars,
                   received_chars} when the answer was cut (agent/llm/client.py `answer_cap`)
     score         restart, reset, iteration, call (llm only), template, origin ("pool" |
