@@ -11,9 +11,9 @@ scored or proposed earlier in the same answer. Nothing here formats a template.
 
 Given the class names, a template that writes a class out beside its {} ("a photo of a {},
 a coat.", "a photo of a {}, your shirt.") is refused too: every class's prompt would then
-name that class, and pull images toward it. The 1.5B model wrote such templates in 549 of
-8,225 it proposed on the bench, and 7 runs ended on one (`a photo of a {}, a coat.`: 76.6%
-on test where its seed's peers reached 89).
+name that class, and pull images toward it. Of the 8,225 LLM templates scored in the
+bench folders, 549 did, and 7 runs ended on one (`a photo of a {}, a coat.`: 76.6% on test
+where the same seed's template-only run reached 88.2%).
 
 Small models often write the sentence for one class instead of the template ("a photo of a
 dress with a belt"). Given the class names, such a line that names exactly one class is

@@ -182,7 +182,8 @@ def starts_over(new: list, held: list) -> bool:
     of the last answer could be scored. A 1.5B model that has answered with only repeats or
     refused lines writes them again in the next turns of the same conversation: in 40
     template-only bench runs, 97 of 400 answers had nothing to score, and 13 runs lost three
-    to five turns of a reset that way (docs/results.md, "Stuck conversations")."""
+    to five turns of a reset that way; with this rule 45 and 1, test accuracy level
+    (docs/results.md, "Templates that name a class, refused lines, stuck conversations")."""
     return not new and not held
 
 
