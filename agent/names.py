@@ -64,15 +64,16 @@ from promptclimb.agent.proposals import clean_line
 
 # Why a proposed name was not scored or not kept (the `reason` of a name_reject event); the
 # LLM reads REASONS[reason] (and the event's detail) in the next names turn.
-UNKNOWN_CLASS, EMPTY, TOO_LONG, BRACES, NOT_ONE_NAME, OTHER_CLASS, REPEAT, TOO_MANY, DRIFT, OWN_IMAGES, HELD_OUT = (
-    "unknown class", "empty", "too long", "braces", "not one name", "another class's name", "repeat", "too many",
-    "drift", "own images lost", "worse held out")
+(UNKNOWN_CLASS, EMPTY, TOO_LONG, BRACES, NOT_ONE_NAME, WORD_TWICE, OTHER_CLASS, REPEAT, TOO_MANY, DRIFT, OWN_IMAGES,
+ HELD_OUT) = ("unknown class", "empty", "too long", "braces", "not one name", "word twice", "another class's name",
+              "repeat", "too many", "drift", "own images lost", "worse held out")
 REASONS = {
     UNKNOWN_CLASS: "not one of the classes",
     EMPTY: "empty name",
     TOO_LONG: f"longer than {MAX_NAME_CHARS} characters",
     BRACES: "braces { } are not allowed in a name",
     NOT_ONE_NAME: "a ':' in a name (write one line per class: `Class: name; name`)",
+    WORD_TWICE: "a word written twice in one name",
     OTHER_CLASS: "the name of another class",
     REPEAT: "already tried for this class",
     TOO_MANY: "more names than asked for this class",
@@ -121,6 +122,7 @@ def parse_names(answer: str) -> list[tuple[str, str]]:
         label = _unwrap(label)
         if not rest.strip():
             continue
+        rest = _NOTE_WITH_SEPARATOR.sub("", rest)
         pieces = rest.split(";" if ";" in rest else ",")
         if len(pieces) > 1 and not pieces[-1].strip():
             pieces = pieces[:-1]  # "a; b;" ends with a separator, not with an empty name
@@ -131,6 +133,9 @@ def parse_names(answer: str) -> list[tuple[str, str]]:
 # The names meta-prompt writes a renamed class as "trousers (first named Trouser)"; a small
 # model copies that note into its labels and names (seen on the bench: "Shoe (first named Sneaker)").
 _FIRST_NAMED = re.compile(r"\s*\(first named [^)]*\)\s*$", re.IGNORECASE)
+# A note in brackets that holds the separator is never part of a name: "booters (booters;
+# another class name)" (seen on the bench) is one name, not "booters (booters" and another.
+_NOTE_WITH_SEPARATOR = re.compile(r"\s*\([^()]*;[^()]*\)")
 # It also annotates names of its own ("boot (change) (456)", seen on the bench). Brackets are
 # a note only where the dataset's names use none: "crane (bird)" is a name of its own.
 _TRAILING_NOTE = re.compile(r"\s*\([^()]*\)\s*$")
@@ -192,6 +197,8 @@ def check_names(pairs: Sequence[tuple[str, str]], current: Sequence[str], start:
             reason = BRACES
         elif ":" in name:  # "Bag: Bag: Bag" - a label and its names run together
             reason = NOT_ONE_NAME
+        elif len(set(key.split())) < len(key.split()):  # "Sweater Sweater Pullover", kept once on the bench
+            reason = WORD_TWICE
         elif len(name) > MAX_NAME_CHARS:
             reason = TOO_LONG
         elif (other := next((taken[f] for f in number_forms(key) if taken.get(f, c) != c), None)) is not None:

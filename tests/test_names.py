@@ -504,3 +504,12 @@ def test_the_shapes_the_bench_saw_are_read_as_one_name_or_refused():
     accepted, refused = naming.check_names(pairs, birds, birds, {}, per_class=4)
     assert [(p.cls, p.name) for p in accepted] == [(0, "heron (bird)"), (0, "stork"), (1, "tower crane (machine)")]
     assert not refused
+    # a note holding the separator is one note, not two names; a name that repeats a word is refused
+    pairs = naming.parse_names("Trouser: slacks (slacks; another class name); chinos\n"
+                               "Dress: Gown Gown Dress; T-Shirt Top T-shirt top; ball gown")
+    assert pairs == [("Trouser", "slacks"), ("Trouser", "chinos"), ("Dress", "Gown Gown Dress"),
+                     ("Dress", "T-Shirt Top T-shirt top"), ("Dress", "ball gown")]
+    accepted, refused = naming.check_names(pairs, start, start, {}, per_class=4)
+    assert [(p.cls, p.name) for p in accepted] == [(1, "slacks"), (1, "chinos"), (2, "ball gown")]
+    assert [(r.name, r.reason) for r in refused] == [("Gown Gown Dress", naming.WORD_TWICE),
+                                                     ("T-Shirt Top T-shirt top", naming.WORD_TWICE)]
