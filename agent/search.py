@@ -741,8 +741,7 @@ class HillClimber:
             before = self.class_report(best.template, best.names, SCORED_SPLITS) if "own" in self.guards else None
             for (names, score), prefix in zip(combined, prefixes):
                 # Combined, the change must hold up on val too, and each class keep its own images.
-                why = self.held_out_worse(score, best)
-                reason = naming.HELD_OUT if why else None
+                why, reason = self.held_out_worse(score, best), naming.HELD_OUT
                 if not why and before is not None:
                     lost = self.own_images_lost(best.template, before, names, [p.cls for p, _, _ in prefix])
                     why, reason = "; ".join(f"{base[c]}: {text}" for c, text in lost.items()), naming.OWN_IMAGES

@@ -37,9 +37,10 @@ def name_key(name: str) -> str:
 
 
 def number_forms(key: str) -> set[str]:
-    """A name key and what it would be without a plural ending ("trousers" -> "trouser",
-    "dresses" -> "dress"): so "Dress -> Trousers" is another class's name where the class is
-    "Trouser" (seen on the bench, caught only by the own-images guard)."""
+    """A name and what it would be without a plural ending ("trousers" -> "trouser",
+    "dresses" -> "dress"): so a proposed name "Trousers" is another class's name where the
+    class is "Trouser" (agent/names.py), and a template writing "boot" names a class renamed
+    "boots" (agent/proposals.py)."""
     forms = {key}
     if key.endswith("s") and len(key) > 3:
         forms.add(key[:-1])
