@@ -97,7 +97,7 @@ def run_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None = No
         meta = checks_before_loading(plan, opts)
         if evaluator_factory is None:  # the CLIP evaluator's datasets are known before it loads
             option_table.check_dataset_name(plan.evaluator.dataset)
-        store = store or create_run_folder(plan, opts, echo)
+        store = store or create_run_folder(plan, opts)
         with resume_hint_on_interrupt(store, echo), experiment_tracking(store, opts.get("mlflow"), echo):
             try:
                 evaluator = load_evaluator(plan, store, opts["device"], evaluator_factory or default_evaluator_factory,
@@ -106,6 +106,8 @@ def run_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None = No
                 if plan.store is None and not store.events:
                     store.discard()
                 raise
+            if plan.store is None:  # said once the folder is sure to stay (a Ctrl-C while loading names it too)
+                echo(f"run folder: {store.run_dir}")
             if plan.soft is not None:
                 return soft_prompt_search(plan, store, evaluator, echo)
             with llm_client(plan, opts, echo) as llm:
@@ -355,16 +357,14 @@ def new_run_store(runs_dir: str | Path, run_name: str | None, dataset: str, shot
     return RunStore.create_numbered(runs_dir, f"{time.strftime('%Y%m%d-%H%M%S')}-{dataset}-{shots}shot", config)
 
 
-def create_run_folder(plan: Plan, opts: dict, echo) -> RunStore:
+def create_run_folder(plan: Plan, opts: dict) -> RunStore:
     """The run folder, before the model loads: a search killed while loading resumes by name.
     (The evaluator's description joins config.json once the evaluator is built.)"""
     if plan.soft is not None:
         config = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "optimizer": plan.soft.optimizer,
                   "soft_prompt": asdict(plan.soft), "evaluator_args": plan.evaluator.kwargs(),
                   "adapter_kinds": plan.adapter_kinds, "versions": package_versions()}
-        store = new_run_store(opts["runs_dir"], opts["run_name"], plan.evaluator.dataset, plan.evaluator.shots, config)
-        echo(f"run folder: {store.run_dir}")
-        return store
+        return new_run_store(opts["runs_dir"], opts["run_name"], plan.evaluator.dataset, plan.evaluator.shots, config)
     config = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "search": asdict(plan.search),
@@ -375,9 +375,7 @@ def create_run_folder(plan: Plan, opts: dict, echo) -> RunStore:
         "adapter_kinds": plan.adapter_kinds,
         "versions": package_versions(),
     }
-    store = new_run_store(opts["runs_dir"], opts["run_name"], plan.evaluator.dataset, plan.evaluator.shots, config)
-    echo(f"run folder: {store.run_dir}")
-    return store
+    return new_run_store(opts["runs_dir"], opts["run_name"], plan.evaluator.dataset, plan.evaluator.shots, config)
 
 
 @contextmanager

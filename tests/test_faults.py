@@ -381,6 +381,23 @@ def test_a_search_stopped_while_the_model_loads_resumes_by_name(tmp_path, llm, m
     assert json.loads((runs / "early" / "config.json").read_text())["evaluator"] == WordEvaluator("toy").info()
 
 
+def test_bad_input_the_evaluator_finds_names_no_run_folder(tmp_path, llm, monkeypatch):
+    """A --classnames file with a wrong count is found once the dataset is read, after the
+    folder was made: the folder goes, and no line has named it as the run's."""
+    def refused(**kwargs):
+        raise PromptclimbError("--classnames names.txt: line 2 is the last, but 8 of the dataset's 10 classes "
+                               "have no name")
+
+    monkeypatch.setitem(EVALUATOR, "factory", refused)
+    runs = tmp_path / "runs"
+    result = cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs)
+    one_line_error(result, "line 2 is the last")
+    assert "run folder" not in result.output and not list(runs.iterdir())
+    monkeypatch.setitem(EVALUATOR, "factory", lambda **kwargs: WordEvaluator(kwargs["dataset"]))
+    result = cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "kept")
+    assert result.exit_code == 0 and result.output.count(f"run folder: {runs / 'kept'}\n") == 1, result.output
+
+
 def dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()

@@ -386,6 +386,38 @@ def test_sigterm_stops_a_sweep_cleanly_and_says_how_to_continue(sweep):
         os.killpg(driver.pid, 0)
 
 
+# A SIGTERM the moment ray.init has put its own handler in place (sys.exit(15)); in the seconds
+# a local Ray takes to start, a kill lands there.
+SIGTERM_IN_RAY_INIT = """
+import os, signal
+import ray._private.utils as ray_utils
+set_handler = ray_utils.set_sigterm_handler
+def set_and_signal(handler):
+    set_handler(handler)
+    os.kill(os.getpid(), signal.SIGTERM)
+ray_utils.set_sigterm_handler = set_and_signal
+from promptclimb.agent.cli import main
+main()
+"""
+
+
+def test_sigterm_while_ray_starts_ends_with_143_and_says_how_to_continue(sweep):
+    command = sweep("early", "http://127.0.0.1:9")  # never asked: the sweep stops before any cell
+    command = [sys.executable, "-c", SIGTERM_IN_RAY_INIT, *command[command.index("sweep"):]]
+    driver = subprocess.Popen(command, env=sweep.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        _, stderr = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 143, stderr
+    assert f"Continue with:\n  promptclimb sweep early --runs-dir {sweep.runs} --num-cpus 2\n" in stderr
+    assert "SIGTERM received" not in stderr and "Traceback" not in stderr, stderr
+    with pytest.raises(ProcessLookupError):  # nothing of the sweep is left running
+        os.killpg(driver.pid, 0)
+
+
 def test_a_driver_killed_with_sigkill_leaves_no_ray_process_behind(sweep):
     """kill -9 of the driver alone (not its process group): its local Ray's processes end
     too, the raylet's DashboardAgent and RuntimeEnvAgent included, which outlived it before

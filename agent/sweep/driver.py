@@ -28,6 +28,7 @@ import math
 import os
 import platform
 import re
+import signal
 import sys
 import time
 import traceback
@@ -401,7 +402,13 @@ def ray_session(address: str | None, echo: Callable[[str], None], num_cpus: int 
 
         watchdog = watch_driver(os.path.dirname(ray.__file__))
     try:
-        connect(ray, address, num_cpus)
+        try:
+            connect(ray, address, num_cpus)
+        except SystemExit as stop:  # SIGTERM while ray.init ran: its handler, set first, exits with status 15
+            if stop.code != signal.SIGTERM:
+                raise
+            ray.shutdown()
+            raise SystemExit(EXIT_TERMINATED) from None
         restore = sigterm_raises_systemexit(replace=True)  # over Ray's two handlers
         try:
             resources = ray.cluster_resources()
@@ -579,25 +586,25 @@ def run_sweep(name: str, runs_dir: str | Path, grid: dict | None, search: dict, 
          f"{counts['failed']} to retry, {counts['new']} to start   ({sweep_dir})")
     if not todo:
         return states
-    with ray_session(address, echo, num_cpus) as ray, llm_endpoint(opts, echo) as (base_url, llm_name):
-        total = ray.cluster_resources()
-        if address is None and (cpus_per_run > total.get("CPU", 0) or gpus_per_run > total.get("GPU", 0)):
-            raise PromptclimbError(f"each cell asks for {cpus_per_run:g} CPUs and {gpus_per_run:g} GPUs, but this "
-                                   f"machine has {total.get('CPU', 0):g} and {total.get('GPU', 0):g}")
-        resources = cell_resources(ray, base_url, address, cpus_per_run, gpus_per_run, echo)
-        task = ray.remote(num_returns="streaming")(cell_task).options(**resources)
-        running = {task.remote(str(sweep_dir / c.name), cell_options(c, opts, sweep_dir, base_url, llm_name)): c
-                   for c in todo}
-        try:
+    try:
+        with ray_session(address, echo, num_cpus) as ray, llm_endpoint(opts, echo) as (base_url, llm_name):
+            total = ray.cluster_resources()
+            if address is None and (cpus_per_run > total.get("CPU", 0) or gpus_per_run > total.get("GPU", 0)):
+                raise PromptclimbError(f"each cell asks for {cpus_per_run:g} CPUs and {gpus_per_run:g} GPUs, but "
+                                       f"this machine has {total.get('CPU', 0):g} and {total.get('GPU', 0):g}")
+            resources = cell_resources(ray, base_url, address, cpus_per_run, gpus_per_run, echo)
+            task = ray.remote(num_returns="streaming")(cell_task).options(**resources)
+            running = {task.remote(str(sweep_dir / c.name), cell_options(c, opts, sweep_dir, base_url, llm_name)): c
+                       for c in todo}
             watch(ray, running, sweep_dir, states, echo)
-        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (SystemExit 143: ray_session)
-            # Leaving Ray (ray.shutdown, below) ends the job's tasks: each search is
-            # interrupted and closes its history.
-            echo(f"stopped; finished cells are kept, the others resume from their history. Continue with:\n"
-                 f"  {continue_command(name, runs_dir, address, num_cpus, cpus_per_run, gpus_per_run)}")
-            if sigterm_received():  # Ray may have turned it into SystemExit(1)
-                raise SystemExit(EXIT_TERMINATED) from None
-            raise
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (SystemExit 143: ray_session), at any step
+        # Leaving Ray (ray.shutdown, on the way here) ended the job's tasks: each search was
+        # interrupted and closed its history.
+        echo(f"stopped; finished cells are kept, the others resume from their history. Continue with:\n"
+             f"  {continue_command(name, runs_dir, address, num_cpus, cpus_per_run, gpus_per_run)}")
+        if sigterm_received():  # Ray may have turned it into SystemExit(1)
+            raise SystemExit(EXIT_TERMINATED) from None
+        raise
     failed = [n for n, s in states.items() if s == "failed"]
     echo(f"sweep {name}: {sum(s == 'finished' for s in states.values())}/{len(cells)} cells finished"
          + (f", {len(failed)} failed (see their error.txt, or: promptclimb sweep-report {name})" if failed else ""))
