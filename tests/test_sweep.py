@@ -362,6 +362,19 @@ def test_killing_the_driver_mid_sweep_then_the_rerun_completes_the_rest(sweep):
     assert all(s["counts"]["llm_answers"] == 4 for s in summaries(sweep_dir).values())
 
 
+def stopped_by_sigterm(driver: subprocess.Popen, sweep, name: str, timeout_s: float) -> None:
+    """The sweep `driver`, sent SIGTERM, ends with status 143 and says how to continue, with no
+    traceback and no Ray crash-handler noise."""
+    try:
+        _, stderr = driver.communicate(timeout=timeout_s)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 143, stderr
+    assert f"Continue with:\n  promptclimb sweep {name} --runs-dir {sweep.runs} --num-cpus 2\n" in stderr
+    assert "SIGTERM received" not in stderr and "PC: @" not in stderr and "Traceback" not in stderr, stderr
+
+
 def test_sigterm_stops_a_sweep_cleanly_and_says_how_to_continue(sweep):
     sweep_dir = sweep.runs / "stopped"
     with FakeLLM(responder=responder, latency_s=2.0) as fake:
@@ -371,14 +384,7 @@ def test_sigterm_stops_a_sweep_cleanly_and_says_how_to_continue(sweep):
         while time.monotonic() < deadline and not fake.requests:
             time.sleep(0.2)
         driver.send_signal(signal.SIGTERM)
-        try:
-            _, stderr = driver.communicate(timeout=120)
-        finally:
-            if driver.poll() is None:
-                os.killpg(driver.pid, signal.SIGKILL)
-    assert driver.returncode == 143, stderr
-    assert f"Continue with:\n  promptclimb sweep stopped --runs-dir {sweep.runs} --num-cpus 2\n" in stderr
-    assert "SIGTERM received" not in stderr and "PC: @" not in stderr, stderr  # no Ray crash-handler noise
+        stopped_by_sigterm(driver, sweep, "stopped", timeout_s=120)
     logs = [sweep_dir / n / "search.log" for n in NAMES]
     interrupted = [log for log in logs if log.exists() and "interrupted; continue with" in log.read_text()]
     assert interrupted  # the running searches were stopped through their own Ctrl-C path
@@ -406,14 +412,7 @@ def test_sigterm_while_ray_starts_ends_with_143_and_says_how_to_continue(sweep):
     command = [sys.executable, "-c", SIGTERM_IN_RAY_INIT, *command[command.index("sweep"):]]
     driver = subprocess.Popen(command, env=sweep.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               start_new_session=True)
-    try:
-        _, stderr = driver.communicate(timeout=300)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-    assert driver.returncode == 143, stderr
-    assert f"Continue with:\n  promptclimb sweep early --runs-dir {sweep.runs} --num-cpus 2\n" in stderr
-    assert "SIGTERM received" not in stderr and "Traceback" not in stderr, stderr
+    stopped_by_sigterm(driver, sweep, "early", timeout_s=300)
     with pytest.raises(ProcessLookupError):  # nothing of the sweep is left running
         os.killpg(driver.pid, 0)
 
