@@ -58,15 +58,16 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from promptclimb.agent.core.classnames import MAX_NAME_CHARS, name_key, name_problem, number_forms
+from promptclimb.agent.core.classnames import MAX_NAME_CHARS, name_key, name_problem, number_forms, word_built_on
 from promptclimb.agent.core.protocol import ClassReport
 from promptclimb.agent.proposals import clean_line
 
 # Why a proposed name was not scored or not kept (the `reason` of a name_reject event); the
 # LLM reads REASONS[reason] (and the event's detail) in the next names turn.
-(UNKNOWN_CLASS, EMPTY, TOO_LONG, BRACES, NOT_ONE_NAME, WORD_TWICE, OTHER_CLASS, REPEAT, TOO_MANY, DRIFT, OWN_IMAGES,
- HELD_OUT) = ("unknown class", "empty", "too long", "braces", "not one name", "word twice", "another class's name",
-              "repeat", "too many", "drift", "own images lost", "worse held out")
+(UNKNOWN_CLASS, EMPTY, TOO_LONG, BRACES, NOT_ONE_NAME, WORD_TWICE, OTHER_CLASS, BUILT_ON, REPEAT, TOO_MANY, DRIFT,
+ OWN_IMAGES, HELD_OUT) = ("unknown class", "empty", "too long", "braces", "not one name", "word twice",
+                          "another class's name", "built on the name", "repeat", "too many", "drift",
+                          "own images lost", "worse held out")
 REASONS = {
     UNKNOWN_CLASS: "not one of the classes",
     EMPTY: "empty name",
@@ -75,6 +76,7 @@ REASONS = {
     NOT_ONE_NAME: "a ':' in a name (write one line per class: `Class: name; name`)",
     WORD_TWICE: "a word written twice in one name",
     OTHER_CLASS: "the name of another class",
+    BUILT_ON: "a longer word made from the class's name names something else",
     REPEAT: "already tried for this class",
     TOO_MANY: "more names than asked for this class",
     DRIFT: "it reads as another class",
@@ -161,13 +163,18 @@ def _unwrap(text: str) -> str:
 
 
 def class_of(label: str, current: Sequence[str], start: Sequence[str]) -> int | None:
-    """The class a label written by the LLM means: its current or its start name."""
+    """The class a label written by the LLM means: its current or its start name, or that
+    name in the plural or the singular (`Trousers:` for the class Trouser) where only one
+    class has it."""
     key = name_key(label)
     for names in (current, start):
         for c, name in enumerate(names):
             if name_key(name) == key:
                 return c
-    return None
+    forms = number_forms(key)
+    matches = {c for names in (current, start) for c, name in enumerate(names)
+               if (number_forms(name_key(name)) | {name_key(name) + "s"}) & forms}
+    return matches.pop() if len(matches) == 1 else None
 
 
 def check_names(pairs: Sequence[tuple[str, str]], current: Sequence[str], start: Sequence[str],
@@ -203,6 +210,8 @@ def check_names(pairs: Sequence[tuple[str, str]], current: Sequence[str], start:
             reason = TOO_LONG
         elif (other := next((taken[f] for f in number_forms(key) if taken.get(f, c) != c), None)) is not None:
             reason, detail = OTHER_CLASS, current[other]
+        elif built := word_built_on(name, (start[c], current[c])):  # "bootlace", kept on the bench
+            reason, detail = BUILT_ON, f'"{built[0]}" from "{built[1]}"'
         elif key in tried.get(c, set()) or key in seen[c] or not key:
             reason = REPEAT
         elif counts[c] >= per_class:

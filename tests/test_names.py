@@ -21,6 +21,7 @@ from promptclimb.agent.core.classnames import read_classnames
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.llm.client import LLMClient
 from promptclimb.agent.core.pools import PoolTemplate
+from promptclimb.agent.runs.reading import load_run
 from promptclimb.agent.runs.store import RunStore
 from promptclimb.agent.search import HillClimber, SearchConfig, turn_kind
 from fake_llm import FakeLLM, WordEvaluator, signal_child_at_request
@@ -136,6 +137,11 @@ def test_a_names_turn_renames_the_weak_class_and_the_summary_carries_it(tmp_path
     assert table["counts"]["scored"] == 4 and table["counts"]["turns"] == 1
     # the ensemble is built with the found names
     assert set(ev.ensemble_names) == {tuple(table["found"])}
+    # the board holds the template with both sets of names; the winners list it once, at its best
+    assert [t["template"] for t in result.top].count("a photo of a {}.") == 2
+    winners = load_run(run_dir).winners()
+    assert list(winners["template"]).count("a photo of a {}.") == 1
+    assert winners.loc[0, "test"] == pytest.approx(result.best["accuracy"]["test"])
 
 
 def test_every_refusal_reason_is_recorded_and_shown_in_the_next_names_turn(tmp_path):
@@ -473,6 +479,23 @@ def test_classnames_specs(tmp_path):
         read_classnames("cleaned", PUBLISHED, {"clean": ["a", "b", "c"]})
 
 
+def test_a_longer_word_made_from_the_class_name_is_refused_and_its_forms_are_not():
+    """Kept on the bench before: Ankle boot -> Bootlace, Booted, Bootiescape (a bootlace is a
+    lace: English compounds name a kind of their last part)."""
+    start = ("T-shirt/top", "Trouser", "Dress", "Bag", "Ankle boot")
+    current = ("T-shirt/top", "Trouser", "Dress", "Bag", "Boots")
+    refused_names = [("Ankle boot", "Bootlace"), ("Boots", "Booted"), ("Ankle boot", "Bootiescape"), ("Bag", "Baggy"),
+                     ("Dress", "Dressing gown"), ("T-shirt/top", "Topwear"), ("T-shirt/top", "shirtdress")]
+    kept_names = [("Ankle boot", "booties"), ("Ankle boot", "Ankleboot"), ("Ankle boot", "bootee"), ("Bag", "handbag"),
+                  ("Bag", "bags"), ("Dress", "Evening dresses"), ("T-shirt/top", "Tops"), ("T-shirt/top", "tee shirts"),
+                  ("Trouser", "trousers"), ("Trouser", "pants")]
+    accepted, refused = naming.check_names(refused_names + kept_names, current, start, {}, per_class=10)
+    assert [(p.label, p.name) for p in accepted] == kept_names
+    assert [(r.name, r.reason) for r in refused] == [(n, naming.BUILT_ON) for _, n in refused_names]
+    assert refused[0].shown() == 'a longer word made from the class\'s name names something else: "bootlace" from "boots"'
+    assert [r.detail for r in refused[3:5]] == ['"baggy" from "bag"', '"dressing" from "dress"']
+
+
 def test_the_shapes_the_bench_saw_are_read_as_one_name_or_refused():
     """Seen with the embedded model on the bench: the meta-prompt's "(first named X)" note
     copied into a name, notes of its own after a name, and a label with its names run
@@ -504,6 +527,11 @@ def test_the_shapes_the_bench_saw_are_read_as_one_name_or_refused():
     accepted, refused = naming.check_names(pairs, birds, birds, {}, per_class=4)
     assert [(p.cls, p.name) for p in accepted] == [(0, "heron (bird)"), (0, "stork"), (1, "tower crane (machine)")]
     assert not refused
+    # a label in the plural or the singular is its class, where only one class has that form
+    accepted, refused = naming.check_names([("Trousers", "slacks"), ("Bags", "tote"), ("Sleeves", "cuffs")], start,
+                                           start, {}, per_class=4)
+    assert [(p.cls, p.name) for p in accepted] == [(1, "slacks"), (3, "tote")]
+    assert [(r.name, r.reason) for r in refused] == [("cuffs", naming.UNKNOWN_CLASS)]
     # a note holding the separator is one note, not two names; a name that repeats a word is refused
     pairs = naming.parse_names("Trouser: slacks (slacks; another class name); chinos\n"
                                "Dress: Gown Gown Dress; T-Shirt Top T-shirt top; ball gown")

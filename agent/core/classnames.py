@@ -49,6 +49,32 @@ def number_forms(key: str) -> set[str]:
     return forms
 
 
+# Endings that keep a word the same thing: the plural, and the diminutive (boot -> booties).
+SAME_THING_ENDINGS = ("s", "es", "ie", "ies", "ee", "ees", "ette", "ettes")
+
+
+def word_built_on(name: str, class_names: Sequence[str]) -> tuple[str, str] | None:
+    """A word of `name` made longer from a class name's head noun, and that head noun
+    ("bootlace" from "boot"), or None. English compounds are right-headed: a bootlace is a
+    lace, a dressing gown a robe, a sandalboot a boot; so such a word names something else
+    than the class, while a word that ends with it (handbag, raincoat) names a kind of it.
+    The head noun is each name's last word (each side of a '/': "T-shirt/top" has two);
+    plural and diminutive endings stay the same thing (boots, booties)."""
+    heads = {}  # each form of a head noun (boots, boot) -> the head noun as the name writes it
+    for class_name in class_names:
+        for alternative in class_name.split("/"):
+            words = name_key(alternative).split()
+            if words and len(words[-1]) >= 3:
+                heads.update({form: words[-1] for form in number_forms(words[-1])})
+    for word in name_key(name).split():
+        if number_forms(word) & heads.keys():
+            continue
+        for form, head in heads.items():
+            if word.startswith(form) and word[len(form):] not in SAME_THING_ENDINGS:
+                return word, head
+    return None
+
+
 def name_problem(name: str) -> str | None:
     """Why `name` cannot be a class name on its own (empty, braces), or None."""
     if not name.strip():

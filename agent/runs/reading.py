@@ -349,7 +349,13 @@ class Run:
         final = self.final
         rows = []
         if final is not None:
-            top = final.get("top") or [final["best"]]
+            # a template is listed once, at its best place: under --search names|both the board
+            # holds it again with each set of names it was scored with
+            top, listed = [], set()
+            for t in final.get("top") or [final["best"]]:
+                if t.get("template") not in listed:
+                    listed.add(t.get("template"))
+                    top.append(t)
             for i, t in enumerate(top[:k], start=1):
                 acc = dict(t.get("accuracy") or {})
                 if t.get("template") == final["best"].get("template"):
@@ -361,7 +367,7 @@ class Run:
                 rows.append({"rank": "ens", "template": f"ensemble of {len(ensemble['templates'])}{verdict}",
                              "origin": "top-k", **(ensemble.get("accuracy") or {})})
         else:  # an unfinished run: rank what was scored (no test accuracy yet)
-            for i, row in enumerate(self.ranked().head(k).itertuples(), start=1):
+            for i, row in enumerate(self.ranked().drop_duplicates("template").head(k).itertuples(), start=1):
                 rows.append({"rank": i, "template": row.template, "origin": row.origin,
                              **{s: getattr(row, s) for s in ("train", "val") if hasattr(row, s)}})
         frame = pd.DataFrame(rows, columns=["rank", "template", "origin", "train", "val", "test"])
