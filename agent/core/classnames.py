@@ -58,14 +58,17 @@ def word_built_on(name: str, class_names: Sequence[str]) -> tuple[str, str] | No
     ("bootlace" from "boot"), or None. English compounds are right-headed: a bootlace is a
     lace, a dressing gown a robe, a sandalboot a boot; so such a word names something else
     than the class, while a word that ends with it (handbag, raincoat) names a kind of it.
-    The head noun is each name's last word (each side of a '/': "T-shirt/top" has two);
-    plural and diminutive endings stay the same thing (boots, booties)."""
+    The head noun is each name's last word (each side of a '/': "T-shirt/top" has two), and
+    the whole name written as one word ("anklebootsy" from "ankle boot", kept by the demo);
+    plural and diminutive endings stay the same thing (boots, booties, ankleboots)."""
     heads = {}  # each form of a head noun (boots, boot) -> the head noun as the name writes it
     for class_name in class_names:
         for alternative in class_name.split("/"):
             words = name_key(alternative).split()
             if words and len(words[-1]) >= 3:
                 heads.update({form: words[-1] for form in number_forms(words[-1])})
+            if len(words) > 1:
+                heads.update({form: " ".join(words) for form in number_forms("".join(words))})
     for word in name_key(name).split():
         if number_forms(word) & heads.keys():
             continue
