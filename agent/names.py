@@ -172,8 +172,7 @@ def class_of(label: str, current: Sequence[str], start: Sequence[str]) -> int | 
             if name_key(name) == key:
                 return c
     forms = number_forms(key)
-    matches = {c for names in (current, start) for c, name in enumerate(names)
-               if (number_forms(name_key(name)) | {name_key(name) + "s"}) & forms}
+    matches = {c for names in (current, start) for c, name in enumerate(names) if number_forms(name_key(name)) & forms}
     return matches.pop() if len(matches) == 1 else None
 
 

@@ -41,8 +41,8 @@ Events:
     name_reject   restart, reset, iteration, call, class (or null), label (the class as
                   written), name, reason (a key of agent/names.py REASONS: "unknown class",
                   "empty", "too long", "braces", "not one name", "word twice", "another
-                  class's name", "repeat", "too many", "drift", "own images lost", "worse held
-                  out"), detail
+                  class's name", "built on the name", "repeat", "too many", "drift", "own
+                  images lost", "worse held out"), detail
     name_score    restart, reset, iteration, call, template, names, changes [{class, from,
                   to}] (one: a proposal; several: a combination), accuracy, loss, prob
     names_judge   restart, reset, iteration, call, class, name, request_key, answer, usage,
