@@ -94,8 +94,11 @@ def clean_line(line: str) -> str:
 
 def class_pattern(classnames: Sequence[str]) -> re.Pattern | None:
     """Any one class name as a whole word, in the plural or the singular ("boot" for a class
-    named "boots": `number_forms`), longest first ("T-shirt" before "shirt"), case-insensitive."""
-    names = sorted({form for c in classnames if c.strip() for form in number_forms(c.strip())}, key=len, reverse=True)
+    named "boots": `number_forms`), longest first ("T-shirt" before "shirt"), case-insensitive.
+    A name written with '/' names each of its sides too: "a photo of a {}, a t-shirt." names
+    the class "T-shirt/top" (two bench runs had ended on that template)."""
+    spellings = {part.strip() for c in classnames for part in (c, *c.split("/"))} - {""}
+    names = sorted({form for name in spellings for form in number_forms(name)}, key=len, reverse=True)
     if not names:
         return None
     alternatives = "|".join(re.escape(n) for n in names)

@@ -34,6 +34,8 @@ The class-name variants (`--start published|clean`: which names the searches sta
     both-judge      both, with the judge only (the default before the own-images check)
     both-noguard    both, without either guard (what the guards cost or save)
     both-noconfirm  both, a new best not confirmed on val (--confirm off: the default before it)
+    both-trainval   both, ranked by and shown the score on train and val pooled (--select
+                    train+val: twice the images for every choice, nothing held out to confirm on)
     template-noconfirm  template, the same
     both-narrow     both, confirmed by a narrower rule (measured, not taken: not an option):
                     a change that got more selection images right must not lose val
@@ -75,6 +77,7 @@ SEARCHES = {  # variant -> (change to the default SearchConfig, meta-prompt fold
     "both-judge": ({"search": "both", "guard": "judge"}, None),
     "both-noguard": ({"search": "both", "guard": "off"}, None),
     "both-noconfirm": ({"search": "both", "confirm": "off"}, None),
+    "both-trainval": ({"search": "both", "select": "train+val"}, None),
     "template-noconfirm": ({"search": "template", "confirm": "off"}, None),
     "both-narrow": ({"search": "both"}, None),
     "template-narrow": ({"search": "template"}, None),

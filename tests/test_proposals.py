@@ -80,6 +80,24 @@ def test_a_template_that_names_a_class_beside_its_placeholder_is_refused():
     assert parse_proposals(answer).rejected == []  # without class names nothing is known to refuse
 
 
+def test_each_side_of_a_class_name_written_with_a_slash_names_that_class():
+    # `a photo of a {}, a t-shirt.` ended two bench runs: the check knew only "T-shirt/top" whole.
+    classes = ["T-shirt/top", "Trouser", "Bag"]
+    answer = "\n".join([
+        "a photo of a {}, a t-shirt.",
+        "a photo of someone wearing a {} top.",
+        "a photo of a {}, two T-shirts",
+        "a photo of a {} on a tabletop",
+        "a photo of a t-shirt with a pocket",
+    ])
+    parsed = parse_proposals(answer, classnames=classes)
+    assert parsed.templates == ["a photo of a {} on a tabletop", "a photo of a {} with a pocket"]
+    assert [r.reason for r in parsed.rejected] == [
+        'names the class "t-shirt": a class name goes only where {} is',
+        'names the class "top": a class name goes only where {} is',
+        'names the class "T-shirts": a class name goes only where {} is']
+
+
 def test_prose_lines_and_code_fences_are_skipped_not_rejected():
     parsed = parse_proposals("Sure! Here are 2 templates:\n```\na photo of a {}.\n```\nHope this helps.")
     assert parsed.templates == ["a photo of a {}."]
