@@ -184,8 +184,10 @@ def check_names(pairs: Sequence[tuple[str, str]], current: Sequence[str], start:
     # every class's current and start name -> the class; also each name's singular, where no
     # class has it as its own name ("glasses" beside "glass" is another class, not its plural)
     exact = {name_key(name): c for names in (start, current) for c, name in enumerate(names)}
-    for names in (start, current):  # each side of a name written with '/', as the judge reads it:
-        for c, name in enumerate(names):  # "T-shirt" for Shirt names the class "T-shirt/top"
+    # each side of a name written with '/' too, as the judge reads it: "T-shirt" proposed for
+    # Shirt names the class "T-shirt/top" (a whole name of another class comes first)
+    for names in (start, current):
+        for c, name in enumerate(names):
             for side in name.split("/") if "/" in name else ():
                 exact.setdefault(name_key(side), c)
     taken = {**{f: c for key, c in exact.items() for f in number_forms(key)}, **exact}
