@@ -58,7 +58,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from promptclimb.agent.core.classnames import MAX_NAME_CHARS, name_key, name_problem, number_forms, word_built_on
+from promptclimb.agent.core.classnames import (MAX_NAME_CHARS, name_key, name_problem, number_forms, sides_of,
+                                               word_built_on)
 from promptclimb.agent.core.protocol import ClassReport
 from promptclimb.agent.proposals import clean_line
 
@@ -188,7 +189,7 @@ def check_names(pairs: Sequence[tuple[str, str]], current: Sequence[str], start:
     # Shirt names the class "T-shirt/top" (a whole name of another class comes first)
     for names in (start, current):
         for c, name in enumerate(names):
-            for side in name.split("/") if "/" in name else ():
+            for side in sides_of(name):
                 exact.setdefault(name_key(side), c)
     taken = {**{f: c for key, c in exact.items() for f in number_forms(key)}, **exact}
     notes_are_the_models = not any("(" in name for name in (*start, *current))
@@ -303,7 +304,7 @@ def judge_verdict(answer: str, cls: int, start: Sequence[str], current: Sequence
     if not key:
         return None
     for c in range(len(start)):
-        spellings = {name_key(start[c]), name_key(current[c]), *(name_key(p) for p in re.split(r"/", start[c]))}
+        spellings = {name_key(n) for n in (start[c], current[c], *sides_of(start[c]))}
         if key in spellings - {""}:
             return None if c == cls else c
     return None

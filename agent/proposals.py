@@ -27,7 +27,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from promptclimb.agent.core.classnames import number_forms
+from promptclimb.agent.core.classnames import number_forms, sides_of
 from promptclimb.agent.core.templates import MAX_TEMPLATE_CHARS, template_problem
 
 # "1." "1)" "(1)" "#1:" "- " "* " "• " "> " at the start of a line (possibly repeated: "- 1. ")
@@ -97,7 +97,7 @@ def class_pattern(classnames: Sequence[str]) -> re.Pattern | None:
     named "boots": `number_forms`), longest first ("T-shirt" before "shirt"), case-insensitive.
     A name written with '/' names each of its sides too: "a photo of a {}, a t-shirt." names
     the class "T-shirt/top" (two bench runs had ended on that template)."""
-    spellings = {part.strip() for c in classnames for part in (c, *c.split("/"))} - {""}
+    spellings = {part.strip() for c in classnames for part in (c, *sides_of(c))} - {""}
     names = sorted({form for name in spellings for form in number_forms(name)}, key=len, reverse=True)
     if not names:
         return None

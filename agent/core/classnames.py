@@ -36,6 +36,13 @@ def name_key(name: str) -> str:
     return re.sub(r"[\W_]+", " ", name.lower()).strip()
 
 
+def sides_of(name: str) -> tuple[str, ...]:
+    """The sides of a class name written with '/' ("T-shirt/top": "T-shirt", "top"), each of
+    which names the class too (in templates, proposed names and the judge's answers); () for
+    a name without one."""
+    return tuple(name.split("/")) if "/" in name else ()
+
+
 def number_forms(key: str) -> set[str]:
     """A name and what it would be without a plural ending ("trousers" -> "trouser",
     "dresses" -> "dress"): so a proposed name "Trousers" is another class's name where the
