@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from promptclimb.agent.core.defaults import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS
+from promptclimb.agent.core.defaults import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS, UNLABELED_IMAGES
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.settings import SoftPromptConfig
 from promptclimb.agent.ranking import METRICS
@@ -144,7 +144,10 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
            int, minimum=1, recorded="search.max_answer_tokens"),
 
     Option("--metric", SEARCH.metric, "What templates are ranked by and the LLM is shown: accuracy (ties by "
-           "cross-entropy), prob (mean probability of the true class) or blend (their mean).", _R, METRICS, recorded="search.metric"),
+           "cross-entropy), prob (mean probability of the true class), blend (their mean) or balance (how evenly "
+           f"the predictions spread over up to {UNLABELED_IMAGES:,} images of the train pool outside the few-shot "
+           "split, read without their labels; ties by accuracy; assumes classes about equally common).",
+           _R, METRICS, recorded="search.metric"),
     Option("--select", SEARCH.select, "Split(s) the best template is chosen on (ties: lower cross-entropy).", _R,
            tuple(SELECTIONS), recorded="search.select"),
     Option("--ensemble", SEARCH.ensemble_k, "Largest top-k ensemble tried at the end (0 = none); it is chosen only "

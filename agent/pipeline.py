@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from promptclimb.agent import options as option_table
-from promptclimb.agent.core.defaults import default_backbone
+from promptclimb.agent.core.defaults import UNLABELED_IMAGES, default_backbone
 from promptclimb.agent.core.devices import check_device_name
 from promptclimb.agent.core.errors import PromptclimbError, sigterm_raises_systemexit
 from promptclimb.agent.core.paths import cache_home, check_writable
@@ -144,19 +144,20 @@ def new_run(opts: dict, echo) -> Plan:
         search=opts["search"], names_k=opts["names_k"], names_per_class=opts["names_per_class"], guard=opts["guard"],
         confirm=opts["confirm"],
     ).check()
-    evaluator_args = evaluator_settings(opts)
+    evaluator_args = evaluator_settings(opts, UNLABELED_IMAGES if search.metric == "balance" else 0)
     pool = load_pool(opts["dataset"], opts["pool"])
     pool_setting = {"name": opts["pool"] if opts["pool"] in POOLS else str(Path(opts["pool"]).expanduser().resolve()),
                     "size": len(pool), "templates": [[p.template, p.source] for p in pool]}
     return Plan(search, evaluator_args, llm, pool, pool_setting, opts["meta_prompt"], adapter_kinds)
 
 
-def evaluator_settings(opts: dict) -> EvaluatorSettings:
-    """What the evaluator factory is built from (recorded in config.json as evaluator_args)."""
+def evaluator_settings(opts: dict, unlabeled: int = 0) -> EvaluatorSettings:
+    """What the evaluator factory is built from (recorded in config.json as evaluator_args);
+    `unlabeled`: images drawn to be scored without labels (--metric balance)."""
     backbone, pretrained = default_backbone(opts["dataset"], opts["backbone"], opts["pretrained"], opts["weights"])
     return EvaluatorSettings(opts["dataset"], opts["shots"], opts["seed"], backbone, pretrained, opts["weights"],
                              opts["data_root"], opts["precision"], opts["image_column"], opts["label_column"],
-                             classnames_setting(opts["classnames"]))
+                             classnames_setting(opts["classnames"]), unlabeled)
 
 
 def classnames_setting(spec: str | None) -> str | None:

@@ -48,10 +48,10 @@ from promptclimb.agent.core.format import pct, pct_by_split
 from promptclimb.agent.llm.client import Answer, BudgetExhausted, LLMClient
 from promptclimb.agent.metaprompt import MetaPrompt
 from promptclimb.agent.core.pools import PoolTemplate, load_pool, sample_pool
-from promptclimb.agent.ranking import (DEFAULT_METRIC, METRICS, best_first, metric_label, rank_key, selection_value,
-                                       top_and_bottom, worse_on)
+from promptclimb.agent.ranking import (DEFAULT_METRIC, METRICS, best_first, labelled_metric, metric_label, rank_key,
+                                       selection_value, then_value, top_and_bottom, worse_on)
 from promptclimb.agent.proposals import DUPLICATE, normalise, parse_proposals
-from promptclimb.agent.core.protocol import Evaluator, Score, Task
+from promptclimb.agent.core.protocol import UNLABELED_SPLIT, Evaluator, Score, Task
 from promptclimb.agent.runs.store import ANSWER_KINDS, FORMAT_VERSION, RunStore, ledger, ledger_by_kind
 
 SCORED_SPLITS = ("train", "val")  # what every template is scored on during the search
@@ -138,10 +138,11 @@ class Scored:
     order: tuple[int, int]  # (restart, position on its board): the last tie-breaker, earlier wins
     prob: dict[str, float] = field(default_factory=dict)  # mean probability of the true class
     names: tuple[str, ...] | None = None  # the class names it was scored with (None: the start names)
+    balance: dict[str, float] = field(default_factory=dict)  # on the unlabeled images (--metric balance)
 
     def to_dict(self) -> dict:
         out = {"template": self.template, "origin": self.origin, "accuracy": self.accuracy, "loss": self.loss,
-               "prob": self.prob}
+               "prob": self.prob, **with_balance(self.balance)}
         return out if self.names is None else {**out, "names": list(self.names)}
 
     @property
@@ -229,7 +230,14 @@ def _names_of(event: dict) -> tuple[str, ...] | None:
 
 def stored_score(event: dict) -> Score:
     """A score as the history holds it."""
-    return Score(accuracy=event["accuracy"], loss=event.get("loss", {}), prob=event.get("prob", {}))
+    return Score(accuracy=event["accuracy"], loss=event.get("loss", {}), prob=event.get("prob", {}),
+                 balance=event.get("balance", {}))
+
+
+def with_balance(balance: dict) -> dict:
+    """An event's `balance` field: there only when measured (--metric balance), so the
+    events of every other run read as before."""
+    return {"balance": as_floats(balance)} if balance else {}
 
 
 def first_of_each_template(ranked: Sequence[Scored]) -> list[Scored]:
@@ -253,14 +261,14 @@ def as_floats(values: dict) -> dict[str, float]:
 
 def value(s: Scored, splits: Sequence[str], metric: str) -> float:
     """What `s` is ranked by and shown as (agent/ranking.py)."""
-    return selection_value(s.accuracy, s.prob, splits, metric)
+    return selection_value(s.accuracy, s.prob, splits, metric, s.balance)
 
 
 def rank(board: Sequence[Scored], splits: Sequence[str], metric: str = "accuracy") -> list[Scored]:
-    """Best first: higher value on the selection splits, then lower cross-entropy, then
-    scored earlier."""
+    """Best first: higher value on the selection splits (under --metric balance, then
+    higher accuracy), then lower cross-entropy, then scored earlier."""
     return best_first(board, splits, value=lambda s: value(s, splits, metric), loss=lambda s: s.loss,
-                      order=lambda s: s.order)
+                      order=lambda s: s.order, then=lambda s: then_value(s.accuracy, splits, metric))
 
 
 def shown(scored: Sequence[Scored], splits: Sequence[str], metric: str) -> list[dict]:
@@ -345,6 +353,8 @@ class HillClimber:
         # What a new best is confirmed on: the scored splits it was not ranked on (none under
         # --select train+val).
         self.held_out = tuple(s for s in SCORED_SPLITS if s not in self.splits) if self.config.confirm == "val" else ()
+        # What every proposal is scored on: under --metric balance, the unlabeled images too.
+        self.scored_splits = SCORED_SPLITS + ((UNLABELED_SPLIT,) if self.config.metric == "balance" else ())
         self.metric_label = metric_label(self.config.metric, self.splits)  # what the meta-prompts call the value
         self.asked = self.config.proposals + self.config.spare  # templates asked for per turn
         # Every (template, names) scored in the run, as it first appears (lowest restart, then
@@ -659,7 +669,7 @@ class HillClimber:
         if todo:
             started = time.perf_counter()
             self.name_scores.update(zip(((best.template, v) for v in todo),
-                                        self.evaluator.score_names(best.template, todo, splits=SCORED_SPLITS)))
+                                        self.evaluator.score_names(best.template, todo, splits=self.scored_splits)))
             self.timings["scoring_s"] += time.perf_counter() - started
         out = []
         for change, names in zip(changes, variants):
@@ -668,7 +678,8 @@ class HillClimber:
             event = self.store.append(
                 "name_score", restart=restart, reset=reset, iteration=iteration, call=call, template=best.template,
                 names=list(names), changes=[{"class": c, "from": base[c], "to": n} for c, n in change],
-                accuracy=as_floats(score.accuracy), loss=as_floats(score.loss), prob=as_floats(score.prob))
+                accuracy=as_floats(score.accuracy), loss=as_floats(score.loss), prob=as_floats(score.prob),
+                **with_balance(score.balance))
             score = stored_score(event)  # the recorded numbers, as a resumed run reads them
             self.name_scores[(best.template, names)] = score
             out.append((names, score))
@@ -755,9 +766,10 @@ class HillClimber:
             "names_change", restart=restart, reset=reset, iteration=iteration, call=call, template=best.template,
             names=list(names), changes=[{"class": p.cls, "from": base[p.cls], "to": p.name} for p, _, _ in used],
             accuracy=as_floats(score.accuracy), loss=as_floats(score.loss), prob=as_floats(score.prob),
-            **({"refused_combinations": refused} if refused else {}))
+            **with_balance(score.balance), **({"refused_combinations": refused} if refused else {}))
         entry = Scored(best.template, "names", dict(event["accuracy"]), dict(event["loss"]),
-                       order=(restart, len(board)), prob=dict(event["prob"]), names=tuple(event["names"]))
+                       order=(restart, len(board)), prob=dict(event["prob"]), names=tuple(event["names"]),
+                       balance=dict(event.get("balance", {})))
         board.append(entry)
         first = self.scores.get(entry.key)
         if first is None or entry.order < first.order:
@@ -775,14 +787,16 @@ class HillClimber:
     # mean probability mostly rewards making easy images surer. --metric prob|blend ranks by
     # the probability first, for both.
     def score_key(self, score: Score) -> tuple:
-        return rank_key(self.value_of(score), score.loss, self.splits, 0)[:2]
+        return rank_key(self.value_of(score), score.loss, self.splits, 0,
+                        then_value(score.accuracy, self.splits, self.config.metric))[:3]
 
     def beats(self, score: Score, than: Scored) -> bool:
         """Whether `score` ranks strictly above the pair `than` (value, then cross-entropy)."""
-        return self.score_key(score) < rank_key(self.value(than), than.loss, self.splits, 0)[:2]
+        return self.score_key(score) < rank_key(self.value(than), than.loss, self.splits, 0,
+                                                then_value(than.accuracy, self.splits, self.config.metric))[:3]
 
     def value_of(self, score: Score) -> float:
-        return selection_value(score.accuracy, score.prob, self.splits, self.config.metric)
+        return selection_value(score.accuracy, score.prob, self.splits, self.config.metric, score.balance)
 
     def held_out_worse(self, score: Score, than: Scored) -> str:
         """Why `score`, which would beat the best `than` on the selection split, is not
@@ -829,7 +843,7 @@ class HillClimber:
         fresh: dict[str, Score] = {}
         if todo:
             started = time.perf_counter()
-            fresh = dict(zip(todo, self.evaluator.score(todo, splits=SCORED_SPLITS, **names_kwargs(names))))
+            fresh = dict(zip(todo, self.evaluator.score(todo, splits=self.scored_splits, **names_kwargs(names))))
             self.timings["scoring_s"] += time.perf_counter() - started
         added, held = [], []
         for template, source in items:
@@ -839,7 +853,7 @@ class HillClimber:
                 if score is None:  # read back from the history of the run being resumed
                     score = stored_score(self.stored_scores[(template, names)])
             else:
-                score = Score(accuracy=first.accuracy, loss=first.loss, prob=first.prob)
+                score = Score(accuracy=first.accuracy, loss=first.loss, prob=first.prob, balance=first.balance)
             why = self.held_out_worse(score, confirm_against) if confirm_against is not None else ""
             if why:
                 held.append({"template": template, "value": self.value_of(score), "why": why})
@@ -848,17 +862,17 @@ class HillClimber:
             if first is None:
                 fields = dict(restart=restart, reset=reset, iteration=iteration, template=template, origin=origin,
                               source=source, accuracy=as_floats(score.accuracy), loss=as_floats(score.loss),
-                              prob=as_floats(score.prob))
+                              prob=as_floats(score.prob), **with_balance(score.balance))
                 if call is not None:
                     fields["call"] = call
                 if names is not None:
                     fields["names"] = list(names)
                 event = self.store.append("score", **fields)
-                values = (event["accuracy"], event.get("loss", {}), event.get("prob", {}))
+                values = (event["accuracy"], event.get("loss", {}), event.get("prob", {}), event.get("balance", {}))
             else:
-                values = (first.accuracy, first.loss, first.prob)
+                values = (first.accuracy, first.loss, first.prob, first.balance)
             scored = Scored(template, origin, dict(values[0]), dict(values[1]), order=(restart, len(board)),
-                            prob=dict(values[2]), names=names)
+                            prob=dict(values[2]), names=names, balance=dict(values[3]))
             board.append(scored)
             added.append(scored)
             if first is None or scored.order < first.order:
@@ -924,14 +938,15 @@ class HillClimber:
         beats the best template alone there (agreement with the paper: one template by
         default; an ensemble must earn its place). Ties go to the smaller k."""
         on = ENSEMBLE_CHOICE[self.config.select]
-        alone = selection_value(ranked[0].accuracy, ranked[0].prob, on, self.config.metric)
+        metric = labelled_metric(self.config.metric)  # chosen on a split with labels
+        alone = selection_value(ranked[0].accuracy, ranked[0].prob, on, metric)
         names = ranked[0].names  # the ensemble is built with the best pair's names
         templates = [s.template for s in first_of_each_template(ranked)]
         tried, best = {}, None
         for k in range(2, min(self.config.ensemble_k, len(templates)) + 1):
             members = templates[:k]
             score = self.evaluator.score_ensemble(members, splits=(*SCORED_SPLITS, "test"), **names_kwargs(names))
-            tried[k] = selection_value(score.accuracy, score.prob, on, self.config.metric)
+            tried[k] = selection_value(score.accuracy, score.prob, on, metric)
             if best is None or tried[k] > tried[best[0]]:
                 best = (k, members, score)
         if best is None:
@@ -940,7 +955,7 @@ class HillClimber:
         chosen = tried[k] > alone
         where = " + ".join(on)
         reason = (f"{where} {pct(tried[k])} vs {pct(alone)} for the best template alone "
-                  f"({self.config.metric}; k tried: {', '.join(map(str, tried))})")
+                  f"({metric}; k tried: {', '.join(map(str, tried))})")
         return {"templates": members, "accuracy": as_floats(score.accuracy), "loss": as_floats(score.loss),
                 "prob": as_floats(score.prob), "chosen": chosen, "chosen_on": list(on), "reason": reason,
                 "tried": {str(k): v for k, v in tried.items()}, "alone": alone}

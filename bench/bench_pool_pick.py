@@ -6,7 +6,9 @@ search starts under.
 Per seed (one few-shot split of fashion-mnist), every template of the curated pool is scored
 with the start names on train, val and test. Printed: the test accuracy of the template the
 search's ranking picks on train (accuracy, then cross-entropy), of the one it would pick on
-train and val pooled (`--select train+val`), of `a photo of a {}.`, and the pool's mean and
+train and val pooled (`--select train+val`), of the one `--metric balance` picks (how evenly
+the predictions spread over up to 1,000 unlabeled images of the train pool outside the split,
+then train accuracy, then cross-entropy), of `a photo of a {}.`, and the pool's mean and
 best on test. The best is chosen on test: a ceiling no pick on a few images can be expected
 to reach, not a method. Test is only measured here; no search reads it. Asserts nothing.
 """
@@ -18,13 +20,16 @@ import argparse
 import numpy as np
 import pandas as pd
 
+from promptclimb.agent.core.defaults import UNLABELED_IMAGES
 from promptclimb.agent.core.pools import load_pool
 from promptclimb.evaluators import build_evaluator
 
 
-def picked(accuracy: np.ndarray, loss: np.ndarray) -> int:
-    """The search's ranking: higher accuracy, then lower cross-entropy, then pool order."""
-    return int(np.lexsort((np.arange(len(accuracy)), loss, -accuracy))[0])
+def picked(accuracy: np.ndarray, loss: np.ndarray, first: np.ndarray | None = None) -> int:
+    """The search's ranking: higher accuracy, then lower cross-entropy, then pool order
+    (`first`: a value ranked before all of them, higher first: the balance)."""
+    keys = (np.arange(len(accuracy)), loss, -accuracy)
+    return int(np.lexsort(keys if first is None else (*keys, -first))[0])
 
 
 def main():
@@ -39,13 +44,15 @@ def main():
     rows = []
     for seed in args.seeds:
         evaluator = build_evaluator(dataset="fashion-mnist", shots=args.shots, seed=seed, backbone=args.backbone,
-                                    classnames=args.start)
-        scores = evaluator.score(pool, splits=("train", "val", "test"))
+                                    classnames=args.start, unlabeled=UNLABELED_IMAGES)
+        scores = evaluator.score(pool, splits=("train", "val", "test", "unlabeled"))
         acc = {s: np.array([x.accuracy[s] for x in scores]) for s in ("train", "val", "test")}
         loss = {s: np.array([x.loss[s] for x in scores]) for s in ("train", "val")}
         test = acc["test"]
         rows.append({"seed": seed, "picked on train": test[picked(acc["train"], loss["train"])],
                      "picked on train+val": test[picked(acc["train"] + acc["val"], loss["train"] + loss["val"])],
+                     "picked by balance": test[picked(acc["train"], loss["train"],
+                                                      np.array([x.balance["unlabeled"] for x in scores]))],
                      "a photo of a {}.": test[pool.index("a photo of a {}.")],
                      "pool mean": test.mean(), "pool best (chosen on test)": test.max()})
     df = pd.DataFrame(rows).set_index("seed")

@@ -36,6 +36,8 @@ The class-name variants (`--start published|clean`: which names the searches sta
     both-noconfirm  both, a new best not confirmed on val (--confirm off: the default before it)
     both-trainval   both, ranked by and shown the score on train and val pooled (--select
                     train+val: twice the images for every choice, nothing held out to confirm on)
+    both-balance    both, ranked by the balance of the predictions on up to 1,000 images of
+                    the train pool outside the split, read without labels (--metric balance)
     template-noconfirm  template, the same
     both-narrow     both, confirmed by a narrower rule (measured, not taken: not an option):
                     a change that got more selection images right must not lose val
@@ -60,6 +62,7 @@ from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
+from promptclimb.agent.core.defaults import UNLABELED_IMAGES
 from promptclimb.agent.llm.client import LLMClient
 from promptclimb.agent.metaprompt import MetaPrompt
 from promptclimb.agent.core.pools import load_pool
@@ -78,6 +81,7 @@ SEARCHES = {  # variant -> (change to the default SearchConfig, meta-prompt fold
     "both-noguard": ({"search": "both", "guard": "off"}, None),
     "both-noconfirm": ({"search": "both", "confirm": "off"}, None),
     "both-trainval": ({"search": "both", "select": "train+val"}, None),
+    "both-balance": ({"search": "both", "metric": "balance"}, None),
     "template-noconfirm": ({"search": "template", "confirm": "off"}, None),
     "both-narrow": ({"search": "both"}, None),
     "template-narrow": ({"search": "template"}, None),
@@ -259,8 +263,10 @@ def main():
     with server as base_url:
         llm_args = {"model": model, "base_url": base_url, "api_key": os.environ.get("OPENAI_API_KEY", "local")}
         for seed in args.seeds:
+            # the unlabeled images are drawn after train and val, which they leave as they are;
+            # only --metric balance scores them
             evaluator = build_evaluator(dataset="fashion-mnist", shots=args.shots, seed=seed, backbone=args.backbone,
-                                        classnames=args.start)
+                                        classnames=args.start, unlabeled=UNLABELED_IMAGES)
             for variant in variants:
                 out = run_variant(variant, seed, args, evaluator, llm_args, pool)
                 rows.append(out)

@@ -130,7 +130,7 @@ class FewShotSplit:
     dataset: str
     shots: int
     seed: int
-    splits: dict[str, Labelled]  # "train", "val", "test"
+    splits: dict[str, Labelled]  # "train", "val", "test" (and "unlabeled", when drawn)
 
     def info(self) -> dict:
         return {"dataset": self.dataset, "shots": self.shots, "seed": self.seed,
@@ -145,9 +145,15 @@ def _by_class(items: Labelled, num_classes: int) -> dict[int, list[str]]:
     return {c: sorted(ids) for c, ids in groups.items()}
 
 
-def make_fewshot_split(dataset: Dataset, shots: int, seed: int) -> FewShotSplit:
+UNLABELED = -1  # the label an image of the "unlabeled" split carries: its own is never read
+
+
+def make_fewshot_split(dataset: Dataset, shots: int, seed: int, unlabeled: int = 0) -> FewShotSplit:
     """train = `shots` per class from the dataset's train pool; val = min(shots, 4) per class
-    from its val pool (or from the rest of train when it has none); test = all of test."""
+    from its val pool (or from the rest of train when it has none); test = all of test.
+    `unlabeled` > 0 adds the split "unlabeled": up to that many images of the train pool
+    that are in neither train nor val, drawn after them (so train and val do not change),
+    each with the label UNLABELED."""
     if shots < 1:
         raise PromptclimbError(f"--shots must be at least 1 (got {shots})")
     n_classes = len(dataset.classnames)
@@ -185,8 +191,17 @@ def make_fewshot_split(dataset: Dataset, shots: int, seed: int) -> FewShotSplit:
         warnings.warn(f"{dataset.name}: fewer than {val_shots} validation images for "
                       f"{len(thin)} class(es): {', '.join(thin[:5])}", stacklevel=2)
     test = sorted(dataset.splits["test"])
-    return FewShotSplit(dataset=dataset.name, shots=shots, seed=seed,
-                        splits={"train": train, "val": val, "test": test})
+    splits = {"train": train, "val": val, "test": test}
+    if unlabeled > 0:
+        used = {image_id for image_id, _ in train + val}
+        left = sorted(image_id for ids in train_pool.values() for image_id in ids if image_id not in used)
+        if not left:
+            raise PromptclimbError(
+                f"{dataset.name}: no image of its train pool is left outside the {shots}-shot split to use "
+                f"without its label")
+        drawn = rng.choice(len(left), size=min(unlabeled, len(left)), replace=False)
+        splits["unlabeled"] = [(left[i], UNLABELED) for i in sorted(drawn.tolist())]
+    return FewShotSplit(dataset=dataset.name, shots=shots, seed=seed, splits=splits)
 
 
 def deterministic_split(items_by_class: dict[int, list[str]], tag: str,

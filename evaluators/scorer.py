@@ -17,6 +17,7 @@ encoded or reused.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -31,7 +32,7 @@ from tqdm import tqdm
 
 from promptclimb.agent.core.classnames import check_classnames, read_classnames
 from promptclimb.agent.core.errors import PromptclimbError
-from promptclimb.agent.core.protocol import ClassReport, Score, Task
+from promptclimb.agent.core.protocol import UNLABELED_SPLIT, ClassReport, Score, Task
 from promptclimb.agent.core.templates import check_templates, fill
 from promptclimb.evaluators.backbones import Backbone
 from promptclimb.evaluators.datasets import Dataset, FewShotSplit, ids_digest
@@ -209,25 +210,31 @@ class ClipEvaluator:
     def _scores(self, text: torch.Tensor, splits: Sequence[str]) -> list[Score]:
         """One Score per row of `text` [K, C, D] (one classifier each): X @ T.T per split."""
         K, C, D = text.shape
-        accuracy, loss, prob = {}, {}, {}
+        accuracy, loss, prob, balance = {}, {}, {}, {}
         scale = self.logit_scale
         for s in splits:
             images, labels = self.image_features(s)
             N = images.shape[0]
             # Templates per chunk so that the [N, k, C] logits stay bounded in memory.
             step = max(1, LOGIT_ELEMENTS // max(1, N * C))
-            accs, losses, probs = [], [], []
+            accs, losses, probs, balances = [], [], [], []
             for start in range(0, K, step):
                 chunk = text[start:start + step]  # [k, C, D]
                 logits = scale * (images @ chunk.reshape(-1, D).T).view(N, -1, C)  # one matrix product
+                if s == UNLABELED_SPLIT:  # no labels: only how the predictions spread
+                    balances.append(prediction_balance(logits.argmax(-1), C))
+                    continue
                 accs.append((logits.argmax(-1) == labels[:, None]).float().mean(0))
                 target = labels[:, None].expand(N, logits.shape[1])
                 ce = F.cross_entropy(logits.permute(0, 2, 1), target, reduction="none")  # [N, k]
                 losses.append(ce.mean(0))
                 probs.append(torch.exp(-ce).mean(0))  # p(true class) = exp(-cross-entropy), per image
-            accuracy[s], loss[s], prob[s] = (torch.cat(x).tolist() for x in (accs, losses, probs))
-        return [Score(accuracy={s: accuracy[s][i] for s in splits}, loss={s: loss[s][i] for s in splits},
-                      prob={s: prob[s][i] for s in splits})
+            if s == UNLABELED_SPLIT:
+                balance[s] = torch.cat(balances).tolist()
+            else:
+                accuracy[s], loss[s], prob[s] = (torch.cat(x).tolist() for x in (accs, losses, probs))
+        return [Score(accuracy={s: v[i] for s, v in accuracy.items()}, loss={s: v[i] for s, v in loss.items()},
+                      prob={s: v[i] for s, v in prob.items()}, balance={s: v[i] for s, v in balance.items()})
                 for i in range(K)]
 
     score_templates = score
@@ -236,14 +243,17 @@ class ClipEvaluator:
                        classnames: Sequence[str] | None = None) -> Score:
         """Score of the classifier whose class embeddings average the templates' features."""
         weights = self.class_embeddings(templates, classnames)  # [C, D]
-        accuracy, loss, prob = {}, {}, {}
+        accuracy, loss, prob, balance = {}, {}, {}, {}
         for s in splits:
             images, labels = self.image_features(s)
             logits = self.logit_scale * images @ weights.T
+            if s == UNLABELED_SPLIT:
+                balance[s] = float(prediction_balance(logits.argmax(-1)[:, None], len(weights))[0])
+                continue
             accuracy[s] = float((logits.argmax(-1) == labels).float().mean())
             ce = F.cross_entropy(logits, labels, reduction="none")
             loss[s], prob[s] = float(ce.mean()), float(torch.exp(-ce).mean())
-        return Score(accuracy=accuracy, loss=loss, prob=prob)
+        return Score(accuracy=accuracy, loss=loss, prob=prob, balance=balance)
 
     def info(self) -> dict:
         return {"backbone": self.backbone.info(),
@@ -280,18 +290,29 @@ def _prefetched(load: Callable, chunks: Iterable, threads: int = 1) -> Iterator:
         pool.shutdown(wait=False)
 
 
+def prediction_balance(predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """[k] balance of `predicted` [N, k] (class indices): the entropy of each column's
+    histogram of predicted classes over log(C); 1.0 when every class is predicted equally
+    often, 0.0 when one class takes every image."""
+    counts = F.one_hot(predicted, num_classes).sum(0).float()  # [k, C]
+    shares = counts / counts.sum(-1, keepdim=True)
+    entropy = -(shares * shares.clamp_min(1e-12).log()).sum(-1)
+    return entropy / math.log(num_classes) if num_classes > 1 else torch.ones_like(entropy)
+
+
 def build_evaluator(dataset: str, shots: int, seed: int, backbone: str, pretrained: str | None = None,
                     weights: str | None = None, data_root: str | None = None,
                     device: str | None = None, precision: str | None = None, image_column: str | None = None,
                     label_column: str | None = None,
-                    classnames: Sequence[str] | str | None = None) -> ClipEvaluator:
+                    classnames: Sequence[str] | str | None = None, unlabeled: int = 0) -> ClipEvaluator:
     """Load the dataset, draw the few-shot split and load the backbone (dataset first: a
     missing dataset or a bad --classnames is reported before a slow model load).
     `precision`: fp32 (the default) or bf16 (backbones.check_precision). `image_column`,
     `label_column`: an hf dataset's columns, when not found from its features
     (evaluators/hf.py). `classnames`: the start names, as a tuple of names or a
     `--classnames` spec (a set name such as `clean`, or a file: agent/core/classnames.py);
-    None: the dataset's published labels."""
+    None: the dataset's published labels. `unlabeled`: how many images of the train pool
+    outside the split to draw as the split "unlabeled" (`--metric balance`; 0: none)."""
     from promptclimb.evaluators.backbones import load_backbone
     from promptclimb.evaluators.datasets import load_dataset, make_fewshot_split
 
@@ -300,6 +321,6 @@ def build_evaluator(dataset: str, shots: int, seed: int, backbone: str, pretrain
         classnames = read_classnames(classnames, data.classnames, data.named_sets)
     elif classnames is not None:
         classnames = check_classnames(classnames, len(data.classnames), "classnames")
-    split = make_fewshot_split(data, shots, seed)
+    split = make_fewshot_split(data, shots, seed, unlabeled=unlabeled)
     model = load_backbone(backbone, pretrained=pretrained, weights=weights, device=device, precision=precision)
     return ClipEvaluator(model, data, split, classnames=classnames)

@@ -89,6 +89,27 @@ def test_fewshot_split_is_the_same_in_another_python_process():
     assert outputs == {here}
 
 
+def test_unlabeled_images_come_from_the_rest_of_the_train_pool_without_labels():
+    from promptclimb.evaluators.datasets import UNLABELED
+
+    data = _synthetic()  # 20 train images per class, no val pool: val comes from the rest of train
+    plain = make_fewshot_split(data, 2, seed=1)
+    split = make_fewshot_split(data, 2, seed=1, unlabeled=30)
+    assert "unlabeled" not in plain.splits
+    assert {k: v for k, v in split.splits.items() if k != "unlabeled"} == plain.splits  # train, val as before
+    drawn = split.splits["unlabeled"]
+    assert len(drawn) == len({i for i, _ in drawn}) == 30 and {label for _, label in drawn} == {UNLABELED}
+    in_split = {i for s in ("train", "val") for i, _ in split.splits[s]}
+    assert not {i for i, _ in drawn} & in_split
+    assert {i for i, _ in drawn} <= {i for i, _ in data.splits["train"]}
+    assert make_fewshot_split(data, 2, seed=1, unlabeled=30).splits == split.splits
+    everything = make_fewshot_split(data, 2, seed=1, unlabeled=10_000).splits["unlabeled"]
+    assert len(everything) == 4 * (20 - 2 - 2)  # all that is left, when fewer than asked
+    small = _synthetic(per_class=2)  # 1 shot and 1 val image per class leave nothing
+    with pytest.raises(PromptclimbError, match=r"synthetic: no image of its train pool is left outside the 1-shot"):
+        make_fewshot_split(small, 1, seed=1, unlabeled=5)
+
+
 def test_shots_larger_than_smallest_class_names_it():
     data = _synthetic()
     data.splits["train"] = [x for x in data.splits["train"] if not (x[1] == 2 and x[0] >= "c2/img003")]

@@ -55,6 +55,47 @@ def test_scores_equal_a_direct_computation(make_evaluator):
             assert score.loss[split] == pytest.approx(float(F.cross_entropy(logits, labels)), abs=1e-4)
 
 
+def test_prediction_balance_is_the_entropy_of_the_predicted_classes_over_log_c():
+    import math
+
+    import torch
+
+    from promptclimb.evaluators.scorer import prediction_balance
+
+    predicted = torch.tensor([[0, 0, 0], [1, 0, 0], [2, 0, 1], [3, 0, 1]])  # [N=4, k=3]: one column per classifier
+    balance = prediction_balance(predicted, 4).tolist()
+    half = -(2 * 0.5 * math.log(0.5)) / math.log(4)  # two classes, two images each
+    assert balance == pytest.approx([1.0, 0.0, half])
+
+
+def test_the_unlabeled_split_is_scored_by_balance_alone(tiny_clip_config, tiny_clip_weights, image_folder,
+                                                         torch_threads):
+    import torch
+    import torch.nn.functional as F
+
+    from promptclimb.evaluators import build_evaluator
+    from promptclimb.evaluators.scorer import prediction_balance
+
+    # 8 images per class cut 4/2/2: 2 shots leave 2 train images per class unused
+    evaluator = build_evaluator("imagefolder", 2, 1, tiny_clip_config, weights=str(tiny_clip_weights),
+                                data_root=str(image_folder), device="cpu", unlabeled=100)
+    assert len(evaluator.split.splits["unlabeled"]) == 6
+    scores = evaluator.score(TEMPLATES, splits=("train", "unlabeled"))
+    backbone, data = evaluator.backbone, evaluator.dataset
+    images = torch.stack([backbone.preprocess(data.load_image(i)) for i, _ in evaluator.split.splits["unlabeled"]])
+    with torch.no_grad():
+        image_features = F.normalize(backbone.model.encode_image(images), dim=-1)
+    for template, score in zip(TEMPLATES, scores):
+        assert set(score.accuracy) == set(score.loss) == {"train"}  # no labels, no accuracy
+        with torch.no_grad():
+            text = F.normalize(backbone.model.encode_text(backbone.tokenizer(
+                [template.format(c) for c in data.classnames])), dim=-1)
+        predicted = (image_features @ text.T).argmax(1)
+        assert score.balance == {"unlabeled": pytest.approx(float(prediction_balance(predicted[:, None], 3)[0]))}
+    ensemble = evaluator.score_ensemble(TEMPLATES[:2], splits=("unlabeled",))
+    assert set(ensemble.balance) == {"unlabeled"} and not ensemble.accuracy
+
+
 def test_batch_scores_equal_one_at_a_time(make_evaluator):
     evaluator = make_evaluator()
     together = evaluator.score(TEMPLATES)

@@ -219,6 +219,96 @@ def test_why_a_new_best_is_held_back_reads_two_different_figures(metric, new, ol
     assert worse_on(("val",), metric, as_split(*new), as_split(*old)) == why
 
 
+class SpreadsEvenly(WordEvaluator):
+    """WordEvaluator with a balance on the unlabeled images: 0.95 for a template with
+    "sketch" or "drawing", 0.99 with "overfit" or "clothing", 0.9 for any other (what
+    `--metric balance` ranks by: the accuracy winner, "a photo of a {}.", spreads worst)."""
+
+    SPREAD = {"sketch": 0.95, "drawing": 0.95, "overfit": 0.99, "clothing": 0.99}
+
+    def _score_with(self, template, names, splits):
+        labelled = [s for s in splits if s != "unlabeled"]
+        score = super()._score_with(template, names, labelled)
+        if "unlabeled" not in splits:
+            return score
+        words = set(re.findall(r"[a-z]+", template.lower()))
+        balance = max([0.9] + [v for w, v in self.SPREAD.items() if w in words])
+        return type(score)(accuracy=score.accuracy, loss=score.loss, prob=score.prob, balance={"unlabeled": balance})
+
+    def _value(self, template: str, split: str) -> tuple[float, float]:
+        acc, loss = super()._value(template, split)
+        if "overfit" in template:  # spreads evenly and gets the labelled images wrong
+            acc = round(acc - 0.1, 4)
+        if "sketch" in template:  # fewer images right than "a drawing of a {}.", a lower cross-entropy
+            return acc, 0.5
+        return acc, round(2.0 - acc, 4)
+
+
+def test_metric_balance_ranks_by_the_unlabeled_images_then_accuracy_and_confirms_on_val_accuracy(tmp_path):
+    from promptclimb import load_run
+    from promptclimb.agent.core.format import pct
+    from promptclimb.agent.search import HELD_BACK
+
+    script = ["an overfit drawing of a {}.\na clothing drawing of a {}.", "a dark {}."]
+    with FakeLLM(script=script) as fake:
+        result, ev, run_dir = climb(tmp_path, fake.base_url, evaluator=SpreadsEvenly(), resets=1, iterations=2,
+                                    metric="balance")
+    assert all("unlabeled" in asked for asked in ev.splits_asked if "train" in asked)
+    first_ask = fake.requests[0]["messages"][-1]["content"]
+    # the pool's best by balance; "a sketch of the {}." spreads as evenly and gets fewer train images right
+    assert first_ask.splitlines()[1:4] == ["95.0%  a drawing of a {}.", "95.0%  a sketch of the {}.",
+                                            "90.0%  a photo of a {}."]  # the balance; ties by accuracy, not CE
+    assert "how evenly the classifier spreads unlabeled images" in first_ask.splitlines()[0]
+    events = history(run_dir)
+    scored = {e["template"]: e for e in events if e["event"] == "score"}
+    assert scored["a photo of a {}."]["balance"] == {"unlabeled": 0.9}
+    assert scored["a photo of a {}."]["accuracy"]["train"] > scored["a drawing of a {}."]["accuracy"]["train"]
+    # spreads better, but loses val accuracy against the best it would replace: held back
+    overfit = ev.score(["an overfit drawing of a {}."], splits=("train", "val"))[0]
+    held = [e for e in events if e["event"] == "reject" and e["reason"] == HELD_BACK]
+    assert [(e["template"], e["detail"]) for e in held] == [
+        ("an overfit drawing of a {}.",
+         f"val {pct(overfit.accuracy['val'])} vs {pct(scored['a drawing of a {}.']['accuracy']['val'])}")]
+    assert result.best["template"] == "a clothing drawing of a {}."
+    assert load_run(run_dir).ranked()["template"].iloc[0] == "a clothing drawing of a {}."  # read back alike
+    with FakeLLM(script=script) as fake:  # ranked by accuracy: another board, nothing unlabeled scored
+        _, ev, run_dir = climb(tmp_path, fake.base_url, name="acc", cache="cache-acc",
+                                         evaluator=SpreadsEvenly(), resets=1, iterations=2)
+    assert not any("unlabeled" in asked for asked in ev.splits_asked)
+    assert fake.requests[0]["messages"][-1]["content"].splitlines()[1].endswith("  a photo of a {}.")
+    assert not [e for e in history(run_dir) if e["event"] == "reject" and e["reason"] == HELD_BACK]
+    assert not any("balance" in e for e in history(run_dir) if e["event"] == "score")
+
+
+def test_cli_metric_balance_draws_the_unlabeled_images_and_a_resume_draws_them_again(tmp_path):
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli.search import search_cmd
+    from promptclimb.agent.core.defaults import UNLABELED_IMAGES
+
+    asked = []
+
+    def factory(**settings):
+        asked.append(settings.get("unlabeled"))
+        return SpreadsEvenly(settings["dataset"])
+
+    runs = tmp_path / "runs"
+    with FakeLLM(script=["a clothing drawing of a {}."]) as fake:
+        env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.base_url}
+        base = ["--dataset", "toy", "--iterations", "1", "--resets", "1", "--search", "template", "--runs-dir", str(runs)]
+        for name, metric in (("bal", "balance"), ("acc", "accuracy")):
+            result = CliRunner().invoke(search_cmd, [*base, "--metric", metric, "--name", name, "--json"], env=env,
+                                        obj={"evaluator_factory": factory})
+            assert result.exit_code == 0, result.output
+        assert asked == [UNLABELED_IMAGES, 0]
+        assert json.loads((runs / "bal" / "config.json").read_text())["evaluator_args"]["unlabeled"] == UNLABELED_IMAGES
+        assert json.loads((runs / "bal" / "summary.json").read_text())["best"]["balance"] == {"unlabeled": 0.99}
+        resumed = CliRunner().invoke(search_cmd, ["--resume", "bal", "--runs-dir", str(runs), "--json"], env=env,
+                                     obj={"evaluator_factory": factory})
+        assert resumed.exit_code == 0, resumed.output
+        assert asked[-1] == UNLABELED_IMAGES
+
+
 def test_hostile_proposals_are_rejected_with_reasons_and_never_evaluated(tmp_path):
     hostile = "\n".join(["{0} photo", "a {name}", "{.__class__.__mro__}", "{} {}", "a {{}}", "a } {}",
                          "x" * 400 + "{}", "A PHOTO OF A {}", "a photo of a {}.", "a fine {}"])

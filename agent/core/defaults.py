@@ -29,3 +29,8 @@ def default_backbone(dataset: str, backbone: str | None, pretrained: str | None,
     if dataset == EMBEDDED_DATASET:
         return EMBEDDED_BACKBONE, pretrained
     return DEFAULT_BACKBONE, pretrained or (None if weights else DEFAULT_PRETRAINED)
+
+# --metric balance: how many images of the train pool outside the few-shot split are drawn
+# and scored without their labels (docs/results.md, "Ranked by the balance of predictions":
+# with 200 the pick is noisier than with about a thousand).
+UNLABELED_IMAGES = 1000

@@ -12,14 +12,23 @@ from typing import Protocol, Sequence
 SPLITS = ("train", "val", "test")  # an evaluator's splits: the search scores on train and val, test once at the end
 
 
+# The split of images scored without their labels (`--metric balance`): images of the
+# train pool that are in neither train nor val (evaluators/datasets.py make_fewshot_split).
+UNLABELED_SPLIT = "unlabeled"
+
+
 @dataclass(frozen=True)
 class Score:
     """Accuracy (0..1), mean cross-entropy and mean probability of the true class (0..1) of
-    one template (or an ensemble) per split."""
+    one template (or an ensemble) per split; on a split of images without labels
+    ("unlabeled"), only the balance of its predictions."""
 
     accuracy: dict[str, float]
     loss: dict[str, float] = field(default_factory=dict)
     prob: dict[str, float] = field(default_factory=dict)
+    # How evenly the predicted classes spread over the images: the entropy of the predicted
+    # classes' histogram over log(C) (1: each class predicted equally often; 0: one class).
+    balance: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

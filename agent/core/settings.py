@@ -28,6 +28,7 @@ class EvaluatorSettings:
     image_column: str | None = None  # an hf dataset's columns, when not found from its features
     label_column: str | None = None
     classnames: str | None = None  # the start names: None (published), a named set or a file (--classnames)
+    unlabeled: int = 0  # images of the train pool outside the split scored without labels (--metric balance)
 
     def kwargs(self) -> dict:
         return asdict(self)

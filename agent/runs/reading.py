@@ -30,7 +30,7 @@ import pandas as pd
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.runfiles import SWEEP_FILE
 from promptclimb.agent.runs.store import ANSWER_KINDS, CONFIG, FORMAT_VERSION, HISTORY, SUMMARY, ledger
-from promptclimb.agent.ranking import LEGACY_METRIC, best_first, selection_value, top_and_bottom
+from promptclimb.agent.ranking import LEGACY_METRIC, best_first, selection_value, then_value, top_and_bottom
 from promptclimb.agent.search import SELECTIONS
 
 
@@ -328,7 +328,8 @@ class Run:
                 row[split] = value
             for split, value in (e.get("loss") or {}).items():
                 row[f"{split}_loss"] = value
-            row["selection"] = selection_value(e["accuracy"], e.get("prob"), self.select_splits, self.metric)
+            row["selection"] = selection_value(e["accuracy"], e.get("prob"), self.select_splits, self.metric,
+                                               e.get("balance"))
             row["line"] = e["_line"]
             rows.append(row)
         frame = pd.DataFrame(rows)
@@ -388,7 +389,11 @@ class Run:
             restart, line = rows[i].get("restart"), rows[i].get("line")
             return (restart if _number(restart) else 0, line if _number(line) else i)
 
-        positions = best_first(range(len(rows)), splits, value=lambda i: rows[i]["selection"], loss=loss, order=order)
+        def then(i: int) -> float | None:  # accuracy on the selection splits, under --metric balance
+            return then_value({s: rows[i][s] for s in splits if _number(rows[i].get(s))}, splits, self.metric)
+
+        positions = best_first(range(len(rows)), splits, value=lambda i: rows[i]["selection"], loss=loss, order=order,
+                               then=then)
         return frame.iloc[positions].reset_index(drop=True)
 
     def scoreboard(self, restart, before_line: int) -> tuple[list[dict], list[dict]]:
@@ -458,7 +463,7 @@ class Run:
                 change = e["changes"][0]
                 rows.append({"template": f"{change['from']} -> {change['to']}", "line": e["_line"],
                              "selection": selection_value(e.get("accuracy") or {}, e.get("prob") or {},
-                                                          self.select_splits, self.metric),
+                                                          self.select_splits, self.metric, e.get("balance")),
                              **{s: (e.get("accuracy") or {}).get(s) for s in ("train", "val")},
                              "loss": (e.get("loss") or {}).get(self.select_splits[0], math.nan), "order": e["_line"]})
         rejects = [{"template": e.get("name", ""), "reason": e.get("reason", ""), "_line": e["_line"]}
@@ -544,7 +549,7 @@ class Run:
                     turn["combinations_refused"] += e.get("refused_combinations") or []
                 elif len(e.get("changes") or ()) == 1:
                     value = selection_value(e.get("accuracy") or {}, e.get("prob") or {}, self.select_splits,
-                                            self.metric)
+                                            self.metric, e.get("balance"))
                     turn["scored"].append({**e["changes"][0], "selection": value})
         return list(turns.values())
 
