@@ -307,6 +307,10 @@ def test_cli_metric_balance_draws_the_unlabeled_images_and_a_resume_draws_them_a
                                      obj={"evaluator_factory": factory})
         assert resumed.exit_code == 0, resumed.output
         assert asked[-1] == UNLABELED_IMAGES
+    from promptclimb.agent.cli import cli
+
+    shown = CliRunner().invoke(cli, ["show", "bal", "--runs-dir", str(runs)])
+    assert shown.exit_code == 0 and "ranked by balance on unlabeled images, then accuracy on train" in shown.output
 
 
 def test_hostile_proposals_are_rejected_with_reasons_and_never_evaluated(tmp_path):

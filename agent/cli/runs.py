@@ -110,7 +110,7 @@ def headline(run: Run) -> str:
     status = f"stopped early ({stopped})" if stopped.startswith("budget") else run.status
     ledger = run.ledger()
     who = (f"optimizer {run.config['optimizer']}" if is_soft_prompt_run(run.config)
-           else f"LLM {run.llm}, pool {run.pool}, ranked by {run.metric} on {run.select}")
+           else f"LLM {run.llm}, pool {run.pool}, ranked by {run.ranked_by}")
     return (
         f"run {run.id}: {run.dataset}, backbone {run.backbone}, {run.args.get('shots')} shots, "
         f"seed {run.args.get('seed')}, {who}; "

@@ -269,6 +269,14 @@ class Run:
         return (self.config.get("search") or {}).get("metric") or LEGACY_METRIC
 
     @property
+    def ranked_by(self) -> str:
+        """e.g. "accuracy on train"; under --metric balance, "balance on unlabeled images,
+        then accuracy on train"."""
+        if self.metric == "balance":
+            return f"balance on unlabeled images, then accuracy on {self.select}"
+        return f"{self.metric} on {self.select}"
+
+    @property
     def pool(self) -> str:
         """The initial pool: curated, captions or the file's path."""
         return (self.config.get("pool") or {}).get("name") or "curated"

@@ -40,7 +40,7 @@ def facts(run: Run) -> list[tuple[str, str]]:
                           else f"stopped early ({final['stopped']})"),
         ("dataset", run.dataset), ("backbone", run.backbone),
         ("shots", run.args.get("shots")), ("seed", run.args.get("seed")),
-        ("LLM", run.llm), ("pool", run.pool), ("ranked by", f"{run.metric} on {run.select}"),
+        ("LLM", run.llm), ("pool", run.pool), ("ranked by", run.ranked_by),
         ("search", f"{search.get('restarts', '?')} restart(s) × {search.get('resets', '?')} reset(s) × "
                    f"{search.get('iterations', '?')} iteration(s), {search.get('proposals', '?')} proposals each"),
         ("started", run.created.strftime("%Y-%m-%d %H:%M %Z").strip()),
