@@ -9,7 +9,8 @@ search's ranking picks on train (accuracy, then cross-entropy), of the one it wo
 train and val pooled (`--select train+val`), of the one `--metric balance` picks (how evenly
 the predictions spread over up to 1,000 unlabeled images of the train pool outside the split,
 then train accuracy, then cross-entropy), of `a photo of a {}.`, and the pool's mean and
-best on test. The best is chosen on test: a ceiling no pick on a few images can be expected
+best on test, and how well train accuracy and the balance each rank the pool by test
+accuracy (Spearman). The best is chosen on test: a ceiling no pick on a few images can be expected
 to reach, not a method. Test is only measured here; no search reads it. Asserts nothing.
 """
 
@@ -32,6 +33,11 @@ def picked(accuracy: np.ndarray, loss: np.ndarray, first: np.ndarray | None = No
     return int(np.lexsort(keys if first is None else (*keys, -first))[0])
 
 
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Rank correlation (ties share their mean rank)."""
+    return float(pd.Series(a).rank().corr(pd.Series(b).rank()))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--start", default="published", help="published or clean: the class names")
@@ -41,7 +47,7 @@ def main():
     args = parser.parse_args()
 
     pool = [p.template for p in load_pool("fashion-mnist", "curated")]
-    rows = []
+    rows, agreement = [], []
     for seed in args.seeds:
         evaluator = build_evaluator(dataset="fashion-mnist", shots=args.shots, seed=seed, backbone=args.backbone,
                                     classnames=args.start, unlabeled=UNLABELED_IMAGES)
@@ -49,10 +55,12 @@ def main():
         acc = {s: np.array([x.accuracy[s] for x in scores]) for s in ("train", "val", "test")}
         loss = {s: np.array([x.loss[s] for x in scores]) for s in ("train", "val")}
         test = acc["test"]
+        balance = np.array([x.balance["unlabeled"] for x in scores])
+        agreement.append({"seed": seed, "train accuracy": spearman(acc["train"], test),
+                          "balance": spearman(balance, test)})
         rows.append({"seed": seed, "picked on train": test[picked(acc["train"], loss["train"])],
                      "picked on train+val": test[picked(acc["train"] + acc["val"], loss["train"] + loss["val"])],
-                     "picked by balance": test[picked(acc["train"], loss["train"],
-                                                      np.array([x.balance["unlabeled"] for x in scores]))],
+                     "picked by balance": test[picked(acc["train"], loss["train"], balance)],
                      "a photo of a {}.": test[pool.index("a photo of a {}.")],
                      "pool mean": test.mean(), "pool best (chosen on test)": test.max()})
     df = pd.DataFrame(rows).set_index("seed")
@@ -60,6 +68,9 @@ def main():
           f"{args.shots} shot(s)")
     print((100 * df).round(1).to_string())
     print("mean over seeds: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in df.mean().items()))
+    rho = pd.DataFrame(agreement).set_index("seed")
+    print("how each ranks the pool by test accuracy (Spearman), mean (lowest-highest seed): "
+          + ", ".join(f"{k} {v.mean():.2f} ({v.min():.2f}-{v.max():.2f})" for k, v in rho.items()))
 
 
 if __name__ == "__main__":
