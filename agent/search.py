@@ -787,13 +787,15 @@ class HillClimber:
     # mean probability mostly rewards making easy images surer. --metric prob|blend ranks by
     # the probability first, for both.
     def score_key(self, score: Score) -> tuple:
-        return rank_key(self.value_of(score), score.loss, self.splits, 0,
-                        then_value(score.accuracy, self.splits, self.config.metric))[:3]
+        return self.ranking_key(self.value_of(score), score.loss, score.accuracy)
 
     def beats(self, score: Score, than: Scored) -> bool:
         """Whether `score` ranks strictly above the pair `than` (value, then cross-entropy)."""
-        return self.score_key(score) < rank_key(self.value(than), than.loss, self.splits, 0,
-                                                then_value(than.accuracy, self.splits, self.config.metric))[:3]
+        return self.score_key(score) < self.ranking_key(self.value(than), than.loss, than.accuracy)
+
+    def ranking_key(self, value: float, loss: dict, accuracy: dict) -> tuple:
+        """`rank_key` without the order: value, accuracy under --metric balance, cross-entropy."""
+        return rank_key(value, loss, self.splits, 0, then_value(accuracy, self.splits, self.config.metric))[:3]
 
     def value_of(self, score: Score) -> float:
         return selection_value(score.accuracy, score.prob, self.splits, self.config.metric, score.balance)
