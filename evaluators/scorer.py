@@ -294,7 +294,9 @@ def prediction_balance(predicted: torch.Tensor, num_classes: int) -> torch.Tenso
     """[k] balance of `predicted` [N, k] (class indices): the entropy of each column's
     histogram of predicted classes over log(C); 1.0 when every class is predicted equally
     often, 0.0 when one class takes every image."""
-    counts = F.one_hot(predicted, num_classes).sum(0).float()  # [k, C]
+    columns = predicted.T  # [k, N]
+    counts = torch.zeros(columns.shape[0], num_classes, device=predicted.device).scatter_add_(
+        1, columns, torch.ones(columns.shape, device=predicted.device))  # [k, C], without an [N, k, C] one-hot
     shares = counts / counts.sum(-1, keepdim=True)
     entropy = -(shares * shares.clamp_min(1e-12).log()).sum(-1)
     return entropy / math.log(num_classes) if num_classes > 1 else torch.ones_like(entropy)
