@@ -197,8 +197,8 @@ def make_fewshot_split(dataset: Dataset, shots: int, seed: int, unlabeled: int =
         left = sorted(image_id for ids in train_pool.values() for image_id in ids if image_id not in used)
         if not left:
             raise PromptclimbError(
-                f"{dataset.name}: no image of its train pool is left outside the {shots}-shot split to use "
-                f"without its label")
+                f"{dataset.name}: no image of its train pool is left outside the {shots}-shot split to score "
+                f"without its label (what --metric balance ranks by); use another --metric")
         drawn = rng.choice(len(left), size=min(unlabeled, len(left)), replace=False)
         splits["unlabeled"] = [(left[i], UNLABELED) for i in sorted(drawn.tolist())]
     return FewShotSplit(dataset=dataset.name, shots=shots, seed=seed, splits=splits)
