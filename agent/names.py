@@ -231,6 +231,22 @@ def check_names(pairs: Sequence[tuple[str, str]], current: Sequence[str], start:
     return accepted, refused
 
 
+def refusals_shown(refused: Sequence[NameRefusal], names: Sequence[str]) -> list[dict]:
+    """The refusals as the next names turn lists them (`names`: the classes' names the turn
+    asked with), each name refused for the same class and reason once: a small model that
+    fills a line with another class's name ("sandal: ankle boot; ankle boot; ankle boot;
+    ankle boot", seen on the bench) would otherwise read it back four times, and copy it."""
+    shown, seen = [], set()
+    for r in refused:
+        key = (r.cls if r.cls is not None else name_key(r.label), name_key(r.name), r.reason)
+        if key in seen:
+            continue
+        seen.add(key)
+        shown.append({"class": names[r.cls] if r.cls is not None else r.label, "name": r.name,
+                      "reason": r.shown(), "repeat": r.reason == REPEAT})
+    return shown
+
+
 def first_of_each_name(items: Sequence, name_of) -> list:
     """`items` (best first) without those whose name, or its singular, an earlier one has:
     one answer may give two classes the same name ("Sneaker: shoe", "Ankle boot: shoe"),

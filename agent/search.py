@@ -617,8 +617,7 @@ class HillClimber:
             state.results = [{"class": names[p.cls], "name": p.name, "value": self.value_of(score),
                               "previous_best": self.value(best), "verdict": verdict(self.value_of(score), self.value(best)),
                               "kept": p in kept} for p, (_, score) in zip(proposals, singles)]
-            state.rejected = [{"class": names[r.cls] if r.cls is not None else r.label, "name": r.name,
-                               "reason": r.shown(), "repeat": r.reason == naming.REPEAT} for r in refused + guarded]
+            state.rejected = naming.refusals_shown(refused + guarded, names)
             self.print_names_progress(restart, reset, iteration, names, proposals, refused + guarded, kept)
 
     def record_name_rejects(self, refused: list, restart: int, reset: int, iteration: int, call: int) -> None:

@@ -179,6 +179,20 @@ def test_every_refusal_reason_is_recorded_and_shown_in_the_next_names_turn(tmp_p
     assert re.search(r"^jeans \(first named Trouser\): ", again, flags=re.M)  # kept: the class's new name
 
 
+def test_a_name_refused_several_times_in_one_answer_is_shown_back_once(tmp_path):
+    # a small model fills a line with another class's name (seen on the bench)
+    respond = scripted(["Trouser: Dress; Dress; dress; Dress\nBag: Dress", "Trouser: jeans"])
+    with FakeLLM(responder=respond) as fake:
+        climb(tmp_path, fake.base_url, iterations=2, names_per_class=4)
+    rejects = [r for r in of(tmp_path / "runs" / "run", "name_reject") if r["iteration"] == 1]
+    assert [(r["class"], r["name"]) for r in rejects] == [(1, "Dress"), (1, "Dress"), (1, "dress"), (1, "Dress"),
+                                                          (3, "Dress")]  # the history keeps every one
+    again = respond.names_requests[1]["messages"][1]["content"]
+    assert again.count("Trouser -> Dress (the name of another class: Dress)") == 1
+    assert "Trouser -> dress" not in again  # the same name in other letters
+    assert again.count("Bag -> Dress (the name of another class: Dress)") == 1  # another class: its own line
+
+
 def test_the_guard_refuses_a_drift_and_off_keeps_it(tmp_path):
     answer = ["Trouser: skirt; jeans"]
     with FakeLLM(responder=scripted(answer)) as fake:
