@@ -723,8 +723,21 @@ class HillClimber:
         """The "judge" guard against a name drifting to another class's meaning (agent/names.py,
         which says why this one): the other class the change drifts to, or None. The LLM is
         asked which class the new name is, among the start names (temperature 0, a seed fixed
-        by the run's seed: the same question is one cached answer)."""
-        messages = [{"role": "user", "content": self.meta.names_judge(self.evaluator.task, list(self.start_names),
+        by the run's seed: the same question is one cached answer). An answer naming another
+        class is asked again with the classes listed in reverse order, and the change is
+        refused only when both answers name the same class: the small model's answer leans
+        on the list's order and on spelling (`sweater` for pullover filed under Sneaker)."""
+        other = self.ask_judge(proposal, names, self.start_names, restart, reset, iteration)
+        if other is None:
+            return None
+        again = self.ask_judge(proposal, names, self.start_names[::-1], restart, reset, iteration)
+        return other if again == other else None
+
+    def ask_judge(self, proposal, names: tuple[str, ...], listed: Sequence[str], restart: int, reset: int,
+                  iteration: int) -> int | None:
+        """One judge question, the classes `listed` in that order: the other class it files
+        the name under, or None."""
+        messages = [{"role": "user", "content": self.meta.names_judge(self.evaluator.task, list(listed),
                                                                       proposal.name)}]
         seed = call_seed(self.config.seed, -1, -1, -1)
         answer = self.llm.chat(messages, temperature=0.0, seed=seed, max_answer_tokens=JUDGE_ANSWER_TOKENS)

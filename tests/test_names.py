@@ -199,7 +199,11 @@ def test_the_guard_refuses_a_drift_and_off_keeps_it(tmp_path):
         guarded, _, run_dir = climb(tmp_path, fake.base_url, name="guarded")
     drift = of(run_dir, "name_reject")
     assert [(r["name"], r["reason"], r["detail"]) for r in drift] == [("skirt", naming.DRIFT, "Dress")]
-    assert [(j["name"], j["judged"]) for j in of(run_dir, "names_judge")] == [("skirt", 2), ("jeans", None)]
+    # filed under Dress with the classes listed in either order
+    judged = of(run_dir, "names_judge")
+    assert [(j["name"], j["judged"]) for j in judged] == [("skirt", 2), ("skirt", 2), ("jeans", None)]
+    assert [j["messages"][0]["content"].splitlines()[0] for j in judged[:2]] == [
+        "Classes: T-shirt/top, Trouser, Dress, Bag.", "Classes: Bag, Dress, Trouser, T-shirt/top."]
     assert guarded.best["names"][1] == "jeans"
     assert guarded.summary["names"]["counts"]["refused"] == {naming.DRIFT: 1}
     with FakeLLM(responder=scripted(answer)) as fake:
@@ -207,6 +211,21 @@ def test_the_guard_refuses_a_drift_and_off_keeps_it(tmp_path):
     assert not of(run_dir, "names_judge") and not of(run_dir, "name_reject")
     assert unguarded.best["names"][1] == "skirt"  # it won on the selection split ...
     assert unguarded.best["accuracy"]["test"] < guarded.best["accuracy"]["test"]  # ... and lost on test
+
+
+def test_a_name_the_judge_files_under_another_class_in_one_order_only_is_kept(tmp_path):
+    # the embedded model filed `sweater` (for pullover) under Sneaker; its answers lean on the
+    # order the classes are listed in
+    def respond(body: dict) -> str:
+        if kind(body) == "judge":
+            return "Dress" if body["messages"][0]["content"].startswith("Classes: T-shirt/top") else "Trouser"
+        return "Trouser: pants" if kind(body) == "names" else "a grayscale photo of a {}."
+
+    with FakeLLM(responder=respond) as fake:
+        result, _, run_dir = climb(tmp_path, fake.base_url)
+    assert [(j["name"], j["judged"]) for j in of(run_dir, "names_judge")] == [("pants", 2), ("pants", None)]
+    assert not of(run_dir, "name_reject")
+    assert result.best["names"][1] == "pants"
 
 
 def test_a_rename_that_loses_its_own_class_images_is_refused_and_the_llm_reads_why(tmp_path):
