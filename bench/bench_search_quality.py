@@ -38,6 +38,8 @@ The class-name variants (`--start published|clean`: which names the searches sta
                     train+val: twice the images for every choice, nothing held out to confirm on)
     both-balance    both, ranked by the balance of the predictions on up to 1,000 images of
                     the train pool outside the split, read without labels (--metric balance)
+    both-balance-example  both-balance, the names turn's system message with one example line
+                    (prompts/ablations/names-example)
     template-noconfirm  template, the same
     both-narrow     both, confirmed by a narrower rule (measured, not taken: not an option):
                     a change that got more selection images right must not lose val
@@ -82,6 +84,7 @@ SEARCHES = {  # variant -> (change to the default SearchConfig, meta-prompt fold
     "both-noconfirm": ({"search": "both", "confirm": "off"}, None),
     "both-trainval": ({"search": "both", "select": "train+val"}, None),
     "both-balance": ({"search": "both", "metric": "balance"}, None),
+    "both-balance-example": ({"search": "both", "metric": "balance"}, ROOT / "prompts" / "ablations" / "names-example"),
     "template-noconfirm": ({"search": "template", "confirm": "off"}, None),
     "both-narrow": ({"search": "both"}, None),
     "template-narrow": ({"search": "template"}, None),

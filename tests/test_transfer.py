@@ -165,13 +165,11 @@ def test_show_and_report_include_the_transfer(tmp_path, target_net):
     assert f'src="data:image/png;base64,{png}"' in html
 
 
-def test_transfer_to_a_wider_text_tower_end_to_end(tmp_path, tiny_clip_config, tiny_clip_weights, image_folder,
-                                                    torch_threads, monkeypatch):
-    """A real tiny search on pc-tiny-vit, transferred to pc-tiny-wide (a different embed width)."""
+def tiny_run_and_wide_weights(tmp_path, tiny_clip_config, tiny_clip_weights, image_folder, torch_threads):
+    """A real tiny search on pc-tiny-vit (the run "tiny"), and random weights for pc-tiny-wide
+    (a different embed width): the runs folder and the weights file."""
     import open_clip
     from safetensors.torch import save_file
-
-    from promptclimb.evaluators import backbones
 
     runs = tmp_path / "runs"
     with FakeLLM(responder=lambda body: "a blurry photo of a {}.\nan old {}.\na {} in the dark.") as fake:
@@ -186,7 +184,16 @@ def test_transfer_to_a_wider_text_tower_end_to_end(tmp_path, tiny_clip_config, t
     assert wide.text_projection.shape[1] != open_clip.create_model(tiny_clip_config).text_projection.shape[1]
     weights = tmp_path / "wide.safetensors"
     save_file({k: v.contiguous() for k, v in wide.state_dict().items()}, str(weights))
+    return runs, weights
 
+
+def test_transfer_to_a_wider_text_tower_end_to_end(tmp_path, tiny_clip_config, tiny_clip_weights, image_folder,
+                                                    torch_threads, monkeypatch):
+    """A real tiny search on pc-tiny-vit, transferred to pc-tiny-wide (a different embed width)."""
+    from promptclimb.evaluators import backbones
+
+    runs, weights = tiny_run_and_wide_weights(tmp_path, tiny_clip_config, tiny_clip_weights, image_folder,
+                                              torch_threads)
     result = invoke("transfer", "tiny", "--backbone", "pc-tiny-wide", "--weights", weights, "--device", "cpu",
                     "--runs-dir", runs)
     assert result.exit_code == 0, result.output
@@ -217,7 +224,24 @@ def test_transfer_to_a_wider_text_tower_end_to_end(tmp_path, tiny_clip_config, t
     refused = invoke("transfer", "tiny", "--backbone", "pc-tiny-wide", "--weights", weights, "--device", "cpu",
                      "--precision", "bf16", "--runs-dir", runs)
     assert refused.exit_code == 1 and "needs a CPU with bfloat16 instructions" in refused.output, refused.output
-    # ...and one with them (faked here: autocast emulates bf16 where the CPU lacks it) encodes in bf16
+
+
+def avx512_cpu() -> bool:
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
+@pytest.mark.skipif("not avx512_cpu()", reason="oneDNN runs bf16 only on an AVX-512 CPU")
+def test_transfer_with_bf16_encodes_the_target_in_bf16(tmp_path, tiny_clip_config, tiny_clip_weights, image_folder,
+                                                       torch_threads, monkeypatch):
+    """--precision bf16 reaches the target's encoders. The CPU's bf16 instructions are faked:
+    oneDNN emulates bf16 on an AVX-512 CPU without them (the bf16 arithmetic itself:
+    tests/test_image_encoding.py)."""
+    from promptclimb.evaluators import backbones
+
+    runs, weights = tiny_run_and_wide_weights(tmp_path, tiny_clip_config, tiny_clip_weights, image_folder,
+                                              torch_threads)
     monkeypatch.setattr(backbones.device, "cpu_supports_bf16", lambda: True)
     encoded = []
     original = backbones.Backbone.encode_texts

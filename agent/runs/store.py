@@ -46,7 +46,9 @@ Events:
     name_score    restart, reset, iteration, call, template, names, changes [{class, from,
                   to}] (one: a proposal; several: a combination), accuracy, loss, prob
     names_judge   restart, reset, iteration, call, class, name, request_key, answer, usage,
-                  latency_s, cached, source, judged (the class the answer names, or null)
+                  latency_s, cached, source, judged (the other class the answer names, or
+                  null); when it names one, a second such event asks with the classes in
+                  reverse order, and the name is refused only when both name the same class
     names_change  restart, reset, iteration, call, template, names (the new best names),
                   changes [{class, from, to}], accuracy, loss, prob; refused_combinations
                   [{changes, reason ("worse held out" or "own images lost"), detail}] when

@@ -1,0 +1,64 @@
+"""The drift guard's judge on fixed questions: which good renames it refuses, which drifts it catches.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_judge.py
+
+The embedded local LLM is asked the judge's question (prompts/meta/names_judge.j2,
+temperature 0) for 29 good renames and 16 drifts of Fashion-MNIST's classes, once with the
+cleaned start names and once with the published labels, the classes listed in class order
+and again in reverse order. Printed per question: both answers and whether a change would be
+refused by one answer alone (the rule before) and by both answers naming the same other
+class (the guard's rule, agent/search.py `HillClimber.drift_guard`); then the counts.
+Which rename is good and which a drift is this file's judgement. Asserts nothing.
+"""
+
+from __future__ import annotations
+
+from promptclimb.agent import names as naming
+from promptclimb.agent.core.paths import cache_dir
+from promptclimb.agent.core.protocol import Task
+from promptclimb.agent.llm.client import LLMClient
+from promptclimb.agent.llm.local import local_server
+from promptclimb.agent.metaprompt import MetaPrompt
+from promptclimb.agent.search import call_seed
+
+CLEAN = ("T-shirt", "trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
+PUBLISHED = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+GOOD = [("sweater", 2), ("sweaters", 2), ("jumper", 2), ("sweatshirt", 2), ("knit sweater", 2), ("jeans", 1),
+        ("pants", 1), ("slacks", 1), ("tee", 0), ("tee shirt", 0), ("gown", 3), ("evening gown", 3), ("frock", 3),
+        ("parka", 4), ("overcoat", 4), ("flip-flop", 5), ("sandals", 5), ("trainer", 7), ("running shoe", 7),
+        ("sport shoe", 7), ("handbag", 8), ("purse", 8), ("tote bag", 8), ("boot", 9), ("bootie", 9),
+        ("button-up shirt", 6), ("dress shirt", 6), ("flannel shirt", 6), ("collared shirt", 6)]
+DRIFTS = [("skirt", 1), ("boot", 7), ("jacket", 2), ("tank top", 6), ("blazer", 6), ("cardigan", 4), ("slipper", 7),
+          ("sweater", 6), ("hoodie", 0), ("gown", 4), ("high heels", 9), ("flip-flop", 7), ("trench coat", 2),
+          ("loafer", 9), ("tunic", 0), ("polo shirt", 6)]
+
+
+def main():
+    meta = MetaPrompt()
+    with local_server() as url:
+        llm = LLMClient("local", base_url=url, api_key="none", cache_dir=cache_dir("bench-judge"))
+        for start in (CLEAN, PUBLISHED):
+            task = Task("fashion-mnist", "small grayscale photos of clothing", start)
+
+            def judged(name: str, cls: int, listed) -> tuple[str, int | None]:
+                messages = [{"role": "user", "content": meta.names_judge(task, list(listed), name)}]
+                answer = llm.chat(messages, temperature=0.0, seed=call_seed(1, -1, -1, -1), max_answer_tokens=12).content
+                return answer.strip(), naming.judge_verdict(answer, cls, start, start)
+
+            counts = {}
+            for kind, cases in (("good", GOOD), ("drift", DRIFTS)):
+                one = both = 0
+                for name, cls in cases:
+                    (a1, v1), (a2, v2) = judged(name, cls, start), judged(name, cls, start[::-1])
+                    one += v1 is not None
+                    both += v1 is not None and v1 == v2
+                    print(f"{kind:5}  {start[cls]} <- {name}  | {a1} | {a2} | refused by one answer: {v1 is not None}, "
+                          f"by both: {v1 is not None and v1 == v2}")
+                counts[kind] = (len(cases), one, both)
+            print(f"start names {', '.join(start)}: " + "; ".join(
+                f"{kind} renames refused by one answer {one} of {n}, by both {both}" for kind, (n, one, both)
+                in counts.items()))
+
+
+if __name__ == "__main__":
+    main()
