@@ -19,7 +19,7 @@ from promptclimb.agent.core.protocol import Task
 from promptclimb.agent.llm.client import LLMClient
 from promptclimb.agent.llm.local import local_server
 from promptclimb.agent.metaprompt import MetaPrompt
-from promptclimb.agent.search import call_seed
+from promptclimb.agent.search import JUDGE_ANSWER_TOKENS, call_seed
 
 CLEAN = ("T-shirt", "trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
 PUBLISHED = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -42,7 +42,8 @@ def main():
 
             def judged(name: str, cls: int, listed) -> tuple[str, int | None]:
                 messages = [{"role": "user", "content": meta.names_judge(task, list(listed), name)}]
-                answer = llm.chat(messages, temperature=0.0, seed=call_seed(1, -1, -1, -1), max_answer_tokens=12).content
+                answer = llm.chat(messages, temperature=0.0, seed=call_seed(1, -1, -1, -1),
+                                  max_answer_tokens=JUDGE_ANSWER_TOKENS).content
                 return answer.strip(), naming.judge_verdict(answer, cls, start, start)
 
             counts = {}
