@@ -382,6 +382,7 @@ class HillClimber:
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> ClimbResult:
         started = time.time()
+        self.check_unlabeled()
         self.store.append("run_start", run_id=self.store.run_dir.name)
         stopped = "completed"
         try:
@@ -391,6 +392,23 @@ class HillClimber:
             self.store.append("stop", reason=stopped)
             self.echo(f"stopping early: {exc}")
         return self.finish(stopped, started)
+
+    def check_unlabeled(self) -> None:
+        """Under --metric balance, one template scored on the split "unlabeled" first: an
+        evaluator that cannot score it (a user's, built without unlabeled images) is refused
+        in one line before the first turn, not with a KeyError deep inside the ranking."""
+        if self.config.metric != "balance":
+            return
+        try:
+            score = self.evaluator.score([self.pool[0].template], splits=(UNLABELED_SPLIT,))[0]
+            why = "" if UNLABELED_SPLIT in score.balance else "it returned no balance for it"
+        except Exception as exc:  # the evaluator's own error, passed on in the message
+            why = f"{type(exc).__name__}: {exc}"
+        if why:
+            raise PromptclimbError(
+                f"--metric balance ranks by how evenly the predictions spread over images scored without their "
+                f"labels (the split {UNLABELED_SPLIT!r}), and the evaluator cannot score that split ({why}); build "
+                f"it with unlabeled images (the factory's `unlabeled` keyword) or use another --metric")
 
     def run_restarts(self) -> None:
         """Every restart: one after another, or with `parallel` K in K lanes (threads; lane l

@@ -280,6 +280,28 @@ def test_metric_balance_ranks_by_the_unlabeled_images_then_accuracy_and_confirms
     assert not any("balance" in e for e in history(run_dir) if e["event"] == "score")
 
 
+class LabelledOnly(WordEvaluator):
+    """A user's evaluator that leaves the split "unlabeled" out of its scores."""
+
+    def _score_with(self, template, names, splits):
+        return super()._score_with(template, names, [s for s in splits if s != "unlabeled"])
+
+
+@pytest.mark.parametrize("evaluator, why", [(WordEvaluator, "KeyError: 'unlabeled'"),
+                                            (LabelledOnly, "it returned no balance for it")])
+def test_metric_balance_refuses_an_evaluator_without_unlabeled_images_before_the_first_turn(tmp_path, evaluator, why):
+    from promptclimb.agent.core.errors import PromptclimbError
+
+    with FakeLLM(script=["a dark {}."]) as fake:
+        with pytest.raises(PromptclimbError) as caught:
+            climb(tmp_path, fake.base_url, evaluator=evaluator(), resets=1, iterations=1, metric="balance")
+        assert not fake.requests
+    assert str(caught.value).startswith("--metric balance ranks by how evenly the predictions spread over images "
+                                        "scored without their labels (the split 'unlabeled'), and the evaluator "
+                                        f"cannot score that split ({why}); ")
+    assert "run_start" not in (tmp_path / "runs" / "run" / "history.jsonl").read_text()
+
+
 def test_cli_metric_balance_draws_the_unlabeled_images_and_a_resume_draws_them_again(tmp_path):
     from click.testing import CliRunner
 
