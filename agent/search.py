@@ -730,26 +730,36 @@ class HillClimber:
                 if judged[p.cls] >= naming.JUDGED_PER_CLASS:
                     continue
                 judged[p.cls] += 1
-                other = self.drift_guard(p, names, restart, reset, iteration)
+                other = self.drift_guard(p, names, best.template, restart, reset, iteration)
                 if other is not None:
                     refused.append(naming.NameRefusal(p.label, p.name, naming.DRIFT, p.cls, self.start_names[other]))
                     continue
             picks[p.cls] = (p, variant, score)
         return list(picks.values()), refused
 
-    def drift_guard(self, proposal, names: tuple[str, ...], restart: int, reset: int, iteration: int) -> int | None:
+    def drift_guard(self, proposal, names: tuple[str, ...], template: str, restart: int, reset: int,
+                    iteration: int) -> int | None:
         """The "judge" guard against a name drifting to another class's meaning (agent/names.py,
         which says why this one): the other class the change drifts to, or None. The LLM is
         asked which class the new name is, among the start names (temperature 0, a seed fixed
         by the run's seed: the same question is one cached answer). An answer naming another
-        class is asked again with the classes listed in reverse order, and the change is
-        refused only when both answers name the same class: the small model's answer leans
-        on the list's order and on spelling (`sweater` for pullover filed under Sneaker)."""
+        class is asked again with the classes listed in reverse order: the small model's
+        answer leans on the list's order and on spelling. When both answers name the same
+        class, the text tower has the last word where the evaluator offers it
+        (`name_similarity`): the change is refused only if `template` filled with the new name
+        is closer to that class's start name than to its own (`sweater` for pullover, filed
+        under Sneaker both ways, is kept)."""
         other = self.ask_judge(proposal, names, self.start_names, restart, reset, iteration)
-        if other is None:
+        if other is None or self.ask_judge(proposal, names, self.start_names[::-1], restart, reset, iteration) != other:
             return None
-        again = self.ask_judge(proposal, names, self.start_names[::-1], restart, reset, iteration)
-        return other if again == other else None
+        similarity = getattr(self.evaluator, "name_similarity", None)
+        if similarity is None:
+            return other
+        own, judged = similarity(template, proposal.name, [self.start_names[proposal.cls], self.start_names[other]])
+        self.store.append("names_text", restart=restart, reset=reset, iteration=iteration, template=template,
+                          name=proposal.name, judged=other, own_similarity=round(own, 4),
+                          judged_similarity=round(judged, 4), **{"class": proposal.cls})
+        return other if judged > own else None
 
     def ask_judge(self, proposal, names: tuple[str, ...], listed: Sequence[str], restart: int, reset: int,
                   iteration: int) -> int | None:

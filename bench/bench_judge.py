@@ -6,12 +6,16 @@ The embedded local LLM is asked the judge's question (prompts/meta/names_judge.j
 temperature 0) for 29 good renames and 16 drifts of Fashion-MNIST's classes, once with the
 cleaned start names and once with the published labels, the classes listed in class order
 and again in reverse order. Printed per question: both answers and whether a change would be
-refused by one answer alone (the rule before) and by both answers naming the same other
-class (the guard's rule, agent/search.py `HillClimber.drift_guard`); then the counts.
+refused by one answer alone, by both answers naming the same other class, and by both
+answers with the text tower agreeing (the guard's rule, agent/search.py
+`HillClimber.drift_guard`: "a photo of a {}." filled with the new name is closer to the
+judged class's start name than to its own; `--backbone`, demo by default); then the counts.
 Which rename is good and which a drift is this file's judgement. Asserts nothing.
 """
 
 from __future__ import annotations
+
+import argparse
 
 from promptclimb.agent import names as naming
 from promptclimb.agent.core.paths import cache_dir
@@ -34,7 +38,13 @@ DRIFTS = [("skirt", 1), ("boot", 7), ("jacket", 2), ("tank top", 6), ("blazer", 
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="demo", help="whose text tower checks the judge [default: demo]")
+    args = parser.parse_args()
+    from promptclimb.evaluators import build_evaluator  # imports torch
+
     meta = MetaPrompt()
+    evaluator = build_evaluator("fashion-mnist", 1, 1, args.backbone)
     with local_server() as url:
         llm = LLMClient("local", base_url=url, api_key="none", cache_dir=cache_dir("bench-judge"))
         for start in (CLEAN, PUBLISHED):
@@ -48,17 +58,21 @@ def main():
 
             counts = {}
             for kind, cases in (("good", GOOD), ("drift", DRIFTS)):
-                one = both = 0
+                one = both = text = 0
                 for name, cls in cases:
                     (a1, v1), (a2, v2) = judged(name, cls, start), judged(name, cls, start[::-1])
-                    one += v1 is not None
-                    both += v1 is not None and v1 == v2
+                    agreed = v1 is not None and v1 == v2
+                    own, other = evaluator.name_similarity("a photo of a {}.", name, [start[cls], start[v1]]) \
+                        if agreed else (None, None)
+                    checked = agreed and other > own
+                    one, both, text = one + (v1 is not None), both + agreed, text + checked
                     print(f"{kind:5}  {start[cls]} <- {name}  | {a1} | {a2} | refused by one answer: {v1 is not None}, "
-                          f"by both: {v1 is not None and v1 == v2}")
-                counts[kind] = (len(cases), one, both)
+                          f"by both: {agreed}, with the text tower: {checked}"
+                          + (f" (similarity to {start[cls]} {own:.3f}, to {start[v1]} {other:.3f})" if agreed else ""))
+                counts[kind] = (len(cases), one, both, text)
             print(f"start names {', '.join(start)}: " + "; ".join(
-                f"{kind} renames refused by one answer {one} of {n}, by both {both}" for kind, (n, one, both)
-                in counts.items()))
+                f"{kind} renames refused by one answer {one} of {n}, by both {both}, with the text tower {text}"
+                for kind, (n, one, both, text) in counts.items()))
 
 
 if __name__ == "__main__":

@@ -172,6 +172,13 @@ class ClipEvaluator:
         features = self._template_text_features(self._check(templates), classnames)
         return F.normalize(features.mean(dim=0), dim=-1)
 
+    def name_similarity(self, template: str, name: str, others: Sequence[str]) -> list[float]:
+        """The cosine similarity of `template` filled with `name` to it filled with each of
+        `others`: how the drift guard checks the judge (agent/search.py `drift_guard`)."""
+        template = self._check([template])[0]
+        features = self.text_features([fill(template, n) for n in (name, *others)])
+        return (features[1:] @ features[0]).tolist()
+
     # ------------------------------------------------------------ scores
 
     def score(self, templates: Sequence[str], splits: Sequence[str] = ("train", "val"),

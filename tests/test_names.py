@@ -228,6 +228,41 @@ def test_a_name_the_judge_files_under_another_class_in_one_order_only_is_kept(tm
     assert result.best["names"][1] == "pants"
 
 
+class WithTextTower(WordEvaluator):
+    """WordEvaluator with `name_similarity` (what the drift guard checks the judge with): a
+    new name's text is nearer the judged class's (`agrees`) or its own class's start name."""
+
+    def __init__(self, agrees: bool, **kwargs):
+        super().__init__(**kwargs)
+        self.agrees, self.asked = agrees, []
+
+    def name_similarity(self, template, name, others):
+        self.asked.append((template, name, tuple(others)))
+        own, judged = (0.5, 0.9) if self.agrees else (0.9, 0.5)
+        return [own, judged]
+
+
+@pytest.mark.parametrize("text_agrees", [True, False])
+def test_a_name_the_judge_files_under_another_class_both_ways_is_refused_only_where_the_text_tower_agrees(
+        tmp_path, text_agrees):
+    ev = WithTextTower(text_agrees, classnames=CLASSES, name_bonus=BONUS, class_bias={1: -0.25})
+    with FakeLLM(responder=scripted(["Trouser: skirt; jeans"])) as fake:
+        result, _, run_dir = climb(tmp_path, fake.base_url, ev=ev)
+    assert [(j["name"], j["judged"]) for j in of(run_dir, "names_judge")][:2] == [("skirt", 2), ("skirt", 2)]
+    # the best template filled with the new name, against the class's start name and the judged one's
+    assert ev.asked == [("a photo of a {}.", "skirt", ("Trouser", "Dress"))]
+    text = of(run_dir, "names_text")
+    assert [(t["name"], t["class"], t["judged"], t["own_similarity"], t["judged_similarity"]) for t in text] == [
+        ("skirt", 1, 2, 0.5 if text_agrees else 0.9, 0.9 if text_agrees else 0.5)]
+    if text_agrees:
+        assert [(r["name"], r["reason"], r["detail"]) for r in of(run_dir, "name_reject")] == [
+            ("skirt", naming.DRIFT, "Dress")]
+        assert result.best["names"][1] == "jeans"
+    else:  # the text tower does not file it under Dress: kept, though both answers did
+        assert not of(run_dir, "name_reject")
+        assert result.best["names"][1] == "skirt"
+
+
 def test_a_rename_that_loses_its_own_class_images_is_refused_and_the_llm_reads_why(tmp_path):
     answer = ["Bag: purse\nTrouser: jeans", "Trouser: pants"]
     with FakeLLM(responder=(respond := scripted(answer))) as fake:

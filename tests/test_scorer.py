@@ -155,6 +155,20 @@ def test_ensemble_and_class_embeddings(make_evaluator):
     assert features.dtype == torch.float32 and labels.dtype == torch.long and len(features) == len(labels) == 6
 
 
+def test_name_similarity_is_the_cosine_of_the_filled_templates_text_features(make_evaluator):
+    import torch
+    import torch.nn.functional as F
+
+    evaluator = make_evaluator()
+    backbone = evaluator.backbone
+    got = evaluator.name_similarity("a sketch of a {}.", "blue jeans", ["blue jeans", "trousers", "red bag"])
+    with torch.no_grad():
+        text = F.normalize(backbone.model.encode_text(backbone.tokenizer(
+            ["a sketch of a blue jeans.", "a sketch of a trousers.", "a sketch of a red bag."])), dim=-1)
+    assert got == pytest.approx([1.0, float(text[0] @ text[1]), float(text[0] @ text[2])], abs=1e-5)
+    assert len({round(v, 4) for v in got}) == 3  # three different texts, three different similarities
+
+
 def test_task_and_info(make_evaluator):
     import json
 

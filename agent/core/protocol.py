@@ -85,3 +85,8 @@ class Evaluator(Protocol):
 
     def info(self) -> dict:
         """JSON-able identity of backbone, dataset and split (for config.json; no secrets)."""
+
+    # Optional: name_similarity(template, name, others) -> list[float], the cosine similarity
+    # of the text `template` filled with `name` to it filled with each of `others`. The drift
+    # guard checks the judge with it (agent/search.py `drift_guard`); without it, the judge's
+    # two answers decide alone.
