@@ -755,11 +755,12 @@ class HillClimber:
         similarity = getattr(self.evaluator, "name_similarity", None)
         if similarity is None:
             return other
-        own, judged = similarity(template, proposal.name, [self.start_names[proposal.cls], self.start_names[other]])
+        own, judged = (round(float(v), 4) for v in similarity(
+            template, proposal.name, [self.start_names[proposal.cls], self.start_names[other]]))
         self.store.append("names_text", restart=restart, reset=reset, iteration=iteration, template=template,
-                          name=proposal.name, judged=other, own_similarity=round(own, 4),
-                          judged_similarity=round(judged, 4), **{"class": proposal.cls})
-        return other if judged > own else None
+                          name=proposal.name, judged=other, own_similarity=own, judged_similarity=judged,
+                          **{"class": proposal.cls})
+        return other if judged > own else None  # the figures recorded decide, so the history reads alike
 
     def ask_judge(self, proposal, names: tuple[str, ...], listed: Sequence[str], restart: int, reset: int,
                   iteration: int) -> int | None:
