@@ -117,7 +117,8 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
     Option("--guard", SEARCH.guard, "What a new name must pass to be kept: own (its class gets no fewer of its "
            "own train+val images right), judge (the LLM is asked which class the name denotes, the classes "
            "listed in both orders; refused when both answers name the same other class and the best template "
-           "filled with the new name is closer to that class's name than to its own), both, or off.", _L, GUARDS,
+           "filled with the new name is closer to that class's name than to its own, or when the answer names no "
+           "class and it is closer to another class's name), both, or off.", _L, GUARDS,
            recorded="search.guard"),
     Option("--confirm", SEARCH.confirm, "What a new best (a template or a name the LLM wrote) must also hold up on: "
            "val (no worse there than the best it replaces; it was ranked on train), or off. Nothing is held out "

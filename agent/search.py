@@ -744,36 +744,51 @@ class HillClimber:
         asked which class the new name is, among the start names (temperature 0, a seed fixed
         by the run's seed: the same question is one cached answer). An answer naming another
         class is asked again with the classes listed in reverse order: the small model's
-        answer leans on the list's order and on spelling. When both answers name the same
-        class, the text tower has the last word where the evaluator offers it
-        (`name_similarity`): the change is refused only if `template` filled with the new name
-        is closer to that class's start name than to its own (`sweater` for pullover, filed
-        under Sneaker both ways, is kept)."""
-        other = self.ask_judge(proposal, names, self.start_names, restart, reset, iteration)
-        if other is None or self.ask_judge(proposal, names, self.start_names[::-1], restart, reset, iteration) != other:
+        answer leans on the list's order and on spelling. Where the evaluator offers
+        `name_similarity`, the text tower has the last word (`text_check`): when both answers
+        name the same class, and when the answer names no class at all."""
+        named = self.ask_judge(proposal, names, self.start_names, restart, reset, iteration)
+        if named == proposal.cls:
             return None
+        if named is not None and self.ask_judge(proposal, names, self.start_names[::-1], restart, reset,
+                                                iteration) != named:
+            return None
+        return self.text_check(proposal, template, named, restart, reset, iteration)
+
+    def text_check(self, proposal, template: str, judged: int | None, restart: int, reset: int,
+                   iteration: int) -> int | None:
+        """The judge's verdict checked by the text tower: the class the change drifts to, or
+        None. `template` filled with the new name is compared with it filled with the class's
+        start name and with the judged class's (`judged` None: the judge named no class, so
+        with every other class's, the nearest counting). The change is refused only if the
+        other is closer: `sweater` for pullover, which the judge files under Sneaker both
+        ways, is kept; `tunic` for pullover, which it echoes, is refused. Without
+        `name_similarity` the judge decides alone."""
         similarity = getattr(self.evaluator, "name_similarity", None)
         if similarity is None:
-            return other
-        own, judged = (round(float(v), 4) for v in similarity(
-            template, proposal.name, [self.start_names[proposal.cls], self.start_names[other]]))
+            return judged
+        others = [judged] if judged is not None else [c for c in range(len(self.start_names)) if c != proposal.cls]
+        own, *to_others = (round(float(v), 4) for v in similarity(
+            template, proposal.name, [self.start_names[c] for c in (proposal.cls, *others)]))
+        other, near = max(zip(others, to_others), key=lambda pair: pair[1])  # the first of equals
         self.store.append("names_text", restart=restart, reset=reset, iteration=iteration, template=template,
-                          name=proposal.name, judged=other, own_similarity=own, judged_similarity=judged,
-                          **{"class": proposal.cls})
-        return other if judged > own else None  # the figures recorded decide, so the history reads alike
+                          name=proposal.name, judged=judged, other=other, own_similarity=own,
+                          other_similarity=near, **{"class": proposal.cls})
+        return other if near > own else None  # the figures recorded decide, so the history reads alike
 
     def ask_judge(self, proposal, names: tuple[str, ...], listed: Sequence[str], restart: int, reset: int,
                   iteration: int) -> int | None:
-        """One judge question, the classes `listed` in that order: the other class it files
-        the name under, or None."""
+        """One judge question, the classes `listed` in that order: the class its answer
+        names (the proposal's own, or another), or None (no class)."""
         messages = [{"role": "user", "content": self.meta.names_judge(self.evaluator.task, list(listed),
                                                                       proposal.name)}]
         seed = call_seed(self.config.seed, -1, -1, -1)
         answer = self.llm.chat(messages, temperature=0.0, seed=seed, max_answer_tokens=JUDGE_ANSWER_TOKENS)
-        other = naming.judge_verdict(answer.content, proposal.cls, self.start_names, names)
+        named = naming.judged_class(answer.content, self.start_names, names)
         self.record_exchange(answer, messages, 0, restart, reset, iteration, event="names_judge", seed=seed,
-                             temperature=0.0, name=proposal.name, judged=other, **{"class": proposal.cls})
-        return other
+                             temperature=0.0, name=proposal.name, judged=None if named == proposal.cls else named,
+                             **{"class": proposal.cls})
+        return named
 
     def keep_changes(self, best: Scored, picks: list, board: list[Scored], restart: int, reset: int, iteration: int,
                      call: int) -> list:

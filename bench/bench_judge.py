@@ -6,10 +6,11 @@ The embedded local LLM is asked the judge's question (prompts/meta/names_judge.j
 temperature 0) for 29 good renames and 16 drifts of Fashion-MNIST's classes, once with the
 cleaned start names and once with the published labels, the classes listed in class order
 and again in reverse order. Printed per question: both answers and whether a change would be
-refused by one answer alone, by both answers naming the same other class, and by both
-answers with the text tower agreeing (the guard's rule, agent/search.py
-`HillClimber.drift_guard`: "a photo of a {}." filled with the new name is closer to the
-judged class's start name than to its own; `--backbone`, demo by default); then the counts.
+refused by one answer alone, by both answers naming the same other class, and by the
+guard's rule (agent/search.py `HillClimber.drift_guard`): where both answers name the same
+other class, or the first names no class, the text tower decides ("a photo of a {}." filled
+with the new name closer to the judged class's start name than to its own, or, where no
+class was named, to any other class's; `--backbone`, demo by default); then the counts.
 Which rename is good and which a drift is this file's judgement. Asserts nothing.
 """
 
@@ -50,30 +51,33 @@ def main():
         for start in (CLEAN, PUBLISHED):
             task = Task("fashion-mnist", "small grayscale photos of clothing", start)
 
-            def judged(name: str, cls: int, listed) -> tuple[str, int | None]:
+            def judged(name: str, listed) -> tuple[str, int | None]:
                 messages = [{"role": "user", "content": meta.names_judge(task, list(listed), name)}]
                 answer = llm.chat(messages, temperature=0.0, seed=call_seed(1, -1, -1, -1),
                                   max_answer_tokens=JUDGE_ANSWER_TOKENS).content
-                return answer.strip(), naming.judge_verdict(answer, cls, start, start)
+                return answer.strip(), naming.judged_class(answer, start, start)
 
             counts = {}
             for kind, cases in (("good", GOOD), ("drift", DRIFTS)):
                 one = both = text = 0
                 for name, cls in cases:
-                    (a1, v1), (a2, v2) = judged(name, cls, start), judged(name, cls, start[::-1])
-                    agreed = v1 is not None and v1 == v2
-                    own, other = evaluator.name_similarity("a photo of a {}.", name, [start[cls], start[v1]]) \
-                        if agreed else (None, None)
-                    checked = agreed and other > own
-                    one, both, text = one + (v1 is not None), both + agreed, text + checked
-                    print(f"{kind:5}  {start[cls]} <- {name}  | {a1} | {a2} | refused by one answer: {v1 is not None}, "
-                          f"by both: {agreed}, with the text tower: {checked}"
-                          + (f" (similarity to {start[cls]} {own:.3f}, to {start[v1]} {other:.3f})" if agreed else ""))
+                    (a1, named), (a2, again) = judged(name, start), judged(name, start[::-1])
+                    by_one, agreed = named not in (cls, None), named not in (cls, None) and again == named
+                    checked, why = False, ""
+                    if agreed or named is None:  # what the guard puts to the text tower
+                        others = [named] if agreed else [c for c in range(len(start)) if c != cls]
+                        own, *near = evaluator.name_similarity("a photo of a {}.", name,
+                                                               [start[c] for c in (cls, *others)])
+                        other, closest = max(zip(others, near), key=lambda pair: pair[1])
+                        checked = closest > own
+                        why = f" (similarity to {start[cls]} {own:.3f}, to {start[other]} {closest:.3f})"
+                    one, both, text = one + by_one, both + agreed, text + checked
+                    print(f"{kind:5}  {start[cls]} <- {name}  | {a1} | {a2} | refused by one answer: {by_one}, "
+                          f"by both: {agreed}, with the text tower: {checked}{why}")
                 counts[kind] = (len(cases), one, both, text)
             print(f"start names {', '.join(start)}: " + "; ".join(
                 f"{kind} renames refused by one answer {one} of {n}, by both {both}, with the text tower {text}"
                 for kind, (n, one, both, text) in counts.items()))
-
 
 if __name__ == "__main__":
     main()

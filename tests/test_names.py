@@ -229,31 +229,31 @@ def test_a_name_the_judge_files_under_another_class_in_one_order_only_is_kept(tm
 
 
 class WithTextTower(WordEvaluator):
-    """WordEvaluator with `name_similarity` (what the drift guard checks the judge with): a
-    new name's text is nearer the judged class's (`agrees`) or its own class's start name."""
+    """WordEvaluator with `name_similarity` (what the drift guard checks the judge with): the
+    new name's text against each class's start name, from `near` (0.5 for a class not in it)."""
 
-    def __init__(self, agrees: bool, **kwargs):
+    def __init__(self, near: dict, **kwargs):
         super().__init__(**kwargs)
-        self.agrees, self.asked = agrees, []
+        self.near, self.asked = near, []
 
     def name_similarity(self, template, name, others):
         self.asked.append((template, name, tuple(others)))
-        own, judged = (0.5, 0.9) if self.agrees else (0.9, 0.5)
-        return [own, judged]
+        return [self.near.get(other, 0.5) for other in others]
 
 
 @pytest.mark.parametrize("text_agrees", [True, False])
 def test_a_name_the_judge_files_under_another_class_both_ways_is_refused_only_where_the_text_tower_agrees(
         tmp_path, text_agrees):
-    ev = WithTextTower(text_agrees, classnames=CLASSES, name_bonus=BONUS, class_bias={1: -0.25})
+    near = {"Trouser": 0.5, "Dress": 0.9} if text_agrees else {"Trouser": 0.9, "Dress": 0.5}
+    ev = WithTextTower(near, classnames=CLASSES, name_bonus=BONUS, class_bias={1: -0.25})
     with FakeLLM(responder=scripted(["Trouser: skirt; jeans"])) as fake:
         result, _, run_dir = climb(tmp_path, fake.base_url, ev=ev)
     assert [(j["name"], j["judged"]) for j in of(run_dir, "names_judge")][:2] == [("skirt", 2), ("skirt", 2)]
     # the best template filled with the new name, against the class's start name and the judged one's
     assert ev.asked == [("a photo of a {}.", "skirt", ("Trouser", "Dress"))]
     text = of(run_dir, "names_text")
-    assert [(t["name"], t["class"], t["judged"], t["own_similarity"], t["judged_similarity"]) for t in text] == [
-        ("skirt", 1, 2, 0.5 if text_agrees else 0.9, 0.9 if text_agrees else 0.5)]
+    assert [(t["name"], t["class"], t["judged"], t["other"], t["own_similarity"], t["other_similarity"])
+            for t in text] == [("skirt", 1, 2, 2, near["Trouser"], near["Dress"])]
     if text_agrees:
         assert [(r["name"], r["reason"], r["detail"]) for r in of(run_dir, "name_reject")] == [
             ("skirt", naming.DRIFT, "Dress")]
@@ -261,6 +261,37 @@ def test_a_name_the_judge_files_under_another_class_both_ways_is_refused_only_wh
     else:  # the text tower does not file it under Dress: kept, though both answers did
         assert not of(run_dir, "name_reject")
         assert result.best["names"][1] == "skirt"
+
+
+@pytest.mark.parametrize("tower", [None, "own nearest", "Bag nearest"])
+def test_a_name_the_judge_files_under_no_class_is_refused_only_where_the_text_tower_puts_it_nearer_another(
+        tmp_path, tower):
+    # the embedded model echoes some names (`Tunic` for tunic, `Hat`): no class named
+    def respond(body: dict) -> str:
+        if kind(body) == "judge":
+            return "Pants"
+        return "Trouser: pants" if kind(body) == "names" else "a grayscale photo of a {}."
+
+    near = {"own nearest": {"Trouser": 0.8, "Bag": 0.7}, "Bag nearest": {"Trouser": 0.6, "Dress": 0.65, "Bag": 0.7}}
+    ev = (WithTextTower(near[tower], classnames=CLASSES, name_bonus=BONUS, class_bias={1: -0.25}) if tower
+          else evaluator())
+    with FakeLLM(responder=respond) as fake:
+        result, _, run_dir = climb(tmp_path, fake.base_url, ev=ev)
+    assert [(j["name"], j["judged"]) for j in of(run_dir, "names_judge")] == [("pants", None)]  # asked once
+    text = of(run_dir, "names_text")
+    if tower is None:  # no text tower: the judge's answer alone, which names no class
+        assert not text and not of(run_dir, "name_reject") and result.best["names"][1] == "pants"
+        return
+    # against every other class's start name
+    assert ev.asked == [("a photo of a {}.", "pants", ("Trouser", "T-shirt/top", "Dress", "Bag"))]
+    assert [(t["judged"], t["other"], t["own_similarity"], t["other_similarity"]) for t in text] == [
+        (None, 3, near[tower]["Trouser"], 0.7)]
+    if tower == "Bag nearest":
+        assert [(r["name"], r["reason"], r["detail"]) for r in of(run_dir, "name_reject")] == [
+            ("pants", naming.DRIFT, "Bag")]
+        assert result.best["names"][1] == "Trouser"
+    else:
+        assert not of(run_dir, "name_reject") and result.best["names"][1] == "pants"
 
 
 def test_a_rename_that_loses_its_own_class_images_is_refused_and_the_llm_reads_why(tmp_path):

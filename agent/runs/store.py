@@ -49,11 +49,14 @@ Events:
                   latency_s, cached, source, judged (the other class the answer names, or
                   null); when it names one, a second such event asks with the classes in
                   reverse order, and the name is refused only when both name the same class
-                  and the text tower agrees (names_text)
+                  and the text tower agrees (names_text); an answer naming no class goes to
+                  the text tower alone
     names_text    restart, reset, iteration, template, class, name, judged (the class both
-                  judge answers named), own_similarity, judged_similarity (the template
-                  filled with the name, against it filled with each class's start name); the
-                  change is refused when judged_similarity > own_similarity
+                  judge answers named, or null: the answer named no class), other (judged,
+                  or the other class nearest the text), own_similarity, other_similarity (the
+                  template filled with the name, against it filled with the class's and with
+                  other's start name); the change is refused when other_similarity >
+                  own_similarity
     names_change  restart, reset, iteration, call, template, names (the new best names),
                   changes [{class, from, to}], accuracy, loss, prob; refused_combinations
                   [{changes, reason ("worse held out" or "own images lost"), detail}] when
