@@ -771,10 +771,11 @@ class HillClimber:
         own, *to_others = (round(float(v), 4) for v in similarity(
             template, proposal.name, [self.start_names[c] for c in (proposal.cls, *others)]))
         other, near = max(zip(others, to_others), key=lambda pair: pair[1])  # the first of equals
-        self.store.append("names_text", restart=restart, reset=reset, iteration=iteration, template=template,
-                          name=proposal.name, judged=judged, other=other, own_similarity=own,
-                          other_similarity=near, **{"class": proposal.cls})
-        return other if near > own else None  # the figures recorded decide, so the history reads alike
+        event = self.store.append("names_text", restart=restart, reset=reset, iteration=iteration, template=template,
+                                  name=proposal.name, judged=judged, other=other, own_similarity=own,
+                                  other_similarity=near, **{"class": proposal.cls})
+        # the figures recorded decide: a resumed run reads the verdict its history holds
+        return event["other"] if event["other_similarity"] > event["own_similarity"] else None
 
     def ask_judge(self, proposal, names: tuple[str, ...], listed: Sequence[str], restart: int, reset: int,
                   iteration: int) -> int | None:

@@ -263,6 +263,21 @@ def test_a_name_the_judge_files_under_another_class_both_ways_is_refused_only_wh
         assert result.best["names"][1] == "skirt"
 
 
+def test_a_resumed_run_reads_the_text_towers_verdict_from_its_history(tmp_path):
+    def run(near):
+        ev = WithTextTower(near, classnames=CLASSES, name_bonus=BONUS, class_bias={1: -0.25})
+        with FakeLLM(responder=scripted(["Trouser: skirt; jeans"])) as fake:
+            return climb(tmp_path, fake.base_url, ev=ev)[0]
+
+    first = run({"Trouser": 0.5, "Dress": 0.9})
+    events = history(tmp_path / "runs" / "run")
+    # the same run resumed where the text tower now says otherwise (another device's floats,
+    # say): the history's verdict holds, and the replay matches it event for event
+    again = run({"Trouser": 0.9, "Dress": 0.5})
+    assert history(tmp_path / "runs" / "run")[:len(events)] == events
+    assert first.best["names"][1] == again.best["names"][1] == "jeans"
+
+
 @pytest.mark.parametrize("tower", [None, "own nearest", "Bag nearest"])
 def test_a_name_the_judge_files_under_no_class_is_refused_only_where_the_text_tower_puts_it_nearer_another(
         tmp_path, tower):
