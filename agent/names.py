@@ -32,8 +32,8 @@ So the guard asks the LLM, once per change about to be kept, which class the new
 denotes, listing the classes by their start names (prompts/meta/names_judge.j2): a
 multiple choice, not a yes/no question. A change is refused only when the answer is
 ANOTHER class; an answer that names no class (a small model often echoes the name) let
-it pass (until the text check below). Measured with the embedded 1.5B model on Fashion-MNIST's labels (temperature 0):
-"is X the same kind of item as Y?" got "yes" 30 times out of 30, drifts included, and a
+it pass (until the text check below). Measured with the embedded 1.5B model on
+Fashion-MNIST's labels (temperature 0): "is X the same kind of item as Y?" got "yes" 30 times out of 30, drifts included, and a
 numbered list got "0 = none" every time; the class-name question as shipped ("in which
 of these classes would a photo of a X be filed?") caught 15 of 15 drifts (skirt for
 Trouser, boot for Sneaker, T-shirt for Shirt, jacket for Pullover, ...) and refused 4 of
@@ -365,10 +365,3 @@ def judged_class(answer: str, start: Sequence[str], current: Sequence[str]) -> i
         if key in spellings - {""}:
             return c
     return None
-
-
-def judge_verdict(answer: str, cls: int, start: Sequence[str], current: Sequence[str]) -> int | None:
-    """The other class the judge's answer names (the change drifts to it), or None: the
-    answer names the class itself, or no class at all."""
-    named = judged_class(answer, start, current)
-    return None if named == cls else named

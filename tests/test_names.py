@@ -546,14 +546,14 @@ def test_the_weakest_classes_take_turns():
     assert naming.weakest(report, 1, {0: 1}) == [1] and naming.weakest(report, 2, {0: 1, 1: 1}) == [0, 1]
 
 
-def test_judge_verdict_reads_the_class_the_answer_names():
+def test_judged_class_reads_the_class_the_answer_names():
     start, current = list(CLASSES), ["T-shirt/top", "jeans", "Dress", "Bag"]
-    assert naming.judge_verdict("Dress", 1, start, current) == 2
-    assert naming.judge_verdict("Trouser.", 1, start, current) is None  # its own class
-    assert naming.judge_verdict("jeans", 1, start, current) is None  # its current name
-    assert naming.judge_verdict("Skirt", 1, start, current) is None  # no class: the name echoed
-    assert naming.judge_verdict("T-shirt", 3, start, current) == 0  # a part of "T-shirt/top"
-    assert naming.judge_verdict("", 1, start, current) is None
+    assert naming.judged_class("Dress", start, current) == 2
+    assert naming.judged_class("Trouser.", start, current) == 1  # a start name
+    assert naming.judged_class("jeans", start, current) == 1  # a current name
+    assert naming.judged_class("Skirt", start, current) is None  # no class: the name echoed
+    assert naming.judged_class("T-shirt", start, current) == 0  # a part of "T-shirt/top"
+    assert naming.judged_class("", start, current) is None
 
 
 # -- --classnames FILE --------------------------------------------------------------------------

@@ -89,4 +89,4 @@ class Evaluator(Protocol):
     # Optional: name_similarity(template, name, others) -> list[float], the cosine similarity
     # of the text `template` filled with `name` to it filled with each of `others`. The drift
     # guard checks the judge with it (agent/search.py `drift_guard`); without it, the judge's
-    # two answers decide alone.
+    # answers decide alone.
