@@ -352,6 +352,19 @@ def own_images_lost(before: Sequence[ClassReport], after: Sequence[ClassReport],
             if after[c].predicted[c] < before[c].predicted[c]}
 
 
+def text_nearest(similarity, template: str, name: str, cls: int, judged: int | None,
+                 start: Sequence[str]) -> tuple[int, float, float]:
+    """What the text tower says of a judged change (`HillClimber.text_check`): the class
+    compared with (`judged`, or, where the judge named no class, the other class nearest),
+    and the similarities of `template` filled with `name` to it filled with `cls`'s start name
+    and with that class's, rounded to 4 places. `similarity` is the evaluator's
+    `name_similarity`. The change drifts when the second is the larger."""
+    others = [judged] if judged is not None else [c for c in range(len(start)) if c != cls]
+    own, *near = (round(float(v), 4) for v in similarity(template, name, [start[c] for c in (cls, *others)]))
+    other, closest = max(zip(others, near), key=lambda pair: pair[1])  # the first of equals
+    return other, own, closest
+
+
 def judged_class(answer: str, start: Sequence[str], current: Sequence[str]) -> int | None:
     """The class the judge's answer names, or None: it names no class (a small model often
     echoes the name it was asked about). A start name written with '/' ("T-shirt/top") is

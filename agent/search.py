@@ -767,10 +767,8 @@ class HillClimber:
         similarity = getattr(self.evaluator, "name_similarity", None)
         if similarity is None:
             return judged
-        others = [judged] if judged is not None else [c for c in range(len(self.start_names)) if c != proposal.cls]
-        own, *to_others = (round(float(v), 4) for v in similarity(
-            template, proposal.name, [self.start_names[c] for c in (proposal.cls, *others)]))
-        other, near = max(zip(others, to_others), key=lambda pair: pair[1])  # the first of equals
+        other, own, near = naming.text_nearest(similarity, template, proposal.name, proposal.cls, judged,
+                                               self.start_names)
         event = self.store.append("names_text", restart=restart, reset=reset, iteration=iteration, template=template,
                                   name=proposal.name, judged=judged, other=other, own_similarity=own,
                                   other_similarity=near, **{"class": proposal.cls})

@@ -65,10 +65,8 @@ def main():
                     by_one, agreed = named not in (cls, None), named not in (cls, None) and again == named
                     checked, why = False, ""
                     if agreed or named is None:  # what the guard puts to the text tower
-                        others = [named] if agreed else [c for c in range(len(start)) if c != cls]
-                        own, *near = evaluator.name_similarity("a photo of a {}.", name,
-                                                               [start[c] for c in (cls, *others)])
-                        other, closest = max(zip(others, near), key=lambda pair: pair[1])
+                        other, own, closest = naming.text_nearest(evaluator.name_similarity, "a photo of a {}.",
+                                                                  name, cls, named, start)
                         checked = closest > own
                         why = f" (similarity to {start[cls]} {own:.3f}, to {start[other]} {closest:.3f})"
                     one, both, text = one + by_one, both + agreed, text + checked
