@@ -64,9 +64,9 @@ class MetaPrompt:
         return self.render("names_system.j2", task=task, n=n, k=k)
 
     def names_turn(self, task: Task, n: int, metric_label: str, template: str, best: float, classes: list[dict],
-                   asked: list[str], results: list[dict], rejected: list[dict]) -> str:
+                   asked: list[str], results: list[dict], rejected: list[dict], hidden: int = 0) -> str:
         return self.render("names_turn.j2", task=task, n=n, metric_label=metric_label, template=template, best=best,
-                           classes=classes, asked=asked, results=results, rejected=rejected)
+                           classes=classes, asked=asked, results=results, rejected=rejected, hidden=hidden)
 
     def names_judge(self, task: Task, classes: list[str], proposed: str) -> str:
         return self.render("names_judge.j2", task=task, classes=classes, proposed=proposed)

@@ -3,7 +3,8 @@ runs them is `HillClimber.names_turn` (agent/search.py).
 
     one names turn, on the current best (template, names):
       per-class figures on the selection split: accuracy, mean true-class probability,
-        the classes each is mistaken for                          `class_rows`, `weakest`
+        the classes each is mistaken for (at most ROWS_SHOWN classes)
+                                                       `class_rows`, `rows_shown`, `weakest`
       the LLM is asked for n other names for each of the k weakest classes (those asked
         about in vain wait their turn), as `Class: name; name; ...` lines
         (prompts/meta/names_turn.j2)                               `parse_names`
@@ -130,6 +131,13 @@ REASONS = {
 GUARDS = ("own+judge", "own", "judge", "off")
 JUDGED_PER_CLASS = 2  # changes of one class put to the judge per names turn, best first
 MISTAKEN_SHOWN = 2  # classes each class is most often mistaken for, shown to the LLM
+# With many classes (SUN397, ImageNet) a names turn that lists every class outgrows the local
+# LLM: 397 rows are about 8,000 tokens, with the answer more than its 8,192-token context, and
+# the first names turn of such a run timed out on every try. So a names turn lists at most ROWS_SHOWN classes
+# (`rows_shown`) and the judge chooses among at most JUDGE_LISTED (`judge_listed`); Fashion-MNIST
+# and EuroSAT, with 10 classes, see every class as before.
+ROWS_SHOWN = 20
+JUDGE_LISTED = 20
 
 
 @dataclass(frozen=True)
@@ -329,13 +337,38 @@ def weakest(report: Sequence[ClassReport], k: int, fruitless: Mapping[int, int] 
                                                               r.index))[:k]]
 
 
-def class_rows(report: Sequence[ClassReport], start: Sequence[str]) -> list[dict]:
-    """The classes as the names meta-prompt shows them."""
+def rows_shown(report: Sequence[ClassReport], asked: Sequence[int], limit: int = ROWS_SHOWN) -> list[int]:
+    """The classes a names turn lists, in class order: every class, or, past `limit`, the
+    classes asked about, then those their images are mistaken for (what a new name must stay
+    clear of), then the weakest of the rest, `limit` in all."""
+    if len(report) <= limit:
+        return [r.index for r in report]
+    chosen = dict.fromkeys(asked)
+    for c in asked:
+        chosen.update(dict.fromkeys(other for other, _ in report[c].mistaken_for()[:MISTAKEN_SHOWN]))
+    for r in sorted(report, key=lambda r: (r.accuracy, r.prob, r.index)):
+        chosen.setdefault(r.index)
+    return sorted(list(chosen)[:limit])
+
+
+def class_rows(report: Sequence[ClassReport], start: Sequence[str], shown: Sequence[int] | None = None) -> list[dict]:
+    """The classes as the names meta-prompt shows them (`shown`: which, None for all)."""
     names = [r.name for r in report]
     return [{"index": r.index, "name": r.name, "start": start[r.index], "accuracy": r.accuracy, "prob": r.prob,
              "count": r.count,
              "mistaken_for": [{"name": names[c], "count": n} for c, n in r.mistaken_for()[:MISTAKEN_SHOWN]]}
-            for r in report]
+            for r in (report if shown is None else [report[c] for c in shown])]
+
+
+def judge_listed(cls: int, nearness: Sequence[float], limit: int = JUDGE_LISTED) -> list[int]:
+    """The classes the judge chooses among, in class order: every class, or, past `limit`,
+    the class itself and the others nearest the new name (`nearness`, one value per class,
+    higher is nearer; ties by class order): a drift is toward a class whose name means what
+    the new name means."""
+    if len(nearness) <= limit:
+        return list(range(len(nearness)))
+    others = sorted((c for c in range(len(nearness)) if c != cls), key=lambda c: (-nearness[c], c))
+    return sorted([cls, *others[:limit - 1]])
 
 
 def guard_checks(guard: str) -> set[str]:

@@ -345,7 +345,8 @@ def render_meta_prompts_once(meta: MetaPrompt, search: SearchConfig) -> None:
                   "kept": False}
         refused = {"class": "first class", "name": "two", "reason": "repeat", "repeat": True}
         meta.names_system(task, per_class, k)
-        meta.names_turn(task, per_class, label, row["template"], 0.5, [cls], ["first class"], [scored], [refused])
+        meta.names_turn(task, per_class, label, row["template"], 0.5, [cls], ["first class"], [scored], [refused],
+                        hidden=1)
         meta.names_judge(task, list(task.classnames), "one")
 
 

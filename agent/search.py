@@ -666,12 +666,13 @@ class HillClimber:
         shows the last names turn's results itself, so every names turn is that short)."""
         cfg, task = self.config, self.evaluator.task
         names = best.names or self.start_names
+        shown = naming.rows_shown(report, asked)
         return [
             {"role": "system", "content": self.meta.names_system(task, cfg.names_per_class, len(asked))},
             {"role": "user", "content": self.meta.names_turn(
                 task, cfg.names_per_class, self.metric_label, best.template, self.value(best),
-                naming.class_rows(report, self.start_names), [names[c] for c in asked], state.results,
-                state.rejected)},
+                naming.class_rows(report, self.start_names, shown), [names[c] for c in asked], state.results,
+                state.rejected, hidden=len(report) - len(shown))},
         ]
 
     def score_names(self, best: Scored, changes: list[list[tuple[int, str]]], restart: int, reset: int,
@@ -747,13 +748,29 @@ class HillClimber:
         answer leans on the list's order and on spelling. Where the evaluator offers
         `name_similarity`, the text tower has the last word (`text_check`): when both answers
         name the same class, and when the answer names no class at all."""
-        named = self.ask_judge(proposal, names, self.start_names, restart, reset, iteration)
+        listed = self.judge_classes(proposal, names, template)
+        named = self.ask_judge(proposal, names, listed, restart, reset, iteration)
         if named == proposal.cls:
             return None
-        if named is not None and self.ask_judge(proposal, names, self.start_names[::-1], restart, reset,
-                                                iteration) != named:
+        if named is not None and self.ask_judge(proposal, names, listed[::-1], restart, reset, iteration) != named:
             return None
         return self.text_check(proposal, template, named, restart, reset, iteration)
+
+    def judge_classes(self, proposal, names: tuple[str, ...], template: str) -> list[str]:
+        """The start names the judge chooses among, in class order: all of them, or past
+        naming.JUDGE_LISTED classes, the class's own and those nearest the new name: by the
+        text tower where the evaluator has `name_similarity`, else those the class is most
+        confused with, either way, under the best pair (`naming.judge_listed`)."""
+        start = self.start_names
+        if len(start) <= naming.JUDGE_LISTED:
+            return list(start)
+        similarity = getattr(self.evaluator, "name_similarity", None)
+        if similarity is not None:
+            nearness = similarity(template, proposal.name, start)
+        else:
+            report, c = self.class_report(template, names), proposal.cls
+            nearness = [report[c].predicted[o] + report[o].predicted[c] for o in range(len(start))]
+        return [start[c] for c in naming.judge_listed(proposal.cls, nearness)]
 
     def text_check(self, proposal, template: str, judged: int | None, restart: int, reset: int,
                    iteration: int) -> int | None:
@@ -876,8 +893,8 @@ class HillClimber:
         self.echo(f"[restart {restart + 1}/{cfg.restarts} reset {reset + 1}/{cfg.resets} "
                   f"iteration {iteration}/{cfg.iterations}] names: {len(proposals)} tried, {len(refused)} refused, "
                   f"{changes} | best {pct(self.value(best))}  {best.template}")
-        for r in refused[:3]:
-            self.echo(f"    refused  {r.label}: {r.name[:40]!r}: {r.shown()}")
+        for r in naming.refusals_shown(refused, names)[:3]:  # a name refused four times in a line: once
+            self.echo(f"    refused  {r['class']}: {r['name'][:40]!r}: {r['reason']}")
 
     # -- scoring ---------------------------------------------------------------------------
     def score_batch(self, items: list[tuple[str, str]], origin: str, board: list[Scored], restart: int,

@@ -69,7 +69,7 @@ def scripted(names_answers: list[str], templates: str = "a grayscale photo of a 
     return respond
 
 
-def climb(tmp_path, base_url, name="run", ev=None, cache="cache", **config):
+def climb(tmp_path, base_url, name="run", ev=None, cache="cache", echo=lambda msg: None, **config):
     ev = ev or evaluator()
     llm = LLMClient("fake", base_url=base_url, api_key=KEY, timeout=5, cache_dir=tmp_path / cache,
                     wait_initial=0.001, wait_max=0.01, max_tries=2)
@@ -77,7 +77,7 @@ def climb(tmp_path, base_url, name="run", ev=None, cache="cache", **config):
     store = RunStore.resume(run_dir) if (run_dir / "config.json").exists() else RunStore.create(run_dir, {"t": 1})
     with store:
         result = HillClimber(ev, llm, store, SearchConfig(**{**SMALL, **config}), pool=POOL,
-                             echo=lambda msg: None).run()
+                             echo=echo).run()
     return result, ev, run_dir
 
 
@@ -182,8 +182,14 @@ def test_every_refusal_reason_is_recorded_and_shown_in_the_next_names_turn(tmp_p
 def test_a_name_refused_several_times_in_one_answer_is_shown_back_once(tmp_path):
     # a small model fills a line with another class's name (seen on the bench)
     respond = scripted(["Trouser: Dress; Dress; dress; Dress\nBag: Dress", "Trouser: jeans"])
+    printed = []
     with FakeLLM(responder=respond) as fake:
-        climb(tmp_path, fake.base_url, iterations=2, names_per_class=4)
+        climb(tmp_path, fake.base_url, iterations=2, names_per_class=4, echo=printed.append)
+    first = printed[next(i for i, line in enumerate(printed) if "iteration 1/2] names:" in line):]
+    assert "5 refused" in first[0]  # counted as the history has them, printed once each
+    assert [line for line in first if line.startswith("    refused")][:2] == [
+        "    refused  Trouser: 'Dress': the name of another class: Dress",
+        "    refused  Bag: 'Dress': the name of another class: Dress"]
     rejects = [r for r in of(tmp_path / "runs" / "run", "name_reject") if r["iteration"] == 1]
     assert [(r["class"], r["name"]) for r in rejects] == [(1, "Dress"), (1, "Dress"), (1, "dress"), (1, "Dress"),
                                                           (3, "Dress")]  # the history keeps every one
@@ -307,6 +313,75 @@ def test_a_name_the_judge_files_under_no_class_is_refused_only_where_the_text_to
         assert result.best["names"][1] == "Trouser"
     else:
         assert not of(run_dir, "name_reject") and result.best["names"][1] == "pants"
+
+
+MANY = (*CLASSES, *(f"Item {i}" for i in range(len(CLASSES), 30)))  # past ROWS_SHOWN and JUDGE_LISTED
+
+
+@pytest.mark.parametrize("tower", [False, True])
+def test_with_many_classes_a_names_turn_and_the_judge_list_only_the_classes_that_matter(tmp_path, tower):
+    # SUN397's 397 rows outgrow the local LLM's context; 30 stand for them here
+    assert len(MANY) > naming.ROWS_SHOWN and len(MANY) > naming.JUDGE_LISTED
+    weak = MANY.index("Item 25")  # its misses go to Item 26, and Item 24's to it (WordEvaluator)
+    kwargs = dict(classnames=MANY, name_bonus=BONUS, class_bias={weak: -0.25})
+    ev = WithTextTower({"Item 29": 0.9}, **kwargs) if tower else WordEvaluator(**kwargs)
+    questions = []
+
+    def respond(body: dict) -> str:
+        if kind(body) == "judge":
+            questions.append(body["messages"][0]["content"])
+            return "Item 25"
+        return "Item 25: jeans" if kind(body) == "names" else "a grayscale photo of a {}."
+
+    with FakeLLM(responder=respond) as fake:
+        result, _, run_dir = climb(tmp_path, fake.base_url, ev=ev)
+    turn = of(run_dir, "names_exchange")[0]["messages"][1]["content"]
+    rows = re.findall(r"^(.+?): [\d.]+%, [\d.]+%", turn, flags=re.M)
+    assert len(rows) == naming.ROWS_SHOWN and len(set(rows)) == len(rows)
+    assert f"The other {len(MANY) - naming.ROWS_SHOWN} classes are not listed." in turn
+    # the classes asked about (the weak one first) and the one it is mistaken for, in class order
+    assert "for each of these classes: Item 25, T-shirt/top, Trouser." in turn
+    assert {"Item 25", "Item 26", "T-shirt/top", "Trouser"} <= set(rows) and rows == sorted(rows, key=MANY.index)
+    listed = [re.match(r"Classes: (.*)\.\n", q).group(1).split(", ") for q in questions]
+    assert len(listed) == 1 and len(listed[0]) == naming.JUDGE_LISTED and "Item 25" in listed[0]
+    if tower:  # the start names nearest the new name, by the text tower
+        assert "Item 29" in listed[0] and "Item 24" not in listed[0]
+    else:  # the classes it is confused with, either way
+        assert {"Item 24", "Item 26"} <= set(listed[0]) and "Item 29" not in listed[0]
+    assert result.best["names"][weak] == "jeans"
+
+
+def test_a_template_conversation_names_the_first_40_of_many_classes():
+    from promptclimb.agent.core.protocol import Task
+    from promptclimb.agent.metaprompt import MetaPrompt
+
+    def classes_line(count):
+        system = MetaPrompt().system(Task("x", "photos", tuple(f"kind {i}" for i in range(count))), 7)
+        return next(line for line in system.splitlines() if "classes" in line and "kind 0" in line)
+
+    assert classes_line(40) == "The classes are: " + ", ".join(f"kind {i}" for i in range(40)) + "."
+    assert classes_line(1000) == "The 1000 classes include: " + ", ".join(f"kind {i}" for i in range(40)) + "."
+
+
+def test_rows_shown_and_judge_listed_keep_every_class_of_a_small_task():
+    from promptclimb.agent.core.protocol import ClassReport
+
+    def row(c, right, wrong_as=None, n=4):
+        predicted = [0] * 8
+        predicted[c] = right
+        if wrong_as is not None:
+            predicted[wrong_as] = n - right
+        return ClassReport(c, f"c{c}", n, right / n, tuple(predicted))
+
+    report = [row(0, 4), row(1, 1, 6), row(2, 3, 0), row(3, 4), row(4, 2, 1), row(5, 4), row(6, 4), row(7, 0, 5)]
+    assert naming.rows_shown(report, [7, 1]) == list(range(8))
+    # past the limit: asked (7, 1), what they are mistaken for (5, 6), then the weakest (4, 2)
+    assert naming.rows_shown(report, [7, 1], limit=4) == [1, 5, 6, 7]
+    assert naming.rows_shown(report, [7, 1], limit=6) == [1, 2, 4, 5, 6, 7]
+    nearness = [0.1, 0.9, 0.2, 0.8, 0.8, 0.0, 0.3, 0.5]
+    assert naming.judge_listed(5, nearness) == list(range(8))
+    assert naming.judge_listed(5, nearness, limit=4) == [1, 3, 4, 5]  # own and the 3 nearest
+    assert naming.judge_listed(1, nearness, limit=3) == [1, 3, 4]  # ties by class order
 
 
 def test_a_rename_that_loses_its_own_class_images_is_refused_and_the_llm_reads_why(tmp_path):
