@@ -41,3 +41,16 @@ def test_the_writer_gets_a_path_beside_the_target(tmp_path):
     write_atomic(tmp_path / "features.safetensors", lambda tmp: (seen.append(tmp), tmp.write_bytes(b"x")))
     assert seen[0].parent == tmp_path and seen[0].name != "features.safetensors"
     assert not seen[0].exists() and (tmp_path / "features.safetensors").read_bytes() == b"x"
+
+
+def test_json_keeps_a_list_of_numbers_on_one_line_and_reads_back_the_same(tmp_path):
+    confusion = [[c * 7 + r for c in range(50)] for r in range(50)]
+    obj = {"confusion": confusion, "prob": [0.5, -1e-05, 2.5e+20], "labels": ["a", "b"], "mixed": [1, None],
+           # the shape the rewrite looks for, inside strings, where JSON escapes the newlines
+           "text": "[\n1,\n2\n]", "keys": {"[\n  1,\n  2\n]": [3]}}
+    path = write_json_atomic(tmp_path / "summary.json", obj)
+    text = path.read_text()
+    assert json.loads(text) == obj
+    assert "  [0, 7, 14, 21," in text and '"prob": [0.5, -1e-05, 2.5e+20]' in text
+    assert len(text.splitlines()) < 80  # not 2,500 numbers on lines of their own
+    assert '"labels": [\n    "a",' in text  # lists holding anything else stay indented

@@ -5,6 +5,7 @@ the fake LLM of tests/test_names.py."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -73,6 +74,9 @@ def test_search_renames_a_class_and_every_reader_carries_the_names(run):
 
     shown = run("show", "n", "--runs-dir", run.runs).output
     assert "Class names (1 of 4 changed" in shown and "jeans" in shown and "Names turns" in shown
+    kinds = [e["event"] for e in read.answers()]  # every kind of LLM answer counted, by kind
+    assert f"{len(kinds)} LLM answers ({kinds.count('llm_exchange')} template, {kinds.count('names_exchange')} " \
+           f"names, {kinds.count('names_judge')} guard);" in shown and kinds.count("names_judge") > 0
     assert "asked about Trouser" in shown
 
     report = run("report", "n", "--runs-dir", run.runs)
@@ -147,3 +151,44 @@ def test_the_api_returns_the_found_names(tmp_path, monkeypatch):
                                       search="template")
     assert result.classnames[1] == "jeans" and result.summary["names"]["changed"] == 1
     assert template.classnames is None and "names" not in template.summary
+
+
+def test_with_many_classes_show_and_report_list_what_changed_and_summary_json_stays_small(tmp_path):
+    from test_names import MANY
+
+    def factory(**settings):
+        return WordEvaluator(settings["dataset"], classnames=MANY, name_bonus=BONUS, class_bias={1: -0.25})
+
+    with FakeLLM(responder=scripted([ANSWER])) as fake:
+        def invoke(*args):
+            env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.base_url}
+            return CliRunner().invoke(cli, [str(a) for a in args], env=env, obj={"evaluator_factory": factory})
+
+        runs = tmp_path / "runs"
+        result = invoke("search", "--dataset", "toy", "--name", "m", *SMALL, "--runs-dir", runs)
+        assert result.exit_code == 0, result.output
+        shown = invoke("show", "m", "--runs-dir", runs).output
+        assert invoke("report", "m", "--runs-dir", runs).exit_code == 0
+    summary = json.loads((runs / "m" / "summary.json").read_text())
+    assert summary["names"]["found"][1] == "jeans" and len(summary["names"]["confusion"]["after"]["test"]) == 30
+    # one line per row of each 30 x 30 confusion matrix, not one per number
+    assert len((runs / "m" / "summary.json").read_text().splitlines()) < 2000
+    table = shown[shown.index("Class names (1 of 30 changed"):shown.index("Names turns")]
+    assert "all 30 in summary.json" in table and "jeans" in table and "Item 7" not in table
+    html = (runs / "m" / "report.html").read_text()
+    assert "Confusion on test" not in html and "Confusions on test: the most changed" in html
+    # Trouser's images, read as Dress under its start name, stay its own as jeans: the first cell
+    first = re.search(r"<tr><td>(.*?)</td><td>(.*?)</td><td class=\"num\">(\d+)</td><td class=\"num\">(\d+)</td>",
+                      html[html.index("Confusions on test"):]).groups()
+    assert first[:2] == ("Trouser", "Dress") and int(first[2]) > int(first[3])
+    assert "<td>Item 7</td>" in html  # the names table still lists every class
+
+
+def test_largest_confusions_lists_the_cells_the_names_changed_first_then_the_largest():
+    from promptclimb.agent.runs.report import largest_confusions
+
+    before = [[5, 9, 0], [1, 8, 1], [0, 4, 6]]
+    after = [[5, 9, 0], [3, 8, 0], [0, 1, 6]]
+    cells = largest_confusions({"before": before, "after": after}, ["a", "b", "c"], k=4)
+    assert [(c["true"], c["predicted"], c["before"], c["after"]) for c in cells] == [
+        ("c", "b", 4, 1), ("b", "a", 1, 3), ("b", "c", 1, 0), ("a", "b", 9, 9)]

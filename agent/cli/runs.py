@@ -20,6 +20,8 @@ from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.cli.errors import user_errors
 from promptclimb.agent.core.format import pct
 from promptclimb.agent.runs.reading import Run, runs_frame
+from promptclimb.agent.runs.report import CLASSES_IN_FULL
+from promptclimb.agent.runs.store import ANSWER_KINDS
 from promptclimb.agent.softsearch import is_soft_prompt_run, soft_prompt_lines
 from promptclimb.agent.core.templates import BASELINE
 
@@ -111,12 +113,17 @@ def headline(run: Run) -> str:
     ledger = run.ledger()
     who = (f"optimizer {run.config['optimizer']}" if is_soft_prompt_run(run.config)
            else f"LLM {run.llm}, pool {run.pool}, ranked by {run.ranked_by}")
+    answers = run.answers()
+    kinds = {kind: sum(ANSWER_KINDS[e["event"]] == kind for e in answers) for kind in ANSWER_KINDS.values()}
+    # names turns and the guard's questions are LLM answers too, often most of them
+    by_kind = (" (" + ", ".join(f"{n} {kind}" for kind, n in kinds.items() if n) + ")"
+               if len(answers) > kinds["template"] else "")
     return (
         f"run {run.id}: {run.dataset}, backbone {run.backbone}, {run.args.get('shots')} shots, "
         f"seed {run.args.get('seed')}, {who}; "
         f"{status}\n"
-        f"{len(run.of('llm_exchange'))} LLM answers ({ledger.get('cache_hits', 0)} from the cache, "
-        f"{ledger.get('prompt_tokens', 0)} prompt + {ledger.get('completion_tokens', 0)} completion tokens), "
+        f"{len(answers)} LLM answers{by_kind}; {ledger.get('cache_hits', 0)} from the cache, "
+        f"{ledger.get('prompt_tokens', 0)} prompt + {ledger.get('completion_tokens', 0)} completion tokens; "
         f"{len(run.of('score'))} templates scored, {len(run.of('reject'))} proposals rejected"
     )
 
@@ -139,8 +146,12 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
         out.append(h2(f"Class names ({int(names['changed'].sum())} of {len(names)} changed; accuracy with the "
                       "start names -> the found ones, the winning template both times)"))
         shown = names[["start", "found", "train_before", "train_after", "test_before", "test_after"]]
-        out.append(as_text(shown, "markdown" if markdown else "table",
-                           percent=("train_before", "train_after", "test_before", "test_after")))
+        if len(shown) > CLASSES_IN_FULL:  # 397 rows bury the few that changed
+            shown = shown[names["changed"]]
+            out.append(f"(the changed classes; all {len(names)} in summary.json and the report)")
+        if not shown.empty:
+            out.append(as_text(shown, "markdown" if markdown else "table",
+                               percent=("train_before", "train_after", "test_before", "test_after")))
     for summary in run.transfers():
         target = summary["target"]
         out.append(h2(f"Transfer to {target['backbone']}" + (f" ({target['pretrained']})" if target.get("pretrained")

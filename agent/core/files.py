@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -72,9 +73,19 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+# A list of numbers, as json.dumps(indent=...) spreads it over one line per number. JSON writes a
+# newline inside a string as "\n", so a match (which needs real newlines) is never in a string.
+NUMBER_LIST = re.compile(r"\[\n\s*(-?[\d.eE+-]+(?:,\n\s*-?[\d.eE+-]+)*)\n\s*\]")
+
+
 def write_json_atomic(path: str | Path, obj, indent: int | None = 2) -> Path:
-    """`obj` as JSON (non-ASCII kept as is; indent None: one line) at `path`, atomically."""
-    return write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+    """`obj` as JSON (non-ASCII kept as is; indent None: one line) at `path`, atomically.
+    Indented, a list of numbers stays on one line: a confusion-matrix row of a 397-class
+    run, one number per line, made its summary.json 14.6 MB, and 3 MB on rows."""
+    text = json.dumps(obj, indent=indent, ensure_ascii=False)
+    if indent is not None:
+        text = NUMBER_LIST.sub(lambda m: "[" + re.sub(r",\n\s*", ", ", m.group(1)) + "]", text)
+    return write_text_atomic(path, text + "\n")
 
 
 def sha256_of(path: str | Path) -> str:

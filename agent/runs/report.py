@@ -22,6 +22,9 @@ from promptclimb.agent.runs.reading import Run
 
 from promptclimb.agent.core.runfiles import REPORT
 TEMPLATE = "report.html.j2"
+# Past this many classes the page lists a few confusions instead of the matrices (two 397 x 397
+# tables made a 7 MB page no one reads), and `show` lists the changed classes only.
+CLASSES_IN_FULL = 20
 
 
 def _clean(value):
@@ -67,14 +70,36 @@ def render(run: Run, plot_png: Path | None = None) -> str:
     config = {k: v for k, v in run.config.items()}
     names_table = (run.final or {}).get("names") or {}
     confusion = {when: (names_table.get("confusion") or {}).get(when, {}).get("test") for when in ("before", "after")}
+    confusion = {k: v for k, v in confusion.items() if v}
+    labels = names_table.get("start") or []
+    many = len(labels) > CLASSES_IN_FULL
     return env.get_template(TEMPLATE).render(
-        names=run.names().to_dict("records"), class_labels=names_table.get("start") or [],
-        confusion={k: v for k, v in confusion.items() if v},
+        names=run.names().to_dict("records"), class_labels=labels,
+        confusion={} if many else confusion,
+        largest_confusions=largest_confusions(confusion, labels) if many and confusion else [],
         run=run, head=facts(run), winners=winners, plot=plot, transfers=transfers, iterations=run.iterations(),
         conversation=run.conversation(), skipped=run.skipped,
         config_json=json.dumps(config, indent=2, ensure_ascii=False),
         generated=time.strftime("%Y-%m-%d %H:%M"),
     )
+
+
+def largest_confusions(confusion: dict[str, list[list[int]]], labels: list[str],
+                       k: int = CLASSES_IN_FULL) -> list[dict]:
+    """k off-diagonal cells of the test confusion matrices ("before", "after"): those the
+    found names changed most, then the largest (by the larger of the two), then class order:
+    {true, predicted, before, after}."""
+    import numpy as np
+
+    shape = (len(labels), len(labels))
+    before, after = (np.asarray(confusion.get(when) or np.zeros(shape, int)) for when in ("before", "after"))
+    larger = np.maximum(before, after)
+    np.fill_diagonal(larger, 0)
+    true, predicted = np.nonzero(larger)
+    change = np.abs(after - before)
+    order = sorted(zip(true.tolist(), predicted.tolist()), key=lambda ij: (-change[ij], -larger[ij], ij))[:k]
+    return [{"true": labels[i], "predicted": labels[j], "before": int(before[i, j]), "after": int(after[i, j])}
+            for i, j in order]
 
 
 def _data_uri(png: Path | None) -> str | None:
