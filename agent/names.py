@@ -133,9 +133,9 @@ JUDGED_PER_CLASS = 2  # changes of one class put to the judge per names turn, be
 MISTAKEN_SHOWN = 2  # classes each class is most often mistaken for, shown to the LLM
 # With many classes (SUN397, ImageNet) a names turn that lists every class outgrows the local
 # LLM: 397 rows are about 8,000 tokens, with the answer more than its 8,192-token context, and
-# the first names turn of such a run timed out on every try. So a names turn lists at most ROWS_SHOWN classes
-# (`rows_shown`) and the judge chooses among at most JUDGE_LISTED (`judge_listed`); Fashion-MNIST
-# and EuroSAT, with 10 classes, see every class as before.
+# the first names turn of such a run timed out (120 s) and was retried. So a names turn lists
+# at most ROWS_SHOWN classes (`rows_shown`) and the judge chooses among at most JUDGE_LISTED
+# (`judge_listed`); Fashion-MNIST and EuroSAT, with 10 classes, see every class as before.
 ROWS_SHOWN = 20
 JUDGE_LISTED = 20
 

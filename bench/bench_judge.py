@@ -1,10 +1,12 @@
 """The drift guard's judge on fixed questions: which good renames it refuses, which drifts it catches.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_judge.py
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_judge.py [--dataset eurosat]
 
 The embedded local LLM is asked the judge's question (prompts/meta/names_judge.j2,
 temperature 0) for 29 good renames and 16 drifts of Fashion-MNIST's classes, once with the
-cleaned start names and once with the published labels, the classes listed in class order
+cleaned start names and once with the published labels (`--dataset eurosat`: 30 good renames
+and 15 drifts of EuroSAT's classes, from CoOp's names and from the folder names such as
+`AnnualCrop`, which embed worst), the classes listed in class order
 and again in reverse order. Printed per question: both answers and whether a change would be
 refused by one answer alone, by both answers naming the same other class, and by the
 guard's rule (agent/search.py `HillClimber.drift_guard`): where both answers name the same
@@ -36,20 +38,43 @@ GOOD = [("sweater", 2), ("sweaters", 2), ("jumper", 2), ("sweatshirt", 2), ("kni
 DRIFTS = [("skirt", 1), ("boot", 7), ("jacket", 2), ("tank top", 6), ("blazer", 6), ("cardigan", 4), ("slipper", 7),
           ("sweater", 6), ("hoodie", 0), ("gown", 4), ("high heels", 9), ("flip-flop", 7), ("trench coat", 2),
           ("loafer", 9), ("tunic", 0), ("polo shirt", 6)]
+# EuroSAT, in FOLDERS order: AnnualCrop, Forest, HerbaceousVegetation, Highway, Industrial,
+# Pasture, PermanentCrop, Residential, River, SeaLake.
+EUROSAT_GOOD = [("cropland", 0), ("farmland", 0), ("crop field", 0), ("woodland", 1), ("woods", 1),
+                ("forest area", 1), ("shrubland", 2), ("wild vegetation", 2), ("scrubland", 2), ("road", 3),
+                ("motorway", 3), ("freeway", 3), ("factory", 4), ("industrial area", 4), ("warehouses", 4),
+                ("grazing land", 5), ("meadow", 5), ("grassland for cattle", 5), ("orchard", 6), ("vineyard", 6),
+                ("olive grove", 6), ("housing", 7), ("residential area", 7), ("suburb", 7), ("stream", 8),
+                ("riverbank", 8), ("canal", 8), ("lake", 9), ("sea", 9), ("coastal water", 9)]
+EUROSAT_DRIFTS = [("forest", 2), ("vineyard", 0), ("lake", 8), ("houses", 4), ("road", 7), ("orchard", 1),
+                  ("river", 9), ("pasture", 6), ("factory", 7), ("farmland", 5), ("ocean", 8), ("woods", 6),
+                  ("highway", 8), ("wheat field", 5), ("grassland", 0)]
+
+
+def cases(dataset: str):
+    """(description, start sets, good renames, drifts) of `dataset`."""
+    if dataset == "eurosat":
+        from promptclimb.evaluators.eurosat import COOP_CLASSNAMES, DESCRIPTION, FOLDERS
+
+        return DESCRIPTION, (tuple(COOP_CLASSNAMES[f] for f in FOLDERS), tuple(FOLDERS)), EUROSAT_GOOD, EUROSAT_DRIFTS
+    return "small grayscale photos of clothing", (CLEAN, PUBLISHED), GOOD, DRIFTS
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="demo", help="whose text tower checks the judge [default: demo]")
+    parser.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "eurosat"),
+                        help="whose classes, renames and drifts [default: fashion-mnist]")
     args = parser.parse_args()
+    description, starts, good, drifts = cases(args.dataset)
     from promptclimb.evaluators import build_evaluator  # imports torch
 
     meta = MetaPrompt()
     evaluator = build_evaluator("fashion-mnist", 1, 1, args.backbone)
     with local_server() as url:
         llm = LLMClient("local", base_url=url, api_key="none", cache_dir=cache_dir("bench-judge"))
-        for start in (CLEAN, PUBLISHED):
-            task = Task("fashion-mnist", "small grayscale photos of clothing", start)
+        for start in starts:
+            task = Task(args.dataset, description, start)
 
             def judged(name: str, listed) -> tuple[str, int | None]:
                 messages = [{"role": "user", "content": meta.names_judge(task, list(listed), name)}]
@@ -58,9 +83,9 @@ def main():
                 return answer.strip(), naming.judged_class(answer, start, start)
 
             counts = {}
-            for kind, cases in (("good", GOOD), ("drift", DRIFTS)):
+            for kind, questions in (("good", good), ("drift", drifts)):
                 one = both = text = 0
-                for name, cls in cases:
+                for name, cls in questions:
                     (a1, named), (a2, again) = judged(name, start), judged(name, start[::-1])
                     by_one, agreed = named not in (cls, None), named not in (cls, None) and again == named
                     checked, why = False, ""
@@ -72,7 +97,7 @@ def main():
                     one, both, text = one + by_one, both + agreed, text + checked
                     print(f"{kind:5}  {start[cls]} <- {name}  | {a1} | {a2} | refused by one answer: {by_one}, "
                           f"by both: {agreed}, with the text tower: {checked}{why}")
-                counts[kind] = (len(cases), one, both, text)
+                counts[kind] = (len(questions), one, both, text)
             print(f"start names {', '.join(start)}: " + "; ".join(
                 f"{kind} renames refused by one answer {one} of {n}, by both {both}, with the text tower {text}"
                 for kind, (n, one, both, text) in counts.items()))
