@@ -968,7 +968,7 @@ class HillClimber:
             self.echo(f"    {pct(self.value(s)):>6}  {s.template}")
         for h in held:
             self.echo(f"    {pct(h['value']):>6}  {h['template']}  (held back: {h['why']})")
-        for r in rejected[:3]:
+        for r in list({(r["line"], r["reason"]): r for r in rejected}.values())[:3]:  # a line repeated: once
             self.echo(f"    rejected  {r['line'][:60]!r}: {r['reason']}")
 
     # -- the end ---------------------------------------------------------------------------

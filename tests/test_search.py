@@ -35,7 +35,7 @@ def responder(body: dict) -> str:
     )
 
 
-def climb(tmp_path, base_url, name="run", evaluator=None, cache="cache", **config):
+def climb(tmp_path, base_url, name="run", evaluator=None, cache="cache", echo=lambda msg: None, **config):
     evaluator = evaluator or WordEvaluator()
     llm = LLMClient("fake", base_url=base_url, api_key=KEY, timeout=5, cache_dir=tmp_path / cache,
                     wait_initial=0.001, wait_max=0.01, max_tries=config.pop("max_tries", 4),
@@ -44,7 +44,7 @@ def climb(tmp_path, base_url, name="run", evaluator=None, cache="cache", **confi
     store = RunStore.resume(run_dir) if (run_dir / "config.json").exists() else RunStore.create(run_dir, {"t": 1})
     with store:
         result = HillClimber(evaluator, llm, store, SearchConfig(**{**SMALL, **config}), pool=POOL,
-                             echo=lambda msg: None).run()
+                             echo=echo).run()
     return result, evaluator, run_dir
 
 
@@ -589,3 +589,15 @@ def test_cli_defaults_to_the_local_llm_without_an_endpoint(tmp_path, monkeypatch
     assert request["model"] == local_llm.LOCAL_MODEL_NAME
     assert request["temperature"] == local_llm.LOCAL_SAMPLING["temperature"]
     assert request["max_tokens"] == local_llm.LOCAL_SAMPLING["max_tokens"]
+
+
+def test_the_console_shows_a_line_repeated_in_one_answer_once(tmp_path):
+    # the embedded model repeats lines (`a photo of my {}.` twice in one answer of the demo)
+    printed = []
+    answer = "a photo of a {}.\nan image of my {}.\na photo of a {}.\nan image of my {}."
+    with FakeLLM(responder=lambda body: answer) as fake:
+        climb(tmp_path, fake.base_url, resets=1, iterations=1, echo=printed.append)
+    turn = printed[next(i for i, line in enumerate(printed) if "iteration 1/1]" in line):]
+    assert "1 new, 3 rejected" in turn[0]  # every rejected line counted, as the history has them
+    rejected = [line.split(":")[0] for line in turn if line.startswith("    rejected")]
+    assert rejected == ["    rejected  'a photo of a {}.'", "    rejected  'an image of my {}.'"]
