@@ -765,8 +765,8 @@ class HillClimber:
         if len(start) <= naming.JUDGE_LISTED:
             return list(start)
         similarity = getattr(self.evaluator, "name_similarity", None)
-        if similarity is not None:
-            nearness = similarity(template, proposal.name, start)
+        if similarity is not None:  # rounded as `text_nearest` rounds: another device's float noise seldom reorders it
+            nearness = [round(float(v), 4) for v in similarity(template, proposal.name, start)]
         else:
             report, c = self.class_report(template, names), proposal.cls
             nearness = [report[c].predicted[o] + report[o].predicted[c] for o in range(len(start))]
