@@ -81,7 +81,7 @@ NUMBER_LIST = re.compile(r"\[\n\s*(-?[\d.eE+-]+(?:,\n\s*-?[\d.eE+-]+)*)\n\s*\]")
 def write_json_atomic(path: str | Path, obj, indent: int | None = 2) -> Path:
     """`obj` as JSON (non-ASCII kept as is; indent None: one line) at `path`, atomically.
     Indented, a list of numbers stays on one line: a confusion-matrix row of a 397-class
-    run, one number per line, made its summary.json 14.6 MB, and 3 MB on rows."""
+    run, one number per line, made its summary.json 14.6 MB; on one line per row, 3.2 MB."""
     text = json.dumps(obj, indent=indent, ensure_ascii=False)
     if indent is not None:
         text = NUMBER_LIST.sub(lambda m: "[" + re.sub(r",\n\s*", ", ", m.group(1)) + "]", text)
