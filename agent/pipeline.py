@@ -435,7 +435,9 @@ def llm_client(plan: Plan, opts: dict, echo) -> Iterator[LLMClient]:
     def client(base_url: str | None, api_key: str | None, model: str) -> LLMClient:
         return LLMClient(model, base_url=base_url, api_key=api_key, timeout=settings.timeout,
                          max_tries=settings.max_tries, use_cache=not opts["no_cache"],
-                         max_calls=plan.search.max_calls, max_tokens=plan.search.max_tokens, echo=echo)
+                         max_calls=plan.search.max_calls, max_tokens=plan.search.max_tokens, echo=echo,
+                         # the local LLM's, embedded or served (an API model's context is not known)
+                         context_tokens=local_llm.CONTEXT_TOKENS if settings.served_model else None)
 
     if settings.local and not opts["base_url"]:
         model_file = opts["llm_model"] or settings.llm_model_file

@@ -188,6 +188,20 @@ def starts_over(new: list, held: list) -> bool:
     return not new and not held
 
 
+def outgrows_context(context: int | None, used: int, next_message: str, answer_tokens: int) -> bool:
+    """Whether a template conversation that has used `used` tokens (its last request's prompt
+    and answer) would pass the LLM's `context` with `next_message` and an answer of up to
+    `answer_tokens`: then the next turn opens a fresh conversation, as after `starts_over`.
+    A template-only conversation grows by about 300 tokens a turn on the demo: with
+    `--iterations 44` its 43rd request (8,387 prompt tokens and a 256-token answer) passed
+    the embedded model's 8,192, the server refused it, and the run could not go on, resumed
+    or not; with this rule the 42nd turn opened a new conversation. The message's tokens
+    are estimated from its characters, generously (3 a token). `context` None: not known."""
+    if context is None:
+        return False
+    return used + len(next_message) // 3 + answer_tokens > context
+
+
 def call_seed(seed: int, restart: int, reset: int, iteration: int) -> int:
     """The `seed` sent with one LLM request: fixed by the run's seed and the call's place."""
     digest = hashlib.sha256(f"{seed}:{restart}:{reset}:{iteration}".encode()).hexdigest()
@@ -470,11 +484,19 @@ class HillClimber:
                     new, held, rejected = self.take_proposals(answer.content, board, best_before, restart, reset,
                                                               iteration)
                     self.print_progress(restart, reset, iteration, new, held, rejected)
-                    if starts_over(new, held):
+                    feedback = None if starts_over(new, held) else self.feedback_turn(board, best_before, new,
+                                                                                          held, rejected)
+                    used = answer.prompt_tokens + answer.completion_tokens or sum(
+                        len(m["content"]) for m in messages) // 3  # an endpoint that reports no usage
+                    if feedback is not None and outgrows_context(getattr(self.llm, "context_tokens", None), used,
+                                                                 feedback, cfg.max_answer_tokens):
+                        self.echo(f"    the conversation has used {used:,} of the LLM's {self.llm.context_tokens:,} "
+                                  "tokens: the next turn starts a new one")
+                        feedback = None
+                    if feedback is None:
                         messages, sent = [], 0
                     else:
-                        messages.append({"role": "user", "content": self.feedback_turn(board, best_before, new, held,
-                                                                                       rejected)})
+                        messages.append({"role": "user", "content": feedback})
                     self.store.write_prompts_csv()
 
     def start_restart(self, restart: int) -> list[Scored]:

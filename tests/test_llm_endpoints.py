@@ -89,3 +89,23 @@ def test_a_base_url_of_another_server_is_not_called_local(cli):
         result, run = cli("other", "--base-url", fake.base_url)
     assert "local LLM" not in result.output and fake.count == 2
     assert json.loads((run / "config.json").read_text())["llm"]["model"] == "gpt-4o-mini"
+
+
+def test_the_local_llms_context_is_known_to_the_search_and_an_api_models_is_not(cli, monkeypatch):
+    from promptclimb.agent import pipeline
+    from promptclimb.agent.llm import local as local_llm
+
+    contexts = []
+
+    class Recording(pipeline.LLMClient):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            contexts.append(self.context_tokens)
+
+    monkeypatch.setattr(pipeline, "LLMClient", Recording)
+    served = local_llm.local_model_id(local_llm.LOCAL_MODEL_NAME, "c" * 64)
+    with FakeLLM(responder=server_answer("local"), models=[served]) as local, \
+            FakeLLM(responder=server_answer("api")) as api:
+        cli("served", "--base-url", local.base_url)
+        cli("api", "--llm", "some-model", env={"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": api.base_url})
+    assert contexts == [local_llm.CONTEXT_TOKENS, None]

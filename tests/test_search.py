@@ -39,7 +39,8 @@ def climb(tmp_path, base_url, name="run", evaluator=None, cache="cache", echo=la
     evaluator = evaluator or WordEvaluator()
     llm = LLMClient("fake", base_url=base_url, api_key=KEY, timeout=5, cache_dir=tmp_path / cache,
                     wait_initial=0.001, wait_max=0.01, max_tries=config.pop("max_tries", 4),
-                    max_calls=config.get("max_calls"), max_tokens=config.get("max_tokens"))
+                    max_calls=config.get("max_calls"), max_tokens=config.get("max_tokens"),
+                    context_tokens=config.pop("context_tokens", None))
     run_dir = tmp_path / "runs" / name
     store = RunStore.resume(run_dir) if (run_dir / "config.json").exists() else RunStore.create(run_dir, {"t": 1})
     with store:
@@ -601,3 +602,27 @@ def test_the_console_shows_a_line_repeated_in_one_answer_once(tmp_path):
     assert "1 new, 3 rejected" in turn[0]  # every rejected line counted, as the history has them
     rejected = [line.split(":")[0] for line in turn if line.startswith("    rejected")]
     assert rejected == ["    rejected  'a photo of a {}.'", "    rejected  'an image of my {}.'"]
+
+
+def test_a_conversation_that_would_outgrow_the_llms_context_starts_a_new_one(tmp_path):
+    def conversation_lengths(run_dir):
+        return [e["n_messages"] for e in history(run_dir) if e["event"] == "llm_exchange"]
+
+    with FakeLLM(responder=responder) as fake:
+        climb(tmp_path, fake.base_url, name="free", resets=1, iterations=4)
+    free = tmp_path / "runs" / "free"
+    assert conversation_lengths(free) == [2, 4, 6, 8]  # one conversation, as long as the context is unknown
+    # the context that the second answer's conversation and its next message would pass
+    exchanges = [e for e in history(free) if e["event"] == "llm_exchange"]
+    used = sum(exchanges[1]["usage"].values())
+    context = used + len(exchanges[2]["messages"][-1]["content"]) // 3 + SearchConfig().max_answer_tokens - 1
+    assert sum(exchanges[0]["usage"].values()) + len(exchanges[1]["messages"][-1]["content"]) // 3 \
+        + SearchConfig().max_answer_tokens <= context  # the first still fits
+    printed = []
+    with FakeLLM(responder=responder) as fake:
+        result, _, run_dir = climb(tmp_path, fake.base_url, name="bounded", resets=1, iterations=4,
+                                   context_tokens=context, echo=printed.append)
+    assert conversation_lengths(run_dir) == [2, 4, 2, 4]  # a new conversation after the second answer
+    assert any(f"has used {used:,} of the LLM's {context:,} tokens" in line for line in printed)
+    first_of_new = [e for e in history(run_dir) if e["event"] == "llm_exchange"][2]["messages"]
+    assert [m["role"] for m in first_of_new] == ["system", "user"]

@@ -7,6 +7,7 @@ import threading
 import click
 
 from promptclimb.agent.cli.errors import user_errors
+from promptclimb.agent.llm.local import CONTEXT_TOKENS
 
 
 @click.group("llm")
@@ -18,7 +19,8 @@ def llm_group():
 @click.option("--llm-model", "model_path", type=click.Path(dir_okay=False), default=None,
               help="A GGUF file to serve instead of the embedded model.")
 @click.option("--port", type=int, default=None, help="Port on 127.0.0.1 (default: a free one).")
-@click.option("--n-ctx", type=int, default=8192, show_default=True, help="Context length in tokens.")
+@click.option("--n-ctx", type=int, default=CONTEXT_TOKENS, show_default=True,
+              help="Context length in tokens (a search assumes the default).")
 @click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
 @user_errors
 def serve_cmd(model_path, port, n_ctx, threads):

@@ -260,13 +260,16 @@ class LLMClient:
         sleep: Callable[[float], None] = time.sleep,
         served_model: str | None = None,
         echo: Callable[[str], None] | None = None,
+        context_tokens: int | None = None,
     ):
         """`served_model`: what the endpoint serves, when the caller knows it (otherwise the
         endpoint's `/models` is asked once, on the first cache lookup). `echo`: where a line
-        about each retry goes (default: stderr)."""
+        about each retry goes (default: stderr). `context_tokens`: the model's context (prompt
+        and answer of one request), where known; the search keeps its conversations inside it."""
         import openai  # imported here so that `import agent.llm` stays cheap
 
         self.model = model
+        self.context_tokens = context_tokens
         self.base_url = base_url
         self.timeout = timeout
         self._secrets = tuple(s for s in (api_key, base_url and urlsplit(base_url).password) if s)

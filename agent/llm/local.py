@@ -139,6 +139,10 @@ def _check_user_model(path: Path) -> Path:
 # The server
 
 
+# The embedded server's context (--n_ctx): prompt and answer of one request together.
+CONTEXT_TOKENS = 8192
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nobody listens on right now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -151,7 +155,7 @@ def server_command(
     port: int,
     *,
     host: str = "127.0.0.1",
-    n_ctx: int = 8192,
+    n_ctx: int = CONTEXT_TOKENS,
     n_threads: int | None = None,
     model_alias: str = LOCAL_MODEL_NAME,
     chat_format: str | None = None,
@@ -191,7 +195,7 @@ def local_server(
     model_path: str | os.PathLike | None = None,
     *,
     port: int | None = None,
-    n_ctx: int = 8192,
+    n_ctx: int = CONTEXT_TOKENS,
     n_threads: int | None = None,
     ready_timeout: float = 300.0,
     warmup: bool = True,
