@@ -484,15 +484,7 @@ class HillClimber:
                     new, held, rejected = self.take_proposals(answer.content, board, best_before, restart, reset,
                                                               iteration)
                     self.print_progress(restart, reset, iteration, new, held, rejected)
-                    feedback = None if starts_over(new, held) else self.feedback_turn(board, best_before, new,
-                                                                                          held, rejected)
-                    used = answer.prompt_tokens + answer.completion_tokens or sum(
-                        len(m["content"]) for m in messages) // 3  # an endpoint that reports no usage
-                    if feedback is not None and outgrows_context(getattr(self.llm, "context_tokens", None), used,
-                                                                 feedback, cfg.max_answer_tokens):
-                        self.echo(f"    the conversation has used {used:,} of the LLM's {self.llm.context_tokens:,} "
-                                  "tokens: the next turn starts a new one")
-                        feedback = None
+                    feedback = self.continuation(answer, messages, board, best_before, new, held, rejected)
                     if feedback is None:
                         messages, sent = [], 0
                     else:
@@ -544,6 +536,23 @@ class HillClimber:
         return self.meta.feedback_turn(
             self.evaluator.task, self.asked, self.metric_label, results, rejected, best, top, bottom
         )
+
+    def continuation(self, answer: Answer, messages: list[dict], board: list[Scored], best_before: Scored,
+                     new: list[Scored], held: list[dict], rejected: list[dict]) -> str | None:
+        """The next user message of a template conversation, or None: the next turn opens a
+        fresh one, when nothing of the answer could be scored (`starts_over`) or the
+        conversation would outgrow the LLM's context (`outgrows_context`)."""
+        if starts_over(new, held):
+            return None
+        feedback = self.feedback_turn(board, best_before, new, held, rejected)
+        used = answer.prompt_tokens + answer.completion_tokens or sum(
+            len(m["content"]) for m in messages) // 3  # an endpoint that reports no usage
+        context = getattr(self.llm, "context_tokens", None)
+        if outgrows_context(context, used, feedback, self.config.max_answer_tokens):
+            self.echo(f"    the conversation has used {used:,} of the LLM's {context:,} tokens: "
+                      "the next turn starts a new one")
+            return None
+        return feedback
 
     def top_and_bottom(self, board: list[Scored]) -> tuple[list[dict], list[dict]]:
         """The best top_k and the worst bottom_k of the scoreboard (no template in both, and
