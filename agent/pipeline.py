@@ -194,7 +194,10 @@ def choose_llm(opts: dict, echo) -> tuple[LLMSettings, dict]:
     local = llm_name == LOCAL and not served_local  # the embedded server, started by this command
     # The endpoint is recorded without userinfo; the key never is.
     served = local_llm.local_model_name(opts["llm_model"]) if local else served_local
-    settings = LLMSettings(llm_name, local, opts["llm_model"], opts["timeout"], opts["max_tries"],
+    timeout = opts["timeout"]
+    if timeout is None:  # a local server would go on computing an abandoned request
+        timeout = local_llm.REQUEST_TIMEOUT_S if served else LLMSettings.timeout
+    settings = LLMSettings(llm_name, local, opts["llm_model"], timeout, opts["max_tries"],
                            strip_userinfo(endpoint), served)
     return settings, (local_llm.LOCAL_SAMPLING if served else {})
 

@@ -91,21 +91,26 @@ def test_a_base_url_of_another_server_is_not_called_local(cli):
     assert json.loads((run / "config.json").read_text())["llm"]["model"] == "gpt-4o-mini"
 
 
-def test_the_local_llms_context_is_known_to_the_search_and_an_api_models_is_not(cli, monkeypatch):
+def test_the_local_llms_context_and_its_longer_timeout_are_known_to_the_search_and_an_api_models_are_not(cli, monkeypatch):
     from promptclimb.agent import pipeline
     from promptclimb.agent.llm import local as local_llm
 
-    contexts = []
+    clients = []
 
     class Recording(pipeline.LLMClient):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            contexts.append(self.context_tokens)
+            clients.append((self.context_tokens, self.timeout))
 
     monkeypatch.setattr(pipeline, "LLMClient", Recording)
     served = local_llm.local_model_id(local_llm.LOCAL_MODEL_NAME, "c" * 64)
     with FakeLLM(responder=server_answer("local"), models=[served]) as local, \
             FakeLLM(responder=server_answer("api")) as api:
-        cli("served", "--base-url", local.base_url)
+        _, run = cli("served", "--base-url", local.base_url)
+        cli("served-30s", "--base-url", local.base_url, "--timeout", "30")
         cli("api", "--llm", "some-model", env={"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": api.base_url})
-    assert contexts == [local_llm.CONTEXT_TOKENS, None]
+    # A local server goes on computing a request the client abandons, so a retry would queue
+    # behind it: the search waits longer for it, unless told otherwise.
+    assert clients == [(local_llm.CONTEXT_TOKENS, local_llm.REQUEST_TIMEOUT_S), (local_llm.CONTEXT_TOKENS, 30.0),
+                       (None, 120.0)]
+    assert json.loads((run / "config.json").read_text())["llm"]["timeout"] == local_llm.REQUEST_TIMEOUT_S

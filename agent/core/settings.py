@@ -46,7 +46,7 @@ class LLMSettings:
     model: str
     local: bool = False
     llm_model_file: str | None = None
-    timeout: float = 120.0
+    timeout: float = 120.0  # an API's; the local LLM's is local.REQUEST_TIMEOUT_S
     max_tries: int = 6
     base_url: str | None = None
     served_model: str | None = None
