@@ -79,11 +79,21 @@ def test_search_renames_a_class_and_every_reader_carries_the_names(run):
            f"names, {kinds.count('names_judge')} guard);" in shown and kinds.count("names_judge") > 0
     assert "asked about Trouser" in shown
 
+    # the raw exchanges hold every answer: names turns and guard questions too
+    talk = run("show", "n", "--runs-dir", run.runs, "--conversation")
+    assert talk.exit_code == 0, talk.output
+    for event in ("names_exchange", "names_judge"):
+        asked = next(e for e in read.answers() if e["event"] == event)
+        assert asked["messages"][-1]["content"].splitlines()[-1] in talk.output
+    frame = read.conversation_frame()
+    assert (frame["role"] == "assistant").sum() == len(kinds) and set(frame["kind"]) == {"template", "names", "guard"}
+
     report = run("report", "n", "--runs-dir", run.runs)
     assert report.exit_code == 0, report.output
     html = (run.runs / "n" / "report.html").read_text()
     assert "<h2>Class names</h2>" in html and "<b>jeans</b>" in html
     assert html.count("Confusion on test") == 2  # with the start names, and with the found ones
+    assert html.count(" [names]: what was sent") == kinds.count("names_exchange")
 
     evaluated = run("eval", "--run", "n", "--runs-dir", run.runs, "--json")
     assert evaluated.exit_code == 0, evaluated.output

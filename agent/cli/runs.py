@@ -188,9 +188,6 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
     for it in iterations:
         kind = "" if it["kind"] == "template" else f" [{it['kind']}]"
         out.append(("### " if markdown else "") + f"{where(it)}{kind}: best so far {pct(it['best_so_far'])}")
-        if it["kind"] == "guard":  # the drift guard's question: its answer is the whole story
-            out.append(f"{bullet}answered: {code(it['answer'].strip()[:80])}")
-            continue
         if conversation:
             ex = exchanges[it["call"]]
             for m in ex["messages"]:
@@ -198,7 +195,11 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
                 out.append(indent(m.get("content", ""), markdown))
             out.append(f"{bullet}[assistant]")
             out.append(indent(ex["answer"], markdown))
-        elif it["kind"] == "template":
+        if it["kind"] == "guard":  # the drift guard's question: its answer is the whole story
+            if not conversation:
+                out.append(f"{bullet}answered: {code(it['answer'].strip()[:80])}")
+            continue
+        if it["kind"] == "template" and not conversation:
             out.append(f"{bullet}shown:")
             for s in it["shown_top"]:
                 out.append(f"{bullet}    top     {pct(s['selection']):>6}  {code(s['template'])}")

@@ -492,23 +492,25 @@ class Run:
         return pd.DataFrame(rows)
 
     def conversation(self) -> list[dict]:
-        """The raw exchanges: per LLM answer, the messages sent since the previous answer of
-        its conversation, then the answer. (A request repeats the previous answer as its
-        first new message; it is shown once, as that answer.)"""
-        return [{"call": ex["call"], "restart": ex.get("restart"), "reset": ex.get("reset"),
-                 "iteration": ex.get("iteration"), "answer": ex.get("answer", ""),
+        """The raw exchanges, of every kind of answer ("template", "names", "guard"): per LLM
+        answer, the messages sent since the previous answer of its conversation (a names turn
+        and a guard question are conversations of their own), then the answer. (A template
+        turn's request repeats the previous answer as its first new message; it is shown once,
+        as that answer.)"""
+        return [{"call": ex["call"], "kind": ANSWER_KINDS[ex["event"]], "restart": ex.get("restart"),
+                 "reset": ex.get("reset"), "iteration": ex.get("iteration"), "answer": ex.get("answer", ""),
                  "messages": [m for m in ex.get("messages") or [] if m.get("role") != "assistant"]}
-                for ex in self.of("llm_exchange")]
+                for ex in self.answers()]
 
     def conversation_frame(self) -> pd.DataFrame:
         """`conversation()` as a table, one row per message (the answers as `assistant` rows),
         in the order they were exchanged."""
         rows = []
         for ex in self.conversation():
-            place = {k: ex[k] for k in ("call", "restart", "reset", "iteration")}
+            place = {k: ex[k] for k in ("call", "kind", "restart", "reset", "iteration")}
             rows += [place | {"role": m.get("role"), "content": m.get("content")} for m in ex["messages"]]
             rows.append(place | {"role": "assistant", "content": ex["answer"]})
-        return pd.DataFrame(rows, columns=["call", "restart", "reset", "iteration", "role", "content"])
+        return pd.DataFrame(rows, columns=["call", "kind", "restart", "reset", "iteration", "role", "content"])
 
     def ledger(self) -> dict:
         """LLM cost of the run: from summary.json, else counted from the history."""
