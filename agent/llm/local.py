@@ -142,10 +142,11 @@ def _check_user_model(path: Path) -> Path:
 # The embedded server's context (--n_ctx): prompt and answer of one request together.
 CONTEXT_TOKENS = 8192
 # How long a search waits for one answer of the local LLM. A request the client abandons is
-# not abandoned by the server: it goes on computing it, and the retry queues behind it (a
-# full context takes ~2 minutes on 2 cores: 8,192 prompt tokens at ~75/s, then the answer).
-# A retry only helps where another try can be answered sooner: not here.
-REQUEST_TIMEOUT_S = 600.0
+# not abandoned by the server: it goes on computing it, and the retry queues behind it, so a
+# retry never gets an answer sooner. A full context takes ~2 minutes on 2 idle cores (8,192
+# prompt tokens at ~75/s, then the answer); a 7,817-token request on 2 cores shared with
+# other work took over 600 s. The limit is there for a server that hangs.
+REQUEST_TIMEOUT_S = 3600.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
