@@ -1019,8 +1019,10 @@ class HillClimber:
             best["accuracy"] = {**best["accuracy"], **as_floats(best_score.accuracy)}
             best["loss"] = {**best["loss"], **as_floats(best_score.loss)}
             best["prob"] = {**best["prob"], **as_floats(best_score.prob)}
+            # the names the best template goes with, for every reader (`eval --run`, `transfer`,
+            # the API); a template search keeps its start names, as given when it started
+            best["names"] = list(winner.names or self.start_names)
             if self.config.search != "template":
-                best["names"] = list(winner.names or self.start_names)
                 names_table = self.names_table(winner)
             ensemble = self.choose_ensemble(ranked)
         final = self.store.append(

@@ -382,8 +382,10 @@ def _is_new(event: dict) -> bool:
 
 
 def class_names(summary: dict) -> list[str] | None:
-    """The class names the winning template goes with, from the names climb: the best's own,
-    else the `names` section's found ones; None for a run without names."""
+    """The class names the winning template goes with: the best's own (the names climb's, or
+    the start names of a template search), else the `names` section's found ones; None for a
+    run that records neither (a soft prompt, or a template search recorded before its best
+    carried names)."""
     best = summary.get("best") or {}
     section = summary.get("names")
     if best.get("names"):
@@ -408,7 +410,7 @@ def prompt_tags(run: Run, mlflow_run_id: str) -> dict:
     if summary.get("winner") == "ensemble":
         tags["ensemble_templates"] = json.dumps((summary.get("ensemble") or {}).get("templates"), ensure_ascii=False)
     names = class_names(summary)
-    if names is not None:  # the names climb: the class names go with the template
+    if names is not None:  # the class names go with the template
         tags["class_names"] = json.dumps(names, ensure_ascii=False)
     return tags
 

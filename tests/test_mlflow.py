@@ -172,7 +172,7 @@ def test_sync_logs_settings_curves_results_files_and_the_winning_prompt(tmp_path
     assert prompt.tags["template"] == summary["best"]["template"]
     assert float(prompt.tags["test_accuracy"]) == summary["best"]["accuracy"]["test"]
     assert prompt.tags["source_run_id"] == run_id and prompt.tags["promptclimb_run"] == "done"
-    assert "class_names" not in prompt.tags  # this run has no names section
+    assert json.loads(prompt.tags["class_names"]) == summary["best"]["names"]  # what the template goes with
     assert {"name": name, "version": version} in json.loads(tags["mlflow.linkedPrompts"])
 
     # a second sync continues the same MLflow run and logs nothing twice
@@ -231,6 +231,7 @@ def test_a_sweep_is_a_parent_run_with_a_nested_run_per_cell(tmp_path, server, cl
     names = ["red square", "green field", "blue lake"]
     summary = json.loads(summary_path.read_text())
     summary["names"] = {"template": summary["best"]["template"], "start": ["a", "b", "c"], "found": names}
+    summary["best"]["names"] = names
     summary_path.write_text(json.dumps(summary))
     alone = sync_run(sweep / "toy-a", server, experiment="sweeps")
 
@@ -250,7 +251,7 @@ def test_a_sweep_is_a_parent_run_with_a_nested_run_per_cell(tmp_path, server, cl
                                                           .removeprefix("prompts:/").rsplit("/", 1))
                for r in children}
     assert json.loads(prompts["toy-b"].tags["class_names"]) == names
-    assert "class_names" not in prompts["toy-a"].tags
+    assert json.loads(prompts["toy-a"].tags["class_names"]) != names
 
     assert sync_sweep(sweep, server, experiment="sweeps").run_id == parent_id  # again: the same runs
     assert len(client.search_runs([parent.info.experiment_id])) == 3

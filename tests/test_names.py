@@ -529,7 +529,8 @@ def test_template_search_is_untouched_by_names(tmp_path):
     assert not ev.reports and not ev.names_scored and set(ev.ensemble_names) == {None}
     assert {e["event"] for e in history(run_a)} <= {"run_start", "restart", "reset", "llm_exchange", "score",
                                                     "reject", "stop", "final"}
-    assert "names" not in explicit.summary and "names" not in explicit.best and "by_kind" not in explicit.summary["ledger"]
+    assert "names" not in explicit.summary and "by_kind" not in explicit.summary["ledger"]
+    assert explicit.best["names"] == list(ev.task.classnames)  # what its template goes with: the start names
 
 
 def names_responder(body: dict) -> str:

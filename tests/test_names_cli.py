@@ -160,7 +160,26 @@ def test_the_api_returns_the_found_names(tmp_path, monkeypatch):
         template = promptclimb.search(dataset="toy", iterations=2, resets=1, pool_sample=4, proposals=3,
                                       search="template")
     assert result.classnames[1] == "jeans" and result.summary["names"]["changed"] == 1
-    assert template.classnames is None and "names" not in template.summary
+    assert template.classnames == list(CLASSES) and "names" not in template.summary  # no names climbed
+
+
+def test_a_template_search_from_a_names_file_keeps_those_names_after_the_file_changes(run, tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("tee\npants\ngown\nbag\n")
+    first = run("search", "--dataset", "toy", "--name", "t", *SMALL, "--runs-dir", run.runs, "--classnames", names,
+                "--search", "template", "--json")
+    assert first.exit_code == 0, first.output
+    summary = json.loads(first.stdout)
+    assert summary["best"]["names"] == ["tee", "pants", "gown", "bag"]
+    names.write_text("top\ntrousers\ndress\npurse\n")  # edited after the run: the run's names stand
+    evaluated = run("eval", "--run", "t", "--runs-dir", run.runs, "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert tuple(run.factory.asked[-1]["classnames"]) == ("tee", "pants", "gown", "bag")
+    assert json.loads(evaluated.stdout)["results"][0]["accuracy"]["test"] == pytest.approx(
+        summary["best"]["accuracy"]["test"])
+    names.unlink()
+    assert promptclimb.load_run(run.runs / "t").summary["best"]["names"][0] == "tee"
+    assert run("eval", "--run", "t", "--runs-dir", run.runs, "--json").exit_code == 0  # the file is not needed
 
 
 def test_with_many_classes_show_and_report_list_what_changed_and_summary_json_stays_small(tmp_path):
