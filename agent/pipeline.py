@@ -155,9 +155,16 @@ def evaluator_settings(opts: dict, unlabeled: int = 0) -> EvaluatorSettings:
     """What the evaluator factory is built from (recorded in config.json as evaluator_args);
     `unlabeled`: images drawn to be scored without labels (--metric balance)."""
     backbone, pretrained = default_backbone(opts["dataset"], opts["backbone"], opts["pretrained"], opts["weights"])
-    return EvaluatorSettings(opts["dataset"], opts["shots"], opts["seed"], backbone, pretrained, opts["weights"],
-                             opts["data_root"], opts["precision"], opts["image_column"], opts["label_column"],
-                             classnames_setting(opts["classnames"]), unlabeled)
+    return EvaluatorSettings(opts["dataset"], opts["shots"], opts["seed"], backbone, pretrained,
+                             absolute(opts["weights"]), absolute(opts["data_root"]), opts["precision"],
+                             opts["image_column"], opts["label_column"], classnames_setting(opts["classnames"]),
+                             unlabeled)
+
+
+def absolute(path: str | None) -> str | None:
+    """A path as recorded: absolute, so that `eval --run`, `adapt`, `transfer` and a resume
+    find it from any folder."""
+    return None if path is None else str(Path(path).expanduser().resolve())
 
 
 def classnames_setting(spec: str | None) -> str | None:

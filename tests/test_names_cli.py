@@ -221,3 +221,20 @@ def test_largest_confusions_lists_the_cells_the_names_changed_first_then_the_lar
     cells = largest_confusions({"before": before, "after": after}, ["a", "b", "c"], k=4)
     assert [(c["true"], c["predicted"], c["before"], c["after"]) for c in cells] == [
         ("c", "b", 4, 1), ("b", "a", 1, 3), ("b", "c", 1, 0), ("a", "b", 9, 9)]
+
+
+def test_a_relative_data_root_and_weights_are_recorded_absolute_for_use_from_any_folder(run, tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "w.pt").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    first = run("search", "--dataset", "toy", "--name", "rel", *SMALL, "--runs-dir", run.runs, "--search", "template",
+                "--data-root", "data", "--weights", "w.pt")
+    assert first.exit_code == 0, first.output
+    recorded = json.loads((run.runs / "rel" / "config.json").read_text())["evaluator_args"]
+    assert (recorded["data_root"], recorded["weights"]) == (str(tmp_path.resolve() / "data"),
+                                                            str(tmp_path.resolve() / "w.pt"))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    evaluated = run("eval", "--run", "rel", "--runs-dir", run.runs, "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert run.factory.asked[-1]["data_root"] == str(tmp_path.resolve() / "data")
