@@ -98,7 +98,8 @@ def run_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None = No
         if evaluator_factory is None:  # the CLIP evaluator's datasets are known before it loads
             option_table.check_dataset_name(plan.evaluator.dataset)
         store = store or create_run_folder(plan, opts)
-        with resume_hint_on_interrupt(store, echo), experiment_tracking(store, opts.get("mlflow"), echo):
+        with resume_hint_on_interrupt(store, echo), experiment_tracking(store, opts.get("mlflow"), echo), \
+                warnings_said(echo):
             try:
                 evaluator = load_evaluator(plan, store, opts["device"], evaluator_factory or default_evaluator_factory,
                                            echo)
@@ -417,6 +418,15 @@ def experiment_tracking(store: RunStore, tracking_uri: str | None, echo) -> Iter
         yield
     finally:
         tracker.finish()
+
+
+@contextmanager
+def warnings_said(echo) -> Iterator[None]:
+    """Warnings raised during the search (images skipped as unreadable when a split is first
+    encoded, a library's) as one `warning:` line each, not Python's file and source line."""
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *args, **kwargs: echo(f"warning: {message}")
+        yield
 
 
 def load_evaluator(plan: Plan, store: RunStore, device: str | None, factory: EvaluatorFactory, echo):

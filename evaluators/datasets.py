@@ -87,8 +87,15 @@ def load_dataset(name: str, data_root: str | None = None, image_column: str | No
         dataset = loader(data_root)
     except FileNotFoundError as exc:
         raise PromptclimbError(str(exc)) from exc
-    if not dataset.splits.get("train") or not dataset.splits.get("test"):
-        raise PromptclimbError(f"dataset {name!r} has an empty train or test split")
+    empty = [split for split in ("train", "test") if not dataset.splits.get(split)]
+    if empty:
+        raise PromptclimbError(f"dataset {name!r} has an empty {' and '.join(empty)} split"
+                               + (f" ({FOLDER_SPLIT_NEEDS})" if name == "imagefolder" else ""))
+    if len(dataset.classnames) < 2:
+        raise PromptclimbError(f"dataset {name!r} has {len(dataset.classnames)} class"
+                               f"{'' if len(dataset.classnames) == 1 else 'es'} ({', '.join(dataset.classnames)}); "
+                               "a classifier needs at least 2" + (" (is --data-root the folder that holds one "
+                                                                  "sub-folder per class?)" if data_root else ""))
     return dataset
 
 
@@ -187,6 +194,9 @@ def make_fewshot_split(dataset: Dataset, shots: int, seed: int, unlabeled: int =
             thin.append(f"{dataset.classnames[c]} ({len(ids)})")
         picked = sorted(rng.choice(len(ids), size=take, replace=False).tolist()) if take else []
         val += [(ids[i], c) for i in picked]
+    if not val:  # every prompt is scored on val: nothing could be
+        raise PromptclimbError(f"{dataset.name}: no image is left for the validation split at --shots {shots}"
+                               + (f" ({FOLDER_SPLIT_NEEDS})" if dataset.name == "imagefolder" else ""))
     if thin:
         warnings.warn(f"{dataset.name}: fewer than {val_shots} validation images for "
                       f"{len(thin)} class(es): {', '.join(thin[:5])}", stacklevel=2)
@@ -202,6 +212,11 @@ def make_fewshot_split(dataset: Dataset, shots: int, seed: int, unlabeled: int =
         drawn = rng.choice(len(left), size=min(unlabeled, len(left)), replace=False)
         splits["unlabeled"] = [(left[i], UNLABELED) for i in sorted(drawn.tolist())]
     return FewShotSplit(dataset=dataset.name, shots=shots, seed=seed, splits=splits)
+
+
+# How a folder of class folders is split (`deterministic_split`), said where a split is empty.
+FOLDER_SPLIT_NEEDS = ("a folder of class folders is split per class into train, val and test: a class needs 2 images "
+                      "for train and test, 3 for a val image too, and more for more shots")
 
 
 def deterministic_split(items_by_class: dict[int, list[str]], tag: str,
@@ -279,6 +294,10 @@ def load_imagefolder(data_root: str | None) -> Dataset:
     """Any folder with one sub-folder of images per class (see the module docstring)."""
     root = _require_root(data_root, "imagefolder")
     split_dirs = {s: root / s for s in ("train", "val", "test") if (root / s).is_dir()}
+    folders = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    if folders and folders <= set(split_dirs) and not {"train", "test"} <= folders:
+        raise PromptclimbError(f"{root} holds {', '.join(sorted(folders))}/ only: split folders need train/ and "
+                               "test/ (val/ is optional), each with one sub-folder per class")
     unreadable: list[str] = []
     if "train" in split_dirs and "test" in split_dirs:
         classes = None

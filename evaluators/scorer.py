@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from promptclimb.agent.core.classnames import check_classnames, read_classnames
+from promptclimb.agent.core.classnames import check_classnames, check_published, read_classnames
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.protocol import UNLABELED_SPLIT, ClassReport, Score, Task
 from promptclimb.agent.core.templates import check_templates, fill
@@ -98,6 +98,12 @@ class ClipEvaluator:
             bad = self.skipped[split]
             warnings.warn(f"{self.dataset.name}/{split}: skipped {len(bad)} unreadable image(s): "
                           f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}", stacklevel=2)
+            lost = torch.bincount(labels, minlength=len(self.dataset.classnames)) == 0
+            if split == "train" and lost.any():  # the few shots of a class: nothing to learn it from
+                raise PromptclimbError(
+                    f"{where}: no readable image of class(es) "
+                    f"{', '.join(repr(self.dataset.classnames[c]) for c in lost.nonzero().flatten().tolist())} "
+                    f"(every one chosen failed to decode: {', '.join(bad[:5])}); replace or remove those files")
         self._image_features[split] = (features, labels)
         return features, labels
 
@@ -330,6 +336,8 @@ def build_evaluator(dataset: str, shots: int, seed: int, backbone: str, pretrain
         classnames = read_classnames(classnames, data.classnames, data.named_sets)
     elif classnames is not None:
         classnames = check_classnames(classnames, len(data.classnames), "classnames")
+    else:
+        check_published(data.classnames)
     split = make_fewshot_split(data, shots, seed, unlabeled=unlabeled)
     model = load_backbone(backbone, pretrained=pretrained, weights=weights, device=device, precision=precision)
     return ClipEvaluator(model, data, split, classnames=classnames)

@@ -130,6 +130,31 @@ def test_missing_and_empty_inputs(tmp_path, image_folder):
         load_dataset("imagefolder", str(image_folder))
 
 
+def test_a_folder_that_is_not_a_classification_task_is_refused_saying_why(tmp_path):
+    one = make_image_folder(tmp_path / "one", classes={"cat": (200, 40, 40)})
+    with pytest.raises(PromptclimbError, match=r"has 1 class \(cat\); a classifier needs at least 2 \(is --data-root"):
+        load_dataset("imagefolder", str(one))
+    halves = tmp_path / "halves"  # train/ and val/, but no test/: not two classes named train and val
+    for split in ("train", "val"):
+        make_image_folder(halves / split, per_class=3)
+    with pytest.raises(PromptclimbError, match=r"holds train, val/ only: split folders need train/ and test/"):
+        load_dataset("imagefolder", str(halves))
+    classes = make_image_folder(tmp_path / "vehicles", classes={"train": (9, 9, 9), "car": (90, 9, 9)})
+    assert load_dataset("imagefolder", str(classes)).classnames == ["car", "train"]  # a class may be named train
+    single = make_image_folder(tmp_path / "single", per_class=1)
+    with pytest.raises(PromptclimbError, match=r"empty test split \(a folder of class folders is split per class"):
+        load_dataset("imagefolder", str(single))
+
+
+def test_a_split_with_no_validation_image_is_refused_before_anything_is_encoded(tmp_path):
+    two = make_image_folder(tmp_path / "two", per_class=2)  # 1 for train, 1 for test, none for val
+    data = load_dataset("imagefolder", str(two))
+    with pytest.raises(PromptclimbError, match=r"no image is left for the validation split at --shots 1 \(a folder"):
+        make_fewshot_split(data, 1, seed=0)
+    assert make_fewshot_split(load_dataset("imagefolder", str(make_image_folder(tmp_path / "three", per_class=3))),
+                              1, seed=0).splits["val"]
+
+
 def test_unreadable_images_are_skipped_counted_and_named(image_folder):
     (image_folder / "red_square" / "broken.png").write_bytes(b"not a png at all")
     (image_folder / "blue_lake" / "cut.jpg").write_bytes(b"\xff\xd8\xff")

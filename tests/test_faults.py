@@ -125,6 +125,39 @@ def test_a_bad_weights_file_is_one_line(content, needle, tiny_clip_config, image
                        "--backbone", tiny_clip_config, "--weights", weights), str(weights), needle)
 
 
+@pytest.mark.parametrize("folders, needle", [(("cat", "{x}"), "class 2 '{x}': braces"),
+                                             (("sea_lake", "sea-lake"), "class 2 'sea lake' repeats class 1"),
+                                             (("_", "cat"), "class 1 '': empty name")])
+def test_class_folders_that_make_no_class_names_are_one_line_before_a_run_folder(folders, needle, tiny_clip_config,
+                                                                                 tmp_path):
+    from conftest import make_image_folder
+
+    root = make_image_folder(tmp_path / "data", per_class=4, classes=dict.fromkeys(folders, (90, 90, 90)))
+    runs = tmp_path / "runs"
+    one_line_error(cli("search", "--dataset", "imagefolder", "--data-root", root, "--backbone", tiny_clip_config,
+                       "--runs-dir", runs), needle, "the dataset's own class names (give others with --classnames FILE)")
+    assert not runs.exists() or not any(runs.iterdir())
+    one_line_error(cli("eval", "--dataset", "imagefolder", "--data-root", root, "--backbone", tiny_clip_config), needle)
+
+
+def test_a_warning_during_the_search_is_one_line(evaluators_built, tmp_path, monkeypatch):
+    import warnings
+
+    score = WordEvaluator.score
+
+    def warned(self, *args, **kwargs):
+        warnings.warn("toy/test: skipped 1 unreadable image(s): a.png")
+        return score(self, *args, **kwargs)
+
+    monkeypatch.setattr(WordEvaluator, "score", warned)
+    with FakeLLM(responder=responder) as fake:
+        result = cli("search", "--dataset", "toy", *SMALL, "--runs-dir", tmp_path / "runs",
+                     env={"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.base_url})
+    assert result.exit_code == 0, result.output
+    assert "warning: toy/test: skipped 1 unreadable image(s): a.png" in result.output
+    assert "UserWarning" not in result.output and "warnings.warn" not in result.output
+
+
 def test_a_damaged_adapter_file_is_one_line_naming_it(tmp_path, torch_threads):
     from promptclimb.evaluators.adapters import read_adapter
 

@@ -186,6 +186,24 @@ def test_invalid_templates_are_refused(make_evaluator):
             evaluator.score([bad])
 
 
+def test_a_class_whose_few_shots_all_fail_to_decode_is_refused_naming_it(make_evaluator):
+    evaluator = make_evaluator()
+    lost = {image_id for image_id, label in evaluator.split.splits["train"] if label == 1}
+    load = evaluator.dataset.load_image
+
+    def flaky(image_id):
+        if image_id in lost:
+            raise OSError("image file is truncated")
+        return load(image_id)
+
+    evaluator.dataset.load_image = flaky
+    name = evaluator.dataset.classnames[1]
+    with pytest.warns(UserWarning), pytest.raises(PromptclimbError, match=rf"train: no readable image of class\(es\) "
+                                                                          rf"'{name}' \(every one chosen failed"):
+        evaluator.image_features("train")
+    assert evaluator.image_features("test")[0].shape[0] == len(evaluator.split.splits["test"])  # a class left whole
+
+
 def test_image_that_fails_to_decode_is_skipped_counted_and_named(make_evaluator):
     evaluator = make_evaluator()
     broken = evaluator.split.splits["test"][0][0]

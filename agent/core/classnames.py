@@ -103,11 +103,18 @@ def check_classnames(names: Sequence[str], count: int, what: str = "class names"
     for i, name in enumerate(names):
         problem = name_problem(name)
         if problem:
-            raise PromptclimbError(f"{what}: class {i + 1}: {problem}")
+            raise PromptclimbError(f"{what}: class {i + 1} {name!r}: {problem}")
         if name_key(name) in seen:
             raise PromptclimbError(f"{what}: class {i + 1} {name!r} repeats class {seen[name_key(name)] + 1}")
         seen[name_key(name)] = i
     return names
+
+
+def check_published(published: Sequence[str]) -> tuple[str, ...]:
+    """A dataset's own labels as start names (a folder's names made readable: `_` and `-`
+    as spaces), checked as any start names are, with the way out named."""
+    return check_classnames(published, len(published),
+                            "the dataset's own class names (give others with --classnames FILE)")
 
 
 def read_classnames(spec: str | None, published: Sequence[str],
@@ -117,8 +124,8 @@ def read_classnames(spec: str | None, published: Sequence[str],
     line, for an unknown set name, a missing file or a bad line of the file."""
     published = tuple(published)
     sets = {PUBLISHED: published, **{k: tuple(v) for k, v in (named_sets or {}).items()}}
-    if spec is None:
-        return published
+    if spec is None or spec == PUBLISHED:
+        return check_published(published)
     if spec in sets:
         return check_classnames(sets[spec], len(published), f"--classnames {spec}")
     path = Path(spec).expanduser()
