@@ -233,7 +233,7 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
     the target's encoders, "fp32" (None, the default) or "bf16" (as --precision). Bad input
     raises PromptclimbError before anything is loaded.
     """
-    from promptclimb.agent.runs.reading import Run, run_classnames
+    from promptclimb.agent.runs.reading import Run, run_names_by_label
     from promptclimb.agent.softsearch import is_soft_prompt_run, transfer_refusal
 
     check_call("transfer()", unknown, run=run, backbone=backbone, pretrained=pretrained, weights=weights, top=top,
@@ -255,13 +255,15 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
     if not args.get("dataset"):
         raise PromptclimbError(f"{loaded.path / 'config.json'} does not say which dataset the run used")
     table = transfer_table(loaded)
-    # the names travel with the templates: the ones the run found (else its start names)
-    names = run_classnames({"best": (loaded.final or {}).get("best") or {}})
+    # the names travel with the templates: the ones the run found (else its start names),
+    # by the labels of its data where it started from them (other data must hold those classes)
+    names = run_names_by_label(loaded.config, {"best": (loaded.final or {}).get("best") or {}})
     scores, evaluator = score_templates(
         list(table["template"]), dataset=args["dataset"], shots=args.get("shots", 1), seed=args.get("seed", 0),
         backbone=backbone, pretrained=pretrained, weights=weights, data_root=data_root or args.get("data_root"),
         device=device, precision=precision, image_column=args.get("image_column"),
-        label_column=args.get("label_column"), classnames=tuple(names) if names else args.get("classnames"))
+        label_column=args.get("label_column"),
+        classnames=(names if isinstance(names, dict) else tuple(names)) if names else args.get("classnames"))
     for split in SPLITS:
         table[f"target_{split}"] = [float(s.accuracy[split]) for s in scores]
     ours = table["source_rank"].notna()  # the baseline may be an extra row the run never scored

@@ -24,13 +24,13 @@ import time
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from promptclimb.agent.core.classnames import check_classnames, check_published, read_classnames
+from promptclimb.agent.core.classnames import check_classnames, check_published, names_by_label, read_classnames
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.protocol import UNLABELED_SPLIT, ClassReport, Score, Task
 from promptclimb.agent.core.templates import check_templates, fill
@@ -319,14 +319,16 @@ def build_evaluator(dataset: str, shots: int, seed: int, backbone: str, pretrain
                     weights: str | None = None, data_root: str | None = None,
                     device: str | None = None, precision: str | None = None, image_column: str | None = None,
                     label_column: str | None = None,
-                    classnames: Sequence[str] | str | None = None, unlabeled: int = 0) -> ClipEvaluator:
+                    classnames: Sequence[str] | Mapping[str, str] | str | None = None,
+                    unlabeled: int = 0) -> ClipEvaluator:
     """Load the dataset, draw the few-shot split and load the backbone (dataset first: a
     missing dataset or a bad --classnames is reported before a slow model load).
     `precision`: fp32 (the default) or bf16 (backbones.check_precision). `image_column`,
     `label_column`: an hf dataset's columns, when not found from its features
-    (evaluators/hf.py). `classnames`: the start names, as a tuple of names or a
-    `--classnames` spec (a set name such as `clean`, or a file: agent/core/classnames.py);
-    None: the dataset's published labels. `unlabeled`: how many images of the train pool
+    (evaluators/hf.py). `classnames`: the start names, as a tuple of names, a
+    `--classnames` spec (a set name such as `clean`, or a file: agent/core/classnames.py)
+    or names keyed by the dataset's labels (a run's, on other data); None: the dataset's
+    published labels. `unlabeled`: how many images of the train pool
     outside the split to draw as the split "unlabeled" (`--metric balance`; 0: none)."""
     from promptclimb.evaluators.backbones import load_backbone
     from promptclimb.evaluators.datasets import load_dataset, make_fewshot_split
@@ -334,6 +336,8 @@ def build_evaluator(dataset: str, shots: int, seed: int, backbone: str, pretrain
     data = load_dataset(dataset, data_root, image_column=image_column, label_column=label_column)
     if isinstance(classnames, str):
         classnames = read_classnames(classnames, data.classnames, data.named_sets)
+    elif isinstance(classnames, Mapping):
+        classnames = names_by_label(classnames, data.classnames)
     elif classnames is not None:
         classnames = check_classnames(classnames, len(data.classnames), "classnames")
     else:

@@ -304,7 +304,8 @@ class WordEvaluator:
         return Score(accuracy=acc, loss={s: 2.0 - a for s, a in acc.items()}, prob=prob)
 
     def info(self):
-        return {"evaluator": "WordEvaluator", "dataset": self.task.dataset}
+        return {"evaluator": "WordEvaluator", "dataset": {"name": self.task.dataset, "classes": len(self.task.classnames),
+                                                          "classnames": list(self.task.classnames)}}
 
 
 def one_line_error(result, *needles, code=1):

@@ -66,3 +66,28 @@ def test_help_and_lazy_imports():
     code = "import sys, promptclimb.agent.cli.eval; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_eval_run_on_other_data_needs_the_runs_classes(tiny_clip_config, tiny_clip_weights, image_folder, tmp_path,
+                                                       torch_threads):
+    from conftest import make_image_folder
+
+    run_dir = tmp_path / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    labels = ["blue lake", "green field", "red square"]  # the folder's, as the run started from them
+    (run_dir / "config.json").write_text(json.dumps({"v": 1, "run_id": "r", "evaluator_args": {
+        "dataset": "imagefolder", "data_root": str(image_folder), "shots": 2, "seed": 3, "backbone": tiny_clip_config,
+        "weights": str(tiny_clip_weights), "classnames": None}, "evaluator": {"dataset": {"classnames": labels}}}))
+    found = ["lake", "green field", "crimson square"]
+    (run_dir / "summary.json").write_text(json.dumps({"v": 1, "best": {
+        "template": "a photo of a {}.", "names": found, "accuracy": {"train": 1.0, "val": 1.0, "test": 1.0}}}))
+    again = run("--run", "r", "--runs-dir", str(tmp_path / "runs"), "--device", "cpu", "--json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["info"]["dataset"]["classnames"] == found
+
+    other = make_image_folder(tmp_path / "other", per_class=4, classes={
+        "red_square": (220, 30, 30), "green_field": (30, 200, 40), "yellow_sun": (220, 220, 30)})
+    refused = run("--run", "r", "--runs-dir", str(tmp_path / "runs"), "--data-root", str(other), "--device", "cpu")
+    assert refused.exit_code == 1, refused.output
+    assert ("Error: the run's classes are not the data's: the data has 'yellow sun' and the run does not; "
+            "the run has 'blue lake' and the data does not") in refused.output

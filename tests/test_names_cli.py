@@ -29,8 +29,11 @@ class Factory:
     def __call__(self, **settings):
         self.asked.append(settings)
         spec = settings.get("classnames")
-        names = tuple(spec) if isinstance(spec, (list, tuple)) else read_classnames(spec, CLASSES, {"plain": (
-            "top", "trousers", "dress", "bag")})
+        if isinstance(spec, dict):  # a run's names, by the labels it started from
+            names = tuple(spec[label] for label in CLASSES)
+        else:
+            names = tuple(spec) if isinstance(spec, (list, tuple)) else read_classnames(spec, CLASSES, {"plain": (
+                "top", "trousers", "dress", "bag")})
         return WordEvaluator(settings["dataset"], classnames=names, name_bonus=BONUS, class_bias={1: -0.25})
 
 
@@ -97,7 +100,8 @@ def test_search_renames_a_class_and_every_reader_carries_the_names(run):
 
     evaluated = run("eval", "--run", "n", "--runs-dir", run.runs, "--json")
     assert evaluated.exit_code == 0, evaluated.output
-    assert tuple(run.factory.asked[-1]["classnames"]) == tuple(summary["best"]["names"])
+    by_label = run.factory.asked[-1]["classnames"]  # the found names, by the labels the run started from
+    assert list(by_label) == list(CLASSES) and list(by_label.values()) == summary["best"]["names"]
     assert json.loads(evaluated.stdout)["results"][0]["accuracy"]["test"] == pytest.approx(
         summary["best"]["accuracy"]["test"])
 

@@ -473,7 +473,7 @@ def test_cli_search_prints_json_and_leaks_no_secret(tmp_path, monkeypatch):
         run_dir = tmp_path / "runs" / "cli"
         config = json.loads((run_dir / "config.json").read_text())
         assert config["llm"]["model"] == "gpt-4o-mini" and config["llm"]["base_url"] == fake.base_url
-        assert config["search"]["iterations"] == 2 and config["evaluator"]["dataset"] == "toy"
+        assert config["search"]["iterations"] == 2 and config["evaluator"]["dataset"]["name"] == "toy"
         # a second invocation resumes the finished run: same summary, no request (the answers
         # come back from the run's history: the LLM cache is gone)
         count = fake.count

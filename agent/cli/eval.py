@@ -138,14 +138,15 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
     args = dict(given)
     if run_dir is not None:
         from promptclimb.agent.adapt import read_run
-        from promptclimb.agent.runs.reading import run_classnames
+        from promptclimb.agent.runs.reading import run_names_by_label
 
         config, summary = read_run(run_dir, None if prompts else "eval --run")
         for key, value in (config.get("evaluator_args") or {}).items():
             if key in args and args[key] is None:
                 args[key] = value
-        if given["classnames"] is None and run_classnames(summary):
-            args["classnames"] = tuple(run_classnames(summary))  # the names the run found
+        names = run_names_by_label(config, summary)
+        if given["classnames"] is None and names:
+            args["classnames"] = names  # the names the run found, by the labels of its data
         if not prompts:
             prompts = [summary["best"]["template"]]
     for key, value in DEFAULTS.items():

@@ -110,6 +110,19 @@ def check_classnames(names: Sequence[str], count: int, what: str = "class names"
     return names
 
 
+def names_by_label(names: Mapping[str, str], published: Sequence[str]) -> tuple[str, ...]:
+    """A run's names keyed by the labels it started from, in the class order of data whose
+    labels are `published` (other data than the run's: `eval --run RUN --data-root DIR`);
+    PromptclimbError when the two hold other classes."""
+    missing = [p for p in published if p not in names]
+    extra = [label for label in names if label not in published]
+    if missing or extra:
+        said = [f"the data has {', '.join(map(repr, missing))} and the run does not"] if missing else []
+        said += [f"the run has {', '.join(map(repr, extra))} and the data does not"] if extra else []
+        raise PromptclimbError(f"the run's classes are not the data's: {'; '.join(said)}")
+    return check_classnames([names[p] for p in published], len(published), "the run's class names")
+
+
 def check_published(published: Sequence[str]) -> tuple[str, ...]:
     """A dataset's own labels as start names (a folder's names made readable: `_` and `-`
     as spaces), checked as any start names are, with the way out named."""
