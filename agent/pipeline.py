@@ -34,7 +34,7 @@ from promptclimb.agent.core.protocol import Task
 from promptclimb.agent.core.templates import BASELINE
 from promptclimb.agent.core.settings import EvaluatorSettings, LLMSettings, SoftPromptConfig
 from promptclimb.agent.llm import local as local_llm
-from promptclimb.agent.llm.client import LLMClient, LLMError, local_model_served_at, strip_userinfo
+from promptclimb.agent.llm.client import LLMClient, LLMError, local_model_served_at, without_secrets
 from promptclimb.agent.metaprompt import MetaPrompt
 from promptclimb.agent.adapt import check_kinds
 from promptclimb.agent.options import BUDGET, LOCAL, REMOTE_DEFAULT_MODEL, recorded_value
@@ -196,7 +196,7 @@ def choose_llm(opts: dict, echo) -> tuple[LLMSettings, dict]:
     served_local = local_model_served_at(endpoint) if endpoint and not opts["llm_name"] else None
     llm_name = opts["llm_name"] or (LOCAL if served_local else default_llm(endpoint))
     if served_local:
-        echo(f"Using the local LLM served at {strip_userinfo(endpoint)} ({served_local}).")
+        echo(f"Using the local LLM served at {without_secrets(endpoint)} ({served_local}).")
     elif opts["llm_name"] is None and llm_name == LOCAL:
         echo("No OPENAI_API_KEY or OPENAI_BASE_URL set: using the embedded local LLM (--llm local).")
     local = llm_name == LOCAL and not served_local  # the embedded server, started by this command
@@ -206,7 +206,7 @@ def choose_llm(opts: dict, echo) -> tuple[LLMSettings, dict]:
     if timeout is None:  # a local server would go on computing an abandoned request
         timeout = local_llm.REQUEST_TIMEOUT_S if served else LLMSettings.timeout
     settings = LLMSettings(llm_name, local, opts["llm_model"], timeout, opts["max_tries"],
-                           strip_userinfo(endpoint), served)
+                           without_secrets(endpoint), served)
     return settings, (local_llm.LOCAL_SAMPLING if served else {})
 
 

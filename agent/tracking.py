@@ -55,7 +55,7 @@ import pandas as pd
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.files import write_json_atomic
 from promptclimb.agent.core.runfiles import CONFIG, LOCK, SUMMARY
-from promptclimb.agent.llm.client import strip_userinfo
+from promptclimb.agent.llm.client import without_secrets
 from promptclimb.agent.runs.reading import Run, load_run
 from promptclimb.agent.search import LLM_EVENTS
 from promptclimb.agent.sweep.driver import SWEEP_FILE
@@ -430,14 +430,14 @@ def mlflow_client(tracking_uri: str | None):
 
 def link_key(uri: str) -> str:
     """A tracking URI as RUN/mlflow.json knows it: no `user:password@`, no trailing "/"."""
-    return strip_userinfo(uri).rstrip("/")
+    return without_secrets(uri).rstrip("/")
 
 
 def check_server(uri: str, timeout_s: float = 5.0) -> None:
     """An http(s) tracking server answers (any HTTP answer will do), or TrackingError."""
     if not uri.startswith(("http://", "https://")):
         return
-    shown = strip_userinfo(uri)
+    shown = without_secrets(uri)
     try:
         urllib.request.urlopen(shown.rstrip("/") + "/health", timeout=timeout_s).close()
     except urllib.error.HTTPError:

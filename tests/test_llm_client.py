@@ -5,7 +5,7 @@ import json
 import pytest
 
 from promptclimb.agent.llm.client import (BudgetExhausted, LLMClient, LLMError, ResponseCache, cache_key, redact, request_key,
-                                   strip_userinfo)
+                                   without_secrets)
 from fake_llm import FakeLLM
 
 KEY = "sk-test-VERYSECRET-0123456789"
@@ -140,13 +140,18 @@ def test_cache_key_covers_the_whole_request():
 
 
 def test_secrets_are_stripped_and_redacted():
-    assert strip_userinfo("https://user:pw@example.com:8080/v1") == "https://example.com:8080/v1"
-    assert strip_userinfo("http://127.0.0.1:1/v1") == "http://127.0.0.1:1/v1"
+    assert without_secrets("https://user:pw@example.com:8080/v1") == "https://example.com:8080/v1"
+    assert without_secrets("http://127.0.0.1:1/v1") == "http://127.0.0.1:1/v1"
+    assert without_secrets("https://x.example/v1?api-version=2024-06&api-key=SECRET789") == \
+        "https://x.example/v1?api-version=2024-06"
+    assert without_secrets("https://x.example/v1?Token=abcd1234") == "https://x.example/v1"
     assert "abc123" not in redact("bad key sk-abc123abc123xyz", ())
     assert redact("token hunter22 here", ("hunter22",)) == "token [redacted] here"
     llm = LLMClient("m", base_url="http://u:pass1234@127.0.0.1:9/v1", api_key=KEY, use_cache=False)
     assert llm.describe() == {"model": "m", "base_url": "http://127.0.0.1:9/v1"}
     assert "pass1234" not in llm.redact("x pass1234 y") and KEY not in llm.redact(f"x {KEY}")
+    query = LLMClient("m", base_url="http://127.0.0.1:9/v1?api-key=SECRET789", api_key=KEY, use_cache=False)
+    assert query.describe()["base_url"] == "http://127.0.0.1:9/v1" and "SECRET789" not in query.redact("a SECRET789")
 
 
 # -- who answers: the cache key covers the endpoint and the served model (issue 12, item 1) ------

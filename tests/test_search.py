@@ -460,7 +460,7 @@ def test_cli_search_prints_json_and_leaks_no_secret(tmp_path, monkeypatch):
     evaluator_factory = fake_build_evaluator
     with FakeLLM(responder=responder) as fake:
         fake.faults.append("429")
-        url = fake.base_url.replace("http://", "http://someone:pw-SECRET99@")
+        url = fake.base_url.replace("http://", "http://someone:pw-SECRET99@") + "?api-key=qs-SECRET77"
         env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": url}
         args = ["--dataset", "toy", "--shots", "2", "--iterations", "2", "--search", "template", "--resets", "1",
                 "--pool-sample", "8", "--runs-dir", str(tmp_path / "runs"), "--name", "cli", "--json"]
@@ -490,7 +490,7 @@ def test_cli_search_prints_json_and_leaks_no_secret(tmp_path, monkeypatch):
         texts = [result.output, again.output]
         for root in (run_dir, tmp_path / "home"):
             texts += [p.read_text(errors="replace") for p in root.rglob("*") if p.is_file()]
-        for secret in (KEY, "TOPSECRET", "pw-SECRET99"):
+        for secret in (KEY, "TOPSECRET", "pw-SECRET99", "qs-SECRET77"):
             assert not any(secret in text for text in texts), secret
 
 

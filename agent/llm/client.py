@@ -35,7 +35,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
@@ -103,14 +103,32 @@ class Ledger:
         return {**asdict(self), "answers": self.answers, "latency_s": round(self.latency_s, 3)}
 
 
-def strip_userinfo(url: str | None) -> str | None:
-    """`url` without any `user:password@` part (what may be written to disk or shown)."""
+# Query parameters that carry a credential (`?api-key=...` for Azure-style endpoints, `?token=`, a
+# signature): never written to disk or shown.
+_SECRET_PARAMETER = re.compile(r"key|token|secret|passw|sig|auth|credential", re.IGNORECASE)
+
+
+def url_secrets(url: str | None) -> tuple[str, ...]:
+    """The credentials written into `url`: its password, and its secret query parameters' values."""
+    if not url:
+        return ()
+    parts = urlsplit(url)
+    found = [parts.password] + [value for name, value in parse_qsl(parts.query) if _SECRET_PARAMETER.search(name)]
+    return tuple(secret for secret in found if secret)
+
+
+def without_secrets(url: str | None) -> str | None:
+    """`url` without its `user:password@` part and its secret query parameters (what may be
+    written to disk or shown)."""
     if not url:
         return url
     parts = urlsplit(url)
-    if "@" not in parts.netloc:
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = [(name, value) for name, value in parse_qsl(parts.query, keep_blank_values=True)
+             if not _SECRET_PARAMETER.search(name)]
+    if netloc == parts.netloc and len(query) == len(parse_qsl(parts.query, keep_blank_values=True)):
         return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query)))
 
 
 _KEY_LIKE = re.compile(r"\b(sk|pk|key)-[A-Za-z0-9_\-*.]{6,}")
@@ -272,7 +290,7 @@ class LLMClient:
         self.context_tokens = context_tokens
         self.base_url = base_url
         self.timeout = timeout
-        self._secrets = tuple(s for s in (api_key, base_url and urlsplit(base_url).password) if s)
+        self._secrets = tuple(s for s in (api_key, *url_secrets(base_url)) if s)
         # The openai client's own retries are off: tenacity below does all of them.
         self._client = openai.OpenAI(
             api_key=api_key or "not-needed", base_url=base_url, timeout=timeout, max_retries=0
@@ -295,12 +313,12 @@ class LLMClient:
         self._ledger_lock = threading.Lock()
         # The endpoint as requests see it (the openai client resolves None and
         # OPENAI_BASE_URL), without userinfo: part of the cache key, never a secret.
-        self.endpoint = strip_userinfo(str(self._client.base_url)).rstrip("/")
+        self.endpoint = without_secrets(str(self._client.base_url)).rstrip("/")
 
     # -- what the outside world may see -------------------------------------------------
     def describe(self) -> dict:
         """Model and endpoint for config.json: no key, no userinfo."""
-        return {"model": self.model, "base_url": strip_userinfo(self.base_url)}
+        return {"model": self.model, "base_url": without_secrets(self.base_url)}
 
     def redact(self, text: str) -> str:
         return redact(text, self._secrets)
@@ -438,7 +456,7 @@ class LLMClient:
             self.count(failed_attempts=1)
             what = _failure(state.outcome.exception() if state.outcome else None, self.timeout)
             wait = state.next_action.sleep if state.next_action else 0.0
-            where = strip_userinfo(self.base_url) or "the OpenAI API"
+            where = without_secrets(self.base_url) or "the OpenAI API"
             self.echo(self.redact(
                 f"LLM {self.model} at {where}: {what} (try {state.attempt_number} of {self.max_tries}); "
                 f"retrying in {wait:.1f}s, at {time.strftime('%H:%M:%S', time.localtime(time.time() + wait))}"
@@ -461,7 +479,7 @@ class LLMClient:
                 raise
             self.count(failed_attempts=1)
             tries = "after " + (f"{self.max_tries} tries" if _is_retryable(exc) else "1 try (not retryable)")
-            where = strip_userinfo(self.base_url) or "the OpenAI API"
+            where = without_secrets(self.base_url) or "the OpenAI API"
             raise LLMError(
                 self.redact(f"the LLM ({self.model} at {where}) did not answer {tries}: {type(exc).__name__}: {exc}")
             ) from None
