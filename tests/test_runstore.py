@@ -115,3 +115,9 @@ def test_prompts_csv_has_every_scored_template_once(tmp_path):
     assert list(frame["template"]) == ["a {}.", "a, b {}"]
     assert list(frame["train_accuracy"]) == [0.5, 0.6] and list(frame["origin"]) == ["pool", "llm"]
     assert {"val_accuracy", "train_loss", "restart", "reset", "iteration"} <= set(frame.columns)
+    # a resume replaying the history leaves the file whole (a Ctrl-C mid-replay cut it short)
+    with RunStore.resume(tmp_path / "r") as store:
+        store.append("score", template="a {}.", origin="pool", source="general", restart=0, reset=None,
+                     iteration=0, accuracy={"train": 0.5, "val": 0.4}, loss={"train": 1.0, "val": 1.1})
+        store.write_prompts_csv()
+        assert list(pd.read_csv(path)["template"]) == ["a {}.", "a, b {}"]

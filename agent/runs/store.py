@@ -411,7 +411,11 @@ class RunStore:
         return path
 
     def write_prompts_csv(self) -> Path:
-        """prompts.csv from the events so far: every scored template once, in scoring order."""
+        """prompts.csv from the events so far: every scored template once, in scoring order.
+        Not while a resume replays the history: the file already holds what is replayed, and
+        a Ctrl-C there would leave it cut short."""
+        if self.replaying:
+            return self.run_dir / PROMPTS
         import pandas as pd  # only needed here; keeps `import agent.runs.store` light
 
         rows = []
