@@ -156,6 +156,24 @@ def test_project_backbone_factory(tiny_clip_config, monkeypatch, torch_threads):
         backbones.load_backbone("tiny-project", weights="w.pt")
 
 
+def test_the_demo_backbones_identity_does_not_depend_on_the_thread_count():
+    """The identity keys the feature cache and a resume's evaluator check: a float sum over
+    the weights made it differ between 1 and 2 threads (a sweep's Ray worker and the CLI)."""
+    import torch
+
+    from promptclimb.evaluators.backbones import load_backbone
+
+    threads = torch.get_num_threads()
+    try:
+        identities = set()
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            identities.add(load_backbone("demo", device="cpu").identity)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(identities) == 1
+
+
 # ---------------------------------------------------------------- shared prefixes
 
 PREFIX_TEMPLATES = ["a photo of a {}.", "a photo of the {}, seen from far away.", "{} seen from above.",
