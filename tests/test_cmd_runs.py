@@ -132,6 +132,8 @@ def test_compare_puts_winners_side_by_side(tmp_path):
     assert "shared among the winners" in result.output
     rows = json.loads(invoke("compare", "a", "b", "--runs-dir", tmp_path / "runs", "--format", "json").output)
     assert rows[0]["A template"] == best_a and rows[0]["B template"] == best_b
+    assert (rows[0]["A run"], rows[0]["B run"]) == ("a", "b")
+    assert invoke("compare", "a", "b", "--runs-dir", tmp_path / "runs", "--top", "0").exit_code == 2
 
     # An unfinished run (no ensemble yet, more ranks listed) still lines up rank by rank.
     b = tmp_path / "runs" / "b"

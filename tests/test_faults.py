@@ -65,6 +65,20 @@ def test_a_damaged_summary_is_one_line_for_adapt_and_eval_run(tmp_path):
         one_line_error(cli(*args, "--runs-dir", tmp_path / "runs"), str(run / "summary.json"), "damaged")
 
 
+@pytest.mark.parametrize("best", [None, 5, "a photo of a {}."])
+def test_a_summary_whose_result_is_not_an_object_is_one_line_and_hides_no_other_run(tmp_path, best):
+    runs = tmp_path / "runs"
+    finished_run(runs, "ok")
+    run = finished_run(runs, "bad")
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "best": best}))
+    for args in (["show", "bad"], ["compare", "bad", "ok"], ["report", "bad"]):
+        one_line_error(cli(*args, "--runs-dir", runs), str(run / "summary.json"), "damaged ('best' is")
+    listed = cli("runs", "--runs-dir", runs, "--format", "json")
+    assert listed.exit_code == 0, listed.output
+    assert {r["id"]: r["status"] for r in json.loads(listed.output)} == {"ok": "done", "bad": "unreadable"}
+
+
 def test_resume_of_a_damaged_config_is_one_line(tmp_path, llm, evaluators_built):
     run = finished_run(tmp_path / "runs")
     (run / "config.json").write_text("{not json")

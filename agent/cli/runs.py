@@ -397,7 +397,7 @@ def transfer_lines(summary: dict) -> list[str]:
 @click.command("compare", context_settings=CONTEXT)
 @click.argument("run1")
 @click.argument("run2")
-@click.option("--top", "top", type=int, default=5, help="Winning templates per run.")
+@click.option("--top", "top", type=click.IntRange(min=1), default=5, help="Winning templates per run.")
 @runs_dir_option
 @format_option
 @user_errors
@@ -423,12 +423,12 @@ def compare_cmd(run1, run2, top, runs_dir, fmt):
                 row[f"{key} {split}"] = r[split] if r is not None else None
         rows.append(row)
     frame = pd.DataFrame(rows)
-    if fmt in ("csv", "json"):
-        click.echo(as_text(frame, fmt))
+    if fmt in ("csv", "json"):  # which run is A and which B, in the rows themselves
+        click.echo(as_text(frame.assign(**{"A run": a.id, "B run": b.id}), fmt))
         return
     facts = pd.DataFrame([
         {"": key, "run": run.id, "dataset": run.dataset, "backbone": run.backbone, "shots": run.args.get("shots"),
-         "seed": run.args.get("seed"), "llm": run.llm, "llm answers": len(run.of("llm_exchange")), "status": run.status}
+         "seed": run.args.get("seed"), "llm": run.llm, "llm answers": len(run.answers()), "status": run.status}
         for key, run in (("A", a), ("B", b))
     ])
     click.echo(as_text(facts, fmt))

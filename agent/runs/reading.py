@@ -619,8 +619,23 @@ def load_run(path: str | Path) -> Run:
     path = Path(path)
     config = read_json(path / CONFIG)
     summary = read_json(path / SUMMARY) if (path / SUMMARY).exists() else None
+    if summary is not None:
+        check_summary(summary, path / SUMMARY)
     events, skipped = read_events(path / HISTORY)
     return Run(path, config, summary, events, skipped)
+
+
+# The result's parts every reader opens (`Run.final`): what each must be, as said in an error.
+SUMMARY_SHAPE = {"best": (dict, "an object"), "ensemble": ((dict, type(None)), "an object or null"),
+                 "top": (list, "a list"), "names": ((dict, type(None)), "an object or null")}
+
+
+def check_summary(summary: dict, path: Path) -> None:
+    """PromptclimbError naming the file when a part of the result is not what it must be (a
+    hand-edited or damaged summary.json), not an AttributeError in whichever reader opens it."""
+    for key, (kind, said) in SUMMARY_SHAPE.items():
+        if key in summary and not isinstance(summary[key], kind):
+            raise PromptclimbError(f"{path} is damaged ({key!r} is {json.dumps(summary[key])[:40]}, not {said})")
 
 
 # What a transfer-<backbone>.json must hold to be shown (agent/api.py, transfer_summary).
