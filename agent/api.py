@@ -137,14 +137,19 @@ def score_templates(templates: Sequence[str], *, splits: Sequence[str] = SPLITS,
     shots, seed, backbone, pretrained, weights, data_root, precision, ...; None = its
     default) and each template's Score on `splits`: what `evaluate()`, `transfer()` and
     `promptclimb eval` share. Imports torch."""
+    templates = check_templates(templates)  # before the (slow) evaluator is built
+    evaluator = evaluator_for(device=device, **settings)
+    return evaluator.score(templates, splits=tuple(splits)), evaluator
+
+
+def evaluator_for(*, device: str | None = None, **settings) -> "Evaluator":
+    """The evaluator built from `settings` (as `score_templates`), by the factory in use."""
     from promptclimb.agent.core.devices import check_device_name
     from promptclimb.agent.pipeline import default_evaluator_factory
 
-    templates = check_templates(templates)  # before the (slow) evaluator is built
     check_device_name(device)
     build_evaluator = _EVALUATOR_FACTORY.get() or default_evaluator_factory
-    evaluator = build_evaluator(**{k: v for k, v in settings.items() if v is not None}, device=device)
-    return evaluator.score(templates, splits=tuple(splits)), evaluator
+    return build_evaluator(**{k: v for k, v in settings.items() if v is not None}, device=device)
 
 
 def scores_frame(templates: Sequence[str], scores: Sequence["Score"]) -> "pd.DataFrame":
@@ -233,7 +238,7 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
     the target's encoders, "fp32" (None, the default) or "bf16" (as --precision). Bad input
     raises PromptclimbError before anything is loaded.
     """
-    from promptclimb.agent.runs.reading import Run, run_names_by_label
+    from promptclimb.agent.runs.reading import Run, run_classnames, run_names_by_label, run_start_names
     from promptclimb.agent.softsearch import is_soft_prompt_run, transfer_refusal
 
     check_call("transfer()", unknown, run=run, backbone=backbone, pretrained=pretrained, weights=weights, top=top,
@@ -255,24 +260,35 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
     if not args.get("dataset"):
         raise PromptclimbError(f"{loaded.path / 'config.json'} does not say which dataset the run used")
     table = transfer_table(loaded)
-    # the names travel with the templates: the ones the run found (else its start names),
-    # by the labels of its data where it started from them (other data must hold those classes)
-    names = run_names_by_label(loaded.config, {"best": (loaded.final or {}).get("best") or {}})
-    scores, evaluator = score_templates(
-        list(table["template"]), dataset=args["dataset"], shots=args.get("shots", 1), seed=args.get("seed", 0),
+    # Each template goes to the target with the names the run scored it with (a names search
+    # scores templates under several), so that source and target differ in the backbone only.
+    # The evaluator starts from the run's start names, by the labels of its data where it started
+    # from them (other data must hold those classes).
+    start = run_names_by_label(loaded.config, {}) or run_start_names(loaded.config)
+    evaluator = evaluator_for(
+        dataset=args["dataset"], shots=args.get("shots", 1), seed=args.get("seed", 0),
         backbone=backbone, pretrained=pretrained, weights=weights, data_root=data_root or args.get("data_root"),
         device=device, precision=precision, image_column=args.get("image_column"),
         label_column=args.get("label_column"),
-        classnames=(names if isinstance(names, dict) else tuple(names)) if names else args.get("classnames"))
-    for split in SPLITS:
-        table[f"target_{split}"] = [float(s.accuracy[split]) for s in scores]
+        classnames=(start if isinstance(start, dict) else tuple(start)) if start else args.get("classnames"))
+    in_target_order = target_order(start, evaluator)
+    by_names: dict = {}
+    for i, names in table["names"].items():
+        by_names.setdefault(names, []).append(i)
+    for names, rows in by_names.items():
+        scored = evaluator.score(list(table.loc[rows, "template"]), splits=SPLITS, classnames=in_target_order(names))
+        for split in SPLITS:
+            table.loc[rows, f"target_{split}"] = [float(s.accuracy[split]) for s in scored]
+    table = table.drop(columns="names")
     ours = table["source_rank"].notna()  # the baseline may be an extra row the run never scored
     target_sel = table[[f"target_{s}" for s in loaded.select_splits]].mean(axis=1)
     table["target_rank"] = target_sel.where(ours).rank(ascending=False, method="min")
     table["target_test_rank"] = table["target_test"].where(ours).rank(ascending=False, method="min")
     table["target_backbone"], table["target_pretrained"], table["target_weights"] = backbone, pretrained, weights
     ensemble = ((loaded.final or {}).get("ensemble") or {}).get("templates")
-    ensemble_test = float(evaluator.score_ensemble(ensemble, splits=("test",)).accuracy["test"]) if ensemble else None
+    best_names = run_classnames({"best": (loaded.final or {}).get("best") or {}})  # the ensemble's, as the run built it
+    ensemble_test = float(evaluator.score_ensemble(ensemble, splits=("test",), classnames=in_target_order(
+        tuple(best_names) if best_names else None)).accuracy["test"]) if ensemble else None
     summary = transfer_summary(loaded, table, backbone, pretrained, weights, precision or DEFAULT_PRECISION,
                                ensemble_test)
     table.attrs["transfer"] = summary
@@ -291,8 +307,19 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
     return table
 
 
+def target_order(start: dict | list | None, evaluator: "Evaluator"):
+    """names (a tuple in the run's class order, None: its start names) -> the same names in
+    the class order of the target's data (another folder may list the classes otherwise)."""
+    if not isinstance(start, dict):
+        return lambda names: names
+    labels = list(start)
+    order = [labels.index(label) for label in evaluator.info()["dataset"]["classnames"]]
+    return lambda names: None if names is None else tuple(names[i] for i in order)
+
+
 def transfer_table(run: "Run") -> "pd.DataFrame":
-    """Source accuracies (from the run) of every template it scored, best first, and the baseline."""
+    """Source accuracies (from the run) of every template it scored, best first, with the names
+    it was scored with ("names": a tuple, None for the start names), and the baseline."""
     import pandas as pd
 
     ranked = run.ranked()
@@ -306,8 +333,10 @@ def transfer_table(run: "Run") -> "pd.DataFrame":
         templates.append(BASELINE)
     rows = []
     for i, template in enumerate(templates):
-        row = {"template": template, "source_rank": i + 1 if i < n else None}
         hit = ranked[ranked["template"] == template]
+        names = hit["names"].iloc[0] if not hit.empty and "names" in hit else None
+        row = {"template": template, "source_rank": i + 1 if i < n else None,
+               "names": tuple(names) if isinstance(names, (list, tuple)) else None}
         for split in ("train", "val"):
             row[f"source_{split}"] = hit[split].iloc[0] if not hit.empty and split in hit else math.nan
         row["source_test"] = (best.get("accuracy") or {}).get("test", math.nan) \

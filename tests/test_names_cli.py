@@ -242,3 +242,18 @@ def test_a_relative_data_root_and_weights_are_recorded_absolute_for_use_from_any
     evaluated = run("eval", "--run", "rel", "--runs-dir", run.runs, "--json")
     assert evaluated.exit_code == 0, evaluated.output
     assert run.factory.asked[-1]["data_root"] == str(tmp_path.resolve() / "data")
+
+
+def test_a_transfer_to_the_same_evaluator_gives_back_every_source_figure(run):
+    """Each template goes to the target with the names the run scored it with: a names
+    search scores templates under the start names and under found ones, and a transfer that
+    gave every template the found names measured the renaming along with the backbone."""
+    result = run("search", "--dataset", "toy", "--name", "t", *SMALL, "--runs-dir", run.runs)
+    assert result.exit_code == 0, result.output
+    ranked = promptclimb.load_run(run.runs / "t").ranked()
+    assert ranked["names"].isna().any() and ranked["names"].notna().any()  # scored under both
+    with promptclimb.agent.api.using_evaluator(run.factory):
+        table = promptclimb.transfer(run.runs / "t", backbone="same")
+    ours = table[table["source_rank"].notna()]
+    assert list(ours["target_train"]) == pytest.approx(list(ours["source_train"]))
+    assert table.attrs["rank_correlation"]["selection"] == pytest.approx(1.0)

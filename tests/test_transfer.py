@@ -56,10 +56,10 @@ class TableEvaluator:
         acc = {s: accuracy - {"train": 0.0, "val": 0.01, "test": 0.02}[s] for s in splits}
         return Score(accuracy=acc, loss={s: 2 - a for s, a in acc.items()}, prob=dict(acc))
 
-    def score(self, templates, splits=("train", "val")):
+    def score(self, templates, splits=("train", "val"), classnames=None):
         return [self._score(self.table[t], splits) for t in templates]
 
-    def score_ensemble(self, templates, splits=("test",)):
+    def score_ensemble(self, templates, splits=("test",), classnames=None):
         return self._score(max(self.table[t] for t in templates) + 0.01, splits)
 
     def info(self):
@@ -87,12 +87,16 @@ def target_net(monkeypatch):
     """`transfer` scores on a 'target backbone' whose accuracies are TARGET."""
     asked = []
 
-    def score_templates(templates, *, backbone, splits=api.SPLITS, **where):
-        asked.append((backbone, list(templates), where))
-        evaluator = TableEvaluator(TARGET)
-        return evaluator.score(templates, splits), evaluator
+    class Target(TableEvaluator):
+        def score(self, templates, splits=("train", "val"), classnames=None):
+            asked[-1][1].extend(templates)
+            return super().score(templates, splits, classnames)
 
-    monkeypatch.setattr(api, "score_templates", score_templates)
+    def evaluator_for(*, backbone, **where):
+        asked.append((backbone, [], where))
+        return Target(TARGET)
+
+    monkeypatch.setattr(api, "evaluator_for", evaluator_for)
     return asked
 
 
@@ -132,11 +136,7 @@ def test_a_reversed_ranking_and_the_cli(tmp_path, monkeypatch):
     run_dir = known_run(tmp_path)
     reverse = {t: 1 - a for t, a in SOURCE.items()} | {"a photo of a {}.": 0.5}
 
-    def score_templates(templates, *, backbone, splits=api.SPLITS, **where):
-        evaluator = TableEvaluator(reverse)
-        return evaluator.score(templates, splits), evaluator
-
-    monkeypatch.setattr(api, "score_templates", score_templates)
+    monkeypatch.setattr(api, "evaluator_for", lambda **where: TableEvaluator(reverse))
     result = invoke("transfer", "known", "--backbone", "flip-net", "--top", "2", "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 0, result.output
     assert "source train vs target train: -1.00; vs target test: -1.00" in result.output

@@ -601,13 +601,18 @@ def run_classnames(summary: dict) -> list[str] | None:
     return None
 
 
+def run_start_names(config: dict) -> list[str] | None:
+    """The names a run started from, as its evaluator recorded them (None: not recorded)."""
+    recorded = (config.get("evaluator") or {}).get("dataset")
+    return recorded.get("classnames") if isinstance(recorded, dict) else None
+
+
 def run_names_by_label(config: dict, summary: dict) -> dict[str, str] | list[str] | None:
     """The names a run's templates go with, for scoring them again: keyed by the dataset's
     own labels when the run started from them (so that other data, `--data-root DIR`, must
     hold the same classes, in any order), else in class order (`run_classnames`)."""
     names = run_classnames(summary)
-    recorded = (config.get("evaluator") or {}).get("dataset")
-    labels = recorded.get("classnames") if isinstance(recorded, dict) else None
+    labels = run_start_names(config)
     if (config.get("evaluator_args") or {}).get("classnames") is None and labels and len(labels) == len(
             names or labels):
         return dict(zip(labels, names or labels))
