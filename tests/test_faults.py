@@ -326,6 +326,23 @@ def test_eval_of_a_users_images_never_uses_the_embedded_fashion_tower(image_fold
     one_line_error(cli("eval", "--dataset", "imagefolder", "--data-root", image_folder), "ViT-B-32", "HF_HUB_OFFLINE")
 
 
+def test_a_moved_run_resumes_under_its_new_name(tmp_path, llm, evaluators_built):
+    import shutil
+
+    runs = tmp_path / "runs"
+    assert cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "first").exit_code == 0
+    summary = json.loads((runs / "first" / "summary.json").read_text())
+    moved = tmp_path / "elsewhere" / "renamed"
+    shutil.copytree(runs / "first", moved)
+    (moved / "summary.json").unlink()  # as if killed before the end: the whole history is replayed
+    asked = llm.count
+    again = cli("search", "--resume", moved, "--json")
+    assert again.exit_code == 0, again.output
+    assert llm.count == asked  # every answer came from the history
+    resumed = json.loads(again.stdout)
+    assert resumed["run_id"] == "renamed" and resumed["best"] == summary["best"]
+
+
 def test_resume_refuses_settings_it_cannot_change_and_says_what_it_applies(tmp_path, llm, evaluators_built):
     runs = tmp_path / "runs"
     assert cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "done").exit_code == 0

@@ -95,8 +95,9 @@ from promptclimb.agent.core.runfiles import (  # noqa: F401 (re-exported)
     CELL_ERROR, CELL_LOG, CONFIG, FORMAT_VERSION, HISTORY, LOCK, PROMPTS, SUMMARY, SWEEP_FILE)
 
 # The fields that make two events "the same step" when a resumed run replays its history.
-# Measured values (time, latency, accuracies read back, usage) are not compared.
-IDENTITY = ("event", "restart", "reset", "iteration", "call", "template", "origin", "request_key", "reason", "run_id",
+# Measured values (time, latency, accuracies read back, usage) are not compared, nor the run
+# id that run_start records: the folder's name, which a moved or renamed run no longer has.
+IDENTITY = ("event", "restart", "reset", "iteration", "call", "template", "origin", "request_key", "reason",
             "class", "name", "names")
 
 # The history's LLM answers, by event, and the kind of turn each answers.
