@@ -79,6 +79,12 @@ def test_a_summary_whose_result_is_not_an_object_is_one_line_and_hides_no_other_
     assert {r["id"]: r["status"] for r in json.loads(listed.output)} == {"ok": "done", "bad": "unreadable"}
 
 
+def test_eval_with_a_missing_adapter_is_one_line_before_the_evaluator_loads(tmp_path, evaluators_built):
+    finished_run(tmp_path / "runs")
+    one_line_error(cli("eval", "--run", "r", "--with-adapter", "--runs-dir", tmp_path / "runs"), "no adapter at")
+    assert evaluators_built == []
+
+
 def test_resume_of_a_damaged_config_is_one_line(tmp_path, llm, evaluators_built):
     run = finished_run(tmp_path / "runs")
     (run / "config.json").write_text("{not json")

@@ -92,8 +92,11 @@ def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, sh
     run_dir = find_run(run, runs_dir) if run else None
     if with_adapter:
         from promptclimb.agent.adapt import read_run
+        from promptclimb.agent.core.runfiles import ADAPTER_FILE
+        from promptclimb.evaluators.adapters import read_adapter
 
         read_run(run_dir, "eval --run --with-adapter")  # before any slow loading
+        read_adapter(run_dir / ADAPTER_FILE)  # there and readable, before any image is encoded
     args, prompts = _settings(given, list(prompts), run_dir)
     dataset, data_root, shots, seed, backbone, pretrained, weights, precision = (
         args[k] for k in ("dataset", "data_root", "shots", "seed", "backbone", "pretrained", "weights", "precision"))
