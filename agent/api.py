@@ -11,6 +11,7 @@ function is called.
 from __future__ import annotations
 
 import math
+import os
 import re
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -193,6 +194,8 @@ def evaluate(templates: str | Sequence[str], dataset: str = "fashion-mnist", sho
                              "precision"))
     backbone, pretrained = default_backbone(dataset, backbone, pretrained, weights)
     templates = check_templates(templates)
+    if isinstance(classnames, os.PathLike):  # a names file, as data_root may be a Path
+        classnames = os.fspath(classnames)
     if classnames is not None and not isinstance(classnames, str):
         if not isinstance(classnames, (list, tuple)) or not all(isinstance(n, str) for n in classnames):
             raise PromptclimbError(f"evaluate(): classnames {classnames!r}: expected a list of names, a set name "

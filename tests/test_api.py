@@ -148,6 +148,13 @@ def test_evaluate_with_a_real_clip_model(tiny_clip_config, tiny_clip_weights, im
         for split in ("train", "val", "test"):
             assert row[split] == pytest.approx(expected["accuracy"][split])
             assert row[f"{split}_loss"] == pytest.approx(expected["loss"][split])
+    names = image_folder.parent / "names.txt"  # a names file as a Path, as data_root may be
+    names.write_text("lake\nfield\nsquare\n")
+    named = promptclimb.evaluate(["a photo of a {}."], **settings, classnames=names)
+    assert named.to_dict("records") == promptclimb.evaluate(["a photo of a {}."], **settings,
+                                                             classnames=["lake", "field", "square"]).to_dict("records")
+    bad_seed = CliRunner().invoke(cli, ["eval", *args, "--seed", "-3"])
+    assert bad_seed.exit_code == 2 and "-3 is not in the range x>=0" in bad_seed.output
 
 
 def test_import_promptclimb_stays_light():

@@ -645,7 +645,8 @@ PUBLISHED = ["T-shirt/top", "Trouser", "Pullover"]
     ("Trouser,pants\nT-shirt/top,tee\nTrouser,jeans\n", r"line 3: class 'Trouser' is named twice"),
     ("Trouser,pants\nShirt,tee\nPullover,sweater\n", r"line 2: 'Shirt' is not a class of this dataset"),
     ("Trouser,pants\nT-shirt/top,tee\n", r"line 2 is the last, but 1 of .* \(Pullover\)"),
-    ("Trouser,pants\nT-shirt/top,tee\npullover\n", r"line 3: 'pullover' is not a 'folder,name' line"),
+    ("Trouser,pants\nT-shirt/top,tee\npullover\n", r"line 3: 'pullover' is not a 'folder,name' line \(2 of the "
+                                                   r"file's 3 lines are\)"),
 ])
 def test_a_bad_classnames_file_is_refused_naming_its_line(tmp_path, text, message):
     path = tmp_path / "names.txt"
@@ -662,6 +663,8 @@ def test_classnames_specs(tmp_path):
     ordered = tmp_path / "ordered.txt"
     ordered.write_text("tee\npants\nsweater\n")
     assert read_classnames(str(ordered), PUBLISHED, {}) == ("tee", "pants", "sweater")
+    ordered.write_text("tee\nTrouser, long\nsweater\n\n \n")  # a name with a comma; blank lines at the end
+    assert read_classnames(str(ordered), PUBLISHED, {}) == ("tee", "Trouser, long", "sweater")
     keyed = tmp_path / "keyed.txt"
     keyed.write_text("Pullover,sweater\nt_shirt/top,tee\nTrouser, pants\n")  # any order; folder spellings
     assert read_classnames(str(keyed), PUBLISHED, {}) == ("tee", "pants", "sweater")

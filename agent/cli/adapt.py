@@ -21,7 +21,7 @@ from promptclimb.agent.runs.store import run_lock
               help=f"Adapter kind: {', '.join(ADAPTER_KINDS)}, or all. Repeat to fit several; the best on val is kept.")
 @click.option("--on", type=click.Choice(["best", "ensemble"]), default="best",
               help="Which prompt the adapter sits on: the best template or the run's top-k ensemble.")
-@click.option("--seed", type=int, default=None, help="Seed of the adapter's initialisation [default: the run's seed].")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed of the adapter's initialisation [default: the run's seed].")
 @click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", help="Where run folders are.")
 @click.option("--device", default=None, help="torch device for (re)computing features [default: cuda when available].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary's adapter section as JSON at the end.")

@@ -155,8 +155,12 @@ def read_classnames(spec: str | None, published: Sequence[str],
 def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str) -> tuple[str, ...]:
     """One name per line in class order, or `folder,name` lines (any order) when a line
     starts with a published name (or its folder spelling) and a comma."""
+    while lines and not lines[-1].strip():  # blank lines at the end, as editors leave them
+        lines = lines[:-1]
     keys = {name_key(p): i for i, p in enumerate(published)}
-    keyed = any("," in line and name_key(line.split(",", 1)[0]) in keys for line in lines)
+    # `folder,name` lines when most lines are: a name of its own may hold a comma ("Coat, long")
+    keyed_lines = sum("," in line and name_key(line.split(",", 1)[0]) in keys for line in lines)
+    keyed = keyed_lines > len(lines) / 2
     names: dict[int, str] = {}
     where_named: dict[str, int] = {}  # name_key -> line number
     for number, raw in enumerate(lines, start=1):
@@ -165,8 +169,8 @@ def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str) 
             raise PromptclimbError(f"{at}: empty line (one class name per line, nothing else)")
         if keyed:
             if "," not in raw:
-                raise PromptclimbError(f"{at}: {raw.strip()!r} is not a 'folder,name' line (the file's other "
-                                       "lines are)")
+                raise PromptclimbError(f"{at}: {raw.strip()!r} is not a 'folder,name' line ({keyed_lines} of the "
+                                       f"file's {len(lines)} lines are)")
             key, name = (part.strip() for part in raw.split(",", 1))
             if name_key(key) not in keys:
                 raise PromptclimbError(f"{at}: {key!r} is not a class of this dataset "
