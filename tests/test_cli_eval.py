@@ -91,3 +91,13 @@ def test_eval_run_on_other_data_needs_the_runs_classes(tiny_clip_config, tiny_cl
     assert refused.exit_code == 1, refused.output
     assert ("Error: the run's classes are not the data's: the data has 'yellow sun' and the run does not; "
             "the run has 'blue lake' and the data does not") in refused.output
+
+
+def test_a_warning_is_one_line_when_it_happens(tiny_clip_config, tiny_clip_weights, image_folder, torch_threads):
+    (image_folder / "red_square" / "broken.png").write_bytes(b"not a png at all")
+    result = run("--dataset", "imagefolder", "--data-root", str(image_folder), "--backbone", tiny_clip_config,
+                 "--weights", str(tiny_clip_weights), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    said = [line for line in result.output.splitlines() if "skipped 1 unreadable image(s)" in line]
+    assert len(said) == 1 and said[0].startswith("warning: ") and "broken.png" in said[0]
+    assert "UserWarning" not in result.output and "warnings.warn" not in result.output

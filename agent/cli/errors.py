@@ -5,6 +5,7 @@ stderr and exit status 1, never a traceback; and by which Ctrl-C ends a command 
 from __future__ import annotations
 
 import functools
+import warnings
 
 import click
 
@@ -16,12 +17,16 @@ def user_errors(fn):
     read-only folder), as one line on stderr and exit status 1, instead of a traceback.
     Ctrl-C (KeyboardInterrupt) ends it with status 130, without click's "Aborted!" and its
     status 1: a search or sweep has already printed the command that continues it.
-    SIGTERM (SystemExit 143, agent/core/errors.py) passes through as it is."""
+    SIGTERM (SystemExit 143, agent/core/errors.py) passes through as it is. A warning (images
+    skipped as unreadable, random weights, a library's) is one `warning:` line on stderr when
+    it happens, not Python's file and source line."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = lambda message, *_, **__: click.echo(f"warning: {message}", err=True)
+                return fn(*args, **kwargs)
         except PromptclimbError as exc:
             raise click.ClickException(str(exc)) from None
         except OSError as exc:

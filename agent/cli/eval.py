@@ -6,7 +6,6 @@ torch and the evaluator are imported inside the command, so `promptclimb --help`
 from __future__ import annotations
 
 import json
-import warnings
 
 import click
 
@@ -105,16 +104,13 @@ def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, sh
     except PromptclimbError as exc:
         raise click.BadParameter(str(exc), param_hint="--prompt") from None
     check_writable(cache_home(), "the cache folder, PROMPTCLIMB_HOME")  # image features go there
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        factory = (ctx.obj or {}).get("evaluator_factory") if isinstance(ctx.obj, dict) else None
-        result, evaluator = _evaluate(args, list(prompts), device, factory)
-        if with_adapter:
-            from promptclimb.agent.adapt import eval_run_adapter
+    # warnings (skipped images, thin val classes) are one line on stderr: agent/cli/errors.py
+    factory = (ctx.obj or {}).get("evaluator_factory") if isinstance(ctx.obj, dict) else None
+    result, evaluator = _evaluate(args, list(prompts), device, factory)
+    if with_adapter:
+        from promptclimb.agent.adapt import eval_run_adapter
 
-            result["adapter"] = eval_run_adapter(run_dir, evaluator=evaluator, splits=SPLITS)
-    for w in caught:  # counted warnings (skipped images, thin val classes) go to stderr
-        click.echo(f"warning: {w.message}", err=True)
+        result["adapter"] = eval_run_adapter(run_dir, evaluator=evaluator, splits=SPLITS)
     if as_json:
         click.echo(json.dumps(result))
         return
