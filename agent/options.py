@@ -160,8 +160,9 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
            multiple=True, metavar="KIND", scope=SESSION),
 
     Option("--mlflow", None, "Log the search to MLflow (one run, a metric step per LLM answer, the winning prompt "
-           "registered): to TRACKING_URI, else $MLFLOW_TRACKING_URI, else MLflow's default ./mlruns. Needs the mlflow "
-           "extra; tracking never fails a search.", _O, "optional", metavar="[TRACKING_URI]", scope=SESSION),
+           "registered): to TRACKING_URI, else $MLFLOW_TRACKING_URI, else MLflow's default sqlite:///mlflow.db (in the "
+           "current folder; artifacts beside it, in mlruns/). Needs the mlflow extra; tracking never fails a search.",
+           _O, "optional", metavar="[TRACKING_URI]", scope=SESSION),
     Option("--json", False, "Print the summary as JSON at the end (progress goes to stderr).", _O, bool,
            dest="as_json", scope=SESSION, cli_only=True),
 

@@ -30,8 +30,16 @@ What a search becomes in MLflow (experiment "promptclimb" unless told otherwise)
     status     FINISHED (the run has its result), RUNNING (a search is writing it), KILLED
                (stopped part-way: a resume, then a sync, continues it)
 
+Where the run folder's files go: the experiment's artifact location. An experiment this
+module creates on a local sqlite store (`sqlite:///PATH/mlflow.db`, MLflow's default) keeps
+them beside the database, in PATH/mlruns/<experiment>/, not in the ./mlruns of whichever
+folder the command ran in; a tracking server decides for itself.
+
 Tracking never fails a search: `Tracker` reports a problem in one warning line and stops
-tracking that run; `promptclimb mlflow-sync RUN` logs it afterwards.
+tracking that run; `promptclimb mlflow-sync RUN` logs it afterwards. A sync reads the whole
+run folder before it creates anything in MLflow (a damaged file is one error, no MLflow run),
+and ends an MLflow run it created as FAILED when logging stops midway (syncing again
+continues that run).
 """
 
 from __future__ import annotations
@@ -58,7 +66,7 @@ from promptclimb.agent.core.runfiles import CONFIG, LOCK, SUMMARY
 from promptclimb.agent.llm.client import without_secrets
 from promptclimb.agent.runs.reading import Run, load_run
 from promptclimb.agent.search import LLM_EVENTS
-from promptclimb.agent.sweep.driver import SWEEP_FILE
+from promptclimb.agent.sweep.driver import read_sweep
 
 EXPERIMENT = "promptclimb"
 MLFLOW_FILE = "mlflow.json"  # in a run (or sweep) folder: {"v": 1, "runs": {uri: {experiment_id, run_id}}}
@@ -89,6 +97,7 @@ class Synced:
     tracking_uri: str  # without any user:password@
     new_answers: int
     prompt: str | None
+    artifact_uri: str | None = None  # where the run folder's files went
 
 
 # -- the API --------------------------------------------------------------------------------
@@ -99,30 +108,64 @@ def sync_run(run_dir: str | Path, tracking_uri: str | None = None, experiment: s
     left for a later sync."""
     if not (Path(run_dir) / CONFIG).exists():
         raise PromptclimbError(f"{run_dir} is not a run folder (no {CONFIG})")
+    run = readable_run(run_dir)  # before anything is created in MLflow
     with mlflow_errors():
         mirror = Mirror.open(run_dir, tracking_uri, experiment, parent_run_id)
-        return mirror.sync(writing=_being_written(mirror.folder))
+        with failed_if_new(mirror):
+            return mirror.sync(writing=_being_written(mirror.folder), run=run)
 
 
 def sync_sweep(sweep_dir: str | Path, tracking_uri: str | None = None, experiment: str = EXPERIMENT) -> Synced:
     """Log a sweep folder: a parent run (sweep.json's grid and options as params, the sweep's
     own files as artifacts) and, nested under it, each cell's run (`sync_run`)."""
     sweep_dir = Path(sweep_dir)
-    if not (sweep_dir / SWEEP_FILE).exists():
-        raise PromptclimbError(f"{sweep_dir} is not a sweep folder (no {SWEEP_FILE})")
-    settings = json.loads((sweep_dir / SWEEP_FILE).read_text(encoding="utf-8"))
+    settings = read_sweep(sweep_dir)  # a damaged sweep.json is one line
     cells = [sweep_dir / name for name in settings.get("cells", []) if (sweep_dir / name / CONFIG).exists()]
+    for cell in cells:  # a damaged cell stops the sync before anything is created in MLflow
+        readable_run(cell)
     with mlflow_errors():
         parent = Mirror.open(sweep_dir, tracking_uri, experiment)
+    with mlflow_errors(), failed_if_new(parent):
         parent.log_params({**flat_params({k: v for k, v in settings.items() if k != "cells"}),
                            "cells": str(len(settings.get("cells", [])))})
         parent.log_files()
-    for cell in cells:
-        sync_run(cell, parent.uri, experiment, parent_run_id=parent.run_id)
-    finished = [c for c in cells if (c / SUMMARY).exists()]
-    with mlflow_errors():
+        for cell in cells:
+            sync_run(cell, parent.uri, experiment, parent_run_id=parent.run_id)
+        finished = [c for c in cells if (c / SUMMARY).exists()]
         parent.set_status("FINISHED" if len(finished) == len(settings.get("cells", [])) else "KILLED", time.time())
-    return Synced(parent.run_id, parent.experiment_id, parent.key, 0, None)
+    return Synced(parent.run_id, parent.experiment_id, parent.key, 0, None, parent.artifact_uri())
+
+
+def readable_run(folder: str | Path) -> Run:
+    """The run folder read back, and what a sync logs computed from it once: a damaged file
+    is one PromptclimbError here, before an MLflow run exists to be left half-logged."""
+    run = load_run(folder)  # (it checks summary.json's best, ensemble, top and names)
+    try:
+        flat_params(run.config)
+        run_tags(run)
+        answer_metrics(run)
+        for name in RESULTS:
+            _test_accuracy((run.final or {}).get(name))
+        prompt_tags(run, "")
+    except (AttributeError, TypeError, ValueError, KeyError) as exc:  # a value of the wrong kind somewhere
+        raise PromptclimbError(f"{folder} is damaged (it does not read as a run: {_one_line(exc)})") from None
+    return run
+
+
+@contextmanager
+def failed_if_new(mirror: "Mirror") -> Iterator[None]:
+    """An MLflow run this sync created ends as FAILED when logging stops midway, instead of
+    staying RUNNING forever; syncing the folder again continues it (RUN/mlflow.json). A run
+    that was there before keeps the status it had."""
+    try:
+        yield
+    except BaseException:
+        if mirror.created:
+            try:
+                mirror.client.set_terminated(mirror.run_id, "FAILED")
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                pass
+        raise
 
 
 class Tracker:
@@ -192,9 +235,10 @@ class Tracker:
 class Mirror:
     """A run (or sweep) folder and the MLflow run it is logged to."""
 
-    def __init__(self, client, uri: str, folder: Path, experiment_id: str, run_id: str):
+    def __init__(self, client, uri: str, folder: Path, experiment_id: str, run_id: str, created: bool = False):
         self.client, self.uri, self.folder = client, uri, folder
         self.experiment_id, self.run_id = experiment_id, run_id
+        self.created = created  # by this Mirror.open (not continued from RUN/mlflow.json)
         self.key = link_key(uri)
         self.logged: set[int] | None = None  # the answers' steps the server has (`log_answers`)
 
@@ -209,19 +253,20 @@ class Mirror:
         if link.get("run_id") and _exists(client, link["run_id"]):
             mirror = cls(client, uri, folder, link["experiment_id"], link["run_id"])
         else:
-            experiment_id = _experiment_id(client, experiment)
+            experiment_id = _experiment_id(client, experiment, artifacts_beside_database(uri, experiment))
             run = client.create_run(experiment_id, run_name=folder.name)
-            mirror = cls(client, uri, folder, experiment_id, run.info.run_id)
+            mirror = cls(client, uri, folder, experiment_id, run.info.run_id, created=True)
             write_json_atomic(folder / MLFLOW_FILE, {"v": 1, "runs": {**known, mirror.key: {
                 "experiment_id": experiment_id, "run_id": mirror.run_id}}})
         if parent_run_id:
             client.set_tag(mirror.run_id, PARENT_TAG, parent_run_id)
         return mirror
 
-    def sync(self, writing: bool, files: bool = True) -> Synced:
-        """Settings, answers, results, files, prompt and status, from the folder as it is now.
-        `writing`: a search is still writing it (its last answer may not be complete yet)."""
-        run = load_run(self.folder)
+    def sync(self, writing: bool, files: bool = True, run: Run | None = None) -> Synced:
+        """Settings, answers, results, files, prompt and status, from the folder as it is now
+        (or as `run` read it). `writing`: a search is still writing it (its last answer may
+        not be complete yet)."""
+        run = load_run(self.folder) if run is None else run
         self.log_params(flat_params({k: v for k, v in run.config.items() if k != "v"}))
         self.client.log_batch(self.run_id, tags=_tags(run_tags(run)))
         new = self.log_answers(run, hold_last=writing)
@@ -230,7 +275,11 @@ class Mirror:
             self.log_files()
         prompt = self.register_prompt(run)
         self.set_status("FINISHED" if run.final else "RUNNING" if writing else "KILLED", _last_time(run))
-        return Synced(self.run_id, self.experiment_id, self.key, new, prompt)
+        return Synced(self.run_id, self.experiment_id, self.key, new, prompt, self.artifact_uri())
+
+    def artifact_uri(self) -> str:
+        """Where the run's artifacts are: the experiment's artifact location decided it."""
+        return self.client.get_run(self.run_id).info.artifact_uri
 
     def log_params(self, params: dict[str, str]) -> None:
         from mlflow.entities import Param
@@ -425,7 +474,36 @@ def mlflow_client(tracking_uri: str | None):
         raise TrackingError("MLflow is not installed: pip install 'promptclimb[mlflow]'") from None
     uri = tracking_uri or mlflow.get_tracking_uri()
     check_server(uri)
-    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri), uri
+    with mlflow_errors():  # a store MLflow refuses (its file store) is one line, not a traceback
+        try:
+            return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri), uri
+        except Exception as exc:
+            if "MLFLOW_ALLOW_FILE_STORE" in str(exc):
+                raise TrackingError(file_store_refused(uri)) from None
+            raise
+
+
+def file_store_refused(uri: str) -> str:
+    """MLflow 3 refuses a folder (`./mlruns`, file:...) as a tracking store: say what works."""
+    import mlflow
+
+    folder = Path(uri.removeprefix("file://").removeprefix("file:")).expanduser()
+    return (f"MLflow {mlflow.__version__} does not track to a folder ({link_key(uri)}) unless "
+            f"MLFLOW_ALLOW_FILE_STORE=true: use a database, e.g. sqlite:///{folder.resolve() / 'mlflow.db'}")
+
+
+def artifacts_beside_database(uri: str, experiment: str) -> str | None:
+    """The artifact location of a new experiment on a local sqlite store: a folder beside the
+    database (DB_FOLDER/mlruns/<experiment>), as MLflow's default (sqlite:///mlflow.db with
+    ./mlruns) has it when run from the database's folder; MLflow itself would use the
+    ./mlruns of the current folder, wherever that is. None (MLflow decides): anything else."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    if not database or database == ":memory:":
+        return None
+    folder = re.sub(r"[^\w.-]+", "-", experiment).strip(".-") or "experiment"
+    return (Path(database).expanduser().resolve().parent / "mlruns" / folder).as_uri()
 
 
 def link_key(uri: str) -> str:
@@ -468,11 +546,12 @@ def mlflow_errors() -> Iterator[None]:
             os.environ.pop(key, None)
 
 
-def _experiment_id(client, name: str) -> str:
+def _experiment_id(client, name: str, artifact_location: str | None = None) -> str:
+    """The experiment's id; a new experiment gets `artifact_location` (None: MLflow's choice)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, artifact_location=artifact_location)
         except Exception:  # noqa: BLE001 - another process (a sweep's cell) created it first
             experiment = client.get_experiment_by_name(name)
             if experiment is None:

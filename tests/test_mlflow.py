@@ -382,3 +382,127 @@ def test_a_sweep_with_mlflow_nests_its_cells_and_an_unreachable_server_is_one_wa
     track_sweep(sweep, f"http://127.0.0.1:{free_port()}", said.append)
     assert len(said) == 1 and said[0].startswith("warning: MLflow tracking of the sweep failed")
     assert f"promptclimb mlflow-sync {sweep}" in said[0]
+
+
+# -- local stores, damaged folders, failures midway -----------------------------------------------
+def finished_run(fake, runs: Path, name: str) -> Path:
+    result = search(fake, runs, "--dataset", "toy", "--name", name, "--iterations", 2, "--search", "template",
+                    "--resets", 1, "--pool-sample", 4)
+    assert result.exit_code == 0, result.output
+    return runs / name
+
+
+def sqlite_uri(folder: Path) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def all_runs(client: MlflowClient) -> list:
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def assert_one_error_line(result) -> str:
+    """A command that failed as the user sees it: status 1, one `Error:` line, no traceback
+    (CliRunner hides a traceback: an exception other than SystemExit is one)."""
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert len(result.output.splitlines()) == 1 and result.output.startswith("Error: "), result.output
+    return result.output
+
+
+def test_a_folder_as_tracking_store_is_one_error_line_naming_a_database_instead(tmp_path, fake, monkeypatch):
+    """MLflow 3 refuses its old file store (./mlruns, file:...) unless told otherwise."""
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    run_dir = finished_run(fake, tmp_path / "runs", "local")
+    for uri in (f"file:{tmp_path / 'mlfile'}", str(tmp_path / "plain")):
+        said = assert_one_error_line(mlflow_sync(run_dir, "--tracking-uri", uri))
+        assert "MLFLOW_ALLOW_FILE_STORE=true" in said and "use a database, e.g. sqlite:///" in said
+    assert not (run_dir / "mlflow.json").exists()
+
+
+def test_the_documented_default_tracking_uri_is_the_installed_mlflows(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    tracking = readme[readme.index("## Experiment tracking"):].split("\n## ", 1)[0]
+    for text in (CliRunner().invoke(cli, ["search", "--help"]).output,
+                 CliRunner().invoke(cli, ["mlflow-sync", "--help"]).output, tracking):
+        assert "sqlite:///mlflow.db" in text and "else ./mlruns" not in text and "default ./mlruns" not in text
+
+
+def test_a_sqlite_store_keeps_the_artifacts_beside_its_database_and_says_where(tmp_path, fake, monkeypatch):
+    run_dir = finished_run(fake, tmp_path / "runs", "local")
+    uri = sqlite_uri(tmp_path / "store")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # MLflow alone would put them in ./mlruns here
+    synced = mlflow_sync(run_dir, "--tracking-uri", uri)
+    assert synced.exit_code == 0, synced.output
+    run_id = linked_run_id(run_dir, uri)
+    artifacts = tmp_path / "store" / "mlruns" / "promptclimb" / run_id / "artifacts"
+    assert MlflowClient(uri).get_run(run_id).info.artifact_uri == artifacts.as_uri()
+    assert {p.name for p in artifacts.iterdir()} == RUN_FILES
+    assert not (tmp_path / "elsewhere" / "mlruns").exists()
+    assert synced.output.splitlines()[-1] == f"  artifacts: {artifacts.as_uri()}"
+
+
+@pytest.mark.parametrize("damage", ["empty config.json", "best is 5", "adapter is 5"])
+def test_a_damaged_run_folder_is_one_error_line_and_creates_nothing_in_mlflow(tmp_path, fake, damage):
+    run_dir = finished_run(fake, tmp_path / "runs", "damaged")
+    if damage == "empty config.json":
+        (run_dir / "config.json").write_text("")
+    else:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        summary[damage.split()[0]] = 5
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+    uri = sqlite_uri(tmp_path / "store")
+    said = assert_one_error_line(mlflow_sync(run_dir, "--tracking-uri", uri))
+    assert said.startswith("Error: damaged: ") and "is damaged" in said
+    assert all_runs(MlflowClient(uri)) == [] and not (run_dir / "mlflow.json").exists()
+
+
+def test_a_sync_that_fails_midway_ends_its_mlflow_run_as_failed_and_the_next_continues_it(tmp_path, fake,
+                                                                                         monkeypatch):
+    from promptclimb.agent.tracking import Mirror
+
+    run_dir = finished_run(fake, tmp_path / "runs", "midway")
+    uri = sqlite_uri(tmp_path / "store")
+    with monkeypatch.context() as patch:
+        patch.setattr(Mirror, "log_files", lambda self: (_ for _ in ()).throw(OSError("artifact store is full")))
+        said = assert_one_error_line(mlflow_sync(run_dir, "--tracking-uri", uri))
+    assert said.startswith("Error: midway: MLflow: artifact store is full")
+    client = MlflowClient(uri)
+    run_id = linked_run_id(run_dir, uri)
+    assert client.get_run(run_id).info.status == "FAILED"
+    again = mlflow_sync(run_dir, "--tracking-uri", uri)
+    assert again.exit_code == 0, again.output
+    assert linked_run_id(run_dir, uri) == run_id and client.get_run(run_id).info.status == "FINISHED"
+    assert [r.info.run_id for r in all_runs(client)] == [run_id]
+
+
+def test_a_sweep_with_a_damaged_cell_creates_nothing_and_a_failing_cell_fails_its_parent(tmp_path, fake,
+                                                                                        monkeypatch):
+    sweep = tmp_path / "runs" / "grid"
+    for cell in ("c1", "c2"):
+        finished_run(fake, sweep, cell)
+    (sweep / "sweep.json").write_text(json.dumps({"grid": {"dataset": ["toy"]}, "search": {}, "cells": ["c1", "c2"]}))
+    (sweep / "c2" / "config.json").write_text("")
+    uri = sqlite_uri(tmp_path / "store")
+    said = assert_one_error_line(mlflow_sync(sweep, "--tracking-uri", uri))
+    assert "c2" in said and "is damaged" in said
+    assert all_runs(MlflowClient(uri)) == [] and not (sweep / "mlflow.json").exists()
+
+    import promptclimb.agent.tracking as tracking
+
+    (sweep / "c2" / "config.json").write_text((sweep / "c1" / "config.json").read_text())
+    real = tracking.sync_run
+
+    def c2_fails(cell, *args, **kwargs):
+        if Path(cell).name == "c2":
+            raise tracking.TrackingError("MLflow: the server went away")
+        return real(cell, *args, **kwargs)
+
+    monkeypatch.setattr(tracking, "sync_run", c2_fails)
+    assert_one_error_line(mlflow_sync(sweep, "--tracking-uri", uri))
+    assert MlflowClient(uri).get_run(linked_run_id(sweep, uri)).info.status == "FAILED"

@@ -26,7 +26,8 @@ def find_folder(name: str, runs_dir: str) -> tuple[Path, bool]:
 @click.command("mlflow-sync", context_settings=CONTEXT)
 @click.argument("runs", nargs=-1, required=True, metavar="RUN...")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", show_envvar=True,
-              help="The MLflow tracking server (http://...) or store (default: MLflow's, sqlite:///mlflow.db).")
+              help="The MLflow tracking server (http://...) or store (default: MLflow's, sqlite:///mlflow.db in "
+                   "the current folder; a sqlite store keeps the artifacts beside it, in mlruns/).")
 @click.option("--experiment", default="promptclimb", help="The MLflow experiment of new runs.")
 @click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", help="Where run folders are.")
 @user_errors
@@ -48,8 +49,8 @@ def mlflow_sync_cmd(runs, tracking_uri, experiment, runs_dir):
     for folder, is_sweep in folders:
         try:
             synced = (sync_sweep if is_sweep else sync_run)(folder, uri, experiment)
-        except PromptclimbError as exc:
-            click.echo(f"{folder.name}: {exc}", err=True)
+        except PromptclimbError as exc:  # the other folders are still logged
+            click.echo(f"Error: {folder.name}: {exc}", err=True)
             failed += 1
             continue
         what = "sweep, cells nested" if is_sweep else f"{synced.new_answers} answers logged now"
@@ -60,7 +61,8 @@ def mlflow_sync_cmd(runs, tracking_uri, experiment, runs_dir):
 
 
 def _link(synced) -> str:
-    """Where the MLflow UI shows the run (for a tracking server)."""
+    """Where the MLflow UI shows the run (a tracking server), else where its files went (a
+    local store: they are not inside the database)."""
     if not synced.tracking_uri.startswith(("http://", "https://")):
-        return ""
+        return f"\n  artifacts: {synced.artifact_uri}" if synced.artifact_uri else ""
     return f"\n  {synced.tracking_uri}/#/experiments/{synced.experiment_id}/runs/{synced.run_id}"
