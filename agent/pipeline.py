@@ -18,7 +18,7 @@ import platform
 import re
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from importlib import metadata
 from pathlib import Path
@@ -461,7 +461,10 @@ def llm_client(plan: Plan, opts: dict, echo) -> Iterator[LLMClient]:
 
     if settings.local and not opts["base_url"]:
         model_file = opts["llm_model"] or settings.llm_model_file
-        with local_llm.local_server(model_path=model_file) as base_url:
+        # a sweep's cells ask the one server their driver started (agent/sweep/driver.py) as this
+        # search asks its own: the same settings and requests
+        started = opts.get("local_llm_url")
+        with nullcontext(started) if started else local_llm.local_server(model_path=model_file) as base_url:
             yield client(base_url, "local", local_llm.local_model_name(model_file))
         return
     base_url = opts["base_url"] or os.environ.get("OPENAI_BASE_URL") or settings.base_url

@@ -223,27 +223,77 @@ if os.environ.get("PC_LLM_STARTS"):
 """
 
 
-def test_the_cells_share_one_llm_endpoint_and_the_local_llm_is_started_once(sweep, tmp_path):
-    """`--llm local` without an endpoint: the sweep starts the local LLM once, for the whole
-    sweep, and every cell's search talks to that one server (and records it)."""
+def counting_local_server_env(sweep, tmp_path, fake: FakeLLM) -> tuple[dict, Path]:
+    """(the environment of a sweep or search whose local LLM is the stand-in above, serving
+    `fake`; the file its starts are counted in)."""
     site = tmp_path / "site"
-    site.mkdir()
+    site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(COUNTING_LOCAL_SERVER)
     starts = tmp_path / "starts.txt"
+    env = {k: v for k, v in sweep.env.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    env |= {"PC_LLM_STARTS": str(starts), "PC_FAKE_LLM_URL": fake.base_url,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))}
+    return env, starts
+
+
+def request_keys(run_dir: Path) -> list[str]:
+    events = (json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines())
+    return [e["request_key"] for e in events if e.get("request_key")]
+
+
+def test_the_cells_share_one_local_llm_and_ask_it_as_a_standalone_search_does(sweep, tmp_path):
+    """`--llm local` without an endpoint: the sweep starts the local LLM once, for the whole
+    sweep, and every cell's search talks to that one server. A cell records the LLM settings
+    and sends the requests of a standalone search of its grid point (the served model's name,
+    as a search asking its own server): `search --resume CELL` can continue a killed cell,
+    and the two share the LLM's cache."""
     with FakeLLM(responder=responder) as fake:
-        env = {k: v for k, v in sweep.env.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
-        env |= {"PC_LLM_STARTS": str(starts), "PC_FAKE_LLM_URL": fake.base_url,
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))}
-        run = subprocess.run(sweep("shared", None, "--seeds", "1", grid=False) + ["--dataset", "imagefolder",
-                             "--shots", "1", "--seeds", "2"], env=env, capture_output=True, text=True, timeout=600)
+        env, starts = counting_local_server_env(sweep, tmp_path, fake)
+        command = sweep("shared", None, grid=False) + ["--dataset", "imagefolder", "--shots", "1", "--seeds", "1-2"]
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stderr
-    assert "sweep shared: 2/2 cells finished" in run.stderr, run.stderr
-    assert len(starts.read_text().splitlines()) == 1, starts.read_text()
+        assert "sweep shared: 2/2 cells finished" in run.stderr, run.stderr
+        assert len(starts.read_text().splitlines()) == 1, starts.read_text()
+        asked = len(fake.requests)
+        # the same search as the seed-2 cell, on its own: it starts its own (stand-in) server
+        search = command[:command.index("sweep")] + [
+            "search", "--name", "alone", "--runs-dir", str(sweep.runs), "--dataset", "imagefolder", "--shots", "1",
+            "--seed", "2", *command[command.index("--num-cpus") + 2:command.index("--dataset")]]
+        alone = subprocess.run(search, env=env, capture_output=True, text=True, timeout=600)
+        assert alone.returncode == 0, alone.stderr
     cells = sorted(p for p in (sweep.runs / "shared").iterdir() if (p / "config.json").exists())
     recorded = [json.loads((cell / "config.json").read_text())["llm"] for cell in cells]
-    assert len(cells) == 2 and [r["base_url"] for r in recorded] == [fake.base_url] * 2, recorded
-    assert all(r["model"] == "local" for r in recorded)
-    assert {r["model"] for r in fake.requests} == {"local"} and len(fake.requests) >= 2
+    standalone = json.loads((sweep.runs / "alone" / "config.json").read_text())["llm"]
+    assert len(cells) == 2 and recorded == [standalone] * 2, (recorded, standalone)
+    assert standalone["local"] and standalone["base_url"] is None
+    assert {r["model"] for r in fake.requests} == {"qwen2.5-coder-1.5b-instruct-q4_k_m"} and asked >= 2
+    seed2 = sweep.runs / "shared" / "imagefolder-pc-tiny-vit-1shot-seed2"
+    assert request_keys(sweep.runs / "alone") == request_keys(seed2) != []
+    assert len(fake.requests) == asked  # every answer of the search came from the cells' cache
+    ours, theirs = (json.loads((d / "summary.json").read_text()) for d in (sweep.runs / "alone", seed2))
+    assert ours["best"]["template"] == theirs["best"]["template"]
+
+
+def test_a_soft_prompt_sweep_starts_no_llm_runs_cells_side_by_side_and_resumes_them(sweep, tmp_path):
+    """--optimizer craft asks no LLM: the sweep starts none (the cells would otherwise run one
+    after another, for the local LLM's sake), and a killed cell resumes (its search was
+    refused: `--llm local (the run's: None)`, a soft-prompt run records no LLM)."""
+    with FakeLLM(responder=responder) as fake:
+        env, starts = counting_local_server_env(sweep, tmp_path, fake)
+        command = sweep("soft", None, "--optimizer", "craft", "--queries", "40", "--craft-popsize", "20",
+                        "--craft-intrinsic-dim", "16", grid=False) + ["--dataset", "imagefolder", "--shots", "1",
+                                                                      "--seeds", "1-2"]
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr
+        assert "sweep soft: 2/2 cells finished" in run.stderr and "2 running" in run.stderr, run.stderr
+        assert "one after another" not in run.stderr and not starts.exists() and not fake.requests
+        killed = sweep.runs / "soft" / "imagefolder-pc-tiny-vit-1shot-seed1"
+        (killed / "summary.json").unlink()  # started, not finished: the rerun resumes it
+        rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "1 finished, 1 to resume" in rerun.stderr and "sweep soft: 2/2 cells finished" in rerun.stderr
+    assert "resuming" in (killed / "search.log").read_text().split("--- ")[-1]
+    assert (killed / "summary.json").exists() and not starts.exists()
 
 
 def test_the_same_sweep_on_a_ray_cluster_with_token_auth_and_failed_cells(sweep, tmp_path):

@@ -167,3 +167,39 @@ def test_a_classnames_file_reaches_every_cell_as_an_absolute_path(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     assert sweeps.search_options({"classnames": "names.txt"})["classnames"] == str(tmp_path / "names.txt")
     assert sweeps.search_options({"classnames": "clean"})["classnames"] == "clean"
+
+
+@pytest.mark.parametrize("flags, said", [
+    (["--num-cpus", "1", "--address", "127.0.0.1:1"], "--num-cpus sizes the local Ray"),
+    (["--address", "no-port"], "--address no-port: expected auto, HOST:PORT"),
+    (["--num-cpus", "1", "--cpus-per-run", "2"], "each cell asks for 2 CPUs (--cpus-per-run), but the local Ray has 1"),
+    # found only once Ray connects (or found missing), after sweep.json: a new sweep is forgotten
+    (["--address", "127.0.0.1:1"], "Ray"),
+])
+def test_a_refused_sweep_leaves_nothing_and_a_corrected_one_may_change_its_settings(flags, said, tmp_path):
+    """A sweep.json left by a refused command kept its settings: the corrected command, with
+    other ones, was refused as "started with other settings"."""
+    runs = tmp_path / "runs"
+    refused = CliRunner().invoke(cli, ["sweep", "v2", "--dataset", "fashion-mnist", "--seeds", "1-2", "--optimizer",
+                                       "craft", "--queries", "200", "--runs-dir", str(runs), *flags])
+    errors = [line for line in refused.output.splitlines() if line.startswith("Error:")]
+    assert refused.exit_code == 1 and len(errors) == 1 and said in errors[0], refused.output
+    assert not (runs / "v2").exists()
+    settings = sweeps.prepare_sweep(runs / "v2", {"dataset": ["fashion-mnist"], "seeds": ["1-3"]},
+                                    {"optimizer": "craft", "queries": 400})
+    assert len(settings["cells"]) == 3
+
+
+def test_a_killed_cell_resumes_with_its_own_settings():
+    """What the run does comes from its config.json (which matched sweep.json): given again,
+    those options would only be compared with it, and a soft-prompt run records no LLM to
+    compare --llm with. Where and how it runs (device, endpoint, budget) is this run's."""
+    from promptclimb.agent.options import BY_NAME, resolve
+
+    opts = {**resolve({"optimizer": "craft", "queries": 400, "resets": 1, "device": "cpu", "max_calls": 9}),
+            "llm_name": "local", "base_url": "http://127.0.0.1:1/v1", "local_llm_url": "http://127.0.0.1:2/v1"}
+    resumed = sweeps.resumed_options(opts)
+    assert [resumed[name] for name in ("llm_name", "optimizer", "queries", "resets")] == \
+        [BY_NAME[name].default for name in ("llm_name", "optimizer", "queries", "resets")]
+    assert (resumed["device"], resumed["max_calls"], resumed["base_url"], resumed["local_llm_url"]) == \
+        ("cpu", 9, "http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1")

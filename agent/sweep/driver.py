@@ -18,7 +18,8 @@ local Ray started in-process (on the loopback only) by default, or an existing c
 On a cluster, every node must see the sweep folder at the same path (shared storage); the
 feature cache is per node (`PROMPTCLIMB_HOME`, which may point at shared storage too), and
 so is `OPENAI_API_KEY`. All cells use one LLM endpoint: `--base-url`, or the embedded
-local LLM started once by the driver (then the cells run on the driver's node).
+local LLM started once by the driver (then the cells run on the driver's node), asked as a
+standalone search asks its own; a soft-prompt sweep (craft, cbbt) asks none.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import signal
 import sys
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
@@ -183,11 +184,19 @@ def search_options(search: dict) -> dict:
     return opts
 
 
-def cell_options(cell: Cell, opts: dict, sweep_dir: Path, base_url: str | None, llm_name: str) -> dict:
-    """What `run_search` gets for one cell (`resume` is decided by the cell itself)."""
+def cell_options(cell: Cell, opts: dict, sweep_dir: Path, base_url: str | None = None, llm_name: str | None = None,
+                 local_llm_url: str | None = None) -> dict:
+    """What `run_search` gets for one cell (`resume` is decided by the cell itself): the
+    sweep's options as `promptclimb search` gets them, so that a cell records the settings
+    and sends the LLM requests of a standalone search of its grid point (then either can
+    resume the other's run, and they share the LLM's cache). Only what the driver settled
+    for every cell (`llm_endpoint`) is set here: `base_url`, the endpoint from the driver's
+    environment (a node may lack it); `llm_name`, the embedded LLM's; `local_llm_url`,
+    where the embedded LLM that the driver started answers. None leaves the option as given."""
+    settled = {"base_url": base_url, "llm_name": llm_name, "local_llm_url": local_llm_url}
     return {**opts, "dataset": cell.dataset, "backbone": cell.backbone, "pretrained": cell.pretrained,
             "shots": cell.shots, "seed": cell.seed, "runs_dir": str(sweep_dir), "run_name": cell.name,
-            "resume": None, "as_json": False, "base_url": base_url, "llm_name": llm_name}
+            "resume": None, "as_json": False, **{k: v for k, v in settled.items() if v is not None}}
 
 
 def check_cells(cells: list[Cell], opts: dict, sweep_dir: Path) -> None:
@@ -304,15 +313,11 @@ def search_when_free(cell_dir: Path, opts: dict, echo: Callable[[str], None]) ->
     cell's last write."""
     from promptclimb.agent.pipeline import run_search
 
-    from promptclimb.agent.options import BY_NAME
-
     deadline, waiting = time.monotonic() + CELL_LOCK_WAIT_S, False
     while True:
         resume = (cell_dir / CONFIG).exists()
-        # a killed cell resumes with its own lanes (--parallel of this run is for new cells)
-        lanes = {"parallel": BY_NAME["parallel"].default} if resume else {}
         try:
-            run_search({**opts, "resume": str(cell_dir) if resume else None, **lanes}, echo)
+            run_search({**resumed_options(opts), "resume": str(cell_dir)} if resume else opts, echo)
             return
         except RunLocked as exc:
             if time.monotonic() >= deadline:
@@ -323,6 +328,18 @@ def search_when_free(cell_dir: Path, opts: dict, echo: Callable[[str], None]) ->
             time.sleep(0.5)
 
 
+def resumed_options(opts: dict) -> dict:
+    """A killed cell's options for its resume: every option that says what the run does
+    (scope "run": agent/options.py) at its default, the others (device, endpoint, budget)
+    as given. The run continues with the settings its config.json records, which matched
+    sweep.json's already; given again, they would only be compared with them, and a
+    soft-prompt run records no LLM settings to compare with (--llm local was refused).
+    --parallel of this run is for new cells: a killed one resumes with its own lanes."""
+    from promptclimb.agent.options import RUN as WHAT_THE_RUN_DOES, SEARCH_OPTIONS
+
+    return {**opts, **{o.name: o.default for o in SEARCH_OPTIONS if o.scope == WHAT_THE_RUN_DOES}}
+
+
 def cell_task(cell_dir: str, opts: dict) -> Iterator[dict]:
     """The Ray task of a cell (a streaming generator): first that it runs, then its end."""
     yield {"state": "running", "node": platform.node()}
@@ -331,22 +348,27 @@ def cell_task(cell_dir: str, opts: dict) -> Iterator[dict]:
 
 # -- the driver -----------------------------------------------------------------------------
 @contextmanager
-def llm_endpoint(opts: dict, echo: Callable[[str], None]) -> Iterator[tuple[str | None, str]]:
-    """(base URL, model) that every cell uses: --base-url (or $OPENAI_BASE_URL); for the
-    embedded local LLM without one, a llama.cpp server started here for the whole sweep;
-    None = the OpenAI API (with each node's OPENAI_API_KEY)."""
+def llm_endpoint(opts: dict, echo: Callable[[str], None]) -> Iterator[tuple[str | None, dict]]:
+    """(where every cell's LLM answers, what the driver sets in every cell's options
+    (`cell_options`)): no LLM for a soft-prompt sweep (--optimizer craft|cbbt asks none);
+    --base-url, or the driver's $OPENAI_BASE_URL; for the embedded local LLM without one, a
+    llama.cpp server started here once for the whole sweep, which each cell's search asks
+    instead of starting its own; None: the OpenAI API (with each node's OPENAI_API_KEY)."""
     from promptclimb.agent.options import LOCAL
     from promptclimb.agent.pipeline import default_llm
 
-    llm_name = opts["llm_name"] or default_llm()
+    if opts["optimizer"] != "llm":
+        yield None, {}
+        return
     base_url = opts["base_url"] or os.environ.get("OPENAI_BASE_URL")
-    if base_url or llm_name != LOCAL:
-        yield base_url, llm_name
+    if base_url or (opts["llm_name"] or default_llm()) != LOCAL:
+        yield base_url, {"base_url": base_url}
         return
     from promptclimb.agent.llm.local import local_server
 
     with local_server(model_path=opts["llm_model"], echo=echo) as url:
-        yield url, llm_name
+        # --llm local whatever a node's environment says: the LLM the driver started for it
+        yield url, {"llm_name": LOCAL, "local_llm_url": url}
 
 
 def on_this_machine(base_url: str | None) -> bool:
@@ -391,8 +413,6 @@ def ray_session(address: str | None, echo: Callable[[str], None], num_cpus: int 
     143, as every command: our handler replaces both Ray's Python one (exit status 15, or 1
     when it interrupts ray.wait) and the C++ failure-signal handler that ray.init installs
     over it, which printed a "SIGTERM received ... PC: @" stack."""
-    if address is not None and num_cpus is not None:
-        raise PromptclimbError("--num-cpus sizes the local Ray; a cluster's CPUs are its own (ray start --num-cpus)")
     ray = import_ray(local=address is None)
     if address is not None:
         reachable(address)
@@ -451,17 +471,22 @@ def reachable(address: str, timeout_s: float = 10.0) -> None:
         if not target:
             raise PromptclimbError(f"--address {address}: no running Ray cluster found on this machine "
                                    "(start one with `ray start --head`, or give HOST:PORT)")
-    host, _, port = target.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise PromptclimbError(f"--address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+        with socket.create_connection(host_and_port(address, target), timeout=timeout_s):
             pass
     except OSError as exc:
         reason = exc.strerror or (f"no answer within {timeout_s:g} s" if isinstance(exc, TimeoutError) else str(exc))
         port_hint = "its Ray client port, 10001" if address.startswith("ray://") else "its GCS port, 6379"
         raise PromptclimbError(f"cannot reach Ray at {address}: {reason} (is the cluster up, and is this "
                                f"{port_hint} unless `ray start` said otherwise?)") from None
+
+
+def host_and_port(address: str, target: str | None = None) -> tuple[str, int]:
+    """(host, port) of a cluster's `address` (or of `target`, what `auto` resolved to)."""
+    host, _, port = (target or address).removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise PromptclimbError(f"--address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    return host.strip("[]"), int(port)
 
 
 def connect(ray, address: str | None, num_cpus: int | None) -> None:
@@ -562,6 +587,44 @@ def continue_command(name: str, runs_dir: Path, address: str | None, num_cpus: i
     return command + (f" --gpus-per-run {gpus_per_run:g}" if gpus_per_run else "")
 
 
+def check_ray_options(address: str | None, num_cpus: int | None, cpus_per_run: float, gpus_per_run: float) -> None:
+    """The options that say where the cells run, checked before anything is written: a
+    sweep.json written for a command that is then refused would keep that command's
+    settings, and refuse a corrected one with others."""
+    if cpus_per_run <= 0 or gpus_per_run < 0:
+        raise PromptclimbError("--cpus-per-run must be above 0 and --gpus-per-run at least 0")
+    if address is not None and num_cpus is not None:
+        raise PromptclimbError("--num-cpus sizes the local Ray; a cluster's CPUs are its own (ray start --num-cpus)")
+    if num_cpus is not None and cpus_per_run > num_cpus:
+        raise PromptclimbError(f"each cell asks for {cpus_per_run:g} CPUs (--cpus-per-run), but the local Ray has "
+                               f"{num_cpus} (--num-cpus)")
+    if address not in (None, "auto"):
+        host_and_port(address)  # its shape; whether a cluster answers there is known once Ray connects
+
+
+@contextmanager
+def forgotten_if_refused(sweep_dir: Path, new_sweep: bool, new_folder: bool) -> Iterator[Callable[[], None]]:
+    """A new sweep refused before its first cell starts (a cluster it cannot reach, resources
+    this machine lacks, an LLM that does not start) leaves nothing behind, as one refused
+    before sweep.json is written: that file would keep the refused command's settings and
+    refuse a corrected command with others. Yields what to call when the cells start."""
+    started = False
+
+    def cells_started() -> None:
+        nonlocal started
+        started = True
+
+    try:
+        yield cells_started
+    except PromptclimbError:
+        if new_sweep and not started:
+            (sweep_dir / SWEEP_FILE).unlink(missing_ok=True)
+            if new_folder:
+                with suppress(OSError):  # not empty: something else wrote there meanwhile
+                    sweep_dir.rmdir()
+        raise
+
+
 def run_sweep(name: str, runs_dir: str | Path, grid: dict | None, search: dict, *, address: str | None = None,
               num_cpus: int | None = None, cpus_per_run: float = 1.0, gpus_per_run: float = 0.0,
               echo: Callable[[str], None] = print) -> dict:
@@ -572,10 +635,10 @@ def run_sweep(name: str, runs_dir: str | Path, grid: dict | None, search: dict, 
     check_folder_name(name, "sweep name")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
         raise PromptclimbError(f"sweep name {name!r}: use letters, digits and . _ + - (it names a folder)")
-    if cpus_per_run <= 0 or gpus_per_run < 0:
-        raise PromptclimbError("--cpus-per-run must be above 0 and --gpus-per-run at least 0")
+    check_ray_options(address, num_cpus, cpus_per_run, gpus_per_run)
     runs_dir = Path(runs_dir).expanduser().resolve()
     sweep_dir = runs_dir / name
+    new_folder, new_sweep = not sweep_dir.exists(), not (sweep_dir / SWEEP_FILE).exists()
     settings = prepare_sweep(sweep_dir, grid, search)
     opts = search_options(settings["search"])
     cells = grid_cells(settings)
@@ -587,14 +650,16 @@ def run_sweep(name: str, runs_dir: str | Path, grid: dict | None, search: dict, 
     if not todo:
         return states
     try:
-        with ray_session(address, echo, num_cpus) as ray, llm_endpoint(opts, echo) as (base_url, llm_name):
+        with forgotten_if_refused(sweep_dir, new_sweep, new_folder) as cells_started, \
+                ray_session(address, echo, num_cpus) as ray, llm_endpoint(opts, echo) as (base_url, settled):
             total = ray.cluster_resources()
             if address is None and (cpus_per_run > total.get("CPU", 0) or gpus_per_run > total.get("GPU", 0)):
                 raise PromptclimbError(f"each cell asks for {cpus_per_run:g} CPUs and {gpus_per_run:g} GPUs, but "
                                        f"this machine has {total.get('CPU', 0):g} and {total.get('GPU', 0):g}")
             resources = cell_resources(ray, base_url, address, cpus_per_run, gpus_per_run, echo)
             task = ray.remote(num_returns="streaming")(cell_task).options(**resources)
-            running = {task.remote(str(sweep_dir / c.name), cell_options(c, opts, sweep_dir, base_url, llm_name)): c
+            cells_started()
+            running = {task.remote(str(sweep_dir / c.name), cell_options(c, opts, sweep_dir, **settled)): c
                        for c in todo}
             watch(ray, running, sweep_dir, states, echo)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (SystemExit 143: ray_session), at any step
