@@ -203,3 +203,11 @@ def test_a_killed_cell_resumes_with_its_own_settings():
         [BY_NAME[name].default for name in ("llm_name", "optimizer", "queries", "resets")]
     assert (resumed["device"], resumed["max_calls"], resumed["base_url"], resumed["local_llm_url"]) == \
         ("cpu", 9, "http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1")
+
+
+def test_sweep_json_keeps_no_secret_of_the_endpoint(tmp_path):
+    url = "http://someone:pw-SECRET456@127.0.0.1:1/v1?api-key=qs-SECRET789"
+    settings = sweeps.prepare_sweep(tmp_path / "s", {"dataset": ["fashion-mnist"]}, {"base_url": url})
+    assert settings["search"]["base_url"] == url  # the cells of this run still reach it
+    text = (tmp_path / "s" / "sweep.json").read_text()
+    assert "SECRET" not in text and json.loads(text)["search"]["base_url"] == "http://127.0.0.1:1/v1"

@@ -237,6 +237,10 @@ def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict) -> dict:
     claim_folder(sweep_dir, SWEEP)
     created = stored["created"] if stored else time.strftime("%Y-%m-%dT%H:%M:%S%z")
     kept = stored["search"] if stored else settings["search"]  # a rerun's execution options are its own
+    if kept.get("base_url"):  # written as a run's config.json writes it: no password, no key in the query
+        from promptclimb.agent.llm.client import without_secrets
+
+        kept = {**kept, "base_url": without_secrets(kept["base_url"])}
     write_json_atomic(path, {**settings, "search": kept, "created": created})
     return settings
 
