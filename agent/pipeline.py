@@ -423,7 +423,9 @@ def experiment_tracking(store: RunStore, tracking_uri: str | None, echo) -> Iter
 @contextmanager
 def warnings_said(echo) -> Iterator[None]:
     """Warnings raised during the search (images skipped as unreadable when a split is first
-    encoded, a library's) as one `warning:` line each, not Python's file and source line."""
+    encoded, a library's) as one `warning:` line each through the search's own echo: where
+    it runs without the command line (a sweep's cell, whose echo is its search.log; the API)
+    too. Every command does the same on stderr (agent/cli/errors.py, `user_errors`)."""
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *args, **kwargs: echo(f"warning: {message}")
         yield
