@@ -52,7 +52,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Container, Iterator
@@ -224,9 +224,15 @@ class Tracker:
                     step()
                 return True
             except Exception as exc:  # noqa: BLE001 - tracking never fails a search
-                where = f" --tracking-uri {link_key(self.tracking_uri)}" if self.tracking_uri else ""
+                uri = self.tracking_uri  # again, or the database MLflow takes instead of a folder it refuses
+                if uri:
+                    uri = database_in_folder(uri) if is_folder_store(uri) else link_key(uri)
+                where = f" --tracking-uri {uri}" if uri else ""
                 self.echo(f"warning: MLflow tracking stopped ({_one_line(exc)}); the search goes on. "
                           f"Log the run afterwards with: promptclimb mlflow-sync {self.run_dir}{where}")
+                if self.mirror is not None:  # not left RUNNING: a later mlflow-sync continues and ends it
+                    with suppress(Exception):
+                        self.mirror.client.set_terminated(self.mirror.run_id, "FAILED")
                 self.mirror = None
                 return False
 
@@ -487,9 +493,19 @@ def file_store_refused(uri: str) -> str:
     """MLflow 3 refuses a folder (`./mlruns`, file:...) as a tracking store: say what works."""
     import mlflow
 
-    folder = Path(uri.removeprefix("file://").removeprefix("file:")).expanduser()
     return (f"MLflow {mlflow.__version__} does not track to a folder ({link_key(uri)}) unless "
-            f"MLFLOW_ALLOW_FILE_STORE=true: use a database, e.g. sqlite:///{folder.resolve() / 'mlflow.db'}")
+            f"MLFLOW_ALLOW_FILE_STORE=true: use a database, e.g. {database_in_folder(uri)}")
+
+
+def is_folder_store(uri: str) -> bool:
+    """A tracking URI that names a folder (file:..., or a plain path), not a database or server."""
+    return uri.startswith("file:") or (uri != "databricks" and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri) is None)
+
+
+def database_in_folder(uri: str) -> str:
+    """A sqlite tracking URI in the folder `uri` names: what MLflow 3 tracks to instead."""
+    folder = Path(uri.removeprefix("file://").removeprefix("file:")).expanduser()
+    return f"sqlite:///{folder.resolve() / 'mlflow.db'}"
 
 
 def artifacts_beside_database(uri: str, experiment: str) -> str | None:

@@ -329,6 +329,40 @@ def test_an_unreachable_server_is_one_warning_and_the_search_goes_on(tmp_path):
     assert out.output.startswith(f"Error: cannot reach the MLflow tracking server at {dead} (")
 
 
+def test_tracking_that_stops_midway_ends_its_mlflow_run_failed_and_a_folder_store_points_at_a_database(
+        tmp_path, server, client, monkeypatch):
+    from promptclimb.agent import tracking
+
+    said = []
+    logged = tracking.Mirror.log_answers
+
+    def fails_on_the_third(self, *args, **kwargs):
+        if len(said) >= 2:
+            raise RuntimeError("the server went away")
+        said.append(1)
+        return logged(self, *args, **kwargs)
+
+    monkeypatch.setattr(tracking.Mirror, "log_answers", fails_on_the_third)
+    warnings = []
+    with FakeLLM(responder=responder) as fake:
+        result, run_dir, _ = climb(tmp_path, fake.base_url, "cut", lambda store: Tracker.attach(store, server,
+                                                                                                  warnings.append))
+    assert result.stopped == "completed" and len(warnings) == 1 and "the server went away" in warnings[0]
+    run_id = linked_run_id(run_dir, server)
+    assert client.get_run(run_id).info.status == "FAILED"  # not RUNNING for ever
+    monkeypatch.setattr(tracking.Mirror, "log_answers", logged)  # the server is back
+    assert mlflow_sync(run_dir, "--tracking-uri", server).exit_code == 0  # continued and ended
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+    folder = tmp_path / "mlfile"
+    with FakeLLM(responder=responder) as fake:
+        search_said = search(fake, tmp_path / "runs", "--dataset", "toy", "--name", "f", "--iterations", 1, "--search",
+                             "template", "--resets", 1, "--pool-sample", 4, "--mlflow", f"file:{folder}")
+    assert search_said.exit_code == 0, search_said.output
+    hint = next(line for line in search_said.output.splitlines() if line.startswith("warning: MLflow tracking"))
+    assert hint.endswith(f"--tracking-uri sqlite:///{folder.resolve() / 'mlflow.db'}")
+
+
 def test_search_with_the_mlflow_option_logs_its_run_and_a_resume_continues_it(tmp_path, server, client, fake):
     """`search --mlflow URI`: one MLflow run per search, one metric step per answer; the
     command that resumes the run (with --mlflow again) logs into the same MLflow run."""
