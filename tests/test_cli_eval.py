@@ -101,3 +101,25 @@ def test_a_warning_is_one_line_when_it_happens(tiny_clip_config, tiny_clip_weigh
     said = [line for line in result.output.splitlines() if "skipped 1 unreadable image(s)" in line]
     assert len(said) == 1 and said[0].startswith("warning: ") and "broken.png" in said[0]
     assert "UserWarning" not in result.output and "warnings.warn" not in result.output
+
+
+def test_split_sizes_count_the_images_scored(tiny_clip_config, tiny_clip_weights, tmp_path, torch_threads):
+    import re
+
+    import numpy as np
+    from conftest import make_image_folder
+    from PIL import Image
+
+    root = tmp_path / "split"
+    for split in ("train", "test"):
+        make_image_folder(root / split, per_class=4)
+    cut = root / "test" / "red_square" / "cut.jpg"  # its header reads, its body is cut short: fails when decoded
+    noise = (np.random.default_rng(0).random((200, 200, 3)) * 255).astype("uint8")
+    Image.fromarray(noise).save(cut, quality=95)
+    cut.write_bytes(cut.read_bytes()[: len(cut.read_bytes()) // 2])
+    result = run("--dataset", "imagefolder", "--data-root", str(root), "--backbone", tiny_clip_config,
+                 "--weights", str(tiny_clip_weights), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("split sizes:"))
+    assert re.search(r"test (\d+)", line)[1] == "12"  # 13 files, one not decoded
+    assert line.endswith("(1 unreadable image(s) left out)")

@@ -117,8 +117,9 @@ def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, sh
     info = result["info"]
     click.echo(f"dataset {dataset} ({info['dataset']['classes']} classes), shots {shots}, seed {seed}, "
                f"backbone {info['backbone']['identity']} on {info['backbone']['device']}")
-    sizes = info["split"]["sizes"]
-    click.echo("split sizes: " + ", ".join(f"{s} {sizes[s]}" for s in SPLITS))
+    sizes, skipped = info["split"]["sizes"], result.get("skipped", {})  # images scored: drawn, less unreadable
+    click.echo("split sizes: " + ", ".join(f"{s} {sizes[s] - len(skipped.get(s, ()))}" for s in SPLITS)
+               + (f" ({sum(map(len, skipped.values()))} unreadable image(s) left out)" if skipped else ""))
     header = f"{'train':>7} {'val':>7} {'test':>7}  template"
     click.echo(header)
     for row in result["results"]:
@@ -164,8 +165,12 @@ def _evaluate(args: dict, prompts: list[str], device: str | None, factory=None) 
 
     with using_evaluator(factory) if factory else nullcontext():
         scores, evaluator = score_templates(prompts, splits=SPLITS, device=device, **args)
-    return {
+    result = {
         "dataset": args["dataset"], "shots": args["shots"], "seed": args["seed"],
         "results": [{"template": t, "accuracy": s.accuracy, "loss": s.loss} for t, s in zip(prompts, scores)],
         "info": evaluator.info(),
-    }, evaluator
+    }
+    skipped = {split: ids for split, ids in getattr(evaluator, "skipped", {}).items() if ids}
+    if skipped:  # images of a split that could not be decoded, and so were not scored
+        result["skipped"] = skipped
+    return result, evaluator
