@@ -228,6 +228,18 @@ def lanes_for_the_llm(llm: LLMSettings, parallel: int, restarts: int, echo) -> i
 LOOP_SHAPE = ("restarts", "resets", "iterations", "parallel")  # --parallel K: restarts take turns in K lanes
 
 
+def resumed_evaluator(saved: dict) -> EvaluatorSettings:
+    """A resumed run's evaluator settings, with the start names it recorded when its evaluator
+    was built, not a names file read again: edited or deleted since, it would change the run."""
+    from promptclimb.agent.runs.reading import run_start_names
+
+    settings = EvaluatorSettings.from_config(saved["evaluator_args"])
+    recorded = run_start_names(saved)
+    if settings.classnames is not None and recorded:
+        return replace(settings, classnames=tuple(recorded))
+    return settings
+
+
 def resumed_run(opts: dict, echo) -> Plan:
     """A killed run's settings from its config.json; its folder is opened (and locked)."""
     from promptclimb.agent.runs.reading import find_run
@@ -241,7 +253,7 @@ def resumed_run(opts: dict, echo) -> Plan:
         if saved.get("optimizer", "llm") != "llm":
             refuse_changed_settings(opts, saved)
             echo(f"resuming {run_dir} ({len(store.stored)} events recorded)")
-            return Plan(DEFAULTS, EvaluatorSettings.from_config(saved["evaluator_args"]), None, [], {}, None,
+            return Plan(DEFAULTS, resumed_evaluator(saved), None, [], {}, None,
                         adapter_kinds, SoftPromptConfig(**saved["soft_prompt"]).check(), store=store)
         llm = LLMSettings.from_config(saved["llm"])
         if given(opts, "parallel"):  # the command that started it, again: its --parallel as that one ran it
@@ -254,7 +266,7 @@ def resumed_run(opts: dict, echo) -> Plan:
         pool_setting = saved["pool"]
         pool = [PoolTemplate(t, source) for t, source in pool_setting["templates"]]
         echo(f"resuming {run_dir} ({len(store.stored)} events recorded)")
-        return Plan(search, EvaluatorSettings.from_config(saved["evaluator_args"]), llm, pool, pool_setting,
+        return Plan(search, resumed_evaluator(saved), llm, pool, pool_setting,
                     saved.get("meta_prompt_dir"), adapter_kinds, store=store)
     except BaseException:
         store.close()

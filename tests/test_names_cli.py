@@ -117,6 +117,24 @@ def test_a_resume_may_not_change_what_the_search_rewrites_or_its_start_names(run
         assert refused.exit_code == 1 and f"{option} {value} (the run's: {recorded})" in refused.output
 
 
+def test_a_killed_run_resumes_with_the_start_names_it_read_whatever_became_of_its_names_file(run, tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("tee\npants\ngown\nbag\n")
+    first = run("search", "--dataset", "toy", "--name", "k", *SMALL, "--runs-dir", run.runs, "--classnames", names,
+                "--json")
+    assert first.exit_code == 0, first.output
+    run_dir = run.runs / "k"
+    history = (run_dir / "history.jsonl").read_text().splitlines()
+    for change in (lambda: names.write_text("top\ntrousers\ndress\npurse\n"), names.unlink):
+        (run_dir / "summary.json").unlink(missing_ok=True)  # as if killed halfway
+        (run_dir / "history.jsonl").write_text("\n".join(history[: len(history) // 2]) + "\n")
+        change()
+        again = run("search", "--resume", "k", "--runs-dir", run.runs, "--json")
+        assert again.exit_code == 0, again.output
+        assert tuple(run.factory.asked[-1]["classnames"]) == ("tee", "pants", "gown", "bag")
+        assert json.loads(again.stdout)["best"] == json.loads(first.stdout)["best"]
+
+
 def test_a_run_recorded_before_confirm_existed_resumes_as_it_ran(tmp_path):
     """A config.json without search.confirm ran unconfirmed: --resume replays it so, where
     the default (val) would refuse purse for its val images and no longer match the history."""
