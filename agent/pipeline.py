@@ -103,7 +103,7 @@ def run_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None = No
             try:
                 evaluator = load_evaluator(plan, store, opts["device"], evaluator_factory or default_evaluator_factory,
                                            echo)
-            except PromptclimbError:  # bad input the evaluator found (data, weights): no unfinished run is left
+            except Exception:  # bad input the evaluator found (data, weights), or worse: no unfinished run is left
                 if plan.store is None and not store.events:
                     store.discard()
                 raise

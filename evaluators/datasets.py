@@ -333,20 +333,32 @@ def read_coop_split(split_file: Path, image_root: Path) -> tuple[dict[str, Label
         raw = json.loads(split_file.read_text())
     except (OSError, ValueError) as exc:
         raise PromptclimbError(f"cannot read split file {split_file}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise PromptclimbError(f"{split_file} is not a CoOp split file (expected an object with train, val and "
+                               f"test lists, not {type(raw).__name__})")
     splits: dict[str, Labelled] = {}
     names: dict[int, str] = {}
     for split in ("train", "val", "test"):
+        entries = raw.get(split) or []
+        if not isinstance(entries, list):
+            raise PromptclimbError(f"{split_file}: {split!r} is not a list of [path, label, classname] entries")
         items = []
-        for entry in raw.get(split, []):
+        for entry in entries:
             try:
-                path, label, classname = entry[0], int(entry[1]), str(entry[2])
-            except (IndexError, TypeError, ValueError) as exc:
+                path, label, classname = str(entry[0]), int(entry[1]), str(entry[2])
+            except (IndexError, KeyError, TypeError, ValueError) as exc:
                 raise PromptclimbError(f"{split_file}: bad entry {entry!r} in {split!r}") from exc
+            if label < 0:
+                raise PromptclimbError(f"{split_file}: bad entry {entry!r} in {split!r} (a label is 0 or more)")
             items.append((path, label))
             names.setdefault(label, classname)
         splits[split] = sorted(items)
     if not splits["train"] or not splits["test"]:
         raise PromptclimbError(f"{split_file} has no 'train' or no 'test' entries")
+    gaps = sorted(set(range(max(names) + 1)) - set(names))
+    if gaps:  # the labels index the classes
+        raise PromptclimbError(f"{split_file}: no entry has label {', '.join(map(str, gaps[:5]))}: labels must run "
+                               f"from 0 to the number of classes - 1")
     return splits, names
 
 

@@ -180,6 +180,22 @@ def test_coop_folder(tmp_path):
     assert data.load_image(data.splits["val"][0][0]).size == (40, 40)
 
 
+@pytest.mark.parametrize("content, message", [
+    ([1, 2, 3], r"is not a CoOp split file \(expected an object with train, val and test lists, not list\)"),
+    ({"train": [["a/1.png", 0, "a"]], "test": None}, r"has no 'train' or no 'test' entries"),
+    ({"train": [["a/1.png", -1, "a"]], "test": [["a/2.png", 0, "a"]]}, r"bad entry .* \(a label is 0 or more\)"),
+    ({"train": [["a/1.png", 0, "a"]], "test": [["a/2.png", 2, "c"]]}, r"no entry has label 1: labels must run"),
+    ({"train": {"a": 1}, "test": []}, r"'train' is not a list of \[path, label, classname\] entries"),
+])
+def test_a_malformed_coop_split_file_is_one_line_naming_it(tmp_path, content, message):
+    root = tmp_path / "coop"
+    make_image_folder(root / "images", per_class=2)
+    (root / "split_mine.json").write_text(json.dumps(content))
+    with pytest.raises(PromptclimbError, match=message) as caught:
+        load_dataset("coop", str(root))
+    assert "split_mine.json" in str(caught.value)
+
+
 # ---------------------------------------------------------------- EuroSAT
 
 # The download itself (progress, MD5, atomic unpacking, the mirror, offline, two processes at
