@@ -226,6 +226,11 @@ def column_values(ds: "datasets.Dataset", column: str) -> list:
     return ds.with_format("arrow", columns=[column])[:].column(0).to_pylist()
 
 
+def unlabelled(value) -> bool:
+    """A row's label that means "no label" (None, or -1 as some test splits have)."""
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value == -1)
+
+
 def class_labels(train: "datasets.Dataset", column: str, splits: dict, where: str) -> tuple[list[str], dict]:
     """(class names, raw label value -> class index). A ClassLabel's names, in its order;
     other columns: their distinct values over the train and test splits, sorted."""
@@ -237,7 +242,7 @@ def class_labels(train: "datasets.Dataset", column: str, splits: dict, where: st
     values = set()
     for split in (TRAIN_SPLIT, *TEST_SPLITS):
         if split in splits and column in splits[split].column_names:
-            values |= {v for v in column_values(splits[split], column) if v is not None}
+            values |= {v for v in column_values(splits[split], column) if not unlabelled(v)}
     if not values:
         raise PromptclimbError(f"label column {column!r} of {where} has no values")
     ordered = sorted(values)

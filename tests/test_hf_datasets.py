@@ -189,6 +189,16 @@ def test_a_string_label_column_is_named_and_its_values_are_the_classes(tmp_path)
     assert data.load_image(next(i for i, c in data.splits["train"] if c == 2)).getpixel((20, 20))[0] > 150
 
 
+def test_an_integer_label_column_leaves_rows_labelled_minus_one_out(tmp_path):
+    rows = colour_rows(4)
+    rows["label"] = [5 + c for c in rows["label"]]
+    rows["label"][:3] = [-1, -1, -1]  # no label, as some test splits have
+    datasets.Dataset.from_dict(rows, features=features(datasets.Value("int64"))).save_to_disk(str(tmp_path / "i"))
+    data = load_dataset("hf", str(tmp_path / "i"), label_column="label")
+    assert data.classnames == ["5", "6", "7"]  # not a class "1" made of the -1 rows
+    assert sum(len(items) for items in data.splits.values()) == len(rows["label"]) - 3
+
+
 def test_importing_the_datasets_module_does_not_import_hugging_face_datasets():
     code = "import sys, promptclimb.evaluators.datasets; print('datasets' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
