@@ -312,6 +312,10 @@ def load_imagefolder(data_root: str | None) -> Dataset:
             unreadable += [f"{split}/{b}" for b in bad]
     else:
         classes, by_class, unreadable = _scan_class_folders(root)
+        few = [f"{classes[c]} ({len(ids)})" for c, ids in by_class.items() if len(ids) < 2]
+        if few:  # no test image: the class would be left out of test accuracy, unsaid
+            raise PromptclimbError(f"{root}: class folder(s) with a single image: {', '.join(few[:5])} "
+                                   f"({FOLDER_SPLIT_NEEDS})")
         splits = deterministic_split(by_class, tag=f"imagefolder:{root.name}")
     warn_unreadable(root, unreadable)
     files = files_digest(root, [i for items in splits.values() for i in items])

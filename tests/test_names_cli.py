@@ -81,6 +81,8 @@ def test_search_renames_a_class_and_every_reader_carries_the_names(run):
     assert f"{len(kinds)} LLM answers ({kinds.count('llm_exchange')} template, {kinds.count('names_exchange')} " \
            f"names, {kinds.count('names_judge')} guard);" in shown and kinds.count("names_judge") > 0
     assert "asked about Trouser" in shown
+    as_json = json.loads(run("show", "n", "--runs-dir", run.runs, "--format", "json").output)
+    assert [(r["start"], r["found"]) for r in as_json["names"] if r["changed"]] == [("Trouser", "jeans")]
 
     # the raw exchanges hold every answer: names turns and guard questions too
     talk = run("show", "n", "--runs-dir", run.runs, "--conversation")

@@ -626,3 +626,11 @@ def test_a_conversation_that_would_outgrow_the_llms_context_starts_a_new_one(tmp
     assert any(f"has used {used:,} of the LLM's {context:,} tokens" in line for line in printed)
     first_of_new = [e for e in history(run_dir) if e["event"] == "llm_exchange"][2]["messages"]
     assert [m["role"] for m in first_of_new] == ["system", "user"]
+
+
+def test_a_percentage_is_never_shown_as_minus_zero():
+    """--metric balance of a prompt that puts every image in one class is -0.0 (an entropy)."""
+    from promptclimb.agent.core.format import pct
+
+    assert [pct(-0.0), pct(-1e-9), pct(-0.00001, 2), pct(0.61234), pct(-0.2)] == ["0.0%", "0.0%", "0.00%", "61.2%",
+                                                                                   "-20.0%"]

@@ -255,6 +255,7 @@ def show_json(run: Run, conversation: bool) -> str:
         "status": run.status, "stopped": (run.final or {}).get("stopped"),
         "winners": run.winners().to_dict("records"), "ensemble": (run.final or {}).get("ensemble"),
         "ledger": run.ledger(), "transfers": run.transfers(), "iterations": run.iterations(),
+        "names": run.names().to_dict("records"),  # start -> found, per class (empty: the template only)
         "skipped": [{"line": s.line, "reason": s.reason} for s in run.skipped],
     }
     if conversation:

@@ -9,10 +9,11 @@ import math
 def pct(value, decimals: int = 1) -> str:
     """A 0..1 value as a percentage with one decimal ("61.2%"; `decimals` for more, as
     `promptclimb eval`'s table); "" when it is missing (None or NaN), so tables show an
-    empty cell rather than "nan%"."""
+    empty cell rather than "nan%"; never "-0.0%"."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    return f"{100.0 * float(value):.{decimals}f}%"
+    shown = round(100.0 * float(value), decimals) + 0.0  # + 0.0: a value rounded to -0 shows as 0
+    return f"{shown:.{decimals}f}%"
 
 
 def pct_by_split(values: dict) -> str:
