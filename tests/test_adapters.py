@@ -199,6 +199,23 @@ def test_a_losing_adapter_leaves_the_prompt_only_result(separable, tmp_path):
     assert summary["best"]["template"] == "a photo of a {}."  # the run's result is untouched
 
 
+def test_a_later_fit_that_is_no_better_leaves_the_kept_adapter(separable, tmp_path):
+    from promptclimb.agent.adapt import fit_run_adapter
+
+    evaluator = FakeEvaluator({"train": separable.train, "val": separable.val, "test": separable.test},
+                              separable.means, separable.scale, "abcd")
+    run = make_run(tmp_path / "run", {"seed": 1})
+    summary = json.loads((run / "summary.json").read_text())
+    kept = {"kind": "feature-residual", "result": "adapter", "accuracy": {"train": 1.0, "val": 1.0, "test": 0.9}}
+    (run / "summary.json").write_text(json.dumps({**summary, "adapter": kept}))
+    (run / "adapter.pt").write_bytes(b"the kept adapter")
+    said = []
+    assert fit_run_adapter(run, ["cache"], evaluator=evaluator, echo=said.append) == kept
+    assert said[-1].startswith("the run keeps its feature-residual adapter (val 100.0%)")
+    assert json.loads((run / "summary.json").read_text())["adapter"] == kept
+    assert (run / "adapter.pt").read_bytes() == b"the kept adapter"
+
+
 def test_adapt_a_run_without_cached_features(tiny_clip_config, tiny_clip_weights, image_folder, torch_threads,
                                              isolated_home, tmp_path):
     """A real (tiny) CLIP run whose image features were never computed: they are computed,
