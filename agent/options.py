@@ -171,7 +171,7 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
     Option("--prompt-tokens", SOFT.prompt_tokens, "craft/cbbt: context vectors before the class name.", _S, int,
            minimum=1, recorded="soft_prompt.prompt_tokens"),
     Option("--prompt-init", SOFT.prompt_init, "craft/cbbt: the words whose embeddings the context starts from.", _S, recorded="soft_prompt.prompt_init"),
-    Option("--craft-popsize", SOFT.craft_popsize, "craft: CMA-ES population size.", _S, int, minimum=2, recorded="soft_prompt.craft_popsize"),
+    Option("--craft-popsize", SOFT.craft_popsize, "craft: CMA-ES population size.", _S, int, minimum=3, recorded="soft_prompt.craft_popsize"),
     Option("--craft-sigma", SOFT.craft_sigma, "craft: CMA-ES initial step size.", _S, float, recorded="soft_prompt.craft_sigma"),
     Option("--craft-bound", SOFT.craft_bound, "craft: CMA-ES box bound on each coordinate of the intrinsic vector.",
            _S, float, recorded="soft_prompt.craft_bound"),

@@ -5,6 +5,7 @@ knobs are `agent.search.SearchConfig`."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 from promptclimb.agent.core.errors import PromptclimbError
@@ -98,11 +99,11 @@ class SoftPromptConfig:
         if len(words) > self.prompt_tokens:  # every word is one token or more, whatever the tokenizer
             raise PromptclimbError(f"--prompt-init {self.prompt_init!r} has {len(words)} words, more than "
                                    f"--prompt-tokens {self.prompt_tokens}; shorten it or raise --prompt-tokens")
-        if self.craft_popsize < 2:
-            raise PromptclimbError("--craft-popsize must be at least 2 (CMA-ES ranks a population)")
+        if self.craft_popsize < 3:  # the cma library's update fails on a population of 2
+            raise PromptclimbError("--craft-popsize must be at least 3 (CMA-ES ranks a population)")
         for name in ("craft_sigma", "craft_bound", "craft_lr", "cbbt_lr"):
-            if not getattr(self, name) > 0:
-                raise PromptclimbError(f"--{name.replace('_', '-')} must be positive")
+            if not 0 < getattr(self, name) < math.inf:
+                raise PromptclimbError(f"--{name.replace('_', '-')} must be positive and finite")
         if self.craft_kl_weight < 0:
             raise PromptclimbError("--craft-kl-weight must not be negative")
         if self.steps < 1:
