@@ -271,6 +271,28 @@ def test_server_is_stopped_on_errors_and_ctrl_c(home, stand_in, monkeypatch, err
     assert procs[0].poll() is not None
 
 
+def test_a_port_in_use_is_refused_before_a_second_server_starts(home, stand_in, monkeypatch):
+    """The second server died at once, while the first answered its readiness check: it
+    said "ready ... serving" with nothing of its own behind it."""
+    port = local_llm.free_port()
+    with local_server(port=port, command=stand_in(port), echo=lambda m: None):
+        procs = spawned(monkeypatch)
+        with pytest.raises(PromptclimbError, match=rf"port {port} on 127.0.0.1 is in use .*give another --port"):
+            with local_server(port=port, command=stand_in(port), echo=lambda m: None):
+                pass
+        assert procs == []  # nothing was started
+
+
+@pytest.mark.parametrize("option", [["--port", "70000"], ["--port", "-1"], ["--threads", "0"], ["--n-ctx", "5"]])
+def test_llm_serve_refuses_a_bad_number_before_anything_loads(option):
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+
+    result = CliRunner().invoke(cli, ["llm", "serve", *option])
+    assert result.exit_code == 2 and "is not in the range" in result.output
+
+
 def test_a_server_that_dies_shows_its_log(home, stand_in):
     port = local_llm.free_port()
     with pytest.raises(PromptclimbError, match="exited with code 3") as err:

@@ -18,10 +18,10 @@ def llm_group():
 @llm_group.command("serve")
 @click.option("--llm-model", "model_path", type=click.Path(dir_okay=False), default=None,
               help="A GGUF file to serve instead of the embedded model.")
-@click.option("--port", type=int, default=None, help="Port on 127.0.0.1 (default: a free one).")
-@click.option("--n-ctx", type=int, default=CONTEXT_TOKENS, show_default=True,
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port on 127.0.0.1 (default: a free one).")
+@click.option("--n-ctx", type=click.IntRange(min=512), default=CONTEXT_TOKENS, show_default=True,
               help="Context length in tokens (a search assumes the default).")
-@click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: all cores).")
 @user_errors
 def serve_cmd(model_path, port, n_ctx, threads):
     """Start the local LLM server and keep it running until Ctrl-C.

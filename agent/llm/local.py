@@ -149,6 +149,18 @@ CONTEXT_TOKENS = 8192
 REQUEST_TIMEOUT_S = 3600.0
 
 
+def check_port_free(port: int, host: str = "127.0.0.1") -> None:
+    """PromptclimbError when something listens on `port` already: the server started there
+    would die at once, while the one already there answered its readiness check."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a server just stopped: free; one listening: not
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise PromptclimbError(f"port {port} on {host} is in use ({exc.strerror or exc}): give another --port, "
+                                   "or none for a free one") from None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nobody listens on right now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -213,6 +225,8 @@ def local_server(
     (`http://127.0.0.1:PORT/v1`). `command` replaces the llama.cpp command line (tests use a
     stand-in server); `echo` is a callable for progress lines (default: stderr)."""
     say = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if port:
+        check_port_free(port)
     port = port or free_port()
     if command is None:
         _require_llama_cpp()
