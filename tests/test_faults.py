@@ -79,6 +79,21 @@ def test_a_summary_whose_result_is_not_an_object_is_one_line_and_hides_no_other_
     assert {r["id"]: r["status"] for r in json.loads(listed.output)} == {"ok": "done", "bad": "unreadable"}
 
 
+def test_compare_never_calls_two_soft_prompts_shared(tmp_path):
+    runs = tmp_path / "runs"
+    for name, optimizer in (("craft", "craft"), ("cbbt", "cbbt"), ("a", None), ("b", None)):
+        run = finished_run(runs, name)
+        config = json.loads((run / "config.json").read_text())
+        (run / "config.json").write_text(json.dumps({**config, "optimizer": optimizer} if optimizer else config))
+        summary = json.loads((run / "summary.json").read_text())
+        best = {**summary["best"], "template": "<soft: a photo of a> {class}." if optimizer else "a photo of a {}."}
+        (run / "summary.json").write_text(json.dumps({**summary, "best": best}))
+    soft = cli("compare", "craft", "cbbt", "--runs-dir", runs)  # different vectors that read alike
+    assert soft.exit_code == 0, soft.output
+    assert "shared among the winners: 0" in soft.output
+    assert "shared among the winners: 1" in cli("compare", "a", "b", "--runs-dir", runs).output
+
+
 def test_eval_with_a_missing_adapter_is_one_line_before_the_evaluator_loads(tmp_path, evaluators_built):
     finished_run(tmp_path / "runs")
     one_line_error(cli("eval", "--run", "r", "--with-adapter", "--runs-dir", tmp_path / "runs"), "no adapter at")

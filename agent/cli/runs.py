@@ -435,7 +435,9 @@ def compare_cmd(run1, run2, top, runs_dir, fmt):
     click.echo(as_text(facts, fmt))
     click.echo("")
     click.echo(as_text(frame, fmt, percent=("A train", "A test", "B train", "B test")))
-    shared = set(wa["template"]) & set(wb["template"])
+    # a soft prompt is learned vectors: two that read alike (`<soft: a photo of a> {class}.`) are not shared
+    soft = [is_soft_prompt_run(run.config) for run in (a, b)]
+    shared = set() if any(soft) else set(wa["template"]) & set(wb["template"])
     shared.discard(None)
     shared = {t for t in shared if not str(t).startswith("ensemble of")}
     click.echo(f"\nshared among the winners: {len(shared)}" + ("".join(f"\n  {t}" for t in sorted(shared))))
