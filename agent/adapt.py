@@ -148,6 +148,14 @@ def fit_run_adapter(run_dir: str | Path, kinds, on: str = "best", seed: int | No
     return section
 
 
+def adapter_said(section: dict) -> str:
+    """A run's adapter section (summary.json "adapter") in one line, for `show` and `report`."""
+    kept = "kept: it beat the prompt alone on val" if section.get("result") == "adapter" else \
+        "not kept: it did not beat the prompt alone on val"
+    accuracy = "  ".join(f"{split} {pct(value)}" for split, value in (section.get("accuracy") or {}).items())
+    return f"prompt + {section.get('kind')} adapter: {accuracy} ({kept}; {section.get('file', ADAPTER_FILE)})"
+
+
 def eval_run_adapter(run_dir: str | Path, evaluator=None, splits=("test",), device: str | None = None,
                      **overrides) -> dict:
     """Accuracy of the run's prompt alone and with its adapter.pt on `splits` of `evaluator`

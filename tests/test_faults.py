@@ -94,6 +94,31 @@ def test_compare_never_calls_two_soft_prompts_shared(tmp_path):
     assert "shared among the winners: 1" in cli("compare", "a", "b", "--runs-dir", runs).output
 
 
+def test_show_and_report_say_what_a_run_keeps_an_adapter_and_a_soft_prompt(tmp_path):
+    runs = tmp_path / "runs"
+    adapter = {"kind": "cache", "result": "adapter", "accuracy": {"train": 0.9, "val": 0.8, "test": 0.75},
+               "file": "adapter.pt"}
+    for name, optimizer in (("llm", None), ("soft", "craft")):
+        run = finished_run(runs, name)
+        config = json.loads((run / "config.json").read_text())
+        if optimizer:
+            config |= {"optimizer": optimizer, "soft_prompt": {"queries": 200}}
+        (run / "config.json").write_text(json.dumps(config))
+        summary = json.loads((run / "summary.json").read_text()) | {"adapter": adapter}
+        if optimizer:
+            summary["soft_prompt"] = {"tokens": 4, "file": "soft_prompt.pt", "init": "a photo of a",
+                                      "nearest_tokens": ["a", "photo", "of", "a"]}
+        (run / "summary.json").write_text(json.dumps(summary))
+    said = "prompt + cache adapter: train 90.0%  val 80.0%  test 75.0% (kept: it beat the prompt alone on val"
+    assert said in cli("show", "llm", "--runs-dir", runs).output
+    assert json.loads(cli("show", "soft", "--runs-dir", runs, "--format", "json").output)["soft_prompt"]["tokens"] == 4
+    for name in ("llm", "soft"):
+        assert cli("report", name, "--runs-dir", runs).exit_code == 0
+        assert said in (runs / name / "report.html").read_text()
+    soft = (runs / "soft" / "report.html").read_text()
+    assert "craft, 200 queries" in soft and "LLM</dt>" not in soft and "? restart(s)" not in soft
+
+
 def test_eval_with_a_missing_adapter_is_one_line_before_the_evaluator_loads(tmp_path, evaluators_built):
     finished_run(tmp_path / "runs")
     one_line_error(cli("eval", "--run", "r", "--with-adapter", "--runs-dir", tmp_path / "runs"), "no adapter at")

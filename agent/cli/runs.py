@@ -22,6 +22,7 @@ from promptclimb.agent.core.format import pct
 from promptclimb.agent.runs.reading import Run, runs_frame
 from promptclimb.agent.runs.report import CLASSES_IN_FULL
 from promptclimb.agent.runs.store import ANSWER_KINDS
+from promptclimb.agent.adapt import adapter_said
 from promptclimb.agent.softsearch import is_soft_prompt_run, soft_prompt_lines
 from promptclimb.agent.core.templates import BASELINE
 
@@ -141,6 +142,9 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
     out = [f"# {headline(run)}" if markdown else headline(run)]
     out.append(h2("Winning templates (test accuracy: best template and ensemble only)"))
     out.append(as_text(run.winners(), "markdown" if markdown else "table", percent=("train", "val", "test")))
+    adapter = (run.final or {}).get("adapter")
+    if adapter and not is_soft_prompt_run(run.config):  # a soft-prompt run's is in its own section below
+        out.append(f"{'- ' if markdown else ''}{adapter_said(adapter)}")
     names = run.names()
     if not names.empty:
         out.append(h2(f"Class names ({int(names['changed'].sum())} of {len(names)} changed; accuracy with the "
@@ -256,6 +260,7 @@ def show_json(run: Run, conversation: bool) -> str:
         "winners": run.winners().to_dict("records"), "ensemble": (run.final or {}).get("ensemble"),
         "ledger": run.ledger(), "transfers": run.transfers(), "iterations": run.iterations(),
         "names": run.names().to_dict("records"),  # start -> found, per class (empty: the template only)
+        "adapter": (run.final or {}).get("adapter"), "soft_prompt": (run.final or {}).get("soft_prompt"),
         "skipped": [{"line": s.line, "reason": s.reason} for s in run.skipped],
     }
     if conversation:

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import jinja2
 
+from promptclimb.agent.adapt import adapter_said
 from promptclimb.agent.core.files import write_text_atomic
 from promptclimb.agent.core.format import pct
 from promptclimb.agent.core.paths import prompts_dir
 from promptclimb.agent.runs.reading import Run
+from promptclimb.agent.softsearch import is_soft_prompt_run
 
 from promptclimb.agent.core.runfiles import REPORT
 TEMPLATE = "report.html.j2"
@@ -43,15 +45,26 @@ def facts(run: Run) -> list[tuple[str, str]]:
                           else f"stopped early ({final['stopped']})"),
         ("dataset", run.dataset), ("backbone", run.backbone),
         ("shots", run.args.get("shots")), ("seed", run.args.get("seed")),
-        ("LLM", run.llm), ("pool", run.pool), ("ranked by", run.ranked_by),
-        ("search", f"{search.get('restarts', '?')} restart(s) × {search.get('resets', '?')} reset(s) × "
-                   f"{search.get('iterations', '?')} iteration(s), {search.get('proposals', '?')} proposals each"),
-        ("started", run.created.strftime("%Y-%m-%d %H:%M %Z").strip()),
-        ("LLM answers", f"{len(run.answers())} ({ledger.get('cache_hits', 0)} from the cache)"),
-        ("tokens", f"{ledger.get('prompt_tokens', 0):,} prompt + {ledger.get('completion_tokens', 0):,} completion"),
-        ("templates scored", counts.get("scored", len(run.of("score")))),
-        ("rejected proposals", counts.get("rejected", len(run.of("reject")))),
     ]
+    if is_soft_prompt_run(run.config):  # no LLM, pool or turns: the optimizer and what it learned
+        soft, settings = final.get("soft_prompt") or {}, run.config.get("soft_prompt") or {}
+        out += [("optimizer", f"{run.config.get('optimizer')}, {settings.get('queries', '?')} queries"),
+                ("soft prompt", f"{soft.get('tokens', '?')} vectors ({soft.get('file', '?')}), started from "
+                                f"{soft.get('init')!r}; nearest tokens {' '.join(soft.get('nearest_tokens') or [])!r}"),
+                ("started", run.created.strftime("%Y-%m-%d %H:%M %Z").strip())]
+    else:
+        out += [
+            ("LLM", run.llm), ("pool", run.pool), ("ranked by", run.ranked_by),
+            ("search", f"{search.get('restarts', '?')} restart(s) × {search.get('resets', '?')} reset(s) × "
+                       f"{search.get('iterations', '?')} iteration(s), {search.get('proposals', '?')} proposals each"),
+            ("started", run.created.strftime("%Y-%m-%d %H:%M %Z").strip()),
+            ("LLM answers", f"{len(run.answers())} ({ledger.get('cache_hits', 0)} from the cache)"),
+            ("tokens", f"{ledger.get('prompt_tokens', 0):,} prompt + {ledger.get('completion_tokens', 0):,} completion"),
+            ("templates scored", counts.get("scored", len(run.of("score")))),
+            ("rejected proposals", counts.get("rejected", len(run.of("reject")))),
+        ]
+    if final.get("adapter"):  # what `adapt` (or a soft-prompt search) fitted on top, and whether it is kept
+        out.append(("adapter", adapter_said(final["adapter"])))
     return [(label, "" if value is None else str(value)) for label, value in out]
 
 
