@@ -345,8 +345,8 @@ def test_tracking_that_stops_midway_ends_its_mlflow_run_failed_and_a_folder_stor
     monkeypatch.setattr(tracking.Mirror, "log_answers", fails_on_the_third)
     warnings = []
     with FakeLLM(responder=responder) as fake:
-        result, run_dir, _ = climb(tmp_path, fake.base_url, "cut", lambda store: Tracker.attach(store, server,
-                                                                                                  warnings.append))
+        result, run_dir, _ = climb(tmp_path, fake.base_url, "cut",  # an experiment of its own: others count runs
+                                   lambda store: Tracker.attach(store, server, warnings.append, "stops-midway"))
     assert result.stopped == "completed" and len(warnings) == 1 and "the server went away" in warnings[0]
     run_id = linked_run_id(run_dir, server)
     assert client.get_run(run_id).info.status == "FAILED"  # not RUNNING for ever
