@@ -161,11 +161,15 @@ def failed_if_new(mirror: "Mirror") -> Iterator[None]:
         yield
     except BaseException:
         if mirror.created:
-            try:
-                mirror.client.set_terminated(mirror.run_id, "FAILED")
-            except Exception:  # noqa: BLE001 - the first error is the one to report
-                pass
+            end_as_failed(mirror)
         raise
+
+
+def end_as_failed(mirror: "Mirror") -> None:
+    """The MLflow run ends FAILED, not RUNNING for ever (a later sync continues it); quietly:
+    the error that stopped the logging is the one to report."""
+    with suppress(Exception):
+        mirror.client.set_terminated(mirror.run_id, "FAILED")
 
 
 class Tracker:
@@ -230,9 +234,8 @@ class Tracker:
                 where = f" --tracking-uri {uri}" if uri else ""
                 self.echo(f"warning: MLflow tracking stopped ({_one_line(exc)}); the search goes on. "
                           f"Log the run afterwards with: promptclimb mlflow-sync {self.run_dir}{where}")
-                if self.mirror is not None:  # not left RUNNING: a later mlflow-sync continues and ends it
-                    with suppress(Exception):
-                        self.mirror.client.set_terminated(self.mirror.run_id, "FAILED")
+                if self.mirror is not None:  # a run this search tracks, new or continued
+                    end_as_failed(self.mirror)
                 self.mirror = None
                 return False
 
