@@ -64,7 +64,7 @@ from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.files import write_json_atomic
 from promptclimb.agent.core.runfiles import CONFIG, LOCK, SUMMARY
 from promptclimb.agent.llm.client import without_secrets
-from promptclimb.agent.runs.reading import Run, load_run
+from promptclimb.agent.runs.reading import Run, load_run, run_classnames
 from promptclimb.agent.search import LLM_EVENTS
 from promptclimb.agent.sweep.driver import read_sweep
 
@@ -439,18 +439,6 @@ def _is_new(event: dict) -> bool:
     return event["event"] == "score" or (event["event"] == "name_score" and len(event.get("changes") or ()) == 1)
 
 
-def class_names(summary: dict) -> list[str] | None:
-    """The class names the winning template goes with: the best's own (the names climb's, or
-    the start names of a template search), else the `names` section's found ones; None for a
-    run that records neither (a soft prompt, or a template search recorded before its best
-    carried names)."""
-    best = summary.get("best") or {}
-    section = summary.get("names")
-    if best.get("names"):
-        return list(best["names"])
-    return list(section["found"]) if isinstance(section, dict) and section.get("found") else None
-
-
 def prompt_name(run: Run) -> str:
     """`promptclimb.<dataset>.<backbone>`: every run on the same task adds a version."""
     args = run.args
@@ -467,7 +455,7 @@ def prompt_tags(run: Run, mlflow_run_id: str) -> dict:
             "promptclimb_run": run.id, "source_run_id": mlflow_run_id}
     if summary.get("winner") == "ensemble":
         tags["ensemble_templates"] = json.dumps((summary.get("ensemble") or {}).get("templates"), ensure_ascii=False)
-    names = class_names(summary)
+    names = run_classnames(summary)
     if names is not None:  # the class names go with the template
         tags["class_names"] = json.dumps(names, ensure_ascii=False)
     return tags
