@@ -206,7 +206,7 @@ def choose_llm(opts: dict, echo) -> tuple[LLMSettings, dict]:
     if timeout is None:  # a local server would go on computing an abandoned request
         timeout = local_llm.REQUEST_TIMEOUT_S if served else LLMSettings.timeout
     settings = LLMSettings(llm_name, local, opts["llm_model"], timeout, opts["max_tries"],
-                           without_secrets(endpoint), served)
+                           without_secrets(endpoint), served, request_model=served or llm_name)
     return settings, (local_llm.LOCAL_SAMPLING if served else {})
 
 
@@ -479,14 +479,14 @@ def llm_client(plan: Plan, opts: dict, echo) -> Iterator[LLMClient]:
         # search asks its own: the same settings and requests
         started = opts.get("local_llm_url")
         with nullcontext(started) if started else local_llm.local_server(model_path=model_file) as base_url:
-            yield client(base_url, "local", local_llm.local_model_name(model_file))
+            yield client(base_url, "local", settings.request_model or local_llm.local_model_name(model_file))
         return
     base_url = opts["base_url"] or os.environ.get("OPENAI_BASE_URL") or settings.base_url
     api_key = os.environ.get("OPENAI_API_KEY")
     if not api_key and not base_url:
         raise PromptclimbError(f"--llm {settings.model} needs OPENAI_API_KEY (or an endpoint: --base-url / "
                                "OPENAI_BASE_URL); or use --llm local")
-    yield client(base_url, api_key, settings.model)
+    yield client(base_url, api_key, settings.request_model or settings.model)
 
 
 def soft_prompt_search(plan: Plan, store: RunStore, evaluator, echo) -> dict:

@@ -114,3 +114,39 @@ def test_the_local_llms_context_and_its_longer_timeout_are_known_to_the_search_a
     assert clients == [(local_llm.CONTEXT_TOKENS, local_llm.REQUEST_TIMEOUT_S), (local_llm.CONTEXT_TOKENS, 30.0),
                        (None, 120.0)]
     assert json.loads((run / "config.json").read_text())["llm"]["timeout"] == local_llm.REQUEST_TIMEOUT_S
+
+
+def test_the_local_llm_is_asked_by_one_name_embedded_or_served(cli, monkeypatch):
+    """A search against `promptclimb llm serve` sends the requests the embedded server gets,
+    so each answers the other's runs from the cache (and a resume may switch between them)."""
+    from promptclimb.agent.llm import local as local_llm
+
+    served = local_llm.local_model_id(local_llm.LOCAL_MODEL_NAME, "c" * 64)
+    with FakeLLM(responder=server_answer("local"), models=[served]) as fake:
+        monkeypatch.setattr(local_llm, "local_server", lambda **kw: contextlib.nullcontext(fake.base_url))
+        _, embedded = cli("embedded", "--llm", "local")
+        asked = fake.count
+        _, via_serve = cli("via-serve", "--base-url", fake.base_url)
+    assert asked == 2 and fake.count == asked  # every answer of the second run from the cache
+    assert {r["model"] for r in fake.requests} == {local_llm.LOCAL_MODEL_NAME}
+    assert answers(via_serve) == answers(embedded)
+    for run in (embedded, via_serve):
+        assert json.loads((run / "config.json").read_text())["llm"]["request_model"] == local_llm.LOCAL_MODEL_NAME
+
+
+def test_a_run_recorded_before_the_request_model_asks_a_served_local_llm_as_before():
+    from types import SimpleNamespace
+
+    from promptclimb.agent import pipeline
+    from promptclimb.agent.core.settings import LLMSettings
+    from promptclimb.agent.llm import local as local_llm
+
+    recorded = {"model": "local", "local": False, "served_model": local_llm.LOCAL_MODEL_NAME,
+                "base_url": "http://127.0.0.1:9/v1", "timeout": 3600.0, "max_tries": 6}
+    plan = SimpleNamespace(llm=LLMSettings.from_config(recorded), search=SimpleNamespace(max_calls=None, max_tokens=None))
+    opts = {"base_url": None, "no_cache": True, "llm_model": None}
+    with pipeline.llm_client(plan, opts, echo=print) as client:
+        assert client.model == "local"  # its history's request keys were made with this name
+    new = LLMSettings.from_config({**recorded, "request_model": local_llm.LOCAL_MODEL_NAME})
+    with pipeline.llm_client(SimpleNamespace(llm=new, search=plan.search), opts, echo=print) as client:
+        assert client.model == local_llm.LOCAL_MODEL_NAME

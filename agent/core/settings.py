@@ -44,7 +44,10 @@ class EvaluatorSettings:
 @dataclass(frozen=True)
 class LLMSettings:
     """Which LLM answers (config.json: "llm"); never a key. `local`: the embedded llama.cpp
-    server, started by the search; `served_model`: the GGUF a local server serves."""
+    server, started by the search; `served_model`: the GGUF a local server serves;
+    `request_model`: the model name the requests carry (part of their keys: one name for the
+    local LLM, embedded or `promptclimb llm serve`, so either answers the other's run; None in
+    runs recorded before it, which asked a served local LLM as `local`)."""
 
     model: str
     local: bool = False
@@ -53,6 +56,7 @@ class LLMSettings:
     max_tries: int = 6
     base_url: str | None = None
     served_model: str | None = None
+    request_model: str | None = None
 
     @classmethod
     def from_config(cls, recorded: dict) -> "LLMSettings":
