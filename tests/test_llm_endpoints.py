@@ -150,3 +150,20 @@ def test_a_run_recorded_before_the_request_model_asks_a_served_local_llm_as_befo
     new = LLMSettings.from_config({**recorded, "request_model": local_llm.LOCAL_MODEL_NAME})
     with pipeline.llm_client(SimpleNamespace(llm=new, search=plan.search), opts, echo=print) as client:
         assert client.model == local_llm.LOCAL_MODEL_NAME
+
+
+def test_a_run_of_the_embedded_llm_resumes_against_llm_serve(cli, monkeypatch, tmp_path):
+    from promptclimb.agent.llm import local as local_llm
+
+    served = local_llm.local_model_id(local_llm.LOCAL_MODEL_NAME, "c" * 64)
+    with FakeLLM(responder=server_answer("local"), models=[served]) as fake:
+        monkeypatch.setattr(local_llm, "local_server", lambda **kw: contextlib.nullcontext(fake.base_url))
+        _, run = cli("killed", "--llm", "local", "--no-cache")
+        history = (run / "history.jsonl").read_text().splitlines()
+        second = max(i for i, line in enumerate(history) if '"llm_exchange"' in line)
+        (run / "summary.json").unlink()  # as if killed before its second answer
+        (run / "history.jsonl").write_text("\n".join(history[:second]) + "\n")
+        result, _ = cli("killed", "--resume", run, "--base-url", fake.base_url, "--no-cache")
+    assert fake.count == 3  # the first answer replayed from the history, the second asked again
+    keys = lambda lines: [json.loads(line).get("request_key") for line in lines if '"llm_exchange"' in line]
+    assert keys((run / "history.jsonl").read_text().splitlines()) == keys(history)  # the same requests
