@@ -172,7 +172,8 @@ def evaluate(templates: str | Sequence[str], dataset: str = "fashion-mnist", sho
              backbone: str | None = None, *, pretrained: str | None = None, weights: str | None = None,
              data_root: str | None = None, device: str | None = None,
              splits: Sequence[str] = SPLITS, precision: str | None = None,
-             classnames: str | Sequence[str] | None = None, **unknown) -> "pd.DataFrame":
+             classnames: str | Sequence[str] | None = None, image_column: str | None = None,
+             label_column: str | None = None, **unknown) -> "pd.DataFrame":
     """Score templates on a few-shot split, as `promptclimb eval` does: a DataFrame with one
     row per template and the accuracy (`train`, `val`, `test`), `<split>_prob` and
     `<split>_loss` per split. The backbone defaults as in `promptclimb search` (the
@@ -180,18 +181,22 @@ def evaluate(templates: str | Sequence[str], dataset: str = "fashion-mnist", sho
     (the default, exact) or "bf16" (faster on CPUs with bf16 instructions), as --precision.
     `classnames`: the names filled in: a list (one per class, in class order), a named set
     ("published", the default; "clean" for fashion-mnist, "coop" for eurosat) or a file, as
-    --classnames; a run's found names are `SearchResult.classnames`. Bad input raises
-    PromptclimbError before anything is loaded."""
+    --classnames; a run's found names are `SearchResult.classnames`. `image_column`,
+    `label_column`: an hf dataset's columns (`dataset="hf"` or "hf:OWNER/NAME"), as
+    --image-column / --label-column: where its features do not tell (two Image columns, a
+    label that is not a ClassLabel: its distinct values become the classes); refused for
+    other datasets. Bad input raises PromptclimbError before anything is loaded."""
     from promptclimb.agent.core.defaults import default_backbone
 
     checked = check_call("evaluate()", unknown, templates=templates, dataset=dataset, shots=shots, seed=seed,
                          backbone=backbone, pretrained=pretrained, weights=weights, data_root=data_root,
-                         device=device, splits=splits, precision=precision)
+                         device=device, splits=splits, precision=precision, image_column=image_column,
+                         label_column=label_column)
     if dataset is None:
         raise PromptclimbError("evaluate(): dataset is required")
-    dataset, shots, seed, backbone, pretrained, weights, data_root, splits, precision = (
+    dataset, shots, seed, backbone, pretrained, weights, data_root, splits, precision, image_column, label_column = (
         checked[k] for k in ("dataset", "shots", "seed", "backbone", "pretrained", "weights", "data_root", "splits",
-                             "precision"))
+                             "precision", "image_column", "label_column"))
     backbone, pretrained = default_backbone(dataset, backbone, pretrained, weights)
     templates = check_templates(templates)
     if isinstance(classnames, os.PathLike):  # a names file, as data_root may be a Path
@@ -203,7 +208,8 @@ def evaluate(templates: str | Sequence[str], dataset: str = "fashion-mnist", sho
         classnames = tuple(classnames)
     scores, _ = score_templates(templates, dataset=dataset, shots=shots, seed=seed, backbone=backbone,
                                 pretrained=pretrained, weights=weights, data_root=data_root, device=device,
-                                splits=splits, precision=precision, classnames=classnames)
+                                splits=splits, precision=precision, classnames=classnames,
+                                image_column=image_column, label_column=label_column)
     return scores_frame(templates, scores)
 
 
