@@ -187,6 +187,17 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
 PYTHON_OPTIONS = tuple(o for o in SEARCH_OPTIONS if not o.cli_only)
 BY_KEYWORD = {o.keyword: o for o in SEARCH_OPTIONS}
 BY_NAME = {o.name: o for o in SEARCH_OPTIONS}
+# What only the LLM search reads: its LLM, its loop, its pool and its ranking. A soft-prompt
+# search (craft, cbbt) records none of them; the LLM search none of the soft-prompt knobs.
+LLM_SEARCH_ONLY = ("llm_name", "search", "pool", "metric", "select", "ensemble_k")
+
+
+def unused_by(optimizer: str) -> tuple[Option, ...]:
+    """The options `optimizer` does not read (--queries aside: the LLM search refuses it);
+    given, they are said in one warning line and ignored (agent/pipeline.py `say_unused`)."""
+    if optimizer == "llm":
+        return tuple(o for o in SEARCH_OPTIONS if o.panel == _S and o.name != "queries")
+    return tuple(o for o in SEARCH_OPTIONS if o.panel in (_L, _LLM) or o.name in LLM_SEARCH_ONLY)
 
 
 def recorded_value(config: dict, option: Option):

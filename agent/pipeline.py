@@ -127,6 +127,7 @@ def new_run(opts: dict, echo) -> Plan:
         check_run_name(opts["run_name"])
     adapter_kinds = check_kinds(opts["adapter_kinds"]) if opts["adapter_kinds"] else []
     soft = soft_prompt_config(opts)
+    say_unused(opts, soft.optimizer if soft else "llm", echo)
     if soft is not None:
         return Plan(DEFAULTS, evaluator_settings(opts), None, [], {}, None, adapter_kinds, soft)
     llm, sampling = choose_llm(opts, echo)
@@ -180,12 +181,33 @@ def soft_prompt_config(opts: dict) -> SoftPromptConfig | None:
     """--optimizer craft|cbbt: the optimizer's settings; None for the LLM search (which
     refuses the soft-prompt budget, --queries)."""
     if opts["optimizer"] == "llm":
-        if opts["queries"] is not None:
-            raise PromptclimbError("--queries is the budget of --optimizer craft|cbbt; the LLM search is budgeted by "
-                                   "--restarts x --resets x --iterations, --max-calls and --max-tokens")
+        refuse_soft_budget(opts)
         return None
     names = {f.name for f in fields(SoftPromptConfig)}
     return SoftPromptConfig(**{k: v for k, v in opts.items() if k in names and v is not None}).check()
+
+
+def refuse_soft_budget(opts: dict) -> None:
+    """--queries on the LLM search: refused when it starts and when it resumes alike."""
+    if opts["queries"] is not None:
+        raise PromptclimbError("--queries is the budget of --optimizer craft|cbbt; the LLM search is budgeted by "
+                               "--restarts x --resets x --iterations, --max-calls and --max-tokens")
+
+
+def say_unused(opts: dict, optimizer: str, echo) -> dict:
+    """The options given that `optimizer` does not read (the LLM loop's for craft and cbbt,
+    the soft-prompt knobs for the LLM search), named in one warning line, and `opts` with
+    them at their defaults: ignored alike when a run starts and when it resumes (a craft run
+    records no LLM settings for --resume to compare them with)."""
+    unused = [o for o in option_table.unused_by(optimizer) if given(opts, o.name)]
+    if not unused:
+        return opts
+    flags = ", ".join(o.flag for o in unused)
+    if optimizer == "llm":
+        echo(f"warning: the LLM search (--optimizer llm) does not use {flags} (craft and cbbt options): ignored")
+    else:
+        echo(f"warning: --optimizer {optimizer} does not use {flags} (options of the LLM search): ignored")
+    return {**opts, **{o.name: o.default for o in unused}}
 
 
 def choose_llm(opts: dict, echo) -> tuple[LLMSettings, dict]:
@@ -250,7 +272,11 @@ def resumed_run(opts: dict, echo) -> Plan:
     try:
         saved = store.config
         adapter_kinds = check_kinds(opts["adapter_kinds"]) if opts["adapter_kinds"] else saved.get("adapter_kinds") or []
-        if saved.get("optimizer", "llm") != "llm":
+        optimizer = saved.get("optimizer", "llm")
+        if optimizer == "llm":
+            refuse_soft_budget(opts)
+        opts = say_unused(opts, optimizer, echo)  # as when the run started
+        if optimizer != "llm":
             refuse_changed_settings(opts, saved)
             echo(f"resuming {run_dir} ({len(store.stored)} events recorded)")
             return Plan(DEFAULTS, resumed_evaluator(saved), None, [], {}, None,

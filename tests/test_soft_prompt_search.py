@@ -127,6 +127,39 @@ def test_a_killed_search_resumes_to_the_same_end(search, monkeypatch, name, kill
     assert steps == list(range(a["counts"]["steps"] + 1))  # every step once
 
 
+def test_the_command_that_started_a_craft_run_resumes_it_with_llm_options_given(search, monkeypatch):
+    """Options of the LLM search given to craft are not used: said in one warning line when
+    the run starts and again when the same command is given with --resume, not refused
+    there (the run records no LLM settings to compare them with). A craft setting of its own
+    that differs is still refused."""
+    import promptclimb.evaluators.softprompt as softprompt
+
+    command = ["--optimizer", "craft", "--queries", "9", "--craft-popsize", "3", "--llm", "gpt-4o", "--iterations",
+               "3", "--select", "train+val", "--confirm", "off", "--max-calls", "5", "--json"]
+    warning = ("warning: --optimizer craft does not use --llm, --iterations, --confirm, --max-calls, --select "
+               "(options of the LLM search): ignored")
+    original, saves = softprompt.save_state, []
+
+    def killed_on_the_second_save(path, optimizer):
+        saves.append(original(path, optimizer))
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(softprompt, "save_state", killed_on_the_second_save)
+    killed = search(*command)
+    assert killed.exit_code != 0 and "continue with: promptclimb search --resume" in killed.output
+    assert killed.output.count(warning) == 1
+    assert "search" not in json.loads((search.runs / "soft" / "config.json").read_text())
+    monkeypatch.setattr(softprompt, "save_state", original)
+
+    refused = search(*command, "--craft-popsize", "4", "--resume", "soft")
+    one_line_error(refused, "--craft-popsize 4 (the run's: 3)")
+    resumed = search(*command, "--resume", "soft")
+    assert resumed.exit_code == 0, resumed.output
+    assert resumed.stderr.count(warning) == 1 and "Error" not in resumed.output
+    assert json.loads(resumed.stdout)["counts"] == {"queries": 9, "steps": 3, "budget": 9}
+
+
 def test_every_soft_prompt_option_reaches_the_run(search):
     options = {"--queries": 6, "--prompt-tokens": 2, "--prompt-init": "a photo", "--craft-popsize": 3,
                "--craft-sigma": 0.05, "--craft-bound": 2.0, "--craft-intrinsic-dim": 8, "--craft-lr": 0.01,
