@@ -120,9 +120,10 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
            "filled with the new name is closer to that class's name than to its own, or when the answer names no "
            "class and it is closer to another class's name), both, or off.", _L, GUARDS,
            recorded="search.guard"),
-    Option("--confirm", SEARCH.confirm, "What a new best (a template or a name the LLM wrote) must also hold up on: "
+    Option("--confirm", None, "What a new best (a template or a name the LLM wrote) must also hold up on: "
            "val (no worse there than the best it replaces; it was ranked on train), or off. Nothing is held out "
-           "under --select train+val.", _L, CONFIRMS, recorded="search.confirm"),
+           f"under --select train+val: the run confirms nothing and records off [default: {SEARCH.confirm}; off "
+           "under --select train+val].", _L, CONFIRMS, recorded="search.confirm"),
     Option("--max-calls", None, "Budget: LLM answers in the whole run (then stop cleanly).", _L, int, minimum=0,
            scope=BUDGET),
     Option("--max-tokens", None, "Budget: LLM prompt+completion tokens in the whole run.", _L, int, minimum=0,

@@ -144,7 +144,7 @@ def new_run(opts: dict, echo) -> Plan:
         else sampling.get("max_tokens", DEFAULTS.max_answer_tokens),
         max_calls=opts["max_calls"], max_tokens=opts["max_tokens"], parallel=parallel,
         search=opts["search"], names_k=opts["names_k"], names_per_class=opts["names_per_class"], guard=opts["guard"],
-        confirm=opts["confirm"],
+        confirm=confirm_setting(opts["select"], opts["confirm"], echo),
     ).check()
     evaluator_args = evaluator_settings(opts, UNLABELED_IMAGES if search.metric == "balance" else 0)
     pool = load_pool(opts["dataset"], opts["pool"])
@@ -208,6 +208,18 @@ def say_unused(opts: dict, optimizer: str, echo) -> dict:
     else:
         echo(f"warning: --optimizer {optimizer} does not use {flags} (options of the LLM search): ignored")
     return {**opts, **{o.name: o.default for o in unused}}
+
+
+def confirm_setting(select: str, confirm: str | None, echo=None) -> str:
+    """--confirm as the run holds and records it: under --select train+val nothing is held
+    out, so off (a --confirm val given is said in one warning line); else as given, val by
+    default."""
+    if select != "train+val":
+        return confirm or DEFAULTS.confirm
+    if confirm == "val" and echo is not None:
+        echo("warning: --confirm val holds nothing back under --select train+val (val is a selection split): "
+             "the run confirms nothing, as --confirm off, and records off")
+    return "off"
 
 
 def choose_llm(opts: dict, echo) -> tuple[LLMSettings, dict]:
@@ -284,9 +296,9 @@ def resumed_run(opts: dict, echo) -> Plan:
         llm = LLMSettings.from_config(saved["llm"])
         if given(opts, "parallel"):  # the command that started it, again: its --parallel as that one ran it
             opts = {**opts, "parallel": lanes_for_the_llm(llm, opts["parallel"], saved["search"]["restarts"], echo)}
-        refuse_changed_settings(opts, saved)
         search = SearchConfig(**{**RECORDED_BEFORE_IT_EXISTED, **{f.name: saved["search"][f.name]
                                                                  for f in fields(SearchConfig) if f.name in saved["search"]}})
+        refuse_changed_settings(confirm_as_recorded(opts, search, echo), saved)
         search = apply_budget_caps(opts, search.check(), store, echo)
         llm = replace(llm, **{k: opts[k] for k in ("timeout", "max_tries") if given(opts, k)})
         pool_setting = saved["pool"]
@@ -297,6 +309,18 @@ def resumed_run(opts: dict, echo) -> Plan:
     except BaseException:
         store.close()
         raise
+
+
+def confirm_as_recorded(opts: dict, search: SearchConfig, echo) -> dict:
+    """`opts` with a --confirm given again left out of the comparison when the run holds it so
+    (`confirm_setting`: --select train+val --confirm val runs, and now records, off; a run
+    recorded before says val, or nothing, and ran the same)."""
+    if opts["confirm"] is None:
+        return opts
+    select = opts["select"] if given(opts, "select") else search.select
+    if confirm_setting(select, opts["confirm"], echo) == confirm_setting(search.select, search.confirm):
+        return {**opts, "confirm": None}
+    return opts
 
 
 def refuse_changed_settings(opts: dict, saved: dict) -> None:

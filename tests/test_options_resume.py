@@ -1,6 +1,7 @@
 """Start and --resume take the same command line: an option the start accepted is not
-refused when the same command is run again with --resume. The LLM search on an in-memory
-evaluator; the craft side is in tests/test_soft_prompt_search.py."""
+refused when the same command is run again with --resume, and what a run records is what
+it does (--select train+val --confirm val holds nothing out: recorded off). The LLM search
+on an in-memory evaluator; the craft side is in tests/test_soft_prompt_search.py."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from fake_llm import FakeLLM, WordEvaluator, one_line_error
 from test_search import KEY, comparable, responder
 
 FACTORY = {"evaluator_factory": lambda **kw: WordEvaluator(kw["dataset"])}
+CONFIRM_WARNING = "warning: --confirm val holds nothing back under --select train+val"
 
 
 @pytest.fixture
@@ -33,6 +35,46 @@ def search(tmp_path):
 
 def config(search, name="run") -> dict:
     return json.loads((search.runs / name / "config.json").read_text())
+
+
+@pytest.mark.parametrize("given, recorded, warned", [
+    (["--select", "train+val", "--confirm", "val"], "off", True),
+    (["--select", "train+val"], "off", False),  # the default: nothing to confirm on, nothing said
+    (["--select", "train+val", "--confirm", "off"], "off", False),
+    (["--select", "train"], "val", False),
+    (["--confirm", "off"], "off", False),
+])
+def test_confirm_is_recorded_as_the_run_does_it(search, given, recorded, warned):
+    result = search(*given, "--json")
+    assert result.exit_code == 0, result.output
+    assert config(search)["search"]["confirm"] == recorded
+    assert result.stderr.count(CONFIRM_WARNING) == (1 if warned else 0)
+    again = search(*given, "--resume", "run", "--json")  # the same command, resumed: accepted
+    assert again.exit_code == 0, again.output
+    assert comparable(json.loads(again.stdout)) == comparable(json.loads(result.stdout))
+
+
+def test_a_run_recorded_with_confirm_val_under_train_val_resumes(search):
+    """Recorded the old way (confirm val, though nothing was held out): the command that
+    started it, and --confirm off (what it ran as), both resume it to the same end."""
+    first = search("--select", "train+val", "--json")
+    assert first.exit_code == 0, first.output
+    path = search.runs / "run" / "config.json"
+    old = config(search)
+    old["search"]["confirm"] = "val"
+    path.write_text(json.dumps(old))
+    for given in (["--confirm", "val"], ["--confirm", "off"], []):
+        again = search("--select", "train+val", *given, "--resume", "run", "--json")
+        assert again.exit_code == 0, again.output
+        mine, theirs = comparable(json.loads(again.stdout)), comparable(json.loads(first.stdout))
+        assert mine.pop("config")["confirm"] == "val" and theirs.pop("config")["confirm"] == "off"
+        assert mine == theirs  # the same search: nothing was held out either way
+    assert config(search)["search"]["confirm"] == "val"  # a resume rewrites nothing it was not asked to
+
+
+def test_a_confirm_that_would_change_the_run_is_still_refused(search):
+    assert search("--select", "train").exit_code == 0
+    one_line_error(search("--confirm", "off", "--resume", "run"), "--confirm off (the run's: val)")
 
 
 def test_soft_prompt_options_are_ignored_alike_at_start_and_on_resume(search):
