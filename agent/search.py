@@ -397,7 +397,7 @@ class HillClimber:
     def run(self) -> ClimbResult:
         started = time.time()
         self.check_unlabeled()
-        self.store.append("run_start", run_id=self.store.run_dir.name)
+        self.store.append("run_start", run_id=self.store.run_dir.name, start_names=list(self.start_names))
         stopped = "completed"
         try:
             self.run_restarts()

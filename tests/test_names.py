@@ -21,7 +21,7 @@ from promptclimb.agent.core.classnames import read_classnames
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.llm.client import LLMClient
 from promptclimb.agent.core.pools import PoolTemplate
-from promptclimb.agent.runs.reading import load_run
+from promptclimb.agent.runs.reading import load_run, read_history
 from promptclimb.agent.runs.store import RunStore
 from promptclimb.agent.search import HillClimber, SearchConfig, turn_kind
 from fake_llm import FakeLLM, WordEvaluator, signal_child_at_request
@@ -82,7 +82,8 @@ def climb(tmp_path, base_url, name="run", ev=None, cache="cache", echo=lambda ms
 
 
 def history(run_dir) -> list[dict]:
-    return [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]
+    """The run's events, read back whole (names in full, as the search recorded them)."""
+    return read_history(run_dir / "history.jsonl")
 
 
 def of(run_dir, event) -> list[dict]:

@@ -15,6 +15,7 @@ from test_names import BONUS, CLASSES, KEY, scripted
 import promptclimb
 from promptclimb.agent.cli import cli
 from promptclimb.agent.core.classnames import read_classnames
+from promptclimb.agent.runs.reading import read_history
 
 ANSWER = "Trouser: jeans; pants; slacks"
 SMALL = ["--iterations", "2", "--resets", "1", "--pool-sample", "4", "--proposals", "3"]
@@ -154,7 +155,7 @@ def test_a_run_recorded_before_confirm_existed_resumes_as_it_ran(tmp_path):
         del config["search"]["confirm"]
         config_file.write_text(json.dumps(config))
         events = history.read_text().splitlines()
-        assert any(json.loads(e)["event"] == "names_change" and "purse" in json.loads(e)["names"] for e in events)
+        assert any(e["event"] == "names_change" and "purse" in e["names"] for e in read_history(history))
         history.write_text("\n".join(events[:-1]) + "\n")  # killed before its final event
         resumed = invoke("search", "--resume", "old", "--runs-dir", runs, "--json")
     assert resumed.exit_code == 0, resumed.output

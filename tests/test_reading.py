@@ -110,7 +110,7 @@ def test_damaged_history_shows_what_is_valid_and_says_what_was_skipped(run_dir):
     first_answer = kinds.index("llm_exchange")
     lines[3] = lines[3][: len(lines[3]) // 2]  # a half-written line in the middle
     newer = json.loads(lines[5])
-    newer["v"] = 2
+    newer["v"] = 3
     lines[5] = json.dumps(newer)
     lines[first_answer] = "[1, 2, 3]"
     text = "\n".join(lines) + "\n" + '{"v": 1, "seq": 999, "event": "sco'  # cut short by a kill
@@ -118,7 +118,7 @@ def test_damaged_history_shows_what_is_valid_and_says_what_was_skipped(run_dir):
 
     events, skipped = read_events(run_dir / "history.jsonl")
     assert [s.line for s in skipped] == [4, 6, first_answer + 1, n + 1]
-    assert "not valid JSON" in skipped[0].reason and "v2" in skipped[1].reason
+    assert "not valid JSON" in skipped[0].reason and "v3" in skipped[1].reason
     assert "not an event" in skipped[2].reason and "cut short" in skipped[3].reason
     assert len(events) == n - 3
 
@@ -131,9 +131,9 @@ def test_damaged_history_shows_what_is_valid_and_says_what_was_skipped(run_dir):
 
 def test_newer_format_is_refused_with_a_clear_message(run_dir, tmp_path):
     config = json.loads((run_dir / "config.json").read_text())
-    config["v"] = 2
+    config["v"] = 3
     (run_dir / "config.json").write_text(json.dumps(config))
-    with pytest.raises(NewerFormat, match="run format v2; this promptclimb reads v1. Upgrade promptclimb"):
+    with pytest.raises(NewerFormat, match="run format v3; this promptclimb reads v2. Upgrade promptclimb"):
         load_run(run_dir)
     make_run(tmp_path, "other", created="2025-02-01T12:00:00+0000")
     frame = runs_frame(tmp_path / "runs")  # one unreadable folder does not hide the others

@@ -21,10 +21,10 @@ def test_create_writes_config_and_appends_events(tmp_path):
         store.append("score", template="a {}.", origin="pool", accuracy={"train": 0.5})
         assert len(lines(run)) == 2  # flushed as it goes, before close
     config = json.loads((run / "config.json").read_text())
-    assert config == {"v": 1, "search": {"seed": 1}}
+    assert config == {"v": 2, "search": {"seed": 1}}
     events = [json.loads(x) for x in lines(run)]
     assert [e["seq"] for e in events] == [0, 1]
-    assert all(e["v"] == 1 and "time" in e for e in events)
+    assert all(e["v"] == 2 and "time" in e for e in events)
     with pytest.raises(PromptclimbError, match="already holds a run"):
         RunStore.create(run, {})
 

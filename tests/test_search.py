@@ -98,7 +98,7 @@ def test_the_best_is_the_best_of_everything_scored_and_a_later_worse_one_does_no
     assert result.ensemble["chosen"] and result.summary["winner"] == "ensemble"
     assert result.stopped == "completed" and fake.count == 6  # 2 resets x 3 iterations
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["v"] == 1 and summary["best"] == result.best and summary["ledger"]["calls"] == 6
+    assert summary["v"] == 2 and summary["best"] == result.best and summary["ledger"]["calls"] == 6
     assert {"config.json", "history.jsonl", "prompts.csv", "summary.json"} <= {p.name for p in run_dir.iterdir()}
     # test accuracy is computed once, at the end, for the best template and the ensemble only
     assert [s for s in evaluator.splits_asked if "test" in s] == [("test",)]

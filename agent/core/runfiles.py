@@ -1,7 +1,7 @@
 """The run folder's file names and format version: the one list both sides write to
 (the search's store, the soft-prompt optimizers, the adapters) and read from."""
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: history.jsonl in compact forms (agent/runs/compact.py); 1 is still read
 CONFIG, HISTORY, PROMPTS, SUMMARY, LOCK = "config.json", "history.jsonl", "prompts.csv", "summary.json", ".lock"
 CURVE = "curve.png"
 REPORT = "report.html"

@@ -13,7 +13,9 @@ Format versions: a run folder whose config.json or summary.json says a newer for
 this promptclimb knows is refused with a clear message (`NewerFormat`) rather than read on a
 best-effort basis: a newer format may change what a field means, and quietly wrong numbers
 are worse than "upgrade promptclimb". Single history lines of a newer version are skipped
-and reported like damaged ones.
+and reported like damaged ones. Lines of format v2 are unpacked from their compact forms
+(agent/runs/compact.py): every reader gets each event whole, as the search recorded it, from
+a v1 history and a v2 one alike.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import pandas as pd
 
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.runfiles import SWEEP_FILE
+from promptclimb.agent.runs.compact import COMPACT_SINCE, unpack_event
 from promptclimb.agent.runs.store import ANSWER_KINDS, CONFIG, FORMAT_VERSION, HISTORY, SUMMARY, ledger
 from promptclimb.agent.ranking import LEGACY_METRIC, best_first, selection_value, then_value, top_and_bottom
 from promptclimb.agent.search import SELECTIONS
@@ -175,6 +178,7 @@ def _read_bytes(path: Path) -> bytes:
 
 def _parse_events(data: bytes, required: dict) -> tuple[list[dict], list[Skipped]]:
     events, skipped = [], []
+    start = None  # run_start's start names: what a compact line's names differ from
     lines = data.split(b"\n")
     cut_short = not data.endswith(b"\n") and data != b""
     for number, raw in enumerate(lines, start=1):
@@ -194,6 +198,15 @@ def _parse_events(data: bytes, required: dict) -> tuple[list[dict], list[Skipped
         if not isinstance(version, int) or version > FORMAT_VERSION:
             skipped.append(Skipped(number, f"format v{version} is not one this promptclimb reads (v{FORMAT_VERSION})"))
             continue
+        if version >= COMPACT_SINCE:
+            if event["event"] == "run_start" and isinstance(event.get("start_names"), list):
+                start = event["start_names"]
+            try:
+                unpack_event(event, start)
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+                skipped.append(Skipped(number, f"{event['event']} event not in the compact form of format "
+                                               f"v{version} ({exc})"))
+                continue
         missing = [k for k in required.get(event["event"], ()) if k not in event]
         if missing or ("accuracy" in required.get(event["event"], ()) and not isinstance(event.get("accuracy"), dict)):
             skipped.append(Skipped(number, f"{event['event']} event without {', '.join(missing) or 'accuracy'}"))

@@ -10,12 +10,14 @@
       summary.json    the result (written at the end, see agent/search.py)
       .lock           held (flock) by the process writing the run (a search, or `adapt`)
 
-history.jsonl, format version 1. Every line has
-    v (1), seq (0, 1, 2, ... = line number), time (unix seconds), event
+history.jsonl, format version 2. Every line has
+    v (2; 1 in a history begun before v2), seq (0, 1, 2, ... = line number), time (unix
+    seconds), event
 and, where they apply, restart, reset (0-based), iteration (0 = the initial pool,
 1.. = LLM turns inside a reset) and call (0-based index of the LLM answer in the run).
 Events:
-    run_start     run_id
+    run_start     run_id, start_names [the class names the search starts from; none in a
+                  soft-prompt run's history]
     restart       restart, pool: [templates sampled from the initial pool for it]
     reset         restart, reset (a new conversation; the scoreboard is kept)
     llm_exchange  restart, reset, iteration, call, model, seed, temperature, request_key,
@@ -67,6 +69,14 @@ Events:
                   with names turns, best and top entries carry `names`, and `names` holds
                   the names table (start -> found, per-class figures: agent/search.py)
 
+Compact forms (v2, agent/runs/compact.py): every list of class names but run_start's is
+written as {"renamed": {"<class index>": "name"}}, the classes not named as in start_names;
+the names table's confusion matrices as {"shape": [rows, columns], "cells": [[true,
+predicted, count], ...]} (the non-zero cells), its per-class figures as one list per figure.
+The reader (agent/runs/reading.py) gives every event back whole, as the search recorded it;
+the fields above describe that whole form. A v1 history (names in full, dense matrices) is
+read as it is, and a v1 run resumed is continued in v1.
+
 Resume: the search is deterministic given (config, evaluator, LLM answers), so a resumed
 run simply runs again. A store reopened with `RunStore.resume` knows the events already
 written: `append` of an event that is already there checks that it is the same event
@@ -90,6 +100,7 @@ from typing import Callable, Iterable, Iterator
 
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.files import remove_dead_temp_files, write_atomic, write_json_atomic
+from promptclimb.agent.runs.compact import COMPACT_SINCE, pack_event
 
 from promptclimb.agent.core.runfiles import (  # noqa: F401 (re-exported)
     CELL_ERROR, CELL_LOG, CONFIG, FORMAT_VERSION, HISTORY, LOCK, PROMPTS, SUMMARY, SWEEP_FILE)
@@ -270,6 +281,7 @@ class RunStore:
         self._lock_file = None
         self._history = None
         self._listeners: list[Callable[[dict], None]] = []
+        self.start_names: list[str] | None = None  # run_start's, what the compact lines' names differ from
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
@@ -375,13 +387,20 @@ class RunStore:
         already. A listener must not raise: its errors would stop the search."""
         self._listeners.append(listener)
 
+    @property
+    def compact(self) -> bool:
+        """Whether the lines are written in the compact forms of format v2 (agent/runs/compact.py):
+        a new history is; one begun in v1 (a run recorded before them, resumed) goes on in v1."""
+        return not self.stored or self.stored[0].get("v", 1) >= COMPACT_SINCE
+
     def stored_of(self, event: str) -> list[dict]:
         return [e for e in self.stored if e["event"] == event]
 
     def append(self, event: str, **fields) -> dict:
         """Record one event (or, while replaying, check it against the stored one and return
         that). Flushed and fsync'd before returning: a kill never loses an acknowledged step."""
-        record = {"v": FORMAT_VERSION, "seq": len(self.events), "time": round(time.time(), 3), "event": event, **fields}
+        version = FORMAT_VERSION if self.compact else 1
+        record = {"v": version, "seq": len(self.events), "time": round(time.time(), 3), "event": event, **fields}
         if self.replaying:
             stored = self.stored[record["seq"]]
             mine = {k: record.get(k) for k in IDENTITY}
@@ -395,15 +414,22 @@ class RunStore:
                     "changed since the run started; start a new run instead."
                 )
             self.events.append(stored)
+            self._remember_start(stored)
             return stored
         assert self._history is not None, "the run store is closed"
-        self._history.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._remember_start(record)
+        line = pack_event(record, self.start_names) if self.compact else record
+        self._history.write(json.dumps(line, ensure_ascii=False) + "\n")
         self._history.flush()
         os.fsync(self._history.fileno())
         self.events.append(record)
         for listener in self._listeners:
             listener(record)
         return record
+
+    def _remember_start(self, event: dict) -> None:
+        if event["event"] == "run_start" and event.get("start_names") is not None:
+            self.start_names = list(event["start_names"])
 
     # -- derived files -------------------------------------------------------------------
     def write_json(self, name: str, obj) -> Path:
