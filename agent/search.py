@@ -44,7 +44,7 @@ from typing import Callable, Sequence
 from promptclimb.agent import names as naming
 from promptclimb.agent.core.classnames import name_key
 from promptclimb.agent.core.errors import PromptclimbError
-from promptclimb.agent.core.format import pct, pct_by_split
+from promptclimb.agent.core.format import pct, pct_by_split, shortened
 from promptclimb.agent.llm.client import Answer, BudgetExhausted, LLMClient
 from promptclimb.agent.metaprompt import MetaPrompt
 from promptclimb.agent.core.pools import PoolTemplate, load_pool, sample_pool
@@ -925,7 +925,7 @@ class HillClimber:
                   f"iteration {iteration}/{cfg.iterations}] names: {len(proposals)} tried, {len(refused)} refused, "
                   f"{changes} | best {pct(self.value(best))}  {best.template}")
         for r in naming.refusals_shown(refused, names)[:3]:  # a name refused four times in a line: once
-            self.echo(f"    refused  {r['class']}: {r['name'][:40]!r}: {r['reason']}")
+            self.echo(f"    refused  {r['class']}: {shortened(r['name'], 40)!r}: {r['reason']}")
 
     # -- scoring ---------------------------------------------------------------------------
     def score_batch(self, items: list[tuple[str, str]], origin: str, board: list[Scored], restart: int,
@@ -1000,7 +1000,7 @@ class HillClimber:
         for h in held:
             self.echo(f"    {pct(h['value']):>6}  {h['template']}  (held back: {h['why']})")
         for r in list({(r["line"], r["reason"]): r for r in rejected}.values())[:3]:  # a line repeated: once
-            self.echo(f"    rejected  {r['line'][:60]!r}: {r['reason']}")
+            self.echo(f"    rejected  {shortened(r['line'], 60)!r}: {r['reason']}")
 
     # -- the end ---------------------------------------------------------------------------
     def finish(self, stopped: str, started: float) -> ClimbResult:

@@ -182,18 +182,20 @@ def test_every_refusal_reason_is_recorded_and_shown_in_the_next_names_turn(tmp_p
 
 def test_a_name_refused_several_times_in_one_answer_is_shown_back_once(tmp_path):
     # a small model fills a line with another class's name (seen on the bench)
-    respond = scripted(["Trouser: Dress; Dress; dress; Dress\nBag: Dress", "Trouser: jeans"])
+    long_name = "very long trousers worn by " + "people " * 10
+    respond = scripted([f"Trouser: Dress; Dress; dress; Dress\nBag: Dress\nSkirt: {long_name}", "Trouser: jeans"])
     printed = []
     with FakeLLM(responder=respond) as fake:
         climb(tmp_path, fake.base_url, iterations=2, names_per_class=4, echo=printed.append)
     first = printed[next(i for i, line in enumerate(printed) if "iteration 1/2] names:" in line):]
-    assert "5 refused" in first[0]  # counted as the history has them, printed once each
+    assert "6 refused" in first[0]  # counted as the history has them, printed once each
     assert [line for line in first if line.startswith("    refused")][:2] == [
         "    refused  Trouser: 'Dress': the name of another class: Dress",
         "    refused  Bag: 'Dress': the name of another class: Dress"]
+    assert f"    refused  Skirt: '{long_name[:39]}…': not one of the classes" in first  # cut, and saying so
     rejects = [r for r in of(tmp_path / "runs" / "run", "name_reject") if r["iteration"] == 1]
-    assert [(r["class"], r["name"]) for r in rejects] == [(1, "Dress"), (1, "Dress"), (1, "dress"), (1, "Dress"),
-                                                          (3, "Dress")]  # the history keeps every one
+    assert [(r["class"], r["name"]) for r in rejects][:5] == [(1, "Dress"), (1, "Dress"), (1, "dress"), (1, "Dress"),
+                                                              (3, "Dress")]  # the history keeps every one
     again = respond.names_requests[1]["messages"][1]["content"]
     assert again.count("Trouser -> Dress (the name of another class: Dress)") == 1
     assert "Trouser -> dress" not in again  # the same name in other letters

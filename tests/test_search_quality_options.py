@@ -37,6 +37,10 @@ def test_pool_file_reports_every_bad_line_with_its_number(tmp_path):
     message = str(err.value)
     assert "2 invalid line(s)" in message
     assert re.search(r"line 3: 'no placeholder'", message) and re.search(r"line 5: 'a \{\} and \{\}'", message)
+    path.write_text("a photo of " + "very " * 30 + "things\n")  # no placeholder: shown cut, and saying so
+    with pytest.raises(PromptclimbError) as err:
+        load_pool("toy", str(path))
+    assert f"line 1: '{('a photo of ' + 'very ' * 30)[:79]}…'" in str(err.value)
     path.write_text("# only comments\n\n")
     with pytest.raises(PromptclimbError, match="holds no template"):
         load_pool("toy", str(path))

@@ -18,7 +18,7 @@ from promptclimb.agent.api import load_run, transfer
 from promptclimb.agent.core.defaults import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.cli.errors import user_errors
-from promptclimb.agent.core.format import pct
+from promptclimb.agent.core.format import pct, shortened
 from promptclimb.agent.runs.reading import Run, runs_frame
 from promptclimb.agent.runs.report import CLASSES_IN_FULL
 from promptclimb.agent.runs.store import ANSWER_KINDS
@@ -201,7 +201,7 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
             out.append(indent(ex["answer"], markdown))
         if it["kind"] == "guard":  # the drift guard's question: its answer is the whole story
             if not conversation:
-                out.append(f"{bullet}answered: {code(it['answer'].strip()[:80])}")
+                out.append(f"{bullet}answered: {code(shortened(it['answer'].strip(), 80))}")
             continue
         if it["kind"] == "template" and not conversation:
             out.append(f"{bullet}shown:")
@@ -214,7 +214,7 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
             mark = "  <- best so far" if s["template"] == it["best_template"] else ""
             out.append(f"{bullet}    {pct(s['selection']):>6}  {code(s['template'])}{mark}")
         for r in it["rejected"]:
-            out.append(f"{bullet}    rejected  {code(r['template'][:80])}: {r['reason']}")
+            out.append(f"{bullet}    rejected  {code(shortened(r['template'], 80))}: {r['reason']}")
         if not markdown:
             out.append("")
     return "\n".join(out).rstrip()

@@ -1,5 +1,5 @@
-"""How numbers are shown to people and to the LLM: one place, so the console, `show`, the
-HTML report and the meta-prompts all write an accuracy the same way."""
+"""How numbers and long texts are shown to people and to the LLM: one place, so the console,
+`show`, the HTML report and the meta-prompts all write an accuracy the same way."""
 
 from __future__ import annotations
 
@@ -19,3 +19,9 @@ def pct(value, decimals: int = 1) -> str:
 def pct_by_split(values: dict) -> str:
     """Per-split values on one line: "train 61.2%  val 58.0%" (console summaries)."""
     return "  ".join(f"{split} {pct(value)}" for split, value in values.items())
+
+
+def shortened(text: str, width: int) -> str:
+    """`text` cut to at most `width` characters, ending in "…" where it was cut, so a reader
+    knows there is more (the run folder keeps it whole)."""
+    return text if len(text) <= width else text[: width - 1] + "…"

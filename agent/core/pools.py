@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.format import shortened
 from promptclimb.agent.core.paths import prompts_dir
 from promptclimb.agent.core.templates import template_problem
 
@@ -49,7 +50,7 @@ def read_pool_file(path: str | Path) -> list[str]:
             continue
         problem = template_problem(line)
         if problem:
-            problems.append(f"  line {number}: {line[:80]!r}: {problem}")
+            problems.append(f"  line {number}: {shortened(line, 80)!r}: {problem}")
         else:
             templates.append(line)
     if problems:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from promptclimb.agent.core.files import write_atomic
-from promptclimb.agent.core.format import pct
+from promptclimb.agent.core.format import pct, shortened
 from promptclimb.agent.runs.reading import Run, load_run
 from promptclimb.agent.core.templates import BASELINE
 
@@ -40,10 +40,6 @@ def save_figure(fig, path: str | Path, **savefig) -> Path:
         return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", **savefig))
     finally:
         plt.close(fig)
-
-
-def _short(template: str, width: int = 60) -> str:
-    return template if len(template) <= width else template[: width - 1] + "…"
 
 
 def plot_curve(run: Run, path: Path) -> Path | None:
@@ -100,7 +96,7 @@ def plot_curve(run: Run, path: Path) -> Path | None:
     ax.set_xlabel("LLM answers (0 = the initial pool; thin lines: new conversation; dashed: restart)")
     ax.set_ylabel(SPLIT_NAMES.get(run.select, run.select))
     ax.grid(axis="y", color="#eceff1")
-    ax.set_title(f"{run.id}: best {pct(best['selection'])}  {_short(best['template'])}", fontsize=10, loc="left")
+    ax.set_title(f"{run.id}: best {pct(best['selection'])}  {shortened(best['template'], 60)}", fontsize=10, loc="left")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)

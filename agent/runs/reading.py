@@ -30,6 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.format import shortened
 from promptclimb.agent.core.runfiles import SWEEP_FILE
 from promptclimb.agent.runs.compact import COMPACT_SINCE, unpack_event
 from promptclimb.agent.runs.store import ANSWER_KINDS, CONFIG, FORMAT_VERSION, HISTORY, SUMMARY, ledger
@@ -653,7 +654,7 @@ def check_summary(summary: dict, path: Path) -> None:
     hand-edited or damaged summary.json), not an AttributeError in whichever reader opens it."""
     for key, (kind, said) in SUMMARY_SHAPE.items():
         if key in summary and not isinstance(summary[key], kind):
-            raise PromptclimbError(f"{path} is damaged ({key!r} is {json.dumps(summary[key])[:40]}, not {said})")
+            raise PromptclimbError(f"{path} is damaged ({key!r} is {shortened(json.dumps(summary[key]), 40)}, not {said})")
 
 
 # What a transfer-<backbone>.json must hold to be shown (agent/api.py, transfer_summary).
