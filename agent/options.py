@@ -188,9 +188,10 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
 PYTHON_OPTIONS = tuple(o for o in SEARCH_OPTIONS if not o.cli_only)
 BY_KEYWORD = {o.keyword: o for o in SEARCH_OPTIONS}
 BY_NAME = {o.name: o for o in SEARCH_OPTIONS}
-# What only the LLM search reads: its LLM, its loop, its pool and its ranking. A soft-prompt
+# What only the LLM search reads: its LLM, its loop, its pool, its ranking and the adapters
+# fit on its best template (craft and cbbt train their own module along). A soft-prompt
 # search (craft, cbbt) records none of them; the LLM search none of the soft-prompt knobs.
-LLM_SEARCH_ONLY = ("llm_name", "search", "pool", "metric", "select", "ensemble_k")
+LLM_SEARCH_ONLY = ("llm_name", "search", "pool", "metric", "select", "ensemble_k", "adapter_kinds")
 
 
 def unused_by(optimizer: str) -> tuple[Option, ...]:

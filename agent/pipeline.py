@@ -128,8 +128,8 @@ def new_run(opts: dict, echo) -> Plan:
     adapter_kinds = check_kinds(opts["adapter_kinds"]) if opts["adapter_kinds"] else []
     soft = soft_prompt_config(opts)
     say_unused(opts, soft.optimizer if soft else "llm", echo)
-    if soft is not None:
-        return Plan(DEFAULTS, evaluator_settings(opts), None, [], {}, None, adapter_kinds, soft)
+    if soft is not None:  # it trains its own output-side module (softsearch.MODULES), not --adapter's
+        return Plan(DEFAULTS, evaluator_settings(opts), None, [], {}, None, [], soft)
     llm, sampling = choose_llm(opts, echo)
     parallel = lanes_for_the_llm(llm, opts["parallel"], opts["restarts"], echo)
     search = SearchConfig(

@@ -177,8 +177,8 @@ def soft_prompt_lines(run) -> list[str]:
 def template_refusal(run_id: str, config: dict, command: str) -> str:
     """Why a command that works on a run's best text template cannot use a soft-prompt run."""
     return (f"run {run_id} learned a soft prompt ({config.get('optimizer')}), not a text template, so `promptclimb "
-            f"{command}` has nothing to work on. `promptclimb show {run_id}` has its accuracies (and the adapter its "
-            f"search fitted, with --adapter); `promptclimb eval --run {run_id} --prompt TEMPLATE` scores templates of "
+            f"{command}` has nothing to work on. `promptclimb show {run_id}` has its accuracies (and those of the "
+            f"output-side module its optimizer trained); `promptclimb eval --run {run_id} --prompt TEMPLATE` scores templates of "
             "your own on its split.")
 
 

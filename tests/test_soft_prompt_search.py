@@ -135,9 +135,9 @@ def test_the_command_that_started_a_craft_run_resumes_it_with_llm_options_given(
     import promptclimb.evaluators.softprompt as softprompt
 
     command = ["--optimizer", "craft", "--queries", "9", "--craft-popsize", "3", "--llm", "gpt-4o", "--iterations",
-               "3", "--select", "train+val", "--confirm", "off", "--max-calls", "5", "--json"]
-    warning = ("warning: --optimizer craft does not use --llm, --iterations, --confirm, --max-calls, --select "
-               "(options of the LLM search): ignored")
+               "3", "--select", "train+val", "--confirm", "off", "--max-calls", "5", "--adapter", "cache", "--json"]
+    warning = ("warning: --optimizer craft does not use --llm, --iterations, --confirm, --max-calls, --select, "
+               "--adapter (options of the LLM search): ignored")
     original, saves = softprompt.save_state, []
 
     def killed_on_the_second_save(path, optimizer):
@@ -149,7 +149,8 @@ def test_the_command_that_started_a_craft_run_resumes_it_with_llm_options_given(
     killed = search(*command)
     assert killed.exit_code != 0 and "continue with: promptclimb search --resume" in killed.output
     assert killed.output.count(warning) == 1
-    assert "search" not in json.loads((search.runs / "soft" / "config.json").read_text())
+    config = json.loads((search.runs / "soft" / "config.json").read_text())
+    assert "search" not in config and config["adapter_kinds"] == []  # craft trains its own module
     monkeypatch.setattr(softprompt, "save_state", original)
 
     refused = search(*command, "--craft-popsize", "4", "--resume", "soft")
