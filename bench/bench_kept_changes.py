@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from promptclimb.agent.runs.reading import read_history
 from promptclimb.evaluators import build_evaluator
 
 SPLITS = ("train", "val", "test")
@@ -50,7 +51,7 @@ def main() -> None:
         where = dict(start=run.parent.name, run=run.name)
         ev = build_evaluator(**{k: config["evaluator_args"][k] for k in ("dataset", "shots", "seed", "backbone",
                                                                         "classnames")})
-        events = [json.loads(line) for line in history.read_text().splitlines()]
+        events = read_history(history)  # whole events, whatever the run folder's format
         for e in (e for e in events if e["event"] == "names_change"):
             before = list(e["names"])
             for c in e["changes"]:
