@@ -25,6 +25,7 @@ from fake_llm import FakeLLM
 
 ray = pytest.importorskip("ray")
 from promptclimb.agent.runs.store import ANSWER_KINDS  # noqa: E402
+from promptclimb.agent.sweep import driver as sweeps  # noqa: E402
 from promptclimb.agent.sweep import reaper  # noqa: E402
 
 RAY_DIR = os.path.dirname(ray.__file__)
@@ -426,6 +427,10 @@ def stopped_by_sigterm(driver: subprocess.Popen, sweep, name: str, timeout_s: fl
 
 
 def test_sigterm_stops_a_sweep_cleanly_and_says_how_to_continue(sweep):
+    """SIGTERM while cells run: every cell that started ends with the line that says how to
+    continue it, said by its own search (the driver stops the cells through their own
+    interrupt path before Ray goes: leaving Ray ends their workers within a millisecond, and
+    on a loaded machine a cell's line was often lost in that race, at times every cell's)."""
     sweep_dir = sweep.runs / "stopped"
     with FakeLLM(responder=responder, latency_s=2.0) as fake:
         driver = subprocess.Popen(sweep("stopped", fake.base_url), env=sweep.env, stdout=subprocess.DEVNULL,
@@ -435,11 +440,73 @@ def test_sigterm_stops_a_sweep_cleanly_and_says_how_to_continue(sweep):
             time.sleep(0.2)
         driver.send_signal(signal.SIGTERM)
         stopped_by_sigterm(driver, sweep, "stopped", timeout_s=120)
-    logs = [sweep_dir / n / "search.log" for n in NAMES]
-    interrupted = [log for log in logs if log.exists() and "interrupted; continue with" in log.read_text()]
-    assert interrupted  # the running searches were stopped through their own Ctrl-C path
+    started = [sweep_dir / n for n in NAMES if (sweep_dir / n / "search.log").exists()]
+    assert started
+    for cell in started:
+        said = (cell / "search.log").read_text().splitlines()
+        assert said[-1] == f"interrupted; continue with: promptclimb search --resume {cell}", said
+    # the running searches were stopped through their own Ctrl-C path, not only recorded by the driver
+    assert any("written by the sweep's driver" not in (cell / "search.log").read_text() for cell in started)
     with pytest.raises(ProcessLookupError):  # nothing of the sweep is left running
         os.killpg(driver.pid, 0)
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, lambda: SystemExit(1)], ids=["ray-cancel", "sigterm"])
+@pytest.mark.parametrize("search_said_it", [True, False], ids=["said-by-search", "before-the-search-said"])
+def test_an_interrupted_cell_says_how_to_continue_and_ends_its_task(stop, search_said_it, tmp_path, monkeypatch):
+    """Stopped (SIGTERM of its worker: Ray's handler raises SystemExit(1); Ray's cancel:
+    KeyboardInterrupt), a cell's search.log ends with how to continue, said once, and its
+    task ends with "interrupted": a worker left with SystemExit would be retried by Ray."""
+    cell_dir = tmp_path / "sweep" / "imagefolder-pc-tiny-vit-1shot-seed1"
+    cell_dir.mkdir(parents=True)
+
+    def interrupted_search(cell_dir, opts, echo):
+        (cell_dir / "config.json").write_text("{}")
+        if search_said_it:
+            echo(f"interrupted; continue with: promptclimb search --resume {cell_dir}")
+        raise stop()
+
+    monkeypatch.setattr(sweeps, "search_when_free", interrupted_search)
+    try:
+        ended = sweeps.run_cell(str(cell_dir), {})
+    except BaseException as exc:  # noqa: BLE001 - a KeyboardInterrupt let through would stop pytest itself
+        pytest.fail(f"the interruption left the cell's task: {exc!r}")
+    assert ended == {"state": "interrupted"}
+    said = (cell_dir / "search.log").read_text().splitlines()
+    assert said[-1] == f"interrupted; continue with: promptclimb search --resume {cell_dir}"
+    assert sum(line.startswith("interrupted") for line in said) == 1 and not (cell_dir / "error.txt").exists()
+
+
+def test_a_stopped_sweep_writes_the_line_a_cell_ended_without(tmp_path):
+    """After a stopped sweep has left Ray, a cell that started in this run and ended without
+    saying so (its worker ended first) gets its line from the driver; a cell that said it,
+    finished, failed, or did not start in this run is left as it is."""
+    sweep_dir = tmp_path / "s"
+    logs = {}
+    for name, lines, files in [
+        ("cut", ["--- old", "interrupted; continue with: x", "--- new", "run folder: ..."], ["config.json"]),
+        ("said", ["--- new", "interrupted; continue with: y"], ["config.json"]),
+        ("early", ["--- new"], []),
+        ("finished", ["--- new", "done"], ["config.json", "summary.json"]),
+        ("failed", ["--- new", "failed: no"], ["config.json", "error.txt"]),
+        ("idle", ["--- old"], ["config.json"]),
+    ]:
+        (sweep_dir / name).mkdir(parents=True)
+        for file in files:
+            (sweep_dir / name / file).write_text('{"best": {}}' if file == "summary.json" else "{}")
+        (sweep_dir / name / "search.log").write_text("\n".join(lines) + "\n")
+        logs[name] = (sweep_dir / name / "search.log").read_text()
+    before = {n: len(text.split("--- new")[0].encode()) if "--- new" in text else len(text.encode())
+              for n, text in logs.items()}
+    before["never"] = 0  # no search.log at all
+    assert sweeps.record_interruptions(sweep_dir, before, adapter_wanted=False) == ["cut", "early"]
+    cut = (sweep_dir / "cut" / "search.log").read_text().splitlines()
+    assert cut[-1] == f"interrupted; continue with: promptclimb search --resume {sweep_dir / 'cut'}"
+    assert "written by the sweep's driver" in cut[-2]
+    assert (sweep_dir / "early" / "search.log").read_text().splitlines()[-1] == \
+        "interrupted before its run began; the sweep starts it again when rerun"
+    for name in ("said", "finished", "failed", "idle"):
+        assert (sweep_dir / name / "search.log").read_text() == logs[name]
 
 
 # A SIGTERM the moment ray.init has put its own handler in place (sys.exit(15)); in the seconds
@@ -494,3 +561,4 @@ def test_a_driver_killed_with_sigkill_leaves_no_ray_process_behind(sweep):
         finally:
             reaper.end_processes(ours, grace_s=1)  # whatever the assertion found, by id
             end_process_group(driver, grace_s=1)
+

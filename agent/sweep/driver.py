@@ -58,6 +58,7 @@ RAY_CONNECT_TIMEOUT_S = 20  # --address: a cluster that has not answered by then
 # What a cell's search takes from the grid (and its folder) instead of the options.
 CELL_OPTIONS = ("dataset", "backbone", "shots", "seed", "name", "resume", "json")
 CELL_LOCK_WAIT_S = 30  # how long a cell waits for another process to let go of its run
+CELL_STOP_GRACE_S = 10  # how long a stopped sweep waits for its running cells to say where they stopped
 RESULTS = ("best", "ensemble", "adapter")  # test accuracies the report aggregates
 
 
@@ -277,7 +278,10 @@ def cell_state(cell_dir: Path, adapter_wanted: bool) -> str:
 
 def run_cell(cell_dir: str, opts: dict) -> dict:
     """One cell: a new search, or the resume of a killed one. What it prints goes to
-    search.log; an error to error.txt. Returns {"state": "finished" | "failed", ...}."""
+    search.log; an error to error.txt. Returns {"state": "finished" | "failed" |
+    "interrupted", ...}. Interrupted (SIGTERM of its worker: `stop_cells`; Ray's cancel),
+    the cell's log says how to continue (its search says it once its run folder exists) and
+    the task ends: a worker left with SystemExit would be retried by Ray."""
     cell_dir = Path(cell_dir)
     if not cell_dir.parent.is_dir():
         return {"state": "failed", "error": f"{cell_dir.parent} does not exist on node {platform.node()}: "
@@ -289,8 +293,11 @@ def run_cell(cell_dir: str, opts: dict) -> dict:
     except PromptclimbError as exc:  # not ours to write into, error.txt included
         return {"state": "failed", "error": str(exc)}
     (cell_dir / ERROR_FILE).unlink(missing_ok=True)
+    said_interrupted = False
     with open(cell_dir / LOG_FILE, "a", encoding="utf-8") as log:
         def echo(message: str) -> None:
+            nonlocal said_interrupted
+            said_interrupted = said_interrupted or message.startswith(INTERRUPTED)
             log.write(f"{message}\n")
             log.flush()
 
@@ -302,12 +309,27 @@ def run_cell(cell_dir: str, opts: dict) -> dict:
             return {"state": "finished"}
         except PromptclimbError as exc:
             error = str(exc)
+        except (KeyboardInterrupt, SystemExit):
+            if not said_interrupted:
+                echo(interrupted_line(cell_dir))
+            return {"state": "interrupted"}
         except Exception as exc:  # noqa: BLE001 - any failure of one cell is recorded, the sweep goes on
             error = f"{type(exc).__name__}: {exc}"
             echo(traceback.format_exc())
         echo(f"failed: {error}")
     write_text_atomic(cell_dir / ERROR_FILE, error + "\n")
     return {"state": "failed", "error": error}
+
+
+INTERRUPTED = "interrupted"  # how a search.log line that records an interruption begins
+
+
+def interrupted_line(cell_dir: Path) -> str:
+    """What a cell's search.log says when it was stopped: as its search says it once the run
+    folder exists (agent/pipeline.py, `resume_hint_on_interrupt`)."""
+    if (cell_dir / CONFIG).exists():
+        return f"{INTERRUPTED}; continue with: promptclimb search --resume {cell_dir}"
+    return f"{INTERRUPTED} before its run began; the sweep starts it again when rerun"
 
 
 def search_when_free(cell_dir: Path, opts: dict, echo: Callable[[str], None]) -> None:
@@ -345,8 +367,14 @@ def resumed_options(opts: dict) -> dict:
 
 
 def cell_task(cell_dir: str, opts: dict) -> Iterator[dict]:
-    """The Ray task of a cell (a streaming generator): first that it runs, then its end."""
-    yield {"state": "running", "node": platform.node()}
+    """The Ray task of a cell (a streaming generator): first that it runs, and in which
+    process (`stop_cells` signals it), then its end."""
+    import ray
+
+    from promptclimb.agent.sweep.reaper import start_time
+
+    yield {"state": "running", "node": platform.node(), "node_id": ray.get_runtime_context().get_node_id(),
+           "pid": os.getpid(), "started": start_time(os.getpid())}
     yield run_cell(cell_dir, opts)
 
 
@@ -653,6 +681,7 @@ def run_sweep(name: str, runs_dir: str | Path, grid: dict | None, search: dict, 
          f"{counts['failed']} to retry, {counts['new']} to start   ({sweep_dir})")
     if not todo:
         return states
+    log_sizes: dict[str, int] = {}  # what the cells' search.log held before this run
     try:
         with forgotten_if_refused(sweep_dir, new_sweep, new_folder) as cells_started, \
                 ray_session(address, echo, num_cpus) as ray, llm_endpoint(opts, echo) as (base_url, settled):
@@ -663,12 +692,14 @@ def run_sweep(name: str, runs_dir: str | Path, grid: dict | None, search: dict, 
             resources = cell_resources(ray, base_url, address, cpus_per_run, gpus_per_run, echo)
             task = ray.remote(num_returns="streaming")(cell_task).options(**resources)
             cells_started()
+            log_sizes = {c.name: log_size(sweep_dir / c.name) for c in todo}
             running = {task.remote(str(sweep_dir / c.name), cell_options(c, opts, sweep_dir, **settled)): c
                        for c in todo}
             watch(ray, running, sweep_dir, states, echo)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (SystemExit 143: ray_session), at any step
-        # Leaving Ray (ray.shutdown, on the way here) ended the job's tasks: each search was
-        # interrupted and closed its history.
+        # The running cells were stopped through their own interrupt path (watch: stop_cells)
+        # before Ray went; one whose process ended before it said so is recorded here.
+        record_interruptions(sweep_dir, log_sizes, bool(opts["adapter_kinds"]))
         echo(f"stopped; finished cells are kept, the others resume from their history. Continue with:\n"
              f"  {continue_command(name, runs_dir, address, num_cpus, cpus_per_run, gpus_per_run)}")
         if sigterm_received():  # Ray may have turned it into SystemExit(1)
@@ -698,7 +729,8 @@ def track_sweep(sweep_dir: Path, tracking_uri: str | None, echo: Callable[[str],
 
 def watch(ray, running: dict, sweep_dir: Path, states: dict, echo: Callable[[str], None]) -> None:
     """Follow the cells' tasks (generator -> Cell) to their end, with a progress bar of
-    cells done / running / failed (on a terminal; a line per change otherwise)."""
+    cells done / running / failed (on a terminal; a line per change otherwise). Ctrl-C or
+    SIGTERM stops the cells not ended yet (`stop_cells`) before it goes on."""
     from tqdm import tqdm
 
     total, active = len(states), set()
@@ -711,7 +743,7 @@ def watch(ray, running: dict, sweep_dir: Path, states: dict, echo: Callable[[str
         bar.set_postfix_str(f"done {done}, running {len(active)}, failed {failed}", refresh=False)
         return f"[{done}/{total} done, {len(active)} running, {failed} failed]"
 
-    pending = list(running)
+    pending, started, ended = list(running), {}, set()  # started: generator -> its "running" message
     try:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
@@ -720,25 +752,116 @@ def watch(ray, running: dict, sweep_dir: Path, states: dict, echo: Callable[[str
                 try:
                     message = ray.get(next(generator))
                 except StopIteration:
+                    ended.add(generator)
                     continue
                 except Exception as exc:  # noqa: BLE001 - the worker died, or the task could not run
                     message = {"state": "failed", "error": task_error(exc)}
                     write_text_atomic(sweep_dir / cell.name / ERROR_FILE, message["error"] + "\n")
+                if message["state"] == "interrupted":  # its worker was stopped, not the sweep
+                    message = {"state": "failed", "error": CELL_INTERRUPTED}
+                    write_text_atomic(sweep_dir / cell.name / ERROR_FILE, message["error"] + "\n")
                 if message["state"] == "running":
+                    started[generator] = message
                     active.add(cell.name)
                     states[cell.name] = "running"  # no longer counted as failed or killed by an earlier run
                     pending.append(generator)
                     say(f"{progress()} {cell.name}: running on {message['node']}")
                     continue
                 active.discard(cell.name)
+                ended.add(generator)
                 states[cell.name] = message["state"]
                 if message["state"] == "finished":
                     bar.update(1)
                     say(f"{progress()} {cell.name}: finished")
                 else:
                     say(f"{progress()} {cell.name}: FAILED: {message['error'].splitlines()[0]}")
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C or SIGTERM of the driver
+        try:
+            stop_cells(ray, [g for g in running if g not in ended], started, say)
+        except Exception:  # noqa: BLE001 - a Ray that cannot stop them: leaving it ends them (run_sweep)
+            pass
+        raise
     finally:
         bar.close()
+
+
+CELL_INTERRUPTED = ("interrupted: its worker was stopped (SIGTERM, or Ray's cancel) while the sweep ran; "
+                    "a rerun of the sweep resumes it")
+
+
+def stop_cells(ray, unfinished: list, started: dict, say: Callable[[str], None]) -> None:
+    """The sweep was stopped: its cells not ended yet (generators; `started` maps the
+    running ones to their "running" message) end through their own interrupt path while Ray
+    is still there (leaving Ray ends every worker of the job at once, a cell's last lines
+    written or not). Cells waiting for a slot are cancelled first, so that none starts now.
+    A running cell on this node gets SIGTERM in its worker, by id (Ray's handler raises
+    SystemExit in the search, which says how to continue as on Ctrl-C; Ray blocks SIGINT in
+    its workers; Linux: /proc tells the worker from a reused pid); any other gets Ray's
+    cancel (KeyboardInterrupt at its next Python step: a search waiting for an LLM answer
+    sees it once the answer is in). Waits up to CELL_STOP_GRACE_S for them to end; a second
+    Ctrl-C or SIGTERM waits no more. A cell still running then is recorded by
+    `record_interruptions`."""
+    from promptclimb.agent.sweep.reaper import signal_process
+
+    for generator in unfinished:
+        if generator not in started:
+            ray.cancel(generator)
+    try:
+        here = ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - a Ray client knows no node of its own
+        here = None
+    running = [g for g in unfinished if g in started]
+    if running:
+        say(f"stopping {len(running)} running cell(s); each says in its search.log where it stopped "
+            f"(waiting up to {CELL_STOP_GRACE_S} s)")
+    for generator in running:
+        where = started[generator]
+        if where.get("node_id") != here or not signal_process(where["pid"], where.get("started"), signal.SIGTERM):
+            ray.cancel(generator)
+    deadline, pending = time.monotonic() + CELL_STOP_GRACE_S, list(unfinished)
+    while pending and time.monotonic() < deadline:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        for generator in ready:
+            try:
+                ray.get(next(generator))
+            except StopIteration:
+                continue
+            except Exception:  # noqa: BLE001 - cancelled before it ran, or its worker ended
+                continue
+            pending.append(generator)  # its last message was ready; its end follows
+
+
+def log_size(cell_dir: Path) -> int:
+    """How many bytes a cell's search.log holds (0: none yet)."""
+    try:
+        return (cell_dir / LOG_FILE).stat().st_size
+    except OSError:
+        return 0
+
+
+def record_interruptions(sweep_dir: Path, log_sizes: dict[str, int], adapter_wanted: bool) -> list[str]:
+    """After a stopped sweep has left Ray: every cell that started in this run (its
+    search.log grew beyond `log_sizes`) and neither finished, failed nor said it was
+    interrupted (its worker ended before it could: a cell on another node still busy when
+    `stop_cells` stopped waiting, a stop before the cells' tasks were followed) gets the
+    line its search would have written, from the driver. Returns those cells' names."""
+    recorded = []
+    for name, before in log_sizes.items():
+        cell_dir = sweep_dir / name
+        try:
+            with open(cell_dir / LOG_FILE, "rb") as log:
+                log.seek(before)
+                said = log.read().decode("utf-8", errors="replace")
+            if not said or cell_state(cell_dir, adapter_wanted) in ("finished", "failed") \
+                    or any(line.startswith(INTERRUPTED) for line in said.splitlines()):
+                continue
+            with open(cell_dir / LOG_FILE, "a", encoding="utf-8") as log:
+                log.write(f"the sweep was stopped; this cell's process ended before it said so (written by the "
+                          f"sweep's driver)\n{interrupted_line(cell_dir)}\n")
+        except OSError:  # not started in this run, or not ours to write: the stop goes on
+            continue
+        recorded.append(name)
+    return recorded
 
 
 def task_error(exc: BaseException) -> str:

@@ -16,7 +16,9 @@ time (a reused pid is left alone); a cluster reached with --address is not ours 
 no watchdog. Linux only (it reads /proc); elsewhere a local Ray runs without one.
 
 Run as `python -m promptclimb.agent.sweep.reaper DRIVER_PID RAY_PACKAGE_DIR`; the tests use
-`ray_processes_under` and `end_processes` to end their own `ray start` cluster.
+`ray_processes_under` and `end_processes` to end their own `ray start` cluster. A stopped
+sweep signals its running cells' workers by id the same way (`start_time`, `signal_process`:
+driver.py, `stop_cells`).
 """
 
 from __future__ import annotations
@@ -52,6 +54,25 @@ def _alive(pid: int, start: int) -> bool:
     """Whether `pid` is still the process that started at `start` (and not a zombie)."""
     now = _stat(pid)
     return now is not None and now[2] == start and now[1] not in ("Z", "X")
+
+
+def start_time(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot); None when it is gone, or where
+    there is no /proc."""
+    found = _stat(pid)
+    return None if found is None else found[2]
+
+
+def signal_process(pid: int, start: int | None, sig: int) -> bool:
+    """Send `sig` to `pid` if it is still the process that started at `start` (None, not
+    known where there is no /proc: not sent). Whether it was sent."""
+    if start is None or not _alive(pid, start):
+        return False
+    try:
+        os.kill(pid, sig)
+    except OSError:
+        return False
+    return True
 
 
 def _is_ray(pid: int, ray_dir: str) -> bool:
