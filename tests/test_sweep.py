@@ -562,3 +562,41 @@ def test_a_driver_killed_with_sigkill_leaves_no_ray_process_behind(sweep):
             reaper.end_processes(ours, grace_s=1)  # whatever the assertion found, by id
             end_process_group(driver, grace_s=1)
 
+
+def test_a_refused_sweep_removes_the_runs_dir_it_created_and_nothing_else(tmp_path, monkeypatch):
+    """Refused once sweep.json was written (a cluster that does not answer), a new sweep
+    removed its sweep.json and folder but left the --runs-dir it had created, empty. A
+    --runs-dir that existed stays, and so does one where something else wrote meanwhile."""
+    from contextlib import contextmanager
+
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+    from promptclimb.agent.core.errors import PromptclimbError
+
+    def refused(runs: Path) -> str:
+        run = CliRunner().invoke(cli, ["sweep", "v2", "--dataset", "fashion-mnist", "--optimizer", "craft",
+                                       "--queries", "200", "--runs-dir", str(runs), "--address", "127.0.0.1:1"])
+        errors = [line for line in run.output.splitlines() if line.startswith("Error:")]
+        assert run.exit_code == 1 and len(errors) == 1, run.output
+        return errors[0]
+
+    assert "cannot reach Ray at 127.0.0.1:1" in refused(tmp_path / "new" / "runs")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "existing").mkdir()
+    refused(tmp_path / "existing")
+    assert (tmp_path / "existing").is_dir() and not list((tmp_path / "existing").iterdir())
+
+    runs = tmp_path / "shared" / "runs"
+
+    @contextmanager
+    def ray_refusing_after_another_wrote(address, echo, num_cpus=None):
+        (runs / "notes.txt").write_text("another command's")
+        raise PromptclimbError("cannot start a local Ray: refused for the test")
+        yield
+
+    monkeypatch.setattr(sweeps, "ray_session", ray_refusing_after_another_wrote)
+    with pytest.raises(PromptclimbError, match="refused for the test"):
+        sweeps.run_sweep("v2", runs, {"dataset": ["fashion-mnist"]}, {"optimizer": "craft", "queries": 200},
+                         echo=lambda message: None)
+    assert sorted(p.name for p in runs.iterdir()) == ["notes.txt"]

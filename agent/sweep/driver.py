@@ -634,12 +634,24 @@ def check_ray_options(address: str | None, num_cpus: int | None, cpus_per_run: f
         host_and_port(address)  # its shape; whether a cluster answers there is known once Ray connects
 
 
+def missing_folders(folder: Path) -> list[Path]:
+    """`folder` and the folders above it that do not exist yet, deepest first (what
+    `mkdir(parents=True)` would create)."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
 @contextmanager
-def forgotten_if_refused(sweep_dir: Path, new_sweep: bool, new_folder: bool) -> Iterator[Callable[[], None]]:
-    """A new sweep refused before its first cell starts (a cluster it cannot reach, resources
-    this machine lacks, an LLM that does not start) leaves nothing behind, as one refused
-    before sweep.json is written: that file would keep the refused command's settings and
-    refuse a corrected command with others. Yields what to call when the cells start."""
+def forgotten_if_refused(sweep_dir: Path, new_sweep: bool, created: list[Path]) -> Iterator[Callable[[], None]]:
+    """A new sweep refused before its first cell starts (a bad value, a cluster it cannot
+    reach, resources this machine lacks, an LLM that does not start, a file it cannot write)
+    leaves nothing behind: not its sweep.json, which would keep the refused command's
+    settings and refuse a corrected command with others, nor the folders it created
+    (`created`: the sweep's, and --runs-dir and the folders above it that did not exist),
+    each removed only while it is empty. Yields what to call when the cells start."""
     started = False
 
     def cells_started() -> None:
@@ -648,12 +660,12 @@ def forgotten_if_refused(sweep_dir: Path, new_sweep: bool, new_folder: bool) -> 
 
     try:
         yield cells_started
-    except PromptclimbError:
+    except (PromptclimbError, OSError):
         if new_sweep and not started:
-            (sweep_dir / SWEEP_FILE).unlink(missing_ok=True)
-            if new_folder:
-                with suppress(OSError):  # not empty: something else wrote there meanwhile
-                    sweep_dir.rmdir()
+            with suppress(OSError):
+                (sweep_dir / SWEEP_FILE).unlink(missing_ok=True)
+                for folder in created:  # deepest first
+                    folder.rmdir()  # OSError when not empty: something else wrote there meanwhile
         raise
 
 
@@ -670,8 +682,9 @@ def run_sweep(name: str, runs_dir: str | Path, grid: dict | None, search: dict, 
     check_ray_options(address, num_cpus, cpus_per_run, gpus_per_run)
     runs_dir = Path(runs_dir).expanduser().resolve()
     sweep_dir = runs_dir / name
-    new_folder, new_sweep = not sweep_dir.exists(), not (sweep_dir / SWEEP_FILE).exists()
-    settings = prepare_sweep(sweep_dir, grid, search)
+    new_sweep, created = not (sweep_dir / SWEEP_FILE).exists(), missing_folders(sweep_dir)
+    with forgotten_if_refused(sweep_dir, new_sweep, created):
+        settings = prepare_sweep(sweep_dir, grid, search)
     opts = search_options(settings["search"])
     cells = grid_cells(settings)
     states = {c.name: cell_state(sweep_dir / c.name, bool(opts["adapter_kinds"])) for c in cells}
@@ -683,7 +696,7 @@ def run_sweep(name: str, runs_dir: str | Path, grid: dict | None, search: dict, 
         return states
     log_sizes: dict[str, int] = {}  # what the cells' search.log held before this run
     try:
-        with forgotten_if_refused(sweep_dir, new_sweep, new_folder) as cells_started, \
+        with forgotten_if_refused(sweep_dir, new_sweep, created) as cells_started, \
                 ray_session(address, echo, num_cpus) as ray, llm_endpoint(opts, echo) as (base_url, settled):
             total = ray.cluster_resources()
             if address is None and (cpus_per_run > total.get("CPU", 0) or gpus_per_run > total.get("GPU", 0)):
