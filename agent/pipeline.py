@@ -240,7 +240,8 @@ def choose_llm(opts: dict, echo) -> tuple[LLMSettings, dict]:
     if timeout is None:  # a local server would go on computing an abandoned request
         timeout = local_llm.REQUEST_TIMEOUT_S if served else LLMSettings.timeout
     settings = LLMSettings(llm_name, local, opts["llm_model"], timeout, opts["max_tries"],
-                           without_secrets(endpoint), served, request_model=served or llm_name)
+                           without_secrets(endpoint), served, request_model=served or llm_name,
+                           secrets_left_out=without_secrets(endpoint) != endpoint)
     return settings, (local_llm.LOCAL_SAMPLING if served else {})
 
 
@@ -301,6 +302,7 @@ def resumed_run(opts: dict, echo) -> Plan:
         refuse_changed_settings(confirm_as_recorded(opts, search, echo), saved)
         search = apply_budget_caps(opts, search.check(), store, echo)
         llm = replace(llm, **{k: opts[k] for k in ("timeout", "max_tries") if given(opts, k)})
+        refuse_an_endpoint_without_its_secret(llm, opts, store)
         pool_setting = saved["pool"]
         pool = [PoolTemplate(t, source) for t, source in pool_setting["templates"]]
         echo(f"resuming {run_dir} ({len(store.stored)} events recorded)")
@@ -309,6 +311,17 @@ def resumed_run(opts: dict, echo) -> Plan:
     except BaseException:
         store.close()
         raise
+
+
+def refuse_an_endpoint_without_its_secret(llm: LLMSettings, opts: dict, store: RunStore) -> None:
+    """A run whose endpoint URL held a password or key (never recorded) cannot ask its LLM
+    again from the recorded URL: said before anything loads, rather than after the
+    endpoint's refusals and retries. A run that has ended only replays its answers."""
+    if not llm.secrets_left_out or opts["base_url"] or os.environ.get("OPENAI_BASE_URL") \
+            or any(e.get("event") in ("stop", "final") for e in store.stored):
+        return
+    raise PromptclimbError(f"{store.run_dir.name}'s LLM endpoint had a password or key in its URL, which a run never "
+                           f"records ({llm.base_url}): give the URL again with --base-url (or OPENAI_BASE_URL)")
 
 
 def confirm_as_recorded(opts: dict, search: SearchConfig, echo) -> dict:

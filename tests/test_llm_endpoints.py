@@ -167,3 +167,28 @@ def test_a_run_of_the_embedded_llm_resumes_against_llm_serve(cli, monkeypatch, t
     assert fake.count == 3  # the first answer replayed from the history, the second asked again
     keys = lambda lines: [json.loads(line).get("request_key") for line in lines if '"llm_exchange"' in line]
     assert keys((run / "history.jsonl").read_text().splitlines()) == keys(history)  # the same requests
+
+
+def test_a_resume_is_told_to_give_again_an_endpoint_url_whose_secret_was_left_out(cli, tmp_path):
+    from promptclimb.agent.cli.search import search_cmd
+
+    def resume(run, *args):
+        return CliRunner().invoke(search_cmd, ["--resume", str(run), *args], env={"OPENAI_API_KEY": KEY},
+                                  obj={"evaluator_factory": lambda **kw: WordEvaluator(kw["dataset"])})
+
+    with FakeLLM(responder=server_answer("api")) as fake:
+        secret_url = fake.base_url + "?api-key=qs-SECRET77"
+        _, run = cli("keyed", "--base-url", secret_url, env={"OPENAI_API_KEY": KEY})
+        finished = resume(run)
+        assert finished.exit_code == 0, finished.output  # ended: its answers replay, nothing is asked
+        history = (run / "history.jsonl").read_text().splitlines()
+        second = max(i for i, line in enumerate(history) if '"llm_exchange"' in line)
+        (run / "summary.json").unlink()  # as if killed before its second answer
+        (run / "history.jsonl").write_text("\n".join(history[:second]) + "\n")
+        asked = fake.count
+        refused = resume(run)
+        assert refused.exit_code == 1 and fake.count == asked
+        assert "give the URL again with --base-url" in refused.output and "SECRET77" not in refused.output
+        again = resume(run, "--base-url", secret_url, "--no-cache")
+        assert again.exit_code == 0, again.output
+    assert fake.count == asked + 1

@@ -211,3 +211,19 @@ def test_sweep_json_keeps_no_secret_of_the_endpoint(tmp_path):
     assert settings["search"]["base_url"] == url  # the cells of this run still reach it
     text = (tmp_path / "s" / "sweep.json").read_text()
     assert "SECRET" not in text and json.loads(text)["search"]["base_url"] == "http://127.0.0.1:1/v1"
+
+
+def test_a_sweep_whose_endpoint_secret_was_left_out_is_rerun_only_with_the_url_given_again(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    grid = {"dataset": ["fashion-mnist"]}
+    url = "http://someone:pw-SECRET456@127.0.0.1:1/v1"
+    sweeps.prepare_sweep(tmp_path / "s", grid, {"base_url": url})
+    with pytest.raises(PromptclimbError, match="give the URL again with --base-url") as refused:
+        sweeps.prepare_sweep(tmp_path / "s", None, {})  # rerun as `sweep s` alone
+    assert "SECRET" not in str(refused.value)
+    again = sweeps.prepare_sweep(tmp_path / "s", None, {"base_url": url})
+    assert again["search"]["base_url"] == url
+    with pytest.raises(PromptclimbError, match="give the URL again"):  # still said on the next rerun
+        sweeps.prepare_sweep(tmp_path / "s", None, {})
+    sweeps.prepare_sweep(tmp_path / "plain", grid, {"base_url": "http://127.0.0.1:1/v1"})
+    assert sweeps.prepare_sweep(tmp_path / "plain", None, {})["search"]["base_url"] == "http://127.0.0.1:1/v1"

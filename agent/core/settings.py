@@ -47,7 +47,9 @@ class LLMSettings:
     server, started by the search; `served_model`: the GGUF a local server serves;
     `request_model`: the model name the requests carry (part of their keys: one name for the
     local LLM, embedded or `promptclimb llm serve`, so either answers the other's run; None in
-    runs recorded before it, which asked a served local LLM as `local`)."""
+    runs recorded before it, which asked a served local LLM as `local`); `secrets_left_out`:
+    the endpoint's URL held a password or key, which `base_url` leaves out, so a resume that
+    still has LLM turns to ask needs the URL given again."""
 
     model: str
     local: bool = False
@@ -57,6 +59,7 @@ class LLMSettings:
     base_url: str | None = None
     served_model: str | None = None
     request_model: str | None = None
+    secrets_left_out: bool = False
 
     @classmethod
     def from_config(cls, recorded: dict) -> "LLMSettings":

@@ -212,6 +212,10 @@ def check_cells(cells: list[Cell], opts: dict, sweep_dir: Path) -> None:
         new_run(cell_options(cell, opts, sweep_dir, base_url, llm_name), lambda message: None)
 
 
+# sweep.json: the stored --base-url held a password or key, left out; a rerun must give it again
+SECRETS_LEFT_OUT = "base_url_secrets_left_out"
+
+
 def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict) -> dict:
     """The sweep's settings {grid, search, cells}, every value checked before anything is
     written, then the folder claimed (`claim_folder`: new, empty, or this sweep's own) and
@@ -235,14 +239,21 @@ def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict) -> dict:
         if differ:
             raise PromptclimbError(f"sweep {sweep_dir.name} was started with other settings (differs in: "
                                    f"{', '.join(differ)}); rerun it as it was, or give the new grid another name")
+    left_out = stored.get(SECRETS_LEFT_OUT, False) if stored else False
+    if left_out and "base_url" not in search and not os.environ.get("OPENAI_BASE_URL"):
+        raise PromptclimbError(f"sweep {sweep_dir.name}'s LLM endpoint had a password or key in its URL, which a "
+                               f"sweep never records ({stored['search'].get('base_url')}): give the URL again with "
+                               "--base-url (or OPENAI_BASE_URL)")
     claim_folder(sweep_dir, SWEEP)
     created = stored["created"] if stored else time.strftime("%Y-%m-%dT%H:%M:%S%z")
     kept = stored["search"] if stored else settings["search"]  # a rerun's execution options are its own
     if kept.get("base_url"):  # written as a run's config.json writes it: no password, no key in the query
         from promptclimb.agent.llm.client import without_secrets
 
+        left_out = left_out or without_secrets(kept["base_url"]) != kept["base_url"]
         kept = {**kept, "base_url": without_secrets(kept["base_url"])}
-    write_json_atomic(path, {**settings, "search": kept, "created": created})
+    write_json_atomic(path, {**settings, "search": kept, "created": created,
+                             **({SECRETS_LEFT_OUT: True} if left_out else {})})
     return settings
 
 
