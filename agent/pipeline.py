@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -98,8 +99,8 @@ def run_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None = No
         if evaluator_factory is None:  # the CLIP evaluator's datasets are known before it loads
             option_table.check_dataset_name(plan.evaluator.dataset)
         store = store or create_run_folder(plan, opts)
-        with resume_hint_on_interrupt(store, echo), experiment_tracking(store, opts.get("mlflow"), echo), \
-                warnings_said(echo):
+        with resume_hint_on_interrupt(store, opts.get("mlflow"), echo), \
+                experiment_tracking(store, opts.get("mlflow"), echo), warnings_said(echo):
             try:
                 evaluator = load_evaluator(plan, store, opts["device"], evaluator_factory or default_evaluator_factory,
                                            echo)
@@ -112,7 +113,7 @@ def run_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None = No
             if plan.soft is not None:
                 return soft_prompt_search(plan, store, evaluator, echo)
             with llm_client(plan, opts, echo) as llm:
-                summary = climb(plan, store, evaluator, llm, meta, echo)
+                summary = climb(plan, store, evaluator, llm, meta, echo, opts.get("mlflow"))
             return after_the_climb(plan, store, evaluator, summary, echo)
     finally:
         if store is not None:
@@ -466,14 +467,34 @@ def create_run_folder(plan: Plan, opts: dict) -> RunStore:
     return new_run_store(opts["runs_dir"], opts["run_name"], plan.evaluator.dataset, plan.evaluator.shots, config)
 
 
+def resume_command(store: RunStore, tracking_uri: str | None) -> tuple[str, str | None]:
+    """The command that continues this run, and a note to say with it (or None). A resumed
+    search tracks to MLflow only when given --mlflow again (it is not recorded), so the
+    command of a tracked run carries its `--mlflow URI`: then the resumed search continues
+    the same MLflow run. Never a secret: a password or key in the URI is left out, and the
+    note asks for it again."""
+    command = f"promptclimb search --resume {store.run_dir}"
+    if tracking_uri is None:
+        return command, None
+    shown = without_secrets(tracking_uri)
+    command += f" --mlflow {shlex.quote(shown)}" if shown else " --mlflow"
+    note = None if shown == tracking_uri else \
+        "the --mlflow URI had a password or key, left out of that command: give the URI with it again"
+    return command, note
+
+
 @contextmanager
-def resume_hint_on_interrupt(store: RunStore, echo) -> Iterator[None]:
-    """Ctrl-C, or SIGTERM (made to unwind the same way, exit status 143): say how to go on."""
+def resume_hint_on_interrupt(store: RunStore, tracking_uri: str | None, echo) -> Iterator[None]:
+    """Ctrl-C, or SIGTERM (made to unwind the same way, exit status 143): say how to go on
+    (`resume_command`)."""
     restore = sigterm_raises_systemexit()
     try:
         yield
     except (KeyboardInterrupt, SystemExit):
-        echo(f"interrupted; continue with: promptclimb search --resume {store.run_dir}")
+        command, note = resume_command(store, tracking_uri)
+        echo(f"interrupted; continue with: {command}")
+        if note:
+            echo(f"note: {note}")
         raise
     finally:
         restore()
@@ -568,14 +589,16 @@ def soft_prompt_search(plan: Plan, store: RunStore, evaluator, echo) -> dict:
     return SoftPromptSearch(evaluator, optimizer, store, plan.soft, echo).run()
 
 
-def climb(plan: Plan, store: RunStore, evaluator, llm: LLMClient, meta: MetaPrompt, echo) -> dict:
+def climb(plan: Plan, store: RunStore, evaluator, llm: LLMClient, meta: MetaPrompt, echo,
+          tracking_uri: str | None = None) -> dict:
     """The hill-climb (agent/search.py); an LLM that fails for good leaves a resumable run."""
     climber = HillClimber(evaluator, llm, store, plan.search, meta=meta, pool=plan.pool, echo=echo)
     try:
         return climber.run().summary
     except LLMError as exc:
-        raise PromptclimbError(f"{exc}\nThe run is saved; continue it with: "
-                               f"promptclimb search --resume {store.run_dir}") from None
+        command, note = resume_command(store, tracking_uri)
+        raise PromptclimbError(f"{exc}\nThe run is saved; continue it with: {command}"
+                               + (f"\n({note})" if note else "")) from None
 
 
 def what_changed(summary: dict, evaluator, echo) -> None:
