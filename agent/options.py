@@ -310,14 +310,29 @@ def read_toml(path: str | Path, what: str) -> dict:
         raise PromptclimbError(f"{what} {path}: not valid TOML ({exc})") from None
 
 
+def table_keywords(table: dict, where: str) -> dict:
+    """A TOML table of search options as keywords: a key is the long option's name with
+    dashes (`max-calls`, as on the command line) or with underscores (`max_calls`, as in
+    the Python API). A key given both ways is refused, naming it."""
+    keywords: dict = {}
+    for key, value in table.items():
+        keyword = key.replace("-", "_")
+        if keyword in keywords:
+            raise PromptclimbError(f"{where}{keyword.replace('_', '-')} is given twice "
+                                   f"({', '.join(k for k in table if k.replace('-', '_') == keyword)}); keep one")
+        keywords[keyword] = value
+    return keywords
+
+
 def read_config_file(path: str | Path) -> dict:
-    """`--config FILE.toml`: its `[search]` table (the table a sweep grid file uses), as
-    keywords checked against the search options."""
+    """`--config FILE.toml`: its `[search]` table (the table a sweep grid file uses: long
+    option names, `max-calls` or `max_calls`), as keywords checked against the search options."""
     tables = read_toml(path, "--config")
     search = tables.get("search", {})
     extra = sorted(set(tables) - {"search", "grid"})
     if not isinstance(search, dict) or extra:
         raise PromptclimbError(f"--config {path}: expected a [search] table of search options"
                                + (f" (found {', '.join(extra)})" if extra else ""))
+    search = table_keywords(search, f"--config {path}: ")
     resolve(search, f"--config {path}: ")  # every value checked now, with the file named
     return search

@@ -70,6 +70,36 @@ def test_a_config_file_sets_options_and_the_command_line_overrides_it(tmp_path, 
         assert json.loads((tmp_path / "runs" / "cli" / "config.json").read_text())["search"]["iterations"] == 1
 
 
+def test_a_config_file_takes_the_long_option_names_with_dashes_too(tmp_path, monkeypatch):
+    """A sweep grid file's [search] table takes `max-calls`; --config refused it as an
+    unknown keyword, and took only `max_calls`."""
+    from promptclimb.agent.cli.search import search_cmd
+
+    runs = tmp_path / "from-file-runs"
+    config = tmp_path / "search.toml"
+    config.write_text(f'[search]\ndataset = "toy"\nmax-calls = 1\nruns-dir = "{runs}"\npool-sample = 6\n'
+                      'search = "template"\nname = "dashes"\nmax_tries = 2\n')
+    with FakeLLM(responder=responder) as fake:
+        env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.base_url}
+        result = CliRunner().invoke(search_cmd, ["--config", str(config)], env=env, obj=FACTORY)
+        assert result.exit_code == 0, result.output
+        assert fake.count == 1
+    saved = json.loads((runs / "dashes" / "config.json").read_text())
+    assert (saved["search"]["max_calls"], saved["search"]["pool_sample"]) == (1, 6)
+
+
+def test_an_option_given_both_ways_in_a_config_file_is_refused_naming_it(tmp_path):
+    from promptclimb.agent.cli.search import search_cmd
+
+    config = tmp_path / "twice.toml"
+    config.write_text('[search]\ndataset = "toy"\nmax-calls = 1\nmax_calls = 2\n')
+    result = CliRunner().invoke(search_cmd, ["--config", str(config), "--runs-dir", str(tmp_path / "runs")],
+                                obj=FACTORY)
+    assert result.exit_code == 2, result.output
+    assert "max-calls is given twice (max-calls, max_calls); keep one" in flat(result.output)
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("text, needle", [
     ("[search]\niterations = [1, 2]\n", "--iterations [1, 2]: expected a whole number"),
     ("[search]\nshots = 1.5\n", "--shots 1.5: expected a whole number"),

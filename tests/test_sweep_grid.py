@@ -227,3 +227,22 @@ def test_a_sweep_whose_endpoint_secret_was_left_out_is_rerun_only_with_the_url_g
         sweeps.prepare_sweep(tmp_path / "s", None, {})
     sweeps.prepare_sweep(tmp_path / "plain", grid, {"base_url": "http://127.0.0.1:1/v1"})
     assert sweeps.prepare_sweep(tmp_path / "plain", None, {})["search"]["base_url"] == "http://127.0.0.1:1/v1"
+
+
+@pytest.mark.parametrize("search, said", [
+    ('runs-dir = "elsewhere"', "[search] runs-dir: a grid file does not say where the sweep goes; give --runs-dir "
+                               "on the command line"),
+    ("runs_dir = 'elsewhere'", "[search] runs-dir: a grid file does not say where the sweep goes"),
+    ("max-calls = 3\nmax_calls = 4", "[search] max-calls is given twice (max-calls, max_calls); keep one"),
+])
+def test_a_grid_file_search_table_is_refused_where_it_would_be_ignored_or_ambiguous(search, said, tmp_path):
+    """A grid file's runs-dir was stored in sweep.json and silently not used (the sweep went
+    to --runs-dir); a key given both ways was taken one way, the other dropped."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text(f'[grid]\ndataset = ["fashion-mnist"]\n[search]\n{search}\n')
+    runs = tmp_path / "runs"
+    refused = CliRunner().invoke(cli, ["sweep", "g", "--grid", str(grid), "--runs-dir", str(runs), "--optimizer",
+                                       "craft", "--queries", "200", "--address", "127.0.0.1:1"])  # no Ray, refused or not
+    errors = [line for line in refused.output.splitlines() if line.startswith("Error:")]
+    assert refused.exit_code == 1 and len(errors) == 1 and said in errors[0], refused.output
+    assert not runs.exists() and not (tmp_path / "elsewhere").exists()

@@ -10,7 +10,7 @@ from click.core import ParameterSource
 
 from promptclimb.agent.cli.errors import user_errors
 from promptclimb.agent.cli.search import CONTEXT, help_panels, table_options
-from promptclimb.agent.core.errors import EXIT_CELLS_FAILED
+from promptclimb.agent.core.errors import EXIT_CELLS_FAILED, PromptclimbError
 from promptclimb.agent.options import BY_NAME
 
 # search options that the grid and the cell's folder set instead
@@ -61,6 +61,8 @@ def sweep_cmd(ctx, name, datasets, backbones, shots, seeds, grid_file, address, 
     from promptclimb.agent.sweep.driver import read_grid_file, run_sweep
 
     grid, options = read_grid_file(grid_file) if grid_file else ({}, {})
+    if grid_file:
+        check_grid_file_search(grid_file, options)
     flags = {"dataset": datasets, "backbone": backbones, "shots": shots, "seeds": seeds}
     grid.update({axis: list(values) for axis, values in flags.items() if values})
     given = {p.name for p in ctx.command.params if ctx.get_parameter_source(p.name) != ParameterSource.DEFAULT}
@@ -72,6 +74,18 @@ def sweep_cmd(ctx, name, datasets, backbones, shots, seeds, grid_file, address, 
                        echo=lambda message: click.echo(message, err=True))
     if "failed" in states.values():  # the sweep ran to its end; the others are kept
         ctx.exit(EXIT_CELLS_FAILED)
+
+
+def check_grid_file_search(path: str, options: dict) -> None:
+    """A grid file's [search] table as `search --config` takes one (`max-calls` or
+    `max_calls`, not both), less `runs-dir`: where the sweep goes is --runs-dir on the
+    command line, which every rerun gives again (a grid file's was stored and not used)."""
+    from promptclimb.agent.options import read_toml, table_keywords
+
+    table_keywords(read_toml(path, "grid file").get("search") or {}, f"{path}: [search] ")
+    if "runs_dir" in options:
+        raise PromptclimbError(f"{path}: [search] runs-dir: a grid file does not say where the sweep goes; "
+                               "give --runs-dir on the command line (and to its reruns)")
 
 
 @click.command("sweep-report", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
