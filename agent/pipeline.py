@@ -29,7 +29,7 @@ from promptclimb.agent import options as option_table
 from promptclimb.agent.core.defaults import UNLABELED_IMAGES, default_backbone
 from promptclimb.agent.core.devices import check_device_name
 from promptclimb.agent.core.errors import PromptclimbError, sigterm_raises_systemexit
-from promptclimb.agent.core.paths import cache_home, check_writable
+from promptclimb.agent.core.paths import cache_home, check_writable, missing_folders, remove_while_empty
 from promptclimb.agent.core.format import pct
 from promptclimb.agent.core.protocol import Task
 from promptclimb.agent.core.templates import BASELINE
@@ -92,6 +92,18 @@ def run_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None = No
     """One search: `opts` holds every setting (`agent.options.resolve`, or the command's
     parsed options); progress goes to `echo`; returns the summary. `evaluator_factory`
     builds the evaluator from the run's evaluator settings (default: the CLIP one)."""
+    # a search refused before it keeps a run (a bad option, dataset, names set or meta-prompt
+    # found once --runs-dir exists) leaves no folder it created
+    created = [] if opts["resume"] else missing_folders(opts["runs_dir"])
+    try:
+        return planned_search(opts, echo, evaluator_factory)
+    except BaseException:
+        remove_while_empty(created)
+        raise
+
+
+def planned_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None) -> dict:
+    """`run_search` once the folders it may create are noted."""
     plan = resumed_run(opts, echo) if opts["resume"] else new_run(opts, echo)
     store = plan.store
     try:

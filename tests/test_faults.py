@@ -502,7 +502,7 @@ def test_bad_input_the_evaluator_finds_names_no_run_folder(tmp_path, llm, monkey
     runs = tmp_path / "runs"
     result = cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs)
     one_line_error(result, "line 2 is the last")
-    assert "run folder" not in result.output and not list(runs.iterdir())
+    assert "run folder" not in result.output and not runs.exists()  # nor the --runs-dir it created
     monkeypatch.setitem(EVALUATOR, "factory", lambda **kwargs: WordEvaluator(kwargs["dataset"]))
     result = cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "kept")
     assert result.exit_code == 0 and result.output.count(f"run folder: {runs / 'kept'}\n") == 1, result.output
@@ -569,3 +569,32 @@ def test_user_errors_turn_a_file_error_into_one_line():
 
     assert one_line_error(CliRunner().invoke(command, [])) == "Error: /some/where/summary.json: Permission denied"
     assert one_line_error(CliRunner().invoke(other, [])) == "Error: what to do"
+
+
+# -- a refused search leaves no folder it created ---------------------------------------------------------------
+@pytest.mark.parametrize("refusal, said", [
+    (["--dataset", "nope"], "unknown dataset"),  # found once --runs-dir was checked
+    (["--dataset", "fashion-mnist", "--classnames", "cleen"], "neither a name set"),  # found by the evaluator
+    (["--dataset", "fashion-mnist", "--meta-prompt", "EMPTY"], "holds none of system.j2"),
+])
+def test_a_refused_search_leaves_no_runs_dir_it_created_and_keeps_one_that_existed(tmp_path, refusal, said):
+    """`check_writable` made --runs-dir (and the folders above it) before the options were
+    all checked: a refused search left them behind, empty. The real CLIP evaluator (demo)."""
+    (tmp_path / "empty").mkdir()
+    args = [str(tmp_path / "empty") if a == "EMPTY" else a for a in refusal]
+    env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": "http://127.0.0.1:1/v1"}  # never asked
+    refused = cli("search", *args, "--runs-dir", tmp_path / "new" / "runs", env=env)
+    one_line_error(refused, said)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "existing").mkdir()
+    one_line_error(cli("search", *args, "--runs-dir", tmp_path / "existing", env=env), said)
+    assert (tmp_path / "existing").is_dir() and not list((tmp_path / "existing").iterdir())
+
+
+def test_a_refused_search_from_python_leaves_no_runs_folder(tmp_path, monkeypatch):
+    import promptclimb
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PromptclimbError, match="unknown dataset"):
+        promptclimb.search(dataset="nope", echo=None)
+    assert not (tmp_path / "runs").exists()

@@ -37,6 +37,27 @@ def check_writable(folder: str | Path, what: str) -> Path:
     return folder
 
 
+def missing_folders(folder: str | Path) -> list[Path]:
+    """`folder` and the folders above it that do not exist yet, deepest first (what
+    `check_writable` or `mkdir(parents=True)` would create)."""
+    folder = Path(folder).expanduser().absolute()
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def remove_while_empty(folders: list[Path]) -> None:
+    """Remove `folders` (deepest first), each only while it is empty: what a refused command
+    created and left unused goes, never a folder something else wrote to meanwhile."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone, or not ours to remove): it and those above stay
+            return
+
+
 def prompts_dir() -> Path:
     """The installed `promptclimb/prompts/` folder (text only: meta-prompts and template
     pools); beside `agent/` both in the repository and in an installed wheel."""
