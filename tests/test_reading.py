@@ -217,3 +217,37 @@ def test_an_unfinished_runs_ledger_is_counted_as_the_summary_counts_it(run_dir):
     run = load_run(run_dir)
     assert replace(run, summary=None).ledger() == {k: v for k, v in run.summary["ledger"].items()
                                                    if k not in ("this_session", "by_kind")}
+
+
+# -- a names search (--search both): a template is on the board with several sets of names ------
+def make_names_run(root: Path) -> tuple[Path, list[str]]:
+    """A finished `--search both` run (2 resets of a names turn, then a template turn) whose
+    renames raise the board's best, and the console lines the search printed."""
+    from test_names import climb, scripted
+
+    console = []
+    respond = scripted(["Trouser: jeans", "T-shirt/top: tee"], templates="a grayscale photo of a {}.\na photo of the {}.")
+    with FakeLLM(responder=respond) as fake:
+        _, _, run_dir = climb(root, fake.base_url, search="both", iterations=2, resets=2, echo=console.append)
+    return run_dir, console
+
+
+@pytest.fixture
+def names_run(tmp_path, monkeypatch) -> tuple[Path, list[str]]:
+    monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
+    return make_names_run(tmp_path)
+
+
+def test_after_a_rename_what_the_llm_was_shown_matches_the_prompt_it_got(names_run):
+    """A template turn after a names turn: the renamed template is shown (and ranked) with the
+    figures of its names at that turn, not those of its first score under the start names."""
+    run = load_run(names_run[0])
+    turns = [(it, ex) for it, ex in zip([i for i in run.iterations() if i["kind"] == "template"],
+                                        run.of("llm_exchange")) if ex["messages"][0]["role"] == "system"]
+    assert len(turns) == 2 and all(len(ex["messages"]) == 2 for _, ex in turns)  # each opens its conversation
+    for it, ex in turns:
+        listed = re.findall(r"^([\d.]+)%  (.*)$", ex["messages"][-1]["content"], flags=re.M)
+        shown = it["shown_top"] + it["shown_bottom"]
+        assert [(float(a), t) for a, t in listed] == [(round(100 * s["selection"], 1), s["template"]) for s in shown]
+    renamed = run.of("names_change")[0]
+    assert turns[0][0]["shown_top"][0] == {"template": renamed["template"], "selection": renamed["accuracy"]["train"]}

@@ -420,18 +420,21 @@ class Run:
 
     def scoreboard(self, restart, before_line: int) -> tuple[list[dict], list[dict]]:
         """The top-k and bottom-k templates the LLM was shown at a point of the run: the
-        restart's pool sample plus what the LLM proposed in that restart so far, ranked as
-        the search ranks them (rebuilt from the events, not parsed back from the prompt
-        text, which users may rewrite)."""
+        restart's board then (its pool sample under the start names, what the LLM proposed in
+        that restart so far, and each (template, names) pair a names turn kept), ranked as the
+        search ranks it, each template once, at its best place: a renamed template with the
+        figures of its names then, not of its first score (rebuilt from the events, not parsed
+        back from the prompt text, which users may rewrite)."""
         scores = self.scores()
         if scores.empty:
             return [], []
         pools = [e.get("pool") or [] for e in self.of("restart") if e.get("restart") == restart]
         pool = set(pools[-1]) if pools else set(scores.loc[scores["origin"] == "pool", "template"])
-        firsts = scores.drop_duplicates("template")
-        in_pool = firsts[firsts["template"].isin(pool)]
-        proposed = firsts[(firsts["origin"] == "llm") & (firsts["restart"] == restart) & (firsts["line"] < before_line)]
-        board = self._rank(pd.concat([in_pool, proposed]))
+        start_names = scores["names"].isna() if "names" in scores else pd.Series(True, index=scores.index)
+        in_pool = scores[start_names & scores["template"].isin(pool)].drop_duplicates("template")
+        own = scores[scores["origin"].isin(["llm", "names"]) & (scores["restart"] == restart)
+                     & (scores["line"] < before_line)]
+        board = self._rank(pd.concat([in_pool, own])).drop_duplicates("template")  # first = best place
         search = self.config.get("search") or {}
         top_k, bottom_k = int(search.get("top_k", 3)), int(search.get("bottom_k", 3))
         rows = [{"template": r.template, "selection": r.selection} for r in board.itertuples()]
