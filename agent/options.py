@@ -71,7 +71,8 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
            f"OPENAI_BASE_URL is set, then {REMOTE_DEFAULT_MODEL}].", _E, dest="llm_name", recorded="llm.model"),
     Option("--search", SEARCH.search, "What the LLM rewrites: template (the prompt's wording), names (the class "
            "names, guided by per-class accuracy and confusions) or both (names turns, and a template turn to end "
-           "each reset).", _E, SEARCHES, recorded="search.search"),
+           "each reset of two or more --iterations; with --iterations 1 a reset's one turn is a names turn, so no "
+           "template turn).", _E, SEARCHES, recorded="search.search"),
     Option("--classnames", None, "The class names the search starts from: published (the labels the data comes "
            "with, the default), a named set (clean for fashion-mnist, coop for eurosat) or a FILE (one name per line "
            "in class order, or folder,name lines).", _E, metavar="published|SET|FILE",

@@ -126,3 +126,16 @@ def test_a_config_file_that_is_not_utf8_is_refused(tmp_path):
     config.write_bytes('[search]\ndataset = "caf\xe9"\n'.encode("latin-1"))
     result = CliRunner().invoke(search_cmd, ["--config", str(config)], obj=FACTORY)
     assert result.exit_code == 2 and "not a UTF-8 text file" in flat(result.output)
+
+
+def test_the_search_help_says_what_one_iteration_of_both_runs():
+    """`--search both --iterations 1`: the help said each reset ends with a template turn; its
+    one turn is a names turn (agent/search.py `turn_kind`), and the help says so now."""
+    from promptclimb.agent.options import BY_NAME
+    from promptclimb.agent.search import turn_kind
+
+    assert [turn_kind("both", i, 1) for i in (1,)] == ["names"]
+    assert [turn_kind("both", i, 3) for i in (1, 2, 3)] == ["names", "names", "template"]
+    said = " ".join(BY_NAME["search"].help.split())
+    assert "a template turn to end each reset of two or more --iterations" in said
+    assert "with --iterations 1 a reset's one turn is a names turn, so no template turn" in said
