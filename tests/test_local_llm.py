@@ -386,3 +386,42 @@ def test_the_server_lists_the_gguf_name_and_hash(home, tmp_path, stand_in, monke
     assert local_llm.parse_local_model_id(listed) == ("other-model", sha)
     assert local_llm.parse_local_model_id("other-model") is None
     assert local_llm.parse_local_model_id("promptclimb-local/x@sha256:abc") is None
+
+
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_llm_serve_stopped_exits_130_or_143_and_stops_its_server(home, stand_in, sig, code):
+    """`promptclimb llm serve` (the stand-in behind it) stopped with Ctrl-C exited 0; every
+    command exits 130 on Ctrl-C and 143 on SIGTERM (README, Exit codes)."""
+    import os
+    import signal
+
+    port = local_llm.free_port()
+    child_code = (
+        "import functools, sys\n"
+        "from promptclimb.agent.llm import local\n"
+        "from promptclimb.agent import cli\n"
+        f"local.local_server = functools.partial(local.local_server, command={stand_in(port)!r})\n"
+        f"cli.main(['llm', 'serve', '--port', '{port}'])\n")
+    # SIGINT at its default in the child, as a terminal's Ctrl-C (a suite run in the
+    # background inherits it ignored); its own session, so the signal reaches it alone
+    child = subprocess.Popen([sys.executable, "-c", child_code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env={**os.environ, "PROMPTCLIMB_HOME": str(home)}, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        said = []
+        for line in child.stdout:
+            said.append(line)
+            if line.startswith("serving"):
+                break
+        assert said and said[-1].startswith("serving"), "".join(said)
+        assert f"http://127.0.0.1:{port}/v1\n" in said
+        child.send_signal(getattr(signal, sig))
+        output = "".join(said) + child.communicate(timeout=60)[0]
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    assert child.returncode == code, (child.returncode, output)
+    assert "stopping the local LLM server" in output and "Traceback" not in output and "Aborted" not in output
+    with pytest.raises(OSError):  # the server went with it
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)

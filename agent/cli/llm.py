@@ -24,7 +24,7 @@ def llm_group():
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: all cores).")
 @user_errors
 def serve_cmd(model_path, port, n_ctx, threads):
-    """Start the local LLM server and keep it running until Ctrl-C.
+    """Start the local LLM server and keep it running until Ctrl-C (exit status 130; SIGTERM: 143).
 
     It prints its base URL; pass it to several runs so they share one server. It answers
     one request at a time, so runs are fastest one after another (searches and sweeps run
@@ -38,12 +38,15 @@ def serve_cmd(model_path, port, n_ctx, threads):
 
     with local_server(model_path, port=port, n_ctx=n_ctx, n_threads=threads,
                       echo=lambda m: click.echo(m, err=True)) as base_url:
-        click.echo(base_url)
-        click.echo("serving; press Ctrl-C to stop", err=True)
         try:
-            threading.Event().wait()  # until Ctrl-C; local_server stops the child on the way out
-        except KeyboardInterrupt:
+            click.echo(base_url)
+            click.echo("serving; press Ctrl-C to stop", err=True)
+            threading.Event().wait()  # until Ctrl-C or SIGTERM; local_server stops the child on the way out
+        except (KeyboardInterrupt, SystemExit):
+            # then the exit status every command has (README, Exit codes): 130 for Ctrl-C
+            # (user_errors), 143 for SIGTERM (local_server makes it SystemExit(143))
             click.echo("stopping the local LLM server", err=True)
+            raise
 
 
 @llm_group.command("path")
