@@ -381,26 +381,27 @@ def run_tags(run: Run) -> dict:
 
 def answer_metrics(run: Run, hold_last: bool = False, logged: Container[int] = ()) -> list[tuple[int, int, dict[str, float]]]:
     """(step = `call`, time in ms, metrics) per LLM answer of any kind (template turn, names
-    turn, names guard): the train and val accuracy of the best so far (as the reader ranks),
+    turn, names guard): the train and val accuracy of the best so far (as the reader ranks, up
+    to the answer's end as the reader counts it, `Run.answer_ends`: a names turn's kept change
+    is written after the guard's answers inside the turn, and the best so far never falls),
     how many of its proposals were scored (new) and refused, its tokens. An answer's events
-    are those with its `call`. `hold_last`: leave out a last answer that nothing follows yet
-    (a search may still be scoring it). `logged`: steps to leave out (the server has them),
-    so a live tracker's work per answer does not grow with the answers before it."""
+    are those with its `call`. `hold_last`: leave out the answers of a last turn that nothing
+    follows yet (`Run.open_turn`: a search may still be scoring it, or keep a names change).
+    `logged`: steps to leave out (the server has them), so a live tracker's work per answer
+    does not grow with the answers before it."""
     ranked = run.ranked()  # best first; `line` = where it was recorded
     own: dict[int, list[dict]] = {}
     for e in run.events:
         if e.get("call") is not None:
             own.setdefault(int(e["call"]), []).append(e)
-    last_line = max((e["_line"] for e in run.events), default=0)
+    ends, held = run.answer_ends(), run.open_turn() if hold_last else set()
     best_at = _best_so_far(ranked)
     rows = []
     for answer in (e for e in run.events if e["event"] in LLM_EVENTS and e.get("call") is not None):
         call = int(answer["call"])
-        if call in logged:
+        if call in logged or call in held:
             continue
-        end = max(e["_line"] for e in own[call])
-        if hold_last and end == last_line:
-            continue
+        end = ends[call]
         usage = answer.get("usage") or {}
         values = {"new_proposals": sum(_is_new(e) for e in own[call]),
                   "refused_proposals": sum(e["event"] in REFUSED for e in own[call]),

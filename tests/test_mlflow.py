@@ -312,6 +312,39 @@ def test_a_live_tracker_logs_each_answer_as_the_next_one_comes(tmp_path, server,
     assert [step for step, _ in history(client, run_id, "best_train_accuracy")] == [0, 1, 2]
 
 
+def test_the_best_so_far_of_a_names_search_never_falls_and_each_answer_is_logged_with_its_final_value(
+        tmp_path, monkeypatch):
+    """A names turn writes its kept change after the guard's answers inside the turn: each of
+    them is logged with the best so far the reader shows (the change counted), which never
+    falls; a turn still being written is held back whole, so what a live tracker (or a sync
+    while the search writes) logs is what the finished run says."""
+    from test_reading import make_names_run
+
+    from promptclimb.agent.tracking import answer_metrics
+
+    monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
+    run_dir, _ = make_names_run(tmp_path)
+    run = load_run(run_dir)
+    final = {step: values["best_train_accuracy"] for step, _, values in answer_metrics(run)}
+    assert list(final.values()) == [it["best_so_far"] for it in run.iterations()]
+    assert list(final.values()) == sorted(final.values())
+    kinds = [e["event"] for e in run.answers()]
+    assert kinds[:2] == ["names_exchange", "names_judge"]
+    assert final[0] == final[1] == run.of("names_change")[0]["accuracy"]["train"]  # the turn's rename counted
+
+    lines = (run_dir / "history.jsonl").read_text().splitlines(keepends=True)
+    for n in range(1, len(lines) + 1):  # the folder as a live tracker saw it after each event
+        (run_dir / "history.jsonl").write_text("".join(lines[:n]))
+        for step, _, values in answer_metrics(load_run(run_dir), hold_last=True):
+            assert values["best_train_accuracy"] == final[step], f"answer {step} logged after line {n}"
+
+    (run_dir / "history.jsonl").write_text("".join(lines))
+    uri = sqlite_uri(tmp_path / "store")
+    assert sync_run(run_dir, uri).new_answers == len(final)
+    logged = history(MlflowClient(uri), linked_run_id(run_dir, uri), "best_train_accuracy")
+    assert logged == sorted(final.items())
+
+
 def test_an_unreachable_server_is_one_warning_and_the_search_goes_on(tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"
     warnings = []

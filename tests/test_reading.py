@@ -251,3 +251,21 @@ def test_after_a_rename_what_the_llm_was_shown_matches_the_prompt_it_got(names_r
         assert [(float(a), t) for a, t in listed] == [(round(100 * s["selection"], 1), s["template"]) for s in shown]
     renamed = run.of("names_change")[0]
     assert turns[0][0]["shown_top"][0] == {"template": renamed["template"], "selection": renamed["accuracy"]["train"]}
+
+
+def test_the_best_so_far_of_a_names_search_never_falls_and_is_what_the_console_said(names_run):
+    """A names turn's kept change is recorded after the guard's answers: the turn's best so far
+    counts it, and so does each guard answer inside the turn."""
+    run_dir, console = names_run
+    said = [float(m.group(1)) for line in console if (m := re.search(r"\| best ([\d.]+)%", line))]
+    run = load_run(run_dir)
+    iterations = run.iterations()
+    assert [it["kind"] for it in iterations] == ["names", "guard", "template"] * 2
+    turns = [it for it in iterations if it["kind"] != "guard"]
+    assert [round(100 * it["best_so_far"], 1) for it in turns] == said
+    assert turns[0]["best_so_far"] > run.scores().query("origin == 'pool'")["selection"].max()  # the rename raised it
+    bests = [it["best_so_far"] for it in iterations]
+    assert bests == sorted(bests)
+    for i, it in enumerate(iterations):
+        if it["kind"] == "guard":
+            assert it["best_so_far"] == iterations[i - 1]["best_so_far"]

@@ -440,6 +440,38 @@ class Run:
         rows = [{"template": r.template, "selection": r.selection} for r in board.itertuples()]
         return top_and_bottom(rows, top_k, bottom_k)
 
+    def answer_ends(self) -> dict[int, int]:
+        """Per LLM answer (its `call`): the history line up to which its best so far counts:
+        its own last event (a names turn's kept change is written after the guard's answers
+        inside the turn), and never a line before the end of the answer before it (so a guard
+        answer counts the change of its turn). The best so far never falls, and after a turn
+        it is what the console said then."""
+        last: dict[int, int] = {}
+        for e in self.events:
+            if e.get("call") is not None:
+                last[int(e["call"])] = max(last.get(int(e["call"]), 0), e["_line"])
+        ends, reached = {}, 0
+        for ex in self.answers():
+            if ex.get("call") is not None:
+                reached = max(reached, last[int(ex["call"])])
+                ends[int(ex["call"])] = reached
+        return ends
+
+    def open_turn(self) -> set[int]:
+        """The calls of the history's last turn (a template or names turn's answer and the
+        guard's answers inside it) while nothing but that turn's own events (same restart,
+        reset and iteration) follows its answer: a search writing the run may still be
+        scoring it, or keep a names change after it. Empty once anything else follows."""
+        openers = [e for e in self.events if e["event"] in ("llm_exchange", "names_exchange")]
+        if not openers:
+            return set()
+        opener = openers[-1]
+        place = tuple(opener.get(k) for k in ("restart", "reset", "iteration"))
+        after = [e for e in self.events if e["_line"] > opener["_line"]]
+        if any(tuple(e.get(k) for k in ("restart", "reset", "iteration")) != place for e in after):
+            return set()
+        return {int(e["call"]) for e in [opener, *after] if e["event"] in ANSWER_KINDS and e.get("call") is not None}
+
     def iterations(self) -> list[dict]:
         """One entry per LLM answer, of every kind ("template", "names", "guard": the drift
         guard's question): where it was, what the LLM was shown (a template turn: the
@@ -447,6 +479,7 @@ class Run:
         (and why; a names turn: "Class -> name" for each one-class change), and the best so
         far after it."""
         scores = self.scores()
+        ends = self.answer_ends()
         out = []
         kinds = ANSWER_KINDS
         for ex in self.answers():
@@ -457,9 +490,8 @@ class Run:
                 top, bottom = self.scoreboard(ex.get("restart"), ex["_line"])
             else:
                 scored, rejects, top, bottom = self._names_answer(ex, call)
-            # best so far = over everything recorded up to this answer's last proposal
-            last = max([ex["_line"], *scored.get("line", []), *(e["_line"] for e in rejects)])
-            upto = scores[scores["line"] <= last] if "line" in scores else scores
+            # best so far = over everything recorded up to the end of this answer (`answer_ends`)
+            upto = scores[scores["line"] <= ends[call]] if "line" in scores else scores
             usage = ex.get("usage") or {}
             out.append({
                 "call": call, "kind": kinds[ex["event"]], "restart": ex.get("restart"), "reset": ex.get("reset"),
