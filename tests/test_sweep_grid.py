@@ -246,3 +246,23 @@ def test_a_grid_file_search_table_is_refused_where_it_would_be_ignored_or_ambigu
     errors = [line for line in refused.output.splitlines() if line.startswith("Error:")]
     assert refused.exit_code == 1 and len(errors) == 1 and said in errors[0], refused.output
     assert not runs.exists() and not (tmp_path / "elsewhere").exists()
+
+
+def test_a_rerun_that_gives_some_grid_axes_takes_the_others_from_the_sweep(tmp_path):
+    """`sweep s --shots 4` on a sweep of one dataset said 'a sweep needs at least one
+    --dataset'; the axes not given are the sweep's, and what differs is named."""
+    runs = tmp_path / "runs"
+    sweeps.prepare_sweep(runs / "s", {"dataset": ["fashion-mnist"], "seeds": ["1-2"]},
+                         {"optimizer": "craft", "queries": 200})
+
+    def rerun(*flags):
+        result = CliRunner().invoke(cli, ["sweep", "s", "--runs-dir", str(runs), *flags, "--address", "127.0.0.1:1"])
+        errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+        assert result.exit_code == 1 and len(errors) == 1, result.output
+        return errors[0]
+
+    assert "started with other settings (differs in: grid.shots)" in rerun("--shots", "4")
+    assert "differs in: grid.seeds)" in rerun("--seeds", "1-3")
+    assert "cannot reach Ray" in rerun("--seeds", "1,2")  # the sweep's grid: accepted, on to Ray
+    assert "cannot reach Ray" in rerun("--dataset", "fashion-mnist")
+    assert json.loads((runs / "s" / "sweep.json").read_text())["grid"]["seeds"] == [1, 2]

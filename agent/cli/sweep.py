@@ -65,6 +65,7 @@ def sweep_cmd(ctx, name, datasets, backbones, shots, seeds, grid_file, address, 
         check_grid_file_search(grid_file, options)
     flags = {"dataset": datasets, "backbone": backbones, "shots": shots, "seeds": seeds}
     grid.update({axis: list(values) for axis, values in flags.items() if values})
+    grid = with_stored_axes(grid, search["runs_dir"], name)
     given = {p.name for p in ctx.command.params if ctx.get_parameter_source(p.name) != ParameterSource.DEFAULT}
     runs_dir = search.pop("runs_dir")
     options.update({BY_NAME[name].keyword: list(value) if BY_NAME[name].multiple else value
@@ -74,6 +75,22 @@ def sweep_cmd(ctx, name, datasets, backbones, shots, seeds, grid_file, address, 
                        echo=lambda message: click.echo(message, err=True))
     if "failed" in states.values():  # the sweep ran to its end; the others are kept
         ctx.exit(EXIT_CELLS_FAILED)
+
+
+def with_stored_axes(grid: dict, runs_dir: str, name: str) -> dict:
+    """A rerun's grid: the axes given (flags, --grid FILE), the sweep's stored ones for the
+    axes not given, as options not given keep their stored values. `sweep NAME --shots 4`
+    on a sweep of one dataset is then refused for what differs (grid.shots), not for a
+    missing --dataset. A new sweep's grid is as given; none given takes the stored grid."""
+    from pathlib import Path
+
+    from promptclimb.agent.sweep.driver import SWEEP_FILE, read_sweep
+
+    sweep_dir = Path(runs_dir).expanduser().resolve() / name
+    if not grid or not (sweep_dir / SWEEP_FILE).is_file():
+        return grid
+    stored = read_sweep(sweep_dir)["grid"]
+    return {**{axis: stored[axis] for axis in stored if axis not in grid}, **grid}
 
 
 def check_grid_file_search(path: str, options: dict) -> None:
