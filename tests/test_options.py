@@ -139,3 +139,19 @@ def test_the_search_help_says_what_one_iteration_of_both_runs():
     said = " ".join(BY_NAME["search"].help.split())
     assert "a template turn to end each reset of two or more --iterations" in said
     assert "with --iterations 1 a reset's one turn is a names turn, so no template turn" in said
+
+
+def test_sweep_help_says_what_mlflow_logs_for_a_sweep():
+    """sweep --help's --mlflow was the search's text ("one run"); a sweep logs a parent run
+    with a nested run per cell."""
+    from promptclimb.agent.cli.search import search_cmd
+    from promptclimb.agent.cli.sweep import sweep_cmd
+
+    def mlflow_help(command) -> str:
+        return " ".join(next(p for p in command.params if p.name == "mlflow").help.split())
+
+    assert "one parent run for the sweep with the cells' runs nested under it" in mlflow_help(sweep_cmd)
+    assert "one run," not in mlflow_help(sweep_cmd) and "never fails a sweep" in mlflow_help(sweep_cmd)
+    assert "(one run, a metric step per LLM answer" in mlflow_help(search_cmd)
+    shown = flat(CliRunner().invoke(sweep_cmd, ["--help"], terminal_width=100).output)
+    assert "one parent run for the sweep" in shown

@@ -21,8 +21,9 @@ from promptclimb.agent.options import PANELS, SEARCH_OPTIONS, Option
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 
-def click_option(option: Option, default=None):
-    """One table row as a click option (`default` overrides the table's, e.g. for a sweep)."""
+def click_option(option: Option, default=None, help: str | None = None):
+    """One table row as a click option (`default` and `help` override the table's, e.g. for a
+    sweep)."""
     kind = option.kind
     extra: dict = {}
     if kind is bool:
@@ -41,15 +42,16 @@ def click_option(option: Option, default=None):
         extra.update(is_flag=False, flag_value="")
     value = option.default if default is None else default
     return click.option(option.flag, option.name, default=value, multiple=option.multiple, metavar=option.metavar,
-                        help=option.help, show_default=value not in (None, (), False), **extra)
+                        help=help or option.help, show_default=value not in (None, (), False), **extra)
 
 
-def table_options(skip: frozenset | set = frozenset()):
-    """A decorator adding every table option not in `skip` (by name), in table order."""
+def table_options(skip: frozenset | set = frozenset(), helps: dict | None = None):
+    """A decorator adding every table option not in `skip` (by name), in table order; `helps`
+    (by name) says what an option does in this command where the search's text would not."""
     def decorate(command):
         for option in reversed(SEARCH_OPTIONS):
             if option.name not in skip:
-                command = click_option(option)(command)
+                command = click_option(option, help=(helps or {}).get(option.name))(command)
         return command
     return decorate
 

@@ -18,6 +18,13 @@ NOT_PER_SWEEP = {"dataset", "shots", "seed", "backbone", "run_name", "resume", "
 SWEEP_OWN = ["--dataset", "--backbone", "--shots", "--seeds", "--grid", "--address", "--num-cpus", "--cpus-per-run",
              "--gpus-per-run"]
 FORMATS = ("table", "markdown", "csv", "json")
+# what a sweep's options do where the search's help would say otherwise
+SWEEP_HELPS = {
+    "mlflow": "Log the sweep to MLflow: each cell's search its own run (a metric step per LLM answer, the winning "
+              "prompt registered), and at the end one parent run for the sweep with the cells' runs nested under "
+              "it; to TRACKING_URI, else $MLFLOW_TRACKING_URI, else MLflow's default sqlite:///mlflow.db (in the "
+              "current folder; artifacts beside it, in mlruns/). Needs the mlflow extra; tracking never fails a sweep.",
+}
 
 
 click.rich_click.OPTION_GROUPS["promptclimb sweep"] = help_panels("sweep", SWEEP_OWN, NOT_PER_SWEEP)
@@ -40,7 +47,7 @@ click.rich_click.OPTION_GROUPS["sweep"] = click.rich_click.OPTION_GROUPS["prompt
               help="CPUs of the local Ray [default: all of this machine's]; not with --address.")
 @click.option("--cpus-per-run", type=float, default=1.0, help="Ray CPUs per cell (fractions allowed).")
 @click.option("--gpus-per-run", type=float, default=0.0, help="Ray GPUs per cell (fractions allowed, e.g. 0.25).")
-@table_options(skip=NOT_PER_SWEEP)
+@table_options(skip=NOT_PER_SWEEP, helps=SWEEP_HELPS)
 @click.pass_context
 @user_errors
 def sweep_cmd(ctx, name, datasets, backbones, shots, seeds, grid_file, address, num_cpus, cpus_per_run, gpus_per_run,
