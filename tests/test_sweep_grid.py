@@ -266,3 +266,21 @@ def test_a_rerun_that_gives_some_grid_axes_takes_the_others_from_the_sweep(tmp_p
     assert "cannot reach Ray" in rerun("--seeds", "1,2")  # the sweep's grid: accepted, on to Ray
     assert "cannot reach Ray" in rerun("--dataset", "fashion-mnist")
     assert json.loads((runs / "s" / "sweep.json").read_text())["grid"]["seeds"] == [1, 2]
+
+
+def test_sweep_report_of_a_folder_that_does_not_exist_says_so(tmp_path, monkeypatch):
+    """It said `runs/nope is not a sweep folder`, for a folder that is not there at all."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "plain").mkdir(parents=True)
+
+    def error(*args) -> str:
+        result = CliRunner().invoke(cli, ["sweep-report", *args])
+        errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+        assert result.exit_code == 1 and len(errors) == 1, result.output
+        return errors[0]
+
+    assert error("nope") == "Error: runs/nope does not exist: no sweep nope under --runs-dir runs (or give a sweep " \
+                            "folder's path)"
+    assert error("nope", "--runs-dir", "elsewhere").startswith("Error: elsewhere/nope does not exist")
+    assert error("plain") == "Error: runs/plain is not a sweep folder (no sweep.json)"  # there, but not a sweep's
+    assert error(str(tmp_path / "runs" / "plain")).endswith("is not a sweep folder (no sweep.json)")

@@ -131,9 +131,12 @@ def sweep_report_cmd(sweep, runs_dir, fmt):
 
     from promptclimb.agent.runs.reading import find_sweep
 
-    # a path or a name (what is not a sweep folder: sweep_cells says so)
-    sweep_dir = find_sweep(sweep, runs_dir) or (Path(runs_dir) / sweep if (Path(runs_dir) / sweep).is_dir()
-                                                 else Path(sweep))
+    # a path or a name (a folder that is not a sweep's: sweep_cells says so)
+    sweep_dir = find_sweep(sweep, runs_dir) or next(
+        (folder for folder in (Path(runs_dir) / sweep, Path(sweep)) if folder.is_dir()), None)
+    if sweep_dir is None:
+        raise PromptclimbError(f"{Path(runs_dir) / sweep} does not exist: no sweep {sweep} under --runs-dir "
+                               f"{runs_dir} (or give a sweep folder's path)")
     cells = sweep_cells(sweep_dir)
     summary = sweep_summary(cells)
     try:
