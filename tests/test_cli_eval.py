@@ -52,6 +52,7 @@ def test_user_mistakes_are_messages_not_tracebacks(tiny_clip_config, tiny_clip_w
     ]
     cases += [
         (["--with-adapter"], 2, "--with-adapter needs --run RUN"),
+        (["--shots", "0"], 2, "Invalid value for '--shots': 0 is not in the range x>=1."),  # as search (it was 1)
         (["--run", "no-such-run", "--runs-dir", str(image_folder)], 1, "no run 'no-such-run'"),
     ]
     for args, code, message in cases:

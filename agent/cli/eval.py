@@ -40,7 +40,8 @@ DEFAULTS = {"dataset": "fashion-mnist", "shots": 1, "seed": 0,  # as `search`; t
               help="The class names filled in: published (the data's labels), a named set (clean for fashion-mnist, "
                    "coop for eurosat) or a FILE (one name per line, or folder,name lines) [default: published, "
                    "or the names the run found with --run].")
-@click.option("--shots", type=int, default=None, help="Training images per class (k) [default: 1, or the run's].")
+@click.option("--shots", type=click.IntRange(min=1), default=None,
+              help="Training images per class (k) [default: 1, or the run's].")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed of the few-shot draw [default: 0, or the run's].")
 @click.option("--backbone", default=None,
               help="'demo' (embedded, offline) or an open_clip architecture such as RN50 or ViT-B-32 "
