@@ -146,6 +146,23 @@ def test_compare_puts_winners_side_by_side(tmp_path):
     assert [r["rank"] for r in rows[:-1]] == [str(i) for i in range(1, len(rows))]
 
 
+def test_compare_and_show_list_as_many_distinct_winners_as_asked_after_a_rename(tmp_path, monkeypatch):
+    """A names search's summary.json holds its best template once per set of names: `compare`
+    and `show` still list --top (5) distinct templates, as `transfer` ranks them."""
+    from test_reading import make_names_run
+
+    monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
+    make_run(tmp_path, "a")
+    run_dir, _ = make_names_run(tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert len({t["template"] for t in summary["top"]}) < len(summary["top"])
+    rows = json.loads(invoke("compare", "a", run_dir.name, "--runs-dir", tmp_path / "runs", "--format", "json").output)
+    assert [r["rank"] for r in rows] == ["1", "2", "3", "4", "5", "ens"]
+    listed = [r["B template"] for r in rows[:5]]
+    assert None not in listed and len(set(listed)) == 5 and listed[0] == summary["best"]["template"]
+    shown = json.loads(invoke("show", run_dir.name, "--runs-dir", tmp_path / "runs", "--format", "json").output)
+    assert [w["template"] for w in shown["winners"][:5]] == listed
+
 def test_rank_correlation():
     a = pd.Series([0.9, 0.8, 0.7, 0.6])
     assert rank_correlation(a, pd.Series([0.5, 0.4, 0.3, 0.2])) == 1.0

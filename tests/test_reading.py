@@ -269,3 +269,24 @@ def test_the_best_so_far_of_a_names_search_never_falls_and_is_what_the_console_s
     for i, it in enumerate(iterations):
         if it["kind"] == "guard":
             assert it["best_so_far"] == iterations[i - 1]["best_so_far"]
+
+
+def test_the_winners_of_a_names_search_are_distinct_templates_as_many_as_asked(names_run):
+    """summary.json's top holds a template once per set of names (here 2 templates in its 3
+    entries): the winners list each template once, at its best, as many as asked when the run
+    scored them, in the order `transfer` ranks them; the best's test accuracy on rank 1."""
+    from promptclimb.agent.api import transfer_table
+
+    run = load_run(names_run[0])
+    assert len({t["template"] for t in run.summary["top"]}) < len(run.summary["top"]) == 3
+    ranked = list(transfer_table(run)["template"])
+    for k in (1, 3, 5, 10):
+        winners = run.winners(k)
+        listed = list(winners.loc[winners["rank"] != "ens", "template"])
+        assert listed == ranked[:min(k, len(run.ranked().drop_duplicates("template")))]
+    winners = run.winners(5)
+    assert list(winners["rank"]) == [1, 2, 3, 4, 5, "ens"]
+    assert winners.loc[0, "test"] == run.summary["best"]["accuracy"]["test"] and winners.loc[1:4, "test"].isna().all()
+    best_of = run.ranked().drop_duplicates("template").set_index("template")
+    for row in winners.iloc[:5].itertuples():
+        assert (row.train, row.origin) == (best_of.loc[row.template, "train"], best_of.loc[row.template, "origin"])

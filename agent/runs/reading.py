@@ -367,18 +367,28 @@ class Run:
         return frame if frame.empty else self._rank(frame)
 
     def winners(self, k: int = 5) -> pd.DataFrame:
-        """The best templates with train / val / test accuracy (test exists for the best one
-        and the ensemble only: it is computed once, at the end), best first."""
+        """The best k templates with train / val / test accuracy (test exists for the best one
+        and the ensemble only: it is computed once, at the end), best first. Each template is
+        listed once, at its best place, with the figures of its best names (under --search
+        names|both the run scored it with several sets of names), as `transfer` ranks them:
+        summary.json's `top` (which holds a template once per set of names, and only as many
+        entries as the search kept), then the rest of the run's scores as the search ranks them."""
         final = self.final
         rows = []
         if final is not None:
-            # a template is listed once, at its best place: under --search names|both the board
-            # holds it again with each set of names it was scored with
             top, listed = [], set()
             for t in final.get("top") or [final["best"]]:
                 if t.get("template") not in listed:
                     listed.add(t.get("template"))
                     top.append(t)
+            if len(top) < k:  # the summary keeps the best few: the history ranks the rest
+                for row in self.ranked().drop_duplicates("template").to_dict("records"):
+                    if len(top) >= k:
+                        break
+                    if row["template"] not in listed:
+                        listed.add(row["template"])
+                        top.append({"template": row["template"], "origin": row.get("origin"),
+                                    "accuracy": {s: row[s] for s in ("train", "val") if _number(row.get(s))}})
             for i, t in enumerate(top[:k], start=1):
                 acc = dict(t.get("accuracy") or {})
                 if t.get("template") == final["best"].get("template"):
