@@ -62,7 +62,7 @@ import pandas as pd
 
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.files import write_json_atomic
-from promptclimb.agent.core.runfiles import CONFIG, LOCK, SUMMARY
+from promptclimb.agent.core.runfiles import CONFIG, HISTORY, LOCK, SUMMARY
 from promptclimb.agent.llm.client import without_secrets
 from promptclimb.agent.runs.reading import Run, load_run, run_classnames
 from promptclimb.agent.search import LLM_EVENTS
@@ -140,6 +140,9 @@ def readable_run(folder: str | Path) -> Run:
     """The run folder read back, and what a sync logs computed from it once: a damaged file
     is one PromptclimbError here, before an MLflow run exists to be left half-logged."""
     run = load_run(folder)  # (it checks summary.json's best, ensemble, top and names)
+    damage = history_damage(run)
+    if damage:
+        raise PromptclimbError(f"{run.path / HISTORY} is damaged ({damage})")
     try:
         flat_params(run.config)
         run_tags(run)
@@ -150,6 +153,24 @@ def readable_run(folder: str | Path) -> Run:
     except (AttributeError, TypeError, ValueError, KeyError) as exc:  # a value of the wrong kind somewhere
         raise PromptclimbError(f"{folder} is damaged (it does not read as a run: {_one_line(exc)})") from None
     return run
+
+
+def history_damage(run: Run) -> str | None:
+    """What `search --resume` would refuse in the run's history (`read_history`), said as
+    "line N: why" (with how many more), or None: a line that cannot be read, or an event out
+    of its place (a line lost), anywhere but on the last line written, which a kill while it
+    was written leaves cut short (resume drops it, and so does a sync: it logs the rest).
+    `show` and the other readers skip such lines with a warning; a sync logs none of the run."""
+    last = max([e["_line"] for e in run.events] + [s.line for s in run.skipped], default=0)
+    problems = [(s.line, str(s)) for s in run.skipped if s.line != last]
+    out_of_place = [e for e in run.events if e["_line"] != last and e.get("seq") != e["_line"] - 1]  # seq = line - 1
+    problems += [(e["_line"], f"line {e['_line']}: event seq {e.get('seq')}, expected {e['_line'] - 1} "
+                              "(a line is missing or out of place)") for e in out_of_place[:1]]
+    if not problems:
+        return None
+    problems.sort()
+    more = len(problems) - 1
+    return problems[0][1] + (f"; and {more} more line{'s' if more > 1 else ''}" if more else "")
 
 
 @contextmanager

@@ -514,11 +514,16 @@ def test_a_sqlite_store_keeps_the_artifacts_beside_its_database_and_says_where(t
     assert synced.output.splitlines()[-1] == f"  artifacts: {artifacts.as_uri()}"
 
 
-@pytest.mark.parametrize("damage", ["empty config.json", "best is 5", "adapter is 5"])
+@pytest.mark.parametrize("damage", ["empty config.json", "best is 5", "adapter is 5", "history line 4 broken",
+                                    "history line 4 gone"])
 def test_a_damaged_run_folder_is_one_error_line_and_creates_nothing_in_mlflow(tmp_path, fake, damage):
     run_dir = finished_run(fake, tmp_path / "runs", "damaged")
     if damage == "empty config.json":
         (run_dir / "config.json").write_text("")
+    elif damage.startswith("history"):  # `show` reads the rest with a warning; `search --resume` refuses
+        lines = (run_dir / "history.jsonl").read_text().splitlines(keepends=True)
+        lines[3] = "{broken\n" if damage.endswith("broken") else ""
+        (run_dir / "history.jsonl").write_text("".join(lines))
     else:
         summary = json.loads((run_dir / "summary.json").read_text())
         summary[damage.split()[0]] = 5
@@ -526,7 +531,28 @@ def test_a_damaged_run_folder_is_one_error_line_and_creates_nothing_in_mlflow(tm
     uri = sqlite_uri(tmp_path / "store")
     said = assert_one_error_line(mlflow_sync(run_dir, "--tracking-uri", uri))
     assert said.startswith("Error: damaged: ") and "is damaged" in said
+    if damage.startswith("history"):
+        assert f"{run_dir / 'history.jsonl'} is damaged (line 4: " in said
     assert all_runs(MlflowClient(uri)) == [] and not (run_dir / "mlflow.json").exists()
+
+
+def test_a_history_cut_short_by_a_kill_is_logged_without_its_last_line_and_the_count_is_said_in_words(
+        tmp_path, fake):
+    """A last line cut short (a kill while it was written) is what `search --resume` drops,
+    not damage: the sync logs the rest. "1 answer", "2 answers"."""
+    run_dir = finished_run(fake, tmp_path / "runs", "killed")
+    lines = (run_dir / "history.jsonl").read_text().splitlines(keepends=True)
+    answers = [i for i, line in enumerate(lines) if json.loads(line)["event"] == "llm_exchange"]
+    assert len(answers) == 2
+    (run_dir / "summary.json").unlink()
+    (run_dir / "history.jsonl").write_text("".join(lines[:answers[1]]) + lines[answers[1]][:20])
+    uri = sqlite_uri(tmp_path / "store")
+    synced = mlflow_sync(run_dir, "--tracking-uri", uri)
+    assert synced.exit_code == 0, synced.output
+    assert "(1 answer logged now)" in synced.output  # the second answer is the line cut short
+    (run_dir / "history.jsonl").write_text("".join(lines))
+    synced = mlflow_sync(run_dir, "--tracking-uri", uri)
+    assert synced.exit_code == 0 and "(1 answer logged now)" in synced.output, synced.output
 
 
 def test_a_sync_that_fails_midway_ends_its_mlflow_run_as_failed_and_the_next_continues_it(tmp_path, fake,

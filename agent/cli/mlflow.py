@@ -53,7 +53,8 @@ def mlflow_sync_cmd(runs, tracking_uri, experiment, runs_dir):
             click.echo(f"Error: {folder.name}: {exc}", err=True)
             failed += 1
             continue
-        what = "sweep, cells nested" if is_sweep else f"{synced.new_answers} answers logged now"
+        n = synced.new_answers
+        what = "sweep, cells nested" if is_sweep else f"{n} answer{'' if n == 1 else 's'} logged now"
         prompt = f"; prompt {synced.prompt}" if synced.prompt else ""
         click.echo(f"{folder.name}: MLflow run {synced.run_id} ({what}{prompt}){_link(synced)}")
     if failed:
