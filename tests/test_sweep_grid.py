@@ -218,12 +218,12 @@ def test_a_sweep_whose_endpoint_secret_was_left_out_is_rerun_only_with_the_url_g
     grid = {"dataset": ["fashion-mnist"]}
     url = "http://someone:pw-SECRET456@127.0.0.1:1/v1"
     sweeps.prepare_sweep(tmp_path / "s", grid, {"base_url": url})
-    with pytest.raises(PromptclimbError, match="give the URL again with --base-url") as refused:
+    with pytest.raises(PromptclimbError, match="give it again with --base-url") as refused:
         sweeps.prepare_sweep(tmp_path / "s", None, {})  # rerun as `sweep s` alone
     assert "SECRET" not in str(refused.value)
     again = sweeps.prepare_sweep(tmp_path / "s", None, {"base_url": url})
     assert again["search"]["base_url"] == url
-    with pytest.raises(PromptclimbError, match="give the URL again"):  # still said on the next rerun
+    with pytest.raises(PromptclimbError, match="give it again"):  # still said on the next rerun
         sweeps.prepare_sweep(tmp_path / "s", None, {})
     sweeps.prepare_sweep(tmp_path / "plain", grid, {"base_url": "http://127.0.0.1:1/v1"})
     assert sweeps.prepare_sweep(tmp_path / "plain", None, {})["search"]["base_url"] == "http://127.0.0.1:1/v1"
@@ -284,3 +284,17 @@ def test_sweep_report_of_a_folder_that_does_not_exist_says_so(tmp_path, monkeypa
     assert error("nope", "--runs-dir", "elsewhere").startswith("Error: elsewhere/nope does not exist")
     assert error("plain") == "Error: runs/plain is not a sweep folder (no sweep.json)"  # there, but not a sweep's
     assert error(str(tmp_path / "runs" / "plain")).endswith("is not a sweep folder (no sweep.json)")
+
+
+def test_sweep_json_keeps_no_secret_of_the_tracking_uri_and_a_rerun_asks_for_it(tmp_path):
+    grid = {"dataset": ["fashion-mnist"]}
+    uri = "http://someone:pw-SECRET456@127.0.0.1:1"
+    settings = sweeps.prepare_sweep(tmp_path / "s", grid, {"mlflow": uri})
+    assert settings["search"]["mlflow"] == uri  # this run tracks to it
+    text = (tmp_path / "s" / "sweep.json").read_text()
+    assert "SECRET" not in text and json.loads(text)["search"]["mlflow"] == "http://127.0.0.1:1"
+    with pytest.raises(PromptclimbError, match="give it again with --mlflow") as refused:
+        sweeps.prepare_sweep(tmp_path / "s", None, {})
+    assert "SECRET" not in str(refused.value)
+    assert sweeps.prepare_sweep(tmp_path / "s", None, {"mlflow": uri})["search"]["mlflow"] == uri
+    assert "SECRET" not in (tmp_path / "s" / "sweep.json").read_text()

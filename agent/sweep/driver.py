@@ -52,8 +52,8 @@ GRID_AXES = ("dataset", "backbone", "shots", "seeds")
 # Search options that say how and where a cell runs, not what it computes: they may change
 # between two runs of the same sweep, and apply to that run only (sweep.json keeps the ones
 # the sweep was started with). --parallel gives the same results (docs/sweeps.md); a killed
-# cell resumes with the lanes it was started with.
-EXECUTION_OPTIONS = ("base_url", "device", "timeout", "max_tries", "no_cache", "runs_dir", "parallel")
+# cell resumes with the lanes it was started with; --mlflow only says where the cells are logged.
+EXECUTION_OPTIONS = ("base_url", "device", "timeout", "max_tries", "no_cache", "runs_dir", "parallel", "mlflow")
 RAY_CONNECT_TIMEOUT_S = 20  # --address: a cluster that has not answered by then is reported as unreachable
 # What a cell's search takes from the grid (and its folder) instead of the options.
 CELL_OPTIONS = ("dataset", "backbone", "shots", "seed", "name", "resume", "json")
@@ -212,8 +212,9 @@ def check_cells(cells: list[Cell], opts: dict, sweep_dir: Path) -> None:
         new_run(cell_options(cell, opts, sweep_dir, base_url, llm_name), lambda message: None)
 
 
-# sweep.json: the stored --base-url held a password or key, left out; a rerun must give it again
-SECRETS_LEFT_OUT = "base_url_secrets_left_out"
+# sweep.json: the options whose URL held a password or key, left out; a rerun must give them again
+SECRETS_LEFT_OUT = "secrets_left_out"
+SECRET_HOLDING = ("base_url", "mlflow")  # the sweep's options that are URLs
 
 
 def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict) -> dict:
@@ -239,21 +240,24 @@ def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict) -> dict:
         if differ:
             raise PromptclimbError(f"sweep {sweep_dir.name} was started with other settings (differs in: "
                                    f"{', '.join(differ)}); rerun it as it was, or give the new grid another name")
-    left_out = stored.get(SECRETS_LEFT_OUT, False) if stored else False
-    if left_out and "base_url" not in search and not os.environ.get("OPENAI_BASE_URL"):
-        raise PromptclimbError(f"sweep {sweep_dir.name}'s LLM endpoint had a password or key in its URL, which a "
-                               f"sweep never records ({stored['search'].get('base_url')}): give the URL again with "
-                               "--base-url (or OPENAI_BASE_URL)")
+    left_out = stored.get(SECRETS_LEFT_OUT, []) if stored else []
+    for option in left_out:
+        if option not in search and not (option == "base_url" and os.environ.get("OPENAI_BASE_URL")):
+            flag = "--" + option.replace("_", "-")
+            raise PromptclimbError(f"sweep {sweep_dir.name}'s {flag} URL had a password or key in it, which a sweep "
+                                   f"never records ({stored['search'].get(option)}): give it again with {flag}"
+                                   + (" (or OPENAI_BASE_URL)" if option == "base_url" else ""))
     claim_folder(sweep_dir, SWEEP)
     created = stored["created"] if stored else time.strftime("%Y-%m-%dT%H:%M:%S%z")
     kept = stored["search"] if stored else settings["search"]  # a rerun's execution options are its own
-    if kept.get("base_url"):  # written as a run's config.json writes it: no password, no key in the query
-        from promptclimb.agent.llm.client import without_secrets
+    from promptclimb.agent.llm.client import without_secrets
 
-        left_out = left_out or without_secrets(kept["base_url"]) != kept["base_url"]
-        kept = {**kept, "base_url": without_secrets(kept["base_url"])}
+    for option in SECRET_HOLDING:  # written as a run's config.json writes it: no password, no key in the query
+        if isinstance(kept.get(option), str) and without_secrets(kept[option]) != kept[option]:
+            left_out = sorted({*left_out, option})
+            kept = {**kept, option: without_secrets(kept[option])}
     write_json_atomic(path, {**settings, "search": kept, "created": created,
-                             **({SECRETS_LEFT_OUT: True} if left_out else {})})
+                             **({SECRETS_LEFT_OUT: left_out} if left_out else {})})
     return settings
 
 
