@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 from promptclimb.agent.core.errors import (EXIT_TERMINATED, PromptclimbError, sigterm_raises_systemexit,
                                             sigterm_received)
 from promptclimb.agent.core.files import write_json_atomic, write_text_atomic
+from promptclimb.agent.core.paths import missing_folders, remove_while_empty
 from promptclimb.agent.core.runfiles import CELL_ERROR, CELL_LOG, CONFIG, SUMMARY, SWEEP_FILE
 from promptclimb.agent.runs.store import RUN, SWEEP, RunLocked, check_folder_name, claim_folder
 
@@ -649,16 +650,6 @@ def check_ray_options(address: str | None, num_cpus: int | None, cpus_per_run: f
         host_and_port(address)  # its shape; whether a cluster answers there is known once Ray connects
 
 
-def missing_folders(folder: Path) -> list[Path]:
-    """`folder` and the folders above it that do not exist yet, deepest first (what
-    `mkdir(parents=True)` would create)."""
-    missing = []
-    while not folder.exists() and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
-    return missing
-
-
 @contextmanager
 def forgotten_if_refused(sweep_dir: Path, new_sweep: bool, created: list[Path]) -> Iterator[Callable[[], None]]:
     """A new sweep refused before its first cell starts (a bad value, a cluster it cannot
@@ -679,8 +670,7 @@ def forgotten_if_refused(sweep_dir: Path, new_sweep: bool, created: list[Path]) 
         if new_sweep and not started:
             with suppress(OSError):
                 (sweep_dir / SWEEP_FILE).unlink(missing_ok=True)
-                for folder in created:  # deepest first
-                    folder.rmdir()  # OSError when not empty: something else wrote there meanwhile
+            remove_while_empty(created)
         raise
 
 
