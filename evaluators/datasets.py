@@ -240,11 +240,35 @@ def deterministic_split(items_by_class: dict[int, list[str]], tag: str,
 
 # ---------------------------------------------------------------- images on disk
 
+# Part of the identity of a dataset decoded by `open_image` (its features are cached by it):
+# 2 since images of 16 or 32 bits per pixel are scaled to 8 bits, not clipped.
+DECODING = "decoded:2"
+
+
 def open_image(path: str | Path) -> Image.Image:
-    """A fully decoded image (so that a truncated file fails here, not later)."""
+    """A fully decoded image (so that a truncated file fails here, not later), with 8 bits
+    per channel (`eight_bits`)."""
     with Image.open(path) as im:
         im.load()
-        return im.copy()
+        return eight_bits(im.copy())
+
+
+def eight_bits(im: Image.Image) -> Image.Image:
+    """A grayscale image of 16 or 32 bits per pixel (16-bit PNG, TIFF: PIL's modes I;16, I
+    and F) scaled to 8 bits ("L"); any other image as it is. PIL's own conversion to "L" or
+    "RGB" clips such an image at 255, which leaves a 16-bit photo two shades. Integer images
+    whose values all fit 8 bits are kept as they are; float ones in 0..1 are read as 0..1."""
+    if im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
+        return im
+    pixels = np.asarray(im, dtype=np.float64)
+    top = float(pixels.max(initial=0.0))
+    if im.mode.startswith("I;16") or top > 255:
+        full = 65535.0
+    elif im.mode == "F" and top <= 1.0:
+        full = 1.0
+    else:
+        full = 255.0
+    return Image.fromarray(np.clip(np.rint(pixels * (255.0 / full)), 0, 255).astype(np.uint8))  # 2-D uint8: "L"
 
 
 def _scan_class_folders(root: Path) -> tuple[list[str], dict[int, list[str]], list[str]]:
@@ -322,7 +346,7 @@ def load_imagefolder(data_root: str | None) -> Dataset:
     return Dataset(
         name="imagefolder", classnames=[readable_classname(c) for c in classes],
         description="photos", load_image=lambda image_id: open_image(root / image_id),
-        splits=splits, identity=f"{root}:{files}",
+        splits=splits, identity=f"{root}:{files}:{DECODING}",
     )
 
 
@@ -399,5 +423,6 @@ def load_coop_folder(data_root: str | None) -> Dataset:
     return Dataset(
         name="coop", classnames=classnames, description="photos",
         load_image=lambda image_id: open_image(image_root / image_id), splits=splits,
-        identity=f"{root}:{split_file.name}:{files_digest(image_root, [i for v in splits.values() for i in v])}",
+        identity=(f"{root}:{split_file.name}:{files_digest(image_root, [i for v in splits.values() for i in v])}"
+                  f":{DECODING}"),
     )

@@ -258,3 +258,22 @@ def test_eurosat_uses_split_zhou_when_present(tmp_path):
     data = load_dataset("eurosat", str(root))
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 30, "val": 10, "test": 10}
     assert "coop-zhou" in data.identity
+
+
+def test_a_16_bit_image_is_scaled_to_8_bits_not_clipped(tmp_path):
+    """A 16-bit grayscale PNG (PIL's I;16) is scaled to 8 bits: PIL's own conversion clips
+    it at 255, which made a 16-bit photo a few shades of white."""
+    import numpy as np
+    from PIL import Image
+
+    ramp = np.linspace(0, 65535, 40 * 40).reshape(40, 40).astype(np.uint16)
+    for c in ("dark", "light"):
+        for i in range(4):
+            (tmp_path / c).mkdir(exist_ok=True)
+            Image.fromarray(ramp).save(tmp_path / c / f"{i}.png")
+    data = load_dataset("imagefolder", str(tmp_path))
+    image = data.load_image(data.splits["test"][0][0])
+    pixels = np.asarray(image)
+    assert image.mode == "L" and pixels.min() == 0 and pixels.max() == 255
+    assert len(np.unique(pixels)) == 256  # the whole ramp, not clipped at 255 of 65535
+    assert np.array_equal(np.asarray(image.convert("RGB"))[..., 0], pixels)  # what a backbone's preprocess reads
