@@ -659,6 +659,19 @@ def test_a_bad_classnames_file_is_refused_naming_its_line(tmp_path, text, messag
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_folders_that_differ_only_in_case_are_named_by_their_own_spelling(tmp_path):
+    """`Cat` and `cat` folders: their published names repeat each other (refused as start
+    names, with --classnames FILE as the way out), so a `folder,name` line must find each by
+    its own spelling; a spelling that matches both is refused, saying so."""
+    published = ["Cat", "cat", "Dog"]
+    keyed = tmp_path / "keyed.txt"
+    keyed.write_text("cat,kitten\nDog,dog\nCat,house cat\n")
+    assert read_classnames(str(keyed), published, {}) == ("house cat", "kitten", "dog")
+    keyed.write_text("CAT,kitten\nDog,dog\nCat,house cat\n")
+    with pytest.raises(PromptclimbError, match=r"line 1: 'CAT' matches 2 classes \('Cat', 'cat'\)"):
+        read_classnames(str(keyed), published, {})
+
+
 def test_classnames_specs(tmp_path):
     assert read_classnames(None, PUBLISHED, {"clean": ["T-shirt", "trousers", "pullover"]}) == tuple(PUBLISHED)
     assert read_classnames("clean", PUBLISHED, {"clean": ["T-shirt", "trousers", "pullover"]})[1] == "trousers"

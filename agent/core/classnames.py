@@ -152,12 +152,29 @@ def read_classnames(spec: str | None, published: Sequence[str],
     return _names_from_lines(lines, published, str(path))
 
 
+def class_named(key: str, published: tuple[str, ...], keys: dict[str, list[int]], at: str) -> int:
+    """The class a `folder,name` line's `key` names: the one published exactly so, else the
+    one it names with case and punctuation ignored (`keys`: name_key -> classes); refused
+    where that is not one class ("Cat" and "cat" folders: each is found by its own spelling)."""
+    exact = [i for i, p in enumerate(published) if p == key]
+    found = exact or keys.get(name_key(key), [])
+    if not found:
+        raise PromptclimbError(f"{at}: {key!r} is not a class of this dataset ({', '.join(published)})")
+    if len(found) > 1:
+        raise PromptclimbError(f"{at}: {key!r} matches {len(found)} classes "
+                               f"({', '.join(repr(published[i]) for i in found)}): write it as one of them is "
+                               "spelled, or give one name per line in class order")
+    return found[0]
+
+
 def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str) -> tuple[str, ...]:
     """One name per line in class order, or `folder,name` lines (any order) when a line
     starts with a published name (or its folder spelling) and a comma."""
     while lines and not lines[-1].strip():  # blank lines at the end, as editors leave them
         lines = lines[:-1]
-    keys = {name_key(p): i for i, p in enumerate(published)}
+    keys: dict[str, list[int]] = {}
+    for i, p in enumerate(published):
+        keys.setdefault(name_key(p), []).append(i)
     # `folder,name` lines when most lines are: a name of its own may hold a comma ("Coat, long")
     keyed_lines = sum("," in line and name_key(line.split(",", 1)[0]) in keys for line in lines)
     keyed = keyed_lines > len(lines) / 2
@@ -172,10 +189,7 @@ def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str) 
                 raise PromptclimbError(f"{at}: {raw.strip()!r} is not a 'folder,name' line ({keyed_lines} of the "
                                        f"file's {len(lines)} lines are)")
             key, name = (part.strip() for part in raw.split(",", 1))
-            if name_key(key) not in keys:
-                raise PromptclimbError(f"{at}: {key!r} is not a class of this dataset "
-                                       f"({', '.join(published)})")
-            c = keys[name_key(key)]
+            c = class_named(key, published, keys, at)
             if c in names:
                 raise PromptclimbError(f"{at}: class {published[c]!r} is named twice")
         else:
