@@ -78,6 +78,16 @@ def test_search_renames_a_class_and_every_reader_carries_the_names(run):
 
     shown = run("show", "n", "--runs-dir", run.runs).output
     assert "Class names (1 of 4 changed" in shown and "jeans" in shown and "Names turns" in shown
+    summary_path = run.runs / "n" / "summary.json"
+    long_name = "a very long folder name " * 8  # 192 characters: the terminal's table is not that wide
+    kept = summary_path.read_text()
+    edited = json.loads(kept)
+    edited["names"]["classes"][2]["start"] = edited["names"]["classes"][2]["found"] = long_name
+    summary_path.write_text(json.dumps(edited))
+    cut = run("show", "n", "--runs-dir", run.runs).output
+    assert long_name not in cut and f"{long_name[:39]}…" in cut
+    assert long_name in run("show", "n", "--runs-dir", run.runs, "--format", "markdown").output
+    summary_path.write_text(kept)
     kinds = [e["event"] for e in read.answers()]  # every kind of LLM answer counted, by kind
     assert f"{len(kinds)} LLM answers ({kinds.count('llm_exchange')} template, {kinds.count('names_exchange')} " \
            f"names, {kinds.count('names_judge')} guard);" in shown and kinds.count("names_judge") > 0

@@ -35,6 +35,9 @@ format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), defa
 
 
 # -- formatting -----------------------------------------------------------------------------
+NAME_WIDTH = 40  # characters of a class name in `show`'s names table on a terminal
+
+
 def as_text(frame: pd.DataFrame, fmt: str, percent: tuple[str, ...] = ()) -> str:
     """A table as `table` (aligned text), `markdown`, `csv` or `json` (records)."""
     if fmt == "csv":
@@ -153,6 +156,9 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
         if len(shown) > CLASSES_IN_FULL:  # 397 rows bury the few that changed
             shown = shown[names["changed"]]
             out.append(f"(the changed classes; all {len(names)} in summary.json and the report)")
+        if not markdown:  # a terminal's table, not as wide as its longest folder name (markdown keeps them whole)
+            shown = shown.assign(**{k: shown[k].map(lambda name: shortened(name, NAME_WIDTH))
+                                    for k in ("start", "found")})
         if not shown.empty:
             out.append(as_text(shown, "markdown" if markdown else "table",
                                percent=("train_before", "train_after", "test_before", "test_after")))
