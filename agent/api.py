@@ -84,6 +84,9 @@ def search(dataset: str | None = None, shots: int = 1, backbone: str | None = No
     from promptclimb.agent.pipeline import run_search
     from promptclimb.agent.runs.reading import find_run, run_classnames
 
+    if echo is not None and not callable(echo):
+        raise PromptclimbError(f"search(): echo {echo!r}: expected a function taking one line of text "
+                               "(e.g. print, list.append) or None")
     given = {"dataset": dataset, "shots": shots, "backbone": backbone, "llm": llm, **knobs}
     opts = resolve(given, "search(): ", PYTHON_OPTIONS)
     summary = run_search(opts, echo or (lambda message: None), evaluator_factory=_EVALUATOR_FACTORY.get())
