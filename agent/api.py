@@ -222,10 +222,22 @@ def load_run(path_or_id: str | Path, runs_dir: str | Path = "runs") -> "Run":
     one: `.scores()`, `.ranked()`, `.winners()`, `.iterations_frame()` and
     `.conversation_frame()` are pandas frames; `.skipped` lists history lines that could not
     be read (a damaged file still shows what it holds)."""
+    from promptclimb.agent.core.runfiles import CONFIG
     from promptclimb.agent.runs.reading import find_run
     from promptclimb.agent.runs.reading import load_run as read_run
 
-    return read_run(find_run(str(path_or_id), runs_dir))
+    if not isinstance(path_or_id, (str, os.PathLike)) or not os.fspath(path_or_id):
+        raise PromptclimbError(f"load_run(): {path_or_id!r}: expected a run folder's path or a run id")
+    if not isinstance(runs_dir, (str, os.PathLike)):
+        raise PromptclimbError(f"load_run(): runs_dir {runs_dir!r}: expected the folder that holds the runs")
+    run = os.fspath(path_or_id)
+    if isinstance(path_or_id, os.PathLike) or "/" in run or os.sep in run:  # a path, not an id under runs_dir
+        here = Path(run)
+        if not any((p / CONFIG).is_file() for p in (here, Path(runs_dir) / run)):
+            if here.is_dir():
+                raise PromptclimbError(f"{here} is not a run folder (it has no {CONFIG})")
+            raise PromptclimbError(f"no run folder {here}" + (" (it is a file)" if here.exists() else ""))
+    return read_run(find_run(run, runs_dir))
 
 
 # -- transfer -------------------------------------------------------------------------------
