@@ -19,7 +19,7 @@ import re
 import shlex
 import time
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from importlib import metadata
 from pathlib import Path
@@ -255,6 +255,8 @@ def choose_llm(opts: dict, echo) -> tuple[LLMSettings, dict]:
     settings = LLMSettings(llm_name, local, opts["llm_model"], timeout, opts["max_tries"],
                            without_secrets(endpoint), served, request_model=served or llm_name,
                            secrets_left_out=without_secrets(endpoint) != endpoint)
+    if not local:  # said before the run folder and the evaluator, not after them
+        check_reachable(settings, endpoint)
     return settings, (local_llm.LOCAL_SAMPLING if served else {})
 
 
@@ -574,15 +576,23 @@ def llm_client(plan: Plan, opts: dict, echo) -> Iterator[LLMClient]:
         # a sweep's cells ask the one server their driver started (agent/sweep/driver.py) as this
         # search asks its own: the same settings and requests
         started = opts.get("local_llm_url")
-        with nullcontext(started) if started else local_llm.local_server(model_path=model_file) as base_url:
-            yield client(base_url, "local", settings.request_model or local_llm.local_model_name(model_file))
+        model = settings.request_model or local_llm.local_model_name(model_file)
+        with nullcontext(started) if started else local_llm.local_server(model_path=model_file) as base_url, \
+                closing(client(base_url, "local", model)) as llm:
+            yield llm
         return
     base_url = opts["base_url"] or os.environ.get("OPENAI_BASE_URL") or settings.base_url
-    api_key = os.environ.get("OPENAI_API_KEY")
-    if not api_key and not base_url:
+    check_reachable(settings, base_url)
+    with closing(client(base_url, os.environ.get("OPENAI_API_KEY"), settings.request_model or settings.model)) as llm:
+        yield llm
+
+
+def check_reachable(settings: LLMSettings, base_url: str | None) -> None:
+    """An API model needs a key, or an endpoint of its own (a new run is told before its
+    folder is made, a resume before it asks)."""
+    if not os.environ.get("OPENAI_API_KEY") and not base_url:
         raise PromptclimbError(f"--llm {settings.model} needs OPENAI_API_KEY (or an endpoint: --base-url / "
                                "OPENAI_BASE_URL); or use --llm local")
-    yield client(base_url, api_key, settings.request_model or settings.model)
 
 
 def soft_prompt_search(plan: Plan, store: RunStore, evaluator, echo) -> dict:

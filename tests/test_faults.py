@@ -598,3 +598,31 @@ def test_a_refused_search_from_python_leaves_no_runs_folder(tmp_path, monkeypatc
     with pytest.raises(PromptclimbError, match="unknown dataset"):
         promptclimb.search(dataset="nope", echo=None)
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_api_model_without_a_key_is_refused_before_a_run_folder_or_the_evaluator(tmp_path, evaluators_built):
+    """It was refused once the evaluator had loaded, leaving config.json and an empty history."""
+    env = {"OPENAI_API_KEY": None, "OPENAI_BASE_URL": None}
+    refused = cli("search", "--dataset", "toy", "--llm", "gpt-4o-mini", "--runs-dir", tmp_path / "runs",
+                  "--name", "nokey", env=env)
+    one_line_error(refused, "--llm gpt-4o-mini needs OPENAI_API_KEY")
+    assert not (tmp_path / "runs").exists() and evaluators_built == []
+
+
+def test_a_search_leaves_no_connection_to_its_llm_open(tmp_path, monkeypatch, evaluators_built):
+    from promptclimb.agent import pipeline
+
+    closed = []
+
+    class Recording(pipeline.LLMClient):
+        def close(self):
+            closed.append(self.model)
+            super().close()
+
+    monkeypatch.setattr(pipeline, "LLMClient", Recording)
+    with FakeLLM(responder=lambda body: "a photo of a {}.") as fake:
+        env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.base_url}
+        done = cli("search", "--dataset", "toy", "--iterations", "1", "--resets", "1", "--runs-dir", tmp_path / "runs",
+                   env=env)
+        assert done.exit_code == 0, done.output
+    assert closed == ["gpt-4o-mini"]

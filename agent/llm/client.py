@@ -339,6 +339,10 @@ class LLMClient:
         ids = [i for i in ids if isinstance(i, str) and i]
         return ids or None
 
+    def close(self) -> None:
+        """Close the endpoint's connections: a search that ends leaves no socket open."""
+        self._client.close()
+
     def served_model(self) -> str:
         """What answers requests for `self.model` here: the model the endpoint lists when it
         lists one (llama.cpp, promptclimb's own server) or `self.model` itself when it lists
