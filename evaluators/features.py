@@ -63,7 +63,10 @@ class ImageFeatureCache:
             data = load_file(str(path))
         except (SafetensorError, OSError, KeyError, ValueError):
             return None
-        return data["features"], data["labels"], kept
+        # A copy in memory of its own: the file's tensor can sit at an address that sends the
+        # matrix products down another kernel, and the losses then differed in their last bit
+        # from those of the same features just encoded (a tie at 1 shot can turn on that bit).
+        return data["features"].clone(), data["labels"], kept
 
     def save(self, path: Path, features: torch.Tensor, labels: torch.Tensor, kept_ids: list[str],
              info: dict) -> None:
