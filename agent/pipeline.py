@@ -163,6 +163,8 @@ def new_run(opts: dict, echo) -> Plan:
     pool = load_pool(opts["dataset"], opts["pool"])
     pool_setting = {"name": opts["pool"] if opts["pool"] in POOLS else str(Path(opts["pool"]).expanduser().resolve()),
                     "size": len(pool), "templates": [[p.template, p.source] for p in pool]}
+    if not llm.local:  # the options are sound: said before the run folder and the evaluator, not after them
+        check_reachable(llm, opts["base_url"] or os.environ.get("OPENAI_BASE_URL"))
     return Plan(search, evaluator_args, llm, pool, pool_setting, opts["meta_prompt"], adapter_kinds)
 
 
@@ -255,8 +257,6 @@ def choose_llm(opts: dict, echo) -> tuple[LLMSettings, dict]:
     settings = LLMSettings(llm_name, local, opts["llm_model"], timeout, opts["max_tries"],
                            without_secrets(endpoint), served, request_model=served or llm_name,
                            secrets_left_out=without_secrets(endpoint) != endpoint)
-    if not local:  # said before the run folder and the evaluator, not after them
-        check_reachable(settings, endpoint)
     return settings, (local_llm.LOCAL_SAMPLING if served else {})
 
 
