@@ -481,13 +481,13 @@ def create_run_folder(plan: Plan, opts: dict) -> RunStore:
     return new_run_store(opts["runs_dir"], opts["run_name"], plan.evaluator.dataset, plan.evaluator.shots, config)
 
 
-def resume_command(store: RunStore, tracking_uri: str | None) -> tuple[str, str | None]:
+def resume_command(run_dir: Path, tracking_uri: str | None) -> tuple[str, str | None]:
     """The command that continues this run, and a note to say with it (or None). A resumed
     search tracks to MLflow only when given --mlflow again (it is not recorded), so the
     command of a tracked run carries its `--mlflow URI`: then the resumed search continues
     the same MLflow run. Never a secret: a password or key in the URI is left out, and the
     note asks for it again."""
-    command = f"promptclimb search --resume {store.run_dir}"
+    command = f"promptclimb search --resume {run_dir}"
     if tracking_uri is None:
         return command, None
     shown = without_secrets(tracking_uri)
@@ -505,7 +505,7 @@ def resume_hint_on_interrupt(store: RunStore, tracking_uri: str | None, echo) ->
     try:
         yield
     except (KeyboardInterrupt, SystemExit):
-        command, note = resume_command(store, tracking_uri)
+        command, note = resume_command(store.run_dir, tracking_uri)
         echo(f"interrupted; continue with: {command}")
         if note:
             echo(f"note: {note}")
@@ -618,7 +618,7 @@ def climb(plan: Plan, store: RunStore, evaluator, llm: LLMClient, meta: MetaProm
     try:
         return climber.run().summary
     except LLMError as exc:
-        command, note = resume_command(store, tracking_uri)
+        command, note = resume_command(store.run_dir, tracking_uri)
         raise PromptclimbError(f"{exc}\nThe run is saved; continue it with: {command}"
                                + (f"\n({note})" if note else "")) from None
 

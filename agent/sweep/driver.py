@@ -327,7 +327,7 @@ def run_cell(cell_dir: str, opts: dict) -> dict:
             error = str(exc)
         except (KeyboardInterrupt, SystemExit):
             if not said_interrupted:
-                echo(interrupted_line(cell_dir))
+                echo(interrupted_line(cell_dir, opts.get("mlflow")))
             return {"state": "interrupted"}
         except Exception as exc:  # noqa: BLE001 - any failure of one cell is recorded, the sweep goes on
             error = f"{type(exc).__name__}: {exc}"
@@ -340,11 +340,13 @@ def run_cell(cell_dir: str, opts: dict) -> dict:
 INTERRUPTED = "interrupted"  # how a search.log line that records an interruption begins
 
 
-def interrupted_line(cell_dir: Path) -> str:
-    """What a cell's search.log says when it was stopped: as its search says it once the run
-    folder exists (agent/pipeline.py, `resume_hint_on_interrupt`)."""
+def interrupted_line(cell_dir: Path, tracking_uri: str | None = None) -> str:
+    """What a cell's search.log says when it was stopped: what its search says once the run
+    folder exists (agent/pipeline.py, `resume_command`)."""
+    from promptclimb.agent.pipeline import resume_command
+
     if (cell_dir / CONFIG).exists():
-        return f"{INTERRUPTED}; continue with: promptclimb search --resume {cell_dir}"
+        return f"{INTERRUPTED}; continue with: {resume_command(cell_dir, tracking_uri)[0]}"
     return f"{INTERRUPTED} before its run began; the sweep starts it again when rerun"
 
 
@@ -717,7 +719,7 @@ def run_sweep(name: str, runs_dir: str | Path, grid: dict | None, search: dict, 
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (SystemExit 143: ray_session), at any step
         # The running cells were stopped through their own interrupt path (watch: stop_cells)
         # before Ray went; one whose process ended before it said so is recorded here.
-        record_interruptions(sweep_dir, log_sizes, bool(opts["adapter_kinds"]))
+        record_interruptions(sweep_dir, log_sizes, bool(opts["adapter_kinds"]), opts.get("mlflow"))
         echo(f"stopped; finished cells are kept, the others resume from their history. Continue with:\n"
              f"  {continue_command(name, runs_dir, address, num_cpus, cpus_per_run, gpus_per_run)}")
         if sigterm_received():  # Ray may have turned it into SystemExit(1)
@@ -857,7 +859,8 @@ def log_size(cell_dir: Path) -> int:
         return 0
 
 
-def record_interruptions(sweep_dir: Path, log_sizes: dict[str, int], adapter_wanted: bool) -> list[str]:
+def record_interruptions(sweep_dir: Path, log_sizes: dict[str, int], adapter_wanted: bool,
+                         tracking_uri: str | None = None) -> list[str]:
     """After a stopped sweep has left Ray: every cell that started in this run (its
     search.log grew beyond `log_sizes`) and neither finished, failed nor said it was
     interrupted (its worker ended before it could: a cell on another node still busy when
@@ -875,7 +878,7 @@ def record_interruptions(sweep_dir: Path, log_sizes: dict[str, int], adapter_wan
                 continue
             with open(cell_dir / LOG_FILE, "a", encoding="utf-8") as log:
                 log.write(f"the sweep was stopped; this cell's process ended before it said so (written by the "
-                          f"sweep's driver)\n{interrupted_line(cell_dir)}\n")
+                          f"sweep's driver)\n{interrupted_line(cell_dir, tracking_uri)}\n")
         except OSError:  # not started in this run, or not ours to write: the stop goes on
             continue
         recorded.append(name)
