@@ -13,7 +13,6 @@ imported only inside the functions.
 
 from __future__ import annotations
 
-import struct
 import time
 from pathlib import Path
 
@@ -42,16 +41,6 @@ def check_kinds(kinds) -> list[str]:
     if not out:
         raise PromptclimbError(f"no adapter kind given; known kinds: {', '.join(ADAPTER_KINDS)} (or all)")
     return out
-
-
-def as_scored(accuracies: dict) -> dict:
-    """Accuracies the adapters count exactly (evaluators/adapters.py: right / images, in
-    float64) at the float32 precision the CLIP scorer gives every other accuracy of a run
-    (the mean of a float32 tensor): the same count is then the same number in summary.json
-    and prints the same. 1779 right of 2000 was 0.8895 here and 0.88950002 in the search's
-    "best" line, which `pct` shows as 88.9% and 89.0%."""
-    return {split: struct.unpack("f", struct.pack("f", value))[0] if isinstance(value, float) else value
-            for split, value in accuracies.items()}
 
 
 def read_run(run_dir: Path, command: str | None = None) -> tuple[dict, dict]:
@@ -111,7 +100,6 @@ def fit_run_adapter(run_dir: str | Path, kinds, on: str = "best", seed: int | No
     for kind in kinds:
         fit = select_and_fit(kind, splits["train"], splits["val"], class_embeddings, evaluator.logit_scale,
                              seed=seed, test=splits["test"])
-        fit.accuracy, fit.prompt_accuracy = as_scored(fit.accuracy), as_scored(fit.prompt_accuracy)
         fits.append(fit)
         hp = ", ".join(f"{k}={v}" for k, v in fit.hparams.items())
         echo(f"  {kind:17s} val {pct(fit.accuracy['val'])} (prompt {pct(fit.prompt_accuracy['val'])})  "
@@ -188,6 +176,6 @@ def eval_run_adapter(run_dir: str | Path, evaluator=None, splits=("test",), devi
                       f"({payload['classnames']}); classes are matched by position", stacklevel=2)
     class_embeddings = evaluator.class_embeddings(payload["templates"], classnames=classnames)
     module = load_adapter(run_dir / ADAPTER_FILE, class_embeddings, evaluator.logit_scale)
-    out = {split: as_scored(prompt_and_adapter_accuracy(module, *evaluator.image_features(split))) for split in splits}
+    out = {split: prompt_and_adapter_accuracy(module, *evaluator.image_features(split)) for split in splits}
     kept = (summary.get("adapter") or {}).get("result", "adapter")
     return {"kind": payload["kind"], "templates": payload["templates"], "result": kept, "accuracy": out}

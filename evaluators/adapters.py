@@ -219,7 +219,11 @@ def get_adapter(kind: str) -> type[AdapterModule]:
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return int((logits.argmax(dim=-1) == labels).sum()) / max(1, labels.numel())
+    """As the CLIP scorer counts it (the float32 mean of right answers), so that the same count
+    is the same number in a run: 1779 of 2000 printed 89.0% for the search and 88.9% here."""
+    if not labels.numel():
+        return 0.0
+    return float((logits.argmax(dim=-1) == labels).float().mean())
 
 
 def prompt_and_adapter_accuracy(module, features: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
