@@ -59,6 +59,11 @@ class Dataset:
     identity: str = ""  # what distinguishes this data from other data of the same name (root, version)
     # Hand-made name sets, chosen with --classnames NAME (fashion-mnist's `clean`, eurosat's `coop`).
     named_sets: dict[str, list[str]] = field(default_factory=dict)
+    # The names `classnames` were made readable from, in label order (imagefolder's folders, a
+    # CoOp split file's class names: `a_b` and `a-b` both read 'a b'); empty where they are the
+    # labels. A refused start name names its folder; `folder,name` lines of --classnames FILE
+    # find a class by its folder's own spelling first.
+    folders: list[str] = field(default_factory=list)
 
 
 # name -> "module:function" returning a Dataset; loaders take (data_root: str | None).
@@ -344,7 +349,7 @@ def load_imagefolder(data_root: str | None) -> Dataset:
     warn_unreadable(root, unreadable)
     files = files_digest(root, [i for items in splits.values() for i in items])
     return Dataset(
-        name="imagefolder", classnames=[readable_classname(c) for c in classes],
+        name="imagefolder", classnames=[readable_classname(c) for c in classes], folders=list(classes),
         description="photos", load_image=lambda image_id: open_image(root / image_id),
         splits=splits, identity=f"{root}:{files}:{DECODING}",
     )
@@ -419,9 +424,9 @@ def load_coop_folder(data_root: str | None) -> Dataset:
     splits, names = read_coop_split(split_file, root)
     image_root = find_image_root(root, splits["train"][0][0])
     splits = drop_missing(image_root, splits)
-    classnames = [readable_classname(names.get(c, str(c))) for c in range(max(names) + 1)]
+    folders = [names[c] for c in range(max(names) + 1)]  # read_coop_split refuses a label gap
     return Dataset(
-        name="coop", classnames=classnames, description="photos",
+        name="coop", classnames=[readable_classname(f) for f in folders], folders=folders, description="photos",
         load_image=lambda image_id: open_image(image_root / image_id), splits=splits,
         identity=(f"{root}:{split_file.name}:{files_digest(image_root, [i for v in splits.values() for i in v])}"
                   f":{DECODING}"),

@@ -335,13 +335,13 @@ def build_evaluator(dataset: str, shots: int, seed: int, backbone: str, pretrain
 
     data = load_dataset(dataset, data_root, image_column=image_column, label_column=label_column)
     if isinstance(classnames, str):
-        classnames = read_classnames(classnames, data.classnames, data.named_sets)
+        classnames = read_classnames(classnames, data.classnames, data.named_sets, data.folders)
     elif isinstance(classnames, Mapping):
         classnames = names_by_label(classnames, data.classnames)
     elif classnames is not None:
         classnames = check_classnames(classnames, len(data.classnames), "classnames")
     else:
-        check_published(data.classnames)
+        check_published(data.classnames, data.folders)
     split = make_fewshot_split(data, shots, seed, unlabeled=unlabeled)
     model = load_backbone(backbone, pretrained=pretrained, weights=weights, device=device, precision=precision)
     return ClipEvaluator(model, data, split, classnames=classnames)

@@ -185,9 +185,11 @@ def test_a_bad_weights_file_is_one_line(content, needle, tiny_clip_config, image
                        "--backbone", tiny_clip_config, "--weights", weights), str(weights), needle)
 
 
-@pytest.mark.parametrize("folders, needle", [(("cat", "{x}"), "class 2 '{x}': braces"),
-                                             (("sea_lake", "sea-lake"), "class 2 'sea lake' repeats class 1"),
-                                             (("_", "cat"), "class 1 '': empty name")])
+@pytest.mark.parametrize("folders, needle", [
+    (("cat", "{x}"), "folder '{x}' (class 2) reads as '{x}': braces"),
+    (("sea_lake", "sea-lake"), "folder 'sea_lake' (class 2) reads as 'sea lake', the same as folder 'sea-lake' "
+                               "(class 1)"),
+    (("_", "cat"), "folder '_' (class 1) reads as an empty name")])
 def test_class_folders_that_make_no_class_names_are_one_line_before_a_run_folder(folders, needle, tiny_clip_config,
                                                                                  tmp_path):
     from conftest import make_image_folder
@@ -195,7 +197,8 @@ def test_class_folders_that_make_no_class_names_are_one_line_before_a_run_folder
     root = make_image_folder(tmp_path / "data", per_class=4, classes=dict.fromkeys(folders, (90, 90, 90)))
     runs = tmp_path / "runs"
     one_line_error(cli("search", "--dataset", "imagefolder", "--data-root", root, "--backbone", tiny_clip_config,
-                       "--runs-dir", runs), needle, "the dataset's own class names (give others with --classnames FILE)")
+                       "--runs-dir", runs), needle, "the dataset's own class names: ",
+                   ": give your own names with --classnames FILE (")
     assert not runs.exists() or not any(runs.iterdir())
     one_line_error(cli("eval", "--dataset", "imagefolder", "--data-root", root, "--backbone", tiny_clip_config), needle)
 

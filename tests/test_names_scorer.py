@@ -106,3 +106,66 @@ def test_build_evaluator_takes_start_names_a_set_or_a_file(make_evaluator, tmp_p
         make_evaluator(str(names))
     with pytest.raises(PromptclimbError, match="2 names for 3 classes"):
         make_evaluator(("a", "b"))
+
+
+def _coop_of(folder):
+    """A CoOp split file beside `folder`'s class folders, its class names the folder names."""
+    import json
+
+    classes = sorted(p.name for p in folder.iterdir())
+    entries = {"train": [], "val": [], "test": []}
+    for c, name in enumerate(classes):
+        for f, split in zip(sorted((folder / name).iterdir()), ["train", "train", "train", "test"]):
+            entries[split].append([f"{name}/{f.name}", c, name])
+    (folder / "split_mine.json").write_text(json.dumps(entries))
+    return folder
+
+
+@pytest.mark.parametrize("dataset", ["imagefolder", "coop"])
+@pytest.mark.parametrize("folders, message", [
+    (("_", "dog"), r"^the dataset's own class names: folder '_' \(class 1\) reads as an empty name: "
+                   r"give your own names with --classnames FILE \("),
+    (("a_b", "a-b"), r"^the dataset's own class names: folder 'a_b' \(class 2\) reads as 'a b', the same as folder "
+                     r"'a-b' \(class 1\): give your own names with --classnames FILE \("),
+])
+def test_a_refused_start_name_names_its_folder(tmp_path, monkeypatch, dataset, folders, message):
+    """Folder names made readable (`_` and `-` as spaces) can be empty or the same: the
+    refusal names the folders the user sees, not only class numbers, and the way out."""
+    from conftest import make_image_folder
+    import promptclimb.evaluators.backbones as backbones
+    from promptclimb.evaluators import build_evaluator
+
+    monkeypatch.setattr(backbones, "load_backbone", lambda *a, **k: pytest.fail("the model was loaded"))
+    root = make_image_folder(tmp_path / "f", per_class=4, classes={f: (40 * i, 90, 9) for i, f in enumerate(folders)})
+    if dataset == "coop":
+        _coop_of(root)
+    with pytest.raises(PromptclimbError, match=message) as caught:
+        build_evaluator(dataset, 1, 1, "ViT-B-32", data_root=str(root), device="cpu")
+    assert "\n" not in str(caught.value)
+
+
+def test_folder_name_lines_find_each_folder_by_its_own_spelling(tmp_path, tiny_clip_config, tiny_clip_weights,
+                                                               torch_threads):
+    """Folders `a_b` and `a-b` both read 'a b': a `folder,name` line keyed by a folder's own
+    spelling names that folder's class; one keyed by the readable name names both (refused,
+    saying which folders), and one keyed by a readable name still works where it is one class."""
+    from conftest import make_image_folder
+    from promptclimb.evaluators import build_evaluator
+
+    root = make_image_folder(tmp_path / "f", per_class=4,
+                             classes={"a_b": (200, 9, 9), "a-b": (9, 200, 9), "sea_lake": (9, 9, 200)})
+
+    def start_names(text):
+        names = tmp_path / "names.txt"
+        names.write_text(text)
+        return build_evaluator("imagefolder", 1, 1, tiny_clip_config, weights=str(tiny_clip_weights),
+                               data_root=str(root), device="cpu", classnames=str(names)).task.classnames
+
+    # class order is the sorted folders: a-b, a_b, sea_lake
+    assert start_names("a_b,first\na-b,second\nsea lake,water\n") == ("second", "first", "water")
+    assert start_names("sea_lake,water\na-b,second\na_b,first\n") == ("second", "first", "water")
+    with pytest.raises(PromptclimbError, match=r"line 1: 'a b' matches 2 classes \('a-b', 'a_b'\)"):
+        start_names("a b,first\na-b,second\nsea lake,water\n")
+    with pytest.raises(PromptclimbError, match=r"line 2 is the last, but 1 of the dataset's 3 classes have no name "
+                                               r"\(a_b\)"):
+        start_names("a-b,second\nsea lake,water\n")

@@ -6,11 +6,13 @@ score with names other than the dataset's, the search to check names an LLM prop
     --classnames SET        a named hand-made set of the dataset (`Dataset.named_sets`:
                             `clean` for fashion-mnist, `coop` for eurosat), or `published`
     --classnames FILE       one name per line in class order, or `folder,name` lines keyed
-                            by the published (or folder) names, in any order
+                            by the folder names (imagefolder, coop: `a_b` and `a-b` are two
+                            classes) or the published names, in any order
 
 A name is refused when it is empty, holds a brace (the template's {} is filled with it) or
 repeats another class's name; a file is refused, in one line naming the file's line, for
-that or for the wrong number of names.
+that or for the wrong number of names. Start names made readable from folder names (`_`
+and `-` as spaces) are refused naming the folder, with --classnames FILE as the way out.
 """
 
 from __future__ import annotations
@@ -123,22 +125,45 @@ def names_by_label(names: Mapping[str, str], published: Sequence[str]) -> tuple[
     return check_classnames([names[p] for p in published], len(published), "the run's class names")
 
 
-def check_published(published: Sequence[str]) -> tuple[str, ...]:
+def check_published(published: Sequence[str], folders: Sequence[str] = ()) -> tuple[str, ...]:
     """A dataset's own labels as start names (a folder's names made readable: `_` and `-`
-    as spaces), checked as any start names are, with the way out named."""
-    return check_classnames(published, len(published),
-                            "the dataset's own class names (give others with --classnames FILE)")
+    as spaces), checked as any start names are, with the way out named. `folders`: the
+    names they were made readable from (`Dataset.folders`, in class order), named in a
+    refusal: the user knows the folder `a-b`, not the class 2 that reads as 'a b'."""
+    published, folders = tuple(published), tuple(folders)
+    what = "the dataset's own class names"
+    if len(folders) != len(published):
+        return check_classnames(published, len(published), f"{what} (give others with --classnames FILE)")
+    way_out = ("give your own names with --classnames FILE (one name per line in class order, "
+               "or 'folder,name' lines)")
+    seen: dict[str, int] = {}
+    for i, (name, folder) in enumerate(zip(published, folders)):
+        name = str(name).strip()
+        folder_is = f"folder {folder!r} (class {i + 1}) reads as"
+        problem = name_problem(name)
+        if problem == "empty name":
+            raise PromptclimbError(f"{what}: {folder_is} an empty name: {way_out}")
+        if problem:
+            raise PromptclimbError(f"{what}: {folder_is} {name!r}: {problem}: {way_out}")
+        j = seen.setdefault(name_key(name), i)
+        if j != i:
+            raise PromptclimbError(f"{what}: {folder_is} {name!r}, the same as folder {folders[j]!r} "
+                                   f"(class {j + 1}): {way_out}")
+    return tuple(str(n).strip() for n in published)
 
 
 def read_classnames(spec: str | None, published: Sequence[str],
-                    named_sets: Mapping[str, Sequence[str]] | None = None) -> tuple[str, ...]:
+                    named_sets: Mapping[str, Sequence[str]] | None = None,
+                    folders: Sequence[str] = ()) -> tuple[str, ...]:
     """The start names `--classnames spec` means for a dataset whose labels are `published`
-    (in class order) and whose hand-made sets are `named_sets`. PromptclimbError, in one
-    line, for an unknown set name, a missing file or a bad line of the file."""
+    (in class order), whose hand-made sets are `named_sets` and whose labels were made
+    readable from `folders` (`Dataset.folders`; () where they were not). PromptclimbError,
+    in one line, for an unknown set name, a missing file or a bad line of the file."""
     published = tuple(published)
+    folders = tuple(folders) if len(folders) == len(published) else ()
     sets = {PUBLISHED: published, **{k: tuple(v) for k, v in (named_sets or {}).items()}}
     if spec is None or spec == PUBLISHED:
-        return check_published(published)
+        return check_published(published, folders)
     if spec in sets:
         return check_classnames(sets[spec], len(published), f"--classnames {spec}")
     path = Path(spec).expanduser()
@@ -149,27 +174,33 @@ def read_classnames(spec: str | None, published: Sequence[str],
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise PromptclimbError(f"--classnames {path}: cannot read it ({exc})") from None
-    return _names_from_lines(lines, published, str(path))
+    return _names_from_lines(lines, published, str(path), folders)
 
 
-def class_named(key: str, published: tuple[str, ...], keys: dict[str, list[int]], at: str) -> int:
-    """The class a `folder,name` line's `key` names: the one published exactly so, else the
-    one it names with case and punctuation ignored (`keys`: name_key -> classes); refused
-    where that is not one class ("Cat" and "cat" folders: each is found by its own spelling)."""
-    exact = [i for i, p in enumerate(published) if p == key]
+def class_named(key: str, published: tuple[str, ...], keys: dict[str, list[int]], at: str,
+                folders: tuple[str, ...] = ()) -> int:
+    """The class a `folder,name` line's `key` names: the one whose folder (`folders`, where
+    the published names were made readable from them) is spelled exactly so, else the one
+    published exactly so, else the one it names with case and punctuation ignored (`keys`:
+    name_key -> classes); refused where that is not one class ("Cat" and "cat" folders, or
+    "a_b" and "a-b": each is found by its own spelling)."""
+    labels = folders or published  # what the user sees on disk
+    exact = [i for i, f in enumerate(folders) if f == key] or [i for i, p in enumerate(published) if p == key]
     found = exact or keys.get(name_key(key), [])
     if not found:
-        raise PromptclimbError(f"{at}: {key!r} is not a class of this dataset ({', '.join(published)})")
+        raise PromptclimbError(f"{at}: {key!r} is not a class of this dataset ({', '.join(labels)})")
     if len(found) > 1:
         raise PromptclimbError(f"{at}: {key!r} matches {len(found)} classes "
-                               f"({', '.join(repr(published[i]) for i in found)}): write it as one of them is "
+                               f"({', '.join(repr(labels[i]) for i in found)}): write it as one of them is "
                                "spelled, or give one name per line in class order")
     return found[0]
 
 
-def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str) -> tuple[str, ...]:
+def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str,
+                      folders: tuple[str, ...] = ()) -> tuple[str, ...]:
     """One name per line in class order, or `folder,name` lines (any order) when a line
     starts with a published name (or its folder spelling) and a comma."""
+    labels = folders or published  # a class as the user knows it: its folder where it has one
     while lines and not lines[-1].strip():  # blank lines at the end, as editors leave them
         lines = lines[:-1]
     keys: dict[str, list[int]] = {}
@@ -189,14 +220,14 @@ def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str) 
                 raise PromptclimbError(f"{at}: {raw.strip()!r} is not a 'folder,name' line ({keyed_lines} of the "
                                        f"file's {len(lines)} lines are)")
             key, name = (part.strip() for part in raw.split(",", 1))
-            c = class_named(key, published, keys, at)
+            c = class_named(key, published, keys, at, folders)
             if c in names:
-                raise PromptclimbError(f"{at}: class {published[c]!r} is named twice")
+                raise PromptclimbError(f"{at}: {'folder' if folders else 'class'} {labels[c]!r} is named twice")
         else:
             c, name = number - 1, raw.strip()
             if c >= len(published):
                 raise PromptclimbError(f"{at}: one name too many: the dataset has {len(published)} classes "
-                                       f"({', '.join(published)})")
+                                       f"({', '.join(labels)})")
         problem = name_problem(name)
         if problem:
             raise PromptclimbError(f"{at}: {problem}")
@@ -205,7 +236,7 @@ def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str) 
                                    "(two classes cannot share a name)")
         names[c] = name
         where_named[name_key(name)] = number
-    missing = [published[c] for c in range(len(published)) if c not in names]
+    missing = [labels[c] for c in range(len(published)) if c not in names]
     if missing:
         last = f"line {len(lines)} is the last" if lines else "the file is empty"
         raise PromptclimbError(f"--classnames {where}: {last}, but {len(missing)} of the dataset's "
