@@ -290,3 +290,42 @@ def test_the_winners_of_a_names_search_are_distinct_templates_as_many_as_asked(n
     best_of = run.ranked().drop_duplicates("template").set_index("template")
     for row in winners.iloc[:5].itertuples():
         assert (row.train, row.origin) == (best_of.loc[row.template, "train"], best_of.loc[row.template, "origin"])
+
+
+@pytest.mark.parametrize("call, said", [
+    (lambda run: run.winners(-1), r"Run.winners\(\): k -1: expected a whole number of at least 1"),
+    (lambda run: run.winners(0), r"Run.winners\(\): k 0: expected a whole number of at least 1"),
+    (lambda run: run.winners(2.5), r"Run.winners\(\): k 2.5: expected a whole number"),
+    (lambda run: run.winners("3"), r"Run.winners\(\): k '3': expected a whole number"),
+    (lambda run: run.winners(True), r"Run.winners\(\): k True: expected a whole number"),
+    (lambda run: run.confusion("x"), r"Run.confusion\(\): split 'x': expected one of train, val, test"),
+    (lambda run: run.confusion(0), r"Run.confusion\(\): split 0: expected one of train, val, test"),
+    (lambda run: run.of("scores"), r"Run.of\(\): kind 'scores': expected one of run_start, restart, .*names_change"),
+    (lambda run: run.of(None), r"Run.of\(\): kind None: expected one of"),
+    (lambda run: run.scoreboard(3, 10), r"Run.scoreboard\(\): restart 3: expected one of the run's restarts \(0\)"),
+    (lambda run: run.scoreboard("0", 10), r"Run.scoreboard\(\): restart '0': expected a whole number of at least 0"),
+    (lambda run: run.scoreboard(0, 0), r"Run.scoreboard\(\): before_line 0: expected a whole number of at least 1"),
+    (lambda run: run.scoreboard(0, 1.5), r"Run.scoreboard\(\): before_line 1.5: expected a whole number"),
+])
+def test_a_runs_methods_refuse_bad_arguments_in_one_line(names_run, call, said):
+    """A notebook's slip is one PromptclimbError saying what was wrong and what is accepted:
+    not a KeyError from inside pandas, an empty list, or winners(-1) quietly dropping the last."""
+    with pytest.raises(PromptclimbError, match=f"^{said}") as caught:
+        call(load_run(names_run[0]))
+    assert "\n" not in str(caught.value)
+
+
+def test_a_runs_methods_still_answer_what_they_accept(names_run):
+    import numpy as np
+
+    run = load_run(names_run[0])
+    assert list(run.winners(np.int64(2))["rank"]) == [1, 2, "ens"]  # a count read from a frame
+    for split in ("train", "val", "test"):
+        matrices = run.confusion(split)
+        assert set(matrices) == {"before", "after"}
+        assert matrices["after"].values.tolist() == run.summary["names"]["confusion"]["after"][split]
+    assert run.of("step") == [] and len(run.of("names_change")) == 2
+    first = next(it for it in run.iterations() if it["kind"] == "template")
+    line = run.of("llm_exchange")[0]["_line"]
+    assert run.scoreboard(0, line) == (first["shown_top"], first["shown_bottom"])
+    assert run.scoreboard(0, 10 ** 6) == run.scoreboard(0, len(lines_of(names_run[0])) + 1)  # past the end: the end

@@ -31,9 +31,10 @@ import pandas as pd
 
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.format import shortened
+from promptclimb.agent.core.protocol import SPLITS
 from promptclimb.agent.core.runfiles import SWEEP_FILE
 from promptclimb.agent.runs.compact import COMPACT_SINCE, unpack_event
-from promptclimb.agent.runs.store import ANSWER_KINDS, CONFIG, FORMAT_VERSION, HISTORY, SUMMARY, ledger
+from promptclimb.agent.runs.store import ANSWER_KINDS, CONFIG, EVENTS, FORMAT_VERSION, HISTORY, SUMMARY, ledger
 from promptclimb.agent.ranking import LEGACY_METRIC, best_first, selection_value, then_value, top_and_bottom
 from promptclimb.agent.search import SELECTIONS
 
@@ -222,6 +223,24 @@ def _number(x) -> bool:
     return isinstance(x, numbers.Real) and not math.isnan(x)
 
 
+# -- checking what a Run's method is given ---------------------------------------------------
+# A notebook's slip (winners(-1), confusion("x")) is one PromptclimbError saying what is
+# accepted, not a KeyError from deep inside pandas or a table quietly cut short.
+def whole_number(value, where: str, what: str, minimum: int) -> int:
+    """`value` when it is a whole number of at least `minimum` (True, 2.0 or "3" are refused:
+    not guessed at), else PromptclimbError in one line."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise PromptclimbError(f"{where}: {what} {value!r}: expected a whole number of at least {minimum}")
+    return int(value)
+
+
+def one_of(value, where: str, what: str, accepted) -> str:
+    """`value` when it is one of `accepted` (names), else PromptclimbError listing them."""
+    if not isinstance(value, str) or value not in accepted:
+        raise PromptclimbError(f"{where}: {what} {value!r}: expected one of {', '.join(accepted)}")
+    return value
+
+
 # -- one run --------------------------------------------------------------------------------
 @dataclass
 class Run:
@@ -327,6 +346,9 @@ class Run:
         return [e for e in self.events if e["event"] in ANSWER_KINDS]
 
     def of(self, kind: str) -> list[dict]:
+        """The run's events of one kind (`EVENTS`; any kind its history holds)."""
+        held = dict.fromkeys([*EVENTS, *(e["event"] for e in self.events)])
+        one_of(kind, "Run.of()", "kind", list(held))
         return [e for e in self.events if e["event"] == kind]
 
     # tables --------------------------------------------------------------------------------
@@ -373,6 +395,7 @@ class Run:
         names|both the run scored it with several sets of names), as `transfer` ranks them:
         summary.json's `top` (which holds a template once per set of names, and only as many
         entries as the search kept), then the rest of the run's scores as the search ranks them."""
+        k = whole_number(k, "Run.winners()", "k", 1)
         final = self.final
         rows = []
         if final is not None:
@@ -428,13 +451,23 @@ class Run:
                                then=then)
         return frame.iloc[positions].reset_index(drop=True)
 
-    def scoreboard(self, restart, before_line: int) -> tuple[list[dict], list[dict]]:
+    def scoreboard(self, restart: int, before_line: int) -> tuple[list[dict], list[dict]]:
         """The top-k and bottom-k templates the LLM was shown at a point of the run: the
         restart's board then (its pool sample under the start names, what the LLM proposed in
         that restart so far, and each (template, names) pair a names turn kept), ranked as the
         search ranks it, each template once, at its best place: a renamed template with the
         figures of its names then, not of its first score (rebuilt from the events, not parsed
-        back from the prompt text, which users may rewrite)."""
+        back from the prompt text, which users may rewrite). `restart`: one of the run's
+        restarts; `before_line`: a history line (1-based; past the last: the board at the end)."""
+        restart = whole_number(restart, "Run.scoreboard()", "restart", 0)
+        restarts = sorted({e["restart"] for e in self.events if isinstance(e.get("restart"), int)})
+        if restart not in restarts:
+            raise PromptclimbError(f"Run.scoreboard(): restart {restart!r}: expected one of the run's restarts "
+                                   f"({', '.join(map(str, restarts)) or 'it has none'})")
+        return self._board(restart, whole_number(before_line, "Run.scoreboard()", "before_line", 1))
+
+    def _board(self, restart, before_line: int) -> tuple[list[dict], list[dict]]:
+        """`scoreboard` for a restart and line the history gave (not checked again)."""
         scores = self.scores()
         if scores.empty:
             return [], []
@@ -497,7 +530,7 @@ class Run:
             if ex["event"] == "llm_exchange":
                 scored = scores[scores["call"] == call] if "call" in scores else scores.iloc[0:0]
                 rejects = [e for e in self.of("reject") if e.get("call") == call]
-                top, bottom = self.scoreboard(ex.get("restart"), ex["_line"])
+                top, bottom = self._board(ex.get("restart"), ex["_line"])
             else:
                 scored, rejects, top, bottom = self._names_answer(ex, call)
             # best so far = over everything recorded up to the end of this answer (`answer_ends`)
@@ -593,7 +626,9 @@ class Run:
 
     def confusion(self, split: str = "test") -> dict[str, pd.DataFrame]:
         """The confusion matrices with the start and the found names ("before", "after"):
-        rows the true class, columns the predicted one, labelled with the start names."""
+        rows the true class, columns the predicted one, labelled with the start names; empty
+        for a run that searched the template only. `split`: train, val or test."""
+        one_of(split, "Run.confusion()", "split", SPLITS)
         table = (self.final or {}).get("names") or {}
         labels = table.get("start") or []
         return {when: pd.DataFrame(table["confusion"][when][split], index=labels, columns=labels)

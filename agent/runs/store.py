@@ -113,6 +113,10 @@ IDENTITY = ("event", "restart", "reset", "iteration", "call", "template", "origi
 
 # The history's LLM answers, by event, and the kind of turn each answers.
 ANSWER_KINDS = {"llm_exchange": "template", "names_exchange": "names", "names_judge": "guard"}
+# Every kind of event a history holds (the list above; "step": a soft-prompt run's, agent/softsearch.py),
+# so that a reader asked for another (`Run.of("scores")`) says so instead of finding none.
+EVENTS = ("run_start", "restart", "reset", "llm_exchange", "score", "reject", "names_exchange", "name_reject",
+          "name_score", "names_judge", "names_text", "names_change", "stop", "final", "step")
 
 
 def ledger(events: Iterable[dict]) -> dict:
