@@ -77,8 +77,11 @@ def search(dataset: str | None = None, shots: int = 1, backbone: str | None = No
     `max_calls=`, `--llm` is `llm=`, `--ensemble` is `ensemble=`, `--adapter` takes a name or
     a list); each is checked as on the command line, and one that is left out (or None)
     takes the command's default (`promptclimb search --help` lists them all). Progress lines
-    go to `echo` (None: nowhere). `resume="RUN"` continues a killed run with its saved
-    settings. Raises PromptclimbError with a readable message for bad input.
+    go to `echo` (None: nowhere). `classnames=` takes a set name or a file as --classnames
+    does, or a list of names (one per class, in class order) as `evaluate()` does; the list is
+    recorded in config.json. `resume="RUN"` continues a killed run with its saved settings
+    (an option given again with another value, other start names included, is refused).
+    Raises PromptclimbError with a readable message for bad input.
     """
     from promptclimb.agent.options import PYTHON_OPTIONS, resolve
     from promptclimb.agent.pipeline import run_search
@@ -194,21 +197,14 @@ def evaluate(templates: str | Sequence[str], dataset: str = "fashion-mnist", sho
     checked = check_call("evaluate()", unknown, templates=templates, dataset=dataset, shots=shots, seed=seed,
                          backbone=backbone, pretrained=pretrained, weights=weights, data_root=data_root,
                          device=device, splits=splits, precision=precision, image_column=image_column,
-                         label_column=label_column)
+                         label_column=label_column, classnames=classnames)
     if dataset is None:
         raise PromptclimbError("evaluate(): dataset is required")
-    dataset, shots, seed, backbone, pretrained, weights, data_root, splits, precision, image_column, label_column = (
-        checked[k] for k in ("dataset", "shots", "seed", "backbone", "pretrained", "weights", "data_root", "splits",
-                             "precision", "image_column", "label_column"))
+    (dataset, shots, seed, backbone, pretrained, weights, data_root, splits, precision, image_column, label_column,
+     classnames) = (checked[k] for k in ("dataset", "shots", "seed", "backbone", "pretrained", "weights", "data_root",
+                                         "splits", "precision", "image_column", "label_column", "classnames"))
     backbone, pretrained = default_backbone(dataset, backbone, pretrained, weights)
     templates = check_templates(templates)
-    if isinstance(classnames, os.PathLike):  # a names file, as data_root may be a Path
-        classnames = os.fspath(classnames)
-    if classnames is not None and not isinstance(classnames, str):
-        if not isinstance(classnames, (list, tuple)) or not all(isinstance(n, str) for n in classnames):
-            raise PromptclimbError(f"evaluate(): classnames {classnames!r}: expected a list of names, a set name "
-                                   "or a file")
-        classnames = tuple(classnames)
     scores, _ = score_templates(templates, dataset=dataset, shots=shots, seed=seed, backbone=backbone,
                                 pretrained=pretrained, weights=weights, data_root=data_root, device=device,
                                 splits=splits, precision=precision, classnames=classnames,

@@ -11,11 +11,13 @@ pipeline runs on (`agent/pipeline.py`); `scope` says what `--resume` may change.
 from __future__ import annotations
 
 import math
+import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from promptclimb.agent.core.classnames import check_classnames
 from promptclimb.agent.core.defaults import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS, UNLABELED_IMAGES
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.settings import SoftPromptConfig
@@ -41,7 +43,7 @@ class Option:
     help: str
     panel: str
     kind: Any = str  # str, int, float, bool (a flag), "path", "dir", "optional" (a flag that may take a
-    # value: "" when given bare), or a tuple of choices
+    # value: "" when given bare), "names" (class names: `names_value`), or a tuple of choices
     dest: str | None = None  # the settings key when it is not the keyword (--llm: llm_name)
     multiple: bool = False
     metavar: str | None = None
@@ -75,7 +77,7 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
            "template turn).", _E, SEARCHES, recorded="search.search"),
     Option("--classnames", None, "The class names the search starts from: published (the labels the data comes "
            "with, the default), a named set (clean for fashion-mnist, coop for eurosat) or a FILE (one name per line "
-           "in class order, or folder,name lines).", _E, metavar="published|SET|FILE",
+           "in class order, or folder,name lines).", _E, "names", metavar="published|SET|FILE",
            recorded="evaluator_args.classnames"),
     Option("--pool", "curated", "Initial templates: curated (hand-written and OpenAI's 80), captions (generic web "
            "captions, the paper's start) or a file with one template per line (# comments).", _E,
@@ -256,6 +258,8 @@ def check_value(option: Option, value, where: str):
     elif isinstance(kind, tuple):
         if value not in kind:
             refuse(f"expected one of {', '.join(kind)}")
+    elif kind == "names":
+        return names_value(value, f"{where}{option.flag}")
     elif not isinstance(value, (str, Path)):
         refuse("expected text" if kind is str else "expected a path")
     else:
@@ -263,6 +267,20 @@ def check_value(option: Option, value, where: str):
     if option.minimum is not None and value < option.minimum:
         refuse(f"must be at least {option.minimum:g}")
     return value
+
+
+def names_value(value, what: str) -> str | tuple[str, ...]:
+    """--classnames as a search or `evaluate()` takes it: a set name or a file (text or a
+    path), or, from Python or a TOML table, the names themselves (a list, one per class in
+    class order) as a tuple, checked now for what needs no dataset (none empty, no braces,
+    no two alike); their count is checked once the data is read (evaluators.build_evaluator),
+    as a file's is. PromptclimbError naming `what`."""
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)) and value and all(isinstance(name, str) for name in value):
+        return check_classnames(value, len(value), what)
+    raise PromptclimbError(f"{what} {value!r}: expected a list of names (one per class, in class order), "
+                           "a set name or a file")
 
 
 def check_dataset_name(name, what: str = "--dataset") -> str:

@@ -184,10 +184,11 @@ def absolute(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
-def classnames_setting(spec: str | None) -> str | None:
-    """--classnames as recorded: a set name (a bare word) as given, a file as its absolute
-    path (a resumed run or a sweep cell reads the same file from another folder)."""
-    if spec is None or not (os.sep in spec or "." in spec or Path(spec).expanduser().is_file()):
+def classnames_setting(spec: str | tuple[str, ...] | None) -> str | tuple[str, ...] | None:
+    """--classnames as recorded: the names themselves (a tuple, from Python or TOML: a list
+    in config.json) and a set name (a bare word) as given, a file as its absolute path (a
+    resumed run or a sweep cell reads the same file from another folder)."""
+    if not isinstance(spec, str) or not (os.sep in spec or "." in spec or Path(spec).expanduser().is_file()):
         return spec
     return str(Path(spec).expanduser().resolve())
 
@@ -398,9 +399,12 @@ def given(opts: dict, name: str) -> bool:
 
 
 def same_setting(mine, theirs) -> bool:
-    """Equal, or two spellings of the same path."""
+    """Equal, or two spellings of the same path (or the same names: a tuple given, the list
+    config.json holds)."""
     if mine == theirs:
         return True
+    if isinstance(mine, tuple) and isinstance(theirs, list):
+        return list(mine) == theirs
     if isinstance(mine, str) and isinstance(theirs, str):
         return Path(mine).expanduser().resolve() == Path(theirs).expanduser().resolve()
     return False

@@ -3,10 +3,13 @@ readable message naming what was wrong, raised before anything is created or loa
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import promptclimb
 from test_api import SMALL, built, notebook  # noqa: F401 (fixtures)
+from test_search import comparable
 
 
 @pytest.mark.parametrize("echo", [5, "print", [1]])
@@ -47,3 +50,53 @@ def test_load_run_bad_input_is_one_readable_error(notebook, built, tmp_path):
         promptclimb.load_run("zz")
     with pytest.raises(promptclimb.PromptclimbError, match=r"^transfer\(\): .*|^no run folder"):
         promptclimb.transfer(tmp_path / "elsewhere", backbone="other")
+
+
+@pytest.mark.parametrize("names, said", [
+    ([], r"--classnames \[\]: expected a list of names \(one per class, in class order\), a set name or a file"),
+    (["tee", "jeans", "Tee"], r"--classnames: class 3 'Tee' repeats class 1"),
+    (["tee", "", "bag"], r"--classnames: class 2 '': empty name"),
+    (["tee", "a {} jean", "bag"], r"--classnames: class 2 'a \{\} jean': braces \{ \} are not allowed"),
+    ([1, 2, 3], r"--classnames \[1, 2, 3\]: expected a list of names"),
+    (5, r"--classnames 5: expected a list of names"),
+])
+def test_search_refuses_bad_class_names_before_anything_is_made(notebook, built, tmp_path, names, said):
+    """A list of names is checked as evaluate() checks it, in one line, before the run folder,
+    the evaluator or the LLM."""
+    with pytest.raises(promptclimb.PromptclimbError, match=rf"^search\(\): {said}") as caught:
+        promptclimb.search(dataset="toy", name="x", classnames=names, echo=None, **SMALL)
+    assert "\n" not in str(caught.value)
+    assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
+    with pytest.raises(promptclimb.PromptclimbError, match=rf"^evaluate\(\): {said}"):
+        promptclimb.evaluate("a photo of a {}.", dataset="toy", classnames=names)
+
+
+def test_search_takes_a_list_of_class_names_records_it_and_resumes_it(notebook, tmp_path, tiny_clip_config,
+                                                                      tiny_clip_weights, image_folder, torch_threads):
+    """The real CLIP evaluator: a list of start names is counted against the data's classes, recorded in
+    config.json, and a search stopped midway resumes from it (a different list is refused)."""
+    names = ["lake", "field", "square"]  # the folders read "blue lake", "green field", "red square"
+    data = dict(dataset="imagefolder", data_root=str(image_folder), shots=2, backbone=tiny_clip_config,
+                weights=str(tiny_clip_weights), device="cpu")
+    with pytest.raises(promptclimb.PromptclimbError, match=r"^classnames: 2 names for 3 classes$"):
+        promptclimb.search(**data, name="short", classnames=names[:2], echo=None, **SMALL)
+    assert not (tmp_path / "runs" / "short").exists()
+
+    def stop_after_the_first_turn(line: str):  # Ctrl-C once the first LLM turn is recorded
+        if "iteration 1/2" in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        promptclimb.search(**data, name="nb", classnames=names, echo=stop_after_the_first_turn, **SMALL)
+    config = json.loads((tmp_path / "runs" / "nb" / "config.json").read_text())
+    assert config["evaluator_args"]["classnames"] == names == config["evaluator"]["dataset"]["classnames"]
+    assert len(promptclimb.load_run("nb").of("llm_exchange")) == 1 and promptclimb.load_run("nb").final is None
+
+    with pytest.raises(promptclimb.PromptclimbError, match=r"--classnames \('lake', 'field', 'pond'\) \(the run's: "):
+        promptclimb.search(resume="nb", classnames=["lake", "field", "pond"], echo=None)
+    resumed = promptclimb.search(resume="nb", classnames=names, echo=None)
+    whole = promptclimb.search(**data, name="whole", classnames=tuple(names), echo=None, **SMALL)
+    assert comparable(resumed.summary) == comparable(whole.summary) and resumed.classnames == names
+    assert promptclimb.search(resume="nb", echo=None).best == resumed.best  # the recorded names, not given again
+    same = promptclimb.evaluate(resumed.best, **data, classnames=names)
+    assert same.loc[0, "test"] == pytest.approx(resumed.accuracy["test"])
