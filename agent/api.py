@@ -13,9 +13,11 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -45,6 +47,30 @@ def using_evaluator(factory: Callable):
         yield factory
     finally:
         _EVALUATOR_FACTORY.reset(token)
+
+
+# -- where progress goes -------------------------------------------------------------------
+def on_stderr(line: str) -> None:
+    """An `echo` that writes each line to stderr, where the commands write the lines of the
+    local LLM's start and of the image features."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def nowhere(line: str) -> None:
+    """The `echo` of `echo=None`."""
+
+
+def check_echo(where: str, echo) -> None:
+    if echo is not None and not callable(echo):
+        raise PromptclimbError(f"{where}: echo {echo!r}: expected a function taking one line of text "
+                               "(e.g. print, list.append) or None")
+
+
+def draws_bars(echo) -> bool:
+    """Whether a call with this `echo` draws progress bars (on stderr, where it is a terminal, as
+    the commands do): only one that writes its lines to the terminal itself, `print` (the
+    default) or `on_stderr`; with None or another function nothing but `echo` gets a line."""
+    return echo is print or echo is on_stderr
 
 
 # -- search ---------------------------------------------------------------------------------
@@ -77,22 +103,25 @@ def search(dataset: str | None = None, shots: int = 1, backbone: str | None = No
     `max_calls=`, `--llm` is `llm=`, `--ensemble` is `ensemble=`, `--adapter` takes a name or
     a list); each is checked as on the command line, and one that is left out (or None)
     takes the command's default (`promptclimb search --help` lists them all). Progress lines
-    go to `echo` (None: nowhere). `classnames=` takes a set name or a file as --classnames
-    does, or a list of names (one per class, in class order) as `evaluate()` does; the list is
-    recorded in config.json. `resume="RUN"` continues a killed run with its saved settings
-    (an option given again with another value, other start names included, is refused).
+    go to `echo` (None: nowhere), every one the command prints: the local LLM server's start
+    and each split's image features (which the command prints on stderr) too; the progress
+    bars of long steps (encoding images, assembling the local LLM's model the first time)
+    are drawn on stderr only with `print` (the default) or `on_stderr`. `classnames=` takes
+    a set name or a file as --classnames does, or a list of names (one per class, in class
+    order) as `evaluate()` does; the list is recorded in config.json. `resume="RUN"`
+    continues a killed run with its saved settings (an option given again with another
+    value, other start names included, is refused).
     Raises PromptclimbError with a readable message for bad input.
     """
     from promptclimb.agent.options import PYTHON_OPTIONS, resolve
     from promptclimb.agent.pipeline import run_search
     from promptclimb.agent.runs.reading import find_run, run_classnames
 
-    if echo is not None and not callable(echo):
-        raise PromptclimbError(f"search(): echo {echo!r}: expected a function taking one line of text "
-                               "(e.g. print, list.append) or None")
+    check_echo("search()", echo)
     given = {"dataset": dataset, "shots": shots, "backbone": backbone, "llm": llm, **knobs}
     opts = resolve(given, "search(): ", PYTHON_OPTIONS)
-    summary = run_search(opts, echo or (lambda message: None), evaluator_factory=_EVALUATOR_FACTORY.get())
+    summary = run_search(opts, echo or nowhere, evaluator_factory=_EVALUATOR_FACTORY.get(), aside=echo or nowhere,
+                         bars=draws_bars(echo))
     runs_dir = Path(opts["runs_dir"])
     run_dir = find_run(opts["resume"], runs_dir) if opts["resume"] else runs_dir / summary["run_id"]
     ensemble = summary.get("ensemble") or {}
@@ -139,23 +168,28 @@ def check_templates(templates: str | Sequence[str]) -> list[str]:
 
 
 def score_templates(templates: Sequence[str], *, splits: Sequence[str] = SPLITS, device: str | None = None,
+                    echo: Callable[[str], None] | None = None, bars: bool = True,
                     **settings) -> tuple[list["Score"], "Evaluator"]:
     """The evaluator built from `settings` (the keywords of `EvaluatorSettings`: dataset,
     shots, seed, backbone, pretrained, weights, data_root, precision, ...; None = its
     default) and each template's Score on `splits`: what `evaluate()`, `transfer()` and
-    `promptclimb eval` share. Imports torch."""
+    `promptclimb eval` share. `echo`, `bars`: as `evaluator_for`. Imports torch."""
     templates = check_templates(templates)  # before the (slow) evaluator is built
-    evaluator = evaluator_for(device=device, **settings)
+    evaluator = evaluator_for(device=device, echo=echo, bars=bars, **settings)
     return evaluator.score(templates, splits=tuple(splits)), evaluator
 
 
-def evaluator_for(*, device: str | None = None, **settings) -> "Evaluator":
-    """The evaluator built from `settings` (as `score_templates`), by the factory in use."""
+def evaluator_for(*, device: str | None = None, echo: Callable[[str], None] | None = None, bars: bool = True,
+                  **settings) -> "Evaluator":
+    """The evaluator built from `settings` (as `score_templates`), by the factory in use. The
+    CLIP evaluator says each split's image features to `echo` (None: stderr, as the commands
+    do) and draws a progress bar while it encodes images unless `bars` is False; a factory set
+    with `using_evaluator` is given neither (its evaluator says what it says)."""
     from promptclimb.agent.core.devices import check_device_name
     from promptclimb.agent.pipeline import default_evaluator_factory
 
     check_device_name(device)
-    build_evaluator = _EVALUATOR_FACTORY.get() or default_evaluator_factory
+    build_evaluator = _EVALUATOR_FACTORY.get() or partial(default_evaluator_factory, echo=echo, bars=bars)
     return build_evaluator(**{k: v for k, v in settings.items() if v is not None}, device=device)
 
 
@@ -179,7 +213,8 @@ def evaluate(templates: str | Sequence[str], dataset: str = "fashion-mnist", sho
              data_root: str | None = None, device: str | None = None,
              splits: Sequence[str] = SPLITS, precision: str | None = None,
              classnames: str | Sequence[str] | None = None, image_column: str | None = None,
-             label_column: str | None = None, **unknown) -> "pd.DataFrame":
+             label_column: str | None = None, echo: Callable[[str], None] | None = print,
+             **unknown) -> "pd.DataFrame":
     """Score templates on a few-shot split, as `promptclimb eval` does: a DataFrame with one
     row per template and the accuracy (`train`, `val`, `test`), `<split>_prob` and
     `<split>_loss` per split. The backbone defaults as in `promptclimb search` (the
@@ -191,13 +226,16 @@ def evaluate(templates: str | Sequence[str], dataset: str = "fashion-mnist", sho
     `label_column`: an hf dataset's columns (`dataset="hf"` or "hf:OWNER/NAME"), as
     --image-column / --label-column: where its features do not tell (two Image columns, a
     label that is not a ClassLabel: its distinct values become the classes); refused for
-    other datasets. Bad input raises PromptclimbError before anything is loaded."""
+    other datasets. `echo`: where the lines go that say what was encoded or reused of each
+    split's images (None: nowhere), as `search()`'s. Bad input raises PromptclimbError before
+    anything is loaded."""
     from promptclimb.agent.core.defaults import default_backbone
 
     checked = check_call("evaluate()", unknown, templates=templates, dataset=dataset, shots=shots, seed=seed,
                          backbone=backbone, pretrained=pretrained, weights=weights, data_root=data_root,
                          device=device, splits=splits, precision=precision, image_column=image_column,
-                         label_column=label_column, classnames=classnames)
+                         label_column=label_column, classnames=classnames, echo=echo)
+    check_echo("evaluate()", echo)
     if dataset is None:
         raise PromptclimbError("evaluate(): dataset is required")
     (dataset, shots, seed, backbone, pretrained, weights, data_root, splits, precision, image_column, label_column,
@@ -208,7 +246,8 @@ def evaluate(templates: str | Sequence[str], dataset: str = "fashion-mnist", sho
     scores, _ = score_templates(templates, dataset=dataset, shots=shots, seed=seed, backbone=backbone,
                                 pretrained=pretrained, weights=weights, data_root=data_root, device=device,
                                 splits=splits, precision=precision, classnames=classnames,
-                                image_column=image_column, label_column=label_column)
+                                image_column=image_column, label_column=label_column, echo=echo or nowhere,
+                                bars=draws_bars(echo))
     return scores_frame(templates, scores)
 
 
@@ -240,7 +279,7 @@ def load_run(path_or_id: str | Path, runs_dir: str | Path = "runs") -> "Run":
 def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None = None, weights: str | None = None,
              top: int | None = None, data_root: str | None = None, device: str | None = None,
              runs_dir: str | Path = "runs", save: bool = True, precision: str | None = None,
-             **unknown) -> "pd.DataFrame":
+             echo: Callable[[str], None] | None = print, **unknown) -> "pd.DataFrame":
     """Re-score every template a run scored, plus the baseline "a photo of a {}.", on another
     backbone with the run's dataset split (dataset, shots, seed; `data_root` to point at the
     images elsewhere), as `promptclimb transfer` does: how well the run's ranking carries over.
@@ -255,14 +294,17 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
     transfer-<backbone>.csv (every row), .json (the summary) and .png (the scatter plot);
     `.attrs["path"]` is the csv. `top`: the returned frame keeps only the best `top` rows
     (and the baseline); the summary and the files always cover every template. `precision`:
-    the target's encoders, "fp32" (None, the default) or "bf16" (as --precision). Bad input
-    raises PromptclimbError before anything is loaded.
+    the target's encoders, "fp32" (None, the default) or "bf16" (as --precision). `echo`:
+    where the lines go that say what was encoded or reused of each split's images on the
+    target (None: nowhere), as `search()`'s. Bad input raises PromptclimbError before
+    anything is loaded.
     """
     from promptclimb.agent.runs.reading import Run, run_classnames, run_names_by_label, run_start_names
     from promptclimb.agent.softsearch import is_soft_prompt_run, transfer_refusal
 
     check_call("transfer()", unknown, run=run, backbone=backbone, pretrained=pretrained, weights=weights, top=top,
-               data_root=data_root, device=device, runs_dir=runs_dir, save=save, precision=precision)
+               data_root=data_root, device=device, runs_dir=runs_dir, save=save, precision=precision, echo=echo)
+    check_echo("transfer()", echo)
     if not isinstance(run, (Run, str, Path)):
         raise PromptclimbError(f"transfer(): run {run!r}: expected a run (promptclimb.load_run), its id or its path")
     if not isinstance(backbone, str) or not backbone:
@@ -289,7 +331,7 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
         dataset=args["dataset"], shots=args.get("shots", 1), seed=args.get("seed", 0),
         backbone=backbone, pretrained=pretrained, weights=weights, data_root=data_root or args.get("data_root"),
         device=device, precision=precision, image_column=args.get("image_column"),
-        label_column=args.get("label_column"),
+        label_column=args.get("label_column"), echo=echo or nowhere, bars=draws_bars(echo),
         classnames=(start if isinstance(start, dict) else tuple(start)) if start else args.get("classnames"))
     in_target_order = target_order(start, evaluator)
     by_names: dict = {}

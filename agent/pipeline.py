@@ -21,6 +21,7 @@ import time
 import warnings
 from contextlib import closing, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterator
@@ -88,21 +89,27 @@ class Plan:
     store: RunStore | None = None  # --resume: the run, opened (and locked) already
 
 
-def run_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None = None) -> dict:
+def run_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None = None, *,
+               aside: Callable[[str], None] | None = None, bars: bool = True) -> dict:
     """One search: `opts` holds every setting (`agent.options.resolve`, or the command's
     parsed options); progress goes to `echo`; returns the summary. `evaluator_factory`
-    builds the evaluator from the run's evaluator settings (default: the CLIP one)."""
+    builds the evaluator from the run's evaluator settings (default: the CLIP one).
+    `aside`: where the lines go that the commands print on stderr beside the progress (the
+    local LLM server's start, each split's image features of the CLIP evaluator; None:
+    stderr); `bars`: False draws no progress bar (encoding images, assembling the local
+    model) - the API's `search(echo=...)` passes both (agent/api.py)."""
     # a search refused before it keeps a run (a bad option, dataset, names set or meta-prompt
     # found once --runs-dir exists) leaves no folder it created
     created = [] if opts["resume"] else missing_folders(opts["runs_dir"])
     try:
-        return planned_search(opts, echo, evaluator_factory)
+        return planned_search(opts, echo, evaluator_factory, aside, bars)
     except BaseException:
         remove_while_empty(created)
         raise
 
 
-def planned_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None) -> dict:
+def planned_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None,
+                   aside: Callable[[str], None] | None = None, bars: bool = True) -> dict:
     """`run_search` once the folders it may create are noted."""
     plan = resumed_run(opts, echo) if opts["resume"] else new_run(opts, echo)
     store = plan.store
@@ -111,11 +118,13 @@ def planned_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None)
         if evaluator_factory is None:  # the CLIP evaluator's datasets are known before it loads
             option_table.check_dataset_name(plan.evaluator.dataset)
         store = store or create_run_folder(plan, opts)
+        # the CLIP evaluator says what it encoded or reused where the search says it (a factory
+        # given by the caller builds its own evaluator)
+        factory = evaluator_factory or partial(default_evaluator_factory, echo=aside, bars=bars)
         with resume_hint_on_interrupt(store, opts.get("mlflow"), echo), \
                 experiment_tracking(store, opts.get("mlflow"), echo), warnings_said(echo):
             try:
-                evaluator = load_evaluator(plan, store, opts["device"], evaluator_factory or default_evaluator_factory,
-                                           echo)
+                evaluator = load_evaluator(plan, store, opts["device"], factory, echo)
             except Exception:  # bad input the evaluator found (data, weights), or worse: no unfinished run is left
                 if plan.store is None and not store.events:
                     store.discard()
@@ -124,7 +133,7 @@ def planned_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None)
                 echo(f"run folder: {store.run_dir}")
             if plan.soft is not None:
                 return soft_prompt_search(plan, store, evaluator, echo)
-            with llm_client(plan, opts, echo) as llm:
+            with llm_client(plan, opts, echo, aside, bars) as llm:
                 summary = climb(plan, store, evaluator, llm, meta, echo, opts.get("mlflow"))
             return after_the_climb(plan, store, evaluator, summary, echo)
     finally:
@@ -563,9 +572,10 @@ def load_evaluator(plan: Plan, store: RunStore, device: str | None, factory: Eva
 
 
 @contextmanager
-def llm_client(plan: Plan, opts: dict, echo) -> Iterator[LLMClient]:
+def llm_client(plan: Plan, opts: dict, echo, aside: Callable[[str], None] | None = None,
+               bars: bool = True) -> Iterator[LLMClient]:
     """The LLM: the embedded local one (a llama.cpp server started for the climb and stopped
-    after it), or an OpenAI-compatible endpoint."""
+    after it; its start lines go to `aside`, None: stderr), or an OpenAI-compatible endpoint."""
     settings = plan.llm
 
     def client(base_url: str | None, api_key: str | None, model: str) -> LLMClient:
@@ -581,8 +591,9 @@ def llm_client(plan: Plan, opts: dict, echo) -> Iterator[LLMClient]:
         # search asks its own: the same settings and requests
         started = opts.get("local_llm_url")
         model = settings.request_model or local_llm.local_model_name(model_file)
-        with nullcontext(started) if started else local_llm.local_server(model_path=model_file) as base_url, \
-                closing(client(base_url, "local", model)) as llm:
+        server = nullcontext(started) if started else \
+            local_llm.local_server(model_path=model_file, echo=aside, bars=bars)
+        with server as base_url, closing(client(base_url, "local", model)) as llm:
             yield llm
         return
     base_url = opts["base_url"] or os.environ.get("OPENAI_BASE_URL") or settings.base_url

@@ -12,7 +12,7 @@ Scoring a batch of templates:
 Image features are computed once per split (then read from the disk cache): images are
 decoded and preprocessed in a worker thread one batch ahead of the encoder (`_prefetched`),
 with a progress bar (images/s, time left) on stderr, and one line per split saying what was
-encoded or reused.
+encoded or reused (to the evaluator's `echo`; stderr when none is given, as the commands do).
 """
 
 from __future__ import annotations
@@ -45,12 +45,13 @@ LOADER_THREADS_GPU = min(4, os.cpu_count() or 1)  # decoding threads beside a GP
 class ClipEvaluator:
     def __init__(self, backbone: Backbone, dataset: Dataset, split: FewShotSplit,
                  image_batch: int | None = None, echo: Callable[[str], None] | None = None,
-                 classnames: Sequence[str] | None = None):
+                 classnames: Sequence[str] | None = None, bars: bool = True):
         self.backbone = backbone
         self.dataset = dataset
         self.split = split
         self.image_batch = image_batch or backbone.image_batch  # per device: backbones.IMAGE_BATCH
         self.echo = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))  # one line per split's features
+        self.bars = bars  # the encoding progress bar on stderr (when it is a terminal); False: never
         # The start names: what is scored when no other names are given (None: the published labels).
         self.classnames = (tuple(dataset.classnames) if classnames is None
                            else check_classnames(classnames, len(dataset.classnames), "classnames"))
@@ -116,8 +117,8 @@ class ClipEvaluator:
         features, labels, kept, bad = [], [], [], []
         chunks = [items[i:i + self.image_batch] for i in range(0, len(items), self.image_batch)]
         desc = f"encoding {self.dataset.name}/{split} images"
-        with tqdm(total=len(items), desc=desc, unit="img", leave=False, disable=None, file=sys.stderr,
-                  dynamic_ncols=True) as bar:
+        with tqdm(total=len(items), desc=desc, unit="img", leave=False, disable=None if self.bars else True,
+                  file=sys.stderr, dynamic_ncols=True) as bar:
             threads = 1 if str(self.backbone.device) == "cpu" else LOADER_THREADS_GPU
             for images, readable, unreadable in _prefetched(self._load_batch, chunks, threads):
                 bad += unreadable
@@ -320,7 +321,8 @@ def build_evaluator(dataset: str, shots: int, seed: int, backbone: str, pretrain
                     device: str | None = None, precision: str | None = None, image_column: str | None = None,
                     label_column: str | None = None,
                     classnames: Sequence[str] | Mapping[str, str] | str | None = None,
-                    unlabeled: int = 0) -> ClipEvaluator:
+                    unlabeled: int = 0, echo: Callable[[str], None] | None = None,
+                    bars: bool = True) -> ClipEvaluator:
     """Load the dataset, draw the few-shot split and load the backbone (dataset first: a
     missing dataset or a bad --classnames is reported before a slow model load).
     `precision`: fp32 (the default) or bf16 (backbones.check_precision). `image_column`,
@@ -329,7 +331,9 @@ def build_evaluator(dataset: str, shots: int, seed: int, backbone: str, pretrain
     `--classnames` spec (a set name such as `clean`, or a file: agent/core/classnames.py)
     or names keyed by the dataset's labels (a run's, on other data); None: the dataset's
     published labels. `unlabeled`: how many images of the train pool
-    outside the split to draw as the split "unlabeled" (`--metric balance`; 0: none)."""
+    outside the split to draw as the split "unlabeled" (`--metric balance`; 0: none).
+    `echo`: where each split's image-features line goes (None: stderr, as the commands do);
+    `bars`: False draws no progress bar while a split's images are encoded."""
     from promptclimb.evaluators.backbones import load_backbone
     from promptclimb.evaluators.datasets import load_dataset, make_fewshot_split
 
@@ -344,4 +348,4 @@ def build_evaluator(dataset: str, shots: int, seed: int, backbone: str, pretrain
         check_published(data.classnames, data.folders)
     split = make_fewshot_split(data, shots, seed, unlabeled=unlabeled)
     model = load_backbone(backbone, pretrained=pretrained, weights=weights, device=device, precision=precision)
-    return ClipEvaluator(model, data, split, classnames=classnames)
+    return ClipEvaluator(model, data, split, classnames=classnames, echo=echo, bars=bars)

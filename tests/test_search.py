@@ -574,7 +574,7 @@ def test_cli_defaults_to_the_local_llm_without_an_endpoint(tmp_path, monkeypatch
     started = []
     with FakeLLM(responder=responder) as fake:
         @contextlib.contextmanager
-        def stand_in_server(model_path=None):  # the llama.cpp server, stood in for by the fake
+        def stand_in_server(model_path=None, **ignored):  # the llama.cpp server, stood in for by the fake
             started.append(model_path)
             yield fake.base_url
 

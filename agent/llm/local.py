@@ -118,12 +118,14 @@ def model_sha256(path: str | os.PathLike) -> str:
     return file_sha256(path)
 
 
-def ensure_model(path: str | os.PathLike | None = None, spec: ModelSpec = DEFAULT_MODEL) -> Path:
+def ensure_model(path: str | os.PathLike | None = None, spec: ModelSpec = DEFAULT_MODEL, *,
+                 bar: bool = True) -> Path:
     """The GGUF file to serve: `path` when given (checked), else the default model,
-    assembled and verified once into `cache_dir("models")`."""
+    assembled and verified once into `cache_dir("models")` (`bar`: with a progress bar on
+    stderr the first time; False: none)."""
     if path is not None:
         return _check_user_model(Path(path).expanduser())
-    return ensure_assembled(spec)
+    return ensure_assembled(spec, bar=bar)
 
 
 def _check_user_model(path: Path) -> Path:
@@ -220,17 +222,19 @@ def local_server(
     log_path: str | os.PathLike | None = None,
     command: list[str] | None = None,
     echo=None,
+    bars: bool = True,
 ) -> Iterator[str]:
     """Run the local LLM server for the duration of a `with` block; yields its base URL
     (`http://127.0.0.1:PORT/v1`). `command` replaces the llama.cpp command line (tests use a
-    stand-in server); `echo` is a callable for progress lines (default: stderr)."""
+    stand-in server); `echo` is a callable for progress lines (default: stderr); `bars`:
+    False draws no progress bar while the default model is assembled the first time."""
     say = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if port:
         check_port_free(port)
     port = port or free_port()
     if command is None:
         _require_llama_cpp()
-        model = ensure_model(model_path)
+        model = ensure_model(model_path, bar=bars)
         command = server_command(
             model, port, n_ctx=n_ctx, n_threads=n_threads,
             model_alias=local_model_id(local_model_name(model_path), model_sha256(model)),

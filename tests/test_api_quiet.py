@@ -1,0 +1,173 @@
+"""What a Python API call writes on the terminal: the lines its `echo` is given, and nothing
+else. `search(echo=None)`, `evaluate(echo=None)` and `transfer(echo=None)` print nothing on
+fd 1 or 2 (the local LLM server's start and each split's image features included, which
+the commands print on stderr); `echo=list.append` gets those lines; progress bars are
+drawn only with `print` (the default). The commands print what they printed before.
+
+The CLIP side is the embedded default (fashion-mnist, the `demo` backbone); the LLM is the
+fake OpenAI-compatible server, or the embedded local one with a stand-in for llama.cpp's
+server (tests/test_local_llm.py)."""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+import promptclimb
+from fake_llm import WordEvaluator
+from test_api import SMALL, built, notebook  # noqa: F401 (fixtures)
+from test_local_llm import STAND_IN
+
+FEW = dict(iterations=1, resets=1, restarts=1, pool_sample=4, search="template")
+FEATURES = re.compile(r"fashion-mnist/(train|val|test): (reused|encoded) .*\(demo fp32\).*")
+
+
+class Terminal(io.StringIO):
+    """sys.stderr as a terminal: where tqdm draws its bars (on a pipe it draws none)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def reused(*splits: str) -> list[str]:
+    sizes = {"train": "10", "val": "10", "test": "2,000"}
+    return [f"fashion-mnist/{s}: reused {sizes[s]} cached image features (demo fp32)" for s in splits]
+
+
+def test_evaluate_says_each_split_through_its_echo_and_draws_bars_only_with_print(capfd, monkeypatch):
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    where = dict(dataset="fashion-mnist", shots=1)
+
+    promptclimb.evaluate("a photo of a {}.", splits=("train",), echo=None, **where)  # encodes train
+    assert capfd.readouterr() == ("", "") and terminal.getvalue() == ""
+
+    lines = []
+    table = promptclimb.evaluate("a photo of a {}.", splits=("train", "val"), echo=lines.append, **where)
+    assert list(table["template"]) == ["a photo of a {}."]
+    assert lines[0] == reused("train")[0] and len(lines) == 2
+    assert re.fullmatch(r"fashion-mnist/val: encoded 10 images in .* s \(.* images/s, demo fp32\); cached", lines[1])
+    assert capfd.readouterr() == ("", "") and terminal.getvalue() == ""
+
+    # the default, print: the line on stdout, and the bar while another seed's split is encoded
+    promptclimb.evaluate("a photo of a {}.", splits=("train",), seed=1, **where)
+    out, err = capfd.readouterr()
+    assert re.fullmatch(r"fashion-mnist/train: encoded 10 images in .*; cached\n", out) and err == ""
+    assert "encoding fashion-mnist/train images" in terminal.getvalue()
+
+
+def test_search_and_transfer_on_fashion_mnist_say_everything_through_their_echo(notebook, capfd):
+    quiet = promptclimb.search(dataset="fashion-mnist", shots=1, name="quiet", echo=None, **FEW)
+    assert capfd.readouterr() == ("", "")  # the splits were encoded, the LLM asked: nothing said
+
+    lines = []
+    promptclimb.search(dataset="fashion-mnist", shots=1, name="heard", echo=lines.append, **FEW)
+    assert capfd.readouterr() == ("", "")
+    assert [line for line in lines if FEATURES.fullmatch(line)] == reused("train", "val", "test")
+    assert any(line.startswith("run folder: ") for line in lines)
+
+    promptclimb.transfer(quiet.load(), "demo", echo=None)
+    assert capfd.readouterr() == ("", "")
+    moved = []
+    promptclimb.transfer(quiet.load(), "demo", echo=moved.append)
+    assert moved == reused("train", "val", "test") and capfd.readouterr() == ("", "")
+
+    # the command: progress on stdout, the image features on stderr, as before
+    from promptclimb.agent.cli import cli
+
+    runner = CliRunner()
+    done = runner.invoke(cli, ["search", "--dataset", "fashion-mnist", "--shots", "1", "--name", "cli",
+                               "--iterations", "1", "--resets", "1", "--restarts", "1", "--pool-sample", "4",
+                               "--search", "template"])
+    assert done.exit_code == 0, done.output
+    assert [line for line in done.stderr.splitlines() if FEATURES.fullmatch(line)] == reused("train", "val", "test")
+    assert "run folder: " in done.stdout and not FEATURES.search(done.stdout)
+    moved = runner.invoke(cli, ["transfer", "quiet", "--backbone", "demo"])
+    assert moved.exit_code == 0, moved.output
+    assert not FEATURES.search(moved.stdout)
+    assert [line for line in moved.stderr.splitlines() if FEATURES.fullmatch(line)] == reused("train", "val", "test")
+
+
+@pytest.fixture
+def local_llm_stand_in(tmp_path, monkeypatch):
+    """The embedded local LLM, its server a stand-in for llama.cpp's (it answers "OK"),
+    started for each search as llama.cpp's would be; no endpoint in the environment."""
+    from promptclimb.agent.llm import local as local_llm
+
+    script = tmp_path / "stand_in.py"
+    script.write_text(STAND_IN)
+    monkeypatch.setattr(local_llm, "_require_llama_cpp", lambda: None)
+    monkeypatch.setattr(local_llm, "server_command", lambda model, port, **kwargs: [
+        sys.executable, str(script), str(port), "0", kwargs["model_alias"]])
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    gguf = tmp_path / "mine.gguf"
+    gguf.write_bytes(b"GGUF mine")
+    return gguf
+
+
+def local_llm_lines(text: str) -> list[str]:
+    """The server's start: what local_server says (agent/llm/local.py)."""
+    return [line for line in text.splitlines() if re.match(r"(starting the local LLM|local LLM ready) ", line)]
+
+
+def test_the_local_llm_servers_start_goes_to_the_echo(local_llm_stand_in, built, capfd):
+    gguf = local_llm_stand_in
+    promptclimb.search(dataset="toy", name="quiet", llm_model=str(gguf), echo=None, **SMALL)
+    assert capfd.readouterr() == ("", "")
+
+    lines = []
+    promptclimb.search(dataset="toy", name="heard", llm_model=str(gguf), echo=lines.append, **SMALL)
+    assert capfd.readouterr() == ("", "")
+    said = local_llm_lines("\n".join(lines))
+    assert len(said) == 2, lines
+    assert re.fullmatch(r"starting the local LLM \(mine\.gguf\) on 127\.0\.0\.1:\d+ \.\.\.", said[0])
+    assert re.fullmatch(r"local LLM ready at http://127\.0\.0\.1:\d+/v1 \(warm-up .*s\)", said[1])
+
+    # the command prints them on stderr, as before
+    from promptclimb.agent.cli.search import search_cmd
+
+    done = CliRunner().invoke(search_cmd, ["--dataset", "toy", "--name", "cli", "--llm-model", str(gguf),
+                                           "--iterations", "2", "--resets", "1", "--pool-sample", "8",
+                                           "--search", "template"],
+                              obj={"evaluator_factory": lambda **kw: WordEvaluator(kw["dataset"])})
+    assert done.exit_code == 0, done.output
+    assert len(local_llm_lines(done.stderr)) == 2 and local_llm_lines(done.stdout) == []
+    assert "run folder: " in done.stdout
+
+
+@pytest.mark.parametrize("echo", [None, "list", print])
+def test_the_local_models_assembly_bar_is_drawn_only_with_print(tmp_path, monkeypatch, built, capfd, echo):
+    """The embedded model assembled the first time (here from parts that do not add up to it,
+    so the search stops once they are read): its bar on stderr only for `print`."""
+    from promptclimb.agent.core import chunks
+    from promptclimb.agent.llm import local as local_llm
+
+    parts = [tmp_path / f"part{i}.bin" for i in (1, 2)]
+    for part in parts:
+        part.write_bytes(b"x" * 1000)
+    monkeypatch.setattr(chunks, "find_parts", lambda spec: parts)
+    monkeypatch.setattr(local_llm, "_require_llama_cpp", lambda: None)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    lines = []
+    with pytest.raises(promptclimb.PromptclimbError, match="has SHA-256"):
+        promptclimb.search(dataset="toy", name="x", echo=lines.append if echo == "list" else echo, **SMALL)
+    out, err = capfd.readouterr()
+    assert ("assembling qwen2.5-coder" in err) == (echo is print)
+    assert "assembling" not in out and "assembling" not in "".join(lines)
+    assert (err == "") == (echo is not print)
+
+    if echo is print:  # the command draws it too, as before
+        from promptclimb.agent.cli.search import search_cmd
+
+        done = CliRunner().invoke(search_cmd, ["--dataset", "toy", "--name", "cli", "--search", "template"],
+                                  obj={"evaluator_factory": lambda **kw: WordEvaluator(kw["dataset"])})
+        assert done.exit_code == 1 and "has SHA-256" in done.stderr
+        assert "assembling qwen2.5-coder" in done.stderr and "assembling" not in done.stdout
