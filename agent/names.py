@@ -292,7 +292,8 @@ def refusals_shown(refused: Sequence[NameRefusal], names: Sequence[str]) -> list
             continue
         seen.add(key)
         shown.append({"class": names[r.cls] if r.cls is not None else r.label, "name": r.name,
-                      "reason": r.shown(), "repeat": r.reason == REPEAT})
+                      "reason": r.shown(), "repeat": r.reason == REPEAT,
+                      "other_class": r.reason == OTHER_CLASS})
     return shown
 
 

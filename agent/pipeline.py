@@ -457,7 +457,7 @@ def render_meta_prompts_once(meta: MetaPrompt, search: SearchConfig) -> None:
                "mistaken_for": [{"name": "second class", "count": 1}]}
         scored = {"class": "first class", "name": "one", "value": 0.5, "previous_best": 0.5, "verdict": "equal",
                   "kept": False}
-        refused = {"class": "first class", "name": "two", "reason": "repeat", "repeat": True}
+        refused = {"class": "first class", "name": "two", "reason": "repeat", "repeat": True, "other_class": False}
         meta.names_system(task, per_class, k)
         meta.names_turn(task, per_class, label, row["template"], 0.5, [cls], ["first class"], [scored], [refused],
                         hidden=1)
