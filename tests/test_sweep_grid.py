@@ -248,6 +248,42 @@ def test_a_grid_file_search_table_is_refused_where_it_would_be_ignored_or_ambigu
     assert not runs.exists() and not (tmp_path / "elsewhere").exists()
 
 
+def test_a_grid_file_reads_its_search_keys_as_search_config_does(tmp_path):
+    """read_grid_file takes `max-calls` or `max_calls` by the options layer's one rule
+    (agent/options.py table_keywords): a key given both ways is refused, naming both, not
+    merged with one value dropped."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[grid]\ndataset = "fashion-mnist"\n[search]\nmax-calls = 3\nmax_calls = 4\n')
+    with pytest.raises(PromptclimbError) as refused:
+        sweeps.read_grid_file(grid)
+    assert str(refused.value) == f"{grid}: [search] max-calls is given twice (max-calls, max_calls); keep one"
+    grid.write_text('[grid]\ndataset = "fashion-mnist"\n[search]\nmax-calls = 3\npool_sample = 4\n')
+    assert sweeps.read_grid_file(grid) == ({"dataset": ["fashion-mnist"]}, {"max_calls": 3, "pool_sample": 4})
+
+
+def test_a_grid_file_with_dashed_keys_gives_the_sweep_its_search_options(tmp_path, monkeypatch):
+    """`promptclimb sweep --grid FILE`: the [search] table's dashed keys reach the sweep as
+    the search's options, and an option given on the command line overrides the file's."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[grid]\ndataset = ["fashion-mnist"]\nseeds = "1-2"\n'
+                    '[search]\nmax-calls = 9\npool-sample = 4\niterations = 3\n')
+    runs = tmp_path / "runs"
+    swept = []
+
+    def run_sweep(name, runs_dir, grid, search, **_):
+        swept.append((grid, search))
+        return {c: "finished" for c in sweeps.prepare_sweep(runs / name, grid, search)["cells"]}
+
+    monkeypatch.setattr(sweeps, "run_sweep", run_sweep)
+    result = CliRunner().invoke(cli, ["sweep", "g", "--grid", str(grid), "--runs-dir", str(runs),
+                                      "--iterations", "5"])
+    assert result.exit_code == 0, result.output
+    assert swept == [({"dataset": ["fashion-mnist"], "seeds": ["1-2"]},
+                      {"max_calls": 9, "pool_sample": 4, "iterations": 5})]
+    stored = json.loads((runs / "g" / "sweep.json").read_text())["search"]
+    assert (stored["max_calls"], stored["pool_sample"], stored["iterations"]) == (9, 4, 5)
+
+
 def test_a_rerun_that_gives_some_grid_axes_takes_the_others_from_the_sweep(tmp_path):
     """`sweep s --shots 4` on a sweep of one dataset said 'a sweep needs at least one
     --dataset'; the axes not given are the sweep's, and what differs is named."""

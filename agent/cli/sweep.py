@@ -101,12 +101,9 @@ def with_stored_axes(grid: dict, runs_dir: str, name: str) -> dict:
 
 
 def check_grid_file_search(path: str, options: dict) -> None:
-    """A grid file's [search] table as `search --config` takes one (`max-calls` or
-    `max_calls`, not both), less `runs-dir`: where the sweep goes is --runs-dir on the
-    command line, which every rerun gives again (a grid file's was stored and not used)."""
-    from promptclimb.agent.options import read_toml, table_keywords
-
-    table_keywords(read_toml(path, "grid file").get("search") or {}, f"{path}: [search] ")
+    """A grid file's [search] table (`read_grid_file`'s keywords) less `runs-dir`: where the
+    sweep goes is --runs-dir on the command line, which every rerun gives again (a grid
+    file's was stored and not used)."""
     if "runs_dir" in options:
         raise PromptclimbError(f"{path}: [search] runs-dir: a grid file does not say where the sweep goes; "
                                "give --runs-dir on the command line (and to its reruns)")

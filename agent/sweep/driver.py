@@ -96,9 +96,10 @@ def parse_seeds(values: Sequence) -> list[int]:
 
 def read_grid_file(path: str | Path) -> tuple[dict, dict]:
     """(grid, search options) from a TOML file with a [grid] table (dataset, backbone, shots,
-    seeds) and a [search] table (any `promptclimb search` option, by its long name). The
-    values are checked by `check_grid` and `search_options`."""
-    from promptclimb.agent.options import read_toml
+    seeds) and a [search] table (any `promptclimb search` option, by its long name: read as
+    `search --config` reads its table, `max-calls` or `max_calls`, a key given both ways
+    refused). The values are checked by `check_grid` and `search_options`."""
+    from promptclimb.agent.options import read_toml, table_keywords
 
     data = read_toml(path, "grid file")  # missing, not UTF-8, not TOML: one line naming the file
     unknown = sorted(set(data) - {"grid", "search"})
@@ -112,8 +113,7 @@ def read_grid_file(path: str | Path) -> tuple[dict, dict]:
     if bad:
         raise PromptclimbError(f"{path}: unknown [grid] key(s) {', '.join(bad)}; the axes are {', '.join(GRID_AXES)}")
     grid = {axis: value if isinstance(value, list) else [value] for axis, value in grid.items()}
-    search = {key.replace("-", "_"): value for key, value in search.items()}
-    return grid, search
+    return grid, table_keywords(search, f"{path}: [search] ")
 
 
 def check_grid(grid: dict) -> dict:
