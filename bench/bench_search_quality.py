@@ -38,9 +38,9 @@ The class-name variants (`--start published|clean`: which names the searches sta
                     train+val: twice the images for every choice, nothing held out to confirm on)
     both-balance    both, ranked by the balance of the predictions on up to 1,000 images of
                     the train pool outside the split, read without labels (--metric balance)
-    both-full       both, with the names turn before 2026-12-05 (prompts/ablations/names-full):
-                    every class's figures to one decimal, names refused as another class's
-                    name listed
+    both-short      both, a shorter names turn (prompts/ablations/names-short; measured,
+                    not taken): figures for the classes asked about only, whole
+                    percentages, names refused as another class's name counted
     both-balance-example  both-balance, the names turn's system message with one example line
                     (prompts/ablations/names-example)
     template-noconfirm  template, the same
@@ -87,7 +87,7 @@ SEARCHES = {  # variant -> (change to the default SearchConfig, meta-prompt fold
     "both-noconfirm": ({"search": "both", "confirm": "off"}, None),
     "both-trainval": ({"search": "both", "select": "train+val"}, None),
     "both-balance": ({"search": "both", "metric": "balance"}, None),
-    "both-full": ({"search": "both"}, ROOT / "prompts" / "ablations" / "names-full"),
+    "both-short": ({"search": "both"}, ROOT / "prompts" / "ablations" / "names-short"),
     "both-balance-example": ({"search": "both", "metric": "balance"}, ROOT / "prompts" / "ablations" / "names-example"),
     "template-noconfirm": ({"search": "template", "confirm": "off"}, None),
     "both-narrow": ({"search": "both"}, None),
