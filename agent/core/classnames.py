@@ -96,19 +96,28 @@ def name_problem(name: str) -> str | None:
     return None
 
 
-def check_classnames(names: Sequence[str], count: int, what: str = "class names") -> tuple[str, ...]:
-    """`names` as a tuple, or PromptclimbError: `count` names, each valid, no two alike."""
+def check_classnames(names: Sequence[str], count: int, what: str = "class names", folders: Sequence[str] = (),
+                     then: str = "") -> tuple[str, ...]:
+    """`names` as a tuple, or PromptclimbError: `count` names, each valid, no two alike. A
+    refusal names the class by its folder where `folders` (the names `names` were made
+    readable from, in class order) has one, and ends with `then` (the way out)."""
     names = tuple(str(n).strip() for n in names)
     if len(names) != count:
         raise PromptclimbError(f"{what}: {len(names)} names for {count} classes")
+    folders = tuple(folders) if len(folders) == len(names) else ()
+    ending = f": {then}" if then else ""
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
         problem = name_problem(name)
-        if problem:
-            raise PromptclimbError(f"{what}: class {i + 1} {name!r}: {problem}")
-        if name_key(name) in seen:
-            raise PromptclimbError(f"{what}: class {i + 1} {name!r} repeats class {seen[name_key(name)] + 1}")
-        seen[name_key(name)] = i
+        first = seen.setdefault(name_key(name), i)
+        if not problem and first == i:
+            continue
+        if folders:  # the user knows the folder `a-b`, not the class 2 that reads as 'a b'
+            reads = ("an empty name" if problem == "empty name" else f"{name!r}: {problem}" if problem else
+                     f"{name!r}, the same as folder {folders[first]!r} (class {first + 1})")
+            raise PromptclimbError(f"{what}: folder {folders[i]!r} (class {i + 1}) reads as {reads}{ending}")
+        said = f"class {i + 1} {name!r}: {problem}" if problem else f"class {i + 1} {name!r} repeats class {first + 1}"
+        raise PromptclimbError(f"{what}: {said}{ending}")
     return names
 
 
@@ -127,29 +136,11 @@ def names_by_label(names: Mapping[str, str], published: Sequence[str]) -> tuple[
 
 def check_published(published: Sequence[str], folders: Sequence[str] = ()) -> tuple[str, ...]:
     """A dataset's own labels as start names (a folder's names made readable: `_` and `-`
-    as spaces), checked as any start names are, with the way out named. `folders`: the
-    names they were made readable from (`Dataset.folders`, in class order), named in a
-    refusal: the user knows the folder `a-b`, not the class 2 that reads as 'a b'."""
-    published, folders = tuple(published), tuple(folders)
-    what = "the dataset's own class names"
-    if len(folders) != len(published):
-        return check_classnames(published, len(published), f"{what} (give others with --classnames FILE)")
-    way_out = ("give your own names with --classnames FILE (one name per line in class order, "
-               "or 'folder,name' lines)")
-    seen: dict[str, int] = {}
-    for i, (name, folder) in enumerate(zip(published, folders)):
-        name = str(name).strip()
-        folder_is = f"folder {folder!r} (class {i + 1}) reads as"
-        problem = name_problem(name)
-        if problem == "empty name":
-            raise PromptclimbError(f"{what}: {folder_is} an empty name: {way_out}")
-        if problem:
-            raise PromptclimbError(f"{what}: {folder_is} {name!r}: {problem}: {way_out}")
-        j = seen.setdefault(name_key(name), i)
-        if j != i:
-            raise PromptclimbError(f"{what}: {folder_is} {name!r}, the same as folder {folders[j]!r} "
-                                   f"(class {j + 1}): {way_out}")
-    return tuple(str(n).strip() for n in published)
+    as spaces), checked as any start names are, naming the folder (`folders`:
+    `Dataset.folders`) and the way out."""
+    return check_classnames(published, len(published), "the dataset's own class names", folders,
+                            "give your own names with --classnames FILE (one name per line in class order, "
+                            "or 'folder,name' lines)")
 
 
 def read_classnames(spec: str | None, published: Sequence[str],
