@@ -121,3 +121,14 @@ def test_prompts_csv_has_every_scored_template_once(tmp_path):
                      iteration=0, accuracy={"train": 0.5, "val": 0.4}, loss={"train": 1.0, "val": 1.1})
         store.write_prompts_csv()
         assert list(pd.read_csv(path)["template"]) == ["a {}.", "a, b {}"]
+
+
+def test_an_event_kind_not_in_events_is_refused_before_it_is_written(tmp_path):
+    # readers (Run.of) know the kinds from EVENTS: a kind written but not listed there would be
+    # refused by `Run.of` on every run that lacks it
+    run = tmp_path / "r1"
+    with RunStore.create(run, {}) as store:
+        store.append("run_start", run_id="r1")
+        with pytest.raises(ValueError, match="unknown history event 'scores'"):
+            store.append("scores", template="a {}.")
+    assert [json.loads(x)["event"] for x in lines(run)] == ["run_start"]

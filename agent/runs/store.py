@@ -33,6 +33,13 @@ Events:
     score         restart, reset, iteration, call (llm only), template, origin ("pool" |
                   "llm"), source (pool file, or "llm"), accuracy {split: 0..1},
                   loss {split: mean cross-entropy}
+    shared        restart, reset, iteration, call, template, origin ("llm"), source, names (as
+                  score's): a template this restart's LLM proposed and put on its board, whose
+                  score another restart recorded first (the run scores each template, under
+                  each names, once: the figures are that score event's, or the names_change
+                  event's for a pair a names turn kept). A restart's board is its restart
+                  event's pool, its own score and names_change events and these. Histories
+                  written before this event hold none (`ADDED_LATER`).
     reject        restart, reset, iteration, call, template (the cleaned line), reason;
                   detail for a template held back on val (search.py HELD_BACK: "val 80.0%
                   vs 90.0%")
@@ -82,7 +89,10 @@ run simply runs again. A store reopened with `RunStore.resume` knows the events 
 written: `append` of an event that is already there checks that it is the same event
 (same kind, position, template, request ...) and returns the stored copy instead of
 writing it twice; the first new event is appended after them. A different event means
-the run cannot be continued (settings, meta-prompts or evaluator changed): `RunMismatch`.
+the run cannot be continued (settings, meta-prompts or evaluator changed): `RunMismatch`,
+except for an event of a kind added to the format later (`ADDED_LATER`): where the history
+holds another event, it was written before that kind existed, and the replay writes none of
+it (the events after the replay do).
 A last line cut short by a kill is dropped (and the file truncated to the last full line).
 """
 
@@ -114,9 +124,13 @@ IDENTITY = ("event", "restart", "reset", "iteration", "call", "template", "origi
 # The history's LLM answers, by event, and the kind of turn each answers.
 ANSWER_KINDS = {"llm_exchange": "template", "names_exchange": "names", "names_judge": "guard"}
 # Every kind of event a history holds (the list above; "step": a soft-prompt run's, agent/softsearch.py),
-# so that a reader asked for another (`Run.of("scores")`) says so instead of finding none.
+# so that a reader asked for another (`Run.of("scores")`) says so instead of finding none. The store
+# refuses to write any other kind: a new kind fails its first test until it is listed here.
 EVENTS = ("run_start", "restart", "reset", "llm_exchange", "score", "reject", "names_exchange", "name_reject",
-          "name_score", "names_judge", "names_text", "names_change", "stop", "final", "step")
+          "name_score", "names_judge", "names_text", "names_change", "stop", "final", "step", "shared")
+# Kinds added after runs were recorded without them: a resumed run replaying a history from
+# before one was added is not refused for lacking it (`RunStore.append`).
+ADDED_LATER = ("shared",)
 
 
 def ledger(events: Iterable[dict]) -> dict:
@@ -400,9 +414,15 @@ class RunStore:
     def stored_of(self, event: str) -> list[dict]:
         return [e for e in self.stored if e["event"] == event]
 
-    def append(self, event: str, **fields) -> dict:
+    def append(self, event: str, **fields) -> dict | None:
         """Record one event (or, while replaying, check it against the stored one and return
-        that). Flushed and fsync'd before returning: a kill never loses an acknowledged step."""
+        that). Flushed and fsync'd before returning: a kill never loses an acknowledged step.
+        None for an event of a kind `ADDED_LATER` while replaying a history that holds another
+        event there (one written before that kind existed): nothing is written or checked."""
+        if event not in EVENTS:
+            raise ValueError(f"unknown history event {event!r}: list it in EVENTS (agent/runs/store.py)")
+        if event in ADDED_LATER and self.replaying and self.peek()["event"] != event:
+            return None
         version = FORMAT_VERSION if self.compact else 1
         record = {"v": version, "seq": len(self.events), "time": round(time.time(), 3), "event": event, **fields}
         if self.replaying:
