@@ -17,7 +17,11 @@ Models", CVPR 2024).
                                            the current best (template, names); each name
                                            is scored as a one-class change (agent/names.py)
                                            either way a new best must hold up on val
-                                           (`held_out_worse`, --confirm)
+                                           (`held_out_worse`, --confirm); a template
+                                           conversation that would outgrow the LLM's
+                                           context, or that the endpoint refuses as longer
+                                           than it, starts a new one (`continuation`,
+                                           `ask_template`)
     best (template, names) pair (ranked by --metric on the selection split;
     agent/ranking.py), the top-k ensemble with those names when it beats the best alone
     on val, and their test accuracy, computed once, at the end.
@@ -45,7 +49,7 @@ from promptclimb.agent import names as naming
 from promptclimb.agent.core.classnames import name_key
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.format import pct, pct_by_split, shortened
-from promptclimb.agent.llm.client import Answer, BudgetExhausted, LLMClient
+from promptclimb.agent.llm.client import Answer, BudgetExhausted, ContextExceeded, LLMClient, LLMError
 from promptclimb.agent.metaprompt import MetaPrompt
 from promptclimb.agent.core.pools import PoolTemplate, load_pool, sample_pool
 from promptclimb.agent.ranking import (DEFAULT_METRIC, METRICS, best_first, labelled_metric, metric_label, rank_key,
@@ -383,6 +387,10 @@ class HillClimber:
         # repeat, counted and not listed, as a small model shown a line copies it again.
         self.refused_lines: dict[int, set[str]] = {}
         self.turns = Turns(1)
+        # The LLM's context as the continuations see it: lowered by a refusal inside the lane's
+        # turn that handles it, so parallel restarts see it change at the same step every run
+        # (the client learns it when the answer comes, which is timing).
+        self.context_tokens = getattr(llm, "context_tokens", None)
         self.calls = 0
         self.timings = {"scoring_s": 0.0, "llm_s": 0.0}
         # On resume: what the history already knows is read back, never recomputed.
@@ -392,6 +400,8 @@ class HillClimber:
         for kind in LLM_EVENTS:
             for e in store.stored_of(kind):
                 llm.remember(e["request_key"], {"content": e["answer"], **(e.get("usage") or {})})
+                if e.get("context_refused"):
+                    llm.remember_refusal(e["context_refused"]["request_key"], e["context_refused"]["context_tokens"])
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> ClimbResult:
@@ -405,6 +415,15 @@ class HillClimber:
             stopped = f"budget: {exc}"
             self.store.append("stop", reason=stopped)
             self.echo(f"stopping early: {exc}")
+        except ContextExceeded as exc:
+            # Only a conversation's first request gets here (names turns and guard questions
+            # are nothing else; a longer template conversation starts over, `ask_template`).
+            raise LLMError(
+                f"the LLM's context ({exc.context_tokens:,} tokens, as its endpoint says) is too small for "
+                "promptclimb's prompts: it refused the first message of a conversation. Serve the model with a "
+                f"larger context (promptclimb llm serve --n-ctx {max(2 * exc.context_tokens, 8192)}), use a model "
+                "with a longer one, or shorten the prompts (--top-k, --bottom-k, --names-k, --max-answer-tokens)"
+            ) from None
         return self.finish(stopped, started)
 
     def check_unlabeled(self) -> None:
@@ -475,9 +494,11 @@ class HillClimber:
                 if not messages:  # the template conversation starts at its first template turn
                     with self.turns.turn(lane):
                         messages = self.new_conversation(board)
-                answer = self.ask(messages, restart, reset, iteration)
+                answer, messages, sent, refused = self.ask_template(messages, sent, board, restart, reset, iteration,
+                                                                    lane)
                 with self.turns.turn(lane):
-                    self.record_exchange(answer, messages, sent, restart, reset, iteration)
+                    self.record_exchange(answer, messages, sent, restart, reset, iteration,
+                                         **({"context_refused": refused} if refused else {}))
                     sent = len(messages)
                     messages.append({"role": "assistant", "content": answer.content})
                     best_before = self.ranked(board)[0]
@@ -547,7 +568,7 @@ class HillClimber:
         feedback = self.feedback_turn(board, best_before, new, held, rejected)
         used = answer.prompt_tokens + answer.completion_tokens or sum(
             len(m["content"]) for m in messages) // 3  # an endpoint that reports no usage
-        context = getattr(self.llm, "context_tokens", None)
+        context = self.context_tokens
         if outgrows_context(context, used, feedback, self.config.max_answer_tokens):
             self.echo(f"    the conversation has used {used:,} of the LLM's {context:,} tokens: "
                       "the next turn starts a new one")
@@ -567,6 +588,30 @@ class HillClimber:
         return value(s, self.splits, self.config.metric)
 
     # -- one LLM turn ----------------------------------------------------------------------
+    def ask_template(self, messages: list[dict], sent: int, board: list[Scored], restart: int, reset: int,
+                     iteration: int, lane: int) -> tuple[Answer, list[dict], int, dict | None]:
+        """A template turn's answer, with the conversation it answers and how much of it was
+        recorded before: when the endpoint refuses a continued conversation as longer than
+        the model's context (its length taken for an estimate, `outgrows_context`, or not
+        known), the turn opens a new one, as after `starts_over`, and the context it stated
+        holds from then on. The refusal is returned, for the history (`context_refused`:
+        the refused request's key, the context stated, its length in messages), so that a
+        resumed run is refused the same request at the same step, whatever the endpoint
+        says now. A conversation's first message refused: `ContextExceeded` (`run`)."""
+        try:
+            return self.ask(messages, restart, reset, iteration), messages, sent, None
+        except ContextExceeded as exc:
+            if not sent:  # already a new conversation: nothing shorter to send
+                raise
+            with self.turns.turn(lane):
+                if self.context_tokens is None or exc.context_tokens < self.context_tokens:
+                    self.context_tokens = exc.context_tokens
+                self.echo(f"    the LLM refused the conversation's next request as longer than its context of "
+                          f"{exc.context_tokens:,} tokens: this turn starts a new one")
+                refused = {"request_key": exc.key, "context_tokens": exc.context_tokens, "n_messages": len(messages)}
+                messages = self.new_conversation(board)
+        return self.ask(messages, restart, reset, iteration), messages, 0, refused
+
     def ask(self, messages: list[dict], restart: int, reset: int, iteration: int) -> Answer:
         """The LLM's answer (the one step that parallel restarts take at the same time)."""
         seed = call_seed(self.config.seed, restart, reset, iteration)

@@ -19,6 +19,12 @@ concurrency); `max_in_flight` is the most requests it was answering at once.
 `answer_together=3` holds answers until 3 requests wait for one (at most `hang_s`), then
 answers them together: concurrent clients are told apart from sequential ones by count,
 not by timing.
+
+`context=N` refuses (HTTP `context_status`, 400 by default) a request whose prompt (counted
+as its usage is: 10 tokens a message) and `max_tokens` pass N tokens, the way `context_says`
+names: "openai" (llama-cpp-python's server and vLLM copy OpenAI's "This model's maximum
+context length is N tokens. ..."), "llama-server" (llama.cpp's own: the length in the body's
+`n_ctx`) or "nothing" (a refusal that states no length). `refused` counts the refusals.
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ class FakeLLM:
         latency_s: float = 0.0,
         models: list[str] | None = None,
         answer_together: int = 1,
+        context: int | None = None,
+        context_says: str = "openai",
+        context_status: int = 400,
     ):
         self.script = list(script or ["a photo of a {}."])
         self.responder = responder
@@ -52,6 +61,8 @@ class FakeLLM:
         self.model_requests = 0
         self.latency_s = latency_s
         self.answer_together = answer_together
+        self.context, self.context_says, self.context_status = context, context_says, context_status
+        self.refused = 0
         self.in_flight = 0
         self.max_in_flight = 0
         self._arrived = self._released = 0  # requests held for `answer_together`
@@ -131,6 +142,11 @@ class FakeLLM:
             return self._send_raw(handler, 200, b"this is not json {")
         if fault == "nochoices":
             return self._send(handler, 200, {"id": "x", "object": "chat.completion", "choices": []})
+        prompt_tokens, answer_tokens = 10 * len(body.get("messages", [])), body.get("max_tokens") or 0
+        if self.context is not None and prompt_tokens + answer_tokens > self.context:
+            with self._lock:
+                self.refused += 1
+            return self._send(handler, self.context_status, {"error": self._context_error(prompt_tokens, answer_tokens)})
         content = "" if fault == "empty" else self._answer(body)
         if self.latency_s or self.answer_together > 1:
             with self._together:
@@ -155,6 +171,17 @@ class FakeLLM:
             "usage": {"prompt_tokens": 10 * len(body.get("messages", [])), "completion_tokens": 7,
                       "total_tokens": 10 * len(body.get("messages", [])) + 7},
         })
+
+    def _context_error(self, prompt_tokens: int, answer_tokens: int) -> dict:
+        if self.context_says == "llama-server":
+            return {"code": 400, "message": "the request exceeds the available context size, try increasing it",
+                    "type": "exceed_context_size_error", "n_prompt_tokens": prompt_tokens, "n_ctx": self.context}
+        if self.context_says == "nothing":
+            return {"message": "the request exceeds the available context size", "type": "invalid_request_error"}
+        return {"message": f"This model's maximum context length is {self.context} tokens. However, you "
+                           f"requested {prompt_tokens + answer_tokens} tokens ({prompt_tokens} in the messages, "
+                           f"{answer_tokens} in the completion). Please reduce the length of the messages or completion.",
+                "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}
 
     def _answer(self, body: dict) -> str:
         if self.responder is not None:

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from promptclimb.agent.llm.client import (BudgetExhausted, LLMClient, LLMError, ResponseCache, cache_key, redact, request_key,
-                                   without_secrets)
+from promptclimb.agent.llm.client import (BudgetExhausted, ContextExceeded, LLMClient, LLMError, ResponseCache,
+                                          cache_key, redact, request_key, without_secrets)
 from fake_llm import FakeLLM
 
 KEY = "sk-test-VERYSECRET-0123456789"
@@ -248,3 +248,59 @@ def test_each_retry_is_announced_without_secrets(fake, tmp_path):
     assert "HTTP 429 (rate limited)" in lines[2] and "retrying in 3.0s" in lines[2]
     assert all("fake-model" in line and fake.base_url in line for line in lines)
     assert not any(KEY in line or "VERYSECRET" in line for line in lines)
+
+
+# -- a request longer than the model's context --------------------------------------------------
+
+LONG = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "a"},
+        {"role": "user", "content": "u2"}]  # 40 prompt tokens, as the fake counts them
+
+
+@pytest.mark.parametrize("says", ["openai", "llama-server"])
+def test_a_refusal_for_the_context_is_not_retried_and_the_stated_context_is_learned(tmp_path, says):
+    with FakeLLM(script=["a photo of a {}."], context=100, context_says=says) as fake:
+        llm, sleeps = client(fake, tmp_path, context_tokens=8192)
+        with pytest.raises(ContextExceeded) as info:
+            llm.chat(LONG, max_answer_tokens=70)  # 40 + 70 > 100
+        assert fake.count == 1 and sleeps == []  # refused again if sent again: never retried
+        assert info.value.context_tokens == 100 and llm.context_tokens == 100
+        assert info.value.key == request_key(llm.build_request(LONG, temperature=1.0, seed=0, max_answer_tokens=70))
+        assert "context of 100 tokens" in str(info.value) and KEY not in str(info.value)
+        assert llm.ledger.failed_attempts == 1 and llm.ledger.answers == 0
+        with pytest.raises(ContextExceeded):
+            llm.chat(LONG, max_answer_tokens=70)
+        assert fake.count == 1  # the same request is refused without asking
+        assert llm.chat(LONG, max_answer_tokens=60).content == "a photo of a {}."  # 100 fits
+        unknown, _ = client(fake, tmp_path, use_cache=False)
+        with pytest.raises(ContextExceeded):
+            unknown.chat(LONG, max_answer_tokens=70)
+        assert unknown.context_tokens == 100  # none known before: the stated one
+
+
+def test_a_refusal_that_states_no_context_is_an_error_as_before(tmp_path):
+    with FakeLLM(context=100, context_says="nothing") as fake:
+        llm, sleeps = client(fake, tmp_path, context_tokens=8192)
+        with pytest.raises(LLMError, match="not retryable") as info:
+            llm.chat(LONG, max_answer_tokens=70)
+        assert not isinstance(info.value, ContextExceeded)
+        assert fake.count == 1 and sleeps == [] and llm.context_tokens == 8192
+
+
+def test_a_refusal_read_back_from_a_runs_history_is_refused_again_without_a_request(fake, tmp_path):
+    llm, _ = client(fake, tmp_path, context_tokens=8192)
+    key = request_key(llm.build_request(LONG, temperature=1.0, seed=0))
+    llm.remember_refusal(key, 4096)
+    with pytest.raises(ContextExceeded) as info:
+        llm.chat(LONG)
+    assert fake.count == 0 and info.value.context_tokens == 4096 and llm.context_tokens == 4096
+    assert llm.chat(HI).source == "llm"  # another request is asked
+
+
+
+@pytest.mark.parametrize("status", [500, 429])
+def test_a_refusal_for_the_context_is_not_retried_whatever_its_status(tmp_path, status):
+    with FakeLLM(context=100, context_status=status) as fake:
+        llm, sleeps = client(fake, tmp_path)
+        with pytest.raises(ContextExceeded):
+            llm.chat(LONG, max_answer_tokens=70)
+        assert fake.count == 1 and sleeps == [] and llm.context_tokens == 100

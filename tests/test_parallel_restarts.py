@@ -28,9 +28,9 @@ def responder(body: dict) -> str:
     return "\n".join(f"a {WORDS[(h >> 3 * i) % 6]} {WORDS[(h >> 3 * i + 20) % 6]} image of a {{}}." for i in range(4))
 
 
-def climb(run_dir, base_url, cache_dir, **settings):
+def climb(run_dir, base_url, cache_dir, context_tokens=None, **settings):
     llm = LLMClient("fake", base_url=base_url, api_key="sk-test", timeout=5, cache_dir=cache_dir,
-                    wait_initial=0.001, wait_max=0.01, max_tries=2)
+                    wait_initial=0.001, wait_max=0.01, max_tries=2, context_tokens=context_tokens)
     store = RunStore.resume(run_dir) if (run_dir / "config.json").exists() else RunStore.create(run_dir, {"t": 1})
     with store:
         return HillClimber(WordEvaluator(), llm, store, SearchConfig(**{**SETTINGS, **settings}), pool=POOL,
@@ -127,6 +127,35 @@ def test_a_parallel_run_writes_the_same_history_every_time_and_resumes_from_any_
         resumed = climb(killed, fake.base_url, tmp_path / "cache-c", parallel=3)
         assert fake.count > requests_before  # it did continue with new LLM calls
     assert outcome(resumed) == outcome(first) == outcome(second)
+    assert events(killed) == events(a)
+
+
+def test_a_context_learned_from_a_refusal_changes_every_lane_at_the_same_step_every_time(tmp_path):
+    """The fake refuses a conversation's third request (10 tokens a message, 400 answer
+    tokens: 460 > 450). A lane learns the context in its own turn, so the other lanes, whose
+    turns come first, continue their conversations as they would with the context unknown and
+    are refused too, every time, however the answers' timing falls; a resumed run agrees."""
+    drop = ("time", "latency_s", "cached", "source")
+
+    def events(run_dir):
+        return [{k: v for k, v in e.items() if k not in drop} for e in read_history(run_dir / "history.jsonl")]
+
+    a, b, killed = (tmp_path / name / "run" for name in ("a", "b", "killed"))
+    with FakeLLM(responder=responder, latency_s=0.05, context=450) as fake:
+        climb(a, fake.base_url, tmp_path / "cache-a", context_tokens=8192, parallel=3, search="template")
+        assert fake.refused == 3
+    with FakeLLM(responder=responder, answer_together=3, hang_s=15, context=450) as fake:
+        climb(b, fake.base_url, tmp_path / "cache-b", context_tokens=8192, parallel=3, search="template")
+    assert events(a) == events(b)
+    refusals = [(e["restart"], e["reset"], e["iteration"]) for e in events(a) if e.get("context_refused")]
+    assert sorted(refusals) == [(0, 0, 3), (1, 0, 3), (2, 0, 3)]
+    killed.mkdir(parents=True)
+    (killed / "config.json").write_text((a / "config.json").read_text())
+    lines = (a / "history.jsonl").read_text().splitlines(keepends=True)
+    cut = next(i for i, line in enumerate(lines) if "context_refused" in line) + 1
+    (killed / "history.jsonl").write_text("".join(lines[:cut]))
+    with FakeLLM(responder=responder, latency_s=0.05, context=450) as fake:
+        climb(killed, fake.base_url, tmp_path / "cache-c", context_tokens=8192, parallel=3, search="template")
     assert events(killed) == events(a)
 
 

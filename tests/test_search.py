@@ -634,3 +634,81 @@ def test_a_percentage_is_never_shown_as_minus_zero():
 
     assert [pct(-0.0), pct(-1e-9), pct(-0.00001, 2), pct(0.61234), pct(-0.2)] == ["0.0%", "0.0%", "0.00%", "61.2%",
                                                                                    "-20.0%"]
+
+
+# -- an endpoint that refuses a conversation as longer than the model's context -----------------
+# The fake counts 10 tokens a message, and a request asks for 400 answer tokens: a conversation's
+# first request is 420 tokens, its second 440, its third 460.
+REFUSES_THE_THIRD = 450
+
+
+def test_a_conversation_the_endpoint_refuses_as_too_long_starts_a_new_one_and_its_context_holds_after(tmp_path):
+    printed = []
+    with FakeLLM(responder=responder, context=REFUSES_THE_THIRD) as fake:
+        # the context assumed is the embedded LLM's, as for `--base-url` to `llm serve --n-ctx 4096`
+        result, _, run_dir = climb(tmp_path, fake.base_url, resets=1, iterations=5, context_tokens=8192,
+                                   echo=printed.append)
+        sent = [[m["role"] for m in r["messages"]] for r in fake.requests]
+    assert result.stopped == "completed" and fake.refused == 1
+    assert sent[2] == ["system", "user", "assistant", "user", "assistant", "user"]  # refused
+    assert sent[3] == ["system", "user"]  # the same turn, in a new conversation
+    exchanges = [e for e in history(run_dir) if e["event"] == "llm_exchange"]
+    # after the refusal the context stated holds: each conversation would outgrow it at its
+    # second turn (an estimate), so each turn starts a new one; 8,192 would have let the
+    # fourth turn continue the third's conversation and be refused again at the fifth
+    assert [e["n_messages"] for e in exchanges] == [2, 4, 2, 2, 2]
+    refused = exchanges[2]["context_refused"]
+    assert refused["context_tokens"] == REFUSES_THE_THIRD and refused["n_messages"] == 6
+    assert [m["role"] for m in exchanges[2]["messages"]] == ["system", "user"]
+    assert "context_refused" not in exchanges[3]
+    assert sum("refused the conversation's next request as longer than its context of 450 tokens" in line
+               for line in printed) == 1
+    assert any(f"of the LLM's {REFUSES_THE_THIRD:,} tokens: the next turn starts a new one" in line
+               for line in printed)
+
+
+def test_a_run_resumed_after_a_refusal_for_the_context_makes_the_same_requests(tmp_path):
+    settings = dict(resets=1, iterations=5, context_tokens=8192)
+    with FakeLLM(responder=responder, context=REFUSES_THE_THIRD) as fake:
+        whole, _, whole_dir = climb(tmp_path / "whole", fake.base_url, **settings)
+    with FakeLLM(responder=responder, context=REFUSES_THE_THIRD) as fake:
+        fake.faults.extend(["ok"] * 4 + ["500"] * 10)  # the refusal and the turn that starts over, then down
+        with pytest.raises(LLMError, match="after 2 tries"):
+            climb(tmp_path / "broken", fake.base_url, max_tries=2, **settings)
+        assert fake.refused == 1
+    run_dir = tmp_path / "broken" / "runs" / "run"  # the same run id as the whole one's
+    assert [e.get("context_refused", {}).get("context_tokens") for e in history(run_dir)
+            if e["event"] == "llm_exchange"] == [None, None, REFUSES_THE_THIRD]
+    # resumed against a longer context (the server restarted with a larger --n-ctx): the history
+    # says the third turn's request was refused, and so it is again, without asking
+    with FakeLLM(responder=responder) as fake:
+        resumed, _, _ = climb(tmp_path / "broken", fake.base_url, **settings)
+        assert [len(r["messages"]) for r in fake.requests] == [2, 2]  # the two turns not answered before
+    assert comparable(resumed.summary) == comparable(whole.summary)
+    assert comparable_events(run_dir) == comparable_events(whole_dir)
+
+
+@pytest.mark.parametrize("search", ["template", "names"])
+def test_a_context_too_small_for_a_conversations_first_message_is_one_readable_error(tmp_path, search):
+    with FakeLLM(responder=responder, context=410) as fake:  # a first request is 420
+        with pytest.raises(LLMError) as info:
+            climb(tmp_path, fake.base_url, context_tokens=8192, search=search)
+        assert fake.refused == 1
+    message = str(info.value)
+    assert "context (410 tokens, as its endpoint says) is too small for promptclimb's prompts" in message
+    assert "--n-ctx 8192" in message and "\n" not in message
+
+
+def test_cli_a_context_too_small_for_promptclimb_is_one_error_line(tmp_path):
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+    from fake_llm import one_line_error
+
+    with FakeLLM(responder=responder, context=410) as fake:
+        env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.base_url}
+        result = CliRunner().invoke(cli, ["search", "--dataset", "toy", "--search", "template", "--runs-dir",
+                                          str(tmp_path / "runs"), "--name", "small"],
+                                    env=env, obj={"evaluator_factory": lambda **kw: WordEvaluator(kw["dataset"])})
+    one_line_error(result, "is too small for promptclimb's prompts", "--n-ctx 8192")
+    assert "TOPSECRET" not in result.output

@@ -20,7 +20,7 @@ def llm_group():
               help="A GGUF file to serve instead of the embedded model.")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port on 127.0.0.1 (default: a free one).")
 @click.option("--n-ctx", type=click.IntRange(min=512), default=CONTEXT_TOKENS, show_default=True,
-              help="Context length in tokens (a search assumes the default).")
+              help="Context length in tokens (a search assumes the default until the server refuses a longer request).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: all cores).")
 @user_errors
 def serve_cmd(model_path, port, n_ctx, threads):

@@ -12,7 +12,10 @@ Around the bare `chat.completions.create` call it adds, in this order:
   3. tenacity retries with exponential backoff and jitter on 429, 5xx, timeouts and
      connection errors, honouring `Retry-After`, each announced in one line (what failed,
      when the next try is); after `max_tries` an `LLMError` says what went wrong (the run
-     stays resumable);
+     stays resumable). A request refused as longer than the model's context, where the
+     refusal states the context, is not retried: the client learns the context
+     (`context_tokens`) and raises `ContextExceeded`, which a template conversation answers
+     by starting a new one (agent/search.py);
   4. a cap on what is kept of an answer (`answer_cap`: 8 characters per requested token):
      a runaway answer is cut before it reaches the cache, the run's history or the next
      turn of the conversation, and `Answer.truncated_from` says so;
@@ -57,6 +60,17 @@ DEFAULT_CAP_TOKENS = 4096
 
 class LLMError(PromptclimbError):
     """The LLM endpoint could not answer (after retries) or answered with something unusable."""
+
+
+class ContextExceeded(LLMError):
+    """The endpoint refused the request as longer than the model's context, and said how long
+    that context is (`context_tokens`). Sending the same request again would be refused again:
+    it is never retried."""
+
+    def __init__(self, message: str, context_tokens: int, key: str):
+        super().__init__(message)
+        self.context_tokens = context_tokens
+        self.key = key  # the refused request's `request_key`
 
 
 class BudgetExhausted(Exception):
@@ -203,9 +217,34 @@ class ResponseCache:
         write_json_atomic(self.path(key), entry, indent=None)
 
 
+# How an endpoint states the context it refused a request for: OpenAI's
+# `context_length_exceeded` ("This model's maximum context length is 128000 tokens. However,
+# ..."), which llama-cpp-python's server (`promptclimb llm serve`) and vLLM copy.
+_CONTEXT_STATED = re.compile(r"maximum context length is (\d[\d,]*) tokens", re.IGNORECASE)
+
+
+def stated_context(exc: BaseException | None) -> int | None:
+    """The context length (tokens) that an endpoint's refusal of a request as too long for the
+    model states, or None: another error, or a refusal that states no length. Besides
+    OpenAI's message, llama.cpp's own server (`llama-server`) answers
+    {"type": "exceed_context_size_error", "n_ctx": 4096}."""
+    import openai
+
+    if not isinstance(exc, openai.APIStatusError):
+        return None
+    body = exc.body if isinstance(exc.body, dict) else {}
+    if body.get("type") == "exceed_context_size_error" and isinstance(body.get("n_ctx"), int) and body["n_ctx"] > 0:
+        return body["n_ctx"]
+    message = body.get("message")
+    found = _CONTEXT_STATED.search(message if isinstance(message, str) else str(exc))
+    return int(found.group(1).replace(",", "")) if found else None
+
+
 def _is_retryable(exc: BaseException) -> bool:
     import openai
 
+    if stated_context(exc) is not None:
+        return False
     if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError, MalformedResponse)):
         return True
     if isinstance(exc, openai.APIStatusError):
@@ -283,11 +322,13 @@ class LLMClient:
         """`served_model`: what the endpoint serves, when the caller knows it (otherwise the
         endpoint's `/models` is asked once, on the first cache lookup). `echo`: where a line
         about each retry goes (default: stderr). `context_tokens`: the model's context (prompt
-        and answer of one request), where known; the search keeps its conversations inside it."""
+        and answer of one request), where known; the search keeps its conversations inside it.
+        A refusal that states a smaller context lowers it (`ContextExceeded`)."""
         import openai  # imported here so that `import agent.llm` stays cheap
 
         self.model = model
         self.context_tokens = context_tokens
+        self._refused: dict[str, int] = {}  # request key -> the context its refusal stated
         self.base_url = base_url
         self.timeout = timeout
         self._secrets = tuple(s for s in (api_key, *url_secrets(base_url)) if s)
@@ -326,6 +367,24 @@ class LLMClient:
     def remember(self, key: str, answer: dict) -> None:
         """An answer read back from a run's history: used instead of the cache or a call."""
         self._replay[key] = answer
+
+    def remember_refusal(self, key: str, context_tokens: int) -> None:
+        """A request that a run's history records as refused for the context: asked again, it
+        is refused at once, as it was then (a resumed run makes the requests it made, even
+        when the endpoint now has a longer context)."""
+        self._refused[key] = context_tokens
+
+    def refused(self, key: str, context_tokens: int) -> ContextExceeded:
+        """The refusal of request `key` for a context of `context_tokens`, which the client
+        learns: `context_tokens` becomes the smaller of the known and the stated one."""
+        with self._ledger_lock:
+            self._refused[key] = context_tokens
+            if self.context_tokens is None or context_tokens < self.context_tokens:
+                self.context_tokens = context_tokens
+        where = without_secrets(self.base_url) or "the OpenAI API"
+        return ContextExceeded(self.redact(
+            f"the LLM ({self.model} at {where}) refused a request as longer than its context of "
+            f"{context_tokens:,} tokens"), context_tokens, key)
 
     # -- who answers ---------------------------------------------------------------------
     def listed_models(self) -> list[str] | None:
@@ -398,6 +457,8 @@ class LLMClient:
         request = self.build_request(messages, temperature=temperature, seed=seed, max_answer_tokens=max_answer_tokens,
                                      presence_penalty=presence_penalty)
         key = request_key(request)
+        if key in self._refused:
+            raise self.refused(key, self._refused[key])
         known, source = self._replay.get(key), "replay"
         if known is None and self.cache is not None:
             known, source = self.cache.get(cache_key(request, self.origin()), request, self.origin()), "cache"
@@ -413,7 +474,7 @@ class LLMClient:
             )
             self.count(**{"replayed" if source == "replay" else "cache_hits": 1})
         else:
-            answer = self._ask(request)
+            answer = self._ask(request, key)
             answer.key = key
             self.count(calls=1, prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
                        latency_s=answer.latency_s)
@@ -455,7 +516,7 @@ class LLMClient:
         backoff = self.wait_initial * 2 ** (state.attempt_number - 1) + random.uniform(0, self.wait_initial)
         return max(0.0, min(backoff, self.wait_max))
 
-    def _ask(self, request: dict) -> Answer:
+    def _ask(self, request: dict, key: str) -> Answer:
         def count_failure(state: RetryCallState) -> None:
             self.count(failed_attempts=1)
             what = _failure(state.outcome.exception() if state.outcome else None, self.timeout)
@@ -482,6 +543,9 @@ class LLMClient:
             if not isinstance(exc, (openai.OpenAIError, MalformedResponse)):
                 raise
             self.count(failed_attempts=1)
+            context = stated_context(exc)
+            if context is not None:
+                raise self.refused(key, context) from None
             tries = "after " + (f"{self.max_tries} tries" if _is_retryable(exc) else "1 try (not retryable)")
             where = without_secrets(self.base_url) or "the OpenAI API"
             raise LLMError(

@@ -29,7 +29,11 @@ Events:
                   length), answer (raw text), usage {prompt_tokens, completion_tokens},
                   latency_s, cached, source
                   ("llm" | "cache" | "replay"), and answer_truncated {kept_chars,
-                  received_chars} when the answer was cut (agent/llm/client.py `answer_cap`)
+                  received_chars} when the answer was cut (agent/llm/client.py `answer_cap`),
+                  and context_refused {request_key, context_tokens, n_messages} when the
+                  endpoint refused this turn's request in the conversation before as longer
+                  than the context it stated: this exchange opens a new one (a resume is
+                  refused that request again without asking; search.py `ask_template`)
     score         restart, reset, iteration, call (llm only), template, origin ("pool" |
                   "llm"), source (pool file, or "llm"), accuracy {split: 0..1},
                   loss {split: mean cross-entropy}
