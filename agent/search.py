@@ -984,9 +984,9 @@ class HillClimber:
         (with its value and why). The evaluator scores, in one batch, only what the run has
         not scored yet (nor its history, when resumed). Each template is recorded once in the
         history, under the first restart (in turn order) to score it; another restart takes
-        its score from the run's table. The table keeps a template's first appearance,
-        (lowest restart, position), which breaks the final ranking's last ties, so parallel
-        and sequential restarts rank alike."""
+        its score from the run's table (a shared event says so, for an LLM's proposal). The
+        table keeps a template's first appearance, (lowest restart, position), which breaks
+        the final ranking's last ties, so parallel and sequential restarts rank alike."""
         on_board = {s.template for s in board}
         items = [(t, src) for t, src in items if t not in on_board]
         todo = [t for t, _ in items if (t, names) not in self.scores and (t, names) not in self.stored_scores]
@@ -1021,6 +1021,10 @@ class HillClimber:
                 values = (event["accuracy"], event.get("loss", {}), event.get("prob", {}), event.get("balance", {}))
             else:
                 values = (first.accuracy, first.loss, first.prob, first.balance)
+                if origin != "pool":  # on this board too, for a reader of the history (a pool's: its restart event)
+                    self.store.append("shared", restart=restart, reset=reset, iteration=iteration, template=template,
+                                      origin=origin, source=source, **({} if call is None else {"call": call}),
+                                      **({} if names is None else {"names": list(names)}))
             scored = Scored(template, origin, dict(values[0]), dict(values[1]), order=(restart, len(board)),
                             prob=dict(values[2]), names=names, balance=dict(values[3]))
             board.append(scored)

@@ -3,13 +3,15 @@ running them one after another (agent.search.Turns). Fake LLM + in-memory evalua
 
 import hashlib
 import json
+import re
+from dataclasses import asdict
 
 import pytest
 
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.llm.client import LLMClient, LLMError
 from promptclimb.agent.core.pools import PoolTemplate, sample_pool
-from promptclimb.agent.runs.reading import read_history
+from promptclimb.agent.runs.reading import load_run, read_history
 from promptclimb.agent.runs.store import RunStore
 from promptclimb.agent.search import HillClimber, SearchConfig
 from fake_llm import FakeLLM, WordEvaluator
@@ -242,3 +244,88 @@ def test_restarts_run_one_after_another_on_the_local_llm(llm, tmp_path, monkeypa
         again = CliRunner().invoke(cli, ["search", "--resume", "r", "--parallel", "3", "--runs-dir", str(runs),
                                          "--no-cache"], env={"OPENAI_API_KEY": "sk-test"} if llm == "remote" else {}, obj={"evaluator_factory": evaluator_factory})
         assert again.exit_code == 0, again.output
+
+
+# -- a template two restarts propose: the board each restart was shown -------------------------
+SHARED = "a grayscale photo of clothing: a {}."  # the best template of the run, proposed in every answer
+PLAIN = ["tiny", "dark", "blurry", "bright", "small", "big"]  # words the WordEvaluator does not reward
+
+
+def propose_shared(body: dict) -> str:
+    """SHARED (restart 0's first turn scores it first, in turn order) and one template of the answer's own."""
+    return f"{SHARED}\na {PLAIN[len(body['messages']) % 6]} {PLAIN[body['seed'] % 6]} {{}}."
+
+
+def climb_shared(run_dir, base_url, cache_dir, parallel):
+    config = SearchConfig(restarts=2, resets=1, iterations=3, proposals=2, pool_sample=5, parallel=parallel,
+                          search="template")
+    llm = LLMClient("fake", base_url=base_url, api_key="sk-test", timeout=5, cache_dir=cache_dir)
+    store = RunStore.resume(run_dir) if (run_dir / "config.json").exists() else RunStore.create(
+        run_dir, {"search": asdict(config)})
+    with store:
+        return HillClimber(WordEvaluator(), llm, store, config, pool=POOL, echo=lambda m: None).run()
+
+
+def listed(prompt: str) -> list[tuple[float, str]]:
+    """The top and bottom templates a template turn's prompt lists, as (percent, template): a first
+    turn's lines, or a feedback turn's after "Current top templates:" (its results come before)."""
+    return [(float(a), t) for a, t in re.findall(r"^([\d.]+)%  (.*)$", prompt.split("Current top templates:")[-1],
+                                                  flags=re.M)]
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_show_rebuilds_the_board_a_restart_was_shown_when_another_restart_scored_its_proposal_first(
+        tmp_path, parallel):
+    """Restart 1's LLM proposes a template restart 0 scored first: the run scores it once (one
+    score event, restart 0's), restart 1 takes the score from the run's table and shows it on
+    its board in its next turns. `show`, `Run.iterations` and `Run.scoreboard` rebuild every
+    turn's board as its prompt listed it (from the shared event), and count the template among
+    what restart 1's turn scored, as the console did."""
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+
+    with FakeLLM(responder=propose_shared, latency_s=0.01) as fake:
+        climb_shared(tmp_path / "run", fake.base_url, tmp_path / "cache", parallel)
+    run = load_run(tmp_path / "run")
+    assert [(e["restart"], e["iteration"]) for e in run.of("score") if e["template"] == SHARED] == [(0, 1)]
+    assert [(e["restart"], e["iteration"], e["template"]) for e in run.of("shared")] == [(1, 1, SHARED)]
+
+    text = CliRunner().invoke(cli, ["show", "run", "--runs-dir", str(tmp_path)]).output
+    blocks = dict(re.findall(r"^answer (\d+) (\(.*?)(?=^answer \d+ |\Z)", text, flags=re.M | re.S))
+    exchanges = run.of("llm_exchange")
+    assert len(exchanges) == len(blocks) == 6
+    for it, ex in zip(run.iterations(), exchanges):
+        prompt = listed(ex["messages"][-1]["content"])
+        rebuilt = [(round(100 * s["selection"], 1), s["template"]) for s in it["shown_top"] + it["shown_bottom"]]
+        assert rebuilt == prompt, (ex["restart"], ex["iteration"])
+        assert run.scoreboard(ex["restart"], ex["_line"]) == (it["shown_top"], it["shown_bottom"])
+        shown = re.findall(r"^\s+(?:top|bottom)\s+([\d.]+)%  (.*)$", blocks[str(ex["call"] + 1)], flags=re.M)
+        assert [(float(a), t) for a, t in shown] == prompt
+    later = [it for it in run.iterations() if it["restart"] == 1]
+    assert SHARED in [s["template"] for s in later[0]["scored"]]  # "2 new", the console said
+    assert later[1]["shown_top"][0]["template"] == SHARED
+
+
+def test_a_run_recorded_before_shared_events_reads_as_before_and_resumes(tmp_path):
+    """A history written before the shared event existed (none in it) resumes without a
+    mismatch where the search now writes one, to the same end; read, it shows what it holds."""
+    with FakeLLM(responder=propose_shared, latency_s=0.01) as fake:
+        whole = climb_shared(tmp_path / "new", fake.base_url, tmp_path / "cache", 2)
+        old = tmp_path / "old"
+        old.mkdir()
+        (old / "config.json").write_text((tmp_path / "new" / "config.json").read_text())
+        lines = [json.loads(line) for line in (tmp_path / "new" / "history.jsonl").read_text().splitlines()]
+        lines = [{**e, "seq": seq} for seq, e in enumerate(e for e in lines if e["event"] != "shared")]
+        cut = next(i for i, e in enumerate(lines) if e.get("call") == 4)  # past restart 1's first turn
+        (old / "history.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines[:cut]))
+        resumed = climb_shared(old, fake.base_url, tmp_path / "cache-2", 2)
+    assert outcome(resumed) == outcome(whole)
+    drop = ("seq", "time", "latency_s", "cached", "source")
+    assert [{k: v for k, v in e.items() if k not in drop} for e in read_history(old / "history.jsonl")] == \
+        [{k: v for k, v in e.items() if k not in drop} for e in read_history(tmp_path / "new" / "history.jsonl")
+         if e["event"] != "shared"]
+    run = load_run(old)
+    assert run.of("shared") == [] and run.skipped == []
+    later = [it for it in run.iterations() if it["restart"] == 1]
+    assert SHARED not in [s["template"] for s in later[1]["shown_top"]]  # as this history always read

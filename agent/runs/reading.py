@@ -454,11 +454,14 @@ class Run:
     def scoreboard(self, restart: int, before_line: int) -> tuple[list[dict], list[dict]]:
         """The top-k and bottom-k templates the LLM was shown at a point of the run: the
         restart's board then (its pool sample under the start names, what the LLM proposed in
-        that restart so far, and each (template, names) pair a names turn kept), ranked as the
-        search ranks it, each template once, at its best place: a renamed template with the
-        figures of its names then, not of its first score (rebuilt from the events, not parsed
-        back from the prompt text, which users may rewrite). `restart`: one of the run's
-        restarts; `before_line`: a history line (1-based; past the last: the board at the end)."""
+        that restart so far, scored there or, a shared event says, by another restart first,
+        and each (template, names) pair a names turn kept), ranked as the search ranks it,
+        each template once, at its best place: a renamed template with the figures of its
+        names then, not of its first score (rebuilt from the events, not parsed back from the
+        prompt text, which users may rewrite). A history written before shared events existed
+        misses, on a later restart's board, the proposals an earlier one had scored.
+        `restart`: one of the run's restarts; `before_line`: a history line (1-based; past the
+        last: the board at the end)."""
         restart = whole_number(restart, "Run.scoreboard()", "restart", 0)
         restarts = sorted({e["restart"] for e in self.events if isinstance(e.get("restart"), int)})
         if restart not in restarts:
@@ -477,11 +480,31 @@ class Run:
         in_pool = scores[start_names & scores["template"].isin(pool)].drop_duplicates("template")
         own = scores[scores["origin"].isin(["llm", "names"]) & (scores["restart"] == restart)
                      & (scores["line"] < before_line)]
+        shared = self._shared(scores)  # its proposals another restart had scored first
+        shared = shared[(shared["restart"] == restart) & (shared["line"] < before_line)] if not shared.empty else shared
+        if not shared.empty:
+            own = pd.concat([own, shared])
         board = self._rank(pd.concat([in_pool, own])).drop_duplicates("template")  # first = best place
         search = self.config.get("search") or {}
         top_k, bottom_k = int(search.get("top_k", 3)), int(search.get("bottom_k", 3))
         rows = [{"template": r.template, "selection": r.selection} for r in board.itertuples()]
         return top_and_bottom(rows, top_k, bottom_k)
+
+    def _shared(self, scores: pd.DataFrame) -> pd.DataFrame:
+        """The shared events (agent/runs/store.py) as rows of `scores`: a proposal a restart put
+        on its board with the figures another restart's event recorded (the first of the same
+        template and names), at the shared event's place (restart, call, line). Empty for a
+        history without them (written before they existed: such a board misses those)."""
+        rows = []
+        first = {}
+        for row in scores.to_dict("records"):
+            first.setdefault((row["template"], _names_key(row.get("names"))), row)
+        for e in self.of("shared"):
+            scored = first.get((e.get("template"), _names_key(e.get("names"))))
+            if scored is not None:
+                rows.append({**scored, **{k: e.get(k) for k in ("restart", "reset", "iteration", "call", "origin",
+                                                                  "source")}, "line": e["_line"]})
+        return pd.DataFrame(rows, columns=scores.columns)
 
     def answer_ends(self) -> dict[int, int]:
         """Per LLM answer (its `call`): the history line up to which its best so far counts:
@@ -518,17 +541,20 @@ class Run:
     def iterations(self) -> list[dict]:
         """One entry per LLM answer, of every kind ("template", "names", "guard": the drift
         guard's question): where it was, what the LLM was shown (a template turn: the
-        scoreboard's top and bottom), what it answered, what was scored and what rejected
-        (and why; a names turn: "Class -> name" for each one-class change), and the best so
-        far after it."""
+        scoreboard's top and bottom), what it answered, what was scored (a template turn: a
+        proposal another restart had scored first too, with that score, as the console and
+        the next prompt said) and what rejected (and why; a names turn: "Class -> name" for
+        each one-class change), and the best so far after it."""
         scores = self.scores()
+        shared = self._shared(scores) if not scores.empty else scores
+        proposed = pd.concat([scores, shared]) if not shared.empty else scores  # a turn's, scored by it or before
         ends = self.answer_ends()
         out = []
         kinds = ANSWER_KINDS
         for ex in self.answers():
             call = int(ex["call"])
             if ex["event"] == "llm_exchange":
-                scored = scores[scores["call"] == call] if "call" in scores else scores.iloc[0:0]
+                scored = proposed[proposed["call"] == call] if "call" in proposed else proposed.iloc[0:0]
                 rejects = [e for e in self.of("reject") if e.get("call") == call]
                 top, bottom = self._board(ex.get("restart"), ex["_line"])
             else:
@@ -684,6 +710,11 @@ class Run:
                 continue
             good.append(summary)
         return good, bad
+
+
+def _names_key(names) -> tuple | None:
+    """A row's or an event's class names as a key (None, or NaN in a frame: the start names)."""
+    return tuple(names) if isinstance(names, (list, tuple)) else None
 
 
 def run_classnames(summary: dict) -> list[str] | None:
