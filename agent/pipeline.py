@@ -593,7 +593,9 @@ def llm_client(plan: Plan, opts: dict, echo, aside: Callable[[str], None] | None
         model = settings.request_model or local_llm.local_model_name(model_file)
         server = nullcontext(started) if started else \
             local_llm.local_server(model_path=model_file, echo=aside, bars=bars)
-        with server as base_url, closing(client(base_url, "local", model)) as llm:
+        # no key: the embedded server checks none, and a placeholder key would be a "secret"
+        # that error messages redact wherever the word appears (the model name `local`)
+        with server as base_url, closing(client(base_url, None, model)) as llm:
             yield llm
         return
     base_url = opts["base_url"] or os.environ.get("OPENAI_BASE_URL") or settings.base_url

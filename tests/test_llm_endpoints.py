@@ -192,3 +192,20 @@ def test_a_resume_is_told_to_give_again_an_endpoint_url_whose_secret_was_left_ou
         again = resume(run, "--base-url", secret_url, "--no-cache")
         assert again.exit_code == 0, again.output
     assert fake.count == asked + 1
+
+
+def test_the_embedded_llm_has_no_key_to_redact_from_its_messages():
+    # a placeholder key ("local") was treated as a secret: every "local" in an error message,
+    # the model name of runs recorded before request_model included, read "[redacted]"
+    from types import SimpleNamespace
+
+    from promptclimb.agent import pipeline
+    from promptclimb.agent.core.settings import LLMSettings
+
+    plan = SimpleNamespace(llm=LLMSettings(model="local", local=True),
+                           search=SimpleNamespace(max_calls=None, max_tokens=None))
+    opts = {"base_url": None, "no_cache": True, "llm_model": None, "local_llm_url": "http://127.0.0.1:9/v1"}
+    with pipeline.llm_client(plan, opts, echo=print) as client:
+        assert client.redact("the LLM (local at http://127.0.0.1:9/v1) timed out") == \
+            "the LLM (local at http://127.0.0.1:9/v1) timed out"
+        assert client.redact("key sk-abcdefghijklmnopqrstuvwx") != "key sk-abcdefghijklmnopqrstuvwx"
