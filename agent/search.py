@@ -56,6 +56,7 @@ from promptclimb.agent.ranking import (DEFAULT_METRIC, METRICS, best_first, labe
                                        selection_value, then_value, top_and_bottom, worse_on)
 from promptclimb.agent.proposals import DUPLICATE, normalise, parse_proposals
 from promptclimb.agent.core.protocol import UNLABELED_SPLIT, Evaluator, Score, Task
+from promptclimb.agent.runs.compact import summary_table
 from promptclimb.agent.runs.store import ANSWER_KINDS, FORMAT_VERSION, RunStore, ledger, ledger_by_kind
 
 SCORED_SPLITS = ("train", "val")  # what every template is scored on during the search
@@ -1154,7 +1155,7 @@ class HillClimber:
         events = self.store.events
         exchanges = [e for e in events if e["event"] in LLM_EVENTS]  # template, names and guard answers
         names = {} if final.get("names") is None else {
-            "names": {**final["names"], "counts": self.names_counts(events)}}
+            "names": {**summary_table(final["names"]), "counts": self.names_counts(events)}}
         return {
             "v": FORMAT_VERSION,
             "run_id": self.store.run_dir.name,

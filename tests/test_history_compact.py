@@ -13,6 +13,7 @@ from fake_llm import FakeLLM, WordEvaluator
 from test_names import BONUS, MANY, climb, scripted
 
 from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.runs.compact import confusion_matrix
 from promptclimb.agent.runs.reading import load_run, read_events, read_history
 from promptclimb.agent.runs.store import RunStore
 
@@ -106,7 +107,8 @@ def test_a_run_recorded_in_v1_reads_as_before_and_resumes_in_v1_to_the_same_end(
     raw = raw_lines(old_dir)
     assert len(raw) == len(lines) and {e["v"] for e in raw} == {1} and "start_names" not in raw[0]
     assert all(isinstance(e["names"], list) for e in raw if "names" in e and e["event"] != "final")
-    assert raw[-1]["names"]["confusion"]["after"]["test"] == whole.summary["names"]["confusion"]["after"]["test"]
+    # the history (v1) holds the matrix whole; summary.json, past 20 classes, its non-zero cells
+    assert raw[-1]["names"]["confusion"]["after"]["test"] == confusion_matrix(whole.summary["names"], "after", "test")
     assert comparable(read_history(old_dir / "history.jsonl")) == comparable(read_history(run_dir / "history.jsonl"))
 
 

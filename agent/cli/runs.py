@@ -20,7 +20,7 @@ from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.cli.errors import user_errors
 from promptclimb.agent.core.format import pct, shortened
 from promptclimb.agent.runs.reading import Run, runs_frame
-from promptclimb.agent.runs.report import CLASSES_IN_FULL
+from promptclimb.agent.runs.compact import CLASSES_IN_FULL
 from promptclimb.agent.runs.store import ANSWER_KINDS
 from promptclimb.agent.adapt import adapter_said
 from promptclimb.agent.softsearch import is_soft_prompt_run, soft_prompt_lines

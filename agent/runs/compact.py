@@ -27,6 +27,11 @@ and read as it is: the reader unpacks only lines that say v2 or later.
 from __future__ import annotations
 
 COMPACT_SINCE = 2  # the first history format written compactly
+# Past this many classes summary.json holds the names table's confusion matrices as their
+# non-zero cells (`summary_table`: a 397-class run's dense matrices were 2.8 of its 3.2 MB),
+# the report lists a few confusions instead of the matrices, and `show` lists the changed
+# classes only.
+CLASSES_IN_FULL = 20
 RENAMED = "renamed"
 TABLE_NAMES = ("class", "start", "found", "changed")  # a names table row's fields from its start and found names
 
@@ -65,7 +70,8 @@ def pack_matrix(rows):
 
 
 def unpack_matrix(packed):
-    """`pack_matrix` undone: the rows of the matrix, zeros included."""
+    """`pack_matrix` undone: the rows of the matrix, zeros included (rows as they are: a
+    matrix written whole)."""
     if not isinstance(packed, dict):
         return packed
     height, width = packed["shape"]
@@ -137,6 +143,23 @@ def unpack_table(packed, start: list[str] | None):
         out["confusion"] = {when: {split: unpack_matrix(m) for split, m in by_split.items()}
                             for when, by_split in out["confusion"].items()}
     return out
+
+
+def summary_table(table: dict) -> dict:
+    """The final event's names table as summary.json holds it: whole, except that past
+    CLASSES_IN_FULL classes its confusion matrices are their non-zero cells (`pack_matrix`;
+    readers take either form through `confusion_matrix`)."""
+    if len(table.get("start") or []) <= CLASSES_IN_FULL or not isinstance(table.get("confusion"), dict):
+        return table
+    return {**table, "confusion": {when: {split: pack_matrix(m) for split, m in by_split.items()}
+                                   for when, by_split in table["confusion"].items()}}
+
+
+def confusion_matrix(table: dict, when: str, split: str) -> list[list[int]] | None:
+    """The rows of a names table's confusion matrix (`when`: before or after), written whole or
+    as its non-zero cells (summary.json past CLASSES_IN_FULL classes); None when it has none."""
+    matrix = ((table.get("confusion") or {}).get(when) or {}).get(split)
+    return unpack_matrix(matrix) if matrix else None
 
 
 def _derived_rows(rows, start, found) -> bool:

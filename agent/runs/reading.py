@@ -33,7 +33,7 @@ from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.format import shortened
 from promptclimb.agent.core.protocol import SPLITS
 from promptclimb.agent.core.runfiles import SWEEP_FILE
-from promptclimb.agent.runs.compact import COMPACT_SINCE, unpack_event
+from promptclimb.agent.runs.compact import COMPACT_SINCE, confusion_matrix, unpack_event
 from promptclimb.agent.runs.store import ANSWER_KINDS, CONFIG, EVENTS, FORMAT_VERSION, HISTORY, SUMMARY, ledger
 from promptclimb.agent.ranking import LEGACY_METRIC, best_first, selection_value, then_value, top_and_bottom
 from promptclimb.agent.search import SELECTIONS
@@ -657,7 +657,7 @@ class Run:
         one_of(split, "Run.confusion()", "split", SPLITS)
         table = (self.final or {}).get("names") or {}
         labels = table.get("start") or []
-        return {when: pd.DataFrame(table["confusion"][when][split], index=labels, columns=labels)
+        return {when: pd.DataFrame(confusion_matrix(table, when, split), index=labels, columns=labels)
                 for when in ("before", "after") if table.get("confusion")}
 
     def names_turns(self) -> list[dict]:

@@ -19,14 +19,12 @@ from promptclimb.agent.adapt import adapter_said
 from promptclimb.agent.core.files import write_text_atomic
 from promptclimb.agent.core.format import pct
 from promptclimb.agent.core.paths import prompts_dir
+from promptclimb.agent.runs.compact import CLASSES_IN_FULL, confusion_matrix
 from promptclimb.agent.runs.reading import Run
 from promptclimb.agent.softsearch import is_soft_prompt_run
 
 from promptclimb.agent.core.runfiles import REPORT
 TEMPLATE = "report.html.j2"
-# Past this many classes the page lists a few confusions instead of the matrices (two 397 x 397
-# tables made a 7 MB page no one reads), and `show` lists the changed classes only.
-CLASSES_IN_FULL = 20
 
 
 def _clean(value):
@@ -82,7 +80,7 @@ def render(run: Run, plot_png: Path | None = None) -> str:
     winners = [{k: _clean(v) for k, v in row.items()} for row in run.winners().to_dict("records")]
     config = {k: v for k, v in run.config.items()}
     names_table = (run.final or {}).get("names") or {}
-    confusion = {when: (names_table.get("confusion") or {}).get(when, {}).get("test") for when in ("before", "after")}
+    confusion = {when: confusion_matrix(names_table, when, "test") for when in ("before", "after")}
     confusion = {k: v for k, v in confusion.items() if v}
     labels = names_table.get("start") or []
     many = len(labels) > CLASSES_IN_FULL
