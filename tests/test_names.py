@@ -794,3 +794,16 @@ def test_the_short_names_turn_counts_other_classes_names_and_lists_the_other_rea
     assert "\n2 of your names were another class's name, so they were not used.\n" in turn
     assert "-> Dress" not in turn and "-> dress" not in turn and "Trouser -> {x} (braces" in turn
     assert "\nTrouser: 50%, 25%\n" in turn and "\nThe other classes: T-shirt/top, Dress, Bag.\n" in turn
+
+
+def test_a_runs_names_apply_to_data_whose_labels_read_the_same():
+    # eval --run RUN --data-root DIR: Fashion-MNIST's 'T-shirt/top' is the folder T-shirt_top,
+    # read as 'T shirt top'; exact spellings still win, and unlike labels are still refused
+    from promptclimb.agent.core.classnames import names_by_label
+
+    found = {"T-shirt/top": "tee", "Trouser": "jeans", "Ankle boot": "bootie"}
+    assert names_by_label(found, ["Trouser", "T shirt top", "Ankle_boot"]) == ("jeans", "tee", "bootie")
+    assert names_by_label({"a b": "x", "a-b": "y"}, ["a-b", "a b"]) == ("y", "x")
+    with pytest.raises(PromptclimbError, match="the data has 'Sandal' and the run does not; "
+                                               "the run has 'Ankle boot' and the data does not"):
+        names_by_label(found, ["Trouser", "T shirt top", "Sandal"])

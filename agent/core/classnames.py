@@ -124,14 +124,25 @@ def check_classnames(names: Sequence[str], count: int, what: str = "class names"
 def names_by_label(names: Mapping[str, str], published: Sequence[str]) -> tuple[str, ...]:
     """A run's names keyed by the labels it started from, in the class order of data whose
     labels are `published` (other data than the run's: `eval --run RUN --data-root DIR`);
-    PromptclimbError when the two hold other classes."""
-    missing = [p for p in published if p not in names]
-    extra = [label for label in names if label not in published]
+    PromptclimbError when the two hold other classes. A label matches its own spelling first,
+    else the one run label that reads the same (`name_key`): a folder `T-shirt_top` reads as
+    'T shirt top', the run's label is `T-shirt/top`."""
+    by_key: dict[str, list[str]] = {}
+    for label in names:
+        by_key.setdefault(name_key(label), []).append(label)
+
+    def run_label(p: str) -> str | None:
+        alike = by_key.get(name_key(p), [])
+        return p if p in names else alike[0] if len(alike) == 1 else None
+
+    matched = {p: run_label(p) for p in published}
+    missing = [p for p in published if matched[p] is None]
+    extra = [label for label in names if label not in matched.values()]
     if missing or extra:
         said = [f"the data has {', '.join(map(repr, missing))} and the run does not"] if missing else []
         said += [f"the run has {', '.join(map(repr, extra))} and the data does not"] if extra else []
         raise PromptclimbError(f"the run's classes are not the data's: {'; '.join(said)}")
-    return check_classnames([names[p] for p in published], len(published), "the run's class names")
+    return check_classnames([names[matched[p]] for p in published], len(published), "the run's class names")
 
 
 def check_published(published: Sequence[str], folders: Sequence[str] = ()) -> tuple[str, ...]:
