@@ -18,6 +18,14 @@ where the same seed's template-only run reached 88.2%).
 Small models often write the sentence for one class instead of the template ("a photo of a
 dress with a belt"). Given the class names, such a line that names exactly one class is
 turned back into a template ("a photo of a {} with a belt"): `unfill`.
+
+A class named with a word that templates need for their grammar - one character ("A", "I"
+of a letters set) or a function word ("in", "one", "on") - is told from that word only by
+its spelling: it counts as written where it is spelled exactly as the class is, that
+spelling is not all lower case, and it does not open a sentence. So for the class "A",
+`a photo of a {}.` and `A photo of a {}.` name no class and `a {} or the letter A.` does;
+the classes "a" and "in" are never recognised. Such a word is too little to turn a line
+into a template, and neither is a line ending with ':' (a heading over the list).
 """
 
 from __future__ import annotations
@@ -92,28 +100,84 @@ def clean_line(line: str) -> str:
     return text.strip()
 
 
-def class_pattern(classnames: Sequence[str]) -> re.Pattern | None:
+# English function words: a class named with one (the "in", "on", "off" of a commands set) is
+# the word a template needs for its grammar, not a mention of that class.
+FUNCTION_WORDS = frozenset("""
+    a an the i me my we us our you your he him his she her it its they them their this that these those
+    what which who whom whose one some any all each every no not nor yes so as if or and but than then
+    there here be is am are was were been being do does did have has had can could will would shall should
+    may might must of in on at to for from by with without about above below over under up down out off
+    into onto upon through across after before between near per via like unlike""".split())
+
+
+def word_like(name: str) -> bool:
+    """Whether the class name is also a word templates are written with: one character, or a function word."""
+    return len(name) == 1 or name.lower() in FUNCTION_WORDS
+
+
+def _opens_sentence(text: str, start: int) -> bool:
+    before = text[:start].rstrip()
+    return not before or before[-1] in ".!?:"
+
+
+@dataclass(frozen=True)
+class Mention:
+    text: str  # as the line writes it
+    start: int
+    end: int
+    word: bool  # a word-like class name (see `word_like`)
+
+
+@dataclass(frozen=True)
+class ClassPattern:
+    names: re.Pattern | None  # names that are not words: any case, plural endings
+    words: re.Pattern | None  # word-like names spelled with a capital or a non-letter: only as spelled
+
+    def mentions(self, text: str) -> list[Mention]:
+        """Where `text` writes a class's name, in order: the one rule for refusing and unfilling."""
+        found = []
+        if self.names:
+            found += [Mention(m.group(0), m.start(), m.end(), False) for m in self.names.finditer(text)]
+        if self.words:
+            # A capital opening a sentence is grammar ("A photo of a {}."), not the letter.
+            found += [Mention(m.group(0), m.start(), m.end(), True) for m in self.words.finditer(text)
+                      if not _opens_sentence(text, m.start())]
+        return sorted(found, key=lambda f: f.start)
+
+
+def class_pattern(classnames: Sequence[str]) -> ClassPattern | None:
     """Any one class name as a whole word, in the plural or the singular ("boot" for a class
-    named "boots": `number_forms`), longest first ("T-shirt" before "shirt"), case-insensitive.
-    A name written with '/' names each of its sides too: "a photo of a {}, a t-shirt." names
-    the class "T-shirt/top" (two bench runs had ended on that template)."""
+    named "boots": `number_forms`), longest first ("T-shirt" before "shirt"), case-insensitive;
+    a word-like name (`word_like`) only as the class spells it, where that is not all lower
+    case (the "a" of `a photo of a {}.` is not the class "a" or "A"). A name written with '/'
+    names each of its sides too: "a photo of a {}, a t-shirt." names the class "T-shirt/top"
+    (two bench runs had ended on that template)."""
     spellings = {part.strip() for c in classnames for part in (c, *sides_of(c))} - {""}
-    names = sorted({form for name in spellings for form in number_forms(name)}, key=len, reverse=True)
-    if not names:
+    forms = {form for name in spellings for form in number_forms(name)}
+    words = {form for form in forms if word_like(form)}
+    names = sorted(forms - words, key=len, reverse=True)
+    # All lower case, a word-like name is indistinguishable from the word; no plural endings,
+    # which would make "As" and "Is" the letters A and I; an apostrophe after is "I'm", "I'd".
+    spelled = sorted((w for w in words if not w.islower()), key=len, reverse=True)
+    if not names and not spelled:
         return None
-    alternatives = "|".join(re.escape(n) for n in names)
-    return re.compile(rf"(?<![\w-])(?:{alternatives})(?:s|es)?(?![\w-])", re.IGNORECASE)
+    return ClassPattern(
+        names=re.compile(rf"(?<![\w-])(?:{'|'.join(map(re.escape, names))})(?:s|es)?(?![\w-])", re.IGNORECASE)
+        if names else None,
+        words=re.compile(rf"(?<![\w-])(?:{'|'.join(map(re.escape, spelled))})(?![\w'’-])") if spelled else None)
 
 
-def unfill(line: str, pattern: re.Pattern | None) -> str | None:
+def unfill(line: str, pattern: ClassPattern | None) -> str | None:
     """`line` with its one class name replaced by {}, or None when it names no class or
-    several different ones (then it is prose, or a sentence about two classes)."""
-    if pattern is None:
+    several (then it is prose, or a sentence about two classes), when that name is word-like
+    (a letter or "one" is as likely a count or a word), or when the line ends with ':' (it
+    introduces the list: "Here are five templates for a coat classifier:")."""
+    if pattern is None or line.rstrip().endswith(":"):
         return None
-    found = pattern.findall(line)
-    if not found or len({f.lower() for f in found}) != 1 or len(found) != 1:
+    found = pattern.mentions(line)
+    if len(found) != 1 or found[0].word:
         return None
-    return pattern.sub("{}", line)
+    return line[: found[0].start] + "{}" + line[found[0].end:]
 
 
 def parse_proposals(answer: str, already_scored: set[str] | dict[str, object] = frozenset(),
@@ -142,9 +206,9 @@ def parse_proposals(answer: str, already_scored: set[str] | dict[str, object] = 
             out.unfilled.append(recovered)
         line = clean_line(raw)
         problem = template_problem(line, max_chars=max_chars)
-        named = pattern.search(line.replace("{}", " ")) if pattern is not None and problem is None else None
+        named = pattern.mentions(line.replace("{}", " ")) if pattern is not None and problem is None else []
         if named:
-            problem = names_a_class(named.group(0))
+            problem = names_a_class(named[0].text)
         if problem is None:
             key = normalise(line)
             if key in seen:

@@ -98,6 +98,57 @@ def test_each_side_of_a_class_name_written_with_a_slash_names_that_class():
         'names the class "T-shirts": a class name goes only where {} is']
 
 
+def test_a_class_named_with_a_letter_is_not_the_article_or_a_capital_opening_a_sentence():
+    # An ASL alphabet's classes: every template with "a" was refused as naming the class "A".
+    classes = ["A", "B", "C", "I", "space"]
+    answer = "\n".join([
+        "1. a photo of a {}.",
+        "2. a close-up photo of the {}.",
+        "3. the sign for the letter {}.",
+        "4. A dark photo of a {}. A hand.",
+        "5. a {} as I'd sign it.",
+        "6. a {}, as in As and Is",
+        "7. a photo of a {}, not the letter B.",
+        "8. a hand signing {} (like A)",
+        "9. a photo of a {} in space.",
+    ])
+    parsed = parse_proposals(answer, classnames=classes)
+    assert parsed.templates == ["a photo of a {}.", "a close-up photo of the {}.", "the sign for the letter {}.",
+                                "A dark photo of a {}. A hand.", "a {} as I'd sign it.", "a {}, as in As and Is"]
+    assert [r.reason for r in parsed.rejected] == [
+        'names the class "B": a class name goes only where {} is',
+        'names the class "A": a class name goes only where {} is',
+        'names the class "space": a class name goes only where {} is']
+
+
+def test_a_class_named_with_a_lower_case_function_word_is_never_taken_for_it():
+    # "in", "one", "on" are the grammar of templates; the classes "a" and "one" cannot be told from them.
+    answer = "a photo of one {} in a box.\na photo of a {} on a table.\nOne {} from above."
+    parsed = parse_proposals(answer, classnames=["a", "in", "one", "ones", "on", "left"])
+    assert parsed.templates == ["a photo of one {} in a box.", "a photo of a {} on a table.", "One {} from above."]
+    assert [r.reason for r in parse_proposals("a {} on the left", classnames=["on", "left"]).rejected] == [
+        'names the class "left": a class name goes only where {} is']
+
+
+def test_a_letter_or_a_heading_is_not_turned_into_a_template():
+    # The prose line became `Here are five new templates for {} classifier:` and was scored.
+    classes = ["A", "B", "C", "I", "space"]
+    answer = "\n".join([
+        "Here are five new templates for a classifier:",
+        "Templates for the sign for space:",
+        "a photo of the letter A.",
+        "I think these are good.",
+        "a photo of a hand signing space",
+        "A close-up of a hand signing space",
+        "a photo of the letter B in space",
+    ])
+    parsed = parse_proposals(answer, classnames=classes)
+    assert parsed.templates == ["a photo of a hand signing {}", "A close-up of a hand signing {}"]
+    assert parsed.unfilled == parsed.templates and parsed.rejected == [] and parsed.skipped_lines == 5
+    # A heading naming a class that is no word is no template either.
+    assert parse_proposals("Here are templates for a coat classifier:", classnames=["Coat"]).templates == []
+
+
 def test_prose_lines_and_code_fences_are_skipped_not_rejected():
     parsed = parse_proposals("Sure! Here are 2 templates:\n```\na photo of a {}.\n```\nHope this helps.")
     assert parsed.templates == ["a photo of a {}."]
