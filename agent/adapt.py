@@ -157,23 +157,34 @@ def adapter_said(section: dict) -> str:
 
 
 def eval_run_adapter(run_dir: str | Path, evaluator=None, splits=("test",), device: str | None = None,
-                     **overrides) -> dict:
+                     classnames=None, **overrides) -> dict:
     """Accuracy of the run's prompt alone and with its adapter.pt on `splits` of `evaluator`
     (default: the run's own evaluator; `overrides` such as data_root=... point it at new
-    data of the same classes). {"kind", "templates", "result", "accuracy": {split: {"prompt", "adapter"}}}."""
+    data of the same classes), with `classnames` filled in (None: the run's; other names
+    than the adapter's are refused unless its kind takes them, as the cache adapter does).
+    {"kind", "templates", "result", "accuracy": {split: {"prompt", "adapter"}}}."""
     import warnings
 
-    from promptclimb.evaluators.adapters import load_adapter, prompt_and_adapter_accuracy, read_adapter
+    from promptclimb.evaluators.adapters import get_adapter, load_adapter, prompt_and_adapter_accuracy, read_adapter
 
     run_dir = Path(run_dir)
     config, summary = read_run(run_dir, "eval --run --with-adapter")
     payload = read_adapter(run_dir / ADAPTER_FILE)
+    fit_names = payload.get("classnames")
+    if classnames is not None:
+        classnames = list(classnames)
+        if fit_names and classnames != list(fit_names) and not get_adapter(payload["kind"]).takes_other_names:
+            raise PromptclimbError(
+                f"--classnames with --with-adapter: the run's {payload['kind']} adapter was trained on the "
+                f"prompt filled in with the run's class names and does not apply to other names (only a cache "
+                f"adapter does); drop --classnames to apply it, or --with-adapter to score these names")
     if evaluator is None:
         evaluator = build_run_evaluator(config, device=device, **overrides)
-    classnames = run_classnames(summary) or list(evaluator.task.classnames)
-    if payload.get("classnames") and len(payload["classnames"]) == len(classnames) and payload["classnames"] != classnames:
-        warnings.warn(f"the class names of this data differ from those the adapter was fit on "
-                      f"({payload['classnames']}); classes are matched by position", stacklevel=2)
+    if classnames is None:
+        classnames = run_classnames(summary) or list(evaluator.task.classnames)
+        if fit_names and len(fit_names) == len(classnames) and fit_names != classnames:
+            warnings.warn(f"the class names of this data differ from those the adapter was fit on "
+                          f"({fit_names}); classes are matched by position", stacklevel=2)
     class_embeddings = evaluator.class_embeddings(payload["templates"], classnames=classnames)
     module = load_adapter(run_dir / ADAPTER_FILE, class_embeddings, evaluator.logit_scale)
     out = {split: prompt_and_adapter_accuracy(module, *evaluator.image_features(split)) for split in splits}

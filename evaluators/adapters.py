@@ -42,6 +42,10 @@ class AdapterModule(nn.Module):
     kind = ""
     grid: tuple[dict, ...] = ()
     trained = True  # False: training-free (nothing is optimised)
+    # Whether the adapter applies to class names other than those it was fit with. A trained
+    # one learned from the prompt's classifier itself (its logits, or features pulled towards
+    # its class embeddings): with other names it would correct a classifier it never saw.
+    takes_other_names = False
 
     def __init__(self, class_embeddings: torch.Tensor, logit_scale: float, hparams: dict):
         super().__init__()
@@ -180,6 +184,7 @@ class CacheModel(AdapterModule):
 
     kind = "cache"
     trained = False
+    takes_other_names = True  # its term is of the image features alone, added to any names' logits
     grid = tuple({"alpha": alpha, "beta": beta}
                  for alpha in (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0) for beta in (1.0, 3.0, 5.5, 8.0))
 

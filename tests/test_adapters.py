@@ -244,3 +244,40 @@ def test_adapt_a_run_without_cached_features(tiny_clip_config, tiny_clip_weights
     assert applied["kind"] == section["kind"]
     assert applied["accuracy"]["test"]["adapter"] == pytest.approx(section["accuracy"]["test"])
     assert applied["accuracy"]["test"]["prompt"] == pytest.approx(section["prompt_accuracy"]["test"])
+
+
+class NamedEvaluator(FakeEvaluator):
+    """A FakeEvaluator whose classifier depends on the names filled in (None: the start names)."""
+
+    def __init__(self, splits, by_names: dict, scale, classnames):
+        super().__init__(splits, by_names[tuple(classnames)], scale, classnames)
+        self.by_names = by_names
+
+    def class_embeddings(self, templates, classnames=None):
+        return self.by_names[tuple(classnames or self.task.classnames)]
+
+
+def test_a_cache_adapter_is_applied_with_other_names_and_a_trained_one_refuses_them(separable, tmp_path):
+    """The cache adapter adds a term of the image features alone to the prompt's logits, so
+    `eval --run --with-adapter --classnames` scores both rows with the names given; a
+    trained adapter learned the run names' classifier and refuses other names."""
+    from promptclimb.agent.adapt import eval_run_adapter, fit_run_adapter
+
+    splits = {"train": separable.train, "val": separable.val, "test": separable.test}
+    evaluator = NamedEvaluator(splits, {tuple("abcd"): separable.poor, tuple("wxyz"): separable.means},
+                               separable.scale, "abcd")
+    for kind in ("cache", "feature-residual"):
+        fit_run_adapter(make_run(tmp_path / kind, {"seed": 1}), [kind], evaluator=evaluator, echo=lambda _: None)
+
+    run_names = eval_run_adapter(tmp_path / "cache", evaluator=evaluator)["accuracy"]["test"]
+    other = eval_run_adapter(tmp_path / "cache", evaluator=evaluator, classnames=list("wxyz"))["accuracy"]["test"]
+    assert run_names["prompt"] < 0.3 and other["prompt"] == 1.0  # the prompt alone with the names given
+    assert other["adapter"] == 1.0
+
+    same = eval_run_adapter(tmp_path / "feature-residual", evaluator=evaluator, classnames=list("abcd"))
+    assert same["accuracy"]["test"]["prompt"] == run_names["prompt"]  # its own names are no other names
+    with pytest.raises(PromptclimbError) as refused:
+        eval_run_adapter(tmp_path / "feature-residual", evaluator=evaluator, classnames=list("wxyz"))
+    assert str(refused.value).startswith("--classnames with --with-adapter: the run's feature-residual adapter was "
+                                         "trained on the prompt filled in with the run's class names")
+    assert "\n" not in str(refused.value)

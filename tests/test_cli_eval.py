@@ -124,3 +124,33 @@ def test_split_sizes_count_the_images_scored(tiny_clip_config, tiny_clip_weights
     line = next(x for x in result.output.splitlines() if x.startswith("split sizes:"))
     assert re.search(r"test (\d+)", line)[1] == "12"  # 13 files, one not decoded
     assert line.endswith("(1 unreadable image(s) left out)")
+
+
+def test_with_adapter_and_classnames_fill_in_the_names_given(tmp_path, torch_threads):
+    """`eval --run RUN --with-adapter --classnames clean`: the adapter rows use the names of
+    the template rows (a cache adapter), or are refused in one line (a trained adapter)."""
+    from promptclimb.evaluators.demo.fashion_mnist import OFFICIAL_CLASSNAMES
+
+    runs = tmp_path / "runs"
+    for name, kind in (("cached", "cache"), ("trained", "residual-logits")):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "config.json").write_text(json.dumps({"v": 1, "run_id": name, "evaluator_args": {
+            "dataset": "fashion-mnist", "shots": 1, "seed": 0, "backbone": "demo", "classnames": None}}))
+        (runs / name / "summary.json").write_text(json.dumps({"v": 1, "best": {
+            "template": "a photo of a {}.", "names": list(OFFICIAL_CLASSNAMES),
+            "accuracy": {"train": 0.5, "val": 0.5, "test": 0.5}}}))
+        fit = CliRunner().invoke(cli, ["adapt", name, "--runs-dir", str(runs), "--kind", kind, "--device", "cpu"])
+        assert fit.exit_code == 0, fit.output
+
+    common = ["--run", "cached", "--runs-dir", str(runs), "--with-adapter", "--device", "cpu", "--json"]
+    own, clean = (json.loads(run(*common, *more).stdout) for more in ((), ("--classnames", "clean")))
+    assert clean["results"][0]["accuracy"] != own["results"][0]["accuracy"]  # the clean names score otherwise
+    for out in (own, clean):  # "prompt alone" is the template row, with the same names
+        assert {s: a["prompt"] for s, a in out["adapter"]["accuracy"].items()} == out["results"][0]["accuracy"]
+
+    refused = run("--run", "trained", "--runs-dir", str(runs), "--with-adapter", "--classnames", "clean",
+                  "--device", "cpu")
+    assert refused.exit_code == 1, refused.output
+    said = [line for line in refused.output.splitlines() if line.startswith("Error:")]
+    assert said[0].startswith("Error: --classnames with --with-adapter: the run's residual-logits adapter")
+    assert said == refused.output.splitlines()[-1:] and "Traceback" not in refused.output

@@ -111,7 +111,9 @@ def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, sh
     if with_adapter:
         from promptclimb.agent.adapt import eval_run_adapter
 
-        result["adapter"] = eval_run_adapter(run_dir, evaluator=evaluator, splits=SPLITS)
+        # the adapter rows fill in the names the template rows did: --classnames, else the run's
+        names = list(evaluator.task.classnames) if classnames is not None else None
+        result["adapter"] = eval_run_adapter(run_dir, evaluator=evaluator, splits=SPLITS, classnames=names)
     if as_json:
         click.echo(json.dumps(result))
         return
