@@ -17,6 +17,8 @@ runs them is `HillClimber.names_turn` (agent/search.py).
         and "drift" if the LLM files the name under another class  `judged_class`
           (both ways) and the text tower agrees, or names no class and the
           text tower puts it nearer another class          `HillClimber.text_check`
+          or "guard not asked" if the LLM budget ran out first: the turn is
+          recorded and the search stops after it       `HillClimber.pick_changes`
       the classes' picks are combined greedily (prefixes scored in one batch): the best
         prefix is the new best pair
 
@@ -108,9 +110,9 @@ from promptclimb.agent.proposals import clean_line
 # Why a proposed name was not scored or not kept (the `reason` of a name_reject event); the
 # LLM reads REASONS[reason] (and the event's detail) in the next names turn.
 (UNKNOWN_CLASS, EMPTY, TOO_LONG, BRACES, NOT_ONE_NAME, WORD_TWICE, OTHER_CLASS, BUILT_ON, REPEAT, TOO_MANY, DRIFT,
- OWN_IMAGES, HELD_OUT) = ("unknown class", "empty", "too long", "braces", "not one name", "word twice",
-                          "another class's name", "built on the name", "repeat", "too many", "drift",
-                          "own images lost", "worse held out")
+ OWN_IMAGES, HELD_OUT, GUARD_NOT_ASKED) = (
+    "unknown class", "empty", "too long", "braces", "not one name", "word twice", "another class's name",
+    "built on the name", "repeat", "too many", "drift", "own images lost", "worse held out", "guard not asked")
 REASONS = {
     UNKNOWN_CLASS: "not one of the classes",
     EMPTY: "empty name",
@@ -125,6 +127,9 @@ REASONS = {
     DRIFT: "it reads as another class",
     OWN_IMAGES: "it did better overall but got fewer of its own class's images right",
     HELD_OUT: "it did better on the images it was ranked on but worse on the held-out ones",
+    # The LLM budget (--max-calls, --max-tokens) ran out before the judge could be asked: an
+    # unguarded change is not kept, and the search stops after this turn (`HillClimber.pick_changes`).
+    GUARD_NOT_ASKED: "the LLM budget ran out before the drift guard could ask about it",
 }
 # The guards a kept change must pass (`guard_checks`): "own", that the renamed class loses
 # none of its own images on train and val together, and "judge", the LLM's verdict.

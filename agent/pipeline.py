@@ -43,6 +43,7 @@ from promptclimb.agent.options import BUDGET, LOCAL, REMOTE_DEFAULT_MODEL, recor
 from promptclimb.agent.core.pools import POOLS, PoolTemplate, load_pool
 from promptclimb.agent.ranking import metric_label
 from promptclimb.agent.runs.store import RunStore, check_run_name, run_argument
+from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.search import LLM_EVENTS, RECORDED_BEFORE_IT_EXISTED, SELECTIONS, HillClimber, SearchConfig
 
 DEFAULTS = SearchConfig()
@@ -382,9 +383,12 @@ def apply_budget_caps(opts: dict, search: SearchConfig, store: RunStore, echo) -
     if not caps:
         return search
     flags = ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in caps.items())
-    ended = [e for e in store.stored if e.get("event") in ("stop", "final")]
+    # A names turn cut by the budget ended the run even where a kill came before its stop event:
+    # under a larger cap the replay would ask the guard where the history says it could not.
+    ended = [e for e in store.stored if e.get("event") in ("stop", "final") or e.get("reason") == GUARD_NOT_ASKED]
     if ended:
-        raise PromptclimbError(f"{store.run_dir.name} has already ended ({ended[0]['event']} event in its history): "
+        what = "a names turn cut by the budget" if ended[0]["event"] == "name_reject" else f"{ended[0]['event']} event"
+        raise PromptclimbError(f"{store.run_dir.name} has already ended ({what} in its history): "
                                f"{flags} cannot change it; start a new run without --resume")
     answers = [e for e in store.stored if e.get("event") in LLM_EVENTS]  # template, names and guard answers
     used = {"max_calls": len(answers),

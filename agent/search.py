@@ -701,7 +701,7 @@ class HillClimber:
             for p in proposals:
                 state.tried[p.cls].setdefault(name_key(p.name), p.name)
             singles = self.score_names(best, [[(p.cls, p.name)] for p in proposals], restart, reset, iteration, call)
-            picks, guarded = self.pick_changes(best, proposals, singles, restart, reset, iteration)
+            picks, guarded, cut = self.pick_changes(best, proposals, singles, restart, reset, iteration)
             self.record_name_rejects(guarded, restart, reset, iteration, call)
             kept = self.keep_changes(best, picks, board, restart, reset, iteration, call)
             # Asked about and not renamed: asked about later than the other weak classes. So is
@@ -714,6 +714,8 @@ class HillClimber:
                               "kept": p in kept} for p, (_, score) in zip(proposals, singles)]
             state.rejected = naming.refusals_shown(refused + guarded, names)
             self.print_names_progress(restart, reset, iteration, names, proposals, refused + guarded, kept)
+            if cut is not None:  # the turn is recorded and shown: now the search stops (`run`)
+                raise cut
 
     def record_name_rejects(self, refused: list, restart: int, reset: int, iteration: int, call: int) -> None:
         for r in refused:
@@ -786,10 +788,14 @@ class HillClimber:
         split (`held_out_worse`) and passes the guards (the class keeps its own images; the
         judge, who sees at most JUDGED_PER_CLASS changes of a class, best first, does not file
         it under another class); returns the picks, best first, as (proposal, names, score),
-        and the refusals."""
+        the refusals, and the BudgetExhausted that cut the judge's questions, or None. The
+        budget is a promise about cost, so the judge is not asked past it, and the guard
+        exists to refuse drifts, so a change it could not ask about is refused too
+        (GUARD_NOT_ASKED); the changes guarded before it can still be kept, and the turn is
+        recorded whole before the search stops, instead of being lost."""
         improving = sorted((item for item in zip(proposals, singles) if self.beats(item[1][1], best)),
                            key=lambda item: self.score_key(item[1][1]))  # stable: answer order breaks exact ties
-        picks, refused, judged = {}, [], defaultdict(int)
+        picks, refused, judged, cut = {}, [], defaultdict(int), None
         names = best.names or self.start_names
         before = self.class_report(best.template, best.names, SCORED_SPLITS) if "own" in self.guards else None
         for p, (variant, score) in improving:
@@ -808,12 +814,18 @@ class HillClimber:
                 if judged[p.cls] >= naming.JUDGED_PER_CLASS:
                     continue
                 judged[p.cls] += 1
-                other = self.drift_guard(p, names, best.template, restart, reset, iteration)
+                try:
+                    other = self.drift_guard(p, names, best.template, restart, reset, iteration)
+                except BudgetExhausted as exc:
+                    # the class's next change would have been asked about only had this one drifted
+                    cut, judged[p.cls] = exc, naming.JUDGED_PER_CLASS
+                    refused.append(naming.NameRefusal(p.label, p.name, naming.GUARD_NOT_ASKED, p.cls, str(exc)))
+                    continue
                 if other is not None:
                     refused.append(naming.NameRefusal(p.label, p.name, naming.DRIFT, p.cls, self.start_names[other]))
                     continue
             picks[p.cls] = (p, variant, score)
-        return list(picks.values()), refused
+        return list(picks.values()), refused, cut
 
     def drift_guard(self, proposal, names: tuple[str, ...], template: str, restart: int, reset: int,
                     iteration: int) -> int | None:
@@ -970,8 +982,13 @@ class HillClimber:
         self.echo(f"[restart {restart + 1}/{cfg.restarts} reset {reset + 1}/{cfg.resets} "
                   f"iteration {iteration}/{cfg.iterations}] names: {len(proposals)} tried, {len(refused)} refused, "
                   f"{changes} | best {pct(self.value(best))}  {best.template}")
-        for r in naming.refusals_shown(refused, names)[:3]:  # a name refused four times in a line: once
+        unasked = [r for r in refused if r.reason == naming.GUARD_NOT_ASKED]
+        others = [r for r in refused if r.reason != naming.GUARD_NOT_ASKED]
+        for r in naming.refusals_shown(others, names)[:3]:  # a name refused four times in a line: once
             self.echo(f"    refused  {r['class']}: {shortened(r['name'], 40)!r}: {r['reason']}")
+        if unasked:  # its own line, never among the refusals cut off above: it is why the search stops here
+            self.echo(f"    cut by the budget ({unasked[0].detail}): the drift guard could not be asked about "
+                      + ", ".join(f"{names[r.cls]} -> {shortened(r.name, 40)}" for r in unasked) + ", so not kept")
 
     # -- scoring ---------------------------------------------------------------------------
     def score_batch(self, items: list[tuple[str, str]], origin: str, board: list[Scored], restart: int,

@@ -69,10 +69,10 @@ def scripted(names_answers: list[str], templates: str = "a grayscale photo of a 
     return respond
 
 
-def climb(tmp_path, base_url, name="run", ev=None, cache="cache", echo=lambda msg: None, **config):
+def climb(tmp_path, base_url, name="run", ev=None, cache="cache", echo=lambda msg: None, caps=None, **config):
     ev = ev or evaluator()
     llm = LLMClient("fake", base_url=base_url, api_key=KEY, timeout=5, cache_dir=tmp_path / cache,
-                    wait_initial=0.001, wait_max=0.01, max_tries=2)
+                    wait_initial=0.001, wait_max=0.01, max_tries=2, **(caps or {}))
     run_dir = tmp_path / "runs" / name
     store = RunStore.resume(run_dir) if (run_dir / "config.json").exists() else RunStore.create(run_dir, {"t": 1})
     with store:
@@ -235,6 +235,53 @@ def test_a_name_the_judge_files_under_another_class_in_one_order_only_is_kept(tm
     assert [(j["name"], j["judged"]) for j in of(run_dir, "names_judge")] == [("pants", 2), ("pants", None)]
     assert not of(run_dir, "name_reject")
     assert result.best["names"][1] == "pants"
+
+
+# The names answer costs 27 tokens (tests/fake_llm.py: 10 a message, 7 an answer) and a judge's
+# answer 17: either cap below runs out at a guard question.
+@pytest.mark.parametrize("caps, kept, unguarded", [
+    ({"max_calls": 1}, "none kept", [("Trouser", "jeans", 0.355), ("T-shirt/top", "tee", 0.318)]),
+    ({"max_tokens": 40}, "Trouser -> jeans", [("T-shirt/top", "tee", 0.318)]),  # jeans's guard was asked
+])
+def test_a_budget_that_runs_out_at_the_guard_question_keeps_the_turn_and_says_why_it_stopped(
+        tmp_path, caps, kept, unguarded):
+    said = []
+    with FakeLLM(responder=scripted(["Trouser: jeans\nT-shirt/top: tee"])) as fake:
+        result, _, run_dir = climb(tmp_path, fake.base_url, echo=said.append, caps=caps)
+        asked = fake.count
+        cap = "max calls (1) reached" if "max_calls" in caps else "max tokens (40) reached"
+        # the turn's line, what the guard could not be asked about, then the stop
+        turn = next(i for i, line in enumerate(said) if "] names: 2 tried" in line)
+        assert f", {kept} | best " in said[turn]
+        assert said[turn + 1] == (f"    cut by the budget ({cap}): the drift guard could not be asked about "
+                                  + ", ".join(f"{c} -> {n}" for c, n, _ in unguarded) + ", so not kept")
+        assert said[turn + 2] == f"stopping early: {cap}"
+        assert result.stopped == f"budget: {cap}"
+        refused = of(run_dir, "name_reject")
+        assert [(r["name"], r["reason"], r["detail"]) for r in refused] == [
+            (n, naming.GUARD_NOT_ASKED, cap) for _, n, _ in unguarded]
+        events = [e["event"] for e in history(run_dir)]
+        assert events[-2:] == ["stop", "final"] and events.count("names_change") == (kept != "none kept")
+        counts = result.summary["names"]["counts"]
+        assert counts["kept"] == (kept != "none kept") and counts["refused"] == {naming.GUARD_NOT_ASKED: len(unguarded)}
+        assert (result.best["names"] or list(CLASSES))[1] == ("jeans" if kept != "none kept" else "Trouser")
+
+        read = load_run(run_dir)
+        [names_turn] = read.names_turns()
+        assert names_turn["cut"] == cap
+        assert [(s["from"], s["to"], round(s["selection"], 3)) for s in names_turn["unguarded"]] == unguarded
+        shown = show_text(read, conversation=False, markdown=False)
+        assert f"; kept {'nothing' if kept == 'none kept' else kept}\n" in shown
+        assert (f"    cut by the budget ({cap}): the drift guard could not be asked about "
+                + ", ".join(f"{c} -> {n} ({100 * v:.1f}%)" for c, n, v in unguarded)
+                + ", so not kept; the search stopped here") in shown
+        assert "refused:" not in shown.split("Names turns")[1].split("Iteration by iteration")[0]
+
+        # resumed with the same budget, the run replays to the same cut and asks nothing
+        written = (run_dir / "history.jsonl").read_text()
+        again, _, _ = climb(tmp_path, fake.base_url, echo=said.append, caps=caps)
+        assert fake.count == asked and (run_dir / "history.jsonl").read_text() == written
+        assert again.best == result.best and again.stopped == result.stopped
 
 
 class WithTextTower(WordEvaluator):

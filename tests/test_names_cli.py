@@ -297,3 +297,35 @@ def test_a_transfer_to_the_same_evaluator_gives_back_every_source_figure(run):
     ours = table[table["source_rank"].notna()]
     assert list(ours["target_train"]) == pytest.approx(list(ours["source_train"]))
     assert table.attrs["rank_correlation"]["selection"] == pytest.approx(1.0)
+
+
+def test_a_names_turn_cut_by_max_calls_at_the_guard_is_shown_and_ends_the_run_for_good(run):
+    cut = ("cut by the budget (max calls (1) reached): the drift guard could not be asked about "
+           "Trouser -> jeans")
+    result = run("search", "--dataset", "toy", "--name", "b", *SMALL, "--runs-dir", run.runs, "--max-calls", "1",
+                 "--json")
+    assert result.exit_code == 0, result.output
+    console = result.stderr
+    assert "names: 3 tried, 1 refused, none kept" in console
+    assert console.index(cut) < console.index("stopping early: max calls (1) reached")
+    summary = json.loads(result.stdout)
+    assert summary["stopped"] == "budget: max calls (1) reached" and summary["names"]["counts"]["kept"] == 0
+    shown = run("show", "b", "--runs-dir", run.runs).output
+    assert "; kept nothing\n" in shown and f"    {cut} (" in shown and "the search stopped here" in shown
+
+    # killed after the turn recorded its cut but before the stop: a larger cap would ask the
+    # guard where the history says it could not, so it is refused; the same cap finishes the run
+    run_dir = run.runs / "b"
+    lines = (run_dir / "history.jsonl").read_text().splitlines()
+    last = max(i for i, line in enumerate(lines) if '"guard not asked"' in line)
+    (run_dir / "history.jsonl").write_text("\n".join(lines[: last + 1]) + "\n")
+    (run_dir / "summary.json").unlink()
+    refused = run("search", "--resume", "b", "--runs-dir", run.runs, "--max-calls", "3")
+    assert refused.exit_code == 1 and "has already ended (a names turn cut by the budget in its history)" in \
+        refused.output
+    again = run("search", "--resume", "b", "--runs-dir", run.runs, "--json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["best"] == summary["best"] and cut in again.stderr
+    resumed = (run_dir / "history.jsonl").read_text().splitlines()
+    assert resumed[: last + 1] == lines[: last + 1]
+    assert [json.loads(line)["event"] for line in resumed] == [json.loads(line)["event"] for line in lines]

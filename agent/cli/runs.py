@@ -19,6 +19,7 @@ from promptclimb.agent.core.defaults import DEFAULT_PRECISION, PRECISION_HELP, P
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.cli.errors import user_errors
 from promptclimb.agent.core.format import pct, shortened
+from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.runs.reading import Run, runs_frame
 from promptclimb.agent.runs.compact import CLASSES_IN_FULL
 from promptclimb.agent.runs.store import ANSWER_KINDS
@@ -183,9 +184,14 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
                 out.append(f"{bullet}    {pct(s['selection']):>6}  {s['from']} -> {s['to']}")
             reasons: dict[str, int] = {}
             for r in turn["refused"]:
-                reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+                if r["reason"] != GUARD_NOT_ASKED:  # said on the turn's "cut" line below
+                    reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
             if reasons:
                 out.append(f"{bullet}    refused: " + ", ".join(f"{n} {why}" for why, n in reasons.items()))
+            if turn["cut"]:
+                unguarded = ", ".join(f"{s['from']} -> {s['to']} ({pct(s['selection'])})" for s in turn["unguarded"])
+                out.append(f"{bullet}    cut by the budget ({turn['cut']}): the drift guard could not be asked "
+                           f"about {unguarded}, so not kept; the search stopped here")
             for combination in turn["combinations_refused"]:
                 changes = ", ".join(f"{c['from']} -> {c['to']}" for c in combination["changes"])
                 out.append(f"{bullet}    not combined: {changes} ({combination['reason']}: {combination['detail']})")

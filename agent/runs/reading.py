@@ -36,6 +36,7 @@ from promptclimb.agent.core.runfiles import SWEEP_FILE
 from promptclimb.agent.runs.compact import COMPACT_SINCE, confusion_matrix, unpack_event
 from promptclimb.agent.runs.store import ANSWER_KINDS, CONFIG, EVENTS, FORMAT_VERSION, HISTORY, SUMMARY, ledger
 from promptclimb.agent.ranking import LEGACY_METRIC, best_first, selection_value, then_value, top_and_bottom
+from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.search import SELECTIONS
 
 
@@ -663,17 +664,24 @@ class Run:
     def names_turns(self) -> list[dict]:
         """Each names turn: which classes were asked about, every proposed name scored (the
         selection value of its one-class change) or refused (the reason), the changes kept,
-        and the combinations of its picks not kept ({changes, reason, detail})."""
+        the combinations of its picks not kept ({changes, reason, detail}), and `cut`: why
+        the LLM budget ended the run in this turn before the drift guard could be asked about
+        `unguarded` (scored changes, as in `scored`, not kept for that), or None."""
         turns = {}
         for e in self.events:
             if e["event"] == "names_exchange":
                 turns[e["call"]] = {"call": e["call"], "restart": e.get("restart"), "reset": e.get("reset"),
                                     "iteration": e.get("iteration"), "asked": e.get("asked") or [], "scored": [],
-                                    "refused": [], "kept": [], "combinations_refused": []}
+                                    "refused": [], "kept": [], "combinations_refused": [], "cut": None,
+                                    "unguarded": []}
             elif e["event"] in ("name_score", "name_reject", "names_change") and e.get("call") in turns:
                 turn = turns[e["call"]]
                 if e["event"] == "name_reject":
                     turn["refused"].append({"name": e.get("name"), "label": e.get("label"), "reason": e.get("reason")})
+                    if e.get("reason") == GUARD_NOT_ASKED:  # its name_score came before it
+                        turn["cut"] = e.get("detail")
+                        turn["unguarded"] += [s for s in turn["scored"]
+                                              if s.get("class") == e.get("class") and s.get("to") == e.get("name")]
                 elif e["event"] == "names_change":
                     turn["kept"] += e.get("changes") or []
                     turn["combinations_refused"] += e.get("refused_combinations") or []
