@@ -154,3 +154,14 @@ def test_with_adapter_and_classnames_fill_in_the_names_given(tmp_path, torch_thr
     said = [line for line in refused.output.splitlines() if line.startswith("Error:")]
     assert said[0].startswith("Error: --classnames with --with-adapter: the run's residual-logits adapter")
     assert said == refused.output.splitlines()[-1:] and "Traceback" not in refused.output
+
+
+def test_a_data_root_without_the_fashion_mnist_subset_says_the_embedded_data_needs_none(tmp_path):
+    """One --data-root meant for other data (a sweep's, a run's) reaching fashion-mnist is
+    told so, not told to rebuild the shipped subset from a Debian package."""
+    result = run("--dataset", "fashion-mnist", "--data-root", str(tmp_path), "--device", "cpu")
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"Error: --data-root {tmp_path} holds no fashion_mnist_subset.npz: fashion-mnist is read from the data "
+        "embedded in promptclimb when no --data-root is given (a --data-root is for a subset built with "
+        "`python -m promptclimb.evaluators.demo.build_subset --out DIR/fashion_mnist_subset.npz`)\n")

@@ -74,6 +74,13 @@ def _read_subset(path: Path) -> tuple[dict[str, np.ndarray], str]:
 def load_fashion_mnist(data_root: str | None = None) -> Dataset:
     """The shipped Fashion-MNIST subset (or `data_root/fashion_mnist_subset.npz`)."""
     path = Path(data_root).expanduser() / SUBSET_FILE if data_root else DATA_DIR / SUBSET_FILE
+    if data_root and not path.exists():
+        # the usual cause is one --data-root meant for other data (a sweep, a run's other
+        # dataset): rebuilding the shipped subset is not what the user needs to hear
+        raise FileNotFoundError(
+            f"--data-root {data_root} holds no {SUBSET_FILE}: fashion-mnist is read from the data embedded in "
+            f"promptclimb when no --data-root is given (a --data-root is for a subset built with "
+            f"`python -m promptclimb.evaluators.demo.build_subset --out DIR/{SUBSET_FILE}`)")
     if not path.exists():
         raise FileNotFoundError(
             f"Fashion-MNIST subset not found at {path}; rebuild it with "
