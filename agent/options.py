@@ -260,6 +260,11 @@ def check_value(option: Option, value, where: str):
             refuse(f"expected one of {', '.join(kind)}")
     elif kind == "names":
         return names_value(value, f"{where}{option.flag}")
+    elif kind == "optional" and isinstance(value, bool):
+        # a TOML table or keyword has no bare flag: true is the flag given bare, false not given
+        return "" if value else None
+    elif kind == "optional" and not isinstance(value, (str, Path)):
+        refuse(f"expected true, false or {option.metavar.strip('[]') if option.metavar else 'a value'}")
     elif not isinstance(value, (str, Path)):
         refuse("expected text" if kind is str else "expected a path")
     else:
@@ -345,13 +350,17 @@ def table_keywords(table: dict, where: str) -> dict:
 
 def read_config_file(path: str | Path) -> dict:
     """`--config FILE.toml`: its `[search]` table (the table a sweep grid file uses: long
-    option names, `max-calls` or `max_calls`), as keywords checked against the search options."""
+    option names, `max-calls` or `max_calls`), as keywords checked against the search options,
+    each value as its option takes it (`check_value`)."""
     tables = read_toml(path, "--config")
     search = tables.get("search", {})
     extra = sorted(set(tables) - {"search", "grid"})
     if not isinstance(search, dict) or extra:
         raise PromptclimbError(f"--config {path}: expected a [search] table of search options"
                                + (f" (found {', '.join(extra)})" if extra else ""))
-    search = table_keywords(search, f"--config {path}: ")
-    resolve(search, f"--config {path}: ")  # every value checked now, with the file named
-    return search
+    where = f"--config {path}: "
+    search = table_keywords(search, where)
+    resolve(search, where)  # every value checked now, with the file named
+    # as the options take them (a lone adapter = "cache" as a list of one, mlflow = true as
+    # the bare flag): click would refuse or misread the file's own values
+    return {keyword: check_value(BY_KEYWORD[keyword], value, where) for keyword, value in search.items()}

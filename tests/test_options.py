@@ -105,6 +105,8 @@ def test_an_option_given_both_ways_in_a_config_file_is_refused_naming_it(tmp_pat
     ("[search]\nshots = 1.5\n", "--shots 1.5: expected a whole number"),
     ("[search]\niteratons = 2\n", "unknown keyword(s) iteratons"),
     ("search = 5\n", "expected a [search] table"),
+    ("[search]\nadapter = 5\n", "--adapter 5: expected a name or a list of names"),
+    ("[search]\nmlflow = 3\n", "--mlflow 3: expected true, false or TRACKING_URI"),
     ("[search\n", "not valid TOML"),
 ])
 def test_a_bad_config_file_is_one_line_naming_the_file(tmp_path, text, needle):
@@ -117,6 +119,32 @@ def test_a_bad_config_file_is_one_line_naming_the_file(tmp_path, text, needle):
     assert result.exit_code == 2, result.output
     assert needle in flat(result.output) and str(config) in flat(result.output) and "Traceback" not in result.output
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("key, value, name, taken", [
+    ("adapter", "cache", "adapter_kinds", ("cache",)),  # click refused it: "Value must be an iterable."
+    ("adapter", ["cache", "feature-residual"], "adapter_kinds", ("cache", "feature-residual")),
+    ("mlflow", True, "mlflow", ""),  # as a bare --mlflow (it was "--mlflow True: expected a path")
+    ("mlflow", False, "mlflow", None),
+    ("mlflow", "sqlite:///t.db", "mlflow", "sqlite:///t.db"),
+    ("classnames", ["cat", "dog"], "classnames", ("cat", "dog")),  # it was the text "['cat', 'dog']"
+    ("classnames", "clean", "classnames", "clean"),
+])
+def test_a_config_file_value_reaches_the_search_as_its_option_takes_it(tmp_path, monkeypatch, key, value, name,
+                                                                       taken):
+    """--config and the Python API take a TOML value alike: a lone name for a repeatable
+    option, true for an option whose value may be left out, the names themselves."""
+    from promptclimb.agent import pipeline
+    from promptclimb.agent.cli.search import search_cmd
+
+    seen = []
+    monkeypatch.setattr(pipeline, "run_search", lambda opts, echo, evaluator_factory=None: seen.append(opts) or {})
+    config = tmp_path / "search.toml"
+    config.write_text(f'[search]\ndataset = "toy"\n{key} = {json.dumps(value)}\n')  # JSON's are TOML's here
+    result = CliRunner().invoke(search_cmd, ["--config", str(config)], obj=FACTORY)
+    assert result.exit_code == 0, result.output
+    assert seen[0][name] == taken
+    assert resolve({key: value})[name] == taken
 
 
 def test_a_config_file_that_is_not_utf8_is_refused(tmp_path):

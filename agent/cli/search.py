@@ -21,6 +21,20 @@ from promptclimb.agent.options import PANELS, SEARCH_OPTIONS, Option
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 
+class NamesType(click.ParamType):
+    """--classnames: text on the command line; from --config, a TOML list of the names
+    themselves, already checked (`options.names_value`), which click's text type would turn
+    into the text of a Python list."""
+
+    name = "text"
+
+    def convert(self, value, param, ctx):
+        return value if isinstance(value, tuple) else str(value)
+
+
+NAMES = NamesType()
+
+
 def click_option(option: Option, default=None, help: str | None = None):
     """One table row as a click option (`default` and `help` override the table's, e.g. for a
     sweep)."""
@@ -40,6 +54,8 @@ def click_option(option: Option, default=None, help: str | None = None):
         extra["type"] = click.Choice(kind)
     elif kind == "optional":
         extra.update(is_flag=False, flag_value="")
+    elif kind == "names":
+        extra["type"] = NAMES
     value = option.default if default is None else default
     return click.option(option.flag, option.name, default=value, multiple=option.multiple, metavar=option.metavar,
                         help=help or option.help, show_default=value not in (None, (), False), **extra)
