@@ -120,6 +120,27 @@ def test_report_is_one_self_contained_page(tmp_path):
     assert "a {name} with a named field" in html and "<name>" not in html
 
 
+def test_report_writes_through_a_symlink_and_to_stdout(tmp_path, monkeypatch):
+    run_dir = make_run(tmp_path)
+    monkeypatch.chdir(tmp_path)  # where a file named "-" would be written
+    target = tmp_path / "site" / "page.html"
+    target.parent.mkdir()
+    target.write_text("old page")
+    link = tmp_path / "link.html"
+    link.symlink_to(target)
+    result = invoke("report", "run", "--runs-dir", tmp_path / "runs", "-o", link)
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and link.resolve() == target and "report: " + str(link) in result.output
+    page = target.read_text()
+    assert page.startswith("<!DOCTYPE html>") and json.loads((run_dir / "summary.json").read_text())[
+        "best"]["template"] in page
+
+    out = CliRunner().invoke(cli, ["report", "run", "--runs-dir", str(tmp_path / "runs"), "-o", "-"])
+    assert out.exit_code == 0, out.output
+    assert out.stdout == page  # the page alone on stdout; where the plot is, on stderr
+    assert f"plot:   {run_dir / 'curve.png'}" in out.stderr and not (tmp_path / "-").exists()
+
+
 def test_compare_puts_winners_side_by_side(tmp_path):
     make_run(tmp_path, "a")
     make_run(tmp_path, "b", iterations=1)

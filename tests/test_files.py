@@ -54,3 +54,41 @@ def test_json_keeps_a_list_of_numbers_on_one_line_and_reads_back_the_same(tmp_pa
     assert "  [0, 7, 14, 21," in text and '"prob": [0.5, -1e-05, 2.5e+20]' in text
     assert len(text.splitlines()) < 80  # not 2,500 numbers on lines of their own
     assert '"labels": [\n    "a",' in text  # lists holding anything else stay indented
+
+
+def test_a_symlink_is_written_through_and_stays_a_symlink(tmp_path):
+    """A user's report.html linked from elsewhere: the file linked to gets the new content
+    (atomically, beside it), the link stays a link, and the file keeps its mode."""
+    elsewhere = tmp_path / "shared" / "page.html"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text("old")
+    elsewhere.chmod(0o600)
+    link = tmp_path / "report.html"
+    link.symlink_to(elsewhere)
+    assert write_text_atomic(link, "new") == link
+    assert link.is_symlink() and link.resolve() == elsewhere and elsewhere.read_text() == "new"
+    assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "shared"]
+    assert [p.name for p in elsewhere.parent.iterdir()] == ["page.html"]  # no temp file left
+
+    dangling = tmp_path / "dangling.html"  # a link to a file not made yet: made where it points
+    dangling.symlink_to(tmp_path / "shared" / "later.html")
+    write_text_atomic(dangling, "made")
+    assert dangling.is_symlink() and (tmp_path / "shared" / "later.html").read_text() == "made"
+
+
+def test_a_fifo_is_written_to_not_replaced(tmp_path):
+    import os
+
+    fifo = tmp_path / "page"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader is there: opening to write does not wait
+    try:
+        write_text_atomic(fifo, "through the pipe")
+        assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+        assert os.read(reader, 100) == b"through the pipe"
+    finally:
+        os.close(reader)
+    assert [p.name for p in tmp_path.iterdir()] == ["page"]
+    with pytest.raises(IsADirectoryError):
+        write_text_atomic(tmp_path, "x")

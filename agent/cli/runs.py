@@ -313,8 +313,8 @@ def show_cmd(run, runs_dir, fmt, conversation):
 @click.command("report", context_settings=CONTEXT)
 @click.argument("run")
 @runs_dir_option
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
-              help="Where to write the page [default: report.html in the run folder].")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Where to write the page, - for stdout [default: report.html in the run folder].")
 @user_errors
 def report_cmd(run, runs_dir, output):
     """Write one self-contained HTML page of a run (summary, tables, the plot, the
@@ -325,9 +325,14 @@ def report_cmd(run, runs_dir, output):
       promptclimb report 20250101-120000-eurosat-4shot
     """
     from promptclimb.agent.runs.plots import CURVE
-    from promptclimb.agent.runs.report import write_report
+    from promptclimb.agent.runs.report import report_html, write_report
 
     loaded = open_run(run, runs_dir)
+    if output == "-":  # the page alone on stdout (`report RUN -o - | ...`): where the plot went, on stderr
+        click.echo(report_html(loaded), nl=False)
+        if (loaded.path / CURVE).exists():
+            click.echo(f"plot:   {loaded.path / CURVE}", err=True)
+        return
     path = write_report(loaded, output)
     if (loaded.path / CURVE).exists():
         click.echo(f"plot:   {loaded.path / CURVE}")

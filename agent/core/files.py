@@ -14,34 +14,68 @@ can remove the leftovers of dead writers without touching a write in progress.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
     """Replace `path` with what `write(temp_path)` writes into a temp file beside it.
 
     `write` may raise (e.g. a checksum that does not match): then `path` is left as it was.
-    The file gets mode 0644 (run files and caches are meant to be read and shared)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    A new file gets mode 0644 (run files and caches are meant to be read and shared); a file
+    replaced keeps its own. A symlink is written through: the file it points to is
+    replaced, and the link stays. A path that is there and is not a file (a FIFO, a device:
+    `report -o /dev/stdout`) is written to directly, non-atomically. Returns `path`."""
+    given = Path(path)
+    given.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        found = os.stat(given)  # through a symlink: what the path writes to
+    except FileNotFoundError:  # nothing there yet, or a dangling symlink (its target is created)
+        found = None
+    if found is not None and stat.S_ISDIR(found.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(given))
+    if found is not None and not stat.S_ISREG(found.st_mode):
+        # nothing to rename over: a rename would put a file in place of the device or FIFO
+        # (as root, in place of /dev/null), and whoever reads the FIFO would never see it
+        with _named(given):
+            write(given)
+        return given
+    # over the link's target, beside it: renamed over the link, the temp file would replace
+    # the link with a copy and leave the file the user linked to as it was
+    target = Path(os.path.realpath(given)) if given.is_symlink() else given
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(name)
     try:
-        write(tmp)
+        with _named(given):
+            write(tmp)
         with open(tmp, "rb") as f:  # the writer may not have synced: do it here, once
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        os.chmod(tmp, stat.S_IMODE(found.st_mode) if found is not None else 0o644)
+        os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
+    return given
+
+
+@contextmanager
+def _named(path: Path) -> Iterator[None]:
+    """An OSError of a write that names no file (ENOSPC: `report -o /dev/full`) names `path`,
+    so that the one error line says which file could not be written."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
 
 
 def remove_dead_temp_files(folder: str | Path) -> list[Path]:

@@ -120,10 +120,16 @@ def _data_uri(png: Path | None) -> str | None:
     return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
 
 
-def write_report(run: Run, output: str | Path | None = None) -> Path:
-    """report.html in the run folder (or `output`), with curve.png written first."""
+def report_html(run: Run) -> str:
+    """The page of a run, with curve.png (which it embeds) written first."""
     from promptclimb.agent.runs.plots import CURVE, write_plots
 
     write_plots(run.path)
+    return render(run, run.path / CURVE)
+
+
+def write_report(run: Run, output: str | Path | None = None) -> Path:
+    """report.html in the run folder (or `output`: a symlink is written through, a FIFO or a
+    device written to, as `write_atomic` does)."""
     path = Path(output) if output else run.path / REPORT
-    return write_text_atomic(path, render(run, run.path / CURVE))
+    return write_text_atomic(path, report_html(run))
