@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import re
-import shlex
 import time
 import warnings
 from contextlib import closing, contextmanager, nullcontext
@@ -27,11 +26,12 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from promptclimb.agent import options as option_table
+from promptclimb.agent.core.classnames import PUBLISHED
 from promptclimb.agent.core.defaults import UNLABELED_IMAGES, default_backbone
 from promptclimb.agent.core.devices import check_device_name
 from promptclimb.agent.core.errors import PromptclimbError, sigterm_raises_systemexit
 from promptclimb.agent.core.paths import cache_home, check_writable, missing_folders, remove_while_empty
-from promptclimb.agent.core.format import pct
+from promptclimb.agent.core.format import pct, shell_command
 from promptclimb.agent.core.protocol import Task
 from promptclimb.agent.core.templates import BASELINE
 from promptclimb.agent.core.settings import EvaluatorSettings, LLMSettings, SoftPromptConfig
@@ -365,9 +365,10 @@ def confirm_as_recorded(opts: dict, search: SearchConfig, echo) -> dict:
 def refuse_changed_settings(opts: dict, saved: dict) -> None:
     """PromptclimbError listing the options given with --resume that differ from the run's."""
     changed = [o for o in option_table.SEARCH_OPTIONS if o.recorded and given(opts, o.name)
-               and not same_setting(opts[o.name], recorded_value(saved, o))]
+               and not same_setting(opts[o.name], recorded_setting(saved, o))]
     if changed:
-        listed = ", ".join(f"{o.flag} {opts[o.name]} (the run's: {recorded_value(saved, o)})" for o in changed)
+        listed = ", ".join(f"{o.flag} {opts[o.name]} (the run's: {shown_setting(recorded_setting(saved, o))})"
+                           for o in changed)
         why = (" (the number of LLM turns is fixed when a run starts: the history's order depends on it)"
                if {o.name for o in changed} & set(LOOP_SHAPE) else "")
         raise PromptclimbError(f"--resume continues a run with the settings it started with; these options would "
@@ -409,6 +410,18 @@ def apply_budget_caps(opts: dict, search: SearchConfig, store: RunStore, echo) -
 def given(opts: dict, name: str) -> bool:
     default = option_table.BY_NAME[name].default
     return opts.get(name, default) != default
+
+
+def recorded_setting(saved: dict, option: option_table.Option):
+    """What a run's config.json records for `option`, as the run took it: a run started
+    without --classnames recorded none and started from the published names."""
+    value = recorded_value(saved, option)
+    return PUBLISHED if value is None and option.name == "classnames" else value
+
+
+def shown_setting(value) -> str:
+    """A recorded setting as an error line says it: nothing recorded as "none", not Python's None."""
+    return "none" if value is None else str(value)
 
 
 def same_setting(mine, theirs) -> bool:
@@ -504,11 +517,10 @@ def resume_command(run_dir: Path, tracking_uri: str | None) -> tuple[str, str | 
     command of a tracked run carries its `--mlflow URI`: then the resumed search continues
     the same MLflow run. Never a secret: a password or key in the URI is left out, and the
     note asks for it again."""
-    command = f"promptclimb search --resume {run_dir}"
     if tracking_uri is None:
-        return command, None
+        return shell_command("search", "--resume", run_dir), None
     shown = without_secrets(tracking_uri)
-    command += f" --mlflow {shlex.quote(shown)}" if shown else " --mlflow"
+    command = shell_command("search", "--resume", run_dir, "--mlflow", *([shown] if shown else []))
     note = None if shown == tracking_uri else \
         "the --mlflow URI had a password or key, left out of that command: give the URI with it again"
     return command, note
@@ -668,5 +680,5 @@ def after_the_climb(plan: Plan, store: RunStore, evaluator, summary: dict, echo)
     what_changed(summary, evaluator, echo)
     if plan.adapter_kinds:
         summary["adapter"] = fit_run_adapter(store.run_dir, plan.adapter_kinds, evaluator=evaluator, echo=echo)
-    echo(f"run folder: {store.run_dir}   (read it with: promptclimb show {run_argument(store.run_dir)})")
+    echo(f"run folder: {store.run_dir}   (read it with: {shell_command('show', run_argument(store.run_dir))})")
     return summary

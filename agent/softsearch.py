@@ -24,9 +24,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from promptclimb.agent.core.errors import PromptclimbError
-from promptclimb.agent.core.format import pct, pct_by_split
+from promptclimb.agent.core.format import pct, pct_by_split, shell_command
 from promptclimb.agent.core.runfiles import CURVE, FORMAT_VERSION, SOFT_PROMPT_FILE, STATE_FILE
 from promptclimb.agent.core.settings import SOFT_OPTIMIZERS, SoftPromptConfig
+from promptclimb.agent.runs.store import run_argument
 
 MODULES = {"craft": "residual-logits (CraFT's prediction refinement)", "cbbt": "feature-residual (CBBT's adapter)"}
 
@@ -99,7 +100,9 @@ class SoftPromptSearch:
         self.echo(f"best: {best['template']}  " + pct_by_split(acc))
         self.echo(f"with {adapter['kind']}: " + pct_by_split(adapter["accuracy"])
                   + f"  ({'kept' if adapter['beats_prompt_on_val'] else 'not kept'}: val)")
-        self.echo(f"plot: {path}\nrun folder: {self.store.run_dir}   (read it with: promptclimb show {self.store.run_dir.name})")
+        # as the LLM search says it (agent/pipeline.py): the bare name only finds a run under ./runs
+        self.echo(f"plot: {path}\nrun folder: {self.store.run_dir}   "
+                  f"(read it with: {shell_command('show', run_argument(self.store.run_dir))})")
         return summary
 
 
@@ -176,10 +179,10 @@ def soft_prompt_lines(run) -> list[str]:
 
 def template_refusal(run_id: str, config: dict, command: str) -> str:
     """Why a command that works on a run's best text template cannot use a soft-prompt run."""
+    show, score = shell_command("show", run_id), shell_command("eval", "--run", run_id, "--prompt", "TEMPLATE")
     return (f"run {run_id} learned a soft prompt ({config.get('optimizer')}), not a text template, so `promptclimb "
-            f"{command}` has nothing to work on. `promptclimb show {run_id}` has its accuracies (and those of the "
-            f"output-side module its optimizer trained); `promptclimb eval --run {run_id} --prompt TEMPLATE` scores templates of "
-            "your own on its split.")
+            f"{command}` has nothing to work on. `{show}` has its accuracies (and those of the output-side module "
+            f"its optimizer trained); `{score}` scores templates of your own on its split.")
 
 
 def transfer_refusal(run) -> str:

@@ -62,6 +62,7 @@ import pandas as pd
 
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.files import write_json_atomic
+from promptclimb.agent.core.format import shell_command
 from promptclimb.agent.core.runfiles import CONFIG, HISTORY, LOCK, SUMMARY
 from promptclimb.agent.llm.client import without_secrets
 from promptclimb.agent.runs.reading import Run, load_run, run_classnames
@@ -252,9 +253,9 @@ class Tracker:
                 uri = self.tracking_uri  # again, or the database MLflow takes instead of a folder it refuses
                 if uri:
                     uri = database_in_folder(uri) if is_folder_store(uri) else link_key(uri)
-                where = f" --tracking-uri {uri}" if uri else ""
+                where = ["--tracking-uri", uri] if uri else []
                 self.echo(f"warning: MLflow tracking stopped ({_one_line(exc)}); the search goes on. "
-                          f"Log the run afterwards with: promptclimb mlflow-sync {self.run_dir}{where}")
+                          f"Log the run afterwards with: {shell_command('mlflow-sync', self.run_dir, *where)}")
                 if self.mirror is not None:  # a run this search tracks, new or continued
                     end_as_failed(self.mirror)
                 self.mirror = None

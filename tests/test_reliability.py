@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -386,6 +387,43 @@ def test_the_hints_a_run_prints_name_its_folder_outside_the_default_runs_dir(tmp
     assert f"(read it with: promptclimb show {runs / 'h'})" in done.output
     again = cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "h")
     one_line_error(again, f"continue it with: promptclimb search --resume {runs / 'h'}")
+
+
+def said_command(output: str, before: str, after: str = "") -> list[str]:
+    """The words of the command a line prints between `before` and `after`, as a shell reads them."""
+    line = next(line for line in output.splitlines() if before in line)
+    said = line.split(before, 1)[1]
+    return shlex.split(said[: said.rindex(after)] if after else said)
+
+
+def test_the_commands_a_run_prints_read_back_whole_in_a_shell(tmp_path, llm, monkeypatch):
+    """A --runs-dir or --name with a space (or a quote) is one argument of the printed command."""
+    runs = tmp_path / "My Drive" / "it's runs"
+    done = cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "x y")
+    assert done.exit_code == 0, done.output
+    words = said_command(done.output, "(read it with: ", ")")
+    assert words == ["promptclimb", "show", str(runs / "x y")]
+    shown = cli(*words[1:])
+    assert shown.exit_code == 0 and "Winning templates" in shown.output, shown.output
+
+    again = cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "x y")
+    assert said_command(again.output, "continue it with: ") == ["promptclimb", "search", "--resume", str(runs / "x y")]
+    # a run started without --classnames started from the published names, and says so
+    refused = cli("search", "--resume", runs / "x y", "--classnames", "clean")
+    one_line_error(refused, "--classnames clean (the run's: published)")
+    assert cli("search", "--resume", runs / "x y", "--classnames", "published").exit_code == 0
+
+    monkeypatch.chdir(tmp_path)  # under ./runs a run is named by its id alone
+    here = cli("search", "--dataset", "toy", *SMALL, "--name", "a b")
+    assert said_command(here.output, "(read it with: ", ")") == ["promptclimb", "show", "a b"]
+
+    from promptclimb.agent.pipeline import resume_command
+
+    command, _ = resume_command(runs / "x y", "file:///tmp/ml runs")
+    assert shlex.split(command) == ["promptclimb", "search", "--resume", str(runs / "x y"), "--mlflow",
+                                    "file:///tmp/ml runs"]
+    assert shlex.split(sweeps.continue_command("s t", runs, "ray://h:1", 2, 1.0, 0.0)) == [
+        "promptclimb", "sweep", "s t", "--runs-dir", str(runs), "--address", "ray://h:1", "--num-cpus", "2"]
 
 
 def test_show_and_report_warn_about_a_damaged_transfer_file(tmp_path):

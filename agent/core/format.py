@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 
 
 def pct(value, decimals: int = 1) -> str:
@@ -25,3 +26,9 @@ def shortened(text: str, width: int) -> str:
     """`text` cut to at most `width` characters, ending in "…" where it was cut, so a reader
     knows there is more (the run folder keeps it whole)."""
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def shell_command(*words) -> str:
+    """A promptclimb command line as printed for a user to paste: every word shell-quoted, so
+    that a run folder under `My Drive/runs`, or a run named `x y`, is one argument again."""
+    return " ".join(shlex.quote(str(word)) for word in ("promptclimb", *words))

@@ -116,6 +116,7 @@ from typing import Callable, Iterable, Iterator
 
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.files import remove_dead_temp_files, write_atomic, write_json_atomic
+from promptclimb.agent.core.format import shell_command
 from promptclimb.agent.runs.compact import COMPACT_SINCE, pack_event
 
 from promptclimb.agent.core.runfiles import (  # noqa: F401 (re-exported)
@@ -229,15 +230,16 @@ def claim_folder(folder: str | Path, kind: str, create: bool = True) -> Path:
         return folder
     holds_sweep = (folder / SWEEP_FILE).exists()
     if kind == RUN and _holds_run(folder):
-        raise PromptclimbError(f"{folder} already holds a run; continue it with: promptclimb search --resume "
-                               f"{run_argument(folder)}")
+        raise PromptclimbError(f"{folder} already holds a run; continue it with: "
+                               f"{shell_command('search', '--resume', run_argument(folder))}")
     if kind == RUN and holds_sweep:
-        raise PromptclimbError(f"{folder} is a sweep's folder, not a run's (promptclimb sweep-report {folder.name} "
-                               f"--runs-dir {folder.parent}); give the run another --name")
+        raise PromptclimbError(f"{folder} is a sweep's folder, not a run's "
+                               f"({shell_command('sweep-report', folder.name, '--runs-dir', folder.parent)}); "
+                               "give the run another --name")
     if kind == SWEEP and holds_sweep:
         return folder
     if kind == SWEEP and _holds_run(folder):
-        raise PromptclimbError(f"{folder} holds a run (promptclimb show {run_argument(folder)}), not a sweep; "
+        raise PromptclimbError(f"{folder} holds a run ({shell_command('show', run_argument(folder))}), not a sweep; "
                                "give the sweep another name")
     own = ({LOCK} | ({CELL_LOG, CELL_ERROR} if _is_sweep_cell(folder) else set())) if kind == RUN else set()
     foreign = sorted(p.name for p in folder.iterdir() if p.name not in own and not _is_temp_file(p.name))
@@ -317,8 +319,8 @@ class RunStore:
         store._lock()
         if _holds_run(run_dir):  # another process created it between the two looks
             store.close()
-            raise PromptclimbError(f"{run_dir} already holds a run; continue it with: promptclimb search --resume "
-                                   f"{run_argument(run_dir)}")
+            raise PromptclimbError(f"{run_dir} already holds a run; continue it with: "
+                                   f"{shell_command('search', '--resume', run_argument(run_dir))}")
         store._write_config()
         return store._open_history()
 

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 from promptclimb.agent.core.errors import (EXIT_TERMINATED, PromptclimbError, sigterm_raises_systemexit,
                                             sigterm_received)
 from promptclimb.agent.core.files import write_json_atomic, write_text_atomic
+from promptclimb.agent.core.format import shell_command
 from promptclimb.agent.core.paths import missing_folders, remove_while_empty
 from promptclimb.agent.core.runfiles import CELL_ERROR, CELL_LOG, CONFIG, SUMMARY, SWEEP_FILE
 from promptclimb.agent.runs.store import RUN, SWEEP, RunLocked, check_folder_name, claim_folder
@@ -630,11 +631,12 @@ def deadline(seconds: float, terminal: int, message: Callable[[], str]) -> Itera
 def continue_command(name: str, runs_dir: Path, address: str | None, num_cpus: int | None, cpus_per_run: float,
                      gpus_per_run: float) -> str:
     """The command that continues a sweep (its grid and search options are in sweep.json)."""
-    command = f"promptclimb sweep {name} --runs-dir {runs_dir}"
-    command += f" --address {address}" if address else ""
-    command += f" --num-cpus {num_cpus}" if num_cpus else ""
-    command += f" --cpus-per-run {cpus_per_run:g}" if cpus_per_run != 1.0 else ""
-    return command + (f" --gpus-per-run {gpus_per_run:g}" if gpus_per_run else "")
+    words = ["sweep", name, "--runs-dir", runs_dir]
+    words += ["--address", address] if address else []
+    words += ["--num-cpus", num_cpus] if num_cpus else []
+    words += ["--cpus-per-run", f"{cpus_per_run:g}"] if cpus_per_run != 1.0 else []
+    words += ["--gpus-per-run", f"{gpus_per_run:g}"] if gpus_per_run else []
+    return shell_command(*words)
 
 
 def check_ray_options(address: str | None, num_cpus: int | None, cpus_per_run: float, gpus_per_run: float) -> None:
@@ -726,8 +728,9 @@ def run_sweep(name: str, runs_dir: str | Path, grid: dict | None, search: dict, 
             raise SystemExit(EXIT_TERMINATED) from None
         raise
     failed = [n for n, s in states.items() if s == "failed"]
+    report = shell_command("sweep-report", name, "--runs-dir", runs_dir)
     echo(f"sweep {name}: {sum(s == 'finished' for s in states.values())}/{len(cells)} cells finished"
-         + (f", {len(failed)} failed (see their error.txt, or: promptclimb sweep-report {name})" if failed else ""))
+         + (f", {len(failed)} failed (see their error.txt, or: {report})" if failed else ""))
     track_sweep(sweep_dir, opts.get("mlflow"), echo)
     return states
 
@@ -744,7 +747,7 @@ def track_sweep(sweep_dir: Path, tracking_uri: str | None, echo: Callable[[str],
         echo(f"MLflow: sweep run {synced.run_id} with its cells nested ({synced.tracking_uri})")
     except PromptclimbError as exc:
         echo(f"warning: MLflow tracking of the sweep failed ({exc}); log it afterwards with: "
-             f"promptclimb mlflow-sync {sweep_dir}")
+             f"{shell_command('mlflow-sync', sweep_dir)}")
 
 
 def watch(ray, running: dict, sweep_dir: Path, states: dict, echo: Callable[[str], None]) -> None:
