@@ -41,6 +41,30 @@ def test_runs_lists_newest_first(tmp_path):
     assert [r["id"] for r in as_json] == ["newer", "older"] and as_json[0]["llm calls"] == 6
 
 
+def test_runs_shows_whole_numbers_as_such_beside_an_unreadable_run(tmp_path):
+    """An unreadable run's row has no shots, seed or LLM calls: pandas made the columns floats
+    and every other row read `2.0  0.0 ... 6.0`."""
+    make_run(tmp_path, "good")
+    (tmp_path / "runs" / "damaged").mkdir()
+    (tmp_path / "runs" / "damaged" / "config.json").write_text("not JSON")
+    table = invoke("runs", "--runs-dir", tmp_path / "runs")
+    assert table.exit_code == 0, table.output
+    header, _, *rows = table.output.splitlines()
+    good = next(row for row in rows if row.startswith("good"))
+    columns = {name: header.index(name) for name in ("shots", "seed", "llm calls")}
+    assert {name: good[at:].split()[0] for name, at in columns.items()} == {"shots": "2", "seed": "0", "llm calls": "6"}
+    assert "unreadable" in next(row for row in rows if row.startswith("damaged"))
+
+    csv = pd.read_csv(io.StringIO(invoke("runs", "--runs-dir", tmp_path / "runs", "--format", "csv").output),
+                      dtype=str, keep_default_na=False).set_index("id")
+    assert list(csv.loc["good", ["shots", "seed", "llm calls"]]) == ["2", "0", "6"]
+    assert list(csv.loc["damaged", ["shots", "seed", "llm calls"]]) == ["", "", ""]
+    records = {r["id"]: r for r in json.loads(invoke("runs", "--runs-dir", tmp_path / "runs", "--format", "json").output)}
+    assert [records["good"][k] for k in ("shots", "seed", "llm calls")] == [2, 0, 6]
+    assert all(isinstance(records["good"][k], int) for k in ("shots", "seed", "llm calls"))
+    assert records["damaged"]["shots"] is None
+
+
 def test_show_in_every_format(tmp_path):
     run_dir = make_run(tmp_path)
     runs = tmp_path / "runs"

@@ -814,5 +814,11 @@ def runs_frame(runs_dir: str | Path) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=RUNS_COLUMNS)
     if frame.empty:
         return frame
+    for column in ("shots", "seed", "llm calls"):
+        # an unreadable run's row has none: NaN would turn the column to floats (shots 1.0)
+        try:
+            frame[column] = frame[column].astype("Int64")
+        except (TypeError, ValueError):  # a hand-edited config.json's shots 1.5 or "four": shown as written
+            pass
     frame["date"] = pd.to_datetime(frame["date"], utc=True)
     return frame.sort_values(["date", "id"], ascending=False).reset_index(drop=True)
