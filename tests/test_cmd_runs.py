@@ -191,6 +191,44 @@ def test_compare_puts_winners_side_by_side(tmp_path):
     assert [r["rank"] for r in rows[:-1]] == [str(i) for i in range(1, len(rows))]
 
 
+def test_compare_says_when_the_runs_data_differs(tmp_path):
+    """Same dataset, shots and seed, but other data (another image folder, other classes):
+    `compare` says the accuracies are not measured on the same images, from what config.json records."""
+    runs = tmp_path / "runs"
+    make_run(tmp_path, "a")
+    make_run(tmp_path, "b")
+
+    def record(name, data_root=None, names=("coat", "shirt", "bag"), classnames=None, identity=None, ids="1"):
+        path = runs / name / "config.json"
+        config = json.loads(path.read_text())
+        config["evaluator_args"].update(data_root=data_root, classnames=classnames)
+        config["evaluator"] = {"dataset": {"name": "toy", "classes": len(names), "classnames": list(names),
+                                           **({"identity": identity} if identity else {})},
+                               "split": {"ids_sha256": {"train": ids, "val": ids, "test": ids, "unlabeled": name}}}
+        path.write_text(json.dumps(config))
+
+    def note():
+        result = invoke("compare", "a", "b", "--runs-dir", runs)
+        assert result.exit_code == 0, result.output
+        return [line for line in result.output.splitlines() if line.startswith("note:")]
+
+    assert note() == []  # neither records its data: the same dataset, shots and seed
+    record("a", "/data/five", names=("coat", "shirt", "bag", "sandal", "boot"), ids="5")
+    record("b", "/data/three", ids="3")
+    assert note() == ["note: the runs use different dataset splits (data, images drawn, classes differ); their "
+                      "accuracies are not measured on the same images."]
+    record("a", "/data/toy", names=("coat", "shirt", "dress"))  # as many classes, of other names
+    record("b", "/data/toy")
+    assert "(class names differ)" in note()[0]
+    record("a", "/data/toy", names=("jacket", "blouse", "bag"), classnames="clean")  # the same images, renamed
+    assert note() == ["note: the runs start from different class names (--classnames) on the same images."]
+    record("a", "/copy/of/toy", identity="toy:abc")  # the same data elsewhere: its identity says so
+    record("b", "/data/toy", identity="toy:abc")
+    assert note() == []
+    record("a", "/data/toy", identity="toy:abd")  # files changed in place
+    assert "(data differ)" in note()[0]
+
+
 def test_compare_and_show_list_as_many_distinct_winners_as_asked_after_a_rename(tmp_path, monkeypatch):
     """A names search's summary.json holds its best template once per set of names: `compare`
     and `show` still list --top (5) distinct templates, as `transfer` ranks them."""

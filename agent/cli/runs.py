@@ -20,7 +20,7 @@ from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.cli.errors import user_errors
 from promptclimb.agent.core.format import pct, shortened
 from promptclimb.agent.names import GUARD_NOT_ASKED
-from promptclimb.agent.runs.reading import Run, runs_frame
+from promptclimb.agent.runs.reading import Run, run_start_names, runs_frame
 from promptclimb.agent.runs.compact import CLASSES_IN_FULL
 from promptclimb.agent.runs.store import ANSWER_KINDS
 from promptclimb.agent.adapt import adapter_said
@@ -463,7 +463,40 @@ def compare_cmd(run1, run2, top, runs_dir, fmt):
     shared.discard(None)
     shared = {t for t in shared if not str(t).startswith("ensemble of")}
     click.echo(f"\nshared among the winners: {len(shared)}" + ("".join(f"\n  {t}" for t in sorted(shared))))
-    same_split = all(a.args.get(k) == b.args.get(k) for k in ("dataset", "shots", "seed"))
-    if not same_split:
-        click.echo("note: the runs use different dataset splits (dataset, shots or seed differ); "
+    differ, names_differ = data_differences(a, b)
+    if differ:
+        click.echo(f"note: the runs use different dataset splits ({', '.join(differ)} differ); "
                    "their accuracies are not measured on the same images.")
+    elif names_differ:
+        click.echo("note: the runs start from different class names (--classnames) on the same images.")
+
+
+SPLITS_COMPARED = ("train", "val", "test")  # not "unlabeled" (--metric balance): no accuracy is measured on it
+
+
+def data_differences(a: Run, b: Run) -> tuple[list[str], bool]:
+    """What of their data two runs' config.json say differs, as far as both record it, and
+    whether they start from different class names on the same images (--classnames)."""
+    def recorded(run: Run) -> tuple[dict, dict]:
+        evaluator = run.config.get("evaluator") or {}
+        return evaluator.get("dataset") or {}, (evaluator.get("split") or {}).get("ids_sha256") or {}
+
+    (data_a, ids_a), (data_b, ids_b) = recorded(a), recorded(b)
+    differ = [k for k in ("dataset", "shots", "seed") if a.args.get(k) != b.args.get(k)]
+    # the dataset's identity covers its root and files (a folder's sizes and times); runs that
+    # recorded none (older, or no evaluator built yet) are told apart by --data-root alone
+    if data_a.get("identity") and data_b.get("identity"):
+        same_data = data_a["identity"] == data_b["identity"]
+    else:
+        same_data = a.args.get("data_root") == b.args.get("data_root")
+    if not same_data or any(a.args.get(k) != b.args.get(k) for k in ("image_column", "label_column")):
+        differ.append("data")
+    if any(ids_a.get(k) != ids_b.get(k) for k in SPLITS_COMPARED if k in ids_a and k in ids_b):
+        differ.append("images drawn")
+    names_a, names_b = run_start_names(a.config), run_start_names(b.config)
+    if "classes" in data_a and "classes" in data_b and data_a["classes"] != data_b["classes"]:
+        differ.append("classes")
+    elif names_a and names_b and names_a != names_b and a.args.get("classnames") == b.args.get("classnames"):
+        differ.append("class names")  # the same --classnames: the data's own labels differ
+    names_differ = bool(names_a and names_b and names_a != names_b)
+    return differ, names_differ
