@@ -70,6 +70,11 @@ def test_gives_up_after_max_tries_with_a_clear_error(fake, tmp_path):
     assert "after 3 tries" in str(info.value) and "InternalServerError" in str(info.value)
     assert fake.count == 3 and len(sleeps) == 2
 
+    one, _ = client(fake, tmp_path, max_tries=1, cache_dir=tmp_path / "cache-1")
+    with pytest.raises(LLMError) as info:
+        one.chat(HI)
+    assert "did not answer after 1 try: InternalServerError" in str(info.value)  # not "after 1 tries"
+
 
 def test_auth_error_is_not_retried_and_never_shows_the_key(fake, tmp_path):
     llm, sleeps = client(fake, tmp_path)

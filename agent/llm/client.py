@@ -546,7 +546,8 @@ class LLMClient:
             context = stated_context(exc)
             if context is not None:
                 raise self.refused(key, context) from None
-            tries = "after " + (f"{self.max_tries} tries" if _is_retryable(exc) else "1 try (not retryable)")
+            tries = "after " + (f"{self.max_tries} {'try' if self.max_tries == 1 else 'tries'}" if _is_retryable(exc)
+                                else "1 try (not retryable)")
             where = without_secrets(self.base_url) or "the OpenAI API"
             raise LLMError(
                 self.redact(f"the LLM ({self.model} at {where}) did not answer {tries}: {type(exc).__name__}: {exc}")
