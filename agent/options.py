@@ -80,7 +80,8 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
            "in class order, or folder,name lines).", _E, "names", metavar="published|SET|FILE",
            recorded="evaluator_args.classnames"),
     Option("--pool", "curated", "Initial templates: curated (hand-written and OpenAI's 80), captions (generic web "
-           "captions, the paper's start) or a file with one template per line (# comments).", _E,
+           "captions, the paper's start) or a file with one template per line (# comments, also after a template: "
+           "`a photo of a {}.  # note`).", _E,
            metavar="curated|captions|FILE", recorded="pool.name"),
     Option("--optimizer", "llm", "Who writes the prompts: llm (text templates from a chat LLM), craft (CraFT: CMA-ES "
            "soft prompt + prediction refinement) or cbbt (CBBT: zeroth-order gradient soft prompt + feature adapter); "

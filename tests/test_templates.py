@@ -2,6 +2,7 @@
 
 import pytest
 
+from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.templates import MAX_TEMPLATE_CHARS, TemplateError, check_template, fill, template_problem
 
 
@@ -43,3 +44,23 @@ def test_check_template_returns_valid_template_unchanged():
 
 def test_non_string_is_refused():
     assert template_problem(None) is not None  # type: ignore[arg-type]
+
+
+def test_a_comment_after_a_template_in_a_pool_file_is_not_part_of_it(tmp_path):
+    """`--pool FILE` said "# comments" but scored `a photo of a {}. # my note` as written; a
+    `#` joined to a word is still the template's (a caption's hashtag)."""
+    from promptclimb.agent.core.pools import read_pool_file
+
+    path = tmp_path / "pool.txt"
+    path.write_text("# a whole-line comment\n"
+                    "a photo of a {}. # my note\n"
+                    "a sketch of a {}.\t#\ttabbed note\n"
+                    "a {} on a table #\n"
+                    "{} #ootd\n"
+                    "the {}#1 pick  # ranked\n"
+                    "   # an indented comment\n")
+    assert read_pool_file(path) == ["a photo of a {}.", "a sketch of a {}.", "a {} on a table", "{} #ootd",
+                                    "the {}#1 pick"]
+    path.write_text("# note one\n   # note two\n")
+    with pytest.raises(PromptclimbError, match="holds no template"):
+        read_pool_file(path)

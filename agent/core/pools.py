@@ -10,14 +10,18 @@
 
 The last one is read without importing torch: `open_clip/__init__.py` imports torch, so
 the single file `zero_shot_metadata.py` is located and loaded on its own.
-Pool files hold one template per line; blank lines and `#` comments are ignored; a line
-that is not a valid template is a mistake in the file and stops with a clear message.
+Pool files hold one template per line; blank lines and `#` comments are ignored, a whole
+line or the end of one (`a photo of a {}.  # my note`: a `#` after a space and before a
+space or the line's end); a `#` joined to a word is the template's (a caption's hashtag,
+`{} #ootd`). A line that is not a valid template is a mistake in the file and stops with a
+clear message.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +38,8 @@ class PoolTemplate:
 
 
 POOLS = ("curated", "captions")
+# Scored as template text, a note after a template would have been a different prompt.
+INLINE_COMMENT = re.compile(r"\s#(?:\s|$)")
 
 
 def read_pool_file(path: str | Path) -> list[str]:
@@ -45,7 +51,7 @@ def read_pool_file(path: str | Path) -> list[str]:
         raise PromptclimbError(f"pool file {path}: cannot read it ({exc.__class__.__name__}: {exc})") from None
     templates, problems = [], []
     for number, line in enumerate(text.splitlines(), start=1):
-        line = line.strip()
+        line = INLINE_COMMENT.split(line, maxsplit=1)[0].strip()
         if not line or line.startswith("#"):
             continue
         problem = template_problem(line)
