@@ -3,6 +3,8 @@ options, `show` and the refused `transfer` (a tiny open_clip model, generated im
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 
 import pytest
@@ -59,6 +61,11 @@ def test_craft_search_writes_a_complete_run_folder(search):
     assert "optimizer craft" in shown.output and "nearest tokens: " in shown.output
     assert " ".join(summary["soft_prompt"]["nearest_tokens"]) in shown.output
     assert "3 steps, 12 of 12 queries" in shown.output
+    # csv: one row per step (it printed the header of an empty template table)
+    rows = list(csv.DictReader(io.StringIO(
+        CliRunner().invoke(cli, ["show", "soft", "--runs-dir", str(search.runs), "--format", "csv"]).stdout)))
+    assert [(int(r["step"]), int(r["queries"])) for r in rows] == [(0, 0), (1, 4), (2, 8), (3, 12)]
+    assert float(rows[-1]["train"]) == pytest.approx(steps[-1]["prompt"]["accuracy"]["train"], abs=1e-6)
 
     refused = CliRunner().invoke(cli, ["transfer", "soft", "--runs-dir", str(search.runs), "--backbone", "demo"])
     assert refused.exit_code == 1 and "cannot be carried over" in refused.output

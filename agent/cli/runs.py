@@ -24,7 +24,7 @@ from promptclimb.agent.runs.reading import Run, run_start_names, runs_frame
 from promptclimb.agent.runs.compact import CLASSES_IN_FULL
 from promptclimb.agent.runs.store import ANSWER_KINDS
 from promptclimb.agent.adapt import adapter_said
-from promptclimb.agent.softsearch import is_soft_prompt_run, soft_prompt_lines
+from promptclimb.agent.softsearch import is_soft_prompt_run, soft_prompt_lines, steps_table
 from promptclimb.agent.core.templates import BASELINE
 
 FORMATS = ["table", "markdown", "csv", "json"]
@@ -240,7 +240,10 @@ def indent(text: str, markdown: bool) -> str:
 
 def show_rows(run: Run, conversation: bool) -> pd.DataFrame:
     """csv: every template of the run, one row each (pool, scored proposals, rejected ones);
-    with --conversation, every message instead."""
+    with --conversation, every message instead; a soft-prompt run's steps (it scores no
+    templates and holds no conversation)."""
+    if is_soft_prompt_run(run.config):
+        return pd.DataFrame(steps_table(run.events))
     if conversation:
         return run.conversation_frame()
     scores = run.scores()
@@ -291,8 +294,8 @@ def show_cmd(run, runs_dir, fmt, conversation):
     what the LLM was shown, what it proposed, what was rejected and why, and the best so far.
 
     RUN is a run id under --runs-dir (or a unique start of one), or a path to a run folder.
-    csv gives one row per template (pool, scored, rejected); with --conversation, one row
-    per message.
+    csv gives one row per template (pool, scored, rejected), or per step of a soft-prompt
+    run; with --conversation, one row per message.
 
     \b
     Examples:
