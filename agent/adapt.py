@@ -18,7 +18,7 @@ from pathlib import Path
 
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.files import write_json_atomic
-from promptclimb.agent.core.format import pct
+from promptclimb.agent.core.format import pct, shell_command
 from promptclimb.agent.runs.reading import read_json, run_classnames
 from promptclimb.agent.core.runfiles import CONFIG, SUMMARY
 from promptclimb.agent.softsearch import is_soft_prompt_run, template_refusal
@@ -51,7 +51,7 @@ def read_run(run_dir: Path, command: str | None = None) -> tuple[dict, dict]:
         raise PromptclimbError(template_refusal(run_dir.name, config, command))
     if not (run_dir / SUMMARY).is_file():
         raise PromptclimbError(f"{run_dir} has no {SUMMARY}: the search has not finished "
-                               f"(finish it with: promptclimb search --resume {run_dir})")
+                               f"(finish it with: {shell_command('search', '--resume', run_dir)})")
     return config, read_json(run_dir / SUMMARY)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -412,6 +413,13 @@ def test_the_commands_a_run_prints_read_back_whole_in_a_shell(tmp_path, llm, mon
     refused = cli("search", "--resume", runs / "x y", "--classnames", "clean")
     one_line_error(refused, "--classnames clean (the run's: published)")
     assert cli("search", "--resume", runs / "x y", "--classnames", "published").exit_code == 0
+
+    unfinished = runs / "x z"
+    shutil.copytree(runs / "x y", unfinished)
+    (unfinished / "summary.json").unlink()
+    told = cli("adapt", unfinished, "--kind", "cache")
+    assert told.exit_code == 1 and said_command(told.output, "(finish it with: ", ")") == [
+        "promptclimb", "search", "--resume", str(unfinished)], told.output
 
     monkeypatch.chdir(tmp_path)  # under ./runs a run is named by its id alone
     here = cli("search", "--dataset", "toy", *SMALL, "--name", "a b")
