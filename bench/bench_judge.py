@@ -3,7 +3,8 @@
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_judge.py [--dataset eurosat]
 
 The embedded local LLM is asked the judge's question (prompts/meta/names_judge.j2,
-temperature 0) for 29 good renames and 16 drifts of Fashion-MNIST's classes, once with the
+temperature 0) for 29 good renames and 16 drifts of Fashion-MNIST's classes (and, as `seen`,
+6 drifts that passed every guard in bench runs), once with the
 cleaned start names and once with the published labels (`--dataset eurosat`: 30 good renames
 and 15 drifts of EuroSAT's classes, from CoOp's names and from the folder names such as
 `AnnualCrop`, which embed worst), the classes listed in class order
@@ -38,6 +39,9 @@ GOOD = [("sweater", 2), ("sweaters", 2), ("jumper", 2), ("sweatshirt", 2), ("kni
 DRIFTS = [("skirt", 1), ("boot", 7), ("jacket", 2), ("tank top", 6), ("blazer", 6), ("cardigan", 4), ("slipper", 7),
           ("sweater", 6), ("hoodie", 0), ("gown", 4), ("high heels", 9), ("flip-flop", 7), ("trench coat", 2),
           ("loafer", 9), ("tunic", 0), ("polo shirt", 6)]
+# Drifts that passed every guard and ended bench runs (docs/results.md lists the runs), kept
+# apart from DRIFTS so that the counts published for DRIFTS stay comparable.
+SEEN_IN_RUNS = [("shorts", 1), ("tights", 1), ("skirt", 3), ("blouse", 3), ("bootlace", 9), ("suit jacket", 4)]
 # EuroSAT, in FOLDERS order: AnnualCrop, Forest, HerbaceousVegetation, Highway, Industrial,
 # Pasture, PermanentCrop, Residential, River, SeaLake.
 EUROSAT_GOOD = [("cropland", 0), ("farmland", 0), ("crop field", 0), ("woodland", 1), ("woods", 1),
@@ -52,12 +56,13 @@ EUROSAT_DRIFTS = [("forest", 2), ("vineyard", 0), ("lake", 8), ("houses", 4), ("
 
 
 def cases(dataset: str):
-    """(description, start sets, good renames, drifts) of `dataset`."""
+    """(description, start sets, good renames, drifts, drifts seen in runs) of `dataset`."""
     if dataset == "eurosat":
         from promptclimb.evaluators.eurosat import COOP_CLASSNAMES, DESCRIPTION, FOLDERS
 
-        return DESCRIPTION, (tuple(COOP_CLASSNAMES[f] for f in FOLDERS), tuple(FOLDERS)), EUROSAT_GOOD, EUROSAT_DRIFTS
-    return "small grayscale photos of clothing", (CLEAN, PUBLISHED), GOOD, DRIFTS
+        return (DESCRIPTION, (tuple(COOP_CLASSNAMES[f] for f in FOLDERS), tuple(FOLDERS)), EUROSAT_GOOD,
+                EUROSAT_DRIFTS, [])
+    return "small grayscale photos of clothing", (CLEAN, PUBLISHED), GOOD, DRIFTS, SEEN_IN_RUNS
 
 
 def main():
@@ -66,7 +71,7 @@ def main():
     parser.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "eurosat"),
                         help="whose classes, renames and drifts [default: fashion-mnist]")
     args = parser.parse_args()
-    description, starts, good, drifts = cases(args.dataset)
+    description, starts, good, drifts, seen = cases(args.dataset)
     from promptclimb.evaluators import build_evaluator  # imports torch
 
     meta = MetaPrompt()
@@ -83,7 +88,7 @@ def main():
                 return answer.strip(), naming.judged_class(answer, start, start)
 
             counts = {}
-            for kind, questions in (("good", good), ("drift", drifts)):
+            for kind, questions in (("good", good), ("drift", drifts), ("seen", seen)):
                 one = both = text = 0
                 for name, cls in questions:
                     (a1, named), (a2, again) = judged(name, start), judged(name, start[::-1])
