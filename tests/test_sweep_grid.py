@@ -334,3 +334,54 @@ def test_sweep_json_keeps_no_secret_of_the_tracking_uri_and_a_rerun_asks_for_it(
     assert "SECRET" not in str(refused.value)
     assert sweeps.prepare_sweep(tmp_path / "s", None, {"mlflow": uri})["search"]["mlflow"] == uri
     assert "SECRET" not in (tmp_path / "s" / "sweep.json").read_text()
+
+
+def _two_folders(tmp_path):
+    """Folder `a`, where a sweep starts, with its data, pool and names file; folder `b`, where
+    it is rerun, with a same-named data folder of other data."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        (folder / "hf" / "fm_str2").mkdir(parents=True)
+    (a / "bigpool.txt").write_text("a photo of a {}.\na picture of a {}.\n")
+    (a / "oddnames.txt").write_text("tee\ntrouser\n")
+    return a, b
+
+
+RELATIVE = {"data_root": "hf/fm_str2", "label_column": "label", "pool": "bigpool.txt", "classnames": "oddnames.txt"}
+
+
+def test_a_sweep_started_with_relative_paths_is_continued_from_any_folder_on_its_own_data(tmp_path, monkeypatch):
+    """sweep.json kept the paths as typed, so a rerun from another folder resolved them there:
+    its new cells failed on a missing folder, or read a same-named one; and the same folder
+    given as an absolute path was refused as "other settings"."""
+    a, b = _two_folders(tmp_path)
+    sweep_dir = tmp_path / "runs" / "s"
+    monkeypatch.chdir(a)
+    sweeps.prepare_sweep(sweep_dir, {"dataset": ["hf"], "backbone": ["demo"], "seeds": ["1-2"]}, dict(RELATIVE))
+    stored = json.loads((sweep_dir / "sweep.json").read_text())["search"]
+    assert (stored["data_root"], stored["pool"], stored["classnames"]) == \
+        (str(a / "hf" / "fm_str2"), str(a / "bigpool.txt"), str(a / "oddnames.txt"))
+    monkeypatch.chdir(b)
+    for given in ({}, {"data_root": str(a / "hf" / "fm_str2"), "pool": str(a / "bigpool.txt")}):
+        settings = sweeps.prepare_sweep(sweep_dir, None, given)
+        opts = sweeps.search_options(settings["search"])
+        cell = sweeps.grid_cells(settings)[1]
+        cell_opts = sweeps.cell_options(cell, opts, sweep_dir)
+        assert (cell_opts["data_root"], cell_opts["pool"], cell_opts["classnames"]) == \
+            (str(a / "hf" / "fm_str2"), str(a / "bigpool.txt"), str(a / "oddnames.txt"))
+    with pytest.raises(PromptclimbError, match="differs in: data_root"):  # b's own hf/fm_str2 is other data
+        sweeps.prepare_sweep(sweep_dir, None, {"data_root": "hf/fm_str2"})
+
+
+def test_an_older_sweep_json_with_relative_paths_still_continues_from_its_own_folder(tmp_path, monkeypatch):
+    a, _ = _two_folders(tmp_path)
+    sweep_dir = tmp_path / "runs" / "s"
+    sweep_dir.mkdir(parents=True)
+    old = {"grid": {"dataset": ["hf"], "backbone": ["demo"], "shots": [1], "seeds": [1, 2]}, "search": RELATIVE,
+           "cells": ["hf-demo-1shot-seed1", "hf-demo-1shot-seed2"], "created": "2024-01-01T00:00:00+0000"}
+    (sweep_dir / "sweep.json").write_text(json.dumps(old))
+    monkeypatch.chdir(a)
+    for given in ({}, {"data_root": str(a / "hf" / "fm_str2")}):
+        opts = sweeps.search_options(sweeps.prepare_sweep(sweep_dir, None, given)["search"])
+        assert (opts["data_root"], opts["pool"]) == (str(a / "hf" / "fm_str2"), str(a / "bigpool.txt"))
+    assert json.loads((sweep_dir / "sweep.json").read_text())["search"] == RELATIVE

@@ -165,7 +165,7 @@ def search_options(search: dict) -> dict:
     from promptclimb.agent.adapt import check_kinds
     from promptclimb.agent.core.devices import check_device_name
     from promptclimb.agent.core.pools import POOLS
-    from promptclimb.agent.options import SEARCH_OPTIONS, resolve
+    from promptclimb.agent.options import resolve
 
     not_here = sorted(set(search) & set(CELL_OPTIONS))
     if not_here:
@@ -174,17 +174,37 @@ def search_options(search: dict) -> dict:
     check_device_name(opts["device"])
     if opts["adapter_kinds"]:
         check_kinds(opts["adapter_kinds"])
-    for option in SEARCH_OPTIONS:
-        if option.kind in ("path", "dir") and opts.get(option.name):
-            opts[option.name] = str(Path(opts[option.name]).expanduser().resolve())
-    from promptclimb.agent.pipeline import classnames_setting
-
-    opts["classnames"] = classnames_setting(opts["classnames"])  # a names file, as an absolute path
-    if opts["pool"] not in POOLS:
-        opts["pool"] = str(Path(opts["pool"]).expanduser().resolve())
-        if not Path(opts["pool"]).is_file():
-            raise PromptclimbError(f"--pool {opts['pool']}: not {', '.join(POOLS)} nor a file")
+    opts = {name: absolute_path(name, value) for name, value in opts.items()}
+    if opts["pool"] not in POOLS and not Path(opts["pool"]).is_file():
+        raise PromptclimbError(f"--pool {opts['pool']}: not {', '.join(POOLS)} nor a file")
     return opts
+
+
+def absolute_path(name: str, value):
+    """An option's value (by `Option.name`) with a path in it made absolute, other values as
+    given: the folders and files of the path options, a --pool file (not a pool's name), a
+    --classnames file (not a set name nor the names themselves)."""
+    from promptclimb.agent.core.pools import POOLS
+    from promptclimb.agent.options import BY_NAME
+
+    if name == "classnames":
+        from promptclimb.agent.pipeline import classnames_setting
+
+        return classnames_setting(value)
+    option = BY_NAME.get(name)
+    is_path = (option is not None and option.kind in ("path", "dir")) or (name == "pool" and value not in POOLS)
+    if is_path and value and isinstance(value, (str, os.PathLike)):
+        return str(Path(value).expanduser().resolve())
+    return value
+
+
+def stored_search(search: dict) -> dict:
+    """A new sweep's search options (keywords) as sweep.json keeps them: each path resolved
+    against the folder the sweep was started in, which a rerun from another folder would
+    otherwise resolve against its own (reading other data, or a same-named folder there)."""
+    from promptclimb.agent.options import BY_KEYWORD
+
+    return {k: absolute_path(BY_KEYWORD[k].name, v) if k in BY_KEYWORD else v for k, v in search.items()}
 
 
 def cell_options(cell: Cell, opts: dict, sweep_dir: Path, base_url: str | None = None, llm_name: str | None = None,
@@ -251,7 +271,9 @@ def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict) -> dict:
                                    + (" (or OPENAI_BASE_URL)" if option == "base_url" else ""))
     claim_folder(sweep_dir, SWEEP)
     created = stored["created"] if stored else time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    kept = stored["search"] if stored else settings["search"]  # a rerun's execution options are its own
+    # a rerun's execution options are its own; an older sweep.json's relative paths stay as they
+    # were, still read from the folder it was started in (where they were never resolved)
+    kept = stored["search"] if stored else stored_search(settings["search"])
     from promptclimb.agent.llm.client import without_secrets
 
     for option in SECRET_HOLDING:  # written as a run's config.json writes it: no password, no key in the query
