@@ -387,6 +387,9 @@ def test_the_hints_a_run_prints_name_its_folder_outside_the_default_runs_dir(tmp
     assert done.exit_code == 0, done.output
     assert f"(read it with: promptclimb show {runs / 'h'})" in done.output
     again = cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "h")
+    one_line_error(again, f"already holds a finished run (read it with: promptclimb show {runs / 'h'})")
+    (runs / "h" / "summary.json").unlink()  # unfinished: there is something to continue
+    again = cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "h")
     one_line_error(again, f"continue it with: promptclimb search --resume {runs / 'h'}")
 
 
@@ -408,7 +411,7 @@ def test_the_commands_a_run_prints_read_back_whole_in_a_shell(tmp_path, llm, mon
     assert shown.exit_code == 0 and "Winning templates" in shown.output, shown.output
 
     again = cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "x y")
-    assert said_command(again.output, "continue it with: ") == ["promptclimb", "search", "--resume", str(runs / "x y")]
+    assert said_command(again.output, "(read it with: ", ")") == ["promptclimb", "show", str(runs / "x y")]
     # a run started without --classnames started from the published names, and says so
     refused = cli("search", "--resume", runs / "x y", "--classnames", "clean")
     one_line_error(refused, "--classnames clean (the run's: published)")
@@ -420,6 +423,8 @@ def test_the_commands_a_run_prints_read_back_whole_in_a_shell(tmp_path, llm, mon
     told = cli("adapt", unfinished, "--kind", "cache")
     assert told.exit_code == 1 and said_command(told.output, "(finish it with: ", ")") == [
         "promptclimb", "search", "--resume", str(unfinished)], told.output
+    again = cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "x z")
+    assert said_command(again.output, "continue it with: ") == ["promptclimb", "search", "--resume", str(unfinished)]
 
     monkeypatch.chdir(tmp_path)  # under ./runs a run is named by its id alone
     here = cli("search", "--dataset", "toy", *SMALL, "--name", "a b")

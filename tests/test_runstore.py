@@ -25,7 +25,11 @@ def test_create_writes_config_and_appends_events(tmp_path):
     events = [json.loads(x) for x in lines(run)]
     assert [e["seq"] for e in events] == [0, 1]
     assert all(e["v"] == 2 and "time" in e for e in events)
-    with pytest.raises(PromptclimbError, match="already holds a run"):
+    with pytest.raises(PromptclimbError, match="already holds a run; continue it with: promptclimb search --resume"):
+        RunStore.create(run, {})
+    (run / "summary.json").write_text("{}")  # finished: nothing to continue, only to read
+    with pytest.raises(PromptclimbError, match=r"already holds a finished run \(read it with: promptclimb show .*\); "
+                                               "give the new run another --name"):
         RunStore.create(run, {})
 
 

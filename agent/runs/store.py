@@ -208,6 +208,16 @@ def _holds_run(run_dir: Path) -> bool:
     return (run_dir / CONFIG).exists() or (run_dir / HISTORY).exists()
 
 
+def _held(run_dir: Path) -> PromptclimbError:
+    """A new run refused a folder that holds one, saying what to do with that one: continue it,
+    or, finished (summary.json written), read it; there is nothing to resume."""
+    if (run_dir / SUMMARY).exists():
+        return PromptclimbError(f"{run_dir} already holds a finished run (read it with: "
+                                f"{shell_command('show', run_argument(run_dir))}); give the new run another --name")
+    return PromptclimbError(f"{run_dir} already holds a run; continue it with: "
+                            f"{shell_command('search', '--resume', run_argument(run_dir))}")
+
+
 # -- claiming a folder -------------------------------------------------------------------------
 RUN, SWEEP = "run", "sweep"
 
@@ -230,8 +240,7 @@ def claim_folder(folder: str | Path, kind: str, create: bool = True) -> Path:
         return folder
     holds_sweep = (folder / SWEEP_FILE).exists()
     if kind == RUN and _holds_run(folder):
-        raise PromptclimbError(f"{folder} already holds a run; continue it with: "
-                               f"{shell_command('search', '--resume', run_argument(folder))}")
+        raise _held(folder)
     if kind == RUN and holds_sweep:
         raise PromptclimbError(f"{folder} is a sweep's folder, not a run's "
                                f"({shell_command('sweep-report', folder.name, '--runs-dir', folder.parent)}); "
@@ -319,8 +328,7 @@ class RunStore:
         store._lock()
         if _holds_run(run_dir):  # another process created it between the two looks
             store.close()
-            raise PromptclimbError(f"{run_dir} already holds a run; continue it with: "
-                                   f"{shell_command('search', '--resume', run_argument(run_dir))}")
+            raise _held(run_dir)
         store._write_config()
         return store._open_history()
 
