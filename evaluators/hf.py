@@ -16,12 +16,15 @@ Columns: the image column is the one `Image` feature, the label column the one `
 (`image_column` / `label_column`, i.e. --image-column / --label-column, choose another or
 one of several). A label column that is not a ClassLabel (strings, integers) must be named;
 its distinct values, sorted, are then the classes. The start class names are the
-ClassLabel names made readable as imagefolder's are ('sea_lake' -> 'sea lake'). Rows
-without a label (None, or -1 as some test splits have) are left out.
+ClassLabel names made readable as imagefolder's are ('sea_lake' -> 'sea lake'). The test
+split's ClassLabel integers are read by its own names (splits encoded one by one number their
+classes each in their own order); a class that train lacks is refused. Rows without a label
+(None, or -1 as some test splits have) are left out.
 
 Splits: the few-shot train and val images are drawn from the `train` split (val from what
 train's shots leave: `make_fewshot_split` with an empty val pool). Test is the `test`
-split, else `validation` (or `valid`, `val`). With none of them, test is a deterministic
+split, else `validation` (or `valid`, `val`), passing over (with a warning) one without the
+label column or without any label. With none of them, test is a deterministic
 held-out 30% of each class of train (`deterministic_split`, the test share of imagefolder's
 50/20/30 cut, seeded by the dataset's name), and the rest stays train.
 
@@ -67,10 +70,15 @@ def load_hf(data_root: str | None, name: str = "hf", image_column: str | None = 
     items = {TRAIN_SPLIT: labelled(train, TRAIN_SPLIT, label_col, label_of)}
     test_split = None
     for candidate in (s for s in TEST_SPLITS if s in splits):
-        for column in (image_col, label_col):
-            if column not in splits[candidate].column_names:
-                raise PromptclimbError(f"split {candidate!r} of {where} has no column {column!r}")
-        test_items = labelled(splits[candidate], candidate, label_col, label_of)
+        # a test split shipped without labels (competition data) is one without a label column
+        if label_col not in splits[candidate].column_names:
+            warnings.warn(f"{where}: split {candidate!r} has no column {label_col!r} (no labels); "
+                          "not used as the test split", stacklevel=2)
+            continue
+        if image_col not in splits[candidate].column_names:
+            raise PromptclimbError(f"split {candidate!r} of {where} has no column {image_col!r}")
+        test_label_of = split_label_of(train, splits[candidate], candidate, label_col, label_of, where)
+        test_items = labelled(splits[candidate], candidate, label_col, test_label_of)
         if test_items:
             test_split, items["test"] = candidate, test_items
             break
@@ -247,6 +255,28 @@ def class_labels(train: "datasets.Dataset", column: str, splits: dict, where: st
         raise PromptclimbError(f"label column {column!r} of {where} has no values")
     ordered = sorted(values)
     return [readable_classname(str(v)) or str(v) for v in ordered], {v: i for i, v in enumerate(ordered)}
+
+
+def split_label_of(train: "datasets.Dataset", ds: "datasets.Dataset", split: str, column: str, label_of: dict,
+                   where: str) -> dict:
+    """`label_of` for the label integers of split `split`: by its own ClassLabel's names when
+    they are not train's (splits encoded one by one, e.g. `class_encode_column` on each, number
+    their classes each in its own order), so that integer i of this split is the train class
+    named as its name i."""
+    from datasets import ClassLabel
+
+    ours, theirs = train.features[column], ds.features[column]
+    if not (isinstance(ours, ClassLabel) and isinstance(theirs, ClassLabel)) or theirs.names == ours.names:
+        return label_of
+    index = {name: i for i, name in enumerate(ours.names)}
+    used = {v for v in column_values(ds, column) if not unlabelled(v)}
+    unknown = sorted({theirs.names[v] for v in used if 0 <= v < theirs.num_classes} - set(index))
+    if unknown:  # as a class with no training images is refused: it could never be predicted
+        raise PromptclimbError(
+            f"split {split!r} of {where} has images of class(es) {', '.join(map(repr, unknown[:5]))} that the "
+            f"train split's ClassLabel {column!r} does not have (train's: {', '.join(ours.names[:10])}"
+            f"{' ...' if len(ours.names) > 10 else ''}); the few-shot images of every class come from train")
+    return {i: index[name] for i, name in enumerate(theirs.names) if name in index}
 
 
 def labelled(ds: "datasets.Dataset", split: str, column: str, label_of: dict) -> Labelled:

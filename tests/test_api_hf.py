@@ -13,7 +13,7 @@ from conftest import require_extra
 datasets = require_extra("datasets", "hf")
 
 import promptclimb  # noqa: E402
-from test_hf_datasets import CLASSES, colour_rows, features  # noqa: E402
+from test_hf_datasets import CLASSES, colour_rows, encoded_one_by_one, features  # noqa: E402
 
 TEMPLATES = ["a photo of a {}.", "a {}."]
 
@@ -63,3 +63,14 @@ def test_evaluate_checks_the_columns_as_eval_does(tmp_path, image_folder):
     with pytest.raises(promptclimb.PromptclimbError,
                        match="--image-column and --label-column are for hf datasets, not 'imagefolder'"):
         promptclimb.evaluate(TEMPLATES, dataset="imagefolder", data_root=str(image_folder), label_column="name")
+
+
+def test_splits_encoded_one_by_one_score_as_their_string_labels(tmp_path, tiny_clip_config, tiny_clip_weights,
+                                                                 torch_threads):
+    """Test's ClassLabel numbers its classes in another order than train's: scored by their
+    names, the images score as the same data with string labels does."""
+    settings = dict(dataset="hf", shots=1, backbone=tiny_clip_config, weights=str(tiny_clip_weights), device="cpu")
+    encoded = promptclimb.evaluate(TEMPLATES, data_root=str(encoded_one_by_one(tmp_path)), **settings)
+    strings = promptclimb.evaluate(TEMPLATES, data_root=str(tmp_path / "strings"), label_column="label", **settings)
+    for split in ("test", "test_loss"):
+        assert encoded[split].tolist() == pytest.approx(strings[split].tolist())

@@ -199,6 +199,60 @@ def test_an_integer_label_column_leaves_rows_labelled_minus_one_out(tmp_path):
     assert sum(len(items) for items in data.splits.values()) == len(rows["label"]) - 3
 
 
+def encoded_one_by_one(tmp_path: Path) -> Path:
+    """String labels turned into a ClassLabel split by split (`class_encode_column` on each,
+    as after loading CSV or parquet splits separately): test, without blue_lake, numbers its
+    classes green_field=0, red_square=1, where train has blue_lake=0, green_field=1. The same
+    data with its string labels is beside it, in `strings`."""
+    def strings(per_class, offset, keep):
+        rows = colour_rows(per_class, offset)
+        picked = [i for i, c in enumerate(rows["label"]) if c in keep]
+        rows = {"image": [rows["image"][i] for i in picked], "label": [CLASSES[rows["label"][i]] for i in picked]}
+        return datasets.Dataset.from_dict(rows, features=features(datasets.Value("string")))
+
+    data = datasets.DatasetDict(train=strings(TRAIN_PER_CLASS, 0, (0, 1, 2)), test=strings(TEST_PER_CLASS, 7, (0, 1)))
+    data.save_to_disk(str(tmp_path / "strings"))
+    encoded = datasets.DatasetDict({split: ds.class_encode_column("label") for split, ds in data.items()})
+    assert encoded["train"].features["label"].names != encoded["test"].features["label"].names
+    encoded.save_to_disk(str(tmp_path / "encoded"))
+    return tmp_path / "encoded"
+
+
+def test_each_splits_class_label_integers_are_read_by_its_own_names(tmp_path):
+    data = load_dataset("hf", str(encoded_one_by_one(tmp_path)))
+    assert data.classnames == ["blue lake", "green field", "red square"]  # train's ClassLabel (sorted)
+    assert sorted(c for _, c in data.splits["test"]) == [1, 1, 1, 2, 2, 2]
+    for image_id, label in data.splits["train"] + data.splits["test"]:
+        red, green, blue = data.load_image(image_id).getpixel((20, 20))
+        assert data.classnames[label] == {0: "red square", 1: "green field", 2: "blue lake"}[
+            max(range(3), key=lambda ch: (red, green, blue)[ch])]
+
+
+def test_a_test_class_that_train_lacks_is_refused(tmp_path):
+    data = datasets.DatasetDict(train=colour_dataset(TRAIN_PER_CLASS), test=datasets.Dataset.from_dict(
+        colour_rows(1), features=features(datasets.ClassLabel(names=["red_square", "green_field", "purple_sky"]))))
+    data.save_to_disk(str(tmp_path / "extra"))
+    with pytest.raises(PromptclimbError, match="split 'test' of .* has images of class\\(es\\) 'purple_sky' that "
+                                               "the train split's ClassLabel 'label' does not have"):
+        load_dataset("hf", str(tmp_path / "extra"))
+
+
+def test_a_test_split_without_the_label_column_is_passed_over(tmp_path):
+    images = datasets.Dataset.from_dict({"image": colour_rows(2, offset=9)["image"]},
+                                        features=datasets.Features({"image": datasets.Image()}))
+    datasets.DatasetDict(train=colour_dataset(TRAIN_PER_CLASS), validation=colour_dataset(2, offset=5),
+                         test=images).save_to_disk(str(tmp_path / "competition"))
+    with pytest.warns(UserWarning, match="split 'test' has no column 'label' \\(no labels\\); not used as the test"):
+        data = load_dataset("hf", str(tmp_path / "competition"))
+    assert len(data.splits["test"]) == 6 and all(i.startswith("validation/") for i, _ in data.splits["test"])
+
+    datasets.DatasetDict(train=colour_dataset(10), test=images).save_to_disk(str(tmp_path / "no-validation"))
+    with pytest.warns(UserWarning, match="split 'test' has no column 'label'"):
+        data = load_dataset("hf", str(tmp_path / "no-validation"))
+    assert sorted(c for _, c in data.splits["test"]) == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # 30% of train held out
+    assert all(i.startswith("train/") for split in data.splits.values() for i, _ in split)
+
+
 def test_importing_the_datasets_module_does_not_import_hugging_face_datasets():
     code = "import sys, promptclimb.evaluators.datasets; print('datasets' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
