@@ -88,6 +88,12 @@ def test_a_finished_run_reads_back_consistently(run_dir):
     assert iterations[-1]["best_template"] == summary["best"]["template"]
 
 
+def test_a_run_shows_itself_in_one_short_line(run_dir):
+    # a notebook cell ending in `run` printed every event of the history
+    run = load_run(run_dir)
+    assert repr(run) == f"Run({str(run_dir)!r}, done, {len(run.events)} events)" and len(run.events) > 10
+
+
 def test_what_the_llm_was_shown_matches_the_prompt_it_got(run_dir):
     """The scoreboard is rebuilt from events; check it against the first turn of every
     conversation, which lists exactly the top and bottom templates."""

@@ -264,6 +264,11 @@ class Run:
     events: list[dict]
     skipped: list[Skipped] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        # a notebook cell ending in `run` shows this: the dataclass's own repr held every event
+        # (55 KB for a 5-answer run)
+        return f"Run({str(self.path)!r}, {self.status}, {len(self.events)} events)"
+
     # identity ------------------------------------------------------------------------------
     @property
     def id(self) -> str:
