@@ -194,6 +194,12 @@ STAND_IN = textwrap.dedent(
 
     delay = float(sys.argv[2])
     alias = sys.argv[3] if len(sys.argv) > 3 else "stand-in"  # what llama.cpp's --model_alias names
+    if delay == -2:  # as llama-cpp-python's server on a cut-short GGUF
+        print("llama_model_load: error loading model: tensor data is not within the file bounds", flush=True)
+        try:
+            raise OSError("bad file")
+        except OSError:
+            raise ValueError("Failed to load model from file: trunc.gguf")
     if delay < 0:
         print("error loading model: not enough memory", flush=True)
         sys.exit(3)
@@ -299,6 +305,18 @@ def test_a_server_that_dies_shows_its_log(home, stand_in):
         with local_server(port=port, command=stand_in(port, delay=-1), echo=lambda m: None):
             pass
     assert "error loading model: not enough memory" in str(err.value)
+
+
+def test_a_server_that_dies_of_a_python_exception_shows_it_without_the_traceback(home, stand_in):
+    port = local_llm.free_port()
+    with pytest.raises(PromptclimbError, match="exited with code 1") as err:
+        with local_server(port=port, command=stand_in(port, delay=-2), echo=lambda m: None):
+            pass
+    said = str(err.value)
+    assert "error loading model: tensor data is not within the file bounds" in said
+    # the exception and the one it was raised from, one line each
+    assert said.endswith("\nOSError: bad file\nValueError: Failed to load model from file: trunc.gguf")
+    assert "Traceback" not in said and 'File "' not in said and "During handling" not in said
 
 
 def test_a_server_that_never_answers_is_stopped(home, stand_in, monkeypatch):

@@ -346,8 +346,30 @@ def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
 
 
 def _tail(path: Path, lines: int = 20) -> str:
+    """The end of the server's log, each Python traceback in it as its last line (the
+    exception): llama-cpp-python's server dies on a bad GGUF with a traceback, and an error
+    shows none (the whole log is at `path`)."""
     try:
         text = path.read_text(errors="replace").splitlines()
     except OSError:
         return "(no log)"
-    return "\n".join(text[-lines:]) or "(empty log)"
+    return "\n".join(without_tracebacks(text)[-lines:]) or "(empty log)"
+
+
+def without_tracebacks(lines: list[str]) -> list[str]:
+    """`lines` with each Python traceback ("Traceback (most recent call last):" and its
+    indented frames) cut down to its exception line, and without the lines chaining one
+    traceback to the next, nor blank lines."""
+    out, inside = [], False
+    for line in lines:
+        if line.startswith("Traceback (most recent call last):"):
+            inside = True
+        elif inside and line.strip() and not line[:1].isspace():
+            inside = False
+            out.append(line)  # "ValueError: Failed to load model from file: ..."
+        elif not inside and line.strip() and not line.startswith(CHAINED):
+            out.append(line)
+    return out
+
+
+CHAINED = ("During handling of the above exception", "The above exception was the direct cause")
