@@ -122,21 +122,26 @@ def planned_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None,
         # the CLIP evaluator says what it encoded or reused where the search says it (a factory
         # given by the caller builds its own evaluator)
         factory = evaluator_factory or partial(default_evaluator_factory, echo=aside, bars=bars)
-        with resume_hint_on_interrupt(store, opts.get("mlflow"), echo), \
-                experiment_tracking(store, opts.get("mlflow"), echo), warnings_said(echo):
-            try:
-                evaluator = load_evaluator(plan, store, opts["device"], factory, echo)
-            except Exception:  # bad input the evaluator found (data, weights), or worse: no unfinished run is left
-                if plan.store is None and not store.events:
-                    store.discard()
-                raise
+        with resume_hint_on_interrupt(store, opts.get("mlflow"), echo):
+            with warnings_said(echo):
+                try:
+                    evaluator = load_evaluator(plan, store, opts["device"], factory, echo)
+                except Exception:  # bad input the evaluator found (data, weights), or worse: no unfinished run is left
+                    if plan.store is None and not store.events:
+                        store.discard()
+                    raise
             if plan.store is None:  # said once the folder is sure to stay (a Ctrl-C while loading names it too)
                 echo(f"run folder: {store.run_dir}")
-            if plan.soft is not None:
-                return soft_prompt_search(plan, store, evaluator, echo)
-            with llm_client(plan, opts, echo, aside, bars) as llm:
-                summary = climb(plan, store, evaluator, llm, meta, echo, opts.get("mlflow"))
-            return after_the_climb(plan, store, evaluator, summary, echo)
+            # MLflow hears of the run only now that its folder stays: a search refused while loading
+            # discards the folder, and an MLflow run opened before would be left behind empty and
+            # FAILED (one more per rerun of a sweep cell), with a warning pointing at a folder gone.
+            # A search stopped while loading resumes with --mlflow, which opens the MLflow run then.
+            with experiment_tracking(store, opts.get("mlflow"), echo), warnings_said(echo):
+                if plan.soft is not None:
+                    return soft_prompt_search(plan, store, evaluator, echo)
+                with llm_client(plan, opts, echo, aside, bars) as llm:
+                    summary = climb(plan, store, evaluator, llm, meta, echo, opts.get("mlflow"))
+                return after_the_climb(plan, store, evaluator, summary, echo)
     finally:
         if store is not None:
             store.close()

@@ -20,11 +20,13 @@ from conftest import require_extra
 
 require_extra("mlflow", "mlflow")
 from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import ViewType  # noqa: E402
 
 from fake_llm import FakeLLM, WordEvaluator  # noqa: E402
 from test_search import KEY, POOL, responder  # noqa: E402
 
 from promptclimb.agent.cli import cli  # noqa: E402
+from promptclimb.agent.core.errors import PromptclimbError  # noqa: E402
 from promptclimb.agent.llm.client import LLMClient  # noqa: E402
 from promptclimb.agent.runs.reading import load_run  # noqa: E402
 from promptclimb.agent.runs.store import RunStore  # noqa: E402
@@ -433,6 +435,33 @@ def test_search_with_an_unreachable_mlflow_server_finishes_with_one_warning(tmp_
         line for line in result.output.splitlines() if line.startswith("warning: MLflow tracking stopped")]
     assert sum(line.startswith("warning: MLflow tracking stopped") for line in result.output.splitlines()) == 1
     assert (tmp_path / "runs" / "alone" / "summary.json").exists()
+
+
+def test_a_search_refused_while_loading_leaves_no_mlflow_run_and_says_only_its_error(tmp_path, fake):
+    """Bad input the evaluator finds (a --classnames file one class short, a bad --data-root)
+    discards the run folder: nothing is left in MLflow either, and no warning names the folder
+    gone as one to sync; a rerun fixed leaves one MLflow run, its own."""
+    def refused(**kwargs):
+        raise PromptclimbError("--classnames two.txt: line 2 is the last, but 1 of the dataset's 3 classes "
+                               "have no name (bag)")
+
+    env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.base_url}
+    uri, runs = sqlite_uri(tmp_path / "store"), tmp_path / "runs"
+    args = ["search", "--dataset", "toy", "--name", "ghost", "--iterations", 1, "--search", "template", "--resets", 1,
+            "--pool-sample", 4, "--runs-dir", runs, "--mlflow", uri]
+    for _ in range(2):  # as a sweep reruns a failed cell
+        result = CliRunner().invoke(cli, list(map(str, args)), env=env, obj={"evaluator_factory": refused})
+        assert result.exit_code == 1, result.output
+        assert result.output.splitlines() == [
+            "Error: --classnames two.txt: line 2 is the last, but 1 of the dataset's 3 classes have no name (bag)"]
+        assert not (runs / "ghost").exists()
+    client = MlflowClient(uri)
+    assert client.search_runs([e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)],
+                              run_view_type=ViewType.ALL) == []
+
+    fixed = search(fake, runs, *args[1:args.index("--runs-dir")], "--mlflow", uri)
+    assert fixed.exit_code == 0, fixed.output
+    assert [r.info.run_id for r in all_runs(client)] == [linked_run_id(runs / "ghost", uri)]
 
 
 def test_a_sweep_with_mlflow_nests_its_cells_and_an_unreachable_server_is_one_warning(tmp_path, server, client,
