@@ -196,8 +196,9 @@ def end_as_failed(mirror: "Mirror") -> None:
 
 class Tracker:
     """A search's live MLflow run. `Tracker.attach(store, uri, echo)` once the run folder is
-    open and sure to stay (a search attaches it after its evaluator loads); each LLM answer is logged when the next one comes (then it is complete); `finish()`
-    after the search and its adapter logs the rest. Also a context manager (finish on exit).
+    open and sure to stay (a search attaches it after its evaluator loads); each LLM answer
+    is logged when the next one comes (then it is complete); `finish()` after the search and
+    its adapter logs the rest. Also a context manager (finish on exit).
 
     Never raises: the first problem is one warning line through `echo`, and the tracker
     then does nothing more (the run can be logged later with `promptclimb mlflow-sync`)."""
