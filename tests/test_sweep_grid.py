@@ -385,3 +385,35 @@ def test_an_older_sweep_json_with_relative_paths_still_continues_from_its_own_fo
         opts = sweeps.search_options(sweeps.prepare_sweep(sweep_dir, None, given)["search"])
         assert (opts["data_root"], opts["pool"]) == (str(a / "hf" / "fm_str2"), str(a / "bigpool.txt"))
     assert json.loads((sweep_dir / "sweep.json").read_text())["search"] == RELATIVE
+
+
+@pytest.mark.parametrize("backbone", ["demo/../x", "nosuch"])
+def test_a_backbone_no_cell_could_load_is_refused_before_ray_starts(backbone, tmp_path):
+    """Datasets were checked up front, backbones not: every cell then failed with "unknown
+    backbone" inside Ray. The check reads open_clip's configs without importing torch."""
+    import subprocess
+    import sys
+
+    runs = tmp_path / "runs"
+    refused = CliRunner().invoke(cli, ["sweep", "b", "--dataset", "fashion-mnist", "--backbone", "demo", "--backbone",
+                                       backbone, "--runs-dir", str(runs), "--num-cpus", "1"])
+    assert refused.exit_code == 1 and f"grid backbone {backbone!r}: unknown backbone" in refused.output, refused.output
+    assert not (runs / "b").exists()
+    for known in ("demo", "ViT-B-32", "RN50-quickgelu", "hf-hub:org/model"):
+        sweeps.prepare_sweep(tmp_path / known.replace(":", "_").replace("/", "_"),
+                             {"dataset": ["fashion-mnist"], "backbone": [known]}, {})
+    code = ("import sys; from promptclimb.agent.core.backbones import check_backbone_name; "
+            "check_backbone_name('ViT-B-32'); print('torch' in sys.modules, 'open_clip' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() \
+        == ["False", "False"]
+
+
+def test_a_backbone_of_a_registered_model_config_is_known(tmp_path, monkeypatch):
+    config = {"embed_dim": 8, "vision_cfg": {}, "text_cfg": {}}
+    (tmp_path / "my-tiny.json").write_text(json.dumps(config))
+    from promptclimb.agent.core.backbones import check_backbone_name
+
+    with pytest.raises(PromptclimbError, match="unknown backbone"):
+        check_backbone_name("my-tiny")
+    monkeypatch.setenv("PROMPTCLIMB_MODEL_CONFIGS", str(tmp_path))
+    assert check_backbone_name("my-tiny") == "my-tiny"

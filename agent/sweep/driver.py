@@ -253,6 +253,12 @@ def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict) -> dict:
         raise PromptclimbError(f"{sweep_dir} holds no sweep yet: give its grid (--dataset ..., or --grid FILE)")
     settings = {"grid": check_grid(grid if grid is not None else stored["grid"]),
                 "search": {**(stored["search"] if stored else {}), **search}}
+    from promptclimb.agent.core.backbones import check_backbone_name
+
+    # a name no cell could load fails every cell inside Ray; checked here, not in check_grid,
+    # because sweep-report reads a sweep back after its model configs may have gone
+    for backbone in settings["grid"]["backbone"]:
+        check_backbone_name(backbone, "grid backbone")
     cells = grid_cells(settings)
     settings["cells"] = [c.name for c in cells]
     check_cells(cells, search_options(settings["search"]), sweep_dir)

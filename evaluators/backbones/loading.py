@@ -35,14 +35,8 @@ from promptclimb.evaluators.backbones.device import check_device, check_precisio
 from promptclimb.evaluators.backbones.model import Backbone
 from promptclimb.evaluators.backbones.text import supports_shared_prefix, supports_truncation
 
-# name -> "module:factory"; factory(device) -> (model, preprocess, tokenizer), open_clip semantics.
-PROJECT_BACKBONES: dict[str, str] = {
-    "demo": "promptclimb.evaluators.demo.model:build_demo_backbone",
-    # all-mpnet-base-v2 text tower (768-d): needs the optional extra, pip install 'promptclimb[mpnet]'
-    "demo-mpnet": "promptclimb.evaluators.demo.model:build_demo_mpnet_backbone",
-}
-
-MODEL_CONFIGS_ENV = "PROMPTCLIMB_MODEL_CONFIGS"
+# kept with the agent's torch-free check of a backbone name (agent/core/backbones.py)
+from promptclimb.agent.core.backbones import MODEL_CONFIGS_ENV, PROJECT_BACKBONES
 CONNECT_TIMEOUT_S = 3.0  # how long we wait to learn that a download host is unreachable
 
 _registered_config_paths: set[str] = set()
