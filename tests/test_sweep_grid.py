@@ -37,7 +37,7 @@ def test_bad_grids_are_refused_in_one_line(tmp_path):
     with pytest.raises(PromptclimbError, match="at least one --dataset"):
         sweeps.check_grid({"shots": [1]})
     with pytest.raises(PromptclimbError, match="share a folder name"):
-        sweeps.grid_cells({"grid": sweeps.check_grid({"dataset": ["coop", "coop"]}), "search": {}})
+        sweeps.grid_cells({"grid": sweeps.check_grid({"dataset": ["hf:org/x", "hf:org_x"]}), "search": {}})
     with pytest.raises(PromptclimbError, match="single --backbone"):
         sweeps.grid_cells({"grid": sweeps.check_grid({"dataset": ["coop"], "backbone": ["RN50", "ViT-B-32"]}),
                            "search": {"weights": "w.pt"}})
@@ -417,3 +417,14 @@ def test_a_backbone_of_a_registered_model_config_is_known(tmp_path, monkeypatch)
         check_backbone_name("my-tiny")
     monkeypatch.setenv("PROMPTCLIMB_MODEL_CONFIGS", str(tmp_path))
     assert check_backbone_name("my-tiny") == "my-tiny"
+
+
+def test_a_value_given_twice_is_one_grid_point_on_every_axis(tmp_path):
+    """--seeds 1,1 and --seeds 1-3 --seeds 2 were one seed each, while --shots 1 --shots 1 (or a
+    dataset or backbone given twice) was refused as two cells sharing a folder name."""
+    grid = sweeps.check_grid({"dataset": ["fashion-mnist", "fashion-mnist"], "backbone": ["demo", "demo"],
+                              "shots": [2, 1, 2], "seeds": ["1-3", 2]})
+    assert grid == {"dataset": ["fashion-mnist"], "backbone": ["demo"], "shots": [2, 1], "seeds": [1, 2, 3]}
+    settings = sweeps.prepare_sweep(tmp_path / "s", {**grid, "shots": [2, 1, 2, 1]}, {})
+    assert settings["cells"] == [f"fashion-mnist-demo-{k}shot-seed{s}" for k in (2, 1) for s in (1, 2, 3)]
+    sweeps.prepare_sweep(tmp_path / "s", {**grid, "shots": [2, 1]}, {})  # the same grid, not other settings

@@ -131,13 +131,19 @@ def check_grid(grid: dict) -> dict:
                 raise PromptclimbError(f"grid {axis} {value!r}: expected a {axis} name")
         return list(values)
 
+    # a value given twice is one grid point, on every axis as for seeds (1-3 with 2 is 1, 2, 3)
     datasets = [check_dataset_name(d, "grid dataset") for d in names("dataset")]
-    grid = {"dataset": datasets, "backbone": names("backbone"),
-            "shots": [check_value(BY_KEYWORD["shots"], s, "grid: ") for s in grid.get("shots") or [1]],
+    shots = [check_value(BY_KEYWORD["shots"], s, "grid: ") for s in grid.get("shots") or [1]]
+    grid = {"dataset": _once(datasets), "backbone": _once(names("backbone")), "shots": _once(shots),
             "seeds": parse_seeds(grid.get("seeds") or [0])}
     if not grid["dataset"]:
         raise PromptclimbError("a sweep needs at least one --dataset (or a [grid] dataset list in --grid FILE)")
     return grid
+
+
+def _once(values: list) -> list:
+    """Each value once, where it first came."""
+    return list(dict.fromkeys(values))
 
 
 def grid_cells(settings: dict) -> list[Cell]:
@@ -154,7 +160,9 @@ def grid_cells(settings: dict) -> list[Cell]:
             cells += [Cell(dataset, name, pretrained, shots, seed) for shots in grid["shots"] for seed in grid["seeds"]]
     names = [check_folder_name(c.name, "cell") for c in cells]
     if len(set(names)) < len(names):
-        raise PromptclimbError("two cells of the grid would share a folder name; list each value once")
+        raise PromptclimbError("two cells of the grid would share a folder name (" + ", ".join(
+            sorted({n for n in names if names.count(n) > 1})) + "): two values of an axis differ only in characters "
+            "a folder name cannot hold")
     return cells
 
 
