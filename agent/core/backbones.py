@@ -65,6 +65,6 @@ def check_backbone_name(name: str, what: str = "--backbone") -> str:
         return name
     close = difflib.get_close_matches(name, sorted(known), n=5, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise PromptclimbError(f"{what} {name!r}: unknown backbone.{hint} Use an open_clip architecture name, a project "
-                           f"backbone ({', '.join(PROJECT_BACKBONES)}), or register a model config with "
-                           f"${MODEL_CONFIGS_ENV}.")
+    raise PromptclimbError(f"{what} {name!r}: unknown backbone.{hint} Use an open_clip architecture name "
+                           "(python -c 'import open_clip; print(open_clip.list_models())'), a project backbone "
+                           f"({', '.join(PROJECT_BACKBONES)}), or register a model config with ${MODEL_CONFIGS_ENV}.")

@@ -13,7 +13,6 @@ Where a backbone comes from:
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib
 import logging
@@ -36,7 +35,7 @@ from promptclimb.evaluators.backbones.model import Backbone
 from promptclimb.evaluators.backbones.text import supports_shared_prefix, supports_truncation
 
 # kept with the agent's torch-free check of a backbone name (agent/core/backbones.py)
-from promptclimb.agent.core.backbones import MODEL_CONFIGS_ENV, PROJECT_BACKBONES
+from promptclimb.agent.core.backbones import MODEL_CONFIGS_ENV, PROJECT_BACKBONES, check_backbone_name
 CONNECT_TIMEOUT_S = 3.0  # how long we wait to learn that a download host is unreachable
 
 _registered_config_paths: set[str] = set()
@@ -110,19 +109,9 @@ def _module_weights_digest(model) -> str:
 
 
 def _known_model(name: str) -> None:
-    import open_clip
+    import open_clip  # noqa: F401 (imported: the check also sees configs registered in this process)
 
-    if name.startswith(("hf-hub:", "local-dir:")):
-        return
-    models = open_clip.list_models()
-    if name not in models:
-        close = difflib.get_close_matches(name, models + list(PROJECT_BACKBONES), n=5, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise PromptclimbError(
-            f"unknown backbone {name!r}.{hint} Use an open_clip architecture name "
-            f"(python -c 'import open_clip; print(open_clip.list_models())'), a project backbone "
-            f"({', '.join(PROJECT_BACKBONES)}), or register a model config with ${MODEL_CONFIGS_ENV}."
-        )
+    check_backbone_name(name, "backbone")
 
 
 def _load_open_clip(name, pretrained, weights, device) -> Backbone:
