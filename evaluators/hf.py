@@ -276,7 +276,7 @@ def split_label_of(train: "datasets.Dataset", ds: "datasets.Dataset", split: str
             f"split {split!r} of {where} has images of class(es) {', '.join(map(repr, unknown[:5]))} that the "
             f"train split's ClassLabel {column!r} does not have (train's: {', '.join(ours.names[:10])}"
             f"{' ...' if len(ours.names) > 10 else ''}); the few-shot images of every class come from train")
-    return {i: index[name] for i, name in enumerate(theirs.names) if name in index}
+    return {i: label_of[index[name]] for i, name in enumerate(theirs.names) if name in index}
 
 
 def labelled(ds: "datasets.Dataset", split: str, column: str, label_of: dict) -> Labelled:
