@@ -2,9 +2,10 @@
 
 A `Dataset` is class names + a way to load an image by id + labelled id lists per split.
 Its `classnames` are the labels the data is published with (a run's start names: folder or
-class names with `_` and `-` turned into spaces for imagefolder and coop, the official
-labels for fashion-mnist, the folder names for eurosat); `named_sets` holds hand-made sets
-chosen with `--classnames NAME`.
+class names with `_` and `-` turned into spaces for imagefolder, coop and hf, WordNet IDs
+such as ImageNet's `n02085620` as their WordNet name, the official labels for fashion-mnist,
+the folder names for eurosat); `named_sets` holds hand-made sets chosen with
+`--classnames NAME`.
 A `FewShotSplit` draws k images per class for train and min(k, 4) for val, reproducibly
 from (dataset, shots, seed); test is the dataset's whole held-out test list and is never
 used to choose anything.
@@ -28,15 +29,17 @@ import functools
 import hashlib
 import importlib
 import json
+import re
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from promptclimb.agent.core.classnames import readable_classname  # noqa: F401 (re-exported)
+from promptclimb.agent.core.classnames import name_key, readable_classname
 from promptclimb.agent.core.errors import PromptclimbError
 
 # (image_id, label) pairs; image ids are strings so that every dataset can key its cache.
@@ -64,6 +67,61 @@ class Dataset:
     # labels. A refused start name names its folder; `folder,name` lines of --classnames FILE
     # find a class by its folder's own spelling first.
     folders: list[str] = field(default_factory=list)
+
+
+# A WordNet noun ID as ImageNet names its classes ("n02085620"), alone or before a name
+# ("n02085620-Chihuahua", Stanford Dogs' folders).
+WORDNET_ID = re.compile(r"(n\d{8})(?:[-_ ](.+))?")
+
+
+def published_names(labels: Sequence[str]) -> list[str]:
+    """The start names of labels as a folder tree or a label column gives them: readable
+    (`_` and `-` as spaces), and a WordNet ID as its WordNet name (`n02085620` 'Chihuahua',
+    `n02085620-Chihuahua` 'Chihuahua'), since an ID tells neither CLIP's text tower nor the
+    LLM anything. Where two IDs share a name (ImageNet has two `crane`s) each takes its
+    next WordNet name that no other class has, or keeps its ID: `crane (n02012849)`."""
+    labels = [str(label) for label in labels]
+    options = [_name_options(label) for label in labels]
+    names = [o[0] for o in options]
+    for attempt in ("another name", "the ID"):
+        count = Counter(map(name_key, names))
+        for i, (label, opts) in enumerate(zip(labels, options)):
+            bare_id = WORDNET_ID.fullmatch(label.strip())
+            if count[name_key(names[i])] == 1 or not bare_id or bare_id.group(2):
+                continue  # names shared by labels that are not IDs are refused later, naming both
+            taken = set(map(name_key, names))
+            spare = [o for o in opts[1:] if name_key(o) not in taken]
+            if spare:
+                names[i] = spare[0]
+            elif attempt == "the ID":
+                names[i] = f"{opts[0]} ({bare_id.group(1)})"
+    return names
+
+
+def _name_options(label: str) -> list[str]:
+    """A label's possible start names, best first: a known WordNet ID's names (several where
+    WordNet has synonyms), else the label made readable."""
+    match = WORDNET_ID.fullmatch(label.strip())
+    if match and match.group(2):
+        return [readable_classname(match.group(2))]
+    names = wordnet_names(match.group(1)) if match else ""
+    return [n.strip() for n in names.split(",") if n.strip()] or [readable_classname(label) or label]
+
+
+@functools.lru_cache(maxsize=1)
+def _imagenet_info():
+    from timm.data import ImageNetInfo  # timm is open_clip's dependency, with WordNet's table
+
+    return ImageNetInfo()
+
+
+def wordnet_names(wnid: str) -> str:
+    """A WordNet ID's names ("Chihuahua"; "German shepherd, German shepherd dog, ..."), for the
+    21,843 synsets of ImageNet-21k; "" for an ID not among them."""
+    try:
+        return _imagenet_info().label_name_to_description(wnid)
+    except KeyError:
+        return ""
 
 
 # name -> "module:function" returning a Dataset; loaders take (data_root: str | None).
@@ -349,7 +407,7 @@ def load_imagefolder(data_root: str | None) -> Dataset:
     warn_unreadable(root, unreadable)
     files = files_digest(root, [i for items in splits.values() for i in items])
     return Dataset(
-        name="imagefolder", classnames=[readable_classname(c) for c in classes], folders=list(classes),
+        name="imagefolder", classnames=published_names(classes), folders=list(classes),
         description="photos", load_image=lambda image_id: open_image(root / image_id),
         splits=splits, identity=f"{root}:{files}:{DECODING}",
     )
@@ -426,7 +484,7 @@ def load_coop_folder(data_root: str | None) -> Dataset:
     splits = drop_missing(image_root, splits)
     folders = [names[c] for c in range(max(names) + 1)]  # read_coop_split refuses a label gap
     return Dataset(
-        name="coop", classnames=[readable_classname(f) for f in folders], folders=folders, description="photos",
+        name="coop", classnames=published_names(folders), folders=folders, description="photos",
         load_image=lambda image_id: open_image(image_root / image_id), splits=splits,
         identity=(f"{root}:{split_file.name}:{files_digest(image_root, [i for v in splits.values() for i in v])}"
                   f":{DECODING}"),

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.paths import cache_dir
-from promptclimb.evaluators.datasets import Dataset, Labelled, deterministic_split, readable_classname
+from promptclimb.evaluators.datasets import Dataset, Labelled, deterministic_split, published_names
 
 if TYPE_CHECKING:
     import datasets
@@ -246,7 +246,7 @@ def class_labels(train: "datasets.Dataset", column: str, splits: dict, where: st
 
     feature = train.features[column]
     if isinstance(feature, ClassLabel):
-        return [readable_classname(n) for n in feature.names], {i: i for i in range(feature.num_classes)}
+        return published_names(feature.names), {i: i for i in range(feature.num_classes)}
     values = set()
     for split in (TRAIN_SPLIT, *TEST_SPLITS):
         if split in splits and column in splits[split].column_names:
@@ -254,7 +254,7 @@ def class_labels(train: "datasets.Dataset", column: str, splits: dict, where: st
     if not values:
         raise PromptclimbError(f"label column {column!r} of {where} has no values")
     ordered = sorted(values)
-    return [readable_classname(str(v)) or str(v) for v in ordered], {v: i for i, v in enumerate(ordered)}
+    return published_names([str(v) for v in ordered]), {v: i for i, v in enumerate(ordered)}
 
 
 def split_label_of(train: "datasets.Dataset", ds: "datasets.Dataset", split: str, column: str, label_of: dict,

@@ -47,6 +47,40 @@ def test_imagefolder_with_split_folders(tmp_path):
     assert data.splits["val"] == []
 
 
+# ImageNet-style folders (WordNet IDs) and Stanford Dogs' (an ID, then the name).
+WORDNET_FOLDERS = {"n02085620": (220, 30, 30), "n02123045": (30, 200, 40), "n09193705": (30, 40, 220)}
+DOGS_FOLDERS = {"n02085620-Chihuahua": (220, 30, 30), "n02085782-Japanese_spaniel": (30, 200, 40)}
+
+
+def test_wordnet_id_folders_start_from_their_wordnet_names_and_keep_their_folders(tmp_path):
+    data = load_dataset("imagefolder", str(make_image_folder(tmp_path / "inet", classes=WORDNET_FOLDERS)))
+    assert data.classnames == ["Chihuahua", "tabby", "alp"]
+    assert data.folders == ["n02085620", "n02123045", "n09193705"]  # `folder,name` lines find them so
+    dogs = load_dataset("imagefolder", str(make_image_folder(tmp_path / "dogs", classes=DOGS_FOLDERS)))
+    assert dogs.classnames == ["Chihuahua", "Japanese spaniel"]
+
+
+def test_wordnet_ids_that_share_a_name_take_another_or_keep_their_id():
+    from promptclimb.evaluators.datasets import published_names
+
+    # ImageNet's two cranes (the bird, the machine) have one WordNet name each; of its two
+    # maillots one has a synonym (tank suit), so the other keeps the plain name
+    assert published_names(["n02012849", "n03126707", "n03710637", "n03710721"]) == [
+        "crane (n02012849)", "crane (n03126707)", "maillot", "tank suit"]
+    # an ID WordNet's table lacks, and names that are not IDs, are made readable as before
+    assert published_names(["n00000001", "sea_lake", "Ankle-boot"]) == ["n00000001", "sea lake", "Ankle boot"]
+
+
+def test_a_classnames_file_names_wordnet_folders_by_their_ids(tmp_path):
+    from promptclimb.agent.core.classnames import read_classnames
+
+    data = load_dataset("imagefolder", str(make_image_folder(tmp_path / "inet", classes=WORDNET_FOLDERS)))
+    names = tmp_path / "names.txt"
+    names.write_text("n02123045,tabby cat\nn09193705,mountain meadow\nChihuahua,chihuahua dog\n")
+    assert read_classnames(str(names), data.classnames, folders=data.folders) == (
+        "chihuahua dog", "tabby cat", "mountain meadow")
+
+
 def test_fewshot_split_shapes_and_disjointness():
     data = _synthetic()
     for shots, want_val in [(1, 1), (4, 4), (8, 4)]:

@@ -189,6 +189,17 @@ def test_a_string_label_column_is_named_and_its_values_are_the_classes(tmp_path)
     assert data.load_image(next(i for i, c in data.splits["train"] if c == 2)).getpixel((20, 20))[0] > 150
 
 
+def test_wordnet_id_labels_start_from_their_wordnet_names(tmp_path):
+    ids = ["n02085620", "n02123045", "n09193705"]  # as ImageNet subsets label their classes
+    label = datasets.ClassLabel(names=ids)
+    datasets.Dataset.from_dict(colour_rows(4), features=features(label)).save_to_disk(str(tmp_path / "c"))
+    assert load_dataset("hf", str(tmp_path / "c")).classnames == ["Chihuahua", "tabby", "alp"]
+    rows = colour_rows(4)
+    rows["label"] = [ids[c] for c in rows["label"]]
+    datasets.Dataset.from_dict(rows, features=features(datasets.Value("string"))).save_to_disk(str(tmp_path / "s"))
+    assert load_dataset("hf", str(tmp_path / "s"), label_column="label").classnames == ["Chihuahua", "tabby", "alp"]
+
+
 def test_an_integer_label_column_leaves_rows_labelled_minus_one_out(tmp_path):
     rows = colour_rows(4)
     rows["label"] = [5 + c for c in rows["label"]]

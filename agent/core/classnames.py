@@ -206,8 +206,10 @@ def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str,
     while lines and not lines[-1].strip():  # blank lines at the end, as editors leave them
         lines = lines[:-1]
     keys: dict[str, list[int]] = {}
-    for i, p in enumerate(published):
-        keys.setdefault(name_key(p), []).append(i)
+    # a class by its name or by its folder, which may read otherwise (`n02085620`: Chihuahua)
+    for i, label in [*enumerate(published), *enumerate(folders)]:
+        if i not in keys.setdefault(name_key(label), []):
+            keys[name_key(label)].append(i)
     # `folder,name` lines when most lines are: a name of its own may hold a comma ("Coat, long")
     keyed_lines = sum("," in line and name_key(line.split(",", 1)[0]) in keys for line in lines)
     keyed = keyed_lines > len(lines) / 2
