@@ -53,9 +53,10 @@ Reported per variant, over seeds: test accuracy of the best template (mean, sd),
 held back for doing worse on val (`--confirm val`; names refused so are under refusals), the paired
 gain over pool-only (mean, sd, seeds improved), val accuracy (what choices are made on:
 test is only measured), the pick (ensemble when chosen on val, else the best template),
-and the LLM cost (answers, tokens, seconds as first measured), the share of proposed
-lines that repeated a scored template, and new templates per answer. LLM answers are
-cached, so a re-run reprints the tables without LLM calls. Asserts nothing.
+and the LLM cost (answers; tokens as first measured, cached answers too; seconds of live
+answers), the share of proposed lines that repeated a scored template, and new templates
+per answer. LLM answers are cached, so a re-run reprints the tables without LLM calls.
+Asserts nothing.
 """
 
 from __future__ import annotations
@@ -185,7 +186,8 @@ def run_variant(variant: str, seed: int, args, evaluator, llm_args, pool) -> dic
         "pick_test": pick["accuracy"]["test"], "pick_val": pick["accuracy"].get("val"),
         "ensemble_chosen": bool(ensemble.get("chosen")),
         "answers": ledger["calls"] + ledger["cache_hits"],
-        "tokens": ledger["prompt_tokens"] + ledger["completion_tokens"], "llm_s": ledger["latency_s"],
+        # every answer's tokens as first measured (a cached answer keeps its own); seconds: live only
+        "tokens": ledger["this_session"].get("budget_tokens", 0), "llm_s": ledger["latency_s"],
         "new": sum(e["event"] == "score" and e["origin"] == "llm" for e in history),
         "lines": lines, "repeats": repeats, "best": result.best["template"], "wall_s": time.time() - started,
     }
@@ -284,8 +286,8 @@ def main():
         df.to_csv(args.csv, index=False)
     print(f"\nfashion-mnist, backbone {args.backbone}, start names {args.start}, pool {args.pool}, {args.shots} shot(s), seeds {args.seeds}, LLM {model}, "
           f"{args.resets} reset(s) x {args.iterations} iterations per search; accuracies in %, test = the best "
-          f"template's; gain = paired test gain over pool-only (mean ± sd over seeds); LLM cost per search "
-          f"as first measured (also when answers come from the cache)")
+          f"template's; gain = paired test gain over pool-only (mean ± sd over seeds); LLM tokens per search "
+          f"as first measured (cached answers too); LLM s and tokens/turn: live answers only")
     print(summarise(df, variants).to_markdown(index=False))
     for row in rows:
         if row.get("found"):
