@@ -73,7 +73,7 @@ from promptclimb.agent.llm.client import LLMClient
 from promptclimb.agent.metaprompt import MetaPrompt
 from promptclimb.agent.core.pools import load_pool
 from promptclimb.agent.runs.reading import read_history
-from promptclimb.agent.runs.store import RunStore
+from promptclimb.agent.runs.store import ANSWER_KINDS, RunStore
 from promptclimb.agent.ranking import worse_on
 from promptclimb.agent.search import HELD_BACK, HillClimber, SearchConfig
 
@@ -173,15 +173,20 @@ def run_variant(variant: str, seed: int, args, evaluator, llm_args, pool) -> dic
     ensemble = result.ensemble or {}
     pick = ensemble if ensemble.get("chosen") else result.best
     names = result.summary.get("names") or {}
-    by_kind = result.summary["ledger"].get("by_kind") or {}
+    # per kind of turn, every answer's tokens as first measured (a cached answer's event keeps
+    # its usage), so that a re-run from the cache reprints them
+    by_kind: dict[str, list[int]] = {}
+    for e in history:
+        if e["event"] in ANSWER_KINDS and e.get("usage"):
+            by_kind.setdefault(ANSWER_KINDS[e["event"]], []).append(
+                e["usage"].get("prompt_tokens", 0) + e["usage"].get("completion_tokens", 0))
     return {
         "variant": variant, "seed": seed, "baseline": baseline_test(evaluator),
         "names_changed": names.get("changed", 0),
         "found": "; ".join(f"{c['start']}->{c['found']}" for c in names.get("classes", []) if c["changed"]),
         "refused": (names.get("counts") or {}).get("refused", {}),
         "templates_held_back": sum(e["event"] == "reject" and e["reason"] == HELD_BACK for e in history),
-        **{f"tokens_per_{kind}_turn": round((v.get("prompt_tokens", 0) + v.get("completion_tokens", 0))
-                                            / max(1, v.get("calls", 0))) for kind, v in by_kind.items()},
+        **{f"tokens_per_{kind}_turn": round(sum(v) / len(v)) for kind, v in by_kind.items()},
         "test": result.best["accuracy"]["test"], "val": result.best["accuracy"].get("val"),
         "pick_test": pick["accuracy"]["test"], "pick_val": pick["accuracy"].get("val"),
         "ensemble_chosen": bool(ensemble.get("chosen")),
@@ -224,7 +229,6 @@ def summarise(df, variants):
             "LLM s": round(part["llm_s"].mean()),
             "repeats": f"{100 * part['repeats'].sum() / max(1, part['lines'].sum()):.0f}%" if part["answers"].sum() else "",
             "new/answer": round(part["new"].sum() / part["answers"].sum(), 2) if part["answers"].sum() else "",
-            # live answers only (a cached answer's tokens are not counted again)
             "tokens/turn (template, names, guard)": ", ".join(
                 str(round(part[col][part[col] > 0].mean())) if col in part and (part[col] > 0).any() else "-"
                 for col in ("tokens_per_template_turn", "tokens_per_names_turn", "tokens_per_guard_turn")),
@@ -287,7 +291,7 @@ def main():
     print(f"\nfashion-mnist, backbone {args.backbone}, start names {args.start}, pool {args.pool}, {args.shots} shot(s), seeds {args.seeds}, LLM {model}, "
           f"{args.resets} reset(s) x {args.iterations} iterations per search; accuracies in %, test = the best "
           f"template's; gain = paired test gain over pool-only (mean ± sd over seeds); LLM tokens per search "
-          f"as first measured (cached answers too); LLM s and tokens/turn: live answers only")
+          f"and per turn as first measured (cached answers too); LLM s: live answers only")
     print(summarise(df, variants).to_markdown(index=False))
     for row in rows:
         if row.get("found"):
