@@ -105,7 +105,7 @@ def _name_options(label: str) -> list[str]:
     if match and match.group(2):
         return [readable_classname(match.group(2))]
     names = wordnet_names(match.group(1)) if match else ""
-    return [n.strip() for n in names.split(",") if n.strip()] or [readable_classname(label) or label]
+    return [n.strip() for n in names.split(",") if n.strip()] or [readable_classname(label)]
 
 
 @functools.lru_cache(maxsize=1)

@@ -254,7 +254,8 @@ def class_labels(train: "datasets.Dataset", column: str, splits: dict, where: st
     if not values:
         raise PromptclimbError(f"label column {column!r} of {where} has no values")
     ordered = sorted(values)
-    return published_names([str(v) for v in ordered]), {v: i for i, v in enumerate(ordered)}
+    names = [name or str(v) for name, v in zip(published_names([str(v) for v in ordered]), ordered)]
+    return names, {v: i for i, v in enumerate(ordered)}
 
 
 def split_label_of(train: "datasets.Dataset", ds: "datasets.Dataset", split: str, column: str, label_of: dict,
