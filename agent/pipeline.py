@@ -296,12 +296,13 @@ LOOP_SHAPE = ("restarts", "resets", "iterations", "parallel")  # --parallel K: r
 
 def resumed_evaluator(saved: dict) -> EvaluatorSettings:
     """A resumed run's evaluator settings, with the start names it recorded when its evaluator
-    was built, not a names file read again: edited or deleted since, it would change the run."""
+    was built, not a names file or the dataset's labels read again: a file edited or deleted
+    since, or labels a newer promptclimb reads otherwise (WordNet IDs), would change the run."""
     from promptclimb.agent.runs.reading import run_start_names
 
     settings = EvaluatorSettings.from_config(saved["evaluator_args"])
     recorded = run_start_names(saved)
-    if settings.classnames is not None and recorded:
+    if recorded:
         return replace(settings, classnames=tuple(recorded))
     return settings
 

@@ -26,6 +26,7 @@ class Factory:
 
     def __init__(self):
         self.asked: list[dict] = []
+        self.published = CLASSES  # the labels the data comes with, as this promptclimb reads them
 
     def __call__(self, **settings):
         self.asked.append(settings)
@@ -33,7 +34,7 @@ class Factory:
         if isinstance(spec, dict):  # a run's names, by the labels it started from
             names = tuple(spec[label] for label in CLASSES)
         else:
-            names = tuple(spec) if isinstance(spec, (list, tuple)) else read_classnames(spec, CLASSES, {"plain": (
+            names = tuple(spec) if isinstance(spec, (list, tuple)) else read_classnames(spec, self.published, {"plain": (
                 "top", "trousers", "dress", "bag")})
         return WordEvaluator(settings["dataset"], classnames=names, name_bonus=BONUS, class_bias={1: -0.25})
 
@@ -146,6 +147,20 @@ def test_a_killed_run_resumes_with_the_start_names_it_read_whatever_became_of_it
         assert again.exit_code == 0, again.output
         assert tuple(run.factory.asked[-1]["classnames"]) == ("tee", "pants", "gown", "bag")
         assert json.loads(again.stdout)["best"] == json.loads(first.stdout)["best"]
+
+
+def test_a_killed_run_resumes_with_the_published_names_it_started_from_if_they_now_read_otherwise(run):
+    first = run("search", "--dataset", "toy", "--name", "p", *SMALL, "--runs-dir", run.runs, "--json")
+    assert first.exit_code == 0, first.output
+    run_dir = run.runs / "p"
+    history = (run_dir / "history.jsonl").read_text().splitlines()
+    (run_dir / "summary.json").unlink()  # as if killed halfway
+    (run_dir / "history.jsonl").write_text("\n".join(history[: len(history) // 2]) + "\n")
+    run.factory.published = ("tee", "pants", "gown", "purse")  # as a newer promptclimb might read the labels
+    again = run("search", "--resume", "p", "--runs-dir", run.runs, "--json")
+    assert again.exit_code == 0, again.output
+    assert tuple(run.factory.asked[-1]["classnames"]) == CLASSES
+    assert json.loads(again.stdout)["best"] == json.loads(first.stdout)["best"]
 
 
 def test_a_run_recorded_before_confirm_existed_resumes_as_it_ran(tmp_path):
