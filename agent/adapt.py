@@ -182,6 +182,12 @@ def eval_run_adapter(run_dir: str | Path, evaluator=None, splits=("test",), devi
         by_label = run_names_by_label(config, summary)
         evaluator = build_run_evaluator(config, device=device, **{
             "classnames": by_label if isinstance(by_label, dict) else None, **overrides})
+    fit_on = ((config.get("evaluator") or {}).get("backbone") or {}).get("identity")
+    here = (evaluator.info().get("backbone") or {}).get("identity") if fit_on else None
+    if here and here != fit_on:  # features of another model, even as wide, are another space
+        raise PromptclimbError(f"{run_dir / ADAPTER_FILE} was fit on the run's backbone ({fit_on}) and does not apply "
+                               f"to another's features (this one is {here}); drop --backbone, --pretrained and "
+                               f"--weights to apply it, or --with-adapter to score the template on this backbone")
     order = None  # each class of the data: its place among the adapter's classes (None: the same)
     if classnames is None:
         classnames = run_classnames(summary) or run_start_names(config) or list(evaluator.task.classnames)

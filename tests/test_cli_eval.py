@@ -203,3 +203,38 @@ def test_with_adapter_on_other_data_whose_classes_come_in_another_order(tmp_path
     # "prompt alone" is the template row, with the same names on the same images
     assert {s: a["prompt"] for s, a in said["adapter"]["accuracy"].items()} == said["results"][0]["accuracy"]
     assert said["adapter"]["accuracy"]["test"]["adapter"] > 0.9
+
+
+def test_with_adapter_refuses_another_backbone_whose_features_are_as_wide(tiny_clip_config, tiny_clip_weights,
+                                                                         image_folder, tmp_path, torch_threads):
+    """`eval --run RUN --with-adapter --weights OTHER` (or --backbone/--pretrained): an adapter
+    fit on the run's backbone does not apply to another's features, even of the same width,
+    where it had been applied and its figures printed as if it did."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    model = open_clip.create_model(tiny_clip_config, pretrained=None)
+    other = tmp_path / "other.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(other))
+    args = {"dataset": "imagefolder", "data_root": str(image_folder), "shots": 2, "seed": 3,
+            "backbone": tiny_clip_config, "weights": str(tiny_clip_weights), "classnames": None}
+    own = run("--dataset", "imagefolder", "--data-root", str(image_folder), "--shots", "2", "--seed", "3",
+              "--backbone", tiny_clip_config, "--weights", str(tiny_clip_weights), "--device", "cpu", "--json")
+    runs = tmp_path / "runs"
+    (runs / "r").mkdir(parents=True)
+    (runs / "r" / "config.json").write_text(json.dumps({"v": 1, "run_id": "r", "evaluator_args": args,
+                                                        "evaluator": json.loads(own.stdout)["info"]}))
+    (runs / "r" / "summary.json").write_text(json.dumps({"v": 1, "best": {
+        "template": "a photo of a {}.", "accuracy": {"train": 1.0, "val": 1.0, "test": 1.0}}}))
+    fit = CliRunner().invoke(cli, ["adapt", "r", "--runs-dir", str(runs), "--kind", "cache", "--device", "cpu"])
+    assert fit.exit_code == 0, fit.output
+
+    common = ["--run", "r", "--runs-dir", str(runs), "--with-adapter", "--device", "cpu"]
+    assert run(*common).exit_code == 0
+    refused = run(*common, "--weights", str(other))
+    assert refused.exit_code == 1, refused.output
+    said = refused.output.splitlines()[-1]
+    assert said.startswith(f"Error: {runs / 'r' / 'adapter.pt'} was fit on the run's backbone ({tiny_clip_config}:")
+    assert "Traceback" not in refused.output and said == [x for x in refused.output.splitlines() if "Error" in x][0]
