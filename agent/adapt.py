@@ -19,7 +19,7 @@ from pathlib import Path
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.files import write_json_atomic
 from promptclimb.agent.core.format import pct, shell_command
-from promptclimb.agent.runs.reading import read_json, run_classnames
+from promptclimb.agent.runs.reading import read_json, run_classnames, run_names_by_label, run_start_names
 from promptclimb.agent.core.runfiles import CONFIG, SUMMARY
 from promptclimb.agent.softsearch import is_soft_prompt_run, template_refusal
 
@@ -72,6 +72,10 @@ def build_run_evaluator(config: dict, device: str | None = None, **overrides):
     args = dict(config.get("evaluator_args") or {})
     if not args.get("dataset"):
         raise PromptclimbError("config.json has no evaluator_args; this run cannot be re-evaluated")
+    recorded = run_start_names(config)
+    if args.get("classnames") is not None and recorded:
+        # the start names as the run read them, not a names file read again (edited or deleted since)
+        args["classnames"] = tuple(recorded)
     args.update({k: v for k, v in overrides.items() if v is not None})
     return build_evaluator(**args, device=device)
 
@@ -178,15 +182,30 @@ def eval_run_adapter(run_dir: str | Path, evaluator=None, splits=("test",), devi
                 f"--classnames with --with-adapter: the run's {payload['kind']} adapter was trained on the "
                 f"prompt filled in with the run's class names and does not apply to other names (only a cache "
                 f"adapter does); drop --classnames to apply it, or --with-adapter to score these names")
-    if evaluator is None:
-        evaluator = build_run_evaluator(config, device=device, **overrides)
+    if evaluator is None:  # the run's names by the labels of its data, as `eval --run` builds it
+        by_label = run_names_by_label(config, summary)
+        evaluator = build_run_evaluator(config, device=device, **{
+            "classnames": by_label if isinstance(by_label, dict) else None, **overrides})
+    fit_on = ((config.get("evaluator") or {}).get("backbone") or {}).get("identity")
+    here = (evaluator.info().get("backbone") or {}).get("identity") if fit_on else None
+    if here and here != fit_on:  # features of another model, even as wide, are another space
+        raise PromptclimbError(f"{run_dir / ADAPTER_FILE} was fit on the run's backbone ({fit_on}) and does not apply "
+                               f"to another's features (this one is {here}); drop --backbone, --pretrained and "
+                               f"--weights to apply it, or --with-adapter to score the template on this backbone")
+    order = None  # each class of the data: its place among the adapter's classes (None: the same)
     if classnames is None:
-        classnames = run_classnames(summary) or list(evaluator.task.classnames)
+        classnames = run_classnames(summary) or run_start_names(config) or list(evaluator.task.classnames)
+        data_names = list(evaluator.task.classnames)
+        # other data may hold the run's classes in another order (its names were matched by
+        # label); the adapter's outputs are the run's classes, in the run's order
+        if data_names != classnames and sorted(data_names) == sorted(classnames):
+            order = [classnames.index(name) for name in data_names]
         if fit_names and len(fit_names) == len(classnames) and fit_names != classnames:
             warnings.warn(f"the class names of this data differ from those the adapter was fit on "
                           f"({fit_names}); classes are matched by position", stacklevel=2)
     class_embeddings = evaluator.class_embeddings(payload["templates"], classnames=classnames)
     module = load_adapter(run_dir / ADAPTER_FILE, class_embeddings, evaluator.logit_scale)
-    out = {split: prompt_and_adapter_accuracy(module, *evaluator.image_features(split)) for split in splits}
+    out = {split: prompt_and_adapter_accuracy(module, *evaluator.image_features(split), order=order)
+           for split in splits}
     kept = (summary.get("adapter") or {}).get("result", "adapter")
     return {"kind": payload["kind"], "templates": payload["templates"], "result": kept, "accuracy": out}

@@ -231,8 +231,13 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(dim=-1) == labels).float().mean())
 
 
-def prompt_and_adapter_accuracy(module, features: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Accuracy of a loaded adapter's prompt alone and with the adapter, on one split."""
+def prompt_and_adapter_accuracy(module, features: torch.Tensor, labels: torch.Tensor,
+                                order: list[int] | None = None) -> dict[str, float]:
+    """Accuracy of a loaded adapter's prompt alone and with the adapter, on one split.
+    `order`: for data whose classes come in another order than the adapter's, each data
+    class's index among the adapter's classes."""
+    if order is not None:
+        labels = torch.as_tensor(order, dtype=labels.dtype)[labels]
     with torch.no_grad():
         return {"prompt": accuracy(module.zero_shot_logits(features), labels), "adapter": accuracy(module(features), labels)}
 

@@ -281,3 +281,26 @@ def test_a_cache_adapter_is_applied_with_other_names_and_a_trained_one_refuses_t
     assert str(refused.value).startswith("--classnames with --with-adapter: the run's feature-residual adapter was "
                                          "trained on the prompt filled in with the run's class names")
     assert "\n" not in str(refused.value)
+
+
+def test_adapt_fills_in_the_start_names_the_run_recorded_not_its_names_file(tiny_clip_config, tiny_clip_weights,
+                                                                           image_folder, torch_threads, tmp_path):
+    """A run started with --classnames FILE, the file deleted (or edited) since: `adapt` and
+    eval_run_adapter build the run's evaluator with the start names the run recorded, as
+    `eval --run`, `transfer` and a resume do; `adapt` had stopped on the missing file."""
+    from promptclimb.agent.adapt import eval_run_adapter
+    from promptclimb.agent.cli import cli
+    from promptclimb.evaluators.adapters import read_adapter
+
+    args = {"dataset": "imagefolder", "shots": 2, "seed": 1, "backbone": tiny_clip_config, "pretrained": None,
+            "weights": str(tiny_clip_weights), "data_root": str(image_folder),
+            "classnames": str(tmp_path / "names.txt")}  # no longer there
+    run = make_run(tmp_path / "runs" / "r", args)
+    recorded = ["lake", "field", "square"]
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "evaluator": {"dataset": {"classnames": recorded}}}))
+    result = CliRunner().invoke(cli, ["adapt", "r", "--runs-dir", str(tmp_path / "runs"), "--kind", "cache",
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert read_adapter(run / "adapter.pt")["classnames"] == recorded
+    assert set(eval_run_adapter(run, device="cpu")["accuracy"]["test"]) == {"prompt", "adapter"}

@@ -165,3 +165,76 @@ def test_a_data_root_without_the_fashion_mnist_subset_says_the_embedded_data_nee
         f"Error: --data-root {tmp_path} holds no fashion_mnist_subset.npz: fashion-mnist is read from the data "
         "embedded in promptclimb when no --data-root is given (a --data-root is for a subset built with "
         "`python -m promptclimb.evaluators.demo.build_subset --out DIR/fashion_mnist_subset.npz`)\n")
+
+
+def test_with_adapter_on_other_data_whose_classes_come_in_another_order(tmp_path, torch_threads):
+    """`eval --run RUN --with-adapter --data-root DIR`, DIR holding the run's classes in another
+    order (`Dress/` and `Trouser/` sort before `bag/`): the adapter rows match each class by its label, as
+    the template rows do; they had filled the run's names in by position (0% correct)."""
+    import numpy as np
+    from PIL import Image
+
+    data = np.load(REPO / "evaluators" / "demo" / "data" / "fashion_mnist_subset.npz")
+    classes = {1: "trouser", 3: "dress", 7: "sneaker", 8: "bag"}
+    for root, spelled in (("own", {}), ("other", {"trouser": "Trouser", "dress": "Dress"})):
+        for label, name in classes.items():
+            folder = tmp_path / root / spelled.get(name, name)
+            folder.mkdir(parents=True)
+            for i in np.flatnonzero(data["test_labels"] == label)[:10]:
+                Image.fromarray(data["test_images"][i]).save(folder / f"{i}.png")
+    runs = tmp_path / "runs"
+    (runs / "r").mkdir(parents=True)
+    labels = ["bag", "dress", "sneaker", "trouser"]  # the own folder's classes, in its order
+    (runs / "r" / "config.json").write_text(json.dumps({"v": 1, "run_id": "r", "evaluator_args": {
+        "dataset": "imagefolder", "data_root": str(tmp_path / "own"), "shots": 2, "seed": 0, "backbone": "demo",
+        "classnames": None}, "evaluator": {"dataset": {"classnames": labels}}}))
+    (runs / "r" / "summary.json").write_text(json.dumps({"v": 1, "best": {
+        "template": "a photo of a {}.", "names": ["handbag", "dress", "sneaker", "trousers"],
+        "accuracy": {"train": 1.0, "val": 1.0, "test": 1.0}}}))
+    fit = CliRunner().invoke(cli, ["adapt", "r", "--runs-dir", str(runs), "--kind", "cache", "--device", "cpu"])
+    assert fit.exit_code == 0, fit.output
+
+    out = run("--run", "r", "--runs-dir", str(runs), "--with-adapter", "--data-root", str(tmp_path / "other"),
+              "--device", "cpu", "--json")
+    assert out.exit_code == 0, out.output
+    said = json.loads(out.stdout)
+    assert said["info"]["dataset"]["classnames"] == ["dress", "trousers", "handbag", "sneaker"]
+    assert said["results"][0]["accuracy"]["test"] > 0.9
+    # "prompt alone" is the template row, with the same names on the same images
+    assert {s: a["prompt"] for s, a in said["adapter"]["accuracy"].items()} == said["results"][0]["accuracy"]
+    assert said["adapter"]["accuracy"]["test"]["adapter"] > 0.9
+
+
+def test_with_adapter_refuses_another_backbone_whose_features_are_as_wide(tiny_clip_config, tiny_clip_weights,
+                                                                         image_folder, tmp_path, torch_threads):
+    """`eval --run RUN --with-adapter --weights OTHER` (or --backbone/--pretrained): an adapter
+    fit on the run's backbone does not apply to another's features, even of the same width,
+    where it had been applied and its figures printed as if it did."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    model = open_clip.create_model(tiny_clip_config, pretrained=None)
+    other = tmp_path / "other.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(other))
+    args = {"dataset": "imagefolder", "data_root": str(image_folder), "shots": 2, "seed": 3,
+            "backbone": tiny_clip_config, "weights": str(tiny_clip_weights), "classnames": None}
+    own = run("--dataset", "imagefolder", "--data-root", str(image_folder), "--shots", "2", "--seed", "3",
+              "--backbone", tiny_clip_config, "--weights", str(tiny_clip_weights), "--device", "cpu", "--json")
+    runs = tmp_path / "runs"
+    (runs / "r").mkdir(parents=True)
+    (runs / "r" / "config.json").write_text(json.dumps({"v": 1, "run_id": "r", "evaluator_args": args,
+                                                        "evaluator": json.loads(own.stdout)["info"]}))
+    (runs / "r" / "summary.json").write_text(json.dumps({"v": 1, "best": {
+        "template": "a photo of a {}.", "accuracy": {"train": 1.0, "val": 1.0, "test": 1.0}}}))
+    fit = CliRunner().invoke(cli, ["adapt", "r", "--runs-dir", str(runs), "--kind", "cache", "--device", "cpu"])
+    assert fit.exit_code == 0, fit.output
+
+    common = ["--run", "r", "--runs-dir", str(runs), "--with-adapter", "--device", "cpu"]
+    assert run(*common).exit_code == 0
+    refused = run(*common, "--weights", str(other))
+    assert refused.exit_code == 1, refused.output
+    said = refused.output.splitlines()[-1]
+    assert said.startswith(f"Error: {runs / 'r' / 'adapter.pt'} was fit on the run's backbone ({tiny_clip_config}:")
+    assert "Traceback" not in refused.output and said == [x for x in refused.output.splitlines() if "Error" in x][0]
