@@ -46,7 +46,8 @@ def read_pool_file(path: str | Path) -> list[str]:
     """The templates of a pool file; every invalid line is reported, with its number."""
     path = Path(path).expanduser()
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: a BOM (Windows editors write one) would be scored as the first template's text
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise PromptclimbError(f"pool file {path}: cannot read it ({exc.__class__.__name__}: {exc})") from None
     templates, problems = [], []
