@@ -453,6 +453,21 @@ def test_a_broken_meta_prompt_is_reported_before_anything_loads(tmp_path, llm, e
     assert evaluators_built == [] and llm.count == 0 and not list((tmp_path / "runs").glob("*"))
 
 
+@pytest.mark.parametrize("name, content, needle", [
+    ("feedback_turn.j2", b"Best: {{ 1 / 0 }}", "ZeroDivisionError"),  # the template's own expression fails
+    ("first_turn.j2", b"{{ n + 'x' }}", "TypeError"),
+    ("system.j2", b"\xff\xfe not UTF-8", "UnicodeDecodeError"),
+])
+def test_a_meta_prompt_that_raises_while_rendered_is_one_line(name, content, needle, tmp_path, llm, evaluators_built):
+    """Only jinja's own errors were one line: a template whose expression raised, or a file
+    that is not UTF-8, ended the search with a traceback."""
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / name).write_bytes(content)
+    one_line_error(cli("search", "--dataset", "toy", "--meta-prompt", tmp_path / "meta", "--runs-dir",
+                       tmp_path / "runs"), f"meta-prompt {name}: {needle}")
+    assert evaluators_built == [] and llm.count == 0 and not list((tmp_path / "runs").glob("*"))
+
+
 @pytest.mark.parametrize("metric", ["accuracy", "prob", "blend"])
 @pytest.mark.parametrize("select", ["train", "train+val"])
 def test_our_meta_prompts_pass_the_check_they_are_rendered_with(metric, select):
