@@ -48,6 +48,8 @@ class MetaPrompt:
         except jinja2.TemplateError as exc:
             where = getattr(exc, "filename", None) or name
             raise PromptclimbError(f"meta-prompt {where}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - a user's template runs its own code ({{ 1 / 0 }}), may not be UTF-8
+            raise PromptclimbError(f"meta-prompt {name}: {type(exc).__name__}: {exc}") from None
 
     def system(self, task: Task, n: int) -> str:
         return self.render("system.j2", task=task, n=n)

@@ -326,7 +326,8 @@ def read_toml(path: str | Path, what: str) -> dict:
     """A TOML file's tables, or PromptclimbError in one line (missing, not UTF-8, bad TOML)."""
     path = Path(path).expanduser()
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: tomllib refuses a BOM (Notepad writes one) as "Invalid statement (at line 1, column 1)"
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise PromptclimbError(f"{what} {path}: no such file") from None
     except UnicodeDecodeError:

@@ -42,7 +42,7 @@ from promptclimb.agent.adapt import check_kinds
 from promptclimb.agent.options import BUDGET, LOCAL, REMOTE_DEFAULT_MODEL, recorded_value
 from promptclimb.agent.core.pools import POOLS, PoolTemplate, load_pool
 from promptclimb.agent.ranking import metric_label
-from promptclimb.agent.runs.store import RunStore, check_run_name, run_argument
+from promptclimb.agent.runs.store import CONFIG, RunStore, check_run_name, run_argument
 from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.search import LLM_EVENTS, RECORDED_BEFORE_IT_EXISTED, SELECTIONS, HillClimber, SearchConfig
 
@@ -307,6 +307,42 @@ def resumed_evaluator(saved: dict) -> EvaluatorSettings:
     return settings
 
 
+# What a run's config.json holds for an option of each kind, as JSON, and how it is said.
+RECORDED_TYPES = {int: (int, "a whole number"), float: ((int, float), "a number"), bool: (bool, "true or false"),
+                  str: (str, "text"), "path": (str, "a path"), "dir": (str, "a path")}
+
+
+def check_recorded(saved: dict, path: Path) -> None:
+    """PromptclimbError in one line when a hand-edited config.json records a setting as no run
+    does (iterations "3" or 3.5, shots "x", "search": null, a pool entry that is not a
+    [template, source] pair): a resume would pass it on as it is, to a TypeError wherever the
+    search first used it."""
+    from promptclimb.agent.runs.reading import check_config
+
+    check_config(saved, path)
+    needed = ("search", "llm", "pool") if saved.get("optimizer", "llm") == "llm" else ("soft_prompt",)
+    missing = [key for key in ("evaluator_args", *needed) if not isinstance(saved.get(key), dict)]
+    if missing:
+        raise PromptclimbError(f"{path} is damaged ({missing[0]!r} is missing or null)")
+    for option in option_table.SEARCH_OPTIONS:
+        if option.scope == BUDGET:  # recorded, though not compared as the others are (`apply_budget_caps`)
+            option = replace(option, recorded=f"search.{option.name}")
+        value = recorded_value(saved, option) if option.recorded else None
+        if value is None:
+            continue
+        kind, said = (str, "text") if isinstance(option.kind, tuple) else RECORDED_TYPES.get(option.kind, (object, ""))
+        try:
+            if not isinstance(value, kind) or isinstance(value, bool) != (option.kind is bool):
+                raise PromptclimbError(f"{option.flag} {value!r}: expected {said}")
+            option_table.check_value(option, value, "")
+        except PromptclimbError as exc:
+            raise PromptclimbError(f"{path} is damaged ({option.recorded}: {exc})") from None
+    templates = (saved.get("pool") or {}).get("templates", [])
+    if not isinstance(templates, list) or not all(
+            isinstance(t, list) and len(t) == 2 and all(isinstance(part, str) for part in t) for t in templates):
+        raise PromptclimbError(f"{path} is damaged (pool.templates: expected a list of [template, source] pairs)")
+
+
 def resumed_run(opts: dict, echo) -> Plan:
     """A killed run's settings from its config.json; its folder is opened (and locked)."""
     from promptclimb.agent.runs.reading import find_run
@@ -316,6 +352,7 @@ def resumed_run(opts: dict, echo) -> Plan:
     store = RunStore.resume(run_dir)
     try:
         saved = store.config
+        check_recorded(saved, run_dir / CONFIG)
         adapter_kinds = check_kinds(opts["adapter_kinds"]) if opts["adapter_kinds"] else saved.get("adapter_kinds") or []
         optimizer = saved.get("optimizer", "llm")
         if optimizer == "llm":

@@ -394,7 +394,11 @@ def load_imagefolder(data_root: str | None) -> Dataset:
             if classes is None:
                 classes = names
             elif names != classes:
-                raise PromptclimbError(f"{folder} has different class folders than {split_dirs['train']}")
+                # say which: among a hundred class folders, one spelled otherwise is hard to find
+                extra, missing = sorted(set(names) - set(classes)), sorted(set(classes) - set(names))
+                said = "; ".join(f"{what}: {', '.join(map(repr, folders))}" for what, folders in (
+                    (f"only in {split}/", extra), ("not in it", missing)) if folders)
+                raise PromptclimbError(f"{folder} has different class folders than {split_dirs['train']} ({said})")
             splits[split] = sorted((f"{split}/{i}", c) for c, ids in by_class.items() for i in ids)
             unreadable += [f"{split}/{b}" for b in bad]
     else:

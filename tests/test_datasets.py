@@ -81,6 +81,17 @@ def test_a_classnames_file_names_wordnet_folders_by_their_ids(tmp_path):
         "chihuahua dog", "tabby cat", "mountain meadow")
 
 
+def test_split_folders_with_other_classes_are_refused_naming_them(tmp_path):
+    """The refusal said only that the classes differ, leaving the user to compare two lists
+    of folders by eye."""
+    make_image_folder(tmp_path / "d" / "train", per_class=3)
+    test = make_image_folder(tmp_path / "d" / "test", per_class=2)
+    (test / "red_square").rename(test / "red-square")
+    with pytest.raises(PromptclimbError, match=r"test has different class folders than .*train "
+                                               r"\(only in test/: 'red-square'; not in it: 'red_square'\)$"):
+        load_dataset("imagefolder", str(tmp_path / "d"))
+
+
 def test_fewshot_split_shapes_and_disjointness():
     data = _synthetic()
     for shots, want_val in [(1, 1), (4, 4), (8, 4)]:

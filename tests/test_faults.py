@@ -133,6 +133,47 @@ def test_resume_of_a_damaged_config_is_one_line(tmp_path, llm, evaluators_built)
     assert evaluators_built == []
 
 
+@pytest.mark.parametrize("edit, needle", [
+    (lambda c: c["search"].update(iterations="3"), "(search.iterations: --iterations '3': expected a whole number)"),
+    (lambda c: c["search"].update(iterations=3.5), "(search.iterations: --iterations 3.5: expected a whole number)"),
+    (lambda c: c["search"].update(max_calls="3"), "(search.max_calls: --max-calls '3': expected a whole number)"),
+    (lambda c: c["evaluator_args"].update(shots="x"), "(evaluator_args.shots: --shots 'x': expected a whole number)"),
+    (lambda c: c["search"].update(guard=["own"]), "(search.guard: --guard ['own']: expected text)"),
+    (lambda c: c.update(search=None), "('search' is missing or null)"),
+    (lambda c: c.update(llm=None), "('llm' is missing or null)"),
+    (lambda c: c["pool"].update(templates=[["a {}", "general"], 5]), "(pool.templates: expected a list of"),
+])
+def test_resume_of_a_hand_edited_config_is_one_line(edit, needle, tmp_path, llm, evaluators_built):
+    """Values of the wrong type in a config.json edited by hand went on into the resumed
+    search, to a TypeError (`'<' not supported between 'str' and 'int'`) and a traceback."""
+    runs = tmp_path / "runs"
+    assert cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "r").exit_code == 0
+    config = json.loads((runs / "r" / "config.json").read_text())
+    edit(config)
+    (runs / "r" / "config.json").write_text(json.dumps(config))
+    one_line_error(cli("search", "--resume", "r", "--runs-dir", runs), f"{runs / 'r' / 'config.json'} is damaged {needle}")
+
+
+def test_a_config_whose_metric_or_part_readers_use_is_wrong_is_one_line_for_every_reader(tmp_path, llm,
+                                                                                        evaluators_built):
+    """`show`, `report` and `compare` of a run whose config.json says metric "nope" ended in
+    a ValueError's traceback, and "llm": "x" in an AttributeError's; `runs` lists it as unreadable."""
+    runs = tmp_path / "runs"
+    for name in ("r", "other"):
+        assert cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", name).exit_code == 0
+    config = json.loads((runs / "r" / "config.json").read_text())
+    for edit, needle in ((lambda c: c["search"].update(metric="nope"), 'search.metric is "nope", not one of accuracy'),
+                         (lambda c: c.update(llm="x"), "'llm' is \"x\", not an object")):
+        edited = json.loads(json.dumps(config))
+        edit(edited)
+        (runs / "r" / "config.json").write_text(json.dumps(edited))
+        for args in (["show", "r"], ["report", "r", "-o", tmp_path / "r.html"], ["compare", "r", "other"],
+                     ["search", "--resume", "r"]):
+            one_line_error(cli(*args, "--runs-dir", runs), "config.json is damaged", needle)
+        listed = cli("runs", "--runs-dir", runs)
+        assert listed.exit_code == 0 and "unreadable" in listed.output and "other" in listed.output
+
+
 @contextmanager
 def read_only(folder: Path):
     """`folder` read-only for this process: by its mode, or for root (who writes whatever the
@@ -450,6 +491,21 @@ def test_a_broken_meta_prompt_is_reported_before_anything_loads(tmp_path, llm, e
         '{% for r in results %}{{ {"better": "up", "worse": "down", "equal": "level"}[r.verdict] }}{% endfor %}')
     one_line_error(cli("search", "--dataset", "toy", "--meta-prompt", tmp_path / "meta", "--runs-dir",
                        tmp_path / "runs"), "feedback_turn.j2", "held")
+    assert evaluators_built == [] and llm.count == 0 and not list((tmp_path / "runs").glob("*"))
+
+
+@pytest.mark.parametrize("name, content, needle", [
+    ("feedback_turn.j2", b"Best: {{ 1 / 0 }}", "ZeroDivisionError"),  # the template's own expression fails
+    ("first_turn.j2", b"{{ n + 'x' }}", "TypeError"),
+    ("system.j2", b"\xff\xfe not UTF-8", "UnicodeDecodeError"),
+])
+def test_a_meta_prompt_that_raises_while_rendered_is_one_line(name, content, needle, tmp_path, llm, evaluators_built):
+    """Only jinja's own errors were one line: a template whose expression raised, or a file
+    that is not UTF-8, ended the search with a traceback."""
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / name).write_bytes(content)
+    one_line_error(cli("search", "--dataset", "toy", "--meta-prompt", tmp_path / "meta", "--runs-dir",
+                       tmp_path / "runs"), f"meta-prompt {name}: {needle}")
     assert evaluators_built == [] and llm.count == 0 and not list((tmp_path / "runs").glob("*"))
 
 

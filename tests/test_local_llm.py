@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -338,6 +340,63 @@ def test_stop_kills_a_child_that_ignores_sigterm(tmp_path):
     proc.stdout.readline()  # its handler is installed
     local_llm.stop_process(proc, grace=0.5)
     assert proc.returncode is not None and proc.returncode < 0
+
+
+IGNORES_SIGTERM = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); "
+                   "time.sleep(60)")  # as a server answering a request: SIGTERM waits for the answer
+
+
+def gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"  # ended, not yet reaped
+    except FileNotFoundError:
+        return True
+
+
+def test_a_second_ctrl_c_while_the_server_stops_kills_it(tmp_path):
+    """Ctrl-C, then Ctrl-C again during the grace period (a server mid-answer takes it
+    whole): the second interrupt ended the wait before the SIGKILL, and the server ran on
+    without its owner until its answer was done."""
+    proc = subprocess.Popen([sys.executable, "-c", IGNORES_SIGTERM], stdout=subprocess.PIPE, start_new_session=True)
+    proc.stdout.readline()
+
+    def second_ctrl_c(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, second_ctrl_c)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(KeyboardInterrupt):
+            local_llm.stop_process(proc, grace=30)
+        assert proc.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        proc.kill()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_server_mid_answer_ends_with_a_killed_promptclimb(tmp_path):
+    """kill -9 of a search while the local server answered: the SIGTERM Linux sent it on
+    the parent's death waited for the answer, and the server ran on, owned by no one."""
+    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import subprocess, sys, time
+        from promptclimb.agent.llm import local
+        child = subprocess.Popen([sys.executable, "-c", {IGNORES_SIGTERM!r}], stdout=subprocess.PIPE,
+                                 start_new_session=True, preexec_fn=local._die_with_parent)
+        child.stdout.readline()
+        print(child.pid, flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while not gone(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not gone(child):
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the server outlived the promptclimb that started it")
 
 
 def test_missing_llama_cpp_says_how_to_install(home, monkeypatch):

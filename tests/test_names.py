@@ -719,6 +719,21 @@ def test_folders_that_differ_only_in_case_are_named_by_their_own_spelling(tmp_pa
         read_classnames(str(keyed), published, {})
 
 
+def test_a_folder_whose_name_holds_a_comma_is_named_by_a_quoted_folder_name_line(tmp_path):
+    """A folder `Coat, long` could not be named by a `folder,name` line: the line was cut at
+    its first comma (`'Coat' is not a class`). Quoted as a CSV field, it is; the unquoted forms
+    read as before."""
+    published, folders = ["Bag", "Coat, long", "shirt"], ["Bag", "Coat, long", "shirt"]
+    keyed = tmp_path / "keyed.txt"
+    keyed.write_text('shirt,tee\n"Coat, long",coat, long\nBag , "hand ""bag"""\n')
+    assert read_classnames(str(keyed), published, {}, folders) == ('hand "bag"', "coat, long", "tee")
+    keyed.write_text('shirt,tee\n  "Coat, long" , coat\n"Bag",bag\n')
+    assert read_classnames(str(keyed), published, {}, folders) == ("bag", "coat", "tee")
+    keyed.write_text("shirt,tee\nCoat, long,coat\nBag,bag\n")  # unquoted: cut at the first comma, as before
+    with pytest.raises(PromptclimbError, match=r"line 2: 'Coat' is not a class"):
+        read_classnames(str(keyed), published, {}, folders)
+
+
 def test_classnames_specs(tmp_path):
     assert read_classnames(None, PUBLISHED, {"clean": ["T-shirt", "trousers", "pullover"]}) == tuple(PUBLISHED)
     assert read_classnames("clean", PUBLISHED, {"clean": ["T-shirt", "trousers", "pullover"]})[1] == "trousers"

@@ -156,6 +156,21 @@ def test_a_config_file_that_is_not_utf8_is_refused(tmp_path):
     assert result.exit_code == 2 and "not a UTF-8 text file" in flat(result.output)
 
 
+def test_a_config_file_saved_with_a_bom_and_crlf_is_read(tmp_path, monkeypatch):
+    """A BOM made tomllib refuse the file as "not valid TOML (Invalid statement (at line 1,
+    column 1))", a line that looks right in any editor."""
+    from promptclimb.agent import pipeline
+    from promptclimb.agent.cli.search import search_cmd
+
+    seen = []
+    monkeypatch.setattr(pipeline, "run_search", lambda opts, echo, evaluator_factory=None: seen.append(opts) or {})
+    config = tmp_path / "notepad.toml"
+    config.write_bytes('[search]\r\ndataset = "toy"\r\niterations = 3\r\n'.encode("utf-8-sig"))
+    result = CliRunner().invoke(search_cmd, ["--config", str(config)], obj=FACTORY)
+    assert result.exit_code == 0, result.output
+    assert seen[0]["dataset"] == "toy" and seen[0]["iterations"] == 3
+
+
 def test_the_search_help_says_what_one_iteration_of_both_runs():
     """`--search both --iterations 1`: the help said each reset ends with a template turn; its
     one turn is a names turn (agent/search.py `turn_kind`), and the help says so now."""

@@ -37,6 +37,10 @@ def test_pool_file_reports_every_bad_line_with_its_number(tmp_path):
     message = str(err.value)
     assert "2 invalid line(s)" in message
     assert re.search(r"line 3: 'no placeholder'", message) and re.search(r"line 5: 'a \{\} and \{\}'", message)
+    assert "\n" not in message  # one line, as every error (it was a list, one line each)
+    path.write_text("".join(f"bad {i}\n" for i in range(1, 8)))
+    with pytest.raises(PromptclimbError, match=r"7 invalid line\(s\) .*line 5: 'bad 5': [^;]*; \.\.\. \(7 in all\)$"):
+        load_pool("toy", str(path))
     path.write_text("a photo of " + "very " * 30 + "things\n")  # no placeholder: shown cut, and saying so
     with pytest.raises(PromptclimbError) as err:
         load_pool("toy", str(path))

@@ -64,3 +64,15 @@ def test_a_comment_after_a_template_in_a_pool_file_is_not_part_of_it(tmp_path):
     path.write_text("# note one\n   # note two\n")
     with pytest.raises(PromptclimbError, match="holds no template"):
         read_pool_file(path)
+
+
+def test_a_pool_file_saved_with_a_bom_and_crlf_reads_as_its_templates(tmp_path):
+    """A BOM (Notepad's UTF-8) was read into the first template, scored as '\\ufeffa photo
+    of a {}.' (a prompt other than the one written), or made a first-line comment invalid."""
+    from promptclimb.agent.core.pools import read_pool_file
+
+    path = tmp_path / "pool.txt"
+    path.write_bytes("a photo of a {}.\r\na sketch of a {}.  # note\r\n".encode("utf-8-sig"))
+    assert read_pool_file(path) == ["a photo of a {}.", "a sketch of a {}."]
+    path.write_bytes("# my pool\r\na photo of a {}.\r\n".encode("utf-8-sig"))
+    assert read_pool_file(path) == ["a photo of a {}."]

@@ -7,7 +7,8 @@ score with names other than the dataset's, the search to check names an LLM prop
                             `clean` for fashion-mnist, `coop` for eurosat), or `published`
     --classnames FILE       one name per line in class order, or `folder,name` lines keyed
                             by the folder names (imagefolder, coop: `a_b` and `a-b` are two
-                            classes) or the published names, in any order
+                            classes) or the published names, in any order; a folder
+                            name with a comma in double quotes, as in CSV ("Coat, long",coat)
 
 A name is refused when it is empty, holds a brace (the template's {} is filled with it) or
 repeats another class's name; a file is refused, in one line naming the file's line, for
@@ -198,6 +199,24 @@ def class_named(key: str, published: tuple[str, ...], keys: dict[str, list[int]]
     return found[0]
 
 
+# A `folder,name` line whose folder holds a comma quotes it, as a CSV field: "Coat, long",coat
+QUOTED_KEY = re.compile(r'\s*("(?:[^"]|"")*")\s*,(.*)')
+
+
+def unquoted(text: str) -> str:
+    """`text` stripped, and without the double quotes of a CSV field (a doubled quote inside is one)."""
+    text = text.strip()
+    return text[1:-1].replace('""', '"') if len(text) >= 2 and text[0] == text[-1] == '"' else text
+
+
+def folder_and_name(line: str) -> tuple[str, str] | None:
+    """A `folder,name` line's two parts, or None without a comma. The name is all after the
+    first comma outside quotes ("Trouser,pants, long" names Trouser 'pants, long')."""
+    quoted = QUOTED_KEY.fullmatch(line)
+    key, comma, name = (quoted.group(1), ",", quoted.group(2)) if quoted else line.partition(",")
+    return (unquoted(key), unquoted(name)) if comma else None
+
+
 def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str,
                       folders: tuple[str, ...] = ()) -> tuple[str, ...]:
     """One name per line in class order, or `folder,name` lines (any order) when a line
@@ -211,7 +230,7 @@ def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str,
         if i not in keys.setdefault(name_key(label), []):
             keys[name_key(label)].append(i)
     # `folder,name` lines when most lines are: a name of its own may hold a comma ("Coat, long")
-    keyed_lines = sum("," in line and name_key(line.split(",", 1)[0]) in keys for line in lines)
+    keyed_lines = sum(name_key(parts[0]) in keys for parts in map(folder_and_name, lines) if parts)
     keyed = keyed_lines > len(lines) / 2
     names: dict[int, str] = {}
     where_named: dict[str, int] = {}  # name_key -> line number
@@ -220,10 +239,11 @@ def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str,
         if not raw.strip():
             raise PromptclimbError(f"{at}: empty line (one class name per line, nothing else)")
         if keyed:
-            if "," not in raw:
+            parts = folder_and_name(raw)
+            if parts is None:
                 raise PromptclimbError(f"{at}: {raw.strip()!r} is not a 'folder,name' line ({keyed_lines} of the "
                                        f"file's {len(lines)} lines are)")
-            key, name = (part.strip() for part in raw.split(",", 1))
+            key, name = parts
             c = class_named(key, published, keys, at, folders)
             if c in names:
                 raise PromptclimbError(f"{at}: {'folder' if folders else 'class'} {labels[c]!r} is named twice")

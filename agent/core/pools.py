@@ -43,10 +43,11 @@ INLINE_COMMENT = re.compile(r"\s#(?:\s|$)")
 
 
 def read_pool_file(path: str | Path) -> list[str]:
-    """The templates of a pool file; every invalid line is reported, with its number."""
+    """The templates of a pool file; invalid lines are reported (the first five), with their numbers."""
     path = Path(path).expanduser()
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: a BOM (Windows editors write one) would be scored as the first template's text
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise PromptclimbError(f"pool file {path}: cannot read it ({exc.__class__.__name__}: {exc})") from None
     templates, problems = [], []
@@ -56,12 +57,13 @@ def read_pool_file(path: str | Path) -> list[str]:
             continue
         problem = template_problem(line)
         if problem:
-            problems.append(f"  line {number}: {shortened(line, 80)!r}: {problem}")
+            problems.append(f"line {number}: {shortened(line, 80)!r}: {problem}")
         else:
             templates.append(line)
-    if problems:
+    if problems:  # one line, as every error: the first few, which are what a fix starts from
+        shown = "; ".join(problems[:5]) + (f"; ... ({len(problems)} in all)" if len(problems) > 5 else "")
         raise PromptclimbError(f"pool file {path}: {len(problems)} invalid line(s) "
-                               "(a template has exactly one {} where the class name goes):\n" + "\n".join(problems))
+                               f"(a template has exactly one {{}} where the class name goes): {shown}")
     if not templates:
         raise PromptclimbError(f"pool file {path} holds no template (one per line, # for comments)")
     return templates

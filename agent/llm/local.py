@@ -275,13 +275,15 @@ def local_server(
 
 
 def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGTERM it when promptclimb dies, even by
-    SIGKILL, so a server is never left running without its owner."""
+    """In the child, before exec: ask Linux to SIGKILL it when promptclimb dies, even by
+    SIGKILL, so a server is never left running without its owner. Not SIGTERM: a server
+    answering a request puts that off until it has answered (minutes on busy cores), for
+    no one; it has nothing to save."""
     try:
         import ctypes
 
         PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except Exception:  # best effort: the `finally` in local_server is the main guarantee
         pass
 
@@ -343,6 +345,11 @@ def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         send(signal.SIGKILL if os.name == "posix" else signal.SIGTERM)
         proc.wait(timeout=grace)
+    except BaseException:
+        # A second Ctrl-C while the server finishes its answer (SIGTERM waits for that) must
+        # not leave it running on, without its owner.
+        send(signal.SIGKILL if os.name == "posix" else signal.SIGTERM)
+        raise
 
 
 def _tail(path: Path, lines: int = 20) -> str:

@@ -35,7 +35,7 @@ from promptclimb.agent.core.protocol import SPLITS
 from promptclimb.agent.core.runfiles import SWEEP_FILE
 from promptclimb.agent.runs.compact import COMPACT_SINCE, confusion_matrix, unpack_event
 from promptclimb.agent.runs.store import ANSWER_KINDS, CONFIG, EVENTS, FORMAT_VERSION, HISTORY, SUMMARY, ledger
-from promptclimb.agent.ranking import LEGACY_METRIC, best_first, selection_value, then_value, top_and_bottom
+from promptclimb.agent.ranking import LEGACY_METRIC, METRICS, best_first, selection_value, then_value, top_and_bottom
 from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.search import SELECTIONS
 
@@ -761,11 +761,30 @@ def load_run(path: str | Path) -> Run:
     """A run folder read back (NewerFormat / PromptclimbError for what cannot be read)."""
     path = Path(path)
     config = read_json(path / CONFIG)
+    check_config(config, path / CONFIG)
     summary = read_json(path / SUMMARY) if (path / SUMMARY).exists() else None
     if summary is not None:
         check_summary(summary, path / SUMMARY)
     events, skipped = read_events(path / HISTORY)
     return Run(path, config, summary, events, skipped)
+
+
+# The parts of config.json the readers (and a resume) open as objects.
+CONFIG_SECTIONS = ("search", "evaluator_args", "evaluator", "llm", "pool", "soft_prompt")
+
+
+def check_config(config: dict, path: Path) -> None:
+    """PromptclimbError naming the file when a part of the settings that readers use is not
+    what a run records (a hand-edited config.json: "llm": "x", metric "nope"), not an
+    AttributeError or ValueError in whichever reader opens it."""
+    for key in CONFIG_SECTIONS:
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            raise PromptclimbError(f"{path} is damaged ({key!r} is {shortened(json.dumps(config[key]), 40)}, "
+                                   "not an object)")
+    metric = (config.get("search") or {}).get("metric")
+    if metric is not None and metric not in METRICS:
+        raise PromptclimbError(f"{path} is damaged (search.metric is {shortened(json.dumps(metric), 40)}, "
+                               f"not one of {', '.join(METRICS)})")
 
 
 # The result's parts every reader opens (`Run.final`): what each must be, as said in an error.
