@@ -306,11 +306,6 @@ def resumed_evaluator(saved: dict) -> EvaluatorSettings:
     return settings
 
 
-# What a run's config.json holds for an option of each kind, as JSON, and how it is said.
-RECORDED_TYPES = {int: (int, "a whole number"), float: ((int, float), "a number"), bool: (bool, "true or false"),
-                  str: (str, "text"), "path": (str, "a path"), "dir": (str, "a path")}
-
-
 def check_recorded(saved: dict, path: Path) -> None:
     """PromptclimbError in one line when a hand-edited config.json records a setting as no run
     does (iterations "3" or 3.5, shots "x", "search": null, a pool entry that is not a
@@ -323,19 +318,7 @@ def check_recorded(saved: dict, path: Path) -> None:
     missing = [key for key in ("evaluator_args", *needed) if not isinstance(saved.get(key), dict)]
     if missing:
         raise PromptclimbError(f"{path} is damaged ({missing[0]!r} is missing or null)")
-    for option in option_table.SEARCH_OPTIONS:
-        if option.scope == BUDGET:  # recorded, though not compared as the others are (`apply_budget_caps`)
-            option = replace(option, recorded=f"search.{option.name}")
-        value = recorded_value(saved, option) if option.recorded else None
-        if value is None:
-            continue
-        kind, said = (str, "text") if isinstance(option.kind, tuple) else RECORDED_TYPES.get(option.kind, (object, ""))
-        try:
-            if not isinstance(value, kind) or isinstance(value, bool) != (option.kind is bool):
-                raise PromptclimbError(f"{option.flag} {value!r}: expected {said}")
-            option_table.check_value(option, value, "")
-        except PromptclimbError as exc:
-            raise PromptclimbError(f"{path} is damaged ({option.recorded}: {exc})") from None
+    option_table.check_recorded(saved, path)
     templates = (saved.get("pool") or {}).get("templates", [])
     if not isinstance(templates, list) or not all(
             isinstance(t, list) and len(t) == 2 and all(isinstance(part, str) for part in t) for t in templates):
