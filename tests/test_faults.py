@@ -192,6 +192,18 @@ def test_a_run_whose_evaluator_settings_were_edited_by_hand_is_one_line_for_what
     assert evaluators_built == []
 
 
+def test_eval_of_a_run_whose_config_names_no_dataset_is_refused_not_scored_on_the_default(tmp_path, evaluators_built):
+    """With evaluator_args gone from config.json, `eval --run` scored the run's template on
+    fashion-mnist (the default), whatever data the run had; `adapt` and `transfer` refuse."""
+    run = finished_run(tmp_path / "runs")
+    config = json.loads((run / "config.json").read_text())
+    for damaged in (None, {"shots": 1}):
+        (run / "config.json").write_text(json.dumps({**config, "evaluator_args": damaged}))
+        one_line_error(cli("eval", "--run", "r", "--runs-dir", tmp_path / "runs"),
+                       f"{run / 'config.json'} does not say which dataset the run used")
+    assert evaluators_built == []
+
+
 @contextmanager
 def read_only(folder: Path):
     """`folder` read-only for this process: by its mode, or for root (who writes whatever the
