@@ -204,6 +204,19 @@ def test_eval_of_a_run_whose_config_names_no_dataset_is_refused_not_scored_on_th
     assert evaluators_built == []
 
 
+@pytest.mark.parametrize("lost", ["deleted", "emptied"])
+def test_resume_of_a_finished_run_whose_history_is_gone_keeps_its_summary(lost, tmp_path, llm, evaluators_built):
+    """It ran the whole search again from no events and wrote its summary over the run's
+    (the same only while the LLM cache held every answer)."""
+    runs = tmp_path / "runs"
+    assert cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "r").exit_code == 0
+    history, summary = runs / "r" / "history.jsonl", (runs / "r" / "summary.json").read_text()
+    history.unlink() if lost == "deleted" else history.write_text("")
+    one_line_error(cli("search", "--resume", "r", "--runs-dir", runs), "has a summary.json but no events",
+                   "nothing to continue from")
+    assert (runs / "r" / "summary.json").read_text() == summary
+
+
 @contextmanager
 def read_only(folder: Path):
     """`folder` read-only for this process: by its mode, or for root (who writes whatever the
