@@ -19,7 +19,8 @@ from pathlib import Path
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.files import write_json_atomic
 from promptclimb.agent.core.format import pct, shell_command
-from promptclimb.agent.runs.reading import read_json, run_classnames, run_names_by_label, run_start_names
+from promptclimb.agent.runs.reading import (check_config, read_json, run_classnames, run_names_by_label,
+                                          run_start_names)
 from promptclimb.agent.core.runfiles import CONFIG, SUMMARY
 from promptclimb.agent.softsearch import is_soft_prompt_run, template_refusal
 
@@ -47,6 +48,7 @@ def read_run(run_dir: Path, command: str | None = None) -> tuple[dict, dict]:
     """(config, summary) of a finished run (a damaged file: one line naming it). With
     `command` (what the user ran), a soft-prompt run is refused: it has no template."""
     config = read_json(run_dir / CONFIG)
+    check_config(config, run_dir / CONFIG)
     if command and is_soft_prompt_run(config):
         raise PromptclimbError(template_refusal(run_dir.name, config, command))
     if not (run_dir / SUMMARY).is_file():

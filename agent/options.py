@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +212,32 @@ def recorded_value(config: dict, option: Option):
     for key in option.recorded.split("."):
         value = value.get(key) if isinstance(value, dict) else None
     return value
+
+
+# What a run's config.json holds for an option of each kind, as JSON, and how it is said.
+RECORDED_TYPES = {int: (int, "a whole number"), float: ((int, float), "a number"), bool: (bool, "true or false"),
+                  str: (str, "text"), "path": (str, "a path"), "dir": (str, "a path")}
+
+
+def check_recorded(config: dict, where, under: str | tuple[str, ...] = "") -> None:
+    """PromptclimbError in one line naming `where` (config.json) when it records the value of
+    an option (of those recorded under `under`: "evaluator_args.") as no run does, edited by
+    hand: of another type ("3" or 3.5 for --iterations) or one its option refuses."""
+    for option in SEARCH_OPTIONS:
+        if option.scope == BUDGET:  # recorded, though not compared as the others are
+            option = replace(option, recorded=f"search.{option.name}")
+        if not option.recorded or not option.recorded.startswith(under):
+            continue
+        value = recorded_value(config, option)
+        if value is None:
+            continue
+        kind, said = (str, "text") if isinstance(option.kind, tuple) else RECORDED_TYPES.get(option.kind, (object, ""))
+        try:
+            if not isinstance(value, kind) or isinstance(value, bool) != (option.kind is bool):
+                raise PromptclimbError(f"{option.flag} {value!r}: expected {said}")
+            check_value(option, value, "")
+        except PromptclimbError as exc:
+            raise PromptclimbError(f"{where} is damaged ({option.recorded}: {exc})") from None
 
 
 def defaults() -> dict:

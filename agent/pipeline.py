@@ -42,7 +42,7 @@ from promptclimb.agent.adapt import check_kinds
 from promptclimb.agent.options import BUDGET, LOCAL, REMOTE_DEFAULT_MODEL, recorded_value
 from promptclimb.agent.core.pools import POOLS, PoolTemplate, load_pool
 from promptclimb.agent.ranking import metric_label
-from promptclimb.agent.runs.store import CONFIG, RunStore, check_run_name, run_argument
+from promptclimb.agent.runs.store import CONFIG, HISTORY, SUMMARY, RunStore, check_run_name, run_argument
 from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.search import LLM_EVENTS, RECORDED_BEFORE_IT_EXISTED, SELECTIONS, HillClimber, SearchConfig
 
@@ -307,11 +307,6 @@ def resumed_evaluator(saved: dict) -> EvaluatorSettings:
     return settings
 
 
-# What a run's config.json holds for an option of each kind, as JSON, and how it is said.
-RECORDED_TYPES = {int: (int, "a whole number"), float: ((int, float), "a number"), bool: (bool, "true or false"),
-                  str: (str, "text"), "path": (str, "a path"), "dir": (str, "a path")}
-
-
 def check_recorded(saved: dict, path: Path) -> None:
     """PromptclimbError in one line when a hand-edited config.json records a setting as no run
     does (iterations "3" or 3.5, shots "x", "search": null, a pool entry that is not a
@@ -324,19 +319,7 @@ def check_recorded(saved: dict, path: Path) -> None:
     missing = [key for key in ("evaluator_args", *needed) if not isinstance(saved.get(key), dict)]
     if missing:
         raise PromptclimbError(f"{path} is damaged ({missing[0]!r} is missing or null)")
-    for option in option_table.SEARCH_OPTIONS:
-        if option.scope == BUDGET:  # recorded, though not compared as the others are (`apply_budget_caps`)
-            option = replace(option, recorded=f"search.{option.name}")
-        value = recorded_value(saved, option) if option.recorded else None
-        if value is None:
-            continue
-        kind, said = (str, "text") if isinstance(option.kind, tuple) else RECORDED_TYPES.get(option.kind, (object, ""))
-        try:
-            if not isinstance(value, kind) or isinstance(value, bool) != (option.kind is bool):
-                raise PromptclimbError(f"{option.flag} {value!r}: expected {said}")
-            option_table.check_value(option, value, "")
-        except PromptclimbError as exc:
-            raise PromptclimbError(f"{path} is damaged ({option.recorded}: {exc})") from None
+    option_table.check_recorded(saved, path)
     templates = (saved.get("pool") or {}).get("templates", [])
     if not isinstance(templates, list) or not all(
             isinstance(t, list) and len(t) == 2 and all(isinstance(part, str) for part in t) for t in templates):
@@ -353,6 +336,12 @@ def resumed_run(opts: dict, echo) -> Plan:
     try:
         saved = store.config
         check_recorded(saved, run_dir / CONFIG)
+        if not store.stored and (run_dir / SUMMARY).exists():
+            # a finished run whose history is gone: its replay would be a new search, whose
+            # summary (other LLM answers, with --no-cache or another cache) would replace this one
+            raise PromptclimbError(f"{run_dir} has a {SUMMARY} but no events in its {HISTORY}: there is nothing to "
+                                   f"continue from (read it with: {shell_command('show', run_argument(run_dir))}), "
+                                   "or start a new run")
         adapter_kinds = check_kinds(opts["adapter_kinds"]) if opts["adapter_kinds"] else saved.get("adapter_kinds") or []
         optimizer = saved.get("optimizer", "llm")
         if optimizer == "llm":

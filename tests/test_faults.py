@@ -162,7 +162,7 @@ def test_a_config_whose_metric_or_part_readers_use_is_wrong_is_one_line_for_ever
     for name in ("r", "other"):
         assert cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", name).exit_code == 0
     config = json.loads((runs / "r" / "config.json").read_text())
-    for edit, needle in ((lambda c: c["search"].update(metric="nope"), 'search.metric is "nope", not one of accuracy'),
+    for edit, needle in ((lambda c: c["search"].update(metric="nope"), "search.metric: --metric 'nope': expected one of"),
                          (lambda c: c.update(llm="x"), "'llm' is \"x\", not an object")):
         edited = json.loads(json.dumps(config))
         edit(edited)
@@ -172,6 +172,49 @@ def test_a_config_whose_metric_or_part_readers_use_is_wrong_is_one_line_for_ever
             one_line_error(cli(*args, "--runs-dir", runs), "config.json is damaged", needle)
         listed = cli("runs", "--runs-dir", runs)
         assert listed.exit_code == 0 and "unreadable" in listed.output and "other" in listed.output
+
+
+@pytest.mark.parametrize("edit, needle", [
+    ({"shots": "x"}, "evaluator_args.shots: --shots 'x': expected a whole number"),
+    ({"seed": 1.5}, "evaluator_args.seed: --seed 1.5: expected a whole number"),
+    ({"backbone": 5}, "evaluator_args.backbone: --backbone 5: expected text"),
+])
+def test_a_run_whose_evaluator_settings_were_edited_by_hand_is_one_line_for_what_rebuilds_it(tmp_path, edit, needle,
+                                                                                            evaluators_built):
+    """`eval --run`, `adapt` and `transfer` build the run's evaluator from config.json's
+    evaluator_args: shots "x" was a TypeError there, backbone 5 an AttributeError."""
+    run = finished_run(tmp_path / "runs")
+    config = json.loads((run / "config.json").read_text())
+    config["evaluator_args"].update(edit)
+    (run / "config.json").write_text(json.dumps(config))
+    for args in (["eval", "--run", "r"], ["adapt", "r", "--kind", "cache"], ["transfer", "r", "--backbone", "demo"]):
+        one_line_error(cli(*args, "--runs-dir", tmp_path / "runs"), f"{run / 'config.json'} is damaged ({needle})")
+    assert evaluators_built == []
+
+
+def test_eval_of_a_run_whose_config_names_no_dataset_is_refused_not_scored_on_the_default(tmp_path, evaluators_built):
+    """With evaluator_args gone from config.json, `eval --run` scored the run's template on
+    fashion-mnist (the default), whatever data the run had; `adapt` and `transfer` refuse."""
+    run = finished_run(tmp_path / "runs")
+    config = json.loads((run / "config.json").read_text())
+    for damaged in (None, {"shots": 1}):
+        (run / "config.json").write_text(json.dumps({**config, "evaluator_args": damaged}))
+        one_line_error(cli("eval", "--run", "r", "--runs-dir", tmp_path / "runs"),
+                       f"{run / 'config.json'} does not say which dataset the run used")
+    assert evaluators_built == []
+
+
+@pytest.mark.parametrize("lost", ["deleted", "emptied"])
+def test_resume_of_a_finished_run_whose_history_is_gone_keeps_its_summary(lost, tmp_path, llm, evaluators_built):
+    """It ran the whole search again from no events and wrote its summary over the run's
+    (the same only while the LLM cache held every answer)."""
+    runs = tmp_path / "runs"
+    assert cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "r").exit_code == 0
+    history, summary = runs / "r" / "history.jsonl", (runs / "r" / "summary.json").read_text()
+    history.unlink() if lost == "deleted" else history.write_text("")
+    one_line_error(cli("search", "--resume", "r", "--runs-dir", runs), "has a summary.json but no events",
+                   "nothing to continue from")
+    assert (runs / "r" / "summary.json").read_text() == summary
 
 
 @contextmanager

@@ -6,6 +6,7 @@ torch and the evaluator are imported inside the command, so `promptclimb --help`
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -147,6 +148,9 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
         for key, value in (config.get("evaluator_args") or {}).items():
             if key in args and args[key] is None:
                 args[key] = value
+        if args["dataset"] is None:  # else the default's, fashion-mnist, whatever the run's was
+            raise PromptclimbError(f"{Path(run_dir) / 'config.json'} does not say which dataset the run used; "
+                                   "give it with --dataset")
         names = run_names_by_label(config, summary)
         if given["classnames"] is None and names:
             args["classnames"] = names  # the names the run found, by the labels of its data

@@ -35,8 +35,9 @@ from promptclimb.agent.core.protocol import SPLITS
 from promptclimb.agent.core.runfiles import SWEEP_FILE
 from promptclimb.agent.runs.compact import COMPACT_SINCE, confusion_matrix, unpack_event
 from promptclimb.agent.runs.store import ANSWER_KINDS, CONFIG, EVENTS, FORMAT_VERSION, HISTORY, SUMMARY, ledger
-from promptclimb.agent.ranking import LEGACY_METRIC, METRICS, best_first, selection_value, then_value, top_and_bottom
+from promptclimb.agent.ranking import LEGACY_METRIC, best_first, selection_value, then_value, top_and_bottom
 from promptclimb.agent.names import GUARD_NOT_ASKED
+from promptclimb.agent.options import check_recorded
 from promptclimb.agent.search import SELECTIONS
 
 
@@ -775,16 +776,14 @@ CONFIG_SECTIONS = ("search", "evaluator_args", "evaluator", "llm", "pool", "soft
 
 def check_config(config: dict, path: Path) -> None:
     """PromptclimbError naming the file when a part of the settings that readers use is not
-    what a run records (a hand-edited config.json: "llm": "x", metric "nope"), not an
-    AttributeError or ValueError in whichever reader opens it."""
+    what a run records (a hand-edited config.json: "llm": "x", metric "nope", shots "x"), not
+    an AttributeError, ValueError or TypeError in whichever reader opens it."""
     for key in CONFIG_SECTIONS:
         if config.get(key) is not None and not isinstance(config[key], dict):
             raise PromptclimbError(f"{path} is damaged ({key!r} is {shortened(json.dumps(config[key]), 40)}, "
                                    "not an object)")
-    metric = (config.get("search") or {}).get("metric")
-    if metric is not None and metric not in METRICS:
-        raise PromptclimbError(f"{path} is damaged (search.metric is {shortened(json.dumps(metric), 40)}, "
-                               f"not one of {', '.join(METRICS)})")
+    # what a reader ranks by, and what `eval --run`, `adapt` and `transfer` build the evaluator from
+    check_recorded(config, path, ("search.metric", "evaluator_args."))
 
 
 # The result's parts every reader opens (`Run.final`): what each must be, as said in an error.
