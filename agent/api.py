@@ -123,7 +123,7 @@ def search(dataset: str | None = None, shots: int = 1, backbone: str | None = No
     summary = run_search(opts, echo or nowhere, evaluator_factory=_EVALUATOR_FACTORY.get(), aside=echo or nowhere,
                          bars=draws_bars(echo))
     runs_dir = Path(opts["runs_dir"])
-    run_dir = find_run(opts["resume"], runs_dir) if opts["resume"] else runs_dir / summary["run_id"]
+    run_dir = find_run(opts["resume"], runs_dir) if opts["resume"] is not None else runs_dir / summary["run_id"]
     ensemble = summary.get("ensemble") or {}
     return SearchResult(run_dir=Path(run_dir), best=summary["best"]["template"],
                         accuracy=dict(summary["best"]["accuracy"]),

@@ -101,7 +101,7 @@ def run_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None = No
     model) - the API's `search(echo=...)` passes both (agent/api.py)."""
     # a search refused before it keeps a run (a bad option, dataset, names set or meta-prompt
     # found once --runs-dir exists) leaves no folder it created
-    created = [] if opts["resume"] else missing_folders(opts["runs_dir"])
+    created = [] if opts["resume"] is not None else missing_folders(opts["runs_dir"])
     try:
         return planned_search(opts, echo, evaluator_factory, aside, bars)
     except BaseException:
@@ -112,7 +112,7 @@ def run_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None = No
 def planned_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None,
                    aside: Callable[[str], None] | None = None, bars: bool = True) -> dict:
     """`run_search` once the folders it may create are noted."""
-    plan = resumed_run(opts, echo) if opts["resume"] else new_run(opts, echo)
+    plan = resumed_run(opts, echo) if opts["resume"] is not None else new_run(opts, echo)
     store = plan.store
     try:
         meta = checks_before_loading(plan, opts)

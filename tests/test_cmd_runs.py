@@ -127,6 +127,22 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path):
     assert "newer format" in invoke("runs", "--runs-dir", runs).output
 
 
+def test_an_empty_run_argument_is_refused_not_read_as_every_runs_prefix(tmp_path):
+    """"" is a prefix of every run id: with one run under --runs-dir, `adapt ""` adapted it,
+    `eval --run ""` scored fashion-mnist instead and `search --resume ""` started a new search."""
+    run_dir = make_run(tmp_path, "only")
+    runs = tmp_path / "runs"
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+    for command in (["show", ""], ["report", " "], ["compare", "", "only"], ["transfer", "", "--backbone", "x"],
+                    ["adapt", "", "--kind", "cache"], ["eval", "--run", ""], ["search", "--resume", ""],
+                    ["mlflow-sync", ""]):
+        result = invoke(*command, "--runs-dir", runs)
+        assert result.exit_code == 1, (command, result.output)
+        assert result.output.strip().splitlines()[-1].startswith("Error: run '") and "expected a run folder's path " \
+            "or a run id" in result.output and "load_run()" not in result.output, (command, result.output)
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == before
+
+
 def test_report_is_one_self_contained_page(tmp_path):
     run_dir = make_run(tmp_path)
     result = invoke("report", "run", "--runs-dir", tmp_path / "runs")

@@ -82,7 +82,7 @@ def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, sh
       promptclimb eval --run RUN --with-adapter        (the run's prompt, with and without its adapter)
       promptclimb eval --dataset eurosat --backbone ViT-B-32 --weights W.pt --precision bf16   (faster on a CPU)
     """
-    if with_adapter and not run:
+    if with_adapter and run is None:
         raise click.UsageError("--with-adapter needs --run RUN (the adapter belongs to a run)")
     check_device_name(device)  # by name, before anything loads (`--device meta`, `cpu:5`)
     given = {"dataset": dataset, "data_root": data_root, "shots": shots, "seed": seed, "backbone": backbone,
@@ -90,7 +90,7 @@ def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, sh
              "image_column": image_column, "label_column": label_column, "classnames": classnames}
     from promptclimb.agent.runs.reading import find_run  # pandas: only now
 
-    run_dir = find_run(run, runs_dir) if run else None
+    run_dir = find_run(run, runs_dir) if run is not None else None
     if with_adapter:
         from promptclimb.agent.adapt import read_run
         from promptclimb.agent.core.runfiles import ADAPTER_FILE

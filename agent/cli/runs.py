@@ -20,7 +20,7 @@ from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.cli.errors import user_errors
 from promptclimb.agent.core.format import pct, shortened
 from promptclimb.agent.names import GUARD_NOT_ASKED
-from promptclimb.agent.runs.reading import Run, run_start_names, runs_frame
+from promptclimb.agent.runs.reading import Run, find_run, run_start_names, runs_frame
 from promptclimb.agent.runs.compact import CLASSES_IN_FULL
 from promptclimb.agent.runs.store import ANSWER_KINDS
 from promptclimb.agent.adapt import adapter_said
@@ -79,7 +79,7 @@ def skipped_note(run: Run) -> str | None:
 
 def open_run(run: str, runs_dir: str) -> Run:
     """The run (promptclimb.load_run), with a warning on stderr for history lines skipped."""
-    loaded = load_run(run, runs_dir)
+    loaded = load_run(find_run(run, runs_dir))  # an empty RUN refused as the command's, not load_run()'s
     note = skipped_note(loaded)
     if note:
         click.echo(note, err=True)

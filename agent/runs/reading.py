@@ -67,6 +67,8 @@ def list_run_dirs(runs_dir: str | Path) -> list[Path]:
 
 def find_run(run: str, runs_dir: str | Path) -> Path:
     """A run folder from an id under `runs_dir`, a unique prefix of one, or a path."""
+    if not str(run).strip():  # a prefix of every run, and the current folder as a path
+        raise PromptclimbError(f"run {run!r}: expected a run folder's path or a run id")
     runs_dir = Path(runs_dir)
     for candidate in (Path(run), runs_dir / run):
         if (candidate / CONFIG).exists():
