@@ -48,6 +48,7 @@ class Option:
     multiple: bool = False
     metavar: str | None = None
     minimum: float | None = None
+    maximum: int | None = None
     scope: str = RUN
     cli_only: bool = False  # not a keyword of the Python API's search()
     recorded: str | None = None  # where a run's config.json records it ("search.iterations"): --resume compares
@@ -62,12 +63,13 @@ class Option:
 
 
 SEARCH, SOFT = SearchConfig(), SoftPromptConfig()
+SEED_MAX = 2 ** 64 - 1  # torch seeds its generators (adapters, soft prompts) with at most 64 bits
 _E, _M, _L, _LLM, _R, _O, _S = PANELS
 SEARCH_OPTIONS: tuple[Option, ...] = (
     Option("--dataset", None, "Dataset: fashion-mnist (embedded), eurosat, imagefolder, coop, hf (a save_to_disk or "
            "parquet folder: --data-root) or hf:OWNER/NAME[:CONFIG]. Required unless --resume.", _E, recorded="evaluator_args.dataset"),
     Option("--shots", 1, "Training images per class (the few-shot split).", _E, int, minimum=1, recorded="evaluator_args.shots"),
-    Option("--seed", 0, "Seed of the few-shot split, the pool samples and the LLM requests.", _E, int, minimum=0, recorded="evaluator_args.seed"),
+    Option("--seed", 0, "Seed of the few-shot split, the pool samples and the LLM requests.", _E, int, minimum=0, maximum=SEED_MAX, recorded="evaluator_args.seed"),
     Option("--backbone", None, "CLIP backbone [default: demo for fashion-mnist, else ViT-B-32 with --pretrained openai].", _E, recorded="evaluator_args.backbone"),
     Option("--llm", None, "LLM model name [default: 'local' (the embedded llama.cpp model) unless OPENAI_API_KEY or "
            f"OPENAI_BASE_URL is set, then {REMOTE_DEFAULT_MODEL}].", _E, dest="llm_name", recorded="llm.model"),
@@ -298,6 +300,8 @@ def check_value(option: Option, value, where: str):
         value = str(value)
     if option.minimum is not None and value < option.minimum:
         refuse(f"must be at least {option.minimum:g}")
+    if option.maximum is not None and value > option.maximum:
+        refuse(f"must be at most {option.maximum}")
     return value
 
 

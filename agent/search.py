@@ -38,6 +38,7 @@ every knob is in `SearchConfig`.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from collections import defaultdict
@@ -56,6 +57,7 @@ from promptclimb.agent.ranking import (DEFAULT_METRIC, METRICS, best_first, labe
                                        selection_value, then_value, top_and_bottom, worse_on)
 from promptclimb.agent.proposals import DUPLICATE, normalise, parse_proposals
 from promptclimb.agent.core.protocol import UNLABELED_SPLIT, Evaluator, Score, Task
+from promptclimb.agent.core.runfiles import SUMMARY
 from promptclimb.agent.runs.compact import summary_table
 from promptclimb.agent.runs.store import ANSWER_KINDS, FORMAT_VERSION, RunStore, ledger, ledger_by_kind
 
@@ -345,6 +347,16 @@ class Turns:
         """Until no lane is inside a turn (so the history is not written to any more)."""
         with self._cond:
             self._cond.wait_for(lambda: not self._busy)
+
+
+def recorded_adapter(run_dir) -> dict | None:
+    """The adapter section `promptclimb adapt` wrote into a finished run's summary.json, or
+    None (none, or a summary that cannot be read: it is written anew all the same)."""
+    try:
+        section = json.loads((run_dir / SUMMARY).read_text(encoding="utf-8")).get("adapter")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return section if isinstance(section, dict) else None
 
 
 class HillClimber:
@@ -1098,6 +1110,10 @@ class HillClimber:
         )
         self.store.write_prompts_csv()
         summary = self.summary(final, started)
+        if stored is not None and stored["event"] == "final":
+            adapter = recorded_adapter(self.store.run_dir)
+            if adapter:  # in no history event: the summary written anew keeps what `adapt` fit
+                summary["adapter"] = adapter
         self.store.write_json("summary.json", summary)
         self.echo(f"best: {best['template']}  " + pct_by_split(best["accuracy"]))
         if ensemble:

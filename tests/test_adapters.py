@@ -304,3 +304,25 @@ def test_adapt_fills_in_the_start_names_the_run_recorded_not_its_names_file(tiny
     assert result.exit_code == 0, result.output
     assert read_adapter(run / "adapter.pt")["classnames"] == recorded
     assert set(eval_run_adapter(run, device="cpu")["accuracy"]["test"]) == {"prompt", "adapter"}
+
+
+def test_a_later_fit_that_does_not_beat_its_own_prompt_leaves_the_kept_adapter(separable, tmp_path):
+    """A kept adapter (it beat its prompt on val) is not replaced by a later fit that does not
+    beat its own prompt, even with a higher val: `adapt --on ensemble` after `adapt` on the best
+    template, the ensemble alone better on val than either adapter, had overwritten adapter.pt
+    and turned the run's result back to prompt-only."""
+    from promptclimb.agent.adapt import fit_run_adapter
+
+    # class embeddings = the true class means: the prompt alone is perfect on val
+    evaluator = FakeEvaluator({"train": separable.train, "val": separable.val, "test": separable.test},
+                              separable.means, separable.scale, "abcd")
+    run = make_run(tmp_path / "run", {"seed": 1})
+    summary = json.loads((run / "summary.json").read_text())
+    kept = {"kind": "feature-residual", "result": "adapter", "accuracy": {"train": 0.6, "val": 0.5, "test": 0.5}}
+    (run / "summary.json").write_text(json.dumps({**summary, "adapter": kept}))
+    (run / "adapter.pt").write_bytes(b"the kept adapter")
+    said = []
+    assert fit_run_adapter(run, ["cache"], evaluator=evaluator, echo=said.append) == kept
+    assert said[-1].startswith("the run keeps its feature-residual adapter (val 50.0%)")
+    assert json.loads((run / "summary.json").read_text())["adapter"] == kept
+    assert (run / "adapter.pt").read_bytes() == b"the kept adapter"

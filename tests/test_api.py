@@ -154,7 +154,7 @@ def test_evaluate_with_a_real_clip_model(tiny_clip_config, tiny_clip_weights, im
     assert named.to_dict("records") == promptclimb.evaluate(["a photo of a {}."], **settings,
                                                              classnames=["lake", "field", "square"]).to_dict("records")
     bad_seed = CliRunner().invoke(cli, ["eval", *args, "--seed", "-3"])
-    assert bad_seed.exit_code == 2 and "-3 is not in the range x>=0" in bad_seed.output
+    assert bad_seed.exit_code == 2 and "-3 is not in the range 0<=x<=" in bad_seed.output
 
 
 def test_import_promptclimb_stays_light():
@@ -191,3 +191,16 @@ def test_the_readme_api_examples_run(notebook, tmp_path, built):
     assert len(namespace["answers"]) == notebook.count == 6  # 2 resets x 3 iterations
     assert len(namespace["table"]) == 2 and not namespace["moved"].empty
     assert [b["backbone"] for b in built] == ["demo", "demo", "ViT-B-16"]
+
+
+def test_resuming_a_finished_run_keeps_the_adapter_adapt_recorded(notebook, built, tmp_path):
+    """`promptclimb adapt RUN` records its adapter in summary.json only (the history does not
+    hold it); `search --resume RUN` (or `search(resume=RUN)`) on the finished run wrote the
+    summary anew from the history and dropped that section, leaving adapter.pt unexplained."""
+    promptclimb.search(dataset="toy", name="done", echo=None, **SMALL)
+    path = tmp_path / "runs" / "done" / "summary.json"
+    adapter = {"kind": "cache", "result": "adapter", "accuracy": {"train": 1.0, "val": 1.0, "test": 1.0}}
+    path.write_text(json.dumps({**json.loads(path.read_text()), "adapter": adapter}))
+    again = promptclimb.search(resume="done", echo=None)
+    assert again.summary["adapter"] == adapter
+    assert json.loads(path.read_text())["adapter"] == adapter

@@ -43,7 +43,8 @@ def click_option(option: Option, default=None, help: str | None = None):
     if kind is bool:
         extra["is_flag"] = True
     elif kind is int:
-        extra["type"] = click.IntRange(min=option.minimum) if option.minimum is not None else int
+        extra["type"] = click.IntRange(min=option.minimum, max=option.maximum) \
+            if option.minimum is not None or option.maximum is not None else int
     elif kind is float:
         extra["type"] = click.FloatRange(min=option.minimum) if option.minimum is not None else float
     elif kind == "path":
