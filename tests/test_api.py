@@ -106,6 +106,14 @@ def test_search_load_run_evaluate_transfer_like_a_notebook(notebook, tmp_path, b
     assert moved.attrs["rank_correlation"]["selection"] == pytest.approx(1.0)
     assert moved.attrs["path"] == result.run_dir / "transfer-other-net.csv"
     assert set(pd.read_csv(moved.attrs["path"])["template"]) == {*ranked, "a photo of a {}."}
+    # other weights of that backbone: files of their own, beside the first transfer's
+    for tag in ("tag-a", "tag_b"):
+        promptclimb.transfer(run, backbone="other-net", pretrained=tag, top=3)
+        assert built[-1]["pretrained"] == tag
+    assert sorted(p.name for p in result.run_dir.glob("transfer-*.csv")) == [
+        "transfer-other-net-tag-a.csv", "transfer-other-net-tag_b.csv", "transfer-other-net.csv"]
+    assert {json.loads(p.read_text())["target"]["pretrained"] for p in result.run_dir.glob("transfer-*.json")} == {
+        None, "tag-a", "tag_b"}
 
 
 def test_bad_input_is_one_readable_error(notebook, built):
