@@ -273,7 +273,8 @@ def test_a_bad_weights_file_is_one_line(content, needle, tiny_clip_config, image
     (("cat", "{x}"), "folder '{x}' (class 2) reads as '{x}': braces"),
     (("sea_lake", "sea-lake"), "folder 'sea_lake' (class 2) reads as 'sea lake', the same as folder 'sea-lake' "
                                "(class 1)"),
-    (("_", "cat"), "folder '_' (class 1) reads as an empty name")])
+    (("_", "cat"), "folder '_' (class 1) reads as an empty name"),
+    (("cat", "sea\nlake"), "folder 'sea\\nlake' (class 2) reads as 'sea\\nlake': a line break in a class name")])
 def test_class_folders_that_make_no_class_names_are_one_line_before_a_run_folder(folders, needle, tiny_clip_config,
                                                                                  tmp_path):
     from conftest import make_image_folder

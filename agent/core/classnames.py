@@ -94,6 +94,8 @@ def name_problem(name: str) -> str | None:
         return "empty name"
     if "{" in name or "}" in name:
         return "braces { } are not allowed in a class name (the template's {} is filled with it)"
+    if len(name.strip().splitlines()) > 1:  # a folder may be named so; each name is one line of a meta-prompt
+        return "a line break in a class name (each is written as one line)"
     return None
 
 
