@@ -353,6 +353,16 @@ def gone(pid: int) -> bool:
         return True
 
 
+def test_a_server_finishing_an_answer_is_killed_after_a_short_grace(tmp_path):
+    """Ctrl-C on a search while the local LLM answers: it waited the server's answer out
+    (10 s of grace, then SIGKILL) with nothing to say; the server has nothing to save."""
+    proc = subprocess.Popen([sys.executable, "-c", IGNORES_SIGTERM], stdout=subprocess.PIPE, start_new_session=True)
+    proc.stdout.readline()
+    started = time.monotonic()
+    local_llm.stop_process(proc)
+    assert proc.returncode == -signal.SIGKILL and time.monotonic() - started < 8
+
+
 def test_a_second_ctrl_c_while_the_server_stops_kills_it(tmp_path):
     """Ctrl-C, then Ctrl-C again during the grace period (a server mid-answer takes it
     whole): the second interrupt ended the wait before the SIGKILL, and the server ran on
