@@ -481,7 +481,14 @@ def checks_before_loading(plan: Plan, opts: dict) -> MetaPrompt | None:
     check_writable(cache_home(), "the cache folder, PROMPTCLIMB_HOME")
     if plan.soft is not None:
         return None
-    meta = MetaPrompt(plan.meta_dir)
+    try:
+        meta = MetaPrompt(plan.meta_dir)
+    except PromptclimbError as exc:
+        if opts["resume"] is None:
+            raise
+        # not given this time: say whose folder it is, and that the resume reads it again
+        raise PromptclimbError(f"{exc} (the run's --meta-prompt, as it started; a resume reads it again: "
+                               "put it back to continue)") from None
     render_meta_prompts_once(meta, plan.search)
     return meta
 

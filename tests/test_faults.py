@@ -538,6 +538,23 @@ def test_a_broken_meta_prompt_is_reported_before_anything_loads(tmp_path, llm, e
     assert evaluators_built == [] and llm.count == 0 and not list((tmp_path / "runs").glob("*"))
 
 
+def test_a_resume_whose_meta_prompt_folder_is_gone_says_it_is_the_runs(tmp_path, llm, evaluators_built):
+    """The resume said `--meta-prompt: DIR is not a folder`, an option the user had not given."""
+    import shutil
+
+    (tmp_path / "meta").mkdir()
+    shutil.copy(TESTS.parent / "prompts" / "meta" / "system.j2", tmp_path / "meta" / "system.j2")
+    runs = tmp_path / "runs"
+    assert cli("search", "--dataset", "toy", *SMALL, "--meta-prompt", tmp_path / "meta", "--runs-dir", runs,
+               "--name", "m").exit_code == 0
+    history = (runs / "m" / "history.jsonl").read_text().splitlines()
+    (runs / "m" / "history.jsonl").write_text("\n".join(history[: len(history) // 2]) + "\n")  # as if killed
+    (runs / "m" / "summary.json").unlink()
+    shutil.rmtree(tmp_path / "meta")
+    one_line_error(cli("search", "--resume", "m", "--runs-dir", runs),
+                   f"--meta-prompt: {tmp_path / 'meta'} is not a folder (the run's --meta-prompt, as it started")
+
+
 @pytest.mark.parametrize("name, content, needle", [
     ("feedback_turn.j2", b"Best: {{ 1 / 0 }}", "ZeroDivisionError"),  # the template's own expression fails
     ("first_turn.j2", b"{{ n + 'x' }}", "TypeError"),
