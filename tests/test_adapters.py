@@ -199,21 +199,29 @@ def test_a_losing_adapter_leaves_the_prompt_only_result(separable, tmp_path):
     assert summary["best"]["template"] == "a photo of a {}."  # the run's result is untouched
 
 
-def test_a_later_fit_that_is_no_better_leaves_the_kept_adapter(separable, tmp_path):
+def fit_over_a_kept_adapter(separable, tmp_path, accuracy: dict) -> list[str]:
+    """`adapt --kind cache` on a run that keeps a feature-residual adapter with `accuracy`,
+    the prompt alone perfect on val (class embeddings = the true class means): checks that
+    the run keeps it, and returns what the fit said."""
     from promptclimb.agent.adapt import fit_run_adapter
 
     evaluator = FakeEvaluator({"train": separable.train, "val": separable.val, "test": separable.test},
                               separable.means, separable.scale, "abcd")
     run = make_run(tmp_path / "run", {"seed": 1})
     summary = json.loads((run / "summary.json").read_text())
-    kept = {"kind": "feature-residual", "result": "adapter", "accuracy": {"train": 1.0, "val": 1.0, "test": 0.9}}
+    kept = {"kind": "feature-residual", "result": "adapter", "accuracy": accuracy}
     (run / "summary.json").write_text(json.dumps({**summary, "adapter": kept}))
     (run / "adapter.pt").write_bytes(b"the kept adapter")
-    said = []
+    said: list[str] = []
     assert fit_run_adapter(run, ["cache"], evaluator=evaluator, echo=said.append) == kept
-    assert said[-1].startswith("the run keeps its feature-residual adapter (val 100.0%)")
     assert json.loads((run / "summary.json").read_text())["adapter"] == kept
     assert (run / "adapter.pt").read_bytes() == b"the kept adapter"
+    return said
+
+
+def test_a_later_fit_that_is_no_better_leaves_the_kept_adapter(separable, tmp_path):
+    said = fit_over_a_kept_adapter(separable, tmp_path, {"train": 1.0, "val": 1.0, "test": 0.9})
+    assert said[-1].startswith("the run keeps its feature-residual adapter (val 100.0%)")
 
 
 def test_adapt_a_run_without_cached_features(tiny_clip_config, tiny_clip_weights, image_folder, torch_threads,
@@ -311,18 +319,5 @@ def test_a_later_fit_that_does_not_beat_its_own_prompt_leaves_the_kept_adapter(s
     beat its own prompt, even with a higher val: `adapt --on ensemble` after `adapt` on the best
     template, the ensemble alone better on val than either adapter, had overwritten adapter.pt
     and turned the run's result back to prompt-only."""
-    from promptclimb.agent.adapt import fit_run_adapter
-
-    # class embeddings = the true class means: the prompt alone is perfect on val
-    evaluator = FakeEvaluator({"train": separable.train, "val": separable.val, "test": separable.test},
-                              separable.means, separable.scale, "abcd")
-    run = make_run(tmp_path / "run", {"seed": 1})
-    summary = json.loads((run / "summary.json").read_text())
-    kept = {"kind": "feature-residual", "result": "adapter", "accuracy": {"train": 0.6, "val": 0.5, "test": 0.5}}
-    (run / "summary.json").write_text(json.dumps({**summary, "adapter": kept}))
-    (run / "adapter.pt").write_bytes(b"the kept adapter")
-    said = []
-    assert fit_run_adapter(run, ["cache"], evaluator=evaluator, echo=said.append) == kept
+    said = fit_over_a_kept_adapter(separable, tmp_path, {"train": 0.6, "val": 0.5, "test": 0.5})
     assert said[-1].startswith("the run keeps its feature-residual adapter (val 50.0%)")
-    assert json.loads((run / "summary.json").read_text())["adapter"] == kept
-    assert (run / "adapter.pt").read_bytes() == b"the kept adapter"
