@@ -117,7 +117,7 @@ def _imagenet_info():
 
 def wordnet_names(wnid: str) -> str:
     """A WordNet ID's names ("Chihuahua"; "German shepherd, German shepherd dog, ..."), for the
-    21,843 synsets of ImageNet-21k; "" for an ID not among them."""
+    synsets of ImageNet-21k; "" for an ID not among them."""
     try:
         return _imagenet_info().label_name_to_description(wnid)
     except KeyError:
