@@ -19,7 +19,7 @@ its distinct values, sorted, are then the classes. The start class names are the
 ClassLabel names made readable as imagefolder's are ('sea_lake' -> 'sea lake'). The test
 split's ClassLabel integers are read by its own names (splits encoded one by one number their
 classes each in their own order); a class that train lacks is refused. Rows without a label
-(None, or -1 as some test splits have) are left out.
+(None, -1 as some test splits have, or NaN) are left out.
 
 Splits: the few-shot train and val images are drawn from the `train` split (val from what
 train's shots leave: `make_fewshot_split` with an empty val pool). Test is the `test`
@@ -38,6 +38,7 @@ files' names and sizes, and the two columns.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import warnings
 from pathlib import Path
@@ -235,8 +236,12 @@ def column_values(ds: "datasets.Dataset", column: str) -> list:
 
 
 def unlabelled(value) -> bool:
-    """A row's label that means "no label" (None, or -1 as some test splits have)."""
-    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value == -1)
+    """A row's label that means "no label" (None, -1 as some test splits have, or NaN)."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value is None
+    # pandas writes an integer column with missing labels as floats, the missing ones NaN:
+    # each NaN is unequal to every other, so each had become a class of its own
+    return value == -1 or math.isnan(value)
 
 
 def class_labels(train: "datasets.Dataset", column: str, splits: dict, where: str) -> tuple[list[str], dict]:

@@ -210,6 +210,15 @@ def test_an_integer_label_column_leaves_rows_labelled_minus_one_out(tmp_path):
     assert sum(len(items) for items in data.splits.values()) == len(rows["label"]) - 3
 
 
+
+def test_a_float_label_column_leaves_rows_labelled_nan_out(tmp_path):
+    rows = colour_rows(4)  # as pandas writes an integer column with missing labels: floats, NaN
+    rows["label"] = [float("nan") if i % 4 == 0 else float(c) for i, c in enumerate(rows["label"])]
+    datasets.Dataset.from_dict(rows, features=features(datasets.Value("float64"))).save_to_disk(str(tmp_path / "f"))
+    data = load_dataset("hf", str(tmp_path / "f"), label_column="label")
+    assert data.classnames == ["0.0", "1.0", "2.0"]  # not a class 'nan' for each unlabelled row
+    assert sum(len(items) for items in data.splits.values()) == len(rows["label"]) - 3
+
 def encoded_one_by_one(tmp_path: Path) -> Path:
     """String labels turned into a ClassLabel split by split (`class_encode_column` on each,
     as after loading CSV or parquet splits separately): test, without blue_lake, numbers its
