@@ -66,6 +66,7 @@ def load_hf(data_root: str | None, name: str = "hf", image_column: str | None = 
     train = splits[TRAIN_SPLIT]
     image_col = find_image_column(train, image_column, where)
     label_col = find_label_column(train, label_column, where)
+    check_label_kinds(train, splits, label_col, where)
     classnames, label_of = class_labels(train, label_col, splits, where)
 
     items = {TRAIN_SPLIT: labelled(train, TRAIN_SPLIT, label_col, label_of)}
@@ -228,6 +229,24 @@ def find_label_column(ds: "datasets.Dataset", chosen: str | None, where: str) ->
         raise PromptclimbError(f"{where} has several ClassLabel columns ({', '.join(found)}); "
                                "choose one with --label-column")
     return found[0]
+
+
+def label_kind(feature) -> str:
+    """'strings' for a label column of strings, else its feature's kind (ClassLabel, Value(int64))."""
+    return "strings" if str(getattr(feature, "dtype", "")) in ("string", "large_string") else feature_kind(feature)
+
+
+def check_label_kinds(train: "datasets.Dataset", splits: dict, column: str, where: str) -> None:
+    """A test split's label column holds strings where train's does, or PromptclimbError: a
+    split of strings beside one of integers or ClassLabel integers (`class_encode_column` on
+    one split alone) had failed to sort its labels, or had been passed over as having none."""
+    ours = label_kind(train.features[column])
+    for split in (s for s in TEST_SPLITS if s in splits and column in splits[s].column_names):
+        theirs = label_kind(splits[split].features[column])
+        if (theirs == "strings") != (ours == "strings"):  # integers and ClassLabel integers compare by value
+            raise PromptclimbError(
+                f"split {split!r} of {where} has its label column {column!r} as {theirs}, the train split as "
+                f"{ours}: encode the splits alike (e.g. cast_column({column!r}, train.features[{column!r}]))")
 
 
 def column_values(ds: "datasets.Dataset", column: str) -> list:
