@@ -281,7 +281,8 @@ class Mirror:
         client, uri = mlflow_client(tracking_uri)
         folder = Path(folder)
         known = _read_links(folder)
-        link = known.get(link_key(uri)) or {}
+        # a link written before sqlite paths were keyed absolute is under the URI as typed
+        link = known.get(link_key(uri)) or known.get(without_secrets(uri).rstrip("/")) or {}
         if link.get("run_id") and _exists(client, link["run_id"]):
             mirror = cls(client, uri, folder, link["experiment_id"], link["run_id"])
         else:
@@ -538,8 +539,16 @@ def artifacts_beside_database(uri: str, experiment: str) -> str | None:
 
 
 def link_key(uri: str) -> str:
-    """A tracking URI as RUN/mlflow.json knows it: no `user:password@`, no trailing "/"."""
-    return without_secrets(uri).rstrip("/")
+    """A tracking URI as RUN/mlflow.json knows it: no `user:password@`, no trailing "/", a
+    sqlite database by its absolute path."""
+    uri = without_secrets(uri).rstrip("/")
+    database, sep, query = uri.removeprefix("sqlite:///").partition("?")
+    if uri.startswith("sqlite:///") and database and database != ":memory:":
+        # sqlite:///mlflow.db (MLflow's default) names another database in every folder, and
+        # the same one as sqlite:////ITS/PATH: keyed as typed, a sync from elsewhere (or by the
+        # other spelling) found no link and logged every run a second time
+        uri = f"sqlite:///{os.path.abspath(os.path.expanduser(database))}{sep}{query}"
+    return uri
 
 
 def check_server(uri: str, timeout_s: float = 5.0) -> None:

@@ -19,7 +19,7 @@ its distinct values, sorted, are then the classes. The start class names are the
 ClassLabel names made readable as imagefolder's are ('sea_lake' -> 'sea lake'). The test
 split's ClassLabel integers are read by its own names (splits encoded one by one number their
 classes each in their own order); a class that train lacks is refused. Rows without a label
-(None, or -1 as some test splits have) are left out.
+(None, -1 as some test splits have, or NaN) are left out.
 
 Splits: the few-shot train and val images are drawn from the `train` split (val from what
 train's shots leave: `make_fewshot_split` with an empty val pool). Test is the `test`
@@ -38,6 +38,7 @@ files' names and sizes, and the two columns.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import warnings
 from pathlib import Path
@@ -65,6 +66,7 @@ def load_hf(data_root: str | None, name: str = "hf", image_column: str | None = 
     train = splits[TRAIN_SPLIT]
     image_col = find_image_column(train, image_column, where)
     label_col = find_label_column(train, label_column, where)
+    check_label_kinds(train, splits, label_col, where)
     classnames, label_of = class_labels(train, label_col, splits, where)
 
     items = {TRAIN_SPLIT: labelled(train, TRAIN_SPLIT, label_col, label_of)}
@@ -229,14 +231,36 @@ def find_label_column(ds: "datasets.Dataset", chosen: str | None, where: str) ->
     return found[0]
 
 
+def label_kind(feature) -> str:
+    """'strings' for a label column of strings, else its feature's kind (ClassLabel, Value(int64))."""
+    return "strings" if str(getattr(feature, "dtype", "")) in ("string", "large_string") else feature_kind(feature)
+
+
+def check_label_kinds(train: "datasets.Dataset", splits: dict, column: str, where: str) -> None:
+    """A test split's label column holds strings where train's does, or PromptclimbError: a
+    split of strings beside one of integers or ClassLabel integers (`class_encode_column` on
+    one split alone) had failed to sort its labels, or had been passed over as having none."""
+    ours = label_kind(train.features[column])
+    for split in (s for s in TEST_SPLITS if s in splits and column in splits[s].column_names):
+        theirs = label_kind(splits[split].features[column])
+        if (theirs == "strings") != (ours == "strings"):  # integers and ClassLabel integers compare by value
+            raise PromptclimbError(
+                f"split {split!r} of {where} has its label column {column!r} as {theirs}, the train split as "
+                f"{ours}: encode the splits alike (e.g. cast_column({column!r}, train.features[{column!r}]))")
+
+
 def column_values(ds: "datasets.Dataset", column: str) -> list:
     """One column of every row (in arrow: nothing else is read or decoded)."""
     return ds.with_format("arrow", columns=[column])[:].column(0).to_pylist()
 
 
 def unlabelled(value) -> bool:
-    """A row's label that means "no label" (None, or -1 as some test splits have)."""
-    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value == -1)
+    """A row's label that means "no label" (None, -1 as some test splits have, or NaN)."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value is None
+    # pandas writes an integer column with missing labels as floats, the missing ones NaN:
+    # each NaN is unequal to every other, so each had become a class of its own
+    return value == -1 or math.isnan(value)
 
 
 def class_labels(train: "datasets.Dataset", column: str, splits: dict, where: str) -> tuple[list[str], dict]:

@@ -210,6 +210,40 @@ def test_an_integer_label_column_leaves_rows_labelled_minus_one_out(tmp_path):
     assert sum(len(items) for items in data.splits.values()) == len(rows["label"]) - 3
 
 
+
+def test_a_float_label_column_leaves_rows_labelled_nan_out(tmp_path):
+    rows = colour_rows(4)  # as pandas writes an integer column with missing labels: floats, NaN
+    rows["label"] = [float("nan") if i % 4 == 0 else float(c) for i, c in enumerate(rows["label"])]
+    datasets.Dataset.from_dict(rows, features=features(datasets.Value("float64"))).save_to_disk(str(tmp_path / "f"))
+    data = load_dataset("hf", str(tmp_path / "f"), label_column="label")
+    assert data.classnames == ["0.0", "1.0", "2.0"]  # not a class 'nan' for each unlabelled row
+    assert sum(len(items) for items in data.splits.values()) == len(rows["label"]) - 3
+
+
+@pytest.mark.parametrize("train_label, test_label", [("string", "ClassLabel"), ("int64", "string"),
+                                                     ("ClassLabel", "string")])
+def test_a_test_split_labelled_as_strings_where_train_is_not_is_refused_in_one_line(tmp_path, train_label,
+                                                                                  test_label):
+    def split(per_class, label):  # as `class_encode_column` on one split alone leaves them
+        rows = colour_rows(per_class)
+        if label == "string":
+            rows["label"] = [CLASSES[c] for c in rows["label"]]
+        feature = datasets.ClassLabel(names=CLASSES) if label == "ClassLabel" else datasets.Value(label)
+        return datasets.Dataset.from_dict(rows, features=features(feature))
+
+    datasets.DatasetDict(train=split(4, train_label), test=split(2, test_label)).save_to_disk(str(tmp_path / "m"))
+    with pytest.raises(PromptclimbError, match=f"split 'test' of .* has its label column 'label' as "
+                                               f"{'strings' if test_label == 'string' else test_label}, the train "
+                                               "split as .*: encode the splits alike"):
+        load_dataset("hf", str(tmp_path / "m"), label_column="label")
+
+
+def test_a_test_split_of_plain_integers_beside_a_class_label_train_split_is_read_by_value(tmp_path):
+    test = datasets.Dataset.from_dict(colour_rows(2), features=features(datasets.Value("int64")))
+    datasets.DatasetDict(train=colour_dataset(4), test=test).save_to_disk(str(tmp_path / "m"))
+    data = load_dataset("hf", str(tmp_path / "m"))
+    assert data.classnames == READABLE and [c for _, c in data.splits["test"]] == [0, 0, 1, 1, 2, 2]
+
 def encoded_one_by_one(tmp_path: Path) -> Path:
     """String labels turned into a ClassLabel split by split (`class_encode_column` on each,
     as after loading CSV or parquet splits separately): test, without blue_lake, numbers its

@@ -551,6 +551,17 @@ def test_a_sqlite_store_keeps_the_artifacts_beside_its_database_and_says_where(t
     assert synced.output.splitlines()[-1] == f"  artifacts: {artifacts.as_uri()}"
 
 
+
+def test_a_sqlite_store_named_relative_or_absolute_is_one_store_and_its_runs_are_logged_once(tmp_path, fake,
+                                                                                             monkeypatch):
+    run_dir = finished_run(fake, tmp_path / "runs", "local")
+    uri = sqlite_uri(tmp_path / "store")
+    monkeypatch.chdir(tmp_path / "store")
+    for spelling in ("sqlite:///mlflow.db", uri, "sqlite:///./mlflow.db"):
+        synced = mlflow_sync(run_dir, "--tracking-uri", spelling)
+        assert synced.exit_code == 0, synced.output
+    assert [r.info.run_id for r in all_runs(MlflowClient(uri))] == [linked_run_id(run_dir, uri)]
+
 @pytest.mark.parametrize("damage", ["empty config.json", "best is 5", "adapter is 5", "history line 4 broken",
                                     "history line 4 gone"])
 def test_a_damaged_run_folder_is_one_error_line_and_creates_nothing_in_mlflow(tmp_path, fake, damage):

@@ -428,3 +428,20 @@ def test_a_value_given_twice_is_one_grid_point_on_every_axis(tmp_path):
     settings = sweeps.prepare_sweep(tmp_path / "s", {**grid, "shots": [2, 1, 2, 1]}, {})
     assert settings["cells"] == [f"fashion-mnist-demo-{k}shot-seed{s}" for k in (2, 1) for s in (1, 2, 3)]
     sweeps.prepare_sweep(tmp_path / "s", {**grid, "shots": [2, 1]}, {})  # the same grid, not other settings
+
+
+@pytest.mark.parametrize("datasets, flags, said", [
+    (["hf", "fashion-mnist"], ["--label-column", "label"], "grid dataset 'fashion-mnist': --label-column is for hf"),
+    (["hf", "hf:org/data"], [], "grid dataset 'hf:org/data': --data-root is for --dataset hf"),
+])
+def test_an_option_only_some_grid_datasets_take_is_refused_before_ray_starts(datasets, flags, said, tmp_path):
+    """Every cell takes the sweep's options: the cells whose dataset refuses one failed
+    inside Ray, after the sweep had started (and the hf cells ran)."""
+    runs, data = tmp_path / "runs", tmp_path / "data"
+    data.mkdir()
+    refused = CliRunner().invoke(cli, ["sweep", "m", *(f for d in datasets for f in ("--dataset", d)), "--data-root",
+                                       str(data), *flags, "--runs-dir", str(runs), "--num-cpus", "1"])
+    assert refused.exit_code == 1 and said in refused.output, refused.output
+    assert not (runs / "m").exists()
+    settings = sweeps.prepare_sweep(runs / "hf", {"dataset": ["hf"]}, {"data_root": str(data), "label_column": "label"})
+    assert settings["cells"] == ["hf-ViT-B-32-1shot-seed0"]

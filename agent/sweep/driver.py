@@ -239,7 +239,23 @@ def check_cells(cells: list[Cell], opts: dict, sweep_dir: Path) -> None:
     base_url = opts["base_url"] or os.environ.get("OPENAI_BASE_URL")
     llm_name = opts["llm_name"] or default_llm(base_url)
     for cell in cells:
+        check_dataset_options(cell.dataset, opts)
         new_run(cell_options(cell, opts, sweep_dir, base_url, llm_name), lambda message: None)
+
+
+def check_dataset_options(dataset: str, opts: dict) -> None:
+    """The options only some datasets take, against one grid dataset, as its evaluator would
+    refuse them when it loads: a grid mixing `hf` with other datasets gives them to every
+    cell, and the other cells failed inside Ray, each after the sweep had started."""
+    hub = dataset.startswith("hf:")
+    columns = [f"--{k.replace('_', '-')}" for k in ("image_column", "label_column") if opts.get(k)]
+    if columns and not (hub or dataset == "hf"):
+        verb = "are" if len(columns) > 1 else "is"
+        raise PromptclimbError(f"grid dataset {dataset!r}: {' and '.join(columns)} {verb} for hf datasets, and a "
+                               "sweep gives its options to every cell: sweep the hf dataset on its own")
+    if opts.get("data_root") and hub:
+        raise PromptclimbError(f"grid dataset {dataset!r}: --data-root is for --dataset hf (a local folder), and a "
+                               f"sweep gives its options to every cell: sweep {dataset} on its own")
 
 
 # sweep.json: the options whose URL held a password or key, left out; a rerun must give them again
