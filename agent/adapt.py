@@ -75,8 +75,8 @@ def build_run_evaluator(config: dict, device: str | None = None, **overrides):
     if not args.get("dataset"):
         raise PromptclimbError("config.json has no evaluator_args; this run cannot be re-evaluated")
     recorded = run_start_names(config)
-    if args.get("classnames") is not None and recorded:
-        # the start names as the run read them, not a names file read again (edited or deleted since)
+    if recorded:  # as a resume does (pipeline.resumed_evaluator): the start names as the run read them,
+        # not a names file (edited or deleted since) or the data's labels (read otherwise since) read again
         args["classnames"] = tuple(recorded)
     args.update({k: v for k, v in overrides.items() if v is not None})
     return build_evaluator(**args, device=device)
