@@ -697,6 +697,14 @@ PUBLISHED = ["T-shirt/top", "Trouser", "Pullover"]
     ("Trouser,pants\nT-shirt/top,tee\n", r"line 2 is the last, but 1 of .* \(Pullover\)"),
     ("Trouser,pants\nT-shirt/top,tee\npullover\n", r"line 3: 'pullover' is not a 'folder,name' line \(2 of the "
                                                    r"file's 3 lines are\)"),
+    # as many lines of each form: the first line of the form line 1 is not in is named
+    ("tee\nTrouser,pants\n", r"line 2: 'Trouser,pants' reads as a 'folder,name' line, but line 1 is one name on its "
+                             r"own \(half the file's lines are each\): write every line as 'folder,name'"),
+    ("Trouser,pants\ntee\n", r"line 2: 'tee' is one name on its own, but line 1 reads as a 'folder,name' line"),
+    # names in class order, with a line keyed to another class than its place's
+    ("Trouser,pants\ntee\nsweater\n", r"line 1: 'Trouser,pants' reads as a 'folder,name' line for 'Trouser', but 2 "
+                                      r"of the file's 3 lines are one name each, in class order \(line 1 names "
+                                      r"'T-shirt/top'\)"),
 ])
 def test_a_bad_classnames_file_is_refused_naming_its_line(tmp_path, text, message):
     path = tmp_path / "names.txt"

@@ -12,8 +12,9 @@ score with names other than the dataset's, the search to check names an LLM prop
 
 A name is refused when it is empty, holds a brace (the template's {} is filled with it) or
 repeats another class's name; a file is refused, in one line naming the file's line, for
-that or for the wrong number of names. Start names made readable from folder names (`_`
-and `-` as spaces) are refused naming the folder, with --classnames FILE as the way out.
+that, for the wrong number of names or for mixing the two forms of lines. Start names made
+readable from folder names (`_` and `-` as spaces) are refused naming the folder, with
+--classnames FILE as the way out.
 """
 
 from __future__ import annotations
@@ -219,6 +220,35 @@ def folder_and_name(line: str) -> tuple[str, str] | None:
     return (unquoted(key), unquoted(name)) if comma else None
 
 
+def _keyed_lines(lines: list[str], keys: dict[str, list[int]], labels: tuple[str, ...], where: str) -> list[int]:
+    """The indexes of the `lines` that read as `folder,name` lines (the part before a comma
+    names a class: `keys`, name_key -> classes). The file is of the form most of its lines
+    are (a name of its own may hold a comma: "Trouser, long"); PromptclimbError, naming the
+    line, for a file that is not: as many lines of each form (which line 1 is says nothing,
+    so the first line of the other form is named), or, among names in class order, a line
+    whose comma follows another class than its place's (`labels`: the classes as the user
+    knows them), which would name that other class's row. A `folder,name` file's other lines
+    are refused as the file is read."""
+    keyed = [i for i, parts in enumerate(map(folder_and_name, lines)) if parts and name_key(parts[0]) in keys]
+    plain = [i for i, line in enumerate(lines) if i not in keyed and line.strip()]
+    if not keyed or len(keyed) > len(lines) / 2:
+        return keyed
+    way_out = "write every line as 'folder,name' (any order) or as one name (in class order)"
+    if len(keyed) == len(plain):
+        odd = max(keyed[0], plain[0])
+        forms = ("reads as a 'folder,name' line", "is one name on its own")
+        this, other = forms if odd in keyed else forms[::-1]
+        raise PromptclimbError(f"--classnames {where} line {odd + 1}: {lines[odd].strip()!r} {this}, but line "
+                               f"{min(keyed[0], plain[0]) + 1} {other} (half the file's lines are each): {way_out}")
+    for i in keyed:
+        named = keys[name_key(folder_and_name(lines[i])[0])]
+        if i < len(labels) and i not in named:
+            raise PromptclimbError(f"--classnames {where} line {i + 1}: {lines[i].strip()!r} reads as a 'folder,name' "
+                                   f"line for {labels[named[0]]!r}, but {len(plain)} of the file's {len(lines)} lines "
+                                   f"are one name each, in class order (line {i + 1} names {labels[i]!r}): {way_out}")
+    return keyed
+
+
 def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str,
                       folders: tuple[str, ...] = ()) -> tuple[str, ...]:
     """One name per line in class order, or `folder,name` lines (any order) when a line
@@ -231,9 +261,8 @@ def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str,
     for i, label in [*enumerate(published), *enumerate(folders)]:
         if i not in keys.setdefault(name_key(label), []):
             keys[name_key(label)].append(i)
-    # `folder,name` lines when most lines are: a name of its own may hold a comma ("Coat, long")
-    keyed_lines = sum(name_key(parts[0]) in keys for parts in map(folder_and_name, lines) if parts)
-    keyed = keyed_lines > len(lines) / 2
+    keyed_lines = _keyed_lines(lines, keys, labels, where)
+    keyed = len(keyed_lines) > len(lines) / 2
     names: dict[int, str] = {}
     where_named: dict[str, int] = {}  # name_key -> line number
     for number, raw in enumerate(lines, start=1):
@@ -243,7 +272,7 @@ def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str,
         if keyed:
             parts = folder_and_name(raw)
             if parts is None:
-                raise PromptclimbError(f"{at}: {raw.strip()!r} is not a 'folder,name' line ({keyed_lines} of the "
+                raise PromptclimbError(f"{at}: {raw.strip()!r} is not a 'folder,name' line ({len(keyed_lines)} of the "
                                        f"file's {len(lines)} lines are)")
             key, name = parts
             c = class_named(key, published, keys, at, folders)
