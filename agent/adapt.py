@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable, Sequence
 
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.files import write_json_atomic
@@ -165,6 +166,22 @@ def adapter_said(section: dict) -> str:
     return f"prompt + {section.get('kind')} adapter: {accuracy} ({kept}; {section.get('file', ADAPTER_FILE)})"
 
 
+def check_adapter_names(payload: dict, names_given: Callable[[], Sequence[str]]) -> None:
+    """Refused: names other than those an adapter (`payload`, as read_adapter reads it) was
+    fit on, unless its kind takes any (a cache adapter). `names_given` is called only where
+    the names could be refused (reading them may read the dataset)."""
+    from promptclimb.evaluators.adapters import get_adapter
+
+    fit_names = payload.get("classnames")
+    if not fit_names or get_adapter(payload["kind"]).takes_other_names:
+        return
+    if list(names_given()) != list(fit_names):
+        raise PromptclimbError(
+            f"--classnames with --with-adapter: the run's {payload['kind']} adapter was trained on the "
+            f"prompt filled in with the run's class names and does not apply to other names (only a cache "
+            f"adapter does); drop --classnames to apply it, or --with-adapter to score these names")
+
+
 def eval_run_adapter(run_dir: str | Path, evaluator=None, splits=("test",), device: str | None = None,
                      classnames=None, **overrides) -> dict:
     """Accuracy of the run's prompt alone and with its adapter.pt on `splits` of `evaluator`
@@ -174,7 +191,7 @@ def eval_run_adapter(run_dir: str | Path, evaluator=None, splits=("test",), devi
     {"kind", "templates", "result", "accuracy": {split: {"prompt", "adapter"}}}."""
     import warnings
 
-    from promptclimb.evaluators.adapters import get_adapter, load_adapter, prompt_and_adapter_accuracy, read_adapter
+    from promptclimb.evaluators.adapters import load_adapter, prompt_and_adapter_accuracy, read_adapter
 
     run_dir = Path(run_dir)
     config, summary = read_run(run_dir, "eval --run --with-adapter")
@@ -182,11 +199,7 @@ def eval_run_adapter(run_dir: str | Path, evaluator=None, splits=("test",), devi
     fit_names = payload.get("classnames")
     if classnames is not None:
         classnames = list(classnames)
-        if fit_names and classnames != list(fit_names) and not get_adapter(payload["kind"]).takes_other_names:
-            raise PromptclimbError(
-                f"--classnames with --with-adapter: the run's {payload['kind']} adapter was trained on the "
-                f"prompt filled in with the run's class names and does not apply to other names (only a cache "
-                f"adapter does); drop --classnames to apply it, or --with-adapter to score these names")
+        check_adapter_names(payload, lambda: classnames)
     if evaluator is None:  # the run's names by the labels of its data, as `eval --run` builds it
         by_label = run_names_by_label(config, summary)
         evaluator = build_run_evaluator(config, device=device, **{

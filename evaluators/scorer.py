@@ -316,6 +316,19 @@ def prediction_balance(predicted: torch.Tensor, num_classes: int) -> torch.Tenso
     return entropy / math.log(num_classes) if num_classes > 1 else torch.ones_like(entropy)
 
 
+def start_names(data: Dataset, classnames: Sequence[str] | Mapping[str, str] | str | None) -> tuple[str, ...] | None:
+    """The start names `classnames` (as `build_evaluator` takes them) mean for `data`, in its
+    class order, checked; None for the dataset's published labels (checked too)."""
+    if isinstance(classnames, str):
+        return read_classnames(classnames, data.classnames, data.named_sets, data.folders)
+    if isinstance(classnames, Mapping):
+        return names_by_label(classnames, data.classnames)
+    if classnames is not None:
+        return check_classnames(classnames, len(data.classnames), "classnames")
+    check_published(data.classnames, data.folders)
+    return None
+
+
 def build_evaluator(dataset: str, shots: int, seed: int, backbone: str, pretrained: str | None = None,
                     weights: str | None = None, data_root: str | None = None,
                     device: str | None = None, precision: str | None = None, image_column: str | None = None,
@@ -338,14 +351,7 @@ def build_evaluator(dataset: str, shots: int, seed: int, backbone: str, pretrain
     from promptclimb.evaluators.datasets import load_dataset, make_fewshot_split
 
     data = load_dataset(dataset, data_root, image_column=image_column, label_column=label_column)
-    if isinstance(classnames, str):
-        classnames = read_classnames(classnames, data.classnames, data.named_sets, data.folders)
-    elif isinstance(classnames, Mapping):
-        classnames = names_by_label(classnames, data.classnames)
-    elif classnames is not None:
-        classnames = check_classnames(classnames, len(data.classnames), "classnames")
-    else:
-        check_published(data.classnames, data.folders)
+    classnames = start_names(data, classnames)
     split = make_fewshot_split(data, shots, seed, unlabeled=unlabeled)
     model = load_backbone(backbone, pretrained=pretrained, weights=weights, device=device, precision=precision)
     return ClipEvaluator(model, data, split, classnames=classnames, echo=echo, bars=bars)

@@ -128,7 +128,9 @@ def test_split_sizes_count_the_images_scored(tiny_clip_config, tiny_clip_weights
 
 def test_with_adapter_and_classnames_fill_in_the_names_given(tmp_path, torch_threads):
     """`eval --run RUN --with-adapter --classnames clean`: the adapter rows use the names of
-    the template rows (a cache adapter), or are refused in one line (a trained adapter)."""
+    the template rows (a cache adapter), or are refused in one line (a trained adapter),
+    before the model loads and the images are encoded (it had been refused only after); the
+    names it was fit on (here the published ones) are taken."""
     from promptclimb.evaluators.demo.fashion_mnist import OFFICIAL_CLASSNAMES
 
     runs = tmp_path / "runs"
@@ -151,9 +153,13 @@ def test_with_adapter_and_classnames_fill_in_the_names_given(tmp_path, torch_thr
     refused = run("--run", "trained", "--runs-dir", str(runs), "--with-adapter", "--classnames", "clean",
                   "--device", "cpu")
     assert refused.exit_code == 1, refused.output
-    said = [line for line in refused.output.splitlines() if line.startswith("Error:")]
+    said = refused.output.splitlines()
+    assert len(said) == 1, said  # no line of image features (encoded, or reused from the cache) before it
     assert said[0].startswith("Error: --classnames with --with-adapter: the run's residual-logits adapter")
-    assert said == refused.output.splitlines()[-1:] and "Traceback" not in refused.output
+    taken = run("--run", "trained", "--runs-dir", str(runs), "--with-adapter", "--classnames", "published",
+                "--device", "cpu", "--json")
+    assert taken.exit_code == 0, taken.output
+    assert json.loads(taken.stdout)["adapter"]["kind"] == "residual-logits"
 
 
 def test_a_data_root_without_the_fashion_mnist_subset_says_the_embedded_data_needs_none(tmp_path):

@@ -98,7 +98,7 @@ def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, sh
         from promptclimb.evaluators.adapters import read_adapter
 
         read_run(run_dir, "eval --run --with-adapter")  # before any slow loading
-        read_adapter(run_dir / ADAPTER_FILE)  # there and readable, before any image is encoded
+        adapter = read_adapter(run_dir / ADAPTER_FILE)  # there and readable, before any image is encoded
     args, prompts = _settings(given, list(prompts), run_dir)
     dataset, data_root, shots, seed, backbone, pretrained, weights, precision = (
         args[k] for k in ("dataset", "data_root", "shots", "seed", "backbone", "pretrained", "weights", "precision"))
@@ -109,6 +109,12 @@ def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, sh
     check_writable(cache_home(), "the cache folder, PROMPTCLIMB_HOME")  # image features go there
     # warnings (skipped images, thin val classes) are one line on stderr: agent/cli/errors.py
     factory = (ctx.obj or {}).get("evaluator_factory") if isinstance(ctx.obj, dict) else None
+    if with_adapter and classnames is not None and factory is None:
+        from promptclimb.agent.adapt import check_adapter_names
+
+        # a trained adapter takes only the names it was fit on: refused before the model loads
+        # and the images are encoded (eval_run_adapter checks it again, for a factory's evaluator)
+        check_adapter_names(adapter, lambda: _names_given(args))
     result, evaluator = _evaluate(args, list(prompts), device, factory)
     if with_adapter:
         from promptclimb.agent.adapt import eval_run_adapter
@@ -163,6 +169,17 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
     args["backbone"], args["pretrained"] = default_backbone(args["dataset"], args["backbone"], args["pretrained"],
                                                             args["weights"])
     return args, prompts or [BASELINE]
+
+
+def _names_given(args: dict) -> tuple[str, ...]:
+    """The start names `--classnames` gives (`args["classnames"]`), read against the data's
+    labels as the evaluator reads them: the dataset is read, no model loads."""
+    from promptclimb.evaluators.datasets import load_dataset
+    from promptclimb.evaluators.scorer import start_names
+
+    data = load_dataset(args["dataset"], args["data_root"], image_column=args["image_column"],
+                        label_column=args["label_column"])
+    return start_names(data, args["classnames"])
 
 
 def _evaluate(args: dict, prompts: list[str], device: str | None, factory=None) -> tuple[dict, object]:
