@@ -20,7 +20,8 @@ from typing import Callable, Sequence
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.files import write_json_atomic
 from promptclimb.agent.core.format import pct, shell_command
-from promptclimb.agent.runs.reading import (check_config, read_json, run_classnames, run_names_by_label,
+from promptclimb.agent.core.classnames import names_by_label
+from promptclimb.agent.runs.reading import (check_config, read_json, run_classnames, run_labels, run_names_by_label,
                                           run_start_names)
 from promptclimb.agent.core.runfiles import CONFIG, SUMMARY
 from promptclimb.agent.softsearch import is_soft_prompt_run, template_refusal
@@ -182,6 +183,23 @@ def check_adapter_names(payload: dict, names_given: Callable[[], Sequence[str]])
             f"adapter does); drop --classnames to apply it, or --with-adapter to score these names")
 
 
+def adapter_class_order(config: dict, data_labels: Sequence[str] | None) -> list[int] | None:
+    """Each class of data whose own labels are `data_labels` (in its class order): its place
+    among the run's classes, the adapter's rows, matched by label as `eval --run` matches the
+    run's names; PromptclimbError where the data holds other classes. None where the order
+    is the run's, or cannot be told (the run started from names of its own, which are no
+    labels; an evaluator that gives no labels): then by position, as the template rows."""
+    labels = run_labels(config)
+    if not labels or data_labels is None or list(data_labels) == labels:
+        return None
+    try:
+        in_data_order = names_by_label(dict(zip(labels, labels)), data_labels)
+    except PromptclimbError as exc:  # the template rows alone would be scored: say what refuses them
+        raise PromptclimbError(f"--with-adapter: {exc} (the adapter's rows are the run's classes); drop "
+                               "--with-adapter to score the template alone") from None
+    return [labels.index(label) for label in in_data_order]
+
+
 def eval_run_adapter(run_dir: str | Path, evaluator=None, splits=("test",), device: str | None = None,
                      classnames=None, **overrides) -> dict:
     """Accuracy of the run's prompt alone and with its adapter.pt on `splits` of `evaluator`
@@ -211,7 +229,11 @@ def eval_run_adapter(run_dir: str | Path, evaluator=None, splits=("test",), devi
                                f"to another's features (this one is {here}); drop --backbone, --pretrained and "
                                f"--weights to apply it, or --with-adapter to score the template on this backbone")
     order = None  # each class of the data: its place among the adapter's classes (None: the same)
-    if classnames is None:
+    if classnames is not None:  # the names given, in the data's class order: put into the adapter's
+        order = adapter_class_order(config, getattr(getattr(evaluator, "dataset", None), "classnames", None))
+        if order is not None:
+            classnames = [classnames[order.index(row)] for row in range(len(order))]
+    else:
         classnames = run_classnames(summary) or run_start_names(config) or list(evaluator.task.classnames)
         data_names = list(evaluator.task.classnames)
         # other data may hold the run's classes in another order (its names were matched by

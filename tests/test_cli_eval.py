@@ -176,7 +176,8 @@ def test_a_data_root_without_the_fashion_mnist_subset_says_the_embedded_data_nee
 def test_with_adapter_on_other_data_whose_classes_come_in_another_order(tmp_path, torch_threads):
     """`eval --run RUN --with-adapter --data-root DIR`, DIR holding the run's classes in another
     order (`Dress/` and `Trouser/` sort before `bag/`): the adapter rows match each class by its label, as
-    the template rows do; they had filled the run's names in by position (0% correct)."""
+    the template rows do; they had filled the run's names in by position (0% correct). So do
+    a cache adapter's rows with --classnames FILE, or refuse data of other classes."""
     import numpy as np
     from PIL import Image
 
@@ -209,6 +210,29 @@ def test_with_adapter_on_other_data_whose_classes_come_in_another_order(tmp_path
     # "prompt alone" is the template row, with the same names on the same images
     assert {s: a["prompt"] for s, a in said["adapter"]["accuracy"].items()} == said["results"][0]["accuracy"]
     assert said["adapter"]["accuracy"]["test"]["adapter"] > 0.9
+
+    # --classnames FILE, read against the other data's classes: the cache adapter's rows take
+    # each name by its class, not by its place (they had: 0% with a cache term that decides)
+    import torch
+
+    payload = torch.load(runs / "r" / "adapter.pt", weights_only=True)
+    torch.save({**payload, "hparams": {"alpha": 32.0, "beta": 8.0}}, runs / "r" / "adapter.pt")
+    names = tmp_path / "names.txt"
+    names.write_text("bag,handbag\ndress,dress\nsneaker,sneaker\ntrouser,trousers\n")
+    given = ["--run", "r", "--runs-dir", str(runs), "--with-adapter", "--classnames", str(names), "--device", "cpu"]
+    out = run(*given, "--data-root", str(tmp_path / "other"), "--json")
+    assert out.exit_code == 0, out.output
+    said = json.loads(out.stdout)
+    assert said["info"]["dataset"]["classnames"] == ["dress", "trousers", "handbag", "sneaker"]
+    assert said["adapter"]["accuracy"]["test"] == {"prompt": 1.0, "adapter": 1.0}
+    # data of other classes: refused in one line before any image is encoded
+    (tmp_path / "other" / "Trouser").rename(tmp_path / "other" / "shirt")
+    names.write_text("bag,handbag\nDress,dress\nsneaker,sneaker\nshirt,shirt\n")
+    refused = run(*given, "--data-root", str(tmp_path / "other"))
+    assert refused.exit_code == 1 and refused.output == (
+        "Error: --with-adapter: the run's classes are not the data's: the data has 'shirt' and the run does not; "
+        "the run has 'trouser' and the data does not (the adapter's rows are the run's classes); drop --with-adapter "
+        "to score the template alone\n")
 
 
 def test_with_adapter_refuses_another_backbone_whose_features_are_as_wide(tiny_clip_config, tiny_clip_weights,

@@ -97,7 +97,7 @@ def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, sh
         from promptclimb.agent.core.runfiles import ADAPTER_FILE
         from promptclimb.evaluators.adapters import read_adapter
 
-        read_run(run_dir, "eval --run --with-adapter")  # before any slow loading
+        run_config, _ = read_run(run_dir, "eval --run --with-adapter")  # before any slow loading
         adapter = read_adapter(run_dir / ADAPTER_FILE)  # there and readable, before any image is encoded
     args, prompts = _settings(given, list(prompts), run_dir)
     dataset, data_root, shots, seed, backbone, pretrained, weights, precision = (
@@ -110,11 +110,10 @@ def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, sh
     # warnings (skipped images, thin val classes) are one line on stderr: agent/cli/errors.py
     factory = (ctx.obj or {}).get("evaluator_factory") if isinstance(ctx.obj, dict) else None
     if with_adapter and classnames is not None and factory is None:
-        from promptclimb.agent.adapt import check_adapter_names
-
-        # a trained adapter takes only the names it was fit on: refused before the model loads
-        # and the images are encoded (eval_run_adapter checks it again, for a factory's evaluator)
-        check_adapter_names(adapter, lambda: _names_given(args))
+        # names a trained adapter was not fit on, or data whose classes are not the run's, are
+        # refused before the model loads and the images are encoded (eval_run_adapter checks
+        # again, for a factory's evaluator)
+        _check_names_for_adapter(args, adapter, run_config)
     result, evaluator = _evaluate(args, list(prompts), device, factory)
     if with_adapter:
         from promptclimb.agent.adapt import eval_run_adapter
@@ -171,15 +170,19 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
     return args, prompts or [BASELINE]
 
 
-def _names_given(args: dict) -> tuple[str, ...]:
-    """The start names `--classnames` gives (`args["classnames"]`), read against the data's
-    labels as the evaluator reads them: the dataset is read, no model loads."""
+def _check_names_for_adapter(args: dict, adapter: dict, run_config: dict) -> None:
+    """PromptclimbError where the names `--classnames` gives (`args["classnames"]`, read
+    against the data's labels as the evaluator reads them) cannot fill in the run's
+    `adapter` (read_adapter's payload): a trained one fit on other names, or data whose
+    classes are not the run's. The dataset is read, no model loads."""
+    from promptclimb.agent.adapt import adapter_class_order, check_adapter_names
     from promptclimb.evaluators.datasets import load_dataset
     from promptclimb.evaluators.scorer import start_names
 
     data = load_dataset(args["dataset"], args["data_root"], image_column=args["image_column"],
                         label_column=args["label_column"])
-    return start_names(data, args["classnames"])
+    check_adapter_names(adapter, lambda: start_names(data, args["classnames"]))
+    adapter_class_order(run_config, data.classnames)
 
 
 def _evaluate(args: dict, prompts: list[str], device: str | None, factory=None) -> tuple[dict, object]:

@@ -748,14 +748,21 @@ def run_start_names(config: dict) -> list[str] | None:
     return recorded.get("classnames") if isinstance(recorded, dict) else None
 
 
+def run_labels(config: dict) -> list[str] | None:
+    """The labels of the data a run was searched on, in its class order: the start names it
+    recorded where it started from the data's own labels (no --classnames); None where it
+    started from other names or recorded none."""
+    labels = run_start_names(config)
+    return list(labels) if labels and (config.get("evaluator_args") or {}).get("classnames") is None else None
+
+
 def run_names_by_label(config: dict, summary: dict) -> dict[str, str] | list[str] | None:
     """The names a run's templates go with, for scoring them again: keyed by the dataset's
     own labels when the run started from them (so that other data, `--data-root DIR`, must
     hold the same classes, in any order), else in class order (`run_classnames`)."""
     names = run_classnames(summary)
-    labels = run_start_names(config)
-    if (config.get("evaluator_args") or {}).get("classnames") is None and labels and len(labels) == len(
-            names or labels):
+    labels = run_labels(config)
+    if labels and len(labels) == len(names or labels):
         return dict(zip(labels, names or labels))
     return names
 
