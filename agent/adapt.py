@@ -183,17 +183,19 @@ def check_adapter_names(payload: dict, names_given: Callable[[], Sequence[str]])
             f"adapter does); drop --classnames to apply it, or --with-adapter to score these names")
 
 
-def adapter_class_order(config: dict, data_labels: Sequence[str] | None) -> list[int] | None:
-    """Each class of data whose own labels are `data_labels` (in its class order): its place
-    among the run's classes, the adapter's rows, matched by label as `eval --run` matches the
-    run's names; PromptclimbError where the data holds other classes. None where the order
-    is the run's, or cannot be told (the run started from names of its own, which are no
-    labels; an evaluator that gives no labels): then by position, as the template rows."""
+def adapter_class_order(config: dict, data_labels: Sequence[str] | None,
+                        data_folders: Sequence[str] = ()) -> list[int] | None:
+    """Each class of data whose own labels are `data_labels` (in its class order, made
+    readable from `data_folders`: `Dataset.folders`): its place among the run's classes, the
+    adapter's rows, matched by label as `eval --run` matches the run's names; PromptclimbError
+    where the data holds other classes. None where the order is the run's, or cannot be told
+    (the run started from names of its own, which are no labels; an evaluator that gives no
+    labels): then by position, as the template rows."""
     labels = run_labels(config)
     if not labels or data_labels is None or list(data_labels) == labels:
         return None
     try:
-        in_data_order = names_by_label(dict(zip(labels, labels)), data_labels)
+        in_data_order = names_by_label(dict(zip(labels, labels)), data_labels, data_folders)
     except PromptclimbError as exc:  # the template rows alone would be scored: say what refuses them
         raise PromptclimbError(f"--with-adapter: {exc} (the adapter's rows are the run's classes); drop "
                                "--with-adapter to score the template alone") from None
@@ -230,7 +232,8 @@ def eval_run_adapter(run_dir: str | Path, evaluator=None, splits=("test",), devi
                                f"--weights to apply it, or --with-adapter to score the template on this backbone")
     order = None  # each class of the data: its place among the adapter's classes (None: the same)
     if classnames is not None:  # the names given, in the data's class order: put into the adapter's
-        order = adapter_class_order(config, getattr(getattr(evaluator, "dataset", None), "classnames", None))
+        data = getattr(evaluator, "dataset", None)  # a ClipEvaluator's; a fake's may hold no labels
+        order = adapter_class_order(config, getattr(data, "classnames", None), getattr(data, "folders", ()))
         if order is not None:
             classnames = [classnames[order.index(row)] for row in range(len(order))]
     else:

@@ -322,7 +322,7 @@ def start_names(data: Dataset, classnames: Sequence[str] | Mapping[str, str] | s
     if isinstance(classnames, str):
         return read_classnames(classnames, data.classnames, data.named_sets, data.folders)
     if isinstance(classnames, Mapping):
-        return names_by_label(classnames, data.classnames)
+        return names_by_label(classnames, data.classnames, data.folders)
     if classnames is not None:
         return check_classnames(classnames, len(data.classnames), "classnames")
     check_published(data.classnames, data.folders)

@@ -94,6 +94,35 @@ def test_eval_run_on_other_data_needs_the_runs_classes(tiny_clip_config, tiny_cl
             "the run has 'blue lake' and the data does not") in refused.output
 
 
+def test_a_run_started_on_wordnet_id_folders_before_they_read_as_names_is_scored_again(tmp_path, torch_threads):
+    """A run started on WordNet-ID folders (`n02085620/`) before they read as WordNet names
+    recorded the IDs as its start names; `eval --run` (and --with-adapter) on that data, its
+    labels now 'Chihuahua', ..., had refused it: 'the run's classes are not the data's'."""
+    from conftest import make_image_folder
+    from test_datasets import WORDNET_FOLDERS
+
+    data = make_image_folder(tmp_path / "inet", per_class=4, classes=WORDNET_FOLDERS)
+    runs = tmp_path / "runs"
+    (runs / "r").mkdir(parents=True)
+    (runs / "r" / "config.json").write_text(json.dumps({"v": 1, "run_id": "r", "evaluator_args": {
+        "dataset": "imagefolder", "data_root": str(data), "shots": 2, "seed": 0, "backbone": "demo",
+        "classnames": None}, "evaluator": {"dataset": {"classnames": list(WORDNET_FOLDERS)}}}))
+    (runs / "r" / "summary.json").write_text(json.dumps({"v": 1, "best": {
+        "template": "a photo of a {}.", "names": ["small dog", "cat", "mountain"],
+        "accuracy": {"train": 1.0, "val": 1.0, "test": 1.0}}}))
+    fit = CliRunner().invoke(cli, ["adapt", "r", "--runs-dir", str(runs), "--kind", "cache", "--device", "cpu"])
+    assert fit.exit_code == 0, fit.output
+    for more in ((), ("--with-adapter",), ("--with-adapter", "--data-root", str(data),
+                                           "--classnames", str(tmp_path / "names.txt"))):
+        (tmp_path / "names.txt").write_text("n09193705,peak\nn02085620,small dog\nn02123045,cat\n")
+        out = run("--run", "r", "--runs-dir", str(runs), "--device", "cpu", "--json", *more)
+        assert out.exit_code == 0, out.output
+        said = json.loads(out.stdout)
+        expected = ["small dog", "cat", "peak" if "--classnames" in more else "mountain"]
+        assert said["info"]["dataset"]["classnames"] == expected
+        assert ("adapter" in said) == ("--with-adapter" in more)
+
+
 def test_a_warning_is_one_line_when_it_happens(tiny_clip_config, tiny_clip_weights, image_folder, torch_threads):
     (image_folder / "red_square" / "broken.png").write_bytes(b"not a png at all")
     result = run("--dataset", "imagefolder", "--data-root", str(image_folder), "--backbone", tiny_clip_config,

@@ -877,3 +877,20 @@ def test_a_runs_names_apply_to_data_whose_labels_read_the_same():
     with pytest.raises(PromptclimbError, match="the data has 'Sandal' and the run does not; "
                                                "the run has 'Ankle boot' and the data does not"):
         names_by_label(found, ["Trouser", "T shirt top", "Sandal"])
+
+
+def test_a_run_started_on_wordnet_id_folders_matches_them_by_their_folders():
+    """A run started on WordNet-ID folders before they read as WordNet names recorded the IDs
+    as its labels (`n02085620`); the data's labels read 'Chihuahua' now, so `eval --run` had
+    refused the run's classes as not the data's. A label matches its class's folder too."""
+    from promptclimb.agent.core.classnames import names_by_label
+
+    found = {"n02085620": "small dog", "n02123045": "cat"}
+    assert names_by_label(found, ["tabby", "Chihuahua"], ["n02123045", "n02085620"]) == ("cat", "small dog")
+    # Stanford Dogs' `n02085620-Chihuahua` had read as 'n02085620 Chihuahua'
+    dogs = {"n02085620 Chihuahua": "dog", "n02085782 Japanese spaniel": "spaniel"}
+    assert names_by_label(dogs, ["Japanese spaniel", "Chihuahua"],
+                          ["n02085782-Japanese_spaniel", "n02085620-Chihuahua"]) == ("spaniel", "dog")
+    with pytest.raises(PromptclimbError, match="the data has 'alp' and the run does not; "
+                                               "the run has 'n02123045' and the data does not"):
+        names_by_label(found, ["alp", "Chihuahua"], ["n09193705", "n02085620"])

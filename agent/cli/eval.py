@@ -182,7 +182,7 @@ def _check_names_for_adapter(args: dict, adapter: dict, run_config: dict) -> Non
     data = load_dataset(args["dataset"], args["data_root"], image_column=args["image_column"],
                         label_column=args["label_column"])
     check_adapter_names(adapter, lambda: start_names(data, args["classnames"]))
-    adapter_class_order(run_config, data.classnames)
+    adapter_class_order(run_config, data.classnames, data.folders)
 
 
 def _evaluate(args: dict, prompts: list[str], device: str | None, factory=None) -> tuple[dict, object]:

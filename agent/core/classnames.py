@@ -125,21 +125,28 @@ def check_classnames(names: Sequence[str], count: int, what: str = "class names"
     return names
 
 
-def names_by_label(names: Mapping[str, str], published: Sequence[str]) -> tuple[str, ...]:
+def names_by_label(names: Mapping[str, str], published: Sequence[str], folders: Sequence[str] = ()) -> tuple[str, ...]:
     """A run's names keyed by the labels it started from, in the class order of data whose
-    labels are `published` (other data than the run's: `eval --run RUN --data-root DIR`);
-    PromptclimbError when the two hold other classes. A label matches its own spelling first,
-    else the one run label that reads the same (`name_key`): a folder `T-shirt_top` reads as
-    'T shirt top', the run's label is `T-shirt/top`."""
+    labels are `published` (other data than the run's: `eval --run RUN --data-root DIR`),
+    made readable from `folders` (`Dataset.folders`; () where they were not); PromptclimbError
+    when the two hold other classes. A label matches its own spelling first, then its
+    folder's (a run started on WordNet-ID folders before they read as WordNet names recorded
+    the IDs: `n02085620`, now 'Chihuahua'), else the one run label that reads the same
+    (`name_key`), as the label or as its folder: a folder `T-shirt_top` reads as 'T shirt
+    top', the run's label is `T-shirt/top`; a folder `n02085620-Chihuahua` had read as
+    'n02085620 Chihuahua'."""
+    folders = tuple(folders) if len(folders) == len(published) else ()
     by_key: dict[str, list[str]] = {}
     for label in names:
         by_key.setdefault(name_key(label), []).append(label)
 
-    def run_label(p: str) -> str | None:
-        alike = by_key.get(name_key(p), [])
-        return p if p in names else alike[0] if len(alike) == 1 else None
+    def run_label(i: int, p: str) -> str | None:
+        spellings = (p, folders[i]) if folders else (p,)
+        exact = [s for s in spellings if s in names]
+        alike = [by_key[name_key(s)][0] for s in spellings if len(by_key.get(name_key(s), [])) == 1]
+        return (exact or alike or [None])[0]
 
-    matched = {p: run_label(p) for p in published}
+    matched = {p: run_label(i, p) for i, p in enumerate(published)}
     missing = [p for p in published if matched[p] is None]
     extra = [label for label in names if label not in matched.values()]
     if missing or extra:
