@@ -5,7 +5,10 @@ nested run per cell.
 The run folder stays the source of truth: everything logged is read back from its files,
 so any run folder, finished, unfinished or old, can be logged at any time. Logging it
 again continues the same MLflow run (its id per tracking server is kept in RUN/mlflow.json)
-and sends only what the server does not hold yet: an answer's metrics are logged once.
+and sends only what the server does not hold yet: an answer's metrics are logged once. A
+history redone (the server holds answers it no longer has: a sweep's cell run again from
+nothing) gets a new MLflow run in place of the old one, which is deleted (`Mirror.redone`),
+and a sweep's parent run keeps one nested run per cell.
 
 What a search becomes in MLflow (experiment "promptclimb" unless told otherwise):
     params     config.json flattened: "search.iterations", "llm.model", ... (config.json
@@ -71,7 +74,7 @@ from promptclimb.agent.sweep.driver import read_sweep
 
 EXPERIMENT = "promptclimb"
 MLFLOW_FILE = "mlflow.json"  # in a run (or sweep) folder: {"v": 1, "runs": {uri: {experiment_id, run_id}}}
-STEP_KEY = "new_proposals"  # logged for every answer: its history says which answers the server has
+STEP_KEY = "new_proposals"  # logged for every answer: its history says which answers the server has, and when
 REFUSED = ("reject", "name_reject")  # events of an answer's proposals that were not scored
 RESULTS = ("best", "ensemble", "adapter")  # summary.json sections whose test accuracy is logged
 PARENT_TAG = "mlflow.parentRunId"
@@ -130,11 +133,28 @@ def sync_sweep(sweep_dir: str | Path, tracking_uri: str | None = None, experimen
         parent.log_params({**flat_params({k: v for k, v in settings.items() if k != "cells"}),
                            "cells": str(len(settings.get("cells", [])))})
         parent.log_files()
-        for cell in cells:
-            sync_run(cell, parent.uri, experiment, parent_run_id=parent.run_id)
+        nested = {cell.name: sync_run(cell, parent.uri, experiment, parent_run_id=parent.run_id) for cell in cells}
+        drop_runs_of_redone_cells(parent, nested)
         finished = [c for c in cells if (c / SUMMARY).exists()]
         parent.set_status("FINISHED" if len(finished) == len(settings.get("cells", [])) else "KILLED", time.time())
     return Synced(parent.run_id, parent.experiment_id, parent.key, 0, None, parent.artifact_uri())
+
+
+def drop_runs_of_redone_cells(parent: "Mirror", nested: dict[str, Synced]) -> None:
+    """Each cell one nested run: a run nested under the sweep's for a cell (by its name) that
+    is not the run its folder links now is that of a history since redone (the cell's folder
+    removed and the cell run again, which logged a new run), and is deleted."""
+    experiments = sorted({parent.experiment_id, *(synced.experiment_id for synced in nested.values())})
+    token = None
+    while True:
+        page = parent.client.search_runs(experiments, f"tags.`{PARENT_TAG}` = '{parent.run_id}'", page_token=token)
+        for child in page:
+            cell = nested.get(child.info.run_name)
+            if cell is not None and child.info.run_id != cell.run_id:
+                parent.client.delete_run(child.info.run_id)
+        token = page.token
+        if not token:
+            return
 
 
 def readable_run(folder: str | Path) -> Run:
@@ -230,7 +250,7 @@ class Tracker:
     def on_event(self, event: dict) -> None:
         """The store's listener: an event that follows an answer completes it."""
         if self.mirror is not None and event["event"] in (*LLM_EVENTS, "restart", "reset", "stop", "final"):
-            self._guard(lambda: self.mirror and self.mirror.log_answers(load_run(self.run_dir), hold_last=True))
+            self._guard(lambda: self.mirror and self.mirror.follow(load_run(self.run_dir)))
 
     def finish(self) -> None:
         """Everything the folder holds now: the last answers, the results, the files, the
@@ -272,7 +292,10 @@ class Mirror:
         self.experiment_id, self.run_id = experiment_id, run_id
         self.created = created  # by this Mirror.open (not continued from RUN/mlflow.json)
         self.key = link_key(uri)
-        self.logged: set[int] | None = None  # the answers' steps the server has (`log_answers`)
+        # the answers the server has, step -> their time in ms, asked once (then this mirror is
+        # the only writer of its answers); and those found to be the history's as it is now
+        self.logged: dict[int, int] | None = None
+        self.checked: set[int] = set()
 
     @classmethod
     def open(cls, folder: str | Path, tracking_uri: str | None, experiment: str,
@@ -287,19 +310,77 @@ class Mirror:
             mirror = cls(client, uri, folder, link["experiment_id"], link["run_id"])
         else:
             experiment_id = _experiment_id(client, experiment, artifacts_beside_database(uri, experiment))
-            run = client.create_run(experiment_id, run_name=folder.name)
-            mirror = cls(client, uri, folder, experiment_id, run.info.run_id, created=True)
-            write_json_atomic(folder / MLFLOW_FILE, {"v": 1, "runs": {**known, mirror.key: {
-                "experiment_id": experiment_id, "run_id": mirror.run_id}}})
+            mirror = cls(client, uri, folder, experiment_id, "", created=True)
+            mirror.start_run()
         if parent_run_id:
             client.set_tag(mirror.run_id, PARENT_TAG, parent_run_id)
         return mirror
 
+    def start_run(self, tags: dict | None = None, replacing: str | None = None) -> None:
+        """A new MLflow run for the folder, linked in RUN/mlflow.json under this server's key;
+        the links to other servers are kept, any to the run it replaces (`replacing`: one
+        keyed as typed before sqlite paths were keyed absolute) dropped."""
+        self.run_id = self.client.create_run(self.experiment_id, run_name=self.folder.name, tags=tags).info.run_id
+        self.created, self.logged, self.checked = True, {}, set()
+        kept = {key: link for key, link in _read_links(self.folder).items()
+                if not (replacing and isinstance(link, dict) and link.get("run_id") == replacing)}
+        write_json_atomic(self.folder / MLFLOW_FILE, {"v": 1, "runs": {**kept, self.key: {
+            "experiment_id": self.experiment_id, "run_id": self.run_id}}})
+
+    def replace(self) -> None:
+        """The folder's history was redone (`redone`): a new MLflow run in place of its old
+        one, nested where that one was, so that MLflow shows the history as it is now. The old
+        run is deleted once the new one is linked (MLflow keeps it restorable until `mlflow gc`)."""
+        old = self.run_id
+        parent = self.client.get_run(old).data.tags.get(PARENT_TAG)
+        self.start_run({PARENT_TAG: parent} if parent else None, replacing=old)
+        self.client.delete_run(old)
+
+    def redone(self, run: Run) -> bool:
+        """Whether the server holds answers the history no longer has: an answer gone from
+        it, or another answer at its step (another time). So it is when the history was redone
+        (a sweep's cell whose history was removed and run again; a last line a resume dropped
+        and asked again): the history's answers, skipped at the steps logged, would have
+        left the old ones there (and new steps beside them). An answer still being scored
+        when it was logged (a sync of a killed run) is the same answer, with the same time,
+        when a resume completes it: its MLflow run goes on."""
+        if self.logged is None:
+            self.logged = self.logged_answers()
+        if self.checked.issuperset(self.logged):
+            return False
+        answers = {int(e["call"]): e for e in run.events if e["event"] in LLM_EVENTS and e.get("call") is not None}
+        for step, stamp in self.logged.items():
+            answer = answers.get(step)
+            # an answer without its time (the store always writes one) is taken as the one logged
+            if answer is None or (answer.get("time") and _answer_time(answer) != stamp):
+                return True
+        self.checked.update(self.logged)
+        return False
+
+    def logged_answers(self) -> dict[int, int]:
+        """step -> time in ms of the answers the server has (-1: two answers at one step)."""
+        logged: dict[int, int] = {}
+        for metric in self.client.get_metric_history(self.run_id, STEP_KEY):
+            same = logged.get(metric.step, metric.timestamp) == metric.timestamp
+            logged[metric.step] = metric.timestamp if same else -1
+        return logged
+
+    def follow(self, run: Run) -> None:
+        """A live search's new events: the answers now complete, or (`redone`) the whole run
+        in a new MLflow run."""
+        if self.redone(run):
+            self.replace()
+            self.sync(writing=True, files=False, run=run)
+        else:
+            self.log_answers(run, hold_last=True)
+
     def sync(self, writing: bool, files: bool = True, run: Run | None = None) -> Synced:
         """Settings, answers, results, files, prompt and status, from the folder as it is now
-        (or as `run` read it). `writing`: a search is still writing it (its last answer may
-        not be complete yet)."""
+        (or as `run` read it), in a new MLflow run when the history was redone. `writing`: a
+        search is still writing it (its last answer may not be complete yet)."""
         run = load_run(self.folder) if run is None else run
+        if self.redone(run):
+            self.replace()
         self.log_params(flat_params({k: v for k, v in run.config.items() if k != "v"}))
         self.client.log_batch(self.run_id, tags=_tags(run_tags(run)))
         new = self.log_answers(run, hold_last=writing)
@@ -324,14 +405,15 @@ class Mirror:
         """The metrics of each answer the server does not have yet; returns how many."""
         from mlflow.entities import Metric
 
-        if self.logged is None:  # asked once: then this mirror is the only writer of its answers
-            self.logged = {m.step for m in self.client.get_metric_history(self.run_id, STEP_KEY)}
+        if self.logged is None:
+            self.logged = self.logged_answers()
         rows = answer_metrics(run, hold_last, logged=self.logged)
         for start in range(0, len(rows), ANSWERS_PER_BATCH):
             batch = rows[start:start + ANSWERS_PER_BATCH]
             self.client.log_batch(self.run_id, metrics=[Metric(key, value, stamp, step) for step, stamp, values in batch
                                                         for key, value in values.items()])
-            self.logged.update(step for step, _, _ in batch)
+            self.logged.update({step: stamp for step, stamp, _ in batch})
+            self.checked.update(step for step, _, _ in batch)
         return len(rows)
 
     def log_results(self, run: Run) -> None:
@@ -432,7 +514,7 @@ def answer_metrics(run: Run, hold_last: bool = False, logged: Container[int] = (
                   "prompt_tokens": usage.get("prompt_tokens") or 0,
                   "completion_tokens": usage.get("completion_tokens") or 0}
         values.update(best_at(end))
-        rows.append((call, int(float(answer.get("time") or time.time()) * 1000), values))
+        rows.append((call, _answer_time(answer), values))
     return rows
 
 
@@ -657,6 +739,12 @@ def _tags(tags: dict):
 def _test_accuracy(section: dict | None) -> float | None:
     value = ((section or {}).get("accuracy") or {}).get("test")
     return float(value) if isinstance(value, (int, float)) else None
+
+
+def _answer_time(answer: dict) -> int:
+    """When an answer came, in ms: its metrics' MLflow time, which tells it from another
+    answer at its step (`Mirror.redone`)."""
+    return int(float(answer.get("time") or time.time()) * 1000)
 
 
 def _last_time(run: Run) -> float:

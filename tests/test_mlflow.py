@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -486,6 +487,65 @@ def test_a_sweep_with_mlflow_nests_its_cells_and_an_unreachable_server_is_one_wa
     track_sweep(sweep, f"http://127.0.0.1:{free_port()}", said.append)
     assert len(said) == 1 and said[0].startswith("warning: MLflow tracking of the sweep failed")
     assert f"promptclimb mlflow-sync {sweep}" in said[0]
+
+
+def answer_times(run_dir: Path) -> list[tuple[int, int]]:
+    """(step, time in ms) of each LLM answer in the run's history, as its metrics are logged."""
+    return sorted((e["call"], int(float(e["time"]) * 1000)) for e in load_run(run_dir).events
+                  if e["event"] == "llm_exchange")
+
+
+def logged_times(client, run_id) -> list[tuple[int, int]]:
+    return sorted((m.step, m.timestamp) for m in client.get_metric_history(run_id, "new_proposals"))
+
+
+@pytest.mark.parametrize("redo", ["cell folder removed", "history removed, --mlflow live"])
+def test_a_redone_cell_has_one_nested_run_holding_its_new_history_only(redo, tmp_path, fake):
+    """A sweep cell run again from nothing: its folder removed (`rm -r SWEEP/CELL`, the link
+    in CELL/mlflow.json gone with it), or its history (the link kept). Its new run replaces
+    the old one: `mlflow-sync` nested a second run for the cell, or, the link kept, left
+    the old history's answers at their steps (skipped as logged) beside the new ones."""
+    sweep, uri = tmp_path / "runs" / "grid", sqlite_uri(tmp_path / "store")
+    client = MlflowClient(uri)
+    cells = ["c1", "c2"]
+    for cell in cells:
+        finished_run(fake, sweep, cell)
+    (sweep / "sweep.json").write_text(json.dumps({"grid": {"dataset": ["toy"]}, "search": {}, "cells": cells}))
+    assert mlflow_sync(sweep, "--tracking-uri", uri).exit_code == 0
+    parent, old = linked_run_id(sweep, uri), linked_run_id(sweep / "c2", uri)
+    old_times = logged_times(client, old)
+    assert old_times == answer_times(sweep / "c2")
+
+    time.sleep(0.01)  # the redone answers come later, at other times
+    if redo == "cell folder removed":
+        shutil.rmtree(sweep / "c2")
+        finished_run(fake, sweep, "c2")
+    else:  # the resume of a run with no history is a new search; its live tracker replaces the run at once
+        for name in ("history.jsonl", "summary.json"):
+            (sweep / "c2" / name).unlink()
+        resumed = search(fake, sweep, "--resume", "c2", "--mlflow", uri)
+        assert resumed.exit_code == 0, resumed.output
+        assert "warning" not in resumed.output, resumed.output
+        live = linked_run_id(sweep / "c2", uri)  # replaced as the search began, still nested
+        assert live != old and client.get_run(live).data.tags["mlflow.parentRunId"] == parent
+        assert logged_times(client, live) == answer_times(sweep / "c2")
+    synced = mlflow_sync(sweep, "--tracking-uri", uri)
+    assert synced.exit_code == 0, synced.output
+
+    children = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    assert sorted(r.info.run_name for r in children) == cells  # one nested run per cell
+    new = linked_run_id(sweep / "c2", uri)
+    assert new != old and new in {r.info.run_id for r in children}
+    assert list(json.loads((sweep / "c2" / "mlflow.json").read_text())["runs"]) == [uri]
+    assert client.get_run(old).info.lifecycle_stage == "deleted"  # restorable until `mlflow gc`
+    assert logged_times(client, new) == answer_times(sweep / "c2") != old_times  # the new answers only
+    for key in ANSWER_METRICS:
+        assert [step for step, _ in history(client, new, key)] == [0, 1], key
+    run = client.get_run(new)
+    assert run.info.status == "FINISHED" and run.data.tags["promptclimb.prompt"]
+    assert RUN_FILES <= {a.path for a in client.list_artifacts(new)}
+    assert mlflow_sync(sweep, "--tracking-uri", uri).exit_code == 0  # again: nothing replaced
+    assert linked_run_id(sweep / "c2", uri) == new and len(all_runs(client)) == 3
 
 
 # -- local stores, damaged folders, failures midway -----------------------------------------------

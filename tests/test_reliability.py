@@ -89,6 +89,28 @@ def test_only_a_sweeps_own_cell_may_hold_a_cells_files(tmp_path):
         claim_folder(sweep / "not-a-cell", RUN)
 
 
+@pytest.mark.parametrize("in_the_way", ["a file", "someone's files"])
+def test_a_cell_folder_that_cannot_be_taken_is_refused_before_ray_starts(in_the_way, tmp_path):
+    """A cell's folder replaced by a file (`rm -r SWEEP/CELL && touch SWEEP/CELL`), or holding
+    files of someone else's: the cell failed inside Ray, and the sweep said to see its
+    error.txt, which could not be written there. Now one line naming the path, before Ray."""
+    sweep = a_sweep(tmp_path / "runs")
+    cell = sweep / "fashion-mnist-demo-1shot-seed2"
+    if in_the_way == "a file":
+        cell.write_text("")
+        said = ("is a file, not a folder: the sweep cell cannot go there; "
+                "move it out of the sweep's folder, then rerun the sweep")
+    else:
+        cell.mkdir()
+        (cell / "notes.txt").write_text("mine")
+        said = "is not empty and not a run's folder (it holds notes.txt); move them out of it, then rerun the sweep"
+    before = files_of(sweep)
+    refused = cli("sweep", "k3", "--runs-dir", tmp_path / "runs", "--num-cpus", "1")
+    one_line_error(refused, f"{cell} {said}")
+    assert "Ray:" not in refused.output and "error.txt" not in refused.output
+    assert files_of(sweep) == before and (cell.is_file() if in_the_way == "a file" else cell.is_dir())
+
+
 def test_a_sweep_never_turns_a_run_or_a_file_into_a_sweep(tmp_path, llm):
     runs = tmp_path / "runs"
     assert cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "victim").exit_code == 0

@@ -232,8 +232,12 @@ def claim_folder(folder: str | Path, kind: str, create: bool = True) -> Path:
     are nobody's. Anything else is refused in one line: a search never writes into a
     sweep's folder or a folder of the user's, a sweep never into a run."""
     folder = Path(folder)
+    # a sweep's cell is named by its grid point: what is in its place must go, not the cell
+    cell = kind == RUN and _is_sweep_cell(folder)
     if folder.exists() and not folder.is_dir():
-        raise PromptclimbError(f"{folder} is a file, not a folder: the {kind} cannot go there; give it another name")
+        way_out = "move it out of the sweep's folder, then rerun the sweep" if cell else "give it another name"
+        raise PromptclimbError(f"{folder} is a file, not a folder: the {'sweep cell' if cell else kind} cannot go "
+                               f"there; {way_out}")
     if not folder.exists():
         if create:
             folder.mkdir(parents=True, exist_ok=True)
@@ -250,12 +254,13 @@ def claim_folder(folder: str | Path, kind: str, create: bool = True) -> Path:
     if kind == SWEEP and _holds_run(folder):
         raise PromptclimbError(f"{folder} holds a run ({shell_command('show', run_argument(folder))}), not a sweep; "
                                "give the sweep another name")
-    own = ({LOCK} | ({CELL_LOG, CELL_ERROR} if _is_sweep_cell(folder) else set())) if kind == RUN else set()
+    own = ({LOCK} | ({CELL_LOG, CELL_ERROR} if cell else set())) if kind == RUN else set()
     foreign = sorted(p.name for p in folder.iterdir() if p.name not in own and not _is_temp_file(p.name))
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" ... ({len(foreign)} in all)" if len(foreign) > 5 else "")
-        raise PromptclimbError(f"{folder} is not empty and not a {kind}'s folder (it holds {shown}); give the {kind} "
-                               "another name, or another --runs-dir")
+        way_out = ("move them out of it, then rerun the sweep" if cell
+                   else f"give the {kind} another name, or another --runs-dir")
+        raise PromptclimbError(f"{folder} is not empty and not a {kind}'s folder (it holds {shown}); {way_out}")
     return folder
 
 

@@ -356,9 +356,7 @@ def run_cell(cell_dir: str, opts: dict) -> dict:
         return {"state": "failed", "error": f"{cell_dir.parent} does not exist on node {platform.node()}: "
                                             "a sweep folder must be on storage every node sees (--runs-dir)"}
     try:
-        check_folder_name(cell_dir.name, "cell")
-        if not (cell_dir / CONFIG).exists():
-            claim_folder(cell_dir, RUN)  # new, or this cell's own (a folder its sweep.json lists)
+        claim_cell(cell_dir)
     except PromptclimbError as exc:  # not ours to write into, error.txt included
         return {"state": "failed", "error": str(exc)}
     (cell_dir / ERROR_FILE).unlink(missing_ok=True)
@@ -388,6 +386,17 @@ def run_cell(cell_dir: str, opts: dict) -> dict:
         echo(f"failed: {error}")
     write_text_atomic(cell_dir / ERROR_FILE, error + "\n")
     return {"state": "failed", "error": error}
+
+
+def claim_cell(cell_dir: Path, create: bool = True) -> None:
+    """The cell's folder, taken as its search takes a run's (`claim_folder`): new, or this
+    cell's own (a folder its sweep.json lists, a run in it resumed). Not `create`: only
+    checked, by the driver before Ray starts (`run_sweep`): a file in the cell's place, or a
+    folder of someone else's files, is then one line, not a cell failing inside Ray with no
+    error.txt to say why (none can be written there)."""
+    check_folder_name(cell_dir.name, "cell")
+    if not (cell_dir / CONFIG).exists():
+        claim_folder(cell_dir, RUN, create=create)
 
 
 INTERRUPTED = "interrupted"  # how a search.log line that records an interruption begins
@@ -750,6 +759,8 @@ def run_sweep(name: str, runs_dir: str | Path, grid: dict | None, search: dict, 
     cells = grid_cells(settings)
     states = {c.name: cell_state(sweep_dir / c.name, bool(opts["adapter_kinds"])) for c in cells}
     todo = [c for c in cells if states[c.name] != "finished"]
+    for cell in todo:
+        claim_cell(sweep_dir / cell.name, create=False)
     counts = {s: sum(v == s for v in states.values()) for s in ("finished", "killed", "failed", "new")}
     echo(f"sweep {name}: {len(cells)} cells; {counts['finished']} finished, {counts['killed']} to resume, "
          f"{counts['failed']} to retry, {counts['new']} to start   ({sweep_dir})")
