@@ -19,7 +19,7 @@ its distinct values, sorted, are then the classes. The start class names are the
 ClassLabel names made readable as imagefolder's are ('sea_lake' -> 'sea lake'). The test
 split's ClassLabel integers are read by its own names (splits encoded one by one number their
 classes each in their own order); a class that train lacks is refused. Rows without a label
-(None, -1 as some test splits have, or NaN) are left out.
+(None, -1 as some test splits have, or NaN; "-1" in a column of strings) are left out.
 
 Splits: the few-shot train and val images are drawn from the `train` split (val from what
 train's shots leave: `make_fewshot_split` with an empty val pool). Test is the `test`
@@ -255,7 +255,12 @@ def column_values(ds: "datasets.Dataset", column: str) -> list:
 
 
 def unlabelled(value) -> bool:
-    """A row's label that means "no label" (None, -1 as some test splits have, or NaN)."""
+    """A row's label that means "no label" (None, -1 as some test splits have, or NaN; in a
+    column of strings, "-1")."""
+    if isinstance(value, str):
+        # integer labels read as text (a CSV, a cast) keep ClassLabel's -1 for "no label"; as a
+        # class it had been named "1", the "-" read as a separator as in a folder's name
+        return value.strip() == "-1"
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return value is None
     # pandas writes an integer column with missing labels as floats, the missing ones NaN:

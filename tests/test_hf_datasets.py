@@ -210,6 +210,16 @@ def test_an_integer_label_column_leaves_rows_labelled_minus_one_out(tmp_path):
     assert sum(len(items) for items in data.splits.values()) == len(rows["label"]) - 3
 
 
+def test_a_string_label_column_leaves_rows_labelled_minus_one_out(tmp_path):
+    """Integer labels read as text (a CSV, a cast) keep -1 for "no label": it had become a class '1'."""
+    rows = colour_rows(4)
+    rows["label"] = [READABLE[c] for c in rows["label"]]
+    rows["label"][:3] = ["-1", "-1", "-1"]
+    datasets.Dataset.from_dict(rows, features=features(datasets.Value("string"))).save_to_disk(str(tmp_path / "s"))
+    data = load_dataset("hf", str(tmp_path / "s"), label_column="label")
+    assert data.classnames == ["blue lake", "green field", "red square"]
+    assert sum(len(items) for items in data.splits.values()) == len(rows["label"]) - 3
+
 
 def test_a_float_label_column_leaves_rows_labelled_nan_out(tmp_path):
     rows = colour_rows(4)  # as pandas writes an integer column with missing labels: floats, NaN
