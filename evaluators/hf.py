@@ -276,12 +276,18 @@ def class_labels(train: "datasets.Dataset", column: str, splits: dict, where: st
     feature = train.features[column]
     if isinstance(feature, ClassLabel):
         return published_names(feature.names), {i: i for i in range(feature.num_classes)}
-    values = set()
+    values, minus_one = set(), False
     for split in (TRAIN_SPLIT, *TEST_SPLITS):
         if split in splits and column in splits[split].column_names:
-            values |= {v for v in column_values(splits[split], column) if not unlabelled(v)}
+            read = set(column_values(splits[split], column))
+            values |= {v for v in read if not unlabelled(v)}
+            minus_one = minus_one or -1 in read or "-1" in {v.strip() for v in read if isinstance(v, str)}
     if not values:
         raise PromptclimbError(f"label column {column!r} of {where} has no values")
+    if len(values) == 1 and minus_one:  # labels -1 and 1 (or +1) as one class and its opposite
+        raise PromptclimbError(f"label column {column!r} of {where} has one class ({next(iter(values))}) besides "
+                               "rows labelled -1, which mean 'no label' (as in a ClassLabel) and are left out: "
+                               "give the other class another label")
     ordered = sorted(values)
     names = [name or str(v) for name, v in zip(published_names([str(v) for v in ordered]), ordered)]
     return names, {v: i for i, v in enumerate(ordered)}
