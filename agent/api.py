@@ -186,9 +186,12 @@ def evaluator_for(*, device: str | None = None, echo: Callable[[str], None] | No
     do) and draws a progress bar while it encodes images unless `bars` is False; a factory set
     with `using_evaluator` is given neither (its evaluator says what it says)."""
     from promptclimb.agent.core.devices import check_device_name
+    from promptclimb.agent.options import check_dataset_name
     from promptclimb.agent.pipeline import default_evaluator_factory
 
     check_device_name(device)
+    if _EVALUATOR_FACTORY.get() is None:  # the CLIP evaluator's datasets are known before torch is imported
+        check_dataset_name(settings.get("dataset"))
     build_evaluator = _EVALUATOR_FACTORY.get() or partial(default_evaluator_factory, echo=echo, bars=bars)
     return build_evaluator(**{k: v for k, v in settings.items() if v is not None}, device=device)
 

@@ -120,3 +120,22 @@ def test_a_seed_torch_cannot_take_is_refused_before_anything_runs(notebook, buil
     for command in (["adapt", "RUN", "--kind", "cache"], ["eval"], ["search", "--dataset", "toy"]):
         said = CliRunner().invoke(cli, [*command, "--seed", str(too_big)])
         assert said.exit_code == 2 and f"{too_big} is not in the range" in said.output, said.output
+
+
+@pytest.mark.parametrize("dataset", ["nope", "fashion_mnist", "a/b"])
+def test_evaluate_refuses_an_unknown_dataset_before_the_clip_evaluator_is_built(monkeypatch, dataset):
+    """evaluate() and `promptclimb eval` imported torch and built the evaluator (seconds) before
+    `unknown dataset`, which did not say that hf:OWNER/NAME is one; search() said it at once."""
+    from click.testing import CliRunner
+
+    from promptclimb.agent import pipeline
+    from promptclimb.agent.cli import cli
+
+    built = []
+    monkeypatch.setattr(pipeline, "default_evaluator_factory", lambda **kwargs: built.append(kwargs))
+    said = rf"--dataset '{dataset}': unknown dataset; known: .*fashion-mnist.* \(and hf:OWNER/NAME\[:CONFIG\]\)$"
+    with pytest.raises(promptclimb.PromptclimbError, match=said):
+        promptclimb.evaluate("a photo of a {}.", dataset=dataset, echo=None)
+    result = CliRunner().invoke(cli, ["eval", "--dataset", dataset])
+    assert result.exit_code == 1 and "unknown dataset" in result.output and "Traceback" not in result.output
+    assert built == []
