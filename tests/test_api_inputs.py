@@ -4,6 +4,7 @@ readable message naming what was wrong, raised before anything is created or loa
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -139,3 +140,15 @@ def test_evaluate_refuses_an_unknown_dataset_before_the_clip_evaluator_is_built(
     result = CliRunner().invoke(cli, ["eval", "--dataset", dataset])
     assert result.exit_code == 1 and "unknown dataset" in result.output and "Traceback" not in result.output
     assert built == []
+
+
+@pytest.mark.parametrize("runs_dir, said", [
+    ("notes.txt", "notes.txt (--runs-dir) is not writable (it is a file, not a folder)"),
+    ("notes.txt/runs", "notes.txt/runs (--runs-dir) is not writable (notes.txt is a file, not a folder)"),
+])
+def test_a_runs_dir_that_is_a_file_says_so(notebook, built, tmp_path, runs_dir, said):
+    """It said '(File exists)' or '(Not a directory)', the OS's words for a file in the way."""
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(promptclimb.PromptclimbError, match=f"^{re.escape(said)}$"):
+        promptclimb.search(dataset="toy", runs_dir=runs_dir, echo=None, **SMALL)
+    assert notebook.count == 0 and not built and (tmp_path / "notes.txt").read_text() == "x"
