@@ -46,7 +46,8 @@ from typing import TYPE_CHECKING
 
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.paths import cache_dir
-from promptclimb.evaluators.datasets import Dataset, Labelled, deterministic_split, published_names
+from promptclimb.evaluators.datasets import (Dataset, Labelled, check_data_folder, deterministic_split,
+                                             published_names)
 
 if TYPE_CHECKING:
     import datasets
@@ -130,8 +131,7 @@ def open_splits(name: str, data_root: str | None) -> tuple[dict[str, "datasets.D
 
 
 def open_folder(root: Path) -> dict[str, "datasets.Dataset"]:
-    if not root.is_dir():
-        raise PromptclimbError(f"data folder {root} does not exist")
+    check_data_folder(root)
     saved = (root / "dataset_dict.json").is_file() or (root / "state.json").is_file()
     if not saved and not any(root.rglob("*.parquet")):
         raise PromptclimbError(f"{root} is neither a save_to_disk folder (no dataset_dict.json or state.json) "

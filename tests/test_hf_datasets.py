@@ -233,6 +233,12 @@ def test_labels_minus_one_and_one_are_refused_as_one_class_and_no_label(tmp_path
         load_dataset("hf", str(tmp_path / "b"), label_column="label")
 
 
+def test_a_data_root_that_is_a_parquet_file_says_it_is_not_a_folder(tmp_path, folders):
+    parquet = next(folders["parquet"].rglob("*.parquet"))
+    with pytest.raises(PromptclimbError, match=rf"^data folder {parquet} is a file, not a folder$"):
+        load_dataset("hf", str(parquet))
+
+
 def test_a_float_label_column_leaves_rows_labelled_nan_out(tmp_path):
     rows = colour_rows(4)  # as pandas writes an integer column with missing labels: floats, NaN
     rows["label"] = [float("nan") if i % 4 == 0 else float(c) for i, c in enumerate(rows["label"])]
