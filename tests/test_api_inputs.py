@@ -152,3 +152,12 @@ def test_a_runs_dir_that_is_a_file_says_so(notebook, built, tmp_path, runs_dir, 
     with pytest.raises(promptclimb.PromptclimbError, match=f"^{re.escape(said)}$"):
         promptclimb.search(dataset="toy", runs_dir=runs_dir, echo=None, **SMALL)
     assert notebook.count == 0 and not built and (tmp_path / "notes.txt").read_text() == "x"
+
+
+@pytest.mark.parametrize("timeout", [0, 0.5])
+def test_a_timeout_below_a_second_is_refused_before_anything_is_made(notebook, built, tmp_path, timeout):
+    """timeout=0 abandoned every LLM request at once: six tries, then a failed run, after 45 s."""
+    with pytest.raises(promptclimb.PromptclimbError, match=rf"^search\(\): --timeout {float(timeout)}: must be at least 1$"):
+        promptclimb.search(dataset="toy", name="x", timeout=timeout, echo=None, **SMALL)
+    assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
+    assert promptclimb.search(dataset="toy", name="y", timeout=1, echo=None, **SMALL).run_dir.name == "y"
