@@ -36,7 +36,8 @@ from promptclimb.agent.core.protocol import Task
 from promptclimb.agent.core.templates import BASELINE
 from promptclimb.agent.core.settings import EvaluatorSettings, LLMSettings, SoftPromptConfig
 from promptclimb.agent.llm import local as local_llm
-from promptclimb.agent.llm.client import LLMClient, LLMError, local_model_served_at, without_secrets
+from promptclimb.agent.llm.client import (LLMClient, LLMError, check_endpoint_url, local_model_served_at,
+                                          without_secrets)
 from promptclimb.agent.metaprompt import MetaPrompt, files_rendered
 from promptclimb.agent.adapt import check_kinds
 from promptclimb.agent.options import BUDGET, LOCAL, REMOTE_DEFAULT_MODEL, recorded_value
@@ -259,6 +260,7 @@ def confirm_setting(select: str, confirm: str | None, echo=None) -> str:
 def choose_llm(opts: dict, echo) -> tuple[LLMSettings, dict]:
     """A new run's LLM: its settings for config.json, and the sampling defaults that come
     with it (the local LLM has its own)."""
+    check_endpoints(opts, local=opts["llm_name"] == LOCAL)
     endpoint = opts["base_url"] or os.environ.get("OPENAI_BASE_URL")
     # An endpoint that is a `promptclimb llm serve` server (it says so at /models) is the local LLM.
     served_local = local_model_served_at(endpoint) if endpoint and not opts["llm_name"] else None
@@ -277,6 +279,14 @@ def choose_llm(opts: dict, echo) -> tuple[LLMSettings, dict]:
                            without_secrets(endpoint), served, request_model=served or llm_name,
                            secrets_left_out=without_secrets(endpoint) != endpoint)
     return settings, (local_llm.LOCAL_SAMPLING if served else {})
+
+
+def check_endpoints(opts: dict, local: bool) -> None:
+    """--base-url, and $OPENAI_BASE_URL where it is asked (not by the embedded --llm local),
+    as http(s) URLs, before anything is made (`check_endpoint_url`)."""
+    check_endpoint_url(opts["base_url"], "--base-url")
+    if not local:
+        check_endpoint_url(os.environ.get("OPENAI_BASE_URL"), "OPENAI_BASE_URL")
 
 
 def lanes_for_the_llm(llm: LLMSettings, parallel: int, restarts: int, echo) -> int:
@@ -358,6 +368,7 @@ def resumed_run(opts: dict, echo) -> Plan:
             return Plan(DEFAULTS, resumed_evaluator(saved), None, [], {}, None,
                         adapter_kinds, SoftPromptConfig(**saved["soft_prompt"]).check(), store=store)
         llm = LLMSettings.from_config(saved["llm"])
+        check_endpoints(opts, local=llm.local)
         if given(opts, "parallel"):  # the command that started it, again: its --parallel as that one ran it
             opts = {**opts, "parallel": lanes_for_the_llm(llm, opts["parallel"], saved["search"]["restarts"], echo)}
         search = SearchConfig(**{**RECORDED_BEFORE_IT_EXISTED, **{f.name: saved["search"][f.name]

@@ -161,3 +161,24 @@ def test_a_timeout_below_a_second_is_refused_before_anything_is_made(notebook, b
         promptclimb.search(dataset="toy", name="x", timeout=timeout, echo=None, **SMALL)
     assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
     assert promptclimb.search(dataset="toy", name="y", timeout=1, echo=None, **SMALL).run_dir.name == "y"
+
+
+@pytest.mark.parametrize("url", ["localhost:8080/v1", "127.0.0.1:8080/v1", "ftp://example.com/v1", "http:/x",
+                                 "me:sk-TOPSECRET-0123456789@example.com/v1"])
+def test_an_endpoint_that_is_not_an_http_url_is_refused_before_anything_is_made(notebook, built, tmp_path,
+                                                                                 monkeypatch, url):
+    """'localhost:8080/v1' (no http://) was taken: its connection error was retried for half a
+    minute, then the search failed, leaving a run folder to resume against the same URL."""
+    said = rf"^--base-url '{re.escape(url.rsplit('@', 1)[-1])}': expected an http:// or https:// URL"
+    with pytest.raises(promptclimb.PromptclimbError, match=said) as caught:
+        promptclimb.search(dataset="toy", name="x", base_url=url, echo=None, **SMALL)
+    assert "TOPSECRET" not in str(caught.value)
+    monkeypatch.setenv("OPENAI_BASE_URL", url)
+    with pytest.raises(promptclimb.PromptclimbError, match=said.replace("--base-url", "OPENAI_BASE_URL")):
+        promptclimb.search(dataset="toy", name="x", echo=None, **SMALL)
+    assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
+    monkeypatch.setenv("OPENAI_BASE_URL", notebook.base_url)
+    done = promptclimb.search(dataset="toy", name="r", echo=None, **SMALL)
+    with pytest.raises(promptclimb.PromptclimbError, match=said):  # a resume given one too
+        promptclimb.search(resume="r", base_url=url, echo=None)
+    assert promptclimb.search(resume="r", echo=None).best == done.best
