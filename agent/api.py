@@ -230,9 +230,10 @@ def evaluate(templates: str | Sequence[str], dataset: str = "fashion-mnist", sho
     --image-column / --label-column: where its features do not tell (two Image columns, a
     label that is not a ClassLabel: its distinct values become the classes); refused for
     other datasets. `echo`: where the lines go that say what was encoded or reused of each
-    split's images (None: nowhere), as `search()`'s. Bad input raises PromptclimbError before
-    anything is loaded."""
+    split's images (None: nowhere), as `search()`'s. `shots` or `seed` given as None takes its
+    default (1, 0), as in search(). Bad input raises PromptclimbError before anything is loaded."""
     from promptclimb.agent.core.defaults import default_backbone
+    from promptclimb.agent.options import defaults
 
     checked = check_call("evaluate()", unknown, templates=templates, dataset=dataset, shots=shots, seed=seed,
                          backbone=backbone, pretrained=pretrained, weights=weights, data_root=data_root,
@@ -244,6 +245,9 @@ def evaluate(templates: str | Sequence[str], dataset: str = "fashion-mnist", sho
     (dataset, shots, seed, backbone, pretrained, weights, data_root, splits, precision, image_column, label_column,
      classnames) = (checked[k] for k in ("dataset", "shots", "seed", "backbone", "pretrained", "weights", "data_root",
                                          "splits", "precision", "image_column", "label_column", "classnames"))
+    # None takes the default, as search()'s keywords do: the evaluator has none of its own
+    # (shots=None had ended in a TypeError from build_evaluator)
+    shots, seed = (defaults()[k] if v is None else v for k, v in (("shots", shots), ("seed", seed)))
     backbone, pretrained = default_backbone(dataset, backbone, pretrained, weights)
     templates = check_templates(templates)
     scores, _ = score_templates(templates, dataset=dataset, shots=shots, seed=seed, backbone=backbone,

@@ -182,3 +182,10 @@ def test_an_endpoint_that_is_not_an_http_url_is_refused_before_anything_is_made(
     with pytest.raises(promptclimb.PromptclimbError, match=said):  # a resume given one too
         promptclimb.search(resume="r", base_url=url, echo=None)
     assert promptclimb.search(resume="r", echo=None).best == done.best
+
+
+def test_evaluate_takes_none_for_shots_and_seed_as_their_defaults(built):
+    """shots=None (as search() takes it: the default) ended in a TypeError from build_evaluator."""
+    table = promptclimb.evaluate("a photo of a {}.", dataset="toy", shots=None, seed=None, echo=None)
+    assert (built[-1]["shots"], built[-1]["seed"]) == (1, 0)
+    assert table.equals(promptclimb.evaluate("a photo of a {}.", dataset="toy", echo=None))
