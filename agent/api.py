@@ -186,9 +186,12 @@ def evaluator_for(*, device: str | None = None, echo: Callable[[str], None] | No
     do) and draws a progress bar while it encodes images unless `bars` is False; a factory set
     with `using_evaluator` is given neither (its evaluator says what it says)."""
     from promptclimb.agent.core.devices import check_device_name
+    from promptclimb.agent.options import check_dataset_name
     from promptclimb.agent.pipeline import default_evaluator_factory
 
     check_device_name(device)
+    if _EVALUATOR_FACTORY.get() is None:  # the CLIP evaluator's datasets are known before torch is imported
+        check_dataset_name(settings.get("dataset"))
     build_evaluator = _EVALUATOR_FACTORY.get() or partial(default_evaluator_factory, echo=echo, bars=bars)
     return build_evaluator(**{k: v for k, v in settings.items() if v is not None}, device=device)
 
@@ -227,9 +230,10 @@ def evaluate(templates: str | Sequence[str], dataset: str = "fashion-mnist", sho
     --image-column / --label-column: where its features do not tell (two Image columns, a
     label that is not a ClassLabel: its distinct values become the classes); refused for
     other datasets. `echo`: where the lines go that say what was encoded or reused of each
-    split's images (None: nowhere), as `search()`'s. Bad input raises PromptclimbError before
-    anything is loaded."""
+    split's images (None: nowhere), as `search()`'s. `shots` or `seed` given as None takes its
+    default (1, 0), as in search(). Bad input raises PromptclimbError before anything is loaded."""
     from promptclimb.agent.core.defaults import default_backbone
+    from promptclimb.agent.options import defaults
 
     checked = check_call("evaluate()", unknown, templates=templates, dataset=dataset, shots=shots, seed=seed,
                          backbone=backbone, pretrained=pretrained, weights=weights, data_root=data_root,
@@ -241,6 +245,9 @@ def evaluate(templates: str | Sequence[str], dataset: str = "fashion-mnist", sho
     (dataset, shots, seed, backbone, pretrained, weights, data_root, splits, precision, image_column, label_column,
      classnames) = (checked[k] for k in ("dataset", "shots", "seed", "backbone", "pretrained", "weights", "data_root",
                                          "splits", "precision", "image_column", "label_column", "classnames"))
+    # None takes the default, as search()'s keywords do: the evaluator has none of its own
+    # (shots=None had ended in a TypeError from build_evaluator)
+    shots, seed = (defaults()[k] if v is None else v for k, v in (("shots", shots), ("seed", seed)))
     backbone, pretrained = default_backbone(dataset, backbone, pretrained, weights)
     templates = check_templates(templates)
     scores, _ = score_templates(templates, dataset=dataset, shots=shots, seed=seed, backbone=backbone,

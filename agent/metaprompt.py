@@ -7,6 +7,9 @@ A names turn (`--search names|both`, agent/names.py) is `names_system.j2` and
 each file receives are listed in its opening comment: a template's or a name's `value` is
 what the run ranks by (--metric, agent/ranking.py) and `metric_label` says what that is;
 values are 0..1, and `| pct` shows them as "61.2%".
+
+A run records the SHA-256 of each file its search renders (`fingerprint`, in config.json
+as `meta_prompt_sha256`): a resume that reads other text says so (agent/pipeline.py).
 """
 
 from __future__ import annotations
@@ -16,11 +19,18 @@ from pathlib import Path
 import jinja2
 
 from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.files import sha256_of
 from promptclimb.agent.core.format import pct
 from promptclimb.agent.core.paths import prompts_dir
 from promptclimb.agent.core.protocol import Task
 
 FILES = ("system.j2", "first_turn.j2", "feedback_turn.j2", "names_system.j2", "names_turn.j2", "names_judge.j2")
+TEMPLATE_FILES = FILES[:3]  # the template turns' conversation; the names turns and the guard add the rest
+
+
+def files_rendered(search: str) -> tuple[str, ...]:
+    """The files a search of kind `search` (--search: template, names, both) renders."""
+    return TEMPLATE_FILES if search == "template" else FILES
 
 
 class MetaPrompt:
@@ -33,6 +43,7 @@ class MetaPrompt:
             if not any((directory / name).is_file() for name in FILES):
                 raise PromptclimbError(f"--meta-prompt: {directory} holds none of {', '.join(FILES)}")
             search.insert(0, str(directory))
+        self.folders = [Path(folder) for folder in search]
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(search),
             undefined=jinja2.StrictUndefined,  # a typo in a user's template fails loudly
@@ -41,6 +52,21 @@ class MetaPrompt:
             autoescape=False,
         )
         self.env.filters["pct"] = pct
+
+    def path(self, name: str) -> Path:
+        """The file `name` is read from: the --meta-prompt folder's, else ours (as the loader finds it)."""
+        return next(folder / name for folder in self.folders if (folder / name).is_file())
+
+    def fingerprint(self, names: tuple[str, ...]) -> dict[str, str]:
+        """The SHA-256 of each of the files `names` as they are read now."""
+        return {name: sha256_of(self.path(name)) for name in names}
+
+    def changed_since(self, recorded) -> list[Path]:
+        """The files whose text differs from the `fingerprint` a run recorded (none recorded:
+        a run from before fingerprints, which resumes as it did)."""
+        if not recorded:
+            return []
+        return [self.path(name) for name in FILES if name in recorded and sha256_of(self.path(name)) != recorded[name]]
 
     def render(self, name: str, **context) -> str:
         try:

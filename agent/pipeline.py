@@ -36,8 +36,9 @@ from promptclimb.agent.core.protocol import Task
 from promptclimb.agent.core.templates import BASELINE
 from promptclimb.agent.core.settings import EvaluatorSettings, LLMSettings, SoftPromptConfig
 from promptclimb.agent.llm import local as local_llm
-from promptclimb.agent.llm.client import LLMClient, LLMError, local_model_served_at, without_secrets
-from promptclimb.agent.metaprompt import MetaPrompt
+from promptclimb.agent.llm.client import (LLMClient, LLMError, check_endpoint_url, local_model_served_at,
+                                          without_secrets)
+from promptclimb.agent.metaprompt import MetaPrompt, files_rendered
 from promptclimb.agent.adapt import check_kinds
 from promptclimb.agent.options import BUDGET, LOCAL, REMOTE_DEFAULT_MODEL, recorded_value
 from promptclimb.agent.core.pools import POOLS, PoolTemplate, load_pool
@@ -47,6 +48,7 @@ from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.search import LLM_EVENTS, RECORDED_BEFORE_IT_EXISTED, SELECTIONS, HillClimber, SearchConfig
 
 DEFAULTS = SearchConfig()
+META_FINGERPRINT = "meta_prompt_sha256"  # config.json: {file: SHA-256} of the meta-prompts the run started with
 EvaluatorFactory = Callable[..., object]
 
 
@@ -116,9 +118,11 @@ def planned_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None,
     store = plan.store
     try:
         meta = checks_before_loading(plan, opts)
+        if store is not None and meta is not None:
+            say_meta_prompt_changes(store.config, meta, echo)
         if evaluator_factory is None:  # the CLIP evaluator's datasets are known before it loads
             option_table.check_dataset_name(plan.evaluator.dataset)
-        store = store or create_run_folder(plan, opts)
+        store = store or create_run_folder(plan, opts, meta)
         # the CLIP evaluator says what it encoded or reused where the search says it (a factory
         # given by the caller builds its own evaluator)
         factory = evaluator_factory or partial(default_evaluator_factory, echo=aside, bars=bars)
@@ -256,6 +260,7 @@ def confirm_setting(select: str, confirm: str | None, echo=None) -> str:
 def choose_llm(opts: dict, echo) -> tuple[LLMSettings, dict]:
     """A new run's LLM: its settings for config.json, and the sampling defaults that come
     with it (the local LLM has its own)."""
+    check_endpoints(opts, local=opts["llm_name"] == LOCAL)
     endpoint = opts["base_url"] or os.environ.get("OPENAI_BASE_URL")
     # An endpoint that is a `promptclimb llm serve` server (it says so at /models) is the local LLM.
     served_local = local_model_served_at(endpoint) if endpoint and not opts["llm_name"] else None
@@ -274,6 +279,14 @@ def choose_llm(opts: dict, echo) -> tuple[LLMSettings, dict]:
                            without_secrets(endpoint), served, request_model=served or llm_name,
                            secrets_left_out=without_secrets(endpoint) != endpoint)
     return settings, (local_llm.LOCAL_SAMPLING if served else {})
+
+
+def check_endpoints(opts: dict, local: bool) -> None:
+    """--base-url, and $OPENAI_BASE_URL where it is asked (not by the embedded --llm local),
+    as http(s) URLs, before anything is made (`check_endpoint_url`)."""
+    check_endpoint_url(opts["base_url"], "--base-url")
+    if not local:
+        check_endpoint_url(os.environ.get("OPENAI_BASE_URL"), "OPENAI_BASE_URL")
 
 
 def lanes_for_the_llm(llm: LLMSettings, parallel: int, restarts: int, echo) -> int:
@@ -319,6 +332,8 @@ def check_recorded(saved: dict, path: Path) -> None:
     missing = [key for key in ("evaluator_args", *needed) if not isinstance(saved.get(key), dict)]
     if missing:
         raise PromptclimbError(f"{path} is damaged ({missing[0]!r} is missing or null)")
+    if not isinstance(saved.get(META_FINGERPRINT, {}), dict):  # absent: a run from before it was recorded
+        raise PromptclimbError(f"{path} is damaged ({META_FINGERPRINT!r} is not an object)")
     option_table.check_recorded(saved, path)
     templates = (saved.get("pool") or {}).get("templates", [])
     if not isinstance(templates, list) or not all(
@@ -353,6 +368,7 @@ def resumed_run(opts: dict, echo) -> Plan:
             return Plan(DEFAULTS, resumed_evaluator(saved), None, [], {}, None,
                         adapter_kinds, SoftPromptConfig(**saved["soft_prompt"]).check(), store=store)
         llm = LLMSettings.from_config(saved["llm"])
+        check_endpoints(opts, local=llm.local)
         if given(opts, "parallel"):  # the command that started it, again: its --parallel as that one ran it
             opts = {**opts, "parallel": lanes_for_the_llm(llm, opts["parallel"], saved["search"]["restarts"], echo)}
         search = SearchConfig(**{**RECORDED_BEFORE_IT_EXISTED, **{f.name: saved["search"][f.name]
@@ -493,6 +509,18 @@ def checks_before_loading(plan: Plan, opts: dict) -> MetaPrompt | None:
     return meta
 
 
+def say_meta_prompt_changes(saved: dict, meta: MetaPrompt, echo) -> None:
+    """A resume whose meta-prompt files differ from those the run started with says which, in
+    one warning line, and goes on: editing a meta-prompt between sessions is a fair experiment,
+    but the LLM turns still to come are asked with the new text, and a turn already recorded
+    whose request it changes cannot be replayed (`RunMismatch`)."""
+    changed = meta.changed_since(saved.get(META_FINGERPRINT))
+    if changed:
+        echo(f"warning: the meta-prompt changed since this run started: {', '.join(map(str, changed))}; "
+             "the LLM turns still to come use the new text (a recorded turn whose request it changes "
+             "stops the resume)")
+
+
 def render_meta_prompts_once(meta: MetaPrompt, search: SearchConfig) -> None:
     """Every meta-prompt rendered with stand-in values shaped as HillClimber's: a template
     error in a --meta-prompt folder is reported before the model loads and the pool is scored
@@ -529,9 +557,10 @@ def new_run_store(runs_dir: str | Path, run_name: str | None, dataset: str, shot
     return RunStore.create_numbered(runs_dir, f"{time.strftime('%Y%m%d-%H%M%S')}-{dataset}-{shots}shot", config)
 
 
-def create_run_folder(plan: Plan, opts: dict) -> RunStore:
+def create_run_folder(plan: Plan, opts: dict, meta: MetaPrompt | None) -> RunStore:
     """The run folder, before the model loads: a search killed while loading resumes by name.
-    (The evaluator's description joins config.json once the evaluator is built.)"""
+    (The evaluator's description joins config.json once the evaluator is built.) `meta`:
+    the meta-prompts of an LLM search, whose files' hashes it records."""
     if plan.soft is not None:
         config = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "optimizer": plan.soft.optimizer,
                   "soft_prompt": asdict(plan.soft), "evaluator_args": plan.evaluator.kwargs(),
@@ -544,6 +573,7 @@ def create_run_folder(plan: Plan, opts: dict) -> RunStore:
         "llm": asdict(plan.llm),
         "pool": plan.pool_setting,
         "meta_prompt_dir": str(Path(plan.meta_dir).resolve()) if plan.meta_dir else None,
+        META_FINGERPRINT: meta.fingerprint(files_rendered(plan.search.search)),
         "adapter_kinds": plan.adapter_kinds,
         "versions": package_versions(),
     }

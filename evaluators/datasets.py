@@ -371,10 +371,14 @@ def warn_unreadable(root: Path, unreadable: list[str]) -> None:
 def _require_root(data_root: str | None, what: str) -> Path:
     if not data_root:
         raise PromptclimbError(f"--dataset {what} needs --data-root DIR")
-    root = Path(data_root).expanduser()
+    return check_data_folder(Path(data_root).expanduser()).resolve()
+
+
+def check_data_folder(root: Path) -> Path:
+    """`root` when it is a folder, else PromptclimbError saying what it is instead."""
     if not root.is_dir():
-        raise PromptclimbError(f"data folder {root} does not exist")
-    return root.resolve()
+        raise PromptclimbError(f"data folder {root} " + ("is a file, not a folder" if root.exists() else "does not exist"))
+    return root
 
 
 def load_imagefolder(data_root: str | None) -> Dataset:

@@ -19,7 +19,7 @@ its distinct values, sorted, are then the classes. The start class names are the
 ClassLabel names made readable as imagefolder's are ('sea_lake' -> 'sea lake'). The test
 split's ClassLabel integers are read by its own names (splits encoded one by one number their
 classes each in their own order); a class that train lacks is refused. Rows without a label
-(None, -1 as some test splits have, or NaN) are left out.
+(None, -1 as some test splits have, or NaN; "-1" in a column of strings) are left out.
 
 Splits: the few-shot train and val images are drawn from the `train` split (val from what
 train's shots leave: `make_fewshot_split` with an empty val pool). Test is the `test`
@@ -46,7 +46,8 @@ from typing import TYPE_CHECKING
 
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.paths import cache_dir
-from promptclimb.evaluators.datasets import Dataset, Labelled, deterministic_split, published_names
+from promptclimb.evaluators.datasets import (Dataset, Labelled, check_data_folder, deterministic_split,
+                                             published_names)
 
 if TYPE_CHECKING:
     import datasets
@@ -130,8 +131,7 @@ def open_splits(name: str, data_root: str | None) -> tuple[dict[str, "datasets.D
 
 
 def open_folder(root: Path) -> dict[str, "datasets.Dataset"]:
-    if not root.is_dir():
-        raise PromptclimbError(f"data folder {root} does not exist")
+    check_data_folder(root)
     saved = (root / "dataset_dict.json").is_file() or (root / "state.json").is_file()
     if not saved and not any(root.rglob("*.parquet")):
         raise PromptclimbError(f"{root} is neither a save_to_disk folder (no dataset_dict.json or state.json) "
@@ -255,7 +255,12 @@ def column_values(ds: "datasets.Dataset", column: str) -> list:
 
 
 def unlabelled(value) -> bool:
-    """A row's label that means "no label" (None, -1 as some test splits have, or NaN)."""
+    """A row's label that means "no label" (None, -1 as some test splits have, or NaN; in a
+    column of strings, "-1")."""
+    if isinstance(value, str):
+        # integer labels read as text (a CSV, a cast) keep ClassLabel's -1 for "no label"; as a
+        # class it had been named "1", the "-" read as a separator as in a folder's name
+        return value.strip() == "-1"
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return value is None
     # pandas writes an integer column with missing labels as floats, the missing ones NaN:
@@ -271,12 +276,18 @@ def class_labels(train: "datasets.Dataset", column: str, splits: dict, where: st
     feature = train.features[column]
     if isinstance(feature, ClassLabel):
         return published_names(feature.names), {i: i for i in range(feature.num_classes)}
-    values = set()
+    values, minus_one = set(), False
     for split in (TRAIN_SPLIT, *TEST_SPLITS):
         if split in splits and column in splits[split].column_names:
-            values |= {v for v in column_values(splits[split], column) if not unlabelled(v)}
+            read = set(column_values(splits[split], column))
+            values |= {v for v in read if not unlabelled(v)}
+            minus_one = minus_one or -1 in read or "-1" in {v.strip() for v in read if isinstance(v, str)}
     if not values:
         raise PromptclimbError(f"label column {column!r} of {where} has no values")
+    if len(values) == 1 and minus_one:  # labels -1 and 1 (or +1) as one class and its opposite
+        raise PromptclimbError(f"label column {column!r} of {where} has one class ({next(iter(values))}) besides "
+                               "rows labelled -1, which mean 'no label' (as in a ClassLabel) and are left out: "
+                               "give the other class another label")
     ordered = sorted(values)
     names = [name or str(v) for name, v in zip(published_names([str(v) for v in ordered]), ordered)]
     return names, {v: i for i, v in enumerate(ordered)}

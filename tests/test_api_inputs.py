@@ -4,6 +4,7 @@ readable message naming what was wrong, raised before anything is created or loa
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -120,3 +121,71 @@ def test_a_seed_torch_cannot_take_is_refused_before_anything_runs(notebook, buil
     for command in (["adapt", "RUN", "--kind", "cache"], ["eval"], ["search", "--dataset", "toy"]):
         said = CliRunner().invoke(cli, [*command, "--seed", str(too_big)])
         assert said.exit_code == 2 and f"{too_big} is not in the range" in said.output, said.output
+
+
+@pytest.mark.parametrize("dataset", ["nope", "fashion_mnist", "a/b"])
+def test_evaluate_refuses_an_unknown_dataset_before_the_clip_evaluator_is_built(monkeypatch, dataset):
+    """evaluate() and `promptclimb eval` imported torch and built the evaluator (seconds) before
+    `unknown dataset`, which did not say that hf:OWNER/NAME is one; search() said it at once."""
+    from click.testing import CliRunner
+
+    from promptclimb.agent import pipeline
+    from promptclimb.agent.cli import cli
+
+    built = []
+    monkeypatch.setattr(pipeline, "default_evaluator_factory", lambda **kwargs: built.append(kwargs))
+    said = rf"--dataset '{dataset}': unknown dataset; known: .*fashion-mnist.* \(and hf:OWNER/NAME\[:CONFIG\]\)$"
+    with pytest.raises(promptclimb.PromptclimbError, match=said):
+        promptclimb.evaluate("a photo of a {}.", dataset=dataset, echo=None)
+    result = CliRunner().invoke(cli, ["eval", "--dataset", dataset])
+    assert result.exit_code == 1 and "unknown dataset" in result.output and "Traceback" not in result.output
+    assert built == []
+
+
+@pytest.mark.parametrize("runs_dir, said", [
+    ("notes.txt", "notes.txt (--runs-dir) is not writable (it is a file, not a folder)"),
+    ("notes.txt/runs", "notes.txt/runs (--runs-dir) is not writable (notes.txt is a file, not a folder)"),
+])
+def test_a_runs_dir_that_is_a_file_says_so(notebook, built, tmp_path, runs_dir, said):
+    """It said '(File exists)' or '(Not a directory)', the OS's words for a file in the way."""
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(promptclimb.PromptclimbError, match=f"^{re.escape(said)}$"):
+        promptclimb.search(dataset="toy", runs_dir=runs_dir, echo=None, **SMALL)
+    assert notebook.count == 0 and not built and (tmp_path / "notes.txt").read_text() == "x"
+
+
+@pytest.mark.parametrize("timeout", [0, 0.5])
+def test_a_timeout_below_a_second_is_refused_before_anything_is_made(notebook, built, tmp_path, timeout):
+    """timeout=0 abandoned every LLM request at once: six tries, then a failed run, after 45 s."""
+    with pytest.raises(promptclimb.PromptclimbError, match=rf"^search\(\): --timeout {float(timeout)}: must be at least 1$"):
+        promptclimb.search(dataset="toy", name="x", timeout=timeout, echo=None, **SMALL)
+    assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
+    assert promptclimb.search(dataset="toy", name="y", timeout=1, echo=None, **SMALL).run_dir.name == "y"
+
+
+@pytest.mark.parametrize("url", ["localhost:8080/v1", "127.0.0.1:8080/v1", "ftp://example.com/v1", "http:/x",
+                                 "me:sk-TOPSECRET-0123456789@example.com/v1"])
+def test_an_endpoint_that_is_not_an_http_url_is_refused_before_anything_is_made(notebook, built, tmp_path,
+                                                                                 monkeypatch, url):
+    """'localhost:8080/v1' (no http://) was taken: its connection error was retried for half a
+    minute, then the search failed, leaving a run folder to resume against the same URL."""
+    said = rf"^--base-url '{re.escape(url.rsplit('@', 1)[-1])}': expected an http:// or https:// URL"
+    with pytest.raises(promptclimb.PromptclimbError, match=said) as caught:
+        promptclimb.search(dataset="toy", name="x", base_url=url, echo=None, **SMALL)
+    assert "TOPSECRET" not in str(caught.value)
+    monkeypatch.setenv("OPENAI_BASE_URL", url)
+    with pytest.raises(promptclimb.PromptclimbError, match=said.replace("--base-url", "OPENAI_BASE_URL")):
+        promptclimb.search(dataset="toy", name="x", echo=None, **SMALL)
+    assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
+    monkeypatch.setenv("OPENAI_BASE_URL", notebook.base_url)
+    done = promptclimb.search(dataset="toy", name="r", echo=None, **SMALL)
+    with pytest.raises(promptclimb.PromptclimbError, match=said):  # a resume given one too
+        promptclimb.search(resume="r", base_url=url, echo=None)
+    assert promptclimb.search(resume="r", echo=None).best == done.best
+
+
+def test_evaluate_takes_none_for_shots_and_seed_as_their_defaults(built):
+    """shots=None (as search() takes it: the default) ended in a TypeError from build_evaluator."""
+    table = promptclimb.evaluate("a photo of a {}.", dataset="toy", shots=None, seed=None, echo=None)
+    assert (built[-1]["shots"], built[-1]["seed"]) == (1, 0)
+    assert table.equals(promptclimb.evaluate("a photo of a {}.", dataset="toy", echo=None))

@@ -175,6 +175,14 @@ def test_missing_and_empty_inputs(tmp_path, image_folder):
         load_dataset("imagefolder", str(image_folder))
 
 
+@pytest.mark.parametrize("dataset", ["imagefolder", "coop"])
+def test_a_data_root_that_is_a_file_says_so(tmp_path, dataset):
+    """Given from the API (the command's click.Path refuses it first), it said 'does not exist'."""
+    (tmp_path / "images.zip").write_bytes(b"PK")
+    with pytest.raises(PromptclimbError, match=r"^data folder .*images.zip is a file, not a folder$"):
+        load_dataset(dataset, str(tmp_path / "images.zip"))
+
+
 def test_a_folder_that_is_not_a_classification_task_is_refused_saying_why(tmp_path):
     one = make_image_folder(tmp_path / "one", classes={"cat": (200, 40, 40)})
     with pytest.raises(PromptclimbError, match=r"has 1 class \(cat\); a classifier needs at least 2 \(is --data-root"):

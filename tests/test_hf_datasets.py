@@ -210,6 +210,34 @@ def test_an_integer_label_column_leaves_rows_labelled_minus_one_out(tmp_path):
     assert sum(len(items) for items in data.splits.values()) == len(rows["label"]) - 3
 
 
+def test_a_string_label_column_leaves_rows_labelled_minus_one_out(tmp_path):
+    """Integer labels read as text (a CSV, a cast) keep -1 for "no label": it had become a class '1'."""
+    rows = colour_rows(4)
+    rows["label"] = [READABLE[c] for c in rows["label"]]
+    rows["label"][:3] = ["-1", "-1", "-1"]
+    datasets.Dataset.from_dict(rows, features=features(datasets.Value("string"))).save_to_disk(str(tmp_path / "s"))
+    data = load_dataset("hf", str(tmp_path / "s"), label_column="label")
+    assert data.classnames == ["blue lake", "green field", "red square"]
+    assert sum(len(items) for items in data.splits.values()) == len(rows["label"]) - 3
+
+
+@pytest.mark.parametrize("feature, minus, plus", [("int64", -1, 1), ("string", "-1", "1"), ("string", "-1", "+1")])
+def test_labels_minus_one_and_one_are_refused_as_one_class_and_no_label(tmp_path, feature, minus, plus):
+    """Two classes as -1 and 1: left with one class, the search was refused as for a folder
+    'that holds one sub-folder per class', which said nothing of the -1 rows."""
+    rows = colour_rows(4)
+    rows["label"] = [minus if c == 0 else plus for c in rows["label"]]
+    datasets.Dataset.from_dict(rows, features=features(datasets.Value(feature))).save_to_disk(str(tmp_path / "b"))
+    with pytest.raises(PromptclimbError, match=r"has one class \(\+?1\) besides rows labelled -1, which mean 'no "
+                                               r"label' .* give the other class another label"):
+        load_dataset("hf", str(tmp_path / "b"), label_column="label")
+
+
+def test_a_data_root_that_is_a_parquet_file_says_it_is_not_a_folder(tmp_path, folders):
+    parquet = next(folders["parquet"].rglob("*.parquet"))
+    with pytest.raises(PromptclimbError, match=rf"^data folder {parquet} is a file, not a folder$"):
+        load_dataset("hf", str(parquet))
+
 
 def test_a_float_label_column_leaves_rows_labelled_nan_out(tmp_path):
     rows = colour_rows(4)  # as pandas writes an integer column with missing labels: floats, NaN

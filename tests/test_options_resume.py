@@ -5,7 +5,10 @@ on an in-memory evaluator; the craft side is in tests/test_soft_prompt_search.py
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -29,7 +32,7 @@ def search(tmp_path):
                     "template", "--runs-dir", str(runs), "--name", name, *extra]
             return CliRunner().invoke(cli, args, obj=FACTORY, env=env)
 
-        run.runs = runs
+        run.runs, run.fake = runs, fake
         yield run
 
 
@@ -94,3 +97,80 @@ def test_soft_prompt_options_are_ignored_alike_at_start_and_on_resume(search):
     resume = search("--queries", "40", "--resume", "run")
     for refused in (start, resume):
         one_line_error(refused, "--queries is the budget of --optimizer craft|cbbt")
+
+
+META = Path(__file__).resolve().parent.parent / "prompts" / "meta"
+META_WARNING = "warning: the meta-prompt changed since this run started: "
+
+
+def killed_before_the_second_turn(search, name="run") -> None:
+    """The run folder as a kill after the first LLM turn leaves it."""
+    history = search.runs / name / "history.jsonl"
+    lines = history.read_text().splitlines()
+    turns = [i for i, line in enumerate(lines) if json.loads(line)["event"] == "llm_exchange"]
+    history.write_text("\n".join(lines[:turns[1]]) + "\n")
+    (search.runs / name / "summary.json").unlink()
+
+
+def meta_warnings(result) -> list[str]:
+    return [line for line in result.output.splitlines() if line.startswith(META_WARNING)]
+
+
+@pytest.fixture
+def meta(tmp_path):
+    """A --meta-prompt folder: ours, copied (the feedback turn and a names file)."""
+    folder = tmp_path / "meta"
+    folder.mkdir()
+    for name in ("feedback_turn.j2", "names_turn.j2"):
+        shutil.copy(META / name, folder / name)
+    return folder
+
+
+def test_a_resume_with_an_edited_meta_prompt_says_which_file_once_and_asks_with_the_new_text(search, meta):
+    """It went on silently: the turns after the kill were asked with the edited text."""
+    first = search("--iterations", "2", "--meta-prompt", str(meta))
+    assert first.exit_code == 0, first.output
+    # the files a template search renders, each as it was read: the folder's, else ours
+    read_from = {"system.j2": META, "first_turn.j2": META, "feedback_turn.j2": meta}
+    assert config(search)["meta_prompt_sha256"] == {
+        name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name, folder in read_from.items()}
+    assert meta_warnings(first) == []
+    killed_before_the_second_turn(search)
+    (meta / "feedback_turn.j2").write_text((meta / "feedback_turn.j2").read_text() + "\nEDITED-TEXT\n")
+    asked = len(search.fake.requests)
+    again = search("--iterations", "2", "--meta-prompt", str(meta), "--resume", "run")
+    assert again.exit_code == 0, again.output
+    [warning] = meta_warnings(again)
+    assert str(meta / "feedback_turn.j2") in warning and "system.j2" not in warning
+    assert any("EDITED-TEXT" in message["content"] for request in search.fake.requests[asked:]
+               for message in request["messages"])  # the turn still to come: the new text, as said
+    # still the start's: a later resume says the text differs from what the run started with
+    assert config(search)["meta_prompt_sha256"]["feedback_turn.j2"] == \
+        hashlib.sha256((META / "feedback_turn.j2").read_bytes()).hexdigest()
+
+
+def test_a_resume_says_nothing_of_meta_prompt_files_unchanged_or_unused(search, meta):
+    assert search("--iterations", "2", "--meta-prompt", str(meta)).exit_code == 0
+    killed_before_the_second_turn(search)
+    (meta / "names_turn.j2").write_text("edited, but a template search never renders it")
+    again = search("--iterations", "2", "--meta-prompt", str(meta), "--resume", "run")
+    assert again.exit_code == 0, again.output
+    assert meta_warnings(again) == []
+
+
+def test_a_run_recorded_before_meta_prompt_hashes_resumes_without_a_warning(search, meta):
+    assert search("--iterations", "2", "--meta-prompt", str(meta)).exit_code == 0
+    killed_before_the_second_turn(search)
+    old = config(search)
+    del old["meta_prompt_sha256"]
+    (search.runs / "run" / "config.json").write_text(json.dumps(old))
+    (meta / "feedback_turn.j2").write_text((meta / "feedback_turn.j2").read_text() + "\nEDITED-TEXT\n")
+    again = search("--iterations", "2", "--meta-prompt", str(meta), "--resume", "run")
+    assert again.exit_code == 0, again.output
+    assert meta_warnings(again) == []
+
+
+def test_a_meta_prompt_hash_that_is_not_an_object_is_a_damaged_config(search):
+    assert search().exit_code == 0
+    (search.runs / "run" / "config.json").write_text(json.dumps({**config(search), "meta_prompt_sha256": "x"}))
+    one_line_error(search("--resume", "run"), "config.json is damaged ('meta_prompt_sha256' is not an object)")

@@ -33,8 +33,23 @@ def check_writable(folder: str | Path, what: str) -> Path:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
-        raise PromptclimbError(f"{folder} ({what}) is not writable ({exc.strerror or exc})") from None
+        # for a file in the way the OS says "File exists" or "Not a directory": say which file
+        in_the_way = file_in_the_way(folder)
+        if in_the_way is None:
+            why = exc.strerror or str(exc)
+        else:
+            why = "it is a file, not a folder" if in_the_way == folder else f"{in_the_way} is a file, not a folder"
+        raise PromptclimbError(f"{folder} ({what}) is not writable ({why})") from None
     return folder
+
+
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file at `folder`, or at the nearest of its parents that exists, that keeps it from
+    being a folder; None where that is a folder."""
+    for path in (folder, *folder.parents):
+        if path.exists():
+            return None if path.is_dir() else path
+    return None
 
 
 def missing_folders(folder: str | Path) -> list[Path]:

@@ -145,6 +145,17 @@ def without_secrets(url: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query)))
 
 
+def check_endpoint_url(url: str | None, what: str) -> None:
+    """PromptclimbError in one line naming `what` (--base-url, OPENAI_BASE_URL) when `url` is
+    given and is not an http(s) URL with a host: 'localhost:8080/v1' was taken, and its
+    connection error retried for half a minute before the search failed."""
+    parts = urlsplit(url or "")
+    if url and (parts.scheme not in ("http", "https") or not parts.netloc):
+        shown = url.rsplit("@", 1)[-1]  # without a user:password@ (no scheme: without_secrets finds none)
+        raise PromptclimbError(f"{what} {shown!r}: expected an http:// or https:// URL "
+                               "(e.g. http://localhost:8080/v1)")
+
+
 _KEY_LIKE = re.compile(r"\b(sk|pk|key)-[A-Za-z0-9_\-*.]{6,}")
 
 
