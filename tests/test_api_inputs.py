@@ -164,12 +164,13 @@ def test_a_timeout_below_a_second_is_refused_before_anything_is_made(notebook, b
 
 
 @pytest.mark.parametrize("url", ["localhost:8080/v1", "127.0.0.1:8080/v1", "ftp://example.com/v1", "http:/x",
-                                 "me:sk-TOPSECRET-0123456789@example.com/v1"])
+                                 "me:sk-TOPSECRET-0123456789@example.com/v1",
+                                 "ftp://example.com/v1?api_key=sk-TOPSECRET-0123456789"])
 def test_an_endpoint_that_is_not_an_http_url_is_refused_before_anything_is_made(notebook, built, tmp_path,
                                                                                  monkeypatch, url):
     """'localhost:8080/v1' (no http://) was taken: its connection error was retried for half a
     minute, then the search failed, leaving a run folder to resume against the same URL."""
-    said = rf"^--base-url '{re.escape(url.rsplit('@', 1)[-1])}': expected an http:// or https:// URL"
+    said = rf"^--base-url '{re.escape(url.rsplit('@', 1)[-1].split('?')[0])}': expected an http:// or https:// URL"
     with pytest.raises(promptclimb.PromptclimbError, match=said) as caught:
         promptclimb.search(dataset="toy", name="x", base_url=url, echo=None, **SMALL)
     assert "TOPSECRET" not in str(caught.value)

@@ -151,7 +151,9 @@ def check_endpoint_url(url: str | None, what: str) -> None:
     connection error retried for half a minute before the search failed."""
     parts = urlsplit(url or "")
     if url and (parts.scheme not in ("http", "https") or not parts.netloc):
-        shown = url.rsplit("@", 1)[-1]  # without a user:password@ (no scheme: without_secrets finds none)
+        # without a user:password@ or a ?query (a key may ride in either; with no scheme
+        # without_secrets finds neither)
+        shown = url.rsplit("@", 1)[-1].split("?", 1)[0]
         raise PromptclimbError(f"{what} {shown!r}: expected an http:// or https:// URL "
                                "(e.g. http://localhost:8080/v1)")
 
