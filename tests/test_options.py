@@ -198,3 +198,21 @@ def test_sweep_help_says_what_mlflow_logs_for_a_sweep():
     assert "(one run, a metric step per LLM answer" in mlflow_help(search_cmd)
     shown = flat(CliRunner().invoke(sweep_cmd, ["--help"], terminal_width=100).output)
     assert "one parent run for the sweep" in shown
+
+
+@pytest.mark.parametrize("command", [["search", "--dataset", "toy"], ["eval"], ["adapt", "RUN", "--kind", "cache"]])
+def test_the_seed_help_is_readable_and_its_64_bit_maximum_still_refused(command):
+    """--seed's maximum (2**64 - 1, torch's 64-bit seeds) had put `[0<=x<=18446744073709551615]`
+    in every help; the help shows `[x>=0]` now, and 2**64 is still refused in one line."""
+    from promptclimb.agent.cli import cli
+    from promptclimb.agent.cli.params import table_int
+    from promptclimb.agent.options import BY_KEYWORD
+
+    shown = flat(CliRunner().invoke(cli, [command[0], "--help"], terminal_width=100).output)
+    seed_row = shown.split("--seed INTEGER RANGE ")[1].split(" --")[0]  # its range: first (rich) or last (click)
+    assert "[x>=0]" in seed_row and "18446744073709551615" not in shown, shown
+    said = CliRunner().invoke(cli, [*command, "--seed", str(2 ** 64)])
+    assert said.exit_code == 2, said.output
+    assert said.output.strip().splitlines()[-1] == \
+        "Error: Invalid value for '--seed': 18446744073709551616 is not in the range 0<=x<2**64."
+    assert table_int(BY_KEYWORD["seed"]).convert(str(2 ** 64 - 1), None, None) == 2 ** 64 - 1

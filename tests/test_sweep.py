@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -210,6 +211,7 @@ def test_cells_run_one_after_another_on_the_local_llm(sweep):
 # local LLM server: each start is a line in $PC_LLM_STARTS, and it serves the fake LLM.
 COUNTING_LOCAL_SERVER = """
 import os
+import platform
 if os.environ.get("PC_LLM_STARTS"):
     from contextlib import contextmanager
     from promptclimb.agent.llm import local
@@ -600,3 +602,61 @@ def test_a_refused_sweep_removes_the_runs_dir_it_created_and_nothing_else(tmp_pa
         sweeps.run_sweep("v2", runs, {"dataset": ["fashion-mnist"]}, {"optimizer": "craft", "queries": 200},
                          echo=lambda message: None)
     assert sorted(p.name for p in runs.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("unseen", [(), ("seed1",), ("seed1", "seed2")], ids=["none", "one", "both"])
+def test_the_last_line_points_at_error_txt_only_for_cells_that_wrote_one(unseen, tmp_path, monkeypatch):
+    """A cell whose node cannot see the sweep folder fails with no error.txt (none can be
+    written there, and sweep-report does not list it as failed); the sweep's last line had
+    said "see their error.txt" for it all the same. Ray here runs the cells in this process
+    (the cells' own `run_cell`), a cell in `unseen` as a node that does not see the folder."""
+    from contextlib import contextmanager
+
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+    from promptclimb.agent.core.errors import PromptclimbError
+
+    class InProcessRay:
+        def cluster_resources(self):
+            return {"CPU": 2}
+
+        def remote(self, **_):
+            return lambda fn: type("Task", (), {"options": lambda task, **__: task,
+                                                "remote": lambda task, *args: iter(fn(*args))})()
+
+        def wait(self, pending, num_returns=1, timeout=None):
+            return pending[:1], pending[1:]
+
+        def get(self, message):
+            return message
+
+    def cell_task(cell_dir, opts):
+        yield {"state": "running", "node": "n2"}
+        seen_from_n2 = tmp_path / "n2" / Path(cell_dir).name if cell_dir.endswith(unseen) else cell_dir
+        yield sweeps.run_cell(str(seen_from_n2), opts)
+
+    def failing_search(cell_dir, opts, echo):
+        raise PromptclimbError("no split for the test")
+
+    monkeypatch.setattr(sweeps, "ray_session", contextmanager(lambda *a, **k: (yield InProcessRay())))
+    monkeypatch.setattr(sweeps, "cell_task", cell_task)
+    monkeypatch.setattr(sweeps, "search_when_free", failing_search)
+    runs = tmp_path / "runs"
+    run = CliRunner().invoke(cli, ["sweep", "s", "--dataset", "fashion-mnist", "--seeds", "1-2", "--optimizer", "craft",
+                                   "--queries", "200", "--runs-dir", str(runs)])
+    assert run.exit_code == 3, run.output
+    last = run.output.strip().splitlines()[-1]
+    unseen_error = f"{tmp_path / 'n2'} does not exist on node {platform.node()}: a sweep folder must be on storage"
+    report = f"promptclimb sweep-report s --runs-dir {runs}"
+    written = [n for n in ("seed1", "seed2") if n not in unseen]
+    assert all((runs / "s" / f"fashion-mnist-demo-1shot-{n}" / "error.txt").exists() == (n in written)
+               for n in ("seed1", "seed2"))
+    if not unseen:
+        assert last == f"sweep s: 0/2 cells finished, 2 failed (see their error.txt, or: {report})"
+    elif written:
+        assert last.startswith(f"sweep s: 0/2 cells finished, 2 failed (1: see their error.txt, or: {report}; "
+                               f"1, no error.txt written: {unseen_error}"), last
+    else:
+        assert last.startswith(f"sweep s: 0/2 cells finished, 2 failed (no error.txt written): {unseen_error}"), last
+        assert "see their error.txt" not in last

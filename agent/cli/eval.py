@@ -12,13 +12,14 @@ import click
 
 from promptclimb.agent.core.defaults import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS, default_backbone
 from promptclimb.agent.cli.errors import user_errors
+from promptclimb.agent.cli.params import table_int
 from promptclimb.agent.core.devices import check_device_name
 from promptclimb.agent.core.format import pct
 from promptclimb.agent.core.paths import cache_home, check_writable
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.protocol import SPLITS
 from promptclimb.agent.core.templates import BASELINE, check_templates
-from promptclimb.agent.options import SEED_MAX
+from promptclimb.agent.options import BY_KEYWORD
 
 
 # Used when neither the option nor --run says otherwise.
@@ -44,7 +45,7 @@ DEFAULTS = {"dataset": "fashion-mnist", "shots": 1, "seed": 0,  # as `search`; t
                    "or the names the run found with --run].")
 @click.option("--shots", type=click.IntRange(min=1), default=None,
               help="Training images per class (k) [default: 1, or the run's].")
-@click.option("--seed", type=click.IntRange(min=0, max=SEED_MAX), default=None, help="Seed of the few-shot draw [default: 0, or the run's].")
+@click.option("--seed", type=table_int(BY_KEYWORD["seed"]), default=None, help="Seed of the few-shot draw [default: 0, or the run's].")
 @click.option("--backbone", default=None,
               help="'demo' (embedded, offline) or an open_clip architecture such as RN50 or ViT-B-32 "
                    "[default: the run's; else demo for fashion-mnist, ViT-B-32 (--pretrained openai) for "

@@ -15,6 +15,7 @@ import rich_click as click
 
 from promptclimb.agent import options as option_table
 from promptclimb.agent.cli.errors import user_errors
+from promptclimb.agent.cli.params import table_int
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.options import PANELS, SEARCH_OPTIONS, Option
 
@@ -43,8 +44,7 @@ def click_option(option: Option, default=None, help: str | None = None):
     if kind is bool:
         extra["is_flag"] = True
     elif kind is int:
-        extra["type"] = click.IntRange(min=option.minimum, max=option.maximum) \
-            if option.minimum is not None or option.maximum is not None else int
+        extra["type"] = table_int(option)
     elif kind is float:
         extra["type"] = click.FloatRange(min=option.minimum) if option.minimum is not None else float
     elif kind == "path":

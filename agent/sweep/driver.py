@@ -348,17 +348,20 @@ def cell_state(cell_dir: Path, adapter_wanted: bool) -> str:
 def run_cell(cell_dir: str, opts: dict) -> dict:
     """One cell: a new search, or the resume of a killed one. What it prints goes to
     search.log; an error to error.txt. Returns {"state": "finished" | "failed" |
-    "interrupted", ...}. Interrupted (SIGTERM of its worker: `stop_cells`; Ray's cancel),
-    the cell's log says how to continue (its search says it once its run folder exists) and
-    the task ends: a worker left with SystemExit would be retried by Ray."""
+    "interrupted", ...}; a failure where no error.txt can be written (the folder is not seen
+    from this node, or not ours) says so ("error_file": False). Interrupted (SIGTERM of its
+    worker: `stop_cells`; Ray's cancel), the cell's log says how to continue (its search says
+    it once its run folder exists) and the task ends: a worker left with SystemExit would be
+    retried by Ray."""
     cell_dir = Path(cell_dir)
     if not cell_dir.parent.is_dir():
-        return {"state": "failed", "error": f"{cell_dir.parent} does not exist on node {platform.node()}: "
-                                            "a sweep folder must be on storage every node sees (--runs-dir)"}
+        return {"state": "failed", "error_file": False,
+                "error": f"{cell_dir.parent} does not exist on node {platform.node()}: "
+                         "a sweep folder must be on storage every node sees (--runs-dir)"}
     try:
         claim_cell(cell_dir)
     except PromptclimbError as exc:  # not ours to write into, error.txt included
-        return {"state": "failed", "error": str(exc)}
+        return {"state": "failed", "error": str(exc), "error_file": False}
     (cell_dir / ERROR_FILE).unlink(missing_ok=True)
     said_interrupted = False
     with open(cell_dir / LOG_FILE, "a", encoding="utf-8") as log:
@@ -767,6 +770,7 @@ def run_sweep(name: str, runs_dir: str | Path, grid: dict | None, search: dict, 
     if not todo:
         return states
     log_sizes: dict[str, int] = {}  # what the cells' search.log held before this run
+    unwritten: dict[str, str] = {}  # cell -> why it failed, where no error.txt could say it
     try:
         with forgotten_if_refused(sweep_dir, new_sweep, created) as cells_started, \
                 ray_session(address, echo, num_cpus) as ray, llm_endpoint(opts, echo) as (base_url, settled):
@@ -780,7 +784,7 @@ def run_sweep(name: str, runs_dir: str | Path, grid: dict | None, search: dict, 
             log_sizes = {c.name: log_size(sweep_dir / c.name) for c in todo}
             running = {task.remote(str(sweep_dir / c.name), cell_options(c, opts, sweep_dir, **settled)): c
                        for c in todo}
-            watch(ray, running, sweep_dir, states, echo)
+            unwritten = watch(ray, running, sweep_dir, states, echo)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (SystemExit 143: ray_session), at any step
         # The running cells were stopped through their own interrupt path (watch: stop_cells)
         # before Ray went; one whose process ended before it said so is recorded here.
@@ -793,9 +797,25 @@ def run_sweep(name: str, runs_dir: str | Path, grid: dict | None, search: dict, 
     failed = [n for n, s in states.items() if s == "failed"]
     report = shell_command("sweep-report", name, "--runs-dir", runs_dir)
     echo(f"sweep {name}: {sum(s == 'finished' for s in states.values())}/{len(cells)} cells finished"
-         + (f", {len(failed)} failed (see their error.txt, or: {report})" if failed else ""))
+         + failed_note(len(failed), unwritten, report))
     track_sweep(sweep_dir, opts.get("mlflow"), echo)
     return states
+
+
+def failed_note(failed: int, unwritten: dict[str, str], report: str) -> str:
+    """The end of a sweep's last line for its `failed` cells: where to read why. A cell whose
+    error no error.txt holds (`unwritten`: cell -> error; its node could not see or claim its
+    folder) is not a failed cell to sweep-report either, so its error is said here."""
+    if not failed:
+        return ""
+    written = f"see their error.txt, or: {report}"
+    if not unwritten:
+        return f", {failed} failed ({written})"
+    errors = sorted(set(unwritten.values()))
+    why = errors[0] if len(errors) == 1 else "in their FAILED lines above"
+    if len(unwritten) == failed:
+        return f", {failed} failed (no error.txt written): {why}"
+    return f", {failed} failed ({failed - len(unwritten)}: {written}; {len(unwritten)}, no error.txt written: {why})"
 
 
 def track_sweep(sweep_dir: Path, tracking_uri: str | None, echo: Callable[[str], None]) -> None:
@@ -813,10 +833,11 @@ def track_sweep(sweep_dir: Path, tracking_uri: str | None, echo: Callable[[str],
              f"{shell_command('mlflow-sync', sweep_dir)}")
 
 
-def watch(ray, running: dict, sweep_dir: Path, states: dict, echo: Callable[[str], None]) -> None:
+def watch(ray, running: dict, sweep_dir: Path, states: dict, echo: Callable[[str], None]) -> dict[str, str]:
     """Follow the cells' tasks (generator -> Cell) to their end, with a progress bar of
     cells done / running / failed (on a terminal; a line per change otherwise). Ctrl-C or
-    SIGTERM stops the cells not ended yet (`stop_cells`) before it goes on."""
+    SIGTERM stops the cells not ended yet (`stop_cells`) before it goes on. Returns the
+    errors of the cells that failed with no error.txt written (cell -> error)."""
     from tqdm import tqdm
 
     total, active = len(states), set()
@@ -830,6 +851,7 @@ def watch(ray, running: dict, sweep_dir: Path, states: dict, echo: Callable[[str
         return f"[{done}/{total} done, {len(active)} running, {failed} failed]"
 
     pending, started, ended = list(running), {}, set()  # started: generator -> its "running" message
+    unwritten = {}
     try:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
@@ -861,6 +883,8 @@ def watch(ray, running: dict, sweep_dir: Path, states: dict, echo: Callable[[str
                     say(f"{progress()} {cell.name}: finished")
                 else:
                     say(f"{progress()} {cell.name}: FAILED: {message['error'].splitlines()[0]}")
+                    if message.get("error_file") is False:
+                        unwritten[cell.name] = message["error"].splitlines()[0]
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C or SIGTERM of the driver
         try:
             stop_cells(ray, [g for g in running if g not in ended], started, say)
@@ -869,6 +893,7 @@ def watch(ray, running: dict, sweep_dir: Path, states: dict, echo: Callable[[str
         raise
     finally:
         bar.close()
+    return unwritten
 
 
 CELL_INTERRUPTED = ("interrupted: its worker was stopped (SIGTERM, or Ray's cancel) while the sweep ran; "

@@ -1,0 +1,43 @@
+"""click types for the options that the search's table (agent/options.py) bounds, shared by
+every command that takes one (search, eval and adapt all take --seed)."""
+
+from __future__ import annotations
+
+import click
+
+from promptclimb.agent.options import Option
+
+
+class LongBoundInt(click.IntRange):
+    """An integer with a maximum too long to read in the help: --seed's 2**64 - 1 (torch's
+    64-bit seeds) had made every help show `[0<=x<=18446744073709551615]`. The help shows the
+    minimum only (`[x>=0]`, click's own range text); a value above the maximum is refused in
+    click's one line, the bound written as a power of two where it is one: `18446744073709551616
+    is not in the range 0<=x<2**64.`"""
+
+    def __init__(self, minimum: int, maximum: int):
+        super().__init__(min=minimum)
+        self.maximum = maximum
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if number > self.maximum:
+            low = "" if self.min is None else f"{self.min}<="
+            self.fail(f"{number} is not in the range {low}{self.bound_text()}.", param, ctx)
+        return number
+
+    def bound_text(self) -> str:
+        above = self.maximum + 1
+        if above & self.maximum == 0:  # a power of two: 2**64, not its 20 digits
+            return f"x<2**{above.bit_length() - 1}"
+        return f"x<={self.maximum}"
+
+
+def table_int(option: Option) -> click.ParamType:
+    """The click type of an integer row of the table: its bounds, if any, as click checks
+    them (the table stays their one source)."""
+    if option.maximum is not None:
+        return LongBoundInt(option.minimum, option.maximum)
+    if option.minimum is not None:
+        return click.IntRange(min=option.minimum)
+    return click.INT
