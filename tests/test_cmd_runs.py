@@ -9,6 +9,7 @@ import io
 import json
 import math
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -179,6 +180,39 @@ def test_report_writes_through_a_symlink_and_to_stdout(tmp_path, monkeypatch):
     assert out.exit_code == 0, out.output
     assert out.stdout == page  # the page alone on stdout; where the plot is, on stderr
     assert f"plot:   {run_dir / 'curve.png'}" in out.stderr and not (tmp_path / "-").exists()
+
+
+def test_report_of_a_run_whose_folder_cannot_be_written(tmp_path, monkeypatch):
+    """Someone else's runs, or a read-only copy: `report -o elsewhere` and `-o -` still give the
+    page, its plot embedded (they failed on writing curve.png into the run's folder); without
+    -o, one line says the folder cannot be written and what to do."""
+    import errno
+    import tempfile
+
+    run_dir = make_run(tmp_path)
+    real_mkstemp = tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):  # what a read-only file system answers there
+        if dir is not None and Path(dir) == run_dir:
+            raise OSError(errno.EROFS, "Read-only file system", str(dir))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    before = sorted(p.name for p in run_dir.iterdir())
+    page = tmp_path / "page.html"
+    result = invoke("report", "run", "--runs-dir", tmp_path / "runs", "-o", page)
+    assert result.exit_code == 0, result.output
+    html = page.read_text()
+    assert re.search(r'<img [^>]*src="data:image/png;base64,[A-Za-z0-9+/=]{1000,}"', html)
+    out = CliRunner().invoke(cli, ["report", "run", "--runs-dir", str(tmp_path / "runs"), "-o", "-"])
+    assert out.exit_code == 0, out.output
+    assert out.stdout.startswith("<!DOCTYPE html>") and "data:image/png;base64," in out.stdout
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+
+    result = invoke("report", "run", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip() == (f"Error: cannot write {run_dir / 'report.html'}: Read-only file system; "
+                                     "write the page elsewhere with -o FILE, or -o - for stdout")
 
 
 def test_compare_puts_winners_side_by_side(tmp_path):

@@ -328,7 +328,7 @@ def report_cmd(run, runs_dir, output):
       promptclimb report 20250101-120000-eurosat-4shot
     """
     from promptclimb.agent.runs.plots import CURVE
-    from promptclimb.agent.runs.report import report_html, write_report
+    from promptclimb.agent.runs.report import REPORT, report_html, write_report
 
     loaded = open_run(run, runs_dir)
     if output == "-":  # the page alone on stdout (`report RUN -o - | ...`): where the plot went, on stderr
@@ -336,7 +336,14 @@ def report_cmd(run, runs_dir, output):
         if (loaded.path / CURVE).exists():
             click.echo(f"plot:   {loaded.path / CURVE}", err=True)
         return
-    path = write_report(loaded, output)
+    try:
+        path = write_report(loaded, output)
+    except OSError as exc:
+        if output:
+            raise
+        # the page went nowhere: say where it can go (the error itself names a temp file)
+        raise PromptclimbError(f"cannot write {loaded.path / REPORT}: {exc.strerror or exc}; write the page "
+                               "elsewhere with -o FILE, or -o - for stdout") from None
     if (loaded.path / CURVE).exists():
         click.echo(f"plot:   {loaded.path / CURVE}")
     click.echo(f"report: {path}")
