@@ -9,6 +9,7 @@ import io
 import json
 import math
 import re
+from html import unescape
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +18,8 @@ from click.testing import CliRunner
 
 from promptclimb.agent.cli import cli
 from promptclimb.agent.api import rank_correlation, transfer_name
-from fake_llm import FakeLLM
+from promptclimb.agent.runs.reading import load_run
+from fake_llm import FakeLLM, WordEvaluator
 from test_reading import make_run, responder
 
 
@@ -97,6 +99,37 @@ def test_show_in_every_format(tmp_path):
     assert first["answer"].splitlines()[0] in conversation
     doc = json.loads(invoke("show", "run", "--runs-dir", runs, "--format", "json", "--conversation").output)
     assert doc["conversation"][0]["answer"] == first["answer"]
+
+
+# An answer as LLMs write them: templates quoted in a ``` block, markup inside them.
+FENCED = "\n".join(["Here you go:", "```", "a `quoted` photo of a {}.", "a *starred* <script>x</script> photo of a {}.",
+                     "an &amp; photo of the {} [x](http://e.com).", "```"])
+MARKED_CLASSES = ("T-shirt/top", "<b>Trouser", "Dress", "Bag")  # the weak class's name holds markup
+
+
+def test_show_markdown_renders_templates_names_and_answers_as_written(tmp_path, monkeypatch):
+    """`show --format markdown` rendered as CommonMark (GitHub) shows every template, class
+    name and LLM answer as written: `<script>`, `*x*`, `&amp;` and `[x](y)` were markup in the
+    tables and the names turns, and an answer's ``` closed the block holding it, so the rest
+    of the answer was rendered (a live <script> tag and a link)."""
+    markdown_it = pytest.importorskip("markdown_it")
+    from test_names import climb, scripted
+
+    monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
+    with FakeLLM(responder=scripted(["<b>Trouser: jeans"], templates=FENCED)) as fake:
+        _, _, run_dir = climb(tmp_path, fake.base_url, ev=WordEvaluator(classnames=MARKED_CLASSES, class_bias={1: -0.25}),
+                              search="both", iterations=2, resets=1)
+    run = load_run(run_dir)
+    templates = set(run.scores()["template"])
+    assert {"a `quoted` photo of a {}.", "an &amp; photo of the {} [x](http://e.com)."} <= templates
+    page = invoke("show", "run", "--runs-dir", tmp_path / "runs", "--format", "markdown", "--conversation").output
+    html = markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table").render(page)
+    assert not re.search(r"<(script|b|em|a)\b", html), html  # nothing written became markup
+    cells = {unescape(c) for c in re.findall(r"<td>(.*?)</td>", html)}
+    assert {t for t in run.winners()["template"] if "{}" in t} <= cells
+    assert "asked about <b>Trouser" in unescape(re.sub(r"<[^>]+>", "", html))
+    blocks = [unescape(b) for b in re.findall(r'<pre><code class="language-text">(.*?)</code></pre>', html, re.S)]
+    assert FENCED + "\n" in blocks  # the answer whole, in one block
 
 
 def test_bad_input_is_a_message_not_a_traceback(tmp_path):

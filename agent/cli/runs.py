@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import click
@@ -59,11 +60,36 @@ def as_text(frame: pd.DataFrame, fmt: str, percent: tuple[str, ...] = ()) -> str
                              disable_numparse=True)
 
 
+# What markdown reads as markup inside a line: a template or a class name holding `<b>`, `*x*`,
+# `&amp;` or `[x](y)` (an LLM writes them) would show as bold, a link or `&`, not as the text
+# the model was given; `|` ends a table cell. Each is written backslash-escaped.
+MARKDOWN_INLINE = re.compile(r"([\\`*_\[\]<>&|~])")
+
+
+def markdown_text(text: str) -> str:
+    """`text` as markdown that renders as exactly this text."""
+    return MARKDOWN_INLINE.sub(r"\\\1", text)
+
+
 def markdown_cell(value):
     """A table cell's text as it must be written inside a markdown (GitHub) table."""
     if not isinstance(value, str):
         return value
-    return value.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    return markdown_text(value).replace("\r", " ").replace("\n", " ")
+
+
+def backtick_fence(text: str, shortest: int) -> str:
+    """Backticks enough to open code that holds `text` whole: more than its longest run of
+    backticks (an LLM answer quoting templates in ``` or in `...` would close a shorter one)."""
+    return "`" * max(shortest, max(map(len, re.findall(r"`+", text)), default=0) + 1)
+
+
+def markdown_code(text: str) -> str:
+    """`text` as an inline code span (padded where it starts or ends with a backtick, which
+    would otherwise join the fence; markdown drops one space on each side)."""
+    fence = backtick_fence(text, 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or (text.startswith(" ") and text.endswith(" ")) else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def skipped_note(run: Run) -> str | None:
@@ -142,7 +168,8 @@ def where(it: dict) -> str:
 
 def show_text(run: Run, conversation: bool, markdown: bool) -> str:
     h2 = (lambda s: f"\n## {s}\n") if markdown else (lambda s: f"\n{s}\n{'-' * len(s)}")
-    code = (lambda s: f"`{s}`") if markdown else (lambda s: s)
+    code = markdown_code if markdown else (lambda s: s)
+    literal = markdown_text if markdown else (lambda s: s)
     out = [f"# {headline(run)}" if markdown else headline(run)]
     out.append(h2("Winning templates (test accuracy: best template and ensemble only)"))
     out.append(as_text(run.winners(), "markdown" if markdown else "table", percent=("train", "val", "test")))
@@ -178,8 +205,8 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
         out.append(h2("Names turns"))
         bullet = "- " if markdown else "  "
         for turn in turns:
-            kept = ", ".join(f"{c['from']} -> {c['to']}" for c in turn["kept"]) or "nothing"
-            out.append(f"{bullet}{where(turn)}: asked about {', '.join(turn['asked'])}; kept {kept}")
+            kept = ", ".join(f"{literal(c['from'])} -> {literal(c['to'])}" for c in turn["kept"]) or "nothing"
+            out.append(f"{bullet}{where(turn)}: asked about {literal(', '.join(turn['asked']))}; kept {kept}")
             for s in sorted(turn["scored"], key=lambda s: -s["selection"])[:5]:
                 out.append(f"{bullet}    {pct(s['selection']):>6}  {s['from']} -> {s['to']}")
             reasons: dict[str, int] = {}
@@ -234,7 +261,8 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
 
 def indent(text: str, markdown: bool) -> str:
     if markdown:
-        return "```text\n" + text.rstrip() + "\n```"
+        fence = backtick_fence(text, 3)
+        return f"{fence}text\n{text.rstrip()}\n{fence}"
     return "\n".join("      " + line for line in text.rstrip().splitlines())
 
 
