@@ -161,6 +161,24 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path):
     assert "newer format" in invoke("runs", "--runs-dir", runs).output
 
 
+def test_a_path_that_is_not_a_run_folder_is_named_as_such(tmp_path):
+    """`show PATH` where PATH is there but is no run folder (config.json lost, a history.jsonl,
+    the runs folder itself) said "no run 'PATH': runs holds no runs (use --runs-dir to look
+    elsewhere)", about a --runs-dir the user never meant."""
+    run_dir = make_run(tmp_path, "r")
+    lost = tmp_path / "lost"
+    lost.mkdir()
+    (lost / "history.jsonl").write_text((run_dir / "history.jsonl").read_text())
+    said = {lost: f"{lost} is not a run folder (it has no config.json)",
+            run_dir / "history.jsonl": f"{run_dir / 'history.jsonl'} is a file, not a run folder (a run folder "
+                                       "holds config.json)",
+            tmp_path / "runs": f"{tmp_path / 'runs'} is not a run folder but holds runs (r): give one of them"}
+    for path, message in said.items():
+        for command in (["show", path], ["report", path], ["compare", run_dir, path]):
+            result = invoke(*command, "--runs-dir", tmp_path / "elsewhere")
+            assert result.exit_code == 1 and result.output.strip() == f"Error: {message}", (command, result.output)
+
+
 def test_an_empty_run_argument_is_refused_not_read_as_every_runs_prefix(tmp_path):
     """"" is a prefix of every run id: with one run under --runs-dir, `adapt ""` adapted it,
     `eval --run ""` scored fashion-mnist instead and `search --resume ""` started a new search."""

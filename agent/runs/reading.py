@@ -79,11 +79,24 @@ def find_run(run: str, runs_dir: str | Path) -> Path:
         return matches[0]
     if len(matches) > 1:
         raise PromptclimbError(f"run {run!r} is ambiguous under {runs_dir}: " + ", ".join(p.name for p in matches))
+    if Path(run).exists():  # a path given: say what is wrong with it, not what --runs-dir holds
+        raise PromptclimbError(not_a_run_folder(Path(run)))
     if not known:
         raise PromptclimbError(f"no run {run!r}: {runs_dir} holds no runs (use --runs-dir to look elsewhere)")
     names = [p.name for p in sorted(known, key=lambda p: p.stat().st_mtime, reverse=True)]
     shown = ", ".join(names[:10]) + (f" ... ({len(names)} in all)" if len(names) > 10 else "")
     raise PromptclimbError(f"no run {run!r} under {runs_dir}; runs there: {shown}")
+
+
+def not_a_run_folder(path: Path) -> str:
+    """Why `path`, which exists, is not a run folder: a file, a folder of runs, or neither."""
+    if not path.is_dir():
+        return f"{path} is a file, not a run folder (a run folder holds {CONFIG})"
+    inside = list_run_dirs(path)
+    if inside:
+        shown = ", ".join(p.name for p in inside[:3]) + (" ..." if len(inside) > 3 else "")
+        return f"{path} is not a run folder but holds runs ({shown}): give one of them"
+    return f"{path} is not a run folder (it has no {CONFIG})"
 
 
 def find_sweep(name: str, runs_dir: str | Path) -> Path | None:
