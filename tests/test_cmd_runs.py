@@ -330,6 +330,25 @@ def test_compare_says_when_the_runs_data_differs(tmp_path):
     assert "(data differ)" in note()[0]
 
 
+def test_compare_says_which_run_renamed_classes(tmp_path, monkeypatch):
+    """Beside a template-only run, a names search's winners are scored with the names it
+    found: a template both runs list read 79.2% and 90.6% test, as "shared among the winners",
+    with nothing said of why."""
+    from test_reading import make_names_run
+
+    monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
+    names_dir, _ = make_names_run(tmp_path)
+    make_run(tmp_path, "plain")
+    changed = [c for c in json.loads((names_dir / "summary.json").read_text())["names"]["classes"] if c["changed"]]
+    assert changed
+    renamed = ", ".join(f"{c['start']} -> {c['found']}" for c in changed)
+    result = invoke("compare", "plain", names_dir.name, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.output.splitlines() if "renamed" in line]
+    assert notes == [f"note: B ({names_dir.name}) renamed {len(changed)} of 4 classes ({renamed}): its accuracies "
+                     "are with the names its search found, not the start names."]
+
+
 def test_compare_and_show_list_as_many_distinct_winners_as_asked_after_a_rename(tmp_path, monkeypatch):
     """A names search's summary.json holds its best template once per set of names: `compare`
     and `show` still list --top (5) distinct templates, as `transfer` ranks them."""

@@ -507,6 +507,24 @@ def compare_cmd(run1, run2, top, runs_dir, fmt):
                    "their accuracies are not measured on the same images.")
     elif names_differ:
         click.echo("note: the runs start from different class names (--classnames) on the same images.")
+    for key, run in (("A", a), ("B", b)):  # a template both list can score apart for this alone
+        renamed = renamed_classes(run)
+        if renamed:
+            click.echo(f"note: {key} ({run.id}) renamed {renamed}: its accuracies are with the names its search "
+                       "found, not the start names.")
+
+
+RENAMES_SHOWN = 3  # renamed classes a note names before "..."
+
+
+def renamed_classes(run: Run) -> str:
+    """The classes a run's names search renamed, as 'n of N classes (a -> b, ...)'; '' when none."""
+    names = run.names()
+    if names.empty or not names["changed"].any():
+        return ""
+    changed = names[names["changed"]]
+    shown = ", ".join(f"{r['start']} -> {r['found']}" for _, r in changed.head(RENAMES_SHOWN).iterrows())
+    return f"{len(changed)} of {len(names)} classes ({shown}{' ...' if len(changed) > RENAMES_SHOWN else ''})"
 
 
 SPLITS_COMPARED = ("train", "val", "test")  # not "unlabeled" (--metric balance): no accuracy is measured on it
