@@ -117,8 +117,8 @@ def test_show_markdown_renders_templates_names_and_answers_as_written(tmp_path, 
 
     monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
     with FakeLLM(responder=scripted(["<b>Trouser: jeans"], templates=FENCED)) as fake:
-        _, _, run_dir = climb(tmp_path, fake.base_url, ev=WordEvaluator(classnames=MARKED_CLASSES, class_bias={1: -0.25}),
-                              search="both", iterations=2, resets=1)
+        ev = WordEvaluator(classnames=MARKED_CLASSES, class_bias={1: -0.25}, name_bonus={"jeans": 0.2})
+        _, _, run_dir = climb(tmp_path, fake.base_url, ev=ev, search="both", iterations=2, resets=1, guard="off")
     run = load_run(run_dir)
     templates = set(run.scores()["template"])
     assert {"a `quoted` photo of a {}.", "an &amp; photo of the {} [x](http://e.com)."} <= templates
@@ -130,6 +130,14 @@ def test_show_markdown_renders_templates_names_and_answers_as_written(tmp_path, 
     assert "asked about <b>Trouser" in unescape(re.sub(r"<[^>]+>", "", html))
     blocks = [unescape(b) for b in re.findall(r'<pre><code class="language-text">(.*?)</code></pre>', html, re.S)]
     assert FENCED + "\n" in blocks  # the answer whole, in one block
+
+    compared = invoke("compare", "run", "run", "--runs-dir", tmp_path / "runs", "--format", "markdown").output
+    html = markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table").render(compared)
+    assert not re.search(r"<(script|b|em|a)\b", html), html
+    items = {unescape(i) for i in re.findall(r"<li>(.*?)</li>", html)}
+    assert {t for t in run.winners()["template"] if "{}" in t} <= items  # shared among the winners
+    assert "note: A (run) renamed 1 of 4 classes (<b>Trouser -> jeans): its accuracies are with the names its " \
+           "search found, not the start names." in items
 
 
 def test_bad_input_is_a_message_not_a_traceback(tmp_path):

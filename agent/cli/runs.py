@@ -500,18 +500,21 @@ def compare_cmd(run1, run2, top, runs_dir, fmt):
     shared = set() if any(soft) else set(wa["template"]) & set(wb["template"])
     shared.discard(None)
     shared = {t for t in shared if not str(t).startswith("ensemble of")}
-    click.echo(f"\nshared among the winners: {len(shared)}" + ("".join(f"\n  {t}" for t in sorted(shared))))
+    # in markdown, list items (lines in a row would run into one paragraph) of escaped text
+    item, literal = ("- ", markdown_text) if fmt == "markdown" else ("", lambda text: text)
+    click.echo(f"\n{item}shared among the winners: {len(shared)}"
+               + "".join(f"\n  {item}{literal(t)}" for t in sorted(shared)))
     differ, names_differ = data_differences(a, b)
     if differ:
-        click.echo(f"note: the runs use different dataset splits ({', '.join(differ)} differ); "
+        click.echo(f"{item}note: the runs use different dataset splits ({', '.join(differ)} differ); "
                    "their accuracies are not measured on the same images.")
     elif names_differ:
-        click.echo("note: the runs start from different class names (--classnames) on the same images.")
+        click.echo(f"{item}note: the runs start from different class names (--classnames) on the same images.")
     for key, run in (("A", a), ("B", b)):  # a template both list can score apart for this alone
         renamed = renamed_classes(run)
         if renamed:
-            click.echo(f"note: {key} ({run.id}) renamed {renamed}: its accuracies are with the names its search "
-                       "found, not the start names.")
+            click.echo(f"{item}note: {key} ({literal(run.id)}) renamed {literal(renamed)}: its accuracies are with "
+                       "the names its search found, not the start names.")
 
 
 RENAMES_SHOWN = 3  # renamed classes a note names before "..."
