@@ -21,8 +21,8 @@ from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.files import write_json_atomic
 from promptclimb.agent.core.format import pct, shell_command
 from promptclimb.agent.core.classnames import names_by_label
-from promptclimb.agent.runs.reading import (check_config, read_json, run_classnames, run_labels, run_names_by_label,
-                                          run_start_names)
+from promptclimb.agent.runs.reading import (check_config, check_summary, read_json, run_classnames, run_labels,
+                                          run_names_by_label, run_start_names)
 from promptclimb.agent.core.runfiles import CONFIG, SUMMARY
 from promptclimb.agent.softsearch import is_soft_prompt_run, template_refusal
 
@@ -56,7 +56,9 @@ def read_run(run_dir: Path, command: str | None = None) -> tuple[dict, dict]:
     if not (run_dir / SUMMARY).is_file():
         raise PromptclimbError(f"{run_dir} has no {SUMMARY}: the search has not finished "
                                f"(finish it with: {shell_command('search', '--resume', run_dir)})")
-    return config, read_json(run_dir / SUMMARY)
+    summary = read_json(run_dir / SUMMARY)
+    check_summary(summary, run_dir / SUMMARY)
+    return config, summary
 
 
 def run_templates(summary: dict, on: str) -> list[str]:

@@ -9,6 +9,8 @@ import io
 import json
 import math
 import re
+from html import unescape
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,7 +18,8 @@ from click.testing import CliRunner
 
 from promptclimb.agent.cli import cli
 from promptclimb.agent.api import rank_correlation, transfer_name
-from fake_llm import FakeLLM
+from promptclimb.agent.runs.reading import load_run
+from fake_llm import FakeLLM, WordEvaluator
 from test_reading import make_run, responder
 
 
@@ -98,6 +101,45 @@ def test_show_in_every_format(tmp_path):
     assert doc["conversation"][0]["answer"] == first["answer"]
 
 
+# An answer as LLMs write them: templates quoted in a ``` block, markup inside them.
+FENCED = "\n".join(["Here you go:", "```", "a `quoted` photo of a {}.", "a *starred* <script>x</script> photo of a {}.",
+                     "an &amp; photo of the {} [x](http://e.com).", "```"])
+MARKED_CLASSES = ("T-shirt/top", "<b>Trouser", "Dress", "Bag")  # the weak class's name holds markup
+
+
+def test_show_markdown_renders_templates_names_and_answers_as_written(tmp_path, monkeypatch):
+    """`show --format markdown` rendered as CommonMark (GitHub) shows every template, class
+    name and LLM answer as written: `<script>`, `*x*`, `&amp;` and `[x](y)` were markup in the
+    tables and the names turns, and an answer's ``` closed the block holding it, so the rest
+    of the answer was rendered (a live <script> tag and a link)."""
+    markdown_it = pytest.importorskip("markdown_it")
+    from test_names import climb, scripted
+
+    monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
+    with FakeLLM(responder=scripted(["<b>Trouser: jeans"], templates=FENCED)) as fake:
+        ev = WordEvaluator(classnames=MARKED_CLASSES, class_bias={1: -0.25}, name_bonus={"jeans": 0.2})
+        _, _, run_dir = climb(tmp_path, fake.base_url, ev=ev, search="both", iterations=2, resets=1, guard="off")
+    run = load_run(run_dir)
+    templates = set(run.scores()["template"])
+    assert {"a `quoted` photo of a {}.", "an &amp; photo of the {} [x](http://e.com)."} <= templates
+    page = invoke("show", "run", "--runs-dir", tmp_path / "runs", "--format", "markdown", "--conversation").output
+    html = markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table").render(page)
+    assert not re.search(r"<(script|b|em|a)\b", html), html  # nothing written became markup
+    cells = {unescape(c) for c in re.findall(r"<td>(.*?)</td>", html)}
+    assert {t for t in run.winners()["template"] if "{}" in t} <= cells
+    assert "asked about <b>Trouser" in unescape(re.sub(r"<[^>]+>", "", html))
+    blocks = [unescape(b) for b in re.findall(r'<pre><code class="language-text">(.*?)</code></pre>', html, re.S)]
+    assert FENCED + "\n" in blocks  # the answer whole, in one block
+
+    compared = invoke("compare", "run", "run", "--runs-dir", tmp_path / "runs", "--format", "markdown").output
+    html = markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table").render(compared)
+    assert not re.search(r"<(script|b|em|a)\b", html), html
+    items = {unescape(i) for i in re.findall(r"<li>(.*?)</li>", html)}
+    assert {t for t in run.winners()["template"] if "{}" in t} <= items  # shared among the winners
+    assert "note: A (run) renamed 1 of 4 classes (<b>Trouser -> jeans): its accuracies are with the names its " \
+           "search found, not the start names." in items
+
+
 def test_bad_input_is_a_message_not_a_traceback(tmp_path):
     run_dir = make_run(tmp_path, "20250101-toy")
     runs = tmp_path / "runs"
@@ -125,6 +167,24 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path):
     result = invoke("show", "20250101-toy", "--runs-dir", runs)
     assert result.exit_code == 1 and "run format v7" in result.output and "Upgrade promptclimb" in result.output
     assert "newer format" in invoke("runs", "--runs-dir", runs).output
+
+
+def test_a_path_that_is_not_a_run_folder_is_named_as_such(tmp_path):
+    """`show PATH` where PATH is there but is no run folder (config.json lost, a history.jsonl,
+    the runs folder itself) said "no run 'PATH': runs holds no runs (use --runs-dir to look
+    elsewhere)", about a --runs-dir the user never meant."""
+    run_dir = make_run(tmp_path, "r")
+    lost = tmp_path / "lost"
+    lost.mkdir()
+    (lost / "history.jsonl").write_text((run_dir / "history.jsonl").read_text())
+    said = {lost: f"{lost} is not a run folder (it has no config.json)",
+            run_dir / "history.jsonl": f"{run_dir / 'history.jsonl'} is a file, not a run folder (a run folder "
+                                       "holds config.json)",
+            tmp_path / "runs": f"{tmp_path / 'runs'} is not a run folder but holds runs (r): give one of them"}
+    for path, message in said.items():
+        for command in (["show", path], ["report", path], ["compare", run_dir, path]):
+            result = invoke(*command, "--runs-dir", tmp_path / "elsewhere")
+            assert result.exit_code == 1 and result.output.strip() == f"Error: {message}", (command, result.output)
 
 
 def test_an_empty_run_argument_is_refused_not_read_as_every_runs_prefix(tmp_path):
@@ -179,6 +239,39 @@ def test_report_writes_through_a_symlink_and_to_stdout(tmp_path, monkeypatch):
     assert out.exit_code == 0, out.output
     assert out.stdout == page  # the page alone on stdout; where the plot is, on stderr
     assert f"plot:   {run_dir / 'curve.png'}" in out.stderr and not (tmp_path / "-").exists()
+
+
+def test_report_of_a_run_whose_folder_cannot_be_written(tmp_path, monkeypatch):
+    """Someone else's runs, or a read-only copy: `report -o elsewhere` and `-o -` still give the
+    page, its plot embedded (they failed on writing curve.png into the run's folder); without
+    -o, one line says the folder cannot be written and what to do."""
+    import errno
+    import tempfile
+
+    run_dir = make_run(tmp_path)
+    real_mkstemp = tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):  # what a read-only file system answers there
+        if dir is not None and Path(dir) == run_dir:
+            raise OSError(errno.EROFS, "Read-only file system", str(dir))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    before = sorted(p.name for p in run_dir.iterdir())
+    page = tmp_path / "page.html"
+    result = invoke("report", "run", "--runs-dir", tmp_path / "runs", "-o", page)
+    assert result.exit_code == 0, result.output
+    html = page.read_text()
+    assert re.search(r'<img [^>]*src="data:image/png;base64,[A-Za-z0-9+/=]{1000,}"', html)
+    out = CliRunner().invoke(cli, ["report", "run", "--runs-dir", str(tmp_path / "runs"), "-o", "-"])
+    assert out.exit_code == 0, out.output
+    assert out.stdout.startswith("<!DOCTYPE html>") and "data:image/png;base64," in out.stdout
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+
+    result = invoke("report", "run", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip() == (f"Error: cannot write {run_dir / 'report.html'}: Read-only file system; "
+                                     "write the page elsewhere with -o FILE, or -o - for stdout")
 
 
 def test_compare_puts_winners_side_by_side(tmp_path):
@@ -243,6 +336,25 @@ def test_compare_says_when_the_runs_data_differs(tmp_path):
     assert note() == []
     record("a", "/data/toy", identity="toy:abd")  # files changed in place
     assert "(data differ)" in note()[0]
+
+
+def test_compare_says_which_run_renamed_classes(tmp_path, monkeypatch):
+    """Beside a template-only run, a names search's winners are scored with the names it
+    found: a template both runs list read 79.2% and 90.6% test, as "shared among the winners",
+    with nothing said of why."""
+    from test_reading import make_names_run
+
+    monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
+    names_dir, _ = make_names_run(tmp_path)
+    make_run(tmp_path, "plain")
+    changed = [c for c in json.loads((names_dir / "summary.json").read_text())["names"]["classes"] if c["changed"]]
+    assert changed
+    renamed = ", ".join(f"{c['start']} -> {c['found']}" for c in changed)
+    result = invoke("compare", "plain", names_dir.name, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.output.splitlines() if "renamed" in line]
+    assert notes == [f"note: B ({names_dir.name}) renamed {len(changed)} of 4 classes ({renamed}): its accuracies "
+                     "are with the names its search found, not the start names."]
 
 
 def test_compare_and_show_list_as_many_distinct_winners_as_asked_after_a_rename(tmp_path, monkeypatch):

@@ -79,6 +79,32 @@ def test_a_summary_whose_result_is_not_an_object_is_one_line_and_hides_no_other_
     assert {r["id"]: r["status"] for r in json.loads(listed.output)} == {"ok": "done", "bad": "unreadable"}
 
 
+@pytest.mark.parametrize("edit, said", [
+    (lambda s: s.pop("best"), "damaged (no 'best': the result it should hold)"),
+    (lambda s: s.update(top=[1, "x"]), "damaged ('top' is [1, \"x\"], not a list of objects)"),
+    (lambda s: s.update(names={"classes": "oops"}), "damaged ('names.classes' is \"oops\", not a list of objects)"),
+    (lambda s: s.update(ledger=[1]), "damaged ('ledger' is [1], not an object)"),
+    (lambda s: s["best"].pop("template"), "damaged ('best' has no template: {\"accuracy\""),
+])
+def test_a_summary_missing_its_result_or_with_lists_of_other_things_is_one_line(tmp_path, edit, said,
+                                                                                evaluators_built):
+    """Hand-edited summary.json files that show, compare, report, adapt and eval --run met with
+    a traceback (KeyError 'best', "'int' object has no attribute 'get'"), while runs listed
+    them as done."""
+    runs = tmp_path / "runs"
+    finished_run(runs, "ok")
+    run = finished_run(runs, "bad")
+    summary = json.loads((run / "summary.json").read_text())
+    edit(summary)
+    (run / "summary.json").write_text(json.dumps(summary))
+    for args in (["show", "bad"], ["compare", "bad", "ok"], ["report", "bad"], ["adapt", "bad", "--kind", "cache"],
+                 ["eval", "--run", "bad"]):
+        one_line_error(cli(*args, "--runs-dir", runs), f"{run / 'summary.json'} is {said}")
+    listed = cli("runs", "--runs-dir", runs, "--format", "json")
+    assert {r["id"]: r["status"] for r in json.loads(listed.output)} == {"ok": "done", "bad": "unreadable"}
+    assert evaluators_built == []  # refused before any model or image loads
+
+
 def test_compare_never_calls_two_soft_prompts_shared(tmp_path):
     runs = tmp_path / "runs"
     for name, optimizer in (("craft", "craft"), ("cbbt", "cbbt"), ("a", None), ("b", None)):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import click
@@ -59,11 +60,36 @@ def as_text(frame: pd.DataFrame, fmt: str, percent: tuple[str, ...] = ()) -> str
                              disable_numparse=True)
 
 
+# What markdown reads as markup inside a line: a template or a class name holding `<b>`, `*x*`,
+# `&amp;` or `[x](y)` (an LLM writes them) would show as bold, a link or `&`, not as the text
+# the model was given; `|` ends a table cell. Each is written backslash-escaped.
+MARKDOWN_INLINE = re.compile(r"([\\`*_\[\]<>&|~])")
+
+
+def markdown_text(text: str) -> str:
+    """`text` as markdown that renders as exactly this text."""
+    return MARKDOWN_INLINE.sub(r"\\\1", text)
+
+
 def markdown_cell(value):
     """A table cell's text as it must be written inside a markdown (GitHub) table."""
     if not isinstance(value, str):
         return value
-    return value.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    return markdown_text(value).replace("\r", " ").replace("\n", " ")
+
+
+def backtick_fence(text: str, shortest: int) -> str:
+    """Backticks enough to open code that holds `text` whole: more than its longest run of
+    backticks (an LLM answer quoting templates in ``` or in `...` would close a shorter one)."""
+    return "`" * max(shortest, max(map(len, re.findall(r"`+", text)), default=0) + 1)
+
+
+def markdown_code(text: str) -> str:
+    """`text` as an inline code span (padded where it starts or ends with a backtick, which
+    would otherwise join the fence; markdown drops one space on each side)."""
+    fence = backtick_fence(text, 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or (text.startswith(" ") and text.endswith(" ")) else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def skipped_note(run: Run) -> str | None:
@@ -142,7 +168,8 @@ def where(it: dict) -> str:
 
 def show_text(run: Run, conversation: bool, markdown: bool) -> str:
     h2 = (lambda s: f"\n## {s}\n") if markdown else (lambda s: f"\n{s}\n{'-' * len(s)}")
-    code = (lambda s: f"`{s}`") if markdown else (lambda s: s)
+    code = markdown_code if markdown else (lambda s: s)
+    literal = markdown_text if markdown else (lambda s: s)
     out = [f"# {headline(run)}" if markdown else headline(run)]
     out.append(h2("Winning templates (test accuracy: best template and ensemble only)"))
     out.append(as_text(run.winners(), "markdown" if markdown else "table", percent=("train", "val", "test")))
@@ -178,8 +205,8 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
         out.append(h2("Names turns"))
         bullet = "- " if markdown else "  "
         for turn in turns:
-            kept = ", ".join(f"{c['from']} -> {c['to']}" for c in turn["kept"]) or "nothing"
-            out.append(f"{bullet}{where(turn)}: asked about {', '.join(turn['asked'])}; kept {kept}")
+            kept = ", ".join(f"{literal(c['from'])} -> {literal(c['to'])}" for c in turn["kept"]) or "nothing"
+            out.append(f"{bullet}{where(turn)}: asked about {literal(', '.join(turn['asked']))}; kept {kept}")
             for s in sorted(turn["scored"], key=lambda s: -s["selection"])[:5]:
                 out.append(f"{bullet}    {pct(s['selection']):>6}  {s['from']} -> {s['to']}")
             reasons: dict[str, int] = {}
@@ -234,7 +261,8 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
 
 def indent(text: str, markdown: bool) -> str:
     if markdown:
-        return "```text\n" + text.rstrip() + "\n```"
+        fence = backtick_fence(text, 3)
+        return f"{fence}text\n{text.rstrip()}\n{fence}"
     return "\n".join("      " + line for line in text.rstrip().splitlines())
 
 
@@ -328,7 +356,7 @@ def report_cmd(run, runs_dir, output):
       promptclimb report 20250101-120000-eurosat-4shot
     """
     from promptclimb.agent.runs.plots import CURVE
-    from promptclimb.agent.runs.report import report_html, write_report
+    from promptclimb.agent.runs.report import REPORT, report_html, write_report
 
     loaded = open_run(run, runs_dir)
     if output == "-":  # the page alone on stdout (`report RUN -o - | ...`): where the plot went, on stderr
@@ -336,7 +364,14 @@ def report_cmd(run, runs_dir, output):
         if (loaded.path / CURVE).exists():
             click.echo(f"plot:   {loaded.path / CURVE}", err=True)
         return
-    path = write_report(loaded, output)
+    try:
+        path = write_report(loaded, output)
+    except OSError as exc:
+        if output:
+            raise
+        # the page went nowhere: say where it can go (the error itself names a temp file)
+        raise PromptclimbError(f"cannot write {loaded.path / REPORT}: {exc.strerror or exc}; write the page "
+                               "elsewhere with -o FILE, or -o - for stdout") from None
     if (loaded.path / CURVE).exists():
         click.echo(f"plot:   {loaded.path / CURVE}")
     click.echo(f"report: {path}")
@@ -465,13 +500,34 @@ def compare_cmd(run1, run2, top, runs_dir, fmt):
     shared = set() if any(soft) else set(wa["template"]) & set(wb["template"])
     shared.discard(None)
     shared = {t for t in shared if not str(t).startswith("ensemble of")}
-    click.echo(f"\nshared among the winners: {len(shared)}" + ("".join(f"\n  {t}" for t in sorted(shared))))
+    # in markdown, list items (lines in a row would run into one paragraph) of escaped text
+    item, literal = ("- ", markdown_text) if fmt == "markdown" else ("", lambda text: text)
+    click.echo(f"\n{item}shared among the winners: {len(shared)}"
+               + "".join(f"\n  {item}{literal(t)}" for t in sorted(shared)))
     differ, names_differ = data_differences(a, b)
     if differ:
-        click.echo(f"note: the runs use different dataset splits ({', '.join(differ)} differ); "
+        click.echo(f"{item}note: the runs use different dataset splits ({', '.join(differ)} differ); "
                    "their accuracies are not measured on the same images.")
     elif names_differ:
-        click.echo("note: the runs start from different class names (--classnames) on the same images.")
+        click.echo(f"{item}note: the runs start from different class names (--classnames) on the same images.")
+    for key, run in (("A", a), ("B", b)):  # a template both list can score apart for this alone
+        renamed = renamed_classes(run)
+        if renamed:
+            click.echo(f"{item}note: {key} ({literal(run.id)}) renamed {literal(renamed)}: its accuracies are with "
+                       "the names its search found, not the start names.")
+
+
+RENAMES_SHOWN = 3  # renamed classes a note names before "..."
+
+
+def renamed_classes(run: Run) -> str:
+    """The classes a run's names search renamed, as 'n of N classes (a -> b, ...)'; '' when none."""
+    names = run.names()
+    if names.empty or not names["changed"].any():
+        return ""
+    changed = names[names["changed"]]
+    shown = ", ".join(f"{r['start']} -> {r['found']}" for _, r in changed.head(RENAMES_SHOWN).iterrows())
+    return f"{len(changed)} of {len(names)} classes ({shown}{' ...' if len(changed) > RENAMES_SHOWN else ''})"
 
 
 SPLITS_COMPARED = ("train", "val", "test")  # not "unlabeled" (--metric balance): no accuracy is measured on it

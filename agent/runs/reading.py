@@ -79,11 +79,24 @@ def find_run(run: str, runs_dir: str | Path) -> Path:
         return matches[0]
     if len(matches) > 1:
         raise PromptclimbError(f"run {run!r} is ambiguous under {runs_dir}: " + ", ".join(p.name for p in matches))
+    if Path(run).exists():  # a path given: say what is wrong with it, not what --runs-dir holds
+        raise PromptclimbError(not_a_run_folder(Path(run)))
     if not known:
         raise PromptclimbError(f"no run {run!r}: {runs_dir} holds no runs (use --runs-dir to look elsewhere)")
     names = [p.name for p in sorted(known, key=lambda p: p.stat().st_mtime, reverse=True)]
     shown = ", ".join(names[:10]) + (f" ... ({len(names)} in all)" if len(names) > 10 else "")
     raise PromptclimbError(f"no run {run!r} under {runs_dir}; runs there: {shown}")
+
+
+def not_a_run_folder(path: Path) -> str:
+    """Why `path`, which exists, is not a run folder: a file, a folder of runs, or neither."""
+    if not path.is_dir():
+        return f"{path} is a file, not a run folder (a run folder holds {CONFIG})"
+    inside = list_run_dirs(path)
+    if inside:
+        shown = ", ".join(p.name for p in inside[:3]) + (" ..." if len(inside) > 3 else "")
+        return f"{path} is not a run folder but holds runs ({shown}): give one of them"
+    return f"{path} is not a run folder (it has no {CONFIG})"
 
 
 def find_sweep(name: str, runs_dir: str | Path) -> Path | None:
@@ -797,15 +810,30 @@ def check_config(config: dict, path: Path) -> None:
 
 # The result's parts every reader opens (`Run.final`): what each must be, as said in an error.
 SUMMARY_SHAPE = {"best": (dict, "an object"), "ensemble": ((dict, type(None)), "an object or null"),
-                 "top": (list, "a list"), "names": ((dict, type(None)), "an object or null")}
+                 "top": (list, "a list"), "names": ((dict, type(None)), "an object or null"),
+                 "ledger": (dict, "an object")}
+# Lists in it whose entries every reader opens as objects: (part, key of its list or None).
+SUMMARY_LISTS = (("top", None), ("names", "classes"))
 
 
 def check_summary(summary: dict, path: Path) -> None:
-    """PromptclimbError naming the file when a part of the result is not what it must be (a
-    hand-edited or damaged summary.json), not an AttributeError in whichever reader opens it."""
+    """PromptclimbError naming the file when a part of the result is missing or not what it
+    must be (a hand-edited or damaged summary.json), not a KeyError or AttributeError in
+    whichever reader opens it."""
+    if "best" not in summary:  # every search writes it (the template that won)
+        raise PromptclimbError(f"{path} is damaged (no 'best': the result it should hold)")
     for key, (kind, said) in SUMMARY_SHAPE.items():
         if key in summary and not isinstance(summary[key], kind):
             raise PromptclimbError(f"{path} is damaged ({key!r} is {shortened(json.dumps(summary[key]), 40)}, not {said})")
+    if not isinstance(summary["best"].get("template"), str):  # what show, eval --run and adapt read of it
+        raise PromptclimbError(f"{path} is damaged ('best' has no template: "
+                               f"{shortened(json.dumps(summary['best']), 40)})")
+    for part, key in SUMMARY_LISTS:
+        entries = summary.get(part) if key is None else (summary.get(part) or {}).get(key, [])
+        name = part if key is None else f"{part}.{key}"
+        if entries is not None and (not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries)):
+            raise PromptclimbError(f"{path} is damaged ({name!r} is {shortened(json.dumps(entries), 40)}, "
+                                   "not a list of objects)")
 
 
 # What a transfer-<backbone>.json must hold to be shown (agent/api.py, transfer_summary).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import tempfile
 import time
 from pathlib import Path
 
@@ -121,10 +122,16 @@ def _data_uri(png: Path | None) -> str | None:
 
 
 def report_html(run: Run) -> str:
-    """The page of a run, with curve.png (which it embeds) written first."""
-    from promptclimb.agent.runs.plots import CURVE, write_plots
+    """The page of a run, with curve.png (which it embeds) written first: into the run's
+    folder, or, where that folder cannot be written (someone else's runs, a read-only copy),
+    into a temporary one, since reading a run must not need the right to change it."""
+    from promptclimb.agent.runs.plots import CURVE, plot_curve, write_plots
 
-    write_plots(run.path)
+    try:
+        write_plots(run.path)
+    except OSError:
+        with tempfile.TemporaryDirectory(prefix="promptclimb-report-") as tmp:
+            return render(run, plot_curve(run, Path(tmp) / CURVE))
     return render(run, run.path / CURVE)
 
 
