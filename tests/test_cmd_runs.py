@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from promptclimb.agent.cli import cli
 from promptclimb.agent.api import rank_correlation, transfer_name
 from promptclimb.agent.runs.reading import load_run
+from promptclimb.agent.runs.store import run_lock
 from fake_llm import FakeLLM, WordEvaluator
 from test_reading import make_run, responder
 
@@ -158,7 +159,8 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path):
     (run_dir / "history.jsonl").write_text("\n".join(lines) + "\n" + lines[-1][:20])
     result = invoke("show", "20250101", "--runs-dir", runs)
     assert result.exit_code == 0, result.output
-    assert "2 line(s)" in result.stderr and "line 4: not valid JSON" in result.stderr and "cut short" in result.stderr
+    assert "2 line(s)" in result.stderr and "line 4: not valid JSON" in result.stderr
+    assert "incomplete (no end of line" in result.stderr
     assert "Winning templates" in result.stdout and "answer 6" in result.stdout
 
     # a newer format
@@ -167,6 +169,25 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path):
     result = invoke("show", "20250101-toy", "--runs-dir", runs)
     assert result.exit_code == 1 and "run format v7" in result.output and "Upgrade promptclimb" in result.output
     assert "newer format" in invoke("runs", "--runs-dir", runs).output
+
+
+def test_a_line_being_written_is_not_said_to_be_cut_short_by_a_stop(tmp_path):
+    """`show` of a run whose search is writing its last history line (locked, no newline yet)
+    said the line was "cut short (the run was stopped while writing it)"; a reader cannot know
+    that the run was stopped, only that the line has no end yet."""
+    run_dir = make_run(tmp_path)
+    (run_dir / "summary.json").unlink()  # the search has not finished: no summary, no final event
+    lines = [line for line in (run_dir / "history.jsonl").read_text().splitlines()
+             if json.loads(line)["event"] != "final"]
+    (run_dir / "history.jsonl").write_text("\n".join(lines) + "\n")
+    with run_lock(run_dir), open(run_dir / "history.jsonl", "ab") as history:  # as the search holds them
+        history.write(b'{"v": 2, "seq": 999, "event": "sco')
+        history.flush()
+        result = invoke("show", "run", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    assert f"line {len(lines) + 1}: incomplete (no end of line: a search still running is writing it, or was stopped " \
+           "while writing it)" in result.stderr
+    assert "the run was stopped" not in result.stderr and "unfinished" in result.stdout
 
 
 def test_a_path_that_is_not_a_run_folder_is_named_as_such(tmp_path):

@@ -195,6 +195,11 @@ def _read_bytes(path: Path) -> bytes:
         raise PromptclimbError(f"{path} cannot be read: {exc.strerror or exc}") from None
 
 
+# A last line with no end of line yet: a search still running is writing it, or one was stopped
+# while it was; a reader cannot tell which (the run's lock says nothing on a mount without it).
+UNFINISHED_LINE = "incomplete (no end of line: a search still running is writing it, or was stopped while writing it)"
+
+
 def _parse_events(data: bytes, required: dict) -> tuple[list[dict], list[Skipped]]:
     events, skipped = [], []
     start = None  # run_start's start names: what a compact line's names differ from
@@ -207,7 +212,7 @@ def _parse_events(data: bytes, required: dict) -> tuple[list[dict], list[Skipped
         try:
             event = json.loads(raw)
         except ValueError as exc:
-            why = "cut short (the run was stopped while writing it)" if last and cut_short else f"not valid JSON ({exc})"
+            why = UNFINISHED_LINE if last and cut_short else f"not valid JSON ({exc})"
             skipped.append(Skipped(number, why))
             continue
         if not isinstance(event, dict) or not isinstance(event.get("event"), str):
