@@ -9,6 +9,7 @@ import io
 import json
 import math
 import re
+import shutil
 from html import unescape
 from pathlib import Path
 
@@ -188,6 +189,35 @@ def test_a_line_being_written_is_not_said_to_be_cut_short_by_a_stop(tmp_path):
     assert f"line {len(lines) + 1}: incomplete (no end of line: a search still running is writing it, or was stopped " \
            "while writing it)" in result.stderr
     assert "the run was stopped" not in result.stderr and "unfinished" in result.stdout
+
+
+@pytest.mark.parametrize("empty", ["", "\n"])
+def test_an_empty_summary_reads_as_a_missing_one(tmp_path, empty):
+    """An empty summary.json (a crash between creating and writing it, `: > summary.json`) was
+    refused by show, report, compare and adapt as damaged ("not valid JSON: Expecting value")
+    and listed by runs as unreadable, while a missing one is read from the history."""
+    from fake_llm import one_line_error
+
+    runs = tmp_path / "runs"
+    shutil.copytree(make_run(tmp_path, "missing"), runs / "empty")
+    (runs / "missing" / "summary.json").unlink()
+    (runs / "empty" / "summary.json").write_text(empty)
+    assert load_run(runs / "empty").summary is None
+
+    def shown(name, *options):
+        result = invoke("show", name, "--runs-dir", runs, *options)
+        assert result.exit_code == 0, result.output
+        return result.output.replace(str(runs / name), "PATH").replace(name, "RUN")
+
+    assert shown("empty") == shown("missing") and "; done\n" in shown("empty")  # the history's final event
+    assert shown("empty", "--format", "json") == shown("missing", "--format", "json")
+    listed = json.loads(invoke("runs", "--runs-dir", runs, "--format", "json").output)
+    assert {r["id"]: r["status"] for r in listed} == {"empty": "done", "missing": "done"}
+    one_line_error(invoke("adapt", "empty", "--kind", "cache", "--runs-dir", runs),
+                   f"{runs / 'empty'} has an empty summary.json: the search has not finished")
+
+    (runs / "empty" / "summary.json").write_text("{")  # something, not JSON: damaged, as before
+    one_line_error(invoke("show", "empty", "--runs-dir", runs), f"{runs / 'empty' / 'summary.json'} is damaged")
 
 
 def test_a_path_that_is_not_a_run_folder_is_named_as_such(tmp_path):
