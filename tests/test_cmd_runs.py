@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from promptclimb.agent.cli import cli
 from promptclimb.agent.api import rank_correlation, transfer_name
 from promptclimb.agent.runs.reading import load_run
-from promptclimb.agent.runs.store import run_lock
+from promptclimb.agent.runs.store import RunStore, run_lock
 from fake_llm import FakeLLM, WordEvaluator
 from test_reading import make_run, responder
 
@@ -107,6 +107,7 @@ def test_show_in_every_format(tmp_path):
 FENCED = "\n".join(["Here you go:", "```", "a `quoted` photo of a {}.", "a *starred* <script>x</script> photo of a {}.",
                      "an &amp; photo of the {} [x](http://e.com).", "```"])
 MARKED_CLASSES = ("T-shirt/top", "<b>Trouser", "Dress", "Bag")  # the weak class's name holds markup
+MARKED_RUN = "my_*best*_run_"  # a run id that is markup too
 
 
 def test_show_markdown_renders_templates_names_and_answers_as_written(tmp_path, monkeypatch):
@@ -120,26 +121,57 @@ def test_show_markdown_renders_templates_names_and_answers_as_written(tmp_path, 
     monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
     with FakeLLM(responder=scripted(["<b>Trouser: jeans"], templates=FENCED)) as fake:
         ev = WordEvaluator(classnames=MARKED_CLASSES, class_bias={1: -0.25}, name_bonus={"jeans": 0.2})
-        _, _, run_dir = climb(tmp_path, fake.base_url, ev=ev, search="both", iterations=2, resets=1, guard="off")
+        _, _, run_dir = climb(tmp_path, fake.base_url, name=MARKED_RUN, ev=ev, search="both", iterations=2,
+                              resets=1, guard="off")
     run = load_run(run_dir)
     templates = set(run.scores()["template"])
     assert {"a `quoted` photo of a {}.", "an &amp; photo of the {} [x](http://e.com)."} <= templates
-    page = invoke("show", "run", "--runs-dir", tmp_path / "runs", "--format", "markdown", "--conversation").output
+    page = invoke("show", MARKED_RUN, "--runs-dir", tmp_path / "runs", "--format", "markdown", "--conversation").output
     html = markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table").render(page)
-    assert not re.search(r"<(script|b|em|a)\b", html), html  # nothing written became markup
+    assert not re.search(r"<(script|b|em|strong|a)\b", html), html  # nothing written became markup
+    assert re.search(r"<h1>run my_\*best\*_run_: ", html), html  # the run id as named
     cells = {unescape(c) for c in re.findall(r"<td>(.*?)</td>", html)}
     assert {t for t in run.winners()["template"] if "{}" in t} <= cells
     assert "asked about <b>Trouser" in unescape(re.sub(r"<[^>]+>", "", html))
     blocks = [unescape(b) for b in re.findall(r'<pre><code class="language-text">(.*?)</code></pre>', html, re.S)]
     assert FENCED + "\n" in blocks  # the answer whole, in one block
 
-    compared = invoke("compare", "run", "run", "--runs-dir", tmp_path / "runs", "--format", "markdown").output
+    compared = invoke("compare", MARKED_RUN, MARKED_RUN, "--runs-dir", tmp_path / "runs", "--format", "markdown").output
     html = markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table").render(compared)
-    assert not re.search(r"<(script|b|em|a)\b", html), html
+    assert not re.search(r"<(script|b|em|strong|a)\b", html), html
     items = {unescape(i) for i in re.findall(r"<li>(.*?)</li>", html)}
     assert {t for t in run.winners()["template"] if "{}" in t} <= items  # shared among the winners
-    assert "note: A (run) renamed 1 of 4 classes (<b>Trouser -> jeans): its accuracies are with the names its " \
-           "search found, not the start names." in items
+    assert f"note: A ({MARKED_RUN}) renamed 1 of 4 classes (<b>Trouser -> jeans): its accuracies are with the names " \
+           "its search found, not the start names." in items
+
+
+def test_show_markdown_of_a_soft_prompt_run_has_its_steps_as_a_table(tmp_path):
+    """A soft-prompt run's (--optimizer craft|cbbt) steps table, written as aligned lines after
+    its facts, rendered as one paragraph: the facts, the header and every step run together."""
+    markdown_it = pytest.importorskip("markdown_it")
+    config = {"run_id": "soft", "optimizer": "craft", "soft_prompt": {"queries": 80},
+              "evaluator_args": {"dataset": "toy", "shots": 2, "seed": 0, "backbone": "word"}}
+    best = {"template": "<soft: a photo of a> {class}.", "origin": "craft", "accuracy": {"train": 0.5, "val": 0.4}}
+    soft = {"file": "soft_prompt.safetensors", "tokens": 2, "init": "a_photo", "nearest_tokens": ["*a*", "<b>"]}
+    with RunStore.create(tmp_path / "runs" / "soft", config) as store:  # as a soft-prompt search writes it
+        for step in range(3):
+            store.append("step", iteration=step, queries=40 * step,
+                         prompt={"accuracy": {"train": 0.3 + step / 10, "val": 0.25 + step / 10}})
+        store.append("final", stopped="completed", best=best, ensemble=None, top=[best], adapter=None,
+                     soft_prompt=soft)
+        store.write_json("summary.json", {"v": 1, "best": best, "ensemble": None, "top": [best], "soft_prompt": soft})
+    page = invoke("show", "soft", "--runs-dir", tmp_path / "runs", "--format", "markdown").output
+    html = markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table").render(page)
+    assert "<h2>Soft prompt (craft; " in html
+    items = [unescape(i) for i in re.findall(r"<li>(.*?)</li>", html)]
+    assert items == ["2 vectors in soft_prompt.safetensors, started from 'a_photo'; nearest tokens: '*a* <b>' "
+                     "(a readable hint: these words do not score the same)", "2 steps, 80 of 80 queries"]
+    tables = re.findall(r"<table>(.*?)</table>", html, re.S)
+    steps = [re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row) for row in re.findall(r"<tr>(.*?)</tr>", tables[-1], re.S)]
+    assert steps == [["step", "queries", "train", "val"], ["0", "0", "30.0%", "25.0%"], ["1", "40", "40.0%", "35.0%"],
+                     ["2", "80", "50.0%", "45.0%"]]
+    text = invoke("show", "soft", "--runs-dir", tmp_path / "runs").output  # the terminal's table as it was
+    assert "  step  queries   train     val\n     0        0   30.0%   25.0%\n" in text
 
 
 def test_bad_input_is_a_message_not_a_traceback(tmp_path):

@@ -19,7 +19,7 @@ from promptclimb.agent.api import load_run, on_stderr, transfer
 from promptclimb.agent.core.defaults import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.cli.errors import user_errors
-from promptclimb.agent.core.format import pct, shortened
+from promptclimb.agent.core.format import markdown_text, pct, shortened
 from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.runs.reading import Run, find_run, run_start_names, runs_frame
 from promptclimb.agent.runs.compact import CLASSES_IN_FULL
@@ -58,17 +58,6 @@ def as_text(frame: pd.DataFrame, fmt: str, percent: tuple[str, ...] = ()) -> str
             shown[col] = shown[col].map(markdown_cell)
     return shown.to_markdown(index=False, tablefmt="github" if fmt == "markdown" else "simple",
                              disable_numparse=True)
-
-
-# What markdown reads as markup inside a line: a template or a class name holding `<b>`, `*x*`,
-# `&amp;` or `[x](y)` (an LLM writes them) would show as bold, a link or `&`, not as the text
-# the model was given; `|` ends a table cell. Each is written backslash-escaped.
-MARKDOWN_INLINE = re.compile(r"([\\`*_\[\]<>&|~])")
-
-
-def markdown_text(text: str) -> str:
-    """`text` as markdown that renders as exactly this text."""
-    return MARKDOWN_INLINE.sub(r"\\\1", text)
 
 
 def markdown_cell(value):
@@ -170,7 +159,7 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
     h2 = (lambda s: f"\n## {s}\n") if markdown else (lambda s: f"\n{s}\n{'-' * len(s)}")
     code = markdown_code if markdown else (lambda s: s)
     literal = markdown_text if markdown else (lambda s: s)
-    out = [f"# {headline(run)}" if markdown else headline(run)]
+    out = [f"# {literal(headline(run))}" if markdown else headline(run)]  # a run named my_*best* is no markup
     out.append(h2("Winning templates (test accuracy: best template and ensemble only)"))
     out.append(as_text(run.winners(), "markdown" if markdown else "table", percent=("train", "val", "test")))
     adapter = (run.final or {}).get("adapter")
@@ -199,7 +188,7 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
         out += [f"{'- ' if markdown else ''}{line}" for line in transfer_lines(summary)]
         out.append(f"{'- ' if markdown else ''}plot: {run.path / summary['files']['plot']}")
     if is_soft_prompt_run(run.config):  # no LLM turns: the soft prompt and its steps instead
-        return "\n".join(out + soft_prompt_lines(run)).rstrip()
+        return "\n".join(out + soft_prompt_lines(run, markdown)).rstrip()
     turns = run.names_turns()
     if turns:
         out.append(h2("Names turns"))
