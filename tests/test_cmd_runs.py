@@ -252,6 +252,24 @@ def test_an_empty_summary_reads_as_a_missing_one(tmp_path, empty):
     one_line_error(invoke("show", "empty", "--runs-dir", runs), f"{runs / 'empty' / 'summary.json'} is damaged")
 
 
+def test_a_finished_run_without_its_history_says_so(tmp_path):
+    """`show` of a run whose history.jsonl was lost (config.json and summary.json kept) printed
+    "0 LLM answers" beside summary.json's token counts with nothing said of why."""
+    run_dir = make_run(tmp_path)
+    history = run_dir / "history.jsonl"
+    assert "warning" not in invoke("show", "run", "--runs-dir", tmp_path / "runs").stderr
+    for lost, state in ((lambda: history.write_text(""), "empty"), (history.unlink, "missing")):
+        lost()
+        for command in ("show", "report"):
+            result = invoke(command, "run", "--runs-dir", tmp_path / "runs")
+            assert result.exit_code == 0, result.output
+            assert result.stderr == f"warning: {history} is {state}: showing what summary.json holds (the result " \
+                                    "and its cost), not the run's LLM answers, scores or steps\n"
+        assert "0 LLM answers" in invoke("show", "run", "--runs-dir", tmp_path / "runs").stdout
+    (run_dir / "summary.json").unlink()  # config.json alone: a search just started, nothing lost
+    assert invoke("show", "run", "--runs-dir", tmp_path / "runs").stderr == ""
+
+
 def test_a_path_that_is_not_a_run_folder_is_named_as_such(tmp_path):
     """`show PATH` where PATH is there but is no run folder (config.json lost, a history.jsonl,
     the runs folder itself) said "no run 'PATH': runs holds no runs (use --runs-dir to look

@@ -23,7 +23,7 @@ from promptclimb.agent.core.format import markdown_text, pct, shortened
 from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.runs.reading import Run, find_run, run_start_names, runs_frame
 from promptclimb.agent.runs.compact import CLASSES_IN_FULL
-from promptclimb.agent.runs.store import ANSWER_KINDS
+from promptclimb.agent.runs.store import ANSWER_KINDS, HISTORY
 from promptclimb.agent.adapt import adapter_said
 from promptclimb.agent.softsearch import is_soft_prompt_run, soft_prompt_lines, steps_table
 from promptclimb.agent.core.templates import BASELINE
@@ -92,12 +92,24 @@ def skipped_note(run: Run) -> str | None:
     return "\n".join(lines)
 
 
+def history_note(run: Run) -> str | None:
+    """A finished run (summary.json) whose history.jsonl is missing or empty: what is shown of it
+    is its summary's result and cost alone ("0 LLM answers" beside its token counts), and the
+    fixtures of a finished run without a history are read so (not refused): say why."""
+    history = run.path / HISTORY
+    if run.summary is None or run.events or run.skipped:
+        return None
+    return (f"warning: {history} is {'empty' if history.exists() else 'missing'}: showing what summary.json holds "
+            "(the result and its cost), not the run's LLM answers, scores or steps")
+
+
 def open_run(run: str, runs_dir: str) -> Run:
-    """The run (promptclimb.load_run), with a warning on stderr for history lines skipped."""
+    """The run (promptclimb.load_run), with a warning on stderr for history lines skipped or a
+    history lost."""
     loaded = load_run(find_run(run, runs_dir))  # an empty RUN refused as the command's, not load_run()'s
-    note = skipped_note(loaded)
-    if note:
-        click.echo(note, err=True)
+    for note in (skipped_note(loaded), history_note(loaded)):
+        if note:
+            click.echo(note, err=True)
     for problem in loaded.unreadable_transfers():  # left out of what is shown: say so
         click.echo(f"warning: transfer left out: {problem}", err=True)
     return loaded
