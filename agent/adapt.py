@@ -21,7 +21,7 @@ from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.files import write_json_atomic
 from promptclimb.agent.core.format import pct, shell_command
 from promptclimb.agent.core.classnames import names_by_label
-from promptclimb.agent.runs.reading import (check_config, check_summary, read_json, run_classnames, run_labels,
+from promptclimb.agent.runs.reading import (check_config, read_json, read_summary, run_classnames, run_labels,
                                           run_names_by_label, run_start_names)
 from promptclimb.agent.core.runfiles import CONFIG, SUMMARY
 from promptclimb.agent.softsearch import is_soft_prompt_run, template_refusal
@@ -53,11 +53,11 @@ def read_run(run_dir: Path, command: str | None = None) -> tuple[dict, dict]:
     check_config(config, run_dir / CONFIG)
     if command and is_soft_prompt_run(config):
         raise PromptclimbError(template_refusal(run_dir.name, config, command))
-    if not (run_dir / SUMMARY).is_file():
-        raise PromptclimbError(f"{run_dir} has no {SUMMARY}: the search has not finished "
+    summary = read_summary(run_dir / SUMMARY)
+    if summary is None:
+        held = "an empty" if (run_dir / SUMMARY).exists() else "no"
+        raise PromptclimbError(f"{run_dir} has {held} {SUMMARY}: the search has not finished "
                                f"(finish it with: {shell_command('search', '--resume', run_dir)})")
-    summary = read_json(run_dir / SUMMARY)
-    check_summary(summary, run_dir / SUMMARY)
     return config, summary
 
 

@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from promptclimb.agent.core.errors import PromptclimbError
-from promptclimb.agent.core.format import pct, pct_by_split, shell_command
+from promptclimb.agent.core.format import markdown_text, pct, pct_by_split, shell_command
 from promptclimb.agent.core.runfiles import CURVE, FORMAT_VERSION, SOFT_PROMPT_FILE, STATE_FILE
 from promptclimb.agent.core.settings import SOFT_OPTIMIZERS, SoftPromptConfig
 from promptclimb.agent.runs.store import run_argument
@@ -153,27 +153,36 @@ def plot_soft_curve(run_dir: str | Path) -> Path:
     return save_figure(fig, run.path / CURVE)
 
 
-def soft_prompt_lines(run) -> list[str]:
-    """What `promptclimb show` prints of a soft-prompt run after its winners table."""
+def soft_prompt_lines(run, markdown: bool = False) -> list[str]:
+    """What `promptclimb show` prints of a soft-prompt run after its winners table (with
+    `markdown`: a section of list items and a table, its free text escaped)."""
     final = run.final or {}
     config = run.config.get("soft_prompt") or {}
-    lines = [f"\nSoft prompt ({run.config.get('optimizer')}; it needs the text tower's token embeddings)"]
+    title = f"Soft prompt ({run.config.get('optimizer')}; it needs the text tower's token embeddings)"
+    lines = [f"\n## {title}\n" if markdown else f"\n{title}"]
+    item, literal = ("- ", markdown_text) if markdown else ("  ", lambda text: text)
     soft = final.get("soft_prompt")
     if soft:
-        lines.append(f"  {soft['tokens']} vectors in {soft['file']}, started from {soft['init']!r}; nearest tokens: "
-                     f"{' '.join(soft['nearest_tokens'])!r} (a readable hint: these words do not score the same)")
+        lines.append(f"{item}{soft['tokens']} vectors in {literal(soft['file'])}, started from "
+                     f"{literal(repr(soft['init']))}; nearest tokens: {literal(repr(' '.join(soft['nearest_tokens'])))} "
+                     "(a readable hint: these words do not score the same)")
     adapter = final.get("adapter")
     if adapter:
         acc = pct_by_split(adapter["accuracy"])
         verdict = "kept: it beat the prompt alone on val" if adapter["beats_prompt_on_val"] else "not kept (val)"
-        lines.append(f"  with {MODULES.get(run.config.get('optimizer'), adapter['kind'])}: {acc}  ({verdict})")
+        lines.append(f"{item}with {MODULES.get(run.config.get('optimizer'), adapter['kind'])}: {acc}  ({verdict})")
     rows = steps_table(run.events)
     budget = config.get("queries")
-    lines.append(f"  {len(rows) - 1 if rows else 0} steps, {rows[-1]['queries'] if rows else 0} of {budget} queries")
+    lines.append(f"{item}{len(rows) - 1 if rows else 0} steps, {rows[-1]['queries'] if rows else 0} of {budget} queries")
     every = max(1, (len(rows) - 1) // 10)
-    lines.append("  step  queries   train     val")
-    for r in rows[::every] + ([rows[-1]] if rows and (len(rows) - 1) % every else []):
-        lines.append(f"  {r['step']:>4}  {r['queries']:>7}  {pct(r['train']):>6}  {pct(r['val']):>6}")
+    shown = [(r["step"], r["queries"], pct(r["train"]), pct(r["val"]))
+             for r in rows[::every] + ([rows[-1]] if rows and (len(rows) - 1) % every else [])]
+    if markdown:  # a table of its own: lines in a row would run into the list's last item
+        lines += ["", "| step | queries | train | val |", "|---:|---:|---:|---:|"]
+        lines += ["| " + " | ".join(map(str, row)) + " |" for row in shown]
+    else:
+        lines.append("  step  queries   train     val")
+        lines += [f"  {step:>4}  {queries:>7}  {train:>6}  {val:>6}" for step, queries, train, val in shown]
     return lines
 
 

@@ -9,6 +9,7 @@ import io
 import json
 import math
 import re
+import shutil
 from html import unescape
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from click.testing import CliRunner
 from promptclimb.agent.cli import cli
 from promptclimb.agent.api import rank_correlation, transfer_name
 from promptclimb.agent.runs.reading import load_run
+from promptclimb.agent.runs.store import RunStore, run_lock
 from fake_llm import FakeLLM, WordEvaluator
 from test_reading import make_run, responder
 
@@ -105,6 +107,7 @@ def test_show_in_every_format(tmp_path):
 FENCED = "\n".join(["Here you go:", "```", "a `quoted` photo of a {}.", "a *starred* <script>x</script> photo of a {}.",
                      "an &amp; photo of the {} [x](http://e.com).", "```"])
 MARKED_CLASSES = ("T-shirt/top", "<b>Trouser", "Dress", "Bag")  # the weak class's name holds markup
+MARKED_RUN = "my_*best*_run_"  # a run id that is markup too
 
 
 def test_show_markdown_renders_templates_names_and_answers_as_written(tmp_path, monkeypatch):
@@ -118,26 +121,57 @@ def test_show_markdown_renders_templates_names_and_answers_as_written(tmp_path, 
     monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
     with FakeLLM(responder=scripted(["<b>Trouser: jeans"], templates=FENCED)) as fake:
         ev = WordEvaluator(classnames=MARKED_CLASSES, class_bias={1: -0.25}, name_bonus={"jeans": 0.2})
-        _, _, run_dir = climb(tmp_path, fake.base_url, ev=ev, search="both", iterations=2, resets=1, guard="off")
+        _, _, run_dir = climb(tmp_path, fake.base_url, name=MARKED_RUN, ev=ev, search="both", iterations=2,
+                              resets=1, guard="off")
     run = load_run(run_dir)
     templates = set(run.scores()["template"])
     assert {"a `quoted` photo of a {}.", "an &amp; photo of the {} [x](http://e.com)."} <= templates
-    page = invoke("show", "run", "--runs-dir", tmp_path / "runs", "--format", "markdown", "--conversation").output
+    page = invoke("show", MARKED_RUN, "--runs-dir", tmp_path / "runs", "--format", "markdown", "--conversation").output
     html = markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table").render(page)
-    assert not re.search(r"<(script|b|em|a)\b", html), html  # nothing written became markup
+    assert not re.search(r"<(script|b|em|strong|a)\b", html), html  # nothing written became markup
+    assert re.search(r"<h1>run my_\*best\*_run_: ", html), html  # the run id as named
     cells = {unescape(c) for c in re.findall(r"<td>(.*?)</td>", html)}
     assert {t for t in run.winners()["template"] if "{}" in t} <= cells
     assert "asked about <b>Trouser" in unescape(re.sub(r"<[^>]+>", "", html))
     blocks = [unescape(b) for b in re.findall(r'<pre><code class="language-text">(.*?)</code></pre>', html, re.S)]
     assert FENCED + "\n" in blocks  # the answer whole, in one block
 
-    compared = invoke("compare", "run", "run", "--runs-dir", tmp_path / "runs", "--format", "markdown").output
+    compared = invoke("compare", MARKED_RUN, MARKED_RUN, "--runs-dir", tmp_path / "runs", "--format", "markdown").output
     html = markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table").render(compared)
-    assert not re.search(r"<(script|b|em|a)\b", html), html
+    assert not re.search(r"<(script|b|em|strong|a)\b", html), html
     items = {unescape(i) for i in re.findall(r"<li>(.*?)</li>", html)}
     assert {t for t in run.winners()["template"] if "{}" in t} <= items  # shared among the winners
-    assert "note: A (run) renamed 1 of 4 classes (<b>Trouser -> jeans): its accuracies are with the names its " \
-           "search found, not the start names." in items
+    assert f"note: A ({MARKED_RUN}) renamed 1 of 4 classes (<b>Trouser -> jeans): its accuracies are with the names " \
+           "its search found, not the start names." in items
+
+
+def test_show_markdown_of_a_soft_prompt_run_has_its_steps_as_a_table(tmp_path):
+    """A soft-prompt run's (--optimizer craft|cbbt) steps table, written as aligned lines after
+    its facts, rendered as one paragraph: the facts, the header and every step run together."""
+    markdown_it = pytest.importorskip("markdown_it")
+    config = {"run_id": "soft", "optimizer": "craft", "soft_prompt": {"queries": 80},
+              "evaluator_args": {"dataset": "toy", "shots": 2, "seed": 0, "backbone": "word"}}
+    best = {"template": "<soft: a photo of a> {class}.", "origin": "craft", "accuracy": {"train": 0.5, "val": 0.4}}
+    soft = {"file": "soft_prompt.safetensors", "tokens": 2, "init": "a_photo", "nearest_tokens": ["*a*", "<b>"]}
+    with RunStore.create(tmp_path / "runs" / "soft", config) as store:  # as a soft-prompt search writes it
+        for step in range(3):
+            store.append("step", iteration=step, queries=40 * step,
+                         prompt={"accuracy": {"train": 0.3 + step / 10, "val": 0.25 + step / 10}})
+        store.append("final", stopped="completed", best=best, ensemble=None, top=[best], adapter=None,
+                     soft_prompt=soft)
+        store.write_json("summary.json", {"v": 1, "best": best, "ensemble": None, "top": [best], "soft_prompt": soft})
+    page = invoke("show", "soft", "--runs-dir", tmp_path / "runs", "--format", "markdown").output
+    html = markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table").render(page)
+    assert "<h2>Soft prompt (craft; " in html
+    items = [unescape(i) for i in re.findall(r"<li>(.*?)</li>", html)]
+    assert items == ["2 vectors in soft_prompt.safetensors, started from 'a_photo'; nearest tokens: '*a* <b>' "
+                     "(a readable hint: these words do not score the same)", "2 steps, 80 of 80 queries"]
+    tables = re.findall(r"<table>(.*?)</table>", html, re.S)
+    steps = [re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row) for row in re.findall(r"<tr>(.*?)</tr>", tables[-1], re.S)]
+    assert steps == [["step", "queries", "train", "val"], ["0", "0", "30.0%", "25.0%"], ["1", "40", "40.0%", "35.0%"],
+                     ["2", "80", "50.0%", "45.0%"]]
+    text = invoke("show", "soft", "--runs-dir", tmp_path / "runs").output  # the terminal's table as it was
+    assert "  step  queries   train     val\n     0        0   30.0%   25.0%\n" in text
 
 
 def test_bad_input_is_a_message_not_a_traceback(tmp_path):
@@ -158,7 +192,8 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path):
     (run_dir / "history.jsonl").write_text("\n".join(lines) + "\n" + lines[-1][:20])
     result = invoke("show", "20250101", "--runs-dir", runs)
     assert result.exit_code == 0, result.output
-    assert "2 line(s)" in result.stderr and "line 4: not valid JSON" in result.stderr and "cut short" in result.stderr
+    assert "2 line(s)" in result.stderr and "line 4: not valid JSON" in result.stderr
+    assert "incomplete (no end of line" in result.stderr
     assert "Winning templates" in result.stdout and "answer 6" in result.stdout
 
     # a newer format
@@ -167,6 +202,72 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path):
     result = invoke("show", "20250101-toy", "--runs-dir", runs)
     assert result.exit_code == 1 and "run format v7" in result.output and "Upgrade promptclimb" in result.output
     assert "newer format" in invoke("runs", "--runs-dir", runs).output
+
+
+def test_a_line_being_written_is_not_said_to_be_cut_short_by_a_stop(tmp_path):
+    """`show` of a run whose search is writing its last history line (locked, no newline yet)
+    said the line was "cut short (the run was stopped while writing it)"; a reader cannot know
+    that the run was stopped, only that the line has no end yet."""
+    run_dir = make_run(tmp_path)
+    (run_dir / "summary.json").unlink()  # the search has not finished: no summary, no final event
+    lines = [line for line in (run_dir / "history.jsonl").read_text().splitlines()
+             if json.loads(line)["event"] != "final"]
+    (run_dir / "history.jsonl").write_text("\n".join(lines) + "\n")
+    with run_lock(run_dir), open(run_dir / "history.jsonl", "ab") as history:  # as the search holds them
+        history.write(b'{"v": 2, "seq": 999, "event": "sco')
+        history.flush()
+        result = invoke("show", "run", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    assert f"line {len(lines) + 1}: incomplete (no end of line: a search still running is writing it, or was stopped " \
+           "while writing it)" in result.stderr
+    assert "the run was stopped" not in result.stderr and "unfinished" in result.stdout
+
+
+@pytest.mark.parametrize("empty", ["", "\n"])
+def test_an_empty_summary_reads_as_a_missing_one(tmp_path, empty):
+    """An empty summary.json (a crash between creating and writing it, `: > summary.json`) was
+    refused by show, report, compare and adapt as damaged ("not valid JSON: Expecting value")
+    and listed by runs as unreadable, while a missing one is read from the history."""
+    from fake_llm import one_line_error
+
+    runs = tmp_path / "runs"
+    shutil.copytree(make_run(tmp_path, "missing"), runs / "empty")
+    (runs / "missing" / "summary.json").unlink()
+    (runs / "empty" / "summary.json").write_text(empty)
+    assert load_run(runs / "empty").summary is None
+
+    def shown(name, *options):
+        result = invoke("show", name, "--runs-dir", runs, *options)
+        assert result.exit_code == 0, result.output
+        return result.output.replace(str(runs / name), "PATH").replace(name, "RUN")
+
+    assert shown("empty") == shown("missing") and "; done\n" in shown("empty")  # the history's final event
+    assert shown("empty", "--format", "json") == shown("missing", "--format", "json")
+    listed = json.loads(invoke("runs", "--runs-dir", runs, "--format", "json").output)
+    assert {r["id"]: r["status"] for r in listed} == {"empty": "done", "missing": "done"}
+    one_line_error(invoke("adapt", "empty", "--kind", "cache", "--runs-dir", runs),
+                   f"{runs / 'empty'} has an empty summary.json: the search has not finished")
+
+    (runs / "empty" / "summary.json").write_text("{")  # something, not JSON: damaged, as before
+    one_line_error(invoke("show", "empty", "--runs-dir", runs), f"{runs / 'empty' / 'summary.json'} is damaged")
+
+
+def test_a_finished_run_without_its_history_says_so(tmp_path):
+    """`show` of a run whose history.jsonl was lost (config.json and summary.json kept) printed
+    "0 LLM answers" beside summary.json's token counts with nothing said of why."""
+    run_dir = make_run(tmp_path)
+    history = run_dir / "history.jsonl"
+    assert "warning" not in invoke("show", "run", "--runs-dir", tmp_path / "runs").stderr
+    for lost, state in ((lambda: history.write_text(""), "empty"), (history.unlink, "missing")):
+        lost()
+        for command in ("show", "report"):
+            result = invoke(command, "run", "--runs-dir", tmp_path / "runs")
+            assert result.exit_code == 0, result.output
+            assert result.stderr == f"warning: {history} is {state}: showing what summary.json holds (the result " \
+                                    "and its cost), not the run's LLM answers, scores or steps\n"
+        assert "0 LLM answers" in invoke("show", "run", "--runs-dir", tmp_path / "runs").stdout
+    (run_dir / "summary.json").unlink()  # config.json alone: a search just started, nothing lost
+    assert invoke("show", "run", "--runs-dir", tmp_path / "runs").stderr == ""
 
 
 def test_a_path_that_is_not_a_run_folder_is_named_as_such(tmp_path):

@@ -137,7 +137,7 @@ def test_show_and_report_say_what_a_run_keeps_an_adapter_and_a_soft_prompt(tmp_p
         (run / "summary.json").write_text(json.dumps(summary))
     said = "prompt + cache adapter: train 90.0%  val 80.0%  test 75.0% (kept: it beat the prompt alone on val"
     assert said in cli("show", "llm", "--runs-dir", runs).output
-    assert json.loads(cli("show", "soft", "--runs-dir", runs, "--format", "json").output)["soft_prompt"]["tokens"] == 4
+    assert json.loads(cli("show", "soft", "--runs-dir", runs, "--format", "json").stdout)["soft_prompt"]["tokens"] == 4
     for name in ("llm", "soft"):
         assert cli("report", name, "--runs-dir", runs).exit_code == 0
         assert said in (runs / name / "report.html").read_text()

@@ -19,11 +19,11 @@ from promptclimb.agent.api import load_run, on_stderr, transfer
 from promptclimb.agent.core.defaults import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.cli.errors import user_errors
-from promptclimb.agent.core.format import pct, shortened
+from promptclimb.agent.core.format import markdown_text, pct, shortened
 from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.runs.reading import Run, find_run, run_start_names, runs_frame
 from promptclimb.agent.runs.compact import CLASSES_IN_FULL
-from promptclimb.agent.runs.store import ANSWER_KINDS
+from promptclimb.agent.runs.store import ANSWER_KINDS, HISTORY
 from promptclimb.agent.adapt import adapter_said
 from promptclimb.agent.softsearch import is_soft_prompt_run, soft_prompt_lines, steps_table
 from promptclimb.agent.core.templates import BASELINE
@@ -60,17 +60,6 @@ def as_text(frame: pd.DataFrame, fmt: str, percent: tuple[str, ...] = ()) -> str
                              disable_numparse=True)
 
 
-# What markdown reads as markup inside a line: a template or a class name holding `<b>`, `*x*`,
-# `&amp;` or `[x](y)` (an LLM writes them) would show as bold, a link or `&`, not as the text
-# the model was given; `|` ends a table cell. Each is written backslash-escaped.
-MARKDOWN_INLINE = re.compile(r"([\\`*_\[\]<>&|~])")
-
-
-def markdown_text(text: str) -> str:
-    """`text` as markdown that renders as exactly this text."""
-    return MARKDOWN_INLINE.sub(r"\\\1", text)
-
-
 def markdown_cell(value):
     """A table cell's text as it must be written inside a markdown (GitHub) table."""
     if not isinstance(value, str):
@@ -103,12 +92,24 @@ def skipped_note(run: Run) -> str | None:
     return "\n".join(lines)
 
 
+def history_note(run: Run) -> str | None:
+    """A finished run (summary.json) whose history.jsonl is missing or empty: what is shown of it
+    is its summary's result and cost alone ("0 LLM answers" beside its token counts), and the
+    fixtures of a finished run without a history are read so (not refused): say why."""
+    history = run.path / HISTORY
+    if run.summary is None or run.events or run.skipped:
+        return None
+    return (f"warning: {history} is {'empty' if history.exists() else 'missing'}: showing what summary.json holds "
+            "(the result and its cost), not the run's LLM answers, scores or steps")
+
+
 def open_run(run: str, runs_dir: str) -> Run:
-    """The run (promptclimb.load_run), with a warning on stderr for history lines skipped."""
+    """The run (promptclimb.load_run), with a warning on stderr for history lines skipped or a
+    history lost."""
     loaded = load_run(find_run(run, runs_dir))  # an empty RUN refused as the command's, not load_run()'s
-    note = skipped_note(loaded)
-    if note:
-        click.echo(note, err=True)
+    for note in (skipped_note(loaded), history_note(loaded)):
+        if note:
+            click.echo(note, err=True)
     for problem in loaded.unreadable_transfers():  # left out of what is shown: say so
         click.echo(f"warning: transfer left out: {problem}", err=True)
     return loaded
@@ -170,7 +171,7 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
     h2 = (lambda s: f"\n## {s}\n") if markdown else (lambda s: f"\n{s}\n{'-' * len(s)}")
     code = markdown_code if markdown else (lambda s: s)
     literal = markdown_text if markdown else (lambda s: s)
-    out = [f"# {headline(run)}" if markdown else headline(run)]
+    out = [f"# {literal(headline(run))}" if markdown else headline(run)]  # a run named my_*best* is no markup
     out.append(h2("Winning templates (test accuracy: best template and ensemble only)"))
     out.append(as_text(run.winners(), "markdown" if markdown else "table", percent=("train", "val", "test")))
     adapter = (run.final or {}).get("adapter")
@@ -199,7 +200,7 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
         out += [f"{'- ' if markdown else ''}{line}" for line in transfer_lines(summary)]
         out.append(f"{'- ' if markdown else ''}plot: {run.path / summary['files']['plot']}")
     if is_soft_prompt_run(run.config):  # no LLM turns: the soft prompt and its steps instead
-        return "\n".join(out + soft_prompt_lines(run)).rstrip()
+        return "\n".join(out + soft_prompt_lines(run, markdown)).rstrip()
     turns = run.names_turns()
     if turns:
         out.append(h2("Names turns"))

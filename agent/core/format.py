@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import re
 import shlex
 
 
@@ -32,3 +33,14 @@ def shell_command(*words) -> str:
     """A promptclimb command line as printed for a user to paste: every word shell-quoted, so
     that a run folder under `My Drive/runs`, or a run named `x y`, is one argument again."""
     return " ".join(shlex.quote(str(word)) for word in ("promptclimb", *words))
+
+
+# What markdown reads as markup inside a line: a template or a class name holding `<b>`, `*x*`,
+# `&amp;` or `[x](y)` (an LLM writes them) would show as bold, a link or `&`, not as the text
+# the model was given; `|` ends a table cell. Each is written backslash-escaped.
+MARKDOWN_INLINE = re.compile(r"([\\`*_\[\]<>&|~])")
+
+
+def markdown_text(text: str) -> str:
+    """`text` as markdown that renders as exactly this text."""
+    return MARKDOWN_INLINE.sub(r"\\\1", text)

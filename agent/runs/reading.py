@@ -195,6 +195,11 @@ def _read_bytes(path: Path) -> bytes:
         raise PromptclimbError(f"{path} cannot be read: {exc.strerror or exc}") from None
 
 
+# A last line with no end of line yet: a search still running is writing it, or one was stopped
+# while it was; a reader cannot tell which (the run's lock says nothing on a mount without it).
+UNFINISHED_LINE = "incomplete (no end of line: a search still running is writing it, or was stopped while writing it)"
+
+
 def _parse_events(data: bytes, required: dict) -> tuple[list[dict], list[Skipped]]:
     events, skipped = [], []
     start = None  # run_start's start names: what a compact line's names differ from
@@ -207,7 +212,7 @@ def _parse_events(data: bytes, required: dict) -> tuple[list[dict], list[Skipped
         try:
             event = json.loads(raw)
         except ValueError as exc:
-            why = "cut short (the run was stopped while writing it)" if last and cut_short else f"not valid JSON ({exc})"
+            why = UNFINISHED_LINE if last and cut_short else f"not valid JSON ({exc})"
             skipped.append(Skipped(number, why))
             continue
         if not isinstance(event, dict) or not isinstance(event.get("event"), str):
@@ -785,11 +790,28 @@ def load_run(path: str | Path) -> Run:
     path = Path(path)
     config = read_json(path / CONFIG)
     check_config(config, path / CONFIG)
-    summary = read_json(path / SUMMARY) if (path / SUMMARY).exists() else None
-    if summary is not None:
-        check_summary(summary, path / SUMMARY)
+    summary = read_summary(path / SUMMARY)
     events, skipped = read_events(path / HISTORY)
     return Run(path, config, summary, events, skipped)
+
+
+def read_summary(path: Path) -> dict | None:
+    """A run's summary.json, checked (`check_summary`), or None where it holds no result: it is
+    missing, or empty (a crash between creating and writing it, or `: > summary.json`). The
+    readers then go by the history, as for a run that has not finished."""
+    if not path.exists() or is_empty(path):
+        return None
+    summary = read_json(path)
+    check_summary(summary, path)
+    return summary
+
+
+def is_empty(path: Path) -> bool:
+    """Whether a file holds nothing but white space (one that cannot be read: not said here)."""
+    try:
+        return not path.read_bytes().strip()
+    except OSError:
+        return False  # read_json names the file and why
 
 
 # The parts of config.json the readers (and a resume) open as objects.
