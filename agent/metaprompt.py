@@ -9,7 +9,8 @@ what the run ranks by (--metric, agent/ranking.py) and `metric_label` says what 
 values are 0..1, and `| pct` shows them as "61.2%".
 
 A run records the SHA-256 of each file its search renders (`fingerprint`, in config.json
-as `meta_prompt_sha256`): a resume that reads other text says so (agent/pipeline.py).
+as `meta_prompt_sha256`): a resume that reads other text says so, and is refused where a
+recorded LLM turn was asked with the old text (`files_recorded`, agent/pipeline.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,29 @@ TEMPLATE_FILES = FILES[:3]  # the template turns' conversation; the names turns 
 def files_rendered(search: str) -> tuple[str, ...]:
     """The files a search of kind `search` (--search: template, names, both) renders."""
     return TEMPLATE_FILES if search == "template" else FILES
+
+
+def files_recorded(events) -> set[str]:
+    """The files whose text is part of a request that the history's LLM answers (`events`)
+    were given for: a resume replays those requests, so their text must be the same. A
+    template turn that opens a conversation records its system message (`system.j2`, then
+    `first_turn.j2`); a later one records the answer before it and `feedback_turn.j2`'s
+    message, and so did the request refused as too long (`context_refused`) before a turn
+    that opened a new conversation; a names turn is `names_system.j2` and `names_turn.j2`,
+    a guard question `names_judge.j2` (agent/search.py `new_conversation`, `names_messages`,
+    `ask_judge`)."""
+    files = set()
+    for e in events:
+        if e.get("event") == "llm_exchange":
+            opens = any(m.get("role") == "system" for m in e.get("messages") or [])
+            files |= {"system.j2", "first_turn.j2"} if opens else {"feedback_turn.j2"}
+            if e.get("context_refused"):
+                files.add("feedback_turn.j2")
+        elif e.get("event") == "names_exchange":
+            files |= {"names_system.j2", "names_turn.j2"}
+        elif e.get("event") == "names_judge":
+            files.add("names_judge.j2")
+    return files
 
 
 class MetaPrompt:

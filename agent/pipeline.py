@@ -38,7 +38,7 @@ from promptclimb.agent.core.settings import EvaluatorSettings, LLMSettings, Soft
 from promptclimb.agent.llm import local as local_llm
 from promptclimb.agent.llm.client import (LLMClient, LLMError, check_endpoint_url, local_model_served_at,
                                           without_secrets)
-from promptclimb.agent.metaprompt import MetaPrompt, files_rendered
+from promptclimb.agent.metaprompt import MetaPrompt, files_recorded, files_rendered
 from promptclimb.agent.adapt import check_kinds
 from promptclimb.agent.options import BUDGET, LOCAL, REMOTE_DEFAULT_MODEL, recorded_value
 from promptclimb.agent.core.pools import POOLS, PoolTemplate, load_pool
@@ -119,7 +119,7 @@ def planned_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None,
     try:
         meta = checks_before_loading(plan, opts)
         if store is not None and meta is not None:
-            say_meta_prompt_changes(store.config, meta, echo)
+            say_meta_prompt_changes(store, meta, echo)
         if evaluator_factory is None:  # the CLIP evaluator's datasets are known before it loads
             option_table.check_dataset_name(plan.evaluator.dataset)
         store = store or create_run_folder(plan, opts, meta)
@@ -509,16 +509,24 @@ def checks_before_loading(plan: Plan, opts: dict) -> MetaPrompt | None:
     return meta
 
 
-def say_meta_prompt_changes(saved: dict, meta: MetaPrompt, echo) -> None:
+def say_meta_prompt_changes(store: RunStore, meta: MetaPrompt, echo) -> None:
     """A resume whose meta-prompt files differ from those the run started with says which, in
     one warning line, and goes on: editing a meta-prompt between sessions is a fair experiment,
-    but the LLM turns still to come are asked with the new text, and a turn already recorded
-    whose request it changes cannot be replayed (`RunMismatch`)."""
-    changed = meta.changed_since(saved.get(META_FINGERPRINT))
+    and the LLM turns still to come are asked with the new text. A file whose text is part of
+    a turn already recorded is refused before anything is asked: that turn's request cannot
+    be replayed with the new text (it would be sent to the LLM, and its answer end the resume
+    in a `RunMismatch`)."""
+    changed = meta.changed_since(store.config.get(META_FINGERPRINT))
+    recorded = files_recorded(store.stored)
+    replayed = [path for path in changed if path.name in recorded]
+    if replayed:
+        raise PromptclimbError(
+            f"cannot resume {store.run_dir.name}: the meta-prompt changed since this run started: "
+            f"{', '.join(map(str, replayed))}; the LLM turns recorded in its history were asked with the old text, "
+            "and a resume must replay them: restore the file (e.g. from git) or start a new run without --resume")
     if changed:
         echo(f"warning: the meta-prompt changed since this run started: {', '.join(map(str, changed))}; "
-             "the LLM turns still to come use the new text (a recorded turn whose request it changes "
-             "stops the resume)")
+             "the LLM turns still to come use the new text")
 
 
 def render_meta_prompts_once(meta: MetaPrompt, search: SearchConfig) -> None:

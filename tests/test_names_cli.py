@@ -50,7 +50,7 @@ def run(tmp_path):
         env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.base_url}
         return CliRunner().invoke(cli, [str(a) for a in args], env=env, obj={"evaluator_factory": factory})
 
-    invoke.factory, invoke.runs = factory, tmp_path / "runs"
+    invoke.factory, invoke.runs, invoke.fake = factory, tmp_path / "runs", fake
     yield invoke
     fake.__exit__(None, None, None)
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from fake_llm import FakeLLM, WordEvaluator, one_line_error
+from test_names_cli import SMALL as NAMES_SMALL
+from test_names_cli import run as names_run  # noqa: F401 - a fixture: the names climb's commands
 from test_search import KEY, comparable, responder
 
 FACTORY = {"evaluator_factory": lambda **kw: WordEvaluator(kw["dataset"])}
@@ -105,11 +107,18 @@ META_WARNING = "warning: the meta-prompt changed since this run started: "
 
 def killed_before_the_second_turn(search, name="run") -> None:
     """The run folder as a kill after the first LLM turn leaves it."""
+    killed_before_turn(search, 2, name=name)
+
+
+def killed_before_turn(search, turn: int, event: str = "llm_exchange", name: str = "run") -> list[dict]:
+    """The run folder as a kill after LLM turn `turn` - 1 (of kind `event`) leaves it; the
+    turns recorded."""
     history = search.runs / name / "history.jsonl"
     lines = history.read_text().splitlines()
-    turns = [i for i, line in enumerate(lines) if json.loads(line)["event"] == "llm_exchange"]
-    history.write_text("\n".join(lines[:turns[1]]) + "\n")
+    turns = [i for i, line in enumerate(lines) if json.loads(line)["event"] == event]
+    history.write_text("\n".join(lines[:turns[turn - 1]]) + "\n")
     (search.runs / name / "summary.json").unlink()
+    return [json.loads(lines[i]) for i in turns[:turn - 1]]
 
 
 def meta_warnings(result) -> list[str]:
@@ -149,6 +158,35 @@ def test_a_resume_with_an_edited_meta_prompt_says_which_file_once_and_asks_with_
         hashlib.sha256((META / "feedback_turn.j2").read_bytes()).hexdigest()
 
 
+@pytest.mark.parametrize("edited, kind, turn", [
+    ("system.j2", "template", 2),  # the first template turn opened its conversation with it
+    ("first_turn.j2", "template", 2),
+    ("feedback_turn.j2", "template", 3),  # the second template turn continued the conversation
+    ("names_turn.j2", "names", 2),
+    ("names_system.j2", "names", 2),
+])
+def test_a_resume_is_refused_before_asking_when_a_recorded_turn_used_an_edited_meta_prompt(search, meta, edited,
+                                                                                           kind, turn):
+    """It sent the recorded turn's request again, with the new text (a new, maybe paid, LLM
+    request), then stopped in a request_key mismatch."""
+    shutil.copy(META / edited, meta / edited)
+    flags = ("--search", kind, "--iterations", str(turn), "--meta-prompt", str(meta))
+    assert search(*flags).exit_code == 0
+    event = "llm_exchange" if kind == "template" else "names_exchange"
+    recorded = killed_before_turn(search, turn, event)
+    if edited == "feedback_turn.j2":  # the turn recorded last is a continuation: it sent the feedback turn
+        assert recorded[-1]["messages"][0]["role"] == "assistant"
+    (meta / edited).write_text((meta / edited).read_text() + "\nEDITED-TEXT\n")
+    history = (search.runs / "run" / "history.jsonl").read_text()
+    asked = len(search.fake.requests)
+    again = search(*flags, "--resume", "run")
+    one_line_error(again, f"cannot resume run: the meta-prompt changed since this run started: {meta / edited};",
+                   "were asked with the old text", "restore the file (e.g. from git) or start a new run")
+    assert len(search.fake.requests) == asked  # nothing asked
+    assert (search.runs / "run" / "history.jsonl").read_text() == history
+    assert meta_warnings(again) == []
+
+
 def test_a_resume_says_nothing_of_meta_prompt_files_unchanged_or_unused(search, meta):
     assert search("--iterations", "2", "--meta-prompt", str(meta)).exit_code == 0
     killed_before_the_second_turn(search)
@@ -174,3 +212,23 @@ def test_a_meta_prompt_hash_that_is_not_an_object_is_a_damaged_config(search):
     assert search().exit_code == 0
     (search.runs / "run" / "config.json").write_text(json.dumps({**config(search), "meta_prompt_sha256": "x"}))
     one_line_error(search("--resume", "run"), "config.json is damaged ('meta_prompt_sha256' is not an object)")
+
+
+def test_a_resume_is_refused_when_a_recorded_guard_question_used_an_edited_meta_prompt(names_run, meta):
+    """The guard's question (names_judge.j2) is part of the history too: a kill right after
+    the first one was recorded, and the file edited."""
+    shutil.copy(META / "names_judge.j2", meta / "names_judge.j2")
+    flags = ("search", "--dataset", "toy", "--name", "n", *NAMES_SMALL, "--runs-dir", names_run.runs,
+             "--meta-prompt", meta)
+    assert names_run(*flags).exit_code == 0
+    history = names_run.runs / "n" / "history.jsonl"
+    lines = history.read_text().splitlines()
+    judged = next(i for i, line in enumerate(lines) if json.loads(line)["event"] == "names_judge")
+    history.write_text("\n".join(lines[:judged + 1]) + "\n")
+    (names_run.runs / "n" / "summary.json").unlink()
+    (meta / "names_judge.j2").write_text((meta / "names_judge.j2").read_text() + "\nEDITED-TEXT\n")
+    kept, asked = history.read_text(), len(names_run.fake.requests)
+    again = names_run(*flags, "--resume", "n")
+    one_line_error(again, "cannot resume n: the meta-prompt changed since this run started: "
+                          f"{meta / 'names_judge.j2'};")
+    assert len(names_run.fake.requests) == asked and history.read_text() == kept
