@@ -15,6 +15,8 @@ recorded LLM turn was asked with the old text (`files_recorded`, agent/pipeline.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import jinja2
@@ -25,6 +27,7 @@ from promptclimb.agent.core.format import pct
 from promptclimb.agent.core.paths import prompts_dir
 from promptclimb.agent.core.protocol import Task
 
+_NOT_RENDERED = ("comment_begin", "comment", "comment_end", "whitespace")  # jinja's lexer tokens
 FILES = ("system.j2", "first_turn.j2", "feedback_turn.j2", "names_system.j2", "names_turn.j2", "names_judge.j2")
 TEMPLATE_FILES = FILES[:3]  # the template turns' conversation; the names turns and the guard add the rest
 
@@ -82,15 +85,28 @@ class MetaPrompt:
         return next(folder / name for folder in self.folders if (folder / name).is_file())
 
     def fingerprint(self, names: tuple[str, ...]) -> dict[str, str]:
-        """The SHA-256 of each of the files `names` as they are read now."""
-        return {name: sha256_of(self.path(name)) for name in names}
+        """The SHA-256 of each of the files `names` as they are read now (`text_hash`)."""
+        return {name: self.text_hash(self.path(name)) for name in names}
+
+    def text_hash(self, path: Path) -> str:
+        """The SHA-256 of what a file renders from: its template tokens without its {# comments #}
+        and the spaces inside its tags. Our own files' comments document their variables and
+        change between versions; a resume must not be refused over them (a changed file a
+        recorded turn used is, agent/pipeline.py). A file jinja cannot read: its bytes'."""
+        try:
+            tokens = [(kind, value) for _, kind, value in self.env.lex(path.read_text(encoding="utf-8"))
+                      if kind not in _NOT_RENDERED]
+        except (jinja2.TemplateSyntaxError, UnicodeDecodeError):
+            return sha256_of(path)
+        return hashlib.sha256(json.dumps(tokens).encode()).hexdigest()
 
     def changed_since(self, recorded) -> list[Path]:
         """The files whose text differs from the `fingerprint` a run recorded (none recorded:
         a run from before fingerprints, which resumes as it did)."""
         if not recorded:
             return []
-        return [self.path(name) for name in FILES if name in recorded and sha256_of(self.path(name)) != recorded[name]]
+        return [self.path(name) for name in FILES
+                if name in recorded and self.text_hash(self.path(name)) != recorded[name]]
 
     def render(self, name: str, **context) -> str:
         try:

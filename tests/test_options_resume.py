@@ -5,8 +5,8 @@ on an in-memory evaluator; the craft side is in tests/test_soft_prompt_search.py
 
 from __future__ import annotations
 
-import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -140,9 +140,9 @@ def test_a_resume_with_an_edited_meta_prompt_says_which_file_once_and_asks_with_
     first = search("--iterations", "2", "--meta-prompt", str(meta))
     assert first.exit_code == 0, first.output
     # the files a template search renders, each as it was read: the folder's, else ours
-    read_from = {"system.j2": META, "first_turn.j2": META, "feedback_turn.j2": meta}
-    assert config(search)["meta_prompt_sha256"] == {
-        name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name, folder in read_from.items()}
+    started = config(search)["meta_prompt_sha256"]
+    assert sorted(started) == ["feedback_turn.j2", "first_turn.j2", "system.j2"]
+    assert all(re.fullmatch("[0-9a-f]{64}", digest) for digest in started.values())
     assert meta_warnings(first) == []
     killed_before_the_second_turn(search)
     (meta / "feedback_turn.j2").write_text((meta / "feedback_turn.j2").read_text() + "\nEDITED-TEXT\n")
@@ -154,8 +154,7 @@ def test_a_resume_with_an_edited_meta_prompt_says_which_file_once_and_asks_with_
     assert any("EDITED-TEXT" in message["content"] for request in search.fake.requests[asked:]
                for message in request["messages"])  # the turn still to come: the new text, as said
     # still the start's: a later resume says the text differs from what the run started with
-    assert config(search)["meta_prompt_sha256"]["feedback_turn.j2"] == \
-        hashlib.sha256((META / "feedback_turn.j2").read_bytes()).hexdigest()
+    assert config(search)["meta_prompt_sha256"] == started
 
 
 @pytest.mark.parametrize("edited, kind, turn", [
@@ -185,6 +184,24 @@ def test_a_resume_is_refused_before_asking_when_a_recorded_turn_used_an_edited_m
     assert len(search.fake.requests) == asked  # nothing asked
     assert (search.runs / "run" / "history.jsonl").read_text() == history
     assert meta_warnings(again) == []
+
+
+def test_a_resume_goes_on_silently_when_only_the_comments_of_a_recorded_meta_prompt_changed(search, meta):
+    """Our meta-prompts' {# comments #} document their variables and change between versions:
+    a run killed before an upgrade that only reworded them resumes, as it did before hashes."""
+    shutil.copy(META / "system.j2", meta / "system.j2")
+    flags = ("--iterations", "2", "--meta-prompt", str(meta))
+    assert search(*flags).exit_code == 0
+    killed_before_the_second_turn(search)
+    text = (meta / "system.j2").read_text()
+    assert "{#-" in text  # a comment to reword
+    (meta / "system.j2").write_text("{# a note added #}" + text.replace("{#-", "{#- reworded:", 1))
+    again = search(*flags, "--resume", "run")
+    assert again.exit_code == 0, again.output
+    assert meta_warnings(again) == []
+    (meta / "system.j2").write_text(text.replace("You help", "You aid", 1))  # the text itself: refused
+    killed_before_the_second_turn(search)
+    one_line_error(search(*flags, "--resume", "run"), "cannot resume run: the meta-prompt changed")
 
 
 def test_a_resume_says_nothing_of_meta_prompt_files_unchanged_or_unused(search, meta):
