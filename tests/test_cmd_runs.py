@@ -83,6 +83,8 @@ def test_show_in_every_format(tmp_path):
     assert best in text.split("Iteration by iteration")[0]
     assert text.count("answer ") >= 6 and "shown:" in text and "top " in text and "bottom " in text
     assert "rejected  a {name} with a named field" in text and "<- best so far" in text
+    assert re.fullmatch(r"6 LLM answers; \d+ from the cache, \d+ prompt \+ \d+ completion tokens; "
+                        r"\d+ templates scored, [1-9]\d* proposals rejected", text.splitlines()[1])
 
     markdown = invoke("show", "run", "--runs-dir", runs, "--format", "markdown").output
     assert "## Winning templates" in markdown and "| rank" in markdown and f"`{best}`" in markdown
@@ -172,6 +174,11 @@ def test_show_markdown_of_a_soft_prompt_run_has_its_steps_as_a_table(tmp_path):
                      ["2", "80", "50.0%", "45.0%"]]
     text = invoke("show", "soft", "--runs-dir", tmp_path / "runs").output  # the terminal's table as it was
     assert "  step  queries   train     val\n     0        0   30.0%   25.0%\n" in text
+    # its headline said "0 LLM answers; 0 from the cache, 0 prompt + 0 completion tokens; 0 templates
+    # scored": a run without an LLM spends queries, as its steps table counts them
+    assert text.splitlines()[:2] == ["run soft: toy, backbone word, 2 shots, seed 0, optimizer craft; done",
+                                     "2 steps, 80 of 80 queries (prompts scored on train)"]
+    assert "LLM answers" not in text and "LLM answers" not in page
 
 
 def test_bad_input_is_a_message_not_a_traceback(tmp_path):
