@@ -110,6 +110,13 @@ FENCED = "\n".join(["Here you go:", "```", "a `quoted` photo of a {}.", "a *star
                      "an &amp; photo of the {} [x](http://e.com).", "```"])
 MARKED_CLASSES = ("T-shirt/top", "<b>Trouser", "Dress", "Bag")  # the weak class's name holds markup
 MARKED_RUN = "my_*best*_run_"  # a run id that is markup too
+# a transfer-<backbone>.json as `promptclimb transfer` writes it (what `show` reads of it)
+TRANSFER = {"v": 1, "target": {"backbone": "net"}, "select": "train", "templates": 3,
+            "rank_correlation": {"selection": 0.5, "test": 0.5},
+            "winner": {"template": "a {}.", "target_rank": 1, "target_test_rank": 1, "target": {"test": 0.5}},
+            "baseline": {"template": "a photo of a {}.", "in_run": False, "target": {"test": 0.25}},
+            "target_best": {"template": "a {}.", "source_rank": 1, "target": {"test": 0.5}},
+            "ensemble": None, "files": {"plot": "transfer-net.png"}}
 
 
 def test_show_markdown_renders_templates_names_and_answers_as_written(tmp_path, monkeypatch):
@@ -128,10 +135,15 @@ def test_show_markdown_renders_templates_names_and_answers_as_written(tmp_path, 
     run = load_run(run_dir)
     templates = set(run.scores()["template"])
     assert {"a `quoted` photo of a {}.", "an &amp; photo of the {} [x](http://e.com)."} <= templates
+    # a transfer to a backbone whose name is markup too: its "## Transfer to" heading was not escaped
+    (run_dir / "transfer-net.json").write_text(json.dumps(TRANSFER | {"target": {"backbone": "a_*wide*_net",
+                                                                                 "pretrained": "<b>web"}}))
     page = invoke("show", MARKED_RUN, "--runs-dir", tmp_path / "runs", "--format", "markdown", "--conversation").output
     html = markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table").render(page)
     assert not re.search(r"<(script|b|em|strong|a)\b", html), html  # nothing written became markup
     assert re.search(r"<h1>run my_\*best\*_run_: ", html), html  # the run id as named
+    assert "<h2>Transfer to a_*wide*_net (&lt;b&gt;web)</h2>" in html, html
+    assert f"plot: {run_dir / 'transfer-net.png'}" in {unescape(i) for i in re.findall(r"<li>(.*?)</li>", html)}
     cells = {unescape(c) for c in re.findall(r"<td>(.*?)</td>", html)}
     assert {t for t in run.winners()["template"] if "{}" in t} <= cells
     assert "asked about <b>Trouser" in unescape(re.sub(r"<[^>]+>", "", html))

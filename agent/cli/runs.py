@@ -193,12 +193,13 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
                                percent=("train_before", "train_after", "test_before", "test_after")))
     for summary in run.transfers():
         target = summary["target"]
-        out.append(h2(f"Transfer to {target['backbone']}" + (f" ({target['pretrained']})" if target.get("pretrained")
-                                                                  else "")
-                      + (f", {target['precision']}" if target.get("precision", DEFAULT_PRECISION) != DEFAULT_PRECISION
-                         else "")))
+        # the backbone, its pretrained tag and the run's folder are the user's names: no markup
+        out.append(h2(literal(f"Transfer to {target['backbone']}"
+                              + (f" ({target['pretrained']})" if target.get("pretrained") else "")
+                              + (f", {target['precision']}"
+                                 if target.get("precision", DEFAULT_PRECISION) != DEFAULT_PRECISION else ""))))
         out += [f"{'- ' if markdown else ''}{line}" for line in transfer_lines(summary)]
-        out.append(f"{'- ' if markdown else ''}plot: {run.path / summary['files']['plot']}")
+        out.append(f"{'- ' if markdown else ''}plot: {literal(str(run.path / summary['files']['plot']))}")
     if is_soft_prompt_run(run.config):  # no LLM turns: the soft prompt and its steps instead
         return "\n".join(out + soft_prompt_lines(run, markdown)).rstrip()
     turns = run.names_turns()
