@@ -53,7 +53,7 @@ def read_run(run_dir: Path, command: str | None = None) -> tuple[dict, dict]:
     check_config(config, run_dir / CONFIG)
     if command and is_soft_prompt_run(config):
         raise PromptclimbError(template_refusal(run_dir.name, config, command))
-    summary = read_summary(run_dir / SUMMARY)
+    summary = read_summary(run_dir)
     if summary is None:
         held = "an empty" if (run_dir / SUMMARY).exists() else "no"
         raise PromptclimbError(f"{run_dir} has {held} {SUMMARY}: the search has not finished "

@@ -43,7 +43,8 @@ from promptclimb.agent.adapt import check_kinds
 from promptclimb.agent.options import BUDGET, LOCAL, REMOTE_DEFAULT_MODEL, recorded_value
 from promptclimb.agent.core.pools import POOLS, PoolTemplate, load_pool
 from promptclimb.agent.ranking import metric_label
-from promptclimb.agent.runs.store import CONFIG, HISTORY, SUMMARY, RunStore, check_run_name, run_argument
+from promptclimb.agent.runs.store import (CONFIG, HISTORY, SUMMARY, RunStore, check_run_name, has_summary,
+                                          run_argument)
 from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.search import LLM_EVENTS, RECORDED_BEFORE_IT_EXISTED, SELECTIONS, HillClimber, SearchConfig
 
@@ -351,7 +352,7 @@ def resumed_run(opts: dict, echo) -> Plan:
     try:
         saved = store.config
         check_recorded(saved, run_dir / CONFIG)
-        if not store.stored and (run_dir / SUMMARY).exists():
+        if not store.stored and has_summary(run_dir):
             # a finished run whose history is gone: its replay would be a new search, whose
             # summary (other LLM answers, with --no-cache or another cache) would replace this one
             raise PromptclimbError(f"{run_dir} has a {SUMMARY} but no events in its {HISTORY}: there is nothing to "

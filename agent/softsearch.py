@@ -157,7 +157,6 @@ def soft_prompt_lines(run, markdown: bool = False) -> list[str]:
     """What `promptclimb show` prints of a soft-prompt run after its winners table (with
     `markdown`: a section of list items and a table, its free text escaped)."""
     final = run.final or {}
-    config = run.config.get("soft_prompt") or {}
     title = f"Soft prompt ({run.config.get('optimizer')}; it needs the text tower's token embeddings)"
     lines = [f"\n## {title}\n" if markdown else f"\n{title}"]
     item, literal = ("- ", markdown_text) if markdown else ("  ", lambda text: text)
@@ -172,8 +171,7 @@ def soft_prompt_lines(run, markdown: bool = False) -> list[str]:
         verdict = "kept: it beat the prompt alone on val" if adapter["beats_prompt_on_val"] else "not kept (val)"
         lines.append(f"{item}with {MODULES.get(run.config.get('optimizer'), adapter['kind'])}: {acc}  ({verdict})")
     rows = steps_table(run.events)
-    budget = config.get("queries")
-    lines.append(f"{item}{len(rows) - 1 if rows else 0} steps, {rows[-1]['queries'] if rows else 0} of {budget} queries")
+    lines.append(f"{item}{spent_said(run)}")
     every = max(1, (len(rows) - 1) // 10)
     shown = [(r["step"], r["queries"], pct(r["train"]), pct(r["val"]))
              for r in rows[::every] + ([rows[-1]] if rows and (len(rows) - 1) % every else [])]
@@ -184,6 +182,14 @@ def soft_prompt_lines(run, markdown: bool = False) -> list[str]:
         lines.append("  step  queries   train     val")
         lines += [f"  {step:>4}  {queries:>7}  {train:>6}  {val:>6}" for step, queries, train, val in shown]
     return lines
+
+
+def spent_said(run) -> str:
+    """What a soft-prompt run spent, by its steps table: its steps (the first row is the
+    starting prompt's) and its queries, of its budget (`show`'s headline and its section)."""
+    rows = steps_table(run.events)
+    budget = (run.config.get("soft_prompt") or {}).get("queries")
+    return f"{len(rows) - 1 if rows else 0} steps, {rows[-1]['queries'] if rows else 0} of {budget} queries"
 
 
 def template_refusal(run_id: str, config: dict, command: str) -> str:

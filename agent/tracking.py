@@ -66,9 +66,10 @@ import pandas as pd
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.files import write_json_atomic
 from promptclimb.agent.core.format import shell_command
-from promptclimb.agent.core.runfiles import CONFIG, HISTORY, LOCK, SUMMARY
+from promptclimb.agent.core.runfiles import CONFIG, HISTORY, LOCK
 from promptclimb.agent.llm.client import without_secrets
 from promptclimb.agent.runs.reading import Run, load_run, run_classnames
+from promptclimb.agent.runs.store import has_summary
 from promptclimb.agent.search import LLM_EVENTS
 from promptclimb.agent.sweep.driver import read_sweep
 
@@ -135,7 +136,7 @@ def sync_sweep(sweep_dir: str | Path, tracking_uri: str | None = None, experimen
         parent.log_files()
         nested = {cell.name: sync_run(cell, parent.uri, experiment, parent_run_id=parent.run_id) for cell in cells}
         drop_runs_of_redone_cells(parent, nested)
-        finished = [c for c in cells if (c / SUMMARY).exists()]
+        finished = [c for c in cells if has_summary(c)]
         parent.set_status("FINISHED" if len(finished) == len(settings.get("cells", [])) else "KILLED", time.time())
     return Synced(parent.run_id, parent.experiment_id, parent.key, 0, None, parent.artifact_uri())
 

@@ -83,6 +83,8 @@ def test_show_in_every_format(tmp_path):
     assert best in text.split("Iteration by iteration")[0]
     assert text.count("answer ") >= 6 and "shown:" in text and "top " in text and "bottom " in text
     assert "rejected  a {name} with a named field" in text and "<- best so far" in text
+    assert re.fullmatch(r"6 LLM answers; \d+ from the cache, \d+ prompt \+ \d+ completion tokens; "
+                        r"\d+ templates scored, [1-9]\d* proposals rejected", text.splitlines()[1])
 
     markdown = invoke("show", "run", "--runs-dir", runs, "--format", "markdown").output
     assert "## Winning templates" in markdown and "| rank" in markdown and f"`{best}`" in markdown
@@ -108,6 +110,13 @@ FENCED = "\n".join(["Here you go:", "```", "a `quoted` photo of a {}.", "a *star
                      "an &amp; photo of the {} [x](http://e.com).", "```"])
 MARKED_CLASSES = ("T-shirt/top", "<b>Trouser", "Dress", "Bag")  # the weak class's name holds markup
 MARKED_RUN = "my_*best*_run_"  # a run id that is markup too
+# a transfer-<backbone>.json as `promptclimb transfer` writes it (what `show` reads of it)
+TRANSFER = {"v": 1, "target": {"backbone": "net"}, "select": "train", "templates": 3,
+            "rank_correlation": {"selection": 0.5, "test": 0.5},
+            "winner": {"template": "a {}.", "target_rank": 1, "target_test_rank": 1, "target": {"test": 0.5}},
+            "baseline": {"template": "a photo of a {}.", "in_run": False, "target": {"test": 0.25}},
+            "target_best": {"template": "a {}.", "source_rank": 1, "target": {"test": 0.5}},
+            "ensemble": None, "files": {"plot": "transfer-net.png"}}
 
 
 def test_show_markdown_renders_templates_names_and_answers_as_written(tmp_path, monkeypatch):
@@ -126,10 +135,15 @@ def test_show_markdown_renders_templates_names_and_answers_as_written(tmp_path, 
     run = load_run(run_dir)
     templates = set(run.scores()["template"])
     assert {"a `quoted` photo of a {}.", "an &amp; photo of the {} [x](http://e.com)."} <= templates
+    # a transfer to a backbone whose name is markup too: its "## Transfer to" heading was not escaped
+    (run_dir / "transfer-net.json").write_text(json.dumps(TRANSFER | {"target": {"backbone": "a_*wide*_net",
+                                                                                 "pretrained": "<b>web"}}))
     page = invoke("show", MARKED_RUN, "--runs-dir", tmp_path / "runs", "--format", "markdown", "--conversation").output
     html = markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table").render(page)
     assert not re.search(r"<(script|b|em|strong|a)\b", html), html  # nothing written became markup
     assert re.search(r"<h1>run my_\*best\*_run_: ", html), html  # the run id as named
+    assert "<h2>Transfer to a_*wide*_net (&lt;b&gt;web)</h2>" in html, html
+    assert f"plot: {run_dir / 'transfer-net.png'}" in {unescape(i) for i in re.findall(r"<li>(.*?)</li>", html)}
     cells = {unescape(c) for c in re.findall(r"<td>(.*?)</td>", html)}
     assert {t for t in run.winners()["template"] if "{}" in t} <= cells
     assert "asked about <b>Trouser" in unescape(re.sub(r"<[^>]+>", "", html))
@@ -172,6 +186,11 @@ def test_show_markdown_of_a_soft_prompt_run_has_its_steps_as_a_table(tmp_path):
                      ["2", "80", "50.0%", "45.0%"]]
     text = invoke("show", "soft", "--runs-dir", tmp_path / "runs").output  # the terminal's table as it was
     assert "  step  queries   train     val\n     0        0   30.0%   25.0%\n" in text
+    # its headline said "0 LLM answers; 0 from the cache, 0 prompt + 0 completion tokens; 0 templates
+    # scored": a run without an LLM spends queries, as its steps table counts them
+    assert text.splitlines()[:2] == ["run soft: toy, backbone word, 2 shots, seed 0, optimizer craft; done",
+                                     "2 steps, 80 of 80 queries (prompts scored on train)"]
+    assert "LLM answers" not in text and "LLM answers" not in page
 
 
 def test_bad_input_is_a_message_not_a_traceback(tmp_path):

@@ -243,6 +243,20 @@ def test_resume_of_a_finished_run_whose_history_is_gone_keeps_its_summary(lost, 
     assert (runs / "r" / "summary.json").read_text() == summary
 
 
+
+def test_resume_of_a_run_whose_summary_and_history_are_empty_starts_it_again(tmp_path, llm, evaluators_built):
+    """With summary.json empty (a crash between creating and writing it) and no history, the
+    resume refused the run as one that "has a summary.json but no events", a finished run's
+    refusal; such a summary holds no result (show reads the run as unfinished), and the
+    resume runs the search from its config.json, as for a run killed before its first event."""
+    runs = tmp_path / "runs"
+    assert cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "r").exit_code == 0
+    (runs / "r" / "summary.json").write_text("")
+    (runs / "r" / "history.jsonl").unlink()
+    resumed = cli("search", "--resume", "r", "--runs-dir", runs)
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((runs / "r" / "summary.json").read_text())["stopped"] == "completed"
+
 @contextmanager
 def read_only(folder: Path):
     """`folder` read-only for this process: by its mode, or for root (who writes whatever the

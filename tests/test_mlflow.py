@@ -682,6 +682,19 @@ def test_a_sync_that_fails_midway_ends_its_mlflow_run_as_failed_and_the_next_con
     assert [r.info.run_id for r in all_runs(client)] == [run_id]
 
 
+
+def test_a_sweep_whose_cell_has_an_empty_summary_is_not_finished(tmp_path, fake):
+    """A cell whose summary.json is empty (a crash between creating and writing it) counted as
+    finished, and the sweep's run was FINISHED; the readers read that cell as unfinished."""
+    sweep = tmp_path / "runs" / "grid"
+    for cell in ("c1", "c2"):
+        finished_run(fake, sweep, cell)
+    (sweep / "sweep.json").write_text(json.dumps({"grid": {"dataset": ["toy"]}, "search": {}, "cells": ["c1", "c2"]}))
+    uri = sqlite_uri(tmp_path / "store")
+    (sweep / "c2" / "summary.json").write_text("")
+    assert mlflow_sync(sweep, "--tracking-uri", uri).exit_code == 0
+    assert MlflowClient(uri).get_run(linked_run_id(sweep, uri)).info.status == "KILLED"
+
 def test_a_sweep_with_a_damaged_cell_creates_nothing_and_a_failing_cell_fails_its_parent(tmp_path, fake,
                                                                                         monkeypatch):
     sweep = tmp_path / "runs" / "grid"

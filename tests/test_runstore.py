@@ -33,6 +33,19 @@ def test_create_writes_config_and_appends_events(tmp_path):
         RunStore.create(run, {})
 
 
+
+@pytest.mark.parametrize("empty", ["", " \n"])
+def test_a_run_whose_summary_is_empty_is_held_as_unfinished_not_finished(tmp_path, empty):
+    """A new run in a folder whose summary.json is empty (a crash between creating and writing
+    it) was refused as "already holds a finished run (read it with: show)", while the readers
+    read that run by its history, as one not finished: it is one to continue."""
+    run = tmp_path / "r"
+    with RunStore.create(run, {}) as store:
+        store.append("run_start", run_id="r")
+    (run / "summary.json").write_text(empty)
+    with pytest.raises(PromptclimbError, match="already holds a run; continue it with: promptclimb search --resume"):
+        RunStore.create(run, {})
+
 def test_resume_replays_stored_events_and_appends_new_ones(tmp_path):
     run = tmp_path / "r"
     with RunStore.create(run, {}) as store:

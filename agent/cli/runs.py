@@ -25,7 +25,7 @@ from promptclimb.agent.runs.reading import Run, find_run, run_start_names, runs_
 from promptclimb.agent.runs.compact import CLASSES_IN_FULL
 from promptclimb.agent.runs.store import ANSWER_KINDS, HISTORY
 from promptclimb.agent.adapt import adapter_said
-from promptclimb.agent.softsearch import is_soft_prompt_run, soft_prompt_lines, steps_table
+from promptclimb.agent.softsearch import is_soft_prompt_run, soft_prompt_lines, spent_said, steps_table
 from promptclimb.agent.core.templates import BASELINE
 
 FORMATS = ["table", "markdown", "csv", "json"]
@@ -142,18 +142,18 @@ def headline(run: Run) -> str:
     final = run.final or {}
     stopped = final.get("stopped", "")
     status = f"stopped early ({stopped})" if stopped.startswith("budget") else run.status
+    said = (f"run {run.id}: {run.dataset}, backbone {run.backbone}, {run.args.get('shots')} shots, "
+            f"seed {run.args.get('seed')}, ")
+    if is_soft_prompt_run(run.config):  # no LLM: what it spent is queries, not answers or tokens
+        return f"{said}optimizer {run.config['optimizer']}; {status}\n{spent_said(run)} (prompts scored on train)"
     ledger = run.ledger()
-    who = (f"optimizer {run.config['optimizer']}" if is_soft_prompt_run(run.config)
-           else f"LLM {run.llm}, pool {run.pool}, ranked by {run.ranked_by}")
     answers = run.answers()
     kinds = {kind: sum(ANSWER_KINDS[e["event"]] == kind for e in answers) for kind in ANSWER_KINDS.values()}
     # names turns and the guard's questions are LLM answers too, often most of them
     by_kind = (" (" + ", ".join(f"{n} {kind}" for kind, n in kinds.items() if n) + ")"
                if len(answers) > kinds["template"] else "")
     return (
-        f"run {run.id}: {run.dataset}, backbone {run.backbone}, {run.args.get('shots')} shots, "
-        f"seed {run.args.get('seed')}, {who}; "
-        f"{status}\n"
+        f"{said}LLM {run.llm}, pool {run.pool}, ranked by {run.ranked_by}; {status}\n"
         f"{len(answers)} LLM answers{by_kind}; {ledger.get('cache_hits', 0)} from the cache, "
         f"{ledger.get('prompt_tokens', 0)} prompt + {ledger.get('completion_tokens', 0)} completion tokens; "
         f"{len(run.of('score'))} templates scored, {len(run.of('reject'))} proposals rejected"
@@ -193,12 +193,13 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
                                percent=("train_before", "train_after", "test_before", "test_after")))
     for summary in run.transfers():
         target = summary["target"]
-        out.append(h2(f"Transfer to {target['backbone']}" + (f" ({target['pretrained']})" if target.get("pretrained")
-                                                                  else "")
-                      + (f", {target['precision']}" if target.get("precision", DEFAULT_PRECISION) != DEFAULT_PRECISION
-                         else "")))
+        # the backbone, its pretrained tag and the run's folder are the user's names: no markup
+        out.append(h2(literal(f"Transfer to {target['backbone']}"
+                              + (f" ({target['pretrained']})" if target.get("pretrained") else "")
+                              + (f", {target['precision']}"
+                                 if target.get("precision", DEFAULT_PRECISION) != DEFAULT_PRECISION else ""))))
         out += [f"{'- ' if markdown else ''}{line}" for line in transfer_lines(summary)]
-        out.append(f"{'- ' if markdown else ''}plot: {run.path / summary['files']['plot']}")
+        out.append(f"{'- ' if markdown else ''}plot: {literal(str(run.path / summary['files']['plot']))}")
     if is_soft_prompt_run(run.config):  # no LLM turns: the soft prompt and its steps instead
         return "\n".join(out + soft_prompt_lines(run, markdown)).rstrip()
     turns = run.names_turns()

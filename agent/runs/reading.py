@@ -34,7 +34,8 @@ from promptclimb.agent.core.format import shortened
 from promptclimb.agent.core.protocol import SPLITS
 from promptclimb.agent.core.runfiles import SWEEP_FILE
 from promptclimb.agent.runs.compact import COMPACT_SINCE, confusion_matrix, unpack_event
-from promptclimb.agent.runs.store import ANSWER_KINDS, CONFIG, EVENTS, FORMAT_VERSION, HISTORY, SUMMARY, ledger
+from promptclimb.agent.runs.store import (ANSWER_KINDS, CONFIG, EVENTS, FORMAT_VERSION, HISTORY, SUMMARY, has_summary,
+                                          ledger)
 from promptclimb.agent.ranking import LEGACY_METRIC, best_first, selection_value, then_value, top_and_bottom
 from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.options import check_recorded
@@ -790,28 +791,20 @@ def load_run(path: str | Path) -> Run:
     path = Path(path)
     config = read_json(path / CONFIG)
     check_config(config, path / CONFIG)
-    summary = read_summary(path / SUMMARY)
+    summary = read_summary(path)
     events, skipped = read_events(path / HISTORY)
     return Run(path, config, summary, events, skipped)
 
 
-def read_summary(path: Path) -> dict | None:
-    """A run's summary.json, checked (`check_summary`), or None where it holds no result: it is
-    missing, or empty (a crash between creating and writing it, or `: > summary.json`). The
-    readers then go by the history, as for a run that has not finished."""
-    if not path.exists() or is_empty(path):
+def read_summary(run_dir: Path) -> dict | None:
+    """A run's summary.json, checked (`check_summary`), or None where it holds no result
+    (`has_summary`: missing, or empty). The readers then go by the history, as for a run
+    that has not finished."""
+    if not has_summary(run_dir):
         return None
-    summary = read_json(path)
-    check_summary(summary, path)
+    summary = read_json(run_dir / SUMMARY)
+    check_summary(summary, run_dir / SUMMARY)
     return summary
-
-
-def is_empty(path: Path) -> bool:
-    """Whether a file holds nothing but white space (one that cannot be read: not said here)."""
-    try:
-        return not path.read_bytes().strip()
-    except OSError:
-        return False  # read_json names the file and why
 
 
 # The parts of config.json the readers (and a resume) open as objects.

@@ -208,10 +208,24 @@ def _holds_run(run_dir: Path) -> bool:
     return (run_dir / CONFIG).exists() or (run_dir / HISTORY).exists()
 
 
+def has_summary(run_dir: Path) -> bool:
+    """Whether a run folder holds a summary.json, the mark of a finished run. An empty or blank
+    one (a crash between creating and writing it, or `: > summary.json`) holds no result and
+    counts as missing: the run has not finished (runs/reading.py's read_summary then reads it
+    by its history). One that cannot be read counts as there: its reader names it and why."""
+    path = Path(run_dir) / SUMMARY
+    if not path.exists():
+        return False
+    try:
+        return bool(path.read_bytes().strip())
+    except OSError:
+        return True
+
+
 def _held(run_dir: Path) -> PromptclimbError:
     """A new run refused a folder that holds one, saying what to do with that one: continue it,
     or, finished (summary.json written), read it; there is nothing to resume."""
-    if (run_dir / SUMMARY).exists():
+    if has_summary(run_dir):
         return PromptclimbError(f"{run_dir} already holds a finished run (read it with: "
                                 f"{shell_command('show', run_argument(run_dir))}); give the new run another --name")
     return PromptclimbError(f"{run_dir} already holds a run; continue it with: "
