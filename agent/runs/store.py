@@ -216,8 +216,12 @@ def has_summary(run_dir: Path) -> bool:
     path = Path(run_dir) / SUMMARY
     if not path.exists():
         return False
-    try:
-        return bool(path.read_bytes().strip())
+    try:  # by its first block: `runs` asks this of every run, and a summary may be megabytes
+        with open(path, "rb") as f:
+            while block := f.read(1 << 16):
+                if block.strip():
+                    return True
+        return False
     except OSError:
         return True
 
