@@ -407,6 +407,9 @@ def test_compare_puts_winners_side_by_side(tmp_path):
     rows = json.loads(invoke("compare", "a", "b", "--runs-dir", tmp_path / "runs", "--format", "json").output)
     assert rows[0]["A template"] == best_a and rows[0]["B template"] == best_b
     assert (rows[0]["A run"], rows[0]["B run"]) == ("a", "b")
+    # ranks as `show --format json` writes them: numbers, then "ens" (they were "1", "2", ...)
+    shown = json.loads(invoke("show", "a", "--runs-dir", tmp_path / "runs", "--format", "json").output)["winners"]
+    assert [r["rank"] for r in rows] == [w["rank"] for w in shown] == [1, 2, 3, 4, 5, "ens"]
     assert invoke("compare", "a", "b", "--runs-dir", tmp_path / "runs", "--top", "0").exit_code == 2
 
     # An unfinished run (no ensemble yet, more ranks listed) still lines up rank by rank.
@@ -417,7 +420,7 @@ def test_compare_puts_winners_side_by_side(tmp_path):
     rows = json.loads(invoke("compare", "a", "b", "--runs-dir", tmp_path / "runs", "--format", "json").output)
     ens = [r for r in rows if r["rank"] == "ens"]
     assert len(ens) == 1 and ens[0]["A template"].startswith("ensemble of") and ens[0]["B template"] is None
-    assert [r["rank"] for r in rows[:-1]] == [str(i) for i in range(1, len(rows))]
+    assert [r["rank"] for r in rows[:-1]] == list(range(1, len(rows)))
 
 
 def test_compare_says_when_the_runs_data_differs(tmp_path):
@@ -488,7 +491,7 @@ def test_compare_and_show_list_as_many_distinct_winners_as_asked_after_a_rename(
     summary = json.loads((run_dir / "summary.json").read_text())
     assert len({t["template"] for t in summary["top"]}) < len(summary["top"])
     rows = json.loads(invoke("compare", "a", run_dir.name, "--runs-dir", tmp_path / "runs", "--format", "json").output)
-    assert [r["rank"] for r in rows] == ["1", "2", "3", "4", "5", "ens"]
+    assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5, "ens"]
     listed = [r["B template"] for r in rows[:5]]
     assert None not in listed and len(set(listed)) == 5 and listed[0] == summary["best"]["template"]
     shown = json.loads(invoke("show", run_dir.name, "--runs-dir", tmp_path / "runs", "--format", "json").output)

@@ -473,9 +473,10 @@ def compare_cmd(run1, run2, top, runs_dir, fmt):
     """
     a, b = open_run(run1, runs_dir), open_run(run2, runs_dir)
     wa, wb = a.winners(top), b.winners(top)
-    # Rows are matched by rank (1, 2, ..., then the ensemble), whatever each run holds.
-    by_rank = [{str(r["rank"]): r for _, r in w.iterrows()} for w in (wa, wb)]
-    ranks = sorted({k for ranked in by_rank for k in ranked}, key=lambda k: (k == "ens", int(k) if k.isdigit() else 0))
+    # Rows are matched by rank (1, 2, ..., then the ensemble), whatever each run holds; each
+    # rank as `winners` gives it (a number, or "ens"), as `show --format json` writes it
+    by_rank = [{r["rank"]: r for r in w.to_dict("records")} for w in (wa, wb)]
+    ranks = sorted({k for ranked in by_rank for k in ranked}, key=lambda k: (k == "ens", k if k != "ens" else 0))
     rows = []
     for rank in ranks:
         row = {"rank": rank}
