@@ -186,10 +186,17 @@ def soft_prompt_lines(run, markdown: bool = False) -> list[str]:
 
 def spent_said(run) -> str:
     """What a soft-prompt run spent, by its steps table: its steps (the first row is the
-    starting prompt's) and its queries, of its budget (`show`'s headline and its section)."""
+    starting prompt's) and its queries, of its budget (`show`'s headline and its section).
+    A finished run whose history was lost: as its summary.json counted them."""
     rows = steps_table(run.events)
     budget = (run.config.get("soft_prompt") or {}).get("queries")
-    return f"{len(rows) - 1 if rows else 0} steps, {rows[-1]['queries'] if rows else 0} of {budget} queries"
+    if rows:
+        steps, queries = len(rows) - 1, rows[-1]["queries"]
+    else:
+        counts = (run.final or {}).get("counts")
+        counts = counts if isinstance(counts, dict) else {}
+        steps, queries = counts.get("steps", 0), counts.get("queries", 0)
+    return f"{steps} steps, {queries} of {budget} queries"
 
 
 def template_refusal(run_id: str, config: dict, command: str) -> str:

@@ -159,21 +159,29 @@ def test_show_markdown_renders_templates_names_and_answers_as_written(tmp_path, 
            "its search found, not the start names." in items
 
 
-def test_show_markdown_of_a_soft_prompt_run_has_its_steps_as_a_table(tmp_path):
-    """A soft-prompt run's (--optimizer craft|cbbt) steps table, written as aligned lines after
-    its facts, rendered as one paragraph: the facts, the header and every step run together."""
-    markdown_it = pytest.importorskip("markdown_it")
+def make_soft_run(root: Path) -> Path:
+    """A finished soft-prompt run (--optimizer craft) of 2 steps and 80 queries, as its search
+    writes it, under root/runs/soft."""
     config = {"run_id": "soft", "optimizer": "craft", "soft_prompt": {"queries": 80},
               "evaluator_args": {"dataset": "toy", "shots": 2, "seed": 0, "backbone": "word"}}
     best = {"template": "<soft: a photo of a> {class}.", "origin": "craft", "accuracy": {"train": 0.5, "val": 0.4}}
     soft = {"file": "soft_prompt.safetensors", "tokens": 2, "init": "a_photo", "nearest_tokens": ["*a*", "<b>"]}
-    with RunStore.create(tmp_path / "runs" / "soft", config) as store:  # as a soft-prompt search writes it
+    with RunStore.create(root / "runs" / "soft", config) as store:
         for step in range(3):
             store.append("step", iteration=step, queries=40 * step,
                          prompt={"accuracy": {"train": 0.3 + step / 10, "val": 0.25 + step / 10}})
         store.append("final", stopped="completed", best=best, ensemble=None, top=[best], adapter=None,
                      soft_prompt=soft)
-        store.write_json("summary.json", {"v": 1, "best": best, "ensemble": None, "top": [best], "soft_prompt": soft})
+        store.write_json("summary.json", {"v": 1, "best": best, "ensemble": None, "top": [best], "soft_prompt": soft,
+                                          "counts": {"queries": 80, "steps": 2, "budget": 80}})
+    return root / "runs" / "soft"
+
+
+def test_show_markdown_of_a_soft_prompt_run_has_its_steps_as_a_table(tmp_path):
+    """A soft-prompt run's (--optimizer craft|cbbt) steps table, written as aligned lines after
+    its facts, rendered as one paragraph: the facts, the header and every step run together."""
+    markdown_it = pytest.importorskip("markdown_it")
+    make_soft_run(tmp_path)
     page = invoke("show", "soft", "--runs-dir", tmp_path / "runs", "--format", "markdown").output
     html = markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table").render(page)
     assert "<h2>Soft prompt (craft; " in html
@@ -287,6 +295,22 @@ def test_a_finished_run_without_its_history_says_so(tmp_path):
         assert "0 LLM answers" in invoke("show", "run", "--runs-dir", tmp_path / "runs").stdout
     (run_dir / "summary.json").unlink()  # config.json alone: a search just started, nothing lost
     assert invoke("show", "run", "--runs-dir", tmp_path / "runs").stderr == ""
+
+
+def test_a_soft_prompt_run_without_its_history_says_what_it_lost(tmp_path):
+    """A soft-prompt run (no LLM) whose history.jsonl was lost was said to have lost "the run's
+    LLM answers", and its headline said "0 steps, 0 of 80 queries": it lost its steps table,
+    and its summary.json counts what it spent."""
+    history = make_soft_run(tmp_path) / "history.jsonl"
+    history.unlink()
+    for command in ("show", "report"):
+        result = invoke(command, "soft", "--runs-dir", tmp_path / "runs")
+        assert result.exit_code == 0, result.output
+        assert result.stderr == f"warning: {history} is missing: showing what summary.json holds (the result, its " \
+                                "steps and queries in all), not the run's steps one by one\n"
+    shown = invoke("show", "soft", "--runs-dir", tmp_path / "runs").stdout
+    assert shown.splitlines()[1] == "2 steps, 80 of 80 queries (prompts scored on train)"
+    assert "  2 steps, 80 of 80 queries" in shown.splitlines()  # its section, as its headline
 
 
 def test_a_path_that_is_not_a_run_folder_is_named_as_such(tmp_path):

@@ -94,13 +94,16 @@ def skipped_note(run: Run) -> str | None:
 
 def history_note(run: Run) -> str | None:
     """A finished run (summary.json) whose history.jsonl is missing or empty: what is shown of it
-    is its summary's result and cost alone ("0 LLM answers" beside its token counts), and the
-    fixtures of a finished run without a history are read so (not refused): say why."""
+    is its summary's result and cost alone ("0 LLM answers" beside its token counts; a
+    soft-prompt run, which asks no LLM, its steps and queries in all, without their table),
+    and the fixtures of a finished run without a history are read so (not refused): say why."""
     history = run.path / HISTORY
     if run.summary is None or run.events or run.skipped:
         return None
+    kept, lost = (("the result, its steps and queries in all", "steps one by one")
+                  if is_soft_prompt_run(run.config) else ("the result and its cost", "LLM answers, scores or steps"))
     return (f"warning: {history} is {'empty' if history.exists() else 'missing'}: showing what summary.json holds "
-            "(the result and its cost), not the run's LLM answers, scores or steps")
+            f"({kept}), not the run's {lost}")
 
 
 def open_run(run: str, runs_dir: str) -> Run:
