@@ -160,6 +160,30 @@ def test_sweep_report_means_and_sds_over_finished_seeds(tmp_path):
     assert (sweep_dir / "report.png").exists()
 
 
+def test_sweep_report_reads_an_empty_summary_json_as_a_missing_one(tmp_path):
+    """A cell whose summary.json is empty (a crash between creating and writing it) was called
+    damaged, where `show`, `runs` and a rerun read it as missing (has_summary): the cell has
+    not finished, as one without the file. One that holds something that is not JSON still is."""
+    sweep_dir = tmp_path / "runs" / "s"
+    cell = sweep_dir / sweeps.prepare_sweep(sweep_dir, {"dataset": ["fashion-mnist"]}, {})["cells"][0]
+    cell.mkdir()
+    (cell / "config.json").write_text("{}")
+
+    def report() -> str:
+        result = CliRunner().invoke(cli, ["sweep-report", "s", "--runs-dir", str(tmp_path / "runs")])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    missing = report()
+    assert f"1 cell(s) not finished yet: {cell.name}\n\n" in missing
+    for empty in ("", " \n"):
+        (cell / "summary.json").write_text(empty)
+        assert report() == missing and "damaged" not in missing
+        assert sweeps.sweep_cells(sweep_dir).iloc[0][["state", "error"]].tolist() == ["killed", ""]
+    (cell / "summary.json").write_text("{")
+    assert f"  {cell.name}: summary.json is damaged; rerun the sweep to write it again" in report()
+
+
 def test_a_classnames_file_reaches_every_cell_as_an_absolute_path(tmp_path, monkeypatch):
     """A Ray worker does not start in the driver's folder: a relative names file is made
     absolute once, in the driver; a set name stays a set name."""

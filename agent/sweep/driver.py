@@ -44,7 +44,7 @@ from promptclimb.agent.core.files import write_json_atomic, write_text_atomic
 from promptclimb.agent.core.format import shell_command
 from promptclimb.agent.core.paths import missing_folders, remove_while_empty
 from promptclimb.agent.core.runfiles import CELL_ERROR, CELL_LOG, CONFIG, SUMMARY, SWEEP_FILE
-from promptclimb.agent.runs.store import RUN, SWEEP, RunLocked, check_folder_name, claim_folder
+from promptclimb.agent.runs.store import RUN, SWEEP, RunLocked, check_folder_name, claim_folder, has_summary
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -1030,7 +1030,7 @@ def sweep_cells(sweep_dir: str | Path) -> "pd.DataFrame":
             except OSError as exc:
                 row["error"] = f"{ERROR_FILE} cannot be read: {exc.strerror or exc}"
         summary = cell_summary(cell_dir)
-        if summary is None and (cell_dir / SUMMARY).exists():
+        if summary is None and has_summary(cell_dir):  # an empty one holds no result: a cell not finished yet
             row["error"] = row["error"] or f"{SUMMARY} is damaged; rerun the sweep to write it again"
         summary = summary or {}
         ledger = summary.get("ledger") if isinstance(summary.get("ledger"), dict) else {}
