@@ -159,6 +159,37 @@ def test_show_markdown_renders_templates_names_and_answers_as_written(tmp_path, 
            "its search found, not the start names." in items
 
 
+def test_show_markdown_nests_the_lines_under_a_turn_as_list_items(tmp_path, monkeypatch):
+    """The lines under a turn's "shown:", "proposed:" and names turn items began "-     "
+    (four spaces after the bullet, as the terminal indents them): CommonMark made each an
+    indented code block, the templates' backticks shown and a class name's markup kept. They
+    are nested list items now, names escaped; the terminal's text is as it was."""
+    markdown_it = pytest.importorskip("markdown_it")
+    from test_names import climb, scripted
+
+    monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
+    names_answer = "<b>Trouser: jeans\nNo_such: x\nBag: a {name} bag"  # kept, an unknown class, braces
+    with FakeLLM(responder=scripted([names_answer], templates="a *starred* photo of a {}.\na {name} photo")) as fake:
+        ev = WordEvaluator(classnames=MARKED_CLASSES, class_bias={1: -0.25}, name_bonus={"jeans": 0.2})
+        climb(tmp_path, fake.base_url, name="nested", ev=ev, search="both", iterations=2, resets=1, guard="off")
+    page = invoke("show", "nested", "--runs-dir", tmp_path / "runs", "--format", "markdown").output
+    html = markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table").render(page)
+    assert "<pre>" not in html and not re.search(r"<(script|b|em|strong|a)\b", html), html
+    nested = [unescape(re.sub(r"\s+", " ", item)) for item in re.findall(r"<ul>\s*<li>(.*?)</li>\s*</ul>\s*</li>", html, re.S)]
+    turn = next(i for i in nested if i.startswith("answer 1 ") and "asked about" in i)
+    assert re.fullmatch(r".*kept <b>Trouser -> jeans <ul> <li>\d+\.\d% <b>Trouser -> jeans</li> "
+                        r"<li>refused: 1 unknown class, 1 braces", turn), turn
+    items = [unescape(re.sub(r"\s+", " ", i)) for i in re.findall(r"<li>([^<]*(?:<code>.*?</code>[^<]*)?)</li>", html)]
+    assert any(re.fullmatch(r"top \d+\.\d% <code>a photo of a {}\.</code>", i) for i in items), items
+    assert any(re.fullmatch(r"\d+\.\d% <code>a \*starred\* photo of a {}\.</code>( <- best so far)?", i)
+               for i in items), items
+    assert "rejected <code>a {name} photo</code>: placeholder {name} is not a plain {}" in items
+    text = invoke("show", "nested", "--runs-dir", tmp_path / "runs").output.splitlines()
+    assert "      refused: 1 unknown class, 1 braces" in text and "      rejected  x: unknown class" in text
+    assert any(re.fullmatch(r"      top     +\d+\.\d%  a photo of a {}\.", line) for line in text), text
+    assert any(re.fullmatch(r"       ?\d+\.\d%  <b>Trouser -> jeans", line) for line in text), text
+
+
 def make_soft_run(root: Path) -> Path:
     """A finished soft-prompt run (--optimizer craft) of 2 steps and 80 queries, as its search
     writes it, under root/runs/soft."""

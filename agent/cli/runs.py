@@ -208,31 +208,33 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
     turns = run.names_turns()
     if turns:
         out.append(h2("Names turns"))
-        bullet = "- " if markdown else "  "
+        bullet, sub = list_bullets(markdown)
         for turn in turns:
             kept = ", ".join(f"{literal(c['from'])} -> {literal(c['to'])}" for c in turn["kept"]) or "nothing"
             out.append(f"{bullet}{where(turn)}: asked about {literal(', '.join(turn['asked']))}; kept {kept}")
             for s in sorted(turn["scored"], key=lambda s: -s["selection"])[:5]:
-                out.append(f"{bullet}    {pct(s['selection']):>6}  {s['from']} -> {s['to']}")
+                out.append(f"{sub}{pct(s['selection']):>6}  {literal(s['from'])} -> {literal(s['to'])}")
             reasons: dict[str, int] = {}
             for r in turn["refused"]:
                 if r["reason"] != GUARD_NOT_ASKED:  # said on the turn's "cut" line below
                     reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
             if reasons:
-                out.append(f"{bullet}    refused: " + ", ".join(f"{n} {why}" for why, n in reasons.items()))
+                out.append(f"{sub}refused: " + ", ".join(f"{n} {literal(why)}" for why, n in reasons.items()))
             if turn["cut"]:
-                unguarded = ", ".join(f"{s['from']} -> {s['to']} ({pct(s['selection'])})" for s in turn["unguarded"])
-                out.append(f"{bullet}    cut by the budget ({turn['cut']}): the drift guard could not be asked "
+                unguarded = ", ".join(f"{literal(s['from'])} -> {literal(s['to'])} ({pct(s['selection'])})"
+                                      for s in turn["unguarded"])
+                out.append(f"{sub}cut by the budget ({literal(turn['cut'])}): the drift guard could not be asked "
                            f"about {unguarded}, so not kept; the search stopped here")
             for combination in turn["combinations_refused"]:
-                changes = ", ".join(f"{c['from']} -> {c['to']}" for c in combination["changes"])
-                out.append(f"{bullet}    not combined: {changes} ({combination['reason']}: {combination['detail']})")
+                changes = ", ".join(f"{literal(c['from'])} -> {literal(c['to'])}" for c in combination["changes"])
+                out.append(f"{sub}not combined: {changes} ({literal(combination['reason'])}: "
+                           f"{literal(combination['detail'])})")
     out.append(h2("Iteration by iteration"))
     exchanges = {e["call"]: e for e in run.conversation()}
     iterations = run.iterations()
     if not iterations:
         out.append("(no LLM answer recorded)")
-    bullet = "- " if markdown else "  "
+    bullet, sub = list_bullets(markdown)
     for it in iterations:
         kind = "" if it["kind"] == "template" else f" [{it['kind']}]"
         out.append(("### " if markdown else "") + f"{where(it)}{kind}: best so far {pct(it['best_so_far'])}")
@@ -250,18 +252,25 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
         if it["kind"] == "template" and not conversation:
             out.append(f"{bullet}shown:")
             for s in it["shown_top"]:
-                out.append(f"{bullet}    top     {pct(s['selection']):>6}  {code(s['template'])}")
+                out.append(f"{sub}top     {pct(s['selection']):>6}  {code(s['template'])}")
             for s in it["shown_bottom"]:
-                out.append(f"{bullet}    bottom  {pct(s['selection']):>6}  {code(s['template'])}")
+                out.append(f"{sub}bottom  {pct(s['selection']):>6}  {code(s['template'])}")
         out.append(f"{bullet}proposed: {len(it['scored'])} scored, {len(it['rejected'])} rejected")
         for s in it["scored"]:
             mark = "  <- best so far" if s["template"] == it["best_template"] else ""
-            out.append(f"{bullet}    {pct(s['selection']):>6}  {code(s['template'])}{mark}")
+            out.append(f"{sub}{pct(s['selection']):>6}  {code(s['template'])}{mark}")
         for r in it["rejected"]:
-            out.append(f"{bullet}    rejected  {code(shortened(r['template'], 80))}: {r['reason']}")
+            out.append(f"{sub}rejected  {code(shortened(r['template'], 80))}: {literal(r['reason'])}")
         if not markdown:
             out.append("")
     return "\n".join(out).rstrip()
+
+
+def list_bullets(markdown: bool) -> tuple[str, str]:
+    """How `show` starts a line of a list, and a line under it: in markdown "- " and a nested
+    "  - " (four spaces, as the terminal indents it, make an indented code block there, where
+    templates show their backticks and nothing after a bullet is a list item)."""
+    return ("- ", "  - ") if markdown else ("  ", "      ")
 
 
 def indent(text: str, markdown: bool) -> str:
