@@ -604,6 +604,22 @@ def test_a_refused_sweep_removes_the_runs_dir_it_created_and_nothing_else(tmp_pa
     assert sorted(p.name for p in runs.iterdir()) == ["notes.txt"]
 
 
+class InProcessRay:
+    """Ray as `run_sweep` uses it, running each cell's task in this process, one after another."""
+    def cluster_resources(self):
+        return {"CPU": 2}
+
+    def remote(self, **_):
+        return lambda fn: type("Task", (), {"options": lambda task, **__: task,
+                                            "remote": lambda task, *args: iter(fn(*args))})()
+
+    def wait(self, pending, num_returns=1, timeout=None):
+        return pending[:1], pending[1:]
+
+    def get(self, message):
+        return message
+
+
 @pytest.mark.parametrize("unseen", [(), ("seed1",), ("seed1", "seed2")], ids=["none", "one", "both"])
 def test_the_last_line_points_at_error_txt_only_for_cells_that_wrote_one(unseen, tmp_path, monkeypatch):
     """A cell whose node cannot see the sweep folder fails with no error.txt (none can be
@@ -616,20 +632,6 @@ def test_the_last_line_points_at_error_txt_only_for_cells_that_wrote_one(unseen,
 
     from promptclimb.agent.cli import cli
     from promptclimb.agent.core.errors import PromptclimbError
-
-    class InProcessRay:
-        def cluster_resources(self):
-            return {"CPU": 2}
-
-        def remote(self, **_):
-            return lambda fn: type("Task", (), {"options": lambda task, **__: task,
-                                                "remote": lambda task, *args: iter(fn(*args))})()
-
-        def wait(self, pending, num_returns=1, timeout=None):
-            return pending[:1], pending[1:]
-
-        def get(self, message):
-            return message
 
     def cell_task(cell_dir, opts):
         yield {"state": "running", "node": "n2"}
@@ -660,3 +662,57 @@ def test_the_last_line_points_at_error_txt_only_for_cells_that_wrote_one(unseen,
     else:
         assert last.startswith(f"sweep s: 0/2 cells finished, 2 failed (no error.txt written): {unseen_error}"), last
         assert "see their error.txt" not in last
+
+
+def test_a_rerun_reports_no_earlier_run_s_error_as_its_own(tmp_path, monkeypatch):
+    """A cell that failed (error.txt written), then failed again where its node does not see
+    the sweep folder (no error.txt can be written there), kept the first run's error.txt:
+    sweep-report gave that old error as the cell's failure, beside a last line that said no
+    error.txt was written for it. A rerun that finishes it leaves no error.txt either. Ray
+    runs the cells in this process (the cells' own `run_cell`), as in the test above."""
+    from contextlib import contextmanager
+
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+    from promptclimb.agent.core.errors import PromptclimbError
+
+    run = {"unseen": (), "error": "first run's error"}
+
+    def cell_task(cell_dir, opts):
+        yield {"state": "running", "node": "n2"}
+        seen_from_n2 = tmp_path / "n2" / Path(cell_dir).name if cell_dir.endswith(run["unseen"]) else cell_dir
+        yield sweeps.run_cell(str(seen_from_n2), opts)
+
+    def search(cell_dir, opts, echo):
+        if run["error"]:
+            raise PromptclimbError(run["error"])
+        (cell_dir / "summary.json").write_text(json.dumps({"best": {"accuracy": {"test": 0.5}}}))
+
+    monkeypatch.setattr(sweeps, "ray_session", contextmanager(lambda *a, **k: (yield InProcessRay())))
+    monkeypatch.setattr(sweeps, "cell_task", cell_task)
+    monkeypatch.setattr(sweeps, "search_when_free", search)
+    runs = tmp_path / "runs"
+    seed1, seed2 = (runs / "s" / f"fashion-mnist-demo-1shot-seed{k}" for k in (1, 2))
+
+    def sweep_and_report(expected_exit: int) -> str:
+        swept = CliRunner().invoke(cli, ["sweep", "s", "--dataset", "fashion-mnist", "--seeds", "1-2", "--optimizer",
+                                         "craft", "--queries", "200", "--runs-dir", str(runs)])
+        assert swept.exit_code == expected_exit, swept.output
+        report = CliRunner().invoke(cli, ["sweep-report", "s", "--runs-dir", str(runs)])
+        assert report.exit_code == 0, report.output
+        return report.output
+
+    assert "2 failed cell(s):" in sweep_and_report(3)
+    assert (seed1 / "error.txt").read_text() == (seed2 / "error.txt").read_text() == "first run's error\n"
+
+    run.update(unseen=("seed1",), error="second run's error")
+    report = sweep_and_report(3)
+    assert not (seed1 / "error.txt").exists() and "first run's error" not in report
+    assert f"1 cell(s) not finished yet: {seed1.name}" in report
+    assert f"1 failed cell(s):\n  {seed2.name}: second run's error" in report
+
+    run.update(unseen=(), error=None)
+    report = sweep_and_report(0)
+    assert not (seed1 / "error.txt").exists() and not (seed2 / "error.txt").exists()
+    assert "failed" not in report.split("\n\n", 1)[1] and "not finished" not in report

@@ -5,7 +5,7 @@
       sweep.json                                  the grid and the search options of every cell
       <dataset>-<backbone>-<shots>shot-seed<k>/   one ordinary run folder per cell, plus
           search.log                              what its search printed
-          error.txt                               why it failed (until a rerun succeeds)
+          error.txt                               why its last run failed (gone once it runs again)
       report.png                                  written by sweep-report
 
 Each cell is one Ray task (`cell_task`) that calls the same `run_search` as `promptclimb
@@ -885,6 +885,7 @@ def watch(ray, running: dict, sweep_dir: Path, states: dict, echo: Callable[[str
                     say(f"{progress()} {cell.name}: FAILED: {message['error'].splitlines()[0]}")
                     if message.get("error_file") is False:
                         unwritten[cell.name] = message["error"].splitlines()[0]
+                        forget_earlier_error(sweep_dir / cell.name)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C or SIGTERM of the driver
         try:
             stop_cells(ray, [g for g in running if g not in ended], started, say)
@@ -894,6 +895,16 @@ def watch(ray, running: dict, sweep_dir: Path, states: dict, echo: Callable[[str
     finally:
         bar.close()
     return unwritten
+
+
+def forget_earlier_error(cell_dir: Path) -> None:
+    """A cell that failed where it could write no error.txt (its node does not see, or could not
+    claim, its folder; `run_cell` removes an earlier error.txt only once it has claimed it): an
+    error.txt there is an earlier run's, which sweep-report would give as this run's failure
+    (and count the cell as failed, where the sweep's last line says no error.txt was written).
+    The driver removes it where it sees the folder (a cell's own file: `claim_folder`)."""
+    with suppress(OSError):  # not seen from here either: nothing there to be read as this run's
+        (cell_dir / ERROR_FILE).unlink(missing_ok=True)
 
 
 CELL_INTERRUPTED = ("interrupted: its worker was stopped (SIGTERM, or Ray's cancel) while the sweep ran; "
