@@ -302,8 +302,19 @@ def check_value(option: Option, value, where: str):
     if option.minimum is not None and value < option.minimum:
         refuse(f"must be at least {option.minimum:g}")
     if option.maximum is not None and value > option.maximum:
-        refuse(f"must be at most {option.maximum}")
+        refuse(f"not in the range {range_text(option.minimum, option.maximum)}")
     return value
+
+
+def range_text(minimum, maximum: int) -> str:
+    """The range of a bounded option in click's words, as the command line refuses a value
+    out of it (agent/cli/params.py LongBoundInt) and as the API and a TOML table do: a
+    maximum one below a power of two as that power, `0<=x<2**64`, not --seed's 20 digits."""
+    low = "" if minimum is None else f"{minimum:g}<="
+    above = maximum + 1
+    if above & maximum == 0:
+        return f"{low}x<2**{above.bit_length() - 1}"
+    return f"{low}x<={maximum}"
 
 
 def names_value(value, what: str) -> str | tuple[str, ...]:

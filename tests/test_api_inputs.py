@@ -106,21 +106,29 @@ def test_search_takes_a_list_of_class_names_records_it_and_resumes_it(notebook, 
 def test_a_seed_torch_cannot_take_is_refused_before_anything_runs(notebook, built, tmp_path):
     """A seed of 2**64 or more (a typo of 20 digits): torch seeds its generators with at most 64
     bits, and `search --optimizer craft`, `adapt` (the run's seed by default) and `search
-    --adapter` had ended in a traceback (`Overflow when unpacking long long`) after loading."""
+    --adapter` had ended in a traceback (`Overflow when unpacking long long`) after loading.
+    The API and a --config file say the range as the command line does (they had said `must be
+    at most 18446744073709551615`, 20 digits to count)."""
     from click.testing import CliRunner
 
     from promptclimb.agent.cli import cli
 
     too_big = 2 ** 64
-    with pytest.raises(promptclimb.PromptclimbError, match=rf"^search\(\): --seed {too_big}: must be at most {too_big - 1}$"):
+    range_said = f"--seed {too_big}: not in the range 0<=x<2**64"
+    with pytest.raises(promptclimb.PromptclimbError, match=rf"^search\(\): {re.escape(range_said)}$"):
         promptclimb.search(dataset="toy", name="x", seed=too_big, echo=None, **SMALL)
-    with pytest.raises(promptclimb.PromptclimbError, match=rf"^evaluate\(\): --seed {too_big}: must be at most"):
+    with pytest.raises(promptclimb.PromptclimbError, match=rf"^evaluate\(\): {re.escape(range_said)}$"):
         promptclimb.evaluate("a {}.", seed=too_big)
+    config = tmp_path / "seed.toml"
+    config.write_text(f"[search]\nseed = {too_big}\n")
+    said = CliRunner().invoke(cli, ["search", "--config", str(config)])
+    assert said.exit_code == 2 and said.output.strip().splitlines()[-1] == \
+        f"Error: Invalid value for '--config': --config {config}: {range_said}", said.output
     assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
     assert promptclimb.search(dataset="toy", name="y", seed=too_big - 1, echo=None, **SMALL).run_dir.name == "y"
     for command in (["adapt", "RUN", "--kind", "cache"], ["eval"], ["search", "--dataset", "toy"]):
         said = CliRunner().invoke(cli, [*command, "--seed", str(too_big)])
-        assert said.exit_code == 2 and f"{too_big} is not in the range" in said.output, said.output
+        assert said.exit_code == 2 and f"{too_big} is not in the range 0<=x<2**64." in said.output, said.output
 
 
 @pytest.mark.parametrize("dataset", ["nope", "fashion_mnist", "a/b"])
