@@ -53,6 +53,21 @@ def test_load_run_bad_input_is_one_readable_error(notebook, built, tmp_path):
         promptclimb.transfer(tmp_path / "elsewhere", backbone="other")
 
 
+def test_resuming_under_a_runs_dir_that_is_a_file_says_it_is_a_file(notebook, built, tmp_path):
+    """search(resume=..., runs_dir=FILE) said 'FILE holds no runs (use --runs-dir to look
+    elsewhere)', as if a folder were empty; `--runs-dir FILE` on the command line says it is
+    a file, and so do the API and load_run now, naming the file in the way."""
+    (tmp_path / "notes.txt").write_text("x")
+    said = r"^no run 'x': {} \(--runs-dir\): {}$"
+    with pytest.raises(promptclimb.PromptclimbError, match=said.format("notes.txt", "it is a file, not a folder")):
+        promptclimb.search(resume="x", runs_dir="notes.txt", echo=None)
+    with pytest.raises(promptclimb.PromptclimbError, match=said.format("notes.txt", "it is a file, not a folder")):
+        promptclimb.load_run("x", runs_dir="notes.txt")
+    with pytest.raises(promptclimb.PromptclimbError, match=said.format("notes.txt/runs", "notes.txt is a file, not a folder")):
+        promptclimb.search(resume="x", runs_dir="notes.txt/runs", echo=None)
+    assert notebook.count == 0 and not built and (tmp_path / "notes.txt").read_text() == "x"
+
+
 @pytest.mark.parametrize("names, said", [
     ([], r"--classnames \[\]: expected a list of names \(one per class, in class order\), a set name or a file"),
     (["tee", "jeans", "Tee"], r"--classnames: class 3 'Tee' repeats class 1"),
