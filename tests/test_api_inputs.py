@@ -68,6 +68,31 @@ def test_resuming_under_a_runs_dir_that_is_a_file_says_it_is_a_file(notebook, bu
     assert notebook.count == 0 and not built and (tmp_path / "notes.txt").read_text() == "x"
 
 
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_an_empty_backbone_is_refused_alike_on_every_path(notebook, built, tmp_path, blank):
+    """backbone='' (the API, --backbone '', a --config file's backbone = "") ran the default
+    backbone, unsaid, as if none were given; each refuses it now in the same one line."""
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+
+    said = f"--backbone {blank!r}: expected a backbone name"
+    with pytest.raises(promptclimb.PromptclimbError, match=rf"^search\(\): {re.escape(said)}$"):
+        promptclimb.search(dataset="toy", name="x", backbone=blank, echo=None, **SMALL)
+    with pytest.raises(promptclimb.PromptclimbError, match=rf"^evaluate\(\): {re.escape(said)}$"):
+        promptclimb.evaluate("a {}.", backbone=blank)
+    config = tmp_path / "bb.toml"
+    config.write_text(f'[search]\ndataset = "toy"\nbackbone = "{blank}"\n')
+    for command, option in ((["search", "--dataset", "toy", "--backbone", blank], "--backbone"),
+                            (["eval", "--backbone", blank], "--backbone"),
+                            (["search", "--config", str(config)], "--config")):
+        result = CliRunner().invoke(cli, command)
+        where = f"--config {config}: " if option == "--config" else ""
+        assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == \
+            f"Error: Invalid value for '{option}': {where}{said}", result.output
+    assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("names, said", [
     ([], r"--classnames \[\]: expected a list of names \(one per class, in class order\), a set name or a file"),
     (["tee", "jeans", "Tee"], r"--classnames: class 3 'Tee' repeats class 1"),

@@ -1,11 +1,13 @@
 """click types for the options that the search's table (agent/options.py) bounds, shared by
-every command that takes one (search, eval and adapt all take --seed)."""
+every command that takes one (search, eval and adapt all take --seed; search and eval
+--backbone)."""
 
 from __future__ import annotations
 
 import click
 
-from promptclimb.agent.options import Option, range_text
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.options import Option, check_value, range_text
 
 
 class LongBoundInt(click.IntRange):
@@ -34,3 +36,19 @@ def table_int(option: Option) -> click.ParamType:
     if option.minimum is not None:
         return click.IntRange(min=option.minimum)
     return click.INT
+
+
+class TableText(click.ParamType):
+    """Text checked as the table's row checks it (`check_value`), so that the command line
+    refuses what the API and a --config file refuse, in their words: `--backbone ''` had
+    run the default backbone, unsaid."""
+    name = "text"
+
+    def __init__(self, option: Option):
+        self.option = option
+
+    def convert(self, value, param, ctx):
+        try:
+            return check_value(self.option, value, "")
+        except PromptclimbError as exc:
+            self.fail(str(exc), param, ctx)
