@@ -186,6 +186,29 @@ def test_a_resume_is_refused_before_asking_when_a_recorded_turn_used_an_edited_m
     assert meta_warnings(again) == []
 
 
+def test_a_refused_resume_names_the_other_changed_meta_prompt_files_too(search, meta):
+    """system.j2 (in the recorded first turn) and feedback_turn.j2 (in none yet) both edited:
+    the refusal named system.j2 only, and the resume after restoring it then warned of a
+    second file the user had not been told of. The one line names both, each for what it is."""
+    shutil.copy(META / "system.j2", meta / "system.j2")
+    flags = ("--iterations", "2", "--meta-prompt", str(meta))
+    assert search(*flags).exit_code == 0
+    killed_before_the_second_turn(search)
+    for name in ("system.j2", "feedback_turn.j2"):
+        (meta / name).write_text((meta / name).read_text() + "\nEDITED-TEXT\n")
+    said = one_line_error(search(*flags, "--resume", "run"))
+    assert said == (f"Error: cannot resume run: the meta-prompt changed since this run started: {meta / 'system.j2'}; "
+                    "the LLM turns recorded in its history were asked with the old text, and a resume must replay "
+                    "them: restore the file (e.g. from git) or start a new run without --resume; also changed, in no "
+                    "recorded turn (the turns still to come would use the new text): "
+                    f"{meta / 'feedback_turn.j2'}"), said
+    shutil.copy(META / "system.j2", meta / "system.j2")  # restored: the other file is the warning it was said to be
+    again = search(*flags, "--resume", "run")
+    assert again.exit_code == 0, again.output
+    assert meta_warnings(again) == [f"{META_WARNING}{meta / 'feedback_turn.j2'}; the LLM turns still to come use "
+                                    "the new text"]
+
+
 def test_a_resume_goes_on_silently_when_only_the_comments_of_a_recorded_meta_prompt_changed(search, meta):
     """Our meta-prompts' {# comments #} document their variables and change between versions:
     a run killed before an upgrade that only reworded them resumes, as it did before hashes."""
