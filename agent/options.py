@@ -43,7 +43,8 @@ class Option:
     help: str
     panel: str
     kind: Any = str  # str, int, float, bool (a flag), "path", "dir", "optional" (a flag that may take a
-    # value: "" when given bare), "names" (class names: `names_value`), or a tuple of choices
+    # value: "" when given bare), "names" (class names: `names_value`), "name" (text naming a thing,
+    # never empty: '' is refused, not read as the default), or a tuple of choices
     dest: str | None = None  # the settings key when it is not the keyword (--llm: llm_name)
     multiple: bool = False
     metavar: str | None = None
@@ -70,7 +71,8 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
            "parquet folder: --data-root) or hf:OWNER/NAME[:CONFIG]. Required unless --resume.", _E, recorded="evaluator_args.dataset"),
     Option("--shots", 1, "Training images per class (the few-shot split).", _E, int, minimum=1, recorded="evaluator_args.shots"),
     Option("--seed", 0, "Seed of the few-shot split, the pool samples and the LLM requests.", _E, int, minimum=0, maximum=SEED_MAX, recorded="evaluator_args.seed"),
-    Option("--backbone", None, "CLIP backbone [default: demo for fashion-mnist, else ViT-B-32 with --pretrained openai].", _E, recorded="evaluator_args.backbone"),
+    Option("--backbone", None, "CLIP backbone [default: demo for fashion-mnist, else ViT-B-32 with --pretrained openai].", _E,
+           "name", recorded="evaluator_args.backbone"),
     Option("--llm", None, "LLM model name [default: 'local' (the embedded llama.cpp model) unless OPENAI_API_KEY or "
            f"OPENAI_BASE_URL is set, then {REMOTE_DEFAULT_MODEL}].", _E, dest="llm_name", recorded="llm.model"),
     Option("--search", SEARCH.search, "What the LLM rewrites: template (the prompt's wording), names (the class "
@@ -219,7 +221,7 @@ def recorded_value(config: dict, option: Option):
 
 # What a run's config.json holds for an option of each kind, as JSON, and how it is said.
 RECORDED_TYPES = {int: (int, "a whole number"), float: ((int, float), "a number"), bool: (bool, "true or false"),
-                  str: (str, "text"), "path": (str, "a path"), "dir": (str, "a path")}
+                  str: (str, "text"), "name": (str, "text"), "path": (str, "a path"), "dir": (str, "a path")}
 
 
 def check_recorded(config: dict, where, under: str | tuple[str, ...] = "") -> None:
@@ -295,15 +297,28 @@ def check_value(option: Option, value, where: str):
         return "" if value else None
     elif kind == "optional" and not isinstance(value, (str, Path)):
         refuse(f"expected true, false or {option.metavar.strip('[]') if option.metavar else 'a value'}")
+    elif kind == "name" and isinstance(value, str) and not value.strip():
+        refuse(f"expected a {option.keyword} name")  # '' had run the default backbone, unsaid
     elif not isinstance(value, (str, Path)):
-        refuse("expected text" if kind is str else "expected a path")
+        refuse("expected text" if kind in (str, "name") else "expected a path")
     else:
         value = str(value)
     if option.minimum is not None and value < option.minimum:
         refuse(f"must be at least {option.minimum:g}")
     if option.maximum is not None and value > option.maximum:
-        refuse(f"must be at most {option.maximum}")
+        refuse(f"not in the range {range_text(option.minimum, option.maximum)}")
     return value
+
+
+def range_text(minimum, maximum: int) -> str:
+    """The range of a bounded option in click's words, as the command line refuses a value
+    out of it (agent/cli/params.py LongBoundInt) and as the API and a TOML table do: a
+    maximum one below a power of two as that power, `0<=x<2**64`, not --seed's 20 digits."""
+    low = "" if minimum is None else f"{minimum:g}<="
+    above = maximum + 1
+    if above & maximum == 0:
+        return f"{low}x<2**{above.bit_length() - 1}"
+    return f"{low}x<={maximum}"
 
 
 def names_value(value, what: str) -> str | tuple[str, ...]:

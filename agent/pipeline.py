@@ -516,15 +516,19 @@ def say_meta_prompt_changes(store: RunStore, meta: MetaPrompt, echo) -> None:
     and the LLM turns still to come are asked with the new text. A file whose text is part of
     a turn already recorded is refused before anything is asked: that turn's request cannot
     be replayed with the new text (it would be sent to the LLM, and its answer end the resume
-    in a `RunMismatch`)."""
+    in a `RunMismatch`); the refusal names the other changed files too, so that the resume
+    after restoring the first ones does not come as a surprise."""
     changed = meta.changed_since(store.config.get(META_FINGERPRINT))
     recorded = files_recorded(store.stored)
     replayed = [path for path in changed if path.name in recorded]
+    unused = [path for path in changed if path.name not in recorded]
     if replayed:
+        also = (f"; also changed, in no recorded turn (the turns still to come would use the new text): "
+                f"{', '.join(map(str, unused))}" if unused else "")
         raise PromptclimbError(
             f"cannot resume {store.run_dir.name}: the meta-prompt changed since this run started: "
             f"{', '.join(map(str, replayed))}; the LLM turns recorded in its history were asked with the old text, "
-            "and a resume must replay them: restore the file (e.g. from git) or start a new run without --resume")
+            f"and a resume must replay them: restore the file (e.g. from git) or start a new run without --resume{also}")
     if changed:
         echo(f"warning: the meta-prompt changed since this run started: {', '.join(map(str, changed))}; "
              "the LLM turns still to come use the new text")

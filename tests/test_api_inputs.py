@@ -53,6 +53,46 @@ def test_load_run_bad_input_is_one_readable_error(notebook, built, tmp_path):
         promptclimb.transfer(tmp_path / "elsewhere", backbone="other")
 
 
+def test_resuming_under_a_runs_dir_that_is_a_file_says_it_is_a_file(notebook, built, tmp_path):
+    """search(resume=..., runs_dir=FILE) said 'FILE holds no runs (use --runs-dir to look
+    elsewhere)', as if a folder were empty; `--runs-dir FILE` on the command line says it is
+    a file, and so do the API and load_run now, naming the file in the way."""
+    (tmp_path / "notes.txt").write_text("x")
+    said = r"^no run 'x': {} \(--runs-dir\): {}$"
+    with pytest.raises(promptclimb.PromptclimbError, match=said.format("notes.txt", "it is a file, not a folder")):
+        promptclimb.search(resume="x", runs_dir="notes.txt", echo=None)
+    with pytest.raises(promptclimb.PromptclimbError, match=said.format("notes.txt", "it is a file, not a folder")):
+        promptclimb.load_run("x", runs_dir="notes.txt")
+    with pytest.raises(promptclimb.PromptclimbError, match=said.format("notes.txt/runs", "notes.txt is a file, not a folder")):
+        promptclimb.search(resume="x", runs_dir="notes.txt/runs", echo=None)
+    assert notebook.count == 0 and not built and (tmp_path / "notes.txt").read_text() == "x"
+
+
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_an_empty_backbone_is_refused_alike_on_every_path(notebook, built, tmp_path, blank):
+    """backbone='' (the API, --backbone '', a --config file's backbone = "") ran the default
+    backbone, unsaid, as if none were given; each refuses it now in the same one line."""
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+
+    said = f"--backbone {blank!r}: expected a backbone name"
+    with pytest.raises(promptclimb.PromptclimbError, match=rf"^search\(\): {re.escape(said)}$"):
+        promptclimb.search(dataset="toy", name="x", backbone=blank, echo=None, **SMALL)
+    with pytest.raises(promptclimb.PromptclimbError, match=rf"^evaluate\(\): {re.escape(said)}$"):
+        promptclimb.evaluate("a {}.", backbone=blank)
+    config = tmp_path / "bb.toml"
+    config.write_text(f'[search]\ndataset = "toy"\nbackbone = "{blank}"\n')
+    for command, option in ((["search", "--dataset", "toy", "--backbone", blank], "--backbone"),
+                            (["eval", "--backbone", blank], "--backbone"),
+                            (["search", "--config", str(config)], "--config")):
+        result = CliRunner().invoke(cli, command)
+        where = f"--config {config}: " if option == "--config" else ""
+        assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == \
+            f"Error: Invalid value for '{option}': {where}{said}", result.output
+    assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("names, said", [
     ([], r"--classnames \[\]: expected a list of names \(one per class, in class order\), a set name or a file"),
     (["tee", "jeans", "Tee"], r"--classnames: class 3 'Tee' repeats class 1"),
@@ -106,21 +146,29 @@ def test_search_takes_a_list_of_class_names_records_it_and_resumes_it(notebook, 
 def test_a_seed_torch_cannot_take_is_refused_before_anything_runs(notebook, built, tmp_path):
     """A seed of 2**64 or more (a typo of 20 digits): torch seeds its generators with at most 64
     bits, and `search --optimizer craft`, `adapt` (the run's seed by default) and `search
-    --adapter` had ended in a traceback (`Overflow when unpacking long long`) after loading."""
+    --adapter` had ended in a traceback (`Overflow when unpacking long long`) after loading.
+    The API and a --config file say the range as the command line does (they had said `must be
+    at most 18446744073709551615`, 20 digits to count)."""
     from click.testing import CliRunner
 
     from promptclimb.agent.cli import cli
 
     too_big = 2 ** 64
-    with pytest.raises(promptclimb.PromptclimbError, match=rf"^search\(\): --seed {too_big}: must be at most {too_big - 1}$"):
+    range_said = f"--seed {too_big}: not in the range 0<=x<2**64"
+    with pytest.raises(promptclimb.PromptclimbError, match=rf"^search\(\): {re.escape(range_said)}$"):
         promptclimb.search(dataset="toy", name="x", seed=too_big, echo=None, **SMALL)
-    with pytest.raises(promptclimb.PromptclimbError, match=rf"^evaluate\(\): --seed {too_big}: must be at most"):
+    with pytest.raises(promptclimb.PromptclimbError, match=rf"^evaluate\(\): {re.escape(range_said)}$"):
         promptclimb.evaluate("a {}.", seed=too_big)
+    config = tmp_path / "seed.toml"
+    config.write_text(f"[search]\nseed = {too_big}\n")
+    said = CliRunner().invoke(cli, ["search", "--config", str(config)])
+    assert said.exit_code == 2 and said.output.strip().splitlines()[-1] == \
+        f"Error: Invalid value for '--config': --config {config}: {range_said}", said.output
     assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
     assert promptclimb.search(dataset="toy", name="y", seed=too_big - 1, echo=None, **SMALL).run_dir.name == "y"
     for command in (["adapt", "RUN", "--kind", "cache"], ["eval"], ["search", "--dataset", "toy"]):
         said = CliRunner().invoke(cli, [*command, "--seed", str(too_big)])
-        assert said.exit_code == 2 and f"{too_big} is not in the range" in said.output, said.output
+        assert said.exit_code == 2 and f"{too_big} is not in the range 0<=x<2**64." in said.output, said.output
 
 
 @pytest.mark.parametrize("dataset", ["nope", "fashion_mnist", "a/b"])

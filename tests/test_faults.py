@@ -459,6 +459,19 @@ def test_a_run_name_is_one_folder_name(name, tmp_path, llm, evaluators_built):
     assert evaluators_built == [] and not (tmp_path / "deep" / "outside").exists() and not runs.exists()
 
 
+@pytest.mark.parametrize("name", ["bad\nname", "a\tb", "x\r", "red\x1b[31m", "a\u2028b"])
+def test_a_run_name_with_a_control_character_is_refused_before_anything_is_made(name, tmp_path, llm, evaluators_built):
+    """A line break or a tab in --name was taken: the run folder was made and the search ran,
+    and then `runs` printed the id over two rows and `show` its heading over two lines."""
+    runs = tmp_path / "runs"
+    said = one_line_error(cli("search", "--dataset", "toy", "--name", name, "--runs-dir", runs), "--name")
+    assert said == f"Error: --name {name!r} has a control character ({next(c for c in name if not c.isprintable())!r}); " \
+        "it names a folder that `promptclimb runs` and `show` print on one line", said
+    assert evaluators_built == [] and not runs.exists()
+    assert cli("search", "--dataset", "toy", "--name", "fine name-1.x", "--runs-dir", runs).exit_code == 0
+    assert [p.name for p in runs.iterdir()] == ["fine name-1.x"]
+
+
 # -- 5: races --------------------------------------------------------------------------------------
 def test_a_run_folder_another_search_claims_at_the_same_moment_is_left_to_it(tmp_path, monkeypatch):
     """Two searches started in the same second: the other one creates the folder between

@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -184,6 +185,56 @@ def test_a_resume_is_refused_before_asking_when_a_recorded_turn_used_an_edited_m
     assert len(search.fake.requests) == asked  # nothing asked
     assert (search.runs / "run" / "history.jsonl").read_text() == history
     assert meta_warnings(again) == []
+
+
+def test_a_refused_resume_names_the_other_changed_meta_prompt_files_too(search, meta):
+    """system.j2 (in the recorded first turn) and feedback_turn.j2 (in none yet) both edited:
+    the refusal named system.j2 only, and the resume after restoring it then warned of a
+    second file the user had not been told of. The one line names both, each for what it is."""
+    shutil.copy(META / "system.j2", meta / "system.j2")
+    flags = ("--iterations", "2", "--meta-prompt", str(meta))
+    assert search(*flags).exit_code == 0
+    killed_before_the_second_turn(search)
+    for name in ("system.j2", "feedback_turn.j2"):
+        (meta / name).write_text((meta / name).read_text() + "\nEDITED-TEXT\n")
+    said = one_line_error(search(*flags, "--resume", "run"))
+    assert said == (f"Error: cannot resume run: the meta-prompt changed since this run started: {meta / 'system.j2'}; "
+                    "the LLM turns recorded in its history were asked with the old text, and a resume must replay "
+                    "them: restore the file (e.g. from git) or start a new run without --resume; also changed, in no "
+                    "recorded turn (the turns still to come would use the new text): "
+                    f"{meta / 'feedback_turn.j2'}"), said
+    shutil.copy(META / "system.j2", meta / "system.j2")  # restored: the other file is the warning it was said to be
+    again = search(*flags, "--resume", "run")
+    assert again.exit_code == 0, again.output
+    assert meta_warnings(again) == [f"{META_WARNING}{meta / 'feedback_turn.j2'}; the LLM turns still to come use "
+                                    "the new text"]
+
+
+def test_a_resume_is_refused_when_a_recorded_refusal_for_the_context_was_a_feedback_turn(tmp_path, meta):
+    """The endpoint refused the second turn's continued conversation (feedback_turn.j2's
+    message) as longer than its context, and the turn opened a new one: the history records
+    that turn as opening (system.j2, first_turn.j2) with the refused request's key in
+    `context_refused`, which a resume replays, so an edited feedback_turn.j2 is refused, not
+    warned of, though no recorded exchange continues a conversation."""
+    runs = tmp_path / "runs"
+    flags = ["search", "--dataset", "toy", "--iterations", "3", "--resets", "1", "--pool-sample", "4", "--search",
+             "template", "--runs-dir", str(runs), "--name", "run", "--meta-prompt", str(meta)]
+    # the fake counts 10 tokens a message and 400 for the answer: the first request (2 messages)
+    # fits in 430 tokens, the second turn's continued conversation (4 messages) does not
+    from promptclimb.agent.cli import cli
+
+    with FakeLLM(responder=responder, context=430) as fake:
+        env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.base_url}
+        assert CliRunner().invoke(cli, flags, obj=FACTORY, env=env).exit_code == 0
+        recorded = killed_before_turn(SimpleNamespace(runs=runs), 3)
+        assert fake.refused == 1 and "context_refused" in recorded[1]
+        assert all(e["messages"][0]["role"] == "system" for e in recorded)  # both open a conversation
+        (meta / "feedback_turn.j2").write_text((meta / "feedback_turn.j2").read_text() + "\nEDITED-TEXT\n")
+        asked = len(fake.requests)
+        again = CliRunner().invoke(cli, [*flags, "--resume", "run"], obj=FACTORY, env=env)
+        one_line_error(again, "cannot resume run: the meta-prompt changed since this run started: "
+                              f"{meta / 'feedback_turn.j2'};")
+        assert len(fake.requests) == asked and meta_warnings(again) == []
 
 
 def test_a_resume_goes_on_silently_when_only_the_comments_of_a_recorded_meta_prompt_changed(search, meta):

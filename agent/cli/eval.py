@@ -12,7 +12,7 @@ import click
 
 from promptclimb.agent.core.defaults import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS, default_backbone
 from promptclimb.agent.cli.errors import user_errors
-from promptclimb.agent.cli.params import table_int
+from promptclimb.agent.cli.params import TableText, table_int
 from promptclimb.agent.core.devices import check_device_name
 from promptclimb.agent.core.format import pct
 from promptclimb.agent.core.paths import cache_home, check_writable
@@ -46,7 +46,7 @@ DEFAULTS = {"dataset": "fashion-mnist", "shots": 1, "seed": 0,  # as `search`; t
 @click.option("--shots", type=click.IntRange(min=1), default=None,
               help="Training images per class (k) [default: 1, or the run's].")
 @click.option("--seed", type=table_int(BY_KEYWORD["seed"]), default=None, help="Seed of the few-shot draw [default: 0, or the run's].")
-@click.option("--backbone", default=None,
+@click.option("--backbone", type=TableText(BY_KEYWORD["backbone"]), default=None,
               help="'demo' (embedded, offline) or an open_clip architecture such as RN50 or ViT-B-32 "
                    "[default: the run's; else demo for fashion-mnist, ViT-B-32 (--pretrained openai) for "
                    "other data, as `search`].")

@@ -1,19 +1,21 @@
 """click types for the options that the search's table (agent/options.py) bounds, shared by
-every command that takes one (search, eval and adapt all take --seed)."""
+every command that takes one (search, eval and adapt all take --seed; search and eval
+--backbone)."""
 
 from __future__ import annotations
 
 import click
 
-from promptclimb.agent.options import Option
+from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.options import Option, check_value, range_text
 
 
 class LongBoundInt(click.IntRange):
     """An integer with a maximum too long to read in the help: --seed's 2**64 - 1 (torch's
     64-bit seeds) had made every help show `[0<=x<=18446744073709551615]`. The help shows the
     minimum only (`[x>=0]`, click's own range text); a value above the maximum is refused in
-    click's one line, the bound written as a power of two where it is one: `18446744073709551616
-    is not in the range 0<=x<2**64.`"""
+    click's one line, in the words the API and a TOML table use (`range_text`):
+    `18446744073709551616 is not in the range 0<=x<2**64.`"""
 
     def __init__(self, minimum: int, maximum: int):
         super().__init__(min=minimum)
@@ -22,15 +24,8 @@ class LongBoundInt(click.IntRange):
     def convert(self, value, param, ctx):
         number = super().convert(value, param, ctx)
         if number > self.maximum:
-            low = "" if self.min is None else f"{self.min}<="
-            self.fail(f"{number} is not in the range {low}{self.bound_text()}.", param, ctx)
+            self.fail(f"{number} is not in the range {range_text(self.min, self.maximum)}.", param, ctx)
         return number
-
-    def bound_text(self) -> str:
-        above = self.maximum + 1
-        if above & self.maximum == 0:  # a power of two: 2**64, not its 20 digits
-            return f"x<2**{above.bit_length() - 1}"
-        return f"x<={self.maximum}"
 
 
 def table_int(option: Option) -> click.ParamType:
@@ -41,3 +36,19 @@ def table_int(option: Option) -> click.ParamType:
     if option.minimum is not None:
         return click.IntRange(min=option.minimum)
     return click.INT
+
+
+class TableText(click.ParamType):
+    """Text checked as the table's row checks it (`check_value`), so that the command line
+    refuses what the API and a --config file refuse, in their words: `--backbone ''` had
+    run the default backbone, unsaid."""
+    name = "text"
+
+    def __init__(self, option: Option):
+        self.option = option
+
+    def convert(self, value, param, ctx):
+        try:
+            return check_value(self.option, value, "")
+        except PromptclimbError as exc:
+            self.fail(str(exc), param, ctx)

@@ -15,7 +15,7 @@ import rich_click as click
 
 from promptclimb.agent import options as option_table
 from promptclimb.agent.cli.errors import user_errors
-from promptclimb.agent.cli.params import table_int
+from promptclimb.agent.cli.params import TableText, table_int
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.options import PANELS, SEARCH_OPTIONS, Option
 
@@ -57,6 +57,8 @@ def click_option(option: Option, default=None, help: str | None = None):
         extra.update(is_flag=False, flag_value="")
     elif kind == "names":
         extra["type"] = NAMES
+    elif kind == "name":
+        extra["type"] = TableText(option)
     value = option.default if default is None else default
     return click.option(option.flag, option.name, default=value, multiple=option.multiple, metavar=option.metavar,
                         help=help or option.help, show_default=value not in (None, (), False), **extra)

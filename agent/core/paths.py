@@ -34,11 +34,7 @@ def check_writable(folder: str | Path, what: str) -> Path:
             pass
     except OSError as exc:
         # for a file in the way the OS says "File exists" or "Not a directory": say which file
-        in_the_way = file_in_the_way(folder)
-        if in_the_way is None:
-            why = exc.strerror or str(exc)
-        else:
-            why = "it is a file, not a folder" if in_the_way == folder else f"{in_the_way} is a file, not a folder"
+        why = not_a_folder(folder) or exc.strerror or str(exc)
         raise PromptclimbError(f"{folder} ({what}) is not writable ({why})") from None
     return folder
 
@@ -50,6 +46,15 @@ def file_in_the_way(folder: Path) -> Path | None:
         if path.exists():
             return None if path.is_dir() else path
     return None
+
+
+def not_a_folder(folder: Path) -> str | None:
+    """Why `folder` cannot be a folder, `it is a file, not a folder` or `PARENT is a file, not
+    a folder`, for a message about it; None where no file is in the way."""
+    in_the_way = file_in_the_way(folder)
+    if in_the_way is None:
+        return None
+    return "it is a file, not a folder" if in_the_way == folder else f"{in_the_way} is a file, not a folder"
 
 
 def missing_folders(folder: str | Path) -> list[Path]:

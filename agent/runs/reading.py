@@ -31,6 +31,7 @@ import pandas as pd
 
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.format import shortened
+from promptclimb.agent.core.paths import not_a_folder
 from promptclimb.agent.core.protocol import SPLITS
 from promptclimb.agent.core.runfiles import SWEEP_FILE
 from promptclimb.agent.runs.compact import COMPACT_SINCE, confusion_matrix, unpack_event
@@ -82,6 +83,8 @@ def find_run(run: str, runs_dir: str | Path) -> Path:
         raise PromptclimbError(f"run {run!r} is ambiguous under {runs_dir}: " + ", ".join(p.name for p in matches))
     if Path(run).exists():  # a path given: say what is wrong with it, not what --runs-dir holds
         raise PromptclimbError(not_a_run_folder(Path(run)))
+    if not known and not_a_folder(runs_dir):  # not "holds no runs": a file was given as the runs folder
+        raise PromptclimbError(f"no run {run!r}: {runs_dir} (--runs-dir): {not_a_folder(runs_dir)}")
     if not known:
         raise PromptclimbError(f"no run {run!r}: {runs_dir} holds no runs (use --runs-dir to look elsewhere)")
     names = [p.name for p in sorted(known, key=lambda p: p.stat().st_mtime, reverse=True)]

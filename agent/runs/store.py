@@ -110,6 +110,7 @@ import json
 import os
 import shutil
 import time
+import unicodedata
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -187,6 +188,10 @@ def check_folder_name(name, what: str) -> str:
             or any(sep and sep in name for sep in ("/", "\\", os.sep, os.altsep, "\0")):
         raise PromptclimbError(f"{what} {name!r} must be a plain folder name (no '/', not '.' or '..'); "
                                "it names a folder directly under the runs dir (--runs-dir)")
+    control = next((c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    if control is not None:  # a line break or a tab in an id broke `runs`' table and `show`'s one-line headings
+        raise PromptclimbError(f"{what} {name!r} has a control character ({control!r}); it names a folder that "
+                               "`promptclimb runs` and `show` print on one line")
     return name
 
 
