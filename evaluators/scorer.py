@@ -270,9 +270,14 @@ class ClipEvaluator:
         return Score(accuracy=accuracy, loss=loss, prob=prob, balance=balance)
 
     def info(self) -> dict:
-        return {"backbone": self.backbone.info(),
-                "dataset": {"name": self.dataset.name, "identity": self.dataset.identity,
-                            "classes": len(self.dataset.classnames), "classnames": list(self.classnames)},
+        dataset = {"name": self.dataset.name, "identity": self.dataset.identity,
+                   "classes": len(self.dataset.classnames), "classnames": list(self.classnames)}
+        if list(self.classnames) != list(self.dataset.classnames):
+            # start names of its own (--classnames clean, FILE) name no class of other data: the
+            # labels let a run's names be matched to another folder's classes by label
+            # (agent/runs/reading.run_labels); start names that are the labels say them already
+            dataset["labels"] = list(self.dataset.classnames)
+        return {"backbone": self.backbone.info(), "dataset": dataset,
                 "split": self.split.info(), "logit_scale": self.logit_scale}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -202,11 +203,9 @@ def test_a_data_root_without_the_fashion_mnist_subset_says_the_embedded_data_nee
         "`python -m promptclimb.evaluators.demo.build_subset --out DIR/fashion_mnist_subset.npz`)\n")
 
 
-def test_with_adapter_on_other_data_whose_classes_come_in_another_order(tmp_path, torch_threads):
-    """`eval --run RUN --with-adapter --data-root DIR`, DIR holding the run's classes in another
-    order (`Dress/` and `Trouser/` sort before `bag/`): the adapter rows match each class by its label, as
-    the template rows do; they had filled the run's names in by position (0% correct). So do
-    a cache adapter's rows with --classnames FILE, or refuse data of other classes."""
+def fashion_in_two_orders(tmp_path: Path) -> None:
+    """tmp_path/own: bag/, dress/, sneaker/, trouser/ (fashion-mnist images); tmp_path/other: the
+    same classes, in another order (`Dress/` and `Trouser/` sort before `bag/`)."""
     import numpy as np
     from PIL import Image
 
@@ -218,6 +217,45 @@ def test_with_adapter_on_other_data_whose_classes_come_in_another_order(tmp_path
             folder.mkdir(parents=True)
             for i in np.flatnonzero(data["test_labels"] == label)[:10]:
                 Image.fromarray(data["test_images"][i]).save(folder / f"{i}.png")
+
+
+def test_a_run_started_from_names_given_is_matched_by_label_on_other_data(tmp_path, torch_threads):
+    """`eval --run RUN --data-root DIR` of a run started with `--classnames published` (its
+    start names are the labels) or a names FILE (the evaluator records the labels beside
+    them), DIR holding its classes in another order: each name goes to its class by label, as
+    for a run started on the default names; they had been filled in by position (0% correct)."""
+    fashion_in_two_orders(tmp_path)
+    names = tmp_path / "names.txt"
+    names.write_text("bag,handbag\ndress,dress\nsneaker,sneaker\ntrouser,trousers\n")
+    runs = tmp_path / "runs"
+    for spec, in_other_order in (("published", ["dress", "trouser", "bag", "sneaker"]),
+                                 (str(names), ["dress", "trousers", "handbag", "sneaker"])):
+        started = run("--dataset", "imagefolder", "--data-root", str(tmp_path / "own"), "--shots", "2",
+                      "--backbone", "demo", "--classnames", spec, "--device", "cpu", "--json")
+        assert started.exit_code == 0, started.output
+        info = json.loads(started.stdout)["info"]  # as the search records it in config.json
+        shutil.rmtree(runs / "r", ignore_errors=True)
+        (runs / "r").mkdir(parents=True)
+        (runs / "r" / "config.json").write_text(json.dumps({"v": 1, "run_id": "r", "evaluator_args": {
+            "dataset": "imagefolder", "data_root": str(tmp_path / "own"), "shots": 2, "seed": 0, "backbone": "demo",
+            "classnames": spec}, "evaluator": info}))
+        (runs / "r" / "summary.json").write_text(json.dumps({"v": 1, "best": {
+            "template": "a photo of a {}.", "names": info["dataset"]["classnames"],
+            "accuracy": {"train": 1.0, "val": 1.0, "test": 1.0}}}))
+        out = run("--run", "r", "--runs-dir", str(runs), "--data-root", str(tmp_path / "other"), "--device", "cpu",
+                  "--json")
+        assert out.exit_code == 0, out.output
+        said = json.loads(out.stdout)
+        assert said["info"]["dataset"]["classnames"] == in_other_order, spec
+        assert said["results"][0]["accuracy"]["test"] > 0.5, spec  # by position: 0%
+
+
+def test_with_adapter_on_other_data_whose_classes_come_in_another_order(tmp_path, torch_threads):
+    """`eval --run RUN --with-adapter --data-root DIR`, DIR holding the run's classes in another
+    order (`Dress/` and `Trouser/` sort before `bag/`): the adapter rows match each class by its label, as
+    the template rows do; they had filled the run's names in by position (0% correct). So do
+    a cache adapter's rows with --classnames FILE, or refuse data of other classes."""
+    fashion_in_two_orders(tmp_path)
     runs = tmp_path / "runs"
     (runs / "r").mkdir(parents=True)
     labels = ["bag", "dress", "sneaker", "trouser"]  # the own folder's classes, in its order
