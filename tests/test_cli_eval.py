@@ -219,6 +219,25 @@ def fashion_in_two_orders(tmp_path: Path) -> None:
                 Image.fromarray(data["test_images"][i]).save(folder / f"{i}.png")
 
 
+def run_with_adapter_on_own_folder(tmp_path: Path, kind: str) -> Path:
+    """The runs folder of run `r`, searched on tmp_path/own (`fashion_in_two_orders`, made
+    here) from its labels, that found the names handbag, dress, sneaker, trousers, with an
+    adapter of `kind` fit by `promptclimb adapt`."""
+    fashion_in_two_orders(tmp_path)
+    runs = tmp_path / "runs"
+    (runs / "r").mkdir(parents=True)
+    labels = ["bag", "dress", "sneaker", "trouser"]  # the own folder's classes, in its order
+    (runs / "r" / "config.json").write_text(json.dumps({"v": 1, "run_id": "r", "evaluator_args": {
+        "dataset": "imagefolder", "data_root": str(tmp_path / "own"), "shots": 2, "seed": 0, "backbone": "demo",
+        "classnames": None}, "evaluator": {"dataset": {"classnames": labels}}}))
+    (runs / "r" / "summary.json").write_text(json.dumps({"v": 1, "best": {
+        "template": "a photo of a {}.", "names": ["handbag", "dress", "sneaker", "trousers"],
+        "accuracy": {"train": 1.0, "val": 1.0, "test": 1.0}}}))
+    fit = CliRunner().invoke(cli, ["adapt", "r", "--runs-dir", str(runs), "--kind", kind, "--device", "cpu"])
+    assert fit.exit_code == 0, fit.output
+    return runs
+
+
 def test_a_run_started_from_names_given_is_matched_by_label_on_other_data(tmp_path, torch_threads):
     """`eval --run RUN --data-root DIR` of a run started with `--classnames published` (its
     start names are the labels) or a names FILE (the evaluator records the labels beside
@@ -255,18 +274,7 @@ def test_with_adapter_on_other_data_whose_classes_come_in_another_order(tmp_path
     order (`Dress/` and `Trouser/` sort before `bag/`): the adapter rows match each class by its label, as
     the template rows do; they had filled the run's names in by position (0% correct). So do
     a cache adapter's rows with --classnames FILE, or refuse data of other classes."""
-    fashion_in_two_orders(tmp_path)
-    runs = tmp_path / "runs"
-    (runs / "r").mkdir(parents=True)
-    labels = ["bag", "dress", "sneaker", "trouser"]  # the own folder's classes, in its order
-    (runs / "r" / "config.json").write_text(json.dumps({"v": 1, "run_id": "r", "evaluator_args": {
-        "dataset": "imagefolder", "data_root": str(tmp_path / "own"), "shots": 2, "seed": 0, "backbone": "demo",
-        "classnames": None}, "evaluator": {"dataset": {"classnames": labels}}}))
-    (runs / "r" / "summary.json").write_text(json.dumps({"v": 1, "best": {
-        "template": "a photo of a {}.", "names": ["handbag", "dress", "sneaker", "trousers"],
-        "accuracy": {"train": 1.0, "val": 1.0, "test": 1.0}}}))
-    fit = CliRunner().invoke(cli, ["adapt", "r", "--runs-dir", str(runs), "--kind", "cache", "--device", "cpu"])
-    assert fit.exit_code == 0, fit.output
+    runs = run_with_adapter_on_own_folder(tmp_path, "cache")
 
     out = run("--run", "r", "--runs-dir", str(runs), "--with-adapter", "--data-root", str(tmp_path / "other"),
               "--device", "cpu", "--json")
@@ -300,6 +308,31 @@ def test_with_adapter_on_other_data_whose_classes_come_in_another_order(tmp_path
         "Error: --with-adapter: the run's classes are not the data's: the data has 'shirt' and the run does not; "
         "the run has 'trouser' and the data does not (the adapter's rows are the run's classes); drop --with-adapter "
         "to score the template alone\n")
+
+
+def test_a_trained_adapter_takes_its_own_names_on_other_data_whose_classes_come_in_another_order(tmp_path,
+                                                                                                torch_threads):
+    """`eval --run RUN --with-adapter --classnames FILE --data-root DIR`, RUN's adapter trained
+    (residual-logits), DIR holding its classes in another order and FILE the run's own names:
+    taken, class by class, as without --classnames (it had been refused as other names); the
+    same names on other classes are still refused, in one line before any image is encoded."""
+    runs = run_with_adapter_on_own_folder(tmp_path, "residual-logits")
+
+    names = tmp_path / "names.txt"
+    names.write_text("trouser,trousers\nbag,handbag\nsneaker,sneaker\ndress,dress\n")
+    common = ["--run", "r", "--runs-dir", str(runs), "--with-adapter", "--data-root", str(tmp_path / "other"),
+              "--device", "cpu"]
+    given, own = (run(*common, *more, "--json") for more in (("--classnames", str(names)), ()))
+    assert given.exit_code == 0, given.output
+    said = json.loads(given.stdout)
+    assert said["info"]["dataset"]["classnames"] == ["dress", "trousers", "handbag", "sneaker"]
+    assert said["adapter"] == json.loads(own.stdout)["adapter"]  # the names the run's own rows fill in
+    names.write_text("trouser,handbag\nbag,trousers\nsneaker,sneaker\ndress,dress\n")  # two classes' names swapped
+    refused = run(*common, "--classnames", str(names))
+    assert refused.exit_code == 1, refused.output
+    assert refused.output.startswith("Error: --classnames with --with-adapter: the run's residual-logits adapter "
+                                     "was trained on the prompt filled in with the run's class names")
+    assert len(refused.output.splitlines()) == 1  # no line of image features before it
 
 
 def test_with_adapter_refuses_another_backbone_whose_features_are_as_wide(tiny_clip_config, tiny_clip_weights,

@@ -176,14 +176,15 @@ def _check_names_for_adapter(args: dict, adapter: dict, run_config: dict) -> Non
     against the data's labels as the evaluator reads them) cannot fill in the run's
     `adapter` (read_adapter's payload): a trained one fit on other names, or data whose
     classes are not the run's. The dataset is read, no model loads."""
-    from promptclimb.agent.adapt import adapter_class_order, check_adapter_names
+    from promptclimb.agent.adapt import adapter_class_order, check_adapter_names, in_adapter_order
     from promptclimb.evaluators.datasets import load_dataset
     from promptclimb.evaluators.scorer import start_names
 
     data = load_dataset(args["dataset"], args["data_root"], image_column=args["image_column"],
                         label_column=args["label_column"])
-    check_adapter_names(adapter, lambda: start_names(data, args["classnames"]))
-    adapter_class_order(run_config, data.classnames, data.folders)
+    order = adapter_class_order(run_config, data.classnames, data.folders)
+    # the names given, class by class: the adapter's own are taken in whatever order the data holds its classes
+    check_adapter_names(adapter, lambda: in_adapter_order(start_names(data, args["classnames"]), order))
 
 
 def _evaluate(args: dict, prompts: list[str], device: str | None, factory=None) -> tuple[dict, object]:
