@@ -335,6 +335,32 @@ def test_a_trained_adapter_takes_its_own_names_on_other_data_whose_classes_come_
     assert len(refused.output.splitlines()) == 1  # no line of image features before it
 
 
+def test_with_adapter_and_classnames_reads_the_dataset_once(tmp_path, torch_threads, monkeypatch):
+    """`eval --run RUN --with-adapter --classnames FILE` reads the data's labels to check the
+    names before the model loads; the evaluator takes that dataset, where it had read it again
+    (an hf dataset's label column: slow). The figures are those of the names given."""
+    from promptclimb.evaluators import datasets
+
+    runs = run_with_adapter_on_own_folder(tmp_path, "cache")
+    names = tmp_path / "names.txt"
+    names.write_text("bag,handbag\ndress,dress\nsneaker,sneaker\ntrouser,trousers\n")  # the run's own
+    common = ["--run", "r", "--runs-dir", str(runs), "--with-adapter", "--data-root", str(tmp_path / "other"),
+              "--device", "cpu", "--json"]
+    own = run(*common)
+    reads, load_dataset = [], datasets.load_dataset
+
+    def read(*args, **kwargs):
+        reads.append(args)
+        return load_dataset(*args, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", read)
+    given = run(*common, "--classnames", str(names))
+    assert given.exit_code == 0, given.output
+    assert reads == [("imagefolder", str(tmp_path / "other"))]
+    said, own = json.loads(given.stdout), json.loads(own.stdout)
+    assert (said["results"], said["adapter"]) == (own["results"], own["adapter"])
+
+
 def test_with_adapter_refuses_another_backbone_whose_features_are_as_wide(tiny_clip_config, tiny_clip_weights,
                                                                          image_folder, tmp_path, torch_threads):
     """`eval --run RUN --with-adapter --weights OTHER` (or --backbone/--pretrained): an adapter

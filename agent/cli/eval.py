@@ -110,12 +110,13 @@ def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, sh
     check_writable(cache_home(), "the cache folder, PROMPTCLIMB_HOME")  # image features go there
     # warnings (skipped images, thin val classes) are one line on stderr: agent/cli/errors.py
     factory = (ctx.obj or {}).get("evaluator_factory") if isinstance(ctx.obj, dict) else None
+    loaded = {}
     if with_adapter and classnames is not None and factory is None:
         # names a trained adapter was not fit on, or data whose classes are not the run's, are
         # refused before the model loads and the images are encoded (eval_run_adapter checks
-        # again, for a factory's evaluator)
-        _check_names_for_adapter(args, adapter, run_config)
-    result, evaluator = _evaluate(args, list(prompts), device, factory)
+        # again, for a factory's evaluator); the evaluator takes the dataset read for it
+        loaded["loaded_dataset"] = _check_names_for_adapter(args, adapter, run_config)
+    result, evaluator = _evaluate({**args, **loaded}, list(prompts), device, factory)
     if with_adapter:
         from promptclimb.agent.adapt import eval_run_adapter
 
@@ -171,11 +172,12 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
     return args, prompts or [BASELINE]
 
 
-def _check_names_for_adapter(args: dict, adapter: dict, run_config: dict) -> None:
+def _check_names_for_adapter(args: dict, adapter: dict, run_config: dict):
     """PromptclimbError where the names `--classnames` gives (`args["classnames"]`, read
     against the data's labels as the evaluator reads them) cannot fill in the run's
     `adapter` (read_adapter's payload): a trained one fit on other names, or data whose
-    classes are not the run's. The dataset is read, no model loads."""
+    classes are not the run's. The dataset is read (and returned, for the evaluator), no
+    model loads."""
     from promptclimb.agent.adapt import adapter_class_order, check_adapter_names, in_adapter_order
     from promptclimb.evaluators.datasets import load_dataset
     from promptclimb.evaluators.scorer import start_names
@@ -185,6 +187,7 @@ def _check_names_for_adapter(args: dict, adapter: dict, run_config: dict) -> Non
     order = adapter_class_order(run_config, data.classnames, data.folders)
     # the names given, class by class: the adapter's own are taken in whatever order the data holds its classes
     check_adapter_names(adapter, lambda: in_adapter_order(start_names(data, args["classnames"]), order))
+    return data
 
 
 def _evaluate(args: dict, prompts: list[str], device: str | None, factory=None) -> tuple[dict, object]:
