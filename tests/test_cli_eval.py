@@ -269,6 +269,33 @@ def test_a_run_started_from_names_given_is_matched_by_label_on_other_data(tmp_pa
         assert said["results"][0]["accuracy"]["test"] > 0.5, spec  # by position: 0%
 
 
+def test_a_run_from_names_of_its_own_that_recorded_no_labels_warns_that_other_data_is_matched_by_position(
+        tmp_path, torch_threads):
+    """`eval --run RUN --data-root DIR` of a run started from a names FILE before the labels
+    were recorded beside its names: nothing says which class each name is, so they go to
+    DIR's classes by position, and a warning line now says so (it was silent: 0% correct
+    here); on the run's own data, where the order is the run's, nothing is said."""
+    fashion_in_two_orders(tmp_path)
+    runs = tmp_path / "runs"
+    (runs / "r").mkdir(parents=True)
+    names = ["handbag", "dress", "sneaker", "trousers"]
+    (runs / "r" / "config.json").write_text(json.dumps({"v": 1, "run_id": "r", "evaluator_args": {
+        "dataset": "imagefolder", "data_root": str(tmp_path / "own"), "shots": 2, "seed": 0, "backbone": "demo",
+        "classnames": str(tmp_path / "names.txt")}, "evaluator": {"dataset": {"classnames": names}}}))
+    (runs / "r" / "summary.json").write_text(json.dumps({"v": 1, "best": {
+        "template": "a photo of a {}.", "names": names, "accuracy": {"train": 1.0, "val": 1.0, "test": 1.0}}}))
+    common = ["--run", "r", "--runs-dir", str(runs), "--device", "cpu"]
+    other = run(*common, "--data-root", str(tmp_path / "other"))
+    assert other.exit_code == 0, other.output
+    warned = [line for line in other.output.splitlines() if line.startswith("warning: ")]
+    assert warned == [f"warning: r started from --classnames {tmp_path / 'names.txt'} and recorded no labels for its "
+                      f"names (a run started before they were recorded): its names are filled in to the classes of "
+                      f"{tmp_path / 'other'} by position; give --classnames FILE ('folder,name' lines) to match them "
+                      f"by class"]
+    own = run(*common)
+    assert own.exit_code == 0 and "warning: " not in own.output, own.output
+
+
 def test_with_adapter_on_other_data_whose_classes_come_in_another_order(tmp_path, torch_threads):
     """`eval --run RUN --with-adapter --data-root DIR`, DIR holding the run's classes in another
     order (`Dress/` and `Trouser/` sort before `bag/`): the adapter rows match each class by its label, as
