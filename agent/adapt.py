@@ -171,8 +171,9 @@ def adapter_said(section: dict) -> str:
 
 def check_adapter_names(payload: dict, names_given: Callable[[], Sequence[str]]) -> None:
     """Refused: names other than those an adapter (`payload`, as read_adapter reads it) was
-    fit on, unless its kind takes any (a cache adapter). `names_given` is called only where
-    the names could be refused (reading them may read the dataset)."""
+    fit on, unless its kind takes any (a cache adapter). `names_given` (in the adapter's
+    class order: `in_adapter_order`) is called only where the names could be refused
+    (reading them may read the dataset)."""
     from promptclimb.evaluators.adapters import get_adapter
 
     fit_names = payload.get("classnames")
@@ -204,6 +205,13 @@ def adapter_class_order(config: dict, data_labels: Sequence[str] | None,
     return [labels.index(label) for label in in_data_order]
 
 
+def in_adapter_order(names: Sequence[str], order: list[int] | None) -> list[str]:
+    """`names` of data's classes, in its class order, put into the adapter's (the run's) by
+    `order` (`adapter_class_order`; None: the same order)."""
+    names = list(names)
+    return names if order is None else [names[order.index(row)] for row in range(len(order))]
+
+
 def eval_run_adapter(run_dir: str | Path, evaluator=None, splits=("test",), device: str | None = None,
                      classnames=None, **overrides) -> dict:
     """Accuracy of the run's prompt alone and with its adapter.pt on `splits` of `evaluator`
@@ -219,9 +227,6 @@ def eval_run_adapter(run_dir: str | Path, evaluator=None, splits=("test",), devi
     config, summary = read_run(run_dir, "eval --run --with-adapter")
     payload = read_adapter(run_dir / ADAPTER_FILE)
     fit_names = payload.get("classnames")
-    if classnames is not None:
-        classnames = list(classnames)
-        check_adapter_names(payload, lambda: classnames)
     if evaluator is None:  # the run's names by the labels of its data, as `eval --run` builds it
         by_label = run_names_by_label(config, summary)
         evaluator = build_run_evaluator(config, device=device, **{
@@ -236,8 +241,8 @@ def eval_run_adapter(run_dir: str | Path, evaluator=None, splits=("test",), devi
     if classnames is not None:  # the names given, in the data's class order: put into the adapter's
         data = getattr(evaluator, "dataset", None)  # a ClipEvaluator's; a fake's may hold no labels
         order = adapter_class_order(config, getattr(data, "classnames", None), getattr(data, "folders", ()))
-        if order is not None:
-            classnames = [classnames[order.index(row)] for row in range(len(order))]
+        classnames = in_adapter_order(classnames, order)  # the adapter's own names, class by class, are taken
+        check_adapter_names(payload, lambda: classnames)
     else:
         classnames = run_classnames(summary) or run_start_names(config) or list(evaluator.task.classnames)
         data_names = list(evaluator.task.classnames)

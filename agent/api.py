@@ -381,8 +381,8 @@ def target_order(start: dict | list | None, evaluator: "Evaluator"):
     the class order of the target's data (another folder may list the classes otherwise)."""
     if not isinstance(start, dict):
         return lambda names: names
-    labels = list(start)
-    order = [labels.index(label) for label in evaluator.info()["dataset"]["classnames"]]
+    start_names = list(start.values())  # by label, in the run's order: the target's start names in its own
+    order = [start_names.index(name) for name in evaluator.info()["dataset"]["classnames"]]
     return lambda names: None if names is None else tuple(names[i] for i in order)
 
 

@@ -663,10 +663,18 @@ def load_evaluator(plan: Plan, store: RunStore, device: str | None, factory: Eva
     info = json.loads(json.dumps(evaluator.info()))
     if "evaluator" not in store.config:
         store.update_config(evaluator=info)
-    elif store.config["evaluator"] != info:
+    elif store.config["evaluator"] != unrecorded_labels_dropped(info, store.config["evaluator"]):
         echo("warning: the evaluator is not identical to the one this run started with "
              "(see config.json); scores already recorded are kept, new ones use this one.")
     return evaluator
+
+
+def unrecorded_labels_dropped(info: dict, recorded: dict) -> dict:
+    """An evaluator's `info`, less the data's labels where the `recorded` one (a run started
+    before they were recorded beside start names of its own) lacks them: the same evaluator."""
+    if "labels" in (recorded.get("dataset") or {}) or "labels" not in (info.get("dataset") or {}):
+        return info
+    return {**info, "dataset": {k: v for k, v in info["dataset"].items() if k != "labels"}}
 
 
 @contextmanager

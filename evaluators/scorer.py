@@ -270,9 +270,14 @@ class ClipEvaluator:
         return Score(accuracy=accuracy, loss=loss, prob=prob, balance=balance)
 
     def info(self) -> dict:
-        return {"backbone": self.backbone.info(),
-                "dataset": {"name": self.dataset.name, "identity": self.dataset.identity,
-                            "classes": len(self.dataset.classnames), "classnames": list(self.classnames)},
+        dataset = {"name": self.dataset.name, "identity": self.dataset.identity,
+                   "classes": len(self.dataset.classnames), "classnames": list(self.classnames)}
+        if list(self.classnames) != list(self.dataset.classnames):
+            # start names of its own (--classnames clean, FILE) name no class of other data: the
+            # labels let a run's names be matched to another folder's classes by label
+            # (agent/runs/reading.run_labels); start names that are the labels say them already
+            dataset["labels"] = list(self.dataset.classnames)
+        return {"backbone": self.backbone.info(), "dataset": dataset,
                 "split": self.split.info(), "logit_scale": self.logit_scale}
 
 
@@ -335,7 +340,7 @@ def build_evaluator(dataset: str, shots: int, seed: int, backbone: str, pretrain
                     label_column: str | None = None,
                     classnames: Sequence[str] | Mapping[str, str] | str | None = None,
                     unlabeled: int = 0, echo: Callable[[str], None] | None = None,
-                    bars: bool = True) -> ClipEvaluator:
+                    bars: bool = True, loaded_dataset: Dataset | None = None) -> ClipEvaluator:
     """Load the dataset, draw the few-shot split and load the backbone (dataset first: a
     missing dataset or a bad --classnames is reported before a slow model load).
     `precision`: fp32 (the default) or bf16 (backbones.check_precision). `image_column`,
@@ -346,11 +351,13 @@ def build_evaluator(dataset: str, shots: int, seed: int, backbone: str, pretrain
     published labels. `unlabeled`: how many images of the train pool
     outside the split to draw as the split "unlabeled" (`--metric balance`; 0: none).
     `echo`: where each split's image-features line goes (None: stderr, as the commands do);
-    `bars`: False draws no progress bar while a split's images are encoded."""
+    `bars`: False draws no progress bar while a split's images are encoded. `loaded_dataset`:
+    the dataset these settings name, as a caller already loaded it (`promptclimb eval` reads
+    it to check names before the model loads), not read again (an hf dataset's labels: slow)."""
     from promptclimb.evaluators.backbones import load_backbone
     from promptclimb.evaluators.datasets import load_dataset, make_fewshot_split
 
-    data = load_dataset(dataset, data_root, image_column=image_column, label_column=label_column)
+    data = loaded_dataset or load_dataset(dataset, data_root, image_column=image_column, label_column=label_column)
     classnames = start_names(data, classnames)
     split = make_fewshot_split(data, shots, seed, unlabeled=unlabeled)
     model = load_backbone(backbone, pretrained=pretrained, weights=weights, device=device, precision=precision)

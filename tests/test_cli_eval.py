@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -202,11 +203,9 @@ def test_a_data_root_without_the_fashion_mnist_subset_says_the_embedded_data_nee
         "`python -m promptclimb.evaluators.demo.build_subset --out DIR/fashion_mnist_subset.npz`)\n")
 
 
-def test_with_adapter_on_other_data_whose_classes_come_in_another_order(tmp_path, torch_threads):
-    """`eval --run RUN --with-adapter --data-root DIR`, DIR holding the run's classes in another
-    order (`Dress/` and `Trouser/` sort before `bag/`): the adapter rows match each class by its label, as
-    the template rows do; they had filled the run's names in by position (0% correct). So do
-    a cache adapter's rows with --classnames FILE, or refuse data of other classes."""
+def fashion_in_two_orders(tmp_path: Path) -> None:
+    """tmp_path/own: bag/, dress/, sneaker/, trouser/ (fashion-mnist images); tmp_path/other: the
+    same classes, in another order (`Dress/` and `Trouser/` sort before `bag/`)."""
     import numpy as np
     from PIL import Image
 
@@ -218,6 +217,13 @@ def test_with_adapter_on_other_data_whose_classes_come_in_another_order(tmp_path
             folder.mkdir(parents=True)
             for i in np.flatnonzero(data["test_labels"] == label)[:10]:
                 Image.fromarray(data["test_images"][i]).save(folder / f"{i}.png")
+
+
+def run_with_adapter_on_own_folder(tmp_path: Path, kind: str) -> Path:
+    """The runs folder of run `r`, searched on tmp_path/own (`fashion_in_two_orders`, made
+    here) from its labels, that found the names handbag, dress, sneaker, trousers, with an
+    adapter of `kind` fit by `promptclimb adapt`."""
+    fashion_in_two_orders(tmp_path)
     runs = tmp_path / "runs"
     (runs / "r").mkdir(parents=True)
     labels = ["bag", "dress", "sneaker", "trouser"]  # the own folder's classes, in its order
@@ -227,8 +233,75 @@ def test_with_adapter_on_other_data_whose_classes_come_in_another_order(tmp_path
     (runs / "r" / "summary.json").write_text(json.dumps({"v": 1, "best": {
         "template": "a photo of a {}.", "names": ["handbag", "dress", "sneaker", "trousers"],
         "accuracy": {"train": 1.0, "val": 1.0, "test": 1.0}}}))
-    fit = CliRunner().invoke(cli, ["adapt", "r", "--runs-dir", str(runs), "--kind", "cache", "--device", "cpu"])
+    fit = CliRunner().invoke(cli, ["adapt", "r", "--runs-dir", str(runs), "--kind", kind, "--device", "cpu"])
     assert fit.exit_code == 0, fit.output
+    return runs
+
+
+def test_a_run_started_from_names_given_is_matched_by_label_on_other_data(tmp_path, torch_threads):
+    """`eval --run RUN --data-root DIR` of a run started with `--classnames published` (its
+    start names are the labels) or a names FILE (the evaluator records the labels beside
+    them), DIR holding its classes in another order: each name goes to its class by label, as
+    for a run started on the default names; they had been filled in by position (0% correct)."""
+    fashion_in_two_orders(tmp_path)
+    names = tmp_path / "names.txt"
+    names.write_text("bag,handbag\ndress,dress\nsneaker,sneaker\ntrouser,trousers\n")
+    runs = tmp_path / "runs"
+    for spec, in_other_order in (("published", ["dress", "trouser", "bag", "sneaker"]),
+                                 (str(names), ["dress", "trousers", "handbag", "sneaker"])):
+        started = run("--dataset", "imagefolder", "--data-root", str(tmp_path / "own"), "--shots", "2",
+                      "--backbone", "demo", "--classnames", spec, "--device", "cpu", "--json")
+        assert started.exit_code == 0, started.output
+        info = json.loads(started.stdout)["info"]  # as the search records it in config.json
+        shutil.rmtree(runs / "r", ignore_errors=True)
+        (runs / "r").mkdir(parents=True)
+        (runs / "r" / "config.json").write_text(json.dumps({"v": 1, "run_id": "r", "evaluator_args": {
+            "dataset": "imagefolder", "data_root": str(tmp_path / "own"), "shots": 2, "seed": 0, "backbone": "demo",
+            "classnames": spec}, "evaluator": info}))
+        (runs / "r" / "summary.json").write_text(json.dumps({"v": 1, "best": {
+            "template": "a photo of a {}.", "names": info["dataset"]["classnames"],
+            "accuracy": {"train": 1.0, "val": 1.0, "test": 1.0}}}))
+        out = run("--run", "r", "--runs-dir", str(runs), "--data-root", str(tmp_path / "other"), "--device", "cpu",
+                  "--json")
+        assert out.exit_code == 0, out.output
+        said = json.loads(out.stdout)
+        assert said["info"]["dataset"]["classnames"] == in_other_order, spec
+        assert said["results"][0]["accuracy"]["test"] > 0.5, spec  # by position: 0%
+
+
+def test_a_run_from_names_of_its_own_that_recorded_no_labels_warns_that_other_data_is_matched_by_position(
+        tmp_path, torch_threads):
+    """`eval --run RUN --data-root DIR` of a run started from a names FILE before the labels
+    were recorded beside its names: nothing says which class each name is, so they go to
+    DIR's classes by position, and a warning line now says so (it was silent: 0% correct
+    here); on the run's own data, where the order is the run's, nothing is said."""
+    fashion_in_two_orders(tmp_path)
+    runs = tmp_path / "runs"
+    (runs / "r").mkdir(parents=True)
+    names = ["handbag", "dress", "sneaker", "trousers"]
+    (runs / "r" / "config.json").write_text(json.dumps({"v": 1, "run_id": "r", "evaluator_args": {
+        "dataset": "imagefolder", "data_root": str(tmp_path / "own"), "shots": 2, "seed": 0, "backbone": "demo",
+        "classnames": str(tmp_path / "names.txt")}, "evaluator": {"dataset": {"classnames": names}}}))
+    (runs / "r" / "summary.json").write_text(json.dumps({"v": 1, "best": {
+        "template": "a photo of a {}.", "names": names, "accuracy": {"train": 1.0, "val": 1.0, "test": 1.0}}}))
+    common = ["--run", "r", "--runs-dir", str(runs), "--device", "cpu"]
+    other = run(*common, "--data-root", str(tmp_path / "other"))
+    assert other.exit_code == 0, other.output
+    warned = [line for line in other.output.splitlines() if line.startswith("warning: ")]
+    assert warned == [f"warning: r started from --classnames {tmp_path / 'names.txt'} and recorded no labels for its "
+                      f"names (a run started before they were recorded): its names are filled in to the classes of "
+                      f"{tmp_path / 'other'} by position; give --classnames FILE ('folder,name' lines) to match them "
+                      f"by class"]
+    own = run(*common)
+    assert own.exit_code == 0 and "warning: " not in own.output, own.output
+
+
+def test_with_adapter_on_other_data_whose_classes_come_in_another_order(tmp_path, torch_threads):
+    """`eval --run RUN --with-adapter --data-root DIR`, DIR holding the run's classes in another
+    order (`Dress/` and `Trouser/` sort before `bag/`): the adapter rows match each class by its label, as
+    the template rows do; they had filled the run's names in by position (0% correct). So do
+    a cache adapter's rows with --classnames FILE, or refuse data of other classes."""
+    runs = run_with_adapter_on_own_folder(tmp_path, "cache")
 
     out = run("--run", "r", "--runs-dir", str(runs), "--with-adapter", "--data-root", str(tmp_path / "other"),
               "--device", "cpu", "--json")
@@ -262,6 +335,57 @@ def test_with_adapter_on_other_data_whose_classes_come_in_another_order(tmp_path
         "Error: --with-adapter: the run's classes are not the data's: the data has 'shirt' and the run does not; "
         "the run has 'trouser' and the data does not (the adapter's rows are the run's classes); drop --with-adapter "
         "to score the template alone\n")
+
+
+def test_a_trained_adapter_takes_its_own_names_on_other_data_whose_classes_come_in_another_order(tmp_path,
+                                                                                                torch_threads):
+    """`eval --run RUN --with-adapter --classnames FILE --data-root DIR`, RUN's adapter trained
+    (residual-logits), DIR holding its classes in another order and FILE the run's own names:
+    taken, class by class, as without --classnames (it had been refused as other names); the
+    same names on other classes are still refused, in one line before any image is encoded."""
+    runs = run_with_adapter_on_own_folder(tmp_path, "residual-logits")
+
+    names = tmp_path / "names.txt"
+    names.write_text("trouser,trousers\nbag,handbag\nsneaker,sneaker\ndress,dress\n")
+    common = ["--run", "r", "--runs-dir", str(runs), "--with-adapter", "--data-root", str(tmp_path / "other"),
+              "--device", "cpu"]
+    given, own = (run(*common, *more, "--json") for more in (("--classnames", str(names)), ()))
+    assert given.exit_code == 0, given.output
+    said = json.loads(given.stdout)
+    assert said["info"]["dataset"]["classnames"] == ["dress", "trousers", "handbag", "sneaker"]
+    assert said["adapter"] == json.loads(own.stdout)["adapter"]  # the names the run's own rows fill in
+    names.write_text("trouser,handbag\nbag,trousers\nsneaker,sneaker\ndress,dress\n")  # two classes' names swapped
+    refused = run(*common, "--classnames", str(names))
+    assert refused.exit_code == 1, refused.output
+    assert refused.output.startswith("Error: --classnames with --with-adapter: the run's residual-logits adapter "
+                                     "was trained on the prompt filled in with the run's class names")
+    assert len(refused.output.splitlines()) == 1  # no line of image features before it
+
+
+def test_with_adapter_and_classnames_reads_the_dataset_once(tmp_path, torch_threads, monkeypatch):
+    """`eval --run RUN --with-adapter --classnames FILE` reads the data's labels to check the
+    names before the model loads; the evaluator takes that dataset, where it had read it again
+    (an hf dataset's label column: slow). The figures are those of the names given."""
+    from promptclimb.evaluators import datasets
+
+    runs = run_with_adapter_on_own_folder(tmp_path, "cache")
+    names = tmp_path / "names.txt"
+    names.write_text("bag,handbag\ndress,dress\nsneaker,sneaker\ntrouser,trousers\n")  # the run's own
+    common = ["--run", "r", "--runs-dir", str(runs), "--with-adapter", "--data-root", str(tmp_path / "other"),
+              "--device", "cpu", "--json"]
+    own = run(*common)
+    reads, load_dataset = [], datasets.load_dataset
+
+    def read(*args, **kwargs):
+        reads.append(args)
+        return load_dataset(*args, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", read)
+    given = run(*common, "--classnames", str(names))
+    assert given.exit_code == 0, given.output
+    assert reads == [("imagefolder", str(tmp_path / "other"))]
+    said, own = json.loads(given.stdout), json.loads(own.stdout)
+    assert (said["results"], said["adapter"]) == (own["results"], own["adapter"])
 
 
 def test_with_adapter_refuses_another_backbone_whose_features_are_as_wide(tiny_clip_config, tiny_clip_weights,

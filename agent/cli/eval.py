@@ -110,12 +110,13 @@ def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, sh
     check_writable(cache_home(), "the cache folder, PROMPTCLIMB_HOME")  # image features go there
     # warnings (skipped images, thin val classes) are one line on stderr: agent/cli/errors.py
     factory = (ctx.obj or {}).get("evaluator_factory") if isinstance(ctx.obj, dict) else None
+    loaded = {}
     if with_adapter and classnames is not None and factory is None:
         # names a trained adapter was not fit on, or data whose classes are not the run's, are
         # refused before the model loads and the images are encoded (eval_run_adapter checks
-        # again, for a factory's evaluator)
-        _check_names_for_adapter(args, adapter, run_config)
-    result, evaluator = _evaluate(args, list(prompts), device, factory)
+        # again, for a factory's evaluator); the evaluator takes the dataset read for it
+        loaded["loaded_dataset"] = _check_names_for_adapter(args, adapter, run_config)
+    result, evaluator = _evaluate({**args, **loaded}, list(prompts), device, factory)
     if with_adapter:
         from promptclimb.agent.adapt import eval_run_adapter
 
@@ -161,6 +162,8 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
         names = run_names_by_label(config, summary)
         if given["classnames"] is None and names:
             args["classnames"] = names  # the names the run found, by the labels of its data
+            if not isinstance(names, dict):
+                _warn_names_by_position(args, config, run_dir)
         if not prompts:
             prompts = [summary["best"]["template"]]
     for key, value in DEFAULTS.items():
@@ -171,19 +174,39 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
     return args, prompts or [BASELINE]
 
 
-def _check_names_for_adapter(args: dict, adapter: dict, run_config: dict) -> None:
+def _warn_names_by_position(args: dict, config: dict, run_dir) -> None:
+    """A warning where a run's names go to other data's classes by position: the run started
+    from names of its own (--classnames clean or FILE) before the labels they name were
+    recorded beside them (`run_labels`), so nothing tells which class each name is."""
+    import warnings
+
+    own = config.get("evaluator_args") or {}
+    if all(args[key] == own.get(key) for key in ("dataset", "data_root", "image_column", "label_column")):
+        return  # the run's own data: its classes in the run's order
+    spec = own.get("classnames")
+    started = f"--classnames {spec}" if isinstance(spec, str) else "names of its own"
+    warnings.warn(f"{Path(run_dir).name} started from {started} and recorded no labels for its names (a run "
+                  f"started before they were recorded): its names are filled in to "
+                  f"the classes of {args['data_root'] or args['dataset']} by position; give --classnames "
+                  f"FILE ('folder,name' lines) to match them by class", stacklevel=2)
+
+
+def _check_names_for_adapter(args: dict, adapter: dict, run_config: dict):
     """PromptclimbError where the names `--classnames` gives (`args["classnames"]`, read
     against the data's labels as the evaluator reads them) cannot fill in the run's
     `adapter` (read_adapter's payload): a trained one fit on other names, or data whose
-    classes are not the run's. The dataset is read, no model loads."""
-    from promptclimb.agent.adapt import adapter_class_order, check_adapter_names
+    classes are not the run's. The dataset is read (and returned, for the evaluator), no
+    model loads."""
+    from promptclimb.agent.adapt import adapter_class_order, check_adapter_names, in_adapter_order
     from promptclimb.evaluators.datasets import load_dataset
     from promptclimb.evaluators.scorer import start_names
 
     data = load_dataset(args["dataset"], args["data_root"], image_column=args["image_column"],
                         label_column=args["label_column"])
-    check_adapter_names(adapter, lambda: start_names(data, args["classnames"]))
-    adapter_class_order(run_config, data.classnames, data.folders)
+    order = adapter_class_order(run_config, data.classnames, data.folders)
+    # the names given, class by class: the adapter's own are taken in whatever order the data holds its classes
+    check_adapter_names(adapter, lambda: in_adapter_order(start_names(data, args["classnames"]), order))
+    return data
 
 
 def _evaluate(args: dict, prompts: list[str], device: str | None, factory=None) -> tuple[dict, object]:

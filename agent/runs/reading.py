@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from promptclimb.agent.core.classnames import PUBLISHED
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.format import shortened
 from promptclimb.agent.core.paths import not_a_folder
@@ -771,21 +772,28 @@ def run_start_names(config: dict) -> list[str] | None:
 
 
 def run_labels(config: dict) -> list[str] | None:
-    """The labels of the data a run was searched on, in its class order: the start names it
-    recorded where it started from the data's own labels (no --classnames); None where it
-    started from other names or recorded none."""
+    """The labels of the data a run was searched on, in its class order: those its evaluator
+    recorded beside start names of its own (--classnames clean or FILE), else its start names
+    where it started from the data's own labels (no --classnames, or `published`); None for a
+    run that started from names of its own before the labels were recorded, or recorded none."""
+    recorded = (config.get("evaluator") or {}).get("dataset")
+    if isinstance(recorded, dict) and recorded.get("labels"):
+        return list(recorded["labels"])
     labels = run_start_names(config)
-    return list(labels) if labels and (config.get("evaluator_args") or {}).get("classnames") is None else None
+    own_labels = (config.get("evaluator_args") or {}).get("classnames") in (None, PUBLISHED)
+    return list(labels) if labels and own_labels else None
 
 
 def run_names_by_label(config: dict, summary: dict) -> dict[str, str] | list[str] | None:
     """The names a run's templates go with, for scoring them again: keyed by the dataset's
-    own labels when the run started from them (so that other data, `--data-root DIR`, must
-    hold the same classes, in any order), else in class order (`run_classnames`)."""
+    own labels where the run's are known (`run_labels`; so that other data, `--data-root
+    DIR`, must hold the same classes, in any order), else in class order (`run_classnames`).
+    A summary without names (`{}`) keys the start names."""
     names = run_classnames(summary)
     labels = run_labels(config)
-    if labels and len(labels) == len(names or labels):
-        return dict(zip(labels, names or labels))
+    start = run_start_names(config) or labels
+    if labels and len(labels) == len(names or start):
+        return dict(zip(labels, names or start))
     return names
 
 
