@@ -16,8 +16,8 @@ What a search becomes in MLflow (experiment "promptclimb" unless told otherwise)
                resume (a raised budget) keeps its first value there; config.json, an
                artifact, has the current one.
     tags       dataset, backbone, shots, seed, llm; promptclimb.status, promptclimb.folder,
-               promptclimb.prompt (the registered prompt's URI); mlflow.parentRunId for a
-               sweep's cell
+               promptclimb.prompt (the registered prompt's URI); a sweep's cell also
+               mlflow.parentRunId and promptclimb.cell (its folder's name)
     metrics    per LLM answer (template turn, names turn, names guard), step = its index
                (`call`), time = when it came: best_train_accuracy, best_val_accuracy (of
                the best so far, ranked as the search ranks), new_proposals and
@@ -79,6 +79,7 @@ STEP_KEY = "new_proposals"  # logged for every answer: its history says which an
 REFUSED = ("reject", "name_reject")  # events of an answer's proposals that were not scored
 RESULTS = ("best", "ensemble", "adapter")  # summary.json sections whose test accuracy is logged
 PARENT_TAG = "mlflow.parentRunId"
+CELL_TAG = "promptclimb.cell"  # a sweep's nested run: its cell (folder name), which a renamed run keeps
 LINKED_PROMPTS_TAG = "mlflow.linkedPrompts"  # what MLflow's link_prompt_version_to_run sets
 PARAM_LIMIT, TAG_LIMIT = 6000, 8000  # MLflow's longest param and tag values
 ANSWERS_PER_BATCH = 100  # 6 metrics each: under MLflow's 1000 metrics per request
@@ -142,15 +143,18 @@ def sync_sweep(sweep_dir: str | Path, tracking_uri: str | None = None, experimen
 
 
 def drop_runs_of_redone_cells(parent: "Mirror", nested: dict[str, Synced]) -> None:
-    """Each cell one nested run: a run nested under the sweep's for a cell (by its name) that
-    is not the run its folder links now is that of a history since redone (the cell's folder
-    removed and the cell run again, which logged a new run), and is deleted."""
+    """Each cell one nested run: a run nested under the sweep's for a cell that is not the run
+    its folder links now is that of a history since redone (the cell's folder removed and the
+    cell run again, which logged a new run), and is deleted. A nested run's cell is its
+    promptclimb.cell tag: its name is the user's to change (renamed as another cell, a live
+    run was deleted; renamed otherwise, a redone cell's old run stayed). A run nested before
+    that tag was written has only its name to tell its cell."""
     experiments = sorted({parent.experiment_id, *(synced.experiment_id for synced in nested.values())})
     token = None
     while True:
         page = parent.client.search_runs(experiments, f"tags.`{PARENT_TAG}` = '{parent.run_id}'", page_token=token)
         for child in page:
-            cell = nested.get(child.info.run_name)
+            cell = nested.get(child.data.tags.get(CELL_TAG) or child.info.run_name)
             if cell is not None and child.info.run_id != cell.run_id:
                 parent.client.delete_run(child.info.run_id)
         token = page.token
@@ -313,8 +317,8 @@ class Mirror:
             experiment_id = _experiment_id(client, experiment, artifacts_beside_database(uri, experiment))
             mirror = cls(client, uri, folder, experiment_id, "", created=True)
             mirror.start_run()
-        if parent_run_id:
-            client.set_tag(mirror.run_id, PARENT_TAG, parent_run_id)
+        if parent_run_id:  # a sweep's cell
+            client.log_batch(mirror.run_id, tags=_tags({PARENT_TAG: parent_run_id, CELL_TAG: folder.name}))
         return mirror
 
     def start_run(self, tags: dict | None = None, replacing: str | None = None) -> None:
@@ -330,11 +334,12 @@ class Mirror:
 
     def replace(self) -> None:
         """The folder's history was redone (`redone`): a new MLflow run in place of its old
-        one, nested where that one was, so that MLflow shows the history as it is now. The old
-        run is deleted once the new one is linked (MLflow keeps it restorable until `mlflow gc`)."""
+        one, nested where that one was (as the same cell), so that MLflow shows the history as
+        it is now. The old run is deleted once the new one is linked (MLflow keeps it
+        restorable until `mlflow gc`)."""
         old = self.run_id
-        parent = self.client.get_run(old).data.tags.get(PARENT_TAG)
-        self.start_run({PARENT_TAG: parent} if parent else None, replacing=old)
+        tags = self.client.get_run(old).data.tags
+        self.start_run({k: tags[k] for k in (PARENT_TAG, CELL_TAG) if k in tags} or None, replacing=old)
         self.client.delete_run(old)
 
     def redone(self, run: Run) -> bool:
