@@ -515,6 +515,7 @@ def test_a_redone_cell_has_one_nested_run_holding_its_new_history_only(redo, tmp
     parent, old = linked_run_id(sweep, uri), linked_run_id(sweep / "c2", uri)
     old_times = logged_times(client, old)
     assert old_times == answer_times(sweep / "c2")
+    old_prompt = client.load_prompt(client.get_run(old).data.tags["promptclimb.prompt"])
 
     time.sleep(0.01)  # the redone answers come later, at other times
     if redo == "cell folder removed":
@@ -543,6 +544,11 @@ def test_a_redone_cell_has_one_nested_run_holding_its_new_history_only(redo, tmp
         assert [step for step, _ in history(client, new, key)] == [0, 1], key
     run = client.get_run(new)
     assert run.info.status == "FINISHED" and run.data.tags["promptclimb.prompt"]
+    # the newest prompt version is the new run's; the old one's still says where it came from
+    newest = client.load_prompt(f"prompts:/{old_prompt.name}@latest")
+    assert run.data.tags["promptclimb.prompt"] == f"prompts:/{newest.name}/{newest.version}"
+    assert newest.tags["source_run_id"] == new
+    assert client.load_prompt(f"prompts:/{old_prompt.name}/{old_prompt.version}").tags["source_run_id"] == old
     assert RUN_FILES <= {a.path for a in client.list_artifacts(new)}
     assert mlflow_sync(sweep, "--tracking-uri", uri).exit_code == 0  # again: nothing replaced
     assert linked_run_id(sweep / "c2", uri) == new and len(all_runs(client)) == 3
