@@ -5,7 +5,9 @@ nested run per cell.
 The run folder stays the source of truth: everything logged is read back from its files,
 so any run folder, finished, unfinished or old, can be logged at any time. Logging it
 again continues the same MLflow run (its id per tracking server is kept in RUN/mlflow.json)
-and sends only what the server does not hold yet: an answer's metrics are logged once. A
+and sends only what the server does not hold yet: an answer's metrics are logged once (and
+once more, at its step, when they were logged before the answer was complete: a sync of a
+run killed while the answer was scored, which a resume then completes: `Mirror.log_answers`). A
 history redone (the server holds answers it no longer has: a sweep's cell run again from
 nothing) gets a new MLflow run in place of the old one, which is deleted (`Mirror.redone`),
 and a sweep's parent run keeps one nested run per cell.
@@ -16,8 +18,8 @@ What a search becomes in MLflow (experiment "promptclimb" unless told otherwise)
                resume (a raised budget) keeps its first value there; config.json, an
                artifact, has the current one.
     tags       dataset, backbone, shots, seed, llm; promptclimb.status, promptclimb.folder,
-               promptclimb.prompt (the registered prompt's URI); mlflow.parentRunId for a
-               sweep's cell
+               promptclimb.prompt (the registered prompt's URI); a sweep's cell also
+               mlflow.parentRunId and promptclimb.cell (its folder's name)
     metrics    per LLM answer (template turn, names turn, names guard), step = its index
                (`call`), time = when it came: best_train_accuracy, best_val_accuracy (of
                the best so far, ranked as the search ranks), new_proposals and
@@ -76,9 +78,12 @@ from promptclimb.agent.sweep.driver import read_sweep
 EXPERIMENT = "promptclimb"
 MLFLOW_FILE = "mlflow.json"  # in a run (or sweep) folder: {"v": 1, "runs": {uri: {experiment_id, run_id}}}
 STEP_KEY = "new_proposals"  # logged for every answer: its history says which answers the server has, and when
+ANSWER_KEYS = ("best_train_accuracy", "best_val_accuracy", STEP_KEY, "refused_proposals", "prompt_tokens",
+               "completion_tokens")  # an answer's metrics (`answer_metrics`)
 REFUSED = ("reject", "name_reject")  # events of an answer's proposals that were not scored
 RESULTS = ("best", "ensemble", "adapter")  # summary.json sections whose test accuracy is logged
 PARENT_TAG = "mlflow.parentRunId"
+CELL_TAG = "promptclimb.cell"  # a sweep's nested run: its cell (folder name), which a renamed run keeps
 LINKED_PROMPTS_TAG = "mlflow.linkedPrompts"  # what MLflow's link_prompt_version_to_run sets
 PARAM_LIMIT, TAG_LIMIT = 6000, 8000  # MLflow's longest param and tag values
 ANSWERS_PER_BATCH = 100  # 6 metrics each: under MLflow's 1000 metrics per request
@@ -142,15 +147,18 @@ def sync_sweep(sweep_dir: str | Path, tracking_uri: str | None = None, experimen
 
 
 def drop_runs_of_redone_cells(parent: "Mirror", nested: dict[str, Synced]) -> None:
-    """Each cell one nested run: a run nested under the sweep's for a cell (by its name) that
-    is not the run its folder links now is that of a history since redone (the cell's folder
-    removed and the cell run again, which logged a new run), and is deleted."""
+    """Each cell one nested run: a run nested under the sweep's for a cell that is not the run
+    its folder links now is that of a history since redone (the cell's folder removed and the
+    cell run again, which logged a new run), and is deleted. A nested run's cell is its
+    promptclimb.cell tag: its name is the user's to change (renamed as another cell, a live
+    run was deleted; renamed otherwise, a redone cell's old run stayed). A run nested before
+    that tag was written has only its name to tell its cell."""
     experiments = sorted({parent.experiment_id, *(synced.experiment_id for synced in nested.values())})
     token = None
     while True:
         page = parent.client.search_runs(experiments, f"tags.`{PARENT_TAG}` = '{parent.run_id}'", page_token=token)
         for child in page:
-            cell = nested.get(child.info.run_name)
+            cell = nested.get(child.data.tags.get(CELL_TAG) or child.info.run_name)
             if cell is not None and child.info.run_id != cell.run_id:
                 parent.client.delete_run(child.info.run_id)
         token = page.token
@@ -297,6 +305,9 @@ class Mirror:
         # the only writer of its answers); and those found to be the history's as it is now
         self.logged: dict[int, int] | None = None
         self.checked: set[int] = set()
+        # answers logged that may not have been complete then (all the server had when asked,
+        # until each is seen complete): step -> (the time and the values the server shows last)
+        self.unsure: dict[int, tuple[int, dict[str, float]]] = {}
 
     @classmethod
     def open(cls, folder: str | Path, tracking_uri: str | None, experiment: str,
@@ -313,8 +324,8 @@ class Mirror:
             experiment_id = _experiment_id(client, experiment, artifacts_beside_database(uri, experiment))
             mirror = cls(client, uri, folder, experiment_id, "", created=True)
             mirror.start_run()
-        if parent_run_id:
-            client.set_tag(mirror.run_id, PARENT_TAG, parent_run_id)
+        if parent_run_id:  # a sweep's cell
+            client.log_batch(mirror.run_id, tags=_tags({PARENT_TAG: parent_run_id, CELL_TAG: folder.name}))
         return mirror
 
     def start_run(self, tags: dict | None = None, replacing: str | None = None) -> None:
@@ -322,7 +333,7 @@ class Mirror:
         the links to other servers are kept, any to the run it replaces (`replacing`: one
         keyed as typed before sqlite paths were keyed absolute) dropped."""
         self.run_id = self.client.create_run(self.experiment_id, run_name=self.folder.name, tags=tags).info.run_id
-        self.created, self.logged, self.checked = True, {}, set()
+        self.created, self.logged, self.checked, self.unsure = True, {}, set(), {}
         kept = {key: link for key, link in _read_links(self.folder).items()
                 if not (replacing and isinstance(link, dict) and link.get("run_id") == replacing)}
         write_json_atomic(self.folder / MLFLOW_FILE, {"v": 1, "runs": {**kept, self.key: {
@@ -330,11 +341,12 @@ class Mirror:
 
     def replace(self) -> None:
         """The folder's history was redone (`redone`): a new MLflow run in place of its old
-        one, nested where that one was, so that MLflow shows the history as it is now. The old
-        run is deleted once the new one is linked (MLflow keeps it restorable until `mlflow gc`)."""
+        one, nested where that one was (as the same cell), so that MLflow shows the history as
+        it is now. The old run is deleted once the new one is linked (MLflow keeps it
+        restorable until `mlflow gc`)."""
         old = self.run_id
-        parent = self.client.get_run(old).data.tags.get(PARENT_TAG)
-        self.start_run({PARENT_TAG: parent} if parent else None, replacing=old)
+        tags = self.client.get_run(old).data.tags
+        self.start_run({k: tags[k] for k in (PARENT_TAG, CELL_TAG) if k in tags} or None, replacing=old)
         self.client.delete_run(old)
 
     def redone(self, run: Run) -> bool:
@@ -344,9 +356,10 @@ class Mirror:
         and asked again): the history's answers, skipped at the steps logged, would have
         left the old ones there (and new steps beside them). An answer still being scored
         when it was logged (a sync of a killed run) is the same answer, with the same time,
-        when a resume completes it: its MLflow run goes on."""
+        when a resume completes it: its MLflow run goes on (`log_answers` logs its values
+        again, later)."""
         if self.logged is None:
-            self.logged = self.logged_answers()
+            self.ask_server()
         if self.checked.issuperset(self.logged):
             return False
         answers = {int(e["call"]): e for e in run.events if e["event"] in LLM_EVENTS and e.get("call") is not None}
@@ -358,13 +371,18 @@ class Mirror:
         self.checked.update(self.logged)
         return False
 
-    def logged_answers(self) -> dict[int, int]:
-        """step -> time in ms of the answers the server has (-1: two answers at one step)."""
-        logged: dict[int, int] = {}
-        for metric in self.client.get_metric_history(self.run_id, STEP_KEY):
-            same = logged.get(metric.step, metric.timestamp) == metric.timestamp
-            logged[metric.step] = metric.timestamp if same else -1
-        return logged
+    def ask_server(self) -> None:
+        """The answers the server has: `logged`, step -> the time of the first values at the
+        step (the answer's own; later ones are its values completed, `log_answers`), and
+        `unsure`, each step's time and values as MLflow shows them: its latest ones."""
+        self.logged, self.unsure = {}, {}
+        for key in ANSWER_KEYS:
+            # oldest first, as MLflow orders them (by time, then value): the last one it shows
+            for metric in sorted(self.client.get_metric_history(self.run_id, key), key=lambda m: (m.timestamp, m.value)):
+                if key == STEP_KEY:
+                    self.logged.setdefault(metric.step, metric.timestamp)
+                stamp, values = self.unsure.get(metric.step, (metric.timestamp, {}))
+                self.unsure[metric.step] = max(stamp, metric.timestamp), {**values, key: metric.value}
 
     def follow(self, run: Run) -> None:
         """A live search's new events: the answers now complete, or (`redone`) the whole run
@@ -403,19 +421,44 @@ class Mirror:
         self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items() if k not in have])
 
     def log_answers(self, run: Run, hold_last: bool) -> int:
-        """The metrics of each answer the server does not have yet; returns how many."""
+        """The metrics of each answer the server does not have yet; returns how many. And
+        those of an answer logged before it was complete (not `hold_last`: a sync of a run
+        killed while the answer was scored) where they differ now (a resume completed it):
+        again at its step, at the time its values were complete, so that they are the ones
+        MLflow shows for the step (its latest) and not the partial ones."""
         from mlflow.entities import Metric
 
         if self.logged is None:
-            self.logged = self.logged_answers()
-        rows = answer_metrics(run, hold_last, logged=self.logged)
-        for start in range(0, len(rows), ANSWERS_PER_BATCH):
-            batch = rows[start:start + ANSWERS_PER_BATCH]
+            self.ask_server()
+        rows = answer_metrics(run, hold_last, logged=self.logged.keys() - self.unsure.keys())
+        still_open = run.open_turn() if rows and not hold_last else set()  # logged now, maybe not complete yet
+        completed_at = _completion_times(run) if any(step in self.unsure for step, _, _ in rows) else {}
+        new = sum(step not in self.logged for step, _, _ in rows)
+        sends = []  # (step, time, the metrics to send)
+        for step, stamp, values in rows:
+            changed = values
+            if step in self.unsure:  # logged already, perhaps before it was complete
+                stamp, values, changed = self._again(step, values, completed_at[step])
+            if changed:
+                sends.append((step, stamp, changed))
+            if step in still_open:
+                self.unsure[step] = stamp, values
+        for start in range(0, len(sends), ANSWERS_PER_BATCH):
+            batch = sends[start:start + ANSWERS_PER_BATCH]
             self.client.log_batch(self.run_id, metrics=[Metric(key, value, stamp, step) for step, stamp, values in batch
                                                         for key, value in values.items()])
-            self.logged.update({step: stamp for step, stamp, _ in batch})
-            self.checked.update(step for step, _, _ in batch)
-        return len(rows)
+            for step, stamp, _ in batch:
+                self.logged.setdefault(step, stamp)
+                self.checked.add(step)
+        return new
+
+    def _again(self, step: int, values: dict[str, float], completed_at: int) -> tuple[int, dict, dict]:
+        """An answer the server has (`unsure`), as the history has it now: the time its values
+        are shown at (later, when values changed: MLflow shows a step's latest), all its
+        values, and those that changed."""
+        last, shown = self.unsure.pop(step)
+        changed = {k: v for k, v in values.items() if shown.get(k) != v}
+        return (max(completed_at, last + 1) if changed else last), {**shown, **values}, changed
 
     def log_results(self, run: Run) -> None:
         """The test accuracy of the best template, the ensemble and the adapter (again only
@@ -746,6 +789,13 @@ def _answer_time(answer: dict) -> int:
     """When an answer came, in ms: its metrics' MLflow time, which tells it from another
     answer at its step (`Mirror.redone`)."""
     return int(float(answer.get("time") or time.time()) * 1000)
+
+
+def _completion_times(run: Run) -> dict[int, int]:
+    """step -> when its answer's values were complete, in ms: the time of the last event its
+    best so far counts (`Run.answer_ends`)."""
+    times = {e["_line"]: e.get("time") for e in run.events}
+    return {call: int(float(times.get(line) or time.time()) * 1000) for call, line in run.answer_ends().items()}
 
 
 def _last_time(run: Run) -> float:

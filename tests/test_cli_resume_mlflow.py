@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shlex
 
+import pytest
 from click.testing import CliRunner
 from conftest import require_extra
 
@@ -13,10 +14,12 @@ require_extra("mlflow", "mlflow")
 from mlflow import MlflowClient  # noqa: E402
 
 from fake_llm import FakeLLM, WordEvaluator  # noqa: E402
-from test_mlflow import free_port, linked_run_id, sqlite_uri  # noqa: E402
+from test_mlflow import ANSWER_METRICS, free_port, linked_run_id, mlflow_sync, sqlite_uri  # noqa: E402
 from test_search import KEY, responder  # noqa: E402
 
 from promptclimb.agent.cli import cli  # noqa: E402
+from promptclimb.agent.runs.reading import load_run  # noqa: E402
+from promptclimb.agent.tracking import answer_metrics  # noqa: E402
 
 SMALL = ["--iterations", "3", "--search", "template", "--resets", "1", "--pool-sample", "6"]
 
@@ -65,8 +68,51 @@ def test_the_printed_resume_command_continues_the_mlflow_run(tmp_path):
     assert linked_run_id(runs / "t", uri) == run_id
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(run_id, "new_proposals")] == [0, 1, 2]
+    # the answer stopped while it was scored was logged as it was then, and again once complete
+    assert sorted(m.step for m in client.get_metric_history(run_id, "new_proposals")) == [0, 1, 1, 2]
+    assert shown(client, run_id) == {step: values for step, _, values in answer_metrics(load_run(runs / "t"))}
 
+
+
+def shown(client, run_id) -> dict[int, dict[str, float]]:
+    """step -> each answer metric as MLflow shows it: the latest value logged at the step."""
+    out: dict[int, dict[str, float]] = {}
+    for key in ANSWER_METRICS:
+        for metric in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.timestamp, m.value)):
+            out.setdefault(metric.step, {})[key] = metric.value
+    return out
+
+
+@pytest.mark.parametrize("resume", ["then mlflow-sync", "with --mlflow"])
+def test_an_answer_logged_before_it_was_scored_shows_its_completed_values_after_the_resume(tmp_path, resume):
+    """`mlflow-sync` of a run stopped while an answer was scored logs that answer as it is
+    (nothing holds the run); the resume scores the rest of it. Its MLflow step kept the
+    partial values (0 new proposals): the answer's steps were logged once."""
+    uri, runs = sqlite_uri(tmp_path / "store"), tmp_path / "runs"
+    client = MlflowClient(uri)
+    with FakeLLM(responder=responder) as fake:
+        stopped = search(fake, ["search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "t"],
+                         stop_at=3)  # the pool, one turn, then Ctrl-C while the second is scored
+        assert stopped.exit_code == 130, stopped.output
+        assert mlflow_sync(runs / "t", "--tracking-uri", uri).exit_code == 0
+        run_id = linked_run_id(runs / "t", uri)
+        assert [(m.step, m.value) for m in client.get_metric_history(run_id, "new_proposals")] == [(0, 5), (1, 0)]
+        first_times = {m.step: m.timestamp for m in client.get_metric_history(run_id, "new_proposals")}
+
+        resumed = search(fake, ["search", "--resume", runs / "t", *(["--mlflow", uri] if "--mlflow" in resume else [])])
+        assert resumed.exit_code == 0, resumed.output
+    complete = {step: values for step, _, values in answer_metrics(load_run(runs / "t"))}
+    assert complete[1]["new_proposals"] == 5
+    if "--mlflow" in resume:  # its live tracker logged them
+        assert shown(client, run_id) == complete and "warning" not in resumed.output, resumed.output
+    synced = mlflow_sync(runs / "t", "--tracking-uri", uri)
+    assert synced.exit_code == 0, synced.output
+    assert linked_run_id(runs / "t", uri) == run_id  # the same answers: the same MLflow run
+    assert shown(client, run_id) == complete
+    history = client.get_metric_history(run_id, "new_proposals")
+    assert {s: min(m.timestamp for m in history if m.step == s) for s in first_times} == first_times
+    assert mlflow_sync(runs / "t", "--tracking-uri", uri).exit_code == 0  # again: nothing more
+    assert len(client.get_metric_history(run_id, "new_proposals")) == len(history) == 4  # steps 0, 1 (twice), 2
 
 def test_a_tracking_uri_with_a_password_is_printed_without_it_and_asked_for_again(tmp_path):
     """Tracking to a server that does not answer is one warning; the search goes on and is

@@ -515,6 +515,7 @@ def test_a_redone_cell_has_one_nested_run_holding_its_new_history_only(redo, tmp
     parent, old = linked_run_id(sweep, uri), linked_run_id(sweep / "c2", uri)
     old_times = logged_times(client, old)
     assert old_times == answer_times(sweep / "c2")
+    old_prompt = client.load_prompt(client.get_run(old).data.tags["promptclimb.prompt"])
 
     time.sleep(0.01)  # the redone answers come later, at other times
     if redo == "cell folder removed":
@@ -543,10 +544,54 @@ def test_a_redone_cell_has_one_nested_run_holding_its_new_history_only(redo, tmp
         assert [step for step, _ in history(client, new, key)] == [0, 1], key
     run = client.get_run(new)
     assert run.info.status == "FINISHED" and run.data.tags["promptclimb.prompt"]
+    # the newest prompt version is the new run's; the old one's still says where it came from
+    newest = client.load_prompt(f"prompts:/{old_prompt.name}@latest")
+    assert run.data.tags["promptclimb.prompt"] == f"prompts:/{newest.name}/{newest.version}"
+    assert newest.tags["source_run_id"] == new
+    assert client.load_prompt(f"prompts:/{old_prompt.name}/{old_prompt.version}").tags["source_run_id"] == old
     assert RUN_FILES <= {a.path for a in client.list_artifacts(new)}
     assert mlflow_sync(sweep, "--tracking-uri", uri).exit_code == 0  # again: nothing replaced
     assert linked_run_id(sweep / "c2", uri) == new and len(all_runs(client)) == 3
 
+
+
+def active_children(client: MlflowClient, parent: str) -> dict[str, str]:
+    """run id -> promptclimb.cell tag of the runs nested under `parent` (not deleted)."""
+    runs = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    return {r.info.run_id: r.data.tags.get("promptclimb.cell") for r in runs}
+
+
+def test_a_nested_run_is_told_by_its_cell_tag_whatever_its_name(tmp_path, fake):
+    """A sweep's nested runs were told apart by their names, which MLflow's UI lets a user
+    change: c2's run renamed "c1" was deleted by the next sync (as the old run of c1); a
+    redone cell's old run, renamed, stayed beside its new one. A run nested before the
+    promptclimb.cell tag was written is still told by its name."""
+    sweep, uri = tmp_path / "runs" / "grid", sqlite_uri(tmp_path / "store")
+    client = MlflowClient(uri)
+    cells = ["c1", "c2"]
+    for cell in cells:
+        finished_run(fake, sweep, cell)
+    (sweep / "sweep.json").write_text(json.dumps({"grid": {"dataset": ["toy"]}, "search": {}, "cells": cells}))
+    assert mlflow_sync(sweep, "--tracking-uri", uri).exit_code == 0
+    parent, c1, c2 = (linked_run_id(folder, uri) for folder in (sweep, sweep / "c1", sweep / "c2"))
+    assert active_children(client, parent) == {c1: "c1", c2: "c2"}
+
+    client.update_run(c2, name="c1")  # in the UI
+    client.delete_tag(c1, "promptclimb.cell")  # as a sync before the tag left it
+    shutil.rmtree(sweep / "c1")
+    finished_run(fake, sweep, "c1")  # redone
+    assert mlflow_sync(sweep, "--tracking-uri", uri).exit_code == 0
+    new_c1 = linked_run_id(sweep / "c1", uri)
+    assert client.get_run(c2).info.lifecycle_stage == "active" and linked_run_id(sweep / "c2", uri) == c2
+    assert client.get_run(c1).info.lifecycle_stage == "deleted"  # the old c1, by its name
+    assert active_children(client, parent) == {new_c1: "c1", c2: "c2"}
+
+    shutil.rmtree(sweep / "c2")
+    finished_run(fake, sweep, "c2")  # redone: its old run, named "c1", is c2's
+    assert mlflow_sync(sweep, "--tracking-uri", uri).exit_code == 0
+    new_c2 = linked_run_id(sweep / "c2", uri)
+    assert client.get_run(c2).info.lifecycle_stage == "deleted"
+    assert active_children(client, parent) == {new_c1: "c1", new_c2: "c2"}
 
 # -- local stores, damaged folders, failures midway -----------------------------------------------
 def finished_run(fake, runs: Path, name: str) -> Path:
