@@ -342,6 +342,10 @@ def test_a_soft_prompt_run_without_its_history_says_what_it_lost(tmp_path):
     shown = invoke("show", "soft", "--runs-dir", tmp_path / "runs").stdout
     assert shown.splitlines()[1] == "2 steps, 80 of 80 queries (prompts scored on train)"
     assert "  2 steps, 80 of 80 queries" in shown.splitlines()  # its section, as its headline
+    # it printed the header of an empty steps table under that warning
+    assert shown.splitlines()[-2:] == ["  2 steps, 80 of 80 queries", "  its steps one by one were lost with history.jsonl"]
+    markdown = invoke("show", "soft", "--runs-dir", tmp_path / "runs", "--format", "markdown").stdout
+    assert "| step |" not in markdown and markdown.splitlines()[-1] == "- its steps one by one were lost with history.jsonl"
 
 
 def test_a_path_that_is_not_a_run_folder_is_named_as_such(tmp_path):
