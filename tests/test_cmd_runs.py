@@ -348,6 +348,29 @@ def test_a_soft_prompt_run_without_its_history_says_what_it_lost(tmp_path):
     assert "| step |" not in markdown and markdown.splitlines()[-1] == "- its steps one by one were lost with history.jsonl"
 
 
+def test_the_report_of_a_soft_prompt_run_shows_its_steps(tmp_path):
+    """`report` of a soft-prompt run (it asks no LLM) said "No LLM answer was recorded." where
+    an LLM run has its answers, "No exchange recorded." and "LLM None": its steps instead, as
+    `show` prints them, and, its history lost, one line that says so."""
+    run_dir = make_soft_run(tmp_path)
+
+    def page() -> str:
+        result = invoke("report", "soft", "--runs-dir", tmp_path / "runs", "-o", "-")
+        assert result.exit_code == 0, result.output
+        return unescape(result.stdout)
+
+    html = page()
+    assert "· optimizer craft ·" in html and "LLM None" not in html
+    assert "No LLM answer" not in html and "The conversation" not in html and "Iteration by iteration" not in html
+    section = html.split("<h2>Step by step</h2>")[1].split("<h2>")[0]
+    rows = [re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row) for row in re.findall(r"<tr>(.*?)</tr>", section)]
+    assert rows == [["step", "queries", "train", "val"], ["0", "0", "30.0%", "25.0%"], ["1", "40", "40.0%", "35.0%"],
+                    ["2", "80", "50.0%", "45.0%"]]
+    (run_dir / "history.jsonl").unlink()
+    section = page().split("<h2>Step by step</h2>")[1].split("<h2>")[0]
+    assert "<table>" not in section and "Its steps one by one were lost with history.jsonl." in section
+
+
 def test_a_path_that_is_not_a_run_folder_is_named_as_such(tmp_path):
     """`show PATH` where PATH is there but is no run folder (config.json lost, a history.jsonl,
     the runs folder itself) said "no run 'PATH': runs holds no runs (use --runs-dir to look
