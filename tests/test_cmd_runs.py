@@ -105,6 +105,27 @@ def test_show_in_every_format(tmp_path):
     assert doc["conversation"][0]["answer"] == first["answer"]
 
 
+def test_show_says_which_formats_count_from_0_and_each_does(tmp_path):
+    """csv and json write restart, reset and call as history.jsonl holds them (from 0) while
+    the table says "answer 1 (restart 1, reset 1, ...)" of the same answer, and nothing said
+    so: `show --help` does, and each format keeps to what it says (scripts read csv/json)."""
+    make_run(tmp_path)
+    runs = tmp_path / "runs"
+    said = " ".join(invoke("show", "--help").output.split())
+    assert "csv and json write restart, reset and call (the LLM answer) counted from 0" in said
+    assert "the table, markdown and the report count restarts, resets and answers from 1" in said
+
+    rows = pd.read_csv(io.StringIO(invoke("show", "run", "--runs-dir", runs, "--format", "csv").output))
+    assert set(rows.loc[rows["origin"] == "pool", "iteration"]) == {0}
+    for status in ("scored", "rejected"):
+        first = rows[(rows["origin"] == "llm") & (rows["status"] == status)].iloc[0]
+        assert [int(first[k]) for k in ("call", "restart", "reset", "iteration")] == [0, 0, 0, 1], status
+    iteration = json.loads(invoke("show", "run", "--runs-dir", runs, "--format", "json").output)["iterations"][0]
+    assert [iteration[k] for k in ("call", "restart", "reset", "iteration")] == [0, 0, 0, 1]
+    text = invoke("show", "run", "--runs-dir", runs).output
+    assert "\nanswer 1 (restart 1, reset 1, iteration 1): " in text and "answer 0 " not in text
+
+
 # An answer as LLMs write them: templates quoted in a ``` block, markup inside them.
 FENCED = "\n".join(["Here you go:", "```", "a `quoted` photo of a {}.", "a *starred* <script>x</script> photo of a {}.",
                      "an &amp; photo of the {} [x](http://e.com).", "```"])
