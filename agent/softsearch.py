@@ -123,6 +123,17 @@ def steps_table(events: list[dict]) -> list[dict]:
     return rows
 
 
+# said where a finished soft-prompt run whose history.jsonl was lost would show its steps
+STEPS_LOST = "its steps one by one were lost with history.jsonl"
+
+
+def steps_shown(rows: list[dict]) -> list[dict]:
+    """About ten of `steps_table`'s rows, evenly spaced, the first and the last always: the
+    table `show` prints and the report's."""
+    every = max(1, (len(rows) - 1) // 10)
+    return rows[::every] + ([rows[-1]] if rows and (len(rows) - 1) % every else [])
+
+
 def plot_soft_curve(run_dir: str | Path) -> Path:
     """curve.png of a soft-prompt run: the current prompt's accuracy against queries used."""
     from promptclimb.agent.runs.plots import pyplot, save_figure
@@ -172,9 +183,9 @@ def soft_prompt_lines(run, markdown: bool = False) -> list[str]:
         lines.append(f"{item}with {MODULES.get(run.config.get('optimizer'), adapter['kind'])}: {acc}  ({verdict})")
     rows = steps_table(run.events)
     lines.append(f"{item}{spent_said(run)}")
-    every = max(1, (len(rows) - 1) // 10)
-    shown = [(r["step"], r["queries"], pct(r["train"]), pct(r["val"]))
-             for r in rows[::every] + ([rows[-1]] if rows and (len(rows) - 1) % every else [])]
+    if not rows:  # a finished run whose history was lost: no table of nothing
+        return lines + [f"{item}{STEPS_LOST}"]
+    shown = [(r["step"], r["queries"], pct(r["train"]), pct(r["val"])) for r in steps_shown(rows)]
     if markdown:  # a table of its own: lines in a row would run into the list's last item
         lines += ["", "| step | queries | train | val |", "|---:|---:|---:|---:|"]
         lines += ["| " + " | ".join(map(str, row)) + " |" for row in shown]

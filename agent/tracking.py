@@ -100,7 +100,8 @@ class TrackingError(PromptclimbError):
 
 @dataclass(frozen=True)
 class Synced:
-    """What one sync did: the MLflow run, the answers newly logged, the registered prompt."""
+    """What one sync did: the MLflow run, the answers newly logged (and those logged again with
+    the values a resume completed), the registered prompt."""
 
     run_id: str
     experiment_id: str
@@ -108,6 +109,7 @@ class Synced:
     new_answers: int
     prompt: str | None
     artifact_uri: str | None = None  # where the run folder's files went
+    completed_answers: int = 0  # logged before they were complete, again now with their values
 
 
 # -- the API --------------------------------------------------------------------------------
@@ -402,13 +404,13 @@ class Mirror:
             self.replace()
         self.log_params(flat_params({k: v for k, v in run.config.items() if k != "v"}))
         self.client.log_batch(self.run_id, tags=_tags(run_tags(run)))
-        new = self.log_answers(run, hold_last=writing)
+        new, completed = self.log_answers(run, hold_last=writing)
         self.log_results(run)
         if files:
             self.log_files()
         prompt = self.register_prompt(run)
         self.set_status("FINISHED" if run.final else "RUNNING" if writing else "KILLED", _last_time(run))
-        return Synced(self.run_id, self.experiment_id, self.key, new, prompt, self.artifact_uri())
+        return Synced(self.run_id, self.experiment_id, self.key, new, prompt, self.artifact_uri(), completed)
 
     def artifact_uri(self) -> str:
         """Where the run's artifacts are: the experiment's artifact location decided it."""
@@ -420,12 +422,12 @@ class Mirror:
         have = self.client.get_run(self.run_id).data.params
         self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items() if k not in have])
 
-    def log_answers(self, run: Run, hold_last: bool) -> int:
-        """The metrics of each answer the server does not have yet; returns how many. And
-        those of an answer logged before it was complete (not `hold_last`: a sync of a run
-        killed while the answer was scored) where they differ now (a resume completed it):
-        again at its step, at the time its values were complete, so that they are the ones
-        MLflow shows for the step (its latest) and not the partial ones."""
+    def log_answers(self, run: Run, hold_last: bool) -> tuple[int, int]:
+        """The metrics of each answer the server does not have yet. And those of an answer
+        logged before it was complete (not `hold_last`: a sync of a run killed while the
+        answer was scored) where they differ now (a resume completed it): again at its step,
+        at the time its values were complete, so that they are the ones MLflow shows for the
+        step (its latest) and not the partial ones. Returns how many of each."""
         from mlflow.entities import Metric
 
         if self.logged is None:
@@ -434,11 +436,12 @@ class Mirror:
         still_open = run.open_turn() if rows and not hold_last else set()  # logged now, maybe not complete yet
         completed_at = _completion_times(run) if any(step in self.unsure for step, _, _ in rows) else {}
         new = sum(step not in self.logged for step, _, _ in rows)
-        sends = []  # (step, time, the metrics to send)
+        sends, completed = [], 0  # (step, time, the metrics to send); answers logged again
         for step, stamp, values in rows:
             changed = values
             if step in self.unsure:  # logged already, perhaps before it was complete
                 stamp, values, changed = self._again(step, values, completed_at[step])
+                completed += bool(changed)
             if changed:
                 sends.append((step, stamp, changed))
             if step in still_open:
@@ -450,7 +453,7 @@ class Mirror:
             for step, stamp, _ in batch:
                 self.logged.setdefault(step, stamp)
                 self.checked.add(step)
-        return new
+        return new, completed
 
     def _again(self, step: int, values: dict[str, float], completed_at: int) -> tuple[int, dict, dict]:
         """An answer the server has (`unsure`), as the history has it now: the time its values

@@ -107,11 +107,16 @@ def test_an_answer_logged_before_it_was_scored_shows_its_completed_values_after_
         assert shown(client, run_id) == complete and "warning" not in resumed.output, resumed.output
     synced = mlflow_sync(runs / "t", "--tracking-uri", uri)
     assert synced.exit_code == 0, synced.output
+    # it said "(1 answer logged now" alone: the answer completed, logged again, went uncounted
+    said = "(0 answers logged now;" if "--mlflow" in resume else \
+        "(1 answer logged now, 1 logged again with its completed values;"
+    assert said in synced.output, synced.output
     assert linked_run_id(runs / "t", uri) == run_id  # the same answers: the same MLflow run
     assert shown(client, run_id) == complete
     history = client.get_metric_history(run_id, "new_proposals")
     assert {s: min(m.timestamp for m in history if m.step == s) for s in first_times} == first_times
-    assert mlflow_sync(runs / "t", "--tracking-uri", uri).exit_code == 0  # again: nothing more
+    again = mlflow_sync(runs / "t", "--tracking-uri", uri)  # again: nothing more
+    assert again.exit_code == 0 and "(0 answers logged now;" in again.output and "again with" not in again.output
     assert len(client.get_metric_history(run_id, "new_proposals")) == len(history) == 4  # steps 0, 1 (twice), 2
 
 def test_a_tracking_uri_with_a_password_is_printed_without_it_and_asked_for_again(tmp_path):

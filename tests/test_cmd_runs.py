@@ -105,6 +105,27 @@ def test_show_in_every_format(tmp_path):
     assert doc["conversation"][0]["answer"] == first["answer"]
 
 
+def test_show_says_which_formats_count_from_0_and_each_does(tmp_path):
+    """csv and json write restart, reset and call as history.jsonl holds them (from 0) while
+    the table says "answer 1 (restart 1, reset 1, ...)" of the same answer, and nothing said
+    so: `show --help` does, and each format keeps to what it says (scripts read csv/json)."""
+    make_run(tmp_path)
+    runs = tmp_path / "runs"
+    said = " ".join(invoke("show", "--help").output.split())
+    assert "csv and json write restart, reset and call (the LLM answer) counted from 0" in said
+    assert "the table, markdown and the report count restarts, resets and answers from 1" in said
+
+    rows = pd.read_csv(io.StringIO(invoke("show", "run", "--runs-dir", runs, "--format", "csv").output))
+    assert set(rows.loc[rows["origin"] == "pool", "iteration"]) == {0}
+    for status in ("scored", "rejected"):
+        first = rows[(rows["origin"] == "llm") & (rows["status"] == status)].iloc[0]
+        assert [int(first[k]) for k in ("call", "restart", "reset", "iteration")] == [0, 0, 0, 1], status
+    iteration = json.loads(invoke("show", "run", "--runs-dir", runs, "--format", "json").output)["iterations"][0]
+    assert [iteration[k] for k in ("call", "restart", "reset", "iteration")] == [0, 0, 0, 1]
+    text = invoke("show", "run", "--runs-dir", runs).output
+    assert "\nanswer 1 (restart 1, reset 1, iteration 1): " in text and "answer 0 " not in text
+
+
 # An answer as LLMs write them: templates quoted in a ``` block, markup inside them.
 FENCED = "\n".join(["Here you go:", "```", "a `quoted` photo of a {}.", "a *starred* <script>x</script> photo of a {}.",
                      "an &amp; photo of the {} [x](http://e.com).", "```"])
@@ -342,6 +363,33 @@ def test_a_soft_prompt_run_without_its_history_says_what_it_lost(tmp_path):
     shown = invoke("show", "soft", "--runs-dir", tmp_path / "runs").stdout
     assert shown.splitlines()[1] == "2 steps, 80 of 80 queries (prompts scored on train)"
     assert "  2 steps, 80 of 80 queries" in shown.splitlines()  # its section, as its headline
+    # it printed the header of an empty steps table under that warning
+    assert shown.splitlines()[-2:] == ["  2 steps, 80 of 80 queries", "  its steps one by one were lost with history.jsonl"]
+    markdown = invoke("show", "soft", "--runs-dir", tmp_path / "runs", "--format", "markdown").stdout
+    assert "| step |" not in markdown and markdown.splitlines()[-1] == "- its steps one by one were lost with history.jsonl"
+
+
+def test_the_report_of_a_soft_prompt_run_shows_its_steps(tmp_path):
+    """`report` of a soft-prompt run (it asks no LLM) said "No LLM answer was recorded." where
+    an LLM run has its answers, "No exchange recorded." and "LLM None": its steps instead, as
+    `show` prints them, and, its history lost, one line that says so."""
+    run_dir = make_soft_run(tmp_path)
+
+    def page() -> str:
+        result = invoke("report", "soft", "--runs-dir", tmp_path / "runs", "-o", "-")
+        assert result.exit_code == 0, result.output
+        return unescape(result.stdout)
+
+    html = page()
+    assert "· optimizer craft ·" in html and "LLM None" not in html
+    assert "No LLM answer" not in html and "The conversation" not in html and "Iteration by iteration" not in html
+    section = html.split("<h2>Step by step</h2>")[1].split("<h2>")[0]
+    rows = [re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row) for row in re.findall(r"<tr>(.*?)</tr>", section)]
+    assert rows == [["step", "queries", "train", "val"], ["0", "0", "30.0%", "25.0%"], ["1", "40", "40.0%", "35.0%"],
+                    ["2", "80", "50.0%", "45.0%"]]
+    (run_dir / "history.jsonl").unlink()
+    section = page().split("<h2>Step by step</h2>")[1].split("<h2>")[0]
+    assert "<table>" not in section and "Its steps one by one were lost with history.jsonl." in section
 
 
 def test_a_path_that_is_not_a_run_folder_is_named_as_such(tmp_path):

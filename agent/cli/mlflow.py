@@ -53,12 +53,21 @@ def mlflow_sync_cmd(runs, tracking_uri, experiment, runs_dir):
             click.echo(f"Error: {folder.name}: {exc}", err=True)
             failed += 1
             continue
-        n = synced.new_answers
-        what = "sweep, cells nested" if is_sweep else f"{n} answer{'' if n == 1 else 's'} logged now"
+        what = "sweep, cells nested" if is_sweep else answers_said(synced)
         prompt = f"; prompt {synced.prompt}" if synced.prompt else ""
         click.echo(f"{folder.name}: MLflow run {synced.run_id} ({what}{prompt}){_link(synced)}")
     if failed:
         sys.exit(1)
+
+
+def answers_said(synced) -> str:
+    """How many answers this sync logged: new ones, and those logged before a resume completed
+    them, again with their completed values (else the count hides that MLflow's curves changed)."""
+    n, again = synced.new_answers, synced.completed_answers
+    said = f"{n} answer{'' if n == 1 else 's'} logged now"
+    if again:
+        said += f", {again} logged again with {'its' if again == 1 else 'their'} completed values"
+    return said
 
 
 def _link(synced) -> str:

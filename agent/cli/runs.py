@@ -339,6 +339,12 @@ def show_cmd(run, runs_dir, fmt, conversation):
     csv gives one row per template (pool, scored, rejected), or per step of a soft-prompt
     run; with --conversation, one row per message.
 
+    csv and json write restart, reset and call (the LLM answer) counted from 0, as
+    history.jsonl holds them, and iteration as it is there too (0: the pool, scored before
+    any answer; LLM turns from 1 inside each reset); the table, markdown and the report
+    count restarts, resets and answers from 1 ("answer 1 (restart 1, reset 1, iteration 1)"
+    is call 0, restart 0, reset 0, iteration 1).
+
     \b
     Examples:
       promptclimb show 20250101-120000-eurosat-4shot

@@ -22,7 +22,7 @@ from promptclimb.agent.core.format import pct
 from promptclimb.agent.core.paths import prompts_dir
 from promptclimb.agent.runs.compact import CLASSES_IN_FULL, confusion_matrix
 from promptclimb.agent.runs.reading import Run
-from promptclimb.agent.softsearch import is_soft_prompt_run
+from promptclimb.agent.softsearch import STEPS_LOST, is_soft_prompt_run, steps_shown, steps_table
 
 from promptclimb.agent.core.runfiles import REPORT
 TEMPLATE = "report.html.j2"
@@ -85,7 +85,9 @@ def render(run: Run, plot_png: Path | None = None) -> str:
     confusion = {k: v for k, v in confusion.items() if v}
     labels = names_table.get("start") or []
     many = len(labels) > CLASSES_IN_FULL
+    soft = is_soft_prompt_run(run.config)  # no LLM answers or conversation: its steps instead
     return env.get_template(TEMPLATE).render(
+        soft=soft, steps=steps_shown(steps_table(run.events)) if soft else [], steps_lost=STEPS_LOST,
         names=run.names().to_dict("records"), class_labels=labels,
         confusion={} if many else confusion,
         largest_confusions=largest_confusions(confusion, labels) if many and confusion else [],
