@@ -237,19 +237,16 @@ def eval_run_adapter(run_dir: str | Path, evaluator=None, splits=("test",), devi
         raise PromptclimbError(f"{run_dir / ADAPTER_FILE} was fit on the run's backbone ({fit_on}) and does not apply "
                                f"to another's features (this one is {here}); drop --backbone, --pretrained and "
                                f"--weights to apply it, or --with-adapter to score the template on this backbone")
-    order = None  # each class of the data: its place among the adapter's classes (None: the same)
+    # each class of the data: its place among the adapter's rows (the run's classes, in the run's
+    # order), by label as the template rows took the run's names; not by name, as it was: the
+    # start names of a run without labels are no class's found name
+    data = getattr(evaluator, "dataset", None)  # a ClipEvaluator's; a fake's may hold no labels
+    order = adapter_class_order(config, getattr(data, "classnames", None), getattr(data, "folders", ()))
     if classnames is not None:  # the names given, in the data's class order: put into the adapter's
-        data = getattr(evaluator, "dataset", None)  # a ClipEvaluator's; a fake's may hold no labels
-        order = adapter_class_order(config, getattr(data, "classnames", None), getattr(data, "folders", ()))
         classnames = in_adapter_order(classnames, order)  # the adapter's own names, class by class, are taken
         check_adapter_names(payload, lambda: classnames)
     else:
         classnames = run_classnames(summary) or run_start_names(config) or list(evaluator.task.classnames)
-        data_names = list(evaluator.task.classnames)
-        # other data may hold the run's classes in another order (its names were matched by
-        # label); the adapter's outputs are the run's classes, in the run's order
-        if data_names != classnames and sorted(data_names) == sorted(classnames):
-            order = [classnames.index(name) for name in data_names]
         if fit_names and len(fit_names) == len(classnames) and fit_names != classnames:
             warnings.warn(f"the class names of this data differ from those the adapter was fit on "
                           f"({fit_names}); classes are matched by position", stacklevel=2)

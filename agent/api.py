@@ -306,7 +306,8 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
     target (None: nowhere), as `search()`'s. Bad input raises PromptclimbError before
     anything is loaded.
     """
-    from promptclimb.agent.runs.reading import Run, run_classnames, run_names_by_label, run_start_names
+    from promptclimb.agent.runs.reading import (Run, run_classnames, run_names_by_label, run_start_names,
+                                                warn_names_by_position)
     from promptclimb.agent.softsearch import is_soft_prompt_run, transfer_refusal
 
     check_call("transfer()", unknown, run=run, backbone=backbone, pretrained=pretrained, weights=weights, top=top,
@@ -334,11 +335,15 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
     # The evaluator starts from the run's start names, by the labels of its data where it started
     # from them (other data must hold those classes).
     start = run_names_by_label(loaded.config, {}) or run_start_names(loaded.config)
+    data = {"dataset": args["dataset"], "data_root": data_root or args.get("data_root"),
+            "image_column": args.get("image_column"), "label_column": args.get("label_column")}
+    if start and not isinstance(start, dict):  # before the target model loads, as `eval --run` says it
+        warn_names_by_position(loaded.path, loaded.config, data, (
+            f"`promptclimb eval --run {loaded.id} --data-root {data['data_root']} --prompt TEMPLATE --classnames "
+            f"FILE` ('folder,name' lines) scores a template with them matched by class"))
     evaluator = evaluator_for(
-        dataset=args["dataset"], shots=args.get("shots", 1), seed=args.get("seed", 0),
-        backbone=backbone, pretrained=pretrained, weights=weights, data_root=data_root or args.get("data_root"),
-        device=device, precision=precision, image_column=args.get("image_column"),
-        label_column=args.get("label_column"), echo=echo or nowhere, bars=draws_bars(echo),
+        backbone=backbone, pretrained=pretrained, weights=weights, shots=args.get("shots", 1), seed=args.get("seed", 0),
+        device=device, precision=precision, echo=echo or nowhere, bars=draws_bars(echo), **data,
         classnames=(start if isinstance(start, dict) else tuple(start)) if start else args.get("classnames"))
     in_target_order = target_order(start, evaluator)
     by_names: dict = {}

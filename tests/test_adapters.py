@@ -318,6 +318,41 @@ def test_adapt_fills_in_the_start_names_the_run_recorded_not_its_names_file(name
         assert set(eval_run_adapter(run, device="cpu")["accuracy"]["test"]) == {"prompt", "adapter"}
 
 
+def test_the_adapter_rows_go_to_the_run_classes_by_label_not_by_name(tmp_path, torch_threads):
+    """eval_run_adapter on a run's own evaluator, the run started from a names FILE before the
+    labels were recorded beside its names, its search having given dress and trouser each
+    other's start name: the adapter's rows are the run's classes in the run's order (its own
+    data, so by position), as `eval --run RUN --with-adapter` scores them. They had been
+    matched by name to the start names the evaluator fills in, dress and trouser swapped:
+    prompt 100% and adapter 50%, where they are 50% and 100%."""
+    from promptclimb.agent.adapt import eval_run_adapter
+    from promptclimb.agent.cli import cli
+    from test_cli_eval import fashion_in_two_orders
+
+    fashion_in_two_orders(tmp_path)
+    runs = tmp_path / "runs"
+    (runs / "r").mkdir(parents=True)
+    start, found = ["handbag", "dress", "sneaker", "trousers"], ["handbag", "trousers", "sneaker", "dress"]
+    (runs / "r" / "config.json").write_text(json.dumps({"v": 1, "run_id": "r", "evaluator_args": {
+        "dataset": "imagefolder", "data_root": str(tmp_path / "own"), "shots": 2, "seed": 0, "backbone": "demo",
+        "classnames": str(tmp_path / "names.txt")}, "evaluator": {"dataset": {"classnames": start}}}))
+    (runs / "r" / "summary.json").write_text(json.dumps({"v": 1, "best": {
+        "template": "a photo of a {}.", "names": found, "accuracy": {"train": 0.5, "val": 0.5, "test": 0.5}}}))
+    fit = CliRunner().invoke(cli, ["adapt", "r", "--runs-dir", str(runs), "--kind", "residual-logits",
+                                   "--device", "cpu", "--json"])
+    assert fit.exit_code == 0, fit.output
+    assert json.loads(fit.stdout)["accuracy"]["test"] == 1.0  # the adapter undoes the swap
+
+    cli_eval = CliRunner().invoke(cli, ["eval", "--run", "r", "--runs-dir", str(runs), "--with-adapter",
+                                        "--device", "cpu", "--json"])
+    assert cli_eval.exit_code == 0, cli_eval.output
+    said = json.loads(cli_eval.stdout)
+    assert said["results"][0]["accuracy"]["test"] == 0.5  # the template row: dress and trouser confused
+    applied = eval_run_adapter(runs / "r", splits=("train", "val", "test"), device="cpu")
+    assert applied["accuracy"] == said["adapter"]["accuracy"]
+    assert applied["accuracy"]["test"] == {"prompt": 0.5, "adapter": 1.0}
+
+
 def test_a_later_fit_that_does_not_beat_its_own_prompt_leaves_the_kept_adapter(separable, tmp_path):
     """A kept adapter (it beat its prompt on val) is not replaced by a later fit that does not
     beat its own prompt, even with a higher val: `adapt --on ensemble` after `adapt` on the best

@@ -401,3 +401,51 @@ def test_names_go_to_the_target_data_by_label_when_the_run_started_from_names_of
     in_target_order = api.target_order(start, OtherOrder())
     assert in_target_order(("purse", "gown", "trainer", "jeans")) == ("gown", "jeans", "purse", "trainer")
     assert in_target_order(None) is None
+
+
+def test_a_run_from_names_of_its_own_that_recorded_no_labels_warns_that_other_data_is_matched_by_position(
+        tmp_path, torch_threads):
+    """`transfer RUN --data-root DIR` of a run started from a names FILE, DIR holding its classes
+    in another order: a run that recorded the labels beside its names is matched by label; one
+    started before they were recorded (config.json without evaluator.dataset.labels) can only
+    go by position, and a warning line now says so, as `eval --run` says it (it was silent: 0%
+    on every template here); on the run's own data nothing is said."""
+    from test_cli_eval import fashion_in_two_orders
+
+    fashion_in_two_orders(tmp_path)
+    names, runs = tmp_path / "names.txt", tmp_path / "runs"
+    names.write_text("handbag\ndress\nsneaker\ntrousers\n")
+    with FakeLLM(responder=lambda body: "a blurry photo of a {}.\nan old {}.") as fake:
+        search = CliRunner().invoke(cli, [
+            "search", "--dataset", "imagefolder", "--data-root", str(tmp_path / "own"), "--classnames", str(names),
+            "--shots", "2", "--backbone", "demo", "--device", "cpu", "--iterations", "1", "--search", "template",
+            "--resets", "1", "--pool-sample", "3", "--runs-dir", str(runs), "--name", "new"],
+            env={"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake.base_url})
+    assert search.exit_code == 0, search.output
+    config = json.loads((runs / "new" / "config.json").read_text())
+    assert config["evaluator"]["dataset"]["labels"] == ["bag", "dress", "sneaker", "trouser"]
+    del config["evaluator"]["dataset"]["labels"]
+    (runs / "old").mkdir()
+    (runs / "old" / "config.json").write_text(json.dumps({**config, "run_id": "old"}))
+    for part in ("summary.json", "history.jsonl"):
+        (runs / "old" / part).write_bytes((runs / "new" / part).read_bytes())
+
+    def transfer(run, *where):
+        out = CliRunner().invoke(cli, ["transfer", run, "--backbone", "demo", "--device", "cpu", "--runs-dir",
+                                       str(runs), "--format", "csv", *where], catch_exceptions=False)
+        assert out.exit_code == 0, out.output
+        warned = [line for line in out.stderr.splitlines() if line.startswith("warning: ")]
+        return warned, pd.read_csv(runs / run / "transfer-demo.csv")
+
+    other = ["--data-root", str(tmp_path / "other")]
+    warned, table = transfer("new", *other)
+    assert warned == [] and (table["target_test"] > 0.9).all()  # by label
+    warned, table = transfer("old", *other)
+    assert warned == [f"warning: old started from --classnames {names} and recorded no labels for its names (a run "
+                      f"started before they were recorded): its names are filled in to the classes of "
+                      f"{tmp_path / 'other'} by position; `promptclimb eval --run old --data-root {tmp_path / 'other'} "
+                      f"--prompt TEMPLATE --classnames FILE` ('folder,name' lines) scores a template with them matched "
+                      f"by class"]
+    assert (table["target_test"] < 0.1).all()  # what the warning is about: each name on another class
+    warned, table = transfer("old")
+    assert warned == [] and (table["target_test"] > 0.9).all()

@@ -150,7 +150,7 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
     args = dict(given)
     if run_dir is not None:
         from promptclimb.agent.adapt import read_run
-        from promptclimb.agent.runs.reading import run_names_by_label
+        from promptclimb.agent.runs.reading import run_names_by_label, warn_names_by_position
 
         config, summary = read_run(run_dir, None if prompts else "eval --run")
         for key, value in (config.get("evaluator_args") or {}).items():
@@ -163,7 +163,8 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
         if given["classnames"] is None and names:
             args["classnames"] = names  # the names the run found, by the labels of its data
             if not isinstance(names, dict):
-                _warn_names_by_position(args, config, run_dir)
+                warn_names_by_position(run_dir, config, args, "give --classnames FILE ('folder,name' "
+                                       "lines) to match them by class")
         if not prompts:
             prompts = [summary["best"]["template"]]
     for key, value in DEFAULTS.items():
@@ -172,23 +173,6 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
     args["backbone"], args["pretrained"] = default_backbone(args["dataset"], args["backbone"], args["pretrained"],
                                                             args["weights"])
     return args, prompts or [BASELINE]
-
-
-def _warn_names_by_position(args: dict, config: dict, run_dir) -> None:
-    """A warning where a run's names go to other data's classes by position: the run started
-    from names of its own (--classnames clean or FILE) before the labels they name were
-    recorded beside them (`run_labels`), so nothing tells which class each name is."""
-    import warnings
-
-    own = config.get("evaluator_args") or {}
-    if all(args[key] == own.get(key) for key in ("dataset", "data_root", "image_column", "label_column")):
-        return  # the run's own data: its classes in the run's order
-    spec = own.get("classnames")
-    started = f"--classnames {spec}" if isinstance(spec, str) else "names of its own"
-    warnings.warn(f"{Path(run_dir).name} started from {started} and recorded no labels for its names (a run "
-                  f"started before they were recorded): its names are filled in to "
-                  f"the classes of {args['data_root'] or args['dataset']} by position; give --classnames "
-                  f"FILE ('folder,name' lines) to match them by class", stacklevel=2)
 
 
 def _check_names_for_adapter(args: dict, adapter: dict, run_config: dict):

@@ -797,6 +797,24 @@ def run_names_by_label(config: dict, summary: dict) -> dict[str, str] | list[str
     return names
 
 
+def warn_names_by_position(run_dir: str | Path, config: dict, data: dict, remedy: str) -> None:
+    """A warning where a run's names go to other data's classes by position: the run started
+    from names of its own (--classnames clean or FILE) before the labels they name were
+    recorded beside them (`run_labels`), so nothing tells which class each name is. `data`:
+    the dataset, data_root, image_column and label_column scored on; `remedy`: how the
+    command at hand matches the names by class (`eval` and `transfer` differ)."""
+    import warnings
+
+    own = config.get("evaluator_args") or {}
+    if all(data.get(key) == own.get(key) for key in ("dataset", "data_root", "image_column", "label_column")):
+        return  # the run's own data: its classes in the run's order
+    spec = own.get("classnames")
+    started = f"--classnames {spec}" if isinstance(spec, str) else "names of its own"
+    warnings.warn(f"{Path(run_dir).name} started from {started} and recorded no labels for its names (a run "
+                  f"started before they were recorded): its names are filled in to "
+                  f"the classes of {data.get('data_root') or data.get('dataset')} by position; {remedy}", stacklevel=3)
+
+
 def load_run(path: str | Path) -> Run:
     """A run folder read back (NewerFormat / PromptclimbError for what cannot be read)."""
     path = Path(path)
