@@ -30,7 +30,7 @@ from promptclimb.agent.core.classnames import PUBLISHED
 from promptclimb.agent.core.defaults import UNLABELED_IMAGES, default_backbone
 from promptclimb.agent.core.devices import check_device_name
 from promptclimb.agent.core.errors import PromptclimbError, sigterm_raises_systemexit
-from promptclimb.agent.core.paths import cache_home, check_writable, missing_folders, remove_while_empty
+from promptclimb.agent.core.paths import absolute, cache_home, check_writable, missing_folders, remove_while_empty
 from promptclimb.agent.core.format import pct, shell_command
 from promptclimb.agent.core.protocol import Task
 from promptclimb.agent.core.templates import BASELINE
@@ -196,12 +196,6 @@ def evaluator_settings(opts: dict, unlabeled: int = 0) -> EvaluatorSettings:
                              absolute(opts["weights"]), absolute(opts["data_root"]), opts["precision"],
                              opts["image_column"], opts["label_column"], classnames_setting(opts["classnames"]),
                              unlabeled)
-
-
-def absolute(path: str | None) -> str | None:
-    """A path as recorded: absolute, so that `eval --run`, `adapt`, `transfer` and a resume
-    find it from any folder."""
-    return None if path is None else str(Path(path).expanduser().resolve())
 
 
 def classnames_setting(spec: str | tuple[str, ...] | None) -> str | tuple[str, ...] | None:

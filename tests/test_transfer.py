@@ -449,3 +449,6 @@ def test_a_run_from_names_of_its_own_that_recorded_no_labels_warns_that_other_da
     assert (table["target_test"] < 0.1).all()  # what the warning is about: each name on another class
     warned, table = transfer("old")
     assert warned == [] and (table["target_test"] > 0.9).all()
+    # its own data given as `DIR/`: the folder the run recorded (absolute), so nothing to warn of
+    warned, table = transfer("old", "--data-root", f"{tmp_path / 'own'}/")
+    assert warned == [] and (table["target_test"] > 0.9).all()

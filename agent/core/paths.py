@@ -6,6 +6,13 @@ import os
 from pathlib import Path
 
 
+def absolute(path: str | Path | None) -> str | None:
+    """A path as a run records it (config.json): absolute, so that `eval --run`, `adapt`,
+    `transfer` and a resume find it from any folder, and `DIR/` or a relative path given
+    later reads as the same folder."""
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
 def cache_home() -> Path:
     """`~/.cache/promptclimb`, or `$PROMPTCLIMB_HOME` when set."""
     root = os.environ.get("PROMPTCLIMB_HOME")

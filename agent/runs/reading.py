@@ -32,7 +32,7 @@ import pandas as pd
 from promptclimb.agent.core.classnames import PUBLISHED
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.format import shortened
-from promptclimb.agent.core.paths import not_a_folder
+from promptclimb.agent.core.paths import absolute, not_a_folder
 from promptclimb.agent.core.protocol import SPLITS
 from promptclimb.agent.core.runfiles import SWEEP_FILE
 from promptclimb.agent.runs.compact import COMPACT_SINCE, confusion_matrix, unpack_event
@@ -806,7 +806,8 @@ def warn_names_by_position(run_dir: str | Path, config: dict, data: dict, remedy
     import warnings
 
     own = config.get("evaluator_args") or {}
-    if all(data.get(key) == own.get(key) for key in ("dataset", "data_root", "image_column", "label_column")):
+    given = {**data, "data_root": absolute(data.get("data_root"))}  # `DIR/` or a relative path: the same folder
+    if all(given.get(key) == own.get(key) for key in ("dataset", "data_root", "image_column", "label_column")):
         return  # the run's own data: its classes in the run's order
     spec = own.get("classnames")
     started = f"--classnames {spec}" if isinstance(spec, str) else "names of its own"
