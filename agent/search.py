@@ -805,7 +805,7 @@ class HillClimber:
         exists to refuse drifts, so a change it could not ask about is refused too
         (GUARD_NOT_ASKED); the changes guarded before it can still be kept, and the turn is
         recorded whole before the search stops, instead of being lost."""
-        improving = sorted((item for item in zip(proposals, singles) if self.beats(item[1][1], best)),
+        improving = sorted((item for item in zip(proposals, singles) if self.renames_best(item[1][1], best)),
                            key=lambda item: self.score_key(item[1][1]))  # stable: answer order breaks exact ties
         picks, refused, judged, cut = {}, [], defaultdict(int), None
         names = best.names or self.start_names
@@ -965,6 +965,16 @@ class HillClimber:
     def beats(self, score: Score, than: Scored) -> bool:
         """Whether `score` ranks strictly above the pair `than` (value, then cross-entropy)."""
         return self.score_key(score) < self.ranking_key(self.value(than), than.loss, than.accuracy)
+
+    def renames_best(self, score: Score, best: Scored) -> bool:
+        """Whether a names change (`score`) beats the best pair `best`: ranked above it on the
+        value (or, under --metric balance, on accuracy), or, tied there, by a cross-entropy at
+        least naming.NAMES_CE_MARGIN lower. A rename changes one class's text only, and on one
+        image per class a lower cross-entropy by less is noise it fits."""
+        if not self.beats(score, best):
+            return False
+        new, old = self.score_key(score), self.ranking_key(self.value(best), best.loss, best.accuracy)
+        return new[:2] != old[:2] or old[2] - new[2] >= naming.NAMES_CE_MARGIN
 
     def ranking_key(self, value: float, loss: dict, accuracy: dict) -> tuple:
         """`rank_key` without the order: value, accuracy under --metric balance, cross-entropy."""
