@@ -304,16 +304,20 @@ def check_value(option: Option, value, where: str):
     else:
         value = str(value)
     if option.minimum is not None and value < option.minimum:
-        refuse(f"must be at least {option.minimum:g}")
+        # the minimum alone, as the command line says it (click's `x>=1`; --seed's help shows no maximum)
+        refuse(f"not in the range {range_text(option.minimum)}")
     if option.maximum is not None and value > option.maximum:
         refuse(f"not in the range {range_text(option.minimum, option.maximum)}")
     return value
 
 
-def range_text(minimum, maximum: int) -> str:
+def range_text(minimum, maximum: int | None = None) -> str:
     """The range of a bounded option in click's words, as the command line refuses a value
-    out of it (agent/cli/params.py LongBoundInt) and as the API and a TOML table do: a
-    maximum one below a power of two as that power, `0<=x<2**64`, not --seed's 20 digits."""
+    out of it (click's IntRange and FloatRange, agent/cli/params.py LongBoundInt) and as the
+    API and a TOML table do: `x>=1` for a minimum alone, and a maximum one below a power of
+    two as that power, `0<=x<2**64`, not --seed's 20 digits."""
+    if maximum is None:
+        return f"x>={minimum:g}"
     low = "" if minimum is None else f"{minimum:g}<="
     above = maximum + 1
     if above & maximum == 0:

@@ -171,6 +171,33 @@ def test_a_seed_torch_cannot_take_is_refused_before_anything_runs(notebook, buil
         assert said.exit_code == 2 and f"{too_big} is not in the range 0<=x<2**64." in said.output, said.output
 
 
+@pytest.mark.parametrize("keyword, value, said", [("shots", 0, "0 is not in the range x>=1"),
+                                                   ("timeout", 0, "0.0 is not in the range x>=1"),
+                                                   ("seed", -1, "-1 is not in the range x>=0"),
+                                                   ("spare", -1, "-1 is not in the range x>=0")])
+def test_a_value_below_its_minimum_is_said_alike_on_every_path(notebook, built, tmp_path, keyword, value, said):
+    """search(shots=0) and a --config file's shots = 0 said 'must be at least 1' where the
+    command line says '0 is not in the range x>=1.': each says the range in click's words now."""
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+
+    flag = f"--{keyword.replace('_', '-')}"
+    shown, range_said = said.split(" is ")
+    api_said = f"{flag} {shown}: {range_said}"
+    with pytest.raises(promptclimb.PromptclimbError, match=rf"^search\(\): {re.escape(api_said)}$"):
+        promptclimb.search(dataset="toy", name="x", echo=None, **{**SMALL, keyword: value})
+    config = tmp_path / "low.toml"
+    config.write_text(f"[search]\ndataset = \"toy\"\n{keyword} = {value}\n")
+    for command, where in ((["search", "--dataset", "toy", flag, str(value)], ""),
+                           (["search", "--config", str(config)], f"--config {config}: {api_said}")):
+        result = CliRunner().invoke(cli, command)
+        option = "--config" if where else flag
+        assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == \
+            f"Error: Invalid value for '{option}': {where or said + '.'}", result.output
+    assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("dataset", ["nope", "fashion_mnist", "a/b"])
 def test_evaluate_refuses_an_unknown_dataset_before_the_clip_evaluator_is_built(monkeypatch, dataset):
     """evaluate() and `promptclimb eval` imported torch and built the evaluator (seconds) before
@@ -205,7 +232,7 @@ def test_a_runs_dir_that_is_a_file_says_so(notebook, built, tmp_path, runs_dir, 
 @pytest.mark.parametrize("timeout", [0, 0.5])
 def test_a_timeout_below_a_second_is_refused_before_anything_is_made(notebook, built, tmp_path, timeout):
     """timeout=0 abandoned every LLM request at once: six tries, then a failed run, after 45 s."""
-    with pytest.raises(promptclimb.PromptclimbError, match=rf"^search\(\): --timeout {float(timeout)}: must be at least 1$"):
+    with pytest.raises(promptclimb.PromptclimbError, match=rf"^search\(\): --timeout {float(timeout)}: not in the range x>=1$"):
         promptclimb.search(dataset="toy", name="x", timeout=timeout, echo=None, **SMALL)
     assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
     assert promptclimb.search(dataset="toy", name="y", timeout=1, echo=None, **SMALL).run_dir.name == "y"
