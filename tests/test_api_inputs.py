@@ -93,6 +93,56 @@ def test_an_empty_backbone_is_refused_alike_on_every_path(notebook, built, tmp_p
     assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("keyword, expects", [
+    ("pretrained", "a pretrained tag (e.g. openai)"), ("weights", "a weights file"),
+    ("llm", "an LLM model name (e.g. local)"),
+    ("base_url", "an http:// or https:// URL (e.g. http://localhost:8080/v1)")])
+def test_an_empty_model_llm_or_endpoint_is_refused_alike_on_every_path(notebook, built, tmp_path, keyword, expects):
+    """--pretrained '' ran the default tag (or random weights), --llm '' the default LLM and
+    --base-url '' $OPENAI_BASE_URL, unsaid, as if none were given; --weights '' became the
+    current folder, refused only once the model loaded ('ships its own weights', 'does not
+    exist'). Each is refused in one line, on every path, before anything is made."""
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+
+    flag = f"--{keyword.replace('_', '-')}"
+    said = f"{flag} '': expected {expects}"
+    with pytest.raises(promptclimb.PromptclimbError, match=rf"^search\(\): {re.escape(said)}$"):
+        promptclimb.search(dataset="toy", name="x", echo=None, **{**SMALL, keyword: ""})
+    config = tmp_path / "empty.toml"
+    config.write_text(f'[search]\ndataset = "toy"\n{keyword} = ""\n')
+    commands = [(["search", "--dataset", "toy", flag, ""], flag), (["search", "--config", str(config)], "--config")]
+    if keyword in ("pretrained", "weights"):  # the backbone's: eval and transfer take them too
+        with pytest.raises(promptclimb.PromptclimbError, match=rf"^evaluate\(\): {re.escape(said)}$"):
+            promptclimb.evaluate("a {}.", **{keyword: ""})
+        with pytest.raises(promptclimb.PromptclimbError, match=rf"^transfer\(\): {re.escape(said)}$"):
+            promptclimb.transfer("no-such-run", "demo", echo=None, **{keyword: ""})
+        commands += [(["eval", flag, ""], flag), (["transfer", "no-such-run", "--backbone", "demo", flag, ""], flag)]
+    for command, option in commands:
+        result = CliRunner().invoke(cli, command)
+        where = f"--config {config}: " if option == "--config" else ""
+        assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == \
+            f"Error: Invalid value for '{option}': {where}{said}", result.output
+    assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
+
+
+def test_a_run_that_recorded_an_empty_pretrained_tag_is_still_read(notebook, built):
+    """A run started before --pretrained '' was refused recorded it as given (it meant none):
+    it is read, shown and re-scored as before, not called damaged."""
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+
+    run_dir = promptclimb.search(dataset="toy", name="old", echo=None, **SMALL).run_dir
+    config = json.loads((run_dir / "config.json").read_text())
+    config["evaluator_args"]["pretrained"] = ""
+    (run_dir / "config.json").write_text(json.dumps(config))
+    assert promptclimb.load_run("old").args["pretrained"] == ""
+    shown = CliRunner().invoke(cli, ["show", "old"])
+    assert shown.exit_code == 0 and "damaged" not in shown.output, shown.output
+
+
 @pytest.mark.parametrize("names, said", [
     ([], r"--classnames \[\]: expected a list of names \(one per class, in class order\), a set name or a file"),
     (["tee", "jeans", "Tee"], r"--classnames: class 3 'Tee' repeats class 1"),
