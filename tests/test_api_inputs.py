@@ -93,6 +93,28 @@ def test_an_empty_backbone_is_refused_alike_on_every_path(notebook, built, tmp_p
     assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("run", ["no-such-run", "nb"])
+def test_transfer_refuses_an_empty_backbone_before_it_looks_up_the_run(notebook, built, tmp_path, run):
+    """`promptclimb transfer RUN --backbone ''` looked the run up first: a run not there was
+    said instead ('no run ...'), and a run there got 'transfer(): --backbone ...', the API's
+    prefix. The command line refuses it first now, as `search --backbone ''` does, and
+    `transfer()` in the same words."""
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+
+    if run == "nb":
+        promptclimb.search(dataset="toy", name="nb", echo=None, **SMALL)
+    evaluators = len(built)
+    said = "--backbone '': expected a backbone name"
+    with pytest.raises(promptclimb.PromptclimbError, match=rf"^transfer\(\): {re.escape(said)}$"):
+        promptclimb.transfer(run, "", echo=None)
+    result = CliRunner().invoke(cli, ["transfer", run, "--backbone", ""])
+    assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == \
+        f"Error: Invalid value for '--backbone': {said}", result.output
+    assert len(built) == evaluators and not list(tmp_path.glob("runs/*/transfer-*"))
+
+
 @pytest.mark.parametrize("keyword, expects", [
     ("pretrained", "a pretrained tag (e.g. openai)"), ("weights", "a weights file"),
     ("llm", "an LLM model name (e.g. local)"),

@@ -396,7 +396,7 @@ def report_cmd(run, runs_dir, output):
 # -- transfer -------------------------------------------------------------------------------
 @click.command("transfer", context_settings=CONTEXT)
 @click.argument("run")
-@click.option("--backbone", required=True,
+@click.option("--backbone", type=TableText(BY_KEYWORD["backbone"]), required=True,  # '' refused before the run is looked up
               help="Target CLIP backbone (open_clip architecture name, demo, or demo-mpnet).")
 @click.option("--pretrained", type=TableText(BY_KEYWORD["pretrained"]), default=None,
               help="open_clip pretrained tag of the target (e.g. openai).")
