@@ -301,6 +301,31 @@ def test_a_runs_dir_that_is_a_file_says_so(notebook, built, tmp_path, runs_dir, 
     assert notebook.count == 0 and not built and (tmp_path / "notes.txt").read_text() == "x"
 
 
+@pytest.mark.parametrize("runs_dir", ["notes.txt", "notes.txt/runs"])
+def test_a_runs_dir_that_is_a_file_is_refused_before_anything_is_said(notebook, built, tmp_path, monkeypatch,
+                                                                      runs_dir):
+    """Without an endpoint, a new search under a --runs-dir that a file is in the way of said
+    'No OPENAI_API_KEY or OPENAI_BASE_URL set: using the embedded local LLM' and only then
+    refused the folder: the refusal is the one thing said now."""
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    (tmp_path / "notes.txt").write_text("x")
+    why = "it is a file" if runs_dir == "notes.txt" else "notes.txt is a file"
+    said = f"{runs_dir} (--runs-dir) is not writable ({why}, not a folder)"
+    lines = []
+    with pytest.raises(promptclimb.PromptclimbError, match=f"^{re.escape(said)}$"):
+        promptclimb.search(dataset="toy", runs_dir=runs_dir, echo=lines.append, **SMALL)
+    assert lines == []
+    if runs_dir != "notes.txt":  # click refuses a file given as --runs-dir itself, in its own words
+        result = CliRunner().invoke(cli, ["search", "--dataset", "toy", "--runs-dir", runs_dir])
+        assert result.exit_code == 1 and result.output.strip().splitlines() == [f"Error: {said}"], result.output
+    assert notebook.count == 0 and not built and (tmp_path / "notes.txt").read_text() == "x"
+
+
 @pytest.mark.parametrize("timeout", [0, 0.5])
 def test_a_timeout_below_a_second_is_refused_before_anything_is_made(notebook, built, tmp_path, timeout):
     """timeout=0 abandoned every LLM request at once: six tries, then a failed run, after 45 s."""
