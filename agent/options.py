@@ -42,9 +42,9 @@ class Option:
     default: Any
     help: str
     panel: str
-    kind: Any = str  # str, int, float, bool (a flag), "path", "dir", "optional" (a flag that may take a
-    # value: "" when given bare), "names" (class names: `names_value`), "name" (text naming a thing,
-    # never empty: '' is refused, not read as the default), or a tuple of choices
+    kind: Any = str  # str, int, float, bool (a flag), "path" (a file, never empty), "dir", "optional" (a
+    # flag that may take a value: "" when given bare), "names" (class names: `names_value`), "name" (text
+    # naming a thing, never empty: '' is refused, not read as the default), or a tuple of choices
     dest: str | None = None  # the settings key when it is not the keyword (--llm: llm_name)
     multiple: bool = False
     metavar: str | None = None
@@ -53,6 +53,7 @@ class Option:
     scope: str = RUN
     cli_only: bool = False  # not a keyword of the Python API's search()
     recorded: str | None = None  # where a run's config.json records it ("search.iterations"): --resume compares
+    expects: str | None = None  # kinds "name" and "path": what it takes, said when it is given empty
 
     @property
     def keyword(self) -> str:
@@ -72,9 +73,10 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
     Option("--shots", 1, "Training images per class (the few-shot split).", _E, int, minimum=1, recorded="evaluator_args.shots"),
     Option("--seed", 0, "Seed of the few-shot split, the pool samples and the LLM requests.", _E, int, minimum=0, maximum=SEED_MAX, recorded="evaluator_args.seed"),
     Option("--backbone", None, "CLIP backbone [default: demo for fashion-mnist, else ViT-B-32 with --pretrained openai].", _E,
-           "name", recorded="evaluator_args.backbone"),
+           "name", recorded="evaluator_args.backbone", expects="a backbone name"),
     Option("--llm", None, "LLM model name [default: 'local' (the embedded llama.cpp model) unless OPENAI_API_KEY or "
-           f"OPENAI_BASE_URL is set, then {REMOTE_DEFAULT_MODEL}].", _E, dest="llm_name", recorded="llm.model"),
+           f"OPENAI_BASE_URL is set, then {REMOTE_DEFAULT_MODEL}].", _E, "name", dest="llm_name", recorded="llm.model",
+           expects="an LLM model name (e.g. local)"),
     Option("--search", SEARCH.search, "What the LLM rewrites: template (the prompt's wording), names (the class "
            "names, guided by per-class accuracy and confusions) or both (names turns, and a template turn to end "
            "each reset of two or more --iterations; with --iterations 1 a reset's one turn is a names turn, so no "
@@ -95,8 +97,10 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
     Option("--name", None, "Run id (folder name) [default: time-dataset-shots].", _E, dest="run_name", recorded="run_id"),
     Option("--runs-dir", "runs", "Where run folders go.", _E, "dir", scope=SESSION),
 
-    Option("--pretrained", None, "open_clip pretrained tag (e.g. openai; downloads once).", _M, recorded="evaluator_args.pretrained"),
-    Option("--weights", None, "Local weights file for the backbone.", _M, "path", recorded="evaluator_args.weights"),
+    Option("--pretrained", None, "open_clip pretrained tag (e.g. openai; downloads once).", _M, "name",
+           recorded="evaluator_args.pretrained", expects="a pretrained tag (e.g. openai)"),
+    Option("--weights", None, "Local weights file for the backbone.", _M, "path", recorded="evaluator_args.weights",
+           expects="a weights file"),
     Option("--data-root", None, "Where the dataset lives.", _M, "dir", recorded="evaluator_args.data_root"),
     Option("--image-column", None, "hf datasets: the image column [default: the one Image feature].", _M,
            recorded="evaluator_args.image_column"),
@@ -138,9 +142,9 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
            scope=BUDGET),
 
     Option("--base-url", None, "OpenAI-compatible endpoint [default: $OPENAI_BASE_URL, or the OpenAI API].", _LLM,
-           scope=SESSION),
+           "name", scope=SESSION, expects="an http:// or https:// URL (e.g. http://localhost:8080/v1)"),
     Option("--llm-model", None, "GGUF file for --llm local [default: the embedded Qwen2.5-Coder-1.5B].", _LLM, "path",
-           scope=SESSION),
+           scope=SESSION, expects="a GGUF file"),
     # --timeout 0 abandoned every request at once: six tries and a failed run after 45 s
     Option("--timeout", None, "Seconds before one LLM request is abandoned (and retried) [default: 120; 3600 for the "
            "local LLM, which would go on computing an abandoned request].", _LLM, float, minimum=1,
@@ -234,7 +238,8 @@ def check_recorded(config: dict, where, under: str | tuple[str, ...] = "") -> No
         if not option.recorded or not option.recorded.startswith(under):
             continue
         value = recorded_value(config, option)
-        if value is None:
+        if value is None or (value == "" and option.kind == "name"):
+            # a run started before an empty name was refused recorded --pretrained '' as given (none)
             continue
         kind, said = (str, "text") if isinstance(option.kind, tuple) else RECORDED_TYPES.get(option.kind, (object, ""))
         try:
@@ -297,23 +302,30 @@ def check_value(option: Option, value, where: str):
         return "" if value else None
     elif kind == "optional" and not isinstance(value, (str, Path)):
         refuse(f"expected true, false or {option.metavar.strip('[]') if option.metavar else 'a value'}")
-    elif kind == "name" and isinstance(value, str) and not value.strip():
-        refuse(f"expected a {option.keyword} name")  # '' had run the default backbone, unsaid
+    elif kind in ("name", "path") and isinstance(value, str) and not value.strip():
+        # '' was read as not given: --backbone '' ran the default backbone, --pretrained '' the default
+        # tag (or random weights), --llm '' the default LLM, --base-url '' $OPENAI_BASE_URL, unsaid;
+        # --weights '' was the current folder, refused only once the model loaded
+        refuse(f"expected {option.expects}")
     elif not isinstance(value, (str, Path)):
         refuse("expected text" if kind in (str, "name") else "expected a path")
     else:
         value = str(value)
     if option.minimum is not None and value < option.minimum:
-        refuse(f"must be at least {option.minimum:g}")
+        # the minimum alone, as the command line says it (click's `x>=1`; --seed's help shows no maximum)
+        refuse(f"not in the range {range_text(option.minimum)}")
     if option.maximum is not None and value > option.maximum:
         refuse(f"not in the range {range_text(option.minimum, option.maximum)}")
     return value
 
 
-def range_text(minimum, maximum: int) -> str:
+def range_text(minimum, maximum: int | None = None) -> str:
     """The range of a bounded option in click's words, as the command line refuses a value
-    out of it (agent/cli/params.py LongBoundInt) and as the API and a TOML table do: a
-    maximum one below a power of two as that power, `0<=x<2**64`, not --seed's 20 digits."""
+    out of it (click's IntRange and FloatRange, agent/cli/params.py LongBoundInt) and as the
+    API and a TOML table do: `x>=1` for a minimum alone, and a maximum one below a power of
+    two as that power, `0<=x<2**64`, not --seed's 20 digits."""
+    if maximum is None:
+        return f"x>={minimum:g}"
     low = "" if minimum is None else f"{minimum:g}<="
     above = maximum + 1
     if above & maximum == 0:

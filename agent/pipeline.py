@@ -158,6 +158,9 @@ def new_run(opts: dict, echo) -> Plan:
         raise PromptclimbError("--dataset is required (or --resume RUN)")
     if opts["run_name"] is not None:
         check_run_name(opts["run_name"])
+    # before any line is said (the LLM chosen, options unused): a file in the way of --runs-dir was
+    # refused after "No OPENAI_API_KEY ...: using the embedded local LLM"
+    check_writable(opts["runs_dir"], "--runs-dir")
     adapter_kinds = check_kinds(opts["adapter_kinds"]) if opts["adapter_kinds"] else []
     soft = soft_prompt_config(opts)
     say_unused(opts, soft.optimizer if soft else "llm", echo)
@@ -480,15 +483,14 @@ def same_setting(mine, theirs) -> bool:
 
 
 def checks_before_loading(plan: Plan, opts: dict) -> MetaPrompt | None:
-    """What can fail without the model fails now: the device, the folders that will be
-    written, and the meta-prompts (rendered once, with a stand-in task)."""
+    """What can fail without the model fails now: the device, the cache folder (a new run's
+    --runs-dir is checked by `new_run`, before anything is said), and the meta-prompts
+    (rendered once, with a stand-in task)."""
     if opts["device"]:
         check_device_name(opts["device"])  # by name, before torch is imported
         from promptclimb.evaluators.backbones import check_device  # imports torch: the model loads next anyway
 
         check_device(opts["device"])
-    if plan.store is None:
-        check_writable(opts["runs_dir"], "--runs-dir")
     check_writable(cache_home(), "the cache folder, PROMPTCLIMB_HOME")
     if plan.soft is not None:
         return None

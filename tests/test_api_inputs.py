@@ -93,6 +93,78 @@ def test_an_empty_backbone_is_refused_alike_on_every_path(notebook, built, tmp_p
     assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("run", ["no-such-run", "nb"])
+def test_transfer_refuses_an_empty_backbone_before_it_looks_up_the_run(notebook, built, tmp_path, run):
+    """`promptclimb transfer RUN --backbone ''` looked the run up first: a run not there was
+    said instead ('no run ...'), and a run there got 'transfer(): --backbone ...', the API's
+    prefix. The command line refuses it first now, as `search --backbone ''` does, and
+    `transfer()` in the same words."""
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+
+    if run == "nb":
+        promptclimb.search(dataset="toy", name="nb", echo=None, **SMALL)
+    evaluators = len(built)
+    said = "--backbone '': expected a backbone name"
+    with pytest.raises(promptclimb.PromptclimbError, match=rf"^transfer\(\): {re.escape(said)}$"):
+        promptclimb.transfer(run, "", echo=None)
+    result = CliRunner().invoke(cli, ["transfer", run, "--backbone", ""])
+    assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == \
+        f"Error: Invalid value for '--backbone': {said}", result.output
+    assert len(built) == evaluators and not list(tmp_path.glob("runs/*/transfer-*"))
+
+
+@pytest.mark.parametrize("keyword, expects", [
+    ("pretrained", "a pretrained tag (e.g. openai)"), ("weights", "a weights file"),
+    ("llm", "an LLM model name (e.g. local)"),
+    ("base_url", "an http:// or https:// URL (e.g. http://localhost:8080/v1)")])
+def test_an_empty_model_llm_or_endpoint_is_refused_alike_on_every_path(notebook, built, tmp_path, keyword, expects):
+    """--pretrained '' ran the default tag (or random weights), --llm '' the default LLM and
+    --base-url '' $OPENAI_BASE_URL, unsaid, as if none were given; --weights '' became the
+    current folder, refused only once the model loaded ('ships its own weights', 'does not
+    exist'). Each is refused in one line, on every path, before anything is made."""
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+
+    flag = f"--{keyword.replace('_', '-')}"
+    said = f"{flag} '': expected {expects}"
+    with pytest.raises(promptclimb.PromptclimbError, match=rf"^search\(\): {re.escape(said)}$"):
+        promptclimb.search(dataset="toy", name="x", echo=None, **{**SMALL, keyword: ""})
+    config = tmp_path / "empty.toml"
+    config.write_text(f'[search]\ndataset = "toy"\n{keyword} = ""\n')
+    commands = [(["search", "--dataset", "toy", flag, ""], flag), (["search", "--config", str(config)], "--config")]
+    if keyword in ("pretrained", "weights"):  # the backbone's: eval and transfer take them too
+        with pytest.raises(promptclimb.PromptclimbError, match=rf"^evaluate\(\): {re.escape(said)}$"):
+            promptclimb.evaluate("a {}.", **{keyword: ""})
+        with pytest.raises(promptclimb.PromptclimbError, match=rf"^transfer\(\): {re.escape(said)}$"):
+            promptclimb.transfer("no-such-run", "demo", echo=None, **{keyword: ""})
+        commands += [(["eval", flag, ""], flag), (["transfer", "no-such-run", "--backbone", "demo", flag, ""], flag)]
+    for command, option in commands:
+        result = CliRunner().invoke(cli, command)
+        where = f"--config {config}: " if option == "--config" else ""
+        assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == \
+            f"Error: Invalid value for '{option}': {where}{said}", result.output
+    assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
+
+
+def test_a_run_that_recorded_an_empty_pretrained_tag_is_still_read(notebook, built):
+    """A run started before --pretrained '' was refused recorded it as given (it meant none):
+    it is read, shown and re-scored as before, not called damaged."""
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+
+    run_dir = promptclimb.search(dataset="toy", name="old", echo=None, **SMALL).run_dir
+    config = json.loads((run_dir / "config.json").read_text())
+    config["evaluator_args"]["pretrained"] = ""
+    (run_dir / "config.json").write_text(json.dumps(config))
+    assert promptclimb.load_run("old").args["pretrained"] == ""
+    shown = CliRunner().invoke(cli, ["show", "old"])
+    assert shown.exit_code == 0 and "damaged" not in shown.output, shown.output
+
+
 @pytest.mark.parametrize("names, said", [
     ([], r"--classnames \[\]: expected a list of names \(one per class, in class order\), a set name or a file"),
     (["tee", "jeans", "Tee"], r"--classnames: class 3 'Tee' repeats class 1"),
@@ -171,6 +243,33 @@ def test_a_seed_torch_cannot_take_is_refused_before_anything_runs(notebook, buil
         assert said.exit_code == 2 and f"{too_big} is not in the range 0<=x<2**64." in said.output, said.output
 
 
+@pytest.mark.parametrize("keyword, value, said", [("shots", 0, "0 is not in the range x>=1"),
+                                                   ("timeout", 0, "0.0 is not in the range x>=1"),
+                                                   ("seed", -1, "-1 is not in the range x>=0"),
+                                                   ("spare", -1, "-1 is not in the range x>=0")])
+def test_a_value_below_its_minimum_is_said_alike_on_every_path(notebook, built, tmp_path, keyword, value, said):
+    """search(shots=0) and a --config file's shots = 0 said 'must be at least 1' where the
+    command line says '0 is not in the range x>=1.': each says the range in click's words now."""
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+
+    flag = f"--{keyword.replace('_', '-')}"
+    shown, range_said = said.split(" is ")
+    api_said = f"{flag} {shown}: {range_said}"
+    with pytest.raises(promptclimb.PromptclimbError, match=rf"^search\(\): {re.escape(api_said)}$"):
+        promptclimb.search(dataset="toy", name="x", echo=None, **{**SMALL, keyword: value})
+    config = tmp_path / "low.toml"
+    config.write_text(f"[search]\ndataset = \"toy\"\n{keyword} = {value}\n")
+    for command, where in ((["search", "--dataset", "toy", flag, str(value)], ""),
+                           (["search", "--config", str(config)], f"--config {config}: {api_said}")):
+        result = CliRunner().invoke(cli, command)
+        option = "--config" if where else flag
+        assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == \
+            f"Error: Invalid value for '{option}': {where or said + '.'}", result.output
+    assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("dataset", ["nope", "fashion_mnist", "a/b"])
 def test_evaluate_refuses_an_unknown_dataset_before_the_clip_evaluator_is_built(monkeypatch, dataset):
     """evaluate() and `promptclimb eval` imported torch and built the evaluator (seconds) before
@@ -202,10 +301,35 @@ def test_a_runs_dir_that_is_a_file_says_so(notebook, built, tmp_path, runs_dir, 
     assert notebook.count == 0 and not built and (tmp_path / "notes.txt").read_text() == "x"
 
 
+@pytest.mark.parametrize("runs_dir", ["notes.txt", "notes.txt/runs"])
+def test_a_runs_dir_that_is_a_file_is_refused_before_anything_is_said(notebook, built, tmp_path, monkeypatch,
+                                                                      runs_dir):
+    """Without an endpoint, a new search under a --runs-dir that a file is in the way of said
+    'No OPENAI_API_KEY or OPENAI_BASE_URL set: using the embedded local LLM' and only then
+    refused the folder: the refusal is the one thing said now."""
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    (tmp_path / "notes.txt").write_text("x")
+    why = "it is a file" if runs_dir == "notes.txt" else "notes.txt is a file"
+    said = f"{runs_dir} (--runs-dir) is not writable ({why}, not a folder)"
+    lines = []
+    with pytest.raises(promptclimb.PromptclimbError, match=f"^{re.escape(said)}$"):
+        promptclimb.search(dataset="toy", runs_dir=runs_dir, echo=lines.append, **SMALL)
+    assert lines == []
+    if runs_dir != "notes.txt":  # click refuses a file given as --runs-dir itself, in its own words
+        result = CliRunner().invoke(cli, ["search", "--dataset", "toy", "--runs-dir", runs_dir])
+        assert result.exit_code == 1 and result.output.strip().splitlines() == [f"Error: {said}"], result.output
+    assert notebook.count == 0 and not built and (tmp_path / "notes.txt").read_text() == "x"
+
+
 @pytest.mark.parametrize("timeout", [0, 0.5])
 def test_a_timeout_below_a_second_is_refused_before_anything_is_made(notebook, built, tmp_path, timeout):
     """timeout=0 abandoned every LLM request at once: six tries, then a failed run, after 45 s."""
-    with pytest.raises(promptclimb.PromptclimbError, match=rf"^search\(\): --timeout {float(timeout)}: must be at least 1$"):
+    with pytest.raises(promptclimb.PromptclimbError, match=rf"^search\(\): --timeout {float(timeout)}: not in the range x>=1$"):
         promptclimb.search(dataset="toy", name="x", timeout=timeout, echo=None, **SMALL)
     assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
     assert promptclimb.search(dataset="toy", name="y", timeout=1, echo=None, **SMALL).run_dir.name == "y"

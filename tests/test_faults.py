@@ -472,6 +472,26 @@ def test_a_run_name_with_a_control_character_is_refused_before_anything_is_made(
     assert [p.name for p in runs.iterdir()] == ["fine name-1.x"]
 
 
+@pytest.mark.parametrize("name", ["evil\u202etxt.exe", "zero\u200bwidth", "\ufeffbom", "soft\u00adhyphen"])
+def test_a_run_name_with_an_invisible_formatting_character_is_refused(name, tmp_path, llm, evaluators_built):
+    """A right-to-left override (U+202E) or a zero-width space in --name was taken: `runs`
+    printed 'evil\u202etxt.exe' as 'evilexe.txt', and a zero-width space out of sight."""
+    runs = tmp_path / "runs"
+    said = one_line_error(cli("search", "--dataset", "toy", "--name", name, "--runs-dir", runs), "--name")
+    hidden = next(c for c in name if not c.isprintable())
+    assert said == f"Error: --name {name!r} has an invisible formatting character ({hidden!r}); it names a folder " \
+        "that `promptclimb runs` and `show` would print as another name", said
+    assert "\u202e" not in said and "\u200b" not in said  # the message shows the character escaped
+    assert evaluators_built == [] and not runs.exists()
+
+
+def test_a_run_name_in_any_script_is_taken(tmp_path, llm, evaluators_built):
+    runs = tmp_path / "runs"
+    for name in ("café-élan", "日本-run", "e\u0301t\u00e9"):  # a combining accent is no formatting character
+        assert cli("search", "--dataset", "toy", "--name", name, "--runs-dir", runs).exit_code == 0
+    assert sorted(p.name for p in runs.iterdir()) == sorted(["café-élan", "日本-run", "e\u0301t\u00e9"])
+
+
 # -- 5: races --------------------------------------------------------------------------------------
 def test_a_run_folder_another_search_claims_at_the_same_moment_is_left_to_it(tmp_path, monkeypatch):
     """Two searches started in the same second: the other one creates the folder between

@@ -44,7 +44,7 @@ def test_sweep_takes_the_search_options_from_the_same_table():
 
 @pytest.mark.parametrize("value, why", [(1.7, "expected a whole number"), (True, "expected a whole number"),
                                         ("abc", "expected a whole number"), ([1, 2], "expected a whole number"),
-                                        (0, "must be at least 1")])
+                                        (0, "not in the range x>=1")])
 def test_a_value_is_never_silently_converted(value, why):
     with pytest.raises(PromptclimbError, match=f"--shots {value!r}: {why}".replace("[", r"\[").replace("]", r"\]")):
         resolve({"shots": value})

@@ -50,8 +50,9 @@ DEFAULTS = {"dataset": "fashion-mnist", "shots": 1, "seed": 0,  # as `search`; t
               help="'demo' (embedded, offline) or an open_clip architecture such as RN50 or ViT-B-32 "
                    "[default: the run's; else demo for fashion-mnist, ViT-B-32 (--pretrained openai) for "
                    "other data, as `search`].")
-@click.option("--pretrained", default=None, help="open_clip pretrained tag, e.g. openai (downloads).")
-@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+@click.option("--pretrained", type=TableText(BY_KEYWORD["pretrained"]), default=None,
+              help="open_clip pretrained tag, e.g. openai (downloads).")
+@click.option("--weights", type=TableText(BY_KEYWORD["weights"]), default=None,
               help="Local .pt/.safetensors weights for the --backbone architecture.")
 @click.option("--prompt", "prompts", multiple=True,
               help=f"Template with one {{}} for the class name; repeat to score several "

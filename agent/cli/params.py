@@ -1,6 +1,6 @@
 """click types for the options that the search's table (agent/options.py) bounds, shared by
-every command that takes one (search, eval and adapt all take --seed; search and eval
---backbone)."""
+every command that takes one (search, eval and adapt all take --seed; search, eval and
+transfer --backbone, --pretrained and --weights)."""
 
 from __future__ import annotations
 
@@ -39,13 +39,18 @@ def table_int(option: Option) -> click.ParamType:
 
 
 class TableText(click.ParamType):
-    """Text checked as the table's row checks it (`check_value`), so that the command line
-    refuses what the API and a --config file refuse, in their words: `--backbone ''` had
-    run the default backbone, unsaid."""
-    name = "text"
+    """Text or a file (the row's kind "name" or "path") checked as the table's row checks it
+    (`check_value`), so that the command line refuses what the API and a --config file
+    refuse, in their words: `--backbone ''` had run the default backbone, unsaid."""
 
     def __init__(self, option: Option):
         self.option = option
+        self.name = "path" if option.kind == "path" else "text"  # the metavar: PATH or TEXT, as before
+
+    def shell_complete(self, ctx, param, incomplete):
+        if self.option.kind == "path":  # file names, as click.Path completes them
+            return [click.shell_completion.CompletionItem(incomplete, type="file")]
+        return super().shell_complete(ctx, param, incomplete)
 
     def convert(self, value, param, ctx):
         try:

@@ -19,8 +19,10 @@ from promptclimb.agent.api import load_run, on_stderr, transfer
 from promptclimb.agent.core.defaults import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.cli.errors import user_errors
+from promptclimb.agent.cli.params import TableText
 from promptclimb.agent.core.format import markdown_text, pct, shortened
 from promptclimb.agent.names import GUARD_NOT_ASKED
+from promptclimb.agent.options import BY_KEYWORD
 from promptclimb.agent.runs.reading import Run, find_run, run_start_names, runs_frame
 from promptclimb.agent.runs.compact import CLASSES_IN_FULL
 from promptclimb.agent.runs.store import ANSWER_KINDS, HISTORY
@@ -400,10 +402,11 @@ def report_cmd(run, runs_dir, output):
 # -- transfer -------------------------------------------------------------------------------
 @click.command("transfer", context_settings=CONTEXT)
 @click.argument("run")
-@click.option("--backbone", required=True,
+@click.option("--backbone", type=TableText(BY_KEYWORD["backbone"]), required=True,  # '' refused before the run is looked up
               help="Target CLIP backbone (open_clip architecture name, demo, or demo-mpnet).")
-@click.option("--pretrained", default=None, help="open_clip pretrained tag of the target (e.g. openai).")
-@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Local weights file of the target.")
+@click.option("--pretrained", type=TableText(BY_KEYWORD["pretrained"]), default=None,
+              help="open_clip pretrained tag of the target (e.g. openai).")
+@click.option("--weights", type=TableText(BY_KEYWORD["weights"]), default=None, help="Local weights file of the target.")
 @click.option("--top", "top", type=click.IntRange(min=1), default=5,
               help="How many of the run's best templates to print (every template is re-scored and saved).")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,

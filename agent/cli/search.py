@@ -48,7 +48,7 @@ def click_option(option: Option, default=None, help: str | None = None):
     elif kind is float:
         extra["type"] = click.FloatRange(min=option.minimum) if option.minimum is not None else float
     elif kind == "path":
-        extra["type"] = click.Path(dir_okay=False)
+        extra["type"] = TableText(option)
     elif kind == "dir":
         extra["type"] = click.Path(file_okay=False)
     elif isinstance(kind, tuple):

@@ -192,6 +192,10 @@ def check_folder_name(name, what: str) -> str:
     if control is not None:  # a line break or a tab in an id broke `runs`' table and `show`'s one-line headings
         raise PromptclimbError(f"{what} {name!r} has a control character ({control!r}); it names a folder that "
                                "`promptclimb runs` and `show` print on one line")
+    hidden = next((c for c in name if unicodedata.category(c) == "Cf"), None)
+    if hidden is not None:  # U+202E turned 'evil\u202etxt.exe' into 'evilexe.txt' in `runs`; U+200B hid itself
+        raise PromptclimbError(f"{what} {name!r} has an invisible formatting character ({hidden!r}); it names a "
+                               "folder that `promptclimb runs` and `show` would print as another name")
     return name
 
 
