@@ -1,6 +1,6 @@
 """What the kept changes of finished bench searches did on val and on test.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_kept_changes.py runs/bench-quality9
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_kept_changes.py runs/bench-quality9 [RUNS_DIR ...]
 
 For every `both*` run folder that bench_search_quality.py left under RUNS_DIR/curated/<start>/:
 - each kept names change (a `names_change` event): the pair before it and the pair after
@@ -8,7 +8,9 @@ For every `both*` run folder that bench_search_quality.py left under RUNS_DIR/cu
 - the final template against the pool's best (the same seed's pool-only run), both under
   the final names.
 Prints one row each with the change in accuracy and cross-entropy per split, and then how
-much test accuracy the changes that made val worse cost together. Test is only measured
+much test accuracy the changes that made val worse cost together, and what the names changes
+that won on train cross-entropy alone (train accuracy unchanged) did on test, by how much
+they lowered it (`agent/names.py` NAMES_CE_MARGIN). Test is only measured
 here, to judge a rule such as `--confirm val` after the fact; no search reads it. Asserts
 nothing.
 """
@@ -42,13 +44,13 @@ def val_worse(row) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("runs_dir")
+    parser.add_argument("runs_dir", nargs="+")
     args = parser.parse_args()
     changes, templates = [], []
-    for history in sorted(Path(args.runs_dir).glob("curated/*/both*/history.jsonl")):
+    for history in sorted(h for d in args.runs_dir for h in Path(d).glob("curated/*/both*/history.jsonl")):
         run = history.parent
         config = json.loads((run / "config.json").read_text())
-        where = dict(start=run.parent.name, run=run.name)
+        where = dict(start=run.parent.name, run=run.name, backbone=config["evaluator_args"]["backbone"])
         ev = build_evaluator(**{k: config["evaluator_args"][k] for k in ("dataset", "shots", "seed", "backbone",
                                                                         "classnames")})
         events = read_history(history)  # whole events, whatever the run folder's format
@@ -80,6 +82,16 @@ def main() -> None:
         worse = frame[frame.apply(val_worse, axis=1)]
         print(f"worse on val: {len(worse)} of {len(frame)}, test accuracy change together "
               f"{100 * worse['d_test'].sum():+.1f} points (the others: {100 * frame['d_test'].sum() - 100 * worse['d_test'].sum():+.1f})")
+    frame = pd.DataFrame(changes)
+    if not frame.empty:
+        alone = frame[frame["d_train"].abs() < 1e-9].assign(gain=lambda f: -f["d_train_ce"])
+        alone["lowered by"] = pd.cut(alone["gain"], [-1, 0.0025, 0.005, 0.01, 0.02, 0.05, 10])
+        print(f"\nnames changes that won on train cross-entropy alone: {len(alone)} of {len(frame)}; test accuracy "
+              "change (points), by how much they lowered train cross-entropy:")
+        table = alone.groupby(["lowered by"], observed=True)["d_test"].agg(["count", "mean", "min", "max"])
+        print(table.assign(**{k: 100 * table[k] for k in ("mean", "min", "max")}).round(2).to_string())
+        for name, part in (("under", alone[alone["gain"] < 0.01]), ("0.01 or more", alone[alone["gain"] >= 0.01])):
+            print(f"lowered by {name}: {len(part)} changes, test {100 * part['d_test'].mean():+.2f} points on mean")
 
 
 if __name__ == "__main__":

@@ -284,6 +284,41 @@ def test_a_budget_that_runs_out_at_the_guard_question_keeps_the_turn_and_says_wh
         assert again.best == result.best and again.stopped == result.stopped
 
 
+
+class CrossEntropyOnly(WordEvaluator):
+    """A name in `cut` lowers the cross-entropy by that much, on every split, and changes
+    nothing else: at 1 shot a rename wins so, on ten images that are all right already."""
+
+    def __init__(self, cut: dict, **kwargs):
+        super().__init__(**kwargs)
+        self.cut = cut
+
+    def _score_with(self, template, names, splits):
+        score = super()._score_with(template, names, splits)
+        less = sum(self.cut.get(n.lower(), 0.0) for n in names)
+        return replace(score, loss={s: round(v - less, 6) for s, v in score.loss.items()})
+
+
+@pytest.mark.parametrize("cut, kept", [(0.004, False), (0.02, True)])
+def test_a_rename_that_wins_on_cross_entropy_alone_is_kept_only_by_a_margin(tmp_path, cut, kept):
+    # `Shirt -> Shirts` (demo-mpnet, seed 8) won on train by 0.0018 lower cross-entropy, all
+    # else equal, and lost 2.6 points on test: such a win must be at least NAMES_CE_MARGIN (0.01)
+    ev = CrossEntropyOnly({"trews": cut}, classnames=CLASSES, name_bonus=BONUS, class_bias={1: -0.25})
+    respond = scripted(["Trouser: trews", "Trouser: trews"])
+    with FakeLLM(responder=respond) as fake:
+        result, _, run_dir = climb(tmp_path, fake.base_url, ev=ev, iterations=2)
+    [scored] = [e for e in of(run_dir, "name_score") if e["names"][1] == "trews"]
+    start = ev.score(["a photo of a {}."])[0]
+    assert scored["accuracy"] == start.accuracy  # it ties on accuracy,
+    assert start.loss["train"] - scored["loss"]["train"] == pytest.approx(cut)  # and wins on cross-entropy alone
+    assert (result.best["names"] or list(CLASSES))[1] == ("trews" if kept else "Trouser")
+    assert len(of(run_dir, "names_change")) == int(kept)
+    # the next names turn tells it as it was decided: kept, or one name that did no better
+    shown = respond.names_requests[1]["messages"][-1]["content"]
+    assert ("Trouser -> trews: 30.6%, kept" in shown) == kept
+    assert (f"{int(not kept)} did no better than 30.6%" in shown)
+
+
 class WithTextTower(WordEvaluator):
     """WordEvaluator with `name_similarity` (what the drift guard checks the judge with): the
     new name's text against each class's start name, from `near` (0.5 for a class not in it)."""
