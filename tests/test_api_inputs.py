@@ -68,6 +68,13 @@ def test_resuming_under_a_runs_dir_that_is_a_file_says_it_is_a_file(notebook, bu
     assert notebook.count == 0 and not built and (tmp_path / "notes.txt").read_text() == "x"
 
 
+def search_and_evaluate_refuse(said: str, **value) -> None:
+    """search() and evaluate() given `value` each raise exactly `said`, after their own name."""
+    with pytest.raises(promptclimb.PromptclimbError, match=rf"^search\(\): {re.escape(said)}$"):
+        promptclimb.search(dataset="toy", name="x", echo=None, **{**SMALL, **value})
+    with pytest.raises(promptclimb.PromptclimbError, match=rf"^evaluate\(\): {re.escape(said)}$"):
+        promptclimb.evaluate("a {}.", **value)
+
 @pytest.mark.parametrize("blank", ["", "  "])
 def test_an_empty_backbone_is_refused_alike_on_every_path(notebook, built, tmp_path, blank):
     """backbone='' (the API, --backbone '', a --config file's backbone = "") ran the default
@@ -77,10 +84,7 @@ def test_an_empty_backbone_is_refused_alike_on_every_path(notebook, built, tmp_p
     from promptclimb.agent.cli import cli
 
     said = f"--backbone {blank!r}: expected a backbone name"
-    with pytest.raises(promptclimb.PromptclimbError, match=rf"^search\(\): {re.escape(said)}$"):
-        promptclimb.search(dataset="toy", name="x", backbone=blank, echo=None, **SMALL)
-    with pytest.raises(promptclimb.PromptclimbError, match=rf"^evaluate\(\): {re.escape(said)}$"):
-        promptclimb.evaluate("a {}.", backbone=blank)
+    search_and_evaluate_refuse(said, backbone=blank)
     config = tmp_path / "bb.toml"
     config.write_text(f'[search]\ndataset = "toy"\nbackbone = "{blank}"\n')
     for command, option in ((["search", "--dataset", "toy", "--backbone", blank], "--backbone"),
@@ -227,10 +231,7 @@ def test_a_seed_torch_cannot_take_is_refused_before_anything_runs(notebook, buil
 
     too_big = 2 ** 64
     range_said = f"--seed {too_big}: not in the range 0<=x<2**64"
-    with pytest.raises(promptclimb.PromptclimbError, match=rf"^search\(\): {re.escape(range_said)}$"):
-        promptclimb.search(dataset="toy", name="x", seed=too_big, echo=None, **SMALL)
-    with pytest.raises(promptclimb.PromptclimbError, match=rf"^evaluate\(\): {re.escape(range_said)}$"):
-        promptclimb.evaluate("a {}.", seed=too_big)
+    search_and_evaluate_refuse(range_said, seed=too_big)
     config = tmp_path / "seed.toml"
     config.write_text(f"[search]\nseed = {too_big}\n")
     said = CliRunner().invoke(cli, ["search", "--config", str(config)])

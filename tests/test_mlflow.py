@@ -499,19 +499,23 @@ def logged_times(client, run_id) -> list[tuple[int, int]]:
     return sorted((m.step, m.timestamp) for m in client.get_metric_history(run_id, "new_proposals"))
 
 
+def synced_sweep_of_two_cells(tmp_path, fake) -> tuple:
+    """A finished sweep of cells c1 and c2, synced once: (its folder, the store's URI, a client)."""
+    sweep, uri = tmp_path / "runs" / "grid", sqlite_uri(tmp_path / "store")
+    cells = ["c1", "c2"]
+    for cell in cells:
+        finished_run(fake, sweep, cell)
+    (sweep / "sweep.json").write_text(json.dumps({"grid": {"dataset": ["toy"]}, "search": {}, "cells": cells}))
+    assert mlflow_sync(sweep, "--tracking-uri", uri).exit_code == 0
+    return sweep, uri, MlflowClient(uri)
+
 @pytest.mark.parametrize("redo", ["cell folder removed", "history removed, --mlflow live"])
 def test_a_redone_cell_has_one_nested_run_holding_its_new_history_only(redo, tmp_path, fake):
     """A sweep cell run again from nothing: its folder removed (`rm -r SWEEP/CELL`, the link
     in CELL/mlflow.json gone with it), or its history (the link kept). Its new run replaces
     the old one: `mlflow-sync` nested a second run for the cell, or, the link kept, left
     the old history's answers at their steps (skipped as logged) beside the new ones."""
-    sweep, uri = tmp_path / "runs" / "grid", sqlite_uri(tmp_path / "store")
-    client = MlflowClient(uri)
-    cells = ["c1", "c2"]
-    for cell in cells:
-        finished_run(fake, sweep, cell)
-    (sweep / "sweep.json").write_text(json.dumps({"grid": {"dataset": ["toy"]}, "search": {}, "cells": cells}))
-    assert mlflow_sync(sweep, "--tracking-uri", uri).exit_code == 0
+    sweep, uri, client = synced_sweep_of_two_cells(tmp_path, fake)
     parent, old = linked_run_id(sweep, uri), linked_run_id(sweep / "c2", uri)
     old_times = logged_times(client, old)
     assert old_times == answer_times(sweep / "c2")
@@ -534,7 +538,7 @@ def test_a_redone_cell_has_one_nested_run_holding_its_new_history_only(redo, tmp
     assert synced.exit_code == 0, synced.output
 
     children = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
-    assert sorted(r.info.run_name for r in children) == cells  # one nested run per cell
+    assert sorted(r.info.run_name for r in children) == ["c1", "c2"]  # one nested run per cell
     new = linked_run_id(sweep / "c2", uri)
     assert new != old and new in {r.info.run_id for r in children}
     assert list(json.loads((sweep / "c2" / "mlflow.json").read_text())["runs"]) == [uri]
@@ -566,13 +570,7 @@ def test_a_nested_run_is_told_by_its_cell_tag_whatever_its_name(tmp_path, fake):
     change: c2's run renamed "c1" was deleted by the next sync (as the old run of c1); a
     redone cell's old run, renamed, stayed beside its new one. A run nested before the
     promptclimb.cell tag was written is still told by its name."""
-    sweep, uri = tmp_path / "runs" / "grid", sqlite_uri(tmp_path / "store")
-    client = MlflowClient(uri)
-    cells = ["c1", "c2"]
-    for cell in cells:
-        finished_run(fake, sweep, cell)
-    (sweep / "sweep.json").write_text(json.dumps({"grid": {"dataset": ["toy"]}, "search": {}, "cells": cells}))
-    assert mlflow_sync(sweep, "--tracking-uri", uri).exit_code == 0
+    sweep, uri, client = synced_sweep_of_two_cells(tmp_path, fake)
     parent, c1, c2 = (linked_run_id(folder, uri) for folder in (sweep, sweep / "c1", sweep / "c2"))
     assert active_children(client, parent) == {c1: "c1", c2: "c2"}
 
