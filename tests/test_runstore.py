@@ -66,8 +66,11 @@ def test_resume_refuses_a_different_step(tmp_path):
     with RunStore.create(run, {}) as store:
         store.append("score", template="a {}.", origin="pool")
     with RunStore.resume(run) as store:
-        with pytest.raises(RunMismatch, match="template"):
+        with pytest.raises(RunMismatch, match="template") as refused:
             store.append("score", template="another {}.", origin="pool")
+    # a run killed under an older promptclimb, whose rules (a margin, a guard) decide otherwise
+    # now, stops at the first decision that differs: the message names that cause too
+    assert "or the search's own rules did (a newer promptclimb" in str(refused.value)
 
 
 def test_a_cut_short_last_line_is_dropped_and_repaired(tmp_path):

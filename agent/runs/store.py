@@ -483,7 +483,8 @@ class RunStore:
                     f"cannot resume {self.run_dir.name}: at event {record['seq']} the history has "
                     f"{_short(theirs)} but the resumed search produced {_short(mine)} "
                     f"(differs in {', '.join(differ)}). The settings, meta-prompts, pools or evaluator "
-                    "changed since the run started; start a new run instead."
+                    "changed since the run started, or the search's own rules did (a newer promptclimb: "
+                    "docs/results.md says when each came); start a new run instead."
                 )
             self.events.append(stored)
             self._remember_start(stored)
