@@ -184,7 +184,7 @@ def new_run(opts: dict, echo) -> Plan:
     ).check()
     evaluator_args = evaluator_settings(opts, UNLABELED_IMAGES if search.metric == "balance" else 0)
     pool = load_pool(opts["dataset"], opts["pool"])
-    pool_setting = {"name": opts["pool"] if opts["pool"] in POOLS else str(Path(opts["pool"]).expanduser().resolve()),
+    pool_setting = {"name": opts["pool"] if opts["pool"] in POOLS else absolute(opts["pool"]),
                     "size": len(pool), "templates": [[p.template, p.source] for p in pool]}
     if not llm.local:  # the options are sound: said before the run folder and the evaluator, not after them
         check_reachable(llm, opts["base_url"] or os.environ.get("OPENAI_BASE_URL"))
@@ -207,7 +207,7 @@ def classnames_setting(spec: str | tuple[str, ...] | None) -> str | tuple[str, .
     resumed run or a sweep cell reads the same file from another folder)."""
     if not isinstance(spec, str) or not (os.sep in spec or "." in spec or Path(spec).expanduser().is_file()):
         return spec
-    return str(Path(spec).expanduser().resolve())
+    return absolute(spec)
 
 
 def soft_prompt_config(opts: dict) -> SoftPromptConfig | None:

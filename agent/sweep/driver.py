@@ -42,7 +42,7 @@ from promptclimb.agent.core.errors import (EXIT_TERMINATED, PromptclimbError, si
                                             sigterm_received)
 from promptclimb.agent.core.files import write_json_atomic, write_text_atomic
 from promptclimb.agent.core.format import shell_command
-from promptclimb.agent.core.paths import missing_folders, remove_while_empty
+from promptclimb.agent.core.paths import absolute, missing_folders, remove_while_empty
 from promptclimb.agent.core.runfiles import CELL_ERROR, CELL_LOG, CONFIG, SUMMARY, SWEEP_FILE
 from promptclimb.agent.runs.store import RUN, SWEEP, RunLocked, check_folder_name, claim_folder, has_summary
 
@@ -202,7 +202,7 @@ def absolute_path(name: str, value):
     option = BY_NAME.get(name)
     is_path = (option is not None and option.kind in ("path", "dir")) or (name == "pool" and value not in POOLS)
     if is_path and value and isinstance(value, (str, os.PathLike)):
-        return str(Path(value).expanduser().resolve())
+        return absolute(value)
     return value
 
 
