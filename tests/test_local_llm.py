@@ -191,7 +191,7 @@ def test_user_model_path_is_checked(tmp_path):
 
 STAND_IN = textwrap.dedent(
     """
-    import json, sys, time
+    import json, os, signal, sys, time
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
     delay = float(sys.argv[2])
@@ -202,10 +202,10 @@ STAND_IN = textwrap.dedent(
             raise OSError("bad file")
         except OSError:
             raise ValueError("Failed to load model from file: trunc.gguf")
-    if delay < 0:
+    if delay in (-1, -2):
         print("error loading model: not enough memory", flush=True)
         sys.exit(3)
-    time.sleep(delay)  # like loading a model
+    time.sleep(max(delay, 0))  # like loading a model
 
     class Handler(BaseHTTPRequestHandler):
         def _send(self, body):
@@ -221,6 +221,8 @@ STAND_IN = textwrap.dedent(
 
         def do_POST(self):
             self.rfile.read(int(self.headers["Content-Length"]))
+            if delay == -3:  # as a llama.cpp build for instructions the CPU traps, on its first answer
+                os.kill(os.getpid(), signal.SIGILL)
             self._send({"id": "x", "object": "chat.completion", "created": 0, "model": "stand-in",
                         "choices": [{"index": 0, "finish_reason": "stop",
                                      "message": {"role": "assistant", "content": "OK"}}]})
@@ -307,6 +309,17 @@ def test_a_server_that_dies_shows_its_log(home, stand_in):
         with local_server(port=port, command=stand_in(port, delay=-1), echo=lambda m: None):
             pass
     assert "error loading model: not enough memory" in str(err.value)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="signals")
+def test_a_server_killed_by_an_illegal_instruction_on_its_first_answer_says_how_to_rebuild(home, stand_in):
+    """Seen on a virtual machine whose /proc/cpuinfo lists AMX: llama.cpp built with it died of
+    SIGILL on the warm-up, and the search showed a RemoteDisconnected traceback."""
+    port = local_llm.free_port()
+    with pytest.raises(PromptclimbError, match="was killed by SIGILL on its first answer") as err:
+        with local_server(port=port, command=stand_in(port, delay=-3), echo=lambda m: None):
+            pass
+    assert "-mno-amx-tile" in str(err.value) and "pip install --force-reinstall" in str(err.value)
 
 
 def test_a_server_that_dies_of_a_python_exception_shows_it_without_the_traceback(home, stand_in):

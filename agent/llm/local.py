@@ -20,6 +20,7 @@ other endpoint.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -261,12 +262,17 @@ def local_server(
             # The first request after loading pages the weights in and is several times
             # slower than the rest; pay it here rather than in the first timed LLM call.
             t0 = time.monotonic()
-            _post_json(f"{base_url}/chat/completions", {
-                "model": LOCAL_MODEL_NAME,
-                "messages": [{"role": "user", "content": "Reply with OK."}],
-                "max_tokens": 2,
-                "temperature": 0,
-            }, timeout=ready_timeout)
+            try:
+                _post_json(f"{base_url}/chat/completions", {
+                    "model": LOCAL_MODEL_NAME,
+                    "messages": [{"role": "user", "content": "Reply with OK."}],
+                    "max_tokens": 2,
+                    "temperature": 0,
+                }, timeout=ready_timeout)
+            except OSError:  # URLError, a connection closed without an answer
+                if _exited(proc, within=5.0):
+                    raise _died(proc, log_file, "on its first answer") from None
+                raise
             say(f"local LLM ready at {base_url} (warm-up {time.monotonic() - t0:.1f}s)")
         yield base_url
     finally:
@@ -292,10 +298,7 @@ def _wait_until_ready(proc: subprocess.Popen, base_url: str, timeout: float, log
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
-            raise PromptclimbError(
-                f"the local LLM server exited with code {proc.returncode} before answering; "
-                f"the end of its log ({log_file}):\n{_tail(log_file)}"
-            )
+            raise _died(proc, log_file, "before answering")
         try:
             with urllib.request.urlopen(f"{base_url}/models", timeout=2) as r:
                 if r.status == 200:
@@ -308,6 +311,41 @@ def _wait_until_ready(proc: subprocess.Popen, base_url: str, timeout: float, log
                 f"the end of its log ({log_file}):\n{_tail(log_file)}"
             )
         time.sleep(0.25)
+
+
+# What makes a llama.cpp build leave out AMX, as the Makefile's LLAMA_CMAKE_ARGS does.
+NO_AMX_CMAKE_ARGS = ("-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' "
+                     "-DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'")
+
+
+def _exited(proc: subprocess.Popen, within: float) -> bool:
+    try:
+        proc.wait(timeout=within)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def _died(proc: subprocess.Popen, log_file: Path, when: str) -> PromptclimbError:
+    """The error for a server that ended `when`: its exit code or the signal that killed it,
+    and the end of its log. A build of llama.cpp for instructions the machine refuses dies of
+    SIGILL with nothing in its log: seen on a virtual machine whose /proc/cpuinfo lists AMX
+    (amx_tile) but whose CPU traps it, in ggml's AMX matrix product, on the first answer."""
+    code = proc.returncode
+    how = f"was killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() \
+        else f"exited with code {code}"
+    hint = ""
+    if code == -signal.SIGILL:
+        try:
+            pinned = f'=={importlib.metadata.version("llama-cpp-python")}'
+        except importlib.metadata.PackageNotFoundError:  # a stand-in command
+            pinned = ""
+        hint = ("\nSIGILL is an illegal instruction: llama-cpp-python was built for CPU instructions this machine "
+                "refuses (AMX, where a virtual machine lists it without running it). Build it again without them: "
+                f'CMAKE_ARGS="{NO_AMX_CMAKE_ARGS}" pip install --force-reinstall --no-cache-dir --no-deps '
+                f'"llama-cpp-python{pinned}"')
+    return PromptclimbError(f"the local LLM server {how} {when}; the end of its log ({log_file}):\n"
+                            f"{_tail(log_file)}{hint}")
 
 
 def _post_json(url: str, body: dict, timeout: float) -> dict:
