@@ -327,6 +327,33 @@ def test_a_runs_dir_that_is_a_file_is_refused_before_anything_is_said(notebook, 
     assert notebook.count == 0 and not built and (tmp_path / "notes.txt").read_text() == "x"
 
 
+@pytest.mark.parametrize("dataset", ["nope", "fashion_mnist"])
+def test_an_unknown_dataset_is_refused_before_anything_is_said(tmp_path, monkeypatch, dataset):
+    """`promptclimb search --dataset nope` without an endpoint said 'No OPENAI_API_KEY or
+    OPENAI_BASE_URL set: using the embedded local LLM (--llm local).' and only then refused the
+    dataset: the refusal is the one thing said now, from the command line and from search()."""
+    from click.testing import CliRunner
+
+    from promptclimb.agent import pipeline
+    from promptclimb.agent.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    built = []
+    monkeypatch.setattr(pipeline, "default_evaluator_factory", lambda **kwargs: built.append(kwargs))
+    said = rf"--dataset '{dataset}': unknown dataset; known: .*fashion-mnist.* \(and hf:OWNER/NAME\[:CONFIG\]\)"
+    lines = []
+    with pytest.raises(promptclimb.PromptclimbError, match=f"^{said}$"):
+        promptclimb.search(dataset=dataset, echo=lines.append)
+    assert lines == []
+    result = CliRunner().invoke(cli, ["search", "--dataset", dataset])
+    assert result.exit_code == 1, result.output
+    assert len(result.output.strip().splitlines()) == 1 and re.fullmatch(f"Error: {said}", result.output.strip()), \
+        result.output
+    assert built == [] and not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("timeout", [0, 0.5])
 def test_a_timeout_below_a_second_is_refused_before_anything_is_made(notebook, built, tmp_path, timeout):
     """timeout=0 abandoned every LLM request at once: six tries, then a failed run, after 45 s."""
