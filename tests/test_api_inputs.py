@@ -153,6 +153,54 @@ def test_an_empty_model_llm_or_endpoint_is_refused_alike_on_every_path(notebook,
     assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("keyword, expects", [
+    ("runs_dir", "expected the folder of run folders (e.g. runs)"), ("data_root", "expected the dataset's folder"),
+    ("meta_prompt", "expected a folder of meta-prompt templates (*.j2)"),
+    ("image_column", "expected an image column name"), ("label_column", "expected a label column name"),
+    ("prompt_init", "expected the words the context starts from (e.g. a photo of a)"),
+    ("device", "not a device promptclimb runs on; use cpu or cuda (cuda:N for one of several GPUs)")])
+def test_an_empty_folder_column_device_or_init_is_refused_alike_on_every_path(notebook, built, tmp_path, keyword,
+                                                                              expects):
+    """--runs-dir '', --data-root '' and --meta-prompt '' were the current folder, --image-column
+    '', --label-column '' and --device '' the default, unsaid, and --prompt-init '' was refused
+    only by craft and cbbt: each is refused in one line, from search(), the command line and a
+    --config file, before anything is made, as --backbone '' is."""
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+
+    flag = f"--{keyword.replace('_', '-')}"
+    said = f"{flag} '': {expects}"
+    with pytest.raises(promptclimb.PromptclimbError, match=rf"^search\(\): {re.escape(said)}$"):
+        promptclimb.search(dataset="toy", name="x", echo=None, **{**SMALL, keyword: ""})
+    config = tmp_path / "empty.toml"
+    config.write_text(f'[search]\ndataset = "toy"\n{keyword.replace("_", "-")} = ""\n')
+    commands = [(["search", "--dataset", "toy", flag, ""], flag), (["search", "--config", str(config)], "--config")]
+    commands += {"runs_dir": [([command, flag, ""], flag) for command in ("runs", "eval", "sweep-report", "show")],
+                 "data_root": [(["eval", flag, ""], flag), (["transfer", "RUN", "--backbone", "demo", flag, ""], flag)],
+                 "image_column": [(["eval", flag, ""], flag)], "label_column": [(["eval", flag, ""], flag)]
+                 }.get(keyword, [])
+    for command, option in commands:
+        result = CliRunner().invoke(cli, command)
+        where = f"--config {config}: " if option == "--config" else ""
+        assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == \
+            f"Error: Invalid value for '{option}': {where}{said}", (command, result.output)
+    assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
+
+
+def test_llm_serve_refuses_an_empty_model_file_as_search_does():
+    """`promptclimb llm serve --llm-model ''` took '' through click.Path, unchecked (search
+    refused it since 74837e6): both say it in the same words."""
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+
+    for command in (["llm", "serve"], ["search", "--dataset", "toy"]):
+        result = CliRunner().invoke(cli, [*command, "--llm-model", ""])
+        assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == \
+            "Error: Invalid value for '--llm-model': --llm-model '': expected a GGUF file", (command, result.output)
+
+
 def test_a_run_that_recorded_an_empty_pretrained_tag_is_still_read(notebook, built):
     """A run started before --pretrained '' was refused recorded it as given (it meant none):
     it is read, shown and re-scored as before, not called damaged."""

@@ -1,6 +1,7 @@
 """click types for the options that the search's table (agent/options.py) bounds, shared by
 every command that takes one (search, eval and adapt all take --seed; search, eval and
-transfer --backbone, --pretrained and --weights)."""
+transfer --backbone, --pretrained and --weights; every command that reads runs --runs-dir;
+`llm serve` --llm-model)."""
 
 from __future__ import annotations
 
@@ -39,21 +40,27 @@ def table_int(option: Option) -> click.ParamType:
 
 
 class TableText(click.ParamType):
-    """Text or a file (the row's kind "name" or "path") checked as the table's row checks it
-    (`check_value`), so that the command line refuses what the API and a --config file
-    refuse, in their words: `--backbone ''` had run the default backbone, unsaid."""
+    """Text, a file or a folder (the row's kind "name", "device", "path" or "dir") checked as
+    the table's row checks it (`check_value`), so that the command line refuses what the API
+    and a --config file refuse, in their words: `--backbone ''` had run the default backbone,
+    and `--runs-dir ''` had been the current folder, unsaid."""
+
+    FOLDER = click.Path(file_okay=False)  # a file in the way of a folder: said in click's words, as before
 
     def __init__(self, option: Option):
         self.option = option
-        self.name = "path" if option.kind == "path" else "text"  # the metavar: PATH or TEXT, as before
+        # the metavar: PATH, DIRECTORY or TEXT, as before
+        self.name = {"path": "path", "dir": self.FOLDER.name}.get(option.kind, "text")
 
     def shell_complete(self, ctx, param, incomplete):
-        if self.option.kind == "path":  # file names, as click.Path completes them
-            return [click.shell_completion.CompletionItem(incomplete, type="file")]
+        if self.option.kind in ("path", "dir"):  # file or folder names, as click.Path completes them
+            kind = "file" if self.option.kind == "path" else "dir"
+            return [click.shell_completion.CompletionItem(incomplete, type=kind)]
         return super().shell_complete(ctx, param, incomplete)
 
     def convert(self, value, param, ctx):
         try:
-            return check_value(self.option, value, "")
+            value = check_value(self.option, value, "")
         except PromptclimbError as exc:
             self.fail(str(exc), param, ctx)
+        return self.FOLDER.convert(value, param, ctx) if self.option.kind == "dir" else value
