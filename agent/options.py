@@ -319,10 +319,10 @@ def check_value(option: Option, value, where: str):
         refuse("expected text" if kind in (str, "name") else "expected a path")
     else:
         value = str(value)
-    if option.minimum is not None and value < option.minimum:
-        # the minimum alone, as the command line says it (click's `x>=1`; --seed's help shows no maximum)
-        refuse(f"not in the range {range_text(option.minimum)}")
-    if option.maximum is not None and value > option.maximum:
+    below = option.minimum is not None and value < option.minimum
+    if below or (option.maximum is not None and value > option.maximum):
+        # the whole range, below it or above, as the command line says it (click's `x>=1`, LongBoundInt's
+        # `0<=x<2**64`): --seed -1 had said `x>=0`, and 2**64 `0<=x<2**64`
         refuse(f"not in the range {range_text(option.minimum, option.maximum)}")
     return value
 

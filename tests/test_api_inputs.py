@@ -288,13 +288,15 @@ def test_a_seed_torch_cannot_take_is_refused_before_anything_runs(notebook, buil
     assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
     assert promptclimb.search(dataset="toy", name="y", seed=too_big - 1, echo=None, **SMALL).run_dir.name == "y"
     for command in (["adapt", "RUN", "--kind", "cache"], ["eval"], ["search", "--dataset", "toy"]):
-        said = CliRunner().invoke(cli, [*command, "--seed", str(too_big)])
-        assert said.exit_code == 2 and f"{too_big} is not in the range 0<=x<2**64." in said.output, said.output
+        for seed in (too_big, -1):  # one range in one wording, below it or above (-1 had said `x>=0`)
+            said = CliRunner().invoke(cli, [*command, "--seed", str(seed)])
+            assert said.exit_code == 2 and said.output.strip().splitlines()[-1] == \
+                f"Error: Invalid value for '--seed': {seed} is not in the range 0<=x<2**64.", said.output
 
 
 @pytest.mark.parametrize("keyword, value, said", [("shots", 0, "0 is not in the range x>=1"),
                                                    ("timeout", 0, "0.0 is not in the range x>=1"),
-                                                   ("seed", -1, "-1 is not in the range x>=0"),
+                                                   ("seed", -1, "-1 is not in the range 0<=x<2**64"),
                                                    ("spare", -1, "-1 is not in the range x>=0")])
 def test_a_value_below_its_minimum_is_said_alike_on_every_path(notebook, built, tmp_path, keyword, value, said):
     """search(shots=0) and a --config file's shots = 0 said 'must be at least 1' where the

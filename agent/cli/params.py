@@ -14,17 +14,18 @@ from promptclimb.agent.options import Option, check_value, range_text
 class LongBoundInt(click.IntRange):
     """An integer with a maximum too long to read in the help: --seed's 2**64 - 1 (torch's
     64-bit seeds) had made every help show `[0<=x<=18446744073709551615]`. The help shows the
-    minimum only (`[x>=0]`, click's own range text); a value above the maximum is refused in
-    click's one line, in the words the API and a TOML table use (`range_text`):
-    `18446744073709551616 is not in the range 0<=x<2**64.`"""
+    minimum only (`[x>=0]`, click's own range text); a value out of the range, below or above,
+    is refused in click's one line, in the words the API and a TOML table use (`range_text`):
+    `18446744073709551616 is not in the range 0<=x<2**64.`, and `-1` in the same words (click's
+    own `x>=0` had said the range otherwise)."""
 
     def __init__(self, minimum: int, maximum: int):
         super().__init__(min=minimum)
         self.maximum = maximum
 
     def convert(self, value, param, ctx):
-        number = super().convert(value, param, ctx)
-        if number > self.maximum:
+        number = click.INT.convert(value, param, ctx)  # the bounds are checked here, not by IntRange
+        if number < self.min or number > self.maximum:
             self.fail(f"{number} is not in the range {range_text(self.min, self.maximum)}.", param, ctx)
         return number
 
