@@ -19,6 +19,7 @@ from typing import Any
 
 from promptclimb.agent.core.classnames import check_classnames
 from promptclimb.agent.core.defaults import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS, UNLABELED_IMAGES
+from promptclimb.agent.core.devices import check_device_name
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.settings import SoftPromptConfig
 from promptclimb.agent.ranking import METRICS
@@ -42,9 +43,10 @@ class Option:
     default: Any
     help: str
     panel: str
-    kind: Any = str  # str, int, float, bool (a flag), "path" (a file, never empty), "dir", "optional" (a
-    # flag that may take a value: "" when given bare), "names" (class names: `names_value`), "name" (text
-    # naming a thing, never empty: '' is refused, not read as the default), or a tuple of choices
+    kind: Any = str  # str, int, float, bool (a flag), "path" (a file, never empty), "dir" (a folder, never
+    # empty), "optional" (a flag that may take a value: "" when given bare), "names" (class names:
+    # `names_value`), "name" (text naming a thing, never empty: '' is refused, not read as the default),
+    # "device" (agent/core/devices.py check_device_name), or a tuple of choices
     dest: str | None = None  # the settings key when it is not the keyword (--llm: llm_name)
     multiple: bool = False
     metavar: str | None = None
@@ -53,7 +55,7 @@ class Option:
     scope: str = RUN
     cli_only: bool = False  # not a keyword of the Python API's search()
     recorded: str | None = None  # where a run's config.json records it ("search.iterations"): --resume compares
-    expects: str | None = None  # kinds "name" and "path": what it takes, said when it is given empty
+    expects: str | None = None  # kinds "name", "path" and "dir": what it takes, said when it is given empty
 
     @property
     def keyword(self) -> str:
@@ -95,18 +97,20 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
     Option("--resume", None, "Continue a killed run (id under --runs-dir, or a path) with its saved settings.", _E,
            scope=SESSION),
     Option("--name", None, "Run id (folder name) [default: time-dataset-shots].", _E, dest="run_name", recorded="run_id"),
-    Option("--runs-dir", "runs", "Where run folders go.", _E, "dir", scope=SESSION),
+    Option("--runs-dir", "runs", "Where run folders go.", _E, "dir", scope=SESSION,
+           expects="the folder of run folders (e.g. runs)"),
 
     Option("--pretrained", None, "open_clip pretrained tag (e.g. openai; downloads once).", _M, "name",
            recorded="evaluator_args.pretrained", expects="a pretrained tag (e.g. openai)"),
     Option("--weights", None, "Local weights file for the backbone.", _M, "path", recorded="evaluator_args.weights",
            expects="a weights file"),
-    Option("--data-root", None, "Where the dataset lives.", _M, "dir", recorded="evaluator_args.data_root"),
-    Option("--image-column", None, "hf datasets: the image column [default: the one Image feature].", _M,
-           recorded="evaluator_args.image_column"),
-    Option("--label-column", None, "hf datasets: the label column [default: the one ClassLabel feature].", _M,
-           recorded="evaluator_args.label_column"),
-    Option("--device", None, "torch device [default: cuda when available, else cpu].", _M, scope=SESSION),
+    Option("--data-root", None, "Where the dataset lives.", _M, "dir", recorded="evaluator_args.data_root",
+           expects="the dataset's folder"),
+    Option("--image-column", None, "hf datasets: the image column [default: the one Image feature].", _M, "name",
+           recorded="evaluator_args.image_column", expects="an image column name"),
+    Option("--label-column", None, "hf datasets: the label column [default: the one ClassLabel feature].", _M, "name",
+           recorded="evaluator_args.label_column", expects="a label column name"),
+    Option("--device", None, "torch device [default: cuda when available, else cpu].", _M, "device", scope=SESSION),
     Option("--precision", DEFAULT_PRECISION, PRECISION_HELP, _M, PRECISIONS, recorded="evaluator_args.precision"),
 
     Option("--restarts", SEARCH.restarts, "Restarts, each from a fresh sample of the pool.", _L, int, minimum=1, recorded="search.restarts"),
@@ -153,7 +157,7 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
            scope=SESSION),
     Option("--no-cache", False, "Do not read or write the LLM response cache.", _LLM, bool, scope=SESSION),
     Option("--meta-prompt", None, "Folder with your own system.j2 / first_turn.j2 / feedback_turn.j2 (missing ones: "
-           "ours).", _LLM, "dir", recorded="meta_prompt_dir"),
+           "ours).", _LLM, "dir", recorded="meta_prompt_dir", expects="a folder of meta-prompt templates (*.j2)"),
     Option("--temperature", None, "LLM sampling temperature [default: 1.0].", _LLM, float, minimum=0, recorded="search.temperature"),
     Option("--presence-penalty", SEARCH.presence_penalty, "LLM sampling: > 0 discourages words already in the "
            "conversation (OpenAI's presence_penalty, -2 to 2; sent only when not 0).", _LLM, float, recorded="search.presence_penalty"),
@@ -184,7 +188,8 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
            int, minimum=1, recorded="soft_prompt.queries"),
     Option("--prompt-tokens", SOFT.prompt_tokens, "craft/cbbt: context vectors before the class name.", _S, int,
            minimum=1, recorded="soft_prompt.prompt_tokens"),
-    Option("--prompt-init", SOFT.prompt_init, "craft/cbbt: the words whose embeddings the context starts from.", _S, recorded="soft_prompt.prompt_init"),
+    Option("--prompt-init", SOFT.prompt_init, "craft/cbbt: the words whose embeddings the context starts from.", _S,
+           "name", recorded="soft_prompt.prompt_init", expects=f"the words the context starts from (e.g. {SOFT.prompt_init})"),
     Option("--craft-popsize", SOFT.craft_popsize, "craft: CMA-ES population size.", _S, int, minimum=3, recorded="soft_prompt.craft_popsize"),
     Option("--craft-sigma", SOFT.craft_sigma, "craft: CMA-ES initial step size.", _S, float, recorded="soft_prompt.craft_sigma"),
     Option("--craft-bound", SOFT.craft_bound, "craft: CMA-ES box bound on each coordinate of the intrinsic vector.",
@@ -302,19 +307,22 @@ def check_value(option: Option, value, where: str):
         return "" if value else None
     elif kind == "optional" and not isinstance(value, (str, Path)):
         refuse(f"expected true, false or {option.metavar.strip('[]') if option.metavar else 'a value'}")
-    elif kind in ("name", "path") and isinstance(value, str) and not value.strip():
+    elif kind == "device":
+        return check_device_name(value, f"{where}{option.flag}")  # '' had been the default device, unsaid
+    elif kind in ("name", "path", "dir") and isinstance(value, str) and not value.strip():
         # '' was read as not given: --backbone '' ran the default backbone, --pretrained '' the default
-        # tag (or random weights), --llm '' the default LLM, --base-url '' $OPENAI_BASE_URL, unsaid;
-        # --weights '' was the current folder, refused only once the model loaded
+        # tag (or random weights), --llm '' the default LLM, --base-url '' $OPENAI_BASE_URL, --image-column ''
+        # the default column, unsaid; --weights '', --runs-dir '', --data-root '' and --meta-prompt '' were
+        # the current folder
         refuse(f"expected {option.expects}")
     elif not isinstance(value, (str, Path)):
         refuse("expected text" if kind in (str, "name") else "expected a path")
     else:
         value = str(value)
-    if option.minimum is not None and value < option.minimum:
-        # the minimum alone, as the command line says it (click's `x>=1`; --seed's help shows no maximum)
-        refuse(f"not in the range {range_text(option.minimum)}")
-    if option.maximum is not None and value > option.maximum:
+    below = option.minimum is not None and value < option.minimum
+    if below or (option.maximum is not None and value > option.maximum):
+        # the whole range, below it or above, as the command line says it (click's `x>=1`, LongBoundInt's
+        # `0<=x<2**64`): --seed -1 had said `x>=0`, and 2**64 `0<=x<2**64`
         refuse(f"not in the range {range_text(option.minimum, option.maximum)}")
     return value
 

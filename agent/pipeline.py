@@ -115,13 +115,16 @@ def run_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None = No
 def planned_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None,
                    aside: Callable[[str], None] | None = None, bars: bool = True) -> dict:
     """`run_search` once the folders it may create are noted."""
-    plan = resumed_run(opts, echo) if opts["resume"] is not None else new_run(opts, echo)
+    if opts["resume"] is not None:
+        plan = resumed_run(opts, echo)
+    else:
+        plan = new_run(opts, echo, clip=evaluator_factory is None)
     store = plan.store
     try:
         meta = checks_before_loading(plan, opts)
         if store is not None and meta is not None:
             say_meta_prompt_changes(store, meta, echo)
-        if evaluator_factory is None:  # the CLIP evaluator's datasets are known before it loads
+        if evaluator_factory is None and store is not None:  # a resumed run's recorded dataset, before it loads
             option_table.check_dataset_name(plan.evaluator.dataset)
         store = store or create_run_folder(plan, opts, meta)
         # the CLIP evaluator says what it encoded or reused where the search says it (a factory
@@ -152,15 +155,19 @@ def planned_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None,
             store.close()
 
 
-def new_run(opts: dict, echo) -> Plan:
-    """A new run's settings from the options, each checked here (nothing slow yet)."""
+def new_run(opts: dict, echo, clip: bool = True) -> Plan:
+    """A new run's settings from the options, each checked here (nothing slow yet). `clip`:
+    the search runs on the CLIP evaluator, whose datasets are known (an evaluator factory of
+    the caller's knows its own)."""
     if not opts["dataset"]:
         raise PromptclimbError("--dataset is required (or --resume RUN)")
     if opts["run_name"] is not None:
         check_run_name(opts["run_name"])
-    # before any line is said (the LLM chosen, options unused): a file in the way of --runs-dir was
-    # refused after "No OPENAI_API_KEY ...: using the embedded local LLM"
+    # before any line is said (the LLM chosen, options unused): a file in the way of --runs-dir and
+    # an unknown --dataset were refused after "No OPENAI_API_KEY ...: using the embedded local LLM"
     check_writable(opts["runs_dir"], "--runs-dir")
+    if clip:
+        option_table.check_dataset_name(opts["dataset"])
     adapter_kinds = check_kinds(opts["adapter_kinds"]) if opts["adapter_kinds"] else []
     soft = soft_prompt_config(opts)
     say_unused(opts, soft.optimizer if soft else "llm", echo)

@@ -179,7 +179,8 @@ def soft_prompt_lines(run, markdown: bool = False) -> list[str]:
     adapter = final.get("adapter")
     if adapter:
         acc = pct_by_split(adapter["accuracy"])
-        verdict = "kept: it beat the prompt alone on val" if adapter["beats_prompt_on_val"] else "not kept (val)"
+        verdict = "kept: it beat the prompt alone on val" if adapter["beats_prompt_on_val"] else \
+            "not kept: it did not beat the prompt alone on val"
         lines.append(f"{item}with {MODULES.get(run.config.get('optimizer'), adapter['kind'])}: {acc}  ({verdict})")
     rows = steps_table(run.events)
     lines.append(f"{item}{spent_said(run)}")

@@ -153,6 +153,54 @@ def test_an_empty_model_llm_or_endpoint_is_refused_alike_on_every_path(notebook,
     assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("keyword, expects", [
+    ("runs_dir", "expected the folder of run folders (e.g. runs)"), ("data_root", "expected the dataset's folder"),
+    ("meta_prompt", "expected a folder of meta-prompt templates (*.j2)"),
+    ("image_column", "expected an image column name"), ("label_column", "expected a label column name"),
+    ("prompt_init", "expected the words the context starts from (e.g. a photo of a)"),
+    ("device", "not a device promptclimb runs on; use cpu or cuda (cuda:N for one of several GPUs)")])
+def test_an_empty_folder_column_device_or_init_is_refused_alike_on_every_path(notebook, built, tmp_path, keyword,
+                                                                              expects):
+    """--runs-dir '', --data-root '' and --meta-prompt '' were the current folder, --image-column
+    '', --label-column '' and --device '' the default, unsaid, and --prompt-init '' was refused
+    only by craft and cbbt: each is refused in one line, from search(), the command line and a
+    --config file, before anything is made, as --backbone '' is."""
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+
+    flag = f"--{keyword.replace('_', '-')}"
+    said = f"{flag} '': {expects}"
+    with pytest.raises(promptclimb.PromptclimbError, match=rf"^search\(\): {re.escape(said)}$"):
+        promptclimb.search(dataset="toy", name="x", echo=None, **{**SMALL, keyword: ""})
+    config = tmp_path / "empty.toml"
+    config.write_text(f'[search]\ndataset = "toy"\n{keyword.replace("_", "-")} = ""\n')
+    commands = [(["search", "--dataset", "toy", flag, ""], flag), (["search", "--config", str(config)], "--config")]
+    commands += {"runs_dir": [([command, flag, ""], flag) for command in ("runs", "eval", "sweep-report", "show")],
+                 "data_root": [(["eval", flag, ""], flag), (["transfer", "RUN", "--backbone", "demo", flag, ""], flag)],
+                 "image_column": [(["eval", flag, ""], flag)], "label_column": [(["eval", flag, ""], flag)]
+                 }.get(keyword, [])
+    for command, option in commands:
+        result = CliRunner().invoke(cli, command)
+        where = f"--config {config}: " if option == "--config" else ""
+        assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == \
+            f"Error: Invalid value for '{option}': {where}{said}", (command, result.output)
+    assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
+
+
+def test_llm_serve_refuses_an_empty_model_file_as_search_does():
+    """`promptclimb llm serve --llm-model ''` took '' through click.Path, unchecked (search
+    refused it since 74837e6): both say it in the same words."""
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+
+    for command in (["llm", "serve"], ["search", "--dataset", "toy"]):
+        result = CliRunner().invoke(cli, [*command, "--llm-model", ""])
+        assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == \
+            "Error: Invalid value for '--llm-model': --llm-model '': expected a GGUF file", (command, result.output)
+
+
 def test_a_run_that_recorded_an_empty_pretrained_tag_is_still_read(notebook, built):
     """A run started before --pretrained '' was refused recorded it as given (it meant none):
     it is read, shown and re-scored as before, not called damaged."""
@@ -240,13 +288,15 @@ def test_a_seed_torch_cannot_take_is_refused_before_anything_runs(notebook, buil
     assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
     assert promptclimb.search(dataset="toy", name="y", seed=too_big - 1, echo=None, **SMALL).run_dir.name == "y"
     for command in (["adapt", "RUN", "--kind", "cache"], ["eval"], ["search", "--dataset", "toy"]):
-        said = CliRunner().invoke(cli, [*command, "--seed", str(too_big)])
-        assert said.exit_code == 2 and f"{too_big} is not in the range 0<=x<2**64." in said.output, said.output
+        for seed in (too_big, -1):  # one range in one wording, below it or above (-1 had said `x>=0`)
+            said = CliRunner().invoke(cli, [*command, "--seed", str(seed)])
+            assert said.exit_code == 2 and said.output.strip().splitlines()[-1] == \
+                f"Error: Invalid value for '--seed': {seed} is not in the range 0<=x<2**64.", said.output
 
 
 @pytest.mark.parametrize("keyword, value, said", [("shots", 0, "0 is not in the range x>=1"),
                                                    ("timeout", 0, "0.0 is not in the range x>=1"),
-                                                   ("seed", -1, "-1 is not in the range x>=0"),
+                                                   ("seed", -1, "-1 is not in the range 0<=x<2**64"),
                                                    ("spare", -1, "-1 is not in the range x>=0")])
 def test_a_value_below_its_minimum_is_said_alike_on_every_path(notebook, built, tmp_path, keyword, value, said):
     """search(shots=0) and a --config file's shots = 0 said 'must be at least 1' where the
@@ -325,6 +375,33 @@ def test_a_runs_dir_that_is_a_file_is_refused_before_anything_is_said(notebook, 
         result = CliRunner().invoke(cli, ["search", "--dataset", "toy", "--runs-dir", runs_dir])
         assert result.exit_code == 1 and result.output.strip().splitlines() == [f"Error: {said}"], result.output
     assert notebook.count == 0 and not built and (tmp_path / "notes.txt").read_text() == "x"
+
+
+@pytest.mark.parametrize("dataset", ["nope", "fashion_mnist"])
+def test_an_unknown_dataset_is_refused_before_anything_is_said(tmp_path, monkeypatch, dataset):
+    """`promptclimb search --dataset nope` without an endpoint said 'No OPENAI_API_KEY or
+    OPENAI_BASE_URL set: using the embedded local LLM (--llm local).' and only then refused the
+    dataset: the refusal is the one thing said now, from the command line and from search()."""
+    from click.testing import CliRunner
+
+    from promptclimb.agent import pipeline
+    from promptclimb.agent.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    built = []
+    monkeypatch.setattr(pipeline, "default_evaluator_factory", lambda **kwargs: built.append(kwargs))
+    said = rf"--dataset '{dataset}': unknown dataset; known: .*fashion-mnist.* \(and hf:OWNER/NAME\[:CONFIG\]\)"
+    lines = []
+    with pytest.raises(promptclimb.PromptclimbError, match=f"^{said}$"):
+        promptclimb.search(dataset=dataset, echo=lines.append)
+    assert lines == []
+    result = CliRunner().invoke(cli, ["search", "--dataset", dataset])
+    assert result.exit_code == 1, result.output
+    assert len(result.output.strip().splitlines()) == 1 and re.fullmatch(f"Error: {said}", result.output.strip()), \
+        result.output
+    assert built == [] and not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("timeout", [0, 0.5])

@@ -211,9 +211,9 @@ def test_show_markdown_nests_the_lines_under_a_turn_as_list_items(tmp_path, monk
     assert any(re.fullmatch(r"       ?\d+\.\d%  <b>Trouser -> jeans", line) for line in text), text
 
 
-def make_soft_run(root: Path) -> Path:
+def make_soft_run(root: Path, adapter: dict | None = None) -> Path:
     """A finished soft-prompt run (--optimizer craft) of 2 steps and 80 queries, as its search
-    writes it, under root/runs/soft."""
+    writes it, under root/runs/soft; `adapter`: its output-side module's section."""
     config = {"run_id": "soft", "optimizer": "craft", "soft_prompt": {"queries": 80},
               "evaluator_args": {"dataset": "toy", "shots": 2, "seed": 0, "backbone": "word"}}
     best = {"template": "<soft: a photo of a> {class}.", "origin": "craft", "accuracy": {"train": 0.5, "val": 0.4}}
@@ -222,10 +222,10 @@ def make_soft_run(root: Path) -> Path:
         for step in range(3):
             store.append("step", iteration=step, queries=40 * step,
                          prompt={"accuracy": {"train": 0.3 + step / 10, "val": 0.25 + step / 10}})
-        store.append("final", stopped="completed", best=best, ensemble=None, top=[best], adapter=None,
+        store.append("final", stopped="completed", best=best, ensemble=None, top=[best], adapter=adapter,
                      soft_prompt=soft)
         store.write_json("summary.json", {"v": 1, "best": best, "ensemble": None, "top": [best], "soft_prompt": soft,
-                                          "counts": {"queries": 80, "steps": 2, "budget": 80}})
+                                          "adapter": adapter, "counts": {"queries": 80, "steps": 2, "budget": 80}})
     return root / "runs" / "soft"
 
 
@@ -251,6 +251,19 @@ def test_show_markdown_of_a_soft_prompt_run_has_its_steps_as_a_table(tmp_path):
     assert text.splitlines()[:2] == ["run soft: toy, backbone word, 2 shots, seed 0, optimizer craft; done",
                                      "2 steps, 80 of 80 queries (prompts scored on train)"]
     assert "LLM answers" not in text and "LLM answers" not in page
+
+
+@pytest.mark.parametrize("beats, verdict", [(True, "kept: it beat the prompt alone on val"),
+                                            (False, "not kept: it did not beat the prompt alone on val")])
+def test_show_of_a_soft_prompt_run_says_whether_its_module_was_kept_in_one_clause(tmp_path, beats, verdict):
+    """`show` of a soft-prompt run whose module lost on val ended its line in nested brackets,
+    '(not kept (val))': it says why now, as a module kept does."""
+    make_soft_run(tmp_path, {"kind": "residual-logits", "accuracy": {"train": 0.6, "val": 0.5, "test": 0.4},
+                             "beats_prompt_on_val": beats})
+    for markdown in ([], ["--format", "markdown"]):
+        lines = invoke("show", "soft", "--runs-dir", tmp_path / "runs", *markdown).output.splitlines()
+        said = [line for line in lines if "with residual-logits" in line]
+        assert len(said) == 1 and said[0].endswith(f"val 50.0%  test 40.0%  ({verdict})"), lines
 
 
 def test_bad_input_is_a_message_not_a_traceback(tmp_path):

@@ -128,3 +128,16 @@ def test_the_rules_see_a_violation(tmp_path):
     finally:
         MODULES.pop(module_name(bad), None)
         bad.unlink()
+
+
+def test_the_readme_architecture_tree_names_every_module_of_the_search_side():
+    """The README's Architecture tree names agent/'s modules one by one, with those of llm/
+    and sweep/ (agent/core/, agent/cli/ and runs/ it sums up): agent/tracking.py and
+    sweep/reaper.py were left out of it."""
+    import re
+
+    section = (REPO / "README.md").read_text(encoding="utf-8").split("\n## Architecture\n", 1)[1].split("\n## ", 1)[0]
+    tree = section.split("```")[1]
+    modules = [path.relative_to(REPO).as_posix() for folder in ("agent", "agent/llm", "agent/sweep")
+               for path in sorted((REPO / folder).glob("*.py")) if path.stem != "__init__"]
+    assert modules and [m for m in modules if not re.search(rf"\b{re.escape(Path(m).name)}", tree)] == []

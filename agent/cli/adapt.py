@@ -9,7 +9,7 @@ import click
 
 from promptclimb.agent.adapt import ADAPTER_KINDS, check_kinds, fit_run_adapter, read_run
 from promptclimb.agent.cli.errors import user_errors
-from promptclimb.agent.cli.params import table_int
+from promptclimb.agent.cli.params import TableText, table_int
 from promptclimb.agent.core.devices import check_device_name
 from promptclimb.agent.core.paths import cache_home, check_writable
 from promptclimb.agent.options import BY_KEYWORD
@@ -24,7 +24,7 @@ from promptclimb.agent.runs.store import run_lock
 @click.option("--on", type=click.Choice(["best", "ensemble"]), default="best",
               help="Which prompt the adapter sits on: the best template or the run's top-k ensemble.")
 @click.option("--seed", type=table_int(BY_KEYWORD["seed"]), default=None, help="Seed of the adapter's initialisation [default: the run's seed].")
-@click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", help="Where run folders are.")
+@click.option("--runs-dir", type=TableText(BY_KEYWORD["runs_dir"]), default="runs", help="Where run folders are.")
 @click.option("--device", default=None, help="torch device for (re)computing features [default: cuda when available].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary's adapter section as JSON at the end.")
 @user_errors

@@ -32,11 +32,11 @@ DEFAULTS = {"dataset": "fashion-mnist", "shots": 1, "seed": 0,  # as `search`; t
               help="eurosat, fashion-mnist, imagefolder (with --data-root), coop (with --data-root), "
                    "hf:OWNER/NAME[:CONFIG] (a Hugging Face dataset, from its cache when offline), hf (with "
                    "--data-root: a save_to_disk or parquet folder) [default: fashion-mnist, or the run's with --run].")
-@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+@click.option("--data-root", type=TableText(BY_KEYWORD["data_root"]), default=None,
               help="Folder of the data (imagefolder/coop/hf: required; eurosat: the unpacked archive).")
-@click.option("--image-column", default=None,
+@click.option("--image-column", type=TableText(BY_KEYWORD["image_column"]), default=None,
               help="hf datasets: the image column [default: the one Image feature].")
-@click.option("--label-column", default=None,
+@click.option("--label-column", type=TableText(BY_KEYWORD["label_column"]), default=None,
               help="hf datasets: the label column [default: the one ClassLabel; another column's distinct values "
                    "become the classes].")
 @click.option("--classnames", default=None, metavar="published|SET|FILE",
@@ -62,7 +62,7 @@ DEFAULTS = {"dataset": "fashion-mnist", "shots": 1, "seed": 0,  # as `search`; t
                    "best template, unless the options above say otherwise (e.g. --data-root for new images).")
 @click.option("--with-adapter", is_flag=True,
               help="With --run: also apply the run's adapter.pt (from `promptclimb adapt` or `search --adapter`).")
-@click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", show_default=True,
+@click.option("--runs-dir", type=TableText(BY_KEYWORD["runs_dir"]), default="runs", show_default=True,
               help="Where run folders are.")
 @click.option("--device", default=None, help="cuda, cpu, ... (default: cuda when available).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,

@@ -7,7 +7,9 @@ import threading
 import click
 
 from promptclimb.agent.cli.errors import user_errors
+from promptclimb.agent.cli.params import TableText
 from promptclimb.agent.llm.local import CONTEXT_TOKENS
+from promptclimb.agent.options import BY_KEYWORD
 
 
 @click.group("llm")
@@ -16,7 +18,7 @@ def llm_group():
 
 
 @llm_group.command("serve")
-@click.option("--llm-model", "model_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--llm-model", "model_path", type=TableText(BY_KEYWORD["llm_model"]), default=None,
               help="A GGUF file to serve instead of the embedded model.")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port on 127.0.0.1 (default: a free one).")
 @click.option("--n-ctx", type=click.IntRange(min=512), default=CONTEXT_TOKENS, show_default=True,

@@ -10,7 +10,9 @@ from pathlib import Path
 import click
 
 from promptclimb.agent.cli.errors import user_errors
+from promptclimb.agent.cli.params import TableText
 from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.options import BY_KEYWORD
 from promptclimb.agent.runs.reading import find_run, find_sweep
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
@@ -29,7 +31,7 @@ def find_folder(name: str, runs_dir: str) -> tuple[Path, bool]:
               help="The MLflow tracking server (http://...) or store (default: MLflow's, sqlite:///mlflow.db in "
                    "the current folder; a sqlite store keeps the artifacts beside it, in mlruns/).")
 @click.option("--experiment", default="promptclimb", help="The MLflow experiment of new runs.")
-@click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", help="Where run folders are.")
+@click.option("--runs-dir", type=TableText(BY_KEYWORD["runs_dir"]), default="runs", help="Where run folders are.")
 @user_errors
 def mlflow_sync_cmd(runs, tracking_uri, experiment, runs_dir):
     """Log runs (ids, prefixes or folders) and sweep folders to MLflow: settings as params, a

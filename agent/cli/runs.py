@@ -33,7 +33,7 @@ from promptclimb.agent.core.templates import BASELINE
 FORMATS = ["table", "markdown", "csv", "json"]
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
-runs_dir_option = click.option("--runs-dir", type=click.Path(file_okay=False), default="runs",
+runs_dir_option = click.option("--runs-dir", type=TableText(BY_KEYWORD["runs_dir"]), default="runs",
                                help="Where run folders are.")
 format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", help="Output format.")
 
@@ -409,7 +409,7 @@ def report_cmd(run, runs_dir, output):
 @click.option("--weights", type=TableText(BY_KEYWORD["weights"]), default=None, help="Local weights file of the target.")
 @click.option("--top", "top", type=click.IntRange(min=1), default=5,
               help="How many of the run's best templates to print (every template is re-scored and saved).")
-@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+@click.option("--data-root", type=TableText(BY_KEYWORD["data_root"]), default=None,
               help="Where the dataset lives [default: the run's].")
 @click.option("--device", default=None, help="torch device [default: cuda when available, else cpu].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULT_PRECISION, show_default=True,

@@ -47,18 +47,14 @@ def click_option(option: Option, default=None, help: str | None = None):
         extra["type"] = table_int(option)
     elif kind is float:
         extra["type"] = click.FloatRange(min=option.minimum) if option.minimum is not None else float
-    elif kind == "path":
+    elif kind in ("name", "path", "dir", "device"):
         extra["type"] = TableText(option)
-    elif kind == "dir":
-        extra["type"] = click.Path(file_okay=False)
     elif isinstance(kind, tuple):
         extra["type"] = click.Choice(kind)
     elif kind == "optional":
         extra.update(is_flag=False, flag_value="")
     elif kind == "names":
         extra["type"] = NAMES
-    elif kind == "name":
-        extra["type"] = TableText(option)
     value = option.default if default is None else default
     return click.option(option.flag, option.name, default=value, multiple=option.multiple, metavar=option.metavar,
                         help=help or option.help, show_default=value not in (None, (), False), **extra)

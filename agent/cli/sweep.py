@@ -9,6 +9,7 @@ import rich_click as click
 from click.core import ParameterSource
 
 from promptclimb.agent.cli.errors import user_errors
+from promptclimb.agent.cli.params import TableText
 from promptclimb.agent.cli.search import CONTEXT, help_panels, table_options
 from promptclimb.agent.core.errors import EXIT_CELLS_FAILED, PromptclimbError
 from promptclimb.agent.options import BY_NAME
@@ -111,7 +112,7 @@ def check_grid_file_search(path: str, options: dict) -> None:
 
 @click.command("sweep-report", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.argument("sweep")
-@click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", help="Where the sweep folder is.")
+@click.option("--runs-dir", type=TableText(BY_NAME["runs_dir"]), default="runs", help="Where the sweep folder is.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", help="How to print the results.")
 @user_errors
 def sweep_report_cmd(sweep, runs_dir, fmt):
