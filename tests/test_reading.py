@@ -296,7 +296,8 @@ def test_the_winners_of_a_names_search_are_distinct_templates_as_many_as_asked(n
     best_of = run.ranked().drop_duplicates("template").set_index("template")
     for row in winners.iloc[:5].itertuples():  # a pair a names turn kept: where its template came from, renamed
         origin = best_of.loc[row.template, "origin"]
-        said = origin if origin != "names" else f"{run.scores().query('template == @row.template').origin.iloc[0]} + names"
+        first = run.scores().query("template == @row.template").origin.iloc[0]
+        said = origin if origin != "names" else f"{first} + names"
         assert (row.train, row.origin) == (best_of.loc[row.template, "train"], said)
     assert "llm + names" in set(winners["origin"])
 

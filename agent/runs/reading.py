@@ -459,7 +459,8 @@ class Run:
                              "origin": "top-k", **(ensemble.get("accuracy") or {})})
         else:  # an unfinished run: rank what was scored (no test accuracy yet)
             for i, row in enumerate(self.ranked().drop_duplicates("template").head(k).itertuples(), start=1):
-                rows.append({"rank": i, "template": row.template, "origin": self.template_origin(row.template, row.origin),
+                rows.append({"rank": i, "template": row.template,
+                             "origin": self.template_origin(row.template, row.origin),
                              **{s: getattr(row, s) for s in ("train", "val") if hasattr(row, s)}})
         frame = pd.DataFrame(rows, columns=["rank", "template", "origin", "train", "val", "test"])
         return frame
