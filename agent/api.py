@@ -270,8 +270,8 @@ def load_run(path_or_id: str | Path, runs_dir: str | Path = "runs") -> "Run":
 
     if not isinstance(path_or_id, (str, os.PathLike)) or not os.fspath(path_or_id):
         raise PromptclimbError(f"load_run(): {path_or_id!r}: expected a run folder's path or a run id")
-    if not isinstance(runs_dir, (str, os.PathLike)):
-        raise PromptclimbError(f"load_run(): runs_dir {runs_dir!r}: expected the folder that holds the runs")
+    # as search() and transfer() check it: runs_dir='' had been the current folder, unsaid
+    runs_dir = check_call("load_run()", {}, runs_dir=runs_dir)["runs_dir"]
     run = os.fspath(path_or_id)
     if isinstance(path_or_id, os.PathLike) or "/" in run or os.sep in run:  # a path, not an id under runs_dir
         here = Path(run)
@@ -321,8 +321,6 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
         raise PromptclimbError(f"transfer(): top {top!r}: expected a whole number of at least 1")
     if not isinstance(save, bool):
         raise PromptclimbError(f"transfer(): save {save!r}: expected True or False")
-    if not isinstance(runs_dir, (str, Path)):
-        raise PromptclimbError(f"transfer(): runs_dir {runs_dir!r}: expected a folder")
     loaded = run if isinstance(run, Run) else load_run(run, runs_dir)
     if is_soft_prompt_run(loaded.config):
         raise PromptclimbError(transfer_refusal(loaded))

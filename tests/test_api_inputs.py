@@ -32,7 +32,7 @@ def test_load_run_bad_input_is_one_readable_error(notebook, built, tmp_path):
     for bad in (5, None, "", 1.5, ["nb"]):
         with pytest.raises(promptclimb.PromptclimbError, match=r"^load_run\(\): .*expected a run folder's path or a run id$"):
             promptclimb.load_run(bad)
-    with pytest.raises(promptclimb.PromptclimbError, match=r"^load_run\(\): runs_dir 5: expected the folder"):
+    with pytest.raises(promptclimb.PromptclimbError, match=r"^load_run\(\): --runs-dir 5: expected a path$"):
         promptclimb.load_run("nb", runs_dir=5)
     with pytest.raises(promptclimb.PromptclimbError, match=r"^no run folder .*elsewhere$"):
         promptclimb.load_run(tmp_path / "elsewhere")
@@ -186,6 +186,23 @@ def test_an_empty_folder_column_device_or_init_is_refused_alike_on_every_path(no
         assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == \
             f"Error: Invalid value for '{option}': {where}{said}", (command, result.output)
     assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_every_api_function_taking_runs_dir_refuses_an_empty_one_in_search_s_words(notebook, built, tmp_path, blank,
+                                                                                    monkeypatch):
+    """search(runs_dir='') was refused, load_run(..., runs_dir='') read the current folder:
+    `load_run('nb', runs_dir='')` said "no run 'nb': . holds no runs", and found a run there."""
+    run_dir = promptclimb.search(dataset="toy", name="nb", echo=None, **SMALL).run_dir.resolve()
+    monkeypatch.chdir(run_dir.parent)  # the current folder holds the run: '' would find it
+    said = f"--runs-dir {blank!r}: expected the folder of run folders (e.g. runs)"
+    for where, call in (("search", lambda: promptclimb.search(dataset="toy", name="x", runs_dir=blank, **SMALL)),
+                        ("load_run", lambda: promptclimb.load_run("nb", runs_dir=blank)),
+                        ("load_run", lambda: promptclimb.load_run(run_dir, runs_dir=blank)),
+                        ("transfer", lambda: promptclimb.transfer("nb", "demo", runs_dir=blank))):
+        with pytest.raises(promptclimb.PromptclimbError, match=rf"^{where}\(\): {re.escape(said)}$"):
+            call()
+    assert promptclimb.load_run("nb", runs_dir=run_dir.parent).path.resolve() == run_dir
 
 
 def test_llm_serve_refuses_an_empty_model_file_as_search_does():

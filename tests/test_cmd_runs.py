@@ -46,6 +46,28 @@ def test_runs_lists_newest_first(tmp_path):
     assert [r["id"] for r in as_json] == ["newer", "older"] and as_json[0]["llm calls"] == 6
 
 
+def test_runs_and_report_write_each_time_with_its_utc_offset(tmp_path, monkeypatch):
+    """`report RUN` wrote "report written 2026-12-06 05:12" (this machine's clock, zone unsaid)
+    and `runs` the runs' dates in UTC, unsaid: each time now says its offset, as the report's
+    "started" row did (the run's own offset, from config.json)."""
+    import time
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        make_run(tmp_path, "east", created="2025-01-01T12:00:00+0100")
+        result = invoke("report", "east", "--runs-dir", tmp_path / "runs", "-o", "-")
+        assert result.exit_code == 0, result.output
+        html = unescape(result.stdout)
+        assert "<dt>started</dt><dd>2025-01-01 12:00 UTC+01:00</dd>" in html
+        assert re.search(r"report written \d{4}-\d\d-\d\d \d\d:\d\d UTC-0[45]:00<", html), html[:3000]
+        table = invoke("runs", "--runs-dir", tmp_path / "runs")
+        assert table.exit_code == 0 and "2025-01-01 11:00 UTC" in table.output, table.output
+    finally:  # this process's zone back as it was, for the tests that follow
+        monkeypatch.undo()
+        time.tzset()
+
+
 def test_runs_shows_whole_numbers_as_such_beside_an_unreadable_run(tmp_path):
     """An unreadable run's row has no shots, seed or LLM calls: pandas made the columns floats
     and every other row read `2.0  0.0 ... 6.0`."""

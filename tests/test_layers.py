@@ -130,14 +130,32 @@ def test_the_rules_see_a_violation(tmp_path):
         bad.unlink()
 
 
-def test_the_readme_architecture_tree_names_every_module_of_the_search_side():
-    """The README's Architecture tree names agent/'s modules one by one, with those of llm/
-    and sweep/ (agent/core/, agent/cli/ and runs/ it sums up): agent/tracking.py and
-    sweep/reaper.py were left out of it."""
+def test_the_readme_architecture_tree_names_every_module_of_both_sides():
+    """The README's Architecture tree names agent/'s modules one by one, with those of llm/,
+    runs/ and sweep/, and evaluators/' (agent/core/, agent/cli/, evaluators/backbones/ and
+    demo/ it sums up): agent/tracking.py and sweep/reaper.py were left out of it, then
+    runs/compact.py and evaluators/hf.py."""
     import re
 
     section = (REPO / "README.md").read_text(encoding="utf-8").split("\n## Architecture\n", 1)[1].split("\n## ", 1)[0]
     tree = section.split("```")[1]
-    modules = [path.relative_to(REPO).as_posix() for folder in ("agent", "agent/llm", "agent/sweep")
+    modules = [path.relative_to(REPO).as_posix() for folder in ("agent", "agent/llm", "agent/runs", "agent/sweep",
+                                                                "evaluators")
                for path in sorted((REPO / folder).glob("*.py")) if path.stem != "__init__"]
     assert modules and [m for m in modules if not re.search(rf"\b{re.escape(Path(m).name)}", tree)] == []
+
+
+def test_docs_architecture_names_every_module():
+    """docs/architecture.md's Layout lists every module of agent/ and evaluators/ (demo/ it
+    sums up; backbones/ by concept, without .py): agent/tracking.py, evaluators/hf.py, cli's
+    mlflow.py and params.py, core's backbones.py and classnames.py were missing."""
+    import re
+
+    layout = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8").split("\n## Layout\n", 1)[1]
+    tree = layout.split("```")[1]
+    modules = [path for path in sorted((REPO / "agent").rglob("*.py")) + sorted((REPO / "evaluators").glob("*.py"))
+               if path.name != "__init__.py" or path.parent.name == "cli"]
+    backbones = [path for path in sorted((REPO / "evaluators" / "backbones").glob("*.py")) if path.stem != "__init__"]
+    missing = [p for p in modules if not re.search(rf"(?m)^ +{re.escape(p.name)} ", tree)]
+    missing += [p for p in backbones if not re.search(rf"(?m)^ +{re.escape(p.stem)} ", tree)]
+    assert modules and backbones and [p.relative_to(REPO).as_posix() for p in missing] == []

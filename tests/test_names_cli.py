@@ -79,6 +79,11 @@ def test_search_renames_a_class_and_every_reader_carries_the_names(run):
 
     shown = run("show", "n", "--runs-dir", run.runs).output
     assert "Class names (1 of 4 changed" in shown and "jeans" in shown and "Names turns" in shown
+    # the pair the names turn kept (the search tags it "names") is listed by where its template came
+    # from: `show` had said "names", as if a names turn had written the template
+    kept = next(t for t in json.loads((run.runs / "n" / "summary.json").read_text())["top"] if t["origin"] == "names")
+    assert read.winners().set_index("template").loc[kept["template"], "origin"] == "pool + names"
+    assert re.search(rf"^2 +{re.escape(kept['template'])} +pool \+ names +", shown, flags=re.M), shown
     summary_path = run.runs / "n" / "summary.json"
     long_name = "a very long folder name " * 8  # 192 characters: the terminal's table is not that wide
     kept = summary_path.read_text()

@@ -21,6 +21,44 @@ def test_seeds_from_ranges_and_lists():
             sweeps.parse_seeds([bad])
 
 
+@pytest.mark.parametrize("seeds, said", [
+    ("18446744073709551616", "grid: --seeds 18446744073709551616: not in the range 0<=x<2**64"),
+    ("0-18446744073709551616", "grid: --seeds 18446744073709551616: not in the range 0<=x<2**64"),
+    ("0-99999999999", "grid: --seeds 0-99999999999: 100,000,000,000 seeds, more than the 10,000 cells"),
+])
+def test_seeds_out_of_range_or_too_many_are_refused_before_anything_starts(seeds, said, tmp_path):
+    """`sweep s1 --seeds=18446744073709551616` had started Ray and ended in "Remote end closed
+    connection without response"; --seeds 0-99999999999 built a set of 10**11 seeds."""
+    runs = tmp_path / "runs"
+    refused = CliRunner().invoke(cli, ["sweep", "s1", f"--seeds={seeds}", "--dataset", "fashion-mnist",
+                                       "--runs-dir", str(runs), "--address", "127.0.0.1:1"])
+    assert refused.exit_code == 1 and said in refused.output and "Ray" not in refused.output, refused.output
+    assert not runs.exists()
+
+
+@pytest.mark.parametrize("seeds, said", [
+    ("18446744073709551616", "grid: --seeds 18446744073709551616: not in the range 0<=x<2**64"),
+    ("-1", "grid: --seeds -1: not in the range 0<=x<2**64"),
+    ('"0-99999999999"', "100,000,000,000 seeds, more than the 10,000 cells"),
+])
+def test_a_grid_file_s_seeds_are_refused_in_the_words_the_flag_gets(seeds, said, tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(f'[grid]\ndataset = ["fashion-mnist"]\nseeds = [{seeds}]\n')
+    with pytest.raises(PromptclimbError) as refused:
+        sweeps.prepare_sweep(tmp_path / "runs" / "s", *sweeps.read_grid_file(grid))
+    assert said in str(refused.value)
+    assert sweeps.parse_seeds([9999, "0-9998", "5-7"]) == list(range(10_000))  # 10,000 seeds: the most
+    with pytest.raises(PromptclimbError, match="10,001 seeds, more than the 10,000 cells"):
+        sweeps.parse_seeds(["0-9998", "5-7", "9999,10000"])
+
+
+def test_a_grid_of_more_than_10000_cells_is_refused_naming_its_axes():
+    with pytest.raises(PromptclimbError, match=r"grid of 10,002 cells \(2 datasets x 1 backbones x 1 shots x 5,001 "
+                                               r"seeds\): a sweep may have at most 10,000 cells"):
+        sweeps.check_grid({"dataset": ["fashion-mnist", "eurosat"], "seeds": ["0-5000"]})
+    assert len(sweeps.check_grid({"dataset": ["fashion-mnist", "eurosat"], "seeds": ["0-4999"]})["seeds"]) == 5000
+
+
 def test_cells_are_named_by_their_grid_point_with_the_search_default_backbone():
     settings = {"grid": sweeps.check_grid({"dataset": ["fashion-mnist", "eurosat"], "shots": [1, 4],
                                            "seeds": ["1-2"]}), "search": {}}

@@ -20,7 +20,7 @@ from promptclimb.agent.core.defaults import DEFAULT_PRECISION, PRECISION_HELP, P
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.cli.errors import user_errors
 from promptclimb.agent.cli.params import TableText
-from promptclimb.agent.core.format import markdown_text, pct, shortened
+from promptclimb.agent.core.format import markdown_text, moment, pct, shortened
 from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.options import BY_KEYWORD
 from promptclimb.agent.runs.reading import Run, find_run, run_start_names, runs_frame
@@ -138,7 +138,7 @@ def runs_cmd(runs_dir, fmt):
         raise PromptclimbError(f"no runs under {Path(runs_dir).resolve()} (start one with `promptclimb search`, "
                                "or point --runs-dir elsewhere)")
     if fmt in ("table", "markdown") and not frame.empty:
-        frame = frame.assign(date=frame["date"].dt.strftime("%Y-%m-%d %H:%M"))
+        frame = frame.assign(date=frame["date"].map(moment))  # UTC, and saying so
     click.echo(as_text(frame, fmt, percent=("train", "test")))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
+from datetime import datetime, timezone
 
 
 def pct(value, decimals: int = 1) -> str:
@@ -21,6 +22,16 @@ def pct(value, decimals: int = 1) -> str:
 def pct_by_split(values: dict) -> str:
     """Per-split values on one line: "train 61.2%  val 58.0%" (console summaries)."""
     return "  ".join(f"{split} {pct(value)}" for split, value in values.items())
+
+
+def moment(when: datetime | None = None) -> str:
+    """A time as `runs` and the report write it: to the minute, with its UTC offset
+    ("2025-01-01 12:00 UTC+01:00", "... UTC" at offset 0), as the run recorded it (a run's
+    config.json `created`); `when` None or without a zone is now / that time on this machine's
+    clock. A time without its zone is ambiguous to whoever reads it elsewhere."""
+    if when is None or when.tzinfo is None:
+        when = (when or datetime.now()).astimezone()
+    return f"{when:%Y-%m-%d %H:%M} {timezone(when.utcoffset()).tzname(None)}"
 
 
 def shortened(text: str, width: int) -> str:

@@ -426,7 +426,9 @@ class Run:
         listed once, at its best place, with the figures of its best names (under --search
         names|both the run scored it with several sets of names), as `transfer` ranks them:
         summary.json's `top` (which holds a template once per set of names, and only as many
-        entries as the search kept), then the rest of the run's scores as the search ranks them."""
+        entries as the search kept), then the rest of the run's scores as the search ranks them.
+        `origin`: where the template came from (`template_origin`: "pool + names" for a pair a
+        names turn kept)."""
         k = whole_number(k, "Run.winners()", "k", 1)
         final = self.final
         rows = []
@@ -448,7 +450,8 @@ class Run:
                 acc = dict(t.get("accuracy") or {})
                 if t.get("template") == final["best"].get("template"):
                     acc = {**acc, **(final["best"].get("accuracy") or {})}
-                rows.append({"rank": i, "template": t.get("template"), "origin": t.get("origin"), **acc})
+                rows.append({"rank": i, "template": t.get("template"),
+                             "origin": self.template_origin(t.get("template"), t.get("origin")), **acc})
             ensemble = final.get("ensemble")
             if ensemble:
                 verdict = "" if "chosen" not in ensemble else " (chosen)" if ensemble["chosen"] else " (candidate)"
@@ -456,10 +459,23 @@ class Run:
                              "origin": "top-k", **(ensemble.get("accuracy") or {})})
         else:  # an unfinished run: rank what was scored (no test accuracy yet)
             for i, row in enumerate(self.ranked().drop_duplicates("template").head(k).itertuples(), start=1):
-                rows.append({"rank": i, "template": row.template, "origin": row.origin,
+                rows.append({"rank": i, "template": row.template,
+                             "origin": self.template_origin(row.template, row.origin),
                              **{s: getattr(row, s) for s in ("train", "val") if hasattr(row, s)}})
         frame = pd.DataFrame(rows, columns=["rank", "template", "origin", "train", "val", "test"])
         return frame
+
+    def template_origin(self, template: str | None, origin: str | None) -> str | None:
+        """Where a winner's template came from, as `show` and the report list it. The search
+        tags the (template, names) pair a names turn kept "names" (summary.json, `scores()`),
+        which said nothing of the template: a names turn only re-scores the best template
+        under new names. Such a pair is its template's own origin, renamed: "pool + names"
+        (or "llm + names"; "names" alone where the history holds no score of the template)."""
+        if origin != "names":
+            return origin
+        first = next((e.get("origin") for e in self.events if e["event"] in ("score", "shared")
+                      and e.get("template") == template and e.get("origin") not in (None, "names")), None)
+        return origin if first is None else f"{first} + names"
 
     def _rank(self, frame: pd.DataFrame) -> pd.DataFrame:
         """`frame`'s rows best first, sorted as the search sorts its scoreboard

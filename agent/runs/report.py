@@ -11,14 +11,13 @@ import base64
 import json
 import math
 import tempfile
-import time
 from pathlib import Path
 
 import jinja2
 
 from promptclimb.agent.adapt import adapter_said
 from promptclimb.agent.core.files import write_text_atomic
-from promptclimb.agent.core.format import pct
+from promptclimb.agent.core.format import moment, pct
 from promptclimb.agent.core.paths import prompts_dir
 from promptclimb.agent.runs.compact import CLASSES_IN_FULL, confusion_matrix
 from promptclimb.agent.runs.reading import Run
@@ -50,13 +49,13 @@ def facts(run: Run) -> list[tuple[str, str]]:
         out += [("optimizer", f"{run.config.get('optimizer')}, {settings.get('queries', '?')} queries"),
                 ("soft prompt", f"{soft.get('tokens', '?')} vectors ({soft.get('file', '?')}), started from "
                                 f"{soft.get('init')!r}; nearest tokens {' '.join(soft.get('nearest_tokens') or [])!r}"),
-                ("started", run.created.strftime("%Y-%m-%d %H:%M %Z").strip())]
+                ("started", moment(run.created))]
     else:
         out += [
             ("LLM", run.llm), ("pool", run.pool), ("ranked by", run.ranked_by),
             ("search", f"{search.get('restarts', '?')} restart(s) × {search.get('resets', '?')} reset(s) × "
                        f"{search.get('iterations', '?')} iteration(s), {search.get('proposals', '?')} proposals each"),
-            ("started", run.created.strftime("%Y-%m-%d %H:%M %Z").strip()),
+            ("started", moment(run.created)),
             ("LLM answers", f"{len(run.answers())} ({ledger.get('cache_hits', 0)} from the cache)"),
             ("tokens", f"{ledger.get('prompt_tokens', 0):,} prompt + {ledger.get('completion_tokens', 0):,} completion"),
             ("templates scored", counts.get("scored", len(run.of("score")))),
@@ -94,7 +93,7 @@ def render(run: Run, plot_png: Path | None = None) -> str:
         run=run, head=facts(run), winners=winners, plot=plot, transfers=transfers, iterations=run.iterations(),
         conversation=run.conversation(), skipped=run.skipped,
         config_json=json.dumps(config, indent=2, ensure_ascii=False),
-        generated=time.strftime("%Y-%m-%d %H:%M"),
+        generated=moment(),
     )
 
 

@@ -34,7 +34,7 @@ import sys
 import time
 import traceback
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
@@ -62,6 +62,9 @@ CELL_OPTIONS = ("dataset", "backbone", "shots", "seed", "name", "resume", "json"
 CELL_LOCK_WAIT_S = 30  # how long a cell waits for another process to let go of its run
 CELL_STOP_GRACE_S = 10  # how long a stopped sweep waits for its running cells to say where they stopped
 RESULTS = ("best", "ensemble", "adapter")  # test accuracies the report aggregates
+# The most cells a grid may have (datasets x backbones x shots x seeds), refused before anything
+# starts: --seeds 0-99999999999 had built a set of 10**11 seeds, and would have run as many cells.
+MAX_CELLS = 10_000
 
 
 # -- the grid -------------------------------------------------------------------------------
@@ -82,17 +85,35 @@ class Cell:
 
 
 def parse_seeds(values: Sequence) -> list[int]:
-    """Seeds from "1-3", "1,4,7", 5 or a list of those: sorted, each once."""
-    seeds: set[int] = set()
+    """Seeds from "1-3", "1,4,7", 5 or a list of those: sorted, each once. Each seed is
+    checked as `search --seed` checks it, and the seeds are counted before any set is
+    built: --seeds 18446744073709551616 had failed inside Ray, --seeds 0-99999999999 had
+    built a set of 10**11 seeds."""
+    from promptclimb.agent.options import BY_KEYWORD, check_value
+
+    seed = replace(BY_KEYWORD["seed"], flag="--seeds")
+    spans: list[tuple[int, int]] = []
     for value in values:
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise PromptclimbError(f"seeds: {value!r} is not a seed, a range like 1-3 or a list like 1,4")
-        for part in str(value).replace(" ", "").split(","):
+        if isinstance(value, int):  # a TOML number: -1 or 2**64 is out of --seed's range, not "not a seed"
+            value = str(check_value(seed, value, "grid: "))
+        for part in value.replace(" ", "").split(","):
             found = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
             if not found or (found[2] and int(found[2]) < int(found[1])):
                 raise PromptclimbError(f"seeds: {part!r} is not a seed, a range like 1-3 or a list like 1,4")
-            seeds.update(range(int(found[1]), int(found[2] or found[1]) + 1))
-    return sorted(seeds)
+            spans.append((int(found[1]), check_value(seed, int(found[2] or found[1]), "grid: ")))
+    merged: list[list[int]] = []  # 1-3 with 2 is 3 seeds, not 4
+    for low, high in sorted(spans):
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], high)
+        else:
+            merged.append([low, high])
+    count = sum(high - low + 1 for low, high in merged)
+    if count > MAX_CELLS:
+        raise PromptclimbError(f"grid: --seeds {','.join(map(str, values))}: {count:,} seeds, more than the "
+                               f"{MAX_CELLS:,} cells a sweep may have; give fewer seeds")
+    return [s for low, high in merged for s in range(low, high + 1)]
 
 
 def read_grid_file(path: str | Path) -> tuple[dict, dict]:
@@ -138,6 +159,11 @@ def check_grid(grid: dict) -> dict:
             "seeds": parse_seeds(grid.get("seeds") or [0])}
     if not grid["dataset"]:
         raise PromptclimbError("a sweep needs at least one --dataset (or a [grid] dataset list in --grid FILE)")
+    sizes = [len(grid["dataset"]), len(grid["backbone"]) or 1, len(grid["shots"]), len(grid["seeds"])]
+    if math.prod(sizes) > MAX_CELLS:
+        axes = " x ".join(f"{size:,} {axis}" for size, axis in zip(sizes, ("datasets", "backbones", "shots", "seeds")))
+        raise PromptclimbError(f"grid of {math.prod(sizes):,} cells ({axes}): a sweep may have at most "
+                               f"{MAX_CELLS:,} cells; split it into several sweeps")
     return grid
 
 
