@@ -174,6 +174,26 @@ def test_a_cell_waits_a_moment_for_its_run_lock(released_after_s, tmp_path, monk
         assert outcome["state"] == "failed" and "another promptclimb process" in outcome["error"] and not searched
 
 
+def test_a_cell_s_log_header_says_its_time_zone(tmp_path, monkeypatch):
+    """search.log's header read "--- 2026-12-06 05:12:40 starting on ...", the worker's local
+    time with no zone: it says its UTC offset, as `runs` and the report do."""
+    import re
+    import time
+
+    cell = tmp_path / "sweep" / "cell"
+    cell.mkdir(parents=True)
+    monkeypatch.setattr(sweeps, "search_when_free", lambda cell_dir, opts, echo: None)
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert sweeps.run_cell(str(cell), {}) == {"state": "finished"}
+    finally:  # this process's zone back as it was, for the tests that follow
+        monkeypatch.undo()
+        time.tzset()
+    header = (cell / "search.log").read_text().splitlines()[0]
+    assert re.fullmatch(r"--- \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC-0[45]:00 starting on .+ \(pid \d+\)", header), header
+
+
 def test_sweep_report_means_and_sds_over_finished_seeds(tmp_path):
     sweep_dir = tmp_path / "runs" / "s"
     settings = sweeps.prepare_sweep(sweep_dir, {"dataset": ["fashion-mnist"], "shots": [1], "seeds": ["1-3"]}, {})

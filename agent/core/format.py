@@ -24,14 +24,16 @@ def pct_by_split(values: dict) -> str:
     return "  ".join(f"{split} {pct(value)}" for split, value in values.items())
 
 
-def moment(when: datetime | None = None) -> str:
+def moment(when: datetime | None = None, seconds: bool = False) -> str:
     """A time as `runs` and the report write it: to the minute, with its UTC offset
     ("2025-01-01 12:00 UTC+01:00", "... UTC" at offset 0), as the run recorded it (a run's
     config.json `created`); `when` None or without a zone is now / that time on this machine's
-    clock. A time without its zone is ambiguous to whoever reads it elsewhere."""
+    clock. A time without its zone is ambiguous to whoever reads it elsewhere. `seconds` for
+    a log's lines ("2025-01-01 12:00:07 UTC+01:00"), where two starts may fall in one minute."""
     if when is None or when.tzinfo is None:
         when = (when or datetime.now()).astimezone()
-    return f"{when:%Y-%m-%d %H:%M} {timezone(when.utcoffset()).tzname(None)}"
+    clock = "%H:%M:%S" if seconds else "%H:%M"
+    return f"{when:%Y-%m-%d {clock}} {timezone(when.utcoffset()).tzname(None)}"
 
 
 def shortened(text: str, width: int) -> str:

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 from promptclimb.agent.core.errors import (EXIT_TERMINATED, PromptclimbError, sigterm_raises_systemexit,
                                             sigterm_received)
 from promptclimb.agent.core.files import write_json_atomic, write_text_atomic
-from promptclimb.agent.core.format import shell_command
+from promptclimb.agent.core.format import moment, shell_command
 from promptclimb.agent.core.paths import absolute, missing_folders, remove_while_empty
 from promptclimb.agent.core.runfiles import CELL_ERROR, CELL_LOG, CONFIG, SUMMARY, SWEEP_FILE
 from promptclimb.agent.runs.store import RUN, SWEEP, RunLocked, check_folder_name, claim_folder, has_summary
@@ -397,7 +397,7 @@ def run_cell(cell_dir: str, opts: dict) -> dict:
             log.write(f"{message}\n")
             log.flush()
 
-        echo(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} "
+        echo(f"--- {moment(seconds=True)} "
              f"{'resuming' if (cell_dir / CONFIG).exists() else 'starting'} "
              f"on {platform.node()} (pid {os.getpid()})")
         try:
