@@ -110,6 +110,7 @@ class Synced:
     prompt: str | None
     artifact_uri: str | None = None  # where the run folder's files went
     completed_answers: int = 0  # logged before they were complete, again now with their values
+    cells: tuple[tuple[str, "Synced"], ...] = ()  # a sweep's: each cell's sync, by folder name (the counts: in all)
 
 
 # -- the API --------------------------------------------------------------------------------
@@ -129,7 +130,8 @@ def sync_run(run_dir: str | Path, tracking_uri: str | None = None, experiment: s
 
 def sync_sweep(sweep_dir: str | Path, tracking_uri: str | None = None, experiment: str = EXPERIMENT) -> Synced:
     """Log a sweep folder: a parent run (sweep.json's grid and options as params, the sweep's
-    own files as artifacts) and, nested under it, each cell's run (`sync_run`)."""
+    own files as artifacts) and, nested under it, each cell's run (`sync_run`). Its answer
+    counts are the cells' in all; `cells` has each cell's."""
     sweep_dir = Path(sweep_dir)
     settings = read_sweep(sweep_dir)  # a damaged sweep.json is one line
     cells = [sweep_dir / name for name in settings.get("cells", []) if (sweep_dir / name / CONFIG).exists()]
@@ -145,7 +147,8 @@ def sync_sweep(sweep_dir: str | Path, tracking_uri: str | None = None, experimen
         drop_runs_of_redone_cells(parent, nested)
         finished = [c for c in cells if has_summary(c)]
         parent.set_status("FINISHED" if len(finished) == len(settings.get("cells", [])) else "KILLED", time.time())
-    return Synced(parent.run_id, parent.experiment_id, parent.key, 0, None, parent.artifact_uri())
+    return Synced(parent.run_id, parent.experiment_id, parent.key, sum(c.new_answers for c in nested.values()), None,
+                  parent.artifact_uri(), sum(c.completed_answers for c in nested.values()), tuple(nested.items()))
 
 
 def drop_runs_of_redone_cells(parent: "Mirror", nested: dict[str, Synced]) -> None:

@@ -726,6 +726,28 @@ def test_a_sync_that_fails_midway_ends_its_mlflow_run_as_failed_and_the_next_con
 
 
 
+def test_a_sweep_s_sync_says_each_cell_s_answer_counts_and_the_total(tmp_path, fake):
+    """`mlflow-sync SWEEP` printed "(sweep, cells nested)" and no count, while a run's sync
+    says how many answers it logged: each cell's run now says it, on a line of its own, and
+    the sweep's line the total."""
+    from promptclimb.agent.tracking import answer_metrics
+
+    sweep, uri = tmp_path / "runs" / "grid", sqlite_uri(tmp_path / "store")
+    for cell in ("c1", "c2"):
+        finished_run(fake, sweep, cell)
+    (sweep / "sweep.json").write_text(json.dumps({"grid": {"dataset": ["toy"]}, "search": {}, "cells": ["c1", "c2"]}))
+    answers = len(answer_metrics(load_run(sweep / "c2")))
+    assert answers >= 2 and sync_run(sweep / "c1", uri).new_answers == answers  # c1 logged on its own before
+
+    synced = mlflow_sync(sweep, "--tracking-uri", uri)
+    assert synced.exit_code == 0, synced.output
+    lines = synced.output.splitlines()
+    assert lines[0] == (f"grid: MLflow run {linked_run_id(sweep, uri)} (sweep, 2 cells nested; "
+                        f"in all {answers} answers logged now)"), synced.output
+    assert lines[1].startswith("  artifacts: ")
+    assert lines[2:] == ["  cell c1: 0 answers logged now", f"  cell c2: {answers} answers logged now"], synced.output
+
+
 def test_a_sweep_whose_cell_has_an_empty_summary_is_not_finished(tmp_path, fake):
     """A cell whose summary.json is empty (a crash between creating and writing it) counted as
     finished, and the sweep's run was FINISHED; the readers read that cell as unfinished."""

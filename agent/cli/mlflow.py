@@ -55,9 +55,13 @@ def mlflow_sync_cmd(runs, tracking_uri, experiment, runs_dir):
             click.echo(f"Error: {folder.name}: {exc}", err=True)
             failed += 1
             continue
-        what = "sweep, cells nested" if is_sweep else answers_said(synced)
+        n = len(synced.cells)
+        what = f"sweep, {n} cell{'' if n == 1 else 's'} nested; in all {answers_said(synced)}" if is_sweep \
+            else answers_said(synced)
         prompt = f"; prompt {synced.prompt}" if synced.prompt else ""
         click.echo(f"{folder.name}: MLflow run {synced.run_id} ({what}{prompt}){_link(synced)}")
+        for cell, cell_synced in synced.cells:  # what each cell's run got, as a run's sync says it
+            click.echo(f"  cell {cell}: {answers_said(cell_synced)}")
     if failed:
         sys.exit(1)
 
