@@ -80,6 +80,9 @@ MLFLOW_FILE = "mlflow.json"  # in a run (or sweep) folder: {"v": 1, "runs": {uri
 STEP_KEY = "new_proposals"  # logged for every answer: its history says which answers the server has, and when
 ANSWER_KEYS = ("best_train_accuracy", "best_val_accuracy", STEP_KEY, "refused_proposals", "prompt_tokens",
                "completion_tokens")  # an answer's metrics (`answer_metrics`)
+# an answer's own: read from its one history line, so the events after it (which complete an
+# answer logged while it was scored) never change them, and a sync never asks for their history
+FIXED_KEYS = ("prompt_tokens", "completion_tokens")
 REFUSED = ("reject", "name_reject")  # events of an answer's proposals that were not scored
 RESULTS = ("best", "ensemble", "adapter")  # summary.json sections whose test accuracy is logged
 PARENT_TAG = "mlflow.parentRunId"
@@ -379,9 +382,11 @@ class Mirror:
     def ask_server(self) -> None:
         """The answers the server has: `logged`, step -> the time of the first values at the
         step (the answer's own; later ones are its values completed, `log_answers`), and
-        `unsure`, each step's time and values as MLflow shows them: its latest ones."""
+        `unsure`, each step's time and values as MLflow shows them: its latest ones. One
+        request per key an answer's completion can change (MLflow reads one metric's history
+        at a time); FIXED_KEYS never change, so their histories are not asked for."""
         self.logged, self.unsure = {}, {}
-        for key in ANSWER_KEYS:
+        for key in (k for k in ANSWER_KEYS if k not in FIXED_KEYS):
             # oldest first, as MLflow orders them (by time, then value): the last one it shows
             for metric in sorted(self.client.get_metric_history(self.run_id, key), key=lambda m: (m.timestamp, m.value)):
                 if key == STEP_KEY:
@@ -461,9 +466,9 @@ class Mirror:
     def _again(self, step: int, values: dict[str, float], completed_at: int) -> tuple[int, dict, dict]:
         """An answer the server has (`unsure`), as the history has it now: the time its values
         are shown at (later, when values changed: MLflow shows a step's latest), all its
-        values, and those that changed."""
+        values, and those that changed (never FIXED_KEYS: `ask_server` does not read them)."""
         last, shown = self.unsure.pop(step)
-        changed = {k: v for k, v in values.items() if shown.get(k) != v}
+        changed = {k: v for k, v in values.items() if k not in FIXED_KEYS and shown.get(k) != v}
         return (max(completed_at, last + 1) if changed else last), {**shown, **values}, changed
 
     def log_results(self, run: Run) -> None:

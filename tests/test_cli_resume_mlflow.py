@@ -119,6 +119,45 @@ def test_an_answer_logged_before_it_was_scored_shows_its_completed_values_after_
     assert again.exit_code == 0 and "(0 answers logged now;" in again.output and "again with" not in again.output
     assert len(client.get_metric_history(run_id, "new_proposals")) == len(history) == 4  # steps 0, 1 (twice), 2
 
+def test_a_sync_asks_mlflow_only_for_the_metric_histories_a_resume_can_change(tmp_path, monkeypatch):
+    """Each sync of a run logged before asked MLflow for the history of all 6 answer metrics
+    (one request each) to find answers logged while they were scored. The tokens are the
+    answer's own, never changed by the scoring after it: 4 requests. What is logged is as
+    before: the completed answer again, its tokens once."""
+    uri, runs = sqlite_uri(tmp_path / "store"), tmp_path / "runs"
+    asked: list[str] = []
+    real = MlflowClient.get_metric_history
+
+    def counted(self, run_id, key):
+        asked.append(key)
+        return real(self, run_id, key)
+
+    def sync_asking() -> tuple[str, list[str]]:
+        asked.clear()
+        synced = mlflow_sync(runs / "t", "--tracking-uri", uri)
+        assert synced.exit_code == 0, synced.output
+        return synced.output, sorted(asked)
+
+    changing = ["best_train_accuracy", "best_val_accuracy", "new_proposals", "refused_proposals"]
+    monkeypatch.setattr(MlflowClient, "get_metric_history", counted)
+    with FakeLLM(responder=responder) as fake:
+        stopped = search(fake, ["search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "t"], stop_at=3)
+        assert stopped.exit_code == 130, stopped.output
+        assert sync_asking()[1] == []  # a new MLflow run: nothing to ask
+        resumed = search(fake, ["search", "--resume", runs / "t"])
+        assert resumed.exit_code == 0, resumed.output
+    said, histories = sync_asking()  # the second answer was logged while it was scored
+    assert histories == changing and "(1 answer logged now, 1 logged again with its completed values;" in said, said
+    said, histories = sync_asking()
+    assert histories == changing and "(0 answers logged now;" in said, said
+
+    client, run_id = MlflowClient(uri), linked_run_id(runs / "t", uri)
+    complete = {step: values for step, _, values in answer_metrics(load_run(runs / "t"))}
+    assert shown(client, run_id) == complete
+    for key in ("prompt_tokens", "completion_tokens"):  # each answer's once
+        assert sorted(m.step for m in real(client, run_id, key)) == sorted(complete), key
+
+
 def test_a_tracking_uri_with_a_password_is_printed_without_it_and_asked_for_again(tmp_path):
     """Tracking to a server that does not answer is one warning; the search goes on and is
     stopped: the command names the server, not the password, and says to give it again."""
