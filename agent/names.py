@@ -109,10 +109,11 @@ from promptclimb.agent.proposals import clean_line
 
 # Why a proposed name was not scored or not kept (the `reason` of a name_reject event); the
 # LLM reads REASONS[reason] (and the event's detail) in the next names turn.
-(UNKNOWN_CLASS, EMPTY, TOO_LONG, BRACES, NOT_ONE_NAME, WORD_TWICE, OTHER_CLASS, BUILT_ON, REPEAT, TOO_MANY, DRIFT,
- OWN_IMAGES, HELD_OUT, GUARD_NOT_ASKED) = (
+(UNKNOWN_CLASS, EMPTY, TOO_LONG, BRACES, NOT_ONE_NAME, WORD_TWICE, OTHER_CLASS, OTHER_KIND, BUILT_ON, REPEAT,
+ TOO_MANY, DRIFT, OWN_IMAGES, HELD_OUT, GUARD_NOT_ASKED) = (
     "unknown class", "empty", "too long", "braces", "not one name", "word twice", "another class's name",
-    "built on the name", "repeat", "too many", "drift", "own images lost", "worse held out", "guard not asked")
+    "a kind of another class", "built on the name", "repeat", "too many", "drift", "own images lost",
+    "worse held out", "guard not asked")
 REASONS = {
     UNKNOWN_CLASS: "not one of the classes",
     EMPTY: "empty name",
@@ -121,6 +122,7 @@ REASONS = {
     NOT_ONE_NAME: "a ':' in a name (write one line per class: `Class: name; name`)",
     WORD_TWICE: "a word written twice in one name",
     OTHER_CLASS: "the name of another class",
+    OTHER_KIND: "a kind of another class",
     BUILT_ON: "a longer word made from the class's name names something else",
     REPEAT: "already tried for this class",
     TOO_MANY: "more names than asked for this class",
@@ -277,6 +279,8 @@ def check_names(pairs: Sequence[tuple[str, str]], current: Sequence[str], start:
             reason = TOO_LONG
         elif (other := next((taken[f] for f in number_forms(key) if taken.get(f, c) != c), None)) is not None:
             reason, detail = OTHER_CLASS, current[other]
+        elif (other := kind_of_other_class(key, c, taken, (start[c], current[c]))) is not None:  # the demo kept
+            reason, detail = OTHER_KIND, current[other]  # "Dress -> dress shirt"
         elif built := word_built_on(name, (start[c], current[c])):  # "bootlace", kept on the bench
             reason, detail = BUILT_ON, f'"{built[0]}" from "{built[1]}"'
         elif key in tried.get(c, set()) or key in seen[c] or not key:
@@ -290,6 +294,24 @@ def check_names(pairs: Sequence[tuple[str, str]], current: Sequence[str], start:
         counts[c] += 1
         accepted.append(NameProposal(c, name, label))
     return accepted, refused
+
+
+def kind_of_other_class(key: str, cls: int, taken: Mapping[str, int], own_names: Sequence[str]) -> int | None:
+    """The other class the name `key`, proposed for `cls`, names a kind of, or None. English
+    compounds are right-headed: a dress shirt is a shirt, a tank top a top. So a name that
+    ends, after words of its own, with another class's name (a key of `taken`; the longest
+    such ending decides: a "v neck t shirt" is a T-shirt, not a Shirt) names a kind of that
+    class; unless the ending is one word that `cls`'s own names end with too (`own_names`, each
+    side of a '/'): a tee shirt is a T-shirt, though Shirt is another class."""
+    own_heads = {form for name in own_names for side in (sides_of(name) or (name,))
+                 for word in name_key(side).split()[-1:] for form in number_forms(word)}
+    words = key.split()
+    for start in range(1, len(words)):
+        ending = " ".join(words[start:])
+        found = next((taken[f] for f in (ending, *sorted(number_forms(ending))) if f in taken), None)
+        if found is not None:
+            return None if found == cls or (start == len(words) - 1 and number_forms(ending) & own_heads) else found
+    return None
 
 
 def refusals_shown(refused: Sequence[NameRefusal], names: Sequence[str]) -> list[dict]:

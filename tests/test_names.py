@@ -812,6 +812,33 @@ def test_a_longer_word_made_from_the_class_name_is_refused_and_its_forms_are_not
     assert refused[-1].detail == '"anklebootsy" from "ankle boot"'
 
 
+def test_a_name_ending_with_another_class_name_is_refused_as_a_kind_of_it():
+    """`make demo` kept Dress -> dress shirt (a shirt: English compounds name a kind of their
+    last part); the bench's runs proposed Tank Top for Trouser and Sweater Coat for Pullover."""
+    start = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Shirt", "Ankle boot", "Sneaker")
+    current = ("T-shirt/top", "pants", "Pullover", "Dress", "Coat", "Shirt", "Ankle boot", "Sneaker")
+    refused_names = [("Dress", "dress shirt"), ("Trouser", "Tank Top"), ("Pullover", "Sweater Coat"),
+                     ("Shirt", "Shirt dresses"), ("Dress", "yoga pants"), ("Sneaker", "leather ankle boots"),
+                     ("Coat", "V-neck T-shirt")]
+    kept_names = [("Shirt", "dress shirt"), ("T-shirt/top", "tank top"), ("T-shirt/top", "V-neck T-shirt"),
+                  ("T-shirt/top", "tee shirt"), ("Coat", "dress coat"), ("Sneaker", "running shoe"),
+                  ("Ankle boot", "hiking boot"), ("Dress", "shirtdress")]
+    accepted, refused = naming.check_names(refused_names + kept_names, current, start, {}, per_class=10)
+    assert [(r.name, r.reason, r.detail) for r in refused] == [
+        ("dress shirt", naming.OTHER_KIND, "Shirt"), ("Tank Top", naming.OTHER_KIND, "T-shirt/top"),
+        ("Sweater Coat", naming.OTHER_KIND, "Coat"), ("Shirt dresses", naming.OTHER_KIND, "Dress"),
+        ("yoga pants", naming.OTHER_KIND, "pants"), ("leather ankle boots", naming.OTHER_KIND, "Ankle boot"),
+        ("V-neck T-shirt", naming.OTHER_KIND, "T-shirt/top")]
+    assert [(p.label, p.name) for p in accepted] == kept_names
+    assert refused[0].shown() == "a kind of another class: Shirt"
+    # a one-word ending the class's own name ends with too is no other kind; a longer one is
+    crops = ("Annual Crop", "Permanent Crop", "Forest")
+    accepted, refused = naming.check_names([("Annual Crop", "cereal crop"), ("Annual Crop", "orchard permanent crop"),
+                                            ("Forest", "tree crop")], crops, crops, {}, per_class=4)
+    assert [p.name for p in accepted] == ["cereal crop", "tree crop"]  # "crop" alone names no class
+    assert [(r.name, r.detail) for r in refused] == [("orchard permanent crop", "Permanent Crop")]
+
+
 def test_the_shapes_the_bench_saw_are_read_as_one_name_or_refused():
     """Seen with the embedded model on the bench: the meta-prompt's "(first named X)" note
     copied into a name, notes of its own after a name, and a label with its names run

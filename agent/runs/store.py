@@ -54,10 +54,11 @@ Events:
     name_reject   restart, reset, iteration, call, class (or null), label (the class as
                   written), name, reason (a key of agent/names.py REASONS: "unknown class",
                   "empty", "too long", "braces", "not one name", "word twice", "another
-                  class's name", "built on the name", "repeat", "too many", "drift", "own
-                  images lost", "worse held out", "guard not asked": the LLM budget ran
-                  out before the drift guard could ask, and a stop event follows the
-                  turn), detail (for "guard not asked": the cap reached)
+                  class's name", "a kind of another class", "built on the name", "repeat",
+                  "too many", "drift", "own images lost", "worse held out", "guard not
+                  asked": the LLM budget ran out before the drift guard could ask, and a
+                  stop event follows the turn), detail (what the LLM reads after the
+                  reason: the other class's name, the cap reached, ...)
     name_score    restart, reset, iteration, call, template, names, changes [{class, from,
                   to}] (one: a proposal; several: a combination), accuracy, loss, prob
     names_judge   restart, reset, iteration, call, class, name, request_key, answer, usage,
