@@ -273,7 +273,7 @@ def check_names(pairs: Sequence[tuple[str, str]], current: Sequence[str], start:
             reason = BRACES
         elif ":" in name:  # "Bag: Bag: Bag" - a label and its names run together
             reason = NOT_ONE_NAME
-        elif len(set(key.split())) < len(key.split()):  # "Sweater Sweater Pullover", kept once on the bench
+        elif word_repeated(key):  # "Sweater Sweater Pullover" and "Sweater Sweaters", each kept once on the bench
             reason = WORD_TWICE
         elif len(name) > MAX_NAME_CHARS:
             reason = TOO_LONG
@@ -294,6 +294,16 @@ def check_names(pairs: Sequence[tuple[str, str]], current: Sequence[str], start:
         counts[c] += 1
         accepted.append(NameProposal(c, name, label))
     return accepted, refused
+
+
+def word_repeated(key: str) -> bool:
+    """Whether a name (its `name_key`) writes a word twice, in the singular or the plural."""
+    seen: set[str] = set()
+    for word in key.split():
+        if number_forms(word) & seen:
+            return True
+        seen |= number_forms(word)
+    return False
 
 
 def kind_of_other_class(key: str, cls: int, taken: Mapping[str, int], own_names: Sequence[str]) -> int | None:

@@ -887,13 +887,16 @@ def test_the_shapes_the_bench_saw_are_read_as_one_name_or_refused():
     assert [(r.name, r.reason) for r in refused] == [("cuffs", naming.UNKNOWN_CLASS)]
     # a note holding the separator is one note, not two names; a name that repeats a word is refused
     pairs = naming.parse_names("Trouser: slacks (slacks; another class name); chinos\n"
-                               "Dress: Gown Gown Dress; T-Shirt Top T-shirt top; ball gown")
+                               "Dress: Gown Gown Dress; T-Shirt Top T-shirt top; ball gown; dress-dresses")
     assert pairs == [("Trouser", "slacks"), ("Trouser", "chinos"), ("Dress", "Gown Gown Dress"),
-                     ("Dress", "T-Shirt Top T-shirt top"), ("Dress", "ball gown")]
-    accepted, refused = naming.check_names(pairs, start, start, {}, per_class=4)
+                     ("Dress", "T-Shirt Top T-shirt top"), ("Dress", "ball gown"), ("Dress", "dress-dresses")]
+    accepted, refused = naming.check_names(pairs + [("Bag", "bags bag")], start, start, {}, per_class=4)
     assert [(p.cls, p.name) for p in accepted] == [(1, "slacks"), (1, "chinos"), (2, "ball gown")]
+    # in the singular and the plural too (this session's bench kept Pullover -> Sweater Sweaters)
     assert [(r.name, r.reason) for r in refused] == [("Gown Gown Dress", naming.WORD_TWICE),
-                                                     ("T-Shirt Top T-shirt top", naming.WORD_TWICE)]
+                                                     ("T-Shirt Top T-shirt top", naming.WORD_TWICE),
+                                                     ("dress-dresses", naming.WORD_TWICE),
+                                                     ("bags bag", naming.WORD_TWICE)]
 
 
 ABLATIONS = sorted(p for p in (Path(__file__).resolve().parents[1] / "prompts" / "ablations").iterdir() if p.is_dir())
