@@ -143,15 +143,16 @@ def sync_sweep(sweep_dir: str | Path, tracking_uri: str | None = None, experimen
     with mlflow_errors():
         parent = Mirror.open(sweep_dir, tracking_uri, experiment)
     with mlflow_errors(), failed_if_new(parent):
+        held = parent.client.get_run(parent.run_id)  # what the server holds: asked once
         parent.log_params({**flat_params({k: v for k, v in settings.items() if k != "cells"}),
-                           "cells": str(len(settings.get("cells", [])))})
+                           "cells": str(len(settings.get("cells", [])))}, held.data.params)
         parent.log_files()
         nested = {cell.name: sync_run(cell, parent.uri, experiment, parent_run_id=parent.run_id) for cell in cells}
         drop_runs_of_redone_cells(parent, nested)
         finished = [c for c in cells if has_summary(c)]
         parent.set_status("FINISHED" if len(finished) == len(settings.get("cells", [])) else "KILLED", time.time())
     return Synced(parent.run_id, parent.experiment_id, parent.key, sum(c.new_answers for c in nested.values()), None,
-                  parent.artifact_uri(), sum(c.completed_answers for c in nested.values()), tuple(nested.items()))
+                  held.info.artifact_uri, sum(c.completed_answers for c in nested.values()), tuple(nested.items()))
 
 
 def drop_runs_of_redone_cells(parent: "Mirror", nested: dict[str, Synced]) -> None:
@@ -410,24 +411,23 @@ class Mirror:
         run = load_run(self.folder) if run is None else run
         if self.redone(run):
             self.replace()
-        self.log_params(flat_params({k: v for k, v in run.config.items() if k != "v"}))
+        # What the server holds, asked once: what this sync logs before each use leaves the
+        # part it reads unchanged (its params, result metrics and prompt tags; its artifact URI)
+        held = self.client.get_run(self.run_id)
+        self.log_params(flat_params({k: v for k, v in run.config.items() if k != "v"}), held.data.params)
         self.client.log_batch(self.run_id, tags=_tags(run_tags(run)))
         new, completed = self.log_answers(run, hold_last=writing)
-        self.log_results(run)
+        self.log_results(run, held.data.metrics)
         if files:
             self.log_files()
-        prompt = self.register_prompt(run)
+        prompt = self.register_prompt(run, held.data.tags)
         self.set_status("FINISHED" if run.final else "RUNNING" if writing else "KILLED", _last_time(run))
-        return Synced(self.run_id, self.experiment_id, self.key, new, prompt, self.artifact_uri(), completed)
+        return Synced(self.run_id, self.experiment_id, self.key, new, prompt, held.info.artifact_uri, completed)
 
-    def artifact_uri(self) -> str:
-        """Where the run's artifacts are: the experiment's artifact location decided it."""
-        return self.client.get_run(self.run_id).info.artifact_uri
-
-    def log_params(self, params: dict[str, str]) -> None:
+    def log_params(self, params: dict[str, str], have: dict[str, str]) -> None:
+        """The params the server does not `have` (MLflow's are write-once)."""
         from mlflow.entities import Param
 
-        have = self.client.get_run(self.run_id).data.params
         self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items() if k not in have])
 
     def log_answers(self, run: Run, hold_last: bool) -> tuple[int, int]:
@@ -471,13 +471,13 @@ class Mirror:
         changed = {k: v for k, v in values.items() if k not in FIXED_KEYS and shown.get(k) != v}
         return (max(completed_at, last + 1) if changed else last), {**shown, **values}, changed
 
-    def log_results(self, run: Run) -> None:
+    def log_results(self, run: Run, have: dict[str, float]) -> None:
         """The test accuracy of the best template, the ensemble and the adapter (again only
-        when it changed: `promptclimb adapt` may fit another adapter later)."""
+        when it differs from what the server `have`s: `promptclimb adapt` may fit another
+        adapter later)."""
         from mlflow.entities import Metric
 
         final = run.final or {}
-        have = self.client.get_run(self.run_id).data.metrics
         step, stamp = sum(e["event"] in LLM_EVENTS for e in run.events), int(_last_time(run) * 1000)
         metrics = [Metric(f"{name}_test_accuracy", value, stamp, step) for name in RESULTS
                    if (value := _test_accuracy(final.get(name))) is not None
@@ -491,15 +491,15 @@ class Mirror:
             if path.is_file() and not path.name.startswith(".") and path.name != MLFLOW_FILE:
                 self.client.log_artifact(self.run_id, str(path))
 
-    def register_prompt(self, run: Run) -> str | None:
-        """The winning template as a new version in the prompt registry, once per run;
-        returns its URI (None while the run has no result)."""
+    def register_prompt(self, run: Run, tags: dict[str, str]) -> str | None:
+        """The winning template as a new version in the prompt registry, once per run (`tags`:
+        the MLflow run's, which say what it registered); returns its URI (None while the run
+        has no result)."""
         summary = run.summary
         if not summary or not (summary.get("best") or {}).get("template"):
             return None
         best = summary["best"]
         template = best["template"].replace("{}", "{{class_name}}")
-        tags = self.client.get_run(self.run_id).data.tags
         registered = tags.get("promptclimb.prompt")
         if registered and _registered_template(self.client, registered) == template:
             return registered

@@ -19,7 +19,7 @@ from test_search import KEY, responder  # noqa: E402
 
 from promptclimb.agent.cli import cli  # noqa: E402
 from promptclimb.agent.runs.reading import load_run  # noqa: E402
-from promptclimb.agent.tracking import answer_metrics  # noqa: E402
+from promptclimb.agent.tracking import answer_metrics, sync_run  # noqa: E402
 
 SMALL = ["--iterations", "3", "--search", "template", "--resets", "1", "--pool-sample", "6"]
 
@@ -156,6 +156,37 @@ def test_a_sync_asks_mlflow_only_for_the_metric_histories_a_resume_can_change(tm
     assert shown(client, run_id) == complete
     for key in ("prompt_tokens", "completion_tokens"):  # each answer's once
         assert sorted(m.step for m in real(client, run_id, key)) == sorted(complete), key
+
+
+def test_a_sync_asks_mlflow_for_its_run_once(tmp_path, monkeypatch):
+    """Each sync of a finished run asked MLflow for the whole run 4 times (for its params,
+    its result metrics, its prompt tags, its artifact URI): once now, and, for a run logged
+    before, once more to see that it still exists. What the one answer says still decides
+    what is sent: a second sync registers no second prompt version, logs no result again."""
+    uri, runs = sqlite_uri(tmp_path / "store"), tmp_path / "runs"
+    with FakeLLM(responder=responder) as fake:
+        done = search(fake, ["search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "t"])
+        assert done.exit_code == 0, done.output
+    asked: list[str] = []
+    real = MlflowClient.get_run
+
+    def counted(self, run_id):
+        asked.append(run_id)
+        return real(self, run_id)
+
+    monkeypatch.setattr(MlflowClient, "get_run", counted)
+    first = sync_run(runs / "t", uri)
+    assert asked == [first.run_id]  # a new MLflow run: nothing to check first
+    asked.clear()
+    again = sync_run(runs / "t", uri)
+    assert asked == [first.run_id] * 2  # it exists; then what it holds
+    assert (again.run_id, again.prompt, again.artifact_uri) == (first.run_id, first.prompt, first.artifact_uri)
+    assert first.prompt and first.artifact_uri
+    client = MlflowClient(uri)
+    held = real(client, first.run_id)
+    assert held.info.status == "FINISHED" and held.data.params["search.iterations"] == "3"
+    assert held.data.tags["promptclimb.prompt"] == first.prompt
+    assert len(client.get_metric_history(first.run_id, "best_test_accuracy")) == 1
 
 
 def test_a_tracking_uri_with_a_password_is_printed_without_it_and_asked_for_again(tmp_path):
