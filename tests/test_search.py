@@ -503,8 +503,11 @@ def test_cli_errors_are_readable(tmp_path, monkeypatch):
     assert result.exit_code != 0 and "--dataset is required" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(search_cmd, ["--resume", "nope", "--runs-dir", str(tmp_path)])
     assert result.exit_code != 0 and "no run 'nope'" in result.output
-    result = CliRunner().invoke(search_cmd, ["--dataset", "toy", "--adapter", "lora", "--runs-dir", str(tmp_path)])
+    # a known dataset: an unknown one ("toy", which only tests' evaluators know) is refused first
+    result = CliRunner().invoke(search_cmd, ["--dataset", "fashion-mnist", "--adapter", "lora", "--runs-dir",
+                                             str(tmp_path)])
     assert result.exit_code != 0 and "unknown adapter kind 'lora'" in result.output and "Traceback" not in result.output
+    assert not list(tmp_path.iterdir())  # refused before a run folder
     result = CliRunner().invoke(search_cmd, ["--help"])
     assert result.exit_code == 0 and "--max-calls" in result.output and "--select" in result.output
 
