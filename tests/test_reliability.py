@@ -256,12 +256,12 @@ def test_a_bad_grid_file_is_one_line_before_ray_starts(text, needle, tmp_path):
 def test_eval_and_search_refuse_a_device_by_name_before_anything_loads(tmp_path, llm):
     runs = tmp_path / "runs"
     run = make_run(tmp_path, "r")
-    for device in ("cpu:5", "meta", "gpu"):
-        one_line_error(cli("eval", "--run", "r", "--runs-dir", runs, "--device", device), f"--device '{device}'",
-                       "use cpu or cuda")
-        one_line_error(cli("search", "--dataset", "toy", "--device", device, "--runs-dir", tmp_path / "new"),
-                       f"--device '{device}'")
-        one_line_error(cli("adapt", "r", "--kind", "cache", "--runs-dir", runs, "--device", device), "--device")
+    # refused while the options are read (exit status 2), by every command in the same words
+    for device in ("cpu:5", "meta", "gpu", ""):
+        for argv in (["eval", "--run", "r", "--runs-dir", runs], ["search", "--dataset", "toy", "--runs-dir", tmp_path / "new"],
+                     ["adapt", "r", "--kind", "cache", "--runs-dir", runs], ["transfer", "r", "--backbone", "demo-mpnet",
+                                                                             "--runs-dir", runs]):
+            one_line_error(cli(*argv, "--device", device), f"--device '{device}': not a device", "use cpu or cuda", code=2)
     assert not (tmp_path / "new").exists() and "adapter" not in json.loads((run / "summary.json").read_text())
 
 
