@@ -128,29 +128,36 @@ def test_an_empty_model_llm_or_endpoint_is_refused_alike_on_every_path(notebook,
     --base-url '' $OPENAI_BASE_URL, unsaid, as if none were given; --weights '' became the
     current folder, refused only once the model loaded ('ships its own weights', 'does not
     exist'). Each is refused in one line, on every path, before anything is made."""
-    from click.testing import CliRunner
-
-    from promptclimb.agent.cli import cli
-
     flag = f"--{keyword.replace('_', '-')}"
     said = f"{flag} '': expected {expects}"
-    with pytest.raises(promptclimb.PromptclimbError, match=rf"^search\(\): {re.escape(said)}$"):
-        promptclimb.search(dataset="toy", name="x", echo=None, **{**SMALL, keyword: ""})
-    config = tmp_path / "empty.toml"
-    config.write_text(f'[search]\ndataset = "toy"\n{keyword} = ""\n')
-    commands = [(["search", "--dataset", "toy", flag, ""], flag), (["search", "--config", str(config)], "--config")]
+    commands = []
     if keyword in ("pretrained", "weights"):  # the backbone's: eval and transfer take them too
         with pytest.raises(promptclimb.PromptclimbError, match=rf"^evaluate\(\): {re.escape(said)}$"):
             promptclimb.evaluate("a {}.", **{keyword: ""})
         with pytest.raises(promptclimb.PromptclimbError, match=rf"^transfer\(\): {re.escape(said)}$"):
             promptclimb.transfer("no-such-run", "demo", echo=None, **{keyword: ""})
-        commands += [(["eval", flag, ""], flag), (["transfer", "no-such-run", "--backbone", "demo", flag, ""], flag)]
-    for command, option in commands:
-        result = CliRunner().invoke(cli, command)
-        where = f"--config {config}: " if option == "--config" else ""
-        assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == \
-            f"Error: Invalid value for '{option}': {where}{said}", result.output
+        commands += [["eval", flag, ""], ["transfer", "no-such-run", "--backbone", "demo", flag, ""]]
+    refused_empty_on_every_path(keyword, said, tmp_path, commands)
     assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
+
+
+def refused_empty_on_every_path(keyword: str, said: str, tmp_path, commands: list[list[str]]) -> None:
+    """`keyword` given '' is refused saying `said`: by search(), by `search` on the command line
+    and from a --config file, and by each of `commands` (argv lists giving the option '')."""
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+
+    flag = f"--{keyword.replace('_', '-')}"
+    with pytest.raises(promptclimb.PromptclimbError, match=rf"^search\(\): {re.escape(said)}$"):
+        promptclimb.search(dataset="toy", name="x", echo=None, **{**SMALL, keyword: ""})
+    config = tmp_path / "empty.toml"
+    config.write_text(f'[search]\ndataset = "toy"\n{keyword.replace("_", "-")} = ""\n')
+    for command in [["search", "--dataset", "toy", flag, ""], ["search", "--config", str(config)], *commands]:
+        result = CliRunner().invoke(cli, command)
+        option, where = ("--config", f"--config {config}: ") if "--config" in command else (flag, "")
+        assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == \
+            f"Error: Invalid value for '{option}': {where}{said}", (command, result.output)
 
 
 @pytest.mark.parametrize("keyword, expects", [
@@ -165,26 +172,11 @@ def test_an_empty_folder_column_device_or_init_is_refused_alike_on_every_path(no
     '', --label-column '' and --device '' the default, unsaid, and --prompt-init '' was refused
     only by craft and cbbt: each is refused in one line, from search(), the command line and a
     --config file, before anything is made, as --backbone '' is."""
-    from click.testing import CliRunner
-
-    from promptclimb.agent.cli import cli
-
     flag = f"--{keyword.replace('_', '-')}"
-    said = f"{flag} '': {expects}"
-    with pytest.raises(promptclimb.PromptclimbError, match=rf"^search\(\): {re.escape(said)}$"):
-        promptclimb.search(dataset="toy", name="x", echo=None, **{**SMALL, keyword: ""})
-    config = tmp_path / "empty.toml"
-    config.write_text(f'[search]\ndataset = "toy"\n{keyword.replace("_", "-")} = ""\n')
-    commands = [(["search", "--dataset", "toy", flag, ""], flag), (["search", "--config", str(config)], "--config")]
-    commands += {"runs_dir": [([command, flag, ""], flag) for command in ("runs", "eval", "sweep-report", "show")],
-                 "data_root": [(["eval", flag, ""], flag), (["transfer", "RUN", "--backbone", "demo", flag, ""], flag)],
-                 "image_column": [(["eval", flag, ""], flag)], "label_column": [(["eval", flag, ""], flag)]
-                 }.get(keyword, [])
-    for command, option in commands:
-        result = CliRunner().invoke(cli, command)
-        where = f"--config {config}: " if option == "--config" else ""
-        assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == \
-            f"Error: Invalid value for '{option}': {where}{said}", (command, result.output)
+    commands = {"runs_dir": [[command, flag, ""] for command in ("runs", "eval", "sweep-report", "show")],
+                "data_root": [["eval", flag, ""], ["transfer", "RUN", "--backbone", "demo", flag, ""]],
+                "image_column": [["eval", flag, ""]], "label_column": [["eval", flag, ""]]}.get(keyword, [])
+    refused_empty_on_every_path(keyword, f"{flag} '': {expects}", tmp_path, commands)
     assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
 
 
