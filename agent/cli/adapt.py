@@ -25,7 +25,8 @@ from promptclimb.agent.runs.store import run_lock
               help="Which prompt the adapter sits on: the best template or the run's top-k ensemble.")
 @click.option("--seed", type=table_int(BY_KEYWORD["seed"]), default=None, help="Seed of the adapter's initialisation [default: the run's seed].")
 @click.option("--runs-dir", type=TableText(BY_KEYWORD["runs_dir"]), default="runs", help="Where run folders are.")
-@click.option("--device", type=TableText(BY_KEYWORD["device"]), default=None, help="torch device for (re)computing features [default: cuda when available].")
+@click.option("--device", type=TableText(BY_KEYWORD["device"]), default=None,
+              help="torch device for (re)computing features [default: cuda when available].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary's adapter section as JSON at the end.")
 @user_errors
 def adapt_cmd(run, kinds, on, seed, runs_dir, device, as_json):

@@ -64,7 +64,8 @@ DEFAULTS = {"dataset": "fashion-mnist", "shots": 1, "seed": 0,  # as `search`; t
               help="With --run: also apply the run's adapter.pt (from `promptclimb adapt` or `search --adapter`).")
 @click.option("--runs-dir", type=TableText(BY_KEYWORD["runs_dir"]), default="runs", show_default=True,
               help="Where run folders are.")
-@click.option("--device", type=TableText(BY_KEYWORD["device"]), default=None, help="cuda, cpu, ... (default: cuda when available).")
+@click.option("--device", type=TableText(BY_KEYWORD["device"]), default=None,
+              help="cuda, cpu, ... (default: cuda when available).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help=f"{PRECISION_HELP} [default: {DEFAULT_PRECISION}, or the run's with --run].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")

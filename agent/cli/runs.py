@@ -411,7 +411,8 @@ def report_cmd(run, runs_dir, output):
               help="How many of the run's best templates to print (every template is re-scored and saved).")
 @click.option("--data-root", type=TableText(BY_KEYWORD["data_root"]), default=None,
               help="Where the dataset lives [default: the run's].")
-@click.option("--device", type=TableText(BY_KEYWORD["device"]), default=None, help="torch device [default: cuda when available, else cpu].")
+@click.option("--device", type=TableText(BY_KEYWORD["device"]), default=None,
+              help="torch device [default: cuda when available, else cpu].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULT_PRECISION, show_default=True,
               help=PRECISION_HELP)
 @runs_dir_option
