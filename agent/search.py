@@ -855,7 +855,7 @@ class HillClimber:
             return None
         if named is not None and self.ask_judge(proposal, names, listed[::-1], restart, reset, iteration) != named:
             return None
-        return self.text_check(proposal, template, named, restart, reset, iteration)
+        return self.text_check(proposal, named, restart, reset, iteration)
 
     def judge_classes(self, proposal, names: tuple[str, ...], template: str) -> list[str]:
         """The start names the judge chooses among, in class order: all of them, or past
@@ -873,10 +873,10 @@ class HillClimber:
             nearness = [report[c].predicted[o] + report[o].predicted[c] for o in range(len(start))]
         return [start[c] for c in naming.judge_listed(proposal.cls, nearness)]
 
-    def text_check(self, proposal, template: str, judged: int | None, restart: int, reset: int,
-                   iteration: int) -> int | None:
+    def text_check(self, proposal, judged: int | None, restart: int, reset: int, iteration: int) -> int | None:
         """The judge's verdict checked by the text tower: the class the change drifts to, or
-        None. `template` filled with the new name is compared with it filled with the class's
+        None. `a photo of a {}.` (naming.GUARD_TEMPLATE, not the best template: the name's
+        meaning is asked) filled with the new name is compared with it filled with the class's
         start name and with the judged class's (`judged` None: the judge named no class, so
         with every other class's, the nearest counting). The change is refused only if the
         other is closer: `sweater` for pullover, which the judge files under Sneaker both
@@ -885,9 +885,9 @@ class HillClimber:
         similarity = getattr(self.evaluator, "name_similarity", None)
         if similarity is None:
             return judged
-        other, own, near = naming.text_nearest(similarity, template, proposal.name, proposal.cls, judged,
-                                               self.start_names)
-        event = self.store.append("names_text", restart=restart, reset=reset, iteration=iteration, template=template,
+        other, own, near = naming.text_nearest(similarity, proposal.name, proposal.cls, judged, self.start_names)
+        event = self.store.append("names_text", restart=restart, reset=reset, iteration=iteration,
+                                  template=naming.GUARD_TEMPLATE,
                                   name=proposal.name, judged=judged, other=other, own_similarity=own,
                                   other_similarity=near, **{"class": proposal.cls})
         # the figures recorded decide: a resumed run reads the verdict its history holds

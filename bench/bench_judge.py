@@ -11,7 +11,8 @@ and 15 drifts of EuroSAT's classes, from CoOp's names and from the folder names 
 and again in reverse order. Printed per question: both answers and whether a change would be
 refused by one answer alone, by both answers naming the same other class, and by the
 guard's rule (agent/search.py `HillClimber.drift_guard`): where both answers name the same
-other class, or the first names no class, the text tower decides ("a photo of a {}." filled
+other class, or the first names no class, the text tower decides (`naming.GUARD_TEMPLATE`,
+"a photo of a {}.", filled
 with the new name closer to the judged class's start name than to its own, or, where no
 class was named, to any other class's; `--backbone`, demo by default); then the counts.
 Which rename is good and which a drift is this file's judgement. Asserts nothing.
@@ -95,8 +96,7 @@ def main():
                     by_one, agreed = named not in (cls, None), named not in (cls, None) and again == named
                     checked, why = False, ""
                     if agreed or named is None:  # what the guard puts to the text tower
-                        other, own, closest = naming.text_nearest(evaluator.name_similarity, "a photo of a {}.",
-                                                                  name, cls, named, start)
+                        other, own, closest = naming.text_nearest(evaluator.name_similarity, name, cls, named, start)
                         checked = closest > own
                         why = f" (similarity to {start[cls]} {own:.3f}, to {start[other]} {closest:.3f})"
                     one, both, text = one + by_one, both + agreed, text + checked

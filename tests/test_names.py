@@ -69,14 +69,15 @@ def scripted(names_answers: list[str], templates: str = "a grayscale photo of a 
     return respond
 
 
-def climb(tmp_path, base_url, name="run", ev=None, cache="cache", echo=lambda msg: None, caps=None, **config):
+def climb(tmp_path, base_url, name="run", ev=None, cache="cache", echo=lambda msg: None, caps=None, pool=POOL,
+          **config):
     ev = ev or evaluator()
     llm = LLMClient("fake", base_url=base_url, api_key=KEY, timeout=5, cache_dir=tmp_path / cache,
                     wait_initial=0.001, wait_max=0.01, max_tries=2, **(caps or {}))
     run_dir = tmp_path / "runs" / name
     store = RunStore.resume(run_dir) if (run_dir / "config.json").exists() else RunStore.create(run_dir, {"t": 1})
     with store:
-        result = HillClimber(ev, llm, store, SearchConfig(**{**SMALL, **config}), pool=POOL,
+        result = HillClimber(ev, llm, store, SearchConfig(**{**SMALL, **config}), pool=pool,
                              echo=echo).run()
     return result, ev, run_dir
 
@@ -340,7 +341,7 @@ def test_a_name_the_judge_files_under_another_class_both_ways_is_refused_only_wh
     with FakeLLM(responder=scripted(["Trouser: skirt; jeans"])) as fake:
         result, _, run_dir = climb(tmp_path, fake.base_url, ev=ev)
     assert [(j["name"], j["judged"]) for j in of(run_dir, "names_judge")][:2] == [("skirt", 2), ("skirt", 2)]
-    # the best template filled with the new name, against the class's start name and the judged one's
+    # the guard's template filled with the new name, against the class's start name and the judged one's
     assert ev.asked == [("a photo of a {}.", "skirt", ("Trouser", "Dress"))]
     text = of(run_dir, "names_text")
     assert [(t["name"], t["class"], t["judged"], t["other"], t["own_similarity"], t["other_similarity"])
@@ -352,6 +353,19 @@ def test_a_name_the_judge_files_under_another_class_both_ways_is_refused_only_wh
     else:  # the text tower does not file it under Dress: kept, though both answers did
         assert not of(run_dir, "name_reject")
         assert result.best["names"][1] == "skirt"
+
+
+def test_the_text_tower_reads_a_judged_name_in_the_guards_template_not_the_best_one(tmp_path):
+    # the best template chosen on a few images can tilt what a name means (`sweater` nearer
+    # sneaker under `a small photo of a {}.`): the guard asks in naming.GUARD_TEMPLATE
+    ev = WithTextTower({"Trouser": 0.5, "Dress": 0.9}, classnames=CLASSES, name_bonus=BONUS, class_bias={1: -0.25})
+    with FakeLLM(responder=scripted(["Trouser: skirt; jeans"])) as fake:
+        result, _, run_dir = climb(tmp_path, fake.base_url, ev=ev, pool=[PoolTemplate("a drawing of a {}.", "general")])
+    assert result.best["template"] == "a drawing of a {}."
+    assert ev.asked == [(naming.GUARD_TEMPLATE, "skirt", ("Trouser", "Dress"))]
+    assert naming.GUARD_TEMPLATE == "a photo of a {}."
+    assert [t["template"] for t in of(run_dir, "names_text")] == [naming.GUARD_TEMPLATE]
+    assert result.best["names"][1] == "jeans"
 
 
 def test_a_resumed_run_reads_the_text_towers_verdict_from_its_history(tmp_path):
