@@ -168,6 +168,7 @@ def test_resume_of_a_damaged_config_is_one_line(tmp_path, llm, evaluators_built)
     (lambda c: c.update(search=None), "('search' is missing or null)"),
     (lambda c: c.update(llm=None), "('llm' is missing or null)"),
     (lambda c: c["pool"].update(templates=[["a {}", "general"], 5]), "(pool.templates: expected a list of"),
+    (lambda c: c["pool"].pop("templates"), "(pool.templates: expected a list of"),  # had been a KeyError
 ])
 def test_resume_of_a_hand_edited_config_is_one_line(edit, needle, tmp_path, llm, evaluators_built):
     """Values of the wrong type in a config.json edited by hand went on into the resumed
