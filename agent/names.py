@@ -159,9 +159,9 @@ JUDGE_LISTED = 20
 # `sweater` sat nearer sneaker than pullover (0.518 against 0.497) and was refused, under
 # `a photo of a {}.` it sits nearer pullover. bench/bench_judge.py measures the guard with
 # this template. Of its questions that the judge leaves to the text tower (both start sets,
-# both text towers), the best templates of five bench runs caught no drift that this one lets
-# through; three of them let through a drift it catches (`tank top` or `tunic`), and one
-# refused `sweater` (docs/results.md, "The text tower reads a name in one fixed template").
+# both text towers), four other templates that bench runs ended on caught no drift that this
+# one lets through; three of them let through a drift it catches (`tank top` or `tunic`), and
+# one refused `sweater` (docs/results.md, "The text tower reads a name in one fixed template").
 GUARD_TEMPLATE = "a photo of a {}."
 
 
