@@ -878,9 +878,10 @@ class HillClimber:
         None. `a photo of a {}.` (naming.GUARD_TEMPLATE, not the best template: the name's
         meaning is asked) filled with the new name is compared with it filled with the class's
         start name and with the judged class's (`judged` None: the judge named no class, so
-        with every other class's, the nearest counting). The change is refused only if the
-        other is closer: `sweater` for pullover, which the judge files under Sneaker both
-        ways, is kept; `tunic` for pullover, which it echoes, is refused. Without
+        with every other class's, the nearest counting). The change is refused unless its own
+        is closer by naming.TEXT_MARGIN: `sweater` for pullover, which the judge files under
+        Sneaker both ways, is kept; `tunic` for pullover, which it echoes, and `Blouse` for
+        Dress, a near tie, are refused. Without
         `name_similarity` the judge decides alone."""
         similarity = getattr(self.evaluator, "name_similarity", None)
         if similarity is None:
@@ -891,7 +892,7 @@ class HillClimber:
                                   name=proposal.name, judged=judged, other=other, own_similarity=own,
                                   other_similarity=near, **{"class": proposal.cls})
         # the figures recorded decide: a resumed run reads the verdict its history holds
-        return event["other"] if event["other_similarity"] > event["own_similarity"] else None
+        return event["other"] if naming.text_refuses(event["own_similarity"], event["other_similarity"]) else None
 
     def ask_judge(self, proposal, names: tuple[str, ...], listed: Sequence[str], restart: int, reset: int,
                   iteration: int) -> int | None:

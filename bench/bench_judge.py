@@ -12,9 +12,9 @@ and again in reverse order. Printed per question: both answers and whether a cha
 refused by one answer alone, by both answers naming the same other class, and by the
 guard's rule (agent/search.py `HillClimber.drift_guard`): where both answers name the same
 other class, or the first names no class, the text tower decides (`naming.GUARD_TEMPLATE`,
-"a photo of a {}.", filled
-with the new name closer to the judged class's start name than to its own, or, where no
-class was named, to any other class's; `--backbone`, demo by default); then the counts.
+"a photo of a {}.", filled with the new name, refused unless closer to its own class's start
+name by `naming.TEXT_MARGIN` than to the judged class's, or, where no class was named, to
+every other class's; `--backbone`, demo by default); then the counts.
 Which rename is good and which a drift is this file's judgement. Asserts nothing.
 """
 
@@ -97,7 +97,7 @@ def main():
                     checked, why = False, ""
                     if agreed or named is None:  # what the guard puts to the text tower
                         other, own, closest = naming.text_nearest(evaluator.name_similarity, name, cls, named, start)
-                        checked = closest > own
+                        checked = naming.text_refuses(own, closest)
                         why = f" (similarity to {start[cls]} {own:.3f}, to {start[other]} {closest:.3f})"
                     one, both, text = one + by_one, both + agreed, text + checked
                     print(f"{kind:5}  {start[cls]} <- {name}  | {a1} | {a2} | refused by one answer: {by_one}, "

@@ -333,10 +333,14 @@ class WithTextTower(WordEvaluator):
         return [self.near.get(other, 0.5) for other in others]
 
 
-@pytest.mark.parametrize("text_agrees", [True, False])
+@pytest.mark.parametrize("near, text_agrees", [
+    ({"Trouser": 0.5, "Dress": 0.9}, True),
+    ({"Trouser": 0.9, "Dress": 0.5}, False),
+    ({"Trouser": 0.626, "Dress": 0.621}, True),  # nearer its own, by less than naming.TEXT_MARGIN: no answer
+    ({"Trouser": 0.631, "Dress": 0.621}, False),  # by the margin exactly
+])
 def test_a_name_the_judge_files_under_another_class_both_ways_is_refused_only_where_the_text_tower_agrees(
-        tmp_path, text_agrees):
-    near = {"Trouser": 0.5, "Dress": 0.9} if text_agrees else {"Trouser": 0.9, "Dress": 0.5}
+        tmp_path, near, text_agrees):
     ev = WithTextTower(near, classnames=CLASSES, name_bonus=BONUS, class_bias={1: -0.25})
     with FakeLLM(responder=scripted(["Trouser: skirt; jeans"])) as fake:
         result, _, run_dir = climb(tmp_path, fake.base_url, ev=ev)
