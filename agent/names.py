@@ -15,8 +15,9 @@ runs them is `HillClimber.names_turn` (agent/search.py).
         the guards or are refused: "own images lost" if the renamed
         class gets fewer of its own images right                   `own_images_lost`
         and "drift" if the LLM files the name under another class  `judged_class`
-          (both ways) and the text tower agrees, or names no class and the
-          text tower puts it nearer another class          `HillClimber.text_check`
+          (both ways) or names no class, unless the text tower, reading it in
+          `a photo of a {}.`, puts it nearer its own class by a margin
+                                                      `HillClimber.text_check`
           or "guard not asked" if the LLM budget ran out first: the turn is
           recorded and the search stops after it       `HillClimber.pick_changes`
       the classes' picks are combined greedily (prefixes scored in one batch): the best
@@ -161,7 +162,7 @@ JUDGE_LISTED = 20
 # this template. Of its questions that the judge leaves to the text tower (both start sets,
 # both text towers), four other templates that bench runs ended on caught no drift that this
 # one lets through; three of them let through a drift it catches (`tank top` or `tunic`), and
-# one refused `sweater` (docs/results.md, "The text tower reads a name in one fixed template").
+# one refused `sweater` (docs/results.md, "The text tower: one fixed template, and a margin").
 GUARD_TEMPLATE = "a photo of a {}."
 # The text tower overrules the judge (or, where the judge named no class, clears the name) only
 # where it puts the name nearer its own class by at least this cosine margin (`text_refuses`).

@@ -881,8 +881,7 @@ class HillClimber:
         with every other class's, the nearest counting). The change is refused unless its own
         is closer by naming.TEXT_MARGIN: `sweater` for pullover, which the judge files under
         Sneaker both ways, is kept; `tunic` for pullover, which it echoes, and `Blouse` for
-        Dress, a near tie, are refused. Without
-        `name_similarity` the judge decides alone."""
+        Dress, a near tie, are refused. Without `name_similarity` the judge decides alone."""
         similarity = getattr(self.evaluator, "name_similarity", None)
         if similarity is None:
             return judged

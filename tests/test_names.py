@@ -364,7 +364,8 @@ def test_the_text_tower_reads_a_judged_name_in_the_guards_template_not_the_best_
     # sneaker under `a small photo of a {}.`): the guard asks in naming.GUARD_TEMPLATE
     ev = WithTextTower({"Trouser": 0.5, "Dress": 0.9}, classnames=CLASSES, name_bonus=BONUS, class_bias={1: -0.25})
     with FakeLLM(responder=scripted(["Trouser: skirt; jeans"])) as fake:
-        result, _, run_dir = climb(tmp_path, fake.base_url, ev=ev, pool=[PoolTemplate("a drawing of a {}.", "general")])
+        result, _, run_dir = climb(tmp_path, fake.base_url, ev=ev,
+                                   pool=[PoolTemplate("a drawing of a {}.", "general")])
     assert result.best["template"] == "a drawing of a {}."
     assert ev.asked == [(naming.GUARD_TEMPLATE, "skirt", ("Trouser", "Dress"))]
     assert naming.GUARD_TEMPLATE == "a photo of a {}."
