@@ -340,6 +340,7 @@ def check_recorded(saved: dict, path: Path) -> None:
     if not isinstance(saved.get(META_FINGERPRINT, {}), dict):  # absent: a run from before it was recorded
         raise PromptclimbError(f"{path} is damaged ({META_FINGERPRINT!r} is not an object)")
     option_table.check_recorded(saved, path)
+    # an LLM run's pool is resumed from its templates; a soft-prompt run needs none
     templates = (saved.get("pool") or {}).get("templates", [] if "pool" not in needed else None)
     if not isinstance(templates, list) or not all(
             isinstance(t, list) and len(t) == 2 and all(isinstance(part, str) for part in t) for t in templates):
