@@ -121,7 +121,7 @@ REASONS = {
     EMPTY: "empty name",
     TOO_LONG: f"longer than {MAX_NAME_CHARS} characters",
     BRACES: "braces { } are not allowed in a name",
-    NOT_ONE_NAME: "a ':' in a name (write one line per class: `Class: name; name`)",
+    NOT_ONE_NAME: "more than one name in it (one line per class, its names separated by ';': `Class: name; name`)",
     WORD_TWICE: "a word written twice in one name",
     OTHER_CLASS: "the name of another class",
     OTHER_KIND: "a kind of another class",
@@ -277,6 +277,9 @@ def check_names(pairs: Sequence[tuple[str, str]], current: Sequence[str], start:
                 exact.setdefault(name_key(side), c)
     taken = {**{f: c for key, c in exact.items() for f in number_forms(key)}, **exact}
     notes_are_the_models = not any("(" in name for name in (*start, *current))
+    # a comma in a name is a list (`Trouser -> trousers, pant` was kept on the bench), unless
+    # the dataset's own names hold commas ("tench, Tinca tinca")
+    commas_are_lists = not any("," in name for name in (*start, *current))
     seen = defaultdict(set)
     counts: dict[int, int] = defaultdict(int)
     accepted, refused = [], []
@@ -292,8 +295,8 @@ def check_names(pairs: Sequence[tuple[str, str]], current: Sequence[str], start:
             reason = EMPTY
         elif name_problem(name):
             reason = BRACES
-        elif ":" in name:  # "Bag: Bag: Bag" - a label and its names run together
-            reason = NOT_ONE_NAME
+        elif ":" in name or (commas_are_lists and "," in name):  # "Bag: Bag: Bag", a label and its
+            reason = NOT_ONE_NAME  # names run together; "trousers, pant", two names in one
         elif word_repeated(key):  # "Sweater Sweater Pullover" and "Sweater Sweaters", each kept once on the bench
             reason = WORD_TWICE
         elif len(name) > MAX_NAME_CHARS:

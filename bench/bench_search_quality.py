@@ -41,8 +41,8 @@ The class-name variants (`--start published|clean`: which names the searches sta
     both-short      both, a shorter names turn (prompts/ablations/names-short; measured,
                     not taken): figures for the classes asked about only, whole
                     percentages, names refused as another class's name counted
-    both-balance-example  both-balance, the names turn's system message with one example line
-                    (prompts/ablations/names-example)
+    both-noexample  both, the names turn's system message without its example line
+                    (prompts/ablations/names-no-example; the default before it)
     template-noconfirm  template, the same
     both-narrow     both, confirmed by a narrower rule (measured, not taken: not an option):
                     a change that got more selection images right must not lose val
@@ -89,7 +89,7 @@ SEARCHES = {  # variant -> (change to the default SearchConfig, meta-prompt fold
     "both-trainval": ({"search": "both", "select": "train+val"}, None),
     "both-balance": ({"search": "both", "metric": "balance"}, None),
     "both-short": ({"search": "both"}, ROOT / "prompts" / "ablations" / "names-short"),
-    "both-balance-example": ({"search": "both", "metric": "balance"}, ROOT / "prompts" / "ablations" / "names-example"),
+    "both-noexample": ({"search": "both"}, ROOT / "prompts" / "ablations" / "names-no-example"),
     "template-noconfirm": ({"search": "template", "confirm": "off"}, None),
     "both-narrow": ({"search": "both"}, None),
     "template-narrow": ({"search": "template"}, None),

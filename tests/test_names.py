@@ -870,6 +870,14 @@ def test_the_shapes_the_bench_saw_are_read_as_one_name_or_refused():
     accepted, refused = naming.check_names(pairs, current, start, {}, per_class=4)
     assert [(p.cls, p.name) for p in accepted] == [(1, "jeans"), (1, "slacks"), (3, "tote")]
     assert [(r.name, r.reason) for r in refused] == [("Bag: Bag", naming.NOT_ONE_NAME)]
+    # two names in one item of a ';' list: refused, unless the dataset's own names hold commas
+    pairs = naming.parse_names("Trouser: trousers, pant; jeans")
+    assert pairs == [("Trouser", "trousers, pant"), ("Trouser", "jeans")]
+    accepted, refused = naming.check_names(pairs, current, start, {}, per_class=4)
+    assert [p.name for p in accepted] == ["jeans"] and [r.reason for r in refused] == [naming.NOT_ONE_NAME]
+    fish = ("tench, Tinca tinca", "goldfish")
+    accepted, refused = naming.check_names([("goldfish", "carp, golden")], fish, fish, {}, per_class=4)
+    assert [p.name for p in accepted] == ["carp, golden"] and not refused
     # another class's name in the plural is another class's name; a class's own in the plural is new
     plural = ("T-shirt/top", "Trouser", "Gowns", "Bag")  # Dress renamed "Gowns"
     pairs = [("Dress", "Trousers"), ("Bag", "gown"), ("Trouser", "Trousers"), ("Bag", "bags"), ("Dress", "gown")]
