@@ -295,8 +295,9 @@ def check_names(pairs: Sequence[tuple[str, str]], current: Sequence[str], start:
             reason = EMPTY
         elif name_problem(name):
             reason = BRACES
-        elif ":" in name or (commas_are_lists and "," in name):  # "Bag: Bag: Bag", a label and its
-            reason = NOT_ONE_NAME  # names run together; "trousers, pant", two names in one
+        elif ":" in name or (commas_are_lists and "," in name):
+            # "Bag: Bag: Bag", a label and its names run together; "trousers, pant", two in one
+            reason = NOT_ONE_NAME
         elif word_repeated(key):  # "Sweater Sweater Pullover" and "Sweater Sweaters", each kept once on the bench
             reason = WORD_TWICE
         elif len(name) > MAX_NAME_CHARS:
