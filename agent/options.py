@@ -132,9 +132,9 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
            recorded="search.names_per_class"),
     Option("--guard", SEARCH.guard, "What a new name must pass to be kept: own (its class gets no fewer of its "
            "own train+val images right), judge (the LLM is asked which class the name denotes, the classes "
-           "listed in both orders; refused when both answers name the same other class and the best template "
-           "filled with the new name is closer to that class's name than to its own, or when the answer names no "
-           "class and it is closer to another class's name), both, or off.", _L, GUARDS,
+           "listed in both orders; when both answers name the same other class, or the answer names no class, "
+           "the text tower decides: refused unless 'a photo of a {}.' filled with the new name is nearer its own "
+           "class's start name than the other's by a margin of 0.01), both, or off.", _L, GUARDS,
            recorded="search.guard"),
     Option("--confirm", None, "What a new best (a template or a name the LLM wrote) must also hold up on: "
            "val (no worse there than the best it replaces; it was ranked on train), or off. Nothing is held out "
@@ -156,8 +156,9 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
     Option("--max-tries", 6, "Tries per LLM request (429, 5xx, timeouts) before giving up.", _LLM, int, minimum=1,
            scope=SESSION),
     Option("--no-cache", False, "Do not read or write the LLM response cache.", _LLM, bool, scope=SESSION),
-    Option("--meta-prompt", None, "Folder with your own system.j2 / first_turn.j2 / feedback_turn.j2 (missing ones: "
-           "ours).", _LLM, "dir", recorded="meta_prompt_dir", expects="a folder of meta-prompt templates (*.j2)"),
+    Option("--meta-prompt", None, "Folder with your own meta-prompts: system.j2 / first_turn.j2 / feedback_turn.j2 "
+           "(template turns), names_system.j2 / names_turn.j2 / names_judge.j2 (names turns and the drift guard's "
+           "question); missing ones: ours (prompts/meta).", _LLM, "dir", recorded="meta_prompt_dir", expects="a folder of meta-prompt templates (*.j2)"),
     Option("--temperature", None, "LLM sampling temperature [default: 1.0].", _LLM, float, minimum=0, recorded="search.temperature"),
     Option("--presence-penalty", SEARCH.presence_penalty, "LLM sampling: > 0 discourages words already in the "
            "conversation (OpenAI's presence_penalty, -2 to 2; sent only when not 0).", _LLM, float, recorded="search.presence_penalty"),
@@ -212,12 +213,25 @@ BY_NAME = {o.name: o for o in SEARCH_OPTIONS}
 LLM_SEARCH_ONLY = ("llm_name", "search", "pool", "metric", "select", "ensemble_k", "adapter_kinds")
 
 
+# The options only one kind of LLM turn reads: --search template runs no names turn, --search
+# names no template turn.
+NAMES_TURN_ONLY = ("names_k", "names_per_class", "guard")
+TEMPLATE_TURN_ONLY = ("proposals", "spare", "top_k", "bottom_k")
+
+
 def unused_by(optimizer: str) -> tuple[Option, ...]:
     """The options `optimizer` does not read (--queries aside: the LLM search refuses it);
     given, they are said in one warning line and ignored (agent/pipeline.py `say_unused`)."""
     if optimizer == "llm":
         return tuple(o for o in SEARCH_OPTIONS if o.panel == _S and o.name != "queries")
     return tuple(o for o in SEARCH_OPTIONS if o.panel in (_L, _LLM) or o.name in LLM_SEARCH_ONLY)
+
+
+def unused_by_search(search: str) -> tuple[Option, ...]:
+    """The LLM search's options that `--search search` does not read: a kind of turn it never
+    takes (with `both`, every option is read). Given, they are ignored as `unused_by`'s are."""
+    turn_only = {"template": NAMES_TURN_ONLY, "names": TEMPLATE_TURN_ONLY}.get(search, ())
+    return tuple(o for o in SEARCH_OPTIONS if o.name in turn_only)
 
 
 def recorded_value(config: dict, option: Option):

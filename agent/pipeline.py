@@ -46,7 +46,8 @@ from promptclimb.agent.ranking import metric_label
 from promptclimb.agent.runs.store import (CONFIG, HISTORY, SUMMARY, RunStore, check_run_name, has_summary,
                                           run_argument)
 from promptclimb.agent.names import GUARD_NOT_ASKED
-from promptclimb.agent.search import LLM_EVENTS, RECORDED_BEFORE_IT_EXISTED, SELECTIONS, HillClimber, SearchConfig
+from promptclimb.agent.search import (DEFAULT_SEARCH, LLM_EVENTS, RECORDED_BEFORE_IT_EXISTED, SELECTIONS, HillClimber,
+                                      SearchConfig)
 
 DEFAULTS = SearchConfig()
 META_FINGERPRINT = "meta_prompt_sha256"  # config.json: {file: SHA-256} of the meta-prompts the run started with
@@ -170,7 +171,7 @@ def new_run(opts: dict, echo, clip: bool = True) -> Plan:
         option_table.check_dataset_name(opts["dataset"])
     adapter_kinds = check_kinds(opts["adapter_kinds"]) if opts["adapter_kinds"] else []
     soft = soft_prompt_config(opts)
-    say_unused(opts, soft.optimizer if soft else "llm", echo)
+    opts = say_unused(opts, soft.optimizer if soft else "llm", echo, opts["search"])
     if soft is not None:  # it trains its own output-side module (softsearch.MODULES), not --adapter's
         return Plan(DEFAULTS, evaluator_settings(opts), None, [], {}, None, [], soft)
     llm, sampling = choose_llm(opts, echo)
@@ -212,9 +213,12 @@ def classnames_setting(spec: str | tuple[str, ...] | None) -> str | tuple[str, .
     """--classnames as recorded: the names themselves (a tuple, from Python or TOML: a list
     in config.json) and a set name (a bare word) as given, a file as its absolute path (a
     resumed run or a sweep cell reads the same file from another folder)."""
-    if not isinstance(spec, str) or not (os.sep in spec or "." in spec or Path(spec).expanduser().is_file()):
-        return spec
-    return absolute(spec)
+    return absolute(spec) if names_file(spec) else spec
+
+
+def names_file(spec) -> bool:
+    """Whether --classnames `spec` is a file (not a set name, nor the names themselves)."""
+    return isinstance(spec, str) and (os.sep in spec or "." in spec or Path(spec).expanduser().is_file())
 
 
 def soft_prompt_config(opts: dict) -> SoftPromptConfig | None:
@@ -234,19 +238,25 @@ def refuse_soft_budget(opts: dict) -> None:
                                "--restarts x --resets x --iterations, --max-calls and --max-tokens")
 
 
-def say_unused(opts: dict, optimizer: str, echo) -> dict:
+def say_unused(opts: dict, optimizer: str, echo, search: str = "both") -> dict:
     """The options given that `optimizer` does not read (the LLM loop's for craft and cbbt,
-    the soft-prompt knobs for the LLM search), named in one warning line, and `opts` with
-    them at their defaults: ignored alike when a run starts and when it resumes (a craft run
-    records no LLM settings for --resume to compare them with)."""
+    the soft-prompt knobs for the LLM search; those of the kind of turn `--search search`
+    never takes), named in one warning line each, and `opts` with them at their defaults:
+    ignored alike when a run starts and when it resumes (a craft run records no LLM settings
+    for --resume to compare them with)."""
     unused = [o for o in option_table.unused_by(optimizer) if given(opts, o.name)]
-    if not unused:
-        return opts
     flags = ", ".join(o.flag for o in unused)
-    if optimizer == "llm":
+    if unused and optimizer == "llm":
         echo(f"warning: the LLM search (--optimizer llm) does not use {flags} (craft and cbbt options): ignored")
-    else:
+    elif unused:
         echo(f"warning: --optimizer {optimizer} does not use {flags} (options of the LLM search): ignored")
+    if optimizer == "llm":
+        turn_only = [o for o in option_table.unused_by_search(search) if given(opts, o.name)]
+        if turn_only:
+            never = "names turn" if search == "template" else "template turn"
+            echo(f"warning: --search {search} takes no {never}, so it does not use "
+                 f"{', '.join(o.flag for o in turn_only)}: ignored")
+        unused += turn_only
     return {**opts, **{o.name: o.default for o in unused}}
 
 
@@ -367,7 +377,8 @@ def resumed_run(opts: dict, echo) -> Plan:
         optimizer = saved.get("optimizer", "llm")
         if optimizer == "llm":
             refuse_soft_budget(opts)
-        opts = say_unused(opts, optimizer, echo)  # as when the run started
+        # as when the run started (its --search as recorded: given again, a change is refused below)
+        opts = say_unused(opts, optimizer, echo, (saved.get("search") or {}).get("search", DEFAULT_SEARCH))
         if optimizer != "llm":
             refuse_changed_settings(opts, saved)
             echo(f"resuming {run_dir} ({len(store.stored)} events recorded)")
@@ -418,11 +429,10 @@ def confirm_as_recorded(opts: dict, search: SearchConfig, echo) -> dict:
 
 def refuse_changed_settings(opts: dict, saved: dict) -> None:
     """PromptclimbError listing the options given with --resume that differ from the run's."""
-    changed = [o for o in option_table.SEARCH_OPTIONS if o.recorded and given(opts, o.name)
-               and not same_setting(opts[o.name], recorded_setting(saved, o))]
+    changed = {o: why for o in option_table.SEARCH_OPTIONS if o.recorded and given(opts, o.name)
+               if (why := setting_change(o, opts[o.name], saved))}
     if changed:
-        listed = ", ".join(f"{o.flag} {opts[o.name]} (the run's: {shown_setting(recorded_setting(saved, o))})"
-                           for o in changed)
+        listed = ", ".join(f"{o.flag} {opts[o.name]} ({why})" for o, why in changed.items())
         why = (" (the number of LLM turns is fixed when a run starts: the history's order depends on it)"
                if {o.name for o in changed} & set(LOOP_SHAPE) else "")
         raise PromptclimbError(f"--resume continues a run with the settings it started with; these options would "
@@ -459,6 +469,30 @@ def apply_budget_caps(opts: dict, search: SearchConfig, store: RunStore, echo) -
     store.update_config(search=asdict(search))
     echo(f"applying {flags} to this run (it had {was}); recorded in its config.json")
     return search
+
+
+def setting_change(option: option_table.Option, value, saved: dict) -> str | None:
+    """How `value`, given with --resume, differs from what the run recorded for `option`
+    ("the run's: ..."), or None where it is the same. A --classnames FILE is the same start
+    when it names what the run started from, read now against the run's labels: a copy of
+    the file elsewhere is the same start, the file edited since is another."""
+    from promptclimb.agent.core.classnames import read_classnames
+    from promptclimb.agent.runs.reading import run_labels, run_start_names
+
+    recorded = recorded_setting(saved, option)
+    started, labels = run_start_names(saved), run_labels(saved)
+    if option.name != "classnames" or not names_file(value) or not (started and labels):
+        return None if same_setting(value, recorded) else f"the run's: {shown_setting(recorded)}"
+    try:
+        now = read_classnames(value, labels)
+    except PromptclimbError as exc:
+        return f"the run's: {shown_setting(recorded)}; {exc}"
+    moved = [c for c, (a, b) in enumerate(zip(now, started)) if a != b]
+    if not moved:
+        return None
+    c = moved[0]
+    return (f"it now names class {c + 1} {now[c]!r} where the run started from {started[c]!r}"
+            f"{f' ({len(moved) - 1} more)' if len(moved) > 1 else ''}")
 
 
 def given(opts: dict, name: str) -> bool:

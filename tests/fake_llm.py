@@ -233,8 +233,9 @@ class WordEvaluator:
 
     def __init__(self, dataset: str = "toy", ensemble_gain: float = 0.01,
                  classnames: tuple[str, ...] = ("T-shirt", "trousers", "bag"),
-                 name_bonus: dict | None = None, class_bias: dict | None = None):
+                 name_bonus: dict | None = None, class_bias: dict | None = None, labels: tuple[str, ...] = ()):
         self.ensemble_gain = ensemble_gain
+        self.labels = tuple(labels)  # the data's own labels, recorded (as the CLIP evaluator does) beside other names
         self.task = Task(dataset, "small grayscale photos of clothing items", tuple(classnames))
         self.name_bonus = {k.lower(): v for k, v in (name_bonus or {}).items()}
         self.class_bias = dict(class_bias or {})  # class index -> accuracy shift under every name
@@ -331,8 +332,10 @@ class WordEvaluator:
         return Score(accuracy=acc, loss={s: 2.0 - a for s, a in acc.items()}, prob=prob)
 
     def info(self):
-        return {"evaluator": "WordEvaluator", "dataset": {"name": self.task.dataset, "classes": len(self.task.classnames),
-                                                          "classnames": list(self.task.classnames)}}
+        dataset = {"name": self.task.dataset, "classes": len(self.task.classnames), "classnames": list(self.task.classnames)}
+        if self.labels and self.labels != self.task.classnames:
+            dataset["labels"] = list(self.labels)
+        return {"evaluator": "WordEvaluator", "dataset": dataset}
 
 
 def one_line_error(result, *needles, code=1):

@@ -9,7 +9,7 @@ import re
 
 import pytest
 from click.testing import CliRunner
-from fake_llm import FakeLLM, WordEvaluator
+from fake_llm import FakeLLM, WordEvaluator, one_line_error
 from test_names import BONUS, CLASSES, KEY, scripted
 
 import promptclimb
@@ -27,6 +27,7 @@ class Factory:
     def __init__(self):
         self.asked: list[dict] = []
         self.published = CLASSES  # the labels the data comes with, as this promptclimb reads them
+        self.labels_recorded = False  # whether config.json records them beside names of its own, as CLIP's does
 
     def __call__(self, **settings):
         self.asked.append(settings)
@@ -36,7 +37,8 @@ class Factory:
         else:
             names = tuple(spec) if isinstance(spec, (list, tuple)) else read_classnames(spec, self.published, {"plain": (
                 "top", "trousers", "dress", "bag")})
-        return WordEvaluator(settings["dataset"], classnames=names, name_bonus=BONUS, class_bias={1: -0.25})
+        return WordEvaluator(settings["dataset"], classnames=names, name_bonus=BONUS, class_bias={1: -0.25},
+                             labels=self.published if self.labels_recorded else ())
 
 
 @pytest.fixture
@@ -152,6 +154,30 @@ def test_a_killed_run_resumes_with_the_start_names_it_read_whatever_became_of_it
         assert again.exit_code == 0, again.output
         assert tuple(run.factory.asked[-1]["classnames"]) == ("tee", "pants", "gown", "bag")
         assert json.loads(again.stdout)["best"] == json.loads(first.stdout)["best"]
+
+
+def test_a_names_file_given_again_on_resume_is_compared_by_the_names_it_holds(run, tmp_path):
+    """--classnames FILE with --resume: a copy of the file elsewhere is the same start (it
+    resumes), the file edited since is another (refused, naming the class that changed)."""
+    names, copy = tmp_path / "names.txt", tmp_path / "elsewhere" / "copy.txt"
+    names.write_text("tee\npants\ngown\nbag\n")
+    copy.parent.mkdir()
+    copy.write_text(names.read_text())
+    run.factory.labels_recorded = True
+    first = run("search", "--dataset", "toy", "--name", "f", *SMALL, "--runs-dir", run.runs, "--classnames", names,
+                "--json")
+    assert first.exit_code == 0, first.output
+    run_dir = run.runs / "f"
+    history = (run_dir / "history.jsonl").read_text().splitlines()
+    (run_dir / "summary.json").unlink()  # as if killed halfway
+    (run_dir / "history.jsonl").write_text("\n".join(history[: len(history) // 2]) + "\n")
+    again = run("search", "--resume", "f", "--runs-dir", run.runs, "--classnames", copy, "--json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["best"] == json.loads(first.stdout)["best"]
+    (run_dir / "summary.json").unlink()
+    names.write_text("tee\njeans\ngown\nbag\n")
+    refused = run("search", "--resume", "f", "--runs-dir", run.runs, "--classnames", names)
+    one_line_error(refused, f"--classnames {names} (it now names class 2 'jeans' where the run started from 'pants')")
 
 
 def test_a_killed_run_resumes_with_the_published_names_it_started_from_if_they_now_read_otherwise(run):

@@ -102,6 +102,26 @@ def test_soft_prompt_options_are_ignored_alike_at_start_and_on_resume(search):
         one_line_error(refused, "--queries is the budget of --optimizer craft|cbbt")
 
 
+def test_a_names_turn_option_with_search_template_is_said_and_ignored_alike_on_resume(search):
+    """--search template takes no names turn: --names-k and --guard given to it are said in one
+    warning and ignored, recorded at their defaults, and a resume with them (with or without
+    --search again) is warned the same way, not refused as a change of the run's settings."""
+    result = search("--names-k", "5", "--guard", "off")
+    assert result.exit_code == 0, result.output
+    warning = "warning: --search template takes no names turn, so it does not use --names-k, --guard: ignored"
+    assert result.output.count(warning) == 1
+    recorded = config(search)["search"]
+    assert (recorded["names_k"], recorded["guard"]) == (3, "own+judge")
+    killed_before_turn(search, 1)
+    for again in (search("--names-k", "5", "--guard", "off", "--resume", "run"),
+                  search("--names-k", "5", "--guard", "off", "--resume", "run", "--search", "template")):
+        assert again.exit_code == 0, again.output
+        assert again.output.count(warning) == 1
+    both = search("--names-k", "5", "--search", "both", name="both")  # read there: recorded, nothing said
+    assert both.exit_code == 0, both.output
+    assert "does not use" not in both.output and config(search, "both")["search"]["names_k"] == 5
+
+
 META = Path(__file__).resolve().parent.parent / "prompts" / "meta"
 META_WARNING = "warning: the meta-prompt changed since this run started: "
 
