@@ -7,6 +7,7 @@ import math
 
 import pytest
 from click.testing import CliRunner
+from fake_llm import one_line_error
 
 from promptclimb.agent.sweep import driver as sweeps
 from promptclimb.agent.cli import cli
@@ -488,6 +489,24 @@ def test_a_backbone_no_cell_could_load_is_refused_before_ray_starts(backbone, tm
             "check_backbone_name('ViT-B-32'); print('torch' in sys.modules, 'open_clip' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() \
         == ["False", "False"]
+
+
+@pytest.mark.parametrize("given, said", [
+    (["--meta-prompt", "{meta}"], "meta-prompt names_turn.j2: 'nosuch' is undefined"),
+    (["--classnames", "{tmp}/missing.txt"], "--classnames {tmp}/missing.txt: no such file"),
+])
+def test_a_meta_prompt_or_names_file_no_cell_could_use_is_refused_before_ray_starts(given, said, tmp_path):
+    """They were checked inside each cell only: Ray and the local LLM started, then every cell
+    failed with the same line in its error.txt."""
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    (meta / "names_turn.j2").write_text("Rename {{ nosuch.name }}")
+    runs = tmp_path / "runs"
+    args = [a.format(meta=meta, tmp=tmp_path) for a in given]
+    refused = CliRunner().invoke(cli, ["sweep", "p", "--dataset", "fashion-mnist", *args, "--runs-dir", str(runs),
+                                       "--num-cpus", "1"])
+    one_line_error(refused, said.format(tmp=tmp_path))
+    assert not (runs / "p").exists()
 
 
 def test_a_backbone_of_a_registered_model_config_is_known(tmp_path, monkeypatch):

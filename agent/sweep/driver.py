@@ -258,15 +258,24 @@ def cell_options(cell: Cell, opts: dict, sweep_dir: Path, base_url: str | None =
 
 def check_cells(cells: list[Cell], opts: dict, sweep_dir: Path) -> None:
     """Every cell's search settings checked as `run_search` checks a new run's (the options
-    together, the pool, the budget, the soft-prompt settings), once, in the driver: a bad
-    value is one line before Ray starts, not a failure of every cell inside it."""
-    from promptclimb.agent.pipeline import default_llm, new_run
+    together, the pool, the budget, the soft-prompt settings; the --meta-prompt folder
+    rendered once, and a --classnames file there), once, in the driver: a bad value is one
+    line before Ray and the LLM start, not a failure of every cell inside them. What a names
+    file holds is checked against each cell's dataset by the cell, which reads its data."""
+    from promptclimb.agent.metaprompt import MetaPrompt
+    from promptclimb.agent.pipeline import default_llm, names_file, new_run, render_meta_prompts_once
 
     base_url = opts["base_url"] or os.environ.get("OPENAI_BASE_URL")
     llm_name = opts["llm_name"] or default_llm(base_url)
+    plans = []
     for cell in cells:
         check_dataset_options(cell.dataset, opts)
-        new_run(cell_options(cell, opts, sweep_dir, base_url, llm_name), lambda message: None)
+        plans.append(new_run(cell_options(cell, opts, sweep_dir, base_url, llm_name), lambda message: None))
+    if names_file(opts["classnames"]) and not Path(opts["classnames"]).is_file():
+        raise PromptclimbError(f"--classnames {opts['classnames']}: no such file")
+    searched = next((plan for plan in plans if plan.soft is None), None)
+    if searched is not None:  # the same folder and loop settings in every cell
+        render_meta_prompts_once(MetaPrompt(searched.meta_dir), searched.search)
 
 
 def check_dataset_options(dataset: str, opts: dict) -> None:
