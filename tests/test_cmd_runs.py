@@ -233,11 +233,12 @@ def test_show_markdown_nests_the_lines_under_a_turn_as_list_items(tmp_path, monk
     assert any(re.fullmatch(r"       ?\d+\.\d%  <b>Trouser -> jeans", line) for line in text), text
 
 
-def make_soft_run(root: Path, adapter: dict | None = None) -> Path:
+def make_soft_run(root: Path, adapter: dict | None = None, classnames=None) -> Path:
     """A finished soft-prompt run (--optimizer craft) of 2 steps and 80 queries, as its search
-    writes it, under root/runs/soft; `adapter`: its output-side module's section."""
+    writes it, under root/runs/soft; `adapter`: its output-side module's section; `classnames`:
+    its --classnames as recorded."""
     config = {"run_id": "soft", "optimizer": "craft", "soft_prompt": {"queries": 80},
-              "evaluator_args": {"dataset": "toy", "shots": 2, "seed": 0, "backbone": "word"}}
+              "evaluator_args": {"dataset": "toy", "shots": 2, "seed": 0, "backbone": "word", "classnames": classnames}}
     best = {"template": "<soft: a photo of a> {class}.", "origin": "craft", "accuracy": {"train": 0.5, "val": 0.4}}
     soft = {"file": "soft_prompt.safetensors", "tokens": 2, "init": "a_photo", "nearest_tokens": ["*a*", "<b>"]}
     with RunStore.create(root / "runs" / "soft", config) as store:
@@ -273,6 +274,18 @@ def test_show_markdown_of_a_soft_prompt_run_has_its_steps_as_a_table(tmp_path):
     assert text.splitlines()[:2] == ["run soft: toy, backbone word, 2 shots, seed 0, optimizer craft; done",
                                      "2 steps, 80 of 80 queries (prompts scored on train)"]
     assert "LLM answers" not in text and "LLM answers" not in page
+
+
+@pytest.mark.parametrize("classnames, said", [
+    ("clean", "start names clean, "), ("/data/names.txt", "start names /data/names.txt, "),
+    (["tee", "pants", "gown", "bag", "purse"], "start names tee, pants, gown, bag, ..., "),
+    ("published", ""), (None, "")])
+def test_show_says_the_names_a_run_started_from_where_they_are_not_the_datas_own(tmp_path, classnames, said):
+    """A craft or cbbt run has no names table: its headline is the one place `show` says which
+    names its prompts were filled with."""
+    make_soft_run(tmp_path, classnames=classnames)
+    headline = invoke("show", "soft", "--runs-dir", tmp_path / "runs").output.splitlines()[0]
+    assert headline == f"run soft: toy, backbone word, 2 shots, seed 0, {said}optimizer craft; done"
 
 
 @pytest.mark.parametrize("beats, verdict", [(True, "kept: it beat the prompt alone on val"),

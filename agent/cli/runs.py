@@ -17,6 +17,7 @@ import pandas as pd
 
 from promptclimb.agent.api import load_run, on_stderr, transfer
 from promptclimb.agent.core.defaults import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS
+from promptclimb.agent.core.classnames import PUBLISHED
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.cli.errors import user_errors
 from promptclimb.agent.cli.params import TableText
@@ -147,8 +148,9 @@ def headline(run: Run) -> str:
     final = run.final or {}
     stopped = final.get("stopped", "")
     status = f"stopped early ({stopped})" if stopped.startswith("budget") else run.status
-    said = (f"run {run.id}: {run.dataset}, backbone {run.backbone}, {run.args.get('shots')} shots, "
-            f"seed {run.args.get('seed')}, ")
+    shots = run.args.get("shots")
+    said = (f"run {run.id}: {run.dataset}, backbone {run.backbone}, {shots} shot{'' if shots == 1 else 's'}, "
+            f"seed {run.args.get('seed')}, {start_said(run.args.get('classnames'))}")
     if is_soft_prompt_run(run.config):  # no LLM: what it spent is queries, not answers or tokens
         return f"{said}optimizer {run.config['optimizer']}; {status}\n{spent_said(run)} (prompts scored on train)"
     ledger = run.ledger()
@@ -163,6 +165,16 @@ def headline(run: Run) -> str:
         f"{ledger.get('prompt_tokens', 0)} prompt + {ledger.get('completion_tokens', 0)} completion tokens; "
         f"{len(run.of('score'))} templates scored, {len(run.of('reject'))} proposals rejected"
     )
+
+
+def start_said(spec) -> str:
+    """The names a run started from, as its headline says them where they are not the data's
+    own labels: a set's name, a file, or the first names themselves (a list, from Python)."""
+    if spec in (None, PUBLISHED):
+        return ""
+    if isinstance(spec, list):
+        spec = ", ".join(map(str, spec[:4])) + (", ..." if len(spec) > 4 else "")
+    return f"start names {spec}, "
 
 
 def where(it: dict) -> str:
