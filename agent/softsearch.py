@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from promptclimb.agent.core.errors import PromptclimbError
-from promptclimb.agent.core.format import markdown_text, pct, pct_by_split, shell_command
+from promptclimb.agent.core.format import markdown_text, pct, pct_by_split, shell_command, shots_said
 from promptclimb.agent.core.runfiles import CURVE, FORMAT_VERSION, SOFT_PROMPT_FILE, STATE_FILE
 from promptclimb.agent.core.settings import SOFT_OPTIMIZERS, SoftPromptConfig
 from promptclimb.agent.runs.store import run_argument
@@ -154,7 +154,7 @@ def plot_soft_curve(run_dir: str | Path) -> Path:
     if any(r["val_refined"] is not None for r in rows):
         ax.plot(x[1:], [r["val_refined"] for r in rows[1:]], color="#c0392b", lw=1, label="with the refinement, val")
     optimizer = run.config.get("optimizer")
-    ax.set_title(f"{run.id}: {optimizer} soft prompt ({run.dataset}, {run.args.get('shots')} shots)")
+    ax.set_title(f"{run.id}: {optimizer} soft prompt ({run.dataset}, {shots_said(run.args.get('shots'))})")
     ax.set_xlabel("queries (prompts scored on the train split)")
     ax.set_ylabel("accuracy")
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))

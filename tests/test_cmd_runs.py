@@ -233,12 +233,12 @@ def test_show_markdown_nests_the_lines_under_a_turn_as_list_items(tmp_path, monk
     assert any(re.fullmatch(r"       ?\d+\.\d%  <b>Trouser -> jeans", line) for line in text), text
 
 
-def make_soft_run(root: Path, adapter: dict | None = None, classnames=None) -> Path:
+def make_soft_run(root: Path, adapter: dict | None = None, classnames=None, shots: int = 2) -> Path:
     """A finished soft-prompt run (--optimizer craft) of 2 steps and 80 queries, as its search
     writes it, under root/runs/soft; `adapter`: its output-side module's section; `classnames`:
     its --classnames as recorded."""
     config = {"run_id": "soft", "optimizer": "craft", "soft_prompt": {"queries": 80},
-              "evaluator_args": {"dataset": "toy", "shots": 2, "seed": 0, "backbone": "word", "classnames": classnames}}
+              "evaluator_args": {"dataset": "toy", "shots": shots, "seed": 0, "backbone": "word", "classnames": classnames}}
     best = {"template": "<soft: a photo of a> {class}.", "origin": "craft", "accuracy": {"train": 0.5, "val": 0.4}}
     soft = {"file": "soft_prompt.safetensors", "tokens": 2, "init": "a_photo", "nearest_tokens": ["*a*", "<b>"]}
     with RunStore.create(root / "runs" / "soft", config) as store:
@@ -286,6 +286,14 @@ def test_show_says_the_names_a_run_started_from_where_they_are_not_the_datas_own
     make_soft_run(tmp_path, classnames=classnames)
     headline = invoke("show", "soft", "--runs-dir", tmp_path / "runs").output.splitlines()[0]
     assert headline == f"run soft: toy, backbone word, 2 shots, seed 0, {said}optimizer craft; done"
+
+
+@pytest.mark.parametrize("shots, said", [(1, "1 shot"), (2, "2 shots")])
+def test_show_and_report_count_one_shot_in_the_singular(tmp_path, shots, said):
+    make_soft_run(tmp_path, shots=shots)
+    runs = tmp_path / "runs"
+    assert invoke("show", "soft", "--runs-dir", runs).output.startswith(f"run soft: toy, backbone word, {said}, seed 0")
+    assert f"toy · word · {said} · seed 0 ·" in unescape(invoke("report", "soft", "--runs-dir", runs, "-o", "-").stdout)
 
 
 @pytest.mark.parametrize("beats, verdict", [(True, "kept: it beat the prompt alone on val"),

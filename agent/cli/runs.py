@@ -21,7 +21,7 @@ from promptclimb.agent.core.classnames import PUBLISHED
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.cli.errors import user_errors
 from promptclimb.agent.cli.params import TableText
-from promptclimb.agent.core.format import markdown_text, moment, pct, shortened
+from promptclimb.agent.core.format import markdown_text, moment, pct, shortened, shots_said
 from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.options import BY_KEYWORD
 from promptclimb.agent.runs.reading import Run, find_run, run_start_names, runs_frame
@@ -148,8 +148,7 @@ def headline(run: Run) -> str:
     final = run.final or {}
     stopped = final.get("stopped", "")
     status = f"stopped early ({stopped})" if stopped.startswith("budget") else run.status
-    shots = run.args.get("shots")
-    said = (f"run {run.id}: {run.dataset}, backbone {run.backbone}, {shots} shot{'' if shots == 1 else 's'}, "
+    said = (f"run {run.id}: {run.dataset}, backbone {run.backbone}, {shots_said(run.args.get('shots'))}, "
             f"seed {run.args.get('seed')}, {start_said(run.args.get('classnames'))}")
     if is_soft_prompt_run(run.config):  # no LLM: what it spent is queries, not answers or tokens
         return f"{said}optimizer {run.config['optimizer']}; {status}\n{spent_said(run)} (prompts scored on train)"
@@ -457,7 +456,7 @@ def transfer_cmd(run, backbone, pretrained, weights, top, data_root, device, pre
         shown = table[cols].rename(columns=lambda c: c.replace("source_", "src ").replace("target_", "tgt "))
         click.echo(f"{loaded.id}: {summary['templates']} templates re-scored on {backbone}"
                    f"{f' ({pretrained})' if pretrained else ''} (source: {loaded.backbone}), "
-                   f"{args['dataset']} {args.get('shots')} shots seed {args.get('seed')}; the best {top}:")
+                   f"{args['dataset']} {shots_said(args.get('shots'))} seed {args.get('seed')}; the best {top}:")
         click.echo(as_text(shown, fmt, percent=tuple(shown.columns[1:])))
         click.echo("\n".join(transfer_lines(summary)))
     click.echo(f"saved {path}, {path.with_suffix('.json').name}, {path.with_suffix('.png').name}",

@@ -19,6 +19,11 @@ def pct(value, decimals: int = 1) -> str:
     return f"{shown:.{decimals}f}%"
 
 
+def shots_said(shots) -> str:
+    """'1 shot', '4 shots' (a count the run did not record: as given, '? shots')."""
+    return f"{shots} shot" if shots == 1 else f"{'?' if shots is None else shots} shots"
+
+
 def pct_by_split(values: dict) -> str:
     """Per-split values on one line: "train 61.2%  val 58.0%" (console summaries)."""
     return "  ".join(f"{split} {pct(value)}" for split, value in values.items())

@@ -17,7 +17,7 @@ import jinja2
 
 from promptclimb.agent.adapt import adapter_said
 from promptclimb.agent.core.files import write_text_atomic
-from promptclimb.agent.core.format import moment, pct
+from promptclimb.agent.core.format import moment, pct, shots_said
 from promptclimb.agent.core.paths import prompts_dir
 from promptclimb.agent.runs.compact import CLASSES_IN_FULL, confusion_matrix
 from promptclimb.agent.runs.reading import Run
@@ -75,6 +75,7 @@ def render(run: Run, plot_png: Path | None = None) -> str:
         lstrip_blocks=True,
     )
     env.filters["pct"] = pct
+    env.filters["shots"] = shots_said
     plot = _data_uri(plot_png)
     transfers = [{**t, "plot": _data_uri(run.path / t["files"]["plot"])} for t in run.transfers()]
     winners = [{k: _clean(v) for k, v in row.items()} for row in run.winners().to_dict("records")]
