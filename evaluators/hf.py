@@ -68,7 +68,7 @@ def load_hf(data_root: str | None, name: str = "hf", image_column: str | None = 
     image_col = find_image_column(train, image_column, where)
     label_col = find_label_column(train, label_column, where)
     check_label_kinds(train, splits, label_col, where)
-    classnames, label_of = class_labels(train, label_col, splits, where)
+    classnames, label_of, labels = class_labels(train, label_col, splits, where)
 
     items = {TRAIN_SPLIT: labelled(train, TRAIN_SPLIT, label_col, label_of)}
     test_split = None
@@ -99,6 +99,7 @@ def load_hf(data_root: str | None, name: str = "hf", image_column: str | None = 
         load_image=image_loader(used, image_col),
         splits={"train": items[TRAIN_SPLIT], "val": [], "test": items["test"]},
         identity=f"{source}:{identity_digest(used, image_col, label_col)}",
+        folders=labels,
     )
 
 
@@ -268,14 +269,18 @@ def unlabelled(value) -> bool:
     return value == -1 or math.isnan(value)
 
 
-def class_labels(train: "datasets.Dataset", column: str, splits: dict, where: str) -> tuple[list[str], dict]:
-    """(class names, raw label value -> class index). A ClassLabel's names, in its order;
-    other columns: their distinct values over the train and test splits, sorted."""
+def class_labels(train: "datasets.Dataset", column: str, splits: dict,
+                 where: str) -> tuple[list[str], dict, list[str]]:
+    """(class names, raw label value -> class index, the labels as the data spells them). A
+    ClassLabel's names, in its order; other columns: their distinct values over the train and
+    test splits, sorted. The names are the labels made readable (`n02085620` reads
+    'Chihuahua'); the labels are kept as `Dataset.folders` are, so that a `folder,name` line
+    of --classnames FILE and a run read back on other data find a class by its own spelling."""
     from datasets import ClassLabel
 
     feature = train.features[column]
     if isinstance(feature, ClassLabel):
-        return published_names(feature.names), {i: i for i in range(feature.num_classes)}
+        return published_names(feature.names), {i: i for i in range(feature.num_classes)}, list(feature.names)
     values, minus_one = set(), False
     for split in (TRAIN_SPLIT, *TEST_SPLITS):
         if split in splits and column in splits[split].column_names:
@@ -290,7 +295,7 @@ def class_labels(train: "datasets.Dataset", column: str, splits: dict, where: st
                                "give the other class another label")
     ordered = sorted(values)
     names = [name or str(v) for name, v in zip(published_names([str(v) for v in ordered]), ordered)]
-    return names, {v: i for i, v in enumerate(ordered)}
+    return names, {v: i for i, v in enumerate(ordered)}, [str(v) for v in ordered]
 
 
 def split_label_of(train: "datasets.Dataset", ds: "datasets.Dataset", split: str, column: str, label_of: dict,

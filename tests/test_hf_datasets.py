@@ -200,6 +200,19 @@ def test_wordnet_id_labels_start_from_their_wordnet_names(tmp_path):
     assert load_dataset("hf", str(tmp_path / "s"), label_column="label").classnames == ["Chihuahua", "tabby", "alp"]
 
 
+def test_a_names_file_finds_an_hf_class_by_its_label_as_the_data_spells_it(tmp_path):
+    """`folder,name` lines name an hf class by its label as a folder names an imagefolder class:
+    `n02085620,small dog` was refused as 'not a class of this dataset (Chihuahua, ...)'."""
+    from promptclimb.evaluators.scorer import start_names
+
+    label = datasets.ClassLabel(names=["n02085620", "n02123045", "n09193705"])
+    datasets.Dataset.from_dict(colour_rows(4), features=features(label)).save_to_disk(str(tmp_path / "c"))
+    data = load_dataset("hf", str(tmp_path / "c"))
+    names = tmp_path / "names.txt"
+    names.write_text("n09193705,mountain\nn02085620,small dog\ntabby,cat\n")
+    assert start_names(data, str(names)) == ("small dog", "cat", "mountain")
+
+
 def test_an_integer_label_column_leaves_rows_labelled_minus_one_out(tmp_path):
     rows = colour_rows(4)
     rows["label"] = [5 + c for c in rows["label"]]
