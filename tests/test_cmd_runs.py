@@ -620,6 +620,30 @@ def test_compare_says_when_the_runs_data_differs(tmp_path):
     assert "(data differ)" in note()[0]
 
 
+def test_compare_says_when_only_the_few_shot_images_differ_and_the_test_images_are_shared(tmp_path):
+    """Two seeds of one dataset draw other train and val images from the same test set: their
+    test accuracies compare (it had said no accuracy was measured on the same images)."""
+    runs = tmp_path / "runs"
+    for name, seed in (("a", 0), ("b", 7)):
+        make_run(tmp_path, name)
+        path = runs / name / "config.json"
+        config = json.loads(path.read_text())
+        config["evaluator_args"]["seed"] = seed
+        config["evaluator"] = {"dataset": {"name": "toy", "classes": 3, "identity": "toy:abc"},
+                               "split": {"ids_sha256": {"train": f"t{seed}", "val": f"v{seed}", "test": "same"}}}
+        path.write_text(json.dumps(config))
+    result = invoke("compare", "a", "b", "--runs-dir", runs)
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.output.splitlines() if line.startswith("note:")] == [
+        "note: the runs draw different few-shot images (seed, images drawn differ) and are tested on the same "
+        "images: their test accuracies compare, their train accuracies do not."]
+    config = json.loads((runs / "b" / "config.json").read_text())
+    config["evaluator"]["split"]["ids_sha256"]["test"] = "other"
+    (runs / "b" / "config.json").write_text(json.dumps(config))
+    assert "note: the runs use different dataset splits (seed, images drawn differ)" in invoke(
+        "compare", "a", "b", "--runs-dir", runs).output
+
+
 def test_compare_says_which_run_renamed_classes(tmp_path, monkeypatch):
     """Beside a template-only run, a names search's winners are scored with the names it
     found: a template both runs list read 79.2% and 90.6% test, as "shared among the winners",

@@ -541,7 +541,10 @@ def compare_cmd(run1, run2, top, runs_dir, fmt):
     click.echo(f"\n{item}shared among the winners: {len(shared)}"
                + "".join(f"\n  {item}{literal(t)}" for t in sorted(shared)))
     differ, names_differ = data_differences(a, b)
-    if differ:
+    if differ and same_test_images(a, b) and set(differ) <= FEW_SHOT_DRAW:
+        click.echo(f"{item}note: the runs draw different few-shot images ({', '.join(differ)} differ) and are "
+                   "tested on the same images: their test accuracies compare, their train accuracies do not.")
+    elif differ:
         click.echo(f"{item}note: the runs use different dataset splits ({', '.join(differ)} differ); "
                    "their accuracies are not measured on the same images.")
     elif names_differ:
@@ -567,6 +570,18 @@ def renamed_classes(run: Run) -> str:
 
 
 SPLITS_COMPARED = ("train", "val", "test")  # not "unlabeled" (--metric balance): no accuracy is measured on it
+
+
+# What `data_differences` may find that changes only the few-shot images drawn, not the test set.
+FEW_SHOT_DRAW = {"shots", "seed", "images drawn"}
+
+
+def same_test_images(a: Run, b: Run) -> bool:
+    """Whether both runs recorded their test images and they are the same ones (the split's
+    `ids_sha256`: the seed and the shots draw train and val, the test split stays)."""
+    tests = [((run.config.get("evaluator") or {}).get("split") or {}).get("ids_sha256", {}).get("test")
+             for run in (a, b)]
+    return bool(tests[0]) and tests[0] == tests[1]
 
 
 def data_differences(a: Run, b: Run) -> tuple[list[str], bool]:
