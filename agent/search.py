@@ -49,7 +49,7 @@ from typing import Callable, Sequence
 from promptclimb.agent import names as naming
 from promptclimb.agent.core.classnames import name_key
 from promptclimb.agent.core.errors import PromptclimbError
-from promptclimb.agent.core.format import pct, pct_by_split, shortened
+from promptclimb.agent.core.format import pct, pct_by_split, shell_command, shortened
 from promptclimb.agent.llm.client import Answer, BudgetExhausted, ContextExceeded, LLMClient, LLMError
 from promptclimb.agent.metaprompt import MetaPrompt
 from promptclimb.agent.core.pools import PoolTemplate, load_pool, sample_pool
@@ -59,7 +59,7 @@ from promptclimb.agent.proposals import DUPLICATE, normalise, parse_proposals
 from promptclimb.agent.core.protocol import UNLABELED_SPLIT, Evaluator, Score, Task
 from promptclimb.agent.core.runfiles import SUMMARY
 from promptclimb.agent.runs.compact import summary_table
-from promptclimb.agent.runs.store import ANSWER_KINDS, FORMAT_VERSION, RunStore, ledger, ledger_by_kind
+from promptclimb.agent.runs.store import ANSWER_KINDS, FORMAT_VERSION, RunStore, ledger, ledger_by_kind, run_argument
 
 SCORED_SPLITS = ("train", "val")  # what every template is scored on during the search
 SELECTIONS = {"train": ("train",), "train+val": ("train", "val")}
@@ -75,6 +75,7 @@ HELD_BACK = "better on the selection split, worse on the held-out one"  # a temp
 # What a run whose config.json predates a setting ran with (read back on --resume).
 RECORDED_BEFORE_IT_EXISTED = {"confirm": "off"}
 DEFAULT_SEARCH = "both"
+REFUSALS_PRINTED = 3  # refused lines or names the console prints per turn; `show` lists every one
 
 
 @dataclass
@@ -1006,8 +1007,10 @@ class HillClimber:
                   f"{changes} | best {pct(self.value(best))}  {best.template}")
         unasked = [r for r in refused if r.reason == naming.GUARD_NOT_ASKED]
         others = [r for r in refused if r.reason != naming.GUARD_NOT_ASKED]
-        for r in naming.refusals_shown(others, names)[:3]:  # a name refused four times in a line: once
+        shown = naming.refusals_shown(others, names)  # a name refused four times in a line: once
+        for r in shown[:REFUSALS_PRINTED]:
             self.echo(f"    refused  {r['class']}: {shortened(r['name'], 40)!r}: {r['reason']}")
+        self.print_more(len(shown))
         if unasked:  # its own line, never among the refusals cut off above: it is why the search stops here
             self.echo(f"    cut by the budget ({unasked[0].detail}): the drift guard could not be asked about "
                       + ", ".join(f"{names[r.cls]} -> {shortened(r.name, 40)}" for r in unasked) + ", so not kept")
@@ -1088,8 +1091,17 @@ class HillClimber:
             self.echo(f"    {pct(self.value(s)):>6}  {s.template}")
         for h in held:
             self.echo(f"    {pct(h['value']):>6}  {h['template']}  (held back: {h['why']})")
-        for r in list({(r["line"], r["reason"]): r for r in rejected}.values())[:3]:  # a line repeated: once
+        shown = list({(r["line"], r["reason"]): r for r in rejected}.values())  # a line repeated: once
+        for r in shown[:REFUSALS_PRINTED]:
             self.echo(f"    rejected  {shortened(r['line'], 60)!r}: {r['reason']}")
+        self.print_more(len(shown))
+
+    def print_more(self, refused: int) -> None:
+        """Where a turn refused more lines or names than the console prints: how many, and
+        where they all are."""
+        if refused > REFUSALS_PRINTED:
+            self.echo(f"    ... {refused - REFUSALS_PRINTED} more refused: "
+                      f"{shell_command('show', run_argument(self.store.run_dir))} lists them all")
 
     # -- the end ---------------------------------------------------------------------------
     def finish(self, stopped: str, started: float) -> ClimbResult:

@@ -181,6 +181,19 @@ def test_every_refusal_reason_is_recorded_and_shown_in_the_next_names_turn(tmp_p
     assert re.search(r"^jeans \(first named Trouser\): ", again, flags=re.M)  # kept: the class's new name
 
 
+def test_the_console_says_how_many_refused_names_it_did_not_print_and_where_they_are(tmp_path):
+    respond = scripted(["Skirt: kilt\nSkort: mini\nSari: wrap\nToga: robe\nTrouser: jeans"])
+    printed = []
+    with FakeLLM(responder=respond) as fake:
+        _, _, run_dir = climb(tmp_path, fake.base_url, echo=printed.append)
+    turn = printed[next(i for i, line in enumerate(printed) if "iteration 1/1] names:" in line):]
+    assert "4 refused" in turn[0]
+    assert [line for line in turn if line.startswith("    refused")] == [
+        f"    refused  {label}: '{name}': not one of the classes"
+        for label, name in (("Skirt", "kilt"), ("Skort", "mini"), ("Sari", "wrap"))]
+    assert f"    ... 1 more refused: promptclimb show {run_dir} lists them all" in turn
+
+
 def test_a_name_refused_several_times_in_one_answer_is_shown_back_once(tmp_path):
     # a small model fills a line with another class's name (seen on the bench)
     long_name = "very long trousers worn by " + "people " * 10
