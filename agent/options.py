@@ -290,7 +290,8 @@ def check_value(option: Option, value, where: str):
     kind = option.kind
     if kind is bool:
         if not isinstance(value, bool):
-            refuse("expected true or false")
+            # `no-cache = "false"` in a TOML table read as contradicting itself: it is the quotes
+            refuse(f"expected true or false{f' (a boolean, not the text {value!r})' if isinstance(value, str) else ''}")
         return value
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):

@@ -130,6 +130,12 @@ def test_bad_input_is_one_readable_error(notebook, built):
         promptclimb.search(dataset="toy", shots=1.5)
     with pytest.raises(promptclimb.PromptclimbError, match=r"search\(\): --iterations \[1\]: expected a whole number"):
         promptclimb.search(dataset="toy", iterations=[1])
+    # a quoted "false" (as a TOML table may hold it) is the text, not the boolean: said so
+    with pytest.raises(promptclimb.PromptclimbError, match=r"--no-cache 'false': expected true or false \(a boolean, "
+                                                          r"not the text 'false'\)$"):
+        promptclimb.search(dataset="toy", no_cache="false")
+    with pytest.raises(promptclimb.PromptclimbError, match=r"--no-cache 1: expected true or false$"):
+        promptclimb.search(dataset="toy", no_cache=1)
     with pytest.raises(promptclimb.PromptclimbError, match="unknown adapter kind 'lora'"):
         promptclimb.search(dataset="toy", adapter="lora")
     with pytest.raises(promptclimb.PromptclimbError, match="--dataset is required"):
