@@ -351,6 +351,12 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
         scored = evaluator.score(list(table.loc[rows, "template"]), splits=SPLITS, classnames=in_target_order(names))
         for split in SPLITS:
             table.loc[rows, f"target_{split}"] = [float(s.accuracy[split]) for s in scored]
+    # the baseline as the search's "What changed" and the README mean it: with the start names,
+    # whatever names the run scored it with (its row in the table keeps those)
+    row = table[table["template"] == BASELINE].iloc[0]
+    baseline = row if row["names"] is None else {
+        f"target_{s}": a for s, a in evaluator.score([BASELINE], splits=SPLITS)[0].accuracy.items()}
+    baseline_target = {s: float(baseline[f"target_{s}"]) for s in SPLITS}
     table = table.drop(columns="names")
     ours = table["source_rank"].notna()  # the baseline may be an extra row the run never scored
     target_sel = table[[f"target_{s}" for s in loaded.select_splits]].mean(axis=1)
@@ -362,7 +368,7 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
     ensemble_test = float(evaluator.score_ensemble(ensemble, splits=("test",), classnames=in_target_order(
         tuple(best_names) if best_names else None)).accuracy["test"]) if ensemble else None
     summary = transfer_summary(loaded, table, backbone, pretrained, weights, precision or DEFAULT_PRECISION,
-                               ensemble_test)
+                               ensemble_test, baseline_target)
     table.attrs["transfer"] = summary
     table.attrs["rank_correlation"] = summary["rank_correlation"]
     if save:
@@ -418,11 +424,13 @@ def transfer_table(run: "Run") -> "pd.DataFrame":
 
 
 def transfer_summary(run: "Run", table: "pd.DataFrame", backbone: str, pretrained: str | None,
-                     weights: str | None, precision: str, ensemble_test: float | None) -> dict:
+                     weights: str | None, precision: str, ensemble_test: float | None,
+                     baseline_target: dict[str, float]) -> dict:
     """What a transfer shows, JSON-able (saved as transfer-<backbone>.json): Spearman's rho of
     the source and target accuracies of every template the run scored, on the run's
     selection split(s) and against target test; the source winner's ranks and accuracies on
-    the target; the baseline, the target's own best and the run's ensemble on target test."""
+    the target; the baseline (`baseline_target`: `a photo of a {}.` with the start names, on
+    the target), the target's own best and the run's ensemble on target test."""
     select = run.select_splits
     ours = table[table["source_rank"].notna()]
     source_sel = ours[[f"source_{s}" for s in select]].mean(axis=1, skipna=False)
@@ -446,8 +454,8 @@ def transfer_summary(run: "Run", table: "pd.DataFrame", backbone: str, pretraine
                    "target_test_rank": int(winner["target_test_rank"]),
                    "source": {s: number(winner[f"source_{s}"]) for s in SPLITS},
                    "target": {s: number(winner[f"target_{s}"]) for s in SPLITS}},
-        "baseline": {"template": BASELINE, "in_run": number(baseline["source_rank"]) is not None,
-                     "target": {s: number(baseline[f"target_{s}"]) for s in SPLITS}},
+        "baseline": {"template": BASELINE, "in_run": number(baseline["source_rank"]) is not None, "names": "start",
+                     "target": {s: number(baseline_target[s]) for s in SPLITS}},
         "target_best": {"template": target_best["template"], "source_rank": int(target_best["source_rank"]),
                         "target": {s: number(target_best[f"target_{s}"]) for s in SPLITS}},
         "ensemble": None if not ensemble.get("templates") else {

@@ -345,6 +345,27 @@ def test_a_transfer_to_the_same_evaluator_gives_back_every_source_figure(run):
     assert table.attrs["rank_correlation"]["selection"] == pytest.approx(1.0)
 
 
+def test_a_transfers_baseline_is_a_photo_of_a_with_the_start_names_whatever_names_the_run_scored_it_with(
+        run, tmp_path):
+    """The run's template turn wrote `a photo of a {}.` after Trouser was renamed: the summary's
+    baseline had been that row, with `jeans`, where `search` and the README mean the start names."""
+    pool = tmp_path / "pool.txt"
+    pool.write_text("a {}.\nthe {}.\na drawing of a {}.\n")
+    run.fake.responder = scripted([ANSWER], templates="a photo of a {}.")
+    result = run("search", "--dataset", "toy", "--name", "b", *SMALL, "--pool", pool, "--runs-dir", run.runs)
+    assert result.exit_code == 0, result.output
+    ranked = promptclimb.load_run(run.runs / "b").ranked()
+    scored_with = [names for t, names in zip(ranked["template"], ranked["names"]) if t == "a photo of a {}."]
+    assert scored_with and scored_with[0][1] == "jeans"  # the run scored it under its found names only
+    with promptclimb.agent.api.using_evaluator(run.factory):
+        table = promptclimb.transfer(run.runs / "b", backbone="same")
+    start = run.factory(dataset="toy", classnames=None).score(["a photo of a {}."], splits=("train", "val", "test"))[0]
+    renamed = table[table["template"] == "a photo of a {}."].iloc[0]
+    assert renamed["target_test"] != pytest.approx(start.accuracy["test"])  # the two tell apart here
+    baseline = table.attrs["transfer"]["baseline"]
+    assert baseline["names"] == "start" and baseline["target"] == pytest.approx(dict(start.accuracy))
+
+
 def test_a_names_turn_cut_by_max_calls_at_the_guard_is_shown_and_ends_the_run_for_good(run):
     cut = ("cut by the budget (max calls (1) reached): the drift guard could not be asked about "
            "Trouser -> jeans")

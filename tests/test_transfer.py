@@ -119,7 +119,7 @@ def test_a_known_permutation_gives_the_known_spearman(tmp_path, target_net):
     assert winner["template"] == "t1 {}." and winner["target_rank"] == 2 and winner["target_test_rank"] == 2
     assert winner["target"]["test"] == pytest.approx(0.68)
     assert summary["target_best"]["template"] == "t2 {}." and summary["target_best"]["source_rank"] == 2
-    assert summary["baseline"] == {"template": "a photo of a {}.", "in_run": False,
+    assert summary["baseline"] == {"template": "a photo of a {}.", "in_run": False, "names": "start",
                                    "target": pytest.approx({"train": 0.60, "val": 0.59, "test": 0.58})}
     assert list(table["target_rank"].iloc[:6]) == [2, 1, 4, 3, 6, 5] and pd.isna(table["target_rank"].iloc[6])
     ensemble = summary["ensemble"]  # the run's ensemble, re-scored on the target
@@ -155,6 +155,12 @@ def test_show_and_report_include_the_transfer(tmp_path, target_net):
     assert "Transfer to target-net" in shown
     assert f"templates the run scored, source train vs target train: {KNOWN_RHO:+.2f}" in shown
     assert "the source winner ranks 2/6 on target train and 2/6 on target test: 68.0% on target test" in shown
+    assert "(baseline 58.0%, 'a photo of a {}.' with the start names; " in shown
+    saved = run_dir / "transfer-target-net.json"  # saved before the baseline said its names: not said
+    summary = json.loads(saved.read_text())
+    del summary["baseline"]["names"]
+    saved.write_text(json.dumps(summary))
+    assert "(baseline 58.0%; the target's own best" in invoke("show", "known", "--runs-dir", runs).output
     doc = json.loads(invoke("show", "known", "--runs-dir", runs, "--format", "json").output)
     assert doc["transfers"][0]["rank_correlation"]["selection"] == pytest.approx(KNOWN_RHO)
 

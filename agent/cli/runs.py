@@ -478,7 +478,9 @@ def transfer_lines(summary: dict) -> list[str]:
         f"rank correlation (Spearman) over the {n} templates the run scored, source {sel} vs target {sel}: "
         f"{fmt_rho(rho['selection'])}; vs target test: {fmt_rho(rho['test'])}",
         f"the source winner ranks {winner['target_rank']}/{n} on target {sel} and {winner['target_test_rank']}/{n} "
-        f"on target test: {pct(winner['target']['test'])} on target test (baseline {pct(baseline)}; the "
+        f"on target test: {pct(winner['target']['test'])} on target test (baseline {pct(baseline)}"
+        # a transfer saved before the baseline was scored with the start names does not say so
+        f"{f', {BASELINE!r} with the start names' if summary['baseline'].get('names') == 'start' else ''}; the "
         f"target's own best on {sel}, source rank {best['source_rank']}: {pct(best['target']['test'])})",
     ]
     ensemble = summary.get("ensemble")
