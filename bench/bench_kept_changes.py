@@ -180,7 +180,9 @@ def main() -> None:
         where = dict(start=run.parent.name, run=run.name, backbone=config["evaluator_args"]["backbone"])
         build = {k: config["evaluator_args"][k] for k in ("dataset", "shots", "seed", "backbone", "classnames")}
         key = json.dumps(build, sort_keys=True)
-        ev = evaluators.get(key) or evaluators.setdefault(key, build_evaluator(**build))
+        if key not in evaluators:  # one per dataset split and names, shared by the runs on it
+            evaluators[key] = build_evaluator(**build)
+        ev = evaluators[key]
         events = read_history(history)  # whole events, whatever the run folder's format
         for e in (e for e in events if e["event"] == "names_change"):
             before = list(e["names"])
