@@ -407,6 +407,7 @@ class HillClimber:
         self.context_tokens = getattr(llm, "context_tokens", None)
         self.calls = 0
         self.timings = {"scoring_s": 0.0, "llm_s": 0.0}
+        self.said_where_refusals_are = False  # the console names `show` once (`print_more`)
         # On resume: what the history already knows is read back, never recomputed.
         self.stored_scores = {(e["template"], _names_of(e)): e for e in store.stored_of("score")}
         self.stored_name_scores = {(e["template"], _names_of(e)): e for e in store.stored_of("name_score")}
@@ -1097,11 +1098,14 @@ class HillClimber:
         self.print_more(len(shown))
 
     def print_more(self, refused: int) -> None:
-        """Where a turn refused more lines or names than the console prints: how many, and
-        where they all are."""
-        if refused > REFUSALS_PRINTED:
-            self.echo(f"    ... {refused - REFUSALS_PRINTED} more refused: "
-                      f"{shell_command('show', run_argument(self.store.run_dir))} lists them all")
+        """Where a turn refused more lines or names than the console prints: how many, and,
+        the first time, where they all are."""
+        if refused <= REFUSALS_PRINTED:
+            return
+        where = "" if self.said_where_refusals_are else \
+            f": {shell_command('show', run_argument(self.store.run_dir))} lists them all"
+        self.said_where_refusals_are = True
+        self.echo(f"    ... {refused - REFUSALS_PRINTED} more refused{where}")
 
     # -- the end ---------------------------------------------------------------------------
     def finish(self, stopped: str, started: float) -> ClimbResult:

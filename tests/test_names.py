@@ -194,6 +194,16 @@ def test_the_console_says_how_many_refused_names_it_did_not_print_and_where_they
     assert f"    ... 1 more refused: promptclimb show {run_dir} lists them all" in turn
 
 
+def test_the_console_names_where_the_refusals_are_once(tmp_path):
+    respond = scripted(["Skirt: kilt\nSkort: mini\nSari: wrap\nToga: robe\nTrouser: jeans"])
+    printed = []
+    with FakeLLM(responder=respond) as fake:
+        climb(tmp_path, fake.base_url, iterations=2, echo=printed.append)
+    more = [line for line in printed if line.startswith("    ... ")]
+    assert len(more) == 2 and more[0].endswith(" lists them all")
+    assert re.fullmatch(r"    \.\.\. \d+ more refused", more[1])  # `show` named once
+
+
 def test_a_name_refused_several_times_in_one_answer_is_shown_back_once(tmp_path):
     # a small model fills a line with another class's name (seen on the bench)
     long_name = "very long trousers worn by " + "people " * 10
