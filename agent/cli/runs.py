@@ -578,22 +578,24 @@ SPLITS_COMPARED = ("train", "val", "test")  # not "unlabeled" (--metric balance)
 FEW_SHOT_DRAW = {"shots", "seed", "images drawn"}
 
 
+def recorded_data(run: Run) -> tuple[dict, dict]:
+    """What a run's config.json records of its data: the dataset, and its split's image ids
+    digest per split (`ids_sha256`); {} for what it does not record."""
+    evaluator = run.config.get("evaluator") or {}
+    return evaluator.get("dataset") or {}, (evaluator.get("split") or {}).get("ids_sha256") or {}
+
+
 def same_test_images(a: Run, b: Run) -> bool:
-    """Whether both runs recorded their test images and they are the same ones (the split's
-    `ids_sha256`: the seed and the shots draw train and val, the test split stays)."""
-    tests = [((run.config.get("evaluator") or {}).get("split") or {}).get("ids_sha256", {}).get("test")
-             for run in (a, b)]
+    """Whether both runs recorded their test images and they are the same ones (the seed and
+    the shots draw train and val; the test split stays)."""
+    tests = [recorded_data(run)[1].get("test") for run in (a, b)]
     return bool(tests[0]) and tests[0] == tests[1]
 
 
 def data_differences(a: Run, b: Run) -> tuple[list[str], bool]:
     """What of their data two runs' config.json say differs, as far as both record it, and
     whether they start from different class names on the same images (--classnames)."""
-    def recorded(run: Run) -> tuple[dict, dict]:
-        evaluator = run.config.get("evaluator") or {}
-        return evaluator.get("dataset") or {}, (evaluator.get("split") or {}).get("ids_sha256") or {}
-
-    (data_a, ids_a), (data_b, ids_b) = recorded(a), recorded(b)
+    (data_a, ids_a), (data_b, ids_b) = recorded_data(a), recorded_data(b)
     differ = [k for k in ("dataset", "shots", "seed") if a.args.get(k) != b.args.get(k)]
     # the dataset's identity covers its root and files (a folder's sizes and times); runs that
     # recorded none (older, or no evaluator built yet) are told apart by --data-root alone
