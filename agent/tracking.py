@@ -68,10 +68,10 @@ import pandas as pd
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.files import write_json_atomic
 from promptclimb.agent.core.format import shell_command
-from promptclimb.agent.core.runfiles import CONFIG, HISTORY, LOCK
+from promptclimb.agent.core.runfiles import CONFIG, HISTORY
 from promptclimb.agent.llm.client import without_secrets
 from promptclimb.agent.runs.reading import Run, load_run, run_classnames
-from promptclimb.agent.runs.store import has_summary
+from promptclimb.agent.runs.store import being_written, has_summary
 from promptclimb.agent.search import LLM_EVENTS
 from promptclimb.agent.sweep.driver import read_sweep
 
@@ -128,7 +128,7 @@ def sync_run(run_dir: str | Path, tracking_uri: str | None = None, experiment: s
     with mlflow_errors():
         mirror = Mirror.open(run_dir, tracking_uri, experiment, parent_run_id)
         with failed_if_new(mirror):
-            return mirror.sync(writing=_being_written(mirror.folder), run=run)
+            return mirror.sync(writing=being_written(mirror.folder), run=run)
 
 
 def sync_sweep(sweep_dir: str | Path, tracking_uri: str | None = None, experiment: str = EXPERIMENT) -> Synced:
@@ -763,22 +763,6 @@ def _read_links(folder: Path) -> dict:
     except (OSError, ValueError, AttributeError):
         return {}
     return runs if isinstance(runs, dict) else {}
-
-
-def _being_written(folder: Path) -> bool:
-    """Whether a search (or `adapt`) holds the run's lock now. Only looks: takes nothing."""
-    try:
-        import fcntl
-        handle = open(folder / LOCK, "rb")
-    except (ImportError, OSError):
-        return False
-    with handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-        return False
 
 
 def _strings(tags: dict) -> dict[str, str]:

@@ -171,6 +171,8 @@ def test_an_unfinished_run_is_shown_from_its_scores(run_dir):
     winners = run.winners()
     assert winners["test"].isna().all() and winners.loc[0, "template"] == run.ranked().loc[0, "template"]
     assert runs_frame(run_dir.parent).loc[0, "status"] == "unfinished"
+    with RunStore.resume(run_dir):  # a search holds it: not stopped, still at it
+        assert load_run(run_dir).status == "running" and runs_frame(run_dir.parent).loc[0, "status"] == "running"
 
 
 def test_write_plots_writes_the_curve(run_dir):

@@ -7,7 +7,7 @@ import pytest
 
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.runs.reading import read_history
-from promptclimb.agent.runs.store import HISTORY, RunLocked, RunMismatch, RunStore
+from promptclimb.agent.runs.store import HISTORY, RunLocked, RunMismatch, RunStore, being_written
 
 
 def lines(run_dir):
@@ -119,6 +119,38 @@ def test_two_processes_cannot_write_one_run(tmp_path):
         assert queue.get(timeout=5).startswith("locked")
     with RunStore.resume(run):  # released on close
         pass
+
+
+def _peek_for(seconds, lock_path, ready):
+    """A reader that looks at a run's lock as `runs` does, holding it shared for a while."""
+    import fcntl
+    import time
+
+    with open(lock_path, "rb") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
+        ready.set()
+        time.sleep(seconds)
+
+
+def test_a_writer_is_not_refused_by_a_reader_looking_at_its_lock(tmp_path):
+    """`runs` and `show` take the lock shared for an instant to tell a running search from a
+    stopped one; a search resumed in that instant must not call its own run held by another."""
+    import threading
+
+    run = tmp_path / "r"
+    with RunStore.create(run, {}) as store:
+        store.append("run_start", run_id="r")
+        assert being_written(run)
+    assert not being_written(run)
+    ready = threading.Event()
+    reader = threading.Thread(target=_peek_for, args=(0.2, run / ".lock", ready))
+    reader.start()
+    ready.wait(5)
+    try:
+        with RunStore.resume(run):
+            assert being_written(run)
+    finally:
+        reader.join()
 
 
 def test_prompts_csv_has_every_scored_template_once(tmp_path):

@@ -305,6 +305,28 @@ def _is_temp_file(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")  # agent/core/files.py, write_atomic
 
 
+# `being_written` takes the lock shared for an instant to look; a writer starting in that
+# instant tries again rather than refuse its own run as held by another process.
+LOCK_TRIES, LOCK_TRY_EVERY_S = 10, 0.05
+
+
+def being_written(run_dir: str | Path) -> bool:
+    """Whether a search (or `adapt`) holds the run's lock now: `runs` and `show` say "running"
+    rather than "unfinished", `mlflow-sync` leaves the MLflow run open."""
+    try:
+        import fcntl
+        handle = open(Path(run_dir) / LOCK, "rb")
+    except (ImportError, OSError):
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return False
+
+
 def _acquire_lock(run_dir: Path):
     """The run's lock file, locked (flock) by this process; RunLocked when another holds it."""
     handle = open(run_dir / LOCK, "a+")
@@ -312,9 +334,14 @@ def _acquire_lock(run_dir: Path):
         import fcntl
     except ImportError:  # Windows: no advisory locks; one process per run is on the user
         return handle
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    for attempt in range(LOCK_TRIES):
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:
+            if attempt < LOCK_TRIES - 1:
+                time.sleep(LOCK_TRY_EVERY_S)
+    else:
         handle.seek(0)
         holder = handle.read().strip()
         handle.close()
