@@ -637,6 +637,12 @@ def test_compare_says_when_only_the_few_shot_images_differ_and_the_test_images_a
     assert [line for line in result.output.splitlines() if line.startswith("note:")] == [
         "note: the runs draw different few-shot images (seed, images drawn differ) and are tested on the same "
         "images: their test accuracies compare, their train accuracies do not."]
+    for fmt in ("json", "csv"):  # the records stay records; the note comes beside them
+        result = invoke("compare", "a", "b", "--runs-dir", runs, "--format", fmt)
+        assert result.exit_code == 0, result.output
+        assert "note:" not in result.stdout and result.stderr.startswith("note: the runs draw different few-shot")
+    assert [row["rank"] for row in json.loads(invoke("compare", "a", "b", "--runs-dir", runs, "--format",
+                                                     "json").stdout)][:1] == [1]
     config = json.loads((runs / "b" / "config.json").read_text())
     config["evaluator"]["split"]["ids_sha256"]["test"] = "other"
     (runs / "b" / "config.json").write_text(json.dumps(config))
@@ -673,7 +679,7 @@ def test_compare_and_show_list_as_many_distinct_winners_as_asked_after_a_rename(
     run_dir, _ = make_names_run(tmp_path)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert len({t["template"] for t in summary["top"]}) < len(summary["top"])
-    rows = json.loads(invoke("compare", "a", run_dir.name, "--runs-dir", tmp_path / "runs", "--format", "json").output)
+    rows = json.loads(invoke("compare", "a", run_dir.name, "--runs-dir", tmp_path / "runs", "--format", "json").stdout)
     assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5, "ens"]
     listed = [r["B template"] for r in rows[:5]]
     assert None not in listed and len(set(listed)) == 5 and listed[0] == summary["best"]["template"]

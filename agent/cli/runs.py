@@ -11,6 +11,7 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import Callable
 
 import click
 import pandas as pd
@@ -524,6 +525,8 @@ def compare_cmd(run1, run2, top, runs_dir, fmt):
     frame = pd.DataFrame(rows)
     if fmt in ("csv", "json"):  # which run is A and which B, in the rows themselves
         click.echo(as_text(frame.assign(**{"A run": a.id, "B run": b.id}), fmt))
+        for note in compare_notes(a, b):  # beside the records, not in them: a reader of the records still sees them
+            click.echo(f"note: {note}", err=True)
         return
     facts = pd.DataFrame([
         {"": key, "run": run.id, "dataset": run.dataset, "backbone": run.backbone, "shots": run.args.get("shots"),
@@ -542,20 +545,29 @@ def compare_cmd(run1, run2, top, runs_dir, fmt):
     item, literal = ("- ", markdown_text) if fmt == "markdown" else ("", lambda text: text)
     click.echo(f"\n{item}shared among the winners: {len(shared)}"
                + "".join(f"\n  {item}{literal(t)}" for t in sorted(shared)))
+    for note in compare_notes(a, b, literal):
+        click.echo(f"{item}note: {note}")
+
+
+def compare_notes(a: Run, b: Run, literal: Callable[[str], str] = lambda text: text) -> list[str]:
+    """What `compare` says under its table: whether the two runs' accuracies are measured on
+    the same images, and which classes each renamed (`literal` escapes a run's own text)."""
+    notes = []
     differ, names_differ = data_differences(a, b)
     if differ and same_test_images(a, b) and set(differ) <= FEW_SHOT_DRAW:
-        click.echo(f"{item}note: the runs draw different few-shot images ({', '.join(differ)} differ) and are "
-                   "tested on the same images: their test accuracies compare, their train accuracies do not.")
+        notes.append(f"the runs draw different few-shot images ({', '.join(differ)} differ) and are "
+                     "tested on the same images: their test accuracies compare, their train accuracies do not.")
     elif differ:
-        click.echo(f"{item}note: the runs use different dataset splits ({', '.join(differ)} differ); "
-                   "their accuracies are not measured on the same images.")
+        notes.append(f"the runs use different dataset splits ({', '.join(differ)} differ); "
+                     "their accuracies are not measured on the same images.")
     elif names_differ:
-        click.echo(f"{item}note: the runs start from different class names (--classnames) on the same images.")
+        notes.append("the runs start from different class names (--classnames) on the same images.")
     for key, run in (("A", a), ("B", b)):  # a template both list can score apart for this alone
         renamed = renamed_classes(run)
         if renamed:
-            click.echo(f"{item}note: {key} ({literal(run.id)}) renamed {literal(renamed)}: its accuracies are with "
-                       "the names its search found, not the start names.")
+            notes.append(f"{key} ({literal(run.id)}) renamed {literal(renamed)}: its accuracies are with "
+                         "the names its search found, not the start names.")
+    return notes
 
 
 RENAMES_SHOWN = 3  # renamed classes a note names before "..."
