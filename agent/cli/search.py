@@ -97,7 +97,8 @@ def load_config_file(ctx: click.Context, param, path):
 
 config_option = click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
                              callback=load_config_file, help="A TOML file whose [search] table sets any of these "
-                             "options by long name, max-calls = 3 or max_calls = 3 (the command line overrides it).")
+                             "options by long name, max-calls = 3 or max_calls = 3 (the command line overrides it). "
+                             "A relative path in it is read from the current folder, as on the command line.")
 
 click.rich_click.OPTION_GROUPS["promptclimb search"] = help_panels("search", ["--config"])
 click.rich_click.OPTION_GROUPS["search"] = click.rich_click.OPTION_GROUPS["promptclimb search"]
