@@ -18,7 +18,7 @@ import platform
 import re
 import time
 import warnings
-from contextlib import closing, contextmanager, nullcontext
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from importlib import metadata
@@ -722,25 +722,32 @@ def llm_client(plan: Plan, opts: dict, echo, aside: Callable[[str], None] | None
     after it; its start lines go to `aside`, None: stderr), or an OpenAI-compatible endpoint."""
     settings = plan.llm
 
-    def client(base_url: str | None, api_key: str | None, model: str) -> LLMClient:
+    def client(base_url: str | None, api_key: str | None, model: str, **lazy) -> LLMClient:
         return LLMClient(model, base_url=base_url, api_key=api_key, timeout=settings.timeout,
                          max_tries=settings.max_tries, use_cache=not opts["no_cache"],
                          max_calls=plan.search.max_calls, max_tokens=plan.search.max_tokens, echo=echo,
                          # the local LLM's, embedded or served (an API model's context is not known)
-                         context_tokens=local_llm.CONTEXT_TOKENS if settings.served_model else None)
+                         context_tokens=local_llm.CONTEXT_TOKENS if settings.served_model else None, **lazy)
 
     if settings.local and not opts["base_url"]:
         model_file = opts["llm_model"] or settings.llm_model_file
-        # a sweep's cells ask the one server their driver started (agent/sweep/driver.py) as this
-        # search asks its own: the same settings and requests
-        started = opts.get("local_llm_url")
         model = settings.request_model or local_llm.local_model_name(model_file)
-        server = nullcontext(started) if started else \
-            local_llm.local_server(model_path=model_file, echo=aside, bars=bars)
         # no key: the embedded server checks none, and a placeholder key would be a "secret"
         # that error messages redact wherever the word appears (the model name `local`)
-        with server as base_url, closing(client(base_url, None, model)) as llm:
-            yield llm
+        started = opts.get("local_llm_url")
+        if started:  # a sweep's cell asks the one server its driver started (agent/sweep/driver.py)
+            with closing(client(started, None, model)) as llm:
+                yield llm
+            return
+        # started on the first request that the run's history and the cache cannot answer: a
+        # replay, a resume of a finished run or --max-calls 0 never waits for it (about 13 s)
+        with ExitStack() as server:
+            def start() -> str:
+                return server.enter_context(local_llm.local_server(model_path=model_file, echo=aside, bars=bars))
+
+            with closing(client(None, None, model, connect=start,
+                                served_model=local_llm.served_model_id(model_file))) as llm:
+                yield llm
         return
     base_url = opts["base_url"] or os.environ.get("OPENAI_BASE_URL") or settings.base_url
     check_reachable(settings, base_url)

@@ -11,6 +11,7 @@ server (tests/test_local_llm.py)."""
 from __future__ import annotations
 
 import io
+import json
 import re
 import sys
 
@@ -122,7 +123,14 @@ def test_the_local_llm_servers_start_goes_to_the_echo(local_llm_stand_in, built,
     assert capfd.readouterr() == ("", "")
 
     lines = []
-    promptclimb.search(dataset="toy", name="heard", llm_model=str(gguf), echo=lines.append, **SMALL)
+    replayed = promptclimb.search(dataset="toy", name="cached", llm_model=str(gguf), echo=lines.append, **SMALL)
+    assert replayed.best and local_llm_lines("\n".join(lines)) == []  # every answer cached: never started
+    sources = [json.loads(line).get("source") for line in (replayed.run_dir / "history.jsonl").read_text().splitlines()
+               if '"llm_exchange"' in line]
+    assert sources and set(sources) == {"cache"}
+
+    lines = []
+    promptclimb.search(dataset="toy", name="heard", llm_model=str(gguf), echo=lines.append, no_cache=True, **SMALL)
     assert capfd.readouterr() == ("", "")
     said = local_llm_lines("\n".join(lines))
     assert len(said) == 2, lines
@@ -134,7 +142,7 @@ def test_the_local_llm_servers_start_goes_to_the_echo(local_llm_stand_in, built,
 
     done = CliRunner().invoke(search_cmd, ["--dataset", "toy", "--name", "cli", "--llm-model", str(gguf),
                                            "--iterations", "2", "--resets", "1", "--pool-sample", "8",
-                                           "--search", "template"],
+                                           "--search", "template", "--no-cache"],
                               obj={"evaluator_factory": lambda **kw: WordEvaluator(kw["dataset"])})
     assert done.exit_code == 0, done.output
     assert len(local_llm_lines(done.stderr)) == 2 and local_llm_lines(done.stdout) == []

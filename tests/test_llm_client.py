@@ -211,6 +211,38 @@ def test_a_local_server_is_known_by_its_gguf_hash_not_its_port(tmp_path):
         assert clients[0].origin() == {"local_gguf_sha256": "a" * 64}
 
 
+def test_a_server_started_on_demand_starts_only_for_a_request_the_cache_cannot_answer(tmp_path):
+    """The embedded server starts at the first request that the cache (or the run's history)
+    does not answer, once even when restarts in threads ask together; a replay never starts it."""
+    import threading
+
+    from promptclimb.agent.llm.local import local_model_id
+
+    served = local_model_id("qwen", "a" * 64)
+    with FakeLLM(script=["A {}"] * 4, models=[served]) as fake:
+        starts = []
+
+        def start():
+            starts.append(1)
+            return fake.base_url
+
+        def lazy():
+            return LLMClient("local", connect=start, served_model=served, cache_dir=tmp_path / "cache")
+
+        first = lazy()
+        assert first.where() == "the local LLM (not started)" and starts == []
+        threads = [threading.Thread(target=first.chat, args=(HI,), kwargs={"seed": s}) for s in (1, 2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(starts) == 1 and fake.count == 2 and first.where() == fake.base_url
+        replay = lazy()
+        assert replay.chat(HI, seed=1).source == "cache" and len(starts) == 1  # no second start
+        assert replay.origin() == {"local_gguf_sha256": "a" * 64}
+        replay.close()  # nothing was opened: nothing to close
+
+
 def test_history_keys_are_unchanged_so_old_runs_resume():
     """Run histories record `request_key` and a resume looks answers up by it: the formula
     must not change (the disk cache has its own key, `cache_key`)."""

@@ -121,7 +121,7 @@ def test_the_local_llm_is_asked_by_one_name_embedded_or_served(cli, monkeypatch)
     so each answers the other's runs from the cache (and a resume may switch between them)."""
     from promptclimb.agent.llm import local as local_llm
 
-    served = local_llm.local_model_id(local_llm.LOCAL_MODEL_NAME, "c" * 64)
+    served = local_llm.served_model_id()  # what `llm serve` lists for the embedded model
     with FakeLLM(responder=server_answer("local"), models=[served]) as fake:
         monkeypatch.setattr(local_llm, "local_server", lambda **kw: contextlib.nullcontext(fake.base_url))
         _, embedded = cli("embedded", "--llm", "local")

@@ -250,7 +250,10 @@ def test_the_cells_share_one_local_llm_and_ask_it_as_a_standalone_search_does(sw
     and sends the requests of a standalone search of its grid point (the served model's name,
     as a search asking its own server): `search --resume CELL` can continue a killed cell,
     and the two share the LLM's cache."""
-    with FakeLLM(responder=responder) as fake:
+    from promptclimb.agent.llm.local import served_model_id
+
+    # it lists the model as a started local server does: a search knows that id before starting it
+    with FakeLLM(responder=responder, models=[served_model_id()]) as fake:
         env, starts = counting_local_server_env(sweep, tmp_path, fake)
         command = sweep("shared", None, grid=False) + ["--dataset", "imagefolder", "--shots", "1", "--seeds", "1-2"]
         run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)

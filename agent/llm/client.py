@@ -331,24 +331,26 @@ class LLMClient:
         served_model: str | None = None,
         echo: Callable[[str], None] | None = None,
         context_tokens: int | None = None,
+        connect: Callable[[], str] | None = None,
     ):
         """`served_model`: what the endpoint serves, when the caller knows it (otherwise the
         endpoint's `/models` is asked once, on the first cache lookup). `echo`: where a line
         about each retry goes (default: stderr). `context_tokens`: the model's context (prompt
         and answer of one request), where known; the search keeps its conversations inside it.
-        A refusal that states a smaller context lowers it (`ContextExceeded`)."""
-        import openai  # imported here so that `import agent.llm` stays cheap
-
+        A refusal that states a smaller context lowers it (`ContextExceeded`). `connect`, in
+        place of `base_url`: starts the endpoint and returns its URL, called before the first
+        request that the history and the cache cannot answer (the embedded server: a search
+        answered from them never starts it); give `served_model` with it."""
         self.model = model
         self.context_tokens = context_tokens
         self._refused: dict[str, int] = {}  # request key -> the context its refusal stated
         self.base_url = base_url
         self.timeout = timeout
+        self._api_key = api_key
         self._secrets = tuple(s for s in (api_key, *url_secrets(base_url)) if s)
-        # The openai client's own retries are off: tenacity below does all of them.
-        self._client = openai.OpenAI(
-            api_key=api_key or "not-needed", base_url=base_url, timeout=timeout, max_retries=0
-        )
+        self._connect = connect
+        self._connect_lock = threading.Lock()  # restarts in threads (--parallel): one start
+        self._client = None if connect else self._new_client(base_url)
         self.max_tries = max(1, max_tries)
         self.wait_initial, self.wait_max, self.retry_after_max = wait_initial, wait_max, retry_after_max
         if use_cache and cache_dir is None:
@@ -365,9 +367,33 @@ class LLMClient:
         self._origin: dict | None = None
         self._origin_lock = threading.Lock()  # restarts may run in threads: ask /models once
         self._ledger_lock = threading.Lock()
+
+    def _new_client(self, base_url: str | None):
+        import openai  # imported here so that `import agent.llm` stays cheap
+
+        # The openai client's own retries are off: tenacity below does all of them.
+        client = openai.OpenAI(api_key=self._api_key or "not-needed", base_url=base_url, timeout=self.timeout,
+                               max_retries=0)
         # The endpoint as requests see it (the openai client resolves None and
         # OPENAI_BASE_URL), without userinfo: part of the cache key, never a secret.
-        self.endpoint = without_secrets(str(self._client.base_url)).rstrip("/")
+        self.endpoint = without_secrets(str(client.base_url)).rstrip("/")
+        return client
+
+    @property
+    def connected(self):
+        """The openai client, its endpoint started first where `connect` starts it."""
+        if self._client is None:
+            with self._connect_lock:
+                if self._client is None:
+                    self.base_url = self._connect()
+                    self._client = self._new_client(self.base_url)
+        return self._client
+
+    def where(self) -> str:
+        """The endpoint as error lines name it (never with a secret)."""
+        if self.base_url:
+            return without_secrets(self.base_url)
+        return "the local LLM (not started)" if self._client is None else "the OpenAI API"
 
     # -- what the outside world may see -------------------------------------------------
     def describe(self) -> dict:
@@ -394,7 +420,7 @@ class LLMClient:
             self._refused[key] = context_tokens
             if self.context_tokens is None or context_tokens < self.context_tokens:
                 self.context_tokens = context_tokens
-        where = without_secrets(self.base_url) or "the OpenAI API"
+        where = self.where()
         return ContextExceeded(self.redact(
             f"the LLM ({self.model} at {where}) refused a request as longer than its context of "
             f"{context_tokens:,} tokens"), context_tokens, key)
@@ -403,8 +429,9 @@ class LLMClient:
     def listed_models(self) -> list[str] | None:
         """The model ids the endpoint lists at `/models`, or None when it cannot say (no such
         route, an error, no answer within 10 s): one request, not retried."""
+        client = self.connected  # a failed start is said as itself, not as "lists nothing"
         try:
-            page = self._client.with_options(timeout=min(self.timeout, 10.0), max_retries=0).models.list()
+            page = client.with_options(timeout=min(self.timeout, 10.0), max_retries=0).models.list()
             ids = [getattr(m, "id", None) for m in (getattr(page, "data", None) or [])]
         except Exception:  # noqa: BLE001 - any failure just means "it does not say"
             return None
@@ -413,7 +440,8 @@ class LLMClient:
 
     def close(self) -> None:
         """Close the endpoint's connections: a search that ends leaves no socket open."""
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
 
     def served_model(self) -> str:
         """What answers requests for `self.model` here: the model the endpoint lists when it
@@ -434,8 +462,11 @@ class LLMClient:
 
                 served = self.served_model()
                 local = parse_local_model_id(served)
-                self._origin = ({"local_gguf_sha256": local[1]} if local
-                                else {"endpoint": self.endpoint, "served_model": served})
+                if local:
+                    self._origin = {"local_gguf_sha256": local[1]}
+                else:
+                    self.connected  # noqa: B018 - its URL is what `endpoint` holds once it runs
+                    self._origin = {"endpoint": self.endpoint, "served_model": served}
         return self._origin
 
     # -- the request ---------------------------------------------------------------------
@@ -534,7 +565,7 @@ class LLMClient:
             self.count(failed_attempts=1)
             what = _failure(state.outcome.exception() if state.outcome else None, self.timeout)
             wait = state.next_action.sleep if state.next_action else 0.0
-            where = without_secrets(self.base_url) or "the OpenAI API"
+            where = self.where()
             self.echo(self.redact(
                 f"LLM {self.model} at {where}: {what} (try {state.attempt_number} of {self.max_tries}); "
                 f"retrying in {wait:.1f}s, at {time.strftime('%H:%M:%S', time.localtime(time.time() + wait))}"
@@ -561,15 +592,16 @@ class LLMClient:
                 raise self.refused(key, context) from None
             tries = "after " + (f"{self.max_tries} {'try' if self.max_tries == 1 else 'tries'}" if _is_retryable(exc)
                                 else "1 try (not retryable)")
-            where = without_secrets(self.base_url) or "the OpenAI API"
+            where = self.where()
             raise LLMError(
                 self.redact(f"the LLM ({self.model} at {where}) did not answer {tries}: {type(exc).__name__}: {exc}")
             ) from None
 
     def _ask_once(self, request: dict) -> Answer:
+        client = self.connected  # a server's start is not the answer's latency
         started = time.perf_counter()
         try:
-            response = self._client.chat.completions.create(**request)
+            response = client.chat.completions.create(**request)
         except ValueError as exc:  # a 200 whose body is not JSON (json / pydantic errors)
             raise MalformedResponse(f"the endpoint's answer is not valid JSON ({exc})") from None
         latency = time.perf_counter() - started

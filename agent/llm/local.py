@@ -11,7 +11,8 @@ Two jobs, both without network:
    `demo-mpnet` backbone's text tower).
 2. `local_server()` runs `python -m llama_cpp.server` on 127.0.0.1 as a child process,
    waits until it answers, warms it up, yields its OpenAI-compatible base URL, and always
-   stops it (normal exit, Ctrl-C, errors).
+   stops it (normal exit, Ctrl-C, errors). A search starts it on its first request that
+   neither its history nor the cache answers (agent/pipeline.py `llm_client`).
 
 The rest of promptclimb talks to the server through the same `openai` client as any
 other endpoint.
@@ -117,6 +118,14 @@ def model_sha256(path: str | os.PathLike) -> str:
     if verified(path, DEFAULT_MODEL):
         return DEFAULT_MODEL.sha256
     return file_sha256(path)
+
+
+def served_model_id(model_path: str | os.PathLike | None = None) -> str:
+    """The id a local server of `model_path` (None: the embedded model) lists at /v1/models,
+    known before it starts: a search finds its cached answers without starting it."""
+    if model_path is None:
+        return local_model_id(LOCAL_MODEL_NAME, DEFAULT_MODEL.sha256)
+    return local_model_id(local_model_name(model_path), model_sha256(_check_user_model(Path(model_path).expanduser())))
 
 
 def ensure_model(path: str | os.PathLike | None = None, spec: ModelSpec = DEFAULT_MODEL, *,
@@ -238,7 +247,7 @@ def local_server(
         model = ensure_model(model_path, bar=bars)
         command = server_command(
             model, port, n_ctx=n_ctx, n_threads=n_threads,
-            model_alias=local_model_id(local_model_name(model_path), model_sha256(model)),
+            model_alias=served_model_id(model_path),
         )
         say(f"starting the local LLM ({model.name}) on 127.0.0.1:{port} ...")
     base_url = f"http://127.0.0.1:{port}/v1"
