@@ -24,7 +24,7 @@ from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.settings import SoftPromptConfig
 from promptclimb.agent.ranking import METRICS
 from promptclimb.agent.names import GUARDS
-from promptclimb.agent.search import CONFIRMS, SEARCHES, SELECTIONS, SearchConfig
+from promptclimb.agent.search import CONFIRMS, SEARCHES, SELECTIONS, SearchConfig, turn_kind
 
 LOCAL = "local"
 REMOTE_DEFAULT_MODEL = "gpt-4o-mini"
@@ -227,10 +227,17 @@ def unused_by(optimizer: str) -> tuple[Option, ...]:
     return tuple(o for o in SEARCH_OPTIONS if o.panel in (_L, _LLM) or o.name in LLM_SEARCH_ONLY)
 
 
-def unused_by_search(search: str) -> tuple[Option, ...]:
-    """The LLM search's options that `--search search` does not read: a kind of turn it never
-    takes (with `both`, every option is read). Given, they are ignored as `unused_by`'s are."""
-    turn_only = {"template": NAMES_TURN_ONLY, "names": TEMPLATE_TURN_ONLY}.get(search, ())
+def turns_taken(search: str, iterations: int) -> set[str]:
+    """The kinds of LLM turn ("template", "names") a reset of `iterations` turns takes."""
+    return {turn_kind(search, i, iterations) for i in range(1, iterations + 1)}
+
+
+def unused_by_search(search: str, iterations: int) -> tuple[Option, ...]:
+    """The LLM search's options that `--search search` with `--iterations iterations` does
+    not read: those of a kind of turn it never takes (`both` with one turn a reset takes no
+    template turn). Given, they are ignored as `unused_by`'s are."""
+    taken = turns_taken(search, iterations)
+    turn_only = (() if "names" in taken else NAMES_TURN_ONLY) + (() if "template" in taken else TEMPLATE_TURN_ONLY)
     return tuple(o for o in SEARCH_OPTIONS if o.name in turn_only)
 
 

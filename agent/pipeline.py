@@ -171,7 +171,7 @@ def new_run(opts: dict, echo, clip: bool = True) -> Plan:
         option_table.check_dataset_name(opts["dataset"])
     adapter_kinds = check_kinds(opts["adapter_kinds"]) if opts["adapter_kinds"] else []
     soft = soft_prompt_config(opts)
-    opts = say_unused(opts, soft.optimizer if soft else "llm", echo, opts["search"])
+    opts = say_unused(opts, soft.optimizer if soft else "llm", echo, opts["search"], opts["iterations"])
     if soft is not None:  # it trains its own output-side module (softsearch.MODULES), not --adapter's
         return Plan(DEFAULTS, evaluator_settings(opts), None, [], {}, None, [], soft)
     llm, sampling = choose_llm(opts, echo)
@@ -238,12 +238,12 @@ def refuse_soft_budget(opts: dict) -> None:
                                "--restarts x --resets x --iterations, --max-calls and --max-tokens")
 
 
-def say_unused(opts: dict, optimizer: str, echo, search: str = "both") -> dict:
+def say_unused(opts: dict, optimizer: str, echo, search: str = "both", iterations: int = DEFAULTS.iterations) -> dict:
     """The options given that `optimizer` does not read (the LLM loop's for craft and cbbt,
     the soft-prompt knobs for the LLM search; those of the kind of turn `--search search`
-    never takes), named in one warning line each, and `opts` with them at their defaults:
-    ignored alike when a run starts and when it resumes (a craft run records no LLM settings
-    for --resume to compare them with)."""
+    never takes in `iterations` turns a reset), named in one warning line each, and `opts`
+    with them at their defaults: ignored alike when a run starts and when it resumes (a craft
+    run records no LLM settings for --resume to compare them with)."""
     unused = [o for o in option_table.unused_by(optimizer) if given(opts, o.name)]
     flags = ", ".join(o.flag for o in unused)
     if unused and optimizer == "llm":
@@ -251,10 +251,11 @@ def say_unused(opts: dict, optimizer: str, echo, search: str = "both") -> dict:
     elif unused:
         echo(f"warning: --optimizer {optimizer} does not use {flags} (options of the LLM search): ignored")
     if optimizer == "llm":
-        turn_only = [o for o in option_table.unused_by_search(search) if given(opts, o.name)]
+        turn_only = [o for o in option_table.unused_by_search(search, iterations) if given(opts, o.name)]
         if turn_only:
-            never = "names turn" if search == "template" else "template turn"
-            echo(f"warning: --search {search} takes no {never}, so it does not use "
+            never = "names turn" if "names" not in option_table.turns_taken(search, iterations) else "template turn"
+            how = f"--search {search}" + (" with --iterations 1" if search == "both" else "")
+            echo(f"warning: {how} takes no {never}, so it does not use "
                  f"{', '.join(o.flag for o in turn_only)}: ignored")
         unused += turn_only
     return {**opts, **{o.name: o.default for o in unused}}
@@ -378,7 +379,9 @@ def resumed_run(opts: dict, echo) -> Plan:
         if optimizer == "llm":
             refuse_soft_budget(opts)
         # as when the run started (its --search as recorded: given again, a change is refused below)
-        opts = say_unused(opts, optimizer, echo, (saved.get("search") or {}).get("search", DEFAULT_SEARCH))
+        recorded = saved.get("search") or {}
+        opts = say_unused(opts, optimizer, echo, recorded.get("search", DEFAULT_SEARCH),
+                          opts["iterations"] if given(opts, "iterations") else recorded.get("iterations", DEFAULTS.iterations))
         if optimizer != "llm":
             refuse_changed_settings(opts, saved)
             echo(f"resuming {run_dir} ({len(store.stored)} events recorded)")

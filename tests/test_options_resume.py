@@ -122,6 +122,19 @@ def test_a_names_turn_option_with_search_template_is_said_and_ignored_alike_on_r
     assert "does not use" not in both.output and config(search, "both")["search"]["names_k"] == 5
 
 
+def test_a_template_turn_option_with_search_both_of_one_turn_a_reset_is_said_and_ignored(search):
+    """--search both takes its template turn last in a reset of two turns or more: with
+    --iterations 1 it takes none, and --top-k / --proposals given are said and ignored."""
+    one = search("--search", "both", "--top-k", "2", "--proposals", "3", name="one")
+    assert one.exit_code == 0, one.output
+    assert one.output.count("warning: --search both with --iterations 1 takes no template turn, so it does not use "
+                            "--proposals, --top-k: ignored") == 1
+    assert (config(search, "one")["search"]["top_k"], config(search, "one")["search"]["proposals"]) == (3, 5)
+    two = search("--search", "both", "--iterations", "2", "--top-k", "2", name="two")  # read there
+    assert two.exit_code == 0, two.output
+    assert "does not use" not in two.output and config(search, "two")["search"]["top_k"] == 2
+
+
 META = Path(__file__).resolve().parent.parent / "prompts" / "meta"
 META_WARNING = "warning: the meta-prompt changed since this run started: "
 
