@@ -73,6 +73,7 @@ from promptclimb.agent.llm.client import without_secrets
 from promptclimb.agent.runs.reading import Run, load_run, run_classnames
 from promptclimb.agent.runs.store import being_written, has_summary
 from promptclimb.agent.search import LLM_EVENTS
+from promptclimb.agent.softsearch import is_soft_prompt_run
 from promptclimb.agent.sweep.driver import read_sweep
 
 EXPERIMENT = "promptclimb"
@@ -494,9 +495,11 @@ class Mirror:
     def register_prompt(self, run: Run, tags: dict[str, str]) -> str | None:
         """The winning template as a new version in the prompt registry, once per run (`tags`:
         the MLflow run's, which say what it registered); returns its URI (None while the run
-        has no result)."""
+        has no result, and for a soft prompt, which has no text to register)."""
         summary = run.summary
         if not summary or not (summary.get("best") or {}).get("template"):
+            return None
+        if is_soft_prompt_run(run.config):  # learned vectors, '<soft: a photo of a> {class}.': no text to use
             return None
         best = summary["best"]
         template = best["template"].replace("{}", "{{class_name}}")

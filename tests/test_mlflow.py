@@ -599,6 +599,21 @@ def finished_run(fake, runs: Path, name: str) -> Path:
     return runs / name
 
 
+def test_a_soft_prompt_is_not_registered_as_a_text_prompt(tmp_path, server, client, fake):
+    """A craft or cbbt run's best is learned vectors, written `<soft: a photo of a> {class}.`:
+    registered, it became the latest version of the LLM runs' prompt, a template no one can use."""
+    run_dir = finished_run(fake, tmp_path / "runs", "soft")
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "optimizer": "craft"}))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["best"]["template"] = "<soft: a photo of a> {}."
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    synced = mlflow_sync("soft", "--runs-dir", tmp_path / "runs", "--tracking-uri", server, "--experiment", "soft")
+    assert synced.exit_code == 0, synced.output
+    run = client.get_run(linked_run_id(run_dir, server))
+    assert run.info.status == "FINISHED" and "promptclimb.prompt" not in run.data.tags
+
+
 def sqlite_uri(folder: Path) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'mlflow.db'}"
