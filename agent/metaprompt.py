@@ -28,6 +28,30 @@ from promptclimb.agent.core.paths import prompts_dir
 from promptclimb.agent.core.protocol import Task
 
 _NOT_RENDERED = ("comment_begin", "comment", "comment_end", "whitespace")  # jinja's lexer tokens
+
+
+def rendered_alike(tokens: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A template's lexer tokens as two files that render alike have them: without comments;
+    without the newline that trim_blocks drops after a tag (the lexer gives it to the tag, or
+    to a comment written after it: `{% endfor %}{# note #}`); text that a comment split, as
+    one; and the text's ends as `render` strips them (a comment as the file's last line)."""
+    kept: list[list[str]] = []
+    for kind, value in tokens:
+        if kind in _NOT_RENDERED:
+            continue
+        if kind == "block_end":
+            value = value.rstrip("\r\n")
+        if kind == "data" and kept and kept[-1][0] == "data":
+            kept[-1][1] += value
+        else:
+            kept.append([kind, value])
+    if kept and kept[0][0] == "data":
+        kept[0][1] = kept[0][1].lstrip()
+    if kept and kept[-1][0] == "data":
+        kept[-1][1] = kept[-1][1].rstrip()
+    return [(kind, value) for kind, value in kept if kind != "data" or value]
+
+
 FILES = ("system.j2", "first_turn.j2", "feedback_turn.j2", "names_system.j2", "names_turn.j2", "names_judge.j2")
 TEMPLATE_FILES = FILES[:3]  # the template turns' conversation; the names turns and the guard add the rest
 
@@ -89,16 +113,22 @@ class MetaPrompt:
         return {name: self.text_hash(self.path(name)) for name in names}
 
     def text_hash(self, path: Path) -> str:
-        """The SHA-256 of what a file renders from: its template tokens without its {# comments #}
-        and the spaces inside its tags. Our own files' comments document their variables and
-        change between versions; a resume must not be refused over them (a changed file a
-        recorded turn used is, agent/pipeline.py). A file jinja cannot read: its bytes'."""
+        """The SHA-256 of what a file renders from: its template tokens as `rendered_alike`
+        keeps them (no {# comments #}, no spaces inside its tags). Our own files' comments
+        document their variables and change between versions; a resume must not be refused
+        over them (a changed file a recorded turn used is, agent/pipeline.py). A file jinja
+        cannot read: its bytes'."""
+        return self.text_hashes(path)[0]
+
+    def text_hashes(self, path: Path) -> tuple[str, ...]:
+        """`text_hash`, then the hash a run recorded before it (the tokens less comments as
+        they were, the newline a tag drops kept with it): either one recorded is this text."""
         try:
-            tokens = [(kind, value) for _, kind, value in self.env.lex(path.read_text(encoding="utf-8"))
-                      if kind not in _NOT_RENDERED]
+            tokens = [(kind, value) for _, kind, value in self.env.lex(path.read_text(encoding="utf-8"))]
         except (jinja2.TemplateSyntaxError, UnicodeDecodeError):
-            return sha256_of(path)
-        return hashlib.sha256(json.dumps(tokens).encode()).hexdigest()
+            return (sha256_of(path),)
+        return tuple(hashlib.sha256(json.dumps(kept).encode()).hexdigest()
+                     for kept in (rendered_alike(tokens), [t for t in tokens if t[0] not in _NOT_RENDERED]))
 
     def changed_since(self, recorded) -> list[Path]:
         """The files whose text differs from the `fingerprint` a run recorded (none recorded:
@@ -106,7 +136,7 @@ class MetaPrompt:
         if not recorded:
             return []
         return [self.path(name) for name in FILES
-                if name in recorded and self.text_hash(self.path(name)) != recorded[name]]
+                if name in recorded and recorded[name] not in self.text_hashes(self.path(name))]
 
     def render(self, name: str, **context) -> str:
         try:

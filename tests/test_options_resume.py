@@ -288,6 +288,49 @@ def test_a_resume_goes_on_silently_when_only_the_comments_of_a_recorded_meta_pro
     one_line_error(search(*flags, "--resume", "run"), "cannot resume run: the meta-prompt changed")
 
 
+@pytest.mark.parametrize("comment", ["after a tag", "as the last line", "on a line of its own"])
+def test_a_comment_added_anywhere_in_a_recorded_meta_prompt_lets_the_run_resume(search, meta, comment):
+    """The lexer hands the newline that trim_blocks drops to a comment written right after a
+    tag, and a comment as the file's last line keeps the text's last newline: a note added
+    there read as a changed meta-prompt, and the resume was refused."""
+    shutil.copy(META / "feedback_turn.j2", meta / "feedback_turn.j2")
+    flags = ("--iterations", "3", "--meta-prompt", str(meta))
+    assert search(*flags).exit_code == 0
+    killed_before_turn(search, 3)
+    text = (meta / "feedback_turn.j2").read_text()
+    lines = text.splitlines(keepends=True)
+    tag = next(i for i, line in enumerate(lines) if line.rstrip().endswith("%}") and i > 0)
+    noted = {"after a tag": lines[:tag] + [lines[tag].rstrip("\n") + "{# my note #}\n"] + lines[tag + 1:],
+             "as the last line": lines + ["\n{# my note #}\n"],
+             "on a line of its own": lines[:tag + 1] + ["{# my note #}\n"] + lines[tag + 1:]}[comment]
+    (meta / "feedback_turn.j2").write_text("".join(noted))
+    again = search(*flags, "--resume", "run")
+    assert again.exit_code == 0, again.output
+    assert meta_warnings(again) == []
+
+
+def test_a_run_that_recorded_its_meta_prompt_as_hashed_before_resumes(search, meta):
+    """Runs recorded the tokens less comments as they were (the newline a tag drops kept with
+    it): a resume of such a run, its files unchanged, goes on silently."""
+    import hashlib
+
+    from promptclimb.agent.metaprompt import _NOT_RENDERED, MetaPrompt
+
+    assert search("--iterations", "2", "--meta-prompt", str(meta)).exit_code == 0
+    killed_before_the_second_turn(search)
+    env = MetaPrompt(str(meta)).env
+    config_path = search.runs / "run" / "config.json"
+    config = json.loads(config_path.read_text())
+    for name in config["meta_prompt_sha256"]:
+        path = meta / name if (meta / name).is_file() else META / name
+        tokens = [(kind, value) for _, kind, value in env.lex(path.read_text()) if kind not in _NOT_RENDERED]
+        config["meta_prompt_sha256"][name] = hashlib.sha256(json.dumps(tokens).encode()).hexdigest()
+    config_path.write_text(json.dumps(config))
+    again = search("--iterations", "2", "--meta-prompt", str(meta), "--resume", "run")
+    assert again.exit_code == 0, again.output
+    assert meta_warnings(again) == []
+
+
 def test_a_resume_says_nothing_of_meta_prompt_files_unchanged_or_unused(search, meta):
     assert search("--iterations", "2", "--meta-prompt", str(meta)).exit_code == 0
     killed_before_the_second_turn(search)
