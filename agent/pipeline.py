@@ -797,15 +797,20 @@ def climb(plan: Plan, store: RunStore, evaluator, llm: LLMClient, meta: MetaProm
 def what_changed(summary: dict, evaluator, echo) -> None:
     """The search in two lines: the class names it changed, and test accuracy from where a
     user starts ("a photo of a {}." with the start names) to what it found. Test is only read."""
-    best = summary["best"]
     start = evaluator.score([BASELINE], splits=("test",))[0].accuracy["test"]
     echo("\nWhat changed")
     names = summary.get("names")
     if names:
         changed = [f"{c['start']} -> {c['found']}" for c in names["classes"] if c["changed"]]
         echo(f"  class names ({len(changed)} of {len(names['classes'])} changed): {', '.join(changed) or 'none'}")
-    echo(f"  test accuracy: {pct(start)} ({BASELINE!r} with the start names) -> {pct(best['accuracy']['test'])} "
-         f"({best['template']!r}{' with the found names' if names and names['changed'] else ''})")
+    if summary.get("winner") == "ensemble":  # what to use, as summary.json and the console say
+        found = summary["ensemble"]
+        what = f"the ensemble of {len(found['templates'])} templates"
+    else:
+        found = summary["best"]
+        what = repr(found["template"])
+    echo(f"  test accuracy: {pct(start)} ({BASELINE!r} with the start names) -> {pct(found['accuracy']['test'])} "
+         f"({what}{' with the found names' if names and names['changed'] else ''})")
 
 
 def after_the_climb(plan: Plan, store: RunStore, evaluator, summary: dict, echo) -> dict:

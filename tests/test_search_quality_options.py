@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from promptclimb.agent.cli.search import search_cmd
 from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.format import pct
 from promptclimb.agent.core.pools import load_pool
 from promptclimb.agent.core.templates import template_problem
 from fake_llm import FakeLLM, WordEvaluator
@@ -129,6 +130,29 @@ def test_the_ensemble_is_chosen_on_val_only_when_it_beats_the_best_alone(tmp_pat
     assert len(ensemble["templates"]) == 2
     assert result.summary["winner"] == ("ensemble" if chosen else "best")
     assert "test" in ensemble["accuracy"]  # measured, whether chosen or not
+
+
+@pytest.mark.parametrize("gain", [0.02, -0.05])
+def test_what_changed_says_the_ensemble_when_it_is_what_to_use(tmp_path, monkeypatch, gain):
+    """The search's last lines gave the best template's test accuracy even when the ensemble,
+    chosen on val, is what summary.json says to use."""
+    monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
+    with FakeLLM(script=["a grayscale photo of a {}.", "a dark {}."]) as fake:
+        result = run_cli(["--dataset", "toy", "--runs-dir", str(tmp_path / "runs"), "--name", "run", "--search",
+                          "template", "--iterations", "2", "--resets", "1", "--pool-sample", "6"], fake.base_url,
+                         monkeypatch, evaluator=WordEvaluator(ensemble_gain=gain))
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "runs" / "run" / "summary.json").read_text())
+    said = [line for line in result.output.splitlines() if line.startswith("  test accuracy: ")]
+    if gain > 0:
+        ensemble = summary["ensemble"]
+        assert summary["winner"] == "ensemble" and ensemble["accuracy"]["test"] != summary["best"]["accuracy"]["test"]
+        assert said[0].endswith(f"-> {pct(ensemble['accuracy']['test'])} (the ensemble of "
+                                f"{len(ensemble['templates'])} templates)")
+    else:
+        best = summary["best"]
+        assert summary["winner"] == "best" and said[0].endswith(f"-> {pct(best['accuracy']['test'])} "
+                                                                f"({best['template']!r})")
 
 
 # -- spare ------------------------------------------------------------------------------------
