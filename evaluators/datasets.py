@@ -232,10 +232,16 @@ def make_fewshot_split(dataset: Dataset, shots: int, seed: int, unlabeled: int =
     short = {c: len(ids) for c, ids in train_pool.items() if len(ids) < shots}
     if short:
         c = min(short, key=short.get)
+        # without a val split, val is drawn from what train leaves: a class needs one image more
+        val_from_train = not dataset.splits.get("val")
+        allows = short[c] - val_from_train
         raise PromptclimbError(
             f"--shots {shots} is more than class {dataset.classnames[c]!r} of {dataset.name} has "
-            f"({short[c]} training images); the smallest class allows --shots {short[c]}"
-            if short[c] else f"class {dataset.classnames[c]!r} of {dataset.name} has no training images"
+            f"({short[c]} training images); the smallest class allows --shots {allows}"
+            + (" (one image a class is left for validation)" if val_from_train else "")
+            if allows >= 1 else f"class {dataset.classnames[c]!r} of {dataset.name} has "
+            f"{short[c] or 'no'} training image{'' if short[c] == 1 else 's'}"
+            + (": too few to draw training and validation images from" if short[c] else "")
         )
     train: Labelled = []
     rest: dict[int, list[str]] = {}

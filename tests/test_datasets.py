@@ -159,7 +159,15 @@ def test_unlabeled_images_come_from_the_rest_of_the_train_pool_without_labels():
 def test_shots_larger_than_smallest_class_names_it():
     data = _synthetic()
     data.splits["train"] = [x for x in data.splits["train"] if not (x[1] == 2 and x[0] >= "c2/img003")]
-    with pytest.raises(PromptclimbError, match=r"class 'class 2'.*\(3 training images\).*--shots 3"):
+    assert not data.splits.get("val")  # val is drawn from what train leaves: one image a class
+    with pytest.raises(PromptclimbError, match=r"class 'class 2'.*\(3 training images\).*allows --shots 2 \(one "
+                                               r"image a class is left for validation\)"):
+        make_fewshot_split(data, 5, seed=1)
+    with pytest.warns(UserWarning, match="fewer than 2 validation images for 1 class"):  # class 2 has 1 left
+        split = make_fewshot_split(data, 2, seed=1)  # what it says runs, every class with its val image
+    assert sorted({c for _, c in split.splits["val"]}) == list(range(len(data.classnames)))
+    data.splits["val"] = [(f"v/{c}", c) for c in range(4)]  # a val split of its own: train's all
+    with pytest.raises(PromptclimbError, match=r"\(3 training images\); the smallest class allows --shots 3$"):
         make_fewshot_split(data, 5, seed=1)
 
 
