@@ -349,6 +349,11 @@ def kind_of_other_class(key: str, cls: int, taken: Mapping[str, int], own_names:
     return None
 
 
+def refusal_key(r: NameRefusal) -> tuple:
+    """What makes two refusals one (`refusals_shown`): the class, the name and the reason."""
+    return r.cls if r.cls is not None else name_key(r.label), name_key(r.name), r.reason
+
+
 def refusals_shown(refused: Sequence[NameRefusal], names: Sequence[str]) -> list[dict]:
     """The refusals as the next names turn lists them (`names`: the classes' names the turn
     asked with), each name refused for the same class and reason once: a small model that
@@ -356,7 +361,7 @@ def refusals_shown(refused: Sequence[NameRefusal], names: Sequence[str]) -> list
     ankle boot", seen on the bench) would otherwise read it back four times, and copy it."""
     shown, seen = [], set()
     for r in refused:
-        key = (r.cls if r.cls is not None else name_key(r.label), name_key(r.name), r.reason)
+        key = refusal_key(r)
         if key in seen:
             continue
         seen.add(key)

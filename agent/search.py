@@ -1011,7 +1011,8 @@ class HillClimber:
         shown = naming.refusals_shown(others, names)  # a name refused four times in a line: once
         for r in shown[:REFUSALS_PRINTED]:
             self.echo(f"    refused  {r['class']}: {shortened(r['name'], 40)!r}: {r['reason']}")
-        self.print_more(len(shown))
+        printed = set(list(dict.fromkeys(map(naming.refusal_key, others)))[:REFUSALS_PRINTED])
+        self.print_more(sum(naming.refusal_key(r) not in printed for r in others), "refused")
         if unasked:  # its own line, never among the refusals cut off above: it is why the search stops here
             self.echo(f"    cut by the budget ({unasked[0].detail}): the drift guard could not be asked about "
                       + ", ".join(f"{names[r.cls]} -> {shortened(r.name, 40)}" for r in unasked) + ", so not kept")
@@ -1095,17 +1096,19 @@ class HillClimber:
         shown = list({(r["line"], r["reason"]): r for r in rejected}.values())  # a line repeated: once
         for r in shown[:REFUSALS_PRINTED]:
             self.echo(f"    rejected  {shortened(r['line'], 60)!r}: {r['reason']}")
-        self.print_more(len(shown))
+        printed = {(r["line"], r["reason"]) for r in shown[:REFUSALS_PRINTED]}
+        self.print_more(sum((r["line"], r["reason"]) not in printed for r in rejected), "rejected")
 
-    def print_more(self, refused: int) -> None:
-        """Where a turn refused more lines or names than the console prints: how many, and,
-        the first time, where they all are."""
-        if refused <= REFUSALS_PRINTED:
+    def print_more(self, more: int, word: str) -> None:
+        """Where a turn refused more lines or names than the console prints: how many of those
+        its first line counts are not among the lines printed (a repeat of a printed one is),
+        and, the first time, where they all are."""
+        if not more:
             return
         where = "" if self.said_where_refusals_are else \
             f": {shell_command('show', run_argument(self.store.run_dir))} lists them all"
         self.said_where_refusals_are = True
-        self.echo(f"    ... {refused - REFUSALS_PRINTED} more refused{where}")
+        self.echo(f"    ... {more} more {word}{where}")
 
     # -- the end ---------------------------------------------------------------------------
     def finish(self, stopped: str, started: float) -> ClimbResult:
