@@ -339,6 +339,23 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path):
     assert "newer format" in invoke("runs", "--runs-dir", runs).output
 
 
+def test_show_and_runs_say_where_a_sweeps_runs_are(tmp_path):
+    """`show SWEEP` said "no run 'grid' under runs" of a folder that is there, and `runs` left a
+    sweep's cells out without a word."""
+    runs = tmp_path / "runs"
+    (runs / "grid").mkdir(parents=True)
+    (runs / "grid" / "sweep.json").write_text("{}")
+    only_sweep = invoke("runs", "--runs-dir", runs)
+    assert only_sweep.exit_code == 1 and f"promptclimb runs --runs-dir {runs / 'grid'}" in only_sweep.output
+    make_run(tmp_path, "plain")
+    shown = invoke("show", "grid", "--runs-dir", runs)
+    assert shown.exit_code == 1
+    assert f"{runs / 'grid'} is a sweep, not a run: promptclimb sweep-report {runs / 'grid'} reports it" in shown.output
+    listed = invoke("runs", "--runs-dir", runs, "--format", "json")
+    assert listed.exit_code == 0 and [r["id"] for r in json.loads(listed.stdout)] == ["plain"]
+    assert listed.stderr == f"sweeps here (their runs not listed above): promptclimb runs --runs-dir {runs / 'grid'}\n"
+
+
 def test_a_line_being_written_is_not_said_to_be_cut_short_by_a_stop(tmp_path):
     """`show` of a run whose search is writing its last history line (locked, no newline yet)
     said the line was "cut short (the run was stopped while writing it)"; a reader cannot know

@@ -22,10 +22,10 @@ from promptclimb.agent.core.classnames import PUBLISHED
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.cli.errors import user_errors
 from promptclimb.agent.cli.params import TableText
-from promptclimb.agent.core.format import markdown_text, moment, pct, shortened, shots_said
+from promptclimb.agent.core.format import markdown_text, moment, pct, shell_command, shortened, shots_said
 from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.options import BY_KEYWORD
-from promptclimb.agent.runs.reading import Run, find_run, run_start_names, runs_frame
+from promptclimb.agent.runs.reading import Run, find_run, list_sweep_dirs, run_start_names, runs_frame
 from promptclimb.agent.runs.compact import CLASSES_IN_FULL
 from promptclimb.agent.runs.store import ANSWER_KINDS, HISTORY
 from promptclimb.agent.adapt import adapter_said
@@ -136,12 +136,17 @@ def runs_cmd(runs_dir, fmt):
       promptclimb runs --runs-dir elsewhere/runs --format csv
     """
     frame = runs_frame(runs_dir)
+    # a sweep's cells are runs one level down: said beside the table (on stderr: csv and json stay records)
+    sweeps = [shell_command('runs', '--runs-dir', str(p)) for p in list_sweep_dirs(runs_dir)]
     if frame.empty and fmt == "table":
-        raise PromptclimbError(f"no runs under {Path(runs_dir).resolve()} (start one with `promptclimb search`, "
-                               "or point --runs-dir elsewhere)")
+        raise PromptclimbError(f"no runs under {Path(runs_dir).resolve()} " + (
+            f"but sweeps; their runs: {'; '.join(sweeps)}" if sweeps else
+            "(start one with `promptclimb search`, or point --runs-dir elsewhere)"))
     if fmt in ("table", "markdown") and not frame.empty:
         frame = frame.assign(date=frame["date"].map(moment))  # UTC, and saying so
     click.echo(as_text(frame, fmt, percent=("train", "test")))
+    if sweeps:
+        click.echo(f"sweeps here (their runs not listed above): {'; '.join(sweeps)}", err=True)
 
 
 # -- show -----------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import pandas as pd
 
 from promptclimb.agent.core.classnames import PUBLISHED
 from promptclimb.agent.core.errors import PromptclimbError
-from promptclimb.agent.core.format import shortened
+from promptclimb.agent.core.format import shell_command, shortened
 from promptclimb.agent.core.paths import absolute, not_a_folder
 from promptclimb.agent.core.protocol import SPLITS
 from promptclimb.agent.core.runfiles import SWEEP_FILE
@@ -68,6 +68,15 @@ def list_run_dirs(runs_dir: str | Path) -> list[Path]:
     return sorted(p for p in runs_dir.iterdir() if p.is_dir() and (p / CONFIG).exists())
 
 
+def list_sweep_dirs(runs_dir: str | Path) -> list[Path]:
+    """Every sweep folder under `runs_dir` (one with a sweep.json): its cells are runs one
+    level down, which `list_run_dirs` does not list."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    return sorted(p for p in runs_dir.iterdir() if p.is_dir() and (p / SWEEP_FILE).exists())
+
+
 def find_run(run: str, runs_dir: str | Path) -> Path:
     """A run folder from an id under `runs_dir`, a unique prefix of one, or a path."""
     if not str(run).strip():  # a prefix of every run, and the current folder as a path
@@ -82,8 +91,9 @@ def find_run(run: str, runs_dir: str | Path) -> Path:
         return matches[0]
     if len(matches) > 1:
         raise PromptclimbError(f"run {run!r} is ambiguous under {runs_dir}: " + ", ".join(p.name for p in matches))
-    if Path(run).exists():  # a path given: say what is wrong with it, not what --runs-dir holds
-        raise PromptclimbError(not_a_run_folder(Path(run)))
+    for candidate in (Path(run), runs_dir / run):  # a path, or a folder there: say what is wrong with it
+        if candidate.exists():
+            raise PromptclimbError(not_a_run_folder(candidate))
     if not known and not_a_folder(runs_dir):  # not "holds no runs": a file was given as the runs folder
         raise PromptclimbError(f"no run {run!r}: {runs_dir} (--runs-dir): {not_a_folder(runs_dir)}")
     if not known:
@@ -97,6 +107,9 @@ def not_a_run_folder(path: Path) -> str:
     """Why `path`, which exists, is not a run folder: a file, a folder of runs, or neither."""
     if not path.is_dir():
         return f"{path} is a file, not a run folder (a run folder holds {CONFIG})"
+    if (path / SWEEP_FILE).exists():
+        return (f"{path} is a sweep, not a run: {shell_command('sweep-report', str(path))} reports it, "
+                f"{shell_command('runs', '--runs-dir', str(path))} lists its runs")
     inside = list_run_dirs(path)
     if inside:
         shown = ", ".join(p.name for p in inside[:3]) + (" ..." if len(inside) > 3 else "")
