@@ -188,6 +188,8 @@ def test_a_2x2_sweep_on_a_local_ray_and_its_report(sweep):
         assert g["llm_calls_mean"] == pytest.approx(sum(c["ledger"]["calls"] for c in cells) / 2)
     table = report(sweep.runs, "grid", "table")
     assert "best (test %)" in table and "±" in table and "Plot:" in table
+    # requests made, not answers (`runs` counts those, cached or not): the header and a line say so
+    assert "LLM requests" in table.splitlines()[0] and "(answers from the cache not counted)" in table
     assert report(sweep.runs, "grid", "markdown").startswith("| dataset")
     assert report(sweep.runs, "grid", "csv").splitlines()[0].startswith("dataset,backbone,shots,seeds")
     assert (sweep_dir / "report.png").stat().st_size > 1000

@@ -154,11 +154,14 @@ def sweep_report_cmd(sweep, runs_dir, fmt):
     rows = [{"dataset": r.dataset, "backbone": r.backbone, "shots": r.shots, "seeds": r.seeds,
              **{f"{result} (test %)": mean_sd(getattr(r, f"{result}_mean"), getattr(r, f"{result}_sd"))
                 for result in RESULTS},
-             "LLM calls": _number(r.llm_calls_mean), "LLM tokens": _number(r.llm_tokens_mean),
+             "LLM requests": _number(r.llm_calls_mean), "LLM tokens": _number(r.llm_tokens_mean),
              "LLM s": _number(r.llm_s_mean), "failed": r.failed or ""}
             for r in summary.itertuples()]
     click.echo(tabulate(rows, headers="keys", tablefmt="pipe" if fmt == "markdown" else "simple",
                         disable_numparse=True))
+    # `runs` counts a run's answers, cached or not: said, where the two could be read as one figure
+    click.echo("\nLLM requests, tokens and s: a cell's requests to the LLM (answers from the cache not counted), "
+               "mean over its seeds")
     unfinished = cells[~cells["state"].isin(["finished", "failed"])]
     if len(unfinished):
         click.echo(f"\n{len(unfinished)} cell(s) not finished yet: {', '.join(unfinished['cell'])}")
