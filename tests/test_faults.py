@@ -301,8 +301,11 @@ def test_an_unwritable_runs_folder_is_found_before_the_model_loads(tmp_path, llm
     assert evaluators_built == []
 
 
-@pytest.mark.parametrize("content, needle", [(b"", "is empty"),
-                                             (b"\x80\x02garbage, not a checkpoint" * 50, "cannot be read")])
+@pytest.mark.parametrize("content, needle", [
+    (b"", "is empty"), (b"\x80\x02garbage, not a checkpoint" * 50, "cannot be read"),
+    # no pickle at all: torch's legacy reader said KeyError(174812789), shown as a bare number
+    (b"version https://git-lfs.github.com/spec/v1\noid sha256:ab", "safetensors weights (it begins "
+                                                                  "b'version https://git-lfs.github.com/spec/')")])
 def test_a_bad_weights_file_is_one_line(content, needle, tiny_clip_config, image_folder, tmp_path):
     weights = tmp_path / "w.pt"
     weights.write_bytes(content)

@@ -222,9 +222,22 @@ def _load_weights_file(name: str, path: Path, kwargs: dict):
     return model.to(kwargs["device"])
 
 
+WEIGHTS_HEAD_SHOWN = 40  # bytes of an unreadable weights file said: an HTML page, a Git LFS pointer, text
+
+
 def _unreadable_weights(path: Path, exc: BaseException) -> str:
-    # torch.load's own messages on such files are long and mostly about weights_only.
-    reason = "" if isinstance(exc, (EOFError, pickle.UnpicklingError)) else f": {_first_line(exc)}"
+    # torch.load's own messages on such files are long and mostly about weights_only; on a file
+    # that is no pickle at all its legacy reader fails with a bare number (KeyError(174812789)):
+    # what the file begins with says more
+    said = _first_line(exc)
+    if isinstance(exc, (EOFError, pickle.UnpicklingError, KeyError)) or not any(c.isalpha() for c in said):
+        try:
+            with open(path, "rb") as f:
+                reason = f" (it begins {f.read(WEIGHTS_HEAD_SHOWN)!r})"
+        except OSError:
+            reason = ""
+    else:
+        reason = f": {said}"
     return (f"weights file {path} cannot be read as PyTorch (.pt, .bin) or safetensors weights{reason}; "
             "pass a state dict saved with torch.save or safetensors")
 
