@@ -777,6 +777,9 @@ PUBLISHED = ["T-shirt/top", "Trouser", "Pullover"]
     ("tee\nTrouser,pants\n", r"line 2: 'Trouser,pants' reads as a 'folder,name' line, but line 1 is one name on its "
                              r"own \(half the file's lines are each\): write every line as 'folder,name'"),
     ("Trouser,pants\ntee\n", r"line 2: 'tee' is one name on its own, but line 1 reads as a 'folder,name' line"),
+    # ... unless the other form's line is a 'folder,name' line with its folder misspelt
+    ("Trouser,pants\nNoSuchFolder,x\n", r"line 2: 'NoSuchFolder' is not a class of this dataset \(T-shirt/top, "
+                                       r"Trouser, Pullover\), as line 1's 'Trouser' is$"),
     # names in class order, with a line keyed to another class than its place's
     ("Trouser,pants\ntee\nsweater\n", r"line 1: 'Trouser,pants' reads as a 'folder,name' line for 'Trouser', but 2 "
                                       r"of the file's 3 lines are one name each, in class order \(line 1 names "

@@ -242,6 +242,11 @@ def _keyed_lines(lines: list[str], keys: dict[str, list[int]], labels: tuple[str
         return keyed
     way_out = "write every line as 'folder,name' (any order) or as one name (in class order)"
     if len(keyed) == len(plain):
+        typo = next((i for i in plain if folder_and_name(lines[i])), None)
+        if typo is not None:  # a 'folder,name' line whose folder is misspelt, beside as many right ones
+            raise PromptclimbError(f"--classnames {where} line {typo + 1}: {folder_and_name(lines[typo])[0]!r} is not "
+                                   f"a class of this dataset ({', '.join(labels)}), as line {keyed[0] + 1}'s "
+                                   f"{folder_and_name(lines[keyed[0]])[0]!r} is")
         odd = max(keyed[0], plain[0])
         forms = ("reads as a 'folder,name' line", "is one name on its own")
         this, other = forms if odd in keyed else forms[::-1]
