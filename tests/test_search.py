@@ -500,7 +500,8 @@ def test_cli_errors_are_readable(tmp_path, monkeypatch):
     from promptclimb.agent.cli.search import search_cmd
 
     result = CliRunner().invoke(search_cmd, ["--runs-dir", str(tmp_path)])
-    assert result.exit_code != 0 and "--dataset is required" in result.output and "Traceback" not in result.output
+    # a usage error, as click's own missing options are (README: exit code 2)
+    assert result.exit_code == 2 and "--dataset is required" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(search_cmd, ["--resume", "nope", "--runs-dir", str(tmp_path)])
     assert result.exit_code != 0 and "no run 'nope'" in result.output
     # a known dataset: an unknown one ("toy", which only tests' evaluators know) is refused first

@@ -121,6 +121,8 @@ def search_cmd(ctx: click.Context, **opts):
     """
     from promptclimb.agent.pipeline import run_search
 
+    if not opts["dataset"] and opts["resume"] is None:  # a usage error (exit 2), as click's missing options are
+        raise click.UsageError("--dataset is required (or --resume RUN)", ctx)
     echo = (lambda msg: click.echo(msg, err=True)) if opts["as_json"] else click.echo
     factory = (ctx.obj or {}).get("evaluator_factory") if isinstance(ctx.obj, dict) else None
     summary = run_search(opts, echo, evaluator_factory=factory)
