@@ -286,12 +286,13 @@ def choose_llm(opts: dict, echo) -> tuple[LLMSettings, dict]:
     elif opts["llm_name"] is None and llm_name == LOCAL:
         echo("No OPENAI_API_KEY or OPENAI_BASE_URL set: using the embedded local LLM (--llm local).")
     local = llm_name == LOCAL and not served_local  # the embedded server, started by this command
+    model_file = str(local_llm.check_model_file(opts["llm_model"])) if local and opts["llm_model"] else opts["llm_model"]
     # The endpoint is recorded without userinfo; the key never is.
-    served = local_llm.local_model_name(opts["llm_model"]) if local else served_local
+    served = local_llm.local_model_name(model_file) if local else served_local
     timeout = opts["timeout"]
     if timeout is None:  # a local server would go on computing an abandoned request
         timeout = local_llm.REQUEST_TIMEOUT_S if served else LLMSettings.timeout
-    settings = LLMSettings(llm_name, local, opts["llm_model"], timeout, opts["max_tries"],
+    settings = LLMSettings(llm_name, local, model_file, timeout, opts["max_tries"],
                            without_secrets(endpoint), served, request_model=served or llm_name,
                            secrets_left_out=without_secrets(endpoint) != endpoint)
     return settings, (local_llm.LOCAL_SAMPLING if served else {})
@@ -389,6 +390,14 @@ def resumed_run(opts: dict, echo) -> Plan:
                         adapter_kinds, SoftPromptConfig(**saved["soft_prompt"]).check(), store=store)
         llm = LLMSettings.from_config(saved["llm"])
         check_endpoints(opts, local=llm.local)
+        if llm.local and not opts["base_url"] and (opts["llm_model"] or llm.llm_model_file):
+            # the GGUF is hashed for the cache's key before any answer: a missing one is said now
+            try:
+                checked = str(local_llm.check_model_file(opts["llm_model"] or llm.llm_model_file))
+            except PromptclimbError as exc:
+                raise PromptclimbError(f"{exc}" + ("" if opts["llm_model"] else " (the run's, as its config.json "
+                                                   "records it: give the file again with --llm-model FILE)")) from None
+            opts = {**opts, "llm_model": checked} if opts["llm_model"] else opts
         if given(opts, "parallel"):  # the command that started it, again: its --parallel as that one ran it
             opts = {**opts, "parallel": lanes_for_the_llm(llm, opts["parallel"], saved["search"]["restarts"], echo)}
         search = SearchConfig(**{**RECORDED_BEFORE_IT_EXISTED, **{f.name: saved["search"][f.name]
@@ -744,9 +753,15 @@ def llm_client(plan: Plan, opts: dict, echo, aside: Callable[[str], None] | None
             return
         # started on the first request that the run's history and the cache cannot answer: a
         # replay, a resume of a finished run or --max-calls 0 never waits for it (about 13 s)
+        # It is started on the thread that asks first: the search's own (the embedded server runs
+        # one request at a time, so restarts share one lane: `lanes_for_the_llm`), which lives as
+        # long as the search; the server dies with the thread that started it (local.py).
         with ExitStack() as server:
             def start() -> str:
-                return server.enter_context(local_llm.local_server(model_path=model_file, echo=aside, bars=bars))
+                try:
+                    return server.enter_context(local_llm.local_server(model_path=model_file, echo=aside, bars=bars))
+                except PromptclimbError as exc:  # mid-run: said with the command that continues it (`climb`)
+                    raise LLMError(f"the local LLM did not start: {exc}") from None
 
             with closing(client(None, None, model, connect=start,
                                 served_model=local_llm.served_model_id(model_file))) as llm:

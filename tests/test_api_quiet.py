@@ -149,6 +149,43 @@ def test_the_local_llm_servers_start_goes_to_the_echo(local_llm_stand_in, built,
     assert "run folder: " in done.stdout
 
 
+def test_a_local_model_file_is_checked_before_the_run_folder_and_recorded_whole(local_llm_stand_in, built, tmp_path,
+                                                                                monkeypatch):
+    """`--llm-model` was checked when the server started, after the run folder was made (an
+    unfinished run was left behind whose resume failed alike), and recorded as typed: a
+    resume from another folder read another file of that name, or none."""
+    (tmp_path / "notes.txt").write_text("not a model")
+    for bad, why in (("missing.gguf", "no such file"), ("notes.txt", "not a GGUF file")):
+        with pytest.raises(promptclimb.PromptclimbError, match=f"--llm-model {tmp_path / bad}: {why}"):
+            promptclimb.search(dataset="toy", name="bad", llm_model=bad, echo=None, **SMALL)
+        assert not (tmp_path / "runs" / "bad").exists()
+    promptclimb.search(dataset="toy", name="rel", llm_model="mine.gguf", echo=None, **SMALL)
+    config = json.loads((tmp_path / "runs" / "rel" / "config.json").read_text())
+    assert config["llm"]["llm_model_file"] == str(local_llm_stand_in)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    (tmp_path / "mine.gguf").rename(tmp_path / "gone.gguf")  # the run's own file, gone
+    with pytest.raises(promptclimb.PromptclimbError, match=r"--llm-model .*mine\.gguf: no such file \(the run's"):
+        promptclimb.search(resume=str(tmp_path / "runs" / "rel"), echo=None)
+
+
+def test_a_local_llm_that_fails_to_start_mid_run_leaves_the_command_that_continues(local_llm_stand_in, built,
+                                                                                     monkeypatch, tmp_path):
+    """The server starts at the first answer the cache does not hold, after the pool was
+    scored: its failure to start is an LLM failure like any other, and says how to go on."""
+    from promptclimb.agent.llm import local as local_llm
+
+    monkeypatch.setattr(local_llm, "server_command", lambda model, port, **kwargs: [
+        sys.executable, "-c", "import sys; sys.exit(1)"])
+    with pytest.raises(promptclimb.PromptclimbError) as failed:
+        promptclimb.search(dataset="toy", name="cut", llm_model=str(local_llm_stand_in), echo=None, **SMALL)
+    said = str(failed.value)
+    assert said.startswith("the local LLM did not start: the local LLM server exited with code 1")
+    assert "The run is saved; continue it with: promptclimb search --resume " in said
+    assert '"event": "score"' in (tmp_path / "runs" / "cut" / "history.jsonl").read_text()  # the pool: kept
+
+
 @pytest.mark.parametrize("echo", [None, "list", print])
 def test_the_local_models_assembly_bar_is_drawn_only_with_print(tmp_path, monkeypatch, built, capfd, echo):
     """The embedded model assembled the first time (here from parts that do not add up to it,

@@ -125,7 +125,7 @@ def served_model_id(model_path: str | os.PathLike | None = None) -> str:
     known before it starts: a search finds its cached answers without starting it."""
     if model_path is None:
         return local_model_id(LOCAL_MODEL_NAME, DEFAULT_MODEL.sha256)
-    return local_model_id(local_model_name(model_path), model_sha256(_check_user_model(Path(model_path).expanduser())))
+    return local_model_id(local_model_name(model_path), model_sha256(check_model_file(model_path)))
 
 
 def ensure_model(path: str | os.PathLike | None = None, spec: ModelSpec = DEFAULT_MODEL, *,
@@ -134,11 +134,14 @@ def ensure_model(path: str | os.PathLike | None = None, spec: ModelSpec = DEFAUL
     assembled and verified once into `cache_dir("models")` (`bar`: with a progress bar on
     stderr the first time; False: none)."""
     if path is not None:
-        return _check_user_model(Path(path).expanduser())
+        return check_model_file(path)
     return ensure_assembled(spec, bar=bar)
 
 
-def _check_user_model(path: Path) -> Path:
+def check_model_file(path: str | os.PathLike) -> Path:
+    """`--llm-model FILE` as an absolute path (a resume from another folder finds the same
+    file), or PromptclimbError when it is no GGUF file: checked before a run folder is made."""
+    path = Path(path).expanduser().absolute()
     if not path.is_file():
         raise PromptclimbError(f"--llm-model {path}: no such file")
     with open(path, "rb") as f:
