@@ -13,12 +13,14 @@ import shutil
 from html import unescape
 from pathlib import Path
 
+import markupsafe
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 from promptclimb.agent.cli import cli
 from promptclimb.agent.api import rank_correlation, transfer_name
+from promptclimb.agent.core.format import pct
 from promptclimb.agent.runs.reading import load_run
 from promptclimb.agent.runs.store import RunStore, run_lock
 from fake_llm import FakeLLM, WordEvaluator
@@ -514,6 +516,23 @@ def test_report_is_one_self_contained_page(tmp_path):
     assert html.count("<details>") >= 6  # the conversation is folded away
     # LLM text is escaped, never markup
     assert "a {name} with a named field" in html and "<name>" not in html
+
+
+def test_the_reports_first_box_says_the_ensemble_when_it_is_what_to_use(tmp_path):
+    """The page's headline gave the best template alone where summary.json says the ensemble,
+    chosen on val, is what to use; the ensemble's templates were listed nowhere."""
+    run_dir = make_run(tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["winner"] == "ensemble"
+    html = invoke("report", "run", "--runs-dir", tmp_path / "runs", "-o", "-").stdout
+    ensemble = summary["ensemble"]
+    box = re.search(r'<div class="best">What to use: (.*?)</div>', html, flags=re.S)
+    assert box and f"the ensemble of {len(ensemble['templates'])} templates" in box[1]
+    assert all(f"<code>{markupsafe.escape(t)}</code>" in box[1] for t in ensemble["templates"])  # as jinja escapes
+    assert f"test <b>{pct(ensemble['accuracy']['test'])}</b>" in box[1]
+    summary["winner"] = "best"  # the best alone: no such box
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    assert "What to use" not in invoke("report", "run", "--runs-dir", tmp_path / "runs", "-o", "-").stdout
 
 
 def test_report_writes_through_a_symlink_and_to_stdout(tmp_path, monkeypatch):

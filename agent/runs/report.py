@@ -86,7 +86,11 @@ def render(run: Run, plot_png: Path | None = None) -> str:
     labels = names_table.get("start") or []
     many = len(labels) > CLASSES_IN_FULL
     soft = is_soft_prompt_run(run.config)  # no LLM answers or conversation: its steps instead
+    summary = run.summary or {}
+    # what to use, as summary.json says it: the ensemble when it beat the best template on val
+    use = summary.get("ensemble") if summary.get("winner") == "ensemble" else None
     return env.get_template(TEMPLATE).render(
+        use=use,
         soft=soft, steps=steps_shown(steps_table(run.events)) if soft else [], steps_lost=STEPS_LOST,
         names=run.names().to_dict("records"), class_labels=labels,
         confusion={} if many else confusion,
