@@ -85,7 +85,7 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
            "template turn).", _E, SEARCHES, recorded="search.search"),
     Option("--classnames", None, "The class names the search starts from: published (the labels the data comes "
            "with, the default), a named set (clean for fashion-mnist, coop for eurosat) or a FILE (one name per line "
-           "in class order, or folder,name lines).", _E, "names", metavar="published|SET|FILE",
+           "in class order, or folder,name lines; # comment lines).", _E, "names", metavar="published|SET|FILE",
            recorded="evaluator_args.classnames"),
     Option("--pool", "curated", "Initial templates: curated (hand-written and OpenAI's 80), captions (generic web "
            "captions, the paper's start) or a file with one template per line (# comments, also after a template: "

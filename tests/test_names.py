@@ -777,6 +777,10 @@ PUBLISHED = ["T-shirt/top", "Trouser", "Pullover"]
     ("tee\nTrouser,pants\n", r"line 2: 'Trouser,pants' reads as a 'folder,name' line, but line 1 is one name on its "
                              r"own \(half the file's lines are each\): write every line as 'folder,name'"),
     ("Trouser,pants\ntee\n", r"line 2: 'tee' is one name on its own, but line 1 reads as a 'folder,name' line"),
+    # a comment is no name, and the lines keep their numbers
+    ("# my names\ntee\npants\nsweater\nhat\n", r"line 5: one name too many: the dataset has 3 classes"),
+    ("# header\nTrouser,pants\n# a note\nNoSuchFolder,x\n", r"line 4: 'NoSuchFolder' is not a class"),
+    ("# only a comment\n", r"the file holds no name, but 3 of the dataset's 3 classes have no name"),
     # ... unless the other form's line is a 'folder,name' line with its folder misspelt
     ("Trouser,pants\nNoSuchFolder,x\n", r"line 2: 'NoSuchFolder' is not a class of this dataset \(T-shirt/top, "
                                        r"Trouser, Pullover\), as line 1's 'Trouser' is$"),
@@ -833,6 +837,8 @@ def test_classnames_specs(tmp_path):
     keyed = tmp_path / "keyed.txt"
     keyed.write_text("Pullover,sweater\nt_shirt/top,tee\nTrouser, pants\n")  # any order; folder spellings
     assert read_classnames(str(keyed), PUBLISHED, {}) == ("tee", "pants", "sweater")
+    ordered.write_text("# my names, as a --pool file has comments\ntee\n  # pants for Trouser\npants\nsweater\n")
+    assert read_classnames(str(ordered), PUBLISHED, {}) == ("tee", "pants", "sweater")
     with pytest.raises(PromptclimbError, match=r"neither a name set of this dataset \(published, clean\) nor a file"):
         read_classnames("cleaned", PUBLISHED, {"clean": ["a", "b", "c"]})
 

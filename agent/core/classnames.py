@@ -227,7 +227,8 @@ def folder_and_name(line: str) -> tuple[str, str] | None:
     return (unquoted(key), unquoted(name)) if comma else None
 
 
-def _keyed_lines(lines: list[str], keys: dict[str, list[int]], labels: tuple[str, ...], where: str) -> list[int]:
+def _keyed_lines(lines: list[str], keys: dict[str, list[int]], labels: tuple[str, ...], where: str,
+                 numbers: list[int]) -> list[int]:
     """The indexes of the `lines` that read as `folder,name` lines (the part before a comma
     names a class: `keys`, name_key -> classes). The file is of the form most of its lines
     are (a name of its own may hold a comma: "Trouser, long"); PromptclimbError, naming the
@@ -235,7 +236,7 @@ def _keyed_lines(lines: list[str], keys: dict[str, list[int]], labels: tuple[str
     so the first line of the other form is named), or, among names in class order, a line
     whose comma follows another class than its place's (`labels`: the classes as the user
     knows them), which would name that other class's row. A `folder,name` file's other lines
-    are refused as the file is read."""
+    are refused as the file is read. `numbers`: each line's number in the file."""
     keyed = [i for i, parts in enumerate(map(folder_and_name, lines)) if parts and name_key(parts[0]) in keys]
     plain = [i for i, line in enumerate(lines) if i not in keyed and line.strip()]
     if not keyed or len(keyed) > len(lines) / 2:
@@ -244,27 +245,29 @@ def _keyed_lines(lines: list[str], keys: dict[str, list[int]], labels: tuple[str
     if len(keyed) == len(plain):
         typo = next((i for i in plain if folder_and_name(lines[i])), None)
         if typo is not None:  # a 'folder,name' line whose folder is misspelt, beside as many right ones
-            raise PromptclimbError(f"--classnames {where} line {typo + 1}: {folder_and_name(lines[typo])[0]!r} is not "
-                                   f"a class of this dataset ({', '.join(labels)}), as line {keyed[0] + 1}'s "
+            raise PromptclimbError(f"--classnames {where} line {numbers[typo]}: {folder_and_name(lines[typo])[0]!r} is "
+                                   f"not a class of this dataset ({', '.join(labels)}), as line {numbers[keyed[0]]}'s "
                                    f"{folder_and_name(lines[keyed[0]])[0]!r} is")
         odd = max(keyed[0], plain[0])
         forms = ("reads as a 'folder,name' line", "is one name on its own")
         this, other = forms if odd in keyed else forms[::-1]
-        raise PromptclimbError(f"--classnames {where} line {odd + 1}: {lines[odd].strip()!r} {this}, but line "
-                               f"{min(keyed[0], plain[0]) + 1} {other} (half the file's lines are each): {way_out}")
+        raise PromptclimbError(f"--classnames {where} line {numbers[odd]}: {lines[odd].strip()!r} {this}, but line "
+                               f"{numbers[min(keyed[0], plain[0])]} {other} (half the file's lines are each): {way_out}")
     for i in keyed:
         named = keys[name_key(folder_and_name(lines[i])[0])]
         if i < len(labels) and i not in named:
-            raise PromptclimbError(f"--classnames {where} line {i + 1}: {lines[i].strip()!r} reads as a 'folder,name' "
-                                   f"line for {labels[named[0]]!r}, but {len(plain)} of the file's {len(lines)} lines "
-                                   f"are one name each, in class order (line {i + 1} names {labels[i]!r}): {way_out}")
+            raise PromptclimbError(f"--classnames {where} line {numbers[i]}: {lines[i].strip()!r} reads as a "
+                                   f"'folder,name' line for {labels[named[0]]!r}, but {len(plain)} of the file's "
+                                   f"{len(lines)} lines are one name each, in class order (line {numbers[i]} names "
+                                   f"{labels[i]!r}): {way_out}")
     return keyed
 
 
 def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str,
                       folders: tuple[str, ...] = ()) -> tuple[str, ...]:
     """One name per line in class order, or `folder,name` lines (any order) when a line
-    starts with a published name (or its folder spelling) and a comma."""
+    starts with a published name (or its folder spelling) and a comma; `# ...` lines are
+    comments."""
     labels = folders or published  # a class as the user knows it: its folder where it has one
     while lines and not lines[-1].strip():  # blank lines at the end, as editors leave them
         lines = lines[:-1]
@@ -273,11 +276,14 @@ def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str,
     for i, label in [*enumerate(published), *enumerate(folders)]:
         if i not in keys.setdefault(name_key(label), []):
             keys[name_key(label)].append(i)
-    keyed_lines = _keyed_lines(lines, keys, labels, where)
+    # '# ...' lines are comments, as in a --pool file; the others keep their numbers in messages
+    numbers = [n for n, line in enumerate(lines, start=1) if not line.lstrip().startswith("#")]
+    lines = [line for line in lines if not line.lstrip().startswith("#")]
+    keyed_lines = _keyed_lines(lines, keys, labels, where, numbers)
     keyed = len(keyed_lines) > len(lines) / 2
     names: dict[int, str] = {}
     where_named: dict[str, int] = {}  # name_key -> line number
-    for number, raw in enumerate(lines, start=1):
+    for position, (number, raw) in enumerate(zip(numbers, lines)):
         at = f"--classnames {where} line {number}"
         if not raw.strip():
             raise PromptclimbError(f"{at}: empty line (one class name per line, nothing else)")
@@ -291,7 +297,7 @@ def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str,
             if c in names:
                 raise PromptclimbError(f"{at}: {'folder' if folders else 'class'} {labels[c]!r} is named twice")
         else:
-            c, name = number - 1, raw.strip()
+            c, name = position, raw.strip()
             if c >= len(published):
                 raise PromptclimbError(f"{at}: one name too many: the dataset has {len(published)} classes "
                                        f"({', '.join(labels)})")
@@ -305,7 +311,7 @@ def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str,
         where_named[name_key(name)] = number
     missing = [labels[c] for c in range(len(published)) if c not in names]
     if missing:
-        last = f"line {len(lines)} is the last" if lines else "the file is empty"
+        last = f"line {numbers[-1]} is the last" if lines else "the file holds no name"
         raise PromptclimbError(f"--classnames {where}: {last}, but {len(missing)} of the dataset's "
                                f"{len(published)} classes have no name ({', '.join(missing[:5])}"
                                f"{', ...' if len(missing) > 5 else ''})")
