@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.format import shell_command
 from promptclimb.agent.core.files import write_atomic
 
 FORMAT_VERSION = 1
@@ -328,7 +329,8 @@ def save_adapter(path: str | Path, module: AdapterModule, templates: list[str], 
 def read_adapter(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise PromptclimbError(f"no adapter at {path}; fit one with: promptclimb adapt RUN --kind KIND")
+        # the run's folder, as a user pastes it (the adapter file sits in it, agent/adapt.py)
+        raise PromptclimbError(f"no adapter at {path}; fit one with: {shell_command('adapt', path.parent)} --kind KIND")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged or foreign file: say which, not a pickle traceback

@@ -79,6 +79,9 @@ def test_search_load_run_evaluate_transfer_like_a_notebook(notebook, tmp_path, b
     assert run.ranked()["template"].iloc[0] == result.best
     iterations = run.iterations_frame()
     assert list(iterations["call"]) == [0, 1] and iterations["best_so_far"].is_monotonic_increasing
+    # a run without an answer: no rows, the same columns to select (it had none: a KeyError)
+    unasked = promptclimb.search(dataset="toy", shots=2, name="unasked", echo=None, max_calls=0, **SMALL).load()
+    assert unasked.iterations_frame().empty and list(unasked.iterations_frame()) == list(iterations)
     conversation = run.conversation_frame()
     assert list(conversation["role"][:3]) == ["system", "user", "assistant"]
     answers = conversation[conversation["role"] == "assistant"]["content"].tolist()

@@ -147,7 +147,8 @@ def test_show_and_report_say_what_a_run_keeps_an_adapter_and_a_soft_prompt(tmp_p
 
 def test_eval_with_a_missing_adapter_is_one_line_before_the_evaluator_loads(tmp_path, evaluators_built):
     finished_run(tmp_path / "runs")
-    one_line_error(cli("eval", "--run", "r", "--with-adapter", "--runs-dir", tmp_path / "runs"), "no adapter at")
+    one_line_error(cli("eval", "--run", "r", "--with-adapter", "--runs-dir", tmp_path / "runs"), "no adapter at",
+                   f"fit one with: promptclimb adapt {tmp_path / 'runs' / 'r'} --kind KIND")  # the run, not RUN
     assert evaluators_built == []
 
 

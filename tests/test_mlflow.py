@@ -444,7 +444,7 @@ def test_a_search_refused_while_loading_leaves_no_mlflow_run_and_says_only_its_e
     gone as one to sync; a rerun fixed leaves one MLflow run, its own."""
     def refused(**kwargs):
         raise PromptclimbError("--classnames two.txt: line 2 is the last, but 1 of the dataset's 3 classes "
-                               "have no name (bag)")
+                               "has no name (bag)")
 
     env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.base_url}
     uri, runs = sqlite_uri(tmp_path / "store"), tmp_path / "runs"
@@ -454,7 +454,7 @@ def test_a_search_refused_while_loading_leaves_no_mlflow_run_and_says_only_its_e
         result = CliRunner().invoke(cli, list(map(str, args)), env=env, obj={"evaluator_factory": refused})
         assert result.exit_code == 1, result.output
         assert result.output.splitlines() == [
-            "Error: --classnames two.txt: line 2 is the last, but 1 of the dataset's 3 classes have no name (bag)"]
+            "Error: --classnames two.txt: line 2 is the last, but 1 of the dataset's 3 classes has no name (bag)"]
         assert not (runs / "ghost").exists()
     client = MlflowClient(uri)
     assert client.search_runs([e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)],

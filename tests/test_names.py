@@ -763,7 +763,7 @@ PUBLISHED = ["T-shirt/top", "Trouser", "Pullover"]
 
 
 @pytest.mark.parametrize("text, message", [
-    ("tee\npants\n", r"line 2 is the last, but 1 of the dataset's 3 classes have no name \(Pullover\)"),
+    ("tee\npants\n", r"line 2 is the last, but 1 of the dataset's 3 classes has no name \(Pullover\)"),
     ("tee\npants\nsweater\nhat\n", r"line 4: one name too many: the dataset has 3 classes"),
     ("tee\n\nsweater\n", r"line 2: empty line"),
     ("tee\npants\nTee\n", r"line 3: 'Tee' repeats line 1"),

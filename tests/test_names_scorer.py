@@ -166,6 +166,6 @@ def test_folder_name_lines_find_each_folder_by_its_own_spelling(tmp_path, tiny_c
     assert start_names("sea_lake,water\na-b,second\na_b,first\n") == ("second", "first", "water")
     with pytest.raises(PromptclimbError, match=r"line 1: 'a b' matches 2 classes \('a-b', 'a_b'\)"):
         start_names("a b,first\na-b,second\nsea lake,water\n")
-    with pytest.raises(PromptclimbError, match=r"line 2 is the last, but 1 of the dataset's 3 classes have no name "
+    with pytest.raises(PromptclimbError, match=r"line 2 is the last, but 1 of the dataset's 3 classes has no name "
                                                r"\(a_b\)"):
         start_names("a-b,second\nsea lake,water\n")

@@ -313,6 +313,6 @@ def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str,
     if missing:
         last = f"line {numbers[-1]} is the last" if lines else "the file holds no name"
         raise PromptclimbError(f"--classnames {where}: {last}, but {len(missing)} of the dataset's "
-                               f"{len(published)} classes have no name ({', '.join(missing[:5])}"
+                               f"{len(published)} classes {'has' if len(missing) == 1 else 'have'} no name ({', '.join(missing[:5])}"
                                f"{', ...' if len(missing) > 5 else ''})")
     return tuple(names[c] for c in range(len(published)))

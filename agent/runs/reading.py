@@ -60,6 +60,11 @@ class Skipped:
 
 
 # -- finding runs ---------------------------------------------------------------------------
+# `Run.iterations_frame`'s columns, one row per LLM answer.
+ITERATION_COLUMNS = ("call", "kind", "restart", "reset", "iteration", "scored", "rejected", "best_new", "best_so_far",
+                     "prompt_tokens", "completion_tokens", "latency_s")
+
+
 def list_run_dirs(runs_dir: str | Path) -> list[Path]:
     """Every folder under `runs_dir` that looks like a run (has a config.json)."""
     runs_dir = Path(runs_dir)
@@ -668,7 +673,7 @@ class Run:
                         | {"scored": len(it["scored"]), "rejected": len(it["rejected"]), "best_new": best_new,
                            "best_so_far": it["best_so_far"], "prompt_tokens": it["prompt_tokens"],
                            "completion_tokens": it["completion_tokens"], "latency_s": it["latency_s"]})
-        return pd.DataFrame(rows)
+        return pd.DataFrame(rows, columns=ITERATION_COLUMNS)  # a run without answers: no rows, the same columns
 
     def conversation(self) -> list[dict]:
         """The raw exchanges, of every kind of answer ("template", "names", "guard"): per LLM
