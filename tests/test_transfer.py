@@ -458,3 +458,24 @@ def test_a_run_from_names_of_its_own_that_recorded_no_labels_warns_that_other_da
     # its own data given as `DIR/`: the folder the run recorded (absolute), so nothing to warn of
     warned, table = transfer("old", "--data-root", f"{tmp_path / 'own'}/")
     assert warned == [] and (table["target_test"] > 0.9).all()
+
+
+def test_the_transfer_plots_baseline_line_is_the_baseline_the_text_gives(tmp_path, monkeypatch):
+    """The dashed line read the table's `a photo of a {}.` row, scored with the run's found
+    names (90.6% on the demo), where the text and summary give it with the start names (79.4%)."""
+    from matplotlib.axes import Axes
+
+    from promptclimb.agent.runs.plots import plot_transfer
+
+    lines = []
+    real = Axes.axhline
+    monkeypatch.setattr(Axes, "axhline", lambda ax, y=0, *a, **kw: (lines.append((y, kw.get("label"))),
+                                                                       real(ax, y, *a, **kw))[1])
+    table = pd.DataFrame({"template": ["a photo of a {}.", "a dark {}."], "source_rank": [2, 1],
+                          "source_train": [0.8, 0.9], "target_test": [0.906, 0.91]})
+    summary = {"select": "train", "winner": {"target_test_rank": 1}, "templates": 2,
+               "target_best": {"template": "a dark {}."}, "source_backbone": "demo", "target": {"backbone": "demo"},
+               "rank_correlation": {"selection": 1.0, "test": 1.0}, "run_id": "r",
+               "baseline": {"template": "a photo of a {}.", "names": "start", "target": {"test": 0.794}}}
+    plot_transfer(table, summary, tmp_path / "t.png")
+    assert lines == [(0.794, "baseline 'a photo of a {}.' with the start names, on target")]

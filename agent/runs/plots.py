@@ -124,8 +124,9 @@ def plot_transfer(table, summary: dict, path: Path) -> Path:
               f"best on target {summary['select']}")]
     for mask, color, marker, size, label in marks:
         ax.scatter(x[mask], y[mask], s=size, color=color, marker=marker, edgecolor="#1b4f72", zorder=5, label=label)
-    baseline = table[table["template"] == BASELINE].iloc[0]
-    ax.axhline(baseline["target_test"], color="#c0392b", lw=1, ls="--", label=f"baseline '{BASELINE}' on target")
+    # the baseline the text gives: with the start names (the table's row has the run's names)
+    ax.axhline(summary["baseline"]["target"]["test"], color="#c0392b", lw=1, ls="--",
+               label=f"baseline '{BASELINE}' with the start names, on target")
     for axis, values in ((ax.xaxis, x), (ax.yaxis, y)):  # ticks on round percents, one decimal when close
         axis.set_major_locator(MaxNLocator(nbins=8, steps=[1, 2, 5, 10]))
         axis.set_major_formatter(PercentFormatter(1.0, decimals=0 if values.max() - values.min() >= 0.05 else 1))
