@@ -805,6 +805,9 @@ def climb(plan: Plan, store: RunStore, evaluator, llm: LLMClient, meta: MetaProm
         return climber.run().summary
     except LLMError as exc:
         command, note = resume_command(store.run_dir, tracking_uri)
+        if llm.base_url and not plan.llm.local:  # `llm serve` restarted on another port, a moved server
+            moved = "with --base-url URL added where the endpoint has moved: a resume asks the one the run recorded"
+            note = f"{note}; {moved}" if note else moved
         raise PromptclimbError(f"{exc}\nThe run is saved; continue it with: {command}"
                                + (f"\n({note})" if note else "")) from None
 

@@ -209,3 +209,21 @@ def test_the_embedded_llm_has_no_key_to_redact_from_its_messages():
         assert client.redact("the LLM (local at http://127.0.0.1:9/v1) timed out") == \
             "the LLM (local at http://127.0.0.1:9/v1) timed out"
         assert client.redact("key sk-abcdefghijklmnopqrstuvwx") != "key sk-abcdefghijklmnopqrstuvwx"
+
+
+def test_a_run_against_an_endpoint_that_failed_says_a_moved_one_is_given_with_base_url(tmp_path, monkeypatch):
+    """`llm serve` started again listens on another port: the resume command alone asked the
+    dead one again, the same error each time."""
+    from promptclimb.agent.cli import cli
+    from promptclimb.agent.llm import local as local_llm
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with FakeLLM(responder=server_answer("served"), models=[local_llm.served_model_id()]) as fake:
+        fake.faults.extend(["500"] * 5)
+        result = CliRunner().invoke(cli, ["search", *ARGS, "--runs-dir", str(tmp_path / "runs"), "--name", "s",
+                                                 "--base-url", fake.base_url, "--max-tries", "1", "--no-cache"],
+                                    obj={"evaluator_factory": lambda **kw: WordEvaluator(kw["dataset"])})
+    assert result.exit_code == 1
+    assert f"continue it with: promptclimb search --resume {tmp_path / 'runs' / 's'}\n(with --base-url URL added " \
+           "where the endpoint has moved" in result.output
