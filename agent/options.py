@@ -387,7 +387,7 @@ def check_dataset_name(name, what: str = "--dataset") -> str:
     if not isinstance(name, str):
         raise PromptclimbError(f"{what} {name!r}: expected a dataset name")
     repo, _, _config = name[len("hf:"):].partition(":") if name.startswith("hf:") else ("", "", "")
-    if name in DATASETS or (repo and repo.count("/") <= 1 and ".." not in repo):
+    if name in DATASETS or (repo and repo.count("/") <= 1 and ".." not in repo and all(repo.split("/"))):
         return name
     raise PromptclimbError(f"{what} {name!r}: unknown dataset; known: {', '.join(sorted(DATASETS))} "
                            "(and hf:OWNER/NAME[:CONFIG])")

@@ -126,7 +126,8 @@ def open_splits(name: str, data_root: str | None) -> tuple[dict[str, "datasets.D
                                "Hugging Face cache (HF_DATASETS_CACHE)")
     spec = name[len("hf:"):]
     repo, _, config = spec.partition(":")
-    if not repo or repo.count("/") > 1:
+    # 'hf:/x' was a local path to datasets, 'hf:owner/' a repo named ''
+    if not repo or repo.count("/") > 1 or any(not part for part in repo.split("/")):
         raise PromptclimbError(f"--dataset {name!r}: expected hf:OWNER/NAME or hf:OWNER/NAME:CONFIG")
     return open_hub(repo, config or None), name, spec
 
@@ -160,7 +161,8 @@ def open_hub(repo: str, config: str | None) -> dict[str, "datasets.Dataset"]:
         if datasets.config.HF_HUB_OFFLINE:
             raise PromptclimbError(
                 f"{what} is not in the Hugging Face datasets cache (looked in {looked}) and HF_HUB_OFFLINE is set: "
-                f"load it once with network access (python -c \"import datasets; datasets.load_dataset('{repo}')\"), "
+                f"load it once with network access (python -c \"import datasets; datasets.load_dataset("
+                f"{', '.join(repr(a) for a in (repo, config) if a)})\"), "
                 "or use a save_to_disk or parquet folder with --dataset hf --data-root FOLDER") from exc
         raise PromptclimbError(f"cannot reach the Hugging Face Hub for {what}, and it is not in the cache "
                                f"(looked in {looked}): {one_line(exc)}") from exc

@@ -330,7 +330,7 @@ def test_a_value_below_its_minimum_is_said_alike_on_every_path(notebook, built, 
     assert notebook.count == 0 and not built and not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("dataset", ["nope", "fashion_mnist", "a/b"])
+@pytest.mark.parametrize("dataset", ["nope", "fashion_mnist", "a/b", "hf:/data", "hf:owner/", "hf:/name"])
 def test_evaluate_refuses_an_unknown_dataset_before_the_clip_evaluator_is_built(monkeypatch, dataset):
     """evaluate() and `promptclimb eval` imported torch and built the evaluator (seconds) before
     `unknown dataset`, which did not say that hf:OWNER/NAME is one; search() said it at once."""

@@ -486,6 +486,9 @@ def test_a_hub_dataset_not_in_the_offline_cache_says_where_it_looked(hf_cache, t
     assert result.exit_code == 1, result.output
     assert (f"hf:owner/missing is not in the Hugging Face datasets cache (looked in {hf_cache / 'owner___missing'})"
             " and HF_HUB_OFFLINE is set" in result.output)
+    assert "datasets.load_dataset('owner/missing')" in result.output
+    configured = run_cli(*eval_args(tiny_clip_config, tiny_clip_weights, "--dataset", "hf:owner/missing:rgb"))
+    assert "datasets.load_dataset('owner/missing', 'rgb')" in configured.output  # the config, to fill the cache for
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
     for args, message in ((["--dataset", "hf"], "--dataset hf needs --data-root FOLDER"),
                           (["--dataset", "hf:owner/colours:nope"], "config 'nope'")):
