@@ -328,6 +328,9 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
     if not args.get("dataset"):
         raise PromptclimbError(f"{loaded.path / 'config.json'} does not say which dataset the run used")
     table = transfer_table(loaded)
+    if loaded.final is None and echo is not None:  # `show` says so of a transfer the run has outgrown since
+        echo(f"warning: {loaded.id} has not ended ({loaded.status}): the {int(table['source_rank'].notna().sum())} "
+             "templates it has scored so far are transferred; transfer again once it has")
     # Each template goes to the target with the names the run scored it with (a names search
     # scores templates under several), so that source and target differ in the backbone only.
     # The evaluator starts from the run's start names, by the labels of its data where it started

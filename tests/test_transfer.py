@@ -152,7 +152,7 @@ def test_show_and_report_include_the_transfer(tmp_path, target_net):
     assert invoke("transfer", "known", "--backbone", "target-net", "--runs-dir", runs).exit_code == 0
 
     shown = invoke("show", "known", "--runs-dir", runs).output
-    assert "Transfer to target-net" in shown
+    assert "Transfer to target-net" in shown and "transfer again" not in shown
     assert f"templates the run scored, source train vs target train: {KNOWN_RHO:+.2f}" in shown
     assert "the source winner ranks 2/6 on target train and 2/6 on target test: 68.0% on target test" in shown
     assert "(baseline 58.0%, 'a photo of a {}.' with the start names; " in shown
@@ -161,6 +161,10 @@ def test_show_and_report_include_the_transfer(tmp_path, target_net):
     del summary["baseline"]["names"]
     saved.write_text(json.dumps(summary))
     assert "(baseline 58.0%; the target's own best" in invoke("show", "known", "--runs-dir", runs).output
+    saved.write_text(json.dumps({**summary, "templates": 5}))  # as made before the run scored its sixth
+    assert "made when the run had scored 5 templates; it has 6 now: transfer again" in invoke(
+        "show", "known", "--runs-dir", runs).output
+    saved.write_text(json.dumps(summary))
     doc = json.loads(invoke("show", "known", "--runs-dir", runs, "--format", "json").output)
     assert doc["transfers"][0]["rank_correlation"]["selection"] == pytest.approx(KNOWN_RHO)
 
@@ -479,3 +483,15 @@ def test_the_transfer_plots_baseline_line_is_the_baseline_the_text_gives(tmp_pat
                "baseline": {"template": "a photo of a {}.", "names": "start", "target": {"test": 0.794}}}
     plot_transfer(table, summary, tmp_path / "t.png")
     assert lines == [(0.794, "baseline 'a photo of a {}.' with the start names, on target")]
+
+
+def test_a_transfer_of_a_run_that_has_not_ended_says_so(tmp_path, target_net):
+    """It went ahead silently, and `show` later gave its figures as the run's."""
+    run_dir = known_run(tmp_path)
+    (run_dir / "summary.json").unlink()
+    lines = (run_dir / "history.jsonl").read_text().splitlines()
+    (run_dir / "history.jsonl").write_text("\n".join(l for l in lines if json.loads(l)["event"] != "final") + "\n")
+    said = []
+    api.transfer(run_dir, "target-net", echo=said.append)
+    assert "warning: known has not ended (unfinished): the 6 templates it has scored so far are transferred; " \
+           "transfer again once it has" in said

@@ -16,7 +16,7 @@ from typing import Callable
 import click
 import pandas as pd
 
-from promptclimb.agent.api import load_run, on_stderr, transfer
+from promptclimb.agent.api import load_run, on_stderr, transfer, transfer_table
 from promptclimb.agent.core.defaults import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS
 from promptclimb.agent.core.classnames import PUBLISHED
 from promptclimb.agent.core.errors import PromptclimbError
@@ -213,7 +213,9 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
         if not shown.empty:
             out.append(as_text(shown, "markdown" if markdown else "table",
                                percent=("train_before", "train_after", "test_before", "test_after")))
-    for summary in run.transfers():
+    transfers = run.transfers()
+    scored_now = int(transfer_table(run)["source_rank"].notna().sum()) if transfers else 0
+    for summary in transfers:
         target = summary["target"]
         # the backbone, its pretrained tag and the run's folder are the user's names: no markup
         out.append(h2(literal(f"Transfer to {target['backbone']}"
@@ -221,6 +223,9 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
                               + (f", {target['precision']}"
                                  if target.get("precision", DEFAULT_PRECISION) != DEFAULT_PRECISION else ""))))
         out += [f"{'- ' if markdown else ''}{line}" for line in transfer_lines(summary)]
+        if summary.get("templates") != scored_now:  # made before the run went on (a resume)
+            out.append(f"{'- ' if markdown else ''}made when the run had scored {summary.get('templates')} templates; "
+                       f"it has {scored_now} now: transfer again")
         out.append(f"{'- ' if markdown else ''}plot: {literal(str(run.path / summary['files']['plot']))}")
     if is_soft_prompt_run(run.config):  # no LLM turns: the soft prompt and its steps instead
         return "\n".join(out + soft_prompt_lines(run, markdown)).rstrip()
