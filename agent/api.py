@@ -378,10 +378,10 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
         from promptclimb.agent.core.files import write_json_atomic, write_text_atomic
         from promptclimb.agent.runs.plots import plot_transfer
 
-        path = loaded.path / transfer_name(backbone, "csv", pretrained)
+        path = loaded.path / transfer_name(backbone, "csv", pretrained, precision)
         write_text_atomic(path, table.to_csv(index=False, float_format="%.6g"))
-        write_json_atomic(loaded.path / transfer_name(backbone, "json", pretrained), summary)
-        plot_transfer(table, summary, loaded.path / transfer_name(backbone, "png", pretrained))
+        write_json_atomic(loaded.path / transfer_name(backbone, "json", pretrained, precision), summary)
+        plot_transfer(table, summary, loaded.path / transfer_name(backbone, "png", pretrained, precision))
         table.attrs["path"] = path
     if top is not None:
         table = table[(table["source_rank"] <= top) | (table["template"] == BASELINE)]
@@ -464,8 +464,8 @@ def transfer_summary(run: "Run", table: "pd.DataFrame", backbone: str, pretraine
         "ensemble": None if not ensemble.get("templates") else {
             "templates": list(ensemble["templates"]), "chosen": ensemble.get("chosen"),
             "source_test": number((ensemble.get("accuracy") or {}).get("test")), "target_test": number(ensemble_test)},
-        "files": {"csv": transfer_name(backbone, "csv", pretrained),
-                  "plot": transfer_name(backbone, "png", pretrained)},
+        "files": {"csv": transfer_name(backbone, "csv", pretrained, precision),
+                  "plot": transfer_name(backbone, "png", pretrained, precision)},
     }
 
 
@@ -481,9 +481,12 @@ def rank_correlation(a: "pd.Series", b: "pd.Series") -> float:
     return float(ranks.iloc[:, 0].corr(ranks.iloc[:, 1]))
 
 
-def transfer_name(backbone: str, ext: str = "csv", pretrained: str | None = None) -> str:
-    """transfer-<backbone>[-<pretrained>].<ext> (csv: the rows, json: the summary, png: the
-    scatter plot), made safe as a file name (hf-hub:org/x): a transfer to other weights of
-    the same backbone (ViT-B-32 openai, then laion2b_s34b_b79k) does not write over the last."""
-    target = f"{backbone}-{pretrained}" if pretrained else backbone
+def transfer_name(backbone: str, ext: str = "csv", pretrained: str | None = None,
+                  precision: str | None = None) -> str:
+    """transfer-<backbone>[-<pretrained>][-<precision>].<ext> (csv: the rows, json: the
+    summary, png: the scatter plot), made safe as a file name (hf-hub:org/x): a transfer to
+    other weights of the same backbone (ViT-B-32 openai, then laion2b_s34b_b79k), or in bf16
+    beside fp32, does not write over the last."""
+    target = "-".join([backbone, *([pretrained] if pretrained else []),
+                       *([precision] if precision and precision != DEFAULT_PRECISION else [])])
     return f"transfer-{re.sub(r'[^A-Za-z0-9._-]+', '_', target)}.{ext}"

@@ -261,8 +261,14 @@ def test_transfer_with_bf16_encodes_the_target_in_bf16(tmp_path, tiny_clip_confi
                   "--precision", "bf16", "--runs-dir", runs)
     assert fast.exit_code == 0, fast.output
     assert encoded and set(encoded) == {"bf16"}
-    assert json.loads((runs / "tiny" / "transfer-pc-tiny-wide.json").read_text())["target"]["precision"] == "bf16"
-    assert "Transfer to pc-tiny-wide, bf16" in invoke("show", "tiny", "--runs-dir", runs).output
+    plain = invoke("transfer", "tiny", "--backbone", "pc-tiny-wide", "--weights", weights, "--device", "cpu",
+                   "--runs-dir", runs)
+    assert plain.exit_code == 0, plain.output
+    # beside the fp32 transfer, not over it (its figures had been lost)
+    assert json.loads((runs / "tiny" / "transfer-pc-tiny-wide-bf16.json").read_text())["target"]["precision"] == "bf16"
+    assert json.loads((runs / "tiny" / "transfer-pc-tiny-wide.json").read_text())["target"]["precision"] == "fp32"
+    shown = invoke("show", "tiny", "--runs-dir", runs).output
+    assert "Transfer to pc-tiny-wide, bf16" in shown and "Transfer to pc-tiny-wide\n" in shown
 
 
 # -- demo-mpnet ------------------------------------------------------------------------------
