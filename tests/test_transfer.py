@@ -143,6 +143,9 @@ def test_a_reversed_ranking_and_the_cli(tmp_path, monkeypatch):
     assert "the source winner ranks 6/6 on target train and 6/6 on target test" in result.output
     shown = [line for line in result.output.splitlines() if re.match(r"^(t\d|a photo)", line)]
     assert [line.split()[0] for line in shown] == ["t1", "t2", "a"]  # --top 2 rows, then the baseline
+    assert "seed 0; the best 2:" in result.output
+    every = invoke("transfer", "known", "--backbone", "flip-net", "--top", "40", "--runs-dir", tmp_path / "runs")
+    assert "seed 0; all of them:" in every.output  # not "the best 40" of 6
 
 
 def test_show_and_report_include_the_transfer(tmp_path, target_net):

@@ -467,7 +467,8 @@ def transfer_cmd(run, backbone, pretrained, weights, top, data_root, device, pre
         shown = table[cols].rename(columns=lambda c: c.replace("source_", "src ").replace("target_", "tgt "))
         click.echo(f"{loaded.id}: {summary['templates']} templates re-scored on {backbone}"
                    f"{f' ({pretrained})' if pretrained else ''} (source: {loaded.backbone}), "
-                   f"{args['dataset']} {shots_said(args.get('shots'))} seed {args.get('seed')}; the best {top}:")
+                   f"{args['dataset']} {shots_said(args.get('shots'))} seed {args.get('seed')}; "
+                   + (f"the best {top}:" if top < summary["templates"] else "all of them:"))
         click.echo(as_text(shown, fmt, percent=tuple(shown.columns[1:])))
         click.echo("\n".join(transfer_lines(summary)))
     click.echo(f"saved {path}, {path.with_suffix('.json').name}, {path.with_suffix('.png').name}",
