@@ -190,6 +190,7 @@ def test_a_2x2_sweep_on_a_local_ray_and_its_report(sweep):
     assert "best (test %)" in table and "±" in table and "Plot:" in table
     # requests made, not answers (`runs` counts those, cached or not): the header and a line say so
     assert "LLM requests" in table.splitlines()[0] and "(answers from the cache not counted)" in table
+    assert "seeds done" in table.splitlines()[0]  # a count: 0 had read as seed 0
     assert report(sweep.runs, "grid", "markdown").startswith("| dataset")
     assert report(sweep.runs, "grid", "csv").splitlines()[0].startswith("dataset,backbone,shots,seeds")
     assert (sweep_dir / "report.png").stat().st_size > 1000

@@ -151,7 +151,7 @@ def sweep_report_cmd(sweep, runs_dir, fmt):
     if fmt == "csv":
         click.echo(summary.to_csv(index=False, float_format="%.6g"), nl=False)
         return
-    rows = [{"dataset": r.dataset, "backbone": r.backbone, "shots": r.shots, "seeds": r.seeds,
+    rows = [{"dataset": r.dataset, "backbone": r.backbone, "shots": r.shots, "seeds done": r.seeds,
              **{f"{result} (test %)": mean_sd(getattr(r, f"{result}_mean"), getattr(r, f"{result}_sd"))
                 for result in RESULTS},
              "LLM requests": _number(r.llm_calls_mean), "LLM tokens": _number(r.llm_tokens_mean),
