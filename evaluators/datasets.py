@@ -67,6 +67,7 @@ class Dataset:
     # labels. A refused start name names its folder; `folder,name` lines of --classnames FILE
     # find a class by its folder's own spelling first.
     folders: list[str] = field(default_factory=list)
+    folder_word: str = "folder"  # what one of `folders` is, as a refusal names it (a Hugging Face label)
 
 
 # A WordNet noun ID as ImageNet names its classes ("n02085620"), alone or before a name

@@ -99,7 +99,7 @@ def load_hf(data_root: str | None, name: str = "hf", image_column: str | None = 
         load_image=image_loader(used, image_col),
         splits={"train": items[TRAIN_SPLIT], "val": [], "test": items["test"]},
         identity=f"{source}:{identity_digest(used, image_col, label_col)}",
-        folders=labels,
+        folders=labels, folder_word="label",
     )
 
 

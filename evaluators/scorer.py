@@ -325,12 +325,12 @@ def start_names(data: Dataset, classnames: Sequence[str] | Mapping[str, str] | s
     """The start names `classnames` (as `build_evaluator` takes them) mean for `data`, in its
     class order, checked; None for the dataset's published labels (checked too)."""
     if isinstance(classnames, str):
-        return read_classnames(classnames, data.classnames, data.named_sets, data.folders)
+        return read_classnames(classnames, data.classnames, data.named_sets, data.folders, data.folder_word)
     if isinstance(classnames, Mapping):
         return names_by_label(classnames, data.classnames, data.folders)
     if classnames is not None:
         return check_classnames(classnames, len(data.classnames), "classnames")
-    check_published(data.classnames, data.folders)
+    check_published(data.classnames, data.folders, data.folder_word)
     return None
 
 

@@ -446,6 +446,12 @@ def string_labels(tmp_path):
                                  datasets.Dataset.from_dict(rows, features=features(datasets.Value("string"))))]
 
 
+def labels_reading_alike(tmp_path):
+    rows = colour_rows(2)
+    alike = datasets.ClassLabel(names=["red_square", "red-square", "blue_lake"])  # the first two: 'red square'
+    return ["--data-root", saved(tmp_path, "alike", datasets.Dataset.from_dict(rows, features=features(alike)))]
+
+
 def no_train_split(tmp_path):
     return ["--data-root", saved(tmp_path, "notrain", datasets.DatasetDict(test=colour_dataset(2)))]
 
@@ -468,6 +474,11 @@ BAD = {
     "no train split": (no_train_split, "has no 'train' split (it has: test)"),
     "missing column": (missing_column, "--image-column 'picture': no such column"),
     "not a dataset folder": (not_a_dataset, "is neither a save_to_disk folder"),
+    # its labels are no folders: named as what they are (it said "folder 'red-square'")
+    "labels reading alike": (labels_reading_alike, "the dataset's own class names: label 'red-square' (class 2) reads "
+                                                   "as 'red square', the same as label 'red_square' (class 1): give "
+                                                   "your own names with --classnames FILE (one name per line in class "
+                                                   "order, or 'label,name' lines)"),
 }
 
 

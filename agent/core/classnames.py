@@ -101,10 +101,11 @@ def name_problem(name: str) -> str | None:
 
 
 def check_classnames(names: Sequence[str], count: int, what: str = "class names", folders: Sequence[str] = (),
-                     then: str = "") -> tuple[str, ...]:
+                     then: str = "", folder_word: str = "folder") -> tuple[str, ...]:
     """`names` as a tuple, or PromptclimbError: `count` names, each valid, no two alike. A
-    refusal names the class by its folder where `folders` (the names `names` were made
-    readable from, in class order) has one, and ends with `then` (the way out)."""
+    refusal names the class by its folder (`folder_word`: a Hugging Face dataset's label)
+    where `folders` (the names `names` were made readable from, in class order) has one, and
+    ends with `then` (the way out)."""
     names = tuple(str(n).strip() for n in names)
     if len(names) != count:
         raise PromptclimbError(f"{what}: {len(names)} names for {count} classes")
@@ -118,8 +119,8 @@ def check_classnames(names: Sequence[str], count: int, what: str = "class names"
             continue
         if folders:  # the user knows the folder `a-b`, not the class 2 that reads as 'a b'
             reads = ("an empty name" if problem == "empty name" else f"{name!r}: {problem}" if problem else
-                     f"{name!r}, the same as folder {folders[first]!r} (class {first + 1})")
-            raise PromptclimbError(f"{what}: folder {folders[i]!r} (class {i + 1}) reads as {reads}{ending}")
+                     f"{name!r}, the same as {folder_word} {folders[first]!r} (class {first + 1})")
+            raise PromptclimbError(f"{what}: {folder_word} {folders[i]!r} (class {i + 1}) reads as {reads}{ending}")
         said = f"class {i + 1} {name!r}: {problem}" if problem else f"class {i + 1} {name!r} repeats class {first + 1}"
         raise PromptclimbError(f"{what}: {said}{ending}")
     return names
@@ -156,18 +157,19 @@ def names_by_label(names: Mapping[str, str], published: Sequence[str], folders: 
     return check_classnames([names[matched[p]] for p in published], len(published), "the run's class names")
 
 
-def check_published(published: Sequence[str], folders: Sequence[str] = ()) -> tuple[str, ...]:
+def check_published(published: Sequence[str], folders: Sequence[str] = (), folder_word: str = "folder"
+                    ) -> tuple[str, ...]:
     """A dataset's own labels as start names (a folder's names made readable: `_` and `-`
     as spaces), checked as any start names are, naming the folder (`folders`:
-    `Dataset.folders`) and the way out."""
+    `Dataset.folders`; `folder_word`: what one is) and the way out."""
     return check_classnames(published, len(published), "the dataset's own class names", folders,
                             "give your own names with --classnames FILE (one name per line in class order, "
-                            "or 'folder,name' lines)")
+                            f"or '{folder_word},name' lines)", folder_word)
 
 
 def read_classnames(spec: str | None, published: Sequence[str],
                     named_sets: Mapping[str, Sequence[str]] | None = None,
-                    folders: Sequence[str] = ()) -> tuple[str, ...]:
+                    folders: Sequence[str] = (), folder_word: str = "folder") -> tuple[str, ...]:
     """The start names `--classnames spec` means for a dataset whose labels are `published`
     (in class order), whose hand-made sets are `named_sets` and whose labels were made
     readable from `folders` (`Dataset.folders`; () where they were not). PromptclimbError,
@@ -176,7 +178,7 @@ def read_classnames(spec: str | None, published: Sequence[str],
     folders = tuple(folders) if len(folders) == len(published) else ()
     sets = {PUBLISHED: published, **{k: tuple(v) for k, v in (named_sets or {}).items()}}
     if spec is None or spec == PUBLISHED:
-        return check_published(published, folders)
+        return check_published(published, folders, folder_word)
     if spec in sets:
         return check_classnames(sets[spec], len(published), f"--classnames {spec}")
     path = Path(spec).expanduser()
