@@ -1017,3 +1017,12 @@ def test_a_run_started_on_wordnet_id_folders_matches_them_by_their_folders():
     with pytest.raises(PromptclimbError, match="the data has 'alp' and the run does not; "
                                                "the run has 'n02123045' and the data does not"):
         names_by_label(found, ["alp", "Chihuahua"], ["n09193705", "n02085620"])
+
+
+def test_a_names_file_for_a_dataset_of_labels_names_them_as_labels(tmp_path):
+    """An hf dataset's classes are labels, not folders: a names file's refusal says so."""
+    path = tmp_path / "names.txt"
+    path.write_text("red_square,red\nred_square,crimson\nblue_lake,lake\n")
+    with pytest.raises(PromptclimbError, match=r"line 2: label 'red_square' is named twice"):
+        read_classnames(str(path), ["red square", "green field", "blue lake"], {},
+                        ["red_square", "green_field", "blue_lake"], "label")

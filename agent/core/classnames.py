@@ -189,7 +189,7 @@ def read_classnames(spec: str | None, published: Sequence[str],
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise PromptclimbError(f"--classnames {path}: cannot read it ({exc})") from None
-    return _names_from_lines(lines, published, str(path), folders)
+    return _names_from_lines(lines, published, str(path), folders, folder_word)
 
 
 def class_named(key: str, published: tuple[str, ...], keys: dict[str, list[int]], at: str,
@@ -266,7 +266,7 @@ def _keyed_lines(lines: list[str], keys: dict[str, list[int]], labels: tuple[str
 
 
 def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str,
-                      folders: tuple[str, ...] = ()) -> tuple[str, ...]:
+                      folders: tuple[str, ...] = (), folder_word: str = "folder") -> tuple[str, ...]:
     """One name per line in class order, or `folder,name` lines (any order) when a line
     starts with a published name (or its folder spelling) and a comma; `# ...` lines are
     comments."""
@@ -297,7 +297,7 @@ def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str,
             key, name = parts
             c = class_named(key, published, keys, at, folders)
             if c in names:
-                raise PromptclimbError(f"{at}: {'folder' if folders else 'class'} {labels[c]!r} is named twice")
+                raise PromptclimbError(f"{at}: {folder_word if folders else 'class'} {labels[c]!r} is named twice")
         else:
             c, name = position, raw.strip()
             if c >= len(published):
