@@ -126,6 +126,25 @@ def test_a_sweep_continues_with_its_stored_settings_and_refuses_other_ones(tmp_p
         sweeps.prepare_sweep(tmp_path / "other", None, {})
 
 
+def test_a_sweep_none_of_whose_cells_finished_says_how_to_start_it_again_with_new_settings(tmp_path):
+    """Every cell of a sweep with an --llm its server does not serve fails, naming --llm;
+    the rerun with --llm changed was refused with 'give the new grid another name' only."""
+    sweep_dir = tmp_path / "my sweep"
+    sweeps.prepare_sweep(sweep_dir, {"dataset": ["fashion-mnist"], "seeds": ["1-2"]}, {"llm": "gpt-x", "base_url": "http://127.0.0.1:1/v1"})
+    for cell in ("fashion-mnist-demo-1shot-seed1", "fashion-mnist-demo-1shot-seed2"):
+        (sweep_dir / cell).mkdir()
+        (sweep_dir / cell / "error.txt").write_text("the server serves no model gpt-x\n")
+    with pytest.raises(PromptclimbError) as refused:
+        sweeps.prepare_sweep(sweep_dir, None, {"llm": "gpt-y"})
+    assert "differs in: llm" in str(refused.value)
+    assert f"none of its 2 cells finished: to start it again with these settings, remove it first: " \
+           f"rm -r '{sweep_dir}'" in str(refused.value)
+    (sweep_dir / "fashion-mnist-demo-1shot-seed2" / "summary.json").write_text(json.dumps({"best": {}}))
+    with pytest.raises(PromptclimbError) as refused:
+        sweeps.prepare_sweep(sweep_dir, None, {"llm": "gpt-y"})
+    assert "differs in: llm" in str(refused.value) and "rm -r" not in str(refused.value)
+
+
 def test_cell_states(tmp_path):
     cell = tmp_path / "cell"
     assert sweeps.cell_state(cell, adapter_wanted=False) == "new"

@@ -29,6 +29,7 @@ import math
 import os
 import platform
 import re
+import shlex
 import signal
 import sys
 import time
@@ -326,7 +327,8 @@ def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict) -> dict:
         differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         if differ:
             raise PromptclimbError(f"sweep {sweep_dir.name} was started with other settings (differs in: "
-                                   f"{', '.join(differ)}); rerun it as it was, or give the new grid another name")
+                                   f"{', '.join(differ)}); rerun it as it was, or give the new grid another name"
+                                   + nothing_finished_note(sweep_dir, stored))
     left_out = stored.get(SECRETS_LEFT_OUT, []) if stored else []
     for option in left_out:
         if option not in search and not (option == "base_url" and os.environ.get("OPENAI_BASE_URL")):
@@ -348,6 +350,16 @@ def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict) -> dict:
     write_json_atomic(path, {**settings, "search": kept, "created": created,
                              **({SECRETS_LEFT_OUT: left_out} if left_out else {})})
     return settings
+
+
+def nothing_finished_note(sweep_dir: Path, stored: dict) -> str:
+    """The end of the "other settings" refusal for a sweep none of whose cells finished (a
+    wrong --model or a names file that fits no cell's dataset fails them all): the fix the
+    cells' errors name is a new setting, and there is nothing to keep."""
+    if any(cell_summary(sweep_dir / cell) is not None for cell in stored.get("cells", [])):
+        return ""
+    return (f" (none of its {len(stored.get('cells', []))} cells finished: to start it again with these settings, "
+            f"remove it first: rm -r {shlex.quote(str(sweep_dir))})")
 
 
 def _comparable(settings: dict) -> dict:
