@@ -371,7 +371,7 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
     ensemble_test = float(evaluator.score_ensemble(ensemble, splits=("test",), classnames=in_target_order(
         tuple(best_names) if best_names else None)).accuracy["test"]) if ensemble else None
     summary = transfer_summary(loaded, table, backbone, pretrained, weights, precision or DEFAULT_PRECISION,
-                               ensemble_test, baseline_target)
+                               ensemble_test, baseline_target, other_data_root(data_root, args.get("data_root")))
     table.attrs["transfer"] = summary
     table.attrs["rank_correlation"] = summary["rank_correlation"]
     if save:
@@ -426,14 +426,25 @@ def transfer_table(run: "Run") -> "pd.DataFrame":
     return pd.DataFrame(rows)
 
 
+def other_data_root(given: str | None, the_runs: str | None) -> str | None:
+    """The --data-root a transfer was given, absolute, when it is not the run's own: its
+    accuracies are then of other images (a copy, or another set of the same classes), and its
+    files say so; the file name does not, so a transfer there writes over the last one to the
+    same backbone."""
+    from promptclimb.agent.core.paths import absolute
+
+    return absolute(given) if given and absolute(given) != absolute(the_runs) else None
+
+
 def transfer_summary(run: "Run", table: "pd.DataFrame", backbone: str, pretrained: str | None,
                      weights: str | None, precision: str, ensemble_test: float | None,
-                     baseline_target: dict[str, float]) -> dict:
+                     baseline_target: dict[str, float], data_root: str | None = None) -> dict:
     """What a transfer shows, JSON-able (saved as transfer-<backbone>.json): Spearman's rho of
     the source and target accuracies of every template the run scored, on the run's
     selection split(s) and against target test; the source winner's ranks and accuracies on
     the target; the baseline (`baseline_target`: `a photo of a {}.` with the start names, on
-    the target), the target's own best and the run's ensemble on target test."""
+    the target), the target's own best and the run's ensemble on target test; `data_root`:
+    the images scored on the target where they are not the run's own (`other_data_root`)."""
     select = run.select_splits
     ours = table[table["source_rank"].notna()]
     source_sel = ours[[f"source_{s}" for s in select]].mean(axis=1, skipna=False)
@@ -464,6 +475,7 @@ def transfer_summary(run: "Run", table: "pd.DataFrame", backbone: str, pretraine
         "ensemble": None if not ensemble.get("templates") else {
             "templates": list(ensemble["templates"]), "chosen": ensemble.get("chosen"),
             "source_test": number((ensemble.get("accuracy") or {}).get("test")), "target_test": number(ensemble_test)},
+        **({"data_root": data_root} if data_root else {}),
         "files": {"csv": transfer_name(backbone, "csv", pretrained, precision),
                   "plot": transfer_name(backbone, "png", pretrained, precision)},
     }

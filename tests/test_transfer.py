@@ -459,6 +459,11 @@ def test_a_run_from_names_of_its_own_that_recorded_no_labels_warns_that_other_da
     other = ["--data-root", str(tmp_path / "other")]
     warned, table = transfer("new", *other)
     assert warned == [] and (table["target_test"] > 0.9).all()  # by label
+    # the other images are said, in the summary and by `show` (the file name is the backbone's)
+    summary = json.loads((runs / "new" / "transfer-demo.json").read_text())
+    assert summary["data_root"] == str(tmp_path / "other")
+    shown = CliRunner().invoke(cli, ["show", "new", "--runs-dir", str(runs)])
+    assert f"scored on the images in {tmp_path / 'other'} (--data-root), not on the run's own" in shown.output
     warned, table = transfer("old", *other)
     assert warned == [f"warning: old started from --classnames {names} and recorded no labels for its names (a run "
                       f"started before they were recorded): its names are filled in to the classes of "
@@ -471,6 +476,7 @@ def test_a_run_from_names_of_its_own_that_recorded_no_labels_warns_that_other_da
     # its own data given as `DIR/`: the folder the run recorded (absolute), so nothing to warn of
     warned, table = transfer("old", "--data-root", f"{tmp_path / 'own'}/")
     assert warned == [] and (table["target_test"] > 0.9).all()
+    assert "data_root" not in json.loads((runs / "old" / "transfer-demo.json").read_text())
 
 
 def test_the_transfer_plots_baseline_line_is_the_baseline_the_text_gives(tmp_path, monkeypatch):

@@ -432,7 +432,8 @@ def report_cmd(run, runs_dir, output):
 @click.option("--top", "top", type=click.IntRange(min=1), default=5,
               help="How many of the run's best templates to print (every template is re-scored and saved).")
 @click.option("--data-root", type=TableText(BY_KEYWORD["data_root"]), default=None,
-              help="Where the dataset lives [default: the run's].")
+              help="Where the dataset lives [default: the run's]. Another folder is recorded in the saved "
+                   "summary and said by `show`; its files are the backbone's, so they replace the last transfer to it.")
 @click.option("--device", type=TableText(BY_KEYWORD["device"]), default=None,
               help="torch device [default: cuda when available, else cpu].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULT_PRECISION, show_default=True,
@@ -495,6 +496,8 @@ def transfer_lines(summary: dict) -> list[str]:
         f"{f', {BASELINE!r} with the start names' if summary['baseline'].get('names') == 'start' else ''}; the "
         f"target's own best on {sel}, source rank {best['source_rank']}: {pct(best['target']['test'])})",
     ]
+    if summary.get("data_root"):
+        lines.append(f"scored on the images in {summary['data_root']} (--data-root), not on the run's own")
     ensemble = summary.get("ensemble")
     if ensemble:
         lines.append(f"the run's ensemble of {len(ensemble['templates'])}"
