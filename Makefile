@@ -16,9 +16,16 @@ export TOKENIZERS_PARALLELISM ?= false
 NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 LLAMA_CMAKE_ARGS ?= $(if $(shell grep -qs amx_tile /proc/cpuinfo && echo amx),-DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)')
 
+# The venv takes about 8 GB (torch's build with its CUDA libraries: 5.5 GB), 9 GB with the
+# test extra. With less free, pip fails late with "No space left on device" (CI did, once):
+# the warning says why first (10 GB: the venv and what pip unpacks on the way).
+INSTALL_GB := 10
 # torch/torchvision first and pinned: this pair installs from the machine's disk; an
 # unpinned torch would pull several GB of CUDA packages from the registry.
 $(BIN)/.installed: pyproject.toml
+	@$(PYTHON) -c "import shutil, sys; free = shutil.disk_usage('.').free / 1e9; \
+	free < $(INSTALL_GB) and print(f'warning: {free:.1f} GB free here; the install wants about $(INSTALL_GB) GB \
+	(torch with its CUDA libraries: 5.5 GB), and pip stops with No space left on device without it', file=sys.stderr)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install torch==2.14.1 torchvision==0.29.1
