@@ -825,6 +825,45 @@ def test_a_folder_whose_name_holds_a_comma_is_named_by_a_quoted_folder_name_line
         read_classnames(str(keyed), published, {}, folders)
 
 
+def test_names_in_class_order_that_spell_other_classes_are_refused(tmp_path):
+    """Folders `Cat`, `bird`, `dog` are classes 1-3 (sorted by code point, capitals first); a
+    file `bird`, `Cat`, `dog`, written in the order a listing that ignores case shows them,
+    gave class 1 the name 'bird' and class 2 'Cat', unsaid."""
+    published = ["Cat", "bird", "dog"]
+    path = tmp_path / "names.txt"
+    path.write_text("bird\nCat\ndog\n")
+    with pytest.raises(PromptclimbError) as refused:
+        read_classnames(str(path), published, {}, published)
+    assert str(refused.value) == (f"--classnames {path} line 1: 'bird' is folder 'bird' (class 2), but line 1 names "
+                                  "class 1, 'Cat': one name per line follows class order (Cat, bird, dog); or write "
+                                  "'folder,name' lines, in any order")
+    path.write_text("Cat\nBIRD\nsparrow\n")  # a class's own name, in another case, and a new name: as before
+    assert read_classnames(str(path), published, {}, published) == ("Cat", "BIRD", "sparrow")
+    path.write_text("bird,robin\nCat,kitty\ndog,hound\n")
+    assert read_classnames(str(path), published, {}, published) == ("kitty", "robin", "hound")
+
+
+def test_a_names_file_typed_in_composed_accents_finds_folders_made_with_combining_ones(tmp_path):
+    """A folder made on macOS spells `café` as 'cafe' and a combining accent (NFD); a typed
+    `café,coffee` line (one letter é) matched no class, and each whole line became a name."""
+    import unicodedata
+
+    folders = [unicodedata.normalize("NFD", f) for f in ("café", "crème", "thé")]
+    path = tmp_path / "names.txt"
+    path.write_text("café,coffee\ncrème,cream\nthé,tea\n", encoding="utf-8")
+    assert read_classnames(str(path), folders, {}, folders) == ("coffee", "cream", "tea")
+
+
+@pytest.mark.parametrize("text", ["tee\tshirt\npants\nsweater\n", "tee\npants\nswea\x07ter\n"])
+def test_a_name_with_a_tab_or_other_control_character_is_refused(tmp_path, text):
+    """`boot<TAB>bottes`, a 'folder,name' line written with a tab, was taken whole as a name."""
+    path = tmp_path / "names.txt"
+    path.write_text(text)
+    with pytest.raises(PromptclimbError, match=r"line [13]: a control character \('\\(t|x07)'\) in a class name "
+                                               r"\('folder,name' lines are split at a comma\)"):
+        read_classnames(str(path), PUBLISHED, {})
+
+
 def test_classnames_specs(tmp_path):
     assert read_classnames(None, PUBLISHED, {"clean": ["T-shirt", "trousers", "pullover"]}) == tuple(PUBLISHED)
     assert read_classnames("clean", PUBLISHED, {"clean": ["T-shirt", "trousers", "pullover"]})[1] == "trousers"

@@ -20,6 +20,7 @@ readable from folder names (`_` and `-` as spaces) are refused naming the folder
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -36,8 +37,9 @@ def readable_classname(folder: str) -> str:
 
 def name_key(name: str) -> str:
     """Two names that compare equal as class names: case, punctuation and spacing ignored
-    ('T-shirt' and 't shirt' share it)."""
-    return re.sub(r"[\W_]+", " ", name.lower()).strip()
+    ('T-shirt' and 't shirt' share it), and how the text is encoded (a folder made on macOS
+    spells `café` with a combining accent, a typed names file with one letter)."""
+    return re.sub(r"[\W_]+", " ", unicodedata.normalize("NFKC", name).lower()).strip()
 
 
 def sides_of(name: str) -> tuple[str, ...]:
@@ -97,6 +99,9 @@ def name_problem(name: str) -> str | None:
         return "braces { } are not allowed in a class name (the template's {} is filled with it)"
     if len(name.strip().splitlines()) > 1:  # a folder may be named so; each name is one line of a meta-prompt
         return "a line break in a class name (each is written as one line)"
+    control = next((ch for ch in name.strip() if unicodedata.category(ch) == "Cc"), None)
+    if control is not None:  # `boot<TAB>bottes`: a 'folder,name' line written with another separator
+        return f"a control character ({control!r}) in a class name ('folder,name' lines are split at a comma)"
     return None
 
 
@@ -303,6 +308,15 @@ def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str,
             if c >= len(published):
                 raise PromptclimbError(f"{at}: one name too many: the dataset has {len(published)} classes "
                                        f"({', '.join(labels)})")
+            other = [i for i in keys.get(name_key(name), []) if i != c]
+            if other and c not in keys.get(name_key(name), []):
+                # `bird`, `Cat`, `dog` for folders Cat, bird, dog: a listing that ignores case
+                # sorts them so; class order is the folders' sorted by code point, capitals first
+                raise PromptclimbError(f"{at}: {name!r} is {folder_word if folders else 'class'} {labels[other[0]]!r} "
+                                       f"(class {other[0] + 1}), but line {number} names class {c + 1}, "
+                                       f"{labels[c]!r}: one name per line follows class order ({', '.join(labels[:10])}"
+                                       f"{', ...' if len(labels) > 10 else ''}); "
+                                       f"or write '{folder_word},name' lines, in any order")
         problem = name_problem(name)
         if problem:
             raise PromptclimbError(f"{at}: {problem}")
