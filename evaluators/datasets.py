@@ -13,7 +13,10 @@ used to choose anything.
 Loaders (`DATASETS`, imported lazily) take `data_root: str | None` and return a Dataset:
 - `imagefolder`: one sub-folder per class (`--data-root DIR`). If DIR has `train/` and
   `test/` (and optionally `val/`) folders, each an ImageFolder, those are the splits;
-  otherwise every class is split 50/20/30 into train/val/test by `deterministic_split`.
+  otherwise every class is split 50/20/30 into train/val/test by `deterministic_split`,
+  drawn from the folder's own name (a copy elsewhere under the same name draws the same
+  split; renamed, another). Images are found in sub-folders too; hidden files and folders,
+  `__MACOSX/` and `@eaDir/` are not data (`is_data`).
 - `coop`: a CoOp-format folder: images plus one `split_*.json` with
   {"train"|"val"|"test": [[relative_path, label, classname], ...]}.
 - `eurosat` (evaluators/eurosat.py), `fashion-mnist` (evaluators/demo/fashion_mnist.py).
@@ -45,7 +48,16 @@ from promptclimb.agent.core.errors import PromptclimbError
 # (image_id, label) pairs; image ids are strings so that every dataset can key its cache.
 Labelled = list[tuple[str, int]]
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".avif"}
+# Folders that hold no class and no photo of one: a zip made by macOS's Finder has __MACOSX/
+# (AppleDouble `._x.png` files), a Synology share @eaDir/ (thumbnails of the photos beside
+# them, which would put a copy of a test image in train); hidden files and folders too.
+NOT_DATA = {"__MACOSX", "@eaDir"}
+
+
+def is_data(name: str) -> bool:
+    """Whether a file or folder of an image folder is data, not what a system left there."""
+    return not name.startswith(".") and name not in NOT_DATA
 
 
 @dataclass
@@ -345,7 +357,7 @@ def _scan_class_folders(root: Path) -> tuple[list[str], dict[int, list[str]], li
     """(class folder names, ids by class, unreadable files) of an ImageFolder; ids are paths
     relative to `root`. Only the image headers are read here (cheap); full decoding errors
     surface when features are computed and are skipped and counted there."""
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and is_data(p.name))
     if not classes:
         raise PromptclimbError(f"{root} has no class sub-folders (expected one folder per class)")
     by_class: dict[int, list[str]] = {}
@@ -353,12 +365,14 @@ def _scan_class_folders(root: Path) -> tuple[list[str], dict[int, list[str]], li
     for c, name in enumerate(classes):
         ids = []
         for path in sorted((root / name).rglob("*")):
-            if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
+            if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS \
+                    or not all(map(is_data, path.relative_to(root / name).parts)):
                 continue
             try:
                 with Image.open(path) as im:
                     im.verify()
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+                # over 179 million pixels, Pillow refuses to open an image at all (a bomb, to it)
                 unreadable.append(str(path.relative_to(root)))
                 continue
             ids.append(str(path.relative_to(root)))
@@ -392,7 +406,7 @@ def load_imagefolder(data_root: str | None) -> Dataset:
     """Any folder with one sub-folder of images per class (see the module docstring)."""
     root = _require_root(data_root, "imagefolder")
     split_dirs = {s: root / s for s in ("train", "val", "test") if (root / s).is_dir()}
-    folders = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    folders = {p.name for p in root.iterdir() if p.is_dir() and is_data(p.name)}
     if folders and folders <= set(split_dirs) and not {"train", "test"} <= folders:
         raise PromptclimbError(f"{root} holds {', '.join(sorted(folders))}/ only: split folders need train/ and "
                                "test/ (val/ is optional), each with one sub-folder per class")

@@ -32,7 +32,9 @@ Image ids are `<split>/<row>`. Images are decoded one at a time when the evaluat
 them (the image column is read as undecoded bytes, in arrow format), so a large dataset is
 never held decoded in memory. The dataset's identity, which keys the feature cache and is
 compared on --resume, is a digest of each used split's `datasets` fingerprint, its arrow
-files' names and sizes, and the two columns.
+files' names and sizes, and the two columns, and how images are decoded (`DECODING`: since
+16-bit images are scaled to 8 bits, as a folder's are, a run started before resumes with a
+warning that the evaluator changed).
 """
 
 from __future__ import annotations
@@ -46,8 +48,8 @@ from typing import TYPE_CHECKING
 
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.paths import cache_dir
-from promptclimb.evaluators.datasets import (Dataset, Labelled, check_data_folder, deterministic_split,
-                                             published_names)
+from promptclimb.evaluators.datasets import (DECODING, Dataset, Labelled, check_data_folder, deterministic_split,
+                                             eight_bits, published_names)
 
 if TYPE_CHECKING:
     import datasets
@@ -98,7 +100,7 @@ def load_hf(data_root: str | None, name: str = "hf", image_column: str | None = 
         name=name, classnames=classnames, description="photos",
         load_image=image_loader(used, image_col),
         splits={"train": items[TRAIN_SPLIT], "val": [], "test": items["test"]},
-        identity=f"{source}:{identity_digest(used, image_col, label_col)}",
+        identity=f"{source}:{identity_digest(used, image_col, label_col)}:{DECODING}",
         folders=labels, folder_word="label",
     )
 
@@ -332,10 +334,12 @@ def labelled(ds: "datasets.Dataset", split: str, column: str, label_of: dict) ->
 
 def image_loader(used: dict[str, "datasets.Dataset"], column: str):
     """load_image(`<split>/<row>`): that row's image, decoded now (the column is read as
-    bytes or a path, never decoded in bulk)."""
+    bytes or a path, never decoded in bulk), with 8 bits per channel as a folder's images
+    (`eight_bits`: a 16-bit image was clipped to two shades), then in the column's mode."""
     from datasets import Image
 
-    decoder = Image(mode=used[TRAIN_SPLIT].features[column].mode)
+    mode = used[TRAIN_SPLIT].features[column].mode
+    decoder = Image()
     readers = {split: ds.with_format("arrow", columns=[column]) for split, ds in used.items()}
 
     def load_image(image_id: str):
@@ -343,7 +347,8 @@ def image_loader(used: dict[str, "datasets.Dataset"], column: str):
         value = readers[split][int(row)].column(0)[0].as_py()
         if value is None:
             raise ValueError(f"row {image_id} has no image")
-        return decoder.decode_example(value)
+        image = eight_bits(decoder.decode_example(value))
+        return image.convert(mode) if mode and image.mode != mode else image
 
     return load_image
 

@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from PIL.Image import DecompressionBombError
 from tqdm import tqdm
 
 from promptclimb.agent.core.classnames import check_classnames, check_published, names_by_label, read_classnames
@@ -138,7 +139,7 @@ class ClipEvaluator:
         for image_id, label in chunk:
             try:
                 images.append(self.backbone.preprocess(self.dataset.load_image(image_id)))
-            except (OSError, ValueError, SyntaxError):  # unreadable / truncated image
+            except (OSError, ValueError, SyntaxError, DecompressionBombError):  # unreadable, truncated, too large
                 unreadable.append(image_id)
                 continue
             readable.append((image_id, label))

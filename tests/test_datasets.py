@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -226,6 +227,42 @@ def test_unreadable_images_are_skipped_counted_and_named(image_folder):
         data = load_dataset("imagefolder", str(image_folder))
     ids = {i for v in data.splits.values() for i, _ in v}
     assert len(ids) == 24 and not any("broken" in i or "cut" in i for i in ids)
+
+
+def test_an_image_too_large_for_pillow_to_open_is_skipped_as_unreadable(image_folder, monkeypatch):
+    """Over 179 million pixels Pillow refuses to open an image (DecompressionBombError): the
+    scan of the folder ended in a traceback. The limit is lowered here so a small image passes it."""
+    from PIL import Image
+
+    Image.new("L", (100, 100), 100).save(image_folder / "red_square" / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2_000)  # refused past twice that: 100x100, not the 40x40 others
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image\(s\): red_square/huge.png"):
+        data = load_dataset("imagefolder", str(image_folder))
+    assert not any("huge" in i for v in data.splits.values() for i, _ in v)
+
+
+def test_what_a_system_leaves_in_an_image_folder_is_not_data(image_folder):
+    """A Finder zip's __MACOSX/ became a class ('class folder(s) with no readable images:
+    __MACOSX'); a Synology share's @eaDir/ and a hidden .thumbnails/ inside a class were read
+    as its images (a thumbnail of a test image could sit in train); AppleDouble `._x.png`
+    files were warned of one by one; `.avif` photos were passed over, unsaid."""
+    from PIL import Image
+
+    (image_folder / "__MACOSX" / "red_square").mkdir(parents=True)
+    (image_folder / "__MACOSX" / "red_square" / "._a.png").write_bytes(b"\x00\x05\x16\x07")
+    for hidden in ("@eaDir", ".thumbnails"):
+        (image_folder / "blue_lake" / hidden).mkdir()
+        Image.new("RGB", (8, 8)).save(image_folder / "blue_lake" / hidden / "thumb.png")
+    (image_folder / "blue_lake" / "._photo.png").write_bytes(b"\x00\x05\x16\x07")
+    (image_folder / "blue_lake" / "more").mkdir()
+    Image.new("RGB", (8, 8), (0, 0, 200)).save(image_folder / "blue_lake" / "more" / "deep.avif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing unreadable to warn of
+        data = load_dataset("imagefolder", str(image_folder))
+    ids = sorted(i for v in data.splits.values() for i, _ in v)
+    assert data.classnames == ["blue lake", "green field", "red square"]
+    assert len(ids) == 25 and "blue_lake/more/deep.avif" in ids
+    assert not any("thumb" in i or "._" in i for i in ids)
 
 
 def test_coop_folder(tmp_path):

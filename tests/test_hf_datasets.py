@@ -151,6 +151,29 @@ def test_images_are_decoded_one_at_a_time_on_demand(folders, monkeypatch):
     assert decoded == [1]
 
 
+@pytest.mark.parametrize("mode", [None, "RGB"])
+def test_a_16_bit_image_reads_as_a_folders_does_scaled_to_8_bits(tmp_path, mode):
+    """A 16-bit grayscale PNG through hf was clipped at 255 (a gradient read [0 255 255 255]);
+    the same file in a folder is scaled ([0 85 170 255]). An image column with a mode of its
+    own still gets its mode."""
+    import numpy as np
+    from PIL import Image
+
+    from promptclimb.evaluators.datasets import open_image
+
+    png = tmp_path / "gradient.png"
+    Image.fromarray(np.array([[0, 21845, 43690, 65535]] * 4, dtype=np.uint16)).save(png)
+    rows = colour_rows(2)
+    rows["image"][0] = Image.open(png)
+    image_feature = datasets.Image(mode=mode) if mode else datasets.Image()
+    data = datasets.Dataset.from_dict(rows, features=datasets.Features(
+        {"image": image_feature, "label": datasets.ClassLabel(names=CLASSES)}))
+    datasets.DatasetDict(train=data, test=colour_dataset(1)).save_to_disk(str(tmp_path / "saved"))
+    image = load_dataset("hf", str(tmp_path / "saved")).load_image("train/0")
+    assert image.mode == (mode or "L")
+    assert list(np.asarray(image.convert("L"))[0]) == list(np.asarray(open_image(png))[0]) == [0, 85, 170, 255]
+
+
 def test_identity_comes_from_the_data(folders, tmp_path):
     first = load_dataset("hf", str(folders["saved"])).identity
     assert load_dataset("hf", str(folders["saved"])).identity == first  # stable: the feature cache is reused

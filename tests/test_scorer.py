@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from PIL import Image
 
 from promptclimb.agent.core.errors import PromptclimbError
 
@@ -204,14 +205,17 @@ def test_a_class_whose_few_shots_all_fail_to_decode_is_refused_naming_it(make_ev
     assert evaluator.image_features("test")[0].shape[0] == len(evaluator.split.splits["test"])  # a class left whole
 
 
-def test_image_that_fails_to_decode_is_skipped_counted_and_named(make_evaluator):
+@pytest.mark.parametrize("error", [OSError("image file is truncated"),
+                                   # over 179 million pixels (a CoOp split's or a Hub dataset's image): a traceback
+                                   Image.DecompressionBombError("Image size (196000000 pixels) exceeds limit")])
+def test_image_that_fails_to_decode_is_skipped_counted_and_named(make_evaluator, error):
     evaluator = make_evaluator()
     broken = evaluator.split.splits["test"][0][0]
     load = evaluator.dataset.load_image
 
     def flaky(image_id):
         if image_id == broken:
-            raise OSError("image file is truncated")
+            raise error
         return load(image_id)
 
     evaluator.dataset.load_image = flaky
