@@ -367,8 +367,9 @@ def resumed_run(opts: dict, echo) -> Plan:
     check_writable(run_dir, "the run folder")
     store = RunStore.resume(run_dir)
     try:
+        check_recorded(store.config, run_dir / CONFIG)
+        follow_moved_data(opts, store, echo)
         saved = store.config
-        check_recorded(saved, run_dir / CONFIG)
         if not store.stored and has_summary(run_dir):
             # a finished run whose history is gone: its replay would be a new search, whose
             # summary (other LLM answers, with --no-cache or another cache) would replace this one
@@ -414,6 +415,31 @@ def resumed_run(opts: dict, echo) -> Plan:
     except BaseException:
         store.close()
         raise
+
+
+def follow_moved_data(opts: dict, store: RunStore, echo) -> None:
+    """A run whose data folder is gone (moved) continues with `--resume RUN --data-root DIR`,
+    DIR recorded in its config.json from now on (for `adapt`, `eval --run`, `transfer`). The
+    folder keeps its name: a folder of class folders is split by its name, so a renamed one
+    would score the rest of the run on another split. Without --data-root, the refusal says so
+    (it was "data folder ... does not exist", before anything said how to go on)."""
+    args = store.config["evaluator_args"]
+    recorded = args.get("data_root")
+    if not recorded or Path(recorded).exists():
+        return  # a data folder still there stays the run's: another --data-root is refused as any change
+    run = run_argument(store.run_dir)
+    if not given(opts, "data_root"):
+        raise PromptclimbError(f"{store.run_dir.name}'s data folder {recorded} does not exist: moved, give where it "
+                               f"is now: {shell_command('search', '--resume', run, '--data-root', 'DIR')}")
+    moved = Path(absolute(opts["data_root"]))
+    if moved.name != Path(recorded).name:
+        raise PromptclimbError(f"--data-root {opts['data_root']}: {store.run_dir.name}'s data folder was named "
+                               f"{Path(recorded).name!r} ({recorded}), and its split is drawn from that name: "
+                               "give the folder its name back, or start a new run")
+    if str(moved) != recorded:
+        store.update_config(evaluator_args={**args, "data_root": str(moved)})
+        echo(f"{store.run_dir.name}'s data folder {recorded} is gone: reading it from {moved} (recorded in its "
+             f"{CONFIG})")
 
 
 def refuse_an_endpoint_without_its_secret(llm: LLMSettings, opts: dict, store: RunStore) -> None:

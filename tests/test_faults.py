@@ -246,6 +246,34 @@ def test_resume_of_a_finished_run_whose_history_is_gone_keeps_its_summary(lost, 
 
 
 
+def test_a_run_whose_data_folder_moved_resumes_with_data_root_and_records_where(tmp_path, llm, evaluators_built):
+    """Its data folder moved, a run could not be resumed: `data folder ... does not exist`, and
+    `--resume RUN --data-root NEW` was refused as a change of settings; its work was lost."""
+    runs, data = tmp_path / "runs", tmp_path / "disk1" / "photos"
+    data.mkdir(parents=True)
+    assert cli("search", "--dataset", "imagefolder", "--data-root", data, *SMALL, "--runs-dir", runs,
+               "--name", "r").exit_code == 0
+    moved = tmp_path / "disk2" / "photos"
+    moved.parent.mkdir()
+    data.rename(moved)
+    one_line_error(cli("search", "--resume", "r", "--runs-dir", runs),
+                   f"r's data folder {data} does not exist: moved, give where it is now: promptclimb search "
+                   f"--resume {runs / 'r'} --data-root DIR")
+    renamed = tmp_path / "disk2" / "pictures"
+    moved.rename(renamed)
+    one_line_error(cli("search", "--resume", "r", "--runs-dir", runs, "--data-root", renamed),
+                   "r's data folder was named 'photos'", "its split is drawn from that name")
+    renamed.rename(moved)
+    resumed = cli("search", "--resume", "r", "--runs-dir", runs, "--data-root", moved)
+    assert resumed.exit_code == 0, resumed.output
+    assert f"r's data folder {data} is gone: reading it from {moved} (recorded in its config.json)" in resumed.output
+    assert json.loads((runs / "r" / "config.json").read_text())["evaluator_args"]["data_root"] == str(moved)
+    assert evaluators_built == ["imagefolder", "imagefolder"]
+    (tmp_path / "disk3" / "photos").mkdir(parents=True)  # the run's folder is there: another one is a change
+    one_line_error(cli("search", "--resume", "r", "--runs-dir", runs, "--data-root", tmp_path / "disk3" / "photos"),
+                   "--resume continues a run with the settings it started with")
+
+
 def test_resume_of_a_run_whose_summary_and_history_are_empty_starts_it_again(tmp_path, llm, evaluators_built):
     """With summary.json empty (a crash between creating and writing it) and no history, the
     resume refused the run as one that "has a summary.json but no events", a finished run's
