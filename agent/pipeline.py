@@ -146,11 +146,14 @@ def planned_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None,
             # FAILED (one more per rerun of a sweep cell), with a warning pointing at a folder gone.
             # A search stopped while loading resumes with --mlflow, which opens the MLflow run then.
             with experiment_tracking(store, opts.get("mlflow"), echo), warnings_said(echo):
-                if plan.soft is not None:
-                    return soft_prompt_search(plan, store, evaluator, echo)
-                with llm_client(plan, opts, echo, aside, bars) as llm:
-                    summary = climb(plan, store, evaluator, llm, meta, echo, opts.get("mlflow"))
-                return after_the_climb(plan, store, evaluator, summary, echo)
+                try:
+                    if plan.soft is not None:
+                        return soft_prompt_search(plan, store, evaluator, echo)
+                    with llm_client(plan, opts, echo, aside, bars) as llm:
+                        summary = climb(plan, store, evaluator, llm, meta, echo, opts.get("mlflow"))
+                    return after_the_climb(plan, store, evaluator, summary, echo)
+                except PromptclimbError as exc:  # an image of the split that no longer decodes, say
+                    raise run_is_saved(exc, store, opts.get("mlflow")) from None
     finally:
         if store is not None:
             store.close()
@@ -830,12 +833,21 @@ def climb(plan: Plan, store: RunStore, evaluator, llm: LLMClient, meta: MetaProm
     try:
         return climber.run().summary
     except LLMError as exc:
-        command, note = resume_command(store.run_dir, tracking_uri)
+        moved = None
         if llm.base_url and not plan.llm.local:  # `llm serve` restarted on another port, a moved server
             moved = "with --base-url URL added where the endpoint has moved: a resume asks the one the run recorded"
-            note = f"{note}; {moved}" if note else moved
-        raise PromptclimbError(f"{exc}\nThe run is saved; continue it with: {command}"
-                               + (f"\n({note})" if note else "")) from None
+        raise run_is_saved(exc, store, tracking_uri, moved) from None
+
+
+def run_is_saved(exc: Exception, store: RunStore, tracking_uri: str | None, more: str | None = None) -> Exception:
+    """A failure once the run folder stays (an LLM that fails for good, data that no longer
+    reads), said with the command that continues the run; as it is where the folder was
+    discarded or the message says so already."""
+    if not store.run_dir.is_dir() or "continue it with" in str(exc):
+        return exc
+    command, note = resume_command(store.run_dir, tracking_uri)
+    note = "; ".join(n for n in (note, more) if n)
+    return PromptclimbError(f"{exc}\nThe run is saved; continue it with: {command}" + (f"\n({note})" if note else ""))
 
 
 def what_changed(summary: dict, evaluator, echo) -> None:

@@ -274,6 +274,30 @@ def test_a_run_whose_data_folder_moved_resumes_with_data_root_and_records_where(
                    "--resume continues a run with the settings it started with")
 
 
+def test_data_that_fails_once_the_run_folder_stays_says_how_to_continue(tmp_path, llm, monkeypatch):
+    """Every image of a class chosen for train failed to decode once the pool was scored: the
+    error said to replace or remove the files, but not that the run was kept nor how to go on
+    (the same command again: `runs/r already holds a run`)."""
+    class Undecodable(WordEvaluator):
+        def score(self, templates, splits=("train", "val"), classnames=None):
+            if (tmp_path / "broken").exists():
+                raise PromptclimbError("imagefolder/train: no readable image of class(es) 'boot' (every one chosen "
+                                       "failed to decode: boot/b4.jpg); replace or remove those files")
+            return super().score(templates, splits, classnames)
+
+    monkeypatch.setitem(EVALUATOR, "factory", lambda **kwargs: Undecodable(kwargs["dataset"]))
+    runs = tmp_path / "runs"
+    (tmp_path / "broken").touch()
+    failed = cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "r")
+    one_line_error(failed, "replace or remove those files")
+    assert failed.output.splitlines()[-1] == f"The run is saved; continue it with: promptclimb search --resume " \
+                                             f"{runs / 'r'}"
+    (tmp_path / "broken").unlink()
+    resumed = cli("search", "--resume", runs / "r")
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((runs / "r" / "summary.json").read_text())["stopped"] == "completed"
+
+
 def test_resume_of_a_run_whose_summary_and_history_are_empty_starts_it_again(tmp_path, llm, evaluators_built):
     """With summary.json empty (a crash between creating and writing it) and no history, the
     resume refused the run as one that "has a summary.json but no events", a finished run's
