@@ -107,7 +107,7 @@ from typing import Mapping, Sequence
 from promptclimb.agent.core.classnames import (MAX_NAME_CHARS, name_key, name_problem, number_forms, sides_of,
                                                word_built_on)
 from promptclimb.agent.core.protocol import ClassReport
-from promptclimb.agent.proposals import clean_line
+from promptclimb.agent.proposals import clean_line, without_reasoning
 
 # Why a proposed name was not scored or not kept (the `reason` of a name_reject event); the
 # LLM reads REASONS[reason] (and the event's detail) in the next names turn.
@@ -201,7 +201,7 @@ def parse_names(answer: str) -> list[tuple[str, str]]:
     and bold marks are stripped. A line without ':' is prose and skipped; so is a heading
     such as "Names:" with nothing after it."""
     pairs = []
-    for raw in (answer or "").splitlines():
+    for raw in without_reasoning(answer or "").splitlines():
         line = clean_line(raw)
         if ":" not in line or line.startswith("```"):
             continue
@@ -484,7 +484,8 @@ def judged_class(answer: str, start: Sequence[str], current: Sequence[str]) -> i
     """The class the judge's answer names, or None: it names no class (a small model often
     echoes the name it was asked about). A start name written with '/' ("T-shirt/top") is
     matched by each of its parts too."""
-    text = _unwrap((answer or "").strip().splitlines()[0] if (answer or "").strip() else "")
+    answer = without_reasoning(answer or "").strip()
+    text = _unwrap(answer.splitlines()[0] if answer else "")
     key = name_key(text)
     if not key:
         return None

@@ -82,6 +82,19 @@ def normalise(template: str) -> str:
     return _PUNCT_OR_SPACE.sub(" ", template.lower()).strip()
 
 
+# A reasoning model (DeepSeek-R1, Qwen3 behind Ollama or vLLM) writes its thinking before the
+# answer, in <think>...</think>; its lines read like proposals ("Trouser: hmm, maybe shorts"),
+# and were scored, and a name from them kept. Some servers drop the opening tag; an answer
+# cut at --max-answer-tokens ends inside the block.
+_REASONING = re.compile(r"<(think|thinking|reasoning)>.*?(?:</\1>|\Z)", re.IGNORECASE | re.DOTALL)
+_REASONING_END = re.compile(r"\A.*?</(?:think|thinking|reasoning)>", re.IGNORECASE | re.DOTALL)
+
+
+def without_reasoning(answer: str) -> str:
+    """An answer without a reasoning model's thinking: what it gives as its answer."""
+    return _REASONING.sub("", _REASONING_END.sub("", answer) if not _REASONING.search(answer) else answer)
+
+
 def clean_line(line: str) -> str:
     """One answer line without list numbering, bullets, copied scores, surrounding quotes or code marks."""
     text = line.strip()
@@ -193,7 +206,7 @@ def parse_proposals(answer: str, already_scored: set[str] | dict[str, object] = 
     out = Proposals()
     seen = set(already_scored)
     pattern = class_pattern(classnames)
-    for raw in (answer or "").splitlines():
+    for raw in without_reasoning(answer or "").splitlines():
         if not raw.strip() or raw.strip().startswith("```"):
             continue
         raw = _NOTE_TAIL.sub("", raw)

@@ -250,7 +250,7 @@ def make_fewshot_split(dataset: Dataset, shots: int, seed: int, unlabeled: int =
         allows = short[c] - val_from_train
         raise PromptclimbError(
             f"--shots {shots} is more than class {dataset.classnames[c]!r} of {dataset.name} has "
-            f"({short[c]} training images); the smallest class allows --shots {allows}"
+            f"({short[c]} training image{'' if short[c] == 1 else 's'}); the smallest class allows --shots {allows}"
             + (" (one image a class is left for validation)" if val_from_train else "")
             if allows >= 1 else f"class {dataset.classnames[c]!r} of {dataset.name} has "
             f"{short[c] or 'no'} training image{'' if short[c] == 1 else 's'}"

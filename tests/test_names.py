@@ -738,6 +738,18 @@ def test_parse_names_reads_the_answer_shapes_small_models_write():
                                           ("Bag", "tote"), ("T-shirt/top", "tee")]
 
 
+def test_a_reasoning_models_thinking_is_not_read_as_names_or_as_the_judges_answer():
+    """`<think>...Trouser: hmm, maybe the skirt class is close; or shorts...</think>` gave
+    Trouser the names 'hmm, maybe the skirt class is close' and 'or shorts', and the latter
+    was kept."""
+    thinking = "<think>\nThe user wants names.\nTrouser: hmm, maybe the skirt class is close; or shorts.\n</think>\n"
+    assert naming.parse_names(thinking + "Trouser: jeans; slacks") == [("Trouser", "jeans"), ("Trouser", "slacks")]
+    assert naming.parse_names("Trouser: maybe shorts\n</think>\nTrouser: jeans") == [("Trouser", "jeans")]
+    assert naming.parse_names("<think>\nTrouser: shorts, cut at the token cap") == []
+    start, current = list(CLASSES), list(CLASSES)
+    assert naming.judged_class("<think>Is it a Dress? No.</think>\nTrouser", start, current) == 1
+
+
 def test_the_weakest_classes_take_turns():
     from promptclimb.agent.core.protocol import ClassReport
 

@@ -193,3 +193,14 @@ def test_empty_and_missing_answers_give_nothing():
 def test_clean_line_leaves_inner_text_alone():
     assert clean_line("3. a '{}' shaped object") == "a '{}' shaped object"
     assert clean_line("- 12 photos of a {}") == "12 photos of a {}"
+
+
+def test_a_reasoning_models_thinking_is_not_read_as_templates():
+    """A prose line of the thinking that names one class ("The Trouser class seems weak") was
+    turned into a template and scored."""
+    answer = ("<think>\nOkay, the user wants templates. The Trouser class seems weak.\n"
+              "Maybe 'a photo of the weird {}.'\n</think>\na studio photo of a {}.\na close-up of a {}.")
+    parsed = parse_proposals(answer, classnames=["Trouser", "Dress"])
+    assert parsed.templates == ["a studio photo of a {}.", "a close-up of a {}."]
+    assert parsed.rejected == [] and parsed.unfilled == []
+    assert parse_proposals("<THINKING>a photo of a {}.", classnames=["Trouser"]).templates == []  # cut inside it
