@@ -480,9 +480,14 @@ class Mirror:
 
         final = run.final or {}
         step, stamp = sum(e["event"] in LLM_EVENTS for e in run.events), int(_last_time(run) * 1000)
-        metrics = [Metric(f"{name}_test_accuracy", value, stamp, step) for name in RESULTS
-                   if (value := _test_accuracy(final.get(name))) is not None
-                   and have.get(f"{name}_test_accuracy") != value]
+        # A value that replaces one the server has (another adapter fitted since) is logged at
+        # the same step: MLflow's latest is then the one with the later time, and at the run's
+        # own last time it tied, and the larger value (the old adapter's, once) showed.
+        metrics = []
+        for name in RESULTS:
+            key, value = f"{name}_test_accuracy", _test_accuracy(final.get(name))
+            if value is not None and have.get(key) != value:
+                metrics.append(Metric(key, value, int(time.time() * 1000) if key in have else stamp, step))
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
 

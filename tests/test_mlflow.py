@@ -614,6 +614,24 @@ def test_a_soft_prompt_is_not_registered_as_a_text_prompt(tmp_path, server, clie
     assert run.info.status == "FINISHED" and "promptclimb.prompt" not in run.data.tags
 
 
+def test_an_adapter_fitted_again_after_a_sync_is_the_latest_adapter_accuracy(tmp_path, server, client, fake):
+    """`adapt` kept another adapter (89.0%) after a sync had logged the first (89.85%): the new
+    value was logged at the same step and the same time, and MLflow showed the larger, old one."""
+    run_dir = finished_run(fake, tmp_path / "runs", "adapted")
+    summary = json.loads((run_dir / "summary.json").read_text())
+
+    def adapt_and_sync(accuracy: float) -> float:
+        summary["adapter"] = {"kind": "residual-logits", "accuracy": {"train": 1.0, "val": 0.9, "test": accuracy}}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        synced = mlflow_sync("adapted", "--runs-dir", tmp_path / "runs", "--tracking-uri", server, "--experiment", "a")
+        assert synced.exit_code == 0, synced.output
+        return client.get_run(linked_run_id(run_dir, server)).data.metrics["adapter_test_accuracy"]
+
+    assert adapt_and_sync(0.8985) == 0.8985
+    assert adapt_and_sync(0.89) == 0.89
+    assert adapt_and_sync(0.8985) == 0.8985
+
+
 def sqlite_uri(folder: Path) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'mlflow.db'}"
