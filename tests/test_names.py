@@ -146,6 +146,46 @@ def test_a_names_turn_renames_the_weak_class_and_the_summary_carries_it(tmp_path
     assert winners.loc[0, "test"] == pytest.approx(result.best["accuracy"]["test"])
 
 
+def test_the_curve_of_a_names_search_puts_the_winner_where_its_names_were_found_and_marks_each_reset(
+        tmp_path, monkeypatch):
+    """curve.png of a `both` search drew the winner at answer 0 (its template's pool row, at a
+    score only the names found later give it), and none of the 'new conversation' lines its
+    axis label promises: they were drawn at template turns that open a reset only."""
+    from matplotlib.axes import Axes
+
+    from promptclimb.agent.runs.plots import plot_curve
+
+    drawn = {"lines": [], "dots": []}
+    line, dots = Axes.axvline, Axes.scatter
+    monkeypatch.setattr(Axes, "axvline", lambda ax, x=0, *a, **kw: (drawn["lines"].append((x, kw.get("ls"))),
+                                                                      line(ax, x, *a, **kw))[1])
+    monkeypatch.setattr(Axes, "scatter", lambda ax, x, y, *a, **kw: (drawn["dots"].append((list(x), kw.get("label"))),
+                                                                     dots(ax, x, y, *a, **kw))[1])
+    with FakeLLM(responder=scripted(["Trouser: pants; jeans; slacks"], templates="a {} worn.")) as fake:
+        _, _, run_dir = climb(tmp_path, fake.base_url, search="both", restarts=2, resets=2, iterations=2)
+    run = load_run(run_dir)
+    plot_curve(run, tmp_path / "curve.png")
+    kept = of(run_dir, "names_change")[0]
+    winner = [x for x, label in drawn["dots"] if label and label.startswith("the winner")]
+    assert run.final["best"]["names"] == kept["names"] and winner == [[kept["call"] + 1]]
+    starts = {}  # each reset's first answer (any kind), after the first
+    for e in history(run_dir):
+        if e["event"] in ("llm_exchange", "names_exchange", "names_judge"):
+            starts.setdefault((e["restart"], e["reset"]), e["call"])
+    assert sorted(drawn["lines"]) == sorted((call + 0.5, "--" if reset == 0 else "-")
+                                            for (restart, reset), call in starts.items() if call > 0)
+    assert len(drawn["lines"]) == 3
+    # restarts in parallel lanes take turns in the history: each conversation is still marked once
+    drawn["lines"].clear()
+    with FakeLLM(responder=scripted(["Trouser: pants; jeans; slacks"], templates="a {} worn.")) as fake:
+        _, _, run_dir = climb(tmp_path, fake.base_url, name="lanes", search="both", restarts=2, resets=1,
+                              iterations=3, parallel=2)
+    lanes = [e["restart"] for e in history(run_dir) if e["event"] in ("llm_exchange", "names_exchange")]
+    assert lanes != sorted(lanes)  # they did take turns
+    plot_curve(load_run(run_dir), tmp_path / "lanes.png")
+    assert len(drawn["lines"]) == 1 and drawn["lines"][0][1] == "--"
+
+
 def test_every_refusal_reason_is_recorded_and_shown_in_the_next_names_turn(tmp_path):
     first = "\n".join([
         "Here are the names:",  # a heading: skipped

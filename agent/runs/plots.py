@@ -17,6 +17,7 @@ from promptclimb.agent.runs.reading import Run, load_run
 from promptclimb.agent.core.templates import BASELINE
 
 from promptclimb.agent.core.runfiles import CURVE
+from promptclimb.agent.runs.store import ANSWER_KINDS
 SPLIT_NAMES = {"train": "training accuracy", "train+val": "train+val accuracy"}
 
 
@@ -66,12 +67,17 @@ def plot_curve(run: Run, path: Path) -> Path | None:
     if not baseline.empty:
         ax.axhline(baseline.iloc[0], color="#c0392b", lw=1, ls="--", label=f"baseline '{BASELINE}'")
 
-    # restarts and resets start new conversations: thin vertical guides where they begin
-    for ex in run.of("llm_exchange"):
-        if ex.get("iteration") == 1 and int(ex["call"]) > 0:
+    # restarts and resets start new conversations: thin vertical guides before their first
+    # answer, of whichever kind (under --search both a reset opens with a names turn); restarts
+    # in parallel lanes take turns in the history, so each (restart, reset) is marked once
+    seen = set()
+    for ex in (e for e in run.events if e["event"] in ANSWER_KINDS and e.get("call") is not None):
+        where = (ex.get("restart"), ex.get("reset"))
+        if where not in seen and seen:
             restart = ex.get("reset") == 0  # a restart also re-samples the pool: stronger line
             ax.axvline(int(ex["call"]) + 0.5, color="#8d99a6" if restart else "#d0d4d9",
                        lw=1.2 if restart else 0.8, ls="--" if restart else "-", zorder=0)
+        seen.add(where)
 
     if not llm.empty:
         ax.scatter(llm["x"], llm["selection"], s=22, color="#2e86de", alpha=0.55, lw=0, zorder=3,
@@ -81,7 +87,11 @@ def plot_curve(run: Run, path: Path) -> Path | None:
     ax.step(curve.index, curve.values, where="post", color="#1b4f72", lw=2.2, zorder=4, label="best so far")
     # the winner where it was scored: with ties on accuracy it can come after the curve's first peak
     best = run.ranked().iloc[0]
-    best_x = int(scores.loc[scores["template"] == best["template"], "x"].min())
+    # ... with its names: a template scored first under the start names is the winner only with
+    # those a names turn found later (the dot sat at 0, at a score the pool never had)
+    same_names = scores["names"].map(names_key) == names_key(best.get("names"))
+    same = scores["template"] == best["template"]
+    best_x = int(scores.loc[same & same_names if (same & same_names).any() else same, "x"].min())
     ax.scatter([best_x], [best["selection"]], s=70, color="#f39c12", edgecolor="#1b4f72", zorder=5,
                label="the winner (ties: lower cross-entropy)")
 
@@ -102,6 +112,11 @@ def plot_curve(run: Run, path: Path) -> Path | None:
         ax.spines[side].set_visible(False)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def names_key(names) -> tuple | None:
+    """A scored row's names, comparable (a list, or None for the start names)."""
+    return tuple(names) if isinstance(names, (list, tuple)) else None
 
 
 def plot_transfer(table, summary: dict, path: Path) -> Path:
