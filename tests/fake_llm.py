@@ -5,6 +5,7 @@ injected faults, a request count. Used through the real `openai` client.
         client = LLMClient("fake", base_url=llm.base_url, api_key="sk-test")
     FakeLLM(responder=lambda request: "...")                    # answer = f(request JSON)
     llm.faults.extend(["429", "500", "hang", "malformed", "empty", "nochoices"])  # next requests
+    (also "length": empty, cut at the answer cap; "refusal": no content, the model's refusal)
 
 `models=["id", ...]` makes it list those ids at GET /v1/models (as llama.cpp or vLLM do;
 `promptclimb llm serve` lists its GGUF's hash there); by default that route answers 404,
@@ -51,6 +52,7 @@ class FakeLLM:
         context: int | None = None,
         context_says: str = "openai",
         context_status: int = 400,
+        usage: bool = True,
     ):
         self.script = list(script or ["a photo of a {}."])
         self.responder = responder
@@ -63,6 +65,7 @@ class FakeLLM:
         self.answer_together = answer_together
         self.context, self.context_says, self.context_status = context, context_says, context_status
         self.refused = 0
+        self.usage = usage  # False: answers without `usage`, as some proxies send them
         self.in_flight = 0
         self.max_in_flight = 0
         self._arrived = self._released = 0  # requests held for `answer_together`
@@ -147,7 +150,7 @@ class FakeLLM:
             with self._lock:
                 self.refused += 1
             return self._send(handler, self.context_status, {"error": self._context_error(prompt_tokens, answer_tokens)})
-        content = "" if fault == "empty" else self._answer(body)
+        content = "" if fault in ("empty", "length", "refusal") else self._answer(body)
         if self.latency_s or self.answer_together > 1:
             with self._together:
                 self.in_flight += 1
@@ -166,10 +169,12 @@ class FakeLLM:
             "object": "chat.completion",
             "created": 0,
             "model": body.get("model", "fake"),
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": content}}],
-            "usage": {"prompt_tokens": 10 * len(body.get("messages", [])), "completion_tokens": 7,
-                      "total_tokens": 10 * len(body.get("messages", [])) + 7},
+            "choices": [{"index": 0, "finish_reason": "length" if fault == "length" else "stop",
+                         "message": {"role": "assistant", "content": None if fault == "refusal" else content,
+                                     **({"refusal": "I can't help with that."} if fault == "refusal" else {})}}],
+            **({} if not self.usage else {"usage": {
+                "prompt_tokens": 10 * len(body.get("messages", [])), "completion_tokens": 7,
+                "total_tokens": 10 * len(body.get("messages", [])) + 7}}),
         })
 
     def _context_error(self, prompt_tokens: int, answer_tokens: int) -> dict:

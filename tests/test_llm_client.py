@@ -62,6 +62,37 @@ def test_empty_content_is_an_answer_not_an_error(fake, tmp_path):
     assert fake.count == 1 and sleeps == []
 
 
+@pytest.mark.parametrize("fault, said", [
+    ("empty", "the endpoint gave no reason (finish_reason 'stop')"),
+    ("length", "it was cut at the 50-token answer cap before it began (raise --max-answer-tokens)"),
+    ("refusal", "the model refused (\"I can't help with that.\")")])
+def test_an_empty_answer_says_why_and_is_not_kept_for_other_runs(fake, tmp_path, fault, said):
+    """An empty answer was cached: a second run was given the same nothing (a transient fault
+    of the endpoint, replayed for good), and the search said only "the answer was empty"."""
+    lines = []
+    llm, _ = client(fake, tmp_path, echo=lines.append)
+    fake.faults.append(fault)
+    assert llm.chat(HI, max_answer_tokens=50).content == ""
+    assert lines == [f"the LLM's answer was empty: {said}"]
+    again, _ = client(fake, tmp_path)
+    assert again.chat(HI, max_answer_tokens=50).content == "a photo of a {}."
+    assert again.ledger.calls == 1 and again.ledger.cache_hits == 0 and fake.count == 2
+
+
+def test_an_endpoint_without_usage_is_said_once_where_max_tokens_cannot_count(tmp_path):
+    """--max-tokens was never reached against an endpoint that sends no `usage`, unsaid."""
+    with FakeLLM(usage=False) as fake:
+        lines = []
+        llm, _ = client(fake, tmp_path, echo=lines.append, max_tokens=100, use_cache=False)
+        llm.chat(HI)
+        llm.chat(HI, seed=1)
+        assert lines == [f"warning: {fake.base_url.rstrip('/')} reports no token usage: --max-tokens 100 cannot be "
+                         "counted against it (--max-calls can)"]
+        quiet = []
+        client(fake, tmp_path, echo=quiet.append, use_cache=False)[0].chat(HI)
+        assert quiet == []  # no cap to count: nothing to say
+
+
 def test_gives_up_after_max_tries_with_a_clear_error(fake, tmp_path):
     llm, sleeps = client(fake, tmp_path, max_tries=3)
     fake.faults.extend(["500"] * 5)

@@ -77,6 +77,18 @@ class BudgetExhausted(Exception):
     """A budget cap (`max_calls` or `max_tokens`) is reached; not an error: the search ends."""
 
 
+def why_empty(choice, max_tokens: int | None) -> str:
+    """Why a chat completion's message is empty, as far as the endpoint says (its refusal, or
+    the answer cap reached inside a reasoning model's thinking), in a few words."""
+    refusal = getattr(choice.message, "refusal", None)
+    if isinstance(refusal, str) and refusal.strip():
+        return f"the model refused ({refusal.strip()[:200]!r})"
+    if getattr(choice, "finish_reason", None) == "length":
+        return (f"it was cut at the {max_tokens}-token answer cap before it began (raise --max-answer-tokens)"
+                if max_tokens else "it was cut at the endpoint's length limit before it began")
+    return f"the endpoint gave no reason (finish_reason {getattr(choice, 'finish_reason', None)!r})"
+
+
 class MalformedResponse(Exception):
     """A 200 answer that is not a chat completion (no choices, not JSON); retried like a 5xx."""
 
@@ -366,6 +378,7 @@ class LLMClient:
         self._served_model = served_model
         self._origin: dict | None = None
         self._origin_lock = threading.Lock()  # restarts may run in threads: ask /models once
+        self._said_no_usage = False  # an endpoint that reports no token usage is said once
         self._ledger_lock = threading.Lock()
 
     def _new_client(self, base_url: str | None):
@@ -528,7 +541,8 @@ class LLMClient:
             if answer.source == "llm":
                 self.echo(f"LLM answer of {cut_from:,} characters cut to its first {len(content):,} "
                           f"({CHARS_PER_TOKEN} per token of the {max_answer_tokens or DEFAULT_CAP_TOKENS}-token cap)")
-        if answer.source == "llm" and self.cache is not None:
+        # an empty answer is not kept for other runs: a transient one would be replayed to them all
+        if answer.source == "llm" and self.cache is not None and answer.content.strip():
             self.cache.put(
                 cache_key(request, self.origin()),
                 request,
@@ -609,9 +623,16 @@ class LLMClient:
         if not isinstance(choices, list) or not choices or getattr(choices[0], "message", None) is None:
             raise MalformedResponse(f"the endpoint answered without a chat completion: {str(response)[:200]!r}")
         content = choices[0].message.content
+        content = content if isinstance(content, str) else ""
+        if not content.strip():  # the search says only "the answer was empty": the endpoint may say why
+            self.echo(self.redact(f"the LLM's answer was empty: {why_empty(choices[0], request.get('max_tokens'))}"))
         usage = getattr(response, "usage", None)
+        if usage is None and self.max_tokens is not None and not self._said_no_usage:
+            self._said_no_usage = True
+            self.echo(f"warning: {self.endpoint} reports no token usage: --max-tokens {self.max_tokens} cannot be "
+                      "counted against it (--max-calls can)")
         return Answer(
-            content=content if isinstance(content, str) else "",
+            content=content,
             prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
             completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
             latency_s=latency,
