@@ -77,6 +77,7 @@ from promptclimb.agent.softsearch import is_soft_prompt_run
 from promptclimb.agent.sweep.driver import read_sweep
 
 EXPERIMENT = "promptclimb"
+FOLDER_TAG = "promptclimb.folder"  # where the run folder was when it was last logged
 MLFLOW_FILE = "mlflow.json"  # in a run (or sweep) folder: {"v": 1, "runs": {uri: {experiment_id, run_id}}}
 STEP_KEY = "new_proposals"  # logged for every answer: its history says which answers the server has, and when
 ANSWER_KEYS = ("best_train_accuracy", "best_val_accuracy", STEP_KEY, "refused_proposals", "prompt_tokens",
@@ -260,6 +261,8 @@ class Tracker:
 
         if tracker._guard(start):
             store.add_listener(tracker.on_event)
+            mirror = tracker.mirror  # where it goes, said once (mlflow-sync says it; a search did not)
+            echo(f"MLflow: {'run' if mirror.created else 'continuing run'} {mirror.run_id} at {mirror.key}")
         return tracker
 
     @property
@@ -328,7 +331,8 @@ class Mirror:
         known = _read_links(folder)
         # a link written before sqlite paths were keyed absolute is under the URI as typed
         link = known.get(link_key(uri)) or known.get(without_secrets(uri).rstrip("/")) or {}
-        if link.get("run_id") and _exists(client, link["run_id"]):
+        held = _live_run(client, link["run_id"]) if link.get("run_id") else None
+        if held is not None and not _copied(held, folder):
             mirror = cls(client, uri, folder, link["experiment_id"], link["run_id"])
         else:
             experiment_id = _experiment_id(client, experiment, artifacts_beside_database(uri, experiment))
@@ -420,6 +424,7 @@ class Mirror:
         new, completed = self.log_answers(run, hold_last=writing)
         self.log_results(run, held.data.metrics)
         if files:
+            refresh_report(run)
             self.log_files()
         prompt = self.register_prompt(run, held.data.tags)
         self.set_status("FINISHED" if run.final else "RUNNING" if writing else "KILLED", _last_time(run))
@@ -545,7 +550,7 @@ def flat_params(config: dict, prefix: str = "") -> dict[str, str]:
 def run_tags(run: Run) -> dict:
     return {"dataset": run.dataset, "backbone": run.backbone, "shots": run.args.get("shots"),
             "seed": run.args.get("seed"), "llm": run.llm, "promptclimb.status": run.status,
-            "promptclimb.folder": str(run.path.resolve())}
+            FOLDER_TAG: str(run.path.resolve())}
 
 
 def answer_metrics(run: Run, hold_last: bool = False, logged: Container[int] = ()) -> list[tuple[int, int, dict[str, float]]]:
@@ -746,15 +751,44 @@ def _experiment_id(client, name: str, artifact_location: str | None = None) -> s
     return experiment.experiment_id
 
 
-def _exists(client, run_id: str) -> bool:
+def refresh_report(run: Run) -> None:
+    """report.html written again where the run changed since `promptclimb report` wrote it
+    (a search went on, an adapter was fitted): it was logged as the run's report as it was
+    then ("unfinished", 5 answers, no test accuracy) beside a finished run."""
+    from promptclimb.agent.core.runfiles import HISTORY, REPORT, SUMMARY
+    from promptclimb.agent.runs.report import write_report
+
+    page = run.path / REPORT
+    if not page.is_file():
+        return
+    newest = max((f.stat().st_mtime for f in (run.path / HISTORY, run.path / SUMMARY) if f.is_file()), default=0.0)
+    if newest > page.stat().st_mtime:
+        write_report(run)
+
+
+def _copied(held, folder: Path) -> bool:
+    """Whether `folder` is a copy of the run folder logged to MLflow run `held` (its
+    mlflow.json came along): that folder is still there, linked to the same run. A copy then
+    gets an MLflow run of its own; it took the original's over (its folder tag, its files).
+    A folder moved since continues its run."""
+    logged = held.data.tags.get(FOLDER_TAG)
+    if not logged or Path(logged) == folder.resolve() or not Path(logged).is_dir():
+        return False
+    return any(isinstance(link, dict) and link.get("run_id") == held.info.run_id
+               for link in _read_links(Path(logged)).values())
+
+
+def _live_run(client, run_id: str):
+    """MLflow's run `run_id`, or None where it is gone (deleted, or never on this server)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_run(run_id).info.lifecycle_stage != "deleted"
+        held = client.get_run(run_id)
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return False
+            return None
         raise
+    return None if held.info.lifecycle_stage == "deleted" else held
 
 
 def _registered_template(client, uri: str) -> str | None:

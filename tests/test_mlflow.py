@@ -304,7 +304,7 @@ def test_a_live_tracker_logs_each_answer_as_the_next_one_comes(tmp_path, server,
 
     with FakeLLM(responder=watching) as fake:
         result, run_dir, run_id = climb(tmp_path, fake.base_url, "live", attach)
-    assert warnings == [] and result.stopped == "completed"
+    assert warnings == [f"MLflow: run {run_id} at {server}"] and result.stopped == "completed"
     assert steps_sent == [0, 1, 2]  # each answer sent once, however many events come after it
     assert capfd.readouterr().out == ""  # MLflow prints nothing where `search --json` prints its summary
     assert seen == [0, 0, 1]  # answer k is logged once answer k+1 has come (then it is complete)
@@ -319,7 +319,7 @@ def test_a_live_tracker_logs_each_answer_as_the_next_one_comes(tmp_path, server,
     with FakeLLM(responder=responder) as fake:
         _, _, again = climb(tmp_path, fake.base_url, "live",
                             lambda store: Tracker.attach(store, server, warnings.append, "live"))
-    assert again == run_id and warnings == []
+    assert again == run_id and warnings[1:] == [f"MLflow: continuing run {run_id} at {server}"]
     assert [step for step, _ in history(client, run_id, "best_train_accuracy")] == [0, 1, 2]
 
 
@@ -391,8 +391,9 @@ def test_tracking_that_stops_midway_ends_its_mlflow_run_failed_and_a_folder_stor
     with FakeLLM(responder=responder) as fake:
         result, run_dir, _ = climb(tmp_path, fake.base_url, "cut",  # an experiment of its own: others count runs
                                    lambda store: Tracker.attach(store, server, warnings.append, "stops-midway"))
-    assert result.stopped == "completed" and len(warnings) == 1 and "the server went away" in warnings[0]
     run_id = linked_run_id(run_dir, server)
+    assert result.stopped == "completed" and warnings[0] == f"MLflow: run {run_id} at {server}"
+    assert len(warnings) == 2 and "the server went away" in warnings[1]
     assert client.get_run(run_id).info.status == "FAILED"  # not RUNNING for ever
     monkeypatch.setattr(tracking.Mirror, "log_answers", logged)  # the server is back
     assert mlflow_sync(run_dir, "--tracking-uri", server).exit_code == 0  # continued and ended
@@ -417,10 +418,12 @@ def test_search_with_the_mlflow_option_logs_its_run_and_a_resume_continues_it(tm
     assert cut.exit_code == 1 and "--resume" in cut.output and "warning" not in cut.output
     run_id = linked_run_id(run_dir, server)
     assert client.get_run(run_id).info.status == "KILLED"
+    assert f"MLflow: run {run_id} at {server}\n" in cut.output  # where it went, as mlflow-sync says
     fake.faults.clear()
     resumed = search(fake, runs, "--resume", "tracked", "--mlflow", server)
     assert resumed.exit_code == 0, resumed.output
     assert linked_run_id(run_dir, server) == run_id
+    assert f"MLflow: continuing run {run_id} at {server}\n" in resumed.output
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.params["search.iterations"] == "4"
     assert [step for step, _ in history(client, run_id, "new_proposals")] == [0, 1, 2, 3]
@@ -630,6 +633,52 @@ def test_an_adapter_fitted_again_after_a_sync_is_the_latest_adapter_accuracy(tmp
     assert adapt_and_sync(0.8985) == 0.8985
     assert adapt_and_sync(0.89) == 0.89
     assert adapt_and_sync(0.8985) == 0.8985
+
+
+def test_a_copied_run_folder_gets_an_mlflow_run_of_its_own_and_a_moved_one_keeps_its_run(tmp_path, server, client,
+                                                                                          fake):
+    """`cp -r runs/a runs/b` then `mlflow-sync b`: the copy's mlflow.json came along, and the
+    sync took the original's MLflow run over (its folder tag, and later its files and metrics)."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    original = finished_run(fake, runs, "a")
+
+    def sync(name: str) -> str:
+        synced = mlflow_sync(name, "--runs-dir", runs, "--tracking-uri", server, "--experiment", "copies")
+        assert synced.exit_code == 0, synced.output
+        return linked_run_id(runs / name, server)
+
+    first = sync("a")
+    shutil.copytree(original, runs / "b")
+    copy = sync("b")
+    assert copy != first
+    assert client.get_run(first).data.tags["promptclimb.folder"] == str(original)
+    assert client.get_run(copy).data.tags["promptclimb.folder"] == str(runs / "b")
+    assert sync("a") == first  # the original keeps its run
+    (runs / "a").rename(runs / "moved")
+    assert sync("moved") == first  # moved, not copied: the same run, its folder tag follows
+    assert client.get_run(first).data.tags["promptclimb.folder"] == str(runs / "moved")
+
+
+def test_a_report_written_before_the_run_changed_is_written_again_before_it_is_logged(tmp_path, server, client,
+                                                                                       fake):
+    """`promptclimb report` of a run, then an adapter fitted: the sync logged the old page as
+    the run's report (no adapter in it; for a run resumed since, "unfinished")."""
+    import os
+
+    run_dir = finished_run(fake, tmp_path / "runs", "paged")
+    assert CliRunner().invoke(cli, ["report", "paged", "--runs-dir", str(tmp_path / "runs")]).exit_code == 0
+    page = run_dir / "report.html"
+    os.utime(page, (page.stat().st_mtime - 60,) * 2)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["adapter"] = {"kind": "residual-logits", "accuracy": {"train": 1.0, "val": 0.9, "test": 0.8985},
+                          "fitted": "2026-12-06T18:00:00+0000"}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    synced = mlflow_sync("paged", "--runs-dir", tmp_path / "runs", "--tracking-uri", server, "--experiment", "p")
+    assert synced.exit_code == 0, synced.output
+    logged = Path(client.download_artifacts(linked_run_id(run_dir, server), "report.html", str(tmp_path / "down")))
+    assert logged.read_text() == page.read_text() and "residual-logits" in page.read_text()
 
 
 def sqlite_uri(folder: Path) -> str:
