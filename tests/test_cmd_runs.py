@@ -322,6 +322,16 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path):
         assert "Traceback" not in result.output
     result = invoke("runs", "--runs-dir", tmp_path / "empty")
     assert result.exit_code == 1 and "no runs under" in result.output
+    # records: an empty folder lists none; a folder that is not there (a typo) was an empty list too
+    (tmp_path / "empty").mkdir()
+    for fmt, none in (("json", []), ("csv", None), ("markdown", None)):
+        listed = invoke("runs", "--runs-dir", tmp_path / "empty", "--format", fmt)
+        assert listed.exit_code == 0, listed.output
+        if none is not None:
+            assert json.loads(listed.output) == none
+        missing = invoke("runs", "--runs-dir", tmp_path / "emtpy", "--format", fmt)
+        assert missing.exit_code == 1 and f"Error: no folder {tmp_path / 'emtpy'} (--runs-dir): no runs to list" \
+            in missing.output
 
     # partly corrupt history: what is valid is shown, what was skipped is named
     lines = (run_dir / "history.jsonl").read_text().splitlines()

@@ -135,6 +135,9 @@ def runs_cmd(runs_dir, fmt):
       promptclimb runs
       promptclimb runs --runs-dir elsewhere/runs --format csv
     """
+    if fmt != "table" and not Path(runs_dir).expanduser().is_dir():
+        # an empty list of records is right for a folder with no runs; a folder misspelt is not one
+        raise PromptclimbError(f"no folder {Path(runs_dir).expanduser().resolve()} (--runs-dir): no runs to list")
     frame = runs_frame(runs_dir)
     # a sweep's cells are runs one level down: said beside the table (on stderr: csv and json stay records)
     sweeps = [shell_command('runs', '--runs-dir', str(p)) for p in list_sweep_dirs(runs_dir)]
