@@ -297,8 +297,11 @@ class Tracker:
                 if uri:
                     uri = database_in_folder(uri) if is_folder_store(uri) else link_key(uri)
                 where = ["--tracking-uri", uri] if uri else []
+                secret = self.tracking_uri and without_secrets(self.tracking_uri) != self.tracking_uri
                 self.echo(f"warning: MLflow tracking stopped ({_one_line(exc)}); the search goes on. "
-                          f"Log the run afterwards with: {shell_command('mlflow-sync', self.run_dir, *where)}")
+                          f"Log the run afterwards with: {shell_command('mlflow-sync', self.run_dir, *where)}"
+                          + (" (the URI had a password or key, left out of that command: give it with it again)"
+                             if secret else ""))
                 if self.mirror is not None:  # a run this search tracks, new or continued
                     end_as_failed(self.mirror)
                 self.mirror = None

@@ -365,7 +365,16 @@ def test_an_unreachable_server_is_one_warning_and_the_search_goes_on(tmp_path):
     assert result.stopped == "completed" and (run_dir / "summary.json").exists() and run_id is None
     assert len(warnings) == 1 and warnings[0].startswith("warning: MLflow tracking stopped")
     assert dead in warnings[0] and f"promptclimb mlflow-sync {run_dir}" in warnings[0]
+    assert "password or key" not in warnings[0]
     assert not (run_dir / "mlflow.json").exists()
+    # a URI with a password: left out of the command printed, and said (the command was refused by the server)
+    said = []
+    with FakeLLM(responder=responder) as fake:
+        climb(tmp_path, fake.base_url, "secret", lambda store: Tracker.attach(
+            store, dead.replace("http://", "http://bob:hunter2@") + "/?token=abc", said.append))
+    assert said[0].endswith(f"promptclimb mlflow-sync {tmp_path / 'runs' / 'secret'} --tracking-uri {dead} (the URI "
+                            "had a password or key, left out of that command: give it with it again)")
+    assert "hunter2" not in said[0] and "abc" not in said[0]
 
     out = mlflow_sync(run_dir, "--tracking-uri", dead)
     assert out.exit_code == 1 and "Traceback" not in out.output
