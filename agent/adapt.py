@@ -163,10 +163,13 @@ def fit_run_adapter(run_dir: str | Path, kinds, on: str = "best", seed: int | No
 
 def adapter_said(section: dict) -> str:
     """A run's adapter section (summary.json "adapter") in one line, for `show` and `report`."""
-    kept = "kept: it beat the prompt alone on val" if section.get("result") == "adapter" else \
-        "not kept: it did not beat the prompt alone on val"
+    # `adapt --on ensemble`: it sits on the ensemble's features, not on the best template's
+    on = f"the ensemble of {len(section.get('templates') or [])} templates" if section.get("on") == "ensemble" else ""
+    alone = on or "the prompt"
+    kept = f"kept: it beat {alone} alone on val" if section.get("result") == "adapter" else \
+        f"not kept: it did not beat {alone} alone on val"
     accuracy = "  ".join(f"{split} {pct(value)}" for split, value in (section.get("accuracy") or {}).items())
-    return f"prompt + {section.get('kind')} adapter: {accuracy} ({kept}; {section.get('file', ADAPTER_FILE)})"
+    return f"{on or 'prompt'} + {section.get('kind')} adapter: {accuracy} ({kept}; {section.get('file', ADAPTER_FILE)})"
 
 
 def check_adapter_names(payload: dict, names_given: Callable[[], Sequence[str]]) -> None:

@@ -143,6 +143,12 @@ def test_show_and_report_say_what_a_run_keeps_an_adapter_and_a_soft_prompt(tmp_p
         assert said in (runs / name / "report.html").read_text()
     soft = (runs / "soft" / "report.html").read_text()
     assert "craft, 200 queries" in soft and "LLM</dt>" not in soft and "? restart(s)" not in soft
+    # `adapt --on ensemble`: said to sit on the ensemble (it read as on the best template)
+    summary = json.loads((runs / "llm" / "summary.json").read_text())
+    summary["adapter"] |= {"on": "ensemble", "templates": ["a photo of a {}.", "a {}."], "result": "prompt-only"}
+    (runs / "llm" / "summary.json").write_text(json.dumps(summary))
+    assert ("the ensemble of 2 templates + cache adapter: train 90.0%  val 80.0%  test 75.0% (not kept: it did not "
+            "beat the ensemble of 2 templates alone on val") in cli("show", "llm", "--runs-dir", runs).output
 
 
 def test_eval_with_a_missing_adapter_is_one_line_before_the_evaluator_loads(tmp_path, evaluators_built):
