@@ -614,30 +614,41 @@ def say_meta_prompt_changes(store: RunStore, meta: MetaPrompt, echo) -> None:
 
 
 def render_meta_prompts_once(meta: MetaPrompt, search: SearchConfig) -> None:
-    """Every meta-prompt rendered with stand-in values shaped as HillClimber's: a template
-    error in a --meta-prompt folder is reported before the model loads and the pool is scored
-    (tests/test_search.py checks that our own meta-prompts pass)."""
-    task = Task("stand-in", "images", ("first class", "second class"))
+    """Every meta-prompt rendered with stand-in values shaped as HillClimber's, twice: once
+    with every list empty, once with every kind of entry (each verdict, refusals of each kind,
+    hidden classes, a task of many classes), so that every branch of a template is rendered.
+    A template error in a --meta-prompt folder is then reported before the model loads and the
+    pool is scored, not at the turn that first reaches its branch, where a resume after the fix
+    was refused as a changed meta-prompt (tests/test_search.py checks that ours pass)."""
     n = search.proposals + search.spare
-    row = {"template": "a photo of a {}.", "value": 0.5}
-    result = {**row, "previous_best": 0.5, "verdict": "equal"}
-    held = {**row, "value": 0.6, "previous_best": 0.5, "verdict": "held", "why": "val 40.0% vs 50.0%"}
-    rejected = {"line": "a photo", "reason": "no {} placeholder", "duplicate": False, "refused_before": False}
     label = metric_label(search.metric, SELECTIONS[search.select])
-    meta.system(task, n)
-    meta.first_turn(task, n, label, [row], [row])
-    meta.feedback_turn(task, n, label, [result, held], [rejected], row, [row], [row])
-    if search.search != "template":
-        k, per_class = search.names_k, search.names_per_class
-        cls = {"index": 0, "name": "first class", "start": "first", "accuracy": 0.5, "prob": 0.5, "count": 1,
-               "mistaken_for": [{"name": "second class", "count": 1}]}
-        scored = {"class": "first class", "name": "one", "value": 0.5, "previous_best": 0.5, "verdict": "equal",
-                  "kept": False}
-        refused = {"class": "first class", "name": "two", "reason": "repeat", "repeat": True, "other_class": False}
-        meta.names_system(task, per_class, k)
-        meta.names_turn(task, per_class, label, row["template"], 0.5, [cls], ["first class"], [scored], [refused],
-                        hidden=1)
-        meta.names_judge(task, list(task.classnames), "one")
+    row = {"template": "a photo of a {}.", "value": 0.5}
+    results = [{**row, "previous_best": 0.5, "verdict": verdict} for verdict in ("better", "worse", "equal")]
+    held = {**row, "value": 0.6, "previous_best": 0.5, "verdict": "held", "why": "val 40.0% vs 50.0%"}
+    rejected = [{"line": "a photo", "reason": "no {} placeholder", "duplicate": False, "refused_before": False},
+                {"line": "a {}.", "reason": "duplicate", "duplicate": True, "refused_before": True}]
+    cls = {"index": 0, "name": "first class", "start": "first", "accuracy": 0.5, "prob": 0.5, "count": 1,
+           "mistaken_for": [{"name": "second class", "count": 1}]}
+    scored = [{"class": "first class", "name": name, "value": 0.5, "previous_best": 0.5, "verdict": verdict,
+               "kept": kept} for name, verdict, kept in (("one", "better", True), ("uno", "equal", True),
+                                                          ("eins", "worse", False))]
+    refused = [{"class": "first class", "name": "two", "reason": "repeat", "repeat": True, "other_class": False},
+               {"class": "first class", "name": "second class", "reason": "another class's name", "repeat": False,
+                "other_class": True}]
+    many = tuple(f"class {i}" for i in range(41))  # past 40 classes the system message lists none
+    for full in (False, True):
+        task = Task("stand-in", "images", many if full else ("first class", "second class"))
+        meta.system(task, n)
+        meta.first_turn(task, n, label, [row], [row] if full else [])
+        meta.feedback_turn(task, n, label, [*results, held] if full else [], rejected if full else [], row, [row],
+                           [row] if full else [])
+        if search.search != "template":
+            k, per_class = search.names_k, search.names_per_class
+            meta.names_system(task, per_class, k)
+            meta.names_turn(task, per_class, label, row["template"], 0.5,
+                            [cls, {**cls, "name": "second class", "start": "second class", "mistaken_for": []}],
+                            ["first class"], scored if full else [], refused if full else [], hidden=1 if full else 0)
+            meta.names_judge(task, list(task.classnames), "one")
 
 
 def new_run_store(runs_dir: str | Path, run_name: str | None, dataset: str, shots: int, config: dict) -> RunStore:

@@ -674,6 +674,25 @@ def test_a_broken_meta_prompt_is_reported_before_anything_loads(tmp_path, llm, e
     assert evaluators_built == [] and llm.count == 0 and not list((tmp_path / "runs").glob("*"))
 
 
+@pytest.mark.parametrize("name, content", [
+    # a branch only a refusal that is not a repeat reaches (the check's stand-in had repeats only)
+    ("names_turn.j2", "{% set invalid = rejected | rejectattr('repeat') | list %}"
+                      "{% if invalid %}Not used ({{ invalid[0].nosuch.deeper }}){% endif %}"),
+    ("feedback_turn.j2", "{% if rejected | selectattr('duplicate') | list %}{{ 1 / 0 }}{% endif %}"),  # repeats
+    ("system.j2", "{% if task.classnames | length > 40 %}{{ task.nope.deeper }}{% endif %}"),  # many classes
+    ("first_turn.j2", "{% if not bottom %}{{ none_such.x }}{% endif %}"),  # --bottom-k 0
+])
+def test_a_meta_prompt_error_in_a_branch_few_turns_reach_is_reported_before_anything_loads(
+        name, content, tmp_path, llm, evaluators_built):
+    """An error in a branch the up-front check did not render failed mid-run, and once the file
+    was fixed the resume was refused: the meta-prompt had changed since the run started."""
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / name).write_text(content)
+    one_line_error(cli("search", "--dataset", "toy", "--search", "both", "--meta-prompt", tmp_path / "meta",
+                       "--runs-dir", tmp_path / "runs"), f"meta-prompt {name}")
+    assert evaluators_built == [] and llm.count == 0 and not list((tmp_path / "runs").glob("*"))
+
+
 def test_a_resume_whose_meta_prompt_folder_is_gone_says_it_is_the_runs(tmp_path, llm, evaluators_built):
     """The resume said `--meta-prompt: DIR is not a folder`, an option the user had not given."""
     import shutil
