@@ -93,7 +93,13 @@ class MetaPrompt:
                 raise PromptclimbError(f"--meta-prompt: {directory} is not a folder")
             if not any((directory / name).is_file() for name in FILES):
                 raise PromptclimbError(f"--meta-prompt: {directory} holds none of {', '.join(FILES)}")
+            for name in FILES:  # missing falls back to ours; empty would send an empty message, unsaid
+                if (directory / name).is_file() and not (directory / name).read_bytes().strip():
+                    raise PromptclimbError(f"--meta-prompt: {directory / name} is empty (remove it to use ours)")
             search.insert(0, str(directory))
+        # .j2 files in the folder that are none of ours: a misspelt name (feedback.j2) is not
+        # read, and ours is used in its place; or a file the others {% include %}
+        self.stray = sorted(p.name for p in Path(directory).glob("*.j2") if p.name not in FILES) if directory else []
         self.folders = [Path(folder) for folder in search]
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(search),

@@ -38,7 +38,7 @@ from promptclimb.agent.core.settings import EvaluatorSettings, LLMSettings, Soft
 from promptclimb.agent.llm import local as local_llm
 from promptclimb.agent.llm.client import (LLMClient, LLMError, check_endpoint_url, local_model_served_at,
                                           without_secrets)
-from promptclimb.agent.metaprompt import MetaPrompt, files_recorded, files_rendered
+from promptclimb.agent.metaprompt import FILES as META_FILES, MetaPrompt, files_recorded, files_rendered
 from promptclimb.agent.adapt import check_kinds
 from promptclimb.agent.options import BUDGET, LOCAL, REMOTE_DEFAULT_MODEL, recorded_value
 from promptclimb.agent.core.pools import POOLS, PoolTemplate, load_pool
@@ -123,6 +123,10 @@ def planned_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None,
     store = plan.store
     try:
         meta = checks_before_loading(plan, opts)
+        if meta is not None and meta.stray:
+            echo(f"note: --meta-prompt {plan.meta_dir}: {', '.join(meta.stray)} "
+                 f"{'is' if len(meta.stray) == 1 else 'are'} none of the meta-prompts ({', '.join(META_FILES)}): "
+                 "read only where another includes it; ours is used for each of those missing")
         if store is not None and meta is not None:
             say_meta_prompt_changes(store, meta, echo)
         if evaluator_factory is None and store is not None:  # a resumed run's recorded dataset, before it loads

@@ -693,6 +693,27 @@ def test_a_meta_prompt_error_in_a_branch_few_turns_reach_is_reported_before_anyt
     assert evaluators_built == [] and llm.count == 0 and not list((tmp_path / "runs").glob("*"))
 
 
+def test_a_meta_prompt_folder_with_a_misspelt_or_an_empty_file_says_so(tmp_path, llm, evaluators_built):
+    """`feedback.j2` for feedback_turn.j2 was passed over, and ours used, unsaid; an empty
+    first_turn.j2 sent an empty user message."""
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    (meta / "system.j2").write_text("You write prompt templates.")
+    (meta / "feedback.j2").write_text("Scores: {{ results }}")
+    done = cli("search", "--dataset", "toy", *SMALL, "--meta-prompt", meta, "--runs-dir", tmp_path / "runs")
+    assert done.exit_code == 0, done.output
+    assert (f"note: --meta-prompt {meta}: feedback.j2 is none of the meta-prompts (system.j2, first_turn.j2, "
+            "feedback_turn.j2, names_system.j2, names_turn.j2, names_judge.j2): read only where another includes "
+            "it; ours is used for each of those missing") in done.output
+    (meta / "feedback.j2").unlink()
+    assert "note: --meta-prompt" not in cli("search", "--dataset", "toy", *SMALL, "--meta-prompt", meta,
+                                            "--runs-dir", tmp_path / "runs").output
+    (meta / "first_turn.j2").write_text("\n  \n")
+    one_line_error(cli("search", "--dataset", "toy", "--meta-prompt", meta, "--runs-dir", tmp_path / "other"),
+                   f"--meta-prompt: {meta / 'first_turn.j2'} is empty (remove it to use ours)")
+    assert not (tmp_path / "other").exists()
+
+
 def test_a_resume_whose_meta_prompt_folder_is_gone_says_it_is_the_runs(tmp_path, llm, evaluators_built):
     """The resume said `--meta-prompt: DIR is not a folder`, an option the user had not given."""
     import shutil

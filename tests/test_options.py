@@ -68,6 +68,14 @@ def test_a_config_file_sets_options_and_the_command_line_overrides_it(tmp_path, 
                                                "--runs-dir", runs], env=env, obj=FACTORY)
         assert over.exit_code == 0, over.output
         assert json.loads((tmp_path / "runs" / "cli" / "config.json").read_text())["search"]["iterations"] == 1
+        assert "[grid]" not in over.stderr
+        # a sweep's grid file: its [grid] table was passed over, unsaid (one run of seed 0, not the grid)
+        config.write_text(config.read_text() + "[grid]\nshots = [1, 4]\nseeds = [1, 2]\n")
+        gridded = CliRunner().invoke(search_cmd, ["--config", str(config), "--name", "grid", "--runs-dir", runs],
+                                     env=env, obj=FACTORY)
+        assert gridded.exit_code == 0, gridded.output
+        assert f"note: --config {config}: its [grid] table is for `promptclimb sweep NAME --grid {config}`; a " \
+               "search reads its [search] table only" in gridded.stderr
 
 
 def test_a_config_file_takes_the_long_option_names_with_dashes_too(tmp_path, monkeypatch):

@@ -92,6 +92,9 @@ def load_config_file(ctx: click.Context, param, path):
             raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
         by_keyword = option_table.BY_KEYWORD
         ctx.default_map = {**(ctx.default_map or {}), **{by_keyword[k].name: v for k, v in given.items()}}
+        if "grid" in option_table.read_toml(path, "--config"):  # a sweep's grid file: its grid was passed over, unsaid
+            click.echo(f"note: --config {path}: its [grid] table is for `promptclimb sweep NAME --grid {path}`; "
+                       "a search reads its [search] table only", err=True)
     return path
 
 
