@@ -197,7 +197,7 @@ class NameRefusal:
 
 def parse_names(answer: str) -> list[tuple[str, str]]:
     """(class label, name) pairs from `Class: name; name; ...` lines, in answer order.
-    Names are separated by ';' (or by ',' on a line without ';'); numbering, bullets, quotes
+    Names are separated by ';' (or by '|', or by ',' on a line without either); numbering, bullets, quotes
     and bold marks are stripped. A line without ':' is prose and skipped; so is a heading
     such as "Names:" with nothing after it."""
     pairs = []
@@ -210,7 +210,7 @@ def parse_names(answer: str) -> list[tuple[str, str]]:
         if not rest.strip():
             continue
         rest = _NOTE_WITH_SEPARATOR.sub("", rest)
-        pieces = rest.split(";" if ";" in rest else ",")
+        pieces = rest.split(next((sep for sep in (";", "|") if sep in rest), ","))  # `sweater | jumper` too
         if len(pieces) > 1 and not pieces[-1].strip():
             pieces = pieces[:-1]  # "a; b;" ends with a separator, not with an empty name
         pairs += [(label, _unwrap(piece)) for piece in pieces]

@@ -39,7 +39,8 @@ from promptclimb.agent.core.classnames import number_forms, sides_of
 from promptclimb.agent.core.templates import MAX_TEMPLATE_CHARS, template_problem
 
 # "1." "1)" "(1)" "#1:" "- " "* " "• " "> " at the start of a line (possibly repeated: "- 1. ")
-_LEADER = re.compile(r"^\s*(?:(?:\(?#?\d{1,3}[.):]\)?|[-*•·>–—](?=\s)|template\s*\d*\s*:)\s*)+", re.IGNORECASE)
+_LEADER = re.compile(r"^\s*(?:(?:\(?#?\d{1,3}[.):]\)?|\d{1,3}\s+[-–—](?=\s)|[-*•·>–—](?=\s)|template\s*\d*\s*:)\s*)+",
+                     re.IGNORECASE)
 # Scores copied from the meta-prompt ("a photo of a {}.  ->  81.0%", "(81%) a ...", "a ... - 81%"):
 # small models echo the "template -> score" lines they are shown.
 _SCORE = r"[(\[]?\s*\d{1,3}(?:[.,]\d+)?\s*%\s*[)\]]?"
@@ -101,9 +102,12 @@ def clean_line(line: str) -> str:
     text = _LEADER.sub("", text).strip()
     text = _ARROW_TAIL.sub("", text)
     text = _SCORE_HEAD.sub("", _SCORE_TAIL.sub("", text)).strip()
-    # Strip matching wrappers repeatedly: `"a photo of a {}."` or **`...`**
+    # Strip matching wrappers repeatedly: `"a photo of a {}."` or **`...`**, and the comma after
+    # a quoted item of a list written as code (`"a photo of a {}.",`: a coding model's habit)
     for _ in range(3):
         text = text.strip()
+        if len(text) >= 3 and text[-1] in ",;" and text[-2] in _QUOTES and text[0] in _QUOTES:
+            text = text[:-1]
         if text.startswith("**") and text.endswith("**") and len(text) >= 4:
             text = text[2:-2]
         elif len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:

@@ -776,6 +776,7 @@ def test_parse_names_reads_the_answer_shapes_small_models_write():
                         "T-shirt/top: 'tee'.", "Dress:", "```"])
     assert naming.parse_names(answer) == [("Trouser", "jeans"), ("Trouser", "pants"), ("Bag", "handbag"),
                                           ("Bag", "tote"), ("T-shirt/top", "tee")]
+    assert naming.parse_names("Pullover: sweater | jumper") == [("Pullover", "sweater"), ("Pullover", "jumper")]
 
 
 def test_a_reasoning_models_thinking_is_not_read_as_names_or_as_the_judges_answer():

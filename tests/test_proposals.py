@@ -190,6 +190,15 @@ def test_empty_and_missing_answers_give_nothing():
         assert parsed.templates == [] and parsed.rejected == []
 
 
+def test_clean_line_takes_a_dashed_number_and_a_quoted_list_items_comma_off():
+    """`4 - a studio shot of a {}.` kept `4 - `; `"a studio photo of a {}.",` its quotes and comma."""
+    assert clean_line("4 - a studio shot of a {}.") == "a studio shot of a {}."
+    assert clean_line('"a studio photo of a {}.",') == "a studio photo of a {}."
+    assert clean_line("  'a {} in the wild';") == "a {} in the wild"
+    assert clean_line("4 -legged {} photo") == "4 -legged {} photo"  # no space after the dash: words
+    assert clean_line('a "{}", up close') == 'a "{}", up close'
+
+
 def test_clean_line_leaves_inner_text_alone():
     assert clean_line("3. a '{}' shaped object") == "a '{}' shaped object"
     assert clean_line("- 12 photos of a {}") == "12 photos of a {}"
