@@ -1016,8 +1016,8 @@ class HillClimber:
         printed = set(list(dict.fromkeys(map(naming.refusal_key, others)))[:REFUSALS_PRINTED])
         self.print_more(sum(naming.refusal_key(r) not in printed for r in others), "refused")
         if unasked:  # its own line, never among the refusals cut off above: it is why the search stops here
-            self.echo(f"    cut by the budget ({unasked[0].detail}): the drift guard could not be asked about "
-                      + ", ".join(f"{names[r.cls]} -> {shortened(r.name, 40)}" for r in unasked) + ", so not kept")
+            self.echo(f"    cut by the budget ({unasked[0].detail}): the drift guard could not finish its questions "
+                      "about " + ", ".join(f"{names[r.cls]} -> {shortened(r.name, 40)}" for r in unasked) + ", so not kept")
 
     # -- scoring ---------------------------------------------------------------------------
     def score_batch(self, items: list[tuple[str, str]], origin: str, board: list[Scored], restart: int,

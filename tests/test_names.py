@@ -314,11 +314,11 @@ def test_a_budget_that_runs_out_at_the_guard_question_keeps_the_turn_and_says_wh
         result, _, run_dir = climb(tmp_path, fake.base_url, echo=said.append, caps=caps)
         asked = fake.count
         cap = "max calls (1) reached" if "max_calls" in caps else "max tokens (40) reached"
-        # the turn's line, what the guard could not be asked about, then the stop
+        # the turn's line, what the guard could not finish asking about, then the stop
         turn = next(i for i, line in enumerate(said) if "] names: 2 tried" in line)
         assert f", {kept} | best " in said[turn]
-        assert said[turn + 1] == (f"    cut by the budget ({cap}): the drift guard could not be asked about "
-                                  + ", ".join(f"{c} -> {n}" for c, n, _ in unguarded) + ", so not kept")
+        assert said[turn + 1] == (f"    cut by the budget ({cap}): the drift guard could not finish its questions "
+                                  "about " + ", ".join(f"{c} -> {n}" for c, n, _ in unguarded) + ", so not kept")
         assert said[turn + 2] == f"stopping early: {cap}"
         assert result.stopped == f"budget: {cap}"
         refused = of(run_dir, "name_reject")
@@ -336,7 +336,7 @@ def test_a_budget_that_runs_out_at_the_guard_question_keeps_the_turn_and_says_wh
         assert [(s["from"], s["to"], round(s["selection"], 3)) for s in names_turn["unguarded"]] == unguarded
         shown = show_text(read, conversation=False, markdown=False)
         assert f"; kept {'nothing' if kept == 'none kept' else kept}\n" in shown
-        assert (f"    cut by the budget ({cap}): the drift guard could not be asked about "
+        assert (f"    cut by the budget ({cap}): the drift guard could not finish its questions about "
                 + ", ".join(f"{c} -> {n} ({100 * v:.1f}%)" for c, n, v in unguarded)
                 + ", so not kept; the search stopped here") in shown
         assert "refused:" not in shown.split("Names turns")[1].split("Iteration by iteration")[0]

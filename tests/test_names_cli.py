@@ -368,7 +368,7 @@ def test_a_transfers_baseline_is_a_photo_of_a_with_the_start_names_whatever_name
 
 
 def test_a_names_turn_cut_by_max_calls_at_the_guard_is_shown_and_ends_the_run_for_good(run):
-    cut = ("cut by the budget (max calls (1) reached): the drift guard could not be asked about "
+    cut = ("cut by the budget (max calls (1) reached): the drift guard could not finish its questions about "
            "Trouser -> jeans")
     result = run("search", "--dataset", "toy", "--name", "b", *SMALL, "--runs-dir", run.runs, "--max-calls", "1",
                  "--json")

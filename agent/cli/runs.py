@@ -250,8 +250,8 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
             if turn["cut"]:
                 unguarded = ", ".join(f"{literal(s['from'])} -> {literal(s['to'])} ({pct(s['selection'])})"
                                       for s in turn["unguarded"])
-                out.append(f"{sub}cut by the budget ({literal(turn['cut'])}): the drift guard could not be asked "
-                           f"about {unguarded}, so not kept; the search stopped here")
+                out.append(f"{sub}cut by the budget ({literal(turn['cut'])}): the drift guard could not finish its "
+                           f"questions about {unguarded}, so not kept; the search stopped here")
             for combination in turn["combinations_refused"]:
                 changes = ", ".join(f"{literal(c['from'])} -> {literal(c['to'])}" for c in combination["changes"])
                 out.append(f"{sub}not combined: {changes} ({literal(combination['reason'])}: "
