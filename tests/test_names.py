@@ -186,6 +186,18 @@ def test_the_curve_of_a_names_search_puts_the_winner_where_its_names_were_found_
     assert len(drawn["lines"]) == 1 and drawn["lines"][0][1] == "--"
 
 
+def test_show_says_why_an_answer_gave_nothing_to_score(tmp_path):
+    """`show` said `proposed: 0 scored, 0 rejected` and no more, where the search had said why
+    ("the answer was empty", "no line had a {} placeholder")."""
+    with FakeLLM(responder=scripted(["Sorry, I cannot think of names.", "<think>Trouser: pants</think>"],
+                                    templates="")) as fake:
+        _, _, run_dir = climb(tmp_path, fake.base_url, search="both", iterations=3)
+    shown = show_text(load_run(run_dir), conversation=False, markdown=False)
+    assert "proposed: 0 scored, 0 rejected (no 'Class: name; name' line)" in shown
+    assert "proposed: 0 scored, 0 rejected (the answer was all reasoning (<think>))" in shown
+    assert "proposed: 0 scored, 0 rejected (the answer was empty)" in shown
+
+
 def test_every_refusal_reason_is_recorded_and_shown_in_the_next_names_turn(tmp_path):
     first = "\n".join([
         "Here are the names:",  # a heading: skipped

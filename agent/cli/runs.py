@@ -282,7 +282,8 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
                 out.append(f"{sub}top     {pct(s['selection']):>6}  {code(s['template'])}")
             for s in it["shown_bottom"]:
                 out.append(f"{sub}bottom  {pct(s['selection']):>6}  {code(s['template'])}")
-        out.append(f"{bullet}proposed: {len(it['scored'])} scored, {len(it['rejected'])} rejected")
+        out.append(f"{bullet}proposed: {len(it['scored'])} scored, {len(it['rejected'])} rejected"
+                   + (f" ({why_nothing(it)})" if not it["scored"] and not it["rejected"] else ""))
         for s in it["scored"]:
             mark = "  <- best so far" if s["template"] == it["best_template"] else ""
             out.append(f"{sub}{pct(s['selection']):>6}  {code(s['template'])}{mark}")
@@ -291,6 +292,19 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
         if not markdown:
             out.append("")
     return "\n".join(out).rstrip()
+
+
+def why_nothing(it: dict) -> str:
+    """Why an answer gave nothing to score or refuse, as the search said it live (the answer
+    itself is shown with --conversation)."""
+    from promptclimb.agent.proposals import without_reasoning
+
+    answer = it.get("answer") or ""
+    if not answer.strip():
+        return "the answer was empty"
+    if not without_reasoning(answer).strip():
+        return "the answer was all reasoning (<think>)"
+    return "no line had a {} placeholder" if it["kind"] == "template" else "no 'Class: name; name' line"
 
 
 def list_bullets(markdown: bool) -> tuple[str, str]:
