@@ -149,7 +149,8 @@ class MetaPrompt:
             return self.env.get_template(name).render(**context).strip()
         except jinja2.TemplateError as exc:
             where = getattr(exc, "filename", None) or name
-            raise PromptclimbError(f"meta-prompt {where}: {exc}") from None
+            line = getattr(exc, "lineno", None)  # a syntax error knows its line: `expected token ':'` alone did not say
+            raise PromptclimbError(f"meta-prompt {where}{f' line {line}' if line else ''}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - a user's template runs its own code ({{ 1 / 0 }}), may not be UTF-8
             raise PromptclimbError(f"meta-prompt {name}: {type(exc).__name__}: {exc}") from None
 

@@ -159,9 +159,10 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
     Option("--meta-prompt", None, "Folder with your own meta-prompts: system.j2 / first_turn.j2 / feedback_turn.j2 "
            "(template turns), names_system.j2 / names_turn.j2 / names_judge.j2 (names turns and the drift guard's "
            "question); missing ones: ours (prompts/meta).", _LLM, "dir", recorded="meta_prompt_dir", expects="a folder of meta-prompt templates (*.j2)"),
-    Option("--temperature", None, "LLM sampling temperature [default: 1.0].", _LLM, float, minimum=0, recorded="search.temperature"),
+    Option("--temperature", None, "LLM sampling temperature [default: 1.0].", _LLM, float, minimum=0, maximum=2, recorded="search.temperature"),
     Option("--presence-penalty", SEARCH.presence_penalty, "LLM sampling: > 0 discourages words already in the "
-           "conversation (OpenAI's presence_penalty, -2 to 2; sent only when not 0).", _LLM, float, recorded="search.presence_penalty"),
+           "conversation (OpenAI's presence_penalty, -2 to 2; sent only when not 0).", _LLM, float, minimum=-2, maximum=2,
+           recorded="search.presence_penalty"),
     Option("--max-answer-tokens", None, "Length cap of one LLM answer [default: 400; 256 for the local LLM].", _LLM,
            int, minimum=1, recorded="search.max_answer_tokens"),
 

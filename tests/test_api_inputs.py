@@ -306,7 +306,11 @@ def test_a_seed_torch_cannot_take_is_refused_before_anything_runs(notebook, buil
 @pytest.mark.parametrize("keyword, value, said", [("shots", 0, "0 is not in the range x>=1"),
                                                    ("timeout", 0, "0.0 is not in the range x>=1"),
                                                    ("seed", -1, "-1 is not in the range 0<=x<2**64"),
-                                                   ("spare", -1, "-1 is not in the range x>=0")])
+                                                   ("spare", -1, "-1 is not in the range x>=0"),
+                                                   # above a maximum: it said "presence_penalty must be between
+                                                   # -2 and 2", not the option as written, and the help no range
+                                                   ("presence_penalty", 50, "50.0 is not in the range -2<=x<=2"),
+                                                   ("temperature", 3, "3.0 is not in the range 0<=x<=2")])
 def test_a_value_below_its_minimum_is_said_alike_on_every_path(notebook, built, tmp_path, keyword, value, said):
     """search(shots=0) and a --config file's shots = 0 said 'must be at least 1' where the
     command line says '0 is not in the range x>=1.': each says the range in click's words now."""

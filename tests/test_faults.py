@@ -663,6 +663,9 @@ def test_a_broken_meta_prompt_is_reported_before_anything_loads(tmp_path, llm, e
     (tmp_path / "meta" / "feedback_turn.j2").write_text("Scores: {{ results | no_such_filter }}")
     one_line_error(cli("search", "--dataset", "toy", "--meta-prompt", tmp_path / "meta", "--runs-dir",
                        tmp_path / "runs"), "feedback_turn.j2")
+    (tmp_path / "meta" / "feedback_turn.j2").write_text("Scores:\n{% for r in results }{{ r }}{% endfor %}")
+    one_line_error(cli("search", "--dataset", "toy", "--meta-prompt", tmp_path / "meta", "--runs-dir",
+                       tmp_path / "runs"), "feedback_turn.j2 line 2: ")  # a syntax error says where
     (tmp_path / "meta" / "feedback_turn.j2").write_text("Best so far: {{ best.nope }}")  # renders only with values
     one_line_error(cli("search", "--dataset", "toy", "--meta-prompt", tmp_path / "meta", "--runs-dir",
                        tmp_path / "runs"), "feedback_turn.j2", "nope")

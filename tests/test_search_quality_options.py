@@ -233,4 +233,5 @@ def test_presence_penalty_is_sent_only_when_set_and_a_resume_keeps_it(tmp_path, 
     assert json.loads((runs / "pen" / "config.json").read_text())["search"]["presence_penalty"] == 0.8
     assert changed.exit_code != 0 and "--presence-penalty 0.2 (the run's: 0.8)" in changed.output
     bad = run_cli([*common, "--name", "bad", "--presence-penalty", "3"], "http://127.0.0.1:9/v1", monkeypatch)
-    assert bad.exit_code != 0 and "presence_penalty must be between -2 and 2" in bad.output
+    assert bad.exit_code == 2 and "Invalid value for '--presence-penalty': 3.0 is not in the range -2<=x<=2." \
+        in bad.output

@@ -46,7 +46,8 @@ def click_option(option: Option, default=None, help: str | None = None):
     elif kind is int:
         extra["type"] = table_int(option)
     elif kind is float:
-        extra["type"] = click.FloatRange(min=option.minimum) if option.minimum is not None else float
+        extra["type"] = click.FloatRange(min=option.minimum, max=option.maximum) \
+            if option.minimum is not None or option.maximum is not None else float
     elif kind in ("name", "path", "dir", "device"):
         extra["type"] = TableText(option)
     elif isinstance(kind, tuple):
