@@ -208,7 +208,7 @@ def spent_said(run) -> str:
         counts = (run.final or {}).get("counts")
         counts = counts if isinstance(counts, dict) else {}
         steps, queries = counts.get("steps", 0), counts.get("queries", 0)
-    return f"{steps} steps, {queries} of {budget} queries"
+    return f"{steps} step{'' if steps == 1 else 's'}, {queries} of {budget} queries"
 
 
 def template_refusal(run_id: str, config: dict, command: str) -> str:
