@@ -377,8 +377,9 @@ def show_cmd(run, runs_dir, fmt, conversation):
     what the LLM was shown, what it proposed, what was rejected and why, and the best so far.
 
     RUN is a run id under --runs-dir (or a unique start of one), or a path to a run folder.
-    csv gives one row per template (pool, scored, rejected), or per step of a soft-prompt
-    run; with --conversation, one row per message.
+    csv gives one row per template (pool, scored, rejected; the names turns' proposals are in
+    json and summary.json), or per step of a soft-prompt run; with --conversation, one row
+    per message.
 
     csv and json write restart, reset and call (the LLM answer) counted from 0, as
     history.jsonl holds them, and iteration as it is there too (0: the pool, scored before
