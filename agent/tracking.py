@@ -148,6 +148,9 @@ def sync_sweep(sweep_dir: str | Path, tracking_uri: str | None = None, experimen
         held = parent.client.get_run(parent.run_id)  # what the server holds: asked once
         parent.log_params({**flat_params({k: v for k, v in settings.items() if k != "cells"}),
                            "cells": str(len(settings.get("cells", [])))}, held.data.params)
+        # where the sweep is, as a run's: a copy of the folder (its mlflow.json came along) is
+        # then a sweep of its own (`_copied`), not the original's, whose cells it would replace
+        parent.client.log_batch(parent.run_id, tags=_tags({FOLDER_TAG: str(sweep_dir.resolve())}))
         parent.log_files()
         nested = {cell.name: sync_run(cell, parent.uri, experiment, parent_run_id=parent.run_id) for cell in cells}
         drop_runs_of_redone_cells(parent, nested)
@@ -169,12 +172,23 @@ def drop_runs_of_redone_cells(parent: "Mirror", nested: dict[str, Synced]) -> No
     while True:
         page = parent.client.search_runs(experiments, f"tags.`{PARENT_TAG}` = '{parent.run_id}'", page_token=token)
         for child in page:
-            cell = nested.get(child.data.tags.get(CELL_TAG) or child.info.run_name)
+            cell = nested.get(cell_name(child))
+            # a run logged from another folder (a copy of the sweep, synced while this sweep's
+            # run had no folder tag yet) is that folder's, not a redone cell's
+            logged_from = child.data.tags.get(FOLDER_TAG)
+            if logged_from and Path(logged_from) != (parent.folder / cell_name(child)).resolve() \
+                    and Path(logged_from).is_dir():
+                continue
             if cell is not None and child.info.run_id != cell.run_id:
                 parent.client.delete_run(child.info.run_id)
         token = page.token
         if not token:
             return
+
+
+def cell_name(child) -> str:
+    """The cell a run nested under a sweep's run is (its promptclimb.cell tag, else its name)."""
+    return child.data.tags.get(CELL_TAG) or child.info.run_name
 
 
 def readable_run(folder: str | Path) -> Run:

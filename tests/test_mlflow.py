@@ -521,6 +521,27 @@ def synced_sweep_of_two_cells(tmp_path, fake) -> tuple:
     assert mlflow_sync(sweep, "--tracking-uri", uri).exit_code == 0
     return sweep, uri, MlflowClient(uri)
 
+@pytest.mark.parametrize("tagged", [True, False])
+def test_a_copied_sweep_folder_is_a_sweep_of_its_own_and_leaves_the_originals_cell_runs(tmp_path, fake, tagged):
+    """`cp -r grid grid2`, then `mlflow-sync grid2`: the copy's cells were told apart as copies,
+    but nested under the original's sweep run, whose cell runs were then deleted as redone.
+    (`tagged` False: the original's sweep run was logged before it had its folder tag.)"""
+    sweep, uri, client = synced_sweep_of_two_cells(tmp_path, fake)
+    parent, cells = linked_run_id(sweep, uri), {c: linked_run_id(sweep / c, uri) for c in ("c1", "c2")}
+    if not tagged:
+        client.delete_tag(parent, "promptclimb.folder")
+    shutil.copytree(sweep, tmp_path / "runs" / "grid2")
+    assert mlflow_sync(tmp_path / "runs" / "grid2", "--tracking-uri", uri).exit_code == 0
+    assert all(client.get_run(run_id).info.lifecycle_stage == "active" for run_id in cells.values())
+    copies = {c: linked_run_id(tmp_path / "runs" / "grid2" / c, uri) for c in ("c1", "c2")}
+    assert not set(copies.values()) & set(cells.values())
+    if tagged:
+        assert linked_run_id(tmp_path / "runs" / "grid2", uri) != parent
+    assert mlflow_sync(sweep, "--tracking-uri", uri).exit_code == 0  # and the original again: nothing of either lost
+    assert all(client.get_run(run_id).info.lifecycle_stage == "active" for run_id in [*cells.values(), *copies.values()])
+    assert {c: linked_run_id(sweep / c, uri) for c in ("c1", "c2")} == cells
+
+
 @pytest.mark.parametrize("redo", ["cell folder removed", "history removed, --mlflow live"])
 def test_a_redone_cell_has_one_nested_run_holding_its_new_history_only(redo, tmp_path, fake):
     """A sweep cell run again from nothing: its folder removed (`rm -r SWEEP/CELL`, the link
