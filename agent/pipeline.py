@@ -29,7 +29,7 @@ from promptclimb.agent import options as option_table
 from promptclimb.agent.core.classnames import PUBLISHED
 from promptclimb.agent.core.defaults import UNLABELED_IMAGES, default_backbone
 from promptclimb.agent.core.devices import check_device_name
-from promptclimb.agent.core.errors import PromptclimbError, sigterm_raises_systemexit
+from promptclimb.agent.core.errors import DataError, PromptclimbError, sigterm_raises_systemexit
 from promptclimb.agent.core.paths import absolute, cache_home, check_writable, missing_folders, remove_while_empty
 from promptclimb.agent.core.format import pct, shell_command
 from promptclimb.agent.core.protocol import Task
@@ -156,7 +156,7 @@ def planned_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None,
                     with llm_client(plan, opts, echo, aside, bars) as llm:
                         summary = climb(plan, store, evaluator, llm, meta, echo, opts.get("mlflow"))
                     return after_the_climb(plan, store, evaluator, summary, echo)
-                except PromptclimbError as exc:  # an image of the split that no longer decodes, say
+                except DataError as exc:  # images of the split that no longer decode
                     raise run_is_saved(exc, store, opts.get("mlflow")) from None
     finally:
         if store is not None:
@@ -855,10 +855,10 @@ def climb(plan: Plan, store: RunStore, evaluator, llm: LLMClient, meta: MetaProm
 
 
 def run_is_saved(exc: Exception, store: RunStore, tracking_uri: str | None, more: str | None = None) -> Exception:
-    """A failure once the run folder stays (an LLM that fails for good, data that no longer
-    reads), said with the command that continues the run; as it is where the folder was
-    discarded or the message says so already."""
-    if not store.run_dir.is_dir() or "continue it with" in str(exc):
+    """A failure once the run folder stays that a resume gets past once it is fixed (an LLM
+    that fails for good, data that no longer reads), said with the command that continues
+    the run; as it is where the folder was discarded."""
+    if not store.run_dir.is_dir():
         return exc
     command, note = resume_command(store.run_dir, tracking_uri)
     note = "; ".join(n for n in (note, more) if n)

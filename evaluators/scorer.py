@@ -32,7 +32,7 @@ from PIL.Image import DecompressionBombError
 from tqdm import tqdm
 
 from promptclimb.agent.core.classnames import check_classnames, check_published, names_by_label, read_classnames
-from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.errors import DataError, PromptclimbError
 from promptclimb.agent.core.protocol import UNLABELED_SPLIT, ClassReport, Score, Task
 from promptclimb.agent.core.templates import check_templates, fill
 from promptclimb.evaluators.backbones import Backbone
@@ -102,7 +102,7 @@ class ClipEvaluator:
                           f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}", stacklevel=2)
             lost = torch.bincount(labels, minlength=len(self.dataset.classnames)) == 0
             if split == "train" and lost.any():  # the few shots of a class: nothing to learn it from
-                raise PromptclimbError(
+                raise DataError(
                     f"{where}: no readable image of class(es) "
                     f"{', '.join(repr(self.dataset.classnames[c]) for c in lost.nonzero().flatten().tolist())} "
                     f"(every one chosen failed to decode: {', '.join(bad[:5])}); replace or remove those files")
@@ -130,7 +130,7 @@ class ClipEvaluator:
                 bar.update(len(readable) + len(unreadable))
         self.skipped[split] = bad
         if not kept:
-            raise PromptclimbError(f"no readable image in split {split!r} of {self.dataset.name}")
+            raise DataError(f"no readable image in split {split!r} of {self.dataset.name}")
         return torch.cat(features), torch.tensor(labels, dtype=torch.long), kept
 
     def _load_batch(self, chunk) -> tuple[torch.Tensor | None, list, list[str]]:

@@ -283,12 +283,14 @@ def test_a_run_whose_data_folder_moved_resumes_with_data_root_and_records_where(
 def test_data_that_fails_once_the_run_folder_stays_says_how_to_continue(tmp_path, llm, monkeypatch):
     """Every image of a class chosen for train failed to decode once the pool was scored: the
     error said to replace or remove the files, but not that the run was kept nor how to go on
-    (the same command again: `runs/r already holds a run`)."""
+    (the same command again: `runs/r already holds a run`). Other errors of a run under way
+    get no such line (a history that does not replay: resuming it again cannot help)."""
+    from promptclimb.agent.core.errors import DataError
     class Undecodable(WordEvaluator):
         def score(self, templates, splits=("train", "val"), classnames=None):
             if (tmp_path / "broken").exists():
-                raise PromptclimbError("imagefolder/train: no readable image of class(es) 'boot' (every one chosen "
-                                       "failed to decode: boot/b4.jpg); replace or remove those files")
+                raise DataError("imagefolder/train: no readable image of class(es) 'boot' (every one chosen "
+                                "failed to decode: boot/b4.jpg); replace or remove those files")
             return super().score(templates, splits, classnames)
 
     monkeypatch.setitem(EVALUATOR, "factory", lambda **kwargs: Undecodable(kwargs["dataset"]))
@@ -302,6 +304,15 @@ def test_data_that_fails_once_the_run_folder_stays_says_how_to_continue(tmp_path
     resumed = cli("search", "--resume", runs / "r")
     assert resumed.exit_code == 0, resumed.output
     assert json.loads((runs / "r" / "summary.json").read_text())["stopped"] == "completed"
+
+    def not_replayed(*args, **kwargs):
+        raise PromptclimbError("cannot resume r: its history does not replay; start a new run instead")
+
+    monkeypatch.setattr(Undecodable, "score", not_replayed)
+    (runs / "r" / "summary.json").unlink()
+    refused = cli("search", "--resume", runs / "r")
+    one_line_error(refused, "start a new run instead")
+    assert "continue it with" not in refused.output
 
 
 def test_resume_of_a_run_whose_summary_and_history_are_empty_starts_it_again(tmp_path, llm, evaluators_built):

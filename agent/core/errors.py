@@ -23,6 +23,11 @@ class PromptclimbError(Exception):
     """A problem the user can fix; the CLI prints it without a traceback."""
 
 
+class DataError(PromptclimbError):
+    """The data failed where a run was under way (its images no longer decode): once the
+    files are fixed, a resume continues the run (agent/pipeline.py `run_is_saved`)."""
+
+
 def os_error_message(exc: OSError) -> str:
     """'<file>: <reason>' (e.g. 'runs/x/summary.json: Permission denied')."""
     reason = exc.strerror or str(exc) or type(exc).__name__
