@@ -92,6 +92,7 @@ class Plan:
     adapter_kinds: list[str]
     soft: SoftPromptConfig | None = None
     store: RunStore | None = None  # --resume: the run, opened (and locked) already
+    moved_data: tuple[str, str] | None = None  # --resume: (the run's data folder, gone; where it is now)
 
 
 def run_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None = None, *,
@@ -375,8 +376,9 @@ def resumed_run(opts: dict, echo) -> Plan:
     store = RunStore.resume(run_dir)
     try:
         check_recorded(store.config, run_dir / CONFIG)
-        follow_moved_data(opts, store, echo)
-        saved = store.config
+        moved = moved_data(opts, store)
+        saved = store.config if moved is None else \
+            {**store.config, "evaluator_args": {**store.config["evaluator_args"], "data_root": moved[1]}}
         if not store.stored and has_summary(run_dir):
             # a finished run whose history is gone: its replay would be a new search, whose
             # summary (other LLM answers, with --no-cache or another cache) would replace this one
@@ -395,7 +397,7 @@ def resumed_run(opts: dict, echo) -> Plan:
             refuse_changed_settings(opts, saved)
             echo(f"resuming {run_dir} ({len(store.stored)} events recorded)")
             return Plan(DEFAULTS, resumed_evaluator(saved), None, [], {}, None,
-                        adapter_kinds, SoftPromptConfig(**saved["soft_prompt"]).check(), store=store)
+                        adapter_kinds, SoftPromptConfig(**saved["soft_prompt"]).check(), store=store, moved_data=moved)
         llm = LLMSettings.from_config(saved["llm"])
         check_endpoints(opts, local=llm.local)
         if llm.local and not opts["base_url"] and (opts["llm_model"] or llm.llm_model_file):
@@ -418,35 +420,48 @@ def resumed_run(opts: dict, echo) -> Plan:
         pool = [PoolTemplate(t, source) for t, source in pool_setting["templates"]]
         echo(f"resuming {run_dir} ({len(store.stored)} events recorded)")
         return Plan(search, resumed_evaluator(saved), llm, pool, pool_setting,
-                    saved.get("meta_prompt_dir"), adapter_kinds, store=store)
+                    saved.get("meta_prompt_dir"), adapter_kinds, store=store, moved_data=moved)
     except BaseException:
         store.close()
         raise
 
 
-def follow_moved_data(opts: dict, store: RunStore, echo) -> None:
-    """A run whose data folder is gone (moved) continues with `--resume RUN --data-root DIR`,
-    DIR recorded in its config.json from now on (for `adapt`, `eval --run`, `transfer`). The
-    folder keeps its name: a folder of class folders is split by its name, so a renamed one
-    would score the rest of the run on another split. Without --data-root, the refusal says so
-    (it was "data folder ... does not exist", before anything said how to go on)."""
+def moved_data(opts: dict, store: RunStore) -> tuple[str, str] | None:
+    """(the run's data folder, where it is now) for a run whose data folder is gone (moved)
+    and `--resume RUN --data-root DIR` says where; None where the folder is still there
+    (another --data-root is then refused as any change). It is recorded once the evaluator
+    has read the same images there (`load_evaluator`). A folder of class folders (and a
+    Hugging Face save) keeps its name: its split is drawn from that name, so a renamed one
+    would score the rest of the run on another split. Without --data-root, the refusal says
+    so (it was "data folder ... does not exist", before anything said how to go on)."""
     args = store.config["evaluator_args"]
     recorded = args.get("data_root")
     if not recorded or Path(recorded).exists():
-        return  # a data folder still there stays the run's: another --data-root is refused as any change
+        return None
     run = run_argument(store.run_dir)
     if not given(opts, "data_root"):
         raise PromptclimbError(f"{store.run_dir.name}'s data folder {recorded} does not exist: moved, give where it "
                                f"is now: {shell_command('search', '--resume', run, '--data-root', 'DIR')}")
-    moved = Path(absolute(opts["data_root"]))
-    if moved.name != Path(recorded).name:
+    moved = absolute(opts["data_root"])
+    if Path(moved).name != Path(recorded).name and args.get("dataset") in SPLIT_BY_FOLDER_NAME:
         raise PromptclimbError(f"--data-root {opts['data_root']}: {store.run_dir.name}'s data folder was named "
                                f"{Path(recorded).name!r} ({recorded}), and its split is drawn from that name: "
                                "give the folder its name back, or start a new run")
-    if str(moved) != recorded:
-        store.update_config(evaluator_args={**args, "data_root": str(moved)})
-        echo(f"{store.run_dir.name}'s data folder {recorded} is gone: reading it from {moved} (recorded in its "
-             f"{CONFIG})")
+    return None if moved == recorded else (recorded, moved)
+
+
+# the datasets whose split is drawn from their folder's name (evaluators/datasets.py, hf.py)
+SPLIT_BY_FOLDER_NAME = ("imagefolder", "hf")
+
+
+def same_data_moved(info: dict, recorded: dict, moved: tuple[str, str]) -> bool:
+    """Whether an evaluator's `info` is the `recorded` one but for the data folder's place: a
+    folder's identity is its path, its files and how they are decoded."""
+    old, new = moved
+    identity = (recorded.get("dataset") or {}).get("identity")
+    if not isinstance(identity, str) or not identity.startswith(old):
+        return info == recorded
+    return info == {**recorded, "dataset": {**recorded["dataset"], "identity": new + identity[len(old):]}}
 
 
 def refuse_an_endpoint_without_its_secret(llm: LLMSettings, opts: dict, store: RunStore) -> None:
@@ -755,6 +770,18 @@ def load_evaluator(plan: Plan, store: RunStore, device: str | None, factory: Eva
     for w in caught:
         echo(f"warning: {w.message}")
     info = json.loads(json.dumps(evaluator.info()))
+    if plan.moved_data is not None:  # a resume from where the data folder went: the same images there?
+        old, new = plan.moved_data
+        if "evaluator" in store.config and not same_data_moved(
+                unrecorded_labels_dropped(info, store.config["evaluator"]), store.config["evaluator"], plan.moved_data):
+            # not recorded: another folder of the same name, given by mistake, would stay the run's
+            echo(f"warning: the images in {new} are not those {store.run_dir.name} started with in {old} (files "
+                 "added, removed or changed, or copied without their times): scores already recorded are kept, new "
+                 f"ones use these; {old} stays the run's data folder (give --data-root again to resume from here)")
+            return evaluator
+        store.update_config(evaluator_args={**store.config["evaluator_args"], "data_root": new},
+                            **({"evaluator": info} if "evaluator" in store.config else {}))
+        echo(f"{store.run_dir.name}'s data folder {old} is gone: reading it from {new} (recorded in its {CONFIG})")
     if "evaluator" not in store.config:
         store.update_config(evaluator=info)
     elif store.config["evaluator"] != unrecorded_labels_dropped(info, store.config["evaluator"]):

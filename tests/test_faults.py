@@ -280,6 +280,41 @@ def test_a_run_whose_data_folder_moved_resumes_with_data_root_and_records_where(
                    "--resume continues a run with the settings it started with")
 
 
+def test_a_moved_image_folder_is_recorded_only_where_it_holds_the_runs_images(tmp_path, llm, tiny_clip_config,
+                                                                                tiny_clip_weights):
+    """With the CLIP evaluator, whose folder identity holds its path: the resume from the moved
+    folder warned that the evaluator was not identical, and recorded whatever folder it was
+    given (another one of the same name stayed the run's, and the right one was then refused)."""
+    import os
+    import shutil
+
+    from conftest import make_image_folder
+
+    data, runs = make_image_folder(tmp_path / "disk1" / "photos", per_class=4), tmp_path / "runs"
+    clip = ["--backbone", tiny_clip_config, "--weights", tiny_clip_weights, "--device", "cpu"]
+    assert cli("search", "--dataset", "imagefolder", "--data-root", data, *clip, *SMALL, "--runs-dir", runs,
+               "--name", "r").exit_code == 0
+    copy = tmp_path / "disk3" / "photos"
+    shutil.copytree(data, copy)
+    first = sorted(copy.rglob("*.png"))[0]
+    os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))  # another file, as far as it knows
+    moved = tmp_path / "disk2" / "photos"
+    moved.parent.mkdir()
+    data.rename(moved)
+    config = json.loads((runs / "r" / "config.json").read_text())
+    other = cli("search", "--resume", "r", "--runs-dir", runs, "--data-root", copy)
+    assert other.exit_code == 0, other.output
+    assert f"warning: the images in {copy} are not those r started with in {data} (" in other.output
+    assert json.loads((runs / "r" / "config.json").read_text())["evaluator_args"] == config["evaluator_args"]
+    same = cli("search", "--resume", "r", "--runs-dir", runs, "--data-root", moved)
+    assert same.exit_code == 0, same.output
+    assert f"r's data folder {data} is gone: reading it from {moved} (recorded in its config.json)" in same.output
+    assert "warning" not in same.output
+    recorded = json.loads((runs / "r" / "config.json").read_text())
+    assert recorded["evaluator_args"]["data_root"] == str(moved)
+    assert recorded["evaluator"]["dataset"]["identity"].startswith(f"{moved}:")
+
+
 def test_data_that_fails_once_the_run_folder_stays_says_how_to_continue(tmp_path, llm, monkeypatch):
     """Every image of a class chosen for train failed to decode once the pool was scored: the
     error said to replace or remove the files, but not that the run was kept nor how to go on
