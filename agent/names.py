@@ -213,7 +213,8 @@ def parse_names(answer: str) -> list[tuple[str, str]]:
         pieces = rest.split(next((sep for sep in (";", "|") if sep in rest), ","))  # `sweater | jumper` too
         if len(pieces) > 1 and not pieces[-1].strip():
             pieces = pieces[:-1]  # "a; b;" ends with a separator, not with an empty name
-        pairs += [(label, _unwrap(piece)) for piece in pieces]
+        # a tab between two words is a space to a reader ("blue<TAB>jeans"), not a name refused
+        pairs += [(label, _unwrap(re.sub(r"[ \t]+", " ", piece))) for piece in pieces]
     return pairs
 
 
@@ -293,8 +294,10 @@ def check_names(pairs: Sequence[tuple[str, str]], current: Sequence[str], start:
             reason = UNKNOWN_CLASS
         elif not name.strip():
             reason = EMPTY
-        elif name_problem(name):
+        elif "{" in name or "}" in name:
             reason = BRACES
+        elif name_problem(name):  # a control character: not a name as one line of a meta-prompt writes it
+            reason = NOT_ONE_NAME
         elif ":" in name or (commas_are_lists and "," in name):
             # "Bag: Bag: Bag", a label and its names run together; "trousers, pant", two in one
             reason = NOT_ONE_NAME

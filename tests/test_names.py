@@ -789,6 +789,11 @@ def test_parse_names_reads_the_answer_shapes_small_models_write():
     assert naming.parse_names(answer) == [("Trouser", "jeans"), ("Trouser", "pants"), ("Bag", "handbag"),
                                           ("Bag", "tote"), ("T-shirt/top", "tee")]
     assert naming.parse_names("Pullover: sweater | jumper") == [("Pullover", "sweater"), ("Pullover", "jumper")]
+    # a tab is a space (it was refused as holding braces once control characters were refused)
+    assert naming.parse_names("Trouser: blue\tjeans; slacks") == [("Trouser", "blue jeans"), ("Trouser", "slacks")]
+    _, refused = naming.check_names([("Trouser", "blue\x07jeans"), ("Trouser", "{}s")], list(CLASSES), list(CLASSES),
+                                    {}, 4)
+    assert [r.reason for r in refused] == [naming.NOT_ONE_NAME, naming.BRACES]
 
 
 def test_a_reasoning_models_thinking_is_not_read_as_names_or_as_the_judges_answer():
