@@ -740,6 +740,18 @@ def test_a_meta_prompt_error_in_a_branch_few_turns_reach_is_reported_before_anyt
     one_line_error(cli("search", "--dataset", "toy", "--search", "both", "--meta-prompt", tmp_path / "meta",
                        "--runs-dir", tmp_path / "runs"), f"meta-prompt {name}")
     assert evaluators_built == [] and llm.count == 0 and not list((tmp_path / "runs").glob("*"))
+    if name == "system.j2":  # a run started before this check, on data that never reaches the branch, resumes
+        from promptclimb.agent import pipeline
+
+        checked = pipeline.render_meta_prompts_once
+        with pytest.MonkeyPatch.context() as before:
+            before.setattr(pipeline, "render_meta_prompts_once", lambda meta, search, **_: checked(
+                meta, search, every_branch=False))
+            assert cli("search", "--dataset", "toy", *SMALL, "--search", "both", "--meta-prompt", tmp_path / "meta",
+                       "--runs-dir", tmp_path / "runs", "--name", "old").exit_code == 0
+        (tmp_path / "runs" / "old" / "summary.json").unlink()
+        resumed = cli("search", "--resume", "old", "--runs-dir", tmp_path / "runs")
+        assert resumed.exit_code == 0, resumed.output
 
 
 def test_a_meta_prompt_folder_with_a_misspelt_or_an_empty_file_says_so(tmp_path, llm, evaluators_built):
