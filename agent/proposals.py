@@ -87,13 +87,17 @@ def normalise(template: str) -> str:
 # answer, in <think>...</think>; its lines read like proposals ("Trouser: hmm, maybe shorts"),
 # and were scored, and a name from them kept. Some servers drop the opening tag; an answer
 # cut at --max-answer-tokens ends inside the block.
-_REASONING = re.compile(r"<(think|thinking|reasoning)>.*?(?:</\1>|\Z)", re.IGNORECASE | re.DOTALL)
-_REASONING_END = re.compile(r"\A.*?</(?:think|thinking|reasoning)>", re.IGNORECASE | re.DOTALL)
+_TAGS = r"(?:think|thinking|reasoning)"
+_REASONING = re.compile(rf"<{_TAGS}>.*?</{_TAGS}>", re.IGNORECASE | re.DOTALL)
+_UNCLOSED = re.compile(rf"<{_TAGS}>.*\Z", re.IGNORECASE | re.DOTALL)
+_UNOPENED = re.compile(r"\A.*</think>", re.IGNORECASE | re.DOTALL)  # up to the last one left
 
 
 def without_reasoning(answer: str) -> str:
-    """An answer without a reasoning model's thinking: what it gives as its answer."""
-    return _REASONING.sub("", _REASONING_END.sub("", answer) if not _REASONING.search(answer) else answer)
+    """An answer without a reasoning model's thinking: what it gives as its answer. Whole
+    blocks go first; then what is left before a closing tag (its opening one dropped, or a
+    block nested in another) and after an opening one (cut inside the block)."""
+    return _UNCLOSED.sub("", _UNOPENED.sub("", _REASONING.sub("", answer)))
 
 
 def clean_line(line: str) -> str:

@@ -213,3 +213,13 @@ def test_a_reasoning_models_thinking_is_not_read_as_templates():
     assert parsed.templates == ["a studio photo of a {}.", "a close-up of a {}."]
     assert parsed.rejected == [] and parsed.unfilled == []
     assert parse_proposals("<THINKING>a photo of a {}.", classnames=["Trouser"]).templates == []  # cut inside it
+
+
+def test_reasoning_nested_unopened_or_cut_leaves_the_answer():
+    from promptclimb.agent.proposals import without_reasoning
+
+    assert without_reasoning("<think>a<think>b</think>c</think>\na photo of a {}.").strip() == "a photo of a {}."
+    assert without_reasoning("Hmm, a {}? </think>\na photo of a {}.").strip() == "a photo of a {}."
+    assert without_reasoning("a photo of a {}.\n<think>more thoughts").strip() == "a photo of a {}."
+    assert without_reasoning("a {} with </reasoning> in it") == "a {} with </reasoning> in it"  # no block: text
+    assert without_reasoning("a photo of a {}.") == "a photo of a {}."
