@@ -139,6 +139,12 @@ def test_a_sweep_none_of_whose_cells_finished_says_how_to_start_it_again_with_ne
     assert "differs in: llm" in str(refused.value)
     assert f"none of its 2 cells finished: to start it again with these settings, remove it first: " \
            f"rm -r '{sweep_dir}'" in str(refused.value)
+    # a cell killed on its way holds answers paid for: the removal says it loses them
+    (sweep_dir / "fashion-mnist-demo-1shot-seed1" / "history.jsonl").write_text(
+        '{"event": "llm_exchange"}\n{"event": "score"}\n{"event": "names_exchange"}\n{"event": "llm_exc')
+    with pytest.raises(PromptclimbError, match=r"none of its 2 cells finished; their histories hold 2 LLM answers, "
+                                               r"which that removes: to start it again"):
+        sweeps.prepare_sweep(sweep_dir, None, {"llm": "gpt-y"})
     (sweep_dir / "fashion-mnist-demo-1shot-seed2" / "summary.json").write_text(json.dumps({"best": {}}))
     with pytest.raises(PromptclimbError) as refused:
         sweeps.prepare_sweep(sweep_dir, None, {"llm": "gpt-y"})

@@ -44,7 +44,7 @@ from promptclimb.agent.core.errors import (EXIT_TERMINATED, PromptclimbError, si
 from promptclimb.agent.core.files import write_json_atomic, write_text_atomic
 from promptclimb.agent.core.format import moment, shell_command
 from promptclimb.agent.core.paths import absolute, missing_folders, remove_while_empty
-from promptclimb.agent.core.runfiles import CELL_ERROR, CELL_LOG, CONFIG, SUMMARY, SWEEP_FILE
+from promptclimb.agent.core.runfiles import CELL_ERROR, CELL_LOG, CONFIG, HISTORY, SUMMARY, SWEEP_FILE
 from promptclimb.agent.runs.store import RUN, SWEEP, RunLocked, check_folder_name, claim_folder, has_summary
 
 if TYPE_CHECKING:
@@ -354,12 +354,32 @@ def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict) -> dict:
 
 def nothing_finished_note(sweep_dir: Path, stored: dict) -> str:
     """The end of the "other settings" refusal for a sweep none of whose cells finished (a
-    wrong --model or a names file that fits no cell's dataset fails them all): the fix the
-    cells' errors name is a new setting, and there is nothing to keep."""
-    if any(cell_summary(sweep_dir / cell) is not None for cell in stored.get("cells", [])):
+    wrong --llm or a names file that fits no cell's dataset fails them all): the fix the
+    cells' errors name is a new setting. What the removal would lose is said: the LLM
+    answers of cells killed on their way."""
+    cells = stored.get("cells", [])
+    if any(cell_summary(sweep_dir / cell) is not None for cell in cells):
         return ""
-    return (f" (none of its {len(stored.get('cells', []))} cells finished: to start it again with these settings, "
-            f"remove it first: rm -r {shlex.quote(str(sweep_dir))})")
+    answers = sum(llm_answers_in(sweep_dir / cell) for cell in cells)
+    lost = f"; their histories hold {answers} LLM answer{'' if answers == 1 else 's'}, which that removes" \
+        if answers else ""
+    return (f" (none of its {len(cells)} cells finished{lost}: to start it again with these settings, remove it "
+            f"first: rm -r {shlex.quote(str(sweep_dir))})")
+
+
+def llm_answers_in(cell_dir: Path) -> int:
+    """How many LLM answers a cell's history holds (lines that do not read are not counted)."""
+    from promptclimb.agent.runs.store import ANSWER_KINDS
+
+    try:
+        lines = (cell_dir / HISTORY).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return 0
+    count = 0
+    for line in lines:
+        with suppress(ValueError, AttributeError):
+            count += json.loads(line).get("event") in ANSWER_KINDS
+    return count
 
 
 def _comparable(settings: dict) -> dict:
