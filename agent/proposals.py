@@ -100,6 +100,16 @@ def without_reasoning(answer: str) -> str:
     return _UNCLOSED.sub("", _UNOPENED.sub("", _REASONING.sub("", answer)))
 
 
+def why_nothing_read(answer: str, kind: str = "template") -> str:
+    """Why an answer gave nothing to score or refuse, as the search says it live and `show`
+    afterwards (`kind`: a "template" or a "names" turn's)."""
+    if not answer.strip():
+        return "the answer was empty"
+    if not without_reasoning(answer).strip():
+        return "the answer was all reasoning (<think>): cut by --max-answer-tokens?"
+    return "no line had a {} placeholder" if kind == "template" else "no 'Class: name; name' line"
+
+
 def clean_line(line: str) -> str:
     """One answer line without list numbering, bullets, copied scores, surrounding quotes or code marks."""
     text = line.strip()

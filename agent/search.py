@@ -55,7 +55,7 @@ from promptclimb.agent.metaprompt import MetaPrompt
 from promptclimb.agent.core.pools import PoolTemplate, load_pool, sample_pool
 from promptclimb.agent.ranking import (DEFAULT_METRIC, METRICS, best_first, labelled_metric, metric_label, rank_key,
                                        selection_value, then_value, top_and_bottom, worse_on)
-from promptclimb.agent.proposals import DUPLICATE, normalise, parse_proposals, without_reasoning
+from promptclimb.agent.proposals import DUPLICATE, normalise, parse_proposals, why_nothing_read
 from promptclimb.agent.core.protocol import UNLABELED_SPLIT, Evaluator, Score, Task
 from promptclimb.agent.core.runfiles import SUMMARY
 from promptclimb.agent.runs.compact import summary_table
@@ -671,10 +671,7 @@ class HillClimber:
         parsed = parse_proposals(text, already, classnames=classnames, unfill_lines=self.config.unfill)
         parsed.templates = parsed.templates[: self.config.proposals]
         # Why nothing could be scored, for the console (`report`); rejections say it themselves.
-        self.nothing_to_score = ("the answer was empty" if not text.strip() else
-                                 "the answer was all reasoning (<think>): cut by --max-answer-tokens?"
-                                 if not without_reasoning(text).strip() else "no line had a {} placeholder"
-                                 if not parsed.templates and not parsed.rejected else None)
+        self.nothing_to_score = why_nothing_read(text) if not parsed.templates and not parsed.rejected else None
         rejected, refused_before = [], self.refused_lines.setdefault(restart, set())
         for r in parsed.rejected:
             self.store.append("reject", restart=restart, reset=reset, iteration=iteration, call=call,

@@ -314,7 +314,7 @@ class Tracker:
                 secret = self.tracking_uri and without_secrets(self.tracking_uri) != self.tracking_uri
                 self.echo(f"warning: MLflow tracking stopped ({_one_line(exc)}); the search goes on. "
                           f"Log the run afterwards with: {shell_command('mlflow-sync', self.run_dir, *where)}"
-                          + (" (the URI had a password or key, left out of that command: give it with it again)"
+                          + (" (the URI had a password or key, left out of that command: give the whole URI to it)"
                              if secret else ""))
                 if self.mirror is not None:  # a run this search tracks, new or continued
                     end_as_failed(self.mirror)

@@ -373,7 +373,7 @@ def test_an_unreachable_server_is_one_warning_and_the_search_goes_on(tmp_path):
         climb(tmp_path, fake.base_url, "secret", lambda store: Tracker.attach(
             store, dead.replace("http://", "http://bob:hunter2@") + "/?token=abc", said.append))
     assert said[0].endswith(f"promptclimb mlflow-sync {tmp_path / 'runs' / 'secret'} --tracking-uri {dead} (the URI "
-                            "had a password or key, left out of that command: give it with it again)")
+                            "had a password or key, left out of that command: give the whole URI to it)")
     assert "hunter2" not in said[0] and "abc" not in said[0]
 
     out = mlflow_sync(run_dir, "--tracking-uri", dead)

@@ -25,6 +25,7 @@ from promptclimb.agent.cli.params import TableText
 from promptclimb.agent.core.format import markdown_text, moment, pct, shell_command, shortened, shots_said
 from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.options import BY_KEYWORD
+from promptclimb.agent.proposals import why_nothing_read
 from promptclimb.agent.runs.reading import Run, find_run, list_sweep_dirs, run_start_names, runs_frame
 from promptclimb.agent.runs.compact import CLASSES_IN_FULL
 from promptclimb.agent.runs.store import ANSWER_KINDS, HISTORY
@@ -283,7 +284,8 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
             for s in it["shown_bottom"]:
                 out.append(f"{sub}bottom  {pct(s['selection']):>6}  {code(s['template'])}")
         out.append(f"{bullet}proposed: {len(it['scored'])} scored, {len(it['rejected'])} rejected"
-                   + (f" ({why_nothing(it)})" if not it["scored"] and not it["rejected"] else ""))
+                   + (f" ({why_nothing_read(it.get('answer') or '', it['kind'])})"
+                      if not it["scored"] and not it["rejected"] else ""))
         for s in it["scored"]:
             mark = "  <- best so far" if s["template"] == it["best_template"] else ""
             out.append(f"{sub}{pct(s['selection']):>6}  {code(s['template'])}{mark}")
@@ -292,19 +294,6 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
         if not markdown:
             out.append("")
     return "\n".join(out).rstrip()
-
-
-def why_nothing(it: dict) -> str:
-    """Why an answer gave nothing to score or refuse, as the search said it live (the answer
-    itself is shown with --conversation)."""
-    from promptclimb.agent.proposals import without_reasoning
-
-    answer = it.get("answer") or ""
-    if not answer.strip():
-        return "the answer was empty"
-    if not without_reasoning(answer).strip():
-        return "the answer was all reasoning (<think>)"
-    return "no line had a {} placeholder" if it["kind"] == "template" else "no 'Class: name; name' line"
 
 
 def list_bullets(markdown: bool) -> tuple[str, str]:
