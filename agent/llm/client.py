@@ -558,6 +558,12 @@ class LLMClient:
         self.count(budget_tokens=answer.prompt_tokens + answer.completion_tokens)
         return answer
 
+    def _first_time_without_usage(self) -> bool:
+        """True once: an endpoint that reports no usage is said once (parallel lanes share this client)."""
+        with self._ledger_lock:
+            first, self._said_no_usage = not self._said_no_usage, True
+        return first
+
     def count(self, **amounts) -> None:
         """Add to the ledger's counters: restarts run in threads (--parallel) share this client."""
         with self._ledger_lock:
@@ -627,8 +633,7 @@ class LLMClient:
         if not content.strip():  # the search says only "the answer was empty": the endpoint may say why
             self.echo(self.redact(f"the LLM's answer was empty: {why_empty(choices[0], request.get('max_tokens'))}"))
         usage = getattr(response, "usage", None)
-        if usage is None and self.max_tokens is not None and not self._said_no_usage:
-            self._said_no_usage = True
+        if usage is None and self.max_tokens is not None and self._first_time_without_usage():
             self.echo(f"warning: {self.endpoint} reports no token usage: --max-tokens {self.max_tokens} cannot be "
                       "counted against it (--max-calls can)")
         return Answer(
