@@ -119,13 +119,15 @@ def fit_run_adapter(run_dir: str | Path, kinds, on: str = "best", seed: int | No
     # The kept adapter: the best on val; ties go to the smaller one. Test plays no part.
     chosen = max(fits, key=lambda f: (f.accuracy["val"], -f.size_bytes))
     kept = summary.get("adapter") or {}
-    if kept.get("result") == "adapter" and (chosen.accuracy["val"] <= kept["accuracy"]["val"]
-                                            or not chosen.beats_prompt_on_val):
+    # (an adapter.pt removed is no adapter kept: the way to fit another kind where one ties on val)
+    if kept.get("result") == "adapter" and (run_dir / ADAPTER_FILE).is_file() \
+            and (chosen.accuracy["val"] <= kept["accuracy"]["val"] or not chosen.beats_prompt_on_val):
         # an adapter the run keeps is replaced only by a better one on val that is kept too (one
         # that loses to its own prompt, e.g. --on ensemble, is no result), never lost to a later try
         echo(f"the run keeps its {kept['kind']} adapter (val {pct(kept['accuracy']['val'])}): the best of this fit, "
              f"{chosen.kind}, has val {pct(chosen.accuracy['val'])}"
-             f"{'' if chosen.beats_prompt_on_val else ' and does not beat its prompt alone'}; nothing was replaced.")
+             f"{'' if chosen.beats_prompt_on_val else ' and does not beat its prompt alone'}; nothing was replaced "
+             f"(to fit another anyway, remove {run_dir / ADAPTER_FILE} first).")
         return kept
     file_bytes = save_adapter(run_dir / ADAPTER_FILE, chosen.module, templates, names or list(evaluator.task.classnames),
                               extra={"run_id": run_dir.name, "on": on, "seed": seed})

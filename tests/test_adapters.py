@@ -222,6 +222,22 @@ def fit_over_a_kept_adapter(separable, tmp_path, accuracy: dict) -> list[str]:
 def test_a_later_fit_that_is_no_better_leaves_the_kept_adapter(separable, tmp_path):
     said = fit_over_a_kept_adapter(separable, tmp_path, {"train": 1.0, "val": 1.0, "test": 0.9})
     assert said[-1].startswith("the run keeps its feature-residual adapter (val 100.0%)")
+    assert said[-1].endswith(f"(to fit another anyway, remove {tmp_path / 'run' / 'adapter.pt'} first).")
+
+
+def test_a_kept_adapter_whose_file_was_removed_is_fitted_again(separable, tmp_path):
+    """With adapter.pt gone, `adapt` said the run keeps its adapter and wrote nothing, and
+    `eval --with-adapter` said to fit one with that same command."""
+    from promptclimb.agent.adapt import fit_run_adapter
+
+    evaluator = FakeEvaluator({"train": separable.train, "val": separable.val, "test": separable.test},
+                              separable.means, separable.scale, "abcd")
+    run = make_run(tmp_path / "run", {"seed": 1})
+    summary = json.loads((run / "summary.json").read_text())
+    kept = {"kind": "feature-residual", "result": "adapter", "accuracy": {"train": 1.0, "val": 1.0, "test": 0.9}}
+    (run / "summary.json").write_text(json.dumps({**summary, "adapter": kept}))
+    section = fit_run_adapter(run, ["cache"], evaluator=evaluator, echo=lambda line: None)
+    assert section["kind"] == "cache" and (run / "adapter.pt").is_file()
 
 
 def test_adapt_a_run_without_cached_features(tiny_clip_config, tiny_clip_weights, image_folder, torch_threads,

@@ -35,7 +35,8 @@ def adapt_cmd(run, kinds, on, seed, runs_dir, device, as_json):
     Works on the run's cached image features and the prompt's class embeddings (fits in
     seconds on CPU). Hyper-parameters are chosen on val, never on test. Writes RUN/adapter.pt
     and an "adapter" section in RUN/summary.json; if the adapter does not beat the prompt
-    alone on val, the run's result stays the prompt-only one.
+    alone on val, the run's result stays the prompt-only one. An adapter the run keeps is
+    replaced only by one better on val (ties keep it): remove RUN/adapter.pt to fit another.
 
     \b
     Kinds:
