@@ -315,6 +315,33 @@ def test_a_moved_image_folder_is_recorded_only_where_it_holds_the_runs_images(tm
     assert recorded["evaluator"]["dataset"]["identity"].startswith(f"{moved}:")
 
 
+def test_a_runs_data_folder_changed_since_is_said_by_eval_adapt_and_transfer(tmp_path, llm, tiny_clip_config,
+                                                                              tiny_clip_weights):
+    """Images added to a run's data folder after the search: `eval --run`, `adapt` and
+    `transfer` drew another split from it and scored it, unsaid (adapt wrote its val figure
+    into the run's summary). And `eval --run RUN --dataset OTHER` blamed the run's --data-root."""
+    from conftest import make_image_folder
+
+    data, runs = make_image_folder(tmp_path / "photos", per_class=6), tmp_path / "runs"
+    clip = ["--backbone", tiny_clip_config, "--weights", tiny_clip_weights, "--device", "cpu"]
+    assert cli("search", "--dataset", "imagefolder", "--data-root", data, *clip, *SMALL, "--runs-dir", runs,
+               "--name", "r").exit_code == 0
+    said = "warning: the train, val, test images drawn now from r's data are not the ones it was searched on"
+    before = cli("eval", "--run", "r", "--runs-dir", runs, "--device", "cpu")
+    assert before.exit_code == 0 and "warning" not in before.output, before.output
+    make_image_folder(tmp_path / "more", per_class=4)
+    for folder in (tmp_path / "more").iterdir():
+        for image in folder.iterdir():
+            image.rename(data / folder.name / f"new-{image.name}")
+    for command in (["eval", "--run", "r"], ["adapt", "r", "--kind", "cache"],
+                    ["transfer", "r", "--backbone", tiny_clip_config, "--weights", tiny_clip_weights]):
+        out = cli(*command, "--runs-dir", runs, "--device", "cpu")
+        assert out.exit_code == 0 and said in out.output, (command, out.output)
+    other = cli("eval", "--run", "r", "--runs-dir", runs, "--dataset", "fashion-mnist", "--device", "cpu")
+    one_line_error(other, "the run's classes are not the data's")  # its names name no fashion-mnist class
+    assert str(data) not in other.output and "fashion_mnist_subset.npz" not in other.output
+
+
 def test_data_that_fails_once_the_run_folder_stays_says_how_to_continue(tmp_path, llm, monkeypatch):
     """Every image of a class chosen for train failed to decode once the pool was scored: the
     error said to replace or remove the files, but not that the run was kept nor how to go on

@@ -119,6 +119,11 @@ def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, sh
         # again, for a factory's evaluator); the evaluator takes the dataset read for it
         loaded["loaded_dataset"] = _check_names_for_adapter(args, adapter, run_config)
     result, evaluator = _evaluate({**args, **loaded}, list(prompts), device, factory)
+    if run_dir is not None and _the_runs_data(args, run_dir):
+        from promptclimb.agent.adapt import read_run
+        from promptclimb.agent.runs.reading import warn_other_split
+
+        warn_other_split(run_dir, read_run(run_dir, None)[0], result["info"].get("split") or {})
     if with_adapter:
         from promptclimb.agent.adapt import eval_run_adapter
 
@@ -147,6 +152,9 @@ def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, sh
         click.echo(f"adapter on: {' | '.join(ad['templates'])}{note}")
 
 
+RUN_DATA = ("data_root", "image_column", "label_column", "classnames")  # a run's, with its own dataset only
+
+
 def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]]:
     """Evaluator settings and templates: the options given, else the run's, else the defaults."""
     args = dict(given)
@@ -155,8 +163,12 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
         from promptclimb.agent.runs.reading import run_names_by_label, warn_names_by_position
 
         config, summary = read_run(run_dir, None if prompts else "eval --run")
-        for key, value in (config.get("evaluator_args") or {}).items():
-            if key in args and args[key] is None:
+        own = config.get("evaluator_args") or {}
+        other_dataset = given["dataset"] is not None and given["dataset"] != own.get("dataset")
+        for key, value in own.items():
+            # where another --dataset is given, the run's folder and columns are not its (the
+            # run's --data-root was blamed for holding no fashion-mnist)
+            if key in args and args[key] is None and not (other_dataset and key in RUN_DATA):
                 args[key] = value
         if args["dataset"] is None:  # else the default's, fashion-mnist, whatever the run's was
             raise PromptclimbError(f"{Path(run_dir) / 'config.json'} does not say which dataset the run used; "
@@ -175,6 +187,16 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
     args["backbone"], args["pretrained"] = default_backbone(args["dataset"], args["backbone"], args["pretrained"],
                                                             args["weights"])
     return args, prompts or [BASELINE]
+
+
+def _the_runs_data(args: dict, run_dir) -> bool:
+    """Whether `args` score a run's own data (its dataset, folder and columns)."""
+    from promptclimb.agent.adapt import read_run
+    from promptclimb.agent.core.paths import absolute
+
+    own = read_run(run_dir, None)[0].get("evaluator_args") or {}
+    return args["dataset"] == own.get("dataset") and absolute(args["data_root"]) == absolute(own.get("data_root")) \
+        and all(args[k] == own.get(k) for k in ("image_column", "label_column"))
 
 
 def _check_names_for_adapter(args: dict, adapter: dict, run_config: dict):

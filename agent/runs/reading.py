@@ -850,6 +850,30 @@ def warn_names_by_position(run_dir: str | Path, config: dict, data: dict, remedy
                   f"the classes of {data.get('data_root') or data.get('dataset')} by position; {remedy}", stacklevel=3)
 
 
+def warn_other_split(run_dir: str | Path, config: dict, split: dict) -> None:
+    """A warning where the few-shot split just drawn from a run's own data (`split`: the
+    evaluator's `info()["split"]`, for the run's shots and seed) is not the one the run
+    recorded: images were added to, removed from or renamed in its data folder since, and
+    `eval --run`, `adapt` and `transfer` scored other images than the run's, unsaid."""
+    import warnings
+
+    recorded = (config.get("evaluator") or {}).get("split")
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("ids_sha256"), dict):
+        return  # a run killed before its evaluator was described
+    if (recorded.get("shots"), recorded.get("seed")) != (split.get("shots"), split.get("seed")):
+        return  # another split asked for (--shots, --seed)
+    now = split.get("ids_sha256") or {}
+    if not now:
+        return  # an evaluator that describes no split
+    # the splits both drew (a --metric balance run's unlabeled images are drawn by its search only)
+    changed = [s for s, digest in recorded["ids_sha256"].items() if s in now and now[s] != digest]
+    if changed:
+        warnings.warn(f"the {', '.join(changed)} images drawn now from "
+                      f"{Path(run_dir).name}'s data are not the ones it was searched on (images added, removed or "
+                      "renamed in its data folder since): these figures are not comparable with the run's",
+                      stacklevel=3)
+
+
 def load_run(path: str | Path) -> Run:
     """A run folder read back (NewerFormat / PromptclimbError for what cannot be read)."""
     path = Path(path)
