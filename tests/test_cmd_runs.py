@@ -222,7 +222,7 @@ def test_show_markdown_nests_the_lines_under_a_turn_as_list_items(tmp_path, monk
     assert "<pre>" not in html and not re.search(r"<(script|b|em|strong|a)\b", html), html
     nested = [unescape(re.sub(r"\s+", " ", item)) for item in re.findall(r"<ul>\s*<li>(.*?)</li>\s*</ul>\s*</li>", html, re.S)]
     turn = next(i for i in nested if i.startswith("answer 1 ") and "asked about" in i)
-    assert re.fullmatch(r".*kept <b>Trouser -> jeans <ul> <li>\d+\.\d% <b>Trouser -> jeans</li> "
+    assert re.fullmatch(r".*kept <b>Trouser -> jeans <ul> <li>\d+\.\d% <b>Trouser -> jeans \(kept\)</li> "
                         r"<li>refused: 1 unknown class, 1 braces", turn), turn
     items = [unescape(re.sub(r"\s+", " ", i)) for i in re.findall(r"<li>([^<]*(?:<code>.*?</code>[^<]*)?)</li>", html)]
     assert any(re.fullmatch(r"top \d+\.\d% <code>a photo of a {}\.</code>", i) for i in items), items

@@ -144,6 +144,10 @@ def test_a_names_turn_renames_the_weak_class_and_the_summary_carries_it(tmp_path
     winners = load_run(run_dir).winners()
     assert list(winners["template"]).count("a photo of a {}.") == 1
     assert winners.loc[0, "test"] == pytest.approx(result.best["accuracy"]["test"])
+    # show lists the kept name first, marked, whatever its place among the five best (a tie cut it off)
+    shown = show_text(load_run(run_dir), conversation=False, markdown=False).split("Names turns")[1]
+    listed = [line.strip() for line in shown.splitlines() if line.startswith("      ") and "->" in line]
+    assert listed[0].endswith("Trouser -> jeans  (kept)") and sum("(kept)" in line for line in listed) == 1
 
 
 def test_the_curve_of_a_names_search_puts_the_winner_where_its_names_were_found_and_marks_each_reset(

@@ -240,8 +240,12 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
         for turn in turns:
             kept = ", ".join(f"{literal(c['from'])} -> {literal(c['to'])}" for c in turn["kept"]) or "nothing"
             out.append(f"{bullet}{where(turn)}: asked about {literal(', '.join(turn['asked']))}; kept {kept}")
-            for s in sorted(turn["scored"], key=lambda s: -s["selection"])[:5]:
-                out.append(f"{sub}{pct(s['selection']):>6}  {literal(s['from'])} -> {literal(s['to'])}")
+            # the best five, the kept ones first: a kept name tied with others was cut off the list
+            kept_pairs = {(c["from"], c["to"]) for c in turn["kept"]}
+            ranked = sorted(turn["scored"], key=lambda s: ((s["from"], s["to"]) not in kept_pairs, -s["selection"]))
+            for s in ranked[:5]:
+                mark = "  (kept)" if (s["from"], s["to"]) in kept_pairs else ""
+                out.append(f"{sub}{pct(s['selection']):>6}  {literal(s['from'])} -> {literal(s['to'])}{mark}")
             reasons: dict[str, int] = {}
             for r in turn["refused"]:
                 if r["reason"] != GUARD_NOT_ASKED:  # said on the turn's "cut" line below
