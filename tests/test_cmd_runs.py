@@ -664,6 +664,12 @@ def test_compare_says_when_the_runs_data_differs(tmp_path):
     assert note() == []
     record("a", "/data/toy", identity="toy:abd")  # files changed in place
     assert "(data differ)" in note()[0]
+    # a folder's identity starts with its path: a copy of the same files elsewhere was "data differ"
+    record("a", "/copy/toy", identity="/copy/toy:files123:decoded:2")
+    record("b", "/data/toy", identity="/data/toy:files123:decoded:2")
+    assert note() == []
+    record("a", "/copy/toy", identity="/copy/toy:files124:decoded:2")
+    assert "(data differ)" in note()[0]
 
 
 def test_compare_says_when_only_the_few_shot_images_differ_and_the_test_images_are_shared(tmp_path):

@@ -629,15 +629,23 @@ def same_test_images(a: Run, b: Run) -> bool:
     return bool(tests[0]) and tests[0] == tests[1]
 
 
+def without_root(identity: str, root: str | None) -> str:
+    """A folder dataset's identity less the folder's path it starts with."""
+    return identity[len(root) + 1:] if root and identity.startswith(f"{root}:") else identity
+
+
 def data_differences(a: Run, b: Run) -> tuple[list[str], bool]:
     """What of their data two runs' config.json say differs, as far as both record it, and
     whether they start from different class names on the same images (--classnames)."""
     (data_a, ids_a), (data_b, ids_b) = recorded_data(a), recorded_data(b)
     differ = [k for k in ("dataset", "shots", "seed") if a.args.get(k) != b.args.get(k)]
-    # the dataset's identity covers its root and files (a folder's sizes and times); runs that
-    # recorded none (older, or no evaluator built yet) are told apart by --data-root alone
+    # the dataset's identity covers its root and files (a folder's sizes and times); the root
+    # aside, a copy of a folder elsewhere is the same data (a copy under its name draws the same
+    # split); runs that recorded none (older, or no evaluator built yet) are told apart by
+    # --data-root alone
     if data_a.get("identity") and data_b.get("identity"):
-        same_data = data_a["identity"] == data_b["identity"]
+        same_data = without_root(data_a["identity"], a.args.get("data_root")) == \
+            without_root(data_b["identity"], b.args.get("data_root"))
     else:
         same_data = a.args.get("data_root") == b.args.get("data_root")
     if not same_data or any(a.args.get(k) != b.args.get(k) for k in ("image_column", "label_column")):
