@@ -457,11 +457,14 @@ SPLIT_BY_FOLDER_NAME = ("imagefolder", "hf")
 def same_data_moved(info: dict, recorded: dict, moved: tuple[str, str]) -> bool:
     """Whether an evaluator's `info` is the `recorded` one but for the data folder's place: a
     folder's identity is its path, its files and how they are decoded."""
+    from promptclimb.agent.runs.reading import without_root
+
     old, new = moved
-    identity = (recorded.get("dataset") or {}).get("identity")
-    if not isinstance(identity, str) or not identity.startswith(old):
+    identity, now = ((d.get("dataset") or {}).get("identity") for d in (recorded, info))
+    if not isinstance(identity, str) or not isinstance(now, str):
         return info == recorded
-    return info == {**recorded, "dataset": {**recorded["dataset"], "identity": new + identity[len(old):]}}
+    return without_root(identity, old) == without_root(now, new) and \
+        {**info, "dataset": {**info["dataset"], "identity": identity}} == recorded
 
 
 def refuse_an_endpoint_without_its_secret(llm: LLMSettings, opts: dict, store: RunStore) -> None:

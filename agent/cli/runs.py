@@ -26,7 +26,7 @@ from promptclimb.agent.core.format import markdown_text, moment, pct, shell_comm
 from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.options import BY_KEYWORD
 from promptclimb.agent.proposals import why_nothing_read
-from promptclimb.agent.runs.reading import Run, find_run, list_sweep_dirs, run_start_names, runs_frame
+from promptclimb.agent.runs.reading import Run, find_run, list_sweep_dirs, run_start_names, runs_frame, without_root
 from promptclimb.agent.runs.compact import CLASSES_IN_FULL
 from promptclimb.agent.runs.store import ANSWER_KINDS, HISTORY
 from promptclimb.agent.adapt import adapter_said
@@ -627,11 +627,6 @@ def same_test_images(a: Run, b: Run) -> bool:
     the shots draw train and val; the test split stays)."""
     tests = [recorded_data(run)[1].get("test") for run in (a, b)]
     return bool(tests[0]) and tests[0] == tests[1]
-
-
-def without_root(identity: str, root: str | None) -> str:
-    """A folder dataset's identity less the folder's path it starts with."""
-    return identity[len(root) + 1:] if root and identity.startswith(f"{root}:") else identity
 
 
 def data_differences(a: Run, b: Run) -> tuple[list[str], bool]:

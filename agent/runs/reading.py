@@ -850,6 +850,12 @@ def warn_names_by_position(run_dir: str | Path, config: dict, data: dict, remedy
                   f"the classes of {data.get('data_root') or data.get('dataset')} by position; {remedy}", stacklevel=3)
 
 
+def without_root(identity: str, root: str | None) -> str:
+    """A folder dataset's identity less the folder's path it starts with (the rest: its
+    files and how they are decoded): a copy or a move of the folder is the same data."""
+    return identity[len(root) + 1:] if root and identity.startswith(f"{root}:") else identity
+
+
 def warn_other_split(run_dir: str | Path, config: dict, split: dict) -> None:
     """A warning where the few-shot split just drawn from a run's own data (`split`: the
     evaluator's `info()["split"]`, for the run's shots and seed) is not the one the run
