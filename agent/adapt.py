@@ -101,7 +101,7 @@ def fit_run_adapter(run_dir: str | Path, kinds, on: str = "best", seed: int | No
         evaluator = build_run_evaluator(config, device=device)
         from promptclimb.agent.runs.reading import warn_other_split
 
-        warn_other_split(run_dir, config, evaluator.info().get("split") or {})
+        warn_other_split(run_dir, config, config.get("evaluator_args") or {}, evaluator.info().get("split") or {})
     seed = int(config.get("evaluator_args", {}).get("seed", 0) if seed is None else seed)
     names = run_classnames(summary)  # the names the run found travel with its templates
     class_embeddings = evaluator.class_embeddings(templates, classnames=names)

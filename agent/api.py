@@ -346,10 +346,9 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
         backbone=backbone, pretrained=pretrained, weights=weights, shots=args.get("shots", 1), seed=args.get("seed", 0),
         device=device, precision=precision, echo=echo or nowhere, bars=draws_bars(echo), **data,
         classnames=(start if isinstance(start, dict) else tuple(start)) if start else args.get("classnames"))
-    if not other_data_root(data_root, args.get("data_root")):
-        from promptclimb.agent.runs.reading import warn_other_split
+    from promptclimb.agent.runs.reading import warn_other_split
 
-        warn_other_split(loaded.path, loaded.config, evaluator.info().get("split") or {})
+    warn_other_split(loaded.path, loaded.config, data, evaluator.info().get("split") or {})
     in_target_order = target_order(start, evaluator)
     by_names: dict = {}
     for i, names in table["names"].items():

@@ -104,7 +104,7 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
            recorded="evaluator_args.pretrained", expects="a pretrained tag (e.g. openai)"),
     Option("--weights", None, "Local weights file for the backbone.", _M, "path", recorded="evaluator_args.weights",
            expects="a weights file"),
-    Option("--data-root", None, "Where the dataset lives.", _M, "dir", recorded="evaluator_args.data_root",
+    Option("--data-root", None, "Where the dataset lives (with --resume: where a run's moved data folder is now).", _M, "dir", recorded="evaluator_args.data_root",
            expects="the dataset's folder"),
     Option("--image-column", None, "hf datasets: the image column [default: the one Image feature].", _M, "name",
            recorded="evaluator_args.image_column", expects="an image column name"),

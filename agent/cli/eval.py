@@ -102,7 +102,7 @@ def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, sh
 
         run_config, _ = read_run(run_dir, "eval --run --with-adapter")  # before any slow loading
         adapter = read_adapter(run_dir / ADAPTER_FILE)  # there and readable, before any image is encoded
-    args, prompts = _settings(given, list(prompts), run_dir)
+    args, prompts, config = _settings(given, list(prompts), run_dir)
     dataset, data_root, shots, seed, backbone, pretrained, weights, precision = (
         args[k] for k in ("dataset", "data_root", "shots", "seed", "backbone", "pretrained", "weights", "precision"))
     try:
@@ -119,11 +119,10 @@ def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, sh
         # again, for a factory's evaluator); the evaluator takes the dataset read for it
         loaded["loaded_dataset"] = _check_names_for_adapter(args, adapter, run_config)
     result, evaluator = _evaluate({**args, **loaded}, list(prompts), device, factory)
-    if run_dir is not None and _the_runs_data(args, run_dir):
-        from promptclimb.agent.adapt import read_run
+    if run_dir is not None:
         from promptclimb.agent.runs.reading import warn_other_split
 
-        warn_other_split(run_dir, read_run(run_dir, None)[0], result["info"].get("split") or {})
+        warn_other_split(run_dir, config, args, result["info"].get("split") or {})
     if with_adapter:
         from promptclimb.agent.adapt import eval_run_adapter
 
@@ -155,9 +154,10 @@ def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, sh
 RUN_DATA = ("data_root", "image_column", "label_column", "classnames")  # a run's, with its own dataset only
 
 
-def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]]:
-    """Evaluator settings and templates: the options given, else the run's, else the defaults."""
-    args = dict(given)
+def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str], dict | None]:
+    """Evaluator settings and templates: the options given, else the run's, else the
+    defaults; and the run's config.json (None without --run)."""
+    args, config = dict(given), None
     if run_dir is not None:
         from promptclimb.agent.adapt import read_run
         from promptclimb.agent.runs.reading import run_names_by_label, warn_names_by_position
@@ -186,17 +186,7 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
             args[key] = value
     args["backbone"], args["pretrained"] = default_backbone(args["dataset"], args["backbone"], args["pretrained"],
                                                             args["weights"])
-    return args, prompts or [BASELINE]
-
-
-def _the_runs_data(args: dict, run_dir) -> bool:
-    """Whether `args` score a run's own data (its dataset, folder and columns)."""
-    from promptclimb.agent.adapt import read_run
-    from promptclimb.agent.core.paths import absolute
-
-    own = read_run(run_dir, None)[0].get("evaluator_args") or {}
-    return args["dataset"] == own.get("dataset") and absolute(args["data_root"]) == absolute(own.get("data_root")) \
-        and all(args[k] == own.get(k) for k in ("image_column", "label_column"))
+    return args, prompts or [BASELINE], config
 
 
 def _check_names_for_adapter(args: dict, adapter: dict, run_config: dict):

@@ -839,11 +839,9 @@ def warn_names_by_position(run_dir: str | Path, config: dict, data: dict, remedy
     command at hand matches the names by class (`eval` and `transfer` differ)."""
     import warnings
 
-    own = config.get("evaluator_args") or {}
-    given = {**data, "data_root": absolute(data.get("data_root"))}  # `DIR/` or a relative path: the same folder
-    if all(given.get(key) == own.get(key) for key in ("dataset", "data_root", "image_column", "label_column")):
-        return  # the run's own data: its classes in the run's order
-    spec = own.get("classnames")
+    if runs_own_data(config, data):
+        return  # its classes in the run's order
+    spec = (config.get("evaluator_args") or {}).get("classnames")
     started = f"--classnames {spec}" if isinstance(spec, str) else "names of its own"
     warnings.warn(f"{Path(run_dir).name} started from {started} and recorded no labels for its names (a run "
                   f"started before they were recorded): its names are filled in to "
@@ -856,13 +854,23 @@ def without_root(identity: str, root: str | None) -> str:
     return identity[len(root) + 1:] if root and identity.startswith(f"{root}:") else identity
 
 
-def warn_other_split(run_dir: str | Path, config: dict, split: dict) -> None:
-    """A warning where the few-shot split just drawn from a run's own data (`split`: the
-    evaluator's `info()["split"]`, for the run's shots and seed) is not the one the run
-    recorded: images were added to, removed from or renamed in its data folder since, and
-    `eval --run`, `adapt` and `transfer` scored other images than the run's, unsaid."""
+def runs_own_data(config: dict, data: dict) -> bool:
+    """Whether `data` (dataset, data_root, image_column, label_column) is a run's own."""
+    own = config.get("evaluator_args") or {}
+    given = {**data, "data_root": absolute(data.get("data_root"))}  # `DIR/` or a relative path: the same folder
+    return all(given.get(key) == own.get(key) for key in ("dataset", "data_root", "image_column", "label_column"))
+
+
+def warn_other_split(run_dir: str | Path, config: dict, data: dict, split: dict) -> None:
+    """A warning where the few-shot split just drawn from a run's own data (`data`, as
+    `runs_own_data` takes it; `split`: the evaluator's `info()["split"]`, for the run's shots
+    and seed) is not the one the run recorded: images were added to, removed from or renamed
+    in its data folder since, and `eval --run`, `adapt` and `transfer` scored other images
+    than the run's, unsaid."""
     import warnings
 
+    if not runs_own_data(config, data):
+        return  # other data given on purpose (--data-root, --dataset)
     recorded = (config.get("evaluator") or {}).get("split")
     if not isinstance(recorded, dict) or not isinstance(recorded.get("ids_sha256"), dict):
         return  # a run killed before its evaluator was described
