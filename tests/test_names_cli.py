@@ -4,9 +4,11 @@ the fake LLM of tests/test_names.py."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from fake_llm import FakeLLM, WordEvaluator, one_line_error
@@ -103,6 +105,14 @@ def test_search_renames_a_class_and_every_reader_carries_the_names(run):
     assert "asked about Trouser" in shown
     as_json = json.loads(run("show", "n", "--runs-dir", run.runs, "--format", "json").output)
     assert [(r["start"], r["found"]) for r in as_json["names"] if r["changed"]] == [("Trouser", "jeans")]
+    # a template scored with the found names is told from the same one with the start names
+    rows = pd.read_csv(run.runs / "n" / "prompts.csv", keep_default_na=False)
+    assert set(rows["names"]) == {"", "Trouser -> jeans"}
+    assert rows.duplicated(["template", "names"]).sum() == 0
+    as_csv = pd.read_csv(io.StringIO(run("show", "n", "--runs-dir", run.runs, "--format", "csv").output),
+                         keep_default_na=False)
+    assert set(as_csv.loc[as_csv["origin"] == "names", "names"]) == {"Trouser -> jeans"}
+    assert "" in set(as_csv.loc[as_csv["origin"] == "pool", "names"])
 
     # the raw exchanges hold every answer: names turns and guard questions too
     talk = run("show", "n", "--runs-dir", run.runs, "--conversation")

@@ -18,7 +18,7 @@ import pandas as pd
 
 from promptclimb.agent.api import load_run, on_stderr, transfer, transfer_table
 from promptclimb.agent.core.defaults import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS
-from promptclimb.agent.core.classnames import PUBLISHED
+from promptclimb.agent.core.classnames import PUBLISHED, renames
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.cli.errors import user_errors
 from promptclimb.agent.cli.params import TableText
@@ -326,6 +326,10 @@ def show_rows(run: Run, conversation: bool) -> pd.DataFrame:
     keep = [c for c in ("restart", "reset", "iteration", "call", "template", "origin", "source", "train", "val",
                         "best_so_far") if c in scores]
     frame = scores[keep].assign(status="scored", reason="")
+    if "names" in scores:  # the classes renamed where a names turn changed them ("": the start names)
+        start = run_start_names(run.config)
+        frame.insert(frame.columns.get_loc("template") + 1, "names",
+                     [renames(start, names) for names in scores["names"]])
     rejects = pd.DataFrame([{k: e.get(k) for k in ("restart", "reset", "iteration", "call", "template", "reason")}
                             | {"origin": "llm", "status": "rejected", "_line": e["_line"]} for e in run.of("reject")])
     if not rejects.empty:
@@ -370,9 +374,9 @@ def show_cmd(run, runs_dir, fmt, conversation):
     what the LLM was shown, what it proposed, what was rejected and why, and the best so far.
 
     RUN is a run id under --runs-dir (or a unique start of one), or a path to a run folder.
-    csv gives one row per template (pool, scored, rejected; the names turns' proposals are in
-    json and summary.json), or per step of a soft-prompt run; with --conversation, one row
-    per message.
+    csv gives one row per template (pool, scored, rejected) and set of names it was scored
+    with (`names`: the classes renamed; the names turns' proposals are in json and
+    summary.json), or per step of a soft-prompt run; with --conversation, one row per message.
 
     csv and json write restart, reset and call (the LLM answer) counted from 0, as
     history.jsonl holds them, and iteration as it is there too (0: the pool, scored before

@@ -91,6 +91,14 @@ def word_built_on(name: str, class_names: Sequence[str]) -> tuple[str, str] | No
     return None
 
 
+def renames(start: Sequence[str] | None, names: Sequence[str] | None) -> str:
+    """The classes `names` renames from `start`, as "Trouser -> trousers; Pullover -> sweater"
+    (in class order); "" for the start names themselves (`names` None) or no start known."""
+    if not start or not names:
+        return ""
+    return "; ".join(f"{old} -> {new}" for old, new in zip(start, names) if new != old)
+
+
 def name_problem(name: str) -> str | None:
     """Why `name` cannot be a class name on its own (empty, braces), or None."""
     if not name.strip():

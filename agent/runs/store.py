@@ -6,7 +6,7 @@
                       the model loads (so a run killed while loading resumes by name);
                       "evaluator" is added once the evaluator is built.
       history.jsonl   one event per line, flushed and fsync'd before the search goes on
-      prompts.csv     every scored template once (rewritten from history as the run goes)
+      prompts.csv     every scored template once per set of names (rewritten from history as the run goes)
       summary.json    the result (written at the end, see agent/search.py)
       .lock           held (flock) by the process writing the run (a search, or `adapt`)
 
@@ -116,6 +116,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from promptclimb.agent.core.classnames import renames
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.files import remove_dead_temp_files, write_atomic, write_json_atomic
 from promptclimb.agent.core.format import shell_command
@@ -539,7 +540,9 @@ class RunStore:
         return path
 
     def write_prompts_csv(self) -> Path:
-        """prompts.csv from the events so far: every scored template once, in scoring order.
+        """prompts.csv from the events so far: every scored template once per set of class
+        names it was scored with (`names`: the classes renamed, "" for the start names), in
+        scoring order.
         Not while a resume replays the history: the file already holds what is replayed, and
         a Ctrl-C there would leave it cut short."""
         if self.replaying:
@@ -551,12 +554,14 @@ class RunStore:
             if e["event"] != "score":
                 continue
             row = {k: e.get(k) for k in ("template", "origin", "source", "restart", "reset", "iteration", "call")}
+            row["names"] = renames(self.start_names, e.get("names"))  # "": the start names
             for split, value in sorted(e.get("accuracy", {}).items()):
                 row[f"{split}_accuracy"] = value
             for split, value in sorted(e.get("loss", {}).items()):
                 row[f"{split}_loss"] = value
             rows.append(row)
-        frame = pd.DataFrame(rows, columns=None if rows else ["template", "origin", "source", "restart", "reset", "iteration", "call"])
+        frame = pd.DataFrame(rows, columns=None if rows else ["template", "origin", "source", "restart", "reset", "iteration", "call",
+                                                           "names"])
         return write_atomic(self.run_dir / PROMPTS,
                             lambda tmp: frame.to_csv(tmp, index=False, quoting=csv.QUOTE_MINIMAL, float_format="%.6g"))
 
