@@ -340,7 +340,9 @@ class WordEvaluator:
         dataset = {"name": self.task.dataset, "classes": len(self.task.classnames), "classnames": list(self.task.classnames)}
         if self.labels and self.labels != self.task.classnames:
             dataset["labels"] = list(self.labels)
-        return {"evaluator": "WordEvaluator", "dataset": dataset}
+        classes = len(self.task.classnames)  # as `eval`'s table reads the CLIP evaluator's
+        return {"evaluator": "WordEvaluator", "dataset": dataset, "backbone": {"identity": "words", "device": "cpu"},
+                "split": {"sizes": {"train": classes, "val": classes, "test": 10 * classes}}}
 
 
 def one_line_error(result, *needles, code=1):

@@ -136,6 +136,12 @@ def test_search_renames_a_class_and_every_reader_carries_the_names(run):
     assert list(by_label) == list(CLASSES) and list(by_label.values()) == summary["best"]["names"]
     assert json.loads(evaluated.stdout)["results"][0]["accuracy"]["test"] == pytest.approx(
         summary["best"]["accuracy"]["test"])
+    # the table says which names filled the template: the run's, or those given
+    run.factory.labels_recorded = True  # the data's labels beside the run's names, as CLIP's evaluator says them
+    table = run("eval", "--run", "n", "--runs-dir", run.runs).stdout
+    assert "class names: the run's names (1 of 4 not the data's labels: Trouser -> jeans)" in table
+    table = run("eval", "--run", "n", "--runs-dir", run.runs, "--classnames", "published").stdout
+    assert "class names: --classnames published (the data's labels)" in table
 
 
 def test_a_resume_may_not_change_what_the_search_rewrites_or_its_start_names(run, tmp_path):
@@ -269,6 +275,9 @@ def test_a_template_search_from_a_names_file_keeps_those_names_after_the_file_ch
     assert tuple(run.factory.asked[-1]["classnames"]) == ("tee", "pants", "gown", "bag")
     assert json.loads(evaluated.stdout)["results"][0]["accuracy"]["test"] == pytest.approx(
         summary["best"]["accuracy"]["test"])
+    run.factory.labels_recorded = True
+    assert "class names: the run's names (4 of 4 not the data's labels: T-shirt/top -> tee, Trouser -> pants, " \
+           "Dress -> gown, ...)" in run("eval", "--run", "t", "--runs-dir", run.runs).stdout
     names.unlink()
     assert promptclimb.load_run(run.runs / "t").summary["best"]["names"][0] == "tee"
     assert run("eval", "--run", "t", "--runs-dir", run.runs, "--json").exit_code == 0  # the file is not needed
