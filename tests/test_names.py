@@ -193,13 +193,14 @@ def test_the_curve_of_a_names_search_puts_the_winner_where_its_names_were_found_
 def test_show_says_why_an_answer_gave_nothing_to_score(tmp_path):
     """`show` said `proposed: 0 scored, 0 rejected` and no more, where the search had said why
     ("the answer was empty", "no line had a {} placeholder")."""
-    with FakeLLM(responder=scripted(["Sorry, I cannot think of names.", "<think>Trouser: pants</think>"],
-                                    templates="")) as fake:
-        _, _, run_dir = climb(tmp_path, fake.base_url, search="both", iterations=3)
+    with FakeLLM(responder=scripted(["Sorry, I cannot think of names.", "<think>Trouser: pants</think>",
+                                     "Trouser -> pants; jeans"], templates="")) as fake:
+        _, _, run_dir = climb(tmp_path, fake.base_url, search="both", iterations=5)
     shown = show_text(load_run(run_dir), conversation=False, markdown=False)
     assert "proposed: 0 scored, 0 rejected (no 'Class: name; name' line)" in shown
     assert "proposed: 0 scored, 0 rejected (the answer was all reasoning (<think>): cut by --max-answer-tokens?)" in shown
     assert "proposed: 0 scored, 0 rejected (the answer was empty)" in shown
+    assert "proposed: 0 scored, 0 rejected (names written 'Class -> name', not 'Class: name; name')" in shown
 
 
 def test_every_refusal_reason_is_recorded_and_shown_in_the_next_names_turn(tmp_path):
