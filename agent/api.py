@@ -95,7 +95,7 @@ class SearchResult:
         return load_run(self.run_dir)
 
 
-def search(dataset: str | None = None, shots: int = 1, backbone: str | None = None, llm: str | None = None, *,
+def search(dataset: str | None = None, shots: int | None = None, backbone: str | None = None, llm: str | None = None, *,
            echo: Callable[[str], None] | None = print, **knobs) -> SearchResult:
     """Search for the best prompt template, exactly as `promptclimb search` does.
 
@@ -113,13 +113,14 @@ def search(dataset: str | None = None, shots: int = 1, backbone: str | None = No
     value, other start names included, is refused).
     Raises PromptclimbError with a readable message for bad input.
     """
-    from promptclimb.agent.options import PYTHON_OPTIONS, resolve
+    from promptclimb.agent.options import GIVEN, PYTHON_OPTIONS, resolve
     from promptclimb.agent.pipeline import run_search
     from promptclimb.agent.runs.reading import find_run, run_classnames
 
     check_echo("search()", echo)
     given = {"dataset": dataset, "shots": shots, "backbone": backbone, "llm": llm, **knobs}
     opts = resolve(given, "search(): ", PYTHON_OPTIONS)
+    opts[GIVEN] = frozenset(o.name for o in PYTHON_OPTIONS if given.get(o.keyword) is not None)
     summary = run_search(opts, echo or nowhere, evaluator_factory=_EVALUATOR_FACTORY.get(), aside=echo or nowhere,
                          bars=draws_bars(echo))
     runs_dir = Path(opts["runs_dir"])

@@ -394,6 +394,13 @@ def check_dataset_name(name, what: str = "--dataset") -> str:
                            "(and hf:OWNER/NAME[:CONFIG])")
 
 
+# The key of a search's settings that holds which options were given (the command line, --config,
+# a keyword of search()): `--resume RUN --shots 1` must be compared with the run's shots even where
+# 1 is the default. Settings without it (a sweep's cells) count an option as given where it is not
+# at its default (agent/pipeline.py `given`).
+GIVEN = "_given"
+
+
 def resolve(given: dict, where: str = "", table: tuple[Option, ...] = SEARCH_OPTIONS) -> dict:
     """The full settings (`Option.name` -> value): the defaults, overridden by `given`
     (keywords, `_` for `-`; None = the default), each checked. An unknown keyword is refused

@@ -266,7 +266,7 @@ def say_unused(opts: dict, optimizer: str, echo, search: str = "both", iteration
             echo(f"warning: {how} takes no {never}, so it does not use "
                  f"{', '.join(o.flag for o in turn_only)}: ignored")
         unused += turn_only
-    return {**opts, **{o.name: o.default for o in unused}}
+    return not_given(opts, *(o.name for o in unused))
 
 
 def confirm_setting(select: str, confirm: str | None, echo=None) -> str:
@@ -486,7 +486,7 @@ def confirm_as_recorded(opts: dict, search: SearchConfig, echo) -> dict:
         return opts
     select = opts["select"] if given(opts, "select") else search.select
     if confirm_setting(select, opts["confirm"], echo) == confirm_setting(search.select, search.confirm):
-        return {**opts, "confirm": None}
+        return not_given(opts, "confirm")
     return opts
 
 
@@ -559,8 +559,21 @@ def setting_change(option: option_table.Option, value, saved: dict) -> str | Non
 
 
 def given(opts: dict, name: str) -> bool:
+    """Whether option `name` was given: on the command line, by --config or as a keyword of
+    search() (`option_table.GIVEN`); in settings that do not say (a sweep's cells), where it
+    is not at its default."""
+    if option_table.GIVEN in opts:
+        return name in opts[option_table.GIVEN]
     default = option_table.BY_NAME[name].default
     return opts.get(name, default) != default
+
+
+def not_given(opts: dict, *names: str) -> dict:
+    """`opts` with options `names` as if they had not been given: at their defaults."""
+    left = {**opts, **{name: option_table.BY_NAME[name].default for name in names}}
+    if option_table.GIVEN in opts:
+        left[option_table.GIVEN] = opts[option_table.GIVEN] - set(names)
+    return left
 
 
 def recorded_setting(saved: dict, option: option_table.Option):

@@ -83,6 +83,24 @@ def test_a_confirm_that_would_change_the_run_is_still_refused(search):
     one_line_error(search("--confirm", "off", "--resume", "run"), "--confirm off (the run's: val)")
 
 
+def test_an_option_given_at_its_default_is_compared_with_the_run_too(search, monkeypatch):
+    """`--resume RUN --shots 1 --seed 0` of a run of 2 shots, seed 3: refused as any other
+    change (it went on with the run's shots, unsaid, as 1 and 0 are the defaults); from
+    search() too, where a keyword given is given whatever its value."""
+    assert search("--shots", "2", "--seed", "3").exit_code == 0
+    one_line_error(search("--shots", "1", "--seed", "0", "--resume", "run"),
+                   "--shots 1 (the run's: 2), --seed 0 (the run's: 3)")
+    import promptclimb
+    from promptclimb.agent.api import using_evaluator
+    from promptclimb.agent.core.errors import PromptclimbError
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", search.fake.base_url)
+    with using_evaluator(FACTORY["evaluator_factory"]):
+        with pytest.raises(PromptclimbError, match=re.escape("--shots 1 (the run's: 2)")):
+            promptclimb.search(resume="run", runs_dir=str(search.runs), shots=1, echo=None)
+
+
 def test_soft_prompt_options_are_ignored_alike_at_start_and_on_resume(search):
     """The LLM search does not read the craft/cbbt knobs: said once at start, and again on
     resume rather than refused (its config.json records none of them); --queries is refused

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 
 import rich_click as click
+from click.core import ParameterSource
 
 from promptclimb.agent import options as option_table
 from promptclimb.agent.cli.errors import user_errors
 from promptclimb.agent.cli.params import TableText, table_int
 from promptclimb.agent.core.errors import PromptclimbError
-from promptclimb.agent.options import PANELS, SEARCH_OPTIONS, Option
+from promptclimb.agent.options import GIVEN, PANELS, SEARCH_OPTIONS, Option
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
@@ -127,6 +128,8 @@ def search_cmd(ctx: click.Context, **opts):
 
     if not opts["dataset"] and opts["resume"] is None:  # a usage error (exit 2), as click's missing options are
         raise click.UsageError("--dataset is required (or --resume RUN)", ctx)
+    # typed, or set by --config: compared with a resumed run's settings even at their defaults
+    opts[GIVEN] = frozenset(name for name in opts if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT))
     echo = (lambda msg: click.echo(msg, err=True)) if opts["as_json"] else click.echo
     factory = (ctx.obj or {}).get("evaluator_factory") if isinstance(ctx.obj, dict) else None
     summary = run_search(opts, echo, evaluator_factory=factory)
