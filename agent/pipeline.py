@@ -856,10 +856,25 @@ def llm_client(plan: Plan, opts: dict, echo, aside: Callable[[str], None] | None
                                 served_model=local_llm.served_model_id(model_file))) as llm:
                 yield llm
         return
-    base_url = opts["base_url"] or os.environ.get("OPENAI_BASE_URL") or settings.base_url
+    base_url = endpoint_asked(settings, opts, echo)
     check_reachable(settings, base_url)
     with closing(client(base_url, os.environ.get("OPENAI_API_KEY"), settings.request_model or settings.model)) as llm:
         yield llm
+
+
+def endpoint_asked(settings: LLMSettings, opts: dict, echo) -> str | None:
+    """The endpoint a search asks: --base-url, else a resumed run's recorded one (an
+    OPENAI_BASE_URL set for another tool went on with another LLM, unsaid), else
+    OPENAI_BASE_URL, else the recorded one (whose key, left out of the record, it gives again)."""
+    env = os.environ.get("OPENAI_BASE_URL")
+    if opts["base_url"]:
+        return opts["base_url"]
+    if opts["resume"] is not None and settings.base_url and not settings.secrets_left_out:
+        if env and without_secrets(env).rstrip("/") != settings.base_url.rstrip("/"):
+            echo(f"note: OPENAI_BASE_URL is set; the run asks the LLM endpoint it recorded "
+                 f"({settings.base_url}): give --base-url to ask another")
+        return settings.base_url
+    return env or settings.base_url
 
 
 def check_reachable(settings: LLMSettings, base_url: str | None) -> None:

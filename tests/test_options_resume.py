@@ -101,6 +101,36 @@ def test_an_option_given_at_its_default_is_compared_with_the_run_too(search, mon
             promptclimb.search(resume="run", runs_dir=str(search.runs), shots=1, echo=None)
 
 
+def test_a_resume_asks_the_endpoint_it_recorded_not_one_openai_base_url_names(search, tmp_path):
+    """A run started with --base-url A, killed, resumed in a shell whose OPENAI_BASE_URL names
+    another endpoint B (set for another tool): it asks A, and says so; --base-url B asks B."""
+    from promptclimb.agent.cli import cli
+
+    with FakeLLM(responder=responder) as other:
+        def run(*extra):
+            args = ["search", "--dataset", "toy", "--iterations", "2", "--resets", "1", "--pool-sample", "4",
+                    "--search", "template", "--runs-dir", str(search.runs), "--name", "ep", "--no-cache", *extra]
+            return CliRunner().invoke(cli, args, obj=FACTORY, env={"OPENAI_API_KEY": KEY,
+                                                                   "OPENAI_BASE_URL": other.base_url})
+
+        assert run("--base-url", search.fake.base_url).exit_code == 0
+        history = search.runs / "ep" / "history.jsonl"
+        lines = history.read_text().splitlines(keepends=True)
+        first_answer = next(i for i, line in enumerate(lines) if '"llm_exchange"' in line)
+        history.write_text("".join(lines[:first_answer]))  # killed before its first answer was recorded
+        (search.runs / "ep" / "summary.json").unlink()
+        asked_a = len(search.fake.requests)
+        resumed = run("--resume", "ep")
+        assert resumed.exit_code == 0, resumed.output
+        assert len(search.fake.requests) > asked_a and not other.requests
+        assert f"note: OPENAI_BASE_URL is set; the run asks the LLM endpoint it recorded ({search.fake.base_url})" \
+            in resumed.output
+        history.write_text("".join(lines[:first_answer]))
+        (search.runs / "ep" / "summary.json").unlink()
+        assert run("--resume", "ep", "--base-url", other.base_url).exit_code == 0
+        assert other.requests
+
+
 def test_soft_prompt_options_are_ignored_alike_at_start_and_on_resume(search):
     """The LLM search does not read the craft/cbbt knobs: said once at start, and again on
     resume rather than refused (its config.json records none of them); --queries is refused
