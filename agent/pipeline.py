@@ -869,7 +869,7 @@ def endpoint_asked(settings: LLMSettings, opts: dict, echo) -> str | None:
     env = os.environ.get("OPENAI_BASE_URL")
     if opts["base_url"]:
         return opts["base_url"]
-    if opts["resume"] is not None and settings.base_url and not settings.secrets_left_out:
+    if opts.get("resume") is not None and settings.base_url and not settings.secrets_left_out:
         if env and without_secrets(env).rstrip("/") != settings.base_url.rstrip("/"):
             echo(f"note: OPENAI_BASE_URL is set; the run asks the LLM endpoint it recorded "
                  f"({settings.base_url}): give --base-url to ask another")
