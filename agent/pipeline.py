@@ -36,7 +36,7 @@ from promptclimb.agent.core.protocol import Task
 from promptclimb.agent.core.templates import BASELINE
 from promptclimb.agent.core.settings import EvaluatorSettings, LLMSettings, SoftPromptConfig
 from promptclimb.agent.llm import local as local_llm
-from promptclimb.agent.llm.client import (LLMClient, LLMError, check_endpoint_url, local_model_served_at,
+from promptclimb.agent.llm.client import (LLMClient, LLMError, check_api_key, check_endpoint_url, local_model_served_at,
                                           without_secrets)
 from promptclimb.agent.metaprompt import FILES as META_FILES, MetaPrompt, files_recorded, files_rendered
 from promptclimb.agent.adapt import check_kinds
@@ -312,6 +312,7 @@ def check_endpoints(opts: dict, local: bool) -> None:
     check_endpoint_url(opts["base_url"], "--base-url")
     if not local:
         check_endpoint_url(os.environ.get("OPENAI_BASE_URL"), "OPENAI_BASE_URL")
+        check_api_key(os.environ.get("OPENAI_API_KEY"))
 
 
 def lanes_for_the_llm(llm: LLMSettings, parallel: int, restarts: int, echo) -> int:

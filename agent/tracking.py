@@ -69,7 +69,7 @@ from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.files import write_json_atomic
 from promptclimb.agent.core.format import shell_command
 from promptclimb.agent.core.runfiles import CONFIG, HISTORY
-from promptclimb.agent.llm.client import without_secrets
+from promptclimb.agent.llm.client import scrub_urls, without_secrets
 from promptclimb.agent.runs.reading import Run, load_run, run_classnames
 from promptclimb.agent.runs.store import being_written, has_summary
 from promptclimb.agent.search import LLM_EVENTS
@@ -861,6 +861,7 @@ def _cut(text: str, limit: int) -> str:
 
 
 def _one_line(exc: BaseException) -> str:
-    """The first line of an error, without any `user:password@` of a URL in it."""
+    """The first line of an error, without the password or the secret query values of any URL
+    in it (MLflow quotes the tracking URI, `?access_token=...` and all)."""
     lines = str(exc).strip().splitlines()
-    return re.sub(r"://[^/@\s]+@", "://", lines[0]) if lines else type(exc).__name__
+    return scrub_urls(lines[0]) if lines else type(exc).__name__

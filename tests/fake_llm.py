@@ -71,6 +71,7 @@ class FakeLLM:
         self._arrived = self._released = 0  # requests held for `answer_together`
         self.faults: collections.deque[str] = collections.deque()
         self.requests: list[dict] = []  # every request body received (faulted ones too)
+        self.paths: list[str] = []  # and the path each was sent to, its query included
         self.headers: list[dict] = []
         self.reached = threading.Event()
         self._stop = threading.Event()
@@ -124,6 +125,7 @@ class FakeLLM:
     def _handle(self, handler: BaseHTTPRequestHandler, body: dict) -> None:
         with self._lock:
             self.requests.append(body)
+            self.paths.append(handler.path)
             self.headers.append({k.lower(): v for k, v in handler.headers.items()})
             number = len(self.requests)
             fault = self.faults.popleft() if self.faults else None

@@ -4,8 +4,10 @@ import json
 
 import pytest
 
+from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.llm.client import (BudgetExhausted, ContextExceeded, LLMClient, LLMError, ResponseCache,
-                                          cache_key, redact, request_key, without_secrets)
+                                          cache_key, check_api_key, check_endpoint_url, redact, request_key,
+                                          scrub_urls, url_secrets, without_secrets)
 from fake_llm import FakeLLM
 
 KEY = "sk-test-VERYSECRET-0123456789"
@@ -188,6 +190,43 @@ def test_secrets_are_stripped_and_redacted():
     assert "pass1234" not in llm.redact("x pass1234 y") and KEY not in llm.redact(f"x {KEY}")
     query = LLMClient("m", base_url="http://127.0.0.1:9/v1?api-key=SECRET789", api_key=KEY, use_cache=False)
     assert query.describe()["base_url"] == "http://127.0.0.1:9/v1" and "SECRET789" not in query.redact("a SECRET789")
+
+
+def test_every_form_of_a_url_secret_is_hidden():
+    """`?code=` (an Azure Functions gateway's key), `?pwd=`, `?pass=` are keys too; a secret
+    percent-encoded in a URL, or as the Basic header a password in the URL becomes, is
+    redacted; a URL urlsplit cannot read (`[::1`, a port that is no number) is shown without
+    its userinfo and query rather than raising; URLs quoted in an error lose their secrets."""
+    for name in ("code", "pwd", "pass", "access_token"):
+        assert without_secrets(f"https://h.example/v1?{name}=SECRET42&v=1") == "https://h.example/v1?v=1"
+        assert "SECRET42" in url_secrets(f"https://h.example/v1?{name}=SECRET42")
+    assert redact("GET /v1?api_key=SECRET%2BENC", ("SECRET+ENC",)) == "GET /v1?api_key=[redacted]"
+    llm = LLMClient("m", base_url="http://user:PASSWORD99@127.0.0.1:9/v1", api_key=KEY, use_cache=False)
+    assert "dXNlcjpQQVNTV09SRDk5" not in llm.redact("Incorrect API key provided: Basic dXNlcjpQQVNTV09SRDk5")
+    assert without_secrets("http://u:pw99@[::1:5000/x?token=T1") == "http://[::1:5000/x"
+    assert url_secrets("http://u:pw99@[::1:5000/x?token=T1") == ("pw99", "T1")
+    said = scrub_urls("API request to http://127.0.0.1:1/?access_token=SECRETQ4/api/2.0/x failed; "
+                      "http://me:SECRETPW@host/v1 too")
+    assert "SECRETQ4" not in said and "SECRETPW" not in said and "http://127.0.0.1:1/?access_token=" in said
+    for bad in ("http://u:pw@[::1/v1", "http://127.0.0.1:abc/v1", "http://127.0.0.1:99999/v1"):
+        with pytest.raises(PromptclimbError, match="its host or port cannot be read") as refused:
+            check_endpoint_url(bad, "--base-url")
+        assert "pw" not in str(refused.value).replace("port", "")
+    for key in ("sk-ok\u00e9", "sk-ok\n"):
+        with pytest.raises(PromptclimbError, match="a character an HTTP header cannot carry") as refused:
+            check_api_key(key)
+        assert "sk-ok" not in str(refused.value)
+    check_api_key("sk-plain-ascii")
+
+
+def test_a_query_in_the_base_url_goes_with_every_request(tmp_path):
+    """`--base-url https://host/v1?api-version=1&code=KEY`: the openai client appended its path
+    after the query (`/v1?api-version=1&code=KEYchat/completions`)."""
+    with FakeLLM(script=["a {}"]) as fake:
+        llm = LLMClient("m", base_url=f"{fake.base_url}?api-version=1&code=SECRET77", api_key=KEY, use_cache=False)
+        assert llm.chat(HI).content == "a {}"
+        assert fake.paths == ["/v1/chat/completions?api-version=1&code=SECRET77"]
+        assert llm.endpoint == f"{fake.base_url}?api-version=1"
 
 
 # -- who answers: the cache key covers the endpoint and the served model (issue 12, item 1) ------

@@ -28,6 +28,7 @@ shown: error messages go through `redact`.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import random
@@ -38,7 +39,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlencode, urlsplit, urlunsplit
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
@@ -131,15 +132,40 @@ class Ledger:
 
 # Query parameters that carry a credential (`?api-key=...` for Azure-style endpoints, `?token=`, a
 # signature): never written to disk or shown.
-_SECRET_PARAMETER = re.compile(r"key|token|secret|passw|sig|auth|credential", re.IGNORECASE)
+# Query parameters that carry a key: `api_key`, `access_token`, `sig` (Azure SAS), `code` (an
+# Azure Functions gateway's), `pwd`/`pass`... A name that merely contains one of these words is
+# hidden too: better a harmless parameter hidden than a key shown.
+_SECRET_WORDS = r"key|token|secret|pass|pwd|sig|auth|credential|code"
+_SECRET_PARAMETER = re.compile(_SECRET_WORDS, re.IGNORECASE)
+# The same in free text (an error message quoting a URL): `://user:password@` and the values of
+# secret parameters
+_USERINFO_IN_TEXT = re.compile(r"://[^/@\s]+@")
+_SECRET_QUERY_IN_TEXT = re.compile(r"([?&][^=&\s?]*(?:" + _SECRET_WORDS + r")[^=&\s]*=)[^&\s]+", re.IGNORECASE)
+
+
+def _split(url: str):
+    """urlsplit's parts of `url`, or None where it cannot read them (`http://[::1`, a port
+    that is not a number)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+        return parts
+    except ValueError:
+        return None
 
 
 def url_secrets(url: str | None) -> tuple[str, ...]:
-    """The credentials written into `url`: its password, and its secret query parameters' values."""
+    """The credentials written into `url`: its password (also as the HTTP Basic header that
+    carries it, which an endpoint may quote back), and its secret query parameters' values."""
     if not url:
         return ()
-    parts = urlsplit(url)
+    parts = _split(url)
+    if parts is None:  # not a URL urlsplit reads: whatever sits where a password or a query would
+        found = re.findall(r"//[^/@\s]*?:([^/@\s]+)@", url) + [v for _, v in parse_qsl(url.partition("?")[2])]
+        return tuple(secret for secret in found if secret)
     found = [parts.password] + [value for name, value in parse_qsl(parts.query) if _SECRET_PARAMETER.search(name)]
+    if parts.password:
+        found.append(base64.b64encode(f"{unquote(parts.username or '')}:{unquote(parts.password)}".encode()).decode())
     return tuple(secret for secret in found if secret)
 
 
@@ -148,7 +174,9 @@ def without_secrets(url: str | None) -> str | None:
     written to disk or shown)."""
     if not url:
         return url
-    parts = urlsplit(url)
+    parts = _split(url)
+    if parts is None:
+        return _USERINFO_IN_TEXT.sub("://", url).partition("?")[0]
     netloc = parts.netloc.rsplit("@", 1)[-1]
     query = [(name, value) for name, value in parse_qsl(parts.query, keep_blank_values=True)
              if not _SECRET_PARAMETER.search(name)]
@@ -157,28 +185,49 @@ def without_secrets(url: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query)))
 
 
+def scrub_urls(text: str) -> str:
+    """`text` (an error message) with the password and the secret query values of every URL
+    in it left out."""
+    return _SECRET_QUERY_IN_TEXT.sub(r"\1[redacted]", _USERINFO_IN_TEXT.sub("://", text))
+
+
 def check_endpoint_url(url: str | None, what: str) -> None:
     """PromptclimbError in one line naming `what` (--base-url, OPENAI_BASE_URL) when `url` is
-    given and is not an http(s) URL with a host: 'localhost:8080/v1' was taken, and its
-    connection error retried for half a minute before the search failed."""
-    parts = urlsplit(url or "")
-    if url and (parts.scheme not in ("http", "https") or not parts.netloc):
-        # without a user:password@ or a ?query (a key may ride in either; with no scheme
-        # without_secrets finds neither)
-        shown = url.rsplit("@", 1)[-1].split("?", 1)[0]
-        raise PromptclimbError(f"{what} {shown!r}: expected an http:// or https:// URL "
-                               "(e.g. http://localhost:8080/v1)")
+    given and is not an http(s) URL with a host and a port that can be read: 'localhost:8080/v1'
+    was taken, and its connection error retried for half a minute before the search failed."""
+    if not url:
+        return
+    parts = _split(url)
+    # shown without a user:password@ or a ?query (a key may ride in either; with no scheme
+    # without_secrets finds neither)
+    shown = url.rsplit("@", 1)[-1].split("?", 1)[0]
+    if parts is None:
+        raise PromptclimbError(f"{what} {shown!r}: its host or port cannot be read (a port is a number from 0 to "
+                               "65535; an IPv6 host is written in brackets, http://[::1]:8080/v1)")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PromptclimbError(f"{what} {shown!r}: expected an http:// or https:// URL (e.g. http://localhost:8080/v1)")
+
+
+def check_api_key(key: str | None, what: str = "OPENAI_API_KEY") -> None:
+    """PromptclimbError where `key` holds a character an HTTP header cannot carry (a letter
+    outside ASCII, a line break: pasted with the key); the key itself is never said."""
+    if key and (not key.isascii() or any(ord(c) < 32 or ord(c) == 127 for c in key)):
+        raise PromptclimbError(f"{what} holds a character an HTTP header cannot carry (a letter outside ASCII, a "
+                               "line break or another control character: pasted with the key?); set it again")
 
 
 _KEY_LIKE = re.compile(r"\b(sk|pk|key)-[A-Za-z0-9_\-*.]{6,}")
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """`text` with every given secret and anything shaped like an API key replaced."""
+    """`text` with every given secret (as it is, or percent-encoded in a URL) and anything
+    shaped like an API key replaced, and URLs in it without their passwords and secret
+    query values."""
     for secret in secrets:
         if secret and len(secret) >= 4:
-            text = text.replace(secret, "[redacted]")
-    return _KEY_LIKE.sub("[redacted]", text)
+            for form in dict.fromkeys((secret, quote(secret, safe=""), quote_plus(secret))):
+                text = text.replace(form, "[redacted]")
+    return _KEY_LIKE.sub("[redacted]", scrub_urls(text))
 
 
 def request_key(request: dict) -> str:
@@ -385,11 +434,14 @@ class LLMClient:
         import openai  # imported here so that `import agent.llm` stays cheap
 
         # The openai client's own retries are off: tenacity below does all of them.
-        client = openai.OpenAI(api_key=self._api_key or "not-needed", base_url=base_url, timeout=self.timeout,
-                               max_retries=0)
+        # A query in the URL (`?api-version=...&api-key=...`) goes with every request: the openai
+        # client appends its paths to the base URL, after such a query (`/v1?code=Xchat/completions`)
+        base_url, _, query = (base_url or "").partition("?")
+        client = openai.OpenAI(api_key=self._api_key or "not-needed", base_url=base_url or None, timeout=self.timeout,
+                               max_retries=0, default_query=dict(parse_qsl(query, keep_blank_values=True)) or None)
         # The endpoint as requests see it (the openai client resolves None and
         # OPENAI_BASE_URL), without userinfo: part of the cache key, never a secret.
-        self.endpoint = without_secrets(str(client.base_url)).rstrip("/")
+        self.endpoint = without_secrets(str(client.base_url).rstrip("/") + (f"?{query}" if query else ""))
         return client
 
     @property
