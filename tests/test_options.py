@@ -76,6 +76,14 @@ def test_a_config_file_sets_options_and_the_command_line_overrides_it(tmp_path, 
         assert gridded.exit_code == 0, gridded.output
         assert f"note: --config {config}: its [grid] table is for `promptclimb sweep NAME --grid {config}`; a " \
                "search reads its [search] table only" in gridded.stderr
+        # two files: the later overrides the earlier where both set an option (the first was dropped, unsaid)
+        later = tmp_path / "later.toml"
+        later.write_text('[search]\niterations = 1\nname = "two-files"\n')
+        both = CliRunner().invoke(search_cmd, ["--config", str(config), "--config", str(later), "--runs-dir", runs],
+                                  env=env, obj=FACTORY)
+        assert both.exit_code == 0, both.output
+        saved = json.loads((tmp_path / "runs" / "two-files" / "config.json").read_text())
+        assert saved["search"]["iterations"] == 1 and saved["search"]["resets"] == 1  # the later's, the earlier's
 
 
 def test_a_config_file_takes_the_long_option_names_with_dashes_too(tmp_path, monkeypatch):

@@ -84,10 +84,11 @@ def help_panels(command_name: str, first: list[str] = (), skip: set = frozenset(
     return [{"name": name, "options": flags} for name, flags in panels.items() if flags]
 
 
-def load_config_file(ctx: click.Context, param, path):
-    """--config FILE.toml: its [search] table becomes the options' defaults (the command
-    line still overrides them). Runs before the other options are read (is_eager)."""
-    if path:
+def load_config_file(ctx: click.Context, param, paths):
+    """--config FILE.toml (repeatable: a later file overrides an earlier one; all but the last
+    were dropped, unsaid): each [search] table becomes the options' defaults (the command line
+    still overrides them). Runs before the other options are read (is_eager)."""
+    for path in paths:
         try:
             given = option_table.read_config_file(path)
         except PromptclimbError as exc:
@@ -97,13 +98,15 @@ def load_config_file(ctx: click.Context, param, path):
         if "grid" in option_table.read_toml(path, "--config"):  # a sweep's grid file: its grid was passed over, unsaid
             click.echo(f"note: --config {path}: its [grid] table is for `promptclimb sweep NAME --grid {path}`; "
                        "a search reads its [search] table only", err=True)
-    return path
+    return paths
 
 
-config_option = click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
-                             callback=load_config_file, help="A TOML file whose [search] table sets any of these "
-                             "options by long name, max-calls = 3 or max_calls = 3 (the command line overrides it). "
-                             "A relative path in it is read from the current folder, as on the command line.")
+config_option = click.option("--config", type=click.Path(dir_okay=False), multiple=True, is_eager=True,
+                             expose_value=False, callback=load_config_file,
+                             help="A TOML file whose [search] table sets any of these options by long name, "
+                             "max-calls = 3 or max_calls = 3 (the command line overrides it; repeat it for several "
+                             "files, a later one overriding an earlier one). A relative path in it is read from the "
+                             "current folder, as on the command line.")
 
 click.rich_click.OPTION_GROUPS["promptclimb search"] = help_panels("search", ["--config"])
 click.rich_click.OPTION_GROUPS["search"] = click.rich_click.OPTION_GROUPS["promptclimb search"]
