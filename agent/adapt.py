@@ -21,6 +21,7 @@ from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.files import write_json_atomic
 from promptclimb.agent.core.format import pct, shell_command
 from promptclimb.agent.core.classnames import names_by_label
+from promptclimb.agent.runs.store import writing_now
 from promptclimb.agent.runs.reading import (check_config, read_json, read_summary, run_classnames, run_labels,
                                           run_names_by_label, run_start_names)
 from promptclimb.agent.core.runfiles import CONFIG, SUMMARY
@@ -54,6 +55,8 @@ def read_run(run_dir: Path, command: str | None = None) -> tuple[dict, dict]:
     if command and is_soft_prompt_run(config):
         raise PromptclimbError(template_refusal(run_dir.name, config, command))
     summary = read_summary(run_dir)
+    if summary is None and writing_now(run_dir):
+        raise PromptclimbError(f"{run_dir} has no {SUMMARY} yet: its search is {writing_now(run_dir)}")
     if summary is None:
         held = "an empty" if (run_dir / SUMMARY).exists() else "no"
         raise PromptclimbError(f"{run_dir} has {held} {SUMMARY}: the search has not finished "

@@ -2,6 +2,7 @@
 
 import json
 import multiprocessing
+import re
 
 import pytest
 
@@ -32,6 +33,25 @@ def test_create_writes_config_and_appends_events(tmp_path):
                                                "give the new run another --name"):
         RunStore.create(run, {})
 
+
+
+def test_a_run_being_written_is_said_so_not_given_a_resume_that_would_be_refused(tmp_path):
+    """A new search into a run another process is writing, and `adapt`/`eval --run` of it,
+    said to continue or finish it with `search --resume`, which that process's lock refuses."""
+    import os
+
+    from promptclimb.agent.adapt import read_run
+
+    run = tmp_path / "r"
+    with RunStore.create(run, {"search": {"seed": 1}}) as store:
+        store.append("run_start", run_id="r")
+        busy = f"being written by another promptclimb process (pid {os.getpid()}): wait until it has finished"
+        with pytest.raises(PromptclimbError, match=re.escape(f"already holds a run, {busy}; give the new run another")):
+            RunStore.create(run, {})
+        with pytest.raises(PromptclimbError, match=re.escape(f"has no summary.json yet: its search is {busy}")):
+            read_run(run)
+    with pytest.raises(PromptclimbError, match="has no summary.json: the search has not finished"):
+        read_run(run)  # stopped: finished with a resume
 
 
 @pytest.mark.parametrize("empty", ["", " \n"])

@@ -239,7 +239,11 @@ def has_summary(run_dir: Path) -> bool:
 
 def _held(run_dir: Path) -> PromptclimbError:
     """A new run refused a folder that holds one, saying what to do with that one: continue it,
-    or, finished (summary.json written), read it; there is nothing to resume."""
+    or, finished (summary.json written), read it; there is nothing to resume; or, being
+    written by another process now, wait (its resume would be refused as that)."""
+    writer = writing_now(run_dir)
+    if writer:
+        return PromptclimbError(f"{run_dir} already holds a run, {writer}; give the new run another --name")
     if has_summary(run_dir):
         return PromptclimbError(f"{run_dir} already holds a finished run (read it with: "
                                 f"{shell_command('show', run_argument(run_dir))}); give the new run another --name")
@@ -326,6 +330,18 @@ def being_written(run_dir: str | Path) -> bool:
             return True
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
         return False
+
+
+def writing_now(run_dir: str | Path) -> str:
+    """"being written by another promptclimb process (pid N): wait until it has finished" while
+    a search (or `adapt`) holds the run's lock; "" when none does."""
+    if not being_written(run_dir):
+        return ""
+    try:
+        holder = (Path(run_dir) / LOCK).read_text().strip()
+    except OSError:
+        holder = ""
+    return f"being written by another promptclimb process{f' (pid {holder})' if holder else ''}: wait until it has finished"
 
 
 def _acquire_lock(run_dir: Path):
