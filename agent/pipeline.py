@@ -29,7 +29,7 @@ from promptclimb.agent import options as option_table
 from promptclimb.agent.core.classnames import PUBLISHED
 from promptclimb.agent.core.defaults import UNLABELED_IMAGES, default_backbone
 from promptclimb.agent.core.devices import check_device_name
-from promptclimb.agent.core.errors import DataError, PromptclimbError, sigterm_raises_systemexit
+from promptclimb.agent.core.errors import DataError, PromptclimbError, os_error_message, sigterm_raises_systemexit
 from promptclimb.agent.core.paths import absolute, cache_home, check_writable, missing_folders, remove_while_empty
 from promptclimb.agent.core.format import pct, shell_command
 from promptclimb.agent.core.protocol import Task
@@ -159,6 +159,8 @@ def planned_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None,
                     return after_the_climb(plan, store, evaluator, summary, echo)
                 except DataError as exc:  # images of the split that no longer decode
                     raise run_is_saved(exc, store, opts.get("mlflow")) from None
+                except OSError as exc:  # a full disk, a folder made read-only: the history holds every step
+                    raise run_is_saved(PromptclimbError(os_error_message(exc)), store, opts.get("mlflow")) from None
     finally:
         if store is not None:
             store.close()

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import uuid
+import warnings
 from pathlib import Path
 
 import torch
@@ -39,9 +40,24 @@ def _key(*parts) -> str:
     return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:32]
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+_UNWRITABLE: set[Path] = set()  # cache folders whose write failed, said once each
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> bool:
+    """Whether `tensors` were written to `path`. A cache that cannot be written (a full disk,
+    a read-only folder) is a warning, once per folder: the features are in memory, and are
+    encoded again next time (a full disk had ended the search in a traceback)."""
     tensors = {k: v.contiguous() for k, v in tensors.items()}
-    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    try:
+        write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        return True
+    except (OSError, SafetensorError) as exc:
+        if path.parent not in _UNWRITABLE:
+            _UNWRITABLE.add(path.parent)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            warnings.warn(f"the feature cache {path.parent} cannot be written ({reason}): these features are "
+                          "encoded again the next time", stacklevel=2)
+        return False
 
 
 class ImageFeatureCache:
@@ -136,8 +152,9 @@ class TextFeatureCache:
         self._load()  # pick up shards other processes wrote meanwhile
         texts = list(self._features)
         merged = self.folder / f"merged-{uuid.uuid4().hex[:12]}.safetensors"
-        _atomic_save({"features": torch.stack([self._features[t] for t in texts])}, merged,
-                     {"texts": json.dumps(texts), "backbone": self.backbone_identity})
+        if not _atomic_save({"features": torch.stack([self._features[t] for t in texts])}, merged,
+                            {"texts": json.dumps(texts), "backbone": self.backbone_identity}):
+            return  # the shards stay: they hold what the merged file would have
         for shard in old:
             try:
                 shard.unlink()

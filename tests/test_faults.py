@@ -377,6 +377,59 @@ def test_data_that_fails_once_the_run_folder_stays_says_how_to_continue(tmp_path
     assert "continue it with" not in refused.output
 
 
+def test_a_full_disk_ends_a_search_saying_the_file_and_how_to_continue_and_caches_only_warn(tmp_path, llm,
+                                                                                            evaluators_built, monkeypatch):
+    """A full disk under way: the history's write ended the search with `No space left on
+    device` and no file named nor a way on; the LLM cache's write ended it too (the answer was
+    in hand, and a resume asked for it again); the feature cache's, in a traceback."""
+    import errno
+
+    import torch
+
+    from promptclimb.agent.llm import client as llm_client
+    from promptclimb.agent.runs import store as run_store
+    from promptclimb.evaluators import features
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    runs = tmp_path / "runs"
+    # the LLM cache: said once, and the search goes on to its end
+    monkeypatch.setattr(llm_client, "write_json_atomic", full)
+    cached = cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "c")
+    assert cached.exit_code == 0, cached.output
+    assert cached.output.count("cannot be written (No space left on device): the answers are in the run's history") \
+        == 1 and llm.count == 2
+    monkeypatch.undo()
+    monkeypatch.setitem(EVALUATOR, "factory", lambda **kwargs: WordEvaluator(kwargs["dataset"]))
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", llm.base_url)
+    # the run's history: after its first events, every write fails
+    real_fsync, writes = os.fsync, []
+
+    def fsync_until_full(fd):
+        writes.append(fd)
+        if len(writes) > 3:
+            full()
+        real_fsync(fd)
+
+    monkeypatch.setattr(run_store.os, "fsync", fsync_until_full)
+    failed = cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "h")
+    one_line_error(failed, f"{runs / 'h' / 'history.jsonl'}: No space left on device")
+    assert failed.output.splitlines()[-1] == f"The run is saved; continue it with: promptclimb search --resume " \
+                                             f"{runs / 'h'}"
+    monkeypatch.setattr(run_store.os, "fsync", real_fsync)
+    resumed = cli("search", "--resume", runs / "h")
+    assert resumed.exit_code == 0, resumed.output
+    # the feature cache: a warning once per folder, and the features kept in memory
+    monkeypatch.setattr(features, "write_atomic", full)
+    texts = features.TextFeatureCache("b", root=tmp_path / "texts")
+    with pytest.warns(UserWarning, match="cannot be written \\(No space left on device\\)") as said:
+        texts.add(["a"], torch.ones(1, 2))
+        texts.add(["b"], torch.ones(1, 2))
+    assert len(said) == 1 and texts.get(["a", "b"]).shape == (2, 2)
+
+
 def test_resume_of_a_run_whose_summary_and_history_are_empty_starts_it_again(tmp_path, llm, evaluators_built):
     """With summary.json empty (a crash between creating and writing it) and no history, the
     resume refused the run as one that "has a summary.json but no events", a finished run's

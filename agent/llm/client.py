@@ -286,9 +286,15 @@ class ResponseCache:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None  # missing or damaged: never fatal, the answer is fetched again
 
-    def put(self, key: str, request: dict, answer: dict, origin: dict | None = None) -> None:
+    def put(self, key: str, request: dict, answer: dict, origin: dict | None = None) -> str:
+        """The entry written; or why it could not be (a full disk, a read-only folder): the
+        answer is in the run's history all the same, so the search goes on."""
         entry = {"format": CACHE_FORMAT, "origin": origin, "request": request, "answer": answer}
-        write_json_atomic(self.path(key), entry, indent=None)
+        try:
+            write_json_atomic(self.path(key), entry, indent=None)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        return ""
 
 
 # How an endpoint states the context it refused a request for: OpenAI's
@@ -427,7 +433,7 @@ class LLMClient:
         self._served_model = served_model
         self._origin: dict | None = None
         self._origin_lock = threading.Lock()  # restarts may run in threads: ask /models once
-        self._said_no_usage = False  # an endpoint that reports no token usage is said once
+        self._said: set[str] = set()  # what is said once (`_first_time`): an endpoint without usage, ...
         self._ledger_lock = threading.Lock()
 
     def _new_client(self, base_url: str | None):
@@ -595,7 +601,7 @@ class LLMClient:
                           f"({CHARS_PER_TOKEN} per token of the {max_answer_tokens or DEFAULT_CAP_TOKENS}-token cap)")
         # an empty answer is not kept for other runs: a transient one would be replayed to them all
         if answer.source == "llm" and self.cache is not None and answer.content.strip():
-            self.cache.put(
+            failed = self.cache.put(
                 cache_key(request, self.origin()),
                 request,
                 {
@@ -607,13 +613,18 @@ class LLMClient:
                 },
                 self.origin(),
             )
+            if failed and self._first_time(f"cache:{failed}"):
+                self.echo(f"warning: the LLM cache {self.cache.root} cannot be written ({failed}): the answers are "
+                          "in the run's history, not kept for other runs")
         self.count(budget_tokens=answer.prompt_tokens + answer.completion_tokens)
         return answer
 
-    def _first_time_without_usage(self) -> bool:
-        """True once: an endpoint that reports no usage is said once (parallel lanes share this client)."""
+    def _first_time(self, what: str) -> bool:
+        """True the first time `what` is asked about: a thing is said once (parallel lanes share
+        this client)."""
         with self._ledger_lock:
-            first, self._said_no_usage = not self._said_no_usage, True
+            first = what not in self._said
+            self._said.add(what)
         return first
 
     def count(self, **amounts) -> None:
@@ -685,7 +696,7 @@ class LLMClient:
         if not content.strip():  # the search says only "the answer was empty": the endpoint may say why
             self.echo(self.redact(f"the LLM's answer was empty: {why_empty(choices[0], request.get('max_tokens'))}"))
         usage = getattr(response, "usage", None)
-        if usage is None and self.max_tokens is not None and self._first_time_without_usage():
+        if usage is None and self.max_tokens is not None and self._first_time("no usage"):
             self.echo(f"warning: {self.endpoint} reports no token usage: --max-tokens {self.max_tokens} cannot be "
                       "counted against it (--max-calls can)")
         return Answer(

@@ -537,9 +537,12 @@ class RunStore:
         assert self._history is not None, "the run store is closed"
         self._remember_start(record)
         line = pack_event(record, self.start_names) if self.compact else record
-        self._history.write(json.dumps(line, ensure_ascii=False) + "\n")
-        self._history.flush()
-        os.fsync(self._history.fileno())
+        try:
+            self._history.write(json.dumps(line, ensure_ascii=False) + "\n")
+            self._history.flush()
+            os.fsync(self._history.fileno())
+        except OSError as exc:  # a full disk: said with the file (a cut line is dropped on resume)
+            raise OSError(exc.errno, exc.strerror, str(self.run_dir / HISTORY)) from exc
         self.events.append(record)
         for listener in self._listeners:
             listener(record)
