@@ -430,6 +430,22 @@ def test_a_full_disk_ends_a_search_saying_the_file_and_how_to_continue_and_cache
     assert len(said) == 1 and texts.get(["a", "b"]).shape == (2, 2)
 
 
+def test_a_cut_summary_of_a_run_with_its_history_says_the_resume_that_writes_it_again(tmp_path, llm, evaluators_built):
+    """summary.json cut short (a kill or a full disk as it was written): the readers said it
+    was damaged and no more, though `search --resume` writes it again from the history."""
+    runs = tmp_path / "runs"
+    assert cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "r").exit_code == 0
+    path = runs / "r" / "summary.json"
+    whole = json.loads(path.read_text())
+    path.write_text(path.read_text()[: len(path.read_text()) // 2])
+    for command in (["show", "r"], ["eval", "--run", "r"]):
+        one_line_error(cli(*command, "--runs-dir", runs), "summary.json is damaged (not valid JSON",
+                       f"; write it again from the run's history with: promptclimb search --resume {runs / 'r'}")
+    assert cli("search", "--resume", runs / "r").exit_code == 0
+    again = json.loads(path.read_text())
+    assert again["best"] == whole["best"] and again["stopped"] == "completed"
+
+
 def test_resume_of_a_run_whose_summary_and_history_are_empty_starts_it_again(tmp_path, llm, evaluators_built):
     """With summary.json empty (a crash between creating and writing it) and no history, the
     resume refused the run as one that "has a summary.json but no events", a finished run's

@@ -904,9 +904,24 @@ def read_summary(run_dir: Path) -> dict | None:
     that has not finished."""
     if not has_summary(run_dir):
         return None
-    summary = read_json(run_dir / SUMMARY)
-    check_summary(summary, run_dir / SUMMARY)
+    try:
+        summary = read_json(run_dir / SUMMARY)
+        check_summary(summary, run_dir / SUMMARY)
+    except PromptclimbError as exc:
+        if not has_history(run_dir):
+            raise
+        # the history holds the result: a resume of the run replays it and writes the summary again
+        raise PromptclimbError(f"{exc}; write it again from the run's history with: "
+                               f"{shell_command('search', '--resume', run_dir)}") from None
     return summary
+
+
+def has_history(run_dir: Path) -> bool:
+    """Whether the run's history.jsonl holds anything."""
+    try:
+        return (Path(run_dir) / HISTORY).stat().st_size > 0
+    except OSError:
+        return False
 
 
 # The parts of config.json the readers (and a resume) open as objects.
