@@ -1079,3 +1079,18 @@ def test_a_search_leaves_no_connection_to_its_llm_open(tmp_path, monkeypatch, ev
                    env=env)
         assert done.exit_code == 0, done.output
     assert closed == ["gpt-4o-mini"]
+
+
+def test_ctrl_c_while_a_command_loads_ends_with_130_not_aborted(monkeypatch):
+    """Ctrl-C in the first fraction of a second, while the sub-command's module is imported:
+    click said `Aborted!` and ended with 1; inside the command it ends with 130, unsaid."""
+    import importlib
+
+    from promptclimb.agent import cli as cli_package
+
+    def interrupted(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib, "import_module", interrupted)
+    result = CliRunner().invoke(cli_package.cli, ["show", "x"])
+    assert result.exit_code == 130 and "Aborted" not in result.output

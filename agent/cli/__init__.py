@@ -10,6 +10,7 @@ import sys
 import click
 
 from promptclimb import __version__
+from promptclimb.agent.core.errors import EXIT_INTERRUPTED
 
 # name -> "module:attribute"
 COMMANDS = {
@@ -37,7 +38,10 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module, attr = target.split(":")
-        return getattr(importlib.import_module(module), attr)
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except KeyboardInterrupt:  # Ctrl-C while the command loads: 130, as inside it (click says "Aborted!", 1)
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
