@@ -1094,3 +1094,18 @@ def test_ctrl_c_while_a_command_loads_ends_with_130_not_aborted(monkeypatch):
     monkeypatch.setattr(importlib, "import_module", interrupted)
     result = CliRunner().invoke(cli_package.cli, ["show", "x"])
     assert result.exit_code == 130 and "Aborted" not in result.output
+
+
+def test_a_run_stopped_before_the_adapter_it_asked_for_is_unfinished_not_done(tmp_path):
+    """summary.json is written before the adapter is fit: a search with --adapter stopped in
+    between was listed `done`, with no adapter, though its resume fits it."""
+    from promptclimb import load_run
+
+    run = finished_run(tmp_path / "runs")
+    assert load_run(run).status == "done"
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "adapter_kinds": ["cache"]}))
+    assert load_run(run).status == "unfinished"
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "adapter": {"kind": "cache", "result": "prompt"}}))
+    assert load_run(run).status == "done"

@@ -386,7 +386,9 @@ class Run:
     @property
     def status(self) -> str:
         final = self.final
-        if final is None:  # a search holding the run is still at it; one that let go was stopped
+        if final is None or (self.config.get("adapter_kinds") and not final.get("adapter")):
+            # a search holding the run is still at it; one that let go was stopped (before its
+            # result, or before the adapter it was asked for: its resume fits that)
             return "running" if being_written(self.path) else "unfinished"
         return "done" if final.get("stopped", "completed") == "completed" else "stopped early"
 
