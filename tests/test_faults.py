@@ -1109,3 +1109,23 @@ def test_a_run_stopped_before_the_adapter_it_asked_for_is_unfinished_not_done(tm
     summary = json.loads((run / "summary.json").read_text())
     (run / "summary.json").write_text(json.dumps({**summary, "adapter": {"kind": "cache", "result": "prompt"}}))
     assert load_run(run).status == "done"
+
+
+def test_compare_says_a_run_whose_result_is_prompt_plus_adapter(tmp_path):
+    """compare's table holds the prompts' accuracies: a run that keeps an adapter was read as
+    scoring those, unsaid (its result is prompt + adapter)."""
+    runs = tmp_path / "runs"
+    finished_run(runs, "a")
+    b = finished_run(runs, "b")
+    summary = json.loads((b / "summary.json").read_text())
+    summary["adapter"] = {"kind": "cache", "result": "adapter", "accuracy": {"train": 1.0, "val": 0.75, "test": 0.9}}
+    (b / "summary.json").write_text(json.dumps(summary))
+    note = "keeps a cache adapter (test 90.0%): the accuracies above are its prompts' alone."
+    table = cli("compare", "a", "b", "--runs-dir", runs)
+    assert table.exit_code == 0, table.output
+    assert f"note: B (b) {note}" in table.output and "A (a) keeps" not in table.output
+    records = cli("compare", "a", "b", "--runs-dir", runs, "--format", "json")
+    assert f"note: B (b) {note}" in records.stderr and note not in records.stdout
+    summary["adapter"]["result"] = "prompt-only"
+    (b / "summary.json").write_text(json.dumps(summary))
+    assert "keeps a" not in cli("compare", "a", "b", "--runs-dir", runs).output

@@ -596,6 +596,12 @@ def compare_notes(a: Run, b: Run, literal: Callable[[str], str] = lambda text: t
         if renamed:
             notes.append(f"{key} ({literal(run.id)}) renamed {literal(renamed)}: its accuracies are with "
                          "the names its search found, not the start names.")
+        adapter = (run.final or {}).get("adapter") or {}
+        if adapter.get("result") == "adapter":  # the run's result is not the prompt's the table compares
+            test = (adapter.get("accuracy") or {}).get("test")
+            notes.append(f"{key} ({literal(run.id)}) keeps a {literal(str(adapter.get('kind')))} adapter"
+                         f"{f' (test {pct(test)})' if isinstance(test, (int, float)) else ''}: the accuracies "
+                         "above are its prompts' alone.")
     return notes
 
 
