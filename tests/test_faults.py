@@ -404,23 +404,41 @@ def test_a_full_disk_ends_a_search_saying_the_file_and_how_to_continue_and_cache
     monkeypatch.setitem(EVALUATOR, "factory", lambda **kwargs: WordEvaluator(kwargs["dataset"]))
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.setenv("OPENAI_BASE_URL", llm.base_url)
-    # the run's history: after its first events, every write fails
-    real_fsync, writes = os.fsync, []
+    # the run's history: after its first events, the disk is full (half a line goes through)
+    class FullAfter:
+        def __init__(self, raw, lines):
+            self.raw, self.lines = raw, lines
 
-    def fsync_until_full(fd):
-        writes.append(fd)
-        if len(writes) > 3:
-            full()
-        real_fsync(fd)
+        def write(self, data):
+            self.lines -= 1
+            if self.lines < 0:
+                self.raw.write(bytes(data[: len(data) // 2]))
+                full()
+            return self.raw.write(data)
 
-    monkeypatch.setattr(run_store.os, "fsync", fsync_until_full)
+        def fileno(self):
+            return self.raw.fileno()
+
+        def close(self):
+            self.raw.close()
+
+    real_open = RunStore._open_history
+
+    def open_then_fill(store):
+        real_open(store)
+        store._history = FullAfter(store._history, 3)
+        return store
+
+    monkeypatch.setattr(RunStore, "_open_history", open_then_fill)
     failed = cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "h")
     one_line_error(failed, f"{runs / 'h' / 'history.jsonl'}: No space left on device")
     assert failed.output.splitlines()[-1] == f"The run is saved; continue it with: promptclimb search --resume " \
                                              f"{runs / 'h'}"
-    monkeypatch.setattr(run_store.os, "fsync", real_fsync)
-    resumed = cli("search", "--resume", runs / "h")
+    assert not run_store.being_written(runs / "h")  # its lock let go: a resume in this process may take it
+    monkeypatch.setattr(RunStore, "_open_history", real_open)
+    resumed = cli("search", "--resume", runs / "h")  # the half line is dropped, the run goes on
     assert resumed.exit_code == 0, resumed.output
+    assert json.loads((runs / "h" / "summary.json").read_text())["stopped"] == "completed"
     # the feature cache: a warning once per folder, and the features kept in memory
     monkeypatch.setattr(features, "write_atomic", full)
     texts = features.TextFeatureCache("b", root=tmp_path / "texts")

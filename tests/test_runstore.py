@@ -2,6 +2,7 @@
 
 import json
 import multiprocessing
+import os
 import re
 
 import pytest
@@ -204,3 +205,21 @@ def test_an_event_kind_not_in_events_is_refused_before_it_is_written(tmp_path):
         with pytest.raises(ValueError, match="unknown history event 'scores'"):
             store.append("scores", template="a {}.")
     assert [json.loads(x)["event"] for x in lines(run)] == ["run_start"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_history_write_a_full_disk_refuses_is_named_and_leaves_the_run_free(tmp_path, monkeypatch):
+    """On a full disk the refused line stayed in a buffer: closing the store failed again with
+    no file named (hiding the first error) and kept the run's lock held in this process."""
+    from promptclimb.agent.runs import store as run_store
+
+    run = tmp_path / "r"
+    store = RunStore.create(run, {})
+    store._history.close()
+    monkeypatch.setattr(run_store, "HISTORY", "/dev/full")  # every write to the history: ENOSPC
+    store._open_history()
+    with pytest.raises(OSError, match="No space left on device") as refused:
+        store.append("run_start", run_id="r")
+    assert refused.value.filename == str(run / "/dev/full")
+    store.close()  # nothing left to fail
+    assert not being_written(run)

@@ -457,16 +457,22 @@ class RunStore:
         remove_dead_temp_files(self.run_dir)  # what a process killed mid-write left here
 
     def _open_history(self) -> "RunStore":
-        self._history = open(self.run_dir / HISTORY, "a", encoding="utf-8")
+        # unbuffered: a write a full disk refuses is not kept in a buffer, to fail again at close
+        # (which then hid the first error and kept the run's lock held in this process)
+        self._history = open(self.run_dir / HISTORY, "ab", buffering=0)
         return self
 
     def close(self) -> None:
-        if self._history is not None:
-            self._history.close()
+        try:
+            if self._history is not None:
+                self._history.close()
+        except OSError:
+            pass  # what was written is on disk: every acknowledged event was fsync'd
+        finally:
             self._history = None
-        if self._lock_file is not None:
-            self._lock_file.close()  # releases the flock
-            self._lock_file = None
+            if self._lock_file is not None:
+                self._lock_file.close()  # releases the flock
+                self._lock_file = None
 
     def discard(self) -> None:
         """Close and remove a folder this process created that recorded no event: a run
@@ -537,9 +543,10 @@ class RunStore:
         assert self._history is not None, "the run store is closed"
         self._remember_start(record)
         line = pack_event(record, self.start_names) if self.compact else record
+        data = memoryview((json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8"))
         try:
-            self._history.write(json.dumps(line, ensure_ascii=False) + "\n")
-            self._history.flush()
+            while data:  # a raw write may take part of it
+                data = data[self._history.write(data):]
             os.fsync(self._history.fileno())
         except OSError as exc:  # a full disk: said with the file (a cut line is dropped on resume)
             raise OSError(exc.errno, exc.strerror, str(self.run_dir / HISTORY)) from exc
