@@ -581,9 +581,17 @@ def not_given(opts: dict, *names: str) -> dict:
 
 def recorded_setting(saved: dict, option: option_table.Option):
     """What a run's config.json records for `option`, as the run took it: a run started
-    without --classnames recorded none and started from the published names."""
+    without --classnames recorded none and started from the published names; a setting a
+    run does not record (an LLM run's optimizer, one older than the option) is what its
+    resume runs with: the default (`RECORDED_BEFORE_IT_EXISTED` for the search's)."""
     value = recorded_value(saved, option)
-    return PUBLISHED if value is None and option.name == "classnames" else value
+    if value is not None:
+        return value
+    if option.name == "classnames":
+        return PUBLISHED
+    if option.recorded.startswith("search.") and option.recorded.split(".", 1)[1] in RECORDED_BEFORE_IT_EXISTED:
+        return RECORDED_BEFORE_IT_EXISTED[option.recorded.split(".", 1)[1]]
+    return option.default
 
 
 def shown_setting(value) -> str:

@@ -90,6 +90,11 @@ def test_an_option_given_at_its_default_is_compared_with_the_run_too(search, mon
     assert search("--shots", "2", "--seed", "3").exit_code == 0
     one_line_error(search("--shots", "1", "--seed", "0", "--resume", "run"),
                    "--shots 1 (the run's: 2), --seed 0 (the run's: 3)")
+    # what a run does not record is what its resume runs with: an LLM run records no optimizer
+    assert "optimizer" not in config(search)
+    again = search("--shots", "2", "--seed", "3", "--optimizer", "llm", "--resume", "run")
+    assert again.exit_code == 0, again.output
+    one_line_error(search("--optimizer", "craft", "--resume", "run"), "--optimizer craft (the run's: llm)")
     import promptclimb
     from promptclimb.agent.api import using_evaluator
     from promptclimb.agent.core.errors import PromptclimbError
