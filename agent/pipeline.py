@@ -308,12 +308,14 @@ def choose_llm(opts: dict, echo) -> tuple[LLMSettings, dict]:
     return settings, (local_llm.LOCAL_SAMPLING if served else {})
 
 
-def check_endpoints(opts: dict, local: bool) -> None:
-    """--base-url, and $OPENAI_BASE_URL where it is asked (not by the embedded --llm local),
-    as http(s) URLs, before anything is made (`check_endpoint_url`)."""
+def check_endpoints(opts: dict, local: bool, env_url: bool = True) -> None:
+    """--base-url, and $OPENAI_BASE_URL where it is asked (`env_url`; never by the embedded
+    --llm local), as http(s) URLs, and $OPENAI_API_KEY as a header can carry it, before
+    anything is made (`check_endpoint_url`, `check_api_key`)."""
     check_endpoint_url(opts["base_url"], "--base-url")
     if not local:
-        check_endpoint_url(os.environ.get("OPENAI_BASE_URL"), "OPENAI_BASE_URL")
+        if env_url:
+            check_endpoint_url(os.environ.get("OPENAI_BASE_URL"), "OPENAI_BASE_URL")
         check_api_key(os.environ.get("OPENAI_API_KEY"))
 
 
@@ -402,7 +404,7 @@ def resumed_run(opts: dict, echo) -> Plan:
             return Plan(DEFAULTS, resumed_evaluator(saved), None, [], {}, None,
                         adapter_kinds, SoftPromptConfig(**saved["soft_prompt"]).check(), store=store, moved_data=moved)
         llm = LLMSettings.from_config(saved["llm"])
-        check_endpoints(opts, local=llm.local)
+        check_endpoints(opts, local=llm.local, env_url=llm.secrets_left_out)  # else it asks the recorded one
         if llm.local and not opts["base_url"] and (opts["llm_model"] or llm.llm_model_file):
             # the GGUF is hashed for the cache's key before any answer: a missing one is said now
             try:
@@ -880,12 +882,19 @@ def endpoint_asked(settings: LLMSettings, opts: dict, echo) -> str | None:
     env = os.environ.get("OPENAI_BASE_URL")
     if opts["base_url"]:
         return opts["base_url"]
-    if opts.get("resume") is not None and settings.base_url and not settings.secrets_left_out:
-        if env and without_secrets(env).rstrip("/") != settings.base_url.rstrip("/"):
-            echo(f"note: OPENAI_BASE_URL is set; the run asks the LLM endpoint it recorded "
-                 f"({settings.base_url}): give --base-url to ask another")
-        return settings.base_url
-    return env or settings.base_url
+    if opts.get("resume") is None:
+        return env or settings.base_url
+    recorded = settings.base_url  # None: the OpenAI API (a run records OPENAI_BASE_URL as it found it)
+    other = bool(env) and without_secrets(env).rstrip("/") != (recorded or "").rstrip("/")
+    if settings.secrets_left_out:  # its key was left out of the record: OPENAI_BASE_URL may give it again
+        if other:
+            echo(f"note: OPENAI_BASE_URL is not the LLM endpoint the run recorded ({recorded}); asking it, "
+                 "as the run's URL had a key that was not recorded")
+        return env or recorded
+    if other:
+        echo(f"note: OPENAI_BASE_URL is set; the run asks the LLM endpoint it recorded "
+             f"({recorded or 'the OpenAI API'}): give --base-url to ask another")
+    return recorded
 
 
 def check_reachable(settings: LLMSettings, base_url: str | None) -> None:

@@ -227,3 +227,24 @@ def test_a_run_against_an_endpoint_that_failed_says_a_moved_one_is_given_with_ba
     assert result.exit_code == 1
     assert f"continue it with: promptclimb search --resume {tmp_path / 'runs' / 's'}\n(with --base-url URL added " \
            "where the endpoint has moved" in result.output
+
+
+def test_a_resume_of_a_run_on_the_openai_api_asks_it_whatever_openai_base_url_says(monkeypatch):
+    """A run that asked the OpenAI API records no base URL: its resume went to the endpoint an
+    OPENAI_BASE_URL set since (for another tool) names, unsaid. A run whose URL's key was left
+    out of its record takes it again from OPENAI_BASE_URL, said where it names another host."""
+    from promptclimb.agent.core.settings import LLMSettings
+    from promptclimb.agent.pipeline import endpoint_asked
+
+    said = []
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    api = LLMSettings.from_config({"model": "gpt-4o-mini", "local": False, "base_url": None})
+    assert endpoint_asked(api, {"base_url": None, "resume": "r"}, said.append) is None
+    assert said == ["note: OPENAI_BASE_URL is set; the run asks the LLM endpoint it recorded (the OpenAI API): "
+                    "give --base-url to ask another"]
+    assert endpoint_asked(api, {"base_url": None, "resume": None}, said.append) == "http://127.0.0.1:9/v1"  # new
+    keyed = LLMSettings.from_config({"model": "m", "local": False, "base_url": "http://127.0.0.1:9/v1",
+                                     "secrets_left_out": True})
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1?api-key=SECRET1")
+    assert endpoint_asked(keyed, {"base_url": None, "resume": "r"}, said.append) == \
+        "http://127.0.0.1:9/v1?api-key=SECRET1" and len(said) == 1
