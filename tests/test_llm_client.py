@@ -200,7 +200,12 @@ def test_every_form_of_a_url_secret_is_hidden():
     for name in ("code", "pwd", "pass", "access_token"):
         assert without_secrets(f"https://h.example/v1?{name}=SECRET42&v=1") == "https://h.example/v1?v=1"
         assert "SECRET42" in url_secrets(f"https://h.example/v1?{name}=SECRET42")
-    assert redact("GET /v1?api_key=SECRET%2BENC", ("SECRET+ENC",)) == "GET /v1?api_key=[redacted]"
+    assert redact("the body said SECRET%2BENC", ("SECRET+ENC",)) == "the body said [redacted]"
+    # a password holding an @, raw: all of it is the password
+    raw_at = "http://u:pa@ssword99@127.0.0.1:99999/v1?key=S@CRETKEY"
+    assert "pa@ssword99" in url_secrets("http://u:pa@ssword99@127.0.0.1:1/v1")
+    assert "ssword" not in without_secrets(raw_at) and "CRETKEY" not in without_secrets(raw_at)
+    assert "p:w" in url_secrets("http://u:p%3Aw@127.0.0.1:1/v1")  # as sent, not only as typed
     llm = LLMClient("m", base_url="http://user:PASSWORD99@127.0.0.1:9/v1", api_key=KEY, use_cache=False)
     assert "dXNlcjpQQVNTV09SRDk5" not in llm.redact("Incorrect API key provided: Basic dXNlcjpQQVNTV09SRDk5")
     assert without_secrets("http://u:pw99@[::1:5000/x?token=T1") == "http://[::1:5000/x"
@@ -208,12 +213,16 @@ def test_every_form_of_a_url_secret_is_hidden():
     said = scrub_urls("API request to http://127.0.0.1:1/?access_token=SECRETQ4/api/2.0/x failed; "
                       "http://me:SECRETPW@host/v1 too")
     assert "SECRETQ4" not in said and "SECRETPW" not in said and "http://127.0.0.1:1/?access_token=" in said
-    for bad in ("http://u:pw@[::1/v1", "http://127.0.0.1:abc/v1", "http://127.0.0.1:99999/v1"):
+    for bad in ("http://u:pw@[::1/v1", "http://127.0.0.1:abc/v1", "http://127.0.0.1:99999/v1",
+                "http://u:pa@sspw@h:abc/v1?key=S@CRETKEY"):
         with pytest.raises(PromptclimbError, match="its host or port cannot be read") as refused:
             check_endpoint_url(bad, "--base-url")
-        assert "pw" not in str(refused.value).replace("port", "")
-    for key in ("sk-ok\u00e9", "sk-ok\n"):
-        with pytest.raises(PromptclimbError, match="a character an HTTP header cannot carry") as refused:
+        said = str(refused.value)
+        assert said.startswith("--base-url 'http://") and "pw" not in said.replace("port", "") \
+            and "CRETKEY" not in said
+    for key, why in (("sk-ok\u00e9", "a character an HTTP header cannot carry"),
+                     ("sk-ok\n", "a character an HTTP header cannot carry"), ("sk-ok-with-a-space ", "ends with a space")):
+        with pytest.raises(PromptclimbError, match=why) as refused:
             check_api_key(key)
         assert "sk-ok" not in str(refused.value)
     check_api_key("sk-plain-ascii")

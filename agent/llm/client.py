@@ -139,7 +139,7 @@ _SECRET_WORDS = r"key|token|secret|pass|pwd|sig|auth|credential|code"
 _SECRET_PARAMETER = re.compile(_SECRET_WORDS, re.IGNORECASE)
 # The same in free text (an error message quoting a URL): `://user:password@` and the values of
 # secret parameters
-_USERINFO_IN_TEXT = re.compile(r"://[^/@\s]+@")
+_USERINFO_IN_TEXT = re.compile(r"://[^/\s]*@")  # up to the last @ before the path: a password may hold one
 _SECRET_QUERY_IN_TEXT = re.compile(r"([?&][^=&\s?]*(?:" + _SECRET_WORDS + r")[^=&\s]*=)[^&\s]+", re.IGNORECASE)
 
 
@@ -161,12 +161,15 @@ def url_secrets(url: str | None) -> tuple[str, ...]:
         return ()
     parts = _split(url)
     if parts is None:  # not a URL urlsplit reads: whatever sits where a password or a query would
-        found = re.findall(r"//[^/@\s]*?:([^/@\s]+)@", url) + [v for _, v in parse_qsl(url.partition("?")[2])]
-        return tuple(secret for secret in found if secret)
-    found = [parts.password] + [value for name, value in parse_qsl(parts.query) if _SECRET_PARAMETER.search(name)]
-    if parts.password:
-        found.append(base64.b64encode(f"{unquote(parts.username or '')}:{unquote(parts.password)}".encode()).decode())
-    return tuple(secret for secret in found if secret)
+        userinfo = re.search(r"//([^/\s]*)@", url.partition("?")[0])
+        found = [userinfo.group(1).partition(":")[2] if userinfo else ""] + \
+            [v for _, v in parse_qsl(url.partition("?")[2])]
+    else:
+        found = [parts.password] + [value for name, value in parse_qsl(parts.query) if _SECRET_PARAMETER.search(name)]
+        if parts.password:  # as typed (percent-encoded), as sent, and as the Basic header that sends it
+            password = unquote(parts.password)
+            found += [password, base64.b64encode(f"{unquote(parts.username or '')}:{password}".encode()).decode()]
+    return tuple(dict.fromkeys(secret for secret in found if secret))
 
 
 def without_secrets(url: str | None) -> str | None:
@@ -176,13 +179,22 @@ def without_secrets(url: str | None) -> str | None:
         return url
     parts = _split(url)
     if parts is None:
-        return _USERINFO_IN_TEXT.sub("://", url).partition("?")[0]
+        return shown_url(url)
     netloc = parts.netloc.rsplit("@", 1)[-1]
     query = [(name, value) for name, value in parse_qsl(parts.query, keep_blank_values=True)
              if not _SECRET_PARAMETER.search(name)]
     if netloc == parts.netloc and len(query) == len(parse_qsl(parts.query, keep_blank_values=True)):
         return url
     return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query)))
+
+
+def shown_url(url: str) -> str:
+    """`url` without its query, fragment and anything before the last @ of its host part:
+    what may be shown of a URL whose parts cannot be told apart for sure."""
+    head = url.split("?", 1)[0].split("#", 1)[0]
+    scheme, sep, rest = head.partition("://") if "://" in head else ("", "", head)
+    host, slash, path = rest.partition("/")
+    return f"{scheme}{sep}{host.rsplit('@', 1)[-1]}{slash}{path}"
 
 
 def scrub_urls(text: str) -> str:
@@ -198,9 +210,7 @@ def check_endpoint_url(url: str | None, what: str) -> None:
     if not url:
         return
     parts = _split(url)
-    # shown without a user:password@ or a ?query (a key may ride in either; with no scheme
-    # without_secrets finds neither)
-    shown = url.rsplit("@", 1)[-1].split("?", 1)[0]
+    shown = shown_url(url)  # a key may ride in the userinfo or the query (with no scheme, urlsplit finds neither)
     if parts is None:
         raise PromptclimbError(f"{what} {shown!r}: its host or port cannot be read (a port is a number from 0 to "
                                "65535; an IPv6 host is written in brackets, http://[::1]:8080/v1)")
@@ -210,10 +220,13 @@ def check_endpoint_url(url: str | None, what: str) -> None:
 
 def check_api_key(key: str | None, what: str = "OPENAI_API_KEY") -> None:
     """PromptclimbError where `key` holds a character an HTTP header cannot carry (a letter
-    outside ASCII, a line break: pasted with the key); the key itself is never said."""
+    outside ASCII, a line break) or begins or ends with a space: pasted with the key; the key
+    itself is never said."""
     if key and (not key.isascii() or any(ord(c) < 32 or ord(c) == 127 for c in key)):
         raise PromptclimbError(f"{what} holds a character an HTTP header cannot carry (a letter outside ASCII, a "
                                "line break or another control character: pasted with the key?); set it again")
+    if key and key != key.strip():  # the HTTP client refuses it too, as a connection error retried
+        raise PromptclimbError(f"{what} begins or ends with a space: pasted with the key?; set it again without")
 
 
 _KEY_LIKE = re.compile(r"\b(sk|pk|key)-[A-Za-z0-9_\-*.]{6,}")
