@@ -47,7 +47,7 @@ _SCORE = r"[(\[]?\s*\d{1,3}(?:[.,]\d+)?\s*%\s*[)\]]?"
 _ARROW_TAIL = re.compile(r"\s*(?:->|→|=>|⇒).*$")
 # "Trouser -> jeans; chinos": a names line with an arrow for its colon (read as no line at all:
 # the arrow is the meta-prompt's own "Class -> name: 61%", which a small model copies)
-_ARROW_NAMES = re.compile(r"^[^:]*\w[^:]*(?:->|→|=>|⇒)\s*\w[^:]*$")
+_ARROW_NAMES = re.compile(r"\w\s*(?:->|→|=>|⇒)\s*\w")  # on a line without ':'
 _SCORE_TAIL = re.compile(r"\s*(?:[-:–—,]\s*)?" + _SCORE + r"\s*$")
 _SCORE_HEAD = re.compile(r"^\s*" + _SCORE + r"\s*(?:[-:–—]\s*)?")
 # A note in parentheses after two or more spaces, the shape of the verdicts the meta-prompt
@@ -112,7 +112,7 @@ def why_nothing_read(answer: str, kind: str = "template") -> str:
         return "the answer was all reasoning (<think>): cut by --max-answer-tokens?"
     if kind == "template":
         return "no line had a {} placeholder"
-    if any(_ARROW_NAMES.search(line) for line in without_reasoning(answer).splitlines()):
+    if any(":" not in line and _ARROW_NAMES.search(line) for line in without_reasoning(answer).splitlines()):
         return "names written 'Class -> name', not 'Class: name; name'"
     return "no 'Class: name; name' line"
 
