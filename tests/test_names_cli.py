@@ -277,7 +277,7 @@ def test_a_template_search_from_a_names_file_keeps_those_names_after_the_file_ch
         summary["best"]["accuracy"]["test"])
     run.factory.labels_recorded = True
     assert "class names: the run's names (4 of 4 not the data's labels: T-shirt/top -> tee, Trouser -> pants, " \
-           "Dress -> gown, ...)" in run("eval", "--run", "t", "--runs-dir", run.runs).stdout
+           "Dress -> gown ...)" in run("eval", "--run", "t", "--runs-dir", run.runs).stdout
     names.unlink()
     assert promptclimb.load_run(run.runs / "t").summary["best"]["names"][0] == "tee"
     assert run("eval", "--run", "t", "--runs-dir", run.runs, "--json").exit_code == 0  # the file is not needed

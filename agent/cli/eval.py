@@ -13,7 +13,7 @@ import click
 from promptclimb.agent.core.defaults import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS, default_backbone
 from promptclimb.agent.cli.errors import user_errors
 from promptclimb.agent.cli.params import TableText, table_int
-from promptclimb.agent.core.classnames import renames
+from promptclimb.agent.core.classnames import first_renames, renamed_pairs
 from promptclimb.agent.core.devices import check_device_name
 from promptclimb.agent.core.format import pct
 from promptclimb.agent.core.paths import cache_home, check_writable
@@ -153,19 +153,16 @@ def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, sh
         click.echo(f"adapter on: {' | '.join(ad['templates'])}{note}")
 
 
-RENAMES_SHOWN = 3  # classes a names line spells out before "..."
-
-
 def names_line(dataset: dict, spec, run_found: bool) -> str:
     """Which class names filled the templates (evaluator.info()'s dataset): the data's labels,
-    the run's (those it found, or started from), or --classnames SPEC; and those not the data's labels, by label."""
+    the run's (those it found, or started from), or --classnames SPEC; and those not the
+    data's labels, by label."""
     labels = dataset.get("labels")  # recorded only where the names are not the data's labels
     source = "the run's names" if run_found else f"--classnames {spec}" if spec is not None else ""
     if not labels:
         return f"class names: {source} (the data's labels)" if source else "class names: the data's labels"
-    changed = renames(labels, dataset["classnames"]).split("; ")
-    shown = ", ".join(changed[:RENAMES_SHOWN]) + (", ..." if len(changed) > RENAMES_SHOWN else "")
-    return f"class names: {source} ({len(changed)} of {len(labels)} not the data's labels: {shown})"
+    changed = renamed_pairs(labels, dataset["classnames"])
+    return f"class names: {source} ({len(changed)} of {len(labels)} not the data's labels: {first_renames(changed)})"
 
 
 RUN_DATA = ("data_root", "image_column", "label_column", "classnames")  # a run's, with its own dataset only

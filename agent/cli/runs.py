@@ -18,7 +18,7 @@ import pandas as pd
 
 from promptclimb.agent.api import load_run, on_stderr, transfer, transfer_table
 from promptclimb.agent.core.defaults import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS
-from promptclimb.agent.core.classnames import PUBLISHED, renames
+from promptclimb.agent.core.classnames import PUBLISHED, first_renames, renames
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.cli.errors import user_errors
 from promptclimb.agent.cli.params import TableText
@@ -605,17 +605,13 @@ def compare_notes(a: Run, b: Run, literal: Callable[[str], str] = lambda text: t
     return notes
 
 
-RENAMES_SHOWN = 3  # renamed classes a note names before "..."
-
-
 def renamed_classes(run: Run) -> str:
     """The classes a run's names search renamed, as 'n of N classes (a -> b, ...)'; '' when none."""
     names = run.names()
     if names.empty or not names["changed"].any():
         return ""
-    changed = names[names["changed"]]
-    shown = ", ".join(f"{r['start']} -> {r['found']}" for _, r in changed.head(RENAMES_SHOWN).iterrows())
-    return f"{len(changed)} of {len(names)} classes ({shown}{' ...' if len(changed) > RENAMES_SHOWN else ''})"
+    changed = [(r["start"], r["found"]) for _, r in names[names["changed"]].iterrows()]
+    return f"{len(changed)} of {len(names)} classes ({first_renames(changed)})"
 
 
 SPLITS_COMPARED = ("train", "val", "test")  # not "unlabeled" (--metric balance): no accuracy is measured on it

@@ -91,12 +91,26 @@ def word_built_on(name: str, class_names: Sequence[str]) -> tuple[str, str] | No
     return None
 
 
+RENAMES_SHOWN = 3  # renamed classes a line spells out before "..."
+
+
+def renamed_pairs(start: Sequence[str] | None, names: Sequence[str] | None) -> list[tuple[str, str]]:
+    """(start name, name) of each class `names` renames from `start`, in class order; [] for
+    the start names themselves (`names` None) or no start known."""
+    if not start or not names:
+        return []
+    return [(old, new) for old, new in zip(start, names) if new != old]
+
+
 def renames(start: Sequence[str] | None, names: Sequence[str] | None) -> str:
     """The classes `names` renames from `start`, as "Trouser -> trousers; Pullover -> sweater"
-    (in class order); "" for the start names themselves (`names` None) or no start known."""
-    if not start or not names:
-        return ""
-    return "; ".join(f"{old} -> {new}" for old, new in zip(start, names) if new != old)
+    (a CSV cell); "" for none."""
+    return "; ".join(f"{old} -> {new}" for old, new in renamed_pairs(start, names))
+
+
+def first_renames(pairs: Sequence[tuple[str, str]], shown: int = RENAMES_SHOWN) -> str:
+    """The first `shown` of `pairs` as "a -> b, c -> d ..." (a line of `compare`, `eval`)."""
+    return ", ".join(f"{old} -> {new}" for old, new in pairs[:shown]) + (" ..." if len(pairs) > shown else "")
 
 
 def name_problem(name: str) -> str | None:
