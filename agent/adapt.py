@@ -55,8 +55,9 @@ def read_run(run_dir: Path, command: str | None = None) -> tuple[dict, dict]:
     if command and is_soft_prompt_run(config):
         raise PromptclimbError(template_refusal(run_dir.name, config, command))
     summary = read_summary(run_dir)
-    if summary is None and writing_now(run_dir):
-        raise PromptclimbError(f"{run_dir} has no {SUMMARY} yet: its search is {writing_now(run_dir)}")
+    writer = writing_now(run_dir) if summary is None else ""
+    if writer:
+        raise PromptclimbError(f"{run_dir} has no {SUMMARY} yet: it is {writer}")
     if summary is None:
         held = "an empty" if (run_dir / SUMMARY).exists() else "no"
         raise PromptclimbError(f"{run_dir} has {held} {SUMMARY}: the search has not finished "

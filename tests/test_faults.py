@@ -742,7 +742,7 @@ def test_adapt_waits_for_no_one_while_a_search_holds_the_run(tmp_path):
     before = (run / "summary.json").read_text()
     with RunStore.resume(run):  # a `search --resume` of this run, in progress
         one_line_error(cli("adapt", "r", "--kind", "cache", "--runs-dir", tmp_path / "runs"),
-                       "being written by another promptclimb process", f"pid {os.getpid()}")
+                       "being written by this process", f"pid {os.getpid()}: another thread of it")
     assert (run / "summary.json").read_text() == before
 
 

@@ -46,11 +46,13 @@ def test_a_run_being_written_is_said_so_not_given_a_resume_that_would_be_refused
     run = tmp_path / "r"
     with RunStore.create(run, {"search": {"seed": 1}}) as store:
         store.append("run_start", run_id="r")
-        busy = f"being written by another promptclimb process (pid {os.getpid()}): wait until it has finished"
-        with pytest.raises(PromptclimbError, match=re.escape(f"already holds a run, {busy}; give the new run another")):
+        busy = f"being written by this process (pid {os.getpid()}: another thread of it); wait until it has finished"
+        with pytest.raises(PromptclimbError, match=re.escape(f"already holds a run, {busy}, or give the new run another")):
             RunStore.create(run, {})
-        with pytest.raises(PromptclimbError, match=re.escape(f"has no summary.json yet: its search is {busy}")):
+        with pytest.raises(PromptclimbError, match=re.escape(f"has no summary.json yet: it is {busy}")):
             read_run(run)
+        with pytest.raises(RunLocked, match=re.escape(f"{run} is {busy}")):
+            RunStore.resume(run)
     with pytest.raises(PromptclimbError, match="has no summary.json: the search has not finished"):
         read_run(run)  # stopped: finished with a resume
 

@@ -197,7 +197,7 @@ def test_a_cell_waits_a_moment_for_its_run_lock(released_after_s, tmp_path, monk
     if released_after_s:
         assert outcome == {"state": "finished"} and searched == [str(cell)] and "waiting up to 3 s" in log
     else:
-        assert outcome["state"] == "failed" and "another promptclimb process" in outcome["error"] and not searched
+        assert outcome["state"] == "failed" and "is being written by" in outcome["error"] and not searched
 
 
 def test_a_cell_s_log_header_says_its_time_zone(tmp_path, monkeypatch):

@@ -243,7 +243,7 @@ def _held(run_dir: Path) -> PromptclimbError:
     written by another process now, wait (its resume would be refused as that)."""
     writer = writing_now(run_dir)
     if writer:
-        return PromptclimbError(f"{run_dir} already holds a run, {writer}; give the new run another --name")
+        return PromptclimbError(f"{run_dir} already holds a run, {writer}, or give the new run another --name")
     if has_summary(run_dir):
         return PromptclimbError(f"{run_dir} already holds a finished run (read it with: "
                                 f"{shell_command('show', run_argument(run_dir))}); give the new run another --name")
@@ -333,15 +333,22 @@ def being_written(run_dir: str | Path) -> bool:
 
 
 def writing_now(run_dir: str | Path) -> str:
-    """"being written by another promptclimb process (pid N): wait until it has finished" while
-    a search (or `adapt`) holds the run's lock; "" when none does."""
+    """"being written by another promptclimb process (pid N); wait until it has finished"
+    while a search (or `adapt`) holds the run's lock; "" when none does."""
     if not being_written(run_dir):
         return ""
     try:
         holder = (Path(run_dir) / LOCK).read_text().strip()
     except OSError:
         holder = ""
-    return f"being written by another promptclimb process{f' (pid {holder})' if holder else ''}: wait until it has finished"
+    return _writer_said(holder)
+
+
+def _writer_said(holder: str) -> str:
+    """Who holds a run's lock, and what to do, from the pid its lock file holds."""
+    if holder == str(os.getpid()):  # a notebook's other thread
+        return f"being written by this process (pid {holder}: another thread of it); wait until it has finished"
+    return f"being written by another promptclimb process{f' (pid {holder})' if holder else ''}; wait until it has finished"
 
 
 def _acquire_lock(run_dir: Path):
@@ -362,8 +369,7 @@ def _acquire_lock(run_dir: Path):
         handle.seek(0)
         holder = handle.read().strip()
         handle.close()
-        raise RunLocked(f"{run_dir} is being written by another promptclimb process"
-                        f"{f' (pid {holder})' if holder else ''}; wait until it has finished") from None
+        raise RunLocked(f"{run_dir} is {_writer_said(holder)}") from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
