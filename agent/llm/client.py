@@ -300,8 +300,8 @@ class ResponseCache:
             return None  # missing or damaged: never fatal, the answer is fetched again
 
     def put(self, key: str, request: dict, answer: dict, origin: dict | None = None) -> str:
-        """The entry written; or why it could not be (a full disk, a read-only folder): the
-        answer is in the run's history all the same, so the search goes on."""
+        """"" once the entry is written; else why it could not be (a full disk, a read-only
+        folder): the answer is in the run's history all the same, so the search goes on."""
         entry = {"format": CACHE_FORMAT, "origin": origin, "request": request, "answer": answer}
         try:
             write_json_atomic(self.path(key), entry, indent=None)
