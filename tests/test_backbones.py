@@ -267,3 +267,21 @@ def test_evaluator_scores_unchanged_by_shared_prefixes(tiny_clip_config, tiny_cl
         assert a.accuracy == b.accuracy and a.loss == pytest.approx(b.loss, abs=1e-5)
     embeddings = [e.class_embeddings(PREFIX_TEMPLATES) for e in evaluators]
     assert torch.allclose(*embeddings, atol=1e-5)
+
+
+def test_a_random_weights_backbone_leaves_the_processs_logging_as_it_was(tiny_clip_config, torch_threads, capfd):
+    """open_clip's `logging.warning` gave the root logger a stderr handler (printing even with
+    the API's echo=None), after which a notebook's own `logging.basicConfig` did nothing."""
+    import logging
+
+    from promptclimb.evaluators.backbones import load_backbone
+
+    handlers = list(logging.root.handlers)
+    logging.root.handlers[:] = []  # a fresh process's root logger: no handler
+    try:
+        with pytest.warns(UserWarning, match="random weights"):
+            load_backbone(tiny_clip_config, device="cpu")
+        assert logging.root.handlers == []
+        assert "No pretrained weights loaded" not in capfd.readouterr().err
+    finally:
+        logging.root.handlers[:] = handlers

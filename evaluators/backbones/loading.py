@@ -21,6 +21,7 @@ import pickle
 import socket
 import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -72,7 +73,8 @@ def load_backbone(name: str, pretrained: str | None = None, weights: str | os.Pa
     if name in PROJECT_BACKBONES:
         backbone = _load_project_backbone(name, pretrained, weights, device)
     else:
-        backbone = _load_open_clip(name, pretrained, weights, device)
+        with root_logging_kept():  # open_clip logs with `logging.info`, which configures the root logger
+            backbone = _load_open_clip(name, pretrained, weights, device)
     backbone.precision = precision
     return backbone
 
@@ -147,7 +149,10 @@ def _load_open_clip(name, pretrained, weights, device) -> Backbone:
             model = _load_weights_file(name, path, kwargs)
         elif pretrained_arg and Path(pretrained_arg).is_file():  # the tag's file is on disk: held once, mapped
             model = _load_weights_file(name, Path(pretrained_arg), kwargs)
-        else:  # random weights, or open_clip downloads the tag's file first
+        elif pretrained_arg is None:  # random weights: said by the warning above, not by open_clip's log line
+            with open_clip_quiet():
+                model = open_clip.create_model(name, pretrained=None, **kwargs)
+        else:  # open_clip downloads the tag's file first
             model = open_clip.create_model(name, pretrained=pretrained_arg, **kwargs)
     except RuntimeError as exc:  # state-dict mismatches
         what = f"weights file {weights}" if weights else f"pretrained {pretrained!r}"
@@ -167,6 +172,32 @@ def _load_open_clip(name, pretrained, weights, device) -> Backbone:
                     shared_prefix=supports_shared_prefix(model), details=details)
 
 
+@contextmanager
+def root_logging_kept():
+    """The root logger's handlers as they were: `logging.info()` and `logging.warning()` (which
+    open_clip calls) give it a stderr handler where it has none, even while logging is
+    disabled; then its lines print even with the API's echo=None, and a notebook's own
+    `logging.basicConfig` does nothing."""
+    handlers = list(logging.root.handlers)
+    try:
+        yield
+    finally:
+        logging.root.handlers[:] = handlers
+
+
+@contextmanager
+def open_clip_quiet():
+    """open_clip's "No pretrained weights loaded ... randomly" not logged (a warning of ours
+    says it, or the weights follow)."""
+    quiet = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with root_logging_kept():
+            yield
+    finally:
+        logging.disable(quiet)
+
+
 def _load_weights_file(name: str, path: Path, kwargs: dict):
     """open_clip architecture `name` holding the weights of the file `path`, which is held
     in memory once while loading.
@@ -179,13 +210,8 @@ def _load_weights_file(name: str, path: Path, kwargs: dict):
     resizes) hands the file's tensors over as the parameters (`assign=True`)."""
     import open_clip
 
-    quiet = logging.root.manager.disable
-    logging.disable(logging.WARNING)  # open_clip would log "No pretrained weights loaded ... randomly"
-    try:
-        with compat.parameters_on_meta():
-            model = open_clip.create_model(name, pretrained=None, **{**kwargs, "device": None})
-    finally:
-        logging.disable(quiet)
+    with open_clip_quiet(), compat.parameters_on_meta():
+        model = open_clip.create_model(name, pretrained=None, **{**kwargs, "device": None})
 
     handed_over = []  # set once the file has been read and its tensors are being assigned
 
