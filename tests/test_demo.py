@@ -100,3 +100,29 @@ def test_photo_of_a_template_accuracy_floor_and_wording_matters(backbone, datase
     assert photo >= PHOTO_OF_A_TEST_ACCURACY_FLOOR
     # Wording matters (measured 87.7% vs 69.8%): the demo would show nothing otherwise.
     assert photo - origami >= 0.10
+
+
+def test_two_threads_of_a_fresh_process_load_the_text_tower_at_once():
+    """Two searches started together in threads of a notebook: one failed with "cannot import
+    name 'AutoModel' from 'transformers'" (its lazy imports are not thread-safe)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import threading\n"
+        "from promptclimb.evaluators.demo.model import build_text_side\n"
+        "errors = []\n"
+        "def load():\n"
+        "    try:\n"
+        "        build_text_side('demo')\n"
+        "    except Exception as exc:\n"
+        "        errors.append(repr(exc))\n"
+        "threads = [threading.Thread(target=load) for _ in range(2)]\n"
+        "[t.start() for t in threads]\n"
+        "[t.join() for t in threads]\n"
+        "print('errors:', errors)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "errors: []" in done.stdout, done.stdout

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -196,8 +197,15 @@ def build_preprocess() -> transforms.Compose:
     ])
 
 
+# One load at a time: transformers' lazy imports are not thread-safe (two searches started at
+# once in threads of a notebook failed with "cannot import name 'AutoModel'"), nor is its
+# progress-bar switch; the second caller then finds the first one's in the cache.
+_LOADING = threading.Lock()
+
+
 def build_text_side(backbone: str = "demo") -> tuple[SentenceTextTower, SentenceTokenizer]:
-    transformer, hf_tokenizer = _load_sentence_encoder(backbone)
+    with _LOADING:
+        transformer, hf_tokenizer = _load_sentence_encoder(backbone)
     return SentenceTextTower(transformer).eval(), SentenceTokenizer(hf_tokenizer, TEXT_TOWERS[backbone].max_tokens)
 
 
