@@ -136,16 +136,14 @@ def steps_shown(rows: list[dict]) -> list[dict]:
 
 def plot_soft_curve(run_dir: str | Path) -> Path:
     """curve.png of a soft-prompt run: the current prompt's accuracy against queries used."""
-    from promptclimb.agent.runs.plots import pyplot, save_figure
+    from promptclimb.agent.runs.plots import new_figure, save_figure
     from promptclimb.agent.runs.reading import load_run
-
-    plt = pyplot()
     from matplotlib.ticker import PercentFormatter
 
     run = load_run(run_dir)
     rows = steps_table(run.events)
     x = [r["queries"] for r in rows]
-    fig, ax = plt.subplots(figsize=(11, 5), dpi=120)
+    fig, ax = new_figure(figsize=(11, 5), dpi=120)
     ax.plot(x, [r["train"] for r in rows], color="#1b4f72", lw=2, label="current prompt, train")
     ax.plot(x, [r["val"] for r in rows], color="#2e86de", lw=1.5, ls="--", label="current prompt, val")
     if any(r["population_best"] is not None for r in rows):

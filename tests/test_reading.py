@@ -175,10 +175,19 @@ def test_an_unfinished_run_is_shown_from_its_scores(run_dir):
         assert load_run(run_dir).status == "running" and runs_frame(run_dir.parent).loc[0, "status"] == "running"
 
 
-def test_write_plots_writes_the_curve(run_dir):
+def test_write_plots_writes_the_curve_and_leaves_the_backend_as_it_was(run_dir):
+    """A notebook's backend (inline, here svg) stays: the plots switched the process to Agg."""
+    import matplotlib
+
     from promptclimb.agent.runs.plots import write_plots
 
-    paths = write_plots(run_dir)
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        paths = write_plots(run_dir)
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
     assert paths == [run_dir / "curve.png"]
     data = paths[0].read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000

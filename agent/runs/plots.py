@@ -21,26 +21,21 @@ from promptclimb.agent.runs.store import ANSWER_KINDS
 SPLIT_NAMES = {"train": "training accuracy", "train+val": "train+val accuracy"}
 
 
-def pyplot():
-    """matplotlib.pyplot on the Agg backend: the plot setup of these plots and of a
-    soft-prompt run's curve (agent/softsearch.py)."""
-    import matplotlib
+def new_figure(figsize: tuple[float, float], dpi: int = 100):
+    """(figure, axes) of a plot written to a file: a matplotlib Figure of its own, not one of
+    pyplot's, so the process's backend is left as it is (a notebook's inline plots went on
+    Agg after `search()`) and nothing is registered to close. The plots here, a soft-prompt
+    run's curve (agent/softsearch.py) and a sweep's report (agent/sweep/driver.py)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only: no display, no GUI toolkit
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize, dpi=dpi)
+    return fig, fig.subplots()
 
 
 def save_figure(fig, path: str | Path, **savefig) -> Path:
     """`fig` as a PNG at `path`, written atomically (a report or a browser may be reading the
-    old one), then closed."""
-    import matplotlib.pyplot as plt
-
-    try:
-        return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", **savefig))
-    finally:
-        plt.close(fig)
+    old one)."""
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", **savefig))
 
 
 def plot_curve(run: Run, path: Path) -> Path | None:
@@ -48,14 +43,13 @@ def plot_curve(run: Run, path: Path) -> Path | None:
     scores = run.scores()
     if scores.empty:
         return None
-    plt = pyplot()
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     pool = scores[scores["origin"] == "pool"]["selection"].dropna()
     llm = scores[scores["origin"] == "llm"]
     calls = max(int(scores["x"].max()), len(run.of("llm_exchange")), 1)
 
-    fig, ax = plt.subplots(figsize=(11, 5), dpi=120)
+    fig, ax = new_figure(figsize=(11, 5), dpi=120)
     ax.set_axisbelow(True)
     left, right = -0.5, calls + 0.5
     if not pool.empty:
@@ -123,14 +117,13 @@ def plot_transfer(table, summary: dict, path: Path) -> Path:
     """transfer-<backbone>.png: source accuracy (the run's selection split) against target
     test accuracy, one point per template the run scored; the source winner, the target's
     own best and the baseline marked; Spearman's rho in the title."""
-    plt = pyplot()
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     select = summary["select"].split("+")
     ours = table[table["source_rank"].notna()]
     x = ours[[f"source_{s}" for s in select]].mean(axis=1)
     y = ours["target_test"]
-    fig, ax = plt.subplots(figsize=(7.5, 5.5), dpi=120)
+    fig, ax = new_figure(figsize=(7.5, 5.5), dpi=120)
     ax.set_axisbelow(True)
     ax.scatter(x, y, s=24, color="#2e86de", alpha=0.5, lw=0, zorder=3, label=f"template ({len(ours)})")
     winner_rank = f"{summary['winner']['target_test_rank']}/{summary['templates']}"

@@ -1169,9 +1169,9 @@ def plot_sweep(summary: "pd.DataFrame", path: Path, title: str) -> Path | None:
     (solid, error bars = sd over seeds), the ensemble (dashed), the adapter (dotted)."""
     if summary.empty or summary["best_mean"].isna().all():
         return None
-    from promptclimb.agent.runs.plots import pyplot, save_figure
+    from promptclimb.agent.runs.plots import new_figure, save_figure
 
-    fig, ax = pyplot().subplots(figsize=(7, 4.5))
+    fig, ax = new_figure(figsize=(7, 4.5))
     styles = {"best": "-o", "ensemble": "--s", "adapter": ":^"}
     for i, ((dataset, backbone), group) in enumerate(summary.groupby(["dataset", "backbone"], sort=False)):
         group = group.sort_values("shots")
