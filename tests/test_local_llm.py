@@ -293,6 +293,33 @@ def test_a_port_in_use_is_refused_before_a_second_server_starts(home, stand_in, 
         assert procs == []  # nothing was started
 
 
+def test_a_port_another_serve_is_taking_is_refused_while_its_server_loads(home, stand_in, monkeypatch):
+    """Two `llm serve --port P` started together both passed the port check (neither server
+    listened yet), both said they served, and the one whose server died on the busy port
+    went on saying so."""
+    port = local_llm.free_port()
+    with local_llm.port_claimed(port):  # the other serve, its server still loading
+        procs = spawned(monkeypatch)
+        with pytest.raises(PromptclimbError, match=rf"port {port} is being taken by another promptclimb process "
+                                                   rf"\(pid {os.getpid()}\): give another --port"):
+            with local_server(port=port, command=stand_in(port), echo=lambda m: None):
+                pass
+        assert procs == []
+    with local_server(port=port, command=stand_in(port), echo=lambda m: None):  # let go: taken
+        pass
+
+
+def test_server_logs_do_not_pile_up(home):
+    logs = local_llm.cache_dir("logs")
+    for i in range(local_llm.LOGS_KEPT + 5):
+        (logs / f"llama-server-{1000 + i}.log").write_text("x")
+        os.utime(logs / f"llama-server-{1000 + i}.log", (i, i))
+    local_llm.prune_logs(logs)
+    kept = sorted(p.name for p in logs.glob("llama-server-*.log"))
+    assert len(kept) == local_llm.LOGS_KEPT and "llama-server-1000.log" not in kept
+    assert f"llama-server-{1000 + local_llm.LOGS_KEPT + 4}.log" in kept
+
+
 @pytest.mark.parametrize("option", [["--port", "70000"], ["--port", "-1"], ["--threads", "0"], ["--n-ctx", "5"]])
 def test_llm_serve_refuses_a_bad_number_before_anything_loads(option):
     from click.testing import CliRunner

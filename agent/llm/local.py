@@ -176,6 +176,47 @@ def check_port_free(port: int, host: str = "127.0.0.1") -> None:
                                    "or none for a free one") from None
 
 
+@contextlib.contextmanager
+def port_claimed(port: int) -> Iterator[None]:
+    """This process's claim on `port` for a server it starts (a lock file beside the logs):
+    two `llm serve --port P` started together both passed the port check, both said they
+    served, and the one whose server died on the busy port kept saying so."""
+    path = cache_dir("logs") / f"llama-server-{port}.lock"
+    handle = open(path, "a+")
+    try:
+        import fcntl
+
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            raise PromptclimbError(f"port {port} is being taken by another promptclimb process"
+                                   f"{f' (pid {holder})' if holder else ''}: give another --port, or none for a "
+                                   "free one") from None
+    except ImportError:  # no advisory locks (Windows): the port check alone
+        pass
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+LOGS_KEPT = 20  # server logs kept in the logs folder (one per start: they piled up)
+
+
+def prune_logs(folder: Path, keep: int = LOGS_KEPT) -> None:
+    """All but the newest `keep` server logs removed."""
+    logs = sorted(folder.glob("llama-server-*.log"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in logs[keep:]:
+        with contextlib.suppress(OSError):
+            old.unlink()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nobody listens on right now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -243,17 +284,26 @@ def local_server(
     False draws no progress bar while the default model is assembled the first time."""
     say = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if port:
-        check_port_free(port)
-    port = port or free_port()
+        check_port_free(port)  # a server listening there already (ours, or another program's)
+    with port_claimed(port) if port else contextlib.nullcontext():  # one still loading, of another promptclimb
+        yield from _serve(model_path, port or free_port(), n_ctx=n_ctx, n_threads=n_threads,
+                          ready_timeout=ready_timeout, warmup=warmup, log_path=log_path, command=command, say=say,
+                          bars=bars)
+
+
+def _serve(model_path, port: int, *, n_ctx: int, n_threads: int | None, ready_timeout: float, warmup: bool,
+           log_path, command: list[str] | None, say, bars: bool) -> Iterator[str]:
+    """`local_server` once its port is chosen (and, given, claimed)."""
+    alias = None
     if command is None:
         _require_llama_cpp()
         model = ensure_model(model_path, bar=bars)
-        command = server_command(
-            model, port, n_ctx=n_ctx, n_threads=n_threads,
-            model_alias=served_model_id(model_path),
-        )
+        alias = served_model_id(model_path)
+        command = server_command(model, port, n_ctx=n_ctx, n_threads=n_threads, model_alias=alias)
         say(f"starting the local LLM ({model.name}) on 127.0.0.1:{port} ...")
     base_url = f"http://127.0.0.1:{port}/v1"
+    if not log_path:
+        prune_logs(cache_dir("logs"))
     log_file = Path(log_path) if log_path else cache_dir("logs") / f"llama-server-{port}.log"
     with open(log_file, "wb") as log:
         # Its own session: Ctrl-C in the terminal reaches only us, and we stop the child
@@ -269,7 +319,7 @@ def local_server(
         )
     restore_sigterm = sigterm_raises_systemexit()
     try:
-        _wait_until_ready(proc, base_url, ready_timeout, log_file)
+        _wait_until_ready(proc, base_url, ready_timeout, log_file, alias)
         if warmup:
             # The first request after loading pages the weights in and is several times
             # slower than the rest; pay it here rather than in the first timed LLM call.
@@ -306,14 +356,18 @@ def _die_with_parent() -> None:
         pass
 
 
-def _wait_until_ready(proc: subprocess.Popen, base_url: str, timeout: float, log_file: Path) -> None:
+def _wait_until_ready(proc: subprocess.Popen, base_url: str, timeout: float, log_file: Path,
+                     alias: str | None = None) -> None:
+    """Until the server answers /models listing `alias` (where given: a server of another
+    program that took the port meanwhile answers too), or PromptclimbError: it died, or
+    did not answer within `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
             raise _died(proc, log_file, "before answering")
         try:
             with urllib.request.urlopen(f"{base_url}/models", timeout=2) as r:
-                if r.status == 200:
+                if r.status == 200 and (alias is None or alias in _model_ids(r.read())):
                     return
         except (urllib.error.URLError, OSError):
             pass
@@ -328,6 +382,14 @@ def _wait_until_ready(proc: subprocess.Popen, base_url: str, timeout: float, log
 # What makes a llama.cpp build leave out AMX, as the Makefile's LLAMA_CMAKE_ARGS does.
 NO_AMX_CMAKE_ARGS = ("-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' "
                      "-DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'")
+
+
+def _model_ids(body: bytes) -> list[str]:
+    """The model ids an OpenAI /models answer lists ([] where it is not one)."""
+    try:
+        return [m.get("id") for m in json.loads(body).get("data") or [] if isinstance(m, dict)]
+    except (ValueError, AttributeError):
+        return []
 
 
 def _exited(proc: subprocess.Popen, within: float) -> bool:
