@@ -412,7 +412,9 @@ def resumed_run(opts: dict, echo) -> Plan:
             except PromptclimbError as exc:
                 raise PromptclimbError(f"{exc}" + ("" if opts["llm_model"] else " (the run's, as its config.json "
                                                    "records it: give the file again with --llm-model FILE)")) from None
-            opts = {**opts, "llm_model": checked} if opts["llm_model"] else opts
+            if opts["llm_model"]:
+                opts = {**opts, "llm_model": checked}
+                llm = same_model_file(llm, checked, store, echo)
         if given(opts, "parallel"):  # the command that started it, again: its --parallel as that one ran it
             opts = {**opts, "parallel": lanes_for_the_llm(llm, opts["parallel"], saved["search"]["restarts"], echo)}
         search = SearchConfig(**{**RECORDED_BEFORE_IT_EXISTED, **{f.name: saved["search"][f.name]
@@ -429,6 +431,27 @@ def resumed_run(opts: dict, echo) -> Plan:
     except BaseException:
         store.close()
         raise
+
+
+def same_model_file(llm: LLMSettings, given_file: str, store: RunStore, echo) -> LLMSettings:
+    """`--resume RUN --llm-model FILE` of an embedded-LLM run: FILE must hold the model the run
+    asked (the same SHA-256 as the file it recorded, or the embedded one where it recorded
+    none); a moved copy is recorded as the run's file. Another model was served unsaid, while
+    config.json and `show` named the first."""
+    recorded = llm.llm_model_file
+    if recorded and Path(recorded).resolve() == Path(given_file).resolve():
+        return llm
+    theirs = local_llm.DEFAULT_MODEL.sha256 if not recorded else \
+        local_llm.model_sha256(recorded) if Path(recorded).is_file() else None
+    if theirs is not None and local_llm.model_sha256(given_file) != theirs:
+        raise PromptclimbError(f"--llm-model {given_file} is another model than the one {store.run_dir.name} asked "
+                               f"({recorded or 'the embedded one'}): a run asks one model; drop --llm-model, or "
+                               "start a new run")
+    if recorded is None:
+        return llm  # the embedded model's own file, given by its path
+    store.update_config(llm={**store.config["llm"], "llm_model_file": given_file})
+    echo(f"the run's model file is now {given_file} (it was {recorded}); recorded in its config.json")
+    return replace(llm, llm_model_file=given_file)
 
 
 def moved_data(opts: dict, store: RunStore) -> tuple[str, str] | None:

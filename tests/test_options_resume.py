@@ -457,3 +457,28 @@ def test_a_run_started_before_the_labels_were_recorded_resumes_without_a_warning
         again = search("--iterations", "2", "--resume", name, name=name)
         assert again.exit_code == 0, again.output
         assert ("the evaluator is not identical" in again.output) == warned, again.output
+
+
+def test_a_resume_with_another_model_file_is_refused_and_a_moved_copy_recorded(tmp_path):
+    """`--resume RUN --llm-model OTHER.gguf` of an embedded-LLM run served the other model,
+    unsaid, while config.json and `show` went on naming the first."""
+    from promptclimb.agent.cli import cli
+
+    first, other = tmp_path / "first.gguf", tmp_path / "other.gguf"
+    first.write_bytes(b"GGUF\x03\x00\x00\x00" + b"one model")
+    other.write_bytes(b"GGUF\x03\x00\x00\x00" + b"another model")
+
+    def run(*extra):
+        args = ["search", "--dataset", "toy", "--iterations", "1", "--resets", "1", "--pool-sample", "4",
+                "--search", "template", "--runs-dir", str(tmp_path / "runs"), "--llm", "local", *extra]
+        return CliRunner().invoke(cli, args, obj=FACTORY, env={"OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""})
+
+    assert run("--name", "m", "--llm-model", first, "--max-calls", "0").exit_code == 0
+    one_line_error(run("--resume", "m", "--llm-model", other), f"--llm-model {other} is another model than the "
+                                                                 f"one m asked ({first})")
+    moved = tmp_path / "moved.gguf"
+    first.rename(moved)
+    again = run("--resume", "m", "--llm-model", moved)
+    assert again.exit_code == 0, again.output
+    assert f"the run's model file is now {moved} (it was {first})" in again.output
+    assert json.loads((tmp_path / "runs" / "m" / "config.json").read_text())["llm"]["llm_model_file"] == str(moved)
