@@ -296,7 +296,10 @@ def choose_llm(opts: dict, echo) -> tuple[LLMSettings, dict]:
     elif opts["llm_name"] is None and llm_name == LOCAL:
         echo("No OPENAI_API_KEY or OPENAI_BASE_URL set: using the embedded local LLM (--llm local).")
     local = llm_name == LOCAL and not served_local  # the embedded server, started by this command
-    model_file = str(local_llm.check_model_file(opts["llm_model"])) if local and opts["llm_model"] else opts["llm_model"]
+    if opts["llm_model"] and not local:  # it was recorded, as if it had chosen the model
+        echo(f"warning: --llm-model is the embedded LLM's model file; the endpoint "
+             f"{without_secrets(endpoint) or '(OPENAI_API_KEY)'} serves its own model: ignored")
+    model_file = str(local_llm.check_model_file(opts["llm_model"])) if local and opts["llm_model"] else None
     # The endpoint is recorded without userinfo; the key never is.
     served = local_llm.local_model_name(model_file) if local else served_local
     timeout = opts["timeout"]

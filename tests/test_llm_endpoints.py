@@ -84,6 +84,19 @@ def test_a_base_url_of_a_local_server_is_the_local_llm(cli):
     assert llm["served_model"] == local_llm.LOCAL_MODEL_NAME and llm["base_url"] == fake.base_url
 
 
+def test_a_model_file_for_an_endpoint_is_said_ignored_and_not_recorded(cli, tmp_path):
+    """--llm-model with --base-url was ignored unsaid, and recorded as if it had chosen the
+    model (even a file that does not exist)."""
+    from promptclimb.agent.llm import local as local_llm
+
+    served = local_llm.local_model_id(local_llm.LOCAL_MODEL_NAME, "c" * 64)
+    with FakeLLM(responder=server_answer("local"), models=[served]) as fake:
+        result, run = cli("given", "--base-url", fake.base_url, "--llm-model", tmp_path / "nowhere.gguf")
+    assert f"warning: --llm-model is the embedded LLM's model file; the endpoint {fake.base_url} serves its own " \
+           "model: ignored" in result.output
+    assert json.loads((run / "config.json").read_text())["llm"]["llm_model_file"] is None
+
+
 def test_a_base_url_of_another_server_is_not_called_local(cli):
     with FakeLLM(responder=server_answer("vllm"), models=["org/some-model"]) as fake:
         result, run = cli("other", "--base-url", fake.base_url)
