@@ -179,6 +179,12 @@ def test_user_model_path_is_checked(tmp_path):
     other.write_text("hello")
     with pytest.raises(PromptclimbError, match="not a GGUF"):
         ensure_model(other)
+    (tmp_path / "folder.gguf").mkdir()
+    with pytest.raises(PromptclimbError, match="folder.gguf: a folder, not a GGUF file"):
+        ensure_model(tmp_path / "folder.gguf")  # it said "no such file"
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    with pytest.raises(PromptclimbError, match="empty.gguf: the file is empty"):
+        ensure_model(tmp_path / "empty.gguf")
     good = tmp_path / "mine.gguf"
     good.write_bytes(b"GGUF rest")
     assert ensure_model(good) == good

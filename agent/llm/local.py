@@ -142,11 +142,16 @@ def check_model_file(path: str | os.PathLike) -> Path:
     """`--llm-model FILE` as an absolute path (a resume from another folder finds the same
     file), or PromptclimbError when it is no GGUF file: checked before a run folder is made."""
     path = Path(path).expanduser().absolute()
+    if path.is_dir():
+        raise PromptclimbError(f"--llm-model {path}: a folder, not a GGUF file")
     if not path.is_file():
         raise PromptclimbError(f"--llm-model {path}: no such file")
     with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise PromptclimbError(f"--llm-model {path}: not a GGUF file (llama.cpp needs one)")
+        head = f.read(4)
+    if not head:
+        raise PromptclimbError(f"--llm-model {path}: the file is empty (not a GGUF file: a download cut short?)")
+    if head != b"GGUF":
+        raise PromptclimbError(f"--llm-model {path}: not a GGUF file (llama.cpp needs one)")
     return path
 
 
