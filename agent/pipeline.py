@@ -447,9 +447,17 @@ def same_model_file(llm: LLMSettings, given_file: str, store: RunStore, echo) ->
     theirs = local_llm.DEFAULT_MODEL.sha256 if not recorded else \
         local_llm.model_sha256(recorded) if Path(recorded).is_file() else None
     if theirs is not None and local_llm.model_sha256(given_file) != theirs:
-        raise PromptclimbError(f"--llm-model {given_file} is another model than the one {store.run_dir.name} asked "
-                               f"({recorded or 'the embedded one'}): a run asks one model; drop --llm-model, or "
-                               "start a new run")
+        if any(e.get("event") in LLM_EVENTS for e in store.stored):
+            raise PromptclimbError(f"--llm-model {given_file} is another model than the one {store.run_dir.name} "
+                                   f"asked ({recorded or 'the embedded one'}): a run asks one model; drop "
+                                   "--llm-model, or start a new run")
+        # nothing was asked of the first (a file the server could not load): the run takes the other
+        name = local_llm.local_model_name(given_file)
+        store.update_config(llm={**store.config["llm"], "llm_model_file": given_file, "served_model": name,
+                                 "request_model": name})
+        echo(f"the run asks {given_file} (it had asked nothing of {recorded or 'the embedded model'}); recorded in "
+             "its config.json")
+        return replace(llm, llm_model_file=given_file, served_model=name, request_model=name)
     if recorded is None:
         return llm  # the embedded model's own file, given by its path
     store.update_config(llm={**store.config["llm"], "llm_model_file": given_file})
@@ -889,7 +897,8 @@ def llm_client(plan: Plan, opts: dict, echo, aside: Callable[[str], None] | None
                 try:
                     return server.enter_context(local_llm.local_server(model_path=model_file, echo=aside, bars=bars))
                 except PromptclimbError as exc:  # mid-run: said with the command that continues it (`climb`)
-                    raise LLMError(f"the local LLM did not start: {exc}") from None
+                    raise LLMError(f"the local LLM did not start: {exc}\n(a file it cannot load: continue with "
+                                   "--llm-model FILE of another model, or --base-url of an endpoint)") from None
 
             with closing(client(None, None, model, connect=start,
                                 served_model=local_llm.served_model_id(model_file))) as llm:

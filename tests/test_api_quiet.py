@@ -183,6 +183,7 @@ def test_a_local_llm_that_fails_to_start_mid_run_leaves_the_command_that_continu
     said = str(failed.value)
     assert said.startswith("the local LLM did not start: the local LLM server exited with code 1")
     assert "The run is saved; continue it with: promptclimb search --resume " in said
+    assert "(a file it cannot load: continue with --llm-model FILE of another model, or --base-url" in said
     assert '"event": "score"' in (tmp_path / "runs" / "cut" / "history.jsonl").read_text()  # the pool: kept
 
 

@@ -14,6 +14,8 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 from fake_llm import FakeLLM, WordEvaluator, one_line_error
+
+from promptclimb.agent.runs.store import RunStore
 from test_names_cli import SMALL as NAMES_SMALL
 from test_names_cli import run as names_run  # noqa: F401 - a fixture: the names climb's commands
 from test_search import KEY, comparable, responder
@@ -474,8 +476,22 @@ def test_a_resume_with_another_model_file_is_refused_and_a_moved_copy_recorded(t
         return CliRunner().invoke(cli, args, obj=FACTORY, env={"OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""})
 
     assert run("--name", "m", "--llm-model", first, "--max-calls", "0").exit_code == 0
-    one_line_error(run("--resume", "m", "--llm-model", other), f"--llm-model {other} is another model than the "
-                                                                 f"one m asked ({first})")
+    history = tmp_path / "runs" / "m" / "history.jsonl"
+    kept = history.read_text()
+    with RunStore.resume(tmp_path / "runs" / "m") as store:  # an answer of the first model, as a run holds one
+        for event in store.stored:
+            store.append(event["event"], **{k: v for k, v in event.items() if k not in ("v", "seq", "time", "event")})
+        store.append("llm_exchange", restart=0, reset=0, iteration=1, call=0, messages=[], answer="a {}.")
+    refused = run("--resume", "m", "--llm-model", other)
+    assert f"--llm-model {other} is another model than the one m asked ({first})" in refused.output, refused.output
+    history.write_text(kept)  # nothing asked of it (a file the server could not load): the other is taken
+    taken = run("--resume", "m", "--llm-model", other)
+    assert f"the run asks {other} (it had asked nothing of {first})" in taken.output, taken.output
+    assert json.loads((tmp_path / "runs" / "m" / "config.json").read_text())["llm"]["served_model"] == "other"
+    config = tmp_path / "runs" / "m" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "llm": {
+        **json.loads(config.read_text())["llm"], "llm_model_file": str(first), "served_model": "first",
+        "request_model": "first"}}))
     moved = tmp_path / "moved.gguf"
     first.rename(moved)
     again = run("--resume", "m", "--llm-model", moved)
