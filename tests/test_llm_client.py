@@ -420,3 +420,32 @@ def test_a_refusal_for_the_context_is_not_retried_whatever_its_status(tmp_path, 
         with pytest.raises(ContextExceeded):
             llm.chat(LONG, max_answer_tokens=70)
         assert fake.count == 1 and sleeps == [] and llm.context_tokens == 100
+
+
+def test_a_request_under_way_when_the_client_closes_is_neither_retried_nor_said(tmp_path):
+    """Ctrl-C ended a search with restarts in parallel lanes: a lane's request, cut when the
+    client closed, said "connection failed ... retrying" seconds after the search returned."""
+    import threading
+    import time
+
+    said = []
+    with FakeLLM(script=["a {}"], hang_s=5) as fake:
+        fake.faults.append("hang")
+        llm = LLMClient("m", base_url=fake.base_url, api_key=KEY, use_cache=False, timeout=30, max_tries=3,
+                        wait_initial=0.01, echo=said.append)
+        failed = []
+
+        def ask():
+            try:
+                llm.chat(HI)
+            except Exception as exc:  # noqa: BLE001 - the lane's end, whatever it is
+                failed.append(exc)
+
+        lane = threading.Thread(target=ask)
+        lane.start()
+        while fake.count == 0:
+            time.sleep(0.01)
+        llm.close()
+        lane.join(10)
+    assert not lane.is_alive() and failed and fake.count == 1
+    assert not any("retrying" in line for line in said), said

@@ -446,6 +446,7 @@ class LLMClient:
         self._served_model = served_model
         self._origin: dict | None = None
         self._origin_lock = threading.Lock()  # restarts may run in threads: ask /models once
+        self._closed = False  # set by close(): a request failing after it is not retried
         self._said: set[str] = set()  # what is said once (`_first_time`): an endpoint without usage, ...
         self._ledger_lock = threading.Lock()
 
@@ -523,7 +524,11 @@ class LLMClient:
         return ids or None
 
     def close(self) -> None:
-        """Close the endpoint's connections: a search that ends leaves no socket open."""
+        """Close the endpoint's connections: a search that ends leaves no socket open. A request
+        still under way in another thread (a restart's lane when Ctrl-C ended the search) then
+        fails, and is neither retried nor said: it said "connection failed ... retrying"
+        seconds after the search had returned."""
+        self._closed = True
         if self._client is not None:
             self._client.close()
 
@@ -668,7 +673,7 @@ class LLMClient:
             ))
 
         retrying = Retrying(
-            retry=retry_if_exception(_is_retryable),
+            retry=retry_if_exception(lambda exc: not self._closed and _is_retryable(exc)),
             stop=stop_after_attempt(self.max_tries),
             wait=self._wait,
             sleep=self.sleep,
