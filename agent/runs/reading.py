@@ -37,7 +37,7 @@ from promptclimb.agent.core.protocol import SPLITS
 from promptclimb.agent.core.runfiles import SWEEP_FILE
 from promptclimb.agent.runs.compact import COMPACT_SINCE, confusion_matrix, unpack_event
 from promptclimb.agent.runs.store import (ANSWER_KINDS, CONFIG, EVENTS, FORMAT_VERSION, HISTORY, SUMMARY, being_written,
-                                          has_summary, ledger)
+                                          ended_with_adapter, has_summary, ledger)
 from promptclimb.agent.ranking import LEGACY_METRIC, best_first, selection_value, then_value, top_and_bottom
 from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.options import check_recorded
@@ -386,9 +386,8 @@ class Run:
     @property
     def status(self) -> str:
         final = self.final
-        if final is None or (self.config.get("adapter_kinds") and not final.get("adapter")):
-            # a search holding the run is still at it; one that let go was stopped (before its
-            # result, or before the adapter it was asked for: its resume fits that)
+        if not ended_with_adapter(final, bool(self.config.get("adapter_kinds"))):
+            # a search holding the run is still at it; one that let go was stopped
             return "running" if being_written(self.path) else "unfinished"
         return "done" if final.get("stopped", "completed") == "completed" else "stopped early"
 

@@ -219,6 +219,13 @@ def _holds_run(run_dir: Path) -> bool:
     return (run_dir / CONFIG).exists() or (run_dir / HISTORY).exists()
 
 
+def ended_with_adapter(result: dict | None, adapter_wanted: bool) -> bool:
+    """Whether a run's result (summary.json, or its history's final event) is whole: there,
+    and holding the adapter where one was asked for (it is fit after the summary is written,
+    so a search stopped in between has not finished: its resume fits it)."""
+    return result is not None and (not adapter_wanted or isinstance(result.get("adapter"), dict))
+
+
 def has_summary(run_dir: Path) -> bool:
     """Whether a run folder holds a summary.json, the mark of a finished run. An empty or blank
     one (a crash between creating and writing it, or `: > summary.json`) holds no result and

@@ -45,7 +45,8 @@ from promptclimb.agent.core.files import write_json_atomic, write_text_atomic
 from promptclimb.agent.core.format import moment, shell_command
 from promptclimb.agent.core.paths import absolute, missing_folders, remove_while_empty
 from promptclimb.agent.core.runfiles import CELL_ERROR, CELL_LOG, CONFIG, HISTORY, SUMMARY, SWEEP_FILE
-from promptclimb.agent.runs.store import RUN, SWEEP, RunLocked, check_folder_name, claim_folder, has_summary
+from promptclimb.agent.runs.store import (RUN, SWEEP, RunLocked, check_folder_name, claim_folder, ended_with_adapter,
+                                          has_summary)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -404,8 +405,7 @@ def cell_summary(cell_dir: Path) -> dict | None:
 def cell_state(cell_dir: Path, adapter_wanted: bool) -> str:
     """"finished" (a whole summary.json, with the adapter when one was asked for), "failed"
     (error.txt), "killed" (started, not finished: a damaged summary too) or "new"."""
-    summary = cell_summary(cell_dir)
-    if summary is not None and (not adapter_wanted or isinstance(summary.get("adapter"), dict)):
+    if ended_with_adapter(cell_summary(cell_dir), adapter_wanted):
         return "finished"
     if (cell_dir / ERROR_FILE).exists():
         return "failed"
