@@ -929,10 +929,7 @@ def endpoint_asked(settings: LLMSettings, opts: dict, echo) -> str | None:
     if other:
         echo(f"note: OPENAI_BASE_URL is set; the run asks the LLM endpoint it recorded "
              f"({recorded or 'the OpenAI API'}): give --base-url to ask another")
-    return recorded or OPENAI_API_URL  # said, as the openai client would take OPENAI_BASE_URL for None
-
-
-OPENAI_API_URL = "https://api.openai.com/v1"  # the openai client's own default
+    return recorded  # None: the OpenAI API (LLMClient never reads OPENAI_BASE_URL itself)
 
 
 def check_reachable(settings: LLMSettings, base_url: str | None) -> None:

@@ -252,7 +252,11 @@ def test_a_resume_of_a_run_on_the_openai_api_asks_it_whatever_openai_base_url_sa
     said = []
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
     api = LLMSettings.from_config({"model": "gpt-4o-mini", "local": False, "base_url": None})
-    assert endpoint_asked(api, {"base_url": None, "resume": "r"}, said.append) == "https://api.openai.com/v1"
+    assert endpoint_asked(api, {"base_url": None, "resume": "r"}, said.append) is None
+    # ... and None is the OpenAI API: the openai client read OPENAI_BASE_URL itself for it
+    from promptclimb.agent.llm.client import OPENAI_API_URL, LLMClient
+
+    assert LLMClient("gpt-4o-mini", base_url=None, api_key="sk-x", use_cache=False).endpoint == OPENAI_API_URL
     assert said == ["note: OPENAI_BASE_URL is set; the run asks the LLM endpoint it recorded (the OpenAI API): "
                     "give --base-url to ask another"]
     assert endpoint_asked(api, {"base_url": None, "resume": None}, said.append) == "http://127.0.0.1:9/v1"  # new

@@ -143,6 +143,9 @@ _USERINFO_IN_TEXT = re.compile(r"://[^/\s]*@")  # up to the last @ before the pa
 _SECRET_QUERY_IN_TEXT = re.compile(r"([?&][^=&\s?]*(?:" + _SECRET_WORDS + r")[^=&\s]*=)[^&\s]+", re.IGNORECASE)
 
 
+OPENAI_API_URL = "https://api.openai.com/v1"  # the openai client's own default endpoint
+
+
 def _split(url: str):
     """urlsplit's parts of `url`, or None where it cannot read them (`http://[::1`, a port
     that is not a number)."""
@@ -456,8 +459,11 @@ class LLMClient:
         # The openai client's own retries are off: tenacity below does all of them.
         # A query in the URL (`?api-version=...&api-key=...`) goes with every request: the openai
         # client appends its paths to the base URL, after such a query (`/v1?code=Xchat/completions`)
-        base_url, _, query = (base_url or "").partition("?")
-        client = openai.OpenAI(api_key=self._api_key or "not-needed", base_url=base_url or None, timeout=self.timeout,
+        # No URL is the OpenAI API: given None, the openai client would read OPENAI_BASE_URL itself,
+        # and a resumed run on the API went to whatever endpoint that named (the pipeline says
+        # which endpoint a search asks: agent/pipeline.py `endpoint_asked`).
+        base_url, _, query = (base_url or OPENAI_API_URL).partition("?")
+        client = openai.OpenAI(api_key=self._api_key or "not-needed", base_url=base_url, timeout=self.timeout,
                                max_retries=0, default_query=dict(parse_qsl(query, keep_blank_values=True)) or None)
         # The endpoint as requests see it (the openai client resolves None and
         # OPENAI_BASE_URL), without userinfo: part of the cache key, never a secret.
