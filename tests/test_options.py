@@ -86,6 +86,24 @@ def test_a_config_file_sets_options_and_the_command_line_overrides_it(tmp_path, 
         assert saved["search"]["iterations"] == 1 and saved["search"]["resets"] == 1  # the later's, the earlier's
 
 
+def test_a_flag_a_config_file_turns_on_is_turned_off_on_the_command_line(tmp_path, monkeypatch):
+    """`no-cache = true` / `json = true` in a --config file could not be undone: a flag had no
+    opposite. --cache and --no-json do, and count as given (a resume compares them)."""
+    import promptclimb.agent.pipeline as pipeline
+    from promptclimb.agent.cli.search import search_cmd
+    from promptclimb.agent.options import GIVEN
+
+    seen = []
+    monkeypatch.setattr(pipeline, "run_search", lambda opts, echo, **kw: seen.append(opts) or {})
+    config = tmp_path / "flags.toml"
+    config.write_text('[search]\ndataset = "toy"\nno-cache = true\njson = true\n')
+    for args, expected in ([], (True, True)), (["--cache", "--no-json"], (False, False)):
+        result = CliRunner().invoke(search_cmd, ["--config", str(config), *args])
+        assert result.exit_code == 0, result.output
+        assert (seen[-1]["no_cache"], seen[-1]["as_json"]) == expected
+        assert {"no_cache", "as_json"} <= seen[-1][GIVEN]
+
+
 def test_a_config_file_takes_the_long_option_names_with_dashes_too(tmp_path, monkeypatch):
     """A sweep grid file's [search] table takes `max-calls`; --config refused it as an
     unknown keyword, and took only `max_calls`."""

@@ -42,8 +42,11 @@ def click_option(option: Option, default=None, help: str | None = None):
     sweep)."""
     kind = option.kind
     extra: dict = {}
+    declared = option.flag
     if kind is bool:
-        extra["is_flag"] = True
+        # with its opposite (--no-cache/--cache): `no-cache = true` in a --config file could not be
+        # undone on the command line
+        declared = f"{option.flag}/{opposite_flag(option.flag)}"
     elif kind is int:
         extra["type"] = table_int(option)
     elif kind is float:
@@ -58,8 +61,13 @@ def click_option(option: Option, default=None, help: str | None = None):
     elif kind == "names":
         extra["type"] = NAMES
     value = option.default if default is None else default
-    return click.option(option.flag, option.name, default=value, multiple=option.multiple, metavar=option.metavar,
+    return click.option(declared, option.name, default=value, multiple=option.multiple, metavar=option.metavar,
                         help=help or option.help, show_default=value not in (None, (), False), **extra)
+
+
+def opposite_flag(flag: str) -> str:
+    """The flag that turns a boolean option off: --no-cache's is --cache, --json's --no-json."""
+    return f"--{flag[len('--no-'):]}" if flag.startswith("--no-") else f"--no-{flag[2:]}"
 
 
 def table_options(skip: frozenset | set = frozenset(), helps: dict | None = None):
