@@ -104,6 +104,24 @@ def test_a_flag_a_config_file_turns_on_is_turned_off_on_the_command_line(tmp_pat
         assert {"no_cache", "as_json"} <= seen[-1][GIVEN]
 
 
+def test_a_value_refused_once_the_search_starts_names_the_config_file_that_set_it(tmp_path):
+    """`--pool: 'missing.txt' is neither ...` from a --config file sent a user to a command
+    line without it; given there, the refusal stays as it was."""
+    from promptclimb.agent.cli.search import search_cmd
+
+    config = tmp_path / "pool.toml"
+    config.write_text('[search]\ndataset = "toy"\npool = "missing.txt"\n')
+    runs = str(tmp_path / "runs")
+    with FakeLLM(responder=responder) as fake:  # never asked: the pool is refused first
+        env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.base_url}
+        from_file = CliRunner().invoke(search_cmd, ["--config", str(config), "--runs-dir", runs], env=env,
+                                       obj=FACTORY, terminal_width=500)
+        typed = CliRunner().invoke(search_cmd, ["--config", str(config), "--runs-dir", runs, "--pool", "other.txt"],
+                                   env=env, obj=FACTORY, terminal_width=500)
+    assert from_file.exit_code == 1 and f"--config {config}: --pool: 'missing.txt' is " in flat(from_file.output)
+    assert typed.exit_code == 1 and "--pool: 'other.txt' is " in flat(typed.output) and "--config" not in typed.output
+
+
 def test_a_config_file_takes_the_long_option_names_with_dashes_too(tmp_path, monkeypatch):
     """A sweep grid file's [search] table takes `max-calls`; --config refused it as an
     unknown keyword, and took only `max_calls`."""

@@ -92,6 +92,23 @@ def help_panels(command_name: str, first: list[str] = (), skip: set = frozenset(
     return [{"name": name, "options": flags} for name, flags in panels.items() if flags]
 
 
+CONFIG_FILES = "promptclimb.config_files"  # ctx.meta: option name -> the --config file that set it
+
+
+def said_from_config(ctx: click.Context, exc: PromptclimbError) -> PromptclimbError:
+    """`exc` naming the --config file when the option it refuses (`--classnames x.txt: ...`)
+    was set there, not on the command line, where a user would look for it (the evaluator says
+    `backbone 'x': ...`, without the dashes)."""
+    message = str(exc)
+    for name, path in ctx.meta.get(CONFIG_FILES, {}).items():
+        option = option_table.BY_NAME[name]
+        said_as = tuple(f"{word}{after}" for word in (option.flag, option.keyword) for after in " :")
+        if ctx.get_parameter_source(name) == ParameterSource.DEFAULT_MAP and message.startswith(said_as):
+            exc.args = (f"--config {path}: {message}",)
+            break
+    return exc
+
+
 def load_config_file(ctx: click.Context, param, paths):
     """--config FILE.toml (repeatable: a later file overrides an earlier one; all but the last
     were dropped, unsaid): each [search] table becomes the options' defaults (the command line
@@ -103,6 +120,7 @@ def load_config_file(ctx: click.Context, param, paths):
             raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
         by_keyword = option_table.BY_KEYWORD
         ctx.default_map = {**(ctx.default_map or {}), **{by_keyword[k].name: v for k, v in given.items()}}
+        ctx.meta.setdefault(CONFIG_FILES, {}).update({by_keyword[k].name: path for k in given})
         if "grid" in option_table.read_toml(path, "--config"):  # a sweep's grid file: its grid was passed over, unsaid
             click.echo(f"note: --config {path}: its [grid] table is for `promptclimb sweep NAME --grid {path}`; "
                        "a search reads its [search] table only", err=True)
@@ -143,6 +161,9 @@ def search_cmd(ctx: click.Context, **opts):
     opts[GIVEN] = frozenset(name for name in opts if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT))
     echo = (lambda msg: click.echo(msg, err=True)) if opts["as_json"] else click.echo
     factory = (ctx.obj or {}).get("evaluator_factory") if isinstance(ctx.obj, dict) else None
-    summary = run_search(opts, echo, evaluator_factory=factory)
+    try:
+        summary = run_search(opts, echo, evaluator_factory=factory)
+    except PromptclimbError as exc:
+        raise said_from_config(ctx, exc)
     if opts["as_json"]:
         click.echo(json.dumps(summary, indent=2))
