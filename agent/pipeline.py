@@ -966,6 +966,8 @@ def climb(plan: Plan, store: RunStore, evaluator, llm: LLMClient, meta: MetaProm
         moved = None
         if llm.base_url and not plan.llm.local:  # `llm serve` restarted on another port, a moved server
             moved = "with --base-url URL added where the endpoint has moved: a resume asks the one the run recorded"
+            if plan.llm.served_model and exc.cause == "connection":  # the hint had not named what to start again
+                moved = f"is `promptclimb llm serve` still running? start it again, or continue {moved}"
         raise run_is_saved(exc, store, tracking_uri, moved) from None
 
 

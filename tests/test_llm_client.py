@@ -109,6 +109,20 @@ def test_gives_up_after_max_tries_with_a_clear_error(fake, tmp_path):
     assert "did not answer after 1 try: InternalServerError" in str(info.value)  # not "after 1 tries"
 
 
+def test_a_request_that_times_out_every_try_says_how_long_each_waited(fake, tmp_path):
+    """A --timeout too short for a slow model read as an endpoint that failed."""
+    llm, _ = client(fake, tmp_path, max_tries=2)
+    fake.faults.extend(["hang", "hang"])
+    with pytest.raises(LLMError) as info:
+        llm.chat(HI)
+    assert str(info.value).endswith("(each try waited 0.5s: a slow endpoint may need a longer --timeout)")
+    assert info.value.cause == "timeout"
+    fake.faults.extend(["500", "500"])
+    with pytest.raises(LLMError) as info:
+        llm.chat(HI, seed=1)
+    assert "--timeout" not in str(info.value) and info.value.cause is None
+
+
 def test_auth_error_is_not_retried_and_never_shows_the_key(fake, tmp_path):
     llm, sleeps = client(fake, tmp_path)
     fake.faults.append("401")  # the server echoes the key back in its message

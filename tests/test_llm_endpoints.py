@@ -265,3 +265,24 @@ def test_a_resume_of_a_run_on_the_openai_api_asks_it_whatever_openai_base_url_sa
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1?api-key=SECRET1")
     assert endpoint_asked(keyed, {"base_url": None, "resume": "r"}, said.append) == \
         "http://127.0.0.1:9/v1?api-key=SECRET1" and len(said) == 1
+
+
+def test_a_run_whose_llm_serve_server_is_gone_is_told_to_start_it_again(cli, tmp_path):
+    """The hint named only --base-url; the server a user stopped (or that died) was not named."""
+    from promptclimb.agent.cli.search import search_cmd
+    from promptclimb.agent.llm import local as local_llm
+
+    def invoke(*args):
+        return CliRunner().invoke(search_cmd, [*ARGS, "--runs-dir", str(tmp_path / "runs"), "--max-tries", "1", *args],
+                                  obj={"evaluator_factory": lambda **kw: WordEvaluator(kw["dataset"])},
+                                  terminal_width=300)
+
+    served = local_llm.local_model_id(local_llm.LOCAL_MODEL_NAME, "c" * 64)
+    with FakeLLM(responder=server_answer("local"), models=[served]) as fake:
+        fake.faults.extend(["none", "500"])  # the second answer fails: the run is left to resume
+        first = invoke("--name", "gone", "--base-url", fake.base_url)
+    assert first.exit_code == 1 and "InternalServerError" in first.output and "still running" not in first.output
+    resumed = invoke("--resume", "gone")
+    assert resumed.exit_code == 1 and "APIConnectionError" in resumed.output
+    assert "(is `promptclimb llm serve` still running? start it again, or continue with --base-url URL added " \
+           "where" in " ".join(resumed.output.replace("│", " ").split())

@@ -60,7 +60,13 @@ DEFAULT_CAP_TOKENS = 4096
 
 
 class LLMError(PromptclimbError):
-    """The LLM endpoint could not answer (after retries) or answered with something unusable."""
+    """The LLM endpoint could not answer (after retries) or answered with something unusable.
+    `cause`: "timeout" or "connection" where every try ended so (a caller's hint names what
+    to do: a longer --timeout, a server to start again)."""
+
+    def __init__(self, message: str = "", cause: str | None = None):
+        super().__init__(message)
+        self.cause = cause
 
 
 class ContextExceeded(LLMError):
@@ -700,9 +706,13 @@ class LLMClient:
             tries = "after " + (f"{self.max_tries} {'try' if self.max_tries == 1 else 'tries'}" if _is_retryable(exc)
                                 else "1 try (not retryable)")
             where = self.where()
-            raise LLMError(
-                self.redact(f"the LLM ({self.model} at {where}) did not answer {tries}: {type(exc).__name__}: {exc}")
-            ) from None
+            cause = "timeout" if isinstance(exc, openai.APITimeoutError) else \
+                "connection" if isinstance(exc, openai.APIConnectionError) else None
+            # the cause went unsaid: a --timeout too short for a slow model read as an endpoint that failed
+            waited = f" (each try waited {self.timeout:g}s: a slow endpoint may need a longer --timeout)" \
+                if cause == "timeout" else ""
+            raise LLMError(self.redact(f"the LLM ({self.model} at {where}) did not answer {tries}: "
+                                       f"{type(exc).__name__}: {exc}{waited}"), cause=cause) from None
 
     def _ask_once(self, request: dict) -> Answer:
         client = self.connected  # a server's start is not the answer's latency
