@@ -1129,6 +1129,27 @@ def test_a_run_stopped_before_the_adapter_it_asked_for_is_unfinished_not_done(tm
     assert load_run(run).status == "done"
 
 
+def test_a_budget_stopped_run_without_the_adapter_it_asked_for_reads_unfinished_everywhere(tmp_path):
+    """`show` and the report said `stopped early (budget ...)` of such a run, where `runs` said
+    unfinished: its resume still fits the adapter."""
+    from promptclimb import load_run
+    from promptclimb.agent.cli import cli
+    from promptclimb.agent.runs.report import facts
+
+    runs = tmp_path / "runs"
+    run = finished_run(runs)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "stopped": "budget: --max-calls 2 reached"}))
+    said = "stopped early (budget: --max-calls 2 reached)"
+    assert load_run(run).status_said == said and dict(facts(load_run(run)))["status"] == said
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "adapter_kinds": ["cache"]}))
+    assert dict(facts(load_run(run)))["status"] == "unfinished"
+    shown = CliRunner().invoke(cli, ["show", run.name, "--runs-dir", str(runs)])
+    assert shown.exit_code == 0, shown.output
+    assert "; unfinished" in shown.output and "stopped early" not in shown.output
+
+
 def test_compare_says_a_run_whose_result_is_prompt_plus_adapter(tmp_path):
     """compare's table holds the prompts' accuracies: a run that keeps an adapter was read as
     scoring those, unsaid (its result is prompt + adapter)."""

@@ -155,9 +155,7 @@ def runs_cmd(runs_dir, fmt):
 
 # -- show -----------------------------------------------------------------------------------
 def headline(run: Run) -> str:
-    final = run.final or {}
-    stopped = final.get("stopped", "")
-    status = f"stopped early ({stopped})" if stopped.startswith("budget") else run.status
+    status = run.status_said
     said = (f"run {run.id}: {run.dataset}, backbone {run.backbone}, {shots_said(run.args.get('shots'))}, "
             f"seed {run.args.get('seed')}, {start_said(run.args.get('classnames'))}")
     if is_soft_prompt_run(run.config):  # no LLM: what it spent is queries, not answers or tokens

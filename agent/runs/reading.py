@@ -391,6 +391,14 @@ class Run:
             return "running" if being_written(self.path) else "unfinished"
         return "done" if final.get("stopped", "completed") == "completed" else "stopped early"
 
+    @property
+    def status_said(self) -> str:
+        """`status` with what stopped a run early (`stopped early (budget: ...)`); a run that
+        missed the adapter it asked for is unfinished, whatever stopped its search."""
+        stopped = (self.final or {}).get("stopped", "")
+        status = self.status
+        return f"{status} ({stopped})" if status == "stopped early" and stopped.startswith("budget") else status
+
     def answers(self) -> list[dict]:
         """Every LLM answer of the run, in order: template turns, names turns and the drift
         guard's questions."""

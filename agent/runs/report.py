@@ -39,8 +39,7 @@ def facts(run: Run) -> list[tuple[str, str]]:
     counts = (run.summary or {}).get("counts") or {}
     final = run.final or {}
     out = [
-        ("run", run.id), ("status", run.status if not final.get("stopped", "").startswith("budget")
-                          else f"stopped early ({final['stopped']})"),
+        ("run", run.id), ("status", run.status_said),
         ("dataset", run.dataset), ("backbone", run.backbone),
         ("shots", run.args.get("shots")), ("seed", run.args.get("seed")),
     ]
