@@ -719,6 +719,10 @@ def test_compare_says_which_run_renamed_classes(tmp_path, monkeypatch):
     notes = [line for line in result.output.splitlines() if "renamed" in line]
     assert notes == [f"note: B ({names_dir.name}) renamed {len(changed)} of 4 classes ({renamed}): its accuracies "
                      "are with the names its search found, not the start names."]
+    # the records carry each run's renames in full (the note goes to stderr)
+    records = json.loads(invoke("compare", "plain", names_dir.name, "--runs-dir", tmp_path / "runs",
+                                "--format", "json").stdout)
+    assert {(r["A names"], r["B names"]) for r in records} == {("", renamed.replace(", ", "; "))}
 
 
 def test_compare_and_show_list_as_many_distinct_winners_as_asked_after_a_rename(tmp_path, monkeypatch):

@@ -550,8 +550,9 @@ def compare_cmd(run1, run2, top, runs_dir, fmt):
                 row[f"{key} {split}"] = r[split] if r is not None else None
         rows.append(row)
     frame = pd.DataFrame(rows)
-    if fmt in ("csv", "json"):  # which run is A and which B, in the rows themselves
-        click.echo(as_text(frame.assign(**{"A run": a.id, "B run": b.id}), fmt))
+    if fmt in ("csv", "json"):  # which run is A and which B, and the names each renamed, in the rows themselves
+        click.echo(as_text(frame.assign(**{"A run": a.id, "B run": b.id, "A names": found_renames(a),
+                                           "B names": found_renames(b)}), fmt))
         for note in compare_notes(a, b):  # beside the records, not in them: a reader of the records still sees them
             click.echo(f"note: {note}", err=True)
         return
@@ -601,6 +602,14 @@ def compare_notes(a: Run, b: Run, literal: Callable[[str], str] = lambda text: t
                          f"{f' (test {pct(test)})' if isinstance(test, (int, float)) else ''}: the accuracies "
                          "above are its prompts' alone.")
     return notes
+
+
+def found_renames(run: Run) -> str:
+    """Every class a run's names search renamed, "Trouser -> jeans; Pullover -> sweater" (a
+    CSV cell, as prompts.csv's `names`); "" for none: compare's records had only the note on
+    stderr, cut after three."""
+    names = run.names()
+    return "" if names.empty else renames(list(names["start"]), list(names["found"]))
 
 
 def renamed_classes(run: Run) -> str:
