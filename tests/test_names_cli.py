@@ -109,6 +109,10 @@ def test_search_renames_a_class_and_every_reader_carries_the_names(run):
     rows = pd.read_csv(run.runs / "n" / "prompts.csv", keep_default_na=False)
     assert set(rows["names"]) == {"", "Trouser -> jeans"}
     assert rows.duplicated(["template", "names"]).sum() == 0
+    # the pair the names turn kept is a row of its own (only score events were: a winner could be missing)
+    pair = next(t for t in json.loads(kept)["top"] if t["origin"] == "names")
+    row = rows[(rows["template"] == pair["template"]) & (rows["names"] == "Trouser -> jeans")]
+    assert list(row["origin"]) == ["names"] and row["train_accuracy"].item() == pair["accuracy"]["train"]
     as_csv = pd.read_csv(io.StringIO(run("show", "n", "--runs-dir", run.runs, "--format", "csv").output),
                          keep_default_na=False)
     assert set(as_csv.loc[as_csv["origin"] == "names", "names"]) == {"Trouser -> jeans"}

@@ -37,7 +37,8 @@ from promptclimb.agent.core.protocol import SPLITS
 from promptclimb.agent.core.runfiles import SWEEP_FILE
 from promptclimb.agent.runs.compact import COMPACT_SINCE, confusion_matrix, unpack_event
 from promptclimb.agent.runs.store import (ANSWER_KINDS, CONFIG, EVENTS, FORMAT_VERSION, HISTORY, SUMMARY, being_written,
-                                          ended_with_adapter, has_summary, ledger)
+                                          ended_with_adapter, has_summary, ledger, SCORED_EVENTS,
+                                          scored_origin)
 from promptclimb.agent.ranking import LEGACY_METRIC, best_first, selection_value, then_value, top_and_bottom
 from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.options import check_recorded
@@ -420,11 +421,10 @@ class Run:
         for e in self.events:
             if e["event"] in ANSWER_KINDS:
                 calls = max(calls, int(e["call"]) + 1)
-            if e["event"] not in ("score", "names_change"):
+            if e["event"] not in SCORED_EVENTS:
                 continue
-            row = {k: e.get(k) for k in ("restart", "reset", "iteration", "call", "template", "origin", "source")}
-            if e["event"] == "names_change":  # a names turn's kept change: the (template, names) pair it makes
-                row["origin"] = "names"
+            row = {k: scored_origin(e) if k == "origin" else e.get(k)
+                   for k in ("restart", "reset", "iteration", "call", "template", "origin", "source")}
             row["names"] = e.get("names")  # None: the start names
             row["x"] = int(e["call"]) + 1 if e.get("call") is not None else calls
             for split, value in e["accuracy"].items():

@@ -219,6 +219,16 @@ def _holds_run(run_dir: Path) -> bool:
     return (run_dir / CONFIG).exists() or (run_dir / HISTORY).exists()
 
 
+# The events that score a prompt: a template (with the names then current), and the (template,
+# names) pair a names turn kept (`names_change`), whose origin reads "names".
+SCORED_EVENTS = ("score", "names_change")
+
+
+def scored_origin(event: dict) -> str | None:
+    """Where a scored prompt (`SCORED_EVENTS`) came from: pool, llm, ..., or names."""
+    return "names" if event["event"] == "names_change" else event.get("origin")
+
+
 def ended_with_adapter(result: dict | None, adapter_wanted: bool) -> bool:
     """Whether a run's result (summary.json, or its history's final event) is whole: there,
     and holding the adapter where one was asked for (it is fit after the summary is written,
@@ -590,9 +600,10 @@ class RunStore:
 
         rows = []
         for e in self.events:
-            if e["event"] != "score":
+            if e["event"] not in SCORED_EVENTS:  # a names turn's kept pairs too: the winner was missing
                 continue
-            row = {k: e.get(k) for k in ("template", "origin", "source", "restart", "reset", "iteration", "call")}
+            row = {k: scored_origin(e) if k == "origin" else e.get(k)
+                   for k in ("template", "origin", "source", "restart", "reset", "iteration", "call")}
             row["names"] = renames(self.start_names, e.get("names"))  # "": the start names
             for split, value in sorted(e.get("accuracy", {}).items()):
                 row[f"{split}_accuracy"] = value
@@ -601,6 +612,8 @@ class RunStore:
             rows.append(row)
         frame = pd.DataFrame(rows, columns=None if rows else ["template", "origin", "source", "restart", "reset", "iteration", "call",
                                                            "names"])
+        if rows:  # a pair a names turn kept that undid a rename is the pair scored before it
+            frame = frame.drop_duplicates(["template", "names"])
         return write_atomic(self.run_dir / PROMPTS,
                             lambda tmp: frame.to_csv(tmp, index=False, quoting=csv.QUOTE_MINIMAL, float_format="%.6g"))
 
