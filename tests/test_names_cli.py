@@ -89,6 +89,10 @@ def test_search_renames_a_class_and_every_reader_carries_the_names(run):
     kept = next(t for t in json.loads((run.runs / "n" / "summary.json").read_text())["top"] if t["origin"] == "names")
     assert read.winners().set_index("template").loc[kept["template"], "origin"] == "pool + names"
     assert re.search(rf"^2 +{re.escape(kept['template'])} +pool \+ names +", shown, flags=re.M), shown
+    # which names each winner was scored with: the result's, or the start names a pool template kept
+    said = read.winners_said().set_index("rank")["names"]
+    assert said[1] == "found" and said["ens"] == "found" and "start" in set(said), said
+    assert re.search(rf"^1 +{re.escape(summary['best']['template'])} +.* found$", shown, flags=re.M), shown
     summary_path = run.runs / "n" / "summary.json"
     long_name = "a very long folder name " * 8  # 192 characters: the terminal's table is not that wide
     kept = summary_path.read_text()

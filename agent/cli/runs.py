@@ -197,7 +197,7 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
     literal = markdown_text if markdown else (lambda s: s)
     out = [f"# {literal(headline(run))}" if markdown else headline(run)]  # a run named my_*best* is no markup
     out.append(h2("Winning templates (test accuracy: best template and ensemble only)"))
-    out.append(as_text(run.winners(), "markdown" if markdown else "table", percent=("train", "val", "test")))
+    out.append(as_text(run.winners_said(), "markdown" if markdown else "table", percent=("train", "val", "test")))
     adapter = (run.final or {}).get("adapter")
     if adapter and not is_soft_prompt_run(run.config):  # a soft-prompt run's is in its own section below
         out.append(f"{'- ' if markdown else ''}{adapter_said(adapter)}")
@@ -325,7 +325,7 @@ def show_rows(run: Run, conversation: bool) -> pd.DataFrame:
                         "best_so_far") if c in scores]
     frame = scores[keep].assign(status="scored", reason="")
     if "names" in scores:  # the classes renamed where a names turn changed them ("": the start names)
-        start = run_start_names(run.config)
+        start = run.start_names  # as prompts.csv: the history's (it read config.json's)
         frame.insert(frame.columns.get_loc("template") + 1, "names",
                      [renames(start, names) for names in scores["names"]])
     rejects = pd.DataFrame([{k: e.get(k) for k in ("restart", "reset", "iteration", "call", "template", "reason")}
@@ -540,6 +540,7 @@ def compare_cmd(run1, run2, top, runs_dir, fmt):
     # rank as `winners` gives it (a number, or "ens"), as `show --format json` writes it
     by_rank = [{r["rank"]: r for r in w.to_dict("records")} for w in (wa, wb)]
     ranks = sorted({k for ranked in by_rank for k in ranked}, key=lambda k: (k == "ens", k if k != "ens" else 0))
+    records = fmt in ("csv", "json")
     rows = []
     for rank in ranks:
         row = {"rank": rank}
@@ -548,12 +549,13 @@ def compare_cmd(run1, run2, top, runs_dir, fmt):
             row[f"{key} template"] = r["template"] if r is not None else None
             for split in ("train", "test"):
                 row[f"{key} {split}"] = r[split] if r is not None else None
+            if records:  # the classes renamed in the names each row was scored with ("": the start names)
+                row[f"{key} names"] = r["names"] if r is not None else None
         rows.append(row)
     frame = pd.DataFrame(rows)
-    if fmt in ("csv", "json"):  # which run is A and which B, and the names each renamed, in the rows themselves
-        click.echo(as_text(frame.assign(**{"A run": a.id, "B run": b.id, "A names": found_renames(a),
-                                           "B names": found_renames(b)}), fmt))
-        for note in compare_notes(a, b):  # beside the records, not in them: a reader of the records still sees them
+    if records:  # which run is A and which B, in the rows themselves
+        click.echo(as_text(frame.assign(**{"A run": a.id, "B run": b.id}), fmt))
+        for note in compare_notes(a, b, top=top):  # beside the records, not in them: a reader of the records still sees them
             click.echo(f"note: {note}", err=True)
         return
     facts = pd.DataFrame([
@@ -573,13 +575,14 @@ def compare_cmd(run1, run2, top, runs_dir, fmt):
     item, literal = ("- ", markdown_text) if fmt == "markdown" else ("", lambda text: text)
     click.echo(f"\n{item}shared among the winners: {len(shared)}"
                + "".join(f"\n  {item}{literal(t)}" for t in sorted(shared)))
-    for note in compare_notes(a, b, literal):
+    for note in compare_notes(a, b, literal, top):
         click.echo(f"{item}note: {note}")
 
 
-def compare_notes(a: Run, b: Run, literal: Callable[[str], str] = lambda text: text) -> list[str]:
+def compare_notes(a: Run, b: Run, literal: Callable[[str], str] = lambda text: text, top: int = 5) -> list[str]:
     """What `compare` says under its table: whether the two runs' accuracies are measured on
-    the same images, and which classes each renamed (`literal` escapes a run's own text)."""
+    the same images, and which classes each renamed and which of its `top` rows are scored
+    with which names (`literal` escapes a run's own text)."""
     notes = []
     differ, names_differ = data_differences(a, b)
     if differ and same_test_images(a, b) and set(differ) <= FEW_SHOT_DRAW:
@@ -592,9 +595,8 @@ def compare_notes(a: Run, b: Run, literal: Callable[[str], str] = lambda text: t
         notes.append("the runs start from different class names (--classnames) on the same images.")
     for key, run in (("A", a), ("B", b)):  # a template both list can score apart for this alone
         renamed = renamed_classes(run)
-        if renamed:
-            notes.append(f"{key} ({literal(run.id)}) renamed {literal(renamed)}: its accuracies are with "
-                         "the names its search found, not the start names.")
+        if renamed:  # its pool's rows keep the start names they were scored with: all were said to be renamed
+            notes.append(f"{key} ({literal(run.id)}) renamed {literal(renamed)}: {scored_with(run.winners_said(top))}.")
         adapter = (run.final or {}).get("adapter") or {}
         if adapter.get("result") == "adapter":  # the run's result is not the prompt's the table compares
             test = (adapter.get("accuracy") or {}).get("test")
@@ -604,12 +606,14 @@ def compare_notes(a: Run, b: Run, literal: Callable[[str], str] = lambda text: t
     return notes
 
 
-def found_renames(run: Run) -> str:
-    """Every class a run's names search renamed, "Trouser -> jeans; Pullover -> sweater" (a
-    CSV cell, as prompts.csv's `names`); "" for none: compare's records had only the note on
-    stderr, cut after three."""
-    names = run.names()
-    return "" if names.empty else renames(list(names["start"]), list(names["found"]))
+def scored_with(winners: pd.DataFrame) -> str:
+    """Which rows of a run's winners (`Run.winners_said`) are scored with which names: "rows
+    1, ens with the names its search found; 2, 3 with the start names"."""
+    ranks = {label: [str(r) for r in winners.loc[winners["names"] == label, "rank"]]
+             for label in ("found", "start", "earlier")}
+    said = {"found": "the names its search found", "start": "the start names", "earlier": "names it held earlier"}
+    return "; ".join(f"{'row' if len(r) == 1 else 'rows'} {', '.join(r)} with {said[label]}"
+                     for label, r in ranks.items() if r)
 
 
 def renamed_classes(run: Run) -> str:

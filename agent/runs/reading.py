@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from promptclimb.agent.core.classnames import PUBLISHED
+from promptclimb.agent.core.classnames import PUBLISHED, renames
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.format import shell_command, shortened
 from promptclimb.agent.core.paths import absolute, not_a_folder
@@ -455,9 +455,11 @@ class Run:
         summary.json's `top` (which holds a template once per set of names, and only as many
         entries as the search kept), then the rest of the run's scores as the search ranks them.
         `origin`: where the template came from (`template_origin`: "pool + names" for a pair a
-        names turn kept)."""
+        names turn kept); `names`: the classes renamed in the names it was scored with, "Trouser
+        -> jeans; ..." ("" for the start names; the ensemble's are the best's)."""
         k = whole_number(k, "Run.winners()", "k", 1)
         final = self.final
+        start = self.start_names
         rows = []
         if final is not None:
             top, listed = [], set()
@@ -472,25 +474,49 @@ class Run:
                     if row["template"] not in listed:
                         listed.add(row["template"])
                         top.append({"template": row["template"], "origin": row.get("origin"),
+                                    "names": names_of(row),
                                     "accuracy": {s: row[s] for s in ("train", "val") if _number(row.get(s))}})
             for i, t in enumerate(top[:k], start=1):
                 acc = dict(t.get("accuracy") or {})
                 if t.get("template") == final["best"].get("template"):
                     acc = {**acc, **(final["best"].get("accuracy") or {})}
                 rows.append({"rank": i, "template": t.get("template"),
-                             "origin": self.template_origin(t.get("template"), t.get("origin")), **acc})
+                             "origin": self.template_origin(t.get("template"), t.get("origin")),
+                             "names": renames(start, t.get("names")), **acc})
             ensemble = final.get("ensemble")
             if ensemble:
                 verdict = "" if "chosen" not in ensemble else " (chosen)" if ensemble["chosen"] else " (candidate)"
                 rows.append({"rank": "ens", "template": f"ensemble of {len(ensemble['templates'])}{verdict}",
-                             "origin": "top-k", **(ensemble.get("accuracy") or {})})
+                             "origin": "top-k", "names": renames(start, final["best"].get("names")),  # the best's
+                             **(ensemble.get("accuracy") or {})})
         else:  # an unfinished run: rank what was scored (no test accuracy yet)
-            for i, row in enumerate(self.ranked().drop_duplicates("template").head(k).itertuples(), start=1):
-                rows.append({"rank": i, "template": row.template,
-                             "origin": self.template_origin(row.template, row.origin),
-                             **{s: getattr(row, s) for s in ("train", "val") if hasattr(row, s)}})
-        frame = pd.DataFrame(rows, columns=["rank", "template", "origin", "train", "val", "test"])
+            for i, row in enumerate(self.ranked().drop_duplicates("template").head(k).to_dict("records"), start=1):
+                rows.append({"rank": i, "template": row["template"],
+                             "origin": self.template_origin(row["template"], row.get("origin")),
+                             "names": renames(start, names_of(row)),
+                             **{s: row[s] for s in ("train", "val") if s in row}})
+        frame = pd.DataFrame(rows, columns=["rank", "template", "origin", "train", "val", "test", "names"])
         return frame
+
+    @property
+    def start_names(self) -> list[str] | None:
+        """The names the search started from: its history's run_start (what the names of its
+        events, and prompts.csv, differ from), else what its evaluator recorded."""
+        start = next((e["start_names"] for e in self.events if e["event"] == "run_start"
+                      and isinstance(e.get("start_names"), list)), None)
+        return start or run_start_names(self.config)
+
+    def winners_said(self, k: int = 5) -> pd.DataFrame:
+        """`winners(k)` as `show` and the report list them: `names` says which names each row
+        was scored with, "found" (the run's result), "start" or "earlier" (a names search's
+        pool and early templates keep the names they were scored with: its rows mix them);
+        no column for a run that renamed nothing."""
+        frame = self.winners(k)
+        if not frame["names"].astype(bool).any():
+            return frame.drop(columns="names")
+        found = renames(self.start_names, ((self.final or {}).get("best") or {}).get("names"))
+        said = {"": "start", found: "found"}
+        return frame.assign(names=[said.get(names, "earlier") for names in frame["names"]])
 
     def template_origin(self, template: str | None, origin: str | None) -> str | None:
         """Where a winner's template came from, as `show` and the report list it. The search
@@ -806,6 +832,13 @@ def run_classnames(summary: dict) -> list[str] | None:
     if best.get("names"):
         return list(best["names"])
     return None
+
+
+def names_of(row: dict) -> list[str] | None:
+    """The names a row of `Run.scores()` was scored with (None: the start names; pandas reads
+    a missing one as NaN)."""
+    names = row.get("names")
+    return names if isinstance(names, (list, tuple)) else None
 
 
 def run_start_names(config: dict) -> list[str] | None:
