@@ -84,6 +84,9 @@ class SearchResult:
     ensemble: list[str] | None  # the top-k ensemble, when it beat the best template alone on val
     summary: dict = field(repr=False)  # summary.json
     classnames: list[str] | None = None  # the class names found with the best template (None: a soft prompt)
+    # adapter=...: summary.json's adapter section (its accuracy; "result": "adapter" where prompt + adapter
+    # beat the prompt alone on val and is the run's result, which `accuracy` above is not); None without one
+    adapter: dict | None = None
 
     @property
     def templates(self) -> list[str]:
@@ -129,7 +132,7 @@ def search(dataset: str | None = None, shots: int | None = None, backbone: str |
     return SearchResult(run_dir=Path(run_dir), best=summary["best"]["template"],
                         accuracy=dict(summary["best"]["accuracy"]),
                         ensemble=list(ensemble["templates"]) if ensemble.get("chosen") else None,
-                        summary=summary, classnames=run_classnames(summary))
+                        summary=summary, classnames=run_classnames(summary), adapter=summary.get("adapter"))
 
 
 # -- checking a call ------------------------------------------------------------------------

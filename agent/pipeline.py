@@ -999,6 +999,9 @@ def what_changed(summary: dict, evaluator, echo) -> None:
         what = repr(found["template"])
     echo(f"  test accuracy: {pct(start)} ({BASELINE!r} with the start names) -> {pct(found['accuracy']['test'])} "
          f"({what}{' with the found names' if names and names['changed'] else ''})")
+    adapter = summary.get("adapter") or {}
+    if adapter.get("result") == "adapter":  # the result a user gets: the line above read as the run's
+        echo(f"  with the {adapter['kind']} adapter (the run's result): {pct(adapter['accuracy']['test'])}")
 
 
 def after_the_climb(plan: Plan, store: RunStore, evaluator, summary: dict, echo) -> dict:
@@ -1008,8 +1011,8 @@ def after_the_climb(plan: Plan, store: RunStore, evaluator, summary: dict, echo)
 
     for path in write_plots(store.run_dir):
         echo(f"plot: {path}")
-    what_changed(summary, evaluator, echo)
     if plan.adapter_kinds:
         summary["adapter"] = fit_run_adapter(store.run_dir, plan.adapter_kinds, evaluator=evaluator, echo=echo)
+    what_changed(summary, evaluator, echo)  # after the adapter: it may be the run's result
     echo(f"run folder: {store.run_dir}   (read it with: {shell_command('show', run_argument(store.run_dir))})")
     return summary

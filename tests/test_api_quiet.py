@@ -62,8 +62,10 @@ def test_evaluate_says_each_split_through_its_echo_and_draws_bars_only_with_prin
 
 
 def test_search_and_transfer_on_fashion_mnist_say_everything_through_their_echo(notebook, capfd):
-    quiet = promptclimb.search(dataset="fashion-mnist", shots=1, name="quiet", echo=None, **FEW)
+    quiet = promptclimb.search(dataset="fashion-mnist", shots=1, name="quiet", echo=None, adapter="cache", **FEW)
     assert capfd.readouterr() == ("", "")  # the splits were encoded, the LLM asked: nothing said
+    # the adapter fit is part of the result (`accuracy` is the prompt's; prompt + adapter may be the run's result)
+    assert quiet.adapter == quiet.summary["adapter"] and quiet.adapter["kind"] == "cache"
 
     lines = []
     promptclimb.search(dataset="fashion-mnist", shots=1, name="heard", echo=lines.append, **FEW)

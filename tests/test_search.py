@@ -546,6 +546,8 @@ def test_cli_search_with_the_real_clip_evaluator(tmp_path, tiny_clip_config, tin
     assert [c["kind"] for c in adapter["candidates"]] == ["cache", "feature-residual"]
     assert (run_dir / "adapter.pt").is_file()
     assert json.loads((run_dir / "summary.json").read_text())["adapter"]["kind"] == adapter["kind"]
+    # the search's last block comes after the fit: the adapter may be the run's result
+    assert result.stderr.index("prompt (best): ") < result.stderr.index("What changed")
     from promptclimb.agent.cli import cli
 
     result = CliRunner().invoke(cli, ["eval", "--run", "real", "--runs-dir", str(tmp_path / "runs"),

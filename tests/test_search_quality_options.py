@@ -155,6 +155,21 @@ def test_what_changed_says_the_ensemble_when_it_is_what_to_use(tmp_path, monkeyp
                                                                 f"({best['template']!r})")
 
 
+@pytest.mark.parametrize("result", ["adapter", "prompt-only"])
+def test_what_changed_ends_with_the_adapter_when_it_is_the_runs_result(result):
+    """With --adapter the block gave the prompt's test accuracy as where the search ended,
+    three lines before `kept: ... the run's result is now prompt + adapter`."""
+    from promptclimb.agent.pipeline import what_changed
+
+    best = {"template": "a dark {}.", "accuracy": {"test": 0.75}}
+    adapter = {"kind": "cache", "result": result, "accuracy": {"test": 0.8125}}
+    lines = []
+    what_changed({"best": best, "winner": "best", "adapter": adapter}, WordEvaluator(), lines.append)
+    said = lines[lines.index("\nWhat changed") + 1:]
+    assert said[0].startswith("  test accuracy: ") and said[0].endswith("-> 75.0% ('a dark {}.')")
+    assert said[1:] == (["  with the cache adapter (the run's result): 81.2%"] if result == "adapter" else [])
+
+
 # -- spare ------------------------------------------------------------------------------------
 def test_spare_asks_for_more_and_scores_only_the_first_new_ones(tmp_path):
     answer = "\n".join(["a photo of a {}.", "a {} one", "a {} two", "a {} three", "a {} four"])
