@@ -38,14 +38,14 @@ def test_runs_lists_newest_first(tmp_path):
     assert result.exit_code == 0, result.output
     header, rule, first, second = result.output.splitlines()
     for column in ("id", "dataset", "backbone", "shots", "seed", "llm", "best template", "train", "test",
-                   "llm calls", "date"):
+                   "llm answers", "date"):
         assert column in header
     assert first.startswith("newer") and second.startswith("older")
     summary = json.loads((tmp_path / "runs" / "newer" / "summary.json").read_text())
     assert summary["best"]["template"] in first and f"{100 * summary['best']['accuracy']['test']:.1f}%" in first
 
     as_json = json.loads(invoke("runs", "--runs-dir", tmp_path / "runs", "--format", "json").output)
-    assert [r["id"] for r in as_json] == ["newer", "older"] and as_json[0]["llm calls"] == 6
+    assert [r["id"] for r in as_json] == ["newer", "older"] and as_json[0]["llm answers"] == 6
 
 
 def test_runs_and_report_write_each_time_with_its_utc_offset(tmp_path, monkeypatch):
@@ -80,17 +80,17 @@ def test_runs_shows_whole_numbers_as_such_beside_an_unreadable_run(tmp_path):
     assert table.exit_code == 0, table.output
     header, _, *rows = table.output.splitlines()
     good = next(row for row in rows if row.startswith("good"))
-    columns = {name: header.index(name) for name in ("shots", "seed", "llm calls")}
-    assert {name: good[at:].split()[0] for name, at in columns.items()} == {"shots": "2", "seed": "0", "llm calls": "6"}
+    columns = {name: header.index(name) for name in ("shots", "seed", "llm answers")}
+    assert {name: good[at:].split()[0] for name, at in columns.items()} == {"shots": "2", "seed": "0", "llm answers": "6"}
     assert "unreadable" in next(row for row in rows if row.startswith("damaged"))
 
     csv = pd.read_csv(io.StringIO(invoke("runs", "--runs-dir", tmp_path / "runs", "--format", "csv").output),
                       dtype=str, keep_default_na=False).set_index("id")
-    assert list(csv.loc["good", ["shots", "seed", "llm calls"]]) == ["2", "0", "6"]
-    assert list(csv.loc["damaged", ["shots", "seed", "llm calls"]]) == ["", "", ""]
+    assert list(csv.loc["good", ["shots", "seed", "llm answers"]]) == ["2", "0", "6"]
+    assert list(csv.loc["damaged", ["shots", "seed", "llm answers"]]) == ["", "", ""]
     records = {r["id"]: r for r in json.loads(invoke("runs", "--runs-dir", tmp_path / "runs", "--format", "json").output)}
-    assert [records["good"][k] for k in ("shots", "seed", "llm calls")] == [2, 0, 6]
-    assert all(isinstance(records["good"][k], int) for k in ("shots", "seed", "llm calls"))
+    assert [records["good"][k] for k in ("shots", "seed", "llm answers")] == [2, 0, 6]
+    assert all(isinstance(records["good"][k], int) for k in ("shots", "seed", "llm answers"))
     assert records["damaged"]["shots"] is None
 
 

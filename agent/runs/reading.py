@@ -1016,7 +1016,7 @@ TRANSFER_PARTS = ("target", "rank_correlation", "winner", "baseline", "target_be
 
 # -- all runs -------------------------------------------------------------------------------
 RUNS_COLUMNS = ["id", "dataset", "backbone", "shots", "seed", "llm", "best template", "train", "test",
-                "llm calls", "date", "status"]
+                "llm answers", "date", "status"]
 
 
 def runs_frame(runs_dir: str | Path) -> pd.DataFrame:
@@ -1043,12 +1043,12 @@ def runs_frame(runs_dir: str | Path) -> pd.DataFrame:
             "id": run.id, "dataset": run.dataset, "backbone": run.backbone, "shots": run.args.get("shots"),
             "seed": run.args.get("seed"), "llm": run.llm, "best template": best.get("template"),
             "train": accuracy.get("train"), "test": accuracy.get("test"),
-            "llm calls": len(run.answers()), "date": run.created, "status": status,
+            "llm answers": len(run.answers()), "date": run.created, "status": status,
         })
     frame = pd.DataFrame(rows, columns=RUNS_COLUMNS)
     if frame.empty:
         return frame
-    for column in ("shots", "seed", "llm calls"):
+    for column in ("shots", "seed", "llm answers"):
         # an unreadable run's row has none: NaN would turn the column to floats (shots 1.0)
         try:
             frame[column] = frame[column].astype("Int64")
