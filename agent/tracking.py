@@ -23,7 +23,8 @@ What a search becomes in MLflow (experiment "promptclimb" unless told otherwise)
     metrics    per LLM answer (template turn, names turn, names guard), step = its index
                (`call`), time = when it came: best_train_accuracy, best_val_accuracy (of
                the best so far, ranked as the search ranks), new_proposals and
-               refused_proposals (templates or names), prompt_tokens, completion_tokens;
+               refused_proposals (templates or names), prompt_tokens, completion_tokens (0 for
+               an answer from the cache, as summary.json's ledger counts);
                at the end best_, ensemble_ and adapter_test_accuracy
     artifacts  the run folder's files (config.json, history.jsonl, summary.json, ...)
     prompt     the winning template in MLflow's prompt registry as a new version of
@@ -593,7 +594,7 @@ def answer_metrics(run: Run, hold_last: bool = False, logged: Container[int] = (
         if call in logged or call in held:
             continue
         end = ends[call]
-        usage = answer.get("usage") or {}
+        usage = {} if answer.get("cached") else answer.get("usage") or {}  # a cached answer cost no tokens
         values = {"new_proposals": sum(_is_new(e) for e in own[call]),
                   "refused_proposals": sum(e["event"] in REFUSED for e in own[call]),
                   "prompt_tokens": usage.get("prompt_tokens") or 0,

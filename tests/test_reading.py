@@ -350,3 +350,24 @@ def test_a_runs_methods_still_answer_what_they_accept(names_run):
     line = run.of("llm_exchange")[0]["_line"]
     assert run.scoreboard(0, line) == (first["shown_top"], first["shown_bottom"])
     assert run.scoreboard(0, 10 ** 6) == run.scoreboard(0, len(lines_of(names_run[0])) + 1)  # past the end: the end
+
+
+def test_an_answer_from_the_cache_costs_no_tokens_per_answer_as_in_the_ledger(tmp_path):
+    """iterations_frame() and MLflow's per-answer tokens gave a cached answer the tokens of
+    the request that made it: they summed past summary.json's ledger, which leaves them out."""
+    from test_search import climb
+
+    from promptclimb.agent.tracking import answer_metrics
+
+    with FakeLLM(responder=lambda body: "a dark {}.\na bright {}.") as fake:
+        climb(tmp_path, fake.base_url, name="first", iterations=2, resets=1)
+        climb(tmp_path, fake.base_url, name="again", iterations=2, resets=1)  # every answer from the cache
+    for name, cached in (("first", False), ("again", True)):
+        run = load_run(tmp_path / "runs" / name)
+        frame, ledger = run.iterations_frame(), run.ledger()
+        assert len(frame) == 2 and list(frame["cached"]) == [cached, cached]
+        assert frame["prompt_tokens"].sum() == ledger["prompt_tokens"] and (ledger["prompt_tokens"] > 0) != cached
+        assert frame["completion_tokens"].sum() == ledger["completion_tokens"]
+        logged = [values for _, _, values in answer_metrics(run)]
+        assert sum(v["prompt_tokens"] for v in logged) == ledger["prompt_tokens"]
+        assert sum(v["completion_tokens"] for v in logged) == ledger["completion_tokens"]

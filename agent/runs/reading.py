@@ -63,7 +63,7 @@ class Skipped:
 # -- finding runs ---------------------------------------------------------------------------
 # `Run.iterations_frame`'s columns, one row per LLM answer.
 ITERATION_COLUMNS = ("call", "kind", "restart", "reset", "iteration", "scored", "rejected", "best_new", "best_so_far",
-                     "prompt_tokens", "completion_tokens", "latency_s")
+                     "prompt_tokens", "completion_tokens", "latency_s", "cached")
 
 
 def list_run_dirs(runs_dir: str | Path) -> list[Path]:
@@ -662,7 +662,8 @@ class Run:
                 scored, rejects, top, bottom = self._names_answer(ex, call)
             # best so far = over everything recorded up to the end of this answer (`answer_ends`)
             upto = scores[scores["line"] <= ends[call]] if "line" in scores else scores
-            usage = ex.get("usage") or {}
+            # one from the cache cost no tokens (it recorded those of the request that made it)
+            usage = {"prompt_tokens": 0, "completion_tokens": 0} if ex.get("cached") else ex.get("usage") or {}
             out.append({
                 "call": call, "kind": kinds[ex["event"]], "restart": ex.get("restart"), "reset": ex.get("reset"),
                 "iteration": ex.get("iteration"),
@@ -677,7 +678,7 @@ class Run:
                 "best_so_far": float(upto["selection"].max()) if not upto.empty else math.nan,
                 "best_template": self._rank(upto)["template"].iloc[0] if not upto.empty else None,
                 "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
-                "latency_s": ex.get("latency_s"), "source": ex.get("source"),
+                "latency_s": ex.get("latency_s"), "source": ex.get("source"), "cached": bool(ex.get("cached")),
             })
         return out
 
@@ -707,7 +708,8 @@ class Run:
             rows.append({k: it[k] for k in ("call", "kind", "restart", "reset", "iteration")}
                         | {"scored": len(it["scored"]), "rejected": len(it["rejected"]), "best_new": best_new,
                            "best_so_far": it["best_so_far"], "prompt_tokens": it["prompt_tokens"],
-                           "completion_tokens": it["completion_tokens"], "latency_s": it["latency_s"]})
+                           "completion_tokens": it["completion_tokens"], "latency_s": it["latency_s"],
+                           "cached": it["cached"]})
         return pd.DataFrame(rows, columns=ITERATION_COLUMNS)  # a run without answers: no rows, the same columns
 
     def conversation(self) -> list[dict]:
