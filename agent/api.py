@@ -99,7 +99,8 @@ class SearchResult:
 
 
 def search(dataset: str | None = None, shots: int | None = None, backbone: str | None = None, llm: str | None = None, *,
-           echo: Callable[[str], None] | None = print, **knobs) -> SearchResult:
+           echo: Callable[[str], None] | None = print, config: str | os.PathLike | Sequence | None = None,
+           **knobs) -> SearchResult:
     """Search for the best prompt template, exactly as `promptclimb search` does.
 
     The keywords are the command's long options with `_` for `-` (`--max-calls` is
@@ -113,15 +114,25 @@ def search(dataset: str | None = None, shots: int | None = None, backbone: str |
     a set name or a file as --classnames does, or a list of names (one per class, in class
     order) as `evaluate()` does; the list is recorded in config.json. `resume="RUN"`
     continues a killed run with its saved settings (an option given again with another
-    value, other start names included, is refused).
+    value, other start names included, is refused). `config=` is --config: a TOML file (or a
+    list of them, a later one overriding an earlier) whose [search] table sets any option;
+    a keyword given here overrides it (its `json` setting, for printing, is left out).
     Raises PromptclimbError with a readable message for bad input.
     """
-    from promptclimb.agent.options import GIVEN, PYTHON_OPTIONS, resolve
+    from promptclimb.agent.options import BY_KEYWORD, GIVEN, PYTHON_OPTIONS, read_config_file, resolve
     from promptclimb.agent.pipeline import run_search
     from promptclimb.agent.runs.reading import find_run, run_classnames
 
     check_echo("search()", echo)
-    given = {"dataset": dataset, "shots": shots, "backbone": backbone, "llm": llm, **knobs}
+    files = [] if config is None else [config] if isinstance(config, (str, os.PathLike)) else config
+    if not isinstance(files, (list, tuple)) or not all(isinstance(f, (str, os.PathLike)) for f in files):
+        raise PromptclimbError(f"search(): config={config!r}: expected a TOML file's path, or a list of them")
+    from_files = {}
+    for path in files:
+        from_files.update(read_config_file(path))
+    given = {**{k: v for k, v in from_files.items() if not BY_KEYWORD[k].cli_only},
+             **{k: v for k, v in {"dataset": dataset, "shots": shots, "backbone": backbone, "llm": llm,
+                                  **knobs}.items() if v is not None}}
     opts = resolve(given, "search(): ", PYTHON_OPTIONS)
     opts[GIVEN] = frozenset(o.name for o in PYTHON_OPTIONS if given.get(o.keyword) is not None)
     summary = run_search(opts, echo or nowhere, evaluator_factory=_EVALUATOR_FACTORY.get(), aside=echo or nowhere,

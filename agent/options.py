@@ -134,7 +134,7 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
            "own train+val images right), judge (the LLM is asked which class the name denotes, the classes "
            "listed in both orders; when both answers name the same other class, or the answer names no class, "
            "the text tower decides: refused unless 'a photo of a {}.' filled with the new name is nearer its own "
-           "class's start name than the other's by a margin of 0.01), both, or off.", _L, GUARDS,
+           "class's start name than the other's by a margin of 0.01), own+judge (both), or off.", _L, GUARDS,
            recorded="search.guard"),
     Option("--confirm", None, "What a new best (a template or a name the LLM wrote) must also hold up on: "
            "val (no worse there than the best it replaces; it was ranked on train), or off. Nothing is held out "

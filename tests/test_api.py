@@ -48,6 +48,21 @@ def notebook(tmp_path, monkeypatch):
         yield fake
 
 
+def test_search_takes_config_files_as_the_command_does(notebook, tmp_path, built):
+    """search(config=...) was refused as an unknown keyword, though the README says its
+    keywords are the command's options: the files' [search] tables, a later file and then a
+    keyword overriding; the file's `json` (for printing) is left out."""
+    first, later = tmp_path / "first.toml", tmp_path / "later.toml"
+    first.write_text('[search]\ndataset = "toy"\nshots = 3\niterations = 2\njson = true\nname = "from-file"\n')
+    later.write_text('[search]\nshots = 2\nresets = 1\nsearch = "template"\npool-sample = 8\n')
+    result = promptclimb.search(config=[first, str(later)], iterations=1, echo=None)
+    saved = json.loads((result.run_dir / "config.json").read_text())
+    assert result.run_dir == Path("runs") / "from-file" and built[-1]["shots"] == 2
+    assert (saved["search"]["iterations"], saved["search"]["resets"]) == (1, 1) and notebook.count == 1
+    with pytest.raises(promptclimb.PromptclimbError, match=r"^search\(\): config=3: expected a TOML file's path"):
+        promptclimb.search(config=3)
+
+
 def test_search_load_run_evaluate_transfer_like_a_notebook(notebook, tmp_path, built):
     progress = []
     result = promptclimb.search(dataset="toy", shots=2, name="nb", echo=progress.append, **SMALL)

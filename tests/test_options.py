@@ -268,3 +268,14 @@ def test_the_seed_help_is_readable_and_its_64_bit_maximum_still_refused(command)
     assert said.output.strip().splitlines()[-1] == \
         "Error: Invalid value for '--seed': 18446744073709551616 is not in the range 0<=x<2**64."
     assert table_int(BY_KEYWORD["seed"]).convert(str(2 ** 64 - 1), None, None) == 2 ** 64 - 1
+
+
+def test_a_default_of_zero_is_shown_in_the_help():
+    """`0 in (None, (), False)` is true: --seed's default 0 went unshown (and would any other
+    option's 0)."""
+    from promptclimb.agent.cli.search import search_cmd
+
+    help_text = flat(CliRunner().invoke(search_cmd, ["--help"], terminal_width=400).output)
+    seed = help_text[help_text.index("--seed "):]
+    assert seed[:seed.index("--backbone")].rstrip().endswith("[default: 0]")
+    assert "[default: False]" not in help_text  # a flag off by default still shows none

@@ -62,7 +62,9 @@ def click_option(option: Option, default=None, help: str | None = None):
         extra["type"] = NAMES
     value = option.default if default is None else default
     return click.option(declared, option.name, default=value, multiple=option.multiple, metavar=option.metavar,
-                        help=help or option.help, show_default=value not in (None, (), False), **extra)
+                        # `is`, not `in`: 0 == False, and --seed's default 0 went unshown
+                        help=help or option.help, show_default=not (value is None or value is False or value == ()),
+                        **extra)
 
 
 def opposite_flag(flag: str) -> str:

@@ -313,7 +313,8 @@ def _resolve_pretrained(name: str, tag: str) -> tuple[str, dict]:
         f"but {reason} and they are not in the local cache.\n"
         f"  - use a local weights file for this architecture:  --backbone {name} --weights FILE "
         "(.pt or .safetensors)\n"
-        "  - or run fully offline with the embedded model:  --backbone demo --dataset fashion-mnist"
+        # `transfer` takes no --dataset, and `eval --dataset imagefolder` had been told to drop its data
+        "  - or try it offline with the embedded model:  --backbone demo (small, trained on Fashion-MNIST's clothes)"
     )
 
 
