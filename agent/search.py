@@ -437,7 +437,8 @@ class HillClimber:
                 f"the LLM's context ({exc.context_tokens:,} tokens, as its endpoint says) is too small for "
                 "promptclimb's prompts: it refused the first message of a conversation. Serve the model with a "
                 f"larger context (promptclimb llm serve --n-ctx {max(2 * exc.context_tokens, 8192)}), use a model "
-                "with a longer one, or shorten the prompts (--top-k, --bottom-k, --names-k, --max-answer-tokens)"
+                "with a longer one, or start a new run with shorter prompts (--top-k, --bottom-k, --names-k, "
+                "--max-answer-tokens: a resume keeps the run's)"
             ) from None
         return self.finish(stopped, started)
 

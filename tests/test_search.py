@@ -717,6 +717,8 @@ def test_a_context_too_small_for_a_conversations_first_message_is_one_readable_e
     message = str(info.value)
     assert "context (410 tokens, as its endpoint says) is too small for promptclimb's prompts" in message
     assert "--n-ctx 8192" in message and "\n" not in message
+    # a resume keeps the run's settings: shorter prompts are a new run's (the hint had sent users to a refused resume)
+    assert "start a new run with shorter prompts" in message
 
 
 def test_cli_a_context_too_small_for_promptclimb_is_one_error_line(tmp_path):
