@@ -296,7 +296,8 @@ class Run:
                                (and loss / prob) per split, `selection` (what it was ranked
                                by) and `best_so_far`
         ranked()               the same, best first, as the search ranks them
-        winners(k)             the best k with train / val / test, then the ensemble
+        winners(k)             the best k with train / val / test, then the ensemble, and
+                               the names each was scored with (winners_said: as show says it)
         iterations_frame()     one row per LLM answer (iterations(): the same as dicts,
                                with what the LLM was shown and what it proposed)
         conversation_frame()   one row per message exchanged with the LLM
