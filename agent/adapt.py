@@ -74,6 +74,16 @@ def run_templates(summary: dict, on: str) -> list[str]:
     return [summary["best"]["template"]]
 
 
+def check_run_data(run_dir: Path, config: dict, data_root: str | None, *command) -> None:
+    """PromptclimbError where the data folder a run recorded is gone and no --data-root says
+    where it is now: `data folder X does not exist` named no way on. `command`: the words of
+    the command that goes on, given it (`shell_command`)."""
+    recorded = (config.get("evaluator_args") or {}).get("data_root")
+    if data_root is None and recorded and not Path(recorded).exists():
+        raise PromptclimbError(f"{Path(run_dir).name}'s data folder {recorded} does not exist: moved, give where it "
+                               f"is now: {shell_command(*command, '--data-root', 'DIR')}")
+
+
 def build_run_evaluator(config: dict, device: str | None = None, **overrides):
     """The run's evaluator (same dataset, split, backbone), or one with some settings
     replaced (e.g. another --data-root holding new images of the same classes)."""
@@ -91,9 +101,10 @@ def build_run_evaluator(config: dict, device: str | None = None, **overrides):
 
 
 def fit_run_adapter(run_dir: str | Path, kinds, on: str = "best", seed: int | None = None, evaluator=None,
-                    device: str | None = None, echo=print) -> dict:
+                    device: str | None = None, echo=print, data_root: str | None = None) -> dict:
     """Fit each kind on the run's train split (hyper-parameters on val), keep the best on
-    val as RUN/adapter.pt and record it in summary.json. Returns the "adapter" section."""
+    val as RUN/adapter.pt and record it in summary.json. Returns the "adapter" section.
+    `data_root`: where the run's data folder is now, when it has moved."""
     from promptclimb.evaluators.adapters import save_adapter, select_and_fit
 
     kinds = check_kinds(kinds)
@@ -102,7 +113,7 @@ def fit_run_adapter(run_dir: str | Path, kinds, on: str = "best", seed: int | No
     templates = run_templates(summary, on)
     if evaluator is None:
         echo(f"loading the evaluator of {run_dir.name} ...")
-        evaluator = build_run_evaluator(config, device=device)
+        evaluator = build_run_evaluator(config, device=device, data_root=data_root)
         from promptclimb.agent.runs.reading import warn_other_split
 
         warn_other_split(run_dir, config, config.get("evaluator_args") or {}, evaluator.info().get("split") or {})

@@ -321,8 +321,10 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
     target (None: nowhere), as `search()`'s. Bad input raises PromptclimbError before
     anything is loaded.
     """
+    from promptclimb.agent.adapt import check_run_data
     from promptclimb.agent.runs.reading import (Run, run_classnames, run_names_by_label, run_start_names,
                                                 warn_names_by_position)
+    from promptclimb.agent.runs.store import run_argument
     from promptclimb.agent.softsearch import is_soft_prompt_run, transfer_refusal
 
     check_call("transfer()", unknown, run=run, backbone=backbone, pretrained=pretrained, weights=weights, top=top,
@@ -342,6 +344,7 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
     args = loaded.args
     if not args.get("dataset"):
         raise PromptclimbError(f"{loaded.path / 'config.json'} does not say which dataset the run used")
+    check_run_data(loaded.path, loaded.config, data_root, "transfer", run_argument(loaded.path), "--backbone", backbone)
     table = transfer_table(loaded)
     if loaded.final is None and echo is not None:  # `show` says so of a transfer the run has outgrown since
         echo(f"warning: {loaded.id} has not ended ({loaded.status}): the {int(table['source_rank'].notna().sum())} "

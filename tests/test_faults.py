@@ -342,6 +342,30 @@ def test_a_runs_data_folder_changed_since_is_said_by_eval_adapt_and_transfer(tmp
     assert str(data) not in other.output and "fashion_mnist_subset.npz" not in other.output
 
 
+def test_a_runs_moved_data_folder_is_given_to_eval_adapt_and_transfer_with_data_root(tmp_path, llm, tiny_clip_config,
+                                                                                      tiny_clip_weights):
+    """`adapt` took no --data-root: a run whose image folder moved could not be fit at all;
+    each command said `data folder X does not exist`, and nothing of how to go on."""
+    from conftest import make_image_folder
+
+    data, runs = make_image_folder(tmp_path / "photos", per_class=4), tmp_path / "runs"
+    clip = ["--backbone", tiny_clip_config, "--weights", tiny_clip_weights, "--device", "cpu"]
+    assert cli("search", "--dataset", "imagefolder", "--data-root", data, *clip, *SMALL, "--runs-dir", runs,
+               "--name", "r").exit_code == 0
+    moved = tmp_path / "moved" / "photos"
+    moved.parent.mkdir()
+    data.rename(moved)
+    for command in (["eval", "--run", "r"], ["adapt", "r", "--kind", "cache"],
+                    ["transfer", "r", "--backbone", tiny_clip_config, "--weights", tiny_clip_weights]):
+        gone = cli(*command, "--runs-dir", runs, "--device", "cpu")
+        one_line_error(gone, f"r's data folder {data} does not exist: moved, give where it is now: promptclimb "
+                             f"{command[0]} ")
+        assert "--data-root DIR" in gone.output, gone.output
+        there = cli(*command, "--runs-dir", runs, "--device", "cpu", "--data-root", moved)
+        assert there.exit_code == 0 and "warning" not in there.output, (command, there.output)
+    assert json.loads((runs / "r" / "summary.json").read_text())["adapter"]["kind"] == "cache"
+
+
 def test_data_that_fails_once_the_run_folder_stays_says_how_to_continue(tmp_path, llm, monkeypatch):
     """Every image of a class chosen for train failed to decode once the pool was scored: the
     error said to replace or remove the files, but not that the run was kept nor how to go on

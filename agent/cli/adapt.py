@@ -7,14 +7,14 @@ import json
 
 import click
 
-from promptclimb.agent.adapt import ADAPTER_KINDS, check_kinds, fit_run_adapter, read_run
+from promptclimb.agent.adapt import ADAPTER_KINDS, check_kinds, check_run_data, fit_run_adapter, read_run
 from promptclimb.agent.cli.errors import user_errors
 from promptclimb.agent.cli.params import TableText, table_int
 from promptclimb.agent.core.devices import check_device_name
 from promptclimb.agent.core.paths import cache_home, check_writable
 from promptclimb.agent.options import BY_KEYWORD
 from promptclimb.agent.runs.reading import find_run
-from promptclimb.agent.runs.store import run_lock
+from promptclimb.agent.runs.store import run_argument, run_lock
 
 
 @click.command("adapt", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -27,9 +27,11 @@ from promptclimb.agent.runs.store import run_lock
 @click.option("--runs-dir", type=TableText(BY_KEYWORD["runs_dir"]), default="runs", help="Where run folders are.")
 @click.option("--device", type=TableText(BY_KEYWORD["device"]), default=None,
               help="torch device for (re)computing features [default: cuda when available].")
+@click.option("--data-root", type=TableText(BY_KEYWORD["data_root"]), default=None,
+              help="Where the run's data folder is now, when it has moved [default: where the run read it].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary's adapter section as JSON at the end.")
 @user_errors
-def adapt_cmd(run, kinds, on, seed, runs_dir, device, as_json):
+def adapt_cmd(run, kinds, on, seed, runs_dir, device, data_root, as_json):
     """Fit an output-side adapter on top of a run's winning prompt.
 
     Works on the run's cached image features and the prompt's class embeddings (fits in
@@ -53,10 +55,11 @@ def adapt_cmd(run, kinds, on, seed, runs_dir, device, as_json):
     kinds = check_kinds(kinds)  # before any slow loading
     check_device_name(device)
     run_dir = find_run(run, runs_dir)
-    read_run(run_dir, "adapt")  # finished, readable and a template run, before any slow loading
+    config, _ = read_run(run_dir, "adapt")  # finished, readable and a template run, before any slow loading
+    check_run_data(run_dir, config, data_root, "adapt", run_argument(run_dir), *(w for k in kinds for w in ("--kind", k)))
     check_writable(run_dir, "the run folder")
     check_writable(cache_home(), "the cache folder, PROMPTCLIMB_HOME")
     with run_lock(run_dir):  # a search resuming this run would rewrite summary.json too
-        section = fit_run_adapter(run_dir, kinds, on=on, seed=seed, device=device, echo=echo)
+        section = fit_run_adapter(run_dir, kinds, on=on, seed=seed, device=device, echo=echo, data_root=data_root)
     if as_json:
         click.echo(json.dumps(section, indent=2))

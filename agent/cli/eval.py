@@ -173,12 +173,15 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
     defaults; and the run's config.json (None without --run)."""
     args, config = dict(given), None
     if run_dir is not None:
-        from promptclimb.agent.adapt import read_run
+        from promptclimb.agent.adapt import check_run_data, read_run
         from promptclimb.agent.runs.reading import run_names_by_label, warn_names_by_position
+        from promptclimb.agent.runs.store import run_argument
 
         config, summary = read_run(run_dir, None if prompts else "eval --run")
         own = config.get("evaluator_args") or {}
         other_dataset = given["dataset"] is not None and given["dataset"] != own.get("dataset")
+        if not other_dataset:
+            check_run_data(run_dir, config, given["data_root"], "eval", "--run", run_argument(run_dir))
         for key, value in own.items():
             # where another --dataset is given, the run's folder and columns are not its (the
             # run's --data-root was blamed for holding no fashion-mnist)
