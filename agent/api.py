@@ -106,7 +106,7 @@ def search(dataset: str | None = None, shots: int | None = None, backbone: str |
     The keywords are the command's long options with `_` for `-` (`--max-calls` is
     `max_calls=`, `--llm` is `llm=`, `--ensemble` is `ensemble=`, `--adapter` takes a name or
     a list); each is checked as on the command line, and one that is left out (or None)
-    takes the command's default (`promptclimb search --help` lists them all). Progress lines
+    takes the `config=` file's value, else the command's default (`promptclimb search --help` lists them all). Progress lines
     go to `echo` (None: nowhere), every one the command prints: the local LLM server's start
     and each split's image features (which the command prints on stderr) too; the progress
     bars of long steps (encoding images, assembling the local LLM's model the first time)
@@ -119,7 +119,8 @@ def search(dataset: str | None = None, shots: int | None = None, backbone: str |
     a keyword given here overrides it (its `json` setting, for printing, is left out).
     Raises PromptclimbError with a readable message for bad input.
     """
-    from promptclimb.agent.options import BY_KEYWORD, GIVEN, PYTHON_OPTIONS, read_config_file, resolve
+    from promptclimb.agent.options import (BY_KEYWORD, FROM_FILE, GIVEN, PYTHON_OPTIONS, read_config_file, resolve,
+                                           said_from_file)
     from promptclimb.agent.pipeline import run_search
     from promptclimb.agent.runs.reading import find_run, run_classnames
 
@@ -127,16 +128,22 @@ def search(dataset: str | None = None, shots: int | None = None, backbone: str |
     files = [] if config is None else [config] if isinstance(config, (str, os.PathLike)) else config
     if not isinstance(files, (list, tuple)) or not all(isinstance(f, (str, os.PathLike)) for f in files):
         raise PromptclimbError(f"search(): config={config!r}: expected a TOML file's path, or a list of them")
-    from_files = {}
+    from_files, file_of = {}, {}
     for path in files:
-        from_files.update(read_config_file(path))
-    given = {**{k: v for k, v in from_files.items() if not BY_KEYWORD[k].cli_only},
-             **{k: v for k, v in {"dataset": dataset, "shots": shots, "backbone": backbone, "llm": llm,
-                                  **knobs}.items() if v is not None}}
+        read = read_config_file(path)
+        from_files.update(read)
+        file_of.update({BY_KEYWORD[k].name: path for k in read})
+    typed = {k: v for k, v in {"dataset": dataset, "shots": shots, "backbone": backbone, "llm": llm, **knobs}.items()
+             if v is not None}
+    given = {**{k: v for k, v in from_files.items() if not BY_KEYWORD[k].cli_only}, **typed}
     opts = resolve(given, "search(): ", PYTHON_OPTIONS)
     opts[GIVEN] = frozenset(o.name for o in PYTHON_OPTIONS if given.get(o.keyword) is not None)
-    summary = run_search(opts, echo or nowhere, evaluator_factory=_EVALUATOR_FACTORY.get(), aside=echo or nowhere,
-                         bars=draws_bars(echo))
+    opts[FROM_FILE] = {name: path for name, path in file_of.items() if name not in {BY_KEYWORD[k].name for k in typed}}
+    try:
+        summary = run_search(opts, echo or nowhere, evaluator_factory=_EVALUATOR_FACTORY.get(), aside=echo or nowhere,
+                             bars=draws_bars(echo))
+    except PromptclimbError as exc:
+        raise said_from_file(exc, opts[FROM_FILE])
     runs_dir = Path(opts["runs_dir"])
     run_dir = find_run(opts["resume"], runs_dir) if opts["resume"] is not None else runs_dir / summary["run_id"]
     ensemble = summary.get("ensemble") or {}

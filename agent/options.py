@@ -400,6 +400,30 @@ def check_dataset_name(name, what: str = "--dataset") -> str:
 # 1 is the default. Settings without it (a sweep's cells) count an option as given where it is not
 # at its default (agent/pipeline.py `given`).
 GIVEN = "_given"
+# The key that holds which options a --config file set, and which file (`Option.name` -> path):
+# a refusal of such a value names the file, where a user looks for it (`said_from_file`).
+FROM_FILE = "_from_file"
+
+
+class SettingsChanged(PromptclimbError):
+    """--resume with options that would change the run's (agent/pipeline.py): its message
+    lists them, each saying where it was set."""
+
+
+def said_from_file(exc: PromptclimbError, from_file: dict) -> PromptclimbError:
+    """`exc` naming the --config file when the option it refuses (`--pool: 'x.txt' is ...`,
+    or `backbone 'x': ...` as the evaluator says it) was set there, not on the command line,
+    where a user would look for it. A resume's refused changes say each one's file
+    themselves (`SettingsChanged`)."""
+    message = str(exc)
+    if isinstance(exc, SettingsChanged):
+        return exc
+    for name, path in from_file.items():
+        option = BY_NAME[name]
+        if message.startswith(tuple(f"{word}{after}" for word in (option.flag, option.keyword) for after in " :")):
+            exc.args = (f"--config {path}: {message}",)
+            break
+    return exc
 
 
 def resolve(given: dict, where: str = "", table: tuple[Option, ...] = SEARCH_OPTIONS) -> dict:

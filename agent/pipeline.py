@@ -534,11 +534,14 @@ def refuse_changed_settings(opts: dict, saved: dict) -> None:
     changed = {o: why for o in option_table.SEARCH_OPTIONS if o.recorded and given(opts, o.name)
                if (why := setting_change(o, opts[o.name], saved))}
     if changed:
-        listed = ", ".join(f"{o.flag} {opts[o.name]} ({why})" for o, why in changed.items())
+        files = opts.get(option_table.FROM_FILE) or {}  # a value a --config file set is looked for there
+        listed = ", ".join(f"{o.flag} {opts[o.name]} ({why}{f'; set by --config {files[o.name]}' if o.name in files else ''})"
+                           for o, why in changed.items())
         why = (" (the number of LLM turns is fixed when a run starts: the history's order depends on it)"
                if {o.name for o in changed} & set(LOOP_SHAPE) else "")
-        raise PromptclimbError(f"--resume continues a run with the settings it started with; these options would "
-                               f"change them: {listed}{why}. Drop them, or start a new run without --resume.")
+        raise option_table.SettingsChanged(
+            f"--resume continues a run with the settings it started with; these options would change them: "
+            f"{listed}{why}. Drop them, or start a new run without --resume.")
 
 
 def apply_budget_caps(opts: dict, search: SearchConfig, store: RunStore, echo) -> SearchConfig:

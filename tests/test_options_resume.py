@@ -108,6 +108,33 @@ def test_an_option_given_at_its_default_is_compared_with_the_run_too(search, mon
             promptclimb.search(resume="run", runs_dir=str(search.runs), shots=1, echo=None)
 
 
+def test_a_refused_change_a_config_file_set_names_the_file_and_a_typed_one_does_not(search, tmp_path, monkeypatch):
+    """`--config c.toml --resume RUN` listed `--iterations 1 (the run's: 2)`, and a user looked
+    for it on the command line; a resume set in the file had the file blamed for a typed value."""
+    assert search("--shots", "2").exit_code == 0
+    shots = tmp_path / "shots.toml"
+    shots.write_text("[search]\nshots = 3\n")
+    one_line_error(search("--config", str(shots), "--resume", "run"),
+                   f"--shots 3 (the run's: 2; set by --config {shots})")
+    resume = tmp_path / "resume.toml"
+    resume.write_text('[search]\nresume = "run"\n')
+    typed = search("--config", str(resume), "--shots", "1")
+    one_line_error(typed, "--shots 1 (the run's: 2)")
+    assert "--config" not in typed.output
+    import promptclimb
+    from promptclimb.agent.api import using_evaluator
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", search.fake.base_url)
+    with using_evaluator(FACTORY["evaluator_factory"]):  # search(config=...) alike
+        with pytest.raises(promptclimb.PromptclimbError, match=re.escape(f"(the run's: 2; set by --config {shots})")):
+            promptclimb.search(config=shots, resume="run", runs_dir=str(search.runs), echo=None)
+        pool = tmp_path / "pool.toml"
+        pool.write_text('[search]\npool = "missing.txt"\n')
+        with pytest.raises(promptclimb.PromptclimbError, match=re.escape(f"--config {pool}: --pool: 'missing.txt'")):
+            promptclimb.search(config=pool, dataset="toy", runs_dir=str(search.runs), echo=None)
+
+
 def test_a_resume_asks_the_endpoint_it_recorded_not_one_openai_base_url_names(search, tmp_path):
     """A run started with --base-url A, killed, resumed in a shell whose OPENAI_BASE_URL names
     another endpoint B (set for another tool): it asks A, and says so; --base-url B asks B."""

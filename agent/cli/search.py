@@ -18,7 +18,7 @@ from promptclimb.agent import options as option_table
 from promptclimb.agent.cli.errors import user_errors
 from promptclimb.agent.cli.params import TableText, table_int
 from promptclimb.agent.core.errors import PromptclimbError
-from promptclimb.agent.options import GIVEN, PANELS, SEARCH_OPTIONS, Option
+from promptclimb.agent.options import FROM_FILE, GIVEN, PANELS, SEARCH_OPTIONS, Option, said_from_file
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
@@ -97,20 +97,6 @@ def help_panels(command_name: str, first: list[str] = (), skip: set = frozenset(
 CONFIG_FILES = "promptclimb.config_files"  # ctx.meta: option name -> the --config file that set it
 
 
-def said_from_config(ctx: click.Context, exc: PromptclimbError) -> PromptclimbError:
-    """`exc` naming the --config file when the option it refuses (`--classnames x.txt: ...`)
-    was set there, not on the command line, where a user would look for it (the evaluator says
-    `backbone 'x': ...`, without the dashes)."""
-    message = str(exc)
-    for name, path in ctx.meta.get(CONFIG_FILES, {}).items():
-        option = option_table.BY_NAME[name]
-        said_as = tuple(f"{word}{after}" for word in (option.flag, option.keyword) for after in " :")
-        if ctx.get_parameter_source(name) == ParameterSource.DEFAULT_MAP and message.startswith(said_as):
-            exc.args = (f"--config {path}: {message}",)
-            break
-    return exc
-
-
 def load_config_file(ctx: click.Context, param, paths):
     """--config FILE.toml (repeatable: a later file overrides an earlier one; all but the last
     were dropped, unsaid): each [search] table becomes the options' defaults (the command line
@@ -161,11 +147,13 @@ def search_cmd(ctx: click.Context, **opts):
         raise click.UsageError("--dataset is required (or --resume RUN)", ctx)
     # typed, or set by --config: compared with a resumed run's settings even at their defaults
     opts[GIVEN] = frozenset(name for name in opts if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT))
+    opts[FROM_FILE] = {name: path for name, path in ctx.meta.get(CONFIG_FILES, {}).items()
+                       if ctx.get_parameter_source(name) == ParameterSource.DEFAULT_MAP}  # not typed over
     echo = (lambda msg: click.echo(msg, err=True)) if opts["as_json"] else click.echo
     factory = (ctx.obj or {}).get("evaluator_factory") if isinstance(ctx.obj, dict) else None
     try:
         summary = run_search(opts, echo, evaluator_factory=factory)
     except PromptclimbError as exc:
-        raise said_from_config(ctx, exc)
+        raise said_from_file(exc, opts[FROM_FILE])
     if opts["as_json"]:
         click.echo(json.dumps(summary, indent=2))
