@@ -142,7 +142,8 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
            "under --select train+val].", _L, CONFIRMS, recorded="search.confirm"),
     Option("--max-calls", None, "Budget: LLM answers in the whole run (then stop cleanly).", _L, int, minimum=0,
            scope=BUDGET),
-    Option("--max-tokens", None, "Budget: LLM prompt+completion tokens in the whole run.", _L, int, minimum=0,
+    Option("--max-tokens", None, "Budget: LLM prompt+completion tokens in the whole run (an answer from the cache "
+           "counts the tokens it cost when asked: a rerun stops where the first did).", _L, int, minimum=0,
            scope=BUDGET),
 
     Option("--base-url", None, "OpenAI-compatible endpoint [default: $OPENAI_BASE_URL, or the OpenAI API].", _LLM,

@@ -72,7 +72,7 @@ from promptclimb.agent.core.format import shell_command
 from promptclimb.agent.core.runfiles import CONFIG, HISTORY
 from promptclimb.agent.llm.client import scrub_urls, without_secrets
 from promptclimb.agent.runs.reading import Run, load_run, run_classnames
-from promptclimb.agent.runs.store import being_written, has_summary
+from promptclimb.agent.runs.store import being_written, has_summary, tokens_spent
 from promptclimb.agent.search import LLM_EVENTS
 from promptclimb.agent.softsearch import is_soft_prompt_run
 from promptclimb.agent.sweep.driver import read_sweep
@@ -594,11 +594,8 @@ def answer_metrics(run: Run, hold_last: bool = False, logged: Container[int] = (
         if call in logged or call in held:
             continue
         end = ends[call]
-        usage = {} if answer.get("cached") else answer.get("usage") or {}  # a cached answer cost no tokens
         values = {"new_proposals": sum(_is_new(e) for e in own[call]),
-                  "refused_proposals": sum(e["event"] in REFUSED for e in own[call]),
-                  "prompt_tokens": usage.get("prompt_tokens") or 0,
-                  "completion_tokens": usage.get("completion_tokens") or 0}
+                  "refused_proposals": sum(e["event"] in REFUSED for e in own[call]), **tokens_spent(answer)}
         values.update(best_at(end))
         rows.append((call, _answer_time(answer), values))
     return rows

@@ -115,7 +115,7 @@ def test_a_request_that_times_out_every_try_says_how_long_each_waited(fake, tmp_
     fake.faults.extend(["hang", "hang"])
     with pytest.raises(LLMError) as info:
         llm.chat(HI)
-    assert str(info.value).endswith("(each try waited 0.5s: a slow endpoint may need a longer --timeout)")
+    assert str(info.value).endswith("(a try waits 0.5s: a slow endpoint may need a longer --timeout)")
     assert info.value.cause == "timeout"
     fake.faults.extend(["500", "500"])
     with pytest.raises(LLMError) as info:

@@ -59,6 +59,26 @@ def run(tmp_path):
     fake.__exit__(None, None, None)
 
 
+def test_a_run_not_ended_labels_its_winners_by_the_names_it_holds_and_its_report_renders(run):
+    """With no result yet, every rename read as "earlier" and the start names as "found"; a
+    run with nothing scored had its report fail on the names column (a traceback)."""
+    assert run("search", "--dataset", "toy", "--name", "n", *SMALL, "--runs-dir", run.runs).exit_code == 0
+    folder = run.runs / "n"
+    (folder / "summary.json").unlink()
+    lines = (folder / "history.jsonl").read_text().splitlines()
+    (folder / "history.jsonl").write_text("".join(f"{line}\n" for line in lines if '"final"' not in line))
+    read = promptclimb.load_run(folder)
+    assert read.final is None
+    said, names = read.winners_said(), read.winners()["names"]
+    assert set(said["names"]) == {"found", "start"}
+    assert list(said["names"]) == ["found" if n == "Trouser -> jeans" else "start" for n in names]
+    empty = run.runs / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text((folder / "config.json").read_text())
+    report = run("report", "empty", "--runs-dir", run.runs)
+    assert report.exit_code == 0, report.output
+
+
 def test_search_renames_a_class_and_every_reader_carries_the_names(run):
     result = run("search", "--dataset", "toy", "--name", "n", *SMALL, "--runs-dir", run.runs, "--json")
     assert result.exit_code == 0, result.output

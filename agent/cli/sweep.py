@@ -25,6 +25,7 @@ SWEEP_HELPS = {
               "prompt registered), and at the end one parent run for the sweep with the cells' runs nested under "
               "it; to TRACKING_URI, else $MLFLOW_TRACKING_URI, else MLflow's default sqlite:///mlflow.db (in the "
               "current folder; artifacts beside it, in mlruns/). Needs the mlflow extra; tracking never fails a sweep.",
+    "no_cache": "Do not read or write the LLM response cache (--cache: do, undoing a --grid file's no-cache = true).",
 }
 
 

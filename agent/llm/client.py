@@ -61,8 +61,8 @@ DEFAULT_CAP_TOKENS = 4096
 
 class LLMError(PromptclimbError):
     """The LLM endpoint could not answer (after retries) or answered with something unusable.
-    `cause`: "timeout" or "connection" where every try ended so (a caller's hint names what
-    to do: a longer --timeout, a server to start again)."""
+    `cause`: "timeout" or "connection" where the last try ended so (a caller's hint names
+    what to do: a longer --timeout, a server to start again)."""
 
     def __init__(self, message: str = "", cause: str | None = None):
         super().__init__(message)
@@ -709,7 +709,7 @@ class LLMClient:
             cause = "timeout" if isinstance(exc, openai.APITimeoutError) else \
                 "connection" if isinstance(exc, openai.APIConnectionError) else None
             # the cause went unsaid: a --timeout too short for a slow model read as an endpoint that failed
-            waited = f" (each try waited {self.timeout:g}s: a slow endpoint may need a longer --timeout)" \
+            waited = f" (a try waits {self.timeout:g}s: a slow endpoint may need a longer --timeout)" \
                 if cause == "timeout" else ""
             raise LLMError(self.redact(f"the LLM ({self.model} at {where}) did not answer {tries}: "
                                        f"{type(exc).__name__}: {exc}{waited}"), cause=cause) from None

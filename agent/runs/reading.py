@@ -38,7 +38,7 @@ from promptclimb.agent.core.runfiles import SWEEP_FILE
 from promptclimb.agent.runs.compact import COMPACT_SINCE, confusion_matrix, unpack_event
 from promptclimb.agent.runs.store import (ANSWER_KINDS, CONFIG, EVENTS, FORMAT_VERSION, HISTORY, SUMMARY, being_written,
                                           ended_with_adapter, has_summary, ledger, SCORED_EVENTS,
-                                          scored_origin)
+                                          scored_origin, tokens_spent)
 from promptclimb.agent.ranking import LEGACY_METRIC, best_first, selection_value, then_value, top_and_bottom
 from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.options import check_recorded
@@ -509,14 +509,19 @@ class Run:
 
     def winners_said(self, k: int = 5) -> pd.DataFrame:
         """`winners(k)` as `show` and the report list them: `names` says which names each row
-        was scored with, "found" (the run's result), "start" or "earlier" (a names search's
+        was scored with, "found" (the run's result; of a run not ended, the names it holds
+        now), "start" or "earlier" (a names search's
         pool and early templates keep the names they were scored with: its rows mix them);
         no column for a run that renamed nothing."""
         frame = self.winners(k)
         if not frame["names"].astype(bool).any():
             return frame.drop(columns="names")
-        found = renames(self.start_names, ((self.final or {}).get("best") or {}).get("names"))
-        said = {"": "start", found: "found"}
+        if self.final is not None:
+            found = renames(self.start_names, (self.final.get("best") or {}).get("names"))
+        else:  # a run under way (or stopped): the names it holds now, its last kept change's
+            held = self.of("names_change")
+            found = renames(self.start_names, held[-1].get("names")) if held else ""
+        said = {found: "found", "": "start"}  # the start names are never "found": nothing renamed
         return frame.assign(names=[said.get(names, "earlier") for names in frame["names"]])
 
     def template_origin(self, template: str | None, origin: str | None) -> str | None:
@@ -663,8 +668,7 @@ class Run:
                 scored, rejects, top, bottom = self._names_answer(ex, call)
             # best so far = over everything recorded up to the end of this answer (`answer_ends`)
             upto = scores[scores["line"] <= ends[call]] if "line" in scores else scores
-            # one from the cache cost no tokens (it recorded those of the request that made it)
-            usage = {"prompt_tokens": 0, "completion_tokens": 0} if ex.get("cached") else ex.get("usage") or {}
+            usage = tokens_spent(ex)
             out.append({
                 "call": call, "kind": kinds[ex["event"]], "restart": ex.get("restart"), "reset": ex.get("reset"),
                 "iteration": ex.get("iteration"),

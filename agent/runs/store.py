@@ -152,8 +152,8 @@ def ledger(events: Iterable[dict]) -> dict:
     return {
         "calls": len(asked),
         "cache_hits": len(answers) - len(asked),
-        "prompt_tokens": sum(_usage(e, "prompt_tokens") for e in asked),
-        "completion_tokens": sum(_usage(e, "completion_tokens") for e in asked),
+        "prompt_tokens": sum(tokens_spent(e)["prompt_tokens"] for e in answers),
+        "completion_tokens": sum(tokens_spent(e)["completion_tokens"] for e in answers),
         "latency_s": round(sum(e.get("latency_s") or 0.0 for e in asked), 3),
     }
 
@@ -165,13 +165,22 @@ def ledger_by_kind(events: Iterable[dict]) -> dict:
         if e["event"] in ANSWER_KINDS and not e.get("cached"):
             row = out[ANSWER_KINDS[e["event"]]]
             row["calls"] += 1
-            row["prompt_tokens"] += _usage(e, "prompt_tokens")
-            row["completion_tokens"] += _usage(e, "completion_tokens")
+            for tokens, n in tokens_spent(e).items():
+                row[tokens] += n
     return out
 
 
 def _usage(event: dict, tokens: str) -> int:
     return (event.get("usage") or {}).get(tokens) or 0
+
+
+def tokens_spent(event: dict) -> dict[str, int]:
+    """The prompt and completion tokens an answer event cost: none for one from the cache
+    (it records those of the request that made it), as `ledger` counts. --max-tokens counts
+    them all the same (agent/llm/client.py): a rerun from the cache stops where the first did."""
+    if event.get("cached"):
+        return {"prompt_tokens": 0, "completion_tokens": 0}
+    return {tokens: _usage(event, tokens) for tokens in ("prompt_tokens", "completion_tokens")}
 
 
 class RunMismatch(PromptclimbError):
