@@ -502,10 +502,13 @@ class Run:
     @property
     def start_names(self) -> list[str] | None:
         """The names the search started from: its history's run_start (what the names of its
-        events, and prompts.csv, differ from), else what its evaluator recorded."""
+        events, and prompts.csv, differ from), else its result's names table (a history
+        written before run_start held them), else what its evaluator recorded."""
         start = next((e["start_names"] for e in self.events if e["event"] == "run_start"
                       and isinstance(e.get("start_names"), list)), None)
-        return start or run_start_names(self.config)
+        table = (self.final or {}).get("names") or {}
+        return start or (table.get("start") if isinstance(table.get("start"), list) else None) or \
+            run_start_names(self.config)
 
     def winners_said(self, k: int = 5) -> pd.DataFrame:
         """`winners(k)` as `show` and the report list them: `names` says which names each row
