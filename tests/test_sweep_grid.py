@@ -3,6 +3,7 @@ in sweep.json, cell states and the report's numbers (the LLM endpoint the cells 
 a sweep that runs: tests/test_sweep.py)."""
 
 import json
+import re
 import math
 
 import pytest
@@ -120,7 +121,8 @@ def test_a_sweep_continues_with_its_stored_settings_and_refuses_other_ones(tmp_p
     stored = json.loads((sweep_dir / "sweep.json").read_text())["search"]
     assert stored == {"iterations": 3, "base_url": "http://127.0.0.1:1/v1"}
     sweeps.prepare_sweep(sweep_dir, {"dataset": ["fashion-mnist"], "seeds": [1, 2]}, {"iterations": 3})
-    with pytest.raises(PromptclimbError, match="differs in: grid.seeds, iterations"):
+    with pytest.raises(PromptclimbError, match=re.escape("other settings (the grid's seeds 1, 2, 3 (the sweep's: 1, 2), "
+                                                         "--iterations 4 (the sweep's: 3))")):
         sweeps.prepare_sweep(sweep_dir, {"dataset": ["fashion-mnist"], "seeds": ["1-3"]}, {"iterations": 4})
     with pytest.raises(PromptclimbError, match="holds no sweep yet"):
         sweeps.prepare_sweep(tmp_path / "other", None, {})
@@ -136,7 +138,7 @@ def test_a_sweep_none_of_whose_cells_finished_says_how_to_start_it_again_with_ne
         (sweep_dir / cell / "error.txt").write_text("the server serves no model gpt-x\n")
     with pytest.raises(PromptclimbError) as refused:
         sweeps.prepare_sweep(sweep_dir, None, {"llm": "gpt-y"})
-    assert "differs in: llm" in str(refused.value)
+    assert "(--llm gpt-y (the sweep's: gpt-x))" in str(refused.value)
     assert f"none of its 2 cells finished: to start it again with these settings, remove it first: " \
            f"rm -r '{sweep_dir}'" in str(refused.value)
     # a cell killed on its way holds answers paid for: the removal says it loses them
@@ -148,7 +150,7 @@ def test_a_sweep_none_of_whose_cells_finished_says_how_to_start_it_again_with_ne
     (sweep_dir / "fashion-mnist-demo-1shot-seed2" / "summary.json").write_text(json.dumps({"best": {}}))
     with pytest.raises(PromptclimbError) as refused:
         sweeps.prepare_sweep(sweep_dir, None, {"llm": "gpt-y"})
-    assert "differs in: llm" in str(refused.value) and "rm -r" not in str(refused.value)
+    assert "(--llm gpt-y (the sweep's: gpt-x))" in str(refused.value) and "rm -r" not in str(refused.value)
 
 
 def test_cell_states(tmp_path):
@@ -333,6 +335,9 @@ def test_a_sweep_whose_endpoint_secret_was_left_out_is_rerun_only_with_the_url_g
     assert again["search"]["base_url"] == url
     with pytest.raises(PromptclimbError, match="give it again"):  # still said on the next rerun
         sweeps.prepare_sweep(tmp_path / "s", None, {})
+    monkeypatch.setenv("OPENAI_BASE_URL", url)  # given again the other way: the cells ask it with its secret
+    assert sweeps.prepare_sweep(tmp_path / "s", None, {})["search"]["base_url"] == url
+    monkeypatch.delenv("OPENAI_BASE_URL")
     sweeps.prepare_sweep(tmp_path / "plain", grid, {"base_url": "http://127.0.0.1:1/v1"})
     assert sweeps.prepare_sweep(tmp_path / "plain", None, {})["search"]["base_url"] == "http://127.0.0.1:1/v1"
 
@@ -405,8 +410,8 @@ def test_a_rerun_that_gives_some_grid_axes_takes_the_others_from_the_sweep(tmp_p
         assert result.exit_code == 1 and len(errors) == 1, result.output
         return errors[0]
 
-    assert "started with other settings (differs in: grid.shots)" in rerun("--shots", "4")
-    assert "differs in: grid.seeds)" in rerun("--seeds", "1-3")
+    assert "started with other settings (the grid's shots 4 (the sweep's: 1))" in rerun("--shots", "4")
+    assert "(the grid's seeds 1, 2, 3 (the sweep's: 1, 2))" in rerun("--seeds", "1-3")
     assert "cannot reach Ray" in rerun("--seeds", "1,2")  # the sweep's grid: accepted, on to Ray
     assert "cannot reach Ray" in rerun("--dataset", "fashion-mnist")
     assert json.loads((runs / "s" / "sweep.json").read_text())["grid"]["seeds"] == [1, 2]
@@ -477,7 +482,7 @@ def test_a_sweep_started_with_relative_paths_is_continued_from_any_folder_on_its
         cell_opts = sweeps.cell_options(cell, opts, sweep_dir)
         assert (cell_opts["data_root"], cell_opts["pool"], cell_opts["classnames"]) == \
             (str(a / "hf" / "fm_str2"), str(a / "bigpool.txt"), str(a / "oddnames.txt"))
-    with pytest.raises(PromptclimbError, match="differs in: data_root"):  # b's own hf/fm_str2 is other data
+    with pytest.raises(PromptclimbError, match=r"\(--data-root .*hf/fm_str2 \(the sweep's: "):  # b's own hf/fm_str2 is other data
         sweeps.prepare_sweep(sweep_dir, None, {"data_root": "hf/fm_str2"})
 
 
@@ -571,3 +576,34 @@ def test_an_option_only_some_grid_datasets_take_is_refused_before_ray_starts(dat
     assert not (runs / "m").exists()
     settings = sweeps.prepare_sweep(runs / "hf", {"dataset": ["hf"]}, {"data_root": str(data), "label_column": "label"})
     assert settings["cells"] == ["hf-ViT-B-32-1shot-seed0"]
+
+
+def test_a_new_sweep_keeps_the_llm_its_environment_chose_and_a_rerun_elsewhere_asks_it(tmp_path, monkeypatch):
+    """A sweep started without OPENAI_* (the embedded LLM) and rerun from a shell with
+    OPENAI_BASE_URL set: its killed cells went on against that endpoint, recorded as the local
+    model; one started against an endpoint went on with the local LLM where the variables
+    were gone. sweep.json now keeps what the environment chose, and --llm local is the
+    embedded LLM whatever OPENAI_BASE_URL says, as for a search."""
+    grid = {"dataset": ["fashion-mnist"]}
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    sweeps.prepare_sweep(tmp_path / "local", grid, {})
+    assert json.loads((tmp_path / "local" / "sweep.json").read_text())["search"] == {"llm": "local"}
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1/v1")
+    opts = sweeps.search_options(sweeps.prepare_sweep(tmp_path / "local", None, {})["search"])
+    assert opts["llm_name"] == "local" and sweeps.sweep_endpoint(opts) is None
+    sweeps.prepare_sweep(tmp_path / "served", grid, {})  # the endpoint, not a model name: what it serves decides
+    assert json.loads((tmp_path / "served" / "sweep.json").read_text())["search"] == \
+        {"base_url": "http://127.0.0.1:1/v1"}
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    opts = sweeps.search_options(sweeps.prepare_sweep(tmp_path / "served", None, {})["search"])
+    assert opts["llm_name"] is None and sweeps.sweep_endpoint(opts) == "http://127.0.0.1:1/v1"
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    sweeps.prepare_sweep(tmp_path / "api", grid, {})
+    assert json.loads((tmp_path / "api" / "sweep.json").read_text())["search"] == {"llm": "gpt-4o-mini"}
+    monkeypatch.delenv("OPENAI_API_KEY")
+    with pytest.raises(PromptclimbError, match="needs OPENAI_API_KEY"):  # not the local LLM, unsaid
+        sweeps.prepare_sweep(tmp_path / "api", None, {})
+    sweeps.prepare_sweep(tmp_path / "craft", grid, {"optimizer": "craft", "queries": 200})  # asks no LLM
+    assert json.loads((tmp_path / "craft" / "sweep.json").read_text())["search"] == {"optimizer": "craft",
+                                                                                      "queries": 200}

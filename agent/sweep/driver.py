@@ -267,7 +267,7 @@ def check_cells(cells: list[Cell], opts: dict, sweep_dir: Path) -> None:
     from promptclimb.agent.metaprompt import MetaPrompt
     from promptclimb.agent.pipeline import default_llm, names_file, new_run, render_meta_prompts_once
 
-    base_url = opts["base_url"] or os.environ.get("OPENAI_BASE_URL")
+    base_url = sweep_endpoint(opts)
     llm_name = opts["llm_name"] or default_llm(base_url)
     plans = []
     for cell in cells:
@@ -313,7 +313,11 @@ def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict) -> dict:
     if grid is None and stored is None:
         raise PromptclimbError(f"{sweep_dir} holds no sweep yet: give its grid (--dataset ..., or --grid FILE)")
     settings = {"grid": check_grid(grid if grid is not None else stored["grid"]),
-                "search": {**(stored["search"] if stored else {}), **search}}
+                "search": {**stored["search"], **search} if stored else llm_pinned(search)}
+    if stored and "base_url" in stored.get(SECRETS_LEFT_OUT, []) and "base_url" not in search \
+            and os.environ.get("OPENAI_BASE_URL"):
+        # its key was left out of sweep.json: OPENAI_BASE_URL gives it again (the cells had the URL without it)
+        settings["search"]["base_url"] = os.environ["OPENAI_BASE_URL"]
     from promptclimb.agent.core.backbones import check_backbone_name
 
     # a name no cell could load fails every cell inside Ray; checked here, not in check_grid,
@@ -327,9 +331,11 @@ def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict) -> dict:
         mine, theirs = _comparable(settings), _comparable(stored)
         differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         if differ:
-            raise PromptclimbError(f"sweep {sweep_dir.name} was started with other settings (differs in: "
-                                   f"{', '.join(differ)}); rerun it as it was, or give the new grid another name"
-                                   + nothing_finished_note(sweep_dir, stored))
+            # by the options' flags, with the sweep's values (it said `adapter_kinds`, `grid.seeds`)
+            said = ", ".join(f"{setting_said(k)} {said_value(mine.get(k))} (the sweep's: {said_value(theirs.get(k))})"
+                             for k in differ)
+            raise PromptclimbError(f"sweep {sweep_dir.name} was started with other settings ({said}); rerun it as it "
+                                   "was, or give the new grid another name" + nothing_finished_note(sweep_dir, stored))
     left_out = stored.get(SECRETS_LEFT_OUT, []) if stored else []
     for option in left_out:
         if option not in search and not (option == "base_url" and os.environ.get("OPENAI_BASE_URL")):
@@ -351,6 +357,41 @@ def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict) -> dict:
     write_json_atomic(path, {**settings, "search": kept, "created": created,
                              **({SECRETS_LEFT_OUT: left_out} if left_out else {})})
     return settings
+
+
+def setting_said(key: str) -> str:
+    """A key of `_comparable` as a user gives it: `--llm`, or `the grid's seeds`."""
+    from promptclimb.agent.options import BY_NAME
+
+    if key.startswith("grid."):
+        return f"the grid's {key[len('grid.'):]}"
+    return BY_NAME[key].flag if key in BY_NAME else key
+
+
+def said_value(value) -> str:
+    """A setting's value as the refusal says it: lists as `1, 2`, not given as `the default`."""
+    if value is None:
+        return "the default"
+    if value == []:
+        return "none"
+    return ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def llm_pinned(search: dict) -> dict:
+    """A new LLM sweep's options with the LLM its environment chose written in, so that sweep.json
+    keeps it: a rerun from a shell with other OPENAI_* variables went on with another LLM
+    (local cells resumed against an endpoint, still recorded as the local model), unsaid. The
+    endpoint OPENAI_BASE_URL names, and without one, --llm local or the API's default model."""
+    from promptclimb.agent.options import LOCAL, REMOTE_DEFAULT_MODEL
+
+    if search.get("optimizer", "llm") != "llm":
+        return dict(search)
+    pinned, env_url = dict(search), os.environ.get("OPENAI_BASE_URL")
+    if pinned.get("llm") is None and not (pinned.get("base_url") or env_url):
+        pinned["llm"] = REMOTE_DEFAULT_MODEL if os.environ.get("OPENAI_API_KEY") else LOCAL
+    if pinned.get("base_url") is None and env_url and pinned.get("llm") != LOCAL:
+        pinned["base_url"] = env_url  # the served model a cell finds there decides its --llm, as a search's
+    return pinned
 
 
 def nothing_finished_note(sweep_dir: Path, stored: dict) -> str:
@@ -542,7 +583,7 @@ def llm_endpoint(opts: dict, echo: Callable[[str], None]) -> Iterator[tuple[str 
     if opts["optimizer"] != "llm":
         yield None, {}
         return
-    base_url = opts["base_url"] or os.environ.get("OPENAI_BASE_URL")
+    base_url = sweep_endpoint(opts)
     if base_url or (opts["llm_name"] or default_llm()) != LOCAL:
         yield base_url, {"base_url": base_url}
         return
@@ -551,6 +592,15 @@ def llm_endpoint(opts: dict, echo: Callable[[str], None]) -> Iterator[tuple[str 
     with local_server(model_path=opts["llm_model"], echo=echo) as url:
         # --llm local whatever a node's environment says: the LLM the driver started for it
         yield url, {"llm_name": LOCAL, "local_llm_url": url}
+
+
+def sweep_endpoint(opts: dict) -> str | None:
+    """The endpoint every cell asks: --base-url (or the one sweep.json keeps), else
+    OPENAI_BASE_URL, except under --llm local: the embedded LLM whatever OPENAI_BASE_URL says,
+    as for a search (`pipeline.choose_llm`)."""
+    from promptclimb.agent.options import LOCAL
+
+    return opts["base_url"] or (None if opts["llm_name"] == LOCAL else os.environ.get("OPENAI_BASE_URL"))
 
 
 def on_this_machine(base_url: str | None) -> bool:
