@@ -242,6 +242,18 @@ def test_sweep_report_means_and_sds_over_finished_seeds(tmp_path):
     result = CliRunner().invoke(cli, ["sweep-report", "s", "--runs-dir", str(tmp_path / "runs")])
     assert result.exit_code == 0, result.output
     assert "85.0 ± 7.1" in result.output and "86.0 ± 7.1" in result.output
+    # what each run keeps (seed 1 chose its ensemble; seed 2's adapter lost on val): the columns had
+    # mixed a candidate ensemble and an adapter not kept, from one seed, into means over "2 seeds done"
+    one = sweep_dir / "fashion-mnist-demo-1shot-seed1" / "summary.json"
+    one.write_text(json.dumps({**json.loads(one.read_text()), "winner": "ensemble"}))
+    two = sweep_dir / "fashion-mnist-demo-1shot-seed2" / "summary.json"
+    two.write_text(json.dumps({**json.loads(two.read_text()), "winner": "best",
+                               "adapter": {"accuracy": {"test": 0.95}, "result": "prompt-only"}}))
+    summary = sweeps.sweep_summary(sweeps.sweep_cells(sweep_dir)).iloc[0]
+    assert summary["result_mean"] == pytest.approx((0.81 + 0.90) / 2)
+    assert (summary["adapter_mean"], summary["adapter_seeds"]) == (pytest.approx(0.95), 1)
+    table = CliRunner().invoke(cli, ["sweep-report", "s", "--runs-dir", str(tmp_path / "runs")]).output
+    assert "85.5 ± 6.4" in table and "95.0 (1 of 2)" in table and "result: what each run keeps" in table
     assert "fashion-mnist-demo-1shot-seed3: LLMError: the LLM did not answer" in result.output
     assert (sweep_dir / "report.png").exists()
 

@@ -117,10 +117,10 @@ def check_grid_file_search(path: str, options: dict) -> None:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", help="How to print the results.")
 @user_errors
 def sweep_report_cmd(sweep, runs_dir, fmt):
-    """Results of a sweep: per dataset x backbone x shots, the test accuracy of the best
-    template, the ensemble and the adapter (when fit), mean ± sd over the finished seeds,
-    and the LLM cost per cell; failed cells with their error. Writes report.png into the
-    sweep folder.
+    """Results of a sweep: per dataset x backbone x shots, the test accuracy of what each run
+    keeps (its result), of the best template, the ensemble and the adapter (when fit, kept or
+    not), mean ± sd over the finished seeds, and the LLM cost per cell; failed cells with
+    their error. Writes report.png into the sweep folder.
     """
     from pathlib import Path
 
@@ -152,16 +152,21 @@ def sweep_report_cmd(sweep, runs_dir, fmt):
     if fmt == "csv":
         click.echo(summary.to_csv(index=False, float_format="%.6g"), nl=False)
         return
+    def over(r, result: str) -> str:  # mean ± sd, and over how many seeds where not all
+        said, seeds = mean_sd(getattr(r, f"{result}_mean"), getattr(r, f"{result}_sd")), getattr(r, f"{result}_seeds")
+        return f"{said} ({seeds} of {r.seeds})" if said and seeds < r.seeds else said
+
     rows = [{"dataset": r.dataset, "backbone": r.backbone, "shots": r.shots, "seeds done": r.seeds,
-             **{f"{result} (test %)": mean_sd(getattr(r, f"{result}_mean"), getattr(r, f"{result}_sd"))
-                for result in RESULTS},
+             **{f"{result} (test %)": over(r, result) for result in RESULTS},
              "LLM requests": _number(r.llm_calls_mean), "LLM tokens": _number(r.llm_tokens_mean),
              "LLM s": _number(r.llm_s_mean), "failed": r.failed or ""}
             for r in summary.itertuples()]
     click.echo(tabulate(rows, headers="keys", tablefmt="pipe" if fmt == "markdown" else "simple",
                         disable_numparse=True))
     # `runs` counts a run's answers, cached or not: said, where the two could be read as one figure
-    click.echo("\nLLM requests, tokens and s: a cell's requests to the LLM (answers from the cache not counted), "
+    click.echo("\nresult: what each run keeps (prompt + adapter where it beat the prompt alone on val, else the "
+               "ensemble where chosen, else the best template); ensemble and adapter: as measured, kept or not")
+    click.echo("LLM requests, tokens and s: a cell's requests to the LLM (answers from the cache not counted), "
                "mean over its seeds")
     unfinished = cells[~cells["state"].isin(["finished", "failed"])]
     if len(unfinished):

@@ -238,6 +238,15 @@ def scored_origin(event: dict) -> str | None:
     return "names" if event["event"] == "names_change" else event.get("origin")
 
 
+def kept_result(summary: dict) -> dict | None:
+    """The section of a summary that is the run's result: the adapter where prompt + adapter
+    beat the prompt alone on val, else the ensemble where it was chosen, else the best."""
+    adapter, winner = summary.get("adapter"), summary.get("winner")
+    if isinstance(adapter, dict) and adapter.get("result") == "adapter":
+        return adapter
+    return summary.get("ensemble") if winner == "ensemble" else summary.get("best")
+
+
 def ended_with_adapter(result: dict | None, adapter_wanted: bool) -> bool:
     """Whether a run's result (summary.json, or its history's final event) is whole: there,
     and holding the adapter where one was asked for (it is fit after the summary is written,

@@ -46,6 +46,7 @@ from promptclimb.agent.core.format import moment, shell_command
 from promptclimb.agent.core.paths import absolute, missing_folders, remove_while_empty
 from promptclimb.agent.core.runfiles import CELL_ERROR, CELL_LOG, CONFIG, HISTORY, SUMMARY, SWEEP_FILE
 from promptclimb.agent.runs.store import (RUN, SWEEP, RunLocked, check_folder_name, claim_folder, ended_with_adapter,
+                                          kept_result,
                                           has_summary)
 
 if TYPE_CHECKING:
@@ -63,7 +64,9 @@ RAY_CONNECT_TIMEOUT_S = 20  # --address: a cluster that has not answered by then
 CELL_OPTIONS = ("dataset", "backbone", "shots", "seed", "name", "resume", "json")
 CELL_LOCK_WAIT_S = 30  # how long a cell waits for another process to let go of its run
 CELL_STOP_GRACE_S = 10  # how long a stopped sweep waits for its running cells to say where they stopped
-RESULTS = ("best", "ensemble", "adapter")  # test accuracies the report aggregates
+# test accuracies the report aggregates: what each run keeps (`kept_result`), its best template, and
+# its ensemble and adapter, kept or not (a candidate ensemble, an adapter that lost on val)
+RESULTS = ("result", "best", "ensemble", "adapter")
 # The most cells a grid may have (datasets x backbones x shots x seeds), refused before anything
 # starts: --seeds 0-99999999999 had built a set of 10**11 seeds, and would have run as many cells.
 MAX_CELLS = 10_000
@@ -1163,6 +1166,7 @@ def sweep_cells(sweep_dir: str | Path) -> "pd.DataFrame":
         summary = summary or {}
         ledger = summary.get("ledger") if isinstance(summary.get("ledger"), dict) else {}
         row |= {
+            "result": _test(kept_result(summary)),
             "best": _test(summary.get("best")),
             "ensemble": _test(summary.get("ensemble")),
             "adapter": _test(summary.get("adapter")),
@@ -1201,6 +1205,7 @@ def sweep_summary(cells: "pd.DataFrame") -> "pd.DataFrame":
             values = done[result].dropna()
             row[f"{result}_mean"] = values.mean() if len(values) else math.nan
             row[f"{result}_sd"] = values.std(ddof=1) if len(values) > 1 else math.nan
+            row[f"{result}_seeds"] = len(values)  # an adapter fit on some seeds only: over those
         for cost in ("llm_calls", "llm_tokens", "llm_s"):
             row[f"{cost}_mean"] = done[cost].mean() if len(done) else math.nan
         rows.append(row)
