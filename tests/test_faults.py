@@ -1123,6 +1123,24 @@ def test_a_search_leaves_no_connection_to_its_llm_open(tmp_path, monkeypatch, ev
     assert closed == ["gpt-4o-mini"]
 
 
+def test_a_reader_that_stops_reading_ends_a_command_quietly_with_141():
+    """`promptclimb sweep-report s | head -1` ended with `Error: Broken pipe` and status 1 (a
+    report printed in several pieces; show's one piece fits the pipe). Every command is
+    wrapped alike (agent/cli/errors.py `user_errors`)."""
+    import click
+
+    from promptclimb.agent.cli.errors import user_errors
+
+    @click.command()
+    @user_errors
+    def report():
+        click.echo("first line")
+        raise BrokenPipeError(32, "Broken pipe")  # what the next echo raises once `head` is gone
+
+    result = CliRunner().invoke(report, [])
+    assert (result.exit_code, result.output) == (141, "first line\n")
+
+
 def test_ctrl_c_while_a_command_loads_ends_with_130_not_aborted(monkeypatch):
     """Ctrl-C in the first fraction of a second, while the sub-command's module is imported:
     click said `Aborted!` and ended with 1; inside the command it ends with 130, unsaid."""

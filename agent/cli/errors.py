@@ -5,11 +5,13 @@ stderr and exit status 1, never a traceback; and by which Ctrl-C ends a command 
 from __future__ import annotations
 
 import functools
+import os
+import sys
 import warnings
 
 import click
 
-from promptclimb.agent.core.errors import EXIT_INTERRUPTED, PromptclimbError, os_error_message
+from promptclimb.agent.core.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, PromptclimbError, os_error_message
 
 
 def user_errors(fn):
@@ -29,6 +31,12 @@ def user_errors(fn):
                 return fn(*args, **kwargs)
         except PromptclimbError as exc:
             raise click.ClickException(str(exc)) from None
+        except BrokenPipeError:  # `promptclimb sweep-report s | head -1`: the reader has what it wanted
+            try:  # the exit's flush of what is left would fail again, said as "Exception ignored"
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):  # a stdout that is no file (a test's)
+                pass
+            raise click.exceptions.Exit(EXIT_BROKEN_PIPE) from None
         except OSError as exc:
             raise click.ClickException(os_error_message(exc)) from None
         except KeyboardInterrupt:

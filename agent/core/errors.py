@@ -16,6 +16,7 @@ EXIT_ERROR = 1  # a PromptclimbError or a file error: one line on stderr
 EXIT_USAGE = 2  # click's usage errors: an unknown option, a value of the wrong type
 EXIT_CELLS_FAILED = 3  # `promptclimb sweep`: it ran to its end, but some cells failed (see sweep-report)
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_BROKEN_PIPE = 141  # the reader of the output went away (128 + SIGPIPE): `| head`
 EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM)
 
 
