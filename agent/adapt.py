@@ -53,7 +53,7 @@ def read_run(run_dir: Path, command: str | None = None) -> tuple[dict, dict]:
     config = read_json(run_dir / CONFIG)
     check_config(config, run_dir / CONFIG)
     if command and is_soft_prompt_run(config):
-        raise PromptclimbError(template_refusal(run_dir.name, config, command))
+        raise PromptclimbError(template_refusal(run_dir, config, command))
     summary = read_summary(run_dir)
     writer = writing_now(run_dir) if summary is None else ""
     if writer:

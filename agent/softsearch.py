@@ -209,9 +209,13 @@ def spent_said(run) -> str:
     return f"{steps} step{'' if steps == 1 else 's'}, {queries} of {budget} queries"
 
 
-def template_refusal(run_id: str, config: dict, command: str) -> str:
-    """Why a command that works on a run's best text template cannot use a soft-prompt run."""
-    show, score = shell_command("show", run_id), shell_command("eval", "--run", run_id, "--prompt", "TEMPLATE")
+def template_refusal(run_dir: Path, config: dict, command: str) -> str:
+    """Why a command that works on a run's best text template cannot use a soft-prompt run
+    (the commands it names find the run from where the user is: `run_argument`)."""
+    from promptclimb.agent.runs.store import run_argument
+
+    run_id, run = Path(run_dir).name, run_argument(run_dir)
+    show, score = shell_command("show", run), shell_command("eval", "--run", run, "--prompt", "TEMPLATE")
     return (f"run {run_id} learned a soft prompt ({config.get('optimizer')}), not a text template, so `promptclimb "
             f"{command}` has nothing to work on. `{show}` has its accuracies (and those of the output-side module "
             f"its optimizer trained); `{score}` scores templates of your own on its split.")
@@ -220,5 +224,5 @@ def template_refusal(run_id: str, config: dict, command: str) -> str:
 def transfer_refusal(run) -> str:
     return (f"run {run.id} learned a soft prompt ({run.config.get('optimizer')}): its vectors live in the token-embedding "
             f"space of {run.backbone}'s text tower, which another backbone does not share, so it cannot be carried "
-            "over. Text templates can (that is the LLM search's advantage); run the soft-prompt search again on the "
-            "other backbone instead.")
+            "over (to its own backbone, `show` has its figures). Text templates can (that is the LLM search's "
+            "advantage); run the soft-prompt search again on the other backbone instead.")

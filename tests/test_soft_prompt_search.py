@@ -78,9 +78,11 @@ def test_craft_search_writes_a_complete_run_folder(search):
     # commands that work on a run's best template say why a soft prompt is not one
     for command in (["adapt", "soft", "--kind", "cache"], ["eval", "--run", "soft"],
                     ["eval", "--run", "soft", "--with-adapter", "--prompt", "a photo of a {}."]):
-        refused = CliRunner().invoke(cli, [*command, "--runs-dir", str(search.runs)])
+        refused = CliRunner().invoke(cli, [*command, "--runs-dir", str(search.runs)], terminal_width=1000)
         assert refused.exit_code == 1, (command, refused.output)
         assert "learned a soft prompt (craft), not a text template" in refused.output, (command, refused.output)
+        # the commands it names find the run from here (`show soft` looked under ./runs)
+        assert f"`promptclimb show {search.runs / 'soft'}`" in refused.output, refused.output
     # templates of one's own on the run's split still work
     own = CliRunner().invoke(cli, ["eval", "--run", "soft", "--prompt", "a photo of a {}.", "--json",
                                    "--runs-dir", str(search.runs)])
