@@ -619,3 +619,17 @@ def test_a_new_sweep_keeps_the_llm_its_environment_chose_and_a_rerun_elsewhere_a
     sweeps.prepare_sweep(tmp_path / "craft", grid, {"optimizer": "craft", "queries": 200})  # asks no LLM
     assert json.loads((tmp_path / "craft" / "sweep.json").read_text())["search"] == {"optimizer": "craft",
                                                                                       "queries": 200}
+
+
+def test_options_the_cells_ignore_are_said_once_by_the_sweep(tmp_path):
+    """`sweep --optimizer craft --search names --iterations 3`: the warning was in each cell's
+    search.log only (and named --llm, which the driver set itself)."""
+    said = []
+    sweeps.prepare_sweep(tmp_path / "s", {"dataset": ["fashion-mnist"], "seeds": ["1-2"]},
+                         {"optimizer": "craft", "queries": 200, "search": "names", "iterations": 3}, said.append)
+    assert said == ["warning: --optimizer craft does not use --search, --iterations (options of the LLM search): "
+                    "ignored"]
+    quiet = []
+    sweeps.prepare_sweep(tmp_path / "t", {"dataset": ["fashion-mnist"]}, {"optimizer": "craft", "queries": 200},
+                         quiet.append)
+    assert quiet == []

@@ -261,21 +261,26 @@ def cell_options(cell: Cell, opts: dict, sweep_dir: Path, base_url: str | None =
             "resume": None, "as_json": False, **{k: v for k, v in settled.items() if v is not None}}
 
 
-def check_cells(cells: list[Cell], opts: dict, sweep_dir: Path) -> None:
+def check_cells(cells: list[Cell], opts: dict, sweep_dir: Path, echo: Callable[[str], None] = lambda _: None) -> None:
     """Every cell's search settings checked as `run_search` checks a new run's (the options
     together, the pool, the budget, the soft-prompt settings; the --meta-prompt folder
     rendered once, and a --classnames file there), once, in the driver: a bad value is one
     line before Ray and the LLM start, not a failure of every cell inside them. What a names
-    file holds is checked against each cell's dataset by the cell, which reads its data."""
+    file holds is checked against each cell's dataset by the cell, which reads its data. The
+    first cell's warnings (options the search ignores: every cell's alike) go to `echo`; they
+    were in each cell's search.log only."""
     from promptclimb.agent.metaprompt import MetaPrompt
     from promptclimb.agent.pipeline import default_llm, names_file, new_run, render_meta_prompts_once
 
-    base_url = sweep_endpoint(opts)
-    llm_name = opts["llm_name"] or default_llm(base_url)
+    asks_llm = opts["optimizer"] == "llm"  # a soft-prompt cell asks none: nothing to settle (nor to warn of)
+    base_url = sweep_endpoint(opts) if asks_llm else None
+    llm_name = (opts["llm_name"] or default_llm(base_url)) if asks_llm else None
     plans = []
-    for cell in cells:
+    for i, cell in enumerate(cells):
         check_dataset_options(cell.dataset, opts)
-        plans.append(new_run(cell_options(cell, opts, sweep_dir, base_url, llm_name), lambda message: None))
+        said = (lambda message: echo(message) if message.startswith("warning:") else None) if i == 0 else \
+            (lambda message: None)
+        plans.append(new_run(cell_options(cell, opts, sweep_dir, base_url, llm_name), said))
     if names_file(opts["classnames"]) and not Path(opts["classnames"]).is_file():
         raise PromptclimbError(f"--classnames {opts['classnames']}: no such file")
     searched = next((plan for plan in plans if plan.soft is None), None)
@@ -303,13 +308,14 @@ SECRETS_LEFT_OUT = "secrets_left_out"
 SECRET_HOLDING = ("base_url", "mlflow")  # the sweep's options that are URLs
 
 
-def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict) -> dict:
+def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict, echo: Callable[[str], None] = lambda _: None) -> dict:
     """The sweep's settings {grid, search, cells}, every value checked before anything is
     written, then the folder claimed (`claim_folder`: new, empty, or this sweep's own) and
     sweep.json written. A sweep that exists continues with its stored settings: `grid`
     None takes its grid, options not given take their stored values, and what is given
     must match what shapes the results (all but EXECUTION_OPTIONS, which apply to this run
-    only and are not stored over the ones the sweep was started with)."""
+    only and are not stored over the ones the sweep was started with). The cells' warnings
+    (options the search ignores) go to `echo`, once."""
     claim_folder(sweep_dir, SWEEP, create=False)
     path = sweep_dir / SWEEP_FILE
     stored = read_sweep(sweep_dir) if path.exists() else None
@@ -329,7 +335,7 @@ def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict) -> dict:
         check_backbone_name(backbone, "grid backbone")
     cells = grid_cells(settings)
     settings["cells"] = [c.name for c in cells]
-    check_cells(cells, search_options(settings["search"]), sweep_dir)
+    check_cells(cells, search_options(settings["search"]), sweep_dir, echo)
     if stored is not None:
         mine, theirs = _comparable(settings), _comparable(stored)
         differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
@@ -877,7 +883,7 @@ def run_sweep(name: str, runs_dir: str | Path, grid: dict | None, search: dict, 
     sweep_dir = runs_dir / name
     new_sweep, created = not (sweep_dir / SWEEP_FILE).exists(), missing_folders(sweep_dir)
     with forgotten_if_refused(sweep_dir, new_sweep, created):
-        settings = prepare_sweep(sweep_dir, grid, search)
+        settings = prepare_sweep(sweep_dir, grid, search, echo)
     opts = search_options(settings["search"])
     cells = grid_cells(settings)
     states = {c.name: cell_state(sweep_dir / c.name, bool(opts["adapter_kinds"])) for c in cells}
