@@ -106,10 +106,10 @@ def search(dataset: str | None = None, shots: int | None = None, backbone: str |
     The keywords are the command's long options with `_` for `-` (`--max-calls` is
     `max_calls=`, `--llm` is `llm=`, `--ensemble` is `ensemble=`, `--adapter` takes a name or
     a list); each is checked as on the command line, and one that is left out (or None)
-    takes the `config=` file's value, else the command's default (`promptclimb search --help` lists them all). Progress lines
-    go to `echo` (None: nowhere), every one the command prints: the local LLM server's start
-    and each split's image features (which the command prints on stderr) too; the progress
-    bars of long steps (encoding images, assembling the local LLM's model the first time)
+    takes the `config=` file's value, else the command's default (`promptclimb search --help`
+    lists them all). Progress lines go to `echo` (None: nowhere), every one the command
+    prints: the local LLM server's start and each split's image features (which the command
+    prints on stderr) too; the progress bars of long steps (encoding images, assembling the local LLM's model the first time)
     are drawn on stderr only with `print` (the default) or `on_stderr`. `classnames=` takes
     a set name or a file as --classnames does, or a list of names (one per class, in class
     order) as `evaluate()` does; the list is recorded in config.json. `resume="RUN"`

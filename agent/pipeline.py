@@ -535,8 +535,8 @@ def refuse_changed_settings(opts: dict, saved: dict) -> None:
                if (why := setting_change(o, opts[o.name], saved))}
     if changed:
         files = opts.get(option_table.FROM_FILE) or {}  # a value a --config file set is looked for there
-        listed = ", ".join(f"{o.flag} {opts[o.name]} ({why}{f'; set by --config {files[o.name]}' if o.name in files else ''})"
-                           for o, why in changed.items())
+        listed = ", ".join(f"{o.flag} {opts[o.name]} ({why}" + (f"; set by --config {files[o.name]}" if o.name in files
+                                                                 else "") + ")" for o, why in changed.items())
         why = (" (the number of LLM turns is fixed when a run starts: the history's order depends on it)"
                if {o.name for o in changed} & set(LOOP_SHAPE) else "")
         raise option_table.SettingsChanged(

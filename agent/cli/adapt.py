@@ -56,7 +56,8 @@ def adapt_cmd(run, kinds, on, seed, runs_dir, device, data_root, as_json):
     check_device_name(device)
     run_dir = find_run(run, runs_dir)
     config, _ = read_run(run_dir, "adapt")  # finished, readable and a template run, before any slow loading
-    check_run_data(run_dir, config, data_root, "adapt", run_argument(run_dir), *(w for k in kinds for w in ("--kind", k)))
+    kind_args = [word for kind in kinds for word in ("--kind", kind)]
+    check_run_data(run_dir, config, data_root, "adapt", run_argument(run_dir), *kind_args)
     check_writable(run_dir, "the run folder")
     check_writable(cache_home(), "the cache folder, PROMPTCLIMB_HOME")
     with run_lock(run_dir):  # a search resuming this run would rewrite summary.json too

@@ -555,7 +555,7 @@ def compare_cmd(run1, run2, top, runs_dir, fmt):
     frame = pd.DataFrame(rows)
     if records:  # which run is A and which B, in the rows themselves
         click.echo(as_text(frame.assign(**{"A run": a.id, "B run": b.id}), fmt))
-        for note in compare_notes(a, b, top=top):  # beside the records, not in them: a reader of the records still sees them
+        for note in compare_notes(a, b, top=top):  # beside the records, not in them: their reader still sees them
             click.echo(f"note: {note}", err=True)
         return
     facts = pd.DataFrame([

@@ -308,7 +308,8 @@ SECRETS_LEFT_OUT = "secrets_left_out"
 SECRET_HOLDING = ("base_url", "mlflow")  # the sweep's options that are URLs
 
 
-def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict, echo: Callable[[str], None] = lambda _: None) -> dict:
+def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict,
+                  echo: Callable[[str], None] = lambda _: None) -> dict:
     """The sweep's settings {grid, search, cells}, every value checked before anything is
     written, then the folder claimed (`claim_folder`: new, empty, or this sweep's own) and
     sweep.json written. A sweep that exists continues with its stored settings: `grid`
