@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from promptclimb.agent.core.defaults import DEFAULT_PRECISION
 from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.format import as_text_list, one_line
 from promptclimb.agent.core.protocol import SPLITS
 from promptclimb.agent.core.templates import BASELINE, check_templates as check_template_list
 
@@ -181,12 +182,15 @@ def check_call(where: str, unknown: dict, **values) -> dict:
 
 # -- scoring templates ----------------------------------------------------------------------
 def check_templates(templates: str | Sequence[str]) -> list[str]:
-    """The templates as a list, or PromptclimbError naming the first bad one and why."""
-    if not isinstance(templates, (str, list, tuple)) or any(not isinstance(t, str) for t in
-                                                             ([] if isinstance(templates, str) else templates)):
-        raise PromptclimbError(f"templates {templates!r}: expected a template or a list of templates "
-                               "(text with one {} for the class name)")
-    return check_template_list([templates] if isinstance(templates, str) else templates)
+    """The templates as a list, or PromptclimbError naming the first bad one and why. Any
+    sequence of text is a list: a pandas column (`run.ranked().template.head(3)`) or a numpy
+    array of them was refused, in an 11-line message."""
+    listed = [templates] if isinstance(templates, str) else as_text_list(templates)
+    if listed is None:
+        raise PromptclimbError(f"templates {one_line(templates)}: expected a template or a list of "
+                               "templates (text with one {} for the class name)")
+    return check_template_list(listed)
+
 
 
 def score_templates(templates: Sequence[str], *, splits: Sequence[str] = SPLITS, device: str | None = None,

@@ -21,6 +21,7 @@ from promptclimb.agent.core.classnames import check_classnames
 from promptclimb.agent.core.defaults import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS, UNLABELED_IMAGES
 from promptclimb.agent.core.devices import check_device_name
 from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.format import as_text_list, one_line
 from promptclimb.agent.core.settings import SoftPromptConfig
 from promptclimb.agent.ranking import METRICS
 from promptclimb.agent.names import GUARDS
@@ -374,10 +375,11 @@ def names_value(value, what: str) -> str | tuple[str, ...]:
     as a file's is. PromptclimbError naming `what`."""
     if isinstance(value, (str, os.PathLike)):
         return os.fspath(value)
-    if isinstance(value, (list, tuple)) and value and all(isinstance(name, str) for name in value):
-        return check_classnames(value, len(value), what)
-    raise PromptclimbError(f"{what} {value!r}: expected a list of names (one per class, in class order), "
-                           "a set name or a file")
+    names = as_text_list(value)  # a list, or a pandas column of them (`run.names()["found"]`)
+    if names:
+        return check_classnames(names, len(names), what)
+    raise PromptclimbError(f"{what} {one_line(value)}: expected a list of names (one per class, in class "
+                           "order), a set name or a file")
 
 
 def check_dataset_name(name, what: str = "--dataset") -> str:

@@ -55,7 +55,8 @@ class ClipEvaluator:
         self.bars = bars  # the encoding progress bar on stderr (when it is a terminal); False: never
         # The start names: what is scored when no other names are given (None: the published labels).
         self.classnames = (tuple(dataset.classnames) if classnames is None
-                           else check_classnames(classnames, len(dataset.classnames), "classnames"))
+                           else check_classnames(classnames, len(dataset.classnames), "--classnames",
+                                                 labels=dataset.classnames))
         self.task = Task(dataset=dataset.name, description=dataset.description, classnames=self.classnames)
         self.image_cache = ImageFeatureCache()
         self.text_cache = TextFeatureCache(backbone.feature_identity)
@@ -330,7 +331,7 @@ def start_names(data: Dataset, classnames: Sequence[str] | Mapping[str, str] | s
     if isinstance(classnames, Mapping):
         return names_by_label(classnames, data.classnames, data.folders)
     if classnames is not None:
-        return check_classnames(classnames, len(data.classnames), "classnames")
+        return check_classnames(classnames, len(data.classnames), "--classnames", labels=data.classnames)
     check_published(data.classnames, data.folders, data.folder_word)
     return None
 

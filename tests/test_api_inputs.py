@@ -10,6 +10,7 @@ import pytest
 
 import promptclimb
 from test_api import SMALL, built, notebook  # noqa: F401 (fixtures)
+from fake_llm import WordEvaluator
 from test_search import comparable
 
 
@@ -252,7 +253,9 @@ def test_search_takes_a_list_of_class_names_records_it_and_resumes_it(notebook, 
     names = ["lake", "field", "square"]  # the folders read "blue lake", "green field", "red square"
     data = dict(dataset="imagefolder", data_root=str(image_folder), shots=2, backbone=tiny_clip_config,
                 weights=str(tiny_clip_weights), device="cpu")
-    with pytest.raises(promptclimb.PromptclimbError, match=r"^classnames: 2 names for 3 classes$"):
+    # the classes listed, as a names file's refusal does (it said `classnames: 2 names for 3 classes`)
+    with pytest.raises(promptclimb.PromptclimbError, match=r"^--classnames: 2 names for 3 classes \(blue lake, green "
+                                                           r"field, red square\): one per class, in class order$"):
         promptclimb.search(**data, name="short", classnames=names[:2], echo=None, **SMALL)
     assert not (tmp_path / "runs" / "short").exists()
 
@@ -453,3 +456,31 @@ def test_evaluate_takes_none_for_shots_and_seed_as_their_defaults(built):
     table = promptclimb.evaluate("a photo of a {}.", dataset="toy", shots=None, seed=None, echo=None)
     assert (built[-1]["shots"], built[-1]["seed"]) == (1, 0)
     assert table.equals(promptclimb.evaluate("a photo of a {}.", dataset="toy", echo=None))
+
+
+def test_evaluate_takes_the_columns_a_run_hands_out_and_refuses_unreadable_templates_in_one_line(tmp_path):
+    """`evaluate(run.ranked().template.head(3), classnames=run.names()["found"])` was refused
+    in an 11-line message (a pandas column is not a list); a template with a line break was
+    scored (and broke eval's table); a 400-character one was quoted whole, with a hint about {}."""
+    import numpy as np
+    import pandas as pd
+
+    from promptclimb.agent.api import using_evaluator
+
+    with using_evaluator(lambda **kw: WordEvaluator(kw["dataset"])):
+        listed = promptclimb.evaluate(["a dark {}.", "a photo of a {}."], dataset="toy", echo=None)
+        column = promptclimb.evaluate(pd.Series(["a dark {}.", "a photo of a {}."]), dataset="toy", echo=None)
+        array = promptclimb.evaluate(np.array(["a dark {}.", "a photo of a {}."]), dataset="toy", echo=None)
+        assert column.equals(listed) and array.equals(listed)
+        names = pd.Series(["tee", "jeans", "dress", "bag"], name="found")
+        assert promptclimb.evaluate("a {}.", dataset="toy", classnames=names, echo=None).equals(
+            promptclimb.evaluate("a {}.", dataset="toy", classnames=list(names), echo=None))
+        with pytest.raises(promptclimb.PromptclimbError) as refused:
+            promptclimb.evaluate(pd.Series([1, 2]), dataset="toy", echo=None)
+        assert "\n" not in str(refused.value)
+        with pytest.raises(promptclimb.PromptclimbError,
+                           match=r"invalid template 'a photo\\nof a \{\}\.': a line break, tab or other control"):
+            promptclimb.evaluate("a photo\nof a {}.", dataset="toy", echo=None)
+        with pytest.raises(promptclimb.PromptclimbError) as long:
+            promptclimb.evaluate("very " * 80 + "nice photo of a {}.", dataset="toy", echo=None)
+        assert str(long.value).endswith("…': longer than 200 characters") and len(str(long.value)) < 140

@@ -22,10 +22,10 @@ def run(*args):
 def test_eval_json_on_a_generated_imagefolder(tiny_clip_config, tiny_clip_weights, image_folder, torch_threads):
     result = run("--dataset", "imagefolder", "--data-root", str(image_folder), "--shots", "2", "--seed", "3",
                  "--backbone", tiny_clip_config, "--weights", str(tiny_clip_weights), "--device", "cpu",
-                 "--prompt", "a photo of a {}.", "--prompt", "a {} thing.", "--json")
+                 "--prompt", "a photo of a {}.", "--prompt", "a {} thing.", "--prompt", "a photo of a {}.", "--json")
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert [r["template"] for r in out["results"]] == ["a photo of a {}.", "a {} thing."]
+    assert [r["template"] for r in out["results"]] == ["a photo of a {}.", "a {} thing."]  # a repeat scored once
     for row in out["results"]:
         assert set(row["accuracy"]) == {"train", "val", "test"}
         assert all(0.0 <= a <= 1.0 for a in row["accuracy"].values())

@@ -103,7 +103,7 @@ def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, sh
 
         run_config, _ = read_run(run_dir, "eval --run --with-adapter")  # before any slow loading
         adapter = read_adapter(run_dir / ADAPTER_FILE)  # there and readable, before any image is encoded
-    args, prompts, config = _settings(given, list(prompts), run_dir)
+    args, prompts, config = _settings(given, list(dict.fromkeys(prompts)), run_dir)  # a repeated --prompt: once
     dataset, data_root, shots, seed, backbone, pretrained, weights, precision = (
         args[k] for k in ("dataset", "data_root", "shots", "seed", "backbone", "pretrained", "weights", "precision"))
     try:

@@ -128,14 +128,16 @@ def name_problem(name: str) -> str | None:
 
 
 def check_classnames(names: Sequence[str], count: int, what: str = "class names", folders: Sequence[str] = (),
-                     then: str = "", folder_word: str = "folder") -> tuple[str, ...]:
+                     then: str = "", folder_word: str = "folder", labels: Sequence[str] = ()) -> tuple[str, ...]:
     """`names` as a tuple, or PromptclimbError: `count` names, each valid, no two alike. A
     refusal names the class by its folder (`folder_word`: a Hugging Face dataset's label)
     where `folders` (the names `names` were made readable from, in class order) has one, and
-    ends with `then` (the way out)."""
+    ends with `then` (the way out). `labels`: the data's own, listed where the count is wrong."""
     names = tuple(str(n).strip() for n in names)
     if len(names) != count:
-        raise PromptclimbError(f"{what}: {len(names)} names for {count} classes")
+        listed = f" ({', '.join(labels[:RENAMES_SHOWN + 2])}{', ...' if len(labels) > RENAMES_SHOWN + 2 else ''})" \
+            if labels else ""
+        raise PromptclimbError(f"{what}: {len(names)} names for {count} classes{listed}: one per class, in class order")
     folders = tuple(folders) if len(folders) == len(names) else ()
     ending = f": {then}" if then else ""
     seen: dict[str, int] = {}

@@ -62,3 +62,17 @@ MARKDOWN_INLINE = re.compile(r"([\\`*_\[\]<>&|~])")
 def markdown_text(text: str) -> str:
     """`text` as markdown that renders as exactly this text."""
     return MARKDOWN_INLINE.sub(r"\\\1", text)
+
+
+def as_text_list(values) -> list[str] | None:
+    """`values` as a list of text when it is a sequence of text (a list, a tuple, a pandas
+    Series, a numpy array), else None."""
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__") or not hasattr(values, "__len__"):
+        return None
+    listed = list(values.tolist() if hasattr(values, "tolist") else values)
+    return listed if all(isinstance(v, str) for v in listed) else None
+
+
+def one_line(value, width: int = 80) -> str:
+    """`value`'s repr on one line, shortened: a pandas Series' was 11 lines of an error."""
+    return shortened(" ".join(repr(value).split()), width)

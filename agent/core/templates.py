@@ -61,8 +61,14 @@ def check_templates(templates: Sequence[str]) -> list[str]:
         raise PromptclimbError("no template given")
     for t in templates:
         problem = template_problem(t)
+        if problem is None and isinstance(t, str) and any(ord(c) < 32 for c in t):
+            # a line break or tab broke eval's table; an LLM's lines are read one by one (proposals.py)
+            problem = "a line break, tab or other control character in it"
         if problem:
-            raise PromptclimbError(f"invalid template {t!r}: {problem} (use exactly one {{}} for the class name)")
+            placeholder = "{" in problem or "placeholder" in problem or problem == "empty template"
+            shown = t if not isinstance(t, str) or len(t) <= 80 else t[:79] + "…"  # a 400-character one was quoted whole
+            raise PromptclimbError(f"invalid template {shown!r}: {problem}"
+                                   + (" (use exactly one {} for the class name)" if placeholder else ""))
     return templates
 
 
