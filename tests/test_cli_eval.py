@@ -39,6 +39,13 @@ def test_eval_json_on_a_generated_imagefolder(tiny_clip_config, tiny_clip_weight
     assert "train" in table.output and "a photo of a {}." in table.output
     first = out["results"][0]["accuracy"]
     assert f"{100 * first['test']:6.2f}%" in table.output  # same numbers as --json
+    header = [line for line in table.output.splitlines() if line.startswith("dataset ")]
+    assert len(header) == 1 and "(bf16)" not in header[0]
+    half = run("--dataset", "imagefolder", "--data-root", str(image_folder), "--shots", "2", "--seed", "3",
+               "--backbone", tiny_clip_config, "--weights", str(tiny_clip_weights), "--device", "cpu",
+               "--precision", "bf16")
+    assert half.exit_code == 0, half.output
+    assert [line for line in half.output.splitlines() if line.startswith("dataset ")][0].endswith(" on cpu (bf16)")
 
 
 def test_user_mistakes_are_messages_not_tracebacks(tiny_clip_config, tiny_clip_weights, image_folder):

@@ -72,6 +72,8 @@ def test_a_run_not_ended_labels_its_winners_by_the_names_it_holds_and_its_report
     said, names = read.winners_said(), read.winners()["names"]
     assert set(said["names"]) == {"found", "start"}
     assert list(said["names"]) == ["found" if n == "Trouser -> jeans" else "start" for n in names]
+    assert read.names().empty and "found" in read.names().columns  # no table yet: a KeyError before
+    assert {"train_prob", "val_prob"} <= set(read.scores().columns)  # as the Run docstring says
     empty = run.runs / "empty"
     empty.mkdir()
     (empty / "config.json").write_text((folder / "config.json").read_text())

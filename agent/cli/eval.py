@@ -135,7 +135,9 @@ def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, sh
         return
     info = result["info"]
     click.echo(f"dataset {dataset} ({info['dataset']['classes']} classes), shots {shots}, seed {seed}, "
-               f"backbone {info['backbone']['identity']} on {info['backbone']['device']}")
+               f"backbone {info['backbone']['identity']} on {info['backbone']['device']}"
+               # a run's bf16, taken with --run, went unsaid (its figures differ from fp32's in the last digit)
+               + (f" ({info['backbone']['precision']})" if info["backbone"].get("precision") else ""))
     sizes, skipped = info["split"]["sizes"], result.get("skipped", {})  # images scored: drawn, less unreadable
     click.echo("split sizes: " + ", ".join(f"{s} {sizes[s] - len(skipped.get(s, ()))}" for s in SPLITS)
                + (f" ({sum(map(len, skipped.values()))} unreadable image(s) left out)" if skipped else ""))
@@ -147,7 +149,7 @@ def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, sh
         click.echo(" ".join(f"{pct(acc[s], 2):>7}" for s in SPLITS) + f"  {row['template']}")
     if with_adapter:
         ad = result["adapter"]
-        note = "" if ad["result"] == "adapter" else "   (the run keeps the prompt-only result: the adapter lost on val)"
+        note = "" if ad["result"] == "adapter" else "   (the run keeps the prompt-only result: the adapter did not beat the prompt alone on val)"
         for name, key in ((f"prompt + {ad['kind']} adapter", "adapter"), ("prompt alone", "prompt")):
             click.echo(" ".join(f"{pct(ad['accuracy'][s][key], 2):>7}" for s in SPLITS) + f"  {name}")
         click.echo(f"adapter on: {' | '.join(ad['templates'])}{note}")

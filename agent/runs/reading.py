@@ -66,6 +66,10 @@ ITERATION_COLUMNS = ("call", "kind", "restart", "reset", "iteration", "scored", 
                      "prompt_tokens", "completion_tokens", "latency_s", "cached")
 
 
+NAMES_COLUMNS = ("class", "start", "found", "changed", *(f"{split}_{when}" for when in ("before", "after")
+                                                         for split in ("train", "val", "test")))
+
+
 def list_run_dirs(runs_dir: str | Path) -> list[Path]:
     """Every folder under `runs_dir` that looks like a run (has a config.json)."""
     runs_dir = Path(runs_dir)
@@ -415,9 +419,10 @@ class Run:
     # tables --------------------------------------------------------------------------------
     def scores(self) -> pd.DataFrame:
         """Every scored template (and every (template, names) pair a names turn kept, origin
-        "names", with its `names`), in scoring order, with `x` = LLM answers received before
-        it was scored (0 for the first pool; call + 1 for a proposal of LLM answer `call`)
-        and `selection` = the accuracy the search ranks by."""
+        "names", with its `names`), in scoring order, with its accuracy, loss (`<split>_loss`)
+        and mean true-class probability (`<split>_prob`) per split, `x` = LLM answers received
+        before it was scored (0 for the first pool; call + 1 for a proposal of LLM answer
+        `call`) and `selection` = what the search ranks by (`--metric`: accuracy, prob, ...)."""
         rows, calls = [], 0
         for e in self.events:
             if e["event"] in ANSWER_KINDS:
@@ -432,6 +437,8 @@ class Run:
                 row[split] = value
             for split, value in (e.get("loss") or {}).items():
                 row[f"{split}_loss"] = value
+            for split, value in (e.get("prob") or {}).items():  # the class docstring promised them
+                row[f"{split}_prob"] = value
             row["selection"] = selection_value(e["accuracy"], e.get("prob"), self.select_splits, self.metric,
                                                e.get("balance"))
             row["line"] = e["_line"]
@@ -750,8 +757,9 @@ class Run:
     def names(self) -> pd.DataFrame:
         """The class names the search started from and found (summary.json "names"), one row
         per class: start, found, changed, and the accuracy on each split with the start and
-        the found names (the winning template both times). Empty for a run that searched
-        the template only."""
+        the found names (the winning template both times). No rows (the same columns) for a
+        run that searched the template only, a soft-prompt run, or one not ended (its result
+        holds the table; `winners_said` has the names it holds so far)."""
         table = (self.final or {}).get("names") or {}
         rows = []
         for c in table.get("classes") or []:
@@ -759,7 +767,8 @@ class Run:
             for when in ("before", "after"):
                 row |= {f"{split}_{when}": value for split, value in c["accuracy"][when].items()}
             rows.append(row)
-        return pd.DataFrame(rows)
+        # `names()["found"]` of a run without the table was a KeyError
+        return pd.DataFrame(rows, columns=None if rows else NAMES_COLUMNS)
 
     def confusion(self, split: str = "test") -> dict[str, pd.DataFrame]:
         """The confusion matrices with the start and the found names ("before", "after"):
