@@ -320,6 +320,13 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path):
         assert result.exit_code == 1, (command, result.output)
         assert "no run 'nope'" in result.output and "runs there: 20250101-toy" in result.output
         assert "Traceback" not in result.output
+    # a path that is not there is said as one (it read "no run 'PATH' under runs")
+    from promptclimb.agent.core.errors import PromptclimbError
+    from promptclimb.agent.runs.reading import find_run
+
+    for path in (tmp_path / "elsewhere" / "nope", "elsewhere/nope"):
+        with pytest.raises(PromptclimbError, match=f"^no run folder {re.escape(str(path))}: it does not exist$"):
+            find_run(str(path), runs)
     result = invoke("runs", "--runs-dir", tmp_path / "empty")
     assert result.exit_code == 1 and "no runs under" in result.output
     # records: an empty folder lists none; a folder that is not there (a typo) was an empty list too

@@ -1140,3 +1140,17 @@ def test_a_names_file_for_a_dataset_of_labels_names_them_as_labels(tmp_path):
     with pytest.raises(PromptclimbError, match=r"line 2: label 'red_square' is named twice"):
         read_classnames(str(path), ["red square", "green field", "blue lake"], {},
                         ["red_square", "green_field", "blue_lake"], "label")
+
+
+def test_an_empty_names_value_and_a_names_file_not_in_utf8_say_what_to_give(tmp_path):
+    """`--classnames ''` read `--classnames : neither a name set ...`; a Latin-1 file said
+    only the codec's error, not to save it as UTF-8."""
+    from promptclimb.agent.core.classnames import read_classnames
+
+    with pytest.raises(PromptclimbError, match=r"^--classnames '': expected a name set of this dataset \(published\) "
+                                               r"or a file$"):
+        read_classnames("", ("a", "b"))
+    latin = tmp_path / "names.txt"
+    latin.write_bytes("caf\xe9\nthé\n".encode("latin-1"))
+    with pytest.raises(PromptclimbError, match=r"names.txt: not UTF-8 text \(invalid .* at byte 3\): save it as UTF-8$"):
+        read_classnames(str(latin), ("a", "b"))

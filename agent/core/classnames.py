@@ -210,13 +210,19 @@ def read_classnames(spec: str | None, published: Sequence[str],
         return check_published(published, folders, folder_word)
     if spec in sets:
         return check_classnames(sets[spec], len(published), f"--classnames {spec}")
+    if not spec.strip():  # as every empty value is said (docs/faults.md): it read `--classnames : neither ...`
+        raise PromptclimbError(f"--classnames {spec!r}: expected a name set of this dataset ({', '.join(sets)}) "
+                               "or a file")
     path = Path(spec).expanduser()
     if not path.is_file():
         raise PromptclimbError(f"--classnames {spec}: neither a name set of this dataset "
                                f"({', '.join(sets)}) nor a file")
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise PromptclimbError(f"--classnames {path}: not UTF-8 text ({exc.reason} at byte {exc.start}): save it "
+                               "as UTF-8") from None
+    except OSError as exc:
         raise PromptclimbError(f"--classnames {path}: cannot read it ({exc})") from None
     return _names_from_lines(lines, published, str(path), folders, folder_word)
 

@@ -106,6 +106,8 @@ def find_run(run: str, runs_dir: str | Path) -> Path:
             raise PromptclimbError(not_a_run_folder(candidate))
     if not known and not_a_folder(runs_dir):  # not "holds no runs": a file was given as the runs folder
         raise PromptclimbError(f"no run {run!r}: {runs_dir} (--runs-dir): {not_a_folder(runs_dir)}")
+    if Path(run).is_absolute() or len(Path(run).parts) > 1:  # a path: nothing there ("under runs" was not it)
+        raise PromptclimbError(f"no run folder {run}: it does not exist")
     if not known:
         raise PromptclimbError(f"no run {run!r}: {runs_dir} holds no runs (use --runs-dir to look elsewhere)")
     names = [p.name for p in sorted(known, key=lambda p: p.stat().st_mtime, reverse=True)]
