@@ -65,6 +65,16 @@ def test_a_damaged_summary_is_one_line_for_adapt_and_eval_run(tmp_path):
         one_line_error(cli(*args, "--runs-dir", tmp_path / "runs"), str(run / "summary.json"), "damaged")
 
 
+def test_templates_of_ones_own_are_scored_on_the_split_of_a_run_not_ended(tmp_path):
+    """`eval --run RUN --prompt T` of a run whose search has not finished was refused for its
+    missing summary.json, though only its split is read (a soft-prompt run's was not)."""
+    run = finished_run(tmp_path / "runs")
+    (run / "summary.json").unlink()
+    scored = cli("eval", "--run", "r", "--prompt", "a dark {}.", "--runs-dir", tmp_path / "runs")
+    assert scored.exit_code == 0 and "a dark {}." in scored.output, scored.output
+    one_line_error(cli("eval", "--run", "r", "--runs-dir", tmp_path / "runs"), "has no summary.json")
+
+
 @pytest.mark.parametrize("best", [None, 5, "a photo of a {}."])
 def test_a_summary_whose_result_is_not_an_object_is_one_line_and_hides_no_other_run(tmp_path, best):
     runs = tmp_path / "runs"

@@ -176,10 +176,17 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
     args, config = dict(given), None
     if run_dir is not None:
         from promptclimb.agent.adapt import check_run_data, read_run
-        from promptclimb.agent.runs.reading import run_names_by_label, warn_names_by_position
+        from promptclimb.agent.core.runfiles import CONFIG
+        from promptclimb.agent.runs.reading import (check_config, read_json, read_summary, run_names_by_label,
+                                                    warn_names_by_position)
         from promptclimb.agent.runs.store import run_argument
 
-        config, summary = read_run(run_dir, None if prompts else "eval --run")
+        if prompts:  # templates of one's own on the run's split: a run not ended (no summary) has that too
+            config = read_json(run_dir / CONFIG)
+            check_config(config, run_dir / CONFIG)
+            summary = read_summary(run_dir) or {}  # no names found yet: its start names
+        else:
+            config, summary = read_run(run_dir, "eval --run")
         own = config.get("evaluator_args") or {}
         other_dataset = given["dataset"] is not None and given["dataset"] != own.get("dataset")
         if not other_dataset:
