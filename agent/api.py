@@ -25,7 +25,7 @@ from promptclimb.agent.core.defaults import DEFAULT_PRECISION
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.format import as_text_list, one_line
 from promptclimb.agent.core.protocol import SPLITS
-from promptclimb.agent.core.templates import BASELINE, check_templates as check_template_list
+from promptclimb.agent.core.templates import BASELINE, check_templates as check_template_list, check_typed_templates
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -275,7 +275,7 @@ def evaluate(templates: str | Sequence[str], dataset: str = "fashion-mnist", sho
     # (shots=None had ended in a TypeError from build_evaluator)
     shots, seed = (defaults()[k] if v is None else v for k, v in (("shots", shots), ("seed", seed)))
     backbone, pretrained = default_backbone(dataset, backbone, pretrained, weights)
-    templates = check_templates(templates)
+    templates = check_typed_templates(check_templates(templates))  # typed: no line break or tab either
     scores, _ = score_templates(templates, dataset=dataset, shots=shots, seed=seed, backbone=backbone,
                                 pretrained=pretrained, weights=weights, data_root=data_root, device=device,
                                 splits=splits, precision=precision, classnames=classnames,

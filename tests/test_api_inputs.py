@@ -481,6 +481,12 @@ def test_evaluate_takes_the_columns_a_run_hands_out_and_refuses_unreadable_templ
         with pytest.raises(promptclimb.PromptclimbError,
                            match=r"invalid template 'a photo\\nof a \{\}\.': a line break, tab or other control"):
             promptclimb.evaluate("a photo\nof a {}.", dataset="toy", echo=None)
+        # typed only: a run's own (a pool file's tab, an old run's) is scored again as it was
+        from promptclimb.agent.core.templates import check_templates
+
+        assert check_templates(["a photo\tof a {}."]) == ["a photo\tof a {}."]
+        with pytest.raises(promptclimb.PromptclimbError, match="expected a list of names"):  # a set keeps no order
+            promptclimb.evaluate("a {}.", dataset="toy", classnames=set(names), echo=None)
         with pytest.raises(promptclimb.PromptclimbError) as long:
             promptclimb.evaluate("very " * 80 + "nice photo of a {}.", dataset="toy", echo=None)
         assert str(long.value).endswith("…': longer than 200 characters") and len(str(long.value)) < 140

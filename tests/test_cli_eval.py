@@ -52,6 +52,7 @@ def test_user_mistakes_are_messages_not_tracebacks(tiny_clip_config, tiny_clip_w
     base = ["--dataset", "imagefolder", "--data-root", str(image_folder), "--backbone", tiny_clip_config]
     cases = [
         (["--prompt", "a photo"], 2, "no {} placeholder"),
+        (["--prompt", "a photo\tof a {}."], 2, "a line break, tab or other control character in it"),
         ([*base, "--weights", str(tiny_clip_weights), "--shots", "9"], 1, "smallest class allows --shots 4"),
         ([*base, "--pretrained", "openai"], 1, "unknown pretrained tag"),
         (["--dataset", "imagefolder", "--data-root", str(image_folder / "nope")], 1, "does not exist"),

@@ -19,7 +19,7 @@ from promptclimb.agent.core.format import pct
 from promptclimb.agent.core.paths import cache_home, check_writable
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.protocol import SPLITS
-from promptclimb.agent.core.templates import BASELINE, check_templates
+from promptclimb.agent.core.templates import BASELINE, check_templates, check_typed_templates
 from promptclimb.agent.options import BY_KEYWORD
 
 
@@ -103,6 +103,10 @@ def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, sh
 
         run_config, _ = read_run(run_dir, "eval --run --with-adapter")  # before any slow loading
         adapter = read_adapter(run_dir / ADAPTER_FILE)  # there and readable, before any image is encoded
+    try:
+        check_typed_templates(prompts) if prompts else None  # a line break or tab broke the table
+    except PromptclimbError as exc:
+        raise click.BadParameter(str(exc), param_hint="--prompt") from None
     args, prompts, config = _settings(given, list(dict.fromkeys(prompts)), run_dir)  # a repeated --prompt: once
     dataset, data_root, shots, seed, backbone, pretrained, weights, precision = (
         args[k] for k in ("dataset", "data_root", "shots", "seed", "backbone", "pretrained", "weights", "precision"))

@@ -66,10 +66,15 @@ def markdown_text(text: str) -> str:
 
 def as_text_list(values) -> list[str] | None:
     """`values` as a list of text when it is a sequence of text (a list, a tuple, a pandas
-    Series, a numpy array), else None."""
-    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__") or not hasattr(values, "__len__"):
+    Series, a numpy array), else None: not a set, whose order (of class names) is not kept."""
+    if isinstance(values, (list, tuple)):
+        listed = list(values)
+    elif hasattr(values, "tolist") and not isinstance(values, (str, bytes)):
+        listed = values.tolist()
+        if not isinstance(listed, list):  # a numpy scalar
+            return None
+    else:
         return None
-    listed = list(values.tolist() if hasattr(values, "tolist") else values)
     return listed if all(isinstance(v, str) for v in listed) else None
 
 

@@ -61,14 +61,22 @@ def check_templates(templates: Sequence[str]) -> list[str]:
         raise PromptclimbError("no template given")
     for t in templates:
         problem = template_problem(t)
-        if problem is None and isinstance(t, str) and any(ord(c) < 32 for c in t):
-            # a line break or tab broke eval's table; an LLM's lines are read one by one (proposals.py)
-            problem = "a line break, tab or other control character in it"
         if problem:
             placeholder = "{" in problem or "placeholder" in problem or problem == "empty template"
             shown = t if not isinstance(t, str) or len(t) <= 80 else t[:79] + "…"  # a 400-character one was quoted whole
             raise PromptclimbError(f"invalid template {shown!r}: {problem}"
                                    + (" (use exactly one {} for the class name)" if placeholder else ""))
+    return templates
+
+
+def check_typed_templates(templates: Sequence[str]) -> list[str]:
+    """`check_templates` for templates a user types (`eval --prompt`, `evaluate()`): one with a
+    line break or tab broke eval's table. Not for a run's own or a pool's (a run that recorded
+    one is read and scored again as it was)."""
+    templates = check_templates(templates)
+    for t in templates:
+        if any(ord(c) < 32 for c in t):
+            raise PromptclimbError(f"invalid template {t!r}: a line break, tab or other control character in it")
     return templates
 
 
