@@ -348,7 +348,12 @@ def test_a_sweep_whose_endpoint_secret_was_left_out_is_rerun_only_with_the_url_g
     with pytest.raises(PromptclimbError, match="give it again"):  # still said on the next rerun
         sweeps.prepare_sweep(tmp_path / "s", None, {})
     monkeypatch.setenv("OPENAI_BASE_URL", url)  # given again the other way: the cells ask it with its secret
-    assert sweeps.prepare_sweep(tmp_path / "s", None, {})["search"]["base_url"] == url
+    said = []
+    assert sweeps.prepare_sweep(tmp_path / "s", None, {}, said.append)["search"]["base_url"] == url and said == []
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # another endpoint: asked, and said so
+    assert sweeps.prepare_sweep(tmp_path / "s", None, {}, said.append)["search"]["base_url"] == "http://127.0.0.1:9/v1"
+    assert said == ["note: OPENAI_BASE_URL is not the LLM endpoint the sweep recorded (http://127.0.0.1:1/v1); "
+                    "asking it, as the sweep's URL had a key that was not recorded"]
     monkeypatch.delenv("OPENAI_BASE_URL")
     sweeps.prepare_sweep(tmp_path / "plain", grid, {"base_url": "http://127.0.0.1:1/v1"})
     assert sweeps.prepare_sweep(tmp_path / "plain", None, {})["search"]["base_url"] == "http://127.0.0.1:1/v1"

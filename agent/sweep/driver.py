@@ -324,10 +324,16 @@ def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict,
         raise PromptclimbError(f"{sweep_dir} holds no sweep yet: give its grid (--dataset ..., or --grid FILE)")
     settings = {"grid": check_grid(grid if grid is not None else stored["grid"]),
                 "search": {**stored["search"], **search} if stored else llm_pinned(search)}
-    if stored and "base_url" in stored.get(SECRETS_LEFT_OUT, []) and "base_url" not in search \
-            and os.environ.get("OPENAI_BASE_URL"):
+    env_url = os.environ.get("OPENAI_BASE_URL")
+    if stored and "base_url" in stored.get(SECRETS_LEFT_OUT, []) and "base_url" not in search and env_url:
         # its key was left out of sweep.json: OPENAI_BASE_URL gives it again (the cells had the URL without it)
-        settings["search"]["base_url"] = os.environ["OPENAI_BASE_URL"]
+        from promptclimb.agent.llm.client import without_secrets
+
+        recorded = stored["search"].get("base_url")
+        if without_secrets(env_url).rstrip("/") != (recorded or "").rstrip("/"):  # as a search's resume says it
+            echo(f"note: OPENAI_BASE_URL is not the LLM endpoint the sweep recorded ({recorded}); asking it, as the "
+                 "sweep's URL had a key that was not recorded")
+        settings["search"]["base_url"] = env_url
     from promptclimb.agent.core.backbones import check_backbone_name
 
     # a name no cell could load fails every cell inside Ray; checked here, not in check_grid,
@@ -392,13 +398,14 @@ def llm_pinned(search: dict) -> dict:
     keeps it: a rerun from a shell with other OPENAI_* variables went on with another LLM
     (local cells resumed against an endpoint, still recorded as the local model), unsaid. The
     endpoint OPENAI_BASE_URL names, and without one, --llm local or the API's default model."""
-    from promptclimb.agent.options import LOCAL, REMOTE_DEFAULT_MODEL
+    from promptclimb.agent.options import LOCAL
+    from promptclimb.agent.pipeline import default_llm
 
     if search.get("optimizer", "llm") != "llm":
         return dict(search)
     pinned, env_url = dict(search), os.environ.get("OPENAI_BASE_URL")
     if pinned.get("llm") is None and not (pinned.get("base_url") or env_url):
-        pinned["llm"] = REMOTE_DEFAULT_MODEL if os.environ.get("OPENAI_API_KEY") else LOCAL
+        pinned["llm"] = default_llm()  # local, or the API's default model with OPENAI_API_KEY
     if pinned.get("base_url") is None and env_url and pinned.get("llm") != LOCAL:
         pinned["base_url"] = env_url  # the served model a cell finds there decides its --llm, as a search's
     return pinned
