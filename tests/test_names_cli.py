@@ -73,6 +73,10 @@ def test_a_run_not_ended_labels_its_winners_by_the_names_it_holds_and_its_report
     assert set(said["names"]) == {"found", "start"}
     assert list(said["names"]) == ["found" if n == "Trouser -> jeans" else "start" for n in names]
     assert read.names().empty and "found" in read.names().columns  # no table yet: a KeyError before
+    # templates of one's own on its split go with the names it holds (they had the start names)
+    run.factory.labels_recorded = True  # as CLIP's evaluator: the names line can say which differ
+    scored = run("eval", "--run", "n", "--runs-dir", run.runs, "--prompt", "a photo of a {}.")
+    assert scored.exit_code == 0 and "Trouser -> jeans" in scored.output, scored.output
     assert {"train_prob", "val_prob"} <= set(read.scores().columns)  # as the Run docstring says
     empty = run.runs / "empty"
     empty.mkdir()

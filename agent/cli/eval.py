@@ -188,7 +188,7 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
         if prompts:  # templates of one's own on the run's split: a run not ended (no summary) has that too
             config = read_json(run_dir / CONFIG)
             check_config(config, run_dir / CONFIG)
-            summary = read_summary(run_dir) or {}  # no names found yet: its start names
+            summary = read_summary(run_dir) or held_names(run_dir)
         else:
             config, summary = read_run(run_dir, "eval --run")
         own = config.get("evaluator_args") or {}
@@ -217,6 +217,15 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
     args["backbone"], args["pretrained"] = default_backbone(args["dataset"], args["backbone"], args["pretrained"],
                                                             args["weights"])
     return args, prompts or [BASELINE], config
+
+
+def held_names(run_dir) -> dict:
+    """A run not ended as a summary of what its templates go with: the names its last kept
+    change holds (as `show` labels them), {} for its start names."""
+    from promptclimb.agent.runs.reading import load_run
+
+    held = load_run(run_dir).of("names_change")
+    return {"best": {"names": held[-1]["names"]}} if held else {}
 
 
 def _check_names_for_adapter(args: dict, adapter: dict, run_config: dict):
