@@ -479,8 +479,9 @@ def moved_data(opts: dict, store: RunStore) -> tuple[str, str] | None:
         return None
     run = run_argument(store.run_dir)
     if not given(opts, "data_root"):
-        raise PromptclimbError(f"{store.run_dir.name}'s data folder {recorded} does not exist: moved, give where it "
-                               f"is now: {shell_command('search', '--resume', run, '--data-root', 'DIR')}")
+        from promptclimb.agent.adapt import check_run_data  # the one way a gone data folder is said
+
+        check_run_data(store.run_dir, store.config, None, "search", "--resume", run)
     moved = absolute(opts["data_root"])
     if Path(moved).name != Path(recorded).name and args.get("dataset") in SPLIT_BY_FOLDER_NAME:
         raise PromptclimbError(f"--data-root {opts['data_root']}: {store.run_dir.name}'s data folder was named "

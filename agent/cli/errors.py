@@ -1,6 +1,7 @@
 """The one path by which every command shows a problem the user can fix: one line on
-stderr and exit status 1, never a traceback; and by which Ctrl-C ends a command with 130
-(the exit codes: agent/core/errors.py, README's Exit codes)."""
+stderr and exit status 1, never a traceback; and by which Ctrl-C ends a command with 130,
+and a reader that stops reading (`| head`) with 141 (the exit codes: agent/core/errors.py,
+README's Exit codes)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def user_errors(fn):
     read-only folder), as one line on stderr and exit status 1, instead of a traceback.
     Ctrl-C (KeyboardInterrupt) ends it with status 130, without click's "Aborted!" and its
     status 1: a search or sweep has already printed the command that continues it.
-    SIGTERM (SystemExit 143, agent/core/errors.py) passes through as it is. A warning (images
+    SIGTERM (SystemExit 143, agent/core/errors.py) passes through as it is; a closed output
+    pipe (BrokenPipeError) ends it quietly with 141. A warning (images
     skipped as unreadable, random weights, a library's) is one `warning:` line on stderr when
     it happens, not Python's file and source line."""
 

@@ -59,7 +59,8 @@ def sweep_cmd(ctx, name, datasets, backbones, shots, seeds, grid_file, address, 
 
     Rerun the same command (or just `promptclimb sweep NAME`) to continue: finished cells are
     skipped, killed ones resume from their history, failed ones are retried. Exit status: 0
-    when every cell finished, 3 when some failed, 130 (Ctrl-C) or 143 (SIGTERM) when stopped.
+    when every cell finished, 3 when some failed, 130 (Ctrl-C) or 143 (SIGTERM) when stopped,
+    141 when what read its output stopped reading.
 
     \b
     Examples:
