@@ -110,7 +110,8 @@ def search(dataset: str | None = None, shots: int | None = None, backbone: str |
     takes the `config=` file's value, else the command's default (`promptclimb search --help`
     lists them all). Progress lines go to `echo` (None: nowhere), every one the command
     prints: the local LLM server's start and each split's image features (which the command
-    prints on stderr) too; the progress bars of long steps (encoding images, assembling the local LLM's model the first time)
+    prints on stderr) too; the progress bars of long steps (encoding images, assembling the
+    local LLM's model the first time)
     are drawn on stderr only with `print` (the default) or `on_stderr`. `classnames=` takes
     a set name or a file as --classnames does, or a list of names (one per class, in class
     order) as `evaluate()` does; the list is recorded in config.json. `resume="RUN"`

@@ -104,7 +104,8 @@ def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, sh
         run_config, _ = read_run(run_dir, "eval --run --with-adapter")  # before any slow loading
         adapter = read_adapter(run_dir / ADAPTER_FILE)  # there and readable, before any image is encoded
     try:
-        check_typed_templates(prompts) if prompts else None  # a line break or tab broke the table
+        if prompts:
+            check_typed_templates(prompts)  # a line break or tab broke the table
     except PromptclimbError as exc:
         raise click.BadParameter(str(exc), param_hint="--prompt") from None
     args, prompts, config = _settings(given, list(dict.fromkeys(prompts)), run_dir)  # a repeated --prompt: once
@@ -153,7 +154,8 @@ def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, sh
         click.echo(" ".join(f"{pct(acc[s], 2):>7}" for s in SPLITS) + f"  {row['template']}")
     if with_adapter:
         ad = result["adapter"]
-        note = "" if ad["result"] == "adapter" else "   (the run keeps the prompt-only result: the adapter did not beat the prompt alone on val)"
+        note = "" if ad["result"] == "adapter" else \
+            "   (the run keeps the prompt-only result: the adapter did not beat the prompt alone on val)"
         for name, key in ((f"prompt + {ad['kind']} adapter", "adapter"), ("prompt alone", "prompt")):
             click.echo(" ".join(f"{pct(ad['accuracy'][s][key], 2):>7}" for s in SPLITS) + f"  {name}")
         click.echo(f"adapter on: {' | '.join(ad['templates'])}{note}")
@@ -181,14 +183,17 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
     if run_dir is not None:
         from promptclimb.agent.adapt import check_run_data, read_run
         from promptclimb.agent.core.runfiles import CONFIG
-        from promptclimb.agent.runs.reading import (check_config, read_json, read_summary, run_names_by_label,
-                                                    warn_names_by_position)
+        from promptclimb.agent.runs.reading import (check_config, load_run, read_json, read_summary,
+                                                    run_names_by_label, warn_names_by_position)
         from promptclimb.agent.runs.store import run_argument
 
         if prompts:  # templates of one's own on the run's split: a run not ended (no summary) has that too
             config = read_json(run_dir / CONFIG)
             check_config(config, run_dir / CONFIG)
-            summary = read_summary(run_dir) or held_names(run_dir)
+            summary = read_summary(run_dir)
+            if summary is None:  # not ended: the names it holds (as show labels them), or its start names
+                held = load_run(run_dir).held_names
+                summary = {"best": {"names": held}} if held else {}
         else:
             config, summary = read_run(run_dir, "eval --run")
         own = config.get("evaluator_args") or {}
@@ -217,15 +222,6 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
     args["backbone"], args["pretrained"] = default_backbone(args["dataset"], args["backbone"], args["pretrained"],
                                                             args["weights"])
     return args, prompts or [BASELINE], config
-
-
-def held_names(run_dir) -> dict:
-    """A run not ended as a summary of what its templates go with: the names its last kept
-    change holds (as `show` labels them), {} for its start names."""
-    from promptclimb.agent.runs.reading import load_run
-
-    held = load_run(run_dir).of("names_change")
-    return {"best": {"names": held[-1]["names"]}} if held else {}
 
 
 def _check_names_for_adapter(args: dict, adapter: dict, run_config: dict):

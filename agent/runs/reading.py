@@ -519,20 +519,25 @@ class Run:
         return start or (table.get("start") if isinstance(table.get("start"), list) else None) or \
             run_start_names(self.config)
 
+    @property
+    def held_names(self) -> list[str] | None:
+        """The names the run's templates go with: its result's, or, of a run not ended, those
+        its last kept names change holds; None for its start names."""
+        if self.final is not None:
+            return (self.final.get("best") or {}).get("names")
+        held = self.of("names_change")
+        return held[-1].get("names") if held else None
+
     def winners_said(self, k: int = 5) -> pd.DataFrame:
         """`winners(k)` as `show` and the report list them: `names` says which names each row
-        was scored with, "found" (the run's result; of a run not ended, the names it holds
-        now), "start" or "earlier" (a names search's
-        pool and early templates keep the names they were scored with: its rows mix them);
-        no column for a run that renamed nothing."""
+        was scored with, "found" (`held_names`: the run's result, or the names a run not ended
+        holds now), "start" or "earlier" (a names search's pool and early templates keep the
+        names they were scored with: its rows mix them); no column for a run that renamed
+        nothing."""
         frame = self.winners(k)
         if not frame["names"].astype(bool).any():
             return frame.drop(columns="names")
-        if self.final is not None:
-            found = renames(self.start_names, (self.final.get("best") or {}).get("names"))
-        else:  # a run under way (or stopped): the names it holds now, its last kept change's
-            held = self.of("names_change")
-            found = renames(self.start_names, held[-1].get("names")) if held else ""
+        found = renames(self.start_names, self.held_names)
         said = {found: "found", "": "start"}  # the start names are never "found": nothing renamed
         return frame.assign(names=[said.get(names, "earlier") for names in frame["names"]])
 
