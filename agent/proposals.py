@@ -109,7 +109,7 @@ def why_nothing_read(answer: str, kind: str = "template") -> str:
     if not answer.strip():
         return "the answer was empty"
     if not without_reasoning(answer).strip():
-        return "the answer was all reasoning (<think>): cut by --max-answer-tokens?"
+        return "the answer was all reasoning (<think>): was it cut by --max-answer-tokens, a new run's setting?"
     if kind == "template":
         return "no line had a {} placeholder"
     if any(":" not in line and _ARROW_NAMES.search(line) for line in without_reasoning(answer).splitlines()):

@@ -490,3 +490,6 @@ def test_evaluate_takes_the_columns_a_run_hands_out_and_refuses_unreadable_templ
         with pytest.raises(promptclimb.PromptclimbError) as long:
             promptclimb.evaluate("very " * 80 + "nice photo of a {}.", dataset="toy", echo=None)
         assert str(long.value).endswith("…': longer than 200 characters") and len(str(long.value)) < 140
+        with pytest.raises(promptclimb.PromptclimbError) as none:  # the hint where the {} is what is wrong
+            promptclimb.evaluate("a photo of a {0}.", dataset="toy", echo=None)
+        assert str(none.value).endswith("is not a plain {} (use exactly one {} for the class name)")

@@ -66,7 +66,8 @@ def test_empty_content_is_an_answer_not_an_error(fake, tmp_path):
 
 @pytest.mark.parametrize("fault, said", [
     ("empty", "the endpoint gave no reason (finish_reason 'stop')"),
-    ("length", "it was cut at the 50-token answer cap before it began (raise --max-answer-tokens)"),
+    ("length", "it was cut at the 50-token answer cap before it began (raise --max-answer-tokens: a new run's setting, "
+     "a resume keeps the run's)"),
     ("refusal", "the model refused (\"I can't help with that.\")")])
 def test_an_empty_answer_says_why_and_is_not_kept_for_other_runs(fake, tmp_path, fault, said):
     """An empty answer was cached: a second run was given the same nothing (a transient fault

@@ -198,7 +198,8 @@ def test_show_says_why_an_answer_gave_nothing_to_score(tmp_path):
         _, _, run_dir = climb(tmp_path, fake.base_url, search="both", iterations=5)
     shown = show_text(load_run(run_dir), conversation=False, markdown=False)
     assert "proposed: 0 scored, 0 rejected (no 'Class: name; name' line)" in shown
-    assert "proposed: 0 scored, 0 rejected (the answer was all reasoning (<think>): cut by --max-answer-tokens?)" in shown
+    assert ("proposed: 0 scored, 0 rejected (the answer was all reasoning (<think>): was it cut by "
+            "--max-answer-tokens, a new run's setting?)") in shown
     assert "proposed: 0 scored, 0 rejected (the answer was empty)" in shown
     assert "proposed: 0 scored, 0 rejected (names written 'Class -> name', not 'Class: name; name')" in shown
 

@@ -62,10 +62,10 @@ def check_templates(templates: Sequence[str]) -> list[str]:
     for t in templates:
         problem = template_problem(t)
         if problem:
-            placeholder = "{" in problem or "placeholder" in problem or problem == "empty template"
+            too_long = isinstance(t, str) and t.strip() and len(t) > MAX_TEMPLATE_CHARS  # all else: the {}
             shown = t if not isinstance(t, str) or len(t) <= 80 else t[:79] + "…"  # a 400-character one was quoted whole
             raise PromptclimbError(f"invalid template {shown!r}: {problem}"
-                                   + (" (use exactly one {} for the class name)" if placeholder else ""))
+                                   + ("" if too_long else " (use exactly one {} for the class name)"))
     return templates
 
 
