@@ -92,10 +92,11 @@ def build_run_evaluator(config: dict, device: str | None = None, **overrides):
     args = dict(config.get("evaluator_args") or {})
     if not args.get("dataset"):
         raise PromptclimbError("config.json has no evaluator_args; this run cannot be re-evaluated")
-    recorded = run_start_names(config)
+    by_label, recorded = run_names_by_label(config, {}), run_start_names(config)
     if recorded:  # as a resume does (pipeline.resumed_evaluator): the start names as the run read them,
-        # not a names file (edited or deleted since) or the data's labels (read otherwise since) read again
-        args["classnames"] = tuple(recorded)
+        # not a names file (edited or deleted since) or the data's labels (read otherwise since) read again;
+        # by label where the run knows its labels: data whose classes changed since is refused by name
+        args["classnames"] = by_label if isinstance(by_label, dict) else tuple(recorded)
     args.update({k: v for k, v in overrides.items() if v is not None})
     return build_evaluator(**args, device=device)
 
@@ -114,8 +115,9 @@ def fit_run_adapter(run_dir: str | Path, kinds, on: str = "best", seed: int | No
     if evaluator is None:
         echo(f"loading the evaluator of {run_dir.name} ...")
         evaluator = build_run_evaluator(config, device=device, data_root=data_root)
-        from promptclimb.agent.runs.reading import warn_other_split
+        from promptclimb.agent.runs.reading import check_class_order, warn_other_split
 
+        check_class_order(run_dir, config, evaluator.info())  # the run's names below are in its class order
         warn_other_split(run_dir, config, config.get("evaluator_args") or {}, evaluator.info().get("split") or {})
     seed = int(config.get("evaluator_args", {}).get("seed", 0) if seed is None else seed)
     names = run_classnames(summary)  # the names the run found travel with its templates

@@ -195,18 +195,24 @@ class NameRefusal:
         return REASONS[self.reason] + (f": {self.detail}" if self.detail else "")
 
 
-def parse_names(answer: str) -> list[tuple[str, str]]:
+def parse_names(answer: str, classes: Sequence[str] = ()) -> list[tuple[str, str]]:
     """(class label, name) pairs from `Class: name; name; ...` lines, in answer order.
     Names are separated by ';' (or by '|', or by ',' on a line without either); numbering, bullets, quotes
     and bold marks are stripped. A line without ':' is prose and skipped; so is a heading
-    such as "Names:" with nothing after it."""
+    such as "Names:" with nothing after it. `classes`: the class names the lines may start
+    with (current and start), for those the stripping would cut or split (`fragile_labels`)."""
+    fragile = fragile_labels(classes)
     pairs = []
     for raw in without_reasoning(answer or "").splitlines():
-        line = clean_line(raw)
-        if ":" not in line or line.startswith("```"):
-            continue
-        label, rest = line.split(":", 1)
-        label = _unwrap(label)
+        labelled = _fragile_label(raw, fragile)
+        if labelled:
+            label, rest = labelled
+        else:
+            line = clean_line(raw)
+            if ":" not in line or line.startswith("```"):
+                continue
+            label, rest = line.split(":", 1)
+            label = _unwrap(label)
         if not rest.strip():
             continue
         rest = _NOTE_WITH_SEPARATOR.sub("", rest)
@@ -216,6 +222,28 @@ def parse_names(answer: str) -> list[tuple[str, str]]:
         # a tab between two words is a space to a reader ("blue<TAB>jeans"), not a name refused
         pairs += [(label, _unwrap(re.sub(r"[ \t]+", " ", piece))) for piece in pieces]
     return pairs
+
+
+def fragile_labels(classes: Sequence[str]) -> list[str]:
+    """Class names that a names line's cleaning would cut (`0`, `12`, `1.5 ton truck`: read
+    as list numbering) or split at their own ':' (`Star Wars: A New Hope`), longest first:
+    every names line for them was read as no line, or as another class."""
+    return sorted({c for c in classes if ":" in c or not clean_line(f"{c}: x").startswith(c)}, key=len, reverse=True)
+
+
+_BULLET = re.compile(r"^\s*(?:[-*•·>]\s+|\d{1,3}[.)]\s+)?[*_`]*\s*")
+
+
+def _fragile_label(raw: str, fragile: Sequence[str]) -> tuple[str, str] | None:
+    """(label, what follows its ':') where a line starts with one of the `fragile` labels
+    (after a bullet or list number of its own), else None."""
+    text = _BULLET.sub("", raw, count=1)
+    for label in fragile:
+        if text[:len(label)].lower() == label.lower():
+            after = re.match(r"[*_`]*\s*:(.*)", text[len(label):])
+            if after:
+                return label, after.group(1)
+    return None
 
 
 # The names meta-prompt writes a renamed class as "trousers (first named Trouser)"; a small

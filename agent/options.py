@@ -454,6 +454,10 @@ def read_toml(path: str | Path, what: str) -> dict:
         return tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise PromptclimbError(f"{what} {path}: no such file") from None
+    except IsADirectoryError:  # the API's search(config=...) had a traceback (click refuses it for --config)
+        raise PromptclimbError(f"{what} {path}: a folder, not a file") from None
+    except OSError as exc:  # unreadable: permission denied
+        raise PromptclimbError(f"{what} {path}: cannot be read ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
         raise PromptclimbError(f"{what} {path}: not a UTF-8 text file") from None
     except tomllib.TOMLDecodeError as exc:

@@ -344,9 +344,13 @@ def resumed_evaluator(saved: dict) -> EvaluatorSettings:
     """A resumed run's evaluator settings, with the start names it recorded when its evaluator
     was built, not a names file or the dataset's labels read again: a file edited or deleted
     since, or labels a newer promptclimb reads otherwise (WordNet IDs), would change the run."""
-    from promptclimb.agent.runs.reading import run_start_names
+    from promptclimb.agent.runs.reading import run_names_by_label, run_start_names
 
     settings = EvaluatorSettings.from_config(saved["evaluator_args"])
+    by_label = run_names_by_label(saved, {})
+    if isinstance(by_label, dict):  # a class folder renamed, added or removed since: refused by name
+        # (`names_by_label`), where names in class order went to other classes, or blamed --classnames
+        return replace(settings, classnames=by_label)
     recorded = run_start_names(saved)
     if recorded:
         return replace(settings, classnames=tuple(recorded))
@@ -833,6 +837,8 @@ def warnings_said(echo) -> Iterator[None]:
 def load_evaluator(plan: Plan, store: RunStore, device: str | None, factory: EvaluatorFactory, echo):
     """The CLIP evaluator (the slow step); its description is recorded in config.json, or,
     on resume, compared with the one recorded."""
+    from promptclimb.agent.runs.reading import check_class_order, images_drawn_otherwise, splits_drawn_otherwise
+
     with warnings.catch_warnings(record=True) as caught:  # counted skips, random weights: said plainly
         warnings.simplefilter("always")
         evaluator = factory(**plan.evaluator.kwargs(), device=device)
@@ -853,6 +859,12 @@ def load_evaluator(plan: Plan, store: RunStore, device: str | None, factory: Eva
         echo(f"{store.run_dir.name}'s data folder {old} is gone: reading it from {new} (recorded in its {CONFIG})")
     if "evaluator" not in store.config:
         store.update_config(evaluator=info)
+        return evaluator
+    check_class_order(store.run_dir, store.config, info)
+    changed = splits_drawn_otherwise(store.config, info.get("split") or {})
+    if changed:
+        echo(f"warning: {images_drawn_otherwise(store.run_dir, changed)}: scores already recorded are kept, new "
+             "ones use these images")
     elif store.config["evaluator"] != unrecorded_labels_dropped(info, store.config["evaluator"]):
         echo("warning: the evaluator is not identical to the one this run started with "
              "(see config.json); scores already recorded are kept, new ones use this one.")

@@ -708,7 +708,8 @@ class HillClimber:
             self.record_exchange(answer, messages, 0, restart, reset, iteration, event="names_exchange",
                                  asked=[names[c] for c in asked])
             call = self.calls - 1
-            proposals, refused = naming.check_names(naming.parse_names(answer.content), names, self.start_names,
+            pairs = naming.parse_names(answer.content, (*names, *self.start_names))
+            proposals, refused = naming.check_names(pairs, names, self.start_names,
                                                     {c: set(t) for c, t in state.tried.items()},
                                                     self.config.names_per_class)
             self.record_name_rejects(refused, restart, reset, iteration, call)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from PIL.Image import DecompressionBombError
 from tqdm import tqdm
 
+from promptclimb.agent.core.chunks import assembly_bars
 from promptclimb.agent.core.classnames import check_classnames, check_published, names_by_label, read_classnames
 from promptclimb.agent.core.errors import DataError, PromptclimbError
 from promptclimb.agent.core.protocol import UNLABELED_SPLIT, ClassReport, Score, Task
@@ -362,5 +363,6 @@ def build_evaluator(dataset: str, shots: int, seed: int, backbone: str, pretrain
     data = loaded_dataset or load_dataset(dataset, data_root, image_column=image_column, label_column=label_column)
     classnames = start_names(data, classnames)
     split = make_fewshot_split(data, shots, seed, unlabeled=unlabeled)
-    model = load_backbone(backbone, pretrained=pretrained, weights=weights, device=device, precision=precision)
+    with assembly_bars(bars):  # a backbone's files assembled on first use (demo-mpnet's): their bar too
+        model = load_backbone(backbone, pretrained=pretrained, weights=weights, device=device, precision=precision)
     return ClipEvaluator(model, data, split, classnames=classnames, echo=echo, bars=bars)

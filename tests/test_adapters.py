@@ -323,7 +323,8 @@ def test_adapt_fills_in_the_start_names_the_run_recorded_not_its_names_file(name
             "weights": str(tiny_clip_weights), "data_root": str(image_folder),
             "classnames": str(tmp_path / "names.txt") if names_file else None}  # no longer there
     run = make_run(tmp_path / "runs" / "r", args)
-    recorded = ["lake", "field", "square"]
+    # the data's own labels as an earlier reading spelled them (its folders' names, as WordNet IDs were)
+    recorded = ["lake", "field", "square"] if names_file else ["blue_lake", "green_field", "red_square"]
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "evaluator": {"dataset": {"classnames": recorded}}}))
     result = CliRunner().invoke(cli, ["adapt", "r", "--runs-dir", str(tmp_path / "runs"), "--kind", "cache",

@@ -61,6 +61,8 @@ def test_search_takes_config_files_as_the_command_does(notebook, tmp_path, built
     assert (saved["search"]["iterations"], saved["search"]["resets"]) == (1, 1) and notebook.count == 1
     with pytest.raises(promptclimb.PromptclimbError, match=r"^search\(\): config=3: expected a TOML file's path"):
         promptclimb.search(config=3)
+    with pytest.raises(promptclimb.PromptclimbError, match=r": a folder, not a file$"):  # was IsADirectoryError
+        promptclimb.search(config=tmp_path)
 
 
 def test_search_load_run_evaluate_transfer_like_a_notebook(notebook, tmp_path, built):

@@ -189,6 +189,24 @@ def test_a_local_llm_that_fails_to_start_mid_run_leaves_the_command_that_continu
     assert '"event": "score"' in (tmp_path / "runs" / "cut" / "history.jsonl").read_text()  # the pool: kept
 
 
+@pytest.mark.parametrize("echo", [None, print])
+def test_the_mpnet_folders_assembly_bar_is_drawn_only_with_print(tmp_path, monkeypatch, capfd, echo):
+    """demo-mpnet's text tower, assembled on its first use deep inside the model's loading:
+    `evaluate(echo=None)` drew its bar on stderr (the local LLM's was already kept quiet)."""
+    from promptclimb.agent.core import chunks
+    from promptclimb.evaluators.demo import model
+
+    parts = [tmp_path / f"part{i}.bin" for i in (1, 2)]
+    for part in parts:
+        part.write_bytes(b"x" * 1000)
+    monkeypatch.setattr(chunks, "find_parts", lambda spec: parts)
+    model._load_sentence_encoder.cache_clear()  # a model loaded by an earlier test is not read again
+    with pytest.raises(promptclimb.PromptclimbError, match="has SHA-256"):
+        promptclimb.evaluate("a photo of a {}.", backbone="demo-mpnet", splits=["train"], echo=echo)
+    _, err = capfd.readouterr()
+    assert ("assembling all-mpnet-base-v2" in err) == (echo is print), err
+
+
 @pytest.mark.parametrize("echo", [None, "list", print])
 def test_the_local_models_assembly_bar_is_drawn_only_with_print(tmp_path, monkeypatch, built, capfd, echo):
     """The embedded model assembled the first time (here from parts that do not add up to it,

@@ -108,7 +108,7 @@ def test_show_in_every_format(tmp_path):
     assert text.count("answer ") >= 6 and "shown:" in text and "top " in text and "bottom " in text
     assert "rejected  a {name} with a named field" in text and "<- best so far" in text
     assert re.fullmatch(r"6 LLM answers; \d+ from the cache, \d+ prompt \+ \d+ completion tokens; "
-                        r"\d+ templates scored, [1-9]\d* proposals rejected", text.splitlines()[1])
+                        r"\d+ templates scored, [1-9]\d* template lines refused", text.splitlines()[1])
 
     markdown = invoke("show", "run", "--runs-dir", runs, "--format", "markdown").output
     assert "## Winning templates" in markdown and "| rank" in markdown and f"`{best}`" in markdown
@@ -571,6 +571,20 @@ def test_report_writes_through_a_symlink_and_to_stdout(tmp_path, monkeypatch):
     assert out.exit_code == 0, out.output
     assert out.stdout == page  # the page alone on stdout; where the plot is, on stderr
     assert f"plot:   {run_dir / 'curve.png'}" in out.stderr and not (tmp_path / "-").exists()
+
+
+def test_report_never_writes_over_the_runs_own_files(tmp_path, monkeypatch):
+    """`report RUN -o RUN/history.jsonl` wrote the page over the run's history (through a
+    symlink too): `show` could not read it and the run could not be resumed."""
+    run_dir = make_run(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "link.json").symlink_to(run_dir / "summary.json")
+    for target in (run_dir / "history.jsonl", Path("runs") / "run" / "config.json", tmp_path / "link.json"):
+        kept = target.read_bytes()
+        result = invoke("report", "run", "--runs-dir", tmp_path / "runs", "-o", target)
+        assert result.exit_code == 1 and f"-o {target}: that is run's own " in result.output, result.output
+        assert target.read_bytes() == kept
+    assert invoke("report", "run", "--runs-dir", tmp_path / "runs", "-o", run_dir / "mine.html").exit_code == 0
 
 
 def test_report_of_a_run_whose_folder_cannot_be_written(tmp_path, monkeypatch):

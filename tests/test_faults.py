@@ -352,6 +352,62 @@ def test_a_runs_data_folder_changed_since_is_said_by_eval_adapt_and_transfer(tmp
     assert str(data) not in other.output and "fashion_mnist_subset.npz" not in other.output
 
 
+def test_a_resume_whose_class_folders_changed_is_refused_by_class_and_images_added_are_said(
+        tmp_path, llm, tiny_clip_config, tiny_clip_weights):
+    """A class folder renamed since a run was killed: the resume went on with each recorded
+    name filled in to another class's images, unsaid ('not identical'); a class folder added
+    blamed `--classnames`, never given. `adapt` fit on names in the old order. Images added
+    were only 'not identical'."""
+    import shutil
+
+    from conftest import make_image_folder
+
+    classes = {"AnnualCrop": (220, 30, 30), "sea-lake": (30, 200, 40), "sea_a": (30, 40, 220)}
+    runs = tmp_path / "runs"
+    clip = ["--backbone", tiny_clip_config, "--weights", tiny_clip_weights, "--device", "cpu"]
+
+    def killed_run(name, kill=True):
+        data = make_image_folder(tmp_path / name, per_class=4, classes=classes)
+        assert cli("search", "--dataset", "imagefolder", "--data-root", data, *clip, *SMALL, "--runs-dir", runs,
+                   "--name", name).exit_code == 0
+        if not kill:
+            return data
+        history = runs / name / "history.jsonl"
+        history.write_text("".join(history.read_text().splitlines(keepends=True)[:3]))
+        (runs / name / "summary.json").unlink()
+        return data
+
+    def resume(name):
+        return cli("search", "--resume", name, "--runs-dir", runs, "--device", "cpu")
+
+    data = killed_run("renamed")  # 'sea a' now comes before 'sea lake'
+    (data / "sea-lake").rename(data / "sea_lake")
+    order = "renamed's classes now come in another order than when it started (class folders renamed since?): " \
+            "class 2 is 'sea a', the run's was 'sea lake'"
+    one_line_error(resume("renamed"), order)
+    data = killed_run("fit", kill=False)
+    (data / "sea-lake").rename(data / "sea_lake")
+    one_line_error(cli("adapt", "fit", "--kind", "cache", "--runs-dir", runs, "--device", "cpu"),
+                   order.replace("renamed's", "fit's"))
+    data = tmp_path / "renamed"
+    (data / "AnnualCrop").rename(data / "Crop")
+    one_line_error(resume("renamed"), "the run's classes are not the data's: the data has 'Crop' and the run does "
+                                      "not; the run has 'AnnualCrop' and the data does not")
+    data = killed_run("added")
+    shutil.copytree(data / "sea_a", data / "forest")
+    added = resume("added")
+    one_line_error(added, "the run's classes are not the data's: the data has 'forest' and the run does not")
+    assert "--classnames" not in added.output
+    data = killed_run("more")
+    for image in sorted((data / "sea_a").iterdir()):
+        shutil.copy(image, data / "sea_a" / f"new-{image.name}")
+    more = resume("more")
+    assert more.exit_code == 0, more.output
+    assert ("images drawn now from more's data are not the ones it was searched on (images added, removed or renamed "
+            "in its data folder since): scores already recorded are kept, new ones use these images") in more.output
+    assert "not identical" not in more.output
+
+
 def test_a_runs_moved_data_folder_is_given_to_eval_adapt_and_transfer_with_data_root(tmp_path, llm, tiny_clip_config,
                                                                                       tiny_clip_weights):
     """`adapt` took no --data-root: a run whose image folder moved could not be fit at all;

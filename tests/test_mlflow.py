@@ -415,6 +415,14 @@ def test_tracking_that_stops_midway_ends_its_mlflow_run_failed_and_a_folder_stor
     assert search_said.exit_code == 0, search_said.output
     hint = next(line for line in search_said.output.splitlines() if line.startswith("warning: MLflow tracking"))
     assert hint.endswith(f"--tracking-uri sqlite:///{folder.resolve() / 'mlflow.db'}")
+    # the folder from MLFLOW_TRACKING_URI (--mlflow bare): the hint's sync without it was refused the same way
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", str(tmp_path / "envfolder"))
+    with FakeLLM(responder=responder) as fake:
+        search_said = search(fake, tmp_path / "runs", "--dataset", "toy", "--name", "e", "--iterations", 1, "--search",
+                             "template", "--resets", 1, "--pool-sample", 4, "--mlflow")
+    assert search_said.exit_code == 0, search_said.output
+    hint = next(line for line in search_said.output.splitlines() if line.startswith("warning: MLflow tracking"))
+    assert hint.endswith(f"--tracking-uri sqlite:///{(tmp_path / 'envfolder').resolve() / 'mlflow.db'}"), hint
 
 
 def test_search_with_the_mlflow_option_logs_its_run_and_a_resume_continues_it(tmp_path, server, client, fake):

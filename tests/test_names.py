@@ -802,6 +802,31 @@ def test_parse_names_reads_the_answer_shapes_small_models_write():
     assert [r.reason for r in refused] == [naming.NOT_ONE_NAME, naming.BRACES]
 
 
+def test_parse_names_finds_classes_named_as_list_numbers_or_with_a_colon():
+    """Classes `0`, `12` (numbered folders) were never renamed: `0: zero` was read as list
+    number 0 and a line without a class; `1.5 ton truck: lorry` as class '5 ton truck'; a class
+    `Star Wars: A New Hope` as class 'Star Wars'."""
+    classes = ["0", "1", "12", "1.5 ton truck", "Star Wars: A New Hope", "apple"]
+    answer = "\n".join(["0: zero; nought", "- 12: twelve", "2. 1.5 ton truck: lorry", "**Star Wars: A New Hope**: "
+                        "Episode IV", "1. apple: pome", "Sure: here they are"])
+    assert naming.parse_names(answer, classes) == [("0", "zero"), ("0", "nought"), ("12", "twelve"),
+                                                   ("1.5 ton truck", "lorry"), ("Star Wars: A New Hope", "Episode IV"),
+                                                   ("apple", "pome"), ("Sure", "here they are")]
+    assert naming.fragile_labels(CLASSES) == []  # the shapes of other answers are read as they were
+
+
+def test_a_class_named_by_a_number_is_renamed_by_the_search(tmp_path):
+    """Numbered class folders (`0`, `1`, `12`) were never renamed: every names turn read
+    nothing (`0: ...` was list numbering), unsaid."""
+    numbered = ("0", "1", "12", "Bag")
+    ev = WordEvaluator(classnames=numbered, name_bonus=BONUS, class_bias={1: -0.25})
+    with FakeLLM(responder=scripted(["1: jeans; slacks\n0: tee"])) as fake:
+        result, _, run_dir = climb(tmp_path, fake.base_url, ev=ev)
+    scored = [(s["changes"][0]["from"], s["changes"][0]["to"]) for s in of(run_dir, "name_score")]
+    assert scored[:3] == [("1", "jeans"), ("1", "slacks"), ("0", "tee")]
+    assert tuple(result.classnames) == ("tee", "jeans", "12", "Bag")
+
+
 def test_a_reasoning_models_thinking_is_not_read_as_names_or_as_the_judges_answer():
     """`<think>...Trouser: hmm, maybe the skirt class is close; or shorts...</think>` gave
     Trouser the names 'hmm, maybe the skirt class is close' and 'or shorts', and the latter
@@ -864,6 +889,12 @@ PUBLISHED = ["T-shirt/top", "Trouser", "Pullover"]
     ("Trouser,pants\ntee\nsweater\n", r"line 1: 'Trouser,pants' reads as a 'folder,name' line for 'Trouser', but 2 "
                                       r"of the file's 3 lines are one name each, in class order \(line 1 names "
                                       r"'T-shirt/top'\)"),
+    # a folder and its name with another separator than the comma: read as one name each, mangled
+    ("T-shirt/top: tee\nTrouser: pants\nPullover: sweater\n",
+     r"line 1: 'T-shirt/top: tee' reads as class 'T-shirt/top' and a name; write 'folder,name' lines with a comma: "
+     r"'T-shirt/top,tee'$"),
+    ("tee\nTrouser;pants\nsweater\n", r"line 2: 'Trouser;pants' reads as class 'Trouser' and a name"),
+    ("tee\ntrouser -> pants\nsweater\n", r"line 2: 'trouser -> pants' reads as class 'Trouser' and a name"),
 ])
 def test_a_bad_classnames_file_is_refused_naming_its_line(tmp_path, text, message):
     path = tmp_path / "names.txt"

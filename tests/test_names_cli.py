@@ -132,6 +132,9 @@ def test_search_renames_a_class_and_every_reader_carries_the_names(run):
     kinds = [e["event"] for e in read.answers()]  # every kind of LLM answer counted, by kind
     assert f"{len(kinds)} LLM answers ({kinds.count('llm_exchange')} template, {kinds.count('names_exchange')} " \
            f"names, {kinds.count('names_judge')} guard);" in shown and kinds.count("names_judge") > 0
+    # the names turns' proposals are counted beside the templates' (only template lines were, as "proposals")
+    scored = summary["names"]["counts"]["scored"]
+    assert f"template lines refused; {scored} names scored, {len(read.of('name_reject'))} refused\n" in shown
     assert "asked about Trouser" in shown
     as_json = json.loads(run("show", "n", "--runs-dir", run.runs, "--format", "json").output)
     assert [(r["start"], r["found"]) for r in as_json["names"] if r["changed"]] == [("Trouser", "jeans")]
@@ -163,6 +166,7 @@ def test_search_renames_a_class_and_every_reader_carries_the_names(run):
     assert "<h2>Class names</h2>" in html and "<b>jeans</b>" in html
     assert html.count("Confusion on test") == 2  # with the start names, and with the found ones
     assert html.count(" [names]: what was sent") == kinds.count("names_exchange")
+    assert f"<dt>names scored</dt><dd>{scored}</dd>" in html
 
     evaluated = run("eval", "--run", "n", "--runs-dir", run.runs, "--json")
     assert evaluated.exit_code == 0, evaluated.output

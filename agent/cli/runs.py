@@ -170,8 +170,15 @@ def headline(run: Run) -> str:
         f"{said}LLM {run.llm}, pool {run.pool}, ranked by {run.ranked_by}; {status}\n"
         f"{len(answers)} LLM answers{by_kind}; {ledger.get('cache_hits', 0)} from the cache, "
         f"{ledger.get('prompt_tokens', 0)} prompt + {ledger.get('completion_tokens', 0)} completion tokens; "
-        f"{len(run.of('score'))} templates scored, {len(run.of('reject'))} proposals rejected"
+        f"{len(run.of('score'))} templates scored, {len(run.of('reject'))} template lines refused{names_said(run)}"
     )
+
+
+def names_said(run) -> str:
+    """What a run's names turns scored and refused, as its headline adds it (the count of refused
+    proposals had counted template lines only, beside an answers table that counts both)."""
+    counted = run.names_counted()
+    return f"; {counted[0]} names scored, {counted[1]} refused" if counted else ""
 
 
 def start_said(spec) -> str:

@@ -14,10 +14,12 @@ Standard library only (both sides use it; `agent/` never imports torch).
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import importlib.metadata
 import json
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,9 +49,27 @@ class ChunkedFile:
         return self.package.format(self.part_number.format(i))
 
 
-def ensure_assembled(spec: ChunkedFile, *, bar: bool = True) -> Path:
+# Whether a file assembled deep inside a model's loading (demo-mpnet's text tower) draws its bar:
+# set by who builds the model (`assembly_bars`), as the local LLM is given `bar` directly
+_BARS = contextvars.ContextVar("promptclimb_assembly_bars", default=True)
+
+
+@contextmanager
+def assembly_bars(on: bool):
+    """Within it, `ensure_assembled` without a `bar` of its own draws one only if `on`
+    (`evaluate(..., echo=None)` printed the mpnet folder's bar on its first use)."""
+    token = _BARS.set(on)
+    try:
+        yield
+    finally:
+        _BARS.reset(token)
+
+
+def ensure_assembled(spec: ChunkedFile, *, bar: bool | None = None) -> Path:
     """`cache_dir("models") / spec.filename`, assembled from the parts and verified once
-    (`bar`: with a progress bar on stderr while it is assembled; False: none)."""
+    (`bar`: with a progress bar on stderr while it is assembled; False: none; None: as
+    `assembly_bars` says, by default a bar)."""
+    bar = _BARS.get() if bar is None else bar
     target = cache_dir("models") / spec.filename
     if verified(target, spec):
         return target

@@ -256,6 +256,10 @@ def unquoted(text: str) -> str:
     return text[1:-1].replace('""', '"') if len(text) >= 2 and text[0] == text[-1] == '"' else text
 
 
+# what a user writes between a folder and its name other than the comma a `folder,name` line takes
+_OTHER_SEPARATOR = re.compile(r"(.+?)\s*(:|;|=>|->|→|=|\|)\s*(.+)")
+
+
 def folder_and_name(line: str) -> tuple[str, str] | None:
     """A `folder,name` line's two parts, or None without a comma. The name is all after the
     first comma outside quotes ("Trouser,pants, long" names Trouser 'pants, long')."""
@@ -335,6 +339,13 @@ def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str,
                 raise PromptclimbError(f"{at}: {folder_word if folders else 'class'} {labels[c]!r} is named twice")
         else:
             c, name = position, raw.strip()
+            split = _OTHER_SEPARATOR.fullmatch(name)
+            if split and keys.get(name_key(split.group(1))):  # `AnnualCrop: crop`, `Ankle_boot;boot` (a CSV
+                # of a locale whose separator is ';'): a folder and a name, read as one name
+                i = keys[name_key(split.group(1))][0]
+                raise PromptclimbError(f"{at}: {name!r} reads as {folder_word if folders else 'class'} {labels[i]!r} "
+                                       f"and a name; write '{folder_word},name' lines with a comma: "
+                                       f"'{labels[i]},{split.group(3)}'")
             if c >= len(published):
                 raise PromptclimbError(f"{at}: one name too many: the dataset has {len(published)} classes "
                                        f"({', '.join(labels)})")

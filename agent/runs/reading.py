@@ -26,6 +26,7 @@ import numbers
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
@@ -417,6 +418,13 @@ class Run:
         held = dict.fromkeys([*EVENTS, *(e["event"] for e in self.events)])
         one_of(kind, "Run.of()", "kind", list(held))
         return [e for e in self.events if e["event"] == kind]
+
+    def names_counted(self) -> tuple[int, int] | None:
+        """(names scored, names refused) by the run's names turns, as summary.json counts them
+        (a one-class change each); None for a run without names turns."""
+        if not self.of("names_exchange"):
+            return None
+        return sum(len(e.get("changes") or ()) == 1 for e in self.of("name_score")), len(self.of("name_reject"))
 
     # tables --------------------------------------------------------------------------------
     def scores(self) -> pd.DataFrame:
@@ -939,21 +947,43 @@ def warn_other_split(run_dir: str | Path, config: dict, data: dict, split: dict)
 
     if not runs_own_data(config, data):
         return  # other data given on purpose (--data-root, --dataset)
+    changed = splits_drawn_otherwise(config, split)
+    if changed:
+        warnings.warn(f"{images_drawn_otherwise(run_dir, changed)}: these figures are not comparable with the run's",
+                      stacklevel=3)
+
+
+def check_class_order(run_dir: str | Path, config: dict, info: dict) -> None:
+    """PromptclimbError where a run's classes, the same ones, now come in another order in its
+    data (`info`: its evaluator's `info()`; class folders renamed since): a resume replays
+    names and scores by class order, and `adapt` fits on names in it."""
+    started, now = run_start_names(config), (info.get("dataset") or {}).get("classnames")
+    if started and now and list(now) != list(started):
+        moved = next(i for i, (a, b) in enumerate(zip(now, started)) if a != b)
+        raise PromptclimbError(f"{Path(run_dir).name}'s classes now come in another order than when it started "
+                               f"(class folders renamed since?): class {moved + 1} is {now[moved]!r}, the run's was "
+                               f"{started[moved]!r}; give them back their names to go on with it")
+
+
+def splits_drawn_otherwise(config: dict, split: dict) -> list[str]:
+    """The splits whose images, drawn now (`split`: an evaluator's `info()["split"]`), are not
+    those a run (`config`) recorded for the same shots and seed; [] where either describes
+    none (a run killed before its evaluator was described, an evaluator that describes no
+    split) or another split was asked for (--shots, --seed)."""
     recorded = (config.get("evaluator") or {}).get("split")
     if not isinstance(recorded, dict) or not isinstance(recorded.get("ids_sha256"), dict):
-        return  # a run killed before its evaluator was described
+        return []
     if (recorded.get("shots"), recorded.get("seed")) != (split.get("shots"), split.get("seed")):
-        return  # another split asked for (--shots, --seed)
+        return []
     now = split.get("ids_sha256") or {}
-    if not now:
-        return  # an evaluator that describes no split
     # the splits both drew (a --metric balance run's unlabeled images are drawn by its search only)
-    changed = [s for s, digest in recorded["ids_sha256"].items() if s in now and now[s] != digest]
-    if changed:
-        warnings.warn(f"the {', '.join(changed)} images drawn now from "
-                      f"{Path(run_dir).name}'s data are not the ones it was searched on (images added, removed or "
-                      "renamed in its data folder since): these figures are not comparable with the run's",
-                      stacklevel=3)
+    return [s for s, digest in recorded["ids_sha256"].items() if s in now and now[s] != digest]
+
+
+def images_drawn_otherwise(run_dir: str | Path, changed: Sequence[str]) -> str:
+    """`splits_drawn_otherwise`'s finding, said (eval, adapt, transfer and a resume alike)."""
+    return (f"the {', '.join(changed)} images drawn now from {Path(run_dir).name}'s data are not the ones it was "
+            "searched on (images added, removed or renamed in its data folder since)")
 
 
 def load_run(path: str | Path) -> Run:

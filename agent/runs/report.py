@@ -16,6 +16,7 @@ from pathlib import Path
 import jinja2
 
 from promptclimb.agent.adapt import adapter_said
+from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.files import write_text_atomic
 from promptclimb.agent.core.format import moment, pct, shots_said
 from promptclimb.agent.core.paths import prompts_dir
@@ -58,8 +59,10 @@ def facts(run: Run) -> list[tuple[str, str]]:
             ("LLM answers", f"{len(run.answers())} ({ledger.get('cache_hits', 0)} from the cache)"),
             ("tokens", f"{ledger.get('prompt_tokens', 0):,} prompt + {ledger.get('completion_tokens', 0):,} completion"),
             ("templates scored", counts.get("scored", len(run.of("score")))),
-            ("rejected proposals", counts.get("rejected", len(run.of("reject")))),
+            ("template lines refused", counts.get("rejected", len(run.of("reject")))),
         ]
+        if run.names_counted():  # names refused were counted nowhere on the page
+            out += [("names scored", run.names_counted()[0]), ("names refused", run.names_counted()[1])]
     if final.get("adapter"):  # what `adapt` (or a soft-prompt search) fitted on top, and whether it is kept
         out.append(("adapter", adapter_said(final["adapter"])))
     return [(label, "" if value is None else str(value)) for label, value in out]
@@ -144,4 +147,9 @@ def write_report(run: Run, output: str | Path | None = None) -> Path:
     """report.html in the run folder (or `output`: a symlink is written through, a FIFO or a
     device written to, as `write_atomic` does)."""
     path = Path(output) if output else run.path / REPORT
+    own = path.resolve()
+    if own.parent == run.path.resolve() and own.is_file() and own.suffix.lower() not in (".html", ".htm"):
+        # `-o RUN/history.jsonl` replaced the run's history with the page: the run could not go on
+        raise PromptclimbError(f"-o {output}: that is {run.path.name}'s own {own.name}, which the page would "
+                               "replace; write it to another file")
     return write_text_atomic(path, report_html(run))
