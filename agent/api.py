@@ -80,7 +80,7 @@ class SearchResult:
     """What `search()` found. Everything else is in the run folder (`load()` reads it)."""
 
     run_dir: Path
-    best: str  # the best template on the selection split
+    best: str  # the best template on the selection split (a soft-prompt run's: its label, "<soft: ...> {class}.")
     accuracy: dict[str, float]  # the best template's accuracy per split (test: measured once, at the end)
     ensemble: list[str] | None  # the top-k ensemble, when it beat the best template alone on val
     summary: dict = field(repr=False)  # summary.json
@@ -91,7 +91,9 @@ class SearchResult:
 
     @property
     def templates(self) -> list[str]:
-        """What to use: the ensemble when it was chosen, else the best template alone."""
+        """What to use: the ensemble when it was chosen, else the best template alone (for
+        `evaluate()`; a soft-prompt run's is its label, which nothing scores again: its figures
+        are in `summary`)."""
         return list(self.ensemble) if self.ensemble else [self.best]
 
     def load(self) -> "Run":

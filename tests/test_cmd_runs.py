@@ -329,6 +329,8 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path):
             find_run(str(path), runs)
     result = invoke("runs", "--runs-dir", tmp_path / "empty")
     assert result.exit_code == 1 and "no runs under" in result.output
+    one = invoke("runs", "--runs-dir", tmp_path / "runs" / "20250101-toy")  # a run folder, not a folder of runs
+    assert one.exit_code == 1 and f"is a run, not a folder of runs: read it with promptclimb show " in one.output
     # records: an empty folder lists none; a folder that is not there (a typo) was an empty list too
     (tmp_path / "empty").mkdir()
     for fmt, none in (("json", []), ("csv", None), ("markdown", None)):

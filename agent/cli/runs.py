@@ -28,7 +28,7 @@ from promptclimb.agent.options import BY_KEYWORD
 from promptclimb.agent.proposals import why_nothing_read
 from promptclimb.agent.runs.reading import Run, find_run, list_sweep_dirs, run_start_names, runs_frame, without_root
 from promptclimb.agent.runs.compact import CLASSES_IN_FULL
-from promptclimb.agent.runs.store import ANSWER_KINDS, HISTORY
+from promptclimb.agent.runs.store import ANSWER_KINDS, CONFIG, HISTORY
 from promptclimb.agent.adapt import adapter_said
 from promptclimb.agent.softsearch import is_soft_prompt_run, soft_prompt_lines, spent_said, steps_table
 from promptclimb.agent.core.templates import BASELINE
@@ -143,6 +143,9 @@ def runs_cmd(runs_dir, fmt):
     # a sweep's cells are runs one level down: said beside the table (on stderr: csv and json stay records)
     sweeps = [shell_command('runs', '--runs-dir', str(p)) for p in list_sweep_dirs(runs_dir)]
     if frame.empty and fmt == "table":
+        if (Path(runs_dir).expanduser() / CONFIG).is_file():  # --runs-dir given a run folder itself
+            raise PromptclimbError(f"{Path(runs_dir).resolve()} is a run, not a folder of runs: read it with "
+                                   f"{shell_command('show', str(runs_dir))}")
         raise PromptclimbError(f"no runs under {Path(runs_dir).resolve()} " + (
             f"but sweeps; their runs: {'; '.join(sweeps)}" if sweeps else
             "(start one with `promptclimb search`, or point --runs-dir elsewhere)"))

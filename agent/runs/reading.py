@@ -474,7 +474,10 @@ class Run:
         entries as the search kept), then the rest of the run's scores as the search ranks them.
         `origin`: where the template came from (`template_origin`: "pool + names" for a pair a
         names turn kept); `names`: the classes renamed in the names it was scored with, "Trouser
-        -> jeans; ..." ("" for the start names; the ensemble's are the best's)."""
+        -> jeans; ..." ("" for the start names; the ensemble's are the best's). The ensemble's
+        row (rank "ens") says what it is in `template` ("ensemble of 3 (chosen)"), no template:
+        leave it out (`frame[frame["rank"] != "ens"]`) before `evaluate()`; its templates are
+        `final["ensemble"]["templates"]`."""
         k = whole_number(k, "Run.winners()", "k", 1)
         final = self.final
         start = self.start_names
