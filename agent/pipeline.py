@@ -391,6 +391,9 @@ def resumed_run(opts: dict, echo) -> Plan:
         moved = moved_data(opts, store)
         saved = store.config if moved is None else \
             {**store.config, "evaluator_args": {**store.config["evaluator_args"], "data_root": moved[1]}}
+        meta_moved = moved_meta_prompt(opts, store)
+        if meta_moved is not None:
+            saved = {**saved, "meta_prompt_dir": meta_moved[1]}
         if not store.stored and has_summary(run_dir):
             # a finished run whose history is gone: its replay would be a new search, whose
             # summary (other LLM answers, with --no-cache or another cache) would replace this one
@@ -433,6 +436,10 @@ def resumed_run(opts: dict, echo) -> Plan:
         pool_setting = saved["pool"]
         pool = [PoolTemplate(t, source) for t, source in pool_setting["templates"]]
         echo(f"resuming {run_dir} ({len(store.stored)} events recorded)")
+        if meta_moved is not None:
+            store.update_config(meta_prompt_dir=meta_moved[1])
+            echo(f"{run_dir.name}'s meta-prompt folder {meta_moved[0]} is gone: reading the same files from "
+                 f"{meta_moved[1]} (recorded in its {CONFIG})")
         return Plan(search, resumed_evaluator(saved), llm, pool, pool_setting,
                     saved.get("meta_prompt_dir"), adapter_kinds, store=store, moved_data=moved)
     except BaseException:
@@ -492,6 +499,25 @@ def moved_data(opts: dict, store: RunStore) -> tuple[str, str] | None:
                                f"{Path(recorded).name!r} ({recorded}), and its split is drawn from that name: "
                                "give the folder its name back, or start a new run")
     return None if moved == recorded else (recorded, moved)
+
+
+def moved_meta_prompt(opts: dict, store: RunStore) -> tuple[str, str] | None:
+    """(the run's --meta-prompt folder, where it is now) for a run whose folder is gone (a
+    project folder renamed) and `--resume RUN --meta-prompt DIR` gives one holding the same
+    files (by the texts the run recorded, `meta_prompt_sha256`); None where the run's folder
+    is still there or none is given (a change is then refused as any). Another DIR was
+    refused as a change: the run could go on only from its old absolute path."""
+    recorded = store.config.get("meta_prompt_dir")
+    if not recorded or Path(recorded).is_dir() or not given(opts, "meta_prompt"):
+        return None
+    here = absolute(opts["meta_prompt"])
+    changed = MetaPrompt(here).changed_since(store.config.get(META_FINGERPRINT))
+    if changed:
+        differ = f"{', '.join(p.name for p in changed)} {'differs' if len(changed) == 1 else 'differ'}"
+        raise PromptclimbError(f"--meta-prompt {opts['meta_prompt']}: {store.run_dir.name}'s meta-prompt folder "
+                               f"{recorded} is gone, and this one's files are not those it started with ({differ}): "
+                               "give the folder with the run's files, or start a new run")
+    return None if here == recorded else (recorded, here)
 
 
 # the datasets whose split is drawn from their folder's name (evaluators/datasets.py, hf.py)
@@ -674,7 +700,7 @@ def checks_before_loading(plan: Plan, opts: dict) -> MetaPrompt | None:
             raise
         # not given this time: say whose folder it is, and that the resume reads it again
         raise PromptclimbError(f"{exc} (the run's --meta-prompt, as it started; a resume reads it again: "
-                               "put it back to continue)") from None
+                               "put it back, or give where it is now with --meta-prompt DIR)") from None
     render_meta_prompts_once(meta, plan.search, every_branch=opts["resume"] is None)
     return meta
 

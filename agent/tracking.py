@@ -440,7 +440,10 @@ class Mirror:
         # part it reads unchanged (its params, result metrics and prompt tags; its artifact URI)
         held = self.client.get_run(self.run_id)
         self.log_params(flat_params({k: v for k, v in run.config.items() if k != "v"}), held.data.params)
-        self.client.log_batch(self.run_id, tags=_tags(run_tags(run)))
+        tags = run_tags(run)
+        if not writing and tags["promptclimb.status"] == "running":  # the search's own last sync, its lock
+            tags["promptclimb.status"] = "unfinished"  # still held: stopped, it is what `runs` says next
+        self.client.log_batch(self.run_id, tags=_tags(tags))
         new, completed = self.log_answers(run, hold_last=writing)
         self.log_results(run, held.data.metrics)
         if files:

@@ -991,9 +991,21 @@ def test_a_resume_whose_meta_prompt_folder_is_gone_says_it_is_the_runs(tmp_path,
     history = (runs / "m" / "history.jsonl").read_text().splitlines()
     (runs / "m" / "history.jsonl").write_text("\n".join(history[: len(history) // 2]) + "\n")  # as if killed
     (runs / "m" / "summary.json").unlink()
-    shutil.rmtree(tmp_path / "meta")
+    shutil.move(tmp_path / "meta", tmp_path / "moved")
     one_line_error(cli("search", "--resume", "m", "--runs-dir", runs),
-                   f"--meta-prompt: {tmp_path / 'meta'} is not a folder (the run's --meta-prompt, as it started")
+                   f"--meta-prompt: {tmp_path / 'meta'} is not a folder (the run's --meta-prompt, as it started",
+                   "give where it is now with --meta-prompt DIR")
+    # moved with its files as they were: the run goes on from there (it was refused as a change of settings)
+    shutil.copytree(tmp_path / "moved", tmp_path / "edited")
+    (tmp_path / "edited" / "system.j2").write_text("Other words.\n")
+    one_line_error(cli("search", "--resume", "m", "--runs-dir", runs, "--meta-prompt", tmp_path / "edited"),
+                   f"m's meta-prompt folder {tmp_path / 'meta'} is gone, and this one's files are not those it "
+                   "started with (system.j2 differs)")
+    resumed = cli("search", "--resume", "m", "--runs-dir", runs, "--meta-prompt", tmp_path / "moved")
+    assert resumed.exit_code == 0, resumed.output
+    assert f"m's meta-prompt folder {tmp_path / 'meta'} is gone: reading the same files from {tmp_path / 'moved'}" \
+           in resumed.output
+    assert json.loads((runs / "m" / "config.json").read_text())["meta_prompt_dir"] == str(tmp_path / "moved")
 
 
 @pytest.mark.parametrize("name, content, needle", [

@@ -435,6 +435,8 @@ def test_search_with_the_mlflow_option_logs_its_run_and_a_resume_continues_it(tm
     assert cut.exit_code == 1 and "--resume" in cut.output and "warning" not in cut.output
     run_id = linked_run_id(run_dir, server)
     assert client.get_run(run_id).info.status == "KILLED"
+    # the search's last sync, its own lock still held: not "running" for good (`runs` says unfinished)
+    assert client.get_run(run_id).data.tags["promptclimb.status"] == "unfinished"
     assert f"MLflow: run {run_id} at {server}\n" in cut.output  # where it went, as mlflow-sync says
     fake.faults.clear()
     resumed = search(fake, runs, "--resume", "tracked", "--mlflow", server)
