@@ -379,7 +379,12 @@ def _scan_class_folders(root: Path) -> tuple[list[str], dict[int, list[str]], li
         by_class[c] = ids
     empty = [classes[c] for c, ids in by_class.items() if not ids]
     if empty:
-        raise PromptclimbError(f"{root}: class folder(s) with no readable images: {', '.join(empty)}")
+        # files of a kind never read (.heic from a phone) were said as unreadable images
+        others = sorted({f.suffix.lower() or f.name for name in empty for f in (root / name).rglob("*")
+                         if f.is_file() and f.suffix.lower() not in IMAGE_EXTENSIONS and is_data(f.name)})
+        kinds = (f" (files there: {', '.join(others[:5])}; the images read are "
+                 f"{', '.join(sorted(IMAGE_EXTENSIONS))})") if others else ""
+        raise PromptclimbError(f"{root}: class folder(s) with no readable images: {', '.join(empty)}{kinds}")
     return classes, by_class, unreadable
 
 

@@ -180,7 +180,11 @@ def test_missing_and_empty_inputs(tmp_path, image_folder):
     with pytest.raises(PromptclimbError, match="unknown dataset 'nope'"):
         load_dataset("nope")
     (image_folder / "empty_class").mkdir()
-    with pytest.raises(PromptclimbError, match="no readable images: empty_class"):
+    with pytest.raises(PromptclimbError, match="no readable images: empty_class$"):
+        load_dataset("imagefolder", str(image_folder))
+    (image_folder / "empty_class" / "IMG_0001.HEIC").write_bytes(b"not read")  # a phone's: said, not "unreadable"
+    with pytest.raises(PromptclimbError, match=r"no readable images: empty_class \(files there: \.heic; the images "
+                                               r"read are \.avif, \.bmp, "):
         load_dataset("imagefolder", str(image_folder))
 
 
