@@ -23,7 +23,7 @@ from promptclimb.agent.core.format import pct, shell_command
 from promptclimb.agent.core.classnames import names_by_label
 from promptclimb.agent.runs.store import writing_now
 from promptclimb.agent.runs.reading import (check_config, read_json, read_summary, run_classnames, run_labels,
-                                          run_names_by_label, run_start_names)
+                                          run_names_by_label, run_start_names, start_names_as_built)
 from promptclimb.agent.core.runfiles import CONFIG, SUMMARY
 from promptclimb.agent.softsearch import is_soft_prompt_run, template_refusal
 
@@ -92,11 +92,9 @@ def build_run_evaluator(config: dict, device: str | None = None, **overrides):
     args = dict(config.get("evaluator_args") or {})
     if not args.get("dataset"):
         raise PromptclimbError("config.json has no evaluator_args; this run cannot be re-evaluated")
-    by_label, recorded = run_names_by_label(config, {}), run_start_names(config)
-    if recorded:  # as a resume does (pipeline.resumed_evaluator): the start names as the run read them,
-        # not a names file (edited or deleted since) or the data's labels (read otherwise since) read again;
-        # by label where the run knows its labels: data whose classes changed since is refused by name
-        args["classnames"] = by_label if isinstance(by_label, dict) else tuple(recorded)
+    start = start_names_as_built(config)  # as a resume builds it
+    if start:
+        args["classnames"] = start
     args.update({k: v for k, v in overrides.items() if v is not None})
     return build_evaluator(**args, device=device)
 

@@ -336,8 +336,7 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
     anything is loaded.
     """
     from promptclimb.agent.adapt import check_run_data
-    from promptclimb.agent.runs.reading import (Run, run_classnames, run_names_by_label, run_start_names,
-                                                warn_names_by_position)
+    from promptclimb.agent.runs.reading import Run, run_classnames, start_names_as_built, warn_names_by_position
     from promptclimb.agent.runs.store import run_argument
     from promptclimb.agent.softsearch import is_soft_prompt_run, transfer_refusal
 
@@ -367,7 +366,7 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
     # scores templates under several), so that source and target differ in the backbone only.
     # The evaluator starts from the run's start names, by the labels of its data where it started
     # from them (other data must hold those classes).
-    start = run_names_by_label(loaded.config, {}) or run_start_names(loaded.config)
+    start = start_names_as_built(loaded.config)
     data = {"dataset": args["dataset"], "data_root": data_root or args.get("data_root"),
             "image_column": args.get("image_column"), "label_column": args.get("label_column")}
     if start and not isinstance(start, dict):  # before the target model loads, as `eval --run` says it
@@ -377,7 +376,7 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
     evaluator = evaluator_for(
         backbone=backbone, pretrained=pretrained, weights=weights, shots=args.get("shots", 1), seed=args.get("seed", 0),
         device=device, precision=precision, echo=echo or nowhere, bars=draws_bars(echo), **data,
-        classnames=(start if isinstance(start, dict) else tuple(start)) if start else args.get("classnames"))
+        classnames=start or args.get("classnames"))
     from promptclimb.agent.runs.reading import warn_other_split
 
     warn_other_split(loaded.path, loaded.config, data, evaluator.info().get("split") or {})

@@ -107,7 +107,7 @@ from typing import Mapping, Sequence
 from promptclimb.agent.core.classnames import (MAX_NAME_CHARS, name_key, name_problem, number_forms, sides_of,
                                                word_built_on)
 from promptclimb.agent.core.protocol import ClassReport
-from promptclimb.agent.proposals import clean_line, without_reasoning
+from promptclimb.agent.proposals import clean_line, numbering_ends, without_reasoning
 
 # Why a proposed name was not scored or not kept (the `reason` of a name_reject event); the
 # LLM reads REASONS[reason] (and the event's detail) in the next names turn.
@@ -204,7 +204,7 @@ def parse_names(answer: str, classes: Sequence[str] = ()) -> list[tuple[str, str
     fragile = fragile_labels(classes)
     pairs = []
     for raw in without_reasoning(answer or "").splitlines():
-        labelled = _fragile_label(raw, fragile)
+        labelled = _fragile_label(raw, fragile, classes) if fragile else None
         if labelled:
             label, rest = labelled
         else:
@@ -231,18 +231,25 @@ def fragile_labels(classes: Sequence[str]) -> list[str]:
     return sorted({c for c in classes if ":" in c or not clean_line(f"{c}: x").startswith(c)}, key=len, reverse=True)
 
 
-_BULLET = re.compile(r"^\s*(?:[-*•·>]\s+|\d{1,3}[.)]\s+)?[*_`]*\s*")
+_STANDS_IN = "promptclimbfragileclass"  # a fragile label's place while the rest of its line is cleaned
 
 
-def _fragile_label(raw: str, fragile: Sequence[str]) -> tuple[str, str] | None:
-    """(label, what follows its ':') where a line starts with one of the `fragile` labels
-    (after a bullet or list number of its own), else None."""
-    text = _BULLET.sub("", raw, count=1)
-    for label in fragile:
-        if text[:len(label)].lower() == label.lower():
-            after = re.match(r"[*_`]*\s*:(.*)", text[len(label):])
-            if after:
-                return label, after.group(1)
+def _fragile_label(raw: str, fragile: Sequence[str], classes: Sequence[str]) -> tuple[str, str] | None:
+    """(label, what follows its ':', cleaned as any line is) where a line starts with one of the
+    `fragile` labels (after list numbering or bullets of its own), else None. A line whose
+    text after it names a class (`1: apple: pome`) is numbered, not about the class `1`."""
+    for end in numbering_ends(raw):
+        start = end + len(raw[end:]) - len(raw[end:].lstrip("*_`"))  # bold or code marks
+        for label in fragile:
+            if raw[start:start + len(label)].lower() != label.lower():
+                continue
+            colon = re.match(r"[*_`]*\s*:", raw[start + len(label):])
+            if not colon:
+                continue
+            rest = raw[start + len(label) + colon.end():]
+            if any(re.match(rf"\s*[*_`]*{re.escape(c)}[*_`]*\s*:", rest, flags=re.IGNORECASE) for c in classes):
+                continue
+            return label, clean_line(f"{_STANDS_IN}: {rest}").split(":", 1)[1]
     return None
 
 

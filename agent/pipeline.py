@@ -342,19 +342,12 @@ LOOP_SHAPE = ("restarts", "resets", "iterations", "parallel")  # --parallel K: r
 
 def resumed_evaluator(saved: dict) -> EvaluatorSettings:
     """A resumed run's evaluator settings, with the start names it recorded when its evaluator
-    was built, not a names file or the dataset's labels read again: a file edited or deleted
-    since, or labels a newer promptclimb reads otherwise (WordNet IDs), would change the run."""
-    from promptclimb.agent.runs.reading import run_names_by_label, run_start_names
+    was built (`start_names_as_built`)."""
+    from promptclimb.agent.runs.reading import start_names_as_built
 
     settings = EvaluatorSettings.from_config(saved["evaluator_args"])
-    by_label = run_names_by_label(saved, {})
-    if isinstance(by_label, dict):  # a class folder renamed, added or removed since: refused by name
-        # (`names_by_label`), where names in class order went to other classes, or blamed --classnames
-        return replace(settings, classnames=by_label)
-    recorded = run_start_names(saved)
-    if recorded:
-        return replace(settings, classnames=tuple(recorded))
-    return settings
+    start = start_names_as_built(saved)
+    return replace(settings, classnames=start) if start else settings
 
 
 def check_recorded(saved: dict, path: Path) -> None:
@@ -508,7 +501,8 @@ def moved_meta_prompt(opts: dict, store: RunStore) -> tuple[str, str] | None:
     is still there or none is given (a change is then refused as any). Another DIR was
     refused as a change: the run could go on only from its old absolute path."""
     recorded = store.config.get("meta_prompt_dir")
-    if not recorded or Path(recorded).is_dir() or not given(opts, "meta_prompt"):
+    if not recorded or Path(recorded).is_dir() or not given(opts, "meta_prompt") \
+            or not store.config.get(META_FINGERPRINT):  # a run from before its texts were recorded: nothing to compare
         return None
     here = absolute(opts["meta_prompt"])
     changed = MetaPrompt(here).changed_since(store.config.get(META_FINGERPRINT))
@@ -871,6 +865,8 @@ def load_evaluator(plan: Plan, store: RunStore, device: str | None, factory: Eva
     for w in caught:
         echo(f"warning: {w.message}")
     info = json.loads(json.dumps(evaluator.info()))
+    if "evaluator" in store.config:  # a resume: the run's names and scores go by its class order
+        check_class_order(store.run_dir, store.config, info)
     if plan.moved_data is not None:  # a resume from where the data folder went: the same images there?
         old, new = plan.moved_data
         if "evaluator" in store.config and not same_data_moved(
@@ -886,15 +882,22 @@ def load_evaluator(plan: Plan, store: RunStore, device: str | None, factory: Eva
     if "evaluator" not in store.config:
         store.update_config(evaluator=info)
         return evaluator
-    check_class_order(store.run_dir, store.config, info)
     changed = splits_drawn_otherwise(store.config, info.get("split") or {})
     if changed:
         echo(f"warning: {images_drawn_otherwise(store.run_dir, changed)}: scores already recorded are kept, new "
              "ones use these images")
-    elif store.config["evaluator"] != unrecorded_labels_dropped(info, store.config["evaluator"]):
+    recorded, now = store.config["evaluator"], unrecorded_labels_dropped(info, store.config["evaluator"])
+    if (beside_split(recorded) != beside_split(now)) if changed else recorded != now:  # what else differs
         echo("warning: the evaluator is not identical to the one this run started with "
              "(see config.json); scores already recorded are kept, new ones use this one.")
     return evaluator
+
+
+def beside_split(info: dict) -> dict:
+    """An evaluator's description less its few-shot split and the data's identity (which holds
+    its files): what else differs where the images drawn did (said split by split)."""
+    dataset = {k: v for k, v in (info.get("dataset") or {}).items() if k != "identity"}
+    return {**{k: v for k, v in info.items() if k != "split"}, "dataset": dataset}
 
 
 def unrecorded_labels_dropped(info: dict, recorded: dict) -> dict:

@@ -117,6 +117,12 @@ def why_nothing_read(answer: str, kind: str = "template") -> str:
     return "no 'Class: name; name' line"
 
 
+def numbering_ends(line: str, within: int = 24) -> list[int]:
+    """Where list numbering or bullets at `line`'s start may end (0 first: none), as
+    `clean_line` strips them: a line may start with a class named like a list number."""
+    return [0] + [p for p in range(1, min(len(line), within) + 1) if _LEADER.fullmatch(line[:p])]
+
+
 def clean_line(line: str) -> str:
     """One answer line without list numbering, bullets, copied scores, surrounding quotes or code marks."""
     text = line.strip()

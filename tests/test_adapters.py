@@ -314,7 +314,8 @@ def test_adapt_fills_in_the_start_names_the_run_recorded_not_its_names_file(name
     """A run started with --classnames FILE, the file deleted (or edited) since, or from the
     data's own labels, which read otherwise since (as WordNet IDs came to): `adapt` and
     eval_run_adapter build the run's evaluator with the start names the run recorded, as
-    `eval --run`, `transfer` and a resume do; `adapt` had stopped on the missing file."""
+    `eval --run`, `transfer` and a resume do; `adapt` had stopped on the missing file. Labels
+    that read otherwise are found by their folders' names, as WordNet IDs are."""
     from promptclimb.agent.adapt import eval_run_adapter
     from promptclimb.agent.cli import cli
     from promptclimb.evaluators.adapters import read_adapter

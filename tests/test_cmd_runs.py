@@ -587,6 +587,11 @@ def test_report_never_writes_over_the_runs_own_files(tmp_path, monkeypatch):
         assert result.exit_code == 1 and f"-o {target}: that is run's own " in result.output, result.output
         assert target.read_bytes() == kept
     assert invoke("report", "run", "--runs-dir", tmp_path / "runs", "-o", run_dir / "mine.html").exit_code == 0
+    other = make_run(tmp_path, "other")  # another run's files as well
+    kept = (other / "history.jsonl").read_bytes()
+    refused = invoke("report", "run", "--runs-dir", tmp_path / "runs", "-o", other / "history.jsonl")
+    assert refused.exit_code == 1 and "that is other's own history.jsonl" in refused.output, refused.output
+    assert (other / "history.jsonl").read_bytes() == kept
 
 
 def test_report_of_a_run_whose_folder_cannot_be_written(tmp_path, monkeypatch):

@@ -382,8 +382,8 @@ def test_a_resume_whose_class_folders_changed_is_refused_by_class_and_images_add
 
     data = killed_run("renamed")  # 'sea a' now comes before 'sea lake'
     (data / "sea-lake").rename(data / "sea_lake")
-    order = "renamed's classes now come in another order than when it started (class folders renamed since?): " \
-            "class 2 is 'sea a', the run's was 'sea lake'"
+    order = "renamed's classes now come in another order than when it started (a class folder or label renamed " \
+            "since?): class 2 is 'sea a', the run's was 'sea lake'"
     one_line_error(resume("renamed"), order)
     data = killed_run("fit", kill=False)
     (data / "sea-lake").rename(data / "sea_lake")
@@ -393,6 +393,12 @@ def test_a_resume_whose_class_folders_changed_is_refused_by_class_and_images_add
     (data / "AnnualCrop").rename(data / "Crop")
     one_line_error(resume("renamed"), "the run's classes are not the data's: the data has 'Crop' and the run does "
                                       "not; the run has 'AnnualCrop' and the data does not")
+    data = killed_run("moved")  # moved elsewhere as well: the order was not checked there
+    (data / "sea-lake").rename(data / "sea_lake")
+    (tmp_path / "disk2").mkdir()
+    data.rename(tmp_path / "disk2" / "moved")
+    one_line_error(cli("search", "--resume", "moved", "--runs-dir", runs, "--device", "cpu", "--data-root",
+                       tmp_path / "disk2" / "moved"), order.replace("renamed's", "moved's"))
     data = killed_run("added")
     shutil.copytree(data / "sea_a", data / "forest")
     added = resume("added")

@@ -812,6 +812,10 @@ def test_parse_names_finds_classes_named_as_list_numbers_or_with_a_colon():
     assert naming.parse_names(answer, classes) == [("0", "zero"), ("0", "nought"), ("12", "twelve"),
                                                    ("1.5 ton truck", "lorry"), ("Star Wars: A New Hope", "Episode IV"),
                                                    ("apple", "pome"), ("Sure", "here they are")]
+    # numbered, bulleted or with a copied score, as any class's line is; a numbered line naming another class
+    for line in ("(1) 0: zero", "1 - 0: zero", "- 1. 0: zero", "**0**: zero (61%)", "0: zero -> 61%"):
+        assert naming.parse_names(line, classes) == [("0", "zero")], line
+    assert naming.parse_names("1: apple: pome", classes) == [("apple", "pome")]
     assert naming.fragile_labels(CLASSES) == []  # the shapes of other answers are read as they were
 
 
@@ -893,8 +897,8 @@ PUBLISHED = ["T-shirt/top", "Trouser", "Pullover"]
     ("T-shirt/top: tee\nTrouser: pants\nPullover: sweater\n",
      r"line 1: 'T-shirt/top: tee' reads as class 'T-shirt/top' and a name; write 'folder,name' lines with a comma: "
      r"'T-shirt/top,tee'$"),
-    ("tee\nTrouser;pants\nsweater\n", r"line 2: 'Trouser;pants' reads as class 'Trouser' and a name"),
-    ("tee\ntrouser -> pants\nsweater\n", r"line 2: 'trouser -> pants' reads as class 'Trouser' and a name"),
+    ("tee\nTrouser;pants\nPullover;sweater\n", r"line 2: 'Trouser;pants' reads as class 'Trouser' and a name"),
+    ("tee\ntrouser -> pants\npullover = sweater\n", r"line 2: 'trouser -> pants' reads as class 'Trouser' and a name"),
 ])
 def test_a_bad_classnames_file_is_refused_naming_its_line(tmp_path, text, message):
     path = tmp_path / "names.txt"
@@ -902,6 +906,17 @@ def test_a_bad_classnames_file_is_refused_naming_its_line(tmp_path, text, messag
     with pytest.raises(PromptclimbError, match=message) as caught:
         read_classnames(str(path), PUBLISHED, {})
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_name_of_its_own_that_starts_with_a_class_and_a_colon_is_a_name(tmp_path):
+    """`folder: name` lines are refused where most of the file is of them; one name that only
+    looks so, or a class's own label, is a name."""
+    path = tmp_path / "names.txt"
+    path.write_text("tee\nTrouser: the long kind\nsweater\n")
+    assert read_classnames(str(path), PUBLISHED, {}) == ("tee", "Trouser: the long kind", "sweater")
+    published = ("Star Wars", "Star Wars: A New Hope", "Star Wars: Return of the Jedi")
+    path.write_text("\n".join(published) + "\n")
+    assert read_classnames(str(path), published, {}) == published
 
 
 def test_folders_that_differ_only_in_case_are_named_by_their_own_spelling(tmp_path):

@@ -260,6 +260,15 @@ def unquoted(text: str) -> str:
 _OTHER_SEPARATOR = re.compile(r"(.+?)\s*(:|;|=>|->|→|=|\|)\s*(.+)")
 
 
+def _folder_and_name_otherwise(line: str, keys: dict[str, list[int]]) -> tuple[int, str] | None:
+    """(the class, the name) where `line` is a class's label or folder, another separator than a
+    comma (`_OTHER_SEPARATOR`) and a name; None for a line that is a class's label itself."""
+    split = _OTHER_SEPARATOR.fullmatch(line)
+    if not split or not keys.get(name_key(split.group(1))) or keys.get(name_key(line)):
+        return None
+    return keys[name_key(split.group(1))][0], split.group(3)
+
+
 def folder_and_name(line: str) -> tuple[str, str] | None:
     """A `folder,name` line's two parts, or None without a comma. The name is all after the
     first comma outside quotes ("Trouser,pants, long" names Trouser 'pants, long')."""
@@ -322,6 +331,9 @@ def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str,
     lines = [line for line in lines if not line.lstrip().startswith("#")]
     keyed_lines = _keyed_lines(lines, keys, labels, where, numbers)
     keyed = len(keyed_lines) > len(lines) / 2
+    # lines of a folder and a name with another separator than a comma (a name of its own may
+    # hold one: "Star Wars: A New Hope" beside a class "Star Wars")
+    otherwise = [line for line in lines if _folder_and_name_otherwise(line.strip(), keys)]
     names: dict[int, str] = {}
     where_named: dict[str, int] = {}  # name_key -> line number
     for position, (number, raw) in enumerate(zip(numbers, lines)):
@@ -339,13 +351,13 @@ def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str,
                 raise PromptclimbError(f"{at}: {folder_word if folders else 'class'} {labels[c]!r} is named twice")
         else:
             c, name = position, raw.strip()
-            split = _OTHER_SEPARATOR.fullmatch(name)
-            if split and keys.get(name_key(split.group(1))):  # `AnnualCrop: crop`, `Ankle_boot;boot` (a CSV
-                # of a locale whose separator is ';'): a folder and a name, read as one name
-                i = keys[name_key(split.group(1))][0]
+            split = _folder_and_name_otherwise(name, keys)
+            if split and len(otherwise) > len(lines) / 2:  # `AnnualCrop: crop`, `Ankle_boot;boot` (a CSV of a
+                # locale whose separator is ';'), most of the file: a folder and a name each, read as one name
+                i, rest = split
                 raise PromptclimbError(f"{at}: {name!r} reads as {folder_word if folders else 'class'} {labels[i]!r} "
                                        f"and a name; write '{folder_word},name' lines with a comma: "
-                                       f"'{labels[i]},{split.group(3)}'")
+                                       f"'{labels[i]},{rest}'")
             if c >= len(published):
                 raise PromptclimbError(f"{at}: one name too many: the dataset has {len(published)} classes "
                                        f"({', '.join(labels)})")

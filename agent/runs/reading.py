@@ -910,6 +910,17 @@ def run_names_by_label(config: dict, summary: dict) -> dict[str, str] | list[str
     return names
 
 
+def start_names_as_built(config: dict) -> dict[str, str] | tuple[str, ...] | None:
+    """The names a run started from, as its evaluator is built again (a resume, `adapt`,
+    `transfer`): keyed by the labels of its data where it knows them, so that data whose
+    classes changed since is refused by class (`names_by_label`) where names in class order
+    went to other classes' images; else in class order; None where none were recorded. Not
+    a names file or the data's labels read again: a file edited or deleted since, or labels a
+    newer promptclimb reads otherwise (WordNet IDs), would change the run."""
+    start = run_names_by_label(config, {}) or run_start_names(config)
+    return start if isinstance(start, dict) or not start else tuple(start)
+
+
 def warn_names_by_position(run_dir: str | Path, config: dict, data: dict, remedy: str) -> None:
     """A warning where a run's names go to other data's classes by position: the run started
     from names of its own (--classnames clean or FILE) before the labels they name were
@@ -958,14 +969,19 @@ def warn_other_split(run_dir: str | Path, config: dict, data: dict, split: dict)
 
 def check_class_order(run_dir: str | Path, config: dict, info: dict) -> None:
     """PromptclimbError where a run's classes, the same ones, now come in another order in its
-    data (`info`: its evaluator's `info()`; class folders renamed since): a resume replays
-    names and scores by class order, and `adapt` fits on names in it."""
-    started, now = run_start_names(config), (info.get("dataset") or {}).get("classnames")
-    if started and now and list(now) != list(started):
-        moved = next(i for i, (a, b) in enumerate(zip(now, started)) if a != b)
-        raise PromptclimbError(f"{Path(run_dir).name}'s classes now come in another order than when it started "
-                               f"(class folders renamed since?): class {moved + 1} is {now[moved]!r}, the run's was "
-                               f"{started[moved]!r}; give them back their names to go on with it")
+    data (`info`: its evaluator's `info()`, whose start names are the run's put in the data's
+    class order by label; class folders renamed since): a resume replays names and scores by
+    class order, and `adapt` fits on names in it. Said by the data's labels, which the user
+    renames (a run's own start names are not)."""
+    started, dataset = run_start_names(config), info.get("dataset") or {}
+    now = dataset.get("classnames")
+    if not started or not now or list(now) == list(started) or len(now) != len(started):
+        return
+    moved = next(i for i, (a, b) in enumerate(zip(now, started)) if a != b)
+    labels_now, labels_then = dataset.get("labels") or now, run_labels(config) or started
+    raise PromptclimbError(f"{Path(run_dir).name}'s classes now come in another order than when it started (a class "
+                           f"folder or label renamed since?): class {moved + 1} is {labels_now[moved]!r}, the run's "
+                           f"was {labels_then[moved]!r}; give them back their names to go on with it")
 
 
 def splits_drawn_otherwise(config: dict, split: dict) -> list[str]:

@@ -24,7 +24,7 @@ from promptclimb.agent.runs.compact import CLASSES_IN_FULL, confusion_matrix
 from promptclimb.agent.runs.reading import Run
 from promptclimb.agent.softsearch import STEPS_LOST, is_soft_prompt_run, steps_shown, steps_table
 
-from promptclimb.agent.core.runfiles import REPORT
+from promptclimb.agent.core.runfiles import CONFIG, REPORT, SWEEP_FILE
 TEMPLATE = "report.html.j2"
 
 
@@ -61,8 +61,9 @@ def facts(run: Run) -> list[tuple[str, str]]:
             ("templates scored", counts.get("scored", len(run.of("score")))),
             ("template lines refused", counts.get("rejected", len(run.of("reject")))),
         ]
-        if run.names_counted():  # names refused were counted nowhere on the page
-            out += [("names scored", run.names_counted()[0]), ("names refused", run.names_counted()[1])]
+        counted = run.names_counted()
+        if counted:  # names refused were counted nowhere on the page
+            out += [("names scored", counted[0]), ("names refused", counted[1])]
     if final.get("adapter"):  # what `adapt` (or a soft-prompt search) fitted on top, and whether it is kept
         out.append(("adapter", adapter_said(final["adapter"])))
     return [(label, "" if value is None else str(value)) for label, value in out]
@@ -148,8 +149,10 @@ def write_report(run: Run, output: str | Path | None = None) -> Path:
     device written to, as `write_atomic` does)."""
     path = Path(output) if output else run.path / REPORT
     own = path.resolve()
-    if own.parent == run.path.resolve() and own.is_file() and own.suffix.lower() not in (".html", ".htm"):
-        # `-o RUN/history.jsonl` replaced the run's history with the page: the run could not go on
-        raise PromptclimbError(f"-o {output}: that is {run.path.name}'s own {own.name}, which the page would "
+    folder = own.parent  # a run's (or a sweep's) folder: any file there but a page is one of its own
+    if own.is_file() and own.suffix.lower() not in (".html", ".htm") and \
+            any((folder / name).is_file() for name in (CONFIG, SWEEP_FILE)):
+        # `-o RUN/history.jsonl` replaced a run's history with the page: the run could not go on
+        raise PromptclimbError(f"-o {output}: that is {folder.name}'s own {own.name}, which the page would "
                                "replace; write it to another file")
     return write_text_atomic(path, report_html(run))
