@@ -353,13 +353,34 @@ def eight_bits(im: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(pixels * (255.0 / full)), 0, 255).astype(np.uint8))  # 2-D uint8: "L"
 
 
+def looks_like_hf(root: Path) -> bool:
+    """A save_to_disk folder or a folder of parquet files (evaluators/hf.py reads them)."""
+    return (root / "dataset_dict.json").is_file() or (root / "state.json").is_file() or \
+        next(root.rglob("*.parquet"), None) is not None
+
+
+def other_kind(root: Path) -> str | None:
+    """Which other --dataset reads `root`, said where it looks like one (a folder of class
+    folders was asked for; the hint said `--dataset imagefolder`, which fails there too)."""
+    if looks_like_hf(root):
+        return f"{root} reads as a Hugging Face dataset: --dataset hf"
+    nested = sorted(root.glob("*/split_*.json"))
+    if nested:
+        return f"a CoOp split file is in {nested[0].parent}: --dataset coop --data-root {nested[0].parent}"
+    if next(root.glob("split_*.json"), None):
+        return f"{root} holds a CoOp split file: --dataset coop"
+    return None
+
+
 def _scan_class_folders(root: Path) -> tuple[list[str], dict[int, list[str]], list[str]]:
     """(class folder names, ids by class, unreadable files) of an ImageFolder; ids are paths
     relative to `root`. Only the image headers are read here (cheap); full decoding errors
     surface when features are computed and are skipped and counted there."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and is_data(p.name))
     if not classes:
-        raise PromptclimbError(f"{root} has no class sub-folders (expected one folder per class)")
+        hint = other_kind(root)
+        raise PromptclimbError(f"{root} has no class sub-folders (expected one folder per class)"
+                               + (f"; {hint}" if hint else ""))
     by_class: dict[int, list[str]] = {}
     unreadable: list[str] = []
     for c, name in enumerate(classes):
@@ -410,6 +431,8 @@ def check_data_folder(root: Path) -> Path:
 def load_imagefolder(data_root: str | None) -> Dataset:
     """Any folder with one sub-folder of images per class (see the module docstring)."""
     root = _require_root(data_root, "imagefolder")
+    if looks_like_hf(root):  # its split folders read as class folders of arrow files, or train/ as a tree
+        raise PromptclimbError(f"{root} is not a folder of class folders: {other_kind(root)}")
     split_dirs = {s: root / s for s in ("train", "val", "test") if (root / s).is_dir()}
     folders = {p.name for p in root.iterdir() if p.is_dir() and is_data(p.name)}
     if folders and folders <= set(split_dirs) and not {"train", "test"} <= folders:
@@ -448,7 +471,11 @@ def load_imagefolder(data_root: str | None) -> Dataset:
 
 
 def find_split_json(root: Path) -> Path | None:
+    """The CoOp split file in `root` (the first by name of several, said: one was taken unsaid)."""
     found = sorted(root.glob("split_*.json"))
+    if len(found) > 1:
+        warnings.warn(f"{root} holds {len(found)} split files ({', '.join(f.name for f in found)}): using "
+                      f"{found[0].name}", stacklevel=2)
     return found[0] if found else None
 
 
@@ -476,7 +503,9 @@ def read_coop_split(split_file: Path, image_root: Path) -> tuple[dict[str, Label
             if label < 0:
                 raise PromptclimbError(f"{split_file}: bad entry {entry!r} in {split!r} (a label is 0 or more)")
             items.append((path, label))
-            names.setdefault(label, classname)
+            if names.setdefault(label, classname) != classname:  # the first was taken, unsaid
+                raise PromptclimbError(f"{split_file}: label {label} is named both {names[label]!r} and "
+                                       f"{classname!r} (entry {entry!r} in {split!r}): one class name per label")
         splits[split] = sorted(items)
     if not splits["train"] or not splits["test"]:
         raise PromptclimbError(f"{split_file} has no 'train' or no 'test' entries")
@@ -511,8 +540,8 @@ def load_coop_folder(data_root: str | None) -> Dataset:
     root = _require_root(data_root, "coop")
     split_file = find_split_json(root)
     if split_file is None:
-        raise PromptclimbError(f"no split_*.json in {root} (CoOp format: images + a split JSON); "
-                               "for a plain folder with one sub-folder per class use --dataset imagefolder")
+        raise PromptclimbError(f"no split_*.json in {root} (CoOp format: images + a split JSON); " + (
+            other_kind(root) or "for a plain folder with one sub-folder per class use --dataset imagefolder"))
     splits, names = read_coop_split(split_file, root)
     image_root = find_image_root(root, splits["train"][0][0])
     splits = drop_missing(image_root, splits)

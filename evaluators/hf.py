@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -145,10 +146,35 @@ def open_folder(root: Path) -> dict[str, "datasets.Dataset"]:
         if saved:
             loaded = datasets.load_from_disk(str(root))
         else:
-            loaded = datasets.load_dataset("parquet", data_dir=str(root), cache_dir=str(cache_dir("datasets") / "hf"))
+            loaded = datasets.load_dataset("parquet", data_dir=str(root), cache_dir=str(parquet_cache(root)))
     except (OSError, ValueError, datasets.exceptions.DatasetsError) as exc:
         raise PromptclimbError(f"cannot read {root} as a Hugging Face dataset: {one_line(exc)}") from exc
     return as_splits(loaded)
+
+
+_SPLIT_WORD = re.compile(r"(?<![a-z])(train|test|validation|valid|val)(?![a-z])")
+
+
+def parquet_cache(root: Path) -> Path:
+    """Where the datasets library converts `root`'s parquet files: a folder per state of them
+    (names, sizes, times). Its own cache goes by the files' times: one replaced by another
+    with the old time (`cp -p`, `rsync -a`) was read as the old data. PromptclimbError where
+    files of the same name lie in several folders: two datasets side by side (v1/, v2/),
+    which the library reads as one, each image twice."""
+    files = sorted(root.rglob("*.parquet"))
+    seen: dict[tuple, Path] = {}
+    for f in files:  # `config/train/0000.parquet` beside `config/test/0000.parquet` is one dataset's splits
+        split = next((m[1] for part in f.relative_to(root).parts if (m := _SPLIT_WORD.search(part.lower()))), None)
+        if (split, f.name) in seen:
+            raise PromptclimbError(f"{root} holds parquet files of the same name in two folders "
+                                   f"({seen[split, f.name]}, {f.relative_to(root)}): two datasets, read as one; give "
+                                   "one dataset's folder as --data-root")
+        seen[split, f.name] = f.relative_to(root)
+    h = hashlib.sha256()
+    for f in files:
+        stat = f.stat()
+        h.update(f"{f.relative_to(root)}\x1f{stat.st_size}\x1f{stat.st_mtime_ns}\x1e".encode())
+    return cache_dir("datasets") / "hf" / h.hexdigest()[:16]
 
 
 def open_hub(repo: str, config: str | None) -> dict[str, "datasets.Dataset"]:
@@ -362,4 +388,29 @@ def identity_digest(used: dict[str, "datasets.Dataset"], image_col: str, label_c
             path = cache_file["filename"]
             size = os.path.getsize(path) if os.path.exists(path) else -1
             h.update(f"{os.path.basename(path)}\x1f{size}\x1e".encode())
+        # images a row points to by path (what `to_parquet` writes for a dataset of image files):
+        # edited or deleted, their features were reused from the cache, as an image folder's are not
+        for path in referenced_images(ds, image_col):
+            try:
+                stat = os.stat(path)
+                h.update(f"{path}\x1f{stat.st_size}\x1f{stat.st_mtime_ns}\x1e".encode())
+            except OSError:
+                h.update(f"{path}\x1f-1\x1e".encode())
     return h.hexdigest()[:16]
+
+
+def referenced_images(ds: "datasets.Dataset", image_col: str) -> list[str]:
+    """The files an Image column names where a row holds no image bytes of its own (read from
+    the arrow table's struct fields: no image is decoded)."""
+    try:
+        column = ds.data.table.column(image_col)
+    except (KeyError, AttributeError):
+        return []
+    paths = []
+    for chunk in column.chunks:
+        if chunk.type.num_fields < 2 or chunk.type.get_field_index("path") < 0 \
+                or chunk.type.get_field_index("bytes") < 0:
+            return []  # not an Image feature's {bytes, path}
+        no_bytes = chunk.field("bytes").is_null().to_pylist()
+        paths += [p for p, missing in zip(chunk.field("path").to_pylist(), no_bytes) if missing and p]
+    return paths

@@ -54,6 +54,7 @@ class ClipEvaluator:
         self.image_batch = image_batch or backbone.image_batch  # per device: backbones.IMAGE_BATCH
         self.echo = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))  # one line per split's features
         self.bars = bars  # the encoding progress bar on stderr (when it is a terminal); False: never
+        self.why_unreadable: dict[str, str] = {}  # image id -> why it could not be read (for the messages)
         # The start names: what is scored when no other names are given (None: the published labels).
         self.classnames = (tuple(dataset.classnames) if classnames is None
                            else check_classnames(classnames, len(dataset.classnames), "--classnames",
@@ -131,8 +132,9 @@ class ClipEvaluator:
                     kept.extend(image_id for image_id, _ in readable)
                 bar.update(len(readable) + len(unreadable))
         self.skipped[split] = bad
-        if not kept:
-            raise DataError(f"no readable image in split {split!r} of {self.dataset.name}")
+        if not kept:  # what went wrong, said by one of them: a file gone, a format Pillow does not read
+            example = f": {len(bad)} failed, e.g. {bad[0]} ({self.why_unreadable.get(bad[0], '?')})" if bad else ""
+            raise DataError(f"no readable image in split {split!r} of {self.dataset.name}{example}")
         return torch.cat(features), torch.tensor(labels, dtype=torch.long), kept
 
     def _load_batch(self, chunk) -> tuple[torch.Tensor | None, list, list[str]]:
@@ -141,8 +143,9 @@ class ClipEvaluator:
         for image_id, label in chunk:
             try:
                 images.append(self.backbone.preprocess(self.dataset.load_image(image_id)))
-            except (OSError, ValueError, SyntaxError, DecompressionBombError):  # unreadable, truncated, too large
+            except (OSError, ValueError, SyntaxError, DecompressionBombError) as exc:  # unreadable, truncated, too large
                 unreadable.append(image_id)
+                self.why_unreadable.setdefault(image_id, " ".join(str(exc).split())[:160] or type(exc).__name__)
                 continue
             readable.append((image_id, label))
         return (torch.stack(images) if images else None), readable, unreadable

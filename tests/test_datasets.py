@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import random
 import subprocess
@@ -281,6 +282,13 @@ def test_coop_folder(tmp_path):
     (root / "split_mine.json").write_text(json.dumps(entries))
     data = load_dataset("coop", str(root))
     assert data.classnames == ["blue lake", "green field", "red square"]
+    with pytest.raises(PromptclimbError, match=rf"a CoOp split file is in {re.escape(str(root))}: --dataset coop "
+                                               rf"--data-root {re.escape(str(root))}$"):  # the folder above it given
+        load_dataset("coop", str(root.parent))
+    (root / "split_other.json").write_text(json.dumps(entries))  # two: the one taken is said
+    with pytest.warns(UserWarning, match=r"holds 2 split files \(split_mine.json, split_other.json\): using "
+                                         r"split_mine.json"):
+        load_dataset("coop", str(root))
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 6, "val": 3, "test": 3}
     assert data.load_image(data.splits["val"][0][0]).size == (40, 40)
 
@@ -291,6 +299,9 @@ def test_coop_folder(tmp_path):
     ({"train": [["a/1.png", -1, "a"]], "test": [["a/2.png", 0, "a"]]}, r"bad entry .* \(a label is 0 or more\)"),
     ({"train": [["a/1.png", 0, "a"]], "test": [["a/2.png", 2, "c"]]}, r"no entry has label 1: labels must run"),
     ({"train": {"a": 1}, "test": []}, r"'train' is not a list of \[path, label, classname\] entries"),
+    # one label, two names: the first was taken, unsaid
+    ({"train": [["a/1.png", 0, "a"], ["a/3.png", 0, "Shirt"]], "test": [["a/2.png", 0, "a"]]},
+     r"label 0 is named both 'a' and 'Shirt' \(entry \['a/3.png', 0, 'Shirt'\] in 'train'\): one class name per label"),
 ])
 def test_a_malformed_coop_split_file_is_one_line_naming_it(tmp_path, content, message):
     root = tmp_path / "coop"

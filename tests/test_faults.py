@@ -409,9 +409,19 @@ def test_a_resume_whose_class_folders_changed_is_refused_by_class_and_images_add
         shutil.copy(image, data / "sea_a" / f"new-{image.name}")
     more = resume("more")
     assert more.exit_code == 0, more.output
-    assert ("images drawn now from more's data are not the ones it was searched on (images added, removed or renamed "
-            "in its data folder since): scores already recorded are kept, new ones use these images") in more.output
+    assert ("images drawn now from more's data are not the ones it was searched on (images added, removed or renamed, "
+            "or labels changed, in its data since): scores already recorded are kept, new ones use these images") \
+        in more.output
     assert "not identical" not in more.output
+    data = killed_run("asked", kill=False)  # killed once an LLM turn was recorded: its scores cannot be replayed
+    history = runs / "asked" / "history.jsonl"
+    lines = history.read_text().splitlines(keepends=True)
+    asked = next(i for i, line in enumerate(lines) if '"llm_exchange"' in line)
+    history.write_text("".join(lines[:asked + 1]))
+    (runs / "asked" / "summary.json").unlink()
+    for image in sorted((data / "sea_a").iterdir()):
+        shutil.copy(image, data / "sea_a" / f"new-{image.name}")
+    one_line_error(resume("asked"), "cannot resume asked: the ", "cannot be replayed on others: put its data back")
 
 
 def test_a_runs_moved_data_folder_is_given_to_eval_adapt_and_transfer_with_data_root(tmp_path, llm, tiny_clip_config,

@@ -9,6 +9,7 @@ downloaded (HF_HUB_OFFLINE=1, conftest.py).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -185,6 +186,75 @@ def test_identity_comes_from_the_data(folders, tmp_path):
     assert other.identity != first  # ...but other images: other features
     swapped = load_dataset("hf", str(folders["saved"]), label_column="label")
     assert swapped.identity == first  # the column found from the features is the same column
+
+
+def test_a_parquet_folder_changed_or_doubled_is_read_as_it_is_now(tmp_path):
+    """Three ways stale or doubled data was read, unsaid: images a parquet file names by path,
+    edited since, kept the old identity (their cached features were reused); a parquet file
+    replaced by another with the old time (`cp -p`) was read as the old one (the datasets
+    library's conversion cache goes by time); two datasets side by side were read as one."""
+    import os
+
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = colour_rows(TRAIN_PER_CLASS)
+    paths = []
+    for i, image in enumerate(rows["image"]):
+        image.save(images / f"{i}.png")
+        paths.append(str(images / f"{i}.png"))
+    by_path = datasets.DatasetDict(train=datasets.Dataset.from_dict({"image": paths, "label": rows["label"]},
+                                                                    features=features()))
+    root = save_parquet(by_path, tmp_path / "by_path")
+    first = load_dataset("hf", str(root)).identity
+    assert load_dataset("hf", str(root)).identity == first
+    Image.new("RGB", (32, 32), (0, 0, 0)).save(paths[0])  # an image edited where the row points
+    assert load_dataset("hf", str(root)).identity != first
+
+    embedded = save_parquet(colour_splits(), tmp_path / "embedded")
+    before = load_dataset("hf", str(embedded))
+    train = next(embedded.rglob("train-*.parquet"))
+    stamp = train.stat()
+    swapped = colour_splits()["train"].map(lambda row: {"label": 2 - row["label"]})
+    swapped.to_parquet(str(train))
+    os.utime(train, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # as `cp -p` or `rsync -a` leave it
+    after = load_dataset("hf", str(embedded))
+    assert [c for _, c in after.splits["train"]] == [2 - c for _, c in before.splits["train"]]
+
+    doubled = tmp_path / "doubled"
+    for version in ("v1", "v2"):
+        shutil.copytree(embedded, doubled / version)
+    with pytest.raises(PromptclimbError, match=r"holds parquet files of the same name in two folders \(v1/data/"):
+        load_dataset("hf", str(doubled))
+
+
+def test_images_that_all_fail_to_read_say_which_and_why(tmp_path, tiny_clip_config, tiny_clip_weights, torch_threads):
+    """Images a parquet file names by path, deleted since: `no readable image in split 'train'
+    of hf`, and nothing of which image or why."""
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = colour_rows(TRAIN_PER_CLASS)
+    for i, image in enumerate(rows["image"]):
+        image.save(images / f"{i}.png")
+    paths = [str(images / f"{i}.png") for i in range(len(rows["image"]))]
+    root = save_parquet(datasets.DatasetDict(train=datasets.Dataset.from_dict(
+        {"image": paths, "label": rows["label"]}, features=features())), tmp_path / "by_path")
+    for path in paths:
+        Path(path).unlink()
+    result = run_cli(*eval_args(tiny_clip_config, tiny_clip_weights, "--dataset", "hf", "--data-root", root))
+    assert result.exit_code == 1, result.output
+    assert re.search(r"no readable image in split 'train' of hf: 6 failed, e\.g\. train/\d+ \(.*No such file",
+                     result.output), result.output
+
+
+@pytest.mark.parametrize("kind", ["saved", "parquet"])
+def test_a_hugging_face_folder_given_as_another_kind_says_hf(folders, kind):
+    """`--dataset coop` on it said to use imagefolder, which said `.../train has no class sub-folders`."""
+    for other in ("coop", "imagefolder"):
+        with pytest.raises(PromptclimbError, match=rf"{re.escape(str(folders[kind]))} reads as a Hugging Face "
+                                                   r"dataset: --dataset hf$"):
+            load_dataset(other, str(folders[kind]))
 
 
 def test_test_falls_back_to_validation_then_to_a_held_out_part_of_train(tmp_path):
