@@ -60,16 +60,29 @@ COOP_CLASSNAMES = {
 DESCRIPTION = "centered satellite photos (Sentinel-2, RGB, 64x64 pixels) of land use and land cover in Europe"
 
 
+def _where_images_may_be(root: Path) -> list[Path]:
+    """root itself, and the folders one and two levels down (none where root is no folder)."""
+    if not root.is_dir():
+        return []
+    candidates = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
+    return candidates + [q for p in candidates[1:] for q in sorted(p.iterdir()) if q.is_dir()]
+
+
 def find_image_folder(root: Path) -> Path | None:
     """The folder that holds the 10 class folders: root itself, or one level / two levels down."""
-    if not root.is_dir():
+    return next((c for c in _where_images_may_be(root) if all((c / name).is_dir() for name in FOLDERS)), None)
+
+
+def nearest_image_folder(root: Path) -> tuple[Path, list[str]] | None:
+    """(the folder, the class folders it lacks) for the folder under `root` (as
+    `find_image_folder` looks) that holds most of EuroSAT's class folders, at least half;
+    None where none does."""
+    candidates = _where_images_may_be(root)
+    if not candidates:
         return None
-    candidates = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
-    candidates += [q for p in candidates[1:] for q in sorted(p.iterdir()) if q.is_dir()]
-    for candidate in candidates:
-        if all((candidate / name).is_dir() for name in FOLDERS):
-            return candidate
-    return None
+    best = max(candidates, key=lambda c: sum((c / name).is_dir() for name in FOLDERS))
+    missing = [name for name in FOLDERS if not (best / name).is_dir()]
+    return (best, missing) if len(missing) <= len(FOLDERS) // 2 else None
 
 
 def download_archive(target: Path) -> None:
@@ -171,6 +184,11 @@ def load_eurosat(data_root: str | None = None) -> Dataset:
             raise PromptclimbError(offline_message(looked, cache_target, str(exc)[:300])) from exc
         images = find_image_folder(cache_target)
     if images is None:
+        partial = nearest_image_folder(looked[0]) if data_root else None
+        if partial is not None:  # a copy that lost a class folder read as EuroSAT not there at all
+            folder, missing = partial
+            raise PromptclimbError(f"{folder} has {len(FOLDERS) - len(missing)} of EuroSAT's {len(FOLDERS)} class "
+                                   f"folders; missing: {', '.join(missing)}")
         if data_root:
             raise PromptclimbError(offline_message(looked, cache_target, "not attempted: --data-root was given"))
         raise PromptclimbError(f"the EuroSAT archive unpacked into {cache_target} has no class folders")

@@ -343,6 +343,12 @@ def test_eurosat_from_a_folder_starts_from_its_folder_names_and_documented_split
     assert len(data.classnames) == 10
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 20, "val": 10, "test": 20}  # 5 -> 2/1/2
     assert "promptclimb-50-20-30" in data.identity
+    import shutil
+
+    shutil.rmtree(root / "2750" / "River")  # a copy that lost a class folder: not "EuroSAT images not found"
+    with pytest.raises(PromptclimbError, match=rf"^{re.escape(str(root / '2750'))} has 9 of EuroSAT's 10 class "
+                                               r"folders; missing: River$"):
+        load_dataset("eurosat", str(root))
     assert data.load_image(data.splits["train"][0][0]).size == (64, 64)
 
 
