@@ -353,16 +353,16 @@ def eight_bits(im: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(pixels * (255.0 / full)), 0, 255).astype(np.uint8))  # 2-D uint8: "L"
 
 
-def looks_like_hf(root: Path) -> bool:
-    """A save_to_disk folder or a folder of parquet files (evaluators/hf.py reads them)."""
-    return (root / "dataset_dict.json").is_file() or (root / "state.json").is_file() or \
-        next(root.rglob("*.parquet"), None) is not None
+def is_hf_save(root: Path) -> bool:
+    """A `save_to_disk` folder (a DatasetDict's, or one Dataset's state beside its arrow files)."""
+    return (root / "dataset_dict.json").is_file() or \
+        ((root / "state.json").is_file() and next(root.glob("*.arrow"), None) is not None)
 
 
 def other_kind(root: Path) -> str | None:
     """Which other --dataset reads `root`, said where it looks like one (a folder of class
     folders was asked for; the hint said `--dataset imagefolder`, which fails there too)."""
-    if looks_like_hf(root):
+    if is_hf_save(root) or next(root.glob("*.parquet"), None) or next(root.glob("*/*.parquet"), None):
         return f"{root} reads as a Hugging Face dataset: --dataset hf"
     nested = sorted(root.glob("*/split_*.json"))
     if nested:
@@ -405,7 +405,9 @@ def _scan_class_folders(root: Path) -> tuple[list[str], dict[int, list[str]], li
                          if f.is_file() and f.suffix.lower() not in IMAGE_EXTENSIONS and is_data(f.name)})
         kinds = (f" (files there: {', '.join(others[:5])}; the images read are "
                  f"{', '.join(sorted(IMAGE_EXTENSIONS))})") if others else ""
-        raise PromptclimbError(f"{root}: class folder(s) with no readable images: {', '.join(empty)}{kinds}")
+        hint = other_kind(root)  # a folder of parquet files: its data/ read as a class
+        raise PromptclimbError(f"{root}: class folder(s) with no readable images: {', '.join(empty)}{kinds}"
+                               + (f"; {hint}" if hint else ""))
     return classes, by_class, unreadable
 
 
@@ -431,7 +433,7 @@ def check_data_folder(root: Path) -> Path:
 def load_imagefolder(data_root: str | None) -> Dataset:
     """Any folder with one sub-folder of images per class (see the module docstring)."""
     root = _require_root(data_root, "imagefolder")
-    if looks_like_hf(root):  # its split folders read as class folders of arrow files, or train/ as a tree
+    if is_hf_save(root):  # its split folders read as class folders of arrow files, or train/ as a tree
         raise PromptclimbError(f"{root} is not a folder of class folders: {other_kind(root)}")
     split_dirs = {s: root / s for s in ("train", "val", "test") if (root / s).is_dir()}
     folders = {p.name for p in root.iterdir() if p.is_dir() and is_data(p.name)}

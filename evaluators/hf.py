@@ -10,7 +10,9 @@ Where the data comes from:
 - `hf --data-root FOLDER`: a `save_to_disk` folder (it has dataset_dict.json or state.json),
   or a folder of parquet files (split names from the file names as on the Hub, e.g.
   `data/train-00000-of-00001.parquet`, `test.parquet`; files without one are all train).
-  Parquet is converted once to arrow files under the promptclimb cache (`datasets/hf/`).
+  Parquet is converted once to arrow files under the promptclimb cache (`datasets/hf/<digest>`,
+  one folder per state of the files: names, sizes, times); the same file in two folders is
+  refused (every row would be read twice).
 
 Columns: the image column is the one `Image` feature, the label column the one `ClassLabel`
 (`image_column` / `label_column`, i.e. --image-column / --label-column, choose another or
@@ -32,7 +34,10 @@ Image ids are `<split>/<row>`. Images are decoded one at a time when the evaluat
 them (the image column is read as undecoded bytes, in arrow format), so a large dataset is
 never held decoded in memory. The dataset's identity, which keys the feature cache and is
 compared on --resume, is a digest of each used split's `datasets` fingerprint, its arrow
-files' names and sizes, and the two columns, and how images are decoded (`DECODING`: since
+files' names and sizes, the image files its rows name by path (sizes and times: what
+`to_parquet` writes for a dataset of image files holds no image bytes; runs on such data
+from before resume with a warning that the evaluator changed), and the two columns, and
+how images are decoded (`DECODING`: since
 16-bit images are scaled to 8 bits, as a folder's are, a run started before resumes with a
 warning that the evaluator changed).
 """
@@ -42,12 +47,12 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import re
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.files import sha256_of
 from promptclimb.agent.core.paths import cache_dir
 from promptclimb.evaluators.datasets import (DECODING, Dataset, Labelled, check_data_folder, deterministic_split,
                                              eight_bits, published_names)
@@ -152,24 +157,25 @@ def open_folder(root: Path) -> dict[str, "datasets.Dataset"]:
     return as_splits(loaded)
 
 
-_SPLIT_WORD = re.compile(r"(?<![a-z])(train|test|validation|valid|val)(?![a-z])")
-
-
 def parquet_cache(root: Path) -> Path:
     """Where the datasets library converts `root`'s parquet files: a folder per state of them
     (names, sizes, times). Its own cache goes by the files' times: one replaced by another
     with the old time (`cp -p`, `rsync -a`) was read as the old data. PromptclimbError where
-    files of the same name lie in several folders: two datasets side by side (v1/, v2/),
-    which the library reads as one, each image twice."""
+    one file lies in two folders (a dataset copied beside itself, v1/ and v2/), which the
+    library reads as one dataset, every row twice."""
     files = sorted(root.rglob("*.parquet"))
-    seen: dict[tuple, Path] = {}
-    for f in files:  # `config/train/0000.parquet` beside `config/test/0000.parquet` is one dataset's splits
-        split = next((m[1] for part in f.relative_to(root).parts if (m := _SPLIT_WORD.search(part.lower()))), None)
-        if (split, f.name) in seen:
-            raise PromptclimbError(f"{root} holds parquet files of the same name in two folders "
-                                   f"({seen[split, f.name]}, {f.relative_to(root)}): two datasets, read as one; give "
-                                   "one dataset's folder as --data-root")
-        seen[split, f.name] = f.relative_to(root)
+    alike: dict[tuple[str, int], list[Path]] = {}
+    for f in files:
+        alike.setdefault((f.name, f.stat().st_size), []).append(f)
+    for group in (g for g in alike.values() if len(g) > 1):  # hashed only where name and size agree
+        by_content: dict[str, Path] = {}
+        for f in group:
+            digest = sha256_of(f)
+            if digest in by_content:
+                raise PromptclimbError(f"{root} holds the same parquet file twice ({by_content[digest].relative_to(root)}, "
+                                       f"{f.relative_to(root)}): its rows would be read twice; give one dataset's "
+                                       "folder as --data-root")
+            by_content[digest] = f
     h = hashlib.sha256()
     for f in files:
         stat = f.stat()

@@ -173,6 +173,15 @@ def test_shots_larger_than_smallest_class_names_it():
         make_fewshot_split(data, 5, seed=1)
 
 
+def test_an_image_folder_with_a_parquet_file_in_it_is_an_image_folder(tmp_path, image_folder):
+    """A stray .parquet file (Hugging Face's ImageFolder keeps its metadata in one) made the
+    folder read as a Hugging Face dataset, refused."""
+    (image_folder / "metadata.parquet").write_bytes(b"PAR1")
+    (image_folder / "red_square" / "deep").mkdir()
+    (image_folder / "red_square" / "deep" / "x.parquet").write_bytes(b"PAR1")
+    assert load_dataset("imagefolder", str(image_folder)).classnames == ["blue lake", "green field", "red square"]
+
+
 def test_missing_and_empty_inputs(tmp_path, image_folder):
     with pytest.raises(PromptclimbError, match="does not exist"):
         load_dataset("imagefolder", str(tmp_path / "nowhere"))

@@ -225,8 +225,13 @@ def test_a_parquet_folder_changed_or_doubled_is_read_as_it_is_now(tmp_path):
     doubled = tmp_path / "doubled"
     for version in ("v1", "v2"):
         shutil.copytree(embedded, doubled / version)
-    with pytest.raises(PromptclimbError, match=r"holds parquet files of the same name in two folders \(v1/data/"):
+    with pytest.raises(PromptclimbError, match=r"holds the same parquet file twice \(v1/data/"):
         load_dataset("hf", str(doubled))
+    splits = tmp_path / "splits"  # files of one name in split folders, as the library reads them: one dataset
+    for split, ds in colour_splits().items():
+        (splits / f"{split}ing").mkdir(parents=True)
+        ds.to_parquet(str(splits / f"{split}ing" / "0000.parquet"))
+    assert {k: len(v) for k, v in load_dataset("hf", str(splits)).splits.items()} == {"train": 18, "val": 0, "test": 9}
 
 
 def test_images_that_all_fail_to_read_say_which_and_why(tmp_path, tiny_clip_config, tiny_clip_weights, torch_threads):
