@@ -239,11 +239,14 @@ def find_image_column(ds: "datasets.Dataset", chosen: str | None, where: str) ->
     if chosen:
         if not isinstance(named_column(ds, chosen, "--image-column", where), Image):
             raise PromptclimbError(f"--image-column {chosen!r} of {where} is {feature_kind(ds.features[chosen])}, "
-                                   "not an Image feature")
+                                   "not an Image feature (image bytes or paths become one with "
+                                   f"ds.cast_column({chosen!r}, datasets.Image()) before it is saved)")
         return chosen
     found = [c for c, f in ds.features.items() if isinstance(f, Image)]
     if not found:
-        raise PromptclimbError(f"{where} has no image column (no Image feature among: {describe_columns(ds)})")
+        raise PromptclimbError(f"{where} has no image column (no Image feature among: {describe_columns(ds)}; image "
+                               "bytes or paths become one with ds.cast_column(COLUMN, datasets.Image()) before it is "
+                               "saved)")
     if len(found) > 1:
         raise PromptclimbError(f"{where} has several image columns ({', '.join(found)}); choose one with --image-column")
     return found[0]

@@ -565,7 +565,8 @@ def not_a_dataset(tmp_path):
 
 BAD = {
     "no image column": (no_image_column, "has no image column (no Image feature among: path (Value(string)), "
-                                         "label (ClassLabel))"),
+                                         "label (ClassLabel); image bytes or paths become one with "
+                                         "ds.cast_column(COLUMN, datasets.Image()) before it is saved)"),
     "string label without --label-column": (string_labels, "has no ClassLabel column (columns: image (Image), "
                                                            "label (Value(string))); name the label column with "
                                                            "--label-column"),

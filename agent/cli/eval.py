@@ -38,8 +38,8 @@ DEFAULTS = {"dataset": "fashion-mnist", "shots": 1, "seed": 0,  # as `search`; t
 @click.option("--image-column", type=TableText(BY_KEYWORD["image_column"]), default=None,
               help="hf datasets: the image column [default: the one Image feature].")
 @click.option("--label-column", type=TableText(BY_KEYWORD["label_column"]), default=None,
-              help="hf datasets: the label column [default: the one ClassLabel; another column's distinct values "
-                   "become the classes].")
+              help="hf datasets: the label column [default: the one ClassLabel; another column, named here, "
+                   "has its distinct values as the classes].")
 @click.option("--classnames", default=None, metavar="published|SET|FILE",
               help="The class names filled in: published (the data's labels), a named set (clean for fashion-mnist, "
                    "coop for eurosat) or a FILE (one name per line, or folder,name lines) [default: published, "
