@@ -1009,6 +1009,7 @@ def soft_prompt_search(plan: Plan, store: RunStore, evaluator, echo) -> dict:
 def climb(plan: Plan, store: RunStore, evaluator, llm: LLMClient, meta: MetaPrompt, echo,
           tracking_uri: str | None = None) -> dict:
     """The hill-climb (agent/search.py); an LLM that fails for good leaves a resumable run."""
+    llm.asker = run_asker(store.config)
     climber = HillClimber(evaluator, llm, store, plan.search, meta=meta, pool=plan.pool, echo=echo)
     try:
         return climber.run().summary
@@ -1019,6 +1020,13 @@ def climb(plan: Plan, store: RunStore, evaluator, llm: LLMClient, meta: MetaProm
             if plan.llm.served_model and exc.cause == "connection":  # the hint had not named what to start again
                 moved = f"is `promptclimb llm serve` still running? start it again, or continue {moved}"
         raise run_is_saved(exc, store, tracking_uri, moved) from None
+
+
+def run_asker(config: dict) -> str | None:
+    """A run as the LLM cache knows who asked (the same across its sessions, and in a copy of
+    its folder): an answer the cache holds for a request the run made before it was stopped,
+    with no history line yet, was read back on resume as another run's, its tokens uncounted."""
+    return f"{config['run_id']}@{config['created']}" if config.get("run_id") and config.get("created") else None
 
 
 def run_is_saved(exc: Exception, store: RunStore, tracking_uri: str | None, more: str | None = None) -> Exception:

@@ -424,6 +424,30 @@ def test_a_resume_whose_class_folders_changed_is_refused_by_class_and_images_add
     one_line_error(resume("asked"), "cannot resume asked: the ", "cannot be replayed on others: put its data back")
 
 
+def test_an_answer_cached_but_not_yet_recorded_when_stopped_counts_as_the_runs_own(tmp_path, llm, evaluators_built):
+    """A search stopped between the cache's write of an answer and its history line (a full
+    disk, `--parallel` lanes' answers held for the history's order): its resume read the answer
+    from the cache as another run's, one call fewer and its tokens uncounted; another run's
+    answers from the cache still cost nothing."""
+    runs = tmp_path / "runs"
+    assert cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "r").exit_code == 0
+    whole = json.loads((runs / "r" / "summary.json").read_text())["ledger"]
+    history = runs / "r" / "history.jsonl"
+    lines = history.read_text().splitlines(keepends=True)
+    last = max(i for i, line in enumerate(lines) if '"llm_exchange"' in line)
+    history.write_text("".join(lines[:last]))  # the last answer in the cache only
+    (runs / "r" / "summary.json").unlink()
+    asked = llm.count
+    assert cli("search", "--resume", "r", "--runs-dir", runs).exit_code == 0
+    assert llm.count == asked  # from the cache
+    resumed = json.loads((runs / "r" / "summary.json").read_text())["ledger"]
+    assert {k: resumed[k] for k in ("calls", "cache_hits", "prompt_tokens", "completion_tokens")} == \
+        {k: whole[k] for k in ("calls", "cache_hits", "prompt_tokens", "completion_tokens")} and whole["calls"] > 0
+    assert cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "other").exit_code == 0
+    other = json.loads((runs / "other" / "summary.json").read_text())["ledger"]
+    assert (other["calls"], other["prompt_tokens"]) == (0, 0) and other["cache_hits"] == whole["calls"]
+
+
 def test_a_runs_moved_data_folder_is_given_to_eval_adapt_and_transfer_with_data_root(tmp_path, llm, tiny_clip_config,
                                                                                       tiny_clip_weights):
     """`adapt` took no --data-root: a run whose image folder moved could not be fit at all;

@@ -106,13 +106,17 @@ class Answer:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float = 0.0
-    source: str = "llm"  # "llm" (a request was made), "cache" (disk) or "replay" (run history)
+    # "llm" (a request was made), "cache" (disk), "replay" (run history), or "earlier": the cache's
+    # answer to a request this run made in an earlier session, stopped before its history held it
+    source: str = "llm"
     key: str = ""  # the request key (see `request_key`)
     truncated_from: int = 0  # characters the answer had when it was cut to `answer_cap` (0: kept whole)
 
     @property
     def cached(self) -> bool:
-        return self.source != "llm"
+        """Costs this run nothing: an answer made for another run, or replayed (one this run
+        paid for, `earlier`, is no cached answer: its tokens count, as an uninterrupted run's)."""
+        return self.source not in ("llm", "earlier")
 
 
 @dataclass
@@ -458,6 +462,9 @@ class LLMClient:
         self._closed = False  # set by close(): a request failing after it is not retried
         self._said: set[str] = set()  # what is said once (`_first_time`): an endpoint without usage, ...
         self._ledger_lock = threading.Lock()
+        # who asks (`run_asker`: a run, across its sessions): kept with each answer it puts in the
+        # cache, so that its resume tells its own answers, paid for, from other runs'
+        self.asker: str | None = None
 
     def _new_client(self, base_url: str | None):
         import openai  # imported here so that `import agent.llm` stays cheap
@@ -607,6 +614,8 @@ class LLMClient:
         known, source = self._replay.get(key), "replay"
         if known is None and self.cache is not None:
             known, source = self.cache.get(cache_key(request, self.origin()), request, self.origin()), "cache"
+            if known is not None and self.asker is not None and known.get("asked_by") == self.asker:
+                source = "earlier"
         if known is not None:
             answer = Answer(
                 content=known["content"],
@@ -640,6 +649,7 @@ class LLMClient:
                     "completion_tokens": answer.completion_tokens,
                     "latency_s": answer.latency_s,
                     **({"truncated_from": answer.truncated_from} if answer.truncated_from else {}),
+                    **({"asked_by": self.asker} if self.asker else {}),
                 },
                 self.origin(),
             )
