@@ -254,7 +254,9 @@ def make_fewshot_split(dataset: Dataset, shots: int, seed: int, unlabeled: int =
             + (" (one image a class is left for validation)" if val_from_train else "")
             if allows >= 1 else f"class {dataset.classnames[c]!r} of {dataset.name} has "
             f"{short[c] or 'no'} training image{'' if short[c] == 1 else 's'}"
-            + (": too few to draw training and validation images from" if short[c] else "")
+            + (": too few to draw training and validation images from" if short[c] else
+               " (only its test images have this label)" if any(label == c for _, label in dataset.splits["test"])
+               else "")
         )
     train: Labelled = []
     rest: dict[int, list[str]] = {}

@@ -171,6 +171,10 @@ def test_shots_larger_than_smallest_class_names_it():
     data.splits["val"] = [(f"v/{c}", c) for c in range(4)]  # a val split of its own: train's all
     with pytest.raises(PromptclimbError, match=r"\(3 training images\); the smallest class allows --shots 3$"):
         make_fewshot_split(data, 5, seed=1)
+    data.splits["train"] = [x for x in data.splits["train"] if x[1] != 2]  # a label only test has
+    with pytest.raises(PromptclimbError, match=r"class 'class 2' of synthetic has no training images \(only its test "
+                                               r"images have this label\)$"):
+        make_fewshot_split(data, 1, seed=1)
 
 
 def test_an_image_folder_with_a_parquet_file_in_it_is_an_image_folder(tmp_path, image_folder):
