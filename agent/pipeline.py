@@ -870,9 +870,10 @@ def load_evaluator(plan: Plan, store: RunStore, device: str | None, factory: Eva
         check_class_order(store.run_dir, store.config, info)
         if set(changed) - {"test"} and any(e.get("event") in LLM_EVENTS for e in store.stored):
             # it warned that it went on, then failed on the first recorded turn, its scores not the same
-            raise PromptclimbError(f"cannot resume {store.run_dir.name}: {images_drawn_otherwise(store.run_dir, changed)}"
-                                   "; the LLM turns in its history were asked with scores on those images and "
-                                   "cannot be replayed on others: put its data back as it was, or start a new run")
+            raise PromptclimbError(f"cannot resume {store.run_dir.name}: "
+                                   f"{images_drawn_otherwise(store.run_dir, changed)}; the LLM turns in its history "
+                                   "were asked with scores on those images and cannot be replayed on others: put its "
+                                   "data back as it was, or start a new run")
     if plan.moved_data is not None:  # a resume from where the data folder went: the same images there?
         old, new = plan.moved_data
         if "evaluator" in store.config and not same_data_moved(

@@ -172,7 +172,8 @@ def parquet_cache(root: Path) -> Path:
         for f in group:
             digest = sha256_of(f)
             if digest in by_content:
-                raise PromptclimbError(f"{root} holds the same parquet file twice ({by_content[digest].relative_to(root)}, "
+                first = by_content[digest].relative_to(root)
+                raise PromptclimbError(f"{root} holds the same parquet file twice ({first}, "
                                        f"{f.relative_to(root)}): its rows would be read twice; give one dataset's "
                                        "folder as --data-root")
             by_content[digest] = f

@@ -143,7 +143,7 @@ class ClipEvaluator:
         for image_id, label in chunk:
             try:
                 images.append(self.backbone.preprocess(self.dataset.load_image(image_id)))
-            except (OSError, ValueError, SyntaxError, DecompressionBombError) as exc:  # unreadable, truncated, too large
+            except (OSError, ValueError, SyntaxError, DecompressionBombError) as exc:  # unreadable, cut, too large
                 unreadable.append(image_id)
                 self.why_unreadable.setdefault(image_id, " ".join(str(exc).split())[:160] or type(exc).__name__)
                 continue

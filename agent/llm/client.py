@@ -91,7 +91,8 @@ def why_empty(choice, max_tokens: int | None) -> str:
     if isinstance(refusal, str) and refusal.strip():
         return f"the model refused ({refusal.strip()[:200]!r})"
     if getattr(choice, "finish_reason", None) == "length":
-        return (f"it was cut at the {max_tokens}-token answer cap before it began (raise --max-answer-tokens: a new run's setting, a resume keeps the run's)"
+        return (f"it was cut at the {max_tokens}-token answer cap before it began (raise --max-answer-tokens: "
+                "a new run's setting, a resume keeps the run's)"
                 if max_tokens else "it was cut at the endpoint's length limit before it began")
     return f"the endpoint gave no reason (finish_reason {getattr(choice, 'finish_reason', None)!r})"
 
