@@ -59,7 +59,8 @@ from promptclimb.agent.proposals import DUPLICATE, normalise, parse_proposals, w
 from promptclimb.agent.core.protocol import UNLABELED_SPLIT, Evaluator, Score, Task
 from promptclimb.agent.core.runfiles import SUMMARY
 from promptclimb.agent.runs.compact import summary_table
-from promptclimb.agent.runs.store import ANSWER_KINDS, FORMAT_VERSION, RunStore, ledger, ledger_by_kind, run_argument
+from promptclimb.agent.runs.store import (ANSWER_KINDS, FORMAT_VERSION, RunStore, ledger, ledger_by_kind, names_scored,
+                                          run_argument)
 
 SCORED_SPLITS = ("train", "val")  # what every template is scored on during the search
 SELECTIONS = {"train": ("train",), "train+val": ("train", "val")}
@@ -1208,7 +1209,7 @@ class HillClimber:
                 refused[e["reason"]] = refused.get(e["reason"], 0) + 1
         return {
             "turns": sum(e["event"] == "names_exchange" for e in events),
-            "scored": sum(e["event"] == "name_score" and len(e.get("changes") or ()) == 1 for e in events),
+            "scored": names_scored(events),
             "kept": sum(len(e.get("changes") or ()) for e in events if e["event"] == "names_change"),
             "judged": sum(e["event"] == "names_judge" for e in events),
             "refused": refused,

@@ -311,8 +311,8 @@ class Tracker:
                 uri = self.tracking_uri  # again, or the database MLflow takes instead of a folder it refuses
                 if uri:
                     uri = database_in_folder(uri) if is_folder_store(uri) else link_key(uri)
-                elif is_folder_store(os.environ.get("MLFLOW_TRACKING_URI") or "mlflow:"):  # the sync would read
-                    uri = database_in_folder(os.environ["MLFLOW_TRACKING_URI"])  # the same folder, refused again
+                elif (from_env := os.environ.get("MLFLOW_TRACKING_URI")) and is_folder_store(from_env):
+                    uri = database_in_folder(from_env)  # the sync would read the same folder, refused again
                 where = ["--tracking-uri", uri] if uri else []
                 secret = self.tracking_uri and without_secrets(self.tracking_uri) != self.tracking_uri
                 self.echo(f"warning: MLflow tracking stopped ({_one_line(exc)}); the search goes on. "

@@ -60,26 +60,20 @@ COOP_CLASSNAMES = {
 DESCRIPTION = "centered satellite photos (Sentinel-2, RGB, 64x64 pixels) of land use and land cover in Europe"
 
 
-def _where_images_may_be(root: Path) -> list[Path]:
-    """root itself, and the folders one and two levels down (none where root is no folder)."""
-    if not root.is_dir():
-        return []
-    candidates = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
-    return candidates + [q for p in candidates[1:] for q in sorted(p.iterdir()) if q.is_dir()]
-
-
 def find_image_folder(root: Path) -> Path | None:
     """The folder that holds the 10 class folders: root itself, or one level / two levels down."""
-    return next((c for c in _where_images_may_be(root) if all((c / name).is_dir() for name in FOLDERS)), None)
+    nearest = nearest_image_folder(root)
+    return nearest[0] if nearest and not nearest[1] else None
 
 
 def nearest_image_folder(root: Path) -> tuple[Path, list[str]] | None:
-    """(the folder, the class folders it lacks) for the folder under `root` (as
-    `find_image_folder` looks) that holds most of EuroSAT's class folders, at least half;
-    None where none does."""
-    candidates = _where_images_may_be(root)
-    if not candidates:
+    """(the folder, the class folders it lacks) for the folder that holds most of EuroSAT's
+    class folders, at least half: root itself, or one level / two levels down (the first of
+    those that hold as many); None where none does."""
+    if not root.is_dir():
         return None
+    candidates = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
+    candidates += [q for p in candidates[1:] for q in sorted(p.iterdir()) if q.is_dir()]
     best = max(candidates, key=lambda c: sum((c / name).is_dir() for name in FOLDERS))
     missing = [name for name in FOLDERS if not (best / name).is_dir()]
     return (best, missing) if len(missing) <= len(FOLDERS) // 2 else None

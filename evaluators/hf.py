@@ -55,7 +55,7 @@ from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.files import sha256_of
 from promptclimb.agent.core.paths import cache_dir
 from promptclimb.evaluators.datasets import (DECODING, Dataset, Labelled, check_data_folder, deterministic_split,
-                                             eight_bits, published_names)
+                                             eight_bits, is_hf_save, published_names)
 
 if TYPE_CHECKING:
     import datasets
@@ -142,7 +142,7 @@ def open_splits(name: str, data_root: str | None) -> tuple[dict[str, "datasets.D
 
 def open_folder(root: Path) -> dict[str, "datasets.Dataset"]:
     check_data_folder(root)
-    saved = (root / "dataset_dict.json").is_file() or (root / "state.json").is_file()
+    saved = is_hf_save(root)
     if not saved and not any(root.rglob("*.parquet")):
         raise PromptclimbError(f"{root} is neither a save_to_disk folder (no dataset_dict.json or state.json) "
                                "nor a folder of parquet files")

@@ -137,6 +137,7 @@ def test_search_renames_a_class_and_every_reader_carries_the_names(run):
            f"names, {kinds.count('names_judge')} guard);" in shown and kinds.count("names_judge") > 0
     # the names turns' proposals are counted beside the templates' (only template lines were, as "proposals")
     scored = summary["names"]["counts"]["scored"]
+    assert scored == sum(len(e["changes"]) == 1 for e in read.of("name_score")) > 0
     assert f"template lines refused; {scored} names scored, {len(read.of('name_reject'))} refused\n" in shown
     assert "asked about Trouser" in shown
     as_json = json.loads(run("show", "n", "--runs-dir", run.runs, "--format", "json").output)

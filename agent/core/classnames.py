@@ -333,7 +333,8 @@ def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str,
     keyed = len(keyed_lines) > len(lines) / 2
     # lines of a folder and a name with another separator than a comma (a name of its own may
     # hold one: "Star Wars: A New Hope" beside a class "Star Wars")
-    otherwise = [line for line in lines if _folder_and_name_otherwise(line.strip(), keys)]
+    otherwise = {n: split for n, line in zip(numbers, lines)
+                 if (split := _folder_and_name_otherwise(line.strip(), keys))}
     names: dict[int, str] = {}
     where_named: dict[str, int] = {}  # name_key -> line number
     for position, (number, raw) in enumerate(zip(numbers, lines)):
@@ -351,10 +352,9 @@ def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str,
                 raise PromptclimbError(f"{at}: {folder_word if folders else 'class'} {labels[c]!r} is named twice")
         else:
             c, name = position, raw.strip()
-            split = _folder_and_name_otherwise(name, keys)
-            if split and len(otherwise) > len(lines) / 2:  # `AnnualCrop: crop`, `Ankle_boot;boot` (a CSV of a
-                # locale whose separator is ';'), most of the file: a folder and a name each, read as one name
-                i, rest = split
+            if number in otherwise and len(otherwise) > len(lines) / 2:  # `AnnualCrop: crop`, `Ankle_boot;boot`
+                # (a CSV of a locale whose separator is ';'), most of the file: a folder and a name each, one name
+                i, rest = otherwise[number]
                 raise PromptclimbError(f"{at}: {name!r} reads as {folder_word if folders else 'class'} {labels[i]!r} "
                                        f"and a name; write '{folder_word},name' lines with a comma: "
                                        f"'{labels[i]},{rest}'")

@@ -38,7 +38,7 @@ from promptclimb.agent.core.protocol import SPLITS
 from promptclimb.agent.core.runfiles import SWEEP_FILE
 from promptclimb.agent.runs.compact import COMPACT_SINCE, confusion_matrix, unpack_event
 from promptclimb.agent.runs.store import (ANSWER_KINDS, CONFIG, EVENTS, FORMAT_VERSION, HISTORY, SUMMARY, being_written,
-                                          ended_with_adapter, has_summary, ledger, SCORED_EVENTS,
+                                          ended_with_adapter, has_summary, ledger, names_scored, SCORED_EVENTS,
                                           scored_origin, tokens_spent)
 from promptclimb.agent.ranking import LEGACY_METRIC, best_first, selection_value, then_value, top_and_bottom
 from promptclimb.agent.names import GUARD_NOT_ASKED
@@ -424,7 +424,7 @@ class Run:
         (a one-class change each); None for a run without names turns."""
         if not self.of("names_exchange"):
             return None
-        return sum(len(e.get("changes") or ()) == 1 for e in self.of("name_score")), len(self.of("name_reject"))
+        return names_scored(self.events), len(self.of("name_reject"))
 
     # tables --------------------------------------------------------------------------------
     def scores(self) -> pd.DataFrame:

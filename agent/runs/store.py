@@ -158,6 +158,12 @@ def ledger(events: Iterable[dict]) -> dict:
     }
 
 
+def names_scored(events: Iterable[dict]) -> int:
+    """The names a run's names turns scored, each as a one-class change (summary.json's names
+    counts, `show` and the report)."""
+    return sum(e["event"] == "name_score" and len(e.get("changes") or ()) == 1 for e in events)
+
+
 def ledger_by_kind(events: Iterable[dict]) -> dict:
     """Requests made and their tokens per kind of turn: template, names and the drift guard."""
     out = {kind: {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0} for kind in ANSWER_KINDS.values()}
