@@ -894,9 +894,28 @@ def load_evaluator(plan: Plan, store: RunStore, device: str | None, factory: Eva
              "ones use these images")
     recorded, now = store.config["evaluator"], unrecorded_labels_dropped(info, store.config["evaluator"])
     if (beside_split(recorded) != beside_split(now)) if changed else recorded != now:  # what else differs
-        echo("warning: the evaluator is not identical to the one this run started with "
+        store.evaluator_changed = evaluator_changes(*map(beside_split, (recorded, now))) if changed else \
+            evaluator_changes(recorded, now)
+        echo(f"warning: the evaluator is not identical to the one this run started with: {store.evaluator_changed} "
              "(see config.json); scores already recorded are kept, new ones use this one.")
     return evaluator
+
+
+def evaluator_changes(recorded: dict, now: dict) -> str:
+    """What differs between two evaluator descriptions (`info()`), said: the data's files by
+    what happens to them (an image edited in place keeps its name and changes the data's
+    identity, which holds sizes and times), anything else by its key in config.json."""
+    def leaves(info, prefix=""):
+        if not isinstance(info, dict):
+            return {prefix: info}
+        return {k: v for key, value in info.items() for k, v in leaves(value, f"{prefix}{key}.").items()}
+
+    old, new = leaves(recorded), leaves(now)
+    keys = [k.rstrip(".") for k in sorted(old.keys() | new.keys(), key=lambda k: (k.count("."), k))
+            if old.get(k) != new.get(k)]
+    said = ["the data's files changed (images edited, replaced or touched)" if k == "dataset.identity"
+            else f"{k} differs" for k in keys]
+    return ", ".join(said[:4]) + (f" and {len(said) - 4} more" if len(said) > 4 else "")
 
 
 def beside_split(info: dict) -> dict:

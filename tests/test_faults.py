@@ -366,10 +366,10 @@ def test_a_resume_whose_class_folders_changed_is_refused_by_class_and_images_add
     runs = tmp_path / "runs"
     clip = ["--backbone", tiny_clip_config, "--weights", tiny_clip_weights, "--device", "cpu"]
 
-    def killed_run(name, kill=True):
+    def killed_run(name, kill=True, search="template"):
         data = make_image_folder(tmp_path / name, per_class=4, classes=classes)
         assert cli("search", "--dataset", "imagefolder", "--data-root", data, *clip, *SMALL, "--runs-dir", runs,
-                   "--name", name).exit_code == 0
+                   "--name", name, "--search", search).exit_code == 0
         if not kill:
             return data
         history = runs / name / "history.jsonl"
@@ -422,6 +422,20 @@ def test_a_resume_whose_class_folders_changed_is_refused_by_class_and_images_add
     for image in sorted((data / "sea_a").iterdir()):
         shutil.copy(image, data / "sea_a" / f"new-{image.name}")
     one_line_error(resume("asked"), "cannot resume asked: the ", "cannot be replayed on others: put its data back")
+    # the same files, other pixels: said where the replay breaks (a names turn shows the probabilities)
+    data = killed_run("edited", kill=False, search="names")
+    history = runs / "edited" / "history.jsonl"
+    lines = history.read_text().splitlines(keepends=True)
+    history.write_text("".join(lines[:1 + next(i for i, line in enumerate(lines) if '"names_exchange"' in line)]))
+    (runs / "edited" / "summary.json").unlink()
+    one = (data / "AnnualCrop" / "AnnualCrop_000.png").read_bytes()  # every image that one: one class predicted
+    for image in data.glob("*/*.png"):
+        image.write_bytes(one)
+    edited = resume("edited")
+    one_line_error(edited, "cannot resume edited: at event ", "Its evaluator changed since the run started: the data's "
+                   "files changed (images edited, replaced or touched). The scores its recorded turns showed")
+    assert "warning: the evaluator is not identical to the one this run started with: the data's files changed" \
+        in edited.output
 
 
 def test_an_answer_cached_but_not_yet_recorded_when_stopped_counts_as_the_runs_own(tmp_path, llm, evaluators_built):

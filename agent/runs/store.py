@@ -441,6 +441,8 @@ class RunStore:
         self._history = None
         self._listeners: list[Callable[[dict], None]] = []
         self.start_names: list[str] | None = None  # run_start's, what the compact lines' names differ from
+        # what a resume found changed in the evaluator it records (agent/pipeline.py), said when a replay breaks
+        self.evaluator_changed = ""
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
@@ -577,12 +579,15 @@ class RunStore:
             theirs = {k: stored.get(k) for k in IDENTITY}
             if mine != theirs:
                 differ = {k: (theirs[k], mine[k]) for k in IDENTITY if mine[k] != theirs[k]}
+                why = (f"Its evaluator changed since the run started: {self.evaluator_changed}. The scores its "
+                       "recorded turns showed the LLM are not those given now: put it back as it was, or"
+                       if self.evaluator_changed else
+                       "The settings, meta-prompts, pools or evaluator changed since the run started, or the "
+                       "search's own rules did (a newer promptclimb: docs/results.md says when each came);")
                 raise RunMismatch(
                     f"cannot resume {self.run_dir.name}: at event {record['seq']} the history has "
                     f"{_short(theirs)} but the resumed search produced {_short(mine)} "
-                    f"(differs in {', '.join(differ)}). The settings, meta-prompts, pools or evaluator "
-                    "changed since the run started, or the search's own rules did (a newer promptclimb: "
-                    "docs/results.md says when each came); start a new run instead."
+                    f"(differs in {', '.join(differ)}). {why} start a new run instead."
                 )
             self.events.append(stored)
             self._remember_start(stored)
