@@ -164,11 +164,11 @@ def check_call(where: str, unknown: dict, **values) -> dict:
     that option is (agent/options.py: 1.5 shots, a seed "x", a backbone 5 are refused, never
     converted), `device` by name (agent/core/devices.py). PromptclimbError naming `where`."""
     from promptclimb.agent.core.devices import check_device_name
-    from promptclimb.agent.options import BY_KEYWORD, check_value
+    from promptclimb.agent.options import BY_KEYWORD, check_value, unknown_keys
 
-    if unknown:
-        raise PromptclimbError(f"{where}: unknown keyword(s) {', '.join(sorted(unknown))}; the valid ones: "
-                               f"{', '.join(values)}")
+    refused = unknown_keys(sorted(unknown), values, f"{where}: ")
+    if refused:
+        raise refused
     checked = dict(values)
     for keyword, value in values.items():
         if keyword == "device":

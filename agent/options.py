@@ -10,6 +10,7 @@ pipeline runs on (`agent/pipeline.py`); `scope` says what `--resume` may change.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import tomllib
@@ -77,8 +78,8 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
     Option("--seed", 0, "Seed of the few-shot split, the pool samples and the LLM requests.", _E, int, minimum=0, maximum=SEED_MAX, recorded="evaluator_args.seed"),
     Option("--backbone", None, "CLIP backbone [default: demo for fashion-mnist, else ViT-B-32 with --pretrained openai].", _E,
            "name", recorded="evaluator_args.backbone", expects="a backbone name"),
-    Option("--llm", None, "LLM model name [default: 'local' (the embedded llama.cpp model) unless OPENAI_API_KEY or "
-           f"OPENAI_BASE_URL is set, then {REMOTE_DEFAULT_MODEL}].", _E, "name", dest="llm_name", recorded="llm.model",
+    Option("--llm", None, "LLM model name [default: 'local' (the embedded llama.cpp model) unless --base-url, "
+           f"OPENAI_BASE_URL or OPENAI_API_KEY is given, then {REMOTE_DEFAULT_MODEL}].", _E, "name", dest="llm_name", recorded="llm.model",
            expects="an LLM model name (e.g. local)"),
     Option("--search", SEARCH.search, "What the LLM rewrites: template (the prompt's wording), names (the class "
            "names, guided by per-class accuracy and confusions) or both (names turns, and a template turn to end "
@@ -429,15 +430,34 @@ def said_from_file(exc: PromptclimbError, from_file: dict) -> PromptclimbError:
     return exc
 
 
+def unknown_keys(keys, valid, where: str, dashes: bool = False) -> PromptclimbError | None:
+    """The refusal of those `keys` (as the user wrote them) that are not `valid` keywords
+    (`_` for `-`), or None: each with the nearest valid ones ("did you mean"), as click says a
+    mistyped option on the command line; all the valid ones where one has none near.
+    `dashes`: a file's keys, said as the README writes them (`max-calls`)."""
+    valid = sorted(valid)
+    unknown = [k for k in keys if str(k).replace("-", "_") not in valid]
+    if not unknown:
+        return None
+    spelled = (lambda k: k.replace("_", "-")) if dashes else (lambda k: k)
+    said, lost = [], False
+    for key in unknown:
+        near = difflib.get_close_matches(str(key).replace("-", "_"), valid, n=3, cutoff=0.7)
+        lost = lost or not near
+        said.append(f"{key}" + (f" (did you mean {' or '.join(map(spelled, near))}?)" if near else ""))
+    word = "key" if dashes else "keyword"
+    return PromptclimbError(f"{where}unknown {word}{'s' if len(unknown) > 1 else ''} {', '.join(said)}"
+                            + (f"; the valid ones: {', '.join(map(spelled, valid))}" if lost else ""))
+
+
 def resolve(given: dict, where: str = "", table: tuple[Option, ...] = SEARCH_OPTIONS) -> dict:
     """The full settings (`Option.name` -> value): the defaults, overridden by `given`
     (keywords, `_` for `-`; None = the default), each checked. An unknown keyword is refused
-    with the valid ones listed."""
+    with the nearest valid ones."""
     by_keyword = {o.keyword: o for o in table}
-    unknown = sorted(k for k in given if k not in by_keyword)
-    if unknown:
-        raise PromptclimbError(f"{where}unknown keyword(s) {', '.join(unknown)}; the valid ones: "
-                               f"{', '.join(sorted(by_keyword))}")
+    refused = unknown_keys(given, by_keyword, where)
+    if refused:
+        raise refused
     settings = {o.name: o.default for o in table}
     for keyword, value in given.items():
         option = by_keyword[keyword]
@@ -489,6 +509,9 @@ def read_config_file(path: str | Path) -> dict:
         raise PromptclimbError(f"--config {path}: expected a [search] table of search options"
                                + (f" (found {', '.join(extra)})" if extra else ""))
     where = f"--config {path}: "
+    refused = unknown_keys(search, BY_KEYWORD, where, dashes=True)  # said as the file spells them
+    if refused:
+        raise refused
     search = table_keywords(search, where)
     resolve(search, where)  # every value checked now, with the file named
     # as the options take them (a lone adapter = "cache" as a list of one, mlflow = true as

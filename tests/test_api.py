@@ -139,8 +139,11 @@ def test_search_load_run_evaluate_transfer_like_a_notebook(notebook, tmp_path, b
 def test_bad_input_is_one_readable_error(notebook, built):
     with pytest.raises(promptclimb.PromptclimbError) as caught:
         promptclimb.search(dataset="toy", iteratons=2)
+    assert "unknown keyword iteratons (did you mean iterations?)" == str(caught.value).split(": ", 1)[1]
+    with pytest.raises(promptclimb.PromptclimbError) as caught:
+        promptclimb.search(dataset="toy", zz=2)
     message = str(caught.value)
-    assert "unknown keyword(s) iteratons" in message and "iterations" in message and "max_calls" in message
+    assert "unknown keyword zz; the valid ones: " in message and "max_calls" in message
     assert "json" not in message.split("valid ones:")[1].split(", ")  # a CLI-only option
     with pytest.raises(promptclimb.PromptclimbError, match=r"search\(\): --metric 'best': expected one of"):
         promptclimb.search(dataset="toy", metric="best")

@@ -155,7 +155,9 @@ def test_an_option_given_both_ways_in_a_config_file_is_refused_naming_it(tmp_pat
 @pytest.mark.parametrize("text, needle", [
     ("[search]\niterations = [1, 2]\n", "--iterations [1, 2]: expected a whole number"),
     ("[search]\nshots = 1.5\n", "--shots 1.5: expected a whole number"),
-    ("[search]\niteratons = 2\n", "unknown keyword(s) iteratons"),
+    ("[search]\niteratons = 2\n", "unknown key iteratons (did you mean iterations?)"),
+    ("[search]\nmax-call = 2\nzz = 1\n", "unknown keys max-call (did you mean max-calls?), zz; the valid ones: "
+                                          "adapter, backbone, base-url,"),
     ("search = 5\n", "expected a [search] table"),
     ("[search]\nadapter = 5\n", "--adapter 5: expected a name or a list of names"),
     ("[search]\nmlflow = 3\n", "--mlflow 3: expected true, false or TRACKING_URI"),

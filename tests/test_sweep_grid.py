@@ -34,7 +34,8 @@ def test_seeds_out_of_range_or_too_many_are_refused_before_anything_starts(seeds
     runs = tmp_path / "runs"
     refused = CliRunner().invoke(cli, ["sweep", "s1", f"--seeds={seeds}", "--dataset", "fashion-mnist",
                                        "--runs-dir", str(runs), "--address", "127.0.0.1:1"])
-    assert refused.exit_code == 1 and said in refused.output and "Ray" not in refused.output, refused.output
+    # a usage error, as search's --seed out of range is (it exited with 1)
+    assert refused.exit_code == 2 and said in refused.output and "Ray" not in refused.output, refused.output
     assert not runs.exists()
 
 
@@ -90,7 +91,7 @@ def test_bad_grids_are_refused_in_one_line(tmp_path):
         sweeps.read_grid_file(grid)
     with pytest.raises(PromptclimbError, match="unknown keyword"):
         sweeps.search_options({"iterationz": 3})
-    with pytest.raises(PromptclimbError, match="set by the grid"):
+    with pytest.raises(PromptclimbError, match="seed: an axis of the grid"):
         sweeps.search_options({"seed": 3})
     with pytest.raises(PromptclimbError, match="nor a file"):
         sweeps.search_options({"pool": str(tmp_path / "missing.txt")})
@@ -364,17 +365,24 @@ def test_a_sweep_whose_endpoint_secret_was_left_out_is_rerun_only_with_the_url_g
                                "on the command line"),
     ("runs_dir = 'elsewhere'", "[search] runs-dir: a grid file does not say where the sweep goes"),
     ("max-calls = 3\nmax_calls = 4", "[search] max-calls is given twice (max-calls, max_calls); keep one"),
+    # the refusal listed every search option as valid, the grid's axes among them, and named no file
+    ("seeds = [1]", "grid.toml: [search] seeds: an axis of the grid ([grid] dataset, backbone, shots, seeds; or "),
+    ("json = true", "[search] json: not for a sweep"),
+    ("max-call = 3", "grid.toml: [search] unknown key max-call (did you mean max-calls?)"),
+    ("zz = 3", "grid.toml: [search] unknown key zz; the valid ones: adapter, base-url, bottom-k, "),  # no axis
+    ("iterations = 0", "grid.toml: [search] --iterations 0: not in the range x>=1"),
 ])
 def test_a_grid_file_search_table_is_refused_where_it_would_be_ignored_or_ambiguous(search, said, tmp_path):
     """A grid file's runs-dir was stored in sweep.json and silently not used (the sweep went
-    to --runs-dir); a key given both ways was taken one way, the other dropped."""
+    to --runs-dir); a key given both ways was taken one way, the other dropped. Each is a
+    usage error, as a --config file's is for search (they exited with 1)."""
     grid = tmp_path / "grid.toml"
     grid.write_text(f'[grid]\ndataset = ["fashion-mnist"]\n[search]\n{search}\n')
     runs = tmp_path / "runs"
     refused = CliRunner().invoke(cli, ["sweep", "g", "--grid", str(grid), "--runs-dir", str(runs), "--optimizer",
                                        "craft", "--queries", "200", "--address", "127.0.0.1:1"])  # no Ray, refused or not
     errors = [line for line in refused.output.splitlines() if line.startswith("Error:")]
-    assert refused.exit_code == 1 and len(errors) == 1 and said in errors[0], refused.output
+    assert refused.exit_code == 2 and len(errors) == 1 and said in errors[0], refused.output
     assert not runs.exists() and not (tmp_path / "elsewhere").exists()
 
 

@@ -26,6 +26,7 @@ SWEEP_HELPS = {
               "it; to TRACKING_URI, else $MLFLOW_TRACKING_URI, else MLflow's default sqlite:///mlflow.db (in the "
               "current folder; artifacts beside it, in mlruns/). Needs the mlflow extra; tracking never fails a sweep.",
     "no_cache": "Do not read or write the LLM response cache (--cache: do, undoing a --grid file's no-cache = true).",
+    "data_root": "Where the dataset lives (every cell's).",
 }
 
 
@@ -38,8 +39,10 @@ click.rich_click.OPTION_GROUPS["sweep"] = click.rich_click.OPTION_GROUPS["prompt
 @click.option("--dataset", "datasets", multiple=True, help="A dataset of the grid (repeatable).")
 @click.option("--backbone", "backbones", multiple=True,
               help="A backbone of the grid (repeatable) [default: the search's default for each dataset].")
-@click.option("--shots", "shots", type=int, multiple=True, help="A shot count of the grid (repeatable) [default: 1].")
-@click.option("--seeds", multiple=True, metavar="1-3|1,4,7", help="Seeds of the grid (repeatable) [default: 0].")
+@click.option("--shots", "shots", type=click.IntRange(min=1), multiple=True,
+              help="A shot count of the grid (repeatable) [default: 1].")
+@click.option("--seeds", multiple=True, metavar="1-3|1,4,7", callback=lambda ctx, param, values: seeds_given(values),
+              help="Seeds of the grid (repeatable) [default: 0].")
 @click.option("--grid", "grid_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="A TOML file with [grid] (dataset, backbone, shots, seeds) and [search] (any search option); "
                    "options given here override it.")
@@ -47,8 +50,10 @@ click.rich_click.OPTION_GROUPS["sweep"] = click.rich_click.OPTION_GROUPS["prompt
               help="An existing Ray cluster [default: a local Ray started in this process].")
 @click.option("--num-cpus", type=click.IntRange(min=1), default=None,
               help="CPUs of the local Ray [default: all of this machine's]; not with --address.")
-@click.option("--cpus-per-run", type=float, default=1.0, help="Ray CPUs per cell (fractions allowed).")
-@click.option("--gpus-per-run", type=float, default=0.0, help="Ray GPUs per cell (fractions allowed, e.g. 0.25).")
+@click.option("--cpus-per-run", type=click.FloatRange(min=0, min_open=True), default=1.0,
+              help="Ray CPUs per cell (fractions allowed).")
+@click.option("--gpus-per-run", type=click.FloatRange(min=0), default=0.0,
+              help="Ray GPUs per cell (fractions allowed, e.g. 0.25).")
 @table_options(skip=NOT_PER_SWEEP, helps=SWEEP_HELPS)
 @click.pass_context
 @user_errors
@@ -68,14 +73,16 @@ def sweep_cmd(ctx, name, datasets, backbones, shots, seeds, grid_file, address, 
       promptclimb sweep grid2 --grid grid.toml --address auto --gpus-per-run 0.25 --base-url http://llm:8000/v1
       promptclimb sweep-report grid1
     """
-    from promptclimb.agent.sweep.driver import read_grid_file, run_sweep
+    from promptclimb.agent.sweep.driver import check_grid, read_grid_file, run_sweep
 
-    grid, options = read_grid_file(grid_file) if grid_file else ({}, {})
+    grid, options = usage(read_grid_file, grid_file) if grid_file else ({}, {})
     if grid_file:
-        check_grid_file_search(grid_file, options)
+        usage(check_grid_file_search, grid_file, options)
     flags = {"dataset": datasets, "backbone": backbones, "shots": shots, "seeds": seeds}
     grid.update({axis: list(values) for axis, values in flags.items() if values})
     grid = with_stored_axes(grid, search["runs_dir"], name)
+    if grid:  # none: a rerun of the sweep as stored
+        usage(check_grid, grid)
     given = {p.name for p in ctx.command.params if ctx.get_parameter_source(p.name) != ParameterSource.DEFAULT}
     runs_dir = search.pop("runs_dir")
     options.update({BY_NAME[name].keyword: list(value) if BY_NAME[name].multiple else value
@@ -85,6 +92,24 @@ def sweep_cmd(ctx, name, datasets, backbones, shots, seeds, grid_file, address, 
                        echo=lambda message: click.echo(message, err=True))
     if "failed" in states.values():  # the sweep ran to its end; the others are kept
         ctx.exit(EXIT_CELLS_FAILED)
+
+
+def usage(check, *args):
+    """`check(*args)`, its refusal a usage error (exit status 2), as search's options and
+    --config file are: a grid, its file or its seeds written wrong (they exited with 1)."""
+    try:
+        return check(*args)
+    except PromptclimbError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def seeds_given(values: tuple) -> tuple:
+    """--seeds as given, once they read as seeds (a usage error otherwise)."""
+    from promptclimb.agent.sweep.driver import parse_seeds
+
+    if values:
+        usage(parse_seeds, values)
+    return values
 
 
 def with_stored_axes(grid: dict, runs_dir: str, name: str) -> dict:

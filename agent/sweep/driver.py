@@ -125,8 +125,9 @@ def read_grid_file(path: str | Path) -> tuple[dict, dict]:
     """(grid, search options) from a TOML file with a [grid] table (dataset, backbone, shots,
     seeds) and a [search] table (any `promptclimb search` option, by its long name: read as
     `search --config` reads its table, `max-calls` or `max_calls`, a key given both ways
-    refused). The values are checked by `check_grid` and `search_options`."""
-    from promptclimb.agent.options import read_toml, table_keywords
+    refused). The [search] keys and values are checked here, naming the file; the grid's by
+    `check_grid`."""
+    from promptclimb.agent.options import BY_KEYWORD, read_toml, resolve, table_keywords, unknown_keys
 
     data = read_toml(path, "grid file")  # missing, not UTF-8, not TOML: one line naming the file
     unknown = sorted(set(data) - {"grid", "search"})
@@ -140,7 +141,28 @@ def read_grid_file(path: str | Path) -> tuple[dict, dict]:
     if bad:
         raise PromptclimbError(f"{path}: unknown [grid] key(s) {', '.join(bad)}; the axes are {', '.join(GRID_AXES)}")
     grid = {axis: value if isinstance(value, list) else [value] for axis, value in grid.items()}
-    return grid, table_keywords(search, f"{path}: [search] ")
+    where = f"{path}: [search] "
+    not_here = [key for key in search if key.replace("-", "_") in (*CELL_OPTIONS, *GRID_AXES)]
+    if not_here:
+        raise PromptclimbError(where + not_a_sweep_option(not_here))
+    # as the file spells them, each with its nearest: a sweep's own, not those the grid and each cell set
+    refused = unknown_keys(search, [k for k in BY_KEYWORD if k not in CELL_OPTIONS], where, dashes=True)
+    if refused:
+        raise refused
+    search = table_keywords(search, where)
+    resolve(search, where)  # every value checked now, with the file named
+    return grid, search
+
+
+def not_a_sweep_option(keys) -> str:
+    """Why search options (`keys`) that the grid and each cell set are refused in a sweep's."""
+    axes = [k for k in keys if k.replace("-", "_") in ("dataset", "backbone", "shots", "seed", "seeds")]
+    others = [k for k in keys if k not in axes]
+    said = [f"{', '.join(axes)}: an axis of the grid ([grid] dataset, backbone, shots, seeds; or --dataset, "
+            "--backbone, --shots, --seeds)"] if axes else []
+    said += [f"{', '.join(others)}: not for a sweep (each cell's run is named and continued by the sweep; "
+             "sweep-report prints its results, --format json)"] if others else []
+    return "; ".join(said)
 
 
 def check_grid(grid: dict) -> dict:
@@ -208,7 +230,7 @@ def search_options(search: dict) -> dict:
 
     not_here = sorted(set(search) & set(CELL_OPTIONS))
     if not_here:
-        raise PromptclimbError(f"{', '.join(not_here)}: set by the grid and the cell, not a sweep's search option")
+        raise PromptclimbError(not_a_sweep_option(not_here))
     opts = resolve(search, "sweep: ")
     check_device_name(opts["device"])
     if opts["adapter_kinds"]:
