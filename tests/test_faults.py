@@ -343,10 +343,21 @@ def test_a_runs_data_folder_changed_since_is_said_by_eval_adapt_and_transfer(tmp
     for folder in (tmp_path / "more").iterdir():
         for image in folder.iterdir():
             image.rename(data / folder.name / f"new-{image.name}")
-    for command in (["eval", "--run", "r"], ["adapt", "r", "--kind", "cache"],
+    for command in (["eval", "--run", "r"],
                     ["transfer", "r", "--backbone", tiny_clip_config, "--weights", tiny_clip_weights]):
         out = cli(*command, "--runs-dir", runs, "--device", "cpu")
         assert out.exit_code == 0 and said in out.output, (command, out.output)
+    # adapt wrote its fit on the other images into the run, as its result: refused
+    one_line_error(cli("adapt", "r", "--kind", "cache", "--runs-dir", runs, "--device", "cpu"),
+                   "cannot fit r's adapter: the train, val, test images drawn now", "put its data back as it was")
+    assert "adapter" not in json.loads((runs / "r" / "summary.json").read_text())
+    # the same images in a folder of another name draw another split (by the folder's name)
+    assert cli("search", "--dataset", "imagefolder", "--data-root", make_image_folder(tmp_path / "flat", per_class=6),
+               *clip, *SMALL, "--runs-dir", runs, "--name", "flat").exit_code == 0
+    (tmp_path / "flat").rename(tmp_path / "renamed")
+    one_line_error(cli("adapt", "flat", "--kind", "cache", "--runs-dir", runs, "--device", "cpu", "--data-root",
+                       tmp_path / "renamed"), "cannot fit flat's adapter", "draws its split by its name: give it the one "
+                   "it had)")
     other = cli("eval", "--run", "r", "--runs-dir", runs, "--dataset", "fashion-mnist", "--device", "cpu")
     one_line_error(other, "the run's classes are not the data's")  # its names name no fashion-mnist class
     assert str(data) not in other.output and "fashion_mnist_subset.npz" not in other.output
