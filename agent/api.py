@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from promptclimb.agent.core.defaults import DEFAULT_PRECISION
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.format import as_text_list, one_line
+from promptclimb.agent.core.paths import absolute
 from promptclimb.agent.core.protocol import SPLITS
 from promptclimb.agent.core.templates import BASELINE, check_templates as check_template_list, check_typed_templates
 
@@ -412,10 +413,10 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
         from promptclimb.agent.core.files import write_json_atomic, write_text_atomic
         from promptclimb.agent.runs.plots import plot_transfer
 
-        path = loaded.path / transfer_name(backbone, "csv", pretrained, precision)
+        path = loaded.path / summary["files"]["csv"]
         write_text_atomic(path, table.to_csv(index=False, float_format="%.6g"))
-        write_json_atomic(loaded.path / transfer_name(backbone, "json", pretrained, precision), summary)
-        plot_transfer(table, summary, loaded.path / transfer_name(backbone, "png", pretrained, precision))
+        write_json_atomic(path.with_suffix(".json"), summary)
+        plot_transfer(table, summary, loaded.path / summary["files"]["plot"])
         table.attrs["path"] = path
     if top is not None:
         table = table[(table["source_rank"] <= top) | (table["template"] == BASELINE)]
@@ -465,8 +466,6 @@ def other_data_root(given: str | None, the_runs: str | None) -> str | None:
     accuracies are then of other images (a copy, or another set of the same classes), and its
     files say so; the file name does not, so a transfer there writes over the last one to the
     same backbone."""
-    from promptclimb.agent.core.paths import absolute
-
     return absolute(given) if given and absolute(given) != absolute(the_runs) else None
 
 
@@ -493,7 +492,7 @@ def transfer_summary(run: "Run", table: "pd.DataFrame", backbone: str, pretraine
     ensemble = ((run.final or {}).get("ensemble") or {})
     return {
         "v": 1, "run_id": run.id, "source_backbone": run.backbone,
-        "target": {"backbone": backbone, "pretrained": pretrained, "weights": str(weights) if weights else None,
+        "target": {"backbone": backbone, "pretrained": pretrained, "weights": absolute(weights) if weights else None,
                    "precision": precision},
         "select": "+".join(select), "templates": len(ours),
         "rank_correlation": {"selection": number(rank_correlation(source_sel, target_sel)),
@@ -510,8 +509,8 @@ def transfer_summary(run: "Run", table: "pd.DataFrame", backbone: str, pretraine
             "templates": list(ensemble["templates"]), "chosen": ensemble.get("chosen"),
             "source_test": number((ensemble.get("accuracy") or {}).get("test")), "target_test": number(ensemble_test)},
         **({"data_root": data_root} if data_root else {}),
-        "files": {"csv": transfer_name(backbone, "csv", pretrained, precision),
-                  "plot": transfer_name(backbone, "png", pretrained, precision)},
+        "files": {"csv": transfer_name(backbone, "csv", pretrained, precision, weights),
+                  "plot": transfer_name(backbone, "png", pretrained, precision, weights)},
     }
 
 
@@ -528,11 +527,15 @@ def rank_correlation(a: "pd.Series", b: "pd.Series") -> float:
 
 
 def transfer_name(backbone: str, ext: str = "csv", pretrained: str | None = None,
-                  precision: str | None = None) -> str:
-    """transfer-<backbone>[-<pretrained>][-<precision>].<ext> (csv: the rows, json: the
-    summary, png: the scatter plot), made safe as a file name (hf-hub:org/x): a transfer to
-    other weights of the same backbone (ViT-B-32 openai, then laion2b_s34b_b79k), or in bf16
-    beside fp32, does not write over the last."""
-    target = "-".join([backbone, *([pretrained] if pretrained else []),
+                  precision: str | None = None, weights: str | Path | None = None) -> str:
+    """transfer-<backbone>[-<pretrained>|-<weights file>-<its path's hash>][-<precision>].<ext>
+    (csv: the rows, json: the summary, png: the scatter plot), made safe as a file name
+    (hf-hub:org/x): a transfer to other weights of the same backbone (ViT-B-32 openai, then
+    laion2b_s34b_b79k, or another --weights file of the same name), or in bf16 beside fp32,
+    does not write over the last."""
+    import hashlib
+
+    file = [f"{Path(weights).stem}-{hashlib.sha256(absolute(weights).encode()).hexdigest()[:6]}"] if weights else []
+    target = "-".join([backbone, *([pretrained] if pretrained else []), *file,
                        *([precision] if precision and precision != DEFAULT_PRECISION else [])])
     return f"transfer-{re.sub(r'[^A-Za-z0-9._-]+', '_', target)}.{ext}"

@@ -810,8 +810,9 @@ def test_transfer_with_the_real_clip_evaluator(tmp_path, tiny_clip_config, tiny_
     same = invoke("transfer", "real", "--backbone", tiny_clip_config, "--weights", tiny_clip_weights,
                   "--device", "cpu", "--top", "3", "--runs-dir", runs)
     assert same.exit_code == 0, same.output
-    assert "rank correlation (Spearman)" in same.output and f"saved {run_dir / 'transfer-pc-tiny-vit.csv'}" in same.output
-    table = pd.read_csv(run_dir / "transfer-pc-tiny-vit.csv")
+    saved = run_dir / transfer_name("pc-tiny-vit", weights=tiny_clip_weights)
+    assert "rank correlation (Spearman)" in same.output and f"saved {saved}" in same.output
+    table = pd.read_csv(saved)
     scored = set(json.loads(line)["template"] for line in (run_dir / "history.jsonl").read_text().splitlines()
                  if json.loads(line)["event"] == "score")
     assert set(table["template"]) == scored | {"a photo of a {}."}  # every template the run scored, + the baseline
@@ -832,4 +833,4 @@ def test_transfer_with_the_real_clip_evaluator(tmp_path, tiny_clip_config, tiny_
     assert len(set(features.rglob("*.safetensors")) - before) == 3  # train, val, test features of the new backbone
     assert [r["template"] for r in rows][-1] == "a photo of a {}." and len(rows) == 3
     assert all(0.0 <= r[f"target_{s}"] <= 1.0 for r in rows for s in ("train", "val", "test"))
-    assert (run_dir / "transfer-pc-tiny-wide.csv").exists()
+    assert (run_dir / transfer_name("pc-tiny-wide", weights=wide_weights)).exists()

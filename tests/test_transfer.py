@@ -27,6 +27,7 @@ import promptclimb
 from click.testing import CliRunner
 
 from promptclimb.agent import api
+from promptclimb.agent.api import transfer_name
 from promptclimb.agent.cli import cli
 from promptclimb.agent.llm.client import LLMClient
 from promptclimb.agent.core.pools import PoolTemplate
@@ -210,10 +211,13 @@ def test_transfer_to_a_wider_text_tower_end_to_end(tmp_path, tiny_clip_config, t
     result = invoke("transfer", "tiny", "--backbone", "pc-tiny-wide", "--weights", weights, "--device", "cpu",
                     "--runs-dir", runs)
     assert result.exit_code == 0, result.output
-    summary = json.loads((runs / "tiny" / "transfer-pc-tiny-wide.json").read_text())
+    def saved(ext):
+        return transfer_name("pc-tiny-wide", ext, weights=weights)
+
+    summary = json.loads((runs / "tiny" / saved("json")).read_text())
     assert summary["target"]["backbone"] == "pc-tiny-wide" and summary["templates"] >= 6
     # each figure against the same one computed here, independently of the transfer code
-    table = pd.read_csv(runs / "tiny" / "transfer-pc-tiny-wide.csv")
+    table = pd.read_csv(runs / "tiny" / saved("csv"))
     ours = table[table["source_rank"].notna()].sort_values("source_rank")
     assert len(ours) == summary["templates"]
     winner = ours.iloc[0]
@@ -228,8 +232,17 @@ def test_transfer_to_a_wider_text_tower_end_to_end(tmp_path, tiny_clip_config, t
         warnings.simplefilter("ignore", ConstantInputWarning)
         rho = spearmanr(ours["source_train"], ours["target_train"]).statistic  # the run selected on train
     assert summary["rank_correlation"]["selection"] == (None if math.isnan(rho) else pytest.approx(rho))
-    assert (runs / "tiny" / "transfer-pc-tiny-wide.png").stat().st_size > 1000
-    assert "Transfer to pc-tiny-wide" in invoke("show", "tiny", "--runs-dir", runs).output
+    assert (runs / "tiny" / saved("png")).stat().st_size > 1000
+    assert f"Transfer to pc-tiny-wide (weights {weights})" in invoke("show", "tiny", "--runs-dir", runs).output
+    # another weights file of the same name wrote over the first transfer's files, and no file said which weights
+    other = tmp_path / "other" / weights.name
+    other.parent.mkdir()
+    other.write_bytes(weights.read_bytes())
+    assert invoke("transfer", "tiny", "--backbone", "pc-tiny-wide", "--weights", other, "--device", "cpu",
+                  "--runs-dir", runs).exit_code == 0
+    assert json.loads((runs / "tiny" / saved("json")).read_text()) == summary
+    assert json.loads((runs / "tiny" / transfer_name("pc-tiny-wide", "json", weights=other)).read_text())["target"][
+        "weights"] == str(other)
     assert summary["target"]["precision"] == "fp32"
 
     # --precision reaches the target's encoders: a CPU without bf16 instructions refuses it...
@@ -268,10 +281,12 @@ def test_transfer_with_bf16_encodes_the_target_in_bf16(tmp_path, tiny_clip_confi
                    "--runs-dir", runs)
     assert plain.exit_code == 0, plain.output
     # beside the fp32 transfer, not over it (its figures had been lost)
-    assert json.loads((runs / "tiny" / "transfer-pc-tiny-wide-bf16.json").read_text())["target"]["precision"] == "bf16"
-    assert json.loads((runs / "tiny" / "transfer-pc-tiny-wide.json").read_text())["target"]["precision"] == "fp32"
+    for precision in ("bf16", "fp32"):
+        saved = runs / "tiny" / transfer_name("pc-tiny-wide", "json", precision=precision, weights=weights)
+        assert json.loads(saved.read_text())["target"]["precision"] == precision
     shown = invoke("show", "tiny", "--runs-dir", runs).output
-    assert "Transfer to pc-tiny-wide, bf16" in shown and "Transfer to pc-tiny-wide\n" in shown
+    assert f"Transfer to pc-tiny-wide (weights {weights}), bf16" in shown
+    assert f"Transfer to pc-tiny-wide (weights {weights})\n" in shown
 
 
 # -- demo-mpnet ------------------------------------------------------------------------------

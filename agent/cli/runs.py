@@ -232,6 +232,7 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
         # the backbone, its pretrained tag and the run's folder are the user's names: no markup
         out.append(h2(literal(f"Transfer to {target['backbone']}"
                               + (f" ({target['pretrained']})" if target.get("pretrained") else "")
+                              + (f" (weights {target['weights']})" if target.get("weights") else "")
                               + (f", {target['precision']}"
                                  if target.get("precision", DEFAULT_PRECISION) != DEFAULT_PRECISION else ""))))
         out += [f"{'- ' if markdown else ''}{line}" for line in transfer_lines(summary)]
@@ -470,7 +471,7 @@ def transfer_cmd(run, backbone, pretrained, weights, top, data_root, device, pre
     the run's ranking carries over. Prints source vs target accuracy of the --top templates,
     the rank correlation (Spearman) over all of them, where the source winner ranks on the
     target, and the run's ensemble on the target. Saves in the run folder
-    transfer-<backbone>[-<pretrained>][-bf16].csv (every template), .json (the summary, shown
+    transfer-<backbone>[-<pretrained>|-<weights>-<hash>][-bf16].csv (every template), .json (the summary, shown
     by `show` and `report`) and .png (source vs target accuracy, one point per template).
 
     \b
