@@ -153,8 +153,9 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
     Option("--llm-model", None, "GGUF file for --llm local [default: the embedded Qwen2.5-Coder-1.5B].", _LLM, "path",
            scope=SESSION, expects="a GGUF file"),
     # --timeout 0 abandoned every request at once: six tries and a failed run after 45 s
-    Option("--timeout", None, "Seconds before one LLM request is abandoned (and retried) [default: 120; 3600 for the "
-           "local LLM, which would go on computing an abandoned request].", _LLM, float, minimum=1,
+    Option("--timeout", None, "Seconds an LLM request waits for the endpoint, to connect or between two parts of its "
+           "answer, before it is abandoned (and retried) [default: 120; 3600 for the local LLM, which would go on "
+           "computing an abandoned request].", _LLM, float, minimum=1,
            scope=SESSION),
     Option("--max-tries", 6, "Tries per LLM request (429, 5xx, timeouts) before giving up.", _LLM, int, minimum=1,
            scope=SESSION),
