@@ -118,11 +118,9 @@ def fit_run_adapter(run_dir: str | Path, kinds, on: str = "best", seed: int | No
         check_class_order(run_dir, config, evaluator.info())  # the run's names below are in its class order
         changed = splits_drawn_otherwise(config, evaluator.info().get("split") or {})
         if changed:  # it warned, then wrote the fit on other images into the run as its result
-            moved = " (a folder without train/ and test/ draws its split by its name: give it the one it had)" \
-                if data_root else ""
             raise PromptclimbError(f"cannot fit {run_dir.name}'s adapter: {images_drawn_otherwise(run_dir, changed)}; "
-                                   f"the adapter would be kept as the run's result: put its data back as it was{moved}, "
-                                   "or score other data with: promptclimb eval --run")
+                                   "the adapter would be kept as the run's result: put its data back as it was, or "
+                                   "score other data with: promptclimb eval --run")
     seed = int(config.get("evaluator_args", {}).get("seed", 0) if seed is None else seed)
     names = run_classnames(summary)  # the names the run found travel with its templates
     class_embeddings = evaluator.class_embeddings(templates, classnames=names)

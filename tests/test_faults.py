@@ -356,8 +356,8 @@ def test_a_runs_data_folder_changed_since_is_said_by_eval_adapt_and_transfer(tmp
                *clip, *SMALL, "--runs-dir", runs, "--name", "flat").exit_code == 0
     (tmp_path / "flat").rename(tmp_path / "renamed")
     one_line_error(cli("adapt", "flat", "--kind", "cache", "--runs-dir", runs, "--device", "cpu", "--data-root",
-                       tmp_path / "renamed"), "cannot fit flat's adapter", "draws its split by its name: give it the one "
-                   "it had)")
+                       tmp_path / "renamed"), "cannot fit flat's adapter",
+                   "or a folder without train/ and test/ renamed: its split is drawn by its name)")
     other = cli("eval", "--run", "r", "--runs-dir", runs, "--dataset", "fashion-mnist", "--device", "cpu")
     one_line_error(other, "the run's classes are not the data's")  # its names name no fashion-mnist class
     assert str(data) not in other.output and "fashion_mnist_subset.npz" not in other.output
@@ -421,7 +421,8 @@ def test_a_resume_whose_class_folders_changed_is_refused_by_class_and_images_add
     more = resume("more")
     assert more.exit_code == 0, more.output
     assert ("images drawn now from more's data are not the ones it was searched on (images added, removed or renamed, "
-            "or labels changed, in its data since): scores already recorded are kept, new ones use these images") \
+            "or labels changed, in its data since; or a folder without train/ and test/ renamed: its split is drawn "
+            "by its name): scores already recorded are kept, new ones use these images") \
         in more.output
     assert "not identical" not in more.output
     data = killed_run("asked", kill=False)  # killed once an LLM turn was recorded: its scores cannot be replayed

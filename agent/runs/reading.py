@@ -1002,7 +1002,8 @@ def splits_drawn_otherwise(config: dict, split: dict) -> list[str]:
 def images_drawn_otherwise(run_dir: str | Path, changed: Sequence[str]) -> str:
     """`splits_drawn_otherwise`'s finding, said (eval, adapt, transfer and a resume alike)."""
     return (f"the {', '.join(changed)} images drawn now from {Path(run_dir).name}'s data are not the ones it was "
-            "searched on (images added, removed or renamed, or labels changed, in its data since)")
+            "searched on (images added, removed or renamed, or labels changed, in its data since; or a folder without "
+            "train/ and test/ renamed: its split is drawn by its name)")
 
 
 def load_run(path: str | Path) -> Run:
