@@ -71,6 +71,8 @@ def test_wordnet_ids_that_share_a_name_take_another_or_keep_their_id():
         "crane (n02012849)", "crane (n03126707)", "maillot", "tank suit"]
     # an ID WordNet's table lacks, and names that are not IDs, are made readable as before
     assert published_names(["n00000001", "sea_lake", "Ankle-boot"]) == ["n00000001", "sea lake", "Ankle boot"]
+    # one space between words (Hugging Face's fashion_mnist ClassLabel read 'T   shirt / top')
+    assert published_names(["T - shirt / top", "sea__lake"]) == ["T shirt / top", "sea lake"]
 
 
 def test_a_classnames_file_names_wordnet_folders_by_their_ids(tmp_path):

@@ -31,8 +31,10 @@ MAX_NAME_CHARS = 60  # a class name an LLM proposes may be at most this long (fo
 
 
 def readable_classname(folder: str) -> str:
-    """'sea_lake' -> 'sea lake', 'ankle-boot' -> 'ankle boot' (folder names are often identifiers)."""
-    return folder.replace("_", " ").replace("-", " ").strip()
+    """'sea_lake' -> 'sea lake', 'ankle-boot' -> 'ankle boot' (folder names are often identifiers),
+    one space between words: Hugging Face's fashion_mnist labels 'T - shirt / top', which read
+    'T   shirt / top'."""
+    return " ".join(folder.replace("_", " ").replace("-", " ").split())
 
 
 def name_key(name: str) -> str:
