@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import time
 import warnings
 from contextlib import ExitStack, closing, contextmanager
@@ -1037,8 +1038,16 @@ def climb(plan: Plan, store: RunStore, evaluator, llm: LLMClient, meta: MetaProm
         moved = None
         if llm.base_url and not plan.llm.local:  # `llm serve` restarted on another port, a moved server
             moved = "with --base-url URL added where the endpoint has moved: a resume asks the one the run recorded"
-            if plan.llm.served_model and exc.cause == "connection":  # the hint had not named what to start again
+            if exc.cause == "no route":  # a URL given wrong: nothing moved
+                moved = "with --base-url URL added, the endpoint's URL corrected: a resume asks the one the run " \
+                        "recorded"
+            elif plan.llm.served_model and exc.cause == "connection":  # the hint had not named what to start again
                 moved = f"is `promptclimb llm serve` still running? start it again, or continue {moved}"
+        if exc.cause == "refused" and not any(e.get("event") in LLM_EVENTS for e in store.events):
+            # a resume asks the same again (the settings are the run's), and the same command again is
+            # refused for the folder it left: said in a loop, with nothing recorded worth keeping
+            moved = f"no answer is recorded in it: to change --llm or another setting, remove it first " \
+                    f"(rm -r {shlex.quote(str(store.run_dir))}) and run the command again"
         raise run_is_saved(exc, store, tracking_uri, moved) from None
 
 

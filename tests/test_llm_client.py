@@ -224,7 +224,7 @@ def test_every_form_of_a_url_secret_is_hidden():
     llm = LLMClient("m", base_url="http://user:PASSWORD99@127.0.0.1:9/v1", api_key=KEY, use_cache=False)
     assert "dXNlcjpQQVNTV09SRDk5" not in llm.redact("Incorrect API key provided: Basic dXNlcjpQQVNTV09SRDk5")
     assert without_secrets("http://u:pw99@[::1:5000/x?token=T1") == "http://[::1:5000/x"
-    assert url_secrets("http://u:pw99@[::1:5000/x?token=T1") == ("pw99", "T1")
+    assert url_secrets("http://u:pw99@[::1:5000/x?token=T1")[:2] == ("pw99", "T1")  # then as a Basic header
     said = scrub_urls("API request to http://127.0.0.1:1/?access_token=SECRETQ4/api/2.0/x failed; "
                       "http://me:SECRETPW@host/v1 too")
     assert "SECRETQ4" not in said and "SECRETPW" not in said and "http://127.0.0.1:1/?access_token=" in said
@@ -464,3 +464,166 @@ def test_a_request_under_way_when_the_client_closes_is_neither_retried_nor_said(
         lane.join(10)
     assert not lane.is_alive() and failed and fake.count == 1
     assert not any("retrying" in line for line in said), said
+
+
+# URLs whose password the check's refusal, and what was shown or recorded of them, quoted: a
+# scheme without its '//', a password holding an unencoded '/', '?' or '#', a user name with a
+# '/' (that one passed the check, and was written whole into config.json)
+NOT_HTTP = "expected an http:// or https:// URL"
+ENCODE = "percent-encode them in the password (%2F for '/', %40 for '@'"
+MALFORMED_SECRET_URLS = {"http//bob:tSECRET123t@127.0.0.1:8080/v1": NOT_HTTP,
+                         "http:/bob:tSECRET123t@127.0.0.1:8080/v1": NOT_HTTP,
+                         "http:///bob:tSECRET123t@127.0.0.1:8080/v1": NOT_HTTP,
+                         "http://alice:SECRET123/x@127.0.0.1:8080/v1": ENCODE,
+                         "http://alice:pa?ssSECRET123@127.0.0.1:8080/v1": ENCODE,
+                         "http://alice:pa#ssSECRET123@127.0.0.1:8080/v1": ENCODE,
+                         "http://alice/team:SECRET123@127.0.0.1:8080/v1": ENCODE}
+
+
+@pytest.mark.parametrize("url, why", MALFORMED_SECRET_URLS.items())
+def test_a_malformed_url_is_refused_and_never_shows_its_password(url, why):
+    with pytest.raises(PromptclimbError) as refused:
+        check_endpoint_url(url, "--base-url")
+    assert why in str(refused.value)
+    # what a client of it records (`describe`) and says (`where`, `redact`: an error quoting it)
+    said = [str(refused.value), without_secrets(url), redact(f"connection to {url} failed", url_secrets(url))]
+    assert not any("SECRET123" in line for line in said), said
+
+
+def test_a_password_percent_encoded_passes_and_an_at_in_a_file_path_is_no_password():
+    llm = LLMClient("m", base_url="http://alice/team:SECRET123@127.0.0.1:8080/v1", api_key=KEY, use_cache=False)
+    assert llm.describe()["base_url"] == llm.where() == llm.endpoint == "http://127.0.0.1:8080/v1"
+    check_endpoint_url("http://alice:SECRET123%2Fx@127.0.0.1:8080/v1", "--base-url")
+    check_endpoint_url("http://alice%2Fteam:SECRET123@127.0.0.1:8080/v1", "--base-url")
+    with pytest.raises(PromptclimbError, match="percent-encode"):
+        check_endpoint_url("https://h.example/v1/models@latest", "--base-url")
+    assert scrub_urls("at http://alice:pa?ss/x@h.example/v1 too") == "at http://h.example/v1 too"
+    for tracked in ("sqlite:////tmp/runs@2/mlflow.db", "file:///tmp/runs@2/mlruns"):  # MLflow's: a path
+        assert without_secrets(tracked) == tracked and scrub_urls(tracked) == tracked
+
+
+CHAT = {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "a {}"}}]}
+
+
+class Routes(FakeLLM):
+    """A server with one chat route, /v1/chat/completions, answered with `reply` (HTTP
+    `status`); any other path is answered 404 {"detail": "Not Found"}, as vLLM (FastAPI) does."""
+
+    def __init__(self, reply: dict, status: int = 200):
+        super().__init__()
+        self.reply, self.status = reply, status
+
+    def _handle(self, handler, body: dict) -> None:
+        with self._lock:
+            self.requests.append(body)
+            self.paths.append(handler.path)
+        if handler.path != "/v1/chat/completions":
+            return self._send(handler, 404, {"detail": "Not Found"})
+        self._send(handler, self.status, self.reply)
+
+
+@pytest.mark.parametrize("choices", [[{"message": "hello {}"}], [{"message": ["hello {}"]}], [None], "hello {}"])
+def test_an_answer_of_another_shape_is_retried_then_said_in_one_line(tmp_path, choices):
+    """`"message": "hello {}"` escaped as an AttributeError traceback."""
+    with Routes({**CHAT, "choices": choices}) as server:
+        llm, sleeps = client(server, tmp_path, max_tries=2)
+        with pytest.raises(LLMError, match="did not answer after 2 tries: MalformedResponse: the endpoint answered "
+                                           "without a chat completion") as info:
+            llm.chat(HI)
+    assert server.count == 2 and len(sleeps) == 1 and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("usage, counted", [({"prompt_tokens": "n/a", "completion_tokens": 7}, (0, 7)),
+                                            ({"prompt_tokens": 2.5, "completion_tokens": True}, (0, 0)),
+                                            ({"prompt_tokens": -3, "completion_tokens": None}, (0, 0)),
+                                            ("n/a", (0, 0))])
+def test_token_counts_that_are_no_whole_numbers_count_as_none(tmp_path, usage, counted):
+    """`"usage": {"prompt_tokens": "n/a"}` escaped as a ValueError traceback."""
+    with Routes({**CHAT, "usage": usage}) as server:
+        llm, _ = client(server, tmp_path)
+        answer = llm.chat(HI)
+    assert answer.content == "a {}" and (answer.prompt_tokens, answer.completion_tokens) == counted
+    assert llm.ledger.budget_tokens == sum(counted)
+
+
+@pytest.mark.parametrize("path, hint", [
+    ("", "no chat route there; OpenAI-compatible servers answer under /v1: try {url}/v1"),
+    ("?api-version=1", "no chat route there; OpenAI-compatible servers answer under /v1: try {url}/v1?api-version=1"),
+    ("/v1/chat/completions", "the base URL ends before /chat/completions, which the client adds: try {url}/v1"),
+    ("/v1/v1", "no chat route there: is {url}/v1/v1 the endpoint's base URL (the part before /chat/completions)?")])
+def test_a_url_with_no_chat_route_says_which_url_to_give(tmp_path, path, hint):
+    """A bare "NotFoundError: Error code: 404" was all a base URL without its /v1 got."""
+    with Routes(CHAT) as server:
+        url = server.base_url.removesuffix("/v1")
+        llm = LLMClient("m", base_url=url + path, api_key=KEY, use_cache=False, sleep=lambda s: None)
+        with pytest.raises(LLMError) as info:
+            llm.chat(HI)
+    said = str(info.value)
+    assert said.endswith(f"after 1 try (not retryable): NotFoundError: Error code: 404 ({hint.format(url=url)})")
+    assert info.value.cause == "no route" and server.count == 1
+
+
+def test_a_404_for_a_model_the_endpoint_does_not_serve_keeps_its_message(tmp_path):
+    said = "The model `gpt-x` does not exist or you do not have access to it."
+    reply = {"error": {"message": said, "type": "invalid_request_error", "code": "model_not_found"}}
+    with Routes(reply, status=404) as server:
+        with pytest.raises(LLMError) as info:
+            LLMClient("gpt-x", base_url=server.base_url, api_key=KEY, use_cache=False).chat(HI)
+    assert str(info.value).endswith(f"NotFoundError: Error code: 404 - {said}") and info.value.cause == "refused"
+
+
+class ReasoningModel(Routes):
+    """OpenAI's reasoning models (o3-mini, gpt-5): a 400 for max_tokens (they take
+    max_completion_tokens) and for a temperature other than their default, 1."""
+
+    def _handle(self, handler, body: dict) -> None:
+        with self._lock:
+            self.requests.append(body)
+        if "max_tokens" in body:
+            return self._send(handler, 400, {"error": {
+                "message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                           "'max_completion_tokens' instead.", "type": "invalid_request_error",
+                "param": "max_tokens", "code": "unsupported_parameter"}})
+        if body.get("temperature", 1) != 1:
+            return self._send(handler, 400, {"error": {
+                "message": "Unsupported value: 'temperature' does not support 0.2 with this model.",
+                "type": "invalid_request_error", "param": "temperature", "code": "unsupported_value"}})
+        self._send(handler, 200, CHAT)
+
+
+def test_a_reasoning_model_gets_max_completion_tokens_and_its_own_temperature(tmp_path):
+    """o3-mini and gpt-5 refused every request: 'max_tokens' is not supported (--max-answer-tokens
+    is always sent), and the search failed after its first try."""
+    said = []
+    with ReasoningModel(CHAT) as server:
+        llm = LLMClient("o3-mini", base_url=server.base_url, api_key=KEY, cache_dir=tmp_path / "cache",
+                        echo=said.append)
+        first = llm.chat(HI, temperature=0.2, max_answer_tokens=300)
+        again = llm.chat(HI + HI, temperature=0.2, max_answer_tokens=300)
+        asked = len(server.requests)
+        cached = LLMClient("o3-mini", base_url=server.base_url, api_key=KEY, cache_dir=tmp_path / "cache").chat(
+            HI, temperature=0.2, max_answer_tokens=300)
+    assert first.content == again.content == "a {}" and cached.source == "cache" and len(server.requests) == asked
+    assert asked == 4  # two refusals, each once, then each request as the model takes it
+    assert server.requests[-1] == {"model": "o3-mini", "messages": HI + HI, "seed": 0, "n": 1,
+                                   "max_completion_tokens": 300}
+    assert said == ["note: o3-mini does not take max_tokens: sent as max_completion_tokens",
+                    "note: o3-mini does not take temperature: left out of its requests"]
+
+
+def test_an_answer_in_content_parts_is_read_and_one_of_reasoning_only_says_so(tmp_path):
+    """Magistral's `content` as a list of parts was read as an empty answer; an answer whose
+    text is all in `reasoning_content` said 'the endpoint gave no reason'."""
+    parts = [{"type": "thinking", "thinking": [{"type": "text", "text": "hmm: a {} maybe"}]},
+             {"type": "text", "text": "a photo of a {}.\n"}, {"type": "text", "text": "a drawing of a {}."}]
+    message = {"role": "assistant", "content": parts}
+    with Routes({**CHAT, "choices": [{"index": 0, "finish_reason": "stop", "message": message}]}) as server:
+        answer = LLMClient("m", base_url=server.base_url, api_key=KEY, use_cache=False).chat(HI)
+    assert answer.content == "a photo of a {}.\na drawing of a {}."
+    said = []
+    message = {"role": "assistant", "content": "", "reasoning_content": "a photo of a {}. or a sketch of a {}?"}
+    with Routes({**CHAT, "choices": [{"index": 0, "finish_reason": "stop", "message": message}]}) as server:
+        answer = LLMClient("m", base_url=server.base_url, api_key=KEY, use_cache=False, echo=said.append).chat(HI)
+    assert answer.content == "" and said == ["the LLM's answer was empty: the model wrote only its reasoning "
+                                             "(reasoning_content, 37 characters), no answer after it"]

@@ -286,3 +286,83 @@ def test_a_run_whose_llm_serve_server_is_gone_is_told_to_start_it_again(cli, tmp
     assert resumed.exit_code == 1 and "APIConnectionError" in resumed.output
     assert "(is `promptclimb llm serve` still running? start it again, or continue with --base-url URL added " \
            "where" in " ".join(resumed.output.replace("│", " ").split())
+
+
+@pytest.mark.parametrize("given", ["--base-url", "OPENAI_BASE_URL", "--config"])
+def test_a_malformed_endpoint_url_is_refused_without_its_password_however_it_is_given(tmp_path, monkeypatch, given):
+    """Its refusal quoted the password; `http://alice/team:SECRET123@...` passed, and was
+    written whole into config.json."""
+    from promptclimb.agent.cli.search import search_cmd
+    from test_llm_client import MALFORMED_SECRET_URLS
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    config = tmp_path / "search.toml"
+    for url, why in MALFORMED_SECRET_URLS.items():
+        config.write_text(f'[search]\nbase-url = "{url}"\n')
+        args = {"--base-url": ["--base-url", url], "--config": ["--config", str(config)]}.get(given, [])
+        result = CliRunner().invoke(search_cmd, [*ARGS, "--runs-dir", str(tmp_path / "runs"), "--name", "r", *args],
+                                    env={"OPENAI_BASE_URL": url} if given == "OPENAI_BASE_URL" else None,
+                                    obj={"evaluator_factory": lambda **kw: WordEvaluator(kw["dataset"])},
+                                    terminal_width=300)
+        said = " ".join(result.output.replace("│", " ").split())  # the error's box wraps its lines
+        assert result.exit_code == 1 and why in said, said
+        assert "SECRET" not in said and "SECRET" not in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_base_url_without_v1_is_told_to_add_it_not_that_the_endpoint_moved(tmp_path, monkeypatch):
+    """A bare "NotFoundError: Error code: 404", and a note about an endpoint that has moved."""
+    from promptclimb.agent.cli.search import search_cmd
+    from test_llm_client import CHAT, Routes
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with Routes(CHAT) as server:  # its routes under /v1, as vLLM's
+        url = server.base_url.removesuffix("/v1")
+        result = CliRunner().invoke(search_cmd, [*ARGS, "--runs-dir", str(tmp_path / "runs"), "--name", "s",
+                                                 "--base-url", url, "--max-tries", "1", "--no-cache"],
+                                    obj={"evaluator_factory": lambda **kw: WordEvaluator(kw["dataset"])},
+                                    terminal_width=300)
+    said = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 1 and f"NotFoundError: Error code: 404 (no chat route there; OpenAI-compatible " \
+        f"servers answer under /v1: try {url}/v1)" in said, said
+    assert "has moved" not in said and "(with --base-url URL added, the endpoint's URL corrected: a resume asks " \
+        "the one the run recorded)" in said
+
+
+def test_a_model_the_endpoint_does_not_serve_says_how_to_start_again_with_another(tmp_path, monkeypatch):
+    """The first request refused for good (a model the endpoint does not serve): the hint was to
+    resume, which asked the same model again; `--resume --llm OTHER` was refused as a change of
+    settings, and the same command with OTHER as a folder that holds a run: a loop."""
+    from promptclimb.agent.cli.search import search_cmd
+    from test_llm_client import CHAT, Routes
+
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    reply = {"error": {"message": "The model `gpt-x` does not exist", "type": "invalid_request_error",
+                       "code": "model_not_found"}}
+    runs = tmp_path / "runs"
+    with Routes(reply, status=404) as server:
+        result = CliRunner().invoke(search_cmd, [*ARGS, "--runs-dir", str(runs), "--name", "s", "--llm", "gpt-x",
+                                                 "--base-url", server.base_url, "--no-cache"],
+                                    obj={"evaluator_factory": lambda **kw: WordEvaluator(kw["dataset"])},
+                                    terminal_width=300)
+    said = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 1 and "does not exist" in said, said
+    assert f"no answer is recorded in it: to change --llm or another setting, remove it first (rm -r {runs / 's'}) " \
+        "and run the command again" in said, said
+
+    class AnswersOnce(Routes):  # an answer recorded, then refused: the run is worth its resume
+        def _handle(self, handler, body):
+            self.reply, self.status = (CHAT, 200) if not self.requests else (reply, 400)
+            super()._handle(handler, body)
+
+    with AnswersOnce(CHAT) as server:
+        later = CliRunner().invoke(search_cmd, [*ARGS, "--runs-dir", str(runs), "--name", "t", "--llm", "gpt-x",
+                                                "--base-url", server.base_url, "--no-cache"],
+                                   obj={"evaluator_factory": lambda **kw: WordEvaluator(kw["dataset"])},
+                                   terminal_width=300)
+    said = " ".join(later.output.replace("│", " ").split())
+    assert later.exit_code == 1 and server.count == 2 and "The run is saved; continue it with" in said, said
+    assert "no answer is recorded" not in said

@@ -61,8 +61,11 @@ DEFAULT_CAP_TOKENS = 4096
 
 class LLMError(PromptclimbError):
     """The LLM endpoint could not answer (after retries) or answered with something unusable.
-    `cause`: "timeout" or "connection" where the last try ended so (a caller's hint names
-    what to do: a longer --timeout, a server to start again)."""
+    `cause`: "timeout" or "connection" where the last try ended so, "no route" for a 404 that
+    names no model, "refused" for a request the endpoint refuses as it is (another 400, 404 or
+    422: a model it does not serve, a parameter it does not take), which no retry or resume
+    changes (a caller's hint names what to do: a longer --timeout, a server to start again,
+    the URL to give, another setting)."""
 
     def __init__(self, message: str = "", cause: str | None = None):
         super().__init__(message)
@@ -90,11 +93,29 @@ def why_empty(choice, max_tokens: int | None) -> str:
     refusal = getattr(choice.message, "refusal", None)
     if isinstance(refusal, str) and refusal.strip():
         return f"the model refused ({refusal.strip()[:200]!r})"
+    # vLLM's and DeepSeek's reasoning parsers, OpenRouter: the thinking beside the answer, not in it
+    thought = next((f for f in ("reasoning_content", "reasoning") if isinstance(getattr(choice.message, f, None), str)
+                    and getattr(choice.message, f).strip()), None)
+    if thought and getattr(choice, "finish_reason", None) != "length":
+        return (f"the model wrote only its reasoning ({thought}, {len(getattr(choice.message, thought)):,} characters), "
+                "no answer after it")
     if getattr(choice, "finish_reason", None) == "length":
         return (f"it was cut at the {max_tokens}-token answer cap before it began (raise --max-answer-tokens: "
                 "a new run's setting, a resume keeps the run's)"
                 if max_tokens else "it was cut at the endpoint's length limit before it began")
     return f"the endpoint gave no reason (finish_reason {getattr(choice, 'finish_reason', None)!r})"
+
+
+def answer_text(content) -> str:
+    """A message's text: its `content`, or the text parts of a content list (Mistral's
+    Magistral answers `[{"type": "thinking", ...}, {"type": "text", "text": ...}]`, which was
+    read as an empty answer)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    parts = [part if isinstance(part, dict) else vars(part) if hasattr(part, "__dict__") else {} for part in content]
+    return "".join(p["text"] for p in parts if p.get("type") == "text" and isinstance(p.get("text"), str))
 
 
 class MalformedResponse(Exception):
@@ -148,10 +169,16 @@ class Ledger:
 # hidden too: better a harmless parameter hidden than a key shown.
 _SECRET_WORDS = r"key|token|secret|pass|pwd|sig|auth|credential|code"
 _SECRET_PARAMETER = re.compile(_SECRET_WORDS, re.IGNORECASE)
-# The same in free text (an error message quoting a URL): `://user:password@` and the values of
-# secret parameters
-_USERINFO_IN_TEXT = re.compile(r"://[^/\s]*@")  # up to the last @ before the path: a password may hold one
+# The same in free text (an error message quoting a URL): the values of secret parameters (the
+# userinfo of each URL in it: `scrub_urls`)
 _SECRET_QUERY_IN_TEXT = re.compile(r"([?&][^=&\s?]*(?:" + _SECRET_WORDS + r")[^=&\s]*=)[^&\s]+", re.IGNORECASE)
+# a URL up to the next space: a password may hold a '/', which ended the userinfo `://[^/\s]*@` found
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/+\S*")
+# a scheme has its slash (one at least, as typed): in `bob:pw@host`, `bob:` is a user name
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):/+")
+_QUERY_BEGINS = re.compile(r"[?#]")
+# Schemes whose URL names a file (MLflow's `sqlite:///runs@2/mlflow.db`): no userinfo, an '@' there is the path's
+_FILE_SCHEMES = ("file", "sqlite")
 
 
 OPENAI_API_URL = "https://api.openai.com/v1"  # the openai client's own default endpoint
@@ -168,21 +195,36 @@ def _split(url: str):
         return None
 
 
+def _userinfo(url: str) -> tuple[int, int]:
+    """Where the `user:password@` of `url` begins and ends (its '@' included; both at its
+    start where it has none): everything between the scheme's slashes (or the start) and the
+    last '@' before the query. A password typed unencoded may hold a '/', '?' or '#' (which
+    urlsplit reads as the path's, the query's: the password was shown, and recorded), so the
+    query begins at the first '?' or '#' after a '/': an endpoint's URL has a path."""
+    scheme = _SCHEME.match(url)
+    start = scheme.end() if scheme else 0
+    if scheme and scheme.group(1).lower() in _FILE_SCHEMES:
+        return start, start
+    slash = url.find("/", start)
+    query = _QUERY_BEGINS.search(url, slash) if slash >= 0 else None
+    at = url.rfind("@", start, query.start() if query else len(url))
+    return start, (at + 1 if at >= 0 else start)
+
+
 def url_secrets(url: str | None) -> tuple[str, ...]:
     """The credentials written into `url`: its password (also as the HTTP Basic header that
     carries it, which an endpoint may quote back), and its secret query parameters' values."""
     if not url:
         return ()
-    parts = _split(url)
-    if parts is None:  # not a URL urlsplit reads: whatever sits where a password or a query would
-        userinfo = re.search(r"//([^/\s]*)@", url.partition("?")[0])
-        found = [userinfo.group(1).partition(":")[2] if userinfo else ""] + \
-            [v for _, v in parse_qsl(url.partition("?")[2])]
+    start, end = _userinfo(url)
+    user, _, password = url[start:end - 1].partition(":") if end > start else ("", "", "")
+    parts = _split(url[:start] + url[end:])
+    if parts is None:  # not a URL urlsplit reads: every value of whatever sits where a query would
+        found = [password] + [value for _, value in parse_qsl(url[end:].partition("?")[2])]
     else:
-        found = [parts.password] + [value for name, value in parse_qsl(parts.query) if _SECRET_PARAMETER.search(name)]
-        if parts.password:  # as typed (percent-encoded), as sent, and as the Basic header that sends it
-            password = unquote(parts.password)
-            found += [password, base64.b64encode(f"{unquote(parts.username or '')}:{password}".encode()).decode()]
+        found = [password] + [value for name, value in parse_qsl(parts.query) if _SECRET_PARAMETER.search(name)]
+    if password:  # as typed (percent-encoded), as sent, and as the Basic header that sends it
+        found += [unquote(password), base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()]
     return tuple(dict.fromkeys(secret for secret in found if secret))
 
 
@@ -191,45 +233,54 @@ def without_secrets(url: str | None) -> str | None:
     written to disk or shown)."""
     if not url:
         return url
+    start, end = _userinfo(url)
+    url = url[:start] + url[end:]
     parts = _split(url)
     if parts is None:
         return shown_url(url)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
     query = [(name, value) for name, value in parse_qsl(parts.query, keep_blank_values=True)
              if not _SECRET_PARAMETER.search(name)]
-    if netloc == parts.netloc and len(query) == len(parse_qsl(parts.query, keep_blank_values=True)):
+    if len(query) == len(parse_qsl(parts.query, keep_blank_values=True)):
         return url
-    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query)))
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def shown_url(url: str) -> str:
-    """`url` without its query, fragment and anything before the last @ of its host part:
-    what may be shown of a URL whose parts cannot be told apart for sure."""
-    head = url.split("?", 1)[0].split("#", 1)[0]
-    scheme, sep, rest = head.partition("://") if "://" in head else ("", "", head)
-    host, slash, path = rest.partition("/")
-    return f"{scheme}{sep}{host.rsplit('@', 1)[-1]}{slash}{path}"
+    """`url` without its userinfo, query and fragment: what may be shown of a URL whose parts
+    cannot be told apart for sure."""
+    start, end = _userinfo(url)
+    return url[:start] + _QUERY_BEGINS.split(url[end:], maxsplit=1)[0]
 
 
 def scrub_urls(text: str) -> str:
     """`text` (an error message) with the password and the secret query values of every URL
     in it left out."""
-    return _SECRET_QUERY_IN_TEXT.sub(r"\1[redacted]", _USERINFO_IN_TEXT.sub("://", text))
+    def without_userinfo(found: re.Match) -> str:
+        start, end = _userinfo(found.group())
+        return found.group()[:start] + found.group()[end:]
+
+    return _SECRET_QUERY_IN_TEXT.sub(r"\1[redacted]", _URL_IN_TEXT.sub(without_userinfo, text))
 
 
 def check_endpoint_url(url: str | None, what: str) -> None:
     """PromptclimbError in one line naming `what` (--base-url, OPENAI_BASE_URL) when `url` is
     given and is not an http(s) URL with a host and a port that can be read: 'localhost:8080/v1'
-    was taken, and its connection error retried for half a minute before the search failed."""
+    was taken, and its connection error retried for half a minute before the search failed.
+    Its password is never said, read as `_userinfo` reads it."""
     if not url:
         return
-    parts = _split(url)
-    shown = shown_url(url)  # a key may ride in the userinfo or the query (with no scheme, urlsplit finds neither)
+    start, end = _userinfo(url)
+    parts = _split(url[:start] + url[end:])
+    shown = shown_url(url)
     if parts is None:
         raise PromptclimbError(f"{what} {shown!r}: its host or port cannot be read (a port is a number from 0 to "
                                "65535; an IPv6 host is written in brackets, http://[::1]:8080/v1)")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise PromptclimbError(f"{what} {shown!r}: expected an http:// or https:// URL (e.g. http://localhost:8080/v1)")
+    if re.search(r"[/?#]", url[start:end]):  # the HTTP client would read a host, a path or a query in the password
+        raise PromptclimbError(f"{what} {shown!r}: its user name or password holds a '/', '?' or '#' (or its path an "
+                               "'@'): percent-encode them in the password (%2F for '/', %40 for '@', %3F for '?', "
+                               "%23 for '#')")
 
 
 def check_api_key(key: str | None, what: str = "OPENAI_API_KEY") -> None:
@@ -392,6 +443,64 @@ def _failure(exc: BaseException | None, timeout: float) -> str:
     return type(exc).__name__
 
 
+def _no_such_route(exc: BaseException) -> bool:
+    """A 404 that names no model (vLLM's and FastAPI's {"detail": "Not Found"}, a proxy's page):
+    the URL's path is not the endpoint's. A 404 for a model the endpoint does not serve names
+    it (OpenAI's `model_not_found`, Azure's `DeploymentNotFound`, Ollama's 'model "x" not found')."""
+    import openai
+
+    if not isinstance(exc, openai.NotFoundError):
+        return False
+    body = exc.body if isinstance(exc.body, str) else json.dumps(exc.body)
+    return not re.search(r"model|deployment", f"{body} {exc}", re.IGNORECASE)
+
+
+def _route_hint(url: str) -> str:
+    """What to change in endpoint `url` (a URL without secrets) where no chat route was found:
+    the openai client adds /chat/completions to a base URL, which for an OpenAI-compatible
+    server ends in its API version (/v1)."""
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    if path.endswith("/chat/completions"):
+        return ("the base URL ends before /chat/completions, which the client adds: try "
+                f"{urlunsplit(parts._replace(path=path.removesuffix('/chat/completions')))}")
+    if not re.search(r"/v\d", path):
+        return "no chat route there; OpenAI-compatible servers answer under /v1: try " \
+               f"{urlunsplit(parts._replace(path=path + '/v1'))}"
+    return f"no chat route there: is {url} the endpoint's base URL (the part before /chat/completions)?"
+
+
+# What a model may refuse of a request and be asked again without: OpenAI's reasoning models (o1,
+# o3, o4-mini, gpt-5) take max_completion_tokens for max_tokens, and only their default temperature.
+# The request's key (cache, history) keeps the parameters as the search sets them.
+ADAPTABLE_PARAMETERS = ("max_tokens", "temperature", "presence_penalty", "seed")
+
+
+def refused_parameter(exc: BaseException) -> str | None:
+    """The parameter an endpoint's 400 says its model does not take (OpenAI's `param` with
+    code `unsupported_parameter` or `unsupported_value`), where the request can go without it."""
+    error = getattr(exc, "body", None)
+    error = error.get("error", error) if isinstance(error, dict) else None
+    if not isinstance(error, dict) or error.get("code") not in ("unsupported_parameter", "unsupported_value"):
+        return None
+    return error.get("param") if error.get("param") in ADAPTABLE_PARAMETERS else None
+
+
+def as_sent(request: dict, not_taken: set[str]) -> dict:
+    """`request` as the model takes it: max_tokens as max_completion_tokens, and without the
+    other parameters it refused (`refused_parameter`)."""
+    sent = {k: v for k, v in request.items() if k not in not_taken}
+    if "max_tokens" in not_taken and "max_tokens" in request:
+        sent["max_completion_tokens"] = request["max_tokens"]
+    return sent
+
+
+def _token_count(reported) -> int:
+    """A count of tokens from an answer's `usage`, 0 where it is no count (`"n/a"`, a
+    fraction, a negative number): the answer is used all the same, its tokens uncounted."""
+    return reported if isinstance(reported, int) and not isinstance(reported, bool) and reported >= 0 else 0
+
+
 def local_model_served_at(base_url: str | None, api_key: str | None = None, timeout: float = 10.0) -> str | None:
     """The model's name when `base_url` is promptclimb's own local server (`promptclimb llm
     serve`: it lists its GGUF's name and hash at /models), else None."""
@@ -462,6 +571,7 @@ class LLMClient:
         self._origin_lock = threading.Lock()  # restarts may run in threads: ask /models once
         self._closed = False  # set by close(): a request failing after it is not retried
         self._said: set[str] = set()  # what is said once (`_first_time`): an endpoint without usage, ...
+        self._not_taken: set[str] = set()  # request parameters the model refused (`as_sent`)
         self._ledger_lock = threading.Lock()
         # who asks (`run_asker`: a run, across its sessions): kept with each answer it puts in the
         # cache, so that its resume tells its own answers, paid for, from other runs'
@@ -718,26 +828,39 @@ class LLMClient:
                                 else "1 try (not retryable)")
             where = self.where()
             cause = "timeout" if isinstance(exc, openai.APITimeoutError) else \
-                "connection" if isinstance(exc, openai.APIConnectionError) else None
+                "connection" if isinstance(exc, openai.APIConnectionError) else \
+                "no route" if self.base_url and _no_such_route(exc) else \
+                "refused" if getattr(exc, "status_code", None) in (400, 404, 422) else None
             # the cause went unsaid: a --timeout too short for a slow model read as an endpoint that failed
-            waited = f" (a try waits {self.timeout:g}s: a slow endpoint may need a longer --timeout)" \
-                if cause == "timeout" else ""
+            hint = f" (a try waits {self.timeout:g}s: a slow endpoint may need a longer --timeout)" \
+                if cause == "timeout" else f" ({_route_hint(where)})" if cause == "no route" else ""
             raise LLMError(self.redact(f"the LLM ({self.model} at {where}) did not answer {tries}: "
-                                       f"{type(exc).__name__}: {exc}{waited}"), cause=cause) from None
+                                       f"{type(exc).__name__}: {exc}{hint}"), cause=cause) from None
 
     def _ask_once(self, request: dict) -> Answer:
+        import openai
+
         client = self.connected  # a server's start is not the answer's latency
         started = time.perf_counter()
-        try:
-            response = client.chat.completions.create(**request)
-        except ValueError as exc:  # a 200 whose body is not JSON (json / pydantic errors)
-            raise MalformedResponse(f"the endpoint's answer is not valid JSON ({exc})") from None
+        while True:
+            try:
+                response = client.chat.completions.create(**as_sent(request, self._not_taken))
+                break
+            except ValueError as exc:  # a 200 whose body is not JSON (json / pydantic errors)
+                raise MalformedResponse(f"the endpoint's answer is not valid JSON ({exc})") from None
+            except openai.BadRequestError as exc:
+                param = refused_parameter(exc)
+                if param is None or param in self._not_taken:
+                    raise
+                self._not_taken.add(param)
+                self.echo(f"note: {self.model} does not take {param}: "
+                          + ("sent as max_completion_tokens" if param == "max_tokens" else "left out of its requests"))
         latency = time.perf_counter() - started
         choices = getattr(response, "choices", None)
-        if not isinstance(choices, list) or not choices or getattr(choices[0], "message", None) is None:
+        # the openai client builds its answer unchecked: a `"message": "text"` has no content to read
+        if not isinstance(choices, list) or not choices or not hasattr(getattr(choices[0], "message", None), "content"):
             raise MalformedResponse(f"the endpoint answered without a chat completion: {str(response)[:200]!r}")
-        content = choices[0].message.content
-        content = content if isinstance(content, str) else ""
+        content = answer_text(choices[0].message.content)
         if not content.strip():  # the search says only "the answer was empty": the endpoint may say why
             self.echo(self.redact(f"the LLM's answer was empty: {why_empty(choices[0], request.get('max_tokens'))}"))
         usage = getattr(response, "usage", None)
@@ -746,7 +869,7 @@ class LLMClient:
                       "counted against it (--max-calls can)")
         return Answer(
             content=content,
-            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            prompt_tokens=_token_count(getattr(usage, "prompt_tokens", None)),
+            completion_tokens=_token_count(getattr(usage, "completion_tokens", None)),
             latency_s=latency,
         )
