@@ -132,7 +132,7 @@ def test_grid_values_never_name_a_folder_outside_the_sweep(dataset, tmp_path, mo
     runs = tmp_path / "deep" / "er" / "runs"
     monkeypatch.chdir(tmp_path)
     one_line_error(cli("sweep", "s", "--dataset", dataset, "--runs-dir", runs, "--llm", "fake"),
-                   "grid dataset", "unknown dataset")
+                   "grid dataset", "unknown dataset", code=2)  # a usage error, as search --dataset is
     assert not runs.exists() and not list(tmp_path.glob("**/*escape*"))
     assert not Path("/tmp/absolute-escape-demo-1shot-seed0").exists()
 
@@ -229,27 +229,30 @@ def test_sweep_report_of_cells_with_wrong_types_and_a_folder_it_cannot_write(tmp
     assert [c["state"] for c in as_json["cells"]] == ["finished", "finished"]
 
 
-@pytest.mark.parametrize("text, needle", [
-    ('[grid]\ndataset = ["fashion-mnist"]\nshots = ["abc"]\n', "--shots 'abc': expected a whole number"),
-    ('[grid]\ndataset = ["fashion-mnist"]\nshots = [1.7]\n', "--shots 1.7: expected a whole number"),
-    ('[grid]\ndataset = ["fashion-mnist"]\nshots = true\n', "--shots True: expected a whole number"),
-    ('[grid]\ndataset = ["fashion-mnist"]\nbackbone = [7]\n', "grid backbone 7: expected a backbone name"),
-    ('[grid]\ndataset = ["fashion-mnist"]\nseeds = [1.5]\n', "seeds: 1.5 is not a seed"),
-    ("grid = 5\n", "grid must be a [grid] table"),
-    ('search = "x"\n[grid]\ndataset = ["fashion-mnist"]\n', "search must be a [search] table"),
-    ('[grid]\ndataset = ["fashion-mnist"]\n[search]\niterations = [1, 2]\n', "--iterations [1, 2]: expected a whole"),
-    ('[grid]\ndataset = ["fashion-mnist"]\n[search]\nadapter = ["lora"]\n', "unknown adapter kind 'lora'"),
-    ('[grid]\ndataset = ["fashion-mnist"]\n[search]\ndevice = "cpu:5"\n', "--device 'cpu:5'"),
-    ('[grid]\ndataset = ["fashion-mnist"]\n[search]\nmax-calls = 3\nparallel = 2\n', "--parallel"),
-    ('[grid]\ndataset = ["fashion-mnist"]\n[search]\nqueries = 100\n', "--queries is the budget"),
-    ("[grid]\ndataset = ['caf\xe9']\n", "not a UTF-8 text file"),
+# 2: a usage error, found as the grid file is read (as search --config's); 1: found as the cells' settings
+# are put together, as search's
+@pytest.mark.parametrize("text, needle, code", [
+    ('[grid]\ndataset = ["fashion-mnist"]\nshots = ["abc"]\n', "--shots 'abc': expected a whole number", 2),
+    ('[grid]\ndataset = ["fashion-mnist"]\nshots = [1.7]\n', "--shots 1.7: expected a whole number", 2),
+    ('[grid]\ndataset = ["fashion-mnist"]\nshots = true\n', "--shots True: expected a whole number", 2),
+    ('[grid]\ndataset = ["fashion-mnist"]\nbackbone = [7]\n', "grid backbone 7: expected a backbone name", 2),
+    ('[grid]\ndataset = ["fashion-mnist"]\nseeds = [1.5]\n', "seeds: 1.5 is not a seed", 2),
+    ("grid = 5\n", "grid must be a [grid] table", 2),
+    ('search = "x"\n[grid]\ndataset = ["fashion-mnist"]\n', "search must be a [search] table", 2),
+    ('[grid]\ndataset = ["fashion-mnist"]\n[search]\niterations = [1, 2]\n', "--iterations [1, 2]: expected a whole",
+     2),
+    ('[grid]\ndataset = ["fashion-mnist"]\n[search]\nadapter = ["lora"]\n', "unknown adapter kind 'lora'", 1),
+    ('[grid]\ndataset = ["fashion-mnist"]\n[search]\ndevice = "cpu:5"\n', "--device 'cpu:5'", 2),
+    ('[grid]\ndataset = ["fashion-mnist"]\n[search]\nmax-calls = 3\nparallel = 2\n', "--parallel", 1),
+    ('[grid]\ndataset = ["fashion-mnist"]\n[search]\nqueries = 100\n', "--queries is the budget", 1),
+    ("[grid]\ndataset = ['caf\xe9']\n", "not a UTF-8 text file", 2),
 ])
-def test_a_bad_grid_file_is_one_line_before_ray_starts(text, needle, tmp_path):
+def test_a_bad_grid_file_is_one_line_before_ray_starts(text, needle, code, tmp_path):
     grid = tmp_path / "grid.toml"
     grid.write_bytes(text.encode("latin-1"))
     runs = tmp_path / "runs"
     result = cli("sweep", "s", "--grid", grid, "--runs-dir", runs, "--llm", "fake")
-    one_line_error(result, needle)
+    one_line_error(result, needle, code=code)
     assert "Ray:" not in result.output and not runs.exists()  # nothing written, Ray never started
 
 

@@ -722,3 +722,133 @@ def test_a_rerun_reports_no_earlier_run_s_error_as_its_own(tmp_path, monkeypatch
     report = sweep_and_report(0)
     assert not (seed1 / "error.txt").exists() and not (seed2 / "error.txt").exists()
     assert "failed" not in report.split("\n\n", 1)[1] and "not finished" not in report
+
+
+def in_process_cells(monkeypatch, search) -> list:
+    """Ray as InProcessRay, each cell's task the cells' own `run_cell` with `search` as its
+    search; returns the list that gets an entry each time a Ray session starts."""
+    from contextlib import contextmanager
+
+    sessions = []
+
+    @contextmanager
+    def ray_session(*args, **kwargs):
+        sessions.append(args)
+        yield InProcessRay()
+
+    def cell_task(cell_dir, opts):
+        yield {"state": "running", "node": "n2"}
+        yield sweeps.run_cell(cell_dir, opts)
+
+    monkeypatch.setattr(sweeps, "ray_session", ray_session)
+    monkeypatch.setattr(sweeps, "cell_task", cell_task)
+    monkeypatch.setattr(sweeps, "search_when_free", search)
+    return sessions
+
+
+def finish(cell_dir: Path) -> None:
+    (cell_dir / "summary.json").write_text(json.dumps({"best": {"accuracy": {"test": 0.5}}}))
+
+
+GRID = ["--dataset", "fashion-mnist", "--optimizer", "craft", "--queries", "200"]
+
+
+def test_a_second_sweep_of_a_running_sweep_is_refused_before_ray_writing_nothing(tmp_path, monkeypatch):
+    """`sweep s` while another `sweep s` ran started its own Ray, waited 30 s on a cell's run
+    lock, then wrote error.txt and a "failed" line into the cell the first was finishing (or,
+    with short cells, ran every cell again: two results in each search.log). The sweep's
+    lock (s/.lock) is held from before anything is written until the sweep ends; the second
+    command is one line, and the first goes on as if alone."""
+    import threading
+
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+
+    runs, searching, release = tmp_path / "runs", threading.Event(), threading.Event()
+
+    def slow_search(cell_dir, opts, echo):
+        searching.set()
+        assert release.wait(60)
+        finish(cell_dir)
+
+    sessions = in_process_cells(monkeypatch, slow_search)
+    first: dict = {}  # the first sweep runs in a thread of this process: the refusal names this pid
+    driver = threading.Thread(target=lambda: first.update(sweeps.run_sweep(
+        "s", runs, {"dataset": ["fashion-mnist"]}, {"optimizer": "craft", "queries": 200}, echo=lambda _: None)))
+    driver.start()
+    try:
+        assert searching.wait(60)
+        before = {p: p.read_bytes() for p in (runs / "s").rglob("*") if p.is_file()}
+        for again in (["sweep", "s", "--runs-dir", str(runs)], ["sweep", "s", *GRID, "--runs-dir", str(runs)]):
+            refused = CliRunner().invoke(cli, again)
+            error = [line for line in refused.output.splitlines() if line.startswith("Error:")]
+            assert refused.exit_code == 1 and error == [
+                f"Error: sweep s is being run by another promptclimb process (pid {os.getpid()}); wait until it "
+                "has finished"], refused.output
+        assert {p: p.read_bytes() for p in (runs / "s").rglob("*") if p.is_file()} == before and len(sessions) == 1
+    finally:
+        release.set()
+        driver.join(60)
+    cell = runs / "s" / "fashion-mnist-demo-1shot-seed0"
+    assert first == {cell.name: "finished"} and not (cell / "error.txt").exists()
+    log = (cell / "search.log").read_text().splitlines()
+    assert [line for line in log if line.startswith("---")] == log[:1] and "failed" not in str(log)  # one search
+    assert not (runs / "s" / ".lock").exists()  # held while it ran only: a rerun runs
+    rerun = CliRunner().invoke(cli, ["sweep", "s", "--runs-dir", str(runs)])
+    assert rerun.exit_code == 0 and "1 finished" in rerun.output, rerun.output
+
+
+def test_a_new_sweep_whose_lock_another_process_holds_is_refused_and_a_killed_one_s_lock_is_taken(tmp_path,
+                                                                                                    monkeypatch):
+    """A new sweep that another process is starting (its folder holds only the lock it
+    holds) is refused with that process's pid and left as it is; once that process is gone
+    (kill -9: its lock file stays), the sweep takes the folder and runs."""
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+
+    sweep_dir = tmp_path / "runs" / "s"
+    sweep_dir.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+                               "from promptclimb.agent.runs.store import lock_folder\n"
+                               "held = lock_folder(sys.argv[1]); print('held', flush=True); time.sleep(60)",
+                               str(sweep_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        sessions = in_process_cells(monkeypatch, lambda cell_dir, opts, echo: finish(cell_dir))
+        refused = CliRunner().invoke(cli, ["sweep", "s", *GRID, "--runs-dir", str(sweep_dir.parent)])
+        error = [line for line in refused.output.splitlines() if line.startswith("Error:")]
+        assert refused.exit_code == 1 and error == [f"Error: sweep s is being run by another promptclimb process "
+                                                    f"(pid {holder.pid}); wait until it has finished"], refused.output
+        assert [p.name for p in sweep_dir.iterdir()] == [".lock"] and not sessions
+    finally:
+        holder.kill()
+        holder.wait(30)
+    swept = CliRunner().invoke(cli, ["sweep", "s", *GRID, "--runs-dir", str(sweep_dir.parent)])
+    assert swept.exit_code == 0 and sorted(p.name for p in sweep_dir.iterdir()) == [
+        "fashion-mnist-demo-1shot-seed0", "sweep.json"], swept.output
+
+
+def test_the_progress_of_a_retry_counts_only_this_run_s_failures(tmp_path, monkeypatch):
+    """A rerun retrying 3 failed cells said `[0/3 done, 1 running, 2 failed]` as it started the
+    first, counting the two waiting for their retry as failed."""
+    failing = {"seed1", "seed2", "seed3"}
+
+    def search(cell_dir, opts, echo):
+        if cell_dir.name.endswith(tuple(failing)):
+            raise sweeps.PromptclimbError("no split for the test")
+        finish(cell_dir)
+
+    in_process_cells(monkeypatch, search)
+    runs, lines = tmp_path / "runs", []
+    sweep = ("s", runs, {"dataset": ["fashion-mnist"], "seeds": ["1-3"]}, {"optimizer": "craft", "queries": 200})
+    assert set(sweeps.run_sweep(*sweep, echo=lambda _: None).values()) == {"failed"}
+    failing -= {"seed2", "seed3"}
+    states = sweeps.run_sweep(*sweep, echo=lines.append)
+    assert lines[0].endswith(f"0 finished, 0 to resume, 3 to retry, 0 to start   ({runs / 's'})")
+    progress = [line.split("] ")[0] + "]" for line in lines if line.startswith("[")]
+    assert progress == ["[0/3 done, 1 running, 0 failed]", "[0/3 done, 2 running, 0 failed]",
+                        "[0/3 done, 3 running, 0 failed]", "[0/3 done, 2 running, 1 failed]",
+                        "[1/3 done, 1 running, 1 failed]", "[2/3 done, 0 running, 1 failed]"], lines
+    assert list(states.values()) == ["failed", "finished", "finished"]

@@ -55,6 +55,21 @@ def test_a_grid_file_s_seeds_are_refused_in_the_words_the_flag_gets(seeds, said,
         sweeps.parse_seeds(["0-9998", "5-7", "9999,10000"])
 
 
+@pytest.mark.parametrize("axis", ["shots", "seeds"])
+def test_an_empty_list_of_shots_or_seeds_is_refused_as_an_empty_dataset_list_is(axis, tmp_path):
+    """`shots = []` or `seeds = []` in a grid file had run 1 shot / seed 0, where `dataset = []`
+    was refused; an axis left out still takes its default."""
+    said = f"grid {axis}: an empty list; give at least one value, or leave the key out"
+    with pytest.raises(PromptclimbError, match=re.escape(said)):
+        sweeps.check_grid({"dataset": ["fashion-mnist"], axis: []})
+    assert sweeps.check_grid({"dataset": ["fashion-mnist"]})[axis] == [1 if axis == "shots" else 0]
+    grid, runs = tmp_path / "grid.toml", tmp_path / "runs"
+    grid.write_text(f'[grid]\ndataset = ["fashion-mnist"]\n{axis} = []\n')
+    refused = CliRunner().invoke(cli, ["sweep", "s", "--grid", str(grid), "--runs-dir", str(runs)])
+    one_line_error(refused, said, code=2)
+    assert not runs.exists()
+
+
 def test_a_grid_of_more_than_10000_cells_is_refused_naming_its_axes():
     with pytest.raises(PromptclimbError, match=r"grid of 10,002 cells \(2 datasets x 1 backbones x 1 shots x 5,001 "
                                                r"seeds\): a sweep may have at most 10,000 cells"):

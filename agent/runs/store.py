@@ -429,6 +429,13 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
         handle.close()  # releases the flock
 
 
+def lock_folder(folder: str | Path):
+    """`folder`'s lock file, locked (flock) by this process as a run's writer locks its run's,
+    for a folder that is not a run's (a sweep's: agent/sweep/driver.py `sweep_lock`); closing
+    it lets go. RunLocked when another process holds it."""
+    return _acquire_lock(Path(folder))
+
+
 class RunStore:
     """Writes (or, on resume, re-reads and continues) one run folder."""
 

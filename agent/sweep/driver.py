@@ -7,6 +7,7 @@
           search.log                              what its search printed
           error.txt                               why its last run failed (gone once it runs again)
       report.png                                  written by sweep-report
+      .lock                                       held by the `sweep` command running it (`sweep_lock`)
 
 Each cell is one Ray task (`cell_task`) that calls the same `run_search` as `promptclimb
 search`: a new run, or the resume of a killed one through its own history. Rerunning a
@@ -44,10 +45,9 @@ from promptclimb.agent.core.errors import (EXIT_TERMINATED, PromptclimbError, si
 from promptclimb.agent.core.files import write_json_atomic, write_text_atomic
 from promptclimb.agent.core.format import moment, shell_command
 from promptclimb.agent.core.paths import absolute, missing_folders, remove_while_empty
-from promptclimb.agent.core.runfiles import CELL_ERROR, CELL_LOG, CONFIG, HISTORY, SUMMARY, SWEEP_FILE
-from promptclimb.agent.runs.store import (RUN, SWEEP, RunLocked, check_folder_name, claim_folder, ended_with_adapter,
-                                          kept_result,
-                                          has_summary)
+from promptclimb.agent.core.runfiles import CELL_ERROR, CELL_LOG, CONFIG, HISTORY, LOCK, SUMMARY, SWEEP_FILE
+from promptclimb.agent.runs.store import (LOCK_TRIES, RUN, SWEEP, RunLocked, check_folder_name, claim_folder,
+                                          ended_with_adapter, has_summary, kept_result, lock_folder)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -67,6 +67,7 @@ CELL_STOP_GRACE_S = 10  # how long a stopped sweep waits for its running cells t
 # test accuracies the report aggregates: what each run keeps (`kept_result`), its best template, and
 # its ensemble and adapter, kept or not (a candidate ensemble, an adapter that lost on val)
 RESULTS = ("result", "best", "ensemble", "adapter")
+QUEUED = "queued"  # a cell's state in a running sweep before its task starts (`run_sweep`, `watch`)
 # The most cells a grid may have (datasets x backbones x shots x seeds), refused before anything
 # starts: --seeds 0-99999999999 had built a set of 10**11 seeds, and would have run as many cells.
 MAX_CELLS = 10_000
@@ -166,10 +167,12 @@ def not_a_sweep_option(keys) -> str:
 
 
 def check_grid(grid: dict) -> dict:
-    """The grid with every axis filled in (defaults: the search's backbone, 1 shot, seed 0),
-    each value checked as strictly as the search option it becomes: a dataset the CLIP
-    evaluator knows (so no value can name a folder outside the sweep), a backbone name,
-    whole shots of at least 1 (1.7 or true is refused, never run as 1), seeds."""
+    """The grid with every axis filled in (defaults, for an axis not given: the search's
+    backbone, 1 shot, seed 0; `backbone: []` is how sweep.json keeps that default, an empty
+    list of shots or seeds is refused), each value checked as strictly as the search option
+    it becomes: a dataset the CLIP evaluator knows (so no value can name a folder outside the
+    sweep), a backbone name, whole shots of at least 1 (1.7 or true is refused, never run as
+    1), seeds."""
     from promptclimb.agent.options import BY_KEYWORD, check_dataset_name, check_value
 
     def names(axis: str) -> list[str]:
@@ -179,11 +182,19 @@ def check_grid(grid: dict) -> dict:
                 raise PromptclimbError(f"grid {axis} {value!r}: expected a {axis} name")
         return list(values)
 
+    def given(axis: str, default: list) -> list:
+        values = grid.get(axis)
+        if values is None:
+            return default
+        if not values:  # `shots = []` in a grid file had become 1 shot, where `dataset = []` was refused
+            raise PromptclimbError(f"grid {axis}: an empty list; give at least one value, or leave the key out")
+        return values
+
     # a value given twice is one grid point, on every axis as for seeds (1-3 with 2 is 1, 2, 3)
     datasets = [check_dataset_name(d, "grid dataset") for d in names("dataset")]
-    shots = [check_value(BY_KEYWORD["shots"], s, "grid: ") for s in grid.get("shots") or [1]]
+    shots = [check_value(BY_KEYWORD["shots"], s, "grid: ") for s in given("shots", [1])]
     grid = {"dataset": _once(datasets), "backbone": _once(names("backbone")), "shots": _once(shots),
-            "seeds": parse_seeds(grid.get("seeds") or [0])}
+            "seeds": parse_seeds(given("seeds", [0]))}
     if not grid["dataset"]:
         raise PromptclimbError("a sweep needs at least one --dataset (or a [grid] dataset list in --grid FILE)")
     sizes = [len(grid["dataset"]), len(grid["backbone"]) or 1, len(grid["shots"]), len(grid["seeds"])]
@@ -333,13 +344,13 @@ SECRET_HOLDING = ("base_url", "mlflow")  # the sweep's options that are URLs
 def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict,
                   echo: Callable[[str], None] = lambda _: None) -> dict:
     """The sweep's settings {grid, search, cells}, every value checked before anything is
-    written, then the folder claimed (`claim_folder`: new, empty, or this sweep's own) and
+    written, then the folder claimed (`claim_sweep`: new, empty, or this sweep's own) and
     sweep.json written. A sweep that exists continues with its stored settings: `grid`
     None takes its grid, options not given take their stored values, and what is given
     must match what shapes the results (all but EXECUTION_OPTIONS, which apply to this run
     only and are not stored over the ones the sweep was started with). The cells' warnings
     (options the search ignores) go to `echo`, once."""
-    claim_folder(sweep_dir, SWEEP, create=False)
+    claim_sweep(sweep_dir, create=False)
     path = sweep_dir / SWEEP_FILE
     stored = read_sweep(sweep_dir) if path.exists() else None
     if grid is None and stored is None:
@@ -381,7 +392,7 @@ def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict,
             raise PromptclimbError(f"sweep {sweep_dir.name}'s {flag} URL had a password or key in it, which a sweep "
                                    f"never records ({stored['search'].get(option)}): give it again with {flag}"
                                    + (" (or OPENAI_BASE_URL)" if option == "base_url" else ""))
-    claim_folder(sweep_dir, SWEEP)
+    claim_sweep(sweep_dir)
     created = stored["created"] if stored else time.strftime("%Y-%m-%dT%H:%M:%S%z")
     # a rerun's execution options are its own; an older sweep.json's relative paths stay as they
     # were, still read from the folder it was started in (where they were never resolved)
@@ -395,6 +406,17 @@ def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict,
     write_json_atomic(path, {**settings, "search": kept, "created": created,
                              **({SECRETS_LEFT_OUT: left_out} if left_out else {})})
     return settings
+
+
+def claim_sweep(sweep_dir: Path, create: bool = True) -> None:
+    """The sweep's folder, taken by `claim_folder`'s rule for a sweep, with the sweep's lock
+    counted as its own: a new sweep takes it (`sweep_lock`) before sweep.json is written, and
+    one killed in between leaves it there (with the temp file of a write it was killed in,
+    which `claim_folder` ignores too)."""
+    if sweep_dir.is_dir() and (sweep_dir / LOCK).is_file() and not (sweep_dir / SWEEP_FILE).exists() \
+            and all(p.name == LOCK or p.name.startswith(".") and p.name.endswith(".tmp") for p in sweep_dir.iterdir()):
+        return
+    claim_folder(sweep_dir, SWEEP, create=create)
 
 
 def setting_said(key: str) -> str:
@@ -898,6 +920,52 @@ def forgotten_if_refused(sweep_dir: Path, new_sweep: bool, created: list[Path]) 
         raise
 
 
+@contextmanager
+def sweep_lock(sweep_dir: Path, name: str, created: list[Path]) -> Iterator[None]:
+    """Hold the sweep's lock (its .lock, flock'd as a run's writer holds a run's: agent/runs/store.py)
+    while this command runs the sweep, from before it writes anything: a second `sweep NAME`
+    meanwhile is refused in one line before Ray starts, where it had run the cells beside the
+    first (two results in a search.log) or failed the cell the first was finishing (its run
+    lock). The lock file is there only while the sweep runs (or after a kill -9): a refused
+    rerun leaves the folder as it was, and a new sweep refused or stopped before it wrote
+    sweep.json leaves nothing, the folders in `created` going again while empty (as
+    `forgotten_if_refused` says)."""
+    try:
+        handle = _take_sweep_lock(sweep_dir, name)
+    except BaseException:
+        remove_while_empty(created)
+        raise
+    try:
+        yield
+    finally:
+        with suppress(OSError):
+            (sweep_dir / LOCK).unlink(missing_ok=True)  # while held: one waiting for it takes a new file
+        remove_while_empty(created)
+        handle.close()  # releases the flock
+
+
+def _take_sweep_lock(sweep_dir: Path, name: str):
+    """The sweep's lock file, locked by this process (`sweep_lock`)."""
+    for _ in range(LOCK_TRIES):
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            handle = lock_folder(sweep_dir)
+        except FileNotFoundError:  # a new sweep refused meanwhile removed the folder
+            continue
+        except RunLocked:
+            holder = ""
+            with suppress(OSError):
+                holder = (sweep_dir / LOCK).read_text().strip()
+            raise PromptclimbError(f"sweep {name} is being run by another promptclimb process"
+                                   f"{f' (pid {holder})' if holder else ''}; wait until it has finished") from None
+        with suppress(OSError):
+            if os.path.samestat(os.fstat(handle.fileno()), os.stat(sweep_dir / LOCK)):
+                return handle
+        handle.close()  # a lock file that its holder removed as it let go (`sweep_lock`) while this one waited
+    raise PromptclimbError(f"sweep {name}: its lock file {sweep_dir / LOCK} keeps being removed by another "
+                           "process; try again")
+
+
 def run_sweep(name: str, runs_dir: str | Path, grid: dict | None, search: dict, *, address: str | None = None,
               num_cpus: int | None = None, cpus_per_run: float = 1.0, gpus_per_run: float = 0.0,
               echo: Callable[[str], None] = print) -> dict:
@@ -911,51 +979,56 @@ def run_sweep(name: str, runs_dir: str | Path, grid: dict | None, search: dict, 
     check_ray_options(address, num_cpus, cpus_per_run, gpus_per_run)
     runs_dir = Path(runs_dir).expanduser().resolve()
     sweep_dir = runs_dir / name
-    new_sweep, created = not (sweep_dir / SWEEP_FILE).exists(), missing_folders(sweep_dir)
-    with forgotten_if_refused(sweep_dir, new_sweep, created):
-        settings = prepare_sweep(sweep_dir, grid, search, echo)
-    opts = search_options(settings["search"])
-    cells = grid_cells(settings)
-    states = {c.name: cell_state(sweep_dir / c.name, bool(opts["adapter_kinds"])) for c in cells}
-    todo = [c for c in cells if states[c.name] != "finished"]
-    for cell in todo:
-        claim_cell(sweep_dir / cell.name, create=False)
-    counts = {s: sum(v == s for v in states.values()) for s in ("finished", "killed", "failed", "new")}
-    echo(f"sweep {name}: {len(cells)} cells; {counts['finished']} finished, {counts['killed']} to resume, "
-         f"{counts['failed']} to retry, {counts['new']} to start   ({sweep_dir})")
-    if not todo:
+    created = missing_folders(sweep_dir)
+    claim_sweep(sweep_dir, create=False)  # a run's folder or a file: refused before its lock is touched
+    with sweep_lock(sweep_dir, name, created):
+        new_sweep = not (sweep_dir / SWEEP_FILE).exists()  # under the lock: no other command is writing it
+        with forgotten_if_refused(sweep_dir, new_sweep, created):
+            settings = prepare_sweep(sweep_dir, grid, search, echo)
+        opts = search_options(settings["search"])
+        cells = grid_cells(settings)
+        states = {c.name: cell_state(sweep_dir / c.name, bool(opts["adapter_kinds"])) for c in cells}
+        todo = [c for c in cells if states[c.name] != "finished"]
+        for cell in todo:
+            claim_cell(sweep_dir / cell.name, create=False)
+        counts = {s: sum(v == s for v in states.values()) for s in ("finished", "killed", "failed", "new")}
+        echo(f"sweep {name}: {len(cells)} cells; {counts['finished']} finished, {counts['killed']} to resume, "
+             f"{counts['failed']} to retry, {counts['new']} to start   ({sweep_dir})")
+        if not todo:
+            return states
+        # cells this run retries or resumes are to do, not failed: its progress counts its own failures
+        states.update(dict.fromkeys((c.name for c in todo), QUEUED))
+        log_sizes: dict[str, int] = {}  # what the cells' search.log held before this run
+        unwritten: dict[str, str] = {}  # cell -> why it failed, where no error.txt could say it
+        try:
+            with forgotten_if_refused(sweep_dir, new_sweep, created) as cells_started, \
+                    ray_session(address, echo, num_cpus) as ray, llm_endpoint(opts, echo) as (base_url, settled):
+                total = ray.cluster_resources()
+                if address is None and (cpus_per_run > total.get("CPU", 0) or gpus_per_run > total.get("GPU", 0)):
+                    raise PromptclimbError(f"each cell asks for {cpus_per_run:g} CPUs and {gpus_per_run:g} GPUs, but "
+                                           f"this machine has {total.get('CPU', 0):g} and {total.get('GPU', 0):g}")
+                resources = cell_resources(ray, base_url, address, cpus_per_run, gpus_per_run, echo)
+                task = ray.remote(num_returns="streaming")(cell_task).options(**resources)
+                cells_started()
+                log_sizes = {c.name: log_size(sweep_dir / c.name) for c in todo}
+                running = {task.remote(str(sweep_dir / c.name), cell_options(c, opts, sweep_dir, **settled)): c
+                           for c in todo}
+                unwritten = watch(ray, running, sweep_dir, states, echo)
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (SystemExit 143: ray_session), at any step
+            # The running cells were stopped through their own interrupt path (watch: stop_cells)
+            # before Ray went; one whose process ended before it said so is recorded here.
+            record_interruptions(sweep_dir, log_sizes, bool(opts["adapter_kinds"]), opts.get("mlflow"))
+            echo(f"stopped; finished cells are kept, the others resume from their history. Continue with:\n"
+                 f"  {continue_command(name, runs_dir, address, num_cpus, cpus_per_run, gpus_per_run)}")
+            if sigterm_received():  # Ray may have turned it into SystemExit(1)
+                raise SystemExit(EXIT_TERMINATED) from None
+            raise
+        failed = [n for n, s in states.items() if s == "failed"]
+        report = shell_command("sweep-report", name, "--runs-dir", runs_dir)
+        echo(f"sweep {name}: {sum(s == 'finished' for s in states.values())}/{len(cells)} cells finished"
+             + failed_note(len(failed), unwritten, report))
+        track_sweep(sweep_dir, opts.get("mlflow"), echo)
         return states
-    log_sizes: dict[str, int] = {}  # what the cells' search.log held before this run
-    unwritten: dict[str, str] = {}  # cell -> why it failed, where no error.txt could say it
-    try:
-        with forgotten_if_refused(sweep_dir, new_sweep, created) as cells_started, \
-                ray_session(address, echo, num_cpus) as ray, llm_endpoint(opts, echo) as (base_url, settled):
-            total = ray.cluster_resources()
-            if address is None and (cpus_per_run > total.get("CPU", 0) or gpus_per_run > total.get("GPU", 0)):
-                raise PromptclimbError(f"each cell asks for {cpus_per_run:g} CPUs and {gpus_per_run:g} GPUs, but "
-                                       f"this machine has {total.get('CPU', 0):g} and {total.get('GPU', 0):g}")
-            resources = cell_resources(ray, base_url, address, cpus_per_run, gpus_per_run, echo)
-            task = ray.remote(num_returns="streaming")(cell_task).options(**resources)
-            cells_started()
-            log_sizes = {c.name: log_size(sweep_dir / c.name) for c in todo}
-            running = {task.remote(str(sweep_dir / c.name), cell_options(c, opts, sweep_dir, **settled)): c
-                       for c in todo}
-            unwritten = watch(ray, running, sweep_dir, states, echo)
-    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (SystemExit 143: ray_session), at any step
-        # The running cells were stopped through their own interrupt path (watch: stop_cells)
-        # before Ray went; one whose process ended before it said so is recorded here.
-        record_interruptions(sweep_dir, log_sizes, bool(opts["adapter_kinds"]), opts.get("mlflow"))
-        echo(f"stopped; finished cells are kept, the others resume from their history. Continue with:\n"
-             f"  {continue_command(name, runs_dir, address, num_cpus, cpus_per_run, gpus_per_run)}")
-        if sigterm_received():  # Ray may have turned it into SystemExit(1)
-            raise SystemExit(EXIT_TERMINATED) from None
-        raise
-    failed = [n for n, s in states.items() if s == "failed"]
-    report = shell_command("sweep-report", name, "--runs-dir", runs_dir)
-    echo(f"sweep {name}: {sum(s == 'finished' for s in states.values())}/{len(cells)} cells finished"
-         + failed_note(len(failed), unwritten, report))
-    track_sweep(sweep_dir, opts.get("mlflow"), echo)
-    return states
 
 
 def failed_note(failed: int, unwritten: dict[str, str], report: str) -> str:
@@ -991,9 +1064,11 @@ def track_sweep(sweep_dir: Path, tracking_uri: str | None, echo: Callable[[str],
 
 def watch(ray, running: dict, sweep_dir: Path, states: dict, echo: Callable[[str], None]) -> dict[str, str]:
     """Follow the cells' tasks (generator -> Cell) to their end, with a progress bar of
-    cells done / running / failed (on a terminal; a line per change otherwise). Ctrl-C or
-    SIGTERM stops the cells not ended yet (`stop_cells`) before it goes on. Returns the
-    errors of the cells that failed with no error.txt written (cell -> error)."""
+    cells done / running / failed (on a terminal; a line per change otherwise), kept in
+    `states` (every cell's; the tasks' cells QUEUED, so that an earlier run's failure is not
+    counted as this run's while its retry waits or runs). Ctrl-C or SIGTERM stops the cells
+    not ended yet (`stop_cells`) before it goes on. Returns the errors of the cells that
+    failed with no error.txt written (cell -> error)."""
     from tqdm import tqdm
 
     total, active = len(states), set()
@@ -1027,7 +1102,7 @@ def watch(ray, running: dict, sweep_dir: Path, states: dict, echo: Callable[[str
                 if message["state"] == "running":
                     started[generator] = message
                     active.add(cell.name)
-                    states[cell.name] = "running"  # no longer counted as failed or killed by an earlier run
+                    states[cell.name] = "running"
                     pending.append(generator)
                     say(f"{progress()} {cell.name}: running on {message['node']}")
                     continue
