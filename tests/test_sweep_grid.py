@@ -661,3 +661,14 @@ def test_options_the_cells_ignore_are_said_once_by_the_sweep(tmp_path):
     sweeps.prepare_sweep(tmp_path / "t", {"dataset": ["fashion-mnist"]}, {"optimizer": "craft", "queries": 200},
                          quiet.append)
     assert quiet == []
+
+
+def test_a_rerun_given_the_backbone_every_cell_already_used_is_the_same_sweep(tmp_path):
+    """`sweep s --backbone demo` on a sweep started without --backbone (every cell on demo,
+    fashion-mnist's default) was refused: 'the grid's backbone demo (the sweep's: none)'."""
+    grid, search = {"dataset": ["fashion-mnist"], "seeds": ["1-2"]}, {"optimizer": "craft", "queries": 200}
+    first = sweeps.prepare_sweep(tmp_path / "s", grid, search)
+    again = sweeps.prepare_sweep(tmp_path / "s", {**grid, "backbone": ["demo"]}, search)
+    assert again["cells"] == first["cells"] == ["fashion-mnist-demo-1shot-seed1", "fashion-mnist-demo-1shot-seed2"]
+    with pytest.raises(PromptclimbError, match=r"other settings \(the grid's backbone demo-mpnet \(the sweep's: demo\)"):
+        sweeps.prepare_sweep(tmp_path / "s", {**grid, "backbone": ["demo-mpnet"]}, search)

@@ -486,9 +486,13 @@ def llm_answers_in(cell_dir: Path) -> int:
 
 
 def _comparable(settings: dict) -> dict:
-    """Every resolved setting that shapes a cell's result, by name."""
+    """Every resolved setting that shapes a cell's result, by name; the grid's backbones as its
+    cells resolve them (a rerun given `--backbone demo`, every cell's default, was refused as
+    other settings than none)."""
     resolved = search_options({k: v for k, v in settings["search"].items() if k not in EXECUTION_OPTIONS})
-    return {**{f"grid.{k}": v for k, v in settings["grid"].items()},
+    backbones = [f"{c.backbone} ({c.pretrained})" if c.pretrained else c.backbone for c in grid_cells(settings)]
+    grid = {**settings["grid"], "backbone": _once(backbones)}
+    return {**{f"grid.{k}": v for k, v in grid.items()},
             **{k: (list(v) if isinstance(v, tuple) else v) for k, v in resolved.items() if k not in EXECUTION_OPTIONS}}
 
 
