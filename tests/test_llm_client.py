@@ -491,7 +491,7 @@ def test_a_malformed_url_is_refused_and_never_shows_its_password(url, why):
 
 
 def test_a_password_percent_encoded_passes_and_an_at_in_a_file_path_is_no_password():
-    llm = LLMClient("m", base_url="http://alice/team:SECRET123@127.0.0.1:8080/v1", api_key=KEY, use_cache=False)
+    llm = LLMClient("m", base_url="http://alice%2Fteam:SECRET123@127.0.0.1:8080/v1", api_key=KEY, use_cache=False)
     assert llm.describe()["base_url"] == llm.where() == llm.endpoint == "http://127.0.0.1:8080/v1"
     check_endpoint_url("http://alice:SECRET123%2Fx@127.0.0.1:8080/v1", "--base-url")
     check_endpoint_url("http://alice%2Fteam:SECRET123@127.0.0.1:8080/v1", "--base-url")
@@ -627,3 +627,12 @@ def test_an_answer_in_content_parts_is_read_and_one_of_reasoning_only_says_so(tm
         answer = LLMClient("m", base_url=server.base_url, api_key=KEY, use_cache=False, echo=said.append).chat(HI)
     assert answer.content == "" and said == ["the LLM's answer was empty: the model wrote only its reasoning "
                                              "(reasoning_content, 37 characters), no answer after it"]
+
+
+def test_a_client_made_with_a_malformed_url_refuses_it_without_its_password():
+    """Made directly (not through the command line's check), the HTTP client's InvalidURL quoted
+    the password: "Invalid port: 'SECRET123'"."""
+    for url, why in MALFORMED_SECRET_URLS.items():
+        with pytest.raises(PromptclimbError) as info:
+            LLMClient("m", base_url=url, api_key=KEY, use_cache=False).chat(HI)
+        assert "SECRET" not in str(info.value) and str(info.value).startswith("base_url ") and why in str(info.value)

@@ -544,6 +544,7 @@ class LLMClient:
         place of `base_url`: starts the endpoint and returns its URL, called before the first
         request that the history and the cache cannot answer (the embedded server: a search
         answered from them never starts it); give `served_model` with it."""
+        check_endpoint_url(base_url, "base_url")  # unchecked, the HTTP client's error quoted its password
         self.model = model
         self.context_tokens = context_tokens
         self._refused: dict[str, int] = {}  # request key -> the context its refusal stated
