@@ -79,7 +79,8 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
     Option("--backbone", None, "CLIP backbone [default: demo for fashion-mnist, else ViT-B-32 with --pretrained openai].", _E,
            "name", recorded="evaluator_args.backbone", expects="a backbone name"),
     Option("--llm", None, "LLM model name [default: 'local' (the embedded llama.cpp model) unless --base-url, "
-           f"OPENAI_BASE_URL or OPENAI_API_KEY is given, then {REMOTE_DEFAULT_MODEL}].", _E, "name", dest="llm_name", recorded="llm.model",
+           f"OPENAI_BASE_URL or OPENAI_API_KEY is given, then {REMOTE_DEFAULT_MODEL}].", _E, "name", dest="llm_name",
+           recorded="llm.model",
            expects="an LLM model name (e.g. local)"),
     Option("--search", SEARCH.search, "What the LLM rewrites: template (the prompt's wording), names (the class "
            "names, guided by per-class accuracy and confusions) or both (names turns, and a template turn to end "

@@ -1046,7 +1046,7 @@ def climb(plan: Plan, store: RunStore, evaluator, llm: LLMClient, meta: MetaProm
         if exc.cause == "refused" and not any(e.get("event") in LLM_EVENTS for e in store.events):
             # a resume asks the same again (the settings are the run's), and the same command again is
             # refused for the folder it left: said in a loop, with nothing recorded worth keeping
-            moved = f"no answer is recorded in it: to change --llm or another setting, remove it first " \
+            moved = f"or, as no answer is recorded in it, to change --llm or another setting: remove it first " \
                     f"(rm -r {shlex.quote(str(store.run_dir))}) and run the command again"
         raise run_is_saved(exc, store, tracking_uri, moved) from None
 

@@ -350,8 +350,9 @@ def test_a_model_the_endpoint_does_not_serve_says_how_to_start_again_with_anothe
                                     terminal_width=300)
     said = " ".join(result.output.replace("│", " ").split())
     assert result.exit_code == 1 and "does not exist" in said, said
-    assert f"no answer is recorded in it: to change --llm or another setting, remove it first (rm -r {runs / 's'}) " \
-        "and run the command again" in said, said
+    assert f"The run is saved; continue it with: promptclimb search --resume {runs / 's'} (or, as no answer is " \
+        f"recorded in it, to change --llm or another setting: remove it first (rm -r {runs / 's'}) and run the " \
+        "command again)" in said, said
 
     class AnswersOnce(Routes):  # an answer recorded, then refused: the run is worth its resume
         def _handle(self, handler, body):

@@ -320,7 +320,8 @@ def built():
     (lambda: promptclimb.transfer("r", backbone="demo", top="x"), "transfer(): top 'x': expected a whole number"),
     (lambda: promptclimb.transfer("r", backbone="demo", top=0), "top 0"),
     (lambda: promptclimb.transfer("r", backbone="demo", device="meta"), "device 'meta'"),
-    (lambda: promptclimb.transfer("r", backbone="demo", backbon="x"), "transfer(): unknown keyword backbon (did you mean backbone?)"),
+    (lambda: promptclimb.transfer("r", backbone="demo", backbon="x"),
+     "transfer(): unknown keyword backbon (did you mean backbone?)"),
     (lambda: promptclimb.search(dataset="toy", iterations=[1]), "--iterations [1]: expected a whole number"),
     (lambda: promptclimb.search(dataset="toy", shots=1.5), "--shots 1.5: expected a whole number"),
 ])

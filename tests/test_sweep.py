@@ -784,8 +784,8 @@ def test_a_second_sweep_of_a_running_sweep_is_refused_before_ray_writing_nothing
             refused = CliRunner().invoke(cli, again)
             error = [line for line in refused.output.splitlines() if line.startswith("Error:")]
             assert refused.exit_code == 1 and error == [
-                f"Error: sweep s is being run by another promptclimb process (pid {os.getpid()}); wait until it "
-                "has finished"], refused.output
+                f"Error: sweep s is being run by this process (pid {os.getpid()}: another thread of it); wait "
+                "until it has finished"], refused.output
         assert {p: p.read_bytes() for p in (runs / "s").rglob("*") if p.is_file()} == before and len(sessions) == 1
     finally:
         release.set()

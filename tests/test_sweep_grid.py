@@ -385,6 +385,8 @@ def test_a_sweep_whose_endpoint_secret_was_left_out_is_rerun_only_with_the_url_g
     ("json = true", "[search] json: not for a sweep"),
     ("max-call = 3", "grid.toml: [search] unknown key max-call (did you mean max-calls?)"),
     ("zz = 3", "grid.toml: [search] unknown key zz; the valid ones: adapter, base-url, bottom-k, "),  # no axis
+    ("runs-dirr = 3", "unknown key runs-dirr; the valid ones: adapter, "),
+    ("runs-dirr = 3", ", resets, restarts, search, "),  # no runs-dir, which is then refused
     ("iterations = 0", "grid.toml: [search] --iterations 0: not in the range x>=1"),
 ])
 def test_a_grid_file_search_table_is_refused_where_it_would_be_ignored_or_ambiguous(search, said, tmp_path):
@@ -670,5 +672,11 @@ def test_a_rerun_given_the_backbone_every_cell_already_used_is_the_same_sweep(tm
     first = sweeps.prepare_sweep(tmp_path / "s", grid, search)
     again = sweeps.prepare_sweep(tmp_path / "s", {**grid, "backbone": ["demo"]}, search)
     assert again["cells"] == first["cells"] == ["fashion-mnist-demo-1shot-seed1", "fashion-mnist-demo-1shot-seed2"]
-    with pytest.raises(PromptclimbError, match=r"other settings \(the grid's backbone demo-mpnet \(the sweep's: demo\)"):
+    with pytest.raises(PromptclimbError, match=r"other settings \(the grid's backbone fashion-mnist: demo-mpnet \(the "
+                                               r"sweep's: fashion-mnist: demo\)"):
         sweeps.prepare_sweep(tmp_path / "s", {**grid, "backbone": ["demo-mpnet"]}, search)
+    # a backbone that is one dataset's default is another's new one: more cells, refused (a review found it taken)
+    both, openai = {"dataset": ["fashion-mnist", "eurosat"], "seeds": ["1"]}, {**search, "pretrained": "openai"}
+    assert len(sweeps.prepare_sweep(tmp_path / "two", both, openai)["cells"]) == 2  # demo, ViT-B-32
+    with pytest.raises(PromptclimbError, match="other settings"):
+        sweeps.prepare_sweep(tmp_path / "two", {**both, "backbone": ["demo", "ViT-B-32"]}, openai)

@@ -76,8 +76,6 @@ def sweep_cmd(ctx, name, datasets, backbones, shots, seeds, grid_file, address, 
     from promptclimb.agent.sweep.driver import check_grid, read_grid_file, run_sweep
 
     grid, options = usage(read_grid_file, grid_file) if grid_file else ({}, {})
-    if grid_file:
-        usage(check_grid_file_search, grid_file, options)
     flags = {"dataset": datasets, "backbone": backbones, "shots": shots, "seeds": seeds}
     grid.update({axis: list(values) for axis, values in flags.items() if values})
     grid = with_stored_axes(grid, search["runs_dir"], name)
@@ -126,15 +124,6 @@ def with_stored_axes(grid: dict, runs_dir: str, name: str) -> dict:
         return grid
     stored = read_sweep(sweep_dir)["grid"]
     return {**{axis: stored[axis] for axis in stored if axis not in grid}, **grid}
-
-
-def check_grid_file_search(path: str, options: dict) -> None:
-    """A grid file's [search] table (`read_grid_file`'s keywords) less `runs-dir`: where the
-    sweep goes is --runs-dir on the command line, which every rerun gives again (a grid
-    file's was stored and not used)."""
-    if "runs_dir" in options:
-        raise PromptclimbError(f"{path}: [search] runs-dir: a grid file does not say where the sweep goes; "
-                               "give --runs-dir on the command line (and to its reruns)")
 
 
 @click.command("sweep-report", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

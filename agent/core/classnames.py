@@ -34,7 +34,7 @@ def readable_classname(folder: str) -> str:
     """'sea_lake' -> 'sea lake', 'ankle-boot' -> 'ankle boot' (folder names are often identifiers),
     one space between words: Hugging Face's fashion_mnist labels 'T - shirt / top', which read
     'T   shirt / top'."""
-    return " ".join(folder.replace("_", " ").replace("-", " ").split())
+    return re.sub(" {2,}", " ", folder.replace("_", " ").replace("-", " ")).strip()
 
 
 def name_key(name: str) -> str:

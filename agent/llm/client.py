@@ -97,8 +97,8 @@ def why_empty(choice, max_tokens: int | None) -> str:
     thought = next((f for f in ("reasoning_content", "reasoning") if isinstance(getattr(choice.message, f, None), str)
                     and getattr(choice.message, f).strip()), None)
     if thought and getattr(choice, "finish_reason", None) != "length":
-        return (f"the model wrote only its reasoning ({thought}, {len(getattr(choice.message, thought)):,} characters), "
-                "no answer after it")
+        return (f"the model wrote only its reasoning ({thought}, {len(getattr(choice.message, thought)):,} "
+                "characters), no answer after it")
     if getattr(choice, "finish_reason", None) == "length":
         return (f"it was cut at the {max_tokens}-token answer cap before it began (raise --max-answer-tokens: "
                 "a new run's setting, a resume keeps the run's)"
@@ -177,6 +177,9 @@ _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/+\S*")
 # a scheme has its slash (one at least, as typed): in `bob:pw@host`, `bob:` is a user name
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):/+")
 _QUERY_BEGINS = re.compile(r"[?#]")
+# an '@' that a host (and port) and then a path follow: where a `user:password@` ends, whatever the
+# password holds ('/', '?', '#' typed unencoded)
+_AT_BEFORE_HOST = re.compile(r"@(?=[A-Za-z0-9._~%\[\]:-]+/)")
 # Schemes whose URL names a file (MLflow's `sqlite:///runs@2/mlflow.db`): no userinfo, an '@' there is the path's
 _FILE_SCHEMES = ("file", "sqlite")
 
@@ -198,15 +201,20 @@ def _split(url: str):
 def _userinfo(url: str) -> tuple[int, int]:
     """Where the `user:password@` of `url` begins and ends (its '@' included; both at its
     start where it has none): everything between the scheme's slashes (or the start) and the
-    last '@' before the query. A password typed unencoded may hold a '/', '?' or '#' (which
-    urlsplit reads as the path's, the query's: the password was shown, and recorded), so the
-    query begins at the first '?' or '#' after a '/': an endpoint's URL has a path."""
+    last '@' that a host and a path follow, or, with none, the last '@' before the query. A
+    password typed unencoded may hold a '/', '?' or '#' (which urlsplit reads as the path's,
+    the query's: the password was shown, and recorded); an '@' in a query (`?email=a@b.com`,
+    a key's value) is no userinfo's end. A file's URL and a plain path (MLflow's folder store,
+    `/data/runs@2/mlruns`) have none."""
     scheme = _SCHEME.match(url)
     start = scheme.end() if scheme else 0
-    if scheme and scheme.group(1).lower() in _FILE_SCHEMES:
+    if (scheme and scheme.group(1).lower() in _FILE_SCHEMES) or (not scheme and url[:1] in ("/", ".", "~")):
         return start, start
+    before_host = [found.start() for found in _AT_BEFORE_HOST.finditer(url, start)]
+    if before_host:
+        return start, before_host[-1] + 1
     slash = url.find("/", start)
-    query = _QUERY_BEGINS.search(url, slash) if slash >= 0 else None
+    query = _QUERY_BEGINS.search(url, slash if slash >= 0 else start)
     at = url.rfind("@", start, query.start() if query else len(url))
     return start, (at + 1 if at >= 0 else start)
 
@@ -828,13 +836,15 @@ class LLMClient:
             tries = "after " + (f"{self.max_tries} {'try' if self.max_tries == 1 else 'tries'}" if _is_retryable(exc)
                                 else "1 try (not retryable)")
             where = self.where()
+            # the URL said has no password nor key: one copied from the hint would go without them
+            with_credentials = ", with the URL's credentials" if url_secrets(self.base_url) else ""
             cause = "timeout" if isinstance(exc, openai.APITimeoutError) else \
                 "connection" if isinstance(exc, openai.APIConnectionError) else \
                 "no route" if self.base_url and _no_such_route(exc) else \
                 "refused" if getattr(exc, "status_code", None) in (400, 404, 422) else None
             # the cause went unsaid: a --timeout too short for a slow model read as an endpoint that failed
             hint = f" (a try waits {self.timeout:g}s: a slow endpoint may need a longer --timeout)" \
-                if cause == "timeout" else f" ({_route_hint(where)})" if cause == "no route" else ""
+                if cause == "timeout" else f" ({_route_hint(where)}{with_credentials})" if cause == "no route" else ""
             raise LLMError(self.redact(f"the LLM ({self.model} at {where}) did not answer {tries}: "
                                        f"{type(exc).__name__}: {exc}{hint}"), cause=cause) from None
 
@@ -844,18 +854,22 @@ class LLMClient:
         client = self.connected  # a server's start is not the answer's latency
         started = time.perf_counter()
         while True:
+            not_taken = set(self._not_taken)  # as this request goes: another lane may add to it meanwhile
             try:
-                response = client.chat.completions.create(**as_sent(request, self._not_taken))
+                response = client.chat.completions.create(**as_sent(request, not_taken))
                 break
             except ValueError as exc:  # a 200 whose body is not JSON (json / pydantic errors)
                 raise MalformedResponse(f"the endpoint's answer is not valid JSON ({exc})") from None
             except openai.BadRequestError as exc:
                 param = refused_parameter(exc)
-                if param is None or param in self._not_taken:
+                if param is None or param in not_taken:
                     raise
-                self._not_taken.add(param)
-                self.echo(f"note: {self.model} does not take {param}: "
-                          + ("sent as max_completion_tokens" if param == "max_tokens" else "left out of its requests"))
+                with self._ledger_lock:
+                    first = param not in self._not_taken
+                    self._not_taken.add(param)
+                if first:
+                    self.echo(f"note: {self.model} does not take {param}: " + (
+                        "sent as max_completion_tokens" if param == "max_tokens" else "left out of its requests"))
         latency = time.perf_counter() - started
         choices = getattr(response, "choices", None)
         # the openai client builds its answer unchecked: a `"message": "text"` has no content to read

@@ -112,7 +112,7 @@ import os
 import shutil
 import time
 import unicodedata
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -385,11 +385,12 @@ def writing_now(run_dir: str | Path) -> str:
     return _writer_said(holder)
 
 
-def _writer_said(holder: str) -> str:
-    """Who holds a run's lock, and what to do, from the pid its lock file holds."""
+def _writer_said(holder: str, doing: str = "being written") -> str:
+    """Who holds a run's lock (or a sweep's: `doing` "being run"), and what to do, from the pid
+    its lock file holds."""
     if holder == str(os.getpid()):  # a notebook's other thread
-        return f"being written by this process (pid {holder}: another thread of it); wait until it has finished"
-    return f"being written by another promptclimb process{f' (pid {holder})' if holder else ''}; wait until it has finished"
+        return f"{doing} by this process (pid {holder}: another thread of it); wait until it has finished"
+    return f"{doing} by another promptclimb process{f' (pid {holder})' if holder else ''}; wait until it has finished"
 
 
 def _acquire_lock(run_dir: Path):
@@ -427,6 +428,14 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
         yield
     finally:
         handle.close()  # releases the flock
+
+
+def lock_holder_said(folder: str | Path, doing: str) -> str:
+    """Who holds `folder`'s lock (`lock_folder`), said as a run's holder is."""
+    holder = ""
+    with suppress(OSError):
+        holder = (Path(folder) / LOCK).read_text().strip()
+    return _writer_said(holder, doing)
 
 
 def lock_folder(folder: str | Path):

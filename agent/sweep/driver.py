@@ -47,7 +47,8 @@ from promptclimb.agent.core.format import moment, shell_command
 from promptclimb.agent.core.paths import absolute, missing_folders, remove_while_empty
 from promptclimb.agent.core.runfiles import CELL_ERROR, CELL_LOG, CONFIG, HISTORY, LOCK, SUMMARY, SWEEP_FILE
 from promptclimb.agent.runs.store import (LOCK_TRIES, RUN, SWEEP, RunLocked, check_folder_name, claim_folder,
-                                          ended_with_adapter, has_summary, kept_result, lock_folder)
+                                          ended_with_adapter, has_summary, kept_result, lock_folder,
+                                          lock_holder_said)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -146,8 +147,12 @@ def read_grid_file(path: str | Path) -> tuple[dict, dict]:
     not_here = [key for key in search if key.replace("-", "_") in (*CELL_OPTIONS, *GRID_AXES)]
     if not_here:
         raise PromptclimbError(where + not_a_sweep_option(not_here))
+    if any(key.replace("-", "_") == "runs_dir" for key in search):  # stored in sweep.json, and not used
+        raise PromptclimbError(f"{where}runs-dir: a grid file does not say where the sweep goes; give --runs-dir on "
+                               "the command line (and to its reruns)")
     # as the file spells them, each with its nearest: a sweep's own, not those the grid and each cell set
-    refused = unknown_keys(search, [k for k in BY_KEYWORD if k not in CELL_OPTIONS], where, dashes=True)
+    refused = unknown_keys(search, [k for k in BY_KEYWORD if k not in (*CELL_OPTIONS, "runs_dir")], where,
+                           dashes=True)
     if refused:
         raise refused
     search = table_keywords(search, where)
@@ -490,7 +495,8 @@ def _comparable(settings: dict) -> dict:
     cells resolve them (a rerun given `--backbone demo`, every cell's default, was refused as
     other settings than none)."""
     resolved = search_options({k: v for k, v in settings["search"].items() if k not in EXECUTION_OPTIONS})
-    backbones = [f"{c.backbone} ({c.pretrained})" if c.pretrained else c.backbone for c in grid_cells(settings)]
+    backbones = [f"{c.dataset}: {c.backbone}" + (f" ({c.pretrained})" if c.pretrained else "")
+                 for c in grid_cells(settings)]
     grid = {**settings["grid"], "backbone": _once(backbones)}
     return {**{f"grid.{k}": v for k, v in grid.items()},
             **{k: (list(v) if isinstance(v, tuple) else v) for k, v in resolved.items() if k not in EXECUTION_OPTIONS}}
@@ -957,11 +963,7 @@ def _take_sweep_lock(sweep_dir: Path, name: str):
         except FileNotFoundError:  # a new sweep refused meanwhile removed the folder
             continue
         except RunLocked:
-            holder = ""
-            with suppress(OSError):
-                holder = (sweep_dir / LOCK).read_text().strip()
-            raise PromptclimbError(f"sweep {name} is being run by another promptclimb process"
-                                   f"{f' (pid {holder})' if holder else ''}; wait until it has finished") from None
+            raise PromptclimbError(f"sweep {name} is {lock_holder_said(sweep_dir, 'being run')}") from None
         with suppress(OSError):
             if os.path.samestat(os.fstat(handle.fileno()), os.stat(sweep_dir / LOCK)):
                 return handle
