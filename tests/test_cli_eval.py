@@ -94,6 +94,15 @@ def test_eval_run_on_other_data_needs_the_runs_classes(tiny_clip_config, tiny_cl
     again = run("--run", "r", "--runs-dir", str(tmp_path / "runs"), "--device", "cpu", "--json")
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["info"]["dataset"]["classnames"] == found
+    assert "ensemble" not in again.stderr
+    # a run whose result is its ensemble: its best template alone was scored, unsaid
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary.update(winner="ensemble", ensemble={"templates": ["a photo of a {}.", "a {}."], "accuracy": {"test": 0.5}})
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    said = run("--run", "r", "--runs-dir", str(tmp_path / "runs"), "--device", "cpu", "--json")
+    assert said.exit_code == 0 and len(json.loads(said.stdout)["results"]) == 1, said.output
+    assert "warning: r's result is its ensemble of 2 templates (test 50.0%); this scores its best template alone " \
+        "(the others: --prompt TEMPLATE each)" in said.stderr
 
     other = make_image_folder(tmp_path / "other", per_class=4, classes={
         "red_square": (220, 30, 30), "green_field": (30, 200, 40), "yellow_sun": (220, 220, 30)})

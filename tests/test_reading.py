@@ -371,3 +371,25 @@ def test_an_answer_from_the_cache_costs_no_tokens_per_answer_as_in_the_ledger(tm
         logged = [values for _, _, values in answer_metrics(run)]
         assert sum(v["prompt_tokens"] for v in logged) == ledger["prompt_tokens"]
         assert sum(v["completion_tokens"] for v in logged) == ledger["completion_tokens"]
+
+
+def test_runs_lists_each_runs_result_beside_its_best_template(tmp_path):
+    """`runs` listed the best template's test accuracy alone, where the search had ended on an
+    ensemble (chosen on val) or a kept adapter: its figure was not the run's result."""
+    for name in ("plain", "ensemble", "adapter"):
+        make_run(tmp_path, name)
+    summaries = {name: json.loads((tmp_path / "runs" / name / "summary.json").read_text())
+                 for name in ("plain", "ensemble", "adapter")}
+    best_test = summaries["plain"]["best"]["accuracy"]["test"]
+    ensemble = {**summaries["ensemble"].get("ensemble", {}), "templates": ["a {}.", "an {}."],
+                "accuracy": {"test": 0.25}, "chosen": True}
+    summaries["ensemble"].update(winner="ensemble", ensemble=ensemble)
+    summaries["plain"]["winner"] = "best"
+    summaries["adapter"]["adapter"] = {"kind": "cache", "result": "adapter", "accuracy": {"test": 0.75}}
+    for name, summary in summaries.items():
+        (tmp_path / "runs" / name / "summary.json").write_text(json.dumps(summary))
+    frame = runs_frame(tmp_path / "runs").set_index("id")
+    assert frame.loc["plain", ["result", "result test"]].tolist() == ["best template", best_test]
+    assert frame.loc["ensemble", ["result", "result test"]].tolist() == ["ensemble of 2", 0.25]
+    assert frame.loc["adapter", ["result", "result test"]].tolist() == ["prompt + cache adapter", 0.75]
+    assert set(frame["test"]) == {best_test}  # the best template's own figure stays beside it

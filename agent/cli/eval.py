@@ -216,6 +216,14 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
                                        "lines) to match them by class")
         if not prompts:
             prompts = [summary["best"]["template"]]
+            ensemble = summary.get("ensemble") or {}
+            if summary.get("winner") == "ensemble" and ensemble.get("templates"):  # it was scored unsaid
+                import warnings
+
+                test = pct((ensemble.get("accuracy") or {}).get("test"))
+                warnings.warn(f"{Path(run_dir).name}'s result is its ensemble of {len(ensemble['templates'])} "
+                              f"templates (test {test}); this scores its best template alone (the others: --prompt "
+                              "TEMPLATE each)", stacklevel=2)
     for key, value in DEFAULTS.items():
         if args[key] is None:
             args[key] = value

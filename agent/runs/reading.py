@@ -38,8 +38,8 @@ from promptclimb.agent.core.protocol import SPLITS
 from promptclimb.agent.core.runfiles import SWEEP_FILE
 from promptclimb.agent.runs.compact import COMPACT_SINCE, confusion_matrix, unpack_event
 from promptclimb.agent.runs.store import (ANSWER_KINDS, CONFIG, EVENTS, FORMAT_VERSION, HISTORY, SUMMARY, being_written,
-                                          ended_with_adapter, has_summary, ledger, names_scored, SCORED_EVENTS,
-                                          scored_origin, tokens_spent)
+                                          ended_with_adapter, has_summary, kept_result, ledger, names_scored,
+                                          SCORED_EVENTS, scored_origin, tokens_spent)
 from promptclimb.agent.ranking import LEGACY_METRIC, best_first, selection_value, then_value, top_and_bottom
 from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.options import check_recorded
@@ -1091,8 +1091,24 @@ TRANSFER_PARTS = ("target", "rank_correlation", "winner", "baseline", "target_be
 
 
 # -- all runs -------------------------------------------------------------------------------
-RUNS_COLUMNS = ["id", "dataset", "backbone", "shots", "seed", "llm", "best template", "train", "test",
-                "llm answers", "date", "status"]
+RUNS_COLUMNS = ["id", "dataset", "backbone", "shots", "seed", "llm", "best template", "train", "test", "result",
+                "result test", "llm answers", "date", "status"]
+
+
+def result_said(summary: dict | None) -> tuple[str | None, float | None]:
+    """What a finished run keeps as its result (`kept_result`: an adapter, an ensemble, its best
+    template), said in a few words, and its test accuracy: `runs` listed the best template's
+    alone, where the search had ended on an ensemble or an adapter."""
+    result = kept_result(summary) if summary else None
+    if not result:
+        return None, None
+    if result is summary.get("adapter"):
+        what = f"prompt + {result.get('kind')} adapter"
+    elif result is summary.get("ensemble"):
+        what = f"ensemble of {len(result.get('templates') or [])}"
+    else:
+        what = "best template"
+    return what, (result.get("accuracy") or {}).get("test")
 
 
 def runs_frame(runs_dir: str | Path) -> pd.DataFrame:
@@ -1115,10 +1131,11 @@ def runs_frame(runs_dir: str | Path) -> pd.DataFrame:
                 best = {"template": ranked.loc[0, "template"], "accuracy": {"train": ranked.loc[0].get("train")}}
         accuracy = best.get("accuracy") or {}
         status = run.status + (f", {len(run.skipped)} bad lines" if run.skipped else "")
+        result, result_test = result_said(final)
         rows.append({
             "id": run.id, "dataset": run.dataset, "backbone": run.backbone, "shots": run.args.get("shots"),
             "seed": run.args.get("seed"), "llm": run.llm, "best template": best.get("template"),
-            "train": accuracy.get("train"), "test": accuracy.get("test"),
+            "train": accuracy.get("train"), "test": accuracy.get("test"), "result": result, "result test": result_test,
             "llm answers": len(run.answers()), "date": run.created, "status": status,
         })
     frame = pd.DataFrame(rows, columns=RUNS_COLUMNS)
