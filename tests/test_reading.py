@@ -64,6 +64,8 @@ def test_a_finished_run_reads_back_consistently(run_dir):
     summary = json.loads((run_dir / "summary.json").read_text())
     history = [json.loads(line) for line in lines_of(run_dir)]
     assert run.skipped == [] and run.status == "done" and run.dataset == "toy" and run.llm == "fake"
+    config = json.loads((run_dir / "config.json").read_text())["evaluator_args"]
+    assert (run.shots, run.seed) == (config["shots"], config["seed"]) and run.shots is not None  # AttributeError
 
     winners = run.winners()
     assert winners.loc[0, "template"] == summary["best"]["template"]

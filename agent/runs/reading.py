@@ -336,6 +336,16 @@ class Run:
         return self.args.get("dataset") or (self.summary or {}).get("dataset")
 
     @property
+    def shots(self) -> int | None:
+        """Training images per class (`run.dataset` and `run.backbone` read so; these were only
+        in `run.args`)."""
+        return self.args.get("shots")
+
+    @property
+    def seed(self) -> int | None:
+        return self.args.get("seed")
+
+    @property
     def backbone(self) -> str | None:
         name = self.args.get("backbone")
         if name and self.args.get("pretrained"):
