@@ -776,6 +776,96 @@ def test_compare_and_show_list_as_many_distinct_winners_as_asked_after_a_rename(
     shown = json.loads(invoke("show", run_dir.name, "--runs-dir", tmp_path / "runs", "--format", "json").output)
     assert [w["template"] for w in shown["winners"][:5]] == listed
 
+def cut_history(run_dir: Path, keep) -> None:
+    """The run as a search killed (Ctrl-C, or stopped by an LLM failure) leaves it: no summary.json,
+    and its history's events up to the last one `keep` holds (no final event)."""
+    (run_dir / "summary.json").unlink()
+    lines = (run_dir / "history.jsonl").read_text().splitlines()
+    last = max(i for i, line in enumerate(lines) if keep(json.loads(line)))
+    (run_dir / "history.jsonl").write_text("\n".join(lines[: last + 1]) + "\n")
+
+
+def test_show_of_an_unfinished_run_says_how_to_continue_it(tmp_path):
+    """`show` of a run killed mid-search (no lock held) said only "unfinished"; `eval --run`
+    says how to finish it, `show` said nothing of it. A running or finished run has no such line."""
+    run_dir = make_run(tmp_path)
+    runs = tmp_path / "runs"
+    resume = f"promptclimb search --resume {run_dir}"
+    assert "continue it with" not in invoke("show", "run", "--runs-dir", runs).output
+    cut_history(run_dir, lambda e: e["event"] != "final")
+    text = invoke("show", "run", "--runs-dir", runs)
+    assert text.exit_code == 0, text.output
+    lines = text.stdout.splitlines()
+    assert lines[0].endswith("; unfinished") and lines[2] == f"continue it with: {resume}"
+    markdown = invoke("show", "run", "--runs-dir", runs, "--format", "markdown").stdout.splitlines()
+    assert markdown[2:4] == ["", f"continue it with: `{resume}`"]  # a paragraph of its own
+    with run_lock(run_dir):  # a search at it: nothing to continue
+        running = invoke("show", "run", "--runs-dir", runs).stdout
+    assert "; running\n" in running and "continue it with" not in running
+
+
+def test_show_and_report_say_what_each_drift_guard_answer_judged(tmp_path, monkeypatch):
+    """A guard answer read `answer 2 (...) [guard]: best so far 35.5%` / `answered: Trouser`, not
+    which change was judged; the report marked neither guard nor names answers, and gave each
+    an empty "shown to the LLM" table (a guard one an empty "proposed" table too)."""
+    from test_reading import make_names_run
+
+    monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
+    run_dir, _ = make_names_run(tmp_path)
+    judges = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()
+              if json.loads(line)["event"] == "names_judge"]
+    assert [(e["class"], e["name"], e["answer"]) for e in judges] == [(1, "jeans", "Trouser"),
+                                                                      (0, "tee", "T-shirt/top")]
+    text = invoke("show", run_dir.name, "--runs-dir", tmp_path / "runs").stdout.splitlines()
+    assert "answer 2 (restart 1, reset 1, iteration 1) [guard] Trouser -> jeans: judged Trouser" in text
+    assert "answer 5 (restart 1, reset 2, iteration 1) [guard] T-shirt/top -> tee: judged T-shirt/top" in text
+    assert not any("answered:" in line for line in text)
+    markdown = invoke("show", run_dir.name, "--runs-dir", tmp_path / "runs", "--format", "markdown").stdout
+    assert "### answer 2 (restart 1, reset 1, iteration 1) [guard] Trouser -\\> jeans: judged `Trouser`\n" in markdown
+
+    html = invoke("report", run_dir.name, "--runs-dir", tmp_path / "runs", "-o", "-").stdout
+    climb = html.split("<h2>Iteration by iteration</h2>")[1].split("<h2>The conversation</h2>")[0]
+    assert re.findall(r'<tr><td class="num">(\d+(?: \[\w+\])?)</td>', climb) == \
+        ["1 [names]", "2 [guard]", "3", "4 [names]", "5 [guard]", "6"]
+    assert "<p>Answer 2 [guard] (restart 1, reset 1, iteration 1): judged <code>Trouser</code></p>" in climb
+    details = re.findall(r"<details><summary>Answer (.*?)</details>", climb, re.S)
+    assert [d.split(" (")[0] for d in details] == ["1 [names]", "3", "4 [names]", "6"]
+    assert ["shown to the LLM" in d for d in details] == [False, True, False, True]
+
+
+def test_show_says_a_names_turn_cut_off_by_a_stop_has_not_decided(tmp_path, monkeypatch):
+    """Ctrl-C during a names turn's guard questions: `show` said the turn "kept nothing",
+    though its decision was still to come (a resume asks the guard and decides)."""
+    from test_reading import make_names_run
+
+    monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
+    run_dir, _ = make_names_run(tmp_path)
+    runs = tmp_path / "runs"
+    first = "answer 1 (restart 1, reset 1, iteration 1): asked about Trouser, T-shirt/top, Dress; "
+    assert f"  {first}kept Trouser -> jeans" in invoke("show", run_dir.name, "--runs-dir", runs).stdout.splitlines()
+    # the first turn's score, its guard not answered
+    cut_history(run_dir, lambda e: e["event"] == "name_score" and e["call"] == 0)
+    text = invoke("show", run_dir.name, "--runs-dir", runs).stdout
+    assert f"  {first}stopped before it decided what to keep (a resume decides)\n" in text
+    assert "kept nothing" not in text
+    with run_lock(run_dir):
+        running = invoke("show", run_dir.name, "--runs-dir", runs).stdout
+    assert f"  {first}deciding what to keep now\n" in running
+
+
+def test_show_conversation_csv_of_a_soft_prompt_run_has_no_messages(tmp_path):
+    """`show --conversation --format csv` of a soft-prompt run printed its steps table, not
+    messages; json gives its conversation as [], so csv gives the message columns, no rows."""
+    make_soft_run(tmp_path)
+    runs = tmp_path / "runs"
+    csv = invoke("show", "soft", "--runs-dir", runs, "--conversation", "--format", "csv")
+    assert csv.exit_code == 0, csv.output
+    assert csv.stdout == "call,kind,restart,reset,iteration,role,content\n"
+    assert json.loads(invoke("show", "soft", "--runs-dir", runs, "--conversation", "--format", "json").stdout)[
+        "conversation"] == []
+    assert invoke("show", "soft", "--runs-dir", runs, "--format", "csv").stdout.startswith("step,queries,")
+
+
 def test_rank_correlation():
     a = pd.Series([0.9, 0.8, 0.7, 0.6])
     assert rank_correlation(a, pd.Series([0.5, 0.4, 0.3, 0.2])) == 1.0

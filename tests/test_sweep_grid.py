@@ -680,3 +680,22 @@ def test_a_rerun_given_the_backbone_every_cell_already_used_is_the_same_sweep(tm
     assert len(sweeps.prepare_sweep(tmp_path / "two", both, openai)["cells"]) == 2  # demo, ViT-B-32
     with pytest.raises(PromptclimbError, match="other settings"):
         sweeps.prepare_sweep(tmp_path / "two", {**both, "backbone": ["demo", "ViT-B-32"]}, openai)
+
+
+def test_a_value_edited_into_sweep_json_is_said_as_the_file_damaged(tmp_path):
+    """A sweep.json edited by hand (`"resets": "x"`): its rerun said `sweep: --resets 'x': ...`,
+    a flag the user never gave; sweep-report already said the file was damaged."""
+    from click.testing import CliRunner
+
+    from promptclimb.agent.cli import cli
+
+    runs = tmp_path / "runs"
+    sweeps.prepare_sweep(runs / "s", {"dataset": ["fashion-mnist"]}, {"optimizer": "craft", "queries": 200})
+    path = runs / "s" / "sweep.json"
+    stored = json.loads(path.read_text())
+    stored["search"]["resets"] = "x"
+    path.write_text(json.dumps(stored))
+    for command in (["sweep", "s"], ["sweep-report", "s"]):
+        said = CliRunner().invoke(cli, [*command, "--runs-dir", str(runs)])
+        assert said.exit_code == 1 and f"Error: {path} is damaged (--resets 'x': expected a whole number)" \
+            in said.output, said.output

@@ -28,7 +28,7 @@ from promptclimb.agent.options import BY_KEYWORD
 from promptclimb.agent.proposals import why_nothing_read
 from promptclimb.agent.runs.reading import Run, find_run, list_sweep_dirs, run_start_names, runs_frame, without_root
 from promptclimb.agent.runs.compact import CLASSES_IN_FULL
-from promptclimb.agent.runs.store import ANSWER_KINDS, CONFIG, HISTORY
+from promptclimb.agent.runs.store import ANSWER_KINDS, CONFIG, HISTORY, run_argument
 from promptclimb.agent.adapt import adapter_said
 from promptclimb.agent.softsearch import is_soft_prompt_run, soft_prompt_lines, spent_said, steps_table
 from promptclimb.agent.core.templates import BASELINE
@@ -151,7 +151,7 @@ def runs_cmd(runs_dir, fmt):
             "(start one with `promptclimb search`, or point --runs-dir elsewhere)"))
     if fmt in ("table", "markdown") and not frame.empty:
         frame = frame.assign(date=frame["date"].map(moment))  # UTC, and saying so
-    click.echo(as_text(frame, fmt, percent=("train", "test")))
+    click.echo(as_text(frame, fmt, percent=("train", "test", "result test")))
     if sweeps:
         click.echo(f"sweeps here (their runs not listed above): {'; '.join(sweeps)}", err=True)
 
@@ -206,6 +206,9 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
     code = markdown_code if markdown else (lambda s: s)
     literal = markdown_text if markdown else (lambda s: s)
     out = [f"# {literal(headline(run))}" if markdown else headline(run)]  # a run named my_*best* is no markup
+    if run.status == "unfinished":  # killed, or stopped by a failure: nothing else tells a reader how to go on
+        resume = shell_command("search", "--resume", run_argument(run.path))
+        out.append(("\n" if markdown else "") + f"continue it with: {code(resume)}")  # markdown: a paragraph of its own
     out.append(h2("Winning templates (test accuracy: best template and ensemble only)"))
     out.append(as_text(run.winners_said(), "markdown" if markdown else "table", percent=("train", "val", "test")))
     adapter = (run.final or {}).get("adapter")
@@ -246,9 +249,16 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
     if turns:
         out.append(h2("Names turns"))
         bullet, sub = list_bullets(markdown)
+        # a turn keeps its changes only once its guard questions are all answered: nothing kept
+        # yet in the last turn of a search stopped (or still at it) is no decision
+        undecided = run.open_turn() if run.final is None else set()
         for turn in turns:
-            kept = ", ".join(f"{literal(c['from'])} -> {literal(c['to'])}" for c in turn["kept"]) or "nothing"
-            out.append(f"{bullet}{where(turn)}: asked about {literal(', '.join(turn['asked']))}; kept {kept}")
+            kept = ", ".join(f"{literal(c['from'])} -> {literal(c['to'])}" for c in turn["kept"])
+            kept = f"kept {kept or 'nothing'}"
+            if turn["call"] in undecided and not turn["kept"] and not turn["cut"]:
+                kept = ("deciding what to keep now" if run.status == "running" else
+                        "stopped before it decided what to keep (a resume decides)")
+            out.append(f"{bullet}{where(turn)}: asked about {literal(', '.join(turn['asked']))}; {kept}")
             # the best five, the kept ones first: a kept name tied with others was cut off the list
             kept_pairs = {(c["from"], c["to"]) for c in turn["kept"]}
             ranked = sorted(turn["scored"], key=lambda s: ((s["from"], s["to"]) not in kept_pairs, -s["selection"]))
@@ -276,20 +286,21 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
     if not iterations:
         out.append("(no LLM answer recorded)")
     bullet, sub = list_bullets(markdown)
+    judges = {e["call"]: e for e in run.of("names_judge")}
     for it in iterations:
         kind = "" if it["kind"] == "template" else f" [{it['kind']}]"
+        if it["kind"] == "guard":  # its answer is the whole story, beside the change it judged
+            asked = guard_asked(run, judges.get(it["call"], {}))
+            out.append(("### " if markdown else "") + f"{where(it)}{kind} {literal(asked)}: judged "
+                       f"{code(shortened(' '.join(it['answer'].split()), 80))}")
+            if conversation:
+                out += exchange_lines(exchanges[it["call"]], bullet, markdown)
+            if not markdown:
+                out.append("")
+            continue
         out.append(("### " if markdown else "") + f"{where(it)}{kind}: best so far {pct(it['best_so_far'])}")
         if conversation:
-            ex = exchanges[it["call"]]
-            for m in ex["messages"]:
-                out.append(f"{bullet}[{m.get('role')}]")
-                out.append(indent(m.get("content", ""), markdown))
-            out.append(f"{bullet}[assistant]")
-            out.append(indent(ex["answer"], markdown))
-        if it["kind"] == "guard":  # the drift guard's question: its answer is the whole story
-            if not conversation:
-                out.append(f"{bullet}answered: {code(shortened(it['answer'].strip(), 80))}")
-            continue
+            out += exchange_lines(exchanges[it["call"]], bullet, markdown)
         if it["kind"] == "template" and not conversation:
             out.append(f"{bullet}shown:")
             for s in it["shown_top"]:
@@ -309,6 +320,29 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
     return "\n".join(out).rstrip()
 
 
+def exchange_lines(ex: dict, bullet: str, markdown: bool) -> list[str]:
+    """One exchange of `Run.conversation()` as `show --conversation` prints it: each message
+    sent, then the answer."""
+    out = []
+    for m in ex["messages"]:
+        out += [f"{bullet}[{m.get('role')}]", indent(m.get("content", ""), markdown)]
+    return out + [f"{bullet}[assistant]", indent(ex["answer"], markdown)]
+
+
+def guard_asked(run: Run, judge: dict) -> str:
+    """The change a drift-guard question (its `names_judge` event) was about, "Class -> name":
+    the class as its turn's score of the change named it (the names then current), else by
+    its start name, since the event holds the class's number only."""
+    cls, name = judge.get("class"), judge.get("name", "?")
+    changes = [e["changes"][0] for e in run.of("name_score") if e["_line"] < judge.get("_line", 0)
+               and len(e.get("changes") or ()) == 1 and e["changes"][0].get("class") == cls
+               and e["changes"][0].get("to") == name]
+    if changes:
+        return f"{changes[-1].get('from')} -> {name}"
+    start = run.start_names or []
+    return f"{start[cls] if isinstance(cls, int) and cls < len(start) else f'class {cls}'} -> {name}"
+
+
 def list_bullets(markdown: bool) -> tuple[str, str]:
     """How `show` starts a line of a list, and a line under it: in markdown "- " and a nested
     "  - " (four spaces, as the terminal indents it, make an indented code block there, where
@@ -325,12 +359,12 @@ def indent(text: str, markdown: bool) -> str:
 
 def show_rows(run: Run, conversation: bool) -> pd.DataFrame:
     """csv: every template of the run, one row each (pool, scored proposals, rejected ones);
-    with --conversation, every message instead; a soft-prompt run's steps (it scores no
-    templates and holds no conversation)."""
+    with --conversation, every message instead (none for a soft-prompt run, which asks no
+    LLM); else a soft-prompt run's steps (it scores no templates)."""
+    if conversation:  # a soft-prompt run's: no rows, as json's "conversation" is [] (not its steps)
+        return run.conversation_frame()
     if is_soft_prompt_run(run.config):
         return pd.DataFrame(steps_table(run.events))
-    if conversation:
-        return run.conversation_frame()
     scores = run.scores()
     keep = [c for c in ("restart", "reset", "iteration", "call", "template", "origin", "source", "train", "val",
                         "best_so_far") if c in scores]

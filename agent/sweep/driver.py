@@ -1250,6 +1250,13 @@ def read_sweep(sweep_dir: str | Path) -> dict:
     if not isinstance(settings, dict) or not isinstance(settings.get("grid"), dict) \
             or not isinstance(settings.get("search", {}), dict):
         raise PromptclimbError(f"{path} is damaged (not a sweep's settings: a JSON object with grid and search)")
+    from promptclimb.agent.options import resolve
+
+    try:  # a value edited by hand: its rerun blamed a flag never given (`sweep: --resets 'x': ...`)
+        check_grid(settings["grid"])
+        resolve(settings.get("search", {}))
+    except PromptclimbError as exc:
+        raise PromptclimbError(f"{path} is damaged ({exc})") from None
     return {"search": {}, "created": "", **settings}
 
 
