@@ -1071,8 +1071,10 @@ def run_is_saved(exc: Exception, store: RunStore, tracking_uri: str | None, more
 
 def what_changed(summary: dict, evaluator, echo) -> None:
     """The search in two lines: the class names it changed, and test accuracy from where a
-    user starts ("a photo of a {}." with the start names) to what it found. Test is only read."""
+    user starts ("a photo of a {}." with the start names) to what it found. Test is only read.
+    The start's figure goes into `summary` ("baseline"), for `show` and the API the day after."""
     start = evaluator.score([BASELINE], splits=("test",))[0].accuracy["test"]
+    summary["baseline"] = {"template": BASELINE, "names": "start", "accuracy": {"test": float(start)}}
     echo("\nWhat changed")
     names = summary.get("names")
     if names:
@@ -1101,5 +1103,6 @@ def after_the_climb(plan: Plan, store: RunStore, evaluator, summary: dict, echo)
     if plan.adapter_kinds:
         summary["adapter"] = fit_run_adapter(store.run_dir, plan.adapter_kinds, evaluator=evaluator, echo=echo)
     what_changed(summary, evaluator, echo)  # after the adapter: it may be the run's result
+    store.write_json(SUMMARY, summary)  # with the baseline it scored
     echo(f"run folder: {store.run_dir}   (read it with: {shell_command('show', run_argument(store.run_dir))})")
     return summary

@@ -153,6 +153,14 @@ def test_what_changed_says_the_ensemble_when_it_is_what_to_use(tmp_path, monkeyp
         best = summary["best"]
         assert summary["winner"] == "best" and said[0].endswith(f"-> {pct(best['accuracy']['test'])} "
                                                                 f"({best['template']!r})")
+    # the start's figure, said once at the end, is kept: show reads the same line back the day after
+    start = said[0].split("test accuracy: ")[1].split(" ")[0]
+    assert pct(summary["baseline"]["accuracy"]["test"]) == start and summary["baseline"]["names"] == "start"
+    from promptclimb.agent.cli import cli
+
+    shown = CliRunner().invoke(cli, ["show", "run", "--runs-dir", str(tmp_path / "runs")]).output.splitlines()
+    assert shown[2] == f"test accuracy: {start} ('a photo of a {{}}.' with the start names) -> " \
+        f"{said[0].split(' -> ')[1].split(' ')[0]} ({'ensemble of 2' if gain > 0 else 'best template'})"
 
 
 @pytest.mark.parametrize("result", ["adapter", "prompt-only"])

@@ -26,7 +26,8 @@ from promptclimb.agent.core.format import markdown_text, moment, pct, shell_comm
 from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.options import BY_KEYWORD
 from promptclimb.agent.proposals import why_nothing_read
-from promptclimb.agent.runs.reading import Run, find_run, list_sweep_dirs, run_start_names, runs_frame, without_root
+from promptclimb.agent.runs.reading import (Run, find_run, list_sweep_dirs, result_said, run_start_names, runs_frame,
+                                            without_root)
 from promptclimb.agent.runs.compact import CLASSES_IN_FULL
 from promptclimb.agent.runs.store import ANSWER_KINDS, CONFIG, HISTORY, run_argument
 from promptclimb.agent.adapt import adapter_said
@@ -209,6 +210,11 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
     if run.status == "unfinished":  # killed, or stopped by a failure: nothing else tells a reader how to go on
         resume = shell_command("search", "--resume", run_argument(run.path))
         out.append(("\n" if markdown else "") + f"continue it with: {code(resume)}")  # markdown: a paragraph of its own
+    baseline = ((run.final or {}).get("baseline") or {}).get("accuracy", {}).get("test")
+    result, result_test = result_said(run.final)
+    if baseline is not None and result_test is not None:  # the search's last words, read back the day after
+        out.append(("\n" if markdown else "") + f"test accuracy: {pct(baseline)} ({code(repr(BASELINE))} with the start "
+                   f"names) -> {pct(result_test)} ({result})")
     out.append(h2("Winning templates (test accuracy: best template and ensemble only)"))
     out.append(as_text(run.winners_said(), "markdown" if markdown else "table", percent=("train", "val", "test")))
     adapter = (run.final or {}).get("adapter")
