@@ -1101,7 +1101,12 @@ def after_the_climb(plan: Plan, store: RunStore, evaluator, summary: dict, echo)
     for path in write_plots(store.run_dir):
         echo(f"plot: {path}")
     if plan.adapter_kinds:
-        summary["adapter"] = fit_run_adapter(store.run_dir, plan.adapter_kinds, evaluator=evaluator, echo=echo)
+        try:
+            summary["adapter"] = fit_run_adapter(store.run_dir, plan.adapter_kinds, evaluator=evaluator, echo=echo)
+        except Exception:  # the prompt found stays the result so far: said before the failure is
+            what_changed(summary, evaluator, echo)
+            store.write_json(SUMMARY, summary)
+            raise
     what_changed(summary, evaluator, echo)  # after the adapter: it may be the run's result
     store.write_json(SUMMARY, summary)  # with the baseline it scored
     echo(f"run folder: {store.run_dir}   (read it with: {shell_command('show', run_argument(store.run_dir))})")

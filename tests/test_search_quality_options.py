@@ -258,3 +258,24 @@ def test_presence_penalty_is_sent_only_when_set_and_a_resume_keeps_it(tmp_path, 
     bad = run_cli([*common, "--name", "bad", "--presence-penalty", "3"], "http://127.0.0.1:9/v1", monkeypatch)
     assert bad.exit_code == 2 and "Invalid value for '--presence-penalty': 3.0 is not in the range -2<=x<=2." \
         in bad.output
+
+
+def test_what_changed_is_said_when_the_adapter_fit_fails(tmp_path, monkeypatch):
+    """--adapter: a fit that failed (a full disk as adapter.pt is written) ended the search with
+    its error alone; the prompt it found, the run's result so far, went unsaid."""
+    from promptclimb.agent import adapt
+    from promptclimb.agent.core.errors import PromptclimbError
+
+    def fails(*args, **kwargs):
+        raise PromptclimbError("adapter.pt cannot be written")
+
+    monkeypatch.setattr(adapt, "fit_run_adapter", fails)
+    monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
+    with FakeLLM(script=["a grayscale photo of a {}."]) as fake:
+        result = run_cli(["--dataset", "toy", "--runs-dir", str(tmp_path / "runs"), "--name", "run", "--search",
+                          "template", "--iterations", "1", "--resets", "1", "--pool-sample", "6", "--adapter", "cache"],
+                         fake.base_url, monkeypatch, evaluator=WordEvaluator())
+    assert result.exit_code == 1 and "adapter.pt cannot be written" in result.output, result.output
+    assert "\nWhat changed\n  test accuracy: " in result.output
+    summary = json.loads((tmp_path / "runs" / "run" / "summary.json").read_text())
+    assert "baseline" in summary and "adapter" not in summary
