@@ -47,6 +47,21 @@ def test_runs_lists_newest_first(tmp_path):
     as_json = json.loads(invoke("runs", "--runs-dir", tmp_path / "runs", "--format", "json").output)
     assert [r["id"] for r in as_json] == ["newer", "older"] and as_json[0]["llm answers"] == 6
 
+    # many runs (a sweep's cells, weeks of searches): filtered, then the newest N, where only grep could
+    other = make_run(tmp_path, "other", created="2025-02-01T12:00:00+0000") / "config.json"
+    other.write_text(other.read_text().replace('"dataset": "toy"', '"dataset": "toy2"'))
+    cut_history(tmp_path / "runs" / "older", lambda e: e["event"] == "llm_exchange")  # stopped: unfinished
+
+    def listed(*flags):
+        return [r["id"] for r in json.loads(invoke("runs", "--runs-dir", tmp_path / "runs", "--format", "json",
+                                                   *flags).output)]
+
+    assert listed() == ["newer", "other", "older"] and listed("--limit", "2") == ["newer", "other"]
+    assert listed("--dataset", "toy") == ["newer", "older"] and listed("--dataset", "toy2") == ["other"]
+    assert listed("--status", "unfinished") == ["older"] and listed("--status", "done", "--limit", "1") == ["newer"]
+    none = invoke("runs", "--runs-dir", tmp_path / "runs", "--dataset", "toy2", "--status", "unfinished")
+    assert none.exit_code == 1 and "match --dataset toy2 and --status unfinished" in none.output, none.output
+
 
 def test_runs_and_report_write_each_time_with_its_utc_offset(tmp_path, monkeypatch):
     """`report RUN` wrote "report written 2026-12-06 05:12" (this machine's clock, zone unsaid)

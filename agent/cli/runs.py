@@ -128,13 +128,18 @@ def open_run(run: str, runs_dir: str) -> Run:
 @click.command("runs", context_settings=CONTEXT)
 @runs_dir_option
 @format_option
+@click.option("--dataset", "datasets", multiple=True, help="Only runs on this dataset (repeatable).")
+@click.option("--status", "statuses", multiple=True, type=click.Choice(["done", "unfinished", "running"]),
+              help="Only runs in this state (repeatable).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the newest N runs listed.")
 @user_errors
-def runs_cmd(runs_dir, fmt):
+def runs_cmd(runs_dir, fmt, datasets, statuses, limit):
     """List the runs under --runs-dir, newest first.
 
     \b
     Examples:
       promptclimb runs
+      promptclimb runs --dataset eurosat --status done --limit 5
       promptclimb runs --runs-dir elsewhere/runs --format csv
     """
     if fmt != "table" and not Path(runs_dir).expanduser().is_dir():
@@ -150,6 +155,16 @@ def runs_cmd(runs_dir, fmt):
         raise PromptclimbError(f"no runs under {Path(runs_dir).resolve()} " + (
             f"but sweeps; their runs: {'; '.join(sweeps)}" if sweeps else
             "(start one with `promptclimb search`, or point --runs-dir elsewhere)"))
+    if not frame.empty:  # a run's status may carry a note after a comma ("done, 1 bad lines")
+        if datasets:
+            frame = frame[frame["dataset"].isin(datasets)]
+        if statuses:
+            frame = frame[frame["status"].str.split(",").str[0].isin(statuses)]
+        frame = frame.head(limit) if limit else frame
+        if frame.empty and fmt == "table":
+            raise PromptclimbError(f"no runs under {Path(runs_dir).resolve()} match "
+                                   + " and ".join(f"--{flag} {' or '.join(values)}" for flag, values in
+                                                  (("dataset", datasets), ("status", statuses)) if values))
     if fmt in ("table", "markdown") and not frame.empty:
         frame = frame.assign(date=frame["date"].map(moment))  # UTC, and saying so
     click.echo(as_text(frame, fmt, percent=("train", "test", "result test")))
