@@ -722,6 +722,11 @@ def say_meta_prompt_changes(store: RunStore, meta: MetaPrompt, echo) -> None:
     if changed:
         echo(f"warning: the meta-prompt changed since this run started: {', '.join(map(str, changed))}; "
              "the LLM turns still to come use the new text")
+        # the run's text from here on: the turns this session records are asked with it, and the
+        # next resume replays them (it refused them as asked with the old text, and so did the old text)
+        fingerprint = store.config[META_FINGERPRINT]
+        store.update_config(**{META_FINGERPRINT: {**fingerprint, **meta.fingerprint(
+            tuple(name for name in fingerprint if meta.path(name) in changed))}})
 
 
 def render_meta_prompts_once(meta: MetaPrompt, search: SearchConfig, every_branch: bool = True) -> None:

@@ -634,7 +634,7 @@ class HillClimber:
         seed = call_seed(self.config.seed, restart, reset, iteration)
         return self.llm.chat(
             messages, temperature=self.config.temperature, seed=seed, max_answer_tokens=self.config.max_answer_tokens,
-            presence_penalty=self.config.presence_penalty,
+            presence_penalty=self.config.presence_penalty, whole_lines=True,
         )
 
     def record_exchange(self, answer: Answer, messages: list[dict], sent: int, restart: int, reset: int,

@@ -5,7 +5,8 @@ injected faults, a request count. Used through the real `openai` client.
         client = LLMClient("fake", base_url=llm.base_url, api_key="sk-test")
     FakeLLM(responder=lambda request: "...")                    # answer = f(request JSON)
     llm.faults.extend(["429", "500", "hang", "malformed", "empty", "nochoices"])  # next requests
-    (also "length": empty, cut at the answer cap; "refusal": no content, the model's refusal)
+    (also "length": empty, cut at the answer cap; "cut": the answer, stopped at the cap (finish_reason
+    "length"); "refusal": no content, the model's refusal)
 
 `models=["id", ...]` makes it list those ids at GET /v1/models (as llama.cpp or vLLM do;
 `promptclimb llm serve` lists its GGUF's hash there); by default that route answers 404,
@@ -171,7 +172,7 @@ class FakeLLM:
             "object": "chat.completion",
             "created": 0,
             "model": body.get("model", "fake"),
-            "choices": [{"index": 0, "finish_reason": "length" if fault == "length" else "stop",
+            "choices": [{"index": 0, "finish_reason": "length" if fault in ("length", "cut") else "stop",
                          "message": {"role": "assistant", "content": None if fault == "refusal" else content,
                                      **({"refusal": "I can't help with that."} if fault == "refusal" else {})}}],
             **({} if not self.usage else {"usage": {

@@ -63,3 +63,24 @@ def test_a_usable_answer_gets_no_excuse(tmp_path):
         _, console = search(tmp_path, fake, iterations=1)
     turn = [line for line in console if line.startswith("[restart")][0]
     assert "1 new, 1 rejected |" in turn
+
+
+def test_a_line_cut_in_half_at_the_cap_is_never_scored(tmp_path):
+    """An answer stopped at --max-answer-tokens (by the endpoint: finish_reason "length"; or
+    cut here) had its half-written last line scored as a template (`a photo of a {} num`) or
+    a name (`Dress: su`), and it could win."""
+    cut = "a grayscale photo of a {}.\na dark photo of a {} num"
+    with FakeLLM(script=[cut, "a clean photo of a {}."]) as fake:
+        fake.faults.append("cut")
+        run_dir, console = search(tmp_path, fake)
+    events = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]
+    first = [e for e in events if e["event"] == "llm_exchange"][0]
+    assert first["answer"] == "a grayscale photo of a {}." and first["answer_truncated"]["received_chars"] == len(cut)
+    scored = {e["template"] for e in events if e["event"] == "score"}
+    assert "a grayscale photo of a {}." in scored and not any("num" in t for t in scored)
+    assert any("its last line, cut in half, left out" in line for line in console)
+    # promptclimb's own cap on an answer of one line: none of it is a whole template
+    from promptclimb.agent.llm.client import cap_answer
+
+    assert cap_answer("a photo of a {} with a very long tail", 20, whole_lines=True) == ("", 37)
+    assert cap_answer("Trouser", 4) == ("Trou", 7)  # a judge's word: read from its start

@@ -269,8 +269,21 @@ def test_a_resume_with_an_edited_meta_prompt_says_which_file_once_and_asks_with_
     assert str(meta / "feedback_turn.j2") in warning and "system.j2" not in warning
     assert any("EDITED-TEXT" in message["content"] for request in search.fake.requests[asked:]
                for message in request["messages"])  # the turn still to come: the new text, as said
-    # still the start's: a later resume says the text differs from what the run started with
-    assert config(search)["meta_prompt_sha256"] == started
+    # the run's text from here on: a turn asked with it is recorded, and a later resume replays it
+    # (it kept the start's, and refused that resume as asked with the old text; the old text failed it too)
+    now = config(search)["meta_prompt_sha256"]
+    assert now["feedback_turn.j2"] != started["feedback_turn.j2"] and {**now, "feedback_turn.j2": None} == {
+        **started, "feedback_turn.j2": None}
+    history = search.runs / "run" / "history.jsonl"
+    lines = history.read_text().splitlines()
+    turns = [i for i, line in enumerate(lines) if json.loads(line)["event"] == "llm_exchange"]
+    assert any("EDITED-TEXT" in m["content"] for m in json.loads(lines[turns[-1]])["messages"])
+    history.write_text("\n".join(lines[:turns[-1] + 1]) + "\n")  # killed once the edited turn was recorded
+    (search.runs / "run" / "summary.json").unlink()
+    asked = len(search.fake.requests)
+    third = search("--iterations", "2", "--meta-prompt", str(meta), "--resume", "run")
+    assert third.exit_code == 0 and meta_warnings(third) == [], third.output
+    assert len(search.fake.requests) == asked  # the recorded turn replayed, not asked again
 
 
 @pytest.mark.parametrize("edited, kind, turn", [

@@ -133,6 +133,7 @@ class Answer:
     source: str = "llm"
     key: str = ""  # the request key (see `request_key`)
     truncated_from: int = 0  # characters the answer had when it was cut to `answer_cap` (0: kept whole)
+    finish_reason: str | None = None  # the endpoint's, for an answer asked now ("length": cut at its cap)
 
     @property
     def cached(self) -> bool:
@@ -335,15 +336,20 @@ def answer_cap(max_answer_tokens: int | None) -> int:
     return CHARS_PER_TOKEN * (max_answer_tokens or DEFAULT_CAP_TOKENS)
 
 
-def cap_answer(content: str, cap: int) -> tuple[str, int]:
+def cap_answer(content: str, cap: int, whole_lines: bool = False) -> tuple[str, int]:
     """(`content` cut to `cap` characters - at its last line break when it has one, so no
-    line is kept half -, the length it had when cut, or 0 when kept whole)."""
+    line is kept half -, the length it had when cut, or 0 when kept whole). `whole_lines`: a
+    first line cut in half is left out too (an answer of templates or names, where it was
+    scored as one: `a photo of a {} num`, `Dress: su`)."""
     if len(content) <= cap:
         return content, 0
     kept = content[:cap]
-    if "\n" in kept:
-        kept = kept[: kept.rindex("\n")]
-    return kept, len(content)
+    return (whole_lines_of(kept) if "\n" in kept or whole_lines else kept), len(content)
+
+
+def whole_lines_of(content: str) -> str:
+    """`content` less its last line, which a cut left half written."""
+    return content[: content.rindex("\n")] if "\n" in content else ""
 
 
 class ResponseCache:
@@ -719,10 +725,12 @@ class LLMClient:
 
     def chat(
         self, messages: list[dict], *, temperature: float = 1.0, seed: int = 0, max_answer_tokens: int | None = None,
-        presence_penalty: float = 0.0,
+        presence_penalty: float = 0.0, whole_lines: bool = False,
     ) -> Answer:
         """The assistant's answer to `messages` (the first choice's text, at most
-        `answer_cap(max_answer_tokens)` characters; may be empty)."""
+        `answer_cap(max_answer_tokens)` characters; may be empty). `whole_lines`: an answer
+        read line by line (templates, names) loses the line a cut left half written, where
+        the endpoint stopped at its cap or `cap_answer` cut it (a judge's one word is kept)."""
         stop = self.why_out_of_budget()
         if stop:
             raise BudgetExhausted(stop)
@@ -752,12 +760,17 @@ class LLMClient:
             answer.key = key
             self.count(calls=1, prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
                        latency_s=answer.latency_s)
-        content, cut_from = cap_answer(answer.content, answer_cap(max_answer_tokens))
+        content, cut_from = cap_answer(answer.content, answer_cap(max_answer_tokens), whole_lines)
         if cut_from:
             answer.content, answer.truncated_from = content, cut_from
             if answer.source == "llm":
                 self.echo(f"LLM answer of {cut_from:,} characters cut to its first {len(content):,} "
                           f"({CHARS_PER_TOKEN} per token of the {max_answer_tokens or DEFAULT_CAP_TOKENS}-token cap)")
+        elif whole_lines and answer.source == "llm" and answer.finish_reason == "length" and answer.content:
+            # the endpoint stopped it at max_tokens: its last line was scored as a template or a name
+            answer.content, answer.truncated_from = whole_lines_of(answer.content), len(answer.content)
+            self.echo(f"LLM answer stopped by the endpoint at the {max_answer_tokens or DEFAULT_CAP_TOKENS}-token "
+                      "cap (--max-answer-tokens): its last line, cut in half, left out")
         # an empty answer is not kept for other runs: a transient one would be replayed to them all
         if answer.source == "llm" and self.cache is not None and answer.content.strip():
             failed = self.cache.put(
@@ -887,4 +900,5 @@ class LLMClient:
             prompt_tokens=_token_count(getattr(usage, "prompt_tokens", None)),
             completion_tokens=_token_count(getattr(usage, "completion_tokens", None)),
             latency_s=latency,
+            finish_reason=getattr(choices[0], "finish_reason", None),
         )

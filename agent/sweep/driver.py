@@ -1253,7 +1253,6 @@ def read_sweep(sweep_dir: str | Path) -> dict:
     from promptclimb.agent.options import resolve
 
     try:  # a value edited by hand: its rerun blamed a flag never given (`sweep: --resets 'x': ...`)
-        check_grid(settings["grid"])
         resolve(settings.get("search", {}))
     except PromptclimbError as exc:
         raise PromptclimbError(f"{path} is damaged ({exc})") from None
