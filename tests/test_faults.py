@@ -1075,17 +1075,20 @@ def test_a_resume_whose_meta_prompt_folder_is_gone_says_it_is_the_runs(tmp_path,
 
 
 @pytest.mark.parametrize("name, content, needle", [
-    ("feedback_turn.j2", b"Best: {{ 1 / 0 }}", "ZeroDivisionError"),  # the template's own expression fails
-    ("first_turn.j2", b"{{ n + 'x' }}", "TypeError"),
-    ("system.j2", b"\xff\xfe not UTF-8", "UnicodeDecodeError"),
+    ("feedback_turn.j2", b"Best: {{ 1 / 0 }}", "line 1: ZeroDivisionError"),  # the template's own expression fails
+    ("first_turn.j2", b"Here:\n{{ n + 'x' }}", "line 2: TypeError"),
+    ("first_turn.j2", b"Here:\n\n{{ metric_lable }}", "line 3: 'metric_lable' is undefined"),  # named neither
+    ("system.j2", b"\xff\xfe not UTF-8", ": not UTF-8 text (invalid start byte at byte 0): save it as UTF-8"),
 ])
 def test_a_meta_prompt_that_raises_while_rendered_is_one_line(name, content, needle, tmp_path, llm, evaluators_built):
     """Only jinja's own errors were one line: a template whose expression raised, or a file
-    that is not UTF-8, ended the search with a traceback."""
+    that is not UTF-8, ended the search with a traceback; and they named the file as ours
+    does, `first_turn.j2`, with no folder nor line."""
     (tmp_path / "meta").mkdir()
     (tmp_path / "meta" / name).write_bytes(content)
     one_line_error(cli("search", "--dataset", "toy", "--meta-prompt", tmp_path / "meta", "--runs-dir",
-                       tmp_path / "runs"), f"meta-prompt {name}: {needle}")
+                       tmp_path / "runs"), f"meta-prompt {tmp_path / 'meta' / name}{' ' if 'line' in needle else ''}"
+                   f"{needle}")
     assert evaluators_built == [] and llm.count == 0 and not list((tmp_path / "runs").glob("*"))
 
 

@@ -564,7 +564,7 @@ def test_a_backbone_no_cell_could_load_is_refused_before_ray_starts(backbone, tm
 
 
 @pytest.mark.parametrize("given, said", [
-    (["--meta-prompt", "{meta}"], "meta-prompt names_turn.j2: 'nosuch' is undefined"),
+    (["--meta-prompt", "{meta}"], "meta-prompt {tmp}/meta/names_turn.j2 line 1: 'nosuch' is undefined"),
     (["--classnames", "{tmp}/missing.txt"], "--classnames {tmp}/missing.txt: no such file"),
 ])
 def test_a_meta_prompt_or_names_file_no_cell_could_use_is_refused_before_ray_starts(given, said, tmp_path):
