@@ -730,7 +730,8 @@ class HillClimber:
                               "previous_best": self.value(best), "verdict": verdict(self.value_of(score), self.value(best)),
                               "kept": p in kept} for p, (_, score) in zip(proposals, singles)]
             state.rejected = naming.refusals_shown(refused + guarded, names)
-            self.print_names_progress(restart, reset, iteration, names, proposals, refused + guarded, kept)
+            self.print_names_progress(restart, reset, iteration, names, proposals, refused + guarded, kept,
+                                      nothing_read=None if pairs else why_nothing_read(answer.content, "names"))
             if cut is not None:  # the turn is recorded and shown: now the search stops (`run`)
                 raise cut
 
@@ -1002,13 +1003,15 @@ class HillClimber:
         return worse_on(self.held_out, self.config.metric, (score.accuracy, score.prob, score.loss),
                         (than.accuracy, than.prob, than.loss))
 
-    def print_names_progress(self, restart, reset, iteration, names, proposals, refused, kept) -> None:
+    def print_names_progress(self, restart, reset, iteration, names, proposals, refused, kept,
+                             nothing_read: str | None = None) -> None:
         cfg = self.config
         best = self.ranked(self.scores.values())[0]
         changes = ", ".join(f"{names[p.cls]} -> {p.name}" for p in kept) or "none kept"
         self.echo(f"[restart {restart + 1}/{cfg.restarts} reset {reset + 1}/{cfg.resets} "
                   f"iteration {iteration}/{cfg.iterations}] names: {len(proposals)} tried, {len(refused)} refused, "
-                  f"{changes} | best {pct(self.value(best))}  {best.template}")
+                  f"{changes}{f' ({nothing_read})' if nothing_read else ''} | best {pct(self.value(best))}  "
+                  f"{best.template}")
         unasked = [r for r in refused if r.reason == naming.GUARD_NOT_ASKED]
         others = [r for r in refused if r.reason != naming.GUARD_NOT_ASKED]
         shown = naming.refusals_shown(others, names)  # a name refused four times in a line: once

@@ -1201,3 +1201,14 @@ def test_an_empty_names_value_and_a_names_file_not_in_utf8_say_what_to_give(tmp_
     latin.write_bytes("caf\xe9\nthé\n".encode("latin-1"))
     with pytest.raises(PromptclimbError, match=r"names.txt: not UTF-8 text \(invalid .* at byte 3\): save it as UTF-8$"):
         read_classnames(str(latin), ("a", "b"))
+
+
+def test_a_names_answer_with_no_class_line_says_why_in_the_progress_line(tmp_path):
+    """A --meta-prompt names turn that no longer asked for `Class: name` lines: every names turn
+    printed `names: 0 tried, 0 refused, none kept`, its reason said only by `show`."""
+    console = []
+    prose = "- Trousers could be called slacks or pants.\n- A bag may be a handbag."
+    with FakeLLM(script=[prose]) as fake:
+        climb(tmp_path, fake.base_url, search="names", iterations=1, resets=1, echo=console.append)
+    [line] = [line for line in console if "] names: " in line]
+    assert "names: 0 tried, 0 refused, none kept (no 'Class: name; name' line) | best " in line, line
