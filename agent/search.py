@@ -77,6 +77,8 @@ HELD_BACK = "better on the selection split, worse on the held-out one"  # a temp
 RECORDED_BEFORE_IT_EXISTED = {"confirm": "off"}
 DEFAULT_SEARCH = "both"
 REFUSALS_PRINTED = 3  # refused lines or names the console prints per turn; `show` lists every one
+# A pool sample this large is said before it is scored (300 templates took 9 s to encode on 2 cores).
+MANY_POOL_TEMPLATES = 200
 
 
 @dataclass
@@ -534,6 +536,9 @@ class HillClimber:
         """A fresh pool sample, scored: the restart's own board."""
         sample = sample_pool(self.pool, self.config.pool_sample, self.config.seed, restart)
         self.store.append("restart", restart=restart, pool=[p.template for p in sample])
+        if len(sample) > MANY_POOL_TEMPLATES:  # a 10,000-line --pool FILE was minutes of text encoding, unsaid
+            self.echo(f"restart {restart + 1}/{self.config.restarts}: scoring {len(sample):,} pool templates "
+                      f"({len(sample) * len(self.start_names):,} texts to encode the first time) ...")
         board: list[Scored] = []
         self.score_batch([(p.template, p.source) for p in sample], "pool", board, restart, reset=None, iteration=0)
         best = self.ranked(board)[0]

@@ -734,3 +734,21 @@ def test_cli_a_context_too_small_for_promptclimb_is_one_error_line(tmp_path):
                                     env=env, obj={"evaluator_factory": lambda **kw: WordEvaluator(kw["dataset"])})
     one_line_error(result, "is too small for promptclimb's prompts", "--n-ctx 8192")
     assert "TOPSECRET" not in result.output
+
+
+def test_a_large_pool_is_said_before_it_is_scored(tmp_path, monkeypatch):
+    """A 10,000-line --pool FILE with --pool-sample 0: minutes of text encoding with nothing
+    printed after the run folder's line."""
+    from promptclimb.agent import search as climbing
+
+    monkeypatch.setattr(climbing, "MANY_POOL_TEMPLATES", 3)
+    console = []
+    pool = [PoolTemplate(f"a photo number {i} of a {{}}.", "general") for i in range(5)]
+    with FakeLLM(script=["a dark photo of a {}."]) as fake:
+        llm = LLMClient("fake", base_url=fake.base_url, api_key="sk-test", cache_dir=tmp_path / "cache")
+        with RunStore.create(tmp_path / "runs" / "r", {"t": 1}) as store:
+            HillClimber(WordEvaluator(), llm, store, SearchConfig(restarts=1, resets=1, iterations=1, pool_sample=0,
+                                                                  search="template"), pool=pool,
+                        echo=console.append).run()
+    assert console[0] == "restart 1/1: scoring 5 pool templates (15 texts to encode the first time) ..."
+    assert console[1].startswith("restart 1/1: 5 pool templates, best ")
