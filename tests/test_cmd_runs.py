@@ -939,3 +939,17 @@ def test_transfer_with_the_real_clip_evaluator(tmp_path, tiny_clip_config, tiny_
     assert [r["template"] for r in rows][-1] == "a photo of a {}." and len(rows) == 3
     assert all(0.0 <= r[f"target_{s}"] <= 1.0 for r in rows for s in ("train", "val", "test"))
     assert (run_dir / transfer_name("pc-tiny-wide", weights=wide_weights)).exists()
+
+
+def test_show_says_the_settings_a_run_cannot_tell_from_its_results(tmp_path):
+    """A `--guard off` run, a template-only one and one with `--confirm off` had the same
+    headline as a default run: renames kept with no drift check looked like guarded ones."""
+    run_dir = make_run(tmp_path)  # search template (make_run's), confirm val, guard own+judge
+    config_path = run_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    first = invoke("show", run_dir).output.splitlines()[0]
+    assert first.endswith("ranked by accuracy on train, search template; done"), first
+    config["search"].update(search="both", guard="off", confirm="off")
+    config_path.write_text(json.dumps(config))
+    first = invoke("show", run_dir).output.splitlines()[0]
+    assert first.endswith("ranked by accuracy on train, guard off, confirm off; done"), first

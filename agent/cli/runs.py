@@ -186,11 +186,25 @@ def headline(run: Run) -> str:
     by_kind = (" (" + ", ".join(f"{n} {kind}" for kind, n in kinds.items() if n) + ")"
                if len(answers) > kinds["template"] else "")
     return (
-        f"{said}LLM {run.llm}, pool {run.pool}, ranked by {run.ranked_by}; {status}\n"
+        f"{said}LLM {run.llm}, pool {run.pool}, ranked by {run.ranked_by}{settings_said(run)}; {status}\n"
         f"{len(answers)} LLM answers{by_kind}; {ledger.get('cache_hits', 0)} from the cache, "
         f"{ledger.get('prompt_tokens', 0)} prompt + {ledger.get('completion_tokens', 0)} completion tokens; "
         f"{len(run.of('score'))} templates scored, {len(run.of('reject'))} template lines refused{names_said(run)}"
     )
+
+
+def settings_said(run) -> str:
+    """The search's settings a reader cannot tell from its results, where not the default:
+    renames kept with no drift guard looked like guarded ones, a climb of templates only like
+    one that found no better names."""
+    from promptclimb.agent.search import SearchConfig
+
+    search, default = run.config.get("search") or {}, SearchConfig()
+    said = [f"search {search['search']}"] if search.get("search") not in (None, default.search) else []
+    if search.get("search", default.search) != "template" and search.get("guard") not in (None, default.guard):
+        said.append(f"guard {search['guard']}")
+    said += [f"confirm {search['confirm']}"] if search.get("confirm") not in (None, default.confirm) else []
+    return "".join(f", {s}" for s in said)
 
 
 def names_said(run) -> str:
