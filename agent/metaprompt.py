@@ -84,13 +84,13 @@ def files_recorded(events) -> set[str]:
     return files
 
 
-def template_line(exc: BaseException) -> int | None:
-    """The line of a .j2 file an error was raised at while it rendered (jinja maps its code's
-    frames to the template's lines), or None."""
+def template_line(exc: BaseException) -> tuple[str, int] | None:
+    """The .j2 file and line an error was raised at while it rendered (jinja maps its code's
+    frames to the template's lines: an {% include %}d file's own), or None."""
     import traceback
 
-    lines = [frame.lineno for frame in traceback.extract_tb(exc.__traceback__) if frame.filename.endswith(".j2")]
-    return lines[-1] if lines else None
+    frames = [frame for frame in traceback.extract_tb(exc.__traceback__) if frame.filename.endswith(".j2")]
+    return (frames[-1].filename, frames[-1].lineno) if frames else None
 
 
 class MetaPrompt:
@@ -157,16 +157,16 @@ class MetaPrompt:
         try:
             return self.env.get_template(name).render(**context).strip()
         except jinja2.TemplateError as exc:
-            where = getattr(exc, "filename", None) or self.path(name)
-            # a syntax error knows its line; an undefined name, found while rendering, only in the traceback
-            line = getattr(exc, "lineno", None) or template_line(exc)
+            # a syntax error knows its file and line; an undefined name, found while rendering, only the traceback
+            where, line = (exc.filename, exc.lineno) if getattr(exc, "lineno", None) else \
+                template_line(exc) or (getattr(exc, "filename", None) or self.path(name), None)
             raise PromptclimbError(f"meta-prompt {where}{f' line {line}' if line else ''}: {exc}") from None
         except UnicodeDecodeError as exc:
             raise PromptclimbError(f"meta-prompt {self.path(name)}: not UTF-8 text ({exc.reason} at byte "
                                    f"{exc.start}): save it as UTF-8") from None
         except Exception as exc:  # noqa: BLE001 - a user's template runs its own code ({{ 1 / 0 }})
-            line = template_line(exc)
-            raise PromptclimbError(f"meta-prompt {self.path(name)}{f' line {line}' if line else ''}: "
+            where, line = template_line(exc) or (self.path(name), None)
+            raise PromptclimbError(f"meta-prompt {where}{f' line {line}' if line else ''}: "
                                    f"{type(exc).__name__}: {exc}") from None
 
     def system(self, task: Task, n: int) -> str:

@@ -125,8 +125,7 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
     Option("--proposals", SEARCH.proposals, "New templates scored per turn.", _L, int, minimum=1, recorded="search.proposals"),
     Option("--spare", SEARCH.spare, "Extra templates asked for per turn, standing in for repeats (the first "
            "--proposals new ones are scored).", _L, int, minimum=0, recorded="search.spare"),
-    # none shown, the turn asked for templates better than "the best ones" under a heading with none below it
-    Option("--top-k", SEARCH.top_k, "Best templates shown to the LLM.", _L, int, minimum=1, recorded="search.top_k"),
+    Option("--top-k", SEARCH.top_k, "Best templates shown to the LLM.", _L, int, minimum=0, recorded="search.top_k"),
     Option("--bottom-k", SEARCH.bottom_k, "Worst templates shown to the LLM.", _L, int, minimum=0, recorded="search.bottom_k"),
     Option("--pool-sample", SEARCH.pool_sample, "Initial-pool templates scored per restart (0 = the whole pool).", _L,
            int, minimum=0, recorded="search.pool_sample"),
@@ -180,8 +179,9 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
            _R, METRICS, recorded="search.metric"),
     Option("--select", SEARCH.select, "Split(s) the best template is chosen on (ties: lower cross-entropy).", _R,
            tuple(SELECTIONS), recorded="search.select"),
-    Option("--ensemble", SEARCH.ensemble_k, "Largest top-k ensemble tried at the end (0 or 1 = none); it is chosen "
-           "only when it beats the best template alone on val (on train+val with --select train+val).", _R, int, dest="ensemble_k", minimum=0, recorded="search.ensemble_k"),
+    Option("--ensemble", SEARCH.ensemble_k, "Largest top-k ensemble tried at the end (0 or 1 = none); it is "
+           "chosen only when it beats the best template alone on val (on train+val with --select train+val).", _R,
+           int, dest="ensemble_k", minimum=0, recorded="search.ensemble_k"),
     Option("--adapter", (), "After the search, fit an output-side adapter on the best prompt: residual-logits, "
            "feature-residual, cache or all (repeatable; the best on val is kept).", _R, dest="adapter_kinds",
            multiple=True, metavar="KIND", scope=SESSION),

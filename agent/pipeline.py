@@ -19,7 +19,7 @@ import re
 import shlex
 import time
 import warnings
-from contextlib import ExitStack, closing, contextmanager
+from contextlib import ExitStack, closing, contextmanager, suppress
 from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from importlib import metadata
@@ -1109,8 +1109,9 @@ def after_the_climb(plan: Plan, store: RunStore, evaluator, summary: dict, echo)
         try:
             summary["adapter"] = fit_run_adapter(store.run_dir, plan.adapter_kinds, evaluator=evaluator, echo=echo)
         except Exception:  # the prompt found stays the result so far: said before the failure is
-            what_changed(summary, evaluator, echo)
-            store.write_json(SUMMARY, summary)
+            with suppress(Exception):  # the same fault (a full disk, a lost GPU) must not hide the adapter's error
+                what_changed(summary, evaluator, echo)
+                store.write_json(SUMMARY, summary)
             raise
     what_changed(summary, evaluator, echo)  # after the adapter: it may be the run's result
     store.write_json(SUMMARY, summary)  # with the baseline it scored

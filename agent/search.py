@@ -122,14 +122,13 @@ class SearchConfig:
             raise PromptclimbError(f"guard must be one of {', '.join(naming.GUARDS)}, not {self.guard!r}")
         if self.confirm not in CONFIRMS:
             raise PromptclimbError(f"confirm must be one of {', '.join(CONFIRMS)}, not {self.confirm!r}")
-        for name in ("restarts", "resets", "iterations", "proposals", "parallel", "names_k", "names_per_class",
-                     "top_k"):
+        for name in ("restarts", "resets", "iterations", "proposals", "parallel", "names_k", "names_per_class"):
             if getattr(self, name) < 1:
                 raise PromptclimbError(f"{name} must be at least 1")
         if self.parallel > 1 and (self.max_calls is not None or self.max_tokens is not None):
             raise PromptclimbError("parallel restarts cannot share a budget cap (which restart gets the last "
                                    "calls would depend on timing): drop --parallel or --max-calls/--max-tokens")
-        for name in ("spare", "bottom_k", "pool_sample", "ensemble_k", "max_answer_tokens"):
+        for name in ("spare", "top_k", "bottom_k", "pool_sample", "ensemble_k", "max_answer_tokens"):
             if getattr(self, name) < 0:
                 raise PromptclimbError(f"{name} must not be negative")
         if not 0.0 <= self.temperature <= 2.0:

@@ -101,8 +101,9 @@ def test_eval_run_on_other_data_needs_the_runs_classes(tiny_clip_config, tiny_cl
     (run_dir / "summary.json").write_text(json.dumps(summary))
     said = run("--run", "r", "--runs-dir", str(tmp_path / "runs"), "--device", "cpu", "--json")
     assert said.exit_code == 0 and len(json.loads(said.stdout)["results"]) == 1, said.output
-    assert "warning: r's result is its ensemble of 2 templates (test 50.0%); this scores its best template alone " \
+    assert "warning: r's result is its ensemble of 2 (test 50.0%); this scores its best template alone " \
         "(the others: --prompt TEMPLATE each)" in said.stderr
+
 
     other = make_image_folder(tmp_path / "other", per_class=4, classes={
         "red_square": (220, 30, 30), "green_field": (30, 200, 40), "yellow_sun": (220, 220, 30)})

@@ -61,6 +61,9 @@ def test_runs_lists_newest_first(tmp_path):
     assert listed("--status", "unfinished") == ["older"] and listed("--status", "done", "--limit", "1") == ["newer"]
     none = invoke("runs", "--runs-dir", tmp_path / "runs", "--dataset", "toy2", "--status", "unfinished")
     assert none.exit_code == 1 and "match --dataset toy2 and --status unfinished" in none.output, none.output
+    capped = make_run(tmp_path, "capped", created="2025-04-01T12:00:00+0000") / "summary.json"
+    capped.write_text(json.dumps({**json.loads(capped.read_text()), "stopped": "budget: max calls (1) reached"}))
+    assert listed("--status", "stopped-early") == ["capped"] and "capped" not in listed("--status", "done")
 
 
 def test_runs_and_report_write_each_time_with_its_utc_offset(tmp_path, monkeypatch):
@@ -861,11 +864,10 @@ def test_show_says_a_names_turn_cut_off_by_a_stop_has_not_decided(tmp_path, monk
     # the first turn's score, its guard not answered
     cut_history(run_dir, lambda e: e["event"] == "name_score" and e["call"] == 0)
     text = invoke("show", run_dir.name, "--runs-dir", runs).stdout
-    assert f"  {first}stopped before it decided what to keep (a resume decides)\n" in text
-    assert "kept nothing" not in text
+    assert f"  {first}kept nothing so far (the run stopped in this turn: a resume goes on from it)\n" in text
     with run_lock(run_dir):
         running = invoke("show", run_dir.name, "--runs-dir", runs).stdout
-    assert f"  {first}deciding what to keep now\n" in running
+    assert f"  {first}kept nothing so far\n" in running
 
 
 def test_show_conversation_csv_of_a_soft_prompt_run_has_no_messages(tmp_path):

@@ -1008,7 +1008,7 @@ def test_a_meta_prompt_error_in_a_branch_few_turns_reach_is_reported_before_anyt
     (tmp_path / "meta").mkdir()
     (tmp_path / "meta" / name).write_text(content)
     one_line_error(cli("search", "--dataset", "toy", "--search", "both", "--meta-prompt", tmp_path / "meta",
-                       "--runs-dir", tmp_path / "runs"), f"meta-prompt {name}")
+                       "--runs-dir", tmp_path / "runs"), f"meta-prompt {tmp_path / 'meta' / name} line 1: ")
     assert evaluators_built == [] and llm.count == 0 and not list((tmp_path / "runs").glob("*"))
     if name == "system.j2":  # a run started before this check, on data that never reaches the branch, resumes
         from promptclimb.agent import pipeline
@@ -1357,3 +1357,12 @@ def test_compare_says_a_run_whose_result_is_prompt_plus_adapter(tmp_path):
     summary["adapter"]["result"] = "prompt-only"
     (b / "summary.json").write_text(json.dumps(summary))
     assert "keeps a" not in cli("compare", "a", "b", "--runs-dir", runs).output
+
+
+def test_a_meta_prompt_error_in_an_included_file_names_that_file(tmp_path, llm, evaluators_built):
+    """The line of an {% include %}d file was said with the including file's name."""
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "system.j2").write_text("Hello\n{% include 'part.j2' %}\n")
+    (tmp_path / "meta" / "part.j2").write_text("one\ntwo\n{{ nosuch }}\n")
+    one_line_error(cli("search", "--dataset", "toy", "--meta-prompt", tmp_path / "meta", "--runs-dir",
+                       tmp_path / "runs"), f"meta-prompt {tmp_path / 'meta' / 'part.j2'} line 3: 'nosuch' is undefined")

@@ -154,8 +154,6 @@ def test_an_option_given_both_ways_in_a_config_file_is_refused_naming_it(tmp_pat
 
 @pytest.mark.parametrize("text, needle", [
     ("[search]\niterations = [1, 2]\n", "--iterations [1, 2]: expected a whole number"),
-    # no best template shown: the turn asked to beat "the best ones" under a heading with none below it
-    ("[search]\ntop-k = 0\n", "--top-k 0: not in the range x>=1"),
     ("[search]\nshots = 1.5\n", "--shots 1.5: expected a whole number"),
     ("[search]\niteratons = 2\n", "unknown key iteratons (did you mean iterations?)"),
     ("[search]\nmax-call = 2\nzz = 1\n", "unknown keys max-call (did you mean max-calls?), zz; the valid ones: "

@@ -183,7 +183,7 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
     if run_dir is not None:
         from promptclimb.agent.adapt import check_run_data, read_run
         from promptclimb.agent.core.runfiles import CONFIG
-        from promptclimb.agent.runs.reading import (check_config, load_run, read_json, read_summary,
+        from promptclimb.agent.runs.reading import (check_config, load_run, read_json, read_summary, result_said,
                                                     run_names_by_label, warn_names_by_position)
         from promptclimb.agent.runs.store import run_argument
 
@@ -216,14 +216,13 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
                                        "lines) to match them by class")
         if not prompts:
             prompts = [summary["best"]["template"]]
-            ensemble = summary.get("ensemble") or {}
-            if summary.get("winner") == "ensemble" and ensemble.get("templates"):  # it was scored unsaid
+            # an adapter result has its own way in (--with-adapter), and its own warnings
+            result, result_test = result_said({k: v for k, v in summary.items() if k != "adapter"})
+            if result not in (None, "best template"):  # an ensemble: its best template was scored, unsaid
                 import warnings
 
-                test = pct((ensemble.get("accuracy") or {}).get("test"))
-                warnings.warn(f"{Path(run_dir).name}'s result is its ensemble of {len(ensemble['templates'])} "
-                              f"templates (test {test}); this scores its best template alone (the others: --prompt "
-                              "TEMPLATE each)", stacklevel=2)
+                warnings.warn(f"{Path(run_dir).name}'s result is its {result} (test {pct(result_test)}); this "
+                              "scores its best template alone (the others: --prompt TEMPLATE each)", stacklevel=2)
     for key, value in DEFAULTS.items():
         if args[key] is None:
             args[key] = value

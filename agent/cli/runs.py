@@ -129,8 +129,9 @@ def open_run(run: str, runs_dir: str) -> Run:
 @runs_dir_option
 @format_option
 @click.option("--dataset", "datasets", multiple=True, help="Only runs on this dataset (repeatable).")
-@click.option("--status", "statuses", multiple=True, type=click.Choice(["done", "unfinished", "running"]),
-              help="Only runs in this state (repeatable).")
+@click.option("--status", "statuses", multiple=True,
+              type=click.Choice(["done", "stopped-early", "unfinished", "running"]),
+              help="Only runs in this state (repeatable; stopped-early: ended by --max-calls or --max-tokens).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the newest N runs listed.")
 @user_errors
 def runs_cmd(runs_dir, fmt, datasets, statuses, limit):
@@ -159,7 +160,7 @@ def runs_cmd(runs_dir, fmt, datasets, statuses, limit):
         if datasets:
             frame = frame[frame["dataset"].isin(datasets)]
         if statuses:
-            frame = frame[frame["status"].str.split(",").str[0].isin(statuses)]
+            frame = frame[frame["status"].str.split(",").str[0].isin([s.replace("-", " ") for s in statuses])]
         frame = frame.head(limit) if limit else frame
         if frame.empty and fmt == "table":
             raise PromptclimbError(f"no runs under {Path(runs_dir).resolve()} match "
@@ -197,9 +198,10 @@ def settings_said(run) -> str:
     """The search's settings a reader cannot tell from its results, where not the default:
     renames kept with no drift guard looked like guarded ones, a climb of templates only like
     one that found no better names."""
-    from promptclimb.agent.search import SearchConfig
+    from promptclimb.agent.search import RECORDED_BEFORE_IT_EXISTED, SearchConfig
 
-    search, default = run.config.get("search") or {}, SearchConfig()
+    # a run recorded before a setting existed ran without it (it resumes so, agent/pipeline.py)
+    search, default = {**RECORDED_BEFORE_IT_EXISTED, **(run.config.get("search") or {})}, SearchConfig()
     said = [f"search {search['search']}"] if search.get("search") not in (None, default.search) else []
     if search.get("search", default.search) != "template" and search.get("guard") not in (None, default.guard):
         said.append(f"guard {search['guard']}")
@@ -284,15 +286,16 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
     if turns:
         out.append(h2("Names turns"))
         bullet, sub = list_bullets(markdown)
-        # a turn keeps its changes only once its guard questions are all answered: nothing kept
-        # yet in the last turn of a search stopped (or still at it) is no decision
-        undecided = run.open_turn() if run.final is None else set()
+        # a turn keeps its changes once its guard questions are all answered: nothing kept in the
+        # last turn of a search stopped (or still at it) may be a decision or one still to come
+        # (its history cannot tell: keeping nothing writes no event)
+        open_turn = run.open_turn() if run.final is None else set()
         for turn in turns:
             kept = ", ".join(f"{literal(c['from'])} -> {literal(c['to'])}" for c in turn["kept"])
             kept = f"kept {kept or 'nothing'}"
-            if turn["call"] in undecided and not turn["kept"] and not turn["cut"]:
-                kept = ("deciding what to keep now" if run.status == "running" else
-                        "stopped before it decided what to keep (a resume decides)")
+            if turn["call"] in open_turn and not turn["kept"] and not turn["cut"]:
+                kept = "kept nothing so far" + ("" if run.status == "running" else
+                                                " (the run stopped in this turn: a resume goes on from it)")
             out.append(f"{bullet}{where(turn)}: asked about {literal(', '.join(turn['asked']))}; {kept}")
             # the best five, the kept ones first: a kept name tied with others was cut off the list
             kept_pairs = {(c["from"], c["to"]) for c in turn["kept"]}

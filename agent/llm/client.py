@@ -769,8 +769,9 @@ class LLMClient:
         elif whole_lines and answer.source == "llm" and answer.finish_reason == "length" and answer.content:
             # the endpoint stopped it at max_tokens: its last line was scored as a template or a name
             answer.content, answer.truncated_from = whole_lines_of(answer.content), len(answer.content)
-            self.echo(f"LLM answer stopped by the endpoint at the {max_answer_tokens or DEFAULT_CAP_TOKENS}-token "
-                      "cap (--max-answer-tokens): its last line, cut in half, left out")
+            cap = f"the {max_answer_tokens}-token cap (--max-answer-tokens)" if max_answer_tokens else \
+                "its own length limit"
+            self.echo(f"LLM answer stopped by the endpoint at {cap}: its last line, cut in half, left out")
         # an empty answer is not kept for other runs: a transient one would be replayed to them all
         if answer.source == "llm" and self.cache is not None and answer.content.strip():
             failed = self.cache.put(
