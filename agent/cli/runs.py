@@ -325,10 +325,11 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
         out.append("(no LLM answer recorded)")
     bullet, sub = list_bullets(markdown)
     judges = {e["call"]: e for e in run.of("names_judge")}
+    name_scores = run.of("name_score")  # once: read for every guard answer
     for it in iterations:
         kind = "" if it["kind"] == "template" else f" [{it['kind']}]"
         if it["kind"] == "guard":  # its answer is the whole story, beside the change it judged
-            asked = guard_asked(run, judges.get(it["call"], {}))
+            asked = guard_asked(run, judges.get(it["call"], {}), name_scores)
             out.append(("### " if markdown else "") + f"{where(it)}{kind} {literal(asked)}: judged "
                        f"{code(shortened(' '.join(it['answer'].split()), 80))}")
             if conversation:
@@ -367,12 +368,12 @@ def exchange_lines(ex: dict, bullet: str, markdown: bool) -> list[str]:
     return out + [f"{bullet}[assistant]", indent(ex["answer"], markdown)]
 
 
-def guard_asked(run: Run, judge: dict) -> str:
+def guard_asked(run: Run, judge: dict, name_scores: list[dict]) -> str:
     """The change a drift-guard question (its `names_judge` event) was about, "Class -> name":
-    the class as its turn's score of the change named it (the names then current), else by
-    its start name, since the event holds the class's number only."""
+    the class as its turn's score of the change (`name_scores`: the run's) named it (the names
+    then current), else by its start name, since the event holds the class's number only."""
     cls, name = judge.get("class"), judge.get("name", "?")
-    changes = [e["changes"][0] for e in run.of("name_score") if e["_line"] < judge.get("_line", 0)
+    changes = [e["changes"][0] for e in name_scores if e["_line"] < judge.get("_line", 0)
                and len(e.get("changes") or ()) == 1 and e["changes"][0].get("class") == cls
                and e["changes"][0].get("to") == name]
     if changes:
