@@ -986,6 +986,46 @@ def test_a_name_with_a_tab_or_other_control_character_is_refused(tmp_path, text)
         read_classnames(str(path), PUBLISHED, {})
 
 
+def test_folder_name_lines_that_name_no_class_are_refused_not_read_as_names(tmp_path):
+    """Folders `01_bird`, `02_cat`, `03_dog` and a file `cat,feline`, ...: no line's folder
+    matched, so each whole line became a name in class order ('01 bird' -> 'cat,feline'),
+    unsaid; another dataset's keyed file the same. A name of its own holding a comma (a space
+    after it) is still a name."""
+    folders = ["01_bird", "02_cat", "03_dog"]
+    published = ["01 bird", "02 cat", "03 dog"]
+    path = tmp_path / "names.txt"
+    path.write_text("cat,feline\nbird,avian\ndog,canine\n")
+    with pytest.raises(PromptclimbError) as refused:
+        read_classnames(str(path), published, {}, folders)
+    assert str(refused.value) == (f"--classnames {path} line 1: 'cat' is not a class of this dataset (01_bird, "
+                                  "02_cat, 03_dog); did you mean '02_cat'? (3 of the file's 3 lines read as "
+                                  "'folder,name' lines, which start with the class's folder as spelled on disk)")
+    path.write_text("02_cat,feline\nbird,avian\ndog,canine\n")  # one right: the first wrong one is named
+    with pytest.raises(PromptclimbError, match=r"line 2: 'bird' is not a class .*did you mean '01_bird'\?"):
+        read_classnames(str(path), published, {}, folders)
+    path.write_text("bird, small\ncat, house\ndog\n")
+    assert read_classnames(str(path), published, {}, folders) == ("bird, small", "cat, house", "dog")
+
+
+def test_a_classnames_file_takes_end_of_line_comments_and_quoted_names_as_a_pool_file_does(tmp_path):
+    """`cat  # the cat` and `"bird"` (a column saved from a spreadsheet) became the names
+    'cat  # the cat' and '"bird"'; a `#` joined to a word stays the name's."""
+    path = tmp_path / "names.txt"
+    path.write_text('"tee"  # short\npants #2\nsweater\t#\n')
+    assert read_classnames(str(path), PUBLISHED, {}) == ("tee", "pants #2", "sweater")
+    path.write_text("Trouser,pants # long ones\nT-shirt/top,tee\nPullover,sweater\n")
+    assert read_classnames(str(path), PUBLISHED, {}) == ("tee", "pants", "sweater")
+
+
+def test_folders_that_differ_in_symbols_only_are_refused_saying_why(tmp_path):
+    """Folders `A+` and `A-` were refused as "'A-' reads as 'A-', the same as folder 'A+'",
+    which contradicts itself."""
+    with pytest.raises(PromptclimbError) as refused:
+        read_classnames(None, ["A+", "A-", "B"], {}, ["A+", "A-", "B"])
+    assert "folder 'A-' (class 2) reads as 'A-', the same as folder 'A+' (class 1) once case, spaces, punctuation " \
+           "and symbols are ignored: give your own names" in str(refused.value)
+
+
 def test_classnames_specs(tmp_path):
     assert read_classnames(None, PUBLISHED, {"clean": ["T-shirt", "trousers", "pullover"]}) == tuple(PUBLISHED)
     assert read_classnames("clean", PUBLISHED, {"clean": ["T-shirt", "trousers", "pullover"]})[1] == "trousers"

@@ -19,12 +19,14 @@ readable from folder names (`_` and `-` as spaces) are refused naming the folder
 
 from __future__ import annotations
 
+import difflib
 import re
 import unicodedata
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.core.pools import INLINE_COMMENT
 
 PUBLISHED = "published"  # the set name of the dataset's own labels (also what no --classnames means)
 MAX_NAME_CHARS = 60  # a class name an LLM proposes may be at most this long (folder names are not capped)
@@ -149,10 +151,14 @@ def check_classnames(names: Sequence[str], count: int, what: str = "class names"
         if not problem and first == i:
             continue
         if folders:  # the user knows the folder `a-b`, not the class 2 that reads as 'a b'
+            # '🐱' and '🐶', 'A+' and 'A-' differ in symbols only: said why they read as one
             reads = ("an empty name" if problem == "empty name" else f"{name!r}: {problem}" if problem else
-                     f"{name!r}, the same as {folder_word} {folders[first]!r} (class {first + 1})")
+                     f"{name!r}, the same as {folder_word} {folders[first]!r} (class {first + 1})" +
+                     ("" if names[first] == name else " once case, spaces, punctuation and symbols are ignored"))
             raise PromptclimbError(f"{what}: {folder_word} {folders[i]!r} (class {i + 1}) reads as {reads}{ending}")
-        said = f"class {i + 1} {name!r}: {problem}" if problem else f"class {i + 1} {name!r} repeats class {first + 1}"
+        said = f"class {i + 1} {name!r}: {problem}" if problem else \
+            f"class {i + 1} {name!r} repeats class {first + 1} {names[first]!r}" + \
+            ("" if names[first] == name else " (case, spaces, punctuation and symbols are ignored)")
         raise PromptclimbError(f"{what}: {said}{ending}")
     return names
 
@@ -279,6 +285,15 @@ def folder_and_name(line: str) -> tuple[str, str] | None:
     return (unquoted(key), unquoted(name)) if comma else None
 
 
+def _reads_as_keyed(line: str) -> bool:
+    """Whether `line` is written as a `folder,name` line: a comma with text right after it (a
+    name of its own that holds a comma has a space after it: "Trouser, long")."""
+    quoted = QUOTED_KEY.fullmatch(line)
+    rest = quoted.group(2) if quoted else line.partition(",")[2]
+    parts = folder_and_name(line)
+    return parts is not None and bool(parts[0]) and bool(rest) and not rest[0].isspace()
+
+
 def _keyed_lines(lines: list[str], keys: dict[str, list[int]], labels: tuple[str, ...], where: str,
                  numbers: list[int]) -> list[int]:
     """The indexes of the `lines` that read as `folder,name` lines (the part before a comma
@@ -291,7 +306,20 @@ def _keyed_lines(lines: list[str], keys: dict[str, list[int]], labels: tuple[str
     are refused as the file is read. `numbers`: each line's number in the file."""
     keyed = [i for i, parts in enumerate(map(folder_and_name, lines)) if parts and name_key(parts[0]) in keys]
     plain = [i for i, line in enumerate(lines) if i not in keyed and line.strip()]
-    if not keyed or len(keyed) > len(lines) / 2:
+    if len(keyed) > len(lines) / 2:
+        return keyed
+    strays = [i for i in plain if _reads_as_keyed(lines[i])]
+    if len(keyed) + len(strays) > len(lines) / 2 and len(keyed) != len(plain):
+        # `cat,feline` for a folder 02_cat, or another dataset's file: read as names in class
+        # order, each class was named for another ('01 bird -> cat,feline'), unsaid
+        key = folder_and_name(lines[strays[0]])[0]
+        near = difflib.get_close_matches(key, labels, n=1, cutoff=0.5)
+        raise PromptclimbError(f"--classnames {where} line {numbers[strays[0]]}: {key!r} is not a class of this "
+                               f"dataset ({', '.join(labels[:10])}{', ...' if len(labels) > 10 else ''})"
+                               f"{f'; did you mean {near[0]!r}?' if near else ''} ({len(keyed) + len(strays)} of the "
+                               f"file's {len(lines)} lines read as 'folder,name' lines, which start with the class's "
+                               "folder as spelled on disk)")
+    if not keyed:
         return keyed
     way_out = "write every line as 'folder,name' (any order) or as one name (in class order)"
     if len(keyed) == len(plain):
@@ -328,9 +356,10 @@ def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str,
     for i, label in [*enumerate(published), *enumerate(folders)]:
         if i not in keys.setdefault(name_key(label), []):
             keys[name_key(label)].append(i)
-    # '# ...' lines are comments, as in a --pool file; the others keep their numbers in messages
+    # '# ...' lines are comments, and so is the end of a line after ' # ', as in a --pool file;
+    # the others keep their numbers in messages
     numbers = [n for n, line in enumerate(lines, start=1) if not line.lstrip().startswith("#")]
-    lines = [line for line in lines if not line.lstrip().startswith("#")]
+    lines = [INLINE_COMMENT.split(line, maxsplit=1)[0] for line in lines if not line.lstrip().startswith("#")]
     keyed_lines = _keyed_lines(lines, keys, labels, where, numbers)
     keyed = len(keyed_lines) > len(lines) / 2
     # lines of a folder and a name with another separator than a comma (a name of its own may
@@ -353,7 +382,7 @@ def _names_from_lines(lines: list[str], published: tuple[str, ...], where: str,
             if c in names:
                 raise PromptclimbError(f"{at}: {folder_word if folders else 'class'} {labels[c]!r} is named twice")
         else:
-            c, name = position, raw.strip()
+            c, name = position, unquoted(raw)  # a column saved from a spreadsheet: "bird"
             if number in otherwise and len(otherwise) > len(lines) / 2:  # `AnnualCrop: crop`, `Ankle_boot;boot`
                 # (a CSV of a locale whose separator is ';'), most of the file: a folder and a name each, one name
                 i, rest = otherwise[number]
