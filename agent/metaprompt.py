@@ -111,7 +111,8 @@ class MetaPrompt:
         self.stray = sorted(p.name for p in Path(directory).glob("*.j2") if p.name not in FILES) if directory else []
         self.folders = [Path(folder) for folder in search]
         self.env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(search),
+            # utf-8-sig: a BOM a Windows editor wrote was sent as the message's first character
+            loader=jinja2.FileSystemLoader(search, encoding="utf-8-sig"),
             undefined=jinja2.StrictUndefined,  # a typo in a user's template fails loudly
             trim_blocks=True,
             keep_trailing_newline=False,
@@ -155,7 +156,7 @@ class MetaPrompt:
 
     def render(self, name: str, **context) -> str:
         try:
-            return self.env.get_template(name).render(**context).strip()
+            text = self.env.get_template(name).render(**context).strip()
         except jinja2.TemplateError as exc:
             # a syntax error knows its file and line; an undefined name, found while rendering, only the traceback
             where, line = (exc.filename, exc.lineno) if getattr(exc, "lineno", None) else \
@@ -168,6 +169,10 @@ class MetaPrompt:
             where, line = template_line(exc) or (self.path(name), None)
             raise PromptclimbError(f"meta-prompt {where}{f' line {line}' if line else ''}: "
                                    f"{type(exc).__name__}: {exc}") from None
+        if not text:  # every branch of a user's file skipped: the LLM was sent an empty message
+            raise PromptclimbError(f"meta-prompt {self.path(name)}: rendered an empty message for this turn "
+                                   "(each of its {% if %} branches left out?): the LLM would be asked nothing")
+        return text
 
     def system(self, task: Task, n: int) -> str:
         return self.render("system.j2", task=task, n=n)

@@ -987,7 +987,8 @@ def test_a_broken_meta_prompt_is_reported_before_anything_loads(tmp_path, llm, e
                        tmp_path / "runs"), "feedback_turn.j2", "nope")
     # written before held-back results existed: every verdict it knows, but not "held"
     (tmp_path / "meta" / "feedback_turn.j2").write_text(
-        '{% for r in results %}{{ {"better": "up", "worse": "down", "equal": "level"}[r.verdict] }}{% endfor %}')
+        'Results: {% for r in results %}{{ {"better": "up", "worse": "down", "equal": "level"}[r.verdict] }}'
+        '{% endfor %}')
     one_line_error(cli("search", "--dataset", "toy", "--meta-prompt", tmp_path / "meta", "--runs-dir",
                        tmp_path / "runs"), "feedback_turn.j2", "held")
     assert evaluators_built == [] and llm.count == 0 and not list((tmp_path / "runs").glob("*"))
@@ -1006,7 +1007,7 @@ def test_a_meta_prompt_error_in_a_branch_few_turns_reach_is_reported_before_anyt
     """An error in a branch the up-front check did not render failed mid-run, and once the file
     was fixed the resume was refused: the meta-prompt had changed since the run started."""
     (tmp_path / "meta").mkdir()
-    (tmp_path / "meta" / name).write_text(content)
+    (tmp_path / "meta" / name).write_text("Hello. " + content)  # a message in the branches it renders
     one_line_error(cli("search", "--dataset", "toy", "--search", "both", "--meta-prompt", tmp_path / "meta",
                        "--runs-dir", tmp_path / "runs"), f"meta-prompt {tmp_path / 'meta' / name} line 1: ")
     assert evaluators_built == [] and llm.count == 0 and not list((tmp_path / "runs").glob("*"))
@@ -1090,6 +1091,25 @@ def test_a_meta_prompt_that_raises_while_rendered_is_one_line(name, content, nee
                        tmp_path / "runs"), f"meta-prompt {tmp_path / 'meta' / name}{' ' if 'line' in needle else ''}"
                    f"{needle}")
     assert evaluators_built == [] and llm.count == 0 and not list((tmp_path / "runs").glob("*"))
+
+
+def test_a_meta_prompt_that_renders_nothing_is_refused_before_anything_loads(tmp_path, llm, evaluators_built):
+    """A file whose every branch is left out rendered an empty system message, sent as is."""
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "system.j2").write_text("{% if n > 100 %}Many templates, please.{% endif %}\n")
+    one_line_error(cli("search", "--dataset", "toy", "--meta-prompt", tmp_path / "meta", "--runs-dir",
+                       tmp_path / "runs"), f"meta-prompt {tmp_path / 'meta' / 'system.j2'}: rendered an empty message")
+    assert evaluators_built == [] and llm.count == 0
+
+
+def test_a_meta_prompt_saved_with_a_byte_order_mark_sends_no_bom():
+    """A Windows editor's BOM (U+FEFF) was the first character of the message the LLM got."""
+    import tempfile
+    from promptclimb.agent.metaprompt import MetaPrompt
+
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "system.j2").write_text("Give me {{ n }} templates.", encoding="utf-8-sig")
+        assert MetaPrompt(folder).render("system.j2", n=3) == "Give me 3 templates."
 
 
 @pytest.mark.parametrize("metric", ["accuracy", "prob", "blend"])
