@@ -919,9 +919,18 @@ def evaluator_changes(recorded: dict, now: dict) -> str:
     old, new = leaves(recorded), leaves(now)
     keys = [k.rstrip(".") for k in sorted(old.keys() | new.keys(), key=lambda k: (k.count("."), k))
             if old.get(k) != new.get(k)]
-    said = ["the data's files changed (images edited, replaced or touched)" if k == "dataset.identity"
-            else f"{k} differs" for k in keys]
+    said = [data_change(old[k + "."], new[k + "."]) if k == "dataset.identity" else f"{k} differs" for k in keys]
     return ", ".join(said[:4]) + (f" and {len(said) - 4} more" if len(said) > 4 else "")
+
+
+def data_change(recorded: str | None, now: str | None) -> str:
+    """How a data's identity changed, said: its files, or only how a newer promptclimb decodes
+    them (`:decoded:N` at its end, evaluators/datasets.py DECODING), which no put-back undoes."""
+    decoding = re.compile(r":decoded:\d+$")
+    if recorded and now and decoding.sub("", recorded) == decoding.sub("", now) and recorded != now:
+        return ("how images are decoded changed (a newer promptclimb: photos turned as their EXIF orientation "
+                "says, 10- to 14-bit images no longer read near black)")
+    return "the data's files changed (images edited, replaced or touched)"
 
 
 def beside_split(info: dict) -> dict:

@@ -12,11 +12,15 @@ used to choose anything.
 
 Loaders (`DATASETS`, imported lazily) take `data_root: str | None` and return a Dataset:
 - `imagefolder`: one sub-folder per class (`--data-root DIR`). If DIR has `train/` and
-  `test/` (and optionally `val/`) folders, each an ImageFolder, those are the splits;
-  otherwise every class is split 50/20/30 into train/val/test by `deterministic_split`,
-  drawn from the folder's own name (a copy elsewhere under the same name draws the same
-  split; renamed, another). Images are found in sub-folders too; hidden files and folders,
-  `__MACOSX/` and `@eaDir/` are not data (`is_data`).
+  `test/` (and optionally `val/`) folders, each an ImageFolder, those are the splits (in
+  any case, or `training/`, `valid/`, `validation/`, `testing/`: `SPLIT_NAMES`; a folder
+  beside them is refused: its images would not be read); otherwise every class is split
+  50/20/30 into train/val/test by `deterministic_split`, drawn from the folder's own name
+  (a copy elsewhere under the same name draws the same split; renamed, another). Images
+  are found in sub-folders too, linked ones followed; hidden files and folders,
+  `__MACOSX/`, `@eaDir/` and Windows' `Thumbs.db` are not data (`is_data`); files of
+  other kinds, unreadable images and images over Pillow's pixel limit are said
+  (`warn_scan`). Images are turned as their EXIF orientation says (`open_image`).
 - `coop`: a CoOp-format folder: images plus one `split_*.json` with
   {"train"|"val"|"test": [[relative_path, label, classname], ...]}.
 - `eurosat` (evaluators/eurosat.py), `fashion-mnist` (evaluators/demo/fashion_mnist.py).
@@ -32,6 +36,7 @@ import functools
 import hashlib
 import importlib
 import json
+import os
 import re
 import warnings
 from collections import Counter
@@ -40,7 +45,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from promptclimb.agent.core.classnames import name_key, readable_classname
 from promptclimb.agent.core.errors import PromptclimbError
@@ -48,16 +53,21 @@ from promptclimb.agent.core.errors import PromptclimbError
 # (image_id, label) pairs; image ids are strings so that every dataset can key its cache.
 Labelled = list[tuple[str, int]]
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".avif"}
+# Every one is opened by this Pillow (a test checks); a kind not listed is passed over, said (`warn_scan`).
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp",
+                    ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".avif"}
 # Folders that hold no class and no photo of one: a zip made by macOS's Finder has __MACOSX/
 # (AppleDouble `._x.png` files), a Synology share @eaDir/ (thumbnails of the photos beside
 # them, which would put a copy of a test image in train); hidden files and folders too.
 NOT_DATA = {"__MACOSX", "@eaDir"}
+# Files a system leaves beside photos, hidden by an attribute rather than a leading dot (Windows' thumbnail caches
+# and folder settings, macOS's custom folder icon): never said as files passed over. Lower case: Windows ignores it.
+SYSTEM_FILES = {"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini", "icon\r"}
 
 
 def is_data(name: str) -> bool:
     """Whether a file or folder of an image folder is data, not what a system left there."""
-    return not name.startswith(".") and name not in NOT_DATA
+    return not name.startswith(".") and name not in NOT_DATA and name.lower() not in SYSTEM_FILES
 
 
 @dataclass
@@ -324,35 +334,69 @@ def deterministic_split(items_by_class: dict[int, list[str]], tag: str,
 
 # ---------------------------------------------------------------- images on disk
 
-# Part of the identity of a dataset decoded by `open_image` (its features are cached by it):
-# 2 since images of 16 or 32 bits per pixel are scaled to 8 bits, not clipped.
-DECODING = "decoded:2"
+# Part of the identity of a dataset decoded by `open_image` or `eight_bits` (its features are cached by it):
+# 2 since images of 16 or 32 bits per pixel are scaled to 8 bits, not clipped; 3 since a photo is turned as its EXIF
+# orientation says and a 16-bit image holding 10-, 12- or 14-bit values is scaled by that depth (it read near black).
+DECODING = "decoded:3"
+# What an image folder keeps where no image's header shows a change of 3 (`decoded_otherwise`): its cached features
+# are still right, and a run begun before resumes without a warning that its evaluator changed. A CoOp folder's and a
+# Hugging Face dataset's images are not all opened when loaded: they carry DECODING, encoded anew once.
+DECODING_BEFORE = "decoded:2"
+# The bit depths an integer image's values are read in: the smallest that holds its largest value (a 12-bit camera's
+# values stored in 16 bits are not scaled by 65535).
+BIT_DEPTHS = (8, 10, 12, 14, 16)
 
 
 def open_image(path: str | Path) -> Image.Image:
-    """A fully decoded image (so that a truncated file fails here, not later), with 8 bits
-    per channel (`eight_bits`)."""
-    with Image.open(path) as im:
-        im.load()
-        return eight_bits(im.copy())
+    """A fully decoded image (so that a truncated file fails here, not later), turned upright
+    as its EXIF orientation says (as the datasets library turns a Hugging Face dataset's),
+    with 8 bits per channel (`eight_bits`). Over Pillow's pixel limit, the error says the size."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return eight_bits(ImageOps.exif_transpose(im))
+    except Image.DecompressionBombError as exc:  # what the scorer says of a skipped image
+        raise Image.DecompressionBombError(why_unreadable(exc)) from exc
 
 
 def eight_bits(im: Image.Image) -> Image.Image:
     """A grayscale image of 16 or 32 bits per pixel (16-bit PNG, TIFF: PIL's modes I;16, I
     and F) scaled to 8 bits ("L"); any other image as it is. PIL's own conversion to "L" or
     "RGB" clips such an image at 255, which leaves a 16-bit photo two shades. Integer images
-    whose values all fit 8 bits are kept as they are; float ones in 0..1 are read as 0..1."""
+    are scaled by the smallest depth of `BIT_DEPTHS` that holds their largest value (values
+    that all fit 8 bits are kept as they are; past 16 bits, by the bits they use); float
+    ones in 0..1 are read as 0..1, up to 255 as 8 bits, past it as 16."""
     if im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
         return im
     pixels = np.asarray(im, dtype=np.float64)
     top = float(pixels.max(initial=0.0))
-    if im.mode.startswith("I;16") or top > 255:
-        full = 65535.0
-    elif im.mode == "F" and top <= 1.0:
-        full = 1.0
+    if im.mode == "F":
+        full = 1.0 if top <= 1.0 else 255.0 if top <= 255 else 65535.0
     else:
-        full = 255.0
+        used = max(int(top), 0).bit_length()
+        full = float(2 ** next((b for b in BIT_DEPTHS if b >= used), used) - 1)
     return Image.fromarray(np.clip(np.rint(pixels * (255.0 / full)), 0, 255).astype(np.uint8))  # 2-D uint8: "L"
+
+
+def decoded_otherwise(im: Image.Image) -> bool:
+    """Whether `open_image` may decode `im` (just opened: its header) otherwise than `DECODING_BEFORE` did: an
+    integer image of 16 or 32 bits (its depth is known once decoded), or an EXIF orientation other than upright."""
+    if im.mode == "I" or im.mode.startswith("I;16"):
+        return True
+    # Image.getexif of a PNG decodes it whole to look for EXIF after the pixels; the base reads what the header holds
+    return Image.Image.getexif(im).get(ExifTags.Base.Orientation, 1) not in (1, None)
+
+
+def why_unreadable(exc: BaseException, path: Path | None = None) -> str:
+    """Why an image could not be read, in one line: the error's own words, as the scorer says
+    them of an image that fails to decode (its own path made its name), or for one over Pillow's
+    pixel limit, its size and what to do."""
+    pixels = re.search(r"\((\d+) pixels\)", str(exc)) if isinstance(exc, Image.DecompressionBombError) else None
+    if pixels and Image.MAX_IMAGE_PIXELS:
+        return (f"{int(pixels[1]) / 1e6:.3g} MP, over Pillow's limit of {2 * Image.MAX_IMAGE_PIXELS / 1e6:.3g} MP "
+                "(twice PIL.Image.MAX_IMAGE_PIXELS); downscale it or raise the limit")
+    said = str(exc).replace(str(path), path.name) if path is not None else str(exc)
+    return " ".join(said.split())[:160] or type(exc).__name__
 
 
 def is_hf_save(root: Path) -> bool:
@@ -374,49 +418,124 @@ def other_kind(root: Path) -> str | None:
     return None
 
 
-def _scan_class_folders(root: Path) -> tuple[list[str], dict[int, list[str]], list[str]]:
-    """(class folder names, ids by class, unreadable files) of an ImageFolder; ids are paths
-    relative to `root`. Only the image headers are read here (cheap); full decoding errors
-    surface when features are computed and are skipped and counted there."""
+@dataclass
+class FolderScan:
+    """What `_scan_class_folders` found in a folder of class folders; ids are paths relative to it."""
+    classes: list[str]
+    by_class: dict[int, list[str]]
+    unreadable: dict[str, str] = field(default_factory=dict)  # id -> why (`why_unreadable`)
+    passed_over: Counter = field(default_factory=Counter)  # files of a kind not read as images, by kind
+    large: list[str] = field(default_factory=list)  # images over Pillow's pixel limit, read anyway: "id (100 MP)"
+    decoded_otherwise: bool = False  # an image `decoded_otherwise` is among them (`DECODING`)
+
+    def add(self, other: FolderScan, prefix: str) -> None:
+        """`other`'s files, its ids under `prefix` (a split folder's), counted with these."""
+        self.unreadable.update({f"{prefix}{i}": why for i, why in other.unreadable.items()})
+        self.passed_over.update(other.passed_over)
+        self.large += [f"{prefix}{i}" for i in other.large]
+        self.decoded_otherwise |= other.decoded_otherwise
+
+
+def data_files(folder: Path, unreadable: dict[str, str], root: Path) -> list[Path]:
+    """Every data file under `folder` (`is_data`), sub-folders that are links followed as a
+    linked class folder or image is; each folder once, so a link to a folder above it ends.
+    A folder that cannot be listed goes into `unreadable` (its id relative to `root`, why)."""
+    seen: set[tuple[int, int]] = set()
+    files = []
+
+    def cannot_list(exc: OSError) -> None:
+        where = Path(exc.filename or folder)
+        unreadable[f"{where.relative_to(root) if where.is_relative_to(root) else where}/"] = why_unreadable(exc)
+
+    for top, dirs, names in os.walk(folder, followlinks=True, onerror=cannot_list):
+        stat = os.stat(top)
+        if (stat.st_dev, stat.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        dirs[:] = sorted(d for d in dirs if is_data(d))
+        files += [Path(top, name) for name in sorted(names) if is_data(name)]
+    return files
+
+
+def read_header(path: Path) -> tuple[bool, str]:
+    """(whether it is `decoded_otherwise`, its size where it is over Pillow's pixel limit: "100 MP"),
+    from the image's header alone (cheap); Pillow's error where it cannot read the file."""
+    with warnings.catch_warnings(record=True) as caught:  # Pillow's bomb warning names no file: said by `warn_scan`
+        warnings.simplefilter("always")
+        with Image.open(path) as im:
+            otherwise, pixels = decoded_otherwise(im), im.width * im.height
+            im.verify()
+    large = any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught)
+    return otherwise, f"{pixels / 1e6:.3g} MP" if large else ""
+
+
+def _scan_class_folders(root: Path) -> FolderScan:
+    """The class folders of an ImageFolder and their images. Only the image headers are read
+    here (cheap); full decoding errors surface when features are computed and are skipped and
+    counted there."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and is_data(p.name))
     if not classes:
         hint = other_kind(root)
         raise PromptclimbError(f"{root} has no class sub-folders (expected one folder per class)"
                                + (f"; {hint}" if hint else ""))
-    by_class: dict[int, list[str]] = {}
-    unreadable: list[str] = []
+    scan = FolderScan(classes, {})
+    others: dict[str, set[str]] = {}  # class -> kinds of file passed over
     for c, name in enumerate(classes):
         ids = []
-        for path in sorted((root / name).rglob("*")):
-            if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS \
-                    or not all(map(is_data, path.relative_to(root / name).parts)):
+        for path in data_files(root / name, scan.unreadable, root):
+            image_id = str(path.relative_to(root))
+            if not path.exists():  # a link whose target is gone: it was meant to be read
+                scan.unreadable[image_id] = f"a link to {os.readlink(path)}, which does not exist"
+                continue
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                kind = path.suffix.lower() or path.name
+                others.setdefault(name, set()).add(kind)
+                scan.passed_over[kind] += 1
                 continue
             try:
-                with Image.open(path) as im:
-                    im.verify()
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+                otherwise, large = read_header(path)
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
                 # over 179 million pixels, Pillow refuses to open an image at all (a bomb, to it)
-                unreadable.append(str(path.relative_to(root)))
+                scan.unreadable[image_id] = why_unreadable(exc, path)
                 continue
-            ids.append(str(path.relative_to(root)))
-        by_class[c] = ids
-    empty = [classes[c] for c, ids in by_class.items() if not ids]
+            scan.decoded_otherwise |= otherwise
+            if large:
+                scan.large.append(f"{image_id} ({large})")
+            ids.append(image_id)
+        scan.by_class[c] = ids
+    empty = [classes[c] for c, ids in scan.by_class.items() if not ids]
     if empty:
         # files of a kind never read (.heic from a phone) were said as unreadable images
-        others = sorted({f.suffix.lower() or f.name for name in empty for f in (root / name).rglob("*")
-                         if f.is_file() and f.suffix.lower() not in IMAGE_EXTENSIONS and is_data(f.name)})
-        kinds = (f" (files there: {', '.join(others[:5])}; the images read are "
-                 f"{', '.join(sorted(IMAGE_EXTENSIONS))})") if others else ""
+        kinds = sorted(set().union(*(others.get(name, set()) for name in empty)))
+        said = (f" (files there: {', '.join(kinds[:5])}; the images read are "
+                f"{', '.join(sorted(IMAGE_EXTENSIONS))})") if kinds else ""
         hint = other_kind(root)  # a folder of parquet files: its data/ read as a class
-        raise PromptclimbError(f"{root}: class folder(s) with no readable images: {', '.join(empty)}{kinds}"
+        raise PromptclimbError(f"{root}: class folder(s) with no readable images: {', '.join(empty)}{said}"
                                + (f"; {hint}" if hint else ""))
-    return classes, by_class, unreadable
+    return scan
 
 
-def warn_unreadable(root: Path, unreadable: list[str]) -> None:
+def warn_unreadable(root: Path, unreadable: dict[str, str]) -> None:
+    """One line for the files skipped as unreadable (`id -> why`), each with its reason."""
     if unreadable:
-        shown = ", ".join(unreadable[:5]) + (" ..." if len(unreadable) > 5 else "")
-        warnings.warn(f"{root}: skipped {len(unreadable)} unreadable image(s): {shown}", stacklevel=3)
+        shown = ", ".join(f"{i} ({why})" for i, why in list(unreadable.items())[:5])
+        warnings.warn(f"{root}: skipped {len(unreadable)} unreadable image(s): {shown}"
+                      + (" ..." if len(unreadable) > 5 else ""), stacklevel=3)
+
+
+def warn_scan(root: Path, scan: FolderScan) -> None:
+    """What the scan of an image folder left out or read with a warning, a line each."""
+    warn_unreadable(root, scan.unreadable)
+    if scan.passed_over:  # a class's .heic photos beside its .jpg ones were left out, unsaid
+        kinds = ", ".join(f"{kind} ({n})" for kind, n in sorted(scan.passed_over.items(), key=lambda k: (-k[1], k[0])))
+        warnings.warn(f"{root}: left out {sum(scan.passed_over.values())} file(s) of a kind not read as an image: "
+                      f"{kinds} (the kinds read: {', '.join(sorted(IMAGE_EXTENSIONS))})", stacklevel=3)
+    if scan.large:  # Pillow's own warning says a size and "decompression bomb", never which file
+        shown = ", ".join(scan.large[:5]) + (" ..." if len(scan.large) > 5 else "")
+        warnings.warn(f"{root}: {len(scan.large)} image(s) over Pillow's pixel limit (PIL.Image.MAX_IMAGE_PIXELS, "
+                      f"{(Image.MAX_IMAGE_PIXELS or 0) / 1e6:.3g} MP) read anyway (Pillow warns of each, naming no "
+                      f"file, as a possible decompression bomb): {shown}", stacklevel=3)
 
 
 def _require_root(data_root: str | None, what: str) -> Path:
@@ -432,45 +551,78 @@ def check_data_folder(root: Path) -> Path:
     return root
 
 
+# The names a split folder goes by, in any case: `Train/ Val/ Test/` were read as three classes, each holding every
+# real class's images.
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+               "test": "test", "testing": "test"}
+
+
+def split_folders(root: Path) -> dict[str, Path]:
+    """`root`'s split folders by split ("train", "val", "test"), or {} where its folders are
+    classes: a train and a test folder make split folders (a class may be named `train`).
+    Refused: folders that are all split folders without both; two folders of one split;
+    any other folder beside split folders (its images would not be read)."""
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and is_data(p.name))
+    by_split: dict[str, list[Path]] = {}
+    for folder in folders:
+        if folder.name.lower() in SPLIT_NAMES:
+            by_split.setdefault(SPLIT_NAMES[folder.name.lower()], []).append(folder)
+    if not {"train", "test"} <= by_split.keys():
+        if folders and all(f.name.lower() in SPLIT_NAMES for f in folders):
+            raise PromptclimbError(f"{root} holds {', '.join(f.name for f in folders)}/ only: split folders need "
+                                   "train/ and test/ (val/ is optional), each with one sub-folder per class")
+        return {}
+    for split, alike in by_split.items():
+        if len(alike) > 1:
+            raise PromptclimbError(f"{root} has {' and '.join(f'{f.name}/' for f in alike)}: two folders of its "
+                                   f"{split} split; merge them into one")
+    found = {split: by_split[split][0] for split in ("train", "val", "test") if split in by_split}
+    others = [f"{f.name}/" for f in folders if f.name.lower() not in SPLIT_NAMES]
+    if others:
+        named = ", ".join(f"{folder.name}/" for folder in found.values())
+        raise PromptclimbError(f"{root} has split folders ({named}) and beside them {', '.join(others[:5])}"
+                               f"{' ...' if len(others) > 5 else ''}, which would not be read: move class folders "
+                               f"into the split folders (each class in train/ and test/), anything else out of {root}")
+    return found
+
+
 def load_imagefolder(data_root: str | None) -> Dataset:
     """Any folder with one sub-folder of images per class (see the module docstring)."""
     root = _require_root(data_root, "imagefolder")
     if is_hf_save(root):  # its split folders read as class folders of arrow files, or train/ as a tree
         raise PromptclimbError(f"{root} is not a folder of class folders: {other_kind(root)}")
-    split_dirs = {s: root / s for s in ("train", "val", "test") if (root / s).is_dir()}
-    folders = {p.name for p in root.iterdir() if p.is_dir() and is_data(p.name)}
-    if folders and folders <= set(split_dirs) and not {"train", "test"} <= folders:
-        raise PromptclimbError(f"{root} holds {', '.join(sorted(folders))}/ only: split folders need train/ and "
-                               "test/ (val/ is optional), each with one sub-folder per class")
-    unreadable: list[str] = []
-    if "train" in split_dirs and "test" in split_dirs:
+    split_dirs = split_folders(root)
+    if split_dirs:
         classes = None
         splits: dict[str, Labelled] = {"val": []}
+        scan = FolderScan([], {})
         for split, folder in split_dirs.items():
-            names, by_class, bad = _scan_class_folders(folder)
+            found = _scan_class_folders(folder)
             if classes is None:
-                classes = names
-            elif names != classes:
+                classes = found.classes
+            elif found.classes != classes:
                 # say which: among a hundred class folders, one spelled otherwise is hard to find
-                extra, missing = sorted(set(names) - set(classes)), sorted(set(classes) - set(names))
-                said = "; ".join(f"{what}: {', '.join(map(repr, folders))}" for what, folders in (
-                    (f"only in {split}/", extra), ("not in it", missing)) if folders)
+                extra, missing = sorted(set(found.classes) - set(classes)), sorted(set(classes) - set(found.classes))
+                said = "; ".join(f"{what}: {', '.join(map(repr, names))}" for what, names in (
+                    (f"only in {folder.name}/", extra), ("not in it", missing)) if names)
                 raise PromptclimbError(f"{folder} has different class folders than {split_dirs['train']} ({said})")
-            splits[split] = sorted((f"{split}/{i}", c) for c, ids in by_class.items() for i in ids)
-            unreadable += [f"{split}/{b}" for b in bad]
+            splits[split] = sorted((f"{folder.name}/{i}", c) for c, ids in found.by_class.items() for i in ids)
+            scan.add(found, f"{folder.name}/")
     else:
-        classes, by_class, unreadable = _scan_class_folders(root)
-        few = [f"{classes[c]} ({len(ids)})" for c, ids in by_class.items() if len(ids) < 2]
+        scan = _scan_class_folders(root)
+        classes = scan.classes
+        few = [f"{classes[c]} ({len(ids)})" for c, ids in scan.by_class.items() if len(ids) < 2]
         if few:  # no test image: the class would be left out of test accuracy, unsaid
             raise PromptclimbError(f"{root}: class folder(s) with a single image: {', '.join(few[:5])} "
                                    f"({FOLDER_SPLIT_NEEDS})")
-        splits = deterministic_split(by_class, tag=f"imagefolder:{root.name}")
-    warn_unreadable(root, unreadable)
+        splits = deterministic_split(scan.by_class, tag=f"imagefolder:{root.name}")
+    warn_scan(root, scan)
     files = files_digest(root, [i for items in splits.values() for i in items])
+    decoding = DECODING if scan.decoded_otherwise else DECODING_BEFORE
     return Dataset(
         name="imagefolder", classnames=published_names(classes), folders=list(classes),
         description="photos", load_image=lambda image_id: open_image(root / image_id),
-        splits=splits, identity=f"{root}:{files}:{DECODING}",
+        splits=splits, identity=f"{root}:{files}:{decoding}",
     )
 
 
@@ -531,7 +683,7 @@ def find_image_root(root: Path, sample: str) -> Path:
 
 
 def drop_missing(root: Path, splits: dict[str, Labelled]) -> dict[str, Labelled]:
-    missing = [i for items in splits.values() for i, _ in items if not (root / i).is_file()]
+    missing = {i: "not found" for items in splits.values() for i, _ in items if not (root / i).is_file()}
     if missing:
         warn_unreadable(root, missing)
         gone = set(missing)

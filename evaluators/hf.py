@@ -37,9 +37,9 @@ compared on --resume, is a digest of each used split's `datasets` fingerprint, i
 files' names and sizes, the image files its rows name by path (sizes and times: what
 `to_parquet` writes for a dataset of image files holds no image bytes; runs on such data
 from before resume with a warning that the evaluator changed), and the two columns, and
-how images are decoded (`DECODING`: since
-16-bit images are scaled to 8 bits, as a folder's are, a run started before resumes with a
-warning that the evaluator changed).
+how images are decoded (`DECODING`: each time it changed - 16-bit images scaled to 8 bits,
+as a folder's are, then by the depth their values use - a run started before resumes with a
+warning that says so).
 """
 
 from __future__ import annotations

@@ -96,6 +96,28 @@ def test_resume_refuses_a_different_step(tmp_path):
     assert "or the search's own rules did (a newer promptclimb" in str(refused.value)
 
 
+def test_a_run_whose_images_a_newer_promptclimb_decodes_otherwise_is_not_told_to_put_them_back(tmp_path):
+    """The data's identity ends with how its images are decoded (`:decoded:N`); where only that
+    changed (EXIF orientation, 12-bit images), "the data's files changed (images edited ...):
+    put it back as it was" sent a user looking for edits never made."""
+    from promptclimb.agent.pipeline import evaluator_changes
+
+    recorded, now = ({"dataset": {"identity": f"/d:abc:decoded:{n}"}} for n in (2, 3))
+    said = evaluator_changes(recorded, now)
+    assert said.startswith("how images are decoded changed (a newer promptclimb") and "edited" not in said
+    assert evaluator_changes(recorded, {"dataset": {"identity": "/d:abd:decoded:3"}}).startswith(
+        "the data's files changed")
+    run = tmp_path / "r"
+    with RunStore.create(run, {}) as store:
+        store.append("score", template="a {}.", origin="pool")
+    with RunStore.resume(run) as store:
+        store.evaluator_changed = said
+        with pytest.raises(RunMismatch) as refused:
+            store.append("score", template="another {}.", origin="pool")
+    assert "finish it with the promptclimb it began with, or start a new run instead" in str(refused.value)
+    assert "put it back" not in str(refused.value)
+
+
 def test_a_cut_short_last_line_is_dropped_and_repaired(tmp_path):
     run = tmp_path / "r"
     with RunStore.create(run, {}) as store:

@@ -595,8 +595,11 @@ class RunStore:
             theirs = {k: stored.get(k) for k in IDENTITY}
             if mine != theirs:
                 differ = {k: (theirs[k], mine[k]) for k in IDENTITY if mine[k] != theirs[k]}
+                # a newer promptclimb's decoding is nothing a user can put back (agent/pipeline.py data_change)
+                undo = "finish it with the promptclimb it began with, or" if "how images are decoded" in \
+                    self.evaluator_changed else "put it back as it was, or"
                 why = (f"Its evaluator changed since the run started: {self.evaluator_changed}. The scores its "
-                       "recorded turns showed the LLM are not those given now: put it back as it was, or"
+                       f"recorded turns showed the LLM are not those given now: {undo}"
                        if self.evaluator_changed else
                        "The settings, meta-prompts, pools or evaluator changed since the run started, or the "
                        "search's own rules did (a newer promptclimb: docs/results.md says when each came);")
