@@ -37,7 +37,7 @@ from promptclimb.agent.core.errors import DataError, PromptclimbError
 from promptclimb.agent.core.protocol import UNLABELED_SPLIT, ClassReport, Score, Task
 from promptclimb.agent.core.templates import check_templates, fill
 from promptclimb.evaluators.backbones import Backbone
-from promptclimb.evaluators.datasets import Dataset, FewShotSplit, ids_digest
+from promptclimb.evaluators.datasets import Dataset, FewShotSplit, ids_digest, why_unreadable
 from promptclimb.evaluators.features import ImageFeatureCache, TextFeatureCache
 
 LOGIT_ELEMENTS = 32_000_000  # bound on N * K * C floats held at once while scoring
@@ -145,7 +145,7 @@ class ClipEvaluator:
                 images.append(self.backbone.preprocess(self.dataset.load_image(image_id)))
             except (OSError, ValueError, SyntaxError, DecompressionBombError) as exc:  # unreadable, cut, too large
                 unreadable.append(image_id)
-                self.why_unreadable.setdefault(image_id, " ".join(str(exc).split())[:160] or type(exc).__name__)
+                self.why_unreadable.setdefault(image_id, why_unreadable(exc))
                 continue
             readable.append((image_id, label))
         return (torch.stack(images) if images else None), readable, unreadable
