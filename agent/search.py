@@ -417,7 +417,8 @@ class HillClimber:
         self.name_scores: dict[tuple, Score] = {}  # (template, names) -> score, of names variants
         for kind in LLM_EVENTS:
             for e in store.stored_of(kind):
-                llm.remember(e["request_key"], {"content": e["answer"], **(e.get("usage") or {})})
+                llm.remember(e["request_key"], {"content": e["answer"], **(e.get("usage") or {}),
+                                                **({"model": e["answered_by"]} if e.get("answered_by") else {})})
                 if e.get("context_refused"):
                     llm.remember_refusal(e["context_refused"]["request_key"], e["context_refused"]["context_tokens"])
 
@@ -655,6 +656,7 @@ class HillClimber:
             messages=messages[sent:], n_messages=len(messages), answer=answer.content,
             usage={"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens},
             latency_s=round(answer.latency_s, 3), cached=answer.cached, source=answer.source,
+            **({"answered_by": answer.model} if answer.model and answer.model != self.llm.model else {}),
             **({"answer_truncated": {"kept_chars": len(answer.content), "received_chars": answer.truncated_from}}
                if answer.truncated_from else {}),
             **extra,

@@ -54,6 +54,7 @@ class FakeLLM:
         context_says: str = "openai",
         context_status: int = 400,
         usage: bool = True,
+        answered_as: str | None = None,
     ):
         self.script = list(script or ["a photo of a {}."])
         self.responder = responder
@@ -61,6 +62,7 @@ class FakeLLM:
         self.hang_s = hang_s
         self.signal_at = signal_at
         self.models = models  # what GET /v1/models lists (None: the route does not exist)
+        self.answered_as = answered_as  # the model its answers name (None: the one asked for)
         self.model_requests = 0
         self.latency_s = latency_s
         self.answer_together = answer_together
@@ -171,7 +173,7 @@ class FakeLLM:
             "id": f"chatcmpl-{number}",
             "object": "chat.completion",
             "created": 0,
-            "model": body.get("model", "fake"),
+            "model": self.answered_as or body.get("model", "fake"),
             "choices": [{"index": 0, "finish_reason": "length" if fault in ("length", "cut") else "stop",
                          "message": {"role": "assistant", "content": None if fault == "refusal" else content,
                                      **({"refusal": "I can't help with that."} if fault == "refusal" else {})}}],

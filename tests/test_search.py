@@ -438,6 +438,35 @@ def test_resume_after_a_kill_gives_the_same_result(tmp_path):
     assert comparable_events(run_dir) == comparable_events(whole_dir)
 
 
+def test_the_model_that_answered_is_recorded_when_the_endpoint_names_another(tmp_path):
+    """OpenAI answers a request for "gpt-4o" as a dated snapshot, a router as the model it
+    chose: which model wrote the answers was not kept anywhere a reader of the run could see."""
+    from promptclimb.agent.cli.runs import answered_said
+    from promptclimb.agent.runs.reading import load_run
+
+    with FakeLLM(responder=responder, answered_as="fake-2026-01-01") as fake:
+        _, _, run_dir = climb(tmp_path, fake.base_url)
+        asked = fake.count
+        fake.answered_as = None  # another run asking the same gets the cache's answers, with their model
+        _, _, again = climb(tmp_path, fake.base_url, name="again")
+        assert fake.count == asked
+    answers = [e for e in history(run_dir) if e["event"] == "llm_exchange"]
+    assert answers and all(e["answered_by"] == "fake-2026-01-01" and e["model"] == "fake" for e in answers)
+    run = load_run(run_dir)
+    assert run.answered_by == ["fake-2026-01-01"] and answered_said(run) == " (answered as fake-2026-01-01)"
+    from click.testing import CliRunner
+    from promptclimb.agent.cli import cli
+
+    shown = CliRunner().invoke(cli, ["show", str(run_dir)])
+    assert shown.exit_code == 0 and "(answered as fake-2026-01-01), pool curated" in shown.output, shown.output
+    assert {ex["answered_by"] for ex in run.conversation()} == {"fake-2026-01-01"}
+    assert all(e["answered_by"] == "fake-2026-01-01" for e in history(again) if e["event"] == "llm_exchange")
+    # an endpoint that answers as the model asked for adds nothing
+    with FakeLLM(responder=responder) as fake:
+        _, _, plain = climb(tmp_path, fake.base_url, name="plain", cache="other")
+    assert not any("answered_by" in e for e in history(plain)) and answered_said(load_run(plain)) == ""
+
+
 def test_agent_modules_do_not_import_torch():
     code = "import sys, promptclimb.agent.search, promptclimb.agent.cli.search, promptclimb.agent.llm.client, promptclimb.agent.runs.store, promptclimb.agent.core.pools; " \
            "promptclimb.agent.core.pools.load_pool('fashion-mnist'); print('torch' in sys.modules)"

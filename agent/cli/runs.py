@@ -187,7 +187,7 @@ def headline(run: Run) -> str:
     by_kind = (" (" + ", ".join(f"{n} {kind}" for kind, n in kinds.items() if n) + ")"
                if len(answers) > kinds["template"] else "")
     return (
-        f"{said}LLM {run.llm}, pool {run.pool}, ranked by {run.ranked_by}{settings_said(run)}; {status}\n"
+        f"{said}LLM {run.llm}{answered_said(run)}, pool {run.pool}, ranked by {run.ranked_by}{settings_said(run)}; {status}\n"
         f"{len(answers)} LLM answers{by_kind}; {ledger.get('cache_hits', 0)} from the cache, "
         f"{ledger.get('prompt_tokens', 0)} prompt + {ledger.get('completion_tokens', 0)} completion tokens; "
         f"{len(run.of('score'))} templates scored, {len(run.of('reject'))} template lines refused{names_said(run)}"
@@ -357,6 +357,14 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
         if not markdown:
             out.append("")
     return "\n".join(out).rstrip()
+
+
+def answered_said(run: Run) -> str:
+    """The models that answered where the endpoint named others than the one asked for."""
+    answered = run.answered_by
+    if not answered:
+        return ""
+    return f" (answered as {', '.join(answered[:3])}{' ...' if len(answered) > 3 else ''})"
 
 
 def exchange_lines(ex: dict, bullet: str, markdown: bool) -> list[str]:

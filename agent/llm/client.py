@@ -106,6 +106,12 @@ def why_empty(choice, max_tokens: int | None) -> str:
     return f"the endpoint gave no reason (finish_reason {getattr(choice, 'finish_reason', None)!r})"
 
 
+def answered_by(response) -> str | None:
+    """The model a chat completion says answered it (its `model`), or None where it names none."""
+    model = getattr(response, "model", None)
+    return model.strip()[:200] if isinstance(model, str) and model.strip() else None
+
+
 def answer_text(content) -> str:
     """A message's text: its `content`, or the text parts of a content list (Mistral's
     Magistral answers `[{"type": "thinking", ...}, {"type": "text", "text": ...}]`, which was
@@ -134,6 +140,9 @@ class Answer:
     key: str = ""  # the request key (see `request_key`)
     truncated_from: int = 0  # characters the answer had when it was cut to `answer_cap` (0: kept whole)
     finish_reason: str | None = None  # the endpoint's, for an answer asked now ("length": cut at its cap)
+    # the model the endpoint says answered, where it names one (OpenAI answers "gpt-4o" as a dated
+    # snapshot; a router as the model it chose): kept with the answer, recorded by the run
+    model: str | None = None
 
     @property
     def cached(self) -> bool:
@@ -753,6 +762,7 @@ class LLMClient:
                 source=source,
                 key=key,
                 truncated_from=int(known.get("truncated_from") or 0),
+                model=known["model"] if isinstance(known.get("model"), str) else None,
             )
             self.count(**{"replayed" if source == "replay" else "cache_hits": 1})
         else:
@@ -783,6 +793,7 @@ class LLMClient:
                     "completion_tokens": answer.completion_tokens,
                     "latency_s": answer.latency_s,
                     **({"truncated_from": answer.truncated_from} if answer.truncated_from else {}),
+                    **({"model": answer.model} if answer.model else {}),
                     **({"asked_by": self.asker} if self.asker else {}),
                 },
                 self.origin(),
@@ -902,4 +913,5 @@ class LLMClient:
             completion_tokens=_token_count(getattr(usage, "completion_tokens", None)),
             latency_s=latency,
             finish_reason=getattr(choices[0], "finish_reason", None),
+            model=answered_by(response),
         )

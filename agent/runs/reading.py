@@ -358,6 +358,12 @@ class Run:
         return llm.get("served_model") or llm.get("model")
 
     @property
+    def answered_by(self) -> list[str]:
+        """The models the endpoint said answered, where not the one asked for (an alias answered
+        by a dated snapshot, a router's choice), in the order first seen."""
+        return list(dict.fromkeys(e["answered_by"] for e in self.answers() if e.get("answered_by")))
+
+    @property
     def select(self) -> str:
         return (self.config.get("search") or {}).get("select") or (self.summary or {}).get("select") or "train"
 
@@ -763,6 +769,7 @@ class Run:
         as that answer.)"""
         return [{"call": ex["call"], "kind": ANSWER_KINDS[ex["event"]], "restart": ex.get("restart"),
                  "reset": ex.get("reset"), "iteration": ex.get("iteration"), "answer": ex.get("answer", ""),
+                 "answered_by": ex.get("answered_by") or ex.get("model"),
                  "messages": [m for m in ex.get("messages") or [] if m.get("role") != "assistant"]}
                 for ex in self.answers()]
 
