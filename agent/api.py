@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from promptclimb.agent.core.defaults import DEFAULT_PRECISION
 from promptclimb.agent.core.errors import PromptclimbError
-from promptclimb.agent.core.format import as_text_list, one_line
-from promptclimb.agent.core.paths import absolute
+from promptclimb.agent.core.format import as_text_list, not_text, one_line
+from promptclimb.agent.core.paths import absolute, cache_home, check_writable
 from promptclimb.agent.core.protocol import SPLITS
 from promptclimb.agent.core.templates import BASELINE, check_templates as check_template_list, check_typed_templates
 
@@ -117,19 +117,28 @@ def search(dataset: str | None = None, shots: int | None = None, backbone: str |
     local LLM's model the first time)
     are drawn on stderr only with `print` (the default) or `on_stderr`. `classnames=` takes
     a set name or a file as --classnames does, or a list of names (one per class, in class
-    order) as `evaluate()` does; the list is recorded in config.json. `resume="RUN"`
-    continues a killed run with its saved settings (an option given again with another
-    value, other start names included, is refused). `config=` is --config: a TOML file (or a
+    order) as `evaluate()` does; the list is recorded in config.json. `resume="RUN"` (or a
+    `SearchResult`, a `load_run()` run) continues a killed run with its saved settings (an
+    option given again with another value, other start names included, is refused).
+    `config=` is --config: a TOML file (or a
     list of them, a later one overriding an earlier) whose [search] table sets any option;
-    a keyword given here overrides it (its `json` setting, for printing, is left out).
+    a keyword given here overrides it (its `json` setting, for printing, is left out); a
+    keyword spelled as in that table (`**{"pool-sample": 4}`) is taken as its `_` keyword.
+    `result.run_dir` is absolute (it holds after an `os.chdir`).
     Raises PromptclimbError with a readable message for bad input.
     """
     from promptclimb.agent.options import (BY_KEYWORD, FROM_FILE, GIVEN, PYTHON_OPTIONS, read_config_file, resolve,
-                                           said_from_file)
+                                           said_from_file, table_keywords, unknown_keys)
     from promptclimb.agent.pipeline import run_search
     from promptclimb.agent.runs.reading import find_run, run_classnames
 
     check_echo("search()", echo)
+    refused = unknown_keys(knobs, [o.keyword for o in PYTHON_OPTIONS], "search(): ")  # said as spelled
+    if refused:
+        raise refused
+    knobs = table_keywords(knobs, "search(): ", dashes=False)  # `**toml["search"]`: pool-sample is pool_sample
+    if knobs.get("resume") is not None:
+        knobs["resume"] = run_to_continue(knobs["resume"])
     files = [] if config is None else [config] if isinstance(config, (str, os.PathLike)) else config
     if not isinstance(files, (list, tuple)) or not all(isinstance(f, (str, os.PathLike)) for f in files):
         raise PromptclimbError(f"search(): config={config!r}: expected a TOML file's path, or a list of them")
@@ -152,24 +161,51 @@ def search(dataset: str | None = None, shots: int | None = None, backbone: str |
     runs_dir = Path(opts["runs_dir"])
     run_dir = find_run(opts["resume"], runs_dir) if opts["resume"] is not None else runs_dir / summary["run_id"]
     ensemble = summary.get("ensemble") or {}
-    return SearchResult(run_dir=Path(run_dir), best=summary["best"]["template"],
+    # absolute: a relative one (runs/<id>) no longer led to the run once the notebook changed folder
+    return SearchResult(run_dir=Path(absolute(run_dir)), best=summary["best"]["template"],
                         accuracy=dict(summary["best"]["accuracy"]),
                         ensemble=list(ensemble["templates"]) if ensemble.get("chosen") else None,
                         summary=summary, classnames=run_classnames(summary), adapter=summary.get("adapter"))
 
 
+def run_to_continue(resume) -> str | os.PathLike:
+    """search()'s `resume`: a run's id or path, or the API's own result naming one (`run_path`);
+    True and False are refused in words of their own: no run is "the latest"."""
+    from promptclimb.agent.options import as_bool
+
+    if as_bool(resume) is not None:
+        raise PromptclimbError(f"search(): --resume {resume!r}: expected the run to continue (its id, its path, its "
+                               "SearchResult or load_run() of it); leave resume out to start a new run")
+    return run_path(resume)
+
+
+def run_path(run):
+    """`run` as a run's path where it is one of the API's own results, a `SearchResult` (its
+    run_dir) or a `load_run()` run (its path), so that `transfer(search(...))` and
+    `search(resume=result)` take them (they were refused, quoting the whole result); else as it is."""
+    from promptclimb.agent.runs.reading import Run  # pandas: the caller reads the run anyway
+
+    if isinstance(run, SearchResult):
+        return run.run_dir
+    return run.path if isinstance(run, Run) else run
+
+
 # -- checking a call ------------------------------------------------------------------------
 def check_call(where: str, unknown: dict, **values) -> dict:
-    """An API function's keywords, checked before anything is loaded: an unknown keyword is
-    refused with the valid ones listed, and a keyword that is a search option is checked as
+    """An API function's keywords (`values`: its named ones; `unknown`: the rest), checked before
+    anything is loaded: an unknown keyword is refused with the valid ones listed, one spelled
+    with dashes (`data-root`, a TOML table's key splatted into the call) is its named one unless
+    that is given too (`table_keywords`), and a keyword that is a search option is checked as
     that option is (agent/options.py: 1.5 shots, a seed "x", a backbone 5 are refused, never
-    converted), `device` by name (agent/core/devices.py). PromptclimbError naming `where`."""
+    converted), `device` by name (agent/core/devices.py). The values as checked, by keyword;
+    PromptclimbError naming `where`."""
     from promptclimb.agent.core.devices import check_device_name
-    from promptclimb.agent.options import BY_KEYWORD, check_value, unknown_keys
+    from promptclimb.agent.options import BY_KEYWORD, check_value, table_keywords, unknown_keys
 
     refused = unknown_keys(sorted(unknown), values, f"{where}: ")
     if refused:
         raise refused
+    values = table_keywords(unknown, f"{where}: ", named=values, dashes=False)
     checked = dict(values)
     for keyword, value in values.items():
         if keyword == "device":
@@ -190,9 +226,10 @@ def check_templates(templates: str | Sequence[str]) -> list[str]:
     sequence of text is a list: a pandas column (`run.ranked().template.head(3)`) or a numpy
     array of them was refused, in an 11-line message."""
     listed = [templates] if isinstance(templates, str) else as_text_list(templates)
-    if listed is None:
-        raise PromptclimbError(f"templates {one_line(templates)}: expected a template or a list of "
-                               "templates (text with one {} for the class name)")
+    if listed is None:  # a list with one bad item (a NaN in a column): that item, not the whole list
+        said = f": {not_text(templates)}" if not_text(templates) else f" {one_line(templates)}"
+        raise PromptclimbError(f"templates{said}: expected a template or a list of templates (text with one {{}} "
+                               "for the class name)")
     return check_template_list(listed)
 
 
@@ -222,6 +259,9 @@ def evaluator_for(*, device: str | None = None, echo: Callable[[str], None] | No
     check_device_name(device)
     if _EVALUATOR_FACTORY.get() is None:  # the CLIP evaluator's datasets are known before torch is imported
         check_dataset_name(settings.get("dataset"))
+        # its image features are cached there: a file in the way had been a NotADirectoryError once the model
+        # had loaded (as `search()` and `promptclimb eval` check it)
+        check_writable(cache_home(), "the cache folder, PROMPTCLIMB_HOME")
     build_evaluator = _EVALUATOR_FACTORY.get() or partial(default_evaluator_factory, echo=echo, bars=bars)
     return build_evaluator(**{k: v for k, v in settings.items() if v is not None}, device=device)
 
@@ -289,19 +329,23 @@ def evaluate(templates: str | Sequence[str], dataset: str = "fashion-mnist", sho
 
 
 # -- reading a run --------------------------------------------------------------------------
-def load_run(path_or_id: str | Path, runs_dir: str | Path = "runs") -> "Run":
-    """A run folder read back, from its path, its id under `runs_dir` or a unique start of
-    one: `.scores()`, `.ranked()`, `.winners()`, `.iterations_frame()` and
+def load_run(path_or_id: "str | Path | SearchResult | Run", runs_dir: str | Path | None = None) -> "Run":
+    """A run folder read back, from its path, its id under `runs_dir` (None: runs, as search()'s)
+    or a unique start of one, or the run of a `SearchResult` or a `Run` (read again):
+    `.scores()`, `.ranked()`, `.winners()`, `.iterations_frame()` and
     `.conversation_frame()` are pandas frames; `.skipped` lists history lines that could not
     be read (a damaged file still shows what it holds)."""
     from promptclimb.agent.core.runfiles import CONFIG
+    from promptclimb.agent.options import defaults
     from promptclimb.agent.runs.reading import find_run
     from promptclimb.agent.runs.reading import load_run as read_run
 
+    path_or_id = run_path(path_or_id)
     if not isinstance(path_or_id, (str, os.PathLike)) or not os.fspath(path_or_id):
-        raise PromptclimbError(f"load_run(): {path_or_id!r}: expected a run folder's path or a run id")
-    # as search() and transfer() check it: runs_dir='' had been the current folder, unsaid
-    runs_dir = check_call("load_run()", {}, runs_dir=runs_dir)["runs_dir"]
+        raise PromptclimbError(f"load_run(): {one_line(path_or_id)}: expected a run folder's path or a run id")
+    # as search() and transfer() check it: runs_dir='' had been the current folder, unsaid; None is the
+    # default, as search()'s (it had been a TypeError)
+    runs_dir = check_call("load_run()", {}, runs_dir=runs_dir)["runs_dir"] or defaults()["runs_dir"]
     run = os.fspath(path_or_id)
     if isinstance(path_or_id, os.PathLike) or "/" in run or os.sep in run:  # a path, not an id under runs_dir
         here = Path(run)
@@ -313,13 +357,14 @@ def load_run(path_or_id: str | Path, runs_dir: str | Path = "runs") -> "Run":
 
 
 # -- transfer -------------------------------------------------------------------------------
-def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None = None, weights: str | None = None,
-             top: int | None = None, data_root: str | None = None, device: str | None = None,
-             runs_dir: str | Path = "runs", save: bool = True, precision: str | None = None,
-             echo: Callable[[str], None] | None = print, **unknown) -> "pd.DataFrame":
+def transfer(run: "Run | SearchResult | str | Path", backbone: str, *, pretrained: str | None = None,
+             weights: str | None = None, top: int | None = None, data_root: str | None = None,
+             device: str | None = None, runs_dir: str | Path | None = None, save: bool = True,
+             precision: str | None = None, echo: Callable[[str], None] | None = print, **unknown) -> "pd.DataFrame":
     """Re-score every template a run scored, plus the baseline "a photo of a {}.", on another
     backbone with the run's dataset split (dataset, shots, seed; `data_root` to point at the
     images elsewhere), as `promptclimb transfer` does: how well the run's ranking carries over.
+    `run`: a `load_run()` run, a `SearchResult`, or a run's path or id under `runs_dir` (None: runs).
 
     A DataFrame, one row per template, best first as the run ranked them: `source_rank`,
     `source_train/val/test` (from the run; test only for its best template),
@@ -338,19 +383,26 @@ def transfer(run: "Run | str | Path", backbone: str, *, pretrained: str | None =
     """
     from promptclimb.agent.adapt import check_run_data
     from promptclimb.agent.runs.reading import Run, run_classnames, start_names_as_built, warn_names_by_position
+    from promptclimb.agent.options import as_bool, as_whole
     from promptclimb.agent.runs.store import run_argument
     from promptclimb.agent.softsearch import is_soft_prompt_run, transfer_refusal
 
-    check_call("transfer()", unknown, run=run, backbone=backbone, pretrained=pretrained, weights=weights, top=top,
-               data_root=data_root, device=device, runs_dir=runs_dir, save=save, precision=precision, echo=echo)
+    checked = check_call("transfer()", unknown, run=run, backbone=backbone, pretrained=pretrained, weights=weights,
+                         top=top, data_root=data_root, device=device, runs_dir=runs_dir, save=save,
+                         precision=precision, echo=echo)
+    # as checked: a keyword spelled with dashes (`data-root`) had been dropped, unsaid
+    data_root, runs_dir = checked["data_root"], checked["runs_dir"]
     check_echo("transfer()", echo)
+    run = run.run_dir if isinstance(run, SearchResult) else run  # a Run is taken as it was read
     if not isinstance(run, (Run, str, Path)):
-        raise PromptclimbError(f"transfer(): run {run!r}: expected a run (promptclimb.load_run), its id or its path")
+        raise PromptclimbError(f"transfer(): run {one_line(run)}: expected a run (promptclimb.load_run), "
+                               "its id or its path")
     if not isinstance(backbone, str) or not backbone:
         raise PromptclimbError(f"transfer(): backbone {backbone!r}: expected the name of the backbone to transfer to")
-    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
+    if top is not None and (as_whole(top) is None or top < 1):  # np.int64 too, as a frame's cell gives it
         raise PromptclimbError(f"transfer(): top {top!r}: expected a whole number of at least 1")
-    if not isinstance(save, bool):
+    top = None if top is None else as_whole(top)
+    if as_bool(save) is None:
         raise PromptclimbError(f"transfer(): save {save!r}: expected True or False")
     loaded = run if isinstance(run, Run) else load_run(run, runs_dir)
     if is_soft_prompt_run(loaded.config):

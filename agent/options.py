@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 import os
+import sys
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +24,7 @@ from promptclimb.agent.core.classnames import check_classnames
 from promptclimb.agent.core.defaults import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS, UNLABELED_IMAGES
 from promptclimb.agent.core.devices import check_device_name
 from promptclimb.agent.core.errors import PromptclimbError
-from promptclimb.agent.core.format import as_text_list, one_line
+from promptclimb.agent.core.format import as_text_list, not_text, one_line
 from promptclimb.agent.core.settings import SoftPromptConfig
 from promptclimb.agent.ranking import METRICS
 from promptclimb.agent.names import GUARDS
@@ -304,22 +306,22 @@ def check_value(option: Option, value, where: str):
         return tuple(check_value(Option(option.flag, None, "", option.panel, option.kind), v, where) for v in values)
     kind = option.kind
     if kind is bool:
-        if not isinstance(value, bool):
+        if as_bool(value) is None:
             # `no-cache = "false"` in a TOML table read as contradicting itself: it is the quotes
             refuse(f"expected true or false{f' (a boolean, not the text {value!r})' if isinstance(value, str) else ''}")
-        return value
+        return as_bool(value)
     if kind is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        if as_bool(value) is not None or not isinstance(value, (numbers.Real, str)):
             refuse("expected a whole number")
         try:
-            number = float(value) if not isinstance(value, int) else value
+            number = as_whole(value) if as_whole(value) is not None else float(value)
         except ValueError:
             refuse("expected a whole number")
         if isinstance(number, float) and (not math.isfinite(number) or not number.is_integer()):
             refuse("expected a whole number")
         value = int(number)
     elif kind is float:
-        if isinstance(value, bool):
+        if as_bool(value) is not None:
             refuse("expected a number")
         try:
             value = float(value)
@@ -332,9 +334,9 @@ def check_value(option: Option, value, where: str):
             refuse(f"expected one of {', '.join(kind)}")
     elif kind == "names":
         return names_value(value, f"{where}{option.flag}")
-    elif kind == "optional" and isinstance(value, bool):
+    elif kind == "optional" and as_bool(value) is not None:
         # a TOML table or keyword has no bare flag: true is the flag given bare, false not given
-        return "" if value else None
+        return "" if as_bool(value) else None
     elif kind == "optional" and not isinstance(value, (str, Path)):
         refuse(f"expected true, false or {option.metavar.strip('[]') if option.metavar else 'a value'}")
     elif kind == "device":
@@ -355,6 +357,24 @@ def check_value(option: Option, value, where: str):
         # `0<=x<2**64`): --seed -1 had said `x>=0`, and 2**64 `0<=x<2**64`
         refuse(f"not in the range {range_text(option.minimum, option.maximum)}")
     return value
+
+
+def as_bool(value) -> bool | None:
+    """`value` as a Python bool where it is a boolean, Python's or numpy's (`np.True_`, what a
+    frame's cell or a comparison gives), else None. numpy is not imported for it: a numpy
+    boolean exists only where numpy was imported already."""
+    numpy = sys.modules.get("numpy")
+    if isinstance(value, bool) or (numpy is not None and isinstance(value, numpy.bool_)):
+        return bool(value)
+    return None
+
+
+def as_whole(value) -> int | None:
+    """`value` as an int where it is an integer, Python's or numpy's (`np.int64`, what a frame's
+    cell gives: it is no `int`), never a boolean; else None."""
+    if isinstance(value, numbers.Integral) and as_bool(value) is None:
+        return int(value)
+    return None
 
 
 def range_text(minimum, maximum: int | None = None) -> str:
@@ -382,6 +402,8 @@ def names_value(value, what: str) -> str | tuple[str, ...]:
     names = as_text_list(value)  # a list, or a pandas column of them (`run.names()["found"]`)
     if names:
         return check_classnames(names, len(names), what)
+    if not_text(value):  # one bad item of the list, not the whole list's repr
+        raise PromptclimbError(f"{what}: {not_text(value)}: expected a list of names (one per class, in class order)")
     raise PromptclimbError(f"{what} {one_line(value)}: expected a list of names (one per class, in class "
                            "order), a set name or a file")
 
@@ -487,17 +509,22 @@ def read_toml(path: str | Path, what: str) -> dict:
         raise PromptclimbError(f"{what} {path}: not valid TOML ({exc})") from None
 
 
-def table_keywords(table: dict, where: str) -> dict:
-    """A TOML table of search options as keywords: a key is the long option's name with
-    dashes (`max-calls`, as on the command line) or with underscores (`max_calls`, as in
-    the Python API). A key given both ways is refused, naming it."""
-    keywords: dict = {}
+def table_keywords(table: dict, where: str, named: dict | None = None, dashes: bool = True) -> dict:
+    """A TOML table of search options, or the keywords of a Python API call (such a table
+    splatted into it, `**toml["search"]`), as keywords: a key is the long option's name with
+    dashes (`max-calls`, as on the command line and in the README's TOML files) or with
+    underscores (`max_calls`, as in the Python API). `named`: the call's own parameters, None
+    where not given. A key given both ways (neither None) is refused, naming both spellings;
+    `dashes`: said as a file spells it. (The API had dropped `data-root` unsaid, or crashed.)"""
+    keywords, spelled = dict(named or {}), {key: [key] for key in named or {}}
     for key, value in table.items():
         keyword = key.replace("-", "_")
-        if keyword in keywords:
-            raise PromptclimbError(f"{where}{keyword.replace('_', '-')} is given twice "
-                                   f"({', '.join(k for k in table if k.replace('-', '_') == keyword)}); keep one")
-        keywords[keyword] = value
+        spelled.setdefault(keyword, []).append(key)
+        if keywords.get(keyword) is not None and value is not None:
+            said = keyword.replace("_", "-") if dashes else keyword
+            raise PromptclimbError(f"{where}{said} is given twice ({', '.join(spelled[keyword])}); keep one")
+        if value is not None or keyword not in keywords:
+            keywords[keyword] = value
     return keywords
 
 

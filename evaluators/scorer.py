@@ -34,6 +34,7 @@ from tqdm import tqdm
 from promptclimb.agent.core.chunks import assembly_bars
 from promptclimb.agent.core.classnames import check_classnames, check_published, names_by_label, read_classnames
 from promptclimb.agent.core.errors import DataError, PromptclimbError
+from promptclimb.agent.core.format import bar_disable
 from promptclimb.agent.core.protocol import UNLABELED_SPLIT, ClassReport, Score, Task
 from promptclimb.agent.core.templates import check_templates, fill
 from promptclimb.evaluators.backbones import Backbone
@@ -121,7 +122,7 @@ class ClipEvaluator:
         features, labels, kept, bad = [], [], [], []
         chunks = [items[i:i + self.image_batch] for i in range(0, len(items), self.image_batch)]
         desc = f"encoding {self.dataset.name}/{split} images"
-        with tqdm(total=len(items), desc=desc, unit="img", leave=False, disable=None if self.bars else True,
+        with tqdm(total=len(items), desc=desc, unit="img", leave=False, disable=bar_disable(self.bars),
                   file=sys.stderr, dynamic_ncols=True) as bar:
             threads = 1 if str(self.backbone.device) == "cpu" else LOADER_THREADS_GPU
             for images, readable, unreadable in _prefetched(self._load_batch, chunks, threads):

@@ -57,7 +57,7 @@ def test_search_takes_config_files_as_the_command_does(notebook, tmp_path, built
     later.write_text('[search]\nshots = 2\nresets = 1\nsearch = "template"\npool-sample = 8\n')
     result = promptclimb.search(config=[first, str(later)], iterations=1, echo=None)
     saved = json.loads((result.run_dir / "config.json").read_text())
-    assert result.run_dir == Path("runs") / "from-file" and built[-1]["shots"] == 2
+    assert result.run_dir == tmp_path / "runs" / "from-file" and built[-1]["shots"] == 2
     assert (saved["search"]["iterations"], saved["search"]["resets"]) == (1, 1) and notebook.count == 1
     with pytest.raises(promptclimb.PromptclimbError, match=r"^search\(\): config=3: expected a TOML file's path"):
         promptclimb.search(config=3)
@@ -70,7 +70,7 @@ def test_search_load_run_evaluate_transfer_like_a_notebook(notebook, tmp_path, b
     result = promptclimb.search(dataset="toy", shots=2, name="nb", echo=progress.append, **SMALL)
 
     summary = json.loads((tmp_path / "runs" / "nb" / "summary.json").read_text())
-    assert result.run_dir == Path("runs") / "nb" and result.summary == summary
+    assert result.run_dir == tmp_path / "runs" / "nb" and result.summary == summary  # absolute: survives a chdir
     assert result.best == summary["best"]["template"] and result.accuracy == summary["best"]["accuracy"]
     assert set(result.accuracy) == {"train", "val", "test"}
     assert result.ensemble == (summary["ensemble"]["templates"] if summary["ensemble"]["chosen"] else None)
@@ -89,7 +89,7 @@ def test_search_load_run_evaluate_transfer_like_a_notebook(notebook, tmp_path, b
     assert comparable(json.loads(cli.stdout)) == comparable(summary)
 
     run = promptclimb.load_run("nb")  # an id under ./runs, as `promptclimb show nb`
-    assert run.path == result.run_dir and run.status == "done"
+    assert run.path.resolve() == result.run_dir and run.status == "done"
     history = [json.loads(x) for x in (result.run_dir / "history.jsonl").read_text().splitlines()]
     scores = run.scores()
     assert isinstance(scores, pd.DataFrame) and len(scores) == sum(e["event"] == "score" for e in history)
@@ -124,7 +124,7 @@ def test_search_load_run_evaluate_transfer_like_a_notebook(notebook, tmp_path, b
     in_run = moved.dropna(subset=["source_train"])
     assert (in_run["source_train"] == in_run["target_train"]).all()
     assert moved.attrs["rank_correlation"]["selection"] == pytest.approx(1.0)
-    assert moved.attrs["path"] == result.run_dir / "transfer-other-net.csv"
+    assert moved.attrs["path"].resolve() == result.run_dir / "transfer-other-net.csv"
     assert set(pd.read_csv(moved.attrs["path"])["template"]) == {*ranked, "a photo of a {}."}
     # other weights of that backbone: files of their own, beside the first transfer's
     for tag in ("tag-a", "tag_b"):
@@ -241,3 +241,66 @@ def test_resuming_a_finished_run_keeps_the_adapter_adapt_recorded(notebook, buil
     again = promptclimb.search(resume="done", echo=None)
     assert again.summary["adapter"] == adapter
     assert json.loads(path.read_text())["adapter"] == adapter
+
+
+def test_a_search_result_still_leads_to_its_run_after_the_notebook_changes_folder(notebook, built, tmp_path,
+                                                                                  monkeypatch):
+    """`result.run_dir` was relative to the working folder at call time (runs/nb): after an
+    `os.chdir` in the notebook, `result.load()` found no run. It is absolute now."""
+    result = promptclimb.search(dataset="toy", name="nb", echo=None, **SMALL)
+    assert result.run_dir.is_absolute() and result.run_dir == tmp_path / "runs" / "nb"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert result.load().id == "nb" and result.load().status == "done"
+
+
+def test_evaluate_and_transfer_check_the_cache_folder_before_the_model_loads(notebook, tmp_path, monkeypatch):
+    """A file in PROMPTCLIMB_HOME's path: evaluate() and transfer() raised a raw
+    NotADirectoryError once the model had loaded, where search() and `promptclimb eval` say
+    it in one line first. With an evaluator of one's own (`using_evaluator`) nothing is
+    checked: where it keeps what it keeps is its own business."""
+    from promptclimb.agent import pipeline
+    from promptclimb.agent.api import using_evaluator
+
+    with using_evaluator(lambda **kw: WordEvaluator(kw["dataset"])):
+        promptclimb.search(dataset="fashion-mnist", name="nb", echo=None, **SMALL)
+    (tmp_path / "afile").write_text("in the way")
+    monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "afile" / "home"))
+    def load(**settings):
+        raise AssertionError("the CLIP evaluator was built before the cache folder was checked")
+
+    monkeypatch.setattr(pipeline, "default_evaluator_factory", load)
+    said = r"afile/home \(the cache folder, PROMPTCLIMB_HOME\) is not writable \(.*afile is a file, not a folder\)$"
+    with pytest.raises(promptclimb.PromptclimbError, match=said):
+        promptclimb.evaluate("a photo of a {}.", echo=None)
+    with pytest.raises(promptclimb.PromptclimbError, match=said):
+        promptclimb.transfer("nb", "demo", echo=None)
+    with using_evaluator(lambda **kw: WordEvaluator(kw["dataset"])):
+        assert len(promptclimb.evaluate("a photo of a {}.", echo=None)) == 1
+
+
+def test_a_fashion_mnist_subset_replaced_in_the_same_process_is_read_again(tmp_path):
+    """The subset was cached by its path alone: one rebuilt in the same process (a notebook)
+    gave the old images and the old digest, which a run records as the data's identity."""
+    import os
+
+    import numpy as np
+
+    from promptclimb.evaluators.demo.fashion_mnist import SUBSET_FILE, load_fashion_mnist
+
+    def write(pixel: int, images: int) -> None:
+        arrays = {}
+        for split in ("train", "test"):
+            arrays[f"{split}_images"] = np.full((images, 28, 28), pixel, dtype=np.uint8)
+            arrays[f"{split}_labels"] = np.arange(images, dtype=np.uint8)
+            arrays[f"{split}_source_index"] = np.arange(images) + (0 if split == "train" else 100)
+        np.savez(tmp_path / SUBSET_FILE, **arrays)
+
+    write(1, images=2)
+    first, before = load_fashion_mnist(str(tmp_path)), (tmp_path / SUBSET_FILE).stat().st_mtime_ns
+    write(2, images=2)  # the same size: only its time of change tells
+    os.utime(tmp_path / SUBSET_FILE, ns=(before, before + 1_000_000_000))
+    second = load_fashion_mnist(str(tmp_path))
+    assert second.identity != first.identity and np.asarray(second.load_image("t10k-00000")).max() == 2
+    write(3, images=3)
+    assert len(load_fashion_mnist(str(tmp_path)).splits["train"]) == 3

@@ -232,7 +232,7 @@ def test_a_run_that_recorded_an_empty_pretrained_tag_is_still_read(notebook, bui
     (["tee", "jeans", "Tee"], r"--classnames: class 3 'Tee' repeats class 1"),
     (["tee", "", "bag"], r"--classnames: class 2 '': empty name"),
     (["tee", "a {} jean", "bag"], r"--classnames: class 2 'a \{\} jean': braces \{ \} are not allowed"),
-    ([1, 2, 3], r"--classnames \[1, 2, 3\]: expected a list of names"),
+    ([1, 2, 3], r"--classnames: the item at position 0 is 1 \(int\): expected a list of names"),
     (5, r"--classnames 5: expected a list of names"),
 ])
 def test_search_refuses_bad_class_names_before_anything_is_made(notebook, built, tmp_path, names, said):
@@ -493,3 +493,94 @@ def test_evaluate_takes_the_columns_a_run_hands_out_and_refuses_unreadable_templ
         with pytest.raises(promptclimb.PromptclimbError) as none:  # the hint where the {} is what is wrong
             promptclimb.evaluate("a photo of a {0}.", dataset="toy", echo=None)
         assert str(none.value).endswith("is not a plain {} (use exactly one {} for the class name)")
+
+
+def test_a_keyword_spelled_with_dashes_is_its_underscore_one_in_every_function(notebook, built, tmp_path):
+    """A TOML [search] table splatted into a call (`**toml["search"]`; the README writes its keys
+    with dashes): evaluate() and transfer() dropped `data-root` unsaid (the wrong data scored),
+    search() ended in a KeyError 'pool-sample'. Each takes it as its `_` keyword; one given both
+    ways is refused, naming both; a mistyped one is said as spelled."""
+    settings = {k: v for k, v in SMALL.items() if k != "pool_sample"}
+    result = promptclimb.search(dataset="toy", name="nb", echo=None, **settings, **{"pool-sample": 4})
+    assert json.loads((result.run_dir / "config.json").read_text())["search"]["pool_sample"] == 4
+    promptclimb.evaluate("a {}.", dataset="toy", echo=None, **{"data-root": "sub"})
+    assert built[-1].get("data_root") == "sub"
+    promptclimb.transfer("nb", "other-net", echo=None, save=False, **{"data-root": "sub2", "runs-dir": "runs"})
+    assert (built[-1]["backbone"], built[-1].get("data_root")) == ("other-net", "sub2")
+    twice = r"^{}\(\): {} is given twice \({}, {}\); keep one$"
+    with pytest.raises(promptclimb.PromptclimbError, match=twice.format("search", *["pool_sample"] * 2, "pool-sample")):
+        promptclimb.search(dataset="toy", name="x", echo=None, **SMALL, **{"pool-sample": 4})
+    with pytest.raises(promptclimb.PromptclimbError, match=twice.format("evaluate", *["data_root"] * 2, "data-root")):
+        promptclimb.evaluate("a {}.", dataset="toy", data_root="a", **{"data-root": "b"})
+    with pytest.raises(promptclimb.PromptclimbError, match=twice.format("transfer", *["runs_dir"] * 2, "runs-dir")):
+        promptclimb.transfer("nb", "other-net", runs_dir="runs", **{"runs-dir": "elsewhere"})
+    with pytest.raises(promptclimb.PromptclimbError, match=r"^evaluate\(\): unknown keyword data-rot \(did you mean "
+                                                          r"data_root\?\)$"):
+        promptclimb.evaluate("a {}.", dataset="toy", **{"data-rot": "b"})
+    assert not (tmp_path / "runs" / "x").exists()
+
+
+def test_numpy_numbers_and_booleans_are_taken_as_python_ones(notebook, built):
+    """A count read from a frame's cell is np.int64, a flag np.True_: `shots=np.int64(2)` was
+    refused as not "a whole number", `no_cache=np.True_` as not "true or false", and so was
+    `transfer(top=np.int64(2))`. A numpy boolean is still no number."""
+    import numpy as np
+
+    promptclimb.search(dataset="toy", name="np", shots=np.int64(2), no_cache=np.True_, echo=None,
+                       **{**SMALL, "iterations": np.int32(2)})
+    config = json.loads((promptclimb.load_run("np").path / "config.json").read_text())
+    assert (built[-1]["shots"], config["search"]["iterations"]) == (2, 2) and type(built[-1]["shots"]) is int
+    promptclimb.evaluate("a {}.", dataset="toy", shots=np.int64(3), seed=np.uint8(1), echo=None)
+    assert (built[-1]["shots"], built[-1]["seed"]) == (3, 1)
+    moved = promptclimb.transfer("np", "other-net", top=np.int64(2), save=np.False_, echo=None)
+    assert moved["source_rank"].max() == 2 and "path" not in moved.attrs
+    with pytest.raises(promptclimb.PromptclimbError, match=r"^evaluate\(\): --shots np.True_: expected a whole "
+                                                          r"number$"):
+        promptclimb.evaluate("a {}.", dataset="toy", shots=np.True_)
+    with pytest.raises(promptclimb.PromptclimbError, match=r"^transfer\(\): top np.True_: expected a whole number"):
+        promptclimb.transfer("np", "other-net", top=np.True_)
+
+
+@pytest.mark.parametrize("bad, said", [
+    ("nan", r"^templates: the item at position 1 is nan \(float\): expected a template or a list of templates "
+            r"\(text with one \{\} for the class name\)$"),
+    ("names", r"^evaluate\(\): --classnames: the item at position 2 is None \(NoneType\): expected a list of names "
+              r"\(one per class, in class order\)$")])
+def test_a_bad_item_of_a_list_is_named_not_the_whole_list(built, bad, said):
+    """`evaluate(pd.Series(["a photo of a {}.", np.nan]))` was refused quoting the whole
+    column's repr: the first item that is not text is named, by its position, value and type."""
+    import numpy as np
+    import pandas as pd
+
+    with pytest.raises(promptclimb.PromptclimbError, match=said):
+        if bad == "nan":
+            promptclimb.evaluate(pd.Series(["a photo of a {}.", np.nan]), dataset="toy", echo=None)
+        else:
+            promptclimb.evaluate("a {}.", dataset="toy", classnames=["tee", "jeans", None], echo=None)
+    assert not built
+
+
+def test_runs_dir_none_is_the_default_in_every_function(notebook, built):
+    """search(runs_dir=None) meant runs; load_run() and transfer() ended in a TypeError."""
+    promptclimb.search(dataset="toy", name="nb", runs_dir=None, echo=None, **SMALL)
+    assert promptclimb.load_run("nb", runs_dir=None).id == "nb"
+    assert not promptclimb.transfer("nb", "other-net", runs_dir=None, save=False, echo=None).empty
+
+
+def test_the_api_takes_its_own_results_where_a_run_is_expected(notebook, built):
+    """transfer(search(...)), load_run(result), search(resume=result) and resume=load_run(...)
+    were refused, quoting the whole result; resume=True said "expected text", as if a word
+    were missing (no run is "the latest")."""
+    result = promptclimb.search(dataset="toy", name="nb", echo=None, **SMALL)
+    run = promptclimb.load_run(result)
+    assert run.id == "nb" and promptclimb.load_run(run).scores().equals(run.scores())
+    moved = promptclimb.transfer(result, "other-net", save=False, echo=None)
+    assert moved.equals(promptclimb.transfer(run, "other-net", save=False, echo=None))
+    assert promptclimb.search(resume=result, echo=None).run_dir == result.run_dir
+    assert promptclimb.search(resume=run, echo=None).best == result.best
+    for flag in (True, False):
+        with pytest.raises(promptclimb.PromptclimbError, match=rf"^search\(\): --resume {flag}: expected the run to "
+                                                              r"continue \(its id, its path, its SearchResult or "
+                                                              r"load_run\(\) of it\); leave resume out to start a "
+                                                              r"new run$"):
+            promptclimb.search(resume=flag, echo=None)

@@ -237,3 +237,22 @@ def test_the_local_models_assembly_bar_is_drawn_only_with_print(tmp_path, monkey
                                   obj={"evaluator_factory": lambda **kw: WordEvaluator(kw["dataset"])})
         assert done.exit_code == 1 and "has SHA-256" in done.stderr
         assert "assembling qwen2.5-coder" in done.stderr and "assembling" not in done.stdout
+
+
+def test_evaluate_draws_its_bar_in_a_jupyter_kernel_whose_stderr_is_no_terminal(monkeypatch):
+    """Jupyter's stderr is no terminal, and tqdm's `disable=None` draws no bar there: encoding
+    thousands of images showed nothing for minutes. In an IPython kernel the bar asked for is
+    drawn; outside one a pipe still gets none, and `echo=None` none anywhere."""
+    import types
+
+    pipe = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", pipe)
+    where = dict(dataset="fashion-mnist", shots=1, splits=("train",))
+    promptclimb.evaluate("a photo of a {}.", seed=2, **where)  # each seed's split is encoded anew
+    assert "encoding fashion-mnist/train images" not in pipe.getvalue()
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    promptclimb.evaluate("a photo of a {}.", seed=3, **where)
+    drawn = pipe.getvalue()
+    assert "encoding fashion-mnist/train images" in drawn
+    promptclimb.evaluate("a photo of a {}.", seed=4, echo=None, **where)
+    assert pipe.getvalue() == drawn

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -281,3 +282,22 @@ def test_a_default_of_zero_is_shown_in_the_help():
     seed = help_text[help_text.index("--seed "):]
     assert seed[:seed.index("--backbone")].rstrip().endswith("[default: 0]")
     assert "[default: False]" not in help_text  # a flag off by default still shows none
+
+
+def test_numpy_numbers_and_booleans_are_taken_as_python_ones():
+    """What a frame's cell holds (np.int64, np.True_, np.float32) is taken as the number or
+    the boolean it is; a numpy boolean is still no number, nor a numpy integer a boolean."""
+    import numpy as np
+
+    taken = resolve({"shots": np.int64(4), "seed": np.uint64(2 ** 64 - 1), "no_cache": np.True_,
+                     "temperature": np.float32(0.5), "iterations": np.float64(3.0), "mlflow": np.True_})
+    assert (taken["shots"], taken["seed"], taken["no_cache"], taken["temperature"], taken["iterations"],
+            taken["mlflow"]) == (4, 2 ** 64 - 1, True, 0.5, 3, "")
+    assert type(taken["shots"]) is int and type(taken["seed"]) is int and type(taken["no_cache"]) is bool
+    assert resolve({"mlflow": np.False_})["mlflow"] is None
+    for keyword, value, why in (("shots", np.True_, "expected a whole number"), ("shots", np.float32(1.5),
+                                "expected a whole number"), ("no_cache", np.int64(1), "expected true or false"),
+                                ("temperature", np.False_, "expected a number"),
+                                ("seed", np.int64(-1), "not in the range 0<=x<2**64")):
+        with pytest.raises(PromptclimbError, match=f"{re.escape(why)}$"):
+            resolve({keyword: value})

@@ -1,11 +1,13 @@
 """How numbers and long texts are shown to people and to the LLM: one place, so the console,
-`show`, the HTML report and the meta-prompts all write an accuracy the same way."""
+`show`, the HTML report and the meta-prompts all write an accuracy the same way (and where a
+progress bar is drawn: `bar_disable`)."""
 
 from __future__ import annotations
 
 import math
 import re
 import shlex
+import sys
 from datetime import datetime, timezone
 
 
@@ -64,20 +66,43 @@ def markdown_text(text: str) -> str:
     return MARKDOWN_INLINE.sub(r"\\\1", text)
 
 
-def as_text_list(values) -> list[str] | None:
-    """`values` as a list of text when it is a sequence of text (a list, a tuple, a pandas
-    Series, a numpy array), else None: not a set, whose order (of class names) is not kept."""
+def as_list(values) -> list | None:
+    """`values` as a list when it is a sequence (a list, a tuple, a pandas Series, a numpy
+    array), else None: not a set, whose order (of class names) is not kept."""
     if isinstance(values, (list, tuple)):
-        listed = list(values)
-    elif hasattr(values, "tolist") and not isinstance(values, (str, bytes)):
+        return list(values)
+    if hasattr(values, "tolist") and not isinstance(values, (str, bytes)):
         listed = values.tolist()
-        if not isinstance(listed, list):  # a numpy scalar
-            return None
-    else:
-        return None
-    return listed if all(isinstance(v, str) for v in listed) else None
+        return listed if isinstance(listed, list) else None  # not a numpy scalar
+    return None
+
+
+def as_text_list(values) -> list[str] | None:
+    """`values` as a list of text when it is a sequence of text (`as_list`), else None."""
+    listed = as_list(values)
+    return listed if listed is not None and not_text(listed) is None else None
+
+
+def not_text(values) -> str | None:
+    """The first item of a sequence (`as_list`) that is not text, said for a message ("the item
+    at position 1 is nan (float)"): a column of 50 templates with one NaN was refused by the
+    whole column's repr. None where every item is text, or `values` is no sequence."""
+    for position, value in enumerate(as_list(values) or ()):
+        if not isinstance(value, str):
+            return f"the item at position {position} is {one_line(value, 40)} ({type(value).__name__})"
+    return None
 
 
 def one_line(value, width: int = 80) -> str:
     """`value`'s repr on one line, shortened: a pandas Series' was 11 lines of an error."""
     return shortened(" ".join(repr(value).split()), width)
+
+
+def bar_disable(asked: bool) -> bool | None:
+    """tqdm's `disable=` for a progress bar, the one rule of every bar: not drawn unless `asked`;
+    drawn in a Jupyter (IPython) kernel, whose stderr is no terminal; elsewhere tqdm's None,
+    drawn on a terminal and left out of a pipe or a log file. tqdm's None alone drew no bar in
+    a notebook: encoding thousands of images showed nothing for minutes."""
+    if not asked:
+        return True
+    return False if "ipykernel" in sys.modules else None

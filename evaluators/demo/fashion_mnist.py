@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 from functools import lru_cache
 from pathlib import Path
 
@@ -63,10 +64,18 @@ def read_debian_split(split: str, root: str | Path = DEBIAN_ROOT) -> tuple[np.nd
     return read_idx(images), read_idx(labels)
 
 
-@lru_cache(maxsize=4)
 def _read_subset(path: Path) -> tuple[dict[str, np.ndarray], str]:
+    """The subset's arrays and digest, read once per version of the file: keyed on its size and
+    modification time too, so that a subset replaced in the same process (a notebook that
+    rebuilds it) is read again; keyed on the path alone, its old arrays and digest came back."""
+    stat = path.stat()
+    return _read_subset_version(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=4)
+def _read_subset_version(path: Path, size: int, mtime_ns: int) -> tuple[dict[str, np.ndarray], str]:
     raw = path.read_bytes()
-    with np.load(path) as npz:
+    with np.load(io.BytesIO(raw)) as npz:  # the bytes digested: a file replaced meanwhile is not mixed in
         arrays = {key: npz[key] for key in npz.files}
     return arrays, hashlib.sha256(raw).hexdigest()[:16]
 
