@@ -121,13 +121,15 @@ def assemble(parts: list[Path], target: Path, spec: ChunkedFile, *, bar: bool = 
     a progress bar on stderr meanwhile)."""
     from tqdm import tqdm
 
+    from promptclimb.agent.core.format import bar_disable
+
     total = sum(p.stat().st_size for p in parts)
 
     def concatenate_and_check(tmp: Path) -> None:  # a mismatch raises: the target is never replaced
         digest = hashlib.sha256()
         with open(tmp, "wb") as out, tqdm(
             total=total, unit="B", unit_scale=True, desc=f"assembling {spec.filename}", leave=False,
-            disable=not bar,
+            disable=bar_disable(bar),
         ) as progress:
             for part in parts:
                 with open(part, "rb") as src:

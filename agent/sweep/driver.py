@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 from promptclimb.agent.core.errors import (EXIT_TERMINATED, PromptclimbError, sigterm_raises_systemexit,
                                             sigterm_received)
 from promptclimb.agent.core.files import write_json_atomic, write_text_atomic
-from promptclimb.agent.core.format import moment, shell_command
+from promptclimb.agent.core.format import bar_disable, moment, shell_command
 from promptclimb.agent.core.paths import absolute, missing_folders, remove_while_empty
 from promptclimb.agent.core.runfiles import CELL_ERROR, CELL_LOG, CONFIG, HISTORY, LOCK, SUMMARY, SWEEP_FILE
 from promptclimb.agent.runs.store import (LOCK_TRIES, RUN, SWEEP, RunLocked, check_folder_name, claim_folder,
@@ -1079,7 +1079,7 @@ def watch(ray, running: dict, sweep_dir: Path, states: dict, echo: Callable[[str
 
     total, active = len(states), set()
     bar = tqdm(total=total, initial=sum(s == "finished" for s in states.values()), unit="cell", file=sys.stderr,
-               disable=not sys.stderr.isatty(), dynamic_ncols=True)
+               disable=bar_disable(True), dynamic_ncols=True)
     say = echo if bar.disable else bar.write
 
     def progress() -> str:
