@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from promptclimb.agent.core.classnames import renamed_pairs
 from promptclimb.agent.core.defaults import DEFAULT_PRECISION
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.format import as_text_list, not_text, one_line
@@ -367,8 +368,9 @@ def transfer(run: "Run | SearchResult | str | Path", backbone: str, *, pretraine
     `run`: a `load_run()` run, a `SearchResult`, or a run's path or id under `runs_dir` (None: runs).
 
     A DataFrame, one row per template, best first as the run ranked them: `source_rank`,
-    `source_train/val/test` (from the run; test only for its best template),
-    `target_train/val/test`, and `target_rank` / `target_test_rank` among the run's
+    `source_train/val/test` (from the run; test only for its best template), `names` (the
+    classes renamed in the names it was scored with, "Trouser -> jeans; ..."; "" for the start
+    names), `target_train/val/test`, and `target_rank` / `target_test_rank` among the run's
     templates (on the run's selection split(s) / on test). `.attrs["transfer"]` is the
     summary (`transfer_summary`): Spearman's rho of source vs target accuracies, where the
     source winner ranks on the target, the baseline's and the run's ensemble's target test
@@ -447,7 +449,11 @@ def transfer(run: "Run | SearchResult | str | Path", backbone: str, *, pretraine
     baseline = row if row["names"] is None else {
         f"target_{s}": a for s, a in evaluator.score([BASELINE], splits=SPLITS)[0].accuracy.items()}
     baseline_target = {s: float(baseline[f"target_{s}"]) for s in SPLITS}
-    table = table.drop(columns="names")
+    # which names went with each template, in the csv a reader opens without the run: the classes
+    # renamed from the start ("" for the start names)
+    start_list = list(start.values()) if isinstance(start, dict) else list(start or ())
+    table["names"] = ["; ".join(f"{old} -> {new}" for old, new in renamed_pairs(start_list, names))
+                      for names in table["names"]]
     ours = table["source_rank"].notna()  # the baseline may be an extra row the run never scored
     target_sel = table[[f"target_{s}" for s in loaded.select_splits]].mean(axis=1)
     table["target_rank"] = target_sel.where(ours).rank(ascending=False, method="min")

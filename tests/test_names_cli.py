@@ -426,6 +426,11 @@ def test_a_transfers_baseline_is_a_photo_of_a_with_the_start_names_whatever_name
     assert renamed["target_test"] != pytest.approx(start.accuracy["test"])  # the two tell apart here
     baseline = table.attrs["transfer"]["baseline"]
     assert baseline["names"] == "start" and baseline["target"] == pytest.approx(dict(start.accuracy))
+    # which names each template went with, in the frame and the csv a reader opens without the run
+    assert renamed["names"] == "Trouser -> jeans"
+    assert set(table.loc[table["template"] != "a photo of a {}.", "names"]) <= {"", "Trouser -> jeans"}
+    saved = pd.read_csv(table.attrs["path"], keep_default_na=False)
+    assert saved.loc[saved["template"] == "a photo of a {}.", "names"].tolist() == ["Trouser -> jeans"]
 
 
 def test_a_names_turn_cut_by_max_calls_at_the_guard_is_shown_and_ends_the_run_for_good(run):

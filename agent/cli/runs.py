@@ -552,7 +552,8 @@ def transfer_cmd(run, backbone, pretrained, weights, top, data_root, device, pre
     the run's ranking carries over. Prints source vs target accuracy of the --top templates,
     the rank correlation (Spearman) over all of them, where the source winner ranks on the
     target, and the run's ensemble on the target. Saves in the run folder
-    transfer-<backbone>[-<pretrained>|-<weights>-<hash>][-bf16].csv (every template), .json (the summary, shown
+    transfer-<backbone>[-<pretrained>|-<weights>-<hash>][-bf16].csv (every template, with the names it went with),
+    .json (the summary, shown
     by `show` and `report`) and .png (source vs target accuracy, one point per template).
 
     \b
