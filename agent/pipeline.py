@@ -31,7 +31,8 @@ from promptclimb.agent.core.classnames import PUBLISHED
 from promptclimb.agent.core.defaults import UNLABELED_IMAGES, default_backbone
 from promptclimb.agent.core.devices import check_device_name
 from promptclimb.agent.core.errors import DataError, PromptclimbError, os_error_message, sigterm_raises_systemexit
-from promptclimb.agent.core.paths import absolute, cache_home, check_writable, missing_folders, remove_while_empty
+from promptclimb.agent.core.paths import (absolute, cache_home, check_writable, missing_folders, prompts_dir,
+                                          remove_while_empty)
 from promptclimb.agent.core.format import pct, shell_command
 from promptclimb.agent.core.protocol import Task
 from promptclimb.agent.core.templates import BASELINE
@@ -563,8 +564,9 @@ def refuse_changed_settings(opts: dict, saved: dict) -> None:
         files = opts.get(option_table.FROM_FILE) or {}  # a value a --config file set is looked for there
         listed = ", ".join(f"{o.flag} {opts[o.name]} ({why}" + (f"; set by --config {files[o.name]}" if o.name in files
                                                                  else "") + ")" for o, why in changed.items())
+        shape = {o.name for o in changed} & set(LOOP_SHAPE)
         why = (" (the number of LLM turns is fixed when a run starts: the history's order depends on it)"
-               if {o.name for o in changed} & set(LOOP_SHAPE) else "")
+               if shape - {"parallel"} else " (the history's order of the restarts depends on it)" if shape else "")
         raise option_table.SettingsChanged(
             f"--resume continues a run with the settings it started with; these options would change them: "
             f"{listed}{why}. Drop them, or start a new run without --resume.")
@@ -595,7 +597,8 @@ def apply_budget_caps(opts: dict, search: SearchConfig, store: RunStore, echo) -
             what = "LLM answers" if name == "max_calls" else "LLM tokens"
             raise PromptclimbError(f"--{name.replace('_', '-')} {cap} is below the {used[name]} {what} "
                                    f"{store.run_dir.name} has already used; give at least {used[name]}")
-    was = ", ".join(f"{name.replace('_', '-')} {getattr(search, name)}" for name in caps)
+    was = ", ".join(f"{name.replace('_', '-')} {getattr(search, name)}" if getattr(search, name) is not None
+                    else f"no {name.replace('_', '-')} cap" for name in caps)
     search = replace(search, **caps).check()
     store.update_config(search=asdict(search))
     echo(f"applying {flags} to this run (it had {was}); recorded in its config.json")
@@ -611,6 +614,9 @@ def setting_change(option: option_table.Option, value, saved: dict) -> str | Non
     from promptclimb.agent.runs.reading import run_labels, run_start_names
 
     recorded = recorded_setting(saved, option)
+    if option.name == "meta_prompt" and recorded is None:  # the run read ours: given, it is the same folder
+        ours = prompts_dir() / "meta"
+        return None if same_setting(value, str(ours)) else f"the run's: ours ({ours})"
     started, labels = run_start_names(saved), run_labels(saved)
     if option.name != "classnames" or not names_file(value) or not (started and labels):
         return None if same_setting(value, recorded) else f"the run's: {shown_setting(recorded)}"

@@ -951,7 +951,7 @@ def test_resume_refuses_settings_it_cannot_change_and_says_what_it_applies(tmp_p
                    "below the 1 LLM answers")
     capped = cli("search", "--resume", "cut", "--max-calls", "3", "--runs-dir", runs, "--json")
     assert capped.exit_code == 0, capped.output
-    assert "applying --max-calls 3 to this run (it had max-calls None)" in capped.output
+    assert "applying --max-calls 3 to this run (it had no max-calls cap)" in capped.output
     summary = json.loads(capped.stdout)
     assert summary["stopped"].startswith("budget") and summary["counts"]["llm_answers"] == 3
     assert json.loads((runs / "cut" / "config.json").read_text())["search"]["max_calls"] == 3

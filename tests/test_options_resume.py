@@ -85,6 +85,22 @@ def test_a_confirm_that_would_change_the_run_is_still_refused(search):
     one_line_error(search("--confirm", "off", "--resume", "run"), "--confirm off (the run's: val)")
 
 
+def test_a_refused_parallel_says_why_and_our_meta_prompt_folder_given_is_the_runs(search):
+    """--parallel 2 was refused for "the number of LLM turns", which it does not change; the
+    folder of our own meta-prompts given to a run that read them was "(the run's: none)"."""
+    assert search().exit_code == 0
+    one_line_error(search("--parallel", "2", "--resume", "run"),
+                   "--parallel 2 (the run's: 1) (the history's order of the restarts depends on it)")
+    from promptclimb.agent.core.paths import prompts_dir
+
+    ours = search("--meta-prompt", str(prompts_dir() / "meta"), "--resume", "run")
+    assert ours.exit_code == 0, ours.output
+    elsewhere = search.runs.parent / "meta"
+    shutil.copytree(prompts_dir() / "meta", elsewhere)
+    one_line_error(search("--meta-prompt", str(elsewhere), "--resume", "run"),
+                   f"--meta-prompt {elsewhere} (the run's: ours ({prompts_dir() / 'meta'}))")
+
+
 def test_an_option_given_at_its_default_is_compared_with_the_run_too(search, monkeypatch):
     """`--resume RUN --shots 1 --seed 0` of a run of 2 shots, seed 3: refused as any other
     change (it went on with the run's shots, unsaid, as 1 and 0 are the defaults); from
