@@ -163,7 +163,8 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
     Option("--max-tries", 6, "Tries per LLM request (429, 5xx, timeouts) before giving up.", _LLM, int, minimum=1,
            scope=SESSION),
     Option("--no-cache", False, "Do not read or write the LLM response cache (--cache: do, undoing a --config "
-           "file's no-cache = true).", _LLM, bool, scope=SESSION),
+           "file's no-cache = true). Recorded: a resume of the run keeps it unless given --cache.", _LLM, bool,
+           scope=SESSION),
     Option("--meta-prompt", None, "Folder with your own meta-prompts: system.j2 / first_turn.j2 / feedback_turn.j2 "
            "(template turns), names_system.j2 / names_turn.j2 / names_judge.j2 (names turns and the drift guard's "
            "question); missing ones: ours (prompts/meta).", _LLM, "dir", recorded="meta_prompt_dir", expects="a folder of meta-prompt templates (*.j2)"),

@@ -309,7 +309,7 @@ def choose_llm(opts: dict, echo) -> tuple[LLMSettings, dict]:
         timeout = local_llm.REQUEST_TIMEOUT_S if served else LLMSettings.timeout
     settings = LLMSettings(llm_name, local, model_file, timeout, opts["max_tries"],
                            without_secrets(endpoint), served, request_model=served or llm_name,
-                           secrets_left_out=without_secrets(endpoint) != endpoint)
+                           secrets_left_out=without_secrets(endpoint) != endpoint, no_cache=bool(opts["no_cache"]))
     return settings, (local_llm.LOCAL_SAMPLING if served else {})
 
 
@@ -426,7 +426,7 @@ def resumed_run(opts: dict, echo) -> Plan:
                                                                  for f in fields(SearchConfig) if f.name in saved["search"]}})
         refuse_changed_settings(confirm_as_recorded(opts, search, echo), saved)
         search = apply_budget_caps(opts, search.check(), store, echo)
-        llm = replace(llm, **{k: opts[k] for k in ("timeout", "max_tries") if given(opts, k)})
+        llm = replace(llm, **{k: opts[k] for k in ("timeout", "max_tries", "no_cache") if given(opts, k)})
         refuse_an_endpoint_without_its_secret(llm, opts, store)
         pool_setting = saved["pool"]
         pool = [PoolTemplate(t, source) for t, source in pool_setting["templates"]]
@@ -810,14 +810,17 @@ def create_run_folder(plan: Plan, opts: dict, meta: MetaPrompt | None) -> RunSto
 def resume_command(run_dir: Path, tracking_uri: str | None) -> tuple[str, str | None]:
     """The command that continues this run, and a note to say with it (or None). A resumed
     search tracks to MLflow only when given --mlflow again (it is not recorded), so the
-    command of a tracked run carries its `--mlflow URI`: then the resumed search continues
-    the same MLflow run. Never a secret: a password or key in the URI is left out, and the
-    note asks for it again."""
+    command of a tracked run carries `--mlflow STORE`, the store it tracked to, absolute
+    (`tracked_store`: a bare --mlflow or a relative sqlite path, run from another folder, is
+    another database): then the resumed search continues the same MLflow run from anywhere.
+    Never a secret: a password or key in the URI is left out, and the note asks for it again."""
     if tracking_uri is None:
         return shell_command("search", "--resume", run_dir), None
-    shown = without_secrets(tracking_uri)
+    from promptclimb.agent.tracking import tracked_store
+
+    shown = tracked_store(tracking_uri)
     command = shell_command("search", "--resume", run_dir, "--mlflow", *([shown] if shown else []))
-    note = None if shown == tracking_uri else \
+    note = None if without_secrets(tracking_uri) == tracking_uri else \
         "the --mlflow URI had a password or key, left out of that command: give the URI with it again"
     return command, note
 
@@ -842,17 +845,22 @@ def resume_hint_on_interrupt(store: RunStore, tracking_uri: str | None, echo) ->
 @contextmanager
 def experiment_tracking(store: RunStore, tracking_uri: str | None, echo) -> Iterator[None]:
     """--mlflow: the run mirrored to MLflow as it is written (agent/tracking.py); it never
-    fails the search. A resumed run continues its MLflow run."""
+    fails the search. A resumed run continues its MLflow run. A search that fails ends it
+    FAILED, one stopped KILLED (a resume continues either)."""
     if tracking_uri is None:
         yield
         return
     from promptclimb.agent.tracking import Tracker
 
     tracker = Tracker.attach(store, tracking_uri or None, echo)
+    failed = False
     try:
         yield
+    except Exception:  # an LLM that failed for good, data that no longer reads: FAILED, not KILLED as a Ctrl-C
+        failed = True  # (KeyboardInterrupt, SystemExit: Ctrl-C, SIGTERM, stay KILLED where the run did not end)
+        raise
     finally:
-        tracker.finish()
+        tracker.finish(failed)
 
 
 @contextmanager
@@ -963,7 +971,7 @@ def llm_client(plan: Plan, opts: dict, echo, aside: Callable[[str], None] | None
 
     def client(base_url: str | None, api_key: str | None, model: str, **lazy) -> LLMClient:
         return LLMClient(model, base_url=base_url, api_key=api_key, timeout=settings.timeout,
-                         max_tries=settings.max_tries, use_cache=not opts["no_cache"],
+                         max_tries=settings.max_tries, use_cache=not settings.no_cache,
                          max_calls=plan.search.max_calls, max_tokens=plan.search.max_tokens, echo=echo,
                          # the local LLM's, embedded or served (an API model's context is not known)
                          context_tokens=local_llm.CONTEXT_TOKENS if settings.served_model else None, **lazy)

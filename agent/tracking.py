@@ -18,14 +18,22 @@ What a search becomes in MLflow (experiment "promptclimb" unless told otherwise)
                resume (a raised budget) keeps its first value there; config.json, an
                artifact, has the current one.
     tags       dataset, backbone, shots, seed, llm; promptclimb.status, promptclimb.folder,
-               promptclimb.prompt (the registered prompt's URI); a sweep's cell also
-               mlflow.parentRunId and promptclimb.cell (its folder's name)
+               promptclimb.prompt (the registered prompt's URI), promptclimb.result (what
+               the run kept, as `runs` says it: "best template", "ensemble of 3", "prompt +
+               residual-logits adapter"), promptclimb.names (a names search's: the best's
+               renames, "Trouser -> jeans; Pullover -> sweater", or "none"; live, as names are
+               kept); a sweep's cell also mlflow.parentRunId and promptclimb.cell (its folder's name)
     metrics    per LLM answer (template turn, names turn, names guard), step = its index
                (`call`), time = when it came: best_train_accuracy, best_val_accuracy (of
                the best so far, ranked as the search ranks), new_proposals and
                refused_proposals (templates or names), prompt_tokens, completion_tokens (0 for
-               an answer from the cache, as summary.json's ledger counts);
-               at the end best_, ensemble_ and adapter_test_accuracy
+               an answer from the cache, as summary.json's ledger counts); the initial pool's
+               best_train/val_accuracy at step -1, where the curves start. A soft-prompt run
+               (craft, cbbt): prompt_train_accuracy and prompt_val_accuracy per optimizer step.
+               At the end: result_test_accuracy (the result's), baseline_test_accuracy ("a
+               photo of a {}." with the start names), best_test_accuracy, and
+               ensemble_/adapter_test_accuracy where the run kept it, else
+               ensemble_/adapter_candidate_test_accuracy (`result_metrics`)
     artifacts  the run folder's files (config.json, history.jsonl, summary.json, ...)
     prompt     the winning template in MLflow's prompt registry as a new version of
                `promptclimb.<dataset>.<backbone>`, "{}" written "{{class_name}}"; its tags:
@@ -34,7 +42,10 @@ What a search becomes in MLflow (experiment "promptclimb" unless told otherwise)
                section), the run's ids; the MLflow run is linked to the version as MLflow's
                link_prompt_version_to_run does it (the `mlflow.linkedPrompts` run tag)
     status     FINISHED (the run has its result), RUNNING (a search is writing it), KILLED
-               (stopped part-way: a resume, then a sync, continues it)
+               (stopped part-way: Ctrl-C, SIGTERM, or a sync of a run not ended), FAILED (its
+               search failed: an LLM that failed for good); a resume, or a sync, continues it
+    times      the run's start (config.json's `created`) to its last event, whenever it is
+               logged; a sweep's parent run spans its cells
 
 Where the run folder's files go: the experiment's artifact location. An experiment this
 module creates on a local sqlite store (`sqlite:///PATH/mlflow.db`, MLflow's default) keeps
@@ -66,15 +77,16 @@ from typing import Callable, Container, Iterator
 import numpy as np
 import pandas as pd
 
+from promptclimb.agent.core.classnames import renames
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.files import write_json_atomic
 from promptclimb.agent.core.format import shell_command
 from promptclimb.agent.core.runfiles import CONFIG, HISTORY
 from promptclimb.agent.llm.client import scrub_urls, without_secrets
-from promptclimb.agent.runs.reading import Run, load_run, run_classnames
+from promptclimb.agent.runs.reading import Run, load_run, result_said, run_classnames
 from promptclimb.agent.runs.store import being_written, has_summary, tokens_spent
 from promptclimb.agent.search import LLM_EVENTS
-from promptclimb.agent.softsearch import is_soft_prompt_run
+from promptclimb.agent.softsearch import is_soft_prompt_run, steps_table
 from promptclimb.agent.sweep.driver import read_sweep
 
 EXPERIMENT = "promptclimb"
@@ -87,7 +99,12 @@ ANSWER_KEYS = ("best_train_accuracy", "best_val_accuracy", STEP_KEY, "refused_pr
 # answer logged while it was scored) never change them, and a sync never asks for their history
 FIXED_KEYS = ("prompt_tokens", "completion_tokens")
 REFUSED = ("reject", "name_reject")  # events of an answer's proposals that were not scored
-RESULTS = ("best", "ensemble", "adapter")  # summary.json sections whose test accuracy is logged
+RESULTS = ("best", "ensemble", "adapter", "baseline")  # summary.json sections whose test accuracy is logged
+# the one the run kept as its result, whatever it is (`result_said`): one metric to compare runs by
+RESULT_KEY, RESULT_TAG, NAMES_TAG = "result_test_accuracy", "promptclimb.result", "promptclimb.names"
+POOL_STEP = -1  # the best of the initial pool, before the first answer (step 0): where each curve starts
+# a soft-prompt run's steps: its current prompt's accuracy, which may fall (not a best so far)
+SOFT_KEYS = {"prompt_train_accuracy": "train", "prompt_val_accuracy": "val"}
 PARENT_TAG = "mlflow.parentRunId"
 CELL_TAG = "promptclimb.cell"  # a sweep's nested run: its cell (folder name), which a renamed run keeps
 LINKED_PROMPTS_TAG = "mlflow.linkedPrompts"  # what MLflow's link_prompt_version_to_run sets
@@ -129,7 +146,7 @@ def sync_run(run_dir: str | Path, tracking_uri: str | None = None, experiment: s
         raise PromptclimbError(f"{run_dir} is not a run folder (no {CONFIG})")
     run = readable_run(run_dir)  # before anything is created in MLflow
     with mlflow_errors():
-        mirror = Mirror.open(run_dir, tracking_uri, experiment, parent_run_id)
+        mirror = Mirror.open(run_dir, tracking_uri, experiment, parent_run_id, start=_start_time(run))
         with failed_if_new(mirror):
             return mirror.sync(writing=being_written(mirror.folder), run=run)
 
@@ -141,10 +158,13 @@ def sync_sweep(sweep_dir: str | Path, tracking_uri: str | None = None, experimen
     sweep_dir = Path(sweep_dir)
     settings = read_sweep(sweep_dir)  # a damaged sweep.json is one line
     cells = [sweep_dir / name for name in settings.get("cells", []) if (sweep_dir / name / CONFIG).exists()]
-    for cell in cells:  # a damaged cell stops the sync before anything is created in MLflow
-        readable_run(cell)
+    read = [readable_run(cell) for cell in cells]  # a damaged cell stops the sync before anything is created in MLflow
+    # the parent spans its cells: a sweep synced after its cells ended started after them, and each
+    # sync moved its end to the time of the sync
+    start = min((_start_time(run) for run in read), default=None)
+    end = max((_last_time(run) for run in read), default=time.time())
     with mlflow_errors():
-        parent = Mirror.open(sweep_dir, tracking_uri, experiment)
+        parent = Mirror.open(sweep_dir, tracking_uri, experiment, start=start)
     with mlflow_errors(), failed_if_new(parent):
         held = parent.client.get_run(parent.run_id)  # what the server holds: asked once
         parent.log_params({**flat_params({k: v for k, v in settings.items() if k != "cells"}),
@@ -156,7 +176,7 @@ def sync_sweep(sweep_dir: str | Path, tracking_uri: str | None = None, experimen
         nested = {cell.name: sync_run(cell, parent.uri, experiment, parent_run_id=parent.run_id) for cell in cells}
         drop_runs_of_redone_cells(parent, nested)
         finished = [c for c in cells if has_summary(c)]
-        parent.set_status("FINISHED" if len(finished) == len(settings.get("cells", [])) else "KILLED", time.time())
+        parent.set_status("FINISHED" if len(finished) == len(settings.get("cells", [])) else "KILLED", end)
     return Synced(parent.run_id, parent.experiment_id, parent.key, sum(c.new_answers for c in nested.values()), None,
                   held.info.artifact_uri, sum(c.completed_answers for c in nested.values()), tuple(nested.items()))
 
@@ -203,8 +223,9 @@ def readable_run(folder: str | Path) -> Run:
         flat_params(run.config)
         run_tags(run)
         answer_metrics(run)
-        for name in RESULTS:
-            _test_accuracy((run.final or {}).get(name))
+        pool_point(run, writing=False)
+        soft_step_metrics(run)
+        result_metrics(run.final or {})
         prompt_tags(run, "")
     except (AttributeError, TypeError, ValueError, KeyError) as exc:  # a value of the wrong kind somewhere
         raise PromptclimbError(f"{folder} is damaged (it does not read as a run: {_one_line(exc)})") from None
@@ -271,8 +292,9 @@ class Tracker:
         tracker = cls(Path(store.run_dir), tracking_uri, echo)
 
         def start():
-            tracker.mirror = Mirror.open(store.run_dir, tracking_uri, experiment, parent_run_id)
-            tracker.mirror.sync(writing=True, files=False)
+            run = load_run(store.run_dir)
+            tracker.mirror = Mirror.open(store.run_dir, tracking_uri, experiment, parent_run_id, start=_start_time(run))
+            tracker.mirror.sync(writing=True, files=False, run=run)
 
         if tracker._guard(start):
             store.add_listener(tracker.on_event)
@@ -285,14 +307,17 @@ class Tracker:
         return self.mirror.run_id if self.mirror else None
 
     def on_event(self, event: dict) -> None:
-        """The store's listener: an event that follows an answer completes it."""
-        if self.mirror is not None and event["event"] in (*LLM_EVENTS, "restart", "reset", "stop", "final"):
+        """The store's listener: an event that follows an answer completes it; a names change
+        kept is the best's names (NAMES_TAG); a soft-prompt run's step is a point of its curve."""
+        if self.mirror is not None and event["event"] in (*LLM_EVENTS, "restart", "reset", "stop", "final",
+                                                          "names_change", "step"):
             self._guard(lambda: self.mirror and self.mirror.follow(load_run(self.run_dir)))
 
-    def finish(self) -> None:
+    def finish(self, failed: bool = False) -> None:
         """Everything the folder holds now: the last answers, the results, the files, the
-        winning prompt, and the status (FINISHED; KILLED for a search that did not end)."""
-        self._guard(lambda: self.mirror and self.mirror.sync(writing=False))
+        winning prompt, and the status (FINISHED; for a search that did not end, FAILED where
+        it `failed`, KILLED where it was stopped: Ctrl-C, SIGTERM)."""
+        self._guard(lambda: self.mirror and self.mirror.sync(writing=False, failed=failed))
         self.mirror = None
 
     def __enter__(self) -> "Tracker":
@@ -329,10 +354,12 @@ class Tracker:
 class Mirror:
     """A run (or sweep) folder and the MLflow run it is logged to."""
 
-    def __init__(self, client, uri: str, folder: Path, experiment_id: str, run_id: str, created: bool = False):
+    def __init__(self, client, uri: str, folder: Path, experiment_id: str, run_id: str, created: bool = False,
+                 start: float | None = None):
         self.client, self.uri, self.folder = client, uri, folder
         self.experiment_id, self.run_id = experiment_id, run_id
         self.created = created  # by this Mirror.open (not continued from RUN/mlflow.json)
+        self.start = start  # when the folder's run began (a new MLflow run's start), None: now
         self.key = link_key(uri)
         # the answers the server has, step -> their time in ms, asked once (then this mirror is
         # the only writer of its answers); and those found to be the history's as it is now
@@ -341,11 +368,18 @@ class Mirror:
         # answers logged that may not have been complete then (all the server had when asked,
         # until each is seen complete): step -> (the time and the values the server shows last)
         self.unsure: dict[int, tuple[int, dict[str, float]]] = {}
+        # the pool's best as the server shows it (time, values; `ask_server`), and whether it
+        # is whole (an answer follows it); a soft-prompt run's steps the server has; the names tag sent
+        self.pool_shown: tuple[int, dict[str, float]] | None = None
+        self.pool_whole = False
+        self.soft_logged: set[int] | None = None
+        self.names_said: str | None = None
 
     @classmethod
     def open(cls, folder: str | Path, tracking_uri: str | None, experiment: str,
-             parent_run_id: str | None = None) -> "Mirror":
-        """The MLflow run this folder was logged to on this server (RUN/mlflow.json), or a new one."""
+             parent_run_id: str | None = None, start: float | None = None) -> "Mirror":
+        """The MLflow run this folder was logged to on this server (RUN/mlflow.json), or a new
+        one, started at `start` (when the folder's run began; None: now)."""
         client, uri = mlflow_client(tracking_uri)
         folder = Path(folder)
         known = _read_links(folder)
@@ -353,10 +387,10 @@ class Mirror:
         link = known.get(link_key(uri)) or known.get(without_secrets(uri).rstrip("/")) or {}
         held = _live_run(client, link["run_id"]) if link.get("run_id") else None
         if held is not None and not _copied(held, folder):
-            mirror = cls(client, uri, folder, link["experiment_id"], link["run_id"])
+            mirror = cls(client, uri, folder, link["experiment_id"], link["run_id"], start=start)
         else:
             experiment_id = _experiment_id(client, experiment, artifacts_beside_database(uri, experiment))
-            mirror = cls(client, uri, folder, experiment_id, "", created=True)
+            mirror = cls(client, uri, folder, experiment_id, "", created=True, start=start)
             mirror.start_run()
         if parent_run_id:  # a sweep's cell
             client.log_batch(mirror.run_id, tags=_tags({PARENT_TAG: parent_run_id, CELL_TAG: folder.name}))
@@ -366,8 +400,12 @@ class Mirror:
         """A new MLflow run for the folder, linked in RUN/mlflow.json under this server's key;
         the links to other servers are kept, any to the run it replaces (`replacing`: one
         keyed as typed before sqlite paths were keyed absolute) dropped."""
-        self.run_id = self.client.create_run(self.experiment_id, run_name=self.folder.name, tags=tags).info.run_id
+        # started when the folder's run began: a sync afterwards started it at the sync, after its end
+        start_time = int(self.start * 1000) if self.start else None
+        self.run_id = self.client.create_run(self.experiment_id, run_name=self.folder.name, tags=tags,
+                                             start_time=start_time).info.run_id
         self.created, self.logged, self.checked, self.unsure = True, {}, set(), {}
+        self.pool_shown, self.pool_whole, self.soft_logged, self.names_said = None, False, set(), None
         kept = {key: link for key, link in _read_links(self.folder).items()
                 if not (replacing and isinstance(link, dict) and link.get("run_id") == replacing)}
         write_json_atomic(self.folder / MLFLOW_FILE, {"v": 1, "runs": {**kept, self.key: {
@@ -419,6 +457,7 @@ class Mirror:
                     self.logged.setdefault(metric.step, metric.timestamp)
                 stamp, values = self.unsure.get(metric.step, (metric.timestamp, {}))
                 self.unsure[metric.step] = max(stamp, metric.timestamp), {**values, key: metric.value}
+        self.pool_shown = self.unsure.pop(POOL_STEP, None)  # the pool's best, not an answer
 
     def follow(self, run: Run) -> None:
         """A live search's new events: the answers now complete, or (`redone`) the whole run
@@ -428,11 +467,15 @@ class Mirror:
             self.sync(writing=True, files=False, run=run)
         else:
             self.log_answers(run, hold_last=True)
+            self.log_pool(run, writing=True)
+            self.log_soft_steps(run)
+            self.log_names(run)
 
-    def sync(self, writing: bool, files: bool = True, run: Run | None = None) -> Synced:
+    def sync(self, writing: bool, files: bool = True, run: Run | None = None, failed: bool = False) -> Synced:
         """Settings, answers, results, files, prompt and status, from the folder as it is now
         (or as `run` read it), in a new MLflow run when the history was redone. `writing`: a
-        search is still writing it (its last answer may not be complete yet)."""
+        search is still writing it (its last answer may not be complete yet); `failed`: the
+        search that wrote it ended in an error (FAILED, not KILLED, where it did not finish)."""
         run = load_run(self.folder) if run is None else run
         if self.redone(run):
             self.replace()
@@ -444,13 +487,17 @@ class Mirror:
         if not writing and tags["promptclimb.status"] == "running":  # the search's own last sync, its lock
             tags["promptclimb.status"] = "unfinished"  # still held: stopped, it is what `runs` says next
         self.client.log_batch(self.run_id, tags=_tags(tags))
+        self.names_said = tags.get(NAMES_TAG)
         new, completed = self.log_answers(run, hold_last=writing)
+        self.log_pool(run, writing)
+        self.log_soft_steps(run)
         self.log_results(run, held.data.metrics)
         if files:
             refresh_report(run)
             self.log_files()
         prompt = self.register_prompt(run, held.data.tags)
-        self.set_status("FINISHED" if run.final else "RUNNING" if writing else "KILLED", _last_time(run))
+        self.set_status("FINISHED" if run.final and not failed else "RUNNING" if writing else
+                        "FAILED" if failed else "KILLED", _last_time(run))
         return Synced(self.run_id, self.experiment_id, self.key, new, prompt, held.info.artifact_uri, completed)
 
     def log_params(self, params: dict[str, str], have: dict[str, str]) -> None:
@@ -501,23 +548,61 @@ class Mirror:
         return (max(completed_at, last + 1) if changed else last), {**shown, **values}, changed
 
     def log_results(self, run: Run, have: dict[str, float]) -> None:
-        """The test accuracy of the best template, the ensemble and the adapter (again only
-        when it differs from what the server `have`s: `promptclimb adapt` may fit another
-        adapter later)."""
+        """The test accuracies of the end (`result_metrics`), each again only when it differs
+        from what the server `have`s (`promptclimb adapt` may fit another adapter later)."""
         from mlflow.entities import Metric
 
-        final = run.final or {}
         step, stamp = sum(e["event"] in LLM_EVENTS for e in run.events), int(_last_time(run) * 1000)
         # A value that replaces one the server has (another adapter fitted since) is logged at
         # the same step: MLflow's latest is then the one with the later time, and at the run's
         # own last time it tied, and the larger value (the old adapter's, once) showed.
-        metrics = []
-        for name in RESULTS:
-            key, value = f"{name}_test_accuracy", _test_accuracy(final.get(name))
-            if value is not None and have.get(key) != value:
-                metrics.append(Metric(key, value, int(time.time() * 1000) if key in have else stamp, step))
+        metrics = [Metric(key, value, int(time.time() * 1000) if key in have else stamp, step)
+                   for key, value in result_metrics(run.final or {}).items() if have.get(key) != value]
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
+
+    def log_pool(self, run: Run, writing: bool) -> None:
+        """The initial pool's best at POOL_STEP, where the curves start (`pool_point`); again,
+        later, where a resume scored more of a pool that a sync had logged part of (MLflow
+        shows a step's latest)."""
+        from mlflow.entities import Metric
+
+        if self.pool_whole:  # an answer followed it: it no longer changes
+            return
+        if self.logged is None:
+            self.ask_server()
+        point = pool_point(run, writing)
+        if point is None:
+            return
+        stamp, values, self.pool_whole = point
+        if self.pool_shown is not None:
+            if self.pool_shown[1] == values:
+                return
+            stamp = max(stamp, self.pool_shown[0] + 1)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, stamp, POOL_STEP) for k, v in values.items()])
+        self.pool_shown = stamp, values
+
+    def log_soft_steps(self, run: Run) -> None:
+        """A soft-prompt run's steps the server does not have (`soft_step_metrics`)."""
+        from mlflow.entities import Metric
+
+        if not is_soft_prompt_run(run.config):
+            return
+        if self.soft_logged is None:  # asked once: then this mirror is their only writer
+            self.soft_logged = {m.step for m in self.client.get_metric_history(self.run_id, next(iter(SOFT_KEYS)))}
+        sends = [row for row in soft_step_metrics(run) if row[0] not in self.soft_logged]
+        for start in range(0, len(sends), ANSWERS_PER_BATCH):
+            batch = sends[start:start + ANSWERS_PER_BATCH]
+            self.client.log_batch(self.run_id, metrics=[Metric(key, value, stamp, step) for step, stamp, values in batch
+                                                        for key, value in values.items()])
+            self.soft_logged.update(step for step, _, _ in batch)
+
+    def log_names(self, run: Run) -> None:
+        """NAMES_TAG where the best's names changed since it was sent (a live search kept a names change)."""
+        said = renames_said(run)
+        if said is not None and said != self.names_said:
+            self.client.log_batch(self.run_id, tags=_tags({NAMES_TAG: said}))
+            self.names_said = said
 
     def log_files(self) -> None:
         """The folder's files as artifacts (not its lock, temp files or mlflow.json)."""
@@ -571,9 +656,64 @@ def flat_params(config: dict, prefix: str = "") -> dict[str, str]:
 
 
 def run_tags(run: Run) -> dict:
+    """The MLflow run's tags; those None (no result yet, no names searched) are not sent."""
     return {"dataset": run.dataset, "backbone": run.backbone, "shots": run.args.get("shots"),
             "seed": run.args.get("seed"), "llm": run.llm, "promptclimb.status": run.status,
-            FOLDER_TAG: str(run.path.resolve())}
+            FOLDER_TAG: str(run.path.resolve()), RESULT_TAG: result_said(run.final)[0], NAMES_TAG: renames_said(run)}
+
+
+def renames_said(run: Run) -> str | None:
+    """The class names the run's best goes with, as its renames: "Trouser -> jeans; Pullover
+    -> sweater" ("none": the start names). The registered prompt and summary.json have them,
+    the MLflow run did not. None for a run that searched no names (or recorded no start names)."""
+    searched = (run.config.get("search") or {}).get("search") in ("names", "both") or run.of("names_exchange")
+    start = run.start_names
+    if not searched or not start:
+        return None
+    return renames(start, run.held_names) or "none"
+
+
+def result_metrics(final: dict) -> dict[str, float]:
+    """The test accuracies logged at the end: the run's result's (RESULT_KEY: what `runs` lists,
+    `result_said`), the baseline's ("a photo of a {}." with the start names), the best
+    template's, and the ensemble's and the adapter's. An ensemble not chosen, an adapter that
+    did not beat the prompt on val, is logged as `<name>_candidate_test_accuracy`: under its
+    own name it looked like the result, and its figure is still worth a look (the sweep report
+    shows it too; test never chose anything)."""
+    out = {f"{name}_test_accuracy": _test_accuracy(final.get(name)) for name in RESULTS}
+    rejected = {"ensemble": final.get("winner") != "ensemble",
+                "adapter": (final.get("adapter") or {}).get("result") != "adapter"}
+    for name, candidate in rejected.items():
+        if candidate:
+            out[f"{name}_candidate_test_accuracy"] = out.pop(f"{name}_test_accuracy")
+    result = result_said(final)[1] if final else None
+    out[RESULT_KEY] = float(result) if isinstance(result, (int, float)) else None
+    return {key: value for key, value in out.items() if value is not None}
+
+
+def pool_point(run: Run, writing: bool) -> tuple[int, dict[str, float], bool] | None:
+    """(time in ms, metrics, whether it is whole) of the initial pool's best, logged at
+    POOL_STEP: the train and val accuracy of the best recorded before the first LLM answer.
+    Whole once an answer follows; None while a search `writing` the run may still be scoring it
+    (a sync of a run nothing writes logs what was scored). None for a run with no scores."""
+    first = next((e["_line"] for e in run.events if e["event"] in LLM_EVENTS and e.get("call") is not None), None)
+    if first is None and writing:
+        return None
+    before = [e for e in run.events if first is None or e["_line"] < first]
+    values = _best_so_far(run.ranked())(before[-1]["_line"]) if before else {}
+    if not values:
+        return None
+    return int(float(before[-1].get("time") or time.time()) * 1000), values, first is not None
+
+
+def soft_step_metrics(run: Run) -> list[tuple[int, int, dict[str, float]]]:
+    """(step, time in ms, metrics) per step of a soft-prompt run (craft, cbbt: agent/softsearch.py,
+    `steps_table`): the train and val accuracy of its prompt at that step (SOFT_KEYS). Not
+    best_*_accuracy: the optimizer's prompt is its current one, not a best so far, and may fall."""
+    steps = [e for e in run.events if e["event"] == "step"]
+    return [(int(row["step"]), int(float(e.get("time") or time.time()) * 1000),
+             {key: float(row[split]) for key, split in SOFT_KEYS.items()})
+            for e, row in zip(steps, steps_table(steps))]
 
 
 def answer_metrics(run: Run, hold_last: bool = False, logged: Container[int] = ()) -> list[tuple[int, int, dict[str, float]]]:
@@ -721,6 +861,32 @@ def link_key(uri: str) -> str:
     return uri
 
 
+def tracked_store(tracking_uri: str) -> str | None:
+    """The store a search given `--mlflow tracking_uri` ("": bare, MLflow's default) tracks
+    to, as RUN/mlflow.json keys it (`link_key`, what its tracker's key is): absolute, without
+    a password or key. The command that resumes the run names it: `--mlflow` as typed, bare
+    or `sqlite:///mlflow.db`, is another database in another folder, and a resume from there
+    logged a second MLflow run, the first left KILLED with half the run. None (a bare --mlflow
+    stays bare) where MLflow is not installed, or MLFLOW_TRACKING_URI holds a password or key:
+    named without it, the store would refuse the resume; bare, the variable gives it again."""
+    if not tracking_uri:
+        try:
+            import mlflow
+        except ImportError:
+            return None
+        tracking_uri = mlflow.get_tracking_uri()  # MLFLOW_TRACKING_URI, else MLflow's default
+        if without_secrets(tracking_uri) != tracking_uri:
+            return None
+    return link_key(tracking_uri)
+
+
+def linked_store(folder: str | Path) -> str | None:
+    """The one tracking store RUN/mlflow.json links the folder to (its key: absolute, without a
+    password), or None (none, or several: which one a resume should continue is the user's)."""
+    links = _read_links(Path(folder))
+    return next(iter(links)) if len(links) == 1 else None
+
+
 def check_server(uri: str, timeout_s: float = 5.0) -> None:
     """An http(s) tracking server answers (any HTTP answer will do), or TrackingError."""
     if not uri.startswith(("http://", "https://")):
@@ -853,6 +1019,13 @@ def _completion_times(run: Run) -> dict[int, int]:
     best so far counts (`Run.answer_ends`)."""
     times = {e["_line"]: e.get("time") for e in run.events}
     return {call: int(float(times.get(line) or time.time()) * 1000) for call, line in run.answer_ends().items()}
+
+
+def _start_time(run: Run) -> float:
+    """When the run began (config.json's `created`, or its first event where that is earlier:
+    `created` counts whole seconds): its MLflow run's start."""
+    first = min((float(e["time"]) for e in run.events if isinstance(e.get("time"), (int, float))), default=None)
+    return min(run.created.timestamp(), first) if first is not None else run.created.timestamp()
 
 
 def _last_time(run: Run) -> float:

@@ -4,6 +4,7 @@ URI held; run as printed, the search continues its MLflow run to FINISHED."""
 
 from __future__ import annotations
 
+import json
 import shlex
 
 import pytest
@@ -25,23 +26,24 @@ SMALL = ["--iterations", "3", "--search", "template", "--resets", "1", "--pool-s
 
 
 class StoppedAfter(WordEvaluator):
-    """Ctrl-C while the `stop_at`-th batch of templates is scored (0: never)."""
+    """Ctrl-C (or `stop`: SystemExit(143), as SIGTERM unwinds) while the `stop_at`-th batch of
+    templates is scored (0: never)."""
 
-    def __init__(self, dataset: str, stop_at: int = 0):
+    def __init__(self, dataset: str, stop_at: int = 0, stop: BaseException | None = None):
         super().__init__(dataset)
-        self.stop_at, self.batches = stop_at, 0
+        self.stop_at, self.batches, self.stop = stop_at, 0, stop
 
     def score(self, *args, **kwargs):
         self.batches += 1
         if self.batches == self.stop_at:
-            raise KeyboardInterrupt
+            raise self.stop or KeyboardInterrupt()
         return super().score(*args, **kwargs)
 
 
-def search(fake, args, stop_at: int = 0):
+def search(fake, args, stop_at: int = 0, stop: BaseException | None = None):
     env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.base_url}
     return CliRunner().invoke(cli, list(map(str, args)), env=env,
-                              obj={"evaluator_factory": lambda **kw: StoppedAfter(kw["dataset"], stop_at)})
+                              obj={"evaluator_factory": lambda **kw: StoppedAfter(kw["dataset"], stop_at, stop)})
 
 
 def printed_command(output: str) -> list[str]:
@@ -75,11 +77,13 @@ def test_the_printed_resume_command_continues_the_mlflow_run(tmp_path):
 
 
 def shown(client, run_id) -> dict[int, dict[str, float]]:
-    """step -> each answer metric as MLflow shows it: the latest value logged at the step."""
+    """step -> each answer metric as MLflow shows it: the latest value logged at the step (not
+    the initial pool's best, at step -1)."""
     out: dict[int, dict[str, float]] = {}
     for key in ANSWER_METRICS:
         for metric in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.timestamp, m.value)):
-            out.setdefault(metric.step, {})[key] = metric.value
+            if metric.step >= 0:
+                out.setdefault(metric.step, {})[key] = metric.value
     return out
 
 
@@ -199,26 +203,98 @@ def test_a_tracking_uri_with_a_password_is_printed_without_it_and_asked_for_agai
     assert stopped.exit_code == 130, stopped.output
     assert "SECRET" not in stopped.output
     command = printed_command(stopped.output)
-    assert command[-2:] == ["--mlflow", f"http://127.0.0.1:{secret_uri.split(':')[-1].split('/')[0]}/"]
+    assert command[-2:] == ["--mlflow", f"http://127.0.0.1:{secret_uri.split(':')[-1].split('/')[0]}"]
     assert "note: the --mlflow URI had a password or key, left out of that command: give the URI with it again" \
         in stopped.output.splitlines()
 
 
-def test_a_bare_mlflow_option_is_printed_bare_and_an_untracked_search_without_it(tmp_path, monkeypatch):
+def test_a_bare_mlflow_option_is_printed_as_the_store_it_used_and_an_untracked_search_without_it(tmp_path,
+                                                                                                  monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)  # MLflow's default store: ./mlflow.db
     with FakeLLM(responder=responder) as fake:
         bare = search(fake, ["search", "--dataset", "toy", *SMALL, "--runs-dir", "runs", "--name", "b", "--mlflow"],
                       stop_at=2)
         plain = search(fake, ["search", "--dataset", "toy", *SMALL, "--runs-dir", "runs", "--name", "p"], stop_at=2)
-    assert printed_command(bare.output) == ["search", "--resume", "runs/b", "--mlflow"]
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"  # MLflow's default, here: by its path, the key mlflow.json has
+    assert printed_command(bare.output) == ["search", "--resume", "runs/b", "--mlflow", store]
+    assert list(json.loads((tmp_path / "runs" / "b" / "mlflow.json").read_text())["runs"]) == [store]
     assert printed_command(plain.output) == ["search", "--resume", "runs/p"]
 
 
-def test_an_llm_that_fails_for_good_says_the_command_with_mlflow(tmp_path):
+def test_a_bare_mlflow_option_whose_environment_uri_holds_a_password_stays_bare(tmp_path, monkeypatch):
+    """MLFLOW_TRACKING_URI with a password: named without it, the store would refuse the
+    resume; a bare --mlflow reads the variable again. Never the password."""
+    from promptclimb.agent.pipeline import resume_command
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://bob:pw-SECRET@127.0.0.1:5000/?token=tk-SECRET")
+    command, note = resume_command(tmp_path / "run", "")
+    assert command == f"promptclimb search --resume {tmp_path / 'run'} --mlflow" and note is None
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000/")
+    assert resume_command(tmp_path / "run", "")[0].endswith(" --mlflow http://127.0.0.1:5000")
+
+
+@pytest.mark.parametrize("typed", ["--mlflow", "--mlflow sqlite:///mlflow.db"])
+def test_the_printed_command_run_from_another_folder_continues_the_same_mlflow_run(tmp_path, monkeypatch, typed):
+    """A bare --mlflow (MLflow's default: ./mlflow.db) or a relative sqlite path, printed as
+    typed, was another database in the folder the resume ran from: it logged a second MLflow
+    run there (mlflow.json then linked two), the first left KILLED with half the run."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    here, there, runs = tmp_path / "here", tmp_path / "there", tmp_path / "runs"
+    here.mkdir(), there.mkdir()
+    monkeypatch.chdir(here)
+    with FakeLLM(responder=responder) as fake:
+        stopped = search(fake, ["search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "t",
+                                *typed.split()], stop_at=3)
+        assert stopped.exit_code == 130, stopped.output
+        command = printed_command(stopped.output)
+        monkeypatch.chdir(there)
+        resumed = search(fake, command)
+    assert resumed.exit_code == 0, resumed.output
+    uri = f"sqlite:///{here / 'mlflow.db'}"
+    assert list(json.loads((runs / "t" / "mlflow.json").read_text())["runs"]) == [uri]  # one MLflow run, linked
+    assert not (there / "mlflow.db").exists()
+    assert MlflowClient(uri).get_run(linked_run_id(runs / "t", uri)).info.status == "FINISHED"
+    assert command[-2:] == ["--mlflow", uri]
+
+
+def test_show_of_a_stopped_tracked_run_says_the_command_that_continues_its_mlflow_run(tmp_path, monkeypatch):
+    """`show` of an unfinished run said `search --resume RUN`, without --mlflow: a resume so
+    did not track, and the MLflow run stayed KILLED with half the run. Its one linked store now
+    goes with it; run as said, from another folder, the search continues that MLflow run."""
+    uri, runs = sqlite_uri(tmp_path / "store"), tmp_path / "runs"
+    with FakeLLM(responder=responder) as fake:
+        stopped = search(fake, ["search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "t",
+                                "--mlflow", uri], stop_at=3)
+        assert stopped.exit_code == 130, stopped.output
+        shown_run = CliRunner().invoke(cli, ["show", str(runs / "t")])
+        assert shown_run.exit_code == 0, shown_run.output
+        line = next(line for line in shown_run.output.splitlines() if line.startswith("continue it with: "))
+        command = shlex.split(line.removeprefix("continue it with: "))
+        assert command == ["promptclimb", "search", "--resume", str(runs / "t"), "--mlflow", uri]
+        (tmp_path / "elsewhere").mkdir()
+        monkeypatch.chdir(tmp_path / "elsewhere")
+        resumed = search(fake, command[1:])
+    assert resumed.exit_code == 0, resumed.output
+    run_id = linked_run_id(runs / "t", uri)
+    assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
+    assert f"MLflow: continuing run {run_id} at {uri}" in resumed.output
+
+
+def test_an_llm_that_fails_for_good_says_the_command_with_mlflow_and_ends_its_mlflow_run_failed(tmp_path):
+    """A search that fails (an LLM that refuses the request: rc 1) was KILLED in MLflow, as
+    a Ctrl-C; SIGTERM (SystemExit 143) stays KILLED."""
     uri = sqlite_uri(tmp_path / "store")
     with FakeLLM(responder=responder) as fake:
-        fake.faults.extend(["ok"] + ["500"] * 20)  # one answer, then the LLM is down
+        fake.faults.extend(["ok"] + ["401"] * 20)  # one answer, then the LLM refuses
         cut = search(fake, ["search", "--dataset", "toy", *SMALL, "--runs-dir", tmp_path / "runs", "--name", "t",
                             "--max-tries", "1", "--no-cache", "--mlflow", uri])
+        fake.faults.clear()
+        termed = search(fake, ["search", "--dataset", "toy", *SMALL, "--runs-dir", tmp_path / "runs", "--name",
+                               "s", "--mlflow", uri], stop_at=3, stop=SystemExit(143))
     assert cut.exit_code == 1, cut.output
     assert f"continue it with: promptclimb search --resume {tmp_path / 'runs' / 't'} --mlflow {uri}" in cut.output
+    client = MlflowClient(uri)
+    assert client.get_run(linked_run_id(tmp_path / "runs" / "t", uri)).info.status == "FAILED"
+    assert termed.exit_code == 143, termed.output
+    assert client.get_run(linked_run_id(tmp_path / "runs" / "s", uri)).info.status == "KILLED"

@@ -10,6 +10,7 @@ import json
 import math
 import re
 import shutil
+from dataclasses import replace
 from html import unescape
 from pathlib import Path
 
@@ -217,7 +218,9 @@ def test_show_markdown_renders_templates_names_and_answers_as_written(tmp_path, 
     html = markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table").render(compared)
     assert not re.search(r"<(script|b|em|strong|a)\b", html), html
     items = {unescape(i) for i in re.findall(r"<li>(.*?)</li>", html)}
-    assert {t for t in run.winners()["template"] if "{}" in t} <= items  # shared among the winners
+    winners = run.winners()  # shared among the winners: each a template with the names it was scored with
+    assert {t + (f" (with {names})" if names else "") for t, names in zip(winners["template"], winners["names"])
+            if "{}" in t} <= items
     assert any(i.startswith(f"note: A ({MARKED_RUN}) renamed 1 of 4 classes (<b>Trouser -> jeans): row") and
                "with the names its search found" in i for i in items), items
 
@@ -572,6 +575,43 @@ def test_the_reports_first_box_says_the_ensemble_when_it_is_what_to_use(tmp_path
     assert "What to use" not in invoke("report", "run", "--runs-dir", tmp_path / "runs", "-o", "-").stdout
 
 
+def test_the_reports_first_box_says_a_kept_adapter_and_where_the_search_started(tmp_path):
+    """After `adapt` kept an adapter as the run's result, the page's first box still gave the best
+    template's test figure alone (the adapter's was a row of a table further down), and the page
+    never said what `show` says: test accuracy from "a photo of a {}." with the start names."""
+    run_dir = make_run(tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    best = summary["best"]["template"]
+    summary["adapter"] = {"kind": "cache", "on": "best", "templates": [best], "result": "adapter", "file": "adapter.pt",
+                          "accuracy": {"train": 0.9, "val": 0.8, "test": 0.7}}
+    summary["baseline"] = {"template": "a photo of a {}.", "names": "start", "accuracy": {"test": 0.25}}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+
+    def boxes():
+        html = invoke("report", "run", "--runs-dir", tmp_path / "runs", "-o", "-").stdout
+        return (re.search(r'<div class="best">Best template: (.*?)</div>', html, flags=re.S)[1],
+                re.search(r'<div class="best">What to use: (.*?)</div>', html, flags=re.S))
+
+    first, use = boxes()
+    assert use and use[1].startswith("the prompt + cache adapter (adapter.pt; it beat the prompt alone on val): ")
+    assert f"<code>{markupsafe.escape(best)}</code>" in use[1] and "test <b>70.0%</b>" in use[1]
+    said = "test accuracy: 25.0% (<code>a photo of a {}.</code> with the start names) → <b>{}</b> ({})"
+    assert said.replace("<b>{}</b> ({})", "<b>70.0%</b> (prompt + cache adapter)") in first
+    shown = invoke("show", "run", "--runs-dir", tmp_path / "runs").stdout  # as `show` says it
+    assert "test accuracy: 25.0% ('a photo of a {}.' with the start names) -> 70.0% (prompt + cache adapter)" in shown
+    # an adapter not kept: the ensemble the run chose stays what to use, and the figure its own
+    summary["adapter"]["result"] = "prompt-only"
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    first, use = boxes()
+    ensemble = summary["ensemble"]
+    assert use and use[1].startswith(f"the ensemble of {len(ensemble['templates'])} templates (it beat the best ")
+    assert said.replace("<b>{}</b> ({})", f"<b>{pct(ensemble['accuracy']['test'])}</b> "
+                                          f"(ensemble of {len(ensemble['templates'])})") in first
+    del summary["baseline"]  # a run written before the baseline was kept: no such line
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    assert "test accuracy:" not in boxes()[0]
+
+
 def test_report_writes_through_a_symlink_and_to_stdout(tmp_path, monkeypatch):
     run_dir = make_run(tmp_path)
     monkeypatch.chdir(tmp_path)  # where a file named "-" would be written
@@ -868,6 +908,110 @@ def test_show_says_a_names_turn_cut_off_by_a_stop_has_not_decided(tmp_path, monk
     with run_lock(run_dir):
         running = invoke("show", run_dir.name, "--runs-dir", runs).stdout
     assert f"  {first}kept nothing so far\n" in running
+
+
+def names_turns_said(html: str) -> str:
+    """The report's "Names turns" section, its whitespace collapsed ('' where it has none)."""
+    section = html.split("<h2>Names turns</h2>")[1].split("<h2>")[0] if "<h2>Names turns</h2>" in html else ""
+    return " ".join(section.split())
+
+
+def test_the_report_says_what_each_names_turn_asked_about_and_kept_as_show_does(tmp_path, monkeypatch):
+    """The report had no names turns: a run killed after a turn kept Trouser -> jeans never said
+    which names were found or kept (`show` did), and a finished one never marked which of a
+    turn's proposals was kept (its answer's table lists them all, unmarked)."""
+    from test_names import climb, scripted
+
+    monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
+    with FakeLLM(responder=scripted(["Trouser: slacks\nTrouser: jeans\nTrouser: pants\nDress: {x}"])) as fake:
+        _, _, run_dir = climb(tmp_path, fake.base_url, search="both", proposals=5)
+    runs = tmp_path / "runs"
+    shutil.copytree(run_dir, runs / "early")
+    asked = "Answer 1 (restart 1, reset 1, iteration 1): asked about Trouser, T-shirt/top, Dress;"
+
+    def report(name):
+        return invoke("report", name, "--runs-dir", runs, "-o", "-").stdout
+
+    html = report(run_dir.name)
+    said = names_turns_said(html)
+    assert f"{asked} kept <b>Trouser → jeans</b>; 3 scored, 1 refused" in said
+    assert re.findall(r'<td class="num">[\d.]+%</td><td>(.*?)</td>', said) == \
+        ['Trouser → jeans <span class="up">kept</span>', "Trouser → pants", "Trouser → slacks"]
+    assert "refused: 1 braces" in said
+    answer = html.split("<h2>Iteration by iteration</h2>")[1]  # the answer's own table marks it too
+    assert '<code>Trouser -&gt; jeans</code> <span class="up">kept</span>' in answer
+    assert '<code>Trouser -&gt; pants</code></td>' in answer
+    # killed after the turn kept jeans: what it found and kept is said, as `show` says it
+    cut_history(run_dir, lambda e: e["event"] == "names_change")
+    assert f"{asked} kept <b>Trouser → jeans</b>; 3 scored, 1 refused" in names_turns_said(report(run_dir.name))
+    # killed before the guard answered: its decision is still to come
+    cut_history(runs / "early", lambda e: e["event"] == "name_score")
+    assert f"{asked} kept nothing so far (the run stopped in this turn: a resume goes on from it);" in \
+        names_turns_said(report("early"))
+
+
+def test_the_reports_names_turns_say_a_cut_by_the_budget_and_a_combination_not_kept(tmp_path, monkeypatch):
+    """The lines `show` writes under a names turn cut by the budget, or one that kept a change but
+    not its combination with another, are on the page too."""
+    from test_names import climb, evaluator, scripted
+
+    monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
+    answer = scripted(["Trouser: jeans\nT-shirt/top: tee"])
+    with FakeLLM(responder=answer) as fake:  # jeans's guard question is answered, tee's not
+        _, _, run_dir = climb(tmp_path, fake.base_url, name="cut", caps={"max_tokens": 40})
+    said = names_turns_said(invoke("report", "cut", "--runs-dir", tmp_path / "runs", "-o", "-").stdout)
+    assert "kept <b>Trouser → jeans</b>; 2 scored, 1 refused" in said and "refused:" not in said
+    assert ("cut by the budget (max tokens (40) reached): the drift guard could not finish its questions about "
+            "T-shirt/top → tee (31.8%), so not kept; the search stopped here") in said
+    ev = evaluator()
+    report = ev.class_report
+
+    def tee_takes_the_trousers(template, classnames, split):  # the pair alone: jeans images read as tees
+        out = report(template, classnames, split)
+        if classnames and {"tee", "jeans"} <= set(classnames):
+            out[1] = replace(out[1], predicted=(out[1].count, 0, 0, 0))
+        return out
+
+    ev.class_report = tee_takes_the_trousers
+    with FakeLLM(responder=answer) as fake:
+        climb(tmp_path, fake.base_url, name="pair", ev=ev)
+    said = names_turns_said(invoke("report", "pair", "--runs-dir", tmp_path / "runs", "-o", "-").stdout)
+    assert ("not combined: Trouser → jeans, T-shirt/top → tee (own images lost: Trouser: right on train and val: "
+            "2 -&gt; 0)") in said
+
+
+def test_compare_tells_an_unfinished_names_runs_renamed_winner_from_the_same_text_with_the_start_names(
+        tmp_path, monkeypatch):
+    """A names run killed after a turn kept Trouser -> jeans, beside a run of the start names:
+    the template both list (scored with jeans in one, Trouser in the other) was "shared among
+    the winners", and no note said A renamed anything (its result's names table, read for the
+    note, is written when a run ends)."""
+    from test_reading import make_names_run
+
+    monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
+    names_dir, _ = make_names_run(tmp_path)
+    runs = tmp_path / "runs"
+    shutil.copytree(names_dir, runs / "start")
+    cut_history(names_dir, lambda e: e["event"] == "names_change" and e["call"] == 0)
+    cut_history(runs / "start", lambda e: e["event"] == "score" and e.get("call") is None)  # its pool alone
+    shutil.copytree(names_dir, runs / "again")
+    records = json.loads(invoke("compare", names_dir.name, "start", "--runs-dir", runs, "--format", "json").stdout)
+    assert [records[0][k] for k in ("A template", "A names", "B template", "B names")] == \
+        ["a photo of a {}.", "Trouser -> jeans", "a photo of a {}.", ""]
+
+    def compared(other):
+        lines = invoke("compare", names_dir.name, other, "--runs-dir", runs).stdout.splitlines()
+        at = next(i for i, line in enumerate(lines) if line.startswith("shared among the winners: "))
+        listed = [line.strip() for line in lines[at + 1:] if line.startswith("  ")]
+        return lines[at], listed, [line for line in lines if line.startswith("note: ")]
+
+    head, listed, notes = compared("start")
+    assert head == "shared among the winners: 3" and "a photo of a {}." not in listed
+    assert notes == [f"note: A ({names_dir.name}) renamed 1 of 4 classes so far (Trouser -> jeans): row 1 with the "
+                     "names its search found; rows 2, 3, 4 with the start names."]
+    head, listed, notes = compared("again")  # the same prompt in both: the template with the same names
+    assert head == "shared among the winners: 4" and "a photo of a {}. (with Trouser -> jeans)" in listed
+    assert len(notes) == 2
 
 
 def test_show_conversation_csv_of_a_soft_prompt_run_has_no_messages(tmp_path):

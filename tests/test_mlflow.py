@@ -29,7 +29,7 @@ from test_search import KEY, POOL, responder  # noqa: E402
 from promptclimb.agent.cli import cli  # noqa: E402
 from promptclimb.agent.core.errors import PromptclimbError  # noqa: E402
 from promptclimb.agent.llm.client import LLMClient  # noqa: E402
-from promptclimb.agent.runs.reading import load_run  # noqa: E402
+from promptclimb.agent.runs.reading import load_run, result_said  # noqa: E402
 from promptclimb.agent.runs.store import RunStore  # noqa: E402
 from promptclimb.agent.search import HillClimber, SearchConfig  # noqa: E402
 from promptclimb.agent.tracking import Tracker, sync_run, sync_sweep  # noqa: E402
@@ -115,8 +115,9 @@ def mlflow_sync(*args):
     return CliRunner().invoke(cli, ["mlflow-sync", *map(str, args)])
 
 
-def history(client, run_id, key) -> list[tuple[int, float]]:
-    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+def history(client, run_id, key, pool: bool = False) -> list[tuple[int, float]]:
+    """(step, value) of each answer's metric `key`; `pool`: and the initial pool's best, step -1."""
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key) if pool or m.step >= 0)
 
 
 def linked_run_id(run_dir: Path, uri: str) -> str:
@@ -154,21 +155,31 @@ def test_sync_logs_settings_curves_results_files_and_the_winning_prompt(tmp_path
         "dataset": "toy", "backbone": "ViT-B-32 (openai)", "shots": "1", "seed": "0", "llm": "gpt-4o-mini"}
     assert not any("TOPSECRET" in v for v in [*params.values(), *tags.values()])
 
-    # one value per LLM answer, at steps 0..n-1; the best so far is the reader's
+    # one value per LLM answer, at steps 0..n-1; the best so far is the reader's; the curves
+    # start at the initial pool's best, at step -1 (they started at the first answer)
     for key in ANSWER_METRICS:
-        assert [step for step, _ in history(client, run_id, key)] == list(range(answers)), key
+        pool = [-1] if key.startswith("best_") else []
+        assert [step for step, _ in history(client, run_id, key, pool=True)] == pool + list(range(answers)), key
     reader = load_run(run_dir).iterations()
     curve = [v for _, v in history(client, run_id, "best_train_accuracy")]
     assert curve == [it["best_so_far"] for it in reader] and curve[0] < curve[1] == curve[-1]
+    scores = load_run(run_dir).ranked()
+    pool_best = scores[scores["x"] == 0].iloc[0]  # scored before the first answer
+    for split in ("train", "val"):
+        assert history(client, run_id, f"best_{split}_accuracy", pool=True)[0] == (-1, pool_best[split]), split
     assert [v for _, v in history(client, run_id, "new_proposals")] == [len(it["scored"]) for it in reader]
     assert [v for _, v in history(client, run_id, "refused_proposals")] == [len(it["rejected"]) for it in reader]
     assert sum(v for _, v in history(client, run_id, "refused_proposals")) > 0
     assert sum(v for _, v in history(client, run_id, "completion_tokens")) == summary["ledger"]["completion_tokens"]
-    # the final test accuracies
+    # the final test accuracies: the result's (what `runs` lists), the baseline's
     metrics = run.data.metrics
     assert metrics["best_test_accuracy"] == summary["best"]["accuracy"]["test"]
-    assert metrics["ensemble_test_accuracy"] == summary["ensemble"]["accuracy"]["test"]
-    assert "adapter_test_accuracy" not in metrics  # no adapter was fit
+    ensemble = "ensemble_test_accuracy" if summary["winner"] == "ensemble" else "ensemble_candidate_test_accuracy"
+    assert metrics[ensemble] == summary["ensemble"]["accuracy"]["test"]
+    assert (tags["promptclimb.result"], metrics["result_test_accuracy"]) == result_said(summary)
+    assert metrics["baseline_test_accuracy"] == summary["baseline"]["accuracy"]["test"]
+    assert not any(key.startswith("adapter_") for key in metrics)  # no adapter was fit
+    assert "promptclimb.names" not in tags  # a template search: no names searched
     # the run folder's files
     assert {a.path for a in client.list_artifacts(run_id)} == RUN_FILES
     logged = Path(client.download_artifacts(run_id, "summary.json", str(tmp_path / "down")))
@@ -192,6 +203,7 @@ def test_sync_logs_settings_curves_results_files_and_the_winning_prompt(tmp_path
     assert linked_run_id(run_dir, server) == run_id and "0 answers logged now" in again.output
     for key in (*ANSWER_METRICS, "best_test_accuracy"):
         assert len(history(client, run_id, key)) == (1 if key == "best_test_accuracy" else answers), key
+    assert len(history(client, run_id, "best_val_accuracy", pool=True)) == answers + 1  # the pool's once
     assert int(client.load_prompt(f"prompts:/{name}@latest").version) == int(version)  # no second version
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
@@ -313,6 +325,8 @@ def test_a_live_tracker_logs_each_answer_as_the_next_one_comes(tmp_path, server,
     reader = load_run(run_dir).iterations()
     assert [v for _, v in history(client, run_id, "best_train_accuracy")] == [it["best_so_far"] for it in reader]
     assert [v for _, v in history(client, run_id, "new_proposals")] == [len(it["scored"]) for it in reader]
+    pool = history(client, run_id, "best_train_accuracy", pool=True)[0]
+    assert pool[0] == -1 and pool[1] <= reader[0]["best_so_far"]  # where the curve starts, logged live
     assert RUN_FILES - {"curve.png"} <= {a.path for a in client.list_artifacts(run_id)}
 
     # the same run again (a resume): the same MLflow run, nothing logged twice
@@ -320,7 +334,7 @@ def test_a_live_tracker_logs_each_answer_as_the_next_one_comes(tmp_path, server,
         _, _, again = climb(tmp_path, fake.base_url, "live",
                             lambda store: Tracker.attach(store, server, warnings.append, "live"))
     assert again == run_id and warnings[1:] == [f"MLflow: continuing run {run_id} at {server}"]
-    assert [step for step, _ in history(client, run_id, "best_train_accuracy")] == [0, 1, 2]
+    assert [step for step, _ in history(client, run_id, "best_train_accuracy", pool=True)] == [-1, 0, 1, 2]
 
 
 def test_the_best_so_far_of_a_names_search_never_falls_and_each_answer_is_logged_with_its_final_value(
@@ -434,7 +448,7 @@ def test_search_with_the_mlflow_option_logs_its_run_and_a_resume_continues_it(tm
                  "--pool-sample", 6, "--max-tries", 1, "--no-cache", "--mlflow", server)
     assert cut.exit_code == 1 and "--resume" in cut.output and "warning" not in cut.output
     run_id = linked_run_id(run_dir, server)
-    assert client.get_run(run_id).info.status == "KILLED"
+    assert client.get_run(run_id).info.status == "FAILED"  # a failure, not a Ctrl-C (KILLED)
     # the search's last sync, its own lock still held: not "running" for good (`runs` says unfinished)
     assert client.get_run(run_id).data.tags["promptclimb.status"] == "unfinished"
     assert f"MLflow: run {run_id} at {server}\n" in cut.output  # where it went, as mlflow-sync says
@@ -664,7 +678,8 @@ def test_an_adapter_fitted_again_after_a_sync_is_the_latest_adapter_accuracy(tmp
     summary = json.loads((run_dir / "summary.json").read_text())
 
     def adapt_and_sync(accuracy: float) -> float:
-        summary["adapter"] = {"kind": "residual-logits", "accuracy": {"train": 1.0, "val": 0.9, "test": accuracy}}
+        summary["adapter"] = {"kind": "residual-logits", "accuracy": {"train": 1.0, "val": 0.9, "test": accuracy},
+                              "result": "adapter"}
         (run_dir / "summary.json").write_text(json.dumps(summary))
         synced = mlflow_sync("adapted", "--runs-dir", tmp_path / "runs", "--tracking-uri", server, "--experiment", "a")
         assert synced.exit_code == 0, synced.output
@@ -907,3 +922,126 @@ def test_a_sweep_with_a_damaged_cell_creates_nothing_and_a_failing_cell_fails_it
     monkeypatch.setattr(tracking, "sync_run", c2_fails)
     assert_one_error_line(mlflow_sync(sweep, "--tracking-uri", uri))
     assert MlflowClient(uri).get_run(linked_run_id(sweep, uri)).info.status == "FAILED"
+
+
+# -- what a run kept, when it ran, the names it found, where its curves start ----------------------
+@pytest.mark.parametrize("kept", ["best template", "ensemble", "adapter"])
+def test_the_result_is_said_and_an_ensemble_or_adapter_not_kept_is_a_candidate(tmp_path, fake, kept):
+    """An ensemble the search did not choose, an adapter that did not beat the prompt on val,
+    were logged as ensemble_ and adapter_test_accuracy, as if they were the result, and no
+    metric or tag said which was: the result is result_test_accuracy and the promptclimb.result
+    tag (what `runs` says), the others `<name>_candidate_test_accuracy`."""
+    run_dir = finished_run(fake, tmp_path / "runs", "kept")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["winner"] = "ensemble" if kept == "ensemble" else "best"
+    summary["ensemble"]["chosen"] = kept == "ensemble"
+    summary["ensemble"]["accuracy"]["test"] = 0.61
+    summary["adapter"] = {"kind": "residual-logits", "accuracy": {"train": 1.0, "val": 0.9, "test": 0.72},
+                          "result": "adapter" if kept == "adapter" else "prompt-only"}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    uri = sqlite_uri(tmp_path / "store")
+    run = MlflowClient(uri).get_run(sync_run(run_dir, uri).run_id)
+    metrics, tags = run.data.metrics, run.data.tags
+    what, result = {"best template": ("best template", summary["best"]["accuracy"]["test"]),
+                    "ensemble": (f"ensemble of {len(summary['ensemble']['templates'])}", 0.61),
+                    "adapter": ("prompt + residual-logits adapter", 0.72)}[kept]
+    assert (tags["promptclimb.result"], metrics["result_test_accuracy"]) == (what, result) == result_said(summary)
+    assert metrics["best_test_accuracy"] == summary["best"]["accuracy"]["test"]
+    assert metrics["baseline_test_accuracy"] == summary["baseline"]["accuracy"]["test"]
+    for name, value in (("ensemble", 0.61), ("adapter", 0.72)):
+        key, other = f"{name}_test_accuracy", f"{name}_candidate_test_accuracy"
+        if kept != name:
+            key, other = other, key
+        assert metrics[key] == value and other not in metrics, (name, sorted(metrics))
+
+
+def run_times(run_dir: Path) -> tuple[int, int]:
+    """(start, end) in ms as the run folder has them: config.json's `created` (or its first
+    event, where that is earlier) and its last event."""
+    run = load_run(run_dir)
+    times = [float(e["time"]) for e in run.events]
+    return int(min(run.created.timestamp(), times[0]) * 1000), int(max(times) * 1000)
+
+
+def test_a_sync_afterwards_starts_and_ends_the_mlflow_run_when_the_run_did_and_a_sweep_spans_its_cells(tmp_path,
+                                                                                                     fake):
+    """mlflow-sync created the MLflow run at the time of the sync, after the run's end (a
+    negative duration); a sweep's parent run started after its cells had ended, and its end
+    moved to the time of each sync."""
+    sweep, uri = tmp_path / "runs" / "grid", sqlite_uri(tmp_path / "store")
+    for cell in ("c1", "c2"):
+        finished_run(fake, sweep, cell)
+    (sweep / "sweep.json").write_text(json.dumps({"grid": {"dataset": ["toy"]}, "search": {}, "cells": ["c1", "c2"]}))
+    time.sleep(1.1)  # a sync well after the cells ended
+    client = MlflowClient(uri)
+    alone = client.get_run(sync_run(sweep / "c1", uri).run_id).info
+    assert (alone.start_time, alone.end_time) == run_times(sweep / "c1") and alone.start_time < alone.end_time
+    parent = client.get_run(sync_sweep(sweep, uri).run_id).info
+    (start1, end1), (start2, end2) = run_times(sweep / "c1"), run_times(sweep / "c2")
+    assert (parent.start_time, parent.end_time) == (min(start1, start2), max(end1, end2))
+    cell = client.get_run(linked_run_id(sweep / "c2", uri)).info
+    assert (cell.start_time, cell.end_time) == (start2, end2)
+    time.sleep(0.1)
+    again = client.get_run(sync_sweep(sweep, uri).run_id).info
+    assert (again.start_time, again.end_time) == (parent.start_time, parent.end_time)  # not the time of the sync
+
+
+def test_the_names_a_names_search_found_are_a_tag_of_its_mlflow_run_kept_live(tmp_path, monkeypatch):
+    """The class names found were only on the registered prompt version and in summary.json:
+    the run says them in its promptclimb.names tag, as its best's renames, as each is kept."""
+    from test_reading import make_names_run
+
+    from promptclimb.agent.core.classnames import renames
+    from promptclimb.agent.tracking import Mirror
+
+    monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
+    run_dir, _ = make_names_run(tmp_path)
+    lines = (run_dir / "history.jsonl").read_text().splitlines(keepends=True)
+    summary = (run_dir / "summary.json").read_bytes()
+    (run_dir / "summary.json").unlink()
+    kept = {e["_line"]: e["names"] for e in load_run(run_dir).events if e["event"] == "names_change"}
+    assert len(kept) == 2
+    uri, said = sqlite_uri(tmp_path / "store"), []
+    (run_dir / "history.jsonl").write_text("".join(lines[:min(kept) - 1]))
+    mirror = Mirror.open(run_dir, uri, "names")
+    mirror.sync(writing=True, files=False)
+    client = MlflowClient(uri)
+    for n in range(min(kept), len(lines) + 1):  # the folder as a live tracker sees it after each event
+        (run_dir / "history.jsonl").write_text("".join(lines[:n]))
+        mirror.follow(load_run(run_dir))
+        said.append(client.get_run(mirror.run_id).data.tags["promptclimb.names"])
+    start = load_run(run_dir).start_names
+    first, second = (renames(start, kept[line]) for line in sorted(kept))
+    assert first == "Trouser -> jeans" and second == "T-shirt/top -> tee; Trouser -> jeans"
+    assert said[0] == first and said[sorted(kept)[1] - min(kept)] == said[-1] == second
+    (run_dir / "summary.json").write_bytes(summary)
+    synced = sync_run(run_dir, uri)
+    names = json.loads(summary)["best"]["names"]
+    assert client.get_run(synced.run_id).data.tags["promptclimb.names"] == renames(start, names) == second
+
+
+def test_a_soft_prompt_run_logs_its_prompt_s_accuracy_per_step(tmp_path, request):
+    """A craft run logged no curve at all (its history has optimizer steps, no LLM answers):
+    its prompt's train and val accuracy per step, live; not best_*: its prompt may fall."""
+    pytest.importorskip("torch")
+    for fixture in ("tiny_clip_config", "tiny_clip_weights", "image_folder", "torch_threads"):
+        request.getfixturevalue(fixture)
+    from promptclimb.agent.softsearch import steps_table
+
+    uri, runs = sqlite_uri(tmp_path / "store"), tmp_path / "runs"
+    result = CliRunner().invoke(cli, [
+        "search", "--dataset", "imagefolder", "--data-root", str(request.getfixturevalue("image_folder")),
+        "--shots", "2", "--backbone", request.getfixturevalue("tiny_clip_config"), "--weights",
+        str(request.getfixturevalue("tiny_clip_weights")), "--device", "cpu", "--runs-dir", str(runs), "--name",
+        "soft", "--optimizer", "craft", "--queries", "12", "--craft-popsize", "4", "--mlflow", uri])
+    assert result.exit_code == 0, result.output
+    client, run = MlflowClient(uri), load_run(runs / "soft")
+    run_id = linked_run_id(runs / "soft", uri)
+    steps = steps_table(run.events)
+    assert len(steps) == 4  # step 0, the initial prompt, then 3 generations
+    for key, split in (("prompt_train_accuracy", "train"), ("prompt_val_accuracy", "val")):
+        assert history(client, run_id, key) == [(row["step"], row[split]) for row in steps], key
+    held = client.get_run(run_id)
+    assert held.info.status == "FINISHED" and "best_train_accuracy" not in held.data.metrics
+    assert (held.data.tags["promptclimb.result"], held.data.metrics["result_test_accuracy"]) == \
+        result_said(run.summary)

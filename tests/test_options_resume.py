@@ -85,6 +85,30 @@ def test_a_confirm_that_would_change_the_run_is_still_refused(search):
     one_line_error(search("--confirm", "off", "--resume", "run"), "--confirm off (the run's: val)")
 
 
+def test_a_no_cache_run_resumed_asks_its_llm_again_unless_told_cache(search):
+    """--no-cache was this session's only: a run stopped and resumed with the command it printed
+    read the rest of its answers from the cache, and ended as a copy of another run that had
+    asked the same (a measure of the LLM's variance, silently undone)."""
+    assert search(name="a").exit_code == 0  # the cache holds every answer these runs ask
+    assert search("--no-cache", name="b").exit_code == 0
+    assert config(search, "b")["llm"]["no_cache"] is True and config(search, "a")["llm"]["no_cache"] is False
+
+    def cut(name):  # stopped before its last answer was recorded
+        history = search.runs / name / "history.jsonl"
+        lines = history.read_text().splitlines(keepends=True)
+        history.write_text("".join(lines[:max(i for i, line in enumerate(lines) if '"llm_exchange"' in line)]))
+        (search.runs / name / "summary.json").unlink()
+
+    cut("b")
+    asked = search.fake.count
+    resumed = search("--resume", "b", name="b")
+    assert resumed.exit_code == 0, resumed.output
+    assert search.fake.count == asked + 1  # asked anew, as the run was started
+    cut("b")
+    assert search("--resume", "b", "--cache", name="b").exit_code == 0
+    assert search.fake.count == asked + 1  # --cache given: read from the cache
+
+
 def test_a_refused_parallel_says_why_and_our_meta_prompt_folder_given_is_the_runs(search):
     """--parallel 2 was refused for "the number of LLM turns", which it does not change; the
     folder of our own meta-prompts given to a run that read them was "(the run's: none)"."""

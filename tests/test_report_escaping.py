@@ -44,3 +44,16 @@ def test_llm_text_in_the_report_is_escaped(tmp_path):
     assert "a &lt;b&gt;grayscale&lt;/b&gt; photo &amp; a {}." in html
     assert re.search(r"&lt;script&gt;alert\((&#39;|&#x27;)pwned(&#39;|&#x27;)\)&lt;/script&gt;", html)
     assert "Tom &amp; Jerry say &lt;img src=x onerror=alert(1)&gt; &amp;amp; goodbye" in html
+
+
+def test_names_an_llm_proposed_are_escaped_in_the_reports_names_turns(tmp_path, monkeypatch):
+    """The page's "Names turns" lists the names the LLM proposed: text, never markup."""
+    from test_names import climb, scripted
+
+    monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
+    with FakeLLM(responder=scripted(["Dress: <img src=x onerror=alert(1)> & gown\nTrouser: jeans"])) as fake:
+        _, _, run_dir = climb(tmp_path, fake.base_url, search="both")
+    html = write_report(load_run(run_dir)).read_text()
+    turns = html.split("<h2>Names turns</h2>")[1].split("<h2>")[0]
+    assert "Dress → &lt;img src=x onerror=alert(1)&gt; &amp; gown</td>" in turns
+    assert "<img src=x" not in html and not re.search(r"<img [^>]*src=\"?x", html)

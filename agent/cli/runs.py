@@ -18,7 +18,7 @@ import pandas as pd
 
 from promptclimb.agent.api import load_run, on_stderr, transfer, transfer_table
 from promptclimb.agent.core.defaults import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS
-from promptclimb.agent.core.classnames import PUBLISHED, first_renames, renames
+from promptclimb.agent.core.classnames import PUBLISHED, first_renames, renamed_pairs, renames
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.cli.errors import user_errors
 from promptclimb.agent.cli.params import TableText
@@ -239,7 +239,10 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
     literal = markdown_text if markdown else (lambda s: s)
     out = [f"# {literal(headline(run))}" if markdown else headline(run)]  # a run named my_*best* is no markup
     if run.status == "unfinished":  # killed, or stopped by a failure: nothing else tells a reader how to go on
-        resume = shell_command("search", "--resume", run_argument(run.path))
+        from promptclimb.agent.tracking import linked_store  # the MLflow run it continues, where it has one
+
+        store = linked_store(run.path)
+        resume = shell_command("search", "--resume", run_argument(run.path), *(["--mlflow", store] if store else []))
         out.append(("\n" if markdown else "") + f"continue it with: {code(resume)}")  # markdown: a paragraph of its own
     baseline = ((run.final or {}).get("baseline") or {}).get("accuracy", {}).get("test")
     result, result_test = result_said(run.final)
@@ -661,15 +664,23 @@ def compare_cmd(run1, run2, top, runs_dir, fmt):
     click.echo(as_text(frame, fmt, percent=("A train", "A test", "B train", "B test")))
     # a soft prompt is learned vectors: two that read alike (`<soft: a photo of a> {class}.`) are not shared
     soft = [is_soft_prompt_run(run.config) for run in (a, b)]
-    shared = set() if any(soft) else set(wa["template"]) & set(wb["template"])
-    shared.discard(None)
-    shared = {t for t in shared if not str(t).startswith("ensemble of")}
+    shared = set() if any(soft) else winning_prompts(wa) & winning_prompts(wb)
     # in markdown, list items (lines in a row would run into one paragraph) of escaped text
     item, literal = ("- ", markdown_text) if fmt == "markdown" else ("", lambda text: text)
     click.echo(f"\n{item}shared among the winners: {len(shared)}"
-               + "".join(f"\n  {item}{literal(t)}" for t in sorted(shared)))
+               + "".join(f"\n  {item}{literal(t)}{literal(f' (with {names})') if names else ''}"
+                         for t, names in sorted(shared)))
     for note in compare_notes(a, b, literal, top):
         click.echo(f"{item}note: {note}")
+
+
+def winning_prompts(winners: pd.DataFrame) -> set[tuple[str, str]]:
+    """A run's winners (`Run.winners`) as prompts, (template, the classes renamed): a template
+    scored with renamed classes is another prompt than the same text with the start names (it
+    was listed as shared, beside test figures apart); the ensemble's row is no template."""
+    names = winners["names"].fillna("") if "names" in winners else [""] * len(winners)
+    return {(t, n) for t, n in zip(winners["template"], names)
+            if isinstance(t, str) and not t.startswith("ensemble of")}
 
 
 def compare_notes(a: Run, b: Run, literal: Callable[[str], str] = lambda text: text, top: int = 5) -> list[str]:
@@ -710,12 +721,16 @@ def scored_with(winners: pd.DataFrame) -> str:
 
 
 def renamed_classes(run: Run) -> str:
-    """The classes a run's names search renamed, as 'n of N classes (a -> b, ...)'; '' when none."""
+    """The classes a run's names search renamed, as 'n of N classes (a -> b, ...)'; '' when none:
+    its result's names table, else (a run not ended has none yet, and said nothing while its
+    best rows were scored with other names) the names it holds so far (`held_names`)."""
     names = run.names()
-    if names.empty or not names["changed"].any():
-        return ""
-    changed = [(r["start"], r["found"]) for _, r in names[names["changed"]].iterrows()]
-    return f"{len(changed)} of {len(names)} classes ({first_renames(changed)})"
+    if not names.empty:
+        changed = [(r["start"], r["found"]) for _, r in names[names["changed"]].iterrows()]
+        return f"{len(changed)} of {len(names)} classes ({first_renames(changed)})" if changed else ""
+    start = run.start_names or []
+    changed = renamed_pairs(start, run.held_names)
+    return f"{len(changed)} of {len(start)} classes so far ({first_renames(changed)})" if changed else ""
 
 
 SPLITS_COMPARED = ("train", "val", "test")  # not "unlabeled" (--metric balance): no accuracy is measured on it

@@ -50,7 +50,9 @@ class LLMSettings:
     local LLM, embedded or `promptclimb llm serve`, so either answers the other's run; None in
     runs recorded before it, which asked a served local LLM as `local`); `secrets_left_out`:
     the endpoint's URL held a password or key, which `base_url` leaves out, so a resume that
-    still has LLM turns to ask needs the URL given again."""
+    still has LLM turns to ask needs the URL given again. `no_cache`: the run reads and writes
+    no LLM cache (--no-cache); its resume keeps that unless --cache is given (a resume that read
+    the cache ended as a copy of another run that had asked the same)."""
 
     model: str
     local: bool = False
@@ -61,6 +63,7 @@ class LLMSettings:
     served_model: str | None = None
     request_model: str | None = None
     secrets_left_out: bool = False
+    no_cache: bool = False
 
     @classmethod
     def from_config(cls, recorded: dict) -> "LLMSettings":

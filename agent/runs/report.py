@@ -20,12 +20,17 @@ from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.files import write_text_atomic
 from promptclimb.agent.core.format import moment, pct, shots_said
 from promptclimb.agent.core.paths import prompts_dir
+from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.runs.compact import CLASSES_IN_FULL, confusion_matrix
-from promptclimb.agent.runs.reading import Run
+from promptclimb.agent.runs.reading import Run, result_said
+from promptclimb.agent.runs.store import kept_result
 from promptclimb.agent.softsearch import STEPS_LOST, is_soft_prompt_run, steps_shown, steps_table
 
-from promptclimb.agent.core.runfiles import CONFIG, REPORT, SWEEP_FILE
+from promptclimb.agent.core.runfiles import ADAPTER_FILE, CONFIG, REPORT, SWEEP_FILE
+from promptclimb.agent.core.templates import BASELINE
+
 TEMPLATE = "report.html.j2"
+NAMES_SHOWN = 5  # proposals listed per names turn, the kept ones first (as `show` lists them)
 
 
 def _clean(value):
@@ -89,11 +94,10 @@ def render(run: Run, plot_png: Path | None = None) -> str:
     labels = names_table.get("start") or []
     many = len(labels) > CLASSES_IN_FULL
     soft = is_soft_prompt_run(run.config)  # no LLM answers or conversation: its steps instead
-    summary = run.summary or {}
-    # what to use, as summary.json says it: the ensemble when it beat the best template on val
-    use = summary.get("ensemble") if summary.get("winner") == "ensemble" else None
+    turns = names_turns_shown(run)
     return env.get_template(TEMPLATE).render(
-        use=use,
+        use=what_to_use(run.final), baseline=baseline_said(run.final),
+        names_turns=turns, kept_changes={t["call"]: [f"{c['from']} -> {c['to']}" for c in t["kept"]] for t in turns},
         soft=soft, steps=steps_shown(steps_table(run.events)) if soft else [], steps_lost=STEPS_LOST,
         names=run.names().to_dict("records"), class_labels=labels,
         confusion={} if many else confusion,
@@ -103,6 +107,58 @@ def render(run: Run, plot_png: Path | None = None) -> str:
         config_json=json.dumps(config, indent=2, ensure_ascii=False),
         generated=moment(),
     )
+
+
+def what_to_use(summary: dict | None) -> dict | None:
+    """The run's result where it is not its best template alone, as summary.json keeps it and
+    `runs` and `show` say it (`kept_result`, `result_said`): the ensemble chosen on val, or the
+    adapter kept on top of the prompt (its figure was a row of a table further down); None for
+    the best template, which the page's first box says."""
+    what, _ = result_said(summary)
+    if what in (None, "best template"):
+        return None
+    result = kept_result(summary)
+    if result is summary.get("ensemble"):
+        return {"what": f"the ensemble of {len(result.get('templates') or [])} templates",
+                "why": "it beat the best template alone on val", "templates": result.get("templates") or [],
+                "accuracy": result.get("accuracy") or {}}
+    # an adapter fit with `adapt --on ensemble` sits on the ensemble's templates: it beat those alone
+    on = result.get("templates") or []
+    alone = f"the ensemble of {len(on)} templates" if result.get("on") == "ensemble" else "the prompt"
+    return {"what": f"the {what}", "why": f"{result.get('file', ADAPTER_FILE)}; it beat {alone} alone on val",
+            "templates": on, "accuracy": result.get("accuracy") or {}}
+
+
+def baseline_said(final: dict | None) -> dict | None:
+    """Where the search started and where it ended, on test, as `show` says it: "a photo of a
+    {}." with the start names (summary.json "baseline") -> the run's result; None for a run
+    whose result holds no baseline (older, or not ended)."""
+    start = (((final or {}).get("baseline") or {}).get("accuracy") or {}).get("test")
+    what, test = result_said(final)
+    if start is None or test is None:
+        return None
+    return {"template": BASELINE, "start": start, "result": what, "test": test}
+
+
+def names_turns_shown(run: Run) -> list[dict]:
+    """`Run.names_turns()` as `show` lists them (the same reader): each turn with its best
+    `NAMES_SHOWN` proposals, the kept ones first and marked (a kept name tied with others could
+    not be told apart), its refused names counted by reason, and `undecided`: the last turn of a
+    run not ended that kept nothing yet, whose decision may be still to come (keeping nothing
+    writes no event)."""
+    open_turn = run.open_turn() if run.final is None else set()
+    out = []
+    for turn in run.names_turns():
+        kept = {(c["from"], c["to"]) for c in turn["kept"]}
+        ranked = sorted(turn["scored"], key=lambda s: ((s["from"], s["to"]) not in kept, -s["selection"]))
+        reasons: dict[str, int] = {}
+        for r in turn["refused"]:
+            if r["reason"] != GUARD_NOT_ASKED:  # said on the turn's "cut" line
+                reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+        out.append({**turn, "shown": [{**s, "kept": (s["from"], s["to"]) in kept} for s in ranked[:NAMES_SHOWN]],
+                    "reasons": reasons,
+                    "undecided": turn["call"] in open_turn and not turn["kept"] and not turn["cut"]})
+    return out
 
 
 def largest_confusions(confusion: dict[str, list[list[int]]], labels: list[str],
