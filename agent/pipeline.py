@@ -98,26 +98,30 @@ class Plan:
 
 
 def run_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None = None, *,
-               aside: Callable[[str], None] | None = None, bars: bool = True) -> dict:
+               aside: Callable[[str], None] | None = None, bars: bool = True,
+               stopped: Callable[[str], None] | None = None) -> dict:
     """One search: `opts` holds every setting (`agent.options.resolve`, or the command's
     parsed options); progress goes to `echo`; returns the summary. `evaluator_factory`
     builds the evaluator from the run's evaluator settings (default: the CLIP one).
     `aside`: where the lines go that the commands print on stderr beside the progress (the
     local LLM server's start, each split's image features of the CLIP evaluator; None:
     stderr); `bars`: False draws no progress bar (encoding images, assembling the local
-    model) - the API's `search(echo=...)` passes both (agent/api.py)."""
+    model) - the API's `search(echo=...)` passes both (agent/api.py). `stopped`: where the
+    lines go that say how to continue a search stopped by Ctrl-C or SIGTERM (None: `echo`; the
+    command's stderr, which `| tee log` does not cut off as it does stdout)."""
     # a search refused before it keeps a run (a bad option, dataset, names set or meta-prompt
     # found once --runs-dir exists) leaves no folder it created
     created = [] if opts["resume"] is not None else missing_folders(opts["runs_dir"])
     try:
-        return planned_search(opts, echo, evaluator_factory, aside, bars)
+        return planned_search(opts, echo, evaluator_factory, aside, bars, stopped)
     except BaseException:
         remove_while_empty(created)
         raise
 
 
 def planned_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None,
-                   aside: Callable[[str], None] | None = None, bars: bool = True) -> dict:
+                   aside: Callable[[str], None] | None = None, bars: bool = True,
+                   stopped: Callable[[str], None] | None = None) -> dict:
     """`run_search` once the folders it may create are noted."""
     if opts["resume"] is not None:
         plan = resumed_run(opts, echo)
@@ -138,7 +142,7 @@ def planned_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None,
         # the CLIP evaluator says what it encoded or reused where the search says it (a factory
         # given by the caller builds its own evaluator)
         factory = evaluator_factory or partial(default_evaluator_factory, echo=aside, bars=bars)
-        with resume_hint_on_interrupt(store, opts.get("mlflow"), echo):
+        with resume_hint_on_interrupt(store, opts.get("mlflow"), stopped or echo):
             with warnings_said(echo):
                 try:
                     evaluator = load_evaluator(plan, store, opts["device"], factory, echo)

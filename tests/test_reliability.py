@@ -335,12 +335,12 @@ def test_api_errors_are_promptclimb_errors_with_a_readable_message(call, needle,
 
 
 # -- 8: interrupts and exit codes -------------------------------------------------------------------------------
-def fake_cli(*args, env: dict) -> subprocess.Popen:
+def fake_cli(*args, env: dict, stderr=subprocess.STDOUT) -> subprocess.Popen:
     # SIGINT back to its default in the child, so that Python turns it into KeyboardInterrupt
     # as a terminal's Ctrl-C: a suite started as a background job of a non-interactive shell
     # inherits SIGINT ignored, and the search would never see it.
     return subprocess.Popen([sys.executable, str(TESTS / "fake_cli.py"), *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            stdout=subprocess.PIPE, stderr=stderr, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
@@ -350,15 +350,19 @@ def test_ctrl_c_and_sigterm_on_a_search_exit_130_and_143_with_the_resume_command
     with FakeLLM(responder=responder, signal_at=2) as fake:
         env = {**os.environ, "PROMPTCLIMB_HOME": str(tmp_path / "home"), "OPENAI_API_KEY": KEY,
                "OPENAI_BASE_URL": fake.base_url}
-        child = fake_cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "t", env=env)
+        child = fake_cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "t", env=env,
+                         stderr=subprocess.PIPE)
         try:
             assert fake.reached.wait(300), "the search never reached its second LLM call"
             child.send_signal(sig)
-            output = child.communicate(timeout=60)[0]
+            stdout, stderr = child.communicate(timeout=60)
         finally:
             child.kill()
+    output = stdout + stderr
     assert child.returncode == code, output
-    assert f"interrupted; continue with: promptclimb search --resume {runs / 't'}" in output
+    # on stderr, as errors are: `search ... | tee log` dies with the same Ctrl-C, and the line was lost
+    assert f"interrupted; continue with: promptclimb search --resume {runs / 't'}" in stderr
+    assert "interrupted" not in stdout
     assert "Aborted!" not in output and "Traceback" not in output
 
 

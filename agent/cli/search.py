@@ -152,7 +152,8 @@ def search_cmd(ctx: click.Context, **opts):
     echo = (lambda msg: click.echo(msg, err=True)) if opts["as_json"] else click.echo
     factory = (ctx.obj or {}).get("evaluator_factory") if isinstance(ctx.obj, dict) else None
     try:
-        summary = run_search(opts, echo, evaluator_factory=factory)
+        # how to go on after Ctrl-C: on stderr, as errors are (`| tee log` dies with the same Ctrl-C)
+        summary = run_search(opts, echo, evaluator_factory=factory, stopped=lambda msg: click.echo(msg, err=True))
     except PromptclimbError as exc:
         raise said_from_file(exc, opts[FROM_FILE])
     if opts["as_json"]:
