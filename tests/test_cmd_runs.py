@@ -10,7 +10,6 @@ import json
 import math
 import re
 import shutil
-from dataclasses import replace
 from html import unescape
 from pathlib import Path
 
@@ -953,7 +952,7 @@ def test_the_report_says_what_each_names_turn_asked_about_and_kept_as_show_does(
 def test_the_reports_names_turns_say_a_cut_by_the_budget_and_a_combination_not_kept(tmp_path, monkeypatch):
     """The lines `show` writes under a names turn cut by the budget, or one that kept a change but
     not its combination with another, are on the page too."""
-    from test_names import climb, evaluator, scripted
+    from test_names import climb, scripted, tee_takes_the_trousers
 
     monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
     answer = scripted(["Trouser: jeans\nT-shirt/top: tee"])
@@ -963,18 +962,8 @@ def test_the_reports_names_turns_say_a_cut_by_the_budget_and_a_combination_not_k
     assert "kept <b>Trouser → jeans</b>; 2 scored, 1 refused" in said and "refused:" not in said
     assert ("cut by the budget (max tokens (40) reached): the drift guard could not finish its questions about "
             "T-shirt/top → tee (31.8%), so not kept; the search stopped here") in said
-    ev = evaluator()
-    report = ev.class_report
-
-    def tee_takes_the_trousers(template, classnames, split):  # the pair alone: jeans images read as tees
-        out = report(template, classnames, split)
-        if classnames and {"tee", "jeans"} <= set(classnames):
-            out[1] = replace(out[1], predicted=(out[1].count, 0, 0, 0))
-        return out
-
-    ev.class_report = tee_takes_the_trousers
     with FakeLLM(responder=answer) as fake:
-        climb(tmp_path, fake.base_url, name="pair", ev=ev)
+        climb(tmp_path, fake.base_url, name="pair", ev=tee_takes_the_trousers())
     said = names_turns_said(invoke("report", "pair", "--runs-dir", tmp_path / "runs", "-o", "-").stdout)
     assert ("not combined: Trouser → jeans, T-shirt/top → tee (own images lost: Trouser: right on train and val: "
             "2 -&gt; 0)") in said

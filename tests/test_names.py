@@ -591,17 +591,24 @@ def test_a_rename_that_loses_its_own_class_images_is_refused_and_the_llm_reads_w
     assert judged.best["accuracy"]["test"] < guarded.best["accuracy"]["test"]  # ... and lost on test
 
 
-def test_combined_changes_are_kept_only_where_each_class_keeps_its_own_images(tmp_path):
+def tee_takes_the_trousers() -> WordEvaluator:
+    """The names evaluator where the pair tee and jeans together, and neither alone, reads the
+    jeans images as tees (a combination each change's own score cannot show)."""
     ev = evaluator()
     report = ev.class_report
 
-    def tee_takes_the_trousers(template, classnames, split):  # the pair alone: jeans images read as tees
+    def class_report(template, classnames, split):
         out = report(template, classnames, split)
         if classnames and {"tee", "jeans"} <= set(classnames):
             out[1] = replace(out[1], predicted=(out[1].count, 0, 0, 0))
         return out
 
-    ev.class_report = tee_takes_the_trousers
+    ev.class_report = class_report
+    return ev
+
+
+def test_combined_changes_are_kept_only_where_each_class_keeps_its_own_images(tmp_path):
+    ev = tee_takes_the_trousers()
     with FakeLLM(responder=scripted(["Trouser: jeans\nT-shirt/top: tee"])) as fake:
         result, _, run_dir = climb(tmp_path, fake.base_url, ev=ev)
     assert [len(s["changes"]) for s in of(run_dir, "name_score")] == [1, 1, 2]  # the pair was scored ...
