@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from promptclimb.agent.core.classnames import renamed_pairs
+from promptclimb.agent.core.classnames import renames
 from promptclimb.agent.core.defaults import DEFAULT_PRECISION
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.format import as_text_list, not_text, one_line
@@ -452,8 +452,7 @@ def transfer(run: "Run | SearchResult | str | Path", backbone: str, *, pretraine
     # which names went with each template, in the csv a reader opens without the run: the classes
     # renamed from the start ("" for the start names)
     start_list = list(start.values()) if isinstance(start, dict) else list(start or ())
-    table["names"] = ["; ".join(f"{old} -> {new}" for old, new in renamed_pairs(start_list, names))
-                      for names in table["names"]]
+    table["names"] = [renames(start_list, names) for names in table["names"]]
     ours = table["source_rank"].notna()  # the baseline may be an extra row the run never scored
     target_sel = table[[f"target_{s}" for s in loaded.select_splits]].mean(axis=1)
     table["target_rank"] = target_sel.where(ours).rank(ascending=False, method="min")

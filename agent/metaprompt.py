@@ -140,10 +140,14 @@ class MetaPrompt:
         """`text_hash`, then the hash a run recorded before it (the tokens less comments as
         they were, the newline a tag drops kept with it): either one recorded is this text."""
         try:
-            tokens = [(kind, value) for _, kind, value in self.env.lex(path.read_text(encoding="utf-8"))]
+            text = path.read_text(encoding="utf-8")
+            # read as rendered, without a BOM (an editor that adds or drops one changes nothing sent);
+            # as read before, with it: a run that recorded such a file resumes
+            texts = dict.fromkeys([text.removeprefix("\ufeff"), text])
+            lexed = [[(kind, value) for _, kind, value in self.env.lex(t)] for t in texts]
         except (jinja2.TemplateSyntaxError, UnicodeDecodeError):
             return (sha256_of(path),)
-        return tuple(hashlib.sha256(json.dumps(kept).encode()).hexdigest()
+        return tuple(hashlib.sha256(json.dumps(kept).encode()).hexdigest() for tokens in lexed
                      for kept in (rendered_alike(tokens), [t for t in tokens if t[0] not in _NOT_RENDERED]))
 
     def changed_since(self, recorded) -> list[Path]:

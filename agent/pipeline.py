@@ -45,8 +45,8 @@ from promptclimb.agent.adapt import check_kinds
 from promptclimb.agent.options import BUDGET, LOCAL, REMOTE_DEFAULT_MODEL, recorded_value
 from promptclimb.agent.core.pools import POOLS, PoolTemplate, load_pool
 from promptclimb.agent.ranking import metric_label
-from promptclimb.agent.runs.store import (CONFIG, HISTORY, SUMMARY, RunStore, check_run_name, has_summary,
-                                          run_argument)
+from promptclimb.agent.runs.store import (CONFIG, DECODING_CHANGED, HISTORY, SUMMARY, RunStore, check_run_name,
+                                          has_summary, run_argument)
 from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.search import (DEFAULT_SEARCH, LLM_EVENTS, RECORDED_BEFORE_IT_EXISTED, SELECTIONS, HillClimber,
                                       SearchConfig)
@@ -946,8 +946,8 @@ def data_change(recorded: str | None, now: str | None) -> str:
     them (`:decoded:N` at its end, evaluators/datasets.py DECODING), which no put-back undoes."""
     decoding = re.compile(r":decoded:\d+$")
     if recorded and now and decoding.sub("", recorded) == decoding.sub("", now) and recorded != now:
-        return ("how images are decoded changed (a newer promptclimb: photos turned as their EXIF orientation "
-                "says, 10- to 14-bit images no longer read near black)")
+        return (f"{DECODING_CHANGED} (a newer promptclimb: photos turned as their EXIF orientation says, images "
+                "of more than 8 bits no longer read near black)")
     return "the data's files changed (images edited, replaced or touched)"
 
 

@@ -496,7 +496,9 @@ class Mirror:
             refresh_report(run)
             self.log_files()
         prompt = self.register_prompt(run, held.data.tags)
-        self.set_status("FINISHED" if run.final and not failed else "RUNNING" if writing else
+        # ended as `runs` says it: a final event with the adapter it asked for still missing is no end
+        ended = run.status in ("done", "stopped early")
+        self.set_status("FINISHED" if ended and not failed else "RUNNING" if writing else
                         "FAILED" if failed else "KILLED", _last_time(run))
         return Synced(self.run_id, self.experiment_id, self.key, new, prompt, held.info.artifact_uri, completed)
 

@@ -336,15 +336,13 @@ def deterministic_split(items_by_class: dict[int, list[str]], tag: str,
 
 # Part of the identity of a dataset decoded by `open_image` or `eight_bits` (its features are cached by it):
 # 2 since images of 16 or 32 bits per pixel are scaled to 8 bits, not clipped; 3 since a photo is turned as its EXIF
-# orientation says and a 16-bit image holding 10-, 12- or 14-bit values is scaled by that depth (it read near black).
+# orientation says and an integer image past 8 bits is scaled by its own brightest value (a 12-bit camera's values,
+# stored in 16 bits and divided by 65535, read near black).
 DECODING = "decoded:3"
 # What an image folder keeps where no image's header shows a change of 3 (`decoded_otherwise`): its cached features
 # are still right, and a run begun before resumes without a warning that its evaluator changed. A CoOp folder's and a
 # Hugging Face dataset's images are not all opened when loaded: they carry DECODING, encoded anew once.
 DECODING_BEFORE = "decoded:2"
-# The bit depths an integer image's values are read in: the smallest that holds its largest value (a 12-bit camera's
-# values stored in 16 bits are not scaled by 65535).
-BIT_DEPTHS = (8, 10, 12, 14, 16)
 
 
 def open_image(path: str | Path) -> Image.Image:
@@ -363,9 +361,11 @@ def eight_bits(im: Image.Image) -> Image.Image:
     """A grayscale image of 16 or 32 bits per pixel (16-bit PNG, TIFF: PIL's modes I;16, I
     and F) scaled to 8 bits ("L"); any other image as it is. PIL's own conversion to "L" or
     "RGB" clips such an image at 255, which leaves a 16-bit photo two shades. Integer images
-    are scaled by the smallest depth of `BIT_DEPTHS` that holds their largest value (values
-    that all fit 8 bits are kept as they are; past 16 bits, by the bits they use); float
-    ones in 0..1 are read as 0..1, up to 255 as 8 bits, past it as 16."""
+    whose values all fit 8 bits are kept as they are; past 8 bits, scaled so that their
+    brightest value is white, as a viewer's auto-contrast shows them (a 12-bit camera's values
+    divided by 65535 read near black). The scale follows the brightest value smoothly: scaled
+    by the bit depth it needs, two almost equal images read 4 times apart (4095 and 4096).
+    Float ones in 0..1 are read as 0..1, up to 255 as 8 bits, past it as 16."""
     if im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
         return im
     pixels = np.asarray(im, dtype=np.float64)
@@ -373,8 +373,7 @@ def eight_bits(im: Image.Image) -> Image.Image:
     if im.mode == "F":
         full = 1.0 if top <= 1.0 else 255.0 if top <= 255 else 65535.0
     else:
-        used = max(int(top), 0).bit_length()
-        full = float(2 ** next((b for b in BIT_DEPTHS if b >= used), used) - 1)
+        full = max(top, 255.0)
     return Image.fromarray(np.clip(np.rint(pixels * (255.0 / full)), 0, 255).astype(np.uint8))  # 2-D uint8: "L"
 
 
@@ -436,12 +435,20 @@ class FolderScan:
         self.decoded_otherwise |= other.decoded_otherwise
 
 
-def data_files(folder: Path, unreadable: dict[str, str], root: Path) -> list[Path]:
+def data_files(folder: Path, unreadable: dict[str, str], root: Path, data_root: Path | None = None) -> list[Path]:
     """Every data file under `folder` (`is_data`), sub-folders that are links followed as a
-    linked class folder or image is; each folder once, so a link to a folder above it ends.
-    A folder that cannot be listed goes into `unreadable` (its id relative to `root`, why)."""
+    linked class folder or image is: those to folders elsewhere. A link to a folder of the
+    data itself (`data_root`, default `root`: another class's, another split's, or one that
+    holds them) is not followed, said in `unreadable`: its images would be read under this
+    class too (in train here, in test there). Each folder once, so a loop ends. A folder that
+    cannot be listed goes into `unreadable` (its id relative to `root`, why)."""
     seen: set[tuple[int, int]] = set()
     files = []
+    inside = Path(os.path.realpath(data_root or root))
+
+    def of_the_data(link: Path) -> bool:
+        target = Path(os.path.realpath(link))
+        return target.is_relative_to(inside) or inside.is_relative_to(target)
 
     def cannot_list(exc: OSError) -> None:
         where = Path(exc.filename or folder)
@@ -453,7 +460,12 @@ def data_files(folder: Path, unreadable: dict[str, str], root: Path) -> list[Pat
             dirs[:] = []
             continue
         seen.add((stat.st_dev, stat.st_ino))
-        dirs[:] = sorted(d for d in dirs if is_data(d))
+        linked = {d for d in dirs if is_data(d) and os.path.islink(os.path.join(top, d))
+                  and of_the_data(Path(top, d))}
+        for d in sorted(linked):
+            unreadable[f"{Path(top, d).relative_to(root)}/"] = (f"a link to {os.path.realpath(os.path.join(top, d))}, "
+                                                               "a folder of the data itself: not read twice")
+        dirs[:] = sorted(d for d in dirs if is_data(d) and d not in linked)
         files += [Path(top, name) for name in sorted(names) if is_data(name)]
     return files
 
@@ -470,7 +482,7 @@ def read_header(path: Path) -> tuple[bool, str]:
     return otherwise, f"{pixels / 1e6:.3g} MP" if large else ""
 
 
-def _scan_class_folders(root: Path) -> FolderScan:
+def _scan_class_folders(root: Path, data_root: Path | None = None) -> FolderScan:
     """The class folders of an ImageFolder and their images. Only the image headers are read
     here (cheap); full decoding errors surface when features are computed and are skipped and
     counted there."""
@@ -483,7 +495,7 @@ def _scan_class_folders(root: Path) -> FolderScan:
     others: dict[str, set[str]] = {}  # class -> kinds of file passed over
     for c, name in enumerate(classes):
         ids = []
-        for path in data_files(root / name, scan.unreadable, root):
+        for path in data_files(root / name, scan.unreadable, root, data_root):
             image_id = str(path.relative_to(root))
             if not path.exists():  # a link whose target is gone: it was meant to be read
                 scan.unreadable[image_id] = f"a link to {os.readlink(path)}, which does not exist"
@@ -597,7 +609,7 @@ def load_imagefolder(data_root: str | None) -> Dataset:
         splits: dict[str, Labelled] = {"val": []}
         scan = FolderScan([], {})
         for split, folder in split_dirs.items():
-            found = _scan_class_folders(folder)
+            found = _scan_class_folders(folder, root)
             if classes is None:
                 classes = found.classes
             elif found.classes != classes:

@@ -38,7 +38,7 @@ files' names and sizes, the image files its rows name by path (sizes and times: 
 `to_parquet` writes for a dataset of image files holds no image bytes; runs on such data
 from before resume with a warning that the evaluator changed), and the two columns, and
 how images are decoded (`DECODING`: each time it changed - 16-bit images scaled to 8 bits,
-as a folder's are, then by the depth their values use - a run started before resumes with a
+as a folder's are, then by their brightest value - a run started before resumes with a
 warning that says so).
 """
 

@@ -281,6 +281,22 @@ def test_show_of_a_stopped_tracked_run_says_the_command_that_continues_its_mlflo
     assert f"MLflow: continuing run {run_id} at {uri}" in resumed.output
 
 
+def test_show_of_a_run_tracked_on_a_server_names_it_beside_the_command(tmp_path):
+    """A server's store is kept without the password or token it may need: put in the command,
+    `--mlflow http://host` overrode an MLFLOW_TRACKING_URI that held them, and the resume's
+    tracking failed."""
+    runs = tmp_path / "runs"
+    with FakeLLM(responder=responder) as fake:
+        stopped = search(fake, ["search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "t"], stop_at=3)
+    assert stopped.exit_code == 130, stopped.output
+    (runs / "t" / "mlflow.json").write_text(json.dumps({"v": 1, "runs": {
+        "http://mlflow.example:5000": {"experiment_id": "1", "run_id": "abc"}}}))
+    shown = CliRunner().invoke(cli, ["show", str(runs / "t")]).output
+    assert f"continue it with: promptclimb search --resume {runs / 't'}\n" in shown
+    assert "(its MLflow run is on http://mlflow.example:5000: add --mlflow with that server's URI, and the " \
+           "credentials it needs, to continue that MLflow run)" in shown
+
+
 def test_an_llm_that_fails_for_good_says_the_command_with_mlflow_and_ends_its_mlflow_run_failed(tmp_path):
     """A search that fails (an LLM that refuses the request: rc 1) was KILLED in MLflow, as
     a Ctrl-C; SIGTERM (SystemExit 143) stays KILLED."""

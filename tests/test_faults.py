@@ -1109,7 +1109,12 @@ def test_a_meta_prompt_saved_with_a_byte_order_mark_sends_no_bom():
 
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "system.j2").write_text("Give me {{ n }} templates.", encoding="utf-8-sig")
-        assert MetaPrompt(folder).render("system.j2", n=3) == "Give me 3 templates."
+        meta = MetaPrompt(folder)
+        assert meta.render("system.j2", n=3) == "Give me 3 templates."
+        # an editor that drops the BOM changes nothing sent: the file is not said to have changed
+        recorded = meta.fingerprint(("system.j2",))
+        (Path(folder) / "system.j2").write_text("Give me {{ n }} templates.", encoding="utf-8")
+        assert meta.changed_since(recorded) == []
 
 
 @pytest.mark.parametrize("metric", ["accuracy", "prob", "blend"])

@@ -111,6 +111,16 @@ def test_integer_images_are_scaled_by_the_depth_of_their_values(top, dtype):
     assert pixels.min() == 0 and pixels.max() == 255
 
 
+@pytest.mark.parametrize("top", [255, 4095, 20000])
+def test_almost_equal_images_read_almost_equal(top):
+    """Scaled by the bit depth its brightest value needs, an image whose brightest pixel is one
+    more than another's read up to 4 times darker (4095 -> 2000 read 125, 4096 -> 31)."""
+    def read(brightest):
+        return np.asarray(eight_bits(Image.fromarray(np.array([[0, 200 * top // 255, brightest]], np.int32))))[0]
+
+    assert abs(int(read(top)[1]) - int(read(top + 1)[1])) <= 1
+
+
 def test_a_16_bit_file_of_12_bit_values_reads_its_whole_range(tmp_path):
     ramp = np.linspace(0, 4095, 40 * 40).reshape(40, 40).astype(np.uint16)
     Image.fromarray(ramp).save(tmp_path / "scan.png")
@@ -153,17 +163,29 @@ def test_files_of_other_kinds_beside_images_are_said_in_one_line(image_folder):
 @pytest.mark.skipif(not hasattr(os, "symlink") or os.name == "nt", reason="symbolic links")
 def test_a_linked_sub_folder_is_read_once_and_a_broken_link_is_said(tmp_path, image_folder):
     """A linked class folder and linked images were read, a linked sub-folder was not, unsaid;
-    a link to a folder above it is read once; a broken link is said with its reason."""
+    a link to a folder of the data itself (the class's own, the data's folder, another split's)
+    is not read twice, said; a broken link is said with its reason."""
     more = make_image_folder(tmp_path / "elsewhere", classes={"lake": (10, 40, 200)}, per_class=2) / "lake"
     (image_folder / "blue_lake" / "more").symlink_to(more, target_is_directory=True)
     (image_folder / "blue_lake" / "again").symlink_to(image_folder / "blue_lake", target_is_directory=True)
+    (image_folder / "blue_lake" / "up").symlink_to(image_folder, target_is_directory=True)  # every class under it
     (image_folder / "red_square" / "gone.png").symlink_to(tmp_path / "nowhere.png")
-    with pytest.warns(UserWarning, match=r"images: skipped 1 unreadable image\(s\): red_square/gone.png \(a link to "
-                                         r".*nowhere.png, which does not exist\)$"):
+    with pytest.warns(UserWarning, match=r"images: skipped 3 unreadable image\(s\): ") as said:
         ids = _ids(load_dataset("imagefolder", str(image_folder)))
+    line = str(said[0].message)
+    assert f"blue_lake/again/ (a link to {image_folder / 'blue_lake'}, a folder of the data itself: not read twice)" \
+        in line and "blue_lake/up/ (a link to" in line
+    assert "red_square/gone.png (a link to " in line and "nowhere.png, which does not exist)" in line
     assert [i for i in ids if i.startswith("blue_lake/more/")] == ["blue_lake/more/lake_000.png",
                                                                   "blue_lake/more/lake_001.png"]
-    assert len(ids) == 26 and not any("again" in i for i in ids)
+    assert len(ids) == 26 and not any("again" in i or "/up/" in i for i in ids)
+    # split folders: a link in train/ to a class of test/ would put test images in train
+    split = make_image_folder(tmp_path / "split" / "train", per_class=3).parent
+    make_image_folder(split / "test", per_class=3)
+    (split / "train" / "blue_lake" / "peek").symlink_to(split / "test" / "red_square", target_is_directory=True)
+    with pytest.warns(UserWarning, match=r"train/blue_lake/peek/ \(a link to .*, a folder of the data itself"):
+        ids = _ids(load_dataset("imagefolder", str(split)))
+    assert not any("peek" in i for i in ids)
 
 
 def test_an_image_over_pillows_pixel_limit_is_said_with_its_file_and_reason(image_folder, monkeypatch):

@@ -690,6 +690,22 @@ def test_an_adapter_fitted_again_after_a_sync_is_the_latest_adapter_accuracy(tmp
     assert adapt_and_sync(0.8985) == 0.8985
 
 
+def test_a_run_stopped_while_its_adapter_fits_is_not_finished_in_mlflow(tmp_path, server, client, fake):
+    """Its history's final event came, the adapter it asked for did not: `runs` says unfinished,
+    MLflow said FINISHED."""
+    run_dir = finished_run(fake, tmp_path / "runs", "fitting")
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "adapter_kinds": ["cache"]}))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "adapter"}))
+    from promptclimb.agent.runs.reading import load_run
+
+    assert load_run(run_dir).status == "unfinished"
+    synced = mlflow_sync("fitting", "--runs-dir", tmp_path / "runs", "--tracking-uri", server, "--experiment", "f")
+    assert synced.exit_code == 0, synced.output
+    assert client.get_run(linked_run_id(run_dir, server)).info.status == "KILLED"
+
+
 def test_a_copied_run_folder_gets_an_mlflow_run_of_its_own_and_a_moved_one_keeps_its_run(tmp_path, server, client,
                                                                                           fake):
     """`cp -r runs/a runs/b` then `mlflow-sync b`: the copy's mlflow.json came along, and the

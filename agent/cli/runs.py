@@ -187,7 +187,8 @@ def headline(run: Run) -> str:
     by_kind = (" (" + ", ".join(f"{n} {kind}" for kind, n in kinds.items() if n) + ")"
                if len(answers) > kinds["template"] else "")
     return (
-        f"{said}LLM {run.llm}{answered_said(run)}, pool {run.pool}, ranked by {run.ranked_by}{settings_said(run)}; {status}\n"
+        f"{said}LLM {run.llm}{answered_said(run)}, pool {run.pool}, ranked by {run.ranked_by}{settings_said(run)}; "
+        f"{status}\n"
         f"{len(answers)} LLM answers{by_kind}; {ledger.get('cache_hits', 0)} from the cache, "
         f"{ledger.get('prompt_tokens', 0)} prompt + {ledger.get('completion_tokens', 0)} completion tokens; "
         f"{len(run.of('score'))} templates scored, {len(run.of('reject'))} template lines refused{names_said(run)}"
@@ -242,8 +243,14 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
         from promptclimb.agent.tracking import linked_store  # the MLflow run it continues, where it has one
 
         store = linked_store(run.path)
-        resume = shell_command("search", "--resume", run_argument(run.path), *(["--mlflow", store] if store else []))
+        # a server's URI is kept without the password or token it may need: named, not put in the command
+        server = store is not None and store.startswith(("http://", "https://"))
+        resume = shell_command("search", "--resume", run_argument(run.path),
+                               *(["--mlflow", store] if store and not server else []))
         out.append(("\n" if markdown else "") + f"continue it with: {code(resume)}")  # markdown: a paragraph of its own
+        if server:
+            out.append(f"(its MLflow run is on {store}: add --mlflow with that server's URI, and the credentials it "
+                       "needs, to continue that MLflow run)")
     baseline = ((run.final or {}).get("baseline") or {}).get("accuracy", {}).get("test")
     result, result_test = result_said(run.final)
     if baseline is not None and result_test is not None:  # the search's last words, read back the day after

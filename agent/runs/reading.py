@@ -769,7 +769,7 @@ class Run:
         as that answer.)"""
         return [{"call": ex["call"], "kind": ANSWER_KINDS[ex["event"]], "restart": ex.get("restart"),
                  "reset": ex.get("reset"), "iteration": ex.get("iteration"), "answer": ex.get("answer", ""),
-                 "answered_by": ex.get("answered_by") or ex.get("model"),
+                 "answered_by": ex.get("answered_by"),  # where the endpoint named another model
                  "messages": [m for m in ex.get("messages") or [] if m.get("role") != "assistant"]}
                 for ex in self.answers()]
 

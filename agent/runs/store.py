@@ -131,6 +131,9 @@ from promptclimb.agent.core.runfiles import (  # noqa: F401 (re-exported)
 IDENTITY = ("event", "restart", "reset", "iteration", "call", "template", "origin", "request_key", "reason",
             "class", "name", "names")
 
+# How a resume says that only a newer promptclimb's decoding of the images changed (agent/pipeline.py
+# data_change): nothing a user can put back, so a refusal does not ask for it.
+DECODING_CHANGED = "how images are decoded changed"
 # The history's LLM answers, by event, and the kind of turn each answers.
 ANSWER_KINDS = {"llm_exchange": "template", "names_exchange": "names", "names_judge": "guard"}
 # Every kind of event a history holds (the list above; "step": a soft-prompt run's, agent/softsearch.py),
@@ -596,7 +599,7 @@ class RunStore:
             if mine != theirs:
                 differ = {k: (theirs[k], mine[k]) for k in IDENTITY if mine[k] != theirs[k]}
                 # a newer promptclimb's decoding is nothing a user can put back (agent/pipeline.py data_change)
-                undo = "finish it with the promptclimb it began with, or" if "how images are decoded" in \
+                undo = "finish it with the promptclimb it began with, or" if DECODING_CHANGED in \
                     self.evaluator_changed else "put it back as it was, or"
                 why = (f"Its evaluator changed since the run started: {self.evaluator_changed}. The scores its "
                        f"recorded turns showed the LLM are not those given now: {undo}"
