@@ -23,11 +23,10 @@ from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.cli.errors import user_errors
 from promptclimb.agent.cli.params import TableText
 from promptclimb.agent.core.format import markdown_text, moment, pct, shell_command, shortened, shots_said
-from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.options import BY_KEYWORD
 from promptclimb.agent.proposals import why_nothing_read
-from promptclimb.agent.runs.reading import (Run, find_run, list_sweep_dirs, result_said, run_start_names, runs_frame,
-                                            without_root)
+from promptclimb.agent.runs.reading import (Run, find_run, list_sweep_dirs, names_turns_shown, result_said,
+                                            run_start_names, runs_frame, without_root)
 from promptclimb.agent.runs.compact import CLASSES_IN_FULL
 from promptclimb.agent.runs.store import ANSWER_KINDS, CONFIG, HISTORY, run_argument
 from promptclimb.agent.adapt import adapter_said
@@ -292,33 +291,22 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
         out.append(f"{'- ' if markdown else ''}plot: {literal(str(run.path / summary['files']['plot']))}")
     if is_soft_prompt_run(run.config):  # no LLM turns: the soft prompt and its steps instead
         return "\n".join(out + soft_prompt_lines(run, markdown)).rstrip()
-    turns = run.names_turns()
+    turns = names_turns_shown(run)
     if turns:
         out.append(h2("Names turns"))
         bullet, sub = list_bullets(markdown)
-        # a turn keeps its changes once its guard questions are all answered: nothing kept in the
-        # last turn of a search stopped (or still at it) may be a decision or one still to come
-        # (its history cannot tell: keeping nothing writes no event)
-        open_turn = run.open_turn() if run.final is None else set()
         for turn in turns:
             kept = ", ".join(f"{literal(c['from'])} -> {literal(c['to'])}" for c in turn["kept"])
             kept = f"kept {kept or 'nothing'}"
-            if turn["call"] in open_turn and not turn["kept"] and not turn["cut"]:
+            if turn["undecided"]:
                 kept = "kept nothing so far" + ("" if run.status == "running" else
                                                 " (the run stopped in this turn: a resume goes on from it)")
             out.append(f"{bullet}{where(turn)}: asked about {literal(', '.join(turn['asked']))}; {kept}")
-            # the best five, the kept ones first: a kept name tied with others was cut off the list
-            kept_pairs = {(c["from"], c["to"]) for c in turn["kept"]}
-            ranked = sorted(turn["scored"], key=lambda s: ((s["from"], s["to"]) not in kept_pairs, -s["selection"]))
-            for s in ranked[:5]:
-                mark = "  (kept)" if (s["from"], s["to"]) in kept_pairs else ""
+            for s in turn["shown"]:
+                mark = "  (kept)" if s["kept"] else ""
                 out.append(f"{sub}{pct(s['selection']):>6}  {literal(s['from'])} -> {literal(s['to'])}{mark}")
-            reasons: dict[str, int] = {}
-            for r in turn["refused"]:
-                if r["reason"] != GUARD_NOT_ASKED:  # said on the turn's "cut" line below
-                    reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
-            if reasons:
-                out.append(f"{sub}refused: " + ", ".join(f"{n} {literal(why)}" for why, n in reasons.items()))
+            if turn["reasons"]:
+                out.append(f"{sub}refused: " + ", ".join(f"{n} {literal(why)}" for why, n in turn["reasons"].items()))
             if turn["cut"]:
                 unguarded = ", ".join(f"{literal(s['from'])} -> {literal(s['to'])} ({pct(s['selection'])})"
                                       for s in turn["unguarded"])

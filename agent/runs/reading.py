@@ -1166,3 +1166,27 @@ def runs_frame(runs_dir: str | Path) -> pd.DataFrame:
             pass
     frame["date"] = pd.to_datetime(frame["date"], utc=True)
     return frame.sort_values(["date", "id"], ascending=False).reset_index(drop=True)
+
+
+NAMES_SHOWN = 5  # proposals listed per names turn, the kept ones first
+
+
+def names_turns_shown(run: Run) -> list[dict]:
+    """`Run.names_turns()` as `show` and the report list them: each turn with its best
+    `NAMES_SHOWN` proposals, the kept ones first and marked (a kept name tied with others could
+    not be told apart), its refused names counted by reason, and `undecided`: the last turn of a
+    run not ended that kept nothing yet, whose decision may be still to come (keeping nothing
+    writes no event)."""
+    open_turn = run.open_turn() if run.final is None else set()
+    out = []
+    for turn in run.names_turns():
+        kept = {(c["from"], c["to"]) for c in turn["kept"]}
+        ranked = sorted(turn["scored"], key=lambda s: ((s["from"], s["to"]) not in kept, -s["selection"]))
+        reasons: dict[str, int] = {}
+        for r in turn["refused"]:
+            if r["reason"] != GUARD_NOT_ASKED:  # said on the turn's "cut" line
+                reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+        out.append({**turn, "shown": [{**s, "kept": (s["from"], s["to"]) in kept} for s in ranked[:NAMES_SHOWN]],
+                    "reasons": reasons,
+                    "undecided": turn["call"] in open_turn and not turn["kept"] and not turn["cut"]})
+    return out

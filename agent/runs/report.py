@@ -20,9 +20,8 @@ from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.files import write_text_atomic
 from promptclimb.agent.core.format import moment, pct, shots_said
 from promptclimb.agent.core.paths import prompts_dir
-from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.runs.compact import CLASSES_IN_FULL, confusion_matrix
-from promptclimb.agent.runs.reading import Run, result_said
+from promptclimb.agent.runs.reading import Run, names_turns_shown, result_said
 from promptclimb.agent.runs.store import kept_result
 from promptclimb.agent.softsearch import STEPS_LOST, is_soft_prompt_run, steps_shown, steps_table
 
@@ -30,7 +29,6 @@ from promptclimb.agent.core.runfiles import ADAPTER_FILE, CONFIG, REPORT, SWEEP_
 from promptclimb.agent.core.templates import BASELINE
 
 TEMPLATE = "report.html.j2"
-NAMES_SHOWN = 5  # proposals listed per names turn, the kept ones first (as `show` lists them)
 
 
 def _clean(value):
@@ -138,27 +136,6 @@ def baseline_said(final: dict | None) -> dict | None:
     if start is None or test is None:
         return None
     return {"template": BASELINE, "start": start, "result": what, "test": test}
-
-
-def names_turns_shown(run: Run) -> list[dict]:
-    """`Run.names_turns()` as `show` lists them (the same reader): each turn with its best
-    `NAMES_SHOWN` proposals, the kept ones first and marked (a kept name tied with others could
-    not be told apart), its refused names counted by reason, and `undecided`: the last turn of a
-    run not ended that kept nothing yet, whose decision may be still to come (keeping nothing
-    writes no event)."""
-    open_turn = run.open_turn() if run.final is None else set()
-    out = []
-    for turn in run.names_turns():
-        kept = {(c["from"], c["to"]) for c in turn["kept"]}
-        ranked = sorted(turn["scored"], key=lambda s: ((s["from"], s["to"]) not in kept, -s["selection"]))
-        reasons: dict[str, int] = {}
-        for r in turn["refused"]:
-            if r["reason"] != GUARD_NOT_ASKED:  # said on the turn's "cut" line
-                reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
-        out.append({**turn, "shown": [{**s, "kept": (s["from"], s["to"]) in kept} for s in ranked[:NAMES_SHOWN]],
-                    "reasons": reasons,
-                    "undecided": turn["call"] in open_turn and not turn["kept"] and not turn["cut"]})
-    return out
 
 
 def largest_confusions(confusion: dict[str, list[list[int]]], labels: list[str],
