@@ -193,7 +193,7 @@ def test_a_config_file_value_reaches_the_search_as_its_option_takes_it(tmp_path,
     from promptclimb.agent.cli.search import search_cmd
 
     seen = []
-    monkeypatch.setattr(pipeline, "run_search", lambda opts, echo, evaluator_factory=None: seen.append(opts) or {})
+    monkeypatch.setattr(pipeline, "run_search", lambda opts, echo, **kw: seen.append(opts) or {})
     config = tmp_path / "search.toml"
     config.write_text(f'[search]\ndataset = "toy"\n{key} = {json.dumps(value)}\n')  # JSON's are TOML's here
     result = CliRunner().invoke(search_cmd, ["--config", str(config)], obj=FACTORY)
@@ -218,7 +218,7 @@ def test_a_config_file_saved_with_a_bom_and_crlf_is_read(tmp_path, monkeypatch):
     from promptclimb.agent.cli.search import search_cmd
 
     seen = []
-    monkeypatch.setattr(pipeline, "run_search", lambda opts, echo, evaluator_factory=None: seen.append(opts) or {})
+    monkeypatch.setattr(pipeline, "run_search", lambda opts, echo, **kw: seen.append(opts) or {})
     config = tmp_path / "notepad.toml"
     config.write_bytes('[search]\r\ndataset = "toy"\r\niterations = 3\r\n'.encode("utf-8-sig"))
     result = CliRunner().invoke(search_cmd, ["--config", str(config)], obj=FACTORY)

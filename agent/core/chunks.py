@@ -121,15 +121,13 @@ def assemble(parts: list[Path], target: Path, spec: ChunkedFile, *, bar: bool = 
     a progress bar on stderr meanwhile)."""
     from tqdm import tqdm
 
-    from promptclimb.agent.core.format import bar_disable
-
     total = sum(p.stat().st_size for p in parts)
 
     def concatenate_and_check(tmp: Path) -> None:  # a mismatch raises: the target is never replaced
         digest = hashlib.sha256()
         with open(tmp, "wb") as out, tqdm(
             total=total, unit="B", unit_scale=True, desc=f"assembling {spec.filename}", leave=False,
-            disable=bar_disable(bar),
+            disable=not bar,  # drawn in a pipe or log too, as a download's: a long step once per machine
         ) as progress:
             for part in parts:
                 with open(part, "rb") as src:

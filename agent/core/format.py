@@ -99,7 +99,9 @@ def one_line(value, width: int = 80) -> str:
 
 
 def bar_disable(asked: bool) -> bool | None:
-    """tqdm's `disable=` for a progress bar, the one rule of every bar: not drawn unless `asked`;
+    """tqdm's `disable=` for a progress bar of the work a command does (encoding images, a
+    sweep's cells; a download and the local model's one-time assembly are drawn everywhere, a
+    log included): not drawn unless `asked`;
     drawn in a Jupyter (IPython) kernel, whose stderr is no terminal; elsewhere tqdm's None,
     drawn on a terminal and left out of a pipe or a log file. tqdm's None alone drew no bar in
     a notebook: encoding thousands of images showed nothing for minutes."""
