@@ -395,7 +395,7 @@ def transfer(run: "Run | SearchResult | str | Path", backbone: str, *, pretraine
     # as checked: a keyword spelled with dashes (`data-root`) had been dropped, unsaid
     data_root, runs_dir = checked["data_root"], checked["runs_dir"]
     check_echo("transfer()", echo)
-    run = run.run_dir if isinstance(run, SearchResult) else run  # a Run is taken as it was read
+    run = run if isinstance(run, Run) else run_path(run)  # a Run is taken as it was read
     if not isinstance(run, (Run, str, Path)):
         raise PromptclimbError(f"transfer(): run {one_line(run)}: expected a run (promptclimb.load_run), "
                                "its id or its path")

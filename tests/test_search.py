@@ -465,6 +465,7 @@ def test_the_model_that_answered_is_recorded_when_the_endpoint_names_another(tmp
     with FakeLLM(responder=responder) as fake:
         _, _, plain = climb(tmp_path, fake.base_url, name="plain", cache="other")
     assert not any("answered_by" in e for e in history(plain)) and answered_said(load_run(plain)) == ""
+    assert {ex["answered_by"] for ex in load_run(plain).conversation()} == {None}  # not the model asked for
 
 
 def test_agent_modules_do_not_import_torch():
