@@ -9,7 +9,8 @@ Around the bare `chat.completions.create` call it adds, in this order:
      endpoint and the model it serves, as it lists it at `/models`; for promptclimb's own
      llama.cpp server the GGUF's SHA-256 alone), so a rerun or a resume costs no call and
      two servers behind the same model name never share answers;
-  3. tenacity retries with exponential backoff and jitter on 429, 5xx, timeouts and
+  3. tenacity retries with exponential backoff and jitter on 429, 5xx, timeouts (`timeout`: the
+     seconds one try may take in all, its answer trickled or not: `_within_timeout`) and
      connection errors, honouring `Retry-After`, each announced in one line (what failed,
      when the next try is); after `max_tries` an `LLMError` says what went wrong (the run
      stays resumable). A request refused as longer than the model's context, where the
@@ -57,6 +58,9 @@ REQUEST_KEY_FORMAT = 1
 # asked for.
 CHARS_PER_TOKEN = 8
 DEFAULT_CAP_TOKENS = 4096
+# Said of an answer whose only line a cap cut (`LLMClient.chat`): why nothing of it is kept, what to do
+_HALF_LINE_KEPT_NOT = "(a line cut in half is never read)"
+_RAISE_CAP = "raise --max-answer-tokens (a new run's setting, a resume keeps the run's)"
 
 
 class LLMError(PromptclimbError):
@@ -128,6 +132,13 @@ class MalformedResponse(Exception):
     """A 200 answer that is not a chat completion (no choices, not JSON); retried like a 5xx."""
 
 
+class DeadlinePassed(Exception):
+    """A request not answered in whole within the client's timeout; retried like a timeout. The
+    HTTP client's own timeout waits for each part of an answer: an endpoint that sent a byte
+    every few seconds (a proxy's keep-alive spaces, a slow stream) held one request for as long
+    as it went on."""
+
+
 @dataclass
 class Answer:
     content: str
@@ -192,6 +203,8 @@ _QUERY_BEGINS = re.compile(r"[?#]")
 _AT_BEFORE_HOST = re.compile(r"@(?=[A-Za-z0-9._~%\[\]:-]+/)")
 # Schemes whose URL names a file (MLflow's `sqlite:///runs@2/mlflow.db`): no userinfo, an '@' there is the path's
 _FILE_SCHEMES = ("file", "sqlite")
+# where a URL's authority (`user:password@host:port`) ends, as far as what is typed tells
+_AUTHORITY_ENDS = re.compile(r"[/?#]")
 
 
 OPENAI_API_URL = "https://api.openai.com/v1"  # the openai client's own default endpoint
@@ -220,13 +233,31 @@ def _userinfo(url: str) -> tuple[int, int]:
     start = scheme.end() if scheme else 0
     if (scheme and scheme.group(1).lower() in _FILE_SCHEMES) or (not scheme and url[:1] in ("/", ".", "~")):
         return start, start
-    before_host = [found.start() for found in _AT_BEFORE_HOST.finditer(url, start)]
+    query = _query_after_host(url, start)
+    before_host = [found.start() for found in _AT_BEFORE_HOST.finditer(url, start, query)]
     if before_host:
         return start, before_host[-1] + 1
     slash = url.find("/", start)
     query = _QUERY_BEGINS.search(url, slash if slash >= 0 else start)
     at = url.rfind("@", start, query.start() if query else len(url))
     return start, (at + 1 if at >= 0 else start)
+
+
+def _query_after_host(url: str, start: int) -> int:
+    """Where the query (or fragment) of `url` begins when what comes before it reads as a host
+    (and port), a path maybe, and a '?' or '#' (`http://127.0.0.1:8080/v1?x=a@b/c`: an '@' after
+    it is the query's, even with a host-like word and a '/' after it); else len(url). A password
+    typed with a '?' or '#' in it leaves no host and port before that (`user:pa?ss@host/v1`:
+    'pa' is no port), so its '@' stays the userinfo's end."""
+    ends = _AUTHORITY_ENDS.search(url, start)
+    if ends is None:
+        return len(url)
+    host = url[start:ends.start()].rpartition("@")[2]  # after a userinfo typed before it
+    parts = _split(f"http://{host}")
+    if parts is None or not parts.hostname:
+        return len(url)
+    query = _QUERY_BEGINS.search(url, ends.start())
+    return query.start() if query else len(url)
 
 
 def url_secrets(url: str | None) -> tuple[str, ...]:
@@ -353,6 +384,8 @@ def cap_answer(content: str, cap: int, whole_lines: bool = False) -> tuple[str, 
     if len(content) <= cap:
         return content, 0
     kept = content[:cap]
+    if content[cap] in "\r\n":  # cut where a line ends: its last line is whole
+        return kept, len(content)
     return (whole_lines_of(kept) if "\n" in kept or whole_lines else kept), len(content)
 
 
@@ -426,7 +459,7 @@ def _is_retryable(exc: BaseException) -> bool:
 
     if stated_context(exc) is not None:
         return False
-    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError, MalformedResponse)):
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError, MalformedResponse, DeadlinePassed)):
         return True
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in (408, 409, 429) or exc.status_code >= 500
@@ -455,7 +488,7 @@ def _failure(exc: BaseException | None, timeout: float) -> str:
     may echo a key)."""
     import openai
 
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, (openai.APITimeoutError, DeadlinePassed)):
         return f"no answer within {timeout:g}s"
     if isinstance(exc, openai.APIConnectionError):
         return "connection failed"
@@ -771,17 +804,28 @@ class LLMClient:
             self.count(calls=1, prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
                        latency_s=answer.latency_s)
         content, cut_from = cap_answer(answer.content, answer_cap(max_answer_tokens), whole_lines)
+        # An answer of one line cut in half keeps nothing: said as such, not as a longer answer's
+        # last line (the turn reads it as empty, the history as answer_truncated, 0 characters kept)
         if cut_from:
             answer.content, answer.truncated_from = content, cut_from
-            if answer.source == "llm":
-                self.echo(f"LLM answer of {cut_from:,} characters cut to its first {len(content):,} "
-                          f"({CHARS_PER_TOKEN} per token of the {max_answer_tokens or DEFAULT_CAP_TOKENS}-token cap)")
+            cap = f"({CHARS_PER_TOKEN} per token of the {max_answer_tokens or DEFAULT_CAP_TOKENS}-token cap)"
+            if answer.source == "llm" and not content.strip():
+                self.echo(f"LLM answer of {cut_from:,} characters cut at {answer_cap(max_answer_tokens):,} {cap} "
+                          f"inside its first line: none of it kept {_HALF_LINE_KEPT_NOT}: {_RAISE_CAP}")
+            elif answer.source == "llm":
+                self.echo(f"LLM answer of {cut_from:,} characters cut to its first {len(content):,} {cap}")
         elif whole_lines and answer.source == "llm" and answer.finish_reason == "length" and answer.content:
             # the endpoint stopped it at max_tokens: its last line was scored as a template or a name
-            answer.content, answer.truncated_from = whole_lines_of(answer.content), len(answer.content)
+            received = answer.content
+            answer.content, answer.truncated_from = whole_lines_of(received), len(received)
             cap = f"the {max_answer_tokens}-token cap (--max-answer-tokens)" if max_answer_tokens else \
                 "its own length limit"
-            self.echo(f"LLM answer stopped by the endpoint at {cap}: its last line, cut in half, left out")
+            if answer.content or not received.strip():
+                self.echo(f"LLM answer stopped by the endpoint at {cap}: its last line, cut in half, left out")
+            else:
+                self.echo(f"LLM answer stopped by the endpoint at {cap} inside its first line: none of its "
+                          f"{len(received):,} characters kept {_HALF_LINE_KEPT_NOT}"
+                          + (f": {_RAISE_CAP}" if max_answer_tokens else ""))
         # an empty answer is not kept for other runs: a transient one would be replayed to them all
         if answer.source == "llm" and self.cache is not None and answer.content.strip():
             failed = self.cache.put(
@@ -852,7 +896,7 @@ class LLMClient:
         except Exception as exc:  # noqa: BLE001 - every failure becomes one readable LLMError
             import openai
 
-            if not isinstance(exc, (openai.OpenAIError, MalformedResponse)):
+            if not isinstance(exc, (openai.OpenAIError, MalformedResponse, DeadlinePassed)):
                 raise
             self.count(failed_attempts=1)
             context = stated_context(exc)
@@ -863,7 +907,7 @@ class LLMClient:
             where = self.where()
             # the URL said has no password nor key: one copied from the hint would go without them
             with_credentials = ", with the URL's credentials" if url_secrets(self.base_url) else ""
-            cause = "timeout" if isinstance(exc, openai.APITimeoutError) else \
+            cause = "timeout" if isinstance(exc, (openai.APITimeoutError, DeadlinePassed)) else \
                 "connection" if isinstance(exc, openai.APIConnectionError) else \
                 "no route" if self.base_url and _no_such_route(exc) else \
                 "refused" if getattr(exc, "status_code", None) in (400, 404, 422) else None
@@ -873,6 +917,30 @@ class LLMClient:
             raise LLMError(self.redact(f"the LLM ({self.model} at {where}) did not answer {tries}: "
                                        f"{type(exc).__name__}: {exc}{hint}"), cause=cause) from None
 
+    def _within_timeout(self, send: Callable[[], object]) -> object:
+        """What `send()` (one HTTP request) returns or raises, or DeadlinePassed once it has taken
+        `timeout` seconds in all. The HTTP client times each wait for the endpoint (to connect,
+        between two parts of the answer), not the whole request, and no client setting says
+        "in all": the request runs in a thread of its own, which one abandoned here is left to
+        end by itself (when the endpoint ends it, its HTTP timeout fires, or `close`)."""
+        outcome: dict = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome["answer"] = send()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, which raises it
+                outcome["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="promptclimb-llm-request", daemon=True).start()
+        if not done.wait(self.timeout):
+            raise DeadlinePassed(f"no whole answer within {self.timeout:g}s")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["answer"]
+
     def _ask_once(self, request: dict) -> Answer:
         import openai
 
@@ -881,7 +949,8 @@ class LLMClient:
         while True:
             not_taken = set(self._not_taken)  # as this request goes: another lane may add to it meanwhile
             try:
-                response = client.chat.completions.create(**as_sent(request, not_taken))
+                sent = as_sent(request, not_taken)
+                response = self._within_timeout(lambda: client.chat.completions.create(**sent))
                 break
             except ValueError as exc:  # a 200 whose body is not JSON (json / pydantic errors)
                 raise MalformedResponse(f"the endpoint's answer is not valid JSON ({exc})") from None
