@@ -127,7 +127,8 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
     Option("--proposals", SEARCH.proposals, "New templates scored per turn.", _L, int, minimum=1, recorded="search.proposals"),
     Option("--spare", SEARCH.spare, "Extra templates asked for per turn, standing in for repeats (the first "
            "--proposals new ones are scored).", _L, int, minimum=0, recorded="search.spare"),
-    Option("--top-k", SEARCH.top_k, "Best templates shown to the LLM.", _L, int, minimum=0, recorded="search.top_k"),
+    # --top-k 0 showed the LLM an empty list of the best templates and asked it to beat them
+    Option("--top-k", SEARCH.top_k, "Best templates shown to the LLM.", _L, int, minimum=1, recorded="search.top_k"),
     Option("--bottom-k", SEARCH.bottom_k, "Worst templates shown to the LLM.", _L, int, minimum=0, recorded="search.bottom_k"),
     Option("--pool-sample", SEARCH.pool_sample, "Initial-pool templates scored per restart (0 = the whole pool).", _L,
            int, minimum=0, recorded="search.pool_sample"),
@@ -156,8 +157,8 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
     Option("--llm-model", None, "GGUF file for --llm local [default: the embedded Qwen2.5-Coder-1.5B].", _LLM, "path",
            scope=SESSION, expects="a GGUF file"),
     # --timeout 0 abandoned every request at once: six tries and a failed run after 45 s
-    Option("--timeout", None, "Seconds an LLM request waits for the endpoint, to connect or between two parts of its "
-           "answer, before it is abandoned (and retried) [default: 120; 3600 for the local LLM, which would go on "
+    Option("--timeout", None, "Seconds one LLM request may take in all, to connect and to receive its whole answer, "
+           "before it is abandoned (and retried) [default: 120; 3600 for the local LLM, which would go on "
            "computing an abandoned request].", _LLM, float, minimum=1,
            scope=SESSION),
     Option("--max-tries", 6, "Tries per LLM request (429, 5xx, timeouts) before giving up.", _LLM, int, minimum=1,

@@ -122,13 +122,16 @@ class SearchConfig:
             raise PromptclimbError(f"guard must be one of {', '.join(naming.GUARDS)}, not {self.guard!r}")
         if self.confirm not in CONFIRMS:
             raise PromptclimbError(f"confirm must be one of {', '.join(CONFIRMS)}, not {self.confirm!r}")
-        for name in ("restarts", "resets", "iterations", "proposals", "parallel", "names_k", "names_per_class"):
+        # top_k 0 showed the LLM an empty "best templates so far" and asked it to beat them
+        for name in ("restarts", "resets", "iterations", "proposals", "parallel", "names_k", "names_per_class",
+                     "top_k"):
             if getattr(self, name) < 1:
                 raise PromptclimbError(f"{name} must be at least 1")
-        if self.parallel > 1 and (self.max_calls is not None or self.max_tokens is not None):
+        # one restart, or --parallel 1, runs in one lane: nothing shares the cap
+        if min(self.parallel, self.restarts) > 1 and (self.max_calls is not None or self.max_tokens is not None):
             raise PromptclimbError("parallel restarts cannot share a budget cap (which restart gets the last "
                                    "calls would depend on timing): drop --parallel or --max-calls/--max-tokens")
-        for name in ("spare", "top_k", "bottom_k", "pool_sample", "ensemble_k", "max_answer_tokens"):
+        for name in ("spare", "bottom_k", "pool_sample", "ensemble_k", "max_answer_tokens"):
             if getattr(self, name) < 0:
                 raise PromptclimbError(f"{name} must not be negative")
         if not 0.0 <= self.temperature <= 2.0:
@@ -136,6 +139,23 @@ class SearchConfig:
         if not -2.0 <= self.presence_penalty <= 2.0:
             raise PromptclimbError("presence_penalty must be between -2 and 2")
         return self
+
+    def over_asks(self) -> list[str]:
+        """One note for each setting that asks more than the run can do, and what it does
+        instead (said when a run starts, `HillClimber.say_over_asks`): they passed unsaid."""
+        notes = []
+        if self.ensemble_k == 1:
+            notes.append("--ensemble 1: an ensemble takes 2 or more templates, so none is tried (as --ensemble 0)")
+        if self.parallel > self.restarts:
+            notes.append(f"--parallel {self.parallel} with {self.restarts} restart{'s' if self.restarts > 1 else ''}: "
+                         + ("nothing to run at the same time, the restart runs alone" if self.restarts == 1
+                            else f"{self.restarts} run at the same time"))
+        return notes
+
+    def asks_no_llm(self) -> bool:
+        """Whether the budget allows no LLM answer at all (--max-calls 0, --max-tokens 0):
+        the run is the restarts' pool samples, scored."""
+        return self.max_calls == 0 or self.max_tokens == 0
 
 
 @dataclass
@@ -426,6 +446,7 @@ class HillClimber:
     def run(self) -> ClimbResult:
         started = time.time()
         self.check_unlabeled()
+        self.say_over_asks()
         self.store.append("run_start", run_id=self.store.run_dir.name, start_names=list(self.start_names))
         stopped = "completed"
         try:
@@ -463,14 +484,45 @@ class HillClimber:
                 f"labels (the split {UNLABELED_SPLIT!r}), and the evaluator cannot score that split ({why}); build "
                 f"it with unlabeled images (the factory's `unlabeled` keyword) or use another --metric")
 
+    def say_over_asks(self) -> None:
+        """The settings that ask more than this run can do, each in one note saying what it does
+        instead (`SearchConfig.over_asks`, and those that need the pool and the classes), when
+        the run starts (a resume has said them). --names-k and --pool-sample at their defaults
+        are not said: 3 names of a 2-class dataset, or 30 of a 10-line --pool FILE, were not
+        asked for."""
+        if self.store.stored:
+            return
+        cfg, defaults = self.config, SearchConfig()
+        notes = cfg.over_asks()
+        classes = len(self.start_names)
+        takes_names = any(turn_kind(cfg.search, i, cfg.iterations) == "names" for i in range(1, cfg.iterations + 1))
+        if takes_names and cfg.names_k > classes and cfg.names_k != defaults.names_k:
+            notes.append(f"--names-k {cfg.names_k}: the data has {classes} classes, so a names turn asks for "
+                         f"all {classes} at most")
+        if cfg.pool_sample > len(self.pool) and cfg.pool_sample != defaults.pool_sample:
+            notes.append(f"--pool-sample {cfg.pool_sample}: the pool has {len(self.pool)} templates, so each restart "
+                         "scores all of them (as --pool-sample 0)")
+        for note in notes:
+            self.echo(f"note: {note}")
+
     def run_restarts(self) -> None:
         """Every restart: one after another, or with `parallel` K in K lanes (threads; lane l
-        runs restarts l, l+K, ...) that take turns at the evaluator and the history."""
+        runs restarts l, l+K, ...) that take turns at the evaluator and the history. A budget
+        that allows no LLM answer (`asks_no_llm`) still scores every restart's pool sample
+        (it had stopped the run at restart 1's first turn), then stops the run."""
         lanes = min(self.config.parallel, self.config.restarts)
         self.turns = Turns(lanes)
         if lanes == 1:
+            spent = None
             for restart in range(self.config.restarts):
-                self.run_restart(restart, lane=0)
+                try:
+                    self.run_restart(restart, lane=0)
+                except BudgetExhausted as exc:
+                    if not self.config.asks_no_llm():
+                        raise
+                    spent = spent or exc
+            if spent is not None:
+                raise spent
             return
         threads = [threading.Thread(target=self.run_lane, args=(lane, lanes), name=f"restart-lane-{lane}", daemon=True)
                    for lane in range(lanes)]

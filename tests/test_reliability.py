@@ -243,7 +243,7 @@ def test_sweep_report_of_cells_with_wrong_types_and_a_folder_it_cannot_write(tmp
      2),
     ('[grid]\ndataset = ["fashion-mnist"]\n[search]\nadapter = ["lora"]\n', "unknown adapter kind 'lora'", 1),
     ('[grid]\ndataset = ["fashion-mnist"]\n[search]\ndevice = "cpu:5"\n', "--device 'cpu:5'", 2),
-    ('[grid]\ndataset = ["fashion-mnist"]\n[search]\nmax-calls = 3\nparallel = 2\n', "--parallel", 1),
+    ('[grid]\ndataset = ["fashion-mnist"]\n[search]\nmax-calls = 3\nparallel = 2\nrestarts = 2\n', "--parallel", 1),
     ('[grid]\ndataset = ["fashion-mnist"]\n[search]\nqueries = 100\n', "--queries is the budget", 1),
     ("[grid]\ndataset = ['caf\xe9']\n", "not a UTF-8 text file", 2),
 ])
