@@ -39,14 +39,14 @@ from promptclimb.agent.core.templates import BASELINE
 from promptclimb.agent.core.settings import EvaluatorSettings, LLMSettings, SoftPromptConfig
 from promptclimb.agent.llm import local as local_llm
 from promptclimb.agent.llm.client import (LLMClient, LLMError, check_api_key, check_endpoint_url, local_model_served_at,
-                                          without_secrets)
+                                          redact, url_secrets, without_secrets)
 from promptclimb.agent.metaprompt import FILES as META_FILES, MetaPrompt, files_recorded, files_rendered
 from promptclimb.agent.adapt import check_kinds
 from promptclimb.agent.options import BUDGET, LOCAL, REMOTE_DEFAULT_MODEL, recorded_value
 from promptclimb.agent.core.pools import POOLS, PoolTemplate, load_pool
 from promptclimb.agent.ranking import metric_label
-from promptclimb.agent.runs.store import (CONFIG, DECODING_CHANGED, HISTORY, SUMMARY, RunStore, check_run_name,
-                                          has_summary, run_argument)
+from promptclimb.agent.runs.store import (CONFIG, DECODING_CHANGED, HISTORY, SUMMARY, RunMismatch, RunStore,
+                                          check_run_name, has_summary, run_argument)
 from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.search import (DEFAULT_SEARCH, LLM_EVENTS, RECORDED_BEFORE_IT_EXISTED, SELECTIONS, HillClimber,
                                       SearchConfig)
@@ -156,7 +156,8 @@ def planned_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None,
             # discards the folder, and an MLflow run opened before would be left behind empty and
             # FAILED (one more per rerun of a sweep cell), with a warning pointing at a folder gone.
             # A search stopped while loading resumes with --mlflow, which opens the MLflow run then.
-            with experiment_tracking(store, opts.get("mlflow"), echo), warnings_said(echo):
+            with experiment_tracking(store, opts.get("mlflow"), echo), warnings_said(echo), \
+                    failure_recorded(store, opts):
                 try:
                     if plan.soft is not None:
                         return soft_prompt_search(plan, store, evaluator, echo)
@@ -865,6 +866,37 @@ def experiment_tracking(store: RunStore, tracking_uri: str | None, echo) -> Iter
         raise
     finally:
         tracker.finish(failed)
+
+
+@contextmanager
+def failure_recorded(store: RunStore, opts: dict) -> Iterator[None]:
+    """A search that ends in an error (an LLM that failed for good, data that no longer reads,
+    a full disk) writes it as the history's last event (`RunStore.record_failure`), so that
+    `runs`, `show` and `mlflow-sync` tell it from a run killed (Ctrl-C, SIGTERM, SIGKILL: no
+    such event), as the live MLflow run does (`experiment_tracking`). Not a resume refused
+    for what changed since (`RunMismatch`): the run is as it was. Never hides the error."""
+    try:
+        yield
+    except RunMismatch:
+        raise
+    except Exception as exc:
+        with suppress(Exception):  # the same full disk, a folder gone: the error itself is what to say
+            store.record_failure(failure_line(exc, opts))
+        raise
+
+
+def failure_line(exc: Exception, opts: dict) -> str:
+    """The first line of the error's message (the next ones say how to continue: the
+    command, which names the run folder the event is in), without a key or password: those
+    the search was given (OPENAI_API_KEY, and in --base-url, OPENAI_BASE_URL or --mlflow) and
+    anything shaped like a key, as the LLM client's messages are made safe (`redact`)."""
+    text = (str(exc).strip().splitlines() or [""])[0].strip()
+    if not isinstance(exc, PromptclimbError):  # a bug's message ("'best'") says little without its kind
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    secrets = (os.environ.get("OPENAI_API_KEY"),
+               *(s for url in (opts.get("base_url"), os.environ.get("OPENAI_BASE_URL"), opts.get("mlflow"))
+                 for s in url_secrets(url)))
+    return redact(text, tuple(s for s in secrets if s))
 
 
 @contextmanager

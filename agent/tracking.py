@@ -43,7 +43,8 @@ What a search becomes in MLflow (experiment "promptclimb" unless told otherwise)
                link_prompt_version_to_run does it (the `mlflow.linkedPrompts` run tag)
     status     FINISHED (the run has its result), RUNNING (a search is writing it), KILLED
                (stopped part-way: Ctrl-C, SIGTERM, or a sync of a run not ended), FAILED (its
-               search failed: an LLM that failed for good); a resume, or a sync, continues it
+               search failed: an LLM that failed for good, live or as its history's last
+               event, `failed`, says afterwards); a resume, or a sync, continues it
     times      the run's start (config.json's `created`) to its last event, whenever it is
                logged; a sweep's parent run spans its cells
 
@@ -477,6 +478,7 @@ class Mirror:
         search is still writing it (its last answer may not be complete yet); `failed`: the
         search that wrote it ended in an error (FAILED, not KILLED, where it did not finish)."""
         run = load_run(self.folder) if run is None else run
+        failed = failed or run.status == "failed"  # as its history says it: a sync afterwards, a sweep's cell
         if self.redone(run):
             self.replace()
         # What the server holds, asked once: what this sync logs before each use leaves the
@@ -485,7 +487,8 @@ class Mirror:
         self.log_params(flat_params({k: v for k, v in run.config.items() if k != "v"}), held.data.params)
         tags = run_tags(run)
         if not writing and tags["promptclimb.status"] == "running":  # the search's own last sync, its lock
-            tags["promptclimb.status"] = "unfinished"  # still held: stopped, it is what `runs` says next
+            # still held: stopped, or failed, as `runs` says it next
+            tags["promptclimb.status"] = "failed" if failed else "unfinished"
         self.client.log_batch(self.run_id, tags=_tags(tags))
         self.names_said = tags.get(NAMES_TAG)
         new, completed = self.log_answers(run, hold_last=writing)
@@ -852,7 +855,7 @@ def artifacts_beside_database(uri: str, experiment: str) -> str | None:
 
 def link_key(uri: str) -> str:
     """A tracking URI as RUN/mlflow.json knows it: no `user:password@`, no trailing "/", a
-    sqlite database by its absolute path."""
+    sqlite database or a folder store by its absolute path."""
     uri = without_secrets(uri).rstrip("/")
     database, sep, query = uri.removeprefix("sqlite:///").partition("?")
     if uri.startswith("sqlite:///") and database and database != ":memory:":
@@ -860,6 +863,36 @@ def link_key(uri: str) -> str:
         # the same one as sqlite:////ITS/PATH: keyed as typed, a sync from elsewhere (or by the
         # other spelling) found no link and logged every run a second time
         uri = f"sqlite:///{os.path.abspath(os.path.expanduser(database))}{sep}{query}"
+    elif uri and is_folder_store(uri):  # ./mlruns, file:mlruns: another folder wherever the hint is run
+        uri = absolute_folder_store(uri)
+    return uri
+
+
+def absolute_folder_store(uri: str) -> str:
+    """A folder store (`is_folder_store`) by its absolute path, spelt as it was (a plain path,
+    or file://PATH); file://HOST/... (another machine's) as typed."""
+    if not uri.startswith("file:"):
+        return os.path.abspath(os.path.expanduser(uri))
+    path = uri.removeprefix("file:")
+    if path.startswith("//") and not path.startswith("///"):
+        return uri
+    return "file://" + os.path.abspath(os.path.expanduser(path.removeprefix("//")))
+
+
+def stored_tracking_uri(uri: str | None) -> str | None:
+    """--mlflow as a sweep keeps it (sweep.json) and gives it to its cells: a local store
+    (a sqlite database, a folder; bare, MLflow's default sqlite:///mlflow.db) by its absolute
+    path, which a rerun or a report from another folder would read as another database
+    (`link_key`); anything else (a server's http(s) URI, another database's) as typed, its
+    password left for the sweep to leave out and ask for again. Bare stays bare where MLflow
+    is not installed, or MLFLOW_TRACKING_URI names no local store (it gives it again then)."""
+    if uri is None:
+        return None
+    if not uri:
+        local = tracked_store(uri)
+        return local if local and (local.startswith("sqlite:///") or is_folder_store(local)) else uri
+    if (uri.startswith("sqlite:///") or is_folder_store(uri)) and without_secrets(uri) == uri:
+        return link_key(uri)
     return uri
 
 

@@ -220,7 +220,8 @@ def test_a_resumed_run_continues_its_mlflow_run(tmp_path, server, client, fake):
     synced = sync_run(run_dir, server, experiment="resume")
     assert synced.run_id == held.run_id and synced.new_answers == 1
     run = client.get_run(synced.run_id)
-    assert run.info.status == "KILLED" and run.data.tags["promptclimb.status"] == "unfinished"
+    # its search failed (the history's last event says so): FAILED, as the live tracker ends it, not KILLED
+    assert run.info.status == "FAILED" and run.data.tags["promptclimb.status"] == "failed"
     assert history(client, synced.run_id, "new_proposals") == [(0, 5.0)]
     assert "best_test_accuracy" not in run.data.metrics and "promptclimb.prompt" not in run.data.tags
     assert synced.prompt is None
@@ -449,8 +450,8 @@ def test_search_with_the_mlflow_option_logs_its_run_and_a_resume_continues_it(tm
     assert cut.exit_code == 1 and "--resume" in cut.output and "warning" not in cut.output
     run_id = linked_run_id(run_dir, server)
     assert client.get_run(run_id).info.status == "FAILED"  # a failure, not a Ctrl-C (KILLED)
-    # the search's last sync, its own lock still held: not "running" for good (`runs` says unfinished)
-    assert client.get_run(run_id).data.tags["promptclimb.status"] == "unfinished"
+    # the search's last sync, its own lock still held: not "running" for good (`runs` says failed)
+    assert client.get_run(run_id).data.tags["promptclimb.status"] == "failed"
     assert f"MLflow: run {run_id} at {server}\n" in cut.output  # where it went, as mlflow-sync says
     fake.faults.clear()
     resumed = search(fake, runs, "--resume", "tracked", "--mlflow", server)

@@ -37,9 +37,9 @@ from promptclimb.agent.core.paths import absolute, not_a_folder
 from promptclimb.agent.core.protocol import SPLITS
 from promptclimb.agent.core.runfiles import SWEEP_FILE
 from promptclimb.agent.runs.compact import COMPACT_SINCE, confusion_matrix, unpack_event
-from promptclimb.agent.runs.store import (ANSWER_KINDS, CONFIG, EVENTS, FORMAT_VERSION, HISTORY, SUMMARY, being_written,
-                                          ended_with_adapter, has_summary, kept_result, ledger, names_scored,
-                                          SCORED_EVENTS, scored_origin, tokens_spent)
+from promptclimb.agent.runs.store import (ANSWER_KINDS, CONFIG, EVENTS, FAILED, FORMAT_VERSION, HISTORY, SUMMARY,
+                                          being_written, ended_with_adapter, has_summary, kept_result, ledger,
+                                          names_scored, SCORED_EVENTS, scored_origin, tokens_spent)
 from promptclimb.agent.ranking import LEGACY_METRIC, best_first, selection_value, then_value, top_and_bottom
 from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.options import check_recorded
@@ -410,18 +410,33 @@ class Run:
 
     @property
     def status(self) -> str:
+        """"done", "stopped early" (a budget), or, not ended: "running" (a search holds the
+        run), "failed" (its search ended in an error: `failure`), "unfinished" (killed, or
+        failed before failures were recorded)."""
         final = self.final
         if not ended_with_adapter(final, bool(self.config.get("adapter_kinds"))):
-            # a search holding the run is still at it; one that let go was stopped
-            return "running" if being_written(self.path) else "unfinished"
+            # a search holding the run is still at it; one that let go failed, or was stopped
+            if being_written(self.path):
+                return "running"
+            return "failed" if self.failure is not None else "unfinished"
         return "done" if final.get("stopped", "completed") == "completed" else "stopped early"
 
     @property
+    def failure(self) -> str | None:
+        """The error the run's last search ended in (its history's last event, `failed`), or
+        None: it did not fail, was killed, or a resume has gone on since (its events follow)."""
+        last = self.events[-1] if self.events else None
+        return str(last.get("error") or "an error") if last is not None and last["event"] == FAILED else None
+
+    @property
     def status_said(self) -> str:
-        """`status` with what stopped a run early (`stopped early (budget: ...)`); a run that
-        missed the adapter it asked for is unfinished, whatever stopped its search."""
+        """`status` with what stopped a run early (`stopped early (budget: ...)`) or the error
+        a failed one ended in (`failed (...)`); a run that missed the adapter it asked for is
+        unfinished, whatever stopped its search."""
         stopped = (self.final or {}).get("stopped", "")
         status = self.status
+        if status == "failed":
+            return f"failed ({self.failure})"
         return f"{status} ({stopped})" if status == "stopped early" and stopped.startswith("budget") else status
 
     def answers(self) -> list[dict]:
@@ -684,7 +699,8 @@ class Run:
             return set()
         opener = openers[-1]
         place = tuple(opener.get(k) for k in ("restart", "reset", "iteration"))
-        after = [e for e in self.events if e["_line"] > opener["_line"]]
+        # a failure closes no turn: a resume completes it (the turn stays open, as a killed one)
+        after = [e for e in self.events if e["_line"] > opener["_line"] and e["event"] != FAILED]
         if any(tuple(e.get(k) for k in ("restart", "reset", "iteration")) != place for e in after):
             return set()
         return {int(e["call"]) for e in [opener, *after] if e["event"] in ANSWER_KINDS and e.get("call") is not None}

@@ -78,6 +78,12 @@ Events:
                   [{changes, reason ("worse held out" or "own images lost"), detail}] when
                   a combination of the turn's picks was scored and not kept for that reason
     stop          reason (a budget cap was reached; the search ended early)
+    failed        error (the one-line message of the error that ended the search: an LLM
+                  that failed for good, data that no longer reads; never a key): written at
+                  the end of the history by `RunStore.record_failure`, never replayed (a
+                  resume passes over it, and the events it writes after it say the run goes
+                  on); a run killed (Ctrl-C, SIGTERM, SIGKILL) has none. Histories written
+                  before this event hold none: such a failed run reads as unfinished
     final         stopped, best {template, origin, accuracy, loss}, ensemble
                   {templates, accuracy, loss} or null, top [{template, accuracy, loss}];
                   with names turns, best and top entries carry `names`, and `names` holds
@@ -140,7 +146,10 @@ ANSWER_KINDS = {"llm_exchange": "template", "names_exchange": "names", "names_ju
 # so that a reader asked for another (`Run.of("scores")`) says so instead of finding none. The store
 # refuses to write any other kind: a new kind fails its first test until it is listed here.
 EVENTS = ("run_start", "restart", "reset", "llm_exchange", "score", "reject", "names_exchange", "name_reject",
-          "name_score", "names_judge", "names_text", "names_change", "stop", "final", "step", "shared")
+          "name_score", "names_judge", "names_text", "names_change", "stop", "final", "step", "shared", "failed")
+# What a search that ended in an error writes last (`RunStore.record_failure`); not a step of the
+# search: a resume replays around it, and a run killed writes none (the readers tell the two apart)
+FAILED = "failed"
 # Kinds added after runs were recorded without them: a resumed run replaying a history from
 # before one was added is not refused for lacking it (`RunStore.append`).
 ADDED_LATER = ("shared",)
@@ -509,6 +518,7 @@ class RunStore:
         except BaseException:
             store.close()
             raise
+        store._pass_failures()  # a history that holds nothing but a failure: the search starts it anew
         return store._open_history()
 
     def update_config(self, **settings) -> None:
@@ -588,6 +598,8 @@ class RunStore:
         event there (one written before that kind existed): nothing is written or checked."""
         if event not in EVENTS:
             raise ValueError(f"unknown history event {event!r}: list it in EVENTS (agent/runs/store.py)")
+        if event == FAILED:  # not a step a search replays (a soft-prompt run re-walks its stored events)
+            return None
         if event in ADDED_LATER and self.replaying and self.peek()["event"] != event:
             return None
         version = FORMAT_VERSION if self.compact else 1
@@ -613,7 +625,34 @@ class RunStore:
                 )
             self.events.append(stored)
             self._remember_start(stored)
+            self._pass_failures()
             return stored
+        self._write(record)
+        self.events.append(record)
+        self._call_listeners(record)
+        return record
+
+    def record_failure(self, error: str) -> dict:
+        """A `failed` event at the end of the history: the search ended in `error` (one line,
+        said without a secret by the caller). Written after every line on disk, also when the
+        failure came while a resume was still replaying the history (a score of the replay
+        that failed): the status readers give the run is what its last line says."""
+        version = FORMAT_VERSION if self.compact else 1
+        record = {"v": version, "seq": max(len(self.stored), len(self.events)), "time": round(time.time(), 3),
+                  "event": FAILED, "error": error}
+        self._write(record)
+        (self.stored if self.replaying else self.events).append(record)  # each: as many as the lines on disk
+        self._call_listeners(record)
+        return record
+
+    def _pass_failures(self) -> None:
+        """Past the `failed` events where the replay is now: what a search stopped by an error
+        left, which the resumed search does not write again (the lines stay, numbered as they are)."""
+        while self.replaying and self.peek()["event"] == FAILED:
+            self.events.append(self.peek())
+
+    def _write(self, record: dict) -> None:
+        """One line, flushed and fsync'd."""
         assert self._history is not None, "the run store is closed"
         self._remember_start(record)
         line = pack_event(record, self.start_names) if self.compact else record
@@ -624,10 +663,10 @@ class RunStore:
             os.fsync(self._history.fileno())
         except OSError as exc:  # a full disk: said with the file (a cut line is dropped on resume)
             raise OSError(exc.errno, exc.strerror, str(self.run_dir / HISTORY)) from exc
-        self.events.append(record)
+
+    def _call_listeners(self, record: dict) -> None:
         for listener in self._listeners:
             listener(record)
-        return record
 
     def _remember_start(self, event: dict) -> None:
         if event["event"] == "run_start" and event.get("start_names") is not None:

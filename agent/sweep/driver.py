@@ -358,6 +358,7 @@ def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict,
     claim_sweep(sweep_dir, create=False)
     path = sweep_dir / SWEEP_FILE
     stored = read_sweep(sweep_dir) if path.exists() else None
+    search = tracking_resolved(search)
     if grid is None and stored is None:
         raise PromptclimbError(f"{sweep_dir} holds no sweep yet: give its grid (--dataset ..., or --grid FILE)")
     settings = {"grid": check_grid(grid if grid is not None else stored["grid"]),
@@ -411,6 +412,18 @@ def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict,
     write_json_atomic(path, {**settings, "search": kept, "created": created,
                              **({SECRETS_LEFT_OUT: left_out} if left_out else {})})
     return settings
+
+
+def tracking_resolved(search: dict) -> dict:
+    """The sweep's options with --mlflow, where given, as sweep.json keeps it and the cells get
+    it: a local store (`sqlite:///mlflow.db`, `./mlruns`, bare) by its absolute path, which a
+    rerun or a report from another folder (or a cell in another working folder) would read
+    as another database; a server's URI as typed (agent/tracking.py `stored_tracking_uri`)."""
+    if not isinstance(search.get("mlflow"), str):
+        return search
+    from promptclimb.agent.tracking import stored_tracking_uri
+
+    return {**search, "mlflow": stored_tracking_uri(search["mlflow"])}
 
 
 def claim_sweep(sweep_dir: Path, create: bool = True) -> None:
