@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from promptclimb.agent.core.classnames import renames
 from promptclimb.agent.core.defaults import DEFAULT_PRECISION
 from promptclimb.agent.core.errors import PromptclimbError
-from promptclimb.agent.core.format import as_text_list, not_text, one_line
+from promptclimb.agent.core.format import as_list, as_text_list, not_text, one_line
 from promptclimb.agent.core.paths import absolute, cache_home, check_writable
 from promptclimb.agent.core.protocol import SPLITS
 from promptclimb.agent.core.templates import BASELINE, check_templates as check_template_list, check_typed_templates
@@ -138,6 +138,7 @@ def search(dataset: str | None = None, shots: int | None = None, backbone: str |
     if refused:
         raise refused
     knobs = table_keywords(knobs, "search(): ", dashes=False)  # `**toml["search"]`: pool-sample is pool_sample
+    knobs = repeatable_as_lists(knobs)
     if knobs.get("resume") is not None:
         knobs["resume"] = run_to_continue(knobs["resume"])
     files = [] if config is None else [config] if isinstance(config, (str, os.PathLike)) else config
@@ -167,6 +168,17 @@ def search(dataset: str | None = None, shots: int | None = None, backbone: str |
                         accuracy=dict(summary["best"]["accuracy"]),
                         ensemble=list(ensemble["templates"]) if ensemble.get("chosen") else None,
                         summary=summary, classnames=run_classnames(summary), adapter=summary.get("adapter"))
+
+
+def repeatable_as_lists(knobs: dict) -> dict:
+    """search()'s keywords with a repeatable option (`adapter=`) given as a numpy array or a
+    pandas Series of names (`np.array(["cache", "all"])`, a frame's column) as the list it
+    holds, as a list or a tuple is taken: the option's check takes those alone, and refused
+    the array whole ("expected a name or a list of names")."""
+    from promptclimb.agent.options import PYTHON_OPTIONS
+
+    repeatable = {o.keyword for o in PYTHON_OPTIONS if o.multiple}
+    return {k: as_list(v) if k in repeatable and as_list(v) is not None else v for k, v in knobs.items()}
 
 
 def run_to_continue(resume) -> str | os.PathLike:
@@ -335,7 +347,8 @@ def load_run(path_or_id: "str | Path | SearchResult | Run", runs_dir: str | Path
     or a unique start of one, or the run of a `SearchResult` or a `Run` (read again):
     `.scores()`, `.ranked()`, `.winners()`, `.iterations_frame()` and
     `.conversation_frame()` are pandas frames; `.skipped` lists history lines that could not
-    be read (a damaged file still shows what it holds)."""
+    be read (a damaged file still shows what it holds). `run.path` is absolute (it holds after an
+    `os.chdir`)."""
     from promptclimb.agent.core.runfiles import CONFIG
     from promptclimb.agent.options import defaults
     from promptclimb.agent.runs.reading import find_run
@@ -354,7 +367,9 @@ def load_run(path_or_id: "str | Path | SearchResult | Run", runs_dir: str | Path
             if here.is_dir():
                 raise PromptclimbError(f"{here} is not a run folder (it has no {CONFIG})")
             raise PromptclimbError(f"no run folder {here}" + (" (it is a file)" if here.exists() else ""))
-    return read_run(find_run(run, runs_dir))
+    # absolute, as SearchResult.run_dir: a relative one (runs/<id>) no longer led to the run once the notebook
+    # changed folder, and every method that reads a file of it (transfers(), ledger(), ...) broke
+    return read_run(Path(absolute(find_run(run, runs_dir))))
 
 
 # -- transfer -------------------------------------------------------------------------------

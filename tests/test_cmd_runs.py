@@ -743,7 +743,9 @@ def test_compare_says_when_the_runs_data_differs(tmp_path):
     record("b", "/data/toy")
     assert "(class names differ)" in note()[0]
     record("a", "/data/toy", names=("jacket", "blouse", "bag"), classnames="clean")  # the same images, renamed
-    assert note() == ["note: the runs start from different class names (--classnames) on the same images."]
+    assert note() == ["note: the runs start from different class names (--classnames) on the same images: 2 of 3 "
+                      "differ (A -> B: jacket -> coat, blouse -> shirt); each run's renames are counted from its own "
+                      "start names."]
     record("a", "/copy/of/toy", identity="toy:abc")  # the same data elsewhere: its identity says so
     record("b", "/data/toy", identity="toy:abc")
     assert note() == []

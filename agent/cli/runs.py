@@ -28,7 +28,7 @@ from promptclimb.agent.proposals import why_nothing_read
 from promptclimb.agent.runs.reading import (Run, find_run, list_sweep_dirs, names_turns_shown, result_said,
                                             run_start_names, runs_frame, without_root)
 from promptclimb.agent.runs.compact import CLASSES_IN_FULL
-from promptclimb.agent.runs.store import ANSWER_KINDS, CONFIG, HISTORY, run_argument
+from promptclimb.agent.runs.store import ANSWER_KINDS, CONFIG, HISTORY
 from promptclimb.agent.adapt import adapter_said
 from promptclimb.agent.softsearch import is_soft_prompt_run, soft_prompt_lines, spent_said, steps_table
 from promptclimb.agent.core.templates import BASELINE
@@ -129,8 +129,9 @@ def open_run(run: str, runs_dir: str) -> Run:
 @format_option
 @click.option("--dataset", "datasets", multiple=True, help="Only runs on this dataset (repeatable).")
 @click.option("--status", "statuses", multiple=True,
-              type=click.Choice(["done", "stopped-early", "unfinished", "running"]),
-              help="Only runs in this state (repeatable; stopped-early: ended by --max-calls or --max-tokens).")
+              type=click.Choice(["done", "stopped-early", "unfinished", "failed", "running"]),
+              help="Only runs in this state (repeatable; stopped-early: ended by --max-calls or --max-tokens; "
+                   "failed: its search ended in an error; unfinished: killed).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the newest N runs listed.")
 @user_errors
 def runs_cmd(runs_dir, fmt, datasets, statuses, limit):
@@ -234,22 +235,18 @@ def where(it: dict) -> str:
 
 
 def show_text(run: Run, conversation: bool, markdown: bool) -> str:
+    from promptclimb.agent.runs.report import continue_said  # jinja2: loaded where a page or this line is made
+
     h2 = (lambda s: f"\n## {s}\n") if markdown else (lambda s: f"\n{s}\n{'-' * len(s)}")
     code = markdown_code if markdown else (lambda s: s)
     literal = markdown_text if markdown else (lambda s: s)
     out = [f"# {literal(headline(run))}" if markdown else headline(run)]  # a run named my_*best* is no markup
-    if run.status == "unfinished":  # killed, or stopped by a failure: nothing else tells a reader how to go on
-        from promptclimb.agent.tracking import linked_store  # the MLflow run it continues, where it has one
-
-        store = linked_store(run.path)
-        # a server's URI is kept without the password or token it may need: named, not put in the command
-        server = store is not None and store.startswith(("http://", "https://"))
-        resume = shell_command("search", "--resume", run_argument(run.path),
-                               *(["--mlflow", store] if store and not server else []))
+    said = continue_said(run)  # an unfinished run: how to go on, as the report says it
+    if said is not None:
+        resume, note = said
         out.append(("\n" if markdown else "") + f"continue it with: {code(resume)}")  # markdown: a paragraph of its own
-        if server:
-            out.append(f"(its MLflow run is on {store}: add --mlflow with that server's URI, and the credentials it "
-                       "needs, to continue that MLflow run)")
+        if note:
+            out.append(f"({note})")
     baseline = ((run.final or {}).get("baseline") or {}).get("accuracy", {}).get("test")
     result, result_test = result_said(run.final)
     if baseline is not None and result_test is not None:  # the search's last words, read back the day after
@@ -659,12 +656,12 @@ def compare_cmd(run1, run2, top, runs_dir, fmt):
     click.echo(as_text(frame, fmt, percent=("A train", "A test", "B train", "B test")))
     # a soft prompt is learned vectors: two that read alike (`<soft: a photo of a> {class}.`) are not shared
     soft = [is_soft_prompt_run(run.config) for run in (a, b)]
-    shared = set() if any(soft) else winning_prompts(wa) & winning_prompts(wb)
+    shared = [] if any(soft) else shared_winners(a, b, wa, wb)
     # in markdown, list items (lines in a row would run into one paragraph) of escaped text
     item, literal = ("- ", markdown_text) if fmt == "markdown" else ("", lambda text: text)
     click.echo(f"\n{item}shared among the winners: {len(shared)}"
                + "".join(f"\n  {item}{literal(t)}{literal(f' (with {names})') if names else ''}"
-                         for t, names in sorted(shared)))
+                         for t, names in shared))
     for note in compare_notes(a, b, literal, top):
         click.echo(f"{item}note: {note}")
 
@@ -676,6 +673,37 @@ def winning_prompts(winners: pd.DataFrame) -> set[tuple[str, str]]:
     names = winners["names"].fillna("") if "names" in winners else [""] * len(winners)
     return {(t, n) for t, n in zip(winners["template"], names)
             if isinstance(t, str) and not t.startswith("ensemble of")}
+
+
+def starts_differ(a: Run, b: Run) -> bool:
+    """Whether two runs start from different class names (--classnames clean beside the
+    published labels): each one's `names` ("" for its start names, "Trouser -> jeans") is
+    then said from names the other does not hold."""
+    return bool(a.start_names and b.start_names and list(a.start_names) != list(b.start_names))
+
+
+def names_by_label(run: Run) -> dict[str, tuple[str, ...]]:
+    """The names a run's winners were scored with, by the label `Run.winners` gives them (the
+    classes renamed from its own start; "" its start names): its start names, each names
+    change it kept, its result's."""
+    start = run.start_names or []
+    held = [start, *(e.get("names") for e in run.of("names_change")), run.held_names]
+    return {renames(start, names): tuple(names) for names in held if isinstance(names, (list, tuple)) and names}
+
+
+def shared_winners(a: Run, b: Run, wa: pd.DataFrame, wb: pd.DataFrame) -> list[tuple[str, str]]:
+    """The prompts both runs list among their winners (`winning_prompts`), as (template, the
+    names said), in order. From different start names the same label is other names in each
+    (`a photo of a {}.` with A's Trouser and with B's trousers was listed as shared, and the
+    same template with A's rename to B's start name was not): matched by the names
+    themselves then, and said as A's."""
+    prompts_a, prompts_b = winning_prompts(wa), winning_prompts(wb)
+    if not starts_differ(a, b):
+        return sorted(prompts_a & prompts_b)
+    in_a, in_b = names_by_label(a), names_by_label(b)
+    held_b = {(t, in_b[label]) for t, label in prompts_b if label in in_b}
+    return sorted((t, f"A's renames {label}" if label else "A's start names") for t, label in prompts_a
+                  if label in in_a and (t, in_a[label]) in held_b)
 
 
 def compare_notes(a: Run, b: Run, literal: Callable[[str], str] = lambda text: text, top: int = 5) -> list[str]:
@@ -690,8 +718,8 @@ def compare_notes(a: Run, b: Run, literal: Callable[[str], str] = lambda text: t
     elif differ:
         notes.append(f"the runs use different dataset splits ({', '.join(differ)} differ); "
                      "their accuracies are not measured on the same images.")
-    elif names_differ:
-        notes.append("the runs start from different class names (--classnames) on the same images.")
+    if names_differ and not {"classes", "class names"} & set(differ):  # said above where the data's labels differ
+        notes.append(start_names_note(a, b, on_the_same_images=not differ, literal=literal))
     for key, run in (("A", a), ("B", b)):  # a template both list can score apart for this alone
         renamed = renamed_classes(run)
         if renamed:  # its pool's rows keep the start names they were scored with: all were said to be renamed
@@ -703,6 +731,17 @@ def compare_notes(a: Run, b: Run, literal: Callable[[str], str] = lambda text: t
                          f"{f' (test {pct(test)})' if isinstance(test, (int, float)) else ''}: the accuracies "
                          "above are its prompts' alone.")
     return notes
+
+
+def start_names_note(a: Run, b: Run, on_the_same_images: bool, literal: Callable[[str], str]) -> str:
+    """`compare`'s line for runs that start from different class names: which of B's differ
+    from A's, and that each run's renames and names are counted from its own start."""
+    start_a = run_start_names(a.config)  # as `data_differences` reads them
+    pairs = renamed_pairs(start_a, run_start_names(b.config))
+    which = f": {len(pairs)} of {len(start_a)} differ (A -> B: {literal(first_renames(pairs))})" if pairs else ""
+    where = " on the same images" if on_the_same_images else ""
+    return (f"the runs start from different class names (--classnames){where}{which}; each run's renames are "
+            "counted from its own start names.")
 
 
 def scored_with(winners: pd.DataFrame) -> str:

@@ -18,11 +18,11 @@ import jinja2
 from promptclimb.agent.adapt import adapter_said
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.files import write_text_atomic
-from promptclimb.agent.core.format import moment, pct, shots_said
+from promptclimb.agent.core.format import moment, pct, shell_command, shots_said
 from promptclimb.agent.core.paths import prompts_dir
 from promptclimb.agent.runs.compact import CLASSES_IN_FULL, confusion_matrix
 from promptclimb.agent.runs.reading import Run, names_turns_shown, result_said
-from promptclimb.agent.runs.store import kept_result
+from promptclimb.agent.runs.store import kept_result, run_argument
 from promptclimb.agent.softsearch import STEPS_LOST, is_soft_prompt_run, steps_shown, steps_table
 
 from promptclimb.agent.core.runfiles import ADAPTER_FILE, CONFIG, REPORT, SWEEP_FILE
@@ -36,6 +36,25 @@ def _clean(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+def continue_said(run: Run) -> tuple[str, str | None] | None:
+    """How to go on with an unfinished run (killed, or stopped by a failure: nothing else tells
+    a reader), as `show` and the report say it: the command, with the MLflow store it tracked
+    to where that is a file or folder, and a note where it is a server (its URI is kept
+    without the password or token it may need: named, not put in the command); None for a
+    run done, stopped early or running."""
+    if run.status not in ("unfinished", "failed"):
+        return None
+    from promptclimb.agent.tracking import linked_store  # the MLflow run it continues, where it has one
+
+    store = linked_store(run.path)
+    server = store is not None and store.startswith(("http://", "https://"))
+    command = shell_command("search", "--resume", run_argument(run.path),
+                            *(["--mlflow", store] if store and not server else []))
+    note = (f"its MLflow run is on {store}: add --mlflow with that server's URI, and the credentials it needs, "
+            "to continue that MLflow run") if server else None
+    return command, note
+
+
 def facts(run: Run) -> list[tuple[str, str]]:
     """The summary block: what was searched, how, at what cost."""
     search = run.config.get("search") or {}
@@ -44,6 +63,7 @@ def facts(run: Run) -> list[tuple[str, str]]:
     final = run.final or {}
     out = [
         ("run", run.id), ("status", run.status_said),
+        *continuing(run),
         ("dataset", run.dataset), ("backbone", run.backbone),
         ("shots", run.args.get("shots")), ("seed", run.args.get("seed")),
     ]
@@ -70,6 +90,16 @@ def facts(run: Run) -> list[tuple[str, str]]:
     if final.get("adapter"):  # what `adapt` (or a soft-prompt search) fitted on top, and whether it is kept
         out.append(("adapter", adapter_said(final["adapter"])))
     return [(label, "" if value is None else str(value)) for label, value in out]
+
+
+def continuing(run: Run) -> list[tuple[str, str]]:
+    """The summary block's row that says how to continue an unfinished run (`continue_said`,
+    the line `show` prints); none for another run."""
+    said = continue_said(run)
+    if said is None:
+        return []
+    command, note = said
+    return [("continue it with", command + (f" ({note})" if note else ""))]
 
 
 def render(run: Run, plot_png: Path | None = None) -> str:
