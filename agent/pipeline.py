@@ -219,8 +219,11 @@ def new_run(opts: dict, echo, clip: bool = True) -> Plan:
 def evaluator_settings(opts: dict, unlabeled: int = 0) -> EvaluatorSettings:
     """What the evaluator factory is built from (recorded in config.json as evaluator_args);
     `unlabeled`: images drawn to be scored without labels (--metric balance)."""
+    from promptclimb.evaluators.datasets import canonical_dataset_name  # numpy and PIL, not torch
+
     backbone, pretrained = default_backbone(opts["dataset"], opts["backbone"], opts["pretrained"], opts["weights"])
-    return EvaluatorSettings(opts["dataset"], opts["shots"], opts["seed"], backbone, pretrained,
+    # one spelling of the data (hf:owner/name: and hf:owner/name:default are hf:owner/name): its name draws the split
+    return EvaluatorSettings(canonical_dataset_name(opts["dataset"]), opts["shots"], opts["seed"], backbone, pretrained,
                              absolute(opts["weights"]), absolute(opts["data_root"]), opts["precision"],
                              opts["image_column"], opts["label_column"], classnames_setting(opts["classnames"]),
                              unlabeled)
@@ -622,6 +625,11 @@ def setting_change(option: option_table.Option, value, saved: dict) -> str | Non
     if option.name == "meta_prompt" and recorded is None:  # the run read ours: given, it is the same folder
         ours = prompts_dir() / "meta"
         return None if same_setting(value, str(ours)) else f"the run's: ours ({ours})"
+    if option.name == "dataset":
+        from promptclimb.evaluators.datasets import same_dataset_name
+
+        if same_dataset_name(value, recorded):  # hf:owner/name:default given for a run of hf:owner/name: its data
+            return None
     started, labels = run_start_names(saved), run_labels(saved)
     if option.name != "classnames" or not names_file(value) or not (started and labels):
         return None if same_setting(value, recorded) else f"the run's: {shown_setting(recorded)}"

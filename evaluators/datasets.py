@@ -157,6 +157,25 @@ DATASETS: dict[str, str] = {
 }
 
 
+def canonical_dataset_name(name: str) -> str:
+    """The one spelling of a dataset name among those that load the same data, for a new run or
+    eval to record and load: `hf:owner/name:` and `hf:owner/name:default` are `hf:owner/name`
+    (evaluators/hf.py `canonical_hub_name`); other names are their own. A name draws its few-shot
+    split and keys its features: loaded as it is spelled, a run recorded under another spelling
+    draws the split it was searched on."""
+    if not isinstance(name, str) or not name.startswith("hf:"):
+        return name
+    from promptclimb.evaluators.hf import canonical_hub_name  # no `datasets` import: only the spelling is read
+
+    return canonical_hub_name(name)
+
+
+def same_dataset_name(given: str | None, recorded: str | None) -> bool:
+    """Whether two dataset names load the same data (`canonical_dataset_name`): a --dataset given
+    with --resume or `eval --run` in another spelling of the run's is the run's dataset."""
+    return given == recorded or canonical_dataset_name(given) == canonical_dataset_name(recorded)
+
+
 def load_dataset(name: str, data_root: str | None = None, image_column: str | None = None,
                  label_column: str | None = None) -> Dataset:
     """The Dataset registered as `name` in DATASETS; the columns are for hf datasets."""

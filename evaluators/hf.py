@@ -6,7 +6,9 @@ only when such a dataset is loaded.
 Where the data comes from:
 - `hf:OWNER/NAME[:CONFIG]`: `datasets.load_dataset(OWNER/NAME, CONFIG)` with the user's
   Hugging Face datasets cache (`HF_DATASETS_CACHE`, by default ~/.cache/huggingface/datasets).
-  With `HF_HUB_OFFLINE=1` only what is already in that cache is used.
+  With `HF_HUB_OFFLINE=1` only what is already in that cache is used. `hf:OWNER/NAME:` and
+  `hf:OWNER/NAME:default` load the same data as `hf:OWNER/NAME`, its one spelling
+  (`canonical_hub_name`); each is loaded as spelled, its name drawing its split (a run keeps its).
 - `hf --data-root FOLDER`: a `save_to_disk` folder (it has dataset_dict.json or state.json),
   or a folder of parquet files (split names from the file names as on the Hub, e.g.
   `data/train-00000-of-00001.parquet`, `test.parquet`; files without one are all train).
@@ -132,12 +134,47 @@ def open_splits(name: str, data_root: str | None) -> tuple[dict[str, "datasets.D
     if data_root:
         raise PromptclimbError(f"--data-root is for --dataset hf (a local folder); --dataset {name} reads the "
                                "Hugging Face cache (HF_DATASETS_CACHE)")
+    repo, config = hub_repo_and_config(name)
+    return open_hub(repo, config), name, name[len("hf:"):]
+
+
+# The config `datasets.load_dataset(OWNER/NAME)` loads where the data has one of this name: a Hub dataset
+# without configs has only it, and one with several takes it as its default (`MetadataConfigs.get_default_config_name`;
+# marking another one `default: true` beside it is refused as two defaults). Config names are read as spelled:
+# 'Default' is another config (not found), so case is not folded.
+DEFAULT_CONFIG = "default"
+
+
+def hub_repo_and_config(name: str) -> tuple[str, str | None]:
+    """(OWNER/NAME, CONFIG or None) of `hf:OWNER/NAME[:CONFIG]`, or PromptclimbError in one line
+    that says what is wrong with the spelling. An empty CONFIG (`hf:owner/name:`) is none."""
     spec = name[len("hf:"):]
     repo, _, config = spec.partition(":")
+    expected = f"--dataset {name!r}: expected hf:OWNER/NAME or hf:OWNER/NAME:CONFIG"
+    # the Hub's names hold no spaces: one around it was looked for as 'owner___name ', said "not in the cache"
+    if spec != spec.strip() or repo != repo.strip() or config != config.strip():
+        raise PromptclimbError(f"{expected}, without spaces around its parts (hf:{repo.strip()}"
+                               f"{':' + config.strip() if config.strip() else ''})")
+    if repo.endswith("/") and repo.count("/") == 2 and all(repo[:-1].split("/")):
+        raise PromptclimbError(f"{expected}, without a '/' at the end of its name (hf:{repo[:-1]}"
+                               f"{':' + config if config else ''})")
     # 'hf:/x' was a local path to datasets, 'hf:owner/' a repo named ''
     if not repo or repo.count("/") > 1 or any(not part for part in repo.split("/")):
-        raise PromptclimbError(f"--dataset {name!r}: expected hf:OWNER/NAME or hf:OWNER/NAME:CONFIG")
-    return open_hub(repo, config or None), name, spec
+        raise PromptclimbError(expected)
+    return repo, config or None
+
+
+def canonical_hub_name(name: str) -> str:
+    """The one spelling of `hf:OWNER/NAME[:CONFIG]` for what loads the same data: without an empty
+    config or the default one (`hf:owner/name:`, `hf:owner/name:default` -> `hf:owner/name`).
+    The dataset's name draws its few-shot split and keys its features, so each spelling had drawn
+    its own split of the same images. A spelling refused by `hub_repo_and_config` is returned as it
+    is (refused where it is loaded)."""
+    try:
+        repo, config = hub_repo_and_config(name)
+    except PromptclimbError:
+        return name
+    return f"hf:{repo}" + (f":{config}" if config and config != DEFAULT_CONFIG else "")
 
 
 def open_folder(root: Path) -> dict[str, "datasets.Dataset"]:

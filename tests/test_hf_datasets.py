@@ -466,7 +466,7 @@ def test_eval_cli_on_a_hub_dataset_from_the_offline_cache(hf_cache, tiny_clip_co
         result = run_cli(*eval_args(tiny_clip_config, tiny_clip_weights, "--dataset", name))
         assert result.exit_code == 0, result.output
         out = json.loads(result.stdout)
-        assert out["info"]["dataset"]["name"] == name
+        assert out["info"]["dataset"]["name"] == "hf:owner/colours"  # one spelling of the data (canonical_dataset_name)
         assert out["info"]["split"]["sizes"] == {"train": 6, "val": 6, "test": 9}
 
 

@@ -179,7 +179,10 @@ RUN_DATA = ("data_root", "image_column", "label_column", "classnames")  # a run'
 def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str], dict | None]:
     """Evaluator settings and templates: the options given, else the run's, else the
     defaults; and the run's config.json (None without --run)."""
+    from promptclimb.evaluators.datasets import canonical_dataset_name, same_dataset_name
+
     args, config = dict(given), None
+    args["dataset"] = canonical_dataset_name(args["dataset"])  # hf:owner/name:default is hf:owner/name
     if run_dir is not None:
         from promptclimb.agent.adapt import check_run_data, read_run
         from promptclimb.agent.core.runfiles import CONFIG
@@ -197,7 +200,10 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
         else:
             config, summary = read_run(run_dir, "eval --run")
         own = config.get("evaluator_args") or {}
-        other_dataset = given["dataset"] is not None and given["dataset"] != own.get("dataset")
+        # another spelling of the run's data is the run's, loaded as the run spelled it (its name draws its split)
+        other_dataset = given["dataset"] is not None and not same_dataset_name(given["dataset"], own.get("dataset"))
+        if given["dataset"] is not None and not other_dataset:
+            args["dataset"] = own["dataset"]
         if not other_dataset:
             check_run_data(run_dir, config, given["data_root"], "eval", "--run", run_argument(run_dir))
         for key, value in own.items():
