@@ -166,6 +166,8 @@ def planned_search(opts: dict, echo, evaluator_factory: EvaluatorFactory | None,
                     return after_the_climb(plan, store, evaluator, summary, echo)
                 except DataError as exc:  # images of the split that no longer decode
                     raise run_is_saved(exc, store, opts.get("mlflow")) from None
+                except BrokenPipeError:  # `search ... | head`: the reader went away (141), the run did not fail
+                    raise
                 except OSError as exc:  # a full disk, a folder made read-only: the history holds every step
                     raise run_is_saved(PromptclimbError(os_error_message(exc)), store, opts.get("mlflow")) from None
     finally:
@@ -885,7 +887,7 @@ def failure_recorded(store: RunStore, opts: dict) -> Iterator[None]:
     for what changed since (`RunMismatch`): the run is as it was. Never hides the error."""
     try:
         yield
-    except RunMismatch:
+    except (RunMismatch, BrokenPipeError):  # (the reader of the output went away: stopped, as by a Ctrl-C)
         raise
     except Exception as exc:
         with suppress(Exception):  # the same full disk, a folder gone: the error itself is what to say

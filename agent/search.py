@@ -122,16 +122,16 @@ class SearchConfig:
             raise PromptclimbError(f"guard must be one of {', '.join(naming.GUARDS)}, not {self.guard!r}")
         if self.confirm not in CONFIRMS:
             raise PromptclimbError(f"confirm must be one of {', '.join(CONFIRMS)}, not {self.confirm!r}")
-        # top_k 0 showed the LLM an empty "best templates so far" and asked it to beat them
-        for name in ("restarts", "resets", "iterations", "proposals", "parallel", "names_k", "names_per_class",
-                     "top_k"):
+        # (top_k 0, which showed the LLM an empty "best templates so far", is refused as a new
+        # run's option, agent/options.py; a run recorded with it before still resumes)
+        for name in ("restarts", "resets", "iterations", "proposals", "parallel", "names_k", "names_per_class"):
             if getattr(self, name) < 1:
                 raise PromptclimbError(f"{name} must be at least 1")
         # one restart, or --parallel 1, runs in one lane: nothing shares the cap
         if min(self.parallel, self.restarts) > 1 and (self.max_calls is not None or self.max_tokens is not None):
             raise PromptclimbError("parallel restarts cannot share a budget cap (which restart gets the last "
                                    "calls would depend on timing): drop --parallel or --max-calls/--max-tokens")
-        for name in ("spare", "bottom_k", "pool_sample", "ensemble_k", "max_answer_tokens"):
+        for name in ("spare", "top_k", "bottom_k", "pool_sample", "ensemble_k", "max_answer_tokens"):
             if getattr(self, name) < 0:
                 raise PromptclimbError(f"{name} must not be negative")
         if not 0.0 <= self.temperature <= 2.0:
@@ -518,7 +518,9 @@ class HillClimber:
                 try:
                     self.run_restart(restart, lane=0)
                 except BudgetExhausted as exc:
-                    if not self.config.asks_no_llm():
+                    # a run recorded when a zero budget stopped at restart 1 replays as it was recorded
+                    replayed = self.store.replaying and self.store.peek()["event"] == "stop"
+                    if not self.config.asks_no_llm() or replayed:
                         raise
                     spent = spent or exc
             if spent is not None:

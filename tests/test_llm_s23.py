@@ -30,6 +30,7 @@ class Trickle:
     def __init__(self, spaces: int = 40, every_s: float = 0.1):
         self.spaces, self.every_s = spaces, every_s
         self.requests = 0
+        self.gone = 0  # requests whose client closed the connection before the answer was sent
         self.stop = threading.Event()
         trickle = self
 
@@ -51,8 +52,8 @@ class Trickle:
                         if trickle.stop.wait(trickle.every_s):
                             return
                     self.wfile.write(body[trickle.spaces:])
-                except OSError:  # the client gave up on it
-                    pass
+                except OSError:  # the client gave up on it, and closed its connection
+                    trickle.gone += 1
 
             def log_message(self, *args):
                 pass
@@ -93,6 +94,21 @@ def test_an_endpoint_that_trickles_its_answer_is_abandoned_at_the_timeout_and_re
     assert str(failed.value).endswith("(a try waits 1s: a slow endpoint may need a longer --timeout)")
     assert len(said) == 1 and "no answer within 1s (try 1 of 2); retrying in" in said[0] and len(sleeps) == 1
     assert llm.ledger.failed_attempts == 2 and llm.ledger.calls == 0
+
+
+def test_a_try_abandoned_at_the_timeout_closes_its_connection():
+    """The endpoint must see an abandoned try go, as when the HTTP client's own timeout fired:
+    left open, a server computed it on (llama.cpp's one slot held the retry behind it; an API
+    billed it) and the request's thread and socket stayed until the endpoint ended them."""
+    with Trickle(spaces=100, every_s=0.05) as server:  # 5 s for the whole answer
+        llm = LLMClient("m", base_url=server.base_url, api_key=KEY, use_cache=False, timeout=1, max_tries=1)
+        with pytest.raises(LLMError):
+            llm.chat(HI)
+        deadline = time.monotonic() + 2.5  # well before the trickle's 5 s: the server saw the client go
+        while server.gone < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.gone == 1
+        assert not [t for t in threading.enumerate() if t.name == "promptclimb-llm-request"]
 
 
 def test_a_trickled_answer_within_the_timeout_is_taken():

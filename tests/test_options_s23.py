@@ -17,7 +17,6 @@ from fake_llm import FakeLLM, WordEvaluator
 from test_search import KEY, responder
 
 from promptclimb.agent.core.errors import PromptclimbError
-from promptclimb.agent.search import SearchConfig
 
 SMALL = dict(dataset="toy", iterations=2, resets=1, pool_sample=6, search="template")
 
@@ -81,8 +80,6 @@ def test_top_k_0_is_refused_before_anything_loads(endpoint, built, tmp_path):
     config.write_text('[search]\ndataset = "toy"\ntop-k = 0\n')
     from_file = CliRunner().invoke(search_cmd, ["--config", str(config)], obj=factory, terminal_width=400)
     assert from_file.exit_code == 2 and f"--config {config}: --top-k 0: not in the range x>=1" in flat(from_file.output)
-    with pytest.raises(PromptclimbError, match="top_k must be at least 1"):
-        SearchConfig(top_k=0).check()
     assert not built and endpoint.count == 0 and not (tmp_path / "runs").exists()
     said, _ = search(top_k=1, name="one")  # one best template shown is a search
     assert not notes(said) and endpoint.count == 2
@@ -162,3 +159,39 @@ def test_max_calls_0_scores_every_restarts_pool_sample(endpoint, built, search_k
     assert endpoint.count == 0 and [line for line in said if line.startswith("restart ")][2].startswith("restart 3/3")
     said, result = search(max_calls=1, restarts=3, pool_sample=3, name="one-call")  # a budget spent mid-run stops it
     assert [e["restart"] for e in history(result) if e["event"] == "restart"] == [0]
+
+
+def test_a_run_recorded_with_top_k_0_before_it_was_refused_still_resumes(endpoint, built):
+    """Runs started with --top-k 0 before it was refused hold it in config.json: a resume read
+    them as damaged ("config.json is damaged (search.top_k: ...)")."""
+    from promptclimb.agent import options
+
+    top_k = options.BY_NAME["top_k"]
+    object.__setattr__(top_k, "minimum", 0)  # a run started before --top-k 0 was refused (a frozen Option)
+    try:
+        said, result = search(top_k=0, name="old", max_calls=1)
+    finally:
+        object.__setattr__(top_k, "minimum", 1)
+    (result.run_dir / "history.jsonl").write_text("".join(  # killed before its budget's stop
+        line + "\n" for line in (result.run_dir / "history.jsonl").read_text().splitlines()
+        if json.loads(line)["event"] not in ("stop", "final")))
+    (result.run_dir / "summary.json").unlink()
+    resumed = promptclimb.search(resume=result.run_dir, echo=[].append)
+    assert resumed.run_dir == result.run_dir and json.loads((result.run_dir / "config.json").read_text())[
+        "search"]["top_k"] == 0
+    with pytest.raises(PromptclimbError, match="top-k 0: not in the range"):
+        search(top_k=0, name="new")  # a new run is refused as before
+
+
+def test_a_zero_budget_run_recorded_stopping_at_restart_1_still_resumes(endpoint, built):
+    """Before every restart scored its pool sample, --max-calls 0 --restarts 3 stopped at restart
+    1's first turn: such a history (the same as one restart's, with restarts 3 recorded) replays
+    as it was, where the resume had been refused as a changed search."""
+    said, result = search(max_calls=0, restarts=1, pool_sample=3, name="old-zero")
+    config = json.loads((result.run_dir / "config.json").read_text())
+    config["search"]["restarts"] = 3
+    (result.run_dir / "config.json").write_text(json.dumps(config))
+    before = history(result)
+    resumed = promptclimb.search(resume=result.run_dir, echo=[].append)
+    assert resumed.run_dir == result.run_dir and history(resumed)[:len(before)] == before
+    assert [e["restart"] for e in history(resumed) if e["event"] == "restart"] == [0]

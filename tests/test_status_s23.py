@@ -214,3 +214,27 @@ def test_the_resume_hint_names_a_folder_store_absolute(tmp_path, monkeypatch, ty
     assert command.split()[-2:] == ["--mlflow", shown.format(here=tmp_path)] or \
         command.endswith(f"--mlflow '{shown.format(here=tmp_path)}'"), command
     assert note is None
+
+
+def test_a_search_whose_reader_went_away_is_not_recorded_as_failed(tmp_path):
+    """`promptclimb search ... | head -2`: the closed pipe ended the search (exit 141), and the run
+    had been recorded as failed ("Broken pipe"), as an LLM that failed for good is."""
+    import promptclimb
+    from promptclimb.agent.api import using_evaluator
+
+    said = []
+
+    def reader_goes_away(line: str) -> None:
+        said.append(line)
+        if len(said) > 6:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    runs = tmp_path / "runs"
+    with FakeLLM(responder=responder) as fake, using_evaluator(lambda **kw: WordEvaluator(kw["dataset"])), \
+            pytest.MonkeyPatch.context() as env:
+        env.setenv("OPENAI_API_KEY", KEY)
+        env.setenv("OPENAI_BASE_URL", fake.base_url)
+        with pytest.raises(BrokenPipeError):
+            promptclimb.search(dataset="toy", iterations=2, runs_dir=runs, name="piped", echo=reader_goes_away)
+    assert events(runs / "piped") and "failed" not in {e["event"] for e in events(runs / "piped")}
+    assert statuses(runs) == {"piped": "unfinished"}

@@ -917,26 +917,34 @@ class LLMClient:
             raise LLMError(self.redact(f"the LLM ({self.model} at {where}) did not answer {tries}: "
                                        f"{type(exc).__name__}: {exc}{hint}"), cause=cause) from None
 
-    def _within_timeout(self, send: Callable[[], object]) -> object:
-        """What `send()` (one HTTP request) returns or raises, or DeadlinePassed once it has taken
-        `timeout` seconds in all. The HTTP client times each wait for the endpoint (to connect,
-        between two parts of the answer), not the whole request, and no client setting says
-        "in all": the request runs in a thread of its own, which one abandoned here is left to
-        end by itself (when the endpoint ends it, its HTTP timeout fires, or `close`)."""
+    def _within_timeout(self, client, sent: dict) -> object:
+        """`client.chat.completions.create(**sent)`'s answer (or what it raises), or DeadlinePassed
+        once it has taken `timeout` seconds in all. The HTTP client times each wait for the
+        endpoint (to connect, between two parts of the answer), not the whole request, and no
+        client setting says "in all": the request runs in a thread of its own, on a connection
+        of its own, which is closed when the deadline passes. The endpoint then sees the request
+        go, as when the HTTP client's own timeout fired: a server stops computing it (llama.cpp's
+        one slot, an API's billing) rather than queue the retry behind it."""
+        import openai
+
+        http = openai.DefaultHttpxClient(timeout=self.timeout)
         outcome: dict = {}
         done = threading.Event()
 
         def run() -> None:
             try:
-                outcome["answer"] = send()
+                outcome["answer"] = client.with_options(http_client=http).chat.completions.create(**sent)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller, which raises it
                 outcome["error"] = exc
             finally:
                 done.set()
 
         threading.Thread(target=run, name="promptclimb-llm-request", daemon=True).start()
-        if not done.wait(self.timeout):
-            raise DeadlinePassed(f"no whole answer within {self.timeout:g}s")
+        try:
+            if not done.wait(self.timeout):
+                raise DeadlinePassed(f"no whole answer within {self.timeout:g}s")
+        finally:
+            http.close()  # also on Ctrl-C: the request ends with the wait for it
         if "error" in outcome:
             raise outcome["error"]
         return outcome["answer"]
@@ -950,7 +958,7 @@ class LLMClient:
             not_taken = set(self._not_taken)  # as this request goes: another lane may add to it meanwhile
             try:
                 sent = as_sent(request, not_taken)
-                response = self._within_timeout(lambda: client.chat.completions.create(**sent))
+                response = self._within_timeout(client, sent)
                 break
             except ValueError as exc:  # a 200 whose body is not JSON (json / pydantic errors)
                 raise MalformedResponse(f"the endpoint's answer is not valid JSON ({exc})") from None
