@@ -238,3 +238,16 @@ def test_a_search_whose_reader_went_away_is_not_recorded_as_failed(tmp_path):
             promptclimb.search(dataset="toy", iterations=2, runs_dir=runs, name="piped", echo=reader_goes_away)
     assert events(runs / "piped") and "failed" not in {e["event"] for e in events(runs / "piped")}
     assert statuses(runs) == {"piped": "unfinished"}
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), RuntimeError("images of split train no longer decode")])
+def test_show_says_an_answer_the_run_stopped_before_scoring_was_not_scored(error, tmp_path):
+    """A run killed or failed while it scored an answer: `show` read the answer's five templates
+    as "no line had a {} placeholder"."""
+    runs = tmp_path / "runs"
+    with FakeLLM(responder=responder) as fake:
+        search(fake, runs, *ARGS, "--name", "r", factory=lambda **kw: StopsAtScore(kw["dataset"], 2, error))
+    shown = invoke("show", runs / "r")
+    assert shown.exit_code == 0, shown.output
+    assert ("proposed: 0 scored, 0 rejected (the run stopped before it scored this answer: a resume goes on from it)"
+            in shown.output) and "placeholder" not in shown.output

@@ -321,6 +321,8 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
     bullet, sub = list_bullets(markdown)
     judges = {e["call"]: e for e in run.of("names_judge")}
     name_scores = run.of("name_score")  # once: read for every guard answer
+    # the answer of a turn the run stopped in (killed, failed) was not scored yet: its lines were not "none"
+    stopped_in = run.open_turn() if run.status in ("unfinished", "failed") else set()
     for it in iterations:
         kind = "" if it["kind"] == "template" else f" [{it['kind']}]"
         if it["kind"] == "guard":  # its answer is the whole story, beside the change it judged
@@ -341,9 +343,10 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
                 out.append(f"{sub}top     {pct(s['selection']):>6}  {code(s['template'])}")
             for s in it["shown_bottom"]:
                 out.append(f"{sub}bottom  {pct(s['selection']):>6}  {code(s['template'])}")
+        why = ("the run stopped before it scored this answer: a resume goes on from it" if it["call"] in stopped_in
+               else why_nothing_read(it.get("answer") or "", it["kind"]))
         out.append(f"{bullet}proposed: {len(it['scored'])} scored, {len(it['rejected'])} rejected"
-                   + (f" ({why_nothing_read(it.get('answer') or '', it['kind'])})"
-                      if not it["scored"] and not it["rejected"] else ""))
+                   + (f" ({why})" if not it["scored"] and not it["rejected"] else ""))
         for s in it["scored"]:
             mark = "  <- best so far" if s["template"] == it["best_template"] else ""
             out.append(f"{sub}{pct(s['selection']):>6}  {code(s['template'])}{mark}")
