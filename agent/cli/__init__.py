@@ -5,12 +5,13 @@ agent side never pays for torch unless a command needs the evaluator."""
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 import click
 
 from promptclimb import __version__
-from promptclimb.agent.core.errors import EXIT_INTERRUPTED
+from promptclimb.agent.core.errors import EXIT_INTERRUPTED, keep_signals_finalizers_swallow
 
 # name -> "module:attribute"
 COMMANDS = {
@@ -60,12 +61,28 @@ def cli():
 def main(argv=None, obj=None):
     """The `promptclimb` console script. `obj` reaches every command's context (a test or
     an embedding program passes {"evaluator_factory": ...} to put its own evaluator behind
-    `search`)."""
+    `search`). It ends the program (SystemExit), with Ctrl-C ignored from then on: a program
+    that catches that SystemExit to go on sets its own SIGINT handler again."""
+    keep_signals_finalizers_swallow()
     try:
-        cli.main(args=argv, prog_name="promptclimb", standalone_mode=True, obj=obj)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+        cli.main(args=argv, prog_name="promptclimb", standalone_mode=True, obj=obj)  # always ends in SystemExit
+    except KeyboardInterrupt:  # in click's own code, outside the command (there: user_errors, quietly)
+        pass  # said below, once Ctrl-C is ignored
+    finally:
+        # The exit status is decided. People press Ctrl-C twice: the second one, raised inside the
+        # exit's cleanup (threading's _shutdown, an atexit callback), was printed as a traceback,
+        # and during the modules' teardown it killed the process (status -2, not 130). Inline, in
+        # a loop: one pending as we get here is raised on the way into signal.signal (Python code).
+        while True:
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                break
+            except KeyboardInterrupt:  # that pending one: ignored, as those after it
+                continue
+            except ValueError:  # not the main thread (an embedding program's): its Ctrl-C stays its own
+                break
+    click.echo("interrupted", err=True)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

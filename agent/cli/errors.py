@@ -12,7 +12,8 @@ import warnings
 
 import click
 
-from promptclimb.agent.core.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, PromptclimbError, os_error_message
+from promptclimb.agent.core.errors import (EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, PromptclimbError, forget_signals,
+                                            lost_signal_status, os_error_message)
 
 
 def user_errors(fn):
@@ -21,16 +22,19 @@ def user_errors(fn):
     Ctrl-C (KeyboardInterrupt) ends it with status 130, without click's "Aborted!" and its
     status 1: a search or sweep has already printed the command that continues it.
     SIGTERM (SystemExit 143, agent/core/errors.py) passes through as it is; a closed output
-    pipe (BrokenPipeError) ends it quietly with 141. A warning (images
+    pipe (BrokenPipeError) ends it quietly with 141. A signal whose exception was swallowed
+    (raised inside a finalizer, "Exception ignored in ...") still sets the exit status of a
+    command that went on to its end: 143 or 130 (`lost_signal_status`). A warning (images
     skipped as unreadable, random weights, a library's) is one `warning:` line on stderr when
     it happens, not Python's file and source line."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        forget_signals()
         try:
             with warnings.catch_warnings():
                 warnings.showwarning = lambda message, *_, **__: click.echo(f"warning: {message}", err=True)
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
         except PromptclimbError as exc:
             raise click.ClickException(str(exc)) from None
         except BrokenPipeError:  # `promptclimb sweep-report s | head -1`: the reader has what it wanted
@@ -43,5 +47,9 @@ def user_errors(fn):
             raise click.ClickException(os_error_message(exc)) from None
         except KeyboardInterrupt:
             raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+        lost = lost_signal_status()
+        if lost is not None:  # the user asked it to stop: not 0, which a script's `&&` reads as done
+            raise click.exceptions.Exit(lost)
+        return result
 
     return wrapper

@@ -7,7 +7,9 @@ that message (or an OSError's, naming its file) as one line, without a traceback
 
 from __future__ import annotations
 
+import _thread
 import signal
+import sys
 import threading
 
 # The exit status of every `promptclimb` command (README, Exit codes).
@@ -36,6 +38,10 @@ def os_error_message(exc: OSError) -> str:
 
 
 _SIGTERM = threading.Event()
+# Ctrl-C's whose KeyboardInterrupt a finalizer swallowed since the command began (`keep_signals_finalizers_swallow`)
+_SWALLOWED_CTRL_C = threading.Event()
+# How long after a swallowed signal it is delivered again: time for the finalizer that swallowed it to end.
+REDELIVER_AFTER_S = 0.05
 
 
 def sigterm_received() -> bool:
@@ -63,3 +69,63 @@ def sigterm_raises_systemexit(replace: bool = False):
 
     signal.signal(signal.SIGTERM, handler)
     return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def forget_signals() -> None:
+    """A command begins: a SIGTERM or a swallowed Ctrl-C of an earlier command run in this
+    process (a test's) is not this one's."""
+    _SIGTERM.clear()
+    _SWALLOWED_CTRL_C.clear()
+
+
+def lost_signal_status() -> int | None:
+    """The exit status a signal asked for that did not end the command (its exception was
+    swallowed: `keep_signals_finalizers_swallow`, or Ray's SystemExit(1)): EXIT_TERMINATED
+    after SIGTERM, EXIT_INTERRUPTED after a Ctrl-C a finalizer swallowed; None: none came."""
+    if _SIGTERM.is_set():
+        return EXIT_TERMINATED
+    return EXIT_INTERRUPTED if _SWALLOWED_CTRL_C.is_set() else None
+
+
+def _signal_behind(exc: BaseException | None) -> int | None:
+    """The signal whose handler raised `exc` (Ctrl-C's KeyboardInterrupt, the SystemExit of
+    `sigterm_raises_systemexit`), or None."""
+    if isinstance(exc, KeyboardInterrupt):
+        return signal.SIGINT
+    if isinstance(exc, SystemExit) and exc.code == EXIT_TERMINATED and _SIGTERM.is_set():
+        return signal.SIGTERM
+    return None
+
+
+def keep_signals_finalizers_swallow():
+    """Python runs a weakref callback or a `__del__` wherever an object is freed, and the
+    exception a signal's handler raises inside one (Ctrl-C, SIGTERM) goes to
+    sys.unraisablehook, which prints "Exception ignored in ..." and drops it: the search went on
+    to its end and exited 0. This hook says nothing and delivers the signal again a moment
+    later, from a thread (`_thread.interrupt_main`), once the finalizer has ended; where that
+    comes too late (the handler is gone), `lost_signal_status` is the command's exit status.
+    Returns a callable restoring the previous hook."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        signum = _signal_behind(unraisable.exc_value)
+        if signum is None or threading.current_thread() is not threading.main_thread():  # handlers run there only
+            if not _ctrl_c_ignored_in_a_race(unraisable):
+                previous(unraisable)
+            return
+        if signum == signal.SIGINT:
+            _SWALLOWED_CTRL_C.set()
+        again = threading.Timer(REDELIVER_AFTER_S, _thread.interrupt_main, args=(signum,))
+        again.daemon = True
+        again.start()
+
+    sys.unraisablehook = hook
+    return lambda: setattr(sys, "unraisablehook", previous)
+
+
+def _ctrl_c_ignored_in_a_race(unraisable) -> bool:
+    """Python's note on a Ctrl-C that arrived as its handler became SIG_IGN ("Signal 2 ignored
+    due to race condition"): a second Ctrl-C while the command exits, ignored on purpose
+    (agent/cli `main`)."""
+    exc = unraisable.exc_value
+    return isinstance(exc, OSError) and str(exc) == f"Signal {signal.SIGINT:d} ignored due to race condition"
