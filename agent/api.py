@@ -325,6 +325,9 @@ def evaluate(templates: str | Sequence[str], dataset: str = "fashion-mnist", sho
     check_echo("evaluate()", echo)
     if dataset is None:
         raise PromptclimbError("evaluate(): dataset is required")
+    from promptclimb.evaluators.datasets import canonical_dataset_name  # numpy and PIL, not torch
+
+    checked["dataset"] = canonical_dataset_name(checked["dataset"])  # hf:o/n:default is hf:o/n, as `eval` says it
     (dataset, shots, seed, backbone, pretrained, weights, data_root, splits, precision, image_column, label_column,
      classnames) = (checked[k] for k in ("dataset", "shots", "seed", "backbone", "pretrained", "weights", "data_root",
                                          "splits", "precision", "image_column", "label_column", "classnames"))

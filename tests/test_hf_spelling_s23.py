@@ -136,6 +136,28 @@ def test_a_run_started_with_another_spelling_records_the_canonical_one(hf_cache,
         assert again.exit_code == 0, again.output
     other = search(runs, tiny_clip_config, tiny_clip_weights, "--resume", run.name, "--dataset", "hf:owner/colours:rgb")
     assert other.exit_code == 1 and "--dataset hf:owner/colours:rgb (the run's: hf:owner/colours)" in other.output
+    for name in SPELLINGS:  # `runs --dataset` as the search was given it, or any other spelling
+        listed = run_cli("runs", "--runs-dir", runs, "--dataset", name, "--format", "csv")
+        assert listed.exit_code == 0 and run.name in listed.stdout, listed.output
+
+
+def test_evaluate_takes_any_spelling_as_the_one_dataset():
+    """evaluate(dataset="hf:owner/colours:default") drew the split of that spelling, another than
+    `promptclimb eval`'s with the same words."""
+    import promptclimb
+    from fake_llm import WordEvaluator
+    from promptclimb.agent.api import using_evaluator
+
+    asked = []
+
+    def build(**kwargs):
+        asked.append(kwargs["dataset"])
+        return WordEvaluator("toy")
+
+    with using_evaluator(build):
+        for name in SPELLINGS:
+            promptclimb.evaluate("a photo of a {}.", dataset=name, echo=None)
+    assert asked == ["hf:owner/colours"] * len(SPELLINGS)
 
 
 def test_a_run_recorded_under_another_spelling_resumes_and_evaluates_on_its_own_split(

@@ -31,6 +31,7 @@ class Trickle:
         self.spaces, self.every_s = spaces, every_s
         self.requests = 0
         self.gone = 0  # requests whose client closed the connection before the answer was sent
+        self.ports: list[int] = []  # each request's client port: one connection, one port
         self.stop = threading.Event()
         trickle = self
 
@@ -40,6 +41,7 @@ class Trickle:
             def do_POST(self):  # noqa: N802 - http.server's name
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 trickle.requests += 1
+                trickle.ports.append(self.client_address[1])
                 body = b" " * trickle.spaces + json.dumps(CHAT).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -109,6 +111,22 @@ def test_a_try_abandoned_at_the_timeout_closes_its_connection():
             time.sleep(0.05)
         assert server.gone == 1
         assert not [t for t in threading.enumerate() if t.name == "promptclimb-llm-request"]
+
+
+def test_the_requests_of_a_lane_share_one_connection_until_a_deadline_cuts_it():
+    """Each request had opened a connection of its own (a TCP and TLS handshake per answer on an
+    API); a lane keeps one, and a new one follows only a request cut at its deadline."""
+    with Trickle(spaces=0, every_s=0.01) as server:
+        llm = LLMClient("m", base_url=server.base_url, api_key=KEY, use_cache=False, timeout=1, max_tries=1)
+        for i in range(3):
+            llm.chat([{"role": "user", "content": f"hi {i}"}])
+        server.spaces, server.every_s = 30, 0.1  # 3 s: past the deadline
+        with pytest.raises(LLMError):
+            llm.chat([{"role": "user", "content": "slow"}])
+        server.spaces = 0
+        llm.chat([{"role": "user", "content": "after"}])
+        llm.close()
+    assert len(set(server.ports[:4])) == 1 and server.ports[4] != server.ports[0], server.ports
 
 
 def test_a_trickled_answer_within_the_timeout_is_taken():

@@ -216,3 +216,27 @@ def test_llm_serve_stopped_with_ctrl_c_twice_stops_its_server(home, stand_in, ga
     assert not any(word in output for word in FAILED), output
     with pytest.raises(OSError):  # the server went with it
         urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+
+
+def test_a_ctrl_c_delivered_again_wakes_a_wait_of_the_main_thread():
+    """Delivered again as Python's pending flag only, a Ctrl-C a finalizer swallowed waited for
+    the main thread's wait to end: an LLM answer's, up to --timeout (120 s)."""
+    import sys
+    import threading
+    import time
+    import types
+
+    from promptclimb.agent.core.errors import forget_signals, keep_signals_finalizers_swallow
+
+    restore = keep_signals_finalizers_swallow()
+    started = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            exc = KeyboardInterrupt()
+            sys.unraisablehook(types.SimpleNamespace(exc_type=KeyboardInterrupt, exc_value=exc, exc_traceback=None,
+                                                     err_msg="in a finalizer", object=None))
+            threading.Event().wait(10)
+    finally:
+        restore()
+        forget_signals()
+    assert time.monotonic() - started < 3

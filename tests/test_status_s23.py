@@ -251,3 +251,15 @@ def test_show_says_an_answer_the_run_stopped_before_scoring_was_not_scored(error
     assert shown.exit_code == 0, shown.output
     assert ("proposed: 0 scored, 0 rejected (the run stopped before it scored this answer: a resume goes on from it)"
             in shown.output) and "placeholder" not in shown.output
+
+
+def test_show_reads_an_answer_with_nothing_to_score_as_such_where_the_run_failed_after_it(tmp_path):
+    """A first answer without a {} line, then the LLM down: the answer had been read (nothing in
+    it to score), so it is not one the run "stopped before scoring"."""
+    runs = tmp_path / "runs"
+    with FakeLLM(script=["no template here", "still none"]) as fake:
+        fake.faults.extend(["ok"] + ["500"] * 20)
+        failed = search(fake, runs, *ARGS, "--name", "r")
+    assert failed.exit_code == 1, failed.output
+    shown = invoke("show", runs / "r")
+    assert "(no line had a {} placeholder)" in shown.output and "stopped before it scored" not in shown.output

@@ -157,8 +157,10 @@ def runs_cmd(runs_dir, fmt, datasets, statuses, limit):
             f"but sweeps; their runs: {'; '.join(sweeps)}" if sweeps else
             "(start one with `promptclimb search`, or point --runs-dir elsewhere)"))
     if not frame.empty:  # a run's status may carry a note after a comma ("done, 1 bad lines")
-        if datasets:
-            frame = frame[frame["dataset"].isin(datasets)]
+        if datasets:  # any spelling of a dataset (hf:o/n:default is hf:o/n), as a run recorded it or as given
+            from promptclimb.evaluators.datasets import canonical_dataset_name
+
+            frame = frame[frame["dataset"].map(canonical_dataset_name).isin(map(canonical_dataset_name, datasets))]
         if statuses:
             frame = frame[frame["status"].str.split(",").str[0].isin([s.replace("-", " ") for s in statuses])]
         frame = frame.head(limit) if limit else frame
@@ -343,8 +345,10 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
                 out.append(f"{sub}top     {pct(s['selection']):>6}  {code(s['template'])}")
             for s in it["shown_bottom"]:
                 out.append(f"{sub}bottom  {pct(s['selection']):>6}  {code(s['template'])}")
-        why = ("the run stopped before it scored this answer: a resume goes on from it" if it["call"] in stopped_in
-               else why_nothing_read(it.get("answer") or "", it["kind"]))
+        # (an answer with nothing to score was read: what stopped the run came after it)
+        readable = "{}" in (it.get("answer") or "") if it["kind"] == "template" else ":" in (it.get("answer") or "")
+        why = ("the run stopped before it scored this answer: a resume goes on from it"
+               if it["call"] in stopped_in and readable else why_nothing_read(it.get("answer") or "", it["kind"]))
         out.append(f"{bullet}proposed: {len(it['scored'])} scored, {len(it['rejected'])} rejected"
                    + (f" ({why})" if not it["scored"] and not it["rejected"] else ""))
         for s in it["scored"]:

@@ -115,12 +115,22 @@ def keep_signals_finalizers_swallow():
             return
         if signum == signal.SIGINT:
             _SWALLOWED_CTRL_C.set()
-        again = threading.Timer(REDELIVER_AFTER_S, _thread.interrupt_main, args=(signum,))
+        again = threading.Timer(REDELIVER_AFTER_S, _deliver_again, args=(signum,))
         again.daemon = True
         again.start()
 
     sys.unraisablehook = hook
     return lambda: setattr(sys, "unraisablehook", previous)
+
+
+def _deliver_again(signum: int) -> None:
+    """The signal once more, to the main thread: as a signal (`pthread_kill`), which also wakes
+    a wait there (an LLM answer's, up to --timeout), where its handler is still Python's;
+    else only as Python's pending flag (`interrupt_main`: a default SIGTERM would kill)."""
+    if callable(signal.getsignal(signum)) and hasattr(signal, "pthread_kill"):
+        signal.pthread_kill(threading.main_thread().ident, signum)
+    else:
+        _thread.interrupt_main(signum)
 
 
 def _ctrl_c_ignored_in_a_race(unraisable) -> bool:

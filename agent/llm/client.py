@@ -610,6 +610,10 @@ class LLMClient:
         self._secrets = tuple(s for s in (api_key, *url_secrets(base_url)) if s)
         self._connect = connect
         self._connect_lock = threading.Lock()  # restarts in threads (--parallel): one start
+        # Each lane's (thread's) own connection, which a request past its deadline is cut with
+        # (`_within_timeout`): closed, it ends that request alone, not another lane's
+        self._lane = threading.local()
+        self._lane_clients: list = []
         self._client = None if connect else self._new_client(base_url)
         self.max_tries = max(1, max_tries)
         self.wait_initial, self.wait_max, self.retry_after_max = wait_initial, wait_max, retry_after_max
@@ -718,6 +722,10 @@ class LLMClient:
         self._closed = True
         if self._client is not None:
             self._client.close()
+        with self._connect_lock:
+            for http in self._lane_clients:
+                http.close()
+            self._lane_clients.clear()
 
     def served_model(self) -> str:
         """What answers requests for `self.model` here: the model the endpoint lists when it
@@ -921,30 +929,41 @@ class LLMClient:
         """`client.chat.completions.create(**sent)`'s answer (or what it raises), or DeadlinePassed
         once it has taken `timeout` seconds in all. The HTTP client times each wait for the
         endpoint (to connect, between two parts of the answer), not the whole request, and no
-        client setting says "in all": the request runs in a thread of its own, on a connection
-        of its own, which is closed when the deadline passes. The endpoint then sees the request
-        go, as when the HTTP client's own timeout fired: a server stops computing it (llama.cpp's
-        one slot, an API's billing) rather than queue the retry behind it."""
-        import openai
+        client setting says "in all": the request runs in a thread of its own, on this lane's
+        connection (kept from one request to the next), which is closed when the deadline
+        passes. The endpoint then sees the request go, as when the HTTP client's own timeout
+        fired: a server stops computing it (llama.cpp's one slot, an API's billing) rather than
+        queue the retry behind it; the lane's next request opens a new connection."""
+        lane = self._lane
+        if getattr(lane, "client", None) is None or lane.base is not client:
+            import openai
 
-        http = openai.DefaultHttpxClient(timeout=self.timeout)
+            http = openai.DefaultHttpxClient(timeout=self.timeout)
+            with self._connect_lock:  # (those closed at a deadline are gone)
+                self._lane_clients[:] = [*(h for h in self._lane_clients if not h.is_closed), http]
+            lane.http, lane.base, lane.client = http, client, client.with_options(http_client=http)
+        http, per_lane = lane.http, lane.client
         outcome: dict = {}
         done = threading.Event()
 
         def run() -> None:
             try:
-                outcome["answer"] = client.with_options(http_client=http).chat.completions.create(**sent)
+                outcome["answer"] = per_lane.chat.completions.create(**sent)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller, which raises it
                 outcome["error"] = exc
             finally:
                 done.set()
 
         threading.Thread(target=run, name="promptclimb-llm-request", daemon=True).start()
+        finished = False
         try:
-            if not done.wait(self.timeout):
-                raise DeadlinePassed(f"no whole answer within {self.timeout:g}s")
+            finished = done.wait(self.timeout)
         finally:
-            http.close()  # also on Ctrl-C: the request ends with the wait for it
+            if not finished:  # past the deadline, or Ctrl-C: the request ends with the wait for it
+                http.close()
+                lane.client = None
+        if not finished:
+            raise DeadlinePassed(f"no whole answer within {self.timeout:g}s")
         if "error" in outcome:
             raise outcome["error"]
         return outcome["answer"]
