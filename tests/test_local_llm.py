@@ -521,25 +521,34 @@ def test_the_server_lists_the_gguf_name_and_hash(home, tmp_path, stand_in, monke
     assert local_llm.parse_local_model_id("promptclimb-local/x@sha256:abc") is None
 
 
-@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
-def test_llm_serve_stopped_exits_130_or_143_and_stops_its_server(home, stand_in, sig, code):
-    """`promptclimb llm serve` (the stand-in behind it) stopped with Ctrl-C exited 0; every
-    command exits 130 on Ctrl-C and 143 on SIGTERM (README, Exit codes)."""
+def serving_child(home, stand_in):
+    """`promptclimb llm serve` (the stand-in behind it) in a child process, and its port, started as from a
+    terminal: SIGINT at its default in the child, as a terminal's Ctrl-C (a suite run in the
+    background inherits it ignored); its own session, so a signal sent reaches it alone."""
     import os
     import signal
+    import subprocess
+    import sys
 
     port = local_llm.free_port()
     child_code = (
-        "import functools, sys\n"
+        "import functools\n"
         "from promptclimb.agent.llm import local\n"
         "from promptclimb.agent import cli\n"
         f"local.local_server = functools.partial(local.local_server, command={stand_in(port)!r})\n"
         f"cli.main(['llm', 'serve', '--port', '{port}'])\n")
-    # SIGINT at its default in the child, as a terminal's Ctrl-C (a suite run in the
-    # background inherits it ignored); its own session, so the signal reaches it alone
-    child = subprocess.Popen([sys.executable, "-c", child_code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, env={**os.environ, "PROMPTCLIMB_HOME": str(home)}, start_new_session=True,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen([sys.executable, "-c", child_code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "PROMPTCLIMB_HOME": str(home)}, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)), port
+
+
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_llm_serve_stopped_exits_130_or_143_and_stops_its_server(home, stand_in, sig, code):
+    """`promptclimb llm serve` (the stand-in behind it) stopped with Ctrl-C exited 0; every
+    command exits 130 on Ctrl-C and 143 on SIGTERM (README, Exit codes)."""
+    import signal
+
+    child, port = serving_child(home, stand_in)
     try:
         said = []
         for line in child.stdout:

@@ -25,10 +25,9 @@ from pathlib import Path
 import pytest
 
 from fake_llm import FakeLLM
-from test_local_llm import home, stand_in  # noqa: F401 - fixtures
+from test_local_llm import home, serving_child, stand_in  # noqa: F401 - fixtures
 from test_search import KEY, responder
 
-from promptclimb.agent.llm import local as local_llm
 
 TESTS = Path(__file__).resolve().parent
 SMALL = ["--iterations", "2", "--resets", "1", "--pool-sample", "6"]
@@ -194,16 +193,7 @@ def test_llm_serve_stopped_with_ctrl_c_twice_stops_its_server(home, stand_in, ga
     """`promptclimb llm serve` (the stand-in server behind it), Ctrl-C twice: 130, no
     traceback, and the server went with it (local_llm.stop_process kills it on a second
     Ctrl-C during its grace)."""
-    port = local_llm.free_port()
-    child_code = (
-        "import functools\n"
-        "from promptclimb.agent.llm import local\n"
-        "from promptclimb.agent import cli\n"
-        f"local.local_server = functools.partial(local.local_server, command={stand_in(port)!r})\n"
-        f"cli.main(['llm', 'serve', '--port', '{port}'])\n")
-    child = subprocess.Popen([sys.executable, "-c", child_code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, env={**os.environ, "PROMPTCLIMB_HOME": str(home)}, start_new_session=True,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    child, port = serving_child(home, stand_in)
     try:
         said = wait_for_line(child, "serving")
         ctrl_c_twice(child, gap_s)
