@@ -120,8 +120,8 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
 
     Option("--restarts", SEARCH.restarts, "Restarts, each from a fresh sample of the pool.", _L, int, minimum=1, recorded="search.restarts"),
     Option("--parallel", SEARCH.parallel, "Restarts run at the same time (their LLM calls overlap; the result is the "
-           "same as one at a time). Not with --max-calls/--max-tokens where two or more restarts run. The local LLM answers one request at a time: "
-           "with it the restarts run one after another.", _L, int, minimum=1, recorded="search.parallel"),
+           "same as one at a time). Not with --max-calls/--max-tokens where two or more restarts run. The local "
+           "LLM answers one request at a time: with it the restarts run one after another.", _L, int, minimum=1, recorded="search.parallel"),
     Option("--resets", SEARCH.resets, "Conversations per restart (the scoreboard is kept).", _L, int, minimum=1, recorded="search.resets"),
     Option("--iterations", SEARCH.iterations, "LLM turns per conversation.", _L, int, minimum=1, recorded="search.iterations"),
     Option("--proposals", SEARCH.proposals, "New templates scored per turn.", _L, int, minimum=1, recorded="search.proposals"),
@@ -261,10 +261,10 @@ def recorded_value(config: dict, option: Option):
     return value
 
 
-# What a run's config.json holds for an option of each kind, as JSON, and how it is said.
 # Values a new run is refused that runs recorded before the refusal still hold: they resume as they
 # were (--top-k 0 showed the LLM an empty list of best templates to beat)
 RECORDED_BEFORE_REFUSED = {"top_k": 0}
+# What a run's config.json holds for an option of each kind, as JSON, and how it is said.
 RECORDED_TYPES = {int: (int, "a whole number"), float: ((int, float), "a number"), bool: (bool, "true or false"),
                   str: (str, "text"), "name": (str, "text"), "path": (str, "a path"), "dir": (str, "a path")}
 

@@ -25,8 +25,8 @@ from promptclimb.agent.cli.params import TableText
 from promptclimb.agent.core.format import markdown_text, moment, pct, shell_command, shortened, shots_said
 from promptclimb.agent.options import BY_KEYWORD
 from promptclimb.agent.proposals import why_nothing_read
-from promptclimb.agent.runs.reading import (Run, find_run, list_sweep_dirs, names_turns_shown, result_said,
-                                            run_start_names, runs_frame, without_root)
+from promptclimb.agent.runs.reading import (Run, continue_said, find_run, list_sweep_dirs, names_turns_shown,
+                                            result_said, run_start_names, runs_frame, without_root)
 from promptclimb.agent.runs.compact import CLASSES_IN_FULL
 from promptclimb.agent.runs.store import ANSWER_KINDS, CONFIG, HISTORY
 from promptclimb.agent.adapt import adapter_said
@@ -237,8 +237,6 @@ def where(it: dict) -> str:
 
 
 def show_text(run: Run, conversation: bool, markdown: bool) -> str:
-    from promptclimb.agent.runs.report import continue_said  # jinja2: loaded where a page or this line is made
-
     h2 = (lambda s: f"\n## {s}\n") if markdown else (lambda s: f"\n{s}\n{'-' * len(s)}")
     code = markdown_code if markdown else (lambda s: s)
     literal = markdown_text if markdown else (lambda s: s)

@@ -39,7 +39,7 @@ from promptclimb.agent.core.runfiles import SWEEP_FILE
 from promptclimb.agent.runs.compact import COMPACT_SINCE, confusion_matrix, unpack_event
 from promptclimb.agent.runs.store import (ANSWER_KINDS, CONFIG, EVENTS, FAILED, FORMAT_VERSION, HISTORY, SUMMARY,
                                           being_written, ended_with_adapter, has_summary, kept_result, ledger,
-                                          names_scored, SCORED_EVENTS, scored_origin, tokens_spent)
+                                          names_scored, run_argument, SCORED_EVENTS, scored_origin, tokens_spent)
 from promptclimb.agent.ranking import LEGACY_METRIC, best_first, selection_value, then_value, top_and_bottom
 from promptclimb.agent.names import GUARD_NOT_ASKED
 from promptclimb.agent.options import check_recorded
@@ -1182,6 +1182,25 @@ def runs_frame(runs_dir: str | Path) -> pd.DataFrame:
             pass
     frame["date"] = pd.to_datetime(frame["date"], utc=True)
     return frame.sort_values(["date", "id"], ascending=False).reset_index(drop=True)
+
+
+def continue_said(run: Run) -> tuple[str, str | None] | None:
+    """How to go on with an unfinished run (killed, or stopped by a failure: nothing else tells
+    a reader), as `show` and the report say it: the command, with the MLflow store it tracked
+    to where that is a file or folder, and a note where it is a server (its URI is kept
+    without the password or token it may need: named, not put in the command); None for a
+    run done, stopped early or running."""
+    if run.status not in ("unfinished", "failed"):
+        return None
+    from promptclimb.agent.tracking import linked_store  # the MLflow run it continues, where it has one
+
+    store = linked_store(run.path)
+    server = store is not None and store.startswith(("http://", "https://"))
+    command = shell_command("search", "--resume", run_argument(run.path),
+                            *(["--mlflow", store] if store and not server else []))
+    note = (f"its MLflow run is on {store}: add --mlflow with that server's URI, and the credentials it needs, "
+            "to continue that MLflow run") if server else None
+    return command, note
 
 
 NAMES_SHOWN = 5  # proposals listed per names turn, the kept ones first

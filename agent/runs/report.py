@@ -18,11 +18,11 @@ import jinja2
 from promptclimb.agent.adapt import adapter_said
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.files import write_text_atomic
-from promptclimb.agent.core.format import moment, pct, shell_command, shots_said
+from promptclimb.agent.core.format import moment, pct, shots_said
 from promptclimb.agent.core.paths import prompts_dir
 from promptclimb.agent.runs.compact import CLASSES_IN_FULL, confusion_matrix
-from promptclimb.agent.runs.reading import Run, names_turns_shown, result_said
-from promptclimb.agent.runs.store import kept_result, run_argument
+from promptclimb.agent.runs.reading import Run, continue_said, names_turns_shown, result_said
+from promptclimb.agent.runs.store import kept_result
 from promptclimb.agent.softsearch import STEPS_LOST, is_soft_prompt_run, steps_shown, steps_table
 
 from promptclimb.agent.core.runfiles import ADAPTER_FILE, CONFIG, REPORT, SWEEP_FILE
@@ -34,25 +34,6 @@ TEMPLATE = "report.html.j2"
 def _clean(value):
     """NaN -> None, so the template can test `is none`."""
     return None if isinstance(value, float) and math.isnan(value) else value
-
-
-def continue_said(run: Run) -> tuple[str, str | None] | None:
-    """How to go on with an unfinished run (killed, or stopped by a failure: nothing else tells
-    a reader), as `show` and the report say it: the command, with the MLflow store it tracked
-    to where that is a file or folder, and a note where it is a server (its URI is kept
-    without the password or token it may need: named, not put in the command); None for a
-    run done, stopped early or running."""
-    if run.status not in ("unfinished", "failed"):
-        return None
-    from promptclimb.agent.tracking import linked_store  # the MLflow run it continues, where it has one
-
-    store = linked_store(run.path)
-    server = store is not None and store.startswith(("http://", "https://"))
-    command = shell_command("search", "--resume", run_argument(run.path),
-                            *(["--mlflow", store] if store and not server else []))
-    note = (f"its MLflow run is on {store}: add --mlflow with that server's URI, and the credentials it needs, "
-            "to continue that MLflow run") if server else None
-    return command, note
 
 
 def facts(run: Run) -> list[tuple[str, str]]:
