@@ -1,4 +1,4 @@
-"""Reading runs back (session 23): the report of a stopped run says how to continue it, a
+"""Reading runs back: the report of a stopped run says how to continue it, a
 `load_run()` run outlives an `os.chdir`, `search(adapter=np.array([...]))` is a list of kinds,
 and `compare` of runs that start from different class names."""
 

@@ -1,4 +1,4 @@
-"""The LLM client's leftovers (session 23, "llm"): --timeout bounds a whole request, even
+"""The LLM client: --timeout bounds a whole request, even
 against an endpoint that trickles its answer; an answer whose only line a cap cut says so;
 an '@' in an endpoint URL's query is no password's end."""
 
