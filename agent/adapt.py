@@ -22,8 +22,9 @@ from promptclimb.agent.core.files import write_json_atomic
 from promptclimb.agent.core.format import pct, shell_command
 from promptclimb.agent.core.classnames import names_by_label
 from promptclimb.agent.runs.store import writing_now
-from promptclimb.agent.runs.reading import (check_config, read_json, read_summary, run_classnames, run_labels,
-                                          run_names_by_label, run_start_names, start_names_as_built)
+from promptclimb.agent.runs.reading import check_config, read_json, read_summary
+from promptclimb.agent.runs.recorded import (run_classnames, run_labels, run_names_by_label, run_start_names,
+                                          start_names_as_built)
 from promptclimb.agent.core.runfiles import CONFIG, SUMMARY
 from promptclimb.agent.softsearch import is_soft_prompt_run, template_refusal
 
@@ -113,7 +114,7 @@ def fit_run_adapter(run_dir: str | Path, kinds, on: str = "best", seed: int | No
     if evaluator is None:
         echo(f"loading the evaluator of {run_dir.name} ...")
         evaluator = build_run_evaluator(config, device=device, data_root=data_root)
-        from promptclimb.agent.runs.reading import check_class_order, images_drawn_otherwise, splits_drawn_otherwise
+        from promptclimb.agent.runs.recorded import check_class_order, images_drawn_otherwise, splits_drawn_otherwise
 
         check_class_order(run_dir, config, evaluator.info())  # the run's names below are in its class order
         changed = splits_drawn_otherwise(config, evaluator.info().get("split") or {})

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from promptclimb.agent.core.protocol import Evaluator, Score
-    from promptclimb.agent.runs.reading import Run
+    from promptclimb.agent.runs.run import Run
 
 # The evaluator factory `search`, `evaluate` and `transfer` build their evaluator with
 # (None: the CLIP one, `evaluators.build_evaluator`); set it with `using_evaluator`.
@@ -131,7 +131,8 @@ def search(dataset: str | None = None, shots: int | None = None, backbone: str |
     from promptclimb.agent.options import (BY_KEYWORD, FROM_FILE, GIVEN, PYTHON_OPTIONS, read_config_file, resolve,
                                            said_from_file, table_keywords, unknown_keys)
     from promptclimb.agent.pipeline import run_search
-    from promptclimb.agent.runs.reading import find_run, run_classnames
+    from promptclimb.agent.runs.reading import find_run
+    from promptclimb.agent.runs.recorded import run_classnames
 
     check_echo("search()", echo)
     refused = unknown_keys(knobs, [o.keyword for o in PYTHON_OPTIONS], "search(): ")  # said as spelled
@@ -196,7 +197,7 @@ def run_path(run):
     """`run` as a run's path where it is one of the API's own results, a `SearchResult` (its
     run_dir) or a `load_run()` run (its path), so that `transfer(search(...))` and
     `search(resume=result)` take them (they were refused, quoting the whole result); else as it is."""
-    from promptclimb.agent.runs.reading import Run  # pandas: the caller reads the run anyway
+    from promptclimb.agent.runs.run import Run  # pandas: the caller reads the run anyway
 
     if isinstance(run, SearchResult):
         return run.run_dir
@@ -355,7 +356,7 @@ def load_run(path_or_id: "str | Path | SearchResult | Run", runs_dir: str | Path
     from promptclimb.agent.core.runfiles import CONFIG
     from promptclimb.agent.options import defaults
     from promptclimb.agent.runs.reading import find_run
-    from promptclimb.agent.runs.reading import load_run as read_run
+    from promptclimb.agent.runs.run import load_run as read_run
 
     path_or_id = run_path(path_or_id)
     if not isinstance(path_or_id, (str, os.PathLike)) or not os.fspath(path_or_id):
@@ -402,7 +403,8 @@ def transfer(run: "Run | SearchResult | str | Path", backbone: str, *, pretraine
     anything is loaded.
     """
     from promptclimb.agent.adapt import check_run_data
-    from promptclimb.agent.runs.reading import Run, run_classnames, start_names_as_built, warn_names_by_position
+    from promptclimb.agent.runs.recorded import run_classnames, start_names_as_built, warn_names_by_position
+    from promptclimb.agent.runs.run import Run
     from promptclimb.agent.options import as_bool, as_whole
     from promptclimb.agent.runs.store import run_argument
     from promptclimb.agent.softsearch import is_soft_prompt_run, transfer_refusal
@@ -450,7 +452,7 @@ def transfer(run: "Run | SearchResult | str | Path", backbone: str, *, pretraine
         backbone=backbone, pretrained=pretrained, weights=weights, shots=args.get("shots", 1), seed=args.get("seed", 0),
         device=device, precision=precision, echo=echo or nowhere, bars=draws_bars(echo), **data,
         classnames=start or args.get("classnames"))
-    from promptclimb.agent.runs.reading import warn_other_split
+    from promptclimb.agent.runs.recorded import warn_other_split
 
     warn_other_split(loaded.path, loaded.config, data, evaluator.info().get("split") or {})
     in_target_order = target_order(start, evaluator)

@@ -233,7 +233,7 @@ TEMPLATE_TURN_ONLY = ("proposals", "spare", "top_k", "bottom_k")
 
 def unused_by(optimizer: str) -> tuple[Option, ...]:
     """The options `optimizer` does not read (--queries aside: the LLM search refuses it);
-    given, they are said in one warning line and ignored (agent/pipeline.py `say_unused`)."""
+    given, they are said in one warning line and ignored (agent/plan.py `say_unused`)."""
     if optimizer == "llm":
         return tuple(o for o in SEARCH_OPTIONS if o.panel == _S and o.name != "queries")
     return tuple(o for o in SEARCH_OPTIONS if o.panel in (_L, _LLM) or o.name in LLM_SEARCH_ONLY)
@@ -434,7 +434,7 @@ def check_dataset_name(name, what: str = "--dataset") -> str:
 # The key of a search's settings that holds which options were given (the command line, --config,
 # a keyword of search()): `--resume RUN --shots 1` must be compared with the run's shots even where
 # 1 is the default. Settings without it (a sweep's cells) count an option as given where it is not
-# at its default (agent/pipeline.py `given`).
+# at its default (agent/plan.py `given`).
 GIVEN = "_given"
 # The key that holds which options a --config file set, and which file (`Option.name` -> path):
 # a refusal of such a value names the file, where a user looks for it (`said_from_file`).
@@ -442,7 +442,7 @@ FROM_FILE = "_from_file"
 
 
 class SettingsChanged(PromptclimbError):
-    """--resume with options that would change the run's (agent/pipeline.py): its message
+    """--resume with options that would change the run's (agent/resume.py): its message
     lists them, each saying where it was set."""
 
 

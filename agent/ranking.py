@@ -97,7 +97,7 @@ def best_first(items: Iterable[T], splits: Sequence[str], value: Callable[[T], f
                loss: Callable[[T], dict | None], order: Callable[[T], tuple],
                then: Callable[[T], float | None] = lambda item: None) -> list[T]:
     """`items` ranked by `rank_key`, best first: the one sort of the search's scoreboard
-    (agent/search.py `rank`) and of a run read back (agent/runs/reading.py `Run.ranked`)."""
+    (agent/search.py `rank`) and of a run read back (agent/runs/run.py `Run.ranked`)."""
     return sorted(items, key=lambda item: rank_key(value(item), loss(item), splits, order(item), then(item)))
 
 

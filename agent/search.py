@@ -50,7 +50,8 @@ from promptclimb.agent import names as naming
 from promptclimb.agent.core.classnames import name_key
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.core.format import pct, pct_by_split, shell_command, shortened
-from promptclimb.agent.llm.client import Answer, BudgetExhausted, ContextExceeded, LLMClient, LLMError
+from promptclimb.agent.llm.answers import Answer, BudgetExhausted, ContextExceeded, LLMError
+from promptclimb.agent.llm.client import LLMClient
 from promptclimb.agent.metaprompt import MetaPrompt
 from promptclimb.agent.core.pools import PoolTemplate, load_pool, sample_pool
 from promptclimb.agent.ranking import (DEFAULT_METRIC, METRICS, best_first, labelled_metric, metric_label, rank_key,

@@ -137,7 +137,7 @@ def steps_shown(rows: list[dict]) -> list[dict]:
 def plot_soft_curve(run_dir: str | Path) -> Path:
     """curve.png of a soft-prompt run: the current prompt's accuracy against queries used."""
     from promptclimb.agent.runs.plots import new_figure, save_figure
-    from promptclimb.agent.runs.reading import load_run
+    from promptclimb.agent.runs.run import load_run
     from matplotlib.ticker import PercentFormatter
 
     run = load_run(run_dir)

@@ -27,10 +27,10 @@ from fake_llm import FakeLLM, WordEvaluator  # noqa: E402
 from test_search import KEY, POOL, responder  # noqa: E402
 
 from promptclimb.agent.llm.client import LLMClient  # noqa: E402
-from promptclimb.agent.runs.reading import load_run  # noqa: E402
+from promptclimb.agent.runs.run import load_run  # noqa: E402
 from promptclimb.agent.runs.store import RunStore  # noqa: E402
 from promptclimb.agent.search import HillClimber, SearchConfig  # noqa: E402
-from promptclimb.agent.tracking import answer_metrics  # noqa: E402
+from promptclimb.agent.tracking.logged import answer_metrics  # noqa: E402
 
 
 def timed(step, repeat: int = 3) -> tuple[object, float]:

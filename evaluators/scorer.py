@@ -282,7 +282,7 @@ class ClipEvaluator:
         if list(self.classnames) != list(self.dataset.classnames):
             # start names of its own (--classnames clean, FILE) name no class of other data: the
             # labels let a run's names be matched to another folder's classes by label
-            # (agent/runs/reading.run_labels); start names that are the labels say them already
+            # (agent/runs/recorded.py run_labels); start names that are the labels say them already
             dataset["labels"] = list(self.dataset.classnames)
         return {"backbone": self.backbone.info(), "dataset": dataset,
                 "split": self.split.info(), "logit_scale": self.logit_scale}

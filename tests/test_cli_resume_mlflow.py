@@ -19,8 +19,9 @@ from test_mlflow import ANSWER_METRICS, free_port, linked_run_id, mlflow_sync, s
 from test_search import KEY, responder  # noqa: E402
 
 from promptclimb.agent.cli import cli  # noqa: E402
-from promptclimb.agent.runs.reading import load_run  # noqa: E402
-from promptclimb.agent.tracking import answer_metrics, sync_run  # noqa: E402
+from promptclimb.agent.runs.run import load_run  # noqa: E402
+from promptclimb.agent.tracking import sync_run  # noqa: E402
+from promptclimb.agent.tracking.logged import answer_metrics  # noqa: E402
 
 SMALL = ["--iterations", "3", "--search", "template", "--resets", "1", "--pool-sample", "6"]
 

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from promptclimb.agent.cli import cli
 from promptclimb.agent.api import rank_correlation, transfer_name
 from promptclimb.agent.core.format import pct
-from promptclimb.agent.runs.reading import load_run
+from promptclimb.agent.runs.run import load_run
 from promptclimb.agent.runs.store import RunStore, run_lock
 from fake_llm import FakeLLM, WordEvaluator
 from test_reading import make_run, responder

@@ -542,7 +542,7 @@ def test_a_full_disk_ends_a_search_saying_the_file_and_how_to_continue_and_cache
 
     import torch
 
-    from promptclimb.agent.llm import client as llm_client
+    from promptclimb.agent.llm import cache as llm_cache
     from promptclimb.agent.runs import store as run_store
     from promptclimb.evaluators import features
 
@@ -551,7 +551,7 @@ def test_a_full_disk_ends_a_search_saying_the_file_and_how_to_continue_and_cache
 
     runs = tmp_path / "runs"
     # the LLM cache: said once, and the search goes on to its end
-    monkeypatch.setattr(llm_client, "write_json_atomic", full)
+    monkeypatch.setattr(llm_cache, "write_json_atomic", full)
     cached = cli("search", "--dataset", "toy", *SMALL, "--runs-dir", runs, "--name", "c")
     assert cached.exit_code == 0, cached.output
     assert cached.output.count("cannot be written (No space left on device): the answers are in the run's history") \
@@ -1194,7 +1194,7 @@ def test_temp_files_of_a_killed_write_are_removed_when_the_run_is_reopened(tmp_p
 
 
 def test_the_llm_cache_drops_what_a_killed_writer_left(tmp_path):
-    from promptclimb.agent.llm.client import ResponseCache
+    from promptclimb.agent.llm.cache import ResponseCache
 
     leftover = tmp_path / "llm" / "0f" / f".0f12.json.{dead_pid()}.abc.tmp"
     leftover.parent.mkdir(parents=True)

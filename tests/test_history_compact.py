@@ -14,7 +14,8 @@ from test_names import BONUS, MANY, climb, scripted
 
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.runs.compact import confusion_matrix
-from promptclimb.agent.runs.reading import load_run, read_events, read_history
+from promptclimb.agent.runs.reading import read_events, read_history
+from promptclimb.agent.runs.run import load_run
 from promptclimb.agent.runs.store import RunStore
 
 SEARCH = dict(search="both", resets=1, iterations=3, restarts=1)

@@ -42,7 +42,7 @@ def test_a_runaway_answer_is_cut_everywhere_it_would_be_kept(tmp_path):
     assert sum(p.stat().st_size for p in (tmp_path / "cache").rglob("*.json")) < 20_000
     assert any("cut to its first" in line for line in console)
 
-    from promptclimb.agent.runs.reading import load_run
+    from promptclimb.agent.runs.run import load_run
     from promptclimb.agent.runs.report import write_report
 
     assert write_report(load_run(run_dir)).stat().st_size < 500_000
@@ -80,7 +80,7 @@ def test_a_line_cut_in_half_at_the_cap_is_never_scored(tmp_path):
     assert "a grayscale photo of a {}." in scored and not any("num" in t for t in scored)
     assert any("its last line, cut in half, left out" in line for line in console)
     # promptclimb's own cap on an answer of one line: none of it is a whole template
-    from promptclimb.agent.llm.client import cap_answer
+    from promptclimb.agent.llm.answers import cap_answer
 
     assert cap_answer("a photo of a {} with a very long tail", 20, whole_lines=True) == ("", 37)
     assert cap_answer("Trouser", 4) == ("Trou", 7)  # a judge's word: read from its start

@@ -5,9 +5,11 @@ import json
 import pytest
 
 from promptclimb.agent.core.errors import PromptclimbError
-from promptclimb.agent.llm.client import (BudgetExhausted, ContextExceeded, LLMClient, LLMError, ResponseCache,
-                                          cache_key, check_api_key, check_endpoint_url, redact, request_key,
-                                          scrub_urls, url_secrets, without_secrets)
+from promptclimb.agent.llm.answers import BudgetExhausted, ContextExceeded, LLMError
+from promptclimb.agent.llm.cache import ResponseCache, cache_key, request_key
+from promptclimb.agent.llm.client import LLMClient
+from promptclimb.agent.llm.secrets import (check_api_key, check_endpoint_url, redact, scrub_urls, url_secrets,
+                                           without_secrets)
 from fake_llm import FakeLLM
 
 KEY = "sk-test-VERYSECRET-0123456789"

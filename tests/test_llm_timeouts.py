@@ -11,8 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from promptclimb.agent.llm.client import LLMClient, LLMError, check_endpoint_url, redact, scrub_urls, url_secrets, \
-    without_secrets
+from promptclimb.agent.llm.answers import LLMError
+from promptclimb.agent.llm.client import LLMClient
+from promptclimb.agent.llm.secrets import check_endpoint_url, redact, scrub_urls, url_secrets, without_secrets
 from fake_llm import FakeLLM
 
 KEY = "sk-test-VERYSECRET-0123456789"
@@ -168,7 +169,7 @@ def test_an_answer_of_one_runaway_line_cut_here_says_nothing_of_it_was_kept(tmp_
 
 
 def test_a_line_that_ends_where_the_cap_cuts_is_whole_and_kept():
-    from promptclimb.agent.llm.client import cap_answer
+    from promptclimb.agent.llm.answers import cap_answer
 
     assert cap_answer("a photo of a {}.\nand a tail", 16, whole_lines=True) == ("a photo of a {}.", 27)
     assert cap_answer("a {}.\na photo of a {}.\nand a tail", 22, whole_lines=True) == ("a {}.\na photo of a {}.", 33)

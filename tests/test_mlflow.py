@@ -1,4 +1,4 @@
-"""MLflow tracking (agent/tracking.py, `promptclimb mlflow-sync`) against a real `mlflow
+"""MLflow tracking (agent/tracking/, `promptclimb mlflow-sync`) against a real `mlflow
 server` (sqlite backend, 127.0.0.1, a free port), read back through MlflowClient. The run
 folders come from real tiny searches (`promptclimb search`, fake LLM, in-memory evaluator)."""
 
@@ -29,7 +29,8 @@ from test_search import KEY, POOL, responder  # noqa: E402
 from promptclimb.agent.cli import cli  # noqa: E402
 from promptclimb.agent.core.errors import PromptclimbError  # noqa: E402
 from promptclimb.agent.llm.client import LLMClient  # noqa: E402
-from promptclimb.agent.runs.reading import load_run, result_said  # noqa: E402
+from promptclimb.agent.runs.run import load_run  # noqa: E402
+from promptclimb.agent.runs.listing import result_said  # noqa: E402
 from promptclimb.agent.runs.store import RunStore  # noqa: E402
 from promptclimb.agent.search import HillClimber, SearchConfig  # noqa: E402
 from promptclimb.agent.tracking import Tracker, sync_run, sync_sweep  # noqa: E402
@@ -240,7 +241,7 @@ def test_a_resumed_run_continues_its_mlflow_run(tmp_path, server, client, fake):
 
 
 def test_a_sweep_is_a_parent_run_with_a_nested_run_per_cell(tmp_path, server, client, fake):
-    """A sweep folder as agent/sweep/driver.py lays it out: sweep.json and one ordinary run
+    """A sweep folder as agent/sweep/ lays it out: sweep.json and one ordinary run
     folder per cell. One cell was logged on its own before: it keeps its run, now nested."""
     sweep = tmp_path / "runs" / "grid"
     cells = ["toy-a", "toy-b"]
@@ -346,7 +347,7 @@ def test_the_best_so_far_of_a_names_search_never_falls_and_each_answer_is_logged
     while the search writes) logs is what the finished run says."""
     from test_reading import make_names_run
 
-    from promptclimb.agent.tracking import answer_metrics
+    from promptclimb.agent.tracking.logged import answer_metrics
 
     monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
     run_dir, _ = make_names_run(tmp_path)
@@ -399,10 +400,10 @@ def test_an_unreachable_server_is_one_warning_and_the_search_goes_on(tmp_path):
 
 def test_tracking_that_stops_midway_ends_its_mlflow_run_failed_and_a_folder_store_points_at_a_database(
         tmp_path, server, client, monkeypatch):
-    from promptclimb.agent import tracking
+    from promptclimb.agent.tracking.mirror import Mirror
 
     said = []
-    logged = tracking.Mirror.log_answers
+    logged = Mirror.log_answers
 
     def fails_on_the_third(self, *args, **kwargs):
         if len(said) >= 2:
@@ -410,7 +411,7 @@ def test_tracking_that_stops_midway_ends_its_mlflow_run_failed_and_a_folder_stor
         said.append(1)
         return logged(self, *args, **kwargs)
 
-    monkeypatch.setattr(tracking.Mirror, "log_answers", fails_on_the_third)
+    monkeypatch.setattr(Mirror, "log_answers", fails_on_the_third)
     warnings = []
     with FakeLLM(responder=responder) as fake:
         result, run_dir, _ = climb(tmp_path, fake.base_url, "cut",  # an experiment of its own: others count runs
@@ -419,7 +420,7 @@ def test_tracking_that_stops_midway_ends_its_mlflow_run_failed_and_a_folder_stor
     assert result.stopped == "completed" and warnings[0] == f"MLflow: run {run_id} at {server}"
     assert len(warnings) == 2 and "the server went away" in warnings[1]
     assert client.get_run(run_id).info.status == "FAILED"  # not RUNNING for ever
-    monkeypatch.setattr(tracking.Mirror, "log_answers", logged)  # the server is back
+    monkeypatch.setattr(Mirror, "log_answers", logged)  # the server is back
     assert mlflow_sync(run_dir, "--tracking-uri", server).exit_code == 0  # continued and ended
     assert client.get_run(run_id).info.status == "FINISHED"
 
@@ -699,7 +700,7 @@ def test_a_run_stopped_while_its_adapter_fits_is_not_finished_in_mlflow(tmp_path
     (run_dir / "config.json").write_text(json.dumps({**config, "adapter_kinds": ["cache"]}))
     summary = json.loads((run_dir / "summary.json").read_text())
     (run_dir / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "adapter"}))
-    from promptclimb.agent.runs.reading import load_run
+    from promptclimb.agent.runs.run import load_run
 
     assert load_run(run_dir).status == "unfinished"
     synced = mlflow_sync("fitting", "--runs-dir", tmp_path / "runs", "--tracking-uri", server, "--experiment", "f")
@@ -862,7 +863,7 @@ def test_a_history_cut_short_by_a_kill_is_logged_without_its_last_line_and_the_c
 
 def test_a_sync_that_fails_midway_ends_its_mlflow_run_as_failed_and_the_next_continues_it(tmp_path, fake,
                                                                                          monkeypatch):
-    from promptclimb.agent.tracking import Mirror
+    from promptclimb.agent.tracking.mirror import Mirror
 
     run_dir = finished_run(fake, tmp_path / "runs", "midway")
     uri = sqlite_uri(tmp_path / "store")
@@ -884,7 +885,7 @@ def test_a_sweep_s_sync_says_each_cell_s_answer_counts_and_the_total(tmp_path, f
     """`mlflow-sync SWEEP` printed "(sweep, cells nested)" and no count, while a run's sync
     says how many answers it logged: each cell's run now says it, on a line of its own, and
     the sweep's line the total."""
-    from promptclimb.agent.tracking import answer_metrics
+    from promptclimb.agent.tracking.logged import answer_metrics
 
     sweep, uri = tmp_path / "runs" / "grid", sqlite_uri(tmp_path / "store")
     for cell in ("c1", "c2"):
@@ -927,13 +928,14 @@ def test_a_sweep_with_a_damaged_cell_creates_nothing_and_a_failing_cell_fails_it
     assert all_runs(MlflowClient(uri)) == [] and not (sweep / "mlflow.json").exists()
 
     import promptclimb.agent.tracking as tracking
+    from promptclimb.agent.tracking.store import TrackingError
 
     (sweep / "c2" / "config.json").write_text((sweep / "c1" / "config.json").read_text())
     real = tracking.sync_run
 
     def c2_fails(cell, *args, **kwargs):
         if Path(cell).name == "c2":
-            raise tracking.TrackingError("MLflow: the server went away")
+            raise TrackingError("MLflow: the server went away")
         return real(cell, *args, **kwargs)
 
     monkeypatch.setattr(tracking, "sync_run", c2_fails)
@@ -1009,7 +1011,7 @@ def test_the_names_a_names_search_found_are_a_tag_of_its_mlflow_run_kept_live(tm
     from test_reading import make_names_run
 
     from promptclimb.agent.core.classnames import renames
-    from promptclimb.agent.tracking import Mirror
+    from promptclimb.agent.tracking.mirror import Mirror
 
     monkeypatch.setenv("PROMPTCLIMB_HOME", str(tmp_path / "home"))
     run_dir, _ = make_names_run(tmp_path)

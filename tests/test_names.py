@@ -21,7 +21,8 @@ from promptclimb.agent.core.classnames import read_classnames
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.llm.client import LLMClient
 from promptclimb.agent.core.pools import PoolTemplate
-from promptclimb.agent.runs.reading import load_run, read_history
+from promptclimb.agent.runs.reading import read_history
+from promptclimb.agent.runs.run import load_run
 from promptclimb.agent.runs.store import RunStore
 from promptclimb.agent.search import HillClimber, SearchConfig, turn_kind
 from fake_llm import FakeLLM, WordEvaluator, signal_child_at_request

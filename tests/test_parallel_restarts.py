@@ -9,9 +9,11 @@ from dataclasses import asdict
 import pytest
 
 from promptclimb.agent.core.errors import PromptclimbError
-from promptclimb.agent.llm.client import LLMClient, LLMError
+from promptclimb.agent.llm.answers import LLMError
+from promptclimb.agent.llm.client import LLMClient
 from promptclimb.agent.core.pools import PoolTemplate, sample_pool
-from promptclimb.agent.runs.reading import load_run, read_history
+from promptclimb.agent.runs.reading import read_history
+from promptclimb.agent.runs.run import load_run
 from promptclimb.agent.runs.store import RunStore
 from promptclimb.agent.search import HillClimber, SearchConfig
 from fake_llm import FakeLLM, WordEvaluator

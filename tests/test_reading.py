@@ -17,7 +17,9 @@ import pytest
 from promptclimb.agent.core.errors import PromptclimbError
 from promptclimb.agent.llm.client import LLMClient
 from promptclimb.agent.core.pools import PoolTemplate
-from promptclimb.agent.runs.reading import NewerFormat, find_run, load_run, read_events, runs_frame
+from promptclimb.agent.runs.reading import NewerFormat, find_run, read_events
+from promptclimb.agent.runs.run import load_run
+from promptclimb.agent.runs.listing import runs_frame
 from promptclimb.agent.ranking import selection_value
 from promptclimb.agent.runs.store import RunStore
 from promptclimb.agent.search import HillClimber, SearchConfig
@@ -359,7 +361,7 @@ def test_an_answer_from_the_cache_costs_no_tokens_per_answer_as_in_the_ledger(tm
     the request that made it: they summed past summary.json's ledger, which leaves them out."""
     from test_search import climb
 
-    from promptclimb.agent.tracking import answer_metrics
+    from promptclimb.agent.tracking.logged import answer_metrics
 
     with FakeLLM(responder=lambda body: "a dark {}.\na bright {}.") as fake:
         climb(tmp_path, fake.base_url, name="first", iterations=2, resets=1)

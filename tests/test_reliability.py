@@ -25,7 +25,9 @@ from test_search import KEY, comparable, responder
 
 import promptclimb
 from promptclimb.agent.core.errors import PromptclimbError
+from promptclimb.agent.sweep import cell as sweep_cell
 from promptclimb.agent.sweep import driver as sweeps
+from promptclimb.agent.sweep import grid as sweep_grid
 
 TESTS = Path(__file__).resolve().parent
 SMALL = ["--iterations", "2", "--resets", "1", "--pool-sample", "6"]
@@ -44,8 +46,8 @@ def files_of(folder: Path) -> dict:
 
 def a_sweep(runs: Path, name: str = "k3", **search) -> Path:
     """A sweep's folder as `promptclimb sweep` leaves it before its cells ran (no Ray needed)."""
-    sweeps.prepare_sweep(runs / name, {"dataset": ["fashion-mnist"], "seeds": ["1-2"]},
-                         {"base_url": "http://127.0.0.1:9/v1", "llm": "fake", **search})
+    sweep_grid.prepare_sweep(runs / name, {"dataset": ["fashion-mnist"], "seeds": ["1-2"]},
+                             {"base_url": "http://127.0.0.1:9/v1", "llm": "fake", **search})
     return runs / name
 
 
@@ -140,7 +142,7 @@ def test_grid_values_never_name_a_folder_outside_the_sweep(dataset, tmp_path, mo
 def test_every_folder_name_is_one_plain_name():
     from promptclimb.agent.runs.store import check_folder_name
 
-    cell = sweeps.Cell("hf:org/data", "hf-hub:org/model", None, 1, 0)
+    cell = sweep_grid.Cell("hf:org/data", "hf-hub:org/model", None, 1, 0)
     assert cell.name == "hf_org_data-hf-hub_org_model-1shot-seed0"  # one folder, not org/...
     for name in ("../x", "/abs", "a/b", "..", ".", "", "a\\b", 5, None):
         with pytest.raises(PromptclimbError, match="must be a plain folder name"):
@@ -176,29 +178,29 @@ def test_a_cell_with_a_damaged_summary_is_resumed_and_the_report_says_why(tmp_pa
     monkeypatch.setattr(pipeline, "default_evaluator_factory", lambda **kw: WordEvaluator(kw["dataset"]))
     runs = tmp_path / "runs"
     sweep = runs / "s"
-    settings = sweeps.prepare_sweep(sweep, {"dataset": ["fashion-mnist"]},
-                                    {"iterations": 2, "resets": 1, "pool_sample": 6, "llm": "fake",
-                                     "base_url": llm.base_url, "adapter": ["cache"]})
-    opts = sweeps.search_options(settings["search"])
-    cell = sweeps.grid_cells(settings)[0]
+    settings = sweep_grid.prepare_sweep(sweep, {"dataset": ["fashion-mnist"]},
+                                        {"iterations": 2, "resets": 1, "pool_sample": 6, "llm": "fake",
+                                         "base_url": llm.base_url, "adapter": ["cache"]})
+    opts = sweep_grid.search_options(settings["search"])
+    cell = sweep_grid.grid_cells(settings)[0]
     cell_dir = sweep / cell.name
-    cell_opts = sweeps.cell_options(cell, {**opts, "adapter_kinds": ()}, sweep, llm.base_url, "fake")
-    assert sweeps.run_cell(str(cell_dir), cell_opts) == {"state": "finished"}
+    cell_opts = sweep_grid.cell_options(cell, {**opts, "adapter_kinds": ()}, sweep, llm.base_url, "fake")
+    assert sweep_cell.run_cell(str(cell_dir), cell_opts) == {"state": "finished"}
     whole = json.loads((cell_dir / "summary.json").read_text())
     (cell_dir / "summary.json").write_text(json.dumps(whole)[:40])  # cut short
 
     for adapter_wanted in (False, True):  # with an adapter asked for, it used to crash
-        assert sweeps.cell_state(cell_dir, adapter_wanted) == "killed"
+        assert sweep_cell.cell_state(cell_dir, adapter_wanted) == "killed"
     report = cli("sweep-report", "s", "--runs-dir", runs)
     assert report.exit_code == 0, report.output
     assert "1 cell(s) not finished yet" in report.output and "summary.json is damaged" in report.output
 
     asked = llm.count
     # resumed through its history; a rerun's --parallel is for new cells, this one keeps its lanes
-    assert sweeps.run_cell(str(cell_dir), {**cell_opts, "parallel": 2}) == {"state": "finished"}
+    assert sweep_cell.run_cell(str(cell_dir), {**cell_opts, "parallel": 2}) == {"state": "finished"}
     assert "resuming" in (cell_dir / "search.log").read_text().split("--- ")[-1]
     assert comparable(json.loads((cell_dir / "summary.json").read_text())) == comparable(whole)
-    assert llm.count == asked and sweeps.cell_state(cell_dir, False) == "finished"
+    assert llm.count == asked and sweep_cell.cell_state(cell_dir, False) == "finished"
 
 
 # -- 5 and 6: bad input is one line (never a traceback, never a silently other value) ------------------------
@@ -403,7 +405,7 @@ class FakeRay:
 
 def test_progress_never_counts_a_running_cell_as_failed(tmp_path):
     lines = []
-    cell = sweeps.Cell("fashion-mnist", "demo", None, 1, 0)
+    cell = sweep_grid.Cell("fashion-mnist", "demo", None, 1, 0)
     states = {cell.name: "failed", "other": "finished"}  # it failed in the run before; retried now
     generator = iter([{"state": "running", "node": "n"}, {"state": "finished"}])
     sweeps.watch(FakeRay(), {generator: cell}, tmp_path, states, lines.append)

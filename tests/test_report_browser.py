@@ -24,7 +24,7 @@ from PIL import Image
 
 from promptclimb.agent.cli import cli
 from promptclimb.agent.llm.client import LLMClient
-from promptclimb.agent.runs.reading import load_run
+from promptclimb.agent.runs.run import load_run
 from promptclimb.agent.core.pools import PoolTemplate
 from promptclimb.agent.runs.store import RunStore
 from promptclimb.agent.search import HillClimber, SearchConfig

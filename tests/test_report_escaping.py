@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 from promptclimb.agent.llm.client import LLMClient
 from promptclimb.agent.core.pools import PoolTemplate
-from promptclimb.agent.runs.reading import load_run
+from promptclimb.agent.runs.run import load_run
 from promptclimb.agent.runs.report import write_report
 from promptclimb.agent.runs.store import RunStore
 from promptclimb.agent.search import HillClimber, SearchConfig

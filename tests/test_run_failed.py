@@ -16,9 +16,10 @@ from fake_llm import FakeLLM, WordEvaluator
 from test_search import KEY, responder
 
 from promptclimb.agent.cli import cli
-from promptclimb.agent.runs.reading import load_run, read_history
+from promptclimb.agent.runs.reading import read_history
+from promptclimb.agent.runs.run import load_run
 from promptclimb.agent.runs.store import RunStore
-from promptclimb.agent.sweep import driver as sweeps
+from promptclimb.agent.sweep import grid as sweep_grid
 
 # three template turns of one conversation; an LLM error is final at once
 ARGS = ("--dataset", "toy", "--iterations", 3, "--search", "template", "--resets", 1, "--pool-sample", 6,
@@ -180,14 +181,15 @@ def test_a_sweep_keeps_a_local_mlflow_store_absolute_and_a_server_as_typed(tmp_p
         cases[""] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     for n, (typed, kept) in enumerate(cases.items()):
         sweep_dir = tmp_path / "runs" / f"s{n}"
-        settings = sweeps.prepare_sweep(sweep_dir, grid, {"mlflow": typed})
+        settings = sweep_grid.prepare_sweep(sweep_dir, grid, {"mlflow": typed})
         stored = json.loads((sweep_dir / "sweep.json").read_text())["search"]
         assert stored["mlflow"] == kept and settings["search"]["mlflow"] == kept, typed
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")  # a rerun from another folder tracks to the same database
-    assert sweeps.prepare_sweep(tmp_path / "runs" / "s0", None, {})["search"]["mlflow"] == cases["sqlite:///mlflow.db"]
+    assert sweep_grid.prepare_sweep(tmp_path / "runs" / "s0", None, {})["search"]["mlflow"] == \
+        cases["sqlite:///mlflow.db"]
     # a server's password is still left out of sweep.json, and asked for again
-    secret = sweeps.prepare_sweep(tmp_path / "runs" / "pw", grid, {"mlflow": f"http://u:{PASSWORD}@h.example:5000"})
+    secret = sweep_grid.prepare_sweep(tmp_path / "runs" / "pw", grid, {"mlflow": f"http://u:{PASSWORD}@h.example:5000"})
     assert secret["search"]["mlflow"] == f"http://u:{PASSWORD}@h.example:5000"
     kept = json.loads((tmp_path / "runs" / "pw" / "sweep.json").read_text())
     assert kept["search"]["mlflow"] == "http://h.example:5000" and kept["secrets_left_out"] == ["mlflow"]

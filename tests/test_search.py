@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from promptclimb.agent.llm.client import LLMClient, LLMError
+from promptclimb.agent.llm.answers import LLMError
+from promptclimb.agent.llm.client import LLMClient
 from promptclimb.agent.core.pools import PoolTemplate
 from promptclimb.agent.runs.store import RunStore
 from promptclimb.agent.search import HillClimber, SearchConfig
@@ -442,7 +443,7 @@ def test_the_model_that_answered_is_recorded_when_the_endpoint_names_another(tmp
     """OpenAI answers a request for "gpt-4o" as a dated snapshot, a router as the model it
     chose: which model wrote the answers was not kept anywhere a reader of the run could see."""
     from promptclimb.agent.cli.runs import answered_said
-    from promptclimb.agent.runs.reading import load_run
+    from promptclimb.agent.runs.run import load_run
 
     with FakeLLM(responder=responder, answered_as="fake-2026-01-01") as fake:
         _, _, run_dir = climb(tmp_path, fake.base_url)

@@ -26,6 +26,7 @@ from fake_llm import FakeLLM
 
 ray = pytest.importorskip("ray")
 from promptclimb.agent.runs.store import ANSWER_KINDS  # noqa: E402
+from promptclimb.agent.sweep import cell as sweep_cell  # noqa: E402
 from promptclimb.agent.sweep import driver as sweeps  # noqa: E402
 from promptclimb.agent.sweep import reaper  # noqa: E402
 
@@ -474,9 +475,9 @@ def test_an_interrupted_cell_says_how_to_continue_and_ends_its_task(stop, search
             echo(f"interrupted; continue with: promptclimb search --resume {cell_dir}")
         raise stop()
 
-    monkeypatch.setattr(sweeps, "search_when_free", interrupted_search)
+    monkeypatch.setattr(sweep_cell, "search_when_free", interrupted_search)
     try:
-        ended = sweeps.run_cell(str(cell_dir), {})
+        ended = sweep_cell.run_cell(str(cell_dir), {})
     except BaseException as exc:  # noqa: BLE001 - a KeyboardInterrupt let through would stop pytest itself
         pytest.fail(f"the interruption left the cell's task: {exc!r}")
     assert ended == {"state": "interrupted"}
@@ -642,14 +643,14 @@ def test_the_last_line_points_at_error_txt_only_for_cells_that_wrote_one(unseen,
     def cell_task(cell_dir, opts):
         yield {"state": "running", "node": "n2"}
         seen_from_n2 = tmp_path / "n2" / Path(cell_dir).name if cell_dir.endswith(unseen) else cell_dir
-        yield sweeps.run_cell(str(seen_from_n2), opts)
+        yield sweep_cell.run_cell(str(seen_from_n2), opts)
 
     def failing_search(cell_dir, opts, echo):
         raise PromptclimbError("no split for the test")
 
     monkeypatch.setattr(sweeps, "ray_session", contextmanager(lambda *a, **k: (yield InProcessRay())))
     monkeypatch.setattr(sweeps, "cell_task", cell_task)
-    monkeypatch.setattr(sweeps, "search_when_free", failing_search)
+    monkeypatch.setattr(sweep_cell, "search_when_free", failing_search)
     runs = tmp_path / "runs"
     run = CliRunner().invoke(cli, ["sweep", "s", "--dataset", "fashion-mnist", "--seeds", "1-2", "--optimizer", "craft",
                                    "--queries", "200", "--runs-dir", str(runs)])
@@ -688,7 +689,7 @@ def test_a_rerun_reports_no_earlier_run_s_error_as_its_own(tmp_path, monkeypatch
     def cell_task(cell_dir, opts):
         yield {"state": "running", "node": "n2"}
         seen_from_n2 = tmp_path / "n2" / Path(cell_dir).name if cell_dir.endswith(run["unseen"]) else cell_dir
-        yield sweeps.run_cell(str(seen_from_n2), opts)
+        yield sweep_cell.run_cell(str(seen_from_n2), opts)
 
     def search(cell_dir, opts, echo):
         if run["error"]:
@@ -697,7 +698,7 @@ def test_a_rerun_reports_no_earlier_run_s_error_as_its_own(tmp_path, monkeypatch
 
     monkeypatch.setattr(sweeps, "ray_session", contextmanager(lambda *a, **k: (yield InProcessRay())))
     monkeypatch.setattr(sweeps, "cell_task", cell_task)
-    monkeypatch.setattr(sweeps, "search_when_free", search)
+    monkeypatch.setattr(sweep_cell, "search_when_free", search)
     runs = tmp_path / "runs"
     seed1, seed2 = (runs / "s" / f"fashion-mnist-demo-1shot-seed{k}" for k in (1, 2))
 
@@ -738,11 +739,11 @@ def in_process_cells(monkeypatch, search) -> list:
 
     def cell_task(cell_dir, opts):
         yield {"state": "running", "node": "n2"}
-        yield sweeps.run_cell(cell_dir, opts)
+        yield sweep_cell.run_cell(cell_dir, opts)
 
     monkeypatch.setattr(sweeps, "ray_session", ray_session)
     monkeypatch.setattr(sweeps, "cell_task", cell_task)
-    monkeypatch.setattr(sweeps, "search_when_free", search)
+    monkeypatch.setattr(sweep_cell, "search_when_free", search)
     return sessions
 
 

@@ -10,17 +10,20 @@ import pytest
 from click.testing import CliRunner
 from fake_llm import one_line_error
 
+from promptclimb.agent.sweep import cell as sweep_cell
 from promptclimb.agent.sweep import driver as sweeps
+from promptclimb.agent.sweep import grid as sweep_grid
+from promptclimb.agent.sweep import reading as sweep_reading
 from promptclimb.agent.cli import cli
 from promptclimb.agent.core.errors import PromptclimbError
 
 
 def test_seeds_from_ranges_and_lists():
-    assert sweeps.parse_seeds(["1-3"]) == [1, 2, 3]
-    assert sweeps.parse_seeds(["5,1", 2, "2-3"]) == [1, 2, 3, 5]
+    assert sweep_grid.parse_seeds(["1-3"]) == [1, 2, 3]
+    assert sweep_grid.parse_seeds(["5,1", 2, "2-3"]) == [1, 2, 3, 5]
     for bad in ("3-1", "x", "1-", "-2"):
         with pytest.raises(PromptclimbError, match="is not a seed"):
-            sweeps.parse_seeds([bad])
+            sweep_grid.parse_seeds([bad])
 
 
 @pytest.mark.parametrize("seeds, said", [
@@ -48,11 +51,11 @@ def test_a_grid_file_s_seeds_are_refused_in_the_words_the_flag_gets(seeds, said,
     grid = tmp_path / "grid.toml"
     grid.write_text(f'[grid]\ndataset = ["fashion-mnist"]\nseeds = [{seeds}]\n')
     with pytest.raises(PromptclimbError) as refused:
-        sweeps.prepare_sweep(tmp_path / "runs" / "s", *sweeps.read_grid_file(grid))
+        sweep_grid.prepare_sweep(tmp_path / "runs" / "s", *sweep_grid.read_grid_file(grid))
     assert said in str(refused.value)
-    assert sweeps.parse_seeds([9999, "0-9998", "5-7"]) == list(range(10_000))  # 10,000 seeds: the most
+    assert sweep_grid.parse_seeds([9999, "0-9998", "5-7"]) == list(range(10_000))  # 10,000 seeds: the most
     with pytest.raises(PromptclimbError, match="10,001 seeds, more than the 10,000 cells"):
-        sweeps.parse_seeds(["0-9998", "5-7", "9999,10000"])
+        sweep_grid.parse_seeds(["0-9998", "5-7", "9999,10000"])
 
 
 @pytest.mark.parametrize("axis", ["shots", "seeds"])
@@ -61,8 +64,8 @@ def test_an_empty_list_of_shots_or_seeds_is_refused_as_an_empty_dataset_list_is(
     was refused; an axis left out still takes its default."""
     said = f"grid {axis}: an empty list; give at least one value, or leave the key out"
     with pytest.raises(PromptclimbError, match=re.escape(said)):
-        sweeps.check_grid({"dataset": ["fashion-mnist"], axis: []})
-    assert sweeps.check_grid({"dataset": ["fashion-mnist"]})[axis] == [1 if axis == "shots" else 0]
+        sweep_grid.check_grid({"dataset": ["fashion-mnist"], axis: []})
+    assert sweep_grid.check_grid({"dataset": ["fashion-mnist"]})[axis] == [1 if axis == "shots" else 0]
     grid, runs = tmp_path / "grid.toml", tmp_path / "runs"
     grid.write_text(f'[grid]\ndataset = ["fashion-mnist"]\n{axis} = []\n')
     refused = CliRunner().invoke(cli, ["sweep", "s", "--grid", str(grid), "--runs-dir", str(runs)])
@@ -73,87 +76,88 @@ def test_an_empty_list_of_shots_or_seeds_is_refused_as_an_empty_dataset_list_is(
 def test_a_grid_of_more_than_10000_cells_is_refused_naming_its_axes():
     with pytest.raises(PromptclimbError, match=r"grid of 10,002 cells \(2 datasets x 1 backbones x 1 shots x 5,001 "
                                                r"seeds\): a sweep may have at most 10,000 cells"):
-        sweeps.check_grid({"dataset": ["fashion-mnist", "eurosat"], "seeds": ["0-5000"]})
-    assert len(sweeps.check_grid({"dataset": ["fashion-mnist", "eurosat"], "seeds": ["0-4999"]})["seeds"]) == 5000
+        sweep_grid.check_grid({"dataset": ["fashion-mnist", "eurosat"], "seeds": ["0-5000"]})
+    assert len(sweep_grid.check_grid({"dataset": ["fashion-mnist", "eurosat"], "seeds": ["0-4999"]})["seeds"]) == 5000
 
 
 def test_cells_are_named_by_their_grid_point_with_the_search_default_backbone():
-    settings = {"grid": sweeps.check_grid({"dataset": ["fashion-mnist", "eurosat"], "shots": [1, 4],
-                                           "seeds": ["1-2"]}), "search": {}}
-    names = [c.name for c in sweeps.grid_cells(settings)]
+    settings = {"grid": sweep_grid.check_grid({"dataset": ["fashion-mnist", "eurosat"], "shots": [1, 4],
+                                               "seeds": ["1-2"]}), "search": {}}
+    names = [c.name for c in sweep_grid.grid_cells(settings)]
     assert names[:2] == ["fashion-mnist-demo-1shot-seed1", "fashion-mnist-demo-1shot-seed2"]
     assert "eurosat-ViT-B-32-4shot-seed2" in names and len(names) == 8
-    eurosat = next(c for c in sweeps.grid_cells(settings) if c.dataset == "eurosat")
+    eurosat = next(c for c in sweep_grid.grid_cells(settings) if c.dataset == "eurosat")
     assert eurosat.pretrained == "openai"  # the search's default pair, not random weights
-    odd = sweeps.Cell("coop", "hf-hub:org/model", None, 1, 0)
+    odd = sweep_grid.Cell("coop", "hf-hub:org/model", None, 1, 0)
     assert odd.name == "coop-hf-hub_org_model-1shot-seed0"
 
 
 def test_bad_grids_are_refused_in_one_line(tmp_path):
     with pytest.raises(PromptclimbError, match="at least one --dataset"):
-        sweeps.check_grid({"shots": [1]})
+        sweep_grid.check_grid({"shots": [1]})
     with pytest.raises(PromptclimbError, match="share a folder name"):
-        sweeps.grid_cells({"grid": sweeps.check_grid({"dataset": ["hf:org/x", "hf:org_x"]}), "search": {}})
+        sweep_grid.grid_cells({"grid": sweep_grid.check_grid({"dataset": ["hf:org/x", "hf:org_x"]}), "search": {}})
     with pytest.raises(PromptclimbError, match="single --backbone"):
-        sweeps.grid_cells({"grid": sweeps.check_grid({"dataset": ["coop"], "backbone": ["RN50", "ViT-B-32"]}),
-                           "search": {"weights": "w.pt"}})
+        sweep_grid.grid_cells({"grid": sweep_grid.check_grid({"dataset": ["coop"], "backbone": ["RN50", "ViT-B-32"]}),
+                               "search": {"weights": "w.pt"}})
     grid = tmp_path / "grid.toml"
     grid.write_text("[grid]\nsize = 3\n")
     with pytest.raises(PromptclimbError, match="unknown \\[grid\\] key"):
-        sweeps.read_grid_file(grid)
+        sweep_grid.read_grid_file(grid)
     grid.write_text("[grid\n")
     with pytest.raises(PromptclimbError, match="not valid TOML"):
-        sweeps.read_grid_file(grid)
+        sweep_grid.read_grid_file(grid)
     with pytest.raises(PromptclimbError, match="unknown keyword"):
-        sweeps.search_options({"iterationz": 3})
+        sweep_grid.search_options({"iterationz": 3})
     with pytest.raises(PromptclimbError, match="seed: an axis of the grid"):
-        sweeps.search_options({"seed": 3})
+        sweep_grid.search_options({"seed": 3})
     with pytest.raises(PromptclimbError, match="nor a file"):
-        sweeps.search_options({"pool": str(tmp_path / "missing.txt")})
+        sweep_grid.search_options({"pool": str(tmp_path / "missing.txt")})
 
 
 def test_a_toml_grid_and_flags_that_override_it(tmp_path):
     grid = tmp_path / "grid.toml"
     grid.write_text('[grid]\ndataset = ["fashion-mnist"]\nshots = [1, 4]\nseeds = "1-3"\n'
                     '[search]\niterations = 3\nmax-calls = 9\nadapter = ["cache"]\n')
-    grid_axes, search = sweeps.read_grid_file(grid)
+    grid_axes, search = sweep_grid.read_grid_file(grid)
     assert grid_axes == {"dataset": ["fashion-mnist"], "shots": [1, 4], "seeds": ["1-3"]}
-    opts = sweeps.search_options(search)
+    opts = sweep_grid.search_options(search)
     assert (opts["iterations"], opts["max_calls"], opts["adapter_kinds"]) == (3, 9, ("cache",))
-    settings = sweeps.prepare_sweep(tmp_path / "runs" / "s", grid_axes, search)
+    settings = sweep_grid.prepare_sweep(tmp_path / "runs" / "s", grid_axes, search)
     assert len(settings["cells"]) == 6 and (tmp_path / "runs" / "s" / "sweep.json").exists()
 
 
 def test_a_sweep_continues_with_its_stored_settings_and_refuses_other_ones(tmp_path):
     sweep_dir = tmp_path / "s"
-    sweeps.prepare_sweep(sweep_dir, {"dataset": ["fashion-mnist"], "seeds": ["1-2"]},
-                         {"iterations": 3, "base_url": "http://127.0.0.1:1/v1"})
+    sweep_grid.prepare_sweep(sweep_dir, {"dataset": ["fashion-mnist"], "seeds": ["1-2"]},
+                             {"iterations": 3, "base_url": "http://127.0.0.1:1/v1"})
     # execution options may change, for this run only (issue 26: one-off flags are not stored
     # for every later rerun), and --parallel is one of them (the same results)
-    again = sweeps.prepare_sweep(sweep_dir, None, {"base_url": "http://127.0.0.1:2/v1", "no_cache": True,
-                                                   "parallel": 2})
+    again = sweep_grid.prepare_sweep(sweep_dir, None, {"base_url": "http://127.0.0.1:2/v1", "no_cache": True,
+                                                       "parallel": 2})
     assert again["grid"]["seeds"] == [1, 2] and again["search"]["iterations"] == 3
     assert again["search"]["base_url"] == "http://127.0.0.1:2/v1" and again["search"]["parallel"] == 2
     stored = json.loads((sweep_dir / "sweep.json").read_text())["search"]
     assert stored == {"iterations": 3, "base_url": "http://127.0.0.1:1/v1"}
-    sweeps.prepare_sweep(sweep_dir, {"dataset": ["fashion-mnist"], "seeds": [1, 2]}, {"iterations": 3})
+    sweep_grid.prepare_sweep(sweep_dir, {"dataset": ["fashion-mnist"], "seeds": [1, 2]}, {"iterations": 3})
     with pytest.raises(PromptclimbError, match=re.escape("other settings (the grid's seeds 1, 2, 3 (the sweep's: 1, 2), "
                                                          "--iterations 4 (the sweep's: 3))")):
-        sweeps.prepare_sweep(sweep_dir, {"dataset": ["fashion-mnist"], "seeds": ["1-3"]}, {"iterations": 4})
+        sweep_grid.prepare_sweep(sweep_dir, {"dataset": ["fashion-mnist"], "seeds": ["1-3"]}, {"iterations": 4})
     with pytest.raises(PromptclimbError, match="holds no sweep yet"):
-        sweeps.prepare_sweep(tmp_path / "other", None, {})
+        sweep_grid.prepare_sweep(tmp_path / "other", None, {})
 
 
 def test_a_sweep_none_of_whose_cells_finished_says_how_to_start_it_again_with_new_settings(tmp_path):
     """Every cell of a sweep with an --llm its server does not serve fails, naming --llm;
     the rerun with --llm changed was refused with 'give the new grid another name' only."""
     sweep_dir = tmp_path / "my sweep"
-    sweeps.prepare_sweep(sweep_dir, {"dataset": ["fashion-mnist"], "seeds": ["1-2"]}, {"llm": "gpt-x", "base_url": "http://127.0.0.1:1/v1"})
+    sweep_grid.prepare_sweep(sweep_dir, {"dataset": ["fashion-mnist"], "seeds": ["1-2"]},
+                             {"llm": "gpt-x", "base_url": "http://127.0.0.1:1/v1"})
     for cell in ("fashion-mnist-demo-1shot-seed1", "fashion-mnist-demo-1shot-seed2"):
         (sweep_dir / cell).mkdir()
         (sweep_dir / cell / "error.txt").write_text("the server serves no model gpt-x\n")
     with pytest.raises(PromptclimbError) as refused:
-        sweeps.prepare_sweep(sweep_dir, None, {"llm": "gpt-y"})
+        sweep_grid.prepare_sweep(sweep_dir, None, {"llm": "gpt-y"})
     assert "(--llm gpt-y (the sweep's: gpt-x))" in str(refused.value)
     assert f"none of its 2 cells finished: to start it again with these settings, remove it first: " \
            f"rm -r '{sweep_dir}'" in str(refused.value)
@@ -162,26 +166,26 @@ def test_a_sweep_none_of_whose_cells_finished_says_how_to_start_it_again_with_ne
         '{"event": "llm_exchange"}\n{"event": "score"}\n{"event": "names_exchange"}\n{"event": "llm_exc')
     with pytest.raises(PromptclimbError, match=r"none of its 2 cells finished; their histories hold 2 LLM answers, "
                                                r"which that removes: to start it again"):
-        sweeps.prepare_sweep(sweep_dir, None, {"llm": "gpt-y"})
+        sweep_grid.prepare_sweep(sweep_dir, None, {"llm": "gpt-y"})
     (sweep_dir / "fashion-mnist-demo-1shot-seed2" / "summary.json").write_text(json.dumps({"best": {}}))
     with pytest.raises(PromptclimbError) as refused:
-        sweeps.prepare_sweep(sweep_dir, None, {"llm": "gpt-y"})
+        sweep_grid.prepare_sweep(sweep_dir, None, {"llm": "gpt-y"})
     assert "(--llm gpt-y (the sweep's: gpt-x))" in str(refused.value) and "rm -r" not in str(refused.value)
 
 
 def test_cell_states(tmp_path):
     cell = tmp_path / "cell"
-    assert sweeps.cell_state(cell, adapter_wanted=False) == "new"
+    assert sweep_cell.cell_state(cell, adapter_wanted=False) == "new"
     cell.mkdir()
     (cell / "config.json").write_text("{}")
-    assert sweeps.cell_state(cell, False) == "killed"
+    assert sweep_cell.cell_state(cell, False) == "killed"
     (cell / "error.txt").write_text("boom\n")
-    assert sweeps.cell_state(cell, False) == "failed"
+    assert sweep_cell.cell_state(cell, False) == "failed"
     (cell / "summary.json").write_text(json.dumps({"best": {}}))
-    assert sweeps.cell_state(cell, False) == "finished"
-    assert sweeps.cell_state(cell, True) == "failed"  # the adapter asked for is not fit yet
+    assert sweep_cell.cell_state(cell, False) == "finished"
+    assert sweep_cell.cell_state(cell, True) == "failed"  # the adapter asked for is not fit yet
     (cell / "error.txt").unlink()
-    assert sweeps.cell_state(cell, True) == "killed"
+    assert sweep_cell.cell_state(cell, True) == "killed"
 
 
 @pytest.mark.parametrize("released_after_s", [0.8, None])
@@ -203,12 +207,12 @@ def test_a_cell_waits_a_moment_for_its_run_lock(released_after_s, tmp_path, monk
             searched.append(opts["resume"])
 
     monkeypatch.setattr(pipeline, "run_search", search_under_the_lock)
-    monkeypatch.setattr(sweeps, "CELL_LOCK_WAIT_S", 3)
+    monkeypatch.setattr(sweep_cell, "CELL_LOCK_WAIT_S", 3)
     held = _acquire_lock(cell)  # the orphaned worker
     if released_after_s:
         threading.Timer(released_after_s, held.close).start()
     try:
-        outcome = sweeps.run_cell(str(cell), {})
+        outcome = sweep_cell.run_cell(str(cell), {})
     finally:
         held.close()
     log = (cell / "search.log").read_text()
@@ -226,11 +230,11 @@ def test_a_cell_s_log_header_says_its_time_zone(tmp_path, monkeypatch):
 
     cell = tmp_path / "sweep" / "cell"
     cell.mkdir(parents=True)
-    monkeypatch.setattr(sweeps, "search_when_free", lambda cell_dir, opts, echo: None)
+    monkeypatch.setattr(sweep_cell, "search_when_free", lambda cell_dir, opts, echo: None)
     monkeypatch.setenv("TZ", "America/New_York")
     time.tzset()
     try:
-        assert sweeps.run_cell(str(cell), {}) == {"state": "finished"}
+        assert sweep_cell.run_cell(str(cell), {}) == {"state": "finished"}
     finally:  # this process's zone back as it was, for the tests that follow
         monkeypatch.undo()
         time.tzset()
@@ -240,7 +244,7 @@ def test_a_cell_s_log_header_says_its_time_zone(tmp_path, monkeypatch):
 
 def test_sweep_report_means_and_sds_over_finished_seeds(tmp_path):
     sweep_dir = tmp_path / "runs" / "s"
-    settings = sweeps.prepare_sweep(sweep_dir, {"dataset": ["fashion-mnist"], "shots": [1], "seeds": ["1-3"]}, {})
+    settings = sweep_grid.prepare_sweep(sweep_dir, {"dataset": ["fashion-mnist"], "shots": [1], "seeds": ["1-3"]}, {})
     tests = {"fashion-mnist-demo-1shot-seed1": 0.80, "fashion-mnist-demo-1shot-seed2": 0.90}
     for name, test in tests.items():
         (sweep_dir / name).mkdir()
@@ -250,7 +254,7 @@ def test_sweep_report_means_and_sds_over_finished_seeds(tmp_path):
     failed = sweep_dir / settings["cells"][2]
     failed.mkdir()
     (failed / "error.txt").write_text("LLMError: the LLM did not answer\nmore\n")
-    summary = sweeps.sweep_summary(sweeps.sweep_cells(sweep_dir)).iloc[0]
+    summary = sweep_reading.sweep_summary(sweep_reading.sweep_cells(sweep_dir)).iloc[0]
     assert (summary["seeds"], summary["failed"]) == (2, 1)
     assert summary["best_mean"] == pytest.approx(0.85) and summary["best_sd"] == pytest.approx(0.0707107, rel=1e-5)
     assert summary["ensemble_mean"] == pytest.approx(0.86) and math.isnan(summary["adapter_mean"])
@@ -265,7 +269,7 @@ def test_sweep_report_means_and_sds_over_finished_seeds(tmp_path):
     two = sweep_dir / "fashion-mnist-demo-1shot-seed2" / "summary.json"
     two.write_text(json.dumps({**json.loads(two.read_text()), "winner": "best",
                                "adapter": {"accuracy": {"test": 0.95}, "result": "prompt-only"}}))
-    summary = sweeps.sweep_summary(sweeps.sweep_cells(sweep_dir)).iloc[0]
+    summary = sweep_reading.sweep_summary(sweep_reading.sweep_cells(sweep_dir)).iloc[0]
     assert summary["result_mean"] == pytest.approx((0.81 + 0.90) / 2)
     assert (summary["adapter_mean"], summary["adapter_seeds"]) == (pytest.approx(0.95), 1)
     table = CliRunner().invoke(cli, ["sweep-report", "s", "--runs-dir", str(tmp_path / "runs")]).output
@@ -279,7 +283,7 @@ def test_sweep_report_reads_an_empty_summary_json_as_a_missing_one(tmp_path):
     damaged, where `show`, `runs` and a rerun read it as missing (has_summary): the cell has
     not finished, as one without the file. One that holds something that is not JSON still is."""
     sweep_dir = tmp_path / "runs" / "s"
-    cell = sweep_dir / sweeps.prepare_sweep(sweep_dir, {"dataset": ["fashion-mnist"]}, {})["cells"][0]
+    cell = sweep_dir / sweep_grid.prepare_sweep(sweep_dir, {"dataset": ["fashion-mnist"]}, {})["cells"][0]
     cell.mkdir()
     (cell / "config.json").write_text("{}")
 
@@ -293,7 +297,7 @@ def test_sweep_report_reads_an_empty_summary_json_as_a_missing_one(tmp_path):
     for empty in ("", " \n"):
         (cell / "summary.json").write_text(empty)
         assert report() == missing and "damaged" not in missing
-        assert sweeps.sweep_cells(sweep_dir).iloc[0][["state", "error"]].tolist() == ["killed", ""]
+        assert sweep_reading.sweep_cells(sweep_dir).iloc[0][["state", "error"]].tolist() == ["killed", ""]
     (cell / "summary.json").write_text("{")
     assert f"  {cell.name}: summary.json is damaged; rerun the sweep to write it again" in report()
 
@@ -303,8 +307,8 @@ def test_a_classnames_file_reaches_every_cell_as_an_absolute_path(tmp_path, monk
     absolute once, in the driver; a set name stays a set name."""
     (tmp_path / "names.txt").write_text("tee\n")
     monkeypatch.chdir(tmp_path)
-    assert sweeps.search_options({"classnames": "names.txt"})["classnames"] == str(tmp_path / "names.txt")
-    assert sweeps.search_options({"classnames": "clean"})["classnames"] == "clean"
+    assert sweep_grid.search_options({"classnames": "names.txt"})["classnames"] == str(tmp_path / "names.txt")
+    assert sweep_grid.search_options({"classnames": "clean"})["classnames"] == "clean"
 
 
 @pytest.mark.parametrize("flags, said", [
@@ -323,8 +327,8 @@ def test_a_refused_sweep_leaves_nothing_and_a_corrected_one_may_change_its_setti
     errors = [line for line in refused.output.splitlines() if line.startswith("Error:")]
     assert refused.exit_code == 1 and len(errors) == 1 and said in errors[0], refused.output
     assert not (runs / "v2").exists()
-    settings = sweeps.prepare_sweep(runs / "v2", {"dataset": ["fashion-mnist"], "seeds": ["1-3"]},
-                                    {"optimizer": "craft", "queries": 400})
+    settings = sweep_grid.prepare_sweep(runs / "v2", {"dataset": ["fashion-mnist"], "seeds": ["1-3"]},
+                                        {"optimizer": "craft", "queries": 400})
     assert len(settings["cells"]) == 3
 
 
@@ -336,7 +340,7 @@ def test_a_killed_cell_resumes_with_its_own_settings():
 
     opts = {**resolve({"optimizer": "craft", "queries": 400, "resets": 1, "device": "cpu", "max_calls": 9}),
             "llm_name": "local", "base_url": "http://127.0.0.1:1/v1", "local_llm_url": "http://127.0.0.1:2/v1"}
-    resumed = sweeps.resumed_options(opts)
+    resumed = sweep_cell.resumed_options(opts)
     assert [resumed[name] for name in ("llm_name", "optimizer", "queries", "resets")] == \
         [BY_NAME[name].default for name in ("llm_name", "optimizer", "queries", "resets")]
     assert (resumed["device"], resumed["max_calls"], resumed["base_url"], resumed["local_llm_url"]) == \
@@ -345,7 +349,7 @@ def test_a_killed_cell_resumes_with_its_own_settings():
 
 def test_sweep_json_keeps_no_secret_of_the_endpoint(tmp_path):
     url = "http://someone:pw-SECRET456@127.0.0.1:1/v1?api-key=qs-SECRET789"
-    settings = sweeps.prepare_sweep(tmp_path / "s", {"dataset": ["fashion-mnist"]}, {"base_url": url})
+    settings = sweep_grid.prepare_sweep(tmp_path / "s", {"dataset": ["fashion-mnist"]}, {"base_url": url})
     assert settings["search"]["base_url"] == url  # the cells of this run still reach it
     text = (tmp_path / "s" / "sweep.json").read_text()
     assert "SECRET" not in text and json.loads(text)["search"]["base_url"] == "http://127.0.0.1:1/v1"
@@ -355,24 +359,25 @@ def test_a_sweep_whose_endpoint_secret_was_left_out_is_rerun_only_with_the_url_g
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     grid = {"dataset": ["fashion-mnist"]}
     url = "http://someone:pw-SECRET456@127.0.0.1:1/v1"
-    sweeps.prepare_sweep(tmp_path / "s", grid, {"base_url": url})
+    sweep_grid.prepare_sweep(tmp_path / "s", grid, {"base_url": url})
     with pytest.raises(PromptclimbError, match="give it again with --base-url") as refused:
-        sweeps.prepare_sweep(tmp_path / "s", None, {})  # rerun as `sweep s` alone
+        sweep_grid.prepare_sweep(tmp_path / "s", None, {})  # rerun as `sweep s` alone
     assert "SECRET" not in str(refused.value)
-    again = sweeps.prepare_sweep(tmp_path / "s", None, {"base_url": url})
+    again = sweep_grid.prepare_sweep(tmp_path / "s", None, {"base_url": url})
     assert again["search"]["base_url"] == url
     with pytest.raises(PromptclimbError, match="give it again"):  # still said on the next rerun
-        sweeps.prepare_sweep(tmp_path / "s", None, {})
+        sweep_grid.prepare_sweep(tmp_path / "s", None, {})
     monkeypatch.setenv("OPENAI_BASE_URL", url)  # given again the other way: the cells ask it with its secret
     said = []
-    assert sweeps.prepare_sweep(tmp_path / "s", None, {}, said.append)["search"]["base_url"] == url and said == []
+    assert sweep_grid.prepare_sweep(tmp_path / "s", None, {}, said.append)["search"]["base_url"] == url and said == []
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # another endpoint: asked, and said so
-    assert sweeps.prepare_sweep(tmp_path / "s", None, {}, said.append)["search"]["base_url"] == "http://127.0.0.1:9/v1"
+    assert sweep_grid.prepare_sweep(tmp_path / "s", None, {}, said.append)["search"]["base_url"] == \
+        "http://127.0.0.1:9/v1"
     assert said == ["note: OPENAI_BASE_URL is not the LLM endpoint the sweep recorded (http://127.0.0.1:1/v1); "
                     "asking it, as the sweep's URL had a key that was not recorded"]
     monkeypatch.delenv("OPENAI_BASE_URL")
-    sweeps.prepare_sweep(tmp_path / "plain", grid, {"base_url": "http://127.0.0.1:1/v1"})
-    assert sweeps.prepare_sweep(tmp_path / "plain", None, {})["search"]["base_url"] == "http://127.0.0.1:1/v1"
+    sweep_grid.prepare_sweep(tmp_path / "plain", grid, {"base_url": "http://127.0.0.1:1/v1"})
+    assert sweep_grid.prepare_sweep(tmp_path / "plain", None, {})["search"]["base_url"] == "http://127.0.0.1:1/v1"
 
 
 @pytest.mark.parametrize("search, said", [
@@ -410,10 +415,10 @@ def test_a_grid_file_reads_its_search_keys_as_search_config_does(tmp_path):
     grid = tmp_path / "grid.toml"
     grid.write_text('[grid]\ndataset = "fashion-mnist"\n[search]\nmax-calls = 3\nmax_calls = 4\n')
     with pytest.raises(PromptclimbError) as refused:
-        sweeps.read_grid_file(grid)
+        sweep_grid.read_grid_file(grid)
     assert str(refused.value) == f"{grid}: [search] max-calls is given twice (max-calls, max_calls); keep one"
     grid.write_text('[grid]\ndataset = "fashion-mnist"\n[search]\nmax-calls = 3\npool_sample = 4\n')
-    assert sweeps.read_grid_file(grid) == ({"dataset": ["fashion-mnist"]}, {"max_calls": 3, "pool_sample": 4})
+    assert sweep_grid.read_grid_file(grid) == ({"dataset": ["fashion-mnist"]}, {"max_calls": 3, "pool_sample": 4})
 
 
 def test_a_grid_file_with_dashed_keys_gives_the_sweep_its_search_options(tmp_path, monkeypatch):
@@ -427,7 +432,7 @@ def test_a_grid_file_with_dashed_keys_gives_the_sweep_its_search_options(tmp_pat
 
     def run_sweep(name, runs_dir, grid, search, **_):
         swept.append((grid, search))
-        return {c: "finished" for c in sweeps.prepare_sweep(runs / name, grid, search)["cells"]}
+        return {c: "finished" for c in sweep_grid.prepare_sweep(runs / name, grid, search)["cells"]}
 
     monkeypatch.setattr(sweeps, "run_sweep", run_sweep)
     result = CliRunner().invoke(cli, ["sweep", "g", "--grid", str(grid), "--runs-dir", str(runs),
@@ -443,8 +448,8 @@ def test_a_rerun_that_gives_some_grid_axes_takes_the_others_from_the_sweep(tmp_p
     """`sweep s --shots 4` on a sweep of one dataset said 'a sweep needs at least one
     --dataset'; the axes not given are the sweep's, and what differs is named."""
     runs = tmp_path / "runs"
-    sweeps.prepare_sweep(runs / "s", {"dataset": ["fashion-mnist"], "seeds": ["1-2"]},
-                         {"optimizer": "craft", "queries": 200})
+    sweep_grid.prepare_sweep(runs / "s", {"dataset": ["fashion-mnist"], "seeds": ["1-2"]},
+                             {"optimizer": "craft", "queries": 200})
 
     def rerun(*flags):
         result = CliRunner().invoke(cli, ["sweep", "s", "--runs-dir", str(runs), *flags, "--address", "127.0.0.1:1"])
@@ -480,14 +485,14 @@ def test_sweep_report_of_a_folder_that_does_not_exist_says_so(tmp_path, monkeypa
 def test_sweep_json_keeps_no_secret_of_the_tracking_uri_and_a_rerun_asks_for_it(tmp_path):
     grid = {"dataset": ["fashion-mnist"]}
     uri = "http://someone:pw-SECRET456@127.0.0.1:1"
-    settings = sweeps.prepare_sweep(tmp_path / "s", grid, {"mlflow": uri})
+    settings = sweep_grid.prepare_sweep(tmp_path / "s", grid, {"mlflow": uri})
     assert settings["search"]["mlflow"] == uri  # this run tracks to it
     text = (tmp_path / "s" / "sweep.json").read_text()
     assert "SECRET" not in text and json.loads(text)["search"]["mlflow"] == "http://127.0.0.1:1"
     with pytest.raises(PromptclimbError, match="give it again with --mlflow") as refused:
-        sweeps.prepare_sweep(tmp_path / "s", None, {})
+        sweep_grid.prepare_sweep(tmp_path / "s", None, {})
     assert "SECRET" not in str(refused.value)
-    assert sweeps.prepare_sweep(tmp_path / "s", None, {"mlflow": uri})["search"]["mlflow"] == uri
+    assert sweep_grid.prepare_sweep(tmp_path / "s", None, {"mlflow": uri})["search"]["mlflow"] == uri
     assert "SECRET" not in (tmp_path / "s" / "sweep.json").read_text()
 
 
@@ -512,20 +517,20 @@ def test_a_sweep_started_with_relative_paths_is_continued_from_any_folder_on_its
     a, b = _two_folders(tmp_path)
     sweep_dir = tmp_path / "runs" / "s"
     monkeypatch.chdir(a)
-    sweeps.prepare_sweep(sweep_dir, {"dataset": ["hf"], "backbone": ["demo"], "seeds": ["1-2"]}, dict(RELATIVE))
+    sweep_grid.prepare_sweep(sweep_dir, {"dataset": ["hf"], "backbone": ["demo"], "seeds": ["1-2"]}, dict(RELATIVE))
     stored = json.loads((sweep_dir / "sweep.json").read_text())["search"]
     assert (stored["data_root"], stored["pool"], stored["classnames"]) == \
         (str(a / "hf" / "fm_str2"), str(a / "bigpool.txt"), str(a / "oddnames.txt"))
     monkeypatch.chdir(b)
     for given in ({}, {"data_root": str(a / "hf" / "fm_str2"), "pool": str(a / "bigpool.txt")}):
-        settings = sweeps.prepare_sweep(sweep_dir, None, given)
-        opts = sweeps.search_options(settings["search"])
-        cell = sweeps.grid_cells(settings)[1]
-        cell_opts = sweeps.cell_options(cell, opts, sweep_dir)
+        settings = sweep_grid.prepare_sweep(sweep_dir, None, given)
+        opts = sweep_grid.search_options(settings["search"])
+        cell = sweep_grid.grid_cells(settings)[1]
+        cell_opts = sweep_grid.cell_options(cell, opts, sweep_dir)
         assert (cell_opts["data_root"], cell_opts["pool"], cell_opts["classnames"]) == \
             (str(a / "hf" / "fm_str2"), str(a / "bigpool.txt"), str(a / "oddnames.txt"))
     with pytest.raises(PromptclimbError, match=r"\(--data-root .*hf/fm_str2 \(the sweep's: "):  # b's own hf/fm_str2 is other data
-        sweeps.prepare_sweep(sweep_dir, None, {"data_root": "hf/fm_str2"})
+        sweep_grid.prepare_sweep(sweep_dir, None, {"data_root": "hf/fm_str2"})
 
 
 def test_an_older_sweep_json_with_relative_paths_still_continues_from_its_own_folder(tmp_path, monkeypatch):
@@ -537,7 +542,7 @@ def test_an_older_sweep_json_with_relative_paths_still_continues_from_its_own_fo
     (sweep_dir / "sweep.json").write_text(json.dumps(old))
     monkeypatch.chdir(a)
     for given in ({}, {"data_root": str(a / "hf" / "fm_str2")}):
-        opts = sweeps.search_options(sweeps.prepare_sweep(sweep_dir, None, given)["search"])
+        opts = sweep_grid.search_options(sweep_grid.prepare_sweep(sweep_dir, None, given)["search"])
         assert (opts["data_root"], opts["pool"]) == (str(a / "hf" / "fm_str2"), str(a / "bigpool.txt"))
     assert json.loads((sweep_dir / "sweep.json").read_text())["search"] == RELATIVE
 
@@ -555,8 +560,8 @@ def test_a_backbone_no_cell_could_load_is_refused_before_ray_starts(backbone, tm
     assert refused.exit_code == 1 and f"grid backbone {backbone!r}: unknown backbone" in refused.output, refused.output
     assert not (runs / "b").exists()
     for known in ("demo", "ViT-B-32", "RN50-quickgelu", "hf-hub:org/model"):
-        sweeps.prepare_sweep(tmp_path / known.replace(":", "_").replace("/", "_"),
-                             {"dataset": ["fashion-mnist"], "backbone": [known]}, {})
+        sweep_grid.prepare_sweep(tmp_path / known.replace(":", "_").replace("/", "_"),
+                                 {"dataset": ["fashion-mnist"], "backbone": [known]}, {})
     code = ("import sys; from promptclimb.agent.core.backbones import check_backbone_name; "
             "check_backbone_name('ViT-B-32'); print('torch' in sys.modules, 'open_clip' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() \
@@ -595,12 +600,12 @@ def test_a_backbone_of_a_registered_model_config_is_known(tmp_path, monkeypatch)
 def test_a_value_given_twice_is_one_grid_point_on_every_axis(tmp_path):
     """--seeds 1,1 and --seeds 1-3 --seeds 2 were one seed each, while --shots 1 --shots 1 (or a
     dataset or backbone given twice) was refused as two cells sharing a folder name."""
-    grid = sweeps.check_grid({"dataset": ["fashion-mnist", "fashion-mnist"], "backbone": ["demo", "demo"],
-                              "shots": [2, 1, 2], "seeds": ["1-3", 2]})
+    grid = sweep_grid.check_grid({"dataset": ["fashion-mnist", "fashion-mnist"], "backbone": ["demo", "demo"],
+                                  "shots": [2, 1, 2], "seeds": ["1-3", 2]})
     assert grid == {"dataset": ["fashion-mnist"], "backbone": ["demo"], "shots": [2, 1], "seeds": [1, 2, 3]}
-    settings = sweeps.prepare_sweep(tmp_path / "s", {**grid, "shots": [2, 1, 2, 1]}, {})
+    settings = sweep_grid.prepare_sweep(tmp_path / "s", {**grid, "shots": [2, 1, 2, 1]}, {})
     assert settings["cells"] == [f"fashion-mnist-demo-{k}shot-seed{s}" for k in (2, 1) for s in (1, 2, 3)]
-    sweeps.prepare_sweep(tmp_path / "s", {**grid, "shots": [2, 1]}, {})  # the same grid, not other settings
+    sweep_grid.prepare_sweep(tmp_path / "s", {**grid, "shots": [2, 1]}, {})  # the same grid, not other settings
 
 
 @pytest.mark.parametrize("datasets, flags, said", [
@@ -616,7 +621,8 @@ def test_an_option_only_some_grid_datasets_take_is_refused_before_ray_starts(dat
                                        str(data), *flags, "--runs-dir", str(runs), "--num-cpus", "1"])
     assert refused.exit_code == 1 and said in refused.output, refused.output
     assert not (runs / "m").exists()
-    settings = sweeps.prepare_sweep(runs / "hf", {"dataset": ["hf"]}, {"data_root": str(data), "label_column": "label"})
+    settings = sweep_grid.prepare_sweep(runs / "hf", {"dataset": ["hf"]},
+                                        {"data_root": str(data), "label_column": "label"})
     assert settings["cells"] == ["hf-ViT-B-32-1shot-seed0"]
 
 
@@ -629,24 +635,24 @@ def test_a_new_sweep_keeps_the_llm_its_environment_chose_and_a_rerun_elsewhere_a
     grid = {"dataset": ["fashion-mnist"]}
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
-    sweeps.prepare_sweep(tmp_path / "local", grid, {})
+    sweep_grid.prepare_sweep(tmp_path / "local", grid, {})
     assert json.loads((tmp_path / "local" / "sweep.json").read_text())["search"] == {"llm": "local"}
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1/v1")
-    opts = sweeps.search_options(sweeps.prepare_sweep(tmp_path / "local", None, {})["search"])
-    assert opts["llm_name"] == "local" and sweeps.sweep_endpoint(opts) is None
-    sweeps.prepare_sweep(tmp_path / "served", grid, {})  # the endpoint, not a model name: what it serves decides
+    opts = sweep_grid.search_options(sweep_grid.prepare_sweep(tmp_path / "local", None, {})["search"])
+    assert opts["llm_name"] == "local" and sweep_grid.sweep_endpoint(opts) is None
+    sweep_grid.prepare_sweep(tmp_path / "served", grid, {})  # the endpoint, not a model name: what it serves decides
     assert json.loads((tmp_path / "served" / "sweep.json").read_text())["search"] == \
         {"base_url": "http://127.0.0.1:1/v1"}
     monkeypatch.delenv("OPENAI_BASE_URL")
-    opts = sweeps.search_options(sweeps.prepare_sweep(tmp_path / "served", None, {})["search"])
-    assert opts["llm_name"] is None and sweeps.sweep_endpoint(opts) == "http://127.0.0.1:1/v1"
+    opts = sweep_grid.search_options(sweep_grid.prepare_sweep(tmp_path / "served", None, {})["search"])
+    assert opts["llm_name"] is None and sweep_grid.sweep_endpoint(opts) == "http://127.0.0.1:1/v1"
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    sweeps.prepare_sweep(tmp_path / "api", grid, {})
+    sweep_grid.prepare_sweep(tmp_path / "api", grid, {})
     assert json.loads((tmp_path / "api" / "sweep.json").read_text())["search"] == {"llm": "gpt-4o-mini"}
     monkeypatch.delenv("OPENAI_API_KEY")
     with pytest.raises(PromptclimbError, match="needs OPENAI_API_KEY"):  # not the local LLM, unsaid
-        sweeps.prepare_sweep(tmp_path / "api", None, {})
-    sweeps.prepare_sweep(tmp_path / "craft", grid, {"optimizer": "craft", "queries": 200})  # asks no LLM
+        sweep_grid.prepare_sweep(tmp_path / "api", None, {})
+    sweep_grid.prepare_sweep(tmp_path / "craft", grid, {"optimizer": "craft", "queries": 200})  # asks no LLM
     assert json.loads((tmp_path / "craft" / "sweep.json").read_text())["search"] == {"optimizer": "craft",
                                                                                       "queries": 200}
 
@@ -655,13 +661,13 @@ def test_options_the_cells_ignore_are_said_once_by_the_sweep(tmp_path):
     """`sweep --optimizer craft --search names --iterations 3`: the warning was in each cell's
     search.log only (and named --llm, which the driver set itself)."""
     said = []
-    sweeps.prepare_sweep(tmp_path / "s", {"dataset": ["fashion-mnist"], "seeds": ["1-2"]},
-                         {"optimizer": "craft", "queries": 200, "search": "names", "iterations": 3}, said.append)
+    sweep_grid.prepare_sweep(tmp_path / "s", {"dataset": ["fashion-mnist"], "seeds": ["1-2"]},
+                             {"optimizer": "craft", "queries": 200, "search": "names", "iterations": 3}, said.append)
     assert said == ["warning: --optimizer craft does not use --search, --iterations (options of the LLM search): "
                     "ignored"]
     quiet = []
-    sweeps.prepare_sweep(tmp_path / "t", {"dataset": ["fashion-mnist"]}, {"optimizer": "craft", "queries": 200},
-                         quiet.append)
+    sweep_grid.prepare_sweep(tmp_path / "t", {"dataset": ["fashion-mnist"]}, {"optimizer": "craft", "queries": 200},
+                             quiet.append)
     assert quiet == []
 
 
@@ -669,17 +675,17 @@ def test_a_rerun_given_the_backbone_every_cell_already_used_is_the_same_sweep(tm
     """`sweep s --backbone demo` on a sweep started without --backbone (every cell on demo,
     fashion-mnist's default) was refused: 'the grid's backbone demo (the sweep's: none)'."""
     grid, search = {"dataset": ["fashion-mnist"], "seeds": ["1-2"]}, {"optimizer": "craft", "queries": 200}
-    first = sweeps.prepare_sweep(tmp_path / "s", grid, search)
-    again = sweeps.prepare_sweep(tmp_path / "s", {**grid, "backbone": ["demo"]}, search)
+    first = sweep_grid.prepare_sweep(tmp_path / "s", grid, search)
+    again = sweep_grid.prepare_sweep(tmp_path / "s", {**grid, "backbone": ["demo"]}, search)
     assert again["cells"] == first["cells"] == ["fashion-mnist-demo-1shot-seed1", "fashion-mnist-demo-1shot-seed2"]
     with pytest.raises(PromptclimbError, match=r"other settings \(the grid's backbone fashion-mnist: demo-mpnet \(the "
                                                r"sweep's: fashion-mnist: demo\)"):
-        sweeps.prepare_sweep(tmp_path / "s", {**grid, "backbone": ["demo-mpnet"]}, search)
+        sweep_grid.prepare_sweep(tmp_path / "s", {**grid, "backbone": ["demo-mpnet"]}, search)
     # a backbone that is one dataset's default is another's new one: more cells, refused (a review found it taken)
     both, openai = {"dataset": ["fashion-mnist", "eurosat"], "seeds": ["1"]}, {**search, "pretrained": "openai"}
-    assert len(sweeps.prepare_sweep(tmp_path / "two", both, openai)["cells"]) == 2  # demo, ViT-B-32
+    assert len(sweep_grid.prepare_sweep(tmp_path / "two", both, openai)["cells"]) == 2  # demo, ViT-B-32
     with pytest.raises(PromptclimbError, match="other settings"):
-        sweeps.prepare_sweep(tmp_path / "two", {**both, "backbone": ["demo", "ViT-B-32"]}, openai)
+        sweep_grid.prepare_sweep(tmp_path / "two", {**both, "backbone": ["demo", "ViT-B-32"]}, openai)
 
 
 def test_a_value_edited_into_sweep_json_is_said_as_the_file_damaged(tmp_path):
@@ -690,7 +696,7 @@ def test_a_value_edited_into_sweep_json_is_said_as_the_file_damaged(tmp_path):
     from promptclimb.agent.cli import cli
 
     runs = tmp_path / "runs"
-    sweeps.prepare_sweep(runs / "s", {"dataset": ["fashion-mnist"]}, {"optimizer": "craft", "queries": 200})
+    sweep_grid.prepare_sweep(runs / "s", {"dataset": ["fashion-mnist"]}, {"optimizer": "craft", "queries": 200})
     path = runs / "s" / "sweep.json"
     stored = json.loads(path.read_text())
     stored["search"]["resets"] = "x"

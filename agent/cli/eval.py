@@ -126,7 +126,7 @@ def eval_cmd(ctx, dataset, data_root, image_column, label_column, classnames, sh
         loaded["loaded_dataset"] = _check_names_for_adapter(args, adapter, run_config)
     result, evaluator = _evaluate({**args, **loaded}, list(prompts), device, factory)
     if run_dir is not None:
-        from promptclimb.agent.runs.reading import warn_other_split
+        from promptclimb.agent.runs.recorded import warn_other_split
 
         warn_other_split(run_dir, config, args, result["info"].get("split") or {})
     if with_adapter:
@@ -186,8 +186,10 @@ def _settings(given: dict, prompts: list[str], run_dir) -> tuple[dict, list[str]
     if run_dir is not None:
         from promptclimb.agent.adapt import check_run_data, read_run
         from promptclimb.agent.core.runfiles import CONFIG
-        from promptclimb.agent.runs.reading import (check_config, load_run, read_json, read_summary, result_said,
-                                                    run_names_by_label, warn_names_by_position)
+        from promptclimb.agent.runs.reading import check_config, read_json, read_summary
+        from promptclimb.agent.runs.recorded import run_names_by_label, warn_names_by_position
+        from promptclimb.agent.runs.run import load_run
+        from promptclimb.agent.runs.listing import result_said
         from promptclimb.agent.runs.store import run_argument
 
         if prompts:  # templates of one's own on the run's split: a run not ended (no summary) has that too

@@ -1,5 +1,5 @@
 """`promptclimb mlflow-sync RUN...`: log run folders (finished, unfinished, old) and sweep
-folders to MLflow afterwards; a thin shell over agent/tracking.py. Syncing a folder again
+folders to MLflow afterwards; a thin shell over agent/tracking/. Syncing a folder again
 continues its MLflow run."""
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def mlflow_sync_cmd(runs, tracking_uri, experiment, runs_dir):
       promptclimb mlflow-sync 20250101-120000-eurosat-4shot --tracking-uri http://127.0.0.1:5000
       MLFLOW_TRACKING_URI=http://127.0.0.1:5000 promptclimb mlflow-sync runs/my-sweep
     """
-    from promptclimb.agent.tracking import mlflow_client, sync_run, sync_sweep
+    from promptclimb.agent.tracking import sync_run, sync_sweep
+    from promptclimb.agent.tracking.store import mlflow_client
 
     folders = [find_folder(name, runs_dir) for name in runs]  # a typo stops us before anything is sent
     _, uri = mlflow_client(tracking_uri)  # an unreachable server: one line, once

@@ -1,7 +1,7 @@
 """What people do after a search: `promptclimb runs`, `show`, `report`, `transfer`, `compare`.
 
 Each is a thin shell over the Python API (agent/api.py: `load_run`, `transfer`) and the
-readers of agent/runs/reading.py. Only `transfer` needs the CLIP side (it re-scores templates on
+readers of agent/runs/. Only `transfer` needs the CLIP side (it re-scores templates on
 another backbone), and it imports it only when it runs, so the others never pay for torch.
 """
 
@@ -25,8 +25,10 @@ from promptclimb.agent.cli.params import TableText
 from promptclimb.agent.core.format import markdown_text, moment, pct, shell_command, shortened, shots_said
 from promptclimb.agent.options import BY_KEYWORD
 from promptclimb.agent.proposals import why_nothing_read
-from promptclimb.agent.runs.reading import (Run, continue_said, find_run, list_sweep_dirs, names_turns_shown,
-                                            result_said, run_start_names, runs_frame, without_root)
+from promptclimb.agent.runs.reading import find_run, list_sweep_dirs
+from promptclimb.agent.runs.recorded import run_start_names, without_root
+from promptclimb.agent.runs.run import Run
+from promptclimb.agent.runs.listing import continue_said, names_turns_shown, result_said, runs_frame
 from promptclimb.agent.runs.compact import CLASSES_IN_FULL
 from promptclimb.agent.runs.store import ANSWER_KINDS, CONFIG, HISTORY
 from promptclimb.agent.adapt import adapter_said
@@ -203,7 +205,7 @@ def settings_said(run) -> str:
     one that found no better names."""
     from promptclimb.agent.search import RECORDED_BEFORE_IT_EXISTED, SearchConfig
 
-    # a run recorded before a setting existed ran without it (it resumes so, agent/pipeline.py)
+    # a run recorded before a setting existed ran without it (it resumes so, agent/resume.py)
     search, default = {**RECORDED_BEFORE_IT_EXISTED, **(run.config.get("search") or {})}, SearchConfig()
     said = [f"search {search['search']}"] if search.get("search") not in (None, default.search) else []
     if search.get("search", default.search) != "template" and search.get("guard") not in (None, default.guard):

@@ -1,5 +1,5 @@
 """`promptclimb sweep` (a grid of searches on Ray) and `promptclimb sweep-report` (its
-results, mean ± sd over seeds). The work is in agent/sweep/driver.py."""
+results, mean ± sd over seeds). The work is in agent/sweep/."""
 
 from __future__ import annotations
 
@@ -73,7 +73,8 @@ def sweep_cmd(ctx, name, datasets, backbones, shots, seeds, grid_file, address, 
       promptclimb sweep grid2 --grid grid.toml --address auto --gpus-per-run 0.25 --base-url http://llm:8000/v1
       promptclimb sweep-report grid1
     """
-    from promptclimb.agent.sweep.driver import check_grid, read_grid_file, run_sweep
+    from promptclimb.agent.sweep.driver import run_sweep
+    from promptclimb.agent.sweep.grid import check_grid, read_grid_file
 
     grid, options = usage(read_grid_file, grid_file) if grid_file else ({}, {})
     flags = {"dataset": datasets, "backbone": backbones, "shots": shots, "seeds": seeds}
@@ -103,7 +104,7 @@ def usage(check, *args):
 
 def seeds_given(values: tuple) -> tuple:
     """--seeds as given, once they read as seeds (a usage error otherwise)."""
-    from promptclimb.agent.sweep.driver import parse_seeds
+    from promptclimb.agent.sweep.grid import parse_seeds
 
     if values:
         usage(parse_seeds, values)
@@ -117,7 +118,7 @@ def with_stored_axes(grid: dict, runs_dir: str, name: str) -> dict:
     missing --dataset. A new sweep's grid is as given; none given takes the stored grid."""
     from pathlib import Path
 
-    from promptclimb.agent.sweep.driver import SWEEP_FILE, read_sweep
+    from promptclimb.agent.sweep.grid import SWEEP_FILE, read_sweep
 
     sweep_dir = Path(runs_dir).expanduser().resolve() / name
     if not grid or not (sweep_dir / SWEEP_FILE).is_file():
@@ -141,7 +142,7 @@ def sweep_report_cmd(sweep, runs_dir, fmt):
 
     from tabulate import tabulate
 
-    from promptclimb.agent.sweep.driver import PLOT_FILE, RESULTS, mean_sd, plot_sweep, sweep_cells, sweep_summary
+    from promptclimb.agent.sweep.reading import PLOT_FILE, RESULTS, mean_sd, plot_sweep, sweep_cells, sweep_summary
 
     from promptclimb.agent.runs.reading import find_sweep
 

@@ -8,7 +8,7 @@ REPORT = "report.html"
 ADAPTER_FILE = "adapter.pt"
 SOFT_PROMPT_FILE = "soft_prompt.safetensors"  # a soft-prompt run's prompt: tensor "context" [tokens, width]
 STATE_FILE = "optimizer_state.pt"  # a soft-prompt run's optimizer, saved after each step
-# A sweep's folder (agent/sweep/driver.py): sweep.json, and in each cell's run folder what
+# A sweep's folder (agent/sweep/): sweep.json, and in each cell's run folder what
 # the cell adds to it.
 SWEEP_FILE = "sweep.json"
 CELL_LOG, CELL_ERROR = "search.log", "error.txt"

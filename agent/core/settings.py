@@ -29,7 +29,7 @@ class EvaluatorSettings:
     image_column: str | None = None  # an hf dataset's columns, when not found from its features
     label_column: str | None = None
     # the start names: None (published), a named set or a file (--classnames); a resumed run's,
-    # the names it recorded, keyed by its labels where it recorded them (agent/pipeline.py
+    # the names it recorded, keyed by its labels where it recorded them (agent/resume.py
     # `resumed_evaluator`)
     classnames: str | tuple[str, ...] | dict[str, str] | None = None
     unlabeled: int = 0  # images of the train pool outside the split scored without labels (--metric balance)

@@ -61,7 +61,7 @@ _LOCAL_ID = re.compile(r"^promptclimb-local/(?P<name>.+)@sha256:(?P<sha>[0-9a-f]
 # The local server (started by a command, or `promptclimb llm serve`) answers one request at
 # a time and keeps only the last request's prefix: searches taking turns at it would each
 # reprocess their whole conversation per answer, so what would share it runs one after
-# another instead (restarts with --parallel: agent/pipeline.py; sweep cells: agent/sweep/).
+# another instead (restarts with --parallel: agent/plan.py; sweep cells: agent/sweep/).
 ONE_AT_A_TIME = "the local LLM answers one request at a time"
 
 # Sampling that makes the 1.5B model give usable proposals, measured by

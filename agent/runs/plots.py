@@ -13,7 +13,7 @@ from pathlib import Path
 
 from promptclimb.agent.core.files import write_atomic
 from promptclimb.agent.core.format import pct, shortened
-from promptclimb.agent.runs.reading import Run, load_run
+from promptclimb.agent.runs.run import Run, load_run
 from promptclimb.agent.core.templates import BASELINE
 
 from promptclimb.agent.core.runfiles import CURVE
@@ -25,7 +25,7 @@ def new_figure(figsize: tuple[float, float], dpi: int = 100):
     """(figure, axes) of a plot written to a file: a matplotlib Figure of its own, not one of
     pyplot's, so the process's backend is left as it is (a notebook's inline plots went on
     Agg after `search()`) and nothing is registered to close. The plots here, a soft-prompt
-    run's curve (agent/softsearch.py) and a sweep's report (agent/sweep/driver.py)."""
+    run's curve (agent/softsearch.py) and a sweep's report (agent/sweep/reading.py)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=figsize, dpi=dpi)

@@ -21,7 +21,8 @@ from promptclimb.agent.core.files import write_text_atomic
 from promptclimb.agent.core.format import moment, pct, shots_said
 from promptclimb.agent.core.paths import prompts_dir
 from promptclimb.agent.runs.compact import CLASSES_IN_FULL, confusion_matrix
-from promptclimb.agent.runs.reading import Run, continue_said, names_turns_shown, result_said
+from promptclimb.agent.runs.run import Run
+from promptclimb.agent.runs.listing import continue_said, names_turns_shown, result_said
 from promptclimb.agent.runs.store import kept_result
 from promptclimb.agent.softsearch import STEPS_LOST, is_soft_prompt_run, steps_shown, steps_table
 

@@ -29,7 +29,7 @@ Events:
                   length), answer (raw text), usage {prompt_tokens, completion_tokens},
                   latency_s, cached, source
                   ("llm" | "cache" | "replay"), and answer_truncated {kept_chars,
-                  received_chars} when the answer was cut (agent/llm/client.py `answer_cap`),
+                  received_chars} when the answer was cut (agent/llm/answers.py `answer_cap`),
                   and context_refused {request_key, context_tokens, n_messages} when the
                   endpoint refused this turn's request in the conversation before as longer
                   than the context it stated: this exchange opens a new one (a resume is
@@ -314,7 +314,7 @@ def claim_folder(folder: str | Path, kind: str, create: bool = True) -> Path:
     kind's own. A run's own: only its lock (a search killed before its config.json was
     written) and, in a cell of a sweep (a folder its sweep.json lists), that cell's
     search.log and error.txt. A sweep's own: it holds sweep.json (the sweep then continues
-    only with that file's settings, agent/sweep/driver.py). Temp files of a killed write
+    only with that file's settings, agent/sweep/grid.py). Temp files of a killed write
     are nobody's. Anything else is refused in one line: a search never writes into a
     sweep's folder or a folder of the user's, a sweep never into a run."""
     folder = Path(folder)
@@ -578,7 +578,7 @@ class RunStore:
 
     def add_listener(self, listener: Callable[[dict], None]) -> None:
         """Call `listener(event)` after each event written from now on (a live tracker,
-        agent/tracking.py). Not for the events a resumed run replays: those are on disk
+        agent/tracking/). Not for the events a resumed run replays: those are on disk
         already. A listener must not raise: its errors would stop the search."""
         self._listeners.append(listener)
 
