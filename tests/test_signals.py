@@ -37,7 +37,8 @@ FAILED = ("Traceback", "Exception ignored", "Aborted")
 # environment: PC_SECOND_CTRL_C says where the process sends itself a second Ctrl-C while it
 # exits (the first comes from the test); PC_SWALLOW=SIGTERM|SIGINT makes the 3rd score call free
 # an object whose __del__ receives that signal (its exception is swallowed there);
-# PC_NO_REDELIVERY leaves only the exit status' last resort; PC_SCORE_S slows each score call.
+# PC_NO_REDELIVERY leaves only the exit status' last resort; PC_SCORE_S slows each score call;
+# PC_SECOND_SIGTERM says where the process sends itself a second SIGTERM while it unwinds.
 CHILD = textwrap.dedent(f"""
     import atexit, os, signal, sys, threading, time
     sys.path.insert(0, {str(TESTS)!r})
@@ -65,6 +66,21 @@ CHILD = textwrap.dedent(f"""
                 pthread_kill(ident, 2)
                 sleep(0.5)
         at_teardown = AtTeardown()
+
+    def sigterm_to_the_main_thread():
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+        time.sleep(0.5)  # a SIGTERM not ignored has raised (or killed the process) by now
+
+    second_sigterm = os.environ.get("PC_SECOND_SIGTERM")
+    if second_sigterm == "atexit":  # the search's handler is gone by now
+        atexit.register(sigterm_to_the_main_thread)
+    elif second_sigterm == "resume-line":  # as the search says how to continue: its handler still in place
+        from promptclimb.agent import pipeline
+
+        def resume_command(*args, said=pipeline.resume_command, **kwargs):
+            sigterm_to_the_main_thread()
+            return said(*args, **kwargs)
+        pipeline.resume_command = resume_command
 
     class Swallows:
         def __del__(self):
@@ -230,3 +246,41 @@ def test_a_ctrl_c_delivered_again_wakes_a_wait_of_the_main_thread():
         restore()
         forget_signals()
     assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("where", ["resume-line", "atexit"])
+def test_a_second_sigterm_while_the_search_unwinds_is_ignored(where, tmp_path):
+    """The first SIGTERM while the search waits for the LLM; the second (sent by the process to
+    itself as it unwinds) raised SystemExit again inside the unwinding (the line that says how to
+    continue was lost), or, once the handler had been put back (SIG_DFL), killed it (-15, not 143)."""
+    with FakeLLM(responder=responder, signal_at=2) as fake:
+        child = search(tmp_path, fake, PC_SECOND_SIGTERM=where)
+        assert fake.reached.wait(120), "the search never reached its second LLM call"
+        child.send_signal(signal.SIGTERM)
+        stdout, stderr = finished(child)
+    assert_stopped_with_the_continue_line(child, stdout, stderr, tmp_path, code=143)
+
+
+def test_the_previous_sigterm_handler_is_given_back_unless_a_sigterm_came():
+    """In-process (the API): a caller's handler is back once the search ends without a SIGTERM;
+    after one, the SIGTERMs that follow are ignored, the restore included (the process exits)."""
+    from promptclimb.agent.core.errors import forget_signals, sigterm_raises_systemexit
+
+    def theirs(signum, frame):
+        raise AssertionError("the caller's handler ran")
+
+    before = signal.signal(signal.SIGTERM, theirs)
+    try:
+        sigterm_raises_systemexit(replace=True)()
+        assert signal.getsignal(signal.SIGTERM) is theirs
+        restore = sigterm_raises_systemexit(replace=True)
+        with pytest.raises(SystemExit) as stopped:
+            signal.raise_signal(signal.SIGTERM)
+        assert stopped.value.code == 143
+        signal.raise_signal(signal.SIGTERM)  # while it unwinds: ignored
+        restore()
+        assert signal.getsignal(signal.SIGTERM) is not theirs
+        signal.raise_signal(signal.SIGTERM)  # after the restore too
+    finally:
+        forget_signals()
+        signal.signal(signal.SIGTERM, before)

@@ -705,3 +705,63 @@ def test_a_value_edited_into_sweep_json_is_said_as_the_file_damaged(tmp_path):
         said = CliRunner().invoke(cli, [*command, "--runs-dir", str(runs)])
         assert said.exit_code == 1 and f"Error: {path} is damaged (--resets 'x': expected a whole number)" \
             in said.output, said.output
+
+
+@pytest.mark.parametrize("datasets, said", [
+    (["hf:a/b", "hf:a/b:default"], "the grid lists one dataset twice: hf:a/b and hf:a/b:default; give it once"),
+    (["hf:a/b:", "coop", "hf:a/b", "hf:a/b:"], "the grid lists one dataset twice: hf:a/b: and hf:a/b; give it once"),
+    (["hf:a/b", "hf:a/b:", "hf:a/b:default"], "one dataset 3 times: hf:a/b, hf:a/b: and hf:a/b:default; give it once"),
+])
+def test_two_spellings_of_one_dataset_are_refused_before_anything_runs(datasets, said, tmp_path):
+    """`--dataset hf:a/b --dataset hf:a/b:default` ran two cells (two folders, two searches) on
+    the same data; the same name given twice is still one grid point."""
+    runs = tmp_path / "runs"
+    refused = CliRunner().invoke(cli, ["sweep", "m", *(f for d in datasets for f in ("--dataset", d)),
+                                       "--runs-dir", str(runs), "--address", "127.0.0.1:1"])
+    one_line_error(refused, said)
+    assert "Ray" not in refused.output and not (runs / "m").exists()
+    settings = sweep_grid.prepare_sweep(runs / "once", {"dataset": ["hf:a/b", "hf:a/b:x", "hf:a/b"]},
+                                        {"optimizer": "craft", "queries": 200})
+    assert settings["cells"] == ["hf_a_b-ViT-B-32-1shot-seed0", "hf_a_b_x-ViT-B-32-1shot-seed0"]
+
+
+def test_a_sweep_recorded_with_two_spellings_of_one_dataset_continues_and_is_reported(tmp_path):
+    """One started before they were refused has both cells: it continues as it was recorded, and
+    sweep-report reads it; another grid for it is refused as before."""
+    sweep_dir = tmp_path / "runs" / "old"
+    sweep_dir.mkdir(parents=True)
+    grid = {"dataset": ["hf:a/b", "hf:a/b:default"], "backbone": [], "shots": [1], "seeds": [0]}
+    search = {"optimizer": "craft", "queries": 200}
+    (sweep_dir / "sweep.json").write_text(json.dumps({"grid": grid, "search": search, "created": "2024-01-01"}))
+    assert len(sweep_grid.prepare_sweep(sweep_dir, None, {})["cells"]) == 2
+    assert len(sweep_grid.prepare_sweep(sweep_dir, grid, search)["cells"]) == 2
+    assert len(sweep_reading.sweep_cells(sweep_dir)) == 2
+    with pytest.raises(PromptclimbError, match="lists one dataset twice: hf:a/b and hf:a/b:"):
+        sweep_grid.prepare_sweep(sweep_dir, {"dataset": ["hf:a/b", "hf:a/b:"]}, search)
+
+
+def test_a_sweep_recorded_with_top_k_0_continues_and_a_new_one_is_refused_it(tmp_path):
+    """--top-k 0 is refused for a new run, and a run recorded with it resumes; a sweep recorded
+    with it was refused on its rerun and by sweep-report (`sweep.json is damaged (--top-k 0: ...)`)."""
+    runs = tmp_path / "runs"
+    (runs / "old").mkdir(parents=True)
+    grid = {"dataset": ["fashion-mnist"], "backbone": [], "shots": [1], "seeds": [0]}
+    recorded = {"grid": grid, "search": {"llm": "local", "top_k": 0}, "created": "2024-01-01T00:00:00+0000",
+                "cells": ["fashion-mnist-demo-1shot-seed0"]}
+    (runs / "old" / "sweep.json").write_text(json.dumps(recorded))
+    settings = sweep_grid.prepare_sweep(runs / "old", None, {})
+    assert sweep_grid.search_options(settings["search"])["top_k"] == 0  # what its cells run with
+    rerun = CliRunner().invoke(cli, ["sweep", "old", "--runs-dir", str(runs), "--address", "127.0.0.1:1"])
+    assert "cannot reach Ray" in one_line_error(rerun), rerun.output  # past every check, on to Ray
+    report = CliRunner().invoke(cli, ["sweep-report", "old", "--runs-dir", str(runs)])
+    assert report.exit_code == 0 and "fashion-mnist" in report.output, report.output
+    assert json.loads((runs / "old" / "sweep.json").read_text())["search"] == {"llm": "local", "top_k": 0}
+    refused = "sweep: --top-k 0: not in the range x>=1"
+    with pytest.raises(PromptclimbError, match=re.escape(refused)):  # given again: as for a new run
+        sweep_grid.prepare_sweep(runs / "old", None, {"top_k": 0})
+    with pytest.raises(PromptclimbError, match=re.escape(refused)):
+        sweep_grid.prepare_sweep(runs / "new", {"dataset": ["fashion-mnist"]}, {"llm": "local", "top_k": 0})
+    new = CliRunner().invoke(cli, ["sweep", "new", "--dataset", "fashion-mnist", "--top-k", "0", "--runs-dir",
+                                   str(runs)])
+    assert new.exit_code == 2 and "--top-k" in new.output, new.output
+    assert not (runs / "new").exists()

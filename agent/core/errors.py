@@ -38,6 +38,9 @@ def os_error_message(exc: OSError) -> str:
 
 
 _SIGTERM = threading.Event()
+# A SIGTERM's SystemExit is unwinding the command: the SIGTERMs after it are ignored until the process
+# exits (`sigterm_raises_systemexit`), as Ctrl-C is once the exit is decided (agent/cli `main`)
+_SIGTERM_UNWINDING = threading.Event()
 # Ctrl-C's whose KeyboardInterrupt a finalizer swallowed since the command began (`keep_signals_finalizers_swallow`)
 _SWALLOWED_CTRL_C = threading.Event()
 # How long after a swallowed signal it is delivered again: time for the finalizer that swallowed it to end.
@@ -56,7 +59,11 @@ def sigterm_raises_systemexit(replace: bool = False):
     (the local LLM server is stopped, a search prints how to resume) and the process ends
     with EXIT_TERMINATED; returns a callable restoring the previous handler. Only the main
     thread can set a handler. A handler somebody else installed is left in place, unless
-    `replace` (a sweep replaces Ray's, which exits with status 15)."""
+    `replace` (a sweep replaces Ray's, which exits with status 15). Once a SIGTERM has raised,
+    the next ones are ignored until the process exits, and the restore leaves them ignored: a
+    second `kill` had raised SystemExit again inside the `finally` blocks (the resume line lost,
+    the local LLM server's stop cut short), or, once the previous handler (SIG_DFL) was back,
+    killed the process (status -15, not 143)."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     previous = signal.getsignal(signal.SIGTERM)
@@ -64,17 +71,26 @@ def sigterm_raises_systemexit(replace: bool = False):
         return lambda: None  # somebody else handles it already; leave theirs in place
 
     def handler(signum, frame):
+        if _SIGTERM_UNWINDING.is_set():
+            return  # the first one's unwinding runs to its end
         _SIGTERM.set()
+        _SIGTERM_UNWINDING.set()
         raise SystemExit(128 + signum)
 
+    def restore():
+        # after a SIGTERM, this handler stays (it ignores them): not SIG_IGN, which a child started now would inherit
+        if not _SIGTERM_UNWINDING.is_set():
+            signal.signal(signal.SIGTERM, previous)
+
     signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    return restore
 
 
 def forget_signals() -> None:
     """A command begins: a SIGTERM or a swallowed Ctrl-C of an earlier command run in this
     process (a test's) is not this one's."""
     _SIGTERM.clear()
+    _SIGTERM_UNWINDING.clear()
     _SWALLOWED_CTRL_C.clear()
 
 
@@ -115,6 +131,8 @@ def keep_signals_finalizers_swallow():
             return
         if signum == signal.SIGINT:
             _SWALLOWED_CTRL_C.set()
+        else:  # its SystemExit unwinds nothing: the one delivered again must raise
+            _SIGTERM_UNWINDING.clear()
         again = threading.Timer(REDELIVER_AFTER_S, _deliver_again, args=(signum,))
         again.daemon = True
         again.start()

@@ -175,6 +175,22 @@ def _once(values: list) -> list:
     return list(dict.fromkeys(values))
 
 
+def check_each_dataset_once(datasets: list[str]) -> None:
+    """PromptclimbError in one line where two of a grid's dataset names (each given once:
+    `_once`) are spellings of one dataset (`hf:a/b`, `hf:a/b:` and `hf:a/b:default`): each had
+    its own cell, folder and search, on the same data."""
+    from promptclimb.evaluators.datasets import canonical_dataset_name  # numpy and PIL, not torch
+
+    spellings: dict[str, list[str]] = {}
+    for name in datasets:
+        spellings.setdefault(canonical_dataset_name(name), []).append(name)
+    twice = [names for names in spellings.values() if len(names) > 1]
+    if twice:
+        said = "; ".join(f"one dataset {'twice' if len(names) == 2 else f'{len(names)} times'}: "
+                         + ", ".join(names[:-1]) + f" and {names[-1]}" for names in twice)
+        raise PromptclimbError(f"the grid lists {said}; give {'it' if len(twice) == 1 else 'each'} once")
+
+
 def grid_cells(settings: dict) -> list[Cell]:
     """Every cell of the grid, in a fixed order (dataset, backbone, shots, seed)."""
     from promptclimb.agent.core.defaults import default_backbone
@@ -197,17 +213,17 @@ def grid_cells(settings: dict) -> list[Cell]:
 
 def search_options(search: dict) -> dict:
     """The options of every cell's search: the command's defaults, overridden by `search`
-    (long option names, `_` for `-`), checked as on the command line. Paths are made
-    absolute: a Ray worker does not start in the driver's folder."""
+    (long option names, `_` for `-`), checked as on the command line, but for a value a sweep
+    recorded before it was refused (`resolve_recorded`; one given now is refused by
+    `prepare_sweep`). Paths are made absolute: a Ray worker does not start in the driver's folder."""
     from promptclimb.agent.adapt import check_kinds
     from promptclimb.agent.core.devices import check_device_name
     from promptclimb.agent.core.pools import POOLS
-    from promptclimb.agent.options import resolve
 
     not_here = sorted(set(search) & set(CELL_OPTIONS))
     if not_here:
         raise PromptclimbError(not_a_sweep_option(not_here))
-    opts = resolve(search, "sweep: ")
+    opts = resolve_recorded(search, "sweep: ")
     check_device_name(opts["device"])
     if opts["adapter_kinds"]:
         check_kinds(opts["adapter_kinds"])
@@ -215,6 +231,30 @@ def search_options(search: dict) -> dict:
     if opts["pool"] not in POOLS and not Path(opts["pool"]).is_file():
         raise PromptclimbError(f"--pool {opts['pool']}: not {', '.join(POOLS)} nor a file")
     return opts
+
+
+def recorded_before_refused(search: dict) -> dict:
+    """The options of `search` (keywords) at a value a new run is refused and a run recorded with
+    it resumes with (agent/options.py RECORDED_BEFORE_REFUSED: `top_k: 0`)."""
+    from promptclimb.agent.options import BY_KEYWORD, RECORDED_BEFORE_REFUSED
+
+    def refused_now(keyword: str, value) -> bool:
+        name = BY_KEYWORD[keyword].name if keyword in BY_KEYWORD else None
+        allowed = RECORDED_BEFORE_REFUSED.get(name, object())
+        return type(value) is type(allowed) and value == allowed  # not `false` for 0
+
+    return {k: v for k, v in search.items() if refused_now(k, v)}
+
+
+def resolve_recorded(search: dict, where: str = "") -> dict:
+    """`resolve(search)`, with the values a sweep recorded before they were refused kept as
+    recorded (`recorded_before_refused`): its rerun and sweep-report had refused sweep.json as
+    damaged, where a run recorded with them resumes."""
+    from promptclimb.agent.options import BY_KEYWORD, resolve
+
+    kept = recorded_before_refused(search)
+    opts = resolve({k: v for k, v in search.items() if k not in kept}, where)
+    return {**opts, **{BY_KEYWORD[k].name: v for k, v in kept.items()}}
 
 
 def absolute_path(name: str, value):
@@ -329,6 +369,11 @@ def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict,
     path = sweep_dir / SWEEP_FILE
     stored = read_sweep(sweep_dir) if path.exists() else None
     search = tracking_resolved(search)
+    refused_now = recorded_before_refused(search)
+    if refused_now:  # given now (a new sweep's, or a rerun's): refused as for a new run; only recorded ones go on
+        from promptclimb.agent.options import resolve
+
+        resolve(refused_now, "sweep: ")
     if grid is None and stored is None:
         raise PromptclimbError(f"{sweep_dir} holds no sweep yet: give its grid (--dataset ..., or --grid FILE)")
     settings = {"grid": check_grid(grid if grid is not None else stored["grid"]),
@@ -349,6 +394,9 @@ def prepare_sweep(sweep_dir: Path, grid: dict | None, search: dict,
     # because sweep-report reads a sweep back after its model configs may have gone
     for backbone in settings["grid"]["backbone"]:
         check_backbone_name(backbone, "grid backbone")
+    if stored is None or settings["grid"]["dataset"] != check_grid(stored["grid"])["dataset"]:
+        # a sweep that ran as it was recorded continues; sweep-report still reads it
+        check_each_dataset_once(settings["grid"]["dataset"])
     cells = grid_cells(settings)
     settings["cells"] = [c.name for c in cells]
     check_cells(cells, search_options(settings["search"]), sweep_dir, echo)
@@ -423,10 +471,8 @@ def read_sweep(sweep_dir: str | Path) -> dict:
     if not isinstance(settings, dict) or not isinstance(settings.get("grid"), dict) \
             or not isinstance(settings.get("search", {}), dict):
         raise PromptclimbError(f"{path} is damaged (not a sweep's settings: a JSON object with grid and search)")
-    from promptclimb.agent.options import resolve
-
     try:  # a value edited by hand: its rerun blamed a flag never given (`sweep: --resets 'x': ...`)
-        resolve(settings.get("search", {}))
+        resolve_recorded(settings.get("search", {}))
     except PromptclimbError as exc:
         raise PromptclimbError(f"{path} is damaged ({exc})") from None
     return {"search": {}, "created": "", **settings}
