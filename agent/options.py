@@ -425,7 +425,12 @@ def check_dataset_name(name, what: str = "--dataset") -> str:
     if not isinstance(name, str):
         raise PromptclimbError(f"{what} {name!r}: expected a dataset name")
     repo, _, _config = name[len("hf:"):].partition(":") if name.startswith("hf:") else ("", "", "")
-    if name in DATASETS or (repo and repo.count("/") <= 1 and ".." not in repo and all(repo.split("/"))):
+    if name in DATASETS:
+        return name
+    if repo and repo.count("/") <= 1 and ".." not in repo and all(repo.split("/")):
+        from promptclimb.evaluators.hf import hub_repo_and_config  # `datasets` only when one loads
+
+        hub_repo_and_config(name)  # a space around its parts was refused only where it loads: in a sweep's cell
         return name
     raise PromptclimbError(f"{what} {name!r}: unknown dataset; known: {', '.join(sorted(DATASETS))} "
                            "(and hf:OWNER/NAME[:CONFIG])")

@@ -725,6 +725,16 @@ def test_two_spellings_of_one_dataset_are_refused_before_anything_runs(datasets,
     assert settings["cells"] == ["hf_a_b-ViT-B-32-1shot-seed0", "hf_a_b_x-ViT-B-32-1shot-seed0"]
 
 
+@pytest.mark.parametrize("dataset", ["hf:a/b ", "hf:a/b: rgb", "hf: a/b"])
+def test_a_hub_name_with_spaces_is_refused_before_ray_starts(dataset, tmp_path):
+    """It passed the grid's check and failed in each cell, inside Ray, where the dataset loads."""
+    runs = tmp_path / "runs"
+    refused = CliRunner().invoke(cli, ["sweep", "m", "--dataset", dataset, "--runs-dir", str(runs),
+                                       "--address", "127.0.0.1:1"])
+    one_line_error(refused, "without spaces around its parts", code=2)
+    assert "Ray" not in refused.output and not (runs / "m").exists()
+
+
 def test_a_sweep_recorded_with_two_spellings_of_one_dataset_continues_and_is_reported(tmp_path):
     """One started before they were refused has both cells: it continues as it was recorded, and
     sweep-report reads it; another grid for it is refused as before."""
