@@ -132,7 +132,7 @@ def test_the_rules_see_a_violation(tmp_path):
 
 def test_the_readme_architecture_tree_names_every_module_of_both_sides():
     """The README's Architecture tree names agent/'s modules one by one, with those of llm/,
-    runs/ and sweep/, and evaluators/' (agent/core/, agent/cli/, evaluators/backbones/ and
+    runs/, sweep/ and tracking/, and evaluators/' (agent/core/, agent/cli/, evaluators/backbones/ and
     demo/ it sums up): agent/tracking.py and sweep/reaper.py were left out of it, then
     runs/compact.py and evaluators/hf.py."""
     import re
@@ -140,7 +140,7 @@ def test_the_readme_architecture_tree_names_every_module_of_both_sides():
     section = (REPO / "README.md").read_text(encoding="utf-8").split("\n## Architecture\n", 1)[1].split("\n## ", 1)[0]
     tree = section.split("```")[1]
     modules = [path.relative_to(REPO).as_posix() for folder in ("agent", "agent/llm", "agent/runs", "agent/sweep",
-                                                                "evaluators")
+                                                                "agent/tracking", "evaluators")
                for path in sorted((REPO / folder).glob("*.py")) if path.stem != "__init__"]
     assert modules and [m for m in modules if not re.search(rf"\b{re.escape(Path(m).name)}", tree)] == []
 
