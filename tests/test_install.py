@@ -78,6 +78,9 @@ def test_the_wheel_installs_one_top_level_name_and_the_command_works(tmp_path):
     search_help = subprocess.run([str(command), "search", "--help"], cwd=elsewhere, capture_output=True, text=True,
                                  timeout=60)
     assert search_help.returncode == 0 and "--dataset" in search_help.stdout, search_help.stderr
+    as_module = subprocess.run([str(python), "-m", "promptclimb", "--help"], cwd=elsewhere, capture_output=True,
+                               text=True, timeout=60)  # was "No module named promptclimb.__main__"
+    assert as_module.returncode == 0 and as_module.stdout == help_text.stdout, as_module.stderr
     # the installed copy is what runs, and it finds its own data files
     where = subprocess.run(
         [str(python), "-c", "import promptclimb; from promptclimb.agent.core.paths import prompts_dir; "
