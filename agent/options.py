@@ -264,6 +264,15 @@ def recorded_value(config: dict, option: Option):
 # Values a new run is refused that runs recorded before the refusal still hold: they resume as they
 # were (--top-k 0 showed the LLM an empty list of best templates to beat)
 RECORDED_BEFORE_REFUSED = {"top_k": 0}
+
+
+def recorded_before_refused(name: str, value) -> bool:
+    """Whether `value` of option `name` (`Option.name`) is one a new run is refused and a run (or
+    sweep) recorded with it keeps: RECORDED_BEFORE_REFUSED, of the same type (not `false` for 0)."""
+    allowed = RECORDED_BEFORE_REFUSED.get(name, object())
+    return type(value) is type(allowed) and value == allowed
+
+
 # What a run's config.json holds for an option of each kind, as JSON, and how it is said.
 RECORDED_TYPES = {int: (int, "a whole number"), float: ((int, float), "a number"), bool: (bool, "true or false"),
                   str: (str, "text"), "name": (str, "text"), "path": (str, "a path"), "dir": (str, "a path")}
@@ -279,7 +288,7 @@ def check_recorded(config: dict, where, under: str | tuple[str, ...] = "") -> No
         if not option.recorded or not option.recorded.startswith(under):
             continue
         value = recorded_value(config, option)
-        if option.name in RECORDED_BEFORE_REFUSED and value == RECORDED_BEFORE_REFUSED[option.name]:
+        if recorded_before_refused(option.name, value):
             continue
         if value is None or (value == "" and option.kind == "name"):
             # a run started before an empty name was refused recorded --pretrained '' as given (none)

@@ -235,15 +235,11 @@ def search_options(search: dict) -> dict:
 
 def recorded_before_refused(search: dict) -> dict:
     """The options of `search` (keywords) at a value a new run is refused and a run recorded with
-    it resumes with (agent/options.py RECORDED_BEFORE_REFUSED: `top_k: 0`)."""
-    from promptclimb.agent.options import BY_KEYWORD, RECORDED_BEFORE_REFUSED
+    it resumes with (agent/options.py `recorded_before_refused`: `top_k: 0`)."""
+    from promptclimb.agent import options
 
-    def refused_now(keyword: str, value) -> bool:
-        name = BY_KEYWORD[keyword].name if keyword in BY_KEYWORD else None
-        allowed = RECORDED_BEFORE_REFUSED.get(name, object())
-        return type(value) is type(allowed) and value == allowed  # not `false` for 0
-
-    return {k: v for k, v in search.items() if refused_now(k, v)}
+    return {k: v for k, v in search.items()
+            if k in options.BY_KEYWORD and options.recorded_before_refused(options.BY_KEYWORD[k].name, v)}
 
 
 def resolve_recorded(search: dict, where: str = "") -> dict:
