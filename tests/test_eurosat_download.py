@@ -168,11 +168,21 @@ def test_an_unreachable_or_missing_source_falls_back_to_the_mirror(server, sourc
     assert server.hits == {"/gone.zip": 1, "/good.zip": 1}
 
 
-def test_offline_is_a_clear_fast_error(sources, isolated_home):
-    """No mock of the download: sources that refuse connections or do not resolve."""
+def test_offline_is_a_clear_fast_error(sources, isolated_home, monkeypatch):
+    """No mock of the download: sources that refuse connections or do not resolve. The name's
+    lookup is answered at once: a slow DNS server on the machine running the tests is not
+    what this times."""
     import promptclimb.evaluators.eurosat as eurosat
     from promptclimb.evaluators.datasets import load_dataset
 
+    lookup = socket.getaddrinfo
+
+    def no_such_host(host, *args, **kwargs):
+        if host == "eurosat.invalid":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return lookup(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
     sources(closed_port_url(), "http://eurosat.invalid/EuroSAT.zip")
     started = time.monotonic()
     with pytest.raises(PromptclimbError) as info:

@@ -25,7 +25,8 @@ def fake():
 def client(fake, tmp_path, **kw):
     sleeps = []
     kw.setdefault("cache_dir", tmp_path / "cache")
-    llm = LLMClient("fake-model", base_url=fake.base_url, api_key=KEY, timeout=0.5, wait_initial=0.01,
+    kw.setdefault("timeout", 5)  # the tests whose fake hangs pass 0.5; a loaded machine may take 0.5 s to answer
+    llm = LLMClient("fake-model", base_url=fake.base_url, api_key=KEY, wait_initial=0.01,
                     wait_max=0.05, sleep=sleeps.append, **kw)
     return llm, sleeps
 
@@ -53,7 +54,7 @@ def test_429_honours_retry_after_then_500_backs_off(fake, tmp_path):
 
 
 def test_timeout_malformed_and_missing_choices_are_retried(fake, tmp_path):
-    llm, sleeps = client(fake, tmp_path)
+    llm, sleeps = client(fake, tmp_path, timeout=0.5)
     fake.faults.extend(["hang", "malformed", "nochoices"])
     assert llm.chat(HI).content == "a photo of a {}."
     assert fake.count == 4 and len(sleeps) == 3
@@ -114,7 +115,7 @@ def test_gives_up_after_max_tries_with_a_clear_error(fake, tmp_path):
 
 def test_a_request_that_times_out_every_try_says_how_long_each_waited(fake, tmp_path):
     """A --timeout too short for a slow model read as an endpoint that failed."""
-    llm, _ = client(fake, tmp_path, max_tries=2)
+    llm, _ = client(fake, tmp_path, max_tries=2, timeout=0.5)
     fake.faults.extend(["hang", "hang"])
     with pytest.raises(LLMError) as info:
         llm.chat(HI)
@@ -372,7 +373,7 @@ def test_an_answer_within_the_cap_is_kept_whole(fake, tmp_path):
 
 def test_each_retry_is_announced_without_secrets(fake, tmp_path):
     lines = []
-    llm, sleeps = client(fake, tmp_path, echo=lines.append)
+    llm, sleeps = client(fake, tmp_path, echo=lines.append, timeout=0.5)
     fake.faults.extend(["500", "hang", "429"])
     assert llm.chat(HI).content == "a photo of a {}."
     assert len(lines) == 3 and len(sleeps) == 3
