@@ -44,8 +44,9 @@ def make_archive(per_class: int = 2) -> bytes:
 
 class ArchiveServer:
     """Serves /good.zip (the archive), /bad.zip (other bytes: a wrong MD5), /slow.zip (the
-    archive, trickled over about a second), /hang.zip (never answers); anything else is a
-    404. `hits` counts requests per path."""
+    archive, trickled over about three seconds: time for a second process to find the lock
+    held on a loaded machine), /hang.zip (never answers); anything else is a 404. `hits`
+    counts requests per path."""
 
     def __init__(self, archive: bytes):
         self.archive = archive
@@ -79,7 +80,7 @@ class ArchiveServer:
                 for start in range(0, len(body), step):
                     self.wfile.write(body[start:start + step])
                     if self.path == "/slow.zip":
-                        time.sleep(0.1)
+                        time.sleep(0.3)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
