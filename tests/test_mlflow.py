@@ -781,6 +781,33 @@ def test_a_folder_as_tracking_store_is_one_error_line_naming_a_database_instead(
     assert not (run_dir / "mlflow.json").exists()
 
 
+def test_a_folder_store_links_the_prompt_to_the_run_s_experiment_and_leaves_nothing_in_the_current_folder(
+        tmp_path, fake, monkeypatch):
+    """MLflow's folder registry reads a prompt version through a client of the global tracking
+    URI, and links a new prompt to the global experiment in a thread of its own: a sync to a
+    folder store left an mlflow.db in the current folder and linked the prompt to Default."""
+    from mlflow.tracking import is_tracking_uri_set
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    run_dir = finished_run(fake, tmp_path / "runs", "local")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    store = f"file:{tmp_path / 'store'}"
+    for _ in range(2):  # registered, then found registered
+        synced = mlflow_sync(run_dir, "--tracking-uri", store)
+        assert synced.exit_code == 0 and "prompt prompts:/" in synced.output, synced.output
+    assert list((tmp_path / "cwd").iterdir()) == []
+    assert not is_tracking_uri_set() and "MLFLOW_EXPERIMENT_ID" not in os.environ  # as they were
+    monkeypatch.chdir(tmp_path)  # reading it back goes through the global URI again
+    client = MlflowClient(tracking_uri=store)
+    experiment_id = client.get_experiment_by_name("promptclimb").experiment_id
+    run_id = next(iter(json.loads((run_dir / "mlflow.json").read_text())["runs"].values()))["run_id"]
+    name = json.loads(client.get_run(run_id).data.tags["mlflow.linkedPrompts"])[0]["name"]
+    assert client.get_prompt(name).tags["_mlflow_experiment_ids"] == f",{experiment_id},"
+
+
 def test_the_documented_default_tracking_uri_is_the_installed_mlflows(tmp_path, monkeypatch):
     import mlflow
 

@@ -21,7 +21,7 @@ from promptclimb.agent.tracking.logged import (NAMES_TAG, SOFT_KEYS, _answer_tim
                                                result_metrics, run_tags, soft_step_metrics)
 from promptclimb.agent.tracking.store import (MLFLOW_FILE, _copied, _experiment_id, _live_run, _read_links,
                                               _registered_template, artifacts_beside_database, link_key,
-                                              mlflow_client, refresh_report)
+                                              mlflow_client, refresh_report, registering_prompts)
 
 STEP_KEY = "new_proposals"  # logged for every answer: its history says which answers the server has, and when
 ANSWER_KEYS = ("best_train_accuracy", "best_val_accuracy", STEP_KEY, "refused_proposals", "prompt_tokens",
@@ -325,14 +325,14 @@ class Mirror:
             return None
         if is_soft_prompt_run(run.config):  # learned vectors, '<soft: a photo of a> {class}.': no text to use
             return None
-        best = summary["best"]
-        template = best["template"].replace("{}", "{{class_name}}")
+        template = summary["best"]["template"].replace("{}", "{{class_name}}")
         registered = tags.get("promptclimb.prompt")
-        if registered and _registered_template(self.client, registered) == template:
-            return registered
-        version = self.client.register_prompt(
-            prompt_name(run), template, commit_message=f"promptclimb run {run.id}",
-            tags=_strings(prompt_tags(run, self.run_id)))
+        with registering_prompts(self.uri, self.experiment_id):
+            if registered and _registered_template(self.client, registered) == template:
+                return registered
+            version = self.client.register_prompt(
+                prompt_name(run), template, commit_message=f"promptclimb run {run.id}",
+                tags=_strings(prompt_tags(run, self.run_id)))
         uri = f"prompts:/{version.name}/{version.version}"
         linked = json.loads(tags.get(LINKED_PROMPTS_TAG) or "[]")
         linked.append({"name": version.name, "version": str(version.version)})

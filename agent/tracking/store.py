@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import threading
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
@@ -242,6 +243,34 @@ def _live_run(client, run_id: str):
             return None
         raise
     return None if held.info.lifecycle_stage == "deleted" else held
+
+
+@contextmanager
+def registering_prompts(uri: str, experiment_id: str) -> Iterator[None]:
+    """Meanwhile, MLflow's global tracking URI is `uri` and its experiment `experiment_id`, as
+    they were afterwards. `register_prompt` links the prompt to the global experiment (MLflow's
+    Default, else) in a thread it starts and does not wait for; on a folder store, that thread
+    and the registry read a prompt version through a client of the global URI, not their own
+    (a TODO in mlflow/store/model_registry/file_store.py), which created an `mlflow.db` of
+    MLflow's default in the current folder. So the threads started meanwhile are waited for."""
+    import mlflow
+    from mlflow.tracking import is_tracking_uri_set
+
+    previous = mlflow.get_tracking_uri() if is_tracking_uri_set() else None
+    experiment = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    running = set(threading.enumerate())
+    mlflow.set_tracking_uri(uri)
+    os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
+    try:
+        yield
+    finally:
+        for thread in set(threading.enumerate()) - running:
+            thread.join(timeout=30)
+        mlflow.set_tracking_uri(previous)
+        if experiment is None:
+            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+        else:
+            os.environ["MLFLOW_EXPERIMENT_ID"] = experiment
 
 
 def _registered_template(client, uri: str) -> str | None:
