@@ -52,6 +52,24 @@ def rendered_alike(tokens: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(kind, value) for kind, value in kept if kind != "data" or value]
 
 
+# A run records its files' hashes (`text_hashes`); these are those of earlier versions of ours, each
+# with the hash of the version after it that renders every turn they rendered byte for byte: it
+# only adds a branch their turns never reached. A run started with the earlier one resumes without
+# a refusal or a warning. names_turn.j2: the sentence after an answer cut to nothing (`cut`); a run
+# whose history holds such an answer asks its next names turn anew, and the resume ends there as
+# after any changed rule.
+RENDERS_AS_BEFORE = {
+    "names_turn.j2": dict.fromkeys(
+        ("524e06344df2a7534dcd9206ea67a3054bde370c6f19994bff707211cbce0ae5",
+         "cc4103477a67d7a3a43fe9ac66baad2282e6ab42da9505142d8656318a178411"),
+        "68ad3c2d6ddaccff3779ed00941f06239dae48b4ab9709487f2904e7861ad978"),
+    # the same sentence at the end of first_turn.j2 (the template turn after such an answer)
+    "first_turn.j2": dict.fromkeys(
+        ("52f3493f768694b6ade9a89e05c90b52cdf321e9c9f20b8230ee1bf16750a86d",
+         "eb5b19a3966bf663d3c49055b5be7895f08ebe12a9480c40234a4dec6d75b908"),
+        "318c67b7760e0081ce11f79770e1006d738c7025283f9e25ecd17f253825337f"),
+}
+
 FILES = ("system.j2", "first_turn.j2", "feedback_turn.j2", "names_system.j2", "names_turn.j2", "names_judge.j2")
 TEMPLATE_FILES = FILES[:3]  # the template turns' conversation; the names turns and the guard add the rest
 
@@ -155,8 +173,13 @@ class MetaPrompt:
         a run from before fingerprints, which resumes as it did)."""
         if not recorded:
             return []
-        return [self.path(name) for name in FILES
-                if name in recorded and recorded[name] not in self.text_hashes(self.path(name))]
+        return [self.path(name) for name in FILES if name in recorded and not self.reads_as(name, recorded[name])]
+
+    def reads_as(self, name: str, recorded: str) -> bool:
+        """Whether file `name` as read now renders what a run that recorded hash `recorded` of it
+        rendered: the same text, or a later version of ours that renders alike (RENDERS_AS_BEFORE)."""
+        hashes = self.text_hashes(self.path(name))
+        return recorded in hashes or RENDERS_AS_BEFORE.get(name, {}).get(recorded) in hashes
 
     def render(self, name: str, **context) -> str:
         try:
@@ -181,8 +204,9 @@ class MetaPrompt:
     def system(self, task: Task, n: int) -> str:
         return self.render("system.j2", task=task, n=n)
 
-    def first_turn(self, task: Task, n: int, metric_label: str, top: list[dict], bottom: list[dict]) -> str:
-        return self.render("first_turn.j2", task=task, n=n, metric_label=metric_label, top=top, bottom=bottom)
+    def first_turn(self, task: Task, n: int, metric_label: str, top: list[dict], bottom: list[dict],
+                   cut: dict | None = None) -> str:
+        return self.render("first_turn.j2", task=task, n=n, metric_label=metric_label, top=top, bottom=bottom, cut=cut)
 
     def feedback_turn(self, task: Task, n: int, metric_label: str, results: list[dict], rejected: list[dict],
                       best: dict, top: list[dict], bottom: list[dict]) -> str:
@@ -193,9 +217,10 @@ class MetaPrompt:
         return self.render("names_system.j2", task=task, n=n, k=k)
 
     def names_turn(self, task: Task, n: int, metric_label: str, template: str, best: float, classes: list[dict],
-                   asked: list[str], results: list[dict], rejected: list[dict], hidden: int = 0) -> str:
+                   asked: list[str], results: list[dict], rejected: list[dict], hidden: int = 0,
+                   cut: dict | None = None) -> str:
         return self.render("names_turn.j2", task=task, n=n, metric_label=metric_label, template=template, best=best,
-                           classes=classes, asked=asked, results=results, rejected=rejected, hidden=hidden)
+                           classes=classes, asked=asked, results=results, rejected=rejected, hidden=hidden, cut=cut)
 
     def names_judge(self, task: Task, classes: list[str], proposed: str) -> str:
         return self.render("names_judge.j2", task=task, classes=classes, proposed=proposed)

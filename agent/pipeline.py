@@ -336,8 +336,9 @@ def render_meta_prompts_once(meta: MetaPrompt, search: SearchConfig, every_branc
     many = tuple(f"class {i}" for i in range(41))  # past 40 classes the system message lists none
     for full in (False, True) if every_branch else (False,):
         task = Task("stand-in", "images", many if full else ("first class", "second class"))
+        cut = {"tokens": 64, "chars": 300} if full else None  # the last answer cut to nothing (search.cut_to_nothing)
         meta.system(task, n)
-        meta.first_turn(task, n, label, [row], [row] if full else [])
+        meta.first_turn(task, n, label, [row], [row] if full else [], cut=cut)
         meta.feedback_turn(task, n, label, [*results, held] if full else [], rejected if full else [], row, [row],
                            [row] if full else [])
         if search.search != "template":
@@ -345,7 +346,8 @@ def render_meta_prompts_once(meta: MetaPrompt, search: SearchConfig, every_branc
             meta.names_system(task, per_class, k)
             meta.names_turn(task, per_class, label, row["template"], 0.5,
                             [cls, {**cls, "name": "second class", "start": "second class", "mistaken_for": []}],
-                            ["first class"], scored if full else [], refused if full else [], hidden=1 if full else 0)
+                            ["first class"], scored if full else [], refused if full else [], hidden=1 if full else 0,
+                            cut=cut)
             meta.names_judge(task, list(task.classnames), "one")
 
 

@@ -103,9 +103,12 @@ def without_reasoning(answer: str) -> str:
     return _UNCLOSED.sub("", _UNOPENED.sub("", _REASONING.sub("", answer)))
 
 
-def why_nothing_read(answer: str, kind: str = "template") -> str:
+def why_nothing_read(answer: str, kind: str = "template", cut_from: int = 0) -> str:
     """Why an answer gave nothing to score or refuse, as the search says it live and `show`
-    afterwards (`kind`: a "template" or a "names" turn's)."""
+    afterwards (`kind`: a "template" or a "names" turn's; `cut_from`: the characters it had
+    when a cap cut it, `Answer.truncated_from`)."""
+    if not answer.strip() and cut_from:  # not "empty": the LLM wrote a line too long for the cap
+        return f"the answer was cut at the answer cap inside its first line: none of its {cut_from:,} characters kept"
     if not answer.strip():
         return "the answer was empty"
     if not without_reasoning(answer).strip():

@@ -234,6 +234,18 @@ def outgrows_context(context: int | None, used: int, next_message: str, answer_t
     return used + len(next_message) // 3 + answer_tokens > context
 
 
+def cut_to_nothing(answer: Answer, max_answer_tokens: int | None) -> dict | None:
+    """{tokens: the answer cap it was cut at (None: the endpoint's own limit, or no cap set),
+    chars: the characters it had} for an answer whose first line a cap cut, so that nothing of
+    it was kept (agent/llm/client.py `chat`, `whole_lines`); None for any other answer. The
+    next turn of its kind tells the LLM (`cut` in first_turn.j2 and names_turn.j2): a small
+    model that wrote one runaway line writes it again. Read from `truncated_from`, which a
+    resumed run replays from the history (`answer_truncated`), so its requests are the same."""
+    if not answer.truncated_from or answer.content.strip():
+        return None
+    return {"tokens": max_answer_tokens, "chars": answer.truncated_from}
+
+
 def call_seed(seed: int, restart: int, reset: int, iteration: int) -> int:
     """The `seed` sent with one LLM request: fixed by the run's seed and the call's place."""
     digest = hashlib.sha256(f"{seed}:{restart}:{reset}:{iteration}".encode()).hexdigest()
@@ -255,6 +267,7 @@ class NamesState:
     fruitless: dict[int, int] = field(default_factory=dict)
     results: list[dict] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)
+    cut: dict | None = None  # the last names answer, cut to nothing (`cut_to_nothing`)
 
 
 def apply_changes(names: tuple[str, ...], changes: Sequence[tuple[int, str]]) -> tuple[str, ...]:
@@ -424,6 +437,9 @@ class HillClimber:
         # Per restart, the lines refused as templates (normalised): one written again is a
         # repeat, counted and not listed, as a small model shown a line copies it again.
         self.refused_lines: dict[int, set[str]] = {}
+        # Per restart, the last template answer if a cap cut it to nothing (`cut_to_nothing`): the
+        # conversation the next template turn opens says so.
+        self.template_cut: dict[int, dict | None] = {}
         self.turns = Turns(1)
         # The LLM's context as the continuations see it: lowered by a refusal inside the lane's
         # turn that handles it, so parallel restarts see it change at the same step every run
@@ -439,7 +455,9 @@ class HillClimber:
         for kind in LLM_EVENTS:
             for e in store.stored_of(kind):
                 llm.remember(e["request_key"], {"content": e["answer"], **(e.get("usage") or {}),
-                                                **({"model": e["answered_by"]} if e.get("answered_by") else {})})
+                                                **({"model": e["answered_by"]} if e.get("answered_by") else {}),
+                                                **({"truncated_from": e["answer_truncated"]["received_chars"]}
+                                                   if e.get("answer_truncated") else {})})
                 if e.get("context_refused"):
                     llm.remember_refusal(e["context_refused"]["request_key"], e["context_refused"]["context_tokens"])
 
@@ -560,7 +578,8 @@ class HillClimber:
         for reset in range(cfg.resets):
             with self.turns.turn(lane):
                 self.store.append("reset", restart=restart, reset=reset)
-                messages = self.new_conversation(board) if turn_kind(cfg.search, 1, cfg.iterations) == "template" else []
+                messages = self.new_conversation(board, restart) \
+                    if turn_kind(cfg.search, 1, cfg.iterations) == "template" else []
             sent = 0  # messages already recorded in this conversation's history
             for iteration in range(1, cfg.iterations + 1):
                 if turn_kind(cfg.search, iteration, cfg.iterations) == "names":
@@ -568,7 +587,7 @@ class HillClimber:
                     continue
                 if not messages:  # the template conversation starts at its first template turn
                     with self.turns.turn(lane):
-                        messages = self.new_conversation(board)
+                        messages = self.new_conversation(board, restart)
                 answer, messages, sent, refused = self.ask_template(messages, sent, board, restart, reset, iteration,
                                                                     lane)
                 with self.turns.turn(lane):
@@ -576,9 +595,10 @@ class HillClimber:
                                          **({"context_refused": refused} if refused else {}))
                     sent = len(messages)
                     messages.append({"role": "assistant", "content": answer.content})
+                    self.template_cut[restart] = cut_to_nothing(answer, cfg.max_answer_tokens)
                     best_before = self.ranked(board)[0]
                     new, held, rejected = self.take_proposals(answer.content, board, best_before, restart, reset,
-                                                              iteration)
+                                                              iteration, answer.truncated_from)
                     self.print_progress(restart, reset, iteration, new, held, rejected)
                     feedback = self.continuation(answer, messages, board, best_before, new, held, rejected)
                     if feedback is None:
@@ -604,11 +624,12 @@ class HillClimber:
         self.store.write_prompts_csv()
         return board
 
-    def new_conversation(self, board: list[Scored]) -> list[dict]:
-        """A template conversation's opening: the system message and the first turn."""
+    def new_conversation(self, board: list[Scored], restart: int) -> list[dict]:
+        """A template conversation's opening: the system message and the first turn (which says
+        so where the restart's last template answer was cut to nothing)."""
         return [
             {"role": "system", "content": self.meta.system(self.task_now(board), self.asked)},
-            {"role": "user", "content": self.first_turn(board)},
+            {"role": "user", "content": self.first_turn(board, self.template_cut.get(restart))},
         ]
 
     def task_now(self, board: list[Scored]) -> Task:
@@ -620,9 +641,9 @@ class HillClimber:
         """The names of the board's best pair: what template turns are scored under."""
         return self.ranked(board)[0].names or self.start_names
 
-    def first_turn(self, board: list[Scored]) -> str:
+    def first_turn(self, board: list[Scored], cut: dict | None = None) -> str:
         top, bottom = self.top_and_bottom(board)
-        return self.meta.first_turn(self.evaluator.task, self.asked, self.metric_label, top, bottom)
+        return self.meta.first_turn(self.evaluator.task, self.asked, self.metric_label, top, bottom, cut=cut)
 
     def feedback_turn(self, board: list[Scored], best_before: Scored, new: list[Scored], held: list[dict],
                       rejected: list[dict]) -> str:
@@ -687,7 +708,7 @@ class HillClimber:
                 self.echo(f"    the LLM refused the conversation's next request as longer than its context of "
                           f"{exc.context_tokens:,} tokens: this turn starts a new one")
                 refused = {"request_key": exc.key, "context_tokens": exc.context_tokens, "n_messages": len(messages)}
-                messages = self.new_conversation(board)
+                messages = self.new_conversation(board, restart)
         return self.ask(messages, restart, reset, iteration), messages, 0, refused
 
     def ask(self, messages: list[dict], restart: int, reset: int, iteration: int) -> Answer:
@@ -719,7 +740,8 @@ class HillClimber:
         self.calls += 1
         return recorded
 
-    def take_proposals(self, text: str, board: list[Scored], best: Scored, restart: int, reset: int, iteration: int):
+    def take_proposals(self, text: str, board: list[Scored], best: Scored, restart: int, reset: int, iteration: int,
+                       cut_from: int = 0):
         """Parse, reject with reasons, score the first `proposals` valid new templates (the
         spare ones asked for only stand in for repeats: of templates on this restart's
         board); they join the board, but for those that would replace `best` (the board's
@@ -735,7 +757,8 @@ class HillClimber:
         parsed = parse_proposals(text, already, classnames=classnames, unfill_lines=self.config.unfill)
         parsed.templates = parsed.templates[: self.config.proposals]
         # Why nothing could be scored, for the console (`report`); rejections say it themselves.
-        self.nothing_to_score = why_nothing_read(text) if not parsed.templates and not parsed.rejected else None
+        self.nothing_to_score = why_nothing_read(text, "template", cut_from) \
+            if not parsed.templates and not parsed.rejected else None
         rejected, refused_before = [], self.refused_lines.setdefault(restart, set())
         for r in parsed.rejected:
             self.store.append("reject", restart=restart, reset=reset, iteration=iteration, call=call,
@@ -791,8 +814,10 @@ class HillClimber:
                               "previous_best": self.value(best), "verdict": verdict(self.value_of(score), self.value(best)),
                               "kept": p in kept} for p, (_, score) in zip(proposals, singles)]
             state.rejected = naming.refusals_shown(refused + guarded, names)
+            state.cut = cut_to_nothing(answer, self.config.max_answer_tokens)
             self.print_names_progress(restart, reset, iteration, names, proposals, refused + guarded, kept,
-                                      nothing_read=None if pairs else why_nothing_read(answer.content, "names"))
+                                      nothing_read=None if pairs else why_nothing_read(answer.content, "names",
+                                                                                        answer.truncated_from))
             if cut is not None:  # the turn is recorded and shown: now the search stops (`run`)
                 raise cut
 
@@ -830,7 +855,7 @@ class HillClimber:
             {"role": "user", "content": self.meta.names_turn(
                 task, cfg.names_per_class, self.metric_label, best.template, self.value(best),
                 naming.class_rows(report, self.start_names, shown), [names[c] for c in asked], state.results,
-                state.rejected, hidden=len(report) - len(shown))},
+                state.rejected, hidden=len(report) - len(shown), cut=state.cut)},
         ]
 
     def score_names(self, best: Scored, changes: list[list[tuple[int, str]]], restart: int, reset: int,

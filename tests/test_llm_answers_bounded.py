@@ -84,3 +84,39 @@ def test_a_line_cut_in_half_at_the_cap_is_never_scored(tmp_path):
 
     assert cap_answer("a photo of a {} with a very long tail", 20, whole_lines=True) == ("", 37)
     assert cap_answer("Trouser", 4) == ("Trou", 7)  # a judge's word: read from its start
+
+
+def test_a_template_answer_cut_to_nothing_is_handed_to_the_first_turn_of_the_next_conversation(tmp_path):
+    """Nothing of an answer whose one line the cap cut is kept, so the next template turn opens
+    a new conversation (`starts_over`): its first turn tells the LLM to write shorter lines, no
+    other turn does, the console says the answer was cut, not empty, and a resume makes the
+    same requests (the cut read back from the history)."""
+    runaway = "a photo of a {} with a long tail that the cap cut in h"
+
+    def climb(fake):
+        lines: list[str] = []
+        llm = LLMClient("fake", base_url=fake.base_url, api_key="sk-test", cache_dir=tmp_path / "cache",
+                        echo=lines.append)
+        settings = SearchConfig(restarts=1, resets=2, iterations=2, proposals=3, pool_sample=0, search="template",
+                                max_answer_tokens=64)
+        run_dir = tmp_path / "runs" / "run"
+        store = RunStore.resume(run_dir) if run_dir.exists() else RunStore.create(run_dir, {"t": 1})
+        with store:
+            HillClimber(WordEvaluator(), llm, store, settings, pool=POOL, echo=lines.append).run()
+        return run_dir, lines
+
+    with FakeLLM(script=[runaway, "a grayscale photo of a {}.", "a clean photo of a {}.", "a photo of the {}."]) \
+            as fake:
+        fake.faults.append("cut")
+        run_dir, console = climb(fake)
+        users = [[m["content"] for m in r["messages"] if m["role"] == "user"][-1] for r in fake.requests]
+    told = "Your last answer was cut off at 64 tokens before its first line ended: keep each line short."
+    assert len(users) == 4 and [(told in u) for u in users] == [False, True, False, False]
+    turns = [line for line in console if line.startswith("[restart")]
+    assert f"0 new, 0 rejected (the answer was cut at the answer cap inside its first line: none of its " \
+           f"{len(runaway)} characters kept)" in turns[0], turns
+    events = (run_dir / "history.jsonl").read_text().splitlines()
+    with FakeLLM(script=["a photo of a {} again."]) as fake:  # resumed: every request replayed, none sent
+        climb(fake)
+        assert fake.count == 0
+    assert (run_dir / "history.jsonl").read_text().splitlines()[:len(events)] == events

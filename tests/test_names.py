@@ -1260,3 +1260,99 @@ def test_a_names_answer_with_no_class_line_says_why_in_the_progress_line(tmp_pat
         climb(tmp_path, fake.base_url, search="names", iterations=1, resets=1, echo=console.append)
     [line] = [line for line in console if "] names: " in line]
     assert "names: 0 tried, 0 refused, none kept (no 'Class: name; name' line) | best " in line, line
+
+
+# -- an answer cut to nothing: the next turn of its kind says so --------------------------------
+CUT_SAID = "Your last answer was cut off at 64 tokens before its first line ended: keep each line short."
+
+
+def names_messages_sent(respond) -> list[str]:
+    """The user message of each names request the fake was sent."""
+    return [[m for m in body["messages"] if m["role"] == "user"][-1]["content"] for body in respond.names_requests]
+
+
+def test_a_names_answer_cut_to_nothing_is_told_in_the_next_names_turn_only_and_a_resume_asks_the_same(tmp_path):
+    """An answer whose one line the cap cut kept nothing: the next names turn did not say so,
+    and a small model that wrote one runaway line wrote it again. The turn after it says so;
+    the turns after a whole answer do not; a resume replays every request (the cut is read
+    back from the history's answer_truncated)."""
+    console: list[str] = []
+    runaway = "Trouser: pants; jeans; slacks; trousers; chinos; khakis; leggings; joggers; culottes"
+    respond = scripted([runaway, "Trouser: jeans", "Trouser: pants"])
+    with FakeLLM(responder=respond) as fake:
+        fake.faults.append("cut")  # the first request, the first names turn: stopped at the cap inside its line
+        _, _, run_dir = climb(tmp_path, fake.base_url, iterations=3, max_answer_tokens=64, echo=console.append)
+    first, second, third = names_messages_sent(respond)
+    assert CUT_SAID not in first and CUT_SAID not in third
+    assert f"\n\n{CUT_SAID}\n\nWrite 4 new names for each of these classes: " in second
+    exchanges = of(run_dir, "names_exchange")
+    assert exchanges[0]["answer"] == "" and exchanges[0]["answer_truncated"]["received_chars"] == len(runaway)
+    turns = [line for line in console if "] names: " in line]
+    assert f"(the answer was cut at the answer cap inside its first line: none of its {len(runaway)} characters " \
+           "kept)" in turns[0], turns
+    events = history(run_dir)
+    with FakeLLM(responder=scripted(["Trouser: tee"])) as fake:  # resumed: every request replayed, none sent
+        climb(tmp_path, fake.base_url, iterations=3, max_answer_tokens=64)
+        assert fake.count == 0
+    assert history(run_dir)[:len(events)] == events
+
+
+def test_no_names_turn_says_an_answer_was_cut_where_none_was_cut_to_nothing(tmp_path):
+    """An empty answer, or one whose last line only the cap cut (its first line kept), is no
+    runaway line: the next turn is as it always was."""
+    respond = scripted(["", "Trouser: jeans\nDress: gown; fro", "Trouser: pants"])
+    with FakeLLM(responder=respond) as fake:
+        fake.faults.extend([None, "cut"])  # the second request: the second names turn (the first read nothing)
+        climb(tmp_path, fake.base_url, iterations=3, max_answer_tokens=64)
+    assert not any("cut off" in message for message in names_messages_sent(respond))
+
+
+def test_the_names_turn_renders_as_before_where_nothing_was_cut_and_a_run_recorded_before_resumes():
+    """The bench replays cached answers by the full request: the sentence must add nothing to
+    any other turn. The file without its `cut` branch (the text before it) renders every
+    turn byte for byte as the file does with `cut` None, and a run that recorded that text's
+    hash resumes (RENDERS_AS_BEFORE)."""
+    import shutil
+    import tempfile
+
+    from promptclimb.agent.core.protocol import Task
+    from promptclimb.agent.metaprompt import RENDERS_AS_BEFORE, MetaPrompt
+
+    ours = TESTS.parent / "prompts" / "meta" / "names_turn.j2"
+    text = ours.read_text()
+    branch = re.search(r"\{% if cut %\}\n.*?keep each line short\.\n\{% endif %\}\n", text, re.DOTALL)
+    assert branch, "names_turn.j2 has no `cut` branch"
+    rows = [{"index": i, "name": n, "start": n, "accuracy": 0.5, "prob": 0.25, "count": 2,
+             "mistaken_for": [{"name": CLASSES[0], "count": 1}] if i else []} for i, n in enumerate(CLASSES)]
+    results = [{"class": "Trouser", "name": "jeans", "value": 0.6, "previous_best": 0.5, "verdict": "better",
+                "kept": True}, {"class": "Trouser", "name": "pants", "value": 0.4, "previous_best": 0.5,
+                                "verdict": "worse", "kept": False}]
+    rejected = [{"class": "Trouser", "name": "{x}", "reason": "braces", "repeat": False, "other_class": False},
+                {"class": "Trouser", "name": "slacks", "reason": "repeat", "repeat": True, "other_class": False}]
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copy(ours, Path(folder) / "names_turn.j2")
+        before = Path(folder) / "names_turn.j2"
+        before.write_text(text[:branch.start()] + text[branch.end():])
+        for shown, refused, hidden in (([], [], 0), (results, rejected, 2)):
+            args = (Task("toy", "images", CLASSES), 3, "accuracy", "a photo of a {}.", 0.5, rows, ["Trouser"],
+                    shown, refused)
+            assert MetaPrompt().names_turn(*args, hidden=hidden, cut=None) == \
+                MetaPrompt(folder).names_turn(*args, hidden=hidden)
+            told = MetaPrompt().names_turn(*args, hidden=hidden, cut={"tokens": None, "chars": 90})
+            assert "\n\nYour last answer was cut off before its first line ended: keep each line short.\n\n" in told
+        recorded = MetaPrompt(folder).text_hash(before)
+        assert RENDERS_AS_BEFORE["names_turn.j2"].get(recorded) == MetaPrompt().text_hash(ours)
+        assert MetaPrompt().changed_since({"names_turn.j2": recorded}) == []
+        assert MetaPrompt().changed_since({"names_turn.j2": "0" * 64}) == [ours]
+    # each earlier version's entry points at the file as it is now: a later edit of the text must drop the entry
+    for name, later in RENDERS_AS_BEFORE.items():
+        now = MetaPrompt().text_hash(ours.parent / name)
+        assert set(later.values()) == {now}, f"{name} changed since RENDERS_AS_BEFORE was written"
+    # first_turn.j2 before its `cut` sentence (at the end of its last line) resumes as well
+    first = ours.parent / "first_turn.j2"
+    sentence = re.search(r"\{% if cut %\} Your last answer.*?keep each line short\.\{% endif %\}", first.read_text())
+    assert sentence, "first_turn.j2 has no `cut` sentence"
+    with tempfile.TemporaryDirectory() as folder:
+        before = Path(folder) / "first_turn.j2"
+        before.write_text(first.read_text()[:sentence.start()] + first.read_text()[sentence.end():])
+        assert MetaPrompt().changed_since({"first_turn.j2": MetaPrompt(folder).text_hash(before)}) == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -152,7 +153,10 @@ def test_newer_format_is_refused_with_a_clear_message(run_dir, tmp_path):
 
 def test_find_run_by_id_prefix_or_path_and_unknown_ids(tmp_path):
     a = make_run(tmp_path, "20250101-eurosat")
-    make_run(tmp_path, "20250102-eurosat")
+    b = make_run(tmp_path, "20250102-eurosat")
+    # the runs there are listed newest first by folder mtime: made a moment apart, two may tie
+    os.utime(a, (1_700_000_000, 1_700_000_000))
+    os.utime(b, (1_700_000_100, 1_700_000_100))
     runs = tmp_path / "runs"
     assert find_run("20250101-eurosat", runs) == a
     assert find_run(str(a), tmp_path / "elsewhere") == a
