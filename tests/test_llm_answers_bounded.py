@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from click.testing import CliRunner
+
+from promptclimb.agent.cli import cli
 from promptclimb.agent.llm.client import LLMClient
 from promptclimb.agent.core.pools import PoolTemplate
 from promptclimb.agent.runs.store import RunStore
@@ -115,6 +118,9 @@ def test_a_template_answer_cut_to_nothing_is_handed_to_the_first_turn_of_the_nex
     turns = [line for line in console if line.startswith("[restart")]
     assert f"0 new, 0 rejected (the answer was cut at the answer cap inside its first line: none of its " \
            f"{len(runaway)} characters kept)" in turns[0], turns
+    shown = CliRunner().invoke(cli, ["show", str(run_dir)])  # afterwards, as the turn line said it
+    assert shown.exit_code == 0 and f"proposed: 0 scored, 0 rejected (the answer was cut at the answer cap inside its " \
+        f"first line: none of its {len(runaway)} characters kept)" in shown.output, shown.output
     events = (run_dir / "history.jsonl").read_text().splitlines()
     with FakeLLM(script=["a photo of a {} again."]) as fake:  # resumed: every request replayed, none sent
         climb(fake)

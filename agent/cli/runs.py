@@ -347,8 +347,8 @@ def show_text(run: Run, conversation: bool, markdown: bool) -> str:
                 out.append(f"{sub}bottom  {pct(s['selection']):>6}  {code(s['template'])}")
         # (an answer with nothing to score was read: what stopped the run came after it)
         readable = "{}" in (it.get("answer") or "") if it["kind"] == "template" else ":" in (it.get("answer") or "")
-        why = ("the run stopped before it scored this answer: a resume goes on from it"
-               if it["call"] in stopped_in and readable else why_nothing_read(it.get("answer") or "", it["kind"]))
+        why = ("the run stopped before it scored this answer: a resume goes on from it" if it["call"] in stopped_in
+               and readable else why_nothing_read(it.get("answer") or "", it["kind"], it.get("cut_from") or 0))
         out.append(f"{bullet}proposed: {len(it['scored'])} scored, {len(it['rejected'])} rejected"
                    + (f" ({why})" if not it["scored"] and not it["rejected"] else ""))
         for s in it["scored"]:

@@ -484,6 +484,8 @@ class Run:
                 "iteration": ex.get("iteration"),
                 "shown_top": top, "shown_bottom": bottom,
                 "answer": ex.get("answer", ""),
+                # the characters a cap cut it from (nothing kept: `why_nothing_read` says so), else 0
+                "cut_from": (ex.get("answer_truncated") or {}).get("received_chars") or 0,
                 "scored": [{"template": r.template, "selection": r.selection,
                             **{s: getattr(r, s) for s in ("train", "val") if hasattr(r, s)}}
                            for r in self._rank(scored).itertuples()] if not scored.empty else [],
