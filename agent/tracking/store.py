@@ -252,7 +252,8 @@ def registering_prompts(uri: str, experiment_id: str) -> Iterator[None]:
     Default, else) in a thread it starts and does not wait for; on a folder store, that thread
     and the registry read a prompt version through a client of the global URI, not their own
     (a TODO in mlflow/store/model_registry/file_store.py), which created an `mlflow.db` of
-    MLflow's default in the current folder. So the threads started meanwhile are waited for."""
+    MLflow's default in the current folder. So those threads started meanwhile are waited for
+    (by their name: any other thread, such as a worker that lives on, is not)."""
     import mlflow
     from mlflow.tracking import is_tracking_uri_set
 
@@ -265,7 +266,8 @@ def registering_prompts(uri: str, experiment_id: str) -> Iterator[None]:
         yield
     finally:
         for thread in set(threading.enumerate()) - running:
-            thread.join(timeout=30)
+            if thread.name.startswith("link_prompt_to_experiment"):
+                thread.join(timeout=30)
         mlflow.set_tracking_uri(previous)
         if experiment is None:
             os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
