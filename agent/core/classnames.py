@@ -77,7 +77,9 @@ def word_built_on(name: str, class_names: Sequence[str]) -> tuple[str, str] | No
     than the class, while a word that ends with it (handbag, raincoat) names a kind of it.
     The head noun is each name's last word (each side of a '/': "T-shirt/top" has two), and
     the whole name written as one word ("anklebootsy" from "ankle boot", kept by the demo);
-    plural and diminutive endings stay the same thing (boots, booties, ankleboots)."""
+    plural and diminutive endings stay the same thing (boots, booties, ankleboots). A word
+    written with a hyphen is one word here ("dress-up" from "dress", kept on the bench: a
+    dress-up is a costume; "shirt-dress" is a dress)."""
     heads = {}  # each form of a head noun (boots, boot) -> the head noun as the name writes it
     for class_name in class_names:
         for alternative in class_name.split("/"):
@@ -86,7 +88,8 @@ def word_built_on(name: str, class_names: Sequence[str]) -> tuple[str, str] | No
                 heads.update({form: words[-1] for form in number_forms(words[-1])})
             if len(words) > 1:
                 heads.update({form: " ".join(words) for form in number_forms("".join(words))})
-    for word in name_key(name).split():
+    hyphenated = re.findall(r"[^\W_]+(?:-[^\W_]+)+", unicodedata.normalize("NFKC", name).lower())
+    for word in [*name_key(name).split(), *hyphenated]:
         if number_forms(word) & heads.keys():
             continue
         for form, head in heads.items():
